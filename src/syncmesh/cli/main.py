@@ -1,0 +1,246 @@
+"""`syncmesh` commands.  Each one maps library errors to a clear message and exit 1.
+
+syncmesh init app.db
+syncmesh track app.db items orders
+syncmesh serve app.db --listen 127.0.0.1:7401 --peer http://127.0.0.1:7402
+syncmesh status app.db [--json]
+syncmesh demo
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from syncmesh import __version__
+from syncmesh.api import running_node
+from syncmesh.errors import SyncError
+from syncmesh.node import NodeConfig
+from syncmesh.store import Store
+
+DATABASE = click.argument("database", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@contextmanager
+def _errors_as_messages() -> Iterator[None]:
+    try:
+        yield
+    except SyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def _open_store(database: Path, *, must_exist: bool = True) -> Iterator[Store]:
+    if must_exist and not database.exists():
+        raise click.ClickException(f"{database} does not exist")
+    with _errors_as_messages():
+        store = Store.open(database)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="syncmesh")
+def cli() -> None:
+    """Keep SQLite tables in sync between servers, each writing locally.
+
+    Start with `syncmesh demo`, or: init a database file, track its tables,
+    and serve it with the addresses of its peers.  Docs: docs/index.md.
+    """
+
+
+@cli.command()
+@DATABASE
+@click.option(
+    "--new-site-id",
+    is_flag=True,
+    help="Give the file a new site id (for a copy of another node's file).",
+)
+def init(database: Path, new_site_id: bool) -> None:
+    """Create syncmesh's bookkeeping tables and this node's site id (idempotent).
+
+    The file is created if it does not exist.  Run it again safely: the
+    site id stays the same unless --new-site-id is given.
+    """
+    with _open_store(database, must_exist=False) as store, _errors_as_messages():
+        site_id = store.init()
+        if new_site_id:
+            site_id = store.new_site_id()
+    click.echo(f"{database}: site id {site_id}")
+
+
+@cli.command()
+@DATABASE
+@click.argument("tables", nargs=-1, required=True)
+def track(database: Path, tables: tuple[str, ...]) -> None:
+    """Start syncing TABLES of DATABASE; rows that already exist are included.
+
+    Each table needs a PRIMARY KEY; prefer random TEXT or BLOB keys (see the
+    README, "Choosing keys").  Warnings name the risks of the schema:
+    auto-increment keys, UNIQUE indexes and foreign keys.
+    """
+    with _open_store(database) as store, _errors_as_messages():
+        store.init()
+        warnings = store.track(list(tables))
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--listen")
+    return host.strip("[]"), int(port)
+
+
+@cli.command()
+@DATABASE
+@click.option(
+    "--listen",
+    default="127.0.0.1:7401",
+    show_default=True,
+    help="HOST:PORT to serve the sync protocol and status API on (port 0: any).",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="URL",
+    help="A peer to dial, as http://HOST:PORT; repeat for several.",
+)
+@click.option(
+    "--max-clock-drift",
+    "drift_s",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    help="Refuse stamps further than this (seconds) ahead.",
+)
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Rows per batch sent to a peer.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    database: Path,
+    listen: str,
+    peers: tuple[str, ...],
+    drift_s: float,
+    batch_rows: int,
+    log_level: str,
+) -> None:
+    """Run a node for DATABASE until SIGINT or SIGTERM.
+
+    Serves the sync protocol on --listen and dials every --peer; peers that
+    dial in are synced too.  Initialises the file if needed.  Status:
+    GET http://LISTEN/v1/status.
+    """
+    host, port = _parse_listen(listen)
+    for url in peers:
+        if not url.startswith(("http://", "https://")):
+            raise click.BadParameter(f"{url!r} is not an http:// URL", param_hint="--peer")
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = NodeConfig(
+        database_path=str(database),
+        listen_host=host,
+        listen_port=port,
+        peer_urls=peers,
+        clock_drift_ms_max=int(drift_s * 1000),
+        batch_rows_max=batch_rows,
+    )
+    with _errors_as_messages():
+        try:
+            asyncio.run(_serve(config))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {listen}: {exc}") from exc
+
+
+async def _serve(config: NodeConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_node(config) as node:
+        click.echo(f"syncmesh: site {node.store.site_id} listening on {node.listen}", err=True)
+        await stop.wait()
+        click.echo("syncmesh: shutting down", err=True)
+
+
+@cli.command()
+@DATABASE
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(database: Path, as_json: bool) -> None:
+    """Show DATABASE's site id, local seq, tracked tables and each peer's cursor.
+
+    Reads the file directly, so it works whether or not a node is running.
+    """
+    with _open_store(database) as store, _errors_as_messages():
+        report = store.status()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        return
+    click.echo(f"site id      {report.site_id}")
+    click.echo(f"incarnation  {report.incarnation}")
+    click.echo(f"local seq    {report.seq}")
+    click.echo(f"fingerprint  {report.fingerprint}")
+    click.echo(f"quarantined  {report.quarantined_rows} rows")
+    click.echo("tables:")
+    for name, rows in report.tables.items():
+        click.echo(f"  {name:<24} {rows} rows")
+    click.echo("peers (their feed as applied here):")
+    if not report.peers:
+        click.echo("  none yet")
+    for peer in report.peers:
+        lag = max(0, peer.head_seq - peer.cursor)
+        click.echo(
+            f"  {peer.site_id}  cursor {peer.cursor}/{peer.head_seq} (lag {lag})"
+            f"  {peer.applied_rows} rows applied  {peer.address}"
+        )
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
+@click.option(
+    "--rows",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Rows each node inserts.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary directory with the files.")
+def demo(nodes: int, rows: int, keep: bool) -> None:
+    """Start NODES local nodes in a temporary directory and show them converge.
+
+    Each node writes rows of its own, all of them update one shared row at
+    once (a conflict), one deletes a row; the demo waits until every node
+    holds the same table and prints it.
+    """
+    from syncmesh.cli.demo import run_demo
+
+    with _errors_as_messages():
+        code = asyncio.run(run_demo(nodes, rows, keep=keep))
+    sys.exit(code)

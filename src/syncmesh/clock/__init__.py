@@ -1,0 +1,21 @@
+"""The hybrid logical clock: pure, no I/O; the physical time is injected."""
+
+from syncmesh.clock.hlc import (
+    COUNTER_BITS,
+    HybridClock,
+    PhysicalClock,
+    SystemClock,
+    pack,
+    unpack,
+    wall_ms_of,
+)
+
+__all__ = [
+    "COUNTER_BITS",
+    "HybridClock",
+    "PhysicalClock",
+    "SystemClock",
+    "pack",
+    "unpack",
+    "wall_ms_of",
+]

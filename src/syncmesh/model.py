@@ -1,0 +1,164 @@
+"""Values that flow between the layers: no behaviour beyond validation.
+
+A *stamp* is the pair (hlc, site_id) that orders writes to one cell; the HLC
+is the packed 64-bit hybrid logical clock value (see `syncmesh.clock`).
+A *row change* carries one row's merge state: its causal length, the stamp
+of that causal length, and the cells (column values with their stamps) that
+the receiver may not hold yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from syncmesh.errors import ProtocolError
+
+SqlValue = None | int | float | str | bytes
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Stamp:
+    """The version of a write: greater (hlc, site_id) wins."""
+
+    hlc: int
+    site_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One column's value and the stamp of the write that set it."""
+
+    value: SqlValue
+    stamp: Stamp
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    """A row's merge state: existence by causal length, then cells by stamp.
+
+    `cl` odd means alive, even means deleted, 0 means never seen.  `cells`
+    maps column name to cell; a column absent from `cells` holds NULL with no
+    stamp (never written in this life of the row).
+    """
+
+    cl: int
+    cl_stamp: Stamp | None
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.cl % 2 == 1
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A row's state as shipped to a peer (possibly without the cells it holds)."""
+
+    table: str
+    pk: tuple[SqlValue, ...]
+    state: RowState
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """A contiguous slice (from_seq, to_seq] of a node's change feed.
+
+    `vector` is present only when the slice reaches the sender's head at the
+    moment of reading: only then is it true that the receiver, after applying
+    the batch, holds everything the sender held (see docs/design.md).
+    """
+
+    incarnation: str
+    from_seq: int
+    to_seq: int
+    head_seq: int
+    vector: dict[str, int] | None
+    rows: list[RowChange]
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """What syncmesh knows of a tracked table: its columns and primary key."""
+
+    name: str
+    columns: tuple[str, ...]
+    declared_types: tuple[str, ...]
+    pk: tuple[str, ...]
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        """The non-key columns, in table order: each has its own stamp."""
+        return tuple(column for column in self.columns if column not in self.pk)
+
+
+# Plain (msgpack-ready) form of a row change, shared by the wire codec and the
+# quarantine table: [table, [pk...], cl, cl_hlc, cl_site, [[column, value, hlc, site]...]].
+PlainRow = list[object]
+_VALUE_TYPES = (type(None), int, float, str, bytes)
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def row_to_plain(change: RowChange) -> PlainRow:
+    state = change.state
+    cl_stamp = state.cl_stamp
+    cells = [
+        [column, cell.value, cell.stamp.hlc, cell.stamp.site_id]
+        for column, cell in state.cells.items()
+    ]
+    return [
+        change.table,
+        list(change.pk),
+        state.cl,
+        None if cl_stamp is None else cl_stamp.hlc,
+        None if cl_stamp is None else cl_stamp.site_id,
+        cells,
+    ]
+
+
+def _check_value(value: object, where: str) -> SqlValue:
+    if not isinstance(value, _VALUE_TYPES) or isinstance(value, bool):
+        raise ProtocolError(f"{where}: value of type {type(value).__name__} is not an SQL value")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{where}: integer {value} does not fit SQLite's 64 bits")
+    return value
+
+
+def _check_hlc(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= INT64_MAX:
+        raise ProtocolError(f"{where}: stamp {value!r} is not a non-negative 64-bit integer")
+    return value
+
+
+def _check_site(value: object, where: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise ProtocolError(f"{where}: site id {value!r} is not a string of 1-64 characters")
+    return value
+
+
+def row_from_plain(plain: object) -> RowChange:
+    """The row change in `plain`, validated; ProtocolError names what is wrong."""
+    if not isinstance(plain, list) or len(plain) != 6:
+        raise ProtocolError("row change: expected a list of 6 fields")
+    table, pk, cl, cl_hlc, cl_site, cells = plain
+    if not isinstance(table, str) or not table:
+        raise ProtocolError("row change: table name is not a non-empty string")
+    where = f"row change in {table!r}"
+    if not isinstance(pk, list) or not pk:
+        raise ProtocolError(f"{where}: primary key is not a non-empty list")
+    key = tuple(_check_value(value, where) for value in pk)
+    if not isinstance(cl, int) or isinstance(cl, bool) or not 0 < cl <= INT64_MAX:
+        raise ProtocolError(f"{where}: causal length {cl!r} is not a positive integer")
+    cl_stamp = None
+    if cl_hlc is not None or cl_site is not None:
+        cl_stamp = Stamp(_check_hlc(cl_hlc, where), _check_site(cl_site, where))
+    if not isinstance(cells, list):
+        raise ProtocolError(f"{where}: cells are not a list")
+    decoded: dict[str, Cell] = {}
+    for cell in cells:
+        if not isinstance(cell, list) or len(cell) != 4 or not isinstance(cell[0], str):
+            raise ProtocolError(f"{where}: a cell is not [column, value, hlc, site]")
+        column, value, hlc, site = cell
+        decoded[column] = Cell(
+            _check_value(value, where), Stamp(_check_hlc(hlc, where), _check_site(site, where))
+        )
+    return RowChange(table, key, RowState(cl, cl_stamp, decoded))

@@ -1,0 +1,329 @@
+"""A running node: the store worker, the capture loop, peer sessions and dialers.
+
+`Node` owns everything that lives on the event loop.  The HTTP side (the
+sync WebSocket endpoint and the status API) is mounted by `syncmesh.api`,
+which calls `Node.accept()` for each peer that dials in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from syncmesh.errors import RefusedError, SyncError
+from syncmesh.node.config import NodeConfig
+from syncmesh.node.session import PeerLink, Session
+from syncmesh.node.worker import StoreWorker
+from syncmesh.protocol import PROTOCOL_VERSION, Hello
+from syncmesh.store import Store, StoreStatus
+from syncmesh.transport import accept, dial
+
+log = logging.getLogger(__name__)
+
+SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect backoff
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    address: str
+    site_id: str
+    dialed: bool
+    state: str  # "connecting", "handshake", "streaming", "backoff", "refused"
+    cursor: int
+    peer_head_seq: int
+    lag_changes: int
+    rows_in: int
+    rows_out: int
+    batches_in: int
+    batches_out: int
+    quarantined_rows: int
+    last_batch_ms: int
+    last_error: str
+    reconnects: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    site_id: str
+    listen: str
+    store: StoreStatus
+    peers: tuple[PeerStatistics, ...]
+    captures: int
+
+
+@dataclass(slots=True)
+class _Dialer:
+    url: str
+    state: str = "connecting"
+    last_error: str = ""
+    reconnects: int = 0
+    link: PeerLink | None = None
+
+
+class Node:
+    """Example:
+
+    node = Node(NodeConfig(database_path="app.db", peer_urls=("http://b:7401",)))
+    await node.start()
+    ...
+    await node.stop()
+    """
+
+    def __init__(self, config: NodeConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or Store.open(config.database_path)
+        self.worker = StoreWorker()
+        self.listen = f"{config.listen_host}:{config.listen_port}"
+        self._sessions: dict[str, Session] = {}
+        self._dialers: dict[str, _Dialer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._feed_event = asyncio.Event()
+        self._captures = 0
+        self._stopping = False
+        self._rng = random.Random()
+        self._accepted: set[Session] = set()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Initialise the file if needed, capture pending writes, start dialling."""
+        await self.worker.call(self.store.init)
+        await self.worker.call(self.store.capture)
+        self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
+        self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
+        for url in self.config.peer_urls:
+            dialer = _Dialer(url)
+            self._dialers[url] = dialer
+            self._tasks.append(asyncio.create_task(self._dial_loop(dialer), name=f"dial {url}"))
+
+    async def close_sessions(self) -> None:
+        """Stop dialling and close every session (the first half of `stop()`)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in list(self._sessions.values()) + list(self._accepted):
+            await session.close()
+
+    async def stop(self) -> None:
+        """Close sessions, capture what is pending, close the store."""
+        await self.close_sessions()
+        await self.worker.call(self.store.capture)
+        self.worker.shutdown()
+        self.store.close()
+
+    # -- what sessions need (SessionHost) ----------------------------------------
+
+    async def our_hello(self) -> Hello:
+        def read() -> Hello:
+            self.store.reload_if_changed()
+            return Hello(
+                PROTOCOL_VERSION,
+                self.store.site_id,
+                self.store.incarnation,
+                self.store.fingerprint(),
+                tuple(spec.name for spec in self.store.specs()),
+                self.store.head_seq(),
+                self.store.vector(),
+            )
+
+        return await self.worker.call(read)
+
+    def register(self, link: PeerLink, session: Session) -> str | None:
+        existing = self._sessions.get(link.site_id)
+        if existing is not None:
+            return (
+                f"already in a session with site {link.site_id}"
+                f" ({existing.link.address}); one session per pair of nodes"
+            )
+        self._sessions[link.site_id] = session
+        return None
+
+    def unregister(self, link: PeerLink, session: Session) -> None:
+        if self._sessions.get(link.site_id) is session:
+            del self._sessions[link.site_id]
+
+    def feed_event(self) -> asyncio.Event:
+        return self._feed_event
+
+    def feed_advanced(self) -> None:
+        event, self._feed_event = self._feed_event, asyncio.Event()
+        event.set()
+
+    # -- sessions -----------------------------------------------------------------
+
+    async def accept(self, request: web.Request) -> web.StreamResponse:
+        """The WebSocket handler for peers that dial in."""
+        channel = await accept(
+            request,
+            heartbeat_s=self.config.heartbeat_s,
+            frame_bytes_max=self.config.frame_bytes_max,
+        )
+        session = Session(self, channel, PeerLink(channel.peer, dialed=False))
+        self._accepted.add(session)
+        try:
+            await session.run()
+        except (SyncError, OSError) as exc:
+            _log_session_end(session.link, exc)
+        except Exception:
+            log.exception("session with %s failed unexpectedly", session.link.address)
+        finally:
+            self._accepted.discard(session)
+        return web.Response()  # unused: the WebSocket response was already sent
+
+    async def _dial_loop(self, dialer: _Dialer) -> None:
+        delay_s = self.config.backoff_initial_s
+        while not self._stopping:
+            dialer.state = "connecting"
+            started = time.monotonic()
+            try:
+                channel = await dial(
+                    dialer.url,
+                    heartbeat_s=self.config.heartbeat_s,
+                    frame_bytes_max=self.config.frame_bytes_max,
+                    connect_timeout_s=self.config.connect_timeout_s,
+                )
+                link = PeerLink(dialer.url, dialed=True)
+                dialer.link = link
+                session = Session(self, channel, link)
+                await session.run()
+            except (SyncError, OSError) as exc:
+                dialer.last_error = str(exc)
+                dialer.state = "refused" if isinstance(exc, RefusedError) else "backoff"
+                if dialer.link is not None:
+                    dialer.link.last_error = str(exc)
+                    _log_session_end(dialer.link, exc)
+                else:
+                    log.info("cannot reach peer %s: %s", dialer.url, exc)
+            except Exception as exc:  # a bug must not stop the other peers' syncing
+                dialer.last_error = f"internal error: {exc!r}"
+                dialer.state = "backoff"
+                log.exception("session with %s failed unexpectedly", dialer.url)
+            dialer.reconnects += 1
+            if time.monotonic() - started > SESSION_STABLE_S:
+                delay_s = self.config.backoff_initial_s
+            # Full jitter: nodes that lost the same link do not reconnect in lockstep.
+            await asyncio.sleep(self._rng.uniform(0, delay_s))
+            delay_s = min(delay_s * 2, self.config.backoff_max_s)
+
+    # -- background loops ---------------------------------------------------------
+
+    async def _capture_loop(self) -> None:
+        """Notice commits by any connection (PRAGMA data_version) and capture them."""
+        watcher = sqlite3.connect(self.config.database_path, isolation_level=None)
+        try:
+            last_version = -1
+            interval_s = self.config.poll_interval_ms / 1000
+            while True:
+                version = watcher.execute("PRAGMA data_version").fetchone()[0]
+                if version != last_version:
+                    last_version = version
+                    await self._capture_once()
+                await asyncio.sleep(interval_s)
+        finally:
+            watcher.close()
+
+    async def _capture_once(self) -> None:
+        def capture() -> tuple[bool, int]:
+            reloaded = self.store.reload_if_changed()
+            return reloaded, self.store.capture()
+
+        try:
+            reloaded, stamped = await self.worker.call(capture)
+        except SyncError:
+            log.exception("capture failed; will retry")
+            return
+        if reloaded:
+            log.info("tracked tables changed: restarting sessions with the new schema")
+            for session in list(self._sessions.values()):
+                await session.close()
+        if stamped:
+            self._captures += 1
+            self.feed_advanced()
+
+    async def _quarantine_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.quarantine_retry_s)
+            try:
+                resolved = await self.worker.call(self.store.retry_quarantine)
+            except SyncError:
+                log.exception("quarantine retry failed")
+                continue
+            if resolved:
+                log.info("%d quarantined rows applied on retry", resolved)
+                self.feed_advanced()
+
+    # -- introspection ------------------------------------------------------------
+
+    async def statistics(self) -> NodeStatistics:
+        store_status = await self.worker.call(self.store.status)
+        peers: list[PeerStatistics] = []
+        seen: set[int] = set()
+        for dialer in self._dialers.values():
+            link = dialer.link
+            state = (
+                dialer.state
+                if link is None
+                or link.state != "streaming"
+                or self._sessions.get(link.site_id) is None
+                else "streaming"
+            )
+            peers.append(
+                _peer_statistics(
+                    link or PeerLink(dialer.url, dialed=True),
+                    state,
+                    dialer.last_error,
+                    dialer.reconnects,
+                )
+            )
+            if link is not None:
+                seen.add(id(link))
+        for session in list(self._sessions.values()):
+            if id(session.link) not in seen:
+                peers.append(
+                    _peer_statistics(session.link, session.link.state, session.link.last_error, 0)
+                )
+        return NodeStatistics(
+            store_status.site_id, self.listen, store_status, tuple(peers), self._captures
+        )
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _peer_statistics(
+    link: PeerLink, state: str, last_error: str, reconnects: int
+) -> PeerStatistics:
+    return PeerStatistics(
+        address=link.address,
+        site_id=link.site_id,
+        dialed=link.dialed,
+        state=state,
+        cursor=link.cursor,
+        peer_head_seq=link.peer_head_seq,
+        lag_changes=max(0, link.peer_head_seq - link.cursor),
+        rows_in=link.rows_in,
+        rows_out=link.rows_out,
+        batches_in=link.batches_in,
+        batches_out=link.batches_out,
+        quarantined_rows=link.quarantined_rows,
+        last_batch_ms=link.last_batch_ms,
+        last_error=last_error,
+        reconnects=reconnects,
+    )
+
+
+def _log_session_end(link: PeerLink, exc: BaseException) -> None:
+    if isinstance(exc, RefusedError):
+        log.error("session with %s refused: %s", link.site_id or link.address, exc)
+    else:
+        log.info("session with %s ended: %s", link.site_id or link.address, exc)
+    with contextlib.suppress(Exception):
+        link.state = "closed"

@@ -1,0 +1,285 @@
+"""One sync session with one peer, over any `Channel`; both ends run the same code.
+
+    HELLO ->           <- HELLO        (check version, site id, schema)
+    PULL(cursor) ->    <- PULL(cursor) (each side asks for the other's feed)
+    BATCH ... ->       <- BATCH ...    (backlog, then live changes)
+    <- ACK             ACK ->          (flow control; fresher vector)
+
+The receive loop applies the peer's batches in order; the send loop streams
+our feed with at most `batches_in_flight_max` unacknowledged batches.  Any
+error ends the session (the caller reconnects with backoff): a session that
+resumes from the stored cursor is always correct, so there is no attempt to
+repair a session in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from syncmesh.errors import ProtocolError, RefusedError, StoreError
+from syncmesh.model import ChangeBatch
+from syncmesh.node.config import NodeConfig
+from syncmesh.node.worker import StoreWorker
+from syncmesh.protocol import Ack, Batch, Hello, Message, Pull, Refuse, decode, encode
+from syncmesh.store import Store
+from syncmesh.transport import Channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PeerLink:
+    """Live counters of one session, read by `Node.statistics()`."""
+
+    address: str
+    dialed: bool
+    site_id: str = ""
+    state: str = "handshake"
+    connected_ms: int = 0
+    peer_head_seq: int = 0
+    cursor: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    batches_in: int = 0
+    batches_out: int = 0
+    quarantined_rows: int = 0
+    last_batch_ms: int = 0
+    last_error: str = ""
+    peer_vector: dict[str, int] = field(default_factory=dict)
+
+
+class SessionHost(Protocol):
+    """What a session needs from its node."""
+
+    config: NodeConfig
+    store: Store
+    worker: StoreWorker
+
+    async def our_hello(self) -> Hello: ...
+
+    def register(self, link: PeerLink, session: Session) -> str | None: ...
+
+    def unregister(self, link: PeerLink, session: Session) -> None: ...
+
+    def feed_event(self) -> asyncio.Event: ...
+
+    def feed_advanced(self) -> None: ...
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Session:
+    def __init__(self, host: SessionHost, channel: Channel, link: PeerLink) -> None:
+        self._host = host
+        self._channel = channel
+        self.link = link
+        self._acked = asyncio.Event()
+        self._in_flight: collections.deque[int] = collections.deque()
+        self._sender: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def run(self) -> None:
+        """Handshake, then stream both ways until the link fails or is closed."""
+        registered = False
+        try:
+            hello = await self._handshake()
+            registered = True
+            self.link.state = "streaming"
+            self.link.connected_ms = _now_ms()
+            log.info("session with %s (%s) established", hello.site_id, self.link.address)
+            await self._receive_loop()
+        finally:
+            if self._sender is not None:
+                self._sender.cancel()
+                await asyncio.gather(self._sender, return_exceptions=True)
+            if registered:
+                self._host.unregister(self.link, self)
+            await self._channel.close()
+
+    async def _send(self, message: Message) -> None:
+        await self._channel.send(encode(message))
+
+    async def _refuse(self, reason: str) -> RefusedError:
+        try:
+            await self._send(Refuse(reason))
+        except Exception:  # the refusal is a courtesy: the link may be gone already
+            log.debug("could not send refusal to %s", self.link.address, exc_info=True)
+        return RefusedError(reason)
+
+    async def _handshake(self) -> Hello:
+        host = self._host
+        ours = await host.our_hello()
+        await self._send(ours)
+        frame = await self._channel.receive(timeout_s=host.config.handshake_timeout_s)
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            raise await self._refuse(f"bad HELLO: {exc}") from exc
+        if isinstance(message, Refuse):
+            raise RefusedError(f"peer {self.link.address} refused the session: {message.reason}")
+        if not isinstance(message, Hello):
+            raise await self._refuse(f"expected HELLO, got {type(message).__name__.upper()}")
+        reason = _mismatch(ours, message)
+        if reason is not None:
+            raise await self._refuse(reason)
+        self.link.site_id = message.site_id
+        self.link.peer_head_seq = message.head_seq
+        duplicate = host.register(self.link, self)
+        if duplicate is not None:
+            raise await self._refuse(duplicate)
+        try:
+            await self._start_pull(message)
+        except BaseException:
+            host.unregister(self.link, self)
+            raise
+        return message
+
+    async def _start_pull(self, hello: Hello) -> None:
+        store, worker = self._host.store, self._host.worker
+        await worker.call(store.note_peer_vector, hello.vector)
+        stored = await worker.call(store.peer_cursor, hello.site_id)
+        if (
+            stored is None
+            or stored.incarnation != hello.incarnation
+            or stored.cursor > hello.head_seq
+        ):
+            if stored is not None:
+                log.warning(
+                    "peer %s was restored or re-initialised (incarnation or seq went"
+                    " back): re-reading its feed from the start",
+                    hello.site_id,
+                )
+            await worker.call(
+                store.reset_peer_cursor,
+                hello.site_id,
+                hello.incarnation,
+                hello.head_seq,
+                self.link.address,
+            )
+            cursor = 0
+        else:
+            cursor = stored.cursor
+        self.link.cursor = cursor
+        vector = await worker.call(store.vector)
+        await self._send(Pull(hello.incarnation, cursor, vector))
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frame = await self._channel.receive()
+            message = decode(frame)
+            if isinstance(message, Batch):
+                await self._apply(message.batch)
+            elif isinstance(message, Ack):
+                self._on_ack(message)
+            elif isinstance(message, Pull):
+                if self._sender is not None:
+                    raise ProtocolError("second PULL in one session")
+                self._sender = asyncio.create_task(self._send_loop(message))
+                self._sender.add_done_callback(self._sender_done)
+            elif isinstance(message, Refuse):
+                raise RefusedError(f"peer {self.link.site_id} ended the session: {message.reason}")
+            else:
+                raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # The receive loop is blocked on the channel: closing it ends the session.
+            self.link.last_error = str(task.exception())
+            asyncio.get_running_loop().create_task(self._channel.close())
+
+    async def _apply(self, batch: ChangeBatch) -> None:
+        store, worker, site = self._host.store, self._host.worker, self.link.site_id
+
+        def apply() -> tuple[int, int, dict[str, int]]:
+            stored = store.peer_cursor(site)
+            if batch.from_seq == 0 and (
+                stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
+            ):
+                store.reset_peer_cursor(site, batch.incarnation, batch.head_seq, self.link.address)
+            result = store.apply_batch(site, batch)
+            return (
+                result.applied_rows,
+                result.quarantined_rows + result.drift_refused_rows,
+                store.vector(),
+            )
+
+        try:
+            applied, quarantined, vector = await worker.call(apply)
+        except StoreError as exc:
+            raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
+        link = self.link
+        link.rows_in += len(batch.rows)
+        link.batches_in += 1
+        link.quarantined_rows += quarantined
+        link.cursor = batch.to_seq
+        link.peer_head_seq = batch.head_seq
+        link.last_batch_ms = _now_ms()
+        if applied:
+            self._host.feed_advanced()
+        await self._send(Ack(batch.to_seq, vector))
+
+    def _on_ack(self, ack: Ack) -> None:
+        if not self._in_flight or self._in_flight[0] != ack.to_seq:
+            raise ProtocolError(f"ACK for seq {ack.to_seq} does not match what we sent")
+        self._in_flight.popleft()
+        vector = self.link.peer_vector
+        for site, hlc in ack.vector.items():
+            vector[site] = max(vector.get(site, 0), hlc)
+        self._acked.set()
+
+    async def _send_loop(self, pull: Pull) -> None:
+        host, store, worker = self._host, self._host.store, self._host.worker
+        config = host.config
+        incarnation = await worker.call(lambda: store.incarnation)
+        head = await worker.call(store.head_seq)
+        cursor = pull.cursor
+        if pull.incarnation != incarnation or cursor > head:
+            cursor = 0  # the peer's cursor is of an older copy of this file
+        self.link.peer_vector = dict(pull.vector)
+        last_vector: dict[str, int] | None = None
+        while True:
+            while len(self._in_flight) >= config.batches_in_flight_max:
+                self._acked.clear()
+                await self._acked.wait()
+            changed = host.feed_event()
+            batch = await worker.call(
+                store.read_batch, cursor, dict(self.link.peer_vector), config.batch_rows_max
+            )
+            if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=config.idle_resend_s)
+                continue
+            await self._send(Batch(batch))
+            self._in_flight.append(batch.to_seq)
+            cursor = batch.to_seq
+            last_vector = batch.vector if batch.vector is not None else last_vector
+            self.link.rows_out += len(batch.rows)
+            self.link.batches_out += 1
+
+
+def _mismatch(ours: Hello, theirs: Hello) -> str | None:
+    """Why a session with `theirs` must not go on, or None."""
+    if theirs.site_id == ours.site_id:
+        return (
+            f"both ends have site id {ours.site_id}: one database file is a copy of the"
+            " other; give the copy a new identity (`syncmesh init --new-site-id`) before"
+            " syncing it"
+        )
+    if theirs.fingerprint != ours.fingerprint:
+        return (
+            f"schema mismatch: tracked tables differ (fingerprint {ours.fingerprint},"
+            f" tables {list(ours.tables)} here; {theirs.fingerprint},"
+            f" tables {list(theirs.tables)} at site {theirs.site_id}); track the same"
+            " tables with the same columns on every node"
+        )
+    return None

@@ -1,0 +1,25 @@
+"""The sync protocol's messages and their encoding: pure, no I/O."""
+
+from syncmesh.protocol.codec import FRAME_BYTES_MAX, decode, encode
+from syncmesh.protocol.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Batch,
+    Hello,
+    Message,
+    Pull,
+    Refuse,
+)
+
+__all__ = [
+    "FRAME_BYTES_MAX",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Batch",
+    "Hello",
+    "Message",
+    "Pull",
+    "Refuse",
+    "decode",
+    "encode",
+]

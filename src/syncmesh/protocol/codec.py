@@ -1,0 +1,176 @@
+"""Bytes <-> messages.  Every field of a peer's message is checked here.
+
+A frame is one flag byte and a msgpack map: flag 0 means the map follows
+as is, flag 1 means it is zstd-compressed (used above COMPRESS_BYTES_MIN).
+msgpack keeps SQLite's storage classes apart (int, float, str, bytes, nil),
+which JSON cannot.  Decoding refuses anything malformed with a
+ProtocolError that names the problem; it never trusts a size or a type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, assert_never
+
+import msgpack
+import zstandard
+
+from syncmesh.errors import ProtocolError, UnsupportedVersion
+from syncmesh.model import ChangeBatch, row_from_plain, row_to_plain
+from syncmesh.protocol.messages import PROTOCOL_VERSION, Ack, Batch, Hello, Message, Pull, Refuse
+
+FRAME_BYTES_MAX = 32 << 20  # one frame on the wire, compressed or not
+DECODED_BYTES_MAX = 128 << 20  # after decompression: a bound against zip bombs
+COMPRESS_BYTES_MIN = 512
+_RAW, _ZSTD = 0, 1
+_compressor = zstandard.ZstdCompressor(level=3)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+def encode(message: Message) -> bytes:
+    payload = msgpack.packb(_to_plain(message), use_bin_type=True)
+    if len(payload) >= COMPRESS_BYTES_MIN:
+        return bytes([_ZSTD]) + _compressor.compress(payload)
+    return bytes([_RAW]) + payload
+
+
+def decode(frame: bytes) -> Message:
+    """The message in `frame`; ProtocolError if it is not a valid one."""
+    if not frame:
+        raise ProtocolError("empty frame")
+    if len(frame) > FRAME_BYTES_MAX:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
+    flag, body = frame[0], frame[1:]
+    if flag == _ZSTD:
+        try:
+            body = _decompressor.decompress(body, max_output_size=DECODED_BYTES_MAX)
+        except zstandard.ZstdError as exc:
+            raise ProtocolError(f"bad compressed frame: {exc}") from exc
+    elif flag != _RAW:
+        raise ProtocolError(f"unknown frame flag {flag}")
+    try:
+        plain = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
+    return _from_plain(plain)
+
+
+def _to_plain(message: Message) -> dict[str, Any]:
+    match message:
+        case Hello():
+            return {
+                "t": "hello",
+                "v": message.version,
+                "site": message.site_id,
+                "inc": message.incarnation,
+                "fp": message.fingerprint,
+                "tables": list(message.tables),
+                "head": message.head_seq,
+                "vv": message.vector,
+            }
+        case Refuse():
+            return {"t": "refuse", "reason": message.reason}
+        case Pull():
+            return {
+                "t": "pull",
+                "inc": message.incarnation,
+                "cursor": message.cursor,
+                "vv": message.vector,
+            }
+        case Batch():
+            batch = message.batch
+            return {
+                "t": "batch",
+                "inc": batch.incarnation,
+                "from": batch.from_seq,
+                "to": batch.to_seq,
+                "head": batch.head_seq,
+                "vv": batch.vector,
+                "rows": [row_to_plain(row) for row in batch.rows],
+            }
+        case Ack():
+            return {"t": "ack", "to": message.to_seq, "vv": message.vector}
+        case _:
+            assert_never(message)
+
+
+def _field(plain: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    value = plain.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{what}: field {key!r} missing or not {kind.__name__}")
+    return value
+
+
+def _seq(plain: dict[str, Any], key: str, what: str) -> int:
+    value: int = _field(plain, key, int, what)
+    if value < 0:
+        raise ProtocolError(f"{what}: field {key!r} is negative")
+    return value
+
+
+def _vector(value: object, what: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what}: version vector is not a map")
+    for site, hlc in value.items():
+        if (
+            not isinstance(site, str)
+            or not isinstance(hlc, int)
+            or isinstance(hlc, bool)
+            or not 0 <= hlc < (1 << 63)
+        ):
+            raise ProtocolError(f"{what}: version vector entry {site!r}: {hlc!r} is invalid")
+    return dict(value)
+
+
+def _from_plain(plain: object) -> Message:
+    if not isinstance(plain, dict):
+        raise ProtocolError("frame is not a map")
+    kind = plain.get("t")
+    if kind == "hello":
+        version = plain.get("v")
+        if version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(version)
+        tables = _field(plain, "tables", list, "hello")
+        if not all(isinstance(table, str) for table in tables):
+            raise ProtocolError("hello: table names are not strings")
+        return Hello(
+            version,
+            _field(plain, "site", str, "hello"),
+            _field(plain, "inc", str, "hello"),
+            _field(plain, "fp", str, "hello"),
+            tuple(tables),
+            _seq(plain, "head", "hello"),
+            _vector(plain.get("vv"), "hello"),
+        )
+    if kind == "refuse":
+        return Refuse(_field(plain, "reason", str, "refuse"))
+    if kind == "pull":
+        return Pull(
+            _field(plain, "inc", str, "pull"),
+            _seq(plain, "cursor", "pull"),
+            _vector(plain.get("vv"), "pull"),
+        )
+    if kind == "batch":
+        return Batch(_batch(plain))
+    if kind == "ack":
+        return Ack(_seq(plain, "to", "ack"), _vector(plain.get("vv"), "ack"))
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+def _batch(plain: dict[str, Any]) -> ChangeBatch:
+    from_seq, to_seq = _seq(plain, "from", "batch"), _seq(plain, "to", "batch")
+    head_seq = _seq(plain, "head", "batch")
+    if not from_seq <= to_seq <= head_seq:
+        raise ProtocolError(
+            f"batch: seqs out of order (from {from_seq}, to {to_seq}, head {head_seq})"
+        )
+    raw_vector = plain.get("vv")
+    vector = None if raw_vector is None else _vector(raw_vector, "batch")
+    rows = _field(plain, "rows", list, "batch")
+    return ChangeBatch(
+        _field(plain, "inc", str, "batch"),
+        from_seq,
+        to_seq,
+        head_seq,
+        vector,
+        [row_from_plain(row) for row in rows],
+    )

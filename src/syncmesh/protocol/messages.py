@@ -1,0 +1,60 @@
+"""The messages of sync protocol version 1 (docs/protocol.md describes the session).
+
+Both ends of a session speak the same messages: each is at once the sender
+of its own change feed and the receiver of the peer's.
+
+    HELLO   who I am: version, site id, incarnation, schema fingerprint,
+            tracked tables, head seq, version vector
+    REFUSE  the session cannot go on, and why (then the connection closes)
+    PULL    send me your feed after `cursor` of your incarnation; my vector
+            lets you leave out what I already hold
+    BATCH   a slice (from_seq, to_seq] of my feed; `vector` only when the
+            slice reaches my head
+    ACK     I applied your feed up to `to_seq`; my vector is now `vector`
+            (flow control, and fresher filtering for relays)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from syncmesh.model import ChangeBatch
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    site_id: str
+    incarnation: str
+    fingerprint: str
+    tables: tuple[str, ...]
+    head_seq: int
+    vector: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    incarnation: str
+    cursor: int
+    vector: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch: ChangeBatch
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    to_seq: int
+    vector: dict[str, int]
+
+
+Message = Hello | Refuse | Pull | Batch | Ack

@@ -1,0 +1,104 @@
+"""What a user table looks like, and whether it can be replicated safely.
+
+Refusals (raise SchemaError): no such table, no primary key, a name that
+clashes with syncmesh's own tables.  Warnings (returned as text): integer
+auto-increment keys, secondary UNIQUE indexes and foreign keys, which a
+multi-master merge can violate (see README, "Choosing keys").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+
+from syncmesh.errors import SchemaError
+from syncmesh.model import TableSpec
+from syncmesh.schema.ddl import quote_identifier
+
+RESERVED_PREFIX = "_syncmesh"
+
+
+def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:
+    """The columns and primary key of `table`; SchemaError if it cannot be synced."""
+    if table.startswith((RESERVED_PREFIX, "sqlite_")):
+        raise SchemaError(
+            f"table {table!r}: names starting with {RESERVED_PREFIX!r} or 'sqlite_' are reserved"
+        )
+    row = connection.execute(
+        "SELECT type FROM sqlite_schema WHERE name = ? AND type IN ('table', 'view')", (table,)
+    ).fetchone()
+    if row is None:
+        raise SchemaError(f"table {table!r} does not exist in this database")
+    if row[0] != "table":
+        raise SchemaError(f"{table!r} is a view; only tables can be synced")
+    info = connection.execute(f"PRAGMA table_xinfo({quote_identifier(table)})").fetchall()
+    hidden = [
+        name for _cid, name, _type, _notnull, _default, _pk, hidden_flag in info if hidden_flag != 0
+    ]
+    if hidden:
+        raise SchemaError(
+            f"table {table!r}: generated or hidden columns {hidden} cannot be"
+            " synced; compute them in a view instead"
+        )
+    columns = tuple(str(entry[1]) for entry in info)
+    declared = tuple(str(entry[2] or "") for entry in info)
+    keyed = sorted((entry[5], str(entry[1])) for entry in info if entry[5] > 0)
+    if not keyed:
+        raise SchemaError(
+            f"table {table!r} has no PRIMARY KEY: syncmesh merges rows by key, so every"
+            " synced table needs one.  Recreate it with a primary key, preferably a random"
+            " 128-bit TEXT or BLOB key (for example: id TEXT PRIMARY KEY DEFAULT"
+            " (lower(hex(randomblob(16))))), then track it again."
+        )
+    return TableSpec(table, columns, declared, tuple(name for _order, name in keyed))
+
+
+def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
+    """Risks of replicating `spec` multi-master, in words an operator can act on."""
+    warnings: list[str] = []
+    quoted = quote_identifier(spec.name)
+    if len(spec.pk) == 1:
+        index = spec.columns.index(spec.pk[0])
+        if spec.declared_types[index].strip().upper() == "INTEGER":
+            warnings.append(
+                f"table {spec.name!r}: INTEGER primary key {spec.pk[0]!r} is allocated"
+                " locally (auto-increment), so two nodes inserting at once pick the same key"
+                " and the rows merge into one.  Use random TEXT/BLOB keys or a composite"
+                " (site, local id) key."
+            )
+    for _seq, name, unique, origin, _partial in connection.execute(
+        f"PRAGMA index_list({quoted})"
+    ).fetchall():
+        if unique and origin != "pk":
+            warnings.append(
+                f"table {spec.name!r}: UNIQUE index {name!r} can be violated by writes on two"
+                " nodes; such a row is quarantined (not applied) on the node that cannot take"
+                " it, and the rest keeps syncing."
+            )
+    if connection.execute(f"PRAGMA foreign_key_list({quoted})").fetchall():
+        warnings.append(
+            f"table {spec.name!r}: FOREIGN KEY constraints can be violated when rows arrive"
+            " out of order or a parent is deleted elsewhere; enforced violations are"
+            " quarantined, not applied."
+        )
+    return warnings
+
+
+def fingerprint(specs: list[TableSpec]) -> str:
+    """A short hash of the tracked tables' names, columns, types and keys.
+
+    Two nodes sync only when their fingerprints match: a column that one side
+    lacks would silently drop values on the other.
+    """
+    canonical = [
+        [
+            spec.name,
+            list(spec.columns),
+            [kind.upper() for kind in spec.declared_types],
+            list(spec.pk),
+        ]
+        for spec in sorted(specs, key=lambda spec: spec.name)
+    ]
+    digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode())
+    return digest.hexdigest()[:16]

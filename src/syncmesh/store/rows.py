@@ -1,0 +1,229 @@
+"""Per-table SQL for the store: loading row states, reading the feed, writing merges.
+
+One `TableSql` per tracked table holds the statement texts (identifiers
+quoted once, here) and turns shadow rows into `RowState` values and back.
+Site ids are stored as small integers (`_syncmesh_sites.ordinal`, 0 being
+this node) to keep shadow rows compact; `SiteMap` translates.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from syncmesh.model import Cell, RowState, SqlValue, Stamp, TableSpec
+from syncmesh.schema import quote_identifier, shadow_columns, shadow_name
+
+KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameters
+
+
+class SiteMap:
+    """Site id <-> ordinal, cached; new sites are inserted on first sight."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self._by_ordinal: dict[int, str] = {}
+        self._by_site: dict[str, int] = {}
+        for ordinal, site_id in connection.execute("SELECT ordinal, site_id FROM _syncmesh_sites"):
+            self._by_ordinal[ordinal] = site_id
+            self._by_site[site_id] = ordinal
+
+    def site(self, ordinal: int) -> str:
+        if ordinal not in self._by_ordinal:
+            row = self._connection.execute(
+                "SELECT site_id FROM _syncmesh_sites WHERE ordinal = ?", (ordinal,)
+            ).fetchone()
+            assert row is not None, f"site ordinal {ordinal} is not in _syncmesh_sites"
+            self._by_ordinal[ordinal] = row[0]
+            self._by_site[row[0]] = ordinal
+        return self._by_ordinal[ordinal]
+
+    def ordinal(self, site_id: str) -> int:
+        """The ordinal of `site_id`; inserts it (inside the caller's transaction)."""
+        found = self._by_site.get(site_id)
+        if found is not None:
+            return found
+        row = self._connection.execute(
+            "SELECT ordinal FROM _syncmesh_sites WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        if row is None:
+            cursor = self._connection.execute(
+                "INSERT INTO _syncmesh_sites (site_id) VALUES (?)", (site_id,)
+            )
+            assert cursor.lastrowid is not None
+            ordinal = int(cursor.lastrowid)
+        else:
+            ordinal = int(row[0])
+        self._by_site[site_id] = ordinal
+        self._by_ordinal[ordinal] = site_id
+        return ordinal
+
+    def forget_uncommitted(self) -> None:
+        """Drop the cache after a rollback: inserted ordinals may not exist any more."""
+        self._by_ordinal.clear()
+        self._by_site.clear()
+        for ordinal, site_id in self._connection.execute(
+            "SELECT ordinal, site_id FROM _syncmesh_sites"
+        ):
+            self._by_ordinal[ordinal] = site_id
+            self._by_site[site_id] = ordinal
+
+
+class TableSql:
+    """Statement texts and row conversion for one tracked table."""
+
+    def __init__(self, spec: TableSpec) -> None:
+        self.spec = spec
+        self.table = quote_identifier(spec.name)
+        self.shadow = quote_identifier(shadow_name(spec.name))
+        self.key_count = len(spec.pk)
+        self.values = spec.value_columns
+        keys = [f"s.k{index}" for index in range(self.key_count)]
+        cells = [
+            f"s.{name}" for index in range(len(self.values)) for name in (f"h{index}", f"s{index}")
+        ]
+        user = [f"t.{quote_identifier(column)}" for column in self.values]
+        join = " AND ".join(
+            f"t.{quote_identifier(column)} = s.k{index}" for index, column in enumerate(spec.pk)
+        )
+        selected = ", ".join([*keys, "s.cl", "s.cl_hlc", "s.cl_site", "s.seq", *cells, *user])
+        self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
+        self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
+        self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
+        self.pending_sql = f"SELECT 1 FROM {self.shadow} WHERE seq IS NULL LIMIT 1"
+        names = shadow_columns(spec)
+        self.shadow_write_sql = (
+            f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(names)})"
+            f" VALUES ({', '.join('?' * len(names))})"
+        )
+        columns = [quote_identifier(column) for column in (*spec.pk, *self.values)]
+        key_list = ", ".join(quote_identifier(column) for column in spec.pk)
+        update = ", ".join(
+            f"{quote_identifier(column)} = excluded.{quote_identifier(column)}"
+            for column in self.values
+        )
+        conflict = f"DO UPDATE SET {update}" if update else "DO NOTHING"
+        self.upsert_sql = (
+            f"INSERT INTO {self.table} ({', '.join(columns)})"
+            f" VALUES ({', '.join('?' * len(columns))})"
+            f" ON CONFLICT ({key_list}) {conflict}"
+        )
+        self.delete_sql = f"DELETE FROM {self.table} WHERE " + " AND ".join(
+            f"{quote_identifier(column)} = ?" for column in spec.pk
+        )
+        cell_sets = ", ".join(
+            f"s{index} = CASE WHEN h{index} = -1 THEN 0 ELSE s{index} END,"
+            f" h{index} = CASE WHEN h{index} = -1 THEN :hlc ELSE h{index} END"
+            for index in range(len(self.values))
+        )
+        self.capture_sql = (
+            f"UPDATE {self.shadow} SET seq = :seq,"
+            " cl_site = CASE WHEN cl_hlc = -1 THEN 0 ELSE cl_site END,"
+            " cl_hlc = CASE WHEN cl_hlc = -1 THEN :hlc ELSE cl_hlc END"
+            + (f", {cell_sets}" if cell_sets else "")
+            + " WHERE seq IS NULL"
+        )
+        self.backfill_sql = self._backfill_sql()
+
+    def _backfill_sql(self) -> str:
+        """Shadow rows for rows that exist before tracking: one seq per chunk of rows."""
+        names = shadow_columns(self.spec)
+        keys = [quote_identifier(column) for column in self.spec.pk]
+        cells = [value for _ in self.values for value in (":hlc", "0")]
+        seq = "(:base + (row_number() OVER () - 1) / :chunk)"
+        return (
+            f"INSERT OR IGNORE INTO {self.shadow} ({', '.join(names)})"
+            f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, *cells])} FROM {self.table}"
+        )
+
+    def state_of(
+        self, row: Sequence[SqlValue], sites: SiteMap
+    ) -> tuple[tuple[SqlValue, ...], RowState, int | None]:
+        """(pk, state, seq) of a row selected with `feed_sql`/`load`."""
+        keys = self.key_count
+        pk = tuple(row[:keys])
+        cl, cl_hlc, cl_site, seq = row[keys : keys + 4]
+        assert isinstance(cl, int)
+        cl_stamp = None
+        if isinstance(cl_hlc, int) and isinstance(cl_site, int):
+            cl_stamp = Stamp(cl_hlc, sites.site(cl_site))
+        cells: dict[str, Cell] = {}
+        base = keys + 4
+        user_base = base + 2 * len(self.values)
+        alive = cl % 2 == 1
+        for index, column in enumerate(self.values):
+            hlc, site = row[base + 2 * index], row[base + 2 * index + 1]
+            if isinstance(hlc, int) and hlc >= 0 and isinstance(site, int):
+                value = row[user_base + index] if alive else None
+                cells[column] = Cell(value, Stamp(hlc, sites.site(site)))
+        return pk, RowState(cl, cl_stamp, cells), seq if isinstance(seq, int) else None
+
+    def load(
+        self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]], sites: SiteMap
+    ) -> dict[tuple[SqlValue, ...], RowState]:
+        """The local states of the rows with keys `pks` (absent keys are left out)."""
+        found: dict[tuple[SqlValue, ...], RowState] = {}
+        keys = ", ".join(f"s.k{index}" for index in range(self.key_count))
+        for start in range(0, len(pks), KEYS_PER_QUERY // max(1, self.key_count)):
+            chunk = pks[start : start + KEYS_PER_QUERY // max(1, self.key_count)]
+            tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
+            sql = (
+                f"{self._select} WHERE ({keys}) IN (VALUES {', '.join([tuple_marks] * len(chunk))})"
+            )
+            params = [value for pk in chunk for value in pk]
+            for row in connection.execute(sql, params):
+                pk, state, _seq = self.state_of(row, sites)
+                found[pk] = state
+        return found
+
+    def shadow_row(
+        self, pk: tuple[SqlValue, ...], state: RowState, seq: int, sites: SiteMap
+    ) -> list[SqlValue]:
+        cl_stamp = state.cl_stamp
+        row: list[SqlValue] = [
+            *pk,
+            state.cl,
+            None if cl_stamp is None else cl_stamp.hlc,
+            None if cl_stamp is None else sites.ordinal(cl_stamp.site_id),
+            seq,
+        ]
+        for column in self.values:
+            cell = state.cells.get(column)
+            if cell is None:
+                row.extend((None, None))
+            else:
+                row.extend((cell.stamp.hlc, sites.ordinal(cell.stamp.site_id)))
+        return row
+
+    def user_row(self, pk: tuple[SqlValue, ...], state: RowState) -> list[SqlValue]:
+        row: list[SqlValue] = list(pk)
+        for column in self.values:
+            cell = state.cells.get(column)
+            row.append(None if cell is None else cell.value)
+        return row
+
+
+def execute_each(
+    connection: sqlite3.Connection, sql: str, rows: Iterable[Sequence[SqlValue]]
+) -> list[tuple[int, sqlite3.IntegrityError]]:
+    """Run `sql` for each row; return (index, error) of the rows a constraint refused.
+
+    executemany is tried first (fast); only when it fails are the rows retried
+    one by one to find the offenders.  A failed statement is rolled back by
+    SQLite alone, so the transaction carries on.
+    """
+    materialized = list(rows)
+    try:
+        connection.executemany(sql, materialized)
+        return []
+    except sqlite3.IntegrityError:
+        pass
+    # executemany stops at the first failure, leaving the rows before it
+    # applied; they are idempotent upserts/deletes, so running them again is safe.
+    failures: list[tuple[int, sqlite3.IntegrityError]] = []
+    for index, row in enumerate(materialized):
+        try:
+            connection.execute(sql, row)
+        except sqlite3.IntegrityError as exc:
+            failures.append((index, exc))
+    return failures

@@ -1,0 +1,756 @@
+"""The store: one SQLite connection, owned by one thread, and the node's HLC.
+
+Every public method is one transaction.  Writes use BEGIN IMMEDIATE so that
+the capture of pending local writes, the merge of a peer's batch, and the
+peer's new cursor and version vector commit together or not at all: a crash
+at any point loses nothing and applies nothing twice.
+
+Not thread-safe: the node calls the store from a single worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from syncmesh.clock import HybridClock, SystemClock
+from syncmesh.errors import ClockDriftError, NotInitialized, SchemaError, StoreError
+from syncmesh.merge import join_rows
+from syncmesh.model import (
+    ChangeBatch,
+    RowChange,
+    RowState,
+    SqlValue,
+    Stamp,
+    TableSpec,
+    row_from_plain,
+    row_to_plain,
+)
+from syncmesh.schema import (
+    BOOKKEEPING_DDL,
+    capture_triggers,
+    fingerprint,
+    read_table_spec,
+    shadow_ddl,
+    table_warnings,
+)
+from syncmesh.store.rows import SiteMap, TableSql, execute_each
+
+log = logging.getLogger(__name__)
+
+DRIFT_MS_MAX_DEFAULT = 60_000
+BACKFILL_ROWS_PER_SEQ = 1_000  # existing rows join the feed in groups of this size
+BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCursor:
+    site_id: str
+    incarnation: str
+    cursor: int
+    head_seq: int
+    address: str
+    applied_rows: int
+    last_applied_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    applied_rows: int  # rows whose merged state differed from ours
+    quarantined_rows: int
+    drift_refused_rows: int
+    seq: int  # our head after the batch
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    site_id: str
+    incarnation: str
+    seq: int
+    hlc: int
+    fingerprint: str
+    tables: dict[str, int]
+    vector: dict[str, int]
+    peers: list[PeerCursor]
+    quarantined_rows: int
+    restore_floor: int
+    path: str = field(default="")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Store:
+    """A syncmesh-managed SQLite file.
+
+    Example:
+
+        store = Store.open("app.db")
+        store.init()
+        store.track(["items"])
+        store.capture()
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: str, clock: HybridClock) -> None:
+        self._connection = connection
+        self._path = path
+        self._clock = clock
+        self._tables: dict[str, TableSql] = {}
+        self._sites: SiteMap | None = None
+        self._tables_version = -1
+
+    @classmethod
+    def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
+        """Open (or create) the file; call `init()` before anything else on a new file."""
+        try:
+            connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
+        store = cls(connection, str(path), clock)
+        if store._initialized():
+            store._load()
+        return store
+
+    def close(self) -> None:
+        self._connection.close()
+
+    @property
+    def clock(self) -> HybridClock:
+        return self._clock
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection, for tests and read-only inspection."""
+        return self._connection
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _initialized(self) -> bool:
+        row = self._connection.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_state'"
+        ).fetchone()
+        return row is not None
+
+    def init(self) -> str:
+        """Create the bookkeeping tables and this node's site id; idempotent.
+
+        Returns the site id.
+        """
+        with self._transaction():
+            for statement in BOOKKEEPING_DDL.split(";"):
+                if statement.strip():
+                    self._connection.execute(statement)
+            row = self._connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
+            if row is None:
+                site_id = uuid.uuid4().hex
+                self._connection.execute(
+                    "INSERT INTO _syncmesh_state VALUES (1, ?, ?, 0, 0, 0, 0, 0)",
+                    (site_id, uuid.uuid4().hex),
+                )
+                self._connection.execute(
+                    "INSERT INTO _syncmesh_sites (ordinal, site_id) VALUES (0, ?)", (site_id,)
+                )
+        self._load()
+        return self.site_id
+
+    def new_site_id(self) -> str:
+        """Give this file a new identity (for a copy of another node's file).
+
+        The stamps of writes made under the old identity keep naming the old
+        site: they are that site's writes, held here as copies.
+        """
+        self._require_init()
+        new_site = uuid.uuid4().hex
+        with self._transaction():
+            old_site = self.site_id
+            cursor = self._connection.execute(
+                "INSERT INTO _syncmesh_sites (site_id) VALUES (?)", (new_site + "-tmp",)
+            )
+            moved = int(cursor.lastrowid or 0)
+            for table in self._tables.values():
+                sets = ["cl_site = CASE WHEN cl_site = 0 THEN :moved ELSE cl_site END"]
+                sets += [
+                    f"s{index} = CASE WHEN s{index} = 0 THEN :moved ELSE s{index} END"
+                    for index in range(len(table.values))
+                ]
+                self._connection.execute(
+                    f"UPDATE {table.shadow} SET {', '.join(sets)}", {"moved": moved}
+                )
+            self._connection.execute(
+                "UPDATE _syncmesh_sites SET site_id = ? WHERE ordinal = 0", (new_site,)
+            )
+            self._connection.execute(
+                "UPDATE _syncmesh_sites SET site_id = ? WHERE ordinal = ?", (old_site, moved)
+            )
+            self._connection.execute(
+                "UPDATE _syncmesh_state SET site_id = ?, incarnation = ?",
+                (new_site, uuid.uuid4().hex),
+            )
+        self._load()
+        return new_site
+
+    def _load(self) -> None:
+        state = self._state()
+        self._clock.restore(state["hlc"])
+        self._sites = SiteMap(self._connection)
+        self._tables = {}
+        for name, spec_json in self._connection.execute(
+            "SELECT name, spec FROM _syncmesh_tables ORDER BY name"
+        ):
+            decoded = json.loads(spec_json)
+            spec = TableSpec(
+                name, tuple(decoded["columns"]), tuple(decoded["types"]), tuple(decoded["pk"])
+            )
+            self._tables[name] = TableSql(spec)
+        self._tables_version = state["tables_version"]
+
+    def _state(self) -> dict[str, int]:
+        row = self._connection.execute(
+            "SELECT seq, hlc, tables_version, restore_floor FROM _syncmesh_state"
+        ).fetchone()
+        if row is None:
+            raise NotInitialized(f"{self._path} is not initialised: run `syncmesh init`")
+        return {"seq": row[0], "hlc": row[1], "tables_version": row[2], "restore_floor": row[3]}
+
+    def _require_init(self) -> SiteMap:
+        if self._sites is None:
+            raise NotInitialized(f"{self._path} is not initialised: run `syncmesh init`")
+        return self._sites
+
+    @property
+    def site_id(self) -> str:
+        self._require_init()
+        return str(self._connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+
+    @property
+    def incarnation(self) -> str:
+        self._require_init()
+        return str(
+            self._connection.execute("SELECT incarnation FROM _syncmesh_state").fetchone()[0]
+        )
+
+    def specs(self) -> list[TableSpec]:
+        return [table.spec for table in self._tables.values()]
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.specs())
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the tracked tables if `track` ran in another process; True if so."""
+        self._require_init()
+        if self._state()["tables_version"] == self._tables_version:
+            return False
+        self._load()
+        return True
+
+    def track(self, names: list[str]) -> list[str]:
+        """Start syncing `names`; existing rows join the feed.  Returns warnings.
+
+        Idempotent for a table tracked with the same definition.  Refuses
+        (SchemaError) a table without a primary key, or whose definition
+        changed since it was tracked.
+        """
+        self._require_init()
+        warnings: list[str] = []
+        with self._transaction():
+            for name in names:
+                spec = read_table_spec(self._connection, name)
+                existing = self._tables.get(name)
+                if existing is not None:
+                    if existing.spec != spec:
+                        raise SchemaError(
+                            f"table {name!r} changed since it was tracked; changing a tracked"
+                            " table's columns is not supported yet"
+                        )
+                    continue
+                warnings.extend(table_warnings(self._connection, spec))
+                self._create_tracking(spec)
+            self._connection.execute(
+                "UPDATE _syncmesh_state SET tables_version = tables_version + 1"
+            )
+        self._load()
+        return warnings
+
+    def _create_tracking(self, spec: TableSpec) -> None:
+        for statement in [*shadow_ddl(spec), *capture_triggers(spec)]:
+            self._connection.execute(statement)
+        table = TableSql(spec)
+        state = self._state()
+        hlc = self._clock.tick()
+        base = state["seq"] + 1
+        cursor = self._connection.execute(
+            table.backfill_sql, {"hlc": hlc, "base": base, "chunk": BACKFILL_ROWS_PER_SEQ}
+        )
+        rows = max(cursor.rowcount, 0)
+        groups = (rows + BACKFILL_ROWS_PER_SEQ - 1) // BACKFILL_ROWS_PER_SEQ
+        self._connection.execute(
+            "UPDATE _syncmesh_state SET seq = ?, hlc = ?", (state["seq"] + groups, hlc)
+        )
+        self._set_own_vector(hlc)
+        self._connection.execute(
+            "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
+            (
+                spec.name,
+                json.dumps({"columns": spec.columns, "types": spec.declared_types, "pk": spec.pk}),
+            ),
+        )
+        log.info("tracking table %s (%d existing rows)", spec.name, rows)
+
+    # -- transactions -----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """BEGIN ... COMMIT; a failure rolls back; sqlite3 errors leave as StoreError."""
+        try:
+            self._connection.execute(f"BEGIN {mode}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction on {self._path}: {exc}") from exc
+        try:
+            yield self._connection
+            self._connection.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                self._connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed on %s", self._path)
+            if self._sites is not None:
+                self._sites.forget_uncommitted()
+            # The clock may stay ahead (it never goes back); that is always safe.
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self._path}: {exc}") from exc
+            raise
+
+    # -- capture ----------------------------------------------------------------
+
+    def capture(self) -> int:
+        """Stamp every pending local write (one HLC, one seq); returns rows stamped."""
+        self._require_init()
+        if not self._has_pending():
+            return 0
+        with self._transaction():
+            return self._capture_pending()
+
+    def _has_pending(self) -> bool:
+        return any(
+            self._connection.execute(table.pending_sql).fetchone() is not None
+            for table in self._tables.values()
+        )
+
+    def _capture_pending(self) -> int:
+        pending = [
+            table
+            for table in self._tables.values()
+            if self._connection.execute(table.pending_sql).fetchone() is not None
+        ]
+        if not pending:
+            return 0
+        hlc = self._clock.tick()
+        seq = self._state()["seq"] + 1
+        stamped = 0
+        for table in pending:
+            cursor = self._connection.execute(table.capture_sql, {"seq": seq, "hlc": hlc})
+            stamped += max(cursor.rowcount, 0)
+        self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (seq, hlc))
+        self._set_own_vector(hlc)
+        return stamped
+
+    def _set_own_vector(self, hlc: int) -> None:
+        """V[self] follows our clock, unless a restore left own writes missing."""
+        if self._state()["restore_floor"] > 0:
+            return
+        self._connection.execute(
+            "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES"
+            " ((SELECT site_id FROM _syncmesh_state), ?)"
+            " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+            (hlc,),
+        )
+
+    # -- the change feed --------------------------------------------------------
+
+    def head_seq(self) -> int:
+        self._require_init()
+        return self._state()["seq"]
+
+    def vector(self) -> dict[str, int]:
+        return dict(self._connection.execute("SELECT site_id, hlc FROM _syncmesh_vector"))
+
+    def read_batch(
+        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+    ) -> ChangeBatch:
+        """The feed after `from_seq`, at most about `rows_max` rows, whole seq groups.
+
+        Cells the receiver already holds (by its version vector) are left out.
+        The batch carries our vector only if it reaches our head.
+        """
+        sites = self._require_init()
+        assert rows_max > 0
+        with self._transaction("DEFERRED"):
+            head = self._state()["seq"]
+            incarnation = self.incarnation
+            if from_seq >= head:
+                return ChangeBatch(
+                    incarnation,
+                    from_seq,
+                    from_seq,
+                    head,
+                    self.vector() if from_seq == head else None,
+                    [],
+                )
+            upper = self._batch_upper(from_seq, head, rows_max)
+            rows: list[tuple[int, RowChange]] = []
+            for table in self._tables.values():
+                for row in self._connection.execute(table.feed_sql, (from_seq, upper)):
+                    pk, state, seq = table.state_of(row, sites)
+                    assert seq is not None
+                    change = _filtered(table.spec.name, pk, state, receiver_vector)
+                    if change is not None:
+                        rows.append((seq, change))
+            vector = self.vector() if upper == head else None
+        rows.sort(key=lambda item: item[0])
+        return ChangeBatch(
+            incarnation, from_seq, upper, head, vector, [change for _seq, change in rows]
+        )
+
+    def _batch_upper(self, from_seq: int, head: int, rows_max: int) -> int:
+        seqs: list[int] = []
+        for table in self._tables.values():
+            seqs.extend(
+                seq for (seq,) in self._connection.execute(table.seqs_sql, (from_seq, rows_max))
+            )
+        if len(seqs) < rows_max:
+            return head
+        seqs.sort()
+        # Whole seq groups only: a group is one local transaction (or one applied batch).
+        return seqs[rows_max - 1]
+
+    # -- applying a peer's batch ------------------------------------------------
+
+    def peer_cursor(self, site_id: str) -> PeerCursor | None:
+        row = self._connection.execute(
+            "SELECT site_id, incarnation, cursor, head_seq, address, applied_rows,"
+            " last_applied_ms FROM _syncmesh_peers WHERE site_id = ?",
+            (site_id,),
+        ).fetchone()
+        return None if row is None else PeerCursor(*row)
+
+    def reset_peer_cursor(
+        self, site_id: str, incarnation: str, head_seq: int, address: str
+    ) -> None:
+        """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
+        with self._transaction():
+            self._connection.execute(
+                "INSERT INTO _syncmesh_peers (site_id, incarnation, cursor, head_seq, address)"
+                " VALUES (?, ?, 0, ?, ?) ON CONFLICT (site_id) DO UPDATE SET"
+                " incarnation = excluded.incarnation, cursor = 0,"
+                " head_seq = excluded.head_seq, address = excluded.address",
+                (site_id, incarnation, head_seq, address),
+            )
+
+    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+        """Merge a peer's batch and advance its cursor and our vector, atomically.
+
+        Raises StoreError if the batch does not continue the stored cursor
+        (a gap or a replay of an old slice); nothing is applied then.
+        """
+        sites = self._require_init()
+        with self._transaction():
+            peer = self.peer_cursor(peer_site_id)
+            if (
+                peer is None
+                or peer.incarnation != batch.incarnation
+                or peer.cursor != batch.from_seq
+            ):
+                raise StoreError(
+                    f"batch ({batch.from_seq}, {batch.to_seq}] from {peer_site_id} does not"
+                    f" continue our cursor {None if peer is None else peer.cursor}"
+                )
+            self._capture_pending()
+            result = self._merge_rows(peer_site_id, batch.rows, sites)
+            self._connection.execute(
+                "UPDATE _syncmesh_peers SET cursor = ?, head_seq = ?,"
+                " applied_rows = applied_rows + ?, last_applied_ms = ? WHERE site_id = ?",
+                (batch.to_seq, batch.head_seq, result.applied_rows, _now_ms(), peer_site_id),
+            )
+            if batch.vector is not None:
+                self._merge_vector(batch.vector)
+            self._connection.execute(
+                "UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (self._clock.last,)
+            )
+        return result
+
+    def _merge_rows(self, origin: str, rows: list[RowChange], sites: SiteMap) -> ApplyResult:
+        """Merge `rows` into the tables (inside the caller's transaction)."""
+        self._connection.execute("UPDATE _syncmesh_state SET applying = 1")
+        seq = self._state()["seq"] + 1
+        applied = quarantined = refused = 0
+        by_table: dict[str, list[RowChange]] = {}
+        for change in rows:
+            by_table.setdefault(change.table, []).append(change)
+        for name, changes in by_table.items():
+            table = self._tables.get(name)
+            if table is None:
+                for change in changes:
+                    self._quarantine(change, origin, f"table {name!r} is not tracked here")
+                quarantined += len(changes)
+                continue
+            counts = self._merge_table(table, changes, origin, seq, sites)
+            applied += counts[0]
+            quarantined += counts[1]
+            refused += counts[2]
+        self._connection.execute("UPDATE _syncmesh_state SET applying = 0")
+        if applied:
+            self._connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
+            self._set_own_vector(self._clock.last)
+        return ApplyResult(applied, quarantined, refused, self._state()["seq"])
+
+    def _merge_table(
+        self, table: TableSql, changes: list[RowChange], origin: str, seq: int, sites: SiteMap
+    ) -> tuple[int, int, int]:
+        local = table.load(self._connection, [change.pk for change in changes], sites)
+        upserts: list[tuple[RowChange, list[SqlValue]]] = []
+        deletes: list[tuple[RowChange, list[SqlValue]]] = []
+        merged_states: list[tuple[RowChange, RowState]] = []
+        refused = 0
+        for change in changes:
+            try:
+                self._check_drift(change.state)
+            except ClockDriftError as exc:
+                self._quarantine(change, origin, str(exc))
+                refused += 1
+                continue
+            before = local.get(change.pk)
+            merged = join_rows(before, change.state)
+            if merged == before:
+                continue  # already held, or superseded: idempotent redelivery
+            self._observe(change.state)
+            merged_states.append((change, merged))
+            if merged.alive:
+                upserts.append((change, table.user_row(change.pk, merged)))
+            elif before is not None and before.alive:
+                deletes.append((change, list(change.pk)))
+        failed: set[int] = set()
+        for group, sql in ((upserts, table.upsert_sql), (deletes, table.delete_sql)):
+            for index, error in execute_each(self._connection, sql, [row for _c, row in group]):
+                change = group[index][0]
+                failed.add(id(change))
+                self._quarantine(change, origin, f"constraint failed: {error}")
+        shadow_rows = [
+            table.shadow_row(change.pk, merged, seq, sites)
+            for change, merged in merged_states
+            if id(change) not in failed
+        ]
+        self._connection.executemany(table.shadow_write_sql, shadow_rows)
+        return len(shadow_rows), len(failed), refused
+
+    def _check_drift(self, state: RowState) -> None:
+        for stamp in _stamps(state):
+            self._clock.check(stamp.hlc, stamp.site_id)
+
+    def _observe(self, state: RowState) -> None:
+        for stamp in _stamps(state):
+            self._clock.observe(stamp.hlc, stamp.site_id)
+
+    # -- version vector ---------------------------------------------------------
+
+    def _merge_vector(self, sender_vector: dict[str, int]) -> None:
+        """V = max(V, sender's V), capped below changes we hold only in quarantine."""
+        caps: dict[str, int] = {}
+        for (stamps_json,) in self._connection.execute(
+            "SELECT min_stamps FROM _syncmesh_quarantine"
+        ):
+            for site, hlc in json.loads(stamps_json).items():
+                caps[site] = min(caps.get(site, hlc - 1), hlc - 1)
+        own = self.site_id
+        for site, hlc in sender_vector.items():
+            capped = min(hlc, caps.get(site, hlc))
+            self._connection.execute(
+                "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES (?, ?)"
+                " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+                (site, capped),
+            )
+        floor = self._state()["restore_floor"]
+        if floor > 0 and self.vector().get(own, 0) >= floor:
+            log.warning("own writes up to the restore floor are back; leaving restore mode")
+            self._connection.execute("UPDATE _syncmesh_state SET restore_floor = 0")
+
+    def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
+        """Detect that this file was restored from an old copy; True if detected now.
+
+        A peer holding own-site writes beyond what our vector claims means we
+        lost writes that we made (the file is older than our history).  Then:
+        our clock jumps past them (new writes must win over the lost ones),
+        our vector stops claiming own writes until peers return them, and a
+        new incarnation tells every peer to re-read our feed from the start.
+        """
+        own = self.site_id
+        claimed = peer_vector.get(own, 0)
+        with self._transaction():
+            ours = self.vector().get(own, 0)
+            if claimed <= ours:
+                return False
+            self._clock.restore(claimed)
+            state = self._state()
+            first = state["restore_floor"] == 0
+            self._connection.execute(
+                "UPDATE _syncmesh_state SET restore_floor = max(restore_floor, ?),"
+                " hlc = max(hlc, ?)",
+                (claimed, claimed),
+            )
+            if first:
+                self._connection.execute(
+                    "UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,)
+                )
+        if first:
+            log.warning(
+                "this file is older than its peers' view of it (restored from a"
+                " backup?): new incarnation, re-syncing own writes from peers"
+            )
+        return first
+
+    # -- quarantine -------------------------------------------------------------
+
+    def _quarantine(self, change: RowChange, origin: str, reason: str) -> None:
+        min_stamps: dict[str, int] = {}
+        for stamp in _stamps(change.state):
+            min_stamps[stamp.site_id] = min(min_stamps.get(stamp.site_id, stamp.hlc), stamp.hlc)
+        pk_text = ", ".join(repr(value) for value in change.pk)
+        self._connection.execute(
+            "INSERT INTO _syncmesh_quarantine (table_name, pk, change, origin, reason,"
+            " min_stamps, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                change.table,
+                pk_text,
+                msgpack.packb(row_to_plain(change)),
+                origin,
+                reason,
+                json.dumps(min_stamps),
+                _now_ms(),
+            ),
+        )
+        log.warning(
+            "quarantined a row of %s (%s) from %s: %s", change.table, pk_text, origin, reason
+        )
+
+    def retry_quarantine(self) -> int:
+        """Try every quarantined row again through the merge; returns rows resolved."""
+        sites = self._require_init()
+        entries = self._connection.execute(
+            "SELECT id, change, origin FROM _syncmesh_quarantine ORDER BY id"
+        ).fetchall()
+        if not entries:
+            return 0
+        with self._transaction():
+            self._capture_pending()
+            self._connection.execute(
+                "DELETE FROM _syncmesh_quarantine WHERE id <= ?", (entries[-1][0],)
+            )
+            by_origin: dict[str, list[RowChange]] = {}
+            for _id, blob, origin in entries:
+                by_origin.setdefault(origin, []).append(row_from_plain(msgpack.unpackb(blob)))
+            for origin, changes in by_origin.items():
+                self._merge_rows(origin, changes, sites)
+            remaining = self._connection.execute(
+                "SELECT count(*) FROM _syncmesh_quarantine"
+            ).fetchone()[0]
+            self._connection.execute(
+                "UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (self._clock.last,)
+            )
+        return len(entries) - int(remaining)
+
+    def quarantine(self) -> list[dict[str, object]]:
+        return [
+            {
+                "id": row[0],
+                "table": row[1],
+                "pk": row[2],
+                "origin": row[3],
+                "reason": row[4],
+                "created_ms": row[5],
+            }
+            for row in self._connection.execute(
+                "SELECT id, table_name, pk, origin, reason, created_ms"
+                " FROM _syncmesh_quarantine ORDER BY id"
+            )
+        ]
+
+    # -- status -----------------------------------------------------------------
+
+    def status(self) -> StoreStatus:
+        self._require_init()
+        with self._transaction("DEFERRED"):
+            state = self._state()
+            tables = {}
+            for name, table in self._tables.items():
+                tables[name] = int(
+                    self._connection.execute(f"SELECT count(*) FROM {table.table}").fetchone()[0]
+                )
+            peers = [
+                PeerCursor(*row)
+                for row in self._connection.execute(
+                    "SELECT site_id, incarnation, cursor, head_seq, address, applied_rows,"
+                    " last_applied_ms FROM _syncmesh_peers ORDER BY site_id"
+                )
+            ]
+            quarantined = int(
+                self._connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[0]
+            )
+            return StoreStatus(
+                self.site_id,
+                self.incarnation,
+                state["seq"],
+                state["hlc"],
+                self.fingerprint(),
+                tables,
+                self.vector(),
+                peers,
+                quarantined,
+                state["restore_floor"],
+                self._path,
+            )
+
+
+def _stamps(state: RowState) -> Iterator[Stamp]:
+    if state.cl_stamp is not None:
+        yield state.cl_stamp
+    for cell in state.cells.values():
+        yield cell.stamp
+
+
+def _covered(stamp: Stamp | None, vector: dict[str, int]) -> bool:
+    return stamp is not None and vector.get(stamp.site_id, -1) >= stamp.hlc
+
+
+def _filtered(
+    table: str, pk: tuple[SqlValue, ...], state: RowState, vector: dict[str, int]
+) -> RowChange | None:
+    """The part of a row the receiver (with `vector`) may lack; None if it has it all.
+
+    A dead row ships no cells.  A row whose causal length the receiver may
+    lack ships all its cells: that receiver is on an older life of the row.
+    """
+    if not state.alive:
+        if _covered(state.cl_stamp, vector):
+            return None
+        return RowChange(table, pk, RowState(state.cl, state.cl_stamp, {}))
+    if not _covered(state.cl_stamp, vector):
+        return RowChange(table, pk, state)
+    cells = {
+        column: cell for column, cell in state.cells.items() if not _covered(cell.stamp, vector)
+    }
+    if not cells:
+        return None
+    return RowChange(table, pk, RowState(state.cl, state.cl_stamp, cells))
