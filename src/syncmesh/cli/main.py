@@ -140,6 +140,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="Least severe log level written to stderr.",
 )
 def serve(
     database: Path,
@@ -223,7 +224,9 @@ def status(database: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
+@click.option(
+    "--nodes", type=click.IntRange(2, 9), default=3, show_default=True, help="How many nodes."
+)
 @click.option(
     "--rows",
     type=click.IntRange(1, 100_000),

@@ -21,6 +21,7 @@ class NodeConfig:
     backoff_initial_s: float = 0.1  # reconnect delay doubles from here ...
     backoff_max_s: float = 5.0  # ... up to here, with full jitter
     idle_resend_s: float = 2.0  # a sender with nothing new re-reads its feed this often
+    relay_hold_ms: int = 10  # a batch of only others' writes waits this long (mesh dedup)
     quarantine_retry_s: float = 5.0
     frame_bytes_max: int = 32 << 20
 

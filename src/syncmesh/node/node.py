@@ -161,6 +161,8 @@ class Node:
 
     async def accept(self, request: web.Request) -> web.StreamResponse:
         """The WebSocket handler for peers that dial in."""
+        if self._stopping:
+            return web.Response(status=503, text="node is shutting down")
         channel = await accept(
             request,
             heartbeat_s=self.config.heartbeat_s,

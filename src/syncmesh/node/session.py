@@ -26,11 +26,14 @@ from syncmesh.errors import ProtocolError, RefusedError, StoreError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.worker import StoreWorker
-from syncmesh.protocol import Ack, Batch, Hello, Message, Pull, Refuse, decode, encode
+from syncmesh.protocol import Ack, Batch, Have, Hello, Message, Pull, Refuse, decode, encode
 from syncmesh.store import Store
 from syncmesh.transport import Channel
 
 log = logging.getLogger(__name__)
+
+HLC_MAX = (1 << 63) - 1
+RELAY_HOLDS_MAX = 3  # consecutive holds of a relay-only batch before it is sent anyway
 
 
 @dataclass(slots=True)
@@ -84,6 +87,7 @@ class Session:
         self._acked = asyncio.Event()
         self._in_flight: collections.deque[int] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
+        self._own_writes_wanted = True
 
     async def close(self) -> None:
         await self._channel.close()
@@ -171,7 +175,8 @@ class Session:
             cursor = stored.cursor
         self.link.cursor = cursor
         vector = await worker.call(store.vector)
-        await self._send(Pull(hello.incarnation, cursor, vector))
+        restoring = await worker.call(store.restoring)
+        await self._send(Pull(hello.incarnation, cursor, vector, restoring))
 
     async def _receive_loop(self) -> None:
         while True:
@@ -181,6 +186,8 @@ class Session:
                 await self._apply(message.batch)
             elif isinstance(message, Ack):
                 self._on_ack(message)
+            elif isinstance(message, Have):
+                self._learn_peer_vector(message.vector)
             elif isinstance(message, Pull):
                 if self._sender is not None:
                     raise ProtocolError("second PULL in one session")
@@ -224,6 +231,10 @@ class Session:
         link.cursor = batch.to_seq
         link.peer_head_seq = batch.head_seq
         link.last_batch_ms = _now_ms()
+        if batch.vector is not None:
+            # The peer's vector is true of its whole state: what it sent us
+            # we need not send back (this is what stops a relay from echoing).
+            self._learn_peer_vector(batch.vector)
         if applied:
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
@@ -232,10 +243,21 @@ class Session:
         if not self._in_flight or self._in_flight[0] != ack.to_seq:
             raise ProtocolError(f"ACK for seq {ack.to_seq} does not match what we sent")
         self._in_flight.popleft()
-        vector = self.link.peer_vector
-        for site, hlc in ack.vector.items():
-            vector[site] = max(vector.get(site, 0), hlc)
+        self._learn_peer_vector(ack.vector)
         self._acked.set()
+
+    def _learn_peer_vector(self, vector: dict[str, int]) -> None:
+        """Fold in a vector the peer holds; its state only grows, so the max stays true."""
+        known = self.link.peer_vector
+        for site, hlc in vector.items():
+            known[site] = max(known.get(site, 0), hlc)
+
+    def _filter_vector(self) -> dict[str, int]:
+        """What the peer holds: its vector, and all its own writes unless it asked for them."""
+        vector = dict(self.link.peer_vector)
+        if not self._own_writes_wanted:
+            vector[self.link.site_id] = HLC_MAX
+        return vector
 
     async def _send_loop(self, pull: Pull) -> None:
         host, store, worker = self._host, self._host.store, self._host.worker
@@ -246,25 +268,50 @@ class Session:
         if pull.incarnation != incarnation or cursor > head:
             cursor = 0  # the peer's cursor is of an older copy of this file
         self.link.peer_vector = dict(pull.vector)
+        self._own_writes_wanted = pull.own_writes_wanted
+        own_site = await worker.call(lambda: store.site_id)
         last_vector: dict[str, int] | None = None
+        holds = 0
         while True:
             while len(self._in_flight) >= config.batches_in_flight_max:
                 self._acked.clear()
                 await self._acked.wait()
             changed = host.feed_event()
             batch = await worker.call(
-                store.read_batch, cursor, dict(self.link.peer_vector), config.batch_rows_max
+                store.read_batch, cursor, self._filter_vector(), config.batch_rows_max
             )
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=config.idle_resend_s)
                 continue
+            if holds < RELAY_HOLDS_MAX and config.relay_hold_ms > 0 \
+                    and _only_relays(batch, own_site):
+                # In a mesh the peer often gets these rows from their origin at
+                # the same moment; tell it what we hold and wait a little for it
+                # to do the same, then read again, so a relay does not double the
+                # traffic.  Bounded, so a chain's relays are delayed, never starved.
+                holds += 1
+                await self._send(Have(await worker.call(store.vector)))
+                await asyncio.sleep(config.relay_hold_ms / 1000)
+                continue
+            holds = 0
             await self._send(Batch(batch))
             self._in_flight.append(batch.to_seq)
             cursor = batch.to_seq
             last_vector = batch.vector if batch.vector is not None else last_vector
             self.link.rows_out += len(batch.rows)
             self.link.batches_out += 1
+
+
+def _only_relays(batch: ChangeBatch, own_site: str) -> bool:
+    """True if no row of `batch` carries a write of our own site (all are relays)."""
+    for row in batch.rows:
+        state = row.state
+        if state.cl_stamp is not None and state.cl_stamp.site_id == own_site:
+            return False
+        if any(cell.stamp.site_id == own_site for cell in state.cells.values()):
+            return False
+    return bool(batch.rows)
 
 
 def _mismatch(ours: Hello, theirs: Hello) -> str | None:

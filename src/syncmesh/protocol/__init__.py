@@ -5,6 +5,7 @@ from syncmesh.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
     Batch,
+    Have,
     Hello,
     Message,
     Pull,

@@ -9,6 +9,7 @@ ProtocolError that names the problem; it never trusts a size or a type.
 
 from __future__ import annotations
 
+import io
 from typing import Any, assert_never
 
 import msgpack
@@ -16,7 +17,16 @@ import zstandard
 
 from syncmesh.errors import ProtocolError, UnsupportedVersion
 from syncmesh.model import ChangeBatch, row_from_plain, row_to_plain
-from syncmesh.protocol.messages import PROTOCOL_VERSION, Ack, Batch, Hello, Message, Pull, Refuse
+from syncmesh.protocol.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Batch,
+    Have,
+    Hello,
+    Message,
+    Pull,
+    Refuse,
+)
 
 FRAME_BYTES_MAX = 32 << 20  # one frame on the wire, compressed or not
 DECODED_BYTES_MAX = 128 << 20  # after decompression: a bound against zip bombs
@@ -41,10 +51,7 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
     flag, body = frame[0], frame[1:]
     if flag == _ZSTD:
-        try:
-            body = _decompressor.decompress(body, max_output_size=DECODED_BYTES_MAX)
-        except zstandard.ZstdError as exc:
-            raise ProtocolError(f"bad compressed frame: {exc}") from exc
+        body = _decompress(body)
     elif flag != _RAW:
         raise ProtocolError(f"unknown frame flag {flag}")
     try:
@@ -52,6 +59,26 @@ def decode(frame: bytes) -> Message:
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
     return _from_plain(plain)
+
+
+def _decompress(body: bytes) -> bytes:
+    """Decompress at most DECODED_BYTES_MAX bytes: a peer's size claims are not trusted."""
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        with _decompressor.stream_reader(io.BytesIO(body)) as reader:
+            while size <= DECODED_BYTES_MAX:
+                chunk = reader.read(DECODED_BYTES_MAX + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        plain = b"".join(chunks)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError(f"bad compressed frame: {exc}") from exc
+    if len(plain) > DECODED_BYTES_MAX:
+        raise ProtocolError(f"bad compressed frame: expands beyond {DECODED_BYTES_MAX} bytes")
+    return plain
 
 
 def _to_plain(message: Message) -> dict[str, Any]:
@@ -75,6 +102,7 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 "inc": message.incarnation,
                 "cursor": message.cursor,
                 "vv": message.vector,
+                "own": message.own_writes_wanted,
             }
         case Batch():
             batch = message.batch
@@ -89,6 +117,8 @@ def _to_plain(message: Message) -> dict[str, Any]:
             }
         case Ack():
             return {"t": "ack", "to": message.to_seq, "vv": message.vector}
+        case Have():
+            return {"t": "have", "vv": message.vector}
         case _:
             assert_never(message)
 
@@ -148,11 +178,14 @@ def _from_plain(plain: object) -> Message:
             _field(plain, "inc", str, "pull"),
             _seq(plain, "cursor", "pull"),
             _vector(plain.get("vv"), "pull"),
+            _field(plain, "own", bool, "pull"),
         )
     if kind == "batch":
         return Batch(_batch(plain))
     if kind == "ack":
         return Ack(_seq(plain, "to", "ack"), _vector(plain.get("vv"), "ack"))
+    if kind == "have":
+        return Have(_vector(plain.get("vv"), "have"))
     raise ProtocolError(f"unknown message type {kind!r}")
 
 

@@ -7,11 +7,14 @@ of its own change feed and the receiver of the peer's.
             tracked tables, head seq, version vector
     REFUSE  the session cannot go on, and why (then the connection closes)
     PULL    send me your feed after `cursor` of your incarnation; my vector
-            lets you leave out what I already hold
+            lets you leave out what I already hold, and so do my own writes
+            unless I was restored from an old copy
     BATCH   a slice (from_seq, to_seq] of my feed; `vector` only when the
             slice reaches my head
     ACK     I applied your feed up to `to_seq`; my vector is now `vector`
             (flow control, and fresher filtering for relays)
+    HAVE    my vector is now `vector`: a hint for your filter only, sent
+            before relaying so that in a mesh two relays do not cross
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class Pull:
     incarnation: str
     cursor: int
     vector: dict[str, int]
+    # False (the normal case) lets the sender leave out every write of the
+    # puller's own site: a node always holds its own writes, or what won over
+    # them.  True only after a restore from an old copy lost some of them.
+    own_writes_wanted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,4 +64,9 @@ class Ack:
     vector: dict[str, int]
 
 
-Message = Hello | Refuse | Pull | Batch | Ack
+@dataclass(frozen=True, slots=True)
+class Have:
+    vector: dict[str, int]
+
+
+Message = Hello | Refuse | Pull | Batch | Ack | Have

@@ -22,6 +22,8 @@ Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from syncmesh.model import TableSpec
 
 PENDING = -1  # the stamp of a cell written locally and not yet captured
@@ -110,11 +112,12 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     ]
 
 
-def _upsert_pending(spec: TableSpec, row: str, cell_condition: str | None) -> str:
+def _upsert_pending(spec: TableSpec, row: str, cell_condition: Callable[[str], str] | None) -> str:
     """INSERT of a pending shadow row for key `row`.pk, or marking an existing one.
 
     `cell_condition(column)` decides which cells an existing live row marks
-    pending; None marks them all (an insert, or INSERT OR REPLACE).
+    pending; None marks them all (an insert, or INSERT OR REPLACE).  It is a
+    function, not a str.format template: quoted identifiers may contain braces.
     """
     shadow = quote_identifier(shadow_name(spec.name))
     count = len(spec.value_columns)
@@ -131,7 +134,7 @@ def _upsert_pending(spec: TableSpec, row: str, cell_condition: str | None) -> st
         if cell_condition is None:
             sets.append(f"h{index} = {PENDING}")
         else:
-            condition = cell_condition.format(column=quote_identifier(column))
+            condition = cell_condition(quote_identifier(column))
             sets.append(
                 f"h{index} = CASE WHEN cl % 2 = 0 OR {condition} THEN {PENDING} ELSE h{index} END"
             )
@@ -170,7 +173,11 @@ def capture_triggers(spec: TableSpec) -> list[str]:
         f" AFTER INSERT ON {table} WHEN {not_applying}\nBEGIN\n"
         f"  {_upsert_pending(spec, 'NEW', None)}\nEND"
     )
-    cell_changed = f"({key_changed}) OR OLD.{{column}} IS NOT NEW.{{column}}"
+
+    def cell_changed(column: str) -> str:
+        # Not a str.format template: a key column named like "{id}" broke track().
+        return f"({key_changed}) OR OLD.{column} IS NOT NEW.{column}"
+
     on_update = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'update')}"
         f" AFTER UPDATE ON {table} WHEN {not_applying} AND ({any_changed})\nBEGIN\n"

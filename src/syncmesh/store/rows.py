@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+from syncmesh.errors import StoreError
 from syncmesh.model import Cell, RowState, SqlValue, Stamp, TableSpec
 from syncmesh.schema import quote_identifier, shadow_columns, shadow_name
 
@@ -216,8 +217,8 @@ def execute_each(
     try:
         connection.executemany(sql, materialized)
         return []
-    except sqlite3.IntegrityError:
-        pass
+    except sqlite3.IntegrityError as exc:
+        _require_transaction(connection, exc)
     # executemany stops at the first failure, leaving the rows before it
     # applied; they are idempotent upserts/deletes, so running them again is safe.
     failures: list[tuple[int, sqlite3.IntegrityError]] = []
@@ -225,5 +226,21 @@ def execute_each(
         try:
             connection.execute(sql, row)
         except sqlite3.IntegrityError as exc:
+            _require_transaction(connection, exc)
             failures.append((index, exc))
     return failures
+
+
+def _require_transaction(connection: sqlite3.Connection, exc: sqlite3.IntegrityError) -> None:
+    """Raise StoreError if the constraint failure ended the caller's transaction.
+
+    Most constraint failures undo only the failing statement, but a user
+    trigger's RAISE(ROLLBACK) or a constraint declared ON CONFLICT ROLLBACK
+    rolls back the whole transaction.  Carrying on would run the rest of the
+    apply in autocommit mode: half a batch committed, with its cursor.
+    """
+    if not connection.in_transaction:
+        raise StoreError(
+            f"a constraint rolled back the whole apply transaction (RAISE(ROLLBACK) or"
+            f" ON CONFLICT ROLLBACK); nothing was applied: {exc}"
+        ) from exc

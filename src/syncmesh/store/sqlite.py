@@ -324,7 +324,9 @@ class Store:
             self._connection.execute("COMMIT")
         except BaseException as exc:
             try:
-                self._connection.execute("ROLLBACK")
+                # SQLite may have rolled back already (RAISE(ROLLBACK), a full disk).
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("rollback failed on %s", self._path)
             if self._sites is not None:
@@ -384,6 +386,11 @@ class Store:
     def head_seq(self) -> int:
         self._require_init()
         return self._state()["seq"]
+
+    def restoring(self) -> bool:
+        """True while own writes lost by a restore from an old copy are being recovered."""
+        self._require_init()
+        return self._state()["restore_floor"] > 0
 
     def vector(self) -> dict[str, int]:
         return dict(self._connection.execute("SELECT site_id, hlc FROM _syncmesh_vector"))

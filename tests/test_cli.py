@@ -1,0 +1,125 @@
+"""The command line, run as users run it: the installed `syncmesh` entry point."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from syncmesh.cli.main import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "syncmesh", *args], capture_output=True,
+                            text=True, timeout=120, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def make_items(path: Path, schema: str = "CREATE TABLE items (id TEXT PRIMARY KEY, v)") -> None:
+    connection = sqlite3.connect(path)
+    connection.execute(schema)
+    connection.execute("INSERT INTO items VALUES ('existing', 1)") if "items" in schema else None
+    connection.commit()
+    connection.close()
+
+
+def test_init_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    first = run("init", str(db)).stdout
+    second = run("init", str(db)).stdout
+    assert first == second and re.search(r"site id [0-9a-f]{32}", first)
+
+
+def test_track_then_status_json(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_items(db)
+    run("init", str(db))
+    assert "tracking items" in run("track", str(db), "items").stdout
+    status = json.loads(run("status", str(db), "--json").stdout)
+    assert status["tables"] == {"items": 1}
+    assert status["seq"] >= 1  # the existing row joined the feed
+    assert re.fullmatch(r"[0-9a-f]{32}", status["site_id"])
+    assert status["peers"] == []
+    human = run("status", str(db)).stdout
+    assert "items" in human and status["site_id"] in human
+
+
+def test_track_refuses_a_table_without_primary_key(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_items(db, "CREATE TABLE logs (line TEXT)")
+    result = run("track", str(db), "logs", check=False)
+    assert result.returncode == 1
+    assert "no PRIMARY KEY" in result.stderr and "randomblob" in result.stderr
+
+
+def test_track_warns_about_risky_schemas(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_items(db, "CREATE TABLE items (id INTEGER PRIMARY KEY, email TEXT UNIQUE,"
+                   " owner TEXT REFERENCES owners(id))")
+    result = run("track", str(db), "items")
+    assert "auto-increment" in result.stderr
+    assert "UNIQUE" in result.stderr
+    assert "FOREIGN KEY" in result.stderr
+
+
+def test_unknown_table_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_items(db)
+    assert "does not exist" in run("track", str(db), "nope", check=False).stderr
+    assert "does not exist" in run("status", str(tmp_path / "missing.db"), check=False).stderr
+
+
+def test_status_of_a_plain_sqlite_file_says_to_init(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_items(db)
+    result = run("status", str(db), check=False)
+    assert result.returncode == 1 and "syncmesh init" in result.stderr
+
+
+def test_serve_rejects_bad_arguments(tmp_path: Path) -> None:
+    db = str(tmp_path / "app.db")
+    assert "HOST:PORT" in run("serve", db, "--listen", "nonsense", check=False).stderr
+    assert "http://" in run("serve", db, "--peer", "ftp://x", check=False).stderr
+
+
+def test_demo_converges() -> None:
+    result = run("demo", "--rows", "20")
+    assert "converged: 61 identical rows on all 3 nodes" in result.stdout
+
+
+def _commands() -> dict[str, click.Command]:
+    assert isinstance(cli, click.Group)
+    return dict(cli.commands)
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_command_has_complete_help(name: str) -> None:
+    command = _commands()[name]
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0
+    assert command.help and len(command.help.split()) >= 8, f"{name}: help is too thin"
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{name} {param.opts}: option without help"
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_command_and_option_is_documented(name: str) -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    assert f"syncmesh {name}" in text, f"docs/cli.md does not describe `syncmesh {name}`"
+    for param in _commands()[name].params:
+        if isinstance(param, click.Option):
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    assert opt in text, f"docs/cli.md does not mention {name} {opt}"

@@ -1,0 +1,256 @@
+"""Nodes in one process over real loopback sockets: sessions, refusals, relays, no echo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import msgpack
+import pytest
+
+from syncmesh.api import running_node
+from syncmesh.node import Node, NodeConfig, PeerStatistics
+from syncmesh.protocol import Refuse, decode
+from syncmesh.store import Store
+from tests.helpers import rows_with_types, wait_until
+
+SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
+TIMEOUT_S = 20.0
+
+
+def make_db(path: Path, schema: str = SCHEMA) -> Path:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(schema)
+        connection.commit()
+    store = Store.open(path)
+    try:
+        store.init()
+        store.track(["items"])
+    finally:
+        store.close()
+    return path
+
+
+def execute(path: Path, sql: str, *params: object) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(sql, params)
+
+
+def dump(path: Path) -> list[object]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return list(rows_with_types(connection, "items"))
+
+
+def config(path: Path, *peers: Node, **overrides: object) -> NodeConfig:
+    settings: dict[str, object] = {"listen_port": 0, "heartbeat_s": 1.0, "backoff_max_s": 0.5}
+    settings.update(overrides)
+    return NodeConfig(database_path=str(path),  # type: ignore[arg-type]
+                      peer_urls=tuple(f"http://{peer.listen}" for peer in peers), **settings)
+
+
+@contextlib.asynccontextmanager
+async def nodes_started(*configs: NodeConfig) -> AsyncIterator[list[Node]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(running_node(c)) for c in configs]
+
+
+async def converged(*paths: Path, rows: int | None = None) -> bool:
+    dumps = [await asyncio.to_thread(dump, path) for path in paths]
+    return all(d == dumps[0] for d in dumps) and (rows is None or len(dumps[0]) == rows)
+
+
+async def peer_of(node: Node, **match: object) -> PeerStatistics:
+    for peer in (await node.statistics()).peers:
+        if all(getattr(peer, key) == value for key, value in match.items()):
+            return peer
+    raise AssertionError(f"no peer matching {match} in {(await node.statistics()).peers}")
+
+
+async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
+    """Goal: A<-B<-C converge; B relays; nobody sends a node its own changes back.
+
+    Method: writes at A and C; after convergence, the batches' rows that A
+    received from B must be exactly C's rows (B's relay), never A's own.
+    """
+    a, b, c = (make_db(tmp_path / f"{n}.db") for n in "abc")
+    async with running_node(config(a)) as node_a, \
+            running_node(config(b, node_a)) as node_b, \
+            running_node(config(c, node_b)) as node_c:
+        await asyncio.to_thread(execute, a, "INSERT INTO items VALUES ('from-a', 'a', 1)")
+        await asyncio.to_thread(execute, c, "INSERT INTO items VALUES ('from-c', 'c', 2)")
+        await wait_until(lambda: converged(a, b, c, rows=2), TIMEOUT_S, "chain to converge")
+        await asyncio.to_thread(execute, a, "UPDATE items SET qty = 10 WHERE id = 'from-a'")
+        await wait_until(lambda: converged(a, b, c), TIMEOUT_S, "update to reach C")
+        assert dict(((r[0][0], r[2][0]) for r in await asyncio.to_thread(dump, c))) == {  # type: ignore[index]
+            "from-a": 10, "from-c": 2}
+        site_c = node_c.store.site_id
+        # Everything A received came from B; only C's row is news to A.
+        b_at_a = await peer_of(node_a, dialed=False)
+        assert b_at_a.rows_in == 1, b_at_a
+        c_at_b = await peer_of(node_b, dialed=False)
+        # B sends C: A's insert and A's update, never C's own row back.
+        assert c_at_b.rows_out == 2, c_at_b
+        assert site_c != node_a.store.site_id
+
+
+async def test_mesh_does_not_multiply_traffic(tmp_path: Path) -> None:
+    """Goal: in a full mesh each change reaches each node about once, not once per path."""
+    paths = [make_db(tmp_path / f"{n}.db") for n in "abc"]
+    async with running_node(config(paths[0])) as node_a, \
+            running_node(config(paths[1], node_a)) as node_b, \
+            running_node(config(paths[2], node_a, node_b)) as node_c:
+        for index in range(20):
+            await asyncio.to_thread(execute, paths[0],
+                                    "INSERT INTO items VALUES (?, 'x', ?)", f"k{index}", index)
+        await wait_until(lambda: converged(*paths, rows=20), TIMEOUT_S, "mesh to converge")
+        await asyncio.sleep(0.5)  # let acks and vectors settle before counting
+        received = [sum(p.rows_in for p in (await n.statistics()).peers)
+                    for n in (node_b, node_c)]
+        # 20 rows each.  Naive flooding delivers each row twice (directly and
+        # relayed); the vector filter leaves only relays that raced a direct
+        # delivery.
+        assert all(20 <= count <= 30 for count in received), received
+
+
+async def test_local_transactions_arrive_whole(tmp_path: Path) -> None:
+    """Goal: a peer never shows part of a local transaction, even across batch limits.
+
+    Method: batches are limited to 50 rows; A commits 2,000 rows in one
+    transaction; B's row count, sampled continuously, is only ever 0 or 2,000.
+    """
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    async with running_node(config(a, batch_rows_max=50)) as node_a, \
+            running_node(config(b, node_a, batch_rows_max=50)):
+        await wait_until(lambda: _streaming(node_a), TIMEOUT_S, "session")
+
+        def write() -> None:
+            with contextlib.closing(sqlite3.connect(a)) as connection, connection:
+                connection.executemany("INSERT INTO items VALUES (?, 'bulk', ?)",
+                                       [(f"t{index:05d}", index) for index in range(2000)])
+
+        seen: set[int] = set()
+
+        async def sample() -> bool:
+            count = await asyncio.to_thread(_count, b)
+            seen.add(count)
+            return count == 2000
+
+        await asyncio.to_thread(write)
+        await wait_until(sample, TIMEOUT_S, "the transaction at B")
+        assert seen <= {0, 2000}, seen
+
+
+def _count(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return int(connection.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+async def _streaming(node: Node) -> bool:
+    return any(p.state == "streaming" for p in (await node.statistics()).peers)
+
+
+async def test_schema_mismatch_is_refused_on_both_sides(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a = make_db(tmp_path / "a.db")
+    b = make_db(tmp_path / "b.db", "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
+    async with running_node(config(a)) as node_a, running_node(config(b, node_a)) as node_b:
+        await wait_until(lambda: _refused(node_b), TIMEOUT_S, "the dialler to be refused")
+        peer = await peer_of(node_b, dialed=True)
+        assert "schema mismatch" in peer.last_error
+        await wait_until(lambda: _logged_by_both(caplog, node_b), TIMEOUT_S, "both sides' logs")
+        assert not await _streaming(node_a)
+
+
+def _logged_by_both(caplog: pytest.LogCaptureFixture, dialler: Node) -> bool:
+    """The dialler logs the refusal under the URL it dialled, the acceptor under host:port."""
+    lines = [r.getMessage() for r in caplog.records
+             if r.levelname == "ERROR" and "schema mismatch" in r.getMessage()]
+    dialled = [line for line in lines if "http://" in line.split("refused")[0]]
+    accepted = [line for line in lines if "http://" not in line.split("refused")[0]]
+    return bool(dialled) and bool(accepted)
+
+
+async def _refused(node: Node) -> bool:
+    return any(p.state == "refused" for p in (await node.statistics()).peers)
+
+
+async def test_copied_file_is_refused_until_given_a_new_site_id(tmp_path: Path) -> None:
+    a = make_db(tmp_path / "a.db")
+    execute(a, "INSERT INTO items VALUES ('x', 'original', 1)")
+    b = tmp_path / "b.db"
+    shutil.copy(a, b)
+    async with running_node(config(a)) as node_a:
+        async with running_node(config(b, node_a)) as node_b:
+            await wait_until(lambda: _refused(node_b), TIMEOUT_S, "the copy to be refused")
+            assert "copy" in (await peer_of(node_b, dialed=True)).last_error
+        store = Store.open(b)
+        old_site = store.site_id
+        assert store.new_site_id() != old_site
+        store.close()
+        execute(b, "INSERT INTO items VALUES ('y', 'from the copy', 2)")
+        async with running_node(config(b, node_a)):
+            await wait_until(lambda: converged(a, b, rows=2), TIMEOUT_S, "a and b to converge")
+
+
+async def test_hostile_frames_get_a_refusal_and_the_node_keeps_syncing(tmp_path: Path) -> None:
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    async with running_node(config(a)) as node_a:
+        url = f"http://{node_a.listen}/sync/v1"
+        for garbage in (b"", b"\x00\xc1", b"\x09junk", bytes([0]) + msgpack.packb({"t": "x"}),
+                        bytes([0]) + msgpack.packb({"t": "hello", "v": 99})):
+            async with aiohttp.ClientSession() as http, http.ws_connect(url) as socket:
+                await socket.receive()  # the node's HELLO
+                await socket.send_bytes(garbage)
+                answer = await socket.receive(timeout=5)
+                assert answer.type == aiohttp.WSMsgType.BINARY, answer
+                refusal = decode(answer.data)
+                assert isinstance(refusal, Refuse) and refusal.reason.startswith("bad HELLO")
+                closing = await socket.receive(timeout=5)
+                assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        execute(a, "INSERT INTO items VALUES ('after', 'garbage', 1)")
+        async with running_node(config(b, node_a)):
+            await wait_until(lambda: converged(a, b, rows=1), TIMEOUT_S, "a real peer to sync")
+
+
+async def test_a_restarted_peer_is_redialled(tmp_path: Path) -> None:
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    async with running_node(config(a)) as node_a:
+        port = int(node_a.listen.rsplit(":", 1)[1])
+        async with running_node(config(b, node_a)) as node_b:
+            await wait_until(lambda: _streaming(node_b), TIMEOUT_S, "first session")
+            await node_a.close_sessions()
+            await wait_until(lambda: _not_streaming(node_b), TIMEOUT_S, "b to notice")
+    # A again on the same port, with a write made while it was down.
+    execute(a, "INSERT INTO items VALUES ('while-down', 'a', 1)")
+    async with running_node(config(a, listen_port=port)) as node_a:
+        async with running_node(config(b, node_a)) as node_b:
+            execute(b, "INSERT INTO items VALUES ('from-b', 'b', 2)")
+            await wait_until(lambda: converged(a, b, rows=2), TIMEOUT_S, "resync")
+            assert (await peer_of(node_b, dialed=True)).state == "streaming"
+
+
+async def _not_streaming(node: Node) -> bool:
+    return not await _streaming(node)
+
+
+async def test_status_endpoint_reports_peers(tmp_path: Path) -> None:
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    async with running_node(config(a)) as node_a, running_node(config(b, node_a)) as node_b:
+        execute(a, "INSERT INTO items VALUES ('x', 'a', 1)")
+        await wait_until(lambda: converged(a, b, rows=1), TIMEOUT_S, "sync")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{node_b.listen}/v1/status") as response:
+                assert response.status == 200
+                status = await response.json()
+            async with http.get(f"http://{node_b.listen}/v1/health") as response:
+                assert (await response.json()) == {"ok": True}
+        assert status["site_id"] == node_b.store.site_id
+        assert status["store"]["tables"] == {"items": 1}
+        [peer] = status["peers"]
+        assert peer["site_id"] == node_a.store.site_id
+        assert peer["state"] == "streaming"

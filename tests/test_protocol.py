@@ -1,0 +1,151 @@
+"""The codec: decode inverts encode, and hostile bytes get a ProtocolError, never a crash."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncmesh.errors import ProtocolError, UnsupportedVersion
+from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
+from syncmesh.protocol import (
+    FRAME_BYTES_MAX,
+    Ack,
+    Batch,
+    Have,
+    Hello,
+    Message,
+    Pull,
+    Refuse,
+    decode,
+    encode,
+)
+
+sites = st.sampled_from(["a" * 32, "b" * 32, "c"])
+hlcs = st.integers(0, (1 << 63) - 1)
+stamps = st.builds(Stamp, hlcs, sites)
+values = st.one_of(
+    st.none(),
+    st.integers(-(1 << 63), (1 << 63) - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+cells = st.dictionaries(st.text(min_size=1, max_size=8), st.builds(Cell, values, stamps),
+                        max_size=4)
+states = st.builds(RowState, st.integers(1, 9), st.one_of(st.none(), stamps), cells)
+rows = st.builds(RowChange, st.text(min_size=1, max_size=10),
+                 st.lists(values, min_size=1, max_size=3).map(tuple), states)
+vectors = st.dictionaries(sites, hlcs, max_size=3)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> ChangeBatch:
+    from_seq = draw(st.integers(0, 1000))
+    to_seq = draw(st.integers(from_seq, from_seq + 1000))
+    head_seq = draw(st.integers(to_seq, to_seq + 1000))
+    return ChangeBatch(draw(st.text(max_size=32)), from_seq, to_seq, head_seq,
+                       draw(st.one_of(st.none(), vectors)),
+                       draw(st.lists(rows, max_size=30)))
+
+
+messages = st.one_of(
+    st.builds(Hello, st.just(1), sites, st.text(max_size=32), st.text(max_size=16),
+              st.lists(st.text(max_size=8), max_size=3).map(tuple), st.integers(0, 1 << 40),
+              vectors),
+    st.builds(Refuse, st.text()),
+    st.builds(Pull, st.text(max_size=32), st.integers(0, 1 << 40), vectors, st.booleans()),
+    st.builds(Batch, batches()),
+    st.builds(Ack, st.integers(0, 1 << 40), vectors),
+    st.builds(Have, vectors),
+)
+
+
+@given(messages)
+def test_decode_inverts_encode(message: Message) -> None:
+    assert decode(encode(message)) == message
+
+
+def test_storage_classes_survive_the_wire() -> None:
+    cells = {"i": Cell(1, Stamp(1, "a")), "f": Cell(1.0, Stamp(1, "a")),
+             "t": Cell("1", Stamp(1, "a")), "b": Cell(b"", Stamp(1, "a")),
+             "n": Cell(None, Stamp(1, "a")), "big": Cell(-(1 << 63), Stamp(1, "a"))}
+    batch = ChangeBatch("i", 0, 1, 1, None, [RowChange("t", ("k",), RowState(1, None, cells))])
+    decoded = decode(encode(Batch(batch)))
+    assert isinstance(decoded, Batch)
+    got = decoded.batch.rows[0].state.cells
+    assert {name: type(cell.value) for name, cell in got.items()} == {
+        "i": int, "f": float, "t": str, "b": bytes, "n": type(None), "big": int}
+
+
+def test_large_batches_are_compressed() -> None:
+    rows_ = [RowChange("items", (f"key-{index}",),
+                       RowState(1, Stamp(index, "a" * 32),
+                                {"name": Cell("same text " * 4, Stamp(index, "a" * 32))}))
+             for index in range(500)]
+    frame = encode(Batch(ChangeBatch("i", 0, 1, 1, None, rows_)))
+    plain = msgpack.packb({"rows": [[row.table, list(row.pk)] for row in rows_]})
+    assert frame[0] == 1  # the zstd flag
+    assert len(frame) < len(plain)
+
+
+def _frame(plain: object) -> bytes:
+    return bytes([0]) + msgpack.packb(plain, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (b"", "empty frame"),
+        (bytes([7]) + b"x", "unknown frame flag"),
+        (bytes([0]) + b"\xc1", "not valid msgpack"),
+        (bytes([1]) + b"not zstd", "bad compressed frame"),
+        (_frame([1, 2]), "not a map"),
+        (_frame({"t": "nonsense"}), "unknown message type"),
+        (_frame({"t": "pull", "inc": "x", "cursor": -1, "vv": {}, "own": False}), "negative"),
+        (_frame({"t": "pull", "inc": "x", "cursor": True, "vv": {}, "own": False}), "not int"),
+        (_frame({"t": "pull", "inc": "x", "cursor": 1, "vv": {}}), "'own' missing"),
+        (_frame({"t": "ack", "to": 1, "vv": {"a": "x"}}), "version vector entry"),
+        (_frame({"t": "batch", "inc": "i", "from": 5, "to": 2, "head": 9, "vv": None,
+                 "rows": []}), "out of order"),
+        (_frame({"t": "batch", "inc": "i", "from": 0, "to": 1, "head": 1, "vv": None,
+                 "rows": [["t", ["k"], 1, None, None, [["c", {"x": 1}, 1, "a"]]]]}),
+         "not an SQL value"),
+        (_frame({"t": "batch", "inc": "i", "from": 0, "to": 1, "head": 1, "vv": None,
+                 "rows": [["t", [], 1, None, None, []]]}), "primary key"),
+        (_frame({"t": "batch", "inc": "i", "from": 0, "to": 1, "head": 1, "vv": None,
+                 "rows": [["t", ["k"], 0, None, None, []]]}), "causal length"),
+        (_frame({"t": "batch", "inc": "i", "from": 0, "to": 1, "head": 1, "vv": None,
+                 "rows": [["t", ["k"], 1, 5, "", []]]}), "site id"),
+    ],
+)
+def test_malformed_frames_are_refused_with_a_reason(frame: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        decode(frame)
+
+
+def test_wrong_version_is_named() -> None:
+    with pytest.raises(UnsupportedVersion, match="version 99"):
+        decode(_frame({"t": "hello", "v": 99}))
+
+
+def test_oversized_frame_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode(bytes(FRAME_BYTES_MAX + 1))
+
+
+def test_zip_bomb_is_refused() -> None:
+    bomb = bytes([1]) + zstandard.ZstdCompressor().compress(bytes(200 << 20))
+    assert len(bomb) < FRAME_BYTES_MAX
+    with pytest.raises(ProtocolError, match="bad compressed frame"):
+        decode(bomb)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash_the_decoder(frame: bytes) -> None:
+    try:
+        decode(frame)
+    except ProtocolError:
+        pass
