@@ -19,17 +19,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "syncmesh", *args], capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "syncmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
-def make_items(path: Path, schema: str = "CREATE TABLE items (id TEXT PRIMARY KEY, v)") -> None:
+DEFAULT_SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, v)"
+
+
+def make_items(path: Path, schema: str = DEFAULT_SCHEMA) -> None:
     connection = sqlite3.connect(path)
     connection.execute(schema)
-    connection.execute("INSERT INTO items VALUES ('existing', 1)") if "items" in schema else None
+    if schema == DEFAULT_SCHEMA:
+        connection.execute("INSERT INTO items VALUES ('existing', 1)")
     connection.commit()
     connection.close()
 
@@ -38,7 +47,8 @@ def test_init_is_idempotent(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     first = run("init", str(db)).stdout
     second = run("init", str(db)).stdout
-    assert first == second and re.search(r"site id [0-9a-f]{32}", first)
+    assert first == second
+    assert re.search(r"site id [0-9a-f]{32}", first)
 
 
 def test_track_then_status_json(tmp_path: Path) -> None:
@@ -52,7 +62,8 @@ def test_track_then_status_json(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", status["site_id"])
     assert status["peers"] == []
     human = run("status", str(db)).stdout
-    assert "items" in human and status["site_id"] in human
+    assert "items" in human
+    assert status["site_id"] in human
 
 
 def test_track_refuses_a_table_without_primary_key(tmp_path: Path) -> None:
@@ -60,13 +71,17 @@ def test_track_refuses_a_table_without_primary_key(tmp_path: Path) -> None:
     make_items(db, "CREATE TABLE logs (line TEXT)")
     result = run("track", str(db), "logs", check=False)
     assert result.returncode == 1
-    assert "no PRIMARY KEY" in result.stderr and "randomblob" in result.stderr
+    assert "no PRIMARY KEY" in result.stderr
+    assert "randomblob" in result.stderr
 
 
 def test_track_warns_about_risky_schemas(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
-    make_items(db, "CREATE TABLE items (id INTEGER PRIMARY KEY, email TEXT UNIQUE,"
-                   " owner TEXT REFERENCES owners(id))")
+    make_items(
+        db,
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, email TEXT UNIQUE,"
+        " owner TEXT REFERENCES owners(id))",
+    )
     result = run("track", str(db), "items")
     assert "auto-increment" in result.stderr
     assert "UNIQUE" in result.stderr
@@ -84,7 +99,8 @@ def test_status_of_a_plain_sqlite_file_says_to_init(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     make_items(db)
     result = run("status", str(db), check=False)
-    assert result.returncode == 1 and "syncmesh init" in result.stderr
+    assert result.returncode == 1
+    assert "syncmesh init" in result.stderr
 
 
 def test_serve_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -108,7 +124,8 @@ def test_every_command_has_complete_help(name: str) -> None:
     command = _commands()[name]
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0
-    assert command.help and len(command.help.split()) >= 8, f"{name}: help is too thin"
+    assert command.help, f"{name}: no help"
+    assert len(command.help.split()) >= 8, f"{name}: help is too thin"
     for param in command.params:
         if isinstance(param, click.Option):
             assert param.help, f"{name} {param.opts}: option without help"

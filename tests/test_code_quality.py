@@ -23,14 +23,24 @@ BIN = Path(sys.executable).parent
     ids=["ruff-format", "ruff-check", "mypy", "import-layers"],
 )
 def test_static_check_passes(command: list[str]) -> None:
-    result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_no_absolute_paths_of_this_machine_in_the_repository() -> None:
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=False).stdout.split()
-    offenders = [name for name in tracked if (ROOT / name).is_file()
-                 and str(ROOT) in (ROOT / name).read_text(errors="ignore")]
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.split()
+    offenders = [
+        name
+        for name in tracked
+        if (ROOT / name).is_file() and str(ROOT) in (ROOT / name).read_text(errors="ignore")
+    ]
     assert not offenders, offenders

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgpack
@@ -46,11 +47,14 @@ def dump(path: Path) -> list[object]:
         return list(rows_with_types(connection, "items"))
 
 
-def config(path: Path, *peers: Node, **overrides: object) -> NodeConfig:
-    settings: dict[str, object] = {"listen_port": 0, "heartbeat_s": 1.0, "backoff_max_s": 0.5}
+def config(path: Path, *peers: Node, **overrides: Any) -> NodeConfig:
+    settings: dict[str, Any] = {"listen_port": 0, "heartbeat_s": 1.0, "backoff_max_s": 0.5}
     settings.update(overrides)
-    return NodeConfig(database_path=str(path),  # type: ignore[arg-type]
-                      peer_urls=tuple(f"http://{peer.listen}" for peer in peers), **settings)
+    return NodeConfig(
+        database_path=str(path),
+        peer_urls=tuple(f"http://{peer.listen}" for peer in peers),
+        **settings,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -78,16 +82,20 @@ async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
     received from B must be exactly C's rows (B's relay), never A's own.
     """
     a, b, c = (make_db(tmp_path / f"{n}.db") for n in "abc")
-    async with running_node(config(a)) as node_a, \
-            running_node(config(b, node_a)) as node_b, \
-            running_node(config(c, node_b)) as node_c:
+    async with (
+        running_node(config(a)) as node_a,
+        running_node(config(b, node_a)) as node_b,
+        running_node(config(c, node_b)) as node_c,
+    ):
         await asyncio.to_thread(execute, a, "INSERT INTO items VALUES ('from-a', 'a', 1)")
         await asyncio.to_thread(execute, c, "INSERT INTO items VALUES ('from-c', 'c', 2)")
         await wait_until(lambda: converged(a, b, c, rows=2), TIMEOUT_S, "chain to converge")
         await asyncio.to_thread(execute, a, "UPDATE items SET qty = 10 WHERE id = 'from-a'")
         await wait_until(lambda: converged(a, b, c), TIMEOUT_S, "update to reach C")
-        assert dict(((r[0][0], r[2][0]) for r in await asyncio.to_thread(dump, c))) == {  # type: ignore[index]
-            "from-a": 10, "from-c": 2}
+        assert {r[0][0]: r[2][0] for r in await asyncio.to_thread(dump, c)} == {  # type: ignore[index]
+            "from-a": 10,
+            "from-c": 2,
+        }
         site_c = node_c.store.site_id
         # Everything A received came from B; only C's row is news to A.
         b_at_a = await peer_of(node_a, dialed=False)
@@ -101,16 +109,18 @@ async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
 async def test_mesh_does_not_multiply_traffic(tmp_path: Path) -> None:
     """Goal: in a full mesh each change reaches each node about once, not once per path."""
     paths = [make_db(tmp_path / f"{n}.db") for n in "abc"]
-    async with running_node(config(paths[0])) as node_a, \
-            running_node(config(paths[1], node_a)) as node_b, \
-            running_node(config(paths[2], node_a, node_b)) as node_c:
+    async with (
+        running_node(config(paths[0])) as node_a,
+        running_node(config(paths[1], node_a)) as node_b,
+        running_node(config(paths[2], node_a, node_b)) as node_c,
+    ):
         for index in range(20):
-            await asyncio.to_thread(execute, paths[0],
-                                    "INSERT INTO items VALUES (?, 'x', ?)", f"k{index}", index)
+            await asyncio.to_thread(
+                execute, paths[0], "INSERT INTO items VALUES (?, 'x', ?)", f"k{index}", index
+            )
         await wait_until(lambda: converged(*paths, rows=20), TIMEOUT_S, "mesh to converge")
         await asyncio.sleep(0.5)  # let acks and vectors settle before counting
-        received = [sum(p.rows_in for p in (await n.statistics()).peers)
-                    for n in (node_b, node_c)]
+        received = [sum(p.rows_in for p in (await n.statistics()).peers) for n in (node_b, node_c)]
         # 20 rows each.  Naive flooding delivers each row twice (directly and
         # relayed); the vector filter leaves only relays that raced a direct
         # delivery.
@@ -124,14 +134,18 @@ async def test_local_transactions_arrive_whole(tmp_path: Path) -> None:
     transaction; B's row count, sampled continuously, is only ever 0 or 2,000.
     """
     a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
-    async with running_node(config(a, batch_rows_max=50)) as node_a, \
-            running_node(config(b, node_a, batch_rows_max=50)):
+    async with (
+        running_node(config(a, batch_rows_max=50)) as node_a,
+        running_node(config(b, node_a, batch_rows_max=50)),
+    ):
         await wait_until(lambda: _streaming(node_a), TIMEOUT_S, "session")
 
         def write() -> None:
             with contextlib.closing(sqlite3.connect(a)) as connection, connection:
-                connection.executemany("INSERT INTO items VALUES (?, 'bulk', ?)",
-                                       [(f"t{index:05d}", index) for index in range(2000)])
+                connection.executemany(
+                    "INSERT INTO items VALUES (?, 'bulk', ?)",
+                    [(f"t{index:05d}", index) for index in range(2000)],
+                )
 
         seen: set[int] = set()
 
@@ -155,7 +169,8 @@ async def _streaming(node: Node) -> bool:
 
 
 async def test_schema_mismatch_is_refused_on_both_sides(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     a = make_db(tmp_path / "a.db")
     b = make_db(tmp_path / "b.db", "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
     async with running_node(config(a)) as node_a, running_node(config(b, node_a)) as node_b:
@@ -168,8 +183,11 @@ async def test_schema_mismatch_is_refused_on_both_sides(
 
 def _logged_by_both(caplog: pytest.LogCaptureFixture, dialler: Node) -> bool:
     """The dialler logs the refusal under the URL it dialled, the acceptor under host:port."""
-    lines = [r.getMessage() for r in caplog.records
-             if r.levelname == "ERROR" and "schema mismatch" in r.getMessage()]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "ERROR" and "schema mismatch" in r.getMessage()
+    ]
     dialled = [line for line in lines if "http://" in line.split("refused")[0]]
     accepted = [line for line in lines if "http://" not in line.split("refused")[0]]
     return bool(dialled) and bool(accepted)
@@ -201,15 +219,21 @@ async def test_hostile_frames_get_a_refusal_and_the_node_keeps_syncing(tmp_path:
     a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
     async with running_node(config(a)) as node_a:
         url = f"http://{node_a.listen}/sync/v1"
-        for garbage in (b"", b"\x00\xc1", b"\x09junk", bytes([0]) + msgpack.packb({"t": "x"}),
-                        bytes([0]) + msgpack.packb({"t": "hello", "v": 99})):
+        for garbage in (
+            b"",
+            b"\x00\xc1",
+            b"\x09junk",
+            bytes([0]) + msgpack.packb({"t": "x"}),
+            bytes([0]) + msgpack.packb({"t": "hello", "v": 99}),
+        ):
             async with aiohttp.ClientSession() as http, http.ws_connect(url) as socket:
                 await socket.receive()  # the node's HELLO
                 await socket.send_bytes(garbage)
                 answer = await socket.receive(timeout=5)
                 assert answer.type == aiohttp.WSMsgType.BINARY, answer
                 refusal = decode(answer.data)
-                assert isinstance(refusal, Refuse) and refusal.reason.startswith("bad HELLO")
+                assert isinstance(refusal, Refuse)
+                assert refusal.reason.startswith("bad HELLO")
                 closing = await socket.receive(timeout=5)
                 assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         execute(a, "INSERT INTO items VALUES ('after', 'garbage', 1)")
@@ -227,11 +251,13 @@ async def test_a_restarted_peer_is_redialled(tmp_path: Path) -> None:
             await wait_until(lambda: _not_streaming(node_b), TIMEOUT_S, "b to notice")
     # A again on the same port, with a write made while it was down.
     execute(a, "INSERT INTO items VALUES ('while-down', 'a', 1)")
-    async with running_node(config(a, listen_port=port)) as node_a:
-        async with running_node(config(b, node_a)) as node_b:
-            execute(b, "INSERT INTO items VALUES ('from-b', 'b', 2)")
-            await wait_until(lambda: converged(a, b, rows=2), TIMEOUT_S, "resync")
-            assert (await peer_of(node_b, dialed=True)).state == "streaming"
+    async with (
+        running_node(config(a, listen_port=port)) as node_a,
+        running_node(config(b, node_a)) as node_b,
+    ):
+        execute(b, "INSERT INTO items VALUES ('from-b', 'b', 2)")
+        await wait_until(lambda: converged(a, b, rows=2), TIMEOUT_S, "resync")
+        assert (await peer_of(node_b, dialed=True)).state == "streaming"
 
 
 async def _not_streaming(node: Node) -> bool:

@@ -178,11 +178,12 @@ class Node:
             log.exception("session with %s failed unexpectedly", session.link.address)
         finally:
             self._accepted.discard(session)
-        return web.Response()  # unused: the WebSocket response was already sent
+        return channel.response
 
     async def _dial_loop(self, dialer: _Dialer) -> None:
         delay_s = self.config.backoff_initial_s
         while not self._stopping:
+            await self._wait_while_connected(dialer)
             dialer.state = "connecting"
             started = time.monotonic()
             try:
@@ -214,6 +215,13 @@ class Node:
             # Full jitter: nodes that lost the same link do not reconnect in lockstep.
             await asyncio.sleep(self._rng.uniform(0, delay_s))
             delay_s = min(delay_s * 2, self.config.backoff_max_s)
+
+    async def _wait_while_connected(self, dialer: _Dialer) -> None:
+        """Do not dial a peer that is already in a session with us (it dialled us)."""
+        site = dialer.link.site_id if dialer.link is not None else ""
+        while site and site in self._sessions and not self._stopping:
+            dialer.state = "connected by peer"
+            await asyncio.sleep(self.config.backoff_max_s)
 
     # -- background loops ---------------------------------------------------------
 
@@ -323,7 +331,9 @@ def _peer_statistics(
 
 
 def _log_session_end(link: PeerLink, exc: BaseException) -> None:
-    if isinstance(exc, RefusedError):
+    if isinstance(exc, RefusedError) and "already in a session" in exc.reason:
+        log.info("session with %s not needed: %s", link.site_id or link.address, exc)
+    elif isinstance(exc, RefusedError):
         log.error("session with %s refused: %s", link.site_id or link.address, exc)
     else:
         log.info("session with %s ended: %s", link.site_id or link.address, exc)

@@ -101,7 +101,11 @@ class Session:
             self.link.state = "streaming"
             self.link.connected_ms = _now_ms()
             log.info("session with %s (%s) established", hello.site_id, self.link.address)
-            await self._receive_loop()
+            try:
+                await self._receive_loop()
+            except ProtocolError as exc:
+                # Tell the peer why before hanging up: its operator reads the reason.
+                raise await self._refuse(f"bad message: {exc}") from exc
         finally:
             if self._sender is not None:
                 self._sender.cancel()
@@ -284,8 +288,11 @@ class Session:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=config.idle_resend_s)
                 continue
-            if holds < RELAY_HOLDS_MAX and config.relay_hold_ms > 0 \
-                    and _only_relays(batch, own_site):
+            if (
+                holds < RELAY_HOLDS_MAX
+                and config.relay_hold_ms > 0
+                and _only_relays(batch, own_site)
+            ):
                 # In a mesh the peer often gets these rows from their origin at
                 # the same moment; tell it what we hold and wait a little for it
                 # to do the same, then read again, so a relay does not double the

@@ -17,6 +17,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
+    "Have",
     "Hello",
     "Message",
     "Pull",

@@ -405,7 +405,13 @@ class Store:
         """
         sites = self._require_init()
         assert rows_max > 0
-        with self._transaction("DEFERRED"):
+        with self._transaction():  # IMMEDIATE: it may capture
+            # A row written since the last capture is pending (seq NULL): it has
+            # left the feed at its old seq.  Without this capture, a batch that
+            # reaches the head would carry a vector claiming the row's earlier
+            # cells while shipping none of them, and the receiver would never
+            # get them (tests/test_convergence_stateful.py found it).
+            self._capture_pending()
             head = self._state()["seq"]
             incarnation = self.incarnation
             if from_seq >= head:
@@ -543,6 +549,7 @@ class Store:
             merged = join_rows(before, change.state)
             if merged == before:
                 continue  # already held, or superseded: idempotent redelivery
+            local[change.pk] = merged  # a key may come twice (quarantine retries)
             self._observe(change.state)
             merged_states.append((change, merged))
             if merged.alive:

@@ -48,6 +48,12 @@ class WebSocketChannel:
         self.bytes_received = 0
 
     @property
+    def response(self) -> web.StreamResponse:
+        """The server side's WebSocket response, for the aiohttp handler to return."""
+        assert isinstance(self._socket, web.WebSocketResponse)
+        return self._socket
+
+    @property
     def peer(self) -> str:
         return self._peer
 
