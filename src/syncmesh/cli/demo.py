@@ -35,6 +35,7 @@ def _prepare(directory: Path, names: list[str]) -> list[Path]:
         with contextlib.closing(sqlite3.connect(path)) as connection:
             connection.execute(SCHEMA)
             connection.execute("INSERT INTO items VALUES ('shared', 'shared row', 0, NULL)")
+            connection.execute("INSERT INTO items VALUES ('doomed', 'deleted by b', 0, NULL)")
             connection.commit()
         store = Store.open(path)
         try:
@@ -58,6 +59,8 @@ def _write(path: Path, name: str, rows: int, index: int) -> None:
         connection.execute(
             "UPDATE items SET name = ?, qty = ? WHERE id = 'shared'", (f"written by {name}", index)
         )
+        if index == 2:
+            connection.execute("DELETE FROM items WHERE id = 'doomed'")
 
 
 async def run_demo(count: int, rows: int, *, keep: bool) -> int:
@@ -82,7 +85,10 @@ async def run_demo(count: int, rows: int, *, keep: bool) -> int:
             tables: list[list[tuple[object, ...]]] = []
             for index, (name, path) in enumerate(zip(names, paths, strict=True)):
                 await asyncio.to_thread(_write, path, name, rows, index + 1)
-            click.echo(f"  each node inserted {rows} rows and updated row 'shared' at once")
+            click.echo(
+                f"  each node inserted {rows} rows and updated row 'shared' at once;"
+                " node b deleted row 'doomed'"
+            )
             deadline = started + CONVERGE_TIMEOUT_S
             while time.monotonic() < deadline:
                 tables = [await asyncio.to_thread(_table, path) for path in paths]
@@ -105,6 +111,8 @@ async def run_demo(count: int, rows: int, *, keep: bool) -> int:
             f"  the concurrent updates of 'shared' resolved everywhere to: {shared[1]!r},"
             f" qty {shared[2]} (last writer wins, per column)"
         )
+        gone = all(row[0] != "doomed" for row in tables[0])
+        click.echo(f"  row 'doomed' is {'gone on every node' if gone else 'STILL THERE'}")
         for row in tables[0][:5]:
             click.echo(f"  {row}")
         return 0

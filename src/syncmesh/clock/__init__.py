@@ -2,6 +2,7 @@
 
 from syncmesh.clock.hlc import (
     COUNTER_BITS,
+    COUNTER_MAX,
     HybridClock,
     PhysicalClock,
     SystemClock,
@@ -12,6 +13,7 @@ from syncmesh.clock.hlc import (
 
 __all__ = [
     "COUNTER_BITS",
+    "COUNTER_MAX",
     "HybridClock",
     "PhysicalClock",
     "SystemClock",

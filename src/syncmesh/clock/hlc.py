@@ -1,4 +1,4 @@
-"""Hybrid logical clock: 48 bits of milliseconds, 16 bits of counter, one int.
+"""Hybrid logical clock: 47 bits of milliseconds, 16 bits of counter, one int64.
 
 A stamp is packed into one integer that sorts like (wall_ms, counter), so the
 store can keep it in an INTEGER column and compare it in SQL.  The site id
@@ -87,6 +87,10 @@ class HybridClock:
         if now_ms > last_ms:
             return self._advance(pack(now_ms, 0))
         return self._advance(self._successor(last_ms, last_counter))
+
+    def physical_ms(self) -> int:
+        """The injected physical clock's reading, in milliseconds."""
+        return self._physical.now_ms()
 
     def check(self, remote: int, site_id: str) -> None:
         """Raise ClockDriftError if `remote` lies too far ahead of physical time."""

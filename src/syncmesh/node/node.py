@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from syncmesh.clock import HybridClock, SystemClock
 from syncmesh.errors import RefusedError, SyncError
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.session import PeerLink, Session
@@ -78,7 +79,10 @@ class Node:
 
     def __init__(self, config: NodeConfig, store: Store | None = None) -> None:
         self.config = config
-        self.store = store or Store.open(config.database_path)
+        self.store = store or Store.open(
+            config.database_path,
+            clock=HybridClock(SystemClock(), drift_ms_max=config.clock_drift_ms_max),
+        )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"
         self._sessions: dict[str, Session] = {}
@@ -149,6 +153,11 @@ class Node:
     def unregister(self, link: PeerLink, session: Session) -> None:
         if self._sessions.get(link.site_id) is session:
             del self._sessions[link.site_id]
+
+    def restore_detected(self, current: Session) -> None:
+        for session in [*self._sessions.values(), *self._accepted]:
+            if session is not current:
+                asyncio.get_running_loop().create_task(session.close())
 
     def feed_event(self) -> asyncio.Event:
         return self._feed_event
@@ -247,7 +256,7 @@ class Node:
 
         try:
             reloaded, stamped = await self.worker.call(capture)
-        except SyncError:
+        except Exception:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
             return
         if reloaded:
@@ -263,7 +272,7 @@ class Node:
             await asyncio.sleep(self.config.quarantine_retry_s)
             try:
                 resolved = await self.worker.call(self.store.retry_quarantine)
-            except SyncError:
+            except Exception:
                 log.exception("quarantine retry failed")
                 continue
             if resolved:

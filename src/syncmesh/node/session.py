@@ -72,6 +72,8 @@ class SessionHost(Protocol):
 
     def feed_event(self) -> asyncio.Event: ...
 
+    def restore_detected(self, current: Session) -> None: ...
+
     def feed_advanced(self) -> None: ...
 
 
@@ -154,7 +156,10 @@ class Session:
 
     async def _start_pull(self, hello: Hello) -> None:
         store, worker = self._host.store, self._host.worker
-        await worker.call(store.note_peer_vector, hello.vector)
+        if await worker.call(store.note_peer_vector, hello.vector):
+            # Our file is an old copy: sessions that began before we knew must
+            # start again under the new incarnation, with our lowered vector.
+            self._host.restore_detected(self)
         stored = await worker.call(store.peer_cursor, hello.site_id)
         if (
             stored is None
@@ -285,8 +290,12 @@ class Session:
                 store.read_batch, cursor, self._filter_vector(), config.batch_rows_max
             )
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancel that lands as `changed` fires, and the sender then outlives
+                # its session (a shutdown hung for ever in gather(sender)).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=config.idle_resend_s)
+                    async with asyncio.timeout(config.idle_resend_s):
+                        await changed.wait()
                 continue
             if (
                 holds < RELAY_HOLDS_MAX

@@ -1,9 +1,15 @@
-"""Reading table definitions; the SQL text of shadow tables and triggers."""
+"""Reading table definitions; the SQL text of shadow tables, logs and triggers."""
 
 from syncmesh.schema.ddl import (
+    ALL_COLUMNS,
     BOOKKEEPING_DDL,
+    OP_DELETE,
+    OP_INSERT,
+    OP_UPDATE,
     capture_triggers,
     drop_trigger_statements,
+    log_ddl,
+    log_name,
     quote_identifier,
     shadow_columns,
     shadow_ddl,
@@ -12,10 +18,16 @@ from syncmesh.schema.ddl import (
 from syncmesh.schema.introspect import fingerprint, read_table_spec, table_warnings
 
 __all__ = [
+    "ALL_COLUMNS",
     "BOOKKEEPING_DDL",
+    "OP_DELETE",
+    "OP_INSERT",
+    "OP_UPDATE",
     "capture_triggers",
     "drop_trigger_statements",
     "fingerprint",
+    "log_ddl",
+    "log_name",
     "quote_identifier",
     "read_table_spec",
     "shadow_columns",

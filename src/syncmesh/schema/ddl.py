@@ -1,12 +1,13 @@
 """SQL text: bookkeeping tables, shadow tables, and the capture triggers.
 
 Capture design (docs/adr/0002-stamp-in-capture-loop.md): a trigger cannot
-call the hybrid clock, so it only *marks* the row's shadow entry pending:
-`seq = NULL`, and the changed cells' stamps (and the causal length's stamp
-on insert or delete) set to -1.  The engine's capture transaction moments
-later stamps every pending cell with one HLC and one `seq`.  Because a
-committed transaction is visible whole or not at all, every local
-transaction lands inside one capture, so peers receive it whole.
+call the hybrid clock, so it only *logs* the write: one row appended to the
+table's `_syncmesh_log_<table>` with the operation, the key, and a bit mask
+of the columns that changed.  The engine's capture transaction moments later
+folds the log into the shadow table, stamping every logged cell with one HLC
+and one `seq`.  Because a committed transaction is visible whole or not at
+all, every local transaction lands inside one capture, so peers receive it
+whole.
 
 Triggers use only SQL that SQLite 3.37 understands and no application-defined
 functions, so every writer of the file is captured: the application, the
@@ -22,18 +23,14 @@ Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from syncmesh.model import TableSpec
-
-PENDING = -1  # the stamp of a cell written locally and not yet captured
 
 BOOKKEEPING_DDL = """
 CREATE TABLE IF NOT EXISTS _syncmesh_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     site_id TEXT NOT NULL,
     incarnation TEXT NOT NULL,
-    seq INTEGER NOT NULL,            -- last assigned change-feed sequence
+    seq INTEGER NOT NULL,            -- newest change-feed seq (an HLC value: never reused)
     hlc INTEGER NOT NULL,            -- greatest stamp issued or observed (clock floor)
     applying INTEGER NOT NULL,       -- 1 only inside the engine's apply transaction
     tables_version INTEGER NOT NULL, -- bumped by track/untrack so a running node reloads
@@ -112,37 +109,27 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     ]
 
 
-def _upsert_pending(spec: TableSpec, row: str, cell_condition: Callable[[str], str] | None) -> str:
-    """INSERT of a pending shadow row for key `row`.pk, or marking an existing one.
+def log_name(table: str) -> str:
+    return f"_syncmesh_log_{table}"
 
-    `cell_condition(column)` decides which cells an existing live row marks
-    pending; None marks them all (an insert, or INSERT OR REPLACE).  It is a
-    function, not a str.format template: quoted identifiers may contain braces.
+
+def log_ddl(spec: TableSpec) -> str:
+    """The pending-change log of `spec`: an append-only table the triggers write.
+
+    Appending to a rowid table is the cheapest write SQLite has, which keeps
+    the cost a trigger adds to the application's own write small.
     """
-    shadow = quote_identifier(shadow_name(spec.name))
-    count = len(spec.value_columns)
-    names = shadow_columns(spec)
-    key_values = [f"{row}.{quote_identifier(column)}" for column in spec.pk]
-    cell_values = [value for _ in range(count) for value in (str(PENDING), "0")]
-    values = [*key_values, "1", str(PENDING), "0", "NULL", *cell_values]
-    sets = [
-        f"cl_hlc = CASE WHEN cl % 2 = 0 THEN {PENDING} ELSE cl_hlc END",
-        "cl = CASE WHEN cl % 2 = 0 THEN cl + 1 ELSE cl END",
-        "seq = NULL",
-    ]
-    for index, column in enumerate(spec.value_columns):
-        if cell_condition is None:
-            sets.append(f"h{index} = {PENDING}")
-        else:
-            condition = cell_condition(quote_identifier(column))
-            sets.append(
-                f"h{index} = CASE WHEN cl % 2 = 0 OR {condition} THEN {PENDING} ELSE h{index} END"
-            )
-    keys = ", ".join(f"k{index}" for index in range(len(spec.pk)))
+    keys = "".join(f", k{index}" for index in range(len(spec.pk)))
     return (
-        f"INSERT INTO {shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
-        f" ON CONFLICT ({keys}) DO UPDATE SET {', '.join(sets)};"
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(log_name(spec.name))}"
+        f" (id INTEGER PRIMARY KEY, op INTEGER NOT NULL, mask INTEGER NOT NULL{keys})"
     )
+
+
+# Log operations.  `mask` has bit i set when value column i changed; -1 is all.
+OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3
+ALL_COLUMNS = -1
+MASK_COLUMNS_MAX = 62  # bits of a positive int64; wider tables stamp all columns
 
 
 def _changed(column: str) -> str:
@@ -150,49 +137,62 @@ def _changed(column: str) -> str:
     return f"OLD.{quoted} IS NOT NEW.{quoted}"
 
 
+def _value_changed(quoted: str) -> str:
+    """SQL that is true when a value column's stored value changed at all.
+
+    `IS NOT` alone misses two real changes: 1 -> 1.0 (equal numbers, another
+    storage class) and 'a' -> 'A' in a NOCASE column (the column's collation
+    applies).  Uncaptured, the new value would never ship and replicas diverge.
+    """
+    return (
+        f"(OLD.{quoted} IS NOT NEW.{quoted} COLLATE BINARY"
+        f" OR typeof(OLD.{quoted}) IS NOT typeof(NEW.{quoted}))"
+    )
+
+
+def _changed_mask(spec: TableSpec) -> str:
+    columns = spec.value_columns
+    if not columns or len(columns) > MASK_COLUMNS_MAX:
+        return str(ALL_COLUMNS)
+    return " | ".join(
+        f"({_value_changed(quote_identifier(column))} << {index})"
+        for index, column in enumerate(columns)
+    )
+
+
 def capture_triggers(spec: TableSpec) -> list[str]:
-    """CREATE TRIGGER statements that mark every local write to `spec` pending."""
+    """CREATE TRIGGER statements that log every local write to `spec`."""
     table = quote_identifier(spec.name)
-    shadow = quote_identifier(shadow_name(spec.name))
+    log = quote_identifier(log_name(spec.name))
     not_applying = "(SELECT applying FROM _syncmesh_state) = 0"
-    key_match = " AND ".join(
-        f"k{index} = OLD.{quote_identifier(column)}" for index, column in enumerate(spec.pk)
-    )
+    names = ", ".join(["op", "mask", *(f"k{index}" for index in range(len(spec.pk)))])
+
+    def keys(row: str) -> str:
+        return ", ".join(f"{row}.{quote_identifier(column)}" for column in spec.pk)
+
     key_changed = " OR ".join(_changed(column) for column in spec.pk)
-    any_changed = " OR ".join(_changed(column) for column in spec.columns)
-    keys_count = len(spec.pk)
-    delete_values = ", ".join(
-        [f"OLD.{quote_identifier(column)}" for column in spec.pk] + ["2", str(PENDING), "0", "NULL"]
+    any_changed = " OR ".join(
+        [key_changed, *(_value_changed(quote_identifier(column)) for column in spec.value_columns)]
     )
-    delete_names = ", ".join(
-        [f"k{index}" for index in range(keys_count)] + ["cl", "cl_hlc", "cl_site", "seq"]
-    )
-    keys = ", ".join(f"k{index}" for index in range(keys_count))
     on_insert = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'insert')}"
         f" AFTER INSERT ON {table} WHEN {not_applying}\nBEGIN\n"
-        f"  {_upsert_pending(spec, 'NEW', None)}\nEND"
+        f"  INSERT INTO {log} ({names}) VALUES ({OP_INSERT}, {ALL_COLUMNS}, {keys('NEW')});\nEND"
     )
-
-    def cell_changed(column: str) -> str:
-        # Not a str.format template: a key column named like "{id}" broke track().
-        return f"({key_changed}) OR OLD.{column} IS NOT NEW.{column}"
-
     on_update = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'update')}"
         f" AFTER UPDATE ON {table} WHEN {not_applying} AND ({any_changed})\nBEGIN\n"
         # A changed primary key is a delete of the old key and an insert of the new.
-        f"  UPDATE {shadow} SET cl = cl + 1, cl_hlc = {PENDING}, seq = NULL"
-        f" WHERE ({key_changed}) AND {key_match} AND cl % 2 = 1;\n"
-        f"  {_upsert_pending(spec, 'NEW', cell_changed)}\nEND"
+        f"  INSERT INTO {log} ({names}) SELECT {OP_DELETE}, 0, {keys('OLD')}"
+        f" WHERE {key_changed};\n"
+        f"  INSERT INTO {log} ({names}) VALUES (CASE WHEN {key_changed} THEN {OP_INSERT}"
+        f" ELSE {OP_UPDATE} END, CASE WHEN {key_changed} THEN {ALL_COLUMNS}"
+        f" ELSE {_changed_mask(spec)} END, {keys('NEW')});\nEND"
     )
     on_delete = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'delete')}"
         f" AFTER DELETE ON {table} WHEN {not_applying}\nBEGIN\n"
-        f"  INSERT INTO {shadow} ({delete_names}) VALUES ({delete_values})"
-        f" ON CONFLICT ({keys}) DO UPDATE SET"
-        f" cl_hlc = CASE WHEN cl % 2 = 1 THEN {PENDING} ELSE cl_hlc END,"
-        f" cl = CASE WHEN cl % 2 = 1 THEN cl + 1 ELSE cl END, seq = NULL;\nEND"
+        f"  INSERT INTO {log} ({names}) VALUES ({OP_DELETE}, 0, {keys('OLD')});\nEND"
     )
     return [on_insert, on_update, on_delete]
 

@@ -79,8 +79,10 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
     if connection.execute(f"PRAGMA foreign_key_list({quoted})").fetchall():
         warnings.append(
             f"table {spec.name!r}: FOREIGN KEY constraints can be violated when rows arrive"
-            " out of order or a parent is deleted elsewhere; enforced violations are"
-            " quarantined, not applied."
+            " out of order or a parent is deleted on another node.  syncmesh applies peers'"
+            " rows with foreign keys unenforced (PRAGMA foreign_keys is off on its"
+            " connection), so a child may briefly, or after a concurrent delete for good,"
+            " point at a missing parent; check with PRAGMA foreign_key_check."
         )
     return warnings
 

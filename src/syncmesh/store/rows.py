@@ -13,7 +13,15 @@ from collections.abc import Iterable, Sequence
 
 from syncmesh.errors import StoreError
 from syncmesh.model import Cell, RowState, SqlValue, Stamp, TableSpec
-from syncmesh.schema import quote_identifier, shadow_columns, shadow_name
+from syncmesh.schema import (
+    ALL_COLUMNS,
+    OP_DELETE,
+    OP_INSERT,
+    log_name,
+    quote_identifier,
+    shadow_columns,
+    shadow_name,
+)
 
 KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameters
 
@@ -91,7 +99,11 @@ class TableSql:
         self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
         self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
-        self.pending_sql = f"SELECT 1 FROM {self.shadow} WHERE seq IS NULL LIMIT 1"
+        self.log = quote_identifier(log_name(spec.name))
+        log_keys = ", ".join(f"k{index}" for index in range(self.key_count))
+        self.pending_sql = f"SELECT 1 FROM {self.log} LIMIT 1"
+        self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {self.log} ORDER BY id"
+        self.log_clear_sql = f"DELETE FROM {self.log} WHERE id <= ?"
         names = shadow_columns(spec)
         self.shadow_write_sql = (
             f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(names)})"
@@ -112,19 +124,72 @@ class TableSql:
         self.delete_sql = f"DELETE FROM {self.table} WHERE " + " AND ".join(
             f"{quote_identifier(column)} = ?" for column in spec.pk
         )
-        cell_sets = ", ".join(
-            f"s{index} = CASE WHEN h{index} = -1 THEN 0 ELSE s{index} END,"
-            f" h{index} = CASE WHEN h{index} = -1 THEN :hlc ELSE h{index} END"
-            for index in range(len(self.values))
-        )
-        self.capture_sql = (
-            f"UPDATE {self.shadow} SET seq = :seq,"
-            " cl_site = CASE WHEN cl_hlc = -1 THEN 0 ELSE cl_site END,"
-            " cl_hlc = CASE WHEN cl_hlc = -1 THEN :hlc ELSE cl_hlc END"
-            + (f", {cell_sets}" if cell_sets else "")
-            + " WHERE seq IS NULL"
-        )
+        self.capture_sql = self._capture_sql()
         self.backfill_sql = self._backfill_sql()
+
+    def _capture_sql(self) -> str:
+        """Fold one key's logged writes into its shadow row, stamping what changed.
+
+        Parameters: ?1 alive (the key's row exists after the writes), ?2 deleted
+        (a delete is among them: a re-insert starts a new life), ?3 the mask of
+        changed value columns, ?4 the HLC, ?5 the seq, then the key values.  A
+        key new to the shadow gets every column stamped: nothing is known of it.
+        """
+        names = shadow_columns(self.spec)
+        keys = [f"?{6 + index}" for index in range(self.key_count)]
+        new_cells = [value for _ in self.values for value in ("CASE WHEN ?1 THEN ?4 END", "0")]
+        values = [*keys, "CASE WHEN ?1 THEN 1 ELSE 2 END", "?4", "0", "?5", *new_cells]
+        new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
+        sets = [
+            "cl = CASE WHEN ?1 THEN (CASE WHEN cl % 2 = 0 THEN cl + 1 WHEN ?2 THEN cl + 2"
+            " ELSE cl END) WHEN cl % 2 = 1 THEN cl + 1 ELSE cl END",
+            f"cl_hlc = CASE WHEN {new_life} THEN ?4 ELSE cl_hlc END",
+            f"cl_site = CASE WHEN {new_life} THEN 0 ELSE cl_site END",
+            "seq = ?5",
+        ]
+        for index in range(len(self.values)):
+            changed = f"?1 AND (?3 >> {index}) & 1"
+            sets.append(f"h{index} = CASE WHEN {changed} THEN ?4 ELSE h{index} END")
+            sets.append(f"s{index} = CASE WHEN {changed} THEN 0 ELSE s{index} END")
+        key_list = ", ".join(f"k{index}" for index in range(self.key_count))
+        return (
+            f"INSERT INTO {self.shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
+            f" ON CONFLICT ({key_list}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def capture(self, connection: sqlite3.Connection, hlc: int, seq: int) -> int:
+        """Fold the whole log into the shadow table; returns the keys stamped.
+
+        Per key, the logged writes reduce to: does the row exist now (the last
+        write says), was it deleted on the way (then an insert began a new
+        life), and which columns changed (the union of the masks).
+        """
+        folded: dict[tuple[SqlValue, ...], list[int]] = {}
+        last_id = 0
+        for entry in connection.execute(self.log_sql):
+            last_id = entry[0]
+            op, mask = entry[1], entry[2]
+            key = tuple(entry[3:])
+            state = folded.get(key)
+            if state is None:
+                state = folded[key] = [1, 0, 0]
+            if op == OP_DELETE:
+                state[0], state[1] = 0, 1
+            elif op == OP_INSERT:
+                state[0], state[2] = 1, ALL_COLUMNS
+            else:
+                state[0], state[2] = 1, state[2] | mask
+        if not folded:
+            return 0
+        connection.executemany(
+            self.capture_sql,
+            [
+                (alive, deleted, mask, hlc, seq, *key)
+                for key, (alive, deleted, mask) in folded.items()
+            ],
+        )
+        connection.execute(self.log_clear_sql, (last_id,))
+        return len(folded)
 
     def _backfill_sql(self) -> str:
         """Shadow rows for rows that exist before tracking: one seq per chunk of rows."""

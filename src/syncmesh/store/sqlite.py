@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgpack
 
-from syncmesh.clock import HybridClock, SystemClock
+from syncmesh.clock import COUNTER_MAX, HybridClock, SystemClock, pack, wall_ms_of
 from syncmesh.errors import ClockDriftError, NotInitialized, SchemaError, StoreError
 from syncmesh.merge import join_rows
 from syncmesh.model import (
@@ -39,6 +39,7 @@ from syncmesh.schema import (
     BOOKKEEPING_DDL,
     capture_triggers,
     fingerprint,
+    log_ddl,
     read_table_spec,
     shadow_ddl,
     table_warnings,
@@ -108,6 +109,8 @@ class Store:
         self._tables: dict[str, TableSql] = {}
         self._sites: SiteMap | None = None
         self._tables_version = -1
+        self._own_floor = 0
+        self._run_start = 0
 
     @classmethod
     def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
@@ -123,7 +126,21 @@ class Store:
         store = cls(connection, str(path), clock)
         if store._initialized():
             store._load()
+            store._mark_run_start()
         return store
+
+    def _mark_run_start(self) -> None:
+        """Remember where this run's own stamps begin (restore detection).
+
+        Own writes of earlier runs are stamped at most `_own_floor` (our vector
+        entry as the file holds it); this run's at least `_run_start`, because
+        the clock is moved there now.  A peer claiming own writes between the
+        two means the file lost writes it once made: it is an old copy.
+        """
+        self._own_floor = self.vector().get(self.site_id, 0)
+        now_ms = max(self._clock.physical_ms(), wall_ms_of(self._clock.last))
+        self._run_start = pack(now_ms, 0)
+        self._clock.restore(self._run_start)
 
     def close(self) -> None:
         self._connection.close()
@@ -165,6 +182,8 @@ class Store:
                     "INSERT INTO _syncmesh_sites (ordinal, site_id) VALUES (0, ?)", (site_id,)
                 )
         self._load()
+        if self._run_start == 0:
+            self._mark_run_start()
         return self.site_id
 
     def new_site_id(self) -> str:
@@ -286,20 +305,19 @@ class Store:
         return warnings
 
     def _create_tracking(self, spec: TableSpec) -> None:
-        for statement in [*shadow_ddl(spec), *capture_triggers(spec)]:
+        for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec)]:
             self._connection.execute(statement)
         table = TableSql(spec)
-        state = self._state()
+        # Seqs are HLC values (see _next_seq); the backfill takes one per chunk.
         hlc = self._clock.tick()
-        base = state["seq"] + 1
         cursor = self._connection.execute(
-            table.backfill_sql, {"hlc": hlc, "base": base, "chunk": BACKFILL_ROWS_PER_SEQ}
+            table.backfill_sql, {"hlc": hlc, "base": hlc, "chunk": BACKFILL_ROWS_PER_SEQ}
         )
         rows = max(cursor.rowcount, 0)
         groups = (rows + BACKFILL_ROWS_PER_SEQ - 1) // BACKFILL_ROWS_PER_SEQ
-        self._connection.execute(
-            "UPDATE _syncmesh_state SET seq = ?, hlc = ?", (state["seq"] + groups, hlc)
-        )
+        head = hlc + max(groups - 1, 0)
+        self._clock.restore(head)
+        self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
         self._set_own_vector(hlc)
         self._connection.execute(
             "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
@@ -360,13 +378,14 @@ class Store:
         ]
         if not pending:
             return 0
+        # The stamp doubles as the seq: a seq is never reused, not even by a
+        # file restored from an old copy (its clock resumes past the copy's
+        # stamps), so a peer's stale cursor can never skip new changes.
         hlc = self._clock.tick()
-        seq = self._state()["seq"] + 1
         stamped = 0
         for table in pending:
-            cursor = self._connection.execute(table.capture_sql, {"seq": seq, "hlc": hlc})
-            stamped += max(cursor.rowcount, 0)
-        self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (seq, hlc))
+            stamped += table.capture(self._connection, hlc, hlc)
+        self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (hlc, hlc))
         self._set_own_vector(hlc)
         return stamped
 
@@ -405,13 +424,7 @@ class Store:
         """
         sites = self._require_init()
         assert rows_max > 0
-        with self._transaction():  # IMMEDIATE: it may capture
-            # A row written since the last capture is pending (seq NULL): it has
-            # left the feed at its old seq.  Without this capture, a batch that
-            # reaches the head would carry a vector claiming the row's earlier
-            # cells while shipping none of them, and the receiver would never
-            # get them (tests/test_convergence_stateful.py found it).
-            self._capture_pending()
+        with self._snapshot_without_pending():
             head = self._state()["seq"]
             incarnation = self.incarnation
             if from_seq >= head:
@@ -437,6 +450,26 @@ class Store:
         return ChangeBatch(
             incarnation, from_seq, upper, head, vector, [change for _seq, change in rows]
         )
+
+    @contextmanager
+    def _snapshot_without_pending(self) -> Iterator[None]:
+        """A read transaction in which no local write waits in a log.
+
+        A logged, uncaptured write has changed the user row but not its stamps:
+        read now, the row would ship its new value under the old stamp, and a
+        batch reaching the head would carry a vector claiming cells it does not
+        ship (tests/test_convergence_stateful.py found the second).  So capture
+        first; the read itself stays a shared lock, not the write lock.
+        """
+        for _attempt in range(3):
+            with self._transaction("DEFERRED"):
+                if not self._has_pending():
+                    yield
+                    return
+            self.capture()
+        with self._transaction():  # writers keep racing us: take the write lock
+            self._capture_pending()
+            yield
 
     def _batch_upper(self, from_seq: int, head: int, rows_max: int) -> int:
         seqs: list[int] = []
@@ -508,7 +541,7 @@ class Store:
     def _merge_rows(self, origin: str, rows: list[RowChange], sites: SiteMap) -> ApplyResult:
         """Merge `rows` into the tables (inside the caller's transaction)."""
         self._connection.execute("UPDATE _syncmesh_state SET applying = 1")
-        seq = self._state()["seq"] + 1
+        seq = self._clock.tick()  # a fresh seq for the merged rows (see _capture_pending)
         applied = quarantined = refused = 0
         by_table: dict[str, list[RowChange]] = {}
         for change in rows:
@@ -526,8 +559,8 @@ class Store:
             refused += counts[2]
         self._connection.execute("UPDATE _syncmesh_state SET applying = 0")
         if applied:
+            # V[self] does not move here: it speaks of our own writes only.
             self._connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
-            self._set_own_vector(self._clock.last)
         return ApplyResult(applied, quarantined, refused, self._state()["seq"])
 
     def _merge_table(
@@ -590,7 +623,9 @@ class Store:
                 caps[site] = min(caps.get(site, hlc - 1), hlc - 1)
         own = self.site_id
         for site, hlc in sender_vector.items():
-            capped = min(hlc, caps.get(site, hlc))
+            # A claim beyond the drift limit is clamped to it: every write stamped
+            # later was quarantined, not applied, and the cap keeps us below it.
+            capped = min(hlc, caps.get(site, hlc), self._drift_bound())
             self._connection.execute(
                 "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES (?, ?)"
                 " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
@@ -600,6 +635,10 @@ class Store:
         if floor > 0 and self.vector().get(own, 0) >= floor:
             log.warning("own writes up to the restore floor are back; leaving restore mode")
             self._connection.execute("UPDATE _syncmesh_state SET restore_floor = 0")
+
+    def _drift_bound(self) -> int:
+        """The greatest stamp not refused as being from the future."""
+        return pack(self._clock.physical_ms() + self._clock.drift_ms_max, COUNTER_MAX)
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
         """Detect that this file was restored from an old copy; True if detected now.
@@ -612,9 +651,11 @@ class Store:
         """
         own = self.site_id
         claimed = peer_vector.get(own, 0)
+        self._clock.check(claimed, own)  # a claim from the future is a broken or hostile peer
         with self._transaction():
             ours = self.vector().get(own, 0)
-            if claimed <= ours:
+            lost_this_run = self._own_floor < claimed < self._run_start
+            if claimed <= ours and not lost_this_run:
                 return False
             self._clock.restore(claimed)
             state = self._state()
@@ -627,6 +668,12 @@ class Store:
             if first:
                 self._connection.execute(
                     "UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,)
+                )
+                # Claim no more own writes than the file held when this run began:
+                # a capture since then may have moved V[self] past the lost ones.
+                self._connection.execute(
+                    "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?",
+                    (self._own_floor, own),
                 )
         if first:
             log.warning(
