@@ -718,9 +718,10 @@ def test_copied_file_is_refused_until_given_a_new_site_id(cluster: Cluster, tmp_
     a_db = make_db(tmp_path / "a.db", SCHEMA)
     a = cluster.node("a")
     cluster.start(a)
+    seq_before = a.status()["store"]["seq"]
     write(a_db, "INSERT INTO items VALUES ('before-copy', 'shared', 1, 1.0, NULL)")
     wait_for(
-        lambda: query(a_db, "SELECT seq FROM _syncmesh_shadow_items") == [(1,)],
+        lambda: a.status()["store"]["seq"] != seq_before,
         CONVERGE_S,
         "A to capture its write",
     )

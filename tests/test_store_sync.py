@@ -251,6 +251,25 @@ def test_partial_backlog_leaves_vector_unchanged_and_loses_nothing(
     assert b.vector()[a.site_id] == a.vector()[a.site_id]
 
 
+def test_a_row_written_since_the_last_capture_is_not_lost_by_a_read(
+    make_store: MakeStore,
+) -> None:
+    """A pending row has left the feed at its old seq; reading must capture it first.
+
+    Regression (found by tests/test_convergence_stateful.py): read_batch
+    skipped the pending row but still sent a vector covering its earlier
+    cells, so the receiver later got only the newly written cell and showed
+    NULL for the rest, for good.
+    """
+    a, b = make_store("a"), make_store("b")
+    write(a, "INSERT INTO items VALUES ('k', 'name', 1)")
+    a.connection.execute("UPDATE items SET qty = 2 WHERE id = 'k'")  # not captured yet
+    exchange(a, b)
+    exchange_all(a, b)
+    assert item(b, "k") == ("name", 2)
+    assert items(a) == items(b)
+
+
 def test_batches_hold_whole_transactions_and_only_the_last_carries_a_vector(
     make_store: MakeStore,
 ) -> None:
@@ -350,6 +369,31 @@ def test_row_refused_by_a_constraint_is_quarantined_and_sync_continues(
     assert items(a) == items(b)
 
 
+UNIQUE_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT UNIQUE, qty INTEGER)"
+
+
+def test_key_change_of_a_row_with_a_unique_column_applies_cleanly(
+    make_store: MakeStore,
+) -> None:
+    """The old key's delete must run before the new key's insert takes its UNIQUE value.
+
+    Regression: the apply ran upserts before deletes, so the new row hit the
+    old one's UNIQUE value and was quarantined on every receiver.
+    """
+    a, b = make_store("a", ddl=UNIQUE_DDL), make_store("b", ddl=UNIQUE_DDL)
+    write(a, "INSERT INTO items VALUES ('old', 'x@example.org', 1)")
+    exchange_all(a, b)
+    write(a, "UPDATE items SET id = 'new' WHERE id = 'old'")
+    exchange_all(a, b)
+    assert b.quarantine() == []
+    assert items(b) == items(a)
+    a.connection.execute("DELETE FROM items WHERE id = 'new'")
+    write(a, "INSERT INTO items VALUES ('newer', 'x@example.org', 2)")  # one capture
+    exchange_all(a, b)
+    assert b.quarantine() == []
+    assert items(b) == items(a) == [(("newer", "text"), ("x@example.org", "text"), (2, "integer"))]
+
+
 def test_trigger_rolling_back_the_apply_leaves_nothing_applied(make_store: MakeStore) -> None:
     """A user trigger's RAISE(ROLLBACK) ends the whole apply transaction.
 
@@ -409,6 +453,37 @@ def test_rows_beyond_the_drift_limit_are_quarantined_then_retried(
     exchange_all(a, b)
     assert items(a) == items(b)
     assert b.vector()[a.site_id] == a.vector()[a.site_id]
+
+
+def test_retry_of_a_key_quarantined_twice_applies_its_final_state(
+    make_store: MakeStore,
+) -> None:
+    """A delete and a re-insert of one key, both quarantined, retried together.
+
+    Regression (found by tests/test_convergence_stateful.py): the merge wrote
+    the re-insert's upsert and then the delete's DELETE for the same key, so
+    the shadow said alive while the user table had no row, for good.
+    """
+    clock_a, clock_b = ManualClock(BASE_MS), ManualClock(BASE_MS)
+    a, b = make_store("a", clock=clock_a), make_store("b", clock=clock_b)
+    write(a, "INSERT INTO items VALUES ('k', 'first life', 1)")
+    sync_pair(a, b)
+    clock_a.advance(2 * DRIFT_MS_MAX)  # a's clock jumps ahead of b's limit
+    write(a, "DELETE FROM items WHERE id = 'k'")
+    assert exchange(a, b).drift_refused_rows == 1
+    write(a, "INSERT INTO items (id, qty) VALUES ('k', 2)")
+    assert exchange(a, b).drift_refused_rows == 1
+    assert len(b.quarantine()) == 2
+    assert item(b, "k") == ("first life", 1)
+
+    clock_b.advance(2 * DRIFT_MS_MAX)
+    assert b.retry_quarantine() == 2
+    assert item(b, "k") == (None, 2)
+    (change,) = b.read_batch(0, {}, 1_000).rows
+    assert change.state.alive
+    assert change.state.cl == 3
+    sync_pair(a, b)
+    assert items(a) == items(b)
 
 
 # -- restore from an old copy ----------------------------------------------------------

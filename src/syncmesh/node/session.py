@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from syncmesh.errors import ProtocolError, RefusedError, StoreError
+from syncmesh.merge import missing_from
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.worker import StoreWorker
@@ -33,7 +35,6 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
-RELAY_HOLDS_MAX = 3  # consecutive holds of a relay-only batch before it is sent anyway
 
 
 @dataclass(slots=True)
@@ -280,7 +281,6 @@ class Session:
         self._own_writes_wanted = pull.own_writes_wanted
         own_site = await worker.call(lambda: store.site_id)
         last_vector: dict[str, int] | None = None
-        holds = 0
         while True:
             while len(self._in_flight) >= config.batches_in_flight_max:
                 self._acked.clear()
@@ -298,25 +298,30 @@ class Session:
                         await changed.wait()
                 continue
             if (
-                holds < RELAY_HOLDS_MAX
-                and config.relay_hold_ms > 0
+                config.relay_hold_ms > 0
+                and len(batch.rows) <= config.batch_rows_max // 2  # live changes, not a backlog
                 and _only_relays(batch, own_site)
             ):
                 # In a mesh the peer often gets these rows from their origin at
-                # the same moment; tell it what we hold and wait a little for it
-                # to do the same, then read again, so a relay does not double the
-                # traffic.  Bounded, so a chain's relays are delayed, never starved.
-                holds += 1
+                # the same moment.  Tell it what we hold, give it a moment to do
+                # the same, then leave out what it turns out to hold already, so
+                # a relay does not double the traffic.  Once per batch: a chain's
+                # relays are delayed by milliseconds, never starved.
                 await self._send(Have(await worker.call(store.vector)))
                 await asyncio.sleep(config.relay_hold_ms / 1000)
-                continue
-            holds = 0
+                batch = _refiltered(batch, self._filter_vector())
             await self._send(Batch(batch))
             self._in_flight.append(batch.to_seq)
             cursor = batch.to_seq
             last_vector = batch.vector if batch.vector is not None else last_vector
             self.link.rows_out += len(batch.rows)
             self.link.batches_out += 1
+
+
+def _refiltered(batch: ChangeBatch, vector: dict[str, int]) -> ChangeBatch:
+    """`batch` without what a peer holding `vector` has; same slice, same vector."""
+    rows = [row for row in (missing_from(change, vector) for change in batch.rows) if row]
+    return dataclasses.replace(batch, rows=rows)
 
 
 def _only_relays(batch: ChangeBatch, own_site: str) -> bool:

@@ -171,9 +171,6 @@ def capture_triggers(spec: TableSpec) -> list[str]:
         return ", ".join(f"{row}.{quote_identifier(column)}" for column in spec.pk)
 
     key_changed = " OR ".join(_changed(column) for column in spec.pk)
-    any_changed = " OR ".join(
-        [key_changed, *(_value_changed(quote_identifier(column)) for column in spec.value_columns)]
-    )
     on_insert = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'insert')}"
         f" AFTER INSERT ON {table} WHEN {not_applying}\nBEGIN\n"
@@ -181,13 +178,15 @@ def capture_triggers(spec: TableSpec) -> list[str]:
     )
     on_update = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'update')}"
-        f" AFTER UPDATE ON {table} WHEN {not_applying} AND ({any_changed})\nBEGIN\n"
+        f" AFTER UPDATE ON {table} WHEN {not_applying}\nBEGIN\n"
         # A changed primary key is a delete of the old key and an insert of the new.
         f"  INSERT INTO {log} ({names}) SELECT {OP_DELETE}, 0, {keys('OLD')}"
         f" WHERE {key_changed};\n"
-        f"  INSERT INTO {log} ({names}) VALUES (CASE WHEN {key_changed} THEN {OP_INSERT}"
-        f" ELSE {OP_UPDATE} END, CASE WHEN {key_changed} THEN {ALL_COLUMNS}"
-        f" ELSE {_changed_mask(spec)} END, {keys('NEW')});\nEND"
+        # The mask is computed once; an UPDATE that changed nothing logs nothing.
+        f"  INSERT INTO {log} ({names}) SELECT CASE WHEN {key_changed} THEN {OP_INSERT}"
+        f" ELSE {OP_UPDATE} END, CASE WHEN {key_changed} THEN {ALL_COLUMNS} ELSE m END,"
+        f" {keys('NEW')} FROM (SELECT {_changed_mask(spec)} AS m)"
+        f" WHERE m != 0 OR {key_changed};\nEND"
     )
     on_delete = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'delete')}"

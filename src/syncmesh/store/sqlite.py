@@ -24,7 +24,7 @@ import msgpack
 
 from syncmesh.clock import COUNTER_MAX, HybridClock, SystemClock, pack, wall_ms_of
 from syncmesh.errors import ClockDriftError, NotInitialized, SchemaError, StoreError
-from syncmesh.merge import join_rows
+from syncmesh.merge import join_rows, missing_from
 from syncmesh.model import (
     ChangeBatch,
     RowChange,
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 DRIFT_MS_MAX_DEFAULT = 60_000
 BACKFILL_ROWS_PER_SEQ = 1_000  # existing rows join the feed in groups of this size
 BUSY_TIMEOUT_MS = 10_000
+CACHE_KIB = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,9 @@ class Store:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
+            # Shadow rows are keyed like the user rows (often random keys), so a
+            # batch touches pages all over the shadow table: keep them cached.
+            connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
@@ -442,7 +446,7 @@ class Store:
                 for row in self._connection.execute(table.feed_sql, (from_seq, upper)):
                     pk, state, seq = table.state_of(row, sites)
                     assert seq is not None
-                    change = _filtered(table.spec.name, pk, state, receiver_vector)
+                    change = missing_from(RowChange(table.spec.name, pk, state), receiver_vector)
                     if change is not None:
                         rows.append((seq, change))
             vector = self.vector() if upper == head else None
@@ -567,9 +571,9 @@ class Store:
         self, table: TableSql, changes: list[RowChange], origin: str, seq: int, sites: SiteMap
     ) -> tuple[int, int, int]:
         local = table.load(self._connection, [change.pk for change in changes], sites)
-        upserts: list[tuple[RowChange, list[SqlValue]]] = []
-        deletes: list[tuple[RowChange, list[SqlValue]]] = []
-        merged_states: list[tuple[RowChange, RowState]] = []
+        on_disk = dict(local)  # what the user table holds before this merge
+        # Per key: its final merged state and the changes that made it.
+        merged_by_key: dict[tuple[SqlValue, ...], tuple[RowState, list[RowChange]]] = {}
         refused = 0
         for change in changes:
             try:
@@ -584,24 +588,37 @@ class Store:
                 continue  # already held, or superseded: idempotent redelivery
             local[change.pk] = merged  # a key may come twice (quarantine retries)
             self._observe(change.state)
-            merged_states.append((change, merged))
+            _state, contributors = merged_by_key.get(change.pk, (merged, []))
+            merged_by_key[change.pk] = (merged, [*contributors, change])
+        # One user-table write per key, from its final state: a key that came
+        # twice (deleted, then re-inserted) must not be upserted and then deleted.
+        upserts: list[tuple[tuple[SqlValue, ...], list[RowChange], list[SqlValue]]] = []
+        deletes: list[tuple[tuple[SqlValue, ...], list[RowChange], list[SqlValue]]] = []
+        for pk, (merged, contributors) in merged_by_key.items():
+            before = on_disk.get(pk)
             if merged.alive:
-                upserts.append((change, table.user_row(change.pk, merged)))
+                upserts.append((pk, contributors, table.user_row(pk, merged)))
             elif before is not None and before.alive:
-                deletes.append((change, list(change.pk)))
-        failed: set[int] = set()
-        for group, sql in ((upserts, table.upsert_sql), (deletes, table.delete_sql)):
-            for index, error in execute_each(self._connection, sql, [row for _c, row in group]):
-                change = group[index][0]
-                failed.add(id(change))
-                self._quarantine(change, origin, f"constraint failed: {error}")
+                deletes.append((pk, contributors, list(pk)))
+        failed: set[tuple[SqlValue, ...]] = set()
+        quarantined = 0
+        # Deletes first: a key change (or a delete and an insert in one
+        # transaction) may hand a UNIQUE value from the old row to the new one.
+        for group, sql in ((deletes, table.delete_sql), (upserts, table.upsert_sql)):
+            rows = [row for _pk, _changes, row in group]
+            for index, error in execute_each(self._connection, sql, rows):
+                pk, contributors, _row = group[index]
+                failed.add(pk)
+                for change in contributors:
+                    self._quarantine(change, origin, f"constraint failed: {error}")
+                quarantined += len(contributors)
         shadow_rows = [
-            table.shadow_row(change.pk, merged, seq, sites)
-            for change, merged in merged_states
-            if id(change) not in failed
+            table.shadow_row(pk, merged, seq, sites)
+            for pk, (merged, _contributors) in merged_by_key.items()
+            if pk not in failed
         ]
         self._connection.executemany(table.shadow_write_sql, shadow_rows)
-        return len(shadow_rows), len(failed), refused
+        return len(shadow_rows), quarantined, refused
 
     def _check_drift(self, state: RowState) -> None:
         for stamp in _stamps(state):
@@ -789,29 +806,3 @@ def _stamps(state: RowState) -> Iterator[Stamp]:
         yield state.cl_stamp
     for cell in state.cells.values():
         yield cell.stamp
-
-
-def _covered(stamp: Stamp | None, vector: dict[str, int]) -> bool:
-    return stamp is not None and vector.get(stamp.site_id, -1) >= stamp.hlc
-
-
-def _filtered(
-    table: str, pk: tuple[SqlValue, ...], state: RowState, vector: dict[str, int]
-) -> RowChange | None:
-    """The part of a row the receiver (with `vector`) may lack; None if it has it all.
-
-    A dead row ships no cells.  A row whose causal length the receiver may
-    lack ships all its cells: that receiver is on an older life of the row.
-    """
-    if not state.alive:
-        if _covered(state.cl_stamp, vector):
-            return None
-        return RowChange(table, pk, RowState(state.cl, state.cl_stamp, {}))
-    if not _covered(state.cl_stamp, vector):
-        return RowChange(table, pk, state)
-    cells = {
-        column: cell for column, cell in state.cells.items() if not _covered(cell.stamp, vector)
-    }
-    if not cells:
-        return None
-    return RowChange(table, pk, RowState(state.cl, state.cl_stamp, cells))
