@@ -39,12 +39,7 @@ cells = st.dictionaries(
     st.text(min_size=1, max_size=8), st.builds(Cell, values, stamps), max_size=4
 )
 states = st.builds(RowState, st.integers(1, 9), st.one_of(st.none(), stamps), cells)
-rows = st.builds(
-    RowChange,
-    st.text(min_size=1, max_size=10),
-    st.lists(values, min_size=1, max_size=3).map(tuple),
-    states,
-)
+rows = st.builds(RowChange, st.text(min_size=1, max_size=10), st.tuples(values), states)
 vectors = st.dictionaries(sites, hlcs, max_size=3)
 
 
@@ -53,7 +48,7 @@ def batches(draw: st.DrawFn) -> ChangeBatch:
     from_seq = draw(st.integers(0, 1000))
     to_seq = draw(st.integers(from_seq, from_seq + 1000))
     head_seq = draw(st.integers(to_seq, to_seq + 1000))
-    return ChangeBatch(
+    return ChangeBatch.of_rows(
         draw(st.text(max_size=32)),
         from_seq,
         to_seq,
@@ -96,7 +91,9 @@ def test_storage_classes_survive_the_wire() -> None:
         "n": Cell(None, Stamp(1, "a")),
         "big": Cell(-(1 << 63), Stamp(1, "a")),
     }
-    batch = ChangeBatch("i", 0, 1, 1, None, [RowChange("t", ("k",), RowState(1, None, cells))])
+    batch = ChangeBatch.of_rows(
+        "i", 0, 1, 1, None, [RowChange("t", ("k",), RowState(1, None, cells))]
+    )
     decoded = decode(encode(Batch(batch)))
     assert isinstance(decoded, Batch)
     got = decoded.batch.rows[0].state.cells
@@ -121,10 +118,40 @@ def test_large_batches_are_compressed() -> None:
         )
         for index in range(500)
     ]
-    frame = encode(Batch(ChangeBatch("i", 0, 1, 1, None, rows_)))
+    frame = encode(Batch(ChangeBatch.of_rows("i", 0, 1, 1, None, rows_)))
     plain = msgpack.packb({"rows": [[row.table, list(row.pk)] for row in rows_]})
     assert frame[0] == 1  # the zstd flag
     assert len(frame) < len(plain)
+
+
+def _batch_frame(
+    *,
+    from_: int = 0,
+    to: int = 1,
+    rows: list[list[object]] | None = None,
+    sites: list[str] | None = None,
+    key_count: int = 1,
+) -> dict[str, object]:
+    """A well-formed batch map with one table `t` (key `id`, value column `c`)."""
+    table = ["t", ["c"], key_count, rows if rows is not None else [["k", 1, 5, 0, 1, 5, 0]]]
+    return {
+        "t": "batch",
+        "inc": "i",
+        "from": from_,
+        "to": to,
+        "head": 9,
+        "vv": None,
+        "sites": sites if sites is not None else ["a"],
+        "tables": [table],
+    }
+
+
+def test_the_well_formed_batch_frame_decodes() -> None:
+    decoded = decode(_frame(_batch_frame()))
+    assert isinstance(decoded, Batch)
+    [row] = decoded.batch.rows
+    assert row.pk == ("k",)
+    assert row.state.cells["c"] == Cell(1, Stamp(5, "a"))
 
 
 def _frame(plain: object) -> bytes:
@@ -144,68 +171,17 @@ def _frame(plain: object) -> bytes:
         (_frame({"t": "pull", "inc": "x", "cursor": True, "vv": {}, "own": False}), "not int"),
         (_frame({"t": "pull", "inc": "x", "cursor": 1, "vv": {}}), "'own' missing"),
         (_frame({"t": "ack", "to": 1, "vv": {"a": "x"}}), "version vector entry"),
-        (
-            _frame(
-                {"t": "batch", "inc": "i", "from": 5, "to": 2, "head": 9, "vv": None, "rows": []}
-            ),
-            "out of order",
-        ),
-        (
-            _frame(
-                {
-                    "t": "batch",
-                    "inc": "i",
-                    "from": 0,
-                    "to": 1,
-                    "head": 1,
-                    "vv": None,
-                    "rows": [["t", ["k"], 1, None, None, [["c", {"x": 1}, 1, "a"]]]],
-                }
-            ),
-            "not an SQL value",
-        ),
-        (
-            _frame(
-                {
-                    "t": "batch",
-                    "inc": "i",
-                    "from": 0,
-                    "to": 1,
-                    "head": 1,
-                    "vv": None,
-                    "rows": [["t", [], 1, None, None, []]],
-                }
-            ),
-            "primary key",
-        ),
-        (
-            _frame(
-                {
-                    "t": "batch",
-                    "inc": "i",
-                    "from": 0,
-                    "to": 1,
-                    "head": 1,
-                    "vv": None,
-                    "rows": [["t", ["k"], 0, None, None, []]],
-                }
-            ),
-            "causal length",
-        ),
-        (
-            _frame(
-                {
-                    "t": "batch",
-                    "inc": "i",
-                    "from": 0,
-                    "to": 1,
-                    "head": 1,
-                    "vv": None,
-                    "rows": [["t", ["k"], 1, 5, "", []]],
-                }
-            ),
-            "site id",
-        ),
+        (_frame(_batch_frame(from_=5, to=2)), "out of order"),
+        (_frame(_batch_frame(rows=[["k", 1, None, None, {"x": 1}, 1, 0]])), "not an SQL value"),
+        (_frame(_batch_frame(rows=[["k", 1, None, None]])), "not a list of 7 fields"),
+        (_frame(_batch_frame(rows=[["k", 0, None, None, 1, 1, 0]])), "causal length"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, None, 1, 1, 0]])), "site index"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 7, 1, 1, 0]])), "site index"),
+        (_frame(_batch_frame(rows=[["k", 1, -5, 0, 1, 1, 0]])), "stamp"),
+        (_frame(_batch_frame(rows=[[1 << 63, 1, 5, 0, 1, 1, 0]])), "64 bits"),
+        (_frame(_batch_frame(sites=[""])), "site id"),
+        (_frame(_batch_frame(key_count=0)), "key count"),
+        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1]]}), "table entry"),
     ],
 )
 def test_malformed_frames_are_refused_with_a_reason(frame: bytes, problem: str) -> None:

@@ -20,7 +20,7 @@ relay path converge.  Nothing here touches SQLite, a clock or the network.
 
 from __future__ import annotations
 
-from syncmesh.model import Cell, RowChange, RowState, SqlValue, Stamp
+from syncmesh.model import Cell, RowChange, RowState, SqlValue, Stamp, TableRows
 
 
 def value_order_key(value: SqlValue) -> tuple[int, int | float | str | bytes, int]:
@@ -103,3 +103,47 @@ def missing_from(change: RowChange, vector: dict[str, int]) -> RowChange | None:
     if len(cells) == len(state.cells):
         return change
     return RowChange(change.table, change.pk, RowState(state.cl, state.cl_stamp, cells))
+
+
+def missing_rows(
+    table: TableRows, sites: tuple[str, ...], vector: dict[str, int]
+) -> list[list[SqlValue]]:
+    """`missing_from` for the positional rows of a batch: what a node with `vector` lacks.
+
+    The same rules, on flat rows (no objects per row: this runs for every
+    row that leaves a node).  Rows come back unchanged when nothing of them
+    is covered, so the common case copies nothing.
+    """
+    bounds = [vector.get(site, -1) for site in sites]
+    base = table.key_count
+    first_cell = base + 3
+    width = table.width
+    kept: list[list[SqlValue]] = []
+    for row in table.rows:
+        cl, cl_hlc, cl_site = row[base], row[base + 1], row[base + 2]
+        cl_covered = cl_hlc is not None and cl_hlc <= bounds[cl_site]  # type: ignore[index, operator]
+        if cl % 2 == 0:  # type: ignore[operator]
+            if cl_covered:
+                continue
+            if any(row[at] is not None for at in range(first_cell + 1, width, 3)):
+                row = [*row[:first_cell], *([None] * (width - first_cell))]
+            kept.append(row)
+            continue
+        if not cl_covered:
+            kept.append(row)
+            continue
+        trimmed: list[SqlValue] | None = None
+        remaining = 0
+        for at in range(first_cell, width, 3):
+            hlc = row[at + 1]
+            if hlc is None:
+                continue
+            if hlc <= bounds[row[at + 2]]:  # type: ignore[index, operator]
+                if trimmed is None:
+                    trimmed = list(row)
+                trimmed[at] = trimmed[at + 1] = trimmed[at + 2] = None
+            else:
+                remaining += 1
+        if remaining:
+            kept.append(row if trimmed is None else trimmed)
+    return kept

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from syncmesh.errors import ProtocolError, RefusedError, StoreError
-from syncmesh.merge import missing_from
+from syncmesh.merge import missing_rows
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.worker import StoreWorker
@@ -235,7 +235,7 @@ class Session:
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
-        link.rows_in += len(batch.rows)
+        link.rows_in += batch.row_count
         link.batches_in += 1
         link.quarantined_rows += quarantined
         link.cursor = batch.to_seq
@@ -299,7 +299,7 @@ class Session:
                 continue
             if (
                 config.relay_hold_ms > 0
-                and len(batch.rows) <= config.batch_rows_max // 2  # live changes, not a backlog
+                and batch.row_count <= config.batch_rows_max // 2  # live changes, not a backlog
                 and _only_relays(batch, own_site)
             ):
                 # In a mesh the peer often gets these rows from their origin at
@@ -314,25 +314,33 @@ class Session:
             self._in_flight.append(batch.to_seq)
             cursor = batch.to_seq
             last_vector = batch.vector if batch.vector is not None else last_vector
-            self.link.rows_out += len(batch.rows)
+            self.link.rows_out += batch.row_count
             self.link.batches_out += 1
 
 
 def _refiltered(batch: ChangeBatch, vector: dict[str, int]) -> ChangeBatch:
     """`batch` without what a peer holding `vector` has; same slice, same vector."""
-    rows = [row for row in (missing_from(change, vector) for change in batch.rows) if row]
-    return dataclasses.replace(batch, rows=rows)
+    tables = []
+    for table in batch.tables:
+        rows = missing_rows(table, batch.sites, vector)
+        if rows:
+            tables.append(dataclasses.replace(table, rows=rows))
+    return dataclasses.replace(batch, tables=tuple(tables))
 
 
 def _only_relays(batch: ChangeBatch, own_site: str) -> bool:
     """True if no row of `batch` carries a write of our own site (all are relays)."""
-    for row in batch.rows:
-        state = row.state
-        if state.cl_stamp is not None and state.cl_stamp.site_id == own_site:
-            return False
-        if any(cell.stamp.site_id == own_site for cell in state.cells.values()):
-            return False
-    return bool(batch.rows)
+    if batch.row_count == 0:
+        return False
+    if own_site not in batch.sites:
+        return True
+    own = batch.sites.index(own_site)
+    for table in batch.tables:
+        for row in table.rows:
+            # cl_site, then each cell's site: every third field from key_count + 2.
+            if own in row[table.key_count + 2 :: 3]:
+                return False
+    return True
 
 
 def _mismatch(ours: Hello, theirs: Hello) -> str | None:

@@ -16,7 +16,7 @@ import msgpack
 import zstandard
 
 from syncmesh.errors import ProtocolError, UnsupportedVersion
-from syncmesh.model import ChangeBatch, row_from_plain, row_to_plain
+from syncmesh.model import INT64_MAX, INT64_MIN, ChangeBatch, TableRows
 from syncmesh.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -31,6 +31,9 @@ from syncmesh.protocol.messages import (
 FRAME_BYTES_MAX = 32 << 20  # one frame on the wire, compressed or not
 DECODED_BYTES_MAX = 128 << 20  # after decompression: a bound against zip bombs
 COMPRESS_BYTES_MIN = 512
+SITE_ID_CHARS_MAX = 64
+KEY_COLUMNS_MAX = 64
+_SCALARS = (type(None), float, str, bytes)
 _RAW, _ZSTD = 0, 1
 _compressor = zstandard.ZstdCompressor(level=3)
 _decompressor = zstandard.ZstdDecompressor()
@@ -113,7 +116,11 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 "to": batch.to_seq,
                 "head": batch.head_seq,
                 "vv": batch.vector,
-                "rows": [row_to_plain(row) for row in batch.rows],
+                "sites": list(batch.sites),
+                "tables": [
+                    [table.table, list(table.columns), table.key_count, table.rows]
+                    for table in batch.tables
+                ],
             }
         case Ack():
             return {"t": "ack", "to": message.to_seq, "vv": message.vector}
@@ -198,12 +205,61 @@ def _batch(plain: dict[str, Any]) -> ChangeBatch:
         )
     raw_vector = plain.get("vv")
     vector = None if raw_vector is None else _vector(raw_vector, "batch")
-    rows = _field(plain, "rows", list, "batch")
-    return ChangeBatch(
-        _field(plain, "inc", str, "batch"),
-        from_seq,
-        to_seq,
-        head_seq,
-        vector,
-        [row_from_plain(row) for row in rows],
+    sites = _field(plain, "sites", list, "batch")
+    for site in sites:
+        if type(site) is not str or not 0 < len(site) <= SITE_ID_CHARS_MAX:
+            raise ProtocolError(f"batch: site id {site!r} is not a string of 1-64 characters")
+    tables = tuple(
+        _table_rows(table, len(sites)) for table in _field(plain, "tables", list, "batch")
     )
+    return ChangeBatch(
+        _field(plain, "inc", str, "batch"), from_seq, to_seq, head_seq, vector, tuple(sites), tables
+    )
+
+
+def _table_rows(plain: object, sites_count: int) -> TableRows:
+    """One table's positional rows, every field checked (this loop is the hot path)."""
+    if type(plain) is not list or len(plain) != 4:
+        raise ProtocolError("batch: a table entry is not [name, columns, key count, rows]")
+    name, columns, key_count, rows = plain
+    if type(name) is not str or not name:
+        raise ProtocolError("batch: table name is not a non-empty string")
+    where = f"batch rows of {name!r}"
+    if type(columns) is not list or not all(type(column) is str for column in columns):
+        raise ProtocolError(f"{where}: columns are not a list of names")
+    if type(key_count) is not int or not 0 < key_count <= KEY_COLUMNS_MAX:
+        raise ProtocolError(f"{where}: key count {key_count!r} is invalid")
+    if type(rows) is not list:
+        raise ProtocolError(f"{where}: rows are not a list")
+    width = key_count + 3 + 3 * len(columns)
+    for row in rows:
+        if type(row) is not list or len(row) != width:
+            raise ProtocolError(f"{where}: a row is not a list of {width} fields")
+        for value in row[:key_count]:
+            _check_value(value, where)
+        cl = row[key_count]
+        if type(cl) is not int or not 0 < cl <= INT64_MAX:
+            raise ProtocolError(f"{where}: causal length {cl!r} is not a positive integer")
+        _check_stamp(row[key_count + 1], row[key_count + 2], sites_count, where)
+        for at in range(key_count + 3, width, 3):
+            _check_value(row[at], where)
+            _check_stamp(row[at + 1], row[at + 2], sites_count, where)
+    return TableRows(name, tuple(columns), key_count, rows)
+
+
+def _check_value(value: object, where: str) -> None:
+    kind = type(value)
+    if kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+            raise ProtocolError(f"{where}: integer {value} does not fit SQLite's 64 bits")
+    elif kind not in _SCALARS:
+        raise ProtocolError(f"{where}: value of type {kind.__name__} is not an SQL value")
+
+
+def _check_stamp(hlc: object, site: object, sites_count: int, where: str) -> None:
+    if hlc is None and site is None:
+        return
+    if type(hlc) is not int or not 0 <= hlc <= INT64_MAX:
+        raise ProtocolError(f"{where}: stamp {hlc!r} is not a non-negative 64-bit integer")
+    if type(site) is not int or not 0 <= site < sites_count:
+        raise ProtocolError(f"{where}: site index {site!r} is not in the batch's site table")

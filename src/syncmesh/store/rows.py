@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from syncmesh.errors import StoreError
-from syncmesh.model import Cell, RowState, SqlValue, Stamp, TableSpec
+from syncmesh.model import RowState, SqlValue, TableRows, TableSpec
 from syncmesh.schema import (
     ALL_COLUMNS,
     OP_DELETE,
@@ -33,6 +33,7 @@ class SiteMap:
         self._connection = connection
         self._by_ordinal: dict[int, str] = {}
         self._by_site: dict[str, int] = {}
+        self._ordered: tuple[str, ...] = ()
         for ordinal, site_id in connection.execute("SELECT ordinal, site_id FROM _syncmesh_sites"):
             self._by_ordinal[ordinal] = site_id
             self._by_site[site_id] = ordinal
@@ -67,10 +68,19 @@ class SiteMap:
         self._by_ordinal[ordinal] = site_id
         return ordinal
 
+    def all_sites(self) -> tuple[str, ...]:
+        """Every known site id, indexed by ordinal (ordinals are dense from 0)."""
+        if len(self._by_ordinal) != len(self._ordered):
+            count = max(self._by_ordinal) + 1
+            assert count == len(self._by_ordinal), "site ordinals are not dense"
+            self._ordered = tuple(self._by_ordinal[ordinal] for ordinal in range(count))
+        return self._ordered
+
     def forget_uncommitted(self) -> None:
         """Drop the cache after a rollback: inserted ordinals may not exist any more."""
         self._by_ordinal.clear()
         self._by_site.clear()
+        self._ordered = ()
         for ordinal, site_id in self._connection.execute(
             "SELECT ordinal, site_id FROM _syncmesh_sites"
         ):
@@ -87,17 +97,20 @@ class TableSql:
         self.shadow = quote_identifier(shadow_name(spec.name))
         self.key_count = len(spec.pk)
         self.values = spec.value_columns
+        # Rows are selected in the positional layout of `TableRows` (sites as
+        # local ordinals), so the feed needs no conversion per row.
+        self.shape = TableRows(spec.name, self.values, self.key_count, [])
         keys = [f"s.k{index}" for index in range(self.key_count)]
         cells = [
-            f"s.{name}" for index in range(len(self.values)) for name in (f"h{index}", f"s{index}")
+            f"t.{quote_identifier(column)}, s.h{index}, s.s{index}"
+            for index, column in enumerate(self.values)
         ]
-        user = [f"t.{quote_identifier(column)}" for column in self.values]
         join = " AND ".join(
             f"t.{quote_identifier(column)} = s.k{index}" for index, column in enumerate(spec.pk)
         )
-        selected = ", ".join([*keys, "s.cl", "s.cl_hlc", "s.cl_site", "s.seq", *cells, *user])
+        selected = ", ".join([*keys, "s.cl", "s.cl_hlc", "s.cl_site", *cells])
         self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
-        self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
+        self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
         self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
         self.log = quote_identifier(log_name(spec.name))
         log_keys = ", ".join(f"k{index}" for index in range(self.key_count))
@@ -202,44 +215,22 @@ class TableSql:
             f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, *cells])} FROM {self.table}"
         )
 
-    def state_of(
-        self, row: Sequence[SqlValue], sites: SiteMap
-    ) -> tuple[tuple[SqlValue, ...], RowState, int | None]:
-        """(pk, state, seq) of a row selected with `feed_sql`/`load`."""
-        keys = self.key_count
-        pk = tuple(row[:keys])
-        cl, cl_hlc, cl_site, seq = row[keys : keys + 4]
-        assert isinstance(cl, int)
-        cl_stamp = None
-        if isinstance(cl_hlc, int) and isinstance(cl_site, int):
-            cl_stamp = Stamp(cl_hlc, sites.site(cl_site))
-        cells: dict[str, Cell] = {}
-        base = keys + 4
-        user_base = base + 2 * len(self.values)
-        alive = cl % 2 == 1
-        for index, column in enumerate(self.values):
-            hlc, site = row[base + 2 * index], row[base + 2 * index + 1]
-            if isinstance(hlc, int) and hlc >= 0 and isinstance(site, int):
-                value = row[user_base + index] if alive else None
-                cells[column] = Cell(value, Stamp(hlc, sites.site(site)))
-        return pk, RowState(cl, cl_stamp, cells), seq if isinstance(seq, int) else None
-
     def load(
-        self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]], sites: SiteMap
-    ) -> dict[tuple[SqlValue, ...], RowState]:
-        """The local states of the rows with keys `pks` (absent keys are left out)."""
-        found: dict[tuple[SqlValue, ...], RowState] = {}
+        self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
+    ) -> dict[tuple[SqlValue, ...], list[SqlValue]]:
+        """The local positional rows (sites as ordinals) of the keys `pks` that exist."""
+        found: dict[tuple[SqlValue, ...], list[SqlValue]] = {}
         keys = ", ".join(f"s.k{index}" for index in range(self.key_count))
-        for start in range(0, len(pks), KEYS_PER_QUERY // max(1, self.key_count)):
-            chunk = pks[start : start + KEYS_PER_QUERY // max(1, self.key_count)]
-            tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
+        step = KEYS_PER_QUERY // max(1, self.key_count)
+        tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
+        for start in range(0, len(pks), step):
+            chunk = pks[start : start + step]
             sql = (
                 f"{self._select} WHERE ({keys}) IN (VALUES {', '.join([tuple_marks] * len(chunk))})"
             )
             params = [value for pk in chunk for value in pk]
             for row in connection.execute(sql, params):
-                pk, state, _seq = self.state_of(row, sites)
-                found[pk] = state
+                found[tuple(row[: self.key_count])] = list(row)
         return found
 
     def shadow_row(
@@ -267,6 +258,30 @@ class TableSql:
             cell = state.cells.get(column)
             row.append(None if cell is None else cell.value)
         return row
+
+    def fast_rows(
+        self, row: list[SqlValue], ordinals: list[int], seq: int
+    ) -> tuple[list[SqlValue], list[SqlValue] | None]:
+        """(shadow row, user row or None) of an incoming row new to this node.
+
+        Joining with nothing yields the incoming state itself, so the rows
+        are copied out positionally, with batch site indexes made ordinals.
+        """
+        keys = self.key_count
+        cl_site = row[keys + 2]
+        shadow: list[SqlValue] = [
+            *row[: keys + 2],
+            None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
+            seq,
+        ]
+        user: list[SqlValue] = list(row[:keys])
+        for at in range(keys + 3, len(row), 3):
+            site = row[at + 2]
+            shadow.append(row[at + 1])
+            shadow.append(None if site is None else ordinals[site])  # type: ignore[index]
+            user.append(row[at])
+        alive = row[keys] % 2 == 1  # type: ignore[operator]
+        return shadow, user if alive else None
 
 
 def execute_each(

@@ -24,16 +24,18 @@ import msgpack
 
 from syncmesh.clock import COUNTER_MAX, HybridClock, SystemClock, pack, wall_ms_of
 from syncmesh.errors import ClockDriftError, NotInitialized, SchemaError, StoreError
-from syncmesh.merge import join_rows, missing_from
+from syncmesh.merge import join_rows, missing_rows
 from syncmesh.model import (
     ChangeBatch,
     RowChange,
     RowState,
     SqlValue,
     Stamp,
+    TableRows,
     TableSpec,
     row_from_plain,
     row_to_plain,
+    state_of_row,
 )
 from syncmesh.schema import (
     BOOKKEEPING_DDL,
@@ -432,28 +434,26 @@ class Store:
             head = self._state()["seq"]
             incarnation = self.incarnation
             if from_seq >= head:
-                return ChangeBatch(
-                    incarnation,
-                    from_seq,
-                    from_seq,
-                    head,
-                    self.vector() if from_seq == head else None,
-                    [],
-                )
+                vector = self.vector() if from_seq == head else None
+                return ChangeBatch(incarnation, from_seq, from_seq, head, vector, (), ())
             upper = self._batch_upper(from_seq, head, rows_max)
-            rows: list[tuple[int, RowChange]] = []
+            all_sites = sites.all_sites()
+            tables: list[TableRows] = []
             for table in self._tables.values():
-                for row in self._connection.execute(table.feed_sql, (from_seq, upper)):
-                    pk, state, seq = table.state_of(row, sites)
-                    assert seq is not None
-                    change = missing_from(RowChange(table.spec.name, pk, state), receiver_vector)
-                    if change is not None:
-                        rows.append((seq, change))
+                shape = table.shape
+                read = [
+                    list(row) for row in self._connection.execute(table.feed_sql, (from_seq, upper))
+                ]
+                kept = missing_rows(
+                    TableRows(shape.table, shape.columns, shape.key_count, read),
+                    all_sites,
+                    receiver_vector,
+                )
+                if kept:
+                    tables.append(TableRows(shape.table, shape.columns, shape.key_count, kept))
             vector = self.vector() if upper == head else None
-        rows.sort(key=lambda item: item[0])
-        return ChangeBatch(
-            incarnation, from_seq, upper, head, vector, [change for _seq, change in rows]
-        )
+        # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
+        return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
 
     @contextmanager
     def _snapshot_without_pending(self) -> Iterator[None]:
@@ -529,7 +529,7 @@ class Store:
                     f" continue our cursor {None if peer is None else peer.cursor}"
                 )
             self._capture_pending()
-            result = self._merge_rows(peer_site_id, batch.rows, sites)
+            result = self._merge_rows(peer_site_id, batch, sites)
             self._connection.execute(
                 "UPDATE _syncmesh_peers SET cursor = ?, head_seq = ?,"
                 " applied_rows = applied_rows + ?, last_applied_ms = ? WHERE site_id = ?",
@@ -542,22 +542,29 @@ class Store:
             )
         return result
 
-    def _merge_rows(self, origin: str, rows: list[RowChange], sites: SiteMap) -> ApplyResult:
-        """Merge `rows` into the tables (inside the caller's transaction)."""
+    def _merge_rows(self, origin: str, batch: ChangeBatch, sites: SiteMap) -> ApplyResult:
+        """Merge the rows of `batch` into the tables (inside the caller's transaction)."""
         self._connection.execute("UPDATE _syncmesh_state SET applying = 1")
         seq = self._clock.tick()  # a fresh seq for the merged rows (see _capture_pending)
+        ordinals = [sites.ordinal(site) for site in batch.sites]
         applied = quarantined = refused = 0
-        by_table: dict[str, list[RowChange]] = {}
-        for change in rows:
-            by_table.setdefault(change.table, []).append(change)
-        for name, changes in by_table.items():
-            table = self._tables.get(name)
+        for incoming in batch.tables:
+            table = self._tables.get(incoming.table)
+            problem = None
             if table is None:
-                for change in changes:
-                    self._quarantine(change, origin, f"table {name!r} is not tracked here")
-                quarantined += len(changes)
+                problem = f"table {incoming.table!r} is not tracked here"
+            elif incoming.columns != table.values or incoming.key_count != table.key_count:
+                problem = (
+                    f"table {incoming.table!r}: the peer's columns {list(incoming.columns)}"
+                    f" differ from ours {list(table.values)}"
+                )
+            if problem is not None:
+                for row in incoming.rows:
+                    self._quarantine(_change_of(incoming, row, batch.sites), origin, problem)
+                quarantined += len(incoming.rows)
                 continue
-            counts = self._merge_table(table, changes, origin, seq, sites)
+            assert table is not None
+            counts = self._merge_table(table, incoming, batch.sites, ordinals, origin, seq, sites)
             applied += counts[0]
             quarantined += counts[1]
             refused += counts[2]
@@ -568,65 +575,82 @@ class Store:
         return ApplyResult(applied, quarantined, refused, self._state()["seq"])
 
     def _merge_table(
-        self, table: TableSql, changes: list[RowChange], origin: str, seq: int, sites: SiteMap
+        self,
+        table: TableSql,
+        incoming: TableRows,
+        batch_sites: tuple[str, ...],
+        ordinals: list[int],
+        origin: str,
+        seq: int,
+        sites: SiteMap,
     ) -> tuple[int, int, int]:
-        local = table.load(self._connection, [change.pk for change in changes], sites)
-        on_disk = dict(local)  # what the user table holds before this merge
-        # Per key: its final merged state and the changes that made it.
-        merged_by_key: dict[tuple[SqlValue, ...], tuple[RowState, list[RowChange]]] = {}
+        """Merge one table's rows; returns (applied, quarantined, refused for drift)."""
+        keys = table.key_count
+        pks = [tuple(row[:keys]) for row in incoming.rows]
+        on_disk = table.load(self._connection, pks)
+        local_sites = sites.all_sites()
+        bound = self._drift_bound()
+        # Per key: the merged result (a state, or the rows of a new key) and
+        # the incoming rows that made it.
+        merged_by_key: dict[tuple[SqlValue, ...], _Merged] = {}
         refused = 0
-        for change in changes:
-            try:
-                self._check_drift(change.state)
-            except ClockDriftError as exc:
-                self._quarantine(change, origin, str(exc))
+        observed = 0
+        for pk, row in zip(pks, incoming.rows, strict=True):
+            top = max((int(hlc) for hlc in row[keys + 1 :: 3] if hlc is not None), default=0)
+            if top > bound:
+                change = _change_of(incoming, row, batch_sites)
+                self._quarantine(change, origin, _drift_reason(change, self._clock))
                 refused += 1
                 continue
-            before = local.get(change.pk)
-            merged = join_rows(before, change.state)
+            earlier = merged_by_key.get(pk)
+            if earlier is None and pk not in on_disk:
+                # Fast path, the common case of a backlog: joined with nothing,
+                # the incoming row is the result; copy it out positionally.
+                shadow, user = table.fast_rows(row, ordinals, seq)
+                merged_by_key[pk] = _Merged(None, shadow, user, [row])
+                observed = max(observed, top)
+                continue
+            if earlier is not None:
+                before = earlier.state_or(incoming, batch_sites)
+            else:
+                before = state_of_row(table.shape, on_disk[pk], local_sites)
+            merged = join_rows(before, state_of_row(incoming, row, batch_sites))
             if merged == before:
                 continue  # already held, or superseded: idempotent redelivery
-            local[change.pk] = merged  # a key may come twice (quarantine retries)
-            self._observe(change.state)
-            _state, contributors = merged_by_key.get(change.pk, (merged, []))
-            merged_by_key[change.pk] = (merged, [*contributors, change])
+            observed = max(observed, top)
+            contributors = [*earlier.rows, row] if earlier is not None else [row]
+            merged_by_key[pk] = _Merged(merged, None, None, contributors)
+        if observed:
+            self._clock.observe(int(observed), origin)
         # One user-table write per key, from its final state: a key that came
         # twice (deleted, then re-inserted) must not be upserted and then deleted.
-        upserts: list[tuple[tuple[SqlValue, ...], list[RowChange], list[SqlValue]]] = []
-        deletes: list[tuple[tuple[SqlValue, ...], list[RowChange], list[SqlValue]]] = []
-        for pk, (merged, contributors) in merged_by_key.items():
-            before = on_disk.get(pk)
-            if merged.alive:
-                upserts.append((pk, contributors, table.user_row(pk, merged)))
-            elif before is not None and before.alive:
-                deletes.append((pk, contributors, list(pk)))
+        upserts: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
+        deletes: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
+        for pk, result in merged_by_key.items():
+            user = result.user_row(table, pk)
+            if user is not None:
+                upserts.append((pk, user))
+            elif pk in on_disk and on_disk[pk][keys] % 2 == 1:  # type: ignore[operator]
+                deletes.append((pk, list(pk)))
         failed: set[tuple[SqlValue, ...]] = set()
         quarantined = 0
         # Deletes first: a key change (or a delete and an insert in one
         # transaction) may hand a UNIQUE value from the old row to the new one.
         for group, sql in ((deletes, table.delete_sql), (upserts, table.upsert_sql)):
-            rows = [row for _pk, _changes, row in group]
-            for index, error in execute_each(self._connection, sql, rows):
-                pk, contributors, _row = group[index]
+            for index, error in execute_each(self._connection, sql, [row for _pk, row in group]):
+                pk = group[index][0]
                 failed.add(pk)
-                for change in contributors:
+                for row in merged_by_key[pk].rows:
+                    change = _change_of(incoming, row, batch_sites)
                     self._quarantine(change, origin, f"constraint failed: {error}")
-                quarantined += len(contributors)
+                    quarantined += 1
         shadow_rows = [
-            table.shadow_row(pk, merged, seq, sites)
-            for pk, (merged, _contributors) in merged_by_key.items()
+            result.shadow_row(table, pk, seq, sites)
+            for pk, result in merged_by_key.items()
             if pk not in failed
         ]
         self._connection.executemany(table.shadow_write_sql, shadow_rows)
         return len(shadow_rows), quarantined, refused
-
-    def _check_drift(self, state: RowState) -> None:
-        for stamp in _stamps(state):
-            self._clock.check(stamp.hlc, stamp.site_id)
-
-    def _observe(self, state: RowState) -> None:
-        for stamp in _stamps(state):
-            self._clock.observe(stamp.hlc, stamp.site_id)
 
     # -- version vector ---------------------------------------------------------
 
@@ -739,8 +763,10 @@ class Store:
             by_origin: dict[str, list[RowChange]] = {}
             for _id, blob, origin in entries:
                 by_origin.setdefault(origin, []).append(row_from_plain(msgpack.unpackb(blob)))
+            columns = {name: table.values for name, table in self._tables.items()}
             for origin, changes in by_origin.items():
-                self._merge_rows(origin, changes, sites)
+                batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, columns)
+                self._merge_rows(origin, batch, sites)
             remaining = self._connection.execute(
                 "SELECT count(*) FROM _syncmesh_quarantine"
             ).fetchone()[0]
@@ -806,3 +832,44 @@ def _stamps(state: RowState) -> Iterator[Stamp]:
         yield state.cl_stamp
     for cell in state.cells.values():
         yield cell.stamp
+
+
+@dataclass(slots=True)
+class _Merged:
+    """The merge result for one key of a batch: a state, or the rows of a new key."""
+
+    state: RowState | None  # None: a key new here, merged on the fast path
+    shadow: list[SqlValue] | None
+    user: list[SqlValue] | None
+    rows: list[list[SqlValue]]  # the incoming rows that made it
+
+    def state_or(self, incoming: TableRows, sites: tuple[str, ...]) -> RowState:
+        if self.state is not None:
+            return self.state
+        return state_of_row(incoming, self.rows[-1], sites)
+
+    def user_row(self, table: TableSql, pk: tuple[SqlValue, ...]) -> list[SqlValue] | None:
+        if self.state is None:
+            return self.user
+        return table.user_row(pk, self.state) if self.state.alive else None
+
+    def shadow_row(
+        self, table: TableSql, pk: tuple[SqlValue, ...], seq: int, sites: SiteMap
+    ) -> list[SqlValue]:
+        if self.state is None:
+            assert self.shadow is not None
+            return self.shadow
+        return table.shadow_row(pk, self.state, seq, sites)
+
+
+def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:
+    return RowChange(table.table, tuple(row[: table.key_count]), state_of_row(table, row, sites))
+
+
+def _drift_reason(change: RowChange, clock: HybridClock) -> str:
+    for stamp in _stamps(change.state):
+        try:
+            clock.check(stamp.hlc, stamp.site_id)
+        except ClockDriftError as exc:
+            return str(exc)
+    return "a stamp lies beyond the allowed clock drift"
