@@ -254,17 +254,26 @@ def test_partial_backlog_leaves_vector_unchanged_and_loses_nothing(
 def test_a_row_written_since_the_last_capture_is_not_lost_by_a_read(
     make_store: MakeStore,
 ) -> None:
-    """A pending row has left the feed at its old seq; reading must capture it first.
+    """A row with uncaptured writes is held back, and the batch then claims nothing.
 
     Regression (found by tests/test_convergence_stateful.py): read_batch
     skipped the pending row but still sent a vector covering its earlier
     cells, so the receiver later got only the newly written cell and showed
-    NULL for the rest, for good.
+    NULL for the rest, for good.  Shipping it instead would pair the new value
+    with the old stamp.
     """
     a, b = make_store("a"), make_store("b")
     write(a, "INSERT INTO items VALUES ('k', 'name', 1)")
+    write(a, "INSERT INTO items VALUES ('other', 'x', 0)")
     a.connection.execute("UPDATE items SET qty = 2 WHERE id = 'k'")  # not captured yet
-    exchange(a, b)
+    cursor = b.peer_cursor(a.site_id)
+    assert cursor is None
+    b.reset_peer_cursor(a.site_id, a.incarnation, a.head_seq(), "")
+    batch = a.read_batch(0, b.vector(), 1_000)
+    assert [change.pk for change in batch.rows] == [("other",)]  # 'k' is held back
+    assert batch.vector is None  # it reached the head, but does not claim 'k'
+    b.apply_batch(a.site_id, batch)
+    a.capture()  # the node's capture loop does this within milliseconds
     exchange_all(a, b)
     assert item(b, "k") == ("name", 2)
     assert items(a) == items(b)

@@ -28,7 +28,8 @@ from syncmesh.transport import accept, dial
 
 log = logging.getLogger(__name__)
 
-SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect backoff
+SESSION_STABLE_S = 10.0
+CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration  # a session that lived this long resets the reconnect backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +245,14 @@ class Node:
                 version = watcher.execute("PRAGMA data_version").fetchone()[0]
                 if version != last_version:
                     last_version = version
+                    started = time.monotonic()
                     await self._capture_once()
+                    # A capture holds the write lock.  Under a stream of writes,
+                    # leave the application twice as long as the capture took,
+                    # so it keeps most of the lock; a small capture adds nothing.
+                    held_s = time.monotonic() - started
+                    await asyncio.sleep(max(interval_s, CAPTURE_YIELD_FACTOR * held_s))
+                    continue
                 await asyncio.sleep(interval_s)
         finally:
             watcher.close()

@@ -117,6 +117,7 @@ class TableSql:
         self.pending_sql = f"SELECT 1 FROM {self.log} LIMIT 1"
         self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {self.log} ORDER BY id"
         self.log_clear_sql = f"DELETE FROM {self.log} WHERE id <= ?"
+        self.log_keys_sql = f"SELECT DISTINCT {log_keys} FROM {self.log}"
         names = shadow_columns(spec)
         self.shadow_write_sql = (
             f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(names)})"
@@ -169,6 +170,10 @@ class TableSql:
             f"INSERT INTO {self.shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
             f" ON CONFLICT ({key_list}) DO UPDATE SET {', '.join(sets)}"
         )
+
+    def pending_keys(self, connection: sqlite3.Connection) -> set[tuple[SqlValue, ...]]:
+        """Keys with logged writes not captured yet."""
+        return {tuple(row) for row in connection.execute(self.log_keys_sql)}
 
     def capture(self, connection: sqlite3.Connection, hlc: int, seq: int) -> int:
         """Fold the whole log into the shadow table; returns the keys stamped.

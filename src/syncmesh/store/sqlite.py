@@ -430,7 +430,11 @@ class Store:
         """
         sites = self._require_init()
         assert rows_max > 0
-        with self._snapshot_without_pending():
+        # A shared lock only: the application's writers never wait for a read.
+        # A row with logged, uncaptured writes has a new value under old stamps:
+        # it is held back (it ships after its capture, under a new seq), and
+        # then the batch carries no vector, which would claim what it held back.
+        with self._transaction("DEFERRED"):
             head = self._state()["seq"]
             incarnation = self.incarnation
             if from_seq >= head:
@@ -439,11 +443,19 @@ class Store:
             upper = self._batch_upper(from_seq, head, rows_max)
             all_sites = sites.all_sites()
             tables: list[TableRows] = []
+            held_back = False
             for table in self._tables.values():
                 shape = table.shape
                 read = [
                     list(row) for row in self._connection.execute(table.feed_sql, (from_seq, upper))
                 ]
+                pending = table.pending_keys(self._connection)
+                if pending:
+                    unchanged = [
+                        row for row in read if tuple(row[: shape.key_count]) not in pending
+                    ]
+                    held_back = held_back or len(unchanged) < len(read)
+                    read = unchanged
                 kept = missing_rows(
                     TableRows(shape.table, shape.columns, shape.key_count, read),
                     all_sites,
@@ -451,29 +463,9 @@ class Store:
                 )
                 if kept:
                     tables.append(TableRows(shape.table, shape.columns, shape.key_count, kept))
-            vector = self.vector() if upper == head else None
+            vector = self.vector() if upper == head and not held_back else None
         # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
         return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
-
-    @contextmanager
-    def _snapshot_without_pending(self) -> Iterator[None]:
-        """A read transaction in which no local write waits in a log.
-
-        A logged, uncaptured write has changed the user row but not its stamps:
-        read now, the row would ship its new value under the old stamp, and a
-        batch reaching the head would carry a vector claiming cells it does not
-        ship (tests/test_convergence_stateful.py found the second).  So capture
-        first; the read itself stays a shared lock, not the write lock.
-        """
-        for _attempt in range(3):
-            with self._transaction("DEFERRED"):
-                if not self._has_pending():
-                    yield
-                    return
-            self.capture()
-        with self._transaction():  # writers keep racing us: take the write lock
-            self._capture_pending()
-            yield
 
     def _batch_upper(self, from_seq: int, head: int, rows_max: int) -> int:
         seqs: list[int] = []
