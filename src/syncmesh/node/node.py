@@ -28,8 +28,8 @@ from syncmesh.transport import accept, dial
 
 log = logging.getLogger(__name__)
 
-SESSION_STABLE_S = 10.0
-CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration  # a session that lived this long resets the reconnect backoff
+SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect backoff
+CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 
 
 @dataclass(frozen=True, slots=True)
