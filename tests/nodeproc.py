@@ -143,7 +143,7 @@ class NodeProcess:
             f"==== harness: run {self.runs} of node {self.name}: {self.command()}\n".encode()
         )
         self._log_file.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         # A new session: a Ctrl-C meant for pytest does not reach the nodes.
         self.process = subprocess.Popen(
             self.command(),
@@ -199,11 +199,18 @@ class NodeProcess:
             f"node {self.name} had already exited with code {process.returncode}\n{self.log_tail()}"
         )
         process.send_signal(sig)
+        os.kill(process.pid, signal.SIGCONT)  # a paused node handles the signal too
         try:
             code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+            # SIGABRT makes faulthandler (PYTHONFAULTHANDLER=1) write every thread's
+            # stack to the log: the failure message then shows where it hung.
+            process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
             raise AssertionError(
                 f"node {self.name} did not exit within {timeout_s} s of {sig.name}\n"
                 f"{self.log_tail()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -280,3 +281,23 @@ async def test_status_endpoint_reports_peers(tmp_path: Path) -> None:
         [peer] = status["peers"]
         assert peer["site_id"] == node_a.store.site_id
         assert peer["state"] == "streaming"
+
+
+async def test_wide_rows_are_sent_in_smaller_batches(tmp_path: Path) -> None:
+    """Goal: rows too wide for one frame at the row limit still sync.
+
+    Method: 1,800 rows of 20 KB of random bytes (incompressible, 36 MB, more
+    than a 32 MB frame) in transactions of 100 rows; the sender must shrink
+    its batches instead of failing the session for ever.
+    """
+    schema = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty BLOB)"
+    a, b = make_db(tmp_path / "a.db", schema), make_db(tmp_path / "b.db", schema)
+    with contextlib.closing(sqlite3.connect(a)) as connection:
+        for start in range(0, 1800, 100):
+            with connection:
+                connection.executemany(
+                    "INSERT INTO items VALUES (?, 'wide', ?)",
+                    [(f"w{index:05d}", os.urandom(20_000)) for index in range(start, start + 100)],
+                )
+    async with running_node(config(a)) as node_a, running_node(config(b, node_a)):
+        await wait_until(lambda: converged(a, b, rows=1800), 60, "wide rows to sync")

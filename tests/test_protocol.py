@@ -180,6 +180,7 @@ def _frame(plain: object) -> bytes:
         (_frame(_batch_frame(rows=[["k", 1, -5, 0, 1, 1, 0]])), "stamp"),
         (_frame(_batch_frame(rows=[[1 << 63, 1, 5, 0, 1, 1, 0]])), "64 bits"),
         (_frame(_batch_frame(sites=[""])), "site id"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, float("nan"), 1, 0]])), "NaN"),
         (_frame(_batch_frame(key_count=0)), "key count"),
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1]]}), "table entry"),
     ],

@@ -20,7 +20,8 @@ from syncmesh.errors import SchemaError
 from syncmesh.model import ChangeBatch, RowChange, SqlValue, Stamp
 from syncmesh.schema import quote_identifier
 from syncmesh.store import Store
-from tests.helpers import exchange, rows_with_types
+from syncmesh.store.sqlite import CAPTURE_ENTRIES_PER_SEQ
+from tests.helpers import exchange, exchange_all, rows_with_types
 
 SQLITE_SHELL = shutil.which("sqlite3") or "/usr/bin/sqlite3"
 ITEMS_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
@@ -607,3 +608,21 @@ def test_replace_that_deletes_a_row_by_unique_index_is_captured(store: Store, pe
     store.capture()
     exchange(store, peer)
     assert rows_with_types(peer.connection, "users") == rows_with_types(store.connection, "users")
+
+
+def test_a_huge_backlog_is_captured_in_several_groups(store: Store, peer: Store) -> None:
+    """More log entries than one seq group takes are split, so no batch is unbounded."""
+    total = CAPTURE_ENTRIES_PER_SEQ + 5_000
+    with store.connection:
+        store.connection.executemany(
+            "INSERT INTO items VALUES (?, 'bulk', ?)", [(f"b{i:06d}", i) for i in range(total)]
+        )
+    assert store.capture() == total
+    groups = store.connection.execute(
+        "SELECT count(DISTINCT seq) FROM _syncmesh_shadow_items"
+    ).fetchone()[0]
+    assert groups >= 2
+    first = feed(store, 0)
+    assert first.row_count <= CAPTURE_ENTRIES_PER_SEQ  # one group at a time
+    exchange_all(store, peer, rows_max=CAPTURE_ENTRIES_PER_SEQ)
+    assert peer.connection.execute("SELECT count(*) FROM items").fetchone()[0] == total

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from syncmesh.protocol import FRAME_BYTES_MAX
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
@@ -23,7 +25,7 @@ class NodeConfig:
     idle_resend_s: float = 2.0  # a sender with nothing new re-reads its feed this often
     relay_hold_ms: int = 10  # a batch of only others' writes waits this long (mesh dedup)
     quarantine_retry_s: float = 5.0
-    frame_bytes_max: int = 32 << 20
+    frame_bytes_max: int = FRAME_BYTES_MAX + 1024  # the WebSocket's limit: a frame plus slack
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0

@@ -28,7 +28,18 @@ from syncmesh.merge import missing_rows
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.worker import StoreWorker
-from syncmesh.protocol import Ack, Batch, Have, Hello, Message, Pull, Refuse, decode, encode
+from syncmesh.protocol import (
+    FRAME_BYTES_MAX,
+    Ack,
+    Batch,
+    Have,
+    Hello,
+    Message,
+    Pull,
+    Refuse,
+    decode,
+    encode,
+)
 from syncmesh.store import Store
 from syncmesh.transport import Channel
 
@@ -281,14 +292,13 @@ class Session:
         self._own_writes_wanted = pull.own_writes_wanted
         own_site = await worker.call(lambda: store.site_id)
         last_vector: dict[str, int] | None = None
+        rows_max = config.batch_rows_max
         while True:
             while len(self._in_flight) >= config.batches_in_flight_max:
                 self._acked.clear()
                 await self._acked.wait()
             changed = host.feed_event()
-            batch = await worker.call(
-                store.read_batch, cursor, self._filter_vector(), config.batch_rows_max
-            )
+            batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
                 # cancel that lands as `changed` fires, and the sender then outlives
@@ -310,7 +320,19 @@ class Session:
                 await self._send(Have(await worker.call(store.vector)))
                 await asyncio.sleep(config.relay_hold_ms / 1000)
                 batch = _refiltered(batch, self._filter_vector())
-            await self._send(Batch(batch))
+            frame = encode(Batch(batch))
+            if len(frame) > FRAME_BYTES_MAX:
+                # Wide rows (large blobs): read fewer rows; only a single local
+                # transaction larger than a frame cannot be split.
+                if rows_max == 1 or batch.row_count <= 1:
+                    raise ProtocolError(
+                        f"one transaction of {batch.row_count} rows encodes to {len(frame)}"
+                        f" bytes, over the frame limit of {FRAME_BYTES_MAX}"
+                    )
+                rows_max = max(1, rows_max // 4)
+                continue
+            rows_max = min(config.batch_rows_max, rows_max * 2)
+            await self._channel.send(frame)
             self._in_flight.append(batch.to_seq)
             cursor = batch.to_seq
             last_vector = batch.vector if batch.vector is not None else last_vector

@@ -28,12 +28,12 @@ from syncmesh.protocol.messages import (
     Refuse,
 )
 
-FRAME_BYTES_MAX = 32 << 20  # one frame on the wire, compressed or not
-DECODED_BYTES_MAX = 128 << 20  # after decompression: a bound against zip bombs
+FRAME_BYTES_MAX = 64 << 20  # one frame on the wire, compressed or not
+DECODED_BYTES_MAX = 256 << 20  # after decompression: a bound against zip bombs
 COMPRESS_BYTES_MIN = 512
 SITE_ID_CHARS_MAX = 64
 KEY_COLUMNS_MAX = 64
-_SCALARS = (type(None), float, str, bytes)
+_SCALARS = (type(None), str, bytes)
 _RAW, _ZSTD = 0, 1
 _compressor = zstandard.ZstdCompressor(level=3)
 _decompressor = zstandard.ZstdDecompressor()
@@ -252,6 +252,9 @@ def _check_value(value: object, where: str) -> None:
     if kind is int:
         if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
             raise ProtocolError(f"{where}: integer {value} does not fit SQLite's 64 bits")
+    elif kind is float:
+        if value != value:  # NaN: SQLite cannot store it (it would become NULL)
+            raise ProtocolError(f"{where}: NaN is not an SQL value")
     elif kind not in _SCALARS:
         raise ProtocolError(f"{where}: value of type {kind.__name__} is not an SQL value")
 

@@ -115,7 +115,8 @@ class TableSql:
         self.log = quote_identifier(log_name(spec.name))
         log_keys = ", ".join(f"k{index}" for index in range(self.key_count))
         self.pending_sql = f"SELECT 1 FROM {self.log} LIMIT 1"
-        self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {self.log} ORDER BY id"
+        self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {self.log} ORDER BY id LIMIT ?"
+        self.log_count_sql = f"SELECT count(*) FROM {self.log}"
         self.log_clear_sql = f"DELETE FROM {self.log} WHERE id <= ?"
         self.log_keys_sql = f"SELECT DISTINCT {log_keys} FROM {self.log}"
         names = shadow_columns(spec)
@@ -175,16 +176,19 @@ class TableSql:
         """Keys with logged writes not captured yet."""
         return {tuple(row) for row in connection.execute(self.log_keys_sql)}
 
-    def capture(self, connection: sqlite3.Connection, hlc: int, seq: int) -> int:
-        """Fold the whole log into the shadow table; returns the keys stamped.
+    def capture(
+        self, connection: sqlite3.Connection, hlc: int, seq: int, entries_max: int = -1
+    ) -> int:
+        """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
 
-        Per key, the logged writes reduce to: does the row exist now (the last
-        write says), was it deleted on the way (then an insert began a new
-        life), and which columns changed (the union of the masks).
+        Returns the keys stamped.  Per key, the logged writes reduce to: does
+        the row exist now (the last write says), was it deleted on the way
+        (then an insert began a new life), and which columns changed (the
+        union of the masks).
         """
         folded: dict[tuple[SqlValue, ...], list[int]] = {}
         last_id = 0
-        for entry in connection.execute(self.log_sql):
+        for entry in connection.execute(self.log_sql, (entries_max,)):
             last_id = entry[0]
             op, mask = entry[1], entry[2]
             key = tuple(entry[3:])

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 DRIFT_MS_MAX_DEFAULT = 60_000
 BACKFILL_ROWS_PER_SEQ = 1_000  # existing rows join the feed in groups of this size
 BUSY_TIMEOUT_MS = 10_000
+# Log entries stamped under one seq.  More than this at once (offline writes,
+# a giant transaction) is split into several groups: peers may then see such a
+# transaction in parts while it streams.
+CAPTURE_ENTRIES_PER_SEQ = 20_000
 CACHE_KIB = 65_536
 
 
@@ -387,10 +391,25 @@ class Store:
         # The stamp doubles as the seq: a seq is never reused, not even by a
         # file restored from an old copy (its clock resumes past the copy's
         # stamps), so a peer's stale cursor can never skip new changes.
-        hlc = self._clock.tick()
         stamped = 0
-        for table in pending:
-            stamped += table.capture(self._connection, hlc, hlc)
+        logged = sum(self._connection.execute(t.log_count_sql).fetchone()[0] for t in pending)
+        if logged <= CAPTURE_ENTRIES_PER_SEQ:
+            # The normal case: everything logged is one seq group, so every
+            # local transaction in it reaches peers whole.
+            hlc = self._clock.tick()
+            for table in pending:
+                stamped += table.capture(self._connection, hlc, hlc)
+        else:
+            # A huge backlog (writes made while the node was down, or one giant
+            # transaction) is split, or it would make one batch too big to send.
+            hlc = self._clock.last
+            for table in pending:
+                while True:
+                    hlc = self._clock.tick()
+                    count = table.capture(self._connection, hlc, hlc, CAPTURE_ENTRIES_PER_SEQ)
+                    if count == 0:
+                        break
+                    stamped += count
         self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (hlc, hlc))
         self._set_own_vector(hlc)
         return stamped
