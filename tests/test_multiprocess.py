@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from syncmesh.model import SqlValue
+from syncmesh.protocol import FRAME_BYTES_MAX
 from tests.nodeproc import (
     Cluster,
     NodeProcess,
@@ -504,7 +505,10 @@ def test_stopped_node_captures_offline_writes_and_converges(
     assert_same_stamps(paths)
 
 
-OFFLINE_BLOB_ROWS = 36  # 36 MiB in all: more than one 32 MiB frame, in 1 MiB transactions
+OFFLINE_BLOB_BYTES = 2 << 20
+# Enough 2 MiB rows to exceed one frame (whatever the limit is today), each in
+# its own small transaction.
+OFFLINE_BLOB_ROWS = FRAME_BYTES_MAX // OFFLINE_BLOB_BYTES + 4
 
 
 @pytest.mark.multiprocess
@@ -513,27 +517,26 @@ def test_offline_writes_larger_than_one_frame_still_reach_the_peer(
 ) -> None:
     """Goal: however much was written while a node was down, it all reaches its peer (P5, P14c).
 
-    Method: while A is down, 36 separate transactions each insert one row
-    with a 1 MiB random blob: every transaction is far below the 32 MiB
-    frame limit (`frame_bytes_max`), together they are above it.  A starts
-    with B dialling it; B must end with all 36 rows.  The test stops
-    waiting early once B has reconnected 4 times without receiving a row,
-    and then fails with the evidence (A's seq groups, B's last error).
+    Method: while A is down, separate transactions each insert one row with
+    a 2 MiB random blob: every transaction is far below the frame limit
+    (`FRAME_BYTES_MAX`), together they are above it.  A starts with B
+    dialling it; B must end with every row.  The test stops waiting early
+    once B has reconnected 4 times without receiving a row, and then fails
+    with the evidence (A's seq groups, the errors in both logs).
 
-    Known engine bug (fails today): A's capture at start stamps every
-    pending row with ONE seq, a batch never splits a seq group, so the
-    single batch is a ~36 MiB frame that the receiver's WebSocket refuses
-    (aiohttp max_msg_size); the session ends and restarts for ever with the
-    same batch: a wedged feed.
+    What it guards against: A's capture at start stamps the whole offline
+    backlog as ONE seq group (below `CAPTURE_ENTRIES_PER_SEQ` entries), a
+    batch never splits a group, so the one possible batch is bigger than a
+    frame and the session ends and restarts for ever with the same batch.
     """
+    assert FRAME_BYTES_MAX <= 256 << 20, "the frame limit grew: resize this test's backlog"
     a_db = make_db(tmp_path / "a.db", SCHEMA)
     b_db = make_db(tmp_path / "b.db", SCHEMA)
-    blob_bytes = 1 << 20
     for index in range(OFFLINE_BLOB_ROWS):  # one transaction per row
         write(
             a_db,
             "INSERT INTO items VALUES (?, 'offline blob', ?, 0.0, ?)",
-            (f"blob{index:02d}", index, os.urandom(blob_bytes)),
+            (f"blob{index:03d}", index, os.urandom(OFFLINE_BLOB_BYTES)),
         )
     a = cluster.node("a")
     b = cluster.node("b", peers=[a])
@@ -545,15 +548,23 @@ def test_offline_writes_larger_than_one_frame_still_reach_the_peer(
         peers = b.status()["peers"]
         return bool(peers) and peers[0]["reconnects"] >= 4 and peers[0]["cursor"] == 0
 
-    wait_for(arrived_or_stuck, 60.0, "B to receive the rows or to be stuck retrying")
-    groups = query(a_db, "SELECT seq, count(*) FROM _syncmesh_shadow_items GROUP BY seq")
+    wait_for(arrived_or_stuck, 90.0, "B to receive the rows or to be stuck retrying")
     held = row_count(b_db, "items")
-    assert held == OFFLINE_BLOB_ROWS, (
-        f"ENGINE BUG: B holds {held} of {OFFLINE_BLOB_ROWS} rows; A captured"
-        f" {OFFLINE_BLOB_ROWS} separate 1 MiB transactions as (seq, rows) groups {groups}, and"
-        f" a batch never splits a group, so one frame of ~{OFFLINE_BLOB_ROWS} MiB exceeds"
-        f" frame_bytes_max (32 MiB); B's last error: {b.status()['peers'][0]['last_error']!r}"
-    )
+    if held != OFFLINE_BLOB_ROWS:
+        groups = query(a_db, "SELECT seq, count(*) FROM _syncmesh_shadow_items GROUP BY seq")
+        errors = [
+            f"{node.name}: {line}"
+            for node in (a, b)
+            for line in node.log_text().splitlines()
+            if "ended" in line or "refused" in line or "frame" in line
+        ][-4:]
+        raise AssertionError(
+            f"B holds {held} of {OFFLINE_BLOB_ROWS} rows and is stuck: A captured"
+            f" {OFFLINE_BLOB_ROWS} separate {OFFLINE_BLOB_BYTES >> 20} MiB transactions as"
+            f" {len(groups)} seq group(s) of {[count for _seq, count in groups]} rows, and a"
+            f" batch never splits a group, so it is larger than FRAME_BYTES_MAX"
+            f" ({FRAME_BYTES_MAX >> 20} MiB).  Log lines:\n" + "\n".join(errors)
+        )
     wait_converged([a_db, b_db], "items", CONVERGE_S, describe=cluster.logs)
 
 

@@ -592,22 +592,34 @@ def test_writes_by_another_connection_during_sync_are_captured(
     assert change.state.cells["name"].stamp.site_id == store.site_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: REPLACE deletes a row conflicting on a secondary UNIQUE index without"
-    " firing the delete trigger (SQLite fires it only with recursive_triggers on, a per-connection"
-    " setting), so the deleted row stays alive in the feed",
-)
 def test_replace_that_deletes_a_row_by_unique_index_is_captured(store: Store, peer: Store) -> None:
+    """REPLACE deletes a row colliding on a UNIQUE index without firing delete triggers.
+
+    (SQLite fires them only with recursive_triggers on, a per-connection
+    setting of the writer.)  The BEFORE triggers log such rows for a check.
+    """
     for target in (store, peer):
         target.connection.execute("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT UNIQUE)")
         target.track(["users"])
     store.connection.execute("INSERT INTO users VALUES ('u1', 'x@example.org')")
     store.capture()
+    exchange(store, peer)
     store.connection.execute("INSERT OR REPLACE INTO users VALUES ('u2', 'x@example.org')")
+    store.connection.execute("INSERT OR IGNORE INTO users VALUES ('u3', 'x@example.org')")
     store.capture()
     exchange(store, peer)
+    assert rows_with_types(store.connection, "users") == [
+        (("u2", "text"), ("x@example.org", "text"))
+    ]
     assert rows_with_types(peer.connection, "users") == rows_with_types(store.connection, "users")
+    store.connection.execute("UPDATE OR REPLACE users SET email = 'y@example.org' WHERE id = 'u2'")
+    store.connection.execute("INSERT INTO users VALUES ('u4', 'z@example.org')")
+    store.connection.execute("UPDATE OR REPLACE users SET email = 'z@example.org' WHERE id = 'u2'")
+    store.capture()
+    exchange(store, peer)
+    assert rows_with_types(peer.connection, "users") == [
+        (("u2", "text"), ("z@example.org", "text"))
+    ]
 
 
 def test_a_huge_backlog_is_captured_in_several_groups(store: Store, peer: Store) -> None:

@@ -3,6 +3,7 @@
 from syncmesh.schema.ddl import (
     ALL_COLUMNS,
     BOOKKEEPING_DDL,
+    OP_CHECK,
     OP_DELETE,
     OP_INSERT,
     OP_UPDATE,
@@ -15,11 +16,17 @@ from syncmesh.schema.ddl import (
     shadow_ddl,
     shadow_name,
 )
-from syncmesh.schema.introspect import fingerprint, read_table_spec, table_warnings
+from syncmesh.schema.introspect import (
+    fingerprint,
+    read_table_spec,
+    table_warnings,
+    unique_column_sets,
+)
 
 __all__ = [
     "ALL_COLUMNS",
     "BOOKKEEPING_DDL",
+    "OP_CHECK",
     "OP_DELETE",
     "OP_INSERT",
     "OP_UPDATE",
@@ -34,4 +41,5 @@ __all__ = [
     "shadow_ddl",
     "shadow_name",
     "table_warnings",
+    "unique_column_sets",
 ]

@@ -128,6 +128,7 @@ def log_ddl(spec: TableSpec) -> str:
 
 # Log operations.  `mask` has bit i set when value column i changed; -1 is all.
 OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3
+OP_CHECK = 4  # the row may have been deleted by a REPLACE: look whether it exists
 ALL_COLUMNS = -1
 MASK_COLUMNS_MAX = 62  # bits of a positive int64; wider tables stamp all columns
 
@@ -160,8 +161,15 @@ def _changed_mask(spec: TableSpec) -> str:
     )
 
 
-def capture_triggers(spec: TableSpec) -> list[str]:
-    """CREATE TRIGGER statements that log every local write to `spec`."""
+def capture_triggers(spec: TableSpec, unique: list[tuple[str, ...]] | None = None) -> list[str]:
+    """CREATE TRIGGER statements that log every local write to `spec`.
+
+    `unique` lists the column sets of the table's secondary UNIQUE indexes.
+    INSERT OR REPLACE (and UPDATE OR REPLACE) deletes rows that collide on
+    them without firing delete triggers (unless the writer's connection set
+    recursive_triggers), so BEFORE triggers log those rows' keys as OP_CHECK:
+    the capture then looks whether each still exists.
+    """
     table = quote_identifier(spec.name)
     log = quote_identifier(log_name(spec.name))
     not_applying = "(SELECT applying FROM _syncmesh_state) = 0"
@@ -193,11 +201,43 @@ def capture_triggers(spec: TableSpec) -> list[str]:
         f" AFTER DELETE ON {table} WHEN {not_applying}\nBEGIN\n"
         f"  INSERT INTO {log} ({names}) VALUES ({OP_DELETE}, 0, {keys('OLD')});\nEND"
     )
-    return [on_insert, on_update, on_delete]
+    triggers = [on_insert, on_update, on_delete]
+    if unique:
+        triggers.extend(_replace_checks(spec, unique, log, names, not_applying))
+    return triggers
+
+
+def _replace_checks(
+    spec: TableSpec, unique: list[tuple[str, ...]], log: str, names: str, not_applying: str
+) -> list[str]:
+    table = quote_identifier(spec.name)
+    collides = " OR ".join(
+        "("
+        + " AND ".join(f"t.{quote_identifier(c)} = NEW.{quote_identifier(c)}" for c in cols)
+        + ")"
+        for cols in unique
+    )
+    keys = ", ".join(f"t.{quote_identifier(column)}" for column in spec.pk)
+
+    def same(row: str) -> str:
+        return " AND ".join(
+            f"t.{quote_identifier(column)} IS {row}.{quote_identifier(column)}"
+            for column in spec.pk
+        )
+
+    check = f"INSERT INTO {log} ({names}) SELECT {OP_CHECK}, 0, {keys} FROM {table} t"
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'replace_insert')}"
+        f" BEFORE INSERT ON {table} WHEN {not_applying}\nBEGIN\n"
+        f"  {check} WHERE ({collides}) AND NOT ({same('NEW')});\nEND",
+        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'replace_update')}"
+        f" BEFORE UPDATE ON {table} WHEN {not_applying}\nBEGIN\n"
+        f"  {check} WHERE ({collides}) AND NOT ({same('NEW')}) AND NOT ({same('OLD')});\nEND",
+    ]
 
 
 def drop_trigger_statements(table: str) -> list[str]:
     return [
         f"DROP TRIGGER IF EXISTS {_trigger_name(table, kind)}"
-        for kind in ("insert", "update", "delete")
+        for kind in ("insert", "update", "delete", "replace_insert", "replace_update")
     ]

@@ -104,3 +104,19 @@ def fingerprint(specs: list[TableSpec]) -> str:
     ]
     digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode())
     return digest.hexdigest()[:16]
+
+
+def unique_column_sets(connection: sqlite3.Connection, table: str) -> list[tuple[str, ...]]:
+    """The column sets of `table`'s secondary UNIQUE indexes (expression indexes left out)."""
+    quoted = quote_identifier(table)
+    sets: list[tuple[str, ...]] = []
+    for _seq, name, unique, origin, _partial in connection.execute(
+        f"PRAGMA index_list({quoted})"
+    ).fetchall():
+        if not unique or origin == "pk":
+            continue
+        info = connection.execute(f"PRAGMA index_info({quote_identifier(name)})").fetchall()
+        columns = tuple(str(entry[2]) for entry in info if entry[2] is not None)
+        if columns and len(columns) == len(info):
+            sets.append(columns)
+    return sets

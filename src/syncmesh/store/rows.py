@@ -15,6 +15,7 @@ from syncmesh.errors import StoreError
 from syncmesh.model import RowState, SqlValue, TableRows, TableSpec
 from syncmesh.schema import (
     ALL_COLUMNS,
+    OP_CHECK,
     OP_DELETE,
     OP_INSERT,
     log_name,
@@ -23,6 +24,7 @@ from syncmesh.schema import (
     shadow_name,
 )
 
+UNKNOWN = -1  # a folded key's existence, until the table is asked
 KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameters
 
 
@@ -119,6 +121,9 @@ class TableSql:
         self.log_count_sql = f"SELECT count(*) FROM {self.log}"
         self.log_clear_sql = f"DELETE FROM {self.log} WHERE id <= ?"
         self.log_keys_sql = f"SELECT DISTINCT {log_keys} FROM {self.log}"
+        self.exists_sql = f"SELECT 1 FROM {self.table} WHERE " + " AND ".join(
+            f"{quote_identifier(column)} = ?" for column in spec.pk
+        )
         names = shadow_columns(spec)
         self.shadow_write_sql = (
             f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(names)})"
@@ -199,9 +204,20 @@ class TableSql:
                 state[0], state[1] = 0, 1
             elif op == OP_INSERT:
                 state[0], state[2] = 1, ALL_COLUMNS
+            elif op == OP_CHECK:
+                state[0] = UNKNOWN
             else:
                 state[0], state[2] = 1, state[2] | mask
+        for key, state in list(folded.items()):
+            if state[0] == UNKNOWN:  # a REPLACE may have deleted it: the table knows
+                if connection.execute(self.exists_sql, key).fetchone() is None:
+                    state[0], state[1] = 0, 1
+                elif state[2] == 0 and not state[1]:
+                    del folded[key]  # still there, untouched: nothing to capture
+                else:
+                    state[0] = 1
         if not folded:
+            connection.execute(self.log_clear_sql, (last_id,))
             return 0
         connection.executemany(
             self.capture_sql,

@@ -45,6 +45,7 @@ from syncmesh.schema import (
     read_table_spec,
     shadow_ddl,
     table_warnings,
+    unique_column_sets,
 )
 from syncmesh.store.rows import SiteMap, TableSql, execute_each
 
@@ -315,7 +316,8 @@ class Store:
         return warnings
 
     def _create_tracking(self, spec: TableSpec) -> None:
-        for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec)]:
+        unique = unique_column_sets(self._connection, spec.name)
+        for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec, unique)]:
             self._connection.execute(statement)
         table = TableSql(spec)
         # Seqs are HLC values (see _next_seq); the backfill takes one per chunk.
