@@ -324,13 +324,16 @@ class Session:
             if len(frame) > FRAME_BYTES_MAX:
                 # Wide rows (large blobs): read fewer rows; only a single local
                 # transaction larger than a frame cannot be split.
-                if rows_max == 1 or batch.row_count <= 1:
-                    raise ProtocolError(
-                        f"one transaction of {batch.row_count} rows encodes to {len(frame)}"
-                        f" bytes, over the frame limit of {FRAME_BYTES_MAX}"
-                    )
-                rows_max = max(1, rows_max // 4)
-                continue
+                if rows_max > 1:
+                    rows_max = max(1, rows_max // 4)
+                    continue
+                # One seq group alone is too big: split it in the store.
+                if await worker.call(store.split_seq_group, batch.to_seq):
+                    continue
+                raise ProtocolError(
+                    f"one row encodes to {len(frame)} bytes, over the frame limit of"
+                    f" {FRAME_BYTES_MAX}"
+                )
             rows_max = min(config.batch_rows_max, rows_max * 2)
             await self._channel.send(frame)
             self._in_flight.append(batch.to_seq)

@@ -121,6 +121,13 @@ class TableSql:
         self.log_count_sql = f"SELECT count(*) FROM {self.log}"
         self.log_clear_sql = f"DELETE FROM {self.log} WHERE id <= ?"
         self.log_keys_sql = f"SELECT DISTINCT {log_keys} FROM {self.log}"
+        shadow_keys = ", ".join(f"k{index}" for index in range(self.key_count))
+        self.group_keys_sql = (
+            f"SELECT {shadow_keys} FROM {self.shadow} WHERE seq = ? ORDER BY {shadow_keys}"
+        )
+        self.move_sql = f"UPDATE {self.shadow} SET seq = ? WHERE " + " AND ".join(
+            f"k{index} = ?" for index in range(self.key_count)
+        )
         self.exists_sql = f"SELECT 1 FROM {self.table} WHERE " + " AND ".join(
             f"{quote_identifier(column)} = ?" for column in spec.pk
         )

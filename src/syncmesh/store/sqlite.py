@@ -488,6 +488,33 @@ class Store:
         # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
         return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
 
+    def split_seq_group(self, seq: int) -> bool:
+        """Move the second half of seq group `seq` to a new seq; False if it has one row.
+
+        For a group too big for one frame (wide rows written while the node
+        was down, captured together).  Moving rows to a later seq is what a
+        new write to them would do, so every cursor stays valid; the price is
+        that peers may see that group's writes in two steps.
+        """
+        self._require_init()
+        with self._transaction():
+            keyed: list[tuple[TableSql, tuple[SqlValue, ...]]] = []
+            for table in self._tables.values():
+                keyed.extend(
+                    (table, tuple(row))
+                    for row in self._connection.execute(table.group_keys_sql, (seq,))
+                )
+            if len(keyed) <= 1:
+                return False
+            new_seq = self._clock.tick()
+            for table, key in keyed[len(keyed) // 2 :]:
+                self._connection.execute(table.move_sql, (new_seq, *key))
+            self._connection.execute(
+                "UPDATE _syncmesh_state SET seq = ?, hlc = ?", (new_seq, new_seq)
+            )
+        log.info("split seq group %d (%d rows) for the frame limit", seq, len(keyed))
+        return True
+
     def _batch_upper(self, from_seq: int, head: int, rows_max: int) -> int:
         seqs: list[int] = []
         for table in self._tables.values():
