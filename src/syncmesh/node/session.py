@@ -102,6 +102,7 @@ class Session:
         self._in_flight: collections.deque[int] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
         self._own_writes_wanted = True
+        self._closing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         await self._channel.close()
@@ -222,8 +223,10 @@ class Session:
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             # The receive loop is blocked on the channel: closing it ends the session.
-            self.link.last_error = str(task.exception())
-            asyncio.get_running_loop().create_task(self._channel.close())
+            error = task.exception()
+            self.link.last_error = str(error)
+            log.warning("sending to %s failed: %s", self.link.site_id or self.link.address, error)
+            self._closing = asyncio.get_running_loop().create_task(self._channel.close())
 
     async def _apply(self, batch: ChangeBatch) -> None:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
