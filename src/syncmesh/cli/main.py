@@ -216,6 +216,8 @@ def status(database: Path, as_json: bool) -> None:
     click.echo(f"local seq    {report.seq}")
     click.echo(f"fingerprint  {report.fingerprint}")
     click.echo(f"quarantined  {report.quarantined_rows} rows")
+    for problem in report.schema_problems:
+        click.echo(f"problem      {problem}")
     click.echo("tables:")
     for name, rows in report.tables.items():
         click.echo(f"  {name:<24} {rows} rows")

@@ -94,6 +94,7 @@ class Node:
         self._stopping = False
         self._rng = random.Random()
         self._accepted: set[Session] = set()
+        self._schema_problems: list[str] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -260,6 +261,11 @@ class Node:
     async def _capture_once(self) -> None:
         def capture() -> tuple[bool, int]:
             reloaded = self.store.reload_if_changed()
+            problems = self.store.schema_problems()
+            if problems != self._schema_problems:
+                for problem in problems:
+                    log.error("%s", problem)
+                self._schema_problems = problems
             return reloaded, self.store.capture()
 
         try:

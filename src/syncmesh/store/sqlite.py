@@ -93,6 +93,7 @@ class StoreStatus:
     quarantined_rows: int
     restore_floor: int
     path: str = field(default="")
+    schema_problems: list[str] = field(default_factory=list)
 
 
 def _now_ms() -> int:
@@ -119,6 +120,8 @@ class Store:
         self._tables_version = -1
         self._own_floor = 0
         self._run_start = 0
+        self._schema_version = -1
+        self._schema_problems: list[str] = []
 
     @classmethod
     def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
@@ -286,6 +289,34 @@ class Store:
             return False
         self._load()
         return True
+
+    def schema_problems(self) -> list[str]:
+        """Tracked tables altered since they were tracked (ALTER TABLE), in words.
+
+        Cheap when nothing changed (one PRAGMA).  Syncing goes on for the
+        columns that were tracked; a column added later is not synced.
+        """
+        self._require_init()
+        version = int(self._connection.execute("PRAGMA schema_version").fetchone()[0])
+        if version == self._schema_version:
+            return list(self._schema_problems)
+        problems = []
+        for name, table in self._tables.items():
+            try:
+                now = read_table_spec(self._connection, name)
+            except SchemaError as exc:
+                problems.append(f"table {name!r} can no longer be synced: {exc}")
+                continue
+            if now.columns != table.spec.columns or now.pk != table.spec.pk:
+                added = [c for c in now.columns if c not in table.spec.columns]
+                gone = [c for c in table.spec.columns if c not in now.columns]
+                problems.append(
+                    f"table {name!r} was altered after it was tracked (columns added: {added},"
+                    f" removed or renamed: {gone}); only the tracked columns are synced, and"
+                    " changing a tracked table's columns is not supported yet"
+                )
+        self._schema_version, self._schema_problems = version, problems
+        return list(problems)
 
     def track(self, names: list[str]) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
@@ -864,6 +895,7 @@ class Store:
                 quarantined,
                 state["restore_floor"],
                 self._path,
+                self.schema_problems(),
             )
 
 

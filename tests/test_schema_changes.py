@@ -1,0 +1,36 @@
+"""A tracked table altered behind the engine's back is reported, and syncing goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from syncmesh.store import Store
+from tests.helpers import exchange_all
+
+
+def _store(path: Path) -> Store:
+    store = Store.open(path)
+    store.init()
+    store.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
+    store.track(["items"])
+    return store
+
+
+def test_an_added_column_is_reported_and_the_tracked_columns_keep_syncing(tmp_path: Path) -> None:
+    a, b = _store(tmp_path / "a.db"), _store(tmp_path / "b.db")
+    try:
+        assert a.schema_problems() == []
+        a.connection.execute("ALTER TABLE items ADD COLUMN extra TEXT")
+        [problem] = a.schema_problems()
+        assert "'items' was altered" in problem
+        assert "['extra']" in problem
+        assert a.status().schema_problems == [problem]
+        a.connection.execute("INSERT INTO items VALUES ('k', 'still syncs', 'not synced')")
+        a.capture()
+        exchange_all(a, b)
+        assert b.connection.execute("SELECT id, name FROM items").fetchall() == [
+            ("k", "still syncs")
+        ]
+    finally:
+        a.close()
+        b.close()
