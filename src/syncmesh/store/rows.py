@@ -113,6 +113,7 @@ class TableSql:
         selected = ", ".join([*keys, "s.cl", "s.cl_hlc", "s.cl_site", *cells])
         self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
+        self._feed_prefix = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
         self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
         self.log = quote_identifier(log_name(spec.name))
         log_keys = ", ".join(f"k{index}" for index in range(self.key_count))
@@ -246,6 +247,35 @@ class TableSql:
             f"INSERT OR IGNORE INTO {self.shadow} ({', '.join(names)})"
             f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, *cells])} FROM {self.table}"
         )
+
+    def feed_uncovered_sql(self, bounds: dict[int, int]) -> tuple[str, list[int]]:
+        """`feed_sql` that skips, in SQLite, rows a receiver holds entirely.
+
+        `bounds` maps a site ordinal to the receiver's vector entry for it.
+        Which cells of a kept row the receiver lacks is decided afterwards
+        (merge.missing_rows); this only spares building rows that would all
+        be dropped, such as a relay's rows for the peer they came from.
+        """
+        if not bounds:
+            return self.feed_sql, []
+        params: list[int] = []
+        for ordinal, bound in bounds.items():
+            params.extend((ordinal, bound))
+        whens = " ".join("WHEN ? THEN ?" for _ in bounds)
+
+        def uncovered(hlc: str, site: str) -> str:
+            return f"{hlc} > CASE {site} {whens} ELSE -1 END"
+
+        cells = [uncovered(f"s.h{index}", f"s.s{index}") for index in range(len(self.values))]
+        all_params = list(params)
+        for _ in cells:
+            all_params.extend(params)
+        alive_and_new_cell = f" OR (s.cl % 2 = 1 AND ({' OR '.join(cells)}))" if cells else ""
+        sql = (
+            f"{self._feed_prefix} AND ({uncovered('s.cl_hlc', 's.cl_site')}{alive_and_new_cell})"
+            " ORDER BY s.seq"
+        )
+        return sql, all_params
 
     def load(
         self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]

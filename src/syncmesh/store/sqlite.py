@@ -494,12 +494,18 @@ class Store:
                 return ChangeBatch(incarnation, from_seq, from_seq, head, vector, (), ())
             upper = self._batch_upper(from_seq, head, rows_max)
             all_sites = sites.all_sites()
+            bounds = {
+                ordinal: receiver_vector[site]
+                for ordinal, site in enumerate(all_sites)
+                if site in receiver_vector
+            }
             tables: list[TableRows] = []
             held_back = False
             for table in self._tables.values():
                 shape = table.shape
+                sql, params = table.feed_uncovered_sql(bounds)
                 read = [
-                    list(row) for row in self._connection.execute(table.feed_sql, (from_seq, upper))
+                    list(row) for row in self._connection.execute(sql, (from_seq, upper, *params))
                 ]
                 pending = table.pending_keys(self._connection)
                 if pending:
