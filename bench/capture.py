@@ -9,11 +9,8 @@ Two fresh files per repeat, each with `items` in WAL mode, synchronous=NORMAL:
 
 For the tracked file the application's transactions (`trigger only`: what
 the triggers add to the writer) and the captures are timed apart; `trigger
-+ capture` is their sum.  Capturing between transactions matters for the
-trigger cost too: pending rows sit in the shadow table's seq index under
-seq = NULL, ordered by their random key, so a backlog that is never captured
-makes every trigger write land at a random spot in an ever larger index
-region (that is a slower, unrealistic "trigger only" figure).
++ capture` is their sum.  Triggers only append to the table's change log;
+capturing between transactions keeps that log short, as the node does.
 
 Phases: insert every row, update one column of every row, delete every row,
 each in TXN_ROWS-row transactions with executemany.

@@ -24,6 +24,7 @@ import click
 
 from syncmesh import __version__
 from syncmesh.api import running_node
+from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.store import Store
@@ -225,9 +226,10 @@ def status(database: Path, as_json: bool) -> None:
     if not report.peers:
         click.echo("  none yet")
     for peer in report.peers:
-        lag = max(0, peer.head_seq - peer.cursor)
+        lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
+        behind = "caught up" if lag_ms == 0 else f"behind by {lag_ms} ms of changes"
         click.echo(
-            f"  {peer.site_id}  cursor {peer.cursor}/{peer.head_seq} (lag {lag})"
+            f"  {peer.site_id}  {behind} (as of its last batch)"
             f"  {peer.applied_rows} rows applied  {peer.address}"
         )
 

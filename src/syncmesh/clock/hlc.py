@@ -115,3 +115,15 @@ class HybridClock:
         assert successor > self._last, (successor, self._last)
         self._last = successor
         return successor
+
+
+def feed_lag_ms(cursor: int, head: int) -> int:
+    """How far a cursor trails a head of the same feed, in milliseconds.
+
+    Seqs are HLC values, so their wall-clock parts tell the age of the
+    changes not yet applied; a cursor of 0 (nothing applied yet) counts
+    from the epoch, which reads as "far behind", as it should.
+    """
+    if cursor >= head:
+        return 0
+    return max(1, wall_ms_of(head) - wall_ms_of(cursor))

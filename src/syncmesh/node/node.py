@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from syncmesh.clock import HybridClock, SystemClock
+from syncmesh.clock import HybridClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.session import PeerLink, Session
@@ -40,7 +40,7 @@ class PeerStatistics:
     state: str  # "connecting", "handshake", "streaming", "backoff", "refused"
     cursor: int
     peer_head_seq: int
-    lag_changes: int
+    lag_ms: int  # how much older our cursor is than the peer's head (0: caught up)
     rows_in: int
     rows_out: int
     batches_in: int
@@ -341,7 +341,7 @@ def _peer_statistics(
         state=state,
         cursor=link.cursor,
         peer_head_seq=link.peer_head_seq,
-        lag_changes=max(0, link.peer_head_seq - link.cursor),
+        lag_ms=feed_lag_ms(link.cursor, link.peer_head_seq),
         rows_in=link.rows_in,
         rows_out=link.rows_out,
         batches_in=link.batches_in,

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from syncmesh.errors import ProtocolError, RefusedError, StoreError
+from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
 from syncmesh.merge import missing_rows
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig
@@ -169,7 +169,13 @@ class Session:
 
     async def _start_pull(self, hello: Hello) -> None:
         store, worker = self._host.store, self._host.worker
-        if await worker.call(store.note_peer_vector, hello.vector):
+        try:
+            restored = await worker.call(store.note_peer_vector, hello.vector)
+        except ClockDriftError as exc:
+            raise await self._refuse(
+                f"your vector claims writes of ours from the future: {exc}"
+            ) from exc
+        if restored:
             # Our file is an old copy: sessions that began before we knew must
             # start again under the new incarnation, with our lowered vector.
             self._host.restore_detected(self)

@@ -244,6 +244,8 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
         for at in range(key_count + 3, width, 3):
             _check_value(row[at], where)
             _check_stamp(row[at + 1], row[at + 2], sites_count, where)
+            if row[at + 1] is None and row[at] is not None:
+                raise ProtocolError(f"{where}: a cell without a stamp carries a value")
     return TableRows(name, tuple(columns), key_count, rows)
 
 

@@ -351,7 +351,8 @@ class Store:
         for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec, unique)]:
             self._connection.execute(statement)
         table = TableSql(spec)
-        # Seqs are HLC values (see _next_seq); the backfill takes one per chunk.
+        # Seqs are HLC values (see _capture_pending); the backfill takes one per chunk.
+        self._catch_up_clock()
         hlc = self._clock.tick()
         cursor = self._connection.execute(
             table.backfill_sql, {"hlc": hlc, "base": hlc, "chunk": BACKFILL_ROWS_PER_SEQ}
@@ -413,6 +414,10 @@ class Store:
             for table in self._tables.values()
         )
 
+    def _catch_up_clock(self) -> None:
+        """Another process (`syncmesh track`) may have stamped since we last looked."""
+        self._clock.restore(self._state()["hlc"])
+
     def _capture_pending(self) -> int:
         pending = [
             table
@@ -424,6 +429,7 @@ class Store:
         # The stamp doubles as the seq: a seq is never reused, not even by a
         # file restored from an old copy (its clock resumes past the copy's
         # stamps), so a peer's stale cursor can never skip new changes.
+        self._catch_up_clock()
         stamped = 0
         logged = sum(self._connection.execute(t.log_count_sql).fetchone()[0] for t in pending)
         if logged <= CAPTURE_ENTRIES_PER_SEQ:
@@ -622,6 +628,7 @@ class Store:
     def _merge_rows(self, origin: str, batch: ChangeBatch, sites: SiteMap) -> ApplyResult:
         """Merge the rows of `batch` into the tables (inside the caller's transaction)."""
         self._connection.execute("UPDATE _syncmesh_state SET applying = 1")
+        self._catch_up_clock()
         seq = self._clock.tick()  # a fresh seq for the merged rows (see _capture_pending)
         ordinals = [sites.ordinal(site) for site in batch.sites]
         applied = quarantined = refused = 0
@@ -834,12 +841,16 @@ class Store:
             return 0
         with self._transaction():
             self._capture_pending()
-            self._connection.execute(
-                "DELETE FROM _syncmesh_quarantine WHERE id <= ?", (entries[-1][0],)
-            )
             by_origin: dict[str, list[RowChange]] = {}
-            for _id, blob, origin in entries:
-                by_origin.setdefault(origin, []).append(row_from_plain(msgpack.unpackb(blob)))
+            for entry_id, blob, origin in entries:
+                change = row_from_plain(msgpack.unpackb(blob))
+                table = self._tables.get(change.table)
+                if table is None or not set(change.state.cells) <= set(table.values):
+                    continue  # still unknown here: kept as it is, never applied in part
+                self._connection.execute(
+                    "DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,)
+                )
+                by_origin.setdefault(origin, []).append(change)
             columns = {name: table.values for name, table in self._tables.items()}
             for origin, changes in by_origin.items():
                 batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, columns)
@@ -850,7 +861,7 @@ class Store:
             self._connection.execute(
                 "UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (self._clock.last,)
             )
-        return len(entries) - int(remaining)
+        return max(0, len(entries) - int(remaining))
 
     def quarantine(self) -> list[dict[str, object]]:
         return [
