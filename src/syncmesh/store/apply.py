@@ -1,0 +1,179 @@
+"""Applying a peer's batch: the merge of its rows into the tables.
+
+Owns the join of incoming rows with the rows on disk (the fast path for
+keys new here, one user-table write per key), the refusal of stamps from
+the future, and sending rows that cannot be applied to quarantine.
+`Store.apply_batch` and `Store.retry_quarantine` call this through
+`Store._merge_rows`, inside their transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from syncmesh.clock import HybridClock
+from syncmesh.errors import ClockDriftError
+from syncmesh.merge import join_rows
+from syncmesh.model import ChangeBatch, RowChange, RowState, SqlValue, TableRows, state_of_row
+from syncmesh.store import quarantine, vector
+from syncmesh.store.quarantine import stamps
+from syncmesh.store.records import ApplyResult
+from syncmesh.store.rows import SiteMap, TableSql, execute_each
+
+if TYPE_CHECKING:
+    from syncmesh.store.sqlite import Store
+
+
+def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) -> ApplyResult:
+    """Merge the rows of `batch` into the tables (inside the caller's transaction)."""
+    store._connection.execute("UPDATE _syncmesh_state SET applying = 1")
+    store._catch_up_clock()
+    seq = store._clock.tick()  # a fresh seq for the merged rows (see _capture_pending)
+    ordinals = [sites.ordinal(site) for site in batch.sites]
+    applied = quarantined = refused = 0
+    for incoming in batch.tables:
+        table = store._tables.get(incoming.table)
+        problem = None
+        if table is None:
+            problem = f"table {incoming.table!r} is not tracked here"
+        elif incoming.columns != table.values or incoming.key_count != table.key_count:
+            problem = (
+                f"table {incoming.table!r}: the peer's columns {list(incoming.columns)}"
+                f" differ from ours {list(table.values)}"
+            )
+        if problem is not None:
+            for row in incoming.rows:
+                quarantine.add(store, _change_of(incoming, row, batch.sites), origin, problem)
+            quarantined += len(incoming.rows)
+            continue
+        assert table is not None
+        counts = merge_table(store, table, incoming, batch.sites, ordinals, origin, seq, sites)
+        applied += counts[0]
+        quarantined += counts[1]
+        refused += counts[2]
+    store._connection.execute("UPDATE _syncmesh_state SET applying = 0")
+    if applied:
+        # V[self] does not move here: it speaks of our own writes only.
+        store._connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
+    return ApplyResult(applied, quarantined, refused, store._state()["seq"])
+
+
+def merge_table(
+    store: Store,
+    table: TableSql,
+    incoming: TableRows,
+    batch_sites: tuple[str, ...],
+    ordinals: list[int],
+    origin: str,
+    seq: int,
+    sites: SiteMap,
+) -> tuple[int, int, int]:
+    """Merge one table's rows; returns (applied, quarantined, refused for drift)."""
+    keys = table.key_count
+    pks = [tuple(row[:keys]) for row in incoming.rows]
+    on_disk = table.load(store._connection, pks)
+    local_sites = sites.all_sites()
+    bound = vector.drift_bound(store)
+    # Per key: the merged result (a state, or the rows of a new key) and
+    # the incoming rows that made it.
+    merged_by_key: dict[tuple[SqlValue, ...], _Merged] = {}
+    refused = 0
+    observed = 0
+    for pk, row in zip(pks, incoming.rows, strict=True):
+        top = max((int(hlc) for hlc in row[keys + 1 :: 3] if hlc is not None), default=0)
+        if top > bound:
+            change = _change_of(incoming, row, batch_sites)
+            quarantine.add(store, change, origin, _drift_reason(change, store._clock))
+            refused += 1
+            continue
+        earlier = merged_by_key.get(pk)
+        if earlier is None and pk not in on_disk:
+            # Fast path, the common case of a backlog: joined with nothing,
+            # the incoming row is the result; copy it out positionally.
+            shadow, user = table.fast_rows(row, ordinals, seq)
+            merged_by_key[pk] = _Merged(None, shadow, user, [row])
+            observed = max(observed, top)
+            continue
+        if earlier is not None:
+            before = earlier.state_or(incoming, batch_sites)
+        else:
+            before = state_of_row(table.shape, on_disk[pk], local_sites)
+        merged = join_rows(before, state_of_row(incoming, row, batch_sites))
+        if merged == before:
+            continue  # already held, or superseded: idempotent redelivery
+        observed = max(observed, top)
+        contributors = [*earlier.rows, row] if earlier is not None else [row]
+        merged_by_key[pk] = _Merged(merged, None, None, contributors)
+    if observed:
+        store._clock.observe(int(observed), origin)
+    # One user-table write per key, from its final state: a key that came
+    # twice (deleted, then re-inserted) must not be upserted and then deleted.
+    upserts: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
+    deletes: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
+    for pk, result in merged_by_key.items():
+        user = result.user_row(table, pk)
+        if user is not None:
+            upserts.append((pk, user))
+        elif pk in on_disk and on_disk[pk][keys] % 2 == 1:  # type: ignore[operator]
+            deletes.append((pk, list(pk)))
+    failed: set[tuple[SqlValue, ...]] = set()
+    quarantined = 0
+    # Deletes first: a key change (or a delete and an insert in one
+    # transaction) may hand a UNIQUE value from the old row to the new one.
+    for group, sql in ((deletes, table.delete_sql), (upserts, table.upsert_sql)):
+        for index, error in execute_each(store._connection, sql, [row for _pk, row in group]):
+            pk = group[index][0]
+            failed.add(pk)
+            for row in merged_by_key[pk].rows:
+                change = _change_of(incoming, row, batch_sites)
+                quarantine.add(store, change, origin, f"constraint failed: {error}")
+                quarantined += 1
+    shadow_rows = [
+        result.shadow_row(table, pk, seq, sites)
+        for pk, result in merged_by_key.items()
+        if pk not in failed
+    ]
+    store._connection.executemany(table.shadow_write_sql, shadow_rows)
+    return len(shadow_rows), quarantined, refused
+
+
+@dataclass(slots=True)
+class _Merged:
+    """The merge result for one key of a batch: a state, or the rows of a new key."""
+
+    state: RowState | None  # None: a key new here, merged on the fast path
+    shadow: list[SqlValue] | None
+    user: list[SqlValue] | None
+    rows: list[list[SqlValue]]  # the incoming rows that made it
+
+    def state_or(self, incoming: TableRows, sites: tuple[str, ...]) -> RowState:
+        if self.state is not None:
+            return self.state
+        return state_of_row(incoming, self.rows[-1], sites)
+
+    def user_row(self, table: TableSql, pk: tuple[SqlValue, ...]) -> list[SqlValue] | None:
+        if self.state is None:
+            return self.user
+        return table.user_row(pk, self.state) if self.state.alive else None
+
+    def shadow_row(
+        self, table: TableSql, pk: tuple[SqlValue, ...], seq: int, sites: SiteMap
+    ) -> list[SqlValue]:
+        if self.state is None:
+            assert self.shadow is not None
+            return self.shadow
+        return table.shadow_row(pk, self.state, seq, sites)
+
+
+def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:
+    return RowChange(table.table, tuple(row[: table.key_count]), state_of_row(table, row, sites))
+
+
+def _drift_reason(change: RowChange, clock: HybridClock) -> str:
+    for stamp in stamps(change.state):
+        try:
+            clock.check(stamp.hlc, stamp.site_id)
+        except ClockDriftError as exc:
+            return str(exc)
+    return "a stamp lies beyond the allowed clock drift"

@@ -1,0 +1,101 @@
+"""The change feed: reading a batch for a peer, and splitting a seq group.
+
+Owns how a batch is cut (whole seq groups only, `batch_upper`), what it
+leaves out (cells the receiver holds by its vector, rows with uncaptured
+writes), when it carries our vector, and moving half of an oversized seq
+group to a new seq.  `Store.read_batch` and `Store.split_seq_group`
+delegate here; each is one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from syncmesh.merge import missing_rows
+from syncmesh.model import ChangeBatch, SqlValue, TableRows
+from syncmesh.store.rows import TableSql
+
+if TYPE_CHECKING:
+    from syncmesh.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+
+def read_batch(
+    store: Store, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+) -> ChangeBatch:
+    """`Store.read_batch`: see there."""
+    sites = store._require_init()
+    assert rows_max > 0
+    # A shared lock only: the application's writers never wait for a read.
+    # A row with logged, uncaptured writes has a new value under old stamps:
+    # it is held back (it ships after its capture, under a new seq), and
+    # then the batch carries no vector, which would claim what it held back.
+    with store._transaction("DEFERRED"):
+        head = store._state()["seq"]
+        incarnation = store.incarnation
+        if from_seq >= head:
+            vector = store.vector() if from_seq == head else None
+            return ChangeBatch(incarnation, from_seq, from_seq, head, vector, (), ())
+        upper = batch_upper(store, from_seq, head, rows_max)
+        all_sites = sites.all_sites()
+        bounds = {
+            ordinal: receiver_vector[site]
+            for ordinal, site in enumerate(all_sites)
+            if site in receiver_vector
+        }
+        tables: list[TableRows] = []
+        held_back = False
+        for table in store._tables.values():
+            shape = table.shape
+            sql, params = table.feed_uncovered_sql(bounds)
+            read = [list(row) for row in store._connection.execute(sql, (from_seq, upper, *params))]
+            pending = table.pending_keys(store._connection)
+            if pending:
+                unchanged = [row for row in read if tuple(row[: shape.key_count]) not in pending]
+                held_back = held_back or len(unchanged) < len(read)
+                read = unchanged
+            kept = missing_rows(
+                TableRows(shape.table, shape.columns, shape.key_count, read),
+                all_sites,
+                receiver_vector,
+            )
+            if kept:
+                tables.append(TableRows(shape.table, shape.columns, shape.key_count, kept))
+        vector = store.vector() if upper == head and not held_back else None
+    # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
+    return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
+
+
+def split_seq_group(store: Store, seq: int) -> bool:
+    """`Store.split_seq_group`: see there."""
+    store._require_init()
+    with store._transaction():
+        keyed: list[tuple[TableSql, tuple[SqlValue, ...]]] = []
+        for table in store._tables.values():
+            keyed.extend(
+                (table, tuple(row))
+                for row in store._connection.execute(table.group_keys_sql, (seq,))
+            )
+        if len(keyed) <= 1:
+            return False
+        new_seq = store._clock.tick()
+        for table, key in keyed[len(keyed) // 2 :]:
+            store._connection.execute(table.move_sql, (new_seq, *key))
+        store._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (new_seq, new_seq))
+    log.info("split seq group %d (%d rows) for the frame limit", seq, len(keyed))
+    return True
+
+
+def batch_upper(store: Store, from_seq: int, head: int, rows_max: int) -> int:
+    seqs: list[int] = []
+    for table in store._tables.values():
+        seqs.extend(
+            seq for (seq,) in store._connection.execute(table.seqs_sql, (from_seq, rows_max))
+        )
+    if len(seqs) < rows_max:
+        return head
+    seqs.sort()
+    # Whole seq groups only: a group is one local transaction (or one applied batch).
+    return seqs[rows_max - 1]

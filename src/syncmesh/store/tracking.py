@@ -1,0 +1,106 @@
+"""Which tables are synced: starting to track a table, and noticing it was altered.
+
+Owns `track` (the shadow table, log table and triggers of a new tracked
+table, and the backfill that puts its existing rows in the feed) and
+`schema_problems` (tracked tables changed by ALTER TABLE since).
+`Store.track` and `Store.schema_problems` delegate here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from syncmesh.errors import SchemaError
+from syncmesh.model import TableSpec
+from syncmesh.schema import (
+    capture_triggers,
+    log_ddl,
+    read_table_spec,
+    shadow_ddl,
+    table_warnings,
+    unique_column_sets,
+)
+from syncmesh.store.rows import TableSql
+
+if TYPE_CHECKING:
+    from syncmesh.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+BACKFILL_ROWS_PER_SEQ = 1_000  # existing rows join the feed in groups of this size
+
+
+def schema_problems(store: Store) -> list[str]:
+    """`Store.schema_problems`: see there."""
+    store._require_init()
+    version = int(store._connection.execute("PRAGMA schema_version").fetchone()[0])
+    if version == store._schema_version:
+        return list(store._schema_problems)
+    problems = []
+    for name, table in store._tables.items():
+        try:
+            now = read_table_spec(store._connection, name)
+        except SchemaError as exc:
+            problems.append(f"table {name!r} can no longer be synced: {exc}")
+            continue
+        if now.columns != table.spec.columns or now.pk != table.spec.pk:
+            added = [c for c in now.columns if c not in table.spec.columns]
+            gone = [c for c in table.spec.columns if c not in now.columns]
+            problems.append(
+                f"table {name!r} was altered after it was tracked (columns added: {added},"
+                f" removed or renamed: {gone}); only the tracked columns are synced, and"
+                " changing a tracked table's columns is not supported yet"
+            )
+    store._schema_version, store._schema_problems = version, problems
+    return list(problems)
+
+
+def track(store: Store, names: list[str]) -> list[str]:
+    """`Store.track`: see there."""
+    store._require_init()
+    warnings: list[str] = []
+    with store._transaction():
+        for name in names:
+            spec = read_table_spec(store._connection, name)
+            existing = store._tables.get(name)
+            if existing is not None:
+                if existing.spec != spec:
+                    raise SchemaError(
+                        f"table {name!r} changed since it was tracked; changing a tracked"
+                        " table's columns is not supported yet"
+                    )
+                continue
+            warnings.extend(table_warnings(store._connection, spec))
+            create_tracking(store, spec)
+        store._connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
+    store._load()
+    return warnings
+
+
+def create_tracking(store: Store, spec: TableSpec) -> None:
+    unique = unique_column_sets(store._connection, spec.name)
+    for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec, unique)]:
+        store._connection.execute(statement)
+    table = TableSql(spec)
+    # Seqs are HLC values (see _capture_pending); the backfill takes one per chunk.
+    store._catch_up_clock()
+    hlc = store._clock.tick()
+    cursor = store._connection.execute(
+        table.backfill_sql, {"hlc": hlc, "base": hlc, "chunk": BACKFILL_ROWS_PER_SEQ}
+    )
+    rows = max(cursor.rowcount, 0)
+    groups = (rows + BACKFILL_ROWS_PER_SEQ - 1) // BACKFILL_ROWS_PER_SEQ
+    head = hlc + max(groups - 1, 0)
+    store._clock.restore(head)
+    store._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
+    store._set_own_vector(hlc)
+    store._connection.execute(
+        "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
+        (
+            spec.name,
+            json.dumps({"columns": spec.columns, "types": spec.declared_types, "pk": spec.pk}),
+        ),
+    )
+    log.info("tracking table %s (%d existing rows)", spec.name, rows)
