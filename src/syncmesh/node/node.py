@@ -95,6 +95,7 @@ class Node:
         self._rng = random.Random()
         self._accepted: set[Session] = set()
         self._schema_problems: list[str] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -159,7 +160,10 @@ class Node:
     def restore_detected(self, current: Session) -> None:
         for session in [*self._sessions.values(), *self._accepted]:
             if session is not current:
-                asyncio.get_running_loop().create_task(session.close())
+                # Keep a reference: the event loop holds tasks only weakly.
+                closing = asyncio.get_running_loop().create_task(session.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     def feed_event(self) -> asyncio.Event:
         return self._feed_event
