@@ -6,7 +6,7 @@ Run from the repository root:
     python -m bench capture          # one scenario (capture | e2e | latency)
     python -m bench --repeats 5 e2e
     python -m bench profile          # cProfile of one batch's path, in-process, by stage
-    python -m bench e2e --py-spy /tmp/pytools/bin/py-spy   # + per-thread node profiles
+    python -m bench e2e --py-spy .tools/bin/py-spy   # + per-thread node profiles
 
 Scenarios: capture (capture.py), e2e (e2e.py), latency (latency.py); node
 processes are started by nodes.py (`python -m syncmesh serve`, port 0, on

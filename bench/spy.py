@@ -1,7 +1,7 @@
 """Optional sampling profiles of the node processes with py-spy (`--py-spy PATH`).
 
 py-spy is not a dependency: point `--py-spy` at an installed binary, e.g.
-`pip install --target /tmp/pytools py-spy` then `--py-spy /tmp/pytools/bin/py-spy`.
+`pip install --target .tools py-spy` then `--py-spy .tools/bin/py-spy`.
 Each node is sampled (all threads, idle included) while the e2e run goes;
 the raw folded stacks are kept in bench/results/ and summarised per thread:
 where the store worker thread and the event-loop thread spend their time.
