@@ -3,6 +3,7 @@
 GET /sync/v1     the peer WebSocket (syncmesh.node.session)
 GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
 GET /v1/health   200 when the node runs (for load balancers, systemd)
+GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.transport import SYNC_PATH
 
@@ -30,10 +32,15 @@ def create_app(node: Node) -> web.Application:
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def metrics(_request: web.Request) -> web.Response:
+        body = render(await node.statistics())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
     app = web.Application()
     app.router.add_get(SYNC_PATH, node.accept)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

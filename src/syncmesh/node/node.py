@@ -20,7 +20,7 @@ from aiohttp import web
 from syncmesh.clock import HybridClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
 from syncmesh.node.config import NodeConfig
-from syncmesh.node.session import PeerLink, Session
+from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
@@ -51,6 +51,11 @@ class PeerStatistics:
     last_batch_ms: int
     last_error: str
     reconnects: int
+    bytes_in: int
+    bytes_out: int
+    apply_seconds_buckets: tuple[float, ...]  # upper bounds; counts has one more (+Inf)
+    apply_seconds_counts: tuple[int, ...]
+    apply_seconds_sum: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +367,11 @@ def _peer_statistics(
         last_batch_ms=link.last_batch_ms,
         last_error=last_error,
         reconnects=reconnects,
+        bytes_in=link.bytes_in,
+        bytes_out=link.bytes_out,
+        apply_seconds_buckets=APPLY_SECONDS_BUCKETS,
+        apply_seconds_counts=tuple(link.apply_seconds_counts),
+        apply_seconds_sum=link.apply_seconds_sum,
     )
 
 

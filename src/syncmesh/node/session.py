@@ -15,6 +15,7 @@ repair a session in place.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import dataclasses
@@ -46,6 +47,7 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
+APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass(slots=True)
@@ -66,7 +68,19 @@ class PeerLink:
     quarantined_rows: int = 0
     last_batch_ms: int = 0
     last_error: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # Batch apply times: counts per bucket of APPLY_SECONDS_BUCKETS (the last
+    # counts everything slower), and their sum.
+    apply_seconds_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(APPLY_SECONDS_BUCKETS) + 1)
+    )
+    apply_seconds_sum: float = 0.0
     peer_vector: dict[str, int] = field(default_factory=dict)
+
+    def note_apply(self, seconds: float) -> None:
+        self.apply_seconds_sum += seconds
+        self.apply_seconds_counts[bisect.bisect_left(APPLY_SECONDS_BUCKETS, seconds)] += 1
 
 
 class SessionHost(Protocol):
@@ -130,7 +144,11 @@ class Session:
             await self._channel.close()
 
     async def _send(self, message: Message) -> None:
-        await self._channel.send(encode(message))
+        await self._send_frame(encode(message))
+
+    async def _send_frame(self, frame: bytes) -> None:
+        await self._channel.send(frame)
+        self.link.bytes_out += len(frame)
 
     async def _refuse(self, reason: str) -> RefusedError:
         try:
@@ -209,6 +227,7 @@ class Session:
     async def _receive_loop(self) -> None:
         while True:
             frame = await self._channel.receive()
+            self.link.bytes_in += len(frame)
             message = decode(frame)
             if isinstance(message, Batch):
                 await self._apply(message.batch)
@@ -250,11 +269,13 @@ class Session:
                 store.vector(),
             )
 
+        started = time.perf_counter()
         try:
             applied, quarantined, vector = await worker.call(apply)
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
+        link.note_apply(time.perf_counter() - started)
         link.rows_in += batch.row_count
         link.batches_in += 1
         link.quarantined_rows += quarantined
@@ -344,7 +365,7 @@ class Session:
                     f" {FRAME_BYTES_MAX}"
                 )
             rows_max = min(config.batch_rows_max, rows_max * 2)
-            await self._channel.send(frame)
+            await self._send_frame(frame)
             self._in_flight.append(batch.to_seq)
             cursor = batch.to_seq
             last_vector = batch.vector if batch.vector is not None else last_vector

@@ -1,0 +1,145 @@
+"""`GET /metrics`: the node's statistics in Prometheus' text format.
+
+Every scrape renders one `Node.statistics()` snapshot through a registry of
+its own, so several nodes in one process (tests, the demo) never share
+series, and nothing is kept between scrapes: the node's counters are the
+single source of the numbers, exactly as `/v1/status` shows them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from syncmesh.node import NodeStatistics, PeerStatistics
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PEER_LABELS = ["peer", "address"]
+
+
+def render(statistics: NodeStatistics) -> bytes:
+    """The exposition text of one snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(statistics))
+    return generate_latest(registry)
+
+
+class _Snapshot(Collector):
+    def __init__(self, statistics: NodeStatistics) -> None:
+        self._statistics = statistics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _node_metrics(self._statistics)
+        yield from _peer_metrics(self._statistics.peers)
+
+
+def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
+    store = statistics.store
+    info = InfoMetricFamily("syncmesh_node", "This node's identity.")
+    info.add_metric(
+        [],
+        {
+            "site_id": store.site_id,
+            "incarnation": store.incarnation,
+            "fingerprint": store.fingerprint,
+            "listen": statistics.listen,
+        },
+    )
+    yield info
+    yield GaugeMetricFamily(
+        "syncmesh_local_seq", "The newest seq of this node's change feed.", value=store.seq
+    )
+    rows = GaugeMetricFamily("syncmesh_table_rows", "Rows per tracked table.", labels=["table"])
+    for table, count in store.tables.items():
+        rows.add_metric([table], count)
+    yield rows
+    yield GaugeMetricFamily(
+        "syncmesh_quarantined_rows",
+        "Peers' rows held back: refused by a constraint or the drift limit.",
+        value=store.quarantined_rows,
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_schema_problems",
+        "Tracked tables altered after they were tracked.",
+        value=len(store.schema_problems),
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_restoring",
+        "1 while own writes lost by a restore are being recovered.",
+        value=1 if store.restore_floor else 0,
+    )
+    yield CounterMetricFamily(
+        "syncmesh_captures", "Captures that stamped local writes.", value=statistics.captures
+    )
+
+
+def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
+    now_ms = time.time_ns() // 1_000_000
+    up = GaugeMetricFamily(
+        "syncmesh_peer_up", "1 while a session streams with the peer.", labels=PEER_LABELS
+    )
+    lag = GaugeMetricFamily(
+        "syncmesh_peer_lag_seconds",
+        "How much older our cursor on the peer's feed is than its head.",
+        labels=PEER_LABELS,
+    )
+    age = GaugeMetricFamily(
+        "syncmesh_peer_last_batch_age_seconds",
+        "Time since the last batch from the peer was applied.",
+        labels=PEER_LABELS,
+    )
+    counters = {
+        name: CounterMetricFamily(f"syncmesh_peer_{name}", text, labels=PEER_LABELS)
+        for name, text in (
+            ("rows_received", "Rows received from the peer (this session)."),
+            ("rows_sent", "Rows sent to the peer (this session)."),
+            ("batches_received", "Batches received from the peer (this session)."),
+            ("batches_sent", "Batches sent to the peer (this session)."),
+            ("bytes_received", "Frame bytes received from the peer (this session)."),
+            ("bytes_sent", "Frame bytes sent to the peer (this session)."),
+            ("quarantined_rows", "Rows from the peer put in quarantine (this session)."),
+            ("reconnects", "Sessions with the peer that ended and were dialled again."),
+        )
+    }
+    apply = HistogramMetricFamily(
+        "syncmesh_batch_apply_seconds", "Time to apply one batch from the peer.", labels=PEER_LABELS
+    )
+    for peer in peers:
+        labels = [peer.site_id or "unknown", peer.address]
+        up.add_metric(labels, 1 if peer.state == "streaming" else 0)
+        lag.add_metric(labels, peer.lag_ms / 1000)
+        if peer.last_batch_ms:
+            age.add_metric(labels, max(0, now_ms - peer.last_batch_ms) / 1000)
+        for name, value in (
+            ("rows_received", peer.rows_in),
+            ("rows_sent", peer.rows_out),
+            ("batches_received", peer.batches_in),
+            ("batches_sent", peer.batches_out),
+            ("bytes_received", peer.bytes_in),
+            ("bytes_sent", peer.bytes_out),
+            ("quarantined_rows", peer.quarantined_rows),
+            ("reconnects", peer.reconnects),
+        ):
+            counters[name].add_metric(labels, value)
+        apply.add_metric(labels, _cumulative(peer), peer.apply_seconds_sum)
+    yield from (up, lag, age, *counters.values(), apply)
+
+
+def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:
+    buckets: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip(peer.apply_seconds_buckets, peer.apply_seconds_counts, strict=False):
+        total += count
+        buckets.append((repr(bound), total))
+    buckets.append(("+Inf", total + peer.apply_seconds_counts[-1]))
+    return buckets
