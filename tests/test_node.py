@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.protocol import Refuse, decode
 from syncmesh.store import Store
-from tests.helpers import rows_with_types, wait_until
+from tests.helpers import exchange_all, rows_with_types, wait_until
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 TIMEOUT_S = 20.0
@@ -340,3 +343,63 @@ async def test_metrics_endpoint_reports_peers_and_lag(tmp_path: Path) -> None:
 
 async def _caught_up(node: Node) -> bool:
     return all(p.lag_ms == 0 and p.state == "streaming" for p in (await node.statistics()).peers)
+
+
+async def test_status_url_is_a_health_check(tmp_path: Path) -> None:
+    """Goal: `status --url` shows the live view and exits 2 while a peer is down."""
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    async with running_node(config(a)) as node_a, running_node(config(b, node_a)) as node_b:
+        await wait_until(lambda: _streaming(node_b), TIMEOUT_S, "the session")
+        url = f"http://{node_b.listen}"
+        healthy = await asyncio.to_thread(_cli, "status", "--url", url)
+        assert healthy.returncode == 0, healthy.stderr
+        assert "streaming" in healthy.stdout
+        assert node_a.store.site_id in healthy.stdout
+        as_json = await asyncio.to_thread(_cli, "status", "--url", url, "--json")
+        assert json.loads(as_json.stdout)["site_id"] == node_b.store.site_id
+        await node_a.close_sessions()
+        await wait_until(lambda: _not_streaming(node_b), TIMEOUT_S, "b to notice")
+        down = await asyncio.to_thread(_cli, "status", "--url", url)
+        assert down.returncode == 2
+        assert "unhealthy: peer" in down.stderr
+    nobody = await asyncio.to_thread(_cli, "status", "--url", url)
+    assert nobody.returncode == 1
+    assert "cannot read" in nobody.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_quarantine_commands_list_retry_and_drop(tmp_path: Path) -> None:
+    """Goal: an operator can see, retry and drop rows a constraint refused."""
+    a = make_db(tmp_path / "a.db")
+    b = make_db(
+        tmp_path / "b.db",
+        "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER CHECK (qty < 100))",
+    )
+    source, target = Store.open(a), Store.open(b)
+    try:
+        source.connection.execute("INSERT INTO items VALUES ('big', 'x', 500)")
+        source.connection.execute("INSERT INTO items VALUES ('ok', 'y', 5)")
+        source.capture()
+        exchange_all(source, target)
+    finally:
+        source.close()
+        target.close()
+    listed = _cli("quarantine", "list", str(b))
+    assert listed.returncode == 0, listed.stderr
+    assert "'big'" in listed.stdout
+    assert "CHECK constraint failed" in listed.stdout
+    [entry] = json.loads(_cli("quarantine", "list", str(b), "--json").stdout)
+    retried = _cli("quarantine", "retry", str(b))
+    assert "0 rows applied, 1 still quarantined" in retried.stdout
+    dropped = _cli("quarantine", "drop", str(b), str(entry["id"]))
+    assert "1 rows dropped" in dropped.stdout
+    assert "no quarantined rows" in _cli("quarantine", "list", str(b)).stdout

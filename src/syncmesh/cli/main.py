@@ -10,7 +10,6 @@ syncmesh demo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import logging
@@ -24,7 +23,7 @@ import click
 
 from syncmesh import __version__
 from syncmesh.api import running_node
-from syncmesh.clock import feed_lag_ms
+from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, file_report, live_report
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.store import Store
@@ -200,38 +199,95 @@ async def _serve(config: NodeConfig) -> None:
 
 
 @cli.command()
-@DATABASE
+@click.argument("database", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--url", metavar="URL", help="A running node (http://HOST:PORT): its live view.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(database: Path, as_json: bool) -> None:
+@click.option(
+    "--max-lag",
+    "max_lag_s",
+    type=click.FloatRange(min=0),
+    help="Exit 2 when a peer is more than this many seconds behind.",
+)
+def status(database: Path | None, url: str | None, as_json: bool, max_lag_s: float | None) -> None:
     """Show DATABASE's site id, local seq, tracked tables and each peer's cursor.
 
     Reads the file directly, so it works whether or not a node is running.
+    With --url instead of DATABASE it shows a running node's live view:
+    each session's state, lag and counters.  Exit status 2 (for health
+    checks) when a peer is not streaming (--url only) or, with --max-lag,
+    further behind than allowed; the reasons go to stderr.
+    """
+    if (database is None) == (url is None):
+        raise click.UsageError("give either DATABASE or --url")
+    if url is not None:
+        problems = live_report(fetch(url), as_json=as_json, max_lag_s=max_lag_s)
+    else:
+        assert database is not None
+        with _open_store(database) as store, _errors_as_messages():
+            report = store.status()
+        problems = file_report(report, as_json=as_json, max_lag_s=max_lag_s)
+    for problem in problems:
+        click.echo(f"unhealthy: {problem}", err=True)
+    if problems:
+        sys.exit(UNHEALTHY_EXIT)
+
+
+@cli.group()
+def quarantine() -> None:
+    """Rows from peers that could not be applied here, and what to do with them.
+
+    A row is quarantined when a constraint refuses it (a secondary UNIQUE
+    index, a CHECK) or when its stamp lies beyond --max-clock-drift.  The
+    node retries them every few seconds; these commands let an operator
+    look, retry now, or drop them for good.
+    """
+
+
+@quarantine.command("list")
+@DATABASE
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def quarantine_list(database: Path, as_json: bool) -> None:
+    """List DATABASE's quarantined rows: id, table, key, origin and reason."""
+    with _open_store(database) as store, _errors_as_messages():
+        entries = store.quarantine()
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("no quarantined rows")
+    for entry in entries:
+        click.echo(
+            f"{entry['id']:>6}  {entry['table']}  ({entry['pk']})  from {entry['origin']}:"
+            f" {entry['reason']}"
+        )
+
+
+@quarantine.command("retry")
+@DATABASE
+def quarantine_retry(database: Path) -> None:
+    """Merge DATABASE's quarantined rows again now; prints how many went through.
+
+    Safe while a node serves the file: the retry is one transaction through
+    the normal merge, so a row that lost meanwhile changes nothing.
     """
     with _open_store(database) as store, _errors_as_messages():
-        report = store.status()
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
-        return
-    click.echo(f"site id      {report.site_id}")
-    click.echo(f"incarnation  {report.incarnation}")
-    click.echo(f"local seq    {report.seq}")
-    click.echo(f"fingerprint  {report.fingerprint}")
-    click.echo(f"quarantined  {report.quarantined_rows} rows")
-    for problem in report.schema_problems:
-        click.echo(f"problem      {problem}")
-    click.echo("tables:")
-    for name, rows in report.tables.items():
-        click.echo(f"  {name:<24} {rows} rows")
-    click.echo("peers (their feed as applied here):")
-    if not report.peers:
-        click.echo("  none yet")
-    for peer in report.peers:
-        lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
-        behind = "caught up" if lag_ms == 0 else f"behind by {lag_ms} ms of changes"
-        click.echo(
-            f"  {peer.site_id}  {behind} (as of its last batch)"
-            f"  {peer.applied_rows} rows applied  {peer.address}"
-        )
+        resolved = store.retry_quarantine()
+        left = len(store.quarantine())
+    click.echo(f"{resolved} rows applied, {left} still quarantined")
+
+
+@quarantine.command("drop")
+@DATABASE
+@click.argument("ids", nargs=-1, required=True, type=int)
+def quarantine_drop(database: Path, ids: tuple[int, ...]) -> None:
+    """Delete the quarantined rows IDS of DATABASE for good (see `quarantine list`).
+
+    The rows' changes are then lost on this node unless a newer write to
+    the same cells arrives; the other nodes keep their own state.
+    """
+    with _open_store(database) as store, _errors_as_messages():
+        dropped = store.drop_quarantined(list(ids))
+    click.echo(f"{dropped} rows dropped")
 
 
 @cli.command()

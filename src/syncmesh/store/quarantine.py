@@ -93,6 +93,23 @@ def listing(store: Store) -> list[dict[str, object]]:
     ]
 
 
+def drop(store: Store, ids: list[int]) -> int:
+    """Delete quarantined rows for good (an operator's decision); returns rows dropped.
+
+    Dropping lifts the cap they put on the version vector at the next
+    complete batch: the node then claims to hold what it threw away, which
+    is what dropping means.
+    """
+    with store._transaction():
+        dropped = 0
+        for entry_id in ids:
+            cursor = store.connection.execute(
+                "DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,)
+            )
+            dropped += max(cursor.rowcount, 0)
+    return dropped
+
+
 def stamps(state: RowState) -> Iterator[Stamp]:
     if state.cl_stamp is not None:
         yield state.cl_stamp

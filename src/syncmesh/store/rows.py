@@ -71,7 +71,16 @@ class SiteMap:
         return ordinal
 
     def all_sites(self) -> tuple[str, ...]:
-        """Every known site id, indexed by ordinal (ordinals are dense from 0)."""
+        """Every known site id, indexed by ordinal (ordinals are dense from 0).
+
+        Another process (`syncmesh quarantine retry`) may have added sites
+        since we looked, and a row may name them, so newer ordinals are read.
+        """
+        for ordinal, site_id in self._connection.execute(
+            "SELECT ordinal, site_id FROM _syncmesh_sites WHERE ordinal >= ?", (len(self._ordered),)
+        ):
+            self._by_ordinal[ordinal] = site_id
+            self._by_site[site_id] = ordinal
         if len(self._by_ordinal) != len(self._ordered):
             count = max(self._by_ordinal) + 1
             assert count == len(self._by_ordinal), "site ordinals are not dense"

@@ -450,6 +450,10 @@ class Store:
     def quarantine(self) -> list[dict[str, object]]:
         return quarantine.listing(self)
 
+    def drop_quarantined(self, ids: list[int]) -> int:
+        """Delete quarantined rows for good; returns how many existed."""
+        return quarantine.drop(self, ids)
+
     # -- status -----------------------------------------------------------------
 
     def status(self) -> StoreStatus:
