@@ -1,6 +1,7 @@
 """Every exception that syncmesh raises on purpose.
 
     SyncError
+    ├── ConfigError          a setting is missing or invalid (names the key)
     ├── StoreError           the local SQLite database refused an operation
     │   ├── SchemaError      a table cannot be replicated as declared
     │   └── NotInitialized   the file has no syncmesh bookkeeping yet
@@ -18,6 +19,14 @@ never caught, because the only safe reaction to corrupt state is to stop.
 
 class SyncError(Exception):
     """Base class: `except SyncError` catches every deliberate failure."""
+
+
+class ConfigError(SyncError):
+    """A setting is invalid; `key` names it as `section.key` (or the file)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key {key!r}: {problem}")
+        self.key = key
 
 
 class StoreError(SyncError):

@@ -23,6 +23,13 @@ import click
 
 from syncmesh import __version__
 from syncmesh.api import running_node
+from syncmesh.cli.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    load_settings,
+    node_config,
+    render,
+)
 from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, file_report, live_report
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
@@ -100,20 +107,18 @@ def track(database: Path, tables: tuple[str, ...]) -> None:
         click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--listen")
-    return host.strip("[]"), int(port)
-
-
 @cli.command()
-@DATABASE
+@click.argument("database", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A syncmesh.toml with the node's settings (docs/config.md).",
+)
 @click.option(
     "--listen",
-    default="127.0.0.1:7401",
-    show_default=True,
-    help="HOST:PORT to serve the sync protocol and status API on (port 0: any).",
+    help="HOST:PORT to serve the sync protocol and status API on (port 0: any)."
+    "  [default: 127.0.0.1:7401]",
 )
 @click.option(
     "--peer",
@@ -126,60 +131,112 @@ def _parse_listen(value: str) -> tuple[str, int]:
     "--max-clock-drift",
     "drift_s",
     type=click.FloatRange(min=0.001),
-    default=60.0,
-    show_default=True,
-    help="Refuse stamps further than this (seconds) ahead.",
+    help="Refuse stamps further than this (seconds) ahead.  [default: 60]",
 )
 @click.option(
     "--batch-rows",
     type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Rows per batch sent to a peer.",
+    help="Rows per batch sent to a peer.  [default: 2000]",
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log level written to stderr.",
+    type=click.Choice(LOG_LEVELS),
+    help="Least severe log level written to stderr.  [default: info]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="plain text, or one JSON object per line.  [default: plain]",
 )
 def serve(
-    database: Path,
-    listen: str,
+    database: Path | None,
+    config_path: Path | None,
+    listen: str | None,
     peers: tuple[str, ...],
-    drift_s: float,
-    batch_rows: int,
-    log_level: str,
+    drift_s: float | None,
+    batch_rows: int | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run a node for DATABASE until SIGINT or SIGTERM.
 
     Serves the sync protocol on --listen and dials every --peer; peers that
-    dial in are synced too.  Initialises the file if needed.  Status:
-    GET http://LISTEN/v1/status.
+    dial in are synced too.  Initialises the file if needed, and tracks the
+    tables named in the config's [tables] track.  Settings come from
+    --config, then SYNCMESH_* environment variables, then these flags.
+    Status: GET http://LISTEN/v1/status.
     """
-    host, port = _parse_listen(listen)
-    for url in peers:
-        if not url.startswith(("http://", "https://")):
-            raise click.BadParameter(f"{url!r} is not an http:// URL", param_hint="--peer")
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    config = NodeConfig(
-        database_path=str(database),
-        listen_host=host,
-        listen_port=port,
-        peer_urls=peers,
-        clock_drift_ms_max=int(drift_s * 1000),
-        batch_rows_max=batch_rows,
-    )
+    flags = {
+        "node.database": None if database is None else str(database),
+        "node.listen": listen,
+        "peers.urls": list(peers) if peers else None,
+        "sync.max_clock_drift_s": drift_s,
+        "limits.batch_rows_max": batch_rows,
+        "logging.level": log_level,
+        "logging.format": log_format,
+    }
     with _errors_as_messages():
+        settings = load_settings(config_path, flags=flags)
+        config = node_config(settings)
+    _configure_logging(settings["logging.level"], settings["logging.format"])
+    with _errors_as_messages():
+        if settings["tables.track"]:
+            store = Store.open(config.database_path)
+            try:
+                store.init()
+                for warning in store.track(settings["tables.track"]):
+                    logging.getLogger("syncmesh.cli").warning("%s", warning)
+            finally:
+                store.close()
         try:
             asyncio.run(_serve(config))
         except OSError as exc:
-            raise click.ClickException(f"cannot listen on {listen}: {exc}") from exc
+            raise click.ClickException(
+                f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}"
+            ) from exc
+
+
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the error, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+@cli.group()
+def config() -> None:
+    """Check a syncmesh.toml before a node uses it (docs/config.md lists every key)."""
+
+
+@config.command("check")
+@click.argument("config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def config_check(config_file: Path) -> None:
+    """Validate CONFIG_FILE with the environment's SYNCMESH_* overrides; print the result.
+
+    Exits 1 with the offending key and the reason when a setting is wrong.
+    """
+    with _errors_as_messages():
+        settings = load_settings(config_file)
+        node_config(settings)
+    click.echo(render(settings))
+    click.echo(f"# {config_file}: ok", err=True)
 
 
 async def _serve(config: NodeConfig) -> None:
