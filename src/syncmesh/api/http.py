@@ -4,6 +4,11 @@ GET /sync/v1     the peer WebSocket (syncmesh.node.session)
 GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
 GET /v1/health   200 when the node runs (for load balancers, systemd)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
+GET /v1/quarantine    rows from peers that could not be applied
+GET /v1/openapi.json  the OpenAPI description of these routes
+
+With an API listen address configured, the API routes are served there and
+the node's listen address keeps only the peer WebSocket (and /v1/health).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from syncmesh.api.metrics import CONTENT_TYPE, render
+from syncmesh.api.openapi import openapi_document
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.transport import SYNC_PATH
 
@@ -25,7 +31,9 @@ def statistics_json(statistics: NodeStatistics) -> dict[str, Any]:
     return dataclasses.asdict(statistics)
 
 
-def create_app(node: Node) -> web.Application:
+def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Application:
+    """The node's routes: the peer WebSocket (`sync`) and the HTTP API (`api`)."""
+
     async def status(_request: web.Request) -> web.Response:
         return web.json_response(statistics_json(await node.statistics()))
 
@@ -36,11 +44,21 @@ def create_app(node: Node) -> web.Application:
         body = render(await node.statistics())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
+    async def quarantined(_request: web.Request) -> web.Response:
+        return web.json_response(await node.worker.call(node.store.quarantine))
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
     app = web.Application()
-    app.router.add_get(SYNC_PATH, node.accept)
-    app.router.add_get("/v1/status", status)
+    if sync:
+        app.router.add_get(SYNC_PATH, node.accept)
     app.router.add_get("/v1/health", health)
-    app.router.add_get("/metrics", metrics)
+    if api:
+        app.router.add_get("/v1/status", status)
+        app.router.add_get("/v1/quarantine", quarantined)
+        app.router.add_get("/v1/openapi.json", openapi)
+        app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -55,15 +73,33 @@ async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
     host, port = sock.getsockname()[:2]
     node = Node(dataclasses.replace(config, listen_port=port))
     node.listen = f"{host}:{port}"
-    app = create_app(node)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
+    separate_api = config.api_listen_host is not None
+    runners = [_runner(create_app(node, api=not separate_api))]
+    sockets = [sock]
+    if separate_api:
+        assert config.api_listen_host is not None
+        api_sock = socket.create_server((config.api_listen_host, config.api_listen_port))
+        api_host, api_port = api_sock.getsockname()[:2]
+        node.api_listen = f"{api_host}:{api_port}"
+        runners.append(_runner(create_app(node, sync=False)))
+        sockets.append(api_sock)
+    else:
+        node.api_listen = node.listen
+    sites = []
+    for runner, bound in zip(runners, sockets, strict=True):
+        await runner.setup()
+        sites.append(web.SockSite(runner, bound))
     try:
         await node.start()
-        await site.start()
+        for site in sites:
+            await site.start()
         yield node
     finally:
         await node.close_sessions()
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await node.stop()
+
+
+def _runner(app: web.Application) -> web.AppRunner:
+    return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)

@@ -42,6 +42,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("node", "database", str, ""),
     Setting("node", "listen", str, "127.0.0.1:7401"),
+    Setting("api", "listen", str, ""),
     Setting("tables", "track", list, []),
     Setting("peers", "urls", list, []),
     Setting("peers", "heartbeat_s", float, 5.0, minimum=0.1),
@@ -144,10 +145,10 @@ def _checked(setting: Setting, value: Any, *, source: str = "") -> Any:
     return value
 
 
-def split_listen(value: str) -> tuple[str, int]:
+def split_listen(value: str, key: str = "node.listen") -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("node.listen", f"{value!r} is not HOST:PORT")
+        raise ConfigError(key, f"{value!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -159,6 +160,10 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         if not url.startswith(("http://", "https://")):
             raise ConfigError("peers.urls", f"{url!r} is not an http:// URL")
     host, port = split_listen(values["node.listen"])
+    api_host: str | None = None
+    api_port = 0
+    if values["api.listen"]:
+        api_host, api_port = split_listen(values["api.listen"], key="api.listen")
     return NodeConfig(
         database_path=values["node.database"],
         listen_host=host,
@@ -176,6 +181,8 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         idle_resend_s=values["sync.idle_resend_s"],
         relay_hold_ms=values["sync.relay_hold_ms"],
         quarantine_retry_s=values["sync.quarantine_retry_s"],
+        api_listen_host=api_host,
+        api_listen_port=api_port,
     )
 
 

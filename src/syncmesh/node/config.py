@@ -25,6 +25,8 @@ class NodeConfig:
     idle_resend_s: float = 2.0  # a sender with nothing new re-reads its feed this often
     relay_hold_ms: int = 10  # a batch of only others' writes waits this long (mesh dedup)
     quarantine_retry_s: float = 5.0
+    api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
+    api_listen_port: int = 0
     frame_bytes_max: int = FRAME_BYTES_MAX + 1024  # the WebSocket's limit: a frame plus slack
 
     def __post_init__(self) -> None:

@@ -93,6 +93,7 @@ class Node:
         )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"
+        self.api_listen = self.listen
         self._sessions: dict[str, Session] = {}
         self._dialers: dict[str, _Dialer] = {}
         self._tasks: list[asyncio.Task[None]] = []

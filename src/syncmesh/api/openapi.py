@@ -1,0 +1,134 @@
+"""The OpenAPI 3.1 description of a node's HTTP API, served at /v1/openapi.json.
+
+Kept by hand next to the routes; tests/test_api.py checks that every route
+the application serves is described here and that nothing else is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncmesh import __version__
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PEER = {
+    "type": "object",
+    "properties": {
+        "address": {"type": "string"},
+        "site_id": {"type": "string"},
+        "dialed": {"type": "boolean"},
+        "state": {
+            "type": "string",
+            "description": "connecting, handshake, streaming, backoff, refused, connected by peer",
+        },
+        "cursor": {"type": "integer"},
+        "peer_head_seq": {"type": "integer"},
+        "lag_ms": {"type": "integer", "description": "0 when caught up"},
+        "rows_in": {"type": "integer"},
+        "rows_out": {"type": "integer"},
+        "batches_in": {"type": "integer"},
+        "batches_out": {"type": "integer"},
+        "bytes_in": {"type": "integer"},
+        "bytes_out": {"type": "integer"},
+        "quarantined_rows": {"type": "integer"},
+        "last_batch_ms": {"type": "integer"},
+        "last_error": {"type": "string"},
+        "reconnects": {"type": "integer"},
+    },
+}
+
+_STATUS = {
+    "type": "object",
+    "properties": {
+        "site_id": {"type": "string"},
+        "listen": {"type": "string"},
+        "captures": {"type": "integer"},
+        "store": {
+            "type": "object",
+            "properties": {
+                "site_id": {"type": "string"},
+                "incarnation": {"type": "string"},
+                "seq": {"type": "integer"},
+                "hlc": {"type": "integer"},
+                "fingerprint": {"type": "string"},
+                "tables": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "vector": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "peers": {"type": "array", "items": {"type": "object"}},
+                "quarantined_rows": {"type": "integer"},
+                "restore_floor": {"type": "integer"},
+                "path": {"type": "string"},
+                "schema_problems": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "peers": {"type": "array", "items": _PEER},
+    },
+}
+
+_QUARANTINED = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "table": {"type": "string"},
+            "pk": {"type": "string"},
+            "origin": {"type": "string"},
+            "reason": {"type": "string"},
+            "created_ms": {"type": "integer"},
+        },
+    },
+}
+
+API_PATHS: dict[str, dict[str, Any]] = {
+    "/v1/status": {
+        "get": {
+            "summary": "This node, its tables and its peers",
+            "responses": {"200": _json("The node's statistics", _STATUS)},
+        }
+    },
+    "/v1/health": {
+        "get": {
+            "summary": "Liveness",
+            "responses": {"200": _json("The node runs", {"type": "object"})},
+        }
+    },
+    "/v1/quarantine": {
+        "get": {
+            "summary": "Rows from peers that could not be applied",
+            "responses": {"200": _json("Quarantined rows", _QUARANTINED)},
+        }
+    },
+    "/v1/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "syncmesh node API",
+            "version": __version__,
+            "description": "Status, health and metrics of one syncmesh node.",
+        },
+        "paths": API_PATHS,
+    }

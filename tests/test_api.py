@@ -1,0 +1,52 @@
+"""The HTTP API: described by its OpenAPI document, and servable on its own address."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import aiohttp
+
+from syncmesh.api import create_app, running_node
+from syncmesh.api.openapi import openapi_document
+from syncmesh.node import Node
+from syncmesh.transport import SYNC_PATH
+from tests.helpers import wait_until
+from tests.test_node import TIMEOUT_S, config, converged, execute, make_db
+
+
+def _paths(app_routes: object) -> set[str]:
+    return {resource.canonical for resource in app_routes}  # type: ignore[attr-defined]
+
+
+async def test_the_openapi_document_describes_exactly_the_api_routes(tmp_path: Path) -> None:
+    node = Node(config(make_db(tmp_path / "a.db")))
+    try:
+        served = _paths(create_app(node).router.resources())
+        api_only = _paths(create_app(node, sync=False).router.resources())
+    finally:
+        node.store.close()
+        node.worker.shutdown()
+    assert served - {SYNC_PATH} == set(openapi_document()["paths"])
+    assert api_only == set(openapi_document()["paths"])
+
+
+async def test_the_api_can_listen_apart_from_the_sync_port(tmp_path: Path) -> None:
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    separate = dataclasses.replace(config(a), api_listen_host="127.0.0.1", api_listen_port=0)
+    async with running_node(separate) as node_a, running_node(config(b, node_a)):
+        assert node_a.api_listen != node_a.listen
+        execute(a, "INSERT INTO items VALUES ('x', 'a', 1)")
+        await wait_until(lambda: converged(a, b, rows=1), TIMEOUT_S, "sync via the sync port")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{node_a.api_listen}/v1/status") as response:
+                assert response.status == 200
+                assert (await response.json())["site_id"] == node_a.store.site_id
+            async with http.get(f"http://{node_a.listen}/v1/status") as response:
+                assert response.status == 404
+            async with http.get(f"http://{node_a.listen}/v1/health") as response:
+                assert response.status == 200
+            async with http.get(f"http://{node_a.api_listen}/v1/quarantine") as response:
+                assert await response.json() == []
+            async with http.get(f"http://{node_a.api_listen}/v1/openapi.json") as response:
+                assert (await response.json())["openapi"].startswith("3.1")
