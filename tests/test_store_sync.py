@@ -254,7 +254,7 @@ def test_partial_backlog_leaves_vector_unchanged_and_loses_nothing(
 def test_a_row_written_since_the_last_capture_is_not_lost_by_a_read(
     make_store: MakeStore,
 ) -> None:
-    """A row with uncaptured writes is held back, and the batch then claims nothing.
+    """A batch stops before a row with uncaptured writes, and then claims nothing.
 
     Regression (found by tests/test_convergence_stateful.py): read_batch
     skipped the pending row but still sent a vector covering its earlier
@@ -270,9 +270,12 @@ def test_a_row_written_since_the_last_capture_is_not_lost_by_a_read(
     assert cursor is None
     b.reset_peer_cursor(a.site_id, a.incarnation, a.head_seq(), "")
     batch = a.read_batch(0, b.vector(), 1_000)
-    assert [change.pk for change in batch.rows] == [("other",)]  # 'k' is held back
-    assert batch.vector is None  # it reached the head, but does not claim 'k'
+    assert batch.rows == []  # it ends before 'k', the first row written since
+    assert batch.to_seq < a.head_seq()
+    assert batch.vector is None  # and claims nothing
     b.apply_batch(a.site_id, batch)
+    again = a.read_batch(batch.to_seq, b.vector(), 1_000)
+    assert again.to_seq == batch.to_seq  # no progress past 'k' until its capture
     a.capture()  # the node's capture loop does this within milliseconds
     exchange_all(a, b)
     assert item(b, "k") == ("name", 2)
@@ -590,3 +593,21 @@ def test_restore_is_detected_after_a_local_write_before_first_contact(
         assert items(a) == items(b)
     finally:
         a.close()
+
+
+def test_no_head_vector_covers_a_row_the_receiver_never_got(make_store: MakeStore) -> None:
+    """Regression (the stateful test, after reads stopped capturing): a batch held a
+    row back but moved the cursor past it; the next, empty batch at the head then
+    carried a vector covering the row's older cells, and after the row's capture
+    the receiver was sent only the new cell and kept NULL for `n` for good.
+    """
+    a, b = make_store("a"), make_store("b")
+    write(a, "INSERT INTO items VALUES ('k0', NULL, 0)")
+    a.connection.execute("UPDATE items SET name = 'x' WHERE id = 'k0'")  # not captured
+    b.reset_peer_cursor(a.site_id, a.incarnation, a.head_seq(), "")
+    for _ in range(2):
+        exchange(a, b)
+    a.capture()
+    exchange_all(a, b)
+    assert item(b, "k0") == ("x", 0)
+    assert items(a) == items(b)

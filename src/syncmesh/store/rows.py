@@ -130,8 +130,11 @@ class TableSql:
         self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {self.log} ORDER BY id LIMIT ?"
         self.log_count_sql = f"SELECT count(*) FROM {self.log}"
         self.log_clear_sql = f"DELETE FROM {self.log} WHERE id <= ?"
-        self.log_keys_sql = f"SELECT DISTINCT {log_keys} FROM {self.log}"
         shadow_keys = ", ".join(f"k{index}" for index in range(self.key_count))
+        self.first_pending_seq_sql = (
+            f"SELECT min(seq) FROM {self.shadow} WHERE seq > ? AND seq <= ?"
+            f" AND ({shadow_keys}) IN (SELECT {log_keys} FROM {self.log})"
+        )
         self.group_keys_sql = (
             f"SELECT {shadow_keys} FROM {self.shadow} WHERE seq = ? ORDER BY {shadow_keys}"
         )
@@ -193,10 +196,6 @@ class TableSql:
             f"INSERT INTO {self.shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
             f" ON CONFLICT ({key_list}) DO UPDATE SET {', '.join(sets)}"
         )
-
-    def pending_keys(self, connection: sqlite3.Connection) -> set[tuple[SqlValue, ...]]:
-        """Keys with logged writes not captured yet."""
-        return {tuple(row) for row in connection.execute(self.log_keys_sql)}
 
     def capture(
         self, connection: sqlite3.Connection, hlc: int, seq: int, entries_max: int = -1
