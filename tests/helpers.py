@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -108,3 +110,14 @@ def exchange_all(src: Store, dst: Store, rows_max: int = 1_000) -> int:
             # capture loop would stamp it within milliseconds.
             src.capture()
     raise AssertionError("exchange_all did not reach the head")
+
+
+def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m syncmesh ARGS` as a user runs it; never raises on its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "syncmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

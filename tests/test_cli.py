@@ -6,7 +6,6 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -14,18 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from syncmesh.cli.main import cli
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "syncmesh", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli(*args)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -16,6 +16,7 @@ import pytest
 from syncmesh.cli.config import SETTINGS, env_name, load_settings, node_config
 from syncmesh.errors import ConfigError
 from syncmesh.store import Store
+from tests.helpers import run_cli
 from tests.nodeproc import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
@@ -87,14 +88,7 @@ def test_node_config_needs_a_database_and_valid_urls(tmp_path: Path) -> None:
         node_config(settings)
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncmesh", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+run = run_cli
 
 
 def test_config_check_prints_the_effective_settings_or_the_bad_key(tmp_path: Path) -> None:

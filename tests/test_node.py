@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.protocol import Refuse, decode
 from syncmesh.store import Store
-from tests.helpers import exchange_all, rows_with_types, wait_until
+from tests.helpers import exchange_all, rows_with_types, run_cli, wait_until
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 TIMEOUT_S = 20.0
@@ -367,14 +365,7 @@ async def test_status_url_is_a_health_check(tmp_path: Path) -> None:
     assert "cannot read" in nobody.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "syncmesh", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+_cli = run_cli
 
 
 def test_quarantine_commands_list_retry_and_drop(tmp_path: Path) -> None:
