@@ -1,0 +1,19 @@
+"""Hypothesis profiles: CI runs a fixed set of examples, people run fresh ones.
+
+With `CI` set (as .ci/run's caller does), every property test draws the
+same examples on every run, so a landing is never decided by the luck of
+the draw; locally each run explores new examples.  A failure prints the
+blob that reproduces it (`@reproduce_failure`).  Longer explorations:
+SYNCMESH_STATEFUL_EXAMPLES / SYNCMESH_STATEFUL_STEPS (see
+tests/test_convergence_stateful.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
