@@ -3,9 +3,8 @@
 from syncmesh.merge.rows import (
     join_cells,
     join_rows,
-    missing_from,
     missing_rows,
     value_order_key,
 )
 
-__all__ = ["join_cells", "join_rows", "missing_from", "missing_rows", "value_order_key"]
+__all__ = ["join_cells", "join_rows", "missing_rows", "value_order_key"]

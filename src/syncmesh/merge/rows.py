@@ -20,7 +20,7 @@ relay path converge.  Nothing here touches SQLite, a clock or the network.
 
 from __future__ import annotations
 
-from syncmesh.model import Cell, RowChange, RowState, SqlValue, Stamp, TableRows
+from syncmesh.model import Cell, RowState, SqlValue, Stamp, TableRows
 
 
 def value_order_key(value: SqlValue) -> tuple[int, int | float | str | bytes, int]:
@@ -73,46 +73,18 @@ def join_rows(local: RowState | None, incoming: RowState) -> RowState:
     return RowState(local.cl, _max_stamp(local.cl_stamp, incoming.cl_stamp), cells)
 
 
-def _covered(stamp: Stamp | None, vector: dict[str, int]) -> bool:
-    return stamp is not None and vector.get(stamp.site_id, -1) >= stamp.hlc
-
-
-def missing_from(change: RowChange, vector: dict[str, int]) -> RowChange | None:
-    """The part of `change` a node with version vector `vector` may lack; None if none.
-
-    V[X] = h means the node holds every write of site X stamped <= h, or a
-    state that wins over it, so such cells need not be sent.  A dead row ships
-    no cells.  A row whose causal length the node may lack ships all its
-    cells: that node is on an older life of the row, and any cell it lacks
-    would read as NULL after it takes the new life.
-    """
-    state = change.state
-    if not state.alive:
-        if _covered(state.cl_stamp, vector):
-            return None
-        if not state.cells:
-            return change
-        return RowChange(change.table, change.pk, RowState(state.cl, state.cl_stamp, {}))
-    if not _covered(state.cl_stamp, vector):
-        return change
-    cells = {
-        column: cell for column, cell in state.cells.items() if not _covered(cell.stamp, vector)
-    }
-    if not cells:
-        return None
-    if len(cells) == len(state.cells):
-        return change
-    return RowChange(change.table, change.pk, RowState(state.cl, state.cl_stamp, cells))
-
-
 def missing_rows(
     table: TableRows, sites: tuple[str, ...], vector: dict[str, int]
 ) -> list[list[SqlValue]]:
-    """`missing_from` for the positional rows of a batch: what a node with `vector` lacks.
+    """The rows of `table`, or the parts of them, that a node with `vector` may lack.
 
-    The same rules, on flat rows (no objects per row: this runs for every
-    row that leaves a node).  Rows come back unchanged when nothing of them
-    is covered, so the common case copies nothing.
+    V[X] = h means the node holds every write of site X stamped <= h, or a
+    state that wins over it, so such cells need not be sent.  A dead row
+    ships no cells.  A row whose causal length the node may lack ships all
+    its cells: that node is on an older life of the row, and any cell it
+    lacks would read as NULL after it takes the new life.  Works on flat
+    rows (no objects per row: this runs for every row that leaves a node);
+    rows come back unchanged when nothing of them is covered.
     """
     bounds = [vector.get(site, -1) for site in sites]
     base = table.key_count
