@@ -23,6 +23,7 @@ from aiohttp import web
 
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
+from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.transport import SYNC_PATH
 
@@ -63,7 +64,9 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
 
 
 @asynccontextmanager
-async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
+async def running_node(
+    config: NodeConfig, *, physical_clock: PhysicalClock | None = None
+) -> AsyncIterator[Node]:
     """A started node serving on `config.listen_host:listen_port` (port 0: any free port).
 
     The listening socket is bound before the node starts dialling, so its
@@ -71,7 +74,7 @@ async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
     """
     sock = socket.create_server((config.listen_host, config.listen_port), reuse_port=False)
     host, port = sock.getsockname()[:2]
-    node = Node(dataclasses.replace(config, listen_port=port))
+    node = Node(dataclasses.replace(config, listen_port=port), physical_clock=physical_clock)
     node.listen = f"{host}:{port}"
     separate_api = config.api_listen_host is not None
     runners = [_runner(create_app(node, api=not separate_api))]

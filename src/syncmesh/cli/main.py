@@ -23,6 +23,7 @@ import click
 
 from syncmesh import __version__
 from syncmesh.api import running_node
+from syncmesh.cli.chaos import chaos
 from syncmesh.cli.config import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -371,3 +372,6 @@ def demo(nodes: int, rows: int, keep: bool) -> None:
     with _errors_as_messages():
         code = asyncio.run(run_demo(nodes, rows, keep=keep))
     sys.exit(code)
+
+
+cli.add_command(chaos)

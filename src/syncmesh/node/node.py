@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from syncmesh.clock import HybridClock, SystemClock, feed_lag_ms
-from syncmesh.errors import RefusedError, SyncError
+from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
+from syncmesh.errors import RefusedError, SyncError, TransportError
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.worker import StoreWorker
@@ -85,11 +85,20 @@ class Node:
     await node.stop()
     """
 
-    def __init__(self, config: NodeConfig, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Store | None = None,
+        *,
+        physical_clock: PhysicalClock | None = None,
+    ) -> None:
+        """`physical_clock` is the seam for clock faults (syncmesh.chaos); default: the system's."""
         self.config = config
         self.store = store or Store.open(
             config.database_path,
-            clock=HybridClock(SystemClock(), drift_ms_max=config.clock_drift_ms_max),
+            clock=HybridClock(
+                physical_clock or SystemClock(), drift_ms_max=config.clock_drift_ms_max
+            ),
         )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"
@@ -186,11 +195,15 @@ class Node:
         """The WebSocket handler for peers that dial in."""
         if self._stopping:
             return web.Response(status=503, text="node is shutting down")
-        channel = await accept(
-            request,
-            heartbeat_s=self.config.heartbeat_s,
-            frame_bytes_max=self.config.frame_bytes_max,
-        )
+        try:
+            channel = await accept(
+                request,
+                heartbeat_s=self.config.heartbeat_s,
+                frame_bytes_max=self.config.frame_bytes_max,
+            )
+        except TransportError as exc:
+            log.info("%s", exc)
+            raise web.HTTPBadRequest(text=str(exc)) from None  # nobody is left to read it
         session = Session(self, channel, PeerLink(channel.peer, dialed=False))
         self._accepted.add(session)
         try:

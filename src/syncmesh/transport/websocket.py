@@ -121,9 +121,16 @@ async def dial(
 async def accept(
     request: web.Request, *, heartbeat_s: float, frame_bytes_max: int
 ) -> WebSocketChannel:
-    """Accept a sync channel dialled in by a peer."""
+    """Accept a sync channel dialled in by a peer.
+
+    Raises TransportError when the peer is gone before the upgrade is
+    answered (a reset or a cut link: routine on a WAN, not a bug).
+    """
     socket = web.WebSocketResponse(heartbeat=heartbeat_s, max_msg_size=frame_bytes_max)
-    await socket.prepare(request)
     peername = request.transport.get_extra_info("peername") if request.transport else None
     address = f"{peername[0]}:{peername[1]}" if peername else "unknown"
+    try:
+        await socket.prepare(request)
+    except ConnectionError as exc:
+        raise TransportError(address, f"gone during the WebSocket upgrade ({exc})") from exc
     return WebSocketChannel(socket, address)

@@ -1,0 +1,24 @@
+"""The fault-injection harness: `syncmesh chaos`.
+
+Real node processes on 127.0.0.1, one TCP proxy per link for network
+faults, signals for process faults, a clock seam for clock faults, real
+client processes writing the files, and checkers for the properties of
+PROPERTIES.md.  docs/chaos.md tells how to run it and read its report.
+"""
+
+from syncmesh.chaos.faults import FAULT_DESCRIPTIONS, FAULT_KINDS, TOPOLOGIES
+from syncmesh.chaos.report import json_report, reproduce_command, schedule_line, summary
+from syncmesh.chaos.run import RunOptions, ScheduleResult, run_schedules
+
+__all__ = [
+    "FAULT_DESCRIPTIONS",
+    "FAULT_KINDS",
+    "TOPOLOGIES",
+    "RunOptions",
+    "ScheduleResult",
+    "json_report",
+    "reproduce_command",
+    "run_schedules",
+    "schedule_line",
+    "summary",
+]

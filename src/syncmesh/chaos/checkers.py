@@ -1,0 +1,354 @@
+"""The checkers of a chaos run: pure functions from observations to violations.
+
+Each takes what the harness observed (the clients' acknowledged writes with
+their stamps, the replicas' canonical dumps, samples taken while faults ran)
+and returns the violations it finds, each naming the property, the table
+and key, and what was expected.  They know nothing of processes or sockets,
+so each is unit-tested on hand-made histories (tests/test_chaos_checkers.py).
+
+The properties are those of PROPERTIES.md: P1 convergence, P4/P5 no lost
+acknowledged write, P13 no torn transaction, P6 no resurrection, bounded
+echo, and P8 clock health.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncmesh.chaos.history import Key, Replica, Write
+from syncmesh.clock import wall_ms_of
+
+CLOCK_SLACK_MS = 250  # sampling is not instantaneous: a reading may trail the stamp
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    checker: str
+    message: str
+
+
+@dataclass(slots=True)
+class WriteTally:
+    """How many writes the lost-write checker could verify, and how."""
+
+    exact: int = 0  # its stamp was read back: checked against the final cell exactly
+    superseded_life: int = 0  # a later delete or re-insert ended its row's life
+    unverified: int = 0  # replaced before its stamp could be read: not checkable
+    orders: int = 0
+
+
+# -- P1: convergence -------------------------------------------------------------------
+
+
+def check_convergence(replicas: list[Replica]) -> list[Violation]:
+    """Every replica holds the same state: rows, storage classes, causal lengths, stamps."""
+    if len(replicas) < 2:
+        return []
+    first = replicas[0]
+    violations = []
+    for other in replicas[1:]:
+        if other.digest() == first.digest():
+            continue
+        violations.append(
+            Violation(
+                "convergence",
+                f"{other.node} differs from {first.node}: {_first_difference(first, other)}",
+            )
+        )
+    return violations
+
+
+def _first_difference(one: Replica, other: Replica) -> str:
+    for table in sorted(set(one.tables) | set(other.tables)):
+        rows_one, rows_other = one.tables.get(table, {}), other.tables.get(table, {})
+        for key in sorted(set(rows_one) | set(rows_other), key=repr):
+            if rows_one.get(key) != rows_other.get(key):
+                return (
+                    f"table {table} key {list(key)}: {rows_one.get(key)} != {rows_other.get(key)}"
+                )
+    return "same rows, different clock floors or sites"
+
+
+# -- P4/P5/P6: no lost acknowledged write, no resurrection -----------------------------------
+
+
+def check_writes(writes: list[Write], replica: Replica) -> tuple[list[Violation], WriteTally]:
+    """Every acknowledged write is in the final state or lost to a greater write.
+
+    Under the merge rule a cell's final value is that of the write with the
+    greatest (hlc, site) among the writes of the row's final life; writes of
+    an earlier life lost to the delete or re-insert that ended it.  Writes
+    at one node in one capture share a stamp: the later one (by client
+    order) is the one that counts.
+    """
+    violations: list[Violation] = []
+    tally = WriteTally()
+    by_key: dict[tuple[str, Key], list[Write]] = defaultdict(list)
+    for write in writes:
+        if write.op == "order":
+            tally.orders += 1
+            continue
+        by_key[(write.table, tuple(write.key))].append(write)
+    for (table, key), key_writes in sorted(by_key.items(), key=repr):
+        violations.extend(_check_key(table, key, key_writes, replica, tally))
+    return violations, tally
+
+
+def _check_key(
+    table: str, key: Key, writes: list[Write], replica: Replica, tally: WriteTally
+) -> Iterable[Violation]:
+    where = f"{replica.node}: {table} key {list(key)}"
+    row = replica.row(table, key)
+    if row is None:
+        yield Violation("lost-write", f"{where}: written, but unknown to the replica")
+        return
+    alive = row.cl % 2 == 1
+    if alive != (row.values is not None):
+        yield Violation(
+            "resurrection" if row.values is not None else "lost-write",
+            f"{where}: causal length {row.cl}, but the row is"
+            f" {'present' if row.values else 'absent'}",
+        )
+    for write in writes:
+        if write.cl is None or write.stamp is None:
+            tally.unverified += 1
+            continue
+        if write.cl > row.cl:
+            yield Violation(
+                "lost-write",
+                f"{where}: {write.op} #{write.index} at {write.node} left causal length"
+                f" {write.cl}, the replica has {row.cl}",
+            )
+            continue
+        if write.cl < row.cl:
+            tally.superseded_life += 1
+            continue
+        tally.exact += 1
+        if write.op == "delete":
+            continue  # its life is the final one: the row must be absent (checked above)
+        yield from _check_cells(where, write, writes, row.stamps, row.values, replica)
+    if alive and not any(
+        write.op == "upsert" and (write.cl is None or write.cl == row.cl) for write in writes
+    ):
+        yield Violation(
+            "resurrection",
+            f"{where}: alive in causal length {row.cl}, but no write inserted it in that life",
+        )
+
+
+def _check_cells(
+    where: str,
+    write: Write,
+    writes: list[Write],
+    stamps: dict[str, tuple[int, str]],
+    values: tuple[tuple[object, str], ...] | None,
+    replica: Replica,
+) -> Iterable[Violation]:
+    assert write.stamp is not None
+    columns = replica.columns.get(write.table, ())
+    mine = (write.stamp, write.site)
+    for column, value in write.cells.items():
+        final = stamps.get(column)
+        final_value = None if values is None else values[columns.index(column)][0]
+        if final is None or mine > final:
+            yield Violation(
+                "lost-write",
+                f"{where}.{column}: {write.op} #{write.index} at {write.node} stamped {mine}"
+                f" lost to a smaller stamp {final} (value {final_value!r})",
+            )
+        elif mine == final and final_value != value:
+            later = [
+                other
+                for other in writes
+                if other.node == write.node
+                and other.index > write.index
+                and other.cells.get(column) == final_value
+            ]
+            if not later:
+                yield Violation(
+                    "lost-write",
+                    f"{where}.{column}: holds {final_value!r} under the stamp of"
+                    f" {write.op} #{write.index} at {write.node}, which wrote {value!r}",
+                )
+
+
+def check_phantoms(writes: list[Write], replica: Replica, table: str = "kv") -> list[Violation]:
+    """Every value in the final state was written by a client at the site its stamp names."""
+    written: dict[tuple[Key, str, object], set[str]] = defaultdict(set)
+    for write in writes:
+        if write.table == table:
+            for column, value in write.cells.items():
+                written[(tuple(write.key), column, value)].add(write.site)
+    violations = []
+    columns = replica.columns.get(table, ())
+    for key, row in replica.tables.get(table, {}).items():
+        if row.values is None:
+            continue
+        for index, column in enumerate(columns):
+            value = row.values[index][0]
+            site = row.stamps[column][1] if column in row.stamps else None
+            if site not in written.get((key, column, value), set()):
+                violations.append(
+                    Violation(
+                        "phantom-write",
+                        f"{replica.node}: {table} key {list(key)}.{column} = {value!r}"
+                        f" stamped by {site}, which never wrote it",
+                    )
+                )
+    return violations
+
+
+# -- P5/P13: orders are whole and present ---------------------------------------------------
+
+
+def check_orders(writes: list[Write], replica: Replica) -> list[Violation]:
+    """Every acknowledged order is on the replica with all of its lines, and nothing else."""
+    orders = replica.tables.get("orders", {})
+    lines: dict[object, int] = defaultdict(int)
+    for key, row in replica.tables.get("order_lines", {}).items():
+        if row.values is not None:
+            lines[key[0]] += 1
+    violations = []
+    for write in writes:
+        if write.op != "order":
+            continue
+        order_id = write.key[0]
+        order = orders.get((order_id,))
+        if order is None or order.values is None:
+            violations.append(
+                Violation("lost-write", f"{replica.node}: order {order_id!r} is missing")
+            )
+        elif lines[order_id] != write.lines:
+            violations.append(
+                Violation(
+                    "torn-transaction",
+                    f"{replica.node}: order {order_id!r} has {lines[order_id]} of its"
+                    f" {write.lines} lines",
+                )
+            )
+    return violations
+
+
+def torn_orders(path: Path) -> list[str]:
+    """Orders visible without all their lines (or lines without their order), read now.
+
+    One read transaction: what an application reading the file would see.
+    """
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        connection.execute("BEGIN")
+        problems = [
+            f"order {order_id} shows {count} of {lines} lines"
+            for order_id, lines, count in connection.execute(
+                "SELECT o.id, o.lines, (SELECT count(*) FROM order_lines AS l"
+                " WHERE l.order_id = o.id) AS c FROM orders AS o WHERE c != o.lines"
+            )
+        ]
+        problems.extend(
+            f"lines of order {order_id} without the order"
+            for (order_id,) in connection.execute(
+                "SELECT DISTINCT order_id FROM order_lines"
+                " WHERE order_id NOT IN (SELECT id FROM orders)"
+            )
+        )
+        connection.execute("COMMIT")
+        return problems
+    finally:
+        connection.close()
+
+
+# -- bounded echo -------------------------------------------------------------------------------
+
+
+def check_echo(
+    bytes_on_wire: int, changes_applied: int, bytes_per_change_max: int
+) -> list[Violation]:
+    """Bytes shipped per applied change stay under the bound (no echo storm)."""
+    if changes_applied == 0:
+        return []
+    per_change = bytes_on_wire / changes_applied
+    if per_change <= bytes_per_change_max:
+        return []
+    return [
+        Violation(
+            "echo",
+            f"{bytes_on_wire} bytes on the wire for {changes_applied} applied changes:"
+            f" {per_change:.0f} per change, bound {bytes_per_change_max}",
+        )
+    ]
+
+
+# -- internal errors --------------------------------------------------------------------------
+
+INTERNAL_ERROR_MARKERS = ("Traceback (most recent call last)", "failed unexpectedly")
+
+
+def check_logs(logs: dict[str, str]) -> list[Violation]:
+    """No node logged an internal error: the engine logs a traceback only for a bug.
+
+    Faults make nodes log plenty (refused frames, resets, drift refusals),
+    each as one line naming the problem; a traceback means an error that no
+    code path expected.
+    """
+    violations = []
+    for node, text in sorted(logs.items()):
+        lines = text.splitlines()
+        for number, line in enumerate(lines):
+            if any(marker in line for marker in INTERNAL_ERROR_MARKERS):
+                context = " | ".join(lines[max(0, number - 1) : number + 12])
+                violations.append(Violation("internal-error", f"{node}: {context}"))
+                break
+    return violations
+
+
+# -- P8: clock health ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSample:
+    node: str
+    wall_ms: int  # the harness's wall clock when it read the file
+    offset_ms: int  # the node's injected clock offset then
+    hlc: int  # the node's clock floor on disk
+
+
+@dataclass(slots=True)
+class ClockCheck:
+    drift_ms_max: int
+    exempt: set[str] = field(default_factory=set)  # nodes whose own clock ran beyond drift
+
+
+def check_clocks(samples: list[ClockSample], check: ClockCheck) -> list[Violation]:
+    """Clock floors never go back (P8a) and never run ahead of physical time + drift (P8c).
+
+    A node given a clock beyond the drift limit keeps its far stamps (they
+    are its own), so it is exempt from the bound; every other node must have
+    refused those stamps, or its floor would show them.
+    """
+    violations = []
+    last: dict[str, int] = {}
+    for sample in samples:
+        previous = last.get(sample.node, 0)
+        if sample.hlc < previous:
+            violations.append(
+                Violation(
+                    "clock", f"{sample.node}: clock floor went back {previous} -> {sample.hlc}"
+                )
+            )
+        last[sample.node] = max(previous, sample.hlc)
+        if sample.node in check.exempt:
+            continue
+        ahead_ms = wall_ms_of(sample.hlc) - (sample.wall_ms + sample.offset_ms)
+        if ahead_ms > check.drift_ms_max + CLOCK_SLACK_MS:
+            violations.append(
+                Violation(
+                    "clock",
+                    f"{sample.node}: clock floor {ahead_ms} ms ahead of its physical clock,"
+                    f" more than the drift limit {check.drift_ms_max} ms: a far stamp was adopted",
+                )
+            )
+    return violations

@@ -1,0 +1,197 @@
+"""The real processes of a chaos schedule: nodes and workload clients.
+
+Each node is `python -m syncmesh.chaos.nodemain` on its own SQLite file and
+port on 127.0.0.1; its output goes to a log file beside the file.  A node
+can be killed and restarted on the same file and port, paused and resumed,
+and have its clock moved (a file plus SIGUSR1, sent only once the node has
+answered on its port: before it installs the handler, SIGUSR1 would kill it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
+from syncmesh.store import Store
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 2.0
+POLL_S = 0.05
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port = sock.getsockname()[1]
+        assert isinstance(port, int)
+        return port
+
+
+def prepare_database(path: Path) -> str:
+    """A fresh node file: the workload's tables, initialised and tracked; returns its site."""
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    connection.executescript(WORKLOAD_DDL)
+    connection.close()
+    store = Store.open(path)
+    try:
+        site = store.init()
+        store.track(WORKLOAD_TABLES)
+        return site
+    finally:
+        store.close()
+
+
+class ChaosNode:
+    def __init__(self, index: int, directory: Path, peer_urls: list[str], drift_ms: int) -> None:
+        self.index = index
+        self.name = f"n{index}"
+        self.db = directory / f"{self.name}.db"
+        self.log_path = directory / f"{self.name}.log"
+        self.clock_file = directory / f"{self.name}.clock"
+        self.port = free_port()
+        self.peer_urls = peer_urls
+        self.drift_ms = drift_ms
+        self.offset_ms = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready = False
+        self.paused = False
+        self.starts = 0
+        self._log: IO[bytes] | None = None
+        self.clock_file.write_text("0\n")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        assert not self.running, f"{self.name} is running already"
+        if self._log is None:
+            self._log = self.log_path.open("ab")
+        self.starts += 1
+        self._log.write(f"--- start {self.starts}\n".encode())
+        self._log.flush()
+        command = [
+            sys.executable,
+            "-m",
+            "syncmesh.chaos.nodemain",
+            str(self.db),
+            "--port",
+            str(self.port),
+            "--clock-file",
+            str(self.clock_file),
+            "--drift-ms",
+            str(self.drift_ms),
+        ]
+        for url in self.peer_urls:
+            command += ["--peer", url]
+        self.ready = False
+        self.paused = False
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log)
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        """Until the node answers /v1/health; then it may be signalled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while True:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited at start: see {self.log_path}")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(f"{self.url}/v1/health") as response:
+                    if response.status == 200:
+                        break
+            if loop.time() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {READY_TIMEOUT_S} s")
+            await asyncio.sleep(POLL_S)
+        self.ready = True
+        self._signal(signal.SIGUSR1)  # re-read the clock, in case it moved while starting
+
+    def kill(self) -> None:
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+        self.ready = False
+        self.paused = False
+
+    def pause(self) -> None:
+        if self.running and not self.paused:
+            self._signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self._signal(signal.SIGCONT)
+            self.paused = False
+
+    def set_clock(self, offset_ms: int) -> None:
+        self.offset_ms = offset_ms
+        self.clock_file.write_text(f"{offset_ms}\n")
+        if self.ready:
+            self._signal(signal.SIGUSR1)
+
+    def stop(self) -> None:
+        """SIGTERM (after SIGCONT), then SIGKILL if it does not go."""
+        if self.running:
+            assert self.process is not None
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _signal(self, signum: int) -> None:
+        if self.running:
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signum)
+
+
+def start_client(
+    node: ChaosNode, seed: int, duration_s: float, settle_s: float, out: Path
+) -> subprocess.Popen[bytes]:
+    log = node.log_path.with_suffix(".client.log").open("ab")
+    command = [
+        sys.executable,
+        "-m",
+        "syncmesh.chaos.workload",
+        str(node.db),
+        "--node",
+        node.name,
+        "--node-index",
+        str(node.index),
+        "--seed",
+        str(seed),
+        "--duration-s",
+        str(duration_s),
+        "--settle-s",
+        str(settle_s),
+        "--out",
+        str(out),
+    ]
+    try:
+        return subprocess.Popen(command, stdout=log, stderr=log)
+    finally:
+        log.close()

@@ -1,0 +1,183 @@
+"""Fault kinds and seeded schedules: what goes wrong, where and when.
+
+A schedule is drawn from `random.Random(f"{seed}:{index}")` alone, so the
+seed and the schedule index printed in a report reproduce it exactly
+(`syncmesh chaos --seed S --only INDEX`).  Faults of one process kind
+(kill, pause) or clock kind never overlap on one node; network faults
+overlap freely, as they do on real WANs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+NETWORK_KINDS = ("isolate", "halves", "oneway", "flap", "delay", "bandwidth", "reset", "lossy")
+PROCESS_KINDS = ("kill", "pause")
+CLOCK_KINDS = ("skew", "jump", "beyond")
+REDELIVERY_KINDS = ("duplicate", "reorder")
+FAULT_KINDS = NETWORK_KINDS + PROCESS_KINDS + CLOCK_KINDS + REDELIVERY_KINDS
+FAULT_DESCRIPTIONS = {
+    "isolate": "partition: every link of one node is cut",
+    "halves": "partition: the nodes split in two groups that cannot reach each other",
+    "oneway": "asymmetric loss: one direction of a link delivers nothing",
+    "flap": "a link goes down and up every 0.2-1 s",
+    "delay": "links delay every chunk by 20-200 ms with jitter",
+    "bandwidth": "links are capped at 20-200 KB/s",
+    "reset": "a link's connections are reset mid-stream, again and again",
+    "lossy": "chunks stall for up to 300 ms, as for TCP retransmissions",
+    "kill": "SIGKILL, restart on the same file when the fault ends",
+    "pause": "SIGSTOP, SIGCONT when the fault ends",
+    "skew": "a node's clock is ahead or behind by less than the drift limit",
+    "jump": "a node's clock jumps backwards at run time",
+    "beyond": "a node's clock is ahead by more than the drift limit (its stamps must be refused)",
+    "duplicate": "batch frames on a link are delivered twice",
+    "reorder": "batch frames on a link are delivered out of order",
+}
+TOPOLOGIES = ("mesh", "star", "chain")
+
+
+def links_of(topology: str, nodes: int) -> list[tuple[int, int]]:
+    """The links (listener, dialler) of a topology; node 0 is the hub of a star."""
+    if topology == "mesh":
+        return [(i, j) for i in range(nodes) for j in range(i + 1, nodes)]
+    if topology == "star":
+        return [(0, j) for j in range(1, nodes)]
+    if topology == "chain":
+        return [(i, i + 1) for i in range(nodes - 1)]
+    raise ValueError(f"unknown topology {topology!r}: choose from {', '.join(TOPOLOGIES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: str
+    start_s: float
+    duration_s: float
+    nodes: tuple[int, ...] = ()  # the nodes it strikes (isolate, process and clock faults)
+    links: tuple[int, ...] = ()  # indexes into the schedule's links
+    params: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def describe(self, links: list[tuple[int, int]]) -> str:
+        where = []
+        if self.nodes:
+            where.append("nodes " + ",".join(f"n{node}" for node in self.nodes))
+        if self.links:
+            where.append("links " + ",".join(f"n{links[i][1]}->n{links[i][0]}" for i in self.links))
+        params = " ".join(f"{name}={value:g}" for name, value in sorted(self.params.items()))
+        return (
+            f"{self.start_s:5.1f}s +{self.duration_s:4.1f}s {self.kind:<9} {' '.join(where)}"
+            f" {params}".rstrip()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    seed: int
+    index: int
+    nodes: int
+    topology: str
+    duration_s: float
+    links: list[tuple[int, int]]
+    faults: list[Fault]
+    drift_ms: int
+
+    @property
+    def name(self) -> str:
+        return f"seed {self.seed} schedule {self.index}"
+
+
+def make_schedule(
+    *,
+    seed: int,
+    index: int,
+    nodes: int,
+    topology: str,
+    duration_s: float,
+    kinds: list[str],
+    faults_per_schedule: int,
+    drift_ms: int,
+) -> Schedule:
+    """The `index`-th schedule of a run.
+
+    Kinds are dealt from a deck shuffled once per run (by `seed`), so a run
+    of several schedules covers every selected kind before it repeats one.
+    """
+    deck = list(kinds)
+    random.Random(seed).shuffle(deck)
+    rng = random.Random(f"{seed}:{index}")
+    links = links_of(topology, nodes)
+    chosen = [
+        deck[(index * faults_per_schedule + n) % len(deck)] for n in range(faults_per_schedule)
+    ]
+    busy: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    faults = []
+    for kind in chosen:
+        fault = _draw(kind, rng, nodes, links, duration_s, drift_ms, busy)
+        if fault is not None:
+            faults.append(fault)
+    faults.sort(key=lambda fault: fault.start_s)
+    return Schedule(seed, index, nodes, topology, duration_s, links, faults, drift_ms)
+
+
+def _draw(
+    kind: str,
+    rng: random.Random,
+    nodes: int,
+    links: list[tuple[int, int]],
+    duration_s: float,
+    drift_ms: int,
+    busy: dict[tuple[str, int], list[tuple[float, float]]],
+) -> Fault | None:
+    start = round(rng.uniform(0.1, 0.6) * duration_s, 2)
+    length = round(rng.uniform(0.15, 0.35) * duration_s, 2)
+    length = min(length, duration_s - start)
+    some_links = tuple(sorted(rng.sample(range(len(links)), rng.randint(1, len(links)))))
+    one_link = (rng.randrange(len(links)),)
+    node = rng.randrange(nodes)
+    if kind == "isolate":
+        return Fault(kind, start, length, nodes=(node,))
+    if kind == "halves":
+        group = tuple(sorted(rng.sample(range(nodes), max(1, nodes // 2))))
+        return Fault(kind, start, length, nodes=group)
+    if kind == "oneway":
+        return Fault(kind, start, length, links=one_link, params={"forward": rng.randint(0, 1)})
+    if kind == "flap":
+        return Fault(kind, start, length, links=one_link)
+    if kind == "delay":
+        delay = rng.uniform(20, 200)
+        return Fault(kind, start, length, links=some_links, params={"delay_ms": round(delay)})
+    if kind == "bandwidth":
+        rate = rng.uniform(20_000, 200_000)
+        return Fault(kind, start, length, links=some_links, params={"bytes_per_s": round(rate)})
+    if kind == "reset":
+        return Fault(kind, start, length, links=some_links)
+    if kind == "lossy":
+        probability = round(rng.uniform(0.05, 0.2), 2)
+        return Fault(kind, start, length, links=some_links, params={"stall": probability})
+    if kind in REDELIVERY_KINDS:
+        return Fault(kind, start, length, links=some_links, params={"probability": 0.2})
+    family = "process" if kind in PROCESS_KINDS else "clock"
+    free = [n for n in range(nodes) if _free(busy.get((family, n), []), start, start + length)]
+    if not free:
+        return None
+    node = rng.choice(free)
+    busy.setdefault((family, node), []).append((start, start + length))
+    if kind in PROCESS_KINDS:
+        return Fault(kind, start, length, nodes=(node,))
+    if kind == "skew":
+        offset = rng.choice((-1, 1)) * rng.uniform(0.3, 0.8) * drift_ms
+        return Fault(kind, start, length, nodes=(node,), params={"offset_ms": round(offset)})
+    if kind == "jump":
+        offset = -rng.uniform(0.5, 3.0) * drift_ms
+        return Fault(kind, start, length, nodes=(node,), params={"offset_ms": round(offset)})
+    assert kind == "beyond", kind
+    offset = drift_ms + rng.uniform(1_000, 3_000)
+    return Fault(kind, start, length, nodes=(node,), params={"offset_ms": round(offset)})
+
+
+def _free(intervals: list[tuple[float, float]], start: float, end: float) -> bool:
+    return all(end <= begin or start >= finish for begin, finish in intervals)

@@ -1,0 +1,179 @@
+"""What a chaos run observes: the clients' writes and each replica's final state.
+
+A `Write` is one acknowledged (committed) client operation.  Its stamp is
+not guessed: the client reads it back from the shadow table once the node
+has captured the write (`stamp`), and when another write replaced the cell
+before it could look, it keeps the interval the stamp must lie in: above the
+node's clock floor when the write committed (`lo`), at most the floor when
+the capture was seen (`hi`).
+
+A `Replica` is the canonical dump of one node's file: per tracked table,
+per key, the causal length and its stamp, the user row (values with storage
+classes) and every live cell's stamp with site ids (not the file-local
+ordinals), so two replicas compare equal exactly when they hold the same
+state (P1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from syncmesh.model import SqlValue
+from syncmesh.schema import quote_identifier
+
+Key = tuple[SqlValue, ...]
+Stamp = tuple[int, str]  # (hlc, site id): the merge's order
+
+
+@dataclass(slots=True)
+class Write:
+    """One acknowledged client operation on one key."""
+
+    op: str  # "upsert" (all columns), "update" (some columns), "delete", "order"
+    node: str  # the harness's name of the node it was written at
+    site: str  # that node's site id
+    table: str
+    key: list[SqlValue]
+    index: int  # the client's operation counter: order of writes at this node
+    cells: dict[str, SqlValue] = field(default_factory=dict)
+    lines: int = 0  # "order": how many order lines the same transaction wrote
+    lo: int = 0  # the node's clock floor when the write committed (stamp > lo)
+    hi: int | None = None  # the floor once the capture was seen (stamp <= hi)
+    stamp: int | None = None  # the exact HLC, when it could be read back
+    cl: int | None = None  # the causal length the write left the row at
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Write:
+        return cls(**json.loads(line))
+
+
+def read_history(paths: list[Path]) -> list[Write]:
+    writes: list[Write] = []
+    for path in paths:
+        with path.open() as lines:
+            writes.extend(Write.from_json(line) for line in lines if line.strip())
+    return writes
+
+
+@dataclass(frozen=True, slots=True)
+class RowDump:
+    cl: int
+    cl_stamp: Stamp | None
+    values: tuple[tuple[SqlValue, str], ...] | None  # None: no row in the user table
+    stamps: dict[str, Stamp]  # column -> stamp
+
+
+@dataclass(slots=True)
+class Replica:
+    node: str
+    site: str
+    hlc: int  # the node's clock floor (_syncmesh_state.hlc)
+    tables: dict[str, dict[Key, RowDump]]
+    columns: dict[str, tuple[str, ...]]  # value columns per table
+
+    def digest(self) -> str:
+        """A hash of the whole state: equal digests, equal replicas."""
+        canonical = []
+        for table in sorted(self.tables):
+            rows = self.tables[table]
+            for key in sorted(rows, key=_sort_key):
+                row = rows[key]
+                canonical.append(
+                    [
+                        table,
+                        _typed(key),
+                        row.cl,
+                        row.cl_stamp,
+                        row.values,
+                        sorted(row.stamps.items()),
+                    ]
+                )
+        return hashlib.sha256(repr(canonical).encode()).hexdigest()
+
+    def row(self, table: str, key: Key) -> RowDump | None:
+        return self.tables.get(table, {}).get(key)
+
+
+def _typed(key: Key) -> list[tuple[str, SqlValue]]:
+    return [(type(value).__name__, value) for value in key]
+
+
+def _sort_key(key: Key) -> str:
+    return repr(_typed(key))
+
+
+def read_replica(node: str, path: Path) -> Replica:
+    """The canonical dump of `path`, read in one read transaction."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        connection.execute("BEGIN")
+        site, hlc = connection.execute("SELECT site_id, hlc FROM _syncmesh_state").fetchone()
+        sites = dict(connection.execute("SELECT ordinal, site_id FROM _syncmesh_sites"))
+        tables: dict[str, dict[Key, RowDump]] = {}
+        columns: dict[str, tuple[str, ...]] = {}
+        specs = connection.execute("SELECT name, spec FROM _syncmesh_tables ORDER BY name")
+        for name, spec_json in specs.fetchall():
+            spec = json.loads(spec_json)
+            values = tuple(column for column in spec["columns"] if column not in spec["pk"])
+            columns[name] = values
+            tables[name] = _read_table(connection, name, tuple(spec["pk"]), values, sites)
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+    return Replica(node, site, hlc, tables, columns)
+
+
+def _read_table(
+    connection: sqlite3.Connection,
+    table: str,
+    pk: tuple[str, ...],
+    values: tuple[str, ...],
+    sites: dict[int, str],
+) -> dict[Key, RowDump]:
+    shadow = quote_identifier(f"_syncmesh_shadow_{table}")
+    user = quote_identifier(table)
+    keys = ", ".join(f"s.k{index}" for index in range(len(pk)))
+    cells = "".join(f", s.h{index}, s.s{index}" for index in range(len(values)))
+    typed = "".join(
+        f", u.{quote_identifier(column)}, typeof(u.{quote_identifier(column)})" for column in values
+    )
+    join = " AND ".join(f"u.{quote_identifier(column)} = s.k{i}" for i, column in enumerate(pk))
+    present = f"u.{quote_identifier(pk[0])} IS NOT NULL"
+    sql = (
+        f"SELECT {keys}, s.cl, s.cl_hlc, s.cl_site{cells}, {present}{typed}"
+        f" FROM {shadow} AS s LEFT JOIN {user} AS u ON {join}"
+    )
+    rows: dict[Key, RowDump] = {}
+    width = len(pk)
+    for record in connection.execute(sql):
+        key = tuple(record[:width])
+        cl, cl_hlc, cl_site = record[width : width + 3]
+        at = width + 3
+        stamps: dict[str, Stamp] = {}
+        for index, column in enumerate(values):
+            hlc, ordinal = record[at + 2 * index], record[at + 2 * index + 1]
+            if hlc is not None:
+                stamps[column] = (hlc, sites[ordinal])
+        at += 2 * len(values)
+        row_values = None
+        if record[at]:
+            row_values = tuple(
+                (record[at + 1 + 2 * index], record[at + 2 + 2 * index])
+                for index in range(len(values))
+            )
+        cl_stamp = None if cl_hlc is None else (cl_hlc, sites[cl_site])
+        if cl % 2 == 0:
+            # A tombstone's cell stamps take no part in any merge: a write of
+            # its life lost to the delete, and a re-insert stamps every
+            # column anew.  Replicas may differ in them (one learnt the cells
+            # before the delete, another only the delete): not state.
+            stamps = {}
+        rows[key] = RowDump(cl, cl_stamp, row_values, stamps)
+    return rows

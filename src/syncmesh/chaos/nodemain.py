@@ -1,0 +1,95 @@
+"""One chaos node: `syncmesh serve` with a clock the harness can move.
+
+    python -m syncmesh.chaos.nodemain DATABASE --port P [--peer URL ...]
+        --clock-file FILE --drift-ms N
+
+The physical clock is the system's plus an offset in milliseconds read from
+`--clock-file`, again whenever the process gets SIGUSR1: the harness writes
+the file, then signals, so a node's clock is set ahead, behind or jumped
+back while it runs (the engine's clock seam; libfaketime breaks Python's
+thread timeouts).  Timings are shortened so that faults are noticed and
+healed within the seconds a schedule lasts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from syncmesh.api import running_node
+from syncmesh.node import NodeConfig
+
+HEARTBEAT_S = 1.0
+BACKOFF_MAX_S = 1.0
+QUARANTINE_RETRY_S = 1.0
+CONNECT_TIMEOUT_S = 2.0
+HANDSHAKE_TIMEOUT_S = 3.0
+
+
+class FileOffsetClock:
+    """The system clock shifted by the offset (ms) written in a file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.offset_ms = 0
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            self.offset_ms = int(self._path.read_text().strip() or 0)
+        except (OSError, ValueError) as exc:
+            logging.getLogger("syncmesh.chaos").error("clock file %s: %s", self._path, exc)
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.offset_ms
+
+
+def chaos_config(database: str, port: int, peers: list[str], drift_ms: int) -> NodeConfig:
+    return NodeConfig(
+        database_path=database,
+        listen_port=port,
+        peer_urls=tuple(peers),
+        clock_drift_ms_max=drift_ms,
+        heartbeat_s=HEARTBEAT_S,
+        backoff_max_s=BACKOFF_MAX_S,
+        quarantine_retry_s=QUARANTINE_RETRY_S,
+        connect_timeout_s=CONNECT_TIMEOUT_S,
+        handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+    )
+
+
+async def _run(config: NodeConfig, clock: FileOffsetClock) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, clock.reload)
+    async with running_node(config, physical_clock=clock) as node:
+        print(f"chaos node {node.store.site_id} on {node.listen}", file=sys.stderr, flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m syncmesh.chaos.nodemain")
+    parser.add_argument("database")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--clock-file", type=Path, required=True)
+    parser.add_argument("--drift-ms", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = chaos_config(args.database, args.port, args.peer, args.drift_ms)
+    asyncio.run(_run(config, FileOffsetClock(args.clock_file)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The text and JSON reports of a chaos run."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any
+
+from syncmesh.chaos.faults import FAULT_KINDS
+from syncmesh.chaos.run import RunOptions, ScheduleResult
+
+
+def schedule_line(result: ScheduleResult) -> str:
+    schedule = result.schedule
+    verdict = "ok" if not result.violations else f"{len(result.violations)} VIOLATION(S)"
+    kinds = ",".join(fault.kind for fault in schedule.faults) or "-"
+    quiesce = "-" if result.quiesce_s is None else f"{result.quiesce_s:.1f}s"
+    return (
+        f"schedule {schedule.index:>4} {schedule.topology:<5} faults {kinds:<36}"
+        f" writes {result.writes:>5} exact {result.tally.exact:>5}"
+        f" quiesce {quiesce:>6} {result.elapsed_s:5.1f}s  {verdict}"
+    )
+
+
+def reproduce_command(options: RunOptions, result: ScheduleResult) -> str:
+    schedule = result.schedule
+    kinds = "" if options.kinds == list(FAULT_KINDS) else f" --faults {','.join(options.kinds)}"
+    return (
+        f"syncmesh chaos --seed {schedule.seed} --only {schedule.index}"
+        f" --nodes {schedule.nodes} --topology {schedule.topology}"
+        f" --duration {schedule.duration_s:g} --faults-per-schedule"
+        f" {options.faults_per_schedule}{kinds}"
+    )
+
+
+def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
+    faults: Counter[str] = Counter(
+        fault.kind for result in results for fault in result.schedule.faults
+    )
+    writes = sum(r.writes for r in results)
+    exact = sum(r.tally.exact for r in results)
+    superseded = sum(r.tally.superseded_life for r in results)
+    unverified = sum(r.tally.unverified for r in results)
+    orders = sum(r.tally.orders for r in results)
+    failed = sum(r.failed_writes for r in results)
+    wire = sum(r.bytes_on_wire for r in results)
+    applied = sum(r.changes_applied for r in results)
+    quiesce = [r.quiesce_s for r in results if r.quiesce_s is not None]
+    lines = [
+        "",
+        f"chaos run: seed {options.seed}, {len(results)} schedule(s), {options.nodes} nodes,"
+        f" {options.topology}, {options.duration_s:g} s of faults each",
+        f"operations: {writes} acknowledged writes ({orders} order transactions),"
+        f" {failed} refused while a node held the lock",
+        f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
+        f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}",
+        "faults: "
+        + (", ".join(f"{kind} {faults[kind]}" for kind in FAULT_KINDS if faults[kind]) or "none"),
+        f"  connection resets {sum(r.resets for r in results)}, frames duplicated"
+        f" {sum(r.frames_duplicated for r in results)}, reordered"
+        f" {sum(r.frames_reordered for r in results)}, far stamps refused"
+        f" {sum(r.drift_refusals for r in results)}",
+        f"wire: {wire} bytes for {applied} applied changes"
+        + (f" ({wire / applied:.0f} bytes per change)" if applied else ""),
+        "quiescence after healing: "
+        + (
+            f"median {statistics.median(quiesce):.1f} s, max {max(quiesce):.1f} s"
+            if quiesce
+            else "-"
+        ),
+    ]
+    failures = [r for r in results if r.violations]
+    if not failures:
+        lines.append("violations: none")
+        return "\n".join(lines)
+    lines.append(
+        f"violations: {sum(len(r.violations) for r in failures)} in {len(failures)} schedule(s)"
+    )
+    for result in failures:
+        lines.append(f"  {result.schedule.name} (files kept in {result.directory}):")
+        for fault in result.schedule.faults:
+            lines.append(f"      fault {fault.describe(result.schedule.links)}")
+        for violation in result.violations[:20]:
+            lines.append(f"    {violation.checker}: {violation.message}")
+        if len(result.violations) > 20:
+            lines.append(f"    ... and {len(result.violations) - 20} more")
+        lines.append(f"    reproduce: {reproduce_command(options, result)}")
+    return "\n".join(lines)
+
+
+def json_report(options: RunOptions, results: list[ScheduleResult]) -> dict[str, Any]:
+    return {
+        "seed": options.seed,
+        "nodes": options.nodes,
+        "topology": options.topology,
+        "duration_s": options.duration_s,
+        "faults_per_schedule": options.faults_per_schedule,
+        "kinds": options.kinds,
+        "schedules": [result.as_json() for result in results],
+        "violations": sum(len(result.violations) for result in results),
+    }

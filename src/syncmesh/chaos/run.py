@@ -1,0 +1,538 @@
+"""One chaos schedule, end to end, and a run of many.
+
+A schedule: fresh files for N nodes, one TCP proxy per link, the nodes and
+one workload client per node as real processes; the faults of the schedule
+applied and healed on time while a sampler reads every file for torn
+transactions and clock floors; then heal everything, let the clients read
+back their stamps, wait for quiescence, and run the checkers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from syncmesh.chaos.checkers import (
+    ClockCheck,
+    ClockSample,
+    Violation,
+    WriteTally,
+    check_clocks,
+    check_convergence,
+    check_echo,
+    check_logs,
+    check_orders,
+    check_phantoms,
+    check_writes,
+    torn_orders,
+)
+from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
+from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule
+from syncmesh.chaos.history import Replica, Write, read_history, read_replica
+from syncmesh.chaos.proxy import LinkProxy
+
+SAMPLE_INTERVAL_S = 0.25
+QUARANTINE_POLL_S = 1.0
+CLIENT_SETTLE_S = 20.0
+CLIENT_EXIT_SLACK_S = 30.0
+CONNECT_TIMEOUT_S = 30.0
+QUIESCE_POLL_S = 0.5
+FLAP_INTERVAL_S = (0.2, 1.0)
+RESET_INTERVAL_S = (0.3, 1.5)
+RESET_AFTER_BYTES = (1, 64 * 1024)
+ECHO_BYTES_PER_CHANGE_MAX = 4096
+
+
+@dataclass(slots=True)
+class RunOptions:
+    seed: int = 1
+    nodes: int = 5
+    duration_s: float = 10.0
+    schedules: int = 1
+    first: int = 0  # index of the first schedule (to reproduce one: --only)
+    topology: str = "mesh"
+    kinds: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
+    faults_per_schedule: int = 4
+    drift_ms: int = 5_000
+    quiesce_timeout_s: float = 90.0
+    echo_bytes_per_change_max: int = ECHO_BYTES_PER_CHANGE_MAX
+    workdir: Path | None = None
+    keep: bool = False  # keep every schedule's files (failed ones are always kept)
+
+
+@dataclass(slots=True)
+class ScheduleResult:
+    schedule: Schedule
+    violations: list[Violation] = field(default_factory=list)
+    writes: int = 0
+    failed_writes: int = 0
+    tally: WriteTally = field(default_factory=WriteTally)
+    bytes_on_wire: int = 0
+    changes_applied: int = 0
+    drift_refusals: int = 0
+    torn_samples: int = 0
+    resets: int = 0
+    frames_duplicated: int = 0
+    frames_reordered: int = 0
+    quiesce_s: float | None = None
+    elapsed_s: float = 0.0
+    directory: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.schedule.seed,
+            "schedule": self.schedule.index,
+            "topology": self.schedule.topology,
+            "faults": [fault.kind for fault in self.schedule.faults],
+            "violations": [f"{v.checker}: {v.message}" for v in self.violations],
+            "writes": self.writes,
+            "failed_writes": self.failed_writes,
+            "writes_exact": self.tally.exact,
+            "writes_superseded_life": self.tally.superseded_life,
+            "writes_unverified": self.tally.unverified,
+            "orders": self.tally.orders,
+            "bytes_on_wire": self.bytes_on_wire,
+            "changes_applied": self.changes_applied,
+            "drift_refusals": self.drift_refusals,
+            "torn_samples": self.torn_samples,
+            "resets": self.resets,
+            "frames_duplicated": self.frames_duplicated,
+            "frames_reordered": self.frames_reordered,
+            "quiesce_s": self.quiesce_s,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "directory": self.directory,
+        }
+
+
+class ScheduleRun:
+    """Everything one schedule owns; `run()` returns its result."""
+
+    def __init__(self, schedule: Schedule, options: RunOptions, directory: Path) -> None:
+        self.schedule = schedule
+        self.options = options
+        self.directory = directory
+        self.rng = random.Random(f"{schedule.seed}:{schedule.index}:net")
+        self.result = ScheduleResult(schedule, directory=str(directory))
+        self.nodes: list[ChaosNode] = []
+        self.proxies: list[LinkProxy] = []
+        self.cuts: Counter[int] = Counter()
+        self.clock_samples: list[ClockSample] = []
+        self.torn: set[str] = set()
+        self.drift_refusals: set[str] = set()
+        self.http: aiohttp.ClientSession | None = None
+        self.writes: list[Write] = []
+        self._t0 = 0.0  # when the workload started: fault times count from here
+
+    async def run(self) -> ScheduleResult:
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as self.http:
+            try:
+                await self._start()
+                await self._workload_with_faults()
+                await self._quiesce()
+                self._check()
+            finally:
+                await self._teardown()
+        self.result.elapsed_s = time.monotonic() - started
+        return self.result
+
+    # -- set up ---------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        schedule = self.schedule
+        listen_ports: dict[int, int] = {}
+        peer_urls: dict[int, list[str]] = {n: [] for n in range(schedule.nodes)}
+        nodes = []
+        for n in range(schedule.nodes):
+            node = ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms)
+            listen_ports[n] = node.port
+            nodes.append(node)
+        for listener, dialler in schedule.links:
+            proxy = LinkProxy(f"n{dialler}->n{listener}", listen_ports[listener], self.rng)
+            await proxy.start()
+            self.proxies.append(proxy)
+            peer_urls[dialler].append(f"http://127.0.0.1:{proxy.port}")
+        self.nodes = nodes
+        await asyncio.gather(*(asyncio.to_thread(prepare_database, node.db) for node in nodes))
+        for node in nodes:
+            node.start()
+        assert self.http is not None
+        await asyncio.gather(*(node.wait_ready(self.http) for node in nodes))
+        await self._wait(self._all_streaming, CONNECT_TIMEOUT_S, "every link to connect")
+
+    # -- the fault phase ------------------------------------------------------------------------
+
+    async def _workload_with_faults(self) -> None:
+        schedule = self.schedule
+        histories = [self.directory / f"{node.name}.history.jsonl" for node in self.nodes]
+        clients = [
+            start_client(
+                node,
+                seed=(schedule.seed * 1_000_003 + schedule.index) * 101 + node.index,
+                duration_s=schedule.duration_s,
+                settle_s=CLIENT_SETTLE_S,
+                out=out,
+            )
+            for node, out in zip(self.nodes, histories, strict=True)
+        ]
+        self._t0 = time.monotonic()
+        sampler = asyncio.create_task(self._sample())
+        try:
+            await asyncio.gather(*(self._fault(fault) for fault in schedule.faults))
+            await asyncio.sleep(max(0.0, schedule.duration_s - self._since_start()))
+        finally:
+            self._heal_all()
+            for node in self.nodes:
+                if not node.running:
+                    node.start()
+            assert self.http is not None
+            await asyncio.gather(*(n.wait_ready(self.http) for n in self.nodes if not n.ready))
+        deadline = CLIENT_SETTLE_S + CLIENT_EXIT_SLACK_S
+        for client in clients:
+            try:
+                await asyncio.to_thread(client.wait, deadline)
+            except Exception:
+                client.kill()
+                raise
+            if client.returncode != 0:
+                raise RuntimeError(f"a workload client failed: see {self.directory}")
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        self.writes = read_history(histories)
+        self.result.writes = len(self.writes)
+        self.result.failed_writes = sum(
+            int(path.with_suffix(".failed").read_text()) for path in histories
+        )
+
+    def _since_start(self) -> float:
+        return time.monotonic() - self._t0
+
+    async def _fault(self, fault: Fault) -> None:
+        await asyncio.sleep(max(0.0, fault.start_s - self._since_start()))
+        end = fault.end_s
+        heal = self._apply(fault)
+        try:
+            if fault.kind == "flap":
+                proxy = self.proxies[fault.links[0]]
+                while self._since_start() < end:
+                    proxy.set_cut(not proxy.cut)
+                    await asyncio.sleep(min(self.rng.uniform(*FLAP_INTERVAL_S), end))
+                proxy.set_cut(self.cuts[fault.links[0]] > 0)
+            elif fault.kind == "reset":
+                while self._since_start() < end:
+                    for index in fault.links:
+                        self.proxies[index].reset_after(self.rng.randint(*RESET_AFTER_BYTES))
+                    await asyncio.sleep(self.rng.uniform(*RESET_INTERVAL_S))
+            else:
+                await asyncio.sleep(max(0.0, end - self._since_start()))
+        finally:
+            heal()
+
+    def _apply(self, fault: Fault) -> Callable[[], None]:
+        """Start `fault`; returns what heals it."""
+        kind, links = fault.kind, fault.links
+        if kind in ("isolate", "halves"):
+            group = set(fault.nodes)
+            crossing = [
+                index
+                for index, (listener, dialler) in enumerate(self.schedule.links)
+                if (listener in group) != (dialler in group)
+            ]
+            return self._cut(crossing)
+        if kind == "oneway":
+            proxy = self.proxies[links[0]]
+            direction = proxy.forward if fault.params["forward"] else proxy.backward
+            direction.blackout = True
+            return lambda: setattr(direction, "blackout", False)
+        if kind == "flap":
+            return lambda: None
+        if kind in ("delay", "bandwidth", "lossy", "duplicate", "reorder"):
+            return self._shape_links(fault)
+        if kind == "reset":
+            return lambda: None  # each reset is over once it happened
+        node = self.nodes[fault.nodes[0]]
+        if kind == "kill":
+            node.kill()
+            return node.start
+        if kind == "pause":
+            node.pause()
+            return node.resume
+        node.set_clock(int(fault.params["offset_ms"]))
+        return lambda: node.set_clock(0)
+
+    def _cut(self, link_indexes: list[int]) -> Callable[[], None]:
+        for index in link_indexes:
+            self.cuts[index] += 1
+            self.proxies[index].set_cut(True)
+
+        def heal() -> None:
+            for index in link_indexes:
+                self.cuts[index] -= 1
+                self.proxies[index].set_cut(self.cuts[index] > 0)
+
+        return heal
+
+    def _shape_links(self, fault: Fault) -> Callable[[], None]:
+        directions = [
+            direction
+            for index in fault.links
+            for direction in (self.proxies[index].forward, self.proxies[index].backward)
+        ]
+        params = fault.params
+        for direction in directions:
+            if fault.kind == "delay":
+                direction.delay_ms = params["delay_ms"]
+                direction.jitter_ms = params["delay_ms"] / 2
+            elif fault.kind == "bandwidth":
+                direction.bandwidth_bytes_per_s = params["bytes_per_s"]
+            elif fault.kind == "lossy":
+                direction.stall_probability = params["stall"]
+                direction.stall_ms_max = 300
+            elif fault.kind == "duplicate":
+                direction.duplicate_probability = params["probability"]
+            else:
+                direction.reorder_probability = params["probability"]
+        if fault.kind in ("duplicate", "reorder"):
+            for index in fault.links:  # new connections cut their streams into frames
+                self.proxies[index].frame_mode = True
+                self.proxies[index].reset_after(0)
+
+        def heal() -> None:
+            for direction in directions:
+                if fault.kind == "delay":
+                    direction.delay_ms = direction.jitter_ms = 0
+                elif fault.kind == "bandwidth":
+                    direction.bandwidth_bytes_per_s = 0
+                elif fault.kind == "lossy":
+                    direction.stall_probability = 0
+                elif fault.kind == "duplicate":
+                    direction.duplicate_probability = 0
+                else:
+                    direction.reorder_probability = 0
+
+        return heal
+
+    def _heal_all(self) -> None:
+        self.cuts.clear()
+        for proxy in self.proxies:
+            proxy.heal()
+        for node in self.nodes:
+            node.resume()
+            if node.offset_ms:
+                node.set_clock(0)
+
+    async def _sample(self) -> None:
+        """Read every file for torn orders and clock floors, while the faults run."""
+        last_quarantine = 0.0
+        while True:
+            for node in self.nodes:
+                problems, hlc = await asyncio.to_thread(_read_sample, node.db)
+                self.result.torn_samples += 1
+                self.torn.update(f"{node.name}: {problem}" for problem in problems)
+                if hlc is not None:
+                    self.clock_samples.append(
+                        ClockSample(node.name, time.time_ns() // 1_000_000, node.offset_ms, hlc)
+                    )
+            if time.monotonic() - last_quarantine > QUARANTINE_POLL_S:
+                last_quarantine = time.monotonic()
+                await self._poll_quarantine()
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+    async def _poll_quarantine(self) -> None:
+        assert self.http is not None
+        for node in self.nodes:
+            if not node.ready or node.paused:
+                continue
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                async with self.http.get(f"{node.url}/v1/quarantine") as response:
+                    for row in await response.json():
+                        if "ahead of the local clock" in str(row.get("reason", "")):
+                            self.drift_refusals.add(f"{node.name}:{row.get('id')}")
+
+    # -- after the faults -----------------------------------------------------------------------
+
+    async def _status(self, node: ChaosNode) -> dict[str, Any] | None:
+        assert self.http is not None
+        try:
+            async with self.http.get(f"{node.url}/v1/status") as response:
+                document: dict[str, Any] = await response.json()
+                return document
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return None
+
+    async def _all_streaming(self) -> bool:
+        statuses = await asyncio.gather(*(self._status(node) for node in self.nodes))
+        expected: Counter[int] = Counter()
+        for listener, dialler in self.schedule.links:
+            expected[listener] += 1
+            expected[dialler] += 1
+        for node, status in zip(self.nodes, statuses, strict=True):
+            if status is None:
+                return False
+            streaming = [p for p in status["peers"] if p["state"] == "streaming"]
+            if len(streaming) < expected[node.index]:
+                return False
+            if any(peer["lag_ms"] for peer in status["peers"]):
+                return False
+            if status["store"]["quarantined_rows"]:
+                return False
+        return True
+
+    async def _quiesce(self) -> None:
+        started = time.monotonic()
+        deadline = started + self.options.quiesce_timeout_s
+        previous: list[str] | None = None
+        while time.monotonic() < deadline:
+            if await self._all_streaming():
+                replicas = await asyncio.to_thread(self._replicas)
+                digests = [replica.digest() for replica in replicas]
+                if len(set(digests)) == 1 and digests == previous:
+                    self.result.quiesce_s = round(time.monotonic() - started, 2)
+                    return
+                previous = digests
+            else:
+                previous = None
+            await asyncio.sleep(QUIESCE_POLL_S)
+        self.result.violations.append(
+            Violation(
+                "liveness",
+                f"no quiescence within {self.options.quiesce_timeout_s} s of healing",
+            )
+        )
+
+    def _replicas(self) -> list[Replica]:
+        return [read_replica(node.name, node.db) for node in self.nodes]
+
+    def _check(self) -> None:
+        result = self.result
+        replicas = self._replicas()
+        violations = result.violations
+        violations.extend(check_convergence(replicas))
+        converged = not any(v.checker == "convergence" for v in violations)
+        for replica in replicas[:1] if converged else replicas:
+            found, tally = check_writes(self.writes, replica)
+            violations.extend(found)
+            violations.extend(check_phantoms(self.writes, replica))
+            violations.extend(check_orders(self.writes, replica))
+            result.tally = tally
+        violations.extend(Violation("torn-transaction", problem) for problem in sorted(self.torn))
+        exempt = {
+            f"n{fault.nodes[0]}"
+            for fault in self.schedule.faults
+            if fault.kind in ("beyond", "jump")
+        }
+        violations.extend(
+            check_clocks(self.clock_samples, ClockCheck(self.schedule.drift_ms, exempt))
+        )
+        result.bytes_on_wire = sum(proxy.counters.bytes_forwarded for proxy in self.proxies)
+        result.changes_applied = sum(_applied_rows(node.db) for node in self.nodes)
+        violations.extend(
+            check_echo(
+                result.bytes_on_wire,
+                result.changes_applied,
+                self.options.echo_bytes_per_change_max,
+            )
+        )
+        violations.extend(check_logs({node.name: _read_text(node.log_path) for node in self.nodes}))
+        result.drift_refusals = len(self.drift_refusals)
+        result.resets = sum(proxy.counters.resets for proxy in self.proxies)
+        result.frames_duplicated = sum(p.counters.frames_duplicated for p in self.proxies)
+        result.frames_reordered = sum(p.counters.frames_reordered for p in self.proxies)
+
+    async def _teardown(self) -> None:
+        for node in self.nodes:
+            await asyncio.to_thread(node.stop)
+        for proxy in self.proxies:
+            await proxy.close()
+
+    async def _wait(self, check: Callable[[], Any], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await check():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+            await asyncio.sleep(QUIESCE_POLL_S)
+
+
+def _read_sample(path: Path) -> tuple[list[str], int | None]:
+    try:
+        problems = torn_orders(path)
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            hlc = int(connection.execute("SELECT hlc FROM _syncmesh_state").fetchone()[0])
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return [], None  # busy (a paused node holds a lock): the next sample will do
+    return problems, hlc
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _applied_rows(path: Path) -> int:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = connection.execute("SELECT coalesce(sum(applied_rows), 0) FROM _syncmesh_peers")
+        return int(row.fetchone()[0])
+    finally:
+        connection.close()
+
+
+def run_schedules(
+    options: RunOptions, on_result: Callable[[ScheduleResult], None]
+) -> list[ScheduleResult]:
+    """Run `options.schedules` schedules one after another; report each as it ends."""
+    base = options.workdir or Path(tempfile.mkdtemp(prefix="syncmesh-chaos-"))
+    base.mkdir(parents=True, exist_ok=True)
+    results = []
+    for index in range(options.first, options.first + options.schedules):
+        schedule = make_schedule(
+            seed=options.seed,
+            index=index,
+            nodes=options.nodes,
+            topology=options.topology,
+            duration_s=options.duration_s,
+            kinds=options.kinds,
+            faults_per_schedule=options.faults_per_schedule,
+            drift_ms=options.drift_ms,
+        )
+        directory = base / f"schedule-{index}"
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir()
+        try:
+            result = asyncio.run(ScheduleRun(schedule, options, directory).run())
+        except RuntimeError as exc:
+            result = ScheduleResult(
+                schedule, [Violation("harness", str(exc))], directory=str(directory)
+            )
+        on_result(result)
+        results.append(result)
+        if not result.violations and not options.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    if not options.workdir and not any(r.violations for r in results) and not options.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
+def quiesce_summary(results: list[ScheduleResult]) -> str:
+    times = [r.quiesce_s for r in results if r.quiesce_s is not None]
+    if not times:
+        return "-"
+    return f"median {statistics.median(times):.1f} s, max {max(times):.1f} s"

@@ -1,0 +1,283 @@
+"""The chaos checkers on hand-made histories: each finds what it names, and only that."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from syncmesh.chaos.checkers import (
+    ClockCheck,
+    ClockSample,
+    Violation,
+    check_clocks,
+    check_convergence,
+    check_echo,
+    check_logs,
+    check_orders,
+    check_phantoms,
+    check_writes,
+    torn_orders,
+)
+from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
+from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
+from syncmesh.clock import pack
+from syncmesh.model import SqlValue
+from syncmesh.store import Store
+
+A, B = "site-a", "site-b"
+COLUMNS = ("a", "b", "n")
+T1, T2, T3 = pack(1_000, 0), pack(2_000, 0), pack(3_000, 0)
+
+
+def alive(cl: int, stamp: int, site: str, a: str, b: str = "b0", n: int = 0) -> RowDump:
+    return RowDump(
+        cl,
+        (stamp, site),
+        ((a, "text"), (b, "text"), (n, "integer")),
+        {"a": (stamp, site), "b": (stamp, site), "n": (stamp, site)},
+    )
+
+
+def dead(cl: int, stamp: int, site: str) -> RowDump:
+    return RowDump(cl, (stamp, site), None, {})
+
+
+def with_a(row: RowDump, value: str, stamp: tuple[int, str]) -> RowDump:
+    """`row` with column a holding `value` under `stamp`."""
+    assert row.values is not None
+    return RowDump(
+        row.cl, row.cl_stamp, ((value, "text"), *row.values[1:]), {**row.stamps, "a": stamp}
+    )
+
+
+def replica(rows: dict[int, RowDump], node: str = "n0") -> Replica:
+    return Replica(node, A, T3, {"kv": {(key,): row for key, row in rows.items()}}, {"kv": COLUMNS})
+
+
+def upsert(node: str, site: str, index: int, a: str, stamp: int | None, cl: int | None) -> Write:
+    cells: dict[str, SqlValue] = {"a": a, "b": "b0", "n": 0}
+    return Write("upsert", node, site, "kv", [1], index, cells, stamp=stamp, cl=cl)
+
+
+def update(node: str, site: str, index: int, a: str, stamp: int | None, cl: int | None) -> Write:
+    return Write("update", node, site, "kv", [1], index, {"a": a}, stamp=stamp, cl=cl)
+
+
+def kinds(violations: list[Violation]) -> list[str]:
+    return [violation.checker for violation in violations]
+
+
+# -- convergence ---------------------------------------------------------------------------
+
+
+def test_identical_replicas_converge() -> None:
+    rows = {1: alive(1, T1, A, "x")}
+    assert check_convergence([replica(rows, "n0"), replica(dict(rows), "n1")]) == []
+
+
+def test_a_storage_class_difference_is_divergence() -> None:
+    one = replica({1: alive(1, T1, A, "x", n=1)}, "n0")
+    other = replica({1: alive(1, T1, A, "x")}, "n1")
+    other.tables["kv"][(1,)] = RowDump(
+        1, (T1, A), (("x", "text"), ("b0", "text"), (1.0, "real")), one.tables["kv"][(1,)].stamps
+    )
+    violations = check_convergence([one, other])
+    assert kinds(violations) == ["convergence"]
+    assert "key [1]" in violations[0].message
+
+
+def test_a_stamp_difference_is_divergence() -> None:
+    one = replica({1: alive(1, T1, A, "x")}, "n0")
+    other = replica({1: alive(1, T2, A, "x")}, "n1")
+    assert kinds(check_convergence([one, other])) == ["convergence"]
+
+
+# -- lost writes ---------------------------------------------------------------------------
+
+
+def test_the_greatest_stamp_holding_the_cell_is_no_loss() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1), update("n1", B, 1, "y", T2, 1)]
+    final = replica({1: with_a(alive(1, T1, A, "x"), "y", (T2, B))})
+    violations, tally = check_writes(writes, final)
+    assert violations == []
+    assert tally.exact == 2
+
+
+def test_a_write_with_a_greater_stamp_than_the_final_cell_was_lost() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1), update("n1", B, 1, "y", T2, 1)]
+    final = replica({1: alive(1, T1, A, "x")})  # y (T2) should have won
+    violations, _ = check_writes(writes, final)
+    assert kinds(violations) == ["lost-write"]
+    assert "update #1 at n1" in violations[0].message
+
+
+def test_same_stamp_later_write_of_the_same_node_wins() -> None:
+    # Two writes at one node folded into one capture share the stamp.
+    writes = [upsert("n0", A, 1, "x", T1, 1), update("n0", A, 2, "z", T1, 1)]
+    final = replica({1: with_a(alive(1, T1, A, "x"), "z", (T1, A))})
+    violations, _ = check_writes(writes, final)
+    assert violations == []
+
+
+def test_a_value_under_a_writes_stamp_that_nobody_later_wrote_is_a_loss() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1)]
+    final = replica({1: alive(1, T1, A, "other")})
+    assert kinds(check_writes(writes, final)[0]) == ["lost-write"]
+
+
+def test_writes_of_an_earlier_life_lose_to_the_delete() -> None:
+    writes = [
+        upsert("n0", A, 1, "x", T1, 1),
+        Write("delete", "n1", B, "kv", [1], 1, stamp=T2, cl=2),
+        update("n0", A, 2, "late", T3, 1),  # concurrent with the delete, bigger stamp
+    ]
+    violations, tally = check_writes(writes, replica({1: dead(2, T2, B)}))
+    assert violations == []
+    assert tally.superseded_life == 2
+
+
+def test_a_causal_length_above_the_final_one_was_lost() -> None:
+    writes = [Write("delete", "n1", B, "kv", [1], 1, stamp=T2, cl=2)]
+    violations, _ = check_writes(writes, replica({1: alive(1, T1, A, "x")}))
+    assert "lost-write" in kinds(violations)
+
+
+def test_a_deleted_row_that_shows_again_is_a_resurrection() -> None:
+    writes = [
+        upsert("n0", A, 1, "x", T1, 1),
+        Write("delete", "n1", B, "kv", [1], 1, stamp=T2, cl=2),
+    ]
+    present = RowDump(2, (T2, B), (("x", "text"), ("b0", "text"), (0, "integer")), {})
+    assert "resurrection" in kinds(check_writes(writes, replica({1: present}))[0])
+
+
+def test_a_row_alive_in_a_life_nobody_inserted_is_a_resurrection() -> None:
+    writes = [
+        upsert("n0", A, 1, "x", T1, 1),
+        Write("delete", "n1", B, "kv", [1], 1, stamp=T2, cl=2),
+    ]
+    final = replica({1: alive(3, T3, A, "x")})
+    assert "resurrection" in kinds(check_writes(writes, final)[0])
+
+
+def test_writes_without_a_stamp_are_counted_not_judged() -> None:
+    writes = [upsert("n1", B, 1, "x", T1, 1), update("n0", A, 1, "gone", None, None)]
+    violations, tally = check_writes(writes, replica({1: alive(1, T1, B, "x")}))
+    assert violations == []
+    assert (tally.exact, tally.unverified) == (1, 1)
+
+
+# -- phantoms and orders -------------------------------------------------------------------
+
+
+def test_a_value_nobody_wrote_is_a_phantom() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1)]
+    assert check_phantoms(writes, replica({1: alive(1, T1, A, "x")})) == []
+    assert kinds(check_phantoms(writes, replica({1: alive(1, T1, A, "forged")}))) == [
+        "phantom-write"
+    ]
+    # Right value, wrong site: some node claimed a write it did not make.
+    assert "phantom-write" in kinds(check_phantoms(writes, replica({1: alive(1, T1, B, "x")})))
+
+
+def order_replica(orders: dict[str, int], lines: dict[str, int]) -> Replica:
+    order_rows: dict[Key, RowDump] = {
+        (order_id,): RowDump(1, None, (("n0", "text"), (count, "integer")), {})
+        for order_id, count in orders.items()
+    }
+    line_rows: dict[Key, RowDump] = {
+        (order_id, line): RowDump(1, None, ((7, "integer"),), {})
+        for order_id, count in lines.items()
+        for line in range(count)
+    }
+    return Replica(
+        "n1",
+        A,
+        T3,
+        {"orders": order_rows, "order_lines": line_rows},
+        {"orders": ("node", "lines"), "order_lines": ("amount",)},
+    )
+
+
+def test_orders_must_arrive_whole() -> None:
+    writes = [Write("order", "n0", A, "orders", ["o1"], 1, lines=3)]
+    assert check_orders(writes, order_replica({"o1": 3}, {"o1": 3})) == []
+    assert kinds(check_orders(writes, order_replica({"o1": 3}, {"o1": 2}))) == ["torn-transaction"]
+    assert kinds(check_orders(writes, order_replica({}, {}))) == ["lost-write"]
+
+
+def test_torn_orders_are_seen_in_a_real_file(tmp_path: Path) -> None:
+    path = tmp_path / "torn.db"
+    connection = sqlite3.connect(path)
+    connection.executescript(WORKLOAD_DDL)
+    connection.execute("INSERT INTO orders VALUES ('whole', 'n0', 2), ('torn', 'n0', 3)")
+    connection.executemany(
+        "INSERT INTO order_lines VALUES (?, ?, 1)",
+        [("whole", 0), ("whole", 1), ("torn", 0), ("orphan", 0)],
+    )
+    connection.commit()
+    connection.close()
+    assert sorted(torn_orders(path)) == [
+        "lines of order orphan without the order",
+        "order torn shows 1 of 3 lines",
+    ]
+
+
+def test_the_dump_of_a_real_file_names_sites_and_hides_tombstone_cells(tmp_path: Path) -> None:
+    path = tmp_path / "n0.db"
+    connection = sqlite3.connect(path)
+    connection.executescript(WORKLOAD_DDL)
+    connection.close()
+    store = Store.open(path)
+    site = store.init()
+    store.track(WORKLOAD_TABLES)
+    connection = sqlite3.connect(path)
+    connection.execute("INSERT INTO kv VALUES (1, 'x', NULL, 1), (2, 'y', 'z', 2)")
+    connection.commit()
+    store.capture()
+    connection.execute("DELETE FROM kv WHERE k = 2")
+    connection.commit()
+    store.capture()
+    connection.close()
+    store.close()
+    dumped = read_replica("n0", path)
+    live, tomb = dumped.row("kv", (1,)), dumped.row("kv", (2,))
+    assert live is not None
+    assert tomb is not None
+    assert live.values == (("x", "text"), (None, "null"), (1, "integer"))
+    assert {stamp[1] for stamp in live.stamps.values()} == {site}
+    assert (tomb.cl, tomb.values, tomb.stamps) == (2, None, {})
+
+
+# -- echo and clocks -----------------------------------------------------------------------
+
+
+def test_echo_is_bounded_per_applied_change() -> None:
+    assert check_echo(1_000, 10, 200) == []
+    assert kinds(check_echo(10_000, 10, 200)) == ["echo"]
+    assert check_echo(500, 0, 200) == []  # nothing to apply: heartbeats only
+
+
+def test_a_traceback_in_a_node_log_is_an_internal_error() -> None:
+    quiet = "INFO session with x ended: peer 127.0.0.1:1: connection reset\n"
+    broken = quiet + "ERROR boom\nTraceback (most recent call last):\n  File 'x.py'\nKeyError: 1\n"
+    violations = check_logs({"n0": quiet, "n1": broken})
+    assert kinds(violations) == ["internal-error"]
+    assert violations[0].message.startswith("n1: ERROR boom | Traceback")
+    assert "KeyError" in violations[0].message
+
+
+def test_clock_floors_never_go_back_nor_adopt_far_stamps() -> None:
+    now = 1_700_000_000_000
+    samples = [
+        ClockSample("n0", now, 0, pack(now - 10, 0)),
+        ClockSample("n0", now + 100, 0, pack(now - 20, 0)),  # went back
+        ClockSample("n1", now, 0, pack(now + 9_000, 0)),  # 9 s ahead, limit 5 s
+        ClockSample("n2", now, 0, pack(now + 9_000, 0)),  # its own clock was beyond: exempt
+        ClockSample("n3", now, 4_000, pack(now + 4_100, 0)),  # skewed within the limit
+    ]
+    violations = check_clocks(samples, ClockCheck(5_000, exempt={"n2"}))
+    messages = [violation.message for violation in violations]
+    assert len(messages) == 2
+    assert messages[0].startswith("n0: clock floor went back")
+    assert messages[1].startswith("n1: clock floor 9000 ms ahead")

@@ -1,0 +1,248 @@
+"""The chaos harness itself: seeded schedules, the fault proxy, and the CI run.
+
+The proxy tests use real sockets on 127.0.0.1 (an echo server, and a real
+aiohttp WebSocket for the frame faults).  The last test runs `syncmesh
+chaos` as CI's fixed-seed subset: four schedules that between them inject
+every fault kind into real node processes, with every checker on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import operator
+import random
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from syncmesh.chaos.faults import (
+    CLOCK_KINDS,
+    FAULT_KINDS,
+    PROCESS_KINDS,
+    Schedule,
+    links_of,
+    make_schedule,
+)
+from syncmesh.chaos.proxy import LinkProxy
+from tests.helpers import wait_until
+
+HOST = "127.0.0.1"
+CI_SEED = 11
+CI_SCHEDULES = 4
+CI_TIMEOUT_S = 290
+
+
+def schedule(seed: int, index: int, nodes: int = 5, per_schedule: int = 4) -> Schedule:
+    return make_schedule(
+        seed=seed,
+        index=index,
+        nodes=nodes,
+        topology="mesh",
+        duration_s=10.0,
+        kinds=list(FAULT_KINDS),
+        faults_per_schedule=per_schedule,
+        drift_ms=5_000,
+    )
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+
+def test_a_schedule_is_reproduced_by_its_seed_and_index() -> None:
+    assert schedule(3, 7) == schedule(3, 7)
+    assert schedule(3, 7).faults != schedule(4, 7).faults
+    assert schedule(3, 7).faults != schedule(3, 8).faults
+
+
+def test_consecutive_schedules_cover_every_kind_before_repeating() -> None:
+    for seed in range(20):
+        kinds = [f.kind for index in range(4) for f in schedule(seed, index, nodes=3).faults]
+        assert set(kinds) == set(FAULT_KINDS), (seed, sorted(set(FAULT_KINDS) - set(kinds)))
+
+
+def test_process_and_clock_faults_never_overlap_on_one_node() -> None:
+    for seed in range(50):
+        faults = schedule(seed, 0, nodes=2, per_schedule=12).faults
+        for family in (PROCESS_KINDS, CLOCK_KINDS):
+            spans = sorted((f.nodes[0], f.start_s, f.end_s) for f in faults if f.kind in family)
+            for (node, _, end), (other, start, _) in itertools.pairwise(spans):
+                assert node != other or start >= end, (seed, spans)
+
+
+def test_topologies_link_every_node() -> None:
+    assert links_of("chain", 4) == [(0, 1), (1, 2), (2, 3)]
+    assert links_of("star", 4) == [(0, 1), (0, 2), (0, 3)]
+    assert len(links_of("mesh", 5)) == 10
+    with pytest.raises(ValueError, match="unknown topology"):
+        links_of("ring", 3)
+
+
+# -- the proxy -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def echo_through_proxy() -> AsyncIterator[LinkProxy]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, HOST, 0)
+    proxy = LinkProxy("test", server.sockets[0].getsockname()[1], random.Random(1))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def roundtrip(proxy: LinkProxy, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, proxy.port)
+    writer.write(payload)
+    await writer.drain()
+    received = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
+    writer.close()
+    return received
+
+
+async def test_the_proxy_forwards_both_ways_and_counts() -> None:
+    async with echo_through_proxy() as proxy:
+        payload = bytes(range(256)) * 1000
+        assert await roundtrip(proxy, payload) == payload
+        assert proxy.counters.bytes_forwarded == 2 * len(payload)
+
+
+async def test_a_cut_link_resets_open_connections_and_refuses_new_ones() -> None:
+    async with echo_through_proxy() as proxy:
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        proxy.set_cut(True)
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"x")
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        assert proxy.counters.refused == 1
+        proxy.set_cut(False)
+        assert await roundtrip(proxy, b"healed") == b"healed"
+
+
+async def test_a_blackout_holds_one_direction_until_it_lifts() -> None:
+    async with echo_through_proxy() as proxy:
+        proxy.backward.blackout = True  # the echo's replies are held
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"ping")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.readexactly(4), 0.3)
+        proxy.backward.blackout = False
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        writer.close()
+
+
+async def test_delay_postpones_delivery_and_keeps_order() -> None:
+    async with echo_through_proxy() as proxy:
+        proxy.forward.delay_ms, proxy.forward.jitter_ms = 150, 100
+        started = time.monotonic()
+        payload = b"".join(i.to_bytes(4, "big") for i in range(20_000))
+        assert await roundtrip(proxy, payload) == payload  # in order despite jitter
+        assert time.monotonic() - started >= 0.05
+
+
+async def test_reset_after_cuts_a_stream_in_the_middle() -> None:
+    async with echo_through_proxy() as proxy:
+        proxy.reset_after(1_000)
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"z" * 100_000)
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(100_000), 5)
+        assert proxy.counters.resets == 1
+
+
+async def test_binary_frames_are_duplicated_and_reordered_whole() -> None:
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            received.append(message.data)
+        return socket
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        for fault, expected in (
+            ("duplicate", [b"one", b"one", b"two", b"two"]),
+            ("reorder", [b"two", b"one"]),
+        ):
+            received.clear()
+            proxy = LinkProxy(fault, port, random.Random(1))
+            proxy.frame_mode = True
+            setattr(proxy.forward, f"{fault}_probability", 1.0)
+            await proxy.start()
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(f"http://{HOST}:{proxy.port}/ws") as socket:
+                    await socket.send_bytes(b"one")
+                    await socket.send_bytes(b"two")
+                    if fault == "reorder":
+                        await socket.ping()  # the held frame goes out behind the next frame
+                await wait_until(functools.partial(operator.eq, received, expected), 5, fault)
+            await proxy.close()
+            assert received == expected, fault
+    finally:
+        await runner.cleanup()
+
+
+# -- the CI subset -------------------------------------------------------------------------
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(CI_TIMEOUT_S + 30)
+def test_fixed_seed_subset_injects_every_fault_kind_without_a_violation(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        "-m",
+        "syncmesh",
+        "chaos",
+        "--seed",
+        str(CI_SEED),
+        "--schedules",
+        str(CI_SCHEDULES),
+        "--nodes",
+        "3",
+        "--duration",
+        "6",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--json",
+        str(report),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CI_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    injected = {kind for entry in document["schedules"] for kind in entry["faults"]}
+    assert injected == set(FAULT_KINDS), sorted(set(FAULT_KINDS) - injected)
+    assert document["violations"] == 0
+    assert sum(entry["writes_exact"] for entry in document["schedules"]) > 100
+    assert "violations: none" in done.stdout
