@@ -83,6 +83,26 @@ _QUARANTINED = {
     },
 }
 
+_THROUGHPUT = {
+    "type": "object",
+    "properties": {
+        "now_ms": {"type": "integer", "description": "the node's clock, Unix milliseconds"},
+        "interval_s": {"type": "number", "description": "the width of one sample"},
+        "samples": {
+            "type": "array",
+            "description": "oldest first, contiguous; the last interval is still open",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "start_ms": {"type": "integer", "description": "Unix time, milliseconds"},
+                    "captured_rows": {"type": "integer", "description": "local writes stamped"},
+                    "applied_rows": {"type": "integer", "description": "peers' rows applied"},
+                },
+            },
+        },
+    },
+}
+
 API_PATHS: dict[str, dict[str, Any]] = {
     "/v1/status": {
         "get": {
@@ -100,6 +120,12 @@ API_PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "Rows from peers that could not be applied",
             "responses": {"200": _json("Quarantined rows", _QUARANTINED)},
+        }
+    },
+    "/v1/throughput": {
+        "get": {
+            "summary": "Rows captured and applied per interval over the last minutes",
+            "responses": {"200": _json("The throughput history", _THROUGHPUT)},
         }
     },
     "/v1/openapi.json": {

@@ -21,6 +21,7 @@ from syncmesh.clock import HybridClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
+from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
@@ -104,13 +105,18 @@ class Node:
         self._accepted: set[Session] = set()
         self._schema_problems: list[str] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._throughput = ThroughputHistory(
+            interval_ms=max(1, round(config.throughput_interval_s * 1000)),
+            samples_max=config.throughput_samples_max,
+            now_ms=_now_ms(),
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
         """Initialise the file if needed, capture pending writes, start dialling."""
         await self.worker.call(self.store.init)
-        await self.worker.call(self.store.capture)
+        self._throughput.add(_now_ms(), captured_rows=await self.worker.call(self.store.capture))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
         for url in self.config.peer_urls:
@@ -179,6 +185,9 @@ class Node:
     def feed_advanced(self) -> None:
         event, self._feed_event = self._feed_event, asyncio.Event()
         event.set()
+
+    def rows_applied(self, count: int) -> None:
+        self._throughput.add(_now_ms(), applied_rows=count)
 
     # -- sessions -----------------------------------------------------------------
 
@@ -297,6 +306,7 @@ class Node:
                 await session.close()
         if stamped:
             self._captures += 1
+            self._throughput.add(_now_ms(), captured_rows=stamped)
             self.feed_advanced()
 
     async def _quarantine_loop(self) -> None:
@@ -309,6 +319,7 @@ class Node:
                 continue
             if resolved:
                 log.info("%d quarantined rows applied on retry", resolved)
+                self.rows_applied(resolved)
                 self.feed_advanced()
 
     # -- introspection ------------------------------------------------------------
@@ -345,6 +356,10 @@ class Node:
             store_status.site_id, self.listen, store_status, tuple(peers), self._captures
         )
 
+    def throughput_samples(self) -> tuple[ThroughputSample, ...]:
+        """Rows captured and applied per interval, oldest first (the last is still open)."""
+        return self._throughput.samples(_now_ms())
+
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -374,6 +389,10 @@ def _peer_statistics(
         apply_seconds_counts=tuple(link.apply_seconds_counts),
         apply_seconds_sum=link.apply_seconds_sum,
     )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _log_session_end(link: PeerLink, exc: BaseException) -> None:

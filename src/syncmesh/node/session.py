@@ -102,6 +102,8 @@ class SessionHost(Protocol):
 
     def feed_advanced(self) -> None: ...
 
+    def rows_applied(self, count: int) -> None: ...
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -287,6 +289,7 @@ class Session:
             # we need not send back (this is what stops a relay from echoing).
             self._learn_peer_vector(batch.vector)
         if applied:
+            self._host.rows_applied(applied)
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
 
