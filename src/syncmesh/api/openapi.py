@@ -27,7 +27,19 @@ _PEER = {
         },
         "cursor": {"type": "integer"},
         "peer_head_seq": {"type": "integer"},
-        "lag_ms": {"type": "integer", "description": "0 when caught up"},
+        "lag_ms": {
+            "type": "integer",
+            "description": "how far this node trails the peer's feed; 0 when caught up",
+        },
+        "out_lag_changes": {
+            "type": ["integer", "null"],
+            "description": "rows of this node's feed the peer has not acknowledged (capped"
+            " at 10000); null before the peer's first PULL",
+        },
+        "out_lag_ms": {
+            "type": ["integer", "null"],
+            "description": "how far the peer trails this node's feed; null before its PULL",
+        },
         "rows_in": {"type": "integer"},
         "rows_out": {"type": "integer"},
         "batches_in": {"type": "integer"},

@@ -33,6 +33,7 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
+LAG_CHANGES_MAX = 10_000  # a peer's lag in changes is counted up to this many rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,11 @@ class PeerStatistics:
     cursor: int
     peer_head_seq: int
     lag_ms: int  # how much older our cursor is than the peer's head (0: caught up)
+    # The other way: rows of our feed after what the peer acknowledged (at
+    # most LAG_CHANGES_MAX), and how much older that position is than our
+    # head.  None until the peer's first PULL.
+    out_lag_changes: int | None
+    out_lag_ms: int | None
     rows_in: int
     rows_out: int
     batches_in: int
@@ -325,8 +331,9 @@ class Node:
     # -- introspection ------------------------------------------------------------
 
     async def statistics(self) -> NodeStatistics:
-        store_status = await self.worker.call(self.store.status)
-        peers: list[PeerStatistics] = []
+        # (link, state, last error, reconnects) per dialer, then per session
+        # that no dialer started (the peer dialled in).
+        entries: list[tuple[PeerLink, str, str, int]] = []
         seen: set[int] = set()
         for dialer in self._dialers.values():
             link = dialer.link
@@ -337,8 +344,8 @@ class Node:
                 or self._sessions.get(link.site_id) is None
                 else "streaming"
             )
-            peers.append(
-                _peer_statistics(
+            entries.append(
+                (
                     link or PeerLink(dialer.url, dialed=True),
                     state,
                     dialer.last_error,
@@ -349,11 +356,28 @@ class Node:
                 seen.add(id(link))
         for session in list(self._sessions.values()):
             if id(session.link) not in seen:
-                peers.append(
-                    _peer_statistics(session.link, session.link.state, session.link.last_error, 0)
-                )
+                entries.append((session.link, session.link.state, session.link.last_error, 0))
+        # Taken once: a session may move on while the store thread counts.
+        acked = [link.acked_seq for link, *_ in entries]
+        known = [seq for seq in acked if seq >= 0]
+
+        def read() -> tuple[StoreStatus, list[int]]:
+            return self.store.status(), self.store.feed_rows_after(known, LAG_CHANGES_MAX)
+
+        store_status, counts = await self.worker.call(read)
+        changes = iter(counts)
+        peers = tuple(
+            _peer_statistics(
+                link,
+                state,
+                last_error,
+                reconnects,
+                out_lag=None if seq < 0 else (next(changes), feed_lag_ms(seq, store_status.seq)),
+            )
+            for (link, state, last_error, reconnects), seq in zip(entries, acked, strict=True)
+        )
         return NodeStatistics(
-            store_status.site_id, self.listen, store_status, tuple(peers), self._captures
+            store_status.site_id, self.listen, store_status, peers, self._captures
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:
@@ -365,7 +389,12 @@ class Node:
 
 
 def _peer_statistics(
-    link: PeerLink, state: str, last_error: str, reconnects: int
+    link: PeerLink,
+    state: str,
+    last_error: str,
+    reconnects: int,
+    *,
+    out_lag: tuple[int, int] | None,
 ) -> PeerStatistics:
     return PeerStatistics(
         address=link.address,
@@ -375,6 +404,8 @@ def _peer_statistics(
         cursor=link.cursor,
         peer_head_seq=link.peer_head_seq,
         lag_ms=feed_lag_ms(link.cursor, link.peer_head_seq),
+        out_lag_changes=None if out_lag is None else out_lag[0],
+        out_lag_ms=None if out_lag is None else out_lag[1],
         rows_in=link.rows_in,
         rows_out=link.rows_out,
         batches_in=link.batches_in,

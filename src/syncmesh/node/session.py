@@ -61,6 +61,9 @@ class PeerLink:
     connected_ms: int = 0
     peer_head_seq: int = 0
     cursor: int = 0
+    # Our feed as the peer acknowledged it (from its PULL, then each ACK);
+    # -1 until its PULL: the peer's own lag on our feed.
+    acked_seq: int = -1
     rows_in: int = 0
     rows_out: int = 0
     batches_in: int = 0
@@ -297,6 +300,7 @@ class Session:
         if not self._in_flight or self._in_flight[0] != ack.to_seq:
             raise ProtocolError(f"ACK for seq {ack.to_seq} does not match what we sent")
         self._in_flight.popleft()
+        self.link.acked_seq = ack.to_seq
         self._learn_peer_vector(ack.vector)
         self._acked.set()
 
@@ -321,6 +325,7 @@ class Session:
         cursor = pull.cursor
         if pull.incarnation != incarnation or cursor > head:
             cursor = 0  # the peer's cursor is of an older copy of this file
+        self.link.acked_seq = cursor
         self.link.peer_vector = dict(pull.vector)
         self._own_writes_wanted = pull.own_writes_wanted
         own_site = await worker.call(lambda: store.site_id)

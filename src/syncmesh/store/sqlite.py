@@ -356,6 +356,30 @@ class Store:
         """
         return feed.read_batch(self, from_seq, receiver_vector, rows_max)
 
+    def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
+        """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`.
+
+        A peer's lag in changes: the rows after the position it acknowledged
+        (some may be left out when sent, as the peer holds them already).
+        One read snapshot for all peers; the cap keeps a poll of a far
+        behind peer as cheap as of a close one (the seq index is walked at
+        most `rows_max` rows per table).
+        """
+        self._require_init()
+        assert rows_max > 0
+        with self._transaction("DEFERRED"):
+            counts = []
+            for seq in seqs:
+                total = 0
+                for table in self._tables.values():
+                    if total < rows_max:
+                        (count,) = self._connection.execute(
+                            table.rows_after_sql, (seq, rows_max - total)
+                        ).fetchone()
+                        total += int(count)
+                counts.append(total)
+        return counts
+
     def split_seq_group(self, seq: int) -> bool:
         """Move the second half of seq group `seq` to a new seq; False if it has one row.
 
