@@ -627,3 +627,28 @@ def test_feed_rows_after_counts_rows_past_a_position_up_to_a_cap(make_store: Mak
     assert a.feed_rows_after([start, middle, a.head_seq()], 100) == [6, 6, 0]
     assert a.feed_rows_after([start], 4) == [4]
     assert a.feed_rows_after([], 4) == []
+
+
+def test_rows_captured_total_counts_committed_captures_wherever_they_ran(
+    make_store: MakeStore,
+) -> None:
+    """The throughput history's captured rows: capture(), apply's and retry's captures alike."""
+    a, b = make_store("a"), make_store("b")
+    base = b.rows_captured_total
+    write(a, "INSERT INTO items VALUES ('a1', 'x', 1)")
+    b.connection.execute("INSERT INTO items VALUES ('b1', 'y', 1)")
+    b.connection.execute("INSERT INTO items VALUES ('b2', 'y', 2)")
+    exchange_all(a, b)  # apply_batch stamps b's pending writes first
+    assert b.rows_captured_total == base + 2
+    b.connection.execute("INSERT INTO items VALUES ('b3', 'y', 3)")
+
+    def capture_then_fail() -> None:
+        with b._transaction():
+            b._capture_pending()
+            raise RuntimeError("the transaction rolls back")
+
+    with pytest.raises(RuntimeError):
+        capture_then_fail()
+    assert b.rows_captured_total == base + 2
+    assert b.capture() == 1
+    assert b.rows_captured_total == base + 3

@@ -111,6 +111,7 @@ class Node:
         self._accepted: set[Session] = set()
         self._schema_problems: list[str] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._rows_captured_seen = 0
         self._throughput = ThroughputHistory(
             interval_ms=max(1, round(config.throughput_interval_s * 1000)),
             samples_max=config.throughput_samples_max,
@@ -122,7 +123,8 @@ class Node:
     async def start(self) -> None:
         """Initialise the file if needed, capture pending writes, start dialling."""
         await self.worker.call(self.store.init)
-        self._throughput.add(_now_ms(), captured_rows=await self.worker.call(self.store.capture))
+        # Writes made while the node was down count as captured now.
+        self.note_throughput(rows_captured_total=await self.worker.call(self._capture_counted))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
         for url in self.config.peer_urls:
@@ -192,8 +194,17 @@ class Node:
         event, self._feed_event = self._feed_event, asyncio.Event()
         event.set()
 
-    def rows_applied(self, count: int) -> None:
-        self._throughput.add(_now_ms(), applied_rows=count)
+    def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None:
+        """Count rows in the throughput history.
+
+        Local writes are also captured inside an apply or a quarantine retry
+        (the store stamps pending writes first), so the captured rows are
+        taken from the store's running total, read on the store thread by
+        the caller, rather than from `capture()`'s result.
+        """
+        captured = max(0, rows_captured_total - self._rows_captured_seen)
+        self._rows_captured_seen = max(self._rows_captured_seen, rows_captured_total)
+        self._throughput.add(_now_ms(), captured_rows=captured, applied_rows=applied_rows)
 
     # -- sessions -----------------------------------------------------------------
 
@@ -292,17 +303,17 @@ class Node:
             watcher.close()
 
     async def _capture_once(self) -> None:
-        def capture() -> tuple[bool, int]:
+        def capture() -> tuple[bool, int, int]:
             reloaded = self.store.reload_if_changed()
             problems = self.store.schema_problems()
             if problems != self._schema_problems:
                 for problem in problems:
                     log.error("%s", problem)
                 self._schema_problems = problems
-            return reloaded, self.store.capture()
+            return reloaded, self.store.capture(), self.store.rows_captured_total
 
         try:
-            reloaded, stamped = await self.worker.call(capture)
+            reloaded, stamped, captured_total = await self.worker.call(capture)
         except Exception:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
             return
@@ -312,21 +323,30 @@ class Node:
                 await session.close()
         if stamped:
             self._captures += 1
-            self._throughput.add(_now_ms(), captured_rows=stamped)
+            self.note_throughput(rows_captured_total=captured_total)
             self.feed_advanced()
 
     async def _quarantine_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.quarantine_retry_s)
             try:
-                resolved = await self.worker.call(self.store.retry_quarantine)
+                resolved, captured_total = await self.worker.call(self._retry_quarantine)
             except Exception:
                 log.exception("quarantine retry failed")
                 continue
+            self.note_throughput(applied_rows=resolved, rows_captured_total=captured_total)
             if resolved:
                 log.info("%d quarantined rows applied on retry", resolved)
-                self.rows_applied(resolved)
                 self.feed_advanced()
+
+    def _capture_counted(self) -> int:
+        """On the store thread: capture, then the captured-rows total."""
+        self.store.capture()
+        return self.store.rows_captured_total
+
+    def _retry_quarantine(self) -> tuple[int, int]:
+        """On the store thread: rows resolved, and the captured-rows total after it."""
+        return self.store.retry_quarantine(), self.store.rows_captured_total
 
     # -- introspection ------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class SessionHost(Protocol):
 
     def feed_advanced(self) -> None: ...
 
-    def rows_applied(self, count: int) -> None: ...
+    def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
 
 def _now_ms() -> int:
@@ -261,7 +261,7 @@ class Session:
     async def _apply(self, batch: ChangeBatch) -> None:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
 
-        def apply() -> tuple[int, int, dict[str, int]]:
+        def apply() -> tuple[int, int, dict[str, int], int]:
             stored = store.peer_cursor(site)
             if batch.from_seq == 0 and (
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
@@ -272,11 +272,12 @@ class Session:
                 result.applied_rows,
                 result.quarantined_rows + result.drift_refused_rows,
                 store.vector(),
+                store.rows_captured_total,  # apply_batch captures pending local writes first
             )
 
         started = time.perf_counter()
         try:
-            applied, quarantined, vector = await worker.call(apply)
+            applied, quarantined, vector, captured_total = await worker.call(apply)
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
@@ -291,8 +292,8 @@ class Session:
             # The peer's vector is true of its whole state: what it sent us
             # we need not send back (this is what stops a relay from echoing).
             self._learn_peer_vector(batch.vector)
+        self._host.note_throughput(applied_rows=applied, rows_captured_total=captured_total)
         if applied:
-            self._host.rows_applied(applied)
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
 

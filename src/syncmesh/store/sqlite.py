@@ -73,6 +73,11 @@ class Store:
         self._run_start = 0
         self._schema_version = -1
         self._schema_problems: list[str] = []
+        # Rows stamped by committed captures since this Store was opened; a
+        # capture also runs inside apply_batch and retry_quarantine, and only
+        # counts once its transaction commits.
+        self._rows_captured_total = 0
+        self._rows_captured_uncommitted = 0
 
     @classmethod
     def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
@@ -260,7 +265,10 @@ class Store:
         try:
             yield self._connection
             self._connection.execute("COMMIT")
+            self._rows_captured_total += self._rows_captured_uncommitted
+            self._rows_captured_uncommitted = 0
         except BaseException as exc:
+            self._rows_captured_uncommitted = 0
             try:
                 # SQLite may have rolled back already (RAISE(ROLLBACK), a full disk).
                 if self._connection.in_transaction:
@@ -283,6 +291,11 @@ class Store:
             return 0
         with self._transaction():
             return self._capture_pending()
+
+    @property
+    def rows_captured_total(self) -> int:
+        """Rows stamped by committed captures of this Store, whichever call ran them."""
+        return self._rows_captured_total
 
     def _has_pending(self) -> bool:
         return any(
@@ -327,6 +340,7 @@ class Store:
                     stamped += count
         self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (hlc, hlc))
         self._set_own_vector(hlc)
+        self._rows_captured_uncommitted += stamped
         return stamped
 
     def _set_own_vector(self, hlc: int) -> None:
