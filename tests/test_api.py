@@ -76,3 +76,29 @@ async def test_throughput_counts_captured_and_applied_rows(tmp_path: Path) -> No
 
         assert await totals(node_a) == (2, 0)
         assert await totals(node_b) == (0, 2)
+
+
+async def test_the_dashboard_is_served_with_its_files_and_nothing_else(tmp_path: Path) -> None:
+    """Goal: `/` and its scripts load from the node, typed, under a same-origin CSP."""
+    node_config = config(make_db(tmp_path / "a.db"))
+    async with running_node(node_config) as node, aiohttp.ClientSession() as http:
+        base = f"http://{node.api_listen}"
+        async with http.get(f"{base}/") as response:
+            assert response.status == 200
+            assert response.content_type == "text/html"
+            assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+            page = await response.text()
+        assert 'src="dashboard/app.js"' in page
+        assert "http://" not in page  # no CDN, nothing from elsewhere
+        assert "https://" not in page
+        for name, content_type in (
+            ("app.js", "text/javascript"),
+            ("api.js", "text/javascript"),
+            ("style.css", "text/css"),
+        ):
+            async with http.get(f"{base}/dashboard/{name}") as response:
+                assert response.status == 200, name
+                assert response.content_type == content_type
+        for missing in ("nope.js", "__init__.py", "..%2F__init__.py"):
+            async with http.get(f"{base}/dashboard/{missing}") as response:
+                assert response.status == 404, missing

@@ -7,6 +7,8 @@ GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
 GET /v1/quarantine    rows from peers that could not be applied
 GET /v1/throughput    rows captured and applied per interval, the last minutes
 GET /v1/openapi.json  the OpenAPI description of these routes
+GET /                 the operator dashboard (syncmesh.api.dashboard), which
+GET /dashboard/NAME   polls the JSON routes above from the browser
 
 With an API listen address configured, the API routes are served there and
 the node's listen address keeps only the peer WebSocket (and /v1/health).
@@ -23,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from syncmesh.api.dashboard import add_dashboard
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
 from syncmesh.node import Node, NodeConfig, NodeStatistics
@@ -38,6 +41,7 @@ def throughput_json(node: Node) -> dict[str, Any]:
         # The node's clock, so that a browser on another machine can tell ages.
         "now_ms": time.time_ns() // 1_000_000,
         "interval_s": node.config.throughput_interval_s,
+        "window_s": node.config.throughput_interval_s * node.config.throughput_samples_max,
         "samples": [dataclasses.asdict(sample) for sample in node.throughput_samples()],
     }
 
@@ -74,6 +78,7 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
         app.router.add_get("/v1/throughput", throughput)
         app.router.add_get("/v1/openapi.json", openapi)
         app.router.add_get("/metrics", metrics)
+        add_dashboard(app)
     return app
 
 

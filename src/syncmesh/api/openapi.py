@@ -100,6 +100,7 @@ _THROUGHPUT = {
     "properties": {
         "now_ms": {"type": "integer", "description": "the node's clock, Unix milliseconds"},
         "interval_s": {"type": "number", "description": "the width of one sample"},
+        "window_s": {"type": "number", "description": "how far back the samples reach"},
         "samples": {
             "type": "array",
             "description": "oldest first, contiguous; the last interval is still open",
@@ -146,6 +147,35 @@ API_PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
         }
     },
+    "/": {
+        "get": {
+            "summary": "The operator dashboard (it polls the routes above every second)",
+            "responses": {
+                "200": {
+                    "description": "An HTML page",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/dashboard/{name}": {
+        "get": {
+            "summary": "The dashboard's scripts (ES modules) and style sheet",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "A file shipped with the node",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                    },
+                },
+                "404": {"description": "No such file"},
+            },
+        }
+    },
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics",
@@ -166,7 +196,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "syncmesh node API",
             "version": __version__,
-            "description": "Status, health and metrics of one syncmesh node.",
+            "description": "Status, health, metrics and the dashboard of one syncmesh node.",
         },
         "paths": API_PATHS,
     }
