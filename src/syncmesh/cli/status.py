@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from syncmesh.cli import view
 from syncmesh.clock import feed_lag_ms
 from syncmesh.store import StoreStatus
 
@@ -35,6 +34,8 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return problems
+    from syncmesh.cli import view  # rich loads only when a table is printed
+
     view.print_file_status(report)
     return problems
 
@@ -65,5 +66,7 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return problems
+    from syncmesh.cli import view  # rich loads only when a table is printed
+
     view.print_live_status(status)
     return problems
