@@ -12,6 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from syncmesh.cli import view
 from syncmesh.cli.main import cli
 from tests.helpers import run_cli
 
@@ -134,3 +135,43 @@ def test_every_command_and_option_is_documented(name: str) -> None:
             for opt in param.opts:
                 if opt.startswith("--"):
                     assert opt in text, f"docs/cli.md does not mention {name} {opt}"
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [(0, "0 s"), (2_500, "2.5 s"), (9_999, "10 s"), (45_000, "45 s"), (240_000, "4 min")],
+)
+def test_status_durations_are_short(ms: int, text: str) -> None:
+    assert view.duration(ms) == text
+
+
+@pytest.mark.parametrize(
+    ("count", "text"), [(0, "0 B"), (999, "999 B"), (1_234, "1.2 kB"), (5_600_000, "5.6 MB")]
+)
+def test_status_sizes_are_short(count: int, text: str) -> None:
+    assert view.size(count) == text
+
+
+def test_live_status_prints_peer_strings_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    """A peer's address or error text that looks like rich markup is printed, not styled."""
+    peer = {
+        "site_id": "f" * 32,
+        "address": "[bold]http://h:1[/bold]",
+        "state": "backoff",
+        "lag_ms": 1_500,
+        "out_lag_changes": 12,
+        "out_lag_ms": 3_000,
+        "last_batch_ms": 0,
+        "bytes_in": 2_048,
+        "bytes_out": 10,
+        "last_error": "[red]boom[/red]",
+    }
+    store = {"seq": 7, "quarantined_rows": 0, "schema_problems": [], "tables": {"items": 3}}
+    status = {"site_id": "a" * 32, "listen": "127.0.0.1:7401", "store": store, "peers": [peer]}
+    view.print_live_status(status)
+    out = capsys.readouterr().out
+    assert "f" * 32 in out
+    assert "[bold]http://h:1[/bold]" in out
+    assert "last error of " + "f" * 32 + ": [red]boom[/red]" in out
+    assert "12 changes, 3 s" in out
+    assert "2.0 kB / 10 B" in out

@@ -343,6 +343,35 @@ async def _caught_up(node: Node) -> bool:
     return all(p.lag_ms == 0 and p.state == "streaming" for p in (await node.statistics()).peers)
 
 
+async def test_a_peer_that_is_away_lags_by_the_changes_it_has_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """Goal: `out_lag_changes` is 0 when caught up and counts our rows a gone peer lacks."""
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    async with running_node(config(a)) as node_a, running_node(config(b, node_a)) as node_b:
+        execute(b, "INSERT INTO items VALUES ('x', 'b', 1)")
+        await wait_until(lambda: converged(a, b, rows=1), TIMEOUT_S, "the row to reach a")
+
+        async def out_lag(node: Node) -> tuple[int | None, int | None]:
+            (peer,) = (await node.statistics()).peers
+            return peer.out_lag_changes, peer.out_lag_ms
+
+        async def caught_up() -> bool:
+            return await out_lag(node_a) == await out_lag(node_b) == (0, 0)
+
+        await wait_until(caught_up, TIMEOUT_S, "both ends to see the other caught up")
+        await node_a.close_sessions()
+        await wait_until(lambda: _not_streaming(node_b), TIMEOUT_S, "b to notice")
+        execute(b, "INSERT INTO items VALUES ('y', 'b', 2)")
+        execute(b, "INSERT INTO items VALUES ('z', 'b', 3)")
+
+        async def two_behind() -> bool:
+            changes, ms = await out_lag(node_b)
+            return changes == 2 and ms is not None and ms > 0
+
+        await wait_until(two_behind, TIMEOUT_S, "b to count the two rows a lacks")
+
+
 async def test_status_url_is_a_health_check(tmp_path: Path) -> None:
     """Goal: `status --url` shows the live view and exits 2 while a peer is down."""
     a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")

@@ -611,3 +611,44 @@ def test_no_head_vector_covers_a_row_the_receiver_never_got(make_store: MakeStor
     exchange_all(a, b)
     assert item(b, "k0") == ("x", 0)
     assert items(a) == items(b)
+
+
+def test_feed_rows_after_counts_rows_past_a_position_up_to_a_cap(make_store: MakeStore) -> None:
+    """A peer's lag in changes: feed rows after the seq it acknowledged, capped."""
+    a = make_store("a")
+    start = a.head_seq()
+    write(a, "INSERT INTO items VALUES ('k1', 'x', 1)")
+    middle = a.head_seq()
+    a.connection.executemany(
+        "INSERT INTO items VALUES (?, 'y', 2)", [(f"m{index}",) for index in range(5)]
+    )
+    a.capture()
+    write(a, "UPDATE items SET qty = 3 WHERE id = 'k1'")  # moves k1 to a later seq
+    assert a.feed_rows_after([start, middle, a.head_seq()], 100) == [6, 6, 0]
+    assert a.feed_rows_after([start], 4) == [4]
+    assert a.feed_rows_after([], 4) == []
+
+
+def test_rows_captured_total_counts_committed_captures_wherever_they_ran(
+    make_store: MakeStore,
+) -> None:
+    """The throughput history's captured rows: capture(), apply's and retry's captures alike."""
+    a, b = make_store("a"), make_store("b")
+    base = b.rows_captured_total
+    write(a, "INSERT INTO items VALUES ('a1', 'x', 1)")
+    b.connection.execute("INSERT INTO items VALUES ('b1', 'y', 1)")
+    b.connection.execute("INSERT INTO items VALUES ('b2', 'y', 2)")
+    exchange_all(a, b)  # apply_batch stamps b's pending writes first
+    assert b.rows_captured_total == base + 2
+    b.connection.execute("INSERT INTO items VALUES ('b3', 'y', 3)")
+
+    def capture_then_fail() -> None:
+        with b._transaction():
+            b._capture_pending()
+            raise RuntimeError("the transaction rolls back")
+
+    with pytest.raises(RuntimeError):
+        capture_then_fail()
+    assert b.rows_captured_total == base + 2
+    assert b.capture() == 1
+    assert b.rows_captured_total == base + 3

@@ -5,7 +5,10 @@ GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
 GET /v1/health   200 when the node runs (for load balancers, systemd)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
 GET /v1/quarantine    rows from peers that could not be applied
+GET /v1/throughput    rows captured and applied per interval, the last minutes
 GET /v1/openapi.json  the OpenAPI description of these routes
+GET /                 the operator dashboard (syncmesh.api.dashboard), which
+GET /dashboard/NAME   polls the JSON routes above from the browser
 
 With an API listen address configured, the API routes are served there and
 the node's listen address keeps only the peer WebSocket (and /v1/health).
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
+from syncmesh.api.dashboard import add_dashboard
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
@@ -30,6 +35,16 @@ from syncmesh.transport import SYNC_PATH
 
 def statistics_json(statistics: NodeStatistics) -> dict[str, Any]:
     return dataclasses.asdict(statistics)
+
+
+def throughput_json(node: Node) -> dict[str, Any]:
+    return {
+        # The node's clock, so that a browser on another machine can tell ages.
+        "now_ms": time.time_ns() // 1_000_000,
+        "interval_s": node.config.throughput_interval_s,
+        "window_s": node.config.throughput_interval_s * node.config.throughput_samples_max,
+        "samples": [dataclasses.asdict(sample) for sample in node.throughput_samples()],
+    }
 
 
 def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Application:
@@ -48,6 +63,9 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     async def quarantined(_request: web.Request) -> web.Response:
         return web.json_response(await node.worker.call(node.store.quarantine))
 
+    async def throughput(_request: web.Request) -> web.Response:
+        return web.json_response(throughput_json(node))
+
     async def openapi(_request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -58,8 +76,10 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     if api:
         app.router.add_get("/v1/status", status)
         app.router.add_get("/v1/quarantine", quarantined)
+        app.router.add_get("/v1/throughput", throughput)
         app.router.add_get("/v1/openapi.json", openapi)
         app.router.add_get("/metrics", metrics)
+        add_dashboard(app)
     return app
 
 

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from syncmesh.node import NodeStatistics, PeerStatistics
+from syncmesh.node import LAG_CHANGES_MAX, NodeStatistics, PeerStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PEER_LABELS = ["peer", "address"]
@@ -93,6 +93,16 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
         "How much older our cursor on the peer's feed is than its head.",
         labels=PEER_LABELS,
     )
+    out_lag = GaugeMetricFamily(
+        "syncmesh_peer_out_lag_changes",
+        f"Rows of our feed the peer has not acknowledged (counted up to {LAG_CHANGES_MAX}).",
+        labels=PEER_LABELS,
+    )
+    out_lag_seconds = GaugeMetricFamily(
+        "syncmesh_peer_out_lag_seconds",
+        "How much older the peer's acknowledged position on our feed is than our head.",
+        labels=PEER_LABELS,
+    )
     age = GaugeMetricFamily(
         "syncmesh_peer_last_batch_age_seconds",
         "Time since the last batch from the peer was applied.",
@@ -118,6 +128,10 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
         labels = [peer.site_id or "unknown", peer.address]
         up.add_metric(labels, 1 if peer.state == "streaming" else 0)
         lag.add_metric(labels, peer.lag_ms / 1000)
+        if peer.out_lag_changes is not None:
+            out_lag.add_metric(labels, peer.out_lag_changes)
+        if peer.out_lag_ms is not None:
+            out_lag_seconds.add_metric(labels, peer.out_lag_ms / 1000)
         if peer.last_batch_ms:
             age.add_metric(labels, max(0, now_ms - peer.last_batch_ms) / 1000)
         for name, value in (
@@ -132,7 +146,7 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
         ):
             counters[name].add_metric(labels, value)
         apply.add_metric(labels, _cumulative(peer), peer.apply_seconds_sum)
-    yield from (up, lag, age, *counters.values(), apply)
+    yield from (up, lag, out_lag, out_lag_seconds, age, *counters.values(), apply)
 
 
 def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:

@@ -27,7 +27,19 @@ _PEER = {
         },
         "cursor": {"type": "integer"},
         "peer_head_seq": {"type": "integer"},
-        "lag_ms": {"type": "integer", "description": "0 when caught up"},
+        "lag_ms": {
+            "type": "integer",
+            "description": "how far this node trails the peer's feed; 0 when caught up",
+        },
+        "out_lag_changes": {
+            "type": ["integer", "null"],
+            "description": "rows of this node's feed the peer has not acknowledged (capped"
+            " at 10000); null before the peer's first PULL",
+        },
+        "out_lag_ms": {
+            "type": ["integer", "null"],
+            "description": "how far the peer trails this node's feed; null before its PULL",
+        },
         "rows_in": {"type": "integer"},
         "rows_out": {"type": "integer"},
         "batches_in": {"type": "integer"},
@@ -83,6 +95,27 @@ _QUARANTINED = {
     },
 }
 
+_THROUGHPUT = {
+    "type": "object",
+    "properties": {
+        "now_ms": {"type": "integer", "description": "the node's clock, Unix milliseconds"},
+        "interval_s": {"type": "number", "description": "the width of one sample"},
+        "window_s": {"type": "number", "description": "how far back the samples reach"},
+        "samples": {
+            "type": "array",
+            "description": "oldest first, contiguous; the last interval is still open",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "start_ms": {"type": "integer", "description": "Unix time, milliseconds"},
+                    "captured_rows": {"type": "integer", "description": "local writes stamped"},
+                    "applied_rows": {"type": "integer", "description": "peers' rows applied"},
+                },
+            },
+        },
+    },
+}
+
 API_PATHS: dict[str, dict[str, Any]] = {
     "/v1/status": {
         "get": {
@@ -102,10 +135,45 @@ API_PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json("Quarantined rows", _QUARANTINED)},
         }
     },
+    "/v1/throughput": {
+        "get": {
+            "summary": "Rows captured and applied per interval over the last minutes",
+            "responses": {"200": _json("The throughput history", _THROUGHPUT)},
+        }
+    },
     "/v1/openapi.json": {
         "get": {
             "summary": "This document",
             "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "The operator dashboard (it polls the routes above every second)",
+            "responses": {
+                "200": {
+                    "description": "An HTML page",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/dashboard/{name}": {
+        "get": {
+            "summary": "The dashboard's scripts (ES modules) and style sheet",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "A file shipped with the node",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                    },
+                },
+                "404": {"description": "No such file"},
+            },
         }
     },
     "/metrics": {
@@ -128,7 +196,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "syncmesh node API",
             "version": __version__,
-            "description": "Status, health and metrics of one syncmesh node.",
+            "description": "Status, health, metrics and the dashboard of one syncmesh node.",
         },
         "paths": API_PATHS,
     }

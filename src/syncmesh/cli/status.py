@@ -1,9 +1,10 @@
-"""`syncmesh status`: a file's bookkeeping, or a running node's live view, as text or JSON.
+"""`syncmesh status`: a file's bookkeeping, or a running node's live view, as tables or JSON.
 
 The health verdict (exit status 2) makes the command usable as a check in
 systemd, cron or a load balancer: a peer that is not streaming (live view
 only: a file does not know whether its node runs) or further behind than
-`--max-lag` seconds is unhealthy.
+`--max-lag` seconds is unhealthy.  The tables are drawn by rich
+(syncmesh.cli.view); `--json` prints the documents unchanged for scripts.
 """
 
 from __future__ import annotations
@@ -33,26 +34,9 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return problems
-    click.echo(f"site id      {report.site_id}")
-    click.echo(f"incarnation  {report.incarnation}")
-    click.echo(f"local seq    {report.seq}")
-    click.echo(f"fingerprint  {report.fingerprint}")
-    click.echo(f"quarantined  {report.quarantined_rows} rows")
-    for problem in report.schema_problems:
-        click.echo(f"problem      {problem}")
-    click.echo("tables:")
-    for name, rows in report.tables.items():
-        click.echo(f"  {name:<24} {rows} rows")
-    click.echo("peers (their feed as applied here):")
-    if not report.peers:
-        click.echo("  none yet")
-    for peer in report.peers:
-        lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
-        behind = "caught up" if lag_ms == 0 else f"behind by {lag_ms} ms of changes"
-        click.echo(
-            f"  {peer.site_id}  {behind} (as of its last batch)"
-            f"  {peer.applied_rows} rows applied  {peer.address}"
-        )
+    from syncmesh.cli import view  # rich loads only when a table is printed
+
+    view.print_file_status(report)
     return problems
 
 
@@ -82,23 +66,7 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return problems
-    store = status["store"]
-    click.echo(f"site id      {status['site_id']}  (listening on {status['listen']})")
-    click.echo(f"local seq    {store['seq']}")
-    click.echo(f"quarantined  {store['quarantined_rows']} rows")
-    for problem in store["schema_problems"]:
-        click.echo(f"problem      {problem}")
-    click.echo("tables:")
-    for name, rows in store["tables"].items():
-        click.echo(f"  {name:<24} {rows} rows")
-    click.echo("peers:")
-    if not status["peers"]:
-        click.echo("  none")
-    for peer in status["peers"]:
-        lag = "caught up" if peer["lag_ms"] == 0 else f"{peer['lag_ms']} ms behind"
-        error = f"  last error: {peer['last_error']}" if peer["last_error"] else ""
-        click.echo(
-            f"  {peer['site_id'] or '?':<32}  {peer['state']:<10} {lag}"
-            f"  in {peer['rows_in']} / out {peer['rows_out']} rows  {peer['address']}{error}"
-        )
+    from syncmesh.cli import view  # rich loads only when a table is printed
+
+    view.print_live_status(status)
     return problems

@@ -28,9 +28,13 @@ class NodeConfig:
     api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
     api_listen_port: int = 0
     frame_bytes_max: int = FRAME_BYTES_MAX + 1024  # the WebSocket's limit: a frame plus slack
+    throughput_interval_s: float = 5.0  # the throughput history counts rows per interval ...
+    throughput_samples_max: int = 120  # ... and keeps this many intervals (10 minutes)
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0
         assert self.batches_in_flight_max > 0
         assert self.poll_interval_ms > 0
         assert 0 < self.backoff_initial_s <= self.backoff_max_s
+        assert self.throughput_interval_s >= 0.001
+        assert self.throughput_samples_max > 0

@@ -21,6 +21,7 @@ from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError, TransportError
 from syncmesh.node.config import NodeConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
+from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
@@ -32,6 +33,7 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
+LAG_CHANGES_MAX = 10_000  # a peer's lag in changes is counted up to this many rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,11 @@ class PeerStatistics:
     cursor: int
     peer_head_seq: int
     lag_ms: int  # how much older our cursor is than the peer's head (0: caught up)
+    # The other way: rows of our feed after what the peer acknowledged (at
+    # most LAG_CHANGES_MAX), and how much older that position is than our
+    # head.  None until the peer's first PULL.
+    out_lag_changes: int | None
+    out_lag_ms: int | None
     rows_in: int
     rows_out: int
     batches_in: int
@@ -113,13 +120,20 @@ class Node:
         self._accepted: set[Session] = set()
         self._schema_problems: list[str] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._rows_captured_seen = 0
+        self._throughput = ThroughputHistory(
+            interval_ms=max(1, round(config.throughput_interval_s * 1000)),
+            samples_max=config.throughput_samples_max,
+            now_ms=_now_ms(),
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
         """Initialise the file if needed, capture pending writes, start dialling."""
         await self.worker.call(self.store.init)
-        await self.worker.call(self.store.capture)
+        # Writes made while the node was down count as captured now.
+        self.note_throughput(rows_captured_total=await self.worker.call(self._capture_counted))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
         for url in self.config.peer_urls:
@@ -188,6 +202,18 @@ class Node:
     def feed_advanced(self) -> None:
         event, self._feed_event = self._feed_event, asyncio.Event()
         event.set()
+
+    def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None:
+        """Count rows in the throughput history.
+
+        Local writes are also captured inside an apply or a quarantine retry
+        (the store stamps pending writes first), so the captured rows are
+        taken from the store's running total, read on the store thread by
+        the caller, rather than from `capture()`'s result.
+        """
+        captured = max(0, rows_captured_total - self._rows_captured_seen)
+        self._rows_captured_seen = max(self._rows_captured_seen, rows_captured_total)
+        self._throughput.add(_now_ms(), captured_rows=captured, applied_rows=applied_rows)
 
     # -- sessions -----------------------------------------------------------------
 
@@ -290,17 +316,17 @@ class Node:
             watcher.close()
 
     async def _capture_once(self) -> None:
-        def capture() -> tuple[bool, int]:
+        def capture() -> tuple[bool, int, int]:
             reloaded = self.store.reload_if_changed()
             problems = self.store.schema_problems()
             if problems != self._schema_problems:
                 for problem in problems:
                     log.error("%s", problem)
                 self._schema_problems = problems
-            return reloaded, self.store.capture()
+            return reloaded, self.store.capture(), self.store.rows_captured_total
 
         try:
-            reloaded, stamped = await self.worker.call(capture)
+            reloaded, stamped, captured_total = await self.worker.call(capture)
         except Exception:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
             return
@@ -310,25 +336,37 @@ class Node:
                 await session.close()
         if stamped:
             self._captures += 1
+            self.note_throughput(rows_captured_total=captured_total)
             self.feed_advanced()
 
     async def _quarantine_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.quarantine_retry_s)
             try:
-                resolved = await self.worker.call(self.store.retry_quarantine)
+                resolved, captured_total = await self.worker.call(self._retry_quarantine)
             except Exception:
                 log.exception("quarantine retry failed")
                 continue
+            self.note_throughput(applied_rows=resolved, rows_captured_total=captured_total)
             if resolved:
                 log.info("%d quarantined rows applied on retry", resolved)
                 self.feed_advanced()
 
+    def _capture_counted(self) -> int:
+        """On the store thread: capture, then the captured-rows total."""
+        self.store.capture()
+        return self.store.rows_captured_total
+
+    def _retry_quarantine(self) -> tuple[int, int]:
+        """On the store thread: rows resolved, and the captured-rows total after it."""
+        return self.store.retry_quarantine(), self.store.rows_captured_total
+
     # -- introspection ------------------------------------------------------------
 
     async def statistics(self) -> NodeStatistics:
-        store_status = await self.worker.call(self.store.status)
-        peers: list[PeerStatistics] = []
+        # (link, state, last error, reconnects) per dialer, then per session
+        # that no dialer started (the peer dialled in).
+        entries: list[tuple[PeerLink, str, str, int]] = []
         seen: set[int] = set()
         for dialer in self._dialers.values():
             link = dialer.link
@@ -339,8 +377,8 @@ class Node:
                 or self._sessions.get(link.site_id) is None
                 else "streaming"
             )
-            peers.append(
-                _peer_statistics(
+            entries.append(
+                (
                     link or PeerLink(dialer.url, dialed=True),
                     state,
                     dialer.last_error,
@@ -351,19 +389,45 @@ class Node:
                 seen.add(id(link))
         for session in list(self._sessions.values()):
             if id(session.link) not in seen:
-                peers.append(
-                    _peer_statistics(session.link, session.link.state, session.link.last_error, 0)
-                )
-        return NodeStatistics(
-            store_status.site_id, self.listen, store_status, tuple(peers), self._captures
+                entries.append((session.link, session.link.state, session.link.last_error, 0))
+        # Taken once: a session may move on while the store thread counts.
+        acked = [link.acked_seq for link, *_ in entries]
+        known = [seq for seq in acked if seq >= 0]
+
+        def read() -> tuple[StoreStatus, list[int]]:
+            return self.store.status(), self.store.feed_rows_after(known, LAG_CHANGES_MAX)
+
+        store_status, counts = await self.worker.call(read)
+        changes = iter(counts)
+        peers = tuple(
+            _peer_statistics(
+                link,
+                state,
+                last_error,
+                reconnects,
+                out_lag=None if seq < 0 else (next(changes), feed_lag_ms(seq, store_status.seq)),
+            )
+            for (link, state, last_error, reconnects), seq in zip(entries, acked, strict=True)
         )
+        return NodeStatistics(
+            store_status.site_id, self.listen, store_status, peers, self._captures
+        )
+
+    def throughput_samples(self) -> tuple[ThroughputSample, ...]:
+        """Rows captured and applied per interval, oldest first (the last is still open)."""
+        return self._throughput.samples(_now_ms())
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _peer_statistics(
-    link: PeerLink, state: str, last_error: str, reconnects: int
+    link: PeerLink,
+    state: str,
+    last_error: str,
+    reconnects: int,
+    *,
+    out_lag: tuple[int, int] | None,
 ) -> PeerStatistics:
     return PeerStatistics(
         address=link.address,
@@ -373,6 +437,8 @@ def _peer_statistics(
         cursor=link.cursor,
         peer_head_seq=link.peer_head_seq,
         lag_ms=feed_lag_ms(link.cursor, link.peer_head_seq),
+        out_lag_changes=None if out_lag is None else out_lag[0],
+        out_lag_ms=None if out_lag is None else out_lag[1],
         rows_in=link.rows_in,
         rows_out=link.rows_out,
         batches_in=link.batches_in,
@@ -387,6 +453,10 @@ def _peer_statistics(
         apply_seconds_counts=tuple(link.apply_seconds_counts),
         apply_seconds_sum=link.apply_seconds_sum,
     )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _log_session_end(link: PeerLink, exc: BaseException) -> None:

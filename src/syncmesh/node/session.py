@@ -61,6 +61,9 @@ class PeerLink:
     connected_ms: int = 0
     peer_head_seq: int = 0
     cursor: int = 0
+    # Our feed as the peer acknowledged it (from its PULL, then each ACK);
+    # -1 until its PULL: the peer's own lag on our feed.
+    acked_seq: int = -1
     rows_in: int = 0
     rows_out: int = 0
     batches_in: int = 0
@@ -101,6 +104,8 @@ class SessionHost(Protocol):
     def restore_detected(self, current: Session) -> None: ...
 
     def feed_advanced(self) -> None: ...
+
+    def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
 
 def _now_ms() -> int:
@@ -256,7 +261,7 @@ class Session:
     async def _apply(self, batch: ChangeBatch) -> None:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
 
-        def apply() -> tuple[int, int, dict[str, int]]:
+        def apply() -> tuple[int, int, dict[str, int], int]:
             stored = store.peer_cursor(site)
             if batch.from_seq == 0 and (
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
@@ -267,11 +272,12 @@ class Session:
                 result.applied_rows,
                 result.quarantined_rows + result.drift_refused_rows,
                 store.vector(),
+                store.rows_captured_total,  # apply_batch captures pending local writes first
             )
 
         started = time.perf_counter()
         try:
-            applied, quarantined, vector = await worker.call(apply)
+            applied, quarantined, vector, captured_total = await worker.call(apply)
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
@@ -286,6 +292,7 @@ class Session:
             # The peer's vector is true of its whole state: what it sent us
             # we need not send back (this is what stops a relay from echoing).
             self._learn_peer_vector(batch.vector)
+        self._host.note_throughput(applied_rows=applied, rows_captured_total=captured_total)
         if applied:
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
@@ -294,6 +301,7 @@ class Session:
         if not self._in_flight or self._in_flight[0] != ack.to_seq:
             raise ProtocolError(f"ACK for seq {ack.to_seq} does not match what we sent")
         self._in_flight.popleft()
+        self.link.acked_seq = ack.to_seq
         self._learn_peer_vector(ack.vector)
         self._acked.set()
 
@@ -318,6 +326,7 @@ class Session:
         cursor = pull.cursor
         if pull.incarnation != incarnation or cursor > head:
             cursor = 0  # the peer's cursor is of an older copy of this file
+        self.link.acked_seq = cursor
         self.link.peer_vector = dict(pull.vector)
         self._own_writes_wanted = pull.own_writes_wanted
         own_site = await worker.call(lambda: store.site_id)

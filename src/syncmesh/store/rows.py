@@ -124,6 +124,9 @@ class TableSql:
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
         self._feed_prefix = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
         self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
+        self.rows_after_sql = (
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.shadow} WHERE seq > ? LIMIT ?)"
+        )
         self.log = quote_identifier(log_name(spec.name))
         log_keys = ", ".join(f"k{index}" for index in range(self.key_count))
         self.pending_sql = f"SELECT 1 FROM {self.log} LIMIT 1"

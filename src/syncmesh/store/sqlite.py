@@ -73,6 +73,11 @@ class Store:
         self._run_start = 0
         self._schema_version = -1
         self._schema_problems: list[str] = []
+        # Rows stamped by committed captures since this Store was opened; a
+        # capture also runs inside apply_batch and retry_quarantine, and only
+        # counts once its transaction commits.
+        self._rows_captured_total = 0
+        self._rows_captured_uncommitted = 0
 
     @classmethod
     def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
@@ -260,7 +265,10 @@ class Store:
         try:
             yield self._connection
             self._connection.execute("COMMIT")
+            self._rows_captured_total += self._rows_captured_uncommitted
+            self._rows_captured_uncommitted = 0
         except BaseException as exc:
+            self._rows_captured_uncommitted = 0
             try:
                 # SQLite may have rolled back already (RAISE(ROLLBACK), a full disk).
                 if self._connection.in_transaction:
@@ -283,6 +291,11 @@ class Store:
             return 0
         with self._transaction():
             return self._capture_pending()
+
+    @property
+    def rows_captured_total(self) -> int:
+        """Rows stamped by committed captures of this Store, whichever call ran them."""
+        return self._rows_captured_total
 
     def _has_pending(self) -> bool:
         return any(
@@ -327,6 +340,7 @@ class Store:
                     stamped += count
         self._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (hlc, hlc))
         self._set_own_vector(hlc)
+        self._rows_captured_uncommitted += stamped
         return stamped
 
     def _set_own_vector(self, hlc: int) -> None:
@@ -355,6 +369,30 @@ class Store:
         The batch carries our vector only if it reaches our head.
         """
         return feed.read_batch(self, from_seq, receiver_vector, rows_max)
+
+    def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
+        """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`.
+
+        A peer's lag in changes: the rows after the position it acknowledged
+        (some may be left out when sent, as the peer holds them already).
+        One read snapshot for all peers; the cap keeps a poll of a far
+        behind peer as cheap as of a close one (the seq index is walked at
+        most `rows_max` rows per table).
+        """
+        self._require_init()
+        assert rows_max > 0
+        with self._transaction("DEFERRED"):
+            counts = []
+            for seq in seqs:
+                total = 0
+                for table in self._tables.values():
+                    if total < rows_max:
+                        (count,) = self._connection.execute(
+                            table.rows_after_sql, (seq, rows_max - total)
+                        ).fetchone()
+                        total += int(count)
+                counts.append(total)
+        return counts
 
     def split_seq_group(self, seq: int) -> bool:
         """Move the second half of seq group `seq` to a new seq; False if it has one row.

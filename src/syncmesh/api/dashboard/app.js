@@ -1,0 +1,243 @@
+// The dashboard: poll the node's JSON API about once a second and render
+// every panel from the answers.  When /v1/status fails, the page says
+// since when the node has not answered and keeps the last view, greyed.
+
+import { HttpError, getJson } from "./api.js";
+import { renderChart, totals } from "./chart.js";
+import {
+  el,
+  fillRows,
+  formatAge,
+  formatBytes,
+  formatCount,
+  formatDuration,
+  formatValue,
+  shortSite,
+  toMs,
+} from "./format.js";
+import { mergePeers } from "./peers.js";
+import { renderTopology } from "./topology.js";
+
+const POLL_MS = 1000;
+const CONFLICTS_SHOWN_MAX = 50;
+// A node without the conflict ledger answers 404: ask it again only this
+// often (it may be upgraded meanwhile), not every second.
+const LEDGER_RECHECK_MS = 30000;
+
+const $ = (id) => document.getElementById(id);
+const rememberedPeers = new Map();
+let clockOffsetMs = 0; // the node's clock minus the browser's
+let lastAnswerMs = null;
+let failingSinceMs = null;
+let ledgerRecheckAtMs = 0;
+
+const nodeNow = () => Date.now() + clockOffsetMs;
+
+function setConnection(ok, error) {
+  const banner = $("connection");
+  const clock = (ms) => new Date(ms).toLocaleTimeString();
+  if (ok) {
+    failingSinceMs = null;
+    lastAnswerMs = Date.now();
+    banner.dataset.state = "live";
+    banner.textContent = `live · updated ${clock(lastAnswerMs)}`;
+  } else {
+    failingSinceMs ??= Date.now();
+    banner.dataset.state = "down";
+    const last = lastAnswerMs === null ? "never answered" : `last answer ${clock(lastAnswerMs)}`;
+    banner.textContent = `node not answering since ${clock(failingSinceMs)} (${last}): ${error.message}`;
+  }
+  document.body.classList.toggle("stale", !ok);
+}
+
+function healthProblems(status, peers) {
+  const problems = peers
+    .filter((peer) => peer.link !== "connected")
+    .map((peer) => `peer ${peer.entry.site_id ? shortSite(peer.entry.site_id) : peer.entry.address} is ${peer.state}`);
+  const store = status.store;
+  problems.push(...store.schema_problems);
+  if (store.quarantined_rows > 0) {
+    problems.push(`${formatCount(store.quarantined_rows)} rows quarantined`);
+  }
+  if (store.restore_floor) {
+    problems.push("recovering own writes lost by a restore from an old copy");
+  }
+  return problems;
+}
+
+function renderNode(status, peers) {
+  const store = status.store;
+  $("title-site").textContent = shortSite(status.site_id);
+  document.title = `syncmesh ${shortSite(status.site_id)}`;
+  $("node-site").textContent = status.site_id;
+  $("node-listen").textContent = status.listen;
+  $("node-seq").textContent = String(store.seq);
+  $("node-quarantined").textContent = `${formatCount(store.quarantined_rows)} rows`;
+  const problems = healthProblems(status, peers);
+  const health = $("node-health");
+  health.dataset.health = problems.length ? "degraded" : "healthy";
+  health.textContent = problems.length ? `degraded (${problems.length})` : "healthy";
+  $("node-problems").replaceChildren(...problems.map((problem) => el("li", {}, problem)));
+  fillRows(
+    $("tables").tBodies[0],
+    Object.entries(store.tables).map(([name, rows]) =>
+      el("tr", { "data-table": name }, el("td", { class: "mono" }, name), el("td", { class: "num" }, formatCount(rows))),
+    ),
+  );
+}
+
+function renderPeers(status, peers) {
+  const now = nodeNow();
+  renderTopology($("topology"), status, peers, now);
+  $("peers-empty").hidden = peers.length > 0;
+  fillRows(
+    $("peers").tBodies[0],
+    peers.map((peer) => {
+      const entry = peer.entry;
+      const known = !peer.gone && entry.out_lag_changes !== null;
+      return el(
+        "tr",
+        { "data-peer": entry.site_id || entry.address, "data-link": peer.link },
+        el(
+          "td",
+          { title: entry.site_id },
+          el("span", { class: "mono" }, entry.site_id ? shortSite(entry.site_id) : "never reached"),
+          " ",
+          entry.address,
+        ),
+        el("td", {}, el("span", { class: `badge ${peer.link}` }, peer.state)),
+        el("td", { class: "num" }, peer.gone ? "–" : formatDuration(entry.lag_ms)),
+        el("td", { class: "num" }, known ? formatDuration(entry.out_lag_ms) : "–"),
+        el("td", { class: "num", "data-field": "out-changes" }, known ? formatCount(entry.out_lag_changes) : "–"),
+        el("td", {}, peer.gone ? `session ended ${formatAge(peer.lastListedMs, now)}` : formatAge(entry.last_batch_ms, now)),
+        el("td", { class: "num" }, formatBytes(entry.bytes_in)),
+        el("td", { class: "num" }, formatBytes(entry.bytes_out)),
+        // A dialer keeps its last error after it got through: muted then.
+        el("td", { class: peer.link === "connected" ? "note" : "error" }, entry.last_error || ""),
+      );
+    }),
+  );
+}
+
+function renderThroughput(result) {
+  if (result.status === "rejected") {
+    $("throughput-note").textContent = `cannot read the throughput: ${result.reason.message}`;
+    return;
+  }
+  const throughput = result.value;
+  renderChart($("throughput"), throughput);
+  const sums = totals(throughput);
+  $("throughput-captured").textContent = formatCount(sums.captured);
+  $("throughput-applied").textContent = formatCount(sums.applied);
+  $("throughput-caption").textContent =
+    `rows per ${formatDuration(throughput.interval_s * 1000)}, last ${formatDuration(throughput.window_s * 1000)}`;
+  $("throughput-note").textContent = "";
+}
+
+function stampText(side) {
+  return `${formatValue(side.value)} (site ${shortSite(side.site)}, hlc ${side.hlc})`;
+}
+
+function renderConflicts(result) {
+  const table = $("conflicts");
+  const note = $("conflicts-note");
+  if (result.status === "rejected") {
+    table.hidden = true;
+    const missing = result.reason instanceof HttpError && result.reason.status === 404;
+    if (missing) {
+      ledgerRecheckAtMs = Date.now() + LEDGER_RECHECK_MS;
+    }
+    note.textContent = missing ? "conflict ledger not available" : `cannot read conflicts: ${result.reason.message}`;
+    note.dataset.state = missing ? "unavailable" : "error";
+    return;
+  }
+  const conflicts = [...(result.value.conflicts ?? [])]
+    .sort((a, b) => (toMs(b.resolved_at) ?? 0) - (toMs(a.resolved_at) ?? 0))
+    .slice(0, CONFLICTS_SHOWN_MAX);
+  note.dataset.state = "ok";
+  note.textContent = conflicts.length ? "" : "no conflicts recorded";
+  table.hidden = conflicts.length === 0;
+  const now = nodeNow();
+  fillRows(
+    table.tBodies[0],
+    conflicts.map((conflict) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, formatAge(toMs(conflict.resolved_at), now)),
+        el("td", { class: "mono" }, conflict.table),
+        el("td", { class: "mono" }, formatValue(conflict.key)),
+        el("td", { class: "mono" }, conflict.column),
+        el("td", { class: "winner" }, stampText(conflict.winner)),
+        el("td", { class: "loser" }, stampText(conflict.loser)),
+      ),
+    ),
+  );
+}
+
+function renderQuarantine(result) {
+  const table = $("quarantine");
+  const note = $("quarantine-note");
+  if (result.status === "rejected") {
+    table.hidden = true;
+    note.textContent = `cannot read the quarantine: ${result.reason.message}`;
+    return;
+  }
+  const rows = result.value;
+  note.textContent = rows.length ? "retried every few seconds; see `syncmesh quarantine`" : "no quarantined rows";
+  table.hidden = rows.length === 0;
+  const now = nodeNow();
+  fillRows(
+    table.tBodies[0],
+    rows.map((row) =>
+      el(
+        "tr",
+        {},
+        el("td", { class: "num" }, row.id),
+        el("td", { class: "mono" }, row.table),
+        el("td", { class: "mono" }, row.pk),
+        el("td", { class: "mono" }, shortSite(row.origin)),
+        el("td", {}, formatAge(row.created_ms, now)),
+        el("td", { class: "error" }, row.reason),
+      ),
+    ),
+  );
+}
+
+async function refresh() {
+  const paths = ["v1/status", "v1/throughput", "v1/quarantine"];
+  if (Date.now() >= ledgerRecheckAtMs) {
+    paths.push("v1/conflicts");
+  }
+  const [status, throughput, quarantine, conflicts] = await Promise.allSettled(paths.map(getJson));
+  if (status.status === "rejected") {
+    setConnection(false, status.reason);
+    return;
+  }
+  if (throughput.status === "fulfilled") {
+    clockOffsetMs = throughput.value.now_ms - Date.now();
+  }
+  const peers = mergePeers(status.value.peers, rememberedPeers, nodeNow());
+  renderNode(status.value, peers);
+  renderPeers(status.value, peers);
+  renderThroughput(throughput);
+  if (conflicts !== undefined) {
+    renderConflicts(conflicts);
+  }
+  renderQuarantine(quarantine);
+  setConnection(true);
+}
+
+async function loop() {
+  const started = Date.now();
+  try {
+    await refresh();
+  } catch (error) {
+    // A bug in rendering must not stop the polling: show it and go on.
+    setConnection(false, error);
+    console.error(error);
+  }
+  setTimeout(loop, Math.max(0, POLL_MS - (Date.now() - started)));
+}
+
+loop();

@@ -1,0 +1,194 @@
+"""Human-readable status with rich: a few facts, then the tables and the peers as tables.
+
+Colour only on a terminal (rich checks, and honours NO_COLOR).  Piped
+output (grep, logs, tests) is at least `PIPE_COLUMNS` wide, so a
+32-character site id is never cut; on a terminal narrower than
+`WIDE_COLUMNS` the site ids are cut to their first characters (…) so that
+the peer table still fits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from syncmesh.clock import feed_lag_ms
+from syncmesh.store import StoreStatus
+
+PIPE_COLUMNS = 160
+WIDE_COLUMNS = 110  # narrower than this, site ids are cut to SITE_COLUMNS_NARROW
+SITE_COLUMNS_NARROW = 14
+STATE_STYLES = {"streaming": "green", "connecting": "yellow", "handshake": "yellow"}
+LAG_CAPTION = (
+    "lag in: how far this node trails the peer's feed.  lag out: rows of this"
+    " node's feed the peer has not acknowledged, and their age."
+)
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Scripts and logs read whole lines: at least PIPE_COLUMNS, whatever
+        # COLUMNS a parent shell exported.
+        console = Console(highlight=False, width=max(console.width, PIPE_COLUMNS))
+    return console
+
+
+def _facts(rows: Iterable[tuple[str, str]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for name, value in rows:
+        grid.add_row(name, Text(value))  # Text: a peer's strings are never markup
+    return grid
+
+
+def _peer_column(table: Table, console: Console) -> None:
+    """Site id over address; on a narrow terminal cut (…), never wrapped mid-id."""
+    narrow = console.width < WIDE_COLUMNS
+    table.add_column(
+        "peer / address",
+        no_wrap=True,
+        overflow="ellipsis",
+        max_width=SITE_COLUMNS_NARROW if narrow else None,
+    )
+
+
+def _tables(tables: dict[str, int]) -> Table:
+    table = Table(
+        "table", "rows", box=box.SIMPLE_HEAD, show_edge=False, title="tables", title_justify="left"
+    )
+    table.columns[1].justify = "right"
+    for name, rows in tables.items():
+        table.add_row(Text(name), f"{rows:,}")
+    if not tables:
+        table.add_row("none tracked", "")
+    return table
+
+
+def duration(ms: float) -> str:
+    """Coarse and short: "0 s", "2.5 s", "40 s", "4 min", "3 h", "2 d"."""
+    seconds = max(0.0, ms) / 1000
+    if seconds < 10:
+        return f"{seconds:.1f}".removesuffix(".0") + " s"
+    for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (172_800, "h", 3600)):
+        if seconds < limit:
+            return f"{round(seconds / size)} {unit}"
+    return f"{round(seconds / 86_400)} d"
+
+
+def age(then_ms: int, now_ms: int) -> str:
+    return "never" if not then_ms else f"{duration(now_ms - then_ms)} ago"
+
+
+def size(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    value = count / 1000
+    for unit in ("kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            break
+        value /= 1000
+    return f"{value:.1f} {unit}"
+
+
+def _lag_out(peer: dict[str, Any]) -> str:
+    changes = peer.get("out_lag_changes")
+    if changes is None:
+        return "?"
+    plus = "+" if changes >= 10_000 else ""
+    return f"{changes:,}{plus} changes, {duration(peer.get('out_lag_ms') or 0)}"
+
+
+def print_live_status(status: dict[str, Any]) -> None:
+    """A running node's /v1/status document."""
+    console = _console()
+    store = status["store"]
+    facts = [
+        ("site id", f"{status['site_id']}  (listening on {status['listen']})"),
+        ("local seq", str(store["seq"])),
+        ("quarantined", f"{store['quarantined_rows']} rows"),
+        *(("problem", problem) for problem in store["schema_problems"]),
+    ]
+    console.print(_facts(facts))
+    console.print()
+    console.print(_tables(store["tables"]))
+    now_ms = time.time_ns() // 1_000_000
+    peers = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title="peers",
+        title_justify="left",
+        caption=LAG_CAPTION,
+        caption_justify="left",
+    )
+    _peer_column(peers, console)
+    peers.add_column("state", no_wrap=True)
+    peers.add_column("lag in", justify="right")
+    peers.add_column("lag out", justify="right")
+    peers.add_column("last batch", justify="right")
+    peers.add_column("bytes in / out", justify="right")
+    for peer in status["peers"]:
+        peers.add_row(
+            Text(f"{peer['site_id'] or '?'}\n{peer['address']}"),
+            Text(peer["state"], style=STATE_STYLES.get(peer["state"], "red")),
+            duration(peer["lag_ms"]),
+            _lag_out(peer),
+            age(peer["last_batch_ms"], now_ms),
+            f"{size(peer['bytes_in'])} / {size(peer['bytes_out'])}",
+        )
+    if not status["peers"]:
+        peers.add_row("none", "", "", "", "", "")
+    console.print()
+    console.print(peers)
+    for peer in status["peers"]:
+        if peer["last_error"]:
+            name = peer["site_id"] or peer["address"]
+            console.print(f"last error of {name}: {peer['last_error']}", markup=False)
+
+
+def print_file_status(report: StoreStatus) -> None:
+    """A file's bookkeeping: what the last batches told it, node running or not."""
+    console = _console()
+    facts = [
+        ("site id", report.site_id),
+        ("incarnation", report.incarnation),
+        ("local seq", str(report.seq)),
+        ("fingerprint", report.fingerprint),
+        ("quarantined", f"{report.quarantined_rows} rows"),
+        *(("problem", problem) for problem in report.schema_problems),
+    ]
+    console.print(_facts(facts))
+    console.print()
+    console.print(_tables(report.tables))
+    now_ms = time.time_ns() // 1_000_000
+    peers = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title="peers (their feed as applied here)",
+        title_justify="left",
+        caption="lag: as of the peer's last batch",
+        caption_justify="left",
+    )
+    _peer_column(peers, console)
+    peers.add_column("lag", justify="right")
+    peers.add_column("rows applied", justify="right")
+    peers.add_column("last batch", justify="right")
+    for peer in report.peers:
+        lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
+        peers.add_row(
+            Text(f"{peer.site_id}\n{peer.address}"),
+            "caught up" if lag_ms == 0 else duration(lag_ms),
+            f"{peer.applied_rows:,}",
+            age(peer.last_applied_ms, now_ms),
+        )
+    if not report.peers:
+        peers.add_row("none yet", "", "", "")
+    console.print()
+    console.print(peers)

@@ -1,0 +1,158 @@
+"""The dashboard end to end: Debian's Chromium, headless, driven by Playwright.
+
+Three real `syncmesh serve` processes on 127.0.0.1 (tests.nodeproc); the
+browser opens `/` of one of them and the test waits, against deadlines,
+for what an operator must see: the node and its two peers connected, a
+write reflected in the row count, seq and throughput, a stopped peer shown
+as down, and the node itself shown as not answering once it is stopped.
+Playwright's `expect` polls the page, so nothing waits for a fixed time.
+
+The browser is the system's (`apt-get install chromium`, as .ci/run does);
+`playwright install` is never needed.  Without it the test fails, so a
+machine that lacks it cannot pass the suite by skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from syncmesh.model import SqlValue
+from tests.nodeproc import Cluster, NodeProcess, make_db
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
+WAIT_MS = 20_000  # per state; the page polls every second
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Nodes for the test, killed at teardown; a logged traceback fails the test."""
+    nodes = Cluster(tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+        print(nodes.logs())  # pytest shows it only when the test failed
+    errors = nodes.internal_errors()
+    assert not errors, "a node logged an internal error:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the dashboard test needs Debian's Chromium at {CHROMIUM}:"
+            " apt-get install chromium (.ci/run installs it)"
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def write(node: NodeProcess, sql: str, *params: SqlValue) -> None:
+    """One transaction on the node's file, as an application would write."""
+    with contextlib.closing(sqlite3.connect(node.db, timeout=10.0)) as connection, connection:
+        connection.execute(sql, params)
+
+
+def peer_row(page: Page, site_id: str) -> Locator:
+    return page.locator(f'#peers tr[data-peer="{site_id}"]')
+
+
+def peer_dot(page: Page, site_id: str) -> Locator:
+    return page.locator(f'#topology g.peer[data-peer="{site_id}"]')
+
+
+def expect_link(page: Page, site_id: str, link: str) -> None:
+    expect(peer_row(page, site_id)).to_have_attribute("data-link", link, timeout=WAIT_MS)
+    expect(peer_dot(page, site_id)).to_have_attribute("data-link", link, timeout=WAIT_MS)
+    expect(page.locator(f'#topology line[data-peer="{site_id}"]')).to_have_class(
+        re.compile(rf"\b{link}\b"), timeout=WAIT_MS
+    )
+
+
+@pytest.mark.multiprocess
+def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """Goal: an operator sees peers, writes and failures on the page, live.
+
+    Method: b dials a, c dials a and b; the browser shows c.  After the
+    page shows both peers connected, one row is written at b and one at c:
+    c's page must show 2 rows, a new seq, and both rows in the throughput
+    (one captured here, one applied from a peer).  Then a is stopped (c's
+    dialer to it backs off) and the page must show a as down while b stays
+    connected.  Last, c itself is stopped and the page must say the node
+    is not answering.  Every request the page makes must go to c.
+    """
+    for name in "abc":
+        make_db(tmp_path / f"{name}.db", SCHEMA)
+    a = cluster.node("a")
+    b = cluster.node("b", peers=[a])
+    c = cluster.node("c", peers=[a, b])
+    cluster.start(a, b, c)
+    sites = {node.name: str(node.status()["site_id"]) for node in (a, b, c)}
+
+    page = browser.new_page()
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda request: None if request.url.startswith(c.url) else elsewhere.append(request.url),
+    )
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.goto(f"{c.url}/")
+
+    expect(page.locator("#node-site")).to_have_text(sites["c"], timeout=WAIT_MS)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    expect_link(page, sites["a"], "connected")
+    expect_link(page, sites["b"], "connected")
+    expect(page.locator("#node-health")).to_have_attribute("data-health", "healthy")
+    rows = page.locator('#tables tr[data-table="items"] td.num')
+    expect(rows).to_have_text("0")
+    # The ledger comes with another change: either answer is a working page.
+    expect(page.locator("#conflicts-note")).to_have_text(
+        re.compile("conflict ledger not available|no conflicts recorded"), timeout=WAIT_MS
+    )
+    expect(page.locator("#quarantine-note")).to_have_text("no quarantined rows")
+    seq_before = page.locator("#node-seq").inner_text()
+
+    write(b, "INSERT INTO items VALUES ('from-b', 'b', 1)")
+    write(c, "INSERT INTO items VALUES ('from-c', 'c', 2)")
+    expect(rows).to_have_text("2", timeout=WAIT_MS)
+    expect(page.locator("#node-seq")).not_to_have_text(seq_before, timeout=WAIT_MS)
+    expect(page.locator("#throughput-captured")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator("#throughput-applied")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator('#throughput polyline[data-series="applied_rows"]')).to_have_count(1)
+
+    a.stop()
+    expect_link(page, sites["a"], "down")
+    expect_link(page, sites["b"], "connected")
+    expect(page.locator("#node-health")).to_have_attribute("data-health", "degraded")
+
+    c.stop()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "down", timeout=WAIT_MS)
+    expect(page.locator("#connection")).to_contain_text("not answering")
+
+    assert not script_errors, script_errors
+    assert not elsewhere, f"the page fetched from elsewhere than the node: {elsewhere}"
