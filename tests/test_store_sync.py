@@ -467,6 +467,33 @@ def test_rows_beyond_the_drift_limit_are_quarantined_then_retried(
     assert b.vector()[a.site_id] == a.vector()[a.site_id]
 
 
+class SteppingBackClock(ManualClock):
+    """A wall clock stepped back by `step_ms` at every reading (NTP gone wild)."""
+
+    def __init__(self, ms: int) -> None:
+        super().__init__(ms)
+        self.step_ms = 0
+
+    def now_ms(self) -> int:
+        reading = self.ms
+        self.ms -= self.step_ms
+        return reading
+
+
+def test_clock_jump_back_during_an_apply_does_not_fail_the_batch(make_store: MakeStore) -> None:
+    clock_a = ManualClock(BASE_MS + DRIFT_MS_MAX - 1_000)  # ahead, but within the limit
+    clock_b = SteppingBackClock(BASE_MS)
+    a, b = make_store("a", clock=clock_a), make_store("b", clock=clock_b)
+    write(a, "INSERT INTO items VALUES ('near', 'the limit', 1)")
+    # b's clock goes back 0.7 s at each reading: the drift bound (read once
+    # per batch) still admits the row, a second check at adoption would not.
+    clock_b.step_ms = 700
+    result = exchange(a, b)
+    assert (result.applied_rows, result.drift_refused_rows) == (1, 0)
+    assert item(b, "near") == ("the limit", 1)
+    assert b.clock.last >= a.clock.last  # the stamp was adopted: b's next writes sort after it
+
+
 def test_retry_of_a_key_quarantined_twice_applies_its_final_state(
     make_store: MakeStore,
 ) -> None:

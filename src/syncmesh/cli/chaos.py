@@ -13,11 +13,14 @@ from syncmesh.chaos import (
     FAULT_KINDS,
     TOPOLOGIES,
     RunOptions,
+    ScheduleResult,
     json_report,
     run_schedules,
     schedule_line,
     summary,
 )
+
+VIOLATIONS_SHOWN = 5
 
 
 def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
@@ -140,7 +143,13 @@ def chaos(
         workdir=workdir,
         keep=keep,
     )
-    results = run_schedules(options, lambda result: click.echo(schedule_line(result)))
+
+    def report(result: ScheduleResult) -> None:
+        click.echo(schedule_line(result))
+        for violation in result.violations[:VIOLATIONS_SHOWN]:  # at once, not only at the end
+            click.echo(f"    {violation.checker}: {violation.message}")
+
+    results = run_schedules(options, report)
     click.echo(summary(options, results))
     if json_path is not None:
         json_path.write_text(json.dumps(json_report(options, results), indent=2) + "\n")

@@ -106,7 +106,8 @@ def merge_table(
         contributors = [*earlier.rows, row] if earlier is not None else [row]
         merged_by_key[pk] = _Merged(merged, None, None, contributors)
     if observed:
-        store._clock.observe(int(observed), origin)
+        # Every row observed passed `bound`: no second reading of the clock.
+        store._clock.absorb(int(observed))
     # One user-table write per key, from its final state: a key that came
     # twice (deleted, then re-inserted) must not be upserted and then deleted.
     upserts: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
