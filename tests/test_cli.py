@@ -61,6 +61,20 @@ def test_track_then_status_json(tmp_path: Path) -> None:
     assert status["site_id"] in human
 
 
+def test_track_reports_how_many_existing_rows_joined_the_feed(tmp_path: Path) -> None:
+    db = tmp_path / "big.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)")
+        connection.executemany(
+            "INSERT INTO items VALUES (?, 'x', ?)", [(f"k{i}", i) for i in range(60_000)]
+        )
+    connection.close()
+    result = run("track", str(db), "items")
+    said = result.stdout + result.stderr
+    assert "items: 60,000 existing rows joined the feed in" in said
+    assert "rows/s" in said
+
+
 def test_track_refuses_a_table_without_primary_key(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     make_items(db, "CREATE TABLE logs (line TEXT)")

@@ -21,6 +21,7 @@ from syncmesh.model import ChangeBatch, RowChange, SqlValue, Stamp
 from syncmesh.schema import quote_identifier
 from syncmesh.store import Store
 from syncmesh.store.sqlite import CAPTURE_ENTRIES_PER_SEQ
+from syncmesh.store.tracking import BACKFILL_ROWS_PER_SEQ, BACKFILL_ROWS_PER_STEP
 from tests.helpers import exchange, exchange_all, rows_with_types
 
 SQLITE_SHELL = shutil.which("sqlite3") or "/usr/bin/sqlite3"
@@ -284,6 +285,64 @@ def test_track_picks_up_existing_rows(tmp_path: Path) -> None:
             for change in batch.rows
         )
         assert store.capture() == 0
+    finally:
+        store.close()
+
+
+def test_track_of_a_large_table_reports_progress_in_steps_and_keeps_seq_groups(
+    tmp_path: Path,
+) -> None:
+    rows = 2 * BACKFILL_ROWS_PER_STEP + 1_234
+    store = Store.open(tmp_path / "large.db")
+    try:
+        store.init()
+        store.connection.execute(
+            "CREATE TABLE pairs (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b))"
+        )
+        store.connection.executemany(
+            "INSERT INTO pairs VALUES (?, ?, 'x')",
+            [
+                (
+                    f"k{index % 7}",
+                    index,
+                )
+                for index in range(rows)
+            ],
+        )
+        calls: list[tuple[str, int, int]] = []
+        store.track(["pairs"], lambda *call: calls.append(call))
+        total = rows
+        assert calls[0] == ("pairs", 0, total)
+        done = [call[1] for call in calls]
+        assert done == sorted(done)
+        assert len(calls) == 4  # the start, two full steps of 50,000, the end
+        assert calls[-1] == ("pairs", total, total)
+        shadow = store.connection.execute(
+            "SELECT count(*), count(DISTINCT seq), max(seq) FROM _syncmesh_shadow_pairs"
+        ).fetchone()
+        assert shadow[0] == total  # every row joined the feed
+        assert shadow[1] == -(-rows // BACKFILL_ROWS_PER_SEQ)  # 1,000 rows a seq
+        assert store.head_seq() == shadow[2]
+        biggest = store.connection.execute(
+            "SELECT count(*) FROM _syncmesh_shadow_pairs GROUP BY seq ORDER BY 1 DESC LIMIT 1"
+        ).fetchone()[0]
+        assert biggest == BACKFILL_ROWS_PER_SEQ
+    finally:
+        store.close()
+
+
+def test_a_row_with_a_null_key_does_not_wedge_capture(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "nullkey.db")
+    try:
+        store.init()
+        store.connection.execute("CREATE TABLE p (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b))")
+        store.connection.execute("INSERT INTO p VALUES (NULL, 0, 'before tracking')")
+        store.track(["p"])  # left out of the backfill
+        store.connection.execute("INSERT INTO p VALUES (NULL, 1, 'unaddressable')")
+        store.connection.execute("INSERT INTO p VALUES ('ok', 1, 'synced')")
+        assert store.capture() == 1  # the other write is stamped; the NULL key skipped
+        assert store.capture() == 0  # and the log is empty: nothing left to wedge on
+        assert [change.pk for change in feed(store).rows] == [("ok", 1)]
     finally:
         store.close()
 

@@ -98,11 +98,14 @@ def track(database: Path, tables: tuple[str, ...]) -> None:
 
     Each table needs a PRIMARY KEY; prefer random TEXT or BLOB keys (see the
     README, "Choosing keys").  Warnings name the risks of the schema:
-    auto-increment keys, UNIQUE indexes and foreign keys.
+    auto-increment keys, UNIQUE indexes and foreign keys.  On a terminal, a
+    progress bar per table shows its existing rows joining the feed.
     """
-    with _open_store(database) as store, _errors_as_messages():
+    from syncmesh.cli.progress import backfill_progress  # rich loads only when used
+
+    with _open_store(database) as store, _errors_as_messages(), backfill_progress() as progress:
         store.init()
-        warnings = store.track(list(tables))
+        warnings = store.track(list(tables), progress)
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")
@@ -185,7 +188,7 @@ def serve(
             store = Store.open(config.database_path)
             try:
                 store.init()
-                for warning in store.track(settings["tables.track"]):
+                for warning in store.track(settings["tables.track"], _log_track_progress):
                     logging.getLogger("syncmesh.cli").warning("%s", warning)
             finally:
                 store.close()
@@ -195,6 +198,18 @@ def serve(
             raise click.ClickException(
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}"
             ) from exc
+
+
+def _log_track_progress(table: str, done: int, total: int) -> None:
+    """Progress of a backfill in the log: one line per step of existing rows."""
+    if done == total:
+        logging.getLogger("syncmesh.cli").info(
+            "track %s: %d existing rows joined the feed", table, done
+        )
+    elif done:
+        logging.getLogger("syncmesh.cli").info(
+            "track %s: %d of %d existing rows", table, done, total
+        )
 
 
 def _configure_logging(level: str, log_format: str) -> None:

@@ -2,5 +2,6 @@
 
 from syncmesh.store.records import ApplyResult, PeerCursor, StoreStatus
 from syncmesh.store.sqlite import Store
+from syncmesh.store.tracking import TrackProgress
 
-__all__ = ["ApplyResult", "PeerCursor", "Store", "StoreStatus"]
+__all__ = ["ApplyResult", "PeerCursor", "Store", "StoreStatus", "TrackProgress"]

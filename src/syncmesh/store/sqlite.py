@@ -39,6 +39,7 @@ from syncmesh.schema import (
 from syncmesh.store import apply, feed, quarantine, tracking, vector
 from syncmesh.store.records import ApplyResult, PeerCursor, StoreStatus, now_ms
 from syncmesh.store.rows import SiteMap, TableSql
+from syncmesh.store.tracking import TrackProgress
 
 log = logging.getLogger(__name__)
 
@@ -244,14 +245,15 @@ class Store:
         """
         return tracking.schema_problems(self)
 
-    def track(self, names: list[str]) -> list[str]:
+    def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
 
         Idempotent for a table tracked with the same definition.  Refuses
         (SchemaError) a table without a primary key, or whose definition
-        changed since it was tracked.
+        changed since it was tracked.  `progress(table, rows_done,
+        rows_total)` is called as existing rows join the feed.
         """
-        return tracking.track(self, names)
+        return tracking.track(self, names, progress)
 
     # -- transactions -----------------------------------------------------------
 

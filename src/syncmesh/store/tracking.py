@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncmesh.errors import SchemaError
-from syncmesh.model import TableSpec
+from syncmesh.model import SqlValue, TableSpec
 from syncmesh.schema import (
     capture_triggers,
     log_ddl,
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKFILL_ROWS_PER_SEQ = 1_000  # existing rows join the feed in groups of this size
+BACKFILL_ROWS_PER_STEP = 50 * BACKFILL_ROWS_PER_SEQ  # rows per statement: a progress report each
+
+# Progress of `track`: (table, rows put in the feed so far, rows in the table);
+# the last call for a table has rows done == rows in all.
+TrackProgress = Callable[[str, int, int], None]
 
 
 def schema_problems(store: Store) -> list[str]:
@@ -57,7 +63,7 @@ def schema_problems(store: Store) -> list[str]:
     return list(problems)
 
 
-def track(store: Store, names: list[str]) -> list[str]:
+def track(store: Store, names: list[str], progress: TrackProgress | None = None) -> list[str]:
     """`Store.track`: see there."""
     store._require_init()
     warnings: list[str] = []
@@ -73,13 +79,52 @@ def track(store: Store, names: list[str]) -> list[str]:
                     )
                 continue
             warnings.extend(table_warnings(store._connection, spec))
-            create_tracking(store, spec)
+            create_tracking(store, spec, progress)
         store._connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
     store._load()
     return warnings
 
 
-def create_tracking(store: Store, spec: TableSpec) -> None:
+def _backfill(store: Store, table: TableSql, hlc: int, progress: TrackProgress | None) -> int:
+    """Put the table's existing rows in the feed, in key order; returns how many.
+
+    One statement per `BACKFILL_ROWS_PER_STEP` rows, all in the caller's
+    transaction (tracking stays all or nothing), reporting progress after
+    each step.  Rows with a NULL key value are left out: no other node
+    could address them (docs/keys.md).
+    """
+    connection = store._connection
+    name = table.spec.name
+    total = int(connection.execute(f"SELECT count(*) FROM {table.table}").fetchone()[0])
+    if progress is not None:
+        progress(name, 0, total)
+    done = 0
+    lower: dict[str, SqlValue] = {}
+    while True:
+        params: dict[str, SqlValue] = {
+            "hlc": hlc,
+            "base": hlc + done // BACKFILL_ROWS_PER_SEQ,
+            "chunk": BACKFILL_ROWS_PER_SEQ,
+            **lower,
+        }
+        boundary = connection.execute(
+            table.backfill_boundary_sql(lower=bool(lower)),
+            {**lower, "step": BACKFILL_ROWS_PER_STEP},
+        ).fetchone()
+        upper = {} if boundary is None else {f"u{i}": v for i, v in enumerate(boundary)}
+        sql = table.backfill_step_sql(lower=bool(lower), upper=bool(upper))
+        done += max(connection.execute(sql, {**params, **upper}).rowcount, 0)
+        if boundary is None:
+            break
+        if progress is not None:
+            progress(name, done, total)
+        lower = {f"l{i}": v for i, v in enumerate(boundary)}
+    if progress is not None:
+        progress(name, done, done)  # the last call: done (rows already shadowed are skipped)
+    return done
+
+
+def create_tracking(store: Store, spec: TableSpec, progress: TrackProgress | None) -> None:
     unique = unique_column_sets(store._connection, spec.name)
     for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec, unique)]:
         store._connection.execute(statement)
@@ -87,12 +132,9 @@ def create_tracking(store: Store, spec: TableSpec) -> None:
     # Seqs are HLC values (see _capture_pending); the backfill takes one per chunk.
     store._catch_up_clock()
     hlc = store._clock.tick()
-    cursor = store._connection.execute(
-        table.backfill_sql, {"hlc": hlc, "base": hlc, "chunk": BACKFILL_ROWS_PER_SEQ}
-    )
-    rows = max(cursor.rowcount, 0)
-    groups = (rows + BACKFILL_ROWS_PER_SEQ - 1) // BACKFILL_ROWS_PER_SEQ
-    head = hlc + max(groups - 1, 0)
+    rows = _backfill(store, table, hlc, progress)
+    top = store._connection.execute(f"SELECT max(seq) FROM {table.shadow}").fetchone()[0]
+    head = max(hlc, int(top or 0))
     store._clock.restore(head)
     store._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
     store._set_own_vector(hlc)
