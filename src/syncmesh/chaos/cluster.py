@@ -1,8 +1,9 @@
 """The real processes of a chaos schedule: nodes and workload clients.
 
-Each node is `python -m syncmesh.chaos.nodemain` on its own SQLite file and
-port on 127.0.0.1; its output goes to a log file beside the file.  A node
-can be killed and restarted on the same file and port, paused and resumed,
+Each node is `python -m syncmesh.chaos.nodemain` on its own SQLite file, on
+a port of 127.0.0.1 it reports once bound (the proxies in front of it
+learn it then); its output goes to a log file beside the file.  A node
+can be killed and restarted on the same file, paused and resumed,
 and have its clock moved (a file plus SIGUSR1, sent only once the node has
 answered on its port: before it installs the handler, SIGUSR1 would kill it).
 """
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +29,6 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 2.0
 POLL_S = 0.05
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
-        assert isinstance(port, int)
-        return port
 
 
 def prepare_database(path: Path) -> str:
@@ -62,7 +54,8 @@ class ChaosNode:
         self.db = directory / f"{self.name}.db"
         self.log_path = directory / f"{self.name}.log"
         self.clock_file = directory / f"{self.name}.clock"
-        self.port = free_port()
+        self.port_file = directory / f"{self.name}.port"
+        self.port = 0  # known once the node has bound it: see wait_ready
         self.peer_urls = peer_urls
         self.drift_ms = drift_ms
         self.offset_ms = 0
@@ -93,8 +86,8 @@ class ChaosNode:
             "-m",
             "syncmesh.chaos.nodemain",
             str(self.db),
-            "--port",
-            str(self.port),
+            "--port-file",
+            str(self.port_file),
             "--clock-file",
             str(self.clock_file),
             "--drift-ms",
@@ -104,6 +97,8 @@ class ChaosNode:
             command += ["--peer", url]
         self.ready = False
         self.paused = False
+        self.port = 0
+        self.port_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log)
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
@@ -113,7 +108,11 @@ class ChaosNode:
         while True:
             if not self.running:
                 raise RuntimeError(f"{self.name} exited at start: see {self.log_path}")
+            if not self.port and self.port_file.exists():
+                self.port = int(self.port_file.read_text())
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                if not self.port:
+                    raise aiohttp.ClientError("not bound yet")
                 async with session.get(f"{self.url}/v1/health") as response:
                     if response.status == 200:
                         break

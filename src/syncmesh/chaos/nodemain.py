@@ -1,7 +1,11 @@
 """One chaos node: `syncmesh serve` with a clock the harness can move.
 
-    python -m syncmesh.chaos.nodemain DATABASE --port P [--peer URL ...]
+    python -m syncmesh.chaos.nodemain DATABASE --port-file FILE [--peer URL ...]
         --clock-file FILE --drift-ms N
+
+It listens on a port the OS picks and writes it to `--port-file` once it
+is bound: a port chosen beforehand could be taken in between (by one of
+the harness's own proxies, say).
 
 The physical clock is the system's plus an offset in milliseconds read from
 `--clock-file`, again whenever the process gets SIGUSR1: the harness writes
@@ -49,10 +53,10 @@ class FileOffsetClock:
         return time.time_ns() // 1_000_000 + self.offset_ms
 
 
-def chaos_config(database: str, port: int, peers: list[str], drift_ms: int) -> NodeConfig:
+def chaos_config(database: str, peers: list[str], drift_ms: int) -> NodeConfig:
     return NodeConfig(
         database_path=database,
-        listen_port=port,
+        listen_port=0,
         peer_urls=tuple(peers),
         clock_drift_ms_max=drift_ms,
         heartbeat_s=HEARTBEAT_S,
@@ -63,7 +67,7 @@ def chaos_config(database: str, port: int, peers: list[str], drift_ms: int) -> N
     )
 
 
-async def _run(config: NodeConfig, clock: FileOffsetClock) -> None:
+async def _run(config: NodeConfig, clock: FileOffsetClock, port_file: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -71,13 +75,16 @@ async def _run(config: NodeConfig, clock: FileOffsetClock) -> None:
     loop.add_signal_handler(signal.SIGUSR1, clock.reload)
     async with running_node(config, physical_clock=clock) as node:
         print(f"chaos node {node.store.site_id} on {node.listen}", file=sys.stderr, flush=True)
+        partial = port_file.with_suffix(".partial")
+        partial.write_text(node.listen.rsplit(":", 1)[1] + "\n")
+        partial.replace(port_file)  # whole or absent, never half written
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m syncmesh.chaos.nodemain")
     parser.add_argument("database")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--clock-file", type=Path, required=True)
     parser.add_argument("--drift-ms", type=int, required=True)
@@ -87,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = chaos_config(args.database, args.port, args.peer, args.drift_ms)
-    asyncio.run(_run(config, FileOffsetClock(args.clock_file)))
+    config = chaos_config(args.database, args.peer, args.drift_ms)
+    asyncio.run(_run(config, FileOffsetClock(args.clock_file), args.port_file))
 
 
 if __name__ == "__main__":

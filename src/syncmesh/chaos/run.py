@@ -135,6 +135,7 @@ class ScheduleRun:
         self.http: aiohttp.ClientSession | None = None
         self.writes: list[Write] = []
         self._t0 = 0.0  # when the workload started: fault times count from here
+        self._restarts: set[asyncio.Task[None]] = set()
 
     async def run(self) -> ScheduleResult:
         started = time.monotonic()
@@ -154,24 +155,21 @@ class ScheduleRun:
 
     async def _start(self) -> None:
         schedule = self.schedule
-        listen_ports: dict[int, int] = {}
         peer_urls: dict[int, list[str]] = {n: [] for n in range(schedule.nodes)}
-        nodes = []
-        for n in range(schedule.nodes):
-            node = ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms)
-            listen_ports[n] = node.port
-            nodes.append(node)
+        self.nodes = [
+            ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms)
+            for n in range(schedule.nodes)
+        ]
         for listener, dialler in schedule.links:
-            proxy = LinkProxy(f"n{dialler}->n{listener}", listen_ports[listener], self.rng)
+            # The target port is set once the listener has bound one (_ready).
+            proxy = LinkProxy(f"n{dialler}->n{listener}", 0, self.rng)
             await proxy.start()
             self.proxies.append(proxy)
             peer_urls[dialler].append(f"http://127.0.0.1:{proxy.port}")
-        self.nodes = nodes
-        await asyncio.gather(*(asyncio.to_thread(prepare_database, node.db) for node in nodes))
-        for node in nodes:
+        await asyncio.gather(*(asyncio.to_thread(prepare_database, node.db) for node in self.nodes))
+        for node in self.nodes:
             node.start()
-        assert self.http is not None
-        await asyncio.gather(*(node.wait_ready(self.http) for node in nodes))
+        await asyncio.gather(*(self._ready(node) for node in self.nodes))
         await self._wait(self._all_streaming, CONNECT_TIMEOUT_S, "every link to connect")
 
     # -- the fault phase ------------------------------------------------------------------------
@@ -199,8 +197,7 @@ class ScheduleRun:
             for node in self.nodes:
                 if not node.running:
                     node.start()
-            assert self.http is not None
-            await asyncio.gather(*(n.wait_ready(self.http) for n in self.nodes if not n.ready))
+            await asyncio.gather(*(self._ready(n) for n in self.nodes if not n.ready))
         deadline = CLIENT_SETTLE_S + CLIENT_EXIT_SLACK_S
         for client in clients:
             try:
@@ -268,12 +265,27 @@ class ScheduleRun:
         node = self.nodes[fault.nodes[0]]
         if kind == "kill":
             node.kill()
-            return node.start
+            return lambda: self._restart(node)
         if kind == "pause":
             node.pause()
             return node.resume
         node.set_clock(int(fault.params["offset_ms"]))
         return lambda: node.set_clock(0)
+
+    async def _ready(self, node: ChaosNode) -> None:
+        """Wait until `node` answers, then point the proxies in front of it at its port."""
+        assert self.http is not None
+        await node.wait_ready(self.http)
+        for proxy, (listener, _dialler) in zip(self.proxies, self.schedule.links, strict=True):
+            if listener == node.index:
+                proxy.target_port = node.port
+
+    def _restart(self, node: ChaosNode) -> None:
+        if not node.running:
+            node.start()
+            task = asyncio.create_task(self._ready(node))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
 
     def _cut(self, link_indexes: list[int]) -> Callable[[], None]:
         for index in link_indexes:
