@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from syncmesh.model import SqlValue
+from syncmesh.protocol import Batch, decode, encode
 from syncmesh.schema import quote_identifier
 from syncmesh.store import ApplyResult, Store
 
@@ -92,7 +93,11 @@ def exchange(src: Store, dst: Store, rows_max: int = 1_000) -> ApplyResult:
         cursor = dst.peer_cursor(src.site_id)
         assert cursor is not None
     batch = src.read_batch(cursor.cursor, dst.vector(), rows_max)
-    return dst.apply_batch(src.site_id, batch)
+    # Through the wire codec, as between nodes: what one node sends, the
+    # trust boundary of the other must accept (and read back the same).
+    message = decode(encode(Batch(batch)))
+    assert isinstance(message, Batch)
+    return dst.apply_batch(src.site_id, message.batch)
 
 
 def exchange_all(src: Store, dst: Store, rows_max: int = 1_000) -> int:

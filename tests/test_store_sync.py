@@ -311,6 +311,23 @@ def test_batches_hold_whole_transactions_and_only_the_last_carries_a_vector(
 # -- redelivery and atomicity -----------------------------------------------------------
 
 
+def test_a_key_inserted_and_deleted_before_one_capture_ships_a_valid_tombstone(
+    make_store: MakeStore,
+) -> None:
+    # Found by syncmesh chaos (kill): the client wrote while the node was down.
+    a, b = make_store("a"), make_store("b")
+    a.connection.execute("INSERT INTO items VALUES ('brief', 'x', 1)")
+    a.connection.execute("DELETE FROM items WHERE id = 'brief'")
+    a.connection.execute("INSERT INTO items VALUES ('kept', 'y', 2)")
+    assert a.capture() == 2
+    write(b, "INSERT INTO items VALUES ('brief', 'from b', 3)")  # concurrent life at b
+    exchange_all(a, b)  # the batch decodes: no stamp without a site or the reverse
+    assert items(a) == items(b)
+    assert item(b, "kept") == ("y", 2)
+    cl = "SELECT cl FROM _syncmesh_shadow_items WHERE k0 = 'brief'"
+    assert a.connection.execute(cl).fetchone() == b.connection.execute(cl).fetchone()
+
+
 def test_reapplying_a_batch_raises_and_changes_nothing(make_store: MakeStore) -> None:
     a, b = make_store("a"), make_store("b")
     write(a, "INSERT INTO items VALUES ('k', 'x', 1), ('j', 'y', 2)")
@@ -492,6 +509,58 @@ def test_clock_jump_back_during_an_apply_does_not_fail_the_batch(make_store: Mak
     assert (result.applied_rows, result.drift_refused_rows) == (1, 0)
     assert item(b, "near") == ("the limit", 1)
     assert b.clock.last >= a.clock.last  # the stamp was adopted: b's next writes sort after it
+
+
+class SteppingClock(ManualClock):
+    """A wall clock that moves `step_ms` further at every reading."""
+
+    def __init__(self, ms: int, step_ms: int) -> None:
+        super().__init__(ms)
+        self.step_ms = step_ms
+
+    def now_ms(self) -> int:
+        self.ms += self.step_ms
+        return self.ms
+
+
+def test_a_transaction_at_the_drift_limit_is_not_torn_across_tables(tmp_path: Path) -> None:
+    # Found by syncmesh chaos (beyond): an order was applied while its lines
+    # were refused, because each table read the clock for its own bound.
+    ddl = [
+        "CREATE TABLE lines (id TEXT PRIMARY KEY, order_id TEXT, amount INTEGER)",
+        "CREATE TABLE orders (id TEXT PRIMARY KEY, total INTEGER)",
+    ]
+    step_ms = 10
+    clock_b = SteppingClock(BASE_MS, step_ms)
+    # a's stamp lands between b's first and third readings plus the drift limit.
+    clock_a = ManualClock(BASE_MS + DRIFT_MS_MAX + 2 * step_ms + step_ms // 2)
+    stores = []
+    for name, clock in (("a", clock_a), ("b", clock_b)):
+        store = Store.open(
+            tmp_path / f"{name}.db", clock=HybridClock(clock, drift_ms_max=DRIFT_MS_MAX)
+        )
+        store.init()
+        for statement in ddl:
+            store.connection.execute(statement)
+        store.track(["lines", "orders"])
+        stores.append(store)
+    a, b = stores
+    try:
+        a.connection.execute("BEGIN")
+        a.connection.execute("INSERT INTO orders VALUES ('o1', 30)")
+        a.connection.execute("INSERT INTO lines VALUES ('l1', 'o1', 10), ('l2', 'o1', 20)")
+        a.connection.execute("COMMIT")
+        a.capture()
+        clock_b.ms = BASE_MS  # b's apply reads it at +10 (its seq), +20, +30 ms ...
+        result = exchange(a, b)
+        applied = b.connection.execute(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM lines)"
+        ).fetchone()
+        assert applied in ((0, 0), (1, 2)), f"torn: {applied} (orders, lines) applied"
+        assert result.drift_refused_rows in (0, 3)
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_retry_of_a_key_quarantined_twice_applies_its_final_state(

@@ -31,6 +31,10 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
     store._catch_up_clock()
     seq = store._clock.tick()  # a fresh seq for the merged rows (see _capture_pending)
     ordinals = [sites.ordinal(site) for site in batch.sites]
+    # One reading of the clock judges the whole batch: rows of one local
+    # transaction share a stamp and must all pass or all wait (a reading per
+    # table let an order through while its lines waited; syncmesh chaos).
+    bound = vector.drift_bound(store)
     applied = quarantined = refused = 0
     for incoming in batch.tables:
         table = store._tables.get(incoming.table)
@@ -48,7 +52,9 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
             quarantined += len(incoming.rows)
             continue
         assert table is not None
-        counts = merge_table(store, table, incoming, batch.sites, ordinals, origin, seq, sites)
+        counts = merge_table(
+            store, table, incoming, batch.sites, ordinals, origin, seq, sites, bound
+        )
         applied += counts[0]
         quarantined += counts[1]
         refused += counts[2]
@@ -68,13 +74,17 @@ def merge_table(
     origin: str,
     seq: int,
     sites: SiteMap,
+    bound: int,
 ) -> tuple[int, int, int]:
-    """Merge one table's rows; returns (applied, quarantined, refused for drift)."""
+    """Merge one table's rows; returns (applied, quarantined, refused for drift).
+
+    Rows with a stamp above `bound` (the drift limit) are refused into the
+    quarantine, to be retried once the clock has caught up.
+    """
     keys = table.key_count
     pks = [tuple(row[:keys]) for row in incoming.rows]
     on_disk = table.load(store._connection, pks)
     local_sites = sites.all_sites()
-    bound = vector.drift_bound(store)
     # Per key: the merged result (a state, or the rows of a new key) and
     # the incoming rows that made it.
     merged_by_key: dict[tuple[SqlValue, ...], _Merged] = {}

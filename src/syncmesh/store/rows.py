@@ -182,7 +182,14 @@ class TableSql:
         """
         names = shadow_columns(self.spec)
         keys = [f"?{6 + index}" for index in range(self.key_count)]
-        new_cells = [value for _ in self.values for value in ("CASE WHEN ?1 THEN ?4 END", "0")]
+        # A key born dead (inserted and deleted before one capture) has no
+        # cell stamps at all: neither hlc nor site, or the feed would ship a
+        # site without a stamp, which peers rightly refuse.
+        new_cells = [
+            value
+            for _ in self.values
+            for value in ("CASE WHEN ?1 THEN ?4 END", "CASE WHEN ?1 THEN 0 END")
+        ]
         values = [*keys, "CASE WHEN ?1 THEN 1 ELSE 2 END", "?4", "0", "?5", *new_cells]
         new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
         sets = [
