@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 NETWORK_KINDS = ("isolate", "halves", "oneway", "flap", "delay", "bandwidth", "reset", "lossy")
 PROCESS_KINDS = ("kill", "pause")
 CLOCK_KINDS = ("skew", "jump", "beyond")
-REDELIVERY_KINDS = ("duplicate", "reorder")
+REDELIVERY_KINDS = ("duplicate", "reorder", "replay")
 FAULT_KINDS = NETWORK_KINDS + PROCESS_KINDS + CLOCK_KINDS + REDELIVERY_KINDS
 FAULT_DESCRIPTIONS = {
     "isolate": "partition: every link of one node is cut",
@@ -33,6 +33,7 @@ FAULT_DESCRIPTIONS = {
     "beyond": "a node's clock is ahead by more than the drift limit (its stamps must be refused)",
     "duplicate": "batch frames on a link are delivered twice",
     "reorder": "batch frames on a link are delivered out of order",
+    "replay": "a node restarts with the cursors it had when the fault began: peers resend",
 }
 TOPOLOGIES = ("mesh", "star", "chain")
 
@@ -158,15 +159,15 @@ def _draw(
     if kind == "lossy":
         probability = round(rng.uniform(0.05, 0.2), 2)
         return Fault(kind, start, length, links=some_links, params={"stall": probability})
-    if kind in REDELIVERY_KINDS:
+    if kind in ("duplicate", "reorder"):
         return Fault(kind, start, length, links=some_links, params={"probability": 0.2})
-    family = "process" if kind in PROCESS_KINDS else "clock"
+    family = "process" if kind in (*PROCESS_KINDS, "replay") else "clock"
     free = [n for n in range(nodes) if _free(busy.get((family, n), []), start, start + length)]
     if not free:
         return None
     node = rng.choice(free)
     busy.setdefault((family, node), []).append((start, start + length))
-    if kind in PROCESS_KINDS:
+    if kind in (*PROCESS_KINDS, "replay"):
         return Fault(kind, start, length, nodes=(node,))
     if kind == "skew":
         offset = rng.choice((-1, 1)) * rng.uniform(0.3, 0.8) * drift_ms

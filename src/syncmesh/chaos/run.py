@@ -266,6 +266,9 @@ class ScheduleRun:
         if kind == "kill":
             node.kill()
             return lambda: self._restart(node)
+        if kind == "replay":
+            cursors = _read_cursors(node.db)
+            return lambda: self._replay(node, cursors)
         if kind == "pause":
             node.pause()
             return node.resume
@@ -286,6 +289,12 @@ class ScheduleRun:
             task = asyncio.create_task(self._ready(node))
             self._restarts.add(task)
             task.add_done_callback(self._restarts.discard)
+
+    def _replay(self, node: ChaosNode, cursors: list[tuple[str, str, int]]) -> None:
+        """Restart `node` with its cursors as they were: its peers resend what it holds."""
+        node.kill()
+        _rewind_cursors(node.db, cursors)
+        self._restart(node)
 
     def _cut(self, link_indexes: list[int]) -> Callable[[], None]:
         for index in link_indexes:
@@ -491,6 +500,29 @@ def _read_sample(path: Path) -> tuple[list[str], int | None]:
     except sqlite3.Error:
         return [], None  # busy (a paused node holds a lock): the next sample will do
     return problems, hlc
+
+
+def _read_cursors(path: Path) -> list[tuple[str, str, int]]:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = connection.execute("SELECT site_id, incarnation, cursor FROM _syncmesh_peers")
+        return [(str(site), str(incarnation), int(cursor)) for site, incarnation, cursor in rows]
+    finally:
+        connection.close()
+
+
+def _rewind_cursors(path: Path, cursors: list[tuple[str, str, int]]) -> None:
+    """Set the stored cursors back (same peer incarnation only: an old cursor, not a wrong one)."""
+    connection = sqlite3.connect(path, timeout=10)
+    try:
+        with connection:
+            connection.executemany(
+                "UPDATE _syncmesh_peers SET cursor = min(cursor, ?)"
+                " WHERE site_id = ? AND incarnation = ?",
+                [(cursor, site, incarnation) for site, incarnation, cursor in cursors],
+            )
+    finally:
+        connection.close()
 
 
 def _read_text(path: Path) -> str:
