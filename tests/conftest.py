@@ -1,4 +1,4 @@
-"""Hypothesis profiles: CI runs a fixed set of examples, people run fresh ones.
+"""Shared fixtures, and Hypothesis profiles: CI runs a fixed set of examples.
 
 With `CI` set (as .ci/run's caller does), every property test draws the
 same examples on every run, so a landing is never decided by the luck of
@@ -11,9 +11,31 @@ tests/test_convergence_stateful.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
+
+from tests.nodeproc import Cluster
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Real node processes for one test; every one still running at teardown is killed.
+
+    Teardown also fails the test if a node logged a traceback: the engine
+    logs one only for an unexpected error, that is, a bug.
+    """
+    nodes = Cluster(tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+        print(nodes.logs())  # pytest shows it only when the test failed
+    errors = nodes.internal_errors()
+    assert not errors, "a node logged an internal error:\n" + "\n".join(errors)

@@ -42,19 +42,6 @@ WAIT_MS = 20_000  # per state; the page polls every second
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Nodes for the test, killed at teardown; a logged traceback fails the test."""
-    nodes = Cluster(tmp_path)
-    try:
-        yield nodes
-    finally:
-        nodes.close()
-        print(nodes.logs())  # pytest shows it only when the test failed
-    errors = nodes.internal_errors()
-    assert not errors, "a node logged an internal error:\n" + "\n".join(errors)
-
-
-@pytest.fixture
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(

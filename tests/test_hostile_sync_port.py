@@ -146,15 +146,6 @@ def file_digest(path: Path) -> str:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(tmp_path)
-    try:
-        yield nodes
-    finally:
-        nodes.close()
-
-
-@pytest.fixture
 def target(cluster: Cluster, tmp_path: Path) -> Iterator[NodeProcess]:
     """A running node holding a few rows; at the end: healthy, no internal error, file intact."""
     db = make_db(tmp_path / "target.db", SCHEMA)

@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +43,6 @@ from tests.nodeproc import (
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB)"
 CONVERGE_S = 30.0
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Nodes for one test; every process still running at teardown is killed.
-
-    Teardown also fails the test if a node logged a traceback: the engine
-    logs one only for an unexpected error, that is, a bug.
-    """
-    nodes = Cluster(tmp_path)
-    try:
-        yield nodes
-    finally:
-        nodes.close()
-        print(nodes.logs())  # pytest shows it only when the test failed
-    errors = nodes.internal_errors()
-    assert not errors, "a node logged an internal error:\n" + "\n".join(errors)
 
 
 def sqlite3_shell() -> str:
