@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import settings
+
+from tests.tlsfiles import Pki, make_pki
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session")
+def cluster_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """One cluster CA for the whole run (`syncmesh tls init`), with sites a, b, c, stranger."""
+    ca = make_pki(tmp_path_factory.mktemp("pki") / "ca")
+    for site in ("a", "b", "c", "stranger"):
+        ca.issue(site)
+    return ca

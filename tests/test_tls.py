@@ -35,14 +35,6 @@ TIMEOUT_S = 20.0
 
 
 @pytest.fixture(scope="module")
-def cluster_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    ca = make_pki(tmp_path_factory.mktemp("pki") / "ca")
-    for site in ("a", "b", "c", "stranger"):
-        ca.issue(site)
-    return ca
-
-
-@pytest.fixture(scope="module")
 def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """Another cluster's CA, issuing a certificate for a site named like ours."""
     ca = make_pki(tmp_path_factory.mktemp("pki-other") / "ca")
