@@ -248,3 +248,20 @@ async def rows(path: Path) -> list[object]:
     from tests.test_node import dump
 
     return await asyncio.to_thread(dump, path)
+
+
+async def test_a_peer_may_hold_only_so_many_connections(tmp_path: Path, cluster_pki: Pki) -> None:
+    """Goal: limits.sessions_per_peer_max: a's third connection is answered 429."""
+    path = make_db(tmp_path / "b.db")
+    config = tls_config(path, cluster_pki.files("b"), PeerConfig(name="a"), sessions_per_peer_max=2)
+    async with running_node(config) as node, aiohttp.ClientSession() as client:
+        context = cluster_pki.client_context("a")
+        url = f"{url_of(node)}/sync/v1"
+        held = [await client.ws_connect(url, ssl=context) for _ in range(2)]  # silent
+        try:
+            async with client.get(url, ssl=context) as answer:
+                assert answer.status == 429
+            assert (await node.statistics()).refused_connections == 1
+        finally:
+            for socket in held:
+                await socket.close()
