@@ -88,7 +88,9 @@ class ApplyTarget:
     """A store under fire; call it with fuzz inputs."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        # Quarantined rows are logged at WARNING, one line each: not at this rate.
+        # Quarantined rows are logged at WARNING, one line each: not at this rate
+        # (close() restores the level).
+        self._log_level = logging.getLogger("syncmesh").level
         logging.getLogger("syncmesh").setLevel(logging.ERROR)
         self._own_directory = directory is None
         self.directory = (
@@ -131,6 +133,7 @@ class ApplyTarget:
         )
 
     def close(self) -> None:
+        logging.getLogger("syncmesh").setLevel(self._log_level)
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -86,7 +86,7 @@ async def test_a_branch_reads_the_price_list_but_cannot_write_it(
 ) -> None:
     """Goal: b's price rows are refused at a, counted and logged once per batch; b's
     items in the same batch apply; the session streams on; a's prices reach b."""
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="syncmesh")
     a_db, b_db = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
     branch = PeerConfig(name="b", send=frozenset({"items"}))  # b may receive everything
     async with running_node(node_config(a_db, cluster_pki.files("a"), branch)) as node_a:
