@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings
 
 from tests.nodeproc import Cluster
+from tests.tlsfiles import Pki, make_pki
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
@@ -39,3 +40,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         print(nodes.logs())  # pytest shows it only when the test failed
     errors = nodes.internal_errors()
     assert not errors, "a node logged an internal error:\n" + "\n".join(errors)
+
+
+@pytest.fixture(scope="session")
+def cluster_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """One cluster CA for the whole run (`syncmesh tls init`), with sites a, b, c, stranger."""
+    ca = make_pki(tmp_path_factory.mktemp("pki") / "ca")
+    for site in ("a", "b", "c", "stranger"):
+        ca.issue(site)
+    return ca

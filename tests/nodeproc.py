@@ -21,12 +21,13 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -96,20 +97,36 @@ class NodeProcess:
         peers: Sequence[str] = (),
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
+        """`ssl_context`: the node serves TLS, and the harness connects with this context
+        (a client certificate of the cluster); `token`: the API's bearer token."""
         self.name = name
         self.db = db
         self.log_path = log_path
         self.peers = tuple(peers)
         self.port = port if port is not None else free_port()
         self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.ssl_context = ssl_context
+        self.token = token
         self.process: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self._log_file: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{HOST}:{self.port}"
+
+    def open_url(self, path: str, timeout_s: float) -> Any:
+        """urlopen(URL + path) with the node's TLS context and token, if any."""
+        request = urllib.request.Request(f"{self.url}{path}")
+        if self.token is not None:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        return urllib.request.urlopen(request, timeout=timeout_s, context=self.ssl_context)
 
     @property
     def pid(self) -> int:
@@ -143,7 +160,7 @@ class NodeProcess:
             f"==== harness: run {self.runs} of node {self.name}: {self.command()}\n".encode()
         )
         self._log_file.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **self.env)
         # A new session: a Ctrl-C meant for pytest does not reach the nodes.
         self.process = subprocess.Popen(
             self.command(),
@@ -170,7 +187,7 @@ class NodeProcess:
                     f" was ready\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1.0) as answer:
+                with self.open_url("/v1/health", timeout_s=1.0) as answer:
                     if answer.status == 200:
                         return self
                     last_error = f"HTTP {answer.status}"
@@ -185,7 +202,7 @@ class NodeProcess:
 
     def status(self, timeout_s: float = HTTP_TIMEOUT_S) -> dict[str, Any]:
         """GET /v1/status as a dict (NodeStatistics)."""
-        with urllib.request.urlopen(f"{self.url}/v1/status", timeout=timeout_s) as answer:
+        with self.open_url("/v1/status", timeout_s) as answer:
             assert answer.status == 200, f"/v1/status of {self.name} answered {answer.status}"
             decoded = json.loads(answer.read())
         assert isinstance(decoded, dict)
@@ -310,15 +327,29 @@ class Cluster:
         *,
         peers: Iterable[NodeProcess | str] = (),
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> NodeProcess:
-        """A node (not started yet) for `db` (default: DIR/NAME.db) dialling `peers`."""
-        urls = [peer.url if isinstance(peer, NodeProcess) else peer for peer in peers]
+        """A node (not started yet) for `db` (default: DIR/NAME.db) dialling `peers`.
+
+        With TLS a peer node is dialled by name: `--peer NAME=https://...`.
+        """
+        urls = [
+            (f"{peer.name}={peer.url}" if peer.ssl_context is not None else peer.url)
+            if isinstance(peer, NodeProcess)
+            else peer
+            for peer in peers
+        ]
         node = NodeProcess(
             name,
             db if db is not None else self.directory / f"{name}.db",
             self.directory / f"{name}.log",
             peers=urls,
             extra_args=extra_args,
+            env=env,
+            ssl_context=ssl_context,
+            token=token,
         )
         self.nodes.append(node)
         return node

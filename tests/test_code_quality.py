@@ -15,8 +15,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "format", "--check", "src", "tests", "bench"],
-        ["ruff", "check", "src", "tests", "bench"],
+        ["ruff", "format", "--check", "src", "tests", "bench", "fuzz"],
+        ["ruff", "check", "src", "tests", "bench", "fuzz"],
         ["mypy"],
         ["lint-imports"],
     ],

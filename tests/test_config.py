@@ -144,3 +144,50 @@ def _wait_for_status(port: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_named_peers_tls_and_rights_from_the_file(tmp_path: Path, cluster_pki) -> None:
+    files = cluster_pki.files("a")
+    path = write(
+        tmp_path,
+        '[node]\ndatabase = "a.db"\n'
+        f'[tls]\ncert = "{files.cert}"\nkey = "{files.key}"\nca = "{files.ca}"\n'
+        '[peers.hq]\nurl = "https://127.0.0.1:1"\nsend = ["items"]\n'
+        '[peers.shop2]\nreceive = ["items", "prices"]\n',
+    )
+    settings = load_settings(path, environ={}, flags={"peers.named": {"shop3": "https://x:2"}})
+    config = node_config(settings)
+    peers = {peer.name: peer for peer in config.peers}
+    assert peers["hq"].send == frozenset({"items"})
+    assert peers["hq"].receive is None
+    assert peers["shop2"].url == ""
+    assert peers["shop2"].may_receive("prices")
+    assert not peers["shop2"].may_receive("salaries")
+    assert peers["shop3"].url == "https://x:2"
+    assert not peers["shop3"].restricted
+    assert config.tls is not None
+    assert config.tls.cert == files.cert
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[peers.hq]\nurl = "https://x:1"\nwrite = []\n', "peers.hq.write", "unknown key"),
+        ('[peers."Bad Name"]\n', "peers.Bad Name", "site name"),
+        ("[peers.hq]\nsend = 'items'\n", "peers.hq.send", "list of table names"),
+        ("[node]\ninsecure_no_tls = 'yes'\n", "node.insecure_no_tls", "true or false"),
+        ("[limits]\nmessage_bytes_max = 999999999\n", "limits.message_bytes_max", "at most"),
+    ],
+)
+def test_bad_peer_tables_and_security_settings_name_the_key(tmp_path, text, key, problem) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    assert key in caught.value.key
+
+
+def test_tls_needs_all_three_files() -> None:
+    settings = load_settings(
+        None, environ={"SYNCMESH_NODE_DATABASE": "a.db", "SYNCMESH_TLS_CERT": "a.crt"}
+    )
+    with pytest.raises(ConfigError, match="all three"):
+        node_config(settings)

@@ -19,6 +19,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -143,3 +144,50 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
 
     assert not script_errors, script_errors
     assert not elsewhere, f"the page fetched from elsewhere than the node: {elsewhere}"
+
+
+@pytest.mark.multiprocess
+def test_the_dashboard_sends_the_api_token(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """Goal: with the API behind a token, the page works from `/#token=...`, keeps the
+    token out of the address bar, and sends it with every data request; without it the
+    page asks once, and shows the node as not answering."""
+    token = "dashboard-token-0123456789abcdef"
+    make_db(tmp_path / "a.db", SCHEMA)
+    a = cluster.node(
+        "a",
+        env={"SYNCMESH_API_REQUIRE_TOKEN": "true", "SYNCMESH_API_TOKEN": token},
+        token=token,
+    )
+    cluster.start(a)
+    site = str(a.status()["site_id"])
+
+    page = browser.new_page()
+    sent: list[tuple[str, str | None]] = []
+    page.on(
+        "request",
+        lambda request: sent.append((request.url, request.headers.get("authorization"))),
+    )
+    page.goto(f"{a.url}/#token={token}")
+    expect(page.locator("#node-site")).to_have_text(site, timeout=WAIT_MS)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    assert token not in page.url
+    data = [(url, auth) for url, auth in sent if "/v1/" in url or "/metrics" in url]
+    assert data, sent
+    assert all(auth == f"Bearer {token}" for _url, auth in data), data
+
+    anonymous = browser.new_context().new_page()
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    anonymous.on("dialog", dismiss)
+    anonymous.goto(f"{a.url}/")
+    expect(anonymous.locator("#connection")).to_have_attribute(
+        "data-state", "down", timeout=WAIT_MS
+    )
+    assert len(asked) == 1, asked
+    assert "token" in asked[0]

@@ -12,25 +12,43 @@ GET /dashboard/NAME   polls the JSON routes above from the browser
 
 With an API listen address configured, the API routes are served there and
 the node's listen address keeps only the peer WebSocket (and /v1/health).
+
+Off loopback (or with `api_require_token`) every API route but /v1/health
+and the dashboard's static files asks for `Authorization: Bearer TOKEN`,
+compared in constant time and never logged.  With TLS the node's listen
+address requires a client certificate of the cluster CA; an API on its own
+non-loopback address is served over TLS with the site's certificate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from syncmesh.api.dashboard import add_dashboard
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
-from syncmesh.transport import SYNC_PATH
+from syncmesh.node.config import Secret, is_loopback
+from syncmesh.transport import SYNC_PATH, server_context
+
+log = logging.getLogger(__name__)
+
+# Served without the token: a health probe, and the dashboard's static page
+# and modules, which hold no data (the page sends the token with each request).
+PUBLIC_PATHS = frozenset({"/v1/health", "/"})
+PUBLIC_PREFIXES = ("/dashboard/",)
 
 
 def statistics_json(statistics: NodeStatistics) -> dict[str, Any]:
@@ -69,7 +87,11 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     async def openapi(_request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
-    app = web.Application()
+    middlewares = []
+    if api and node.config.token_required():
+        assert node.config.api_token is not None, "NodeConfig.check_exposure() refuses this"
+        middlewares.append(bearer_token_middleware(node.config.api_token))
+    app = web.Application(middlewares=middlewares)
     if sync:
         app.router.add_get(SYNC_PATH, node.accept)
     app.router.add_get("/v1/health", health)
@@ -83,6 +105,35 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     return app
 
 
+def bearer_token_middleware(token: Secret) -> Middleware:
+    """401 for an API request without `Authorization: Bearer <token>`."""
+    expected = token.reveal().encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path == SYNC_PATH:
+            return await handler(request)
+        if not token_matches(request.headers.get("Authorization", ""), expected):
+            # The header is never logged: a wrong token may be a right one misplaced.
+            return web.json_response(
+                {"error": "unauthorized", "detail": "send Authorization: Bearer <api token>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="syncmesh"'},
+            )
+        return await handler(request)
+
+    return check_token
+
+
+def token_matches(header: str, expected: bytes) -> bool:
+    """True if `header` is `Bearer <expected>`; constant time in the token's content."""
+    scheme, _, offered = header.partition(" ")
+    # compare_digest runs even for a wrong scheme, so timing tells nothing either way.
+    same = hmac.compare_digest(offered.strip().encode(), expected)
+    return same and scheme.lower() == "bearer"
+
+
 @asynccontextmanager
 async def running_node(
     config: NodeConfig, *, physical_clock: PhysicalClock | None = None
@@ -90,8 +141,12 @@ async def running_node(
     """A started node serving on `config.listen_host:listen_port` (port 0: any free port).
 
     The listening socket is bound before the node starts dialling, so its
-    real address (`node.listen`) is known to the caller at once.
+    real address (`node.listen`) is known to the caller at once.  A config
+    that would expose the node is refused first (ConfigError), before
+    anything is bound.
     """
+    for warning in config.check_exposure():
+        log.warning("%s", warning)
     sock = socket.create_server((config.listen_host, config.listen_port), reuse_port=False)
     host, port = sock.getsockname()[:2]
     node = Node(dataclasses.replace(config, listen_port=port), physical_clock=physical_clock)
@@ -108,10 +163,18 @@ async def running_node(
         sockets.append(api_sock)
     else:
         node.api_listen = node.listen
+    contexts: list[ssl.SSLContext | None] = [node.server_ssl]
+    if separate_api:
+        api_tls = config.tls is not None and not is_loopback(config.api_host())
+        contexts.append(
+            server_context(config.tls, require_client_cert=False)
+            if api_tls and config.tls is not None
+            else None
+        )
     sites = []
-    for runner, bound in zip(runners, sockets, strict=True):
+    for runner, bound, context in zip(runners, sockets, contexts, strict=True):
         await runner.setup()
-        sites.append(web.SockSite(runner, bound))
+        sites.append(web.SockSite(runner, bound, ssl_context=context))
     try:
         await node.start()
         for site in sites:

@@ -81,6 +81,16 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "syncmesh_captures", "Captures that stamped local writes.", value=statistics.captures
     )
+    yield CounterMetricFamily(
+        "syncmesh_rights_refused_rows",
+        "Rows refused because a peer may not send their table, since start.",
+        value=statistics.rights_refused_rows,
+    )
+    yield CounterMetricFamily(
+        "syncmesh_refused_connections",
+        "Connections refused before HELLO: a certificate of no configured peer, or a limit.",
+        value=statistics.refused_connections,
+    )
 
 
 def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
@@ -118,6 +128,7 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
             ("bytes_received", "Frame bytes received from the peer (this session)."),
             ("bytes_sent", "Frame bytes sent to the peer (this session)."),
             ("quarantined_rows", "Rows from the peer put in quarantine (this session)."),
+            ("rights_refused_rows", "Rows of tables the peer may not send, refused (session)."),
             ("reconnects", "Sessions with the peer that ended and were dialled again."),
         )
     }
@@ -142,6 +153,7 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
             ("bytes_received", peer.bytes_in),
             ("bytes_sent", peer.bytes_out),
             ("quarantined_rows", peer.quarantined_rows),
+            ("rights_refused_rows", peer.rights_refused_rows),
             ("reconnects", peer.reconnects),
         ):
             counters[name].add_metric(labels, value)

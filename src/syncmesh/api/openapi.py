@@ -20,6 +20,10 @@ _PEER = {
     "properties": {
         "address": {"type": "string"},
         "site_id": {"type": "string"},
+        "name": {
+            "type": "string",
+            "description": "the peer's site name (its certificate, or [peers.NAME]); empty if none",
+        },
         "dialed": {"type": "boolean"},
         "state": {
             "type": "string",
@@ -47,6 +51,10 @@ _PEER = {
         "bytes_in": {"type": "integer"},
         "bytes_out": {"type": "integer"},
         "quarantined_rows": {"type": "integer"},
+        "rights_refused_rows": {
+            "type": "integer",
+            "description": "rows of tables the peer may not send here, refused (this session)",
+        },
         "last_batch_ms": {"type": "integer"},
         "last_error": {"type": "string"},
         "reconnects": {"type": "integer"},
@@ -59,6 +67,14 @@ _STATUS = {
         "site_id": {"type": "string"},
         "listen": {"type": "string"},
         "captures": {"type": "integer"},
+        "rights_refused_rows": {
+            "type": "integer",
+            "description": "rows refused for a peer's rights since the node started",
+        },
+        "refused_connections": {
+            "type": "integer",
+            "description": "connections refused before HELLO: certificate not of a peer, limits",
+        },
         "store": {
             "type": "object",
             "properties": {
@@ -196,7 +212,13 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "syncmesh node API",
             "version": __version__,
-            "description": "Status, health, metrics and the dashboard of one syncmesh node.",
+            "description": "Status, health, metrics and the dashboard of one syncmesh node."
+            " Off loopback every route but /v1/health, / and /dashboard/{name} needs"
+            " `Authorization: Bearer TOKEN` (api.token).",
         },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
         "paths": API_PATHS,
     }

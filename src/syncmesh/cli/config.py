@@ -6,6 +6,11 @@ command line's flags.  Every setting is declared once, in `SETTINGS`, with
 its type, unit (in the name) and bounds; docs/config.md describes each
 (tests/test_config.py checks that it does).  A bad value is refused with a
 ConfigError naming the key and the reason, before anything starts.
+
+Named peers are tables of their own, `[peers.NAME]` with `url`, `send` and
+`receive` (not settings of SETTINGS: there is one per peer).  Secrets never
+need to be in the file: the API token comes from `api.token_file` or the
+environment (SYNCMESH_API_TOKEN), and `config check` prints it masked.
 """
 
 from __future__ import annotations
@@ -19,8 +24,17 @@ from typing import Any
 
 from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
+from syncmesh.node.config import PeerConfig, Secret
+from syncmesh.protocol import FRAME_BYTES_MAX
+from syncmesh.transport import TlsFiles, valid_site_name
 
 ENV_PREFIX = "SYNCMESH_"
+NAMED_PEERS = "peers.named"  # {name: {"url": str, "send": [...], "receive": [...]}}
+PEER_KEYS = ("url", "send", "receive")
+ALL_TABLES = "*"
+SECRET_SETTINGS = frozenset({"api.token"})
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 LOG_FORMATS = ("plain", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -29,10 +43,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Setting:
     section: str
     key: str
-    kind: type  # int, float, str, list (of str)
+    kind: type  # int, float, str, bool, list (of str)
     default: Any
     minimum: float | None = None
     choices: tuple[str, ...] = ()
+    maximum: float | None = None
 
     @property
     def name(self) -> str:
@@ -42,7 +57,15 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("node", "database", str, ""),
     Setting("node", "listen", str, "127.0.0.1:7401"),
+    Setting("node", "insecure_no_tls", bool, False),
+    Setting("tls", "cert", str, ""),
+    Setting("tls", "key", str, ""),
+    Setting("tls", "ca", str, ""),
+    Setting("tls", "crl", str, ""),
     Setting("api", "listen", str, ""),
+    Setting("api", "token", str, ""),
+    Setting("api", "token_file", str, ""),
+    Setting("api", "require_token", bool, False),
     Setting("tables", "track", list, []),
     Setting("peers", "urls", list, []),
     Setting("peers", "heartbeat_s", float, 5.0, minimum=0.1),
@@ -57,6 +80,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sync", "quarantine_retry_s", float, 5.0, minimum=0.01),
     Setting("limits", "batch_rows_max", int, 2000, minimum=1),
     Setting("limits", "batches_in_flight_max", int, 4, minimum=1),
+    Setting(
+        "limits", "message_bytes_max", int, FRAME_BYTES_MAX, minimum=1024, maximum=FRAME_BYTES_MAX
+    ),
+    Setting("limits", "rows_per_message_max", int, 100_000, minimum=1),
+    Setting("limits", "sessions_per_peer_max", int, 2, minimum=1),
+    Setting("limits", "inbound_sessions_max", int, 64, minimum=1),
     Setting("logging", "level", str, "info", choices=LOG_LEVELS),
     Setting("logging", "format", str, "plain", choices=LOG_FORMATS),
 )
@@ -69,12 +98,16 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every setting's effective value, by `section.key`; ConfigError names a bad one."""
-    values = {setting.name: setting.default for setting in SETTINGS}
+    values: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+    values[NAMED_PEERS] = {}
     if path is not None:
         values.update(_from_file(path))
     values.update(_from_environment(os.environ if environ is None else environ))
     for name, value in (flags or {}).items():
-        if value is not None and value != ():
+        if name == NAMED_PEERS:
+            for peer, url in (value or {}).items():
+                values[NAMED_PEERS].setdefault(peer, _peer_table(peer, {}))["url"] = url
+        elif value is not None and value != ():
             values[name] = _checked(_BY_NAME[name], value)
     if values["peers.backoff_initial_s"] > values["peers.backoff_max_s"]:
         raise ConfigError("peers.backoff_initial_s", "must not exceed peers.backoff_max_s")
@@ -93,11 +126,37 @@ def _from_file(path: Path) -> dict[str, Any]:
         if not isinstance(table, dict):
             raise ConfigError(section, "expected a [section] table")
         for key, value in table.items():
+            if section == "peers" and isinstance(value, dict):
+                values.setdefault(NAMED_PEERS, {})[key] = _peer_table(key, value)
+                continue
             setting = _BY_NAME.get(f"{section}.{key}")
             if setting is None:
                 raise ConfigError(f"{section}.{key}", "unknown setting (see docs/config.md)")
             values[setting.name] = _checked(setting, value)
     return values
+
+
+def _peer_table(name: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    """A `[peers.NAME]` table, checked: url (optional), send and receive (lists of tables)."""
+    if not valid_site_name(name):
+        raise ConfigError(
+            f"peers.{name}",
+            "a peer's name is its certificate's site name: a-z, 0-9, '.', '_', '-'",
+        )
+    for key in table:
+        if key not in PEER_KEYS:
+            raise ConfigError(f"peers.{name}.{key}", "unknown key (url, send, receive)")
+    peer: dict[str, Any] = {"url": "", "send": [ALL_TABLES], "receive": [ALL_TABLES]}
+    url = table.get("url", "")
+    if not isinstance(url, str):
+        raise ConfigError(f"peers.{name}.url", "expected a string")
+    peer["url"] = url
+    for key in ("send", "receive"):
+        tables = table.get(key, [ALL_TABLES])
+        if not isinstance(tables, list) or not all(isinstance(item, str) for item in tables):
+            raise ConfigError(f"peers.{name}.{key}", "expected a list of table names")
+        peer[key] = list(tables)
+    return peer
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -119,6 +178,12 @@ def env_name(setting: Setting) -> str:
 def _parse_text(setting: Setting, raw: str) -> Any:
     if setting.kind is list:
         return [item.strip() for item in raw.split(",") if item.strip()]
+    if setting.kind is bool:
+        if raw.strip().lower() in TRUE_WORDS:
+            return True
+        if raw.strip().lower() in FALSE_WORDS:
+            return False
+        raise ConfigError(setting.name, f"{raw!r} is not true or false")
     if setting.kind in (int, float):
         try:
             return setting.kind(raw)
@@ -136,10 +201,16 @@ def _checked(setting: Setting, value: Any, *, source: str = "") -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
             raise ConfigError(setting.name, f"expected a list of strings{where}")
         value = list(value)
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(setting.name, f"expected true or false, got {value!r}{where}")
     elif not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(setting.name, f"expected {kind.__name__}, got {value!r}{where}")
+        shown = "***" if setting.name in SECRET_SETTINGS else repr(value)
+        raise ConfigError(setting.name, f"expected {kind.__name__}, got {shown}{where}")
     if setting.minimum is not None and value < setting.minimum:
         raise ConfigError(setting.name, f"must be at least {setting.minimum}, got {value!r}{where}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise ConfigError(setting.name, f"must be at most {setting.maximum}, got {value!r}{where}")
     if setting.choices and value not in setting.choices:
         raise ConfigError(setting.name, f"must be one of {list(setting.choices)}, got {value!r}")
     return value
@@ -153,7 +224,12 @@ def split_listen(value: str, key: str = "node.listen") -> tuple[str, int]:
 
 
 def node_config(values: Mapping[str, Any]) -> NodeConfig:
-    """The NodeConfig the settings describe; ConfigError if the database is missing."""
+    """The NodeConfig the settings describe; ConfigError for a missing or unsafe setting.
+
+    Refuses what would expose the node (NodeConfig.check_exposure): plain
+    HTTP off loopback without `node.insecure_no_tls`, an API off loopback
+    without a token, per-peer rights without TLS.
+    """
     if not values["node.database"]:
         raise ConfigError("node.database", "no database file given (argument, file or env)")
     for url in values["peers.urls"]:
@@ -164,11 +240,20 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
     api_port = 0
     if values["api.listen"]:
         api_host, api_port = split_listen(values["api.listen"], key="api.listen")
-    return NodeConfig(
+    config = NodeConfig(
         database_path=values["node.database"],
         listen_host=host,
         listen_port=port,
         peer_urls=tuple(values["peers.urls"]),
+        peers=_named_peers(values.get(NAMED_PEERS, {})),
+        tls=_tls_files(values),
+        insecure_no_tls=values["node.insecure_no_tls"],
+        api_token=_api_token(values),
+        api_require_token=values["api.require_token"],
+        message_bytes_max=values["limits.message_bytes_max"],
+        rows_per_message_max=values["limits.rows_per_message_max"],
+        sessions_per_peer_max=values["limits.sessions_per_peer_max"],
+        inbound_sessions_max=values["limits.inbound_sessions_max"],
         clock_drift_ms_max=int(values["sync.max_clock_drift_s"] * 1000),
         batch_rows_max=values["limits.batch_rows_max"],
         batches_in_flight_max=values["limits.batches_in_flight_max"],
@@ -184,6 +269,79 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         api_listen_host=api_host,
         api_listen_port=api_port,
     )
+    config.check_exposure()
+    return config
+
+
+def _named_peers(tables: Mapping[str, Mapping[str, Any]]) -> tuple[PeerConfig, ...]:
+    peers = []
+    for name, table in sorted(tables.items()):
+        url = table["url"]
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"peers.{name}.url", f"{url!r} is not an http(s):// URL")
+        send, receive = (
+            None if ALL_TABLES in table[key] else frozenset(table[key])
+            for key in ("send", "receive")
+        )
+        peers.append(PeerConfig(name=name, url=url, send=send, receive=receive))
+    return tuple(peers)
+
+
+def _tls_files(values: Mapping[str, Any]) -> TlsFiles | None:
+    given = {key: values[f"tls.{key}"] for key in ("cert", "key", "ca")}
+    if not any(given.values()):
+        if values["tls.crl"]:
+            raise ConfigError("tls.crl", "a revocation list needs tls.cert, tls.key and tls.ca")
+        return None
+    for key, value in given.items():
+        if not value:
+            raise ConfigError(f"tls.{key}", "TLS needs all three: tls.cert, tls.key and tls.ca")
+    return TlsFiles(cert=given["cert"], key=given["key"], ca=given["ca"], crl=values["tls.crl"])
+
+
+def _api_token(values: Mapping[str, Any]) -> Secret | None:
+    """The API token, from api.token (or SYNCMESH_API_TOKEN) or from api.token_file."""
+    token: str = values["api.token"]
+    path: str = values["api.token_file"]
+    if token and path:
+        raise ConfigError("api.token_file", "give the token once: api.token or api.token_file")
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("api.token_file", f"cannot read {path}: {exc}") from exc
+        if not token:
+            raise ConfigError("api.token_file", f"{path} is empty")
+    if not token:
+        return None
+    if len(token) < 16 or any(char.isspace() for char in token):
+        raise ConfigError("api.token", "must be at least 16 characters, without spaces")
+    return Secret(token)
+
+
+def file_permission_warnings(values: Mapping[str, Any], config_path: Path | None) -> list[str]:
+    """Secret files that others can read: the TLS key, the token file, the config file.
+
+    Warned, not refused: a deployment may share them with a service group on
+    purpose.  syncmesh itself creates keys 0600 and directories 0700.
+    """
+    paths = [("tls.key", values["tls.key"]), ("api.token_file", values["api.token_file"])]
+    if config_path is not None and values["api.token"]:
+        paths.append(("the config file (it holds api.token)", str(config_path)))
+    warnings = []
+    for what, path in paths:
+        if not path:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # a missing file is refused where it is read
+        if mode & 0o077:
+            warnings.append(
+                f"{path} ({what}) can be read by other users (mode {mode & 0o777:o});"
+                f" chmod 600 {path}"
+            )
+    return warnings
 
 
 def render(values: Mapping[str, Any]) -> str:
@@ -195,13 +353,22 @@ def render(values: Mapping[str, Any]) -> str:
             section = setting.section
             lines.append(f"{'' if not lines else chr(10)}[{section}]")
         value = values[setting.name]
-        if isinstance(value, list):
+        if setting.name in SECRET_SETTINGS and value:
+            text = '"***"'
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
             text = "[" + ", ".join(_toml_string(item) for item in value) + "]"
         elif isinstance(value, str):
             text = _toml_string(value)
         else:
             text = repr(value)
         lines.append(f"{setting.key} = {text}")
+    for name, peer in sorted(values.get(NAMED_PEERS, {}).items()):
+        lines.append(f"\n[peers.{name}]")
+        lines.append(f"url = {_toml_string(peer['url'])}")
+        for key in ("send", "receive"):
+            lines.append(f"{key} = [" + ", ".join(_toml_string(t) for t in peer[key]) + "]")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,11 +28,14 @@ from syncmesh.cli.chaos import chaos
 from syncmesh.cli.config import (
     LOG_FORMATS,
     LOG_LEVELS,
+    NAMED_PEERS,
+    file_permission_warnings,
     load_settings,
     node_config,
     render,
 )
 from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, file_report, live_report
+from syncmesh.cli.tls import tls
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.store import Store
@@ -128,8 +132,30 @@ def track(database: Path, tables: tuple[str, ...]) -> None:
     "--peer",
     "peers",
     multiple=True,
-    metavar="URL",
-    help="A peer to dial, as http://HOST:PORT; repeat for several.",
+    metavar="[NAME=]URL",
+    help="A peer to dial, as http://HOST:PORT, or NAME=https://HOST:PORT with TLS (NAME:"
+    " the site in its certificate); repeat for several.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="This site's certificate (PEM, from `syncmesh tls issue`).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="This site's private key (PEM).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The cluster CA's certificate (PEM): peers must present one it signed.",
+)
+@click.option(
+    "--insecure-no-tls",
+    is_flag=True,
+    default=None,
+    help="Allow plain HTTP on a non-loopback --listen address (a trusted network only).",
 )
 @click.option(
     "--max-clock-drift",
@@ -161,6 +187,10 @@ def serve(
     batch_rows: int | None,
     log_level: str | None,
     log_format: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    insecure_no_tls: bool | None,
 ) -> None:
     """Run a node for DATABASE until SIGINT or SIGTERM.
 
@@ -169,11 +199,20 @@ def serve(
     tables named in the config's [tables] track.  Settings come from
     --config, then SYNCMESH_* environment variables, then these flags.
     Status: GET http://LISTEN/v1/status.
+
+    Off loopback the node needs TLS (--tls-cert, --tls-key, --tls-ca;
+    docs/security.md) or --insecure-no-tls.
     """
-    flags = {
+    urls, named = _split_peers(peers)
+    flags: dict[str, Any] = {
         "node.database": None if database is None else str(database),
         "node.listen": listen,
-        "peers.urls": list(peers) if peers else None,
+        "node.insecure_no_tls": insecure_no_tls,
+        "tls.cert": tls_cert,
+        "tls.key": tls_key,
+        "tls.ca": tls_ca,
+        "peers.urls": urls or None,
+        NAMED_PEERS: named,
         "sync.max_clock_drift_s": drift_s,
         "limits.batch_rows_max": batch_rows,
         "logging.level": log_level,
@@ -183,6 +222,8 @@ def serve(
         settings = load_settings(config_path, flags=flags)
         config = node_config(settings)
     _configure_logging(settings["logging.level"], settings["logging.format"])
+    for warning in file_permission_warnings(settings, config_path):
+        logging.getLogger("syncmesh.cli").warning("%s", warning)
     with _errors_as_messages():
         if settings["tables.track"]:
             store = Store.open(config.database_path)
@@ -210,6 +251,19 @@ def _log_track_progress(table: str, done: int, total: int) -> None:
         logging.getLogger("syncmesh.cli").info(
             "track %s: %d of %d existing rows", table, done, total
         )
+
+
+def _split_peers(values: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """`--peer` values: unnamed URLs, and NAME=URL pairs by name."""
+    urls: list[str] = []
+    named: dict[str, str] = {}
+    for value in values:
+        name, equals, url = value.partition("=")
+        if equals and "://" not in name:
+            named[name] = url
+        else:
+            urls.append(value)
+    return urls, named
 
 
 def _configure_logging(level: str, log_format: str) -> None:
@@ -390,3 +444,4 @@ def demo(nodes: int, rows: int, keep: bool) -> None:
 
 
 cli.add_command(chaos)
+cli.add_command(tls)

@@ -2,9 +2,65 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
+from syncmesh.errors import ConfigError
 from syncmesh.protocol import FRAME_BYTES_MAX
+from syncmesh.transport.tls import TlsFiles, valid_site_name
+
+WEBSOCKET_SLACK_BYTES = 1024  # the WebSocket's message limit: a frame plus this
+
+
+class Secret:
+    """A string that never shows itself: not in repr, logs, status or `config check`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    """A named peer: where to dial it (if we do), and its rights on our tables.
+
+    The name is the site name in the peer's certificate.  `send`: the
+    tables whose changes we accept from it; `receive`: the tables whose
+    changes we send it.  None means every table.
+    """
+
+    name: str
+    url: str = ""  # "": we do not dial it; it may dial us
+    send: frozenset[str] | None = None
+    receive: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        assert valid_site_name(self.name), self.name
+
+    @property
+    def restricted(self) -> bool:
+        return self.send is not None or self.receive is not None
+
+    def may_send(self, table: str) -> bool:
+        return self.send is None or table in self.send
+
+    def may_receive(self, table: str) -> bool:
+        return self.receive is None or table in self.receive
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -12,10 +68,19 @@ class NodeConfig:
     database_path: str
     listen_host: str = "127.0.0.1"
     listen_port: int = 7401  # 0 picks a free port (tests, demo)
-    peer_urls: tuple[str, ...] = field(default_factory=tuple)
+    peer_urls: tuple[str, ...] = field(default_factory=tuple)  # unnamed peers (no TLS)
+    peers: tuple[PeerConfig, ...] = field(default_factory=tuple)  # named peers
+    tls: TlsFiles | None = None  # None: plain HTTP, only on loopback unless insecure_no_tls
+    insecure_no_tls: bool = False  # allow plain HTTP on a non-loopback address
+    api_token: Secret | None = None  # bearer token of the HTTP API
+    api_require_token: bool = False  # ask for the token on loopback too
     clock_drift_ms_max: int = 60_000  # stamps further ahead are refused
     batch_rows_max: int = 2_000  # rows per batch (whole local transactions may exceed it)
     batches_in_flight_max: int = 4  # unacknowledged batches per session (flow control)
+    message_bytes_max: int = FRAME_BYTES_MAX  # one protocol message, sent or received
+    rows_per_message_max: int = 100_000  # rows in one BATCH, sent or received
+    sessions_per_peer_max: int = 2  # connections a peer (by certificate) may hold open at once
+    inbound_sessions_max: int = 64  # connections dialled in, in handshake or streaming
     poll_interval_ms: int = 5  # how often to look for writes by other connections
     heartbeat_s: float = 5.0  # WebSocket ping interval; a missed pong closes the link
     handshake_timeout_s: float = 10.0
@@ -27,14 +92,96 @@ class NodeConfig:
     quarantine_retry_s: float = 5.0
     api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
     api_listen_port: int = 0
-    frame_bytes_max: int = FRAME_BYTES_MAX + 1024  # the WebSocket's limit: a frame plus slack
     throughput_interval_s: float = 5.0  # the throughput history counts rows per interval ...
     throughput_samples_max: int = 120  # ... and keeps this many intervals (10 minutes)
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0
         assert self.batches_in_flight_max > 0
+        assert 0 < self.message_bytes_max <= FRAME_BYTES_MAX
+        assert self.rows_per_message_max > 0
+        assert self.sessions_per_peer_max > 0
+        assert self.inbound_sessions_max > 0
         assert self.poll_interval_ms > 0
         assert 0 < self.backoff_initial_s <= self.backoff_max_s
         assert self.throughput_interval_s >= 0.001
         assert self.throughput_samples_max > 0
+        assert len({peer.name for peer in self.peers}) == len(self.peers), "peer names repeat"
+
+    @property
+    def frame_bytes_max(self) -> int:
+        """The WebSocket's message limit: the protocol's plus a little slack."""
+        return self.message_bytes_max + WEBSOCKET_SLACK_BYTES
+
+    def peer_named(self, name: str) -> PeerConfig | None:
+        return next((peer for peer in self.peers if peer.name == name), None)
+
+    def api_host(self) -> str:
+        return self.listen_host if self.api_listen_host is None else self.api_listen_host
+
+    def token_required(self) -> bool:
+        """The API asks for the bearer token off loopback, or when told to."""
+        return self.api_require_token or not is_loopback(self.api_host())
+
+    def check_exposure(self) -> list[str]:
+        """Refuse (ConfigError) what would expose the node; warnings for what is allowed.
+
+        Secure by default: plain HTTP only on loopback, unless the operator
+        names the risk (`insecure_no_tls`); a bearer token for an API that
+        is reachable from elsewhere; per-peer rights only where a peer's
+        identity is known (its certificate).
+        """
+        warnings: list[str] = []
+        if self.tls is None and not is_loopback(self.listen_host):
+            if not self.insecure_no_tls:
+                raise ConfigError(
+                    "node.listen",
+                    f"listening on {self.listen_host} without TLS would let anyone who"
+                    " reaches the port read and write every tracked table. Give the node a"
+                    " certificate (syncmesh tls init; syncmesh tls issue SITE; then --tls-cert,"
+                    " --tls-key, --tls-ca: docs/security.md), or listen on 127.0.0.1, or,"
+                    " on a network you fully trust, pass --insecure-no-tls",
+                )
+            warnings.append(
+                f"INSECURE: serving the sync port on {self.listen_host} without TLS"
+                " (--insecure-no-tls): anyone who reaches it can read and change every"
+                " tracked table; use TLS (docs/security.md)"
+            )
+        if self.token_required() and self.api_token is None:
+            raise ConfigError(
+                "api.token",
+                f"the HTTP API listens on {self.api_host()}, which is not loopback: set a"
+                " bearer token (api.token_file, or the SYNCMESH_API_TOKEN environment"
+                " variable), or move the API to loopback with api.listen = 127.0.0.1:PORT",
+            )
+        if self.tls is not None:
+            for url in self.peer_urls:
+                raise ConfigError(
+                    "peers.urls",
+                    f"with TLS every peer needs a name, its certificate's site:"
+                    f" give {url!r} as --peer NAME={url} or in a [peers.NAME] table",
+                )
+            for peer in self.peers:
+                if peer.url and not peer.url.startswith("https://"):
+                    raise ConfigError(
+                        f"peers.{peer.name}.url", f"{peer.url!r}: with TLS peers are https:// URLs"
+                    )
+        else:
+            for peer in self.peers:
+                if peer.restricted:
+                    raise ConfigError(
+                        f"peers.{peer.name}",
+                        "per-peer rights (send, receive) need TLS: without a certificate a"
+                        " peer's name is only a claim",
+                    )
+        return warnings
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`; an empty host means every interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -8,6 +8,7 @@ which calls `Node.accept()` for each peer that dials in.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -19,13 +20,21 @@ from aiohttp import web
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError, TransportError
-from syncmesh.node.config import NodeConfig
+from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
-from syncmesh.transport import accept, dial
+from syncmesh.transport import (
+    WebSocketChannel,
+    accept,
+    client_context,
+    dial,
+    peer_address,
+    peer_site,
+    server_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,7 @@ LAG_CHANGES_MAX = 10_000  # a peer's lag in changes is counted up to this many r
 class PeerStatistics:
     address: str
     site_id: str
+    name: str  # the site name of its certificate (TLS) or of its [peers.NAME] table; "" if none
     dialed: bool
     state: str  # "connecting", "handshake", "streaming", "backoff", "refused"
     cursor: int
@@ -55,6 +65,7 @@ class PeerStatistics:
     batches_in: int
     batches_out: int
     quarantined_rows: int
+    rights_refused_rows: int  # rows of tables the peer may not send us, refused (this session)
     last_batch_ms: int
     last_error: str
     reconnects: int
@@ -72,11 +83,14 @@ class NodeStatistics:
     store: StoreStatus
     peers: tuple[PeerStatistics, ...]
     captures: int
+    rights_refused_rows: int  # rows refused for a peer's rights since start, all peers
+    refused_connections: int  # connections refused before HELLO (certificate, limits)
 
 
 @dataclass(slots=True)
 class _Dialer:
     url: str
+    peer: PeerConfig | None = None  # None: an unnamed URL (no TLS)
     state: str = "connecting"
     last_error: str = ""
     reconnects: int = 0
@@ -121,6 +135,14 @@ class Node:
         self._schema_problems: list[str] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._rows_captured_seen = 0
+        # Connections dialled in, per peer name (TLS) or "" (no TLS), open now.
+        self._inbound: collections.Counter[str] = collections.Counter()
+        # Site id -> the certificate name that first used it in this run.
+        self._site_names: dict[str, str] = {}
+        self.rights_refused_rows = 0
+        self.refused_connections = 0
+        self.server_ssl = None if config.tls is None else server_context(config.tls)
+        self.client_ssl = None if config.tls is None else client_context(config.tls)
         self._throughput = ThroughputHistory(
             interval_ms=max(1, round(config.throughput_interval_s * 1000)),
             samples_max=config.throughput_samples_max,
@@ -136,10 +158,13 @@ class Node:
         self.note_throughput(rows_captured_total=await self.worker.call(self._capture_counted))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
-        for url in self.config.peer_urls:
-            dialer = _Dialer(url)
-            self._dialers[url] = dialer
-            self._tasks.append(asyncio.create_task(self._dial_loop(dialer), name=f"dial {url}"))
+        dialers = [_Dialer(url) for url in self.config.peer_urls]
+        dialers += [_Dialer(peer.url, peer) for peer in self.config.peers if peer.url]
+        for dialer in dialers:
+            self._dialers[dialer.url] = dialer
+            self._tasks.append(
+                asyncio.create_task(self._dial_loop(dialer), name=f"dial {dialer.url}")
+            )
 
     async def close_sessions(self) -> None:
         """Stop dialling and close every session (the first half of `stop()`)."""
@@ -175,6 +200,21 @@ class Node:
         return await self.worker.call(read)
 
     def register(self, link: PeerLink, session: Session) -> str | None:
+        if link.name:
+            # A site id belongs to the certificate that used it first in this
+            # run: another site cannot take over its session or its cursor.
+            owner = self._site_names.setdefault(link.site_id, link.name)
+            if owner != link.name:
+                log.warning(
+                    "refused site %s: its HELLO claims site id %s, which belongs to site %s",
+                    link.name,
+                    link.site_id,
+                    owner,
+                )
+                return (
+                    f"site id {link.site_id} belongs to site {owner}, not to {link.name}"
+                    " (the name in your certificate)"
+                )
         existing = self._sessions.get(link.site_id)
         if existing is not None:
             return (
@@ -215,32 +255,84 @@ class Node:
         self._rows_captured_seen = max(self._rows_captured_seen, rows_captured_total)
         self._throughput.add(_now_ms(), captured_rows=captured, applied_rows=applied_rows)
 
+    def note_rights_refused(self, rows: int) -> None:
+        self.rights_refused_rows += rows
+
     # -- sessions -----------------------------------------------------------------
 
     async def accept(self, request: web.Request) -> web.StreamResponse:
         """The WebSocket handler for peers that dial in."""
         if self._stopping:
             return web.Response(status=503, text="node is shutting down")
+        peer, refusal = self._admit(request)
+        if refusal is not None:
+            self.refused_connections += 1
+            return refusal
+        name = peer.name if peer is not None else ""
+        self._inbound[name] += 1
         try:
-            channel = await accept(
-                request,
-                heartbeat_s=self.config.heartbeat_s,
-                frame_bytes_max=self.config.frame_bytes_max,
-            )
-        except TransportError as exc:
-            log.info("%s", exc)
-            raise web.HTTPBadRequest(text=str(exc)) from None  # nobody is left to read it
-        session = Session(self, channel, PeerLink(channel.peer, dialed=False))
-        self._accepted.add(session)
-        try:
-            await session.run()
-        except (SyncError, OSError) as exc:
-            _log_session_end(session.link, exc)
-        except Exception:
-            log.exception("session with %s failed unexpectedly", session.link.address)
+            try:
+                channel = await accept(
+                    request,
+                    heartbeat_s=self.config.heartbeat_s,
+                    frame_bytes_max=self.config.frame_bytes_max,
+                )
+            except TransportError as exc:
+                log.info("%s", exc)
+                raise web.HTTPBadRequest(text=str(exc)) from None  # nobody is left to read it
+            link = PeerLink(channel.peer, dialed=False, name=name)
+            session = Session(self, channel, link, rights=peer)
+            self._accepted.add(session)
+            try:
+                await session.run()
+            except (SyncError, OSError) as exc:
+                _log_session_end(session.link, exc)
+            except Exception:
+                log.exception("session with %s failed unexpectedly", session.link.address)
+            finally:
+                self._accepted.discard(session)
+            return channel.response
         finally:
-            self._accepted.discard(session)
-        return channel.response
+            self._inbound[name] -= 1
+
+    def _admit(self, request: web.Request) -> tuple[PeerConfig | None, web.Response | None]:
+        """Who dials in (by certificate), and the refusal if it may not: before any data.
+
+        With TLS the handshake has already refused a client without a
+        certificate of the cluster CA; here the named site must be a
+        configured peer, within its connection limit.
+        """
+        address = peer_address(request)
+        if sum(self._inbound.values()) >= self.config.inbound_sessions_max:
+            log.warning(
+                "refused a connection from %s: %d connections dialled in already"
+                " (limits.inbound_sessions_max)",
+                address,
+                self.config.inbound_sessions_max,
+            )
+            return None, web.Response(status=503, text="too many connections")
+        if self.config.tls is None:
+            return None, None
+        name = peer_site(request)
+        peer = None if name is None else self.config.peer_named(name)
+        if peer is None:
+            what = "names no site" if name is None else f"is for site {name!r}"
+            log.warning(
+                "refused a connection from %s: its certificate %s, not a configured peer",
+                address,
+                what,
+            )
+            return None, web.Response(status=403, text=f"certificate {what}: not a peer here")
+        if self._inbound[peer.name] >= self.config.sessions_per_peer_max:
+            log.warning(
+                "refused a connection from site %s (%s): it has %d open already"
+                " (limits.sessions_per_peer_max)",
+                peer.name,
+                address,
+                self._inbound[peer.name],
+            )
+            return None, web.Response(status=429, text="too many connections from your site")
+        return peer, None
 
     async def _dial_loop(self, dialer: _Dialer) -> None:
         delay_s = self.config.backoff_initial_s
@@ -254,10 +346,12 @@ class Node:
                     heartbeat_s=self.config.heartbeat_s,
                     frame_bytes_max=self.config.frame_bytes_max,
                     connect_timeout_s=self.config.connect_timeout_s,
+                    ssl_context=self.client_ssl,
                 )
-                link = PeerLink(dialer.url, dialed=True)
+                peer = await self._dialled_peer(dialer, channel)
+                link = PeerLink(dialer.url, dialed=True, name=peer.name if peer else "")
                 dialer.link = link
-                session = Session(self, channel, link)
+                session = Session(self, channel, link, rights=peer)
                 await session.run()
             except (SyncError, OSError) as exc:
                 dialer.last_error = str(exc)
@@ -277,6 +371,20 @@ class Node:
             # Full jitter: nodes that lost the same link do not reconnect in lockstep.
             await asyncio.sleep(self._rng.uniform(0, delay_s))
             delay_s = min(delay_s * 2, self.config.backoff_max_s)
+
+    async def _dialled_peer(self, dialer: _Dialer, channel: WebSocketChannel) -> PeerConfig | None:
+        """The peer we reached; with TLS, its certificate must name the site we dialled."""
+        if self.config.tls is None:
+            return dialer.peer
+        name = channel.peer_site
+        expected = dialer.peer.name if dialer.peer is not None else None
+        if name is None or name != expected:
+            await channel.close()
+            what = "names no site" if name is None else f"is for site {name!r}"
+            raise RefusedError(
+                f"{dialer.url} presented a certificate that {what}, not for site {expected!r}"
+            )
+        return dialer.peer
 
     async def _wait_while_connected(self, dialer: _Dialer) -> None:
         """Do not dial a peer that is already in a session with us (it dialled us)."""
@@ -379,7 +487,10 @@ class Node:
             )
             entries.append(
                 (
-                    link or PeerLink(dialer.url, dialed=True),
+                    link
+                    or PeerLink(
+                        dialer.url, dialed=True, name=dialer.peer.name if dialer.peer else ""
+                    ),
                     state,
                     dialer.last_error,
                     dialer.reconnects,
@@ -410,7 +521,13 @@ class Node:
             for (link, state, last_error, reconnects), seq in zip(entries, acked, strict=True)
         )
         return NodeStatistics(
-            store_status.site_id, self.listen, store_status, peers, self._captures
+            store_status.site_id,
+            self.listen,
+            store_status,
+            peers,
+            self._captures,
+            self.rights_refused_rows,
+            self.refused_connections,
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:
@@ -432,6 +549,7 @@ def _peer_statistics(
     return PeerStatistics(
         address=link.address,
         site_id=link.site_id,
+        name=link.name,
         dialed=link.dialed,
         state=state,
         cursor=link.cursor,
@@ -444,6 +562,7 @@ def _peer_statistics(
         batches_in=link.batches_in,
         batches_out=link.batches_out,
         quarantined_rows=link.quarantined_rows,
+        rights_refused_rows=link.rights_refused_rows,
         last_batch_ms=link.last_batch_ms,
         last_error=last_error,
         reconnects=reconnects,

@@ -27,10 +27,9 @@ from typing import Protocol
 from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
 from syncmesh.merge import missing_rows
 from syncmesh.model import ChangeBatch
-from syncmesh.node.config import NodeConfig
+from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
-    FRAME_BYTES_MAX,
     Ack,
     Batch,
     Have,
@@ -56,6 +55,7 @@ class PeerLink:
 
     address: str
     dialed: bool
+    name: str = ""  # the peer's site name (certificate or [peers.NAME]); "" if unnamed
     site_id: str = ""
     state: str = "handshake"
     connected_ms: int = 0
@@ -69,6 +69,7 @@ class PeerLink:
     batches_in: int = 0
     batches_out: int = 0
     quarantined_rows: int = 0
+    rights_refused_rows: int = 0  # rows of tables it may not send us
     last_batch_ms: int = 0
     last_error: str = ""
     bytes_in: int = 0
@@ -107,16 +108,27 @@ class SessionHost(Protocol):
 
     def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
+    def note_rights_refused(self, rows: int) -> None: ...
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class Session:
-    def __init__(self, host: SessionHost, channel: Channel, link: PeerLink) -> None:
+    def __init__(
+        self,
+        host: SessionHost,
+        channel: Channel,
+        link: PeerLink,
+        *,
+        rights: PeerConfig | None = None,
+    ) -> None:
+        """`rights`: the peer's configuration (None: an unnamed peer, every table both ways)."""
         self._host = host
         self._channel = channel
         self.link = link
+        self._rights = rights
         self._acked = asyncio.Event()
         self._in_flight: collections.deque[int] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
@@ -168,7 +180,7 @@ class Session:
         await self._send(ours)
         frame = await self._channel.receive(timeout_s=host.config.handshake_timeout_s)
         try:
-            message = decode(frame)
+            message = self._decode(frame)
         except ProtocolError as exc:
             raise await self._refuse(f"bad HELLO: {exc}") from exc
         if isinstance(message, Refuse):
@@ -233,7 +245,7 @@ class Session:
         while True:
             frame = await self._channel.receive()
             self.link.bytes_in += len(frame)
-            message = decode(frame)
+            message = self._decode(frame)
             if isinstance(message, Batch):
                 await self._apply(message.batch)
             elif isinstance(message, Ack):
@@ -250,6 +262,13 @@ class Session:
             else:
                 raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
 
+    def _decode(self, frame: bytes) -> Message:
+        """The trust boundary: every frame from the peer, checked against our limits."""
+        config = self._host.config
+        return decode(
+            frame, frame_bytes_max=config.message_bytes_max, rows_max=config.rows_per_message_max
+        )
+
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             # The receive loop is blocked on the channel: closing it ends the session.
@@ -258,8 +277,53 @@ class Session:
             log.warning("sending to %s failed: %s", self.link.site_id or self.link.address, error)
             self._closing = asyncio.get_running_loop().create_task(self._channel.close())
 
-    async def _apply(self, batch: ChangeBatch) -> None:
+    def _within_send_rights(self, batch: ChangeBatch) -> ChangeBatch:
+        """`batch` without the tables the peer may not send us, and without its vector.
+
+        The refused rows are counted and reported in one line.  A peer whose
+        send rights are restricted never moves our vector: its vector also
+        covers writes we refused (in this batch or an earlier one), and
+        claiming them would let other peers filter them out, though they
+        may send them to us (docs/adr/0008-per-peer-rights.md).
+        """
+        rights = self._rights
+        if rights is None or rights.send is None:
+            return batch
+        refused: dict[str, int] = {}
+        kept = []
+        for table in batch.tables:
+            if rights.may_send(table.table):
+                kept.append(table)
+            else:
+                refused[table.table] = refused.get(table.table, 0) + len(table.rows)
+        if refused:
+            rows = sum(refused.values())
+            self.link.rights_refused_rows += rows
+            self._host.note_rights_refused(rows)
+            listed = ", ".join(f"{table} ({count})" for table, count in sorted(refused.items()))
+            log.warning(
+                "refused %d rows from site %s: tables it may not send here: %s",
+                rows,
+                rights.name,
+                listed,
+            )
+        return dataclasses.replace(batch, tables=tuple(kept), vector=None)
+
+    def _within_receive_rights(self, batch: ChangeBatch) -> ChangeBatch:
+        """`batch` without the tables the peer may not receive, and then without a vector.
+
+        A vector claims our whole state; the peer would claim writes it
+        never got, and pass that claim on.
+        """
+        rights = self._rights
+        if rights is None or rights.receive is None:
+            return batch
+        tables = tuple(table for table in batch.tables if rights.may_receive(table.table))
+        return dataclasses.replace(batch, tables=tables, vector=None)
+
+    async def _apply(self, received: ChangeBatch) -> None:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
+        batch = self._within_send_rights(received)
 
         def apply() -> tuple[int, int, dict[str, int], int]:
             stored = store.peer_cursor(site)
@@ -282,16 +346,16 @@ class Session:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
         link.note_apply(time.perf_counter() - started)
-        link.rows_in += batch.row_count
+        link.rows_in += received.row_count
         link.batches_in += 1
         link.quarantined_rows += quarantined
         link.cursor = batch.to_seq
         link.peer_head_seq = batch.head_seq
         link.last_batch_ms = _now_ms()
-        if batch.vector is not None:
+        if received.vector is not None:
             # The peer's vector is true of its whole state: what it sent us
             # we need not send back (this is what stops a relay from echoing).
-            self._learn_peer_vector(batch.vector)
+            self._learn_peer_vector(received.vector)
         self._host.note_throughput(applied_rows=applied, rows_captured_total=captured_total)
         if applied:
             self._host.feed_advanced()
@@ -338,6 +402,7 @@ class Session:
                 await self._acked.wait()
             changed = host.feed_event()
             batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
+            batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
                 # cancel that lands as `changed` fires, and the sender then outlives
@@ -360,9 +425,11 @@ class Session:
                 await asyncio.sleep(config.relay_hold_ms / 1000)
                 batch = _refiltered(batch, self._filter_vector())
             frame = encode(Batch(batch))
-            if len(frame) > FRAME_BYTES_MAX:
-                # Wide rows (large blobs): read fewer rows; only a single local
-                # transaction larger than a frame cannot be split.
+            too_many = batch.row_count > config.rows_per_message_max
+            if too_many or len(frame) > config.message_bytes_max:
+                # Wide rows (large blobs), or a seq group of more rows than a
+                # message may hold: read fewer rows; only a single row larger
+                # than a frame cannot be split.
                 if rows_max > 1:
                     rows_max = max(1, rows_max // 4)
                     continue
@@ -370,8 +437,8 @@ class Session:
                 if await worker.call(store.split_seq_group, batch.to_seq):
                     continue
                 raise ProtocolError(
-                    f"one row encodes to {len(frame)} bytes, over the frame limit of"
-                    f" {FRAME_BYTES_MAX}"
+                    f"one row encodes to {len(frame)} bytes, over the message limit of"
+                    f" {config.message_bytes_max}"
                 )
             rows_max = min(config.batch_rows_max, rows_max * 2)
             await self._send_frame(frame)

@@ -1,6 +1,6 @@
 """The sync protocol's messages and their encoding: pure, no I/O."""
 
-from syncmesh.protocol.codec import FRAME_BYTES_MAX, decode, encode
+from syncmesh.protocol.codec import FRAME_BYTES_MAX, ROWS_PER_MESSAGE_MAX, decode, encode
 from syncmesh.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -15,6 +15,7 @@ from syncmesh.protocol.messages import (
 __all__ = [
     "FRAME_BYTES_MAX",
     "PROTOCOL_VERSION",
+    "ROWS_PER_MESSAGE_MAX",
     "Ack",
     "Batch",
     "Have",

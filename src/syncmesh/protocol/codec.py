@@ -33,6 +33,14 @@ DECODED_BYTES_MAX = 256 << 20  # after decompression: a bound against zip bombs
 COMPRESS_BYTES_MIN = 512
 SITE_ID_CHARS_MAX = 64
 KEY_COLUMNS_MAX = 64
+ROWS_PER_MESSAGE_MAX = 100_000  # rows in one BATCH, all tables together (the default)
+NAME_CHARS_MAX = 1_024  # a table or column name; an incarnation or fingerprint: 64
+TOKEN_CHARS_MAX = 64  # incarnation ids and fingerprints
+REASON_CHARS_MAX = 4_096  # a REFUSE's reason, which the receiver logs
+VECTOR_SITES_MAX = 10_000  # entries of a version vector; tables named in a HELLO
+# msgpack refuses longer arrays while it parses, before any rows are built:
+# at least a row of SQLite's widest table (2000 columns, 3 fields each).
+ARRAY_ITEMS_MIN = 8_192
 _SCALARS = (type(None), str, bytes)
 _RAW, _ZSTD = 0, 1
 _compressor = zstandard.ZstdCompressor(level=3)
@@ -46,22 +54,47 @@ def encode(message: Message) -> bytes:
     return bytes([_RAW]) + payload
 
 
-def decode(frame: bytes) -> Message:
-    """The message in `frame`; ProtocolError if it is not a valid one."""
+def decode(
+    frame: bytes,
+    *,
+    frame_bytes_max: int = FRAME_BYTES_MAX,
+    rows_max: int = ROWS_PER_MESSAGE_MAX,
+) -> Message:
+    """The message in `frame`; ProtocolError if it is not a valid one.
+
+    `frame_bytes_max` and `rows_max` are the receiver's limits (its
+    `limits.message_bytes_max` and `limits.rows_per_message_max`); the
+    frame's own claims about sizes are never trusted.
+    """
     if not frame:
         raise ProtocolError("empty frame")
-    if len(frame) > FRAME_BYTES_MAX:
-        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
+    limit = min(frame_bytes_max, FRAME_BYTES_MAX)
+    if len(frame) > limit:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {limit}")
     flag, body = frame[0], frame[1:]
     if flag == _ZSTD:
         body = _decompress(body)
     elif flag != _RAW:
         raise ProtocolError(f"unknown frame flag {flag}")
     try:
-        plain = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        plain = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_array_len=max(rows_max, ARRAY_ITEMS_MIN),
+            max_map_len=VECTOR_SITES_MAX,
+            max_ext_len=0,
+        )
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
-    return _from_plain(plain)
+    except RecursionError as exc:  # arrays nested thousands deep
+        raise ProtocolError("frame is not valid msgpack: nested too deeply") from exc
+    message = _from_plain(plain)
+    if isinstance(message, Batch) and message.batch.row_count > rows_max:
+        raise ProtocolError(
+            f"batch of {message.batch.row_count} rows exceeds the limit of {rows_max}"
+        )
+    return message
 
 
 def _decompress(body: bytes) -> bytes:
@@ -144,17 +177,29 @@ def _seq(plain: dict[str, Any], key: str, what: str) -> int:
     return value
 
 
+def _text(plain: dict[str, Any], key: str, what: str, chars_max: int, *, chars_min: int = 0) -> str:
+    value: str = _field(plain, key, str, what)
+    if not chars_min <= len(value) <= chars_max:
+        raise ProtocolError(f"{what}: field {key!r} is not {chars_min}-{chars_max} characters")
+    return value
+
+
 def _vector(value: object, what: str) -> dict[str, int]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{what}: version vector is not a map")
+    if len(value) > VECTOR_SITES_MAX:
+        raise ProtocolError(f"{what}: version vector of more than {VECTOR_SITES_MAX} sites")
     for site, hlc in value.items():
         if (
             not isinstance(site, str)
+            or not 0 < len(site) <= SITE_ID_CHARS_MAX
             or not isinstance(hlc, int)
             or isinstance(hlc, bool)
             or not 0 <= hlc < (1 << 63)
         ):
-            raise ProtocolError(f"{what}: version vector entry {site!r}: {hlc!r} is invalid")
+            raise ProtocolError(
+                f"{what}: version vector entry {_show(site)}: {_show(hlc)} is invalid"
+            )
     return dict(value)
 
 
@@ -165,24 +210,26 @@ def _from_plain(plain: object) -> Message:
     if kind == "hello":
         version = plain.get("v")
         if version != PROTOCOL_VERSION:
-            raise UnsupportedVersion(version)
+            raise UnsupportedVersion(version if type(version) is int else _show(version))
         tables = _field(plain, "tables", list, "hello")
-        if not all(isinstance(table, str) for table in tables):
-            raise ProtocolError("hello: table names are not strings")
+        if len(tables) > VECTOR_SITES_MAX or not all(
+            isinstance(table, str) and len(table) <= NAME_CHARS_MAX for table in tables
+        ):
+            raise ProtocolError("hello: table names are not a list of names")
         return Hello(
             version,
-            _field(plain, "site", str, "hello"),
-            _field(plain, "inc", str, "hello"),
-            _field(plain, "fp", str, "hello"),
+            _text(plain, "site", "hello", SITE_ID_CHARS_MAX, chars_min=1),
+            _text(plain, "inc", "hello", TOKEN_CHARS_MAX),
+            _text(plain, "fp", "hello", TOKEN_CHARS_MAX),
             tuple(tables),
             _seq(plain, "head", "hello"),
             _vector(plain.get("vv"), "hello"),
         )
     if kind == "refuse":
-        return Refuse(_field(plain, "reason", str, "refuse"))
+        return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))
     if kind == "pull":
         return Pull(
-            _field(plain, "inc", str, "pull"),
+            _text(plain, "inc", "pull", TOKEN_CHARS_MAX),
             _seq(plain, "cursor", "pull"),
             _vector(plain.get("vv"), "pull"),
             _field(plain, "own", bool, "pull"),
@@ -193,7 +240,7 @@ def _from_plain(plain: object) -> Message:
         return Ack(_seq(plain, "to", "ack"), _vector(plain.get("vv"), "ack"))
     if kind == "have":
         return Have(_vector(plain.get("vv"), "have"))
-    raise ProtocolError(f"unknown message type {kind!r}")
+    raise ProtocolError(f"unknown message type {_show(kind)}")
 
 
 def _batch(plain: dict[str, Any]) -> ChangeBatch:
@@ -206,14 +253,22 @@ def _batch(plain: dict[str, Any]) -> ChangeBatch:
     raw_vector = plain.get("vv")
     vector = None if raw_vector is None else _vector(raw_vector, "batch")
     sites = _field(plain, "sites", list, "batch")
+    if len(sites) > VECTOR_SITES_MAX:
+        raise ProtocolError(f"batch: site table of more than {VECTOR_SITES_MAX} sites")
     for site in sites:
         if type(site) is not str or not 0 < len(site) <= SITE_ID_CHARS_MAX:
-            raise ProtocolError(f"batch: site id {site!r} is not a string of 1-64 characters")
+            raise ProtocolError(f"batch: site id {_show(site)} is not a string of 1-64 characters")
     tables = tuple(
         _table_rows(table, len(sites)) for table in _field(plain, "tables", list, "batch")
     )
     return ChangeBatch(
-        _field(plain, "inc", str, "batch"), from_seq, to_seq, head_seq, vector, tuple(sites), tables
+        _text(plain, "inc", "batch", TOKEN_CHARS_MAX),
+        from_seq,
+        to_seq,
+        head_seq,
+        vector,
+        tuple(sites),
+        tables,
     )
 
 
@@ -222,13 +277,15 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
     if type(plain) is not list or len(plain) != 4:
         raise ProtocolError("batch: a table entry is not [name, columns, key count, rows]")
     name, columns, key_count, rows = plain
-    if type(name) is not str or not name:
-        raise ProtocolError("batch: table name is not a non-empty string")
+    if type(name) is not str or not 0 < len(name) <= NAME_CHARS_MAX:
+        raise ProtocolError(f"batch: table name is not a string of 1-{NAME_CHARS_MAX} characters")
     where = f"batch rows of {name!r}"
-    if type(columns) is not list or not all(type(column) is str for column in columns):
+    if type(columns) is not list or not all(
+        type(column) is str and 0 < len(column) <= NAME_CHARS_MAX for column in columns
+    ):
         raise ProtocolError(f"{where}: columns are not a list of names")
     if type(key_count) is not int or not 0 < key_count <= KEY_COLUMNS_MAX:
-        raise ProtocolError(f"{where}: key count {key_count!r} is invalid")
+        raise ProtocolError(f"{where}: key count {_show(key_count)} is invalid")
     if type(rows) is not list:
         raise ProtocolError(f"{where}: rows are not a list")
     width = key_count + 3 + 3 * len(columns)
@@ -239,7 +296,7 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
             _check_value(value, where)
         cl = row[key_count]
         if type(cl) is not int or not 0 < cl <= INT64_MAX:
-            raise ProtocolError(f"{where}: causal length {cl!r} is not a positive integer")
+            raise ProtocolError(f"{where}: causal length {_show(cl)} is not a positive integer")
         _check_stamp(row[key_count + 1], row[key_count + 2], sites_count, where)
         for at in range(key_count + 3, width, 3):
             _check_value(row[at], where)
@@ -247,6 +304,12 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
             if row[at + 1] is None and row[at] is not None:
                 raise ProtocolError(f"{where}: a cell without a stamp carries a value")
     return TableRows(name, tuple(columns), key_count, rows)
+
+
+def _show(value: object) -> str:
+    """A peer's value in an error message: cut short, so a reason stays readable."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_value(value: object, where: str) -> None:
@@ -265,6 +328,6 @@ def _check_stamp(hlc: object, site: object, sites_count: int, where: str) -> Non
     if hlc is None and site is None:
         return
     if type(hlc) is not int or not 0 <= hlc <= INT64_MAX:
-        raise ProtocolError(f"{where}: stamp {hlc!r} is not a non-negative 64-bit integer")
+        raise ProtocolError(f"{where}: stamp {_show(hlc)} is not a non-negative 64-bit integer")
     if type(site) is not int or not 0 <= site < sites_count:
-        raise ProtocolError(f"{where}: site index {site!r} is not in the batch's site table")
+        raise ProtocolError(f"{where}: site index {_show(site)} is not in the batch's site table")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -52,6 +53,23 @@ CAPTURE_ENTRIES_PER_SEQ = 20_000
 CACHE_KIB = 65_536
 
 
+DATABASE_FILE_MODE = 0o600
+
+
+def _create_private(path: str | Path) -> None:
+    """Create an empty file at `path` with mode 0600 if nothing is there yet."""
+    name = str(path)
+    if name == ":memory:" or name.startswith("file:") or not name:
+        return
+    try:
+        descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc}") from exc
+    os.close(descriptor)
+
+
 class Store:
     """A syncmesh-managed SQLite file.
 
@@ -82,7 +100,12 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
-        """Open (or create) the file; call `init()` before anything else on a new file."""
+        """Open (or create) the file; call `init()` before anything else on a new file.
+
+        A new file is created 0600 (only its owner may read it); SQLite gives
+        its -wal and -shm files the same mode.  An existing file keeps its mode.
+        """
+        _create_private(path)
         try:
             connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

@@ -10,12 +10,14 @@ ping/pong heartbeats that close a dead link.
 
 from __future__ import annotations
 
+import ssl
 from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 
 from syncmesh.errors import TransportError
+from syncmesh.transport.tls import site_name_of
 
 SYNC_PATH = "/sync/v1"
 
@@ -40,10 +42,13 @@ class WebSocketChannel:
         socket: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
         peer: str,
         session: aiohttp.ClientSession | None = None,
+        peer_site: str | None = None,
     ) -> None:
         self._socket = socket
         self._peer = peer
         self._session = session
+        # The site named by the peer's verified certificate (TLS), else None.
+        self.peer_site = peer_site
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -94,9 +99,19 @@ class WebSocketChannel:
 
 
 async def dial(
-    url: str, *, heartbeat_s: float, frame_bytes_max: int, connect_timeout_s: float
+    url: str,
+    *,
+    heartbeat_s: float,
+    frame_bytes_max: int,
+    connect_timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> WebSocketChannel:
-    """Open a sync channel to the node at `url` (http://host:port)."""
+    """Open a sync channel to the node at `url` (http://host:port, or https:// with TLS).
+
+    With `ssl_context` the server must present a certificate of the cluster
+    CA; the site it names is the channel's `peer_site`, for the caller to
+    check before it says anything.
+    """
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(
             total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s
@@ -108,6 +123,7 @@ async def dial(
             heartbeat=heartbeat_s,
             max_msg_size=frame_bytes_max,
             autoping=True,
+            ssl=ssl_context if ssl_context is not None else True,
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
@@ -115,7 +131,8 @@ async def dial(
     except BaseException:
         await session.close()
         raise
-    return WebSocketChannel(socket, url, session)
+    peer_site = site_name_of(socket.get_extra_info("peercert")) if ssl_context else None
+    return WebSocketChannel(socket, url, session, peer_site)
 
 
 async def accept(
@@ -127,10 +144,21 @@ async def accept(
     answered (a reset or a cut link: routine on a WAN, not a bug).
     """
     socket = web.WebSocketResponse(heartbeat=heartbeat_s, max_msg_size=frame_bytes_max)
-    peername = request.transport.get_extra_info("peername") if request.transport else None
-    address = f"{peername[0]}:{peername[1]}" if peername else "unknown"
+    address = peer_address(request)
     try:
         await socket.prepare(request)
     except ConnectionError as exc:
         raise TransportError(address, f"gone during the WebSocket upgrade ({exc})") from exc
-    return WebSocketChannel(socket, address)
+    return WebSocketChannel(socket, address, peer_site=peer_site(request))
+
+
+def peer_address(request: web.Request) -> str:
+    peername = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peername[0]}:{peername[1]}" if peername else "unknown"
+
+
+def peer_site(request: web.Request) -> str | None:
+    """The site named by the client's verified certificate, or None (no TLS, no name)."""
+    if request.transport is None:
+        return None
+    return site_name_of(request.transport.get_extra_info("peercert"))

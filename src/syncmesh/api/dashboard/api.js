@@ -1,8 +1,37 @@
 // Every request of the dashboard goes through getJson(), so that the
-// bearer token of the API (a separate issue) is added in exactly one
-// place: requestHeaders().
+// bearer token of the API is added in exactly one place: requestHeaders().
+//
+// Off loopback the node's API asks for `Authorization: Bearer TOKEN`.  The
+// page takes the token from its URL fragment (`/#token=TOKEN`: the part
+// after `#` is never sent to a server, so it stays out of access logs and
+// proxies), or asks for it once when the node answers 401, and keeps it in
+// this tab's sessionStorage, which ends with the tab.
 
 const TIMEOUT_MS = 3000; // a paused or overloaded node counts as not answering
+const TOKEN_KEY = "syncmesh.apiToken";
+let askedForToken = false;
+
+function takeTokenFromUrl() {
+  const match = /(?:^#|&)token=([^&]*)/.exec(window.location.hash);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    // Out of the address bar, the history and any bookmark made from now on.
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+}
+
+function askForToken() {
+  if (askedForToken) {
+    return;
+  }
+  askedForToken = true;
+  const token = window.prompt("This node's API token (api.token):");
+  if (token) {
+    sessionStorage.setItem(TOKEN_KEY, token.trim());
+  }
+}
+
+takeTokenFromUrl();
 
 export class HttpError extends Error {
   constructor(path, status) {
@@ -13,9 +42,12 @@ export class HttpError extends Error {
 }
 
 function requestHeaders() {
-  // The API asks for no credentials yet.  When it does, add here:
-  // { Authorization: `Bearer ${token}` }.
-  return { Accept: "application/json" };
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) {
+    headers.Authorization = `Bearer ${token}`;
+  }
+  return headers;
 }
 
 /** GET `path` (relative to the page) as JSON; throws HttpError or a network error. */
@@ -28,6 +60,9 @@ export async function getJson(path) {
       cache: "no-store",
       signal: controller.signal,
     });
+    if (response.status === 401) {
+      askForToken();
+    }
     if (!response.ok) {
       throw new HttpError(path, response.status);
     }
