@@ -25,6 +25,7 @@ class NodeConfig:
     idle_resend_s: float = 2.0  # a sender with nothing new re-reads its feed this often
     relay_hold_ms: int = 10  # a batch of only others' writes waits this long (mesh dedup)
     quarantine_retry_s: float = 5.0
+    conflict_ledger_rows_max: int = 10_000  # the ledger keeps the newest this many conflicts
     api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
     api_listen_port: int = 0
     frame_bytes_max: int = FRAME_BYTES_MAX + 1024  # the WebSocket's limit: a frame plus slack
@@ -34,3 +35,4 @@ class NodeConfig:
         assert self.batches_in_flight_max > 0
         assert self.poll_interval_ms > 0
         assert 0 < self.backoff_initial_s <= self.backoff_max_s
+        assert self.conflict_ledger_rows_max >= 0

@@ -90,6 +90,7 @@ class Node:
         self.store = store or Store.open(
             config.database_path,
             clock=HybridClock(SystemClock(), drift_ms_max=config.clock_drift_ms_max),
+            conflict_ledger_rows_max=config.conflict_ledger_rows_max,
         )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"

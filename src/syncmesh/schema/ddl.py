@@ -17,8 +17,12 @@ engine's apply transaction, which clears it before commit, so no other
 connection ever sees it set.
 
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
-`seq`, then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal;
-0 is this node).
+`seq`, then per value column i: `h{i}` (stamp), `s{i}` (site ordinal; 0 is
+this node), `p{i}` (the value's past: what its writer knew of earlier
+writes to the cell) and `a{i}` (what this node knows beyond that, from
+writes it discarded in conflicts).  `p{i}` and `a{i}` are JSON objects
+{"ordinal": hlc}, NULL when empty: the common case of a cell written by one
+site only (docs/adr/0007-conflict-ledger.md).
 """
 
 from __future__ import annotations
@@ -69,6 +73,29 @@ CREATE TABLE IF NOT EXISTS _syncmesh_quarantine (
 );
 """
 
+# The conflict ledger (docs/adr/0007-conflict-ledger.md): the conflicts this
+# node resolved, newest kept up to a limit, and a running count per table.
+CONFLICT_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS _syncmesh_conflicts (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    pk TEXT NOT NULL,                -- the key values as JSON (model.json_safe)
+    column_name TEXT NOT NULL,
+    winner_value,                    -- no declared type: values keep their storage class
+    winner_hlc INTEGER NOT NULL,
+    winner_site TEXT NOT NULL,
+    loser_value,
+    loser_hlc INTEGER NOT NULL,
+    loser_site TEXT NOT NULL,
+    resolved_ms INTEGER NOT NULL,    -- when this node's merge resolved it (wall clock)
+    UNIQUE (table_name, pk, column_name, loser_hlc, loser_site, winner_hlc, winner_site)
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_conflict_totals (
+    table_name TEXT PRIMARY KEY,
+    total INTEGER NOT NULL           -- conflicts ever recorded here, beyond the ledger's limit
+);
+"""
+
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -86,9 +113,24 @@ def shadow_columns(spec: TableSpec) -> list[str]:
     """Shadow column names in table order (all plain identifiers, no quoting needed)."""
     keys = [f"k{index}" for index in range(len(spec.pk))]
     cells = [
-        name for index in range(len(spec.value_columns)) for name in (f"h{index}", f"s{index}")
+        name
+        for index in range(len(spec.value_columns))
+        for name in (f"h{index}", f"s{index}", f"p{index}", f"a{index}")
     ]
     return [*keys, "cl", "cl_hlc", "cl_site", "seq", *cells]
+
+
+def knowledge_columns(spec: TableSpec) -> list[tuple[str, str]]:
+    """(name, declared type) of the shadow columns added for the conflict ledger.
+
+    A file whose shadow tables were made before them gets them added
+    (`Store` does it when it opens the file).
+    """
+    return [
+        (name, "TEXT")
+        for index in range(len(spec.value_columns))
+        for name in (f"p{index}", f"a{index}")
+    ]
 
 
 def shadow_ddl(spec: TableSpec) -> list[str]:
@@ -96,7 +138,8 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     shadow = quote_identifier(shadow_name(spec.name))
     keys = ", ".join(f"k{index}" for index in range(len(spec.pk)))
     cells = "".join(
-        f", h{index} INTEGER, s{index} INTEGER" for index in range(len(spec.value_columns))
+        f", h{index} INTEGER, s{index} INTEGER, p{index} TEXT, a{index} TEXT"
+        for index in range(len(spec.value_columns))
     )
     # Key columns have no declared type, so values keep their storage class.
     key_defs = ", ".join(f"k{index}" for index in range(len(spec.pk)))

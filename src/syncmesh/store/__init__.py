@@ -1,6 +1,12 @@
 """The SQLite side: bookkeeping tables, capture, the change feed, applying batches."""
 
-from syncmesh.store.records import ApplyResult, PeerCursor, StoreStatus
+from syncmesh.store.records import (
+    ApplyResult,
+    ConflictRecord,
+    PeerCursor,
+    StoreStatus,
+    Version,
+)
 from syncmesh.store.sqlite import Store
 
-__all__ = ["ApplyResult", "PeerCursor", "Store", "StoreStatus"]
+__all__ = ["ApplyResult", "ConflictRecord", "PeerCursor", "Store", "StoreStatus", "Version"]

@@ -3,16 +3,20 @@
 One `TableSql` per tracked table holds the statement texts (identifiers
 quoted once, here) and turns shadow rows into `RowState` values and back.
 Site ids are stored as small integers (`_syncmesh_sites.ordinal`, 0 being
-this node) to keep shadow rows compact; `SiteMap` translates.
+this node) to keep shadow rows compact; `SiteMap` translates.  A cell's
+past and the node's knowledge of a cell are JSON objects keyed by the same
+ordinals, which are also the site indexes of an outgoing batch.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from syncmesh.errors import StoreError
-from syncmesh.model import RowState, SqlValue, TableRows, TableSpec
+from syncmesh.merge import Knowledge
+from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec, past_text
 from syncmesh.schema import (
     ALL_COLUMNS,
     OP_CHECK,
@@ -113,7 +117,7 @@ class TableSql:
         self.shape = TableRows(spec.name, self.values, self.key_count, [])
         keys = [f"s.k{index}" for index in range(self.key_count)]
         cells = [
-            f"t.{quote_identifier(column)}, s.h{index}, s.s{index}"
+            f"t.{quote_identifier(column)}, s.h{index}, s.s{index}, s.p{index}"
             for index, column in enumerate(self.values)
         ]
         join = " AND ".join(
@@ -121,6 +125,11 @@ class TableSql:
         )
         selected = ", ".join([*keys, "s.cl", "s.cl_hlc", "s.cl_site", *cells])
         self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
+        # The rows as `_select` has them, then this node's knowledge per cell.
+        known = "".join(f", s.a{index}" for index in range(len(self.values)))
+        self._load_select = (
+            f"SELECT {selected}{known} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
+        )
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
         self._feed_prefix = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
         self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -164,6 +173,12 @@ class TableSql:
         self.delete_sql = f"DELETE FROM {self.table} WHERE " + " AND ".join(
             f"{quote_identifier(column)} = ?" for column in spec.pk
         )
+        self.knowledge_sql = (
+            f"UPDATE {self.shadow} SET "
+            + ", ".join(f"a{index} = ?" for index in range(len(self.values)))
+            + " WHERE "
+            + " AND ".join(f"k{index} = ?" for index in range(self.key_count))
+        )
         self.capture_sql = self._capture_sql()
         self.backfill_sql = self._backfill_sql()
 
@@ -177,9 +192,14 @@ class TableSql:
         """
         names = shadow_columns(self.spec)
         keys = [f"?{6 + index}" for index in range(self.key_count)]
-        new_cells = [value for _ in self.values for value in ("CASE WHEN ?1 THEN ?4 END", "0")]
+        new_cells = [
+            value
+            for _ in self.values
+            for value in ("CASE WHEN ?1 THEN ?4 END", "0", "NULL", "NULL")
+        ]
         values = [*keys, "CASE WHEN ?1 THEN 1 ELSE 2 END", "?4", "0", "?5", *new_cells]
         new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
+        reborn = "?1 AND (cl % 2 = 0 OR ?2)"  # alive again: a life whose writes know nothing
         sets = [
             "cl = CASE WHEN ?1 THEN (CASE WHEN cl % 2 = 0 THEN cl + 1 WHEN ?2 THEN cl + 2"
             " ELSE cl END) WHEN cl % 2 = 1 THEN cl + 1 ELSE cl END",
@@ -191,6 +211,17 @@ class TableSql:
             changed = f"?1 AND (?3 >> {index}) & 1"
             sets.append(f"h{index} = CASE WHEN {changed} THEN ?4 ELSE h{index} END")
             sets.append(f"s{index} = CASE WHEN {changed} THEN 0 ELSE s{index} END")
+            # The new write's past: what this node knew of the cell.  Over our
+            # own value with nothing else known (one writer: the common case)
+            # that is the old value's past as it is, so nothing is computed.
+            sets.append(
+                f"p{index} = CASE WHEN {reborn} THEN NULL"
+                f" WHEN {changed} AND (s{index} <> 0 OR a{index} IS NOT NULL)"
+                f" THEN {_next_past(index)} ELSE p{index} END"
+            )
+            sets.append(
+                f"a{index} = CASE WHEN ({reborn}) OR ({changed}) THEN NULL ELSE a{index} END"
+            )
         key_list = ", ".join(f"k{index}" for index in range(self.key_count))
         return (
             f"INSERT INTO {self.shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
@@ -249,7 +280,7 @@ class TableSql:
         """Shadow rows for rows that exist before tracking: one seq per chunk of rows."""
         names = shadow_columns(self.spec)
         keys = [quote_identifier(column) for column in self.spec.pk]
-        cells = [value for _ in self.values for value in (":hlc", "0")]
+        cells = [value for _ in self.values for value in (":hlc", "0", "NULL", "NULL")]
         seq = "(:base + (row_number() OVER () - 1) / :chunk)"
         return (
             f"INSERT OR IGNORE INTO {self.shadow} ({', '.join(names)})"
@@ -287,25 +318,35 @@ class TableSql:
 
     def load(
         self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
-    ) -> dict[tuple[SqlValue, ...], list[SqlValue]]:
-        """The local positional rows (sites as ordinals) of the keys `pks` that exist."""
-        found: dict[tuple[SqlValue, ...], list[SqlValue]] = {}
+    ) -> dict[tuple[SqlValue, ...], tuple[list[SqlValue], list[str | None]]]:
+        """Per key of `pks` that exists: its positional row (sites as ordinals) and knowledge.
+
+        The knowledge is one JSON text (or None) per value column: what this
+        node knows of the cell beyond the value's past.
+        """
+        found: dict[tuple[SqlValue, ...], tuple[list[SqlValue], list[str | None]]] = {}
         keys = ", ".join(f"s.k{index}" for index in range(self.key_count))
         step = KEYS_PER_QUERY // max(1, self.key_count)
         tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
+        width = self.shape.width
         for start in range(0, len(pks), step):
             chunk = pks[start : start + step]
-            sql = (
-                f"{self._select} WHERE ({keys}) IN (VALUES {', '.join([tuple_marks] * len(chunk))})"
-            )
+            marks = ", ".join([tuple_marks] * len(chunk))
+            sql = f"{self._load_select} WHERE ({keys}) IN (VALUES {marks})"
             params = [value for pk in chunk for value in pk]
             for row in connection.execute(sql, params):
-                found[tuple(row[: self.key_count])] = list(row)
+                found[tuple(row[: self.key_count])] = (list(row[:width]), list(row[width:]))
         return found
 
     def shadow_row(
-        self, pk: tuple[SqlValue, ...], state: RowState, seq: int, sites: SiteMap
+        self,
+        pk: tuple[SqlValue, ...],
+        state: RowState,
+        seq: int,
+        sites: SiteMap,
+        known: Mapping[str, Knowledge],
     ) -> list[SqlValue]:
+        """The shadow row of `state`, with `known` (per column) as the node's knowledge."""
         cl_stamp = state.cl_stamp
         row: list[SqlValue] = [
             *pk,
@@ -316,11 +357,28 @@ class TableSql:
         ]
         for column in self.values:
             cell = state.cells.get(column)
+            extra = past_text(known.get(column, {}), sites.ordinal)
             if cell is None:
-                row.extend((None, None))
+                row.extend((None, None, None, extra))
             else:
-                row.extend((cell.stamp.hlc, sites.ordinal(cell.stamp.site_id)))
+                row.extend(
+                    (
+                        cell.stamp.hlc,
+                        sites.ordinal(cell.stamp.site_id),
+                        past_text(cell.past, sites.ordinal),
+                        extra,
+                    )
+                )
         return row
+
+    def knowledge_row(
+        self, pk: tuple[SqlValue, ...], known: Mapping[str, Knowledge], sites: SiteMap
+    ) -> list[SqlValue]:
+        """Parameters of `knowledge_sql`: the knowledge per value column, then the key."""
+        return [
+            *(past_text(known.get(column, {}), sites.ordinal) for column in self.values),
+            *pk,
+        ]
 
     def user_row(self, pk: tuple[SqlValue, ...], state: RowState) -> list[SqlValue]:
         row: list[SqlValue] = list(pk)
@@ -345,13 +403,40 @@ class TableSql:
             seq,
         ]
         user: list[SqlValue] = list(row[:keys])
-        for at in range(keys + 3, len(row), 3):
-            site = row[at + 2]
+        for at in range(keys + 3, len(row), CELL_FIELDS):
+            site, past = row[at + 2], row[at + 3]
             shadow.append(row[at + 1])
             shadow.append(None if site is None else ordinals[site])  # type: ignore[index]
+            shadow.append(None if past is None else _remapped(past, ordinals))  # type: ignore[arg-type]
+            shadow.append(None)  # knowledge beyond the past: none, the key is new here
             user.append(row[at])
         alive = row[keys] % 2 == 1  # type: ignore[operator]
         return shadow, user if alive else None
+
+
+def _next_past(index: int) -> str:
+    """SQL: the past of a local write to value column `index` (inside `_capture_sql`).
+
+    Everything the node knew of the cell: the old value's past, the old
+    value itself, and the knowledge column, the greatest HLC per site;
+    without our own ordinal 0, which every write of ours knows.
+    """
+    return (
+        "(SELECT nullif(json_group_object(key, m), '{}') FROM (SELECT key, max(value) AS m"
+        f" FROM (SELECT key, value FROM json_each(p{index})"
+        f" UNION ALL SELECT key, value FROM json_each(a{index})"
+        f" UNION ALL SELECT CAST(s{index} AS TEXT), h{index} WHERE h{index} IS NOT NULL)"
+        " WHERE key <> '0' GROUP BY key))"
+    )
+
+
+def _remapped(text: str, ordinals: Sequence[int]) -> str:
+    """A past whose keys are a batch's site indexes, keyed by our ordinals instead."""
+    known: dict[int, int] = {}
+    for index, hlc in json.loads(text).items():
+        ordinal = ordinals[int(index)]
+        known[ordinal] = max(hlc, known.get(ordinal, hlc))
+    return json.dumps({str(ordinal): hlc for ordinal, hlc in known.items()}, separators=(",", ":"))
 
 
 def execute_each(

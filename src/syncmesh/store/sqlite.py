@@ -34,10 +34,12 @@ from syncmesh.model import (
 )
 from syncmesh.schema import (
     BOOKKEEPING_DDL,
+    CONFLICT_LEDGER_DDL,
     fingerprint,
+    knowledge_columns,
 )
-from syncmesh.store import apply, feed, quarantine, tracking, vector
-from syncmesh.store.records import ApplyResult, PeerCursor, StoreStatus, now_ms
+from syncmesh.store import apply, conflicts, feed, quarantine, tracking, vector
+from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus, now_ms
 from syncmesh.store.rows import SiteMap, TableSql
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ BUSY_TIMEOUT_MS = 10_000
 # transaction in parts while it streams.
 CAPTURE_ENTRIES_PER_SEQ = 20_000
 CACHE_KIB = 65_536
+CONFLICT_LEDGER_ROWS_MAX_DEFAULT = 10_000
 
 
 class Store:
@@ -62,10 +65,19 @@ class Store:
         store.capture()
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: str, clock: HybridClock) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: str,
+        clock: HybridClock,
+        conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+    ) -> None:
+        assert conflict_ledger_rows_max >= 0
         self._connection = connection
         self._path = path
         self._clock = clock
+        # The ledger keeps the newest this many conflicts (docs/config.md).
+        self.conflict_ledger_rows_max = conflict_ledger_rows_max
         self._tables: dict[str, TableSql] = {}
         self._sites: SiteMap | None = None
         self._tables_version = -1
@@ -75,7 +87,13 @@ class Store:
         self._schema_problems: list[str] = []
 
     @classmethod
-    def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: HybridClock | None = None,
+        conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+    ) -> Store:
         """Open (or create) the file; call `init()` before anything else on a new file."""
         try:
             connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -87,12 +105,58 @@ class Store:
             connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
+        try:
+            # The capture computes cells' pasts with SQLite's JSON functions.
+            connection.execute("SELECT json_group_object(key, value) FROM json_each('{}')")
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreError(
+                f"cannot use {path}: this SQLite ({sqlite3.sqlite_version}) lacks the JSON"
+                " functions (built in since 3.38; JSON1 before)"
+            ) from exc
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
-        store = cls(connection, str(path), clock)
+        store = cls(connection, str(path), clock, conflict_ledger_rows_max)
         if store._initialized():
             store._load()
+            store._upgrade()
             store._mark_run_start()
         return store
+
+    def _upgrade(self) -> None:
+        """Bring a file made by an older syncmesh up to date: the conflict ledger.
+
+        Adds the ledger tables and the shadow tables' past and knowledge
+        columns (empty: cells written before know nothing, which may report
+        a conflict that a causal overwrite of such a cell was).
+        """
+        missing = self._missing_columns()
+        ledger = self._connection.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
+        ).fetchone()
+        if not missing and ledger is not None:
+            return
+        with self._transaction():
+            for statement in CONFLICT_LEDGER_DDL.split(";"):
+                if statement.strip():
+                    self._connection.execute(statement)
+            for table, column, declared in self._missing_columns():
+                self._connection.execute(
+                    f"ALTER TABLE {table.shadow} ADD COLUMN {column} {declared}"
+                )
+        log.info("%s: added the conflict ledger to a file made by an older syncmesh", self._path)
+
+    def _missing_columns(self) -> list[tuple[TableSql, str, str]]:
+        missing: list[tuple[TableSql, str, str]] = []
+        for table in self._tables.values():
+            present = {
+                row[1] for row in self._connection.execute(f"PRAGMA table_info({table.shadow})")
+            }
+            missing.extend(
+                (table, column, declared)
+                for column, declared in knowledge_columns(table.spec)
+                if column not in present
+            )
+        return missing
 
     def _mark_run_start(self) -> None:
         vector.mark_run_start(self)
@@ -123,7 +187,7 @@ class Store:
         Returns the site id.
         """
         with self._transaction():
-            for statement in BOOKKEEPING_DDL.split(";"):
+            for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL).split(";"):
                 if statement.strip():
                     self._connection.execute(statement)
             row = self._connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
@@ -160,6 +224,14 @@ class Store:
                 sets += [
                     f"s{index} = CASE WHEN s{index} = 0 THEN :moved ELSE s{index} END"
                     for index in range(len(table.values))
+                ]
+                # Pasts and knowledge name sites by ordinal too.
+                sets += [
+                    f"{name} = CASE WHEN json_type({name}, '$.\"0\"') IS NULL THEN {name}"
+                    f" ELSE json_set(json_remove({name}, '$.\"0\"'), '$.\"' || :moved || '\"',"
+                    f" json_extract({name}, '$.\"0\"')) END"
+                    for index in range(len(table.values))
+                    for name in (f"p{index}", f"a{index}")
                 ]
                 self._connection.execute(
                     f"UPDATE {table.shadow} SET {', '.join(sets)}", {"moved": moved}
@@ -454,6 +526,17 @@ class Store:
         """Delete quarantined rows for good; returns how many existed."""
         return quarantine.drop(self, ids)
 
+    # -- conflicts --------------------------------------------------------------
+
+    def conflicts(
+        self, *, table: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[ConflictRecord]:
+        """The newest `limit` recorded conflicts (newest first), of `table`, since `since_ms`."""
+        self._require_init()
+        assert limit >= 0
+        with self._transaction("DEFERRED"):
+            return conflicts.listing(self, table=table, since_ms=since_ms, limit=limit)
+
     # -- status -----------------------------------------------------------------
 
     def status(self) -> StoreStatus:
@@ -488,4 +571,5 @@ class Store:
                 state["restore_floor"],
                 self._path,
                 self.schema_problems(),
+                conflicts.totals(self),
             )
