@@ -81,6 +81,14 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "syncmesh_captures", "Captures that stamped local writes.", value=statistics.captures
     )
+    conflicts = CounterMetricFamily(
+        "syncmesh_conflicts",
+        "Conflicts (concurrent writes to one cell) this node's merges resolved, per table.",
+        labels=["table"],
+    )
+    for table, total in store.conflicts.items():
+        conflicts.add_metric([table], total)
+    yield conflicts
 
 
 def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:

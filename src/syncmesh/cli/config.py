@@ -57,6 +57,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sync", "quarantine_retry_s", float, 5.0, minimum=0.01),
     Setting("limits", "batch_rows_max", int, 2000, minimum=1),
     Setting("limits", "batches_in_flight_max", int, 4, minimum=1),
+    Setting("limits", "conflict_ledger_rows_max", int, 10_000, minimum=0),
     Setting("logging", "level", str, "info", choices=LOG_LEVELS),
     Setting("logging", "format", str, "plain", choices=LOG_FORMATS),
 )
@@ -181,6 +182,7 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         idle_resend_s=values["sync.idle_resend_s"],
         relay_hold_ms=values["sync.relay_hold_ms"],
         quarantine_retry_s=values["sync.quarantine_retry_s"],
+        conflict_ledger_rows_max=values["limits.conflict_ledger_rows_max"],
         api_listen_host=api_host,
         api_listen_port=api_port,
     )

@@ -38,6 +38,7 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     click.echo(f"local seq    {report.seq}")
     click.echo(f"fingerprint  {report.fingerprint}")
     click.echo(f"quarantined  {report.quarantined_rows} rows")
+    click.echo(f"conflicts    {sum(report.conflicts.values())} recorded (syncmesh conflicts)")
     for problem in report.schema_problems:
         click.echo(f"problem      {problem}")
     click.echo("tables:")
@@ -86,6 +87,8 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
     click.echo(f"site id      {status['site_id']}  (listening on {status['listen']})")
     click.echo(f"local seq    {store['seq']}")
     click.echo(f"quarantined  {store['quarantined_rows']} rows")
+    conflicts = sum(store.get("conflicts", {}).values())
+    click.echo(f"conflicts    {conflicts} recorded (GET /v1/conflicts)")
     for problem in store["schema_problems"]:
         click.echo(f"problem      {problem}")
     click.echo("tables:")
