@@ -213,14 +213,18 @@ class TableSql:
             sets.append(f"s{index} = CASE WHEN {changed} THEN 0 ELSE s{index} END")
             # The new write's past: what this node knew of the cell.  Over our
             # own value with nothing else known (one writer: the common case)
-            # that is the old value's past as it is, so nothing is computed.
+            # that is the old value's past as it is, so nothing is computed;
+            # and a cell only this site ever wrote is told apart first, by
+            # three comparisons.
             sets.append(
-                f"p{index} = CASE WHEN {reborn} THEN NULL"
+                f"p{index} = CASE WHEN p{index} IS NULL AND a{index} IS NULL AND s{index} = 0"
+                f" THEN NULL WHEN {reborn} THEN NULL"
                 f" WHEN {changed} AND (s{index} <> 0 OR a{index} IS NOT NULL)"
                 f" THEN {_next_past(index)} ELSE p{index} END"
             )
             sets.append(
-                f"a{index} = CASE WHEN ({reborn}) OR ({changed}) THEN NULL ELSE a{index} END"
+                f"a{index} = CASE WHEN a{index} IS NULL OR ({reborn}) OR ({changed})"
+                f" THEN NULL ELSE a{index} END"
             )
         key_list = ", ".join(f"k{index}" for index in range(self.key_count))
         return (
