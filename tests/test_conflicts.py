@@ -17,6 +17,7 @@ import pytest
 from syncmesh.clock import HybridClock
 from syncmesh.model import (
     Cell,
+    ChangeBatch,
     RowChange,
     RowState,
     Stamp,
@@ -394,3 +395,28 @@ def test_a_file_from_before_the_ledger_is_upgraded(tmp_path: Path) -> None:
         assert store.status().conflicts == {"items": 0}
     finally:
         store.close()
+
+
+def test_one_key_twice_in_a_batch_is_resolved_and_learned(make_store: MakeStore) -> None:
+    """A batch holding a new key twice (a quarantine retry can): the loser is learned.
+
+    The first row takes the fast path; the second loses to it, so the node
+    now knows the second write, and its own next write of the cell knows both.
+    """
+    b = make_store("b")
+    x, y = Stamp(BASE_MS << 16, "x" * 32), Stamp((BASE_MS + 5) << 16, "y" * 32)
+
+    def row(value: str, stamp: Stamp) -> RowChange:
+        cells = {"name": Cell(value, stamp), "qty": Cell(1, stamp)}
+        return RowChange("items", ("k",), RowState(1, stamp, cells))
+
+    batch = ChangeBatch.of_rows(
+        "inc", 0, 1, 1, None, [row("y wins", y), row("x loses", x)], {"items": ("name", "qty")}
+    )
+    b.reset_peer_cursor("peer", "inc", 1, "")
+    assert b.apply_batch("peer", batch).conflicts == 1
+    [record] = ledger(b)
+    assert (record.winner.value, record.loser.value) == ("y wins", "x loses")
+    write(b, "UPDATE items SET name = 'b' WHERE id = 'k'")
+    [change] = b.read_batch(0, {}, 100).rows
+    assert change.state.cells["name"].past == ((x.site_id, x.hlc), (y.site_id, y.hlc))

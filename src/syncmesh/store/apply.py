@@ -130,9 +130,10 @@ def merge_table(
         if merged == before:
             # Already held, or superseded (idempotent redelivery); or a
             # concurrent write that lost here, which we now know of.
-            if earlier is not None:
-                earlier.known = known_after
-            elif changed:
+            if earlier is not None and known_after != earlier.known:
+                # (As a state: a fast-path result has no knowledge columns to set.)
+                merged_by_key[pk] = _Merged(before, None, None, earlier.rows, known_after)
+            elif earlier is None and changed:
                 learned[pk] = known_after
             continue
         observed = max(observed, top)
