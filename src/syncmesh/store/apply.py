@@ -126,7 +126,10 @@ def merge_table(
             found.setdefault(pk, []).extend(resolved)
         merged = join_rows(before, theirs)
         # A new life knows nothing of the old one's writes.
-        known_after = {**known, **changed} if merged.cl == before.cl else {}
+        if merged.cl != before.cl:
+            known_after: dict[str, Knowledge] = {}
+        else:
+            known_after = {**known, **changed} if changed else known
         if merged == before:
             # Already held, or superseded (idempotent redelivery); or a
             # concurrent write that lost here, which we now know of.
@@ -169,7 +172,7 @@ def merge_table(
         for pk, result in merged_by_key.items()
         if pk not in failed
     ]
-    store._connection.executemany(table.shadow_write_sql, shadow_rows)
+    table.write_shadow(store._connection, shadow_rows)
     store._connection.executemany(
         table.knowledge_sql,
         [table.knowledge_row(pk, known, sites) for pk, known in learned.items()],
@@ -187,6 +190,8 @@ def _knowledge(
     table: TableSql, texts: list[str | None], sites: tuple[str, ...]
 ) -> dict[str, Knowledge]:
     """A row's knowledge columns, per column name (empty ones left out)."""
+    if not any(texts):  # nearly always: knowledge outlives only a conflict
+        return {}
     return {
         column: dict(past_of_text(text, sites))
         for column, text in zip(table.values, texts, strict=True)
