@@ -382,8 +382,7 @@ def test_a_file_from_before_the_ledger_is_upgraded(tmp_path: Path) -> None:
     store.track(["items"])
     store.close()
     with sqlite3.connect(path) as connection:
-        for column in ("p0", "a0", "p1", "a1"):
-            connection.execute(f"ALTER TABLE _syncmesh_shadow_items DROP COLUMN {column}")
+        connection.execute("ALTER TABLE _syncmesh_shadow_items DROP COLUMN pasts")
         connection.execute("DROP TABLE _syncmesh_conflicts")
         connection.execute("DROP TABLE _syncmesh_conflict_totals")
     connection.close()

@@ -104,9 +104,14 @@ def resolve_cells(
         return conflicts, changed
     for column, theirs in incoming.cells.items():
         ours = local.cells.get(column)
-        if ours is None or ours.stamp == theirs.stamp:
+        if ours is None:
             continue
-        winner, loser = (theirs, ours) if theirs.stamp > ours.stamp else (ours, theirs)
+        # Plain attribute comparisons: the dataclass operators build tuples.
+        mine, other = ours.stamp, theirs.stamp
+        if mine.hlc == other.hlc and mine.site_id == other.site_id:
+            continue
+        newer = other.hlc > mine.hlc or (other.hlc == mine.hlc and other.site_id > mine.site_id)
+        winner, loser = (theirs, ours) if newer else (ours, theirs)
         before = known.get(column)
         if knows(winner, loser.stamp):  # causal: an overwrite, or an old value arriving late
             if before:

@@ -17,12 +17,13 @@ engine's apply transaction, which clears it before commit, so no other
 connection ever sees it set.
 
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
-`seq`, then per value column i: `h{i}` (stamp), `s{i}` (site ordinal; 0 is
-this node), `p{i}` (the value's past: what its writer knew of earlier
-writes to the cell) and `a{i}` (what this node knows beyond that, from
-writes it discarded in conflicts).  `p{i}` and `a{i}` are JSON objects
-{"ordinal": hlc}, NULL when empty: the common case of a cell written by one
-site only (docs/adr/0007-conflict-ledger.md).
+`seq`, then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal; 0
+is this node); last `pasts`, what the row's cells know of earlier writes
+(docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
+knowledge}}` per value column index i, each an object {"<ordinal>": hlc};
+`p` is the value's past (what its writer knew), `k` what this node learned
+beyond it from writes it discarded.  NULL when all are empty: every row
+whose cells only this site wrote.
 """
 
 from __future__ import annotations
@@ -113,24 +114,14 @@ def shadow_columns(spec: TableSpec) -> list[str]:
     """Shadow column names in table order (all plain identifiers, no quoting needed)."""
     keys = [f"k{index}" for index in range(len(spec.pk))]
     cells = [
-        name
-        for index in range(len(spec.value_columns))
-        for name in (f"h{index}", f"s{index}", f"p{index}", f"a{index}")
+        name for index in range(len(spec.value_columns)) for name in (f"h{index}", f"s{index}")
     ]
-    return [*keys, "cl", "cl_hlc", "cl_site", "seq", *cells]
+    return [*keys, "cl", "cl_hlc", "cl_site", "seq", *cells, PASTS_COLUMN]
 
 
-def knowledge_columns(spec: TableSpec) -> list[tuple[str, str]]:
-    """(name, declared type) of the shadow columns added for the conflict ledger.
-
-    A file whose shadow tables were made before them gets them added
-    (`Store` does it when it opens the file).
-    """
-    return [
-        (name, "TEXT")
-        for index in range(len(spec.value_columns))
-        for name in (f"p{index}", f"a{index}")
-    ]
+# One column per row, not per cell: the shadow stays as wide as it was plus
+# one, whatever the table's width, and a capture builds one more field.
+PASTS_COLUMN = "pasts"
 
 
 def shadow_ddl(spec: TableSpec) -> list[str]:
@@ -138,9 +129,9 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     shadow = quote_identifier(shadow_name(spec.name))
     keys = ", ".join(f"k{index}" for index in range(len(spec.pk)))
     cells = "".join(
-        f", h{index} INTEGER, s{index} INTEGER, p{index} TEXT, a{index} TEXT"
-        for index in range(len(spec.value_columns))
+        f", h{index} INTEGER, s{index} INTEGER" for index in range(len(spec.value_columns))
     )
+    cells += f", {PASTS_COLUMN} TEXT"
     # Key columns have no declared type, so values keep their storage class.
     key_defs = ", ".join(f"k{index}" for index in range(len(spec.pk)))
     return [

@@ -23,7 +23,6 @@ from syncmesh.model import (
     RowState,
     SqlValue,
     TableRows,
-    past_of_text,
     state_of_row,
 )
 from syncmesh.store import conflicts, quarantine, vector
@@ -91,7 +90,7 @@ def merge_table(
     merged_by_key: dict[tuple[SqlValue, ...], _Merged] = {}
     # Keys whose state stays as it is, but whose knowledge grew: an incoming
     # write lost a conflict here.  Their shadow rows keep their seq.
-    learned: dict[tuple[SqlValue, ...], dict[str, Knowledge]] = {}
+    learned: dict[tuple[SqlValue, ...], tuple[RowState, dict[str, Knowledge]]] = {}
     found: dict[tuple[SqlValue, ...], list[CellConflict]] = {}
     refused = 0
     observed = 0
@@ -117,9 +116,9 @@ def merge_table(
             before = earlier.state_or(incoming, batch_sites)
             known = earlier.known
         else:
-            disk_row, disk_known = on_disk[pk]
+            disk_row, disk_pasts = on_disk[pk]
             before = state_of_row(table.shape, disk_row, local_sites)
-            known = learned[pk] if pk in learned else _knowledge(table, disk_known, local_sites)
+            known = learned[pk][1] if pk in learned else table.knowledge_of(disk_pasts, local_sites)
         theirs = state_of_row(incoming, row, batch_sites)
         resolved, changed = resolve_cells(before, theirs, known)
         if resolved:
@@ -129,7 +128,10 @@ def merge_table(
         if merged.cl != before.cl:
             known_after: dict[str, Knowledge] = {}
         else:
-            known_after = {**known, **changed} if changed else known
+            # Only non-empty entries: an empty `known` means "nothing to write".
+            known_after = (
+                {column: k for column, k in {**known, **changed}.items() if k} if changed else known
+            )
         if merged == before:
             # Already held, or superseded (idempotent redelivery); or a
             # concurrent write that lost here, which we now know of.
@@ -137,7 +139,7 @@ def merge_table(
                 # (As a state: a fast-path result has no knowledge columns to set.)
                 merged_by_key[pk] = _Merged(before, None, None, earlier.rows, known_after)
             elif earlier is None and changed:
-                learned[pk] = known_after
+                learned[pk] = (before, known_after)
             continue
         observed = max(observed, top)
         contributors = [*earlier.rows, row] if earlier is not None else [row]
@@ -175,7 +177,7 @@ def merge_table(
     table.write_shadow(store._connection, shadow_rows)
     store._connection.executemany(
         table.knowledge_sql,
-        [table.knowledge_row(pk, known, sites) for pk, known in learned.items()],
+        [table.knowledge_row(pk, state, known, sites) for pk, (state, known) in learned.items()],
     )
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -184,19 +186,6 @@ def merge_table(
         [(pk, conflict) for pk, listed in found.items() if pk not in failed for conflict in listed],
     )
     return len(shadow_rows), quarantined, refused, recorded
-
-
-def _knowledge(
-    table: TableSql, texts: list[str | None], sites: tuple[str, ...]
-) -> dict[str, Knowledge]:
-    """A row's knowledge columns, per column name (empty ones left out)."""
-    if not any(texts):  # nearly always: knowledge outlives only a conflict
-        return {}
-    return {
-        column: dict(past_of_text(text, sites))
-        for column, text in zip(table.values, texts, strict=True)
-        if text is not None
-    }
 
 
 @dataclass(slots=True)

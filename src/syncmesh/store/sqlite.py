@@ -35,12 +35,12 @@ from syncmesh.model import (
 from syncmesh.schema import (
     BOOKKEEPING_DDL,
     CONFLICT_LEDGER_DDL,
+    PASTS_COLUMN,
     fingerprint,
-    knowledge_columns,
 )
 from syncmesh.store import apply, conflicts, feed, quarantine, tracking, vector
 from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus, now_ms
-from syncmesh.store.rows import SiteMap, TableSql
+from syncmesh.store.rows import CAPTURE_PASTS_FUNCTION, SiteMap, TableSql, capture_pasts
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,16 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
         try:
-            # The capture computes cells' pasts with SQLite's JSON functions.
-            connection.execute("SELECT json_group_object(key, value) FROM json_each('{}')")
+            # The feed reads cells' pasts with SQLite's JSON functions.
+            connection.execute("SELECT json_extract('{}', '$.p')")
         except sqlite3.Error as exc:
             connection.close()
             raise StoreError(
                 f"cannot use {path}: this SQLite ({sqlite3.sqlite_version}) lacks the JSON"
                 " functions (built in since 3.38; JSON1 before)"
             ) from exc
+        # The capture upsert calls it for rows whose cells another site wrote.
+        connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
         store = cls(connection, str(path), clock, conflict_ledger_rows_max)
         if store._initialized():
@@ -125,9 +127,9 @@ class Store:
     def _upgrade(self) -> None:
         """Bring a file made by an older syncmesh up to date: the conflict ledger.
 
-        Adds the ledger tables and the shadow tables' past and knowledge
-        columns (empty: cells written before know nothing, which may report
-        a conflict that a causal overwrite of such a cell was).
+        Adds the ledger tables and the shadow tables' `pasts` column (empty:
+        cells written before know nothing, which may report a conflict that
+        a causal overwrite of such a cell was).
         """
         missing = self._missing_columns()
         ledger = self._connection.execute(
@@ -139,24 +141,22 @@ class Store:
             for statement in CONFLICT_LEDGER_DDL.split(";"):
                 if statement.strip():
                     self._connection.execute(statement)
-            for table, column, declared in self._missing_columns():
+            for table in self._missing_columns():
                 self._connection.execute(
-                    f"ALTER TABLE {table.shadow} ADD COLUMN {column} {declared}"
+                    f"ALTER TABLE {table.shadow} ADD COLUMN {PASTS_COLUMN} TEXT"
                 )
         log.info("%s: added the conflict ledger to a file made by an older syncmesh", self._path)
 
-    def _missing_columns(self) -> list[tuple[TableSql, str, str]]:
-        missing: list[tuple[TableSql, str, str]] = []
-        for table in self._tables.values():
-            present = {
+    def _missing_columns(self) -> list[TableSql]:
+        """The tracked tables whose shadow table lacks the `pasts` column."""
+        return [
+            table
+            for table in self._tables.values()
+            if PASTS_COLUMN
+            not in {
                 row[1] for row in self._connection.execute(f"PRAGMA table_info({table.shadow})")
             }
-            missing.extend(
-                (table, column, declared)
-                for column, declared in knowledge_columns(table.spec)
-                if column not in present
-            )
-        return missing
+        ]
 
     def _mark_run_start(self) -> None:
         vector.mark_run_start(self)
@@ -225,17 +225,11 @@ class Store:
                     f"s{index} = CASE WHEN s{index} = 0 THEN :moved ELSE s{index} END"
                     for index in range(len(table.values))
                 ]
-                # Pasts and knowledge name sites by ordinal too.
-                sets += [
-                    f"{name} = CASE WHEN json_type({name}, '$.\"0\"') IS NULL THEN {name}"
-                    f" ELSE json_set(json_remove({name}, '$.\"0\"'), '$.\"' || :moved || '\"',"
-                    f" json_extract({name}, '$.\"0\"')) END"
-                    for index in range(len(table.values))
-                    for name in (f"p{index}", f"a{index}")
-                ]
                 self._connection.execute(
                     f"UPDATE {table.shadow} SET {', '.join(sets)}", {"moved": moved}
                 )
+                # Pasts and knowledge name sites by ordinal too.
+                table.rename_ordinal(self._connection, 0, moved)
             self._connection.execute(
                 "UPDATE _syncmesh_sites SET site_id = ? WHERE ordinal = 0", (new_site,)
             )
