@@ -213,7 +213,7 @@ def seed_frames() -> list[bytes]:
     import time
 
     from syncmesh.model import ChangeBatch, TableRows
-    from syncmesh.protocol import Ack, Have, Pull, Refuse
+    from syncmesh.protocol import PROTOCOL_VERSION, Ack, Have, Pull, Refuse
 
     now = (time.time_ns() // 1_000_000) << 16  # an HLC of this moment: seeds that win
     old = 1_700_000_000_000 << 16  # and of 2023: seeds that lose to the template's rows
@@ -224,18 +224,19 @@ def seed_frames() -> list[bytes]:
         ("name", "qty"),
         1,
         [
-            ["k1", 1, old, 0, "x", old, 0, 7, old, 1],
-            ["k2", 2, now, 1, None, None, None, None, None, None],
-            ["k3", 1, now, 0, "n4", now, 1, 7, now, 1],  # UNIQUE(name) clash: quarantined
-            ["new", 3, now, 0, "n", now, 0, -5, now, 0],
+            # Cells are (value, hlc, site, past): CELL_FIELDS of protocol 2.
+            ["k1", 1, old, 0, "x", old, 0, None, 7, old, 1, None],
+            ["k2", 2, now, 1, None, None, None, None, None, None, None, None],
+            ["k3", 1, now, 0, "n4", now, 1, None, 7, now, 1, None],  # UNIQUE(name): quarantined
+            ["new", 3, now, 0, "n", now, 0, f'{{"1":{old}}}', -5, now, 0, None],
         ],
     )
-    pairs = TableRows("pairs", ("v",), 2, [[1, b"\x00", 1, now, 0, 1.5, now, 1]])
+    pairs = TableRows("pairs", ("v",), 2, [[1, b"\x00", 1, now, 0, 1.5, now, 1, None]])
     hostile = TableRows(
         'items"; DROP TABLE items; --',
         ("name); DELETE FROM items; --",),
         1,
-        [["k", 1, now, 0, "v", now, 0]],
+        [["k", 1, now, 0, "v", now, 0, None]],
     )
     batches = [
         ChangeBatch("inc", 0, 10, 10, vector, sites, (items,)),
@@ -244,7 +245,7 @@ def seed_frames() -> list[bytes]:
         ChangeBatch("inc", 0, 0, 0, {}, (), ()),
     ]
     messages: list[Message] = [
-        Hello(1, "a" * 32, "inc", "0123456789abcdef", ("items", "pairs"), 5, vector),
+        Hello(PROTOCOL_VERSION, "a" * 32, "inc", "0123456789abcdef", ("items", "pairs"), 5, vector),
         Refuse("no"),
         Pull("inc", 3, vector, False),
         Ack(9, vector),

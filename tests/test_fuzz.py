@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from fuzz.strategies import frames
 from fuzz.targets import ApplyTarget, decode_one, seed_frames
 from syncmesh.errors import ProtocolError
-from syncmesh.model import ChangeBatch, SqlValue, TableRows
+from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.protocol.codec import FRAME_BYTES_MAX
 
@@ -81,15 +81,15 @@ def hostile_batch(from_seq: int = 0) -> ChangeBatch:
                 'items"; DROP TABLE items; --',
                 ("name",),
                 1,
-                [["k", 1, now, 0, "v", now, 0]],
+                [["k", 1, now, 0, "v", now, 0, None]],
             ),
             TableRows(
                 "items",
                 ("name); DELETE FROM items; --", "qty"),
                 1,
-                [["k", 1, now, 0, "v", now, 0, 3, now, 0]],
+                [["k", 1, now, 0, "v", now, 0, None, 3, now, 0, None]],
             ),
-            TableRows("sqlite_master", ("sql",), 1, [["k", 1, now, 0, "x", now, 0]]),
+            TableRows("sqlite_master", ("sql",), 1, [["k", 1, now, 0, "x", now, 0, None]]),
         ),
     )
 
@@ -112,7 +112,7 @@ def test_identifiers_from_the_wire_never_reach_sql(target: ApplyTarget) -> None:
 
 
 def test_a_batch_over_the_row_limit_is_refused() -> None:
-    rows: list[list[SqlValue]] = [["k", 1, None, None, None, None, None, None, None, None]]
+    rows: list[list[SqlValue]] = [["k", 1, None, None, *[None] * CELL_FIELDS * 2]]
     table = TableRows("items", ("name", "qty"), 1, rows * 3)
     frame = encode(Batch(ChangeBatch("inc", 0, 1, 1, None, (), (table,))))
     assert isinstance(decode(frame, rows_max=3), Batch)

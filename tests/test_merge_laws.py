@@ -55,13 +55,17 @@ def consistent_states(value_of: ValueOf) -> st.SearchStrategy[RowState]:
     )
 
 
-# Arbitrary states: equal stamps may carry different values.
+# Arbitrary states: equal stamps may carry different values, and different
+# pasts (a write has one past; only an edited file shows two).
+pasts = st.dictionaries(st.sampled_from(SITES), st.integers(0, 4), max_size=2).map(
+    lambda known: tuple(sorted(known.items()))
+)
 any_states = st.builds(
     RowState,
     st.integers(1, 4),
     st.none() | stamps,
     st.dictionaries(
-        st.sampled_from(COLUMNS), st.builds(Cell, values, stamps), max_size=len(COLUMNS)
+        st.sampled_from(COLUMNS), st.builds(Cell, values, stamps, pasts), max_size=len(COLUMNS)
     ),
 )
 

@@ -14,6 +14,7 @@ from syncmesh.errors import ProtocolError, UnsupportedVersion
 from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
 from syncmesh.protocol import (
     FRAME_BYTES_MAX,
+    PROTOCOL_VERSION,
     Ack,
     Batch,
     Have,
@@ -36,8 +37,9 @@ values = st.one_of(
     st.text(max_size=20),
     st.binary(max_size=20),
 )
+pasts = st.dictionaries(sites, hlcs, max_size=3).map(lambda known: tuple(sorted(known.items())))
 cells = st.dictionaries(
-    st.text(min_size=1, max_size=8), st.builds(Cell, values, stamps), max_size=4
+    st.text(min_size=1, max_size=8), st.builds(Cell, values, stamps, pasts), max_size=4
 )
 states = st.builds(RowState, st.integers(1, 9), st.one_of(st.none(), stamps), cells)
 rows = st.builds(RowChange, st.text(min_size=1, max_size=10), st.tuples(values), states)
@@ -62,7 +64,7 @@ def batches(draw: st.DrawFn) -> ChangeBatch:
 messages = st.one_of(
     st.builds(
         Hello,
-        st.just(1),
+        st.just(PROTOCOL_VERSION),
         sites,
         st.text(max_size=32),
         st.text(max_size=16),
@@ -134,7 +136,8 @@ def _batch_frame(
     key_count: int = 1,
 ) -> dict[str, object]:
     """A well-formed batch map with one table `t` (key `id`, value column `c`)."""
-    table = ["t", ["c"], key_count, rows if rows is not None else [["k", 1, 5, 0, 1, 5, 0]]]
+    row = ["k", 1, 5, 0, 1, 5, 0, '{"1":4}']
+    table = ["t", ["c"], key_count, rows if rows is not None else [row]]
     return {
         "t": "batch",
         "inc": "i",
@@ -142,7 +145,7 @@ def _batch_frame(
         "to": to,
         "head": 9,
         "vv": None,
-        "sites": sites if sites is not None else ["a"],
+        "sites": sites if sites is not None else ["a", "b"],
         "tables": [table],
     }
 
@@ -152,7 +155,7 @@ def test_the_well_formed_batch_frame_decodes() -> None:
     assert isinstance(decoded, Batch)
     [row] = decoded.batch.rows
     assert row.pk == ("k",)
-    assert row.state.cells["c"] == Cell(1, Stamp(5, "a"))
+    assert row.state.cells["c"] == Cell(1, Stamp(5, "a"), (("b", 4),))
 
 
 def _frame(plain: object) -> bytes:
@@ -173,15 +176,33 @@ def _frame(plain: object) -> bytes:
         (_frame({"t": "pull", "inc": "x", "cursor": 1, "vv": {}}), "'own' missing"),
         (_frame({"t": "ack", "to": 1, "vv": {"a": "x"}}), "version vector entry"),
         (_frame(_batch_frame(from_=5, to=2)), "out of order"),
-        (_frame(_batch_frame(rows=[["k", 1, None, None, {"x": 1}, 1, 0]])), "not an SQL value"),
-        (_frame(_batch_frame(rows=[["k", 1, None, None]])), "not a list of 7 fields"),
-        (_frame(_batch_frame(rows=[["k", 0, None, None, 1, 1, 0]])), "causal length"),
-        (_frame(_batch_frame(rows=[["k", 1, 5, None, 1, 1, 0]])), "site index"),
-        (_frame(_batch_frame(rows=[["k", 1, 5, 7, 1, 1, 0]])), "site index"),
-        (_frame(_batch_frame(rows=[["k", 1, -5, 0, 1, 1, 0]])), "stamp"),
-        (_frame(_batch_frame(rows=[[1 << 63, 1, 5, 0, 1, 1, 0]])), "64 bits"),
+        (_frame(_batch_frame(rows=[["k", 1, None, None, {"x": 1}, 1, 0, None]])), "SQL value"),
+        (_frame(_batch_frame(rows=[["k", 1, None, None]])), "not a list of 8 fields"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0]])), "not a list of 8 fields"),
+        (_frame(_batch_frame(rows=[["k", 0, None, None, 1, 1, 0, None]])), "causal length"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, None, 1, 1, 0, None]])), "site index"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 7, 1, 1, 0, None]])), "site index"),
+        (_frame(_batch_frame(rows=[["k", 1, -5, 0, 1, 1, 0, None]])), "stamp"),
+        (_frame(_batch_frame(rows=[[1 << 63, 1, 5, 0, 1, 1, 0, None]])), "64 bits"),
         (_frame(_batch_frame(sites=[""])), "site id"),
-        (_frame(_batch_frame(rows=[["k", 1, 5, 0, float("nan"), 1, 0]])), "NaN"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, float("nan"), 1, 0, None]])), "NaN"),
+        # A cell's past (protocol version 2): compact JSON of site index -> HLC.
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, ["1", 4]]])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, b'{"1":4}']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1": 4}']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1":-4}']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1":4.5}']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"x":4}']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1":{"1":4}}']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1":4}x']])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"2":4}']])), "site index 2"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1":4,"01":5}']])), "index 1"),
+        (
+            _frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, '{"1":9223372036854775808}']])),
+            "beyond 64 bits",
+        ),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, "{" + "[" * 5000 + "}"]])), "past"),
+        (_frame(_batch_frame(rows=[["k", 1, 5, 0, None, None, None, '{"1":4}']])), "or a past"),
         (_frame(_batch_frame(key_count=0)), "key count"),
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1]]}), "table entry"),
     ],
@@ -194,6 +215,19 @@ def test_malformed_frames_are_refused_with_a_reason(frame: bytes, problem: str) 
 def test_wrong_version_is_named() -> None:
     with pytest.raises(UnsupportedVersion, match="version 99"):
         decode(_frame({"t": "hello", "v": 99}))
+
+
+def test_a_version_1_peer_is_refused_by_name() -> None:
+    """Version 1 rows had no pasts: such a peer must be told, not misread."""
+    assert PROTOCOL_VERSION == 2
+    with pytest.raises(UnsupportedVersion, match="version 1"):
+        decode(_frame({"t": "hello", "v": 1}))
+
+
+def test_a_long_past_is_refused_before_it_is_parsed() -> None:
+    past = "{" + ",".join(f'"0":{hlc}' for hlc in range(1000)) + "}"
+    with pytest.raises(ProtocolError, match="past"):
+        decode(_frame(_batch_frame(rows=[["k", 1, 5, 0, 1, 1, 0, past]])))
 
 
 def test_oversized_frame_is_refused() -> None:

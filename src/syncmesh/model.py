@@ -4,16 +4,21 @@ A *stamp* is the pair (hlc, site_id) that orders writes to one cell; the HLC
 is the packed 64-bit hybrid logical clock value (see `syncmesh.clock`).
 A *row change* carries one row's merge state: its causal length, the stamp
 of that causal length, and the cells (column values with their stamps) that
-the receiver may not hold yet.
+the receiver may not hold yet.  A cell also carries its *past*: what its
+writer knew of earlier writes to that cell, which tells a receiver whether
+two writes were concurrent (docs/adr/0007-conflict-ledger.md).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from syncmesh.errors import ProtocolError
 
 SqlValue = None | int | float | str | bytes
+CELL_FIELDS = 4  # value, hlc, site, past: the fields of one cell in a positional row
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -24,12 +29,20 @@ class Stamp:
     site_id: str
 
 
+# What the writer of a cell value knew of earlier writes to the cell, per
+# other site: the greatest HLC of that site's writes it knew, sorted by site
+# id.  A writer knows every earlier write of its own site, so its own site
+# never appears.  Empty: it knew no other site's write.
+Past = tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """One column's value and the stamp of the write that set it."""
+    """One column's value, the stamp of the write that set it, and that write's past."""
 
     value: SqlValue
     stamp: Stamp
+    past: Past = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +77,10 @@ class TableRows:
     """The rows of one table in a batch, positional: the form of the wire and the store.
 
     Each row is `[*pk, cl, cl_hlc, cl_site, then per value column: value, hlc,
-    site]`.  Sites are indexes into the batch's `sites`.  A cell whose hlc is
-    None is absent: the receiver holds it already, or the row is deleted.
+    site, past]`.  Sites are indexes into the batch's `sites`.  A cell whose
+    hlc is None is absent: the receiver holds it already, or the row is
+    deleted.  `past` is None or a compact JSON object text mapping site
+    indexes to HLCs (`past_text`).
     Rows stay flat lists from the SQL query to the socket and back, because
     building objects per row and cell cost more than everything else
     together (bench/: decode alone was 56 us a row).
@@ -78,7 +93,7 @@ class TableRows:
 
     @property
     def width(self) -> int:
-        return self.key_count + 3 + 3 * len(self.columns)
+        return self.key_count + 3 + CELL_FIELDS * len(self.columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +166,34 @@ def state_of_row(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) 
         cl_stamp = Stamp(cl_hlc, sites[cl_site])
     cells: dict[str, Cell] = {}
     for index, column in enumerate(table.columns):
-        at = base + 3 + 3 * index
-        hlc, site = row[at + 1], row[at + 2]
+        at = base + 3 + CELL_FIELDS * index
+        hlc, site, past = row[at + 1], row[at + 2], row[at + 3]
         if isinstance(hlc, int) and isinstance(site, int):
-            cells[column] = Cell(row[at], Stamp(hlc, sites[site]))
+            known = () if past is None else past_of_text(past, sites)  # type: ignore[arg-type]
+            cells[column] = Cell(row[at], Stamp(hlc, sites[site]), known)
     return RowState(cl, cl_stamp, cells)
+
+
+def past_of_text(text: str, sites: Sequence[str]) -> Past:
+    """The past in `text` (JSON object: site index -> HLC), with `sites` naming the indexes.
+
+    Also reads a knowledge text of the store (same form).  A site named
+    twice (a batch's site table may repeat an id) keeps its greater HLC.
+    """
+    known: dict[str, int] = {}
+    for index, hlc in json.loads(text).items():
+        site = sites[int(index)]
+        if known.get(site, -1) < hlc:
+            known[site] = hlc
+    return tuple(sorted(known.items()))
+
+
+def past_text(past: Past | dict[str, int], index: Callable[[str], int]) -> str | None:
+    """`past` as stored and sent: compact JSON, site ids as `index(site)`; None if empty."""
+    items = past.items() if isinstance(past, dict) else past
+    if not items:
+        return None
+    return json.dumps({str(index(site)): hlc for site, hlc in items}, separators=(",", ":"))
 
 
 def row_of_state(
@@ -177,9 +215,11 @@ def row_of_state(
     for column in columns:
         cell = state.cells.get(column)
         if cell is None:
-            row.extend((None, None, None))
+            row.extend((None, None, None, None))
         else:
-            row.extend((cell.value, cell.stamp.hlc, index(cell.stamp.site_id)))
+            row.extend(
+                (cell.value, cell.stamp.hlc, index(cell.stamp.site_id), past_text(cell.past, index))
+            )
     return row
 
 
@@ -198,8 +238,10 @@ class TableSpec:
         return tuple(column for column in self.columns if column not in self.pk)
 
 
-# Plain (msgpack-ready) form of a row change, shared by the wire codec and the
-# quarantine table: [table, [pk...], cl, cl_hlc, cl_site, [[column, value, hlc, site]...]].
+# Plain (msgpack-ready) form of a row change, kept by the quarantine table:
+# [table, [pk...], cl, cl_hlc, cl_site, [[column, value, hlc, site, past]...]],
+# past as [[site, hlc], ...].  Entries written before cells had a past have
+# four fields per cell; they read as an empty past.
 PlainRow = list[object]
 _VALUE_TYPES = (type(None), int, float, str, bytes)
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -209,7 +251,13 @@ def row_to_plain(change: RowChange) -> PlainRow:
     state = change.state
     cl_stamp = state.cl_stamp
     cells = [
-        [column, cell.value, cell.stamp.hlc, cell.stamp.site_id]
+        [
+            column,
+            cell.value,
+            cell.stamp.hlc,
+            cell.stamp.site_id,
+            [[site, hlc] for site, hlc in cell.past],
+        ]
         for column, cell in state.cells.items()
     ]
     return [
@@ -220,6 +268,29 @@ def row_to_plain(change: RowChange) -> PlainRow:
         None if cl_stamp is None else cl_stamp.site_id,
         cells,
     ]
+
+
+def json_safe(value: SqlValue) -> object:
+    """`value` as JSON can hold it: a blob as {"$blob": hex}, an infinite REAL as {"$real": ...}.
+
+    Integers, finite reals, text and NULL stay as they are (Python's json
+    writes 1.0 as `1.0`, so INTEGER 1 and REAL 1.0 stay apart in the text).
+    """
+    if isinstance(value, bytes):
+        return {"$blob": value.hex()}
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return {"$real": "inf" if value > 0 else "-inf"}
+    return value
+
+
+def from_json_safe(plain: object) -> SqlValue:
+    """The SQL value that `json_safe` turned into `plain`."""
+    if isinstance(plain, dict):
+        if "$blob" in plain:
+            return bytes.fromhex(plain["$blob"])
+        return float(plain["$real"])
+    assert plain is None or isinstance(plain, int | float | str), plain
+    return plain
 
 
 def _check_value(value: object, where: str) -> SqlValue:
@@ -262,10 +333,25 @@ def row_from_plain(plain: object) -> RowChange:
         raise ProtocolError(f"{where}: cells are not a list")
     decoded: dict[str, Cell] = {}
     for cell in cells:
-        if not isinstance(cell, list) or len(cell) != 4 or not isinstance(cell[0], str):
-            raise ProtocolError(f"{where}: a cell is not [column, value, hlc, site]")
-        column, value, hlc, site = cell
+        if not isinstance(cell, list) or len(cell) not in (4, 5) or not isinstance(cell[0], str):
+            raise ProtocolError(f"{where}: a cell is not [column, value, hlc, site, past]")
+        column, value, hlc, site = cell[:4]
+        past = _check_past(cell[4] if len(cell) == 5 else [], where)
         decoded[column] = Cell(
-            _check_value(value, where), Stamp(_check_hlc(hlc, where), _check_site(site, where))
+            _check_value(value, where),
+            Stamp(_check_hlc(hlc, where), _check_site(site, where)),
+            past,
         )
     return RowChange(table, key, RowState(cl, cl_stamp, decoded))
+
+
+def _check_past(plain: object, where: str) -> Past:
+    if not isinstance(plain, list):
+        raise ProtocolError(f"{where}: a cell's past is not a list")
+    known: dict[str, int] = {}
+    for entry in plain:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ProtocolError(f"{where}: a past entry is not [site, hlc]")
+        site, hlc = _check_site(entry[0], where), _check_hlc(entry[1], where)
+        known[site] = max(hlc, known.get(site, hlc))
+    return tuple(sorted(known.items()))

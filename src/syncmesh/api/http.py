@@ -6,6 +6,7 @@ GET /v1/health   200 when the node runs (for load balancers, systemd)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
 GET /v1/quarantine    rows from peers that could not be applied
 GET /v1/throughput    rows captured and applied per interval, the last minutes
+GET /v1/conflicts     conflicts this node's merges resolved (?table=&since=&limit=)
 GET /v1/openapi.json  the OpenAPI description of these routes
 GET /                 the operator dashboard (syncmesh.api.dashboard), which
 GET /dashboard/NAME   polls the JSON routes above from the browser
@@ -28,13 +29,14 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from syncmesh.api.conflicts import LIMIT_DEFAULT, LIMIT_MAX, conflicts_document, since_ms
 from syncmesh.api.dashboard import add_dashboard
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
@@ -84,6 +86,16 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     async def throughput(_request: web.Request) -> web.Response:
         return web.json_response(throughput_json(node))
 
+    async def conflicts(request: web.Request) -> web.Response:
+        try:
+            table, since, limit = _conflict_filters(request.query)
+        except ValueError as exc:
+            return web.json_response({"error": "bad request", "detail": str(exc)}, status=400)
+        records = await node.worker.call(
+            node.store.conflicts, table=table, since_ms=since, limit=limit
+        )
+        return web.json_response(conflicts_document(records))
+
     async def openapi(_request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -99,6 +111,7 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
         app.router.add_get("/v1/status", status)
         app.router.add_get("/v1/quarantine", quarantined)
         app.router.add_get("/v1/throughput", throughput)
+        app.router.add_get("/v1/conflicts", conflicts)
         app.router.add_get("/v1/openapi.json", openapi)
         app.router.add_get("/metrics", metrics)
         add_dashboard(app)
@@ -132,6 +145,19 @@ def token_matches(header: str, expected: bytes) -> bool:
     # compare_digest runs even for a wrong scheme, so timing tells nothing either way.
     same = hmac.compare_digest(offered.strip().encode(), expected)
     return same and scheme.lower() == "bearer"
+
+
+def _conflict_filters(query: Mapping[str, str]) -> tuple[str | None, int | None, int]:
+    """(table, since in ms, limit) from the query string; ValueError names a bad one."""
+    since = query.get("since")
+    limit_text = query.get("limit", str(LIMIT_DEFAULT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIMIT_MAX:
+        raise ValueError(f"limit {limit_text!r} is not a number in 1..{LIMIT_MAX}")
+    return (
+        query.get("table") or None,
+        None if since is None else since_ms(since, time.time_ns() // 1_000_000),
+        int(limit_text),
+    )
 
 
 @asynccontextmanager

@@ -91,6 +91,14 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         "Connections refused before HELLO: a certificate of no configured peer, or a limit.",
         value=statistics.refused_connections,
     )
+    conflicts = CounterMetricFamily(
+        "syncmesh_conflicts",
+        "Conflicts (concurrent writes to one cell) this node's merges resolved, per table.",
+        labels=["table"],
+    )
+    for table, total in store.conflicts.items():
+        conflicts.add_metric([table], total)
+    yield conflicts
 
 
 def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:

@@ -90,6 +90,11 @@ _STATUS = {
                 "restore_floor": {"type": "integer"},
                 "path": {"type": "string"},
                 "schema_problems": {"type": "array", "items": {"type": "string"}},
+                "conflicts": {
+                    "type": "object",
+                    "description": "per tracked table: conflicts recorded here, ever",
+                    "additionalProperties": {"type": "integer"},
+                },
             },
         },
         "peers": {"type": "array", "items": _PEER},
@@ -132,6 +137,63 @@ _THROUGHPUT = {
     },
 }
 
+# A value as JSON holds it: blobs and infinite reals are marked (model.json_safe).
+_VALUE = {
+    "description": 'an SQL value; a BLOB is {"$blob": "<hex>"}, an infinite REAL'
+    ' {"$real": "inf" | "-inf"}',
+    "oneOf": [
+        {"type": "null"},
+        {"type": "integer"},
+        {"type": "number"},
+        {"type": "string"},
+        {"type": "object", "properties": {"$blob": {"type": "string"}}},
+        {"type": "object", "properties": {"$real": {"type": "string"}}},
+    ],
+}
+_VERSION = {
+    "type": "object",
+    "properties": {
+        "value": _VALUE,
+        "hlc": {"type": "integer", "description": "the write's hybrid logical clock stamp"},
+        "site": {"type": "string", "description": "the site id that wrote it"},
+    },
+}
+_CONFLICTS = {
+    "type": "object",
+    "properties": {
+        "conflicts": {
+            "type": "array",
+            "description": "newest first",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "table": {"type": "string"},
+                    "key": {"type": "array", "items": _VALUE},
+                    "column": {"type": "string"},
+                    "winner": _VERSION,
+                    "loser": _VERSION,
+                    "resolved_at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when this node's merge resolved it (UTC)",
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
 API_PATHS: dict[str, dict[str, Any]] = {
     "/v1/status": {
         "get": {
@@ -155,6 +217,29 @@ API_PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "Rows captured and applied per interval over the last minutes",
             "responses": {"200": _json("The throughput history", _THROUGHPUT)},
+        }
+    },
+    "/v1/conflicts": {
+        "get": {
+            "summary": "Conflicts this node's merges resolved: two concurrent writes to one cell",
+            "parameters": [
+                _query("table", "only this table", {"type": "string"}),
+                _query(
+                    "since",
+                    "only those resolved since: a duration back from now (15m, 2h, 7d)"
+                    " or an ISO 8601 time (UTC without an offset)",
+                    {"type": "string"},
+                ),
+                _query(
+                    "limit",
+                    "at most this many, the newest",
+                    {"type": "integer", "minimum": 1, "maximum": 100_000, "default": 100},
+                ),
+            ],
+            "responses": {
+                "200": _json("Recorded conflicts, newest first", _CONFLICTS),
+                "400": _json("A bad query parameter", {"type": "object"}),
+            },
         }
     },
     "/v1/openapi.json": {
@@ -212,8 +297,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "syncmesh node API",
             "version": __version__,
-            "description": "Status, health, metrics and the dashboard of one syncmesh node."
-            " Off loopback every route but /v1/health, / and /dashboard/{name} needs"
+            "description": "Status, health, conflicts, metrics and the dashboard of one syncmesh"
+            " node. Off loopback every route but /v1/health, / and /dashboard/{name} needs"
             " `Authorization: Bearer TOKEN` (api.token).",
         },
         "components": {

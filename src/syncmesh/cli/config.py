@@ -86,6 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "rows_per_message_max", int, 100_000, minimum=1),
     Setting("limits", "sessions_per_peer_max", int, 2, minimum=1),
     Setting("limits", "inbound_sessions_max", int, 64, minimum=1),
+    Setting("limits", "conflict_ledger_rows_max", int, 10_000, minimum=0),
     Setting("logging", "level", str, "info", choices=LOG_LEVELS),
     Setting("logging", "format", str, "plain", choices=LOG_FORMATS),
 )
@@ -266,6 +267,7 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         idle_resend_s=values["sync.idle_resend_s"],
         relay_hold_ms=values["sync.relay_hold_ms"],
         quarantine_retry_s=values["sync.quarantine_retry_s"],
+        conflict_ledger_rows_max=values["limits.conflict_ledger_rows_max"],
         api_listen_host=api_host,
         api_listen_port=api_port,
     )

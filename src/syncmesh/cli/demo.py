@@ -102,6 +102,10 @@ async def run_demo(count: int, rows: int, *, keep: bool) -> int:
                 click.echo("demo: the nodes did not converge in time", err=True)
                 return 1
             elapsed_ms = (time.monotonic() - started) * 1000
+            recorded = [
+                len(await node.worker.call(node.store.conflicts, table="items", limit=1_000))
+                for node in nodes
+            ]
         shared = next(row for row in tables[0] if row[0] == "shared")
         click.echo(
             f"converged: {len(tables[0])} identical rows on all {count} nodes"
@@ -110,6 +114,11 @@ async def run_demo(count: int, rows: int, *, keep: bool) -> int:
         click.echo(
             f"  the concurrent updates of 'shared' resolved everywhere to: {shared[1]!r},"
             f" qty {shared[2]} (last writer wins, per column)"
+        )
+        counts = ", ".join(f"{name} {count}" for name, count in zip(names, recorded, strict=True))
+        click.echo(
+            f"  conflicts each node resolved (syncmesh conflicts FILE): {counts}"
+            " (an update made after another had arrived is no conflict)"
         )
         gone = all(row[0] != "doomed" for row in tables[0])
         click.echo(f"  row 'doomed' is {'gone on every node' if gone else 'STILL THERE'}")

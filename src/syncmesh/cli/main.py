@@ -4,6 +4,7 @@ syncmesh init app.db
 syncmesh track app.db items orders
 syncmesh serve app.db --listen 127.0.0.1:7401 --peer http://127.0.0.1:7402
 syncmesh status app.db [--json]
+syncmesh conflicts app.db [--table T] [--since 2h] [--limit N] [--json]
 syncmesh demo
 """
 
@@ -24,6 +25,8 @@ import click
 
 from syncmesh import __version__
 from syncmesh.api import running_node
+from syncmesh.api.conflicts import LIMIT_DEFAULT, LIMIT_MAX, since_ms
+from syncmesh.cli import conflicts as conflict_report
 from syncmesh.cli.chaos import chaos
 from syncmesh.cli.config import (
     LOG_FORMATS,
@@ -39,6 +42,7 @@ from syncmesh.cli.tls import tls
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.store import Store
+from syncmesh.store.records import now_ms
 
 GC_YOUNG_OBJECTS = 50_000
 DATABASE = click.argument("database", type=click.Path(dir_okay=False, path_type=Path))
@@ -357,6 +361,44 @@ def status(database: Path | None, url: str | None, as_json: bool, max_lag_s: flo
         click.echo(f"unhealthy: {problem}", err=True)
     if problems:
         sys.exit(UNHEALTHY_EXIT)
+
+
+@cli.command()
+@DATABASE
+@click.option("--table", metavar="TABLE", help="Only conflicts in this table.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only conflicts resolved since WHEN: a duration back from now (15m, 2h, 7d)"
+    " or an ISO 8601 time (2024-05-01T12:00:00Z; UTC without an offset).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, LIMIT_MAX),
+    default=LIMIT_DEFAULT,
+    show_default=True,
+    help="Show at most this many, the newest.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The same document as GET /v1/conflicts.")
+def conflicts(
+    database: Path, table: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
+    """List the conflicts DATABASE's node resolved: two concurrent writes to one cell.
+
+    Newest first: when this node resolved it, the table, key and column,
+    the value that won (kept on every node) and the one that lost, each
+    with the site that wrote it.  A write that replaced a value its writer
+    had seen is not a conflict.  Reads the file, node running or not.
+    """
+    since_at = None
+    if since is not None:
+        try:
+            since_at = since_ms(since, now_ms())
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from exc
+    with _open_store(database) as store, _errors_as_messages():
+        records = store.conflicts(table=table, since_ms=since_at, limit=limit)
+    conflict_report.report(records, as_json=as_json)
 
 
 @cli.group()

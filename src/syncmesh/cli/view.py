@@ -114,6 +114,7 @@ def print_live_status(status: dict[str, Any]) -> None:
         ("site id", f"{status['site_id']}  (listening on {status['listen']})"),
         ("local seq", str(store["seq"])),
         ("quarantined", f"{store['quarantined_rows']} rows"),
+        ("conflicts", f"{sum(store.get('conflicts', {}).values())} recorded (GET /v1/conflicts)"),
         *(("problem", problem) for problem in store["schema_problems"]),
     ]
     console.print(_facts(facts))
@@ -162,6 +163,7 @@ def print_file_status(report: StoreStatus) -> None:
         ("local seq", str(report.seq)),
         ("fingerprint", report.fingerprint),
         ("quarantined", f"{report.quarantined_rows} rows"),
+        ("conflicts", f"{sum(report.conflicts.values())} recorded (syncmesh conflicts)"),
         *(("problem", problem) for problem in report.schema_problems),
     ]
     console.print(_facts(facts))

@@ -20,7 +20,7 @@ relay path converge.  Nothing here touches SQLite, a clock or the network.
 
 from __future__ import annotations
 
-from syncmesh.model import Cell, RowState, SqlValue, Stamp, TableRows
+from syncmesh.model import CELL_FIELDS, Cell, RowState, SqlValue, Stamp, TableRows
 
 
 def value_order_key(value: SqlValue) -> tuple[int, int | float | str | bytes, int]:
@@ -39,16 +39,19 @@ def value_order_key(value: SqlValue) -> tuple[int, int | float | str | bytes, in
 
 
 def join_cells(left: Cell | None, right: Cell | None) -> Cell | None:
-    """The cell that wins: greater stamp, then greater value."""
+    """The cell that wins: greater stamp, then greater value (then greater past)."""
     if left is None:
         return right
     if right is None:
         return left
     if right.stamp != left.stamp:
         return right if right.stamp > left.stamp else left
-    if value_order_key(right.value) > value_order_key(left.value):
-        return right
-    return left
+    right_key, left_key = value_order_key(right.value), value_order_key(left.value)
+    if right_key != left_key:
+        return right if right_key > left_key else left
+    # One write has one past; only a file edited behind the engine's back
+    # gets here with two.  Any fixed order keeps the join commutative.
+    return right if right.past > left.past else left
 
 
 def _max_stamp(left: Stamp | None, right: Stamp | None) -> Stamp | None:
@@ -97,7 +100,7 @@ def missing_rows(
         if cl % 2 == 0:  # type: ignore[operator]
             if cl_covered:
                 continue
-            if any(row[at] is not None for at in range(first_cell + 1, width, 3)):
+            if any(row[at] is not None for at in range(first_cell + 1, width, CELL_FIELDS)):
                 row = [*row[:first_cell], *([None] * (width - first_cell))]
             kept.append(row)
             continue
@@ -106,14 +109,14 @@ def missing_rows(
             continue
         trimmed: list[SqlValue] | None = None
         remaining = 0
-        for at in range(first_cell, width, 3):
+        for at in range(first_cell, width, CELL_FIELDS):
             hlc = row[at + 1]
             if hlc is None:
                 continue
             if hlc <= bounds[row[at + 2]]:  # type: ignore[index, operator]
                 if trimmed is None:
                     trimmed = list(row)
-                trimmed[at] = trimmed[at + 1] = trimmed[at + 2] = None
+                trimmed[at] = trimmed[at + 1] = trimmed[at + 2] = trimmed[at + 3] = None
             else:
                 remaining += 1
         if remaining:

@@ -90,6 +90,7 @@ class NodeConfig:
     idle_resend_s: float = 2.0  # a sender with nothing new re-reads its feed this often
     relay_hold_ms: int = 10  # a batch of only others' writes waits this long (mesh dedup)
     quarantine_retry_s: float = 5.0
+    conflict_ledger_rows_max: int = 10_000  # the ledger keeps the newest this many conflicts
     api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
     api_listen_port: int = 0
     throughput_interval_s: float = 5.0  # the throughput history counts rows per interval ...
@@ -107,6 +108,7 @@ class NodeConfig:
         assert self.throughput_interval_s >= 0.001
         assert self.throughput_samples_max > 0
         assert len({peer.name for peer in self.peers}) == len(self.peers), "peer names repeat"
+        assert self.conflict_ledger_rows_max >= 0
 
     @property
     def frame_bytes_max(self) -> int:

@@ -120,6 +120,7 @@ class Node:
             clock=HybridClock(
                 physical_clock or SystemClock(), drift_ms_max=config.clock_drift_ms_max
             ),
+            conflict_ledger_rows_max=config.conflict_ledger_rows_max,
         )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
 from syncmesh.merge import missing_rows
-from syncmesh.model import ChangeBatch
+from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
@@ -467,9 +467,10 @@ def _only_relays(batch: ChangeBatch, own_site: str) -> bool:
         return True
     own = batch.sites.index(own_site)
     for table in batch.tables:
+        keys = table.key_count
         for row in table.rows:
-            # cl_site, then each cell's site: every third field from key_count + 2.
-            if own in row[table.key_count + 2 :: 3]:
+            # cl_site, then each cell's site (the third of its CELL_FIELDS).
+            if row[keys + 2] == own or own in row[keys + 5 :: CELL_FIELDS]:
                 return False
     return True
 

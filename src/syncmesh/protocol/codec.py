@@ -10,13 +10,14 @@ ProtocolError that names the problem; it never trusts a size or a type.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, assert_never
 
 import msgpack
 import zstandard
 
 from syncmesh.errors import ProtocolError, UnsupportedVersion
-from syncmesh.model import INT64_MAX, INT64_MIN, ChangeBatch, TableRows
+from syncmesh.model import CELL_FIELDS, INT64_MAX, INT64_MIN, ChangeBatch, TableRows
 from syncmesh.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -41,6 +42,10 @@ VECTOR_SITES_MAX = 10_000  # entries of a version vector; tables named in a HELL
 # msgpack refuses longer arrays while it parses, before any rows are built:
 # at least a row of SQLite's widest table (2000 columns, 3 fields each).
 ARRAY_ITEMS_MIN = 8_192
+PAST_ENTRY_CHARS_MAX = 32  # '"65535":9223372036854775807,' with room to spare
+# A cell's past: a compact JSON object of site index -> HLC, as the store writes it.
+_PAST = re.compile(r'\{(?:"\d{1,9}":\d{1,19}(?:,"\d{1,9}":\d{1,19})*)?\}')
+_PAST_ENTRY = re.compile(r'"(\d+)":(\d+)')
 _SCALARS = (type(None), str, bytes)
 _RAW, _ZSTD = 0, 1
 _compressor = zstandard.ZstdCompressor(level=3)
@@ -288,7 +293,7 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
         raise ProtocolError(f"{where}: key count {_show(key_count)} is invalid")
     if type(rows) is not list:
         raise ProtocolError(f"{where}: rows are not a list")
-    width = key_count + 3 + 3 * len(columns)
+    width = key_count + 3 + CELL_FIELDS * len(columns)
     for row in rows:
         if type(row) is not list or len(row) != width:
             raise ProtocolError(f"{where}: a row is not a list of {width} fields")
@@ -298,11 +303,13 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
         if type(cl) is not int or not 0 < cl <= INT64_MAX:
             raise ProtocolError(f"{where}: causal length {_show(cl)} is not a positive integer")
         _check_stamp(row[key_count + 1], row[key_count + 2], sites_count, where)
-        for at in range(key_count + 3, width, 3):
+        for at in range(key_count + 3, width, CELL_FIELDS):
             _check_value(row[at], where)
             _check_stamp(row[at + 1], row[at + 2], sites_count, where)
-            if row[at + 1] is None and row[at] is not None:
-                raise ProtocolError(f"{where}: a cell without a stamp carries a value")
+            if row[at + 1] is None and (row[at] is not None or row[at + 3] is not None):
+                raise ProtocolError(f"{where}: a cell without a stamp carries a value or a past")
+            if row[at + 3] is not None:
+                _check_past(row[at + 3], sites_count, where)
     return TableRows(name, tuple(columns), key_count, rows)
 
 
@@ -322,6 +329,24 @@ def _check_value(value: object, where: str) -> None:
             raise ProtocolError(f"{where}: NaN is not an SQL value")
     elif kind not in _SCALARS:
         raise ProtocolError(f"{where}: value of type {kind.__name__} is not an SQL value")
+
+
+def _check_past(past: object, sites_count: int, where: str) -> None:
+    """A cell's past: `{"<site index>":<hlc>,...}`, compact, each index in the site table once."""
+    if (
+        type(past) is not str
+        or len(past) > 2 + PAST_ENTRY_CHARS_MAX * sites_count
+        or _PAST.fullmatch(past) is None
+    ):
+        raise ProtocolError(f"{where}: a cell's past {past!r:.80} is not a JSON object of stamps")
+    seen: set[int] = set()
+    for index_text, hlc_text in _PAST_ENTRY.findall(past):
+        index, hlc = int(index_text), int(hlc_text)
+        if index >= sites_count or index in seen:
+            raise ProtocolError(f"{where}: a cell's past names site index {index} wrongly")
+        if hlc > INT64_MAX:
+            raise ProtocolError(f"{where}: a cell's past holds stamp {hlc}, beyond 64 bits")
+        seen.add(index)
 
 
 def _check_stamp(hlc: object, site: object, sites_count: int, where: str) -> None:

@@ -1,4 +1,4 @@
-"""The messages of sync protocol version 1 (docs/protocol.md describes the session).
+"""The messages of sync protocol version 2 (docs/protocol.md describes the session).
 
 Both ends of a session speak the same messages: each is at once the sender
 of its own change feed and the receiver of the peer's.
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from syncmesh.model import ChangeBatch
 
-PROTOCOL_VERSION = 1
+# 2: every cell of a batch carries its past (conflict detection); version 1
+# rows had three fields per cell and cannot be decoded by this version.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,13 @@ engine's apply transaction, which clears it before commit, so no other
 connection ever sees it set.
 
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
-`seq`, then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal;
-0 is this node).
+`seq`, then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal; 0
+is this node); last `pasts`, what the row's cells know of earlier writes
+(docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
+knowledge}}` per value column index i, each an object {"<ordinal>": hlc};
+`p` is the value's past (what its writer knew), `k` what this node learned
+beyond it from writes it discarded.  NULL when all are empty: every row
+whose cells only this site wrote.
 """
 
 from __future__ import annotations
@@ -69,6 +74,29 @@ CREATE TABLE IF NOT EXISTS _syncmesh_quarantine (
 );
 """
 
+# The conflict ledger (docs/adr/0007-conflict-ledger.md): the conflicts this
+# node resolved, newest kept up to a limit, and a running count per table.
+CONFLICT_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS _syncmesh_conflicts (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    pk TEXT NOT NULL,                -- the key values as JSON (model.json_safe)
+    column_name TEXT NOT NULL,
+    winner_value,                    -- no declared type: values keep their storage class
+    winner_hlc INTEGER NOT NULL,
+    winner_site TEXT NOT NULL,
+    loser_value,
+    loser_hlc INTEGER NOT NULL,
+    loser_site TEXT NOT NULL,
+    resolved_ms INTEGER NOT NULL,    -- when this node's merge resolved it (wall clock)
+    UNIQUE (table_name, pk, column_name, loser_hlc, loser_site, winner_hlc, winner_site)
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_conflict_totals (
+    table_name TEXT PRIMARY KEY,
+    total INTEGER NOT NULL           -- conflicts ever recorded here, beyond the ledger's limit
+);
+"""
+
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -88,7 +116,12 @@ def shadow_columns(spec: TableSpec) -> list[str]:
     cells = [
         name for index in range(len(spec.value_columns)) for name in (f"h{index}", f"s{index}")
     ]
-    return [*keys, "cl", "cl_hlc", "cl_site", "seq", *cells]
+    return [*keys, "cl", "cl_hlc", "cl_site", "seq", *cells, PASTS_COLUMN]
+
+
+# One column per row, not per cell: the shadow stays as wide as it was plus
+# one, whatever the table's width, and a capture builds one more field.
+PASTS_COLUMN = "pasts"
 
 
 def shadow_ddl(spec: TableSpec) -> list[str]:
@@ -98,6 +131,7 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     cells = "".join(
         f", h{index} INTEGER, s{index} INTEGER" for index in range(len(spec.value_columns))
     )
+    cells += f", {PASTS_COLUMN} TEXT"
     # Key columns have no declared type, so values keep their storage class.
     key_defs = ", ".join(f"k{index}" for index in range(len(spec.pk)))
     return [

@@ -1,22 +1,31 @@
 """Applying a peer's batch: the merge of its rows into the tables.
 
 Owns the join of incoming rows with the rows on disk (the fast path for
-keys new here, one user-table write per key), the refusal of stamps from
-the future, and sending rows that cannot be applied to quarantine.
-`Store.apply_batch` and `Store.retry_quarantine` call this through
-`Store._merge_rows`, inside their transaction.
+keys new here, one user-table write per key), noticing the conflicts the
+join resolves (recorded in the ledger) and what the node learns from them,
+the refusal of stamps from the future, and sending rows that cannot be
+applied to quarantine.  `Store.apply_batch` and `Store.retry_quarantine`
+call this through `Store._merge_rows`, inside their transaction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import ClockDriftError
-from syncmesh.merge import join_rows
-from syncmesh.model import ChangeBatch, RowChange, RowState, SqlValue, TableRows, state_of_row
-from syncmesh.store import quarantine, vector
+from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells
+from syncmesh.model import (
+    CELL_FIELDS,
+    ChangeBatch,
+    RowChange,
+    RowState,
+    SqlValue,
+    TableRows,
+    state_of_row,
+)
+from syncmesh.store import conflicts, quarantine, vector
 from syncmesh.store.quarantine import stamps
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.rows import SiteMap, TableSql, execute_each
@@ -35,7 +44,7 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
     # transaction share a stamp and must all pass or all wait (a reading per
     # table let an order through while its lines waited; syncmesh chaos).
     bound = vector.drift_bound(store)
-    applied = quarantined = refused = 0
+    applied = quarantined = refused = resolved = 0
     for incoming in batch.tables:
         table = store._tables.get(incoming.table)
         problem = None
@@ -58,11 +67,12 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
         applied += counts[0]
         quarantined += counts[1]
         refused += counts[2]
+        resolved += counts[3]
     store._connection.execute("UPDATE _syncmesh_state SET applying = 0")
     if applied:
         # V[self] does not move here: it speaks of our own writes only.
         store._connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
-    return ApplyResult(applied, quarantined, refused, store._state()["seq"])
+    return ApplyResult(applied, quarantined, refused, store._state()["seq"], resolved)
 
 
 def merge_table(
@@ -75,8 +85,8 @@ def merge_table(
     seq: int,
     sites: SiteMap,
     bound: int,
-) -> tuple[int, int, int]:
-    """Merge one table's rows; returns (applied, quarantined, refused for drift).
+) -> tuple[int, int, int, int]:
+    """Merge one table's rows; returns (applied, quarantined, refused for drift, conflicts).
 
     Rows with a stamp above `bound` (the drift limit) are refused into the
     quarantine, to be retried once the clock has caught up.
@@ -88,10 +98,17 @@ def merge_table(
     # Per key: the merged result (a state, or the rows of a new key) and
     # the incoming rows that made it.
     merged_by_key: dict[tuple[SqlValue, ...], _Merged] = {}
+    # Keys whose state stays as it is, but whose knowledge grew: an incoming
+    # write lost a conflict here.  Their shadow rows keep their seq.
+    learned: dict[tuple[SqlValue, ...], tuple[RowState, dict[str, Knowledge]]] = {}
+    found: dict[tuple[SqlValue, ...], list[CellConflict]] = {}
     refused = 0
     observed = 0
     for pk, row in zip(pks, incoming.rows, strict=True):
-        top = max((int(hlc) for hlc in row[keys + 1 :: 3] if hlc is not None), default=0)
+        top = max(
+            (int(hlc) for hlc in (row[keys + 1], *row[keys + 4 :: CELL_FIELDS]) if hlc is not None),
+            default=0,
+        )
         if top > bound:
             change = _change_of(incoming, row, batch_sites)
             quarantine.add(store, change, origin, _drift_reason(change, store._clock))
@@ -107,14 +124,37 @@ def merge_table(
             continue
         if earlier is not None:
             before = earlier.state_or(incoming, batch_sites)
+            known = earlier.known
         else:
-            before = state_of_row(table.shape, on_disk[pk], local_sites)
-        merged = join_rows(before, state_of_row(incoming, row, batch_sites))
+            disk_row, disk_pasts = on_disk[pk]
+            before = state_of_row(table.shape, disk_row, local_sites)
+            known = learned[pk][1] if pk in learned else table.knowledge_of(disk_pasts, local_sites)
+        theirs = state_of_row(incoming, row, batch_sites)
+        resolved, changed = resolve_cells(before, theirs, known)
+        if resolved:
+            found.setdefault(pk, []).extend(resolved)
+        merged = join_rows(before, theirs)
+        # A new life knows nothing of the old one's writes.
+        if merged.cl != before.cl:
+            known_after: dict[str, Knowledge] = {}
+        else:
+            # Only non-empty entries: an empty `known` means "nothing to write".
+            known_after = (
+                {column: k for column, k in {**known, **changed}.items() if k} if changed else known
+            )
         if merged == before:
-            continue  # already held, or superseded: idempotent redelivery
+            # Already held, or superseded (idempotent redelivery); or a
+            # concurrent write that lost here, which we now know of.
+            if earlier is not None and known_after != earlier.known:
+                # (As a state: a fast-path result has no knowledge columns to set.)
+                merged_by_key[pk] = _Merged(before, None, None, earlier.rows, known_after)
+            elif earlier is None and changed:
+                learned[pk] = (before, known_after)
+            continue
         observed = max(observed, top)
         contributors = [*earlier.rows, row] if earlier is not None else [row]
-        merged_by_key[pk] = _Merged(merged, None, None, contributors)
+        merged_by_key[pk] = _Merged(merged, None, None, contributors, known_after)
+        learned.pop(pk, None)
     if observed:
         # Every row observed passed `bound`: no second reading of the clock.
         store._clock.absorb(int(observed))
@@ -126,7 +166,7 @@ def merge_table(
         user = result.user_row(table, pk)
         if user is not None:
             upserts.append((pk, user))
-        elif pk in on_disk and on_disk[pk][keys] % 2 == 1:  # type: ignore[operator]
+        elif pk in on_disk and on_disk[pk][0][keys] % 2 == 1:  # type: ignore[operator]
             deletes.append((pk, list(pk)))
     failed: set[tuple[SqlValue, ...]] = set()
     quarantined = 0
@@ -145,8 +185,18 @@ def merge_table(
         for pk, result in merged_by_key.items()
         if pk not in failed
     ]
-    store._connection.executemany(table.shadow_write_sql, shadow_rows)
-    return len(shadow_rows), quarantined, refused
+    table.write_shadow(store._connection, shadow_rows)
+    store._connection.executemany(
+        table.knowledge_sql,
+        [table.knowledge_row(pk, state, known, sites) for pk, (state, known) in learned.items()],
+    )
+    # A refused key's merge did not happen: it is resolved again on retry.
+    recorded = conflicts.record(
+        store,
+        table.spec.name,
+        [(pk, conflict) for pk, listed in found.items() if pk not in failed for conflict in listed],
+    )
+    return len(shadow_rows), quarantined, refused, recorded
 
 
 @dataclass(slots=True)
@@ -157,6 +207,7 @@ class _Merged:
     shadow: list[SqlValue] | None
     user: list[SqlValue] | None
     rows: list[list[SqlValue]]  # the incoming rows that made it
+    known: dict[str, Knowledge] = field(default_factory=dict)  # beyond the cells' pasts
 
     def state_or(self, incoming: TableRows, sites: tuple[str, ...]) -> RowState:
         if self.state is not None:
@@ -174,7 +225,7 @@ class _Merged:
         if self.state is None:
             assert self.shadow is not None
             return self.shadow
-        return table.shadow_row(pk, self.state, seq, sites)
+        return table.shadow_row(pk, self.state, seq, sites, self.known)
 
 
 def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:

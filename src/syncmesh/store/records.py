@@ -1,13 +1,16 @@
-"""The plain records the store hands out: peer cursors, apply results, status.
+"""The plain records the store hands out: peer cursors, apply results, status, conflicts.
 
 Also the wall-clock helper the store stamps bookkeeping times with
-(`last_applied_ms`, a quarantine entry's `created_ms`).
+(`last_applied_ms`, a quarantine entry's `created_ms`, a conflict's
+`resolved_ms`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from syncmesh.model import SqlValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,7 @@ class ApplyResult:
     quarantined_rows: int
     drift_refused_rows: int
     seq: int  # our head after the batch
+    conflicts: int = 0  # conflicts the merge resolved and recorded (new to the ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,31 @@ class StoreStatus:
     restore_floor: int
     path: str = field(default="")
     schema_problems: list[str] = field(default_factory=list)
+    # Per tracked table: conflicts recorded here since the file was made,
+    # including those the ledger has since dropped (its limit).
+    conflicts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One side of a conflict: a cell's value and the stamp of its write."""
+
+    value: SqlValue
+    hlc: int
+    site_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictRecord:
+    """A conflict this node resolved: two concurrent writes to one cell."""
+
+    id: int
+    table: str
+    pk: tuple[SqlValue, ...]
+    column: str
+    winner: Version  # the value the merge kept
+    loser: Version  # the value it discarded
+    resolved_ms: int  # when, by this node's wall clock
 
 
 def now_ms() -> int:

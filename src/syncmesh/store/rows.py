@@ -3,22 +3,28 @@
 One `TableSql` per tracked table holds the statement texts (identifiers
 quoted once, here) and turns shadow rows into `RowState` values and back.
 Site ids are stored as small integers (`_syncmesh_sites.ordinal`, 0 being
-this node) to keep shadow rows compact; `SiteMap` translates.
+this node) to keep shadow rows compact; `SiteMap` translates.  A cell's
+past and the node's knowledge of a cell (in the row's `pasts` column) are
+JSON objects keyed by the same ordinals, which are also the site indexes
+of an outgoing batch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from syncmesh.errors import StoreError
-from syncmesh.model import RowState, SqlValue, TableRows, TableSpec
+from syncmesh.merge import Knowledge
+from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.schema import (
     ALL_COLUMNS,
     OP_CHECK,
     OP_DELETE,
     OP_INSERT,
+    PASTS_COLUMN,
     log_name,
     quote_identifier,
     shadow_columns,
@@ -115,8 +121,12 @@ class TableSql:
         # local ordinals), so the feed needs no conversion per row.
         self.shape = TableRows(spec.name, self.values, self.key_count, [])
         keys = [f"s.k{index}" for index in range(self.key_count)]
+        # A cell's past comes out of the row's `pasts` (NULL for nearly every
+        # row, and then no JSON is looked at).
         cells = [
-            f"t.{quote_identifier(column)}, s.h{index}, s.s{index}"
+            f"t.{quote_identifier(column)}, s.h{index}, s.s{index},"
+            f" CASE WHEN s.{PASTS_COLUMN} IS NOT NULL"
+            f" THEN json_extract(s.{PASTS_COLUMN}, '$.\"{index}\".p') END"
             for index, column in enumerate(self.values)
         ]
         join = " AND ".join(
@@ -124,6 +134,11 @@ class TableSql:
         )
         selected = ", ".join([*keys, "s.cl", "s.cl_hlc", "s.cl_site", *cells])
         self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
+        # The rows as `_select` has them, then the `pasts` column (knowledge).
+        self._load_select = (
+            f"SELECT {selected}, s.{PASTS_COLUMN} FROM {self.shadow} s"
+            f" LEFT JOIN {self.table} t ON {join}"
+        )
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
         self._feed_prefix = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
         self.seqs_sql = f"SELECT seq FROM {self.shadow} WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -155,6 +170,15 @@ class TableSql:
             f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(names)})"
             f" VALUES ({', '.join('?' * len(names))})"
         )
+        # The same without `pasts` (left NULL), for rows whose cells have no
+        # past and no knowledge: nearly all.  Binding None costs sqlite3 an
+        # adapter lookup per parameter.
+        plain = [name for name in names if name != PASTS_COLUMN]
+        self._plain_width = len(plain)
+        self.shadow_plain_sql = (
+            f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(plain)})"
+            f" VALUES ({', '.join('?' * len(plain))})"
+        )
         columns = [quote_identifier(column) for column in (*spec.pk, *self.values)]
         key_list = ", ".join(quote_identifier(column) for column in spec.pk)
         update = ", ".join(
@@ -169,6 +193,9 @@ class TableSql:
         )
         self.delete_sql = f"DELETE FROM {self.table} WHERE " + " AND ".join(
             f"{quote_identifier(column)} = ?" for column in spec.pk
+        )
+        self.knowledge_sql = f"UPDATE {self.shadow} SET {PASTS_COLUMN} = ? WHERE " + " AND ".join(
+            f"k{index} = ?" for index in range(self.key_count)
         )
         self.capture_sql = self._capture_sql()
 
@@ -190,8 +217,9 @@ class TableSql:
             for _ in self.values
             for value in ("CASE WHEN ?1 THEN ?4 END", "CASE WHEN ?1 THEN 0 END")
         ]
-        values = [*keys, "CASE WHEN ?1 THEN 1 ELSE 2 END", "?4", "0", "?5", *new_cells]
+        values = [*keys, "CASE WHEN ?1 THEN 1 ELSE 2 END", "?4", "0", "?5", *new_cells, "NULL"]
         new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
+        reborn = "?1 AND (cl % 2 = 0 OR ?2)"  # alive again: a life whose writes know nothing
         sets = [
             "cl = CASE WHEN ?1 THEN (CASE WHEN cl % 2 = 0 THEN cl + 1 WHEN ?2 THEN cl + 2"
             " ELSE cl END) WHEN cl % 2 = 1 THEN cl + 1 ELSE cl END",
@@ -203,10 +231,33 @@ class TableSql:
             changed = f"?1 AND (?3 >> {index}) & 1"
             sets.append(f"h{index} = CASE WHEN {changed} THEN ?4 ELSE h{index} END")
             sets.append(f"s{index} = CASE WHEN {changed} THEN 0 ELSE s{index} END")
+        sets.append(f"{PASTS_COLUMN} = {self._next_pasts_sql(reborn)}")
         key_list = ", ".join(f"k{index}" for index in range(self.key_count))
         return (
             f"INSERT INTO {self.shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
             f" ON CONFLICT ({key_list}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def _next_pasts_sql(self, reborn: str) -> str:
+        """SQL: the row's `pasts` after a capture (inside `_capture_sql`).
+
+        A changed cell's new past is what this node knew of the cell: the
+        old value (unless it was ours: our writes know our own), its past,
+        and our knowledge.  When `pasts` is NULL and no changed cell held
+        another site's value, which is every row only this site writes, the
+        answer is NULL and nothing else is computed; otherwise
+        `capture_pasts` does it in Python.  A new life starts with none.
+        """
+        count = len(self.values)
+        if count == 0:
+            return "NULL"
+        foreign = " OR ".join(f"((?3 >> {index}) & 1 AND s{index} <> 0)" for index in range(count))
+        stamps = ", ".join(f"s{index}, h{index}" for index in range(count))
+        column = PASTS_COLUMN
+        return (
+            f"CASE WHEN NOT ?1 THEN {column} WHEN {reborn} THEN NULL"
+            f" WHEN {column} IS NULL AND NOT ({foreign}) THEN NULL"
+            f" ELSE {CAPTURE_PASTS_FUNCTION}({column}, ?3, {stamps}) END"
         )
 
     def capture(
@@ -275,8 +326,8 @@ class TableSql:
         seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"
         return (
             f"INSERT OR IGNORE INTO {self.shadow} ({', '.join(names)})"
-            f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, *cells])} FROM {self.table}"
-            f"{where}"
+            f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, *cells, 'NULL'])}"
+            f" FROM {self.table}{where}"
         )
 
     def backfill_step_sql(self, *, lower: bool, upper: bool) -> str:
@@ -332,25 +383,39 @@ class TableSql:
 
     def load(
         self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
-    ) -> dict[tuple[SqlValue, ...], list[SqlValue]]:
-        """The local positional rows (sites as ordinals) of the keys `pks` that exist."""
-        found: dict[tuple[SqlValue, ...], list[SqlValue]] = {}
+    ) -> dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None]]:
+        """Per key of `pks` that exists: its positional row (sites as ordinals) and `pasts`.
+
+        `pasts` (see `knowledge_of`) holds what this node knows of each cell
+        beyond the value's past.
+        """
+        found: dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None]] = {}
         keys = ", ".join(f"s.k{index}" for index in range(self.key_count))
         step = KEYS_PER_QUERY // max(1, self.key_count)
         tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
+        width = self.shape.width
         for start in range(0, len(pks), step):
             chunk = pks[start : start + step]
-            sql = (
-                f"{self._select} WHERE ({keys}) IN (VALUES {', '.join([tuple_marks] * len(chunk))})"
-            )
+            marks = ", ".join([tuple_marks] * len(chunk))
+            sql = f"{self._load_select} WHERE ({keys}) IN (VALUES {marks})"
             params = [value for pk in chunk for value in pk]
             for row in connection.execute(sql, params):
-                found[tuple(row[: self.key_count])] = list(row)
+                found[tuple(row[: self.key_count])] = (list(row[:width]), row[width])
         return found
 
     def shadow_row(
-        self, pk: tuple[SqlValue, ...], state: RowState, seq: int, sites: SiteMap
+        self,
+        pk: tuple[SqlValue, ...],
+        state: RowState,
+        seq: int,
+        sites: SiteMap,
+        known: Mapping[str, Knowledge],
     ) -> list[SqlValue]:
+        """The shadow row of `state`, with `known` (per column) as the node's knowledge.
+
+        Without pasts and knowledge it has the layout of `shadow_plain_sql`
+        (see `write_shadow`).
+        """
         cl_stamp = state.cl_stamp
         row: list[SqlValue] = [
             *pk,
@@ -359,13 +424,79 @@ class TableSql:
             None if cl_stamp is None else sites.ordinal(cl_stamp.site_id),
             seq,
         ]
+        pasts = bool(known)
         for column in self.values:
             cell = state.cells.get(column)
             if cell is None:
                 row.extend((None, None))
             else:
                 row.extend((cell.stamp.hlc, sites.ordinal(cell.stamp.site_id)))
+                pasts = pasts or bool(cell.past)
+        if pasts:
+            row.append(self.pasts_text(state, known, sites))
         return row
+
+    def pasts_text(
+        self, state: RowState, known: Mapping[str, Knowledge], sites: SiteMap
+    ) -> str | None:
+        """The `pasts` column of a row in `state` with `known`; None when all are empty."""
+        pasts: dict[str, dict[str, dict[str, int]]] = {}
+        for index, column in enumerate(self.values):
+            cell = state.cells.get(column)
+            entry = {}
+            if cell is not None and cell.past:
+                entry["p"] = {str(sites.ordinal(site)): hlc for site, hlc in cell.past}
+            if known.get(column):
+                entry["k"] = {str(sites.ordinal(site)): hlc for site, hlc in known[column].items()}
+            if entry:
+                pasts[str(index)] = entry
+        return json.dumps(pasts, separators=(",", ":")) if pasts else None
+
+    def knowledge_of(self, text: str | None, sites: Sequence[str]) -> dict[str, Knowledge]:
+        """What a row's `pasts` says this node knows beyond each cell's past, by column."""
+        if text is None:
+            return {}
+        known: dict[str, Knowledge] = {}
+        for index, entry in json.loads(text).items():
+            if "k" in entry:
+                column = self.values[int(index)]
+                known[column] = {sites[int(ordinal)]: hlc for ordinal, hlc in entry["k"].items()}
+        return known
+
+    def rename_ordinal(self, connection: sqlite3.Connection, old: int, new: int) -> None:
+        """Make every past and knowledge entry of site ordinal `old` name `new`."""
+        keys = ", ".join(f"k{index}" for index in range(self.key_count))
+        rows = connection.execute(
+            f"SELECT {keys}, {PASTS_COLUMN} FROM {self.shadow} WHERE {PASTS_COLUMN} IS NOT NULL"
+        ).fetchall()
+        renamed = []
+        for row in rows:
+            pasts = json.loads(row[-1])
+            for entry in pasts.values():
+                for known in entry.values():
+                    if str(old) in known:
+                        known[str(new)] = known.pop(str(old))
+            renamed.append((json.dumps(pasts, separators=(",", ":")), *row[:-1]))
+        connection.executemany(self.knowledge_sql, renamed)
+
+    def write_shadow(self, connection: sqlite3.Connection, rows: list[list[SqlValue]]) -> None:
+        """Write shadow rows made by `shadow_row` or `fast_rows`, with or without `pasts`."""
+        plain = [row for row in rows if len(row) == self._plain_width]
+        if plain:
+            connection.executemany(self.shadow_plain_sql, plain)
+        if len(plain) < len(rows):
+            full = [row for row in rows if len(row) != self._plain_width]
+            connection.executemany(self.shadow_write_sql, full)
+
+    def knowledge_row(
+        self,
+        pk: tuple[SqlValue, ...],
+        state: RowState,
+        known: Mapping[str, Knowledge],
+        sites: SiteMap,
+    ) -> list[SqlValue]:
+        """Parameters of `knowledge_sql`: the row's new `pasts`, then the key."""
+        return [self.pasts_text(state, known, sites), *pk]
 
     def user_row(self, pk: tuple[SqlValue, ...], state: RowState) -> list[SqlValue]:
         row: list[SqlValue] = list(pk)
@@ -390,13 +521,66 @@ class TableSql:
             seq,
         ]
         user: list[SqlValue] = list(row[:keys])
-        for at in range(keys + 3, len(row), 3):
+        pasts = False
+        for at in range(keys + 3, len(row), CELL_FIELDS):
             site = row[at + 2]
             shadow.append(row[at + 1])
             shadow.append(None if site is None else ordinals[site])  # type: ignore[index]
             user.append(row[at])
+            pasts = pasts or row[at + 3] is not None
         alive = row[keys] % 2 == 1  # type: ignore[operator]
+        if pasts:  # with `pasts`: the cells' pasts, and no knowledge (the key is new here)
+            shadow.append(
+                json.dumps(
+                    {
+                        str(index): {"p": _remapped(row[at + 3], ordinals)}  # type: ignore[arg-type]
+                        for index, at in enumerate(range(keys + 3, len(row), CELL_FIELDS))
+                        if row[at + 3] is not None
+                    },
+                    separators=(",", ":"),
+                )
+            )
         return shadow, user if alive else None
+
+
+CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
+
+
+def capture_pasts(text: str | None, mask: int, *stamps: int | None) -> str | None:
+    """`syncmesh_capture_pasts(pasts, mask, s0, h0, ...)`: a row's `pasts` after a capture.
+
+    Registered on the store's connection (`Store.open`) and called by the
+    capture upsert only for rows that need it (`TableSql._next_pasts_sql`).
+    Each value column in `mask` gets a new past: everything the node knew of
+    the cell (its past and knowledge, and the old value `(s, h)` unless it
+    was ours), without our own ordinal 0; its knowledge is emptied.
+    """
+    pasts: dict[str, dict[str, dict[str, int]]] = {} if text is None else json.loads(text)
+    for index in range(len(stamps) // 2):
+        if not (mask >> index) & 1:
+            continue
+        entry = pasts.pop(str(index), {})
+        past = dict(entry.get("p", {}))
+        learned = [*entry.get("k", {}).items()]
+        site, hlc = stamps[2 * index], stamps[2 * index + 1]
+        if site is not None and hlc is not None:
+            learned.append((str(site), hlc))
+        for ordinal, known in learned:
+            if past.get(ordinal, -1) < known:
+                past[ordinal] = known
+        past.pop("0", None)
+        if past:
+            pasts[str(index)] = {"p": past}
+    return json.dumps(pasts, separators=(",", ":")) if pasts else None
+
+
+def _remapped(text: str, ordinals: Sequence[int]) -> dict[str, int]:
+    """A past whose keys are a batch's site indexes, keyed by our ordinals instead."""
+    known: dict[str, int] = {}
+    for index, hlc in json.loads(text).items():
+        ordinal = str(ordinals[int(index)])
+        known[ordinal] = max(hlc, known.get(ordinal, hlc))
+    return known
 
 
 def execute_each(

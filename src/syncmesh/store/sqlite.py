@@ -35,11 +35,13 @@ from syncmesh.model import (
 )
 from syncmesh.schema import (
     BOOKKEEPING_DDL,
+    CONFLICT_LEDGER_DDL,
+    PASTS_COLUMN,
     fingerprint,
 )
-from syncmesh.store import apply, feed, quarantine, tracking, vector
-from syncmesh.store.records import ApplyResult, PeerCursor, StoreStatus, now_ms
-from syncmesh.store.rows import SiteMap, TableSql
+from syncmesh.store import apply, conflicts, feed, quarantine, tracking, vector
+from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus, now_ms
+from syncmesh.store.rows import CAPTURE_PASTS_FUNCTION, SiteMap, TableSql, capture_pasts
 from syncmesh.store.tracking import TrackProgress
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ BUSY_TIMEOUT_MS = 10_000
 # transaction in parts while it streams.
 CAPTURE_ENTRIES_PER_SEQ = 20_000
 CACHE_KIB = 65_536
+CONFLICT_LEDGER_ROWS_MAX_DEFAULT = 10_000
 
 
 DATABASE_FILE_MODE = 0o600
@@ -81,10 +84,19 @@ class Store:
         store.capture()
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: str, clock: HybridClock) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: str,
+        clock: HybridClock,
+        conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+    ) -> None:
+        assert conflict_ledger_rows_max >= 0
         self._connection = connection
         self._path = path
         self._clock = clock
+        # The ledger keeps the newest this many conflicts (docs/config.md).
+        self.conflict_ledger_rows_max = conflict_ledger_rows_max
         self._tables: dict[str, TableSql] = {}
         self._sites: SiteMap | None = None
         self._tables_version = -1
@@ -99,7 +111,13 @@ class Store:
         self._rows_captured_uncommitted = 0
 
     @classmethod
-    def open(cls, path: str | Path, *, clock: HybridClock | None = None) -> Store:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: HybridClock | None = None,
+        conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+    ) -> Store:
         """Open (or create) the file; call `init()` before anything else on a new file.
 
         A new file is created 0600 (only its owner may read it); SQLite gives
@@ -116,12 +134,58 @@ class Store:
             connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
+        try:
+            # The feed reads cells' pasts with SQLite's JSON functions.
+            connection.execute("SELECT json_extract('{}', '$.p')")
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreError(
+                f"cannot use {path}: this SQLite ({sqlite3.sqlite_version}) lacks the JSON"
+                " functions (built in since 3.38; JSON1 before)"
+            ) from exc
+        # The capture upsert calls it for rows whose cells another site wrote.
+        connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
-        store = cls(connection, str(path), clock)
+        store = cls(connection, str(path), clock, conflict_ledger_rows_max)
         if store._initialized():
             store._load()
+            store._upgrade()
             store._mark_run_start()
         return store
+
+    def _upgrade(self) -> None:
+        """Bring a file made by an older syncmesh up to date: the conflict ledger.
+
+        Adds the ledger tables and the shadow tables' `pasts` column (empty:
+        cells written before know nothing, which may report a conflict that
+        a causal overwrite of such a cell was).
+        """
+        missing = self._missing_columns()
+        ledger = self._connection.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
+        ).fetchone()
+        if not missing and ledger is not None:
+            return
+        with self._transaction():
+            for statement in CONFLICT_LEDGER_DDL.split(";"):
+                if statement.strip():
+                    self._connection.execute(statement)
+            for table in self._missing_columns():
+                self._connection.execute(
+                    f"ALTER TABLE {table.shadow} ADD COLUMN {PASTS_COLUMN} TEXT"
+                )
+        log.info("%s: added the conflict ledger to a file made by an older syncmesh", self._path)
+
+    def _missing_columns(self) -> list[TableSql]:
+        """The tracked tables whose shadow table lacks the `pasts` column."""
+        return [
+            table
+            for table in self._tables.values()
+            if PASTS_COLUMN
+            not in {
+                row[1] for row in self._connection.execute(f"PRAGMA table_info({table.shadow})")
+            }
+        ]
 
     def _mark_run_start(self) -> None:
         vector.mark_run_start(self)
@@ -152,7 +216,7 @@ class Store:
         Returns the site id.
         """
         with self._transaction():
-            for statement in BOOKKEEPING_DDL.split(";"):
+            for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL).split(";"):
                 if statement.strip():
                     self._connection.execute(statement)
             row = self._connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
@@ -193,6 +257,8 @@ class Store:
                 self._connection.execute(
                     f"UPDATE {table.shadow} SET {', '.join(sets)}", {"moved": moved}
                 )
+                # Pasts and knowledge name sites by ordinal too.
+                table.rename_ordinal(self._connection, 0, moved)
             self._connection.execute(
                 "UPDATE _syncmesh_sites SET site_id = ? WHERE ordinal = 0", (new_site,)
             )
@@ -517,6 +583,17 @@ class Store:
         """Delete quarantined rows for good; returns how many existed."""
         return quarantine.drop(self, ids)
 
+    # -- conflicts --------------------------------------------------------------
+
+    def conflicts(
+        self, *, table: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[ConflictRecord]:
+        """The newest `limit` recorded conflicts (newest first), of `table`, since `since_ms`."""
+        self._require_init()
+        assert limit >= 0
+        with self._transaction("DEFERRED"):
+            return conflicts.listing(self, table=table, since_ms=since_ms, limit=limit)
+
     # -- status -----------------------------------------------------------------
 
     def status(self) -> StoreStatus:
@@ -551,4 +628,5 @@ class Store:
                 state["restore_floor"],
                 self._path,
                 self.schema_problems(),
+                conflicts.totals(self),
             )
