@@ -121,6 +121,16 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
         "How much older the peer's acknowledged position on our feed is than our head.",
         labels=PEER_LABELS,
     )
+    catchup = GaugeMetricFamily(
+        "syncmesh_peer_catchup_progress",
+        "While reading the peer's feed up to its head: 0..1 of the way (absent when caught up).",
+        labels=PEER_LABELS,
+    )
+    catchup_eta = GaugeMetricFamily(
+        "syncmesh_peer_catchup_eta_seconds",
+        "While catching up with the peer: time left at the recent pace.",
+        labels=PEER_LABELS,
+    )
     age = GaugeMetricFamily(
         "syncmesh_peer_last_batch_age_seconds",
         "Time since the last batch from the peer was applied.",
@@ -151,6 +161,10 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
             out_lag.add_metric(labels, peer.out_lag_changes)
         if peer.out_lag_ms is not None:
             out_lag_seconds.add_metric(labels, peer.out_lag_ms / 1000)
+        if peer.catchup_progress is not None:
+            catchup.add_metric(labels, peer.catchup_progress)
+        if peer.catchup_eta_s is not None:
+            catchup_eta.add_metric(labels, peer.catchup_eta_s)
         if peer.last_batch_ms:
             age.add_metric(labels, max(0, now_ms - peer.last_batch_ms) / 1000)
         for name, value in (
@@ -166,7 +180,8 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
         ):
             counters[name].add_metric(labels, value)
         apply.add_metric(labels, _cumulative(peer), peer.apply_seconds_sum)
-    yield from (up, lag, out_lag, out_lag_seconds, age, *counters.values(), apply)
+    yield from (up, lag, out_lag, out_lag_seconds, catchup, catchup_eta, age)
+    yield from (*counters.values(), apply)
 
 
 def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:

@@ -35,6 +35,19 @@ _PEER = {
             "type": "integer",
             "description": "how far this node trails the peer's feed; 0 when caught up",
         },
+        "catchup_progress": {
+            "type": ["number", "null"],
+            "description": "while reading the peer's feed up to its head (bootstrap, after a"
+            " partition): 0..1 of the way, estimated on the feed's seq axis; null once caught up",
+        },
+        "catchup_rows_per_s": {
+            "type": "number",
+            "description": "rows received from the peer per second over the last 10 s of batches",
+        },
+        "catchup_eta_s": {
+            "type": ["number", "null"],
+            "description": "seconds left at the recent pace; null when caught up or no pace yet",
+        },
         "out_lag_changes": {
             "type": ["integer", "null"],
             "description": "rows of this node's feed the peer has not acknowledged (capped"

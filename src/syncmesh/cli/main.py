@@ -339,7 +339,28 @@ async def _serve(config: NodeConfig) -> None:
     type=click.FloatRange(min=0),
     help="Exit 2 when a peer is more than this many seconds behind.",
 )
-def status(database: Path | None, url: str | None, as_json: bool, max_lag_s: float | None) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="With --url: a progress bar per peer (rate, time left) until the node has caught up"
+    " with every peer, as after a bootstrap or a partition; then the status.",
+)
+@click.option(
+    "--watch-timeout",
+    "watch_timeout_s",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds --watch waits at most; exit 2 if not caught up by then.",
+)
+def status(
+    database: Path | None,
+    url: str | None,
+    as_json: bool,
+    max_lag_s: float | None,
+    watch: bool,
+    watch_timeout_s: float,
+) -> None:
     """Show DATABASE's site id, local seq, tracked tables and each peer's cursor.
 
     Reads the file directly, so it works whether or not a node is running.
@@ -350,6 +371,14 @@ def status(database: Path | None, url: str | None, as_json: bool, max_lag_s: flo
     """
     if (database is None) == (url is None):
         raise click.UsageError("give either DATABASE or --url")
+    if watch and url is None:
+        raise click.UsageError("--watch needs --url (a running node)")
+    if watch and url is not None:
+        from syncmesh.cli.progress import watch_catchup
+
+        if not watch_catchup(lambda: fetch(url), timeout_s=watch_timeout_s):
+            click.echo(f"unhealthy: not caught up after {watch_timeout_s:g} s", err=True)
+            sys.exit(UNHEALTHY_EXIT)
     if url is not None:
         problems = live_report(fetch(url), as_json=as_json, max_lag_s=max_lag_s)
     else:

@@ -149,9 +149,24 @@ def print_live_status(status: dict[str, Any]) -> None:
     console.print()
     console.print(peers)
     for peer in status["peers"]:
+        if peer.get("catchup_progress") is not None:
+            console.print(
+                f"catching up with {peer['site_id'] or peer['address']}: {catchup_text(peer)}"
+            )
+    for peer in status["peers"]:
         if peer["last_error"]:
             name = peer["site_id"] or peer["address"]
             console.print(f"last error of {name}: {peer['last_error']}", markup=False)
+
+
+def catchup_text(peer: dict[str, Any]) -> str:
+    """'45% of its feed read, 12,000 rows/s, about 20 s left' (None progress: caught up)."""
+    progress = peer.get("catchup_progress")
+    if progress is None:
+        return "caught up"
+    eta = peer.get("catchup_eta_s")
+    left = "time left unknown yet" if eta is None else f"about {eta:,.0f} s left"
+    return f"{progress:.0%} of its feed read, {peer['catchup_rows_per_s']:,.0f} rows/s, {left}"
 
 
 def print_file_status(report: StoreStatus) -> None:

@@ -55,6 +55,11 @@ class PeerStatistics:
     cursor: int
     peer_head_seq: int
     lag_ms: int  # how much older our cursor is than the peer's head (0: caught up)
+    # Reading the peer's feed up to its head (bootstrap, or after a partition):
+    # None once caught up; see syncmesh.node.catchup.
+    catchup_progress: float | None  # 0..1 of the way from the session's start
+    catchup_rows_per_s: float
+    catchup_eta_s: float | None  # time left at the recent pace
     # The other way: rows of our feed after what the peer acknowledged (at
     # most LAG_CHANGES_MAX), and how much older that position is than our
     # head.  None until the peer's first PULL.
@@ -547,6 +552,7 @@ def _peer_statistics(
     *,
     out_lag: tuple[int, int] | None,
 ) -> PeerStatistics:
+    catching_up = link.catchup.estimate(link.cursor, link.peer_head_seq, time.monotonic())
     return PeerStatistics(
         address=link.address,
         site_id=link.site_id,
@@ -556,6 +562,11 @@ def _peer_statistics(
         cursor=link.cursor,
         peer_head_seq=link.peer_head_seq,
         lag_ms=feed_lag_ms(link.cursor, link.peer_head_seq),
+        catchup_progress=None if catching_up is None else round(catching_up.progress, 4),
+        catchup_rows_per_s=0.0 if catching_up is None else round(catching_up.rows_per_s, 1),
+        catchup_eta_s=None
+        if catching_up is None or catching_up.eta_s is None
+        else round(catching_up.eta_s, 1),
         out_lag_changes=None if out_lag is None else out_lag[0],
         out_lag_ms=None if out_lag is None else out_lag[1],
         rows_in=link.rows_in,

@@ -27,6 +27,7 @@ from typing import Protocol
 from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
+from syncmesh.node.catchup import CatchUp
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
@@ -81,6 +82,7 @@ class PeerLink:
     )
     apply_seconds_sum: float = 0.0
     peer_vector: dict[str, int] = field(default_factory=dict)
+    catchup: CatchUp = field(default_factory=lambda: CatchUp(0))  # reading the peer's feed
 
     def note_apply(self, seconds: float) -> None:
         self.apply_seconds_sum += seconds
@@ -237,6 +239,7 @@ class Session:
         else:
             cursor = stored.cursor
         self.link.cursor = cursor
+        self.link.catchup = CatchUp(cursor)
         vector = await worker.call(store.vector)
         restoring = await worker.call(store.restoring)
         await self._send(Pull(hello.incarnation, cursor, vector, restoring))
@@ -352,6 +355,7 @@ class Session:
         link.cursor = batch.to_seq
         link.peer_head_seq = batch.head_seq
         link.last_batch_ms = _now_ms()
+        link.catchup.note(time.monotonic(), link.cursor, link.rows_in)
         if received.vector is not None:
             # The peer's vector is true of its whole state: what it sent us
             # we need not send back (this is what stops a relay from echoing).

@@ -106,7 +106,7 @@ function renderPeers(status, peers) {
           entry.address,
         ),
         el("td", {}, el("span", { class: `badge ${peer.link}` }, peer.state)),
-        el("td", { class: "num" }, peer.gone ? "–" : formatDuration(entry.lag_ms)),
+        el("td", { class: "num", "data-field": "lag-in" }, peer.gone ? "–" : formatDuration(entry.lag_ms) + catchingUp(entry)),
         el("td", { class: "num" }, known ? formatDuration(entry.out_lag_ms) : "–"),
         el("td", { class: "num", "data-field": "out-changes" }, known ? formatCount(entry.out_lag_changes) : "–"),
         el("td", {}, peer.gone ? `session ended ${formatAge(peer.lastListedMs, now)}` : formatAge(entry.last_batch_ms, now)),
@@ -241,3 +241,10 @@ async function loop() {
 }
 
 loop();
+
+/** " · catching up 45%, 1,200 rows/s, ~12 s left" while the node reads the peer's feed up to its head. */
+function catchingUp(entry) {
+  if (entry.catchup_progress === null || entry.catchup_progress === undefined) return "";
+  const left = entry.catchup_eta_s === null ? "" : `, ~${formatDuration(entry.catchup_eta_s * 1000)} left`;
+  return ` · catching up ${Math.floor(entry.catchup_progress * 100)}%, ${formatCount(Math.round(entry.catchup_rows_per_s))} rows/s${left}`;
+}
