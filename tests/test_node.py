@@ -334,6 +334,9 @@ async def test_metrics_endpoint_reports_peers_and_lag(tmp_path: Path) -> None:
     assert samples[("syncmesh_peer_up", peer)] == 1
     assert samples[("syncmesh_peer_lag_seconds", peer)] == 0
     assert samples[("syncmesh_peer_rows_received_total", peer)] >= 2
+    per_table = tuple(sorted((*peer, ("table", "items"))))
+    assert samples[("syncmesh_peer_table_applied_rows_total", per_table)] == 2
+    assert samples[("syncmesh_peer_table_bytes_received_total", per_table)] > 0
     assert samples[("syncmesh_batch_apply_seconds_count", peer)] >= 1
     assert samples[("syncmesh_table_rows", (("table", "items"),))] == 2
     assert samples[("syncmesh_quarantined_rows", ())] == 0

@@ -150,6 +150,15 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
             ("reconnects", "Sessions with the peer that ended and were dialled again."),
         )
     }
+    by_table = {
+        name: CounterMetricFamily(
+            f"syncmesh_peer_table_{name}", text, labels=[*PEER_LABELS, "table"]
+        )
+        for name, text in (
+            ("applied_rows", "Rows from the peer that changed a table here (this session)."),
+            ("bytes_received", "Frame bytes from the peer, apportioned by rows (this session)."),
+        )
+    }
     apply = HistogramMetricFamily(
         "syncmesh_batch_apply_seconds", "Time to apply one batch from the peer.", labels=PEER_LABELS
     )
@@ -179,9 +188,13 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
             ("reconnects", peer.reconnects),
         ):
             counters[name].add_metric(labels, value)
+        for table, rows in peer.applied_rows_by_table.items():
+            by_table["applied_rows"].add_metric([*labels, table], rows)
+        for table, size in peer.bytes_in_by_table.items():
+            by_table["bytes_received"].add_metric([*labels, table], size)
         apply.add_metric(labels, _cumulative(peer), peer.apply_seconds_sum)
     yield from (up, lag, out_lag, out_lag_seconds, catchup, catchup_eta, age)
-    yield from (*counters.values(), apply)
+    yield from (*counters.values(), *by_table.values(), apply)
 
 
 def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:

@@ -60,6 +60,8 @@ class PeerStatistics:
     catchup_progress: float | None  # 0..1 of the way from the session's start
     catchup_rows_per_s: float
     catchup_eta_s: float | None  # time left at the recent pace
+    applied_rows_by_table: dict[str, int]  # rows applied from the peer, this session
+    bytes_in_by_table: dict[str, int]  # frame bytes apportioned by rows, this session
     # The other way: rows of our feed after what the peer acknowledged (at
     # most LAG_CHANGES_MAX), and how much older that position is than our
     # head.  None until the peer's first PULL.
@@ -569,6 +571,8 @@ def _peer_statistics(
         else round(catching_up.eta_s, 1),
         out_lag_changes=None if out_lag is None else out_lag[0],
         out_lag_ms=None if out_lag is None else out_lag[1],
+        applied_rows_by_table=dict(link.applied_rows_by_table),
+        bytes_in_by_table=dict(link.bytes_in_by_table),
         rows_in=link.rows_in,
         rows_out=link.rows_out,
         batches_in=link.batches_in,

@@ -83,10 +83,23 @@ class PeerLink:
     apply_seconds_sum: float = 0.0
     peer_vector: dict[str, int] = field(default_factory=dict)
     catchup: CatchUp = field(default_factory=lambda: CatchUp(0))  # reading the peer's feed
+    # Per table: rows applied, and the frame bytes of its batches apportioned
+    # by the table's share of each batch's rows (a frame is compressed whole).
+    applied_rows_by_table: dict[str, int] = field(default_factory=dict)
+    bytes_in_by_table: dict[str, int] = field(default_factory=dict)
 
     def note_apply(self, seconds: float) -> None:
         self.apply_seconds_sum += seconds
         self.apply_seconds_counts[bisect.bisect_left(APPLY_SECONDS_BUCKETS, seconds)] += 1
+
+    def note_tables(self, batch: ChangeBatch, applied: dict[str, int], frame_bytes: int) -> None:
+        """Count a batch per table: rows applied, and its share of the frame's bytes."""
+        for name, count in applied.items():
+            self.applied_rows_by_table[name] = self.applied_rows_by_table.get(name, 0) + count
+        total = sum(len(part.rows) for part in batch.tables)
+        for part in batch.tables:
+            share = frame_bytes * len(part.rows) // total if total else 0
+            self.bytes_in_by_table[part.table] = self.bytes_in_by_table.get(part.table, 0) + share
 
 
 class SessionHost(Protocol):
@@ -250,7 +263,7 @@ class Session:
             self.link.bytes_in += len(frame)
             message = self._decode(frame)
             if isinstance(message, Batch):
-                await self._apply(message.batch)
+                await self._apply(message.batch, len(frame))
             elif isinstance(message, Ack):
                 self._on_ack(message)
             elif isinstance(message, Have):
@@ -324,11 +337,11 @@ class Session:
         tables = tuple(table for table in batch.tables if rights.may_receive(table.table))
         return dataclasses.replace(batch, tables=tables, vector=None)
 
-    async def _apply(self, received: ChangeBatch) -> None:
+    async def _apply(self, received: ChangeBatch, frame_bytes: int) -> None:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
         batch = self._within_send_rights(received)
 
-        def apply() -> tuple[int, int, dict[str, int], int]:
+        def apply() -> tuple[int, int, dict[str, int], int, dict[str, int]]:
             stored = store.peer_cursor(site)
             if batch.from_seq == 0 and (
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
@@ -340,11 +353,12 @@ class Session:
                 result.quarantined_rows + result.drift_refused_rows,
                 store.vector(),
                 store.rows_captured_total,  # apply_batch captures pending local writes first
+                result.applied_by_table,
             )
 
         started = time.perf_counter()
         try:
-            applied, quarantined, vector, captured_total = await worker.call(apply)
+            applied, quarantined, vector, captured_total, by_table = await worker.call(apply)
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
@@ -352,6 +366,7 @@ class Session:
         link.rows_in += received.row_count
         link.batches_in += 1
         link.quarantined_rows += quarantined
+        link.note_tables(received, by_table, frame_bytes)
         link.cursor = batch.to_seq
         link.peer_head_seq = batch.head_seq
         link.last_batch_ms = _now_ms()

@@ -45,6 +45,7 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
     # table let an order through while its lines waited; syncmesh chaos).
     bound = vector.drift_bound(store)
     applied = quarantined = refused = resolved = 0
+    by_table: dict[str, int] = {}
     for incoming in batch.tables:
         table = store._tables.get(incoming.table)
         problem = None
@@ -65,6 +66,8 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
             store, table, incoming, batch.sites, ordinals, origin, seq, sites, bound
         )
         applied += counts[0]
+        if counts[0]:
+            by_table[incoming.table] = by_table.get(incoming.table, 0) + counts[0]
         quarantined += counts[1]
         refused += counts[2]
         resolved += counts[3]
@@ -72,7 +75,7 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
     if applied:
         # V[self] does not move here: it speaks of our own writes only.
         store._connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
-    return ApplyResult(applied, quarantined, refused, store._state()["seq"], resolved)
+    return ApplyResult(applied, quarantined, refused, store._state()["seq"], resolved, by_table)
 
 
 def merge_table(

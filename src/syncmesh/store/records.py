@@ -31,6 +31,7 @@ class ApplyResult:
     drift_refused_rows: int
     seq: int  # our head after the batch
     conflicts: int = 0  # conflicts the merge resolved and recorded (new to the ledger)
+    applied_by_table: dict[str, int] = field(default_factory=dict)  # applied_rows per table
 
 
 @dataclass(frozen=True, slots=True)
