@@ -44,7 +44,10 @@ VECTOR_SITES_MAX = 10_000  # entries of a version vector; tables named in a HELL
 ARRAY_ITEMS_MIN = 8_192
 PAST_ENTRY_CHARS_MAX = 32  # '"65535":9223372036854775807,' with room to spare
 # A cell's past: a compact JSON object of site index -> HLC, as the store writes it.
-_PAST = re.compile(r'\{(?:"\d{1,9}":\d{1,19}(?:,"\d{1,9}":\d{1,19})*)?\}')
+# An HLC as JSON writes it: no leading zeros (JSON refuses them; found by the
+# apply fuzzer, a past like {"1":0002} passed and then failed to parse).
+_HLC_JSON = r"(?:0|[1-9]\d{0,18})"
+_PAST = re.compile(rf'\{{(?:"\d{{1,9}}":{_HLC_JSON}(?:,"\d{{1,9}}":{_HLC_JSON})*)?\}}')
 _PAST_ENTRY = re.compile(r'"(\d+)":(\d+)')
 _SCALARS = (type(None), str, bytes)
 _RAW, _ZSTD = 0, 1
