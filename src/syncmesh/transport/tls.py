@@ -3,7 +3,7 @@
 Every node holds a certificate signed by the cluster's CA (`syncmesh tls
 init`, `syncmesh tls issue SITE`).  The certificate names its site in a
 URI subject alternative name, `syncmesh://site/<name>`; that name, not the
-host name, is the peer's identity (docs/adr/0007-site-certificates.md).
+host name, is the peer's identity (docs/adr/0009-site-certificates.md).
 Both ends require a certificate of the cluster CA at the TLS handshake, so
 a client without one, or with one from another CA, never gets to send a
 byte of HTTP.  Whether the verified name is a configured peer is the
