@@ -327,11 +327,17 @@ def check_clocks(samples: list[ClockSample], check: ClockCheck) -> list[Violatio
 
     A node given a clock beyond the drift limit keeps its far stamps (they
     are its own), so it is exempt from the bound; every other node must have
-    refused those stamps, or its floor would show them.
+    refused those stamps, or its floor would show them.  A node's bound is
+    its physical clock at its most advanced so far: one whose clock ran
+    ahead within the limit (a skew) rightly adopted stamps that far ahead,
+    and keeps them after its clock is set right.
     """
     violations = []
     last: dict[str, int] = {}
+    highest_offset: dict[str, int] = {}
     for sample in samples:
+        offset = max(highest_offset.get(sample.node, 0), sample.offset_ms)
+        highest_offset[sample.node] = offset
         previous = last.get(sample.node, 0)
         if sample.hlc < previous:
             violations.append(
@@ -342,7 +348,7 @@ def check_clocks(samples: list[ClockSample], check: ClockCheck) -> list[Violatio
         last[sample.node] = max(previous, sample.hlc)
         if sample.node in check.exempt:
             continue
-        ahead_ms = wall_ms_of(sample.hlc) - (sample.wall_ms + sample.offset_ms)
+        ahead_ms = wall_ms_of(sample.hlc) - (sample.wall_ms + offset)
         if ahead_ms > check.drift_ms_max + CLOCK_SLACK_MS:
             violations.append(
                 Violation(
