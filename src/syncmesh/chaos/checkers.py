@@ -241,24 +241,30 @@ def torn_orders(path: Path) -> list[str]:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
         connection.execute("BEGIN")
-        problems = [
-            f"order {order_id} shows {count} of {lines} lines"
-            for order_id, lines, count in connection.execute(
-                "SELECT o.id, o.lines, (SELECT count(*) FROM order_lines AS l"
-                " WHERE l.order_id = o.id) AS c FROM orders AS o WHERE c != o.lines"
-            )
-        ]
-        problems.extend(
-            f"lines of order {order_id} without the order"
-            for (order_id,) in connection.execute(
-                "SELECT DISTINCT order_id FROM order_lines"
-                " WHERE order_id NOT IN (SELECT id FROM orders)"
-            )
-        )
+        problems = torn_orders_in(connection)
         connection.execute("COMMIT")
         return problems
     finally:
         connection.close()
+
+
+def torn_orders_in(connection: sqlite3.Connection) -> list[str]:
+    """`torn_orders` inside the caller's read transaction."""
+    problems = [
+        f"order {order_id} shows {count} of {lines} lines"
+        for order_id, lines, count in connection.execute(
+            "SELECT o.id, o.lines, (SELECT count(*) FROM order_lines AS l"
+            " WHERE l.order_id = o.id) AS c FROM orders AS o WHERE c != o.lines"
+        )
+    ]
+    problems.extend(
+        f"lines of order {order_id} without the order"
+        for (order_id,) in connection.execute(
+            "SELECT DISTINCT order_id FROM order_lines"
+            " WHERE order_id NOT IN (SELECT id FROM orders)"
+        )
+    )
+    return problems
 
 
 # -- bounded echo -------------------------------------------------------------------------------

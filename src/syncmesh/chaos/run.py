@@ -14,7 +14,6 @@ import contextlib
 import random
 import shutil
 import sqlite3
-import statistics
 import tempfile
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ from syncmesh.chaos.checkers import (
     check_orders,
     check_phantoms,
     check_writes,
-    torn_orders,
+    torn_orders_in,
 )
 from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
 from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule
@@ -490,11 +489,14 @@ class ScheduleRun:
 
 
 def _read_sample(path: Path) -> tuple[list[str], int | None]:
+    """Torn orders and the clock floor, in one read transaction of one connection."""
     try:
-        problems = torn_orders(path)
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
+            connection.execute("BEGIN")
+            problems = torn_orders_in(connection)
             hlc = int(connection.execute("SELECT hlc FROM _syncmesh_state").fetchone()[0])
+            connection.execute("COMMIT")
         finally:
             connection.close()
     except sqlite3.Error:
@@ -573,10 +575,3 @@ def run_schedules(
     if not options.workdir and not any(r.violations for r in results) and not options.keep:
         shutil.rmtree(base, ignore_errors=True)
     return results
-
-
-def quiesce_summary(results: list[ScheduleResult]) -> str:
-    times = [r.quiesce_s for r in results if r.quiesce_s is not None]
-    if not times:
-        return "-"
-    return f"median {statistics.median(times):.1f} s, max {max(times):.1f} s"
