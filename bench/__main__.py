@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-writes", type=int, default=200)
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
+        "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
+    )
+    parser.add_argument(
+        "--verify-rows", type=int, default=1_000_000, help="rows of the verified table"
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS / "latest.json", help="where to write the JSON"
     )
     return parser
@@ -92,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     scenarios: list[str] = list(arguments.scenarios) or list(DEFAULT_SCENARIOS)
-    unknown = sorted(set(scenarios) - {*DEFAULT_SCENARIOS, "profile"})
+    unknown = sorted(set(scenarios) - {*DEFAULT_SCENARIOS, "profile", "verify"})
     if unknown:
         raise SystemExit(
-            f"unknown scenario(s) {', '.join(unknown)}: use capture, e2e, latency, profile"
+            f"unknown scenario(s) {', '.join(unknown)}: use capture, e2e, latency, profile, verify"
         )
     report: dict[str, Any] = {"meta": _meta(arguments), "scenarios": {}}
     figures: list[Figure] = []
@@ -119,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 report["scenarios"]["e2e_py_spy"] = profiles
         elif scenario == "latency":
             found = latency.run(arguments.repeats, arguments.latency_writes, _log)
+        elif scenario == "verify":
+            from bench import verify
+
+            found = verify.run(
+                arguments.repeats, arguments.upkeep_rows, arguments.verify_rows, _log
+            )
         else:
             from bench import profile
 

@@ -26,6 +26,7 @@ from syncmesh.clock import HybridClock
 from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch, SqlValue, Stamp
 from syncmesh.store import Store
+from syncmesh.store.summary import summary_of
 from tests.helpers import ManualClock, exchange, exchange_all, rows_with_types
 
 BASE_MS = 1_700_000_000_000
@@ -61,6 +62,7 @@ class SyncMachine(RuleBasedStateMachine):
             store.init()
             store.connection.execute("CREATE TABLE notes (id TEXT PRIMARY KEY, body, n)")
             store.track(["notes"])
+            store.summaries(["notes"])  # built now, then kept up to date by every write
         self.last_stamps = [store.clock.last for store in self.stores]
         self.last_heads = [store.head_seq() for store in self.stores]
 
@@ -196,6 +198,18 @@ class SyncMachine(RuleBasedStateMachine):
             self.last_stamps[index] = store.clock.last
             self.last_heads[index] = store.head_seq()
 
+    @invariant()
+    def hash_trees_are_kept_exact(self) -> None:
+        """The tree each write keeps up to date equals one rebuilt from the rows' stamps."""
+        for store in self.stores:
+            assert store._summaries.valid_at(store.head_seq()), "the tree fell out of step"
+            kept = store.summaries(["notes"])["notes"]
+            # Every stored digest matches its row's stamps (0 corrected) ...
+            assert store.deep_summary("notes")[1] == 0
+            # ... and the kept tree is the XOR of those digests, leaf by leaf.
+            pairs = store.connection.execute("SELECT lf, dg FROM _syncmesh_shadow_notes")
+            assert kept.leaves == summary_of(pairs).leaves
+
     # -- the end ------------------------------------------------------------------
 
     def _snapshot(self, store: Store) -> tuple[object, ...]:
@@ -252,6 +266,11 @@ class SyncMachine(RuleBasedStateMachine):
             assert dumps[0] == dumps[1] == dumps[2]
             views = [self._merge_view(store) for store in self.stores]
             assert views[0] == views[1] == views[2]
+            # Converged replicas have the same hash trees, with stamps and with values.
+            roots = [store.summaries(["notes"])["notes"].root() for store in self.stores]
+            assert roots[0] == roots[1] == roots[2]
+            deep = [store.deep_summary("notes")[0].root() for store in self.stores]
+            assert deep[0] == deep[1] == deep[2]
             for store in self.stores:
                 assert store.capture() == 0
                 # Quiet means quiet: with everyone's vector, nobody has anything to send.

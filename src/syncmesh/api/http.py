@@ -1,6 +1,7 @@
 """HTTP routes of a node, and `running_node()` that serves them.
 
 GET /sync/v1     the peer WebSocket (syncmesh.node.session)
+POST /sync/v1/verify  hash trees and rows for verify and repair (syncmesh.node.verify)
 GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
 GET /v1/health   200 when the node runs (for load balancers, systemd)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
@@ -43,6 +44,7 @@ from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import Secret, is_loopback
+from syncmesh.node.verify import VERIFY_PATH, answer_http
 from syncmesh.transport import SYNC_PATH, server_context
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 # and modules, which hold no data (the page sends the token with each request).
 PUBLIC_PATHS = frozenset({"/v1/health", "/"})
 PUBLIC_PREFIXES = ("/dashboard/",)
+PEER_PATHS = frozenset({SYNC_PATH, VERIFY_PATH})
 
 
 def statistics_json(statistics: NodeStatistics) -> dict[str, Any]:
@@ -103,9 +106,15 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     if api and node.config.token_required():
         assert node.config.api_token is not None, "NodeConfig.check_exposure() refuses this"
         middlewares.append(bearer_token_middleware(node.config.api_token))
-    app = web.Application(middlewares=middlewares)
+    # A verify request may carry a whole branch of leaf hashes per table.
+    app = web.Application(middlewares=middlewares, client_max_size=node.config.message_bytes_max)
     if sync:
         app.router.add_get(SYNC_PATH, node.accept)
+
+        async def verify(request: web.Request) -> web.Response:
+            return await answer_http(node, request)
+
+        app.router.add_post(VERIFY_PATH, verify)
     app.router.add_get("/v1/health", health)
     if api:
         app.router.add_get("/v1/status", status)
@@ -125,7 +134,8 @@ def bearer_token_middleware(token: Secret) -> Middleware:
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path == SYNC_PATH:
+        # The peer routes admit by certificate (TLS), not by the API token.
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in PEER_PATHS:
             return await handler(request)
         if not token_matches(request.headers.get("Authorization", ""), expected):
             # The header is never logged: a wrong token may be a right one misplaced.

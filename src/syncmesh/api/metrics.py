@@ -159,6 +159,18 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
             ("bytes_received", "Frame bytes from the peer, apportioned by rows (this session)."),
         )
     }
+    verify = {
+        name: GaugeMetricFamily(f"syncmesh_peer_verify_{name}", text, labels=PEER_LABELS)
+        for name, text in (
+            ("timestamp_seconds", "When the last periodic verify against the peer ended."),
+            ("identical", "1 if the last verify found the peer identical, 0 if not."),
+            ("divergent_rows", "Rows that differ from the peer's, by the last verify."),
+            ("unsettled_rows", "Rows still changing at the last verify (not judged)."),
+            ("round_trips", "Round trips the last verify took."),
+            ("bytes", "Bytes the last verify sent and received."),
+            ("seconds", "How long the last verify took."),
+        )
+    }
     apply = HistogramMetricFamily(
         "syncmesh_batch_apply_seconds", "Time to apply one batch from the peer.", labels=PEER_LABELS
     )
@@ -193,8 +205,21 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
         for table, size in peer.bytes_in_by_table.items():
             by_table["bytes_received"].add_metric([*labels, table], size)
         apply.add_metric(labels, _cumulative(peer), peer.apply_seconds_sum)
+        if peer.verified_ms:
+            verify["timestamp_seconds"].add_metric(labels, peer.verified_ms / 1000)
+            if peer.verify_identical is not None:
+                verify["identical"].add_metric(labels, 1 if peer.verify_identical else 0)
+            figures: tuple[tuple[str, float], ...] = (
+                ("divergent_rows", peer.verify_divergent_rows),
+                ("unsettled_rows", peer.verify_unsettled_rows),
+                ("round_trips", peer.verify_round_trips),
+                ("bytes", peer.verify_bytes),
+                ("seconds", peer.verify_seconds),
+            )
+            for name, figure in figures:
+                verify[name].add_metric(labels, figure)
     yield from (up, lag, out_lag, out_lag_seconds, catchup, catchup_eta, age)
-    yield from (*counters.values(), *by_table.values(), apply)
+    yield from (*counters.values(), *by_table.values(), *verify.values(), apply)
 
 
 def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:

@@ -48,6 +48,24 @@ _PEER = {
             "type": ["number", "null"],
             "description": "seconds left at the recent pace; null when caught up or no pace yet",
         },
+        "verified_ms": {
+            "type": "integer",
+            "description": "when the last periodic verify against this peer ended (Unix ms);"
+            " 0 before the first (peers this node dials; sync.verify_interval_s)",
+        },
+        "verify_identical": {
+            "type": ["boolean", "null"],
+            "description": "the last verify's verdict; null if it failed or has not run",
+        },
+        "verify_divergent_rows": {"type": "integer"},
+        "verify_unsettled_rows": {
+            "type": "integer",
+            "description": "rows still changing at every re-check of the last verify",
+        },
+        "verify_round_trips": {"type": "integer"},
+        "verify_bytes": {"type": "integer"},
+        "verify_seconds": {"type": "number"},
+        "verify_error": {"type": "string"},
         "out_lag_changes": {
             "type": ["integer", "null"],
             "description": "rows of this node's feed the peer has not acknowledged (capped"
@@ -212,6 +230,37 @@ API_PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "This node, its tables and its peers",
             "responses": {"200": _json("The node's statistics", _STATUS)},
+        }
+    },
+    "/sync/v1/verify": {
+        "post": {
+            "summary": "Verify and repair between sites: hash trees, digests and rows"
+            " (docs/protocol.md, 'Verify'); for peers and `syncmesh verify`, admitted like the"
+            " peer WebSocket (with TLS: a configured peer's certificate), not by the API token",
+            "security": [],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/msgpack": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["v", "op"],
+                            "properties": {
+                                "v": {"const": 1},
+                                "op": {"enum": ["roots", "leaves", "digests", "fetch", "push"]},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The answer, a msgpack map",
+                    "content": {"application/msgpack": {"schema": {"type": "object"}}},
+                },
+                "400": {"description": "A request the node cannot read, named in `detail`"},
+                "403": {"description": "With TLS: the certificate is not a configured peer's"},
+            },
         }
     },
     "/v1/health": {

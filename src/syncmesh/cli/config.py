@@ -78,6 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sync", "relay_hold_ms", int, 10, minimum=0),
     Setting("sync", "idle_resend_s", float, 2.0, minimum=0.01),
     Setting("sync", "quarantine_retry_s", float, 5.0, minimum=0.01),
+    Setting("sync", "verify_interval_s", float, 600.0, minimum=0.0),
+    Setting("sync", "verify_settle_s", float, 2.0, minimum=0.0),
     Setting("limits", "batch_rows_max", int, 2000, minimum=1),
     Setting("limits", "batches_in_flight_max", int, 4, minimum=1),
     Setting(
@@ -267,6 +269,8 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         idle_resend_s=values["sync.idle_resend_s"],
         relay_hold_ms=values["sync.relay_hold_ms"],
         quarantine_retry_s=values["sync.quarantine_retry_s"],
+        verify_interval_s=values["sync.verify_interval_s"],
+        verify_settle_s=values["sync.verify_settle_s"],
         conflict_ledger_rows_max=values["limits.conflict_ledger_rows_max"],
         api_listen_host=api_host,
         api_listen_port=api_port,

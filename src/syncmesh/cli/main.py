@@ -39,6 +39,7 @@ from syncmesh.cli.config import (
 )
 from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, file_report, live_report
 from syncmesh.cli.tls import tls
+from syncmesh.cli.verify import repair_command, verify_command
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.store import Store
@@ -516,3 +517,5 @@ def demo(nodes: int, rows: int, keep: bool) -> None:
 
 cli.add_command(chaos)
 cli.add_command(tls)
+cli.add_command(verify_command)
+cli.add_command(repair_command)

@@ -90,6 +90,8 @@ class NodeConfig:
     idle_resend_s: float = 2.0  # a sender with nothing new re-reads its feed this often
     relay_hold_ms: int = 10  # a batch of only others' writes waits this long (mesh dedup)
     quarantine_retry_s: float = 5.0
+    verify_interval_s: float = 600.0  # verify each dialled peer this often (0: never)
+    verify_settle_s: float = 2.0  # pause before re-reading rows that differ (writes in flight)
     conflict_ledger_rows_max: int = 10_000  # the ledger keeps the newest this many conflicts
     api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
     api_listen_port: int = 0
@@ -109,6 +111,8 @@ class NodeConfig:
         assert self.throughput_samples_max > 0
         assert len({peer.name for peer in self.peers}) == len(self.peers), "peer names repeat"
         assert self.conflict_ledger_rows_max >= 0
+        assert self.verify_interval_s >= 0
+        assert self.verify_settle_s >= 0
 
     @property
     def frame_bytes_max(self) -> int:

@@ -23,6 +23,7 @@ from syncmesh.errors import RefusedError, SyncError, TransportError
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
+from syncmesh.node.verify import VerifyOutcome, VerifyServer, periodic_verify
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
@@ -81,6 +82,16 @@ class PeerStatistics:
     apply_seconds_buckets: tuple[float, ...]  # upper bounds; counts has one more (+Inf)
     apply_seconds_counts: tuple[int, ...]
     apply_seconds_sum: float
+    # The last periodic verify against this peer (dialled peers only; see
+    # syncmesh.node.verify): when (0: not yet), its verdict and its cost.
+    verified_ms: int = 0
+    verify_identical: bool | None = None
+    verify_divergent_rows: int = 0
+    verify_unsettled_rows: int = 0
+    verify_round_trips: int = 0
+    verify_bytes: int = 0
+    verify_seconds: float = 0.0
+    verify_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,9 @@ class Node:
         self.refused_connections = 0
         self.server_ssl = None if config.tls is None else server_context(config.tls)
         self.client_ssl = None if config.tls is None else client_context(config.tls)
+        self.verify_server = VerifyServer(self.store, self.worker.call, config.message_bytes_max)
+        # The last periodic verify per dialled peer URL (syncmesh.node.verify).
+        self.verify_outcomes: dict[str, VerifyOutcome] = {}
         self._throughput = ThroughputHistory(
             interval_ms=max(1, round(config.throughput_interval_s * 1000)),
             samples_max=config.throughput_samples_max,
@@ -166,6 +180,8 @@ class Node:
         self.note_throughput(rows_captured_total=await self.worker.call(self._capture_counted))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
+        if self.config.verify_interval_s > 0:
+            self._tasks.append(asyncio.create_task(periodic_verify(self), name="verify"))
         dialers = [_Dialer(url) for url in self.config.peer_urls]
         dialers += [_Dialer(peer.url, peer) for peer in self.config.peers if peer.url]
         for dialer in dialers:
@@ -189,6 +205,25 @@ class Node:
         await self.worker.call(self.store.capture)
         self.worker.shutdown()
         self.store.close()
+
+    # -- what periodic verify needs (syncmesh.node.verify) ----------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]:
+        """(URL, named peer or None) of every peer this node dials."""
+        return [(url, dialer.peer) for url, dialer in self._dialers.items()]
+
+    def streaming_with(self, url: str) -> bool:
+        """True if the session with the peer dialled at `url` (either way round) streams."""
+        dialer = self._dialers.get(url)
+        link = None if dialer is None else dialer.link
+        if link is None or not link.site_id:
+            return False
+        session = self._sessions.get(link.site_id)
+        return session is not None and session.link.state == "streaming"
 
     # -- what sessions need (SessionHost) ----------------------------------------
 
@@ -525,6 +560,7 @@ class Node:
                 last_error,
                 reconnects,
                 out_lag=None if seq < 0 else (next(changes), feed_lag_ms(seq, store_status.seq)),
+                verified=self.verify_outcomes.get(link.address),
             )
             for (link, state, last_error, reconnects), seq in zip(entries, acked, strict=True)
         )
@@ -553,8 +589,21 @@ def _peer_statistics(
     reconnects: int,
     *,
     out_lag: tuple[int, int] | None,
+    verified: VerifyOutcome | None,
 ) -> PeerStatistics:
     catching_up = link.catchup.estimate(link.cursor, link.peer_head_seq, time.monotonic())
+    verify_figures = {}
+    if verified is not None:
+        verify_figures = {
+            "verified_ms": verified.at_ms,
+            "verify_identical": None if verified.error else verified.identical,
+            "verify_divergent_rows": verified.divergent_rows,
+            "verify_unsettled_rows": verified.unsettled_rows,
+            "verify_round_trips": verified.round_trips,
+            "verify_bytes": verified.bytes,
+            "verify_seconds": round(verified.seconds, 3),
+            "verify_error": verified.error,
+        }
     return PeerStatistics(
         address=link.address,
         site_id=link.site_id,
@@ -587,6 +636,7 @@ def _peer_statistics(
         apply_seconds_buckets=APPLY_SECONDS_BUCKETS,
         apply_seconds_counts=tuple(link.apply_seconds_counts),
         apply_seconds_sum=link.apply_seconds_sum,
+        **verify_figures,  # type: ignore[arg-type]
     )
 
 

@@ -17,7 +17,8 @@ engine's apply transaction, which clears it before commit, so no other
 connection ever sees it set.
 
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
-`seq`, then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal; 0
+`seq`, `lf` and `dg` (the row's leaf and digest in the table's hash tree,
+store/summary.py), then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal; 0
 is this node); last `pasts`, what the row's cells know of earlier writes
 (docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
 knowledge}}` per value column index i, each an object {"<ordinal>": hlc};
@@ -116,12 +117,26 @@ def shadow_columns(spec: TableSpec) -> list[str]:
     cells = [
         name for index in range(len(spec.value_columns)) for name in (f"h{index}", f"s{index}")
     ]
-    return [*keys, "cl", "cl_hlc", "cl_site", "seq", *cells, PASTS_COLUMN]
+    return [
+        *keys,
+        "cl",
+        "cl_hlc",
+        "cl_site",
+        "seq",
+        LEAF_COLUMN,
+        DIGEST_COLUMN,
+        *cells,
+        PASTS_COLUMN,
+    ]
 
 
 # One column per row, not per cell: the shadow stays as wide as it was plus
 # one, whatever the table's width, and a capture builds one more field.
 PASTS_COLUMN = "pasts"
+# The row's place in the table's hash tree and its digest (store.summary,
+# docs/adr/0010-verify-hash-tree.md).
+LEAF_COLUMN = "lf"
+DIGEST_COLUMN = "dg"
 
 
 def shadow_ddl(spec: TableSpec) -> list[str]:
@@ -136,7 +151,8 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     key_defs = ", ".join(f"k{index}" for index in range(len(spec.pk)))
     return [
         f"CREATE TABLE IF NOT EXISTS {shadow} ({key_defs}, cl INTEGER NOT NULL,"
-        f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER{cells}, PRIMARY KEY ({keys}))"
+        f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {LEAF_COLUMN} INTEGER,"
+        f" {DIGEST_COLUMN} INTEGER{cells}, PRIMARY KEY ({keys}))"
         " WITHOUT ROWID",
         f"CREATE INDEX IF NOT EXISTS {quote_identifier(shadow_name(spec.name) + '_seq')}"
         f" ON {shadow} (seq)",

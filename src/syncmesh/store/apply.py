@@ -121,7 +121,7 @@ def merge_table(
         if earlier is None and pk not in on_disk:
             # Fast path, the common case of a backlog: joined with nothing,
             # the incoming row is the result; copy it out positionally.
-            shadow, user = table.fast_rows(row, ordinals, seq)
+            shadow, user = table.fast_rows(row, ordinals, seq, batch_sites)
             merged_by_key[pk] = _Merged(None, shadow, user, [row])
             observed = max(observed, top)
             continue
@@ -129,7 +129,7 @@ def merge_table(
             before = earlier.state_or(incoming, batch_sites)
             known = earlier.known
         else:
-            disk_row, disk_pasts = on_disk[pk]
+            disk_row, disk_pasts, _digest = on_disk[pk]
             before = state_of_row(table.shape, disk_row, local_sites)
             known = learned[pk][1] if pk in learned else table.knowledge_of(disk_pasts, local_sites)
         theirs = state_of_row(incoming, row, batch_sites)
@@ -183,11 +183,20 @@ def merge_table(
                 change = _change_of(incoming, row, batch_sites)
                 quarantine.add(store, change, origin, f"constraint failed: {error}")
                 quarantined += 1
-    shadow_rows = [
-        result.shadow_row(table, pk, seq, sites)
-        for pk, result in merged_by_key.items()
-        if pk not in failed
-    ]
+    shadow_rows = []
+    leaf_at = keys + 4  # the shadow row's leaf, then its digest (schema.shadow_columns)
+    for pk, result in merged_by_key.items():
+        if pk in failed:
+            continue
+        shadow = result.shadow_row(table, pk, seq, sites)
+        shadow_rows.append(shadow)
+        # The row's leaf moves by its old digest ^ its new one.
+        old = on_disk[pk][2] if pk in on_disk else None
+        store._summaries.note(
+            table.spec.name,
+            shadow[leaf_at],  # type: ignore[arg-type]
+            (old or 0) ^ shadow[leaf_at + 1],  # type: ignore[operator]
+        )
     table.write_shadow(store._connection, shadow_rows)
     store._connection.executemany(
         table.knowledge_sql,

@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from syncmesh.errors import StoreError
 from syncmesh.merge import Knowledge
 from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.schema import (
     ALL_COLUMNS,
+    DIGEST_COLUMN,
+    LEAF_COLUMN,
     OP_CHECK,
     OP_DELETE,
     OP_INSERT,
@@ -30,6 +32,15 @@ from syncmesh.schema import (
     shadow_columns,
     shadow_name,
 )
+from syncmesh.store.summary import (
+    FOLD_DIGEST_FUNCTION,
+    KEY_LEAF_FUNCTION,
+    ROW_DIGEST_FUNCTION,
+    key_bytes,
+    leaf_of,
+    shadow_digest,
+)
+from syncmesh.store.summary import digest as row_digest
 
 UNKNOWN = -1  # a folded key's existence, until the table is asked
 KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameters
@@ -111,8 +122,10 @@ class SiteMap:
 class TableSql:
     """Statement texts and row conversion for one tracked table."""
 
-    def __init__(self, spec: TableSpec) -> None:
+    def __init__(self, spec: TableSpec, *, digests: bool = True) -> None:
+        """`digests`: keep the rows' digests up to date (off only to measure their cost)."""
         self.spec = spec
+        self.digests = digests
         self.table = quote_identifier(spec.name)
         self.shadow = quote_identifier(shadow_name(spec.name))
         self.key_count = len(spec.pk)
@@ -136,8 +149,46 @@ class TableSql:
         self._select = f"SELECT {selected} FROM {self.shadow} s LEFT JOIN {self.table} t ON {join}"
         # The rows as `_select` has them, then the `pasts` column (knowledge).
         self._load_select = (
-            f"SELECT {selected}, s.{PASTS_COLUMN} FROM {self.shadow} s"
+            f"SELECT {selected}, s.{PASTS_COLUMN}, s.{DIGEST_COLUMN} FROM {self.shadow} s"
             f" LEFT JOIN {self.table} t ON {join}"
+        )
+        # Rows for the hash tree: key, cl, its stamp, leaf, digest, cell
+        # stamps, then the values (for deep digests).
+        stamps = ", ".join(f"s.h{index}, s.s{index}" for index in range(len(self.values)))
+        values = ", ".join(f"t.{quote_identifier(column)}" for column in self.values)
+        tree_columns = ", ".join(
+            part
+            for part in (
+                ", ".join(keys),
+                f"s.cl, s.cl_hlc, s.cl_site, s.{LEAF_COLUMN}, s.{DIGEST_COLUMN}",
+                stamps,
+            )
+            if part
+        )
+        self.tree_pairs_sql = f"SELECT {LEAF_COLUMN}, {DIGEST_COLUMN} FROM {self.shadow}"
+        self._tree_rows = f"SELECT {tree_columns} FROM {self.shadow} s"
+        self._tree_deep_rows = (
+            f"SELECT {tree_columns}{', ' + values if values else ''} FROM {self.shadow} s"
+            f" LEFT JOIN {self.table} t ON {join}"
+        )
+        self._key_match = " AND ".join(f"s.k{index} IS ?" for index in range(self.key_count))
+        shadow_key_list = ", ".join(f"k{index}" for index in range(self.key_count))
+        digest_args = ", ".join(
+            [
+                str(self.key_count),
+                shadow_key_list,
+                "cl, cl_hlc, cl_site",
+                *(f"h{index}, s{index}" for index in range(len(self.values))),
+            ]
+        )
+        self.fill_digests_sql = (
+            f"UPDATE {self.shadow} SET {LEAF_COLUMN} = {KEY_LEAF_FUNCTION}({shadow_key_list}),"
+            f" {DIGEST_COLUMN} = {ROW_DIGEST_FUNCTION}({digest_args})"
+            f" WHERE {LEAF_COLUMN} IS NULL OR {DIGEST_COLUMN} IS NULL"
+        )
+        self.set_digest_sql = (
+            f"UPDATE {self.shadow} SET {LEAF_COLUMN} = ?, {DIGEST_COLUMN} = ? WHERE "
+            + " AND ".join(f"k{index} = ?" for index in range(self.key_count))
         )
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
         self._feed_prefix = f"{self._select} WHERE s.seq > ? AND s.seq <= ?"
@@ -209,6 +260,7 @@ class TableSql:
         """
         names = shadow_columns(self.spec)
         keys = [f"?{6 + index}" for index in range(self.key_count)]
+        leaf, row_digest = f"?{6 + self.key_count}", f"?{7 + self.key_count}"
         # A key born dead (inserted and deleted before one capture) has no
         # cell stamps at all: neither hlc nor site, or the feed would ship a
         # site without a stamp, which peers rightly refuse.
@@ -217,21 +269,46 @@ class TableSql:
             for _ in self.values
             for value in ("CASE WHEN ?1 THEN ?4 END", "CASE WHEN ?1 THEN 0 END")
         ]
-        values = [*keys, "CASE WHEN ?1 THEN 1 ELSE 2 END", "?4", "0", "?5", *new_cells, "NULL"]
+        values = [
+            *keys,
+            "CASE WHEN ?1 THEN 1 ELSE 2 END",
+            "?4",
+            "0",
+            "?5",
+            leaf,
+            row_digest,
+            *new_cells,
+            "NULL",
+        ]
         new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
         reborn = "?1 AND (cl % 2 = 0 OR ?2)"  # alive again: a life whose writes know nothing
-        sets = [
-            "cl = CASE WHEN ?1 THEN (CASE WHEN cl % 2 = 0 THEN cl + 1 WHEN ?2 THEN cl + 2"
+        # Each column's new value; SET expressions all see the row as it was.
+        after = {
+            "cl": "CASE WHEN ?1 THEN (CASE WHEN cl % 2 = 0 THEN cl + 1 WHEN ?2 THEN cl + 2"
             " ELSE cl END) WHEN cl % 2 = 1 THEN cl + 1 ELSE cl END",
-            f"cl_hlc = CASE WHEN {new_life} THEN ?4 ELSE cl_hlc END",
-            f"cl_site = CASE WHEN {new_life} THEN 0 ELSE cl_site END",
-            "seq = ?5",
-        ]
+            "cl_hlc": f"CASE WHEN {new_life} THEN ?4 ELSE cl_hlc END",
+            "cl_site": f"CASE WHEN {new_life} THEN 0 ELSE cl_site END",
+        }
         for index in range(len(self.values)):
             changed = f"?1 AND (?3 >> {index}) & 1"
-            sets.append(f"h{index} = CASE WHEN {changed} THEN ?4 ELSE h{index} END")
-            sets.append(f"s{index} = CASE WHEN {changed} THEN 0 ELSE s{index} END")
+            after[f"h{index}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{index} END"
+            after[f"s{index}"] = f"CASE WHEN {changed} THEN 0 ELSE s{index} END"
+        sets = [f"{column} = {expression}" for column, expression in after.items()]
+        sets.append("seq = ?5")
         sets.append(f"{PASTS_COLUMN} = {self._next_pasts_sql(reborn)}")
+        if self.digests:
+            # The new digest, from the row's new stamps; the function moves the
+            # leaf by old ^ new (and takes back the guess `capture` made for a
+            # key it thought new: excluded.dg).
+            arguments = [
+                _sql_text(self.spec.name),
+                DIGEST_COLUMN,
+                f"excluded.{DIGEST_COLUMN}",
+                str(self.key_count),
+                *(f"k{index}" for index in range(self.key_count)),
+                *after.values(),
+            ]
+            sets.append(f"{DIGEST_COLUMN} = {FOLD_DIGEST_FUNCTION}({', '.join(arguments)})")
         key_list = ", ".join(f"k{index}" for index in range(self.key_count))
         return (
             f"INSERT INTO {self.shadow} ({', '.join(names)}) VALUES ({', '.join(values)})"
@@ -261,7 +338,13 @@ class TableSql:
         )
 
     def capture(
-        self, connection: sqlite3.Connection, hlc: int, seq: int, entries_max: int = -1
+        self,
+        connection: sqlite3.Connection,
+        hlc: int,
+        seq: int,
+        entries_max: int = -1,
+        own_site: str = "",
+        note: Callable[[str, int, int], None] | None = None,
     ) -> int:
         """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
 
@@ -278,11 +361,11 @@ class TableSql:
             key = tuple(entry[3:])
             state = folded.get(key)
             if state is None:
-                state = folded[key] = [1, 0, 0]
+                state = folded[key] = [1, 0, 0, 0]
             if op == OP_DELETE:
                 state[0], state[1] = 0, 1
             elif op == OP_INSERT:
-                state[0], state[2] = 1, ALL_COLUMNS
+                state[0], state[2], state[3] = 1, ALL_COLUMNS, 1
             elif op == OP_CHECK:
                 state[0] = UNKNOWN
             else:
@@ -305,15 +388,47 @@ class TableSql:
         if not folded:
             connection.execute(self.log_clear_sql, (last_id,))
             return 0
-        connection.executemany(
-            self.capture_sql,
-            [
-                (alive, deleted, mask, hlc, seq, *key)
-                for key, (alive, deleted, mask) in folded.items()
-            ],
-        )
+        if self.digests and note is not None:
+            parameters = self._capture_parameters(folded, hlc, seq, own_site, note)
+        else:
+            parameters = [
+                (alive, deleted, mask, hlc, seq, *key, None, None)
+                for key, (alive, deleted, mask, _inserted) in folded.items()
+            ]
+        connection.executemany(self.capture_sql, parameters)
         connection.execute(self.log_clear_sql, (last_id,))
         return len(folded)
+
+    def _capture_parameters(
+        self,
+        folded: dict[tuple[SqlValue, ...], list[int]],
+        hlc: int,
+        seq: int,
+        own_site: str,
+        note: Callable[[str, int, int], None],
+    ) -> list[tuple[SqlValue, ...]]:
+        """Parameters of `capture_sql`, with leaf and digest for keys likely new here.
+
+        A key whose writes include an INSERT is nearly always new to the
+        shadow table: its row's leaf and digest are computed here (all its
+        cells stamped `hlc` by us) and its leaf is moved at once.  Had the
+        key a row after all (a delete and a re-insert), the upsert's digest
+        function takes the guess back.  Other keys pass NULL: their rows
+        exist and the upsert computes their digests.
+        """
+        name = self.spec.name
+        live_cells: list[int | str | None] = [hlc, own_site] * len(self.values)
+        parameters: list[tuple[SqlValue, ...]] = []
+        for key, (alive, deleted, mask, inserted) in folded.items():
+            leaf = guess = None
+            if inserted:
+                data = key_bytes(key)
+                leaf = leaf_of(data)
+                cl = 1 if alive else 2
+                guess = row_digest(data, cl, hlc, own_site, live_cells if alive else None)
+                note(name, leaf, guess)
+            parameters.append((alive, deleted, mask, hlc, seq, *key, leaf, guess))
+        return parameters
 
     def _backfill_sql(self, where: str) -> str:
         """Shadow rows for rows that exist before tracking: one seq per chunk of rows.
@@ -324,9 +439,12 @@ class TableSql:
         keys = [quote_identifier(column) for column in self.spec.pk]
         cells = [value for _ in self.values for value in (":hlc", "0")]
         seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"
+        leaf = f"{KEY_LEAF_FUNCTION}({', '.join(keys)})"
+        arguments = ", ".join([str(self.key_count), *keys, "1", ":hlc", "0", *cells])
+        row_digest = f"{ROW_DIGEST_FUNCTION}({arguments})"
         return (
             f"INSERT OR IGNORE INTO {self.shadow} ({', '.join(names)})"
-            f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, *cells, 'NULL'])}"
+            f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, leaf, row_digest, *cells, 'NULL'])}"
             f" FROM {self.table}{where}"
         )
 
@@ -383,13 +501,13 @@ class TableSql:
 
     def load(
         self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
-    ) -> dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None]]:
-        """Per key of `pks` that exists: its positional row (sites as ordinals) and `pasts`.
+    ) -> dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None, int | None]]:
+        """Per key of `pks` that exists: its positional row (sites as ordinals), `pasts`, digest.
 
         `pasts` (see `knowledge_of`) holds what this node knows of each cell
         beyond the value's past.
         """
-        found: dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None]] = {}
+        found: dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None, int | None]] = {}
         keys = ", ".join(f"s.k{index}" for index in range(self.key_count))
         step = KEYS_PER_QUERY // max(1, self.key_count)
         tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
@@ -400,7 +518,11 @@ class TableSql:
             sql = f"{self._load_select} WHERE ({keys}) IN (VALUES {marks})"
             params = [value for pk in chunk for value in pk]
             for row in connection.execute(sql, params):
-                found[tuple(row[: self.key_count])] = (list(row[:width]), row[width])
+                found[tuple(row[: self.key_count])] = (
+                    list(row[:width]),
+                    row[width],
+                    row[width + 1],
+                )
         return found
 
     def shadow_row(
@@ -417,12 +539,26 @@ class TableSql:
         (see `write_shadow`).
         """
         cl_stamp = state.cl_stamp
+        cells: list[int | str | None] = []
+        for column in self.values:
+            cell = state.cells.get(column)
+            cells.extend((None, None) if cell is None else (cell.stamp.hlc, cell.stamp.site_id))
+        data = key_bytes(pk)
+        row_digest_value = row_digest(
+            data,
+            state.cl,
+            None if cl_stamp is None else cl_stamp.hlc,
+            None if cl_stamp is None else cl_stamp.site_id,
+            cells,
+        )
         row: list[SqlValue] = [
             *pk,
             state.cl,
             None if cl_stamp is None else cl_stamp.hlc,
             None if cl_stamp is None else sites.ordinal(cl_stamp.site_id),
             seq,
+            leaf_of(data),
+            row_digest_value,
         ]
         pasts = bool(known)
         for column in self.values:
@@ -506,7 +642,7 @@ class TableSql:
         return row
 
     def fast_rows(
-        self, row: list[SqlValue], ordinals: list[int], seq: int
+        self, row: list[SqlValue], ordinals: list[int], seq: int, batch_sites: Sequence[str]
     ) -> tuple[list[SqlValue], list[SqlValue] | None]:
         """(shadow row, user row or None) of an incoming row new to this node.
 
@@ -515,19 +651,34 @@ class TableSql:
         """
         keys = self.key_count
         cl_site = row[keys + 2]
-        shadow: list[SqlValue] = [
-            *row[: keys + 2],
-            None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
-            seq,
-        ]
+        stamps: list[SqlValue] = []
         user: list[SqlValue] = list(row[:keys])
         pasts = False
         for at in range(keys + 3, len(row), CELL_FIELDS):
             site = row[at + 2]
-            shadow.append(row[at + 1])
-            shadow.append(None if site is None else ordinals[site])  # type: ignore[index]
+            stamps.append(row[at + 1])
+            stamps.append(site)
             user.append(row[at])
             pasts = pasts or row[at + 3] is not None
+        leaf, row_digest_value = shadow_digest(
+            row[:keys],
+            row[keys],
+            row[keys + 1],
+            cl_site,
+            stamps,
+            batch_sites.__getitem__,
+        )
+        shadow: list[SqlValue] = [
+            *row[: keys + 2],
+            None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
+            seq,
+            leaf,
+            row_digest_value,
+        ]
+        for at in range(0, len(stamps), 2):
+            site = stamps[at + 1]
+            shadow.append(stamps[at])
+            shadow.append(None if site is None else ordinals[site])  # type: ignore[index]
         alive = row[keys] % 2 == 1  # type: ignore[operator]
         if pasts:  # with `pasts`: the cells' pasts, and no knowledge (the key is new here)
             shadow.append(
@@ -544,6 +695,10 @@ class TableSql:
 
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def capture_pasts(text: str | None, mask: int, *stamps: int | None) -> str | None:

@@ -31,17 +31,30 @@ from syncmesh.clock import HybridClock, SystemClock
 from syncmesh.errors import NotInitialized, StoreError
 from syncmesh.model import (
     ChangeBatch,
+    SqlValue,
     TableSpec,
 )
 from syncmesh.schema import (
     BOOKKEEPING_DDL,
     CONFLICT_LEDGER_DDL,
+    DIGEST_COLUMN,
+    LEAF_COLUMN,
     PASTS_COLUMN,
     fingerprint,
 )
-from syncmesh.store import apply, conflicts, feed, quarantine, tracking, vector
+from syncmesh.store import apply, conflicts, feed, quarantine, tracking, vector, verify
 from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus, now_ms
 from syncmesh.store.rows import CAPTURE_PASTS_FUNCTION, SiteMap, TableSql, capture_pasts
+from syncmesh.store.summary import (
+    FOLD_DIGEST_FUNCTION,
+    KEY_LEAF_FUNCTION,
+    ROW_DIGEST_FUNCTION,
+    Summaries,
+    TableSummary,
+    key_bytes,
+    leaf_of,
+    shadow_digest,
+)
 from syncmesh.store.tracking import TrackProgress
 
 log = logging.getLogger(__name__)
@@ -90,9 +103,15 @@ class Store:
         path: str,
         clock: HybridClock,
         conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+        *,
+        digests: bool = True,
     ) -> None:
         assert conflict_ledger_rows_max >= 0
         self._connection = connection
+        # Keep the rows' digests and the hash trees (store.summary); off only
+        # to measure what they cost (bench).
+        self._digests = digests
+        self._summaries = Summaries()
         self._path = path
         self._clock = clock
         # The ledger keeps the newest this many conflicts (docs/config.md).
@@ -117,6 +136,7 @@ class Store:
         *,
         clock: HybridClock | None = None,
         conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+        digests: bool = True,
     ) -> Store:
         """Open (or create) the file; call `init()` before anything else on a new file.
 
@@ -146,12 +166,57 @@ class Store:
         # The capture upsert calls it for rows whose cells another site wrote.
         connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
-        store = cls(connection, str(path), clock, conflict_ledger_rows_max)
+        store = cls(connection, str(path), clock, conflict_ledger_rows_max, digests=digests)
+        store._register_digest_functions()
         if store._initialized():
             store._load()
             store._upgrade()
             store._mark_run_start()
         return store
+
+    def _register_digest_functions(self) -> None:
+        """SQL functions of the hash tree (store.summary), on this Store's connection."""
+        summaries = self._summaries
+
+        def site_of(ordinal: int) -> str:
+            return self._require_init().site(ordinal)
+
+        def fold_digest(
+            table: str, old: int | None, guess: int | None, key_count: int, *fields: SqlValue
+        ) -> int:
+            # The capture upsert's digest of a row it changed; see TableSql._capture_sql.
+            key = fields[:key_count]
+            cl, cl_hlc, cl_site = fields[key_count : key_count + 3]
+            leaf, new = shadow_digest(
+                key,
+                cl,
+                cl_hlc,
+                cl_site,
+                fields[key_count + 3 :],
+                site_of,
+            )
+            summaries.note(table, leaf, (old or 0) ^ (guess or 0) ^ new)
+            return new
+
+        def row_digest(key_count: int, *fields: SqlValue) -> int:
+            key = fields[:key_count]
+            cl, cl_hlc, cl_site = fields[key_count : key_count + 3]
+            return shadow_digest(
+                key,
+                cl,
+                cl_hlc,
+                cl_site,
+                fields[key_count + 3 :],
+                site_of,
+            )[1]
+
+        def key_leaf(*key: SqlValue) -> int:
+            return leaf_of(key_bytes(key))
+
+        connection = self._connection
+        connection.create_function(FOLD_DIGEST_FUNCTION, -1, fold_digest)
+        connection.create_function(ROW_DIGEST_FUNCTION, -1, row_digest)
+        connection.create_function(KEY_LEAF_FUNCTION, -1, key_leaf, deterministic=True)
 
     def _upgrade(self) -> None:
         """Bring a file made by an older syncmesh up to date: the conflict ledger.
@@ -160,6 +225,7 @@ class Store:
         cells written before know nothing, which may report a conflict that
         a causal overwrite of such a cell was).
         """
+        self._upgrade_digests()
         missing = self._missing_columns()
         ledger = self._connection.execute(
             "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
@@ -175,6 +241,27 @@ class Store:
                     f"ALTER TABLE {table.shadow} ADD COLUMN {PASTS_COLUMN} TEXT"
                 )
         log.info("%s: added the conflict ledger to a file made by an older syncmesh", self._path)
+
+    def _upgrade_digests(self) -> None:
+        """Add the hash tree's columns to shadow tables made before it, and fill them."""
+        stale = [
+            table
+            for table in self._tables.values()
+            if DIGEST_COLUMN
+            not in {
+                row[1] for row in self._connection.execute(f"PRAGMA table_info({table.shadow})")
+            }
+        ]
+        if not stale:
+            return
+        with self._transaction():
+            for table in stale:
+                for column in (LEAF_COLUMN, DIGEST_COLUMN):
+                    self._connection.execute(
+                        f"ALTER TABLE {table.shadow} ADD COLUMN {column} INTEGER"
+                    )
+                self._connection.execute(table.fill_digests_sql)
+        log.info("%s: added row digests (for syncmesh verify) to %d tables", self._path, len(stale))
 
     def _missing_columns(self) -> list[TableSql]:
         """The tracked tables whose shadow table lacks the `pasts` column."""
@@ -284,8 +371,14 @@ class Store:
             spec = TableSpec(
                 name, tuple(decoded["columns"]), tuple(decoded["types"]), tuple(decoded["pk"])
             )
-            self._tables[name] = TableSql(spec)
+            self._tables[name] = TableSql(spec, digests=self._digests)
         self._tables_version = state["tables_version"]
+        # Tables (or their rows, by a backfill) may have changed: rebuild on next use.
+        self._summaries.invalidate()
+
+    def _head(self) -> int:
+        row = self._connection.execute("SELECT seq FROM _syncmesh_state").fetchone()
+        return -1 if row is None else int(row[0])
 
     def _state(self) -> dict[str, int]:
         row = self._connection.execute(
@@ -353,12 +446,20 @@ class Store:
             self._connection.execute(f"BEGIN {mode}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot begin a transaction on {self._path}: {exc}") from exc
+        # A write of ours keeps the in-memory hash trees in step (store.summary).
+        tracked = mode == "IMMEDIATE" and self._sites is not None
         try:
+            if tracked:
+                self._summaries.begin(self._head())
             yield self._connection
+            head = self._head() if tracked else 0
             self._connection.execute("COMMIT")
+            if tracked:
+                self._summaries.commit(head)
             self._rows_captured_total += self._rows_captured_uncommitted
             self._rows_captured_uncommitted = 0
         except BaseException as exc:
+            self._summaries.rollback()
             self._rows_captured_uncommitted = 0
             try:
                 # SQLite may have rolled back already (RAISE(ROLLBACK), a full disk).
@@ -410,6 +511,7 @@ class Store:
         # file restored from an old copy (its clock resumes past the copy's
         # stamps), so a peer's stale cursor can never skip new changes.
         self._catch_up_clock()
+        own = self._require_init().site(0)
         stamped = 0
         logged = sum(self._connection.execute(t.log_count_sql).fetchone()[0] for t in pending)
         if logged <= CAPTURE_ENTRIES_PER_SEQ:
@@ -417,7 +519,7 @@ class Store:
             # local transaction in it reaches peers whole.
             hlc = self._clock.tick()
             for table in pending:
-                stamped += table.capture(self._connection, hlc, hlc)
+                stamped += table.capture(self._connection, hlc, hlc, -1, own, self._summaries.note)
         else:
             # A huge backlog (writes made while the node was down, or one giant
             # transaction) is split, or it would make one batch too big to send.
@@ -425,7 +527,14 @@ class Store:
             for table in pending:
                 while True:
                     hlc = self._clock.tick()
-                    count = table.capture(self._connection, hlc, hlc, CAPTURE_ENTRIES_PER_SEQ)
+                    count = table.capture(
+                        self._connection,
+                        hlc,
+                        hlc,
+                        CAPTURE_ENTRIES_PER_SEQ,
+                        own,
+                        self._summaries.note,
+                    )
                     if count == 0:
                         break
                     stamped += count
@@ -582,6 +691,44 @@ class Store:
     def drop_quarantined(self, ids: list[int]) -> int:
         """Delete quarantined rows for good; returns how many existed."""
         return quarantine.drop(self, ids)
+
+    # -- verify and repair (store.verify, store.summary) ---------------------------
+
+    def summaries(self, tables: list[str]) -> dict[str, TableSummary]:
+        """The hash trees of `tables` (copies), as of one moment.
+
+        Kept up to date by this Store's own writes; rebuilt by one scan of
+        the shadow tables when another process wrote the file since.
+        """
+        return verify.summaries(self, tables)
+
+    def deep_summary(self, table: str) -> tuple[TableSummary, int]:
+        """The tree of `table` with values, from a scan; and how many stored digests it fixed."""
+        return verify.deep_summary(self, table)
+
+    def leaf_digests(
+        self, table: str, leaves: list[int], *, deep: bool = False
+    ) -> dict[tuple[SqlValue, ...], int]:
+        """Key -> digest of every row of `table` in `leaves`."""
+        return verify.leaf_digests(self, table, leaves, deep)
+
+    def key_digests(
+        self, table: str, keys: list[tuple[SqlValue, ...]], *, deep: bool = False
+    ) -> list[int | None]:
+        """The digest of each key of `table` (None: no row here)."""
+        return verify.key_digests(self, table, keys, deep)
+
+    def rows_of(self, table: str, keys: list[tuple[SqlValue, ...]]) -> ChangeBatch:
+        """These rows' whole states, as a batch another node can merge (repair)."""
+        return verify.rows_of(self, table, keys)
+
+    def merge_repair_rows(self, origin: str, batch: ChangeBatch) -> ApplyResult:
+        """Merge rows a peer sent for repair (from `rows_of`): no cursor moves."""
+        return verify.merge_rows(self, origin, batch)
+
+    def restamp(self, table: str, keys: list[tuple[SqlValue, ...]]) -> int:
+        """Stamp these live rows anew as local writes (their values win); returns how many."""
+        return verify.restamp(self, table, keys)
 
     # -- conflicts --------------------------------------------------------------
 

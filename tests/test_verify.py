@@ -1,0 +1,364 @@
+"""Verify and repair against a real node over loopback HTTP (syncmesh.node.verify).
+
+Site A is a file opened as a Store (as `syncmesh verify app.db` does); site
+B is a node serving its own file.  B starts as a copy of A given its own
+site id, so both hold the same rows with the same stamps; each test then
+makes them differ in one way and checks that verify names exactly the
+rows that differ, in the round trips promised, and that repair heals them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import msgpack
+import pytest
+
+from syncmesh.api import running_node
+from syncmesh.errors import StoreError
+from syncmesh.node import Node
+from syncmesh.node.verify import (
+    VERIFY_PATH,
+    VerifyClient,
+    VerifyReport,
+    direct_call,
+    repair,
+    verify,
+    verify_peer,
+)
+from syncmesh.schema import capture_triggers, drop_trigger_statements
+from syncmesh.store import Store
+from tests.helpers import rows_with_types, run_cli, wait_until
+from tests.test_node import config, converged, execute, make_db
+
+ROWS = 2_000
+TIMEOUT_S = 30.0
+
+
+def fill(path: Path, rows: int = ROWS) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO items VALUES (?, ?, ?)",
+            [(f"k-{index}", f"name {index}", index) for index in range(rows)],
+        )
+    store = Store.open(path)
+    try:
+        store.capture()
+    finally:
+        store.close()
+
+
+def twin_files(tmp_path: Path, rows: int = ROWS) -> tuple[Path, Path]:
+    """A with `rows` rows, and B: a copy of A with its own site id."""
+    a = make_db(tmp_path / "a.db")
+    fill(a, rows)
+    b = tmp_path / "b.db"
+    shutil.copy(a, b)
+    store = Store.open(b)
+    try:
+        store.new_site_id()
+    finally:
+        store.close()
+    return a, b
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[Store]:
+    store = Store.open(path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(path: Path, *peers: Node, **overrides: object) -> AsyncIterator[Node]:
+    settings = {"verify_interval_s": 0.0, **overrides}
+    async with running_node(config(path, *peers, **settings)) as node:
+        yield node
+
+
+def url_of(node: Node) -> str:
+    return f"http://{node.listen}"
+
+
+async def check(store: Store, node: Node, *, deep: bool = False) -> VerifyReport:
+    async with VerifyClient(url_of(node)) as client:
+        return await verify(store, direct_call, client, deep=deep, settle_s=0.05)
+
+
+def divergent_keys(report: VerifyReport) -> set[object]:
+    found = report.differences.get("items")
+    return set() if found is None else {key[0] for key in found.divergent}
+
+
+def items(path: Path) -> list[object]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return list(rows_with_types(connection, "items"))
+
+
+def name_of(path: Path, key: str) -> object:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        row = connection.execute("SELECT name FROM items WHERE id = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+async def test_identical_sites_answer_in_one_round_trip(tmp_path: Path) -> None:
+    a, b = twin_files(tmp_path)
+    async with serving(b) as node:
+        with opened(a) as store:
+            report = await check(store, node)
+    assert report.identical
+    assert report.round_trips == 1
+    assert report.bytes_sent + report.bytes_received < 1_000
+    assert report.peer_site == Store.open(b).site_id
+
+
+async def test_the_differing_rows_are_named_exactly_in_three_round_trips(
+    tmp_path: Path,
+) -> None:
+    a, b = twin_files(tmp_path)
+    execute(a, "UPDATE items SET qty = -1 WHERE id IN ('k-1', 'k-2')")
+    execute(a, "DELETE FROM items WHERE id = 'k-3'")
+    execute(a, "INSERT INTO items VALUES ('new-a', 'only here', 0)")
+    execute(b, "INSERT INTO items VALUES ('new-b', 'only there', 0)")
+    async with serving(b) as node:
+        # The node captured its own write; A's writes are captured here.
+        await wait_until(lambda: name_of(b, "new-b") is not None, TIMEOUT_S, "B's insert")
+        with opened(a) as store:
+            store.capture()
+            report = await check(store, node)
+    assert not report.identical
+    assert divergent_keys(report) == {"k-1", "k-2", "k-3", "new-a", "new-b"}
+    found = report.differences["items"]
+    assert [key[0] for key in found.missing_here] == ["new-b"]
+    assert [key[0] for key in found.missing_there] == ["new-a"]
+    assert report.round_trips == 3  # roots, leaves, one re-check
+
+
+async def test_repair_merges_the_differing_rows_both_ways_and_keeps_the_newer_write(
+    tmp_path: Path,
+) -> None:
+    a, b = twin_files(tmp_path)
+    execute(a, "UPDATE items SET name = 'older, at A' WHERE id = 'k-5'")
+    execute(a, "INSERT INTO items VALUES ('new-a', 'only here', 0)")
+    with opened(a) as store:
+        store.capture()
+    execute(b, "DELETE FROM items WHERE id = 'k-6'")
+    async with serving(b) as node:
+        execute(b, "UPDATE items SET name = 'newer, at B' WHERE id = 'k-5'")
+        await wait_until(lambda: name_of(b, "k-5") == "newer, at B", TIMEOUT_S, "B's write")
+        await asyncio.sleep(0.05)
+        with opened(a) as store:
+            async with VerifyClient(url_of(node)) as client:
+                result = await repair(store, direct_call, client, settle_s=0.05)
+        assert divergent_keys(result.before) == {"k-5", "k-6", "new-a"}
+        assert result.after.identical
+        assert result.after.round_trips == 1
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "both files equal")
+    assert name_of(a, "k-5") == "newer, at B"  # the newer write won on both sides
+    assert name_of(a, "k-6") is None
+    assert name_of(b, "new-a") == "only here"
+
+
+async def test_writes_in_flight_between_two_syncing_nodes_are_not_divergence(
+    tmp_path: Path,
+) -> None:
+    a, b = twin_files(tmp_path, rows=200)
+    async with serving(b) as node_b, serving(a, node_b) as node_a:
+        await wait_until(lambda: node_a.streaming_with(url_of(node_b)), TIMEOUT_S, "a session")
+
+        async def write() -> None:
+            for index in range(150):  # bounded: 150 writes, about 3 s
+                execute(a, "UPDATE items SET qty = ? WHERE id = ?", index, f"k-{index % 40}")
+                execute(b, "UPDATE items SET name = ? WHERE id = ?", f"b{index}", f"k-{index % 7}")
+                await asyncio.sleep(0.02)
+
+        writer = asyncio.create_task(write())
+        outcomes = []
+        while not writer.done():
+            outcomes.append(await verify_peer(node_a, url_of(node_b), ["items"]))
+        await writer
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "both files equal")
+        final = await verify_peer(node_a, url_of(node_b), ["items"])
+    assert outcomes, "no verify ran while writing"
+    assert all(outcome.error == "" for outcome in outcomes)
+    assert all(outcome.divergent_rows == 0 for outcome in outcomes), outcomes
+    assert final.identical
+    assert final.round_trips == 1
+
+
+async def test_deep_finds_an_edit_made_while_the_triggers_were_dropped(tmp_path: Path) -> None:
+    a, b = twin_files(tmp_path)
+    with opened(a) as store:
+        spec = store.specs()[0]
+    with contextlib.closing(sqlite3.connect(a)) as connection, connection:
+        for statement in drop_trigger_statements("items"):
+            connection.execute(statement)
+        connection.execute("UPDATE items SET name = 'edited unseen' WHERE id = 'k-7'")
+        for statement in capture_triggers(spec):
+            connection.execute(statement)
+    async with serving(b) as node:
+        with opened(a) as store:
+            # The change feed never saw it: the stamps agree, so does verify.
+            assert (await check(store, node)).identical
+            deep = await check(store, node, deep=True)
+            assert divergent_keys(deep) == {"k-7"}
+            async with VerifyClient(url_of(node)) as client:
+                result = await repair(store, direct_call, client, deep=True, settle_s=0.05)
+        assert result.restamped_rows == 1
+        assert result.after.identical
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "both files equal")
+    assert name_of(b, "k-7") == "edited unseen"
+
+
+async def test_deep_finds_a_shadow_row_edited_by_hand_and_repair_heals_it(
+    tmp_path: Path,
+) -> None:
+    a, b = twin_files(tmp_path)
+    # Corrupt A's merge state behind its back: a stamp made older.
+    execute(a, "UPDATE _syncmesh_shadow_items SET h0 = h0 - 1000 WHERE k0 = 'k-9'")
+    execute(b, "UPDATE items SET name = 'restamped at B' WHERE id = 'k-9'")
+    async with serving(b) as node:
+        await wait_until(lambda: name_of(b, "k-9") == "restamped at B", TIMEOUT_S, "B's write")
+        with opened(a) as store:
+            deep = await check(store, node, deep=True)
+            assert deep.corrected_digests == 1
+            assert divergent_keys(deep) == {"k-9"}
+            async with VerifyClient(url_of(node)) as client:
+                result = await repair(store, direct_call, client, deep=True, settle_s=0.05)
+            assert result.fetched_rows == 1
+            assert result.after.identical
+            assert (await check(store, node, deep=True)).identical
+    assert name_of(a, "k-9") == "restamped at B"
+
+
+async def test_a_file_restored_from_an_old_backup_is_found_and_repaired(tmp_path: Path) -> None:
+    a, b = twin_files(tmp_path)
+    backup = tmp_path / "a-backup.db"
+    shutil.copy(a, backup)
+    for index in range(20):
+        execute(a, "UPDATE items SET qty = qty + 1000 WHERE id = ?", f"k-{index}")
+    async with serving(b) as node:
+        with opened(a) as store:
+            store.capture()
+            async with VerifyClient(url_of(node)) as client:
+                assert (await repair(store, direct_call, client, settle_s=0.05)).after.identical
+        shutil.copy(backup, a)  # the disk fails; the file comes back from the backup
+        with contextlib.suppress(FileNotFoundError):
+            (tmp_path / "a.db-wal").unlink()
+        with opened(a) as store:
+            report = await check(store, node)
+            assert divergent_keys(report) == {f"k-{index}" for index in range(20)}
+            async with VerifyClient(url_of(node)) as client:
+                result = await repair(store, direct_call, client, settle_s=0.05)
+    assert result.fetched_rows == 20
+    assert result.after.identical
+    assert items(a) == items(b)
+
+
+async def test_a_bad_verify_request_gets_a_named_refusal_and_the_node_carries_on(
+    tmp_path: Path,
+) -> None:
+    a, b = twin_files(tmp_path, rows=50)
+    async with serving(b) as node, aiohttp.ClientSession() as http:
+        target = url_of(node) + VERIFY_PATH
+        for body, expected in (
+            (b"\xc1 not msgpack", "not valid msgpack"),
+            (msgpack.packb([1, 2]), "not a map"),
+            (msgpack.packb({"v": 99, "op": "roots"}), "version 99"),
+            (msgpack.packb({"v": 1, "op": "drop tables"}), "unknown verify op"),
+            (msgpack.packb({"v": 1, "op": "digests", "tables": {"nope": []}}), "'nope'"),
+            (msgpack.packb({"v": 1, "op": "digests", "tables": {"items": [[{}]]}}), "SQL value"),
+            (msgpack.packb({"v": 1, "op": "push", "batch": b"\x00junk"}), "push"),
+        ):
+            async with http.post(target, data=body) as response:
+                assert response.status == 400
+                detail = msgpack.unpackb(await response.read())["detail"]
+                assert expected in detail, detail
+        with opened(a) as store:
+            assert (await check(store, node)).identical
+    assert items(a) == items(b)
+
+
+async def test_the_node_verifies_its_peers_and_shows_the_result(tmp_path: Path) -> None:
+    a, b = twin_files(tmp_path, rows=100)
+    # A row vanishes from B behind the engine's back, before the nodes meet:
+    # B's vector still claims it, so no feed will ever bring it back.
+    with contextlib.closing(sqlite3.connect(b)) as connection, connection:
+        connection.execute("UPDATE _syncmesh_state SET applying = 1")
+        connection.execute("DELETE FROM items WHERE id = 'k-3'")
+        connection.execute("DELETE FROM _syncmesh_shadow_items WHERE k0 = 'k-3'")
+        connection.execute("UPDATE _syncmesh_state SET applying = 0")
+    async with (
+        serving(b) as node_b,
+        serving(a, node_b, verify_interval_s=0.3, verify_settle_s=0.05) as node_a,
+    ):
+        peer_url = url_of(node_b)
+
+        async def verified(**expected: object) -> bool:
+            for peer in (await node_a.statistics()).peers:
+                if peer.address == peer_url and peer.verified_ms:
+                    return all(getattr(peer, key) == value for key, value in expected.items())
+            return False
+
+        await wait_until(
+            lambda: verified(verify_identical=False, verify_divergent_rows=1),
+            TIMEOUT_S,
+            "the divergence seen",
+        )
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url_of(node_a) + "/metrics") as response:
+                metrics = await response.text()
+            async with http.get(url_of(node_a) + "/v1/status") as response:
+                status = await response.json()
+        # Repaired from A's file while both nodes run; the next round sees it.
+        with opened(a) as store:
+            async with VerifyClient(peer_url) as client:
+                assert (await repair(store, direct_call, client, settle_s=0.05)).pushed_rows == 1
+        await wait_until(lambda: verified(verify_identical=True), TIMEOUT_S, "identical again")
+    assert "syncmesh_peer_verify_divergent_rows{" in metrics
+    assert "syncmesh_peer_verify_identical{" in metrics
+    peer = next(p for p in status["peers"] if p["address"] == peer_url)
+    assert peer["verify_divergent_rows"] == 1
+    assert peer["verify_round_trips"] >= 2
+    assert name_of(b, "k-3") == "name 3"
+
+
+async def test_the_command_line_verifies_and_repairs(tmp_path: Path) -> None:
+    a, b = twin_files(tmp_path, rows=300)
+    async with serving(b) as node:
+        peer = url_of(node)
+        same = await asyncio.to_thread(run_cli, "verify", str(a), "--peer", peer, "--json")
+        assert same.returncode == 0, same.stderr
+        assert json.loads(same.stdout)["round_trips"] == 1
+        execute(a, "UPDATE items SET qty = 7 WHERE id = 'k-42'")
+        differ = await asyncio.to_thread(
+            run_cli, "verify", str(a), "--peer", peer, "--settle", "0.1"
+        )
+        assert differ.returncode == 1, differ.stderr
+        assert "1 rows differ" in differ.stdout
+        assert "'k-42'" in differ.stdout
+        fixed = await asyncio.to_thread(run_cli, "repair", str(a), "--peer", peer, "--json")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert json.loads(fixed.stdout)["pushed_rows"] == 1
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "both files equal")
+        down = await asyncio.to_thread(run_cli, "verify", str(a), "--peer", "http://127.0.0.1:9")
+    assert down.returncode == 2
+    assert "cannot reach" in down.stderr
+
+
+async def test_verify_refuses_a_table_it_does_not_track(tmp_path: Path) -> None:
+    a, b = twin_files(tmp_path, rows=10)
+    async with serving(b) as node:
+        with opened(a) as store:
+            async with VerifyClient(url_of(node)) as client:
+                with pytest.raises(StoreError, match="'orders' is not tracked"):
+                    await verify(store, direct_call, client, ["orders"])
