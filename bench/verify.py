@@ -113,11 +113,16 @@ def _build_site(path: Path, rows_count: int, log: Callable[[str], None]) -> None
     log(f"  verify: built a {rows_count:,}-row site in {time.perf_counter() - started:.1f} s")
 
 
-def _change_rows(path: Path, count: int, seed: int) -> None:
-    """Update `count` distinct random rows at the site (captured by its Store later)."""
+def _shuffled_keys(path: Path, seed: int) -> list[str]:
     with connected(path) as connection:
-        keys = [row[0] for row in connection.execute("SELECT id FROM items")]
-        chosen = random.Random(seed).sample(keys, count)
+        keys = [str(row[0]) for row in connection.execute("SELECT id FROM items")]
+    random.Random(seed).shuffle(keys)
+    return keys
+
+
+def _change_rows(path: Path, chosen: list[str]) -> None:
+    """Update these rows at the site (captured by its Store later)."""
+    with connected(path) as connection:
         connection.execute("BEGIN")
         connection.executemany(
             "UPDATE items SET qty = qty + 1 WHERE id = ?", [(key,) for key in chosen]
@@ -165,12 +170,15 @@ def exchange(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[
                 first = asyncio.run(_verify(store, url))
                 figures["first"].add(time.perf_counter() - started)
                 assert first.identical, first.as_json()
+                # Distinct random rows: the first 100 of one order, then the next 9,900.
+                order = _shuffled_keys(a, seed=repeat)
                 changed = 0
                 for differing in cases:
-                    if differing > changed:
-                        _change_rows(a, differing - changed, seed=repeat * 7 + differing)
+                    target = min(differing, len(order))
+                    if target > changed:
+                        _change_rows(a, order[changed:target])
                         store.capture()
-                        changed = differing
+                        changed = target
                     report = asyncio.run(_verify(store, url))
                     figures[f"{differing} trips"].add(report.round_trips)
                     figures[f"{differing} bytes"].add(report.bytes_sent + report.bytes_received)

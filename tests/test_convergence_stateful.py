@@ -207,7 +207,7 @@ class SyncMachine(RuleBasedStateMachine):
             # Every stored digest matches its row's stamps (0 corrected) ...
             assert store.deep_summary("notes")[1] == 0
             # ... and the kept tree is the XOR of those digests, leaf by leaf.
-            pairs = store.connection.execute("SELECT lf, dg FROM _syncmesh_shadow_notes")
+            pairs = store.connection.execute("SELECT kh, dg FROM _syncmesh_shadow_notes")
             assert kept.leaves == summary_of(pairs).leaves
 
     # -- the end ------------------------------------------------------------------

@@ -88,7 +88,8 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     Method: b dials a, c dials a and b; the browser shows c.  After the
     page shows both peers connected, one row is written at b and one at c:
     c's page must show 2 rows, a new seq, and both rows in the throughput
-    (one captured here, one applied from a peer).  Then a is stopped (c's
+    (one captured here, one applied from a peer); before that, c's periodic
+    verify must show both peers identical.  Then a is stopped (c's
     dialer to it backs off) and the page must show a as down while b stays
     connected.  Last, c itself is stopped and the page must say the node
     is not answering.  Every request the page makes must go to c.
@@ -97,7 +98,8 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
         make_db(tmp_path / f"{name}.db", SCHEMA)
     a = cluster.node("a")
     b = cluster.node("b", peers=[a])
-    c = cluster.node("c", peers=[a, b])
+    # c verifies the peers it dials every second (sync.verify_interval_s).
+    c = cluster.node("c", peers=[a, b], env={"SYNCMESH_SYNC_VERIFY_INTERVAL_S": "1"})
     cluster.start(a, b, c)
     sites = {node.name: str(node.status()["site_id"]) for node in (a, b, c)}
 
@@ -123,6 +125,10 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
         re.compile("conflict ledger not available|no conflicts recorded"), timeout=WAIT_MS
     )
     expect(page.locator("#quarantine-note")).to_have_text("no quarantined rows")
+    for site in (sites["a"], sites["b"]):
+        expect(peer_row(page, site).locator('[data-field="verified"]')).to_contain_text(
+            "identical", timeout=WAIT_MS
+        )
     seq_before = page.locator("#node-seq").inner_text()
 
     write(b, "INSERT INTO items VALUES ('from-b', 'b', 1)")

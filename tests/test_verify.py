@@ -319,6 +319,7 @@ async def test_the_node_verifies_its_peers_and_shows_the_result(tmp_path: Path) 
                 metrics = await response.text()
             async with http.get(url_of(node_a) + "/v1/status") as response:
                 status = await response.json()
+        shown = await asyncio.to_thread(run_cli, "status", "--url", url_of(node_a))
         # Repaired from A's file while both nodes run; the next round sees it.
         with opened(a) as store:
             async with VerifyClient(peer_url) as client:
@@ -330,6 +331,7 @@ async def test_the_node_verifies_its_peers_and_shows_the_result(tmp_path: Path) 
     assert peer["verify_divergent_rows"] == 1
     assert peer["verify_round_trips"] >= 2
     assert name_of(b, "k-3") == "name 3"
+    assert "1 rows differ" in shown.stdout, shown.stdout
 
 
 async def test_the_command_line_verifies_and_repairs(tmp_path: Path) -> None:

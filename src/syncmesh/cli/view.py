@@ -154,9 +154,30 @@ def print_live_status(status: dict[str, Any]) -> None:
                 f"catching up with {peer['site_id'] or peer['address']}: {catchup_text(peer)}"
             )
     for peer in status["peers"]:
+        if peer.get("verified_ms"):
+            console.print(verify_text(peer, now_ms), markup=False)
+    for peer in status["peers"]:
         if peer["last_error"]:
             name = peer["site_id"] or peer["address"]
             console.print(f"last error of {name}: {peer['last_error']}", markup=False)
+
+
+def verify_text(peer: dict[str, Any], now_ms: int) -> str:
+    """The last periodic verify against a peer, in one line."""
+    name = peer["site_id"] or peer["address"]
+    when = age(peer["verified_ms"], now_ms)
+    if peer.get("verify_error"):
+        return f"verify against {name} failed {when}: {peer['verify_error']}"
+    if peer.get("verify_identical"):
+        verdict = "identical"
+    else:
+        verdict = f"{peer['verify_divergent_rows']:,} rows differ"
+        if peer.get("verify_unsettled_rows"):
+            verdict += f", {peer['verify_unsettled_rows']:,} still changing"
+    return (
+        f"verified against {name} {when}: {verdict}"
+        f" ({peer['verify_round_trips']} round trips, {size(peer['verify_bytes'])})"
+    )
 
 
 def catchup_text(peer: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ engine's apply transaction, which clears it before commit, so no other
 connection ever sees it set.
 
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
-`seq`, `lf` and `dg` (the row's leaf and digest in the table's hash tree,
+`seq`, `kh` and `dg` (the row's key hash and digest in the table's hash tree,
 store/summary.py), then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal; 0
 is this node); last `pasts`, what the row's cells know of earlier writes
 (docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
@@ -123,7 +123,7 @@ def shadow_columns(spec: TableSpec) -> list[str]:
         "cl_hlc",
         "cl_site",
         "seq",
-        LEAF_COLUMN,
+        KEY_HASH_COLUMN,
         DIGEST_COLUMN,
         *cells,
         PASTS_COLUMN,
@@ -133,9 +133,9 @@ def shadow_columns(spec: TableSpec) -> list[str]:
 # One column per row, not per cell: the shadow stays as wide as it was plus
 # one, whatever the table's width, and a capture builds one more field.
 PASTS_COLUMN = "pasts"
-# The row's place in the table's hash tree and its digest (store.summary,
+# The row's key hash (its place in the table's hash tree) and its digest (store.summary,
 # docs/adr/0010-verify-hash-tree.md).
-LEAF_COLUMN = "lf"
+KEY_HASH_COLUMN = "kh"
 DIGEST_COLUMN = "dg"
 
 
@@ -151,7 +151,7 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
     key_defs = ", ".join(f"k{index}" for index in range(len(spec.pk)))
     return [
         f"CREATE TABLE IF NOT EXISTS {shadow} ({key_defs}, cl INTEGER NOT NULL,"
-        f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {LEAF_COLUMN} INTEGER,"
+        f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {KEY_HASH_COLUMN} INTEGER,"
         f" {DIGEST_COLUMN} INTEGER{cells}, PRIMARY KEY ({keys}))"
         " WITHOUT ROWID",
         f"CREATE INDEX IF NOT EXISTS {quote_identifier(shadow_name(spec.name) + '_seq')}"

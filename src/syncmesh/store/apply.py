@@ -29,6 +29,7 @@ from syncmesh.store import conflicts, quarantine, vector
 from syncmesh.store.quarantine import stamps
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.rows import SiteMap, TableSql, execute_each
+from syncmesh.store.summary import leaf_of
 
 if TYPE_CHECKING:
     from syncmesh.store.sqlite import Store
@@ -184,7 +185,7 @@ def merge_table(
                 quarantine.add(store, change, origin, f"constraint failed: {error}")
                 quarantined += 1
     shadow_rows = []
-    leaf_at = keys + 4  # the shadow row's leaf, then its digest (schema.shadow_columns)
+    hash_at = keys + 4  # the shadow row's key hash, then its digest (schema.shadow_columns)
     for pk, result in merged_by_key.items():
         if pk in failed:
             continue
@@ -194,8 +195,8 @@ def merge_table(
         old = on_disk[pk][2] if pk in on_disk else None
         store._summaries.note(
             table.spec.name,
-            shadow[leaf_at],  # type: ignore[arg-type]
-            (old or 0) ^ shadow[leaf_at + 1],  # type: ignore[operator]
+            leaf_of(shadow[hash_at]),  # type: ignore[arg-type]
+            (old or 0) ^ shadow[hash_at + 1],  # type: ignore[operator]
         )
     table.write_shadow(store._connection, shadow_rows)
     store._connection.executemany(

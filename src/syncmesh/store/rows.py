@@ -22,7 +22,7 @@ from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.schema import (
     ALL_COLUMNS,
     DIGEST_COLUMN,
-    LEAF_COLUMN,
+    KEY_HASH_COLUMN,
     OP_CHECK,
     OP_DELETE,
     OP_INSERT,
@@ -34,9 +34,10 @@ from syncmesh.schema import (
 )
 from syncmesh.store.summary import (
     FOLD_DIGEST_FUNCTION,
-    KEY_LEAF_FUNCTION,
+    KEY_HASH_FUNCTION,
+    LEAF_MASK,
     ROW_DIGEST_FUNCTION,
-    key_bytes,
+    key_hash,
     leaf_of,
     shadow_digest,
 )
@@ -160,12 +161,15 @@ class TableSql:
             part
             for part in (
                 ", ".join(keys),
-                f"s.cl, s.cl_hlc, s.cl_site, s.{LEAF_COLUMN}, s.{DIGEST_COLUMN}",
+                f"s.cl, s.cl_hlc, s.cl_site, s.{KEY_HASH_COLUMN}, s.{DIGEST_COLUMN}",
                 stamps,
             )
             if part
         )
-        self.tree_pairs_sql = f"SELECT {LEAF_COLUMN}, {DIGEST_COLUMN} FROM {self.shadow}"
+        self.tree_pairs_sql = f"SELECT {KEY_HASH_COLUMN}, {DIGEST_COLUMN} FROM {self.shadow}"
+        self.leaf_match = (
+            f" WHERE (s.{KEY_HASH_COLUMN} & {LEAF_MASK}) IN (SELECT value FROM json_each(?))"
+        )
         self._tree_rows = f"SELECT {tree_columns} FROM {self.shadow} s"
         self._tree_deep_rows = (
             f"SELECT {tree_columns}{', ' + values if values else ''} FROM {self.shadow} s"
@@ -175,19 +179,18 @@ class TableSql:
         shadow_key_list = ", ".join(f"k{index}" for index in range(self.key_count))
         digest_args = ", ".join(
             [
-                str(self.key_count),
-                shadow_key_list,
+                f"{KEY_HASH_FUNCTION}({shadow_key_list})",
                 "cl, cl_hlc, cl_site",
                 *(f"h{index}, s{index}" for index in range(len(self.values))),
             ]
         )
         self.fill_digests_sql = (
-            f"UPDATE {self.shadow} SET {LEAF_COLUMN} = {KEY_LEAF_FUNCTION}({shadow_key_list}),"
+            f"UPDATE {self.shadow} SET {KEY_HASH_COLUMN} = {KEY_HASH_FUNCTION}({shadow_key_list}),"
             f" {DIGEST_COLUMN} = {ROW_DIGEST_FUNCTION}({digest_args})"
-            f" WHERE {LEAF_COLUMN} IS NULL OR {DIGEST_COLUMN} IS NULL"
+            f" WHERE {KEY_HASH_COLUMN} IS NULL OR {DIGEST_COLUMN} IS NULL"
         )
         self.set_digest_sql = (
-            f"UPDATE {self.shadow} SET {LEAF_COLUMN} = ?, {DIGEST_COLUMN} = ? WHERE "
+            f"UPDATE {self.shadow} SET {KEY_HASH_COLUMN} = ?, {DIGEST_COLUMN} = ? WHERE "
             + " AND ".join(f"k{index} = ?" for index in range(self.key_count))
         )
         self.feed_sql = f"{self._select} WHERE s.seq > ? AND s.seq <= ? ORDER BY s.seq"
@@ -260,7 +263,7 @@ class TableSql:
         """
         names = shadow_columns(self.spec)
         keys = [f"?{6 + index}" for index in range(self.key_count)]
-        leaf, row_digest = f"?{6 + self.key_count}", f"?{7 + self.key_count}"
+        hashed_key, row_digest = f"?{6 + self.key_count}", f"?{7 + self.key_count}"
         # A key born dead (inserted and deleted before one capture) has no
         # cell stamps at all: neither hlc nor site, or the feed would ship a
         # site without a stamp, which peers rightly refuse.
@@ -275,7 +278,7 @@ class TableSql:
             "?4",
             "0",
             "?5",
-            leaf,
+            hashed_key,
             row_digest,
             *new_cells,
             "NULL",
@@ -300,12 +303,17 @@ class TableSql:
             # The new digest, from the row's new stamps; the function moves the
             # leaf by old ^ new (and takes back the guess `capture` made for a
             # key it thought new: excluded.dg).
+            # (A row without a key hash, from an older file, gets one here.)
+            keys_hashed = (
+                f"coalesce({KEY_HASH_COLUMN}, {KEY_HASH_FUNCTION}("
+                + ", ".join(f"k{index}" for index in range(self.key_count))
+                + "))"
+            )
             arguments = [
                 _sql_text(self.spec.name),
                 DIGEST_COLUMN,
                 f"excluded.{DIGEST_COLUMN}",
-                str(self.key_count),
-                *(f"k{index}" for index in range(self.key_count)),
+                keys_hashed,
                 *after.values(),
             ]
             sets.append(f"{DIGEST_COLUMN} = {FOLD_DIGEST_FUNCTION}({', '.join(arguments)})")
@@ -420,14 +428,13 @@ class TableSql:
         live_cells: list[int | str | None] = [hlc, own_site] * len(self.values)
         parameters: list[tuple[SqlValue, ...]] = []
         for key, (alive, deleted, mask, inserted) in folded.items():
-            leaf = guess = None
+            hashed = guess = None
             if inserted:
-                data = key_bytes(key)
-                leaf = leaf_of(data)
+                hashed = key_hash(key)
                 cl = 1 if alive else 2
-                guess = row_digest(data, cl, hlc, own_site, live_cells if alive else None)
-                note(name, leaf, guess)
-            parameters.append((alive, deleted, mask, hlc, seq, *key, leaf, guess))
+                guess = row_digest(hashed, cl, hlc, own_site, live_cells if alive else None)
+                note(name, leaf_of(hashed), guess)
+            parameters.append((alive, deleted, mask, hlc, seq, *key, hashed, guess))
         return parameters
 
     def _backfill_sql(self, where: str) -> str:
@@ -439,13 +446,13 @@ class TableSql:
         keys = [quote_identifier(column) for column in self.spec.pk]
         cells = [value for _ in self.values for value in (":hlc", "0")]
         seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"
-        leaf = f"{KEY_LEAF_FUNCTION}({', '.join(keys)})"
-        arguments = ", ".join([str(self.key_count), *keys, "1", ":hlc", "0", *cells])
+        hashed_key = f"{KEY_HASH_FUNCTION}({', '.join(keys)})"
+        arguments = ", ".join([hashed_key, "1", ":hlc", "0", *cells])
         row_digest = f"{ROW_DIGEST_FUNCTION}({arguments})"
+        selected = ", ".join([*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL"])
         return (
             f"INSERT OR IGNORE INTO {self.shadow} ({', '.join(names)})"
-            f" SELECT {', '.join([*keys, '1', ':hlc', '0', seq, leaf, row_digest, *cells, 'NULL'])}"
-            f" FROM {self.table}{where}"
+            f" SELECT {selected} FROM {self.table}{where}"
         )
 
     def backfill_step_sql(self, *, lower: bool, upper: bool) -> str:
@@ -543,9 +550,9 @@ class TableSql:
         for column in self.values:
             cell = state.cells.get(column)
             cells.extend((None, None) if cell is None else (cell.stamp.hlc, cell.stamp.site_id))
-        data = key_bytes(pk)
+        hashed = key_hash(pk)
         row_digest_value = row_digest(
-            data,
+            hashed,
             state.cl,
             None if cl_stamp is None else cl_stamp.hlc,
             None if cl_stamp is None else cl_stamp.site_id,
@@ -557,7 +564,7 @@ class TableSql:
             None if cl_stamp is None else cl_stamp.hlc,
             None if cl_stamp is None else sites.ordinal(cl_stamp.site_id),
             seq,
-            leaf_of(data),
+            hashed,
             row_digest_value,
         ]
         pasts = bool(known)
@@ -660,19 +667,15 @@ class TableSql:
             stamps.append(site)
             user.append(row[at])
             pasts = pasts or row[at + 3] is not None
-        leaf, row_digest_value = shadow_digest(
-            row[:keys],
-            row[keys],
-            row[keys + 1],
-            cl_site,
-            stamps,
-            batch_sites.__getitem__,
+        hashed = key_hash(row[:keys])
+        row_digest_value = shadow_digest(
+            hashed, row[keys], row[keys + 1], cl_site, stamps, batch_sites.__getitem__
         )
         shadow: list[SqlValue] = [
             *row[: keys + 2],
             None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
             seq,
-            leaf,
+            hashed,
             row_digest_value,
         ]
         for at in range(0, len(stamps), 2):

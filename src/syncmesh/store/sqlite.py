@@ -38,7 +38,7 @@ from syncmesh.schema import (
     BOOKKEEPING_DDL,
     CONFLICT_LEDGER_DDL,
     DIGEST_COLUMN,
-    LEAF_COLUMN,
+    KEY_HASH_COLUMN,
     PASTS_COLUMN,
     fingerprint,
 )
@@ -47,11 +47,11 @@ from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, Stor
 from syncmesh.store.rows import CAPTURE_PASTS_FUNCTION, SiteMap, TableSql, capture_pasts
 from syncmesh.store.summary import (
     FOLD_DIGEST_FUNCTION,
-    KEY_LEAF_FUNCTION,
+    KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
     Summaries,
     TableSummary,
-    key_bytes,
+    key_hash,
     leaf_of,
     shadow_digest,
 )
@@ -182,41 +182,23 @@ class Store:
             return self._require_init().site(ordinal)
 
         def fold_digest(
-            table: str, old: int | None, guess: int | None, key_count: int, *fields: SqlValue
+            table: str, old: int | None, guess: int | None, hashed_key: int, *fields: SqlValue
         ) -> int:
             # The capture upsert's digest of a row it changed; see TableSql._capture_sql.
-            key = fields[:key_count]
-            cl, cl_hlc, cl_site = fields[key_count : key_count + 3]
-            leaf, new = shadow_digest(
-                key,
-                cl,
-                cl_hlc,
-                cl_site,
-                fields[key_count + 3 :],
-                site_of,
-            )
-            summaries.note(table, leaf, (old or 0) ^ (guess or 0) ^ new)
+            new = shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], site_of)
+            summaries.note(table, leaf_of(hashed_key), (old or 0) ^ (guess or 0) ^ new)
             return new
 
-        def row_digest(key_count: int, *fields: SqlValue) -> int:
-            key = fields[:key_count]
-            cl, cl_hlc, cl_site = fields[key_count : key_count + 3]
-            return shadow_digest(
-                key,
-                cl,
-                cl_hlc,
-                cl_site,
-                fields[key_count + 3 :],
-                site_of,
-            )[1]
+        def row_digest(hashed_key: int, *fields: SqlValue) -> int:
+            return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], site_of)
 
-        def key_leaf(*key: SqlValue) -> int:
-            return leaf_of(key_bytes(key))
+        def hash_key(*key: SqlValue) -> int:
+            return key_hash(key)
 
         connection = self._connection
         connection.create_function(FOLD_DIGEST_FUNCTION, -1, fold_digest)
         connection.create_function(ROW_DIGEST_FUNCTION, -1, row_digest)
-        connection.create_function(KEY_LEAF_FUNCTION, -1, key_leaf, deterministic=True)
+        connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)
 
     def _upgrade(self) -> None:
         """Bring a file made by an older syncmesh up to date: the conflict ledger.
@@ -256,7 +238,7 @@ class Store:
             return
         with self._transaction():
             for table in stale:
-                for column in (LEAF_COLUMN, DIGEST_COLUMN):
+                for column in (KEY_HASH_COLUMN, DIGEST_COLUMN):
                     self._connection.execute(
                         f"ALTER TABLE {table.shadow} ADD COLUMN {column} INTEGER"
                     )

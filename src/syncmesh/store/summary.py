@@ -3,10 +3,10 @@
 Design: docs/adr/0010-verify-hash-tree.md.  Every shadow row carries two
 more integers:
 
-- `lf`, its *leaf*: a hash of the key alone (CRC-32 of the key's msgpack
-  bytes, 16 bits), so a key sits in the same leaf on every node;
-- `dg`, its *digest*: a 64-bit BLAKE2b of the key, the causal length and
-  its stamp, and, for a live row, every cell's stamp (HLC and site id).
+- `kh`, the hash of its key (64-bit BLAKE2b of the key's msgpack bytes);
+  its low 16 bits are the row's *leaf*, the same on every node;
+- `dg`, its *digest*: a 64-bit BLAKE2b of the key hash, the causal length
+  and its stamp, and, for a live row, every cell's stamp (HLC and site id).
 
 A leaf's hash is the XOR of the digests of its rows; 256 leaves make a
 branch and the 256 branches make the root.  XOR makes the upkeep O(1) per
@@ -14,7 +14,7 @@ changed row: a row that changes moves its leaf by `old dg ^ new dg`, and
 both are in hand where the row is written (the capture upsert hands them
 to `syncmesh_fold_digest`, the apply path has the old row loaded).  The
 tree itself lives in memory (`Summaries`, 512 KB per table) and is rebuilt
-from the `lf`/`dg` columns in one scan when it cannot be trusted: when
+from the `kh`/`dg` columns in one scan when it cannot be trusted: when
 the Store opens, or when another process (a `syncmesh track`, `repair` or
 `quarantine retry`) wrote to the file since.
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import operator
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,32 +39,37 @@ from syncmesh.model import SqlValue
 
 LEAF_BITS = 16
 LEAVES = 1 << LEAF_BITS
+LEAF_MASK = LEAVES - 1
 BRANCHES = 256
 LEAVES_PER_BRANCH = LEAVES // BRANCHES
 DIGEST_BYTES = 8
 
 FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
 ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
-KEY_LEAF_FUNCTION = "syncmesh_key_leaf"
+KEY_HASH_FUNCTION = "syncmesh_key_hash"
 
 _pack = msgpack.Packer(use_bin_type=True).pack
-
-
-def key_bytes(key: Sequence[SqlValue]) -> bytes:
-    """The key's canonical bytes: msgpack keeps 1, 1.0, '1' and b'1' apart."""
-    return _pack(list(key))
-
-
-def leaf_of(key_data: bytes) -> int:
-    return zlib.crc32(key_data) & (LEAVES - 1)
 
 
 def _signed(data: bytes) -> int:
     return int.from_bytes(data, "little", signed=True)
 
 
+def key_hash(key: Sequence[SqlValue]) -> int:
+    """A key's 64-bit hash, of its msgpack bytes (which keep 1, 1.0, '1' and b'1' apart).
+
+    Stored with the row (`kh`), so a row's digest is computed without
+    encoding its key again; its low 16 bits are the row's leaf.
+    """
+    return _signed(hashlib.blake2b(_pack(list(key)), digest_size=DIGEST_BYTES).digest())
+
+
+def leaf_of(hashed_key: int) -> int:
+    return hashed_key & LEAF_MASK
+
+
 def digest(
-    key_data: bytes,
+    hashed_key: int,
     cl: int,
     cl_hlc: int | None,
     cl_site: str | None,
@@ -74,10 +78,14 @@ def digest(
     """A row's digest.  `cells`: (hlc, site id) per value column, flat; None if dead.
 
     A deleted row's cells are left out: a tombstone ships no cells, so a
-    node that only ever saw the delete holds none, and still agrees.
+    node that only ever saw the delete holds none, and still agrees.  The
+    fields are joined as text (integers in decimal, site ids, None): their
+    number is fixed per table and none holds a comma.
     """
-    payload = _pack([key_data, cl, cl_hlc, cl_site, None if cl % 2 == 0 else list(cells or ())])
-    return _signed(hashlib.blake2b(payload, digest_size=DIGEST_BYTES).digest())
+    text = f"{hashed_key},{cl},{cl_hlc},{cl_site}"
+    if cl % 2 == 1 and cells:
+        text += "," + ",".join(map(str, cells))
+    return _signed(hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).digest())
 
 
 def deep_digest(stamps_digest: int, alive: bool, values: Sequence[SqlValue]) -> int:
@@ -116,11 +124,11 @@ class TableSummary:
 
 
 def summary_of(pairs: Iterable[tuple[int, int]]) -> TableSummary:
-    """The tree of (leaf, digest) pairs."""
+    """The tree of (key hash, digest) pairs."""
     summary = TableSummary()
     leaves = summary.leaves
-    for leaf, row_digest in pairs:
-        leaves[leaf] ^= row_digest
+    for hashed_key, row_digest in pairs:
+        leaves[hashed_key & LEAF_MASK] ^= row_digest
     return summary
 
 
@@ -180,31 +188,29 @@ class Summaries:
 SiteOf = Callable[[int], str]
 
 
-def stamp_cells(stamps: Sequence[SqlValue], site_of: SiteOf) -> list[int | str | None]:
-    """(hlc, site ordinal) pairs, flat, as (hlc, site id) pairs, flat."""
-    cells: list[int | str | None] = []
-    for at in range(0, len(stamps), 2):
-        hlc, ordinal = stamps[at], stamps[at + 1]
-        cells.append(hlc if isinstance(hlc, int) else None)
-        cells.append(site_of(ordinal) if isinstance(ordinal, int) else None)
-    return cells
-
-
 def shadow_digest(
-    key: Sequence[SqlValue],
+    hashed_key: int,
     cl: SqlValue,
     cl_hlc: SqlValue,
     cl_site: SqlValue,
     stamps: Sequence[SqlValue],
     site_of: SiteOf,
-) -> tuple[int, int]:
-    """(leaf, digest) of a shadow row: key, cl, cl_hlc, cl_site (ordinal), h0, s0, ..."""
+) -> int:
+    """The digest of a shadow row: cl, cl_hlc, cl_site (an ordinal), then h0, s0, ...
+
+    The same text as `digest` builds, made in one pass: the capture calls
+    this once per row it changes, so every step counts.
+    """
     assert isinstance(cl, int), f"causal length {cl!r} is not an integer"
-    data = key_bytes(key)
-    return leaf_of(data), digest(
-        data,
-        cl,
-        cl_hlc if isinstance(cl_hlc, int) else None,
-        site_of(cl_site) if isinstance(cl_site, int) else None,
-        stamp_cells(stamps, site_of),
-    )
+    parts = [
+        str(hashed_key),
+        str(cl),
+        str(cl_hlc),
+        "None" if cl_site is None else site_of(cl_site),  # type: ignore[arg-type]
+    ]
+    if cl % 2 == 1:
+        pairs = iter(stamps)
+        for hlc, site in zip(pairs, pairs, strict=True):
+            parts.append(str(hlc))
+            parts.append("None" if site is None else site_of(site))  # type: ignore[arg-type]
+    return _signed(hashlib.blake2b(",".join(parts).encode(), digest_size=DIGEST_BYTES).digest())

@@ -17,7 +17,14 @@ from syncmesh.model import ChangeBatch, SqlValue, TableRows
 from syncmesh.schema import ALL_COLUMNS, OP_UPDATE
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.rows import KEYS_PER_QUERY, TableSql
-from syncmesh.store.summary import TableSummary, deep_digest, shadow_digest, summary_of
+from syncmesh.store.summary import (
+    TableSummary,
+    deep_digest,
+    key_hash,
+    leaf_of,
+    shadow_digest,
+    summary_of,
+)
 
 if TYPE_CHECKING:
     from syncmesh.store.sqlite import Store
@@ -65,7 +72,7 @@ def _fill_missing_digests(store: Store) -> None:
         table
         for table in store._tables.values()
         if store._connection.execute(
-            f"SELECT 1 FROM {table.shadow} WHERE lf IS NULL OR dg IS NULL LIMIT 1"
+            f"SELECT 1 FROM {table.shadow} WHERE kh IS NULL OR dg IS NULL LIMIT 1"
         ).fetchone()
         is not None
     ]
@@ -97,17 +104,18 @@ def _tree_rows(
     site_of = store._require_init().site
     for row in store._connection.execute(sql, params):
         key = tuple(row[:keys])
-        leaf, stored = row[keys + 3], row[keys + 4]
+        hashed, stored = row[keys + 3], row[keys + 4]
         if not deep:
-            yield key, leaf, stored
+            yield key, leaf_of(hashed), stored
             continue
         cl = row[keys]
-        fresh_leaf, fresh = shadow_digest(
-            key, cl, row[keys + 1], row[keys + 2], row[keys + 5 : stamps_end], site_of
+        fresh_hash = key_hash(key)
+        fresh = shadow_digest(
+            fresh_hash, cl, row[keys + 1], row[keys + 2], row[keys + 5 : stamps_end], site_of
         )
-        if (fresh_leaf, fresh) != (leaf, stored):
-            corrected.append((fresh_leaf, fresh, *key))  # type: ignore[union-attr]
-        yield key, fresh_leaf, deep_digest(fresh, cl % 2 == 1, row[stamps_end:])
+        if (fresh_hash, fresh) != (hashed, stored):
+            corrected.append((fresh_hash, fresh, *key))  # type: ignore[union-attr]
+        yield key, leaf_of(fresh_hash), deep_digest(fresh, cl % 2 == 1, row[stamps_end:])
 
 
 def _write_corrections(
@@ -146,7 +154,7 @@ def leaf_digests(store: Store, name: str, leaves: Sequence[int], deep: bool) -> 
     table = _table(store, name)
     if not leaves:
         return {}
-    where = " WHERE s.lf IN (SELECT value FROM json_each(?))"
+    where = table.leaf_match
     corrected: list[tuple[SqlValue, ...]] | None = [] if deep else None
     with store._transaction("DEFERRED"):
         found = {

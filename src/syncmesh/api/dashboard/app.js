@@ -112,6 +112,7 @@ function renderPeers(status, peers) {
         el("td", {}, peer.gone ? `session ended ${formatAge(peer.lastListedMs, now)}` : formatAge(entry.last_batch_ms, now)),
         el("td", { class: "num" }, formatBytes(entry.bytes_in)),
         el("td", { class: "num" }, formatBytes(entry.bytes_out)),
+        verifiedCell(entry, now),
         // A dialer keeps its last error after it got through: muted then.
         el("td", { class: peer.link === "connected" ? "note" : "error" }, entry.last_error || ""),
       );
@@ -241,6 +242,23 @@ async function loop() {
 }
 
 loop();
+
+/** The last periodic verify against the peer: "identical, 2 min ago" or "3 rows differ". */
+function verifiedCell(entry, now) {
+  if (!entry.verified_ms) {
+    return el("td", { class: "note", "data-field": "verified" }, entry.dialed ? "not yet" : "–");
+  }
+  const ago = formatAge(entry.verified_ms, now);
+  if (entry.verify_error) {
+    return el("td", { class: "error", "data-field": "verified", title: entry.verify_error }, `failed ${ago}`);
+  }
+  if (entry.verify_identical) {
+    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}`);
+  }
+  const rows = entry.verify_divergent_rows;
+  const text = rows > 0 ? `${formatCount(rows)} rows differ` : `${formatCount(entry.verify_unsettled_rows)} rows changing`;
+  return el("td", { class: "error", "data-field": "verified" }, el("span", { class: "badge down" }, text), ` ${ago}`);
+}
 
 /** " · catching up 45%, 1,200 rows/s, ~12 s left" while the node reads the peer's feed up to its head. */
 function catchingUp(entry) {
