@@ -14,6 +14,7 @@ import contextlib
 import json
 import shutil
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import pytest
 
 from syncmesh.api import running_node
 from syncmesh.errors import StoreError
-from syncmesh.node import Node
+from syncmesh.node import Node, NodeConfig
+from syncmesh.node.config import PeerConfig
 from syncmesh.node.verify import (
     VERIFY_PATH,
     VerifyClient,
@@ -37,6 +39,7 @@ from syncmesh.schema import capture_triggers, drop_trigger_statements
 from syncmesh.store import Store
 from tests.helpers import rows_with_types, run_cli, wait_until
 from tests.test_node import config, converged, execute, make_db
+from tests.tlsfiles import Pki
 
 ROWS = 2_000
 TIMEOUT_S = 30.0
@@ -364,3 +367,63 @@ async def test_verify_refuses_a_table_it_does_not_track(tmp_path: Path) -> None:
             async with VerifyClient(url_of(node)) as client:
                 with pytest.raises(StoreError, match="'orders' is not tracked"):
                     await verify(store, direct_call, client, ["orders"])
+
+
+async def test_verify_over_tls_admits_peers_by_certificate_and_honours_rights(
+    tmp_path: Path, cluster_pki: Pki
+) -> None:
+    """With TLS the verify route admits a configured peer's certificate only.
+
+    b lets site a verify `items` and refuses it a table it may not receive
+    (`receive`), and refuses a certificate that names no peer (403), all
+    through the command line with the site's certificate files.
+    """
+    a, b = twin_files(tmp_path, rows=50)
+    with contextlib.closing(sqlite3.connect(b)) as connection, connection:
+        connection.execute("CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT)")
+    with opened(b) as store:
+        store.track(["secrets"])
+    peers = (PeerConfig(name="a", receive=frozenset({"items"})),)
+    served = NodeConfig(
+        database_path=str(b),
+        listen_port=0,
+        tls=cluster_pki.files("b"),
+        peers=peers,
+        verify_interval_s=0.0,
+    )
+    async with running_node(served) as node:
+        url = f"https://{node.listen}"
+
+        def cli(site: str, *args: str) -> subprocess.CompletedProcess[str]:
+            files = cluster_pki.files(site)
+            return run_cli(
+                "verify",
+                str(a),
+                "--peer",
+                url,
+                "--tls-cert",
+                str(files.cert),
+                "--tls-key",
+                str(files.key),
+                "--tls-ca",
+                str(files.ca),
+                *args,
+            )
+
+        same = await asyncio.to_thread(cli, "a", "--table", "items", "--json")
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert json.loads(same.stdout)["identical"] is True
+        stranger = await asyncio.to_thread(cli, "stranger", "--table", "items")
+        assert stranger.returncode == 2
+        assert "403" in stranger.stderr
+    with opened(a) as store:
+        store.connection.execute("CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT)")
+        store.track(["secrets"])
+    async with running_node(served) as node:
+        url = f"https://{node.listen}"
+        with opened(a) as store:
+            async with VerifyClient(url, ssl=cluster_pki.client_context("a")) as client:
+                report = await verify(store, direct_call, client, settle_s=0.05)
+    assert report.not_shared == ["secrets"]
+    assert not report.identical
+    assert report.divergent_rows == 0

@@ -96,6 +96,8 @@ def merge_table(
     quarantine, to be retried once the clock has caught up.
     """
     keys = table.key_count
+    # A batch's site indexes as row digests spell their sites.
+    batch_names: dict[SqlValue, str] = {None: "None", **dict(enumerate(batch_sites))}
     pks = [tuple(row[:keys]) for row in incoming.rows]
     on_disk = table.load(store._connection, pks)
     local_sites = sites.all_sites()
@@ -122,7 +124,7 @@ def merge_table(
         if earlier is None and pk not in on_disk:
             # Fast path, the common case of a backlog: joined with nothing,
             # the incoming row is the result; copy it out positionally.
-            shadow, user = table.fast_rows(row, ordinals, seq, batch_sites)
+            shadow, user = table.fast_rows(row, ordinals, seq, batch_names)
             merged_by_key[pk] = _Merged(None, shadow, user, [row])
             observed = max(observed, top)
             continue

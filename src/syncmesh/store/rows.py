@@ -38,8 +38,8 @@ from syncmesh.store.summary import (
     LEAF_MASK,
     ROW_DIGEST_FUNCTION,
     key_hash,
-    leaf_of,
     shadow_digest,
+    text_digest,
 )
 from syncmesh.store.summary import digest as row_digest
 
@@ -49,11 +49,29 @@ KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameter
 log = logging.getLogger(__name__)
 
 
+class SiteNames(dict[SqlValue, str]):
+    """Site ordinal (or None) -> site id (or "None"), as row digests spell them.
+
+    A plain dict lookup for every site seen before: the capture looks up
+    a few per changed row (store.summary.shadow_digest).
+    """
+
+    def __init__(self, site: Callable[[int], str]) -> None:
+        super().__init__()
+        self._site = site
+
+    def __missing__(self, ordinal: SqlValue) -> str:
+        name = "None" if ordinal is None else self._site(ordinal)  # type: ignore[arg-type]
+        self[ordinal] = name
+        return name
+
+
 class SiteMap:
     """Site id <-> ordinal, cached; new sites are inserted on first sight."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
+        self.names = SiteNames(self.site)
         self._by_ordinal: dict[int, str] = {}
         self._by_site: dict[str, int] = {}
         self._ordered: tuple[str, ...] = ()
@@ -111,6 +129,7 @@ class SiteMap:
     def forget_uncommitted(self) -> None:
         """Drop the cache after a rollback: inserted ordinals may not exist any more."""
         self._by_ordinal.clear()
+        self.names.clear()
         self._by_site.clear()
         self._ordered = ()
         for ordinal, site_id in self._connection.execute(
@@ -425,15 +444,17 @@ class TableSql:
         exist and the upsert computes their digests.
         """
         name = self.spec.name
-        live_cells: list[int | str | None] = [hlc, own_site] * len(self.values)
+        # The text `summary.digest` hashes, but for the key hash: the same for
+        # every new row of this capture (all cells stamped hlc, by us).
+        live = f",1,{hlc},{own_site}" + f",{hlc},{own_site}" * len(self.values)
+        born_dead = f",2,{hlc},{own_site}"
         parameters: list[tuple[SqlValue, ...]] = []
         for key, (alive, deleted, mask, inserted) in folded.items():
             hashed = guess = None
             if inserted:
                 hashed = key_hash(key)
-                cl = 1 if alive else 2
-                guess = row_digest(hashed, cl, hlc, own_site, live_cells if alive else None)
-                note(name, leaf_of(hashed), guess)
+                guess = text_digest(f"{hashed}{live if alive else born_dead}")
+                note(name, hashed & LEAF_MASK, guess)
             parameters.append((alive, deleted, mask, hlc, seq, *key, hashed, guess))
         return parameters
 
@@ -649,7 +670,11 @@ class TableSql:
         return row
 
     def fast_rows(
-        self, row: list[SqlValue], ordinals: list[int], seq: int, batch_sites: Sequence[str]
+        self,
+        row: list[SqlValue],
+        ordinals: list[int],
+        seq: int,
+        batch_names: Mapping[SqlValue, str],
     ) -> tuple[list[SqlValue], list[SqlValue] | None]:
         """(shadow row, user row or None) of an incoming row new to this node.
 
@@ -669,7 +694,7 @@ class TableSql:
             pasts = pasts or row[at + 3] is not None
         hashed = key_hash(row[:keys])
         row_digest_value = shadow_digest(
-            hashed, row[keys], row[keys + 1], cl_site, stamps, batch_sites.__getitem__
+            hashed, row[keys], row[keys + 1], cl_site, stamps, batch_names
         )
         shadow: list[SqlValue] = [
             *row[: keys + 2],
