@@ -33,8 +33,8 @@ from syncmesh.node.verify import (
     direct_call,
     repair,
     verify,
-    verify_peer,
 )
+from syncmesh.node.verify_server import verify_peer
 from syncmesh.schema import capture_triggers, drop_trigger_statements
 from syncmesh.store import Store
 from tests.helpers import rows_with_types, run_cli, wait_until

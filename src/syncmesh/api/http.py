@@ -44,7 +44,8 @@ from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import Secret, is_loopback
-from syncmesh.node.verify import VERIFY_PATH, answer_http
+from syncmesh.node.verify import VERIFY_PATH
+from syncmesh.node.verify_server import answer_http
 from syncmesh.transport import SYNC_PATH, server_context
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from syncmesh.errors import RefusedError, SyncError, TransportError
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
-from syncmesh.node.verify import VerifyOutcome, VerifyServer, periodic_verify
+from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus

@@ -1,7 +1,8 @@
 """Verify and repair between two sites: the exchange of hash trees (docs/protocol.md).
 
-The asking side holds one store (a node, or `syncmesh verify app.db`); the
-answering side is a node, at `POST /sync/v1/verify` beside the peer
+The asking side (this module) holds one store: a node's, or the file of
+`syncmesh verify app.db`.  The answering side is a node
+(syncmesh.node.verify_server), at `POST /sync/v1/verify` beside the peer
 WebSocket and admitted the same way (with TLS: a configured peer's
 certificate).  Each request and answer is one msgpack map; every request
 is one round trip:
@@ -38,22 +39,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import msgpack
-from aiohttp import web
 
-from syncmesh.errors import ProtocolError, StoreError, SyncError
+from syncmesh.errors import StoreError, SyncError
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
-from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport import SYNC_PATH, peer_address, peer_site
-
-if TYPE_CHECKING:
-    from syncmesh.node.config import PeerConfig
-    from syncmesh.node.node import Node
+from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH
+from syncmesh.transport import SYNC_PATH
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +68,8 @@ Key = tuple[SqlValue, ...]
 T = TypeVar("T")
 StoreCall = Callable[..., Awaitable[Any]]
 
-_LEAF_ARRAY = struct.Struct(f"<{LEAVES_PER_BRANCH}q")
-_BRANCH_ARRAY = struct.Struct(f"<{BRANCHES}q")
+LEAF_ARRAY = struct.Struct(f"<{LEAVES_PER_BRANCH}q")
+BRANCH_ARRAY = struct.Struct(f"<{BRANCHES}q")
 
 
 class VerifyRequestError(SyncError):
@@ -171,14 +167,14 @@ def unpack(body: bytes) -> dict[str, Any]:
     return message
 
 
-def _field(message: Mapping[str, Any], name: str, kind: type[T] | tuple[type, ...]) -> T:
+def read_field(message: Mapping[str, Any], name: str, kind: type[T] | tuple[type, ...]) -> T:
     value = message.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise VerifyRequestError(f"verify message: {name!r} is missing or not a {kind}")
     return value  # type: ignore[return-value]
 
 
-def _keys(value: Any, what: str) -> list[Key]:
+def read_keys(value: Any, what: str) -> list[Key]:
     if not isinstance(value, list) or len(value) > KEYS_PER_REQUEST:
         raise VerifyRequestError(f"{what}: keys must be a list of at most {KEYS_PER_REQUEST}")
     keys = []
@@ -190,155 +186,6 @@ def _keys(value: Any, what: str) -> list[Key]:
                 raise VerifyRequestError(f"{what}: a key value is not an SQL value")
         keys.append(tuple(key))
     return keys
-
-
-# -- the answering side (a node) ------------------------------------------------------
-
-
-class VerifyServer:
-    """Answers verify requests from the node's store; holds deep trees per session."""
-
-    def __init__(self, store: Store, call: StoreCall, frame_bytes_max: int) -> None:
-        self._store = store
-        self._call = call
-        self._frame_bytes_max = frame_bytes_max
-        self._deep: dict[str, tuple[float, dict[str, TableSummary]]] = {}
-
-    async def answer(
-        self,
-        message: Mapping[str, Any],
-        may_read: Callable[[str], bool],
-        may_write: Callable[[str], bool],
-        origin: str,
-    ) -> dict[str, Any]:
-        """The answer to one request; VerifyRequestError for one we cannot read.
-
-        `may_read(table)`: the asker may learn about the table (we send it
-        its changes); `may_write(table)`: we accept the asker's changes to it.
-        """
-        if message.get("v") != VERIFY_VERSION:
-            raise VerifyRequestError(
-                f"verify version {message.get('v')!r} is not {VERIFY_VERSION} (upgrade one side)"
-            )
-        op = _field(message, "op", str)
-        tracked = {spec.name for spec in self._store.specs()}
-        if op == "roots":
-            return await self._roots(message, tracked, may_read)
-        if op == "leaves":
-            return await self._leaves(message, tracked, may_read)
-        if op == "digests":
-            tables = self._tables_field(message, tracked, may_read)
-            deep = bool(message.get("deep"))
-            return {
-                "tables": {
-                    name: await self._call(
-                        self._store.key_digests, name, _keys(keys, name), deep=deep
-                    )
-                    for name, keys in tables.items()
-                }
-            }
-        if op == "fetch":
-            tables = self._tables_field(message, tracked, may_read)
-            return {
-                "batches": {
-                    name: encode(
-                        Batch(await self._call(self._store.rows_of, name, _keys(keys, name)))
-                    )
-                    for name, keys in tables.items()
-                }
-            }
-        if op == "push":
-            frame = _field(message, "batch", bytes)
-            try:
-                batch = decode(frame, frame_bytes_max=self._frame_bytes_max)
-            except ProtocolError as exc:
-                raise VerifyRequestError(f"push: {exc}") from exc
-            if not isinstance(batch, Batch):
-                raise VerifyRequestError("push: the frame is not a BATCH")
-            for rows in batch.batch.tables:
-                if rows.table not in tracked or not may_write(rows.table):
-                    raise VerifyRequestError(f"push: table {rows.table!r} is not accepted here")
-            result = await self._call(self._store.merge_repair_rows, origin, batch.batch)
-            return {"applied": result.applied_rows, "quarantined": result.quarantined_rows}
-        raise VerifyRequestError(f"unknown verify op {op!r}")
-
-    def _tables_field(
-        self, message: Mapping[str, Any], tracked: set[str], may_read: Callable[[str], bool]
-    ) -> dict[str, Any]:
-        tables = _field(message, "tables", dict)
-        for name in tables:
-            if not isinstance(name, str) or name not in tracked or not may_read(name):
-                raise VerifyRequestError(f"table {name!r} is not shared with you here")
-        return tables
-
-    async def _trees(self, message: Mapping[str, Any], names: list[str]) -> dict[str, TableSummary]:
-        if not message.get("deep"):
-            trees: dict[str, TableSummary] = await self._call(self._store.summaries, names)
-            return trees
-        session = _field(message, "session", str)
-        now = time.monotonic()
-        for stale in [key for key, (at, _) in self._deep.items() if now - at > DEEP_SESSION_TTL_S]:
-            del self._deep[stale]
-        _, cached = self._deep.get(session, (now, {}))
-        for name in names:
-            if name not in cached:
-                cached[name] = (await self._call(self._store.deep_summary, name))[0]
-        self._deep[session] = (now, cached)
-        while len(self._deep) > DEEP_SESSIONS_MAX:
-            del self._deep[min(self._deep, key=lambda key: self._deep[key][0])]
-        return {name: cached[name] for name in names}
-
-    async def _roots(
-        self, message: Mapping[str, Any], tracked: set[str], may_read: Callable[[str], bool]
-    ) -> dict[str, Any]:
-        asked = _field(message, "tables", dict)
-        shared = [name for name in asked if name in tracked and may_read(name)]
-        trees = await self._trees(message, shared)
-        answer: dict[str, Any] = {}
-        for name in shared:
-            theirs = asked[name]
-            if not isinstance(theirs, int):
-                raise VerifyRequestError(f"roots: the root of {name!r} is not an integer")
-            tree = trees[name]
-            if tree.root() == theirs:
-                answer[name] = {"same": True}
-            else:
-                answer[name] = {"same": False, "branches": _BRANCH_ARRAY.pack(*tree.branches())}
-        return {
-            "site": self._store.site_id,
-            "tables": answer,
-            "not_shared": sorted(set(asked) - set(shared), key=str),
-        }
-
-    async def _leaves(
-        self, message: Mapping[str, Any], tracked: set[str], may_read: Callable[[str], bool]
-    ) -> dict[str, Any]:
-        asked = self._tables_field(message, tracked, may_read)
-        deep = bool(message.get("deep"))
-        trees = await self._trees(message, list(asked))
-        answer: dict[str, Any] = {}
-        for name, branches in asked.items():
-            if not isinstance(branches, dict) or len(branches) > BRANCHES_PER_REQUEST:
-                raise VerifyRequestError(f"leaves: branches of {name!r} are not a map")
-            differing: list[int] = []
-            for branch, packed in branches.items():
-                if not isinstance(branch, int) or not 0 <= branch < BRANCHES:
-                    raise VerifyRequestError(f"leaves: branch {branch!r} is out of range")
-                if not isinstance(packed, bytes) or len(packed) != _LEAF_ARRAY.size:
-                    raise VerifyRequestError(
-                        f"leaves: branch {branch} is not {LEAVES_PER_BRANCH} hashes"
-                    )
-                ours = trees[name].branch_leaves(branch)
-                theirs = _LEAF_ARRAY.unpack(packed)
-                start = branch * LEAVES_PER_BRANCH
-                differing.extend(
-                    start + index
-                    for index in range(LEAVES_PER_BRANCH)
-                    if ours[index] != theirs[index]
-                )
-            rows = await self._call(self._store.leaf_digests, name, differing, deep=deep)
-            answer[name] = {"leaves": differing, "rows": [[list(k), d] for k, d in rows.items()]}
-        return {"tables": answer}
 
 
 # -- the asking side -------------------------------------------------------------------
@@ -433,10 +280,10 @@ async def verify(
     for name, verdict in answer.get("tables", {}).items():
         if verdict.get("same"):
             continue
-        theirs = _BRANCH_ARRAY.unpack(verdict["branches"])
+        theirs = BRANCH_ARRAY.unpack(verdict["branches"])
         ours = trees[name].branches()
         asked[name] = {
-            branch: _LEAF_ARRAY.pack(*trees[name].branch_leaves(branch))
+            branch: LEAF_ARRAY.pack(*trees[name].branch_leaves(branch))
             for branch in range(BRANCHES)
             if ours[branch] != theirs[branch]
         }
@@ -603,123 +450,3 @@ def report_summary(report: VerifyReport) -> dict[str, Any]:
     summary = report.as_json()
     summary.pop("differences")
     return summary
-
-
-# -- inside a node: the route, and verify against each peer now and then ----------------
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyOutcome:
-    """The last periodic verify against one peer (what status and metrics show)."""
-
-    at_ms: int
-    identical: bool
-    divergent_rows: int
-    unsettled_rows: int
-    round_trips: int
-    bytes: int
-    seconds: float
-    error: str = ""
-
-
-async def answer_http(node: Node, request: web.Request) -> web.Response:
-    """`POST /sync/v1/verify`: admitted like the peer WebSocket, answered from the store."""
-    if node.stopping:
-        return web.Response(status=503, text="node is shutting down")
-    peer: PeerConfig | None = None
-    if node.config.tls is not None:
-        name = peer_site(request)
-        peer = None if name is None else node.config.peer_named(name)
-        if peer is None:
-            log.warning(
-                "refused a verify request from %s: its certificate is not a configured peer's",
-                peer_address(request),
-            )
-            return web.Response(status=403, text="your certificate is not a peer's here")
-    try:
-        message = unpack(await request.read())
-        site = message.get("site")
-        origin = site if isinstance(site, str) and site else peer_address(request)
-        answer = await node.verify_server.answer(
-            message,
-            may_read=peer.may_receive if peer is not None else _anything,
-            may_write=peer.may_send if peer is not None else _anything,
-            origin=origin,
-        )
-    except (VerifyRequestError, StoreError) as exc:
-        log.info("refused a verify request from %s: %s", peer_address(request), exc)
-        return web.Response(
-            status=400,
-            body=pack({"error": "bad request", "detail": str(exc)}),
-            content_type=CONTENT_TYPE,
-        )
-    return web.Response(body=pack(answer), content_type=CONTENT_TYPE)
-
-
-def _anything(_table: str) -> bool:
-    return True
-
-
-async def periodic_verify(node: Node) -> None:
-    """Every `verify_interval_s`, verify against each peer we dial that is streaming."""
-    interval_s = node.config.verify_interval_s
-    # The first round waits a whole interval: a starting cluster is still catching up.
-    while True:
-        await asyncio.sleep(interval_s)
-        for url, peer in node.dialled_peers():
-            if not node.streaming_with(url):
-                continue
-            tables = [
-                spec.name
-                for spec in node.store.specs()
-                if peer is None or (peer.may_send(spec.name) and peer.may_receive(spec.name))
-            ]
-            if not tables:
-                continue
-            node.verify_outcomes[url] = await verify_peer(node, url, tables)
-
-
-async def verify_peer(node: Node, url: str, tables: list[str]) -> VerifyOutcome:
-    """One verify of our store against the node at `url`, as an outcome (never raises)."""
-    started = time.monotonic()
-    now_ms = time.time_ns() // 1_000_000
-    try:
-        async with VerifyClient(url, ssl=node.client_ssl) as client:
-            report = await verify(
-                node.store,
-                node.worker.call,
-                client,
-                tables,
-                settle_s=node.config.verify_settle_s,
-            )
-    except (SyncError, StoreError) as exc:
-        log.warning("verify against %s failed: %s", url, exc)
-        return VerifyOutcome(now_ms, False, 0, 0, 0, 0, time.monotonic() - started, str(exc))
-    if report.divergent_rows:
-        log.warning(
-            "verify against %s: %d rows differ (%s); `syncmesh repair DB --peer %s` merges them",
-            url,
-            report.divergent_rows,
-            ", ".join(
-                f"{name}: {len(found.divergent)}" for name, found in report.differences.items()
-            ),
-            url,
-        )
-    else:
-        log.info(
-            "verify against %s: identical (%d round trips, %d bytes, %.2f s)",
-            url,
-            report.round_trips,
-            report.bytes_sent + report.bytes_received,
-            report.seconds,
-        )
-    # A table the peer does not track (or share) is not a difference of rows.
-    return VerifyOutcome(
-        now_ms,
-        report.divergent_rows == 0 and report.unsettled_rows == 0,
-        report.divergent_rows,
-        report.unsettled_rows,
-        report.round_trips,
-        report.bytes_sent + report.bytes_received,
-        report.seconds,
-    )
