@@ -37,6 +37,7 @@ from syncmesh.node.verify import (
 from syncmesh.node.verify_server import verify_peer
 from syncmesh.schema import capture_triggers, drop_trigger_statements
 from syncmesh.store import Store
+from syncmesh.transport import client_context_for_site
 from tests.helpers import rows_with_types, run_cli, wait_until
 from tests.test_node import config, converged, execute, make_db
 from tests.tlsfiles import Pki
@@ -394,13 +395,13 @@ async def test_verify_over_tls_admits_peers_by_certificate_and_honours_rights(
     async with running_node(served) as node:
         url = f"https://{node.listen}"
 
-        def cli(site: str, *args: str) -> subprocess.CompletedProcess[str]:
+        def cli(site: str, peer: str, *args: str) -> subprocess.CompletedProcess[str]:
             files = cluster_pki.files(site)
             return run_cli(
                 "verify",
                 str(a),
                 "--peer",
-                url,
+                peer,
                 "--tls-cert",
                 str(files.cert),
                 "--tls-key",
@@ -410,19 +411,27 @@ async def test_verify_over_tls_admits_peers_by_certificate_and_honours_rights(
                 *args,
             )
 
-        same = await asyncio.to_thread(cli, "a", "--table", "items", "--json")
+        same = await asyncio.to_thread(cli, "a", f"b={url}", "--table", "items", "--json")
         assert same.returncode == 0, same.stdout + same.stderr
         assert json.loads(same.stdout)["identical"] is True
-        stranger = await asyncio.to_thread(cli, "stranger", "--table", "items")
+        stranger = await asyncio.to_thread(cli, "stranger", f"b={url}", "--table", "items")
         assert stranger.returncode == 2
         assert "403" in stranger.stderr
+        # The node must be the site named: b's certificate does not name c.
+        impostor = await asyncio.to_thread(cli, "a", f"c={url}", "--table", "items")
+        assert impostor.returncode == 2
+        assert "is for site 'b', not for site 'c'" in impostor.stderr, impostor.stderr
+        unnamed = await asyncio.to_thread(cli, "a", url, "--table", "items")
+        assert unnamed.returncode == 2
+        assert "--peer NAME=" in unnamed.stderr
     with opened(a) as store:
         store.connection.execute("CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT)")
         store.track(["secrets"])
     async with running_node(served) as node:
         url = f"https://{node.listen}"
         with opened(a) as store:
-            async with VerifyClient(url, ssl=cluster_pki.client_context("a")) as client:
+            context = client_context_for_site(cluster_pki.files("a"), "b")
+            async with VerifyClient(url, ssl=context) as client:
                 report = await verify(store, direct_call, client, settle_s=0.05)
     assert report.not_shared == ["secrets"]
     assert not report.identical

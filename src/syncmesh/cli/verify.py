@@ -30,7 +30,7 @@ from syncmesh.node.verify import (
     verify,
 )
 from syncmesh.store import Store
-from syncmesh.transport import TlsFiles, client_context
+from syncmesh.transport import TlsFiles, client_context_for_site
 
 DIFFERENT_EXIT = 1
 FAILED_EXIT = 2
@@ -52,8 +52,9 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
                 "--peer",
                 "url",
                 required=True,
-                metavar="URL",
-                help="The peer node: http://HOST:PORT (https:// with TLS), as in --peer of serve.",
+                metavar="[NAME=]URL",
+                help="The peer node: http://HOST:PORT; with TLS NAME=https://HOST:PORT, NAME"
+                " being the site its certificate must name (as --peer of serve).",
             ),
             click.option(
                 "--table",
@@ -101,19 +102,35 @@ def _store(database: Path) -> Iterator[Store]:
         store.close()
 
 
-def _ssl(cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
+def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsFiles | None:
     given = [value for value in (cert, key, ca) if value]
     if not given:
         return None
     if len(given) != 3:
         raise VerifyFailed("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+    return TlsFiles(cert=str(cert), key=str(key), ca=str(ca))
+
+
+def _peer(value: str, tls: TlsFiles | None) -> tuple[str, ssl.SSLContext | None]:
+    """(URL, TLS context) of --peer; with TLS the site name is required and checked."""
+    name, separator, url = value.partition("=")
+    if not separator or "://" in name:
+        name, url = "", value
+    if tls is None:
+        return url, None
+    if not name:
+        raise VerifyFailed(
+            f"with TLS, give the site the peer's certificate must name: --peer NAME={value}"
+        )
     try:
-        return client_context(TlsFiles(cert=str(cert), key=str(key), ca=str(ca)))
+        return url, client_context_for_site(tls, name)
     except SyncError as exc:
         raise VerifyFailed(str(exc)) from exc
 
 
-def _run(work: Callable[[VerifyClient], Awaitable[T]], url: str, context: Any) -> T:
+def _run(work: Callable[[VerifyClient], Awaitable[T]], peer: str, tls: TlsFiles | None) -> T:
+    url, context = _peer(peer, tls)
+
     async def run() -> T:
         async with VerifyClient(url, ssl=context) as client:
             return await work(client)
@@ -143,7 +160,7 @@ def verify_command(
     agree, a few more to name the rows that differ.  Exit status 0 when
     identical, 1 when rows differ (listed), 2 when the comparison failed.
     """
-    context = _ssl(tls_cert, tls_key, tls_ca)
+    tls = _tls(tls_cert, tls_key, tls_ca)
     with _store(database) as store:
         report = _run(
             lambda client: verify(
@@ -156,7 +173,7 @@ def verify_command(
                 settle_rounds=SETTLE_ROUNDS_DEFAULT,
             ),
             url,
-            context,
+            tls,
         )
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, default=_json_value))
@@ -187,14 +204,14 @@ def repair_command(
     behind syncmesh's back) take this side's values.  Exit status 0 when
     the sites are identical afterwards.
     """
-    context = _ssl(tls_cert, tls_key, tls_ca)
+    tls = _tls(tls_cert, tls_key, tls_ca)
     with _store(database) as store:
         result = _run(
             lambda client: repair(
                 store, direct_call, client, list(tables) or None, deep=deep, settle_s=settle
             ),
             url,
-            context,
+            tls,
         )
     if as_json:
         click.echo(json.dumps(_repair_json(result), indent=2, default=_json_value))

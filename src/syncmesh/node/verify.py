@@ -192,7 +192,13 @@ def read_keys(value: Any, what: str) -> list[Key]:
 
 
 class VerifyClient:
-    """Requests to one node's verify route over HTTP; counts round trips and bytes."""
+    """Requests to one node's verify route over HTTP; counts round trips and bytes.
+
+    With TLS, pass a context from `transport.client_context_for_site`: the
+    node's certificate must then name the site meant, as a dialler checks
+    the peer it reached, so another member of the cluster cannot answer
+    (and feed a repair) in its place.
+    """
 
     def __init__(self, url: str, *, ssl: Any = None, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.url = url.rstrip("/") + VERIFY_PATH

@@ -40,7 +40,7 @@ from syncmesh.node.verify import (
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport import peer_address, peer_site
+from syncmesh.transport import client_context_for_site, peer_address, peer_site
 
 if TYPE_CHECKING:
     from syncmesh.node.config import PeerConfig
@@ -269,15 +269,20 @@ async def periodic_verify(node: Node) -> None:
             ]
             if not tables:
                 continue
-            node.verify_outcomes[url] = await verify_peer(node, url, tables)
+            node.verify_outcomes[url] = await verify_peer(node, url, tables, peer)
 
 
-async def verify_peer(node: Node, url: str, tables: list[str]) -> VerifyOutcome:
+async def verify_peer(
+    node: Node, url: str, tables: list[str], peer: PeerConfig | None = None
+) -> VerifyOutcome:
     """One verify of our store against the node at `url`, as an outcome (never raises)."""
     started = time.monotonic()
     now_ms = time.time_ns() // 1_000_000
     try:
-        async with VerifyClient(url, ssl=node.client_ssl) as client:
+        context = None
+        if node.config.tls is not None and peer is not None:
+            context = client_context_for_site(node.config.tls, peer.name)
+        async with VerifyClient(url, ssl=context) as client:
             report = await verify(
                 node.store,
                 node.worker.call,

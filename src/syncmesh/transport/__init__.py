@@ -3,6 +3,7 @@
 from syncmesh.transport.tls import (
     TlsFiles,
     client_context,
+    client_context_for_site,
     server_context,
     site_name_of,
     valid_site_name,
@@ -26,6 +27,7 @@ __all__ = [
     "WebSocketChannel",
     "accept",
     "client_context",
+    "client_context_for_site",
     "dial",
     "peer_address",
     "peer_site",

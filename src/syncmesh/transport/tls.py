@@ -64,6 +64,29 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
+def client_context_for_site(files: TlsFiles, site: str) -> ssl.SSLContext:
+    """`client_context`, whose handshakes fail unless the server's certificate names `site`.
+
+    For plain HTTP requests (verify and repair), where no caller sees the
+    connection: the check runs inside the handshake, on every connection
+    of the pool, so no answer can come from another site of the cluster.
+    """
+    context = client_context(files)
+
+    class NamedSiteObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            name = site_name_of(self.getpeercert())
+            if name != site:
+                what = "names no site" if name is None else f"is for site {name!r}"
+                raise ssl.SSLCertVerificationError(
+                    f"the server's certificate {what}, not for site {site!r}"
+                )
+
+    context.sslobject_class = NamedSiteObject
+    return context
+
+
 def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
