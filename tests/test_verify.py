@@ -436,3 +436,20 @@ async def test_verify_over_tls_admits_peers_by_certificate_and_honours_rights(
     assert report.not_shared == ["secrets"]
     assert not report.identical
     assert report.divergent_rows == 0
+
+
+def test_a_deep_tree_read_in_steps_equals_one_read_whole(tmp_path: Path) -> None:
+    a, _b = twin_files(tmp_path, rows=250)
+    with opened(a) as store:
+        whole, after, fixed = store.deep_summary_step("items", None, 1_000)
+        assert (after, fixed) == (None, 0)
+        steps = 0
+        tree, after, _ = store.deep_summary_step("items", None, 7)
+        while after is not None:
+            part, after, _ = store.deep_summary_step("items", after, 7)
+            tree.merge(part)
+            steps += 1
+        assert steps == 250 // 7
+        assert tree.leaves == whole.leaves
+        assert whole.root() != 0
+        assert store.deep_summary("items")[0].leaves == whole.leaves

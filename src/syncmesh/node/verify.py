@@ -48,7 +48,8 @@ from syncmesh.errors import StoreError, SyncError
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
-from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH
+from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
+from syncmesh.store.verify import DEEP_ROWS_PER_STEP
 from syncmesh.transport import SYNC_PATH
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ async def verify(
     if deep:
         trees = {}
         for name in names:
-            trees[name], fixed = await call(store.deep_summary, name)
+            trees[name], fixed = await deep_tree(store, call, name)
             corrected += fixed
     else:
         trees = await call(store.summaries, names)
@@ -444,6 +445,16 @@ async def repair(
         store, call, client, tables, deep=deep, settle_s=settle_s, settle_rounds=settle_rounds
     )
     return RepairReport(before, after, fetched, pushed, restamped)
+
+
+async def deep_tree(store: Store, call: StoreCall, name: str) -> tuple[TableSummary, int]:
+    """A table's deep tree, read in steps: the store's thread is free between them."""
+    tree, after, fixed = await call(store.deep_summary_step, name, None, DEEP_ROWS_PER_STEP)
+    while after is not None:
+        part, after, more = await call(store.deep_summary_step, name, after, DEEP_ROWS_PER_STEP)
+        tree.merge(part)
+        fixed += more
+    return tree, fixed
 
 
 async def direct_call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

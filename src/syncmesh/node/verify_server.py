@@ -31,6 +31,7 @@ from syncmesh.node.verify import (
     StoreCall,
     VerifyClient,
     VerifyRequestError,
+    deep_tree,
     pack,
     read_field,
     read_keys,
@@ -139,7 +140,7 @@ class VerifyServer:
         _, cached = self._deep.get(session, (now, {}))
         for name in names:
             if name not in cached:
-                cached[name] = (await self._call(self._store.deep_summary, name))[0]
+                cached[name] = (await deep_tree(self._store, self._call, name))[0]
         self._deep[session] = (now, cached)
         while len(self._deep) > DEEP_SESSIONS_MAX:
             del self._deep[min(self._deep, key=lambda key: self._deep[key][0])]

@@ -688,6 +688,12 @@ class Store:
         """The tree of `table` with values, from a scan; and how many stored digests it fixed."""
         return verify.deep_summary(self, table)
 
+    def deep_summary_step(
+        self, table: str, after: tuple[SqlValue, ...] | None, rows_max: int
+    ) -> tuple[TableSummary, tuple[SqlValue, ...] | None, int]:
+        """Part of `deep_summary`: rows after key `after`; (tree, last key or None, fixed)."""
+        return verify.deep_summary_step(self, table, after, rows_max)
+
     def leaf_digests(
         self, table: str, leaves: list[int], *, deep: bool = False
     ) -> dict[tuple[SqlValue, ...], int]:

@@ -127,6 +127,12 @@ class TableSummary:
     def add(self, leaf: int, delta: int) -> None:
         self.leaves[leaf] ^= delta
 
+    def merge(self, other: TableSummary) -> None:
+        """XOR in the tree of other rows (a part of the same table)."""
+        self.leaves = [
+            ours ^ theirs for ours, theirs in zip(self.leaves, other.leaves, strict=True)
+        ]
+
 
 def summary_of(pairs: Iterable[tuple[int, int]]) -> TableSummary:
     """The tree of (key hash, digest) pairs."""

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEEP_ROWS_PER_STEP = 20_000  # rows per step of a deep tree (about half a second here)
+
 Key = tuple[SqlValue, ...]
 
 
@@ -134,19 +136,48 @@ def _write_corrections(
     return len(fixes or ())
 
 
-def deep_summary(store: Store, name: str) -> tuple[TableSummary, int]:
-    """The table's deep tree (stamps and values), from a scan; and digests corrected.
+def deep_summary_step(
+    store: Store, name: str, after: Key | None, rows_max: int
+) -> tuple[TableSummary, Key | None, int]:
+    """Part of the table's deep tree: the rows after key `after`, at most `rows_max`.
 
-    Rows whose stored digest does not match their stamps get it corrected.
+    Returns the tree of those rows (XOR the parts together), the last key
+    read (None once the table is done) and how many stored digests were
+    corrected.  A deep tree is read in steps so that a node answering a
+    deep verify keeps capturing and applying between them.
     """
     table = _table(store, name)
-    store.capture()
+    assert rows_max > 0
+    if after is None:
+        store.capture()
+    columns = ", ".join(f"s.k{index}" for index in range(table.key_count))
+    where = f" ORDER BY {columns} LIMIT ?"
+    params: list[SqlValue] = [rows_max]
+    if after is not None:
+        marks = ", ".join("?" * table.key_count)
+        where = f" WHERE ({columns}) > ({marks})" + where
+        params = [*after, rows_max]
     corrected: list[tuple[SqlValue, ...]] = []
+    tree = TableSummary()
+    last: Key | None = None
+    count = 0
     with store._transaction("DEFERRED"):
-        tree = summary_of(
-            (leaf, value) for _key, leaf, value in _tree_rows(store, table, corrected)
-        )
-    return tree, _write_corrections(store, table, corrected)
+        for key, leaf, value in _tree_rows(store, table, corrected, where, params):
+            tree.add(leaf, value)
+            last = key
+            count += 1
+    fixed = _write_corrections(store, table, corrected)
+    return tree, (last if count == rows_max else None), fixed
+
+
+def deep_summary(store: Store, name: str) -> tuple[TableSummary, int]:
+    """The table's whole deep tree, in steps; and how many stored digests were corrected."""
+    tree, after, fixed = deep_summary_step(store, name, None, DEEP_ROWS_PER_STEP)
+    while after is not None:
+        part, after, more = deep_summary_step(store, name, after, DEEP_ROWS_PER_STEP)
+        tree.merge(part)
+        fixed += more
+    return tree, fixed
 
 
 def leaf_digests(store: Store, name: str, leaves: Sequence[int], deep: bool) -> dict[Key, int]:
