@@ -195,6 +195,7 @@ async def test_writes_in_flight_between_two_syncing_nodes_are_not_divergence(
     assert outcomes, "no verify ran while writing"
     assert all(outcome.error == "" for outcome in outcomes)
     assert all(outcome.divergent_rows == 0 for outcome in outcomes), outcomes
+    assert all(outcome.identical for outcome in outcomes), outcomes
     assert final.identical
     assert final.round_trips == 1
 

@@ -55,7 +55,8 @@ _PEER = {
         },
         "verify_identical": {
             "type": ["boolean", "null"],
-            "description": "the last verify's verdict; null if it failed or has not run",
+            "description": "the last verify's verdict: no row differs (rows still changing"
+            " are counted in verify_unsettled_rows); null if it failed or has not run",
         },
         "verify_divergent_rows": {"type": "integer"},
         "verify_unsettled_rows": {

@@ -2,7 +2,8 @@
 
 The exchange is in syncmesh.node.verify; this module turns its reports
 into a table for people (rich) or JSON, and its outcome into the exit
-status: 0 identical, 1 different, 2 could not compare.
+status: 0 identical (rows still changing at every re-read, writes in
+flight, are listed but not judged), 1 different, 2 could not compare.
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def verify_command(
     Compares hash trees of the tracked tables: one round trip when they
     agree, a few more to name the rows that differ.  Exit status 0 when
     identical, 1 when rows differ (listed), 2 when the comparison failed.
+    Rows still changing at every re-read are listed, not judged.
     """
     tls = _tls(tls_cert, tls_key, tls_ca)
     with _store(database) as store:
@@ -179,7 +181,7 @@ def verify_command(
         click.echo(json.dumps(report.as_json(), indent=2, default=_json_value))
     else:
         _print_report(Console(), report, url)
-    if not report.identical:
+    if report.diverged:
         raise SystemExit(DIFFERENT_EXIT)
 
 
@@ -224,7 +226,7 @@ def repair_command(
             + (f", {result.restamped_rows} stamped anew here" if result.restamped_rows else "")
         )
         _print_report(console, result.after, url, title="after")
-    if not result.after.identical:
+    if result.after.diverged:
         raise SystemExit(DIFFERENT_EXIT)
 
 
@@ -265,10 +267,19 @@ def _print_report(console: Console, report: VerifyReport, url: str, title: str =
             f" - {', '.join(report.tables)} - {figures}"
         )
         return
-    console.print(
-        f"[red]{heading}: {report.divergent_rows} rows differ[/] from {url}"
-        f" (site {report.peer_site}) - {figures}"
-    )
+    if report.divergent_rows == 0:
+        console.print(
+            f"[yellow]{heading}: no rows differ[/] from {url} (site {report.peer_site}),"
+            f" {report.unsettled_rows} still changing at every re-read (writes in flight,"
+            f" not judged) - {figures}"
+        )
+    else:
+        console.print(
+            f"[red]{heading}: {report.divergent_rows} rows differ[/] from {url}"
+            f" (site {report.peer_site}) - {figures}"
+        )
+    if not report.differences:
+        return
     table = Table("table", "differ", "only there", "only here", "still changing", "keys")
     for name, found in report.differences.items():
         shown = [*found.divergent, *found.unsettled][:KEYS_SHOWN_MAX]

@@ -172,8 +172,8 @@ def verify_text(peer: dict[str, Any], now_ms: int) -> str:
         verdict = "identical"
     else:
         verdict = f"{peer['verify_divergent_rows']:,} rows differ"
-        if peer.get("verify_unsettled_rows"):
-            verdict += f", {peer['verify_unsettled_rows']:,} still changing"
+    if peer.get("verify_unsettled_rows"):
+        verdict += f", {peer['verify_unsettled_rows']:,} rows still changing (not judged)"
     return (
         f"verified against {name} {when}: {verdict}"
         f" ({peer['verify_round_trips']} round trips, {size(peer['verify_bytes'])})"

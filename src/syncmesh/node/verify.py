@@ -114,13 +114,24 @@ class VerifyReport:
 
     @property
     def identical(self) -> bool:
+        """Proven identical: nothing differs, nothing was still changing, all tables shared."""
         return self.divergent_rows == 0 and self.unsettled_rows == 0 and not self.not_shared
+
+    @property
+    def diverged(self) -> bool:
+        """Rows differ and held still (or a table is not shared): what to act on.
+
+        Rows still changing at every re-read are writes in flight on a busy
+        table: neither proven equal nor found different.
+        """
+        return self.divergent_rows > 0 or bool(self.not_shared)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "peer_site": self.peer_site,
             "deep": self.deep,
             "identical": self.identical,
+            "diverged": self.diverged,
             "tables": self.tables,
             "not_shared": self.not_shared,
             "divergent_rows": self.divergent_rows,

@@ -253,10 +253,11 @@ function verifiedCell(entry, now) {
     return el("td", { class: "error", "data-field": "verified", title: entry.verify_error }, `failed ${ago}`);
   }
   if (entry.verify_identical) {
-    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}`);
+    // Rows still changing at every re-read are writes in flight: not judged.
+    const changing = entry.verify_unsettled_rows > 0 ? ` · ${formatCount(entry.verify_unsettled_rows)} rows changing` : "";
+    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}${changing}`);
   }
-  const rows = entry.verify_divergent_rows;
-  const text = rows > 0 ? `${formatCount(rows)} rows differ` : `${formatCount(entry.verify_unsettled_rows)} rows changing`;
+  const text = `${formatCount(entry.verify_divergent_rows)} rows differ`;
   return el("td", { class: "error", "data-field": "verified" }, el("span", { class: "badge down" }, text), ` ${ago}`);
 }
 
