@@ -21,9 +21,10 @@ from pathlib import Path
 import aiohttp
 import msgpack
 import pytest
+from aiohttp import web
 
 from syncmesh.api import running_node
-from syncmesh.errors import StoreError
+from syncmesh.errors import StoreError, SyncError
 from syncmesh.node import Node, NodeConfig
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.verify import (
@@ -454,3 +455,37 @@ def test_a_deep_tree_read_in_steps_equals_one_read_whole(tmp_path: Path) -> None
         assert tree.leaves == whole.leaves
         assert whole.root() != 0
         assert store.deep_summary("items")[0].leaves == whole.leaves
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"site": "x", "tables": {"items": {"same": False, "branches": b"too short"}}},
+        {"site": "x", "tables": {"items": {"same": False}}},
+        {"site": "x", "tables": ["not", "a", "map"]},
+        [1, 2, 3],
+    ],
+)
+async def test_a_malformed_answer_is_a_named_error_not_a_crash(
+    tmp_path: Path, answer: object
+) -> None:
+    """A node (or something at its address) that answers nonsense: the asker says so."""
+    a, _b = twin_files(tmp_path, rows=20)
+
+    async def nonsense(_request: web.Request) -> web.Response:
+        return web.Response(body=msgpack.packb(answer), content_type="application/msgpack")
+
+    app = web.Application()
+    app.router.add_post(VERIFY_PATH, nonsense)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with opened(a) as store:
+            async with VerifyClient(f"http://127.0.0.1:{port}") as client:
+                with pytest.raises(SyncError, match=r"cannot read|not a map"):
+                    await verify(store, direct_call, client, settle_s=0.01)
+    finally:
+        await runner.cleanup()

@@ -37,7 +37,8 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -248,6 +249,17 @@ class VerifyClient:
         return unpack(answer)
 
 
+@contextmanager
+def _answer_from(client: VerifyClient) -> Iterator[None]:
+    """Turn an answer that does not have the expected shape into a SyncError naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, struct.error) as exc:
+        raise SyncError(
+            f"{client.url} sent a verify answer this node cannot read: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _error_text(body: bytes) -> str:
     try:
         message = unpack(body)
@@ -292,26 +304,35 @@ async def verify(
         deep=deep,
         session=session,
     )
-    peer_site = str(answer.get("site", ""))
-    not_shared = [str(name) for name in answer.get("not_shared", [])]
     asked: dict[str, dict[int, bytes]] = {}
-    for name, verdict in answer.get("tables", {}).items():
-        if verdict.get("same"):
-            continue
-        theirs = BRANCH_ARRAY.unpack(verdict["branches"])
-        ours = trees[name].branches()
-        asked[name] = {
-            branch: LEAF_ARRAY.pack(*trees[name].branch_leaves(branch))
-            for branch in range(BRANCHES)
-            if ours[branch] != theirs[branch]
-        }
+    with _answer_from(client):
+        peer_site = str(answer.get("site", ""))
+        not_shared = [str(name) for name in answer.get("not_shared", [])]
+        for name, verdict in answer.get("tables", {}).items():
+            if verdict.get("same"):
+                continue
+            theirs = BRANCH_ARRAY.unpack(verdict["branches"])
+            ours = trees[name].branches()
+            asked[name] = {
+                branch: LEAF_ARRAY.pack(*trees[name].branch_leaves(branch))
+                for branch in range(BRANCHES)
+                if ours[branch] != theirs[branch]
+            }
     # Candidate keys: (our digest, theirs) per key of the leaves that differ.
     candidates: dict[str, dict[Key, tuple[int | None, int | None]]] = {}
     if asked:
         answer = await client.call("leaves", tables=asked, deep=deep, session=session)
-        for name, found in answer["tables"].items():
-            theirs_by_key = {tuple(key): value for key, value in found["rows"]}
-            ours_by_key = await call(store.leaf_digests, name, list(found["leaves"]), deep=deep)
+        with _answer_from(client):
+            listed = {
+                name: (
+                    {tuple(key): value for key, value in found["rows"]},
+                    [int(leaf) for leaf in found["leaves"]],
+                )
+                for name, found in answer["tables"].items()
+                if name in asked
+            }
+        for name, (theirs_by_key, leaves) in listed.items():
+            ours_by_key = await call(store.leaf_digests, name, leaves, deep=deep)
             candidates[name] = {
                 key: (ours_by_key.get(key), theirs_by_key.get(key))
                 for key in set(theirs_by_key) | set(ours_by_key)
@@ -356,7 +377,9 @@ async def _settle(
         for name, keys in pending.items():
             ordered = list(keys)
             ours_now = await call(store.key_digests, name, ordered, deep=deep)
-            for key, ours, theirs in zip(ordered, ours_now, theirs_now[name], strict=True):
+            with _answer_from(client):
+                compared = list(zip(ordered, ours_now, theirs_now[name], strict=True))
+            for key, ours, theirs in compared:
                 if ours == theirs:
                     continue  # a write in flight, arrived
                 if (ours, theirs) == keys[key]:
@@ -390,8 +413,9 @@ async def _remote_digests(
             tables={name: [list(key) for key in listed] for name, listed in chunk.items()},
             deep=deep,
         )
-        for name, digests in answer["tables"].items():
-            found[name].extend(digests)
+        with _answer_from(client):
+            for name, digests in answer["tables"].items():
+                found[name].extend(digests)
     return found
 
 
@@ -444,8 +468,10 @@ async def repair(
         for start in range(0, len(keys), KEYS_PER_REQUEST):
             chunk = keys[start : start + KEYS_PER_REQUEST]
             answer = await client.call("fetch", tables={name: [list(key) for key in chunk]})
-            message = decode(answer["batches"][name])
-            assert isinstance(message, Batch)
+            with _answer_from(client):
+                message = decode(answer["batches"][name])
+            if not isinstance(message, Batch):
+                raise SyncError(f"{client.url} answered a fetch with a {type(message).__name__}")
             result = await call(store.merge_repair_rows, before.peer_site, message.batch)
             fetched += result.applied_rows
             ours = await call(store.rows_of, name, chunk)

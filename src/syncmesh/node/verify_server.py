@@ -270,7 +270,10 @@ async def periodic_verify(node: Node) -> None:
             ]
             if not tables:
                 continue
-            node.verify_outcomes[url] = await verify_peer(node, url, tables, peer)
+            try:
+                node.verify_outcomes[url] = await verify_peer(node, url, tables, peer)
+            except Exception:  # a bug must not end the periodic verify of every peer
+                log.exception("verify against %s failed unexpectedly", url)
 
 
 async def verify_peer(
