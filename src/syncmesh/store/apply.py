@@ -29,7 +29,7 @@ from syncmesh.store import conflicts, quarantine, vector
 from syncmesh.store.quarantine import stamps
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.rows import SiteMap, TableSql, execute_each
-from syncmesh.store.summary import leaf_of
+from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
 
 if TYPE_CHECKING:
     from syncmesh.store.sqlite import Store
@@ -96,8 +96,9 @@ def merge_table(
     quarantine, to be retried once the clock has caught up.
     """
     keys = table.key_count
-    # A batch's site indexes as row digests spell their sites.
-    batch_names: dict[SqlValue, str] = {None: "None", **dict(enumerate(batch_sites))}
+    # A batch's site indexes as row digests see their sites.
+    batch_codes: dict[SqlValue, int] = {None: NO_SITE}
+    batch_codes.update((index, site_code(site)) for index, site in enumerate(batch_sites))
     pks = [tuple(row[:keys]) for row in incoming.rows]
     on_disk = table.load(store._connection, pks)
     local_sites = sites.all_sites()
@@ -124,7 +125,7 @@ def merge_table(
         if earlier is None and pk not in on_disk:
             # Fast path, the common case of a backlog: joined with nothing,
             # the incoming row is the result; copy it out positionally.
-            shadow, user = table.fast_rows(row, ordinals, seq, batch_names)
+            shadow, user = table.fast_rows(row, ordinals, seq, batch_codes)
             merged_by_key[pk] = _Merged(None, shadow, user, [row])
             observed = max(observed, top)
             continue
@@ -188,18 +189,17 @@ def merge_table(
                 quarantined += 1
     shadow_rows = []
     hash_at = keys + 4  # the shadow row's key hash, then its digest (schema.shadow_columns)
+    moved: dict[int, int] = {}  # leaf -> XOR of its rows' old ^ new digests
     for pk, result in merged_by_key.items():
         if pk in failed:
             continue
         shadow = result.shadow_row(table, pk, seq, sites)
         shadow_rows.append(shadow)
-        # The row's leaf moves by its old digest ^ its new one.
         old = on_disk[pk][2] if pk in on_disk else None
-        store._summaries.note(
-            table.spec.name,
-            leaf_of(shadow[hash_at]),  # type: ignore[arg-type]
-            (old or 0) ^ shadow[hash_at + 1],  # type: ignore[operator]
-        )
+        leaf = shadow[hash_at] & LEAF_MASK  # type: ignore[operator]
+        moved[leaf] = moved.get(leaf, 0) ^ (old or 0) ^ shadow[hash_at + 1]  # type: ignore[operator]
+    for leaf, delta in moved.items():
+        store._summaries.note(table.spec.name, leaf, delta)
     table.write_shadow(store._connection, shadow_rows)
     store._connection.executemany(
         table.knowledge_sql,

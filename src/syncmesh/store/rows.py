@@ -36,10 +36,12 @@ from syncmesh.store.summary import (
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     LEAF_MASK,
+    NO_STAMP,
     ROW_DIGEST_FUNCTION,
+    SiteCodes,
+    fields_digest,
     key_hash,
-    shadow_digest,
-    text_digest,
+    site_code,
 )
 from syncmesh.store.summary import digest as row_digest
 
@@ -49,29 +51,13 @@ KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameter
 log = logging.getLogger(__name__)
 
 
-class SiteNames(dict[SqlValue, str]):
-    """Site ordinal (or None) -> site id (or "None"), as row digests spell them.
-
-    A plain dict lookup for every site seen before: the capture looks up
-    a few per changed row (store.summary.shadow_digest).
-    """
-
-    def __init__(self, site: Callable[[int], str]) -> None:
-        super().__init__()
-        self._site = site
-
-    def __missing__(self, ordinal: SqlValue) -> str:
-        name = "None" if ordinal is None else self._site(ordinal)  # type: ignore[arg-type]
-        self[ordinal] = name
-        return name
-
-
 class SiteMap:
     """Site id <-> ordinal, cached; new sites are inserted on first sight."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
-        self.names = SiteNames(self.site)
+        # Ordinal -> site code, for row digests (store.summary).
+        self.codes = SiteCodes(self.site)
         self._by_ordinal: dict[int, str] = {}
         self._by_site: dict[str, int] = {}
         self._ordered: tuple[str, ...] = ()
@@ -129,7 +115,7 @@ class SiteMap:
     def forget_uncommitted(self) -> None:
         """Drop the cache after a rollback: inserted ordinals may not exist any more."""
         self._by_ordinal.clear()
-        self.names.clear()
+        self.codes.clear()
         self._by_site.clear()
         self._ordered = ()
         for ordinal, site_id in self._connection.execute(
@@ -444,16 +430,17 @@ class TableSql:
         exist and the upsert computes their digests.
         """
         name = self.spec.name
-        # The text `summary.digest` hashes, but for the key hash: the same for
-        # every new row of this capture (all cells stamped hlc, by us).
-        live = f",1,{hlc},{own_site}" + f",{hlc},{own_site}" * len(self.values)
-        born_dead = f",2,{hlc},{own_site}"
+        # The fields `summary.digest` hashes, but for the key hash: the same
+        # for every new row of this capture (all cells stamped hlc, by us).
+        own = site_code(own_site)
+        live = [1, hlc, own, *[hlc, own] * len(self.values)]
+        born_dead = [2, hlc, own]
         parameters: list[tuple[SqlValue, ...]] = []
         for key, (alive, deleted, mask, inserted) in folded.items():
             hashed = guess = None
             if inserted:
                 hashed = key_hash(key)
-                guess = text_digest(f"{hashed}{live if alive else born_dead}")
+                guess = fields_digest([hashed, *(live if alive else born_dead)])
                 note(name, hashed & LEAF_MASK, guess)
             parameters.append((alive, deleted, mask, hlc, seq, *key, hashed, guess))
         return parameters
@@ -674,7 +661,7 @@ class TableSql:
         row: list[SqlValue],
         ordinals: list[int],
         seq: int,
-        batch_names: Mapping[SqlValue, str],
+        batch_codes: Mapping[SqlValue, int],
     ) -> tuple[list[SqlValue], list[SqlValue] | None]:
         """(shadow row, user row or None) of an incoming row new to this node.
 
@@ -682,32 +669,32 @@ class TableSql:
         are copied out positionally, with batch site indexes made ordinals.
         """
         keys = self.key_count
-        cl_site = row[keys + 2]
-        stamps: list[SqlValue] = []
-        user: list[SqlValue] = list(row[:keys])
-        pasts = False
-        for at in range(keys + 3, len(row), CELL_FIELDS):
-            site = row[at + 2]
-            stamps.append(row[at + 1])
-            stamps.append(site)
-            user.append(row[at])
-            pasts = pasts or row[at + 3] is not None
+        cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
+        alive = cl % 2 == 1  # type: ignore[operator]
+        # Cells are (value, hlc, site, past) from keys + 3: slices, not a loop
+        # (the fast path of a bootstrap runs here for every row).
+        hlcs, sites = row[keys + 4 :: CELL_FIELDS], row[keys + 5 :: CELL_FIELDS]
+        site_ordinals = [None if site is None else ordinals[site] for site in sites]  # type: ignore[index]
         hashed = key_hash(row[:keys])
-        row_digest_value = shadow_digest(
-            hashed, row[keys], row[keys + 1], cl_site, stamps, batch_names
-        )
+        # The fields summary.digest hashes.
+        fields = [hashed, cl, NO_STAMP if cl_hlc is None else cl_hlc, batch_codes[cl_site]]
+        if alive:
+            fields += [
+                field
+                for hlc, site in zip(hlcs, sites, strict=True)
+                for field in (NO_STAMP if hlc is None else hlc, batch_codes[site])
+            ]
         shadow: list[SqlValue] = [
             *row[: keys + 2],
             None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
             seq,
             hashed,
-            row_digest_value,
+            fields_digest(fields),  # type: ignore[arg-type]
         ]
-        for at in range(0, len(stamps), 2):
-            site = stamps[at + 1]
-            shadow.append(stamps[at])
-            shadow.append(None if site is None else ordinals[site])  # type: ignore[index]
-        alive = row[keys] % 2 == 1  # type: ignore[operator]
+        shadow += [field for pair in zip(hlcs, site_ordinals, strict=True) for field in pair]
+        user = row[:keys] + row[keys + 3 :: CELL_FIELDS]
+        row_pasts = row[keys + 6 :: CELL_FIELDS]
+        pasts = row_pasts.count(None) != len(row_pasts)
         if pasts:  # with `pasts`: the cells' pasts, and no knowledge (the key is new here)
             shadow.append(
                 json.dumps(

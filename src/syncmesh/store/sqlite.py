@@ -178,19 +178,19 @@ class Store:
         """SQL functions of the hash tree (store.summary), on this Store's connection."""
         summaries = self._summaries
 
-        def names() -> Mapping[SqlValue, str]:
-            return self._require_init().names
+        def codes() -> Mapping[SqlValue, int]:
+            return self._require_init().codes
 
         def fold_digest(
             table: str, old: int | None, guess: int | None, hashed_key: int, *fields: SqlValue
         ) -> int:
             # The capture upsert's digest of a row it changed; see TableSql._capture_sql.
-            new = shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], names())
+            new = shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
             summaries.note(table, leaf_of(hashed_key), (old or 0) ^ (guess or 0) ^ new)
             return new
 
         def row_digest(hashed_key: int, *fields: SqlValue) -> int:
-            return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], names())
+            return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
 
         def hash_key(*key: SqlValue) -> int:
             return key_hash(key)

@@ -103,7 +103,7 @@ def _tree_rows(
     keys = table.key_count
     stamps_end = keys + 5 + 2 * len(table.values)
     sql = (table._tree_deep_rows if deep else table._tree_rows) + where
-    names = store._require_init().names
+    codes = store._require_init().codes
     for row in store._connection.execute(sql, params):
         key = tuple(row[:keys])
         hashed, stored = row[keys + 3], row[keys + 4]
@@ -113,7 +113,7 @@ def _tree_rows(
         cl = row[keys]
         fresh_hash = key_hash(key)
         fresh = shadow_digest(
-            fresh_hash, cl, row[keys + 1], row[keys + 2], row[keys + 5 : stamps_end], names
+            fresh_hash, cl, row[keys + 1], row[keys + 2], row[keys + 5 : stamps_end], codes
         )
         if (fresh_hash, fresh) != (hashed, stored):
             corrected.append((fresh_hash, fresh, *key))  # type: ignore[union-attr]
