@@ -47,6 +47,9 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
+# How long a held relay batch waits for the peer's answer to HAVE (a peer
+# that answers; others are waited for relay_hold_ms).
+RELAY_ANSWER_WAIT_S = 0.25
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -149,6 +152,9 @@ class Session:
         self._sender: asyncio.Task[None] | None = None
         self._own_writes_wanted = True
         self._closing: asyncio.Task[None] | None = None
+        # Set when a HAVE arrives; whether this peer answers HAVE queries.
+        self._have_received = asyncio.Event()
+        self._peer_answers_have = False
 
     async def close(self) -> None:
         await self._channel.close()
@@ -268,6 +274,15 @@ class Session:
                 self._on_ack(message)
             elif isinstance(message, Have):
                 self._learn_peer_vector(message.vector)
+                if message.reply_wanted:
+                    # On the store thread, after whatever it is applying now:
+                    # often the very rows the peer is about to relay to us.
+                    vector = await self._host.worker.call(self._host.store.vector)
+                    await self._send(Have(vector))
+                else:
+                    self._peer_answers_have = True
+                # A query carries the peer's vector as well: as good an answer.
+                self._have_received.set()
             elif isinstance(message, Pull):
                 if self._sender is not None:
                     raise ProtocolError("second PULL in one session")
@@ -347,7 +362,11 @@ class Session:
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
             ):
                 store.reset_peer_cursor(site, batch.incarnation, batch.head_seq, self.link.address)
-            result = store.apply_batch(site, batch)
+            # Leave out what we hold already by our own vector, as the sender
+            # would have had it known our vector now: in a mesh the same rows
+            # arrive from their origin and from every relay, and merging a
+            # row we hold costs several times more than filtering it here.
+            result = store.apply_batch(site, _refiltered(batch, store.vector()))
             return (
                 result.applied_rows,
                 result.quarantined_rows + result.drift_refused_rows,
@@ -432,7 +451,9 @@ class Session:
                 continue
             if (
                 config.relay_hold_ms > 0
-                and batch.row_count <= config.batch_rows_max // 2  # live changes, not a backlog
+                # Live changes, not a backlog: a batch that reaches our head
+                # (it carries our vector), or a small one.
+                and (batch.vector is not None or batch.row_count <= config.batch_rows_max // 2)
                 and _only_relays(batch, own_site)
             ):
                 # In a mesh the peer often gets these rows from their origin at
@@ -440,8 +461,18 @@ class Session:
                 # the same, then leave out what it turns out to hold already, so
                 # a relay does not double the traffic.  Once per batch: a chain's
                 # relays are delayed by milliseconds, never starved.
-                await self._send(Have(await worker.call(store.vector)))
-                await asyncio.sleep(config.relay_hold_ms / 1000)
+                self._have_received.clear()
+                await self._send(Have(await worker.call(store.vector), reply_wanted=True))
+                # A peer that answers HAVE queries is waited for (it answers
+                # once its store thread is through what it had queued), up
+                # to RELAY_ANSWER_WAIT_S; any other for relay_hold_ms.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(
+                        RELAY_ANSWER_WAIT_S
+                        if self._peer_answers_have
+                        else config.relay_hold_ms / 1000
+                    ):
+                        await self._have_received.wait()
                 batch = _refiltered(batch, self._filter_vector())
             frame = encode(Batch(batch))
             too_many = batch.row_count > config.rows_per_message_max
