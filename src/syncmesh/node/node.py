@@ -20,6 +20,7 @@ from aiohttp import web
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError, TransportError
+from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
@@ -141,6 +142,8 @@ class Node:
         self._dialers: dict[str, _Dialer] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._feed_event = asyncio.Event()
+        # Caught-up send loops: (cursor, filter vector, rows) to read after a capture.
+        self._wanted: dict[Session, tuple[int, dict[str, int], int]] = {}
         self._captures = 0
         self._stopping = False
         self._rng = random.Random()
@@ -251,6 +254,12 @@ class Node:
 
     def feed_event(self) -> asyncio.Event:
         return self._feed_event
+
+    def want_batch(self, session: Session, cursor: int, vector: dict[str, int], rows: int) -> None:
+        self._wanted[session] = (cursor, vector, rows)
+
+    def unwant_batch(self, session: Session) -> None:
+        self._wanted.pop(session, None)
 
     def feed_advanced(self) -> None:
         event, self._feed_event = self._feed_event, asyncio.Event()
@@ -465,20 +474,31 @@ class Node:
             watcher.close()
 
     async def _capture_once(self) -> None:
-        def capture() -> tuple[bool, int, int]:
+        wanted = list(self._wanted.items())
+
+        def capture() -> tuple[bool, int, int, list[tuple[Session, int, ChangeBatch]]]:
             reloaded = self.store.reload_if_changed()
             problems = self.store.schema_problems()
             if problems != self._schema_problems:
                 for problem in problems:
                     log.error("%s", problem)
                 self._schema_problems = problems
-            return reloaded, self.store.capture(), self.store.rows_captured_total
+            stamped = self.store.capture()
+            # Read the next batch of every caught-up send loop now, in this
+            # trip to the store thread: each would do it first thing anyway.
+            read = []
+            if stamped and not reloaded:
+                for session, (cursor, vector, rows) in wanted:
+                    read.append((session, cursor, self.store.read_batch(cursor, vector, rows)))
+            return reloaded, stamped, self.store.rows_captured_total, read
 
         try:
-            reloaded, stamped, captured_total = await self.worker.call(capture)
+            reloaded, stamped, captured_total, read = await self.worker.call(capture)
         except Exception:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
             return
+        for session, cursor, batch in read:
+            session.offer_batch(cursor, batch)
         if reloaded:
             log.info("tracked tables changed: restarting sessions with the new schema")
             for session in list(self._sessions.values()):

@@ -124,6 +124,12 @@ class SessionHost(Protocol):
 
     def feed_advanced(self) -> None: ...
 
+    def want_batch(
+        self, session: Session, cursor: int, vector: dict[str, int], rows: int
+    ) -> None: ...
+
+    def unwant_batch(self, session: Session) -> None: ...
+
     def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
     def note_rights_refused(self, rows: int) -> None: ...
@@ -155,6 +161,8 @@ class Session:
         # Set when a HAVE arrives; whether this peer answers HAVE queries.
         self._have_received = asyncio.Event()
         self._peer_answers_have = False
+        # (cursor, batch) read for us by the node right after a capture
+        self._prefetched: tuple[int, ChangeBatch] | None = None
 
     async def close(self) -> None:
         await self._channel.close()
@@ -399,6 +407,10 @@ class Session:
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
 
+    def offer_batch(self, cursor: int, batch: ChangeBatch) -> None:
+        """A batch read for this session from `cursor` (after a capture): used if still due."""
+        self._prefetched = (cursor, batch)
+
     def _on_ack(self, ack: Ack) -> None:
         if not self._in_flight or self._in_flight[0] != ack.to_seq:
             raise ProtocolError(f"ACK for seq {ack.to_seq} does not match what we sent")
@@ -439,15 +451,28 @@ class Session:
                 self._acked.clear()
                 await self._acked.wait()
             changed = host.feed_event()
-            batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
+            prefetched, self._prefetched = self._prefetched, None
+            if prefetched is not None and prefetched[0] == cursor and prefetched[1].to_seq > cursor:
+                # Read before `changed` was taken: only a batch that moves the
+                # cursor is used (the next round reads afresh); an empty one
+                # could hide a capture made since.
+                batch = prefetched[1]
+            else:
+                batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
+                # Caught up: the node reads our next batch in the same trip to
+                # the store thread as its next capture (one hop less per write).
+                host.want_batch(self, cursor, self._filter_vector(), rows_max)
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
                 # cancel that lands as `changed` fires, and the sender then outlives
                 # its session (a shutdown hung for ever in gather(sender)).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(config.idle_resend_s):
-                        await changed.wait()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(config.idle_resend_s):
+                            await changed.wait()
+                finally:
+                    host.unwant_batch(self)
                 continue
             if (
                 config.relay_hold_ms > 0
