@@ -134,6 +134,8 @@ class _Figures:
         self.boot_rate = Figure(BOOTSTRAP, "bootstrap rate", "rows/s")
         self.boot_rss = Figure(BOOTSTRAP, "peak RSS of b (VmHWM)", "MiB", target="value <= 150")
         self.boot_rss_a = Figure(BOOTSTRAP, "peak RSS of a, the source (VmHWM)", "MiB")
+        self.boot_cpu_b = Figure(BOOTSTRAP, "CPU time of b, start to last row", "s")
+        self.boot_cpu_a = Figure(BOOTSTRAP, "CPU time of a while b bootstraps", "s")
         self.file_mb = Figure(BOOTSTRAP, "a's file (table, index, shadow)", "MB")
         self.wire_total = Figure(
             WIRE,
@@ -155,7 +157,15 @@ class _Figures:
         self.wire_s = Figure(WIRE, "seconds until all updates visible at b", "s")
 
     def bootstrap(self) -> list[Figure]:
-        return [self.boot_s, self.boot_rate, self.boot_rss, self.boot_rss_a, self.file_mb]
+        return [
+            self.boot_s,
+            self.boot_rate,
+            self.boot_rss,
+            self.boot_rss_a,
+            self.boot_cpu_b,
+            self.boot_cpu_a,
+            self.file_mb,
+        ]
 
     def wire(self) -> list[Figure]:
         return [
@@ -176,6 +186,7 @@ def _bootstrap(
     figures: _Figures,
     baseline_s: float,
 ) -> bool:
+    a_cpu = a.cpu_seconds()
     started = time.perf_counter()
     b.start([peer_url])
     b.wait_listening()
@@ -195,6 +206,8 @@ def _bootstrap(
     figures.boot_rate.add(present / elapsed)
     figures.boot_rss.add(b.peak_rss_mb())
     figures.boot_rss_a.add(a.peak_rss_mb())
+    figures.boot_cpu_b.add(b.cpu_seconds())
+    figures.boot_cpu_a.add(a.cpu_seconds() - a_cpu)
     return done
 
 
