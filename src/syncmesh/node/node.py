@@ -469,6 +469,10 @@ class Node:
                     async with asyncio.timeout(wait_s):
                         await files.event.wait()
                         recheck_s = HINT_RECHECK_S
+                        # The store thread's own writes (an apply) wake us too.
+                        # While it works, a capture would only queue behind it,
+                        # so look once it is done, not at every write it makes.
+                        await self.worker.wait_idle()
         finally:
             files.close()
             watcher.close()
