@@ -47,8 +47,8 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
-# How long a held relay batch waits for the peer's answer to HAVE (a peer
-# that answers; others are waited for relay_hold_ms).
+# A held relay batch waits relay_hold_ms, then, if the peer answers HAVE
+# queries and has not yet, up to this much longer for its answer.
 RELAY_ANSWER_WAIT_S = 0.25
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -488,16 +488,14 @@ class Session:
                 # relays are delayed by milliseconds, never starved.
                 self._have_received.clear()
                 await self._send(Have(await worker.call(store.vector), reply_wanted=True))
-                # A peer that answers HAVE queries is waited for (it answers
-                # once its store thread is through what it had queued), up
-                # to RELAY_ANSWER_WAIT_S; any other for relay_hold_ms.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(
-                        RELAY_ANSWER_WAIT_S
-                        if self._peer_answers_have
-                        else config.relay_hold_ms / 1000
-                    ):
-                        await self._have_received.wait()
+                await asyncio.sleep(config.relay_hold_ms / 1000)
+                if self._peer_answers_have and not self._have_received.is_set():
+                    # A peer that answers HAVE queries answers once its store
+                    # thread is through what it had queued (an apply of these
+                    # rows from their origin, often): wait for that too.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RELAY_ANSWER_WAIT_S):
+                            await self._have_received.wait()
                 batch = _refiltered(batch, self._filter_vector())
             frame = encode(Batch(batch))
             too_many = batch.row_count > config.rows_per_message_max
