@@ -1,21 +1,27 @@
-"""Benchmarks of syncmesh: capture overhead, end-to-end throughput, write->visible latency.
+"""Benchmarks of syncmesh against the targets of issue 4.
 
 Run from the repository root:
 
-    python -m bench                  # every scenario, 3 repeats each
-    python -m bench capture          # one scenario (capture | e2e | latency)
+    python -m bench all              # every scenario at the issue's sizes, 3 repeats each
+    python -m bench all --quick      # every scenario at small sizes, 1 repeat: a smoke run
+    python -m bench capture          # one scenario, or several, by name
     python -m bench --repeats 5 e2e
     python -m bench profile          # cProfile of one batch's path, in-process, by stage
     python -m bench e2e --py-spy .tools/bin/py-spy   # + per-thread node profiles
 
-Scenarios: capture (capture.py), e2e (e2e.py), latency (latency.py); node
-processes are started by nodes.py (`python -m syncmesh serve`, port 0, on
-127.0.0.1) and always stopped.  An e2e run is bounded by --e2e-timeout
-(default 20 s): a slower run reports the rows visible by then per second,
-a lower bound, and says so under the table.
+Scenarios: capture (capture.py: trigger and capture overhead against a plain
+table), e2e (e2e.py: rows/s through a chain and a mesh of three nodes),
+latency (latency.py: write -> visible at a peer under light load),
+bootstrap and wire (bulk.py: a new node syncs a 1M-row table; bytes on the
+wire for 1% random updates, through a byte-counting proxy, proxy.py), mixed
+(mixed.py: inserts, updates, deletes at all three nodes of a mesh; lag),
+idle (idle.py: CPU of a node with no writes).  Node processes are started
+by nodes.py (`python -m syncmesh serve`, port 0, on 127.0.0.1) and always
+stopped; every load loop is bounded in count and time.
 
 Every figure is the median of N repeats with its min and max, and wherever a
 baseline exists it is measured in the same repeat and the figure is reported
-as a ratio against it (the machine is noisy).  Results go to stdout as a table
-and to bench/results/latest.json.
+as a ratio against it (the machine is noisy).  Each figure with a target of
+the issue says whether its median meets it.  Results go to stdout as a
+table and to bench/results/latest.json.
 """

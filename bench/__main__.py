@@ -1,4 +1,4 @@
-"""`python -m bench [capture|e2e|latency|profile ...] [--repeats N]`: see bench/__init__.py."""
+"""`python -m bench [all | SCENARIO ...] [--quick] [--repeats N]`: see bench/__init__.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import capture, e2e, latency
+from bench import bulk, capture, e2e, idle, latency, mixed
 from bench.common import Figure, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SCENARIOS = ("capture", "e2e", "latency")
+# `all` (and no scenario named) runs these, in this order; `profile` only when named.
+ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify")
+# The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
+SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
+    "repeats": (3, 1),
+    "capture_rows": (50_000, 5_000),
+    "e2e_rows": (100_000, 10_000),
+    "latency_writes": (200, 50),
+    "bulk_rows": (1_000_000, 20_000),
+    "mixed_seconds": (60.0, 5.0),
+    "idle_seconds": (20.0, 3.0),
+}
 
 
 def _log(message: str) -> None:
@@ -53,6 +65,13 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "e2e_rows": arguments.e2e_rows,
         "e2e_timeout_s": arguments.e2e_timeout,
         "latency_writes": arguments.latency_writes,
+        "bulk_rows": arguments.bulk_rows,
+        "wire_fraction": arguments.wire_fraction,
+        "mixed_seconds": arguments.mixed_seconds,
+        "mixed_rate_txns_per_s": arguments.mixed_rate,
+        "mixed_ops_per_txn": arguments.mixed_ops,
+        "idle_seconds": arguments.idle_seconds,
+        "quick": arguments.quick,
     }
 
 
@@ -62,12 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="capture, e2e, latency, profile (default: capture e2e latency; profile only"
-        " when named)",
+        help=f"all (the default), {', '.join(KNOWN)}; profile and verify only when named",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per figure (median)")
-    parser.add_argument("--capture-rows", type=int, default=50_000)
-    parser.add_argument("--e2e-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and 1 repeat (a smoke run, not figures); explicit options win",
+    )
+    parser.add_argument("--repeats", type=int, help="repeats per figure (median); default 3")
+    parser.add_argument("--capture-rows", type=int, help="rows per capture phase (50,000)")
+    parser.add_argument("--e2e-rows", type=int, help="rows per e2e run (100,000)")
     parser.add_argument(
         "--e2e-timeout",
         type=float,
@@ -79,7 +102,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a py-spy binary: sample every node during each topology's first e2e repeat",
     )
-    parser.add_argument("--latency-writes", type=int, default=200)
+    parser.add_argument("--latency-writes", type=int, help="paced writes per latency run (200)")
+    parser.add_argument(
+        "--bulk-rows", type=int, help="rows of the bootstrap and wire table (1,000,000)"
+    )
+    parser.add_argument(
+        "--bootstrap-timeout",
+        type=float,
+        default=bulk.BOOTSTRAP_TIMEOUT_S,
+        help="seconds per bootstrap; a slower one is reported as it stands",
+    )
+    parser.add_argument(
+        "--wire-fraction",
+        type=float,
+        default=bulk.WIRE_FRACTION,
+        help="share of the rows updated in the wire scenario (0.01)",
+    )
+    parser.add_argument("--mixed-seconds", type=float, help="seconds of mixed load (60)")
+    parser.add_argument(
+        "--mixed-rate", type=float, default=50.0, help="transactions/s at each node (50)"
+    )
+    parser.add_argument(
+        "--mixed-ops", type=int, default=10, help="operations per mixed transaction (10)"
+    )
+    parser.add_argument("--idle-seconds", type=float, help="seconds of idle CPU measured (20)")
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -93,60 +139,104 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sizes(arguments: argparse.Namespace) -> None:
+    """Fill in every size left unset: the issue's, or the quick ones."""
+    for option, (full, quick) in SIZES.items():
+        if getattr(arguments, option) is None:
+            value = quick if arguments.quick else full
+            setattr(arguments, option, type(full)(value))
+
+
+def _scenarios(named: list[str]) -> list[str]:
+    if not named or "all" in named:
+        extra = [name for name in named if name not in ("all", *ALL_SCENARIOS)]
+        named = [*ALL_SCENARIOS, *extra]
+    unknown = sorted(set(named) - set(KNOWN))
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}: use all, {', '.join(KNOWN)}")
+    return list(dict.fromkeys(named))
+
+
+def _run_scenario(
+    scenario: str, arguments: argparse.Namespace, report: dict[str, Any], done: set[str]
+) -> list[Figure]:
+    """The figures of one scenario (bootstrap and wire share their runs)."""
+    repeats = arguments.repeats
+    if scenario == "capture":
+        return capture.run(repeats, arguments.capture_rows, _log)
+    if scenario == "e2e":
+        profiles: dict[str, Any] = {}
+        found = e2e.run(
+            repeats,
+            arguments.e2e_rows,
+            _log,
+            arguments.e2e_timeout,
+            arguments.py_spy,
+            profiles,
+        )
+        if profiles:
+            report["scenarios"]["e2e_py_spy"] = profiles
+        return found
+    if scenario == "latency":
+        return latency.run(repeats, arguments.latency_writes, _log)
+    if scenario in ("bootstrap", "wire"):
+        if scenario in done:
+            return []
+        wanted = {"bootstrap", "wire"} & set(arguments.scenarios_resolved)
+        done.update(wanted)
+        return bulk.run(
+            repeats,
+            arguments.bulk_rows,
+            _log,
+            bootstrap="bootstrap" in wanted,
+            wire="wire" in wanted,
+            fraction=arguments.wire_fraction,
+            timeout_s=arguments.bootstrap_timeout,
+        )
+    if scenario == "mixed":
+        return mixed.run(
+            repeats, arguments.mixed_seconds, arguments.mixed_rate, arguments.mixed_ops, _log
+        )
+    if scenario == "idle":
+        return idle.run(repeats, arguments.idle_seconds, _log)
+    if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
+        from bench import verify
+
+        return verify.run(repeats, arguments.upkeep_rows, arguments.verify_rows, _log)
+    from bench import profile
+
+    report["scenarios"]["profile"] = profile.run(arguments.profile_rows, _log)
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    _sizes(arguments)
     if arguments.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
-    scenarios: list[str] = list(arguments.scenarios) or list(DEFAULT_SCENARIOS)
-    unknown = sorted(set(scenarios) - {*DEFAULT_SCENARIOS, "profile", "verify"})
-    if unknown:
-        raise SystemExit(
-            f"unknown scenario(s) {', '.join(unknown)}: use capture, e2e, latency, profile, verify"
-        )
+    scenarios = _scenarios(list(arguments.scenarios))
+    arguments.scenarios_resolved = scenarios
     report: dict[str, Any] = {"meta": _meta(arguments), "scenarios": {}}
     figures: list[Figure] = []
+    done: set[str] = set()
     for scenario in scenarios:
+        if scenario in done:
+            continue
         started = time.perf_counter()
         _log(f"{scenario} ...")
-        found: list[Figure]
-        if scenario == "capture":
-            found = capture.run(arguments.repeats, arguments.capture_rows, _log)
-        elif scenario == "e2e":
-            profiles: dict[str, Any] = {}
-            found = e2e.run(
-                arguments.repeats,
-                arguments.e2e_rows,
-                _log,
-                arguments.e2e_timeout,
-                arguments.py_spy,
-                profiles,
-            )
-            if profiles:
-                report["scenarios"]["e2e_py_spy"] = profiles
-        elif scenario == "latency":
-            found = latency.run(arguments.repeats, arguments.latency_writes, _log)
-        elif scenario == "verify":
-            from bench import verify
-
-            found = verify.run(
-                arguments.repeats, arguments.upkeep_rows, arguments.verify_rows, _log
-            )
-        else:
-            from bench import profile
-
-            report["scenarios"]["profile"] = profile.run(arguments.profile_rows, _log)
-            continue
+        found = _run_scenario(scenario, arguments, report, done)
         elapsed = time.perf_counter() - started
         figures += found
-        report["scenarios"][scenario] = {
-            "seconds": round(elapsed, 1),
-            "figures": [figure.as_json() for figure in found],
-        }
+        for name in sorted({figure.scenario for figure in found}):
+            report["scenarios"][name] = {
+                "seconds": round(elapsed, 1),
+                "figures": [figure.as_json() for figure in found if figure.scenario == name],
+            }
     if figures:
         print(render_table(figures))
-        failed = [f.name for f in figures if f.floor_met() is False]
-        met = [f.name for f in figures if f.floor_met()]
-        print(f"\nfloors met: {len(met)}, not met: {len(failed)}")
+        failed = [f"{f.scenario}: {f.name}" for f in figures if f.target_met() is False]
+        met = [f.name for f in figures if f.target_met()]
+        print(f"\ntargets met: {len(met)}, not met: {len(failed)}")
         for name in failed:
             print(f"  NOT met: {name}")
         for figure in figures:

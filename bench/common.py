@@ -96,7 +96,7 @@ class Figure:
     samples: list[float] = field(default_factory=list)
     baseline_name: str = ""
     baseline: list[float] = field(default_factory=list)
-    floor: str = ""  # e.g. "ratio <= 2.5", "value >= 20000"
+    target: str = ""  # e.g. "ratio <= 1.6", "value >= 60000" (the issue's targets)
     note: str = ""
 
     def add(self, value: float, baseline: float | None = None) -> None:
@@ -112,11 +112,11 @@ class Figure:
             value / base for value, base in zip(self.samples, self.baseline, strict=True) if base
         ]
 
-    def floor_met(self) -> bool | None:
-        """Whether the median meets the floor; None without a floor or samples."""
-        if not self.floor or not self.samples:
+    def target_met(self) -> bool | None:
+        """Whether the median meets the target; None without a target or samples."""
+        if not self.target or not self.samples:
             return None
-        subject, operator, limit_text = self.floor.split()
+        subject, operator, limit_text = self.target.split()
         values = self.ratios if subject == "ratio" else self.samples
         if not values:
             return None
@@ -137,9 +137,9 @@ class Figure:
             }
         if self.ratios:
             out["ratio"] = {"samples": self.ratios, **Summary.of(self.ratios).as_json()}
-        if self.floor:
-            out["floor"] = self.floor
-            out["floor_met"] = self.floor_met()
+        if self.target:
+            out["target"] = self.target
+            out["target_met"] = self.target_met()
         if self.note:
             out["note"] = self.note
         return out
@@ -165,13 +165,13 @@ def render_table(figures: Sequence[Figure]) -> str:
         "unit",
         "baseline",
         "ratio (min..max)",
-        "floor",
+        "target",
     ]
     lines: list[list[str]] = []
     for figure in figures:
         if not figure.samples:
             lines.append(
-                [figure.scenario, figure.name, "-", "-", figure.unit, "", "", figure.floor]
+                [figure.scenario, figure.name, "-", "-", figure.unit, "", "", figure.target]
             )
             continue
         summary = Summary.of(figure.samples)
@@ -182,10 +182,10 @@ def render_table(figures: Sequence[Figure]) -> str:
         if figure.ratios:
             ratios = Summary.of(figure.ratios)
             ratio = f"{ratios.median:.2f}x ({ratios.low:.2f}..{ratios.high:.2f})"
-        floor = ""
-        if figure.floor:
-            met = figure.floor_met()
-            floor = f"{figure.floor}: {'met' if met else 'NOT met' if met is False else '?'}"
+        target = ""
+        if figure.target:
+            met = figure.target_met()
+            target = f"{figure.target}: {'met' if met else 'NOT met' if met is False else '?'}"
         lines.append(
             [
                 figure.scenario,
@@ -195,7 +195,7 @@ def render_table(figures: Sequence[Figure]) -> str:
                 figure.unit,
                 baseline,
                 ratio,
-                floor,
+                target,
             ]
         )
     widths = [max(len(row[index]) for row in [headers, *lines]) for index in range(len(headers))]

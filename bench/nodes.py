@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -111,6 +111,19 @@ class NodeProcess:
         # fields[0] is the state (field 3 of stat(5)); utime, stime are fields 14, 15
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident set (VmHWM in /proc/PID/status), in MiB; 0 elsewhere."""
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        found = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+        return int(found.group(1)) / 1024 if found else 0.0
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -152,24 +165,51 @@ def _all_streaming(nodes: Mapping[str, NodeProcess], expected: Mapping[str, int]
     return True
 
 
+def wait_streaming(
+    nodes: Mapping[str, NodeProcess], topology: Topology, timeout_s: float = STREAMING_TIMEOUT_S
+) -> None:
+    """Until every session of `topology` is streaming (RuntimeError after `timeout_s`)."""
+    expected = _links(topology)
+    deadline = time.monotonic() + timeout_s
+    while not _all_streaming(nodes, expected):
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {n.name}\n{n.log_tail()}" for n in nodes.values())
+            raise RuntimeError(f"sessions did not all reach streaming:\n{tails}")
+        time.sleep(POLL_S)
+
+
+def _prepare(_name: str, path: Path) -> None:
+    prepare_database(path)
+
+
+def _direct(node: NodeProcess) -> str:
+    return node.url
+
+
 @contextmanager
-def cluster(directory: Path, topology: Topology) -> Iterator[dict[str, NodeProcess]]:
-    """Started nodes (name -> node), every session streaming; all stopped on exit."""
+def cluster(
+    directory: Path,
+    topology: Topology,
+    *,
+    prepare: Callable[[str, Path], None] = _prepare,
+    peer_url: Callable[[NodeProcess], str] = _direct,
+    streaming_timeout_s: float = STREAMING_TIMEOUT_S,
+) -> Iterator[dict[str, NodeProcess]]:
+    """Started nodes (name -> node), every session streaming; all stopped on exit.
+
+    `prepare(name, path)` makes each node's file (default: an empty tracked
+    `items`); `peer_url(node)` is the URL its dialers are given (default:
+    its own; a proxy in front of it, for example).
+    """
     nodes: dict[str, NodeProcess] = {}
     try:
         for name, peers in topology.items():
             node = NodeProcess(name, directory)
             nodes[name] = node
-            prepare_database(node.path)
-            node.start([nodes[peer].url for peer in peers])
+            prepare(name, node.path)
+            node.start([peer_url(nodes[peer]) for peer in peers])
             node.wait_listening()
-        expected = _links(topology)
-        deadline = time.monotonic() + STREAMING_TIMEOUT_S
-        while not _all_streaming(nodes, expected):
-            if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {n.name}\n{n.log_tail()}" for n in nodes.values())
-                raise RuntimeError(f"sessions did not all reach streaming:\n{tails}")
-            time.sleep(POLL_S)
+        wait_streaming(nodes, topology, streaming_timeout_s)
         yield nodes
     finally:
         for node in reversed(list(nodes.values())):

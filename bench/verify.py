@@ -79,7 +79,7 @@ def upkeep(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[Fi
             f"tree upkeep, {phase} {rows_count:,} rows: trigger + capture with digests",
             "us/row",
             baseline_name="without digests",
-            floor="ratio <= 1.10",
+            target="ratio <= 1.10",
         )
         for phase in (*PHASES, "all 3 phases")
     }
@@ -167,8 +167,8 @@ async def _verify(store: Store, url: str, *, deep: bool = False) -> VerifyReport
 
 
 def exchange(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[Figure]:
-    def figure(name: str, unit: str, floor: str = "") -> Figure:
-        return Figure(SCENARIO, f"{rows_count:,} rows, {name}", unit, floor=floor)
+    def figure(name: str, unit: str, target: str = "") -> Figure:
+        return Figure(SCENARIO, f"{rows_count:,} rows, {name}", unit, target=target)
 
     cases = {
         0: ("identical", "value <= 1", "value <= 65536"),
@@ -176,9 +176,9 @@ def exchange(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[
         10_000: ("10,000 rows differ", "", ""),
     }
     figures: dict[str, Figure] = {}
-    for differing, (label, trips_floor, bytes_floor) in cases.items():
-        figures[f"{differing} trips"] = figure(f"{label}: round trips", "trips", trips_floor)
-        figures[f"{differing} bytes"] = figure(f"{label}: bytes sent + received", "B", bytes_floor)
+    for differing, (label, trips_target, bytes_target) in cases.items():
+        figures[f"{differing} trips"] = figure(f"{label}: round trips", "trips", trips_target)
+        figures[f"{differing} bytes"] = figure(f"{label}: bytes sent + received", "B", bytes_target)
         figures[f"{differing} s"] = figure(f"{label}: time", "s")
         figures[f"{differing} found"] = figure(f"{label}: rows reported divergent", "rows")
     figures["first"] = figure("first verify after start (both trees built by a scan)", "s")

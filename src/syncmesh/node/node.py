@@ -20,10 +20,12 @@ from aiohttp import web
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError, TransportError
+from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
+from syncmesh.node.watch import FileWatcher
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
@@ -43,6 +45,10 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
+# With inotify (node/watch.py): after a hint, look again this soon, doubling up
+# to twice the poll interval; with no hint, poll this many intervals apart.
+HINT_RECHECK_S = 0.0005
+SAFETY_POLL_FACTOR = 10
 LAG_CHANGES_MAX = 10_000  # a peer's lag in changes is counted up to this many rows
 
 
@@ -147,6 +153,8 @@ class Node:
         self._dialers: dict[str, _Dialer] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._feed_event = asyncio.Event()
+        # Caught-up send loops: (cursor, filter vector, rows) to read after a capture.
+        self._wanted: dict[Session, tuple[int, dict[str, int], int]] = {}
         self._captures = 0
         self._stopping = False
         self._rng = random.Random()
@@ -281,6 +289,12 @@ class Node:
 
     def feed_event(self) -> asyncio.Event:
         return self._feed_event
+
+    def want_batch(self, session: Session, cursor: int, vector: dict[str, int], rows: int) -> None:
+        self._wanted[session] = (cursor, vector, rows)
+
+    def unwant_batch(self, session: Session) -> None:
+        self._wanted.pop(session, None)
 
     def feed_advanced(self) -> None:
         event, self._feed_event = self._feed_event, asyncio.Event()
@@ -439,13 +453,24 @@ class Node:
     # -- background loops ---------------------------------------------------------
 
     async def _capture_loop(self) -> None:
-        """Notice commits by any connection (PRAGMA data_version) and capture them."""
+        """Notice commits by any connection (PRAGMA data_version) and capture them.
+
+        Where inotify works (`FileWatcher`), a write to the file wakes the
+        loop at once, and the loop polls quickly for a moment after each
+        such hint (a commit is published in the WAL index just after its
+        frames are written); otherwise it sleeps, with a slow safety poll.
+        Without inotify it polls every `poll_interval_ms`.
+        """
         watcher = sqlite3.connect(self.config.database_path, isolation_level=None)
+        files = FileWatcher(self.config.database_path)
+        hinted = files.start()
         try:
             last_version = -1
             interval_s = self.config.poll_interval_ms / 1000
             last_change = time.monotonic()
+            recheck_s = 0.0  # > 0: re-look this soon (after a hint), doubling
             while True:
+                files.event.clear()
                 version = watcher.execute("PRAGMA data_version").fetchone()[0]
                 if version != last_version:
                     last_version = version
@@ -456,31 +481,63 @@ class Node:
                     # leave the application twice as long as the capture took,
                     # so it keeps most of the lock; a small capture adds nothing.
                     held_s = time.monotonic() - started
-                    await asyncio.sleep(max(interval_s, CAPTURE_YIELD_FACTOR * held_s))
+                    pause_s = CAPTURE_YIELD_FACTOR * held_s
+                    await asyncio.sleep(pause_s if hinted else max(interval_s, pause_s))
+                    recheck_s = HINT_RECHECK_S if hinted else 0.0
                     continue
                 # A file that has been quiet for a while is looked at less often:
-                # an idle node then costs well under 1 % of a core, and the first
-                # write after a quiet spell waits at most IDLE_POLL_FACTOR polls.
+                # an idle node then costs well under 1 % of a core.
                 quiet = time.monotonic() - last_change > IDLE_AFTER_S
-                await asyncio.sleep(interval_s * (IDLE_POLL_FACTOR if quiet else 1))
+                if not hinted:
+                    # The first write after a quiet spell waits at most
+                    # IDLE_POLL_FACTOR polls.
+                    await asyncio.sleep(interval_s * (IDLE_POLL_FACTOR if quiet else 1))
+                    continue
+                # Wake on the next hint, or to re-look: soon after a hint, else
+                # the slow safety poll.
+                if 0 < recheck_s <= interval_s * 2:
+                    wait_s, recheck_s = recheck_s, recheck_s * 2
+                else:
+                    wait_s, recheck_s = interval_s * SAFETY_POLL_FACTOR, 0.0
+                    wait_s *= IDLE_POLL_FACTOR if quiet else 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await files.event.wait()
+                        recheck_s = HINT_RECHECK_S
+                        # The store thread's own writes (an apply) wake us too.
+                        # While it works, a capture would only queue behind it,
+                        # so look once it is done, not at every write it makes.
+                        await self.worker.wait_idle()
         finally:
+            files.close()
             watcher.close()
 
     async def _capture_once(self) -> None:
-        def capture() -> tuple[bool, int, int]:
+        wanted = list(self._wanted.items())
+
+        def capture() -> tuple[bool, int, int, list[tuple[Session, int, ChangeBatch]]]:
             reloaded = self.store.reload_if_changed()
             problems = self.store.schema_problems()
             if problems != self._schema_problems:
                 for problem in problems:
                     log.error("%s", problem)
                 self._schema_problems = problems
-            return reloaded, self.store.capture(), self.store.rows_captured_total
+            stamped = self.store.capture()
+            # Read the next batch of every caught-up send loop now, in this
+            # trip to the store thread: each would do it first thing anyway.
+            read = []
+            if stamped and not reloaded:
+                for session, (cursor, vector, rows) in wanted:
+                    read.append((session, cursor, self.store.read_batch(cursor, vector, rows)))
+            return reloaded, stamped, self.store.rows_captured_total, read
 
         try:
-            reloaded, stamped, captured_total = await self.worker.call(capture)
+            reloaded, stamped, captured_total, read = await self.worker.call(capture)
         except Exception:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
             return
+        for session, cursor, batch in read:
+            session.offer_batch(cursor, batch)
         if reloaded:
             log.info("tracked tables changed: restarting sessions with the new schema")
             for session in list(self._sessions.values()):

@@ -47,6 +47,9 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
+# A held relay batch waits relay_hold_ms, then, if the peer answers HAVE
+# queries and has not yet, up to this much longer for its answer.
+RELAY_ANSWER_WAIT_S = 0.25
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -121,6 +124,12 @@ class SessionHost(Protocol):
 
     def feed_advanced(self) -> None: ...
 
+    def want_batch(
+        self, session: Session, cursor: int, vector: dict[str, int], rows: int
+    ) -> None: ...
+
+    def unwant_batch(self, session: Session) -> None: ...
+
     def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
     def note_rights_refused(self, rows: int) -> None: ...
@@ -149,6 +158,11 @@ class Session:
         self._sender: asyncio.Task[None] | None = None
         self._own_writes_wanted = True
         self._closing: asyncio.Task[None] | None = None
+        # Set when a HAVE arrives; whether this peer answers HAVE queries.
+        self._have_received = asyncio.Event()
+        self._peer_answers_have = False
+        # (cursor, batch) read for us by the node right after a capture
+        self._prefetched: tuple[int, ChangeBatch] | None = None
 
     async def close(self) -> None:
         await self._channel.close()
@@ -268,6 +282,15 @@ class Session:
                 self._on_ack(message)
             elif isinstance(message, Have):
                 self._learn_peer_vector(message.vector)
+                if message.reply_wanted:
+                    # On the store thread, after whatever it is applying now:
+                    # often the very rows the peer is about to relay to us.
+                    vector = await self._host.worker.call(self._host.store.vector)
+                    await self._send(Have(vector))
+                else:
+                    self._peer_answers_have = True
+                # A query carries the peer's vector as well: as good an answer.
+                self._have_received.set()
             elif isinstance(message, Pull):
                 if self._sender is not None:
                     raise ProtocolError("second PULL in one session")
@@ -347,7 +370,11 @@ class Session:
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
             ):
                 store.reset_peer_cursor(site, batch.incarnation, batch.head_seq, self.link.address)
-            result = store.apply_batch(site, batch)
+            # Leave out what we hold already by our own vector, as the sender
+            # would have had it known our vector now: in a mesh the same rows
+            # arrive from their origin and from every relay, and merging a
+            # row we hold costs several times more than filtering it here.
+            result = store.apply_batch(site, _refiltered(batch, store.vector()))
             return (
                 result.applied_rows,
                 result.quarantined_rows + result.drift_refused_rows,
@@ -379,6 +406,10 @@ class Session:
         if applied:
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
+
+    def offer_batch(self, cursor: int, batch: ChangeBatch) -> None:
+        """A batch read for this session from `cursor` (after a capture): used if still due."""
+        self._prefetched = (cursor, batch)
 
     def _on_ack(self, ack: Ack) -> None:
         if not self._in_flight or self._in_flight[0] != ack.to_seq:
@@ -420,19 +451,34 @@ class Session:
                 self._acked.clear()
                 await self._acked.wait()
             changed = host.feed_event()
-            batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
+            prefetched, self._prefetched = self._prefetched, None
+            if prefetched is not None and prefetched[0] == cursor and prefetched[1].to_seq > cursor:
+                # Read before `changed` was taken: only a batch that moves the
+                # cursor is used (the next round reads afresh); an empty one
+                # could hide a capture made since.
+                batch = prefetched[1]
+            else:
+                batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
+                # Caught up: the node reads our next batch in the same trip to
+                # the store thread as its next capture (one hop less per write).
+                host.want_batch(self, cursor, self._filter_vector(), rows_max)
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
                 # cancel that lands as `changed` fires, and the sender then outlives
                 # its session (a shutdown hung for ever in gather(sender)).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(config.idle_resend_s):
-                        await changed.wait()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(config.idle_resend_s):
+                            await changed.wait()
+                finally:
+                    host.unwant_batch(self)
                 continue
             if (
                 config.relay_hold_ms > 0
-                and batch.row_count <= config.batch_rows_max // 2  # live changes, not a backlog
+                # Live changes, not a backlog: a batch that reaches our head
+                # (it carries our vector), or a small one.
+                and (batch.vector is not None or batch.row_count <= config.batch_rows_max // 2)
                 and _only_relays(batch, own_site)
             ):
                 # In a mesh the peer often gets these rows from their origin at
@@ -440,8 +486,16 @@ class Session:
                 # the same, then leave out what it turns out to hold already, so
                 # a relay does not double the traffic.  Once per batch: a chain's
                 # relays are delayed by milliseconds, never starved.
-                await self._send(Have(await worker.call(store.vector)))
+                self._have_received.clear()
+                await self._send(Have(await worker.call(store.vector), reply_wanted=True))
                 await asyncio.sleep(config.relay_hold_ms / 1000)
+                if self._peer_answers_have and not self._have_received.is_set():
+                    # A peer that answers HAVE queries answers once its store
+                    # thread is through what it had queued (an apply of these
+                    # rows from their origin, often): wait for that too.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RELAY_ANSWER_WAIT_S):
+                            await self._have_received.wait()
                 batch = _refiltered(batch, self._filter_vector())
             frame = encode(Batch(batch))
             too_many = batch.row_count > config.rows_per_message_max

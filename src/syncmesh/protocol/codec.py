@@ -166,6 +166,8 @@ def _to_plain(message: Message) -> dict[str, Any]:
         case Ack():
             return {"t": "ack", "to": message.to_seq, "vv": message.vector}
         case Have():
+            if message.reply_wanted:
+                return {"t": "have", "vv": message.vector, "q": True}
             return {"t": "have", "vv": message.vector}
         case _:
             assert_never(message)
@@ -247,7 +249,10 @@ def _from_plain(plain: object) -> Message:
     if kind == "ack":
         return Ack(_seq(plain, "to", "ack"), _vector(plain.get("vv"), "ack"))
     if kind == "have":
-        return Have(_vector(plain.get("vv"), "have"))
+        reply_wanted = plain.get("q", False)
+        if type(reply_wanted) is not bool:
+            raise ProtocolError("have: field 'q' is not a boolean")
+        return Have(_vector(plain.get("vv"), "have"), reply_wanted)
     raise ProtocolError(f"unknown message type {_show(kind)}")
 
 
@@ -297,22 +302,53 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
     if type(rows) is not list:
         raise ProtocolError(f"{where}: rows are not a list")
     width = key_count + 3 + CELL_FIELDS * len(columns)
+    cells = range(key_count + 3, width, CELL_FIELDS)
     for row in rows:
         if type(row) is not list or len(row) != width:
             raise ProtocolError(f"{where}: a row is not a list of {width} fields")
+        # The common case inline, without a call per field; anything unusual
+        # goes through the full check, which names the problem.
         for value in row[:key_count]:
-            _check_value(value, where)
-        cl = row[key_count]
+            if type(value) is not str:
+                _check_value(value, where)
+        cl, cl_hlc, cl_site = row[key_count], row[key_count + 1], row[key_count + 2]
         if type(cl) is not int or not 0 < cl <= INT64_MAX:
             raise ProtocolError(f"{where}: causal length {_show(cl)} is not a positive integer")
-        _check_stamp(row[key_count + 1], row[key_count + 2], sites_count, where)
-        for at in range(key_count + 3, width, CELL_FIELDS):
-            _check_value(row[at], where)
-            _check_stamp(row[at + 1], row[at + 2], sites_count, where)
-            if row[at + 1] is None and (row[at] is not None or row[at + 3] is not None):
-                raise ProtocolError(f"{where}: a cell without a stamp carries a value or a past")
-            if row[at + 3] is not None:
-                _check_past(row[at + 3], sites_count, where)
+        if (
+            type(cl_hlc) is not int
+            or type(cl_site) is not int
+            or not 0 <= cl_hlc <= INT64_MAX
+            or not 0 <= cl_site < sites_count
+        ):
+            _check_stamp(cl_hlc, cl_site, sites_count, where)
+        for at in cells:
+            value, hlc, site, past = row[at], row[at + 1], row[at + 2], row[at + 3]
+            kind = type(value)
+            if kind is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    _check_value(value, where)
+            elif kind is float:
+                if value != value:
+                    _check_value(value, where)
+            elif kind not in _SCALARS:
+                _check_value(value, where)
+            if hlc is None:
+                if site is not None:
+                    _check_stamp(hlc, site, sites_count, where)
+                if value is not None or past is not None:
+                    raise ProtocolError(
+                        f"{where}: a cell without a stamp carries a value or a past"
+                    )
+                continue
+            if (
+                type(hlc) is not int
+                or type(site) is not int
+                or not 0 <= hlc <= INT64_MAX
+                or not 0 <= site < sites_count
+            ):
+                _check_stamp(hlc, site, sites_count, where)
+            if past is not None:
+                _check_past(past, sites_count, where)
     return TableRows(name, tuple(columns), key_count, rows)
 
 

@@ -1,0 +1,64 @@
+"""The benchmark scenarios run end to end at tiny sizes, so their code cannot rot.
+
+No figure is checked against a target here (speed belongs in bench/, not in
+tests): only that every scenario ran and reported samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import bench.__main__ as bench_main
+from bench import idle
+
+pytestmark = pytest.mark.multiprocess
+
+
+def test_new_scenarios_run_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(idle, "QUIET_S", 0.2)
+    out = tmp_path / "report.json"
+    status = bench_main.main(
+        [
+            "bootstrap",
+            "wire",
+            "mixed",
+            "idle",
+            "--quick",
+            "--bulk-rows",
+            "2000",
+            "--mixed-seconds",
+            "1.5",
+            "--mixed-rate",
+            "20",
+            "--mixed-ops",
+            "5",
+            "--idle-seconds",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["quick"] is True
+    scenarios = report["scenarios"]
+    assert set(scenarios) == {"bootstrap", "wire", "mixed", "idle"}
+    for name, scenario in scenarios.items():
+        for figure in scenario["figures"]:
+            assert figure["samples"], (name, figure["name"])
+    wire = {figure["name"]: figure for figure in scenarios["wire"]["figures"]}
+    both_ways = next(figure for label, figure in wire.items() if "bytes both ways" in label)
+    assert both_ways["median"] > 0
+    assert both_ways["baseline"]["median"] == 20 * 100  # 1% of 2,000 rows, 100 bytes each
+    mixed = {figure["name"]: figure for figure in scenarios["mixed"]["figures"]}
+    assert mixed["markers not visible within 10 s"]["median"] == 0
+
+
+def test_all_names_every_scenario_but_profile() -> None:
+    assert bench_main._scenarios([]) == list(bench_main.ALL_SCENARIOS)
+    assert bench_main._scenarios(["all", "profile"]) == [*bench_main.ALL_SCENARIOS, "profile"]
+    with pytest.raises(SystemExit):
+        bench_main._scenarios(["nonsense"])
