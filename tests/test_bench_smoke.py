@@ -62,3 +62,21 @@ def test_all_names_every_scenario_but_profile() -> None:
     assert bench_main._scenarios(["all", "profile"]) == [*bench_main.ALL_SCENARIOS, "profile"]
     with pytest.raises(SystemExit):
         bench_main._scenarios(["nonsense"])
+
+
+def test_the_verify_scenario_runs_and_finds_exactly_the_rows_changed(tmp_path: Path) -> None:
+    out = tmp_path / "verify.json"
+    arguments = ["verify", "--repeats", "1", "--upkeep-rows", "1000", "--verify-rows", "3000"]
+    status = bench_main.main([*arguments, "--out", str(out)])
+    assert status == 0
+    figures = {
+        figure["name"]: figure
+        for figure in json.loads(out.read_text())["scenarios"]["verify"]["figures"]
+    }
+    assert figures["3,000 rows, identical: round trips"]["median"] == 1
+    assert figures["3,000 rows, 100 rows differ: rows reported divergent"]["median"] == 100
+    # 10,000 asked of a 3,000-row table: every row changed, every row found.
+    assert figures["3,000 rows, 10,000 rows differ: rows reported divergent"]["median"] == 3000
+    upkeep = figures["tree upkeep, all 3 phases 1,000 rows: trigger + capture with digests"]
+    assert upkeep["samples"]
+    assert upkeep["baseline"]["samples"]
