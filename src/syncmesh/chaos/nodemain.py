@@ -33,6 +33,8 @@ BACKOFF_MAX_S = 1.0
 QUARANTINE_RETRY_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
 HANDSHAKE_TIMEOUT_S = 3.0
+VERIFY_INTERVAL_S = 2.0
+VERIFY_SETTLE_S = 0.3
 
 
 class FileOffsetClock:
@@ -64,6 +66,10 @@ def chaos_config(database: str, peers: list[str], drift_ms: int) -> NodeConfig:
         quarantine_retry_s=QUARANTINE_RETRY_S,
         connect_timeout_s=CONNECT_TIMEOUT_S,
         handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+        # Verify runs under the faults too: a failed or cut one must log a
+        # warning, never a traceback (the internal-error checker).
+        verify_interval_s=VERIFY_INTERVAL_S,
+        verify_settle_s=VERIFY_SETTLE_S,
     )
 
 

@@ -42,6 +42,9 @@ from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
 from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule
 from syncmesh.chaos.history import Replica, Write, read_history, read_replica
 from syncmesh.chaos.proxy import LinkProxy
+from syncmesh.errors import SyncError
+from syncmesh.node.verify import VerifyClient, direct_call, verify
+from syncmesh.store import Store
 
 SAMPLE_INTERVAL_S = 0.25
 QUARANTINE_POLL_S = 1.0
@@ -53,6 +56,7 @@ FLAP_INTERVAL_S = (0.2, 1.0)
 RESET_INTERVAL_S = (0.3, 1.5)
 RESET_AFTER_BYTES = (1, 64 * 1024)
 ECHO_BYTES_PER_CHANGE_MAX = 4096
+VERIFY_SETTLE_S = 0.3  # nothing is written after quiescence: one short re-read suffices
 
 
 @dataclass(slots=True)
@@ -144,6 +148,7 @@ class ScheduleRun:
                 await self._start()
                 await self._workload_with_faults()
                 await self._quiesce()
+                await self._verify_links()
                 self._check()
             finally:
                 await self._teardown()
@@ -434,6 +439,37 @@ class ScheduleRun:
                 f"no quiescence within {self.options.quiesce_timeout_s} s of healing",
             )
         )
+
+    async def _verify_links(self) -> None:
+        """Once the replicas are equal, `syncmesh verify` between linked nodes must say so.
+
+        Run from each dialler's file against its listener's node, as an
+        operator would; a verify that reports rows the canonical dumps do
+        not differ in is a violation (false divergence after chaos).
+        """
+        if any(violation.checker == "liveness" for violation in self.result.violations):
+            return
+        for listener, dialler in self.schedule.links:
+            asker, node = self.nodes[dialler], self.nodes[listener]
+            store = Store.open(asker.db)
+            try:
+                async with VerifyClient(node.url) as client:
+                    report = await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
+            except SyncError as exc:
+                self.result.violations.append(
+                    Violation("verify", f"{asker.name} could not verify {node.name}: {exc}")
+                )
+                continue
+            finally:
+                store.close()
+            if not report.identical:
+                self.result.violations.append(
+                    Violation(
+                        "verify",
+                        f"{asker.name} vs {node.name}: {report.divergent_rows} rows differ and"
+                        f" {report.unsettled_rows} still change although the replicas are equal",
+                    )
+                )
 
     def _replicas(self) -> list[Replica]:
         return [read_replica(node.name, node.db) for node in self.nodes]
