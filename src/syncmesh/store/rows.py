@@ -224,7 +224,16 @@ class TableSql:
         self.exists_sql = f"SELECT 1 FROM {self.table} WHERE " + " AND ".join(
             f"{quote_identifier(column)} = ?" for column in spec.pk
         )
-        names = shadow_columns(spec)
+        # Rows written whole (the merge) list the cells' HLCs, then their
+        # sites: the layout the digest's fields have (store.summary.digest),
+        # so a row new here is copied out of a batch by slices.
+        count = len(self.values)
+        names = [
+            *shadow_columns(spec)[: self.key_count + 6],
+            *(f"h{index}" for index in range(count)),
+            *(f"s{index}" for index in range(count)),
+            PASTS_COLUMN,
+        ]
         self.shadow_write_sql = (
             f"INSERT OR REPLACE INTO {self.shadow} ({', '.join(names)})"
             f" VALUES ({', '.join('?' * len(names))})"
@@ -433,7 +442,7 @@ class TableSql:
         # The fields `summary.digest` hashes, but for the key hash: the same
         # for every new row of this capture (all cells stamped hlc, by us).
         own = site_code(own_site)
-        live = [1, hlc, own, *[hlc, own] * len(self.values)]
+        live = [1, hlc, own, *[hlc] * len(self.values), *[own] * len(self.values)]
         born_dead = [2, hlc, own]
         parameters: list[tuple[SqlValue, ...]] = []
         for key, (alive, deleted, mask, inserted) in folded.items():
@@ -551,20 +560,20 @@ class TableSql:
         """The shadow row of `state`, with `known` (per column) as the node's knowledge.
 
         Without pasts and knowledge it has the layout of `shadow_plain_sql`
-        (see `write_shadow`).
+        (see `write_shadow`): keys, cl and its stamp, seq, key hash,
+        digest, the cells' HLCs, then their sites (ordinals).
         """
         cl_stamp = state.cl_stamp
-        cells: list[int | str | None] = []
-        for column in self.values:
-            cell = state.cells.get(column)
-            cells.extend((None, None) if cell is None else (cell.stamp.hlc, cell.stamp.site_id))
+        cells = [state.cells.get(column) for column in self.values]
+        hlcs = [None if cell is None else cell.stamp.hlc for cell in cells]
+        site_ids = [None if cell is None else cell.stamp.site_id for cell in cells]
         hashed = key_hash(pk)
         row_digest_value = row_digest(
             hashed,
             state.cl,
             None if cl_stamp is None else cl_stamp.hlc,
             None if cl_stamp is None else cl_stamp.site_id,
-            cells,
+            [value for pair in zip(hlcs, site_ids, strict=True) for value in pair],
         )
         row: list[SqlValue] = [
             *pk,
@@ -574,15 +583,10 @@ class TableSql:
             seq,
             hashed,
             row_digest_value,
+            *hlcs,
+            *(None if site is None else sites.ordinal(site) for site in site_ids),
         ]
-        pasts = bool(known)
-        for column in self.values:
-            cell = state.cells.get(column)
-            if cell is None:
-                row.extend((None, None))
-            else:
-                row.extend((cell.stamp.hlc, sites.ordinal(cell.stamp.site_id)))
-                pasts = pasts or bool(cell.past)
+        pasts = bool(known) or any(cell is not None and cell.past for cell in cells)
         if pasts:
             row.append(self.pasts_text(state, known, sites))
         return row
@@ -671,27 +675,27 @@ class TableSql:
         keys = self.key_count
         cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
         alive = cl % 2 == 1  # type: ignore[operator]
-        # Cells are (value, hlc, site, past) from keys + 3: slices, not a loop
-        # (the fast path of a bootstrap runs here for every row).
+        # Cells are (value, hlc, site, past) from keys + 3.  The fast path of
+        # a bootstrap runs here for every row: slices, no loop per cell.
         hlcs, sites = row[keys + 4 :: CELL_FIELDS], row[keys + 5 :: CELL_FIELDS]
-        site_ordinals = [None if site is None else ordinals[site] for site in sites]  # type: ignore[index]
         hashed = key_hash(row[:keys])
-        # The fields summary.digest hashes.
-        fields = [hashed, cl, NO_STAMP if cl_hlc is None else cl_hlc, batch_codes[cl_site]]
+        head = [hashed, cl, NO_STAMP if cl_hlc is None else cl_hlc, batch_codes[cl_site]]
         if alive:
-            fields += [
-                field
-                for hlc, site in zip(hlcs, sites, strict=True)
-                for field in (NO_STAMP if hlc is None else hlc, batch_codes[site])
-            ]
+            stamps = hlcs if None not in hlcs else [NO_STAMP if h is None else h for h in hlcs]
+            head += [*stamps, *map(batch_codes.__getitem__, sites)]
+        if None in sites:
+            site_ordinals = [None if site is None else ordinals[site] for site in sites]  # type: ignore[index]
+        else:
+            site_ordinals = list(map(ordinals.__getitem__, sites))  # type: ignore[arg-type]
         shadow: list[SqlValue] = [
             *row[: keys + 2],
             None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
             seq,
             hashed,
-            fields_digest(fields),  # type: ignore[arg-type]
+            fields_digest(head),  # type: ignore[arg-type]
+            *hlcs,
+            *site_ordinals,
         ]
-        shadow += [field for pair in zip(hlcs, site_ordinals, strict=True) for field in pair]
         user = row[:keys] + row[keys + 3 :: CELL_FIELDS]
         row_pasts = row[keys + 6 :: CELL_FIELDS]
         pasts = row_pasts.count(None) != len(row_pasts)

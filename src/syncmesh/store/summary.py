@@ -110,7 +110,7 @@ def digest(
     """A row's digest.  `cells`: (hlc, site id) per value column, flat; None if dead.
 
     The fields are the key hash, the causal length, its stamp's HLC and
-    site, and for a live row each cell's HLC and site: int64s, a site as
+    site, and for a live row the cells' HLCs, then their sites: int64s, a site as
     `site_code` of its id, a NULL as NO_STAMP or NO_SITE.  A deleted row's
     cells are left out: a tombstone ships no cells, so a node that only
     ever saw the delete holds none, and still agrees.
@@ -122,10 +122,8 @@ def digest(
         NO_SITE if cl_site is None else site_code(cl_site),
     ]
     if cl % 2 == 1 and cells:
-        for at in range(0, len(cells), 2):
-            hlc, site = cells[at], cells[at + 1]
-            fields.append(NO_STAMP if hlc is None else hlc)  # type: ignore[arg-type]
-            fields.append(NO_SITE if site is None else site_code(site))
+        fields += [NO_STAMP if hlc is None else hlc for hlc in cells[0::2]]  # type: ignore[misc]
+        fields += [NO_SITE if site is None else site_code(site) for site in cells[1::2]]
     return fields_digest(fields)
 
 
@@ -269,8 +267,6 @@ def shadow_digest(
     assert isinstance(cl, int), f"causal length {cl!r} is not an integer"
     fields = [hashed_key, cl, NO_STAMP if cl_hlc is None else cl_hlc, codes[cl_site]]
     if cl % 2 == 1 and stamps:
-        fields += [
-            (NO_STAMP if value is None else value) if at % 2 == 0 else codes[value]
-            for at, value in enumerate(stamps)
-        ]
+        fields += [NO_STAMP if hlc is None else hlc for hlc in stamps[0::2]]
+        fields += map(codes.__getitem__, stamps[1::2])
     return fields_digest(fields)  # type: ignore[arg-type]
