@@ -471,8 +471,9 @@ class Node:
                         recheck_s = HINT_RECHECK_S
                         # The store thread's own writes (an apply) wake us too.
                         # While it works, a capture would only queue behind it,
-                        # so look once it is done, not at every write it makes.
-                        await self.worker.wait_idle()
+                        # so look once what it has queued now is done, not at
+                        # every write it makes.
+                        await self.worker.drain()
         finally:
             files.close()
             watcher.close()
