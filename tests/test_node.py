@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig, PeerStatistics
-from syncmesh.protocol import PROTOCOL_VERSION, Have, Hello, Pull, Refuse, decode, encode
+from syncmesh.protocol import Refuse, decode
 from syncmesh.store import Store
 from tests.helpers import exchange_all, rows_with_types, run_cli, wait_until
 
@@ -242,31 +242,6 @@ async def test_hostile_frames_get_a_refusal_and_the_node_keeps_syncing(tmp_path:
         execute(a, "INSERT INTO items VALUES ('after', 'garbage', 1)")
         async with running_node(config(b, node_a)):
             await wait_until(lambda: converged(a, b, rows=1), TIMEOUT_S, "a real peer to sync")
-
-
-async def test_a_have_query_is_answered_with_the_nodes_vector(tmp_path: Path) -> None:
-    """Goal: a relay holding a batch asks HAVE?; the node answers HAVE with its vector."""
-    a = make_db(tmp_path / "a.db")
-    execute(a, "INSERT INTO items VALUES ('k', 'v', 1)")
-    async with running_node(config(a)) as node_a:
-        url = f"http://{node_a.listen}/sync/v1"
-        ours = await node_a.our_hello()
-        stranger = Hello(PROTOCOL_VERSION, "f" * 32, "inc", ours.fingerprint, ours.tables, 0, {})
-        async with aiohttp.ClientSession() as http, http.ws_connect(url) as socket:
-            hello = decode((await socket.receive(timeout=5)).data)
-            assert isinstance(hello, Hello)
-            await socket.send_bytes(encode(stranger))
-            assert isinstance(decode((await socket.receive(timeout=5)).data), Pull)
-            await socket.send_bytes(encode(Have({}, reply_wanted=True)))
-            message = decode((await socket.receive(timeout=5)).data)
-            for _ in range(10):  # batches of the node's feed may come first
-                if isinstance(message, Have):
-                    break
-                message = decode((await socket.receive(timeout=5)).data)
-            assert isinstance(message, Have)
-            assert not message.reply_wanted
-            assert message.vector == hello.vector
-            assert message.vector  # the node's own write
 
 
 async def test_a_restarted_peer_is_redialled(tmp_path: Path) -> None:

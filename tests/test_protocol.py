@@ -76,7 +76,7 @@ messages = st.one_of(
     st.builds(Pull, st.text(max_size=32), st.integers(0, 1 << 40), vectors, st.booleans()),
     st.builds(Batch, batches()),
     st.builds(Ack, st.integers(0, 1 << 40), vectors),
-    st.builds(Have, vectors, st.booleans()),
+    st.builds(Have, vectors),
 )
 
 
@@ -249,11 +249,3 @@ def test_zip_bomb_is_refused() -> None:
 def test_random_bytes_never_crash_the_decoder(frame: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode(frame)
-
-
-def test_a_have_query_is_backward_compatible() -> None:
-    """A HAVE without the query flag encodes as before; an old peer's HAVE decodes as none."""
-    assert encode(Have({"a": 1})) == bytes([0]) + msgpack.packb({"t": "have", "vv": {"a": 1}})
-    assert decode(encode(Have({"a": 1}, reply_wanted=True))) == Have({"a": 1}, True)
-    with pytest.raises(ProtocolError, match="'q'"):
-        decode(bytes([0]) + msgpack.packb({"t": "have", "vv": {}, "q": 1}))

@@ -45,9 +45,11 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
-# With inotify (node/watch.py): after a hint, look again this soon, doubling up
-# to twice the poll interval; with no hint, poll this many intervals apart.
-HINT_RECHECK_S = 0.0005
+# With inotify (node/watch.py): after a hint, look again this soon, then
+# HINT_RECHECK_FACTOR times later, up to twice the poll interval (1 and 4 ms);
+# with no hint, poll this many intervals apart.
+HINT_RECHECK_S = 0.001
+HINT_RECHECK_FACTOR = 4
 SAFETY_POLL_FACTOR = 10
 LAG_CHANGES_MAX = 10_000  # a peer's lag in changes is counted up to this many rows
 
@@ -468,7 +470,7 @@ class Node:
             last_version = -1
             interval_s = self.config.poll_interval_ms / 1000
             last_change = time.monotonic()
-            recheck_s = 0.0  # > 0: re-look this soon (after a hint), doubling
+            recheck_s = 0.0  # > 0: re-look this soon (after a hint), growing
             while True:
                 files.event.clear()
                 version = watcher.execute("PRAGMA data_version").fetchone()[0]
@@ -496,7 +498,7 @@ class Node:
                 # Wake on the next hint, or to re-look: soon after a hint, else
                 # the slow safety poll.
                 if 0 < recheck_s <= interval_s * 2:
-                    wait_s, recheck_s = recheck_s, recheck_s * 2
+                    wait_s, recheck_s = recheck_s, recheck_s * HINT_RECHECK_FACTOR
                 else:
                     wait_s, recheck_s = interval_s * SAFETY_POLL_FACTOR, 0.0
                     wait_s *= IDLE_POLL_FACTOR if quiet else 1
@@ -506,8 +508,9 @@ class Node:
                         recheck_s = HINT_RECHECK_S
                         # The store thread's own writes (an apply) wake us too.
                         # While it works, a capture would only queue behind it,
-                        # so look once it is done, not at every write it makes.
-                        await self.worker.wait_idle()
+                        # so look once what it has queued now is done, not at
+                        # every write it makes.
+                        await self.worker.drain()
         finally:
             files.close()
             watcher.close()

@@ -47,9 +47,6 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
-# A held relay batch waits relay_hold_ms, then, if the peer answers HAVE
-# queries and has not yet, up to this much longer for its answer.
-RELAY_ANSWER_WAIT_S = 0.25
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -158,9 +155,6 @@ class Session:
         self._sender: asyncio.Task[None] | None = None
         self._own_writes_wanted = True
         self._closing: asyncio.Task[None] | None = None
-        # Set when a HAVE arrives; whether this peer answers HAVE queries.
-        self._have_received = asyncio.Event()
-        self._peer_answers_have = False
         # (cursor, batch) read for us by the node right after a capture
         self._prefetched: tuple[int, ChangeBatch] | None = None
 
@@ -282,15 +276,6 @@ class Session:
                 self._on_ack(message)
             elif isinstance(message, Have):
                 self._learn_peer_vector(message.vector)
-                if message.reply_wanted:
-                    # On the store thread, after whatever it is applying now:
-                    # often the very rows the peer is about to relay to us.
-                    vector = await self._host.worker.call(self._host.store.vector)
-                    await self._send(Have(vector))
-                else:
-                    self._peer_answers_have = True
-                # A query carries the peer's vector as well: as good an answer.
-                self._have_received.set()
             elif isinstance(message, Pull):
                 if self._sender is not None:
                     raise ProtocolError("second PULL in one session")
@@ -476,9 +461,7 @@ class Session:
                 continue
             if (
                 config.relay_hold_ms > 0
-                # Live changes, not a backlog: a batch that reaches our head
-                # (it carries our vector), or a small one.
-                and (batch.vector is not None or batch.row_count <= config.batch_rows_max // 2)
+                and batch.row_count <= config.batch_rows_max // 2  # live changes, not a backlog
                 and _only_relays(batch, own_site)
             ):
                 # In a mesh the peer often gets these rows from their origin at
@@ -486,16 +469,8 @@ class Session:
                 # the same, then leave out what it turns out to hold already, so
                 # a relay does not double the traffic.  Once per batch: a chain's
                 # relays are delayed by milliseconds, never starved.
-                self._have_received.clear()
-                await self._send(Have(await worker.call(store.vector), reply_wanted=True))
+                await self._send(Have(await worker.call(store.vector)))
                 await asyncio.sleep(config.relay_hold_ms / 1000)
-                if self._peer_answers_have and not self._have_received.is_set():
-                    # A peer that answers HAVE queries answers once its store
-                    # thread is through what it had queued (an apply of these
-                    # rows from their origin, often): wait for that too.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(RELAY_ANSWER_WAIT_S):
-                            await self._have_received.wait()
                 batch = _refiltered(batch, self._filter_vector())
             frame = encode(Batch(batch))
             too_many = batch.row_count > config.rows_per_message_max

@@ -166,8 +166,6 @@ def _to_plain(message: Message) -> dict[str, Any]:
         case Ack():
             return {"t": "ack", "to": message.to_seq, "vv": message.vector}
         case Have():
-            if message.reply_wanted:
-                return {"t": "have", "vv": message.vector, "q": True}
             return {"t": "have", "vv": message.vector}
         case _:
             assert_never(message)
@@ -249,10 +247,7 @@ def _from_plain(plain: object) -> Message:
     if kind == "ack":
         return Ack(_seq(plain, "to", "ack"), _vector(plain.get("vv"), "ack"))
     if kind == "have":
-        reply_wanted = plain.get("q", False)
-        if type(reply_wanted) is not bool:
-            raise ProtocolError("have: field 'q' is not a boolean")
-        return Have(_vector(plain.get("vv"), "have"), reply_wanted)
+        return Have(_vector(plain.get("vv"), "have"))
     raise ProtocolError(f"unknown message type {_show(kind)}")
 
 

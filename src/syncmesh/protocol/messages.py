@@ -69,10 +69,6 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Have:
     vector: dict[str, int]
-    # Asks the peer to answer with a HAVE of its own (never with
-    # reply_wanted): a relay holding a batch learns what the peer holds as
-    # soon as the peer's store thread has done what it had queued.
-    reply_wanted: bool = False
 
 
 Message = Hello | Refuse | Pull | Batch | Ack | Have
