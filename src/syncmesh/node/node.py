@@ -50,6 +50,13 @@ IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
 # with no hint, poll this many intervals apart.
 HINT_RECHECK_S = 0.001
 HINT_RECHECK_FACTOR = 4
+# Local writes captured less than STREAM_S ago (STREAM_BULK_S after a capture of
+# at least STREAM_BULK_ROWS rows): a stream of writes, so poll as without
+# inotify, not reading hints (they would wake the loop at every page written,
+# and a capture at every commit collides with the writer's next transaction).
+STREAM_S = 0.012
+STREAM_BULK_S = 0.1
+STREAM_BULK_ROWS = 200
 SAFETY_POLL_FACTOR = 10
 LAG_CHANGES_MAX = 10_000  # a peer's lag in changes is counted up to this many rows
 
@@ -457,11 +464,12 @@ class Node:
     async def _capture_loop(self) -> None:
         """Notice commits by any connection (PRAGMA data_version) and capture them.
 
-        Where inotify works (`FileWatcher`), a write to the file wakes the
-        loop at once, and the loop polls quickly for a moment after each
-        such hint (a commit is published in the WAL index just after its
-        frames are written); otherwise it sleeps, with a slow safety poll.
-        Without inotify it polls every `poll_interval_ms`.
+        Where inotify works (`FileWatcher`) and the file has had no commit
+        for STREAM_S, a write to the file wakes the loop at once, and the
+        loop looks again 1 and 5 ms after each such hint (a commit is
+        published in the WAL index just after its frames are written);
+        otherwise it sleeps, with a slow safety poll.  Under a stream of
+        commits, and without inotify, it polls every `poll_interval_ms`.
         """
         watcher = sqlite3.connect(self.config.database_path, isolation_level=None)
         files = FileWatcher(self.config.database_path)
@@ -470,6 +478,7 @@ class Node:
             last_version = -1
             interval_s = self.config.poll_interval_ms / 1000
             last_change = time.monotonic()
+            stream_until = 0.0  # poll, not hints, until then (a stream of writes)
             recheck_s = 0.0  # > 0: re-look this soon (after a hint), growing
             while True:
                 files.event.clear()
@@ -478,23 +487,37 @@ class Node:
                     last_version = version
                     last_change = time.monotonic()
                     started = time.monotonic()
-                    await self._capture_once()
+                    stamped = await self._capture_once()
+                    if stamped:
+                        # Writes in quick succession, or big transactions: a
+                        # stream.  Capturing at every commit would collide with
+                        # the writer's next transaction for the write lock.
+                        hold_s = STREAM_BULK_S if stamped >= STREAM_BULK_ROWS else STREAM_S
+                        stream_until = time.monotonic() + hold_s
                     # A capture holds the write lock.  Under a stream of writes,
                     # leave the application twice as long as the capture took,
                     # so it keeps most of the lock; a small capture adds nothing.
                     held_s = time.monotonic() - started
-                    pause_s = CAPTURE_YIELD_FACTOR * held_s
-                    await asyncio.sleep(pause_s if hinted else max(interval_s, pause_s))
-                    recheck_s = HINT_RECHECK_S if hinted else 0.0
+                    await asyncio.sleep(max(interval_s, CAPTURE_YIELD_FACTOR * held_s))
                     continue
+                now = time.monotonic()
                 # A file that has been quiet for a while is looked at less often:
                 # an idle node then costs well under 1 % of a core.
-                quiet = time.monotonic() - last_change > IDLE_AFTER_S
-                if not hinted:
+                quiet = now - last_change > IDLE_AFTER_S
+                # While the store thread works (an apply, a read), its own
+                # writes would wake the loop at every page, and a capture would
+                # only queue behind it: poll then as well.
+                if not hinted or now < stream_until or self.worker.busy:
+                    # Without inotify, or under a stream of commits, poll: a
+                    # commit waits at most a poll interval, and the loop does
+                    # not wake (and capture) at every write of every commit.
                     # The first write after a quiet spell waits at most
-                    # IDLE_POLL_FACTOR polls.
+                    # IDLE_POLL_FACTOR polls (without inotify).
+                    files.pause()
                     await asyncio.sleep(interval_s * (IDLE_POLL_FACTOR if quiet else 1))
+                    recheck_s = 0.0
                     continue
+                files.resume()
                 # Wake on the next hint, or to re-look: soon after a hint, else
                 # the slow safety poll.
                 if 0 < recheck_s <= interval_s * 2:
@@ -506,16 +529,12 @@ class Node:
                     async with asyncio.timeout(wait_s):
                         await files.event.wait()
                         recheck_s = HINT_RECHECK_S
-                        # The store thread's own writes (an apply) wake us too.
-                        # While it works, a capture would only queue behind it,
-                        # so look once what it has queued now is done, not at
-                        # every write it makes.
-                        await self.worker.drain()
         finally:
             files.close()
             watcher.close()
 
-    async def _capture_once(self) -> None:
+    async def _capture_once(self) -> int:
+        """Capture (and read caught-up sessions' batches); the rows stamped."""
         wanted = list(self._wanted.items())
 
         def capture() -> tuple[bool, int, int, list[tuple[Session, int, ChangeBatch]]]:
@@ -538,7 +557,7 @@ class Node:
             reloaded, stamped, captured_total, read = await self.worker.call(capture)
         except Exception:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
-            return
+            return 0
         for session, cursor, batch in read:
             session.offer_batch(cursor, batch)
         if reloaded:
@@ -549,6 +568,7 @@ class Node:
             self._captures += 1
             self.note_throughput(rows_captured_total=captured_total)
             self.feed_advanced()
+        return stamped
 
     async def _quarantine_loop(self) -> None:
         while True:

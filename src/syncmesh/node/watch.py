@@ -48,6 +48,7 @@ class FileWatcher:
         self.event = asyncio.Event()
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
         resolved = Path(path).resolve()
         self._directory = resolved.parent
         base = resolved.name
@@ -77,14 +78,28 @@ class FileWatcher:
             log.info("no inotify for %s (%s): polling only", self._directory, exc)
             return False
         self._fd = fd
+        self._reading = True
         return True
+
+    def pause(self) -> None:
+        """Stop reading events (the kernel queues them, merging repeats)."""
+        if self._fd >= 0 and self._loop is not None and self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def resume(self) -> None:
+        """Read events again; any queued while paused set `event` at once."""
+        if self._fd >= 0 and self._loop is not None and not self._reading:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
-        if self._loop is not None and not self._loop.is_closed():
+        if self._reading and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(fd)
+        self._reading = False
         with contextlib.suppress(OSError):
             os.close(fd)
 

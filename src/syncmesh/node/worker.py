@@ -26,11 +26,6 @@ class StoreWorker:
     def busy(self) -> bool:
         return self._calls > 0
 
-    async def drain(self) -> None:
-        """Until every call submitted before this one has run (calls run in order)."""
-        if self._calls:
-            await self.call(_nothing)
-
     async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         self._calls += 1
@@ -43,7 +38,3 @@ class StoreWorker:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-def _nothing() -> None:
-    pass
