@@ -251,6 +251,18 @@ def test_a_reset_during_the_upgrade_is_no_internal_error(target: NodeProcess) ->
     # The fixture's teardown fails the test if the node logged a traceback.
 
 
+def test_a_verify_request_cut_short_is_no_internal_error(target: NodeProcess) -> None:
+    """A peer reset in the middle of a verify request body: the node logs it, no traceback."""
+    for _ in range(20):
+        peer = RawPeer(target.port, upgrade=False)
+        peer.sock.sendall(
+            b"POST /sync/v1/verify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/msgpack\r\nContent-Length: 100000\r\n\r\n" + b"\x82" * 100
+        )
+        peer.reset()
+    # The fixture's teardown fails the test if the node logged a traceback.
+
+
 def test_a_peer_that_stops_reading_stalls_nobody_else(cluster: Cluster, tmp_path: Path) -> None:
     hub_db = make_db(tmp_path / "hub.db", SCHEMA)
     hub = cluster.node("hub", hub_db)

@@ -231,7 +231,13 @@ async def answer_http(node: Node, request: web.Request) -> web.Response:
             )
             return web.Response(status=403, text="your certificate is not a peer's here")
     try:
-        message = unpack(await request.read())
+        body = await request.read()
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        # The asker went away mid-request (a partition, a reset): nobody to answer.
+        log.info("a verify request from %s was cut short: %s", peer_address(request), exc)
+        return web.Response(status=400, text="request cut short")
+    try:
+        message = unpack(body)
         site = message.get("site")
         origin = site if isinstance(site, str) and site else peer_address(request)
         answer = await node.verify_server.answer(
