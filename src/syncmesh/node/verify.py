@@ -497,10 +497,3 @@ async def deep_tree(store: Store, call: StoreCall, name: str) -> tuple[TableSumm
 async def direct_call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A StoreCall for a caller that owns its store on the event loop's thread (the CLI)."""
     return function(*args, **kwargs)
-
-
-def report_summary(report: VerifyReport) -> dict[str, Any]:
-    """The figures of a report without the keys (for logs, metrics, status)."""
-    summary = report.as_json()
-    summary.pop("differences")
-    return summary
