@@ -180,7 +180,6 @@ class TableSql:
             f"SELECT {tree_columns}{', ' + values if values else ''} FROM {self.shadow} s"
             f" LEFT JOIN {self.table} t ON {join}"
         )
-        self._key_match = " AND ".join(f"s.k{index} IS ?" for index in range(self.key_count))
         shadow_key_list = ", ".join(f"k{index}" for index in range(self.key_count))
         digest_args = ", ".join(
             [
