@@ -341,3 +341,35 @@ def test_defect6_update_to_negative_zero_is_synced(make_store: MakeStore) -> Non
     sync_pair(a, b)
     (value,) = b.connection.execute("SELECT v FROM items").fetchone()
     assert math.copysign(1.0, value) == -1.0
+
+
+# -- defect 8: a failed read pins an old snapshot on the store's connection ----------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 defect 8: a read that fails mid-statement leaves its statement active"
+    " while the error (and its traceback) is alive, pinning an old WAL snapshot: capture"
+    " sees nothing new and BEGIN IMMEDIATE fails with 'database is locked'",
+)
+def test_defect8_store_recovers_while_a_failed_read_is_still_referenced(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    a, b = make_store("a", PLAIN_DDL), make_store("b", PLAIN_DDL)
+    outside = sqlite3.connect(tmp_path / "a.db", timeout=10.0)
+    try:
+        outside.execute("INSERT INTO items VALUES ('bad', CAST(X'E9' AS TEXT), 1)")
+        outside.commit()
+        a.capture()
+        failures: list[Exception] = []  # a node keeps errors around: logs, futures, link state
+        try:
+            a.read_batch(0, b.vector(), 1_000)
+        except Exception as exc:  # any error of the read will do
+            failures.append(exc)
+        outside.execute("UPDATE items SET name = 'fixed by hand' WHERE id = 'bad'")
+        outside.commit()
+        assert a.capture() == 1, "the fix was not captured: the store reads an old snapshot"
+        exchange_all(a, b)
+        assert b.connection.execute("SELECT name FROM items").fetchall() == [("fixed by hand",)]
+    finally:
+        outside.close()
