@@ -25,11 +25,12 @@ def schedule_line(result: ScheduleResult) -> str:
 def reproduce_command(options: RunOptions, result: ScheduleResult) -> str:
     schedule = result.schedule
     kinds = "" if options.kinds == list(FAULT_KINDS) else f" --faults {','.join(options.kinds)}"
+    adversarial = f" --adversarial {','.join(options.adversarial)}" if options.adversarial else ""
     return (
         f"syncmesh chaos --seed {schedule.seed} --only {schedule.index}"
         f" --nodes {schedule.nodes} --topology {schedule.topology}"
         f" --duration {schedule.duration_s:g} --faults-per-schedule"
-        f" {options.faults_per_schedule}{kinds}"
+        f" {options.faults_per_schedule}{kinds}{adversarial}"
     )
 
 
@@ -96,6 +97,7 @@ def json_report(options: RunOptions, results: list[ScheduleResult]) -> dict[str,
         "duration_s": options.duration_s,
         "faults_per_schedule": options.faults_per_schedule,
         "kinds": options.kinds,
+        "adversarial": list(options.adversarial),
         "schedules": [result.as_json() for result in results],
         "violations": sum(len(result.violations) for result in results),
     }
