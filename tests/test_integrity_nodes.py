@@ -151,3 +151,29 @@ def test_defect7_copied_file_meeting_through_a_hub_is_refused_loudly(
         told = [line for line in node.log_text().splitlines() if "init --new-site-id" in line]
         assert any("ERROR" in line for line in told), told
     no_internal_errors(nodes)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 (also look at): a node whose limits.rows_per_message_max is below its"
+    " peer's batch size refuses the same batch forever; HELLO does not carry the limit",
+)
+def test_peers_with_different_row_limits_still_sync(nodes: Cluster, tmp_path: Path) -> None:
+    a = nodes.node("a", make_db(tmp_path / "a.db", SCHEMA))
+    b = nodes.node(
+        "b",
+        make_db(tmp_path / "b.db", SCHEMA),
+        peers=[a],
+        env={"SYNCMESH_LIMITS_ROWS_PER_MESSAGE_MAX": "10"},
+    )
+    nodes.start(a, b)
+    values = ", ".join(f"('k{index}', 'n', {index})" for index in range(50))
+    shell(a.db, f"INSERT INTO items VALUES {values}")  # one transaction: one seq group
+    wait_for(
+        lambda: len(query(b.db, "SELECT id FROM items")) == 50,
+        SYNC_S,
+        "all 50 rows to reach the node that takes at most 10 per message",
+        describe=lambda: logs(a, b),
+    )
+    no_internal_errors(nodes)
