@@ -52,7 +52,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         f"chaos run: seed {options.seed}, {len(results)} schedule(s), {options.nodes} nodes,"
         f" {options.topology}, {options.duration_s:g} s of faults each",
         f"operations: {writes} acknowledged writes ({orders} order transactions),"
-        f" {failed} refused while a node held the lock",
+        f" {failed} refused (a node held the lock, or a constraint said no)",
         f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
         f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}",
         "faults: "
