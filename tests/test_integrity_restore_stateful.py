@@ -226,9 +226,10 @@ assert NODES == 3  # the oracle's reasoning: nodes 1 and 2 are never restored
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 (found by RestoreMachine): a restored node keeps k0 alive (causal length"
-    " 1) and never learns k1, although its own key change k0 -> k1 had reached node 1 before"
-    " the restore; the replicas do not converge either",
+    reason="issue 12 (found by RestoreMachine; defect 2's family): the restored node's clock"
+    " (physical time not past its lost writes) issues the same HLC (hlc, site) again for new"
+    " writes, so its vector entry equals the peers' claim, the restore check sees nothing, and"
+    " the lost writes (k0 deleted, k1 inserted) stay 'covered' by its own vector forever",
 )
 @settings(max_examples=1, database=None, deadline=None)
 @given(st.just(None))  # the machine's rules record hypothesis events: run inside a test
