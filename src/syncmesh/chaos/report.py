@@ -6,7 +6,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from syncmesh.chaos.faults import FAULT_KINDS
+from syncmesh.chaos.faults import ALL_KINDS, FAULT_KINDS
 from syncmesh.chaos.run import RunOptions, ScheduleResult
 
 
@@ -44,6 +44,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     unverified = sum(r.tally.unverified for r in results)
     orders = sum(r.tally.orders for r in results)
     failed = sum(r.failed_writes for r in results)
+    restore_exempt = sum(r.writes_restore_exempt for r in results)
     wire = sum(r.bytes_on_wire for r in results)
     applied = sum(r.changes_applied for r in results)
     quiesce = [r.quiesce_s for r in results if r.quiesce_s is not None]
@@ -54,9 +55,14 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         f"operations: {writes} acknowledged writes ({orders} order transactions),"
         f" {failed} refused (a node held the lock, or a constraint said no)",
         f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
-        f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}",
+        f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}"
+        + (
+            f"; taken back by a restore before anyone held them: {restore_exempt}"
+            if restore_exempt
+            else ""
+        ),
         "faults: "
-        + (", ".join(f"{kind} {faults[kind]}" for kind in FAULT_KINDS if faults[kind]) or "none"),
+        + (", ".join(f"{kind} {faults[kind]}" for kind in ALL_KINDS if faults[kind]) or "none"),
         f"  connection resets {sum(r.resets for r in results)}, frames duplicated"
         f" {sum(r.frames_duplicated for r in results)}, reordered"
         f" {sum(r.frames_reordered for r in results)}, far stamps refused"
