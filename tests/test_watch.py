@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from syncmesh.node.watch import FileWatcher
+from syncmesh.store.sqlite.watch import FileWatcher
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
 

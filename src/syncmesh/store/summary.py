@@ -45,10 +45,6 @@ LEAF_MASK = LEAVES - 1
 BRANCHES = 256
 LEAVES_PER_BRANCH = LEAVES // BRANCHES
 
-FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
-ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
-KEY_HASH_FUNCTION = "syncmesh_key_hash"
-
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 

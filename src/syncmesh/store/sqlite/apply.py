@@ -4,14 +4,20 @@ Owns the join of incoming rows with the rows on disk (the fast path for
 keys new here, one user-table write per key), noticing the conflicts the
 join resolves (recorded in the ledger) and what the node learns from them,
 the refusal of stamps from the future, and sending rows that cannot be
-applied to quarantine.  `Store.apply_batch` and `Store.retry_quarantine`
-call this through `Store._merge_rows`, inside their transaction.
+applied to quarantine.  `peers.apply_batch`, `retry.retry` and
+`verify.merge_rows` call `merge_rows` inside their transaction.
+
+One table's merge (`merge_table`) goes in named steps: `_merge_keys`
+joins every incoming row with what is held (in memory), `_write_user_rows`
+writes the user table (a constraint's refusal sends the key's rows to
+quarantine), `_write_shadow_rows` writes the shadow rows and moves the
+hash tree, and the conflicts go to the ledger last.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import ClockDriftError
@@ -25,30 +31,54 @@ from syncmesh.model import (
     TableRows,
     state_of_row,
 )
-from syncmesh.store import conflicts, quarantine, vector
-from syncmesh.store.quarantine import stamps
 from syncmesh.store.records import ApplyResult
-from syncmesh.store.rows import SiteMap, TableSql, execute_each
+from syncmesh.store.sqlite import conflicts, quarantine, vector
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.execute import execute_each
+from syncmesh.store.sqlite.quarantine import stamps
+from syncmesh.store.sqlite.sites import SiteMap
+from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
 
-if TYPE_CHECKING:
-    from syncmesh.store.sqlite import Store
+Key = tuple[SqlValue, ...]
 
 
-def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) -> ApplyResult:
+class TableApplied(NamedTuple):
+    """What the merge of one table's rows did."""
+
+    applied: int  # rows whose merged state differed from ours (shadow rows written)
+    quarantined: int  # rows a constraint refused, sent to quarantine
+    drift_refused: int  # rows stamped beyond the drift limit, sent to quarantine
+    conflicts: int  # conflicts resolved and new to the ledger
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """What every table of one batch shares: where it comes from, and how it is stamped."""
+
+    origin: str  # the site the rows came from (quarantine entries name it)
+    batch_sites: tuple[str, ...]  # the batch's site ids, by site index
+    ordinals: list[int]  # the batch's site indexes as our ordinals
+    seq: int  # the seq the merged rows take
+    sites: SiteMap
+    bound: int  # the greatest stamp not refused for drift
+
+
+def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMap) -> ApplyResult:
     """Merge the rows of `batch` into the tables (inside the caller's transaction)."""
-    store._connection.execute("UPDATE _syncmesh_state SET applying = 1")
-    store._catch_up_clock()
-    seq = store._clock.tick()  # a fresh seq for the merged rows (see _capture_pending)
+    ctx.connection.execute("UPDATE _syncmesh_state SET applying = 1")
+    ctx.catch_up_clock()
+    seq = ctx.clock.tick()  # a fresh seq for the merged rows (see capture.capture_pending)
     ordinals = [sites.ordinal(site) for site in batch.sites]
     # One reading of the clock judges the whole batch: rows of one local
     # transaction share a stamp and must all pass or all wait (a reading per
     # table let an order through while its lines waited; syncmesh chaos).
-    bound = vector.drift_bound(store)
+    bound = vector.drift_bound(ctx)
+    shared = _Incoming(origin, batch.sites, ordinals, seq, sites, bound)
     applied = quarantined = refused = resolved = 0
     by_table: dict[str, int] = {}
     for incoming in batch.tables:
-        table = store._tables.get(incoming.table)
+        table = ctx.tables.get(incoming.table)
         problem = None
         if table is None:
             problem = f"table {incoming.table!r} is not tracked here"
@@ -59,56 +89,90 @@ def merge_rows(store: Store, origin: str, batch: ChangeBatch, sites: SiteMap) ->
             )
         if problem is not None:
             for row in incoming.rows:
-                quarantine.add(store, _change_of(incoming, row, batch.sites), origin, problem)
+                quarantine.add(ctx, _change_of(incoming, row, batch.sites), origin, problem)
             quarantined += len(incoming.rows)
             continue
         assert table is not None
-        counts = merge_table(
-            store, table, incoming, batch.sites, ordinals, origin, seq, sites, bound
-        )
-        applied += counts[0]
-        if counts[0]:
-            by_table[incoming.table] = by_table.get(incoming.table, 0) + counts[0]
-        quarantined += counts[1]
-        refused += counts[2]
-        resolved += counts[3]
-    store._connection.execute("UPDATE _syncmesh_state SET applying = 0")
+        done = merge_table(ctx, table, incoming, shared)
+        applied += done.applied
+        if done.applied:
+            by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
+        quarantined += done.quarantined
+        refused += done.drift_refused
+        resolved += done.conflicts
+    ctx.connection.execute("UPDATE _syncmesh_state SET applying = 0")
     if applied:
         # V[self] does not move here: it speaks of our own writes only.
-        store._connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
-    return ApplyResult(applied, quarantined, refused, store._state()["seq"], resolved, by_table)
+        ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
+    return ApplyResult(applied, quarantined, refused, ctx.state()["seq"], resolved, by_table)
 
 
 def merge_table(
-    store: Store,
+    ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming
+) -> TableApplied:
+    """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
+
+    Rows with a stamp above `shared.bound` (the drift limit) are refused
+    into the quarantine, to be retried once the clock has caught up.
+    """
+    pks = [tuple(row[: table.key_count]) for row in incoming.rows]
+    on_disk = table.load(ctx.connection, pks)
+    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
+    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk)
+    applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
+    # A refused key's merge did not happen: it is resolved again on retry.
+    recorded = conflicts.record(
+        ctx,
+        table.spec.name,
+        [
+            (pk, conflict)
+            for pk, listed in merge.found.items()
+            if pk not in failed
+            for conflict in listed
+        ],
+    )
+    return TableApplied(applied, quarantined, merge.drift_refused, recorded)
+
+
+OnDisk = dict[Key, tuple[list[SqlValue], str | None, int | None]]
+
+
+@dataclass(slots=True)
+class _KeyMerge:
+    """The in-memory result of joining one table's incoming rows with what is held."""
+
+    # Per key: the merged result (a state, or the rows of a new key) and
+    # the incoming rows that made it.
+    merged: dict[Key, _Merged] = field(default_factory=dict)
+    # Keys whose state stays as it is, but whose knowledge grew: an incoming
+    # write lost a conflict here.  Their shadow rows keep their seq.
+    learned: dict[Key, tuple[RowState, dict[str, Knowledge]]] = field(default_factory=dict)
+    found: dict[Key, list[CellConflict]] = field(default_factory=dict)
+    drift_refused: int = 0
+
+
+def _merge_keys(
+    ctx: StoreContext,
     table: TableSql,
     incoming: TableRows,
-    batch_sites: tuple[str, ...],
-    ordinals: list[int],
-    origin: str,
-    seq: int,
-    sites: SiteMap,
-    bound: int,
-) -> tuple[int, int, int, int]:
-    """Merge one table's rows; returns (applied, quarantined, refused for drift, conflicts).
-
-    Rows with a stamp above `bound` (the drift limit) are refused into the
-    quarantine, to be retried once the clock has caught up.
-    """
+    shared: _Incoming,
+    pks: list[Key],
+    on_disk: OnDisk,
+) -> _KeyMerge:
+    """Join each incoming row with the key's state so far (on disk, or earlier in the batch)."""
     keys = table.key_count
+    batch_sites, ordinals, seq, bound = (
+        shared.batch_sites,
+        shared.ordinals,
+        shared.seq,
+        shared.bound,
+    )
     # A batch's site indexes as row digests see their sites.
     batch_codes: dict[SqlValue, int] = {None: NO_SITE}
     batch_codes.update((index, site_code(site)) for index, site in enumerate(batch_sites))
-    pks = [tuple(row[:keys]) for row in incoming.rows]
-    on_disk = table.load(store._connection, pks)
-    local_sites = sites.all_sites()
-    # Per key: the merged result (a state, or the rows of a new key) and
-    # the incoming rows that made it.
-    merged_by_key: dict[tuple[SqlValue, ...], _Merged] = {}
-    # Keys whose state stays as it is, but whose knowledge grew: an incoming
-    # write lost a conflict here.  Their shadow rows keep their seq.
-    learned: dict[tuple[SqlValue, ...], tuple[RowState, dict[str, Knowledge]]] = {}
-    found: dict[tuple[SqlValue, ...], list[CellConflict]] = {}
+    local_sites = shared.sites.all_sites()
+    result = _KeyMerge()
+    merged_by_key, learned, found = result.merged, result.learned, result.found
     refused = 0
     observed = 0
     for pk, row in zip(pks, incoming.rows, strict=True):
@@ -118,7 +182,7 @@ def merge_table(
         )
         if top > bound:
             change = _change_of(incoming, row, batch_sites)
-            quarantine.add(store, change, origin, _drift_reason(change, store._clock))
+            quarantine.add(ctx, change, shared.origin, _drift_reason(change, ctx.clock))
             refused += 1
             continue
         earlier = merged_by_key.get(pk)
@@ -164,54 +228,84 @@ def merge_table(
         learned.pop(pk, None)
     if observed:
         # Every row observed passed `bound`: no second reading of the clock.
-        store._clock.absorb(int(observed))
-    # One user-table write per key, from its final state: a key that came
-    # twice (deleted, then re-inserted) must not be upserted and then deleted.
-    upserts: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
-    deletes: list[tuple[tuple[SqlValue, ...], list[SqlValue]]] = []
-    for pk, result in merged_by_key.items():
+        ctx.clock.absorb(int(observed))
+    result.drift_refused = refused
+    return result
+
+
+def _write_user_rows(
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    shared: _Incoming,
+    merge: _KeyMerge,
+    on_disk: OnDisk,
+) -> tuple[set[Key], int]:
+    """One user-table write per key, from its final state; (keys refused, rows quarantined).
+
+    A key that came twice (deleted, then re-inserted) must not be upserted
+    and then deleted.  A key a constraint refuses sends all its incoming
+    rows to quarantine.
+    """
+    keys = table.key_count
+    upserts: list[tuple[Key, list[SqlValue]]] = []
+    deletes: list[tuple[Key, list[SqlValue]]] = []
+    for pk, result in merge.merged.items():
         user = result.user_row(table, pk)
         if user is not None:
             upserts.append((pk, user))
         elif pk in on_disk and on_disk[pk][0][keys] % 2 == 1:  # type: ignore[operator]
             deletes.append((pk, list(pk)))
-    failed: set[tuple[SqlValue, ...]] = set()
+    failed: set[Key] = set()
     quarantined = 0
     # Deletes first: a key change (or a delete and an insert in one
     # transaction) may hand a UNIQUE value from the old row to the new one.
-    for group, sql in ((deletes, table.delete_sql), (upserts, table.upsert_sql)):
-        for index, error in execute_each(store._connection, sql, [row for _pk, row in group]):
+    sql = table.sql_apply
+    for group, statement in ((deletes, sql.delete_sql), (upserts, sql.upsert_sql)):
+        for index, error in execute_each(ctx.connection, statement, [row for _pk, row in group]):
             pk = group[index][0]
             failed.add(pk)
-            for row in merged_by_key[pk].rows:
-                change = _change_of(incoming, row, batch_sites)
-                quarantine.add(store, change, origin, f"constraint failed: {error}")
+            for row in merge.merged[pk].rows:
+                change = _change_of(incoming, row, shared.batch_sites)
+                quarantine.add(ctx, change, shared.origin, f"constraint failed: {error}")
                 quarantined += 1
+    return failed, quarantined
+
+
+def _write_shadow_rows(
+    ctx: StoreContext,
+    table: TableSql,
+    shared: _Incoming,
+    merge: _KeyMerge,
+    on_disk: OnDisk,
+    failed: set[Key],
+) -> int:
+    """Write the merged keys' shadow rows (and the knowledge learned); returns rows written.
+
+    Each written row moves its leaf of the hash tree by old ^ new digest.
+    """
     shadow_rows = []
-    hash_at = keys + 4  # the shadow row's key hash, then its digest (schema.shadow_columns)
+    hash_at = table.key_count + 4  # the shadow row's key hash, then its digest (shadow_columns)
     moved: dict[int, int] = {}  # leaf -> XOR of its rows' old ^ new digests
-    for pk, result in merged_by_key.items():
+    for pk, result in merge.merged.items():
         if pk in failed:
             continue
-        shadow = result.shadow_row(table, pk, seq, sites)
+        shadow = result.shadow_row(table, pk, shared.seq, shared.sites)
         shadow_rows.append(shadow)
         old = on_disk[pk][2] if pk in on_disk else None
         leaf = shadow[hash_at] & LEAF_MASK  # type: ignore[operator]
         moved[leaf] = moved.get(leaf, 0) ^ (old or 0) ^ shadow[hash_at + 1]  # type: ignore[operator]
     for leaf, delta in moved.items():
-        store._summaries.note(table.spec.name, leaf, delta)
-    table.write_shadow(store._connection, shadow_rows)
-    store._connection.executemany(
-        table.knowledge_sql,
-        [table.knowledge_row(pk, state, known, sites) for pk, (state, known) in learned.items()],
+        ctx.summaries.note(table.spec.name, leaf, delta)
+    table.write_shadow(ctx.connection, shadow_rows)
+    ctx.connection.executemany(
+        table.sql_apply.knowledge_sql,
+        [
+            table.knowledge_row(pk, state, known, shared.sites)
+            for pk, (state, known) in merge.learned.items()
+        ],
     )
-    # A refused key's merge did not happen: it is resolved again on retry.
-    recorded = conflicts.record(
-        store,
-        table.spec.name,
-        [(pk, conflict) for pk, listed in found.items() if pk not in failed for conflict in listed],
-    )
-    return len(shadow_rows), quarantined, refused, recorded
+    return len(shadow_rows)
 
 
 @dataclass(slots=True)
