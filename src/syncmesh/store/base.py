@@ -37,6 +37,8 @@ Key = tuple[SqlValue, ...]
 # the last call for a table has rows done == rows in all.
 TrackProgress = Callable[[str, int, int], None]
 
+# The conflict ledger keeps the newest this many conflicts (docs/config.md).
+CONFLICT_LEDGER_ROWS_MAX_DEFAULT = 10_000
 DEEP_ROWS_PER_STEP = 20_000  # rows per step of a deep tree (about half a second on SQLite)
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from syncmesh.clock import HybridClock
-from syncmesh.store.base import Store
+from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Store
 from syncmesh.store.sqlite import SqliteStore
-from syncmesh.store.sqlite.context import CONFLICT_LEDGER_ROWS_MAX_DEFAULT
 
 
 def open_store(

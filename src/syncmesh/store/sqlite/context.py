@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from syncmesh.clock import HybridClock
 from syncmesh.errors import NotInitialized, StoreError
 from syncmesh.model import TableSpec
+from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import Summaries
 
 log = logging.getLogger(__name__)
-
-CONFLICT_LEDGER_ROWS_MAX_DEFAULT = 10_000
 
 
 @dataclass(slots=True)

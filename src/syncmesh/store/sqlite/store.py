@@ -24,7 +24,7 @@ from pathlib import Path
 
 from syncmesh.clock import HybridClock, SystemClock
 from syncmesh.model import ChangeBatch, SqlValue, TableSpec
-from syncmesh.store.base import Key, TrackProgress
+from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
 from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
 from syncmesh.store.sqlite import (
     capture,
@@ -39,7 +39,7 @@ from syncmesh.store.sqlite import (
     vector,
     verify,
 )
-from syncmesh.store.sqlite.context import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, StoreContext
+from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.introspect import fingerprint
 from syncmesh.store.sqlite.notifier import SqliteChangeNotifier
 from syncmesh.store.summary import TableSummary
