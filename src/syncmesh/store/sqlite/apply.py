@@ -8,7 +8,8 @@ applied to quarantine.  `peers.apply_batch`, `retry.retry` and
 `verify.merge_rows` call `merge_rows` inside their transaction.
 
 One table's merge (`merge_table`) goes in named steps: `_merge_keys`
-joins every incoming row with what is held (in memory), `_write_user_rows`
+joins every incoming row with what is held, in memory (a key new here on
+the fast path, inline; any other through `_join_held`), `_write_user_rows`
 writes the user table (a constraint's refusal sends the key's rows to
 quarantine), `_write_shadow_rows` writes the shadow rows and moves the
 hash tree, and the conflicts go to the ledger last.
@@ -172,7 +173,7 @@ def _merge_keys(
     batch_codes.update((index, site_code(site)) for index, site in enumerate(batch_sites))
     local_sites = shared.sites.all_sites()
     result = _KeyMerge()
-    merged_by_key, learned, found = result.merged, result.learned, result.found
+    merged_by_key = result.merged
     refused = 0
     observed = 0
     for pk, row in zip(pks, incoming.rows, strict=True):
@@ -193,44 +194,65 @@ def _merge_keys(
             merged_by_key[pk] = _Merged(None, shadow, user, [row])
             observed = max(observed, top)
             continue
-        if earlier is not None:
-            before = earlier.state_or(incoming, batch_sites)
-            known = earlier.known
-        else:
-            disk_row, disk_pasts, _digest = on_disk[pk]
-            before = state_of_row(table.shape, disk_row, local_sites)
-            known = learned[pk][1] if pk in learned else table.knowledge_of(disk_pasts, local_sites)
-        theirs = state_of_row(incoming, row, batch_sites)
-        resolved, changed = resolve_cells(before, theirs, known)
-        if resolved:
-            found.setdefault(pk, []).extend(resolved)
-        merged = join_rows(before, theirs)
-        # A new life knows nothing of the old one's writes.
-        if merged.cl != before.cl:
-            known_after: dict[str, Knowledge] = {}
-        else:
-            # Only non-empty entries: an empty `known` means "nothing to write".
-            known_after = (
-                {column: k for column, k in {**known, **changed}.items() if k} if changed else known
-            )
-        if merged == before:
-            # Already held, or superseded (idempotent redelivery); or a
-            # concurrent write that lost here, which we now know of.
-            if earlier is not None and known_after != earlier.known:
-                # (As a state: a fast-path result has no knowledge columns to set.)
-                merged_by_key[pk] = _Merged(before, None, None, earlier.rows, known_after)
-            elif earlier is None and changed:
-                learned[pk] = (before, known_after)
-            continue
-        observed = max(observed, top)
-        contributors = [*earlier.rows, row] if earlier is not None else [row]
-        merged_by_key[pk] = _Merged(merged, None, None, contributors, known_after)
-        learned.pop(pk, None)
+        if _join_held(result, table, incoming, batch_sites, local_sites, on_disk, pk, row):
+            observed = max(observed, top)
     if observed:
         # Every row observed passed `bound`: no second reading of the clock.
         ctx.clock.absorb(int(observed))
     result.drift_refused = refused
     return result
+
+
+def _join_held(
+    result: _KeyMerge,
+    table: TableSql,
+    incoming: TableRows,
+    batch_sites: tuple[str, ...],
+    local_sites: tuple[str, ...],
+    on_disk: OnDisk,
+    pk: Key,
+    row: list[SqlValue],
+) -> bool:
+    """Join `row` with the state its key has so far (on disk, or earlier in the batch).
+
+    Records the conflicts the join resolves and what it teaches this node
+    in `result`; True if the key's state changed.
+    """
+    merged_by_key, learned, found = result.merged, result.learned, result.found
+    earlier = merged_by_key.get(pk)
+    if earlier is not None:
+        before = earlier.state_or(incoming, batch_sites)
+        known = earlier.known
+    else:
+        disk_row, disk_pasts, _digest = on_disk[pk]
+        before = state_of_row(table.shape, disk_row, local_sites)
+        known = learned[pk][1] if pk in learned else table.knowledge_of(disk_pasts, local_sites)
+    theirs = state_of_row(incoming, row, batch_sites)
+    resolved, changed = resolve_cells(before, theirs, known)
+    if resolved:
+        found.setdefault(pk, []).extend(resolved)
+    merged = join_rows(before, theirs)
+    # A new life knows nothing of the old one's writes.
+    if merged.cl != before.cl:
+        known_after: dict[str, Knowledge] = {}
+    else:
+        # Only non-empty entries: an empty `known` means "nothing to write".
+        known_after = (
+            {column: k for column, k in {**known, **changed}.items() if k} if changed else known
+        )
+    if merged == before:
+        # Already held, or superseded (idempotent redelivery); or a
+        # concurrent write that lost here, which we now know of.
+        if earlier is not None and known_after != earlier.known:
+            # (As a state: a fast-path result has no knowledge columns to set.)
+            merged_by_key[pk] = _Merged(before, None, None, earlier.rows, known_after)
+        elif earlier is None and changed:
+            learned[pk] = (before, known_after)
+        return False
+    contributors = [*earlier.rows, row] if earlier is not None else [row]
+    merged_by_key[pk] = _Merged(merged, None, None, contributors, known_after)
+    learned.pop(pk, None)
+    return True
 
 
 def _write_user_rows(
