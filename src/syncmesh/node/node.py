@@ -44,7 +44,7 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
-# With inotify (node/watch.py): after a hint, look again this soon, then
+# With hints (the SQLite notifier: inotify): after a hint, look again this soon, then
 # HINT_RECHECK_FACTOR times later, up to twice the poll interval (1 and 4 ms);
 # with no hint, poll this many intervals apart.
 HINT_RECHECK_S = 0.001
