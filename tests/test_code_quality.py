@@ -60,7 +60,8 @@ def private_accesses(source: str, path: str) -> list[str]:
 
     Dunder names are public protocol, not private.  `getattr(x, "_y")` and
     friends with a constant name count too, so the check cannot be dodged
-    by spelling the attribute as a string.
+    by spelling the attribute as a string; so does importing another
+    module's `_private` name.
     """
 
     def private(name: str) -> bool:
@@ -83,6 +84,12 @@ def private_accesses(source: str, path: str) -> list[str]:
             and private(node.args[1].value)
         ):
             found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            found.extend(
+                (node.lineno, f"from {node.module} import {alias.name}")
+                for alias in node.names
+                if private(alias.name)
+            )
     return [
         f"{path}:{line}: {expression}"
         for line, expression in sorted(found)
@@ -106,9 +113,11 @@ def test_the_private_access_check_finds_what_it_looks_for() -> None:
         "def f(store):\n"
         "    store._tables = {}\n"
         "    return getattr(store, '_clock'), store.__class__\n"
+        "from syncmesh.store.sqlite.capture import _capture_parameters, capture\n"
     )
     assert private_accesses(source, "m.py") == [
         "m.py:3: other._value",
         "m.py:5: store._tables",
         "m.py:6: getattr(store, '_clock')",
+        "m.py:7: from syncmesh.store.sqlite.capture import _capture_parameters",
     ]
