@@ -1,7 +1,7 @@
 """The conflict ledger: the conflicts this node's merges resolved.
 
 Owns recording a conflict (`record`, inside the apply transaction), keeping
-the ledger within `Store.conflict_ledger_rows_max` rows (oldest dropped
+the ledger within `StoreContext.conflict_ledger_rows_max` rows (oldest dropped
 first), the running count per table, and reading the ledger back.  What
 counts as a conflict is decided by `merge.resolve_cells`; this module only
 stores it.  A conflict is keyed by table, key, column and the two stamps,

@@ -3,7 +3,7 @@
 Owns how a batch is cut (whole seq groups only, `batch_upper`), what it
 leaves out (cells the receiver holds by its vector, rows with uncaptured
 writes), when it carries our vector, and moving half of an oversized seq
-group to a new seq.  `Store.read_batch` and `Store.split_seq_group`
+group to a new seq.  `SqliteStore.read_batch` and `SqliteStore.split_seq_group`
 delegate here; each is one transaction.
 """
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def read_batch(
     ctx: StoreContext, from_seq: int, receiver_vector: dict[str, int], rows_max: int
 ) -> ChangeBatch:
-    """`Store.read_batch`: see there."""
+    """`SqliteStore.read_batch`: see there."""
     sites = ctx.require_init()
     assert rows_max > 0
     # A shared lock only: the application's writers never wait for a read.
@@ -72,7 +72,7 @@ def read_batch(
 
 
 def split_seq_group(ctx: StoreContext, seq: int) -> bool:
-    """`Store.split_seq_group`: see there."""
+    """`SqliteStore.split_seq_group`: see there."""
     ctx.require_init()
     with ctx.transaction():
         keyed: list[tuple[TableSql, tuple[SqlValue, ...]]] = []

@@ -175,7 +175,7 @@ class SqliteStore:
 
     @property
     def rows_captured_total(self) -> int:
-        """Rows stamped by committed captures of this Store, whichever call ran them."""
+        """Rows stamped by committed captures of this store, whichever call ran them."""
         return self.context.rows_captured_total
 
     def head_seq(self) -> int:
@@ -269,7 +269,7 @@ class SqliteStore:
     def summaries(self, tables: list[str]) -> dict[str, TableSummary]:
         """The hash trees of `tables` (copies), as of one moment.
 
-        Kept up to date by this Store's own writes; rebuilt by one scan of
+        Kept up to date by this store's own writes; rebuilt by one scan of
         the shadow tables when another process wrote the file since.
         """
         return verify.summaries(self.context, tables)

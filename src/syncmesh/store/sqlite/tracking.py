@@ -27,7 +27,7 @@ BACKFILL_ROWS_PER_STEP = 50 * BACKFILL_ROWS_PER_SEQ  # rows per statement: a pro
 
 
 def schema_problems(ctx: StoreContext) -> list[str]:
-    """`Store.schema_problems`: see there."""
+    """`SqliteStore.schema_problems`: see there."""
     ctx.require_init()
     version = int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
     if version == ctx.schema_version:
@@ -52,7 +52,7 @@ def schema_problems(ctx: StoreContext) -> list[str]:
 
 
 def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = None) -> list[str]:
-    """`Store.track`: see there."""
+    """`SqliteStore.track`: see there."""
     ctx.require_init()
     warnings: list[str] = []
     with ctx.transaction():
