@@ -34,7 +34,7 @@ from hypothesis.stateful import consumes, rule
 from syncmesh.clock import HybridClock
 from syncmesh.errors import ClockDriftError
 from syncmesh.model import ChangeBatch, SqlValue, Stamp
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import exchange_all
 from tests.test_convergence_stateful import (
     DRIFT_MS_MAX,
@@ -50,7 +50,7 @@ RESTORED = 0  # the one node whose file is ever replaced by an old copy
 Held = dict[tuple[SqlValue, ...], tuple[int, dict[str, Stamp]]]
 
 
-def held_by(store: Store) -> Held:
+def held_by(store: SqliteStore) -> Held:
     held: Held = {}
     for change in store.read_batch(0, {}, 1_000_000).rows:
         cells = {column: cell.stamp for column, cell in change.state.cells.items()}
@@ -84,7 +84,7 @@ class RestoreMachine(SyncMachine):
 
     # -- sessions as real ones start ----------------------------------------------
 
-    def _meet(self, source: Store, target: Store) -> None:
+    def _meet(self, source: SqliteStore, target: SqliteStore) -> None:
         """What `target` does with `source`'s HELLO: the restore check, then cursor upkeep."""
         try:
             if target.note_peer_vector(source.vector()):
@@ -100,7 +100,7 @@ class RestoreMachine(SyncMachine):
         self._meet(left, right)
         self._meet(right, left)
 
-    def _follow_incarnation(self, source: Store, target: Store) -> None:
+    def _follow_incarnation(self, source: SqliteStore, target: SqliteStore) -> None:
         """Read `source`'s feed from 0 if it is another incarnation or its seq went back.
 
         As node/session.py does on HELLO and on PULL.
@@ -154,7 +154,9 @@ class RestoreMachine(SyncMachine):
             for suffix in ("-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             shutil.copy(replacement, path)
-        store = Store.open(path, clock=HybridClock(self.clocks[node], drift_ms_max=DRIFT_MS_MAX))
+        store = SqliteStore.open(
+            path, clock=HybridClock(self.clocks[node], drift_ms_max=DRIFT_MS_MAX)
+        )
         store.summaries(["notes"])
         self.stores[node] = store
         # A restored file's feed and clock start where the copy left them.

@@ -9,8 +9,8 @@ flips them.  Where the issue allows two fixes (refuse the table at
 `track`, or honour it), a refusal by `track` with a SchemaError that names
 the feature counts as the fix too.
 
-Written against `Store.open/init/track/capture/read_batch/apply_batch/
-vector/note_peer_vector/quarantine` and plain SQL on `Store.connection`,
+Written against `SqliteStore.open/init/track/capture/read_batch/apply_batch/
+vector/note_peer_vector/quarantine` and plain SQL on `SqliteStore.connection`,
 so they survive the store's move behind Protocols.
 """
 
@@ -27,23 +27,23 @@ import pytest
 from syncmesh.clock import HybridClock, pack
 from syncmesh.errors import SchemaError
 from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, SqlValue, Stamp
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import ManualClock, exchange_all
 
 BASE_MS = 1_700_000_000_000
 DRIFT_MS_MAX = 60_000
 
-MakeStore = Callable[..., Store]
+MakeStore = Callable[..., SqliteStore]
 
 
 @pytest.fixture
 def make_store(tmp_path: Path) -> Iterator[MakeStore]:
     """Initialised stores on real files; `ddl` creates `items` (and more), then it is tracked."""
-    opened: list[Store] = []
+    opened: list[SqliteStore] = []
 
-    def make(name: str, ddl: str, *, clock: ManualClock | None = None) -> Store:
+    def make(name: str, ddl: str, *, clock: ManualClock | None = None) -> SqliteStore:
         hybrid = HybridClock(clock or ManualClock(BASE_MS), drift_ms_max=DRIFT_MS_MAX)
-        store = Store.open(tmp_path / f"{name}.db", clock=hybrid)
+        store = SqliteStore.open(tmp_path / f"{name}.db", clock=hybrid)
         opened.append(store)
         store.init()
         store.connection.executescript(ddl)
@@ -55,18 +55,18 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         store.close()
 
 
-def write(store: Store, sql: str, *params: SqlValue) -> None:
+def write(store: SqliteStore, sql: str, *params: SqlValue) -> None:
     """A local write, captured at once (as the node's capture loop does)."""
     store.connection.execute(sql, params)
     store.capture()
 
 
-def sync_pair(left: Store, right: Store) -> None:
+def sync_pair(left: SqliteStore, right: SqliteStore) -> None:
     exchange_all(left, right)
     exchange_all(right, left)
 
 
-def typed_rows(store: Store) -> list[tuple[object, ...]]:
+def typed_rows(store: SqliteStore) -> list[tuple[object, ...]]:
     """`items` with each value's storage class and exact bytes (hex), in BINARY order."""
     columns = [row[1] for row in store.connection.execute("PRAGMA table_info(items)")]
     selected = ", ".join(f'typeof("{column}"), hex("{column}")' for column in columns)
@@ -77,7 +77,7 @@ def typed_rows(store: Store) -> list[tuple[object, ...]]:
     ]
 
 
-def quarantined_keys(store: Store) -> list[str]:
+def quarantined_keys(store: SqliteStore) -> list[str]:
     return [str(entry["pk"]) for entry in store.quarantine()]
 
 
@@ -157,7 +157,7 @@ def _replace_file(backup: Path, target: Path) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 defect 2: store/vector.py merge() takes the sender's entry for our own"
+    reason="issue 12 defect 2: store/sqlite/vector.py merge() takes the sender's entry for our own"
     " site outside the restore check; the restored node never gets its lost write back",
 )
 def test_defect2_restored_node_gets_its_lost_write_back_through_a_relay(
@@ -177,7 +177,7 @@ def test_defect2_restored_node_gets_its_lost_write_back_through_a_relay(
 
     _replace_file(tmp_path / "n-backup.db", tmp_path / "n.db")
     clock_n.advance(1_000)
-    n = Store.open(tmp_path / "n.db", clock=HybridClock(clock_n, drift_ms_max=DRIFT_MS_MAX))
+    n = SqliteStore.open(tmp_path / "n.db", clock=HybridClock(clock_n, drift_ms_max=DRIFT_MS_MAX))
     try:
         write(n, "INSERT INTO items VALUES ('new', 'after the restore', 2)")
         assert not n.note_peer_vector(p.vector())  # p's HELLO: p holds nothing of n yet
@@ -187,7 +187,7 @@ def test_defect2_restored_node_gets_its_lost_write_back_through_a_relay(
     finally:
         n.close()
     # A restart; then n meets q and p again, as HELLO and PULL would.
-    n = Store.open(tmp_path / "n.db", clock=HybridClock(clock_n, drift_ms_max=DRIFT_MS_MAX))
+    n = SqliteStore.open(tmp_path / "n.db", clock=HybridClock(clock_n, drift_ms_max=DRIFT_MS_MAX))
     try:
         for peer in (q, p):
             n.note_peer_vector(peer.vector())
@@ -209,8 +209,8 @@ UNTYPED_KEY_DDL = "CREATE TABLE items (id PRIMARY KEY, name TEXT, qty INTEGER)"
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 defect 3: schema/ddl.py compares key columns with IS NOT, so 'a' -> 'A'"
-    " under NOCASE is not captured",
+    reason="issue 12 defect 3: store/sqlite/ddl.py _changed compares key columns with IS NOT,"
+    " so 'a' -> 'A' under NOCASE is not captured",
 )
 def test_defect3_nocase_key_rename_is_synced(make_store: MakeStore) -> None:
     if track_refuses(NOCASE_DDL, make_store, "NOCASE"):
@@ -305,7 +305,7 @@ def _batch_of(site: str, hlc: int, value: SqlValue) -> ChangeBatch:
 )
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 defect 5: store/apply.py merge_table compares `merged == before` with"
+    reason="issue 12 defect 5: store/sqlite/apply.py merge_table compares `merged == before` with"
     " Python equality (1 == 1.0, 0.0 == -0.0) and drops the merge's winner",
 )
 def test_defect5_equal_stamps_converge_whatever_the_delivery_order(
@@ -329,8 +329,8 @@ def test_defect5_equal_stamps_converge_whatever_the_delivery_order(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 defect 6: schema/ddl.py _value_changed (IS NOT ... COLLATE BINARY, typeof)"
-    " calls 0.0 and -0.0 equal, so the update is not captured",
+    reason="issue 12 defect 6: store/sqlite/ddl.py _value_changed (IS NOT ... COLLATE BINARY,"
+    " typeof) calls 0.0 and -0.0 equal, so the update is not captured",
 )
 def test_defect6_update_to_negative_zero_is_synced(make_store: MakeStore) -> None:
     ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, v)"
@@ -380,7 +380,7 @@ def test_defect8_store_recovers_while_a_failed_read_is_still_referenced(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 (also look at): store/verify.py rows_of reads user-table values without"
+    reason="issue 12 (also look at): store/sqlite/verify.py rows_of reads user-table values without"
     " capturing first, so an uncaptured value ships under the stamp of the write before it",
 )
 def test_rows_for_repair_never_ship_a_value_under_another_writes_stamp(
@@ -400,7 +400,7 @@ def test_rows_for_repair_never_ship_a_value_under_another_writes_stamp(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12 (also look at): store/feed.py split_seq_group ticks without catching up"
+    reason="issue 12 (also look at): store/sqlite/feed.py split_seq_group ticks without catching up"
     " with the file's clock and sets the head seq outright, so the head can move back (and"
     " the moved rows land below a peer's cursor)",
 )
@@ -415,7 +415,7 @@ def test_splitting_a_seq_group_never_moves_the_head_back(
     group = behind.head_seq()
     # Another process on the same file (a second node process, `syncmesh track`)
     # with a clock 30 s ahead, within the drift limit, writes and captures.
-    ahead = Store.open(
+    ahead = SqliteStore.open(
         tmp_path / "a.db",
         clock=HybridClock(ManualClock(BASE_MS + 30_000), drift_ms_max=DRIFT_MS_MAX),
     )

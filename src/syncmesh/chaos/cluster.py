@@ -23,7 +23,7 @@ import aiohttp
 
 from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES, adversarial_ddl
 from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
-from syncmesh.store import Store
+from syncmesh.store.open import open_store
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
@@ -44,7 +44,7 @@ def prepare_database(path: Path, adversarial: tuple[str, ...] = ()) -> str:
     if adversarial:
         connection.executescript(adversarial_ddl(adversarial))
     connection.close()
-    store = Store.open(path)
+    store = open_store(path)
     try:
         site = store.init()
         store.track(WORKLOAD_TABLES + (ADVERSARIAL_TABLES if adversarial else []))
