@@ -98,11 +98,6 @@ def track_refuses(ddl: str, store_factory: MakeStore, feature: str) -> bool:
 REPLACE_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, e TEXT UNIQUE ON CONFLICT REPLACE, v)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 1: an ON CONFLICT REPLACE constraint deletes another row during"
-    " the apply, unchecked; each site loses the other's acknowledged write",
-)
 def test_defect1_on_conflict_replace_loses_no_acknowledged_write(make_store: MakeStore) -> None:
     if track_refuses(REPLACE_DDL, make_store, "ON CONFLICT"):
         return
@@ -126,11 +121,6 @@ BEGIN SELECT RAISE(IGNORE); END;
 PLAIN_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 1: a RAISE(IGNORE) trigger makes the apply's insert a no-op; the"
-    " shadow row is alive anyway and the feed ships a row of NULLs nobody wrote",
-)
 def test_defect1_ignored_apply_never_ships_a_phantom_row(make_store: MakeStore) -> None:
     if track_refuses(IGNORE_TRIGGER_DDL, make_store, "RAISE(IGNORE)"):
         return

@@ -64,6 +64,9 @@ class StoreContext:
     # capture also runs inside apply_batch and retry_quarantine, and only
     # counts once its transaction commits.
     rows_captured_total: int = 0
+    # Rows the feed held back, by (table, key): the reason (see feed.py).
+    # Cleared for a row when it reads right again.
+    row_problems: dict[tuple[str, str], str] = field(default_factory=dict)
     rows_captured_uncommitted: int = 0
 
     @contextmanager

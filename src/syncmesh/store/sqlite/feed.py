@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from syncmesh.merge import missing_rows
-from syncmesh.model import ChangeBatch, SqlValue, TableRows
+from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.table import TableSql
 
@@ -59,6 +59,7 @@ def read_batch(
             shape = table.shape
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
+            read = _faithful_rows(ctx, table, read)
             kept = missing_rows(
                 TableRows(shape.table, shape.columns, shape.key_count, read),
                 all_sites,
@@ -69,6 +70,43 @@ def read_batch(
         vector = ctx.vector() if upper == head else None
     # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
     return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
+
+
+# A row whose user row is absent reads as all NULL values: only rows that
+# read so are looked at again, so the check costs nothing for other rows.
+ANOMALY_ABSENT = (
+    "alive in the shadow table but absent from the table: the feed will not ship"
+    " values it did not read (run `syncmesh verify --deep`, then `repair`)"
+)
+
+
+def _faithful_rows(
+    ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]]
+) -> list[list[SqlValue]]:
+    """`rows` without any alive row whose user row is absent (reported as an anomaly).
+
+    The apply never leaves such a row (every write is checked); a file
+    made by an older version, or edited by hand, may hold one, and shipping
+    it would invent a row of NULLs at every peer (issue 12, defect 1).
+    """
+    keys = table.key_count
+    kept: list[list[SqlValue]] = []
+    for row in rows:
+        alive = row[keys] % 2 == 1  # type: ignore[operator]
+        if not alive or any(value is not None for value in row[keys + 3 :: CELL_FIELDS]):
+            kept.append(row)
+            continue
+        problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
+        if ctx.connection.execute(table.sql_capture.exists_sql, row[:keys]).fetchone() is not None:
+            ctx.row_problems.pop(problem_key, None)
+            kept.append(row)
+            continue
+        if problem_key not in ctx.row_problems:
+            log.error(
+                "row held back from the feed: table %r, key (%s): %s", *problem_key, ANOMALY_ABSENT
+            )
+        ctx.row_problems[problem_key] = ANOMALY_ABSENT
+    return kept
 
 
 def split_seq_group(ctx: StoreContext, seq: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 
 from syncmesh.errors import SchemaError
@@ -120,3 +121,21 @@ def unique_column_sets(connection: sqlite3.Connection, table: str) -> list[tuple
         if columns and len(columns) == len(info):
             sets.append(columns)
     return sets
+
+
+_REPLACE_CLAUSE = re.compile(r"\bON\s+CONFLICT\s+REPLACE\b", re.IGNORECASE)
+
+
+def replacing_unique_sets(connection: sqlite3.Connection, table: str) -> list[tuple[str, ...]]:
+    """The UNIQUE column sets of `table` if its definition says ON CONFLICT REPLACE, else [].
+
+    Such a constraint makes a write that collides with another key's value
+    delete that other row, silently (`changes()` does not count it), so the
+    apply looks for a holder of the value before it writes (issue 12, defect 1).
+    """
+    row = connection.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if row is None or row[0] is None or not _REPLACE_CLAUSE.search(str(row[0])):
+        return []
+    return unique_column_sets(connection, table)

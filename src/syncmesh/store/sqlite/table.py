@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 
 from syncmesh.merge import Knowledge
 from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
-from syncmesh.store.sqlite.ddl import PASTS_COLUMN
+from syncmesh.store.sqlite.ddl import PASTS_COLUMN, quote_identifier
+from syncmesh.store.sqlite.introspect import replacing_unique_sets
 from syncmesh.store.sqlite.names import TableNames
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.sql_apply import ApplySql
@@ -51,6 +52,8 @@ class TableSql:
         self.sql_feed = FeedSql(names)
         self.sql_apply = ApplySql(names)
         self.sql_verify = VerifySql(names)
+        # Read on first use by the apply (`replace_guards`); a new `load` resets it.
+        self._replace_guards: list[tuple[str, tuple[int, ...]]] | None = None
 
     def load(
         self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
@@ -77,6 +80,32 @@ class TableSql:
                     row[width + 1],
                 )
         return found
+
+    def replace_guards(self, connection: sqlite3.Connection) -> list[tuple[str, tuple[int, ...]]]:
+        """Per UNIQUE ... ON CONFLICT REPLACE column set: a query for another key holding a value.
+
+        Each is (SQL, positions in a user row of the values it binds, then
+        the key).  Empty for a table without such a constraint: nearly all.
+        """
+        if self._replace_guards is None:
+            width = self.key_count
+            columns = (*self.spec.pk, *self.values)
+            not_this_key = " AND ".join(
+                f"{quote_identifier(column)} = ?" for column in self.spec.pk
+            )
+            guards = []
+            for unique in replacing_unique_sets(connection, self.spec.name):
+                same = " AND ".join(f"{quote_identifier(column)} = ?" for column in unique)
+                positions = (*(columns.index(column) for column in unique), *range(width))
+                guards.append(
+                    (
+                        f"SELECT {', '.join(map(quote_identifier, self.spec.pk))}"
+                        f" FROM {self.table} WHERE {same} AND NOT ({not_this_key}) LIMIT 1",
+                        positions,
+                    )
+                )
+            self._replace_guards = guards
+        return self._replace_guards
 
     def shadow_row(
         self,
