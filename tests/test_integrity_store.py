@@ -145,11 +145,6 @@ def _replace_file(backup: Path, target: Path) -> None:
     shutil.copy(backup, target)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 2: store/sqlite/vector.py merge() takes the sender's entry for our own"
-    " site outside the restore check; the restored node never gets its lost write back",
-)
 def test_defect2_restored_node_gets_its_lost_write_back_through_a_relay(
     make_store: MakeStore, tmp_path: Path
 ) -> None:

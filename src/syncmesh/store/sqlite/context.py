@@ -57,6 +57,9 @@ class StoreContext:
     # are stamped at most `own_floor`, this run's at least `run_start`.
     own_floor: int = 0
     run_start: int = 0
+    # True once this run's gap (own_floor, run_start) is in `_syncmesh_runs`
+    # (written with the run's first own stamp; vector.set_own).
+    run_recorded: bool = False
     # `PRAGMA schema_version` when `schema_problems` were last worked out.
     schema_version: int = -1
     schema_problems: list[str] = field(default_factory=list)

@@ -24,6 +24,7 @@ from syncmesh.store.sqlite.ddl import (
     DIGEST_COLUMN,
     KEY_HASH_COLUMN,
     PASTS_COLUMN,
+    RUNS_DDL,
 )
 from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
@@ -122,6 +123,12 @@ def upgrade(ctx: StoreContext) -> None:
     a causal overwrite of such a cell was).
     """
     _upgrade_digests(ctx)
+    runs = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_runs'"
+    ).fetchone()
+    if runs is None:
+        with ctx.transaction():
+            ctx.connection.execute(RUNS_DDL)
     missing = _lacking(ctx, PASTS_COLUMN)
     ledger = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
@@ -163,7 +170,7 @@ def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:
 def init(ctx: StoreContext) -> None:
     """Create the bookkeeping tables and this node's site id, if missing (one transaction)."""
     with ctx.transaction():
-        for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL).split(";"):
+        for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL).split(";"):
             if statement.strip():
                 ctx.connection.execute(statement)
         row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
