@@ -9,6 +9,7 @@ wire codec as a session does.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,3 +86,74 @@ def test_the_feed_holds_back_an_alive_row_whose_user_row_is_absent(
     assert "'items'" in problems[0]
     assert "'gone'" in problems[0]
     assert "absent" in problems[0]
+
+
+def typed_rows(store: SqliteStore) -> list[tuple[object, ...]]:
+    """`items` with each value's storage class and exact bytes (hex)."""
+    return [
+        tuple(row)
+        for row in store.connection.execute(
+            "SELECT typeof(id), hex(id), typeof(name), hex(name) FROM items ORDER BY id"
+        )
+    ]
+
+
+def test_text_that_is_not_utf8_syncs_with_its_bytes_in_keys_and_values(
+    make_store: MakeStore,
+) -> None:
+    ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)"
+    a, b = make_store("a", ddl), make_store("b", ddl)
+    a.connection.execute("INSERT INTO items VALUES (CAST(X'E9' AS TEXT), 'bad key')")
+    a.connection.execute("INSERT INTO items VALUES ('bad value', CAST(X'61E962' AS TEXT))")
+    a.connection.execute("INSERT INTO items VALUES ('good', 'after them')")
+    a.capture()
+    b.connection.execute("INSERT INTO items VALUES ('from b', 'to a')")
+    b.capture()
+    exchange_all(a, b)
+    exchange_all(b, a)
+    assert typed_rows(a) == typed_rows(b)
+    assert ("text", "E9", "text", "626164206B6579") in typed_rows(b)
+    assert ("text", "6261642076616C7565", "text", "61E962") in typed_rows(b)
+    # An update of the bad row travels too, and a third store gets it by relay.
+    a.connection.execute("UPDATE items SET name = CAST(X'FF' AS TEXT) WHERE id = 'good'")
+    a.capture()
+    c = make_store("c", ddl)
+    exchange_all(a, b)
+    exchange_all(b, c)
+    assert typed_rows(c) == typed_rows(a)
+    assert ("text", "676F6F64", "text", "FF") in typed_rows(c)
+
+
+def test_a_failed_read_leaves_the_connection_clean_while_its_error_is_kept(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    """Defect 8's root: a read that fails mid-statement must not pin an old snapshot.
+
+    A row that Python cannot build after SQLite stepped to it (here a strict
+    UTF-8 text_factory, as sqlite3's default is, meeting a TEXT value that is
+    not UTF-8) leaves the statement active in the failed frames; the error
+    is kept alive, as a node keeps it (logs, futures, link state).
+    """
+    ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)"
+    a, b = make_store("a", ddl), make_store("b", ddl)
+    a.connection.execute("INSERT INTO items VALUES ('bad', CAST(X'E9' AS TEXT))")
+    a.capture()
+    lenient = a.connection.text_factory
+    a.connection.text_factory = lambda raw: raw.decode("utf-8")
+    failures: list[Exception] = []
+    try:
+        a.read_batch(0, b.vector(), 1_000)
+    except Exception as exc:
+        failures.append(exc)
+    finally:
+        a.connection.text_factory = lenient
+    assert failures, "the row did not make the read fail"
+    outside = sqlite3.connect(tmp_path / "a.db", timeout=10.0)
+    try:
+        outside.execute("UPDATE items SET name = 'fixed by hand' WHERE id = 'bad'")
+        outside.commit()
+    finally:
+        outside.close()
+    assert a.capture() == 1, "the store reads an old snapshot"
+    exchange_all(a, b)
+    assert b.connection.execute("SELECT name FROM items").fetchall() == [("fixed by hand",)]

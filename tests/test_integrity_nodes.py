@@ -76,11 +76,6 @@ def logs(*nodes: NodeProcess) -> str:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 4: a non-UTF-8 TEXT value written with the shell makes every"
-    " read_batch of the node fail; none of its later writes reach the peer",
-)
 def test_defect4_shell_writes_non_utf8_text_and_sync_goes_on(
     nodes: Cluster, tmp_path: Path
 ) -> None:

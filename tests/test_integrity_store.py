@@ -331,12 +331,6 @@ def test_defect6_update_to_negative_zero_is_synced(make_store: MakeStore) -> Non
 # -- defect 8: a failed read pins an old snapshot on the store's connection ----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 8: a read that fails mid-statement leaves its statement active"
-    " while the error (and its traceback) is alive, pinning an old WAL snapshot: capture"
-    " sees nothing new and BEGIN IMMEDIATE fails with 'database is locked'",
-)
 def test_defect8_store_recovers_while_a_failed_read_is_still_referenced(
     make_store: MakeStore, tmp_path: Path
 ) -> None:

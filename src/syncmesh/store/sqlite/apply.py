@@ -37,7 +37,7 @@ from syncmesh.model import (
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import conflicts, quarantine, vector
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.execute import execute_checked
+from syncmesh.store.sqlite.execute import bindable, execute_checked, execute_many
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
@@ -291,7 +291,7 @@ def _write_user_rows(
 
     def gone(row: Sequence[SqlValue]) -> bool:
         # A delete that changed nothing is done if the row is not there.
-        return connection.execute(table.sql_capture.exists_sql, row).fetchone() is None
+        return connection.execute(*bindable(table.sql_capture.exists_sql, row)).fetchone() is None
 
     guards = table.replace_guards(connection)
     upsert_rows = [row for _pk, row in upserts]
@@ -323,7 +323,9 @@ def _exists_if_keys_only(
     """A table of keys only upserts with DO NOTHING: a key already there is written."""
     if table.values:
         return None
-    return lambda row: connection.execute(table.sql_capture.exists_sql, row).fetchone() is not None
+    return lambda row: (
+        connection.execute(*bindable(table.sql_capture.exists_sql, row)).fetchone() is not None
+    )
 
 
 def _upsert_guarded(
@@ -342,7 +344,7 @@ def _upsert_guarded(
     for index, row in enumerate(rows):
         holder = None
         for query, positions in guards:
-            holder = connection.execute(query, [row[at] for at in positions]).fetchone()
+            holder = connection.execute(*bindable(query, [row[at] for at in positions])).fetchone()
             if holder is not None:
                 break
         if holder is not None:
@@ -384,7 +386,8 @@ def _write_shadow_rows(
     for leaf, delta in moved.items():
         ctx.summaries.note(table.spec.name, leaf, delta)
     table.write_shadow(ctx.connection, shadow_rows)
-    ctx.connection.executemany(
+    execute_many(
+        ctx.connection,
         table.sql_apply.knowledge_sql,
         [
             table.knowledge_row(pk, state, known, shared.sites)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -93,6 +94,13 @@ class StoreContext:
             self.rows_captured_total += self.rows_captured_uncommitted
             self.rows_captured_uncommitted = 0
         except BaseException as exc:
+            # The frames of the failed operation may hold a cursor whose
+            # statement failed mid-step: while the error is kept (a log, a
+            # future, the node's link state), that statement stays active and
+            # pins its read snapshot, so later captures see nothing new and
+            # BEGIN IMMEDIATE fails with "database is locked" (issue 12,
+            # defect 8).  Dropping the finished frames' locals resets it.
+            traceback.clear_frames(exc.__traceback__)
             self.summaries.rollback()
             self.rows_captured_uncommitted = 0
             try:

@@ -12,11 +12,12 @@ effect; the rest stay written.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 
 from syncmesh.errors import StoreError
-from syncmesh.model import SqlValue
+from syncmesh.model import SqlValue, is_utf8_text, text_bytes
 
 Row = Sequence[SqlValue]
 
@@ -50,6 +51,8 @@ def execute_checked(
             return []
     except sqlite3.IntegrityError as exc:
         _require_transaction(connection, exc)
+    except UnicodeEncodeError:
+        pass  # TEXT that is not UTF-8: such rows are bound one by one (`bindable`)
     # Undo the partial executemany, then find the rows that fail, one by one.
     connection.execute("ROLLBACK TO syncmesh_write")
     failures: list[tuple[int, str]] = []
@@ -70,7 +73,7 @@ def _write_one(
     """Write one row in its own savepoint; the reason it failed (undone), or None."""
     connection.execute("SAVEPOINT syncmesh_row")
     try:
-        changed = connection.execute(sql, row).rowcount
+        changed = connection.execute(*bindable(sql, row)).rowcount
     except sqlite3.IntegrityError as exc:
         _require_transaction(connection, exc)
         connection.execute("RELEASE syncmesh_row")  # SQLite undid the statement itself
@@ -83,6 +86,67 @@ def _write_one(
     if changed == 0:
         return NOT_WRITTEN
     return f"SQLite changed {changed} rows for one key's write"
+
+
+def bindable(sql: str, row: Row) -> tuple[str, list[SqlValue]]:
+    """`sql` and `row` as sqlite3 can bind them, TEXT that is not UTF-8 included.
+
+    sqlite3 binds a str as UTF-8 and refuses one with lone surrogates (a
+    TEXT value that is not UTF-8, model.TEXT_ERRORS).  Such a value is
+    bound as its bytes, and its placeholders (`?`, or every `?N` naming
+    it) become `CAST(... AS TEXT)`, which stores exactly those bytes as
+    TEXT.  Rows without one (nearly all) are returned as they are.
+    """
+    params = list(row)
+    dirty = {
+        index
+        for index, value in enumerate(params)
+        if isinstance(value, str) and not is_utf8_text(value)
+    }
+    if not dirty:
+        return sql, params
+    for index in dirty:
+        params[index] = text_bytes(str(params[index]))
+    out: list[str] = []
+    sequential = 0
+    for quoted, text in _segments(sql):
+        if quoted:
+            out.append(text)
+            continue
+        pieces = _PLACEHOLDER.split(text)
+        # split() with one group: text, number (or ''), text, number, ...
+        out.append(pieces[0])
+        for number, after in zip(pieces[1::2], pieces[2::2], strict=True):
+            if number:
+                index = int(number) - 1
+                placeholder = f"?{number}"
+            else:
+                index = sequential
+                sequential += 1
+                placeholder = "?"
+            out.append(f"CAST({placeholder} AS TEXT)" if index in dirty else placeholder)
+            out.append(after)
+    return "".join(out), params
+
+
+_PLACEHOLDER = re.compile(r"\?(\d*)")
+
+
+def _segments(sql: str) -> list[tuple[bool, str]]:
+    """`sql` cut into (quoted?, text): quoted names and strings hold no placeholders."""
+    segments: list[tuple[bool, str]] = []
+    start = 0
+    quote = ""
+    for at, char in enumerate(sql):
+        if quote:
+            if char == quote:
+                segments.append((True, sql[start : at + 1]))
+                start, quote = at + 1, ""
+        elif char in "\"'":
+            segments.append((False, sql[start:at]))
+            start, quote = at, char
+    segments.append((bool(quote), sql[start:]))
+    return segments
 
 
 def _require_transaction(connection: sqlite3.Connection, exc: sqlite3.IntegrityError) -> None:
@@ -98,3 +162,19 @@ def _require_transaction(connection: sqlite3.Connection, exc: sqlite3.IntegrityE
             f"a constraint rolled back the whole apply transaction (RAISE(ROLLBACK) or"
             f" ON CONFLICT ROLLBACK); nothing was applied: {exc}"
         ) from exc
+
+
+def execute_many(connection: sqlite3.Connection, sql: str, rows: Sequence[Row]) -> int:
+    """`executemany`, that also binds TEXT that is not UTF-8 (`bindable`); rows changed.
+
+    The fast path is one `executemany` in a savepoint; only when sqlite3
+    cannot bind a row's text is it undone and the rows run one by one.
+    """
+    connection.execute("SAVEPOINT syncmesh_bind")
+    try:
+        changed = connection.executemany(sql, rows).rowcount
+    except UnicodeEncodeError:
+        connection.execute("ROLLBACK TO syncmesh_bind")
+        changed = sum(max(connection.execute(*bindable(sql, row)).rowcount, 0) for row in rows)
+    connection.execute("RELEASE syncmesh_bind")
+    return changed

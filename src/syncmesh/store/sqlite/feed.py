@@ -14,6 +14,7 @@ import logging
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.execute import bindable
 from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,10 @@ def _faithful_rows(
             kept.append(row)
             continue
         problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
-        if ctx.connection.execute(table.sql_capture.exists_sql, row[:keys]).fetchone() is not None:
+        if (
+            ctx.connection.execute(*bindable(table.sql_capture.exists_sql, row[:keys])).fetchone()
+            is not None
+        ):
             ctx.row_problems.pop(problem_key, None)
             kept.append(row)
             continue

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from syncmesh.errors import StoreError
-from syncmesh.model import SqlValue
+from syncmesh.model import SqlValue, text_of_bytes
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     BOOKKEEPING_DDL,
@@ -66,6 +66,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     create_private(path)
     try:
         connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # TEXT that is not valid UTF-8 reads as a str with lone surrogates
+        # that keep its bytes (model.TEXT_ERRORS): one such value must not
+        # make every read of its row raise (issue 12, defect 4).
+        connection.text_factory = text_of_bytes
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")

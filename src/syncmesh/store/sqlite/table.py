@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from syncmesh.merge import Knowledge
 from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.store.sqlite.ddl import PASTS_COLUMN, quote_identifier
+from syncmesh.store.sqlite.execute import bindable, execute_many
 from syncmesh.store.sqlite.introspect import replacing_unique_sets
 from syncmesh.store.sqlite.names import TableNames
 from syncmesh.store.sqlite.sites import SiteMap
@@ -73,7 +74,7 @@ class TableSql:
             marks = ", ".join([tuple_marks] * len(chunk))
             sql = f"{self.sql_apply.load_select} WHERE ({keys}) IN (VALUES {marks})"
             params = [value for pk in chunk for value in pk]
-            for row in connection.execute(sql, params):
+            for row in connection.execute(*bindable(sql, params)):
                 found[tuple(row[: self.key_count])] = (
                     list(row[:width]),
                     row[width],
@@ -190,16 +191,16 @@ class TableSql:
                     if str(old) in known:
                         known[str(new)] = known.pop(str(old))
             renamed.append((json.dumps(pasts, separators=(",", ":")), *row[:-1]))
-        connection.executemany(self.sql_apply.knowledge_sql, renamed)
+        execute_many(connection, self.sql_apply.knowledge_sql, renamed)
 
     def write_shadow(self, connection: sqlite3.Connection, rows: list[list[SqlValue]]) -> None:
         """Write shadow rows made by `shadow_row` or `fast_rows`, with or without `pasts`."""
         plain = [row for row in rows if len(row) == self.sql_apply.plain_width]
         if plain:
-            connection.executemany(self.sql_apply.shadow_plain_sql, plain)
+            execute_many(connection, self.sql_apply.shadow_plain_sql, plain)
         if len(plain) < len(rows):
             full = [row for row in rows if len(row) != self.sql_apply.plain_width]
-            connection.executemany(self.sql_apply.shadow_write_sql, full)
+            execute_many(connection, self.sql_apply.shadow_write_sql, full)
 
     def knowledge_row(
         self,
