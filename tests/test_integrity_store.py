@@ -288,11 +288,6 @@ def _batch_of(site: str, hlc: int, value: SqlValue) -> ChangeBatch:
     [(1, 1.0), (-0.0, 0.0)],
     ids=["integer-real", "negative-zero"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 5: store/sqlite/apply.py merge_table compares `merged == before` with"
-    " Python equality (1 == 1.0, 0.0 == -0.0) and drops the merge's winner",
-)
 def test_defect5_equal_stamps_converge_whatever_the_delivery_order(
     make_store: MakeStore, first: SqlValue, second: SqlValue
 ) -> None:

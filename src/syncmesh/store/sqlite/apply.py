@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import ClockDriftError
-from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells
+from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells, value_order_key
 from syncmesh.model import (
     CELL_FIELDS,
     ChangeBatch,
@@ -242,7 +242,7 @@ def _join_held(
         known_after = (
             {column: k for column, k in {**known, **changed}.items() if k} if changed else known
         )
-    if merged == before:
+    if _identical(merged, before):
         # Already held, or superseded (idempotent redelivery); or a
         # concurrent write that lost here, which we now know of.
         if earlier is not None and known_after != earlier.known:
@@ -255,6 +255,21 @@ def _join_held(
     merged_by_key[pk] = _Merged(merged, None, None, contributors, known_after)
     learned.pop(pk, None)
     return True
+
+
+def _identical(left: RowState, right: RowState) -> bool:
+    """Equal states whose values also have the same storage class and bytes.
+
+    Python calls 1 and 1.0, or 0.0 and -0.0, equal; SQLite stores them
+    apart, and the merge orders them apart, so a winner "equal" to the held
+    value must still be written (issue 12, defect 5).
+    """
+    if left != right:
+        return False
+    return all(
+        value_order_key(cell.value) == value_order_key(right.cells[column].value)
+        for column, cell in left.cells.items()
+    )
 
 
 def _write_user_rows(
