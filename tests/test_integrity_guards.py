@@ -157,3 +157,29 @@ def test_a_failed_read_leaves_the_connection_clean_while_its_error_is_kept(
     assert a.capture() == 1, "the store reads an old snapshot"
     exchange_all(a, b)
     assert b.connection.execute("SELECT name FROM items").fetchall() == [("fixed by hand",)]
+
+
+def test_track_warns_of_every_feature_that_changes_what_the_apply_writes(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore.open(
+        tmp_path / "w.db", clock=HybridClock(ManualClock(BASE_MS), drift_ms_max=60_000)
+    )
+    try:
+        store.init()
+        store.connection.executescript(
+            """
+            CREATE TABLE items (id COLLATE NOCASE PRIMARY KEY, e TEXT UNIQUE ON CONFLICT IGNORE);
+            CREATE TRIGGER items_skip BEFORE INSERT ON items WHEN NEW.e = ''
+            BEGIN SELECT RAISE(IGNORE); END;
+            CREATE TABLE plain (id TEXT PRIMARY KEY, v);
+            """
+        )
+        warnings = " ".join(store.track(["items"]))
+        assert "COLLATE NOCASE" in warnings
+        assert "ON CONFLICT IGNORE" in warnings
+        assert "'items_skip' can RAISE(IGNORE)" in warnings
+        assert "'id' has no fixed type" in warnings
+        assert store.track(["plain"]) == []
+    finally:
+        store.close()
