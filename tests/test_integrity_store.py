@@ -352,11 +352,6 @@ def test_defect8_store_recovers_while_a_failed_read_is_still_referenced(
 # -- also looked at: rows for repair read without a capture ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (also look at): store/sqlite/verify.py rows_of reads user-table values without"
-    " capturing first, so an uncaptured value ships under the stamp of the write before it",
-)
 def test_rows_for_repair_never_ship_a_value_under_another_writes_stamp(
     make_store: MakeStore,
 ) -> None:
@@ -372,12 +367,6 @@ def test_rows_for_repair_never_ship_a_value_under_another_writes_stamp(
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (also look at): store/sqlite/feed.py split_seq_group ticks without catching up"
-    " with the file's clock and sets the head seq outright, so the head can move back (and"
-    " the moved rows land below a peer's cursor)",
-)
 def test_splitting_a_seq_group_never_moves_the_head_back(
     make_store: MakeStore, tmp_path: Path
 ) -> None:

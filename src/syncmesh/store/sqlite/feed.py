@@ -125,10 +125,17 @@ def split_seq_group(ctx: StoreContext, seq: int) -> bool:
             )
         if len(keyed) <= 1:
             return False
-        new_seq = ctx.clock.tick()
+        # Another process on the file (a second node, `syncmesh track`) may
+        # have stamped past our clock: catch up first, so the new seq is the
+        # head and no moved row lands below a peer's cursor (issue 12).
+        ctx.catch_up_clock()
+        new_seq = max(ctx.clock.tick(), ctx.head() + 1)
+        ctx.clock.restore(new_seq)
         for table, key in keyed[len(keyed) // 2 :]:
             ctx.connection.execute(table.sql_feed.move_sql, (new_seq, *key))
-        ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (new_seq, new_seq))
+        ctx.connection.execute(
+            "UPDATE _syncmesh_state SET seq = max(seq, ?), hlc = max(hlc, ?)", (new_seq, new_seq)
+        )
     log.info("split seq group %d (%d rows) for the frame limit", seq, len(keyed))
     return True
 
