@@ -183,3 +183,25 @@ def test_track_warns_of_every_feature_that_changes_what_the_apply_writes(
         assert store.track(["plain"]) == []
     finally:
         store.close()
+
+
+def test_tables_tracked_before_are_checked_when_the_store_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    store = SqliteStore.open(path, clock=HybridClock(ManualClock(BASE_MS), drift_ms_max=60_000))
+    store.init()
+    store.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, v)")
+    assert store.track(["items"]) == []
+    # As tracked by a version without the checks: the trigger came later.
+    store.connection.execute(
+        "CREATE TRIGGER items_skip BEFORE INSERT ON items WHEN NEW.v IS NULL"
+        " BEGIN SELECT RAISE(IGNORE); END"
+    )
+    store.close()
+    with caplog.at_level("WARNING", logger="syncmesh.store.sqlite.tracking"):
+        reopened = SqliteStore.open(
+            path, clock=HybridClock(ManualClock(BASE_MS), drift_ms_max=60_000)
+        )
+        reopened.close()
+    assert "trigger 'items_skip' can RAISE(IGNORE)" in caplog.text

@@ -106,7 +106,7 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
                 " nodes; such a row is quarantined (not applied) on the node that cannot take"
                 " it, and the rest keeps syncing."
             )
-    warnings.extend(_apply_warnings(connection, spec))
+    warnings.extend(apply_warnings(connection, spec))
     if connection.execute(f"PRAGMA foreign_key_list({quoted})").fetchall():
         warnings.append(
             f"table {spec.name!r}: FOREIGN KEY constraints can be violated when rows arrive"
@@ -176,7 +176,7 @@ _RAISE_IGNORE = re.compile(r"\bRAISE\s*\(\s*IGNORE\s*\)", re.I)
 _FIXED_AFFINITY = ("INT", "CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB")
 
 
-def _apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
+def apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
     """Table features that make SQLite skip or widen the apply's writes (issue 12).
 
     The apply checks every write and quarantines one that did not take
