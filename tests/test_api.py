@@ -10,8 +10,7 @@ import aiohttp
 from syncmesh.api import create_app, running_node
 from syncmesh.api.openapi import openapi_document
 from syncmesh.node import Node
-from syncmesh.node.verify import VERIFY_PATH
-from syncmesh.transport import SYNC_PATH
+from syncmesh.transport import SYNC_PATH, VERIFY_PATH
 from tests.helpers import wait_until
 from tests.test_node import TIMEOUT_S, config, converged, execute, make_db
 

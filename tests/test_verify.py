@@ -28,7 +28,6 @@ from syncmesh.errors import StoreError, SyncError
 from syncmesh.node import Node, NodeConfig
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.verify import (
-    VERIFY_PATH,
     VerifyClient,
     VerifyReport,
     direct_call,
@@ -38,7 +37,7 @@ from syncmesh.node.verify import (
 from syncmesh.node.verify_server import verify_peer
 from syncmesh.schema import capture_triggers, drop_trigger_statements
 from syncmesh.store import Store
-from syncmesh.transport import client_context_for_site
+from syncmesh.transport import VERIFY_PATH, client_context_for_site
 from tests.helpers import rows_with_types, run_cli, wait_until
 from tests.test_node import config, converged, execute, make_db
 from tests.tlsfiles import Pki

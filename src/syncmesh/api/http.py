@@ -29,7 +29,6 @@ import hmac
 import logging
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,9 +43,7 @@ from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import Secret, is_loopback
-from syncmesh.node.verify import VERIFY_PATH
-from syncmesh.node.verify_server import answer_http
-from syncmesh.transport import SYNC_PATH, server_context
+from syncmesh.transport import SYNC_PATH, VERIFY_PATH, WebSocketListener, server_context
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +61,7 @@ def statistics_json(statistics: NodeStatistics) -> dict[str, Any]:
 def throughput_json(node: Node) -> dict[str, Any]:
     return {
         # The node's clock, so that a browser on another machine can tell ages.
-        "now_ms": time.time_ns() // 1_000_000,
+        "now_ms": node.clock.now_ms(),
         "interval_s": node.config.throughput_interval_s,
         "window_s": node.config.throughput_interval_s * node.config.throughput_samples_max,
         "samples": [dataclasses.asdict(sample) for sample in node.throughput_samples()],
@@ -81,7 +78,7 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
         return web.json_response({"ok": True})
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = render(await node.statistics())
+        body = render(await node.statistics(), now_ms=node.clock.now_ms())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def quarantined(_request: web.Request) -> web.Response:
@@ -92,7 +89,7 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
 
     async def conflicts(request: web.Request) -> web.Response:
         try:
-            table, since, limit = _conflict_filters(request.query)
+            table, since, limit = _conflict_filters(request.query, node.clock.now_ms())
         except ValueError as exc:
             return web.json_response({"error": "bad request", "detail": str(exc)}, status=400)
         records = await node.worker.call(
@@ -110,12 +107,12 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     # A verify request may carry a whole branch of leaf hashes per table.
     app = web.Application(middlewares=middlewares, client_max_size=node.config.message_bytes_max)
     if sync:
-        app.router.add_get(SYNC_PATH, node.accept)
-
-        async def verify(request: web.Request) -> web.Response:
-            return await answer_http(node, request)
-
-        app.router.add_post(VERIFY_PATH, verify)
+        # The peer routes: the WebSocket transport hands channels and verify
+        # requests to the node through the transport seam's host Protocols.
+        listener = WebSocketListener(
+            app, heartbeat_s=node.config.heartbeat_s, frame_bytes_max=node.config.frame_bytes_max
+        )
+        listener.serve(node, node.verify_server)
     app.router.add_get("/v1/health", health)
     if api:
         app.router.add_get("/v1/status", status)
@@ -158,7 +155,7 @@ def token_matches(header: str, expected: bytes) -> bool:
     return same and scheme.lower() == "bearer"
 
 
-def _conflict_filters(query: Mapping[str, str]) -> tuple[str | None, int | None, int]:
+def _conflict_filters(query: Mapping[str, str], now_ms: int) -> tuple[str | None, int | None, int]:
     """(table, since in ms, limit) from the query string; ValueError names a bad one."""
     since = query.get("since")
     limit_text = query.get("limit", str(LIMIT_DEFAULT))
@@ -166,7 +163,7 @@ def _conflict_filters(query: Mapping[str, str]) -> tuple[str | None, int | None,
         raise ValueError(f"limit {limit_text!r} is not a number in 1..{LIMIT_MAX}")
     return (
         query.get("table") or None,
-        None if since is None else since_ms(since, time.time_ns() // 1_000_000),
+        None if since is None else since_ms(since, now_ms),
         int(limit_text),
     )
 

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
 from syncmesh.merge import missing_rows
@@ -47,6 +47,26 @@ from syncmesh.transport import Channel
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
+# What a peer's session (or its dialer) is doing, as /v1/status shows it.
+PeerState = Literal[
+    "connecting", "handshake", "streaming", "backoff", "refused", "connected by peer", "closed"
+]
+# The wire text that starts a refusal of a second session between one pair
+# (`Node.register`): the REFUSE message carries only text, so a refusal
+# received from a peer is typed (`DuplicateSession`) by this prefix.
+DUPLICATE_SESSION_PREFIX = "already in a session"
+
+
+class DuplicateSession(RefusedError):
+    """The pair already has a session: not a fault, the other session carries on."""
+
+
+def refused_by_peer(what: str, reason: str) -> RefusedError:
+    """The error for a REFUSE received from a peer, typed by its reason's text."""
+    kind = DuplicateSession if reason.startswith(DUPLICATE_SESSION_PREFIX) else RefusedError
+    return kind(f"{what}: {reason}")
+
+
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -58,7 +78,7 @@ class PeerLink:
     dialed: bool
     name: str = ""  # the peer's site name (certificate or [peers.NAME]); "" if unnamed
     site_id: str = ""
-    state: str = "handshake"
+    state: PeerState = "handshake"
     connected_ms: int = 0
     peer_head_seq: int = 0
     cursor: int = 0
@@ -109,9 +129,15 @@ class SessionHost(Protocol):
     store: Store
     worker: StoreWorker
 
+    def now_ms(self) -> int:
+        """Wall time from the node's injected clock."""
+        ...
+
     async def our_hello(self) -> Hello: ...
 
-    def register(self, link: PeerLink, session: Session) -> str | None: ...
+    def register(self, link: PeerLink, session: Session) -> RefusedError | None:
+        """Record the session under the peer's site id, or the refusal to send it."""
+        ...
 
     def unregister(self, link: PeerLink, session: Session) -> None: ...
 
@@ -130,10 +156,6 @@ class SessionHost(Protocol):
     def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
     def note_rights_refused(self, rows: int) -> None: ...
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Session:
@@ -168,7 +190,7 @@ class Session:
             hello = await self._handshake()
             registered = True
             self.link.state = "streaming"
-            self.link.connected_ms = _now_ms()
+            self.link.connected_ms = self._host.now_ms()
             log.info("session with %s (%s) established", hello.site_id, self.link.address)
             try:
                 await self._receive_loop()
@@ -190,12 +212,13 @@ class Session:
         await self._channel.send(frame)
         self.link.bytes_out += len(frame)
 
-    async def _refuse(self, reason: str) -> RefusedError:
+    async def _refuse(self, reason: str | RefusedError) -> RefusedError:
+        refusal = reason if isinstance(reason, RefusedError) else RefusedError(reason)
         try:
-            await self._send(Refuse(reason))
+            await self._send(Refuse(refusal.reason))
         except Exception:  # the refusal is a courtesy: the link may be gone already
             log.debug("could not send refusal to %s", self.link.address, exc_info=True)
-        return RefusedError(reason)
+        return refusal
 
     async def _handshake(self) -> Hello:
         host = self._host
@@ -207,7 +230,7 @@ class Session:
         except ProtocolError as exc:
             raise await self._refuse(f"bad HELLO: {exc}") from exc
         if isinstance(message, Refuse):
-            raise RefusedError(f"peer {self.link.address} refused the session: {message.reason}")
+            raise refused_by_peer(f"peer {self.link.address} refused the session", message.reason)
         if not isinstance(message, Hello):
             raise await self._refuse(f"expected HELLO, got {type(message).__name__.upper()}")
         reason = _mismatch(ours, message)
@@ -282,7 +305,7 @@ class Session:
                 self._sender = asyncio.create_task(self._send_loop(message))
                 self._sender.add_done_callback(self._sender_done)
             elif isinstance(message, Refuse):
-                raise RefusedError(f"peer {self.link.site_id} ended the session: {message.reason}")
+                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message.reason)
             else:
                 raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
 
@@ -381,7 +404,7 @@ class Session:
         link.note_tables(received, by_table, frame_bytes)
         link.cursor = batch.to_seq
         link.peer_head_seq = batch.head_seq
-        link.last_batch_ms = _now_ms()
+        link.last_batch_ms = self._host.now_ms()
         link.catchup.note(time.monotonic(), link.cursor, link.rows_in)
         if received.vector is not None:
             # The peer's vector is true of its whole state: what it sent us

@@ -42,21 +42,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 import msgpack
 
-from syncmesh.errors import StoreError, SyncError
+from syncmesh.errors import StoreError, SyncError, TransportError
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
 from syncmesh.store.verify import DEEP_ROWS_PER_STEP
-from syncmesh.transport import SYNC_PATH
+from syncmesh.transport import (
+    VERIFY_CONTENT_TYPE,
+    HttpVerifyExchange,
+    UnreachableError,
+    VerifyExchange,
+)
 
 log = logging.getLogger(__name__)
 
-VERIFY_PATH = SYNC_PATH + "/verify"
-CONTENT_TYPE = "application/msgpack"
+CONTENT_TYPE = VERIFY_CONTENT_TYPE
 VERIFY_VERSION = 1
 SETTLE_S_DEFAULT = 1.0
 SETTLE_ROUNDS_DEFAULT = 3
@@ -64,7 +67,6 @@ KEYS_PER_REQUEST = 16_384  # keys in one digests/fetch/push request
 BRANCHES_PER_REQUEST = BRANCHES  # all of one table's branches fit one request (~530 KB)
 DEEP_SESSIONS_MAX = 4
 DEEP_SESSION_TTL_S = 300.0
-REQUEST_TIMEOUT_S = 120.0
 
 Key = tuple[SqlValue, ...]
 T = TypeVar("T")
@@ -205,42 +207,38 @@ def read_keys(value: Any, what: str) -> list[Key]:
 
 
 class VerifyClient:
-    """Requests to one node's verify route over HTTP; counts round trips and bytes.
+    """Requests to one node's verify route; counts round trips and bytes.
 
-    With TLS, pass a context from `transport.client_context_for_site`: the
+    `peer` is a `transport.VerifyExchange` (what `Connector.verify_exchange`
+    returns), or a URL for the WebSocket transport's HTTP exchange.  With TLS,
+    pass `ssl`, a context from `transport.client_context_for_site`: the
     node's certificate must then name the site meant, as a dialler checks
     the peer it reached, so another member of the cluster cannot answer
     (and feed a repair) in its place.
     """
 
-    def __init__(self, url: str, *, ssl: Any = None, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        self.url = url.rstrip("/") + VERIFY_PATH
-        self._ssl = ssl
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, peer: str | VerifyExchange, *, ssl: Any = None) -> None:
+        self._exchange = HttpVerifyExchange(peer, ssl=ssl) if isinstance(peer, str) else peer
+        self.url = self._exchange.url
         self.round_trips = 0
         self.bytes_sent = 0
         self.bytes_received = 0
 
     async def __aenter__(self) -> VerifyClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        await self._exchange.__aenter__()
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self._exchange.__aexit__(*exc)
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        assert self._session is not None, "use `async with VerifyClient(...)`"
         body = pack({"v": VERIFY_VERSION, "op": op, **fields})
         try:
-            async with self._session.post(
-                self.url, data=body, headers={"Content-Type": CONTENT_TYPE}, ssl=self._ssl
-            ) as response:
-                answer = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise SyncError(f"cannot reach {self.url}: {str(exc) or type(exc).__name__}") from exc
+            status, answer = await self._exchange.post(body)
+        except UnreachableError as exc:
+            raise SyncError(f"cannot reach {self.url}: {exc.reason}") from exc
+        except TransportError as exc:
+            raise SyncError(f"cannot reach {self.url}: {exc}") from exc
         self.round_trips += 1
         self.bytes_sent += len(body)
         self.bytes_received += len(answer)

@@ -2,10 +2,12 @@
 
 `VerifyServer` answers the requests of syncmesh.node.verify (the asking
 side, which also describes the exchange) from the node's store, on the
-store thread; `answer_http` is the route `POST /sync/v1/verify`, admitted
-like the peer WebSocket.  `periodic_verify` runs in the node: every
+store thread.  It is the node's `transport.VerifyHost`: a transport's
+listener hands it each request (`answer_verify`), admitted like a peer's
+channel (`node.admission.admit`).  `periodic_verify` runs in the node: every
 `sync.verify_interval_s` it verifies each peer it dials and keeps the
-outcome for `/v1/status`, `/metrics` and the dashboard.
+outcome for `/v1/status`, `/metrics` and the dashboard.  Both take narrow
+host Protocols, not the `Node`, so this module does not import node.py.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from aiohttp import web
-
+from syncmesh.clock import PhysicalClock
 from syncmesh.errors import ProtocolError, StoreError, SyncError
+from syncmesh.node.admission import Admitted
+from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.verify import (
     BRANCH_ARRAY,
     BRANCHES_PER_REQUEST,
-    CONTENT_TYPE,
     DEEP_SESSION_TTL_S,
     DEEP_SESSIONS_MAX,
     LEAF_ARRAY,
@@ -41,11 +43,7 @@ from syncmesh.node.verify import (
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport import client_context_for_site, peer_address, peer_site
-
-if TYPE_CHECKING:
-    from syncmesh.node.config import PeerConfig
-    from syncmesh.node.node import Node
+from syncmesh.transport import Connector, PeerIdentity, Refusal, VerifyAnswer
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +54,49 @@ log = logging.getLogger(__name__)
 class VerifyServer:
     """Answers verify requests from the node's store; holds deep trees per session."""
 
-    def __init__(self, store: Store, call: StoreCall, frame_bytes_max: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        call: StoreCall,
+        frame_bytes_max: int,
+        *,
+        admit: Callable[[PeerIdentity], Admitted | Refusal],
+    ) -> None:
+        """`admit`: the node's admission of a request's sender (`node.admission`)."""
         self._store = store
         self._call = call
         self._frame_bytes_max = frame_bytes_max
+        self._admit = admit
         self._deep: dict[str, tuple[float, dict[str, TableSummary]]] = {}
+
+    async def answer_verify(
+        self, peer: PeerIdentity, read_body: Callable[[], Awaitable[bytes]]
+    ) -> Refusal | VerifyAnswer:
+        """One request from `peer` (the `transport.VerifyHost` Protocol): admitted, answered.
+
+        A request we cannot read is answered `ok=False` with a msgpack map
+        naming the problem (HTTP 400); TransportError from `read_body` (the
+        asker went away) goes back to the transport.
+        """
+        verdict = self._admit(peer)
+        if isinstance(verdict, Refusal):
+            return verdict
+        rights = verdict.peer
+        body = await read_body()
+        try:
+            message = unpack(body)
+            site = message.get("site")
+            origin = site if isinstance(site, str) and site else peer.address
+            answer = await self.answer(
+                message,
+                may_read=rights.may_receive if rights is not None else _anything,
+                may_write=rights.may_send if rights is not None else _anything,
+                origin=origin,
+            )
+        except (VerifyRequestError, StoreError) as exc:
+            log.info("refused a verify request from %s: %s", peer.address, exc)
+            return VerifyAnswer(False, pack({"error": "bad request", "detail": str(exc)}))
+        return VerifyAnswer(True, pack(answer))
 
     async def answer(
         self,
@@ -216,51 +252,30 @@ class VerifyOutcome:
     error: str = ""
 
 
-async def answer_http(node: Node, request: web.Request) -> web.Response:
-    """`POST /sync/v1/verify`: admitted like the peer WebSocket, answered from the store."""
-    if node.stopping:
-        return web.Response(status=503, text="node is shutting down")
-    peer: PeerConfig | None = None
-    if node.config.tls is not None:
-        name = peer_site(request)
-        peer = None if name is None else node.config.peer_named(name)
-        if peer is None:
-            log.warning(
-                "refused a verify request from %s: its certificate is not a configured peer's",
-                peer_address(request),
-            )
-            return web.Response(status=403, text="your certificate is not a peer's here")
-    try:
-        body = await request.read()
-    except (ConnectionError, asyncio.IncompleteReadError) as exc:
-        # The asker went away mid-request (a partition, a reset): nobody to answer.
-        log.info("a verify request from %s was cut short: %s", peer_address(request), exc)
-        return web.Response(status=400, text="request cut short")
-    try:
-        message = unpack(body)
-        site = message.get("site")
-        origin = site if isinstance(site, str) and site else peer_address(request)
-        answer = await node.verify_server.answer(
-            message,
-            may_read=peer.may_receive if peer is not None else _anything,
-            may_write=peer.may_send if peer is not None else _anything,
-            origin=origin,
-        )
-    except (VerifyRequestError, StoreError) as exc:
-        log.info("refused a verify request from %s: %s", peer_address(request), exc)
-        return web.Response(
-            status=400,
-            body=pack({"error": "bad request", "detail": str(exc)}),
-            content_type=CONTENT_TYPE,
-        )
-    return web.Response(body=pack(answer), content_type=CONTENT_TYPE)
-
-
 def _anything(_table: str) -> bool:
     return True
 
 
-async def periodic_verify(node: Node) -> None:
+class VerifyingHost(Protocol):
+    """What the periodic verify needs from its node."""
+
+    config: NodeConfig
+    store: Store
+    clock: PhysicalClock
+    connector: Connector
+    verify_outcomes: dict[str, VerifyOutcome]
+
+    @property
+    def store_call(self) -> StoreCall:
+        """Runs a function on the store's thread (`StoreWorker.call`)."""
+        ...
+
+    def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]: ...
+
+    def streaming_with(self, url: str) -> bool: ...
+
+
+async def periodic_verify(node: VerifyingHost) -> None:
     """Every `verify_interval_s`, verify against each peer we dial that is streaming."""
     interval_s = node.config.verify_interval_s
     # The first round waits a whole interval: a starting cluster is still catching up.
@@ -283,19 +298,17 @@ async def periodic_verify(node: Node) -> None:
 
 
 async def verify_peer(
-    node: Node, url: str, tables: list[str], peer: PeerConfig | None = None
+    node: VerifyingHost, url: str, tables: list[str], peer: PeerConfig | None = None
 ) -> VerifyOutcome:
     """One verify of our store against the node at `url`, as an outcome (never raises)."""
     started = time.monotonic()
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = node.clock.now_ms()
     try:
-        context = None
-        if node.config.tls is not None and peer is not None:
-            context = client_context_for_site(node.config.tls, peer.name)
-        async with VerifyClient(url, ssl=context) as client:
+        exchange = node.connector.verify_exchange(url, None if peer is None else peer.name)
+        async with VerifyClient(exchange) as client:
             report = await verify(
                 node.store,
-                node.worker.call,
+                node.store_call,
                 client,
                 tables,
                 settle_s=node.config.verify_settle_s,
