@@ -43,7 +43,13 @@ from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import Secret, is_loopback
-from syncmesh.transport import SYNC_PATH, VERIFY_PATH, WebSocketListener, server_context
+from syncmesh.transport import (
+    SYNC_PATH,
+    VERIFY_PATH,
+    WebSocketConnector,
+    WebSocketListener,
+    server_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +189,11 @@ async def running_node(
         log.warning("%s", warning)
     sock = socket.create_server((config.listen_host, config.listen_port), reuse_port=False)
     host, port = sock.getsockname()[:2]
-    node = Node(dataclasses.replace(config, listen_port=port), physical_clock=physical_clock)
+    node = Node(
+        dataclasses.replace(config, listen_port=port),
+        physical_clock=physical_clock,
+        connector=websocket_connector(config),
+    )
     node.listen = f"{host}:{port}"
     separate_api = config.api_listen_host is not None
     runners = [_runner(create_app(node, api=not separate_api))]
@@ -219,6 +229,16 @@ async def running_node(
         for runner in runners:
             await runner.cleanup()
         await node.stop()
+
+
+def websocket_connector(config: NodeConfig) -> WebSocketConnector:
+    """The transport a running node dials with: WebSockets, with TLS from `config.tls`."""
+    return WebSocketConnector(
+        heartbeat_s=config.heartbeat_s,
+        frame_bytes_max=config.frame_bytes_max,
+        connect_timeout_s=config.connect_timeout_s,
+        tls=config.tls,
+    )
 
 
 def _runner(app: web.Application) -> web.AppRunner:

@@ -39,15 +39,8 @@ from syncmesh.node.watch import FileWatcher
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
-from syncmesh.transport import (
-    Channel,
-    Connector,
-    PeerIdentity,
-    Refusal,
-    RefusalReason,
-    WebSocketConnector,
-    server_context,
-)
+from syncmesh.transport.base import Channel, Connector, PeerIdentity, Refusal, RefusalReason
+from syncmesh.transport.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +148,12 @@ class Node:
         store: Store | None = None,
         *,
         physical_clock: PhysicalClock | None = None,
-        connector: Connector | None = None,
+        connector: Connector,
     ) -> None:
         """`physical_clock` is the seam for clock faults (syncmesh.chaos) and the one
         source of wall time in the node; default: the system's.  `connector` dials
-        peers; default: the WebSocket transport, with TLS from `config.tls`.
+        peers: the transport, chosen by the caller (`syncmesh.api.running_node`
+        picks the WebSocket one); node code knows only the Protocol.
         """
         self.config = config
         self.clock: PhysicalClock = physical_clock or SystemClock()
@@ -191,12 +185,7 @@ class Node:
         self.rights_refused_rows = 0
         self.refused_connections = 0
         self.server_ssl = None if config.tls is None else server_context(config.tls)
-        self.connector: Connector = connector or WebSocketConnector(
-            heartbeat_s=config.heartbeat_s,
-            frame_bytes_max=config.frame_bytes_max,
-            connect_timeout_s=config.connect_timeout_s,
-            tls=config.tls,
-        )
+        self.connector = connector
         self.verify_server = VerifyServer(
             self.store, self.worker.call, config.message_bytes_max, admit=self._admit_verify
         )

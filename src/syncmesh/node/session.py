@@ -42,7 +42,7 @@ from syncmesh.protocol import (
     encode,
 )
 from syncmesh.store import Store
-from syncmesh.transport import Channel
+from syncmesh.transport.base import Channel
 
 log = logging.getLogger(__name__)
 

@@ -50,16 +50,10 @@ from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
 from syncmesh.store.verify import DEEP_ROWS_PER_STEP
-from syncmesh.transport import (
-    VERIFY_CONTENT_TYPE,
-    HttpVerifyExchange,
-    UnreachableError,
-    VerifyExchange,
-)
+from syncmesh.transport.base import UnreachableError, VerifyExchange
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = VERIFY_CONTENT_TYPE
 VERIFY_VERSION = 1
 SETTLE_S_DEFAULT = 1.0
 SETTLE_ROUNDS_DEFAULT = 3
@@ -209,16 +203,15 @@ def read_keys(value: Any, what: str) -> list[Key]:
 class VerifyClient:
     """Requests to one node's verify route; counts round trips and bytes.
 
-    `peer` is a `transport.VerifyExchange` (what `Connector.verify_exchange`
-    returns), or a URL for the WebSocket transport's HTTP exchange.  With TLS,
-    pass `ssl`, a context from `transport.client_context_for_site`: the
-    node's certificate must then name the site meant, as a dialler checks
-    the peer it reached, so another member of the cluster cannot answer
-    (and feed a repair) in its place.
+    `exchange` carries the requests: what `Connector.verify_exchange`
+    returns, or `transport.HttpVerifyExchange(url, ssl=...)` from the CLI.
+    With TLS the exchange checks that the node's certificate names the site
+    meant, as a dialler checks the peer it reached, so another member of the
+    cluster cannot answer (and feed a repair) in its place.
     """
 
-    def __init__(self, peer: str | VerifyExchange, *, ssl: Any = None) -> None:
-        self._exchange = HttpVerifyExchange(peer, ssl=ssl) if isinstance(peer, str) else peer
+    def __init__(self, exchange: VerifyExchange) -> None:
+        self._exchange = exchange
         self.url = self._exchange.url
         self.round_trips = 0
         self.bytes_sent = 0

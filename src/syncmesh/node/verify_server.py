@@ -43,7 +43,7 @@ from syncmesh.node.verify import (
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport import Connector, PeerIdentity, Refusal, VerifyAnswer
+from syncmesh.transport.base import Connector, PeerIdentity, Refusal, VerifyAnswer
 
 log = logging.getLogger(__name__)
 
