@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig
 from syncmesh.transport.memory import MemoryNetwork
 
@@ -32,13 +33,16 @@ def memory_config(path: Path, *dials: str, **overrides: Any) -> NodeConfig:
 
 @contextlib.asynccontextmanager
 async def memory_nodes(
-    network: MemoryNetwork, configs: dict[str, NodeConfig]
+    network: MemoryNetwork,
+    configs: dict[str, NodeConfig],
+    *,
+    physical_clock: PhysicalClock | None = None,
 ) -> AsyncIterator[dict[str, Node]]:
     """Started nodes, each listening at `memory://NAME`; stopped on exit."""
     nodes: dict[str, Node] = {}
     try:
         for name, config in configs.items():
-            node = Node(config, connector=network.connector())
+            node = Node(config, connector=network.connector(), physical_clock=physical_clock)
             network.listener(memory_url(name)).serve(node, node.verify_server)
             nodes[name] = node
         for node in nodes.values():

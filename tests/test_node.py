@@ -1,4 +1,8 @@
-"""Nodes in one process over real loopback sockets: sessions, refusals, relays, no echo."""
+"""Nodes in one process: sessions, refusals, relays, no echo.
+
+Over real loopback sockets, except the relay tests, which test the node's
+logic only and run on the in-memory transport (tests/memory_nodes.py).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.protocol import Refuse, decode
 from syncmesh.store import Store
+from syncmesh.transport.memory import MemoryNetwork
 from tests.helpers import exchange_all, rows_with_types, run_cli, wait_until
+from tests.memory_nodes import memory_config, memory_nodes
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 TIMEOUT_S = 20.0
@@ -85,11 +91,9 @@ async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
     received from B must be exactly C's rows (B's relay), never A's own.
     """
     a, b, c = (make_db(tmp_path / f"{n}.db") for n in "abc")
-    async with (
-        running_node(config(a)) as node_a,
-        running_node(config(b, node_a)) as node_b,
-        running_node(config(c, node_b)) as node_c,
-    ):
+    configs = {"a": memory_config(a), "b": memory_config(b, "a"), "c": memory_config(c, "b")}
+    async with memory_nodes(MemoryNetwork(), configs) as nodes:
+        node_a, node_b, node_c = nodes["a"], nodes["b"], nodes["c"]
         await asyncio.to_thread(execute, a, "INSERT INTO items VALUES ('from-a', 'a', 1)")
         await asyncio.to_thread(execute, c, "INSERT INTO items VALUES ('from-c', 'c', 2)")
         await wait_until(lambda: converged(a, b, c, rows=2), TIMEOUT_S, "chain to converge")
@@ -112,11 +116,13 @@ async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
 async def test_mesh_does_not_multiply_traffic(tmp_path: Path) -> None:
     """Goal: in a full mesh each change reaches each node about once, not once per path."""
     paths = [make_db(tmp_path / f"{n}.db") for n in "abc"]
-    async with (
-        running_node(config(paths[0])) as node_a,
-        running_node(config(paths[1], node_a)) as node_b,
-        running_node(config(paths[2], node_a, node_b)) as node_c,
-    ):
+    configs = {
+        "a": memory_config(paths[0]),
+        "b": memory_config(paths[1], "a"),
+        "c": memory_config(paths[2], "a", "b"),
+    }
+    async with memory_nodes(MemoryNetwork(), configs) as nodes:
+        node_b, node_c = nodes["b"], nodes["c"]
         for index in range(20):
             await asyncio.to_thread(
                 execute, paths[0], "INSERT INTO items VALUES (?, 'x', ?)", f"k{index}", index

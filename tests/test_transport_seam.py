@@ -8,12 +8,14 @@ nothing of WebSockets, and the pure pieces of the seam are tested alone.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from syncmesh.clock import SystemClock
 from syncmesh.errors import RefusedError, TransportError
 from syncmesh.node import Node, NodeConfig
 from syncmesh.node.admission import Admitted, admit
@@ -177,3 +179,61 @@ def test_a_refusal_received_from_a_peer_is_typed_by_its_wire_text() -> None:
     assert isinstance(duplicate, DuplicateSession)
     assert str(duplicate) == "peer x refused the session: already in a session with site 1"
     assert type(other) is RefusedError
+
+
+class DayAheadClock:
+    """The system's time, one day ahead: far enough that no real clock read passes for it."""
+
+    DAY_MS = 86_400_000
+
+    def now_ms(self) -> int:
+        return SystemClock().now_ms() + self.DAY_MS
+
+
+async def test_the_node_reads_wall_time_only_from_its_injected_clock(tmp_path: Path) -> None:
+    """Goal: the times a node reports come from the clock it was given, not the system's.
+
+    Method: two nodes whose injected clock runs a day ahead sync a row; the
+    peer's last batch time, the throughput history's buckets and the
+    metrics' age of the last batch must all be on the injected clock's day.
+    """
+    paths = {name: make_db(tmp_path / f"{name}.db") for name in ("a", "b")}
+    configs = {"a": memory_config(paths["a"], "b"), "b": memory_config(paths["b"])}
+    clock = DayAheadClock()
+    async with memory_nodes(MemoryNetwork(), configs, physical_clock=clock) as nodes:
+        await asyncio.to_thread(execute, paths["b"], "INSERT INTO items VALUES ('k', 'x', 1)")
+        await wait_until(lambda: converged(*paths.values(), rows=1), TIMEOUT_S, "the row to arrive")
+        system_now_ms = SystemClock().now_ms()
+        batch_ms = max(peer.last_batch_ms for peer in (await nodes["a"].statistics()).peers)
+        assert batch_ms > system_now_ms + clock.DAY_MS // 2
+        newest = nodes["a"].throughput_samples()[-1]
+        assert newest.start_ms > system_now_ms + clock.DAY_MS // 2
+
+
+WALL_TIME_CALLS = {
+    ("time", "time"),
+    ("time", "time_ns"),
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+}
+
+
+def test_node_api_transport_and_protocol_read_no_wall_time_directly() -> None:
+    """Goal: one clock.  Wall time in these packages comes only from the injected clock.
+
+    Method: no call of time.time(), time.time_ns() or datetime.now()/utcnow()
+    in their source (monotonic timers for timeouts and durations are fine).
+    """
+    package = Path(__file__).parent.parent / "src" / "syncmesh"
+    found = []
+    for layer in ("node", "api", "transport", "protocol"):
+        for source in sorted((package / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name)
+                    and (node.func.value.id, node.func.attr) in WALL_TIME_CALLS
+                ):
+                    found.append(f"{source.relative_to(package)}:{node.lineno}")
+    assert found == []
