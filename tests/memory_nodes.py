@@ -13,6 +13,7 @@ from typing import Any
 
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig
+from syncmesh.transport import Listener
 from syncmesh.transport.memory import MemoryNetwork
 
 
@@ -43,7 +44,8 @@ async def memory_nodes(
     try:
         for name, config in configs.items():
             node = Node(config, connector=network.connector(), physical_clock=physical_clock)
-            network.listener(memory_url(name)).serve(node, node.verify_server)
+            listener: Listener = network.listener(memory_url(name))
+            listener.serve(node, node.verify_server)
             nodes[name] = node
         for node in nodes.values():
             await node.start()

@@ -46,6 +46,7 @@ from syncmesh.node.config import Secret, is_loopback
 from syncmesh.transport import (
     SYNC_PATH,
     VERIFY_PATH,
+    Listener,
     WebSocketConnector,
     WebSocketListener,
     server_context,
@@ -115,7 +116,7 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     if sync:
         # The peer routes: the WebSocket transport hands channels and verify
         # requests to the node through the transport seam's host Protocols.
-        listener = WebSocketListener(
+        listener: Listener = WebSocketListener(
             app, heartbeat_s=node.config.heartbeat_s, frame_bytes_max=node.config.frame_bytes_max
         )
         listener.serve(node, node.verify_server)
