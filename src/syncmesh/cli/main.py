@@ -43,6 +43,7 @@ from syncmesh.cli.verify import repair_command, verify_command
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.store import Store
+from syncmesh.store.open import open_store
 from syncmesh.store.records import now_ms
 
 GC_YOUNG_OBJECTS = 50_000
@@ -62,7 +63,7 @@ def _open_store(database: Path, *, must_exist: bool = True) -> Iterator[Store]:
     if must_exist and not database.exists():
         raise click.ClickException(f"{database} does not exist")
     with _errors_as_messages():
-        store = Store.open(database)
+        store = open_store(database)
         try:
             yield store
         finally:
@@ -231,7 +232,7 @@ def serve(
         logging.getLogger("syncmesh.cli").warning("%s", warning)
     with _errors_as_messages():
         if settings["tables.track"]:
-            store = Store.open(config.database_path)
+            store = open_store(config.database_path)
             try:
                 store.init()
                 for warning in store.track(settings["tables.track"], _log_track_progress):

@@ -65,8 +65,8 @@ from syncmesh.protocol.verify import (
     refusal_detail,
 )
 from syncmesh.store import Store
+from syncmesh.store.base import DEEP_ROWS_PER_STEP
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.store.verify import DEEP_ROWS_PER_STEP
 from syncmesh.transport.base import UnreachableError, VerifyExchange
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""What a user table looks like, and whether it can be replicated safely.
+"""What a user table looks like in SQLite, and whether it can be replicated safely.
 
 Refusals (raise SchemaError): no such table, no primary key, a name that
 clashes with syncmesh's own tables.  Warnings (returned as text): integer
@@ -14,7 +14,7 @@ import sqlite3
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import TableSpec
-from syncmesh.schema.ddl import quote_identifier
+from syncmesh.schema import quote_identifier
 
 RESERVED_PREFIX = "_syncmesh"
 
