@@ -1,7 +1,7 @@
 """Nodes in one process: sessions, refusals, relays, no echo.
 
-Over real loopback sockets, except the relay tests, which test the node's
-logic only and run on the in-memory transport (tests/memory_nodes.py).
+Over real loopback sockets, except the chain relay test, which tests the
+node's logic only and runs on the in-memory transport (tests/memory_nodes.py).
 """
 
 from __future__ import annotations
@@ -116,13 +116,11 @@ async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
 async def test_mesh_does_not_multiply_traffic(tmp_path: Path) -> None:
     """Goal: in a full mesh each change reaches each node about once, not once per path."""
     paths = [make_db(tmp_path / f"{n}.db") for n in "abc"]
-    configs = {
-        "a": memory_config(paths[0]),
-        "b": memory_config(paths[1], "a"),
-        "c": memory_config(paths[2], "a", "b"),
-    }
-    async with memory_nodes(MemoryNetwork(), configs) as nodes:
-        node_b, node_c = nodes["b"], nodes["c"]
+    async with (
+        running_node(config(paths[0])) as node_a,
+        running_node(config(paths[1], node_a)) as node_b,
+        running_node(config(paths[2], node_a, node_b)) as node_c,
+    ):
         for index in range(20):
             await asyncio.to_thread(
                 execute, paths[0], "INSERT INTO items VALUES (?, 'x', ?)", f"k{index}", index
