@@ -89,6 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "sessions_per_peer_max", int, 2, minimum=1),
     Setting("limits", "inbound_sessions_max", int, 64, minimum=1),
     Setting("limits", "conflict_ledger_rows_max", int, 10_000, minimum=0),
+    Setting("health", "peer_down_s_max", float, 60.0, minimum=0.0),
+    Setting("health", "quarantine_window_s", float, 60.0, minimum=0.0),
     Setting("logging", "level", str, "info", choices=LOG_LEVELS),
     Setting("logging", "format", str, "plain", choices=LOG_FORMATS),
 )
@@ -119,9 +121,15 @@ def load_settings(
 
 def _from_file(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read the file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path),
+            f"not a TOML text file: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+            " is not UTF-8",
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
     values: dict[str, Any] = {}
@@ -274,6 +282,8 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         conflict_ledger_rows_max=values["limits.conflict_ledger_rows_max"],
         api_listen_host=api_host,
         api_listen_port=api_port,
+        health_peer_down_s_max=values["health.peer_down_s_max"],
+        health_quarantine_window_s=values["health.quarantine_window_s"],
     )
     config.check_exposure()
     return config

@@ -131,6 +131,8 @@ class SessionHost(Protocol):
 
     def note_rights_refused(self, rows: int) -> None: ...
 
+    def note_feed_read(self, error: BaseException | None) -> None: ...
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -443,7 +445,14 @@ class Session:
                 # could hide a capture made since.
                 batch = prefetched[1]
             else:
-                batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
+                try:
+                    batch = await worker.call(
+                        store.read_batch, cursor, self._filter_vector(), rows_max
+                    )
+                except Exception as exc:
+                    host.note_feed_read(exc)  # failing in a row makes the node unhealthy
+                    raise
+                host.note_feed_read(None)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # Caught up: the node reads our next batch in the same trip to
