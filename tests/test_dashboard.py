@@ -151,9 +151,7 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     expect(page.locator("#node-health")).to_have_attribute(
         "data-health", "degraded", timeout=WAIT_MS
     )
-    expect(page.locator("#node-problems")).to_contain_text(
-        f"peer {sites['a']}", timeout=WAIT_MS
-    )
+    expect(page.locator("#node-problems")).to_contain_text(f"peer {sites['a']}", timeout=WAIT_MS)
     expect(page.locator("#node-problems")).to_contain_text("has not kept a session")
     health = c.health()
     assert health[0] == 503
