@@ -185,3 +185,12 @@ def test_config_check_of_a_binary_file_is_one_line(tmp_path: Path, content: byte
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith("Error: ")
         assert "not UTF-8" in lines[0]
+
+
+def test_demo_shows_its_rows_as_a_table_not_tuples() -> None:
+    result = run_cli("demo", "--rows", "5", timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s+id\s+name\s+qty\s+note$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^\s+[0-9a-f]{32}\s+\w row \d+\s+\d+\s+\d+ bytes$", result.stdout, re.M)
+    assert "('" not in result.stdout
+    assert "b'" not in result.stdout
