@@ -10,7 +10,9 @@ asserts the reason named by `syncmesh.node.health`, which the dashboard's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 import socket
 import sqlite3
 from dataclasses import replace
@@ -193,3 +195,33 @@ async def test_growing_quarantine_is_a_reason_until_it_stops_growing(tmp_path: P
         await wait_healthy(node_a)
         assert (await node_a.statistics()).store.quarantined_rows > 0
         await wait_healthy(node_b)
+
+
+async def test_a_last_error_carries_its_time_and_is_past_once_streaming(tmp_path: Path) -> None:
+    """Goal: the last error of a peer says when it happened, and once the session streams
+    again `syncmesh status` shows it as past (the dashboard: tests/test_dashboard.py)."""
+    a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    port = closed_port()
+    cfg_b = replace(config(b, backoff_max_s=0.2), peer_urls=(f"http://127.0.0.1:{port}",))
+    async with running_node(cfg_b) as node_b:
+
+        async def failed_once() -> bool:
+            return bool((await node_b.statistics()).peers[0].last_error)
+
+        await wait_until(failed_once, TIMEOUT_S, "b's first failed dial")
+        async with running_node(config(a, listen_port=port)):
+
+            async def streaming() -> bool:
+                return (await node_b.statistics()).peers[0].state == "streaming"
+
+            await wait_until(streaming, TIMEOUT_S, "b streaming with a")
+            [peer] = (await node_b.statistics()).peers
+            assert peer.last_error_ms > 0
+            assert "cannot connect" in peer.last_error
+            result = await asyncio.to_thread(run_cli, "status", "--url", f"http://{node_b.listen}")
+            assert result.returncode == 0, result.stderr
+            assert re.search(
+                r"last error of \S+ at \d\d:\d\d:\d\d UTC \(past: streaming again since\):"
+                r" .*cannot connect",
+                result.stdout.replace("\n", " "),
+            ), result.stdout
