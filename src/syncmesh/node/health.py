@@ -11,7 +11,7 @@ silently stops capturing.  Each of these used to leave `/v1/health` at
 
 The reasons:
 
-- a configured peer has not kept a session for longer than
+- a peer this node dials has not kept a session for longer than
   `peer_down_s_max`: unreachable, refused, or failing again and again (a
   session that ends with an error before it was stable does not count as
   kept); a peer that dialled us instead ("connected by peer") streams;
@@ -100,8 +100,9 @@ def assess(
     reasons: list[str] = []
     down_ms_max = config.health_peer_down_s_max * 1000
     for peer in statistics.peers:
-        configured = peer.dialed or bool(peer.name)
-        if not configured or peer.state in UP_STATES or not peer.down_since_ms:
+        # Only dialled peers are known to be expected: one that dials us may
+        # be a laptop that comes and goes.
+        if not peer.dialed or peer.state in UP_STATES or not peer.down_since_ms:
             continue
         down_ms = now - peer.down_since_ms
         if down_ms <= down_ms_max:
