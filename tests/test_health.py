@@ -225,3 +225,45 @@ async def test_a_last_error_carries_its_time_and_is_past_once_streaming(tmp_path
                 r" .*cannot connect",
                 result.stdout.replace("\n", " "),
             ), result.stdout
+
+
+async def test_a_capture_that_fails_repeatedly_is_a_reason_until_it_succeeds(
+    tmp_path: Path,
+) -> None:
+    """Goal: captures failing three times in a row (here: a stray trigger that aborts
+    every write to the shadow table, as a tool could leave behind) are a 503 reason;
+    once the cause is gone the next capture succeeds and the reason clears."""
+    a = make_db(tmp_path / "a.db")
+    async with running_node(config(a)) as node:
+        await wait_healthy(node)
+        for when in ("INSERT", "UPDATE"):
+            execute(
+                a,
+                f"CREATE TRIGGER stray_{when.lower()} BEFORE {when} ON _syncmesh_shadow_items"
+                " BEGIN SELECT RAISE(ABORT, 'stray trigger'); END",
+            )
+        for index in range(3):
+            execute(a, "INSERT INTO items VALUES (?, 'a', ?)", f"k{index}", index)
+
+            async def failed(times: int = index + 1) -> bool:
+                entry = node.health.failures.get("capture")
+                return entry is not None and entry.in_a_row >= times
+
+            await wait_until(failed, TIMEOUT_S, f"capture failure {index + 1}")
+        reasons = await wait_for_reason(node, "capture failed 3 times in a row")
+        assert any("stray trigger" in reason for reason in reasons), reasons
+        execute(a, "DROP TRIGGER stray_insert")
+        execute(a, "DROP TRIGGER stray_update")
+        await wait_healthy(node)
+
+        def pending() -> int:
+            with contextlib.closing(sqlite3.connect(a, timeout=10)) as connection:
+                count: int = connection.execute(
+                    "SELECT count(*) FROM _syncmesh_log_items"
+                ).fetchone()[0]
+            return count
+
+        async def captured() -> bool:
+            return pending() == 0
+
+        await wait_until(captured, TIMEOUT_S, "the waiting writes captured")
