@@ -30,7 +30,7 @@ from tests.nodeproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
-RUN_TIMEOUT_S = 240.0
+RUN_TIMEOUT_S = 90.0  # below pytest-timeout's 120 s, so the clean-up below runs
 DOC_PORTS = ("7401", "7402", "7403")
 # An output block with any of these is shown as an example, not verbatim.
 EXAMPLE_ONLY = re.compile(r"[0-9a-f]{16}|\d+ ms|<|\bs ago\b|\.\.\.")
@@ -61,22 +61,28 @@ def run_doc(text: str, workdir: Path, *, skip: str | None = None) -> str:
     path.write_text("\n".join(script))
     env = {**os.environ, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     env.pop("VIRTUAL_ENV", None)
-    process = subprocess.Popen(
-        ["bash", str(path)],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
-        output, _ = process.communicate(timeout=10)
-        pytest.fail(f"the doc's commands did not finish in {RUN_TIMEOUT_S} s:\n{output}")
-    leftover = _kill_group(process.pid)
+    # Output to a file, not a pipe: nodes left running would hold a pipe open.
+    log = workdir / "doc.out"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            ["bash", str(path)],
+            cwd=workdir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.wait(timeout=10)
+            pytest.fail(
+                f"the doc's commands did not finish in {RUN_TIMEOUT_S} s:\n{log.read_text()}"
+            )
+        finally:
+            leftover = _kill_group(process.pid)
+    output = log.read_text()
     assert process.returncode == 0, f"the doc's commands failed:\n{output}"
     assert not leftover, f"the doc left processes running: {leftover}\n{output}"
     return output

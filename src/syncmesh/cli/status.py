@@ -26,6 +26,7 @@ import click
 
 from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
+from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
 from syncmesh.store import Store, StoreStatus
 
@@ -104,7 +105,7 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
     problems = list(status.get("health", {}).get("reasons", []))
     for peer in status["peers"]:
         name = peer["site_id"] or peer["address"]
-        if peer["state"] != "streaming":
+        if peer["state"] not in UP_STATES:
             detail = f": {peer['last_error']}" if peer["last_error"] else ""
             problems.append(f"peer {name} is {peer['state']}{detail}")
         elif max_lag_s is not None and peer["lag_ms"] > max_lag_s * 1000:
