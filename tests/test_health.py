@@ -145,6 +145,8 @@ async def test_a_refused_peer_is_a_reason(tmp_path: Path) -> None:
     ):
         reasons = await wait_for_reason(node_b, "has not kept a session")
         assert any("schema mismatch" in reason for reason in reasons), reasons
+        # The refusal names the differing column, not only the fingerprints.
+        assert any("['qty INTEGER'] only" in reason for reason in reasons), reasons
 
 
 async def test_dropped_capture_triggers_are_a_reason_and_track_restores_them(

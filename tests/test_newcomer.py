@@ -194,3 +194,40 @@ def test_demo_shows_its_rows_as_a_table_not_tuples() -> None:
     assert re.search(r"^\s+[0-9a-f]{32}\s+\w row \d+\s+\d+\s+\d+ bytes$", result.stdout, re.M)
     assert "('" not in result.stdout
     assert "b'" not in result.stdout
+
+
+def test_hello_carries_columns_and_decodes_without_them() -> None:
+    """HELLO's optional columns: sent, decoded, absent from older peers, bounded."""
+    import msgpack
+
+    from syncmesh.errors import ProtocolError
+    from syncmesh.protocol import PROTOCOL_VERSION, Hello, decode, encode
+
+    hello = Hello(
+        PROTOCOL_VERSION,
+        "a" * 32,
+        "i" * 32,
+        "f" * 16,
+        ("items",),
+        7,
+        {},
+        {"items": ("id TEXT key",)},
+    )
+    assert decode(encode(hello)) == hello
+    older = Hello(PROTOCOL_VERSION, "a" * 32, "i" * 32, "f" * 16, ("items",), 7, {})
+    decoded = decode(encode(older))
+    assert isinstance(decoded, Hello)
+    assert decoded.columns == {}
+    plain = {
+        "t": "hello",
+        "v": PROTOCOL_VERSION,
+        "site": "a" * 32,
+        "inc": "i",
+        "fp": "f",
+        "tables": ["items"],
+        "head": 7,
+        "vv": {},
+        "cols": {"items": [1, 2]},
+    }
+    with pytest.raises(ProtocolError, match="cols"):
+        decode(encode(older)[:1] + msgpack.packb(plain))

@@ -23,6 +23,7 @@ from syncmesh.errors import RefusedError, SyncError, TransportError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.health import HealthMonitor
+from syncmesh.node.mismatch import describe_columns
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
@@ -266,6 +267,7 @@ class Node:
                 tuple(spec.name for spec in self.store.specs()),
                 self.store.head_seq(),
                 self.store.vector(),
+                {spec.name: describe_columns(spec) for spec in self.store.specs()},
             )
 
         return await self.worker.call(read)

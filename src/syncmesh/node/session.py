@@ -29,6 +29,7 @@ from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.catchup import CatchUp
 from syncmesh.node.config import NodeConfig, PeerConfig
+from syncmesh.node.mismatch import column_differences
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
     Ack,
@@ -541,10 +542,12 @@ def _mismatch(ours: Hello, theirs: Hello) -> str | None:
             " syncing it"
         )
     if theirs.fingerprint != ours.fingerprint:
+        differences = column_differences(ours, theirs)
         return (
             f"schema mismatch: tracked tables differ (fingerprint {ours.fingerprint},"
             f" tables {list(ours.tables)} here; {theirs.fingerprint},"
-            f" tables {list(theirs.tables)} at site {theirs.site_id}); track the same"
-            " tables with the same columns on every node"
+            f" tables {list(theirs.tables)} at site {theirs.site_id})"
+            + (f": {differences}" if differences else "")
+            + "; track the same tables with the same columns on every node"
         )
     return None
