@@ -91,8 +91,10 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     (one captured here, one applied from a peer); before that, c's periodic
     verify must show both peers identical.  Then a is stopped (c's
     dialer to it backs off) and the page must show a as down while b stays
-    connected.  Last, c itself is stopped and the page must say the node
-    is not answering.  Every request the page makes must go to c.
+    connected, the node degraded with the reason /v1/health gives, and a's
+    last error with its time; a started again, the page shows it connected,
+    the node healthy and the error as past.  Last, c itself is stopped and
+    the page must say the node is not answering.  Every request the page makes must go to c.
     """
     for name in "abc":
         make_db(tmp_path / f"{name}.db", SCHEMA)
@@ -161,6 +163,15 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     expect(last_error).to_contain_text("cannot connect", timeout=WAIT_MS)
     expect(last_error).to_contain_text(re.compile(r"\(at .*ago\)"))
     expect(last_error).not_to_contain_text("ssl:default")
+
+    # a back: c streams with it again, the page says healthy and the error is past.
+    a.start()
+    a.wait_until_ready()
+    expect_link(page, sites["a"], "connected")
+    expect(page.locator("#node-health")).to_have_attribute(
+        "data-health", "healthy", timeout=WAIT_MS
+    )
+    expect(last_error).to_contain_text(re.compile(r"^past: .*cannot connect"), timeout=WAIT_MS)
 
     c.stop()
     expect(page.locator("#connection")).to_have_attribute("data-state", "down", timeout=WAIT_MS)
