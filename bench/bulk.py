@@ -36,7 +36,7 @@ from pathlib import Path
 from bench.common import Figure, connected, create_items
 from bench.nodes import NodeProcess, cluster, prepare_database
 from bench.proxy import CountingProxy, counting_proxy
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 BOOTSTRAP = "bootstrap"
 WIRE = "wire"
@@ -71,7 +71,7 @@ def prepare_source(path: Path, count: int, seed: int) -> None:
         connection.execute("BEGIN")
         connection.executemany(INSERT_SQL, big_rows(count, seed))
         connection.execute("COMMIT")
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(["items"])

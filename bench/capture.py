@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import INSERT_SQL, TXN_ROWS, Figure, connected, create_items, make_rows
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 SCENARIO = "capture"
 TARGET = "ratio <= 1.6"
@@ -85,7 +85,7 @@ def run(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[Figur
             plain, tracked = Path(directory) / "plain.db", Path(directory) / "tracked.db"
             create_items(plain)
             create_items(tracked)
-            store = Store.open(tracked)
+            store = SqliteStore.open(tracked)
             try:
                 store.init()
                 store.track(["items"])

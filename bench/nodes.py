@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.common import create_items
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
@@ -43,7 +43,7 @@ PAIR: Topology = {"a": (), "b": ("a",)}
 def prepare_database(path: Path) -> None:
     """A new file with `items`, initialised and tracked (as `syncmesh init/track` would)."""
     create_items(path)
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(["items"])

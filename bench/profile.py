@@ -22,7 +22,7 @@ from bench.common import INSERT_SQL, TXN_ROWS, connected, make_rows
 from bench.nodes import prepare_database
 from syncmesh.model import ChangeBatch
 from syncmesh.protocol import Batch, decode, encode
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOP = 12
@@ -51,7 +51,7 @@ def _pipeline(directory: Path, rows_count: int, stages: _Stages) -> None:
     source_path, target_path = directory / "source.db", directory / "target.db"
     prepare_database(source_path)
     prepare_database(target_path)
-    source, target = Store.open(source_path), Store.open(target_path)
+    source, target = SqliteStore.open(source_path), SqliteStore.open(target_path)
     try:
         rows = make_rows(rows_count, seed=7)
         profiler = cProfile.Profile() if stages.profile else None

@@ -43,7 +43,7 @@ from bench.common import (
 )
 from bench.nodes import NodeProcess
 from syncmesh.node.verify import VerifyClient, VerifyReport, direct_call, verify
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 SCENARIO = "verify"
 SETTLE_S = 0.2
@@ -56,7 +56,9 @@ def run(
     return [*upkeep(repeats, upkeep_rows, log), *exchange(repeats, exchange_rows, log)]
 
 
-def _chunk_cost(connection: sqlite3.Connection, store: Store, sql: str, rows: object) -> float:
+def _chunk_cost(
+    connection: sqlite3.Connection, store: SqliteStore, sql: str, rows: object
+) -> float:
     """CPU seconds of this process for one transaction and its capture."""
     began = time.process_time()
     connection.execute("BEGIN")
@@ -90,7 +92,7 @@ def upkeep(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[Fi
             for kind in ("with", "without"):
                 path = Path(directory) / f"{kind}.db"
                 create_items(path)
-                store = Store.open(path, digests=kind == "with")
+                store = SqliteStore.open(path, digests=kind == "with")
                 store.init()
                 store.track(["items"])
                 sides[kind] = (connect(path), store)
@@ -135,7 +137,7 @@ def _build_site(path: Path, rows_count: int, log: Callable[[str], None]) -> None
                 connection.execute("BEGIN")
                 connection.executemany(INSERT_SQL, rows[at : at + TXN_ROWS * 10])
                 connection.execute("COMMIT")
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(["items"])
@@ -152,7 +154,7 @@ def _shuffled_keys(path: Path, seed: int) -> list[str]:
 
 
 def _change_rows(path: Path, chosen: list[str]) -> None:
-    """Update these rows at the site (captured by its Store later)."""
+    """Update these rows at the site (captured by its SqliteStore later)."""
     with connected(path) as connection:
         connection.execute("BEGIN")
         connection.executemany(
@@ -161,7 +163,7 @@ def _change_rows(path: Path, chosen: list[str]) -> None:
         connection.execute("COMMIT")
 
 
-async def _verify(store: Store, url: str, *, deep: bool = False) -> VerifyReport:
+async def _verify(store: SqliteStore, url: str, *, deep: bool = False) -> VerifyReport:
     async with VerifyClient(url) as client:
         return await verify(store, direct_call, client, deep=deep, settle_s=SETTLE_S)
 
@@ -190,10 +192,10 @@ def exchange(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[
             a, node_b = Path(directory) / "a.db", NodeProcess("b", Path(directory))
             shutil.copy(pristine, a)
             shutil.copy(pristine, node_b.path)
-            store_b = Store.open(node_b.path)
+            store_b = SqliteStore.open(node_b.path)
             store_b.new_site_id()
             store_b.close()
-            store = Store.open(a)
+            store = SqliteStore.open(a)
             try:
                 node_b.start([])
                 url = node_b.wait_listening()
@@ -227,7 +229,7 @@ def exchange(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[
                 for suffix in ("-wal", "-shm"):
                     Path(str(a) + suffix).unlink(missing_ok=True)
                 shutil.copy(pristine, a)
-                store = Store.open(a)
+                store = SqliteStore.open(a)
                 deep = asyncio.run(_verify(store, url, deep=True))
                 assert deep.identical, deep.as_json()
                 figures["deep"].add(deep.seconds)

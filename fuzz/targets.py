@@ -30,7 +30,7 @@ from pathlib import Path
 
 from syncmesh.errors import ProtocolError, StoreError
 from syncmesh.protocol import Batch, Hello, Message, decode, encode
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 PEER = "fuzz-peer"
 SCHEMA = (
@@ -73,7 +73,7 @@ def make_template(directory: Path) -> Path:
             "INSERT INTO items VALUES (?, ?, ?)", [(f"k{i}", f"n{i}", i) for i in range(20)]
         )
         connection.commit()
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(list(TRACKED))
@@ -101,7 +101,7 @@ class ApplyTarget:
         self.applied = 0
         self.refused = 0
         self.undecodable = 0
-        self._store: Store | None = None
+        self._store: SqliteStore | None = None
         self._violations: list[str] = []
         self._open()
 
@@ -112,7 +112,7 @@ class ApplyTarget:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{live}{suffix}").unlink(missing_ok=True)
         shutil.copyfile(self.template, live)
-        self._store = Store.open(live)
+        self._store = SqliteStore.open(live)
         self._store.connection.set_authorizer(self._authorize)
 
     def _authorize(

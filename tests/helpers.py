@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.schema import quote_identifier
-from syncmesh.store import ApplyResult, Store
+from syncmesh.store import ApplyResult
+from syncmesh.store.sqlite import SqliteStore
 
 TypedRow = tuple[tuple[SqlValue, str], ...]
 
@@ -81,7 +82,7 @@ def wait_until_sync(predicate: Callable[[], bool], timeout_s: float, what: str) 
         time.sleep(POLL_INTERVAL_S)
 
 
-def exchange(src: Store, dst: Store, rows_max: int = 1_000) -> ApplyResult:
+def exchange(src: SqliteStore, dst: SqliteStore, rows_max: int = 1_000) -> ApplyResult:
     """One pull of `dst` from `src`: read one batch after dst's cursor and apply it.
 
     A first contact (no cursor yet) starts reading src's feed from 0.  A src
@@ -100,7 +101,7 @@ def exchange(src: Store, dst: Store, rows_max: int = 1_000) -> ApplyResult:
     return dst.apply_batch(src.site_id, message.batch)
 
 
-def exchange_all(src: Store, dst: Store, rows_max: int = 1_000) -> int:
+def exchange_all(src: SqliteStore, dst: SqliteStore, rows_max: int = 1_000) -> int:
     """Pull until `dst` has read `src`'s feed up to its head; returns rows applied."""
     applied = 0
     for _ in range(10_000):

@@ -18,7 +18,7 @@ from syncmesh.api import running_node
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.node import NodeConfig
 from syncmesh.node.catchup import CatchUp
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import wait_until
 
 ROWS = 20_000
@@ -63,7 +63,7 @@ def make_db(path: Path, rows: int = 0) -> Path:
         connection.executemany(
             "INSERT INTO items VALUES (?, 'x', ?)", [(f"k{i}", i) for i in range(rows)]
         )
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(["items"])

@@ -22,7 +22,7 @@ from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
 from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
 from syncmesh.clock import pack
 from syncmesh.model import SqlValue
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 
 A, B = "site-a", "site-b"
 COLUMNS = ("a", "b", "n")
@@ -228,7 +228,7 @@ def test_the_dump_of_a_real_file_names_sites_and_hides_tombstone_cells(tmp_path:
     connection = sqlite3.connect(path)
     connection.executescript(WORKLOAD_DDL)
     connection.close()
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     site = store.init()
     store.track(WORKLOAD_TABLES)
     connection = sqlite3.connect(path)

@@ -15,7 +15,7 @@ import pytest
 
 from syncmesh.cli.config import SETTINGS, env_name, load_settings, node_config
 from syncmesh.errors import ConfigError
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import run_cli
 from tests.nodeproc import free_port
 
@@ -106,7 +106,7 @@ def test_config_check_prints_the_effective_settings_or_the_bad_key(tmp_path: Pat
 def test_serve_from_a_config_file_tracks_tables_and_logs_json(tmp_path: Path) -> None:
     """Goal: a node runs from its file alone: it tracks [tables] and writes JSON logs."""
     database = tmp_path / "app.db"
-    store = Store.open(database)
+    store = SqliteStore.open(database)
     store.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
     store.close()
     port = free_port()

@@ -26,22 +26,25 @@ from syncmesh.model import (
     row_from_plain,
     row_to_plain,
 )
-from syncmesh.store import ConflictRecord, Store
+from syncmesh.store import ConflictRecord
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import ManualClock, exchange_all
 
 BASE_MS = 1_700_000_000_000
 ITEMS_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 
-MakeStore = Callable[..., Store]
+MakeStore = Callable[..., SqliteStore]
 
 
 @pytest.fixture
 def make_store(tmp_path: Path) -> Iterator[MakeStore]:
-    opened: list[Store] = []
+    opened: list[SqliteStore] = []
 
-    def make(name: str, *, rows_max: int = 10_000, ms: int = BASE_MS) -> Store:
+    def make(name: str, *, rows_max: int = 10_000, ms: int = BASE_MS) -> SqliteStore:
         clock = HybridClock(ManualClock(ms), drift_ms_max=60_000)
-        store = Store.open(tmp_path / f"{name}.db", clock=clock, conflict_ledger_rows_max=rows_max)
+        store = SqliteStore.open(
+            tmp_path / f"{name}.db", clock=clock, conflict_ledger_rows_max=rows_max
+        )
         opened.append(store)
         store.init()
         store.connection.execute(ITEMS_DDL)
@@ -53,13 +56,13 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         store.close()
 
 
-def write(store: Store, sql: str, *params: object) -> None:
+def write(store: SqliteStore, sql: str, *params: object) -> None:
     """A local write, captured at once (as the node's capture loop would)."""
     store.connection.execute(sql, params)
     store.capture()
 
 
-def sync(*stores: Store) -> None:
+def sync(*stores: SqliteStore) -> None:
     """Every store pulls every other's feed to its head, twice round."""
     for _ in range(2):
         for source in stores:
@@ -68,7 +71,7 @@ def sync(*stores: Store) -> None:
                     exchange_all(source, target)
 
 
-def sync_at_once(*stores: Store) -> None:
+def sync_at_once(*stores: SqliteStore) -> None:
     """Every store reads its feed for every other first, then all apply: a session's timing.
 
     In a session both ends send what they hold before either has merged the
@@ -91,11 +94,11 @@ def sync_at_once(*stores: Store) -> None:
     sync(*stores)
 
 
-def ledger(store: Store) -> list[ConflictRecord]:
+def ledger(store: SqliteStore) -> list[ConflictRecord]:
     return store.conflicts(limit=1_000)
 
 
-def stamp_of(store: Store, key: str, column: str) -> Stamp:
+def stamp_of(store: SqliteStore, key: str, column: str) -> Stamp:
     [change] = [row for row in store.read_batch(0, {}, 1_000).rows if row.pk == (key,)]
     return change.state.cells[column].stamp
 
@@ -376,7 +379,7 @@ def test_a_new_site_id_keeps_what_pasts_say_of_the_old_one(make_store: MakeStore
 
 def test_a_file_from_before_the_ledger_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     store.init()
     store.connection.execute(ITEMS_DDL)
     store.track(["items"])
@@ -386,7 +389,7 @@ def test_a_file_from_before_the_ledger_is_upgraded(tmp_path: Path) -> None:
         connection.execute("DROP TABLE _syncmesh_conflicts")
         connection.execute("DROP TABLE _syncmesh_conflict_totals")
     connection.close()
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         write(store, "INSERT INTO items VALUES ('k', 'v', 1)")
         write(store, "UPDATE items SET name = 'w' WHERE id = 'k'")

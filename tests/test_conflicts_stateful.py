@@ -30,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from syncmesh.clock import HybridClock
 from syncmesh.merge import value_order_key
 from syncmesh.model import Cell, SqlValue, Stamp
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import ManualClock
 
 BASE_MS = 1_700_000_000_000
@@ -60,9 +60,9 @@ class ConflictMachine(RuleBasedStateMachine):
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="syncmesh-conflicts-"))
         self.clocks = [ManualClock(BASE_MS) for _ in range(NODES)]
-        self.stores: list[Store] = []
+        self.stores: list[SqliteStore] = []
         for index, clock in enumerate(self.clocks):
-            store = Store.open(
+            store = SqliteStore.open(
                 self.directory / f"node{index}.db", clock=HybridClock(clock, drift_ms_max=60_000)
             )
             self.stores.append(store)

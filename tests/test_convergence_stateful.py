@@ -25,7 +25,7 @@ from hypothesis.stateful import (
 from syncmesh.clock import HybridClock
 from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch, SqlValue, Stamp
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.summary import summary_of
 from tests.helpers import ManualClock, exchange, exchange_all, rows_with_types
 
@@ -52,9 +52,9 @@ class SyncMachine(RuleBasedStateMachine):
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="syncmesh-stateful-"))
         self.clocks = [ManualClock(BASE_MS) for _ in range(NODES)]
-        self.stores: list[Store] = []
+        self.stores: list[SqliteStore] = []
         for index, clock in enumerate(self.clocks):
-            store = Store.open(
+            store = SqliteStore.open(
                 self.directory / f"node{index}.db",
                 clock=HybridClock(clock, drift_ms_max=DRIFT_MS_MAX),
             )
@@ -202,7 +202,7 @@ class SyncMachine(RuleBasedStateMachine):
     def hash_trees_are_kept_exact(self) -> None:
         """The tree each write keeps up to date equals one rebuilt from the rows' stamps."""
         for store in self.stores:
-            assert store._summaries.valid_at(store.head_seq()), "the tree fell out of step"
+            assert store.context.summaries.valid_at(store.head_seq()), "the tree fell out of step"
             kept = store.summaries(["notes"])["notes"]
             # Every stored digest matches its row's stamps (0 corrected) ...
             assert store.deep_summary("notes")[1] == 0
@@ -212,7 +212,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     # -- the end ------------------------------------------------------------------
 
-    def _snapshot(self, store: Store) -> tuple[object, ...]:
+    def _snapshot(self, store: SqliteStore) -> tuple[object, ...]:
         shadow = store.connection.execute(
             "SELECT * FROM _syncmesh_shadow_notes ORDER BY k0"
         ).fetchall()
@@ -226,7 +226,7 @@ class SyncMachine(RuleBasedStateMachine):
             store.quarantine(),
         )
 
-    def _merge_view(self, store: Store) -> MergeView:
+    def _merge_view(self, store: SqliteStore) -> MergeView:
         """Per key: causal length and its stamp, and for a live row each cell."""
         view: MergeView = {}
         for change in store.read_batch(0, {}, 1_000_000).rows:
@@ -296,7 +296,7 @@ TestConvergence = SyncMachine.TestCase
 
 def test_exchange_helper_reaches_quiet_state(tmp_path: Path) -> None:
     """A smoke test of the helpers the machine relies on."""
-    left, right = Store.open(tmp_path / "l.db"), Store.open(tmp_path / "r.db")
+    left, right = SqliteStore.open(tmp_path / "l.db"), SqliteStore.open(tmp_path / "r.db")
     try:
         for store in (left, right):
             store.init()

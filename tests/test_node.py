@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.protocol import Refuse, decode
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import exchange_all, rows_with_types, run_cli, wait_until
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
@@ -31,7 +31,7 @@ def make_db(path: Path, schema: str = SCHEMA) -> Path:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.execute(schema)
         connection.commit()
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(["items"])
@@ -209,7 +209,7 @@ async def test_copied_file_is_refused_until_given_a_new_site_id(tmp_path: Path) 
         async with running_node(config(b, node_a)) as node_b:
             await wait_until(lambda: _refused(node_b), TIMEOUT_S, "the copy to be refused")
             assert "copy" in (await peer_of(node_b, dialed=True)).last_error
-        store = Store.open(b)
+        store = SqliteStore.open(b)
         old_site = store.site_id
         assert store.new_site_id() != old_site
         store.close()
@@ -407,7 +407,7 @@ def test_quarantine_commands_list_retry_and_drop(tmp_path: Path) -> None:
         tmp_path / "b.db",
         "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER CHECK (qty < 100))",
     )
-    source, target = Store.open(a), Store.open(b)
+    source, target = SqliteStore.open(a), SqliteStore.open(b)
     try:
         source.connection.execute("INSERT INTO items VALUES ('big', 'x', 500)")
         source.connection.execute("INSERT INTO items VALUES ('ok', 'y', 5)")

@@ -22,7 +22,7 @@ import pytest
 from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig
 from syncmesh.node.config import PeerConfig
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from syncmesh.transport import TlsFiles
 from tests.helpers import rows_with_types, wait_until
 from tests.tlsfiles import Pki
@@ -37,7 +37,7 @@ SCHEMA = (
 def make_db(path: Path) -> Path:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.executescript(SCHEMA)
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.init()
         store.track(["items", "prices"])

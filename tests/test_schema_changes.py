@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import exchange_all
 
 
-def _store(path: Path) -> Store:
-    store = Store.open(path)
+def _store(path: Path) -> SqliteStore:
+    store = SqliteStore.open(path)
     store.init()
     store.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
     store.track(["items"])

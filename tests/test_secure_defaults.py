@@ -25,7 +25,7 @@ from syncmesh.cli.config import load_settings, node_config
 from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import PeerConfig, Secret, is_loopback
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
 from syncmesh.transport import TlsFiles
 from tests.helpers import run_cli, wait_until
 from tests.test_node import converged, execute, make_db
@@ -203,7 +203,7 @@ def test_a_new_database_file_is_private(tmp_path: Path) -> None:
     """Goal: the file (and its WAL and shared-memory files) 0600, whatever the umask."""
     old = os.umask(0o022)
     try:
-        store = Store.open(tmp_path / "new.db")
+        store = SqliteStore.open(tmp_path / "new.db")
         try:
             store.init()
             modes = {

@@ -19,9 +19,9 @@ import pytest
 from syncmesh.errors import SchemaError
 from syncmesh.model import ChangeBatch, RowChange, SqlValue, Stamp
 from syncmesh.schema import quote_identifier
-from syncmesh.store import Store
-from syncmesh.store.sqlite import CAPTURE_ENTRIES_PER_SEQ
-from syncmesh.store.tracking import BACKFILL_ROWS_PER_SEQ, BACKFILL_ROWS_PER_STEP
+from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite.capture import CAPTURE_ENTRIES_PER_SEQ
+from syncmesh.store.sqlite.tracking import BACKFILL_ROWS_PER_SEQ, BACKFILL_ROWS_PER_STEP
 from tests.helpers import exchange, exchange_all, rows_with_types
 
 SQLITE_SHELL = shutil.which("sqlite3") or "/usr/bin/sqlite3"
@@ -29,8 +29,8 @@ ITEMS_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(tmp_path / "a.db")
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore.open(tmp_path / "a.db")
     opened.init()
     opened.connection.execute(ITEMS_DDL)
     assert opened.track(["items"]) == []
@@ -39,8 +39,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def peer(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(tmp_path / "b.db")
+def peer(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore.open(tmp_path / "b.db")
     opened.init()
     opened.connection.execute(ITEMS_DDL)
     opened.track(["items"])
@@ -48,7 +48,7 @@ def peer(tmp_path: Path) -> Iterator[Store]:
     opened.close()
 
 
-def feed(store: Store, from_seq: int = 0, rows_max: int = 10_000) -> ChangeBatch:
+def feed(store: SqliteStore, from_seq: int = 0, rows_max: int = 10_000) -> ChangeBatch:
     """The store's change feed after `from_seq`, unfiltered (empty receiver vector)."""
     return store.read_batch(from_seq, {}, rows_max)
 
@@ -57,7 +57,7 @@ def rows_by_key(batch: ChangeBatch) -> dict[tuple[SqlValue, ...], RowChange]:
     return {change.pk: change for change in batch.rows}
 
 
-def pending_count(store: Store, table: str = "items") -> int:
+def pending_count(store: SqliteStore, table: str = "items") -> int:
     """Keys with logged, not yet captured writes."""
     log = quote_identifier(f"_syncmesh_log_{table}")
     return int(store.connection.execute(f"SELECT count(DISTINCT k0) FROM {log}").fetchone()[0])
@@ -70,7 +70,7 @@ def run_shell(path: Path, sql: str) -> None:
 # -- writers ----------------------------------------------------------------------
 
 
-def test_capture_of_python_connection_writes(store: Store) -> None:
+def test_capture_of_python_connection_writes(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1), ('b', 'banana', 2)")
     assert pending_count(store) == 2
@@ -90,7 +90,7 @@ def test_capture_of_python_connection_writes(store: Store) -> None:
     assert not later[("b",)].state.alive
 
 
-def test_capture_of_sqlite3_shell_writes(store: Store, tmp_path: Path) -> None:
+def test_capture_of_sqlite3_shell_writes(store: SqliteStore, tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     run_shell(
         path,
@@ -107,7 +107,7 @@ def test_capture_of_sqlite3_shell_writes(store: Store, tmp_path: Path) -> None:
     assert changes[("gone",)].state.cl == 2
 
 
-def test_capture_of_second_python_process_writes(store: Store, tmp_path: Path) -> None:
+def test_capture_of_second_python_process_writes(store: SqliteStore, tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     script = (
         "import sqlite3, sys\n"
@@ -122,7 +122,7 @@ def test_capture_of_second_python_process_writes(store: Store, tmp_path: Path) -
     assert set(rows_by_key(feed(store))) == {("p",), ("q",)}
 
 
-def test_insert_or_replace_is_captured(store: Store) -> None:
+def test_insert_or_replace_is_captured(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
     store.capture()
@@ -138,7 +138,7 @@ def test_insert_or_replace_is_captured(store: Store) -> None:
     assert change.state.cells["name"].stamp > old_stamp
 
 
-def test_upsert_is_captured(store: Store) -> None:
+def test_upsert_is_captured(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
     store.capture()
@@ -158,7 +158,7 @@ def test_upsert_is_captured(store: Store) -> None:
     assert changes[("n",)].state.cells["name"].value == "new"
 
 
-def test_primary_key_change_is_delete_plus_insert(store: Store, peer: Store) -> None:
+def test_primary_key_change_is_delete_plus_insert(store: SqliteStore, peer: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('old', 'thing', 3)")
     store.capture()
@@ -179,7 +179,7 @@ def test_primary_key_change_is_delete_plus_insert(store: Store, peer: Store) -> 
     ]
 
 
-def test_update_stamps_only_changed_columns(store: Store) -> None:
+def test_update_stamps_only_changed_columns(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
     store.capture()
@@ -192,7 +192,7 @@ def test_update_stamps_only_changed_columns(store: Store) -> None:
     assert after.cl_stamp == before.cl_stamp  # an update does not change existence
 
 
-def test_update_that_changes_nothing_produces_no_feed_rows(store: Store) -> None:
+def test_update_that_changes_nothing_produces_no_feed_rows(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1), ('b', NULL, NULL)")
     store.capture()
@@ -205,7 +205,9 @@ def test_update_that_changes_nothing_produces_no_feed_rows(store: Store) -> None
     assert feed(store, head).rows == []
 
 
-def test_update_changing_only_storage_class_or_case_is_captured(store: Store, peer: Store) -> None:
+def test_update_changing_only_storage_class_or_case_is_captured(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
     """1 -> 1.0 and 'a' -> 'A' under NOCASE are changes, though `IS NOT` calls them equal.
 
     Regression: the update trigger compared with plain `IS NOT`, so these
@@ -229,7 +231,7 @@ def test_update_changing_only_storage_class_or_case_is_captured(store: Store, pe
     assert rows_with_types(peer.connection, "tags") == rows_with_types(store.connection, "tags")
 
 
-def test_local_transaction_is_captured_under_one_seq(store: Store) -> None:
+def test_local_transaction_is_captured_under_one_seq(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('solo', 'x', 0)")
     store.capture()
@@ -250,7 +252,7 @@ def test_local_transaction_is_captured_under_one_seq(store: Store) -> None:
     assert len(stamps) == 1  # one HLC for the whole transaction
 
 
-def test_separate_transactions_are_separate_groups(store: Store) -> None:
+def test_separate_transactions_are_separate_groups(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'x', 0)")
     store.capture()
@@ -268,7 +270,7 @@ def test_separate_transactions_are_separate_groups(store: Store) -> None:
 
 
 def test_track_picks_up_existing_rows(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "pre.db")
+    store = SqliteStore.open(tmp_path / "pre.db")
     try:
         store.init()
         store.connection.execute(ITEMS_DDL)
@@ -293,7 +295,7 @@ def test_track_of_a_large_table_reports_progress_in_steps_and_keeps_seq_groups(
     tmp_path: Path,
 ) -> None:
     rows = 2 * BACKFILL_ROWS_PER_STEP + 1_234
-    store = Store.open(tmp_path / "large.db")
+    store = SqliteStore.open(tmp_path / "large.db")
     try:
         store.init()
         store.connection.execute(
@@ -332,7 +334,7 @@ def test_track_of_a_large_table_reports_progress_in_steps_and_keeps_seq_groups(
 
 
 def test_a_row_with_a_null_key_does_not_wedge_capture(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "nullkey.db")
+    store = SqliteStore.open(tmp_path / "nullkey.db")
     try:
         store.init()
         store.connection.execute("CREATE TABLE p (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b))")
@@ -347,28 +349,28 @@ def test_a_row_with_a_null_key_does_not_wedge_capture(tmp_path: Path) -> None:
         store.close()
 
 
-def test_track_refuses_table_without_primary_key(store: Store) -> None:
+def test_track_refuses_table_without_primary_key(store: SqliteStore) -> None:
     store.connection.execute("CREATE TABLE loose (a, b)")
     with pytest.raises(SchemaError, match="PRIMARY KEY"):
         store.track(["loose"])
     assert [spec.name for spec in store.specs()] == ["items"]
 
 
-def test_track_refuses_missing_table_and_reserved_names(store: Store) -> None:
+def test_track_refuses_missing_table_and_reserved_names(store: SqliteStore) -> None:
     with pytest.raises(SchemaError, match="does not exist"):
         store.track(["nope"])
     with pytest.raises(SchemaError, match="reserved"):
         store.track(["_syncmesh_state"])
 
 
-def test_track_warns_about_integer_primary_key(store: Store) -> None:
+def test_track_warns_about_integer_primary_key(store: SqliteStore) -> None:
     store.connection.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n)")
     warnings = store.track(["counters"])
     assert len(warnings) == 1
     assert "INTEGER primary key" in warnings[0]
 
 
-def test_track_warns_about_unique_index_and_foreign_key(store: Store) -> None:
+def test_track_warns_about_unique_index_and_foreign_key(store: SqliteStore) -> None:
     store.connection.execute("CREATE TABLE owners (id TEXT PRIMARY KEY, email TEXT UNIQUE)")
     store.connection.execute(
         "CREATE TABLE pets (id TEXT PRIMARY KEY, owner TEXT REFERENCES owners (id), tag TEXT)"
@@ -382,7 +384,7 @@ def test_track_warns_about_unique_index_and_foreign_key(store: Store) -> None:
     assert any("FOREIGN KEY" in warning for warning in pets)
 
 
-def test_track_is_idempotent(store: Store) -> None:
+def test_track_is_idempotent(store: SqliteStore) -> None:
     store.connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
     store.capture()
     head = store.head_seq()
@@ -396,7 +398,7 @@ def test_track_is_idempotent(store: Store) -> None:
     assert store.capture() == 1  # still captured once, not twice
 
 
-def test_track_refuses_changed_definition(store: Store) -> None:
+def test_track_refuses_changed_definition(store: SqliteStore) -> None:
     store.connection.execute("ALTER TABLE items ADD COLUMN extra")
     with pytest.raises(SchemaError, match="changed"):
         store.track(["items"])
@@ -404,7 +406,7 @@ def test_track_refuses_changed_definition(store: Store) -> None:
 
 def test_init_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "init.db"
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         site = store.init()
         incarnation = store.incarnation
@@ -412,7 +414,7 @@ def test_init_is_idempotent(tmp_path: Path) -> None:
         assert store.incarnation == incarnation
     finally:
         store.close()
-    reopened = Store.open(path)
+    reopened = SqliteStore.open(path)
     try:
         assert reopened.site_id == site
         assert reopened.init() == site
@@ -422,7 +424,7 @@ def test_init_is_idempotent(tmp_path: Path) -> None:
 
 def test_reopened_store_keeps_capturing_and_its_clock_floor(tmp_path: Path) -> None:
     path = tmp_path / "reopen.db"
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     store.init()
     store.connection.execute(ITEMS_DDL)
     store.track(["items"])
@@ -430,7 +432,7 @@ def test_reopened_store_keeps_capturing_and_its_clock_floor(tmp_path: Path) -> N
     store.capture()
     last = store.clock.last
     store.close()
-    reopened = Store.open(path)
+    reopened = SqliteStore.open(path)
     try:
         assert reopened.clock.last >= last
         reopened.connection.execute("UPDATE items SET qty = 2")
@@ -453,7 +455,7 @@ ODD_DDL = (
 
 
 def test_odd_names_work_end_to_end(tmp_path: Path) -> None:
-    left, right = Store.open(tmp_path / "l.db"), Store.open(tmp_path / "r.db")
+    left, right = SqliteStore.open(tmp_path / "l.db"), SqliteStore.open(tmp_path / "r.db")
     try:
         for store in (left, right):
             store.init()
@@ -515,7 +517,7 @@ TYPED_DDL = "CREATE TABLE vals (id PRIMARY KEY, v, i INTEGER, r REAL, t TEXT, b 
 
 
 def test_values_keep_storage_class_across_apply(tmp_path: Path) -> None:
-    left, right = Store.open(tmp_path / "l.db"), Store.open(tmp_path / "r.db")
+    left, right = SqliteStore.open(tmp_path / "l.db"), SqliteStore.open(tmp_path / "r.db")
     try:
         for store in (left, right):
             store.init()
@@ -582,7 +584,7 @@ def test_values_keep_storage_class_across_apply(tmp_path: Path) -> None:
 # -- applied changes are not captured again -------------------------------------------
 
 
-def test_applied_changes_are_not_captured_again(store: Store, peer: Store) -> None:
+def test_applied_changes_are_not_captured_again(store: SqliteStore, peer: SqliteStore) -> None:
     store.connection.execute("INSERT INTO items VALUES ('a', 'apple', 1), ('b', 'banana', 2)")
     store.connection.execute("INSERT INTO items VALUES ('c', 'cherry', 3)")
     store.capture()
@@ -617,7 +619,9 @@ def test_applied_changes_are_not_captured_again(store: Store, peer: Store) -> No
     assert peer.read_batch(0, store.vector(), 1_000).rows == []
 
 
-def test_local_writes_pending_at_apply_time_are_stamped_as_local(store: Store, peer: Store) -> None:
+def test_local_writes_pending_at_apply_time_are_stamped_as_local(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
     store.connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
     store.capture()
     peer.connection.execute("INSERT INTO items VALUES ('z', 'zucchini', 9)")  # not captured
@@ -632,7 +636,7 @@ def test_local_writes_pending_at_apply_time_are_stamped_as_local(store: Store, p
 
 
 def test_writes_by_another_connection_during_sync_are_captured(
-    store: Store, peer: Store, tmp_path: Path
+    store: SqliteStore, peer: SqliteStore, tmp_path: Path
 ) -> None:
     other = sqlite3.connect(tmp_path / "b.db")
     try:
@@ -651,7 +655,9 @@ def test_writes_by_another_connection_during_sync_are_captured(
     assert change.state.cells["name"].stamp.site_id == store.site_id
 
 
-def test_replace_that_deletes_a_row_by_unique_index_is_captured(store: Store, peer: Store) -> None:
+def test_replace_that_deletes_a_row_by_unique_index_is_captured(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
     """REPLACE deletes a row colliding on a UNIQUE index without firing delete triggers.
 
     (SQLite fires them only with recursive_triggers on, a per-connection
@@ -681,7 +687,9 @@ def test_replace_that_deletes_a_row_by_unique_index_is_captured(store: Store, pe
     ]
 
 
-def test_a_huge_backlog_is_captured_in_several_groups(store: Store, peer: Store) -> None:
+def test_a_huge_backlog_is_captured_in_several_groups(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
     """More log entries than one seq group takes are split, so no batch is unbounded."""
     total = CAPTURE_ENTRIES_PER_SEQ + 5_000
     with store.connection:

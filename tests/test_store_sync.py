@@ -17,24 +17,24 @@ import pytest
 from syncmesh.clock import HybridClock
 from syncmesh.errors import StoreError
 from syncmesh.model import SqlValue
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore, capture
 from tests.helpers import ManualClock, exchange, exchange_all, rows_with_types
 
 BASE_MS = 1_700_000_000_000
 DRIFT_MS_MAX = 60_000
 ITEMS_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 
-MakeStore = Callable[..., Store]
+MakeStore = Callable[..., SqliteStore]
 
 
 @pytest.fixture
 def make_store(tmp_path: Path) -> Iterator[MakeStore]:
     """Build initialised stores with `items` tracked; all closed at teardown."""
-    opened: list[Store] = []
+    opened: list[SqliteStore] = []
 
-    def make(name: str, *, clock: ManualClock | None = None, ddl: str = ITEMS_DDL) -> Store:
+    def make(name: str, *, clock: ManualClock | None = None, ddl: str = ITEMS_DDL) -> SqliteStore:
         hybrid = None if clock is None else HybridClock(clock, drift_ms_max=DRIFT_MS_MAX)
-        store = Store.open(tmp_path / f"{name}.db", clock=hybrid)
+        store = SqliteStore.open(tmp_path / f"{name}.db", clock=hybrid)
         opened.append(store)
         store.init()
         store.connection.execute(ddl)
@@ -46,34 +46,34 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         store.close()
 
 
-def write(store: Store, sql: str, *params: SqlValue) -> None:
+def write(store: SqliteStore, sql: str, *params: SqlValue) -> None:
     """A local write, captured at once (as the node's capture loop would)."""
     store.connection.execute(sql, params)
     store.capture()
 
 
-def items(store: Store) -> list[tuple[tuple[SqlValue, str], ...]]:
+def items(store: SqliteStore) -> list[tuple[tuple[SqlValue, str], ...]]:
     return rows_with_types(store.connection, "items")
 
 
-def item(store: Store, key: str) -> tuple[SqlValue, ...] | None:
+def item(store: SqliteStore, key: str) -> tuple[SqlValue, ...] | None:
     row = store.connection.execute("SELECT name, qty FROM items WHERE id = ?", (key,)).fetchone()
     return None if row is None else tuple(row)
 
 
-def cursor_of(store: Store, peer: Store) -> int:
+def cursor_of(store: SqliteStore, peer: SqliteStore) -> int:
     """How far `store` has applied `peer`'s feed."""
     cursor = store.peer_cursor(peer.site_id)
     assert cursor is not None
     return cursor.cursor
 
 
-def sync_pair(left: Store, right: Store) -> None:
+def sync_pair(left: SqliteStore, right: SqliteStore) -> None:
     exchange_all(left, right)
     exchange_all(right, left)
 
 
-def snapshot(store: Store, peer: Store) -> tuple[object, ...]:
+def snapshot(store: SqliteStore, peer: SqliteStore) -> tuple[object, ...]:
     """Everything an apply may change: rows, shadow, feed head, vector, cursor, quarantine."""
     shadow = store.connection.execute("SELECT * FROM _syncmesh_shadow_items ORDER BY k0").fetchall()
     return (
@@ -536,7 +536,7 @@ def test_a_transaction_at_the_drift_limit_is_not_torn_across_tables(tmp_path: Pa
     clock_a = ManualClock(BASE_MS + DRIFT_MS_MAX + 2 * step_ms + step_ms // 2)
     stores = []
     for name, clock in (("a", clock_a), ("b", clock_b)):
-        store = Store.open(
+        store = SqliteStore.open(
             tmp_path / f"{name}.db", clock=HybridClock(clock, drift_ms_max=DRIFT_MS_MAX)
         )
         store.init()
@@ -625,7 +625,7 @@ def test_restore_from_old_copy_recovers_lost_writes(make_store: MakeStore, tmp_p
     a.close()
     _replace_file(backup_path, tmp_path / "a.db")
     clock_a.set(BASE_MS + 1_000)  # and the machine's clock is behind the lost writes
-    a = Store.open(tmp_path / "a.db", clock=HybridClock(clock_a, drift_ms_max=DRIFT_MS_MAX))
+    a = SqliteStore.open(tmp_path / "a.db", clock=HybridClock(clock_a, drift_ms_max=DRIFT_MS_MAX))
     try:
         assert a.site_id == site_a
         assert item(a, "k1") == ("v1", 1)
@@ -677,7 +677,7 @@ def test_restore_is_detected_after_a_local_write_before_first_contact(
     a.close()
     _replace_file(tmp_path / "a-backup.db", tmp_path / "a.db")
     clock_a.advance(5_000)  # time moves on normally
-    a = Store.open(tmp_path / "a.db", clock=HybridClock(clock_a, drift_ms_max=DRIFT_MS_MAX))
+    a = SqliteStore.open(tmp_path / "a.db", clock=HybridClock(clock_a, drift_ms_max=DRIFT_MS_MAX))
     try:
         write(a, "INSERT INTO items VALUES ('k3', 'written before contact', 3)")
         assert a.note_peer_vector(b.vector())
@@ -739,8 +739,8 @@ def test_rows_captured_total_counts_committed_captures_wherever_they_ran(
     b.connection.execute("INSERT INTO items VALUES ('b3', 'y', 3)")
 
     def capture_then_fail() -> None:
-        with b._transaction():
-            b._capture_pending()
+        with b.context.transaction():
+            capture.capture_pending(b.context)
             raise RuntimeError("the transaction rolls back")
 
     with pytest.raises(RuntimeError):

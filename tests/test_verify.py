@@ -36,8 +36,8 @@ from syncmesh.node.verify import (
     verify,
 )
 from syncmesh.node.verify_server import verify_peer
-from syncmesh.schema import capture_triggers, drop_trigger_statements
-from syncmesh.store import Store
+from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite.ddl import capture_triggers, drop_trigger_statements
 from syncmesh.transport import client_context_for_site
 from tests.helpers import rows_with_types, run_cli, wait_until
 from tests.test_node import config, converged, execute, make_db
@@ -53,7 +53,7 @@ def fill(path: Path, rows: int = ROWS) -> None:
             "INSERT INTO items VALUES (?, ?, ?)",
             [(f"k-{index}", f"name {index}", index) for index in range(rows)],
         )
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         store.capture()
     finally:
@@ -66,7 +66,7 @@ def twin_files(tmp_path: Path, rows: int = ROWS) -> tuple[Path, Path]:
     fill(a, rows)
     b = tmp_path / "b.db"
     shutil.copy(a, b)
-    store = Store.open(b)
+    store = SqliteStore.open(b)
     try:
         store.new_site_id()
     finally:
@@ -75,8 +75,8 @@ def twin_files(tmp_path: Path, rows: int = ROWS) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def opened(path: Path) -> Iterator[Store]:
-    store = Store.open(path)
+def opened(path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore.open(path)
     try:
         yield store
     finally:
@@ -94,7 +94,7 @@ def url_of(node: Node) -> str:
     return f"http://{node.listen}"
 
 
-async def check(store: Store, node: Node, *, deep: bool = False) -> VerifyReport:
+async def check(store: SqliteStore, node: Node, *, deep: bool = False) -> VerifyReport:
     async with VerifyClient(url_of(node)) as client:
         return await verify(store, direct_call, client, deep=deep, settle_s=0.05)
 
@@ -123,7 +123,7 @@ async def test_identical_sites_answer_in_one_round_trip(tmp_path: Path) -> None:
     assert report.identical
     assert report.round_trips == 1
     assert report.bytes_sent + report.bytes_received < 1_000
-    assert report.peer_site == Store.open(b).site_id
+    assert report.peer_site == SqliteStore.open(b).site_id
 
 
 async def test_the_differing_rows_are_named_exactly_in_three_round_trips(

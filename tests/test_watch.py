@@ -1,4 +1,4 @@
-"""The capture loop's wake-up hint: inotify on the database's directory."""
+"""The capture loop's wake-up: inotify, and the SQLite change notifier built on it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from syncmesh.node.watch import FileWatcher
+from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite.watch import FileWatcher
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
 
@@ -52,3 +53,27 @@ async def test_a_missing_directory_means_polling_only(tmp_path: Path) -> None:
     assert not watcher.start()
     assert not watcher.available
     watcher.close()  # harmless
+
+
+@linux_only
+async def test_the_sqlite_change_notifier_sees_another_connections_commit(tmp_path: Path) -> None:
+    """The capture loop's view through the seam: `changed()` is the truth, the hint wakes it."""
+    path = tmp_path / "app.db"
+    store = SqliteStore.open(path)
+    store.init()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE t (a)")
+    notifier = store.change_notifier()
+    try:
+        assert notifier.start()  # hints on Linux
+        assert notifier.changed()  # the first look
+        assert not notifier.changed()
+        notifier.clear_hint()
+        writer.execute("INSERT INTO t VALUES (1)")
+        await asyncio.wait_for(notifier.wait_hint(), timeout=5)
+        assert notifier.changed()
+        assert not notifier.changed()
+    finally:
+        notifier.close()
+        writer.close()
+        store.close()

@@ -22,7 +22,7 @@ from typing import IO
 import aiohttp
 
 from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
-from syncmesh.store import Store
+from syncmesh.store.open import open_store
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
@@ -38,7 +38,7 @@ def prepare_database(path: Path) -> str:
     connection = sqlite3.connect(path)
     connection.executescript(WORKLOAD_DDL)
     connection.close()
-    store = Store.open(path)
+    store = open_store(path)
     try:
         site = store.init()
         store.track(WORKLOAD_TABLES)

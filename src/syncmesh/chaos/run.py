@@ -44,7 +44,7 @@ from syncmesh.chaos.history import Replica, Write, read_history, read_replica
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.errors import SyncError
 from syncmesh.node.verify import VerifyClient, direct_call, verify
-from syncmesh.store import Store
+from syncmesh.store.open import open_store
 
 SAMPLE_INTERVAL_S = 0.25
 QUARANTINE_POLL_S = 1.0
@@ -451,7 +451,7 @@ class ScheduleRun:
             return
         for listener, dialler in self.schedule.links:
             asker, node = self.nodes[dialler], self.nodes[listener]
-            store = Store.open(asker.db)
+            store = open_store(asker.db)
             try:
                 async with VerifyClient(node.url) as client:
                     report = await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)

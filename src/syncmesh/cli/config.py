@@ -15,20 +15,18 @@ environment (SYNCMESH_API_TOKEN), and `config check` prints it masked.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncmesh.errors import ConfigError, SchemaError
+from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import PeerConfig, Secret
 from syncmesh.protocol import FRAME_BYTES_MAX
-from syncmesh.schema import read_table_spec
+from syncmesh.store.open import table_problems
 from syncmesh.transport import TlsFiles, valid_site_name
 
 ENV_PREFIX = "SYNCMESH_"
@@ -352,21 +350,7 @@ def tracked_table_problems(values: Mapping[str, Any]) -> list[str]:
             f"tables.track: the database {database} does not exist, so its tables cannot be"
             f" checked (`syncmesh init {database}` creates it)"
         ]
-    problems = []
-    try:
-        connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        return [f"node.database: cannot open {database}: {exc}"]
-    with contextlib.closing(connection):
-        for table in tables:
-            try:
-                read_table_spec(connection, table)
-            except SchemaError as exc:
-                problems.append(f"tables.track: {exc}")
-            except sqlite3.Error as exc:
-                problems.append(f"node.database: cannot read {database}: {exc}")
-                break
-    return problems
+    return [f"tables.track: {problem}" for problem in table_problems(database, tables)]
 
 
 def file_permission_warnings(values: Mapping[str, Any], config_path: Path | None) -> list[str]:

@@ -15,7 +15,7 @@ import click
 
 from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig
-from syncmesh.store import Store
+from syncmesh.store.open import open_store
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER, note BLOB)"
 CONVERGE_TIMEOUT_S = 60.0
@@ -51,7 +51,7 @@ def _prepare(directory: Path, names: list[str]) -> list[Path]:
             connection.execute("INSERT INTO items VALUES ('shared', 'shared row', 0, NULL)")
             connection.execute("INSERT INTO items VALUES ('doomed', 'deleted by b', 0, NULL)")
             connection.commit()
-        store = Store.open(path)
+        store = open_store(path)
         try:
             store.init()
             store.track(["items"])

@@ -46,6 +46,7 @@ from syncmesh.node import NodeConfig
 from syncmesh.node.config import is_loopback
 from syncmesh.node.lockfile import ServeLock
 from syncmesh.store import Store
+from syncmesh.store.open import open_store
 from syncmesh.store.records import now_ms
 
 GC_YOUNG_OBJECTS = 50_000
@@ -65,7 +66,7 @@ def _open_store(database: Path, *, must_exist: bool = True) -> Iterator[Store]:
     if must_exist and not database.exists():
         raise click.ClickException(f"{database} does not exist")
     with _errors_as_messages():
-        store = Store.open(database)
+        store = open_store(database)
         try:
             yield store
         finally:
@@ -262,7 +263,7 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
     """`serve` once the file's lock is ours: track the configured tables, run the node."""
     with _errors_as_messages():
         if settings["tables.track"]:
-            store = Store.open(config.database_path)
+            store = open_store(config.database_path)
             try:
                 store.init()
                 for warning in store.track(settings["tables.track"], _log_track_progress):

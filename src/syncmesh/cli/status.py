@@ -28,7 +28,8 @@ from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
 from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
-from syncmesh.store import Store, StoreStatus
+from syncmesh.store import StoreStatus
+from syncmesh.store.open import open_store
 
 URL_TIMEOUT_S = 5.0
 UNHEALTHY_EXIT = 2
@@ -61,7 +62,7 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
             err=True,
         )
     try:
-        store = Store.open(database)
+        store = open_store(database)
         try:
             report = store.status()
         finally:

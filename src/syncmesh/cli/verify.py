@@ -31,6 +31,7 @@ from syncmesh.node.verify import (
     verify,
 )
 from syncmesh.store import Store
+from syncmesh.store.open import open_store
 from syncmesh.transport import TlsFiles, client_context_for_site
 
 DIFFERENT_EXIT = 1
@@ -94,7 +95,7 @@ def _store(database: Path) -> Iterator[Store]:
     if not database.exists():
         raise VerifyFailed(f"{database} does not exist")
     try:
-        store = Store.open(database)
+        store = open_store(database)
     except SyncError as exc:
         raise VerifyFailed(str(exc)) from exc
     try:

@@ -12,7 +12,6 @@ import collections
 import contextlib
 import logging
 import random
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -27,10 +26,10 @@ from syncmesh.node.mismatch import describe_columns
 from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
-from syncmesh.node.watch import FileWatcher
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
+from syncmesh.store.open import open_store
 from syncmesh.transport import (
     WebSocketChannel,
     accept,
@@ -47,7 +46,7 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
-# With inotify (node/watch.py): after a hint, look again this soon, then
+# With hints (the SQLite notifier: inotify): after a hint, look again this soon, then
 # HINT_RECHECK_FACTOR times later, up to twice the poll interval (1 and 4 ms);
 # with no hint, poll this many intervals apart.
 HINT_RECHECK_S = 0.001
@@ -157,7 +156,7 @@ class Node:
     ) -> None:
         """`physical_clock` is the seam for clock faults (syncmesh.chaos); default: the system's."""
         self.config = config
-        self.store = store or Store.open(
+        self.store = store or open_store(
             config.database_path,
             clock=HybridClock(
                 physical_clock or SystemClock(), drift_ms_max=config.clock_drift_ms_max
@@ -497,29 +496,25 @@ class Node:
     # -- background loops ---------------------------------------------------------
 
     async def _capture_loop(self) -> None:
-        """Notice commits by any connection (PRAGMA data_version) and capture them.
+        """Notice commits by any connection (the store's change notifier) and capture them.
 
-        Where inotify works (`FileWatcher`) and the file has had no commit
+        Where the notifier gives hints (inotify, for SQLite) and the file has had no commit
         for STREAM_S, a write to the file wakes the loop at once, and the
         loop looks again 1 and 5 ms after each such hint (a commit is
         published in the WAL index just after its frames are written);
         otherwise it sleeps, with a slow safety poll.  Under a stream of
         commits, and without inotify, it polls every `poll_interval_ms`.
         """
-        watcher = sqlite3.connect(self.config.database_path, isolation_level=None)
-        files = FileWatcher(self.config.database_path)
-        hinted = files.start()
+        notifier = self.store.change_notifier()
+        hinted = notifier.start()
         try:
-            last_version = -1
             interval_s = self.config.poll_interval_ms / 1000
             last_change = time.monotonic()
             stream_until = 0.0  # poll, not hints, until then (a stream of writes)
             recheck_s = 0.0  # > 0: re-look this soon (after a hint), growing
             while True:
-                files.event.clear()
-                version = watcher.execute("PRAGMA data_version").fetchone()[0]
-                if version != last_version:
-                    last_version = version
+                notifier.clear_hint()
+                if notifier.changed():
                     last_change = time.monotonic()
                     started = time.monotonic()
                     stamped = await self._capture_once()
@@ -548,11 +543,11 @@ class Node:
                     # not wake (and capture) at every write of every commit.
                     # The first write after a quiet spell waits at most
                     # IDLE_POLL_FACTOR polls (without inotify).
-                    files.pause()
+                    notifier.pause_hints()
                     await asyncio.sleep(interval_s * (IDLE_POLL_FACTOR if quiet else 1))
                     recheck_s = 0.0
                     continue
-                files.resume()
+                notifier.resume_hints()
                 # Wake on the next hint, or to re-look: soon after a hint, else
                 # the slow safety poll.
                 if 0 < recheck_s <= interval_s * 2:
@@ -562,11 +557,10 @@ class Node:
                     wait_s *= IDLE_POLL_FACTOR if quiet else 1
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
-                        await files.event.wait()
+                        await notifier.wait_hint()
                         recheck_s = HINT_RECHECK_S
         finally:
-            files.close()
-            watcher.close()
+            notifier.close()
 
     async def _capture_once(self) -> int:
         """Capture (and read caught-up sessions' batches); the rows stamped."""

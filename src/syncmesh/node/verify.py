@@ -49,8 +49,8 @@ from syncmesh.errors import StoreError, SyncError
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
+from syncmesh.store.base import DEEP_ROWS_PER_STEP
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.store.verify import DEEP_ROWS_PER_STEP
 from syncmesh.transport import SYNC_PATH
 
 log = logging.getLogger(__name__)

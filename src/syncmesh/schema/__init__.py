@@ -1,53 +1,17 @@
-"""Reading table definitions; the SQL text of shadow tables, logs and triggers."""
+"""Backend-neutral schema helpers: quoting an SQL identifier.
 
-from syncmesh.schema.ddl import (
-    ALL_COLUMNS,
-    BOOKKEEPING_DDL,
-    CONFLICT_LEDGER_DDL,
-    DIGEST_COLUMN,
-    KEY_HASH_COLUMN,
-    OP_CHECK,
-    OP_DELETE,
-    OP_INSERT,
-    OP_UPDATE,
-    PASTS_COLUMN,
-    capture_triggers,
-    drop_trigger_statements,
-    log_ddl,
-    log_name,
-    quote_identifier,
-    shadow_columns,
-    shadow_ddl,
-    shadow_name,
-)
-from syncmesh.schema.introspect import (
-    fingerprint,
-    read_table_spec,
-    table_warnings,
-    unique_column_sets,
-)
+The SQLite-specific schema code (the DDL of shadow tables, logs and
+triggers; reading a table's definition) lives with the SQLite backend,
+in `syncmesh.store.sqlite.ddl` and `syncmesh.store.sqlite.introspect`
+(docs/adr/0011-store-seam.md).  What stays here is what code outside the
+store needs too: the chaos checkers and the tests read SQLite files with
+their own queries.
+"""
 
-__all__ = [
-    "ALL_COLUMNS",
-    "BOOKKEEPING_DDL",
-    "CONFLICT_LEDGER_DDL",
-    "OP_CHECK",
-    "OP_DELETE",
-    "OP_INSERT",
-    "OP_UPDATE",
-    "DIGEST_COLUMN",
-    "KEY_HASH_COLUMN",
-    "PASTS_COLUMN",
-    "capture_triggers",
-    "drop_trigger_statements",
-    "fingerprint",
-    "log_ddl",
-    "log_name",
-    "quote_identifier",
-    "read_table_spec",
-    "shadow_columns",
-    "shadow_ddl",
-    "shadow_name",
-    "table_warnings",
-    "unique_column_sets",
-]
+
+def quote_identifier(name: str) -> str:
+    """`name` as an SQL identifier in double quotes (SQL standard; SQLite and PostgreSQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+__all__ = ["quote_identifier"]

@@ -16,7 +16,7 @@ both are in hand where the row is written (the capture upsert hands them
 to `syncmesh_fold_digest`, the apply path has the old row loaded).  The
 tree itself lives in memory (`Summaries`, 512 KB per table) and is rebuilt
 from the `kh`/`dg` columns in one scan when it cannot be trusted: when
-the Store opens, or when another process (a `syncmesh track`, `repair` or
+the store opens, or when another process (a `syncmesh track`, `repair` or
 `quarantine retry`) wrote to the file since.
 
 Digests hash stamps, not values: a stamp names one write, so two nodes
@@ -44,10 +44,6 @@ LEAVES = 1 << LEAF_BITS
 LEAF_MASK = LEAVES - 1
 BRANCHES = 256
 LEAVES_PER_BRANCH = LEAVES // BRANCHES
-
-FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
-ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
-KEY_HASH_FUNCTION = "syncmesh_key_hash"
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -177,10 +173,10 @@ def summary_of(pairs: Iterable[tuple[int, int]]) -> TableSummary:
 
 
 class Summaries:
-    """The in-memory trees of one Store, kept in step with its own commits.
+    """The in-memory trees of one store, kept in step with its own commits.
 
     The trees describe the file as of `as_of` (the feed's head seq).  A
-    write transaction of this Store records leaf deltas in `pending`; they
+    write transaction of this store records leaf deltas in `pending`; they
     reach the trees when it commits, provided nobody else moved the head
     since the trees were last right (`begin` saw `as_of`).  Otherwise the
     trees are dropped, to be rebuilt by a scan on next use.

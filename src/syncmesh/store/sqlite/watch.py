@@ -1,5 +1,7 @@
 """A wake-up hint when the database file is written: inotify on Linux, else nothing.
 
+Part of the SQLite backend's change notifier (`notifier.SqliteChangeNotifier`).
+
 The capture loop learns of commits by other connections from `PRAGMA
 data_version`, which it has to poll.  Polling often enough for a low
 write-to-visible latency costs CPU on an idle node; polling seldom costs

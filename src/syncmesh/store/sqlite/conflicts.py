@@ -1,7 +1,7 @@
 """The conflict ledger: the conflicts this node's merges resolved.
 
 Owns recording a conflict (`record`, inside the apply transaction), keeping
-the ledger within `Store.conflict_ledger_rows_max` rows (oldest dropped
+the ledger within `StoreContext.conflict_ledger_rows_max` rows (oldest dropped
 first), the running count per table, and reading the ledger back.  What
 counts as a conflict is decided by `merge.resolve_cells`; this module only
 stores it.  A conflict is keyed by table, key, column and the two stamps,
@@ -12,14 +12,11 @@ is recorded once.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from syncmesh.merge import CellConflict
 from syncmesh.model import SqlValue, from_json_safe, json_safe
 from syncmesh.store.records import ConflictRecord, Version, now_ms
-
-if TYPE_CHECKING:
-    from syncmesh.store.sqlite import Store
+from syncmesh.store.sqlite.context import StoreContext
 
 _INSERT = (
     "INSERT OR IGNORE INTO _syncmesh_conflicts (table_name, pk, column_name, winner_value,"
@@ -33,12 +30,14 @@ def key_text(pk: tuple[SqlValue, ...]) -> str:
     return json.dumps([json_safe(value) for value in pk], separators=(",", ":"))
 
 
-def record(store: Store, table: str, found: list[tuple[tuple[SqlValue, ...], CellConflict]]) -> int:
+def record(
+    ctx: StoreContext, table: str, found: list[tuple[tuple[SqlValue, ...], CellConflict]]
+) -> int:
     """Add the conflicts of one apply (in its transaction); returns how many were new."""
     if not found:
         return 0
     resolved_ms = now_ms()
-    cursor = store._connection.executemany(
+    cursor = ctx.connection.executemany(
         _INSERT,
         [
             (
@@ -58,30 +57,30 @@ def record(store: Store, table: str, found: list[tuple[tuple[SqlValue, ...], Cel
     )
     added = max(cursor.rowcount, 0)
     if added:
-        store._connection.execute(
+        ctx.connection.execute(
             "INSERT INTO _syncmesh_conflict_totals (table_name, total) VALUES (?, ?)"
             " ON CONFLICT (table_name) DO UPDATE SET total = total + excluded.total",
             (table, added),
         )
         # Ids only grow (the oldest are the ones deleted), so this keeps the newest.
-        store._connection.execute(
+        ctx.connection.execute(
             "DELETE FROM _syncmesh_conflicts"
             " WHERE id <= (SELECT max(id) FROM _syncmesh_conflicts) - ?",
-            (store.conflict_ledger_rows_max,),
+            (ctx.conflict_ledger_rows_max,),
         )
     return added
 
 
-def totals(store: Store) -> dict[str, int]:
+def totals(ctx: StoreContext) -> dict[str, int]:
     """Conflicts recorded per tracked table, since the file was made (0 for none)."""
     counted = dict(
-        store._connection.execute("SELECT table_name, total FROM _syncmesh_conflict_totals")
+        ctx.connection.execute("SELECT table_name, total FROM _syncmesh_conflict_totals")
     )
-    return {name: int(counted.get(name, 0)) for name in store._tables}
+    return {name: int(counted.get(name, 0)) for name in ctx.tables}
 
 
 def listing(
-    store: Store, *, table: str | None, since_ms: int | None, limit: int
+    ctx: StoreContext, *, table: str | None, since_ms: int | None, limit: int
 ) -> list[ConflictRecord]:
     """The newest `limit` conflicts, newest first, of `table` (all: None) since `since_ms`."""
     where = ["1"]
@@ -92,7 +91,7 @@ def listing(
     if since_ms is not None:
         where.append("resolved_ms >= ?")
         params.append(since_ms)
-    rows = store._connection.execute(
+    rows = ctx.connection.execute(
         "SELECT id, table_name, pk, column_name, winner_value, winner_hlc, winner_site,"
         " loser_value, loser_hlc, loser_site, resolved_ms FROM _syncmesh_conflicts"
         f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",

@@ -1,4 +1,4 @@
-"""SQL text: bookkeeping tables, shadow tables, and the capture triggers.
+"""SQLite DDL: bookkeeping tables, shadow tables, log tables and the capture triggers.
 
 Capture design (docs/adr/0002-stamp-in-capture-loop.md): a trigger cannot
 call the hybrid clock, so it only *logs* the write: one row appended to the
@@ -30,6 +30,7 @@ whose cells only this site wrote.
 from __future__ import annotations
 
 from syncmesh.model import TableSpec
+from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
 
 BOOKKEEPING_DDL = """
 CREATE TABLE IF NOT EXISTS _syncmesh_state (
@@ -97,10 +98,6 @@ CREATE TABLE IF NOT EXISTS _syncmesh_conflict_totals (
     total INTEGER NOT NULL           -- conflicts ever recorded here, beyond the ledger's limit
 );
 """
-
-
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def shadow_name(table: str) -> str:

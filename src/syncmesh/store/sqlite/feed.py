@@ -3,30 +3,27 @@
 Owns how a batch is cut (whole seq groups only, `batch_upper`), what it
 leaves out (cells the receiver holds by its vector, rows with uncaptured
 writes), when it carries our vector, and moving half of an oversized seq
-group to a new seq.  `Store.read_batch` and `Store.split_seq_group`
+group to a new seq.  `SqliteStore.read_batch` and `SqliteStore.split_seq_group`
 delegate here; each is one transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from syncmesh.merge import missing_rows
 from syncmesh.model import ChangeBatch, SqlValue, TableRows
-from syncmesh.store.rows import TableSql
-
-if TYPE_CHECKING:
-    from syncmesh.store.sqlite import Store
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
 
 
 def read_batch(
-    store: Store, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+    ctx: StoreContext, from_seq: int, receiver_vector: dict[str, int], rows_max: int
 ) -> ChangeBatch:
-    """`Store.read_batch`: see there."""
-    sites = store._require_init()
+    """`SqliteStore.read_batch`: see there."""
+    sites = ctx.require_init()
     assert rows_max > 0
     # A shared lock only: the application's writers never wait for a read.
     # A row with logged, uncaptured writes has a new value under old stamps,
@@ -36,16 +33,16 @@ def read_batch(
     # for good (tests/test_convergence_stateful.py found it).  So the batch
     # ends before the first such row; after its capture the row moves to a
     # new seq and the feed flows on.
-    with store._transaction("DEFERRED"):
-        head = store._state()["seq"]
-        incarnation = store.incarnation
+    with ctx.transaction("DEFERRED"):
+        head = ctx.state()["seq"]
+        incarnation = ctx.incarnation()
         if from_seq >= head:
-            vector = store.vector() if from_seq == head else None
+            vector = ctx.vector() if from_seq == head else None
             return ChangeBatch(incarnation, from_seq, from_seq, head, vector, (), ())
-        upper = batch_upper(store, from_seq, head, rows_max)
-        for table in store._tables.values():
-            (held,) = store._connection.execute(
-                table.first_pending_seq_sql, (from_seq, upper)
+        upper = batch_upper(ctx, from_seq, head, rows_max)
+        for table in ctx.tables.values():
+            (held,) = ctx.connection.execute(
+                table.sql_feed.first_pending_seq_sql, (from_seq, upper)
             ).fetchone()
             if held is not None:
                 upper = min(upper, held - 1)  # whole seq groups: `held` starts one
@@ -58,10 +55,10 @@ def read_batch(
             if site in receiver_vector
         }
         tables: list[TableRows] = []
-        for table in store._tables.values():
+        for table in ctx.tables.values():
             shape = table.shape
-            sql, params = table.feed_uncovered_sql(bounds)
-            read = [list(row) for row in store._connection.execute(sql, (from_seq, upper, *params))]
+            sql, params = table.sql_feed.feed_uncovered_sql(bounds)
+            read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
             kept = missing_rows(
                 TableRows(shape.table, shape.columns, shape.key_count, read),
                 all_sites,
@@ -69,39 +66,57 @@ def read_batch(
             )
             if kept:
                 tables.append(TableRows(shape.table, shape.columns, shape.key_count, kept))
-        vector = store.vector() if upper == head else None
+        vector = ctx.vector() if upper == head else None
     # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
     return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
 
 
-def split_seq_group(store: Store, seq: int) -> bool:
-    """`Store.split_seq_group`: see there."""
-    store._require_init()
-    with store._transaction():
+def split_seq_group(ctx: StoreContext, seq: int) -> bool:
+    """`SqliteStore.split_seq_group`: see there."""
+    ctx.require_init()
+    with ctx.transaction():
         keyed: list[tuple[TableSql, tuple[SqlValue, ...]]] = []
-        for table in store._tables.values():
+        for table in ctx.tables.values():
             keyed.extend(
                 (table, tuple(row))
-                for row in store._connection.execute(table.group_keys_sql, (seq,))
+                for row in ctx.connection.execute(table.sql_feed.group_keys_sql, (seq,))
             )
         if len(keyed) <= 1:
             return False
-        new_seq = store._clock.tick()
+        new_seq = ctx.clock.tick()
         for table, key in keyed[len(keyed) // 2 :]:
-            store._connection.execute(table.move_sql, (new_seq, *key))
-        store._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (new_seq, new_seq))
+            ctx.connection.execute(table.sql_feed.move_sql, (new_seq, *key))
+        ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (new_seq, new_seq))
     log.info("split seq group %d (%d rows) for the frame limit", seq, len(keyed))
     return True
 
 
-def batch_upper(store: Store, from_seq: int, head: int, rows_max: int) -> int:
+def batch_upper(ctx: StoreContext, from_seq: int, head: int, rows_max: int) -> int:
     seqs: list[int] = []
-    for table in store._tables.values():
+    for table in ctx.tables.values():
         seqs.extend(
-            seq for (seq,) in store._connection.execute(table.seqs_sql, (from_seq, rows_max))
+            seq for (seq,) in ctx.connection.execute(table.sql_feed.seqs_sql, (from_seq, rows_max))
         )
     if len(seqs) < rows_max:
         return head
     seqs.sort()
     # Whole seq groups only: a group is one local transaction (or one applied batch).
     return seqs[rows_max - 1]
+
+
+def feed_rows_after(ctx: StoreContext, seqs: list[int], rows_max: int) -> list[int]:
+    """`SqliteStore.feed_rows_after`: see there."""
+    ctx.require_init()
+    assert rows_max > 0
+    with ctx.transaction("DEFERRED"):
+        counts = []
+        for seq in seqs:
+            total = 0
+            for table in ctx.tables.values():
+                if total < rows_max:
+                    (count,) = ctx.connection.execute(
+                        table.sql_feed.rows_after_sql, (seq, rows_max - total)
+                    ).fetchone()
+                    total += int(count)
+            counts.append(total)
+    return counts

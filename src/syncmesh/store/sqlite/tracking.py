@@ -3,51 +3,39 @@
 Owns `track` (the shadow table, log table and triggers of a new tracked
 table, and the backfill that puts its existing rows in the feed) and
 `schema_problems` (tracked tables changed by ALTER TABLE since).
-`Store.track` and `Store.schema_problems` delegate here.
+`SqliteStore.track` and `SqliteStore.schema_problems` delegate here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
-from syncmesh.schema import (
-    capture_triggers,
-    log_ddl,
-    read_table_spec,
-    shadow_ddl,
-    table_warnings,
-    unique_column_sets,
-)
-from syncmesh.store.rows import TableSql
-
-if TYPE_CHECKING:
-    from syncmesh.store.sqlite import Store
+from syncmesh.store.base import TrackProgress
+from syncmesh.store.sqlite import vector
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import capture_triggers, log_ddl, shadow_ddl
+from syncmesh.store.sqlite.introspect import read_table_spec, table_warnings, unique_column_sets
+from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
 
 BACKFILL_ROWS_PER_SEQ = 1_000  # existing rows join the feed in groups of this size
 BACKFILL_ROWS_PER_STEP = 50 * BACKFILL_ROWS_PER_SEQ  # rows per statement: a progress report each
 
-# Progress of `track`: (table, rows put in the feed so far, rows in the table);
-# the last call for a table has rows done == rows in all.
-TrackProgress = Callable[[str, int, int], None]
 
-
-def schema_problems(store: Store) -> list[str]:
-    """`Store.schema_problems`: see there."""
-    store._require_init()
-    version = int(store._connection.execute("PRAGMA schema_version").fetchone()[0])
-    if version == store._schema_version:
-        return list(store._schema_problems)
+def schema_problems(ctx: StoreContext) -> list[str]:
+    """`SqliteStore.schema_problems`: see there."""
+    ctx.require_init()
+    version = int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
+    if version == ctx.schema_version:
+        return list(ctx.schema_problems)
     problems = []
-    for name, table in store._tables.items():
+    for name, table in ctx.tables.items():
         try:
-            now = read_table_spec(store._connection, name)
+            now = read_table_spec(ctx.connection, name)
         except SchemaError as exc:
             problems.append(f"table {name!r} can no longer be synced: {exc}")
             continue
@@ -59,25 +47,25 @@ def schema_problems(store: Store) -> list[str]:
                 f" removed or renamed: {gone}); only the tracked columns are synced, and"
                 " changing a tracked table's columns is not supported yet"
             )
-        missing = _missing_triggers(store, name)
+        missing = _missing_triggers(ctx, name)
         if missing:
             problems.append(
                 f"table {name!r} has lost its capture triggers ({', '.join(missing)}):"
                 " writes to it are not captured or synced; `syncmesh track` the table"
                 " again to restore them (rows written meanwhile sync once written again)"
             )
-    store._schema_version, store._schema_problems = version, problems
+    ctx.schema_version, ctx.schema_problems = version, problems
     return list(problems)
 
 
 CAPTURE_TRIGGER_KINDS = ("insert", "update", "delete")  # every tracked table has these three
 
 
-def _missing_triggers(store: Store, table: str) -> list[str]:
+def _missing_triggers(ctx: StoreContext, table: str) -> list[str]:
     """Which of `table`'s capture triggers are gone (DROP TRIGGER, a tool that rebuilt it)."""
     present = {
         row[0]
-        for row in store._connection.execute(
+        for row in ctx.connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
         )
     }
@@ -88,14 +76,14 @@ def _missing_triggers(store: Store, table: str) -> list[str]:
     ]
 
 
-def track(store: Store, names: list[str], progress: TrackProgress | None = None) -> list[str]:
-    """`Store.track`: see there."""
-    store._require_init()
+def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+    """`SqliteStore.track`: see there."""
+    ctx.require_init()
     warnings: list[str] = []
-    with store._transaction():
+    with ctx.transaction():
         for name in names:
-            spec = read_table_spec(store._connection, name)
-            existing = store._tables.get(name)
+            spec = read_table_spec(ctx.connection, name)
+            existing = ctx.tables.get(name)
             if existing is not None:
                 if existing.spec != spec:
                     raise SchemaError(
@@ -103,18 +91,18 @@ def track(store: Store, names: list[str], progress: TrackProgress | None = None)
                         " table's columns is not supported yet"
                     )
                 # Unchanged: put back capture triggers that were dropped (IF NOT EXISTS).
-                unique = unique_column_sets(store._connection, name)
+                unique = unique_column_sets(ctx.connection, name)
                 for statement in capture_triggers(spec, unique):
-                    store._connection.execute(statement)
+                    ctx.connection.execute(statement)
                 continue
-            warnings.extend(table_warnings(store._connection, spec))
-            create_tracking(store, spec, progress)
-        store._connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
-    store._load()
+            warnings.extend(table_warnings(ctx.connection, spec))
+            create_tracking(ctx, spec, progress)
+        ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
+    ctx.load()
     return warnings
 
 
-def _backfill(store: Store, table: TableSql, hlc: int, progress: TrackProgress | None) -> int:
+def _backfill(ctx: StoreContext, table: TableSql, hlc: int, progress: TrackProgress | None) -> int:
     """Put the table's existing rows in the feed, in key order; returns how many.
 
     One statement per `BACKFILL_ROWS_PER_STEP` rows, all in the caller's
@@ -122,7 +110,7 @@ def _backfill(store: Store, table: TableSql, hlc: int, progress: TrackProgress |
     each step.  Rows with a NULL key value are left out: no other node
     could address them (docs/keys.md).
     """
-    connection = store._connection
+    connection = ctx.connection
     name = table.spec.name
     total = int(connection.execute(f"SELECT count(*) FROM {table.table}").fetchone()[0])
     if progress is not None:
@@ -137,11 +125,11 @@ def _backfill(store: Store, table: TableSql, hlc: int, progress: TrackProgress |
             **lower,
         }
         boundary = connection.execute(
-            table.backfill_boundary_sql(lower=bool(lower)),
+            table.sql_capture.backfill_boundary_sql(lower=bool(lower)),
             {**lower, "step": BACKFILL_ROWS_PER_STEP},
         ).fetchone()
         upper = {} if boundary is None else {f"u{i}": v for i, v in enumerate(boundary)}
-        sql = table.backfill_step_sql(lower=bool(lower), upper=bool(upper))
+        sql = table.sql_capture.backfill_step_sql(lower=bool(lower), upper=bool(upper))
         done += max(connection.execute(sql, {**params, **upper}).rowcount, 0)
         if boundary is None:
             break
@@ -153,21 +141,21 @@ def _backfill(store: Store, table: TableSql, hlc: int, progress: TrackProgress |
     return done
 
 
-def create_tracking(store: Store, spec: TableSpec, progress: TrackProgress | None) -> None:
-    unique = unique_column_sets(store._connection, spec.name)
+def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress | None) -> None:
+    unique = unique_column_sets(ctx.connection, spec.name)
     for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec, unique)]:
-        store._connection.execute(statement)
+        ctx.connection.execute(statement)
     table = TableSql(spec)
-    # Seqs are HLC values (see _capture_pending); the backfill takes one per chunk.
-    store._catch_up_clock()
-    hlc = store._clock.tick()
-    rows = _backfill(store, table, hlc, progress)
-    top = store._connection.execute(f"SELECT max(seq) FROM {table.shadow}").fetchone()[0]
+    # Seqs are HLC values (see capture.capture_pending); the backfill takes one per chunk.
+    ctx.catch_up_clock()
+    hlc = ctx.clock.tick()
+    rows = _backfill(ctx, table, hlc, progress)
+    top = ctx.connection.execute(f"SELECT max(seq) FROM {table.shadow}").fetchone()[0]
     head = max(hlc, int(top or 0))
-    store._clock.restore(head)
-    store._connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
-    store._set_own_vector(hlc)
-    store._connection.execute(
+    ctx.clock.restore(head)
+    ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
+    vector.set_own(ctx, hlc)
+    ctx.connection.execute(
         "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
         (
             spec.name,

@@ -1,6 +1,6 @@
 """The store's side of verify and repair: hash trees, digests by leaf and key, repair rows.
 
-`Store` delegates here (like `feed` and `apply`); each function is one
+`SqliteStore` delegates here (like `feed` and `apply`); each function is one
 transaction.  The trees are explained in `store.summary`; the exchange
 that uses them in `syncmesh.node.verify`.
 """
@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch, SqlValue, TableRows
-from syncmesh.schema import ALL_COLUMNS, OP_UPDATE
+from syncmesh.store.base import DEEP_ROWS_PER_STEP
 from syncmesh.store.records import ApplyResult
-from syncmesh.store.rows import KEYS_PER_QUERY, TableSql
+from syncmesh.store.sqlite import apply, capture
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_UPDATE
+from syncmesh.store.sqlite.table import KEYS_PER_QUERY, TableSql
 from syncmesh.store.summary import (
     TableSummary,
     deep_digest,
@@ -26,41 +28,36 @@ from syncmesh.store.summary import (
     summary_of,
 )
 
-if TYPE_CHECKING:
-    from syncmesh.store.sqlite import Store
-
 log = logging.getLogger(__name__)
-
-DEEP_ROWS_PER_STEP = 20_000  # rows per step of a deep tree (about half a second here)
 
 Key = tuple[SqlValue, ...]
 
 
-def _table(store: Store, name: str) -> TableSql:
-    table = store._tables.get(name)
+def _table(ctx: StoreContext, name: str) -> TableSql:
+    table = ctx.tables.get(name)
     if table is None:
         raise StoreError(f"table {name!r} is not tracked here")
     return table
 
 
-def summaries(store: Store, names: Sequence[str]) -> dict[str, TableSummary]:
+def summaries(ctx: StoreContext, names: Sequence[str]) -> dict[str, TableSummary]:
     """The trees of `names`, as of one moment; rebuilt by a scan if not to be trusted."""
-    store._require_init()
+    ctx.require_init()
     for name in names:
-        _table(store, name)
+        _table(ctx, name)
     # Committed writes not yet captured (no node serves the file) count too.
-    store.capture()
-    kept = store._summaries
-    with store._transaction("DEFERRED"):
-        head = store._head()
-        if kept.valid_at(head) and set(kept.tables) == set(store._tables):
+    capture.capture(ctx)
+    kept = ctx.summaries
+    with ctx.transaction("DEFERRED"):
+        head = ctx.head()
+        if kept.valid_at(head) and set(kept.tables) == set(ctx.tables):
             return {name: TableSummary(list(kept.tables[name].leaves)) for name in names}
-    _fill_missing_digests(store)
-    with store._transaction("DEFERRED"):
-        head = store._head()
+    _fill_missing_digests(ctx)
+    with ctx.transaction("DEFERRED"):
+        head = ctx.head()
         trees = {
-            name: summary_of(store._connection.execute(table.tree_pairs_sql))
-            for name, table in store._tables.items()
+            name: summary_of(ctx.connection.execute(table.sql_verify.tree_pairs_sql))
+            for name, table in ctx.tables.items()
         }
     kept.tables = trees
     kept.as_of = head
@@ -68,25 +65,25 @@ def summaries(store: Store, names: Sequence[str]) -> dict[str, TableSummary]:
     return {name: TableSummary(list(trees[name].leaves)) for name in names}
 
 
-def _fill_missing_digests(store: Store) -> None:
+def _fill_missing_digests(ctx: StoreContext) -> None:
     """Compute the digest of any row without one (a file written by another path)."""
     missing = [
         table
-        for table in store._tables.values()
-        if store._connection.execute(
+        for table in ctx.tables.values()
+        if ctx.connection.execute(
             f"SELECT 1 FROM {table.shadow} WHERE kh IS NULL OR dg IS NULL LIMIT 1"
         ).fetchone()
         is not None
     ]
     if missing:
-        with store._transaction():
+        with ctx.transaction():
             for table in missing:
-                store._connection.execute(table.fill_digests_sql)
-        store._summaries.invalidate()
+                ctx.connection.execute(table.sql_verify.fill_digests_sql)
+        ctx.summaries.invalidate()
 
 
 def _tree_rows(
-    store: Store,
+    ctx: StoreContext,
     table: TableSql,
     corrected: list[tuple[SqlValue, ...]] | None,
     where: str = "",
@@ -102,9 +99,9 @@ def _tree_rows(
     deep = corrected is not None
     keys = table.key_count
     stamps_end = keys + 5 + 2 * len(table.values)
-    sql = (table._tree_deep_rows if deep else table._tree_rows) + where
-    codes = store._require_init().codes
-    for row in store._connection.execute(sql, params):
+    sql = (table.sql_verify.tree_deep_rows if deep else table.sql_verify.tree_rows) + where
+    codes = ctx.require_init().codes
+    for row in ctx.connection.execute(sql, params):
         key = tuple(row[:keys])
         hashed, stored = row[keys + 3], row[keys + 4]
         if not deep:
@@ -121,12 +118,12 @@ def _tree_rows(
 
 
 def _write_corrections(
-    store: Store, table: TableSql, fixes: list[tuple[SqlValue, ...]] | None
+    ctx: StoreContext, table: TableSql, fixes: list[tuple[SqlValue, ...]] | None
 ) -> int:
     if fixes:
-        with store._transaction():
-            store._connection.executemany(table.set_digest_sql, fixes)
-        store._summaries.invalidate()
+        with ctx.transaction():
+            ctx.connection.executemany(table.sql_verify.set_digest_sql, fixes)
+        ctx.summaries.invalidate()
         log.warning(
             "table %s: %d rows had digests that do not match their stamps (the shadow"
             " table was written behind syncmesh's back); corrected",
@@ -137,7 +134,7 @@ def _write_corrections(
 
 
 def deep_summary_step(
-    store: Store, name: str, after: Key | None, rows_max: int
+    ctx: StoreContext, name: str, after: Key | None, rows_max: int
 ) -> tuple[TableSummary, Key | None, int]:
     """Part of the table's deep tree: the rows after key `after`, at most `rows_max`.
 
@@ -146,10 +143,10 @@ def deep_summary_step(
     corrected.  A deep tree is read in steps so that a node answering a
     deep verify keeps capturing and applying between them.
     """
-    table = _table(store, name)
+    table = _table(ctx, name)
     assert rows_max > 0
     if after is None:
-        store.capture()
+        capture.capture(ctx)
     columns = ", ".join(f"s.k{index}" for index in range(table.key_count))
     where = f" ORDER BY {columns} LIMIT ?"
     params: list[SqlValue] = [rows_max]
@@ -161,54 +158,54 @@ def deep_summary_step(
     tree = TableSummary()
     last: Key | None = None
     count = 0
-    with store._transaction("DEFERRED"):
-        for key, leaf, value in _tree_rows(store, table, corrected, where, params):
+    with ctx.transaction("DEFERRED"):
+        for key, leaf, value in _tree_rows(ctx, table, corrected, where, params):
             tree.add(leaf, value)
             last = key
             count += 1
-    fixed = _write_corrections(store, table, corrected)
+    fixed = _write_corrections(ctx, table, corrected)
     return tree, (last if count == rows_max else None), fixed
 
 
-def deep_summary(store: Store, name: str) -> tuple[TableSummary, int]:
+def deep_summary(ctx: StoreContext, name: str) -> tuple[TableSummary, int]:
     """The table's whole deep tree, in steps; and how many stored digests were corrected."""
-    tree, after, fixed = deep_summary_step(store, name, None, DEEP_ROWS_PER_STEP)
+    tree, after, fixed = deep_summary_step(ctx, name, None, DEEP_ROWS_PER_STEP)
     while after is not None:
-        part, after, more = deep_summary_step(store, name, after, DEEP_ROWS_PER_STEP)
+        part, after, more = deep_summary_step(ctx, name, after, DEEP_ROWS_PER_STEP)
         tree.merge(part)
         fixed += more
     return tree, fixed
 
 
-def leaf_digests(store: Store, name: str, leaves: Sequence[int], deep: bool) -> dict[Key, int]:
+def leaf_digests(ctx: StoreContext, name: str, leaves: Sequence[int], deep: bool) -> dict[Key, int]:
     """Every row in `leaves`: key -> digest (deep: with values)."""
-    table = _table(store, name)
+    table = _table(ctx, name)
     if not leaves:
         return {}
-    where = table.leaf_match
+    where = table.sql_verify.leaf_match
     corrected: list[tuple[SqlValue, ...]] | None = [] if deep else None
-    with store._transaction("DEFERRED"):
+    with ctx.transaction("DEFERRED"):
         found = {
             key: value
             for key, _leaf, value in _tree_rows(
-                store, table, corrected, where, (json.dumps(list(leaves)),)
+                ctx, table, corrected, where, (json.dumps(list(leaves)),)
             )
         }
-    _write_corrections(store, table, corrected)
+    _write_corrections(ctx, table, corrected)
     return found
 
 
-def key_digests(store: Store, name: str, keys: Sequence[Key], deep: bool) -> list[int | None]:
+def key_digests(ctx: StoreContext, name: str, keys: Sequence[Key], deep: bool) -> list[int | None]:
     """The digest of each key (None: no row), in the order of `keys`."""
-    table = _table(store, name)
-    store.capture()
+    table = _table(ctx, name)
+    capture.capture(ctx)
     found: dict[Key, int] = {}
     corrected: list[tuple[SqlValue, ...]] | None = [] if deep else None
-    with store._transaction("DEFERRED"):
+    with ctx.transaction("DEFERRED"):
         for where, params in _key_chunks(table, keys):
-            for key, _leaf, value in _tree_rows(store, table, corrected, where, params):
+            for key, _leaf, value in _tree_rows(ctx, table, corrected, where, params):
                 found[key] = value
-    _write_corrections(store, table, corrected)
+    _write_corrections(ctx, table, corrected)
     return [found.get(tuple(key)) for key in keys]
 
 
@@ -222,57 +219,53 @@ def _key_chunks(table: TableSql, keys: Sequence[Key]) -> Iterator[tuple[str, lis
         yield f" WHERE ({columns}) IN (VALUES {marks})", [value for key in chunk for value in key]
 
 
-def rows_of(store: Store, name: str, keys: Sequence[Key]) -> ChangeBatch:
+def rows_of(ctx: StoreContext, name: str, keys: Sequence[Key]) -> ChangeBatch:
     """The whole state of each of `keys` held here, as a batch (for repair)."""
-    table = _table(store, name)
-    sites = store._require_init()
-    with store._transaction("DEFERRED"):
+    table = _table(ctx, name)
+    sites = ctx.require_init()
+    with ctx.transaction("DEFERRED"):
         rows: list[list[SqlValue]] = []
         for where, params in _key_chunks(table, keys):
             rows.extend(
-                list(row) for row in store._connection.execute(table._select + where, params)
+                list(row) for row in ctx.connection.execute(table.sql_verify.select + where, params)
             )
         all_sites = sites.all_sites()
-        head = store._head()
-        incarnation = store.incarnation
+        head = ctx.head()
+        incarnation = ctx.incarnation()
     shape = table.shape
     tables = (TableRows(shape.table, shape.columns, shape.key_count, rows),) if rows else ()
     # Not a slice of the feed: from_seq = to_seq, and no vector is claimed.
     return ChangeBatch(incarnation, head, head, head, None, all_sites, tables)
 
 
-def merge_rows(store: Store, origin: str, batch: ChangeBatch) -> ApplyResult:
+def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch) -> ApplyResult:
     """Merge rows a peer sent for repair: the normal merge, no cursor, no vector."""
-    sites = store._require_init()
-    with store._transaction():
-        store._capture_pending()
-        result = store._merge_rows(origin, batch, sites)
-        store._connection.execute(
-            "UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (store._clock.last,)
-        )
+    sites = ctx.require_init()
+    with ctx.transaction():
+        capture.capture_pending(ctx)
+        result = apply.merge_rows(ctx, origin, batch, sites)
+        ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
 
 
-def restamp(store: Store, name: str, keys: Sequence[Key]) -> int:
+def restamp(ctx: StoreContext, name: str, keys: Sequence[Key]) -> int:
     """Stamp every cell of these live rows anew, as local writes; returns rows stamped.
 
     For rows whose values differ from a peer's under the same stamps: a
     write the capture never saw (made while the triggers were dropped, or
     by hand).  The new stamps make this side's values win everywhere.
     """
-    table = _table(store, name)
-    store._require_init()
-    with store._transaction():
+    table = _table(ctx, name)
+    ctx.require_init()
+    with ctx.transaction():
         live = [
             key
             for key in keys
-            if store._connection.execute(table.exists_sql, key).fetchone() is not None
+            if ctx.connection.execute(table.sql_capture.exists_sql, key).fetchone() is not None
         ]
-        columns = ", ".join(["op", "mask", *(f"k{index}" for index in range(table.key_count))])
-        marks = ", ".join("?" * (2 + table.key_count))
-        store._connection.executemany(
-            f"INSERT INTO {table.log} ({columns}) VALUES ({marks})",
+        ctx.connection.executemany(
+            table.sql_verify.log_insert_sql,
             [(OP_UPDATE, ALL_COLUMNS, *key) for key in live],
         )
-        store._capture_pending()
+        capture.capture_pending(ctx)
     return len(live)

@@ -1,0 +1,225 @@
+"""The store interface: what the node, the API and the CLI need of a store backend.
+
+`typing.Protocol`s, found from what `node`, `api`, `cli` and `chaos`
+actually call (docs/adr/0011-store-seam.md).  The SQLite backend
+(`syncmesh.store.sqlite`) implements them; a later backend (PostgreSQL)
+implements the same and registers in `syncmesh.store.open`.  Nothing here
+names SQLite.
+
+The contract every backend keeps (docs/protocol.md has the invariants):
+
+- every method is one transaction: a crash loses nothing and applies
+  nothing twice;
+- seqs are HLC values from the store's clock, so a seq is never reused;
+- the feed is read in whole seq groups, and the vector it carries is only
+  ever made true;
+- one bad row never stops the rest: it goes to quarantine;
+- a store is used from one thread at a time (the node's store worker),
+  except `change_notifier()`, called and used on the event loop's thread.
+
+The types that cross the seam live in neutral modules: batches in
+`syncmesh.model`, records and status in `syncmesh.store.records`, the hash
+trees in `syncmesh.store.summary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from syncmesh.model import ChangeBatch, SqlValue, TableSpec
+from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
+from syncmesh.store.summary import TableSummary
+
+Key = tuple[SqlValue, ...]
+
+# Progress of `track`: (table, rows put in the feed so far, rows in the table);
+# the last call for a table has rows done == rows in all.
+TrackProgress = Callable[[str, int, int], None]
+
+# The conflict ledger keeps the newest this many conflicts (docs/config.md).
+CONFLICT_LEDGER_ROWS_MAX_DEFAULT = 10_000
+DEEP_ROWS_PER_STEP = 20_000  # rows per step of a deep tree (about half a second on SQLite)
+
+
+class ChangeNotifier(Protocol):
+    """Wakes the capture loop when some connection may have committed to the store.
+
+    `changed()` is the truth (cheap: the loop polls it); the hints are a
+    way to poll less while idle.  A backend without hints returns False
+    from `start` and the loop polls only.
+    """
+
+    def start(self) -> bool:
+        """Begin; True if wake-up hints will come, False: the caller polls only."""
+        ...
+
+    def changed(self) -> bool:
+        """True if a commit landed since the last call (always True on the first)."""
+        ...
+
+    def clear_hint(self) -> None: ...
+
+    async def wait_hint(self) -> None:
+        """Return at the next hint that the store was written."""
+        ...
+
+    def pause_hints(self) -> None:
+        """Stop reacting to writes for now (the caller polls meanwhile)."""
+        ...
+
+    def resume_hints(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class VerifyStore(Protocol):
+    """The store's side of verify and repair (ADR 0010): hash trees, digests, repair rows."""
+
+    @property
+    def site_id(self) -> str: ...
+
+    def specs(self) -> list[TableSpec]: ...
+
+    def summaries(self, tables: list[str]) -> dict[str, TableSummary]:
+        """The hash trees of `tables`, as of one moment (copies)."""
+        ...
+
+    def deep_summary_step(
+        self, table: str, after: Key | None, rows_max: int
+    ) -> tuple[TableSummary, Key | None, int]:
+        """Part of a table's deep tree (with values): rows after key `after`.
+
+        Returns (tree of those rows, last key or None once done, digests fixed).
+        """
+        ...
+
+    def leaf_digests(self, table: str, leaves: list[int], *, deep: bool = False) -> dict[Key, int]:
+        """Key -> digest of every row of `table` in `leaves`."""
+        ...
+
+    def key_digests(self, table: str, keys: list[Key], *, deep: bool = False) -> list[int | None]:
+        """The digest of each key of `table` (None: no row here)."""
+        ...
+
+    def rows_of(self, table: str, keys: list[Key]) -> ChangeBatch:
+        """These rows' whole states, as a batch another node can merge (repair)."""
+        ...
+
+    def merge_repair_rows(self, origin: str, batch: ChangeBatch) -> ApplyResult:
+        """Merge rows a peer sent for repair (from `rows_of`): no cursor moves."""
+        ...
+
+    def restamp(self, table: str, keys: list[Key]) -> int:
+        """Stamp these live rows anew as local writes (their values win); returns how many."""
+        ...
+
+
+class Store(VerifyStore, Protocol):
+    """A syncmesh store: capture, the change feed, apply, cursors and vectors, and the rest."""
+
+    # -- set-up and identity --------------------------------------------------
+
+    def init(self) -> str:
+        """Create what the store needs and this node's site id; idempotent.  Returns it."""
+        ...
+
+    def new_site_id(self) -> str:
+        """Give the store a new identity (a copy of another node's file)."""
+        ...
+
+    def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+        """Start syncing `names`; existing rows join the feed.  Returns warnings."""
+        ...
+
+    def close(self) -> None: ...
+
+    @property
+    def incarnation(self) -> str: ...
+
+    def fingerprint(self) -> str:
+        """A digest of the tracked tables' definitions: peers must agree on it."""
+        ...
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the tracked tables if another process changed them; True if so."""
+        ...
+
+    def schema_problems(self) -> list[str]:
+        """Tracked tables altered since they were tracked, in words."""
+        ...
+
+    def change_notifier(self) -> ChangeNotifier:
+        """A new notifier of commits to this store (on the event loop's thread)."""
+        ...
+
+    # -- capture and the feed -------------------------------------------------
+
+    def capture(self) -> int:
+        """Stamp every pending local write (one seq group); returns rows stamped."""
+        ...
+
+    @property
+    def rows_captured_total(self) -> int:
+        """Rows stamped by committed captures of this store, whichever call ran them."""
+        ...
+
+    def head_seq(self) -> int: ...
+
+    def vector(self) -> dict[str, int]: ...
+
+    def restoring(self) -> bool:
+        """True while own writes lost by a restore from an old copy are being recovered."""
+        ...
+
+    def read_batch(
+        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+    ) -> ChangeBatch:
+        """The feed after `from_seq`, about `rows_max` rows, whole seq groups."""
+        ...
+
+    def split_seq_group(self, seq: int) -> bool:
+        """Move the second half of seq group `seq` to a new seq; False if it has one row."""
+        ...
+
+    def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
+        """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`."""
+        ...
+
+    # -- apply, cursors and vectors -------------------------------------------
+
+    def peer_cursor(self, site_id: str) -> PeerCursor | None: ...
+
+    def reset_peer_cursor(
+        self, site_id: str, incarnation: str, head_seq: int, address: str
+    ) -> None:
+        """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
+        ...
+
+    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+        """Merge a peer's batch and advance its cursor and our vector, atomically."""
+        ...
+
+    def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
+        """Detect that this store was restored from an old copy; True if detected now."""
+        ...
+
+    # -- quarantine, conflicts, status ----------------------------------------
+
+    def retry_quarantine(self) -> int:
+        """Try every quarantined row again through the merge; returns rows resolved."""
+        ...
+
+    def quarantine(self) -> list[dict[str, object]]: ...
+
+    def drop_quarantined(self, ids: list[int]) -> int:
+        """Delete quarantined rows for good; returns how many existed."""
+        ...
+
+    def conflicts(
+        self, *, table: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[ConflictRecord]:
+        """The newest `limit` recorded conflicts (newest first), of `table`, since `since_ms`."""
+        ...
+
+    def status(self) -> StoreStatus: ...

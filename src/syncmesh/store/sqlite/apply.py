@@ -1,0 +1,372 @@
+"""Applying a peer's batch: the merge of its rows into the tables.
+
+Owns the join of incoming rows with the rows on disk (the fast path for
+keys new here, one user-table write per key), noticing the conflicts the
+join resolves (recorded in the ledger) and what the node learns from them,
+the refusal of stamps from the future, and sending rows that cannot be
+applied to quarantine.  `peers.apply_batch`, `retry.retry` and
+`verify.merge_rows` call `merge_rows` inside their transaction.
+
+One table's merge (`merge_table`) goes in named steps: `_merge_keys`
+joins every incoming row with what is held, in memory (a key new here on
+the fast path, inline; any other through `_join_held`), `_write_user_rows`
+writes the user table (a constraint's refusal sends the key's rows to
+quarantine), `_write_shadow_rows` writes the shadow rows and moves the
+hash tree, and the conflicts go to the ledger last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from syncmesh.clock import HybridClock
+from syncmesh.errors import ClockDriftError
+from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells
+from syncmesh.model import (
+    CELL_FIELDS,
+    ChangeBatch,
+    RowChange,
+    RowState,
+    SqlValue,
+    TableRows,
+    state_of_row,
+)
+from syncmesh.store.records import ApplyResult
+from syncmesh.store.sqlite import conflicts, quarantine, vector
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.execute import execute_each
+from syncmesh.store.sqlite.quarantine import stamps
+from syncmesh.store.sqlite.sites import SiteMap
+from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
+
+Key = tuple[SqlValue, ...]
+
+
+class TableApplied(NamedTuple):
+    """What the merge of one table's rows did."""
+
+    applied: int  # rows whose merged state differed from ours (shadow rows written)
+    quarantined: int  # rows a constraint refused, sent to quarantine
+    drift_refused: int  # rows stamped beyond the drift limit, sent to quarantine
+    conflicts: int  # conflicts resolved and new to the ledger
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """What every table of one batch shares: where it comes from, and how it is stamped."""
+
+    origin: str  # the site the rows came from (quarantine entries name it)
+    batch_sites: tuple[str, ...]  # the batch's site ids, by site index
+    ordinals: list[int]  # the batch's site indexes as our ordinals
+    seq: int  # the seq the merged rows take
+    sites: SiteMap
+    bound: int  # the greatest stamp not refused for drift
+
+
+def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMap) -> ApplyResult:
+    """Merge the rows of `batch` into the tables (inside the caller's transaction)."""
+    ctx.connection.execute("UPDATE _syncmesh_state SET applying = 1")
+    ctx.catch_up_clock()
+    seq = ctx.clock.tick()  # a fresh seq for the merged rows (see capture.capture_pending)
+    ordinals = [sites.ordinal(site) for site in batch.sites]
+    # One reading of the clock judges the whole batch: rows of one local
+    # transaction share a stamp and must all pass or all wait (a reading per
+    # table let an order through while its lines waited; syncmesh chaos).
+    bound = vector.drift_bound(ctx)
+    shared = _Incoming(origin, batch.sites, ordinals, seq, sites, bound)
+    applied = quarantined = refused = resolved = 0
+    by_table: dict[str, int] = {}
+    for incoming in batch.tables:
+        table = ctx.tables.get(incoming.table)
+        problem = None
+        if table is None:
+            problem = f"table {incoming.table!r} is not tracked here"
+        elif incoming.columns != table.values or incoming.key_count != table.key_count:
+            problem = (
+                f"table {incoming.table!r}: the peer's columns {list(incoming.columns)}"
+                f" differ from ours {list(table.values)}"
+            )
+        if problem is not None:
+            for row in incoming.rows:
+                quarantine.add(ctx, _change_of(incoming, row, batch.sites), origin, problem)
+            quarantined += len(incoming.rows)
+            continue
+        assert table is not None
+        done = merge_table(ctx, table, incoming, shared)
+        applied += done.applied
+        if done.applied:
+            by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
+        quarantined += done.quarantined
+        refused += done.drift_refused
+        resolved += done.conflicts
+    ctx.connection.execute("UPDATE _syncmesh_state SET applying = 0")
+    if applied:
+        # V[self] does not move here: it speaks of our own writes only.
+        ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?", (seq,))
+    return ApplyResult(applied, quarantined, refused, ctx.state()["seq"], resolved, by_table)
+
+
+def merge_table(
+    ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming
+) -> TableApplied:
+    """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
+
+    Rows with a stamp above `shared.bound` (the drift limit) are refused
+    into the quarantine, to be retried once the clock has caught up.
+    """
+    pks = [tuple(row[: table.key_count]) for row in incoming.rows]
+    on_disk = table.load(ctx.connection, pks)
+    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
+    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk)
+    applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
+    # A refused key's merge did not happen: it is resolved again on retry.
+    recorded = conflicts.record(
+        ctx,
+        table.spec.name,
+        [
+            (pk, conflict)
+            for pk, listed in merge.found.items()
+            if pk not in failed
+            for conflict in listed
+        ],
+    )
+    return TableApplied(applied, quarantined, merge.drift_refused, recorded)
+
+
+OnDisk = dict[Key, tuple[list[SqlValue], str | None, int | None]]
+
+
+@dataclass(slots=True)
+class _KeyMerge:
+    """The in-memory result of joining one table's incoming rows with what is held."""
+
+    # Per key: the merged result (a state, or the rows of a new key) and
+    # the incoming rows that made it.
+    merged: dict[Key, _Merged] = field(default_factory=dict)
+    # Keys whose state stays as it is, but whose knowledge grew: an incoming
+    # write lost a conflict here.  Their shadow rows keep their seq.
+    learned: dict[Key, tuple[RowState, dict[str, Knowledge]]] = field(default_factory=dict)
+    found: dict[Key, list[CellConflict]] = field(default_factory=dict)
+    drift_refused: int = 0
+
+
+def _merge_keys(
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    shared: _Incoming,
+    pks: list[Key],
+    on_disk: OnDisk,
+) -> _KeyMerge:
+    """Join each incoming row with the key's state so far (on disk, or earlier in the batch)."""
+    keys = table.key_count
+    batch_sites, ordinals, seq, bound = (
+        shared.batch_sites,
+        shared.ordinals,
+        shared.seq,
+        shared.bound,
+    )
+    # A batch's site indexes as row digests see their sites.
+    batch_codes: dict[SqlValue, int] = {None: NO_SITE}
+    batch_codes.update((index, site_code(site)) for index, site in enumerate(batch_sites))
+    local_sites = shared.sites.all_sites()
+    result = _KeyMerge()
+    merged_by_key = result.merged
+    refused = 0
+    observed = 0
+    for pk, row in zip(pks, incoming.rows, strict=True):
+        top = max(
+            (int(hlc) for hlc in (row[keys + 1], *row[keys + 4 :: CELL_FIELDS]) if hlc is not None),
+            default=0,
+        )
+        if top > bound:
+            change = _change_of(incoming, row, batch_sites)
+            quarantine.add(ctx, change, shared.origin, _drift_reason(change, ctx.clock))
+            refused += 1
+            continue
+        earlier = merged_by_key.get(pk)
+        if earlier is None and pk not in on_disk:
+            # Fast path, the common case of a backlog: joined with nothing,
+            # the incoming row is the result; copy it out positionally.
+            shadow, user = table.fast_rows(row, ordinals, seq, batch_codes)
+            merged_by_key[pk] = _Merged(None, shadow, user, [row])
+            observed = max(observed, top)
+            continue
+        if _join_held(result, table, incoming, batch_sites, local_sites, on_disk, pk, row):
+            observed = max(observed, top)
+    if observed:
+        # Every row observed passed `bound`: no second reading of the clock.
+        ctx.clock.absorb(int(observed))
+    result.drift_refused = refused
+    return result
+
+
+def _join_held(
+    result: _KeyMerge,
+    table: TableSql,
+    incoming: TableRows,
+    batch_sites: tuple[str, ...],
+    local_sites: tuple[str, ...],
+    on_disk: OnDisk,
+    pk: Key,
+    row: list[SqlValue],
+) -> bool:
+    """Join `row` with the state its key has so far (on disk, or earlier in the batch).
+
+    Records the conflicts the join resolves and what it teaches this node
+    in `result`; True if the key's state changed.
+    """
+    merged_by_key, learned, found = result.merged, result.learned, result.found
+    earlier = merged_by_key.get(pk)
+    if earlier is not None:
+        before = earlier.state_or(incoming, batch_sites)
+        known = earlier.known
+    else:
+        disk_row, disk_pasts, _digest = on_disk[pk]
+        before = state_of_row(table.shape, disk_row, local_sites)
+        known = learned[pk][1] if pk in learned else table.knowledge_of(disk_pasts, local_sites)
+    theirs = state_of_row(incoming, row, batch_sites)
+    resolved, changed = resolve_cells(before, theirs, known)
+    if resolved:
+        found.setdefault(pk, []).extend(resolved)
+    merged = join_rows(before, theirs)
+    # A new life knows nothing of the old one's writes.
+    if merged.cl != before.cl:
+        known_after: dict[str, Knowledge] = {}
+    else:
+        # Only non-empty entries: an empty `known` means "nothing to write".
+        known_after = (
+            {column: k for column, k in {**known, **changed}.items() if k} if changed else known
+        )
+    if merged == before:
+        # Already held, or superseded (idempotent redelivery); or a
+        # concurrent write that lost here, which we now know of.
+        if earlier is not None and known_after != earlier.known:
+            # (As a state: a fast-path result has no knowledge columns to set.)
+            merged_by_key[pk] = _Merged(before, None, None, earlier.rows, known_after)
+        elif earlier is None and changed:
+            learned[pk] = (before, known_after)
+        return False
+    contributors = [*earlier.rows, row] if earlier is not None else [row]
+    merged_by_key[pk] = _Merged(merged, None, None, contributors, known_after)
+    learned.pop(pk, None)
+    return True
+
+
+def _write_user_rows(
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    shared: _Incoming,
+    merge: _KeyMerge,
+    on_disk: OnDisk,
+) -> tuple[set[Key], int]:
+    """One user-table write per key, from its final state; (keys refused, rows quarantined).
+
+    A key that came twice (deleted, then re-inserted) must not be upserted
+    and then deleted.  A key a constraint refuses sends all its incoming
+    rows to quarantine.
+    """
+    keys = table.key_count
+    upserts: list[tuple[Key, list[SqlValue]]] = []
+    deletes: list[tuple[Key, list[SqlValue]]] = []
+    for pk, result in merge.merged.items():
+        user = result.user_row(table, pk)
+        if user is not None:
+            upserts.append((pk, user))
+        elif pk in on_disk and on_disk[pk][0][keys] % 2 == 1:  # type: ignore[operator]
+            deletes.append((pk, list(pk)))
+    failed: set[Key] = set()
+    quarantined = 0
+    # Deletes first: a key change (or a delete and an insert in one
+    # transaction) may hand a UNIQUE value from the old row to the new one.
+    sql = table.sql_apply
+    for group, statement in ((deletes, sql.delete_sql), (upserts, sql.upsert_sql)):
+        for index, error in execute_each(ctx.connection, statement, [row for _pk, row in group]):
+            pk = group[index][0]
+            failed.add(pk)
+            for row in merge.merged[pk].rows:
+                change = _change_of(incoming, row, shared.batch_sites)
+                quarantine.add(ctx, change, shared.origin, f"constraint failed: {error}")
+                quarantined += 1
+    return failed, quarantined
+
+
+def _write_shadow_rows(
+    ctx: StoreContext,
+    table: TableSql,
+    shared: _Incoming,
+    merge: _KeyMerge,
+    on_disk: OnDisk,
+    failed: set[Key],
+) -> int:
+    """Write the merged keys' shadow rows (and the knowledge learned); returns rows written.
+
+    Each written row moves its leaf of the hash tree by old ^ new digest.
+    """
+    shadow_rows = []
+    hash_at = table.key_count + 4  # the shadow row's key hash, then its digest (shadow_columns)
+    moved: dict[int, int] = {}  # leaf -> XOR of its rows' old ^ new digests
+    for pk, result in merge.merged.items():
+        if pk in failed:
+            continue
+        shadow = result.shadow_row(table, pk, shared.seq, shared.sites)
+        shadow_rows.append(shadow)
+        old = on_disk[pk][2] if pk in on_disk else None
+        leaf = shadow[hash_at] & LEAF_MASK  # type: ignore[operator]
+        moved[leaf] = moved.get(leaf, 0) ^ (old or 0) ^ shadow[hash_at + 1]  # type: ignore[operator]
+    for leaf, delta in moved.items():
+        ctx.summaries.note(table.spec.name, leaf, delta)
+    table.write_shadow(ctx.connection, shadow_rows)
+    ctx.connection.executemany(
+        table.sql_apply.knowledge_sql,
+        [
+            table.knowledge_row(pk, state, known, shared.sites)
+            for pk, (state, known) in merge.learned.items()
+        ],
+    )
+    return len(shadow_rows)
+
+
+@dataclass(slots=True)
+class _Merged:
+    """The merge result for one key of a batch: a state, or the rows of a new key."""
+
+    state: RowState | None  # None: a key new here, merged on the fast path
+    shadow: list[SqlValue] | None
+    user: list[SqlValue] | None
+    rows: list[list[SqlValue]]  # the incoming rows that made it
+    known: dict[str, Knowledge] = field(default_factory=dict)  # beyond the cells' pasts
+
+    def state_or(self, incoming: TableRows, sites: tuple[str, ...]) -> RowState:
+        if self.state is not None:
+            return self.state
+        return state_of_row(incoming, self.rows[-1], sites)
+
+    def user_row(self, table: TableSql, pk: tuple[SqlValue, ...]) -> list[SqlValue] | None:
+        if self.state is None:
+            return self.user
+        return table.user_row(pk, self.state) if self.state.alive else None
+
+    def shadow_row(
+        self, table: TableSql, pk: tuple[SqlValue, ...], seq: int, sites: SiteMap
+    ) -> list[SqlValue]:
+        if self.state is None:
+            assert self.shadow is not None
+            return self.shadow
+        return table.shadow_row(pk, self.state, seq, sites, self.known)
+
+
+def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:
+    return RowChange(table.table, tuple(row[: table.key_count]), state_of_row(table, row, sites))
+
+
+def _drift_reason(change: RowChange, clock: HybridClock) -> str:
+    for stamp in stamps(change.state):
+        try:
+            clock.check(stamp.hlc, stamp.site_id)
+        except ClockDriftError as exc:
+            return str(exc)
+    return "a stamp lies beyond the allowed clock drift"

@@ -1,0 +1,194 @@
+"""Capture: folding the logged local writes into the shadow tables, stamped.
+
+Log in the trigger, stamp in the engine (docs/adr/0002-stamp-in-capture-loop.md):
+`capture_pending` takes one tick and folds every table's log per key
+(`capture_table`), writing the shadow rows with one `executemany` of the
+table's capture upsert; more than `CAPTURE_ENTRIES_PER_SEQ` logged entries
+are folded in chunks, each under its own tick.  Every transaction that
+rewrites shadow rows captures pending writes first (apply, retry, repair):
+otherwise a capture after the merge would stamp a remote value as a local
+write.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+
+from syncmesh.model import SqlValue
+from syncmesh.store.sqlite import vector
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_CHECK, OP_DELETE, OP_INSERT
+from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, site_code
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = -1  # a folded key's existence, until the table is asked
+# Log entries stamped under one seq.  More than this at once (offline writes,
+# a giant transaction) is split into several groups: peers may then see such a
+# transaction in parts while it streams.
+CAPTURE_ENTRIES_PER_SEQ = 20_000
+
+
+def capture(ctx: StoreContext) -> int:
+    """Stamp every pending local write (one HLC, one seq); returns rows stamped."""
+    ctx.require_init()
+    if not has_pending(ctx):
+        return 0
+    with ctx.transaction():
+        return capture_pending(ctx)
+
+
+def has_pending(ctx: StoreContext) -> bool:
+    return any(
+        ctx.connection.execute(table.sql_capture.pending_sql).fetchone() is not None
+        for table in ctx.tables.values()
+    )
+
+
+def capture_pending(ctx: StoreContext) -> int:
+    """Capture inside the caller's transaction; returns rows stamped."""
+    pending = [
+        table
+        for table in ctx.tables.values()
+        if ctx.connection.execute(table.sql_capture.pending_sql).fetchone() is not None
+    ]
+    if not pending:
+        return 0
+    # The stamp doubles as the seq: a seq is never reused, not even by a
+    # file restored from an old copy (its clock resumes past the copy's
+    # stamps), so a peer's stale cursor can never skip new changes.
+    ctx.catch_up_clock()
+    own = ctx.require_init().site(0)
+    stamped = 0
+    logged = sum(
+        ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()[0] for table in pending
+    )
+    if logged <= CAPTURE_ENTRIES_PER_SEQ:
+        # The normal case: everything logged is one seq group, so every
+        # local transaction in it reaches peers whole.
+        hlc = ctx.clock.tick()
+        for table in pending:
+            stamped += capture_table(ctx.connection, table, hlc, hlc, -1, own, ctx.summaries.note)
+    else:
+        # A huge backlog (writes made while the node was down, or one giant
+        # transaction) is split, or it would make one batch too big to send.
+        hlc = ctx.clock.last
+        for table in pending:
+            while True:
+                hlc = ctx.clock.tick()
+                count = capture_table(
+                    ctx.connection,
+                    table,
+                    hlc,
+                    hlc,
+                    CAPTURE_ENTRIES_PER_SEQ,
+                    own,
+                    ctx.summaries.note,
+                )
+                if count == 0:
+                    break
+                stamped += count
+    ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (hlc, hlc))
+    vector.set_own(ctx, hlc)
+    ctx.rows_captured_uncommitted += stamped
+    return stamped
+
+
+def capture_table(
+    connection: sqlite3.Connection,
+    table: TableSql,
+    hlc: int,
+    seq: int,
+    entries_max: int = -1,
+    own_site: str = "",
+    note: Callable[[str, int, int], None] | None = None,
+) -> int:
+    """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
+
+    Returns the keys stamped.  Per key, the logged writes reduce to: does
+    the row exist now (the last write says), was it deleted on the way
+    (then an insert began a new life), and which columns changed (the
+    union of the masks).
+    """
+    folded: dict[tuple[SqlValue, ...], list[int]] = {}
+    last_id = 0
+    for entry in connection.execute(table.sql_capture.log_sql, (entries_max,)):
+        last_id = entry[0]
+        op, mask = entry[1], entry[2]
+        key = tuple(entry[3:])
+        state = folded.get(key)
+        if state is None:
+            state = folded[key] = [1, 0, 0, 0]
+        if op == OP_DELETE:
+            state[0], state[1] = 0, 1
+        elif op == OP_INSERT:
+            state[0], state[2], state[3] = 1, ALL_COLUMNS, 1
+        elif op == OP_CHECK:
+            state[0] = UNKNOWN
+        else:
+            state[0], state[2] = 1, state[2] | mask
+    for key, state in list(folded.items()):
+        if None in key:
+            # SQLite lets a rowid table hold NULL in its key; such a row
+            # cannot be addressed on another node.  Skipped, so it cannot
+            # wedge the capture of every other write (docs/keys.md).
+            del folded[key]
+            log.warning("table %s: a row with a NULL key value is not synced", table.spec.name)
+            continue
+        if state[0] == UNKNOWN:  # a REPLACE may have deleted it: the table knows
+            if connection.execute(table.sql_capture.exists_sql, key).fetchone() is None:
+                state[0], state[1] = 0, 1
+            elif state[2] == 0 and not state[1]:
+                del folded[key]  # still there, untouched: nothing to capture
+            else:
+                state[0] = 1
+    if not folded:
+        connection.execute(table.sql_capture.log_clear_sql, (last_id,))
+        return 0
+    if table.sql_capture.digests and note is not None:
+        parameters = _capture_parameters(table, folded, hlc, seq, own_site, note)
+    else:
+        parameters = [
+            (alive, deleted, mask, hlc, seq, *key, None, None)
+            for key, (alive, deleted, mask, _inserted) in folded.items()
+        ]
+    connection.executemany(table.sql_capture.capture_sql, parameters)
+    connection.execute(table.sql_capture.log_clear_sql, (last_id,))
+    return len(folded)
+
+
+def _capture_parameters(
+    table: TableSql,
+    folded: dict[tuple[SqlValue, ...], list[int]],
+    hlc: int,
+    seq: int,
+    own_site: str,
+    note: Callable[[str, int, int], None],
+) -> list[tuple[SqlValue, ...]]:
+    """Parameters of `capture_sql`, with leaf and digest for keys likely new here.
+
+    A key whose writes include an INSERT is nearly always new to the
+    shadow table: its row's leaf and digest are computed here (all its
+    cells stamped `hlc` by us) and its leaf is moved at once.  Had the
+    key a row after all (a delete and a re-insert), the upsert's digest
+    function takes the guess back.  Other keys pass NULL: their rows
+    exist and the upsert computes their digests.
+    """
+    name = table.spec.name
+    # The fields `summary.digest` hashes, but for the key hash: the same
+    # for every new row of this capture (all cells stamped hlc, by us).
+    own = site_code(own_site)
+    live = [1, hlc, own, *[hlc] * len(table.values), *[own] * len(table.values)]
+    born_dead = [2, hlc, own]
+    parameters: list[tuple[SqlValue, ...]] = []
+    for key, (alive, deleted, mask, inserted) in folded.items():
+        hashed = guess = None
+        if inserted:
+            hashed = key_hash(key)
+            guess = fields_digest([hashed, *(live if alive else born_dead)])
+            note(name, hashed & LEAF_MASK, guess)
+        parameters.append((alive, deleted, mask, hlc, seq, *key, hashed, guess))
+    return parameters

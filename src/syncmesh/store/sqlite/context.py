@@ -1,0 +1,162 @@
+"""The SQLite backend's state, in one place: `StoreContext`.
+
+Every service module of the backend (capture, feed, apply, vector,
+quarantine, conflicts, tracking, verify, ...) is a set of functions that
+take the context as their first argument and read or write its public
+fields; the `SqliteStore` facade owns one context and runs each public
+operation as one transaction (`StoreContext.transaction`).  Nothing is
+hidden behind private attributes of another object: what a module
+changes is a field named here, with its meaning.
+
+Not thread-safe: the node calls the store from one worker thread
+(docs/adr/0005-one-store-thread.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from syncmesh.clock import HybridClock
+from syncmesh.errors import NotInitialized, StoreError
+from syncmesh.model import TableSpec
+from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT
+from syncmesh.store.sqlite.sites import SiteMap
+from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.summary import Summaries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StoreContext:
+    """One open syncmesh file: its connection, clock and what is cached of it."""
+
+    connection: sqlite3.Connection
+    path: str
+    clock: HybridClock
+    # The ledger keeps the newest this many conflicts (docs/config.md).
+    conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT
+    # Keep the rows' digests and the hash trees (store.summary); off only
+    # to measure what they cost (bench).
+    digests: bool = True
+    # The in-memory hash trees, moved by this store's own commits.
+    summaries: Summaries = field(default_factory=Summaries)
+    # The tracked tables by name, as `_syncmesh_tables` held them at `load`.
+    tables: dict[str, TableSql] = field(default_factory=dict)
+    # None until the file is initialised and loaded.
+    sites: SiteMap | None = None
+    # `_syncmesh_state.tables_version` at `load`: another process tracked
+    # a table when it moves.
+    tables_version: int = -1
+    # Restore detection (vector.mark_run_start): own writes of earlier runs
+    # are stamped at most `own_floor`, this run's at least `run_start`.
+    own_floor: int = 0
+    run_start: int = 0
+    # `PRAGMA schema_version` when `schema_problems` were last worked out.
+    schema_version: int = -1
+    schema_problems: list[str] = field(default_factory=list)
+    # Rows stamped by committed captures since the store was opened; a
+    # capture also runs inside apply_batch and retry_quarantine, and only
+    # counts once its transaction commits.
+    rows_captured_total: int = 0
+    rows_captured_uncommitted: int = 0
+
+    @contextmanager
+    def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """BEGIN ... COMMIT; a failure rolls back; sqlite3 errors leave as StoreError."""
+        connection = self.connection
+        try:
+            connection.execute(f"BEGIN {mode}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction on {self.path}: {exc}") from exc
+        # A write of ours keeps the in-memory hash trees in step (store.summary).
+        tracked = mode == "IMMEDIATE" and self.sites is not None
+        try:
+            if tracked:
+                self.summaries.begin(self.head())
+            yield connection
+            head = self.head() if tracked else 0
+            connection.execute("COMMIT")
+            if tracked:
+                self.summaries.commit(head)
+            self.rows_captured_total += self.rows_captured_uncommitted
+            self.rows_captured_uncommitted = 0
+        except BaseException as exc:
+            self.summaries.rollback()
+            self.rows_captured_uncommitted = 0
+            try:
+                # SQLite may have rolled back already (RAISE(ROLLBACK), a full disk).
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback failed on %s", self.path)
+            if self.sites is not None:
+                self.sites.forget_uncommitted()
+            # The clock may stay ahead (it never goes back); that is always safe.
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
+
+    def initialized(self) -> bool:
+        row = self.connection.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_state'"
+        ).fetchone()
+        return row is not None
+
+    def load(self) -> None:
+        """Read the site map and the tracked tables; the trees are rebuilt on next use."""
+        state = self.state()
+        self.clock.restore(state["hlc"])
+        self.sites = SiteMap(self.connection)
+        self.tables = {}
+        for name, spec_json in self.connection.execute(
+            "SELECT name, spec FROM _syncmesh_tables ORDER BY name"
+        ):
+            decoded = json.loads(spec_json)
+            spec = TableSpec(
+                name, tuple(decoded["columns"]), tuple(decoded["types"]), tuple(decoded["pk"])
+            )
+            self.tables[name] = TableSql(spec, digests=self.digests)
+        self.tables_version = state["tables_version"]
+        # Tables (or their rows, by a backfill) may have changed: rebuild on next use.
+        self.summaries.invalidate()
+
+    def head(self) -> int:
+        row = self.connection.execute("SELECT seq FROM _syncmesh_state").fetchone()
+        return -1 if row is None else int(row[0])
+
+    def state(self) -> dict[str, int]:
+        row = self.connection.execute(
+            "SELECT seq, hlc, tables_version, restore_floor FROM _syncmesh_state"
+        ).fetchone()
+        if row is None:
+            raise NotInitialized(f"{self.path} is not initialised: run `syncmesh init`")
+        return {"seq": row[0], "hlc": row[1], "tables_version": row[2], "restore_floor": row[3]}
+
+    def require_init(self) -> SiteMap:
+        if self.sites is None:
+            raise NotInitialized(f"{self.path} is not initialised: run `syncmesh init`")
+        return self.sites
+
+    def catch_up_clock(self) -> None:
+        """Another process (`syncmesh track`) may have stamped since we last looked."""
+        self.clock.restore(self.state()["hlc"])
+
+    def site_id(self) -> str:
+        self.require_init()
+        return str(self.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+
+    def incarnation(self) -> str:
+        self.require_init()
+        return str(self.connection.execute("SELECT incarnation FROM _syncmesh_state").fetchone()[0])
+
+    def vector(self) -> dict[str, int]:
+        return dict(self.connection.execute("SELECT site_id, hlc FROM _syncmesh_vector"))
+
+    def specs(self) -> list[TableSpec]:
+        return [table.spec for table in self.tables.values()]

@@ -1,0 +1,44 @@
+"""Python functions the SQLite backend registers on its connection, and their SQL names.
+
+The capture upsert calls `syncmesh_capture_pasts` for rows whose cells
+another site wrote; the hash tree's functions (`syncmesh_fold_digest`,
+`syncmesh_row_digest`, `syncmesh_key_hash`) are registered by
+`opening.register_functions`, as they close over the store's context.
+"""
+
+from __future__ import annotations
+
+import json
+
+CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
+FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
+ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
+KEY_HASH_FUNCTION = "syncmesh_key_hash"
+
+
+def capture_pasts(text: str | None, mask: int, *stamps: int | None) -> str | None:
+    """`syncmesh_capture_pasts(pasts, mask, s0, h0, ...)`: a row's `pasts` after a capture.
+
+    Registered on the store's connection (`opening.connect`) and called by the
+    capture upsert only for rows that need it (`CaptureSql.next_pasts_sql`).
+    Each value column in `mask` gets a new past: everything the node knew of
+    the cell (its past and knowledge, and the old value `(s, h)` unless it
+    was ours), without our own ordinal 0; its knowledge is emptied.
+    """
+    pasts: dict[str, dict[str, dict[str, int]]] = {} if text is None else json.loads(text)
+    for index in range(len(stamps) // 2):
+        if not (mask >> index) & 1:
+            continue
+        entry = pasts.pop(str(index), {})
+        past = dict(entry.get("p", {}))
+        learned = [*entry.get("k", {}).items()]
+        site, hlc = stamps[2 * index], stamps[2 * index + 1]
+        if site is not None and hlc is not None:
+            learned.append((str(site), hlc))
+        for ordinal, known in learned:
+            if past.get(ordinal, -1) < known:
+                past[ordinal] = known
+        past.pop("0", None)
+        if past:
+            pasts[str(index)] = {"p": past}
+    return json.dumps(pasts, separators=(",", ":")) if pasts else None

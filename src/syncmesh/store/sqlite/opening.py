@@ -1,0 +1,210 @@
+"""Opening a syncmesh SQLite file: the connection, its functions, upgrades, identity.
+
+Owns the connection settings (WAL, `synchronous=NORMAL`, busy timeout,
+page cache), the Python functions registered on the connection, bringing
+a file made by an older syncmesh up to date, `init` (the bookkeeping
+tables and the site id) and `new_site_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from syncmesh.errors import StoreError
+from syncmesh.model import SqlValue
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import (
+    BOOKKEEPING_DDL,
+    CONFLICT_LEDGER_DDL,
+    DIGEST_COLUMN,
+    KEY_HASH_COLUMN,
+    PASTS_COLUMN,
+)
+from syncmesh.store.sqlite.functions import (
+    CAPTURE_PASTS_FUNCTION,
+    FOLD_DIGEST_FUNCTION,
+    KEY_HASH_FUNCTION,
+    ROW_DIGEST_FUNCTION,
+    capture_pasts,
+)
+from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+CACHE_KIB = 65_536
+DATABASE_FILE_MODE = 0o600
+
+
+def create_private(path: str | Path) -> None:
+    """Create an empty file at `path` with mode 0600 if nothing is there yet."""
+    name = str(path)
+    if name == ":memory:" or name.startswith("file:") or not name:
+        return
+    try:
+        descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc}") from exc
+    os.close(descriptor)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """The engine's connection to `path`, with its settings and the capture's function.
+
+    A new file is created 0600 (only its owner may read it); SQLite gives
+    its -wal and -shm files the same mode.  An existing file keeps its mode.
+    """
+    create_private(path)
+    try:
+        connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        # Shadow rows are keyed like the user rows (often random keys), so a
+        # batch touches pages all over the shadow table: keep them cached.
+        connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        # The feed reads cells' pasts with SQLite's JSON functions.
+        connection.execute("SELECT json_extract('{}', '$.p')")
+    except sqlite3.Error as exc:
+        connection.close()
+        raise StoreError(
+            f"cannot use {path}: this SQLite ({sqlite3.sqlite_version}) lacks the JSON"
+            " functions (built in since 3.38; JSON1 before)"
+        ) from exc
+    # The capture upsert calls it for rows whose cells another site wrote.
+    connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
+    return connection
+
+
+def register_digest_functions(ctx: StoreContext) -> None:
+    """SQL functions of the hash tree (store.summary), on the context's connection."""
+    summaries = ctx.summaries
+
+    def codes() -> Mapping[SqlValue, int]:
+        return ctx.require_init().codes
+
+    def fold_digest(
+        table: str, old: int | None, guess: int | None, hashed_key: int, *fields: SqlValue
+    ) -> int:
+        # The capture upsert's digest of a row it changed; see CaptureSql._capture_sql.
+        new = shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
+        summaries.note(table, leaf_of(hashed_key), (old or 0) ^ (guess or 0) ^ new)
+        return new
+
+    def row_digest(hashed_key: int, *fields: SqlValue) -> int:
+        return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
+
+    def hash_key(*key: SqlValue) -> int:
+        return key_hash(key)
+
+    connection = ctx.connection
+    connection.create_function(FOLD_DIGEST_FUNCTION, -1, fold_digest)
+    connection.create_function(ROW_DIGEST_FUNCTION, -1, row_digest)
+    connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)
+
+
+def upgrade(ctx: StoreContext) -> None:
+    """Bring a file made by an older syncmesh up to date: digests, the conflict ledger.
+
+    Adds the ledger tables and the shadow tables' `pasts` column (empty:
+    cells written before know nothing, which may report a conflict that
+    a causal overwrite of such a cell was).
+    """
+    _upgrade_digests(ctx)
+    missing = _lacking(ctx, PASTS_COLUMN)
+    ledger = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
+    ).fetchone()
+    if not missing and ledger is not None:
+        return
+    with ctx.transaction():
+        for statement in CONFLICT_LEDGER_DDL.split(";"):
+            if statement.strip():
+                ctx.connection.execute(statement)
+        for table in _lacking(ctx, PASTS_COLUMN):
+            ctx.connection.execute(f"ALTER TABLE {table.shadow} ADD COLUMN {PASTS_COLUMN} TEXT")
+    log.info("%s: added the conflict ledger to a file made by an older syncmesh", ctx.path)
+
+
+def _upgrade_digests(ctx: StoreContext) -> None:
+    """Add the hash tree's columns to shadow tables made before it, and fill them."""
+    stale = _lacking(ctx, DIGEST_COLUMN)
+    if not stale:
+        return
+    with ctx.transaction():
+        for table in stale:
+            for column in (KEY_HASH_COLUMN, DIGEST_COLUMN):
+                ctx.connection.execute(f"ALTER TABLE {table.shadow} ADD COLUMN {column} INTEGER")
+            ctx.connection.execute(table.sql_verify.fill_digests_sql)
+    log.info("%s: added row digests (for syncmesh verify) to %d tables", ctx.path, len(stale))
+
+
+def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:
+    """The tracked tables whose shadow table lacks `column`."""
+    return [
+        table
+        for table in ctx.tables.values()
+        if column
+        not in {row[1] for row in ctx.connection.execute(f"PRAGMA table_info({table.shadow})")}
+    ]
+
+
+def init(ctx: StoreContext) -> None:
+    """Create the bookkeeping tables and this node's site id, if missing (one transaction)."""
+    with ctx.transaction():
+        for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL).split(";"):
+            if statement.strip():
+                ctx.connection.execute(statement)
+        row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
+        if row is None:
+            site_id = uuid.uuid4().hex
+            ctx.connection.execute(
+                "INSERT INTO _syncmesh_state VALUES (1, ?, ?, 0, 0, 0, 0, 0)",
+                (site_id, uuid.uuid4().hex),
+            )
+            ctx.connection.execute(
+                "INSERT INTO _syncmesh_sites (ordinal, site_id) VALUES (0, ?)", (site_id,)
+            )
+
+
+def new_site_id(ctx: StoreContext) -> str:
+    """Give the file a new identity; the old identity's stamps move to a fresh ordinal."""
+    ctx.require_init()
+    new_site = uuid.uuid4().hex
+    connection = ctx.connection
+    with ctx.transaction():
+        old_site = ctx.site_id()
+        cursor = connection.execute(
+            "INSERT INTO _syncmesh_sites (site_id) VALUES (?)", (new_site + "-tmp",)
+        )
+        moved = int(cursor.lastrowid or 0)
+        for table in ctx.tables.values():
+            sets = ["cl_site = CASE WHEN cl_site = 0 THEN :moved ELSE cl_site END"]
+            sets += [
+                f"s{index} = CASE WHEN s{index} = 0 THEN :moved ELSE s{index} END"
+                for index in range(len(table.values))
+            ]
+            connection.execute(f"UPDATE {table.shadow} SET {', '.join(sets)}", {"moved": moved})
+            # Pasts and knowledge name sites by ordinal too.
+            table.rename_ordinal(connection, 0, moved)
+        connection.execute("UPDATE _syncmesh_sites SET site_id = ? WHERE ordinal = 0", (new_site,))
+        connection.execute(
+            "UPDATE _syncmesh_sites SET site_id = ? WHERE ordinal = ?", (old_site, moved)
+        )
+        connection.execute(
+            "UPDATE _syncmesh_state SET site_id = ?, incarnation = ?",
+            (new_site, uuid.uuid4().hex),
+        )
+    ctx.load()
+    return new_site

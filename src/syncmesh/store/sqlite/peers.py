@@ -1,0 +1,74 @@
+"""Peers' cursors, and applying a peer's batch where its cursor says it continues.
+
+`apply_batch` is the transaction that makes sync exactly-once: the
+capture of pending local writes, the merge of the batch's rows, the
+peer's new cursor, the version vector and the clock floor commit together
+or not at all.
+"""
+
+from __future__ import annotations
+
+from syncmesh.errors import StoreError
+from syncmesh.model import ChangeBatch
+from syncmesh.store.records import ApplyResult, PeerCursor, now_ms
+from syncmesh.store.sqlite import apply, capture, vector
+from syncmesh.store.sqlite.context import StoreContext
+
+PEER_COLUMNS = "site_id, incarnation, cursor, head_seq, address, applied_rows, last_applied_ms"
+
+
+def peer_cursor(ctx: StoreContext, site_id: str) -> PeerCursor | None:
+    row = ctx.connection.execute(
+        f"SELECT {PEER_COLUMNS} FROM _syncmesh_peers WHERE site_id = ?", (site_id,)
+    ).fetchone()
+    return None if row is None else PeerCursor(*row)
+
+
+def peer_cursors(ctx: StoreContext) -> list[PeerCursor]:
+    return [
+        PeerCursor(*row)
+        for row in ctx.connection.execute(
+            f"SELECT {PEER_COLUMNS} FROM _syncmesh_peers ORDER BY site_id"
+        )
+    ]
+
+
+def reset_peer_cursor(
+    ctx: StoreContext, site_id: str, incarnation: str, head_seq: int, address: str
+) -> None:
+    """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
+    with ctx.transaction():
+        ctx.connection.execute(
+            "INSERT INTO _syncmesh_peers (site_id, incarnation, cursor, head_seq, address)"
+            " VALUES (?, ?, 0, ?, ?) ON CONFLICT (site_id) DO UPDATE SET"
+            " incarnation = excluded.incarnation, cursor = 0,"
+            " head_seq = excluded.head_seq, address = excluded.address",
+            (site_id, incarnation, head_seq, address),
+        )
+
+
+def apply_batch(ctx: StoreContext, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+    """Merge a peer's batch and advance its cursor and our vector, atomically.
+
+    Raises StoreError if the batch does not continue the stored cursor
+    (a gap or a replay of an old slice); nothing is applied then.
+    """
+    sites = ctx.require_init()
+    with ctx.transaction():
+        peer = peer_cursor(ctx, peer_site_id)
+        if peer is None or peer.incarnation != batch.incarnation or peer.cursor != batch.from_seq:
+            raise StoreError(
+                f"batch ({batch.from_seq}, {batch.to_seq}] from {peer_site_id} does not"
+                f" continue our cursor {None if peer is None else peer.cursor}"
+            )
+        capture.capture_pending(ctx)
+        result = apply.merge_rows(ctx, peer_site_id, batch, sites)
+        ctx.connection.execute(
+            "UPDATE _syncmesh_peers SET cursor = ?, head_seq = ?,"
+            " applied_rows = applied_rows + ?, last_applied_ms = ? WHERE site_id = ?",
+            (batch.to_seq, batch.head_seq, result.applied_rows, now_ms(), peer_site_id),
+        )
+        if batch.vector is not None:
+            vector.merge(ctx, batch.vector)
+        ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
+    return result

@@ -1,0 +1,83 @@
+"""Quarantine: rows of a peer's batch that could not be applied here.
+
+Owns recording such a row with the reason (an untracked table, other
+columns, a constraint, a stamp from the future), listing the entries and
+dropping them; retrying them through the merge is `retry`'s.  While a change waits here,
+the vector merge keeps our vector below its stamps (see `vector.merge`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import msgpack
+
+from syncmesh.model import RowChange, RowState, Stamp, row_to_plain
+from syncmesh.store.records import now_ms
+from syncmesh.store.sqlite.context import StoreContext
+
+log = logging.getLogger(__name__)
+
+
+def add(ctx: StoreContext, change: RowChange, origin: str, reason: str) -> None:
+    min_stamps: dict[str, int] = {}
+    for stamp in stamps(change.state):
+        min_stamps[stamp.site_id] = min(min_stamps.get(stamp.site_id, stamp.hlc), stamp.hlc)
+    pk_text = ", ".join(repr(value) for value in change.pk)
+    ctx.connection.execute(
+        "INSERT INTO _syncmesh_quarantine (table_name, pk, change, origin, reason,"
+        " min_stamps, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            change.table,
+            pk_text,
+            msgpack.packb(row_to_plain(change)),
+            origin,
+            reason,
+            json.dumps(min_stamps),
+            now_ms(),
+        ),
+    )
+    log.warning("quarantined a row of %s (%s) from %s: %s", change.table, pk_text, origin, reason)
+
+
+def listing(ctx: StoreContext) -> list[dict[str, object]]:
+    return [
+        {
+            "id": row[0],
+            "table": row[1],
+            "pk": row[2],
+            "origin": row[3],
+            "reason": row[4],
+            "created_ms": row[5],
+        }
+        for row in ctx.connection.execute(
+            "SELECT id, table_name, pk, origin, reason, created_ms"
+            " FROM _syncmesh_quarantine ORDER BY id"
+        )
+    ]
+
+
+def drop(ctx: StoreContext, ids: list[int]) -> int:
+    """Delete quarantined rows for good (an operator's decision); returns rows dropped.
+
+    Dropping lifts the cap they put on the version vector at the next
+    complete batch: the node then claims to hold what it threw away, which
+    is what dropping means.
+    """
+    with ctx.transaction():
+        dropped = 0
+        for entry_id in ids:
+            cursor = ctx.connection.execute(
+                "DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,)
+            )
+            dropped += max(cursor.rowcount, 0)
+    return dropped
+
+
+def stamps(state: RowState) -> Iterator[Stamp]:
+    if state.cl_stamp is not None:
+        yield state.cl_stamp
+    for cell in state.cells.values():
+        yield cell.stamp

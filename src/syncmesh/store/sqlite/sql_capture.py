@@ -1,0 +1,175 @@
+"""SQL of the capture for one table: its log, the stamping upsert, the backfill."""
+
+from __future__ import annotations
+
+from syncmesh.store.sqlite.ddl import (
+    DIGEST_COLUMN,
+    KEY_HASH_COLUMN,
+    PASTS_COLUMN,
+    quote_identifier,
+    shadow_columns,
+)
+from syncmesh.store.sqlite.functions import (
+    CAPTURE_PASTS_FUNCTION,
+    FOLD_DIGEST_FUNCTION,
+    KEY_HASH_FUNCTION,
+    ROW_DIGEST_FUNCTION,
+)
+from syncmesh.store.sqlite.names import TableNames
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class CaptureSql:
+    """Statements `capture` and `tracking` run on one table's log and shadow table."""
+
+    def __init__(self, names: TableNames, *, digests: bool = True) -> None:
+        """`digests`: keep the rows' digests up to date (off only to measure their cost)."""
+        self.names = names
+        self.digests = digests
+        log_keys = names.shadow_keys  # the log names key columns as the shadow does
+        self.pending_sql = f"SELECT 1 FROM {names.log} LIMIT 1"
+        self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {names.log} ORDER BY id LIMIT ?"
+        self.log_count_sql = f"SELECT count(*) FROM {names.log}"
+        self.log_clear_sql = f"DELETE FROM {names.log} WHERE id <= ?"
+        self.exists_sql = f"SELECT 1 FROM {names.table} WHERE {names.user_keys_where}"
+        self.capture_sql = self._capture_sql()
+
+    def _capture_sql(self) -> str:
+        """Fold one key's logged writes into its shadow row, stamping what changed.
+
+        Parameters: ?1 alive (the key's row exists after the writes), ?2 deleted
+        (a delete is among them: a re-insert starts a new life), ?3 the mask of
+        changed value columns, ?4 the HLC, ?5 the seq, then the key values.  A
+        key new to the shadow gets every column stamped: nothing is known of it.
+        """
+        names = self.names
+        columns = shadow_columns(names.spec)
+        keys = [f"?{6 + index}" for index in range(names.key_count)]
+        hashed_key, row_digest = f"?{6 + names.key_count}", f"?{7 + names.key_count}"
+        # A key born dead (inserted and deleted before one capture) has no
+        # cell stamps at all: neither hlc nor site, or the feed would ship a
+        # site without a stamp, which peers rightly refuse.
+        new_cells = [
+            value
+            for _ in names.values
+            for value in ("CASE WHEN ?1 THEN ?4 END", "CASE WHEN ?1 THEN 0 END")
+        ]
+        values = [
+            *keys,
+            "CASE WHEN ?1 THEN 1 ELSE 2 END",
+            "?4",
+            "0",
+            "?5",
+            hashed_key,
+            row_digest,
+            *new_cells,
+            "NULL",
+        ]
+        new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
+        reborn = "?1 AND (cl % 2 = 0 OR ?2)"  # alive again: a life whose writes know nothing
+        # Each column's new value; SET expressions all see the row as it was.
+        after = {
+            "cl": "CASE WHEN ?1 THEN (CASE WHEN cl % 2 = 0 THEN cl + 1 WHEN ?2 THEN cl + 2"
+            " ELSE cl END) WHEN cl % 2 = 1 THEN cl + 1 ELSE cl END",
+            "cl_hlc": f"CASE WHEN {new_life} THEN ?4 ELSE cl_hlc END",
+            "cl_site": f"CASE WHEN {new_life} THEN 0 ELSE cl_site END",
+        }
+        for index in range(len(names.values)):
+            changed = f"?1 AND (?3 >> {index}) & 1"
+            after[f"h{index}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{index} END"
+            after[f"s{index}"] = f"CASE WHEN {changed} THEN 0 ELSE s{index} END"
+        sets = [f"{column} = {expression}" for column, expression in after.items()]
+        sets.append("seq = ?5")
+        sets.append(f"{PASTS_COLUMN} = {self._next_pasts_sql(reborn)}")
+        if self.digests:
+            # The new digest, from the row's new stamps; the function moves the
+            # leaf by old ^ new (and takes back the guess `capture` made for a
+            # key it thought new: excluded.dg).
+            # (A row without a key hash, from an older file, gets one here.)
+            keys_hashed = f"coalesce({KEY_HASH_COLUMN}, {KEY_HASH_FUNCTION}({names.shadow_keys}))"
+            arguments = [
+                _sql_text(names.spec.name),
+                DIGEST_COLUMN,
+                f"excluded.{DIGEST_COLUMN}",
+                keys_hashed,
+                *after.values(),
+            ]
+            sets.append(f"{DIGEST_COLUMN} = {FOLD_DIGEST_FUNCTION}({', '.join(arguments)})")
+        return (
+            f"INSERT INTO {names.shadow} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+            f" ON CONFLICT ({names.shadow_keys}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def _next_pasts_sql(self, reborn: str) -> str:
+        """SQL: the row's `pasts` after a capture (inside `_capture_sql`).
+
+        A changed cell's new past is what this node knew of the cell: the
+        old value (unless it was ours: our writes know our own), its past,
+        and our knowledge.  When `pasts` is NULL and no changed cell held
+        another site's value, which is every row only this site writes, the
+        answer is NULL and nothing else is computed; otherwise
+        `capture_pasts` does it in Python.  A new life starts with none.
+        """
+        count = len(self.names.values)
+        if count == 0:
+            return "NULL"
+        foreign = " OR ".join(f"((?3 >> {index}) & 1 AND s{index} <> 0)" for index in range(count))
+        stamps = ", ".join(f"s{index}, h{index}" for index in range(count))
+        column = PASTS_COLUMN
+        return (
+            f"CASE WHEN NOT ?1 THEN {column} WHEN {reborn} THEN NULL"
+            f" WHEN {column} IS NULL AND NOT ({foreign}) THEN NULL"
+            f" ELSE {CAPTURE_PASTS_FUNCTION}({column}, ?3, {stamps}) END"
+        )
+
+    def _backfill_sql(self, where: str) -> str:
+        """Shadow rows for rows that exist before tracking: one seq per chunk of rows.
+
+        Rows are numbered in key order from :base, :chunk rows to a seq.
+        """
+        names = self.names
+        columns = shadow_columns(names.spec)
+        keys = [quote_identifier(column) for column in names.spec.pk]
+        cells = [value for _ in names.values for value in (":hlc", "0")]
+        seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"
+        hashed_key = f"{KEY_HASH_FUNCTION}({', '.join(keys)})"
+        arguments = ", ".join([hashed_key, "1", ":hlc", "0", *cells])
+        row_digest = f"{ROW_DIGEST_FUNCTION}({arguments})"
+        selected = ", ".join([*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL"])
+        return (
+            f"INSERT OR IGNORE INTO {names.shadow} ({', '.join(columns)})"
+            f" SELECT {selected} FROM {names.table}{where}"
+        )
+
+    def backfill_step_sql(self, *, lower: bool, upper: bool) -> str:
+        """The backfill of the keys after :l* up to :u* (row values), in key order.
+
+        The backfill of a large table goes in steps so that `syncmesh track`
+        can show progress; keyset bounds keep each step one index range.
+        """
+        keys = ", ".join(quote_identifier(column) for column in self.names.spec.pk)
+        bounds = []
+        if lower:
+            bounds.append(
+                f"({keys}) > ({', '.join(f':l{i}' for i in range(self.names.key_count))})"
+            )
+        if upper:
+            bounds.append(
+                f"({keys}) <= ({', '.join(f':u{i}' for i in range(self.names.key_count))})"
+            )
+        return self._backfill_sql(f" WHERE {' AND '.join(bounds)}" if bounds else "")
+
+    def backfill_boundary_sql(self, *, lower: bool) -> str:
+        """The key `:step` rows after :lower (or from the start), in key order."""
+        keys = ", ".join(quote_identifier(column) for column in self.names.spec.pk)
+        where = ""
+        if lower:
+            where = (
+                f" WHERE ({keys}) > ({', '.join(f':l{i}' for i in range(self.names.key_count))})"
+            )
+        return (
+            f"SELECT {keys} FROM {self.names.table}{where} ORDER BY {keys} LIMIT 1 OFFSET :step - 1"
+        )

@@ -1,0 +1,326 @@
+"""`SqliteStore`: the SQLite backend's facade, one transaction per method.
+
+The store wraps one `sqlite3.Connection` to the application's database
+file, together with the node's `HybridClock`.  Its state is one
+`StoreContext` (`context`), and every method delegates to a service module
+that takes the context: `opening` (the connection, upgrades, identity),
+`tracking`, `capture`, `feed`, `peers` (cursors and `apply_batch`), `apply`
+(the merge), `vector`, `quarantine` and `retry`, `conflicts`, `verify`,
+`status`.  The facade adds nothing but the transaction boundaries the
+modules do not draw themselves.
+
+Writes use BEGIN IMMEDIATE so that the capture of pending local writes,
+the merge of a peer's batch, and the peer's new cursor and version vector
+commit together or not at all: a crash at any point loses nothing and
+applies nothing twice.
+
+Not thread-safe: the node calls the store from a single worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from syncmesh.clock import HybridClock, SystemClock
+from syncmesh.model import ChangeBatch, SqlValue, TableSpec
+from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
+from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
+from syncmesh.store.sqlite import (
+    capture,
+    conflicts,
+    feed,
+    opening,
+    peers,
+    quarantine,
+    retry,
+    status,
+    tracking,
+    vector,
+    verify,
+)
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.introspect import fingerprint, table_problems
+from syncmesh.store.sqlite.notifier import SqliteChangeNotifier
+from syncmesh.store.summary import TableSummary
+
+DRIFT_MS_MAX_DEFAULT = 60_000
+
+
+class SqliteStore:
+    """A syncmesh-managed SQLite file; implements `syncmesh.store.base.Store`.
+
+    Example:
+
+        store = SqliteStore.open("app.db")
+        store.init()
+        store.track(["items"])
+        store.capture()
+    """
+
+    def __init__(self, context: StoreContext) -> None:
+        self.context = context
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: HybridClock | None = None,
+        conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+        digests: bool = True,
+    ) -> SqliteStore:
+        """Open (or create, mode 0600) the file; call `init()` before anything else on a new file.
+
+        `digests=False` keeps no row digests or hash trees: only to measure
+        what they cost (bench).
+        """
+        assert conflict_ledger_rows_max >= 0
+        connection = opening.connect(path)
+        clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
+        ctx = StoreContext(connection, str(path), clock, conflict_ledger_rows_max, digests)
+        opening.register_digest_functions(ctx)
+        if ctx.initialized():
+            ctx.load()
+            opening.upgrade(ctx)
+            vector.mark_run_start(ctx)
+        return cls(ctx)
+
+    @staticmethod
+    def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+        """Read-only: why `tables` of the file could not be tracked (`config check`)."""
+        return table_problems(path, tables)
+
+    def close(self) -> None:
+        self.context.connection.close()
+
+    @property
+    def clock(self) -> HybridClock:
+        return self.context.clock
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection, for tests and read-only inspection."""
+        return self.context.connection
+
+    @property
+    def conflict_ledger_rows_max(self) -> int:
+        return self.context.conflict_ledger_rows_max
+
+    def change_notifier(self) -> SqliteChangeNotifier:
+        """Commits to the file by any connection: `PRAGMA data_version`, inotify hints."""
+        return SqliteChangeNotifier(self.context.path)
+
+    # -- set-up ---------------------------------------------------------------
+
+    def init(self) -> str:
+        """Create the bookkeeping tables and this node's site id; idempotent.
+
+        Returns the site id.
+        """
+        opening.init(self.context)
+        self.context.load()
+        if self.context.run_start == 0:
+            vector.mark_run_start(self.context)
+        return self.site_id
+
+    def new_site_id(self) -> str:
+        """Give this file a new identity (for a copy of another node's file).
+
+        The stamps of writes made under the old identity keep naming the old
+        site: they are that site's writes, held here as copies.
+        """
+        return opening.new_site_id(self.context)
+
+    @property
+    def site_id(self) -> str:
+        return self.context.site_id()
+
+    @property
+    def incarnation(self) -> str:
+        return self.context.incarnation()
+
+    def specs(self) -> list[TableSpec]:
+        return self.context.specs()
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.specs())
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the tracked tables if `track` ran in another process; True if so."""
+        self.context.require_init()
+        if self.context.state()["tables_version"] == self.context.tables_version:
+            return False
+        self.context.load()
+        return True
+
+    def schema_problems(self) -> list[str]:
+        """Tracked tables altered since they were tracked (ALTER TABLE), in words.
+
+        Cheap when nothing changed (one PRAGMA).  Syncing goes on for the
+        columns that were tracked; a column added later is not synced.
+        """
+        return tracking.schema_problems(self.context)
+
+    def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+        """Start syncing `names`; existing rows join the feed.  Returns warnings.
+
+        Idempotent for a table tracked with the same definition.  Refuses
+        (SchemaError) a table without a primary key, or whose definition
+        changed since it was tracked.  `progress(table, rows_done,
+        rows_total)` is called as existing rows join the feed.
+        """
+        return tracking.track(self.context, names, progress)
+
+    # -- capture and the change feed --------------------------------------------
+
+    def capture(self) -> int:
+        """Stamp every pending local write (one HLC, one seq); returns rows stamped."""
+        return capture.capture(self.context)
+
+    @property
+    def rows_captured_total(self) -> int:
+        """Rows stamped by committed captures of this store, whichever call ran them."""
+        return self.context.rows_captured_total
+
+    def head_seq(self) -> int:
+        self.context.require_init()
+        return self.context.state()["seq"]
+
+    def restoring(self) -> bool:
+        """True while own writes lost by a restore from an old copy are being recovered."""
+        self.context.require_init()
+        return self.context.state()["restore_floor"] > 0
+
+    def vector(self) -> dict[str, int]:
+        return self.context.vector()
+
+    def read_batch(
+        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+    ) -> ChangeBatch:
+        """The feed after `from_seq`, at most about `rows_max` rows, whole seq groups.
+
+        Cells the receiver already holds (by its version vector) are left out.
+        The batch carries our vector only if it reaches our head.
+        """
+        return feed.read_batch(self.context, from_seq, receiver_vector, rows_max)
+
+    def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
+        """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`.
+
+        A peer's lag in changes: the rows after the position it acknowledged
+        (some may be left out when sent, as the peer holds them already).
+        One read snapshot for all peers; the cap keeps a poll of a far
+        behind peer as cheap as of a close one (the seq index is walked at
+        most `rows_max` rows per table).
+        """
+        return feed.feed_rows_after(self.context, seqs, rows_max)
+
+    def split_seq_group(self, seq: int) -> bool:
+        """Move the second half of seq group `seq` to a new seq; False if it has one row.
+
+        For a group too big for one frame (wide rows written while the node
+        was down, captured together).  Moving rows to a later seq is what a
+        new write to them would do, so every cursor stays valid; the price is
+        that peers may see that group's writes in two steps.
+        """
+        return feed.split_seq_group(self.context, seq)
+
+    # -- applying a peer's batch ------------------------------------------------
+
+    def peer_cursor(self, site_id: str) -> PeerCursor | None:
+        return peers.peer_cursor(self.context, site_id)
+
+    def reset_peer_cursor(
+        self, site_id: str, incarnation: str, head_seq: int, address: str
+    ) -> None:
+        """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
+        peers.reset_peer_cursor(self.context, site_id, incarnation, head_seq, address)
+
+    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+        """Merge a peer's batch and advance its cursor and our vector, atomically.
+
+        Raises StoreError if the batch does not continue the stored cursor
+        (a gap or a replay of an old slice); nothing is applied then.
+        """
+        return peers.apply_batch(self.context, peer_site_id, batch)
+
+    def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
+        """Detect that this file was restored from an old copy; True if detected now.
+
+        A peer holding own-site writes beyond what our vector claims means we
+        lost writes that we made (the file is older than our history).  Then:
+        our clock jumps past them (new writes must win over the lost ones),
+        our vector stops claiming own writes until peers return them, and a
+        new incarnation tells every peer to re-read our feed from the start.
+        """
+        return vector.note_peer(self.context, peer_vector)
+
+    # -- quarantine -------------------------------------------------------------
+
+    def retry_quarantine(self) -> int:
+        """Try every quarantined row again through the merge; returns rows resolved."""
+        return retry.retry(self.context)
+
+    def quarantine(self) -> list[dict[str, object]]:
+        return quarantine.listing(self.context)
+
+    def drop_quarantined(self, ids: list[int]) -> int:
+        """Delete quarantined rows for good; returns how many existed."""
+        return quarantine.drop(self.context, ids)
+
+    # -- verify and repair (sqlite.verify, store.summary) ------------------------
+
+    def summaries(self, tables: list[str]) -> dict[str, TableSummary]:
+        """The hash trees of `tables` (copies), as of one moment.
+
+        Kept up to date by this store's own writes; rebuilt by one scan of
+        the shadow tables when another process wrote the file since.
+        """
+        return verify.summaries(self.context, tables)
+
+    def deep_summary(self, table: str) -> tuple[TableSummary, int]:
+        """The tree of `table` with values, from a scan; and how many stored digests it fixed."""
+        return verify.deep_summary(self.context, table)
+
+    def deep_summary_step(
+        self, table: str, after: Key | None, rows_max: int
+    ) -> tuple[TableSummary, Key | None, int]:
+        """Part of `deep_summary`: rows after key `after`; (tree, last key or None, fixed)."""
+        return verify.deep_summary_step(self.context, table, after, rows_max)
+
+    def leaf_digests(
+        self, table: str, leaves: list[int], *, deep: bool = False
+    ) -> dict[tuple[SqlValue, ...], int]:
+        """Key -> digest of every row of `table` in `leaves`."""
+        return verify.leaf_digests(self.context, table, leaves, deep)
+
+    def key_digests(self, table: str, keys: list[Key], *, deep: bool = False) -> list[int | None]:
+        """The digest of each key of `table` (None: no row here)."""
+        return verify.key_digests(self.context, table, keys, deep)
+
+    def rows_of(self, table: str, keys: list[Key]) -> ChangeBatch:
+        """These rows' whole states, as a batch another node can merge (repair)."""
+        return verify.rows_of(self.context, table, keys)
+
+    def merge_repair_rows(self, origin: str, batch: ChangeBatch) -> ApplyResult:
+        """Merge rows a peer sent for repair (from `rows_of`): no cursor moves."""
+        return verify.merge_rows(self.context, origin, batch)
+
+    def restamp(self, table: str, keys: list[Key]) -> int:
+        """Stamp these live rows anew as local writes (their values win); returns how many."""
+        return verify.restamp(self.context, table, keys)
+
+    # -- conflicts and status ---------------------------------------------------
+
+    def conflicts(
+        self, *, table: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[ConflictRecord]:
+        """The newest `limit` recorded conflicts (newest first), of `table`, since `since_ms`."""
+        self.context.require_init()
+        assert limit >= 0
+        with self.context.transaction("DEFERRED"):
+            return conflicts.listing(self.context, table=table, since_ms=since_ms, limit=limit)
+
+    def status(self) -> StoreStatus:
+        return status.status(self.context)

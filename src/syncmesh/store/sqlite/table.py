@@ -1,0 +1,251 @@
+"""One tracked table: its SQL, by concern, and the conversions of its rows.
+
+A `TableSql` holds the statement texts of one table, built once when the
+table is loaded: `sql_capture` (the log, the stamping upsert, the
+backfill), `sql_feed` (reading the feed), `sql_apply` (loading and writing
+merged rows) and `sql_verify` (the hash trees).  Its methods turn shadow
+rows into `RowState` values and back: the merge runs on those.  Site ids
+are stored as ordinals (`SiteMap`); a cell's past and the node's knowledge
+of a cell (in the row's `pasts` column) are JSON objects keyed by the same
+ordinals, which are also the site indexes of an outgoing batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+
+from syncmesh.merge import Knowledge
+from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
+from syncmesh.store.sqlite.ddl import PASTS_COLUMN
+from syncmesh.store.sqlite.names import TableNames
+from syncmesh.store.sqlite.sites import SiteMap
+from syncmesh.store.sqlite.sql_apply import ApplySql
+from syncmesh.store.sqlite.sql_capture import CaptureSql
+from syncmesh.store.sqlite.sql_feed import FeedSql
+from syncmesh.store.sqlite.sql_verify import VerifySql
+from syncmesh.store.summary import NO_STAMP, fields_digest, key_hash
+from syncmesh.store.summary import digest as row_digest
+
+KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameters
+
+
+class TableSql:
+    """Statement texts and row conversion for one tracked table."""
+
+    def __init__(self, spec: TableSpec, *, digests: bool = True) -> None:
+        """`digests`: keep the rows' digests up to date (off only to measure their cost)."""
+        names = TableNames.of(spec)
+        self.spec = spec
+        self.names = names
+        self.table = names.table
+        self.shadow = names.shadow
+        self.log = names.log
+        self.key_count = names.key_count
+        self.values = names.values
+        # Rows are selected in the positional layout of `TableRows` (sites as
+        # local ordinals), so the feed needs no conversion per row.
+        self.shape = TableRows(spec.name, self.values, self.key_count, [])
+        self.sql_capture = CaptureSql(names, digests=digests)
+        self.sql_feed = FeedSql(names)
+        self.sql_apply = ApplySql(names)
+        self.sql_verify = VerifySql(names)
+
+    def load(
+        self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
+    ) -> dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None, int | None]]:
+        """Per key of `pks` that exists: its positional row (sites as ordinals), `pasts`, digest.
+
+        `pasts` (see `knowledge_of`) holds what this node knows of each cell
+        beyond the value's past.
+        """
+        found: dict[tuple[SqlValue, ...], tuple[list[SqlValue], str | None, int | None]] = {}
+        keys = ", ".join(f"s.k{index}" for index in range(self.key_count))
+        step = KEYS_PER_QUERY // max(1, self.key_count)
+        tuple_marks = "(" + ", ".join("?" * self.key_count) + ")"
+        width = self.shape.width
+        for start in range(0, len(pks), step):
+            chunk = pks[start : start + step]
+            marks = ", ".join([tuple_marks] * len(chunk))
+            sql = f"{self.sql_apply.load_select} WHERE ({keys}) IN (VALUES {marks})"
+            params = [value for pk in chunk for value in pk]
+            for row in connection.execute(sql, params):
+                found[tuple(row[: self.key_count])] = (
+                    list(row[:width]),
+                    row[width],
+                    row[width + 1],
+                )
+        return found
+
+    def shadow_row(
+        self,
+        pk: tuple[SqlValue, ...],
+        state: RowState,
+        seq: int,
+        sites: SiteMap,
+        known: Mapping[str, Knowledge],
+    ) -> list[SqlValue]:
+        """The shadow row of `state`, with `known` (per column) as the node's knowledge.
+
+        Without pasts and knowledge it has the layout of `ApplySql.shadow_plain_sql`
+        (see `write_shadow`): keys, cl and its stamp, seq, key hash,
+        digest, the cells' HLCs, then their sites (ordinals).
+        """
+        cl_stamp = state.cl_stamp
+        cells = [state.cells.get(column) for column in self.values]
+        hlcs = [None if cell is None else cell.stamp.hlc for cell in cells]
+        site_ids = [None if cell is None else cell.stamp.site_id for cell in cells]
+        hashed = key_hash(pk)
+        row_digest_value = row_digest(
+            hashed,
+            state.cl,
+            None if cl_stamp is None else cl_stamp.hlc,
+            None if cl_stamp is None else cl_stamp.site_id,
+            [value for pair in zip(hlcs, site_ids, strict=True) for value in pair],
+        )
+        row: list[SqlValue] = [
+            *pk,
+            state.cl,
+            None if cl_stamp is None else cl_stamp.hlc,
+            None if cl_stamp is None else sites.ordinal(cl_stamp.site_id),
+            seq,
+            hashed,
+            row_digest_value,
+            *hlcs,
+            *(None if site is None else sites.ordinal(site) for site in site_ids),
+        ]
+        pasts = bool(known) or any(cell is not None and cell.past for cell in cells)
+        if pasts:
+            row.append(self.pasts_text(state, known, sites))
+        return row
+
+    def pasts_text(
+        self, state: RowState, known: Mapping[str, Knowledge], sites: SiteMap
+    ) -> str | None:
+        """The `pasts` column of a row in `state` with `known`; None when all are empty."""
+        pasts: dict[str, dict[str, dict[str, int]]] = {}
+        for index, column in enumerate(self.values):
+            cell = state.cells.get(column)
+            entry = {}
+            if cell is not None and cell.past:
+                entry["p"] = {str(sites.ordinal(site)): hlc for site, hlc in cell.past}
+            if known.get(column):
+                entry["k"] = {str(sites.ordinal(site)): hlc for site, hlc in known[column].items()}
+            if entry:
+                pasts[str(index)] = entry
+        return json.dumps(pasts, separators=(",", ":")) if pasts else None
+
+    def knowledge_of(self, text: str | None, sites: Sequence[str]) -> dict[str, Knowledge]:
+        """What a row's `pasts` says this node knows beyond each cell's past, by column."""
+        if text is None:
+            return {}
+        known: dict[str, Knowledge] = {}
+        for index, entry in json.loads(text).items():
+            if "k" in entry:
+                column = self.values[int(index)]
+                known[column] = {sites[int(ordinal)]: hlc for ordinal, hlc in entry["k"].items()}
+        return known
+
+    def rename_ordinal(self, connection: sqlite3.Connection, old: int, new: int) -> None:
+        """Make every past and knowledge entry of site ordinal `old` name `new`."""
+        keys = ", ".join(f"k{index}" for index in range(self.key_count))
+        rows = connection.execute(
+            f"SELECT {keys}, {PASTS_COLUMN} FROM {self.shadow} WHERE {PASTS_COLUMN} IS NOT NULL"
+        ).fetchall()
+        renamed = []
+        for row in rows:
+            pasts = json.loads(row[-1])
+            for entry in pasts.values():
+                for known in entry.values():
+                    if str(old) in known:
+                        known[str(new)] = known.pop(str(old))
+            renamed.append((json.dumps(pasts, separators=(",", ":")), *row[:-1]))
+        connection.executemany(self.sql_apply.knowledge_sql, renamed)
+
+    def write_shadow(self, connection: sqlite3.Connection, rows: list[list[SqlValue]]) -> None:
+        """Write shadow rows made by `shadow_row` or `fast_rows`, with or without `pasts`."""
+        plain = [row for row in rows if len(row) == self.sql_apply.plain_width]
+        if plain:
+            connection.executemany(self.sql_apply.shadow_plain_sql, plain)
+        if len(plain) < len(rows):
+            full = [row for row in rows if len(row) != self.sql_apply.plain_width]
+            connection.executemany(self.sql_apply.shadow_write_sql, full)
+
+    def knowledge_row(
+        self,
+        pk: tuple[SqlValue, ...],
+        state: RowState,
+        known: Mapping[str, Knowledge],
+        sites: SiteMap,
+    ) -> list[SqlValue]:
+        """Parameters of `ApplySql.knowledge_sql`: the row's new `pasts`, then the key."""
+        return [self.pasts_text(state, known, sites), *pk]
+
+    def user_row(self, pk: tuple[SqlValue, ...], state: RowState) -> list[SqlValue]:
+        row: list[SqlValue] = list(pk)
+        for column in self.values:
+            cell = state.cells.get(column)
+            row.append(None if cell is None else cell.value)
+        return row
+
+    def fast_rows(
+        self,
+        row: list[SqlValue],
+        ordinals: list[int],
+        seq: int,
+        batch_codes: Mapping[SqlValue, int],
+    ) -> tuple[list[SqlValue], list[SqlValue] | None]:
+        """(shadow row, user row or None) of an incoming row new to this node.
+
+        Joining with nothing yields the incoming state itself, so the rows
+        are copied out positionally, with batch site indexes made ordinals.
+        """
+        keys = self.key_count
+        cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
+        alive = cl % 2 == 1  # type: ignore[operator]
+        # Cells are (value, hlc, site, past) from keys + 3.  The fast path of
+        # a bootstrap runs here for every row: slices, no loop per cell.
+        hlcs, sites = row[keys + 4 :: CELL_FIELDS], row[keys + 5 :: CELL_FIELDS]
+        hashed = key_hash(row[:keys])
+        head = [hashed, cl, NO_STAMP if cl_hlc is None else cl_hlc, batch_codes[cl_site]]
+        if alive:
+            stamps = hlcs if None not in hlcs else [NO_STAMP if h is None else h for h in hlcs]
+            head += [*stamps, *map(batch_codes.__getitem__, sites)]
+        if None in sites:
+            site_ordinals = [None if site is None else ordinals[site] for site in sites]  # type: ignore[index]
+        else:
+            site_ordinals = list(map(ordinals.__getitem__, sites))  # type: ignore[arg-type]
+        shadow: list[SqlValue] = [
+            *row[: keys + 2],
+            None if cl_site is None else ordinals[cl_site],  # type: ignore[index]
+            seq,
+            hashed,
+            fields_digest(head),  # type: ignore[arg-type]
+            *hlcs,
+            *site_ordinals,
+        ]
+        user = row[:keys] + row[keys + 3 :: CELL_FIELDS]
+        row_pasts = row[keys + 6 :: CELL_FIELDS]
+        pasts = row_pasts.count(None) != len(row_pasts)
+        if pasts:  # with `pasts`: the cells' pasts, and no knowledge (the key is new here)
+            shadow.append(
+                json.dumps(
+                    {
+                        str(index): {"p": _remapped(row[at + 3], ordinals)}  # type: ignore[arg-type]
+                        for index, at in enumerate(range(keys + 3, len(row), CELL_FIELDS))
+                        if row[at + 3] is not None
+                    },
+                    separators=(",", ":"),
+                )
+            )
+        return shadow, user if alive else None
+
+
+def _remapped(text: str, ordinals: Sequence[int]) -> dict[str, int]:
+    """A past whose keys are a batch's site indexes, keyed by our ordinals instead."""
+    known: dict[str, int] = {}
+    for index, hlc in json.loads(text).items():
+        ordinal = str(ordinals[int(index)])
+        known[ordinal] = max(hlc, known.get(ordinal, hlc))
+    return known
