@@ -18,7 +18,30 @@ from dataclasses import dataclass, field
 from syncmesh.errors import ProtocolError
 
 SqlValue = None | int | float | str | bytes
+# TEXT is str.  SQLite stores TEXT as bytes and does not check that they are
+# UTF-8 (a C program, or the shell's CAST(X'E9' AS TEXT), stores any bytes),
+# so a TEXT value whose bytes are not valid UTF-8 is a str in which each byte
+# that does not decode is a lone surrogate U+DC80..U+DCFF (PEP 383,
+# "surrogateescape").  That maps every byte string to exactly one str and
+# back, so such a value keeps its exact bytes through the merge, the wire and
+# the apply, and stays apart from a BLOB of the same bytes.
+TEXT_ERRORS = "surrogateescape"
 CELL_FIELDS = 4  # value, hlc, site, past: the fields of one cell in a positional row
+
+
+def text_of_bytes(raw: bytes) -> str:
+    """The str of a TEXT value whose bytes are `raw`, valid UTF-8 or not (see TEXT_ERRORS)."""
+    return raw.decode("utf-8", TEXT_ERRORS)
+
+
+def text_bytes(text: str) -> bytes:
+    """The bytes SQLite stores for the TEXT value `text` (the inverse of `text_of_bytes`)."""
+    return text.encode("utf-8", TEXT_ERRORS)
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether `text` is valid UTF-8 TEXT, which every SQL API and msgpack's str can carry."""
+    return text.isascii() or not any("\ud800" <= char <= "\udfff" for char in text)
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -6,17 +6,21 @@ client processes writing the files, and checkers for the properties of
 PROPERTIES.md.  docs/chaos.md tells how to run it and read its report.
 """
 
-from syncmesh.chaos.faults import FAULT_DESCRIPTIONS, FAULT_KINDS, TOPOLOGIES
+from syncmesh.chaos.adversarial import FEATURES, parse_features
+from syncmesh.chaos.faults import ALL_KINDS, FAULT_DESCRIPTIONS, FAULT_KINDS, TOPOLOGIES
 from syncmesh.chaos.report import json_report, reproduce_command, schedule_line, summary
 from syncmesh.chaos.run import RunOptions, ScheduleResult, run_schedules
 
 __all__ = [
+    "ALL_KINDS",
+    "FEATURES",
     "FAULT_DESCRIPTIONS",
     "FAULT_KINDS",
     "TOPOLOGIES",
     "RunOptions",
     "ScheduleResult",
     "json_report",
+    "parse_features",
     "reproduce_command",
     "run_schedules",
     "schedule_line",

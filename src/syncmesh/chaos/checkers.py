@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncmesh.chaos.history import Key, Replica, Write
+from syncmesh.chaos.history import Key, Replica, Stamp, Write
 from syncmesh.clock import wall_ms_of
+from syncmesh.merge import value_order_key
+from syncmesh.model import SqlValue
 
 CLOCK_SLACK_MS = 250  # sampling is not instantaneous: a reading may trail the stamp
 
@@ -66,7 +68,8 @@ def _first_difference(one: Replica, other: Replica) -> str:
     for table in sorted(set(one.tables) | set(other.tables)):
         rows_one, rows_other = one.tables.get(table, {}), other.tables.get(table, {})
         for key in sorted(set(rows_one) | set(rows_other), key=repr):
-            if rows_one.get(key) != rows_other.get(key):
+            # repr, not ==: 0.0 == -0.0 and 1 == 1.0 in Python, not in SQLite.
+            if repr(rows_one.get(key)) != repr(rows_other.get(key)):
                 return (
                     f"table {table} key {list(key)}: {rows_one.get(key)} != {rows_other.get(key)}"
                 )
@@ -76,8 +79,16 @@ def _first_difference(one: Replica, other: Replica) -> str:
 # -- P4/P5/P6: no lost acknowledged write, no resurrection -----------------------------------
 
 
-def check_writes(writes: list[Write], replica: Replica) -> tuple[list[Violation], WriteTally]:
+def check_writes(
+    writes: list[Write],
+    replica: Replica,
+    may_be_lost: Callable[[Write], bool] | None = None,
+) -> tuple[list[Violation], WriteTally]:
     """Every acknowledged write is in the final state or lost to a greater write.
+
+    `may_be_lost(write)` names writes whose loss is allowed (a `restore`
+    took them back before any other node held them): they are not judged,
+    but still count as evidence that someone inserted a row.
 
     Under the merge rule a cell's final value is that of the write with the
     greatest (hlc, site) among the writes of the row's final life; writes of
@@ -94,15 +105,23 @@ def check_writes(writes: list[Write], replica: Replica) -> tuple[list[Violation]
             continue
         by_key[(write.table, tuple(write.key))].append(write)
     for (table, key), key_writes in sorted(by_key.items(), key=repr):
-        violations.extend(_check_key(table, key, key_writes, replica, tally))
+        violations.extend(_check_key(table, key, key_writes, replica, tally, may_be_lost))
     return violations, tally
 
 
 def _check_key(
-    table: str, key: Key, writes: list[Write], replica: Replica, tally: WriteTally
+    table: str,
+    key: Key,
+    writes: list[Write],
+    replica: Replica,
+    tally: WriteTally,
+    may_be_lost: Callable[[Write], bool] | None = None,
 ) -> Iterable[Violation]:
     where = f"{replica.node}: {table} key {list(key)}"
     row = replica.row(table, key)
+    exempt = may_be_lost or (lambda _write: False)
+    if row is None and all(exempt(write) for write in writes):
+        return
     if row is None:
         yield Violation("lost-write", f"{where}: written, but unknown to the replica")
         return
@@ -114,6 +133,8 @@ def _check_key(
             f" {'present' if row.values else 'absent'}",
         )
     for write in writes:
+        if exempt(write):
+            continue  # counted by the caller (writes_restore_exempt)
         if write.cl is None or write.stamp is None:
             tally.unverified += 1
             continue
@@ -176,13 +197,18 @@ def _check_cells(
                 )
 
 
+def _exact(value: SqlValue) -> object:
+    """A value's identity: storage class and exact bytes (1 and 1.0, 0.0 and -0.0 differ)."""
+    return value_order_key(value)
+
+
 def check_phantoms(writes: list[Write], replica: Replica, table: str = "kv") -> list[Violation]:
     """Every value in the final state was written by a client at the site its stamp names."""
     written: dict[tuple[Key, str, object], set[str]] = defaultdict(set)
     for write in writes:
         if write.table == table:
             for column, value in write.cells.items():
-                written[(tuple(write.key), column, value)].add(write.site)
+                written[(tuple(write.key), column, _exact(value))].add(write.site)
     violations = []
     columns = replica.columns.get(table, ())
     for key, row in replica.tables.get(table, {}).items():
@@ -191,12 +217,83 @@ def check_phantoms(writes: list[Write], replica: Replica, table: str = "kv") -> 
         for index, column in enumerate(columns):
             value = row.values[index][0]
             site = row.stamps[column][1] if column in row.stamps else None
-            if site not in written.get((key, column, value), set()):
+            if site not in written.get((key, column, _exact(value)), set()):
                 violations.append(
                     Violation(
                         "phantom-write",
                         f"{replica.node}: {table} key {list(key)}.{column} = {value!r}"
                         f" stamped by {site}, which never wrote it",
+                    )
+                )
+    return violations
+
+
+def check_phantom_rows(writes: list[Write], replica: Replica, tables: list[str]) -> list[Violation]:
+    """Every live row of `tables` was written by someone: some client wrote its key.
+
+    (`check_phantoms` judges its values.)  A row nobody wrote appears when an
+    apply is silently undone by SQLite (an ON CONFLICT clause, a trigger's
+    RAISE(IGNORE)) and the feed then ships the shadow row alone (issue 12).
+    """
+    written = {(write.table, tuple(write.key)) for write in writes if write.op != "delete"}
+    violations = []
+    for table in tables:
+        for key, row in replica.tables.get(table, {}).items():
+            if row.values is not None and (table, key) not in written:
+                violations.append(
+                    Violation(
+                        "phantom-row",
+                        f"{replica.node}: {table} key {list(key)} = {row.values} is alive,"
+                        " but no client ever wrote that key",
+                    )
+                )
+    return violations
+
+
+# What a node held at one moment: per table and key, the causal length and
+# each cell's stamp (the merge state, without values).
+Held = dict[tuple[str, Key], tuple[int, dict[str, Stamp]]]
+
+
+def held_by(replica: Replica) -> Held:
+    """The merge state `replica` holds, for `check_held`."""
+    return {
+        (table, key): (row.cl, dict(row.stamps))
+        for table, rows in replica.tables.items()
+        for key, row in rows.items()
+    }
+
+
+def check_held(held: Held, replica: Replica, *, what: str) -> list[Violation]:
+    """Nothing in `held` is missing from `replica`: each row and cell is there or superseded.
+
+    Superseded in the merge's order: a greater causal length, or the same
+    one with a cell stamp at least as great.  `held` is what another node
+    held when a `restore` replaced a node's file: its writes had been
+    acknowledged beyond that node, so none may be lost (issue 12).
+    """
+    violations = []
+    for (table, key), (cl, stamps) in sorted(held.items(), key=repr):
+        row = replica.row(table, key)
+        final_cl, final_stamps = (0, {}) if row is None else (row.cl, row.stamps)
+        where = f"{replica.node}: {table} key {list(key)}"
+        if final_cl < cl:
+            violations.append(
+                Violation(
+                    "held-write",
+                    f"{where}: causal length {final_cl}, but {what} held {cl}",
+                )
+            )
+            continue
+        if final_cl > cl or cl % 2 == 0:
+            continue
+        for column, stamp in sorted(stamps.items()):
+            have = final_stamps.get(column)
+            if have is None or have < stamp:
+                violations.append(
+                    Violation(
+                        "held-write",
+                        f"{where}.{column}: stamp {have}, but {what} held {stamp}",
                     )
                 )
     return violations
@@ -326,6 +423,8 @@ class ClockSample:
 class ClockCheck:
     drift_ms_max: int
     exempt: set[str] = field(default_factory=set)  # nodes whose own clock ran beyond drift
+    # Nodes whose file a `restore` replaced: their floor goes back to the copy's.
+    restored: set[str] = field(default_factory=set)
 
 
 def check_clocks(samples: list[ClockSample], check: ClockCheck) -> list[Violation]:
@@ -345,7 +444,7 @@ def check_clocks(samples: list[ClockSample], check: ClockCheck) -> list[Violatio
         offset = max(highest_offset.get(sample.node, 0), sample.offset_ms)
         highest_offset[sample.node] = offset
         previous = last.get(sample.node, 0)
-        if sample.hlc < previous:
+        if sample.hlc < previous and sample.node not in check.restored:
             violations.append(
                 Violation(
                     "clock", f"{sample.node}: clock floor went back {previous} -> {sample.hlc}"

@@ -21,6 +21,7 @@ from typing import IO
 
 import aiohttp
 
+from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES, adversarial_ddl
 from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
 from syncmesh.store.open import open_store
 
@@ -31,17 +32,22 @@ HTTP_TIMEOUT_S = 2.0
 POLL_S = 0.05
 
 
-def prepare_database(path: Path) -> str:
-    """A fresh node file: the workload's tables, initialised and tracked; returns its site."""
+def prepare_database(path: Path, adversarial: tuple[str, ...] = ()) -> str:
+    """A fresh node file: the workload's tables, initialised and tracked; returns its site.
+
+    With `adversarial` features, the adversarial tables too (chaos.adversarial).
+    """
     import sqlite3
 
     connection = sqlite3.connect(path)
     connection.executescript(WORKLOAD_DDL)
+    if adversarial:
+        connection.executescript(adversarial_ddl(adversarial))
     connection.close()
     store = open_store(path)
     try:
         site = store.init()
-        store.track(WORKLOAD_TABLES)
+        store.track(WORKLOAD_TABLES + (ADVERSARIAL_TABLES if adversarial else []))
         return site
     finally:
         store.close()
@@ -170,7 +176,12 @@ class ChaosNode:
 
 
 def start_client(
-    node: ChaosNode, seed: int, duration_s: float, settle_s: float, out: Path
+    node: ChaosNode,
+    seed: int,
+    duration_s: float,
+    settle_s: float,
+    out: Path,
+    adversarial: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     log = node.log_path.with_suffix(".client.log").open("ab")
     command = [
@@ -190,6 +201,8 @@ def start_client(
         str(settle_s),
         "--out",
         str(out),
+        "--adversarial",
+        ",".join(adversarial) or "none",
     ]
     try:
         return subprocess.Popen(command, stdout=log, stderr=log)

@@ -17,6 +17,11 @@ PROCESS_KINDS = ("kill", "pause")
 CLOCK_KINDS = ("skew", "jump", "beyond")
 REDELIVERY_KINDS = ("duplicate", "reorder", "replay")
 FAULT_KINDS = NETWORK_KINDS + PROCESS_KINDS + CLOCK_KINDS + REDELIVERY_KINDS
+# Faults drawn only when named in --faults: `restore` finds issue 12's
+# defects today, and stays out of the default deck (and the CI subset)
+# until they are fixed.
+OPT_IN_KINDS = ("restore",)
+ALL_KINDS = FAULT_KINDS + OPT_IN_KINDS
 FAULT_DESCRIPTIONS = {
     "isolate": "partition: every link of one node is cut",
     "halves": "partition: the nodes split in two groups that cannot reach each other",
@@ -34,6 +39,7 @@ FAULT_DESCRIPTIONS = {
     "duplicate": "batch frames on a link are delivered twice",
     "reorder": "batch frames on a link are delivered out of order",
     "replay": "a node restarts with the cursors it had when the fault began: peers resend",
+    "restore": "a node's file is replaced by a copy of itself taken when the fault began (opt-in)",
 }
 TOPOLOGIES = ("mesh", "star", "chain")
 
@@ -161,13 +167,13 @@ def _draw(
         return Fault(kind, start, length, links=some_links, params={"stall": probability})
     if kind in ("duplicate", "reorder"):
         return Fault(kind, start, length, links=some_links, params={"probability": 0.2})
-    family = "process" if kind in (*PROCESS_KINDS, "replay") else "clock"
+    family = "process" if kind in (*PROCESS_KINDS, "replay", "restore") else "clock"
     free = [n for n in range(nodes) if _free(busy.get((family, n), []), start, start + length)]
     if not free:
         return None
     node = rng.choice(free)
     busy.setdefault((family, node), []).append((start, start + length))
-    if kind in (*PROCESS_KINDS, "replay"):
+    if kind in (*PROCESS_KINDS, "replay", "restore"):
         return Fault(kind, start, length, nodes=(node,))
     if kind == "skew":
         offset = rng.choice((-1, 1)) * rng.uniform(0.3, 0.8) * drift_ms

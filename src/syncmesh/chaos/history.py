@@ -22,7 +22,7 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from syncmesh.model import SqlValue
+from syncmesh.model import SqlValue, text_of_bytes
 from syncmesh.schema import quote_identifier
 
 Key = tuple[SqlValue, ...]
@@ -112,6 +112,8 @@ def _sort_key(key: Key) -> str:
 def read_replica(node: str, path: Path) -> Replica:
     """The canonical dump of `path`, read in one read transaction."""
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    # Any TEXT, valid UTF-8 or not, read with its exact bytes (model.TEXT_ERRORS).
+    connection.text_factory = text_of_bytes
     try:
         connection.execute("BEGIN")
         site, hlc = connection.execute("SELECT site_id, hlc FROM _syncmesh_state").fetchone()

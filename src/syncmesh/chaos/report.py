@@ -6,7 +6,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from syncmesh.chaos.faults import FAULT_KINDS
+from syncmesh.chaos.faults import ALL_KINDS, FAULT_KINDS
 from syncmesh.chaos.run import RunOptions, ScheduleResult
 
 
@@ -25,11 +25,12 @@ def schedule_line(result: ScheduleResult) -> str:
 def reproduce_command(options: RunOptions, result: ScheduleResult) -> str:
     schedule = result.schedule
     kinds = "" if options.kinds == list(FAULT_KINDS) else f" --faults {','.join(options.kinds)}"
+    adversarial = f" --adversarial {','.join(options.adversarial)}" if options.adversarial else ""
     return (
         f"syncmesh chaos --seed {schedule.seed} --only {schedule.index}"
         f" --nodes {schedule.nodes} --topology {schedule.topology}"
         f" --duration {schedule.duration_s:g} --faults-per-schedule"
-        f" {options.faults_per_schedule}{kinds}"
+        f" {options.faults_per_schedule}{kinds}{adversarial}"
     )
 
 
@@ -43,6 +44,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     unverified = sum(r.tally.unverified for r in results)
     orders = sum(r.tally.orders for r in results)
     failed = sum(r.failed_writes for r in results)
+    restore_exempt = sum(r.writes_restore_exempt for r in results)
     wire = sum(r.bytes_on_wire for r in results)
     applied = sum(r.changes_applied for r in results)
     quiesce = [r.quiesce_s for r in results if r.quiesce_s is not None]
@@ -51,11 +53,16 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         f"chaos run: seed {options.seed}, {len(results)} schedule(s), {options.nodes} nodes,"
         f" {options.topology}, {options.duration_s:g} s of faults each",
         f"operations: {writes} acknowledged writes ({orders} order transactions),"
-        f" {failed} refused while a node held the lock",
+        f" {failed} refused (a node held the lock, or a constraint said no)",
         f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
-        f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}",
+        f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}"
+        + (
+            f"; taken back by a restore before anyone held them: {restore_exempt}"
+            if restore_exempt
+            else ""
+        ),
         "faults: "
-        + (", ".join(f"{kind} {faults[kind]}" for kind in FAULT_KINDS if faults[kind]) or "none"),
+        + (", ".join(f"{kind} {faults[kind]}" for kind in ALL_KINDS if faults[kind]) or "none"),
         f"  connection resets {sum(r.resets for r in results)}, frames duplicated"
         f" {sum(r.frames_duplicated for r in results)}, reordered"
         f" {sum(r.frames_reordered for r in results)}, far stamps refused"
@@ -96,6 +103,7 @@ def json_report(options: RunOptions, results: list[ScheduleResult]) -> dict[str,
         "duration_s": options.duration_s,
         "faults_per_schedule": options.faults_per_schedule,
         "kinds": options.kinds,
+        "adversarial": list(options.adversarial),
         "schedules": [result.as_json() for result in results],
         "violations": sum(len(result.violations) for result in results),
     }

@@ -24,18 +24,23 @@ from typing import Any
 
 import aiohttp
 
+from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES
 from syncmesh.chaos.checkers import (
     ClockCheck,
     ClockSample,
+    Held,
     Violation,
     WriteTally,
     check_clocks,
     check_convergence,
     check_echo,
+    check_held,
     check_logs,
     check_orders,
+    check_phantom_rows,
     check_phantoms,
     check_writes,
+    held_by,
     torn_orders_in,
 )
 from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
@@ -74,6 +79,7 @@ class RunOptions:
     echo_bytes_per_change_max: int = ECHO_BYTES_PER_CHANGE_MAX
     workdir: Path | None = None
     keep: bool = False  # keep every schedule's files (failed ones are always kept)
+    adversarial: tuple[str, ...] = ()  # features of the adversarial workload (chaos.adversarial)
 
 
 @dataclass(slots=True)
@@ -86,6 +92,8 @@ class ScheduleResult:
     bytes_on_wire: int = 0
     changes_applied: int = 0
     drift_refusals: int = 0
+    restores: int = 0
+    writes_restore_exempt: int = 0  # made at a restored node after its copy, held nowhere else
     torn_samples: int = 0
     resets: int = 0
     frames_duplicated: int = 0
@@ -110,6 +118,8 @@ class ScheduleResult:
             "bytes_on_wire": self.bytes_on_wire,
             "changes_applied": self.changes_applied,
             "drift_refusals": self.drift_refusals,
+            "restores": self.restores,
+            "writes_restore_exempt": self.writes_restore_exempt,
             "torn_samples": self.torn_samples,
             "resets": self.resets,
             "frames_duplicated": self.frames_duplicated,
@@ -139,6 +149,7 @@ class ScheduleRun:
         self.writes: list[Write] = []
         self._t0 = 0.0  # when the workload started: fault times count from here
         self._restarts: set[asyncio.Task[None]] = set()
+        self.restored: list[_Restored] = []
 
     async def run(self) -> ScheduleResult:
         started = time.monotonic()
@@ -170,7 +181,10 @@ class ScheduleRun:
             await proxy.start()
             self.proxies.append(proxy)
             peer_urls[dialler].append(f"http://127.0.0.1:{proxy.port}")
-        await asyncio.gather(*(asyncio.to_thread(prepare_database, node.db) for node in self.nodes))
+        adversarial = self.options.adversarial
+        await asyncio.gather(
+            *(asyncio.to_thread(prepare_database, node.db, adversarial) for node in self.nodes)
+        )
         for node in self.nodes:
             node.start()
         await asyncio.gather(*(self._ready(node) for node in self.nodes))
@@ -188,6 +202,7 @@ class ScheduleRun:
                 duration_s=schedule.duration_s,
                 settle_s=CLIENT_SETTLE_S,
                 out=out,
+                adversarial=self.options.adversarial,
             )
             for node, out in zip(self.nodes, histories, strict=True)
         ]
@@ -273,6 +288,10 @@ class ScheduleRun:
         if kind == "replay":
             cursors = _read_cursors(node.db)
             return lambda: self._replay(node, cursors)
+        if kind == "restore":
+            copy = self.directory / f"{node.name}.restore-{len(self.restored)}.db"
+            floor = _copy_file(node.db, copy)
+            return lambda: self._restore(node, copy, floor)
         if kind == "pause":
             node.pause()
             return node.resume
@@ -298,6 +317,23 @@ class ScheduleRun:
         """Restart `node` with its cursors as they were: its peers resend what it holds."""
         node.kill()
         _rewind_cursors(node.db, cursors)
+        self._restart(node)
+
+    def _restore(self, node: ChaosNode, copy: Path, floor: int) -> None:
+        """Stop `node`, put the old copy of its file in place, start it again.
+
+        What the other nodes hold at that moment had left `node`: none of it
+        may be lost (checker `held-write`).  The copy is written into the
+        file through SQLite's backup API, so the workload client's open
+        connection stays valid, as an application's would across a restore
+        done with SQLite's own tools.
+        """
+        node.kill()
+        others = [other for other in self.nodes if other is not node]
+        held = {other.name: held_by(read_replica(other.name, other.db)) for other in others}
+        _write_file(copy, node.db)
+        self.restored.append(_Restored(node.name, floor, held))
+        self.result.restores += 1
         self._restart(node)
 
     def _cut(self, link_indexes: list[int]) -> Callable[[], None]:
@@ -480,11 +516,24 @@ class ScheduleRun:
         violations = result.violations
         violations.extend(check_convergence(replicas))
         converged = not any(v.checker == "convergence" for v in violations)
+        judged = [write for write in self.writes if not self._may_be_lost(write)]
+        result.writes_restore_exempt = len(self.writes) - len(judged)
+        restored_nodes = {restored.node for restored in self.restored}
+        phantom_tables = ["kv", *(ADVERSARIAL_TABLES if self.options.adversarial else [])]
         for replica in replicas[:1] if converged else replicas:
-            found, tally = check_writes(self.writes, replica)
+            found, tally = check_writes(self.writes, replica, self._may_be_lost)
             violations.extend(found)
-            violations.extend(check_phantoms(self.writes, replica))
-            violations.extend(check_orders(self.writes, replica))
+            for table in phantom_tables:
+                violations.extend(check_phantoms(self.writes, replica, table))
+            violations.extend(check_phantom_rows(self.writes, replica, phantom_tables))
+            violations.extend(check_orders(judged, replica))
+            for restored in self.restored:
+                for other, held in restored.held.items():
+                    violations.extend(
+                        check_held(
+                            held, replica, what=f"{other} (when {restored.node} was restored)"
+                        )
+                    )
             result.tally = tally
         violations.extend(Violation("torn-transaction", problem) for problem in sorted(self.torn))
         exempt = {
@@ -493,7 +542,9 @@ class ScheduleRun:
             if fault.kind in ("beyond", "jump")
         }
         violations.extend(
-            check_clocks(self.clock_samples, ClockCheck(self.schedule.drift_ms, exempt))
+            check_clocks(
+                self.clock_samples, ClockCheck(self.schedule.drift_ms, exempt, restored_nodes)
+            )
         )
         result.bytes_on_wire = sum(proxy.counters.bytes_forwarded for proxy in self.proxies)
         result.changes_applied = sum(_applied_rows(node.db) for node in self.nodes)
@@ -509,6 +560,21 @@ class ScheduleRun:
         result.resets = sum(proxy.counters.resets for proxy in self.proxies)
         result.frames_duplicated = sum(p.counters.frames_duplicated for p in self.proxies)
         result.frames_reordered = sum(p.counters.frames_reordered for p in self.proxies)
+
+    def _may_be_lost(self, write: Write) -> bool:
+        """A write a restore may take back: made at the restored node after its copy.
+
+        Only if no other node held it by then (its key's state there); the
+        `held-write` checker judges those that were held.  A write made just
+        after the restart, before the node's first capture, counts too
+        (its clock floor is still the copy's): slightly too lenient.
+        """
+        for restored in self.restored:
+            if write.node != restored.node or write.lo < restored.floor:
+                continue
+            if not _held_elsewhere(write, restored):
+                return True
+        return False
 
     async def _teardown(self) -> None:
         for node in self.nodes:
@@ -538,6 +604,48 @@ def _read_sample(path: Path) -> tuple[list[str], int | None]:
     except sqlite3.Error:
         return [], None  # busy (a paused node holds a lock): the next sample will do
     return problems, hlc
+
+
+@dataclass(frozen=True, slots=True)
+class _Restored:
+    node: str
+    floor: int  # the copy's clock floor: the node's writes after it may be lost
+    held: dict[str, Held]  # per other node, what it held at the restore
+
+
+def _held_elsewhere(write: Write, restored: _Restored) -> bool:
+    """Whether another node held `write` (its cell stamp) when `restored` happened."""
+    if write.stamp is None:
+        return False  # stamp never read back: it cannot be told, so it is not judged
+    stamp = (write.stamp, write.site)
+    for held in restored.held.values():
+        entry = held.get((write.table, tuple(write.key)))
+        if entry is not None and stamp in entry[1].values():
+            return True
+    return False
+
+
+def _copy_file(path: Path, copy: Path) -> int:
+    """A consistent copy of a live node's file (SQLite's backup API); returns its clock floor."""
+    source = sqlite3.connect(path, timeout=10)
+    target = sqlite3.connect(copy)
+    try:
+        source.backup(target)
+        return int(target.execute("SELECT hlc FROM _syncmesh_state").fetchone()[0])
+    finally:
+        target.close()
+        source.close()
+
+
+def _write_file(copy: Path, path: Path) -> None:
+    """Replace the content of `path` by `copy`'s, through SQLite (other connections stay valid)."""
+    source = sqlite3.connect(copy)
+    target = sqlite3.connect(path, timeout=10)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
 
 
 def _read_cursors(path: Path) -> list[tuple[str, str, int]]:

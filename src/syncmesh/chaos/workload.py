@@ -13,7 +13,10 @@ nodes conflict often:
 - update: one column of an existing row;
 - delete: an existing row;
 - order: an order row and its lines in one transaction (never changed
-  again: the torn-transaction and lost-insert checks read them).
+  again: the torn-transaction and lost-insert checks read them);
+- with `--adversarial FEATURES`, a share of operations on the adversarial
+  tables (`syncmesh.chaos.adversarial`: UNIQUE constraints, foreign keys
+  with cascades, application triggers, non-UTF-8 TEXT, -0.0).
 
 Every value written is unique in the whole run, so a value names its write.
 A write that fails (the node holds the lock while it is paused) is not
@@ -28,6 +31,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from syncmesh.chaos.adversarial import AdversarialWriter, parse_features
 from syncmesh.chaos.history import Write
 from syncmesh.model import SqlValue
 
@@ -48,10 +52,18 @@ RESOLVE_WAIT_S = 0.1  # how long one write waits for its capture before going on
 RESOLVE_POLL_S = 0.005
 ORDER_LINES_MAX = 5
 OPS_MAX = 100_000  # a hard bound on top of the duration
+ADVERSARIAL_SHARE = 0.3  # of operations, when adversarial features are on
 
 
 class Client:
-    def __init__(self, database: Path, node: str, node_index: int, seed: int) -> None:
+    def __init__(
+        self,
+        database: Path,
+        node: str,
+        node_index: int,
+        seed: int,
+        adversarial: tuple[str, ...] = (),
+    ) -> None:
         self.node = node
         self.node_index = node_index
         self.rng = random.Random(seed)
@@ -61,6 +73,11 @@ class Client:
         self.writes: list[Write] = []
         self.pending: list[tuple[Write, int]] = []  # (write, its last log entry id)
         self.failed = 0
+        self.adversarial = (
+            AdversarialWriter(self.db, self.rng, node, self.site, adversarial)
+            if adversarial
+            else None
+        )
 
     # -- writing --------------------------------------------------------------------
 
@@ -69,7 +86,9 @@ class Client:
         roll = self.rng.random()
         key = self.rng.randrange(KEYS)
         try:
-            if roll < 0.45:
+            if self.adversarial is not None and self.rng.random() < ADVERSARIAL_SHARE:
+                self._adversarial(self.adversarial)
+            elif roll < 0.45:
                 self._update(key)
             elif roll < 0.65:
                 self._upsert(key)
@@ -77,8 +96,9 @@ class Client:
                 self._delete(key)
             else:
                 self._order()
-        except sqlite3.OperationalError:
-            self.failed += 1  # not acknowledged: locked by a paused node, for example
+        except (sqlite3.OperationalError, sqlite3.IntegrityError):
+            # Not acknowledged: locked by a paused node, or a constraint said no.
+            self.failed += 1
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
 
@@ -100,6 +120,15 @@ class Client:
         self.writes.append(write)
         if log_table is not None:
             self.pending.append((write, last_entry))
+
+    def _adversarial(self, writer: AdversarialWriter) -> None:
+        writes = writer.step(self.index, self._begin)
+        if not writes:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return
+        self.db.execute("COMMIT")
+        self.writes.extend(writes)  # stamps are not read back: judged by value, not stamp
 
     def _update(self, key: int) -> None:
         columns = self.rng.sample(KV_COLUMNS, self.rng.choice((1, 1, 2)))
@@ -199,7 +228,9 @@ class Client:
 
 
 def run(args: argparse.Namespace) -> None:
-    client = Client(args.database, args.node, args.node_index, args.seed)
+    client = Client(
+        args.database, args.node, args.node_index, args.seed, parse_features(args.adversarial)
+    )
     deadline = time.monotonic() + args.duration_s
     while time.monotonic() < deadline and client.index < OPS_MAX:
         client.step()
@@ -222,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, required=True)
     parser.add_argument("--settle-s", type=float, default=20.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--adversarial", default="none", help="features, comma-separated")
     run(parser.parse_args(argv))
 
 

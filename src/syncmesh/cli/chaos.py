@@ -9,12 +9,15 @@ from pathlib import Path
 import click
 
 from syncmesh.chaos import (
+    ALL_KINDS,
     FAULT_DESCRIPTIONS,
     FAULT_KINDS,
+    FEATURES,
     TOPOLOGIES,
     RunOptions,
     ScheduleResult,
     json_report,
+    parse_features,
     run_schedules,
     schedule_line,
     summary,
@@ -25,13 +28,20 @@ VIOLATIONS_SHOWN = 5
 
 def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
     kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
-    unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+    unknown = [kind for kind in kinds if kind not in ALL_KINDS]
     if unknown or not kinds:
         raise click.BadParameter(
             f"unknown fault kind(s) {', '.join(unknown) or '(none given)'};"
-            f" choose from {', '.join(FAULT_KINDS)}"
+            f" choose from {', '.join(ALL_KINDS)}"
         )
     return kinds
+
+
+def _features(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    try:
+        return parse_features(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command()
@@ -72,7 +82,16 @@ def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
     "kinds",
     default=",".join(FAULT_KINDS),
     callback=_kinds,
-    help="Comma-separated fault kinds to draw from (default: all; see docs/chaos.md).",
+    help="Comma-separated fault kinds to draw from (default: all but the opt-in `restore`;"
+    " see docs/chaos.md).",
+)
+@click.option(
+    "--adversarial",
+    default="none",
+    callback=_features,
+    help="Adversarial workload features: all, none, or some of "
+    + ",".join(FEATURES)
+    + " (docs/chaos.md).",
 )
 @click.option(
     "--faults-per-schedule",
@@ -116,6 +135,7 @@ def chaos(
     keep: bool,
     json_path: Path | None,
     list_faults: bool,
+    adversarial: tuple[str, ...],
 ) -> None:
     """Run nodes under injected faults and check that nothing is lost.
 
@@ -127,7 +147,7 @@ def chaos(
     command that reproduces each failing schedule.
     """
     if list_faults:
-        for kind in FAULT_KINDS:
+        for kind in ALL_KINDS:
             click.echo(f"{kind:<10} {FAULT_DESCRIPTIONS[kind]}")
         return
     options = RunOptions(
@@ -142,6 +162,7 @@ def chaos(
         drift_ms=round(drift_s * 1000),
         workdir=workdir,
         keep=keep,
+        adversarial=adversarial,
     )
 
     def report(result: ScheduleResult) -> None:

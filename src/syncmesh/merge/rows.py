@@ -20,11 +20,23 @@ relay path converge.  Nothing here touches SQLite, a clock or the network.
 
 from __future__ import annotations
 
-from syncmesh.model import CELL_FIELDS, Cell, RowState, SqlValue, Stamp, TableRows
+import math
+
+from syncmesh.model import CELL_FIELDS, Cell, RowState, SqlValue, Stamp, TableRows, text_bytes
 
 
-def value_order_key(value: SqlValue) -> tuple[int, int | float | str | bytes, int]:
-    """A total order on values that agrees with SQLite's: NULL < numbers < text < blob."""
+def value_order_key(value: SqlValue) -> tuple[int, int | float | bytes, int]:
+    """A total order on every value SQLite can store, two values tie only if identical.
+
+    It follows SQLite's order of storage classes (NULL < numbers < text <
+    blob) and, within them, its order of numbers and BINARY order of text
+    and blobs.  Where SQLite calls two different values equal, a fixed
+    tie-break keeps them apart, because the merge must pick the same one of
+    them on every node: INTEGER 1 before REAL 1.0, and -0.0 before 0.0.
+    Text compares by its bytes (`text_bytes`), so TEXT that is not valid
+    UTF-8 has its place too, and code-point order never disagrees with
+    SQLite's memcmp.
+    """
     if value is None:
         return (0, 0, 0)
     if isinstance(value, bool):  # bool is an int subclass; SQLite stores 0/1
@@ -32,9 +44,10 @@ def value_order_key(value: SqlValue) -> tuple[int, int | float | str | bytes, in
     if isinstance(value, int):
         return (1, value, 0)
     if isinstance(value, float):
-        return (1, value, 1)  # 1 and 1.0 compare equal numerically: integer first
+        # 1 and 1.0 compare equal numerically: integer first; then -0.0 before 0.0.
+        return (1, value, 1 if math.copysign(1.0, value) < 0 else 2)
     if isinstance(value, str):
-        return (2, value, 0)  # code-point order equals UTF-8 byte order (BINARY)
+        return (2, text_bytes(value), 0)
     return (3, bytes(value), 0)
 
 

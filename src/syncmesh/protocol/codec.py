@@ -3,7 +3,10 @@
 A frame is one flag byte and a msgpack map: flag 0 means the map follows
 as is, flag 1 means it is zstd-compressed (used above COMPRESS_BYTES_MIN).
 msgpack keeps SQLite's storage classes apart (int, float, str, bytes, nil),
-which JSON cannot.  Decoding refuses anything malformed with a
+which JSON cannot.  TEXT whose bytes are not valid UTF-8
+(model.TEXT_ERRORS) travels as msgpack extension type 1 holding its exact
+bytes, because a msgpack str must be UTF-8; every other value keeps its
+plain msgpack form.  Decoding refuses anything malformed with a
 ProtocolError that names the problem; it never trusts a size or a type.
 """
 
@@ -17,7 +20,17 @@ import msgpack
 import zstandard
 
 from syncmesh.errors import ProtocolError, UnsupportedVersion
-from syncmesh.model import CELL_FIELDS, INT64_MAX, INT64_MIN, ChangeBatch, TableRows
+from syncmesh.model import (
+    CELL_FIELDS,
+    INT64_MAX,
+    INT64_MIN,
+    ChangeBatch,
+    SqlValue,
+    TableRows,
+    is_utf8_text,
+    text_bytes,
+    text_of_bytes,
+)
 from syncmesh.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -51,16 +64,58 @@ _HLC_JSON = r"(?:0|[1-9]\d{0,18})"
 _PAST = re.compile(rf'\{{(?:"\d{{1,9}}":{_HLC_JSON}(?:,"\d{{1,9}}":{_HLC_JSON})*)?\}}')
 _PAST_ENTRY = re.compile(r'"(\d+)":(\d+)')
 _SCALARS = (type(None), str, bytes)
+# msgpack extension type of a TEXT value whose bytes are not valid UTF-8.
+EXT_TEXT_NOT_UTF8 = 1
 _RAW, _ZSTD = 0, 1
 _compressor = zstandard.ZstdCompressor(level=3)
 _decompressor = zstandard.ZstdDecompressor()
 
 
 def encode(message: Message) -> bytes:
-    payload = msgpack.packb(_to_plain(message), use_bin_type=True)
+    plain = _to_plain(message)
+    try:
+        payload = msgpack.packb(plain, use_bin_type=True)
+    except UnicodeEncodeError:
+        # Rare: a TEXT value that is not valid UTF-8 (its str holds lone
+        # surrogates).  Only then are the rows copied with such values as
+        # extension type 1, so the common case costs nothing.
+        if not isinstance(message, Batch):
+            raise
+        plain["tables"] = [
+            [name, columns, key_count, [[_wire_value(value) for value in row] for row in rows]]
+            for name, columns, key_count, rows in plain["tables"]
+        ]
+        payload = msgpack.packb(plain, use_bin_type=True)
     if len(payload) >= COMPRESS_BYTES_MIN:
         return bytes([_ZSTD]) + _compressor.compress(payload)
     return bytes([_RAW]) + payload
+
+
+def _wire_value(value: SqlValue) -> object:
+    if type(value) is str and not is_utf8_text(value):
+        return msgpack.ExtType(EXT_TEXT_NOT_UTF8, text_bytes(value))
+    return value
+
+
+class _RawText(str):
+    """A TEXT value that came as extension type 1; `_check_value` turns it into a plain str.
+
+    A type of its own, so that names, site ids and every other field that
+    must be UTF-8 refuse it (they test `type(x) is str`).
+    """
+
+    __slots__ = ()
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    if code != EXT_TEXT_NOT_UTF8:
+        raise ProtocolError(f"unknown msgpack extension type {code}")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _RawText(text_of_bytes(data))
+    # One value, one encoding: valid UTF-8 TEXT is a msgpack str.
+    raise ProtocolError("a TEXT extension holds valid UTF-8 (it must be sent as str)")
 
 
 def decode(
@@ -92,7 +147,8 @@ def decode(
             strict_map_key=True,
             max_array_len=max(rows_max, ARRAY_ITEMS_MIN),
             max_map_len=VECTOR_SITES_MAX,
-            max_ext_len=0,
+            max_ext_len=DECODED_BYTES_MAX,
+            ext_hook=_ext_hook,
         )
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
@@ -191,6 +247,8 @@ def _seq(plain: dict[str, Any], key: str, what: str) -> int:
 
 def _text(plain: dict[str, Any], key: str, what: str, chars_max: int, *, chars_min: int = 0) -> str:
     value: str = _field(plain, key, str, what)
+    if type(value) is not str:
+        raise ProtocolError(f"{what}: field {key!r} is not UTF-8 text")
     if not chars_min <= len(value) <= chars_max:
         raise ProtocolError(f"{what}: field {key!r} is not {chars_min}-{chars_max} characters")
     return value
@@ -203,7 +261,7 @@ def _vector(value: object, what: str) -> dict[str, int]:
         raise ProtocolError(f"{what}: version vector of more than {VECTOR_SITES_MAX} sites")
     for site, hlc in value.items():
         if (
-            not isinstance(site, str)
+            type(site) is not str
             or not 0 < len(site) <= SITE_ID_CHARS_MAX
             or not isinstance(hlc, int)
             or isinstance(hlc, bool)
@@ -245,7 +303,7 @@ def _from_plain(plain: object) -> Message:
             raise UnsupportedVersion(version if type(version) is int else _show(version))
         tables = _field(plain, "tables", list, "hello")
         if len(tables) > VECTOR_SITES_MAX or not all(
-            isinstance(table, str) and len(table) <= NAME_CHARS_MAX for table in tables
+            type(table) is str and len(table) <= NAME_CHARS_MAX for table in tables
         ):
             raise ProtocolError("hello: table names are not a list of names")
         return Hello(
@@ -328,9 +386,9 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
             raise ProtocolError(f"{where}: a row is not a list of {width} fields")
         # The common case inline, without a call per field; anything unusual
         # goes through the full check, which names the problem.
-        for value in row[:key_count]:
-            if type(value) is not str:
-                _check_value(value, where)
+        for at in range(key_count):
+            if type(row[at]) is not str:
+                row[at] = _check_value(row[at], where)
         cl, cl_hlc, cl_site = row[key_count], row[key_count + 1], row[key_count + 2]
         if type(cl) is not int or not 0 < cl <= INT64_MAX:
             raise ProtocolError(f"{where}: causal length {_show(cl)} is not a positive integer")
@@ -351,7 +409,7 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
                 if value != value:
                     _check_value(value, where)
             elif kind not in _SCALARS:
-                _check_value(value, where)
+                row[at] = _check_value(value, where)
             if hlc is None:
                 if site is not None:
                     _check_stamp(hlc, site, sites_count, where)
@@ -378,8 +436,11 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_value(value: object, where: str) -> None:
+def _check_value(value: object, where: str) -> SqlValue:
+    """`value` as an SQL value (TEXT that came as an extension becomes a str), or ProtocolError."""
     kind = type(value)
+    if kind is _RawText:
+        return str(value)
     if kind is int:
         if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
             raise ProtocolError(f"{where}: integer {value} does not fit SQLite's 64 bits")
@@ -388,6 +449,7 @@ def _check_value(value: object, where: str) -> None:
             raise ProtocolError(f"{where}: NaN is not an SQL value")
     elif kind not in _SCALARS:
         raise ProtocolError(f"{where}: value of type {kind.__name__} is not an SQL value")
+    return value  # type: ignore[return-value]
 
 
 def _check_past(past: object, sites_count: int, where: str) -> None:
