@@ -281,7 +281,7 @@ async def test_status_endpoint_reports_peers(tmp_path: Path) -> None:
                 assert response.status == 200
                 status = await response.json()
             async with http.get(f"http://{node_b.listen}/v1/health") as response:
-                assert (await response.json()) == {"ok": True}
+                assert (await response.json()) == {"ok": True, "reasons": []}
         assert status["site_id"] == node_b.store.site_id
         assert status["store"]["tables"] == {"items": 1}
         [peer] = status["peers"]

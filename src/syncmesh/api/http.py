@@ -3,7 +3,7 @@
 GET /sync/v1     the peer WebSocket (syncmesh.node.session)
 POST /sync/v1/verify  hash trees and rows for verify and repair (syncmesh.node.verify)
 GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
-GET /v1/health   200 when the node runs (for load balancers, systemd)
+GET /v1/health   200 when the node is well, 503 with the reasons (syncmesh.node.health)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
 GET /v1/quarantine    rows from peers that could not be applied
 GET /v1/throughput    rows captured and applied per interval, the last minutes
@@ -43,6 +43,7 @@ from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import Secret, is_loopback
+from syncmesh.node.health import assess
 from syncmesh.transport import (
     SYNC_PATH,
     VERIFY_PATH,
@@ -79,10 +80,15 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     """The node's routes: the peer WebSocket (`sync`) and the HTTP API (`api`)."""
 
     async def status(_request: web.Request) -> web.Response:
-        return web.json_response(statistics_json(await node.statistics()))
+        statistics = await node.statistics()
+        document = statistics_json(statistics)
+        # The dashboard's "degraded" and `syncmesh status` read this verdict.
+        document["health"] = assess(statistics, node.health, node.config).as_json()
+        return web.json_response(document)
 
     async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        verdict = assess(await node.statistics(), node.health, node.config)
+        return web.json_response(verdict.as_json(), status=200 if verdict.ok else 503)
 
     async def metrics(_request: web.Request) -> web.Response:
         body = render(await node.statistics(), now_ms=node.clock.now_ms())

@@ -23,6 +23,8 @@ from syncmesh.errors import RefusedError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
+from syncmesh.node.health import HealthMonitor
+from syncmesh.node.mismatch import describe_columns
 from syncmesh.node.session import (
     APPLY_SECONDS_BUCKETS,
     DUPLICATE_SESSION_PREFIX,
@@ -109,6 +111,10 @@ class PeerStatistics:
     verify_bytes: int = 0
     verify_seconds: float = 0.0
     verify_error: str = ""
+    # When `last_error` happened (0: never), and since when a configured peer
+    # has not streamed (0: it streams, or was never dialled): syncmesh.node.health.
+    last_error_ms: int = 0
+    down_since_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +136,9 @@ class _Dialer:
     last_error: str = ""
     reconnects: int = 0
     link: PeerLink | None = None
+    last_error_ms: int = 0
+    # Since when it has not streamed: the node's start, or the end of its last session.
+    down_since_ms: int = 0  # set from the node's clock when the dialer is made
 
 
 class Node:
@@ -183,6 +192,7 @@ class Node:
         self._site_names: dict[str, str] = {}
         self.rights_refused_rows = 0
         self.refused_connections = 0
+        self.health = HealthMonitor(self.clock)  # failures in a row, quarantine growth: node.health
         self.server_ssl = None if config.tls is None else server_context(config.tls)
         self.connector = connector
         self.verify_server = VerifyServer(
@@ -201,14 +211,19 @@ class Node:
     async def start(self) -> None:
         """Initialise the file if needed, capture pending writes, start dialling."""
         await self.worker.call(self.store.init)
+        # Quarantine that exists at start is not "growing" (syncmesh.node.health).
+        self.health.note_quarantined(len(await self.worker.call(self.store.quarantine)), 0)
         # Writes made while the node was down count as captured now.
         self.note_throughput(rows_captured_total=await self.worker.call(self._capture_counted))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
         if self.config.verify_interval_s > 0:
             self._tasks.append(asyncio.create_task(periodic_verify(self), name="verify"))
-        dialers = [_Dialer(url) for url in self.config.peer_urls]
-        dialers += [_Dialer(peer.url, peer) for peer in self.config.peers if peer.url]
+        now_ms = self.clock.now_ms()
+        dialers = [_Dialer(url, down_since_ms=now_ms) for url in self.config.peer_urls]
+        dialers += [
+            _Dialer(peer.url, peer, down_since_ms=now_ms) for peer in self.config.peers if peer.url
+        ]
         for dialer in dialers:
             self._dialers[dialer.url] = dialer
             self._tasks.append(
@@ -267,6 +282,7 @@ class Node:
                 tuple(spec.name for spec in self.store.specs()),
                 self.store.head_seq(),
                 self.store.vector(),
+                {spec.name: describe_columns(spec) for spec in self.store.specs()},
             )
 
         return await self.worker.call(read)
@@ -335,6 +351,13 @@ class Node:
         captured = max(0, rows_captured_total - self._rows_captured_seen)
         self._rows_captured_seen = max(self._rows_captured_seen, rows_captured_total)
         self._throughput.add(self.clock.now_ms(), captured_rows=captured, applied_rows=applied_rows)
+
+    def note_feed_read(self, error: BaseException | None) -> None:
+        """A send loop read our feed (error None), or failed to: node.health counts."""
+        if error is None:
+            self.health.note_success("reading the feed for a peer")
+        else:
+            self.health.note_failure("reading the feed for a peer", error)
 
     def note_rights_refused(self, rows: int) -> None:
         self.rights_refused_rows += rows
@@ -412,6 +435,8 @@ class Node:
             await self._wait_while_connected(dialer)
             dialer.state = "connecting"
             started = time.monotonic()
+            previous = dialer.link
+            failed = True
             try:
                 channel = await self.connector.dial(dialer.url)
                 peer = await self._dialled_peer(dialer, channel)
@@ -419,8 +444,10 @@ class Node:
                 dialer.link = link
                 session = Session(self, channel, link, rights=peer)
                 await session.run()
+                failed = False
             except (SyncError, OSError) as exc:
                 dialer.last_error = str(exc)
+                dialer.last_error_ms = self.clock.now_ms()
                 dialer.state = "refused" if isinstance(exc, RefusedError) else "backoff"
                 if dialer.link is not None:
                     dialer.link.last_error = str(exc)
@@ -429,8 +456,15 @@ class Node:
                     log.info("cannot reach peer %s: %s", dialer.url, exc)
             except Exception as exc:  # a bug must not stop the other peers' syncing
                 dialer.last_error = f"internal error: {exc!r}"
+                dialer.last_error_ms = self.clock.now_ms()
                 dialer.state = "backoff"
                 log.exception("session with %s failed unexpectedly", dialer.url)
+            streamed = dialer.link is not previous and dialer.link is not None
+            streamed = streamed and dialer.link is not None and dialer.link.connected_ms > 0
+            if streamed and (not failed or time.monotonic() - started > SESSION_STABLE_S):
+                # It streamed until now.  A session that fails at once, again and
+                # again, does not count: that peer is as good as down.
+                dialer.down_since_ms = self.clock.now_ms()
             dialer.reconnects += 1
             if time.monotonic() - started > SESSION_STABLE_S:
                 delay_s = self.config.backoff_initial_s
@@ -455,9 +489,13 @@ class Node:
     async def _wait_while_connected(self, dialer: _Dialer) -> None:
         """Do not dial a peer that is already in a session with us (it dialled us)."""
         site = dialer.link.site_id if dialer.link is not None else ""
+        waited = False
         while site and site in self._sessions and not self._stopping:
             dialer.state = "connected by peer"
+            waited = True
             await asyncio.sleep(self.config.backoff_max_s)
+        if waited:
+            dialer.down_since_ms = self.clock.now_ms()  # the peer's session streamed until now
 
     # -- background loops ---------------------------------------------------------
 
@@ -550,9 +588,11 @@ class Node:
 
         try:
             reloaded, stamped, captured_total, read = await self.worker.call(capture)
-        except Exception:  # a failed capture must not end the loop: writes wait for it
+        except Exception as exc:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
+            self.health.note_failure("capture", exc)
             return 0
+        self.health.note_success("capture")
         for session, cursor, batch in read:
             session.offer_batch(cursor, batch)
         if reloaded:
@@ -593,6 +633,8 @@ class Node:
         # (link, state, last error, reconnects) per dialer, then per session
         # that no dialer started (the peer dialled in).
         entries: list[tuple[PeerLink, PeerState, str, int]] = []
+        # (last error's time, not streaming since) per entry, in the same order.
+        times: list[tuple[int, int]] = []
         seen: set[int] = set()
         for dialer in self._dialers.values():
             link = dialer.link
@@ -614,11 +656,18 @@ class Node:
                     dialer.reconnects,
                 )
             )
+            times.append(
+                (
+                    dialer.last_error_ms,
+                    0 if state in ("streaming", "connected by peer") else dialer.down_since_ms,
+                )
+            )
             if link is not None:
                 seen.add(id(link))
         for session in list(self._sessions.values()):
             if id(session.link) not in seen:
                 entries.append((session.link, session.link.state, session.link.last_error, 0))
+                times.append((0, 0))
         # Taken once: a session may move on while the store thread counts.
         acked = [link.acked_seq for link, *_ in entries]
         known = [seq for seq in acked if seq >= 0]
@@ -636,8 +685,11 @@ class Node:
                 reconnects,
                 out_lag=None if seq < 0 else (next(changes), feed_lag_ms(seq, store_status.seq)),
                 verified=self.verify_outcomes.get(link.address),
+                times=when,
             )
-            for (link, state, last_error, reconnects), seq in zip(entries, acked, strict=True)
+            for (link, state, last_error, reconnects), seq, when in zip(
+                entries, acked, times, strict=True
+            )
         )
         return NodeStatistics(
             store_status.site_id,
@@ -665,6 +717,7 @@ def _peer_statistics(
     *,
     out_lag: tuple[int, int] | None,
     verified: VerifyOutcome | None,
+    times: tuple[int, int] = (0, 0),
 ) -> PeerStatistics:
     catching_up = link.catchup.estimate(link.cursor, link.peer_head_seq, time.monotonic())
     verify_figures = {}
@@ -711,6 +764,8 @@ def _peer_statistics(
         apply_seconds_buckets=APPLY_SECONDS_BUCKETS,
         apply_seconds_counts=tuple(link.apply_seconds_counts),
         apply_seconds_sum=link.apply_seconds_sum,
+        last_error_ms=times[0],
+        down_since_ms=times[1],
         **verify_figures,  # type: ignore[arg-type]
     )
 

@@ -29,6 +29,7 @@ from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.catchup import CatchUp
 from syncmesh.node.config import NodeConfig, PeerConfig
+from syncmesh.node.mismatch import column_differences
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
     Ack,
@@ -156,6 +157,8 @@ class SessionHost(Protocol):
     def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
     def note_rights_refused(self, rows: int) -> None: ...
+
+    def note_feed_read(self, error: BaseException | None) -> None: ...
 
 
 class Session:
@@ -466,7 +469,14 @@ class Session:
                 # could hide a capture made since.
                 batch = prefetched[1]
             else:
-                batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
+                try:
+                    batch = await worker.call(
+                        store.read_batch, cursor, self._filter_vector(), rows_max
+                    )
+                except Exception as exc:
+                    host.note_feed_read(exc)  # failing in a row makes the node unhealthy
+                    raise
+                host.note_feed_read(None)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # Caught up: the node reads our next batch in the same trip to
@@ -555,10 +565,12 @@ def _mismatch(ours: Hello, theirs: Hello) -> str | None:
             " syncing it"
         )
     if theirs.fingerprint != ours.fingerprint:
+        differences = column_differences(ours, theirs)
         return (
             f"schema mismatch: tracked tables differ (fingerprint {ours.fingerprint},"
             f" tables {list(ours.tables)} here; {theirs.fingerprint},"
-            f" tables {list(theirs.tables)} at site {theirs.site_id}); track the same"
-            " tables with the same columns on every node"
+            f" tables {list(theirs.tables)} at site {theirs.site_id})"
+            + (f": {differences}" if differences else "")
+            + "; track the same tables with the same columns on every node"
         )
     return None

@@ -181,7 +181,10 @@ async def dial(
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
-        raise TransportError(url, f"cannot connect: {str(exc) or type(exc).__name__}") from exc
+        reason = str(exc) or type(exc).__name__
+        if ssl_context is None:  # aiohttp names its TLS default even for plain http
+            reason = reason.replace(" ssl:default", "")
+        raise TransportError(url, f"cannot connect: {reason}") from exc
     except BaseException:
         await session.close()
         raise
