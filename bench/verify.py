@@ -44,6 +44,7 @@ from bench.common import (
 from bench.nodes import NodeProcess
 from syncmesh.node.verify import VerifyClient, VerifyReport, direct_call, verify
 from syncmesh.store.sqlite import SqliteStore
+from syncmesh.transport import HttpVerifyExchange
 
 SCENARIO = "verify"
 SETTLE_S = 0.2
@@ -164,7 +165,7 @@ def _change_rows(path: Path, chosen: list[str]) -> None:
 
 
 async def _verify(store: SqliteStore, url: str, *, deep: bool = False) -> VerifyReport:
-    async with VerifyClient(url) as client:
+    async with VerifyClient(HttpVerifyExchange(url)) as client:
         return await verify(store, direct_call, client, deep=deep, settle_s=SETTLE_S)
 
 

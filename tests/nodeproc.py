@@ -177,7 +177,7 @@ class NodeProcess:
         return self.process is not None and self.process.poll() is None
 
     def wait_until_ready(self, timeout_s: float = 20.0) -> NodeProcess:
-        """Poll GET /v1/health until it answers 200; on failure show the log tail."""
+        """Poll GET /v1/health until it answers (200, or 503: up but unwell); else the log tail."""
         deadline = time.monotonic() + timeout_s
         last_error = "no attempt"
         while True:
@@ -191,6 +191,10 @@ class NodeProcess:
                     if answer.status == 200:
                         return self
                     last_error = f"HTTP {answer.status}"
+            except urllib.error.HTTPError as exc:
+                if exc.code == 503:  # it runs, and names what is wrong (syncmesh.node.health)
+                    return self
+                last_error = str(exc)
             except (OSError, urllib.error.URLError) as exc:
                 last_error = str(exc)
             if time.monotonic() >= deadline:
@@ -199,6 +203,14 @@ class NodeProcess:
                     f" (last error: {last_error})\n{self.log_tail()}"
                 )
             time.sleep(POLL_INTERVAL_S)
+
+    def health(self, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
+        """GET /v1/health: the HTTP status (200 or 503) and the document (ok, reasons)."""
+        try:
+            with self.open_url("/v1/health", timeout_s) as answer:
+                return int(answer.status), dict(json.loads(answer.read()))
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), dict(json.loads(exc.read()))
 
     def status(self, timeout_s: float = HTTP_TIMEOUT_S) -> dict[str, Any]:
         """GET /v1/status as a dict (NodeStatistics)."""

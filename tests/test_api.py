@@ -8,10 +8,10 @@ from pathlib import Path
 import aiohttp
 
 from syncmesh.api import create_app, running_node
+from syncmesh.api.http import websocket_connector
 from syncmesh.api.openapi import openapi_document
 from syncmesh.node import Node
-from syncmesh.node.verify import VERIFY_PATH
-from syncmesh.transport import SYNC_PATH
+from syncmesh.transport import SYNC_PATH, VERIFY_PATH
 from tests.helpers import wait_until
 from tests.test_node import TIMEOUT_S, config, converged, execute, make_db
 
@@ -21,7 +21,8 @@ def _paths(app_routes: object) -> set[str]:
 
 
 async def test_the_openapi_document_describes_exactly_the_api_routes(tmp_path: Path) -> None:
-    node = Node(config(make_db(tmp_path / "a.db")))
+    settings = config(make_db(tmp_path / "a.db"))
+    node = Node(settings, connector=websocket_connector(settings))
     try:
         served = _paths(create_app(node).router.resources())
         api_only = _paths(create_app(node, sync=False).router.resources())

@@ -91,15 +91,22 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     (one captured here, one applied from a peer); before that, c's periodic
     verify must show both peers identical.  Then a is stopped (c's
     dialer to it backs off) and the page must show a as down while b stays
-    connected.  Last, c itself is stopped and the page must say the node
-    is not answering.  Every request the page makes must go to c.
+    connected, the node degraded with the reason /v1/health gives, and a's
+    last error with its time; a started again, the page shows it connected,
+    the node healthy and the error as past.  Last, c itself is stopped and
+    the page must say the node is not answering.  Every request the page makes must go to c.
     """
     for name in "abc":
         make_db(tmp_path / f"{name}.db", SCHEMA)
     a = cluster.node("a")
     b = cluster.node("b", peers=[a])
-    # c verifies the peers it dials every second (sync.verify_interval_s).
-    c = cluster.node("c", peers=[a, b], env={"SYNCMESH_SYNC_VERIFY_INTERVAL_S": "1"})
+    # c verifies the peers it dials every second (sync.verify_interval_s), and
+    # calls a peer down after 1 s without a session (health.peer_down_s_max).
+    c = cluster.node(
+        "c",
+        peers=[a, b],
+        env={"SYNCMESH_SYNC_VERIFY_INTERVAL_S": "1", "SYNCMESH_HEALTH_PEER_DOWN_S_MAX": "1"},
+    )
     cluster.start(a, b, c)
     sites = {node.name: str(node.status()["site_id"]) for node in (a, b, c)}
 
@@ -142,7 +149,29 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     a.stop()
     expect_link(page, sites["a"], "down")
     expect_link(page, sites["b"], "connected")
-    expect(page.locator("#node-health")).to_have_attribute("data-health", "degraded")
+    # The page's verdict is the node's own: the reason /v1/health answers 503 with.
+    expect(page.locator("#node-health")).to_have_attribute(
+        "data-health", "degraded", timeout=WAIT_MS
+    )
+    expect(page.locator("#node-problems")).to_contain_text(f"peer {sites['a']}", timeout=WAIT_MS)
+    expect(page.locator("#node-problems")).to_contain_text("has not kept a session")
+    health = c.health()
+    assert health[0] == 503
+    assert any(f"peer {sites['a']}" in reason for reason in health[1]["reasons"])
+    # The peer's last error carries its time, and on plain http no "ssl:default".
+    last_error = peer_row(page, sites["a"]).locator('[data-field="last-error"]')
+    expect(last_error).to_contain_text("cannot connect", timeout=WAIT_MS)
+    expect(last_error).to_contain_text(re.compile(r"\(at .*ago\)"))
+    expect(last_error).not_to_contain_text("ssl:default")
+
+    # a back: c streams with it again, the page says healthy and the error is past.
+    a.start()
+    a.wait_until_ready()
+    expect_link(page, sites["a"], "connected")
+    expect(page.locator("#node-health")).to_have_attribute(
+        "data-health", "healthy", timeout=WAIT_MS
+    )
+    expect(last_error).to_contain_text(re.compile(r"^past: .*cannot connect"), timeout=WAIT_MS)
 
     c.stop()
     expect(page.locator("#connection")).to_have_attribute("data-state", "down", timeout=WAIT_MS)

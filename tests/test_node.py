@@ -1,4 +1,8 @@
-"""Nodes in one process over real loopback sockets: sessions, refusals, relays, no echo."""
+"""Nodes in one process: sessions, refusals, relays, no echo.
+
+Over real loopback sockets, except the chain relay test, which tests the
+node's logic only and runs on the in-memory transport (tests/memory_nodes.py).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from syncmesh.api import running_node
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.protocol import Refuse, decode
 from syncmesh.store.sqlite import SqliteStore
+from syncmesh.transport.memory import MemoryNetwork
 from tests.helpers import exchange_all, rows_with_types, run_cli, wait_until
+from tests.memory_nodes import memory_config, memory_nodes
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 TIMEOUT_S = 20.0
@@ -85,11 +91,9 @@ async def test_chain_relays_and_does_not_echo(tmp_path: Path) -> None:
     received from B must be exactly C's rows (B's relay), never A's own.
     """
     a, b, c = (make_db(tmp_path / f"{n}.db") for n in "abc")
-    async with (
-        running_node(config(a)) as node_a,
-        running_node(config(b, node_a)) as node_b,
-        running_node(config(c, node_b)) as node_c,
-    ):
+    configs = {"a": memory_config(a), "b": memory_config(b, "a"), "c": memory_config(c, "b")}
+    async with memory_nodes(MemoryNetwork(), configs) as nodes:
+        node_a, node_b, node_c = nodes["a"], nodes["b"], nodes["c"]
         await asyncio.to_thread(execute, a, "INSERT INTO items VALUES ('from-a', 'a', 1)")
         await asyncio.to_thread(execute, c, "INSERT INTO items VALUES ('from-c', 'c', 2)")
         await wait_until(lambda: converged(a, b, c, rows=2), TIMEOUT_S, "chain to converge")
@@ -277,7 +281,7 @@ async def test_status_endpoint_reports_peers(tmp_path: Path) -> None:
                 assert response.status == 200
                 status = await response.json()
             async with http.get(f"http://{node_b.listen}/v1/health") as response:
-                assert (await response.json()) == {"ok": True}
+                assert (await response.json()) == {"ok": True, "reasons": []}
         assert status["site_id"] == node_b.store.site_id
         assert status["store"]["tables"] == {"items": 1}
         [peer] = status["peers"]

@@ -189,7 +189,7 @@ async def test_refused_rows_still_arrive_from_a_peer_that_may_send_them(
 async def _metrics(node: Node) -> str:
     from syncmesh.api.metrics import render
 
-    return render(await node.statistics()).decode()
+    return render(await node.statistics(), now_ms=node.clock.now_ms()).decode()
 
 
 async def test_withheld_rows_still_arrive_from_a_peer_that_may_send_them(

@@ -28,7 +28,6 @@ from syncmesh.errors import StoreError, SyncError
 from syncmesh.node import Node, NodeConfig
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.verify import (
-    VERIFY_PATH,
     VerifyClient,
     VerifyReport,
     direct_call,
@@ -38,7 +37,7 @@ from syncmesh.node.verify import (
 from syncmesh.node.verify_server import verify_peer
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import capture_triggers, drop_trigger_statements
-from syncmesh.transport import client_context_for_site
+from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
 from tests.helpers import rows_with_types, run_cli, wait_until
 from tests.test_node import config, converged, execute, make_db
 from tests.tlsfiles import Pki
@@ -95,7 +94,7 @@ def url_of(node: Node) -> str:
 
 
 async def check(store: SqliteStore, node: Node, *, deep: bool = False) -> VerifyReport:
-    async with VerifyClient(url_of(node)) as client:
+    async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
         return await verify(store, direct_call, client, deep=deep, settle_s=0.05)
 
 
@@ -162,7 +161,7 @@ async def test_repair_merges_the_differing_rows_both_ways_and_keeps_the_newer_wr
         await wait_until(lambda: name_of(b, "k-5") == "newer, at B", TIMEOUT_S, "B's write")
         await asyncio.sleep(0.05)
         with opened(a) as store:
-            async with VerifyClient(url_of(node)) as client:
+            async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
                 result = await repair(store, direct_call, client, settle_s=0.05)
         assert divergent_keys(result.before) == {"k-5", "k-6", "new-a"}
         assert result.after.identical
@@ -217,7 +216,7 @@ async def test_deep_finds_an_edit_made_while_the_triggers_were_dropped(tmp_path:
             assert (await check(store, node)).identical
             deep = await check(store, node, deep=True)
             assert divergent_keys(deep) == {"k-7"}
-            async with VerifyClient(url_of(node)) as client:
+            async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
                 result = await repair(store, direct_call, client, deep=True, settle_s=0.05)
         assert result.restamped_rows == 1
         assert result.after.identical
@@ -238,7 +237,7 @@ async def test_deep_finds_a_shadow_row_edited_by_hand_and_repair_heals_it(
             deep = await check(store, node, deep=True)
             assert deep.corrected_digests == 1
             assert divergent_keys(deep) == {"k-9"}
-            async with VerifyClient(url_of(node)) as client:
+            async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
                 result = await repair(store, direct_call, client, deep=True, settle_s=0.05)
             assert result.fetched_rows == 1
             assert result.after.identical
@@ -255,7 +254,7 @@ async def test_a_file_restored_from_an_old_backup_is_found_and_repaired(tmp_path
     async with serving(b) as node:
         with opened(a) as store:
             store.capture()
-            async with VerifyClient(url_of(node)) as client:
+            async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
                 assert (await repair(store, direct_call, client, settle_s=0.05)).after.identical
         shutil.copy(backup, a)  # the disk fails; the file comes back from the backup
         with contextlib.suppress(FileNotFoundError):
@@ -263,7 +262,7 @@ async def test_a_file_restored_from_an_old_backup_is_found_and_repaired(tmp_path
         with opened(a) as store:
             report = await check(store, node)
             assert divergent_keys(report) == {f"k-{index}" for index in range(20)}
-            async with VerifyClient(url_of(node)) as client:
+            async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
                 result = await repair(store, direct_call, client, settle_s=0.05)
     assert result.fetched_rows == 20
     assert result.after.identical
@@ -328,7 +327,7 @@ async def test_the_node_verifies_its_peers_and_shows_the_result(tmp_path: Path) 
         shown = await asyncio.to_thread(run_cli, "status", "--url", url_of(node_a))
         # Repaired from A's file while both nodes run; the next round sees it.
         with opened(a) as store:
-            async with VerifyClient(peer_url) as client:
+            async with VerifyClient(HttpVerifyExchange(peer_url)) as client:
                 assert (await repair(store, direct_call, client, settle_s=0.05)).pushed_rows == 1
         await wait_until(lambda: verified(verify_identical=True), TIMEOUT_S, "identical again")
     assert "syncmesh_peer_verify_divergent_rows{" in metrics
@@ -367,7 +366,7 @@ async def test_verify_refuses_a_table_it_does_not_track(tmp_path: Path) -> None:
     a, b = twin_files(tmp_path, rows=10)
     async with serving(b) as node:
         with opened(a) as store:
-            async with VerifyClient(url_of(node)) as client:
+            async with VerifyClient(HttpVerifyExchange(url_of(node))) as client:
                 with pytest.raises(StoreError, match="'orders' is not tracked"):
                     await verify(store, direct_call, client, ["orders"])
 
@@ -433,7 +432,7 @@ async def test_verify_over_tls_admits_peers_by_certificate_and_honours_rights(
         url = f"https://{node.listen}"
         with opened(a) as store:
             context = client_context_for_site(cluster_pki.files("a"), "b")
-            async with VerifyClient(url, ssl=context) as client:
+            async with VerifyClient(HttpVerifyExchange(url, ssl=context)) as client:
                 report = await verify(store, direct_call, client, settle_s=0.05)
     assert report.not_shared == ["secrets"]
     assert not report.identical
@@ -484,7 +483,7 @@ async def test_a_malformed_answer_is_a_named_error_not_a_crash(
     port = runner.addresses[0][1]
     try:
         with opened(a) as store:
-            async with VerifyClient(f"http://127.0.0.1:{port}") as client:
+            async with VerifyClient(HttpVerifyExchange(f"http://127.0.0.1:{port}")) as client:
                 with pytest.raises(SyncError, match=r"cannot read|not a map"):
                     await verify(store, direct_call, client, settle_s=0.01)
     finally:

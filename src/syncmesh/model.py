@@ -125,7 +125,8 @@ class ChangeBatch:
 
     `vector` is present only when the slice reaches the sender's head at the
     moment of reading: only then is it true that the receiver, after applying
-    the batch, holds everything the sender held (see docs/design.md).
+    the batch, holds everything the sender held (docs/protocol.md, the
+    version-vector invariants).
     """
 
     incarnation: str

@@ -3,7 +3,7 @@
 GET /sync/v1     the peer WebSocket (syncmesh.node.session)
 POST /sync/v1/verify  hash trees and rows for verify and repair (syncmesh.node.verify)
 GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
-GET /v1/health   200 when the node runs (for load balancers, systemd)
+GET /v1/health   200 when the node is well, 503 with the reasons (syncmesh.node.health)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
 GET /v1/quarantine    rows from peers that could not be applied
 GET /v1/throughput    rows captured and applied per interval, the last minutes
@@ -29,7 +29,6 @@ import hmac
 import logging
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,9 +43,15 @@ from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import Secret, is_loopback
-from syncmesh.node.verify import VERIFY_PATH
-from syncmesh.node.verify_server import answer_http
-from syncmesh.transport import SYNC_PATH, server_context
+from syncmesh.node.health import assess
+from syncmesh.transport import (
+    SYNC_PATH,
+    VERIFY_PATH,
+    Listener,
+    WebSocketConnector,
+    WebSocketListener,
+    server_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ def statistics_json(statistics: NodeStatistics) -> dict[str, Any]:
 def throughput_json(node: Node) -> dict[str, Any]:
     return {
         # The node's clock, so that a browser on another machine can tell ages.
-        "now_ms": time.time_ns() // 1_000_000,
+        "now_ms": node.clock.now_ms(),
         "interval_s": node.config.throughput_interval_s,
         "window_s": node.config.throughput_interval_s * node.config.throughput_samples_max,
         "samples": [dataclasses.asdict(sample) for sample in node.throughput_samples()],
@@ -75,13 +80,18 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     """The node's routes: the peer WebSocket (`sync`) and the HTTP API (`api`)."""
 
     async def status(_request: web.Request) -> web.Response:
-        return web.json_response(statistics_json(await node.statistics()))
+        statistics = await node.statistics()
+        document = statistics_json(statistics)
+        # The dashboard's "degraded" and `syncmesh status` read this verdict.
+        document["health"] = assess(statistics, node.health, node.config).as_json()
+        return web.json_response(document)
 
     async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        verdict = assess(await node.statistics(), node.health, node.config)
+        return web.json_response(verdict.as_json(), status=200 if verdict.ok else 503)
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = render(await node.statistics())
+        body = render(await node.statistics(), now_ms=node.clock.now_ms())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def quarantined(_request: web.Request) -> web.Response:
@@ -92,7 +102,7 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
 
     async def conflicts(request: web.Request) -> web.Response:
         try:
-            table, since, limit = _conflict_filters(request.query)
+            table, since, limit = _conflict_filters(request.query, node.clock.now_ms())
         except ValueError as exc:
             return web.json_response({"error": "bad request", "detail": str(exc)}, status=400)
         records = await node.worker.call(
@@ -110,12 +120,12 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     # A verify request may carry a whole branch of leaf hashes per table.
     app = web.Application(middlewares=middlewares, client_max_size=node.config.message_bytes_max)
     if sync:
-        app.router.add_get(SYNC_PATH, node.accept)
-
-        async def verify(request: web.Request) -> web.Response:
-            return await answer_http(node, request)
-
-        app.router.add_post(VERIFY_PATH, verify)
+        # The peer routes: the WebSocket transport hands channels and verify
+        # requests to the node through the transport seam's host Protocols.
+        listener: Listener = WebSocketListener(
+            app, heartbeat_s=node.config.heartbeat_s, frame_bytes_max=node.config.frame_bytes_max
+        )
+        listener.serve(node, node.verify_server)
     app.router.add_get("/v1/health", health)
     if api:
         app.router.add_get("/v1/status", status)
@@ -158,7 +168,7 @@ def token_matches(header: str, expected: bytes) -> bool:
     return same and scheme.lower() == "bearer"
 
 
-def _conflict_filters(query: Mapping[str, str]) -> tuple[str | None, int | None, int]:
+def _conflict_filters(query: Mapping[str, str], now_ms: int) -> tuple[str | None, int | None, int]:
     """(table, since in ms, limit) from the query string; ValueError names a bad one."""
     since = query.get("since")
     limit_text = query.get("limit", str(LIMIT_DEFAULT))
@@ -166,7 +176,7 @@ def _conflict_filters(query: Mapping[str, str]) -> tuple[str | None, int | None,
         raise ValueError(f"limit {limit_text!r} is not a number in 1..{LIMIT_MAX}")
     return (
         query.get("table") or None,
-        None if since is None else since_ms(since, time.time_ns() // 1_000_000),
+        None if since is None else since_ms(since, now_ms),
         int(limit_text),
     )
 
@@ -186,7 +196,11 @@ async def running_node(
         log.warning("%s", warning)
     sock = socket.create_server((config.listen_host, config.listen_port), reuse_port=False)
     host, port = sock.getsockname()[:2]
-    node = Node(dataclasses.replace(config, listen_port=port), physical_clock=physical_clock)
+    node = Node(
+        dataclasses.replace(config, listen_port=port),
+        physical_clock=physical_clock,
+        connector=websocket_connector(config),
+    )
     node.listen = f"{host}:{port}"
     separate_api = config.api_listen_host is not None
     runners = [_runner(create_app(node, api=not separate_api))]
@@ -222,6 +236,16 @@ async def running_node(
         for runner in runners:
             await runner.cleanup()
         await node.stop()
+
+
+def websocket_connector(config: NodeConfig) -> WebSocketConnector:
+    """The transport a running node dials with: WebSockets, with TLS from `config.tls`."""
+    return WebSocketConnector(
+        heartbeat_s=config.heartbeat_s,
+        frame_bytes_max=config.frame_bytes_max,
+        connect_timeout_s=config.connect_timeout_s,
+        tls=config.tls,
+    )
 
 
 def _runner(app: web.Application) -> web.AppRunner:

@@ -8,7 +8,6 @@ single source of the numbers, exactly as `/v1/status` shows them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,20 +26,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PEER_LABELS = ["peer", "address"]
 
 
-def render(statistics: NodeStatistics) -> bytes:
-    """The exposition text of one snapshot."""
+def render(statistics: NodeStatistics, *, now_ms: int) -> bytes:
+    """The exposition text of one snapshot; `now_ms` from the node's clock (ages)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(statistics))
+    registry.register(_Snapshot(statistics, now_ms))
     return generate_latest(registry)
 
 
 class _Snapshot(Collector):
-    def __init__(self, statistics: NodeStatistics) -> None:
+    def __init__(self, statistics: NodeStatistics, now_ms: int) -> None:
         self._statistics = statistics
+        self._now_ms = now_ms
 
     def collect(self) -> Iterator[Metric]:
         yield from _node_metrics(self._statistics)
-        yield from _peer_metrics(self._statistics.peers)
+        yield from _peer_metrics(self._statistics.peers, self._now_ms)
 
 
 def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
@@ -106,8 +106,7 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     yield conflicts
 
 
-def _peer_metrics(peers: tuple[PeerStatistics, ...]) -> Iterator[Metric]:
-    now_ms = time.time_ns() // 1_000_000
+def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "syncmesh_peer_up", "1 while a session streams with the peer.", labels=PEER_LABELS
     )

@@ -67,6 +67,15 @@ _PEER = {
         "verify_bytes": {"type": "integer"},
         "verify_seconds": {"type": "number"},
         "verify_error": {"type": "string"},
+        "last_error_ms": {
+            "type": "integer",
+            "description": "when last_error happened (Unix ms); 0 if never",
+        },
+        "down_since_ms": {
+            "type": "integer",
+            "description": "a configured peer not streaming: since when (Unix ms); 0 while it"
+            " streams (health.peer_down_s_max)",
+        },
         "out_lag_changes": {
             "type": ["integer", "null"],
             "description": "rows of this node's feed the peer has not acknowledged (capped"
@@ -93,6 +102,14 @@ _PEER = {
     },
 }
 
+_HEALTH = {
+    "type": "object",
+    "required": ["ok", "reasons"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+    },
+}
 _STATUS = {
     "type": "object",
     "properties": {
@@ -131,6 +148,7 @@ _STATUS = {
             },
         },
         "peers": {"type": "array", "items": _PEER},
+        "health": {**_HEALTH, "description": "the verdict of /v1/health (syncmesh.node.health)"},
     },
 }
 
@@ -267,8 +285,11 @@ API_PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/health": {
         "get": {
-            "summary": "Liveness",
-            "responses": {"200": _json("The node runs", {"type": "object"})},
+            "summary": "Health: the node runs and syncs; otherwise the reasons",
+            "responses": {
+                "200": _json("The node is well: ok true, no reasons", _HEALTH),
+                "503": _json("The node runs but is not well: ok false and the reasons", _HEALTH),
+            },
         }
     },
     "/v1/quarantine": {

@@ -50,6 +50,7 @@ from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.errors import SyncError
 from syncmesh.node.verify import VerifyClient, direct_call, verify
 from syncmesh.store.open import open_store
+from syncmesh.transport import HttpVerifyExchange
 
 SAMPLE_INTERVAL_S = 0.25
 QUARANTINE_POLL_S = 1.0
@@ -489,7 +490,7 @@ class ScheduleRun:
             asker, node = self.nodes[dialler], self.nodes[listener]
             store = open_store(asker.db)
             try:
-                async with VerifyClient(node.url) as client:
+                async with VerifyClient(HttpVerifyExchange(node.url)) as client:
                     report = await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
             except SyncError as exc:
                 self.result.violations.append(

@@ -26,6 +26,7 @@ from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import PeerConfig, Secret
 from syncmesh.protocol import FRAME_BYTES_MAX
+from syncmesh.store.open import table_problems
 from syncmesh.transport import TlsFiles, valid_site_name
 
 ENV_PREFIX = "SYNCMESH_"
@@ -89,6 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "sessions_per_peer_max", int, 2, minimum=1),
     Setting("limits", "inbound_sessions_max", int, 64, minimum=1),
     Setting("limits", "conflict_ledger_rows_max", int, 10_000, minimum=0),
+    Setting("health", "peer_down_s_max", float, 60.0, minimum=0.0),
+    Setting("health", "quarantine_window_s", float, 60.0, minimum=0.0),
     Setting("logging", "level", str, "info", choices=LOG_LEVELS),
     Setting("logging", "format", str, "plain", choices=LOG_FORMATS),
 )
@@ -119,9 +122,15 @@ def load_settings(
 
 def _from_file(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read the file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path),
+            f"not a TOML text file: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+            " is not UTF-8",
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
     values: dict[str, Any] = {}
@@ -274,6 +283,8 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         conflict_ledger_rows_max=values["limits.conflict_ledger_rows_max"],
         api_listen_host=api_host,
         api_listen_port=api_port,
+        health_peer_down_s_max=values["health.peer_down_s_max"],
+        health_quarantine_window_s=values["health.quarantine_window_s"],
     )
     config.check_exposure()
     return config
@@ -323,6 +334,23 @@ def _api_token(values: Mapping[str, Any]) -> Secret | None:
     if len(token) < 16 or any(char.isspace() for char in token):
         raise ConfigError("api.token", "must be at least 16 characters, without spaces")
     return Secret(token)
+
+
+def tracked_table_problems(values: Mapping[str, Any]) -> list[str]:
+    """Why `[tables] track` would stop `serve`: a missing file, table or primary key.
+
+    Read-only, so `config check` is safe next to a running node.
+    """
+    tables: list[str] = values["tables.track"]
+    if not tables:
+        return []
+    database = Path(values["node.database"])
+    if not database.exists():
+        return [
+            f"tables.track: the database {database} does not exist, so its tables cannot be"
+            f" checked (`syncmesh init {database}` creates it)"
+        ]
+    return [f"tables.track: {problem}" for problem in table_problems(database, tables)]
 
 
 def file_permission_warnings(values: Mapping[str, Any], config_path: Path | None) -> list[str]:

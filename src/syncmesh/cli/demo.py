@@ -21,6 +21,20 @@ SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER, note 
 CONVERGE_TIMEOUT_S = 60.0
 
 
+def _rows_table(rows: list[tuple[object, ...]]) -> list[str]:
+    """Rows of `_table` as aligned text: id, name, qty and the note's size (not tuples)."""
+    lines = [("id", "name", "qty", "note")]
+    for row_id, name, qty, _type, note in rows:
+        size = "" if note is None else f"{len(note) if isinstance(note, bytes) else note} bytes"
+        lines.append((str(row_id), str(name), str(qty), size))
+    widths = [max(len(line[column]) for line in lines) for column in range(4)]
+    id_width, name_width, qty_width, _ = widths
+    return [
+        f"{row_id:<{id_width}}  {name:<{name_width}}  {qty:>{qty_width}}  {note}".rstrip()
+        for row_id, name, qty, note in lines
+    ]
+
+
 def _table(path: Path) -> list[tuple[object, ...]]:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         return connection.execute(
@@ -122,8 +136,9 @@ async def run_demo(count: int, rows: int, *, keep: bool) -> int:
         )
         gone = all(row[0] != "doomed" for row in tables[0])
         click.echo(f"  row 'doomed' is {'gone on every node' if gone else 'STILL THERE'}")
-        for row in tables[0][:5]:
-            click.echo(f"  {row}")
+        click.echo(f"  the first {min(5, len(tables[0]))} rows, the same on every node:")
+        for line in _rows_table(tables[0][:5]):
+            click.echo(f"    {line}")
         return 0
     finally:
         if keep:

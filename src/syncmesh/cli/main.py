@@ -36,12 +36,15 @@ from syncmesh.cli.config import (
     load_settings,
     node_config,
     render,
+    tracked_table_problems,
 )
-from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, file_report, live_report
+from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, live_report, status_of_file
 from syncmesh.cli.tls import tls
 from syncmesh.cli.verify import repair_command, verify_command
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
+from syncmesh.node.config import is_loopback
+from syncmesh.node.lockfile import ServeLock
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
 from syncmesh.store.records import now_ms
@@ -184,6 +187,12 @@ def track(database: Path, tables: tuple[str, ...]) -> None:
     type=click.Choice(LOG_FORMATS),
     help="plain text, or one JSON object per line.  [default: plain]",
 )
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create DATABASE if it does not exist (without it, a missing file is refused:"
+    " a typo would serve an empty database).",
+)
 def serve(
     database: Path | None,
     config_path: Path | None,
@@ -197,6 +206,7 @@ def serve(
     tls_key: str | None,
     tls_ca: str | None,
     insecure_no_tls: bool | None,
+    create: bool,
 ) -> None:
     """Run a node for DATABASE until SIGINT or SIGTERM.
 
@@ -208,6 +218,11 @@ def serve(
 
     Off loopback the node needs TLS (--tls-cert, --tls-key, --tls-ca;
     docs/security.md) or --insecure-no-tls.
+
+    DATABASE must exist (`syncmesh init` creates it) unless --create is
+    given.  One node per file: a lock file next to it (DATABASE.serve.lock)
+    holds the pid and the API address; a second serve refuses, naming the
+    first, and `syncmesh status DATABASE` finds the node through it.
     """
     urls, named = _split_peers(peers)
     flags: dict[str, Any] = {
@@ -230,6 +245,22 @@ def serve(
     _configure_logging(settings["logging.level"], settings["logging.format"])
     for warning in file_permission_warnings(settings, config_path):
         logging.getLogger("syncmesh.cli").warning("%s", warning)
+    if not create and not Path(config.database_path).exists():
+        raise click.ClickException(
+            f"{config.database_path} does not exist; create it with `syncmesh init"
+            f" {config.database_path}` (or serve --create), or check the name"
+        )
+    lock = ServeLock(config.database_path)
+    with _errors_as_messages():
+        lock.acquire()
+    try:
+        _serve_locked(config, settings, lock)
+    finally:
+        lock.release()
+
+
+def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock) -> None:
+    """`serve` once the file's lock is ours: track the configured tables, run the node."""
     with _errors_as_messages():
         if settings["tables.track"]:
             store = open_store(config.database_path)
@@ -240,7 +271,7 @@ def serve(
             finally:
                 store.close()
         try:
-            asyncio.run(_serve(config))
+            asyncio.run(_serve(config, lock))
         except OSError as exc:
             raise click.ClickException(
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}"
@@ -306,16 +337,23 @@ def config() -> None:
 def config_check(config_file: Path) -> None:
     """Validate CONFIG_FILE with the environment's SYNCMESH_* overrides; print the result.
 
-    Exits 1 with the offending key and the reason when a setting is wrong.
+    Exits 1 with the offending key and the reason when a setting is wrong,
+    or when a table of [tables] track is missing from the database or has
+    no primary key (the database is opened read-only).
     """
     with _errors_as_messages():
         settings = load_settings(config_file)
         node_config(settings)
+    problems = tracked_table_problems(settings)
+    if problems:
+        for problem in problems:
+            click.echo(f"Error: {problem}", err=True)
+        sys.exit(1)
     click.echo(render(settings))
     click.echo(f"# {config_file}: ok", err=True)
 
 
-async def _serve(config: NodeConfig) -> None:
+async def _serve(config: NodeConfig, lock: ServeLock) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -326,6 +364,10 @@ async def _serve(config: NodeConfig) -> None:
         # what start-up allocated (bench/: about a third off decode and read).
         gc.freeze()
         gc.set_threshold(GC_YOUNG_OBJECTS, 50, 100)
+        api_tls = config.tls is not None and (
+            config.api_listen_host is None or not is_loopback(config.api_host())
+        )
+        lock.publish(node.listen, node.api_listen, "https" if api_tls else "http")
         click.echo(f"syncmesh: site {node.store.site_id} listening on {node.listen}", err=True)
         await stop.wait()
         click.echo("syncmesh: shutting down", err=True)
@@ -363,13 +405,16 @@ def status(
     watch: bool,
     watch_timeout_s: float,
 ) -> None:
-    """Show DATABASE's site id, local seq, tracked tables and each peer's cursor.
+    """Show a node: its live view if one runs on DATABASE, else the file's bookkeeping.
 
-    Reads the file directly, so it works whether or not a node is running.
-    With --url instead of DATABASE it shows a running node's live view:
-    each session's state, lag and counters.  Exit status 2 (for health
-    checks) when a peer is not streaming (--url only) or, with --max-lag,
-    further behind than allowed; the reasons go to stderr.
+    With DATABASE, finds the node serving it through its lock file
+    (DATABASE.serve.lock) and shows its live view: each session's state,
+    lag, last error and the node's health.  If no node runs, it says so and
+    shows what the file knows: site id, local seq, tracked tables and each
+    peer's cursor as of that peer's last batch.  --url URL shows the live
+    view of the node at URL.  Exit status 2 (for health checks) when the
+    node is unhealthy or a peer is not streaming (live view) or, with
+    --max-lag, further behind than allowed; the reasons go to stderr.
     """
     if (database is None) == (url is None):
         raise click.UsageError("give either DATABASE or --url")
@@ -385,9 +430,9 @@ def status(
         problems = live_report(fetch(url), as_json=as_json, max_lag_s=max_lag_s)
     else:
         assert database is not None
-        with _open_store(database) as store, _errors_as_messages():
-            report = store.status()
-        problems = file_report(report, as_json=as_json, max_lag_s=max_lag_s)
+        if not database.exists():
+            raise click.ClickException(f"{database} does not exist")
+        problems = status_of_file(database, as_json=as_json, max_lag_s=max_lag_s)
     for problem in problems:
         click.echo(f"unhealthy: {problem}", err=True)
     if problems:

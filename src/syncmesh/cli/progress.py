@@ -54,13 +54,17 @@ def backfill_progress(console: Console | None = None) -> Iterator[TrackProgress]
         disable=not console.is_terminal,
     )
     tasks: dict[str, tuple[TaskID, float]] = {}
+    # The store may report a table's end more than once (an empty table, the
+    # last step and the closing call): one line per table.
+    finished: set[str] = set()
 
     def report(table: str, done: int, total: int) -> None:
         if table not in tasks:
             tasks[table] = (bars.add_task(f"track {table}", total=total), time.monotonic())
         task, started = tasks[table]
         bars.update(task, completed=done, total=max(total, done))
-        if done >= total:
+        if done >= total and table not in finished:
+            finished.add(table)
             elapsed = time.monotonic() - started
             rate = f", {done / elapsed:,.0f} rows/s" if elapsed > 0 and done else ""
             bars.console.print(

@@ -1,9 +1,15 @@
-"""`syncmesh status`: a file's bookkeeping, or a running node's live view, as tables or JSON.
+"""`syncmesh status`: a running node's live view, or a file's bookkeeping, as tables or JSON.
+
+`syncmesh status FILE` looks for the node serving FILE through its lock
+file (syncmesh.node.lockfile) and shows that node's live view; only when
+no node runs does it show the file's bookkeeping, and then it says so and
+dates every peer's figures by that peer's last batch: a file cannot know
+whether a peer it has not heard from since is still caught up.
 
 The health verdict (exit status 2) makes the command usable as a check in
-systemd, cron or a load balancer: a peer that is not streaming (live view
-only: a file does not know whether its node runs) or further behind than
-`--max-lag` seconds is unhealthy.  The tables are drawn by rich
+systemd, cron or a load balancer: the node's own health reasons
+(syncmesh.node.health), a peer that is not streaming, or one further
+behind than `--max-lag` seconds.  The tables are drawn by rich
 (syncmesh.cli.view); `--json` prints the documents unchanged for scripts.
 """
 
@@ -13,15 +19,57 @@ import dataclasses
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import click
 
 from syncmesh.clock import feed_lag_ms
+from syncmesh.errors import SyncError
+from syncmesh.node.health import UP_STATES
+from syncmesh.node.lockfile import running_holder
 from syncmesh.store import StoreStatus
+from syncmesh.store.open import open_store
 
 URL_TIMEOUT_S = 5.0
 UNHEALTHY_EXIT = 2
+
+
+def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) -> list[str]:
+    """The live view of the node serving `database`, or, if none runs, the file's; problems."""
+    holder = running_holder(database)
+    if holder is not None and holder.api_url:
+        try:
+            document = fetch(holder.api_url)
+        except click.ClickException as exc:
+            click.echo(
+                f"{database}: served by pid {holder.pid} at {holder.api_url}, but its live view"
+                f" cannot be read ({exc.message}); the file's bookkeeping instead:",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"{database}: served by pid {holder.pid}; its live view ({holder.api_url}):",
+                err=True,
+            )
+            return live_report(document, as_json=as_json, max_lag_s=max_lag_s)
+    elif holder is not None:
+        click.echo(f"{database}: a node (pid {holder.pid}) is starting on it", err=True)
+    else:
+        click.echo(
+            f"{database}: no node is running on it; the file's bookkeeping, each peer as of"
+            " its last batch:",
+            err=True,
+        )
+    try:
+        store = open_store(database)
+        try:
+            report = store.status()
+        finally:
+            store.close()
+    except SyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return file_report(report, as_json=as_json, max_lag_s=max_lag_s)
 
 
 def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) -> list[str]:
@@ -55,10 +103,10 @@ def fetch(url: str) -> dict[str, Any]:
 
 def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | None) -> list[str]:
     """Print a running node's status; returns the reasons it is unhealthy."""
-    problems = []
+    problems = list(status.get("health", {}).get("reasons", []))
     for peer in status["peers"]:
         name = peer["site_id"] or peer["address"]
-        if peer["state"] != "streaming":
+        if peer["state"] not in UP_STATES:
             detail = f": {peer['last_error']}" if peer["last_error"] else ""
             problems.append(f"peer {name} is {peer['state']}{detail}")
         elif max_lag_s is not None and peer["lag_ms"] > max_lag_s * 1000:

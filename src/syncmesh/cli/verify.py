@@ -32,7 +32,7 @@ from syncmesh.node.verify import (
 )
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
-from syncmesh.transport import TlsFiles, client_context_for_site
+from syncmesh.transport import HttpVerifyExchange, TlsFiles, client_context_for_site
 
 DIFFERENT_EXIT = 1
 FAILED_EXIT = 2
@@ -134,7 +134,7 @@ def _run(work: Callable[[VerifyClient], Awaitable[T]], peer: str, tls: TlsFiles 
     url, context = _peer(peer, tls)
 
     async def run() -> T:
-        async with VerifyClient(url, ssl=context) as client:
+        async with VerifyClient(HttpVerifyExchange(url, ssl=context)) as client:
             return await work(client)
 
     try:

@@ -83,6 +83,14 @@ def duration(ms: float) -> str:
     return f"{round(seconds / 86_400)} d"
 
 
+def clock(at_ms: int) -> str:
+    """A time of day in UTC, with the date when it is not today."""
+    then = time.gmtime(at_ms / 1000)
+    if time.strftime("%Y-%m-%d", then) == time.strftime("%Y-%m-%d", time.gmtime()):
+        return time.strftime("%H:%M:%S UTC", then)
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", then)
+
+
 def age(then_ms: int, now_ms: int) -> str:
     return "never" if not then_ms else f"{duration(now_ms - then_ms)} ago"
 
@@ -159,7 +167,16 @@ def print_live_status(status: dict[str, Any]) -> None:
     for peer in status["peers"]:
         if peer["last_error"]:
             name = peer["site_id"] or peer["address"]
-            console.print(f"last error of {name}: {peer['last_error']}", markup=False)
+            at = peer.get("last_error_ms") or 0
+            when = f" at {clock(at)}" if at else ""
+            past = " (past: streaming again since)" if peer["state"] == "streaming" else ""
+            console.print(f"last error of {name}{when}{past}: {peer['last_error']}", markup=False)
+    verdict = status.get("health")
+    if verdict is not None:
+        console.print()
+        console.print("health       " + ("ok" if verdict["ok"] else "NOT ok"), markup=False)
+        for reason in verdict["reasons"]:
+            console.print(f"  - {reason}", markup=False)
 
 
 def verify_text(peer: dict[str, Any], now_ms: int) -> str:
@@ -211,7 +228,7 @@ def print_file_status(report: StoreStatus) -> None:
         show_edge=False,
         title="peers (their feed as applied here)",
         title_justify="left",
-        caption="lag: as of the peer's last batch",
+        caption="lag: as of the peer's last batch; newer writes of a peer are not known here",
         caption_justify="left",
     )
     _peer_column(peers, console)
@@ -220,9 +237,12 @@ def print_file_status(report: StoreStatus) -> None:
     peers.add_column("last batch", justify="right")
     for peer in report.peers:
         lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
+        # The file knows only what the peer's last batch said: never "caught
+        # up" about a peer that may have written much since.
+        as_of = f"as of {clock(peer.last_applied_ms)}" if peer.last_applied_ms else "never heard"
         peers.add_row(
             Text(f"{peer.site_id}\n{peer.address}"),
-            "caught up" if lag_ms == 0 else duration(lag_ms),
+            f"none {as_of}" if lag_ms == 0 else f"{duration(lag_ms)} {as_of}",
             f"{peer.applied_rows:,}",
             age(peer.last_applied_ms, now_ms),
         )

@@ -97,6 +97,10 @@ class NodeConfig:
     api_listen_port: int = 0
     throughput_interval_s: float = 5.0  # the throughput history counts rows per interval ...
     throughput_samples_max: int = 120  # ... and keeps this many intervals (10 minutes)
+    # /v1/health (syncmesh.node.health): a configured peer not streaming for
+    # longer than this is a reason; quarantine that grew this recently is one.
+    health_peer_down_s_max: float = 60.0
+    health_quarantine_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0

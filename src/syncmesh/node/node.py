@@ -1,8 +1,10 @@
 """A running node: the store worker, the capture loop, peer sessions and dialers.
 
-`Node` owns everything that lives on the event loop.  The HTTP side (the
-sync WebSocket endpoint and the status API) is mounted by `syncmesh.api`,
-which calls `Node.accept()` for each peer that dials in.
+`Node` owns everything that lives on the event loop.  It reaches peers
+only through the transport seam (`syncmesh.transport.base`): it dials with
+a `Connector`, and a transport's listener hands it each channel dialled in
+(`serve_channel`, the `ChannelHost` Protocol).  Which transport, and the
+HTTP server that carries the WebSocket one, is `syncmesh.api`'s choice.
 """
 
 from __future__ import annotations
@@ -13,30 +15,33 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
-from syncmesh.errors import RefusedError, SyncError, TransportError
+from syncmesh.errors import RefusedError, SyncError
 from syncmesh.model import ChangeBatch
+from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
-from syncmesh.node.session import APPLY_SECONDS_BUCKETS, PeerLink, Session
+from syncmesh.node.health import HealthMonitor
+from syncmesh.node.mismatch import describe_columns
+from syncmesh.node.session import (
+    APPLY_SECONDS_BUCKETS,
+    DUPLICATE_SESSION_PREFIX,
+    DuplicateSession,
+    PeerLink,
+    PeerState,
+    Session,
+)
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
+from syncmesh.node.verify import StoreCall
 from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.store import Store, StoreStatus
 from syncmesh.store.open import open_store
-from syncmesh.transport import (
-    WebSocketChannel,
-    accept,
-    client_context,
-    dial,
-    peer_address,
-    peer_site,
-    server_context,
-)
+from syncmesh.transport.base import Channel, Connector, PeerIdentity, Refusal, RefusalReason
+from syncmesh.transport.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class PeerStatistics:
     site_id: str
     name: str  # the site name of its certificate (TLS) or of its [peers.NAME] table; "" if none
     dialed: bool
-    state: str  # "connecting", "handshake", "streaming", "backoff", "refused"
+    state: PeerState
     cursor: int
     peer_head_seq: int
     lag_ms: int  # how much older our cursor is than the peer's head (0: caught up)
@@ -106,6 +111,10 @@ class PeerStatistics:
     verify_bytes: int = 0
     verify_seconds: float = 0.0
     verify_error: str = ""
+    # When `last_error` happened (0: never), and since when a configured peer
+    # has not streamed (0: it streams, or was never dialled): syncmesh.node.health.
+    last_error_ms: int = 0
+    down_since_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +132,13 @@ class NodeStatistics:
 class _Dialer:
     url: str
     peer: PeerConfig | None = None  # None: an unnamed URL (no TLS)
-    state: str = "connecting"
+    state: PeerState = "connecting"
     last_error: str = ""
     reconnects: int = 0
     link: PeerLink | None = None
+    last_error_ms: int = 0
+    # Since when it has not streamed: the node's start, or the end of its last session.
+    down_since_ms: int = 0  # set from the node's clock when the dialer is made
 
 
 class Node:
@@ -144,14 +156,18 @@ class Node:
         store: Store | None = None,
         *,
         physical_clock: PhysicalClock | None = None,
+        connector: Connector,
     ) -> None:
-        """`physical_clock` is the seam for clock faults (syncmesh.chaos); default: the system's."""
+        """`physical_clock` is the seam for clock faults (syncmesh.chaos) and the one
+        source of wall time in the node; default: the system's.  `connector` dials
+        peers: the transport, chosen by the caller (`syncmesh.api.running_node`
+        picks the WebSocket one); node code knows only the Protocol.
+        """
         self.config = config
+        self.clock: PhysicalClock = physical_clock or SystemClock()
         self.store = store or open_store(
             config.database_path,
-            clock=HybridClock(
-                physical_clock or SystemClock(), drift_ms_max=config.clock_drift_ms_max
-            ),
+            clock=HybridClock(self.clock, drift_ms_max=config.clock_drift_ms_max),
             conflict_ledger_rows_max=config.conflict_ledger_rows_max,
         )
         self.worker = StoreWorker()
@@ -176,15 +192,18 @@ class Node:
         self._site_names: dict[str, str] = {}
         self.rights_refused_rows = 0
         self.refused_connections = 0
+        self.health = HealthMonitor(self.clock)  # failures in a row, quarantine growth: node.health
         self.server_ssl = None if config.tls is None else server_context(config.tls)
-        self.client_ssl = None if config.tls is None else client_context(config.tls)
-        self.verify_server = VerifyServer(self.store, self.worker.call, config.message_bytes_max)
+        self.connector = connector
+        self.verify_server = VerifyServer(
+            self.store, self.worker.call, config.message_bytes_max, admit=self._admit_verify
+        )
         # The last periodic verify per dialled peer URL (syncmesh.node.verify).
         self.verify_outcomes: dict[str, VerifyOutcome] = {}
         self._throughput = ThroughputHistory(
             interval_ms=max(1, round(config.throughput_interval_s * 1000)),
             samples_max=config.throughput_samples_max,
-            now_ms=_now_ms(),
+            now_ms=self.clock.now_ms(),
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -192,14 +211,19 @@ class Node:
     async def start(self) -> None:
         """Initialise the file if needed, capture pending writes, start dialling."""
         await self.worker.call(self.store.init)
+        # Quarantine that exists at start is not "growing" (syncmesh.node.health).
+        self.health.note_quarantined(len(await self.worker.call(self.store.quarantine)), 0)
         # Writes made while the node was down count as captured now.
         self.note_throughput(rows_captured_total=await self.worker.call(self._capture_counted))
         self._tasks.append(asyncio.create_task(self._capture_loop(), name="capture"))
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
         if self.config.verify_interval_s > 0:
             self._tasks.append(asyncio.create_task(periodic_verify(self), name="verify"))
-        dialers = [_Dialer(url) for url in self.config.peer_urls]
-        dialers += [_Dialer(peer.url, peer) for peer in self.config.peers if peer.url]
+        now_ms = self.clock.now_ms()
+        dialers = [_Dialer(url, down_since_ms=now_ms) for url in self.config.peer_urls]
+        dialers += [
+            _Dialer(peer.url, peer, down_since_ms=now_ms) for peer in self.config.peers if peer.url
+        ]
         for dialer in dialers:
             self._dialers[dialer.url] = dialer
             self._tasks.append(
@@ -228,6 +252,10 @@ class Node:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def store_call(self) -> StoreCall:
+        return self.worker.call
+
     def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]:
         """(URL, named peer or None) of every peer this node dials."""
         return [(url, dialer.peer) for url, dialer in self._dialers.items()]
@@ -254,11 +282,15 @@ class Node:
                 tuple(spec.name for spec in self.store.specs()),
                 self.store.head_seq(),
                 self.store.vector(),
+                {spec.name: describe_columns(spec) for spec in self.store.specs()},
             )
 
         return await self.worker.call(read)
 
-    def register(self, link: PeerLink, session: Session) -> str | None:
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
+    def register(self, link: PeerLink, session: Session) -> RefusedError | None:
         if link.name:
             # A site id belongs to the certificate that used it first in this
             # run: another site cannot take over its session or its cursor.
@@ -270,14 +302,14 @@ class Node:
                     link.site_id,
                     owner,
                 )
-                return (
+                return RefusedError(
                     f"site id {link.site_id} belongs to site {owner}, not to {link.name}"
                     " (the name in your certificate)"
                 )
         existing = self._sessions.get(link.site_id)
         if existing is not None:
-            return (
-                f"already in a session with site {link.site_id}"
+            return DuplicateSession(
+                f"{DUPLICATE_SESSION_PREFIX} with site {link.site_id}"
                 f" ({existing.link.address}); one session per pair of nodes"
             )
         self._sessions[link.site_id] = session
@@ -318,35 +350,38 @@ class Node:
         """
         captured = max(0, rows_captured_total - self._rows_captured_seen)
         self._rows_captured_seen = max(self._rows_captured_seen, rows_captured_total)
-        self._throughput.add(_now_ms(), captured_rows=captured, applied_rows=applied_rows)
+        self._throughput.add(self.clock.now_ms(), captured_rows=captured, applied_rows=applied_rows)
+
+    def note_feed_read(self, error: BaseException | None) -> None:
+        """A send loop read our feed (error None), or failed to: node.health counts."""
+        if error is None:
+            self.health.note_success("reading the feed for a peer")
+        else:
+            self.health.note_failure("reading the feed for a peer", error)
 
     def note_rights_refused(self, rows: int) -> None:
         self.rights_refused_rows += rows
 
     # -- sessions -----------------------------------------------------------------
 
-    async def accept(self, request: web.Request) -> web.StreamResponse:
-        """The WebSocket handler for peers that dial in."""
-        if self._stopping:
-            return web.Response(status=503, text="node is shutting down")
-        peer, refusal = self._admit(request)
-        if refusal is not None:
-            self.refused_connections += 1
-            return refusal
-        name = peer.name if peer is not None else ""
+    async def serve_channel(
+        self, peer: PeerIdentity, open_channel: Callable[[], Awaitable[Channel]]
+    ) -> Refusal | None:
+        """A channel dialled in (the `ChannelHost` Protocol): admit, then run its session."""
+        verdict = admit(peer, self.config, stopping=self._stopping, inbound=self._inbound)
+        if isinstance(verdict, Refusal):
+            if verdict.reason is not RefusalReason.SHUTTING_DOWN:
+                self.refused_connections += 1
+                self._log_refusal(peer, verdict)
+            return verdict
+        name = verdict.peer.name if verdict.peer is not None else ""
         self._inbound[name] += 1
         try:
-            try:
-                channel = await accept(
-                    request,
-                    heartbeat_s=self.config.heartbeat_s,
-                    frame_bytes_max=self.config.frame_bytes_max,
-                )
-            except TransportError as exc:
-                log.info("%s", exc)
-                raise web.HTTPBadRequest(text=str(exc)) from None  # nobody is left to read it
+            # A TransportError here (the peer left during the upgrade) goes
+            # back to the transport, which logs it: nobody is left to answer.
+            channel = await open_channel()
             link = PeerLink(channel.peer, dialed=False, name=name)
-            session = Session(self, channel, link, rights=peer)
+            session = Session(self, channel, link, rights=verdict.peer)
             self._accepted.add(session)
             try:
                 await session.run()
@@ -356,48 +391,43 @@ class Node:
                 log.exception("session with %s failed unexpectedly", session.link.address)
             finally:
                 self._accepted.discard(session)
-            return channel.response
+            return None
         finally:
             self._inbound[name] -= 1
 
-    def _admit(self, request: web.Request) -> tuple[PeerConfig | None, web.Response | None]:
-        """Who dials in (by certificate), and the refusal if it may not: before any data.
-
-        With TLS the handshake has already refused a client without a
-        certificate of the cluster CA; here the named site must be a
-        configured peer, within its connection limit.
-        """
-        address = peer_address(request)
-        if sum(self._inbound.values()) >= self.config.inbound_sessions_max:
+    def _log_refusal(self, peer: PeerIdentity, refusal: Refusal) -> None:
+        """One log line per connection refused before any data, saying which limit."""
+        if refusal.reason is RefusalReason.TOO_MANY_CONNECTIONS:
             log.warning(
                 "refused a connection from %s: %d connections dialled in already"
                 " (limits.inbound_sessions_max)",
-                address,
+                peer.address,
                 self.config.inbound_sessions_max,
             )
-            return None, web.Response(status=503, text="too many connections")
-        if self.config.tls is None:
-            return None, None
-        name = peer_site(request)
-        peer = None if name is None else self.config.peer_named(name)
-        if peer is None:
-            what = "names no site" if name is None else f"is for site {name!r}"
+        elif refusal.reason is RefusalReason.NOT_A_PEER:
             log.warning(
                 "refused a connection from %s: its certificate %s, not a configured peer",
-                address,
-                what,
+                peer.address,
+                refusal.certificate,
             )
-            return None, web.Response(status=403, text=f"certificate {what}: not a peer here")
-        if self._inbound[peer.name] >= self.config.sessions_per_peer_max:
+        elif refusal.reason is RefusalReason.TOO_MANY_FROM_SITE:
             log.warning(
                 "refused a connection from site %s (%s): it has %d open already"
                 " (limits.sessions_per_peer_max)",
-                peer.name,
-                address,
-                self._inbound[peer.name],
+                peer.site,
+                peer.address,
+                self._inbound[peer.site or ""],
             )
-            return None, web.Response(status=429, text="too many connections from your site")
-        return peer, None
+
+    def _admit_verify(self, peer: PeerIdentity) -> Admitted | Refusal:
+        """Admission of a verify request: a peer's, like a session; no connection limits."""
+        verdict = admit(peer, self.config, stopping=self._stopping, inbound=None)
+        if isinstance(verdict, Refusal) and verdict.reason is RefusalReason.NOT_A_PEER:
+            log.warning(
+                "refused a verify request from %s: its certificate is not a configured peer's",
+                peer.address,
+            )
+        return verdict
 
     async def _dial_loop(self, dialer: _Dialer) -> None:
         delay_s = self.config.backoff_initial_s
@@ -405,21 +435,19 @@ class Node:
             await self._wait_while_connected(dialer)
             dialer.state = "connecting"
             started = time.monotonic()
+            previous = dialer.link
+            failed = True
             try:
-                channel = await dial(
-                    dialer.url,
-                    heartbeat_s=self.config.heartbeat_s,
-                    frame_bytes_max=self.config.frame_bytes_max,
-                    connect_timeout_s=self.config.connect_timeout_s,
-                    ssl_context=self.client_ssl,
-                )
+                channel = await self.connector.dial(dialer.url)
                 peer = await self._dialled_peer(dialer, channel)
                 link = PeerLink(dialer.url, dialed=True, name=peer.name if peer else "")
                 dialer.link = link
                 session = Session(self, channel, link, rights=peer)
                 await session.run()
+                failed = False
             except (SyncError, OSError) as exc:
                 dialer.last_error = str(exc)
+                dialer.last_error_ms = self.clock.now_ms()
                 dialer.state = "refused" if isinstance(exc, RefusedError) else "backoff"
                 if dialer.link is not None:
                     dialer.link.last_error = str(exc)
@@ -428,8 +456,15 @@ class Node:
                     log.info("cannot reach peer %s: %s", dialer.url, exc)
             except Exception as exc:  # a bug must not stop the other peers' syncing
                 dialer.last_error = f"internal error: {exc!r}"
+                dialer.last_error_ms = self.clock.now_ms()
                 dialer.state = "backoff"
                 log.exception("session with %s failed unexpectedly", dialer.url)
+            streamed = dialer.link is not previous and dialer.link is not None
+            streamed = streamed and dialer.link is not None and dialer.link.connected_ms > 0
+            if streamed and (not failed or time.monotonic() - started > SESSION_STABLE_S):
+                # It streamed until now.  A session that fails at once, again and
+                # again, does not count: that peer is as good as down.
+                dialer.down_since_ms = self.clock.now_ms()
             dialer.reconnects += 1
             if time.monotonic() - started > SESSION_STABLE_S:
                 delay_s = self.config.backoff_initial_s
@@ -437,7 +472,7 @@ class Node:
             await asyncio.sleep(self._rng.uniform(0, delay_s))
             delay_s = min(delay_s * 2, self.config.backoff_max_s)
 
-    async def _dialled_peer(self, dialer: _Dialer, channel: WebSocketChannel) -> PeerConfig | None:
+    async def _dialled_peer(self, dialer: _Dialer, channel: Channel) -> PeerConfig | None:
         """The peer we reached; with TLS, its certificate must name the site we dialled."""
         if self.config.tls is None:
             return dialer.peer
@@ -454,9 +489,13 @@ class Node:
     async def _wait_while_connected(self, dialer: _Dialer) -> None:
         """Do not dial a peer that is already in a session with us (it dialled us)."""
         site = dialer.link.site_id if dialer.link is not None else ""
+        waited = False
         while site and site in self._sessions and not self._stopping:
             dialer.state = "connected by peer"
+            waited = True
             await asyncio.sleep(self.config.backoff_max_s)
+        if waited:
+            dialer.down_since_ms = self.clock.now_ms()  # the peer's session streamed until now
 
     # -- background loops ---------------------------------------------------------
 
@@ -549,9 +588,11 @@ class Node:
 
         try:
             reloaded, stamped, captured_total, read = await self.worker.call(capture)
-        except Exception:  # a failed capture must not end the loop: writes wait for it
+        except Exception as exc:  # a failed capture must not end the loop: writes wait for it
             log.exception("capture failed; will retry")
+            self.health.note_failure("capture", exc)
             return 0
+        self.health.note_success("capture")
         for session, cursor, batch in read:
             session.offer_batch(cursor, batch)
         if reloaded:
@@ -591,7 +632,9 @@ class Node:
     async def statistics(self) -> NodeStatistics:
         # (link, state, last error, reconnects) per dialer, then per session
         # that no dialer started (the peer dialled in).
-        entries: list[tuple[PeerLink, str, str, int]] = []
+        entries: list[tuple[PeerLink, PeerState, str, int]] = []
+        # (last error's time, not streaming since) per entry, in the same order.
+        times: list[tuple[int, int]] = []
         seen: set[int] = set()
         for dialer in self._dialers.values():
             link = dialer.link
@@ -613,11 +656,18 @@ class Node:
                     dialer.reconnects,
                 )
             )
+            times.append(
+                (
+                    dialer.last_error_ms,
+                    0 if state in ("streaming", "connected by peer") else dialer.down_since_ms,
+                )
+            )
             if link is not None:
                 seen.add(id(link))
         for session in list(self._sessions.values()):
             if id(session.link) not in seen:
                 entries.append((session.link, session.link.state, session.link.last_error, 0))
+                times.append((0, 0))
         # Taken once: a session may move on while the store thread counts.
         acked = [link.acked_seq for link, *_ in entries]
         known = [seq for seq in acked if seq >= 0]
@@ -635,8 +685,11 @@ class Node:
                 reconnects,
                 out_lag=None if seq < 0 else (next(changes), feed_lag_ms(seq, store_status.seq)),
                 verified=self.verify_outcomes.get(link.address),
+                times=when,
             )
-            for (link, state, last_error, reconnects), seq in zip(entries, acked, strict=True)
+            for (link, state, last_error, reconnects), seq, when in zip(
+                entries, acked, times, strict=True
+            )
         )
         return NodeStatistics(
             store_status.site_id,
@@ -650,7 +703,7 @@ class Node:
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:
         """Rows captured and applied per interval, oldest first (the last is still open)."""
-        return self._throughput.samples(_now_ms())
+        return self._throughput.samples(self.clock.now_ms())
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -658,12 +711,13 @@ class Node:
 
 def _peer_statistics(
     link: PeerLink,
-    state: str,
+    state: PeerState,
     last_error: str,
     reconnects: int,
     *,
     out_lag: tuple[int, int] | None,
     verified: VerifyOutcome | None,
+    times: tuple[int, int] = (0, 0),
 ) -> PeerStatistics:
     catching_up = link.catchup.estimate(link.cursor, link.peer_head_seq, time.monotonic())
     verify_figures = {}
@@ -710,16 +764,14 @@ def _peer_statistics(
         apply_seconds_buckets=APPLY_SECONDS_BUCKETS,
         apply_seconds_counts=tuple(link.apply_seconds_counts),
         apply_seconds_sum=link.apply_seconds_sum,
+        last_error_ms=times[0],
+        down_since_ms=times[1],
         **verify_figures,  # type: ignore[arg-type]
     )
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _log_session_end(link: PeerLink, exc: BaseException) -> None:
-    if isinstance(exc, RefusedError) and "already in a session" in exc.reason:
+    if isinstance(exc, DuplicateSession):
         log.info("session with %s not needed: %s", link.site_id or link.address, exc)
     elif isinstance(exc, RefusedError):
         log.error("session with %s refused: %s", link.site_id or link.address, exc)

@@ -22,13 +22,14 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.catchup import CatchUp
 from syncmesh.node.config import NodeConfig, PeerConfig
+from syncmesh.node.mismatch import column_differences
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
     Ack,
@@ -42,11 +43,31 @@ from syncmesh.protocol import (
     encode,
 )
 from syncmesh.store import Store
-from syncmesh.transport import Channel
+from syncmesh.transport.base import Channel
 
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
+# What a peer's session (or its dialer) is doing, as /v1/status shows it.
+PeerState = Literal[
+    "connecting", "handshake", "streaming", "backoff", "refused", "connected by peer", "closed"
+]
+# The wire text that starts a refusal of a second session between one pair
+# (`Node.register`): the REFUSE message carries only text, so a refusal
+# received from a peer is typed (`DuplicateSession`) by this prefix.
+DUPLICATE_SESSION_PREFIX = "already in a session"
+
+
+class DuplicateSession(RefusedError):
+    """The pair already has a session: not a fault, the other session carries on."""
+
+
+def refused_by_peer(what: str, reason: str) -> RefusedError:
+    """The error for a REFUSE received from a peer, typed by its reason's text."""
+    kind = DuplicateSession if reason.startswith(DUPLICATE_SESSION_PREFIX) else RefusedError
+    return kind(f"{what}: {reason}")
+
+
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -58,7 +79,7 @@ class PeerLink:
     dialed: bool
     name: str = ""  # the peer's site name (certificate or [peers.NAME]); "" if unnamed
     site_id: str = ""
-    state: str = "handshake"
+    state: PeerState = "handshake"
     connected_ms: int = 0
     peer_head_seq: int = 0
     cursor: int = 0
@@ -109,9 +130,15 @@ class SessionHost(Protocol):
     store: Store
     worker: StoreWorker
 
+    def now_ms(self) -> int:
+        """Wall time from the node's injected clock."""
+        ...
+
     async def our_hello(self) -> Hello: ...
 
-    def register(self, link: PeerLink, session: Session) -> str | None: ...
+    def register(self, link: PeerLink, session: Session) -> RefusedError | None:
+        """Record the session under the peer's site id, or the refusal to send it."""
+        ...
 
     def unregister(self, link: PeerLink, session: Session) -> None: ...
 
@@ -131,9 +158,7 @@ class SessionHost(Protocol):
 
     def note_rights_refused(self, rows: int) -> None: ...
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    def note_feed_read(self, error: BaseException | None) -> None: ...
 
 
 class Session:
@@ -168,7 +193,7 @@ class Session:
             hello = await self._handshake()
             registered = True
             self.link.state = "streaming"
-            self.link.connected_ms = _now_ms()
+            self.link.connected_ms = self._host.now_ms()
             log.info("session with %s (%s) established", hello.site_id, self.link.address)
             try:
                 await self._receive_loop()
@@ -190,12 +215,13 @@ class Session:
         await self._channel.send(frame)
         self.link.bytes_out += len(frame)
 
-    async def _refuse(self, reason: str) -> RefusedError:
+    async def _refuse(self, reason: str | RefusedError) -> RefusedError:
+        refusal = reason if isinstance(reason, RefusedError) else RefusedError(reason)
         try:
-            await self._send(Refuse(reason))
+            await self._send(Refuse(refusal.reason))
         except Exception:  # the refusal is a courtesy: the link may be gone already
             log.debug("could not send refusal to %s", self.link.address, exc_info=True)
-        return RefusedError(reason)
+        return refusal
 
     async def _handshake(self) -> Hello:
         host = self._host
@@ -207,7 +233,7 @@ class Session:
         except ProtocolError as exc:
             raise await self._refuse(f"bad HELLO: {exc}") from exc
         if isinstance(message, Refuse):
-            raise RefusedError(f"peer {self.link.address} refused the session: {message.reason}")
+            raise refused_by_peer(f"peer {self.link.address} refused the session", message.reason)
         if not isinstance(message, Hello):
             raise await self._refuse(f"expected HELLO, got {type(message).__name__.upper()}")
         reason = _mismatch(ours, message)
@@ -282,7 +308,7 @@ class Session:
                 self._sender = asyncio.create_task(self._send_loop(message))
                 self._sender.add_done_callback(self._sender_done)
             elif isinstance(message, Refuse):
-                raise RefusedError(f"peer {self.link.site_id} ended the session: {message.reason}")
+                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message.reason)
             else:
                 raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
 
@@ -381,7 +407,7 @@ class Session:
         link.note_tables(received, by_table, frame_bytes)
         link.cursor = batch.to_seq
         link.peer_head_seq = batch.head_seq
-        link.last_batch_ms = _now_ms()
+        link.last_batch_ms = self._host.now_ms()
         link.catchup.note(time.monotonic(), link.cursor, link.rows_in)
         if received.vector is not None:
             # The peer's vector is true of its whole state: what it sent us
@@ -443,7 +469,14 @@ class Session:
                 # could hide a capture made since.
                 batch = prefetched[1]
             else:
-                batch = await worker.call(store.read_batch, cursor, self._filter_vector(), rows_max)
+                try:
+                    batch = await worker.call(
+                        store.read_batch, cursor, self._filter_vector(), rows_max
+                    )
+                except Exception as exc:
+                    host.note_feed_read(exc)  # failing in a row makes the node unhealthy
+                    raise
+                host.note_feed_read(None)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # Caught up: the node reads our next batch in the same trip to
@@ -532,10 +565,12 @@ def _mismatch(ours: Hello, theirs: Hello) -> str | None:
             " syncing it"
         )
     if theirs.fingerprint != ours.fingerprint:
+        differences = column_differences(ours, theirs)
         return (
             f"schema mismatch: tracked tables differ (fingerprint {ours.fingerprint},"
             f" tables {list(ours.tables)} here; {theirs.fingerprint},"
-            f" tables {list(theirs.tables)} at site {theirs.site_id}); track the same"
-            " tables with the same columns on every node"
+            f" tables {list(theirs.tables)} at site {theirs.site_id})"
+            + (f": {differences}" if differences else "")
+            + "; track the same tables with the same columns on every node"
         )
     return None

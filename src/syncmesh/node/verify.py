@@ -42,40 +42,45 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
-import msgpack
-
-from syncmesh.errors import StoreError, SyncError
-from syncmesh.model import SqlValue
-from syncmesh.protocol import Batch, decode, encode
+from syncmesh.errors import ProtocolError, StoreError, SyncError, TransportError
+from syncmesh.protocol.verify import (
+    BRANCH_ARRAY,
+    KEYS_PER_REQUEST,
+    LEAF_ARRAY,
+    TREE_BRANCHES,
+    TREE_LEAVES_PER_BRANCH,
+    DigestsRequest,
+    FetchRequest,
+    Key,
+    LeavesRequest,
+    PushRequest,
+    RootsRequest,
+    VerifyRequest,
+    decode_digests_answer,
+    decode_fetch_answer,
+    decode_leaves_answer,
+    decode_push_answer,
+    decode_roots_answer,
+    encode_request,
+    refusal_detail,
+)
 from syncmesh.store import Store
 from syncmesh.store.base import DEEP_ROWS_PER_STEP
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport import SYNC_PATH
+from syncmesh.transport.base import UnreachableError, VerifyExchange
 
 log = logging.getLogger(__name__)
 
-VERIFY_PATH = SYNC_PATH + "/verify"
-CONTENT_TYPE = "application/msgpack"
-VERIFY_VERSION = 1
 SETTLE_S_DEFAULT = 1.0
 SETTLE_ROUNDS_DEFAULT = 3
-KEYS_PER_REQUEST = 16_384  # keys in one digests/fetch/push request
-BRANCHES_PER_REQUEST = BRANCHES  # all of one table's branches fit one request (~530 KB)
 DEEP_SESSIONS_MAX = 4
 DEEP_SESSION_TTL_S = 300.0
-REQUEST_TIMEOUT_S = 120.0
 
-Key = tuple[SqlValue, ...]
 T = TypeVar("T")
 StoreCall = Callable[..., Awaitable[Any]]
 
-LEAF_ARRAY = struct.Struct(f"<{LEAVES_PER_BRANCH}q")
-BRANCH_ARRAY = struct.Struct(f"<{BRANCHES}q")
-
-
-class VerifyRequestError(SyncError):
-    """A verify request the answering node cannot read (HTTP 400, named)."""
+# The wire's tree shape (protocol.verify) is the store's.
+assert (TREE_BRANCHES, TREE_LEAVES_PER_BRANCH) == (BRANCHES, LEAVES_PER_BRANCH)
 
 
 # -- results ------------------------------------------------------------------------
@@ -163,90 +168,48 @@ class RepairReport:
     restamped_rows: int  # rows whose values differed under equal stamps (deep)
 
 
-# -- the wire -------------------------------------------------------------------------
-
-
-def pack(message: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
-
-
-def unpack(body: bytes) -> dict[str, Any]:
-    try:
-        message = msgpack.unpackb(body, raw=False, strict_map_key=False, max_ext_len=0)
-    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
-        raise VerifyRequestError(f"verify message is not valid msgpack: {exc}") from exc
-    if not isinstance(message, dict):
-        raise VerifyRequestError("verify message is not a map")
-    return message
-
-
-def read_field(message: Mapping[str, Any], name: str, kind: type[T] | tuple[type, ...]) -> T:
-    value = message.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise VerifyRequestError(f"verify message: {name!r} is missing or not a {kind}")
-    return value  # type: ignore[return-value]
-
-
-def read_keys(value: Any, what: str) -> list[Key]:
-    if not isinstance(value, list) or len(value) > KEYS_PER_REQUEST:
-        raise VerifyRequestError(f"{what}: keys must be a list of at most {KEYS_PER_REQUEST}")
-    keys = []
-    for key in value:
-        if not isinstance(key, list) or not key:
-            raise VerifyRequestError(f"{what}: a key is not a non-empty list of values")
-        for part in key:
-            if part is not None and not isinstance(part, int | float | str | bytes):
-                raise VerifyRequestError(f"{what}: a key value is not an SQL value")
-        keys.append(tuple(key))
-    return keys
-
-
 # -- the asking side -------------------------------------------------------------------
 
 
 class VerifyClient:
-    """Requests to one node's verify route over HTTP; counts round trips and bytes.
+    """Requests to one node's verify route; counts round trips and bytes.
 
-    With TLS, pass a context from `transport.client_context_for_site`: the
-    node's certificate must then name the site meant, as a dialler checks
-    the peer it reached, so another member of the cluster cannot answer
-    (and feed a repair) in its place.
+    `exchange` carries the requests: what `Connector.verify_exchange`
+    returns, or `transport.HttpVerifyExchange(url, ssl=...)` from the CLI.
+    With TLS the exchange checks that the node's certificate names the site
+    meant, as a dialler checks the peer it reached, so another member of the
+    cluster cannot answer (and feed a repair) in its place.
     """
 
-    def __init__(self, url: str, *, ssl: Any = None, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        self.url = url.rstrip("/") + VERIFY_PATH
-        self._ssl = ssl
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, exchange: VerifyExchange) -> None:
+        self._exchange = exchange
+        self.url = self._exchange.url
         self.round_trips = 0
         self.bytes_sent = 0
         self.bytes_received = 0
 
     async def __aenter__(self) -> VerifyClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        await self._exchange.__aenter__()
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self._exchange.__aexit__(*exc)
 
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        assert self._session is not None, "use `async with VerifyClient(...)`"
-        body = pack({"v": VERIFY_VERSION, "op": op, **fields})
+    async def call(self, request: VerifyRequest) -> bytes:
+        """The answer's body to `request`; SyncError if unreachable or refused."""
+        body = encode_request(request)
         try:
-            async with self._session.post(
-                self.url, data=body, headers={"Content-Type": CONTENT_TYPE}, ssl=self._ssl
-            ) as response:
-                answer = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise SyncError(f"cannot reach {self.url}: {str(exc) or type(exc).__name__}") from exc
+            status, answer = await self._exchange.post(body)
+        except UnreachableError as exc:
+            raise SyncError(f"cannot reach {self.url}: {exc.reason}") from exc
+        except TransportError as exc:
+            raise SyncError(f"cannot reach {self.url}: {exc}") from exc
         self.round_trips += 1
         self.bytes_sent += len(body)
         self.bytes_received += len(answer)
         if status != 200:
-            raise SyncError(f"{self.url} refused verify ({status}): {_error_text(answer)}")
-        return unpack(answer)
+            raise SyncError(f"{self.url} refused verify ({status}): {refusal_detail(answer)}")
+        return answer
 
 
 @contextmanager
@@ -254,18 +217,12 @@ def _answer_from(client: VerifyClient) -> Iterator[None]:
     """Turn an answer that does not have the expected shape into a SyncError naming it."""
     try:
         yield
+    except ProtocolError as exc:  # VerifyAnswerError, or a malformed BATCH frame
+        raise SyncError(f"{client.url} sent a verify answer this node cannot read: {exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError, struct.error) as exc:
         raise SyncError(
             f"{client.url} sent a verify answer this node cannot read: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        message = unpack(body)
-    except VerifyRequestError:
-        return body[:200].decode("utf-8", "replace")
-    return str(message.get("detail") or message.get("error") or message)
 
 
 async def verify(
@@ -298,20 +255,17 @@ async def verify(
             corrected += fixed
     else:
         trees = await call(store.summaries, names)
-    answer = await client.call(
-        "roots",
-        tables={name: tree.root() for name, tree in trees.items()},
-        deep=deep,
-        session=session,
+    body = await client.call(
+        RootsRequest({name: tree.root() for name, tree in trees.items()}, deep, session)
     )
     asked: dict[str, dict[int, bytes]] = {}
     with _answer_from(client):
-        peer_site = str(answer.get("site", ""))
-        not_shared = [str(name) for name in answer.get("not_shared", [])]
-        for name, verdict in answer.get("tables", {}).items():
-            if verdict.get("same"):
+        roots = decode_roots_answer(body)
+        peer_site, not_shared = roots.site, roots.not_shared
+        for name, branches in roots.tables.items():
+            if branches is None:
                 continue
-            theirs = BRANCH_ARRAY.unpack(verdict["branches"])
+            theirs = BRANCH_ARRAY.unpack(branches)
             ours = trees[name].branches()
             asked[name] = {
                 branch: LEAF_ARRAY.pack(*trees[name].branch_leaves(branch))
@@ -321,14 +275,11 @@ async def verify(
     # Candidate keys: (our digest, theirs) per key of the leaves that differ.
     candidates: dict[str, dict[Key, tuple[int | None, int | None]]] = {}
     if asked:
-        answer = await client.call("leaves", tables=asked, deep=deep, session=session)
+        body = await client.call(LeavesRequest(asked, deep, session))
         with _answer_from(client):
             listed = {
-                name: (
-                    {tuple(key): value for key, value in found["rows"]},
-                    [int(leaf) for leaf in found["leaves"]],
-                )
-                for name, found in answer["tables"].items()
+                name: (dict(found.rows), found.leaves)
+                for name, found in decode_leaves_answer(body).tables.items()
                 if name in asked
             }
         for name, (theirs_by_key, leaves) in listed.items():
@@ -408,13 +359,9 @@ async def _remote_digests(
     found: dict[str, list[int | None]] = {name: [] for name in keys}
     chunks = _chunked({name: list(listed) for name, listed in keys.items()})
     for chunk in chunks:
-        answer = await client.call(
-            "digests",
-            tables={name: [list(key) for key in listed] for name, listed in chunk.items()},
-            deep=deep,
-        )
+        body = await client.call(DigestsRequest(chunk, deep))
         with _answer_from(client):
-            for name, digests in answer["tables"].items():
+            for name, digests in decode_digests_answer(body).tables.items():
                 found[name].extend(digests)
     return found
 
@@ -467,17 +414,16 @@ async def repair(
                 restamped += await call(store.restamp, name, same_stamps)
         for start in range(0, len(keys), KEYS_PER_REQUEST):
             chunk = keys[start : start + KEYS_PER_REQUEST]
-            answer = await client.call("fetch", tables={name: [list(key) for key in chunk]})
+            body = await client.call(FetchRequest({name: chunk}))
             with _answer_from(client):
-                message = decode(answer["batches"][name])
-            if not isinstance(message, Batch):
-                raise SyncError(f"{client.url} answered a fetch with a {type(message).__name__}")
-            result = await call(store.merge_repair_rows, before.peer_site, message.batch)
+                fetched_rows = decode_fetch_answer(body).batches[name]
+            result = await call(store.merge_repair_rows, before.peer_site, fetched_rows)
             fetched += result.applied_rows
             ours = await call(store.rows_of, name, chunk)
             if ours.row_count:
-                answer = await client.call("push", batch=encode(Batch(ours)), site=store.site_id)
-                pushed += int(answer.get("applied", 0))
+                body = await client.call(PushRequest(ours, store.site_id))
+                with _answer_from(client):
+                    pushed += decode_push_answer(body).applied
     after = await verify(
         store, call, client, tables, deep=deep, settle_s=settle_s, settle_rounds=settle_rounds
     )

@@ -2,10 +2,12 @@
 
 `VerifyServer` answers the requests of syncmesh.node.verify (the asking
 side, which also describes the exchange) from the node's store, on the
-store thread; `answer_http` is the route `POST /sync/v1/verify`, admitted
-like the peer WebSocket.  `periodic_verify` runs in the node: every
+store thread.  It is the node's `transport.VerifyHost`: a transport's
+listener hands it each request (`answer_verify`), admitted like a peer's
+channel (`node.admission.admit`).  `periodic_verify` runs in the node: every
 `sync.verify_interval_s` it verifies each peer it dials and keeps the
-outcome for `/v1/status`, `/metrics` and the dashboard.
+outcome for `/v1/status`, `/metrics` and the dashboard.  Both take narrow
+host Protocols, not the `Node`, so this module does not import node.py.
 """
 
 from __future__ import annotations
@@ -13,39 +15,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from aiohttp import web
-
-from syncmesh.errors import ProtocolError, StoreError, SyncError
+from syncmesh.clock import PhysicalClock
+from syncmesh.errors import StoreError, SyncError
+from syncmesh.node.admission import Admitted
+from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.verify import (
-    BRANCH_ARRAY,
-    BRANCHES_PER_REQUEST,
-    CONTENT_TYPE,
     DEEP_SESSION_TTL_S,
     DEEP_SESSIONS_MAX,
-    LEAF_ARRAY,
-    VERIFY_VERSION,
     StoreCall,
     VerifyClient,
-    VerifyRequestError,
     deep_tree,
-    pack,
-    read_field,
-    read_keys,
-    unpack,
     verify,
 )
-from syncmesh.protocol import Batch, decode, encode
+from syncmesh.protocol.verify import (
+    BRANCH_ARRAY,
+    LEAF_ARRAY,
+    DigestsAnswer,
+    DigestsRequest,
+    FetchAnswer,
+    FetchRequest,
+    LeafRows,
+    LeavesAnswer,
+    LeavesRequest,
+    PushAnswer,
+    PushRequest,
+    RootsAnswer,
+    RootsRequest,
+    VerifyAnswerMessage,
+    VerifyRefusal,
+    VerifyRequest,
+    VerifyRequestError,
+    decode_request,
+    encode_answer,
+)
 from syncmesh.store import Store
-from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport import client_context_for_site, peer_address, peer_site
-
-if TYPE_CHECKING:
-    from syncmesh.node.config import PeerConfig
-    from syncmesh.node.node import Node
+from syncmesh.store.summary import LEAVES_PER_BRANCH, TableSummary
+from syncmesh.transport.base import Connector, PeerIdentity, Refusal, VerifyAnswer
 
 log = logging.getLogger(__name__)
 
@@ -56,84 +65,94 @@ log = logging.getLogger(__name__)
 class VerifyServer:
     """Answers verify requests from the node's store; holds deep trees per session."""
 
-    def __init__(self, store: Store, call: StoreCall, frame_bytes_max: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        call: StoreCall,
+        frame_bytes_max: int,
+        *,
+        admit: Callable[[PeerIdentity], Admitted | Refusal],
+    ) -> None:
+        """`admit`: the node's admission of a request's sender (`node.admission`)."""
         self._store = store
         self._call = call
         self._frame_bytes_max = frame_bytes_max
+        self._admit = admit
         self._deep: dict[str, tuple[float, dict[str, TableSummary]]] = {}
+
+    async def answer_verify(
+        self, peer: PeerIdentity, read_body: Callable[[], Awaitable[bytes]]
+    ) -> Refusal | VerifyAnswer:
+        """One request from `peer` (the `transport.VerifyHost` Protocol): admitted, answered.
+
+        A request we cannot read is answered `ok=False` with a msgpack map
+        naming the problem (HTTP 400); TransportError from `read_body` (the
+        asker went away) goes back to the transport.
+        """
+        verdict = self._admit(peer)
+        if isinstance(verdict, Refusal):
+            return verdict
+        rights = verdict.peer
+        body = await read_body()
+        try:
+            request = decode_request(body, frame_bytes_max=self._frame_bytes_max)
+            origin = request.site if isinstance(request, PushRequest) and request.site else ""
+            answer = await self.answer(
+                request,
+                may_read=rights.may_receive if rights is not None else _anything,
+                may_write=rights.may_send if rights is not None else _anything,
+                origin=origin or peer.address,
+            )
+        except (VerifyRequestError, StoreError) as exc:
+            log.info("refused a verify request from %s: %s", peer.address, exc)
+            return VerifyAnswer(False, encode_answer(VerifyRefusal(str(exc))))
+        return VerifyAnswer(True, encode_answer(answer))
 
     async def answer(
         self,
-        message: Mapping[str, Any],
+        request: VerifyRequest,
         may_read: Callable[[str], bool],
         may_write: Callable[[str], bool],
         origin: str,
-    ) -> dict[str, Any]:
-        """The answer to one request; VerifyRequestError for one we cannot read.
+    ) -> VerifyAnswerMessage:
+        """The answer to one decoded request; VerifyRequestError for one we cannot serve.
 
         `may_read(table)`: the asker may learn about the table (we send it
         its changes); `may_write(table)`: we accept the asker's changes to it.
         """
-        if message.get("v") != VERIFY_VERSION:
-            raise VerifyRequestError(
-                f"verify version {message.get('v')!r} is not {VERIFY_VERSION} (upgrade one side)"
-            )
-        op = read_field(message, "op", str)
         tracked = {spec.name for spec in self._store.specs()}
-        if op == "roots":
-            return await self._roots(message, tracked, may_read)
-        if op == "leaves":
-            return await self._leaves(message, tracked, may_read)
-        if op == "digests":
-            tables = self._tablesread_field(message, tracked, may_read)
-            deep = bool(message.get("deep"))
-            return {
-                "tables": {
-                    name: await self._call(
-                        self._store.key_digests, name, read_keys(keys, name), deep=deep
-                    )
-                    for name, keys in tables.items()
-                }
-            }
-        if op == "fetch":
-            tables = self._tablesread_field(message, tracked, may_read)
-            return {
-                "batches": {
-                    name: encode(
-                        Batch(await self._call(self._store.rows_of, name, read_keys(keys, name)))
-                    )
-                    for name, keys in tables.items()
-                }
-            }
-        if op == "push":
-            frame = read_field(message, "batch", bytes)
-            try:
-                batch = decode(frame, frame_bytes_max=self._frame_bytes_max)
-            except ProtocolError as exc:
-                raise VerifyRequestError(f"push: {exc}") from exc
-            if not isinstance(batch, Batch):
-                raise VerifyRequestError("push: the frame is not a BATCH")
-            for rows in batch.batch.tables:
-                if rows.table not in tracked or not may_write(rows.table):
-                    raise VerifyRequestError(f"push: table {rows.table!r} is not accepted here")
-            result = await self._call(self._store.merge_repair_rows, origin, batch.batch)
-            return {"applied": result.applied_rows, "quarantined": result.quarantined_rows}
-        raise VerifyRequestError(f"unknown verify op {op!r}")
+        match request:
+            case RootsRequest():
+                return await self._roots(request, tracked, may_read)
+            case LeavesRequest():
+                return await self._leaves(request, tracked, may_read)
+            case DigestsRequest(tables, deep):
+                _check_shared(tables, tracked, may_read)
+                return DigestsAnswer(
+                    {
+                        name: await self._call(self._store.key_digests, name, keys, deep=deep)
+                        for name, keys in tables.items()
+                    }
+                )
+            case FetchRequest(tables):
+                _check_shared(tables, tracked, may_read)
+                return FetchAnswer(
+                    {
+                        name: await self._call(self._store.rows_of, name, keys)
+                        for name, keys in tables.items()
+                    }
+                )
+            case PushRequest(batch):
+                for rows in batch.tables:
+                    if rows.table not in tracked or not may_write(rows.table):
+                        raise VerifyRequestError(f"push: table {rows.table!r} is not accepted here")
+                result = await self._call(self._store.merge_repair_rows, origin, batch)
+                return PushAnswer(result.applied_rows, result.quarantined_rows)
 
-    def _tablesread_field(
-        self, message: Mapping[str, Any], tracked: set[str], may_read: Callable[[str], bool]
-    ) -> dict[str, Any]:
-        tables = read_field(message, "tables", dict)
-        for name in tables:
-            if not isinstance(name, str) or name not in tracked or not may_read(name):
-                raise VerifyRequestError(f"table {name!r} is not shared with you here")
-        return tables
-
-    async def _trees(self, message: Mapping[str, Any], names: list[str]) -> dict[str, TableSummary]:
-        if not message.get("deep"):
+    async def _trees(self, deep: bool, session: str, names: list[str]) -> dict[str, TableSummary]:
+        if not deep:
             trees: dict[str, TableSummary] = await self._call(self._store.summaries, names)
             return trees
-        session = read_field(message, "session", str)
         now = time.monotonic()
         for stale in [key for key, (at, _) in self._deep.items() if now - at > DEEP_SESSION_TTL_S]:
             del self._deep[stale]
@@ -147,45 +166,28 @@ class VerifyServer:
         return {name: cached[name] for name in names}
 
     async def _roots(
-        self, message: Mapping[str, Any], tracked: set[str], may_read: Callable[[str], bool]
-    ) -> dict[str, Any]:
-        asked = read_field(message, "tables", dict)
+        self, request: RootsRequest, tracked: set[str], may_read: Callable[[str], bool]
+    ) -> RootsAnswer:
+        asked = request.tables
         shared = [name for name in asked if name in tracked and may_read(name)]
-        trees = await self._trees(message, shared)
-        answer: dict[str, Any] = {}
+        trees = await self._trees(request.deep, request.session, shared)
+        answer: dict[str, bytes | None] = {}
         for name in shared:
-            theirs = asked[name]
-            if not isinstance(theirs, int):
-                raise VerifyRequestError(f"roots: the root of {name!r} is not an integer")
             tree = trees[name]
-            if tree.root() == theirs:
-                answer[name] = {"same": True}
-            else:
-                answer[name] = {"same": False, "branches": BRANCH_ARRAY.pack(*tree.branches())}
-        return {
-            "site": self._store.site_id,
-            "tables": answer,
-            "not_shared": sorted(set(asked) - set(shared), key=str),
-        }
+            same = tree.root() == asked[name]
+            answer[name] = None if same else BRANCH_ARRAY.pack(*tree.branches())
+        return RootsAnswer(self._store.site_id, answer, sorted(set(asked) - set(shared), key=str))
 
     async def _leaves(
-        self, message: Mapping[str, Any], tracked: set[str], may_read: Callable[[str], bool]
-    ) -> dict[str, Any]:
-        asked = self._tablesread_field(message, tracked, may_read)
-        deep = bool(message.get("deep"))
-        trees = await self._trees(message, list(asked))
-        answer: dict[str, Any] = {}
+        self, request: LeavesRequest, tracked: set[str], may_read: Callable[[str], bool]
+    ) -> LeavesAnswer:
+        asked = request.tables
+        _check_shared(asked, tracked, may_read)
+        trees = await self._trees(request.deep, request.session, list(asked))
+        answer: dict[str, LeafRows] = {}
         for name, branches in asked.items():
-            if not isinstance(branches, dict) or len(branches) > BRANCHES_PER_REQUEST:
-                raise VerifyRequestError(f"leaves: branches of {name!r} are not a map")
             differing: list[int] = []
             for branch, packed in branches.items():
-                if not isinstance(branch, int) or not 0 <= branch < BRANCHES:
-                    raise VerifyRequestError(f"leaves: branch {branch!r} is out of range")
-                if not isinstance(packed, bytes) or len(packed) != LEAF_ARRAY.size:
-                    raise VerifyRequestError(
-                        f"leaves: branch {branch} is not {LEAVES_PER_BRANCH} hashes"
-                    )
                 ours = trees[name].branch_leaves(branch)
                 theirs = LEAF_ARRAY.unpack(packed)
                 start = branch * LEAVES_PER_BRANCH
@@ -194,9 +196,17 @@ class VerifyServer:
                     for index in range(LEAVES_PER_BRANCH)
                     if ours[index] != theirs[index]
                 )
-            rows = await self._call(self._store.leaf_digests, name, differing, deep=deep)
-            answer[name] = {"leaves": differing, "rows": [[list(k), d] for k, d in rows.items()]}
-        return {"tables": answer}
+            rows = await self._call(self._store.leaf_digests, name, differing, deep=request.deep)
+            answer[name] = LeafRows(differing, list(rows.items()))
+        return LeavesAnswer(answer)
+
+
+def _check_shared(
+    tables: Mapping[str, object], tracked: set[str], may_read: Callable[[str], bool]
+) -> None:
+    for name in tables:
+        if name not in tracked or not may_read(name):
+            raise VerifyRequestError(f"table {name!r} is not shared with you here")
 
 
 # -- inside a node: the route, and verify against each peer now and then ----------------
@@ -216,51 +226,30 @@ class VerifyOutcome:
     error: str = ""
 
 
-async def answer_http(node: Node, request: web.Request) -> web.Response:
-    """`POST /sync/v1/verify`: admitted like the peer WebSocket, answered from the store."""
-    if node.stopping:
-        return web.Response(status=503, text="node is shutting down")
-    peer: PeerConfig | None = None
-    if node.config.tls is not None:
-        name = peer_site(request)
-        peer = None if name is None else node.config.peer_named(name)
-        if peer is None:
-            log.warning(
-                "refused a verify request from %s: its certificate is not a configured peer's",
-                peer_address(request),
-            )
-            return web.Response(status=403, text="your certificate is not a peer's here")
-    try:
-        body = await request.read()
-    except (ConnectionError, asyncio.IncompleteReadError) as exc:
-        # The asker went away mid-request (a partition, a reset): nobody to answer.
-        log.info("a verify request from %s was cut short: %s", peer_address(request), exc)
-        return web.Response(status=400, text="request cut short")
-    try:
-        message = unpack(body)
-        site = message.get("site")
-        origin = site if isinstance(site, str) and site else peer_address(request)
-        answer = await node.verify_server.answer(
-            message,
-            may_read=peer.may_receive if peer is not None else _anything,
-            may_write=peer.may_send if peer is not None else _anything,
-            origin=origin,
-        )
-    except (VerifyRequestError, StoreError) as exc:
-        log.info("refused a verify request from %s: %s", peer_address(request), exc)
-        return web.Response(
-            status=400,
-            body=pack({"error": "bad request", "detail": str(exc)}),
-            content_type=CONTENT_TYPE,
-        )
-    return web.Response(body=pack(answer), content_type=CONTENT_TYPE)
-
-
 def _anything(_table: str) -> bool:
     return True
 
 
-async def periodic_verify(node: Node) -> None:
+class VerifyingHost(Protocol):
+    """What the periodic verify needs from its node."""
+
+    config: NodeConfig
+    store: Store
+    clock: PhysicalClock
+    connector: Connector
+    verify_outcomes: dict[str, VerifyOutcome]
+
+    @property
+    def store_call(self) -> StoreCall:
+        """Runs a function on the store's thread (`StoreWorker.call`)."""
+        ...
+
+    def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]: ...
+
+    def streaming_with(self, url: str) -> bool: ...
+
+
+async def periodic_verify(node: VerifyingHost) -> None:
     """Every `verify_interval_s`, verify against each peer we dial that is streaming."""
     interval_s = node.config.verify_interval_s
     # The first round waits a whole interval: a starting cluster is still catching up.
@@ -283,19 +272,17 @@ async def periodic_verify(node: Node) -> None:
 
 
 async def verify_peer(
-    node: Node, url: str, tables: list[str], peer: PeerConfig | None = None
+    node: VerifyingHost, url: str, tables: list[str], peer: PeerConfig | None = None
 ) -> VerifyOutcome:
     """One verify of our store against the node at `url`, as an outcome (never raises)."""
     started = time.monotonic()
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = node.clock.now_ms()
     try:
-        context = None
-        if node.config.tls is not None and peer is not None:
-            context = client_context_for_site(node.config.tls, peer.name)
-        async with VerifyClient(url, ssl=context) as client:
+        exchange = node.connector.verify_exchange(url, None if peer is None else peer.name)
+        async with VerifyClient(exchange) as client:
             report = await verify(
                 node.store,
-                node.worker.call,
+                node.store_call,
                 client,
                 tables,
                 settle_s=node.config.verify_settle_s,

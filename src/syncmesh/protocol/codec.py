@@ -47,6 +47,7 @@ DECODED_BYTES_MAX = 256 << 20  # after decompression: a bound against zip bombs
 COMPRESS_BYTES_MIN = 512
 SITE_ID_CHARS_MAX = 64
 KEY_COLUMNS_MAX = 64
+TABLE_COLUMNS_MAX = 2_000  # SQLite's default SQLITE_MAX_COLUMN
 ROWS_PER_MESSAGE_MAX = 100_000  # rows in one BATCH, all tables together (the default)
 NAME_CHARS_MAX = 1_024  # a table or column name; an incarnation or fingerprint: 64
 TOKEN_CHARS_MAX = 64  # incarnation ids and fingerprints
@@ -184,7 +185,7 @@ def _decompress(body: bytes) -> bytes:
 def _to_plain(message: Message) -> dict[str, Any]:
     match message:
         case Hello():
-            return {
+            hello: dict[str, object] = {
                 "t": "hello",
                 "v": message.version,
                 "site": message.site_id,
@@ -194,6 +195,9 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 "head": message.head_seq,
                 "vv": message.vector,
             }
+            if message.columns:
+                hello["cols"] = {name: list(cols) for name, cols in message.columns.items()}
+            return hello
         case Refuse():
             return {"t": "refuse", "reason": message.reason}
         case Pull():
@@ -269,6 +273,26 @@ def _vector(value: object, what: str) -> dict[str, int]:
     return dict(value)
 
 
+def _columns(value: object) -> dict[str, tuple[str, ...]]:
+    """HELLO's optional `cols`: {table: ["name TYPE", ...]}; absent from older peers."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > VECTOR_SITES_MAX:
+        raise ProtocolError("hello: cols is not a map of tables")
+    columns = {}
+    for table, described in value.items():
+        if (
+            not isinstance(table, str)
+            or len(table) > NAME_CHARS_MAX
+            or not isinstance(described, list)
+            or len(described) > TABLE_COLUMNS_MAX
+            or not all(isinstance(c, str) and len(c) <= NAME_CHARS_MAX * 2 for c in described)
+        ):
+            raise ProtocolError(f"hello: cols of {_show(table)} are not a list of columns")
+        columns[table] = tuple(described)
+    return columns
+
+
 def _from_plain(plain: object) -> Message:
     if not isinstance(plain, dict):
         raise ProtocolError("frame is not a map")
@@ -290,6 +314,7 @@ def _from_plain(plain: object) -> Message:
             tuple(tables),
             _seq(plain, "head", "hello"),
             _vector(plain.get("vv"), "hello"),
+            _columns(plain.get("cols")),
         )
     if kind == "refuse":
         return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))

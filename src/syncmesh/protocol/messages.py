@@ -19,7 +19,7 @@ of its own change feed and the receiver of the peer's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from syncmesh.model import ChangeBatch
 
@@ -37,6 +37,10 @@ class Hello:
     tables: tuple[str, ...]
     head_seq: int
     vector: dict[str, int]
+    # Per tracked table, its columns as "name TYPE" ("name TYPE key" for the
+    # primary key's): only for naming what differs when fingerprints do.
+    # Optional on the wire (peers before it send none), so no version bump.
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,3 +28,11 @@ def open_store(
     (default: the system's, with a 60 s drift limit).
     """
     return SqliteStore.open(path, clock=clock, conflict_ledger_rows_max=conflict_ledger_rows_max)
+
+
+def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+    """Why `tables` of the store at `path` could not be tracked (missing, no key), read-only.
+
+    For `syncmesh config check`: it must not change, or even create, the file.
+    """
+    return SqliteStore.table_problems(path, tables)

@@ -1,37 +1,50 @@
-"""A `Channel` moves whole binary frames between two peers; here, over a WebSocket.
+"""The WebSocket transport: sync channels over a WebSocket, verify over HTTP POST.
 
-The session logic (syncmesh.node.session) sees only `Channel`, so another
-transport (an in-memory pair for tests, NATS later) fits behind the same
-three methods.  WebSocket is the choice (docs/adr/0003-websocket-sessions.md)
-because a site behind NAT can dial out and still receive changes on the same
-long-lived connection, and aiohttp serves and dials it in one library, with
-ping/pong heartbeats that close a dead link.
+This is the only module that knows aiohttp's WebSocket and client sides.
+The session logic (syncmesh.node.session) sees only `Channel`, and the
+node only the Protocols of `transport.base`.  WebSocket is the choice
+(docs/adr/0003-websocket-sessions.md) because a site behind NAT can dial
+out and still receive changes on the same long-lived connection, and
+aiohttp serves and dials it in one library, with ping/pong heartbeats that
+close a dead link.
+
+- `WebSocketConnector` dials `GET /sync/v1` and opens verify exchanges
+  (`HttpVerifyExchange`, `POST /sync/v1/verify`), with TLS when configured.
+- `WebSocketListener` adds those two routes to the node's aiohttp
+  application (`syncmesh.api.http` serves it, with the status API) and
+  hands each peer to the node's `ChannelHost` and `VerifyHost`.  A refusal
+  becomes its HTTP status and text here: the wire text is this module's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
-from typing import Protocol
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from syncmesh.errors import TransportError
-from syncmesh.transport.tls import site_name_of
+from syncmesh.transport.base import (
+    Channel,
+    ChannelHost,
+    ClosedError,
+    PeerIdentity,
+    Refusal,
+    RefusalReason,
+    UnreachableError,
+    VerifyHost,
+)
+from syncmesh.transport.tls import TlsFiles, client_context, client_context_for_site, site_name_of
+
+log = logging.getLogger(__name__)
 
 SYNC_PATH = "/sync/v1"
-
-
-class ClosedError(TransportError):
-    """The peer closed the channel, or the link died (heartbeat lost)."""
-
-
-class Channel(Protocol):
-    async def send(self, frame: bytes) -> None: ...
-
-    async def receive(self, timeout_s: float | None = None) -> bytes: ...
-
-    async def close(self) -> None: ...
+VERIFY_PATH = SYNC_PATH + "/verify"
+VERIFY_CONTENT_TYPE = "application/msgpack"
+VERIFY_TIMEOUT_S = 120.0
 
 
 class WebSocketChannel:
@@ -48,7 +61,7 @@ class WebSocketChannel:
         self._peer = peer
         self._session = session
         # The site named by the peer's verified certificate (TLS), else None.
-        self.peer_site = peer_site
+        self._peer_site = peer_site
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -61,6 +74,10 @@ class WebSocketChannel:
     @property
     def peer(self) -> str:
         return self._peer
+
+    @property
+    def peer_site(self) -> str | None:
+        return self._peer_site
 
     async def send(self, frame: bytes) -> None:
         if self._socket.closed:
@@ -98,6 +115,43 @@ class WebSocketChannel:
                 await self._session.close()
 
 
+# -- the dialling side ------------------------------------------------------------------
+
+
+class WebSocketConnector:
+    """Dials peers' sync WebSockets and opens verify exchanges, over TLS with `tls`."""
+
+    def __init__(
+        self,
+        *,
+        heartbeat_s: float,
+        frame_bytes_max: int,
+        connect_timeout_s: float,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self._heartbeat_s = heartbeat_s
+        self._frame_bytes_max = frame_bytes_max
+        self._connect_timeout_s = connect_timeout_s
+        self._tls = tls
+        self._ssl = None if tls is None else client_context(tls)
+
+    async def dial(self, url: str) -> WebSocketChannel:
+        return await dial(
+            url,
+            heartbeat_s=self._heartbeat_s,
+            frame_bytes_max=self._frame_bytes_max,
+            connect_timeout_s=self._connect_timeout_s,
+            ssl_context=self._ssl,
+        )
+
+    def verify_exchange(self, url: str, site: str | None) -> HttpVerifyExchange:
+        """An exchange with the node at `url`; with TLS its certificate must name `site`."""
+        context = None
+        if self._tls is not None and site is not None:
+            context = client_context_for_site(self._tls, site)
+        return HttpVerifyExchange(url, ssl=context)
+
+
 async def dial(
     url: str,
     *,
@@ -127,12 +181,141 @@ async def dial(
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
-        raise TransportError(url, f"cannot connect: {str(exc) or type(exc).__name__}") from exc
+        reason = str(exc) or type(exc).__name__
+        if ssl_context is None:  # aiohttp names its TLS default even for plain http
+            reason = reason.replace(" ssl:default", "")
+        raise TransportError(url, f"cannot connect: {reason}") from exc
     except BaseException:
         await session.close()
         raise
     peer_site = site_name_of(socket.get_extra_info("peercert")) if ssl_context else None
     return WebSocketChannel(socket, url, session, peer_site)
+
+
+class HttpVerifyExchange:
+    """Verify requests to one node, `POST /sync/v1/verify`, on one pooled HTTP client.
+
+    With TLS, pass a context from `transport.client_context_for_site`: the
+    node's certificate must then name the site meant, as a dialler checks
+    the peer it reached, so another member of the cluster cannot answer
+    (and feed a repair) in its place.
+    """
+
+    def __init__(self, url: str, *, ssl: Any = None, timeout_s: float = VERIFY_TIMEOUT_S) -> None:
+        self._url = url.rstrip("/") + VERIFY_PATH
+        self._ssl = ssl
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def __aenter__(self) -> HttpVerifyExchange:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        assert self._session is not None, "use `async with` around the exchange"
+        try:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers={"Content-Type": VERIFY_CONTENT_TYPE},
+                ssl=self._ssl,
+            ) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UnreachableError(self._url, str(exc) or type(exc).__name__) from exc
+
+
+# -- the listening side -----------------------------------------------------------------
+
+
+# A refusal on the wire, per path: (status, text).  The texts are the wire
+# format: peers' operators read them in their logs.
+SYNC_REFUSALS: dict[RefusalReason, tuple[int, str]] = {
+    RefusalReason.SHUTTING_DOWN: (503, "node is shutting down"),
+    RefusalReason.TOO_MANY_CONNECTIONS: (503, "too many connections"),
+    RefusalReason.NOT_A_PEER: (403, "certificate {certificate}: not a peer here"),
+    RefusalReason.TOO_MANY_FROM_SITE: (429, "too many connections from your site"),
+}
+VERIFY_REFUSALS: dict[RefusalReason, tuple[int, str]] = {
+    **SYNC_REFUSALS,
+    RefusalReason.NOT_A_PEER: (403, "your certificate is not a peer's here"),
+}
+
+
+def refusal_response(refusal: Refusal, texts: dict[RefusalReason, tuple[int, str]]) -> web.Response:
+    status, text = texts[refusal.reason]
+    return web.Response(status=status, text=text.format(certificate=refusal.certificate))
+
+
+class WebSocketListener:
+    """Serves `GET /sync/v1` and `POST /sync/v1/verify` on an aiohttp application."""
+
+    def __init__(self, app: web.Application, *, heartbeat_s: float, frame_bytes_max: int) -> None:
+        self._app = app
+        self._heartbeat_s = heartbeat_s
+        self._frame_bytes_max = frame_bytes_max
+
+    def serve(self, channels: ChannelHost, verify: VerifyHost) -> None:
+        async def sync_route(request: web.Request) -> web.StreamResponse:
+            return await self._serve_channel(channels, request)
+
+        async def verify_route(request: web.Request) -> web.StreamResponse:
+            return await _answer_verify(verify, request)
+
+        self._app.router.add_get(SYNC_PATH, sync_route)
+        self._app.router.add_post(VERIFY_PATH, verify_route)
+
+    async def _serve_channel(self, host: ChannelHost, request: web.Request) -> web.StreamResponse:
+        opened: list[WebSocketChannel] = []
+
+        async def open_channel() -> Channel:
+            channel = await accept(
+                request, heartbeat_s=self._heartbeat_s, frame_bytes_max=self._frame_bytes_max
+            )
+            opened.append(channel)
+            return channel
+
+        try:
+            refusal = await host.serve_channel(identity_of(request), open_channel)
+        except TransportError as exc:
+            if opened:
+                raise
+            log.info("%s", exc)
+            raise web.HTTPBadRequest(text=str(exc)) from None  # nobody is left to read it
+        if refusal is not None:
+            return refusal_response(refusal, SYNC_REFUSALS)
+        assert opened, "the host admitted the peer, so it opened the channel"
+        return opened[0].response
+
+
+async def _answer_verify(host: VerifyHost, request: web.Request) -> web.StreamResponse:
+    peer = identity_of(request)
+
+    async def read_body() -> bytes:
+        try:
+            return await request.read()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise TransportError(peer.address, f"request cut short: {exc}") from exc
+
+    try:
+        answer = await host.answer_verify(peer, read_body)
+    except TransportError as exc:
+        # The asker went away mid-request (a partition, a reset): nobody to answer.
+        log.info("a verify request from %s was cut short: %s", peer.address, exc)
+        return web.Response(status=400, text="request cut short")
+    if isinstance(answer, Refusal):
+        return refusal_response(answer, VERIFY_REFUSALS)
+    return web.Response(
+        status=200 if answer.ok else 400, body=answer.body, content_type=VERIFY_CONTENT_TYPE
+    )
 
 
 async def accept(
@@ -150,6 +333,10 @@ async def accept(
     except ConnectionError as exc:
         raise TransportError(address, f"gone during the WebSocket upgrade ({exc})") from exc
     return WebSocketChannel(socket, address, peer_site=peer_site(request))
+
+
+def identity_of(request: web.Request) -> PeerIdentity:
+    return PeerIdentity(peer_address(request), peer_site(request))
 
 
 def peer_address(request: web.Request) -> str:

@@ -50,19 +50,19 @@ function setConnection(ok, error) {
   document.body.classList.toggle("stale", !ok);
 }
 
-function healthProblems(status, peers) {
-  const problems = peers
-    .filter((peer) => peer.link !== "connected")
-    .map((peer) => `peer ${peer.entry.site_id ? shortSite(peer.entry.site_id) : peer.entry.address} is ${peer.state}`);
-  const store = status.store;
-  problems.push(...store.schema_problems);
-  if (store.quarantined_rows > 0) {
-    problems.push(`${formatCount(store.quarantined_rows)} rows quarantined`);
-  }
-  if (store.restore_floor) {
-    problems.push("recovering own writes lost by a restore from an old copy");
-  }
-  return problems;
+// The verdict is the node's own (syncmesh.node.health), the same one that
+// GET /v1/health answers: the page never judges differently from the probe.
+function healthProblems(status) {
+  return status.health ? status.health.reasons : [];
+}
+
+// A peer's last error with its time; marked as past once the session streams again.
+function lastErrorText(entry, link, now) {
+  if (!entry.last_error) return "";
+  const when = entry.last_error_ms
+    ? ` (at ${new Date(entry.last_error_ms - clockOffsetMs).toLocaleTimeString()}, ${formatAge(entry.last_error_ms, now)})`
+    : "";
+  return link === "connected" ? `past: ${entry.last_error}${when}` : `${entry.last_error}${when}`;
 }
 
 function renderNode(status, peers) {
@@ -73,7 +73,7 @@ function renderNode(status, peers) {
   $("node-listen").textContent = status.listen;
   $("node-seq").textContent = String(store.seq);
   $("node-quarantined").textContent = `${formatCount(store.quarantined_rows)} rows`;
-  const problems = healthProblems(status, peers);
+  const problems = healthProblems(status);
   const health = $("node-health");
   health.dataset.health = problems.length ? "degraded" : "healthy";
   health.textContent = problems.length ? `degraded (${problems.length})` : "healthy";
@@ -114,7 +114,7 @@ function renderPeers(status, peers) {
         el("td", { class: "num" }, formatBytes(entry.bytes_out)),
         verifiedCell(entry, now),
         // A dialer keeps its last error after it got through: muted then.
-        el("td", { class: peer.link === "connected" ? "note" : "error" }, entry.last_error || ""),
+        el("td", { class: peer.link === "connected" ? "note" : "error", "data-field": "last-error" }, lastErrorText(entry, peer.link, now)),
       );
     }),
   );

@@ -12,12 +12,33 @@ import hashlib
 import json
 import re
 import sqlite3
+from pathlib import Path
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import TableSpec
 from syncmesh.schema import quote_identifier
 
 RESERVED_PREFIX = "_syncmesh"
+
+
+def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+    """`syncmesh.store.open.table_problems`: each table `read_table_spec` refuses, read-only."""
+    try:
+        connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return [f"cannot open {path}: {exc}"]
+    problems = []
+    try:
+        for table in tables:
+            try:
+                read_table_spec(connection, table)
+            except SchemaError as exc:
+                problems.append(str(exc))
+            except sqlite3.Error as exc:
+                return [*problems, f"cannot read {path}: {exc}"]
+    finally:
+        connection.close()
+    return problems
 
 
 def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:

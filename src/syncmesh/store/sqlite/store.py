@@ -40,7 +40,7 @@ from syncmesh.store.sqlite import (
     verify,
 )
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.introspect import fingerprint
+from syncmesh.store.sqlite.introspect import fingerprint, table_problems
 from syncmesh.store.sqlite.notifier import SqliteChangeNotifier
 from syncmesh.store.summary import TableSummary
 
@@ -86,6 +86,11 @@ class SqliteStore:
             vector.mark_run_start(ctx)
             tracking.check_tracked_tables(ctx)
         return cls(ctx)
+
+    @staticmethod
+    def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+        """Read-only: why `tables` of the file could not be tracked (`config check`)."""
+        return table_problems(path, tables)
 
     def close(self) -> None:
         self.context.connection.close()

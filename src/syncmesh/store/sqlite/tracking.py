@@ -53,8 +53,33 @@ def schema_problems(ctx: StoreContext) -> list[str]:
                 f" removed or renamed: {gone}); only the tracked columns are synced, and"
                 " changing a tracked table's columns is not supported yet"
             )
+        missing = _missing_triggers(ctx, name)
+        if missing:
+            problems.append(
+                f"table {name!r} has lost its capture triggers ({', '.join(missing)}):"
+                " writes to it are not captured or synced; `syncmesh track` the table"
+                " again to restore them (rows written meanwhile sync once written again)"
+            )
     ctx.schema_version, ctx.schema_problems = version, problems
     return list(problems)
+
+
+CAPTURE_TRIGGER_KINDS = ("insert", "update", "delete")  # every tracked table has these three
+
+
+def _missing_triggers(ctx: StoreContext, table: str) -> list[str]:
+    """Which of `table`'s capture triggers are gone (DROP TRIGGER, a tool that rebuilt it)."""
+    present = {
+        row[0]
+        for row in ctx.connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
+        )
+    }
+    return [
+        f"_syncmesh_{kind}_{table}"
+        for kind in CAPTURE_TRIGGER_KINDS
+        if f"_syncmesh_{kind}_{table}" not in present
+    ]
 
 
 def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = None) -> list[str]:
@@ -71,6 +96,10 @@ def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = 
                         f"table {name!r} changed since it was tracked; changing a tracked"
                         " table's columns is not supported yet"
                     )
+                # Unchanged: put back capture triggers that were dropped (IF NOT EXISTS).
+                unique = unique_column_sets(ctx.connection, name)
+                for statement in capture_triggers(spec, unique):
+                    ctx.connection.execute(statement)
                 continue
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)
