@@ -37,7 +37,7 @@ from syncmesh.model import (
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import conflicts, quarantine, vector
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.execute import bindable, execute_checked, execute_many
+from syncmesh.store.sqlite.execute import execute_checked, execute_many, execute_one
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
@@ -306,7 +306,7 @@ def _write_user_rows(
 
     def gone(row: Sequence[SqlValue]) -> bool:
         # A delete that changed nothing is done if the row is not there.
-        return connection.execute(*bindable(table.sql_capture.exists_sql, row)).fetchone() is None
+        return execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is None
 
     guards = table.replace_guards(connection)
     upsert_rows = [row for _pk, row in upserts]
@@ -339,7 +339,7 @@ def _exists_if_keys_only(
     if table.values:
         return None
     return lambda row: (
-        connection.execute(*bindable(table.sql_capture.exists_sql, row)).fetchone() is not None
+        execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is not None
     )
 
 
@@ -359,7 +359,7 @@ def _upsert_guarded(
     for index, row in enumerate(rows):
         holder = None
         for query, positions in guards:
-            holder = connection.execute(*bindable(query, [row[at] for at in positions])).fetchone()
+            holder = execute_one(connection, query, [row[at] for at in positions]).fetchone()
             if holder is not None:
                 break
         if holder is not None:

@@ -20,7 +20,7 @@ from syncmesh.model import SqlValue
 from syncmesh.store.sqlite import vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_CHECK, OP_DELETE, OP_INSERT
-from syncmesh.store.sqlite.execute import bindable, execute_many
+from syncmesh.store.sqlite.execute import execute_many, execute_one
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, site_code
 
@@ -140,7 +140,7 @@ def capture_table(
             log.warning("table %s: a row with a NULL key value is not synced", table.spec.name)
             continue
         if state[0] == UNKNOWN:  # a REPLACE may have deleted it: the table knows
-            if connection.execute(*bindable(table.sql_capture.exists_sql, key)).fetchone() is None:
+            if execute_one(connection, table.sql_capture.exists_sql, key).fetchone() is None:
                 state[0], state[1] = 0, 1
             elif state[2] == 0 and not state[1]:
                 del folded[key]  # still there, untouched: nothing to capture

@@ -88,6 +88,18 @@ def _write_one(
     return f"SQLite changed {changed} rows for one key's write"
 
 
+def execute_one(connection: sqlite3.Connection, sql: str, row: Row) -> sqlite3.Cursor:
+    """`connection.execute`, that also binds TEXT that is not UTF-8 (`bindable`).
+
+    sqlite3 refuses such a str while binding, before the statement runs,
+    so trying the plain call first costs nothing for every other row.
+    """
+    try:
+        return connection.execute(sql, row)
+    except UnicodeEncodeError:
+        return connection.execute(*bindable(sql, row))
+
+
 def bindable(sql: str, row: Row) -> tuple[str, list[SqlValue]]:
     """`sql` and `row` as sqlite3 can bind them, TEXT that is not UTF-8 included.
 

@@ -14,7 +14,7 @@ import logging
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.execute import bindable
+from syncmesh.store.sqlite.execute import execute_one
 from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _faithful_rows(
     for index in suspects:
         row = rows[index]
         problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
-        found = ctx.connection.execute(*bindable(table.sql_capture.exists_sql, row[:keys]))
+        found = execute_one(ctx.connection, table.sql_capture.exists_sql, row[:keys])
         if found.fetchone() is not None:
             ctx.row_problems.pop(problem_key, None)
             continue

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from syncmesh.merge import Knowledge
 from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.store.sqlite.ddl import PASTS_COLUMN, quote_identifier
-from syncmesh.store.sqlite.execute import bindable, execute_many
+from syncmesh.store.sqlite.execute import execute_many, execute_one
 from syncmesh.store.sqlite.introspect import replacing_unique_sets
 from syncmesh.store.sqlite.names import TableNames
 from syncmesh.store.sqlite.sites import SiteMap
@@ -74,7 +74,7 @@ class TableSql:
             marks = ", ".join([tuple_marks] * len(chunk))
             sql = f"{self.sql_apply.load_select} WHERE ({keys}) IN (VALUES {marks})"
             params = [value for pk in chunk for value in pk]
-            for row in connection.execute(*bindable(sql, params)):
+            for row in execute_one(connection, sql, params):
                 found[tuple(row[: self.key_count])] = (
                     list(row[:width]),
                     row[width],

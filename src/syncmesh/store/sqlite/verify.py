@@ -18,7 +18,7 @@ from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import apply, capture
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_UPDATE
-from syncmesh.store.sqlite.execute import bindable
+from syncmesh.store.sqlite.execute import execute_one
 from syncmesh.store.sqlite.table import KEYS_PER_QUERY, TableSql
 from syncmesh.store.summary import (
     TableSummary,
@@ -235,9 +235,7 @@ def rows_of(ctx: StoreContext, name: str, keys: Sequence[Key]) -> ChangeBatch:
         for where, params in _key_chunks(table, keys):
             rows.extend(
                 list(row)
-                for row in ctx.connection.execute(
-                    *bindable(table.sql_verify.select + where, params)
-                )
+                for row in execute_one(ctx.connection, table.sql_verify.select + where, params)
             )
         all_sites = sites.all_sites()
         head = ctx.head()
