@@ -12,6 +12,7 @@ import ast
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -22,6 +23,8 @@ from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.session import DuplicateSession, refused_by_peer
 from syncmesh.node.verify import VerifyClient, verify
+from syncmesh.protocol import Refuse, decode, encode
+from syncmesh.protocol.messages import DUPLICATE_SESSION_PREFIX
 from syncmesh.transport import (
     Channel,
     ClosedError,
@@ -173,9 +176,22 @@ def test_admission_without_tls_admits_anyone_within_the_connection_limit() -> No
 
 
 def test_a_refusal_received_from_a_peer_is_typed_by_its_wire_text() -> None:
-    """Goal: "already in a session" is a `DuplicateSession` value, any other a plain refusal."""
-    duplicate = refused_by_peer("peer x refused the session", "already in a session with site 1")
-    other = refused_by_peer("peer x refused the session", "schema mismatch")
+    """Goal: "already in a session" is a `DuplicateSession` value, any other a plain refusal.
+
+    Method: REFUSE messages through the wire codec, as a session receives
+    them; the node's refusal of a second session is worded with the prefix
+    that types it.
+    """
+    received = [
+        decode(encode(Refuse(reason)))
+        for reason in (f"{DUPLICATE_SESSION_PREFIX} with site 1", "schema mismatch")
+    ]
+    assert all(isinstance(message, Refuse) for message in received)
+    duplicate_message, other_message = cast(list[Refuse], received)
+    assert duplicate_message.duplicate_session
+    assert not other_message.duplicate_session
+    duplicate = refused_by_peer("peer x refused the session", duplicate_message)
+    other = refused_by_peer("peer x refused the session", other_message)
     assert isinstance(duplicate, DuplicateSession)
     assert str(duplicate) == "peer x refused the session: already in a session with site 1"
     assert type(other) is RefusedError
