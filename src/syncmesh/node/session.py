@@ -42,6 +42,9 @@ from syncmesh.protocol import (
     decode,
     encode,
 )
+
+# `Node.register` words its refusal of a second session with this prefix.
+from syncmesh.protocol.messages import DUPLICATE_SESSION_PREFIX as DUPLICATE_SESSION_PREFIX
 from syncmesh.store import Store
 from syncmesh.transport.base import Channel
 
@@ -52,20 +55,16 @@ HLC_MAX = (1 << 63) - 1
 PeerState = Literal[
     "connecting", "handshake", "streaming", "backoff", "refused", "connected by peer", "closed"
 ]
-# The wire text that starts a refusal of a second session between one pair
-# (`Node.register`): the REFUSE message carries only text, so a refusal
-# received from a peer is typed (`DuplicateSession`) by this prefix.
-DUPLICATE_SESSION_PREFIX = "already in a session"
 
 
 class DuplicateSession(RefusedError):
     """The pair already has a session: not a fault, the other session carries on."""
 
 
-def refused_by_peer(what: str, reason: str) -> RefusedError:
-    """The error for a REFUSE received from a peer, typed by its reason's text."""
-    kind = DuplicateSession if reason.startswith(DUPLICATE_SESSION_PREFIX) else RefusedError
-    return kind(f"{what}: {reason}")
+def refused_by_peer(what: str, message: Refuse) -> RefusedError:
+    """The error for a REFUSE received from a peer, typed as the message is."""
+    kind = DuplicateSession if message.duplicate_session else RefusedError
+    return kind(f"{what}: {message.reason}")
 
 
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -233,7 +232,7 @@ class Session:
         except ProtocolError as exc:
             raise await self._refuse(f"bad HELLO: {exc}") from exc
         if isinstance(message, Refuse):
-            raise refused_by_peer(f"peer {self.link.address} refused the session", message.reason)
+            raise refused_by_peer(f"peer {self.link.address} refused the session", message)
         if not isinstance(message, Hello):
             raise await self._refuse(f"expected HELLO, got {type(message).__name__.upper()}")
         reason = _mismatch(ours, message)
@@ -308,7 +307,7 @@ class Session:
                 self._sender = asyncio.create_task(self._send_loop(message))
                 self._sender.add_done_callback(self._sender_done)
             elif isinstance(message, Refuse):
-                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message.reason)
+                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message)
             else:
                 raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
 

@@ -43,9 +43,21 @@ class Hello:
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+# The reason text that starts a refusal of a second session between one pair
+# (`Node.register`).  REFUSE carries only text on the wire, and that stays, so
+# this prefix is the refusal's type: read here, with the rest of the message,
+# so that the node tests a flag, not a text.
+DUPLICATE_SESSION_PREFIX = "already in a session"
+
+
 @dataclass(frozen=True, slots=True)
 class Refuse:
     reason: str
+
+    @property
+    def duplicate_session(self) -> bool:
+        """The peer refused because the pair already has a session: not a fault."""
+        return self.reason.startswith(DUPLICATE_SESSION_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

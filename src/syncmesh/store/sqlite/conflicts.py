@@ -15,7 +15,7 @@ import json
 
 from syncmesh.merge import CellConflict
 from syncmesh.model import SqlValue, from_json_safe, json_safe
-from syncmesh.store.records import ConflictRecord, Version, now_ms
+from syncmesh.store.records import ConflictRecord, Version
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.execute import execute_many
 
@@ -37,7 +37,7 @@ def record(
     """Add the conflicts of one apply (in its transaction); returns how many were new."""
     if not found:
         return 0
-    resolved_ms = now_ms()
+    resolved_ms = ctx.clock.physical_ms()
     added = execute_many(
         ctx.connection,
         _INSERT,
