@@ -251,9 +251,7 @@ def test_defect4_non_utf8_text_value_syncs_with_its_bytes(make_store: MakeStore)
     write(a, "INSERT INTO items VALUES ('good', 'after it', 2)")
     exchange_all(a, b)
     assert typed_rows(b) == typed_rows(a)
-    assert ("text", "626164", "text", "61E962", "integer", "31") in typed_rows(
-        b
-    )
+    assert ("text", "626164", "text", "61E962", "integer", "31") in typed_rows(b)
 
 
 def test_defect4_non_utf8_text_key_stops_neither_capture_nor_apply(
@@ -265,9 +263,7 @@ def test_defect4_non_utf8_text_key_stops_neither_capture_nor_apply(
     write(b, "INSERT INTO items VALUES ('from b', 'to a', 3)")
     sync_pair(a, b)
     assert typed_rows(a) == typed_rows(b)
-    assert ("text", "E9", "text", "626164206B6579", "integer", "31") in typed_rows(
-        b
-    )
+    assert ("text", "E9", "text", "626164206B6579", "integer", "31") in typed_rows(b)
 
 
 # -- defect 5: equal stamps, values of another storage class --------------------------
