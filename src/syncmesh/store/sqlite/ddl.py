@@ -191,9 +191,15 @@ ALL_COLUMNS = -1
 MASK_COLUMNS_MAX = 62  # bits of a positive int64; wider tables stamp all columns
 
 
-def _changed(column: str) -> str:
-    quoted = quote_identifier(column)
-    return f"OLD.{quoted} IS NOT NEW.{quoted}"
+def _key_changed(column: str) -> str:
+    """SQL that is true when a key column's stored bytes or storage class changed.
+
+    The key's own collation and affinity would call 1 and 1.0 (untyped key)
+    or 'a' and 'A' (NOCASE key) equal; the merge addresses keys by value and
+    storage class, so such a change is a delete of the old key and an insert
+    of the new one (issue 12, defect 3).
+    """
+    return _value_changed(quote_identifier(column))
 
 
 def _value_changed(quoted: str) -> str:
@@ -236,7 +242,7 @@ def capture_triggers(spec: TableSpec, unique: list[tuple[str, ...]] | None = Non
     def keys(row: str) -> str:
         return ", ".join(f"{row}.{quote_identifier(column)}" for column in spec.pk)
 
-    key_changed = " OR ".join(_changed(column) for column in spec.pk)
+    key_changed = " OR ".join(_key_changed(column) for column in spec.pk)
     on_insert = (
         f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'insert')}"
         f" AFTER INSERT ON {table} WHEN {not_applying}\nBEGIN\n"

@@ -1,7 +1,8 @@
 """What a user table looks like in SQLite, and whether it can be replicated safely.
 
 Refusals (raise SchemaError): no such table, no primary key, a name that
-clashes with syncmesh's own tables.  Warnings (returned as text): integer
+clashes with syncmesh's own tables, a key column with a collation other
+than BINARY (`refuse_key_collations`, at `track`).  Warnings (returned as text): integer
 auto-increment keys, secondary UNIQUE indexes and foreign keys, which a
 multi-master merge can violate (see README, "Choosing keys").
 """
@@ -31,7 +32,7 @@ def table_problems(path: str | Path, tables: list[str]) -> list[str]:
     try:
         for table in tables:
             try:
-                read_table_spec(connection, table)
+                refuse_key_collations(connection, read_table_spec(connection, table))
             except SchemaError as exc:
                 problems.append(str(exc))
             except sqlite3.Error as exc:
@@ -76,17 +77,13 @@ def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:
     return TableSpec(table, columns, declared, tuple(name for _order, name in keyed))
 
 
-def _key_collation_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
-    """A warning per key column that compares with a collation other than BINARY.
-
-    Keys that the collation calls equal ('a' and 'A' under NOCASE) are one
-    row to SQLite but two keys to the merge, and a change between them is
-    not captured: replicas can diverge (issue 12, defect 3).
-    """
-    warnings: list[str] = []
-    quoted = quote_identifier(spec.name)
+def _non_binary_key_columns(
+    connection: sqlite3.Connection, spec: TableSpec
+) -> list[tuple[str, str]]:
+    """(column, collation) for each primary-key column that does not compare BINARY."""
+    found: list[tuple[str, str]] = []
     for _seq, name, _unique, origin, _partial in connection.execute(
-        f"PRAGMA index_list({quoted})"
+        f"PRAGMA index_list({quote_identifier(spec.name)})"
     ).fetchall():
         if origin != "pk":
             continue
@@ -94,15 +91,50 @@ def _key_collation_warnings(connection: sqlite3.Connection, spec: TableSpec) -> 
             f"PRAGMA index_xinfo({quote_identifier(name)})"
         ).fetchall():
             if is_key and column is not None and str(collation).upper() != "BINARY":
-                warnings.append(
-                    f"table {spec.name!r}: primary key column {column!r} has COLLATE"
-                    f" {collation}: keys it calls equal (such as 'a' and 'A' under NOCASE)"
-                    " are one row to SQLite but two to syncmesh, and a change between"
-                    " them is not synced, so replicas can differ.  Recreate the table"
-                    " with a BINARY key (drop the COLLATE clause from the key)"
-                    " (docs/keys.md)."
-                )
-    return warnings
+                found.append((str(column), str(collation)))
+    return found
+
+
+def refuse_key_collations(connection: sqlite3.Connection, spec: TableSpec) -> None:
+    """SchemaError if a key column compares with a collation other than BINARY.
+
+    Keys such a collation calls equal ('a' and 'A' under NOCASE) are one row
+    to SQLite but two keys to the merge, which orders and addresses keys by
+    their bytes.  Concurrent inserts of 'a' at one node and 'A' at another
+    leave a row on each that the other cannot take (the user table's key
+    refuses it), and no merge rule can pick one without dropping an
+    acknowledged write: the sites would never converge (issue 12, defect 3).
+    So `track` refuses the table with the fix.  There is no opt-in: nothing
+    would make it safe.  (An INTEGER PRIMARY KEY has no collation; WITHOUT
+    ROWID and rowid tables report their key's collation through the "pk"
+    index.)
+    """
+    for column, collation in _non_binary_key_columns(connection, spec):
+        raise SchemaError(
+            f"table {spec.name!r}: primary key column {column!r} has COLLATE {collation}:"
+            " keys it calls equal (such as 'a' and 'A' under NOCASE) are one row to SQLite"
+            " but two to syncmesh, so concurrent inserts of both at two nodes could never"
+            " converge.  Recreate the table with a BINARY key (drop the COLLATE clause from"
+            " the key) and normalise case in the application, or keep a case-insensitive"
+            " UNIQUE index on another column (docs/keys.md)."
+        )
+
+
+def _key_collation_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
+    """A warning per key column that compares with a collation other than BINARY.
+
+    `track` refuses such tables (`refuse_key_collations`); this reports one
+    tracked before that refusal existed, at every open.
+    """
+    return [
+        f"table {spec.name!r}: primary key column {column!r} has COLLATE"
+        f" {collation}: keys it calls equal (such as 'a' and 'A' under NOCASE)"
+        " are one row to SQLite but two to syncmesh, and concurrent inserts of"
+        " both at two nodes never converge, so replicas can differ; `track` refuses"
+        " such tables today.  Recreate the table with a BINARY key (drop the"
+        " COLLATE clause from the key) (docs/keys.md)."
+        for column, collation in _non_binary_key_columns(connection, spec)
+    ]
 
 
 def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:

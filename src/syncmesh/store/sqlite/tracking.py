@@ -21,6 +21,7 @@ from syncmesh.store.sqlite.ddl import capture_triggers, log_ddl, shadow_ddl
 from syncmesh.store.sqlite.introspect import (
     apply_warnings,
     read_table_spec,
+    refuse_key_collations,
     table_warnings,
     unique_column_sets,
 )
@@ -101,6 +102,7 @@ def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = 
                 for statement in capture_triggers(spec, unique):
                     ctx.connection.execute(statement)
                 continue
+            refuse_key_collations(ctx.connection, spec)
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
