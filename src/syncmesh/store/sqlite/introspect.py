@@ -32,7 +32,9 @@ def table_problems(path: str | Path, tables: list[str]) -> list[str]:
     try:
         for table in tables:
             try:
-                refuse_key_collations(connection, read_table_spec(connection, table))
+                spec = read_table_spec(connection, table)
+                if not _is_tracked(connection, table):  # as `track`: tracked ones keep syncing
+                    refuse_key_collations(connection, spec)
             except SchemaError as exc:
                 problems.append(str(exc))
             except sqlite3.Error as exc:
@@ -40,6 +42,15 @@ def table_problems(path: str | Path, tables: list[str]) -> list[str]:
     finally:
         connection.close()
     return problems
+
+
+def _is_tracked(connection: sqlite3.Connection, table: str) -> bool:
+    """Whether `table` is tracked in this file already (read-only; False before `init`)."""
+    try:
+        row = connection.execute("SELECT 1 FROM _syncmesh_tables WHERE name = ?", (table,))
+        return row.fetchone() is not None
+    except sqlite3.OperationalError:  # no such table: not initialised
+        return False
 
 
 def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:

@@ -1,0 +1,62 @@
+"""Issue 12 defect 3 where users meet it: `syncmesh track` and `config check` refuse a NOCASE key.
+
+Concurrent inserts of 'a' and 'A' under a NOCASE key could never converge
+(docs/keys.md), so the refusal must reach the user with the reason and the
+fix, and leave the file as it was (no capture triggers, nothing tracked).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from tests.helpers import run_cli
+
+CLI_TIMEOUT_S = 60
+NOCASE_SCHEMA = "CREATE TABLE people (id TEXT COLLATE NOCASE PRIMARY KEY, name TEXT)"
+
+
+def make_db(path: Path) -> None:
+    with sqlite3.connect(path) as connection:
+        connection.execute(NOCASE_SCHEMA)
+        connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, v)")
+    connection.close()
+
+
+def shell(path: Path, sql: str) -> str:
+    """What the sqlite3 shell prints for `sql` on `path`."""
+    done = subprocess.run(
+        ["sqlite3", str(path), sql], capture_output=True, text=True, timeout=30, check=True
+    )
+    return done.stdout
+
+
+def test_track_refuses_a_nocase_key_with_the_reason_and_the_fix(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_db(db)
+    result = run_cli("track", str(db), "people", timeout_s=CLI_TIMEOUT_S)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    said = result.stdout + result.stderr
+    assert "primary key column 'id' has COLLATE NOCASE" in said, said
+    assert "Recreate the table with a BINARY key" in said, said
+    # The file is as it was: the table is neither tracked nor given triggers.
+    assert shell(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'") == "0\n"
+    assert run_cli("track", str(db), "items", timeout_s=CLI_TIMEOUT_S).returncode == 0
+    assert shell(db, "SELECT name FROM _syncmesh_tables ORDER BY name") == "items\n"
+
+
+def test_config_check_names_a_nocase_key(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_db(db)
+    config = tmp_path / "syncmesh.toml"
+    config.write_text(
+        f'[node]\ndatabase = "{db.as_posix()}"\n[tables]\ntrack = ["items", "people"]\n'
+    )
+    result = run_cli("config", "check", str(config), timeout_s=CLI_TIMEOUT_S)
+    assert result.returncode == 1
+    assert "tables.track: table 'people': primary key column 'id' has COLLATE NOCASE" in (
+        result.stderr
+    ), result.stderr
+    assert "'items'" not in result.stderr
