@@ -38,8 +38,8 @@ from syncmesh.chaos.history import Write
 from syncmesh.model import SqlValue, text_bytes, text_of_bytes
 
 FEATURES = ("unique", "onconflict", "nocase", "fk", "trigger", "bytes", "negzero")
-# What `all` switches on: the features the merge converges with (docs/chaos.md
-# names each one left out and why); each can still be named.
+# What `all` switches on; each feature can still be named.  Which of them
+# converge today, and what keeps each other one out of the CI subset: docs/chaos.md.
 DEFAULT_FEATURES = ("unique", "fk", "trigger", "bytes", "negzero")
 ADVERSARIAL_TABLES = ["adv_users", "adv_parents", "adv_children"]
 USERS = 20
