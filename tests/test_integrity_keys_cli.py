@@ -11,9 +11,14 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.helpers import run_cli
+import pytest
+
+from syncmesh.clock import HybridClock
+from syncmesh.store.sqlite import SqliteStore, tracking
+from tests.helpers import ManualClock, run_cli
 
 CLI_TIMEOUT_S = 60
+BASE_MS = 1_700_000_000_000
 NOCASE_SCHEMA = "CREATE TABLE people (id TEXT COLLATE NOCASE PRIMARY KEY, name TEXT)"
 
 
@@ -60,3 +65,25 @@ def test_config_check_names_a_nocase_key(tmp_path: Path) -> None:
         result.stderr
     ), result.stderr
     assert "'items'" not in result.stderr
+
+
+def test_a_nocase_key_tracked_before_the_refusal_keeps_syncing_and_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "app.db"
+    make_db(db)
+    clock = HybridClock(ManualClock(BASE_MS), drift_ms_max=60_000)
+    # As tracked by a version without the refusal.
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking, "refuse_key_collations", lambda connection, spec: None)
+        store = SqliteStore.open(db, clock=clock)
+        store.init()
+        store.track(["people"])
+        store.close()
+    config = tmp_path / "syncmesh.toml"
+    config.write_text(f'[node]\ndatabase = "{db.as_posix()}"\n[tables]\ntrack = ["people"]\n')
+    result = run_cli("config", "check", str(config), timeout_s=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    with caplog.at_level("WARNING", logger="syncmesh.store.sqlite.tracking"):
+        SqliteStore.open(db, clock=clock).close()
+    assert "tracked table 'people': primary key column 'id' has COLLATE NOCASE" in caplog.text
