@@ -57,6 +57,20 @@ PeerState = Literal[
 # received from a peer is typed (`DuplicateSession`) by this prefix.
 DUPLICATE_SESSION_PREFIX = "already in a session"
 
+# The wire text that starts a refusal because two live files share one site
+# id (`Node.register`, issue 12 defect 7).  A node that receives it knows its
+# own file, or another live one, carries a copied identity: its health says so.
+TWIN_PREFIX = "two live database files have site id"
+
+
+def twin_reason(site_id: str) -> str:
+    """The refusal sent to both copies of one file, with the fix."""
+    return (
+        f"{TWIN_PREFIX} {site_id}: one is a copy of the other, and their writes would be"
+        " mixed up under one identity; stop the copy and give it a new identity"
+        " (`syncmesh init --new-site-id`) before syncing it again"
+    )
+
 
 class DuplicateSession(RefusedError):
     """The pair already has a session: not a fault, the other session carries on."""
@@ -78,6 +92,7 @@ class PeerLink:
     address: str
     dialed: bool
     name: str = ""  # the peer's site name (certificate or [peers.NAME]); "" if unnamed
+    peer_instance: str = ""  # the peer process's HELLO `instance` ("" from older peers)
     site_id: str = ""
     state: PeerState = "handshake"
     connected_ms: int = 0
@@ -186,6 +201,11 @@ class Session:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def refuse_and_close(self, reason: str) -> None:
+        """End a streaming session with a REFUSE that tells the peer why."""
+        await self._refuse(reason)
+        await self._channel.close()
+
     async def run(self) -> None:
         """Handshake, then stream both ways until the link fails or is closed."""
         registered = False
@@ -241,6 +261,7 @@ class Session:
             raise await self._refuse(reason)
         self.link.site_id = message.site_id
         self.link.peer_head_seq = message.head_seq
+        self.link.peer_instance = message.instance
         duplicate = host.register(self.link, self)
         if duplicate is not None:
             raise await self._refuse(duplicate)

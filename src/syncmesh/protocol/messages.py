@@ -41,6 +41,11 @@ class Hello:
     # primary key's): only for naming what differs when fingerprints do.
     # Optional on the wire (peers before it send none), so no version bump.
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A random id per running process (per opening of the file): two live
+    # copies of one file share site id and incarnation but never this, and a
+    # restarted process differs from the process it replaces only in this.
+    # Optional on the wire ("" from peers before it), so no version bump.
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
