@@ -147,7 +147,7 @@ def _sizes(arguments: argparse.Namespace) -> None:
             setattr(arguments, option, type(full)(value))
 
 
-def _scenarios(named: list[str]) -> list[str]:
+def scenarios_named(named: list[str]) -> list[str]:
     if not named or "all" in named:
         extra = [name for name in named if name not in ("all", *ALL_SCENARIOS)]
         named = [*ALL_SCENARIOS, *extra]
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     _sizes(arguments)
     if arguments.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
-    scenarios = _scenarios(list(arguments.scenarios))
+    scenarios = scenarios_named(list(arguments.scenarios))
     arguments.scenarios_resolved = scenarios
     report: dict[str, Any] = {"meta": _meta(arguments), "scenarios": {}}
     figures: list[Figure] = []

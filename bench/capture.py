@@ -31,7 +31,7 @@ TARGET = "ratio <= 1.6"
 PHASES = ("insert", "update", "delete")
 
 
-def _phase_rows(
+def phase_statement(
     phase: str, rows: Sequence[tuple[str, str, int, float]]
 ) -> tuple[str, list[tuple[object, ...]]]:
     if phase == "insert":
@@ -91,7 +91,7 @@ def run(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[Figur
                 store.track(["items"])
                 totals = dict.fromkeys(("plain", "trigger", "capture"), 0.0)
                 for phase in PHASES:
-                    sql, phase_rows = _phase_rows(phase, rows)
+                    sql, phase_rows = phase_statement(phase, rows)
                     # Alternate which file goes first: neither is always the cold one.
                     if repeat % 2 == 0:
                         plain_s, _ = _timed_phase(plain, sql, phase_rows, None)

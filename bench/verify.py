@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.capture import PHASES, _phase_rows
+from bench.capture import PHASES, phase_statement
 from bench.common import (
     INSERT_SQL,
     TXN_ROWS,
@@ -100,7 +100,7 @@ def upkeep(repeats: int, rows_count: int, log: Callable[[str], None]) -> list[Fi
             try:
                 totals = dict.fromkeys(sides, 0.0)
                 for phase in PHASES:
-                    sql, phase_rows = _phase_rows(phase, rows)
+                    sql, phase_rows = phase_statement(phase, rows)
                     spent = dict.fromkeys(sides, 0.0)
                     for index, start in enumerate(range(0, len(phase_rows), TXN_ROWS)):
                         chunk = phase_rows[start : start + TXN_ROWS]

@@ -115,6 +115,13 @@ class ApplyTarget:
         self._store = SqliteStore.open(live)
         self._store.connection.set_authorizer(self._authorize)
 
+    @property
+    def store(self) -> SqliteStore:
+        """The live store the inputs are applied to (replaced every RESET_EVERY inputs)."""
+        if self._store is None:
+            raise RuntimeError("the target is closed")
+        return self._store
+
     def _authorize(
         self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
     ) -> int:
@@ -253,10 +260,13 @@ def seed_frames() -> list[bytes]:
         *(Batch(batch) for batch in batches),
     ]
     frames = [encode(message) for message in messages]
-    # Raw (uncompressed) variants of the compressed ones, so both paths are seeded.
-    import msgpack
+    # Raw (uncompressed) variants of the compressed ones, so both paths are seeded:
+    # the wire's first byte says 0 raw, 1 zstd (protocol/DESIGN.md).
+    import zstandard
 
-    from syncmesh.protocol.codec import _to_plain
-
-    frames += [b"\x00" + msgpack.packb(_to_plain(m), use_bin_type=True) for m in messages]
+    frames += [
+        b"\x00" + zstandard.ZstdDecompressor().decompress(frame[1:])
+        for frame in frames
+        if frame[0] == 1
+    ]
     return frames

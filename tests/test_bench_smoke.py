@@ -58,10 +58,10 @@ def test_new_scenarios_run_and_report(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_all_names_every_scenario_but_profile() -> None:
-    assert bench_main._scenarios([]) == list(bench_main.ALL_SCENARIOS)
-    assert bench_main._scenarios(["all", "profile"]) == [*bench_main.ALL_SCENARIOS, "profile"]
+    assert bench_main.scenarios_named([]) == list(bench_main.ALL_SCENARIOS)
+    assert bench_main.scenarios_named(["all", "profile"]) == [*bench_main.ALL_SCENARIOS, "profile"]
     with pytest.raises(SystemExit):
-        bench_main._scenarios(["nonsense"])
+        bench_main.scenarios_named(["nonsense"])
 
 
 def test_the_verify_scenario_runs_and_finds_exactly_the_rows_changed(tmp_path: Path) -> None:

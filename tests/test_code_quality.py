@@ -52,6 +52,7 @@ def test_no_absolute_paths_of_this_machine_in_the_repository() -> None:
 # about 140 times).  Entries are "path:expression", each with its reason;
 # keep this short.
 PRIVATE_ACCESS_ALLOWED: dict[str, str] = {}
+CHECKED_TREES = ("src", "tests", "bench", "fuzz")
 PRIVATE_NAME_CALLS = {"getattr", "setattr", "delattr", "hasattr"}
 
 
@@ -98,8 +99,14 @@ def private_accesses(source: str, path: str) -> list[str]:
 
 
 def test_no_module_reads_or_writes_another_objects_private_attributes() -> None:
+    """Goal: no `_private` of another object or module is used, in the product or around it.
+
+    Method: `private_accesses` over every Python file of src/, and of the
+    tests, the benchmarks and the fuzzers: a test that reaches into a
+    private pins an implementation detail and breaks when it moves.
+    """
     offenders = []
-    for path in sorted((ROOT / "src").rglob("*.py")):
+    for path in sorted(path for tree in CHECKED_TREES for path in (ROOT / tree).rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
         offenders += private_accesses(path.read_text(), relative)
     assert not offenders, "\n".join(offenders)

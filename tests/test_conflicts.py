@@ -422,3 +422,30 @@ def test_one_key_twice_in_a_batch_is_resolved_and_learned(make_store: MakeStore)
     write(b, "UPDATE items SET name = 'b' WHERE id = 'k'")
     [change] = b.read_batch(0, {}, 100).rows
     assert change.state.cells["name"].past == ((x.site_id, x.hlc), (y.site_id, y.hlc))
+
+
+def test_the_stores_bookkeeping_times_come_from_its_injected_clock(
+    make_store: MakeStore,
+) -> None:
+    """Goal: one clock.  A conflict's `resolved_ms`, a peer's `last_applied_ms` and a
+    quarantine entry's `created_ms` are the store's injected clock, not the system's.
+
+    Method: two stores on a manual clock far in the past (2023) resolve a
+    conflict, and one quarantines a row of a table only the other tracks.
+    """
+    a, b = make_store("a"), make_store("b")
+    a.connection.execute("CREATE TABLE only_a (id TEXT PRIMARY KEY, v TEXT)")
+    a.track(["only_a"])
+    write(a, "INSERT INTO items VALUES ('k', 'start', 1)")
+    sync(a, b)
+    write(a, "UPDATE items SET name = 'from a' WHERE id = 'k'")
+    write(b, "UPDATE items SET name = 'from b' WHERE id = 'k'")
+    write(a, "INSERT INTO only_a VALUES ('q', 'x')")
+    sync_at_once(a, b)
+    [record] = ledger(b)
+    assert record.resolved_ms == BASE_MS
+    cursor = b.peer_cursor(a.site_id)
+    assert cursor is not None
+    assert cursor.last_applied_ms == BASE_MS
+    [entry] = b.quarantine()
+    assert (entry["table"], entry["created_ms"]) == ("only_a", BASE_MS)

@@ -96,8 +96,7 @@ def hostile_batch(from_seq: int = 0) -> ChangeBatch:
 
 def test_identifiers_from_the_wire_never_reach_sql(target: ApplyTarget) -> None:
     """Goal: table and column names that are not ours go to the quarantine as data."""
-    store = target._store
-    assert store is not None
+    store = target.store
     cursor = store.peer_cursor("fuzz-peer")
     assert cursor is not None
     batch = dataclasses.replace(hostile_batch(cursor.cursor), incarnation=cursor.incarnation)
@@ -149,8 +148,7 @@ def test_announced_sizes_and_long_fields_are_refused(payload: bytes, problem: st
 
 
 def test_the_database_file_of_the_target_is_intact(target: ApplyTarget) -> None:
-    store = target._store
-    assert store is not None
+    store = target.store
     assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with sqlite3.connect(Path(target.directory) / "template.db") as template:
         assert template.execute("SELECT count(*) FROM items").fetchone()[0] == 20

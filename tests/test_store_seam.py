@@ -10,7 +10,7 @@ attribute, a method the Protocol lacks) fails here with AttributeError.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,17 +19,22 @@ import pytest
 
 from syncmesh.api import running_node
 from syncmesh.node import node as node_module
+from syncmesh.node.admission import Admitted
+from syncmesh.node.verify import VerifyClient, repair
+from syncmesh.node.verify_server import VerifyServer
 from syncmesh.store import ChangeNotifier, Store, VerifyStore
 from syncmesh.store.open import open_store
 from syncmesh.store.sqlite import SqliteStore
+from syncmesh.transport import Channel, PeerIdentity, Refusal, RefusalReason
+from syncmesh.transport.memory import MemoryNetwork
 from tests.helpers import wait_until
 from tests.test_node import TIMEOUT_S, config, converged, execute, make_db
 
 
-def protocol_members() -> dict[str, bool]:
-    """Name -> is a property, for every public member of `Store` (and `VerifyStore`)."""
+def protocol_members(protocols: tuple[type, ...] = (VerifyStore, Store)) -> dict[str, bool]:
+    """Name -> is a property, for every public member of `protocols` (`Store` by default)."""
     members: dict[str, bool] = {}
-    for protocol in (VerifyStore, Store):
+    for protocol in protocols:
         for name, value in vars(protocol).items():
             if not name.startswith("_"):
                 members[name] = isinstance(value, property)
@@ -65,6 +70,14 @@ for _name, _is_property in protocol_members().items():
     setattr(ProtocolOnlyStore, _name, _forward(_name, _is_property))
 
 
+class VerifyOnlyStore(ProtocolOnlyStore):
+    """Only `VerifyStore`'s members: what the verify client and server may use."""
+
+
+for _name in protocol_members().keys() - protocol_members((VerifyStore,)).keys():
+    setattr(VerifyOnlyStore, _name, None)  # present, so not inherited; calling it fails
+
+
 def test_the_protocols_name_what_node_and_api_use() -> None:
     members = protocol_members()
     # Guards the test below: an empty or property-blind member list would
@@ -76,6 +89,8 @@ def test_the_protocols_name_what_node_and_api_use() -> None:
         "rows_captured_total",
     ]
     assert not hasattr(ProtocolOnlyStore, "connection")
+    assert VerifyOnlyStore.apply_batch is None  # type: ignore[attr-defined]
+    assert callable(VerifyOnlyStore.rows_of)  # type: ignore[attr-defined]
 
 
 def test_open_store_gives_a_sqlite_store_that_keeps_the_protocol(tmp_path: Path) -> None:
@@ -140,3 +155,56 @@ async def test_three_nodes_converge_and_verify_on_a_store_that_is_only_the_proto
     used = set().union(*(store.calls for store in stores))
     # The nodes went through capture, the feed, apply and verify.
     assert {"capture", "read_batch", "apply_batch", "change_notifier", "summaries"} <= used
+
+
+async def test_verify_and_repair_run_on_a_store_that_is_only_the_verify_protocol(
+    tmp_path: Path,
+) -> None:
+    """Goal: the verify client and server need only `VerifyStore`, not the whole `Store`.
+
+    Method: two real SQLite files that each hold a row the other lacks; both
+    wrapped in `VerifyOnlyStore` (any other member is None, so using it
+    raises), one answering through a `VerifyServer` on the in-memory
+    transport, the other repairing against it.  Both end with both rows.
+    """
+    paths = [make_db(tmp_path / f"{name}.db") for name in "ab"]
+    stores = []
+    for path, key in zip(paths, ("from-a", "from-b"), strict=True):
+        store = SqliteStore.open(path)
+        store.init()
+        store.track(["items"])
+        store.connection.execute("INSERT INTO items VALUES (?, 'x', 1)", (key,))
+        store.capture()
+        stores.append(store)
+
+    async def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    asking, answering = (VerifyOnlyStore(store) for store in stores)
+    server = VerifyServer(
+        cast(VerifyStore, answering), call, 1 << 20, admit=lambda _peer: Admitted(None)
+    )
+    network = MemoryNetwork()
+    network.listener("memory://b").serve(RefusingChannels(), server)
+    try:
+        exchange = network.connector().verify_exchange("memory://b", None)
+        async with VerifyClient(exchange) as client:
+            report = await repair(cast(VerifyStore, asking), call, client, ["items"], settle_s=0.01)
+        assert (report.fetched_rows, report.pushed_rows) == (1, 1)
+        assert report.after.identical, report.after.as_json()
+        for store in stores:
+            keys = store.connection.execute("SELECT id FROM items ORDER BY id").fetchall()
+            assert keys == [("from-a",), ("from-b",)]
+        assert {"rows_of", "merge_repair_rows"} <= asking.calls & answering.calls
+    finally:
+        for store in stores:
+            store.close()
+
+
+class RefusingChannels:
+    """A channel host for a listener that takes verify requests only."""
+
+    async def serve_channel(
+        self, peer: PeerIdentity, open_channel: Callable[[], Awaitable[Channel]]
+    ) -> Refusal | None:
+        return Refusal(RefusalReason.NOT_A_PEER)

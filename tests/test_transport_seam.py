@@ -12,6 +12,7 @@ import ast
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -22,6 +23,8 @@ from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.session import DuplicateSession, refused_by_peer
 from syncmesh.node.verify import VerifyClient, verify
+from syncmesh.protocol import Refuse, decode, encode
+from syncmesh.protocol.messages import DUPLICATE_SESSION_PREFIX
 from syncmesh.transport import (
     Channel,
     ClosedError,
@@ -173,9 +176,22 @@ def test_admission_without_tls_admits_anyone_within_the_connection_limit() -> No
 
 
 def test_a_refusal_received_from_a_peer_is_typed_by_its_wire_text() -> None:
-    """Goal: "already in a session" is a `DuplicateSession` value, any other a plain refusal."""
-    duplicate = refused_by_peer("peer x refused the session", "already in a session with site 1")
-    other = refused_by_peer("peer x refused the session", "schema mismatch")
+    """Goal: "already in a session" is a `DuplicateSession` value, any other a plain refusal.
+
+    Method: REFUSE messages through the wire codec, as a session receives
+    them; the node's refusal of a second session is worded with the prefix
+    that types it.
+    """
+    received = [
+        decode(encode(Refuse(reason)))
+        for reason in (f"{DUPLICATE_SESSION_PREFIX} with site 1", "schema mismatch")
+    ]
+    assert all(isinstance(message, Refuse) for message in received)
+    duplicate_message, other_message = cast(list[Refuse], received)
+    assert duplicate_message.duplicate_session
+    assert not other_message.duplicate_session
+    duplicate = refused_by_peer("peer x refused the session", duplicate_message)
+    other = refused_by_peer("peer x refused the session", other_message)
     assert isinstance(duplicate, DuplicateSession)
     assert str(duplicate) == "peer x refused the session: already in a session with site 1"
     assert type(other) is RefusedError
@@ -210,30 +226,72 @@ async def test_the_node_reads_wall_time_only_from_its_injected_clock(tmp_path: P
         assert newest.start_ms > system_now_ms + clock.DAY_MS // 2
 
 
+# (owner, function): a call reads the wall clock.  The owner is the last name
+# before the call (`time.time_ns()`, `datetime.datetime.now(...)`).
 WALL_TIME_CALLS = {
     ("time", "time"),
     ("time", "time_ns"),
     ("datetime", "now"),
     ("datetime", "utcnow"),
+    ("datetime", "today"),
+    ("date", "today"),
 }
+# These read the wall clock only when called without a timestamp.
+WALL_TIME_CALLS_WITHOUT_ARGUMENTS = {("time", "gmtime"), ("time", "localtime"), ("time", "ctime")}
+# The one reader of the wall clock that everything else is given (or builds).
+WALL_TIME_READERS = {"clock/hlc.py"}
+# chaos/ is the test harness: it times faults and histories by the machine's clock.
+WALL_TIME_EXEMPT_PACKAGES = {"chaos"}
 
 
-def test_node_api_transport_and_protocol_read_no_wall_time_directly() -> None:
-    """Goal: one clock.  Wall time in these packages comes only from the injected clock.
+def wall_time_reads(source: str) -> list[int]:
+    """The lines of `source` that call a function reading the wall clock directly."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        owner_name = (
+            owner.id
+            if isinstance(owner, ast.Name)
+            else owner.attr
+            if isinstance(owner, ast.Attribute)
+            else ""
+        )
+        call = (owner_name, node.func.attr)
+        if call in WALL_TIME_CALLS or (
+            call in WALL_TIME_CALLS_WITHOUT_ARGUMENTS and not node.args and not node.keywords
+        ):
+            found.append(node.lineno)
+    return found
 
-    Method: no call of time.time(), time.time_ns() or datetime.now()/utcnow()
-    in their source (monotonic timers for timeouts and durations are fine).
+
+def test_the_wall_time_check_finds_what_it_looks_for() -> None:
+    source = (
+        "time.time_ns()\n"
+        "datetime.datetime.now(datetime.UTC)\n"
+        "time.gmtime()\n"
+        "time.gmtime(at_ms / 1000)\n"
+        "time.monotonic()\n"
+        "date.today()\n"
+    )
+    assert wall_time_reads(source) == [1, 2, 3, 6]
+
+
+def test_no_module_outside_the_clock_reads_wall_time_directly() -> None:
+    """Goal: one clock.  Wall time in src/ comes only from an injected `PhysicalClock`.
+
+    Method: no call of time.time(), time.time_ns(), datetime.now()/utcnow()/
+    today() or an argument-less time.gmtime() anywhere in src/syncmesh but
+    `SystemClock` (clock/hlc.py) and the chaos harness; node, api, transport,
+    protocol and store use the clock they are given, the CLI a `SystemClock`.
+    Monotonic timers for timeouts and durations are fine.
     """
     package = Path(__file__).parent.parent / "src" / "syncmesh"
     found = []
-    for layer in ("node", "api", "transport", "protocol"):
-        for source in sorted((package / layer).rglob("*.py")):
-            for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-                if (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Attribute)
-                    and isinstance(node.func.value, ast.Name)
-                    and (node.func.value.id, node.func.attr) in WALL_TIME_CALLS
-                ):
-                    found.append(f"{source.relative_to(package)}:{node.lineno}")
+    for source in sorted(package.rglob("*.py")):
+        relative = source.relative_to(package).as_posix()
+        if relative in WALL_TIME_READERS or relative.split("/")[0] in WALL_TIME_EXEMPT_PACKAGES:
+            continue
+        found += [f"{relative}:{line}" for line in wall_time_reads(source.read_text())]
     assert found == []

@@ -41,13 +41,13 @@ from syncmesh.cli.config import (
 from syncmesh.cli.status import UNHEALTHY_EXIT, fetch, live_report, status_of_file
 from syncmesh.cli.tls import tls
 from syncmesh.cli.verify import repair_command, verify_command
+from syncmesh.clock import SystemClock
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import is_loopback
 from syncmesh.node.lockfile import ServeLock
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
-from syncmesh.store.records import now_ms
 
 GC_YOUNG_OBJECTS = 50_000
 DATABASE = click.argument("database", type=click.Path(dir_okay=False, path_type=Path))
@@ -469,7 +469,7 @@ def conflicts(
     since_at = None
     if since is not None:
         try:
-            since_at = since_ms(since, now_ms())
+            since_at = since_ms(since, SystemClock().now_ms())
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from exc
     with _open_store(database) as store, _errors_as_messages():

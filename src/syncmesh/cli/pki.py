@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from syncmesh.clock import SystemClock
 from syncmesh.errors import ConfigError
 from syncmesh.transport.tls import SITE_URI_PREFIX, valid_site_name
 
@@ -283,4 +284,4 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.fromtimestamp(SystemClock().now_ms() / 1000, datetime.UTC)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from syncmesh.clock import feed_lag_ms
+from syncmesh.clock import SystemClock, feed_lag_ms
 from syncmesh.store import StoreStatus
 
 PIPE_COLUMNS = 160
@@ -86,7 +86,9 @@ def duration(ms: float) -> str:
 def clock(at_ms: int) -> str:
     """A time of day in UTC, with the date when it is not today."""
     then = time.gmtime(at_ms / 1000)
-    if time.strftime("%Y-%m-%d", then) == time.strftime("%Y-%m-%d", time.gmtime()):
+    if time.strftime("%Y-%m-%d", then) == time.strftime(
+        "%Y-%m-%d", time.gmtime(SystemClock().now_ms() / 1000)
+    ):
         return time.strftime("%H:%M:%S UTC", then)
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", then)
 
@@ -128,7 +130,7 @@ def print_live_status(status: dict[str, Any]) -> None:
     console.print(_facts(facts))
     console.print()
     console.print(_tables(store["tables"]))
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = SystemClock().now_ms()
     peers = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -222,7 +224,7 @@ def print_file_status(report: StoreStatus) -> None:
     console.print(_facts(facts))
     console.print()
     console.print(_tables(report.tables))
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = SystemClock().now_ms()
     peers = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,

@@ -30,18 +30,18 @@ from syncmesh.node.mismatch import describe_columns
 from syncmesh.node.session import (
     APPLY_SECONDS_BUCKETS,
     DUPLICATE_SESSION_PREFIX,
-    TWIN_PREFIX,
     DuplicateSession,
     PeerLink,
     PeerState,
     Session,
-    twin_reason,
+    SharedSiteId,
 )
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify import StoreCall
 from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
+from syncmesh.protocol.messages import shared_site_id_reason
 from syncmesh.store import Store, StoreStatus
 from syncmesh.store.open import open_store
 from syncmesh.transport.base import Channel, Connector, PeerIdentity, Refusal, RefusalReason
@@ -329,7 +329,7 @@ class Node:
         holder = None if existing is None else existing.link.peer_instance
         verdict = self._identities.check(link.site_id, link.peer_instance, holder)
         if verdict is Verdict.TWIN:
-            reason = twin_reason(link.site_id)
+            reason = shared_site_id_reason(link.site_id)
             log.error("refused site %s (%s): %s", link.site_id, link.address or link.name, reason)
             if existing is not None:
                 # The session that came first is one of the two: tell it too.
@@ -355,12 +355,12 @@ class Node:
 
     def _note_twin_refusal(self, exc: BaseException) -> None:
         """Remember a peer's word that another live file has our site id."""
-        if isinstance(exc, RefusedError) and TWIN_PREFIX in str(exc):
+        if isinstance(exc, SharedSiteId):
             self._twin_refusal = (str(exc), time.monotonic())
 
     def identity_conflicts(self) -> tuple[str, ...]:
         """Health reasons: site ids that two live files share, seen here or told by a peer."""
-        reasons = [twin_reason(site) for site in self._identities.twins()]
+        reasons = [shared_site_id_reason(site) for site in self._identities.twins()]
         if self._twin_refusal is not None:
             text, at = self._twin_refusal
             if time.monotonic() - at <= self._identities.window_s:

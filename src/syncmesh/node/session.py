@@ -42,6 +42,9 @@ from syncmesh.protocol import (
     decode,
     encode,
 )
+
+# `Node.register` words its refusal of a second session with this prefix.
+from syncmesh.protocol.messages import DUPLICATE_SESSION_PREFIX as DUPLICATE_SESSION_PREFIX
 from syncmesh.store import Store
 from syncmesh.transport.base import Channel
 
@@ -52,34 +55,24 @@ HLC_MAX = (1 << 63) - 1
 PeerState = Literal[
     "connecting", "handshake", "streaming", "backoff", "refused", "connected by peer", "closed"
 ]
-# The wire text that starts a refusal of a second session between one pair
-# (`Node.register`): the REFUSE message carries only text, so a refusal
-# received from a peer is typed (`DuplicateSession`) by this prefix.
-DUPLICATE_SESSION_PREFIX = "already in a session"
-
-# The wire text that starts a refusal because two live files share one site
-# id (`Node.register`, issue 12 defect 7).  A node that receives it knows its
-# own file, or another live one, carries a copied identity: its health says so.
-TWIN_PREFIX = "two live database files have site id"
-
-
-def twin_reason(site_id: str) -> str:
-    """The refusal sent to both copies of one file, with the fix."""
-    return (
-        f"{TWIN_PREFIX} {site_id}: one is a copy of the other, and their writes would be"
-        " mixed up under one identity; stop the copy and give it a new identity"
-        " (`syncmesh init --new-site-id`) before syncing it again"
-    )
 
 
 class DuplicateSession(RefusedError):
     """The pair already has a session: not a fault, the other session carries on."""
 
 
-def refused_by_peer(what: str, reason: str) -> RefusedError:
-    """The error for a REFUSE received from a peer, typed by its reason's text."""
-    kind = DuplicateSession if reason.startswith(DUPLICATE_SESSION_PREFIX) else RefusedError
-    return kind(f"{what}: {reason}")
+class SharedSiteId(RefusedError):
+    """A peer met another live file with our site id: this file or that one is a copy."""
+
+
+def refused_by_peer(what: str, message: Refuse) -> RefusedError:
+    """The error for a REFUSE received from a peer, typed as the message is."""
+    kind: type[RefusedError] = RefusedError
+    if message.duplicate_session:
+        kind = DuplicateSession
+    elif message.shared_site_id:
+        kind = SharedSiteId
+    return kind(f"{what}: {message.reason}")
 
 
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -253,7 +246,7 @@ class Session:
         except ProtocolError as exc:
             raise await self._refuse(f"bad HELLO: {exc}") from exc
         if isinstance(message, Refuse):
-            raise refused_by_peer(f"peer {self.link.address} refused the session", message.reason)
+            raise refused_by_peer(f"peer {self.link.address} refused the session", message)
         if not isinstance(message, Hello):
             raise await self._refuse(f"expected HELLO, got {type(message).__name__.upper()}")
         reason = _mismatch(ours, message)
@@ -329,7 +322,7 @@ class Session:
                 self._sender = asyncio.create_task(self._send_loop(message))
                 self._sender.add_done_callback(self._sender_done)
             elif isinstance(message, Refuse):
-                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message.reason)
+                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message)
             else:
                 raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
 

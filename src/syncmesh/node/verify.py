@@ -64,8 +64,7 @@ from syncmesh.protocol.verify import (
     encode_request,
     refusal_detail,
 )
-from syncmesh.store import Store
-from syncmesh.store.base import DEEP_ROWS_PER_STEP
+from syncmesh.store.base import DEEP_ROWS_PER_STEP, VerifyStore
 from syncmesh.store.summary import BRANCHES, LEAVES_PER_BRANCH, TableSummary
 from syncmesh.transport.base import UnreachableError, VerifyExchange
 
@@ -226,7 +225,7 @@ def _answer_from(client: VerifyClient) -> Iterator[None]:
 
 
 async def verify(
-    store: Store,
+    store: VerifyStore,
     call: StoreCall,
     client: VerifyClient,
     tables: Sequence[str] | None = None,
@@ -307,7 +306,7 @@ async def verify(
 
 
 async def _settle(
-    store: Store,
+    store: VerifyStore,
     call: StoreCall,
     client: VerifyClient,
     candidates: dict[str, dict[Key, tuple[int | None, int | None]]],
@@ -381,7 +380,7 @@ def _chunked(keys: Mapping[str, list[Key]]) -> list[dict[str, list[Key]]]:
 
 
 async def repair(
-    store: Store,
+    store: VerifyStore,
     call: StoreCall,
     client: VerifyClient,
     tables: Sequence[str] | None = None,
@@ -430,7 +429,7 @@ async def repair(
     return RepairReport(before, after, fetched, pushed, restamped)
 
 
-async def deep_tree(store: Store, call: StoreCall, name: str) -> tuple[TableSummary, int]:
+async def deep_tree(store: VerifyStore, call: StoreCall, name: str) -> tuple[TableSummary, int]:
     """A table's deep tree, read in steps: the store's thread is free between them."""
     tree, after, fixed = await call(store.deep_summary_step, name, None, DEEP_ROWS_PER_STEP)
     while after is not None:

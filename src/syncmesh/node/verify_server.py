@@ -52,7 +52,7 @@ from syncmesh.protocol.verify import (
     decode_request,
     encode_answer,
 )
-from syncmesh.store import Store
+from syncmesh.store.base import VerifyStore
 from syncmesh.store.summary import LEAVES_PER_BRANCH, TableSummary
 from syncmesh.transport.base import Connector, PeerIdentity, Refusal, VerifyAnswer
 
@@ -67,7 +67,7 @@ class VerifyServer:
 
     def __init__(
         self,
-        store: Store,
+        store: VerifyStore,
         call: StoreCall,
         frame_bytes_max: int,
         *,
@@ -234,10 +234,14 @@ class VerifyingHost(Protocol):
     """What the periodic verify needs from its node."""
 
     config: NodeConfig
-    store: Store
     clock: PhysicalClock
     connector: Connector
     verify_outcomes: dict[str, VerifyOutcome]
+
+    @property
+    def store(self) -> VerifyStore:
+        """Only the verify side of the node's store (read-only here: the node owns it)."""
+        ...
 
     @property
     def store_call(self) -> StoreCall:

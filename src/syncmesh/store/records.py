@@ -1,13 +1,12 @@
 """The plain records the store hands out: peer cursors, apply results, status, conflicts.
 
-Also the wall-clock helper the store stamps bookkeeping times with
-(`last_applied_ms`, a quarantine entry's `created_ms`, a conflict's
-`resolved_ms`).
+Their wall times (`last_applied_ms`, a quarantine entry's `created_ms`, a
+conflict's `resolved_ms`) come from the store's injected clock
+(`HybridClock.physical_ms`), like every wall-time read outside `clock/`.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from syncmesh.model import SqlValue
@@ -73,7 +72,3 @@ class ConflictRecord:
     winner: Version  # the value the merge kept
     loser: Version  # the value it discarded
     resolved_ms: int  # when, by this node's wall clock
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -15,7 +15,7 @@ import json
 
 from syncmesh.merge import CellConflict
 from syncmesh.model import SqlValue, from_json_safe, json_safe
-from syncmesh.store.records import ConflictRecord, Version, now_ms
+from syncmesh.store.records import ConflictRecord, Version
 from syncmesh.store.sqlite.context import StoreContext
 
 _INSERT = (
@@ -36,7 +36,7 @@ def record(
     """Add the conflicts of one apply (in its transaction); returns how many were new."""
     if not found:
         return 0
-    resolved_ms = now_ms()
+    resolved_ms = ctx.clock.physical_ms()
     cursor = ctx.connection.executemany(
         _INSERT,
         [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch
-from syncmesh.store.records import ApplyResult, PeerCursor, now_ms
+from syncmesh.store.records import ApplyResult, PeerCursor
 from syncmesh.store.sqlite import apply, capture, vector
 from syncmesh.store.sqlite.context import StoreContext
 
@@ -66,7 +66,13 @@ def apply_batch(ctx: StoreContext, peer_site_id: str, batch: ChangeBatch) -> App
         ctx.connection.execute(
             "UPDATE _syncmesh_peers SET cursor = ?, head_seq = ?,"
             " applied_rows = applied_rows + ?, last_applied_ms = ? WHERE site_id = ?",
-            (batch.to_seq, batch.head_seq, result.applied_rows, now_ms(), peer_site_id),
+            (
+                batch.to_seq,
+                batch.head_seq,
+                result.applied_rows,
+                ctx.clock.physical_ms(),
+                peer_site_id,
+            ),
         )
         if batch.vector is not None:
             vector.merge(ctx, batch.vector)

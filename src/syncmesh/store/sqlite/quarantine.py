@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import msgpack
 
 from syncmesh.model import RowChange, RowState, Stamp, row_to_plain
-from syncmesh.store.records import now_ms
 from syncmesh.store.sqlite.context import StoreContext
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def add(ctx: StoreContext, change: RowChange, origin: str, reason: str) -> None:
             origin,
             reason,
             json.dumps(min_stamps),
-            now_ms(),
+            ctx.clock.physical_ms(),
         ),
     )
     log.warning("quarantined a row of %s (%s) from %s: %s", change.table, pk_text, origin, reason)
