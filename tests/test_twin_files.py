@@ -282,9 +282,12 @@ class HalfOpenForwarder:
 def test_a_restart_while_the_hub_holds_the_dead_process_session_is_not_a_twin(
     nodes: Cluster, tmp_path: Path
 ) -> None:
-    # A long heartbeat on the hub: the dead session outlives the restart.
+    # A long heartbeat on the hub: it pings 12 s after the last frame received
+    # (a's own pings come every 5 s) and gives up 6 s later, so the dead
+    # session lasts 13-18 s after the kill: longer than a restart takes, and
+    # shorter than the grace (1.5 x 12 + 2 s from the restarted node's first HELLO).
     hub = nodes.node(
-        "hub", make_db(tmp_path / "hub.db", SCHEMA), env={"SYNCMESH_PEERS_HEARTBEAT_S": "8"}
+        "hub", make_db(tmp_path / "hub.db", SCHEMA), env={"SYNCMESH_PEERS_HEARTBEAT_S": "12"}
     )
     nodes.start(hub)
     forwarder = HalfOpenForwarder(hub.port)

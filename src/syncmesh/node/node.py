@@ -202,7 +202,7 @@ class Node:
         # A dead peer's session ends within 1.5 heartbeats; a dialer retries
         # within backoff_max_s (node/identity.py).
         self._identities = IdentityGuard(
-            grace_s=1.5 * config.heartbeat_s + 1.0,
+            grace_s=1.5 * config.heartbeat_s + 2.0,
             window_s=3 * config.backoff_max_s + config.handshake_timeout_s,
         )
         # (reason, monotonic time) of the last refusal saying our site id is
