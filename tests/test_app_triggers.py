@@ -151,3 +151,15 @@ def test_chaos_adversarial_trigger_run_is_clean(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "violations: none" in result.stdout, result.stdout
+
+
+def test_a_trigger_created_after_track_is_named_when_the_file_is_opened(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    shell(db, TABLE)
+    run_cli("init", str(db))
+    run_cli("track", str(db), "items")
+    shell(db, trigger(""))  # the application adds its trigger later
+    result = run_cli("status", str(db), check=False)
+    output = result.stdout + result.stderr
+    assert "tracked table 'items': application trigger 'items_checked'" in output, output
+    assert f"WHEN {GUARD}" in output, output

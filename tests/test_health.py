@@ -23,6 +23,7 @@ import aiohttp
 
 from syncmesh.api import running_node
 from syncmesh.node import Node
+from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import run_cli, wait_until
 from tests.test_node import config, execute, make_db
 
@@ -165,11 +166,19 @@ async def test_dropped_capture_triggers_are_a_reason_and_track_restores_them(
 
 
 async def test_a_feed_that_fails_repeatedly_is_a_reason(tmp_path: Path) -> None:
-    """Goal: a feed stuck on an unreadable value (TEXT that is not UTF-8, as another
-    program can write it) names the failing feed read once it failed three times."""
+    """Goal: a feed stuck on an unreadable row (a shadow row whose `pasts` is not JSON,
+    as a damaged file or another program can leave it) names the failing feed read
+    once it failed three times.  (TEXT that is not UTF-8 no longer fails the feed:
+    issue 12, defect 4.)"""
     a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
+    store = SqliteStore.open(a)
+    try:
+        store.connection.execute("INSERT INTO items VALUES ('bad', 'n', 1)")
+        store.capture()
+    finally:
+        store.close()
     with contextlib.closing(sqlite3.connect(a)) as connection, connection:
-        connection.execute("INSERT INTO items VALUES ('bad', CAST(X'C328FF' AS TEXT), 1)")
+        connection.execute("UPDATE _syncmesh_shadow_items SET pasts = 'not json'")
     async with (
         running_node(config(a)) as node_a,
         running_node(config(b, node_a, backoff_max_s=0.1)) as _node_b,

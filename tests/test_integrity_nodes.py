@@ -76,11 +76,6 @@ def logs(*nodes: NodeProcess) -> str:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 4: a non-UTF-8 TEXT value written with the shell makes every"
-    " read_batch of the node fail; none of its later writes reach the peer",
-)
 def test_defect4_shell_writes_non_utf8_text_and_sync_goes_on(
     nodes: Cluster, tmp_path: Path
 ) -> None:
@@ -94,28 +89,6 @@ def test_defect4_shell_writes_non_utf8_text_and_sync_goes_on(
         describe=lambda: logs(a, b),
     )
     assert name_hex(b.db, "bad") == "61E962:text"
-    no_internal_errors(nodes)
-
-
-@pytest.mark.multiprocess
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 8 (with 4): after the bad row is fixed by hand the node does not"
-    " resume on its own (it loops on 'cannot begin a transaction ... database is locked')",
-)
-def test_defect8_node_recovers_once_the_bad_row_is_fixed(nodes: Cluster, tmp_path: Path) -> None:
-    a, b = pair(nodes, tmp_path)
-    shell(a.db, "INSERT INTO items VALUES ('bad', CAST(X'E9' AS TEXT), 1)")
-    a.wait_for_log("Could not decode", timeout_s=SYNC_S)  # the defect-4 state, as reported
-    shell(a.db, "UPDATE items SET name = 'fixed by hand' WHERE id = 'bad'")
-    shell(a.db, "INSERT INTO items VALUES ('later', 'after the fix', 2)")
-    wait_for(
-        lambda: name_hex(b.db, "later") is not None and name_hex(b.db, "bad") is not None,
-        SYNC_S,
-        "the fixed row and the next write to reach b without a restart",
-        describe=lambda: logs(a, b),
-    )
-    assert name_hex(b.db, "bad") == b"fixed by hand".hex().upper() + ":text"
     no_internal_errors(nodes)
 
 

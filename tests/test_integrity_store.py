@@ -67,7 +67,9 @@ def sync_pair(left: SqliteStore, right: SqliteStore) -> None:
 
 
 def typed_rows(store: SqliteStore) -> list[tuple[object, ...]]:
-    """`items` with each value's storage class and exact bytes (hex), in BINARY order."""
+    """`items` with each value's storage class and exact bytes (hex), in BINARY order.
+
+    (`hex()` of a number is of its text form: hex(1) is '31'.)"""
     columns = [row[1] for row in store.connection.execute("PRAGMA table_info(items)")]
     selected = ", ".join(f'typeof("{column}"), hex("{column}")' for column in columns)
     order = ", ".join(f'"{column}" COLLATE BINARY' for column in columns)
@@ -98,11 +100,6 @@ def track_refuses(ddl: str, store_factory: MakeStore, feature: str) -> bool:
 REPLACE_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, e TEXT UNIQUE ON CONFLICT REPLACE, v)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 1: an ON CONFLICT REPLACE constraint deletes another row during"
-    " the apply, unchecked; each site loses the other's acknowledged write",
-)
 def test_defect1_on_conflict_replace_loses_no_acknowledged_write(make_store: MakeStore) -> None:
     if track_refuses(REPLACE_DDL, make_store, "ON CONFLICT"):
         return
@@ -126,11 +123,6 @@ BEGIN SELECT RAISE(IGNORE); END;
 PLAIN_DDL = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 1: a RAISE(IGNORE) trigger makes the apply's insert a no-op; the"
-    " shadow row is alive anyway and the feed ships a row of NULLs nobody wrote",
-)
 def test_defect1_ignored_apply_never_ships_a_phantom_row(make_store: MakeStore) -> None:
     if track_refuses(IGNORE_TRIGGER_DDL, make_store, "RAISE(IGNORE)"):
         return
@@ -155,11 +147,6 @@ def _replace_file(backup: Path, target: Path) -> None:
     shutil.copy(backup, target)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 2: store/sqlite/vector.py merge() takes the sender's entry for our own"
-    " site outside the restore check; the restored node never gets its lost write back",
-)
 def test_defect2_restored_node_gets_its_lost_write_back_through_a_relay(
     make_store: MakeStore, tmp_path: Path
 ) -> None:
@@ -258,25 +245,15 @@ def test_defect3_untyped_key_integer_to_real_is_synced(make_store: MakeStore) ->
 # -- defect 4: one non-UTF-8 TEXT value wedges a node ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 4: read_batch decodes TEXT as UTF-8 (sqlite3's text_factory) and"
-    " raises on every call, so no later write of the node reaches a peer",
-)
 def test_defect4_non_utf8_text_value_syncs_with_its_bytes(make_store: MakeStore) -> None:
     a, b = make_store("a", PLAIN_DDL), make_store("b", PLAIN_DDL)
     write(a, "INSERT INTO items VALUES ('bad', CAST(X'61E962' AS TEXT), 1)")
     write(a, "INSERT INTO items VALUES ('good', 'after it', 2)")
     exchange_all(a, b)
     assert typed_rows(b) == typed_rows(a)
-    assert ("text", "626164", "text", "61E962", "integer", "01") in typed_rows(b)
+    assert ("text", "626164", "text", "61E962", "integer", "31") in typed_rows(b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 4: a non-UTF-8 TEXT key makes capture fail on every call, and"
-    " every apply (which captures first) from peers too",
-)
 def test_defect4_non_utf8_text_key_stops_neither_capture_nor_apply(
     make_store: MakeStore,
 ) -> None:
@@ -286,7 +263,7 @@ def test_defect4_non_utf8_text_key_stops_neither_capture_nor_apply(
     write(b, "INSERT INTO items VALUES ('from b', 'to a', 3)")
     sync_pair(a, b)
     assert typed_rows(a) == typed_rows(b)
-    assert ("text", "E9", "text", "626164206B6579", "integer", "01") in typed_rows(b)
+    assert ("text", "E9", "text", "626164206B6579", "integer", "31") in typed_rows(b)
 
 
 # -- defect 5: equal stamps, values of another storage class --------------------------
@@ -302,11 +279,6 @@ def _batch_of(site: str, hlc: int, value: SqlValue) -> ChangeBatch:
     ("first", "second"),
     [(1, 1.0), (-0.0, 0.0)],
     ids=["integer-real", "negative-zero"],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 5: store/sqlite/apply.py merge_table compares `merged == before` with"
-    " Python equality (1 == 1.0, 0.0 == -0.0) and drops the merge's winner",
 )
 def test_defect5_equal_stamps_converge_whatever_the_delivery_order(
     make_store: MakeStore, first: SqlValue, second: SqlValue
@@ -346,12 +318,6 @@ def test_defect6_update_to_negative_zero_is_synced(make_store: MakeStore) -> Non
 # -- defect 8: a failed read pins an old snapshot on the store's connection ----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 8: a read that fails mid-statement leaves its statement active"
-    " while the error (and its traceback) is alive, pinning an old WAL snapshot: capture"
-    " sees nothing new and BEGIN IMMEDIATE fails with 'database is locked'",
-)
 def test_defect8_store_recovers_while_a_failed_read_is_still_referenced(
     make_store: MakeStore, tmp_path: Path
 ) -> None:
@@ -378,11 +344,6 @@ def test_defect8_store_recovers_while_a_failed_read_is_still_referenced(
 # -- also looked at: rows for repair read without a capture ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (also look at): store/sqlite/verify.py rows_of reads user-table values without"
-    " capturing first, so an uncaptured value ships under the stamp of the write before it",
-)
 def test_rows_for_repair_never_ship_a_value_under_another_writes_stamp(
     make_store: MakeStore,
 ) -> None:
@@ -398,12 +359,6 @@ def test_rows_for_repair_never_ship_a_value_under_another_writes_stamp(
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (also look at): store/sqlite/feed.py split_seq_group ticks without catching up"
-    " with the file's clock and sets the head seq outright, so the head can move back (and"
-    " the moved rows land below a peer's cursor)",
-)
 def test_splitting_a_seq_group_never_moves_the_head_back(
     make_store: MakeStore, tmp_path: Path
 ) -> None:

@@ -469,7 +469,7 @@ def test_rows_beyond_the_drift_limit_are_quarantined_then_retried(
     (entry,) = b.quarantine()
     assert entry["pk"] == "'late'"
     assert "ahead" in str(entry["reason"])
-    assert b.vector()[a.site_id] < late_hlc  # never claims the refused write
+    assert b.vector().get(a.site_id, 0) < late_hlc  # never claims the refused write
     assert b.clock.last < late_hlc  # and never adopted its stamp
 
     assert b.retry_quarantine() == 0  # still too far ahead

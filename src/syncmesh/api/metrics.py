@@ -74,6 +74,11 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         value=len(store.schema_problems),
     )
     yield GaugeMetricFamily(
+        "syncmesh_row_problems",
+        "Rows the change feed holds back because it cannot read them faithfully.",
+        value=len(store.row_problems),
+    )
+    yield GaugeMetricFamily(
         "syncmesh_restoring",
         "1 while own writes lost by a restore are being recovered.",
         value=1 if store.restore_floor else 0,

@@ -144,6 +144,7 @@ _STATUS = {
                 "restore_floor": {"type": "integer"},
                 "path": {"type": "string"},
                 "schema_problems": {"type": "array", "items": {"type": "string"}},
+                "row_problems": {"type": "array", "items": {"type": "string"}},
                 "conflicts": {
                     "type": "object",
                     "description": "per tracked table: conflicts recorded here, ever",

@@ -50,6 +50,9 @@ class StoreStatus:
     # Per tracked table: conflicts recorded here since the file was made,
     # including those the ledger has since dropped (its limit).
     conflicts: dict[str, int] = field(default_factory=dict)
+    # Rows the feed held back this run because it could not read them
+    # faithfully (table, key and reason in words; issue 12).
+    row_problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,8 @@ LEAF_MASK = LEAVES - 1
 BRANCHES = 256
 LEAVES_PER_BRANCH = LEAVES // BRANCHES
 
-_pack = msgpack.Packer(use_bin_type=True).pack
+# TEXT that is not UTF-8 packs as its own bytes (model.TEXT_ERRORS); valid text is unchanged.
+_pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
 
 
 def _hash(data: bytes) -> int:

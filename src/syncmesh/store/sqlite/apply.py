@@ -17,12 +17,14 @@ hash tree, and the conflicts go to the ledger last.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import ClockDriftError
-from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells
+from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells, value_order_key
 from syncmesh.model import (
     CELL_FIELDS,
     ChangeBatch,
@@ -35,7 +37,7 @@ from syncmesh.model import (
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import conflicts, quarantine, vector
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.execute import execute_each
+from syncmesh.store.sqlite.execute import execute_checked, execute_many, execute_one
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
@@ -240,7 +242,7 @@ def _join_held(
         known_after = (
             {column: k for column, k in {**known, **changed}.items() if k} if changed else known
         )
-    if merged == before:
+    if _identical(merged, before):
         # Already held, or superseded (idempotent redelivery); or a
         # concurrent write that lost here, which we now know of.
         if earlier is not None and known_after != earlier.known:
@@ -253,6 +255,21 @@ def _join_held(
     merged_by_key[pk] = _Merged(merged, None, None, contributors, known_after)
     learned.pop(pk, None)
     return True
+
+
+def _identical(left: RowState, right: RowState) -> bool:
+    """Equal states whose values also have the same storage class and bytes.
+
+    Python calls 1 and 1.0, or 0.0 and -0.0, equal; SQLite stores them
+    apart, and the merge orders them apart, so a winner "equal" to the held
+    value must still be written (issue 12, defect 5).
+    """
+    if left != right:
+        return False
+    return all(
+        value_order_key(cell.value) == value_order_key(right.cells[column].value)
+        for column, cell in left.cells.items()
+    )
 
 
 def _write_user_rows(
@@ -282,16 +299,80 @@ def _write_user_rows(
     quarantined = 0
     # Deletes first: a key change (or a delete and an insert in one
     # transaction) may hand a UNIQUE value from the old row to the new one.
+    # Every write is checked (execute.execute_checked): one that SQLite
+    # skipped or refused is undone and quarantined, never recorded as done.
     sql = table.sql_apply
-    for group, statement in ((deletes, sql.delete_sql), (upserts, sql.upsert_sql)):
-        for index, error in execute_each(ctx.connection, statement, [row for _pk, row in group]):
+    connection = ctx.connection
+
+    def gone(row: Sequence[SqlValue]) -> bool:
+        # A delete that changed nothing is done if the row is not there.
+        return execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is None
+
+    guards = table.replace_guards(connection)
+    upsert_rows = [row for _pk, row in upserts]
+    writes = (
+        (deletes, execute_checked(connection, sql.delete_sql, [row for _pk, row in deletes], gone)),
+        (
+            upserts,
+            _upsert_guarded(connection, sql.upsert_sql, upsert_rows, guards)
+            if guards
+            else execute_checked(
+                connection, sql.upsert_sql, upsert_rows, _exists_if_keys_only(table, connection)
+            ),
+        ),
+    )
+    for group, failures in writes:
+        for index, reason in failures:
             pk = group[index][0]
             failed.add(pk)
             for row in merge.merged[pk].rows:
                 change = _change_of(incoming, row, shared.batch_sites)
-                quarantine.add(ctx, change, shared.origin, f"constraint failed: {error}")
+                quarantine.add(ctx, change, shared.origin, reason)
                 quarantined += 1
     return failed, quarantined
+
+
+def _exists_if_keys_only(
+    table: TableSql, connection: sqlite3.Connection
+) -> Callable[[Sequence[SqlValue]], bool] | None:
+    """A table of keys only upserts with DO NOTHING: a key already there is written."""
+    if table.values:
+        return None
+    return lambda row: (
+        execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is not None
+    )
+
+
+def _upsert_guarded(
+    connection: sqlite3.Connection,
+    sql: str,
+    rows: list[list[SqlValue]],
+    guards: list[tuple[str, tuple[int, ...]]],
+) -> list[tuple[int, str]]:
+    """Upsert row by row, refusing a row whose UNIQUE value another key holds.
+
+    For a table whose UNIQUE constraint says ON CONFLICT REPLACE: the write
+    would delete the other key's row without an error, and `changes()`
+    does not count that delete, so the holder is looked for first.
+    """
+    failures: list[tuple[int, str]] = []
+    for index, row in enumerate(rows):
+        holder = None
+        for query, positions in guards:
+            holder = execute_one(connection, query, [row[at] for at in positions]).fetchone()
+            if holder is not None:
+                break
+        if holder is not None:
+            failures.append(
+                (
+                    index,
+                    "a UNIQUE ... ON CONFLICT REPLACE value is held here by the row"
+                    f" {tuple(holder)!r}: writing it would delete that row",
+                )
+            )
+            continue
+        failures.extend((index, reason) for _, reason in execute_checked(connection, sql, [row]))
+    return failures
 
 
 def _write_shadow_rows(
@@ -320,7 +401,8 @@ def _write_shadow_rows(
     for leaf, delta in moved.items():
         ctx.summaries.note(table.spec.name, leaf, delta)
     table.write_shadow(ctx.connection, shadow_rows)
-    ctx.connection.executemany(
+    execute_many(
+        ctx.connection,
         table.sql_apply.knowledge_sql,
         [
             table.knowledge_row(pk, state, known, shared.sites)

@@ -20,6 +20,7 @@ from syncmesh.model import SqlValue
 from syncmesh.store.sqlite import vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_CHECK, OP_DELETE, OP_INSERT
+from syncmesh.store.sqlite.execute import execute_many, execute_one
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, site_code
 
@@ -139,7 +140,7 @@ def capture_table(
             log.warning("table %s: a row with a NULL key value is not synced", table.spec.name)
             continue
         if state[0] == UNKNOWN:  # a REPLACE may have deleted it: the table knows
-            if connection.execute(table.sql_capture.exists_sql, key).fetchone() is None:
+            if execute_one(connection, table.sql_capture.exists_sql, key).fetchone() is None:
                 state[0], state[1] = 0, 1
             elif state[2] == 0 and not state[1]:
                 del folded[key]  # still there, untouched: nothing to capture
@@ -155,7 +156,7 @@ def capture_table(
             (alive, deleted, mask, hlc, seq, *key, None, None)
             for key, (alive, deleted, mask, _inserted) in folded.items()
         ]
-    connection.executemany(table.sql_capture.capture_sql, parameters)
+    execute_many(connection, table.sql_capture.capture_sql, parameters)
     connection.execute(table.sql_capture.log_clear_sql, (last_id,))
     return len(folded)
 

@@ -17,6 +17,7 @@ from syncmesh.merge import CellConflict
 from syncmesh.model import SqlValue, from_json_safe, json_safe
 from syncmesh.store.records import ConflictRecord, Version
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.execute import execute_many
 
 _INSERT = (
     "INSERT OR IGNORE INTO _syncmesh_conflicts (table_name, pk, column_name, winner_value,"
@@ -37,7 +38,8 @@ def record(
     if not found:
         return 0
     resolved_ms = ctx.clock.physical_ms()
-    cursor = ctx.connection.executemany(
+    added = execute_many(
+        ctx.connection,
         _INSERT,
         [
             (
@@ -55,7 +57,7 @@ def record(
             for pk, conflict in found
         ],
     )
-    added = max(cursor.rowcount, 0)
+    added = max(added, 0)
     if added:
         ctx.connection.execute(
             "INSERT INTO _syncmesh_conflict_totals (table_name, total) VALUES (?, ?)"

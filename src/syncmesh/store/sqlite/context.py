@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class StoreContext:
     # are stamped at most `own_floor`, this run's at least `run_start`.
     own_floor: int = 0
     run_start: int = 0
+    # True once this run's gap (own_floor, run_start) is in `_syncmesh_runs`
+    # (written with the run's first own stamp; vector.set_own).
+    run_recorded: bool = False
     # `PRAGMA schema_version` when `schema_problems` were last worked out.
     schema_version: int = -1
     schema_problems: list[str] = field(default_factory=list)
@@ -64,6 +68,9 @@ class StoreContext:
     # capture also runs inside apply_batch and retry_quarantine, and only
     # counts once its transaction commits.
     rows_captured_total: int = 0
+    # Rows the feed held back, by (table, key): the reason (see feed.py).
+    # Cleared for a row when it reads right again.
+    row_problems: dict[tuple[str, str], str] = field(default_factory=dict)
     rows_captured_uncommitted: int = 0
 
     @contextmanager
@@ -87,6 +94,13 @@ class StoreContext:
             self.rows_captured_total += self.rows_captured_uncommitted
             self.rows_captured_uncommitted = 0
         except BaseException as exc:
+            # The frames of the failed operation may hold a cursor whose
+            # statement failed mid-step: while the error is kept (a log, a
+            # future, the node's link state), that statement stays active and
+            # pins its read snapshot, so later captures see nothing new and
+            # BEGIN IMMEDIATE fails with "database is locked" (issue 12,
+            # defect 8).  Dropping the finished frames' locals resets it.
+            traceback.clear_frames(exc.__traceback__)
             self.summaries.rollback()
             self.rows_captured_uncommitted = 0
             try:

@@ -76,6 +76,17 @@ CREATE TABLE IF NOT EXISTS _syncmesh_quarantine (
 );
 """
 
+# Where this file issued no own stamps (docs/adr/0006-restore-detection.md):
+# one row per run that captured, the gap between the own writes the file
+# held when the run began and the run's first possible stamp.  A peer's
+# claim of an own write inside a gap is a write this file made and lost.
+RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS _syncmesh_runs (
+    own_floor INTEGER NOT NULL,      -- V[self] when the run began
+    run_start INTEGER NOT NULL       -- the run's own stamps are at least this
+)
+"""
+
 # The conflict ledger (docs/adr/0007-conflict-ledger.md): the conflicts this
 # node resolved, newest kept up to a limit, and a running count per table.
 CONFLICT_LEDGER_DDL = """

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 
 from syncmesh.merge import missing_rows
-from syncmesh.model import ChangeBatch, SqlValue, TableRows
+from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.execute import execute_one
 from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def read_batch(
             shape = table.shape
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
+            read = _faithful_rows(ctx, table, read)
             kept = missing_rows(
                 TableRows(shape.table, shape.columns, shape.key_count, read),
                 all_sites,
@@ -69,6 +71,49 @@ def read_batch(
         vector = ctx.vector() if upper == head else None
     # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
     return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
+
+
+# A row whose user row is absent reads as all NULL values: only rows that
+# read so are looked at again, so the check costs nothing for other rows.
+ANOMALY_ABSENT = (
+    "alive in the shadow table but absent from the table: the feed will not ship"
+    " values it did not read (run `syncmesh verify --deep`, then `repair`)"
+)
+
+
+def _faithful_rows(
+    ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]]
+) -> list[list[SqlValue]]:
+    """`rows` without any alive row whose user row is absent (reported as an anomaly).
+
+    The apply never leaves such a row (every write is checked); a file
+    made by an older version, or edited by hand, may hold one, and shipping
+    it would invent a row of NULLs at every peer (issue 12, defect 1).
+    """
+    keys, width = table.key_count, len(table.values)
+    # One pass in C per row: only rows that read as all NULL are looked at.
+    suspects = [
+        index
+        for index, row in enumerate(rows)
+        if row[keys + 3 :: CELL_FIELDS].count(None) == width and row[keys] % 2 == 1  # type: ignore[operator]
+    ]
+    absent: set[int] = set()
+    for index in suspects:
+        row = rows[index]
+        problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
+        found = execute_one(ctx.connection, table.sql_capture.exists_sql, row[:keys])
+        if found.fetchone() is not None:
+            ctx.row_problems.pop(problem_key, None)
+            continue
+        if problem_key not in ctx.row_problems:
+            log.error(
+                "row held back from the feed: table %r, key (%s): %s", *problem_key, ANOMALY_ABSENT
+            )
+        ctx.row_problems[problem_key] = ANOMALY_ABSENT
+        absent.add(index)
+    if not absent:
+        return rows
+    return [row for index, row in enumerate(rows) if index not in absent]
 
 
 def split_seq_group(ctx: StoreContext, seq: int) -> bool:
@@ -83,10 +128,17 @@ def split_seq_group(ctx: StoreContext, seq: int) -> bool:
             )
         if len(keyed) <= 1:
             return False
-        new_seq = ctx.clock.tick()
+        # Another process on the file (a second node, `syncmesh track`) may
+        # have stamped past our clock: catch up first, so the new seq is the
+        # head and no moved row lands below a peer's cursor (issue 12).
+        ctx.catch_up_clock()
+        new_seq = max(ctx.clock.tick(), ctx.head() + 1)
+        ctx.clock.restore(new_seq)
         for table, key in keyed[len(keyed) // 2 :]:
             ctx.connection.execute(table.sql_feed.move_sql, (new_seq, *key))
-        ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (new_seq, new_seq))
+        ctx.connection.execute(
+            "UPDATE _syncmesh_state SET seq = max(seq, ?), hlc = max(hlc, ?)", (new_seq, new_seq)
+        )
     log.info("split seq group %d (%d rows) for the frame limit", seq, len(keyed))
     return True
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -80,6 +81,35 @@ def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:
     return TableSpec(table, columns, declared, tuple(name for _order, name in keyed))
 
 
+def _key_collation_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
+    """A warning per key column that compares with a collation other than BINARY.
+
+    Keys that the collation calls equal ('a' and 'A' under NOCASE) are one
+    row to SQLite but two keys to the merge, and a change between them is
+    not captured: replicas can diverge (issue 12, defect 3).
+    """
+    warnings: list[str] = []
+    quoted = quote_identifier(spec.name)
+    for _seq, name, _unique, origin, _partial in connection.execute(
+        f"PRAGMA index_list({quoted})"
+    ).fetchall():
+        if origin != "pk":
+            continue
+        for _seqno, _cid, column, _desc, collation, is_key in connection.execute(
+            f"PRAGMA index_xinfo({quote_identifier(name)})"
+        ).fetchall():
+            if is_key and column is not None and str(collation).upper() != "BINARY":
+                warnings.append(
+                    f"table {spec.name!r}: primary key column {column!r} has COLLATE"
+                    f" {collation}: keys it calls equal (such as 'a' and 'A' under NOCASE)"
+                    " are one row to SQLite but two to syncmesh, and a change between"
+                    " them is not synced, so replicas can differ.  Recreate the table"
+                    " with a BINARY key (drop the COLLATE clause from the key)"
+                    " (docs/keys.md)."
+                )
+    return warnings
+
+
 def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
     """Risks of replicating `spec` multi-master, in words an operator can act on."""
     warnings: list[str] = []
@@ -102,6 +132,7 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
                 " nodes; such a row is quarantined (not applied) on the node that cannot take"
                 " it, and the rest keeps syncing."
             )
+    warnings.extend(apply_warnings(connection, spec))
     if connection.execute(f"PRAGMA foreign_key_list({quoted})").fetchall():
         warnings.append(
             f"table {spec.name!r}: FOREIGN KEY constraints can be violated when rows arrive"
@@ -110,7 +141,6 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
             " connection), so a child may briefly, or after a concurrent delete for good,"
             " point at a missing parent; check with PRAGMA foreign_key_check."
         )
-    warnings.extend(application_trigger_warnings(connection, spec.name))
     return warnings
 
 
@@ -173,3 +203,72 @@ def unique_column_sets(connection: sqlite3.Connection, table: str) -> list[tuple
         if columns and len(columns) == len(info):
             sets.append(columns)
     return sets
+
+
+_REPLACE_CLAUSE = re.compile(r"\bON\s+CONFLICT\s+REPLACE\b", re.IGNORECASE)
+
+
+def replacing_unique_sets(connection: sqlite3.Connection, table: str) -> list[tuple[str, ...]]:
+    """The UNIQUE column sets of `table` if its definition says ON CONFLICT REPLACE, else [].
+
+    Such a constraint makes a write that collides with another key's value
+    delete that other row, silently (`changes()` does not count it), so the
+    apply looks for a holder of the value before it writes (issue 12, defect 1).
+    """
+    row = connection.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if row is None or row[0] is None or not _REPLACE_CLAUSE.search(str(row[0])):
+        return []
+    return unique_column_sets(connection, table)
+
+
+_CONFLICT_CLAUSE = re.compile(r"\bON\s+CONFLICT\s+(REPLACE|IGNORE|FAIL|ABORT|ROLLBACK)\b", re.I)
+_RAISE_IGNORE = re.compile(r"\bRAISE\s*\(\s*IGNORE\s*\)", re.I)
+_FIXED_AFFINITY = ("INT", "CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB")
+
+
+def apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
+    """Table features that make SQLite skip or widen the apply's writes (issue 12).
+
+    The apply checks every write and quarantines one that did not take
+    effect as merged, so these do not lose writes; but the rows they
+    refuse wait in the quarantine until someone changes the data.
+    """
+    warnings = _key_collation_warnings(connection, spec)
+    row = connection.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (spec.name,)
+    ).fetchone()
+    clauses = (
+        sorted({m.upper() for m in _CONFLICT_CLAUSE.findall(str(row[0] or ""))}) if row else []
+    )
+    if clauses:
+        warnings.append(
+            f"table {spec.name!r}: constraints with ON CONFLICT {'/'.join(clauses)} change"
+            " what a write does without an error.  syncmesh checks every write it applies:"
+            " a row that such a clause would skip, or that would delete another row"
+            " (REPLACE), is quarantined instead, and waits there until the data is changed"
+            " (docs/keys.md).  Prefer plain constraints."
+        )
+    for name, sql in connection.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?",
+        (spec.name,),
+    ).fetchall():
+        if not str(name).startswith(RESERVED_PREFIX) and _RAISE_IGNORE.search(str(sql or "")):
+            warnings.append(
+                f"table {spec.name!r}: trigger {name!r} can RAISE(IGNORE), which skips a"
+                " write without an error.  A peer's row it skips is quarantined here (the"
+                " apply checks every write), not lost; it waits until the data changes."
+            )
+    for column in spec.pk:
+        declared = spec.declared_types[spec.columns.index(column)].upper()
+        if not any(marker in declared for marker in _FIXED_AFFINITY):
+            warnings.append(
+                f"table {spec.name!r}: primary key column {column!r} has no fixed type"
+                f" (declared {declared or 'without a type'!r}), so a key can change between"
+                " values SQLite calls equal (1 and 1.0), and such a change is not synced."
+                " Declare the key TEXT or INTEGER."
+            )
+    # At every open too: a trigger created after `track` is named at start.
+    warnings.extend(application_trigger_warnings(connection, spec.name))
+    return warnings

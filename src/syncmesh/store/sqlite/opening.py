@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from syncmesh.errors import StoreError
-from syncmesh.model import SqlValue
+from syncmesh.model import SqlValue, text_of_bytes
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     BOOKKEEPING_DDL,
@@ -24,6 +24,7 @@ from syncmesh.store.sqlite.ddl import (
     DIGEST_COLUMN,
     KEY_HASH_COLUMN,
     PASTS_COLUMN,
+    RUNS_DDL,
 )
 from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
@@ -65,6 +66,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     create_private(path)
     try:
         connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # TEXT that is not valid UTF-8 reads as a str with lone surrogates
+        # that keep its bytes (model.TEXT_ERRORS): one such value must not
+        # make every read of its row raise (issue 12, defect 4).
+        connection.text_factory = text_of_bytes
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
@@ -122,6 +127,12 @@ def upgrade(ctx: StoreContext) -> None:
     a causal overwrite of such a cell was).
     """
     _upgrade_digests(ctx)
+    runs = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_runs'"
+    ).fetchone()
+    if runs is None:
+        with ctx.transaction():
+            ctx.connection.execute(RUNS_DDL)
     missing = _lacking(ctx, PASTS_COLUMN)
     ledger = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
@@ -163,7 +174,7 @@ def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:
 def init(ctx: StoreContext) -> None:
     """Create the bookkeeping tables and this node's site id, if missing (one transaction)."""
     with ctx.transaction():
-        for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL).split(";"):
+        for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL).split(";"):
             if statement.strip():
                 ctx.connection.execute(statement)
         row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import msgpack
 
-from syncmesh.model import RowChange, RowState, Stamp, row_to_plain
+from syncmesh.model import TEXT_ERRORS, RowChange, RowState, Stamp, row_to_plain
 from syncmesh.store.sqlite.context import StoreContext
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def add(ctx: StoreContext, change: RowChange, origin: str, reason: str) -> None:
         (
             change.table,
             pk_text,
-            msgpack.packb(row_to_plain(change)),
+            msgpack.packb(row_to_plain(change), unicode_errors=TEXT_ERRORS),
             origin,
             reason,
             json.dumps(min_stamps),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgpack
 
-from syncmesh.model import ChangeBatch, RowChange, row_from_plain
+from syncmesh.model import TEXT_ERRORS, ChangeBatch, RowChange, row_from_plain
 from syncmesh.store.sqlite import apply, capture
 from syncmesh.store.sqlite.context import StoreContext
 
@@ -25,7 +25,7 @@ def retry(ctx: StoreContext) -> int:
         capture.capture_pending(ctx)
         by_origin: dict[str, list[RowChange]] = {}
         for entry_id, blob, origin in entries:
-            change = row_from_plain(msgpack.unpackb(blob))
+            change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
             table = ctx.tables.get(change.table)
             if table is None or not set(change.state.cells) <= set(table.values):
                 continue  # still unknown here: kept as it is, never applied in part

@@ -34,4 +34,8 @@ def status(ctx: StoreContext) -> StoreStatus:
             ctx.path,
             tracking.schema_problems(ctx),
             conflicts.totals(ctx),
+            [
+                f"table {table!r}, key ({key}): {reason}"
+                for (table, key), reason in sorted(ctx.row_problems.items())
+            ],
         )

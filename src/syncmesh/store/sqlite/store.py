@@ -84,6 +84,7 @@ class SqliteStore:
             ctx.load()
             opening.upgrade(ctx)
             vector.mark_run_start(ctx)
+            tracking.check_tracked_tables(ctx)
         return cls(ctx)
 
     @staticmethod

@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 
 from syncmesh.merge import Knowledge
 from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
-from syncmesh.store.sqlite.ddl import PASTS_COLUMN
+from syncmesh.store.sqlite.ddl import PASTS_COLUMN, quote_identifier
+from syncmesh.store.sqlite.execute import execute_many, execute_one
+from syncmesh.store.sqlite.introspect import replacing_unique_sets
 from syncmesh.store.sqlite.names import TableNames
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.sql_apply import ApplySql
@@ -51,6 +53,8 @@ class TableSql:
         self.sql_feed = FeedSql(names)
         self.sql_apply = ApplySql(names)
         self.sql_verify = VerifySql(names)
+        # Read on first use by the apply (`replace_guards`); a new `load` resets it.
+        self._replace_guards: list[tuple[str, tuple[int, ...]]] | None = None
 
     def load(
         self, connection: sqlite3.Connection, pks: list[tuple[SqlValue, ...]]
@@ -70,13 +74,39 @@ class TableSql:
             marks = ", ".join([tuple_marks] * len(chunk))
             sql = f"{self.sql_apply.load_select} WHERE ({keys}) IN (VALUES {marks})"
             params = [value for pk in chunk for value in pk]
-            for row in connection.execute(sql, params):
+            for row in execute_one(connection, sql, params):
                 found[tuple(row[: self.key_count])] = (
                     list(row[:width]),
                     row[width],
                     row[width + 1],
                 )
         return found
+
+    def replace_guards(self, connection: sqlite3.Connection) -> list[tuple[str, tuple[int, ...]]]:
+        """Per UNIQUE ... ON CONFLICT REPLACE column set: a query for another key holding a value.
+
+        Each is (SQL, positions in a user row of the values it binds, then
+        the key).  Empty for a table without such a constraint: nearly all.
+        """
+        if self._replace_guards is None:
+            width = self.key_count
+            columns = (*self.spec.pk, *self.values)
+            not_this_key = " AND ".join(
+                f"{quote_identifier(column)} = ?" for column in self.spec.pk
+            )
+            guards = []
+            for unique in replacing_unique_sets(connection, self.spec.name):
+                same = " AND ".join(f"{quote_identifier(column)} = ?" for column in unique)
+                positions = (*(columns.index(column) for column in unique), *range(width))
+                guards.append(
+                    (
+                        f"SELECT {', '.join(map(quote_identifier, self.spec.pk))}"
+                        f" FROM {self.table} WHERE {same} AND NOT ({not_this_key}) LIMIT 1",
+                        positions,
+                    )
+                )
+            self._replace_guards = guards
+        return self._replace_guards
 
     def shadow_row(
         self,
@@ -161,16 +191,16 @@ class TableSql:
                     if str(old) in known:
                         known[str(new)] = known.pop(str(old))
             renamed.append((json.dumps(pasts, separators=(",", ":")), *row[:-1]))
-        connection.executemany(self.sql_apply.knowledge_sql, renamed)
+        execute_many(connection, self.sql_apply.knowledge_sql, renamed)
 
     def write_shadow(self, connection: sqlite3.Connection, rows: list[list[SqlValue]]) -> None:
         """Write shadow rows made by `shadow_row` or `fast_rows`, with or without `pasts`."""
         plain = [row for row in rows if len(row) == self.sql_apply.plain_width]
         if plain:
-            connection.executemany(self.sql_apply.shadow_plain_sql, plain)
+            execute_many(connection, self.sql_apply.shadow_plain_sql, plain)
         if len(plain) < len(rows):
             full = [row for row in rows if len(row) != self.sql_apply.plain_width]
-            connection.executemany(self.sql_apply.shadow_write_sql, full)
+            execute_many(connection, self.sql_apply.shadow_write_sql, full)
 
     def knowledge_row(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
@@ -17,7 +18,12 @@ from syncmesh.store.base import TrackProgress
 from syncmesh.store.sqlite import vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import capture_triggers, log_ddl, shadow_ddl
-from syncmesh.store.sqlite.introspect import read_table_spec, table_warnings, unique_column_sets
+from syncmesh.store.sqlite.introspect import (
+    apply_warnings,
+    read_table_spec,
+    table_warnings,
+    unique_column_sets,
+)
 from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
@@ -163,3 +169,18 @@ def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress 
         ),
     )
     log.info("tracking table %s (%d existing rows)", spec.name, rows)
+
+
+def check_tracked_tables(ctx: StoreContext) -> None:
+    """Log what `track` would warn about the tracked tables today (at open).
+
+    Tables tracked before these checks existed (issue 12) get them too;
+    a table that is gone or altered is `schema_problems`' to report.
+    """
+    for table in ctx.tables.values():
+        try:
+            warnings = apply_warnings(ctx.connection, table.spec)
+        except sqlite3.Error:
+            continue
+        for warning in warnings:
+            log.warning("tracked %s", warning)

@@ -2,8 +2,8 @@
 
 Owns how the vector moves: V[self] following our own captures
 (`set_own`), V = max(V, sender's V) on a batch that reaches the sender's
-head (`merge`, capped below what we hold only in quarantine and by the
-drift limit, `drift_bound`), and noticing that this file is an old copy
+head (`merge`, capped below what we hold only in quarantine, entries
+beyond the drift limit `drift_bound` left out), and noticing that this file is an old copy
 (`mark_run_start` at open, `note_peer` on a peer's vector).  The
 facade keeps the methods of the same purpose and delegates here; every function
 runs inside the caller's transaction unless it says otherwise.
@@ -35,8 +35,27 @@ def mark_run_start(ctx: StoreContext) -> None:
     ctx.clock.restore(ctx.run_start)
 
 
+RUNS_KEPT_MAX = 10_000  # gaps remembered (one per run that stamped); the oldest go first
+
+
 def set_own(ctx: StoreContext, hlc: int) -> None:
-    """V[self] follows our clock, unless a restore left own writes missing."""
+    """V[self] follows our clock, unless a restore left own writes missing.
+
+    The run's first own stamp also records the run's gap (`_syncmesh_runs`),
+    so that a claim inside it is recognised in later runs too: a restored
+    file may capture and be restarted before the peer holding its lost
+    writes says HELLO (ADR 0006, residual risks 1 and 2; issue 12, defect 2).
+    """
+    if not ctx.run_recorded and ctx.own_floor + 1 < ctx.run_start:
+        ctx.connection.execute(
+            "INSERT INTO _syncmesh_runs (own_floor, run_start) VALUES (?, ?)",
+            (ctx.own_floor, ctx.run_start),
+        )
+        ctx.connection.execute(
+            "DELETE FROM _syncmesh_runs WHERE rowid <= (SELECT max(rowid) FROM _syncmesh_runs) - ?",
+            (RUNS_KEPT_MAX,),
+        )
+        ctx.run_recorded = True
     if ctx.state()["restore_floor"] > 0:
         return
     ctx.connection.execute(
@@ -48,16 +67,37 @@ def set_own(ctx: StoreContext, hlc: int) -> None:
 
 
 def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
-    """V = max(V, sender's V), capped below changes we hold only in quarantine."""
+    """V = max(V, sender's V), capped below changes we hold only in quarantine.
+
+    The sender's entry for our own site is a claim about our writes: it
+    goes through the restore check (`_detect`) like a HELLO's, and is
+    adopted only in restore mode begun before this batch, when our PULL
+    asked for our own writes back.  Outside it, the sender may have left
+    out own writes of ours because our vector said we hold them (issue 12,
+    defect 2: a restored node adopted its lost writes' stamps this way).
+    """
     caps: dict[str, int] = {}
     for (stamps_json,) in ctx.connection.execute("SELECT min_stamps FROM _syncmesh_quarantine"):
         for site, hlc in json.loads(stamps_json).items():
             caps[site] = min(caps.get(site, hlc - 1), hlc - 1)
     own = ctx.site_id()
+    bound = drift_bound(ctx)
+    restoring_before = ctx.state()["restore_floor"] > 0
+    # A claim beyond the drift limit is no stamp of ours (our clock went
+    # back, or the peer is broken): it is neither checked nor adopted.
+    if own in sender_vector and sender_vector[own] <= bound and _detect(ctx, sender_vector[own]):
+        _log_detected()
     for site, hlc in sender_vector.items():
-        # A claim beyond the drift limit is clamped to it: every write stamped
-        # later was quarantined, not applied, and the cap keeps us below it.
-        capped = min(hlc, caps.get(site, hlc), drift_bound(ctx))
+        if site == own and not (restoring_before and ctx.state()["restore_floor"] > 0):
+            continue
+        # A claim beyond the drift limit is not adopted: writes stamped that
+        # late were quarantined here, not applied.  It is not clamped either:
+        # every entry stays a stamp its site issued (or one below a stamp we
+        # quarantined), because peers check claims about their own writes
+        # against the stretches in which they issued none (`_gap_floor`).
+        if hlc > bound:
+            continue
+        capped = min(hlc, caps.get(site, hlc))
         ctx.connection.execute(
             "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES (?, ?)"
             " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
@@ -87,30 +127,63 @@ def note_peer(ctx: StoreContext, peer_vector: dict[str, int]) -> bool:
     claimed = peer_vector.get(own, 0)
     ctx.clock.check(claimed, own)  # a claim from the future is a broken or hostile peer
     with ctx.transaction():
-        ours = ctx.vector().get(own, 0)
-        lost_this_run = ctx.own_floor < claimed < ctx.run_start
-        if claimed <= ours and not lost_this_run:
-            return False
-        ctx.clock.restore(claimed)
-        state = ctx.state()
-        first = state["restore_floor"] == 0
-        ctx.connection.execute(
-            "UPDATE _syncmesh_state SET restore_floor = max(restore_floor, ?), hlc = max(hlc, ?)",
-            (claimed, claimed),
-        )
-        if first:
-            ctx.connection.execute(
-                "UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,)
-            )
-            # Claim no more own writes than the file held when this run began:
-            # a capture since then may have moved V[self] past the lost ones.
-            ctx.connection.execute(
-                "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?",
-                (ctx.own_floor, own),
-            )
+        first = _detect(ctx, claimed)
     if first:
-        log.warning(
-            "this file is older than its peers' view of it (restored from a"
-            " backup?): new incarnation, re-syncing own writes from peers"
+        _log_detected()
+    return first
+
+
+def _detect(ctx: StoreContext, claimed: int) -> bool:
+    """The restore check of a claim about our own writes (in the caller's transaction).
+
+    True on a first detection (restore mode was off).
+    """
+    own = ctx.site_id()
+    ours = ctx.vector().get(own, 0)
+    gap_floor = _gap_floor(ctx, claimed)
+    if claimed <= ours and gap_floor is None:
+        return False
+    if gap_floor is not None:
+        # Claim none of the own writes from the gap's start on: peers send them back.
+        ctx.connection.execute(
+            "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?", (gap_floor, own)
+        )
+    ctx.clock.restore(claimed)
+    state = ctx.state()
+    first = state["restore_floor"] == 0
+    ctx.connection.execute(
+        "UPDATE _syncmesh_state SET restore_floor = max(restore_floor, ?), hlc = max(hlc, ?)",
+        (claimed, claimed),
+    )
+    if first:
+        ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,))
+        # Claim no more own writes than the file held when this run began:
+        # a capture since then may have moved V[self] past the lost ones.
+        ctx.connection.execute(
+            "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?",
+            (ctx.own_floor, own),
         )
     return first
+
+
+def _gap_floor(ctx: StoreContext, claimed: int) -> int | None:
+    """The start of a gap (this run's, or a recorded one) holding `claimed`; None if none does.
+
+    A gap is a stretch of stamps in which this file issued no own write: a
+    claim of one there is a write the file made and lost.
+    """
+    floors = [ctx.own_floor] if ctx.own_floor < claimed < ctx.run_start else []
+    (recorded,) = ctx.connection.execute(
+        "SELECT min(own_floor) FROM _syncmesh_runs WHERE own_floor < ? AND run_start > ?",
+        (claimed, claimed),
+    ).fetchone()
+    if recorded is not None:
+        floors.append(int(recorded))
+    return min(floors) if floors else None
+
+
+def _log_detected() -> None:
+    log.warning(
+        "this file is older than its peers' view of it (restored from a"
+        " backup?): new incarnation, re-syncing own writes from peers"
+    )

@@ -18,6 +18,7 @@ from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import apply, capture
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_UPDATE
+from syncmesh.store.sqlite.execute import execute_one
 from syncmesh.store.sqlite.table import KEYS_PER_QUERY, TableSql
 from syncmesh.store.summary import (
     TableSummary,
@@ -220,14 +221,21 @@ def _key_chunks(table: TableSql, keys: Sequence[Key]) -> Iterator[tuple[str, lis
 
 
 def rows_of(ctx: StoreContext, name: str, keys: Sequence[Key]) -> ChangeBatch:
-    """The whole state of each of `keys` held here, as a batch (for repair)."""
+    """The whole state of each of `keys` held here, as a batch (for repair).
+
+    Pending local writes are captured first (a write transaction): a value
+    written but not yet captured would otherwise ship under the stamp of
+    the write it replaced (issue 12, "also look at").
+    """
     table = _table(ctx, name)
     sites = ctx.require_init()
-    with ctx.transaction("DEFERRED"):
+    with ctx.transaction():
+        capture.capture_pending(ctx)
         rows: list[list[SqlValue]] = []
         for where, params in _key_chunks(table, keys):
             rows.extend(
-                list(row) for row in ctx.connection.execute(table.sql_verify.select + where, params)
+                list(row)
+                for row in execute_one(ctx.connection, table.sql_verify.select + where, params)
             )
         all_sites = sites.all_sites()
         head = ctx.head()
