@@ -83,7 +83,11 @@ def run_doc(text: str, workdir: Path, *, skip: str | None = None) -> str:
         finally:
             leftover = _kill_group(process.pid)
     output = log.read_text()
-    assert process.returncode == 0, f"the doc's commands failed:\n{output}"
+    node_logs = "".join(
+        f"\n== {log_file.name}\n{log_file.read_text(errors='replace')}"
+        for log_file in sorted(workdir.glob("*.log"))
+    )
+    assert process.returncode == 0, f"the doc's commands failed:\n{output}{node_logs}"
     assert not leftover, f"the doc left processes running: {leftover}\n{output}"
     return output
 
