@@ -93,11 +93,6 @@ def test_defect4_shell_writes_non_utf8_text_and_sync_goes_on(
 
 
 @pytest.mark.multiprocess
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 7: two live copies of one file meeting through a hub: the hub"
-    " keeps the first and turns the other away at INFO ('not needed'); nobody is told",
-)
 def test_defect7_copied_file_meeting_through_a_hub_is_refused_loudly(
     nodes: Cluster, tmp_path: Path
 ) -> None:

@@ -124,6 +124,11 @@ _STATUS = {
             "type": "integer",
             "description": "connections refused before HELLO: certificate not of a peer, limits",
         },
+        "identity_conflicts": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "two live database files with one site id, seen lately (with the fix)",
+        },
         "store": {
             "type": "object",
             "properties": {

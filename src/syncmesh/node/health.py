@@ -21,7 +21,9 @@ The reasons:
   capture triggers (`Store.schema_problems`);
 - quarantine grew within the last `quarantine_window_s` (rows that stay
   quarantined are a note on the dashboard, not a degraded node);
-- the node is recovering its own writes after a restore from an old copy.
+- the node is recovering its own writes after a restore from an old copy;
+- two live database files share a site id (this node found it, or a peer
+  refused us for it: node/identity.py).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def assess(
                 f" {clock_time(entry.last_ms)}: {entry.last_error}"
             )
     reasons.extend(statistics.store.schema_problems)
+    reasons.extend(statistics.identity_conflicts)
     monitor.note_quarantined(statistics.store.quarantined_rows, now)
     window_ms = config.health_quarantine_window_s * 1000
     if monitor.quarantine_rose_ms and now - monitor.quarantine_rose_ms <= window_ms:

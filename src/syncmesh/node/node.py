@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.health import HealthMonitor
+from syncmesh.node.identity import IdentityGuard, Verdict
 from syncmesh.node.mismatch import describe_columns
 from syncmesh.node.session import (
     APPLY_SECONDS_BUCKETS,
@@ -32,12 +34,14 @@ from syncmesh.node.session import (
     PeerLink,
     PeerState,
     Session,
+    SharedSiteId,
 )
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify import StoreCall
 from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
+from syncmesh.protocol.messages import shared_site_id_reason
 from syncmesh.store import Store, StoreStatus
 from syncmesh.store.open import open_store
 from syncmesh.transport.base import Channel, Connector, PeerIdentity, Refusal, RefusalReason
@@ -126,6 +130,9 @@ class NodeStatistics:
     captures: int
     rights_refused_rows: int  # rows refused for a peer's rights since start, all peers
     refused_connections: int  # connections refused before HELLO (certificate, limits)
+    # Two live files with one site id, seen lately (node/identity.py): as
+    # health reasons, with the fix.
+    identity_conflicts: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -190,6 +197,17 @@ class Node:
         self._inbound: collections.Counter[str] = collections.Counter()
         # Site id -> the certificate name that first used it in this run.
         self._site_names: dict[str, str] = {}
+        # This process's HELLO `instance`: a copy of the file never shares it.
+        self.instance = uuid.uuid4().hex
+        # A dead peer's session ends within 1.5 heartbeats; a dialer retries
+        # within backoff_max_s (node/identity.py).
+        self._identities = IdentityGuard(
+            grace_s=1.5 * config.heartbeat_s + 2.0,
+            window_s=3 * config.backoff_max_s + config.handshake_timeout_s,
+        )
+        # (reason, monotonic time) of the last refusal saying our site id is
+        # shared by another live file: a health reason for `window_s`.
+        self._twin_refusal: tuple[str, float] | None = None
         self.rights_refused_rows = 0
         self.refused_connections = 0
         self.health = HealthMonitor(self.clock)  # failures in a row, quarantine growth: node.health
@@ -283,6 +301,7 @@ class Node:
                 self.store.head_seq(),
                 self.store.vector(),
                 {spec.name: describe_columns(spec) for spec in self.store.specs()},
+                self.instance,
             )
 
         return await self.worker.call(read)
@@ -307,13 +326,46 @@ class Node:
                     " (the name in your certificate)"
                 )
         existing = self._sessions.get(link.site_id)
+        holder = None if existing is None else existing.link.peer_instance
+        verdict = self._identities.check(link.site_id, link.peer_instance, holder)
+        if verdict is Verdict.TWIN:
+            reason = shared_site_id_reason(link.site_id)
+            log.error("refused site %s (%s): %s", link.site_id, link.address or link.name, reason)
+            if existing is not None:
+                # The session that came first is one of the two: tell it too.
+                self._sessions.pop(link.site_id, None)
+                refusing = asyncio.get_running_loop().create_task(existing.refuse_and_close(reason))
+                self._closing.add(refusing)
+                refusing.add_done_callback(self._closing.discard)
+            return RefusedError(reason)
         if existing is not None:
+            if holder and link.peer_instance and holder != link.peer_instance:
+                return DuplicateSession(
+                    f"{DUPLICATE_SESSION_PREFIX} with site {link.site_id}"
+                    f" ({existing.link.address}) from another process of that site id;"
+                    " waiting for that session to end (a restart), or to find two live"
+                    " files with one site id"
+                )
             return DuplicateSession(
                 f"{DUPLICATE_SESSION_PREFIX} with site {link.site_id}"
                 f" ({existing.link.address}); one session per pair of nodes"
             )
         self._sessions[link.site_id] = session
         return None
+
+    def _note_twin_refusal(self, exc: BaseException) -> None:
+        """Remember a peer's word that another live file has our site id."""
+        if isinstance(exc, SharedSiteId):
+            self._twin_refusal = (str(exc), time.monotonic())
+
+    def identity_conflicts(self) -> tuple[str, ...]:
+        """Health reasons: site ids that two live files share, seen here or told by a peer."""
+        reasons = [shared_site_id_reason(site) for site in self._identities.twins()]
+        if self._twin_refusal is not None:
+            text, at = self._twin_refusal
+            if time.monotonic() - at <= self._identities.window_s:
+                reasons.append(text)
+        return tuple(reasons)
 
     def unregister(self, link: PeerLink, session: Session) -> None:
         if self._sessions.get(link.site_id) is session:
@@ -387,6 +439,7 @@ class Node:
                 await session.run()
             except (SyncError, OSError) as exc:
                 _log_session_end(session.link, exc)
+                self._note_twin_refusal(exc)
             except Exception:
                 log.exception("session with %s failed unexpectedly", session.link.address)
             finally:
@@ -452,6 +505,7 @@ class Node:
                 if dialer.link is not None:
                     dialer.link.last_error = str(exc)
                     _log_session_end(dialer.link, exc)
+                    self._note_twin_refusal(exc)
                 else:
                     log.info("cannot reach peer %s: %s", dialer.url, exc)
             except Exception as exc:  # a bug must not stop the other peers' syncing
@@ -699,6 +753,7 @@ class Node:
             self._captures,
             self.rights_refused_rows,
             self.refused_connections,
+            self.identity_conflicts(),
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:

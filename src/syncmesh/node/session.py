@@ -61,9 +61,17 @@ class DuplicateSession(RefusedError):
     """The pair already has a session: not a fault, the other session carries on."""
 
 
+class SharedSiteId(RefusedError):
+    """A peer met another live file with our site id: this file or that one is a copy."""
+
+
 def refused_by_peer(what: str, message: Refuse) -> RefusedError:
     """The error for a REFUSE received from a peer, typed as the message is."""
-    kind = DuplicateSession if message.duplicate_session else RefusedError
+    kind: type[RefusedError] = RefusedError
+    if message.duplicate_session:
+        kind = DuplicateSession
+    elif message.shared_site_id:
+        kind = SharedSiteId
     return kind(f"{what}: {message.reason}")
 
 
@@ -77,6 +85,7 @@ class PeerLink:
     address: str
     dialed: bool
     name: str = ""  # the peer's site name (certificate or [peers.NAME]); "" if unnamed
+    peer_instance: str = ""  # the peer process's HELLO `instance` ("" from older peers)
     site_id: str = ""
     state: PeerState = "handshake"
     connected_ms: int = 0
@@ -185,6 +194,11 @@ class Session:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def refuse_and_close(self, reason: str) -> None:
+        """End a streaming session with a REFUSE that tells the peer why."""
+        await self._refuse(reason)
+        await self._channel.close()
+
     async def run(self) -> None:
         """Handshake, then stream both ways until the link fails or is closed."""
         registered = False
@@ -240,6 +254,7 @@ class Session:
             raise await self._refuse(reason)
         self.link.site_id = message.site_id
         self.link.peer_head_seq = message.head_seq
+        self.link.peer_instance = message.instance
         duplicate = host.register(self.link, self)
         if duplicate is not None:
             raise await self._refuse(duplicate)

@@ -197,6 +197,8 @@ def _to_plain(message: Message) -> dict[str, Any]:
             }
             if message.columns:
                 hello["cols"] = {name: list(cols) for name, cols in message.columns.items()}
+            if message.instance:
+                hello["run"] = message.instance
             return hello
         case Refuse():
             return {"t": "refuse", "reason": message.reason}
@@ -315,6 +317,7 @@ def _from_plain(plain: object) -> Message:
             _seq(plain, "head", "hello"),
             _vector(plain.get("vv"), "hello"),
             _columns(plain.get("cols")),
+            _text(plain, "run", "hello", TOKEN_CHARS_MAX) if "run" in plain else "",
         )
     if kind == "refuse":
         return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))

@@ -41,6 +41,11 @@ class Hello:
     # primary key's): only for naming what differs when fingerprints do.
     # Optional on the wire (peers before it send none), so no version bump.
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A random id per running process (per opening of the file): two live
+    # copies of one file share site id and incarnation but never this, and a
+    # restarted process differs from the process it replaces only in this.
+    # Optional on the wire ("" from peers before it), so no version bump.
+    instance: str = ""
 
 
 # The reason text that starts a refusal of a second session between one pair
@@ -48,6 +53,18 @@ class Hello:
 # this prefix is the refusal's type: read here, with the rest of the message,
 # so that the node tests a flag, not a text.
 DUPLICATE_SESSION_PREFIX = "already in a session"
+# The same for a refusal because two live database files share one site id
+# (`Node.register`, issue 12 defect 7): both copies are told, with the fix.
+SHARED_SITE_ID_PREFIX = "two live database files have site id"
+
+
+def shared_site_id_reason(site_id: str) -> str:
+    """The refusal sent to both copies of one file, with the fix."""
+    return (
+        f"{SHARED_SITE_ID_PREFIX} {site_id}: one is a copy of the other, and their writes"
+        " would be mixed up under one identity; stop the copy and give it a new identity"
+        " (`syncmesh init --new-site-id`) before syncing it again"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +75,11 @@ class Refuse:
     def duplicate_session(self) -> bool:
         """The peer refused because the pair already has a session: not a fault."""
         return self.reason.startswith(DUPLICATE_SESSION_PREFIX)
+
+    @property
+    def shared_site_id(self) -> bool:
+        """The peer found another live file with our site id (a copy): fix it."""
+        return self.reason.startswith(SHARED_SITE_ID_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

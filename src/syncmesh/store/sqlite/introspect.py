@@ -4,7 +4,9 @@ Refusals (raise SchemaError): no such table, no primary key, a name that
 clashes with syncmesh's own tables, a key column with a collation other
 than BINARY (`refuse_key_collations`, at `track`).  Warnings (returned as text): integer
 auto-increment keys, secondary UNIQUE indexes and foreign keys, which a
-multi-master merge can violate (see README, "Choosing keys").
+multi-master merge can violate (see README, "Choosing keys"), and the
+application's own triggers that would run again when a peer's row is
+applied (docs/keys.md, "Application triggers").
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from syncmesh.model import TableSpec
 from syncmesh.schema import quote_identifier
 
 RESERVED_PREFIX = "_syncmesh"
+# What an application trigger's WHEN adds to run only for local writes: the
+# apply sets `applying` inside its transaction (ddl.py), as for capture.
+APPLY_GUARD = "(SELECT applying FROM _syncmesh_state) = 0"
 
 
 def table_problems(path: str | Path, tables: list[str]) -> list[str]:
@@ -182,6 +187,32 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
     return warnings
 
 
+def application_trigger_warnings(connection: sqlite3.Connection, table: str) -> list[str]:
+    """The application's triggers on `table` that would fire again on a peer's row.
+
+    A trigger's effects at the origin are captured writes that sync like any
+    other; fired again by the apply they are applied twice (a name that gets
+    its suffix twice, a counter bumped at every node).  SQLite cannot turn
+    triggers off per connection and the engine does not rewrite a user's
+    trigger, so it names each one that does not read the apply flag, and the
+    guard that makes it run for local writes only.
+    """
+    rows = connection.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?"
+        " AND name NOT LIKE '\\_syncmesh%' ESCAPE '\\' ORDER BY name",
+        (table,),
+    ).fetchall()
+    return [
+        f"table {table!r}: application trigger {name!r} also fires when a peer's row is"
+        " applied, so its effects (already captured and synced from where it first ran)"
+        " are applied twice and the nodes diverge.  Guard it to run for local writes"
+        f" only: add `WHEN {APPLY_GUARD}` (AND-ed with any WHEN it has) and recreate it"
+        ' (docs/keys.md, "Application triggers").'
+        for name, sql in rows
+        if "_syncmesh_state" not in (sql or "")
+    ]
+
+
 def fingerprint(specs: list[TableSpec]) -> str:
     """A short hash of the tracked tables' names, columns, types and keys.
 
@@ -281,4 +312,6 @@ def apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
                 " values SQLite calls equal (1 and 1.0), and such a change is not synced."
                 " Declare the key TEXT or INTEGER."
             )
+    # At every open too: a trigger created after `track` is named at start.
+    warnings.extend(application_trigger_warnings(connection, spec.name))
     return warnings
