@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
 
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
@@ -127,3 +131,22 @@ def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[s
         timeout=timeout_s,
         check=False,
     )
+
+
+def sqlite3_shell(path: Path, sql: str) -> str:
+    """Run `sql` through the sqlite3 command-line shell, as a user would; what it prints.
+
+    A missing shell is a failure naming the fix, never a skip.
+    """
+    found = shutil.which("sqlite3")
+    if found is None:
+        pytest.fail("the sqlite3 command-line shell is required (apt-get install sqlite3)")
+    result = subprocess.run(
+        [found, "-bail", "-cmd", ".timeout 10000", str(path), sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, f"sqlite3 {sql!r} exited {result.returncode}: {result.stderr}"
+    return result.stdout

@@ -12,7 +12,6 @@ nodes, and the chaos run that found it.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import sqlite3_shell as shell
 from tests.nodeproc import Cluster, NodeProcess, query, run_cli, wait_for
 
 SYNC_S = 20.0
@@ -32,21 +32,6 @@ def trigger(when: str) -> str:
         f"CREATE TRIGGER items_checked AFTER INSERT ON items {when} BEGIN"
         " UPDATE items SET name = NEW.name || ' (checked)' WHERE id = NEW.id; END;"
     )
-
-
-def shell(path: Path, sql: str) -> str:
-    found = shutil.which("sqlite3")
-    if found is None:
-        pytest.fail("the sqlite3 command-line shell is required (apt-get install sqlite3)")
-    result = subprocess.run(
-        [found, "-bail", "-cmd", ".timeout 10000", str(path), sql],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, f"sqlite3 {sql!r} exited {result.returncode}: {result.stderr}"
-    return result.stdout
 
 
 def tracked(path: Path, when: str) -> str:

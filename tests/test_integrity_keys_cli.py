@@ -8,7 +8,6 @@ fix, and leave the file as it was (no capture triggers, nothing tracked).
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from syncmesh.clock import HybridClock
 from syncmesh.store.sqlite import SqliteStore, tracking
 from tests.helpers import ManualClock, run_cli
+from tests.helpers import sqlite3_shell as shell
 
 CLI_TIMEOUT_S = 60
 BASE_MS = 1_700_000_000_000
@@ -27,14 +27,6 @@ def make_db(path: Path) -> None:
         connection.execute(NOCASE_SCHEMA)
         connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, v)")
     connection.close()
-
-
-def shell(path: Path, sql: str) -> str:
-    """What the sqlite3 shell prints for `sql` on `path`."""
-    done = subprocess.run(
-        ["sqlite3", str(path), sql], capture_output=True, text=True, timeout=30, check=True
-    )
-    return done.stdout
 
 
 def test_track_refuses_a_nocase_key_with_the_reason_and_the_fix(tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ deadline loop on a state, never a fixed sleep.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import sqlite3_shell as shell
 from tests.nodeproc import Cluster, NodeProcess, make_db, query, wait_for
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
@@ -41,21 +41,6 @@ def nodes(tmp_path: Path) -> Iterator[Cluster]:
 def no_internal_errors(cluster: Cluster) -> None:
     errors = cluster.internal_errors()
     assert not errors, "a node logged an internal error:\n" + "\n".join(errors)
-
-
-def shell(path: Path, sql: str) -> None:
-    """Run `sql` through the sqlite3 command-line shell, as a user would."""
-    found = shutil.which("sqlite3")
-    if found is None:
-        pytest.fail("the sqlite3 command-line shell is required (apt-get install sqlite3)")
-    result = subprocess.run(
-        [found, "-bail", "-cmd", ".timeout 10000", str(path), sql],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, f"sqlite3 {sql!r} exited {result.returncode}: {result.stderr}"
 
 
 def name_hex(path: Path, key: str) -> str | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from syncmesh.errors import ProtocolError
 from syncmesh.node.identity import IdentityGuard, Verdict
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.protocol.codec import decode, encode
+from tests.helpers import sqlite3_shell as shell
 from tests.nodeproc import Cluster, NodeProcess, make_db, query, run_cli, wait_for
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
@@ -142,20 +142,6 @@ def nodes(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         cluster.close()
         print(cluster.logs())  # pytest shows it only when the test failed
-
-
-def shell(path: Path, sql: str) -> None:
-    found = shutil.which("sqlite3")
-    if found is None:
-        pytest.fail("the sqlite3 command-line shell is required (apt-get install sqlite3)")
-    result = subprocess.run(
-        [found, "-bail", "-cmd", ".timeout 10000", str(path), sql],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, f"sqlite3 {sql!r} exited {result.returncode}: {result.stderr}"
 
 
 def logs(*nodes: NodeProcess) -> str:
