@@ -307,11 +307,8 @@ def test_defect5_equal_stamps_converge_whatever_the_delivery_order(
 # -- defect 6: 0.0 -> -0.0 in an untyped column -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 6: store/sqlite/ddl.py _value_changed (IS NOT ... COLLATE BINARY,"
-    " typeof) calls 0.0 and -0.0 equal, so the update is not captured",
-)
+# Fixed by ADR 0013: the per-column triggers capture every column an UPDATE
+# sets, so no comparison of old and new values can call 0.0 and -0.0 equal.
 def test_defect6_update_to_negative_zero_is_synced(make_store: MakeStore) -> None:
     ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, v)"
     a, b = make_store("a", ddl), make_store("b", ddl)

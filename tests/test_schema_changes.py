@@ -16,20 +16,23 @@ def _store(path: Path) -> SqliteStore:
     return store
 
 
-def test_an_added_column_is_reported_and_the_tracked_columns_keep_syncing(tmp_path: Path) -> None:
+def test_an_added_column_is_reported_until_reconciled_and_then_syncs(tmp_path: Path) -> None:
     a, b = _store(tmp_path / "a.db"), _store(tmp_path / "b.db")
     try:
         assert a.schema_problems() == []
         a.connection.execute("ALTER TABLE items ADD COLUMN extra TEXT")
         [problem] = a.schema_problems()
-        assert "'items' was altered" in problem
-        assert "['extra']" in problem
+        assert "'items' changed and syncmesh has not caught up yet" in problem
+        assert "column 'extra' added" in problem
         assert a.status().schema_problems == [problem]
-        a.connection.execute("INSERT INTO items VALUES ('k', 'still syncs', 'not synced')")
-        a.capture()
+        a.connection.execute("INSERT INTO items VALUES ('k', 'still syncs', 'synced too')")
+        assert a.reconcile_schema() == ["table 'items': column 'extra' added"]
+        assert a.schema_problems() == []
+        b.connection.execute("ALTER TABLE items ADD COLUMN extra TEXT")
+        b.reconcile_schema()
         exchange_all(a, b)
-        assert b.connection.execute("SELECT id, name FROM items").fetchall() == [
-            ("k", "still syncs")
+        assert b.connection.execute("SELECT id, name, extra FROM items").fetchall() == [
+            ("k", "still syncs", "synced too")
         ]
     finally:
         a.close()

@@ -179,26 +179,48 @@ def test_primary_key_change_is_delete_plus_insert(store: SqliteStore, peer: Sqli
     ]
 
 
-def test_update_stamps_only_changed_columns(store: SqliteStore) -> None:
+def test_update_stamps_only_the_columns_it_sets(store: SqliteStore) -> None:
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
     store.capture()
     before = rows_by_key(feed(store))[("a",)].state
-    connection.execute("UPDATE items SET name = 'apple', qty = 2 WHERE id = 'a'")
+    connection.execute("UPDATE items SET qty = 2 WHERE id = 'a'")
     store.capture()
     after = rows_by_key(feed(store))[("a",)].state
-    assert after.cells["name"].stamp == before.cells["name"].stamp  # same value: untouched
+    assert after.cells["name"].stamp == before.cells["name"].stamp  # not set: untouched
     assert after.cells["qty"].stamp > before.cells["qty"].stamp
     assert after.cl_stamp == before.cl_stamp  # an update does not change existence
 
 
-def test_update_that_changes_nothing_produces_no_feed_rows(store: SqliteStore) -> None:
+def test_update_to_the_same_value_is_a_write(store: SqliteStore) -> None:
+    """ADR 0013: a column an UPDATE sets is written, even to the value it had.
+
+    The capture triggers name no value column in their body (so that
+    DROP COLUMN works), so they cannot compare old and new values: an
+    UPDATE that sets a column stamps it, as change capture usually does.
+    (Before ADR 0013 such an UPDATE logged nothing.)
+    """
     connection = store.connection
     connection.execute("INSERT INTO items VALUES ('a', 'apple', 1), ('b', NULL, NULL)")
     store.capture()
+    before = rows_by_key(feed(store))
     head = store.head_seq()
-    connection.execute("UPDATE items SET name = name, qty = qty")
-    connection.execute("UPDATE items SET name = NULL WHERE id = 'b'")  # NULL IS NULL
+    connection.execute("UPDATE items SET name = name WHERE id = 'a'")
+    connection.execute("UPDATE items SET name = NULL WHERE id = 'b'")
+    assert store.capture() == 2
+    after = rows_by_key(feed(store, head))
+    for key in (("a",), ("b",)):
+        assert after[key].state.cells["name"].stamp > before[key].state.cells["name"].stamp
+        assert after[key].state.cells["qty"].stamp == before[key].state.cells["qty"].stamp
+    assert rows_by_key(feed(store))[("a",)].state.cells["name"].value == "apple"
+
+
+def test_update_that_matches_no_row_produces_no_feed_rows(store: SqliteStore) -> None:
+    connection = store.connection
+    connection.execute("INSERT INTO items VALUES ('a', 'apple', 1)")
+    store.capture()
+    head = store.head_seq()
+    connection.execute("UPDATE items SET name = 'x' WHERE id = 'nobody'")
     assert pending_count(store) == 0
     assert store.capture() == 0
     assert store.head_seq() == head
@@ -393,15 +415,20 @@ def test_track_is_idempotent(store: SqliteStore) -> None:
     triggers = store.connection.execute(
         "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"
     ).fetchone()[0]
-    assert triggers == 3
+    assert triggers == 5  # insert, key change, delete, one per value column (2)
     store.connection.execute("INSERT INTO items VALUES ('b', 'banana', 2)")
     assert store.capture() == 1  # still captured once, not twice
 
 
-def test_track_refuses_changed_definition(store: SqliteStore) -> None:
+def test_track_of_a_changed_table_reconciles_it(store: SqliteStore) -> None:
+    """ADR 0013: `track` of a tracked table that changed takes the change (it refused before)."""
     store.connection.execute("ALTER TABLE items ADD COLUMN extra")
-    with pytest.raises(SchemaError, match="changed"):
-        store.track(["items"])
+    assert store.track(["items"]) == []
+    assert store.specs()[0].columns == ("id", "name", "qty", "extra")
+    store.connection.execute("UPDATE items SET extra = 'x'")
+    store.connection.execute("INSERT INTO items VALUES ('z', 'zed', 1, 'e')")
+    store.capture()
+    assert rows_by_key(feed(store))[("z",)].state.cells["extra"].value == "e"
 
 
 def test_init_is_idempotent(tmp_path: Path) -> None:

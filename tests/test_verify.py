@@ -36,7 +36,7 @@ from syncmesh.node.verify import (
 )
 from syncmesh.node.verify_server import verify_peer
 from syncmesh.store.sqlite import SqliteStore
-from syncmesh.store.sqlite.ddl import capture_triggers, drop_trigger_statements
+from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, drop_trigger_sql
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
 from tests.helpers import rows_with_types, run_cli, wait_until
 from tests.test_node import config, converged, execute, make_db
@@ -203,12 +203,13 @@ async def test_writes_in_flight_between_two_syncing_nodes_are_not_divergence(
 async def test_deep_finds_an_edit_made_while_the_triggers_were_dropped(tmp_path: Path) -> None:
     a, b = twin_files(tmp_path)
     with opened(a) as store:
-        spec = store.specs()[0]
+        layout = store.context.tables["items"].layout
     with contextlib.closing(sqlite3.connect(a)) as connection, connection:
-        for statement in drop_trigger_statements("items"):
-            connection.execute(statement)
+        triggers = connection.execute(EXISTING_TRIGGERS_SQL, ("items",)).fetchall()
+        for name, _sql in triggers:
+            connection.execute(drop_trigger_sql(name))
         connection.execute("UPDATE items SET name = 'edited unseen' WHERE id = 'k-7'")
-        for statement in capture_triggers(spec):
+        for statement in capture_triggers(layout).values():
             connection.execute(statement)
     async with serving(b) as node:
         with opened(a) as store:

@@ -255,6 +255,17 @@ class TableSpec:
     columns: tuple[str, ...]
     declared_types: tuple[str, ...]
     pk: tuple[str, ...]
+    # Per column of `columns`: the names it had before (RENAME COLUMN), newest
+    # first; `()` when no column was ever renamed (docs/adr/0013-schema-evolution.md).
+    former: tuple[tuple[str, ...], ...] = ()
+    # The table's own former names (RENAME TABLE), newest first.
+    former_names: tuple[str, ...] = ()
+
+    def former_of(self, column: str) -> tuple[str, ...]:
+        """The former names of `column` (none if it was never renamed)."""
+        if not self.former:
+            return ()
+        return self.former[self.columns.index(column)]
 
     @property
     def value_columns(self) -> tuple[str, ...]:

@@ -14,7 +14,6 @@ Not thread-safe: the node calls the store from one worker thread
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import traceback
@@ -26,6 +25,7 @@ from syncmesh.clock import HybridClock
 from syncmesh.errors import NotInitialized, StoreError
 from syncmesh.model import TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT
+from syncmesh.store.sqlite.layout import TableLayout
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import Summaries
@@ -64,6 +64,12 @@ class StoreContext:
     # `PRAGMA schema_version` when `schema_problems` were last worked out.
     schema_version: int = -1
     schema_problems: list[str] = field(default_factory=list)
+    # `PRAGMA schema_version` after the last `reconcile_schema`: no DDL since when equal.
+    reconciled_version: int = -1
+    # Tracked tables the last reconcile could not handle (gone, key changed),
+    # by name: left out of `tables`, so capture, feed and apply skip them
+    # until the user fixes them; their problem is in `schema_problems`.
+    unsynced: dict[str, TableLayout] = field(default_factory=dict)
     # Rows stamped by committed captures since the store was opened; a
     # capture also runs inside apply_batch and retry_quarantine, and only
     # counts once its transaction commits.
@@ -131,11 +137,11 @@ class StoreContext:
         for name, spec_json in self.connection.execute(
             "SELECT name, spec FROM _syncmesh_tables ORDER BY name"
         ):
-            decoded = json.loads(spec_json)
-            spec = TableSpec(
-                name, tuple(decoded["columns"]), tuple(decoded["types"]), tuple(decoded["pk"])
-            )
-            self.tables[name] = TableSql(spec, digests=self.digests)
+            layout = TableLayout.from_json(name, spec_json)
+            if name in self.unsynced:
+                self.unsynced[name] = layout
+            else:
+                self.tables[name] = TableSql(layout, digests=self.digests)
         self.tables_version = state["tables_version"]
         # Tables (or their rows, by a backfill) may have changed: rebuild on next use.
         self.summaries.invalidate()

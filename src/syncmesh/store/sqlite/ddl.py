@@ -16,12 +16,21 @@ peers are not captured: `_syncmesh_state.applying` is 1 only inside the
 engine's apply transaction, which clears it before commit, so no other
 connection ever sees it set.
 
+Triggers name no value column outside `UPDATE OF` (docs/adr/0013-schema-evolution.md):
+SQLite re-parses every trigger after `ALTER TABLE DROP COLUMN` and fails the
+drop if one reads `OLD.c` or `NEW.c`, so each value column has its own
+`AFTER UPDATE OF c` trigger that logs the column's bit, and the key-change
+trigger compares key columns only (a key column cannot be dropped).  A
+column is captured when an UPDATE sets it, even to the value it had.
+`RENAME COLUMN` rewrites the `UPDATE OF` header, which is how the engine
+tells a renamed column from a dropped one (reconcile.py).
+
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
 `seq`, `kh` and `dg` (the row's key hash and digest in the table's hash tree,
-store/summary.py), then per value column i: `h{i}` (stamp) and `s{i}` (site ordinal; 0
-is this node); last `pasts`, what the row's cells know of earlier writes
+store/summary.py), then per value column slot i (layout.py): `h{i}` (stamp) and `s{i}` (site
+ordinal; 0 is this node); last `pasts`, what the row's cells know of earlier writes
 (docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
-knowledge}}` per value column index i, each an object {"<ordinal>": hlc};
+knowledge}}` per value column slot i, each an object {"<ordinal>": hlc};
 `p` is the value's past (what its writer knew), `k` what this node learned
 beyond it from writes it discarded.  NULL when all are empty: every row
 whose cells only this site wrote.
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 from syncmesh.model import TableSpec
 from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
+from syncmesh.store.sqlite.layout import TableLayout
 
 BOOKKEEPING_DDL = """
 CREATE TABLE IF NOT EXISTS _syncmesh_state (
@@ -115,16 +125,34 @@ def shadow_name(table: str) -> str:
     return f"_syncmesh_shadow_{table}"
 
 
-def _trigger_name(table: str, kind: str) -> str:
-    return quote_identifier(f"_syncmesh_{kind}_{table}")
+def shadow_seq_index_name(table: str) -> str:
+    return f"_syncmesh_shadow_{table}_seq"
 
 
-def shadow_columns(spec: TableSpec) -> list[str]:
-    """Shadow column names in table order (all plain identifiers, no quoting needed)."""
-    keys = [f"k{index}" for index in range(len(spec.pk))]
-    cells = [
-        name for index in range(len(spec.value_columns)) for name in (f"h{index}", f"s{index}")
-    ]
+TRIGGER_PREFIX = "_syncmesh_"
+
+
+def trigger_name(table: str, kind: str) -> str:
+    """The (unquoted) name of one of `table`'s capture triggers; `kind` says which."""
+    return f"{TRIGGER_PREFIX}{kind}_{table}"
+
+
+def update_trigger_kind(slot: int) -> str:
+    """The trigger kind of the `AFTER UPDATE OF` trigger of value column slot `slot`."""
+    return f"update{slot}"
+
+
+def _cell_columns(slots: tuple[int, ...]) -> list[str]:
+    return [name for slot in slots for name in (f"h{slot}", f"s{slot}")]
+
+
+def shadow_columns(layout: TableLayout) -> list[str]:
+    """Live shadow column names in table order (all plain identifiers, no quoting needed).
+
+    A retired slot's columns (a dropped value column) stay in the shadow
+    table, unread: dropping them would rewrite the whole shadow table.
+    """
+    keys = [f"k{index}" for index in range(len(layout.spec.pk))]
     return [
         *keys,
         "cl",
@@ -133,7 +161,7 @@ def shadow_columns(spec: TableSpec) -> list[str]:
         "seq",
         KEY_HASH_COLUMN,
         DIGEST_COLUMN,
-        *cells,
+        *_cell_columns(layout.slots),
         PASTS_COLUMN,
     ]
 
@@ -147,13 +175,12 @@ KEY_HASH_COLUMN = "kh"
 DIGEST_COLUMN = "dg"
 
 
-def shadow_ddl(spec: TableSpec) -> list[str]:
-    """CREATE statements for the shadow table of `spec` and its seq index."""
+def shadow_ddl(layout: TableLayout) -> list[str]:
+    """CREATE statements for the shadow table of `layout` and its seq index."""
+    spec = layout.spec
     shadow = quote_identifier(shadow_name(spec.name))
     keys = ", ".join(f"k{index}" for index in range(len(spec.pk)))
-    cells = "".join(
-        f", h{index} INTEGER, s{index} INTEGER" for index in range(len(spec.value_columns))
-    )
+    cells = "".join(f", h{slot} INTEGER, s{slot} INTEGER" for slot in layout.slots)
     cells += f", {PASTS_COLUMN} TEXT"
     # Key columns have no declared type, so values keep their storage class.
     key_defs = ", ".join(f"k{index}" for index in range(len(spec.pk)))
@@ -162,8 +189,23 @@ def shadow_ddl(spec: TableSpec) -> list[str]:
         f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {KEY_HASH_COLUMN} INTEGER,"
         f" {DIGEST_COLUMN} INTEGER{cells}, PRIMARY KEY ({keys}))"
         " WITHOUT ROWID",
-        f"CREATE INDEX IF NOT EXISTS {quote_identifier(shadow_name(spec.name) + '_seq')}"
-        f" ON {shadow} (seq)",
+        shadow_seq_index_ddl(spec.name),
+    ]
+
+
+def shadow_seq_index_ddl(table: str) -> str:
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_identifier(shadow_seq_index_name(table))}"
+        f" ON {quote_identifier(shadow_name(table))} (seq)"
+    )
+
+
+def shadow_slot_ddl(table: str, slot: int) -> list[str]:
+    """ALTER statements that give `table`'s shadow the columns of a new slot."""
+    shadow = quote_identifier(shadow_name(table))
+    return [
+        f"ALTER TABLE {shadow} ADD COLUMN h{slot} INTEGER",
+        f"ALTER TABLE {shadow} ADD COLUMN s{slot} INTEGER",
     ]
 
 
@@ -184,11 +226,16 @@ def log_ddl(spec: TableSpec) -> str:
     )
 
 
-# Log operations.  `mask` has bit i set when value column i changed; -1 is all.
+# Log operations.  `mask` has bit i set when value column slot i changed; -1 is all.
 OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3
 OP_CHECK = 4  # the row may have been deleted by a REPLACE: look whether it exists
 ALL_COLUMNS = -1
-MASK_COLUMNS_MAX = 62  # bits of a positive int64; wider tables stamp all columns
+MASK_COLUMNS_MAX = 62  # bits of a positive int64; slots beyond log ALL_COLUMNS
+
+
+def slot_mask(slot: int) -> int:
+    """The log mask of a write to value column slot `slot` (ALL_COLUMNS beyond the bits)."""
+    return 1 << slot if slot < MASK_COLUMNS_MAX else ALL_COLUMNS
 
 
 def _key_changed(column: str) -> str:
@@ -197,83 +244,92 @@ def _key_changed(column: str) -> str:
     The key's own collation and affinity would call 1 and 1.0 (untyped key)
     or 'a' and 'A' (NOCASE key) equal; the merge addresses keys by value and
     storage class, so such a change is a delete of the old key and an insert
-    of the new one (issue 12, defect 3).
+    of the new one (issue 12, defect 3).  Only key columns are named: a
+    trigger that named a value column would block its DROP COLUMN.
     """
-    return _value_changed(quote_identifier(column))
-
-
-def _value_changed(quoted: str) -> str:
-    """SQL that is true when a value column's stored value changed at all.
-
-    `IS NOT` alone misses two real changes: 1 -> 1.0 (equal numbers, another
-    storage class) and 'a' -> 'A' in a NOCASE column (the column's collation
-    applies).  Uncaptured, the new value would never ship and replicas diverge.
-    """
+    quoted = quote_identifier(column)
     return (
         f"(OLD.{quoted} IS NOT NEW.{quoted} COLLATE BINARY"
         f" OR typeof(OLD.{quoted}) IS NOT typeof(NEW.{quoted}))"
     )
 
 
-def _changed_mask(spec: TableSpec) -> str:
-    columns = spec.value_columns
-    if not columns or len(columns) > MASK_COLUMNS_MAX:
-        return str(ALL_COLUMNS)
-    return " | ".join(
-        f"({_value_changed(quote_identifier(column))} << {index})"
-        for index, column in enumerate(columns)
-    )
+NOT_APPLYING = "(SELECT applying FROM _syncmesh_state) = 0"
 
 
-def capture_triggers(spec: TableSpec, unique: list[tuple[str, ...]] | None = None) -> list[str]:
-    """CREATE TRIGGER statements that log every local write to `spec`.
+def capture_triggers(
+    layout: TableLayout, unique: list[tuple[str, ...]] | None = None
+) -> dict[str, str]:
+    """Trigger name -> CREATE TRIGGER statement, for every trigger that logs writes to a table.
 
     `unique` lists the column sets of the table's secondary UNIQUE indexes.
     INSERT OR REPLACE (and UPDATE OR REPLACE) deletes rows that collide on
     them without firing delete triggers (unless the writer's connection set
     recursive_triggers), so BEFORE triggers log those rows' keys as OP_CHECK:
-    the capture then looks whether each still exists.
+    the capture then looks whether each still exists.  The statements are
+    what `sqlite_schema.sql` holds once they ran, so a trigger whose text
+    differs (a rename rewrote it, an index changed) is told by comparing.
     """
+    spec = layout.spec
     table = quote_identifier(spec.name)
     log = quote_identifier(log_name(spec.name))
-    not_applying = "(SELECT applying FROM _syncmesh_state) = 0"
     names = ", ".join(["op", "mask", *(f"k{index}" for index in range(len(spec.pk)))])
 
     def keys(row: str) -> str:
         return ", ".join(f"{row}.{quote_identifier(column)}" for column in spec.pk)
 
+    def logged(op: int, mask: int, row: str) -> str:
+        return f"  INSERT INTO {log} ({names}) VALUES ({op}, {mask}, {keys(row)});"
+
+    def create(kind: str, event: str, when: str, body: str) -> tuple[str, str]:
+        name = trigger_name(spec.name, kind)
+        return name, (
+            f"CREATE TRIGGER {quote_identifier(name)} {event} ON {table} WHEN {when}\nBEGIN\n"
+            f"{body}\nEND"
+        )
+
     key_changed = " OR ".join(_key_changed(column) for column in spec.pk)
-    on_insert = (
-        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'insert')}"
-        f" AFTER INSERT ON {table} WHEN {not_applying}\nBEGIN\n"
-        f"  INSERT INTO {log} ({names}) VALUES ({OP_INSERT}, {ALL_COLUMNS}, {keys('NEW')});\nEND"
+    key_list = ", ".join(quote_identifier(column) for column in spec.pk)
+    triggers = dict(
+        [
+            create(
+                "insert",
+                "AFTER INSERT",
+                NOT_APPLYING,
+                logged(OP_INSERT, ALL_COLUMNS, "NEW"),
+            ),
+            # A changed primary key is a delete of the old key and an insert of the new.
+            create(
+                "key",
+                f"AFTER UPDATE OF {key_list}",
+                f"{NOT_APPLYING} AND ({key_changed})",
+                logged(OP_DELETE, 0, "OLD") + "\n" + logged(OP_INSERT, ALL_COLUMNS, "NEW"),
+            ),
+            create(
+                "delete",
+                "AFTER DELETE",
+                NOT_APPLYING,
+                logged(OP_DELETE, 0, "OLD"),
+            ),
+        ]
     )
-    on_update = (
-        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'update')}"
-        f" AFTER UPDATE ON {table} WHEN {not_applying}\nBEGIN\n"
-        # A changed primary key is a delete of the old key and an insert of the new.
-        f"  INSERT INTO {log} ({names}) SELECT {OP_DELETE}, 0, {keys('OLD')}"
-        f" WHERE {key_changed};\n"
-        # The mask is computed once; an UPDATE that changed nothing logs nothing.
-        f"  INSERT INTO {log} ({names}) SELECT CASE WHEN {key_changed} THEN {OP_INSERT}"
-        f" ELSE {OP_UPDATE} END, CASE WHEN {key_changed} THEN {ALL_COLUMNS} ELSE m END,"
-        f" {keys('NEW')} FROM (SELECT {_changed_mask(spec)} AS m)"
-        f" WHERE m != 0 OR {key_changed};\nEND"
-    )
-    on_delete = (
-        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'delete')}"
-        f" AFTER DELETE ON {table} WHEN {not_applying}\nBEGIN\n"
-        f"  INSERT INTO {log} ({names}) VALUES ({OP_DELETE}, 0, {keys('OLD')});\nEND"
-    )
-    triggers = [on_insert, on_update, on_delete]
+    for column, slot in zip(spec.value_columns, layout.slots, strict=True):
+        # The column is named in the header only: DROP COLUMN of it still works.
+        name, sql = create(
+            update_trigger_kind(slot),
+            f"AFTER UPDATE OF {quote_identifier(column)}",
+            NOT_APPLYING,
+            logged(OP_UPDATE, slot_mask(slot), "NEW"),
+        )
+        triggers[name] = sql
     if unique:
-        triggers.extend(_replace_checks(spec, unique, log, names, not_applying))
+        triggers.update(_replace_checks(spec, unique, log, names))
     return triggers
 
 
 def _replace_checks(
-    spec: TableSpec, unique: list[tuple[str, ...]], log: str, names: str, not_applying: str
-) -> list[str]:
+    spec: TableSpec, unique: list[tuple[str, ...]], log: str, names: str
+) -> dict[str, str]:
     table = quote_identifier(spec.name)
     collides = " OR ".join(
         "("
@@ -290,18 +346,29 @@ def _replace_checks(
         )
 
     check = f"INSERT INTO {log} ({names}) SELECT {OP_CHECK}, 0, {keys} FROM {table} t"
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'replace_insert')}"
-        f" BEFORE INSERT ON {table} WHEN {not_applying}\nBEGIN\n"
+    on_insert = trigger_name(spec.name, "replace_insert")
+    on_update = trigger_name(spec.name, "replace_update")
+    return {
+        on_insert: f"CREATE TRIGGER {quote_identifier(on_insert)}"
+        f" BEFORE INSERT ON {table} WHEN {NOT_APPLYING}\nBEGIN\n"
         f"  {check} WHERE ({collides}) AND NOT ({same('NEW')});\nEND",
-        f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(spec.name, 'replace_update')}"
-        f" BEFORE UPDATE ON {table} WHEN {not_applying}\nBEGIN\n"
+        on_update: f"CREATE TRIGGER {quote_identifier(on_update)}"
+        f" BEFORE UPDATE ON {table} WHEN {NOT_APPLYING}\nBEGIN\n"
         f"  {check} WHERE ({collides}) AND NOT ({same('NEW')}) AND NOT ({same('OLD')});\nEND",
-    ]
+    }
 
 
-def drop_trigger_statements(table: str) -> list[str]:
-    return [
-        f"DROP TRIGGER IF EXISTS {_trigger_name(table, kind)}"
-        for kind in ("insert", "update", "delete", "replace_insert", "replace_update")
-    ]
+# The triggers every tracked table has; without them inserts or deletes go uncaptured.
+ESSENTIAL_TRIGGER_KINDS = ("insert", "key", "delete")
+# The single update trigger of files from before ADR 0013: it read OLD.c of every
+# value column, which made DROP COLUMN fail ("error in trigger").
+LEGACY_UPDATE_TRIGGER_KIND = "update"
+
+EXISTING_TRIGGERS_SQL = (
+    "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?"
+    " AND name LIKE '\\_syncmesh\\_%' ESCAPE '\\'"
+)
+
+
+def drop_trigger_sql(name: str) -> str:
+    return f"DROP TRIGGER IF EXISTS {quote_identifier(name)}"

@@ -17,22 +17,24 @@ KEY_HASH_FUNCTION = "syncmesh_key_hash"
 
 
 def capture_pasts(text: str | None, mask: int, *stamps: int | None) -> str | None:
-    """`syncmesh_capture_pasts(pasts, mask, s0, h0, ...)`: a row's `pasts` after a capture.
+    """`syncmesh_capture_pasts(pasts, mask, slot, s, h, ...)`: a row's `pasts` after a capture.
 
     Registered on the store's connection (`opening.connect`) and called by the
-    capture upsert only for rows that need it (`CaptureSql.next_pasts_sql`).
-    Each value column in `mask` gets a new past: everything the node knew of
-    the cell (its past and knowledge, and the old value `(s, h)` unless it
-    was ours), without our own ordinal 0; its knowledge is emptied.
+    capture upsert only for rows that need it (`CaptureSql.next_pasts_sql`),
+    with the slot, site and stamp of each value column (layout.py).
+    Each value column whose slot is in `mask` gets a new past: everything the
+    node knew of the cell (its past and knowledge, and the old value `(s, h)`
+    unless it was ours), without our own ordinal 0; its knowledge is emptied.
     """
     pasts: dict[str, dict[str, dict[str, int]]] = {} if text is None else json.loads(text)
-    for index in range(len(stamps) // 2):
-        if not (mask >> index) & 1:
+    for at in range(0, len(stamps), 3):
+        slot, site, hlc = stamps[at], stamps[at + 1], stamps[at + 2]
+        assert slot is not None
+        if not (mask >> slot) & 1:
             continue
-        entry = pasts.pop(str(index), {})
+        entry = pasts.pop(str(slot), {})
         past = dict(entry.get("p", {}))
         learned = [*entry.get("k", {}).items()]
-        site, hlc = stamps[2 * index], stamps[2 * index + 1]
         if site is not None and hlc is not None:
             learned.append((str(site), hlc))
         for ordinal, known in learned:
@@ -40,5 +42,5 @@ def capture_pasts(text: str | None, mask: int, *stamps: int | None) -> str | Non
                 past[ordinal] = known
         past.pop("0", None)
         if past:
-            pasts[str(index)] = {"p": past}
+            pasts[str(slot)] = {"p": past}
     return json.dumps(pasts, separators=(",", ":")) if pasts else None

@@ -93,6 +93,12 @@ def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:
     return TableSpec(table, columns, declared, tuple(name for _order, name in keyed))
 
 
+def column_defaults(connection: sqlite3.Connection, table: str) -> dict[str, str | None]:
+    """Each column's DEFAULT, as the SQL expression text of its definition (None: none)."""
+    info = connection.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
+    return {str(entry[1]): None if entry[4] is None else str(entry[4]) for entry in info}
+
+
 def _non_binary_key_columns(
     connection: sqlite3.Connection, spec: TableSpec
 ) -> list[tuple[str, str]]:

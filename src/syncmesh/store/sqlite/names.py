@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from syncmesh.model import TableSpec
 from syncmesh.store.sqlite.ddl import PASTS_COLUMN, log_name, quote_identifier, shadow_name
+from syncmesh.store.sqlite.layout import TableLayout
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +19,13 @@ class TableNames:
     """One table's names and the column lists every statement of it repeats."""
 
     spec: TableSpec
+    layout: TableLayout
     table: str  # the user table, quoted
     shadow: str  # its shadow table, quoted
     log: str  # its log table, quoted
     key_count: int
     values: tuple[str, ...]  # the value columns, in order
+    slots: tuple[int, ...]  # per value column: its shadow slot (h{slot}, s{slot}, mask bit)
     shadow_keys: str  # "k0, k1, ...": the shadow (and log) table's key columns
     keys_where: str  # "k0 = ? AND k1 = ? ...": a shadow row by key
     user_keys_where: str  # the same on the user table's own key columns
@@ -32,25 +35,28 @@ class TableNames:
     selected: str
 
     @classmethod
-    def of(cls, spec: TableSpec) -> TableNames:
+    def of(cls, layout: TableLayout) -> TableNames:
+        spec = layout.spec
         key_count = len(spec.pk)
         values = spec.value_columns
         keys = [f"s.k{index}" for index in range(key_count)]
         # A cell's past comes out of the row's `pasts` (NULL for nearly every
         # row, and then no JSON is looked at).
         cells = [
-            f"t.{quote_identifier(column)}, s.h{index}, s.s{index},"
+            f"t.{quote_identifier(column)}, s.h{slot}, s.s{slot},"
             f" CASE WHEN s.{PASTS_COLUMN} IS NOT NULL"
-            f" THEN json_extract(s.{PASTS_COLUMN}, '$.\"{index}\".p') END"
-            for index, column in enumerate(values)
+            f" THEN json_extract(s.{PASTS_COLUMN}, '$.\"{slot}\".p') END"
+            for column, slot in zip(values, layout.slots, strict=True)
         ]
         return cls(
             spec=spec,
+            layout=layout,
             table=quote_identifier(spec.name),
             shadow=quote_identifier(shadow_name(spec.name)),
             log=quote_identifier(log_name(spec.name)),
             key_count=key_count,
             values=values,
+            slots=layout.slots,
             shadow_keys=", ".join(f"k{index}" for index in range(key_count)),
             keys_where=" AND ".join(f"k{index} = ?" for index in range(key_count)),
             user_keys_where=" AND ".join(f"{quote_identifier(column)} = ?" for column in spec.pk),

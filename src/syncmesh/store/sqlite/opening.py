@@ -17,14 +17,17 @@ from pathlib import Path
 
 from syncmesh.errors import StoreError
 from syncmesh.model import SqlValue, text_of_bytes
+from syncmesh.store.sqlite import reconcile
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     BOOKKEEPING_DDL,
     CONFLICT_LEDGER_DDL,
     DIGEST_COLUMN,
     KEY_HASH_COLUMN,
+    LEGACY_UPDATE_TRIGGER_KIND,
     PASTS_COLUMN,
     RUNS_DDL,
+    trigger_name,
 )
 from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
@@ -127,6 +130,7 @@ def upgrade(ctx: StoreContext) -> None:
     a causal overwrite of such a cell was).
     """
     _upgrade_digests(ctx)
+    _upgrade_triggers(ctx)
     runs = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_runs'"
     ).fetchone()
@@ -146,6 +150,31 @@ def upgrade(ctx: StoreContext) -> None:
         for table in _lacking(ctx, PASTS_COLUMN):
             ctx.connection.execute(f"ALTER TABLE {table.shadow} ADD COLUMN {PASTS_COLUMN} TEXT")
     log.info("%s: added the conflict ledger to a file made by an older syncmesh", ctx.path)
+
+
+def _upgrade_triggers(ctx: StoreContext) -> None:
+    """Replace the single update trigger of files from before ADR 0013 by one per column.
+
+    The old trigger compared `OLD.c` with `NEW.c` for every value column,
+    which made `ALTER TABLE DROP COLUMN` fail ("error in trigger").  A table
+    whose insert trigger is gone too (rebuilt while no node ran) is left to
+    `reconcile_schema`, which also catches its rows up.
+    """
+    legacy = []
+    for table in ctx.tables.values():
+        triggers = reconcile.existing_triggers(ctx.connection, table.spec.name)
+        name = table.spec.name
+        if (
+            trigger_name(name, LEGACY_UPDATE_TRIGGER_KIND) in triggers
+            and trigger_name(name, "insert") in triggers
+        ):
+            legacy.append((table, triggers))
+    if not legacy:
+        return
+    with ctx.transaction():
+        for table, triggers in legacy:
+            reconcile.sync_triggers(ctx.connection, table.layout, triggers)
+    log.info("%s: capture triggers of %d tables made per column", ctx.path, len(legacy))
 
 
 def _upgrade_digests(ctx: StoreContext) -> None:
@@ -203,8 +232,8 @@ def new_site_id(ctx: StoreContext) -> str:
         for table in ctx.tables.values():
             sets = ["cl_site = CASE WHEN cl_site = 0 THEN :moved ELSE cl_site END"]
             sets += [
-                f"s{index} = CASE WHEN s{index} = 0 THEN :moved ELSE s{index} END"
-                for index in range(len(table.values))
+                f"s{slot} = CASE WHEN s{slot} = 0 THEN :moved ELSE s{slot} END"
+                for slot in table.slots
             ]
             connection.execute(f"UPDATE {table.shadow} SET {', '.join(sets)}", {"moved": moved})
             # Pasts and knowledge name sites by ordinal too.

@@ -20,11 +20,10 @@ class ApplySql:
         # Rows written whole (the merge) list the cells' HLCs, then their
         # sites: the layout the digest's fields have (store.summary.digest),
         # so a row new here is copied out of a batch by slices.
-        count = len(names.values)
         columns = [
-            *shadow_columns(spec)[: names.key_count + 6],
-            *(f"h{index}" for index in range(count)),
-            *(f"s{index}" for index in range(count)),
+            *shadow_columns(names.layout)[: names.key_count + 6],
+            *(f"h{slot}" for slot in names.slots),
+            *(f"s{slot}" for slot in names.slots),
             PASTS_COLUMN,
         ]
         self.shadow_write_sql = (

@@ -46,7 +46,7 @@ class CaptureSql:
         key new to the shadow gets every column stamped: nothing is known of it.
         """
         names = self.names
-        columns = shadow_columns(names.spec)
+        columns = shadow_columns(names.layout)
         keys = [f"?{6 + index}" for index in range(names.key_count)]
         hashed_key, row_digest = f"?{6 + names.key_count}", f"?{7 + names.key_count}"
         # A key born dead (inserted and deleted before one capture) has no
@@ -77,10 +77,12 @@ class CaptureSql:
             "cl_hlc": f"CASE WHEN {new_life} THEN ?4 ELSE cl_hlc END",
             "cl_site": f"CASE WHEN {new_life} THEN 0 ELSE cl_site END",
         }
-        for index in range(len(names.values)):
-            changed = f"?1 AND (?3 >> {index}) & 1"
-            after[f"h{index}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{index} END"
-            after[f"s{index}"] = f"CASE WHEN {changed} THEN 0 ELSE s{index} END"
+        for slot in names.slots:
+            # Beyond the mask's bits a slot is logged as ALL_COLUMNS (-1), whose
+            # shift by any amount stays -1 in SQLite.
+            changed = f"?1 AND (?3 >> {slot}) & 1"
+            after[f"h{slot}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{slot} END"
+            after[f"s{slot}"] = f"CASE WHEN {changed} THEN 0 ELSE s{slot} END"
         sets = [f"{column} = {expression}" for column, expression in after.items()]
         sets.append("seq = ?5")
         sets.append(f"{PASTS_COLUMN} = {self._next_pasts_sql(reborn)}")
@@ -113,11 +115,11 @@ class CaptureSql:
         answer is NULL and nothing else is computed; otherwise
         `capture_pasts` does it in Python.  A new life starts with none.
         """
-        count = len(self.names.values)
-        if count == 0:
+        slots = self.names.slots
+        if not slots:
             return "NULL"
-        foreign = " OR ".join(f"((?3 >> {index}) & 1 AND s{index} <> 0)" for index in range(count))
-        stamps = ", ".join(f"s{index}, h{index}" for index in range(count))
+        foreign = " OR ".join(f"((?3 >> {slot}) & 1 AND s{slot} <> 0)" for slot in slots)
+        stamps = ", ".join(f"{slot}, s{slot}, h{slot}" for slot in slots)
         column = PASTS_COLUMN
         return (
             f"CASE WHEN NOT ?1 THEN {column} WHEN {reborn} THEN NULL"
@@ -131,7 +133,7 @@ class CaptureSql:
         Rows are numbered in key order from :base, :chunk rows to a seq.
         """
         names = self.names
-        columns = shadow_columns(names.spec)
+        columns = shadow_columns(names.layout)
         keys = [quote_identifier(column) for column in names.spec.pk]
         cells = [value for _ in names.values for value in (":hlc", "0")]
         seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"

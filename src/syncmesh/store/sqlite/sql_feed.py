@@ -10,7 +10,7 @@ class FeedSql:
 
     def __init__(self, names: TableNames) -> None:
         shadow, keys = names.shadow, names.shadow_keys
-        self.value_count = len(names.values)
+        self.slots = names.slots
         # The shadow rows after ? up to ?, joined with their values.
         self.prefix = f"{names.select} WHERE s.seq > ? AND s.seq <= ?"
         self.feed_sql = f"{self.prefix} ORDER BY s.seq"
@@ -42,7 +42,7 @@ class FeedSql:
         def uncovered(hlc: str, site: str) -> str:
             return f"{hlc} > CASE {site} {whens} ELSE -1 END"
 
-        cells = [uncovered(f"s.h{index}", f"s.s{index}") for index in range(self.value_count)]
+        cells = [uncovered(f"s.h{slot}", f"s.s{slot}") for slot in self.slots]
         all_params = list(params)
         for _ in cells:
             all_params.extend(params)

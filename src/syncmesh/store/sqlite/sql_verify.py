@@ -12,12 +12,12 @@ class VerifySql:
     """Statements `verify` runs: tree pairs, tree rows by leaf or key, digest upkeep."""
 
     def __init__(self, names: TableNames) -> None:
-        shadow, count = names.shadow, len(names.values)
+        shadow, slots = names.shadow, names.slots
         self.select = names.select  # whole rows for repair, as the feed has them
         # Rows for the hash tree: key, cl, its stamp, key hash, digest, cell
         # stamps, then the values (for deep digests).
         keys = ", ".join(f"s.k{index}" for index in range(names.key_count))
-        stamps = ", ".join(f"s.h{index}, s.s{index}" for index in range(count))
+        stamps = ", ".join(f"s.h{slot}, s.s{slot}" for slot in slots)
         values = ", ".join(f"t.{quote_identifier(column)}" for column in names.values)
         tree_columns = ", ".join(
             part
@@ -41,13 +41,23 @@ class VerifySql:
             [
                 f"{KEY_HASH_FUNCTION}({names.shadow_keys})",
                 "cl, cl_hlc, cl_site",
-                *(f"h{index}, s{index}" for index in range(count)),
+                *(f"h{slot}, s{slot}" for slot in slots),
             ]
         )
         self.fill_digests_sql = (
             f"UPDATE {shadow} SET {KEY_HASH_COLUMN} = {KEY_HASH_FUNCTION}({names.shadow_keys}),"
             f" {DIGEST_COLUMN} = {ROW_DIGEST_FUNCTION}({digest_args})"
             f" WHERE {KEY_HASH_COLUMN} IS NULL OR {DIGEST_COLUMN} IS NULL"
+        )
+        # Every row's digest again, after the table's value columns changed
+        # (an added or dropped column changes the fields a digest hashes).
+        # A deleted row's digest has no cells: only live rows change.
+        live_args = ", ".join(
+            [KEY_HASH_COLUMN, "cl, cl_hlc, cl_site", *(f"h{slot}, s{slot}" for slot in slots)]
+        )
+        self.refresh_digests_sql = (
+            f"UPDATE {shadow} SET {DIGEST_COLUMN} = {ROW_DIGEST_FUNCTION}({live_args})"
+            " WHERE cl % 2 = 1"
         )
         self.set_digest_sql = (
             f"UPDATE {shadow} SET {KEY_HASH_COLUMN} = ?, {DIGEST_COLUMN} = ?"

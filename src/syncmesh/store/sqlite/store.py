@@ -33,6 +33,7 @@ from syncmesh.store.sqlite import (
     opening,
     peers,
     quarantine,
+    reconcile,
     retry,
     status,
     tracking,
@@ -156,22 +157,42 @@ class SqliteStore:
         return True
 
     def schema_problems(self) -> list[str]:
-        """Tracked tables altered since they were tracked (ALTER TABLE), in words.
+        """Tracked tables that cannot be synced, or whose DDL is not reconciled yet, in words.
 
-        Cheap when nothing changed (one PRAGMA).  Syncing goes on for the
-        columns that were tracked; a column added later is not synced.
+        Cheap when nothing changed (one PRAGMA).  Each problem says the fix.
         """
         return tracking.schema_problems(self.context)
+
+    def reconcile_schema(self) -> list[str]:
+        """Handle DDL run on tracked tables by any tool; one line per change handled.
+
+        Cheap when `PRAGMA schema_version` did not change.  Otherwise, in one
+        transaction: captures pending writes with the old definition, then
+        follows RENAME TABLE, ADD/RENAME/DROP COLUMN, table rebuilds (triggers
+        put back, inserts and deletes made meanwhile caught up) and index
+        changes (docs/adr/0013-schema-evolution.md).  A table it cannot
+        handle stops syncing and is named in `schema_problems` with the fix.
+        """
+        return reconcile.reconcile_schema(self.context)
 
     def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
 
-        Idempotent for a table tracked with the same definition.  Refuses
-        (SchemaError) a table without a primary key, or whose definition
-        changed since it was tracked.  `progress(table, rows_done,
-        rows_total)` is called as existing rows join the feed.
+        A table tracked already is reconciled with its DDL (`reconcile_schema`);
+        SchemaError if it cannot be synced any more.  Refuses (SchemaError) a
+        table without a primary key.  Gaining a table makes this node forget
+        its peers' cursors and its vector entries for other sites, so that
+        everything is synced once more (ADR 0013).  `progress(table,
+        rows_done, rows_total)` is called as existing rows join the feed.
         """
         return tracking.track(self.context, names, progress)
+
+    def untrack(self, names: list[str]) -> None:
+        """Stop syncing `names`: their triggers, shadow and log tables go; the data stays.
+
+        SchemaError naming any that is not tracked (then nothing changes).
+        """
+        tracking.untrack(self.context, names)
 
     # -- capture and the change feed --------------------------------------------
 

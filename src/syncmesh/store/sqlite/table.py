@@ -21,6 +21,7 @@ from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.store.sqlite.ddl import PASTS_COLUMN, quote_identifier
 from syncmesh.store.sqlite.execute import execute_many, execute_one
 from syncmesh.store.sqlite.introspect import replacing_unique_sets
+from syncmesh.store.sqlite.layout import TableLayout
 from syncmesh.store.sqlite.names import TableNames
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.sql_apply import ApplySql
@@ -36,9 +37,16 @@ KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameter
 class TableSql:
     """Statement texts and row conversion for one tracked table."""
 
-    def __init__(self, spec: TableSpec, *, digests: bool = True) -> None:
-        """`digests`: keep the rows' digests up to date (off only to measure their cost)."""
-        names = TableNames.of(spec)
+    def __init__(self, layout: TableLayout | TableSpec, *, digests: bool = True) -> None:
+        """`layout`: the table's slots (a bare spec: a table tracked now, slot i = index i).
+
+        `digests`: keep the rows' digests up to date (off only to measure their cost).
+        """
+        if isinstance(layout, TableSpec):
+            layout = TableLayout.fresh(layout)
+        spec = layout.spec
+        names = TableNames.of(layout)
+        self.layout = layout
         self.spec = spec
         self.names = names
         self.table = names.table
@@ -46,6 +54,7 @@ class TableSql:
         self.log = names.log
         self.key_count = names.key_count
         self.values = names.values
+        self.slots = names.slots
         # Rows are selected in the positional layout of `TableRows` (sites as
         # local ordinals), so the feed needs no conversion per row.
         self.shape = TableRows(spec.name, self.values, self.key_count, [])
@@ -155,7 +164,7 @@ class TableSql:
     ) -> str | None:
         """The `pasts` column of a row in `state` with `known`; None when all are empty."""
         pasts: dict[str, dict[str, dict[str, int]]] = {}
-        for index, column in enumerate(self.values):
+        for slot, column in zip(self.slots, self.values, strict=True):
             cell = state.cells.get(column)
             entry = {}
             if cell is not None and cell.past:
@@ -163,7 +172,7 @@ class TableSql:
             if known.get(column):
                 entry["k"] = {str(sites.ordinal(site)): hlc for site, hlc in known[column].items()}
             if entry:
-                pasts[str(index)] = entry
+                pasts[str(slot)] = entry
         return json.dumps(pasts, separators=(",", ":")) if pasts else None
 
     def knowledge_of(self, text: str | None, sites: Sequence[str]) -> dict[str, Knowledge]:
@@ -171,9 +180,9 @@ class TableSql:
         if text is None:
             return {}
         known: dict[str, Knowledge] = {}
-        for index, entry in json.loads(text).items():
-            if "k" in entry:
-                column = self.values[int(index)]
+        for slot, entry in json.loads(text).items():
+            column = self.layout.column_of_slot(int(slot))
+            if "k" in entry and column is not None:  # a dropped column's entry is left alone
                 known[column] = {sites[int(ordinal)]: hlc for ordinal, hlc in entry["k"].items()}
         return known
 
@@ -262,8 +271,10 @@ class TableSql:
             shadow.append(
                 json.dumps(
                     {
-                        str(index): {"p": _remapped(row[at + 3], ordinals)}  # type: ignore[arg-type]
-                        for index, at in enumerate(range(keys + 3, len(row), CELL_FIELDS))
+                        str(slot): {"p": _remapped(row[at + 3], ordinals)}  # type: ignore[arg-type]
+                        for slot, at in zip(
+                            self.slots, range(keys + 3, len(row), CELL_FIELDS), strict=True
+                        )
                         if row[at + 3] is not None
                     },
                     separators=(",", ":"),

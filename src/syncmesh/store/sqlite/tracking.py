@@ -1,30 +1,39 @@
-"""Which tables are synced: starting to track a table, and noticing it was altered.
+"""Which tables are synced: starting and stopping to track a table, and its problems.
 
 Owns `track` (the shadow table, log table and triggers of a new tracked
-table, and the backfill that puts its existing rows in the feed) and
-`schema_problems` (tracked tables changed by ALTER TABLE since).
-`SqliteStore.track` and `SqliteStore.schema_problems` delegate here.
+table, and the backfill that puts its existing rows in the feed; a tracked
+table again: reconcile it), `untrack`, and `schema_problems` (tracked
+tables that cannot be synced, or whose DDL is not reconciled yet; the
+reconcile itself is reconcile.py).  `SqliteStore.track`, `untrack` and
+`schema_problems` delegate here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
 from syncmesh.store.base import TrackProgress
-from syncmesh.store.sqlite import vector
+from syncmesh.store.sqlite import reconcile, vector
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.ddl import capture_triggers, log_ddl, shadow_ddl
+from syncmesh.store.sqlite.ddl import (
+    capture_triggers,
+    drop_trigger_sql,
+    log_ddl,
+    log_name,
+    quote_identifier,
+    shadow_ddl,
+    shadow_name,
+)
 from syncmesh.store.sqlite.introspect import (
     apply_warnings,
     read_table_spec,
     refuse_key_collations,
     table_warnings,
-    unique_column_sets,
 )
+from syncmesh.store.sqlite.layout import TableLayout
 from syncmesh.store.sqlite.table import TableSql
 
 log = logging.getLogger(__name__)
@@ -36,78 +45,108 @@ BACKFILL_ROWS_PER_STEP = 50 * BACKFILL_ROWS_PER_SEQ  # rows per statement: a pro
 def schema_problems(ctx: StoreContext) -> list[str]:
     """`SqliteStore.schema_problems`: see there."""
     ctx.require_init()
-    version = int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
+    version = reconcile.schema_version(ctx)
     if version == ctx.schema_version:
         return list(ctx.schema_problems)
     problems = []
-    for name, table in ctx.tables.items():
-        try:
-            now = read_table_spec(ctx.connection, name)
-        except SchemaError as exc:
-            problems.append(f"table {name!r} can no longer be synced: {exc}")
+    layouts = [table.layout for table in ctx.tables.values()] + list(ctx.unsynced.values())
+    for layout in layouts:
+        plan = reconcile.plan_table(ctx.connection, layout)
+        if plan.problem is not None:
+            problems.append(plan.problem)
             continue
-        if now.columns != table.spec.columns or now.pk != table.spec.pk:
-            added = [c for c in now.columns if c not in table.spec.columns]
-            gone = [c for c in table.spec.columns if c not in now.columns]
+        pending = plan.changes()
+        missing = sorted(set(capture_triggers(layout)) - set(plan.triggers) if not pending else ())
+        if pending or missing:
+            shown = plan.now_name or layout.name
+            what = "; ".join(pending) if pending else f"capture triggers missing: {missing}"
             problems.append(
-                f"table {name!r} was altered after it was tracked (columns added: {added},"
-                f" removed or renamed: {gone}); only the tracked columns are synced, and"
-                " changing a tracked table's columns is not supported yet"
-            )
-        missing = _missing_triggers(ctx, name)
-        if missing:
-            problems.append(
-                f"table {name!r} has lost its capture triggers ({', '.join(missing)}):"
-                " writes to it are not captured or synced; `syncmesh track` the table"
-                " again to restore them (rows written meanwhile sync once written again)"
+                f"table {shown!r} changed and syncmesh has not caught up yet ({what}):"
+                " writes to it may not be synced until it does.  A running node picks"
+                f" it up within a moment; otherwise run `syncmesh track DB {shown}`"
             )
     ctx.schema_version, ctx.schema_problems = version, problems
     return list(problems)
-
-
-CAPTURE_TRIGGER_KINDS = ("insert", "update", "delete")  # every tracked table has these three
-
-
-def _missing_triggers(ctx: StoreContext, table: str) -> list[str]:
-    """Which of `table`'s capture triggers are gone (DROP TRIGGER, a tool that rebuilt it)."""
-    present = {
-        row[0]
-        for row in ctx.connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
-        )
-    }
-    return [
-        f"_syncmesh_{kind}_{table}"
-        for kind in CAPTURE_TRIGGER_KINDS
-        if f"_syncmesh_{kind}_{table}" not in present
-    ]
 
 
 def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = None) -> list[str]:
     """`SqliteStore.track`: see there."""
     ctx.require_init()
     warnings: list[str] = []
+    tracked = {*ctx.tables, *ctx.unsynced}
+    try:
+        _track_in_transaction(ctx, names, tracked, warnings, progress)
+    finally:
+        ctx.load()  # what the file holds now, committed or rolled back
+    ctx.reconciled_version = -1  # the next reconcile looks again
+    return warnings
+
+
+def _track_in_transaction(
+    ctx: StoreContext,
+    names: list[str],
+    tracked: set[str],
+    warnings: list[str],
+    progress: TrackProgress | None,
+) -> None:
     with ctx.transaction():
+        if tracked & set(names):
+            # Tracking a tracked table again brings it in line with its DDL.
+            reconcile.reconcile_in_transaction(ctx)
+            for name in names:
+                layout = ctx.unsynced.get(name)
+                if layout is not None:
+                    problem = reconcile.plan_table(ctx.connection, layout).problem
+                    raise SchemaError(problem or f"table {name!r} cannot be synced")
+        gained = False
         for name in names:
-            spec = read_table_spec(ctx.connection, name)
-            existing = ctx.tables.get(name)
-            if existing is not None:
-                if existing.spec != spec:
-                    raise SchemaError(
-                        f"table {name!r} changed since it was tracked; changing a tracked"
-                        " table's columns is not supported yet"
-                    )
-                # Unchanged: put back capture triggers that were dropped (IF NOT EXISTS).
-                unique = unique_column_sets(ctx.connection, name)
-                for statement in capture_triggers(spec, unique):
-                    ctx.connection.execute(statement)
+            if name in tracked:
                 continue
+            spec = read_table_spec(ctx.connection, name)
             refuse_key_collations(ctx.connection, spec)
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)
+            gained = True
+        if gained:
+            forget_peer_claims(ctx)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
+
+
+def forget_peer_claims(ctx: StoreContext) -> None:
+    """Sync everything once more: a node that gains a table cannot trust its claims.
+
+    Its vector entries for other sites say which of their writes it holds,
+    but it held none of the new table's rows (ADR 0013): a peer filtering by
+    them would never send those rows.  So the entries of other sites go,
+    and every peer's feed is read again from the start (the merge is
+    idempotent: what is held already changes nothing).
+    """
+    ctx.connection.execute("UPDATE _syncmesh_peers SET cursor = 0")
+    ctx.connection.execute("DELETE FROM _syncmesh_vector WHERE site_id <> ?", (ctx.site_id(),))
+
+
+def untrack(ctx: StoreContext, names: list[str]) -> None:
+    """`SqliteStore.untrack`: see there."""
+    ctx.require_init()
+    known = {**{name: t.layout for name, t in ctx.tables.items()}, **ctx.unsynced}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SchemaError(f"not tracked, so not untracked: {', '.join(map(repr, unknown))}")
+    connection = ctx.connection
+    with ctx.transaction():
+        for name in names:
+            layout = known[name]
+            now = reconcile.current_name(connection, layout) or name
+            for trigger in reconcile.existing_triggers(connection, now):
+                connection.execute(drop_trigger_sql(trigger))
+            for table in (shadow_name(name), log_name(name)):
+                connection.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
+            connection.execute("DELETE FROM _syncmesh_tables WHERE name = ?", (name,))
+            ctx.unsynced.pop(name, None)
+            log.info("untracked table %s", name)
+        connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
     ctx.load()
-    return warnings
+    ctx.schema_version = -1
 
 
 def _backfill(ctx: StoreContext, table: TableSql, hlc: int, progress: TrackProgress | None) -> int:
@@ -150,10 +189,13 @@ def _backfill(ctx: StoreContext, table: TableSql, hlc: int, progress: TrackProgr
 
 
 def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress | None) -> None:
-    unique = unique_column_sets(ctx.connection, spec.name)
-    for statement in [*shadow_ddl(spec), log_ddl(spec), *capture_triggers(spec, unique)]:
+    layout = TableLayout.fresh(spec)
+    for statement in [*shadow_ddl(layout), log_ddl(spec)]:
         ctx.connection.execute(statement)
-    table = TableSql(spec)
+    reconcile.sync_triggers(
+        ctx.connection, layout, reconcile.existing_triggers(ctx.connection, spec.name)
+    )
+    table = TableSql(layout)
     # Seqs are HLC values (see capture.capture_pending); the backfill takes one per chunk.
     ctx.catch_up_clock()
     hlc = ctx.clock.tick()
@@ -164,11 +206,7 @@ def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress 
     ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
     vector.set_own(ctx, hlc)
     ctx.connection.execute(
-        "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
-        (
-            spec.name,
-            json.dumps({"columns": spec.columns, "types": spec.declared_types, "pk": spec.pk}),
-        ),
+        "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)", (spec.name, layout.to_json())
     )
     log.info("tracking table %s (%d existing rows)", spec.name, rows)
 

@@ -1,0 +1,124 @@
+"""A tracked table's stored layout: which shadow slot holds each value column's stamps.
+
+Each value column has a *slot* `i`: the number of its shadow columns
+`h{i}`/`s{i}`, of its bit in the log's change mask and of its entry in the
+row's `pasts` (docs/adr/0013-schema-evolution.md).  Slots are never
+reused, so the stamps of a column stay with it through a RENAME COLUMN, a
+dropped column's stamps are never read again, and a column re-added under
+a dropped name starts empty.  Files from before slots have slot `i` for the
+`i`th value column, so nothing is rewritten when they are opened.
+
+The layout is kept as JSON in `_syncmesh_tables.spec`, beside the columns,
+types and key that were always there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from syncmesh.model import TableSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedColumn:
+    """A value column dropped here: its name, its retired slot, and when it was noticed."""
+
+    name: str
+    slot: int
+    dropped_hlc: int  # the stamp of the moment the drop was noticed
+
+
+@dataclass(frozen=True, slots=True)
+class TableLayout:
+    """One tracked table: its spec, and per value column its slot and creation stamp.
+
+    `born[i]` is the stamp of the moment value column i got its slot: 0 for
+    columns tracked with the table, otherwise when its ADD COLUMN (or a
+    rebuild that added it) was noticed.  Cells of a column stamped before
+    its creation here belong to an older column of that name (one dropped
+    and re-added) and are not applied to it: that is what keeps a dropped
+    column's values from coming back (schema-mixed applies the rule).
+    """
+
+    spec: TableSpec
+    slots: tuple[int, ...]  # per value column (spec.value_columns), in table order
+    born: tuple[int, ...]  # per value column
+    dropped: tuple[DroppedColumn, ...] = ()
+    next_slot: int = 0  # the slot the next added column gets
+
+    def __post_init__(self) -> None:
+        assert len(self.slots) == len(self.spec.value_columns) == len(self.born)
+        assert len(set(self.slots)) == len(self.slots)
+        assert all(slot < self.next_slot for slot in self.slots)
+
+    @classmethod
+    def fresh(cls, spec: TableSpec) -> TableLayout:
+        """The layout of a table tracked now: slot i for the ith value column."""
+        count = len(spec.value_columns)
+        return cls(spec, tuple(range(count)), (0,) * count, (), count)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def slot_of(self, column: str) -> int:
+        return self.slots[self.spec.value_columns.index(column)]
+
+    def born_of(self, column: str) -> int:
+        """The stamp of the moment `column` got its slot here (0: tracked with the table)."""
+        return self.born[self.spec.value_columns.index(column)]
+
+    def column_of_slot(self, slot: int) -> str | None:
+        """The live value column holding `slot`, or None (retired or never used)."""
+        if slot in self.slots:
+            return self.spec.value_columns[self.slots.index(slot)]
+        return None
+
+    def dropped_names(self) -> frozenset[str]:
+        """Names of value columns dropped here that no live column has now."""
+        live = set(self.spec.columns)
+        return frozenset(entry.name for entry in self.dropped if entry.name not in live)
+
+    def renamed(self, name: str) -> TableLayout:
+        """The layout of this table after RENAME TABLE to `name` (the old name kept)."""
+        spec = replace(self.spec, name=name, former_names=(self.spec.name, *self.spec.former_names))
+        return replace(self, spec=spec)
+
+    def to_json(self) -> str:
+        spec = self.spec
+        return json.dumps(
+            {
+                "columns": spec.columns,
+                "types": spec.declared_types,
+                "pk": spec.pk,
+                "former": spec.former,
+                "former_names": spec.former_names,
+                "slots": self.slots,
+                "born": self.born,
+                "dropped": [[d.name, d.slot, d.dropped_hlc] for d in self.dropped],
+                "next_slot": self.next_slot,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, name: str, text: str) -> TableLayout:
+        """The layout stored for table `name`; a file from before slots gets slot i = index i."""
+        decoded = json.loads(text)
+        spec = TableSpec(
+            name,
+            tuple(decoded["columns"]),
+            tuple(decoded["types"]),
+            tuple(decoded["pk"]),
+            tuple(tuple(names) for names in decoded.get("former", ())),
+            tuple(decoded.get("former_names", ())),
+        )
+        if "slots" not in decoded:
+            return cls.fresh(spec)
+        return cls(
+            spec,
+            tuple(decoded["slots"]),
+            tuple(decoded["born"]),
+            tuple(DroppedColumn(n, s, h) for n, s, h in decoded["dropped"]),
+            int(decoded["next_slot"]),
+        )

@@ -1,0 +1,439 @@
+"""Reconciling the store with DDL that any tool ran on tracked tables (ADR 0013).
+
+SQLite has no DDL hook, so the engine notices DDL after it committed, by
+`PRAGMA schema_version`, and brings its bookkeeping in line in one
+transaction (`reconcile_schema`, called by the node's capture loop):
+
+- the pending log is captured with the old definition first, so writes
+  made before the DDL keep their stamps;
+- RENAME TABLE: the capture triggers moved with the table (SQLite moves
+  them), so their `tbl_name` names the new table; the shadow and log tables
+  are renamed with it and the old name is kept as a former name;
+- a value column's identity is its *slot* (layout.py).  Its `AFTER UPDATE
+  OF c` trigger is named after the slot, and RENAME COLUMN rewrites the
+  column in the trigger's header: so the header says what the slot's
+  column is called now (a rename), or names a column that is gone (a
+  drop).  Without the trigger (a rebuild dropped it) columns are matched
+  by name;
+- ADD COLUMN gets a new slot; rows whose value differs from the column's
+  default (written before its trigger existed) are stamped as local writes;
+- a table rebuild (create, copy, drop, rename: Django, Alembic batch mode,
+  sqlite-utils `transform`) drops the triggers: they are put back, and a
+  catch-up compare of the table's keys with its shadow rows captures rows
+  inserted or deleted meanwhile.  Not recoverable: an UPDATE of an older
+  row made between the rebuild and the reinstall, because the shadow holds
+  stamps, not values;
+- CREATE/DROP INDEX: the REPLACE checks follow the UNIQUE indexes.
+
+A table that cannot be reconciled (gone, key changed, unreadable) leaves
+the synced set (`StoreContext.unsynced`) with its problem and fix in
+`schema_problems`, and comes back once it reads right again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from syncmesh.errors import SchemaError
+from syncmesh.model import TableSpec
+from syncmesh.store.sqlite import capture
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import (
+    ALL_COLUMNS,
+    ESSENTIAL_TRIGGER_KINDS,
+    EXISTING_TRIGGERS_SQL,
+    OP_DELETE,
+    OP_INSERT,
+    OP_UPDATE,
+    capture_triggers,
+    drop_trigger_sql,
+    log_name,
+    quote_identifier,
+    shadow_name,
+    shadow_seq_index_ddl,
+    shadow_seq_index_name,
+    shadow_slot_ddl,
+    slot_mask,
+    trigger_name,
+    update_trigger_kind,
+)
+from syncmesh.store.sqlite.introspect import column_defaults, read_table_spec, unique_column_sets
+from syncmesh.store.sqlite.layout import DroppedColumn, TableLayout
+from syncmesh.store.sqlite.table import TableSql
+
+log = logging.getLogger(__name__)
+
+_UPDATE_OF = re.compile(r'\bUPDATE\s+OF\s+("(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|[^\s,]+)\s+ON\s', re.I)
+
+
+def _unquoted(token: str) -> str:
+    if token[:1] == '"':
+        return token[1:-1].replace('""', '"')
+    if token[:1] in "`[":
+        return token[1:-1]
+    return token
+
+
+@dataclass(slots=True)
+class TablePlan:
+    """What happened to one tracked table since the store last looked, and what to do."""
+
+    layout: TableLayout  # as stored
+    now_name: str | None = None  # where the table is now (None: gone)
+    spec: TableSpec | None = None  # its definition now
+    problem: str | None = None  # why it cannot be reconciled (then nothing else is set)
+    triggers: dict[str, str] = field(default_factory=dict)  # its capture triggers now
+    triggers_lost: bool = False  # an insert, key or delete trigger is gone: catch up
+    slot_columns: dict[int, str] = field(default_factory=dict)  # slot -> its column now
+    added: list[str] = field(default_factory=list)  # value columns with no slot yet
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (old, new) columns
+    dropped: list[tuple[str, int]] = field(default_factory=list)  # (name, slot)
+
+    @property
+    def table_renamed(self) -> bool:
+        return self.now_name is not None and self.now_name != self.layout.name
+
+    @property
+    def renamed_layout(self) -> TableLayout:
+        """The stored layout under the table's name now (RENAME TABLE), columns as they were."""
+        if self.now_name is None or self.now_name == self.layout.name:
+            return self.layout
+        return self.layout.renamed(self.now_name)
+
+    @property
+    def columns_changed(self) -> bool:
+        return bool(self.added or self.renamed or self.dropped)
+
+    def changes(self) -> list[str]:
+        """The changes, in words, one per line (for the log and `schema_problems`)."""
+        name = self.layout.name
+        lines = []
+        if self.table_renamed:
+            lines.append(f"table {name!r} renamed to {self.now_name!r}")
+        shown = self.now_name or name
+        lines += [f"table {shown!r}: column {c!r} added" for c in self.added]
+        lines += [f"table {shown!r}: column {a!r} renamed to {b!r}" for a, b in self.renamed]
+        lines += [f"table {shown!r}: column {c!r} dropped" for c, _slot in self.dropped]
+        if self.triggers_lost:
+            lines.append(
+                f"table {shown!r}: capture triggers were gone (a table rebuild, or dropped):"
+                " put back, rows inserted or deleted meanwhile caught up"
+            )
+        return lines
+
+
+def current_name(connection: sqlite3.Connection, layout: TableLayout) -> str | None:
+    """Where the tracked table is now: its name, a new name (RENAME TABLE), or None (gone).
+
+    SQLite moves a table's triggers with it on RENAME TABLE, so the table
+    our insert trigger (or any other capture trigger) sits on is the table.
+    """
+    for kind in (*ESSENTIAL_TRIGGER_KINDS, *(update_trigger_kind(s) for s in layout.slots)):
+        row = connection.execute(
+            "SELECT tbl_name FROM sqlite_schema WHERE type = 'trigger' AND name = ?",
+            (trigger_name(layout.name, kind),),
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+    row = connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (layout.name,)
+    ).fetchone()
+    return None if row is None else layout.name
+
+
+def plan_table(connection: sqlite3.Connection, layout: TableLayout) -> TablePlan:
+    """Read what became of `layout`'s table (read-only)."""
+    plan = TablePlan(layout)
+    name = layout.name
+    now = current_name(connection, layout)
+    if now is None:
+        plan.problem = (
+            f"table {name!r} is tracked but no longer exists, so nothing of it is synced;"
+            f" create it again (or rename it back), or `syncmesh untrack DB {name}`"
+        )
+        return plan
+    plan.now_name = now
+    try:
+        spec = read_table_spec(connection, now)
+    except SchemaError as exc:
+        plan.problem = f"table {name!r} can no longer be synced: {exc}"
+        return plan
+    if spec.pk != layout.spec.pk:
+        plan.problem = (
+            f"table {now!r}: its primary key changed from {list(layout.spec.pk)} to"
+            f" {list(spec.pk)}; syncmesh merges rows by key, so it cannot carry the table's"
+            f" history over.  `syncmesh untrack DB {now}`, then `syncmesh track DB {now}`"
+            " (its rows are synced again under the new key)"
+        )
+        return plan
+    plan.spec = spec
+    plan.triggers = dict(connection.execute(EXISTING_TRIGGERS_SQL, (now,)).fetchall())
+    plan.triggers_lost = any(
+        trigger_name(name, kind) not in plan.triggers for kind in ESSENTIAL_TRIGGER_KINDS
+    )
+    _match_columns(plan, layout, spec)
+    return plan
+
+
+def _match_columns(plan: TablePlan, layout: TableLayout, spec: TableSpec) -> None:
+    """Each slot's column now: by its trigger's `UPDATE OF` header, else by name."""
+    values = [column for column in spec.columns if column not in spec.pk]
+    claimed: dict[int, str] = {}
+    by_name = []
+    for column, slot in zip(layout.spec.value_columns, layout.slots, strict=True):
+        sql = plan.triggers.get(trigger_name(layout.name, update_trigger_kind(slot)))
+        found = _UPDATE_OF.search(sql or "")
+        if found is None:
+            by_name.append((column, slot))
+            continue
+        header = _unquoted(found.group(1))
+        if header in values and header not in claimed.values():
+            claimed[slot] = header
+        else:
+            plan.dropped.append((column, slot))
+    for column, slot in by_name:
+        if column in values and column not in claimed.values():
+            claimed[slot] = column
+        else:
+            plan.dropped.append((column, slot))
+    old = dict(zip(layout.slots, layout.spec.value_columns, strict=True))
+    plan.slot_columns = claimed
+    plan.renamed = [(old[slot], new) for slot, new in claimed.items() if old[slot] != new]
+    plan.added = [column for column in values if column not in claimed.values()]
+
+
+def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
+    """The layout after `plan`: slots kept, moved to new names, retired, or new."""
+    layout, spec = plan.layout, plan.spec
+    assert spec is not None
+    layout = plan.renamed_layout
+    old_former = {column: layout.spec.former_of(column) for column in layout.spec.columns}
+    former_of = {column: old_former[column] for column in spec.pk}
+    for slot, column in plan.slot_columns.items():
+        was = layout.spec.value_columns[layout.slots.index(slot)]
+        former_of[column] = (was, *old_former[was]) if was != column else old_former[was]
+    dropped = [
+        *layout.dropped,
+        *(DroppedColumn(column, slot, hlc) for column, slot in plan.dropped),
+    ]
+    slot_of = {column: slot for slot, column in plan.slot_columns.items()}
+    born_of = {
+        column: layout.born[layout.slots.index(slot)] for slot, column in plan.slot_columns.items()
+    }
+    next_slot = layout.next_slot
+    for column in plan.added:
+        slot_of[column] = next_slot
+        next_slot += 1
+        # A name dropped here before comes back as a new column: cells stamped
+        # before its last drop here belong to the old one and must not
+        # resurrect.  A name never dropped here takes every cell.
+        born_of[column] = max((d.dropped_hlc for d in dropped if d.name == column), default=0)
+    values = [column for column in spec.columns if column not in spec.pk]
+    formers = tuple(former_of.get(column, ()) for column in spec.columns)
+    new_spec = replace(
+        spec,
+        former=formers if any(formers) else (),
+        former_names=layout.spec.former_names,
+    )
+    return TableLayout(
+        new_spec,
+        tuple(slot_of[column] for column in values),
+        tuple(born_of[column] for column in values),
+        tuple(dropped),
+        next_slot,
+    )
+
+
+def sync_triggers(
+    connection: sqlite3.Connection, layout: TableLayout, existing: dict[str, str]
+) -> bool:
+    """Make the table's capture triggers exactly those of `layout`; True if any changed.
+
+    `existing` maps the table's `_syncmesh_*` trigger names to their SQL.
+    A trigger whose text differs (renamed table or column, changed UNIQUE
+    indexes) is dropped and created again.
+    """
+    wanted = capture_triggers(layout, unique_column_sets(connection, layout.name))
+    changed = False
+    for name, sql in existing.items():
+        if wanted.get(name) != sql:
+            connection.execute(drop_trigger_sql(name))
+            changed = True
+    for name, sql in wanted.items():
+        if existing.get(name) != sql:
+            connection.execute(sql)
+            changed = True
+    return changed
+
+
+def existing_triggers(connection: sqlite3.Connection, table: str) -> dict[str, str]:
+    return dict(connection.execute(EXISTING_TRIGGERS_SQL, (table,)).fetchall())
+
+
+def schema_version(ctx: StoreContext) -> int:
+    return int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
+
+
+# Called at the end of every reconcile that changed something, with the
+# context: schema-mixed merges the waiting cells of columns that appeared
+# (`waiting.merge_ready`).  A module-level hook until that module exists.
+after_reconcile_hooks: list[Callable[[StoreContext], object]] = []
+
+
+def reconcile_schema(ctx: StoreContext, *, force: bool = False) -> list[str]:
+    """`SqliteStore.reconcile_schema`: see there."""
+    ctx.require_init()
+    if not force and schema_version(ctx) == ctx.reconciled_version:
+        return []
+    tables, unsynced = ctx.tables, ctx.unsynced
+    try:
+        with ctx.transaction():
+            lines, changed = reconcile_in_transaction(ctx)
+            version = schema_version(ctx)
+    except BaseException:
+        ctx.tables, ctx.unsynced = tables, unsynced  # as the rolled-back file has them
+        raise
+    if changed:
+        ctx.load()
+        for hook in after_reconcile_hooks:
+            hook(ctx)
+    ctx.reconciled_version = version
+    ctx.schema_version = -1  # schema_problems works them out again
+    for line in lines:
+        log.info("%s: %s", ctx.path, line)
+    return lines
+
+
+def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
+    """Handle the DDL since the last reconcile; (lines for the log, whether tables changed)."""
+    connection = ctx.connection
+    layouts = [table.layout for table in ctx.tables.values()] + list(ctx.unsynced.values())
+    plans = [plan_table(connection, layout) for layout in layouts]
+    lines: list[str] = []
+    changed = False
+    # Where each table is now, under its old definition: the pending log is
+    # captured with that first, so writes made before the DDL keep their stamps.
+    old_tables: dict[str, TableSql] = {}
+    unsynced: dict[str, TableLayout] = {}
+    for plan in plans:
+        if plan.problem is not None:
+            unsynced[plan.layout.name] = plan.layout
+            if plan.layout.name not in ctx.unsynced:
+                lines.append(plan.problem)
+                changed = True
+            continue
+        if plan.layout.name in ctx.unsynced:
+            changed = True
+        if plan.table_renamed:
+            _rename_bookkeeping(ctx, plan)
+            changed = True
+        layout = plan.renamed_layout
+        old_tables[layout.name] = TableSql(layout, digests=ctx.digests)
+    ctx.tables, ctx.unsynced = old_tables, unsynced
+    capture.capture_pending(ctx)
+    hlc = ctx.clock.tick()
+    new_tables: dict[str, TableSql] = {}
+    for plan in plans:
+        if plan.problem is not None:
+            continue
+        layout = new_layout(plan, hlc)
+        table_lines = plan.changes()
+        lines += table_lines
+        if plan.columns_changed or plan.table_renamed:
+            connection.execute(
+                "INSERT OR REPLACE INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
+                (layout.name, layout.to_json()),
+            )
+            changed = True
+        new_slots = [slot for slot in layout.slots if slot >= plan.layout.next_slot]
+        for slot in new_slots:
+            for statement in shadow_slot_ddl(layout.name, slot):
+                connection.execute(statement)
+        table = TableSql(layout, digests=ctx.digests)
+        triggers = existing_triggers(connection, layout.name)
+        if sync_triggers(connection, layout, triggers) and not table_lines:
+            lines.append(f"table {layout.name!r}: capture triggers updated (indexes changed)")
+        if plan.triggers_lost:
+            _log_catch_up(connection, table)
+        if plan.added:
+            _log_written_before_trigger(connection, table, plan.added)
+        if (plan.added or plan.dropped) and ctx.digests:
+            connection.execute(table.sql_verify.refresh_digests_sql)
+        new_tables[layout.name] = table
+    ctx.tables = new_tables
+    capture.capture_pending(ctx)
+    if changed or lines:
+        # A new head: every process's kept hash trees are rebuilt (store/DESIGN.md).
+        head = ctx.clock.tick()
+        connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
+        ctx.summaries.invalidate()
+    if changed:
+        connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
+    return lines, changed
+
+
+def _rename_bookkeeping(ctx: StoreContext, plan: TablePlan) -> None:
+    """Give the shadow and log tables the table's new name (RENAME TABLE)."""
+    old, new = plan.layout.name, plan.now_name
+    assert new is not None
+    connection = ctx.connection
+    for name in (shadow_name, log_name):
+        connection.execute(
+            f"ALTER TABLE {quote_identifier(name(old))} RENAME TO {quote_identifier(name(new))}"
+        )
+    connection.execute(f"DROP INDEX IF EXISTS {quote_identifier(shadow_seq_index_name(old))}")
+    connection.execute(shadow_seq_index_ddl(new))
+    connection.execute("DELETE FROM _syncmesh_tables WHERE name = ?", (old,))
+    connection.execute(
+        "INSERT OR REPLACE INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
+        (new, plan.renamed_layout.to_json()),
+    )
+
+
+def _log_catch_up(connection: sqlite3.Connection, table: TableSql) -> None:
+    """Log rows inserted or deleted while the triggers were gone, as the triggers would have.
+
+    A key in the table without a live shadow row was inserted; a live
+    shadow row without its key in the table was deleted.  Rows copied by a
+    rebuild have their shadow rows already, and are not sent again.
+    """
+    names = table.names
+    keys = ", ".join(f"k{index}" for index in range(names.key_count))
+    user_keys = ", ".join(f"t.{quote_identifier(column)}" for column in table.spec.pk)
+    connection.execute(
+        f"INSERT INTO {names.log} (op, mask, {keys}) SELECT {OP_INSERT}, {ALL_COLUMNS},"
+        f" {user_keys} FROM {names.table} t WHERE NOT EXISTS"
+        f" (SELECT 1 FROM {names.shadow} s WHERE {names.join} AND s.cl % 2 = 1)"
+    )
+    shadow_keys = ", ".join(f"s.k{index}" for index in range(names.key_count))
+    connection.execute(
+        f"INSERT INTO {names.log} (op, mask, {keys}) SELECT {OP_DELETE}, 0, {shadow_keys}"
+        f" FROM {names.shadow} s WHERE s.cl % 2 = 1 AND NOT EXISTS"
+        f" (SELECT 1 FROM {names.table} t WHERE {names.join})"
+    )
+
+
+def _log_written_before_trigger(
+    connection: sqlite3.Connection, table: TableSql, added: list[str]
+) -> None:
+    """Log, as local writes, added columns' values that differ from the column's default.
+
+    Rows that hold the default were never written (ADD COLUMN fills it in,
+    every site alike) and are not sent.  A row holding something else got
+    it before the column's trigger existed: an INSERT or UPDATE between the
+    DDL and now, or a rebuild that filled the column.
+    """
+    defaults = column_defaults(connection, table.spec.name)
+    keys = ", ".join(f"k{index}" for index in range(table.key_count))
+    user_keys = ", ".join(quote_identifier(column) for column in table.spec.pk)
+    for column in added:
+        default = defaults.get(column) or "NULL"
+        connection.execute(
+            f"INSERT INTO {table.log} (op, mask, {keys}) SELECT {OP_UPDATE},"
+            f" {slot_mask(table.layout.slot_of(column))}, {user_keys} FROM {table.table}"
+            f" WHERE {quote_identifier(column)} IS NOT ({default})"
+        )
