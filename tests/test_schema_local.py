@@ -100,7 +100,7 @@ def triggers(store: SqliteStore, table: str = "items") -> list[str]:
 
 
 def test_drop_column_by_the_shell_succeeds_on_a_tracked_table(store: SqliteStore) -> None:
-    """Regression: the update trigger read OLD.c, so SQLite refused the drop ('error in trigger')."""
+    """Regression: the update trigger read OLD.c; SQLite refused the drop ('error in trigger')."""
     shell(store, "ALTER TABLE items DROP COLUMN qty")
     columns = [row[1] for row in store.connection.execute("PRAGMA table_info(items)")]
     assert columns == ["id", "name"]
