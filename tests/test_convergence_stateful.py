@@ -3,6 +3,16 @@
 Whatever happens in between, once every store has exchanged with every other
 until nothing moves, all three hold the same rows, with the same storage
 classes, and the same merge state (DESIGN.md section 2; PROPERTIES.md P1, P3, P8, P9).
+
+Schema steps (issue 14, docs/adr/0013-schema-evolution.md): add, rename and
+drop a column, and a Django-style table rebuild, run by one store at a
+time; every store runs the same steps in the same order.  Writes of every
+kind go on between a store's DDL and its reconcile (a rebuild excepted:
+an UPDATE there is the one write the catch-up cannot recover, so a rebuild
+is reconciled at once, with a fresh insert in between).  Until the apply
+maps columns across schema versions (schema-mixed), stores sync only while
+their schemas are equal.  No acknowledged write is lost: each schema step
+inserts a fresh row before the reconcile, and every store holds it at the end.
 """
 
 from __future__ import annotations
@@ -19,12 +29,14 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     consumes,
     invariant,
+    precondition,
     rule,
 )
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch, SqlValue, Stamp
+from syncmesh.schema import quote_identifier
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.summary import summary_of
 from tests.helpers import ManualClock, exchange, exchange_all, rows_with_types
@@ -35,13 +47,20 @@ CLOCK_SPREAD_MS = 100_000  # physical clocks wander within BASE +- this: drift r
 NODES = 3
 KEYS = ["k0", "k1", "k2", "k3"]
 BODIES: list[SqlValue] = [None, "x", "y", "1", 1, 1.0, b"b", b""]
+BODIES_STRATEGY = st.sampled_from(BODIES)
 NUMBERS: list[SqlValue] = [None, 0, 1, 2.5, -(2**63), 2**63 - 1, "2"]
 ROUNDS_MAX = 10
-NOTES_QUERY = "SELECT id, body, typeof(body), n, typeof(n) FROM notes ORDER BY id"
+# Schema changes per run (each run by every store).  Few: until the apply maps
+# columns across versions, no store syncs while one is mid-step.
+SCHEMA_STEPS_MAX = 3
+VALUE_COLUMNS_MAX = 4
+SCHEMA_KINDS = ["add", "rename", "drop", "rebuild"]
 
 nodes = st.integers(0, NODES - 1)
 pairs = st.permutations(range(NODES)).map(lambda order: (order[0], order[1]))
 keys = st.sampled_from(KEYS)
+# A value column of a store, by its place among the store's value columns now.
+places = st.integers(0, VALUE_COLUMNS_MAX - 1)
 MergeView = dict[tuple[SqlValue, ...], tuple[object, ...]]
 
 
@@ -65,6 +84,21 @@ class SyncMachine(RuleBasedStateMachine):
             store.summaries(["notes"])  # built now, then kept up to date by every write
         self.last_stamps = [store.clock.last for store in self.stores]
         self.last_heads = [store.head_seq() for store in self.stores]
+        # Schema steps: (DDL, value columns after it, reconcile at once), in order;
+        # each store has run the first `levels[i]`, and reconciled unless `pending[i]`.
+        self.steps: list[tuple[str, list[str], bool]] = []
+        self.levels = [0] * NODES
+        self.pending = [False] * NODES
+        self.columns = [["body", "n"] for _ in range(NODES)]
+        self.fresh: list[str] = []  # keys inserted between a DDL and its reconcile
+        self.names_made = 0
+
+    def _column(self, node: int, place: int) -> str:
+        columns = self.columns[node]
+        return quote_identifier(columns[place % len(columns)])
+
+    def _schemas_equal(self) -> bool:
+        return len(set(self.levels)) == 1 and not any(self.pending)
 
     # -- local writes -------------------------------------------------------------
 
@@ -83,31 +117,42 @@ class SyncMachine(RuleBasedStateMachine):
     def insert_or_replace(
         self, node: int, key: str, body: SqlValue, n: SqlValue, capture: bool
     ) -> None:
+        """Every value column: the first gets `body`, the others `n`."""
+        columns = self.columns[node]
+        names = ", ".join(quote_identifier(column) for column in columns)
+        marks = ", ".join("?" * len(columns))
         self._write(
             node,
-            "INSERT OR REPLACE INTO notes (id, body, n) VALUES (?, ?, ?)",
-            (key, body, n),
+            f"INSERT OR REPLACE INTO notes (id, {names}) VALUES (?, {marks})",
+            (key, body, *[n] * (len(columns) - 1)),
             capture,
         )
 
     @rule(node=nodes, key=keys, n=st.sampled_from(NUMBERS), capture=st.booleans())
     def insert_without_body(self, node: int, key: str, n: SqlValue, capture: bool) -> None:
-        """A (re-)insert that leaves `body` NULL: no old body may show through."""
-        self._write(node, "INSERT OR IGNORE INTO notes (id, n) VALUES (?, ?)", (key, n), capture)
+        """A (re-)insert that leaves the first column NULL: no old value may show through."""
+        column = self._column(node, -1)
+        self._write(
+            node, f"INSERT OR IGNORE INTO notes (id, {column}) VALUES (?, ?)", (key, n), capture
+        )
 
     @rule(node=nodes, key=keys, body=st.sampled_from(BODIES), capture=st.booleans())
     def update_body(self, node: int, key: str, body: SqlValue, capture: bool) -> None:
-        self._write(node, "UPDATE notes SET body = ? WHERE id = ?", (body, key), capture)
+        column = self._column(node, 0)
+        self._write(node, f"UPDATE notes SET {column} = ? WHERE id = ?", (body, key), capture)
 
-    @rule(node=nodes, key=keys, n=st.sampled_from(NUMBERS), capture=st.booleans())
-    def update_n(self, node: int, key: str, n: SqlValue, capture: bool) -> None:
-        self._write(node, "UPDATE notes SET n = ? WHERE id = ?", (n, key), capture)
+    @rule(node=nodes, key=keys, place=places, n=st.sampled_from(NUMBERS), capture=st.booleans())
+    def update_n(self, node: int, key: str, place: int, n: SqlValue, capture: bool) -> None:
+        column = self._column(node, place)
+        self._write(node, f"UPDATE notes SET {column} = ? WHERE id = ?", (n, key), capture)
 
-    @rule(node=nodes, key=keys, n=st.sampled_from(NUMBERS), capture=st.booleans())
-    def upsert(self, node: int, key: str, n: SqlValue, capture: bool) -> None:
+    @rule(node=nodes, key=keys, place=places, n=st.sampled_from(NUMBERS), capture=st.booleans())
+    def upsert(self, node: int, key: str, place: int, n: SqlValue, capture: bool) -> None:
+        column = self._column(node, place)
         self._write(
             node,
-            "INSERT INTO notes (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+            f"INSERT INTO notes (id, {column}) VALUES (?, ?)"
+            f" ON CONFLICT (id) DO UPDATE SET {column} = excluded.{column}",
             (key, n),
             capture,
         )
@@ -124,8 +169,97 @@ class SyncMachine(RuleBasedStateMachine):
     def capture(self, node: int) -> None:
         self.stores[node].capture()
 
+    # -- schema steps ---------------------------------------------------------------
+
+    def _new_step(self, node: int, kind: str, place: int) -> tuple[str, list[str], bool]:
+        """A new schema change, made up by `node` (the first store to run it)."""
+        columns = list(self.columns[node])
+        self.names_made += 1
+        name = f"c{self.names_made}"
+        if kind == "drop" and len(columns) > 1:
+            dropped = columns.pop(place % len(columns))
+            return f"ALTER TABLE notes DROP COLUMN {quote_identifier(dropped)}", columns, False
+        if kind == "rename":
+            old = columns[place % len(columns)]
+            columns[place % len(columns)] = name
+            ddl = f"ALTER TABLE notes RENAME COLUMN {quote_identifier(old)} TO {name}"
+            return ddl, columns, False
+        if kind == "rebuild":
+            # Django's AddField with a default: create, copy, drop, rename.
+            kept = ", ".join(quote_identifier(column) for column in columns)
+            if len(columns) < VALUE_COLUMNS_MAX:
+                columns.append(name)
+                new_column, copied = f", {name} DEFAULT 'd'", f"{kept}, 'd'"
+            else:
+                new_column, copied = "", kept
+            ddl = (
+                f"CREATE TABLE new__notes (id TEXT PRIMARY KEY, {kept}{new_column});"
+                f" INSERT INTO new__notes SELECT id, {copied} FROM notes;"
+                " DROP TABLE notes; ALTER TABLE new__notes RENAME TO notes;"
+            )
+            return ddl, columns, True
+        if len(columns) >= VALUE_COLUMNS_MAX:
+            return self._new_step(node, "rename", place)
+        columns.append(name)
+        default = ["", " DEFAULT 'd'", " DEFAULT 0"][place % 3]
+        return f"ALTER TABLE notes ADD COLUMN {name}{default}", columns, False
+
+    @precondition(lambda self: len(self.steps) < SCHEMA_STEPS_MAX or len(set(self.levels)) > 1)
+    @rule(node=nodes, kind=st.sampled_from(SCHEMA_KINDS), place=places, fresh=BODIES_STRATEGY)
+    def schema_change(self, node: int, kind: str, place: int, fresh: SqlValue) -> None:
+        """Run the next schema step at `node`: one another store ran first, or a new one.
+
+        A fresh row is inserted between the DDL and the reconcile; the
+        reconcile runs now for a rebuild, otherwise in its own step, with
+        any writes in between.
+        """
+        if self.pending[node]:
+            self.reconcile(node)
+        if self.levels[node] == len(self.steps):
+            if len(self.steps) >= SCHEMA_STEPS_MAX or not self._schemas_equal():
+                return  # one step at a time: the others catch up first
+            self.steps.append(self._new_step(node, kind, place))
+        ddl, columns, at_once = self.steps[self.levels[node]]
+        store = self.stores[node]
+        store.connection.executescript(ddl)
+        self.levels[node] += 1
+        self.columns[node] = list(columns)
+        key = f"fresh-{self.levels[node]}-{node}"
+        self.fresh.append(key)
+        self._write(node, "INSERT INTO notes (id) VALUES (?)", (key,), False)
+        self._write(
+            node, f"UPDATE notes SET {self._column(node, -1)} = ? WHERE id = ?", (fresh, key), False
+        )
+        self.pending[node] = True
+        event(f"schema step: {'rebuild' if at_once else ddl.split()[3]}")
+        if at_once:
+            self.reconcile(node)
+
+    @precondition(lambda self: len(set(self.levels)) > 1)
+    @rule(node=nodes, fresh=BODIES_STRATEGY)
+    def catch_up_schema(self, node: int, fresh: SqlValue) -> None:
+        """A store behind runs the next step (a rule of its own: mid-step, nothing syncs)."""
+        if self.levels[node] < len(self.steps):
+            self.schema_change(node, "add", 0, fresh)
+
+    @precondition(lambda self: any(self.pending))
+    @rule(node=nodes)
+    def reconcile(self, node: int) -> None:
+        if not self.pending[node]:
+            return
+        store = self.stores[node]
+        store.reconcile_schema()
+        self.pending[node] = False
+        assert store.schema_problems() == []
+        assert [spec.value_columns for spec in store.specs()] == [tuple(self.columns[node])]
+        store.summaries(["notes"])  # the reconcile took a new head: rebuilt, then kept again
+        store.capture()
+        held = {change.pk for change in store.read_batch(0, {}, 1_000_000).rows}
+        assert {(key,) for key in self.fresh if key.endswith(f"-{node}")} <= held
+
     # -- sync ---------------------------------------------------------------------
 
+    @precondition(lambda self: self._schemas_equal())
     @rule(target=batches, pair=pairs, rows_max=st.integers(1, 3))
     def partial_pull(self, pair: tuple[int, int], rows_max: int) -> tuple[int, int, ChangeBatch]:
         source, target = self.stores[pair[0]], self.stores[pair[1]]
@@ -141,6 +275,7 @@ class SyncMachine(RuleBasedStateMachine):
             event("partial pull: cut short of the head")
         return (pair[0], pair[1], batch)
 
+    @precondition(lambda self: self._schemas_equal())
     @rule(delivered=consumes(batches))
     def duplicate_delivery(self, delivered: tuple[int, int, ChangeBatch]) -> None:
         source_index, target_index, batch = delivered
@@ -156,6 +291,7 @@ class SyncMachine(RuleBasedStateMachine):
             raise AssertionError("a replayed batch was applied")
         assert self._snapshot(target) == before
 
+    @precondition(lambda self: self._schemas_equal())
     @rule(pair=pairs)
     def full_exchange(self, pair: tuple[int, int]) -> None:
         target = self.stores[pair[1]]
@@ -201,11 +337,12 @@ class SyncMachine(RuleBasedStateMachine):
     @invariant()
     def hash_trees_are_kept_exact(self) -> None:
         """The tree each write keeps up to date equals one rebuilt from the rows' stamps."""
-        for store in self.stores:
+        for node, store in enumerate(self.stores):
             assert store.context.summaries.valid_at(store.head_seq()), "the tree fell out of step"
             kept = store.summaries(["notes"])["notes"]
-            # Every stored digest matches its row's stamps (0 corrected) ...
-            assert store.deep_summary("notes")[1] == 0
+            # Every stored digest matches its row's stamps (0 corrected) ... (a store
+            # between its DDL and its reconcile cannot read the table's values yet)
+            assert self.pending[node] or store.deep_summary("notes")[1] == 0
             # ... and the kept tree is the XOR of those digests, leaf by leaf.
             pairs = store.connection.execute("SELECT kh, dg FROM _syncmesh_shadow_notes")
             assert kept.leaves == summary_of(pairs).leaves
@@ -243,6 +380,10 @@ class SyncMachine(RuleBasedStateMachine):
     def _converge(self) -> None:
         if any(store.quarantine() for store in self.stores):
             event("quarantine not empty before the final exchange")
+        for node in range(NODES):  # every store runs every schema step
+            while self.levels[node] < len(self.steps):
+                self.schema_change(node, "add", 0, None)
+            self.reconcile(node)
         for clock in self.clocks:  # every stamp issued so far is now in the past
             clock.set(BASE_MS + 10 * CLOCK_SPREAD_MS)
         for store in self.stores:
@@ -262,8 +403,12 @@ class SyncMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self._converge()
-            dumps = [store.connection.execute(NOTES_QUERY).fetchall() for store in self.stores]
+            dumps = [rows_with_types(store.connection, "notes") for store in self.stores]
             assert dumps[0] == dumps[1] == dumps[2]
+            # No acknowledged write lost: every row inserted around a schema step is there.
+            for store in self.stores:
+                ids = {row[0] for row in store.connection.execute("SELECT id FROM notes")}
+                assert set(self.fresh) <= ids
             views = [self._merge_view(store) for store in self.stores]
             assert views[0] == views[1] == views[2]
             # Converged replicas have the same hash trees, with stamps and with values.

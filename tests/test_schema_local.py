@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 
 from syncmesh.errors import SchemaError
-from syncmesh.model import ChangeBatch, RowChange, SqlValue, Stamp
+from syncmesh.model import Cell, ChangeBatch, RowChange, SqlValue, Stamp
 from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE
 from syncmesh.store.summary import summary_of
 from tests.helpers import exchange_all, rows_with_types, sqlite3_shell
 
+# The stamp of a cell an added column filled with its default: the same at every site.
+DEFAULT_STAMP = Stamp(DEFAULT_CELL_HLC, DEFAULT_CELL_SITE)
 ITEMS = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 
 
@@ -171,8 +174,9 @@ def test_add_column_captures_writes_made_before_the_reconcile(store: SqliteStore
     assert changed[("a",)].state.cells["note"].value == "ripe"
     assert changed[("a",)].state.cells["name"].stamp == stamp(store, "b", "name")  # untouched
     assert changed[("c",)].state.cells["note"].value == "new"
-    # 'd' was inserted (captured) with the default: its note cell is unstamped, like b's.
-    assert "note" not in changed[("d",)].state.cells
+    # 'd' was inserted (captured) with the default: its cell has the default stamp, like b's.
+    assert changed[("d",)].state.cells["note"].stamp == DEFAULT_STAMP
+    assert stamp(store, "b", "note") == DEFAULT_STAMP
     store.connection.execute("UPDATE items SET note = 'eaten' WHERE id = 'b'")
     store.capture()
     assert rows(store)[("b",)].state.cells["note"].value == "eaten"
@@ -264,7 +268,7 @@ def test_drop_column_retires_its_slot_and_a_readded_name_starts_empty(
     # What schema-mixed needs: cells of `qty` stamped before its drop here are the old column's.
     assert layout.born_of("qty") == dropped.dropped_hlc
     assert layout.dropped_names() == frozenset()
-    assert "qty" not in rows(store)[("a",)].state.cells
+    assert rows(store)[("a",)].state.cells["qty"] == Cell(None, DEFAULT_STAMP)  # not 5
 
 
 def test_dropped_column_syncs_no_more_and_the_rest_does(

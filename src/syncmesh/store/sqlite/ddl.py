@@ -226,6 +226,15 @@ def log_ddl(spec: TableSpec) -> str:
     )
 
 
+# The stamp of a cell that holds its column's default because ADD COLUMN (or a
+# rebuild that added the column) filled it in: nobody wrote it.  Every site
+# gives such cells the same stamp, older than any write, so the rows need not
+# be sent again, digests agree, and any real write wins.  (Left unstamped, the
+# cell would ship its value without a stamp, which the codec refuses, and an
+# apply of the row elsewhere would write NULL over the default.)
+DEFAULT_CELL_HLC = 1
+DEFAULT_CELL_SITE = "0" * 32
+
 # Log operations.  `mask` has bit i set when value column slot i changed; -1 is all.
 OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3
 OP_CHECK = 4  # the row may have been deleted by a REPLACE: look whether it exists

@@ -15,8 +15,11 @@ transaction (`reconcile_schema`, called by the node's capture loop):
   column is called now (a rename), or names a column that is gone (a
   drop).  Without the trigger (a rebuild dropped it) columns are matched
   by name;
-- ADD COLUMN gets a new slot; rows whose value differs from the column's
-  default (written before its trigger existed) are stamped as local writes;
+- ADD COLUMN gets a new slot.  Existing rows hold the column's default,
+  which nobody wrote: their cells get the default stamp (ddl.DEFAULT_CELL_HLC,
+  the same at every site) and are not sent again; rows whose value differs
+  from the default (written before the column's trigger existed) are
+  stamped as local writes;
 - a table rebuild (create, copy, drop, rename: Django, Alembic batch mode,
   sqlite-utils `transform`) drops the triggers: they are put back, and a
   catch-up compare of the table's keys with its shadow rows captures rows
@@ -44,6 +47,8 @@ from syncmesh.store.sqlite import capture
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ALL_COLUMNS,
+    DEFAULT_CELL_HLC,
+    DEFAULT_CELL_SITE,
     ESSENTIAL_TRIGGER_KINDS,
     EXISTING_TRIGGERS_SQL,
     OP_DELETE,
@@ -360,6 +365,13 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         if plan.triggers_lost:
             _log_catch_up(connection, table)
         if plan.added:
+            default_site = ctx.require_init().ordinal(DEFAULT_CELL_SITE)
+            for column in plan.added:
+                slot = layout.slot_of(column)
+                connection.execute(
+                    f"UPDATE {table.shadow} SET h{slot} = ?, s{slot} = ? WHERE cl % 2 = 1",
+                    (DEFAULT_CELL_HLC, default_site),
+                )
             _log_written_before_trigger(connection, table, plan.added)
         if (plan.added or plan.dropped) and ctx.digests:
             connection.execute(table.sql_verify.refresh_digests_sql)
