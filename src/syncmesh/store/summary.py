@@ -33,6 +33,7 @@ import operator
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgpack
 from xxhash import xxh3_64_intdigest
@@ -77,8 +78,25 @@ def leaf_of(hashed_key: int) -> int:
     return hashed_key & LEAF_MASK
 
 
+_Stamp = TypeVar("_Stamp")
+_Site = TypeVar("_Site")
 NO_STAMP = -(2**63)  # a NULL HLC, as a digest field
 NO_SITE = 0  # a NULL site, as a digest field
+# The stamp's HLC of a cell an added column filled with its default (nobody
+# wrote it; the same at every site: store/sqlite/ddl.py).  Such cells at the
+# end of a row are left out of its digest, so that ADD COLUMN, which appends
+# one to every row, changes no digest and needs no pass to refresh them.
+DEFAULT_CELL_HLC = 1
+
+
+def trim_default_cells(
+    hlcs: Sequence[_Stamp], sites: Sequence[_Site]
+) -> tuple[Sequence[_Stamp], Sequence[_Site]]:
+    """`hlcs` and `sites` without the trailing cells that hold an added column's default."""
+    count = len(hlcs)
+    while count and hlcs[count - 1] == DEFAULT_CELL_HLC:
+        count -= 1
+    return hlcs[:count], sites[:count]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -119,8 +137,11 @@ def digest(
         NO_SITE if cl_site is None else site_code(cl_site),
     ]
     if cl % 2 == 1 and cells:
-        fields += [NO_STAMP if hlc is None else hlc for hlc in cells[0::2]]  # type: ignore[misc]
-        fields += [NO_SITE if site is None else site_code(site) for site in cells[1::2]]
+        hlcs, sites = cells[0::2], cells[1::2]
+        if hlcs and hlcs[-1] == DEFAULT_CELL_HLC:
+            hlcs, sites = trim_default_cells(hlcs, sites)
+        fields += [NO_STAMP if hlc is None else hlc for hlc in hlcs]  # type: ignore[misc]
+        fields += [NO_SITE if site is None else site_code(site) for site in sites]
     return fields_digest(fields)
 
 
@@ -264,6 +285,9 @@ def shadow_digest(
     assert isinstance(cl, int), f"causal length {cl!r} is not an integer"
     fields = [hashed_key, cl, NO_STAMP if cl_hlc is None else cl_hlc, codes[cl_site]]
     if cl % 2 == 1 and stamps:
-        fields += [NO_STAMP if hlc is None else hlc for hlc in stamps[0::2]]
-        fields += map(codes.__getitem__, stamps[1::2])
+        hlcs, sites = stamps[0::2], stamps[1::2]
+        if hlcs and hlcs[-1] == DEFAULT_CELL_HLC:
+            hlcs, sites = trim_default_cells(hlcs, sites)
+        fields += [NO_STAMP if hlc is None else hlc for hlc in hlcs]
+        fields += map(codes.__getitem__, sites)
     return fields_digest(fields)  # type: ignore[arg-type]

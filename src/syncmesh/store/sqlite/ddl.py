@@ -41,6 +41,7 @@ from __future__ import annotations
 from syncmesh.model import TableSpec
 from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
 from syncmesh.store.sqlite.layout import TableLayout
+from syncmesh.store.summary import DEFAULT_CELL_HLC as DEFAULT_CELL_HLC
 
 BOOKKEEPING_DDL = """
 CREATE TABLE IF NOT EXISTS _syncmesh_state (
@@ -200,12 +201,20 @@ def shadow_seq_index_ddl(table: str) -> str:
     )
 
 
-def shadow_slot_ddl(table: str, slot: int) -> list[str]:
-    """ALTER statements that give `table`'s shadow the columns of a new slot."""
+def shadow_slot_ddl(table: str, slot: int, default_site: int) -> list[str]:
+    """ALTER statements that give `table`'s shadow the columns of a new slot.
+
+    Every existing row reads the default stamp (DEFAULT_CELL_HLC, and
+    `default_site`, the ordinal of DEFAULT_CELL_SITE) without being
+    rewritten: SQLite's ADD COLUMN with a constant default touches no row,
+    so adding a column to a table of a million rows costs no pass over its
+    shadow.  Rows written later list the slot's columns explicitly.
+    """
+    assert isinstance(default_site, int)
     shadow = quote_identifier(shadow_name(table))
     return [
-        f"ALTER TABLE {shadow} ADD COLUMN h{slot} INTEGER",
-        f"ALTER TABLE {shadow} ADD COLUMN s{slot} INTEGER",
+        f"ALTER TABLE {shadow} ADD COLUMN h{slot} INTEGER DEFAULT {DEFAULT_CELL_HLC}",
+        f"ALTER TABLE {shadow} ADD COLUMN s{slot} INTEGER DEFAULT {default_site}",
     ]
 
 
@@ -231,8 +240,9 @@ def log_ddl(spec: TableSpec) -> str:
 # gives such cells the same stamp, older than any write, so the rows need not
 # be sent again, digests agree, and any real write wins.  (Left unstamped, the
 # cell would ship its value without a stamp, which the codec refuses, and an
-# apply of the row elsewhere would write NULL over the default.)
-DEFAULT_CELL_HLC = 1
+# apply of the row elsewhere would write NULL over the default.)  Trailing
+# such cells are left out of a row's digest (store.summary), so ADD COLUMN
+# changes no digest.
 DEFAULT_CELL_SITE = "0" * 32
 
 # Log operations.  `mask` has bit i set when value column slot i changed; -1 is all.

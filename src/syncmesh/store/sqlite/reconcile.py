@@ -16,8 +16,9 @@ transaction (`reconcile_schema`, called by the node's capture loop):
   drop).  Without the trigger (a rebuild dropped it) columns are matched
   by name;
 - ADD COLUMN gets a new slot.  Existing rows hold the column's default,
-  which nobody wrote: their cells get the default stamp (ddl.DEFAULT_CELL_HLC,
-  the same at every site) and are not sent again; rows whose value differs
+  which nobody wrote: their cells read the default stamp (ddl.DEFAULT_CELL_HLC,
+  the same at every site; the shadow column's DEFAULT, so no row is
+  rewritten) and are not sent again; rows whose value differs
   from the default (written before the column's trigger existed) are
   stamped as local writes;
 - a table rebuild (create, copy, drop, rename: Django, Alembic batch mode,
@@ -47,7 +48,6 @@ from syncmesh.store.sqlite import capture
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ALL_COLUMNS,
-    DEFAULT_CELL_HLC,
     DEFAULT_CELL_SITE,
     ESSENTIAL_TRIGGER_KINDS,
     EXISTING_TRIGGERS_SQL,
@@ -355,8 +355,10 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
             )
             changed = True
         new_slots = [slot for slot in layout.slots if slot >= plan.layout.next_slot]
+        default_site = ctx.require_init().ordinal(DEFAULT_CELL_SITE)
         for slot in new_slots:
-            for statement in shadow_slot_ddl(layout.name, slot):
+            # Existing rows read the default stamp: nobody wrote their value.
+            for statement in shadow_slot_ddl(layout.name, slot, default_site):
                 connection.execute(statement)
         table = TableSql(layout, digests=ctx.digests)
         triggers = existing_triggers(connection, layout.name)
@@ -365,15 +367,8 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         if plan.triggers_lost:
             _log_catch_up(connection, table)
         if plan.added:
-            default_site = ctx.require_init().ordinal(DEFAULT_CELL_SITE)
-            for column in plan.added:
-                slot = layout.slot_of(column)
-                connection.execute(
-                    f"UPDATE {table.shadow} SET h{slot} = ?, s{slot} = ? WHERE cl % 2 = 1",
-                    (DEFAULT_CELL_HLC, default_site),
-                )
             _log_written_before_trigger(connection, table, plan.added)
-        if (plan.added or plan.dropped) and ctx.digests:
+        if _digests_change(plan, layout) and ctx.digests:
             connection.execute(table.sql_verify.refresh_digests_sql)
         new_tables[layout.name] = table
     ctx.tables = new_tables
@@ -386,6 +381,19 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     if changed:
         connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
     return lines, changed
+
+
+def _digests_change(plan: TablePlan, layout: TableLayout) -> bool:
+    """Whether the rows' digests change: a column dropped, or one added other than at the end.
+
+    A digest hashes the cells' stamps in table order, leaving out trailing
+    cells with the default stamp (store.summary): columns added at the end,
+    as ADD COLUMN does, change nothing, and 1M rows need no pass.
+    """
+    if plan.dropped:
+        return True
+    kept = [plan.slot_columns[slot] for slot in plan.layout.slots if slot in plan.slot_columns]
+    return list(layout.spec.value_columns) != kept + plan.added
 
 
 def _rename_bookkeeping(ctx: StoreContext, plan: TablePlan) -> None:

@@ -28,7 +28,13 @@ from syncmesh.store.sqlite.sql_apply import ApplySql
 from syncmesh.store.sqlite.sql_capture import CaptureSql
 from syncmesh.store.sqlite.sql_feed import FeedSql
 from syncmesh.store.sqlite.sql_verify import VerifySql
-from syncmesh.store.summary import NO_STAMP, fields_digest, key_hash
+from syncmesh.store.summary import (
+    DEFAULT_CELL_HLC,
+    NO_STAMP,
+    fields_digest,
+    key_hash,
+    trim_default_cells,
+)
 from syncmesh.store.summary import digest as row_digest
 
 KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameters
@@ -250,7 +256,10 @@ class TableSql:
         head = [hashed, cl, NO_STAMP if cl_hlc is None else cl_hlc, batch_codes[cl_site]]
         if alive:
             stamps = hlcs if None not in hlcs else [NO_STAMP if h is None else h for h in hlcs]
-            head += [*stamps, *map(batch_codes.__getitem__, sites)]
+            codes = list(map(batch_codes.__getitem__, sites))
+            if stamps and stamps[-1] == DEFAULT_CELL_HLC:
+                stamps, codes = trim_default_cells(stamps, codes)  # type: ignore[assignment]
+            head += [*stamps, *codes]
         if None in sites:
             site_ordinals = [None if site is None else ordinals[site] for site in sites]  # type: ignore[index]
         else:
