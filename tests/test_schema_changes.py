@@ -22,7 +22,8 @@ def test_an_added_column_is_reported_until_reconciled_and_then_syncs(tmp_path: P
         assert a.schema_problems() == []
         a.connection.execute("ALTER TABLE items ADD COLUMN extra TEXT")
         [problem] = a.schema_problems()
-        assert "'items' changed and syncmesh has not caught up yet" in problem
+        assert "'items' was altered after it was tracked" in problem
+        assert "has not caught up with it yet" in problem
         assert "column 'extra' added" in problem
         assert a.status().schema_problems == [problem]
         a.connection.execute("INSERT INTO items VALUES ('k', 'still syncs', 'synced too')")

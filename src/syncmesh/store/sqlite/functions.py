@@ -16,20 +16,22 @@ ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
 KEY_HASH_FUNCTION = "syncmesh_key_hash"
 
 
-def capture_pasts(text: str | None, mask: int, *stamps: int | None) -> str | None:
-    """`syncmesh_capture_pasts(pasts, mask, slot, s, h, ...)`: a row's `pasts` after a capture.
+def capture_pasts(text: str | None, mask: int, slots: str, *stamps: int | None) -> str | None:
+    """`syncmesh_capture_pasts(pasts, mask, 'slot,...', s, h, ...)`: `pasts` after a capture.
 
     Registered on the store's connection (`opening.connect`) and called by the
     capture upsert only for rows that need it (`CaptureSql.next_pasts_sql`),
-    with the slot, site and stamp of each value column (layout.py).
+    with the value columns' slots (layout.py) as one text, then the site and
+    stamp of each (one text, not an argument per slot: SQLite allows a
+    function 127 arguments).
     Each value column whose slot is in `mask` gets a new past: everything the
     node knew of the cell (its past and knowledge, and the old value `(s, h)`
     unless it was ours), without our own ordinal 0; its knowledge is emptied.
     """
     pasts: dict[str, dict[str, dict[str, int]]] = {} if text is None else json.loads(text)
-    for at in range(0, len(stamps), 3):
-        slot, site, hlc = stamps[at], stamps[at + 1], stamps[at + 2]
-        assert slot is not None
+    for index, slot_text in enumerate(slots.split(",")):
+        slot = int(slot_text)
+        site, hlc = stamps[2 * index], stamps[2 * index + 1]
         if not (mask >> slot) & 1:
             continue
         entry = pasts.pop(str(slot), {})

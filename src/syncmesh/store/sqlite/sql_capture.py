@@ -119,12 +119,13 @@ class CaptureSql:
         if not slots:
             return "NULL"
         foreign = " OR ".join(f"((?3 >> {slot}) & 1 AND s{slot} <> 0)" for slot in slots)
-        stamps = ", ".join(f"{slot}, s{slot}, h{slot}" for slot in slots)
+        stamps = ", ".join(f"s{slot}, h{slot}" for slot in slots)
+        slot_list = _sql_text(",".join(map(str, slots)))
         column = PASTS_COLUMN
         return (
             f"CASE WHEN NOT ?1 THEN {column} WHEN {reborn} THEN NULL"
             f" WHEN {column} IS NULL AND NOT ({foreign}) THEN NULL"
-            f" ELSE {CAPTURE_PASTS_FUNCTION}({column}, ?3, {stamps}) END"
+            f" ELSE {CAPTURE_PASTS_FUNCTION}({column}, ?3, {slot_list}, {stamps}) END"
         )
 
     def _backfill_sql(self, where: str) -> str:

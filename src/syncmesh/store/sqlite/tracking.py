@@ -55,15 +55,22 @@ def schema_problems(ctx: StoreContext) -> list[str]:
         if plan.problem is not None:
             problems.append(plan.problem)
             continue
-        pending = plan.changes()
-        missing = sorted(set(capture_triggers(layout)) - set(plan.triggers) if not pending else ())
-        if pending or missing:
-            shown = plan.now_name or layout.name
-            what = "; ".join(pending) if pending else f"capture triggers missing: {missing}"
+        shown = plan.now_name or layout.name
+        fix = (
+            f"a running node catches up within a moment; otherwise run `syncmesh track DB {shown}`"
+        )
+        missing = sorted(set(capture_triggers(layout)) - set(plan.triggers))
+        if missing and not plan.table_renamed:
             problems.append(
-                f"table {shown!r} changed and syncmesh has not caught up yet ({what}):"
-                " writes to it may not be synced until it does.  A running node picks"
-                f" it up within a moment; otherwise run `syncmesh track DB {shown}`"
+                f"table {shown!r} has lost its capture triggers ({', '.join(missing)}):"
+                f" writes to it are not captured until they are back ({fix}; rows"
+                " inserted or deleted meanwhile are caught up then)"
+            )
+        altered = [line for line in plan.changes() if "capture triggers" not in line]
+        if altered:
+            problems.append(
+                f"table {shown!r} was altered after it was tracked ({'; '.join(altered)})"
+                f" and syncmesh has not caught up with it yet: {fix}"
             )
     ctx.schema_version, ctx.schema_problems = version, problems
     return list(problems)
