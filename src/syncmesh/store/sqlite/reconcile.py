@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from syncmesh.errors import SchemaError
@@ -283,10 +282,15 @@ def schema_version(ctx: StoreContext) -> int:
     return int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
 
 
-# Called at the end of every reconcile that changed something, with the
-# context: schema-mixed merges the waiting cells of columns that appeared
-# (`waiting.merge_ready`).  A module-level hook until that module exists.
-after_reconcile_hooks: list[Callable[[StoreContext], object]] = []
+def merge_ready_waiting_cells(ctx: StoreContext) -> None:
+    """The hook for schema-mixed: merge waiting cells whose column exists now.
+
+    Called at the end of every reconcile that changed a table, inside its
+    transaction, with `ctx.tables` as the reconcile left them.  Cells a peer
+    sent for a column this store did not have yet wait (ADR 0013); once the
+    column appears they are merged here: `waiting.merge_ready(ctx)`, when
+    that module lands.  Nothing to do until then.
+    """
 
 
 def reconcile_schema(ctx: StoreContext, *, force: bool = False) -> list[str]:
@@ -304,8 +308,6 @@ def reconcile_schema(ctx: StoreContext, *, force: bool = False) -> list[str]:
         raise
     if changed:
         ctx.load()
-        for hook in after_reconcile_hooks:
-            hook(ctx)
     ctx.reconciled_version = version
     ctx.schema_version = -1  # schema_problems works them out again
     for line in lines:
@@ -373,6 +375,8 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         new_tables[layout.name] = table
     ctx.tables = new_tables
     capture.capture_pending(ctx)
+    if changed:
+        merge_ready_waiting_cells(ctx)
     if changed or lines:
         # A new head: every process's kept hash trees are rebuilt (store/DESIGN.md).
         head = ctx.clock.tick()
