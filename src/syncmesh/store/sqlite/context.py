@@ -70,6 +70,10 @@ class StoreContext:
     # by name: left out of `tables`, so capture, feed and apply skip them
     # until the user fixes them; their problem is in `schema_problems`.
     unsynced: dict[str, TableLayout] = field(default_factory=dict)
+    # What reconciles run on the way into another operation handled (the
+    # facade follows DDL before it reads or writes rows by column), kept
+    # for the next `reconcile_schema()` to return, so the caller hears of it.
+    schema_lines_unreported: list[str] = field(default_factory=list)
     # Rows stamped by committed captures since the store was opened; a
     # capture also runs inside apply_batch and retry_quarantine, and only
     # counts once its transaction commits.

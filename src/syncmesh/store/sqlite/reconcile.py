@@ -296,7 +296,12 @@ def merge_ready_waiting_cells(ctx: StoreContext) -> None:
 def reconcile_schema(ctx: StoreContext, *, force: bool = False) -> list[str]:
     """`SqliteStore.reconcile_schema`: see there."""
     ctx.require_init()
-    if not force and schema_version(ctx) == ctx.reconciled_version:
+    version = schema_version(ctx)
+    if not force and version == ctx.reconciled_version:
+        return []
+    if not force and not _needs_work(ctx):
+        # DDL elsewhere (another table, an index): nothing to write, no capture.
+        ctx.reconciled_version = version
         return []
     tables, unsynced = ctx.tables, ctx.unsynced
     try:
@@ -313,6 +318,19 @@ def reconcile_schema(ctx: StoreContext, *, force: bool = False) -> list[str]:
     for line in lines:
         log.info("%s: %s", ctx.path, line)
     return lines
+
+
+def _needs_work(ctx: StoreContext) -> bool:
+    """Whether any tracked table changed, lost or needs triggers, or can sync again (read-only)."""
+    connection = ctx.connection
+    for table in ctx.tables.values():
+        plan = plan_table(connection, table.layout)
+        if plan.problem is not None or plan.changes():
+            return True
+        wanted = capture_triggers(table.layout, unique_column_sets(connection, table.spec.name))
+        if wanted != plan.triggers:
+            return True
+    return any(plan_table(connection, layout).problem is None for layout in ctx.unsynced.values())
 
 
 def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:

@@ -173,7 +173,19 @@ class SqliteStore:
         changes (docs/adr/0013-schema-evolution.md).  A table it cannot
         handle stops syncing and is named in `schema_problems` with the fix.
         """
-        return reconcile.reconcile_schema(self.context)
+        lines = self.context.schema_lines_unreported + reconcile.reconcile_schema(self.context)
+        self.context.schema_lines_unreported = []
+        return lines
+
+    def _follow_ddl(self) -> None:
+        """Reconcile DDL first (cheap if none): rows are read and written by column name.
+
+        Without it, an operation between an application's DDL and the node's
+        next `reconcile_schema` would use the old columns ("no such column"
+        after a rename or drop).  What it handled is returned by the next
+        `reconcile_schema()` call.
+        """
+        self.context.schema_lines_unreported += reconcile.reconcile_schema(self.context)
 
     def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
@@ -225,6 +237,7 @@ class SqliteStore:
         Cells the receiver already holds (by its version vector) are left out.
         The batch carries our vector only if it reaches our head.
         """
+        self._follow_ddl()
         return feed.read_batch(self.context, from_seq, receiver_vector, rows_max)
 
     def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
@@ -265,6 +278,7 @@ class SqliteStore:
         Raises StoreError if the batch does not continue the stored cursor
         (a gap or a replay of an old slice); nothing is applied then.
         """
+        self._follow_ddl()
         return peers.apply_batch(self.context, peer_site_id, batch)
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
@@ -282,6 +296,7 @@ class SqliteStore:
 
     def retry_quarantine(self) -> int:
         """Try every quarantined row again through the merge; returns rows resolved."""
+        self._follow_ddl()
         return retry.retry(self.context)
 
     def quarantine(self) -> list[dict[str, object]]:
@@ -303,34 +318,41 @@ class SqliteStore:
 
     def deep_summary(self, table: str) -> tuple[TableSummary, int]:
         """The tree of `table` with values, from a scan; and how many stored digests it fixed."""
+        self._follow_ddl()
         return verify.deep_summary(self.context, table)
 
     def deep_summary_step(
         self, table: str, after: Key | None, rows_max: int
     ) -> tuple[TableSummary, Key | None, int]:
         """Part of `deep_summary`: rows after key `after`; (tree, last key or None, fixed)."""
+        self._follow_ddl()
         return verify.deep_summary_step(self.context, table, after, rows_max)
 
     def leaf_digests(
         self, table: str, leaves: list[int], *, deep: bool = False
     ) -> dict[tuple[SqlValue, ...], int]:
         """Key -> digest of every row of `table` in `leaves`."""
+        self._follow_ddl()
         return verify.leaf_digests(self.context, table, leaves, deep)
 
     def key_digests(self, table: str, keys: list[Key], *, deep: bool = False) -> list[int | None]:
         """The digest of each key of `table` (None: no row here)."""
+        self._follow_ddl()
         return verify.key_digests(self.context, table, keys, deep)
 
     def rows_of(self, table: str, keys: list[Key]) -> ChangeBatch:
         """These rows' whole states, as a batch another node can merge (repair)."""
+        self._follow_ddl()
         return verify.rows_of(self.context, table, keys)
 
     def merge_repair_rows(self, origin: str, batch: ChangeBatch) -> ApplyResult:
         """Merge rows a peer sent for repair (from `rows_of`): no cursor moves."""
+        self._follow_ddl()
         return verify.merge_rows(self.context, origin, batch)
 
     def restamp(self, table: str, keys: list[Key]) -> int:
         """Stamp these live rows anew as local writes (their values win); returns how many."""
+        self._follow_ddl()
         return verify.restamp(self.context, table, keys)
 
     # -- conflicts and status ---------------------------------------------------
