@@ -375,7 +375,7 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
             )
             changed = True
         new_slots = [slot for slot in layout.slots if slot >= plan.layout.next_slot]
-        default_site = ctx.require_init().ordinal(DEFAULT_CELL_SITE)
+        default_site = ctx.require_init().ordinal(DEFAULT_CELL_SITE) if new_slots else 0
         for slot in new_slots:
             # Existing rows read the default stamp: nobody wrote their value.
             for statement in shadow_slot_ddl(layout.name, slot, default_site):
