@@ -633,3 +633,12 @@ def test_a_row_quarantined_before_add_column_gets_the_default_when_retried(
         each.reconcile_schema()
     assert peer.retry_quarantine() == 1
     assert peer.connection.execute("SELECT note FROM items WHERE id = 'q'").fetchone() == ("none",)
+
+
+def test_the_schema_benchmark_runs_and_resends_no_row(tmp_path: Path) -> None:
+    """bench/schema.py at a tiny size, so its code cannot rot (no speed is checked)."""
+    from bench import schema as bench_schema
+
+    figures = {name: value for name, value, _unit in bench_schema.run(300, tmp_path)}
+    fed = [value for name, value in figures.items() if name.endswith("rows put in the feed")]
+    assert fed == [0, 0, 0, 0]
