@@ -77,6 +77,10 @@ def missing(recorded: Held, final: Held) -> list[str]:
 
 
 class RestoreMachine(SyncMachine):
+    # No schema steps (issue 14) here: a file restored from a copy taken before
+    # one would go back to the old schema, which this oracle does not model.
+    schema_steps_max = 0
+
     def __init__(self) -> None:
         super().__init__()
         self.backup_path: Path | None = None
