@@ -22,7 +22,7 @@ from syncmesh.model import Cell, ChangeBatch, RowChange, SqlValue, Stamp
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE
 from syncmesh.store.summary import summary_of
-from tests.helpers import exchange_all, rows_with_types, sqlite3_shell
+from tests.helpers import exchange_all, rows_with_types, run_cli, sqlite3_shell
 
 # The stamp of a cell an added column filled with its default: the same at every site.
 DEFAULT_STAMP = Stamp(DEFAULT_CELL_HLC, DEFAULT_CELL_SITE)
@@ -642,3 +642,32 @@ def test_the_schema_benchmark_runs_and_resends_no_row(tmp_path: Path) -> None:
     figures = {name: value for name, value, _unit in bench_schema.run(300, tmp_path)}
     fed = [value for name, value in figures.items() if name.endswith("rows put in the feed")]
     assert fed == [0, 0, 0, 0]
+
+
+def test_the_cli_track_follows_a_changed_table_and_refuses_a_rekeyed_one(tmp_path: Path) -> None:
+    """`syncmesh track` of a tracked table after DDL, as a user runs it (it refused before)."""
+    path = tmp_path / "app.db"
+    sqlite3_shell(path, ITEMS + "; INSERT INTO items VALUES ('a', 'apple', 1);")
+    assert run_cli("init", str(path)).returncode == 0
+    assert run_cli("track", str(path), "items").returncode == 0
+    sqlite3_shell(
+        path,
+        "ALTER TABLE items ADD COLUMN note TEXT; INSERT INTO items VALUES ('b', 'bean', 2, 'new');",
+    )
+    result = run_cli("track", str(path), "items")
+    assert result.returncode == 0, result.stderr
+    opened = SqliteStore.open(path)
+    try:
+        assert opened.specs()[0].columns == ("id", "name", "qty", "note")
+        assert rows(opened)[("b",)].state.cells["note"].value == "new"
+    finally:
+        opened.close()
+    sqlite3_shell(
+        path,
+        "CREATE TABLE n (id TEXT, name TEXT, qty INTEGER, note TEXT, PRIMARY KEY (id, name));"
+        " INSERT INTO n SELECT * FROM items; DROP TABLE items; ALTER TABLE n RENAME TO items;",
+    )
+    refused = run_cli("track", str(path), "items")
+    assert refused.returncode == 1
+    assert "primary key changed" in refused.stderr
+    assert "syncmesh untrack" in refused.stderr
