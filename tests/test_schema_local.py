@@ -671,3 +671,26 @@ def test_the_cli_track_follows_a_changed_table_and_refuses_a_rekeyed_one(tmp_pat
     assert refused.returncode == 1
     assert "primary key changed" in refused.stderr
     assert "syncmesh untrack" in refused.stderr
+
+
+def test_a_row_held_whole_but_for_default_cells_is_not_sent_back(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
+    """The default stamp counts as held by everyone: a relay does not echo rows back.
+
+    After ADD COLUMN every row has a default-stamped cell, which no vector
+    names; without this, every row the peer applied from us would be sent
+    back to us, all of it already held.
+    """
+    synced_equal(store, peer)
+    for each in (store, peer):
+        shell(each, "ALTER TABLE items ADD COLUMN note TEXT")
+        each.reconcile_schema()
+    synced_equal(store, peer)
+    store.connection.execute("UPDATE items SET qty = 5 WHERE id = 'a'")
+    store.capture()
+    exchange_all(store, peer)  # the peer applied it: a new seq in its feed
+    cursor = store.peer_cursor(peer.site_id)
+    assert cursor is not None
+    batch = peer.read_batch(cursor.cursor, store.vector(), 1_000)
+    assert batch.rows == []  # we hold every stamp of it, the default one included

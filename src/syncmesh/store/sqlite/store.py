@@ -41,6 +41,7 @@ from syncmesh.store.sqlite import (
     verify,
 )
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE
 from syncmesh.store.sqlite.introspect import fingerprint, table_problems
 from syncmesh.store.sqlite.notifier import SqliteChangeNotifier
 from syncmesh.store.summary import TableSummary
@@ -238,7 +239,10 @@ class SqliteStore:
         The batch carries our vector only if it reaches our head.
         """
         self._follow_ddl()
-        return feed.read_batch(self.context, from_seq, receiver_vector, rows_max)
+        # Every node holds the default cells of the columns it has (the same
+        # stamp everywhere): a row the receiver holds but for those is not sent.
+        held = {**receiver_vector, DEFAULT_CELL_SITE: DEFAULT_CELL_HLC}
+        return feed.read_batch(self.context, from_seq, held, rows_max)
 
     def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
         """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`.
