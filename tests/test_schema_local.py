@@ -694,3 +694,14 @@ def test_a_row_held_whole_but_for_default_cells_is_not_sent_back(
     assert cursor is not None
     batch = peer.read_batch(cursor.cursor, store.vector(), 1_000)
     assert batch.rows == []  # we hold every stamp of it, the default one included
+
+
+def test_status_reads_while_a_renamed_table_is_not_followed_yet(store: SqliteStore) -> None:
+    """Regression: status counted rows of the table under its old name, and failed."""
+    shell(store, "ALTER TABLE items RENAME TO goods")
+    status = store.status()
+    assert status.tables == {"items": -1}
+    [problem] = status.schema_problems
+    assert "table 'items' renamed to 'goods'" in problem
+    store.reconcile_schema()
+    assert store.status().tables == {"goods": 2}
