@@ -705,3 +705,26 @@ def test_status_reads_while_a_renamed_table_is_not_followed_yet(store: SqliteSto
     assert "table 'items' renamed to 'goods'" in problem
     store.reconcile_schema()
     assert store.status().tables == {"goods": 2}
+
+
+def test_a_table_renamed_over_a_dropped_tracked_one_waits_for_its_untrack(
+    store: SqliteStore,
+) -> None:
+    """DROP TABLE u; ALTER TABLE t RENAME TO u, with both tracked: nothing is mixed up.
+
+    The old `u` is gone (its rows are not taken for t's), t's rename waits
+    until the old u is untracked, and every other table keeps syncing.
+    """
+    store.connection.execute("CREATE TABLE goods (id TEXT PRIMARY KEY, label TEXT)")
+    store.connection.execute("INSERT INTO goods VALUES ('g', 'old goods row')")
+    store.track(["goods"])
+    shell(store, "DROP TABLE goods; ALTER TABLE items RENAME TO goods")
+    lines = store.reconcile_schema()
+    assert any("'goods' is tracked but no longer exists" in line for line in lines)
+    assert any("renamed to 'goods', the name of another tracked table" in line for line in lines)
+    assert store.specs() == []
+    store.untrack(["goods"])
+    assert store.reconcile_schema() == ["table 'items' renamed to 'goods'"]
+    [spec] = store.specs()
+    assert (spec.name, spec.columns) == ("goods", ("id", "name", "qty"))
+    assert set(rows(store)) == {("a",), ("b",)}  # items' rows, not the old goods'

@@ -146,7 +146,23 @@ def current_name(connection: sqlite3.Connection, layout: TableLayout) -> str | N
     row = connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (layout.name,)
     ).fetchone()
-    return None if row is None else layout.name
+    if row is None:
+        return None
+    # A table of this name that carries another tracked table's insert trigger is
+    # that table, renamed over this one's name (DROP TABLE u; ALTER TABLE t RENAME
+    # TO u): this one is gone.
+    others = connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?"
+        " AND name LIKE '\\_syncmesh\\_insert\\_%' ESCAPE '\\'",
+        (layout.name,),
+    ).fetchone()
+    return None if others is not None else layout.name
+
+
+def tracked_elsewhere(connection: sqlite3.Connection, name: str) -> bool:
+    """Whether `name` is the name of a tracked table (its bookkeeping row exists)."""
+    row = connection.execute("SELECT 1 FROM _syncmesh_tables WHERE name = ?", (name,)).fetchone()
+    return row is not None
 
 
 def plan_table(connection: sqlite3.Connection, layout: TableLayout) -> TablePlan:
@@ -175,6 +191,13 @@ def plan_table(connection: sqlite3.Connection, layout: TableLayout) -> TablePlan
         )
         return plan
     plan.spec = spec
+    if now != name and tracked_elsewhere(connection, now):
+        plan.problem = (
+            f"table {name!r} was renamed to {now!r}, the name of another tracked table"
+            f" that is gone; `syncmesh untrack DB {now}` (the old one), then the rename"
+            " is followed"
+        )
+        return plan
     plan.triggers = dict(connection.execute(EXISTING_TRIGGERS_SQL, (now,)).fetchall())
     plan.triggers_lost = any(
         trigger_name(name, kind) not in plan.triggers for kind in ESSENTIAL_TRIGGER_KINDS

@@ -19,6 +19,8 @@ from syncmesh.store.base import TrackProgress
 from syncmesh.store.sqlite import reconcile, vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
+    ESSENTIAL_TRIGGER_KINDS,
+    LEGACY_UPDATE_TRIGGER_KIND,
     capture_triggers,
     drop_trigger_sql,
     log_ddl,
@@ -26,6 +28,8 @@ from syncmesh.store.sqlite.ddl import (
     quote_identifier,
     shadow_ddl,
     shadow_name,
+    trigger_name,
+    update_trigger_kind,
 )
 from syncmesh.store.sqlite.introspect import (
     apply_warnings,
@@ -143,9 +147,17 @@ def untrack(ctx: StoreContext, names: list[str]) -> None:
     with ctx.transaction():
         for name in names:
             layout = known[name]
-            now = reconcile.current_name(connection, layout) or name
-            for trigger in reconcile.existing_triggers(connection, now):
-                connection.execute(drop_trigger_sql(trigger))
+            # By name, wherever they are: a table renamed over this one's name
+            # carries its own triggers, which stay.
+            kinds = [
+                *ESSENTIAL_TRIGGER_KINDS,
+                LEGACY_UPDATE_TRIGGER_KIND,
+                "replace_insert",
+                "replace_update",
+                *(update_trigger_kind(slot) for slot in range(layout.next_slot)),
+            ]
+            for kind in kinds:
+                connection.execute(drop_trigger_sql(trigger_name(name, kind)))
             for table in (shadow_name(name), log_name(name)):
                 connection.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
             connection.execute("DELETE FROM _syncmesh_tables WHERE name = ?", (name,))
