@@ -728,3 +728,74 @@ def test_a_table_renamed_over_a_dropped_tracked_one_waits_for_its_untrack(
     [spec] = store.specs()
     assert (spec.name, spec.columns) == ("goods", ("id", "name", "qty"))
     assert set(rows(store)) == {("a",), ("b",)}  # items' rows, not the old goods'
+
+
+def test_two_stores_stay_equal_through_a_sequence_of_every_kind_of_ddl(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
+    """Each change runs at both stores (the second while the first writes), then they sync."""
+    synced_equal(store, peer)
+    steps = [
+        ("ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'n'", "items", "note"),
+        ("ALTER TABLE items RENAME COLUMN name TO title", "items", "title"),
+        ("ALTER TABLE items DROP COLUMN qty", "items", "note"),
+        (
+            "CREATE TABLE new__items (id TEXT PRIMARY KEY, title TEXT, note TEXT DEFAULT 'n',"
+            " size INTEGER DEFAULT 0); INSERT INTO new__items (id, title, note)"
+            " SELECT id, title, note FROM items; DROP TABLE items;"
+            " ALTER TABLE new__items RENAME TO items;",
+            "items",
+            "size",
+        ),
+        ("ALTER TABLE items RENAME TO goods", "goods", "title"),
+        ("CREATE UNIQUE INDEX goods_title ON goods (title)", "goods", "note"),
+    ]
+    for index, (ddl, table, column) in enumerate(steps):
+        shell(store, ddl)
+        store.connection.execute(f"INSERT INTO {table} (id) VALUES ('s{index}')")
+        store.connection.execute(f"UPDATE {table} SET {column} = 'v{index}' WHERE id = 'a'")
+        shell(peer, ddl)
+        peer.connection.execute(f"UPDATE {table} SET {column} = 'p{index}' WHERE id = 'b'")
+        for each in (store, peer):
+            each.reconcile_schema()
+        synced_equal(store, peer, table)
+    assert peer.connection.execute("SELECT count(*) FROM goods").fetchone() == (8,)
+
+
+def test_a_file_from_before_slots_reads_slot_i_for_column_i(tmp_path: Path) -> None:
+    """`_syncmesh_tables.spec` without slots (files from before ADR 0013): nothing rewritten."""
+    path = tmp_path / "old.db"
+    store = _open(path)
+    store.connection.execute(
+        "UPDATE _syncmesh_tables SET spec = ? WHERE name = 'items'",
+        ('{"columns": ["id", "name", "qty"], "types": ["TEXT", "TEXT", "INTEGER"], "pk": ["id"]}',),
+    )
+    before = rows(store)
+    store.close()
+    store = SqliteStore.open(path)
+    try:
+        layout = store.context.tables["items"].layout
+        assert (layout.slots, layout.born, layout.dropped, layout.next_slot) == (
+            (0, 1),
+            (0, 0),
+            (),
+            2,
+        )
+        assert rows(store) == before
+        store.connection.execute("UPDATE items SET qty = 9 WHERE id = 'a'")
+        store.capture()
+        assert rows(store)[("a",)].state.cells["qty"].value == 9
+    finally:
+        store.close()
+
+
+def test_writes_logged_before_a_drop_keep_their_stamps(store: SqliteStore) -> None:
+    """The pending log is captured with the old definition first (ADR 0013)."""
+    head = store.head_seq()
+    store.connection.execute("UPDATE items SET name = 'apricot', qty = 3 WHERE id = 'a'")
+    shell(store, "ALTER TABLE items DROP COLUMN qty")  # before any capture
+    store.reconcile_schema()
+    changed = rows(store, head)
+    assert set(changed) == {("a",)}
+    assert changed[("a",)].state.cells["name"].value == "apricot"
+    assert changed[("a",)].state.cells["name"].stamp > stamp(store, "b", "name")
