@@ -799,3 +799,21 @@ def test_writes_logged_before_a_drop_keep_their_stamps(store: SqliteStore) -> No
     assert set(changed) == {("a",)}
     assert changed[("a",)].state.cells["name"].value == "apricot"
     assert changed[("a",)].state.cells["name"].stamp > stamp(store, "b", "name")
+
+
+def test_track_of_a_renamed_table_under_its_new_name_follows_the_rename(
+    store: SqliteStore,
+) -> None:
+    """Regression: `track goods` after RENAME TABLE items TO goods tracked it a second time."""
+    before = rows(store)
+    shell(store, "ALTER TABLE items RENAME TO goods")
+    store.track(["goods"])
+    [spec] = store.specs()
+    assert (spec.name, spec.former_names) == ("goods", ("items",))
+    # The same shadow state, no second backfill.
+    assert {pk: change.state for pk, change in rows(store).items()} == {
+        pk: change.state for pk, change in before.items()
+    }
+    assert len(triggers(store, "goods")) == 5  # one set of capture triggers
+    store.connection.execute("INSERT INTO goods VALUES ('c', 'corn', 3)")
+    assert store.capture() == 1

@@ -84,9 +84,8 @@ def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = 
     """`SqliteStore.track`: see there."""
     ctx.require_init()
     warnings: list[str] = []
-    tracked = {*ctx.tables, *ctx.unsynced}
     try:
-        _track_in_transaction(ctx, names, tracked, warnings, progress)
+        _track_in_transaction(ctx, names, warnings, progress)
     finally:
         ctx.load()  # what the file holds now, committed or rolled back
     ctx.reconciled_version = -1  # the next reconcile looks again
@@ -94,21 +93,19 @@ def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = 
 
 
 def _track_in_transaction(
-    ctx: StoreContext,
-    names: list[str],
-    tracked: set[str],
-    warnings: list[str],
-    progress: TrackProgress | None,
+    ctx: StoreContext, names: list[str], warnings: list[str], progress: TrackProgress | None
 ) -> None:
     with ctx.transaction():
-        if tracked & set(names):
-            # Tracking a tracked table again brings it in line with its DDL.
+        if ctx.tables or ctx.unsynced:
+            # DDL first: a tracked table again is brought in line with it, and a
+            # renamed one is tracked under its new name (not tracked twice).
             reconcile.reconcile_in_transaction(ctx)
-            for name in names:
-                layout = ctx.unsynced.get(name)
-                if layout is not None:
-                    problem = reconcile.plan_table(ctx.connection, layout).problem
-                    raise SchemaError(problem or f"table {name!r} cannot be synced")
+        for name in names:
+            layout = ctx.unsynced.get(name)
+            if layout is not None:
+                problem = reconcile.plan_table(ctx.connection, layout).problem
+                raise SchemaError(problem or f"table {name!r} cannot be synced")
+        tracked = {*ctx.tables, *ctx.unsynced}
         gained = False
         for name in names:
             if name in tracked:
