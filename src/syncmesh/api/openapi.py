@@ -145,6 +145,12 @@ _STATUS = {
                 "path": {"type": "string"},
                 "schema_problems": {"type": "array", "items": {"type": "string"}},
                 "row_problems": {"type": "array", "items": {"type": "string"}},
+                "warnings": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "risks of tracked tables that need the operator, with the"
+                    " fix (keys SQLite allocates per site: docs/keys.md); not a health reason",
+                },
                 "conflicts": {
                     "type": "object",
                     "description": "per tracked table: conflicts recorded here, ever",

@@ -68,6 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api", "token_file", str, ""),
     Setting("api", "require_token", bool, False),
     Setting("tables", "track", list, []),
+    Setting("tables", "allow_integer_keys", list, []),
     Setting("peers", "urls", list, []),
     Setting("peers", "heartbeat_s", float, 5.0, minimum=0.1),
     Setting("peers", "handshake_timeout_s", float, 10.0, minimum=0.1),
@@ -285,6 +286,7 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         api_listen_port=api_port,
         health_peer_down_s_max=values["health.peer_down_s_max"],
         health_quarantine_window_s=values["health.quarantine_window_s"],
+        allow_integer_keys=frozenset(values["tables.allow_integer_keys"]),
     )
     config.check_exposure()
     return config
@@ -350,7 +352,8 @@ def tracked_table_problems(values: Mapping[str, Any]) -> list[str]:
             f"tables.track: the database {database} does not exist, so its tables cannot be"
             f" checked (`syncmesh init {database}` creates it)"
         ]
-    return [f"tables.track: {problem}" for problem in table_problems(database, tables)]
+    allowed = values["tables.allow_integer_keys"]
+    return [f"tables.track: {problem}" for problem in table_problems(database, tables, allowed)]
 
 
 def file_permission_warnings(values: Mapping[str, Any], config_path: Path | None) -> list[str]:

@@ -126,6 +126,7 @@ def print_live_status(status: dict[str, Any]) -> None:
         ("quarantined", f"{store['quarantined_rows']} rows"),
         ("conflicts", f"{sum(store.get('conflicts', {}).values())} recorded (GET /v1/conflicts)"),
         *(("problem", problem) for problem in store["schema_problems"]),
+        *(("warning", warning) for warning in store.get("warnings", [])),
     ]
     console.print(_facts(facts))
     console.print()
@@ -220,6 +221,7 @@ def print_file_status(report: StoreStatus) -> None:
         ("quarantined", f"{report.quarantined_rows} rows"),
         ("conflicts", f"{sum(report.conflicts.values())} recorded (syncmesh conflicts)"),
         *(("problem", problem) for problem in report.schema_problems),
+        *(("warning", warning) for warning in report.warnings),
     ]
     console.print(_facts(facts))
     console.print()

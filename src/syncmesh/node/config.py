@@ -101,6 +101,10 @@ class NodeConfig:
     # longer than this is a reason; quarantine that grew this recently is one.
     health_peer_down_s_max: float = 60.0
     health_quarantine_window_s: float = 60.0
+    # Tables whose keys SQLite allocates per site that the operator says
+    # cannot collide (one writer, per-site ranges): `track` takes them
+    # (`[tables] allow_integer_keys`, docs/keys.md).
+    allow_integer_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0

@@ -9,6 +9,7 @@ only the `syncmesh.store.base.Store` protocol.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.clock import HybridClock
@@ -30,9 +31,11 @@ def open_store(
     return SqliteStore.open(path, clock=clock, conflict_ledger_rows_max=conflict_ledger_rows_max)
 
 
-def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+def table_problems(
+    path: str | Path, tables: list[str], allow_integer_keys: Collection[str] = ()
+) -> list[str]:
     """Why `tables` of the store at `path` could not be tracked (missing, no key), read-only.
 
     For `syncmesh config check`: it must not change, or even create, the file.
     """
-    return SqliteStore.table_problems(path, tables)
+    return SqliteStore.table_problems(path, tables, allow_integer_keys)

@@ -53,6 +53,10 @@ class StoreStatus:
     # Rows the feed held back this run because it could not read them
     # faithfully (table, key and reason in words; issue 12).
     row_problems: list[str] = field(default_factory=list)
+    # Risks of tracked tables that do not stop syncing but need the
+    # operator, with the fix: keys SQLite allocates per site, on a table
+    # tracked before `track` refused them (docs/keys.md, "Integer keys").
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

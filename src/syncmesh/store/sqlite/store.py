@@ -20,6 +20,7 @@ Not thread-safe: the node calls the store from a single worker thread.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.clock import HybridClock, SystemClock
@@ -88,9 +89,11 @@ class SqliteStore:
         return cls(ctx)
 
     @staticmethod
-    def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+    def table_problems(
+        path: str | Path, tables: list[str], allow_integer_keys: Collection[str] = ()
+    ) -> list[str]:
         """Read-only: why `tables` of the file could not be tracked (`config check`)."""
-        return table_problems(path, tables)
+        return table_problems(path, tables, allow_integer_keys)
 
     def close(self) -> None:
         self.context.connection.close()
@@ -163,15 +166,23 @@ class SqliteStore:
         """
         return tracking.schema_problems(self.context)
 
-    def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+    def track(
+        self,
+        names: list[str],
+        progress: TrackProgress | None = None,
+        *,
+        allow_integer_keys: Collection[str] = (),
+    ) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
 
         Idempotent for a table tracked with the same definition.  Refuses
         (SchemaError) a table without a primary key, or whose definition
-        changed since it was tracked.  `progress(table, rows_done,
+        changed since it was tracked, or whose keys SQLite allocates (an
+        INTEGER PRIMARY KEY) unless it is in `allow_integer_keys`; the opt-in
+        is kept with the table (docs/keys.md).  `progress(table, rows_done,
         rows_total)` is called as existing rows join the feed.
         """
-        return tracking.track(self.context, names, progress)
+        return tracking.track(self.context, names, progress, allow_integer_keys=allow_integer_keys)
 
     # -- capture and the change feed --------------------------------------------
 
