@@ -19,7 +19,7 @@ import pytest
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import SchemaError
-from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite import SqliteStore, integer_keys
 from syncmesh.store.sqlite.integer_keys import SPEC_FIELD
 from tests.helpers import ManualClock, exchange_all
 
@@ -186,6 +186,16 @@ def test_a_table_tracked_before_the_refusal_keeps_syncing_and_is_reported(
     assert store.status().warnings == []
     store.close()
     assert open_store(path).status().warnings == []
+
+
+def test_a_dropped_table_with_an_int_key_is_not_called_an_integer_primary_key(
+    tmp_path: Path,
+) -> None:
+    # Its stored spec says INT: without the table, SQLite has no "pk" index to show.
+    store = make_file(tmp_path / "app.db", NOT_ALLOCATED["int"])
+    store.track(["t"])
+    store.connection.execute("DROP TABLE t")
+    assert integer_keys.warnings(store.context) == []
 
 
 def test_why_two_sites_inserting_id_1_lose_a_row_and_move_its_children(tmp_path: Path) -> None:

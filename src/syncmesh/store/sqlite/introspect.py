@@ -182,15 +182,17 @@ def allocated_key(connection: sqlite3.Connection, spec: TableSpec) -> str | None
     column = _integer_key_column(spec)
     if column is None:
         return None
+    row = connection.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (spec.name,)
+    ).fetchone()
+    if row is None:  # gone (a tracked table dropped): nothing to allocate
+        return None
     origins = [
         entry[3]
         for entry in connection.execute(f"PRAGMA index_list({quote_identifier(spec.name)})")
     ]
     if "pk" not in origins:
-        row = connection.execute(
-            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (spec.name,)
-        ).fetchone()
-        autoincrement = row is not None and _AUTOINCREMENT.search(str(row[0] or ""))
+        autoincrement = _AUTOINCREMENT.search(str(row[0] or ""))
         return "an INTEGER PRIMARY KEY AUTOINCREMENT" if autoincrement else "an INTEGER PRIMARY KEY"
     for _cid, name, _type, _notnull, default, _pk in connection.execute(
         f"PRAGMA table_info({quote_identifier(spec.name)})"
