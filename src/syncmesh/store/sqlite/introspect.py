@@ -192,22 +192,29 @@ def allocated_key(connection: sqlite3.Connection, spec: TableSpec) -> str | None
         for entry in connection.execute(f"PRAGMA index_list({quote_identifier(spec.name)})")
     ]
     if "pk" not in origins:
-        autoincrement = _AUTOINCREMENT.search(str(row[0] or ""))
-        return "an INTEGER PRIMARY KEY AUTOINCREMENT" if autoincrement else "an INTEGER PRIMARY KEY"
+        kind = (
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+            if _AUTOINCREMENT.search(str(row[0] or ""))
+            else "INTEGER PRIMARY KEY"
+        )
+        return (
+            f"an {kind}, which SQLite allocates at each site on its own (the largest id plus one)"
+        )
     for _cid, name, _type, _notnull, default, _pk in connection.execute(
         f"PRAGMA table_info({quote_identifier(spec.name)})"
     ):
         if name == column and default is not None and not _RANDOM_CALL.search(str(default)):
-            return f"an integer key with DEFAULT {default}"
+            return (
+                f"an integer key with DEFAULT {default}, which gives the same values at every site"
+            )
     return None
 
 
 def _allocated_key_risk(spec: TableSpec, how: str) -> str:
     return (
-        f"table {spec.name!r}: its primary key {spec.pk[0]!r} is {how}, which SQLite"
-        " allocates at each site on its own (the next number), so two sites that insert"
-        " while apart pick the same id, and syncmesh merges their unrelated rows into one"
-        " and re-attaches child rows to the wrong parent."
+        f"table {spec.name!r}: its primary key {spec.pk[0]!r} is {how}, so two sites that"
+        " insert while apart pick the same id, and syncmesh merges their unrelated rows"
+        " into one and re-attaches child rows to the wrong parent."
     )
 
 
