@@ -26,6 +26,7 @@ from syncmesh.clock import HybridClock
 from syncmesh.errors import NotInitialized, StoreError
 from syncmesh.model import TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT
+from syncmesh.store.records import OrphanPolicy
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import Summaries
@@ -72,6 +73,12 @@ class StoreContext:
     # Cleared for a row when it reads right again.
     row_problems: dict[tuple[str, str], str] = field(default_factory=dict)
     rows_captured_uncommitted: int = 0
+    # What to do with a row whose foreign key names a deleted parent (orphans.py).
+    orphan_policy: OrphanPolicy = field(default_factory=OrphanPolicy)
+    # True once this run looked for orphans in whole tables (the first capture).
+    orphans_scanned: bool = False
+    # Orphans the policy could not resolve, by (table, key): the reason.
+    orphan_problems: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @contextmanager
     def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:

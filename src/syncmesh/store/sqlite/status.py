@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from syncmesh.store.records import StoreStatus
-from syncmesh.store.sqlite import conflicts, peers, tracking
+from syncmesh.store.sqlite import conflicts, orphans, peers, tracking
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.introspect import fingerprint
 
@@ -37,5 +37,10 @@ def status(ctx: StoreContext) -> StoreStatus:
             [
                 f"table {table!r}, key ({key}): {reason}"
                 for (table, key), reason in sorted(ctx.row_problems.items())
+            ],
+            orphans.orphan_counts(ctx),
+            [
+                f"table {table!r}, key {key}: {reason}" if key else reason
+                for (table, key), reason in sorted(ctx.orphan_problems.items())
             ],
         )
