@@ -404,3 +404,53 @@ def test_the_engine_connection_still_does_not_enforce_foreign_keys(
             app.execute("INSERT INTO books VALUES ('b9', 'nobody', 'x')")
     finally:
         app.close()
+
+
+# -- configuration ----------------------------------------------------------------
+
+
+def test_tables_orphans_in_the_config_file_reaches_the_node_config(tmp_path: Path) -> None:
+    from syncmesh.cli.config import load_settings, node_config, render
+
+    path = tmp_path / "syncmesh.toml"
+    path.write_text(
+        '[node]\ndatabase = "app.db"\n\n[tables]\ntrack = ["books"]\n\n'
+        '[tables.orphans]\ndefault = "keep"\nbooks = "cascade"\npages = "set-null"\n',
+        encoding="utf-8",
+    )
+    values = load_settings(path, environ={})
+    policy = node_config(values).orphan_policy
+    assert policy == OrphanPolicy(default="keep", tables={"books": "cascade", "pages": "set-null"})
+    assert policy.for_table("books") == "cascade"
+    assert policy.for_table("authors") == "keep"
+    rendered = render(values)
+    assert '[tables.orphans]\ndefault = "keep"\nbooks = "cascade"\npages = "set-null"' in rendered
+
+
+def test_the_default_orphan_policy_follows_the_declared_action(tmp_path: Path) -> None:
+    from syncmesh.cli.config import load_settings, node_config
+
+    path = tmp_path / "syncmesh.toml"
+    path.write_text('[node]\ndatabase = "app.db"\n', encoding="utf-8")
+    assert node_config(load_settings(path, environ={})).orphan_policy == OrphanPolicy("declared")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[tables.orphans]\nbooks = "delete"\n', "tables.orphans.books"),
+        ('[tables]\norphans = "cascade"\n', "tables.orphans"),
+    ],
+)
+def test_a_bad_orphan_policy_is_refused_naming_the_key(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    from syncmesh.cli.config import load_settings
+    from syncmesh.errors import ConfigError
+
+    path = tmp_path / "syncmesh.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert named in str(raised.value)
+    assert "cascade" in str(raised.value)
