@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import NotInitialized, StoreError
@@ -79,6 +80,10 @@ class StoreContext:
     orphans_scanned: bool = False
     # Orphans the policy could not resolve, by (table, key): the reason.
     orphan_problems: dict[tuple[str, str], str] = field(default_factory=dict)
+    # orphans.py's caches: the foreign keys it handles, and the counts of
+    # status, each with the file's versions it was worked out at.
+    orphan_keys: tuple[tuple[int, ...], list[Any]] | None = None
+    orphan_counts: tuple[tuple[int, ...], dict[str, int]] | None = None
 
     @contextmanager
     def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:

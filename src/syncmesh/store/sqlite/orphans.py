@@ -58,7 +58,7 @@ from syncmesh.store.sqlite import capture
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import quote_identifier
 from syncmesh.store.sqlite.execute import execute_checked, execute_one
-from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.sqlite.table import KEYS_PER_QUERY, TableSql
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class ForeignKey:
     blocked: str | None
     # Orphans of this key: the child's key, its reference stamps, the parent's delete stamp.
     select: str
-    by_child: str  # ... among children with this key
-    by_parent: str  # ... among children of this parent key
+    child_match: str  # "(c.k1, ...)": the child's key, to match IN (VALUES ...)
+    parent_match: str  # "(c.f1, ...)": its reference, in the parent key's order
     resolve: str  # the DELETE or UPDATE of one child, by its key
 
 
@@ -152,8 +152,22 @@ def foreign_keys(ctx: StoreContext) -> list[ForeignKey]:
 
     A key that references a table not tracked here, or other columns than
     the parent's primary key, cannot be judged by its shadow rows: its
-    orphans are only counted (`orphan_counts`).
+    orphans are only counted (`orphan_counts`).  Worked out again when the
+    schema or the tracked tables change (the capture calls this each time).
     """
+    version = (_schema_version(ctx), id(ctx.tables), ctx.tables_version, id(ctx.orphan_policy))
+    if ctx.orphan_keys is not None and ctx.orphan_keys[0] == version:
+        return list(ctx.orphan_keys[1])
+    keys = _foreign_keys(ctx)
+    ctx.orphan_keys = (version, keys)
+    return list(keys)
+
+
+def _schema_version(ctx: StoreContext) -> int:
+    return int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def _foreign_keys(ctx: StoreContext) -> list[ForeignKey]:
     keys = []
     for child in ctx.tables.values():
         for declared in declared_keys(ctx.connection, child.spec.name):
@@ -197,8 +211,8 @@ def _foreign_key(
         )
         + ")"
     )
-    by_child = select + "".join(f" AND c.{column} = ?" for column in child_keys)
-    by_parent = select + "".join(f" AND c.{column} = ?" for column in quoted)
+    child_match = "(" + ", ".join(f"c.{column}" for column in child_keys) + ")"
+    parent_match = "(" + ", ".join(f"c.{column}" for column in quoted) + ")"
     where_key = " AND ".join(f"{column} = ?" for column in child_keys)
     blocked = None
     if policy == SET_NULL:
@@ -216,7 +230,9 @@ def _foreign_key(
         )
     else:
         resolve = f"DELETE FROM {child.table} WHERE {where_key}"
-    return ForeignKey(child, parent, columns, policy, blocked, select, by_child, by_parent, resolve)
+    return ForeignKey(
+        child, parent, columns, policy, blocked, select, child_match, parent_match, resolve
+    )
 
 
 def _not_null_columns(connection: sqlite3.Connection, table: str) -> set[str]:
@@ -353,10 +369,8 @@ def _orphans(
         if everything:
             rows.extend(connection.execute(key.select))
         else:
-            for child_key in written.get(key.child.spec.name, ()):
-                rows.extend(execute_one(connection, key.by_child, child_key))
-            for parent_key in gone.get(key.parent.spec.name, ()):
-                rows.extend(execute_one(connection, key.by_parent, parent_key))
+            rows.extend(_matching(connection, key, key.child_match, written, key.child))
+            rows.extend(_matching(connection, key, key.parent_match, gone, key.parent))
         children: dict[Key, None] = {}
         count = key.child.key_count
         for row in rows:
@@ -380,6 +394,24 @@ def _orphans(
             continue
         found.append((key, list(children)))
     return found
+
+
+def _matching(
+    connection: sqlite3.Connection,
+    key: ForeignKey,
+    match: str,
+    candidates: Keys,
+    table: TableSql,
+) -> Iterable[Iterable[SqlValue]]:
+    """The orphans of `key` whose `match` columns hold one of `table`'s candidate keys."""
+    wanted = list(candidates.get(table.spec.name, ()))
+    width = table.key_count
+    step = KEYS_PER_QUERY // max(1, width)
+    marks = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(wanted), step):
+        chunk = wanted[start : start + step]
+        sql = f"{key.select} AND {match} IN (VALUES {', '.join([marks] * len(chunk))})"
+        yield from execute_one(connection, sql, [value for each in chunk for value in each])
 
 
 def _act(ctx: StoreContext, key: ForeignKey, children: list[Key], done: Resolved) -> list[Key]:
@@ -446,8 +478,24 @@ def orphan_counts(ctx: StoreContext) -> dict[str, int]:
 
     What `PRAGMA foreign_key_check` would report (and Django's `migrate`
     refuse), for every foreign key of a tracked table, whatever its parent.
-    One scan of each table that declares a foreign key.
+    One scan of each table that declares a foreign key, again only when the
+    file changed (another connection's commit, our head, the schema).
     """
+    version = (
+        int(ctx.connection.execute("PRAGMA data_version").fetchone()[0]),
+        ctx.head(),
+        _schema_version(ctx),
+        id(ctx.tables),
+        ctx.tables_version,
+    )
+    if ctx.orphan_counts is not None and ctx.orphan_counts[0] == version:
+        return dict(ctx.orphan_counts[1])
+    counts = _counts(ctx)
+    ctx.orphan_counts = (version, counts)
+    return dict(counts)
+
+
+def _counts(ctx: StoreContext) -> dict[str, int]:
     counts: dict[str, int] = {}
     connection = ctx.connection
     for child in ctx.tables.values():
