@@ -454,3 +454,34 @@ def test_a_bad_orphan_policy_is_refused_naming_the_key(
         load_settings(path, environ={})
     assert named in str(raised.value)
     assert "cascade" in str(raised.value)
+
+
+def test_rows_merged_by_repair_or_a_quarantine_retry_are_resolved_too(
+    make_store: MakeStore,
+) -> None:
+    """Rows reach the tables by repair (syncmesh repair) and by retry, not only by batches."""
+    a = make_store("a")
+    b = make_store("b")
+    write(a, "INSERT INTO authors VALUES ('a1', 'Ann')")
+    exchange_all(a, b)
+    write(a, "DELETE FROM authors WHERE id = 'a1'")
+    write(b, "INSERT INTO books VALUES ('b1', 'a1', 'by repair')")
+    a.merge_repair_rows(b.site_id, b.rows_of("books", [("b1",)]))
+    assert book(a, "b1") is None
+    assert foreign_key_check(a) == []
+
+    # A child quarantined by a constraint, retried once the constraint allows it.
+    a.connection.execute("CREATE UNIQUE INDEX books_title ON books (title)")
+    write(a, "INSERT INTO authors VALUES ('a2', 'Bob')")
+    write(a, "INSERT INTO books VALUES ('b2', 'a2', 'taken')")
+    exchange_all(a, b)
+    write(b, "INSERT INTO books VALUES ('b3', 'a2', 'same')")
+    write(a, "INSERT INTO books VALUES ('b4', 'a2', 'same')")
+    exchange_all(b, a)
+    assert [entry["table"] for entry in a.quarantine()] == ["books"]  # b3: UNIQUE title
+    write(a, "DELETE FROM books WHERE id = 'b4'")
+    write(a, "DELETE FROM authors WHERE id = 'a2'")  # b2 cascades here at once
+    assert book(a, "b2") is None
+    assert a.retry_quarantine() == 1
+    assert book(a, "b3") is None  # retried into a table where its author is gone
+    assert foreign_key_check(a) == []

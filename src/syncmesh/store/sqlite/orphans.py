@@ -315,6 +315,13 @@ def resolve(ctx: StoreContext, written: Keys, gone: Keys, *, everything: bool = 
         return Resolved(failed=[message])
     connection.execute("RELEASE syncmesh_orphans")
     ctx.orphan_problems.pop(("*", ""), None)
+    if everything and done.kept:
+        log.warning(
+            "%d rows reference a deleted parent and are kept by the orphan policy:"
+            " PRAGMA foreign_key_check reports them, and Django's migrate on SQLite fails"
+            " until they are gone (syncmesh status; docs/keys.md, Foreign keys)",
+            done.kept,
+        )
     if done.written:
         log.info(
             "foreign-key orphans resolved: %d deleted, %d set to NULL", done.deleted, done.nulled
