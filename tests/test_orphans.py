@@ -485,3 +485,20 @@ def test_rows_merged_by_repair_or_a_quarantine_retry_are_resolved_too(
     assert a.retry_quarantine() == 1
     assert book(a, "b3") is None  # retried into a table where its author is gone
     assert foreign_key_check(a) == []
+
+
+def test_a_foreign_key_spelled_in_another_case_is_resolved(make_store: MakeStore) -> None:
+    """SQLite's names are case-insensitive; `REFERENCES AUTHORS (ID)` names `authors (id)`."""
+    ddl = [
+        "CREATE TABLE authors (id TEXT PRIMARY KEY, name TEXT)",
+        "CREATE TABLE books (id TEXT PRIMARY KEY, Author_Id TEXT REFERENCES AUTHORS (ID),"
+        " title TEXT)",
+        "CREATE TABLE pages (id TEXT PRIMARY KEY, book_id TEXT REFERENCES Books, n INTEGER)",
+    ]
+    a = make_store("a", ddl=ddl)
+    write(a, "INSERT INTO authors VALUES ('a1', 'Ann')")
+    write(a, "INSERT INTO books VALUES ('b1', 'a1', 'one')")
+    write(a, "INSERT INTO pages VALUES ('p1', 'b1', 1)")
+    write(a, "DELETE FROM authors WHERE id = 'a1'")
+    assert book(a, "b1") is None
+    assert a.connection.execute("SELECT count(*) FROM pages").fetchone()[0] == 0

@@ -168,18 +168,22 @@ def _schema_version(ctx: StoreContext) -> int:
 
 
 def _foreign_keys(ctx: StoreContext) -> list[ForeignKey]:
+    # SQLite's names are case-insensitive: a clause may spell them otherwise.
+    tables = {name.lower(): table for name, table in ctx.tables.items()}
     keys = []
     for child in ctx.tables.values():
+        spelled = {column.lower(): column for column in (*child.spec.pk, *child.values)}
         for declared in declared_keys(ctx.connection, child.spec.name):
-            parent = ctx.tables.get(declared.parent)
+            parent = tables.get(declared.parent.lower())
             if parent is None:
                 continue
-            pk = parent.spec.pk
-            referenced = declared.referenced or pk
+            pk = [column.lower() for column in parent.spec.pk]
+            referenced = [column.lower() for column in declared.referenced or parent.spec.pk]
             if sorted(referenced) != sorted(pk) or len(referenced) != len(declared.columns):
                 continue
-            aligned = dict(zip(referenced, declared.columns, strict=True))
-            columns = tuple(aligned[column] for column in pk)
+            # The child's columns in the order of the parent's key, spelled as the child does.
+            by_key = dict(zip(referenced, declared.columns, strict=True))
+            columns = tuple(spelled.get(by_key[key].lower(), by_key[key]) for key in pk)
             policy = policy_of(ctx.orphan_policy.for_table(child.spec.name), declared.on_delete)
             keys.append(_foreign_key(ctx.connection, child, parent, columns, policy))
     return keys
