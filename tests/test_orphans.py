@@ -502,3 +502,18 @@ def test_a_foreign_key_spelled_in_another_case_is_resolved(make_store: MakeStore
     write(a, "DELETE FROM authors WHERE id = 'a1'")
     assert book(a, "b1") is None
     assert a.connection.execute("SELECT count(*) FROM pages").fetchone()[0] == 0
+
+
+def test_an_orphan_problem_fixed_by_hand_leaves_the_status(make_store: MakeStore) -> None:
+    policy = OrphanPolicy(tables={"books": "set-null"})
+    ddl = schema(book_author_not_null=True)
+    a = make_store("a", policy=policy, ddl=ddl)
+    write(a, "INSERT INTO authors VALUES ('a1', 'Ann'), ('a2', 'Bob')")
+    write(a, "INSERT INTO books VALUES ('b1', 'a1', 'one'), ('b2', 'a1', 'two')")
+    write(a, "DELETE FROM authors WHERE id = 'a1'")
+    assert len(a.status().orphan_problems) == 2
+    write(a, "UPDATE books SET author_id = 'a2' WHERE id = 'b1'")  # given another parent
+    write(a, "DELETE FROM books WHERE id = 'b2'")
+    status = a.status()
+    assert status.orphan_problems == []
+    assert status.orphans == {}

@@ -79,7 +79,7 @@ class StoreContext:
     # True once this run looked for orphans in whole tables (the first capture).
     orphans_scanned: bool = False
     # Orphans the policy could not resolve, by (table, key): the reason.
-    orphan_problems: dict[tuple[str, str], str] = field(default_factory=dict)
+    orphan_problems: dict[tuple[str, tuple[Any, ...]], str] = field(default_factory=dict)
     # orphans.py's caches: the foreign keys it handles, and the counts of
     # status, each with the file's versions it was worked out at.
     orphan_keys: tuple[tuple[int, ...], list[Any]] | None = None

@@ -68,6 +68,7 @@ Key = tuple[SqlValue, ...]
 Keys = dict[str, set[Key]]
 
 CASCADE, SET_NULL, KEEP, DECLARED = "cascade", "set-null", "keep", "declared"
+SEARCH = "*"  # the table of a problem of the whole search (orphan_problems)
 # Rounds of cascading deletes at most (a chain this deep is resolved further
 # at the next capture): a bound, so that no data makes the loop endless.
 CASCADE_ROUNDS_MAX = 1000
@@ -315,10 +316,10 @@ def resolve(ctx: StoreContext, written: Keys, gone: Keys, *, everything: bool = 
         ctx.summaries.invalidate()
         message = f"the search for foreign-key orphans failed, nothing resolved: {exc}"
         log.error("%s", message)
-        ctx.orphan_problems[("*", "")] = message
+        ctx.orphan_problems[(SEARCH, ())] = message
         return Resolved(failed=[message])
     connection.execute("RELEASE syncmesh_orphans")
-    ctx.orphan_problems.pop(("*", ""), None)
+    ctx.orphan_problems.pop((SEARCH, ()), None)
     if everything and done.kept:
         log.warning(
             "%d rows reference a deleted parent and are kept by the orphan policy:"
@@ -440,7 +441,7 @@ def _act(ctx: StoreContext, key: ForeignKey, children: list[Key], done: Resolved
         _problem(ctx, key, children[index], reason, done)
     resolved = [child for index, child in enumerate(children) if index not in failures]
     for child in resolved:
-        ctx.orphan_problems.pop((key.child.spec.name, repr(child)), None)
+        ctx.orphan_problems.pop((key.child.spec.name, child), None)
     if key.policy == SET_NULL:
         done.nulled += len(resolved)
         return []
@@ -453,10 +454,36 @@ def _problem(ctx: StoreContext, key: ForeignKey, child: Key, reason: str, done: 
         f"table {key.child.spec.name!r}, key {child!r}: its parent in"
         f" {key.parent.spec.name!r} is deleted; {reason}"
     )
-    if (key.child.spec.name, repr(child)) not in ctx.orphan_problems:
+    if (key.child.spec.name, child) not in ctx.orphan_problems:
         log.warning("foreign-key orphan not resolved: %s", message)
-    ctx.orphan_problems[(key.child.spec.name, repr(child))] = reason
+    ctx.orphan_problems[(key.child.spec.name, child)] = reason
     done.failed.append(message)
+
+
+def problems(ctx: StoreContext) -> list[str]:
+    """The orphans the policy could not resolve, in words; a row fixed since drops out.
+
+    Fixed: deleted, given another parent or NULL by hand, or its parent
+    is back.  One lookup per listed row.
+    """
+    keys = foreign_keys(ctx)
+    for table, child in list(ctx.orphan_problems):
+        if table == SEARCH:
+            continue
+        candidates = {table: {child}}
+        still = any(
+            next(iter(_matching(ctx.connection, key, key.child_match, candidates, key.child)), None)
+            is not None
+            for key in keys
+            if key.child.spec.name == table
+        )
+        if not still:
+            del ctx.orphan_problems[(table, child)]
+    listed = sorted(ctx.orphan_problems.items(), key=lambda item: (item[0][0], repr(item[0][1])))
+    return [
+        reason if table == SEARCH else f"table {table!r}, key {child!r}: {reason}"
+        for (table, child), reason in listed
+    ]
 
 
 # -- the operations that reveal orphans -------------------------------------------

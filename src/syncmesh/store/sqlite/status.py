@@ -39,8 +39,5 @@ def status(ctx: StoreContext) -> StoreStatus:
                 for (table, key), reason in sorted(ctx.row_problems.items())
             ],
             orphans.orphan_counts(ctx),
-            [
-                f"table {table!r}, key {key}: {reason}" if key else reason
-                for (table, key), reason in sorted(ctx.orphan_problems.items())
-            ],
+            orphans.problems(ctx),
         )
