@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from syncmesh.clock import HybridClock
+from syncmesh.errors import StoreError
 from syncmesh.model import SqlValue
 from syncmesh.store import OrphanPolicy
 from syncmesh.store.sqlite import SqliteStore
@@ -517,3 +518,28 @@ def test_an_orphan_problem_fixed_by_hand_leaves_the_status(make_store: MakeStore
     status = a.status()
     assert status.orphan_problems == []
     assert status.orphans == {}
+
+
+def test_a_resolution_that_rolls_back_the_whole_apply_does_not_stall_the_sync(
+    make_store: MakeStore,
+) -> None:
+    """A trigger's RAISE(ROLLBACK) ends the apply's transaction: the batch applies on retry."""
+    a = make_store("a")
+    b = make_store("b")
+    a.connection.execute(
+        "CREATE TRIGGER no_deletes BEFORE DELETE ON books"
+        " BEGIN SELECT RAISE(ROLLBACK, 'books are never deleted'); END"
+    )
+    write(b, "INSERT INTO authors VALUES ('a1', 'Ann')")
+    exchange_all(b, a)
+    write(a, "DELETE FROM authors WHERE id = 'a1'")
+    write(b, "INSERT INTO books VALUES ('b1', 'a1', 'kept'), ('b2', 'a1', 'kept too')")
+    with pytest.raises(StoreError, match="rolled back the whole apply transaction"):
+        exchange(b, a)
+    assert book(a, "b1") is None  # nothing of that batch was applied
+    exchange_all(b, a)  # the retry goes through: no resolution this run
+    assert book(a, "b1") == ("a1", "kept")
+    problems = a.status().orphan_problems
+    assert len(problems) == 1
+    assert "not resolved until the node restarts" in problems[0]
+    assert a.status().orphans == {"books": 2}

@@ -80,6 +80,9 @@ class StoreContext:
     orphans_scanned: bool = False
     # Orphans the policy could not resolve, by (table, key): the reason.
     orphan_problems: dict[tuple[str, tuple[Any, ...]], str] = field(default_factory=dict)
+    # Why orphans are not resolved this run ("": they are): a resolution
+    # rolled back a whole transaction, which a retry would repeat.
+    orphans_off: str = ""
     # orphans.py's caches: the foreign keys it handles, and the counts of
     # status, each with the file's versions it was worked out at.
     orphan_keys: tuple[tuple[int, ...], list[Any]] | None = None

@@ -53,6 +53,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch, SqlValue
 from syncmesh.store.sqlite import capture
 from syncmesh.store.sqlite.context import StoreContext
@@ -305,19 +306,37 @@ def resolve(ctx: StoreContext, written: Keys, gone: Keys, *, everything: bool = 
     keys = foreign_keys(ctx)
     if not keys or not (written or gone or everything):
         return done
+    if ctx.orphans_off:
+        return Resolved(failed=[ctx.orphans_off])
     connection = ctx.connection
+    # What a capture inside changes outside the file, to undo with it.
+    captured, run_recorded = ctx.rows_captured_uncommitted, ctx.run_recorded
     connection.execute("SAVEPOINT syncmesh_orphans")
     try:
         _resolve_rounds(ctx, keys, written, gone, everything, done)
     except sqlite3.Error as exc:
         connection.execute("ROLLBACK TO syncmesh_orphans")
         connection.execute("RELEASE syncmesh_orphans")
+        ctx.rows_captured_uncommitted, ctx.run_recorded = captured, run_recorded
         # A capture inside may have moved the hash trees: rebuilt on next use.
         ctx.summaries.invalidate()
         message = f"the search for foreign-key orphans failed, nothing resolved: {exc}"
         log.error("%s", message)
         ctx.orphan_problems[(SEARCH, ())] = message
         return Resolved(failed=[message])
+    except StoreError as exc:
+        # An application trigger's RAISE(ROLLBACK) (or ON CONFLICT ROLLBACK)
+        # ended the caller's whole transaction: it fails, and would fail
+        # again on every retry of the batch.  No more resolutions this run,
+        # so that the retry goes through (the orphans stay, reported).
+        ctx.orphans_off = (
+            f"foreign-key orphans are not resolved until the node restarts: a resolution"
+            f" rolled back the whole transaction ({exc}); find the trigger or constraint"
+            " with ROLLBACK on the child table, or set its policy to keep"
+        )
+        ctx.orphan_problems[(SEARCH, ())] = ctx.orphans_off
+        log.error("%s", ctx.orphans_off)
+        raise
     connection.execute("RELEASE syncmesh_orphans")
     ctx.orphan_problems.pop((SEARCH, ()), None)
     if everything and done.kept:
