@@ -230,7 +230,7 @@ class KeepMachine(OrphanMachine):
 
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("SYNCMESH_ORPHAN_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("SYNCMESH_ORPHAN_EXAMPLES", "20")),
     stateful_step_count=int(os.environ.get("SYNCMESH_ORPHAN_STEPS", "30")),
     deadline=None,
 )
