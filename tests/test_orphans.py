@@ -543,3 +543,21 @@ def test_a_resolution_that_rolls_back_the_whole_apply_does_not_stall_the_sync(
     assert len(problems) == 1
     assert "not resolved until the node restarts" in problems[0]
     assert a.status().orphans == {"books": 2}
+
+
+def test_a_local_insert_of_a_child_of_a_deleted_parent_is_resolved_like_a_remote_one(
+    make_store: MakeStore,
+) -> None:
+    """With foreign keys off, the application can write an orphan itself; every site would
+    resolve it on arrival, so its own site does at capture.  A parent never seen is left."""
+    a = make_store("a")
+    b = make_store("b")
+    write(a, "INSERT INTO authors VALUES ('a1', 'Ann')")
+    write(a, "DELETE FROM authors WHERE id = 'a1'")
+    write(a, "INSERT INTO books VALUES ('b1', 'a1', 'late'), ('b2', 'nobody', 'dangling')")
+    assert book(a, "b1") is None
+    assert book(a, "b2") == ("nobody", "dangling")
+    assert a.status().orphans == {"books": 1}
+    exchange_all(a, b)
+    assert book(b, "b1") is None
+    assert_converged([a, b])
