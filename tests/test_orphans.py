@@ -561,3 +561,37 @@ def test_a_local_insert_of_a_child_of_a_deleted_parent_is_resolved_like_a_remote
     exchange_all(a, b)
     assert book(b, "b1") is None
     assert_converged([a, b])
+
+
+def test_composite_keys_on_both_sides_in_any_column_order(tmp_path: Path) -> None:
+    """A parent keyed (isbn, lang) referenced as (lang, isbn); a child keyed by its parent."""
+    ddl = [
+        "CREATE TABLE editions (isbn TEXT, lang TEXT, title TEXT, PRIMARY KEY (isbn, lang))",
+        "CREATE TABLE prints (l TEXT, i TEXT, run INTEGER, PRIMARY KEY (i, l, run),"
+        " FOREIGN KEY (l, i) REFERENCES editions (lang, isbn))",
+    ]
+    stores = []
+    try:
+        for name in ("a", "b"):
+            store = SqliteStore.open(tmp_path / f"{name}.db")
+            store.init()
+            for statement in ddl:
+                store.connection.execute(statement)
+            store.track(["editions", "prints"])
+            stores.append(store)
+        a, b = stores
+        write(a, "INSERT INTO editions VALUES ('978', 'en', 'x'), ('978', 'de', 'y')")
+        exchange_all(a, b)
+        write(a, "DELETE FROM editions WHERE isbn = '978' AND lang = 'en'")
+        write(b, "INSERT INTO prints VALUES ('en', '978', 1), ('de', '978', 1)")
+        exchange_all(b, a)
+        exchange_all(a, b)
+        for store in stores:
+            assert store.connection.execute("SELECT l, i, run FROM prints").fetchall() == [
+                ("de", "978", 1)
+            ]
+            assert foreign_key_check(store) == []
+        assert rows_with_types(a.connection, "prints") == rows_with_types(b.connection, "prints")
+    finally:
+        for store in stores:
+            store.close()
