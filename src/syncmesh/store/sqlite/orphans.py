@@ -260,8 +260,9 @@ def batch_keys(ctx: StoreContext, batch: ChangeBatch) -> tuple[Keys, Keys]:
     """
     written: Keys = {}
     gone: Keys = {}
+    involved = involved_tables(ctx)
     for incoming in batch.tables:
-        if incoming.table not in ctx.tables:
+        if incoming.table not in involved:
             continue
         count = incoming.key_count
         for row in incoming.rows:
@@ -271,11 +272,23 @@ def batch_keys(ctx: StoreContext, batch: ChangeBatch) -> tuple[Keys, Keys]:
     return written, gone
 
 
-def captured_keys(folded: Mapping[str, Mapping[Key, bool]]) -> tuple[Keys, Keys]:
+def involved_tables(ctx: StoreContext) -> set[str]:
+    """The tracked tables on either side of a foreign key the resolution handles."""
+    return {
+        name for key in foreign_keys(ctx) for name in (key.child.spec.name, key.parent.spec.name)
+    }
+
+
+def keys_out(ctx: StoreContext) -> dict[str, dict[Key, bool]] | None:
+    """Where a capture should put the keys it stamps; None (not kept) without foreign keys."""
+    return {} if foreign_keys(ctx) else None
+
+
+def captured_keys(folded: Mapping[str, Mapping[Key, bool]] | None) -> tuple[Keys, Keys]:
     """The keys a capture stamped (`capture_pending(..., keys_out=)`), alive and deleted."""
     written: Keys = {}
     gone: Keys = {}
-    for table, keys in folded.items():
+    for table, keys in (folded or {}).items():
         for key, alive in keys.items():
             (written if alive else gone).setdefault(table, set()).add(key)
     return written, gone
@@ -520,7 +533,7 @@ def capture_and_resolve(ctx: StoreContext) -> int:
     if not scan and not capture.has_pending(ctx):
         return 0
     with ctx.transaction():
-        folded: dict[str, dict[Key, bool]] = {}
+        folded = keys_out(ctx)
         stamped = capture.capture_pending(ctx, keys_out=folded)
         before = ctx.rows_captured_uncommitted
         written, gone = captured_keys(folded)

@@ -10,7 +10,7 @@ at all.
 from __future__ import annotations
 
 from syncmesh.errors import StoreError
-from syncmesh.model import ChangeBatch, SqlValue
+from syncmesh.model import ChangeBatch
 from syncmesh.store.records import ApplyResult, PeerCursor
 from syncmesh.store.sqlite import apply, capture, orphans, vector
 from syncmesh.store.sqlite.context import StoreContext
@@ -62,7 +62,7 @@ def apply_batch(ctx: StoreContext, peer_site_id: str, batch: ChangeBatch) -> App
                 f"batch ({batch.from_seq}, {batch.to_seq}] from {peer_site_id} does not"
                 f" continue our cursor {None if peer is None else peer.cursor}"
             )
-        local: dict[str, dict[tuple[SqlValue, ...], bool]] = {}
+        local = orphans.keys_out(ctx)
         capture.capture_pending(ctx, keys_out=local)
         result = apply.merge_rows(ctx, peer_site_id, batch, sites)
         # Foreign-key orphans the merge (or the local writes) left: resolved
