@@ -70,8 +70,9 @@ Keys = dict[str, set[Key]]
 
 CASCADE, SET_NULL, KEEP, DECLARED = "cascade", "set-null", "keep", "declared"
 SEARCH = "*"  # the table of a problem of the whole search (orphan_problems)
-# Rounds of cascading deletes at most (a chain this deep is resolved further
-# at the next capture): a bound, so that no data makes the loop endless.
+# Rounds of cascading deletes at most (a chain deeper than this is resolved
+# further by the whole-table look of the node's next start): a bound, so
+# that no data makes the loop endless.
 CASCADE_ROUNDS_MAX = 1000
 
 
@@ -392,7 +393,7 @@ def _resolve_rounds(
         if not gone:
             return
     log.warning(
-        "foreign-key orphans: a cascade deeper than %d levels; the rest at the next capture",
+        "foreign-key orphans: a cascade deeper than %d levels; the rest at the next start",
         CASCADE_ROUNDS_MAX,
     )
 
