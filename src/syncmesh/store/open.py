@@ -14,6 +14,7 @@ from pathlib import Path
 
 from syncmesh.clock import HybridClock
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Store
+from syncmesh.store.records import OrphanPolicy
 from syncmesh.store.sqlite import SqliteStore
 
 
@@ -22,13 +23,20 @@ def open_store(
     *,
     clock: HybridClock | None = None,
     conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
+    orphan_policy: OrphanPolicy | None = None,
 ) -> Store:
     """Open (or create) the store at `path`; call `init()` before anything else on a new one.
 
     Every path is a SQLite file today.  `clock` is the node's hybrid clock
-    (default: the system's, with a 60 s drift limit).
+    (default: the system's, with a 60 s drift limit); `orphan_policy` what
+    happens to rows whose foreign key names a deleted parent (docs/keys.md).
     """
-    return SqliteStore.open(path, clock=clock, conflict_ledger_rows_max=conflict_ledger_rows_max)
+    return SqliteStore.open(
+        path,
+        clock=clock,
+        conflict_ledger_rows_max=conflict_ledger_rows_max,
+        orphan_policy=orphan_policy,
+    )
 
 
 def table_problems(

@@ -308,8 +308,10 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
             f"table {spec.name!r}: FOREIGN KEY constraints can be violated when rows arrive"
             " out of order or a parent is deleted on another node.  syncmesh applies peers'"
             " rows with foreign keys unenforced (PRAGMA foreign_keys is off on its"
-            " connection), so a child may briefly, or after a concurrent delete for good,"
-            " point at a missing parent; check with PRAGMA foreign_key_check."
+            " connection), so a child may briefly point at a missing parent.  A child of a"
+            " parent deleted concurrently on another node is resolved by the orphan policy"
+            " ([tables.orphans], default: the key's ON DELETE action, cascade otherwise;"
+            " docs/keys.md, Foreign keys)."
         )
     return warnings
 

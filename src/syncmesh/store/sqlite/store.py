@@ -26,12 +26,18 @@ from pathlib import Path
 from syncmesh.clock import HybridClock, SystemClock
 from syncmesh.model import ChangeBatch, SqlValue, TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
-from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
+from syncmesh.store.records import (
+    ApplyResult,
+    ConflictRecord,
+    OrphanPolicy,
+    PeerCursor,
+    StoreStatus,
+)
 from syncmesh.store.sqlite import (
-    capture,
     conflicts,
     feed,
     opening,
+    orphans,
     peers,
     quarantine,
     retry,
@@ -70,16 +76,21 @@ class SqliteStore:
         clock: HybridClock | None = None,
         conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
         digests: bool = True,
+        orphan_policy: OrphanPolicy | None = None,
     ) -> SqliteStore:
         """Open (or create, mode 0600) the file; call `init()` before anything else on a new file.
 
         `digests=False` keeps no row digests or hash trees: only to measure
-        what they cost (bench).
+        what they cost (bench).  `orphan_policy`: what to do with rows whose
+        foreign key names a deleted parent (default: the key's declared ON
+        DELETE action, cascade otherwise; docs/keys.md).
         """
         assert conflict_ledger_rows_max >= 0
         connection = opening.connect(path)
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
         ctx = StoreContext(connection, str(path), clock, conflict_ledger_rows_max, digests)
+        if orphan_policy is not None:
+            ctx.orphan_policy = orphan_policy
         opening.register_digest_functions(ctx)
         if ctx.initialized():
             ctx.load()
@@ -187,8 +198,12 @@ class SqliteStore:
     # -- capture and the change feed --------------------------------------------
 
     def capture(self) -> int:
-        """Stamp every pending local write (one HLC, one seq); returns rows stamped."""
-        return capture.capture(self.context)
+        """Stamp every pending local write (one HLC, one seq); returns rows stamped.
+
+        Then resolves the foreign-key orphans among the rows stamped, by the
+        orphan policy (orphans.py); the first call also looks at whole tables.
+        """
+        return orphans.capture_and_resolve(self.context)
 
     @property
     def rows_captured_total(self) -> int:
