@@ -11,6 +11,7 @@ schema versions are the apply's part (schema-mixed).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -817,3 +818,21 @@ def test_track_of_a_renamed_table_under_its_new_name_follows_the_rename(
     assert len(triggers(store, "goods")) == 5  # one set of capture triggers
     store.connection.execute("INSERT INTO goods VALUES ('c', 'corn', 3)")
     assert store.capture() == 1
+
+
+def test_fields_other_modules_keep_in_the_spec_survive_a_reconcile(store: SqliteStore) -> None:
+    """integer_keys.py keeps its opt-in in `_syncmesh_tables.spec`: DDL must not drop it."""
+    # Written by another process (`syncmesh track --allow-integer-keys`) after this
+    # store loaded the table: the reconcile reads the spec again before it writes.
+    store.connection.execute(
+        "UPDATE _syncmesh_tables SET spec = json_set(spec, '$.integer_keys_allowed', json('true'))"
+    )
+    for ddl in (
+        "ALTER TABLE items ADD COLUMN note TEXT",
+        "ALTER TABLE items RENAME COLUMN note TO remark",
+        "ALTER TABLE items RENAME TO goods",
+    ):
+        shell(store, ddl)
+        store.reconcile_schema()
+    [(spec,)] = store.connection.execute("SELECT spec FROM _syncmesh_tables").fetchall()
+    assert json.loads(spec)["integer_keys_allowed"] is True

@@ -46,6 +46,9 @@ class TableLayout:
     born: tuple[int, ...]  # per value column
     dropped: tuple[DroppedColumn, ...] = ()
     next_slot: int = 0  # the slot the next added column gets
+    # Fields of the stored spec that other modules own (integer_keys.py), as
+    # JSON: kept as they are whenever the layout is written back.
+    others_json: str = "{}"
 
     def __post_init__(self) -> None:
         assert len(self.slots) == len(self.spec.value_columns) == len(self.born)
@@ -89,6 +92,7 @@ class TableLayout:
         spec = self.spec
         return json.dumps(
             {
+                **json.loads(self.others_json),
                 "columns": spec.columns,
                 "types": spec.declared_types,
                 "pk": spec.pk,
@@ -105,6 +109,7 @@ class TableLayout:
     def from_json(cls, name: str, text: str) -> TableLayout:
         """The layout stored for table `name`; a file from before slots gets slot i = index i."""
         decoded = json.loads(text)
+        others = json.dumps({k: v for k, v in decoded.items() if k not in _LAYOUT_FIELDS})
         spec = TableSpec(
             name,
             tuple(decoded["columns"]),
@@ -114,11 +119,17 @@ class TableLayout:
             tuple(decoded.get("former_names", ())),
         )
         if "slots" not in decoded:
-            return cls.fresh(spec)
+            return replace(cls.fresh(spec), others_json=others)
         return cls(
             spec,
             tuple(decoded["slots"]),
             tuple(decoded["born"]),
             tuple(DroppedColumn(n, s, h) for n, s, h in decoded["dropped"]),
             int(decoded["next_slot"]),
+            others,
         )
+
+
+_LAYOUT_FIELDS = frozenset(
+    {"columns", "types", "pk", "former", "former_names", "slots", "born", "dropped", "next_slot"}
+)

@@ -272,6 +272,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         tuple(born_of[column] for column in values),
         tuple(dropped),
         next_slot,
+        layout.others_json,  # fields other modules keep in the spec (integer_keys.py)
     )
 
 
@@ -392,10 +393,7 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         table_lines = plan.changes()
         lines += table_lines
         if plan.columns_changed or plan.table_renamed:
-            connection.execute(
-                "INSERT OR REPLACE INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
-                (layout.name, layout.to_json()),
-            )
+            store_layout(connection, layout.name, layout)
             changed = True
         new_slots = [slot for slot in layout.slots if slot >= plan.layout.next_slot]
         default_site = ctx.require_init().ordinal(DEFAULT_CELL_SITE) if new_slots else 0
@@ -428,6 +426,26 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     return lines, changed
 
 
+def store_layout(connection: sqlite3.Connection, stored_as: str, layout: TableLayout) -> None:
+    """Write `layout` as the spec of the table stored as `stored_as` (renamed: moved).
+
+    Read-modify-write: the fields other modules keep in the spec (the
+    integer-key opt-in, integer_keys.py) are taken from the row as it is
+    now, which another process may have changed since this one loaded it.
+    """
+    row = connection.execute(
+        "SELECT spec FROM _syncmesh_tables WHERE name = ?", (stored_as,)
+    ).fetchone()
+    others = (
+        layout.others_json if row is None else TableLayout.from_json(stored_as, row[0]).others_json
+    )
+    connection.execute("DELETE FROM _syncmesh_tables WHERE name = ?", (stored_as,))
+    connection.execute(
+        "INSERT OR REPLACE INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
+        (layout.name, replace(layout, others_json=others).to_json()),
+    )
+
+
 def _digests_change(plan: TablePlan, layout: TableLayout) -> bool:
     """Whether the rows' digests change: a column dropped, or one added other than at the end.
 
@@ -452,11 +470,7 @@ def _rename_bookkeeping(ctx: StoreContext, plan: TablePlan) -> None:
         )
     connection.execute(f"DROP INDEX IF EXISTS {quote_identifier(shadow_seq_index_name(old))}")
     connection.execute(shadow_seq_index_ddl(new))
-    connection.execute("DELETE FROM _syncmesh_tables WHERE name = ?", (old,))
-    connection.execute(
-        "INSERT OR REPLACE INTO _syncmesh_tables (name, spec) VALUES (?, ?)",
-        (new, plan.renamed_layout.to_json()),
-    )
+    store_layout(connection, old, plan.renamed_layout)
 
 
 def _log_catch_up(connection: sqlite3.Connection, table: TableSql) -> None:

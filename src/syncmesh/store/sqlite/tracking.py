@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Collection
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
 from syncmesh.store.base import TrackProgress
-from syncmesh.store.sqlite import reconcile, vector
+from syncmesh.store.sqlite import integer_keys, reconcile, vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ESSENTIAL_TRIGGER_KINDS,
@@ -32,8 +33,10 @@ from syncmesh.store.sqlite.ddl import (
     update_trigger_kind,
 )
 from syncmesh.store.sqlite.introspect import (
+    allocated_key,
     apply_warnings,
     read_table_spec,
+    refuse_allocated_keys,
     refuse_key_collations,
     table_warnings,
 )
@@ -80,12 +83,18 @@ def schema_problems(ctx: StoreContext) -> list[str]:
     return list(problems)
 
 
-def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+def track(
+    ctx: StoreContext,
+    names: list[str],
+    progress: TrackProgress | None = None,
+    *,
+    allow_integer_keys: Collection[str] = (),
+) -> list[str]:
     """`SqliteStore.track`: see there."""
     ctx.require_init()
     warnings: list[str] = []
     try:
-        _track_in_transaction(ctx, names, warnings, progress)
+        _track_in_transaction(ctx, names, warnings, progress, allow_integer_keys)
     finally:
         ctx.load()  # what the file holds now, committed or rolled back
     ctx.reconciled_version = -1  # the next reconcile looks again
@@ -93,7 +102,11 @@ def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = 
 
 
 def _track_in_transaction(
-    ctx: StoreContext, names: list[str], warnings: list[str], progress: TrackProgress | None
+    ctx: StoreContext,
+    names: list[str],
+    warnings: list[str],
+    progress: TrackProgress | None,
+    allow_integer_keys: Collection[str],
 ) -> None:
     with ctx.transaction():
         if ctx.tables or ctx.unsynced:
@@ -109,15 +122,26 @@ def _track_in_transaction(
         gained = False
         for name in names:
             if name in tracked:
+                _record_integer_key_opt_in(ctx, ctx.tables[name].spec, allow_integer_keys)
                 continue
             spec = read_table_spec(ctx.connection, name)
             refuse_key_collations(ctx.connection, spec)
+            refuse_allocated_keys(ctx.connection, spec, allow_integer_keys, ctx.path)
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)
+            _record_integer_key_opt_in(ctx, spec, allow_integer_keys)
             gained = True
         if gained:
             forget_peer_claims(ctx)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
+
+
+def _record_integer_key_opt_in(
+    ctx: StoreContext, spec: TableSpec, allowed: Collection[str]
+) -> None:
+    """Keep the user's opt-in for a table whose keys SQLite allocates (integer_keys.py)."""
+    if spec.name in allowed and allocated_key(ctx.connection, spec) is not None:
+        integer_keys.record_allowed(ctx.connection, spec.name)
 
 
 def forget_peer_claims(ctx: StoreContext) -> None:
@@ -240,3 +264,5 @@ def check_tracked_tables(ctx: StoreContext) -> None:
             continue
         for warning in warnings:
             log.warning("tracked %s", warning)
+    for warning in integer_keys.warnings(ctx):
+        log.warning("tracked %s", warning)
