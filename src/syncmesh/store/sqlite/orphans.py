@@ -202,7 +202,8 @@ def _foreign_key(
     quoted = [quote_identifier(column) for column in columns]
     child_keys = [quote_identifier(column) for column in child.spec.pk]
     # A referencing column's stamp: its cell's, or the row's insert for a key column.
-    stamps = [f"cs.h{child.values.index(column)}" for column in columns if column in child.values]
+    # (A value column's stamp is in the shadow column of its slot: store/sqlite/layout.py.)
+    stamps = [f"cs.h{child.layout.slot_of(column)}" for column in columns if column in child.values]
     select = (
         f"SELECT {', '.join(f'c.{column}' for column in child_keys)}, cs.cl_hlc,"
         f" ps.cl_hlc, ps.cl_site{''.join(f', {stamp}' for stamp in stamps)}"
