@@ -113,6 +113,11 @@ class TableRows:
     columns: tuple[str, ...]  # the value columns, in table order
     key_count: int
     rows: list[list[SqlValue]]
+    # Per column of `columns`, the sender's former names of it, newest first
+    # (a column renamed there): the receiver maps an incoming column by its
+    # name, then by these, then by its own former names (ADR 0013).  Empty
+    # when no column has a former name.
+    former: tuple[tuple[str, ...], ...] = ()
 
     @property
     def width(self) -> int:
@@ -255,6 +260,17 @@ class TableSpec:
     columns: tuple[str, ...]
     declared_types: tuple[str, ...]
     pk: tuple[str, ...]
+    # Per column of `columns`: the names it had before (RENAME COLUMN), newest
+    # first; `()` when no column was ever renamed (docs/adr/0013-schema-evolution.md).
+    former: tuple[tuple[str, ...], ...] = ()
+    # The table's own former names (RENAME TABLE), newest first.
+    former_names: tuple[str, ...] = ()
+
+    def former_of(self, column: str) -> tuple[str, ...]:
+        """The former names of `column` (none if it was never renamed)."""
+        if not self.former:
+            return ()
+        return self.former[self.columns.index(column)]
 
     @property
     def value_columns(self) -> tuple[str, ...]:
