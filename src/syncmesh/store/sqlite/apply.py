@@ -98,12 +98,11 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
             quarantined += len(incoming.rows)
             continue
         assert table is not None
-        present = None
         if incoming.columns != table.values:
             # Another schema version: map its columns to ours, keep the cells
             # of columns not here as waiting cells (ADR 0013).
-            incoming, present = _to_local_columns(ctx, table, incoming, shared)
-        done = merge_table(ctx, table, incoming, shared, present)
+            incoming = _to_local_columns(ctx, table, incoming, shared)
+        done = merge_table(ctx, table, incoming, shared)
         applied += done.applied
         if done.applied:
             by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
@@ -209,20 +208,18 @@ def merge_table(
     table: TableSql,
     incoming: TableRows,
     shared: _Incoming,
-    present: tuple[str, ...] | None = None,
 ) -> TableApplied:
     """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
 
-    `incoming` has our columns.  `present`: the columns the sender has
-    (None: all of ours); the user rows are written without the others, so
-    a key new here takes their DEFAULT and a held row keeps its values.
+    `incoming` has our columns (`_to_local_columns`); a column the sender
+    lacks is a cell without a stamp, which the user row does not write.
     Rows with a stamp above `shared.bound` (the drift limit) are refused
     into the quarantine, to be retried once the clock has caught up.
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
     merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
-    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk, present)
+    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk)
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -380,27 +377,27 @@ def _write_user_rows(
     shared: _Incoming,
     merge: _KeyMerge,
     on_disk: OnDisk,
-    present: tuple[str, ...] | None = None,
 ) -> tuple[set[Key], int]:
     """One user-table write per key, from its final state; (keys refused, rows quarantined).
 
     A key that came twice (deleted, then re-inserted) must not be upserted
     and then deleted.  A key a constraint refuses sends all its incoming
-    rows to quarantine.  With `present` (the sender lacks some of our
-    columns), only those columns are written: a held row keeps the others,
-    a new row (or a new life of a row) takes their DEFAULT.
+    rows to quarantine.  Only stamped cells are written (`_stamped`): a
+    column never written in the row's life holds its DEFAULT, and a held
+    row keeps its value of it.
     """
     keys = table.key_count
-    partial = present is not None and present != table.values
-    upserts: list[tuple[Key, list[SqlValue]]] = []
+    upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None]] = []
     deletes: list[tuple[Key, list[SqlValue]]] = []
     for pk, result in merge.merged.items():
         user = result.user_row(table, pk)
-        held_alive = pk in on_disk and on_disk[pk][0][keys] % 2 == 1  # type: ignore[operator]
+        held = on_disk.get(pk)
+        held_alive = held is not None and held[0][keys] % 2 == 1  # type: ignore[operator]
         if user is not None:
-            upserts.append((pk, user))
-            if partial and held_alive and _new_life(result, on_disk[pk][0][keys]):
-                # The columns the sender lacks start the new life at their DEFAULT.
+            stamped = _stamped(table, result)
+            upserts.append((pk, user, stamped))
+            if stamped is not None and held_alive and _new_life(result, held[0][keys]):  # type: ignore[index]
+                # A new life: its unwritten columns start at their DEFAULT.
                 deletes.append((pk, list(pk)))
         elif held_alive:
             deletes.append((pk, list(pk)))
@@ -417,38 +414,67 @@ def _write_user_rows(
         # A delete that changed nothing is done if the row is not there.
         return execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is None
 
-    guards = table.replace_guards(connection)
-    full_rows = [row for _pk, row in upserts]
-    upsert_sql, upsert_rows, keys_only = sql.upsert_sql, full_rows, not table.values
-    if partial:
-        assert present is not None
-        upsert_sql = _partial_upsert_sql(table.table, table.spec.pk, present)
-        positions = [*range(keys), *(keys + table.values.index(column) for column in present)]
-        upsert_rows = [[row[at] for at in positions] for row in full_rows]
-        keys_only = not present
-    writes = (
-        (deletes, execute_checked(connection, sql.delete_sql, [row for _pk, row in deletes], gone)),
+    writes: list[tuple[list[Key], list[tuple[int, str]]]] = [
         (
-            upserts,
-            _upsert_guarded(connection, upsert_sql, upsert_rows, guards, full_rows)
-            if guards
-            else execute_checked(
-                connection,
-                upsert_sql,
-                upsert_rows,
-                _exists_check(table, connection) if keys_only else None,
-            ),
-        ),
-    )
-    for group, failures in writes:
+            [pk for pk, _row in deletes],
+            execute_checked(connection, sql.delete_sql, [row for _pk, row in deletes], gone),
+        )
+    ]
+    guards = table.replace_guards(connection)
+    by_columns: dict[tuple[str, ...] | None, list[tuple[Key, list[SqlValue]]]] = {}
+    for pk, user, stamped in upserts:
+        by_columns.setdefault(stamped, []).append((pk, user))
+    for stamped, group in by_columns.items():
+        full_rows = [row for _pk, row in group]
+        upsert_sql, rows, keys_only = sql.upsert_sql, full_rows, not table.values
+        if stamped is not None:
+            upsert_sql = _partial_upsert_sql(table.table, table.spec.pk, stamped)
+            positions = [*range(keys), *(keys + table.values.index(column) for column in stamped)]
+            rows = [[row[at] for at in positions] for row in full_rows]
+            keys_only = not stamped
+        writes.append(
+            (
+                [pk for pk, _row in group],
+                _upsert_guarded(connection, upsert_sql, rows, guards, full_rows)
+                if guards
+                else execute_checked(
+                    connection,
+                    upsert_sql,
+                    rows,
+                    _exists_check(table, connection) if keys_only else None,
+                ),
+            )
+        )
+    for group_keys, failures in writes:
         for index, reason in failures:
-            pk = group[index][0]
+            pk = group_keys[index]
             failed.add(pk)
             for row in merge.merged[pk].rows:
                 change = _change_of(incoming, row, shared.batch_sites)
                 quarantine.add(ctx, change, shared.origin, reason)
                 quarantined += 1
     return failed, quarantined
+
+
+def _stamped(table: TableSql, result: _Merged) -> tuple[str, ...] | None:
+    """The columns of an alive merged row that hold a write; None when all do (nearly always).
+
+    A cell without a stamp was never written in this life of the row: the
+    column was added after (its DEFAULT, at every site), or the row came
+    from a site without the column.  Its value is not ours to set.
+    """
+    if result.state is None:
+        row = result.rows[-1]  # a key new here: the incoming row is the result
+        hlcs = row[table.key_count + 4 :: CELL_FIELDS]
+        if None not in hlcs:
+            return None
+        return tuple(
+            column for column, hlc in zip(table.values, hlcs, strict=True) if hlc is not None
+        )
+    cells = result.state.cells
+    if len(cells) == len(table.values):
+        return None
+    return tuple(column for column in table.values if column in cells)
 
 
 def _exists_check(
@@ -468,7 +494,7 @@ def _new_life(result: _Merged, held_cl: SqlValue) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _partial_upsert_sql(quoted_table: str, pk: tuple[str, ...], columns: tuple[str, ...]) -> str:
-    """The upsert of a user row with only `columns` of its values (the sender lacks the rest).
+    """The upsert of a user row with only `columns` of its values (the others hold no write).
 
     A new row takes the other columns' DEFAULT; a held row keeps them.
     """
@@ -586,8 +612,8 @@ class _Merged:
 
 def _to_local_columns(
     ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming
-) -> tuple[TableRows, tuple[str, ...]]:
-    """`incoming` in our columns, and the names of ours the sender has.
+) -> TableRows:
+    """`incoming` in our columns; a column the sender lacks is a cell without a stamp.
 
     Cells of columns not here are kept as waiting cells (`waitlist`);
     cells of columns dropped here, and cells of a re-added column stamped
@@ -643,10 +669,7 @@ def _to_local_columns(
         rows.append(local)
     for column, cells in stale_cells.items():
         waitlist.discard(ctx, spec.name, column, cells)
-    present = tuple(
-        column for column, source in zip(values, mapping.sources, strict=True) if source is not None
-    )
-    return TableRows(spec.name, values, keys, rows), present
+    return TableRows(spec.name, values, keys, rows)
 
 
 def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:

@@ -16,7 +16,7 @@ from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.execute import execute_one
-from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.sqlite.table import TableSql, clear_unstamped_values
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def read_batch(
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
             read = _faithful_rows(ctx, table, read)
+            clear_unstamped_values(read, table.key_count)
             kept = missing_rows(
                 TableRows(shape.table, shape.columns, shape.key_count, read),
                 all_sites,
