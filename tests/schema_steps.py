@@ -21,18 +21,30 @@ from syncmesh.store.sqlite.table import TableSql
 from tests.helpers import sqlite3_shell
 
 
-def add_column(store: SqliteStore, table: str, definition: str) -> None:
-    """`ALTER TABLE table ADD COLUMN definition` by the sqlite3 shell, then the reconcile."""
-    store.capture()  # what the capture loop has done before the migration runs
-    sqlite3_shell(Path(store.context.path), f"ALTER TABLE {table} ADD COLUMN {definition}")
+def add_column(store: SqliteStore, table: str, definition: str, *, shell: bool = True) -> None:
+    """`ALTER TABLE table ADD COLUMN definition`, then the reconcile.
+
+    By the sqlite3 shell, as a user's migration; `shell=False` runs it on
+    the store's connection instead (the state machine: thousands of them).
+    """
+    _run(store, f"ALTER TABLE {table} ADD COLUMN {definition}", shell=shell)
     reconcile(store, table)
 
 
-def rename_column(store: SqliteStore, table: str, old: str, new: str) -> None:
-    """`ALTER TABLE table RENAME COLUMN old TO new` by the sqlite3 shell, then the reconcile."""
-    store.capture()
-    sqlite3_shell(Path(store.context.path), f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+def rename_column(
+    store: SqliteStore, table: str, old: str, new: str, *, shell: bool = True
+) -> None:
+    """`ALTER TABLE table RENAME COLUMN old TO new`, then the reconcile."""
+    _run(store, f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}", shell=shell)
     reconcile(store, table, renamed={new: old})
+
+
+def _run(store: SqliteStore, sql: str, *, shell: bool) -> None:
+    store.capture()  # what the capture loop has done before the migration runs
+    if shell:
+        sqlite3_shell(Path(store.context.path), sql)
+    else:
+        store.connection.execute(sql)
 
 
 def reconcile(store: SqliteStore, table: str, renamed: dict[str, str] | None = None) -> None:
@@ -68,9 +80,13 @@ def reconcile(store: SqliteStore, table: str, renamed: dict[str, str] | None = N
         )
         for statement in capture_triggers(spec, unique_column_sets(connection, table)):
             connection.execute(statement)
+        # Every row's digest has a field per column: recompute them all.
+        connection.execute(f"UPDATE {shadow} SET dg = NULL")
+        connection.execute(TableSql(spec).sql_verify.fill_digests_sql)
         connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
     ctx.load()
     # The stored spec of this commit has no former names: keep them in memory.
     ctx.tables[table] = TableSql(spec)
     with ctx.transaction():
         waiting.merge_ready(ctx)
+    store.summaries([table])  # rebuilt now, then kept up to date again

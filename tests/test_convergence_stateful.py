@@ -3,6 +3,13 @@
 Whatever happens in between, once every store has exchanged with every other
 until nothing moves, all three hold the same rows, with the same storage
 classes, and the same merge state (DESIGN.md section 2; PROPERTIES.md P1, P3, P8, P9).
+
+Mixed schema versions (issue 14): each store applies the schema changes of
+one shared list (`SCHEMA_CHANGES`) at its own moment, while writes and syncs
+go on; before the final exchange every store has applied them all.  Then
+they converge too, and no write any store ever held is lost: each cell of
+the final state is the greatest write of its row's final life
+(`no_held_write_is_lost`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from syncmesh.model import ChangeBatch, SqlValue, Stamp
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.summary import summary_of
 from tests.helpers import ManualClock, exchange, exchange_all, rows_with_types
+from tests.schema_steps import add_column, rename_column
 
 BASE_MS = 1_700_000_000_000
 DRIFT_MS_MAX = 60_000
@@ -37,7 +45,15 @@ KEYS = ["k0", "k1", "k2", "k3"]
 BODIES: list[SqlValue] = [None, "x", "y", "1", 1, 1.0, b"b", b""]
 NUMBERS: list[SqlValue] = [None, 0, 1, 2.5, -(2**63), 2**63 - 1, "2"]
 ROUNDS_MAX = 10
-NOTES_QUERY = "SELECT id, body, typeof(body), n, typeof(n) FROM notes ORDER BY id"
+# The schema changes every store makes, in this order, each at its own time
+# (issue 14): (kind, canonical column, SQL detail).  Columns are named in the
+# machine by their canonical name (the first name they had).
+SCHEMA_CHANGES: list[tuple[str, str, str]] = [
+    ("add", "extra", "extra TEXT DEFAULT 'd'"),
+    ("rename", "n", "num"),
+    ("rename", "extra", "tag"),
+]
+EXTRAS: list[SqlValue] = [None, "e", "f", 3]
 
 nodes = st.integers(0, NODES - 1)
 pairs = st.permutations(range(NODES)).map(lambda order: (order[0], order[1]))
@@ -65,6 +81,12 @@ class SyncMachine(RuleBasedStateMachine):
             store.summaries(["notes"])  # built now, then kept up to date by every write
         self.last_stamps = [store.clock.last for store in self.stores]
         self.last_heads = [store.head_seq() for store in self.stores]
+        # Per store: how many of SCHEMA_CHANGES it has made, and each
+        # canonical column's name there (absent: not added there yet).
+        self.versions = [0] * NODES
+        self.names: list[dict[str, str]] = [{"body": "body", "n": "n"} for _ in range(NODES)]
+        # Per (key, canonical column): the greatest (cl, stamp) any store held.
+        self.held: dict[tuple[SqlValue, str], tuple[int, Stamp]] = {}
 
     # -- local writes -------------------------------------------------------------
 
@@ -85,7 +107,7 @@ class SyncMachine(RuleBasedStateMachine):
     ) -> None:
         self._write(
             node,
-            "INSERT OR REPLACE INTO notes (id, body, n) VALUES (?, ?, ?)",
+            f"INSERT OR REPLACE INTO notes (id, body, {self.names[node]['n']}) VALUES (?, ?, ?)",
             (key, body, n),
             capture,
         )
@@ -93,7 +115,10 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(node=nodes, key=keys, n=st.sampled_from(NUMBERS), capture=st.booleans())
     def insert_without_body(self, node: int, key: str, n: SqlValue, capture: bool) -> None:
         """A (re-)insert that leaves `body` NULL: no old body may show through."""
-        self._write(node, "INSERT OR IGNORE INTO notes (id, n) VALUES (?, ?)", (key, n), capture)
+        n_name = self.names[node]["n"]
+        self._write(
+            node, f"INSERT OR IGNORE INTO notes (id, {n_name}) VALUES (?, ?)", (key, n), capture
+        )
 
     @rule(node=nodes, key=keys, body=st.sampled_from(BODIES), capture=st.booleans())
     def update_body(self, node: int, key: str, body: SqlValue, capture: bool) -> None:
@@ -101,13 +126,16 @@ class SyncMachine(RuleBasedStateMachine):
 
     @rule(node=nodes, key=keys, n=st.sampled_from(NUMBERS), capture=st.booleans())
     def update_n(self, node: int, key: str, n: SqlValue, capture: bool) -> None:
-        self._write(node, "UPDATE notes SET n = ? WHERE id = ?", (n, key), capture)
+        n_name = self.names[node]["n"]
+        self._write(node, f"UPDATE notes SET {n_name} = ? WHERE id = ?", (n, key), capture)
 
     @rule(node=nodes, key=keys, n=st.sampled_from(NUMBERS), capture=st.booleans())
     def upsert(self, node: int, key: str, n: SqlValue, capture: bool) -> None:
+        n_name = self.names[node]["n"]
         self._write(
             node,
-            "INSERT INTO notes (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+            f"INSERT INTO notes (id, {n_name}) VALUES (?, ?)"
+            f" ON CONFLICT (id) DO UPDATE SET {n_name} = excluded.{n_name}",
             (key, n),
             capture,
         )
@@ -120,9 +148,60 @@ class SyncMachine(RuleBasedStateMachine):
     def change_key(self, node: int, old: str, new: str, capture: bool) -> None:
         self._write(node, "UPDATE OR IGNORE notes SET id = ? WHERE id = ?", (new, old), capture)
 
+    @rule(node=nodes, key=keys, extra=st.sampled_from(EXTRAS), capture=st.booleans())
+    def update_extra(self, node: int, key: str, extra: SqlValue, capture: bool) -> None:
+        """A write to the added column, at a store that has it."""
+        name = self.names[node].get("extra")
+        if name is None:
+            return
+        self._write(node, f"UPDATE notes SET {name} = ? WHERE id = ?", (extra, key), capture)
+
+    @rule(
+        node=nodes,
+        key=keys,
+        extra=st.sampled_from(EXTRAS),
+        n=st.sampled_from(NUMBERS),
+        capture=st.booleans(),
+    )
+    def insert_with_extra(
+        self, node: int, key: str, extra: SqlValue, n: SqlValue, capture: bool
+    ) -> None:
+        names = self.names[node]
+        if "extra" not in names:
+            return
+        self._write(
+            node,
+            f"INSERT OR REPLACE INTO notes (id, {names['n']}, {names['extra']}) VALUES (?, ?, ?)",
+            (key, n, extra),
+            capture,
+        )
+
     @rule(node=nodes)
     def capture(self, node: int) -> None:
         self.stores[node].capture()
+
+    # -- schema changes -------------------------------------------------------------
+
+    @rule(node=nodes)
+    def migrate(self, node: int) -> None:
+        """The store makes the next change of SCHEMA_CHANGES (if any): the others have not yet."""
+        self._migrate(node)
+        if len(set(self.versions)) > 1:
+            event("migrate: stores on different schema versions")
+
+    def _migrate(self, node: int) -> None:
+        version = self.versions[node]
+        if version == len(SCHEMA_CHANGES):
+            return
+        kind, column, detail = SCHEMA_CHANGES[version]
+        store, names = self.stores[node], self.names[node]
+        if kind == "add":
+            add_column(store, "notes", detail, shell=False)
+            names[column] = column
+        else:
+            rename_column(store, "notes", names[column], detail, shell=False)
+            names[column] = detail
+        self.versions[node] += 1
 
     # -- sync ---------------------------------------------------------------------
 
@@ -210,6 +289,23 @@ class SyncMachine(RuleBasedStateMachine):
             pairs = store.connection.execute("SELECT kh, dg FROM _syncmesh_shadow_notes")
             assert kept.leaves == summary_of(pairs).leaves
 
+    @invariant()
+    def record_held_cells(self) -> None:
+        """Remember the greatest (cl, stamp) of each cell that any store holds."""
+        for index, store in enumerate(self.stores):
+            if store.status().waiting_cells:
+                event("cells waiting for a column")
+            canonical = {name: column for column, name in self.names[index].items()}
+            for change in store.read_batch(0, {}, 1_000_000).rows:
+                (key,) = change.pk
+                state = change.state
+                if not state.alive:
+                    continue
+                for name, cell in state.cells.items():
+                    seen = (key, canonical[name])
+                    if seen not in self.held or self.held[seen] < (state.cl, cell.stamp):
+                        self.held[seen] = (state.cl, cell.stamp)
+
     # -- the end ------------------------------------------------------------------
 
     def _snapshot(self, store: SqliteStore) -> tuple[object, ...]:
@@ -241,6 +337,9 @@ class SyncMachine(RuleBasedStateMachine):
         return view
 
     def _converge(self) -> None:
+        for node in range(NODES):  # the rolling schema change ends: every store has made all
+            while self.versions[node] < len(SCHEMA_CHANGES):
+                self._migrate(node)
         if any(store.quarantine() for store in self.stores):
             event("quarantine not empty before the final exchange")
         for clock in self.clocks:  # every stamp issued so far is now in the past
@@ -259,13 +358,40 @@ class SyncMachine(RuleBasedStateMachine):
         else:
             raise AssertionError(f"not quiet after {ROUNDS_MAX} rounds of exchange")
 
+    def no_held_write_is_lost(self, view: MergeView) -> None:
+        """Each cell any store held is in the final state, or lost to a greater write.
+
+        A cell of the row's final life must be there with a stamp at least
+        its own; a cell of an earlier life may be gone with that life.
+        """
+        canonical = {name: column for column, name in self.names[0].items()}
+        final: dict[tuple[SqlValue, str], tuple[int, Stamp | None]] = {}
+        lives: dict[SqlValue, int] = {}
+        for (key,), (cl, _cl_stamp, cells) in view.items():
+            lives[key] = cl  # type: ignore[assignment]
+            for name, (_value, _kind, stamp) in cells.items():  # type: ignore[attr-defined]
+                final[(key, canonical[name])] = (cl, stamp)  # type: ignore[assignment]
+        for (key, column), (cl, stamp) in self.held.items():
+            assert lives.get(key, 0) >= cl, f"row {key!r} went back to an earlier life"
+            if lives[key] == cl:
+                kept = final.get((key, column))
+                assert kept is not None, f"{key!r}.{column}: a held write is lost"
+                assert kept[1] is not None
+                assert kept[1] >= stamp, f"{key!r}.{column}: an older write won over {stamp}"
+
     def teardown(self) -> None:
         try:
             self._converge()
-            dumps = [store.connection.execute(NOTES_QUERY).fetchall() for store in self.stores]
+            columns = ", ".join(
+                f"{name}, typeof({name})" for name in ("body", *self.names[0].values())
+            )
+            query = f"SELECT id, {columns} FROM notes ORDER BY id"
+            dumps = [store.connection.execute(query).fetchall() for store in self.stores]
             assert dumps[0] == dumps[1] == dumps[2]
+            assert all(store.status().waiting_cells == {} for store in self.stores)
             views = [self._merge_view(store) for store in self.stores]
             assert views[0] == views[1] == views[2]
+            self.no_held_write_is_lost(views[0])
             # Converged replicas have the same hash trees, with stamps and with values.
             roots = [store.summaries(["notes"])["notes"].root() for store in self.stores]
             assert roots[0] == roots[1] == roots[2]
