@@ -64,6 +64,9 @@ class StoreContext:
     # `PRAGMA schema_version` when `schema_problems` were last worked out.
     schema_version: int = -1
     schema_problems: list[str] = field(default_factory=list)
+    # `tables_version` when waiting cells were last merged (`waiting.merge_ready`):
+    # no column can have appeared since when equal, and a retry skips them.
+    waiting_tables_version: int = -1
     # Rows stamped by committed captures since the store was opened; a
     # capture also runs inside apply_batch and retry_quarantine, and only
     # counts once its transaction commits.

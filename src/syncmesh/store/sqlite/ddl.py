@@ -112,6 +112,10 @@ CREATE TABLE IF NOT EXISTS _syncmesh_discarded (
     column_name TEXT NOT NULL,       -- a column dropped here, as the sender named it
     cells INTEGER NOT NULL,          -- cells of it that arrived and were discarded
     PRIMARY KEY (table_name, column_name)
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_waiting_floor (
+    site_id TEXT PRIMARY KEY,
+    hlc INTEGER NOT NULL             -- at most the lowest waiting stamp of the site: the cap
 )
 """
 

@@ -135,7 +135,7 @@ def upgrade(ctx: StoreContext) -> None:
         with ctx.transaction():
             ctx.connection.execute(RUNS_DDL)
     waiting = ctx.connection.execute(
-        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_discarded'"
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_waiting_floor'"
     ).fetchone()
     if waiting is None:
         with ctx.transaction():

@@ -25,12 +25,12 @@ def retry(ctx: StoreContext) -> int:
     entries = ctx.connection.execute(
         "SELECT id, change, origin FROM _syncmesh_quarantine ORDER BY id"
     ).fetchall()
-    waits = ctx.connection.execute("SELECT 1 FROM _syncmesh_waiting LIMIT 1").fetchone()
-    if not entries and waits is None:
+    ready = waiting.worth_trying(ctx)
+    if not entries and not ready:
         return 0
     with ctx.transaction():
         capture.capture_pending(ctx)
-        merged = waiting.merge_ready(ctx)
+        merged = waiting.merge_ready(ctx) if ready else 0
         by_origin: dict[str, list[RowChange]] = {}
         columns: dict[str, tuple[str, ...]] = {}
         for entry_id, blob, origin in entries:

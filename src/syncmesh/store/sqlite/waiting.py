@@ -25,38 +25,51 @@ from syncmesh.store.sqlite.context import StoreContext
 log = logging.getLogger(__name__)
 
 
+MERGE_ROWS_PER_STEP = 10_000  # waiting cells merged per `merge_rows` call (one seq each)
+
+
 def merge_ready(ctx: StoreContext) -> int:
     """Merge (or discard) the waiting cells whose column is here now; returns how many.
 
     Runs inside the caller's transaction, after `capture.capture_pending`.
-    Cells of a table no longer tracked here are forgotten: the table's
-    rows sync again in full if it is tracked again (ADR 0013).
+    Cheap when nothing is ready: it looks at the few distinct (table,
+    column) pairs that cells wait for, not at the cells.  Cells of a table
+    no longer tracked here are forgotten: the table's rows sync again in
+    full if it is tracked again (ADR 0013).
     """
     sites = ctx.require_init()
-    groups: dict[tuple[str, str, str, tuple[str, ...]], list[RowChange]] = {}
-    done: list[int] = []
-    forgotten: list[int] = []
-    for rowid, cell in waitlist.entries(ctx):
-        table = apply.local_table(ctx, cell.table)
+    merged = forgotten = 0
+    for name, column, former in waitlist.groups(ctx):
+        table = apply.local_table(ctx, name)
         if table is None:
-            forgotten.append(rowid)
+            forgotten += waitlist.forget_table(ctx, name)
             continue
-        shape = TableRows(cell.table, (cell.column,), table.key_count, [], (cell.former,))
-        mapping = apply.map_columns(table, shape)
-        if mapping.waiting:
+        shape = TableRows(name, (column,), table.key_count, [], (former,))
+        if apply.map_columns(table, shape).waiting:
             continue  # still not here
-        done.append(rowid)
-        key = (cell.origin, table.spec.name, cell.column, cell.former)
-        groups.setdefault(key, []).append(cell.change)
-    waitlist.remove(ctx, done + forgotten)
+        cells = waitlist.take(ctx, name, column, former)
+        merged += len(cells)
+        by_origin: dict[str, list[RowChange]] = {}
+        for cell in cells:
+            by_origin.setdefault(cell.origin, []).append(cell.change)
+        for origin, changes in by_origin.items():
+            for start in range(0, len(changes), MERGE_ROWS_PER_STEP):
+                step = changes[start : start + MERGE_ROWS_PER_STEP]
+                batch_sites: dict[str, int] = {}
+                rows = [row_of_state(change, (column,), batch_sites) for change in step]
+                table_rows = TableRows(name, (column,), table.key_count, rows, (former,))
+                batch = ChangeBatch("", 0, 0, 0, None, tuple(batch_sites), (table_rows,))
+                apply.merge_rows(ctx, origin, batch, sites)
+    if merged or forgotten:
+        waitlist.refresh_floors(ctx)
+    ctx.waiting_tables_version = ctx.tables_version
     if forgotten:
-        log.info("forgot %d waiting cells of tables no longer tracked", len(forgotten))
-    for (origin, name, column, former), changes in groups.items():
-        batch_sites: dict[str, int] = {}
-        rows = [row_of_state(change, (column,), batch_sites) for change in changes]
-        table_rows = TableRows(name, (column,), len(changes[0].pk), rows, (former,))
-        batch = ChangeBatch("", 0, 0, 0, None, tuple(batch_sites), (table_rows,))
-        apply.merge_rows(ctx, origin, batch, sites)
-    if done:
-        log.info("merged %d waiting cells: their columns are here now", len(done))
-    return len(done)
+        log.info("forgot %d waiting cells of tables no longer tracked", forgotten)
+    if merged:
+        log.info("merged %d waiting cells: their columns are here now", merged)
+    return merged
+
+
+def worth_trying(ctx: StoreContext) -> bool:
+    """Whether `merge_ready` may find something: tables changed since it last looked."""
+    return ctx.waiting_tables_version != ctx.tables_version

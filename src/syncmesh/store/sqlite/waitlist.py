@@ -49,6 +49,7 @@ def key_blob(pk: tuple[SqlValue, ...]) -> bytes:
 def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
     """Keep `cells`; for each table, key and column the greatest (cl, hlc, site) stays."""
     rows = []
+    floors: dict[str, int] = {}
     for waiting in cells:
         state = waiting.change.state
         ((column, cell),) = state.cells.items()
@@ -66,6 +67,8 @@ def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
                 waiting.origin,
             )
         )
+        site, hlc = cell.stamp.site_id, cell.stamp.hlc
+        floors[site] = min(floors.get(site, hlc), hlc)
     ctx.connection.executemany(
         "INSERT INTO _syncmesh_waiting (table_name, pk, column_name, former, cl, hlc, site_id,"
         " change, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -75,30 +78,55 @@ def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
         " WHERE (excluded.cl, excluded.hlc, excluded.site_id) > (cl, hlc, site_id)",
         rows,
     )
-
-
-def entries(ctx: StoreContext) -> list[tuple[int, WaitingCell]]:
-    """Every waiting cell, with its rowid (to `remove` it once merged or discarded)."""
-    found = []
-    for rowid, table, column, former, origin, blob in ctx.connection.execute(
-        "SELECT rowid, table_name, column_name, former, origin, change FROM _syncmesh_waiting"
-        " ORDER BY rowid"
-    ):
-        change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
-        found.append((rowid, WaitingCell(table, column, tuple(json.loads(former)), change, origin)))
-    return found
-
-
-def remove(ctx: StoreContext, rowids: list[int]) -> None:
+    # The floors only go down here (a replaced cell's stamp may stay the
+    # floor: a lower cap than needed, which is safe); `remove` makes them exact.
     ctx.connection.executemany(
-        "DELETE FROM _syncmesh_waiting WHERE rowid = ?", [(rowid,) for rowid in rowids]
+        "INSERT INTO _syncmesh_waiting_floor (site_id, hlc) VALUES (?, ?)"
+        " ON CONFLICT (site_id) DO UPDATE SET hlc = min(hlc, excluded.hlc)",
+        list(floors.items()),
     )
 
 
-def rename_table(ctx: StoreContext, old: str, new: str) -> None:
-    """The waiting cells of table `old` belong to `new` now (RENAME TABLE here)."""
+def groups(ctx: StoreContext) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The (table, column as sent, sender's former names) that cells wait for: few."""
+    return [
+        (table, column, tuple(json.loads(former)))
+        for table, column, former in ctx.connection.execute(
+            "SELECT DISTINCT table_name, column_name, former FROM _syncmesh_waiting"
+        )
+    ]
+
+
+def take(ctx: StoreContext, table: str, column: str, former: tuple[str, ...]) -> list[WaitingCell]:
+    """Remove and return the cells waiting for one group of `groups`."""
+    key = (table, column, json.dumps(list(former)))
+    found = []
+    for origin, blob in ctx.connection.execute(
+        "SELECT origin, change FROM _syncmesh_waiting"
+        " WHERE table_name = ? AND column_name = ? AND former = ? ORDER BY rowid",
+        key,
+    ):
+        change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
+        found.append(WaitingCell(table, column, former, change, origin))
     ctx.connection.execute(
-        "UPDATE _syncmesh_waiting SET table_name = ? WHERE table_name = ?", (new, old)
+        "DELETE FROM _syncmesh_waiting WHERE table_name = ? AND column_name = ? AND former = ?",
+        key,
+    )
+    return found
+
+
+def forget_table(ctx: StoreContext, table: str) -> int:
+    """Drop the cells waiting in `table` (no longer tracked here); returns how many."""
+    cursor = ctx.connection.execute("DELETE FROM _syncmesh_waiting WHERE table_name = ?", (table,))
+    return max(cursor.rowcount, 0)
+
+
+def refresh_floors(ctx: StoreContext) -> None:
+    """Make the vector caps exact again after cells left (`take`, `forget_table`)."""
+    ctx.connection.execute("DELETE FROM _syncmesh_waiting_floor")
+    ctx.connection.execute(
+        "INSERT INTO _syncmesh_waiting_floor (site_id, hlc)"
+        " SELECT site_id, min(hlc) FROM _syncmesh_waiting GROUP BY site_id"
     )
 
 
@@ -111,7 +139,7 @@ def caps(ctx: StoreContext) -> dict[str, int]:
     return {
         site: int(lowest) - 1
         for site, lowest in ctx.connection.execute(
-            "SELECT site_id, min(hlc) FROM _syncmesh_waiting GROUP BY site_id"
+            "SELECT site_id, hlc FROM _syncmesh_waiting_floor"
         )
     }
 
