@@ -314,6 +314,21 @@ def test_rows_of_a_table_not_tracked_here_are_quarantined(make_store: MakeStore)
     assert shell(b, "SELECT id, name FROM items") == "k|n\n"
 
 
+def test_a_quarantined_row_written_under_an_old_name_lands_in_the_renamed_column(
+    make_store: MakeStore,
+) -> None:
+    """Quarantined before the rename here (say, for clock drift): retried after it."""
+    a, b = make_store("a"), make_store("b")
+    write(b, "INSERT INTO items VALUES ('k', 'under the old name')")
+    (change,) = b.read_batch(0, {}, 1000).rows
+    rename_column(a, "items", "name", "title")
+    with a.context.transaction():
+        quarantine.add(a.context, change, b.site_id, "a stamp lies beyond the allowed clock drift")
+    assert a.retry_quarantine() == 1
+    assert shell(a, "SELECT id, title FROM items") == "k|under the old name\n"
+    assert a.status().waiting_cells == {}
+
+
 def test_quarantined_rows_with_a_column_not_here_apply_the_rest_on_retry(
     make_store: MakeStore,
 ) -> None:

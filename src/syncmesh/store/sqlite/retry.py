@@ -32,7 +32,6 @@ def retry(ctx: StoreContext) -> int:
         capture.capture_pending(ctx)
         merged = waiting.merge_ready(ctx) if ready else 0
         by_origin: dict[str, list[RowChange]] = {}
-        columns: dict[str, tuple[str, ...]] = {}
         for entry_id, blob, origin in entries:
             change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
             table = apply.local_table(ctx, change.table)
@@ -40,12 +39,12 @@ def retry(ctx: StoreContext) -> int:
                 continue  # still unknown here: kept as it is, never applied in part
             ctx.connection.execute("DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,))
             by_origin.setdefault(origin, []).append(change)
-            # Our columns, then any the row has that we lack (they wait).
-            known = columns.get(change.table, table.values)
-            extra = tuple(column for column in change.state.cells if column not in known)
-            columns[change.table] = known + extra
         for origin, changes in by_origin.items():
-            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, columns)
+            # Each table with the columns its rows name, as the sender named
+            # them: the merge maps them to ours (a column renamed here since
+            # by our former names; one not here waits).  Padding them with
+            # our columns would hide a renamed one behind its new name.
+            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes)
             apply.merge_rows(ctx, origin, batch, sites)
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
             0
