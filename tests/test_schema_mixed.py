@@ -22,7 +22,7 @@ from syncmesh.protocol.codec import decode, encode
 from syncmesh.protocol.messages import Batch
 from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import SqliteStore, quarantine
-from tests.helpers import rows_with_types, sqlite3_shell
+from tests.helpers import rows_with_types, run_cli, sqlite3_shell
 from tests.schema_steps import add_column, rename_column
 
 
@@ -345,3 +345,15 @@ def test_quarantined_rows_with_a_column_not_here_apply_the_rest_on_retry(
     assert b.status().waiting_cells == {"items": {"extra": 1}}
     add_column(b, "items", "extra TEXT")
     assert shell(b, "SELECT id, name, extra FROM items") == "k|n|e\n"
+
+
+def test_syncmesh_status_shows_cells_waiting_for_a_column(make_store: MakeStore) -> None:
+    """Not an error: `syncmesh status` of the file lists them per table and column."""
+    a, b = make_store("a"), make_store("b")
+    add_column(a, "items", "extra TEXT")
+    write(a, "INSERT INTO items VALUES ('k1', 'one', 'e1')")
+    write(a, "INSERT INTO items VALUES ('k2', 'two', 'e2')")
+    pull(a, b)
+    result = run_cli("status", b.context.path)
+    assert result.returncode == 0, result.stderr
+    assert "items.extra: 2 cells, for a column not added here yet" in result.stdout
