@@ -17,7 +17,7 @@ from typing import Protocol
 
 import pytest
 
-from syncmesh.model import SqlValue
+from syncmesh.model import SqlValue, Stamp
 from syncmesh.protocol.codec import decode, encode
 from syncmesh.protocol.messages import Batch
 from syncmesh.store.records import ApplyResult
@@ -85,12 +85,17 @@ def shell(store: SqliteStore, sql: str) -> str:
     return sqlite3_shell(Path(store.context.path), sql)
 
 
-def cell_stamp(store: SqliteStore, key: str, column: str) -> int:
-    """The HLC of `column` of row `key` as `store` holds it (its feed from 0)."""
+def cell_version(store: SqliteStore, key: str, column: str) -> Stamp:
+    """The stamp of `column` of row `key` as `store` holds it (its feed from 0)."""
     for change in store.read_batch(0, {}, 100_000).rows:
         if change.pk == (key,):
-            return change.state.cells[column].stamp.hlc
+            return change.state.cells[column].stamp
     raise AssertionError(f"no row {key!r}")
+
+
+def cell_stamp(store: SqliteStore, key: str, column: str) -> int:
+    """The HLC of `column` of row `key` as `store` holds it."""
+    return cell_version(store, key, column).hlc
 
 
 def test_an_added_column_waits_at_the_old_side_and_converges_once_it_migrates(
@@ -165,7 +170,7 @@ def test_the_greatest_waiting_write_of_a_cell_wins(make_store: MakeStore) -> Non
         add_column(store, "items", "extra TEXT")
     write(a, "UPDATE items SET extra = 'from a' WHERE id = 'k'")
     write(c, "UPDATE items SET extra = 'from c' WHERE id = 'k'")
-    stamps = {a: cell_stamp(a, "k", "extra"), c: cell_stamp(c, "k", "extra")}
+    stamps = {a: cell_version(a, "k", "extra"), c: cell_version(c, "k", "extra")}
     later, earlier = sorted(stamps, key=lambda store: stamps[store], reverse=True)
     # b hears the later write first, the earlier one second: the later one stays.
     pull(later, b)

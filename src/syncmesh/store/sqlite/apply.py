@@ -98,11 +98,12 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
             quarantined += len(incoming.rows)
             continue
         assert table is not None
+        lacking: frozenset[str] = frozenset()
         if incoming.columns != table.values:
             # Another schema version: map its columns to ours, keep the cells
             # of columns not here as waiting cells (ADR 0013).
-            incoming = _to_local_columns(ctx, table, incoming, shared)
-        done = merge_table(ctx, table, incoming, shared)
+            incoming, lacking = _to_local_columns(ctx, table, incoming, shared)
+        done = merge_table(ctx, table, incoming, shared, lacking)
         applied += done.applied
         if done.applied:
             by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
@@ -208,18 +209,19 @@ def merge_table(
     table: TableSql,
     incoming: TableRows,
     shared: _Incoming,
+    lacking: frozenset[str] = frozenset(),
 ) -> TableApplied:
     """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
 
-    `incoming` has our columns (`_to_local_columns`); a column the sender
-    lacks is a cell without a stamp, which the user row does not write.
+    `incoming` has our columns (`_to_local_columns`); `lacking` are those
+    the sender does not have, which the user rows do not write.
     Rows with a stamp above `shared.bound` (the drift limit) are refused
     into the quarantine, to be retried once the clock has caught up.
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
     merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
-    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk)
+    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk, lacking)
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -377,14 +379,15 @@ def _write_user_rows(
     shared: _Incoming,
     merge: _KeyMerge,
     on_disk: OnDisk,
+    lacking: frozenset[str] = frozenset(),
 ) -> tuple[set[Key], int]:
     """One user-table write per key, from its final state; (keys refused, rows quarantined).
 
     A key that came twice (deleted, then re-inserted) must not be upserted
     and then deleted.  A key a constraint refuses sends all its incoming
-    rows to quarantine.  Only stamped cells are written (`_stamped`): a
-    column never written in the row's life holds its DEFAULT, and a held
-    row keeps its value of it.
+    rows to quarantine.  Only the columns `_written` names are written: a
+    column never written in the row's life, or one the sender lacks,
+    holds its DEFAULT in a new row and keeps its value in a held one.
     """
     keys = table.key_count
     upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None]] = []
@@ -394,7 +397,7 @@ def _write_user_rows(
         held = on_disk.get(pk)
         held_alive = held is not None and held[0][keys] % 2 == 1  # type: ignore[operator]
         if user is not None:
-            stamped = _stamped(table, result)
+            stamped = _written(table, result, lacking)
             upserts.append((pk, user, stamped))
             if stamped is not None and held_alive and _new_life(result, held[0][keys]):  # type: ignore[index]
                 # A new life: its unwritten columns start at their DEFAULT.
@@ -456,25 +459,27 @@ def _write_user_rows(
     return failed, quarantined
 
 
-def _stamped(table: TableSql, result: _Merged) -> tuple[str, ...] | None:
-    """The columns of an alive merged row that hold a write; None when all do (nearly always).
+def _written(table: TableSql, result: _Merged, lacking: frozenset[str]) -> tuple[str, ...] | None:
+    """The columns of an alive merged row to write; None when all are (nearly always).
 
-    A cell without a stamp was never written in this life of the row: the
-    column was added after (its DEFAULT, at every site), or the row came
-    from a site without the column.  Its value is not ours to set.
+    Left out: a cell without a stamp, never written in this life of the row
+    (its column was added after: its DEFAULT, at every site), and a column
+    the sender lacks (`lacking`): its value is not the sender's to set.
     """
     if result.state is None:
         row = result.rows[-1]  # a key new here: the incoming row is the result
         hlcs = row[table.key_count + 4 :: CELL_FIELDS]
-        if None not in hlcs:
+        if None not in hlcs and not lacking:
             return None
         return tuple(
-            column for column, hlc in zip(table.values, hlcs, strict=True) if hlc is not None
+            column
+            for column, hlc in zip(table.values, hlcs, strict=True)
+            if hlc is not None and column not in lacking
         )
     cells = result.state.cells
-    if len(cells) == len(table.values):
+    if len(cells) == len(table.values) and not lacking:
         return None
-    return tuple(column for column in table.values if column in cells)
+    return tuple(column for column in table.values if column in cells and column not in lacking)
 
 
 def _exists_check(
@@ -612,8 +617,8 @@ class _Merged:
 
 def _to_local_columns(
     ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming
-) -> TableRows:
-    """`incoming` in our columns; a column the sender lacks is a cell without a stamp.
+) -> tuple[TableRows, frozenset[str]]:
+    """`incoming` in our columns, and those of ours the sender lacks (absent cells).
 
     Cells of columns not here are kept as waiting cells (`waitlist`);
     cells of columns dropped here, and cells of a re-added column stamped
@@ -669,7 +674,10 @@ def _to_local_columns(
         rows.append(local)
     for column, cells in stale_cells.items():
         waitlist.discard(ctx, spec.name, column, cells)
-    return TableRows(spec.name, values, keys, rows)
+    lacking = frozenset(
+        column for column, source in zip(values, mapping.sources, strict=True) if source is None
+    )
+    return TableRows(spec.name, values, keys, rows), lacking
 
 
 def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:
