@@ -83,6 +83,26 @@ class RestoreMachine(SyncMachine):
         self.acknowledged: list[Held] = []
         self.restores = 0
 
+    # -- the base machine's schema steps are left out -----------------------------
+    # (Issue 14.)  A restore brings an old schema back with the old rows, which
+    # is another scenario; and what a restore legitimately forgets is checked
+    # here by `acknowledged`, not by the base machine's held cells.  Each
+    # override (a plain method, not a rule or an invariant) removes one.
+
+    def migrate(self, node: int) -> None:
+        del node
+
+    def update_extra(self, node: int, key: str, extra: SqlValue, capture: bool) -> None:
+        del node, key, extra, capture
+
+    def insert_with_extra(
+        self, node: int, key: str, extra: SqlValue, n: SqlValue, capture: bool
+    ) -> None:
+        del node, key, extra, n, capture
+
+    def record_held_cells(self) -> None:
+        pass
+
     # -- sessions as real ones start ----------------------------------------------
 
     def _meet(self, source: SqliteStore, target: SqliteStore) -> None:
