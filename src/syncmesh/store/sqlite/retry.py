@@ -1,6 +1,6 @@
 """Retrying quarantined rows: every entry goes through the merge again.
 
-Above `apply` and `capture` (it runs both), so that `quarantine`, which
+Above `apply`, `capture` and `orphans` (it runs them), so that `quarantine`, which
 `apply` records refused rows in, stays below them.  A retry also merges
 the waiting cells whose column is here now (`waiting.merge_ready`).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgpack
 
 from syncmesh.model import TEXT_ERRORS, ChangeBatch, RowChange, row_from_plain
-from syncmesh.store.sqlite import apply, capture, waiting
+from syncmesh.store.sqlite import apply, capture, orphans, waiting
 from syncmesh.store.sqlite.context import StoreContext
 
 
@@ -46,6 +46,7 @@ def retry(ctx: StoreContext) -> int:
             # our columns would hide a renamed one behind its new name.
             batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes)
             apply.merge_rows(ctx, origin, batch, sites)
+            orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
             0
         ]
