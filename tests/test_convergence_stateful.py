@@ -9,10 +9,14 @@ drop a column, and a Django-style table rebuild, run by one store at a
 time; every store runs the same steps in the same order.  Writes of every
 kind go on between a store's DDL and its reconcile (a rebuild excepted:
 an UPDATE there is the one write the catch-up cannot recover, so a rebuild
-is reconciled at once, with a fresh insert in between).  Until the apply
-maps columns across schema versions (schema-mixed), stores sync only while
-their schemas are equal.  No acknowledged write is lost: each schema step
-inserts a fresh row before the reconcile, and every store holds it at the end.
+is reconciled at once, with a fresh insert in between).  Stores on
+different schema versions sync throughout (mixed schema versions: columns
+map by name and former names, cells of a column not here yet wait for it),
+only not between a store's DDL and its reconcile.  No acknowledged write
+is lost: each schema step inserts a fresh row before the reconcile, and
+every store holds it at the end; and every cell any store ever held is in
+the final state, or lost to a greater write of the row's final life
+(`no_held_write_is_lost`; a dropped column's cells excepted).
 """
 
 from __future__ import annotations
@@ -50,8 +54,7 @@ BODIES: list[SqlValue] = [None, "x", "y", "1", 1, 1.0, b"b", b""]
 BODIES_STRATEGY = st.sampled_from(BODIES)
 NUMBERS: list[SqlValue] = [None, 0, 1, 2.5, -(2**63), 2**63 - 1, "2"]
 ROUNDS_MAX = 10
-# Schema changes per run (each run by every store).  Few: until the apply maps
-# columns across versions, no store syncs while one is mid-step.
+# Schema changes per run (each run by every store, at its own moment).
 SCHEMA_STEPS_MAX = 3
 VALUE_COLUMNS_MAX = 4
 SCHEMA_KINDS = ["add", "rename", "drop", "rebuild"]
@@ -95,6 +98,10 @@ class SyncMachine(RuleBasedStateMachine):
         # Per node: fresh keys not checked yet -> (column, value) written to them.
         self.unchecked: list[dict[str, tuple[str, SqlValue]]] = [{} for _ in range(NODES)]
         self.names_made = 0
+        # Per store: each value column's identity (its first name), through renames.
+        self.identities: list[dict[str, str]] = [{"body": "body", "n": "n"} for _ in range(NODES)]
+        # Per (key, column identity): the greatest (cl, stamp) any store held.
+        self.held: dict[tuple[SqlValue, str], tuple[int, Stamp]] = {}
 
     def _column(self, node: int, place: int) -> str:
         columns = self.columns[node]
@@ -233,7 +240,10 @@ class SyncMachine(RuleBasedStateMachine):
         store = self.stores[node]
         store.connection.executescript(ddl)
         self.levels[node] += 1
+        self._follow_identities(node, self.columns[node], list(columns))
         self.columns[node] = list(columns)
+        if len(set(self.levels)) > 1:
+            event("schema step: stores on different schema versions")
         key = f"fresh-{self.levels[node]}-{node}"
         self.fresh.append(key)
         # After ADD COLUMN the new (last) column is written, before its trigger exists;
@@ -252,10 +262,24 @@ class SyncMachine(RuleBasedStateMachine):
         if at_once:
             self.reconcile(node)
 
+    def _follow_identities(self, node: int, before: list[str], after: list[str]) -> None:
+        """A rename keeps the column's identity; an added column is a new one."""
+        identities = self.identities[node]
+        gone = [column for column in before if column not in after]
+        followed = {}
+        for column in after:
+            if column in identities:
+                followed[column] = identities[column]
+            elif len(after) == len(before) and gone:
+                followed[column] = identities[gone[0]]  # RENAME COLUMN
+            else:
+                followed[column] = column  # ADD COLUMN (or a rebuild adding one)
+        self.identities[node] = followed
+
     @precondition(lambda self: len(set(self.levels)) > 1)
     @rule(node=nodes, fresh=BODIES_STRATEGY)
     def catch_up_schema(self, node: int, fresh: SqlValue) -> None:
-        """A store behind runs the next step (a rule of its own: mid-step, nothing syncs)."""
+        """A store behind runs the next step."""
         if self.levels[node] < len(self.steps):
             self.schema_change(node, "add", 0, fresh)
 
@@ -280,7 +304,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     # -- sync ---------------------------------------------------------------------
 
-    @precondition(lambda self: self._schemas_equal())
+    @precondition(lambda self: not any(self.pending))
     @rule(target=batches, pair=pairs, rows_max=st.integers(1, 3))
     def partial_pull(self, pair: tuple[int, int], rows_max: int) -> tuple[int, int, ChangeBatch]:
         source, target = self.stores[pair[0]], self.stores[pair[1]]
@@ -296,7 +320,7 @@ class SyncMachine(RuleBasedStateMachine):
             event("partial pull: cut short of the head")
         return (pair[0], pair[1], batch)
 
-    @precondition(lambda self: self._schemas_equal())
+    @precondition(lambda self: not any(self.pending))
     @rule(delivered=consumes(batches))
     def duplicate_delivery(self, delivered: tuple[int, int, ChangeBatch]) -> None:
         source_index, target_index, batch = delivered
@@ -312,7 +336,7 @@ class SyncMachine(RuleBasedStateMachine):
             raise AssertionError("a replayed batch was applied")
         assert self._snapshot(target) == before
 
-    @precondition(lambda self: self._schemas_equal())
+    @precondition(lambda self: not any(self.pending))
     @rule(pair=pairs)
     def full_exchange(self, pair: tuple[int, int]) -> None:
         target = self.stores[pair[1]]
@@ -370,6 +394,47 @@ class SyncMachine(RuleBasedStateMachine):
             # ... and the kept tree is the XOR of those digests, leaf by leaf.
             pairs = store.connection.execute("SELECT kh, dg FROM _syncmesh_shadow_notes")
             assert kept.leaves == summary_of(pairs).leaves
+
+    @invariant()
+    def record_held_cells(self) -> None:
+        """Remember the greatest (cl, stamp) of each cell that any store holds."""
+        for index, store in enumerate(self.stores):
+            if self.pending[index]:
+                continue  # DDL not reconciled yet: its feed reads the old definition
+            if store.status().waiting_cells:
+                event("cells waiting for a column")
+            identities = self.identities[index]
+            for change in store.read_batch(0, {}, 1_000_000).rows:
+                (key,) = change.pk
+                state = change.state
+                if not state.alive:
+                    continue
+                for name, cell in state.cells.items():
+                    seen = (key, identities[name])
+                    if seen not in self.held or self.held[seen] < (state.cl, cell.stamp):
+                        self.held[seen] = (state.cl, cell.stamp)
+
+    def no_held_write_is_lost(self, view: MergeView) -> None:
+        """Each cell any store held is in the final state, or lost to a greater write.
+
+        A cell of the row's final life must be there with a stamp at least
+        its own; a cell of an earlier life may be gone with that life, and a
+        dropped column's cells are gone with it.
+        """
+        identities = self.identities[0]
+        final: dict[tuple[SqlValue, str], Stamp] = {}
+        lives: dict[SqlValue, int] = {}
+        for (key,), (cl, _cl_stamp, cells) in view.items():
+            lives[key] = cl  # type: ignore[assignment]
+            for name, (_value, _kind, stamp) in cells.items():  # type: ignore[attr-defined]
+                final[(key, identities[name])] = stamp
+        present = set(identities.values())
+        for (key, column), (cl, stamp) in self.held.items():
+            assert lives.get(key, 0) >= cl, f"row {key!r} went back to an earlier life"
+            if lives[key] == cl and column in present:
+                kept = final.get((key, column))
+                assert kept is not None, f"{key!r}.{column}: a held write is lost"
+                assert kept >= stamp, f"{key!r}.{column}: an older write won over {stamp}"
 
     # -- the end ------------------------------------------------------------------
 
@@ -433,8 +498,10 @@ class SyncMachine(RuleBasedStateMachine):
             for store in self.stores:
                 ids = {row[0] for row in store.connection.execute("SELECT id FROM notes")}
                 assert set(self.fresh) <= ids
+            assert all(store.status().waiting_cells == {} for store in self.stores)
             views = [self._merge_view(store) for store in self.stores]
             assert views[0] == views[1] == views[2]
+            self.no_held_write_is_lost(views[0])
             # Converged replicas have the same hash trees, with stamps and with values.
             roots = [store.summaries(["notes"])["notes"].root() for store in self.stores]
             assert roots[0] == roots[1] == roots[2]

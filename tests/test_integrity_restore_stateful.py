@@ -87,6 +87,21 @@ class RestoreMachine(SyncMachine):
         self.acknowledged: list[Held] = []
         self.restores = 0
 
+    # -- the base machine's schema steps are left out -----------------------------
+    # (Issue 14.)  A restore brings an old schema back with the old rows, which
+    # is another scenario; and what a restore legitimately forgets is checked
+    # here by `acknowledged`, not by the base machine's held cells.  Each
+    # override (a plain method, not a rule or an invariant) removes one.
+
+    def schema_change(self, node: int, kind: str, place: int, fresh: SqlValue) -> None:
+        del node, kind, place, fresh
+
+    def catch_up_schema(self, node: int, fresh: SqlValue) -> None:
+        del node, fresh
+
+    def record_held_cells(self) -> None:
+        pass
+
     # -- sessions as real ones start ----------------------------------------------
 
     def _meet(self, source: SqliteStore, target: SqliteStore) -> None:

@@ -113,6 +113,11 @@ class TableRows:
     columns: tuple[str, ...]  # the value columns, in table order
     key_count: int
     rows: list[list[SqlValue]]
+    # Per column of `columns`, the sender's former names of it, newest first
+    # (a column renamed there): the receiver maps an incoming column by its
+    # name, then by these, then by its own former names (ADR 0013).  Empty
+    # when no column has a former name.
+    former: tuple[tuple[str, ...], ...] = ()
 
     @property
     def width(self) -> int:

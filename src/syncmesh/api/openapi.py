@@ -167,6 +167,22 @@ _STATUS = {
                     "description": "per tracked table: conflicts recorded here, ever",
                     "additionalProperties": {"type": "integer"},
                 },
+                "waiting_cells": {
+                    "type": "object",
+                    "description": "per table, per column: cells of a column not added here yet",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                },
+                "discarded_cells": {
+                    "type": "object",
+                    "description": "per table, per column: cells of a column dropped here",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                },
             },
         },
         "peers": {"type": "array", "items": _PEER},

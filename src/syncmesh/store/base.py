@@ -191,9 +191,17 @@ class Store(VerifyStore, Protocol):
         ...
 
     def read_batch(
-        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+        self,
+        from_seq: int,
+        receiver_vector: dict[str, int],
+        rows_max: int,
+        tables: Collection[str] | None = None,
     ) -> ChangeBatch:
-        """The feed after `from_seq`, about `rows_max` rows, whole seq groups."""
+        """The feed after `from_seq`, about `rows_max` rows, whole seq groups.
+
+        `tables`: the names the receiver tracks (None: all of ours); other
+        tables are left out, and a table matches by a former name too.
+        """
         ...
 
     def split_seq_group(self, seq: int) -> bool:
@@ -214,8 +222,15 @@ class Store(VerifyStore, Protocol):
         """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
         ...
 
-    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
-        """Merge a peer's batch and advance its cursor and our vector, atomically."""
+    def apply_batch(
+        self, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+    ) -> ApplyResult:
+        """Merge a peer's batch and advance its cursor and our vector, atomically.
+
+        `adopt_vector=False`: apply the rows and move the cursor, but do not
+        merge the batch's vector claims (the peer lacks a table or column
+        we track, ADR 0013).
+        """
         ...
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:

@@ -76,6 +76,13 @@ class StoreStatus:
     # Rows the feed held back this run because it could not read them
     # faithfully (table, key and reason in words; issue 12).
     row_problems: list[str] = field(default_factory=list)
+    # Per table, per column (as the senders name it): cells of a column this
+    # node does not have yet, kept with their stamps until it is added here
+    # (ADR 0013; not an error: a rolling schema change in progress).
+    waiting_cells: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per table, per column: cells of a column dropped here that arrived
+    # from sites that still have it, and were discarded.
+    discarded_cells: dict[str, dict[str, int]] = field(default_factory=dict)
     # Risks of tracked tables that do not stop syncing but need the
     # operator, with the fix: keys SQLite allocates per site, on a table
     # tracked before `track` refused them (docs/keys.md, "Integer keys").

@@ -17,6 +17,7 @@ hash tree, and the conflicts go to the ledger last.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from syncmesh.model import (
     state_of_row,
 )
 from syncmesh.store.records import ApplyResult
-from syncmesh.store.sqlite import conflicts, quarantine, vector
+from syncmesh.store.sqlite import conflicts, quarantine, vector, waitlist
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE, quote_identifier
 from syncmesh.store.sqlite.execute import execute_checked, execute_many, execute_one
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
@@ -72,23 +74,27 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
     ctx.connection.execute("UPDATE _syncmesh_state SET applying = 1")
     ctx.catch_up_clock()
     seq = ctx.clock.tick()  # a fresh seq for the merged rows (see capture.capture_pending)
-    ordinals = [sites.ordinal(site) for site in batch.sites]
+    batch_sites = batch.sites
+    if DEFAULT_CELL_SITE not in batch_sites and _other_columns(ctx, batch):
+        # A column the sender lacks reads as the default stamp (`_to_local_columns`).
+        batch_sites = (*batch_sites, DEFAULT_CELL_SITE)
+    ordinals = [sites.ordinal(site) for site in batch_sites]
     # One reading of the clock judges the whole batch: rows of one local
     # transaction share a stamp and must all pass or all wait (a reading per
     # table let an order through while its lines waited; syncmesh chaos).
     bound = vector.drift_bound(ctx)
-    shared = _Incoming(origin, batch.sites, ordinals, seq, sites, bound)
+    shared = _Incoming(origin, batch_sites, ordinals, seq, sites, bound)
     applied = quarantined = refused = resolved = 0
     by_table: dict[str, int] = {}
     for incoming in batch.tables:
-        table = ctx.tables.get(incoming.table)
+        table = local_table(ctx, incoming.table)
         problem = None
         if table is None:
             problem = f"table {incoming.table!r} is not tracked here"
-        elif incoming.columns != table.values or incoming.key_count != table.key_count:
+        elif incoming.key_count != table.key_count:
             problem = (
-                f"table {incoming.table!r}: the peer's columns {list(incoming.columns)}"
-                f" differ from ours {list(table.values)}"
+                f"table {incoming.table!r}: the peer's primary key has {incoming.key_count}"
+                f" columns, ours {list(table.spec.pk)}"
             )
         if problem is not None:
             for row in incoming.rows:
@@ -96,7 +102,12 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
             quarantined += len(incoming.rows)
             continue
         assert table is not None
-        done = merge_table(ctx, table, incoming, shared)
+        lacking: frozenset[str] = frozenset()
+        if incoming.columns != table.values or _has_stale_cells(table):
+            # Another schema version: map its columns to ours, keep the cells
+            # of columns not here as waiting cells (ADR 0013).
+            incoming, lacking = _to_local_columns(ctx, table, incoming, shared)
+        done = merge_table(ctx, table, incoming, shared, lacking)
         applied += done.applied
         if done.applied:
             by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
@@ -110,18 +121,121 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
     return ApplyResult(applied, quarantined, refused, ctx.state()["seq"], resolved, by_table)
 
 
+def _other_columns(ctx: StoreContext, batch: ChangeBatch) -> bool:
+    """Whether a table of `batch` has other columns than ours (another schema version)."""
+    for incoming in batch.tables:
+        table = local_table(ctx, incoming.table)
+        if table is not None and (incoming.columns != table.values or _has_stale_cells(table)):
+            return True
+    return False
+
+
+def local_table(ctx: StoreContext, name: str) -> TableSql | None:
+    """Our tracked table that a peer calls `name`: by our name, then by our former names.
+
+    (The sender's former names of a table need not be looked at: a sender
+    names each table as its receiver does, `feed.read_batch(tables=...)`.)
+    """
+    table = ctx.tables.get(name)
+    if table is not None:
+        return table
+    for candidate in ctx.tables.values():
+        if name in candidate.spec.former_names:
+            return candidate
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMap:
+    """How a sender's columns of one table map to ours (ADR 0013, "Mixed schema versions")."""
+
+    # Per local value column (in `TableSql.values` order): the index of the
+    # incoming column that is it, or None if the sender lacks it.
+    sources: tuple[int | None, ...]
+    waiting: tuple[int, ...]  # incoming columns not here (yet): their cells wait
+    dropped: tuple[int, ...]  # incoming columns dropped here: their cells are discarded
+
+
+def map_columns(table: TableSql, incoming: TableRows) -> ColumnMap:
+    """Map each incoming column to one of ours: by name, the sender's former names, ours.
+
+    Each of our columns takes at most one incoming column; a name match
+    goes first, so a name re-used after a rename keeps its own column.
+    """
+    spec, values, columns = table.spec, table.values, incoming.columns
+    former = incoming.former or ((),) * len(columns)
+    assigned: list[str | None] = [name if name in values else None for name in columns]
+    taken = {name for name in assigned if name is not None}
+    for index, name in enumerate(columns):
+        if assigned[index] is not None:
+            continue
+        # The sender renamed it (its former names), or we did (ours).
+        found = next((old for old in former[index] if old in values and old not in taken), None)
+        if found is None:
+            found = next(
+                (ours for ours in values if ours not in taken and name in spec.former_of(ours)),
+                None,
+            )
+        if found is not None:
+            assigned[index] = found
+            taken.add(found)
+    position = {name: index for index, name in enumerate(assigned) if name is not None}
+    unmapped = [index for index, name in enumerate(assigned) if name is None]
+    dropped = tuple(
+        index for index in unmapped if dropped_here(table, (columns[index], *former[index]))
+    )
+    return ColumnMap(
+        tuple(position.get(name) for name in values),
+        tuple(index for index in unmapped if index not in dropped),
+        dropped,
+    )
+
+
+def dropped_here(table: TableSql, names: tuple[str, ...]) -> bool:
+    """Whether a column a sender calls by one of `names` was dropped from this table here.
+
+    Its cells are then discarded (and counted), never kept waiting: the
+    column will not come back under that identity (ADR 0013).
+    """
+    dropped = table.layout.dropped_names()
+    return any(name in dropped for name in names)
+
+
+def _has_stale_cells(table: TableSql) -> bool:
+    """Whether some column of `table` refuses old cells (`stale_at_or_below`): rarely."""
+    return any(stale_at_or_below(table, column) for column in table.values)
+
+
+def stale_at_or_below(table: TableSql, column: str) -> int:
+    """Cells of our `column` stamped at or below this are discarded: 0 for nearly every column.
+
+    A column re-added under the name of one dropped here is a new column:
+    cells of the old one (stamped before its last drop here) must not
+    resurrect old values in it (ADR 0013; the reconcile records it as the
+    column's `born` stamp).  A column added for the first time takes every
+    cell, also those written before it was added here.
+    """
+    return table.layout.born_of(column)
+
+
 def merge_table(
-    ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    shared: _Incoming,
+    lacking: frozenset[str] = frozenset(),
 ) -> TableApplied:
     """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
 
+    `incoming` has our columns (`_to_local_columns`); `lacking` are those
+    the sender does not have, which the user rows do not write.
     Rows with a stamp above `shared.bound` (the drift limit) are refused
     into the quarantine, to be retried once the clock has caught up.
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
     merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
-    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk)
+    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk, lacking)
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -279,21 +393,30 @@ def _write_user_rows(
     shared: _Incoming,
     merge: _KeyMerge,
     on_disk: OnDisk,
+    lacking: frozenset[str] = frozenset(),
 ) -> tuple[set[Key], int]:
     """One user-table write per key, from its final state; (keys refused, rows quarantined).
 
     A key that came twice (deleted, then re-inserted) must not be upserted
     and then deleted.  A key a constraint refuses sends all its incoming
-    rows to quarantine.
+    rows to quarantine.  Only the columns `_written` names are written: a
+    column never written in the row's life, or one the sender lacks,
+    holds its DEFAULT in a new row and keeps its value in a held one.
     """
     keys = table.key_count
-    upserts: list[tuple[Key, list[SqlValue]]] = []
+    upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None]] = []
     deletes: list[tuple[Key, list[SqlValue]]] = []
     for pk, result in merge.merged.items():
         user = result.user_row(table, pk)
+        held = on_disk.get(pk)
+        held_alive = held is not None and held[0][keys] % 2 == 1  # type: ignore[operator]
         if user is not None:
-            upserts.append((pk, user))
-        elif pk in on_disk and on_disk[pk][0][keys] % 2 == 1:  # type: ignore[operator]
+            stamped = _written(table, result, lacking)
+            upserts.append((pk, user, stamped))
+            if stamped is not None and held_alive and _new_life(result, held[0][keys]):  # type: ignore[index]
+                # A new life: its unwritten columns start at their DEFAULT.
+                deletes.append((pk, list(pk)))
+        elif held_alive:
             deletes.append((pk, list(pk)))
     failed: set[Key] = set()
     quarantined = 0
@@ -308,22 +431,40 @@ def _write_user_rows(
         # A delete that changed nothing is done if the row is not there.
         return execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is None
 
-    guards = table.replace_guards(connection)
-    upsert_rows = [row for _pk, row in upserts]
-    writes = (
-        (deletes, execute_checked(connection, sql.delete_sql, [row for _pk, row in deletes], gone)),
+    writes: list[tuple[list[Key], list[tuple[int, str]]]] = [
         (
-            upserts,
-            _upsert_guarded(connection, sql.upsert_sql, upsert_rows, guards)
-            if guards
-            else execute_checked(
-                connection, sql.upsert_sql, upsert_rows, _exists_if_keys_only(table, connection)
-            ),
-        ),
-    )
-    for group, failures in writes:
+            [pk for pk, _row in deletes],
+            execute_checked(connection, sql.delete_sql, [row for _pk, row in deletes], gone),
+        )
+    ]
+    guards = table.replace_guards(connection)
+    by_columns: dict[tuple[str, ...] | None, list[tuple[Key, list[SqlValue]]]] = {}
+    for pk, user, stamped in upserts:
+        by_columns.setdefault(stamped, []).append((pk, user))
+    for stamped, group in by_columns.items():
+        full_rows = [row for _pk, row in group]
+        upsert_sql, rows, keys_only = sql.upsert_sql, full_rows, not table.values
+        if stamped is not None:
+            upsert_sql = _partial_upsert_sql(table.table, table.spec.pk, stamped)
+            positions = [*range(keys), *(keys + table.values.index(column) for column in stamped)]
+            rows = [[row[at] for at in positions] for row in full_rows]
+            keys_only = not stamped
+        writes.append(
+            (
+                [pk for pk, _row in group],
+                _upsert_guarded(connection, upsert_sql, rows, guards, full_rows)
+                if guards
+                else execute_checked(
+                    connection,
+                    upsert_sql,
+                    rows,
+                    _exists_check(table, connection) if keys_only else None,
+                ),
+            )
+        )
+    for group_keys, failures in writes:
         for index, reason in failures:
-            pk = group[index][0]
+            pk = group_keys[index]
             failed.add(pk)
             for row in merge.merged[pk].rows:
                 change = _change_of(incoming, row, shared.batch_sites)
@@ -332,14 +473,60 @@ def _write_user_rows(
     return failed, quarantined
 
 
-def _exists_if_keys_only(
-    table: TableSql, connection: sqlite3.Connection
-) -> Callable[[Sequence[SqlValue]], bool] | None:
-    """A table of keys only upserts with DO NOTHING: a key already there is written."""
-    if table.values:
+def _written(table: TableSql, result: _Merged, lacking: frozenset[str]) -> tuple[str, ...] | None:
+    """The columns of an alive merged row to write; None when all are (nearly always).
+
+    Left out: a cell without a stamp, never written in this life of the row
+    (its column was added after: its DEFAULT), and a column the sender
+    lacks (`lacking`, read as the default cell): its value is not the
+    sender's to set.  A default cell a sender sent with its value is
+    written like any cell (sites may differ in a column's DEFAULT).
+    """
+    if result.state is None:
+        row = result.rows[-1]  # a key new here: the incoming row is the result
+        hlcs = row[table.key_count + 4 :: CELL_FIELDS]
+        if None not in hlcs and not lacking:
+            return None
+        return tuple(
+            column
+            for column, hlc in zip(table.values, hlcs, strict=True)
+            if hlc is not None and column not in lacking
+        )
+    cells = result.state.cells
+    if len(cells) == len(table.values) and not lacking:
         return None
+    return tuple(column for column in table.values if column in cells and column not in lacking)
+
+
+def _exists_check(
+    table: TableSql, connection: sqlite3.Connection
+) -> Callable[[Sequence[SqlValue]], bool]:
+    """An upsert of keys only is DO NOTHING: a key already there is written."""
+    keys = table.key_count
     return lambda row: (
-        execute_one(connection, table.sql_capture.exists_sql, row).fetchone() is not None
+        execute_one(connection, table.sql_capture.exists_sql, row[:keys]).fetchone() is not None
+    )
+
+
+def _new_life(result: _Merged, held_cl: SqlValue) -> bool:
+    """Whether the merged key is in another life of the row than the one held."""
+    return result.state is not None and result.state.cl != held_cl
+
+
+@functools.lru_cache(maxsize=256)
+def _partial_upsert_sql(quoted_table: str, pk: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    """The upsert of a user row with only `columns` of its values (the others hold no write).
+
+    A new row takes the other columns' DEFAULT; a held row keeps them.
+    """
+    names = [quote_identifier(column) for column in (*pk, *columns)]
+    update = ", ".join(
+        f"{quote_identifier(column)} = excluded.{quote_identifier(column)}" for column in columns
+    )
+    conflict = f"DO UPDATE SET {update}" if update else "DO NOTHING"
+    return (
+        f"INSERT INTO {quoted_table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        f" ON CONFLICT ({', '.join(quote_identifier(column) for column in pk)}) {conflict}"
     )
 
 
@@ -348,18 +535,21 @@ def _upsert_guarded(
     sql: str,
     rows: list[list[SqlValue]],
     guards: list[tuple[str, tuple[int, ...]]],
+    full_rows: list[list[SqlValue]],
 ) -> list[tuple[int, str]]:
     """Upsert row by row, refusing a row whose UNIQUE value another key holds.
 
     For a table whose UNIQUE constraint says ON CONFLICT REPLACE: the write
     would delete the other key's row without an error, and `changes()`
     does not count that delete, so the holder is looked for first.
+    `full_rows` are `rows` with every value column (the guards' positions).
     """
     failures: list[tuple[int, str]] = []
     for index, row in enumerate(rows):
         holder = None
         for query, positions in guards:
-            holder = execute_one(connection, query, [row[at] for at in positions]).fetchone()
+            full = full_rows[index]
+            holder = execute_one(connection, query, [full[at] for at in positions]).fetchone()
             if holder is not None:
                 break
         if holder is not None:
@@ -439,6 +629,80 @@ class _Merged:
             assert self.shadow is not None
             return self.shadow
         return table.shadow_row(pk, self.state, seq, sites, self.known)
+
+
+def _to_local_columns(
+    ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming
+) -> tuple[TableRows, frozenset[str]]:
+    """`incoming` in our columns, and those of ours the sender lacks (default cells).
+
+    Cells of columns not here are kept as waiting cells (`waitlist`);
+    cells of columns dropped here, and cells of a re-added column stamped
+    before it was created here, are discarded and counted.
+    """
+    spec, values, keys = table.spec, table.values, table.key_count
+    mapping = map_columns(table, incoming)
+    head = keys + 3
+    former = incoming.former or ((),) * len(incoming.columns)
+    waiting: list[waitlist.WaitingCell] = []
+    for index in mapping.waiting:
+        at = head + CELL_FIELDS * index
+        one = TableRows(incoming.table, (incoming.columns[index],), keys, [])
+        for row in incoming.rows:
+            if row[at + 1] is None or row[at + 1] == DEFAULT_CELL_HLC:
+                continue  # nothing written: the column's default, here too once added
+            state = state_of_row(
+                one, [*row[:head], *row[at : at + CELL_FIELDS]], shared.batch_sites
+            )
+            waiting.append(
+                waitlist.WaitingCell(
+                    spec.name,
+                    incoming.columns[index],
+                    former[index],
+                    RowChange(spec.name, tuple(row[:keys]), state),
+                    shared.origin,
+                )
+            )
+    waitlist.add(ctx, waiting)
+    for index in mapping.dropped:
+        at = head + CELL_FIELDS * index + 1
+        cells = sum(1 for row in incoming.rows if row[at] is not None)
+        waitlist.discard(ctx, spec.name, incoming.columns[index], cells)
+    # A column the sender lacks was never written there: the cell a site
+    # that adds the column gives every row (ddl.DEFAULT_CELL_SITE).  It
+    # loses to any write, ties with the same cell held here, and is not
+    # written to the user row (`_stamped`): a new row takes the DEFAULT.
+    absent: list[SqlValue] = [
+        None,
+        DEFAULT_CELL_HLC,
+        shared.batch_sites.index(DEFAULT_CELL_SITE),
+        None,
+    ]
+    sources = [
+        (None if source is None else head + CELL_FIELDS * source, stale_at_or_below(table, column))
+        for column, source in zip(values, mapping.sources, strict=True)
+    ]
+    stale_cells = dict.fromkeys(values, 0)
+    rows: list[list[SqlValue]] = []
+    for row in incoming.rows:
+        local = row[:head]
+        for (start, stale), column in zip(sources, values, strict=True):
+            if start is None:
+                local.extend(absent)
+                continue
+            hlc = row[start + 1]
+            if stale and hlc is not None and hlc <= stale:  # type: ignore[operator]
+                stale_cells[column] += 1
+                local.extend(absent)
+            else:
+                local.extend(row[start : start + CELL_FIELDS])
+        rows.append(local)
+    for column, cells in stale_cells.items():
+        waitlist.discard(ctx, spec.name, column, cells)
+    lacking = frozenset(
+        column for column, source in zip(values, mapping.sources, strict=True) if source is None
+    )
+    return TableRows(spec.name, values, keys, rows), lacking
 
 
 def _change_of(table: TableRows, row: list[SqlValue], sites: tuple[str, ...]) -> RowChange:

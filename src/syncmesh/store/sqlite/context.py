@@ -76,6 +76,9 @@ class StoreContext:
     # facade follows DDL before it reads or writes rows by column), kept
     # for the next `reconcile_schema()` to return, so the caller hears of it.
     schema_lines_unreported: list[str] = field(default_factory=list)
+    # `tables_version` when waiting cells were last merged (`waiting.merge_ready`):
+    # no column can have appeared since when equal, and a retry skips them.
+    waiting_tables_version: int = -1
     # Rows stamped by committed captures since the store was opened; a
     # capture also runs inside apply_batch and retry_quarantine, and only
     # counts once its transaction commits.

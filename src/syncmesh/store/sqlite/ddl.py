@@ -98,6 +98,38 @@ CREATE TABLE IF NOT EXISTS _syncmesh_runs (
 )
 """
 
+# Waiting cells (docs/adr/0013-schema-evolution.md, "Mixed schema
+# versions"): cells of a tracked table's column this node does not have
+# (yet), kept with their stamps and merged when the column appears.  One
+# per table, key and column: the greatest (cl, hlc, site) wins, as in the
+# merge (a cell of a later life of the row supersedes any of an earlier).
+# Their stamps cap the version vector like quarantined rows do.  Cells of
+# a column dropped here are discarded and counted instead.
+WAITING_DDL = """
+CREATE TABLE IF NOT EXISTS _syncmesh_waiting (
+    table_name TEXT NOT NULL,        -- the local table the row belongs to
+    pk BLOB NOT NULL,                -- the key values (msgpack), exact
+    column_name TEXT NOT NULL,       -- the column as the sender named it
+    former TEXT NOT NULL,            -- JSON list: the sender's former names of it
+    cl INTEGER NOT NULL,             -- the row's causal length the cell belongs to
+    hlc INTEGER NOT NULL,            -- the cell's stamp
+    site_id TEXT NOT NULL,
+    change BLOB NOT NULL,            -- the row change of this one cell (model.row_to_plain)
+    origin TEXT NOT NULL,            -- the peer it came from
+    PRIMARY KEY (table_name, pk, column_name)
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_discarded (
+    table_name TEXT NOT NULL,
+    column_name TEXT NOT NULL,       -- a column dropped here, as the sender named it
+    cells INTEGER NOT NULL,          -- cells of it that arrived and were discarded
+    PRIMARY KEY (table_name, column_name)
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_waiting_floor (
+    site_id TEXT PRIMARY KEY,
+    hlc INTEGER NOT NULL             -- at most the lowest waiting stamp of the site: the cap
+)
+"""
+
 # The conflict ledger (docs/adr/0007-conflict-ledger.md): the conflicts this
 # node resolved, newest kept up to a limit, and a running count per table.
 CONFLICT_LEDGER_DDL = """

@@ -10,22 +10,28 @@ delegate here; each is one transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.execute import execute_one
-from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.sqlite.table import TableSql, clear_unstamped_values
 
 log = logging.getLogger(__name__)
 
 
 def read_batch(
-    ctx: StoreContext, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+    ctx: StoreContext,
+    from_seq: int,
+    receiver_vector: dict[str, int],
+    rows_max: int,
+    tables: Collection[str] | None = None,
 ) -> ChangeBatch:
     """`SqliteStore.read_batch`: see there."""
     sites = ctx.require_init()
     assert rows_max > 0
+    shipped = shipped_tables(ctx, tables)
     # A shared lock only: the application's writers never wait for a read.
     # A row with logged, uncaptured writes has a new value under old stamps,
     # so it must not ship now; and the batch must not pass it either: a
@@ -40,8 +46,8 @@ def read_batch(
         if from_seq >= head:
             vector = ctx.vector() if from_seq == head else None
             return ChangeBatch(incarnation, from_seq, from_seq, head, vector, (), ())
-        upper = batch_upper(ctx, from_seq, head, rows_max)
-        for table in ctx.tables.values():
+        upper = batch_upper(ctx, from_seq, head, rows_max, [table for table, _ in shipped])
+        for table, _name in shipped:
             (held,) = ctx.connection.execute(
                 table.sql_feed.first_pending_seq_sql, (from_seq, upper)
             ).fetchone()
@@ -55,22 +61,54 @@ def read_batch(
             for ordinal, site in enumerate(all_sites)
             if site in receiver_vector
         }
-        tables: list[TableRows] = []
-        for table in ctx.tables.values():
+        found: list[TableRows] = []
+        for table, name in shipped:
             shape = table.shape
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
             read = _faithful_rows(ctx, table, read)
+            clear_unstamped_values(read, table.key_count)
             kept = missing_rows(
                 TableRows(shape.table, shape.columns, shape.key_count, read),
                 all_sites,
                 receiver_vector,
             )
             if kept:
-                tables.append(TableRows(shape.table, shape.columns, shape.key_count, kept))
+                former = tuple(table.spec.former_of(column) for column in shape.columns)
+                found.append(
+                    TableRows(
+                        name,
+                        shape.columns,
+                        shape.key_count,
+                        kept,
+                        former if any(former) else (),
+                    )
+                )
         vector = ctx.vector() if upper == head else None
     # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
-    return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(tables))
+    return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(found))
+
+
+def shipped_tables(ctx: StoreContext, tables: Collection[str] | None) -> list[tuple[TableSql, str]]:
+    """Our tables a receiver tracking `tables` gets, each with the name the receiver knows.
+
+    None: all, under our names.  A table the receiver does not track is
+    left out (ADR 0013: it is not exchanged until both sides have it).  A
+    table renamed here matches by a former name; its rows then carry the
+    receiver's name, so a receiver that has not renamed it yet maps them.
+    """
+    if tables is None:
+        return [(table, name) for name, table in ctx.tables.items()]
+    wanted = set(tables)
+    shipped = []
+    for name, table in ctx.tables.items():
+        if name in wanted:
+            shipped.append((table, name))
+            continue
+        known = next((old for old in table.spec.former_names if old in wanted), None)
+        if known is not None:
+            shipped.append((table, known))
+    return shipped
 
 
 # A row whose user row is absent reads as all NULL values: only rows that
@@ -143,9 +181,11 @@ def split_seq_group(ctx: StoreContext, seq: int) -> bool:
     return True
 
 
-def batch_upper(ctx: StoreContext, from_seq: int, head: int, rows_max: int) -> int:
+def batch_upper(
+    ctx: StoreContext, from_seq: int, head: int, rows_max: int, tables: list[TableSql]
+) -> int:
     seqs: list[int] = []
-    for table in ctx.tables.values():
+    for table in tables:
         seqs.extend(
             seq for (seq,) in ctx.connection.execute(table.sql_feed.seqs_sql, (from_seq, rows_max))
         )

@@ -27,6 +27,7 @@ from syncmesh.store.sqlite.ddl import (
     LEGACY_UPDATE_TRIGGER_KIND,
     PASTS_COLUMN,
     RUNS_DDL,
+    WAITING_DDL,
     trigger_name,
 )
 from syncmesh.store.sqlite.functions import (
@@ -137,6 +138,12 @@ def upgrade(ctx: StoreContext) -> None:
     if runs is None:
         with ctx.transaction():
             ctx.connection.execute(RUNS_DDL)
+    waiting = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_waiting_floor'"
+    ).fetchone()
+    if waiting is None:
+        with ctx.transaction():
+            _run_script(ctx, WAITING_DDL)
     missing = _lacking(ctx, PASTS_COLUMN)
     ledger = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
@@ -203,9 +210,7 @@ def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:
 def init(ctx: StoreContext) -> None:
     """Create the bookkeeping tables and this node's site id, if missing (one transaction)."""
     with ctx.transaction():
-        for statement in (BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL).split(";"):
-            if statement.strip():
-                ctx.connection.execute(statement)
+        _run_script(ctx, BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL + ";" + WAITING_DDL)
         row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
         if row is None:
             site_id = uuid.uuid4().hex
@@ -216,6 +221,13 @@ def init(ctx: StoreContext) -> None:
             ctx.connection.execute(
                 "INSERT INTO _syncmesh_sites (ordinal, site_id) VALUES (0, ?)", (site_id,)
             )
+
+
+def _run_script(ctx: StoreContext, script: str) -> None:
+    """Run the `;`-separated statements of `script` (in the caller's transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            ctx.connection.execute(statement)
 
 
 def new_site_id(ctx: StoreContext) -> str:

@@ -48,9 +48,14 @@ def reset_peer_cursor(
         )
 
 
-def apply_batch(ctx: StoreContext, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+def apply_batch(
+    ctx: StoreContext, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+) -> ApplyResult:
     """Merge a peer's batch and advance its cursor and our vector, atomically.
 
+    With `adopt_vector=False` the rows apply and the cursor moves, but the
+    batch's vector claims are not merged: the peer lacks a table or column
+    we track, so it cannot have relayed all of what it claims (ADR 0013).
     Raises StoreError if the batch does not continue the stored cursor
     (a gap or a replay of an old slice); nothing is applied then.
     """
@@ -81,7 +86,7 @@ def apply_batch(ctx: StoreContext, peer_site_id: str, batch: ChangeBatch) -> App
                 peer_site_id,
             ),
         )
-        if batch.vector is not None:
+        if batch.vector is not None and adopt_vector:
             vector.merge(ctx, batch.vector)
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import TableSpec
-from syncmesh.store.sqlite import capture
+from syncmesh.store.sqlite import capture, waiting
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ALL_COLUMNS,
@@ -307,14 +307,14 @@ def schema_version(ctx: StoreContext) -> int:
 
 
 def merge_ready_waiting_cells(ctx: StoreContext) -> None:
-    """The hook for schema-mixed: merge waiting cells whose column exists now.
+    """Merge the waiting cells whose column exists now (`waiting.merge_ready`).
 
     Called at the end of every reconcile that changed a table, inside its
     transaction, with `ctx.tables` as the reconcile left them.  Cells a peer
     sent for a column this store did not have yet wait (ADR 0013); once the
-    column appears they are merged here: `waiting.merge_ready(ctx)`, when
-    that module lands.  Nothing to do until then.
+    column appears (ADD COLUMN, or a rename that maps it) they are merged.
     """
+    waiting.merge_ready(ctx)
 
 
 def reconcile_schema(ctx: StoreContext, *, force: bool = False) -> list[str]:

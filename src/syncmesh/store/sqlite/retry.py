@@ -1,7 +1,8 @@
 """Retrying quarantined rows: every entry goes through the merge again.
 
 Above `apply`, `capture` and `orphans` (it runs them), so that `quarantine`, which
-`apply` records refused rows in, stays below them.
+`apply` records refused rows in, stays below them.  A retry also merges
+the waiting cells whose column is here now (`waiting.merge_ready`).
 """
 
 from __future__ import annotations
@@ -9,35 +10,45 @@ from __future__ import annotations
 import msgpack
 
 from syncmesh.model import TEXT_ERRORS, ChangeBatch, RowChange, row_from_plain
-from syncmesh.store.sqlite import apply, capture, orphans
+from syncmesh.store.sqlite import apply, capture, orphans, waiting
 from syncmesh.store.sqlite.context import StoreContext
 
 
 def retry(ctx: StoreContext) -> int:
-    """Try every quarantined row again through the merge; returns rows resolved."""
+    """Try every quarantined row and waiting cell again through the merge; returns rows resolved.
+
+    A row of a table tracked here applies the columns we have; cells of
+    columns not here become waiting cells.  A row of a table not tracked
+    here (or with another primary key) stays quarantined whole.
+    """
     sites = ctx.require_init()
     entries = ctx.connection.execute(
         "SELECT id, change, origin FROM _syncmesh_quarantine ORDER BY id"
     ).fetchall()
-    if not entries:
+    ready = waiting.worth_trying(ctx)
+    if not entries and not ready:
         return 0
     with ctx.transaction():
         capture.capture_pending(ctx)
+        merged = waiting.merge_ready(ctx) if ready else 0
         by_origin: dict[str, list[RowChange]] = {}
         for entry_id, blob, origin in entries:
             change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
-            table = ctx.tables.get(change.table)
-            if table is None or not set(change.state.cells) <= set(table.values):
+            table = apply.local_table(ctx, change.table)
+            if table is None or len(change.pk) != table.key_count:
                 continue  # still unknown here: kept as it is, never applied in part
             ctx.connection.execute("DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,))
             by_origin.setdefault(origin, []).append(change)
-        columns = {name: table.values for name, table in ctx.tables.items()}
         for origin, changes in by_origin.items():
-            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, columns)
+            # Each table with the columns its rows name, as the sender named
+            # them: the merge maps them to ours (a column renamed here since
+            # by our former names; one not here waits).  Padding them with
+            # our columns would hide a renamed one behind its new name.
+            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes)
             apply.merge_rows(ctx, origin, batch, sites)
             orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
             0
         ]
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
-    return max(0, len(entries) - int(remaining))
+    return merged + max(0, len(entries) - int(remaining))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from syncmesh.store.records import StoreStatus
-from syncmesh.store.sqlite import conflicts, integer_keys, orphans, peers, tracking
+from syncmesh.store.sqlite import conflicts, integer_keys, orphans, peers, tracking, waitlist
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.introspect import fingerprint
 
@@ -37,6 +37,8 @@ def status(ctx: StoreContext) -> StoreStatus:
                 f"table {table!r}, key ({key}): {reason}"
                 for (table, key), reason in sorted(ctx.row_problems.items())
             ],
+            waiting_cells=waitlist.waiting_counts(ctx),
+            discarded_cells=waitlist.discarded_counts(ctx),
             warnings=integer_keys.warnings(ctx),
             orphans=orphans.orphan_counts(ctx),
             orphan_problems=orphans.problems(ctx),

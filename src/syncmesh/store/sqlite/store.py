@@ -258,18 +258,25 @@ class SqliteStore:
         return self.context.vector()
 
     def read_batch(
-        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+        self,
+        from_seq: int,
+        receiver_vector: dict[str, int],
+        rows_max: int,
+        tables: Collection[str] | None = None,
     ) -> ChangeBatch:
         """The feed after `from_seq`, at most about `rows_max` rows, whole seq groups.
 
         Cells the receiver already holds (by its version vector) are left out.
-        The batch carries our vector only if it reaches our head.
+        The batch carries our vector only if it reaches our head.  `tables`
+        are the names the receiver tracks (None: all of ours): other tables
+        are left out; a table renamed here matches by its former name and
+        is sent under the receiver's name (ADR 0013).
         """
         self._follow_ddl()
         # Every node holds the default cells of the columns it has (the same
         # stamp everywhere): a row the receiver holds but for those is not sent.
         held = {**receiver_vector, DEFAULT_CELL_SITE: DEFAULT_CELL_HLC}
-        return feed.read_batch(self.context, from_seq, held, rows_max)
+        return feed.read_batch(self.context, from_seq, held, rows_max, tables)
 
     def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
         """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`.
@@ -303,14 +310,20 @@ class SqliteStore:
         """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
         peers.reset_peer_cursor(self.context, site_id, incarnation, head_seq, address)
 
-    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+    def apply_batch(
+        self, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+    ) -> ApplyResult:
         """Merge a peer's batch and advance its cursor and our vector, atomically.
 
-        Raises StoreError if the batch does not continue the stored cursor
-        (a gap or a replay of an old slice); nothing is applied then.
+        Columns map by name and former names; cells of a column not here
+        wait for it (ADR 0013).  `adopt_vector=False`: the rows apply and
+        the cursor moves, but the batch's vector claims are not merged
+        (the node decides, from the peer's HELLO).  Raises StoreError if
+        the batch does not continue the stored cursor (a gap or a replay
+        of an old slice); nothing is applied then.
         """
         self._follow_ddl()
-        return peers.apply_batch(self.context, peer_site_id, batch)
+        return peers.apply_batch(self.context, peer_site_id, batch, adopt_vector=adopt_vector)
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
         """Detect that this file was restored from an old copy; True if detected now.
@@ -326,7 +339,10 @@ class SqliteStore:
     # -- quarantine -------------------------------------------------------------
 
     def retry_quarantine(self) -> int:
-        """Try every quarantined row again through the merge; returns rows resolved."""
+        """Try every quarantined row again through the merge; returns rows resolved.
+
+        Also merges the waiting cells whose column is here now (counted too).
+        """
         self._follow_ddl()
         return retry.retry(self.context)
 

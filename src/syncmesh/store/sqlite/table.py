@@ -292,6 +292,23 @@ class TableSql:
         return shadow, user if alive else None
 
 
+def clear_unstamped_values(rows: list[list[SqlValue]], key_count: int) -> None:
+    """Blank, in place, the value of each cell without a stamp (as the wire wants it).
+
+    The feed joins the user table's values to the shadow's stamps.  A cell
+    without a stamp was never written in the row's life (a column added
+    after, holding its DEFAULT), and its value is not sent: the codec
+    refuses a value without a stamp.  Rows whose cells are all stamped, nearly all,
+    cost one slice each.
+    """
+    first = key_count + 3
+    for row in rows:
+        if None in row[first + 1 :: CELL_FIELDS]:
+            for at in range(first, len(row), CELL_FIELDS):
+                if row[at + 1] is None:
+                    row[at] = row[at + 3] = None
+
+
 def _remapped(text: str, ordinals: Sequence[int]) -> dict[str, int]:
     """A past whose keys are a batch's site indexes, keyed by our ordinals instead."""
     known: dict[str, int] = {}

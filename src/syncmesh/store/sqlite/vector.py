@@ -2,7 +2,8 @@
 
 Owns how the vector moves: V[self] following our own captures
 (`set_own`), V = max(V, sender's V) on a batch that reaches the sender's
-head (`merge`, capped below what we hold only in quarantine, entries
+head (`merge`, capped below what we hold only in quarantine or as
+waiting cells of a column not here, entries
 beyond the drift limit `drift_bound` left out), and noticing that this file is an old copy
 (`mark_run_start` at open, `note_peer` on a peer's vector).  The
 facade keeps the methods of the same purpose and delegates here; every function
@@ -16,6 +17,7 @@ import logging
 import uuid
 
 from syncmesh.clock import COUNTER_MAX, pack, wall_ms_of
+from syncmesh.store.sqlite import waitlist
 from syncmesh.store.sqlite.context import StoreContext
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def set_own(ctx: StoreContext, hlc: int) -> None:
 
 
 def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
-    """V = max(V, sender's V), capped below changes we hold only in quarantine.
+    """V = max(V, sender's V), capped below changes we hold only in quarantine or waiting.
 
     The sender's entry for our own site is a claim about our writes: it
     goes through the restore check (`_detect`) like a HELLO's, and is
@@ -80,6 +82,9 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     for (stamps_json,) in ctx.connection.execute("SELECT min_stamps FROM _syncmesh_quarantine"):
         for site, hlc in json.loads(stamps_json).items():
             caps[site] = min(caps.get(site, hlc - 1), hlc - 1)
+    # Waiting cells (a column not here yet) are held but cannot be relayed.
+    for site, cap in waitlist.caps(ctx).items():
+        caps[site] = min(caps.get(site, cap), cap)
     own = ctx.site_id()
     bound = drift_bound(ctx)
     restoring_before = ctx.state()["restore_floor"] > 0

@@ -19,7 +19,7 @@ from syncmesh.store.sqlite import apply, capture, orphans
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_UPDATE
 from syncmesh.store.sqlite.execute import execute_one
-from syncmesh.store.sqlite.table import KEYS_PER_QUERY, TableSql
+from syncmesh.store.sqlite.table import KEYS_PER_QUERY, TableSql, clear_unstamped_values
 from syncmesh.store.summary import (
     TableSummary,
     deep_digest,
@@ -240,6 +240,7 @@ def rows_of(ctx: StoreContext, name: str, keys: Sequence[Key]) -> ChangeBatch:
         all_sites = sites.all_sites()
         head = ctx.head()
         incarnation = ctx.incarnation()
+    clear_unstamped_values(rows, table.key_count)  # a column added after: its DEFAULT, unsent
     shape = table.shape
     tables = (TableRows(shape.table, shape.columns, shape.key_count, rows),) if rows else ()
     # Not a slice of the feed: from_seq = to_seq, and no vector is claimed.

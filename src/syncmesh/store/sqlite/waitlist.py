@@ -1,0 +1,178 @@
+"""Waiting cells: what this node holds of columns it does not have (yet).
+
+While sites run different schema versions, a batch may carry a column of
+a tracked table that this node does not have: added at the sender and not
+here yet, or renamed in a way neither side's former names map.  Its cells
+are kept here, with their stamps and pasts, and merged through the normal
+merge once the column appears (`waiting.merge_ready`; ADR 0013, "Mixed
+schema versions").  Cells of a column dropped here are discarded instead,
+and counted.
+
+This module is the storage only (below `apply`, which adds to it, and
+`vector`, which caps the vector below it); merging is `waiting`'s.  One
+entry per table, key and column: the greatest (cl, hlc, site) wins, the
+order the merge itself uses (a cell of a later life of the row supersedes
+any cell of an earlier life, whatever its stamp), so a cell of a past life
+of the row never comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import msgpack
+
+from syncmesh.model import TEXT_ERRORS, RowChange, SqlValue, row_from_plain, row_to_plain
+from syncmesh.store.sqlite.context import StoreContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingCell:
+    """One cell of a column not here: the row change of that one cell, as received."""
+
+    table: str  # the local table
+    column: str  # as the sender named it
+    former: tuple[str, ...]  # the sender's former names of the column, newest first
+    change: RowChange  # the row's key, cl and cl stamp, and the one cell
+    origin: str
+
+
+def key_blob(pk: tuple[SqlValue, ...]) -> bytes:
+    """The key as stored: exact (storage classes kept), and equal for equal keys."""
+    return bytes(msgpack.packb(list(pk), unicode_errors=TEXT_ERRORS))
+
+
+def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
+    """Keep `cells`; for each table, key and column the greatest (cl, hlc, site) stays."""
+    rows = []
+    floors: dict[str, int] = {}
+    for waiting in cells:
+        state = waiting.change.state
+        ((column, cell),) = state.cells.items()
+        assert column == waiting.column
+        rows.append(
+            (
+                waiting.table,
+                key_blob(waiting.change.pk),
+                column,
+                json.dumps(list(waiting.former)),
+                state.cl,
+                cell.stamp.hlc,
+                cell.stamp.site_id,
+                msgpack.packb(row_to_plain(waiting.change), unicode_errors=TEXT_ERRORS),
+                waiting.origin,
+            )
+        )
+        site, hlc = cell.stamp.site_id, cell.stamp.hlc
+        floors[site] = min(floors.get(site, hlc), hlc)
+    ctx.connection.executemany(
+        "INSERT INTO _syncmesh_waiting (table_name, pk, column_name, former, cl, hlc, site_id,"
+        " change, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (table_name, pk, column_name) DO UPDATE SET former = excluded.former,"
+        " cl = excluded.cl, hlc = excluded.hlc, site_id = excluded.site_id,"
+        " change = excluded.change, origin = excluded.origin"
+        " WHERE (excluded.cl, excluded.hlc, excluded.site_id) > (cl, hlc, site_id)",
+        rows,
+    )
+    # The floors only go down here (a replaced cell's stamp may stay the
+    # floor: a lower cap than needed, which is safe); `remove` makes them exact.
+    ctx.connection.executemany(
+        "INSERT INTO _syncmesh_waiting_floor (site_id, hlc) VALUES (?, ?)"
+        " ON CONFLICT (site_id) DO UPDATE SET hlc = min(hlc, excluded.hlc)",
+        list(floors.items()),
+    )
+
+
+def groups(ctx: StoreContext) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The (table, column as sent, sender's former names) that cells wait for: few."""
+    return [
+        (table, column, tuple(json.loads(former)))
+        for table, column, former in ctx.connection.execute(
+            "SELECT DISTINCT table_name, column_name, former FROM _syncmesh_waiting"
+        )
+    ]
+
+
+def take(ctx: StoreContext, table: str, column: str, former: tuple[str, ...]) -> list[WaitingCell]:
+    """Remove and return the cells waiting for one group of `groups`."""
+    key = (table, column, json.dumps(list(former)))
+    found = []
+    for origin, blob in ctx.connection.execute(
+        "SELECT origin, change FROM _syncmesh_waiting"
+        " WHERE table_name = ? AND column_name = ? AND former = ? ORDER BY rowid",
+        key,
+    ):
+        change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
+        found.append(WaitingCell(table, column, former, change, origin))
+    ctx.connection.execute(
+        "DELETE FROM _syncmesh_waiting WHERE table_name = ? AND column_name = ? AND former = ?",
+        key,
+    )
+    return found
+
+
+def forget_table(ctx: StoreContext, table: str) -> int:
+    """Drop the cells waiting in `table` (no longer tracked here); returns how many."""
+    cursor = ctx.connection.execute("DELETE FROM _syncmesh_waiting WHERE table_name = ?", (table,))
+    return max(cursor.rowcount, 0)
+
+
+def refresh_floors(ctx: StoreContext) -> None:
+    """Make the vector caps exact again after cells left (`take`, `forget_table`)."""
+    ctx.connection.execute("DELETE FROM _syncmesh_waiting_floor")
+    ctx.connection.execute(
+        "INSERT INTO _syncmesh_waiting_floor (site_id, hlc)"
+        " SELECT site_id, min(hlc) FROM _syncmesh_waiting GROUP BY site_id"
+    )
+
+
+def caps(ctx: StoreContext) -> dict[str, int]:
+    """Per site: one below its lowest waiting stamp.
+
+    This node holds those writes but cannot relay them (its feed has no
+    such column), so its vector must not claim them (`vector.merge`).
+    """
+    return {
+        site: int(lowest) - 1
+        for site, lowest in ctx.connection.execute(
+            "SELECT site_id, hlc FROM _syncmesh_waiting_floor"
+        )
+    }
+
+
+def discard(ctx: StoreContext, table: str, column: str, cells: int) -> None:
+    """Count `cells` cells of `column` (dropped here) that arrived and were thrown away."""
+    if cells <= 0:
+        return
+    ctx.connection.execute(
+        "INSERT INTO _syncmesh_discarded (table_name, column_name, cells) VALUES (?, ?, ?)"
+        " ON CONFLICT (table_name, column_name) DO UPDATE SET cells = cells + excluded.cells",
+        (table, column, cells),
+    )
+    log.info("discarded %d cells of %s.%s: a column dropped here", cells, table, column)
+
+
+def waiting_counts(ctx: StoreContext) -> dict[str, dict[str, int]]:
+    """Per table, per column (as the senders named it): cells waiting for it."""
+    counts: dict[str, dict[str, int]] = {}
+    for table, column, cells in ctx.connection.execute(
+        "SELECT table_name, column_name, count(*) FROM _syncmesh_waiting"
+        " GROUP BY table_name, column_name ORDER BY table_name, column_name"
+    ):
+        counts.setdefault(table, {})[column] = int(cells)
+    return counts
+
+
+def discarded_counts(ctx: StoreContext) -> dict[str, dict[str, int]]:
+    """Per table, per column: cells of a column dropped here that arrived and were discarded."""
+    counts: dict[str, dict[str, int]] = {}
+    for table, column, cells in ctx.connection.execute(
+        "SELECT table_name, column_name, cells FROM _syncmesh_discarded"
+        " ORDER BY table_name, column_name"
+    ):
+        counts.setdefault(table, {})[column] = int(cells)
+    return counts
