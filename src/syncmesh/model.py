@@ -113,6 +113,10 @@ class TableRows:
     columns: tuple[str, ...]  # the value columns, in table order
     key_count: int
     rows: list[list[SqlValue]]
+    # Per column of `columns`, its former names, newest first (ADR 0013): the
+    # receiver maps a column it does not know by name through them.  () when
+    # no column was ever renamed.
+    former: tuple[tuple[str, ...], ...] = ()
 
     @property
     def width(self) -> int:
@@ -255,6 +259,11 @@ class TableSpec:
     columns: tuple[str, ...]
     declared_types: tuple[str, ...]
     pk: tuple[str, ...]
+    # Per column of `columns`: the names it had before (RENAME COLUMN), newest
+    # first; `()` when no column was ever renamed (docs/adr/0013-schema-evolution.md).
+    former: tuple[tuple[str, ...], ...] = ()
+    # The table's own former names (RENAME TABLE), newest first.
+    former_names: tuple[str, ...] = ()
 
     @property
     def value_columns(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
-from syncmesh.node.mismatch import describe_columns
+from syncmesh.node.mismatch import describe_columns, table_schema
 from syncmesh.node.session import (
     APPLY_SECONDS_BUCKETS,
     DUPLICATE_SESSION_PREFIX,
@@ -119,6 +119,12 @@ class PeerStatistics:
     # has not streamed (0: it streams, or was never dialled): syncmesh.node.health.
     last_error_ms: int = 0
     down_since_ms: int = 0
+    # How the peer's tracked tables differ from ours, naming tables and
+    # columns (ADR 0013: never a refusal; only what both track is exchanged),
+    # and whether its batches' vector claims are adopted (its tables and
+    # columns cover ours).  From the last session's HELLOs.
+    schema_differences: tuple[str, ...] = ()
+    adopts_vector: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +190,9 @@ class Node:
         self._dialers: dict[str, _Dialer] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._feed_event = asyncio.Event()
-        # Caught-up send loops: (cursor, filter vector, rows) to read after a capture.
-        self._wanted: dict[Session, tuple[int, dict[str, int], int]] = {}
+        # Caught-up send loops: (cursor, filter vector, rows, the peer's tables) to
+        # read after a capture.
+        self._wanted: dict[Session, tuple[int, dict[str, int], int, frozenset[str]]] = {}
         self._captures = 0
         self._stopping = False
         self._rng = random.Random()
@@ -302,6 +309,7 @@ class Node:
                 self.store.vector(),
                 {spec.name: describe_columns(spec) for spec in self.store.specs()},
                 self.instance,
+                {spec.name: table_schema(spec) for spec in self.store.specs()},
             )
 
         return await self.worker.call(read)
@@ -382,8 +390,15 @@ class Node:
     def feed_event(self) -> asyncio.Event:
         return self._feed_event
 
-    def want_batch(self, session: Session, cursor: int, vector: dict[str, int], rows: int) -> None:
-        self._wanted[session] = (cursor, vector, rows)
+    def want_batch(
+        self,
+        session: Session,
+        cursor: int,
+        vector: dict[str, int],
+        rows: int,
+        tables: frozenset[str],
+    ) -> None:
+        self._wanted[session] = (cursor, vector, rows, tables)
 
     def unwant_batch(self, session: Session) -> None:
         self._wanted.pop(session, None)
@@ -636,8 +651,9 @@ class Node:
             # trip to the store thread: each would do it first thing anyway.
             read = []
             if stamped and not reloaded:
-                for session, (cursor, vector, rows) in wanted:
-                    read.append((session, cursor, self.store.read_batch(cursor, vector, rows)))
+                for session, (cursor, vector, rows, tables) in wanted:
+                    batch = self.store.read_batch(cursor, vector, rows, tables=tables)
+                    read.append((session, cursor, batch))
             return reloaded, stamped, self.store.rows_captured_total, read
 
         try:
@@ -821,6 +837,8 @@ def _peer_statistics(
         apply_seconds_sum=link.apply_seconds_sum,
         last_error_ms=times[0],
         down_since_ms=times[1],
+        schema_differences=link.schema_differences,
+        adopts_vector=link.adopts_vector,
         **verify_figures,  # type: ignore[arg-type]
     )
 

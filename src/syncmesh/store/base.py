@@ -24,7 +24,7 @@ trees in `syncmesh.store.summary`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from syncmesh.model import ChangeBatch, SqlValue, TableSpec
@@ -173,9 +173,18 @@ class Store(VerifyStore, Protocol):
         ...
 
     def read_batch(
-        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+        self,
+        from_seq: int,
+        receiver_vector: dict[str, int],
+        rows_max: int,
+        *,
+        tables: Collection[str] | None = None,
     ) -> ChangeBatch:
-        """The feed after `from_seq`, about `rows_max` rows, whole seq groups."""
+        """The feed after `from_seq`, about `rows_max` rows, whole seq groups.
+
+        `tables`: the names the receiver tracks (None: all); a table matches
+        by its name or a former name.
+        """
         ...
 
     def split_seq_group(self, seq: int) -> bool:
@@ -196,8 +205,13 @@ class Store(VerifyStore, Protocol):
         """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
         ...
 
-    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
-        """Merge a peer's batch and advance its cursor and our vector, atomically."""
+    def apply_batch(
+        self, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+    ) -> ApplyResult:
+        """Merge a peer's batch and advance its cursor and our vector, atomically.
+
+        `adopt_vector=False`: apply the rows, but do not merge the batch's vector claims.
+        """
         ...
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:

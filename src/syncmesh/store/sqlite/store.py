@@ -19,7 +19,9 @@ Not thread-safe: the node calls the store from a single worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.clock import HybridClock, SystemClock
@@ -197,14 +199,31 @@ class SqliteStore:
         return self.context.vector()
 
     def read_batch(
-        self, from_seq: int, receiver_vector: dict[str, int], rows_max: int
+        self,
+        from_seq: int,
+        receiver_vector: dict[str, int],
+        rows_max: int,
+        *,
+        tables: Collection[str] | None = None,
     ) -> ChangeBatch:
         """The feed after `from_seq`, at most about `rows_max` rows, whole seq groups.
 
         Cells the receiver already holds (by its version vector) are left out.
-        The batch carries our vector only if it reaches our head.
+        The batch carries our vector only if it reaches our head.  `tables`:
+        the names the receiver tracks (None: all); a table matches by its
+        name or a former name.
         """
-        return feed.read_batch(self.context, from_seq, receiver_vector, rows_max)
+        batch = feed.read_batch(self.context, from_seq, receiver_vector, rows_max)
+        if tables is None:
+            return batch
+        wanted = set(tables)
+        specs = {spec.name: spec for spec in self.specs()}
+        kept = tuple(
+            part
+            for part in batch.tables
+            if part.table in wanted or wanted.intersection(specs[part.table].former_names)
+        )
+        return dataclasses.replace(batch, tables=kept)
 
     def feed_rows_after(self, seqs: list[int], rows_max: int) -> list[int]:
         """Per seq of `seqs`: how many rows of the feed come after it, at most `rows_max`.
@@ -238,12 +257,17 @@ class SqliteStore:
         """Start reading the peer's feed from 0 (a new peer, or it was restored)."""
         peers.reset_peer_cursor(self.context, site_id, incarnation, head_seq, address)
 
-    def apply_batch(self, peer_site_id: str, batch: ChangeBatch) -> ApplyResult:
+    def apply_batch(
+        self, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+    ) -> ApplyResult:
         """Merge a peer's batch and advance its cursor and our vector, atomically.
 
         Raises StoreError if the batch does not continue the stored cursor
         (a gap or a replay of an old slice); nothing is applied then.
+        `adopt_vector=False` applies the rows but not the batch's vector claims.
         """
+        if not adopt_vector:
+            batch = dataclasses.replace(batch, vector=None)
         return peers.apply_batch(self.context, peer_site_id, batch)
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
