@@ -27,6 +27,7 @@ from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
 from syncmesh.node.mismatch import describe_columns, table_schema
+from syncmesh.node.patterns import track_matches
 from syncmesh.node.session import (
     APPLY_SECONDS_BUCKETS,
     DUPLICATE_SESSION_PREFIX,
@@ -198,6 +199,12 @@ class Node:
         self._rng = random.Random()
         self._accepted: set[Session] = set()
         self._schema_problems: list[str] = []
+        # The database's tables when `[tables] track` patterns were last matched
+        # (store thread only); None: not yet.
+        self._application_tables: list[str] | None = None
+        # Bumped whenever our tracked tables change: a session whose HELLO was
+        # read before (in its handshake then) starts again (Session).
+        self.schema_epoch = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._rows_captured_seen = 0
         # Connections dialled in, per peer name (TLS) or "" (no TLS), open now.
@@ -640,12 +647,7 @@ class Node:
         wanted = list(self._wanted.items())
 
         def capture() -> tuple[bool, int, int, list[tuple[Session, int, ChangeBatch]]]:
-            reloaded = self.store.reload_if_changed()
-            problems = self.store.schema_problems()
-            if problems != self._schema_problems:
-                for problem in problems:
-                    log.error("%s", problem)
-                self._schema_problems = problems
+            reloaded = self._follow_schema()
             stamped = self.store.capture()
             # Read the next batch of every caught-up send loop now, in this
             # trip to the store thread: each would do it first thing anyway.
@@ -666,14 +668,50 @@ class Node:
         for session, cursor, batch in read:
             session.offer_batch(cursor, batch)
         if reloaded:
-            log.info("tracked tables changed: restarting sessions with the new schema")
-            for session in list(self._sessions.values()):
-                await session.close()
+            await self.restart_sessions("tracked tables changed")
         if stamped:
             self._captures += 1
             self.note_throughput(rows_captured_total=captured_total)
             self.feed_advanced()
         return stamped
+
+    def _follow_schema(self) -> bool:
+        """On the store thread: follow DDL and tracking changes; True if our tables changed.
+
+        DDL by any tool on a tracked table (`Store.reconcile_schema`, which
+        first captures pending writes with the old definition), tables that
+        `[tables] track` patterns match and that appeared (`patterns`), and a
+        `track` or `untrack` run by another process.  Schema problems (a
+        table that cannot be synced) are logged at ERROR when they change.
+        """
+        changes = self.store.reconcile_schema()
+        for change in changes:
+            log.info("schema change handled: %s", change)
+        changed = bool(changes)
+        if self.config.track_patterns:
+            tables = self.store.application_tables()
+            if changed or tables != self._application_tables:
+                self._application_tables = tables
+                changed |= bool(track_matches(self.store, self.config.track_patterns))
+        changed |= self.store.reload_if_changed()
+        problems = self.store.schema_problems()
+        if problems != self._schema_problems:
+            for problem in problems:
+                log.error("%s", problem)
+            self._schema_problems = problems
+        return changed
+
+    async def restart_sessions(self, why: str) -> None:
+        """End every session, so that each peer gets a fresh HELLO (dialers dial again).
+
+        A session still in its handshake holds a HELLO read before: it sees
+        the new `schema_epoch` and ends too.
+        """
+        self.schema_epoch += 1
+        sessions = {*self._sessions.values(), *self._accepted}
+        log.info("%s: restarting %d sessions with the new schema", why, len(sessions))
+        for session in sessions:
+            await session.close()
 
     async def _quarantine_loop(self) -> None:
         while True:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
+from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError, SyncError
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.catchup import CatchUp
@@ -141,6 +141,8 @@ class SessionHost(Protocol):
     config: NodeConfig
     store: Store
     worker: StoreWorker
+    # Bumped when our tracked tables change: a HELLO built before is stale.
+    schema_epoch: int
 
     def now_ms(self) -> int:
         """Wall time from the node's injected clock."""
@@ -249,6 +251,7 @@ class Session:
 
     async def _handshake(self) -> Hello:
         host = self._host
+        epoch = host.schema_epoch
         ours = await host.our_hello()
         await self._send(ours)
         frame = await self._channel.receive(timeout_s=host.config.handshake_timeout_s)
@@ -271,6 +274,10 @@ class Session:
         if duplicate is not None:
             raise await self._refuse(duplicate)
         try:
+            if host.schema_epoch != epoch:
+                # Our tables changed since our HELLO: the node closed the
+                # sessions it knew of; this one was not registered yet.
+                raise SyncError("our tracked tables changed during the handshake")
             await self._start_pull(message)
         except BaseException:
             host.unregister(self.link, self)

@@ -146,7 +146,22 @@ class Store(VerifyStore, Protocol):
         ...
 
     def schema_problems(self) -> list[str]:
-        """Tracked tables altered since they were tracked, in words."""
+        """Tracked tables that cannot be synced, or whose DDL is not handled yet, in words."""
+        ...
+
+    def reconcile_schema(self) -> list[str]:
+        """Handle DDL on tracked tables (ADR 0013); one line per change. Cheap if none."""
+        ...
+
+    def untrack(self, names: list[str]) -> None:
+        """Stop syncing `names` (SchemaError if one is not tracked)."""
+        ...
+
+    def application_tables(self) -> list[str]:
+        """The database's own tables (not syncmesh's, not the backend's), sorted by name.
+
+        What `[tables] track` patterns are matched against.
+        """
         ...
 
     def change_notifier(self) -> ChangeNotifier:

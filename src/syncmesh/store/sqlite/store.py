@@ -25,6 +25,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.clock import HybridClock, SystemClock
+from syncmesh.errors import SchemaError
 from syncmesh.model import ChangeBatch, SqlValue, TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
 from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
@@ -42,7 +43,7 @@ from syncmesh.store.sqlite import (
     verify,
 )
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.introspect import fingerprint, table_problems
+from syncmesh.store.sqlite.introspect import application_tables, fingerprint, table_problems
 from syncmesh.store.sqlite.notifier import SqliteChangeNotifier
 from syncmesh.store.summary import TableSummary
 
@@ -164,6 +165,21 @@ class SqliteStore:
         columns that were tracked; a column added later is not synced.
         """
         return tracking.schema_problems(self.context)
+
+    def reconcile_schema(self) -> list[str]:
+        """Handle DDL run on tracked tables by any tool; one line per change handled.
+
+        Not yet implemented here (issue 14, schema-local): nothing is handled.
+        """
+        return []
+
+    def untrack(self, names: list[str]) -> None:
+        """Stop syncing `names`.  Not yet implemented here (issue 14, schema-local)."""
+        raise SchemaError(f"cannot untrack {names}: untrack is not implemented yet")
+
+    def application_tables(self) -> list[str]:
+        """The database's own tables: not syncmesh's (`_syncmesh*`), not SQLite's (`sqlite_*`)."""
+        return application_tables(self.connection)
 
     def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
