@@ -207,6 +207,18 @@ async def test_a_column_known_at_one_site_only_refuses_no_session(
         assert {record.levelname for record in told} == {"INFO"}
         assert len(told) == 2, [record.getMessage() for record in told]  # once per side
         assert "its vector is not adopted" in " ".join(r.getMessage() for r in told)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://{node_b.listen}/metrics") as response,
+        ):
+            text = await response.text()
+        differing = [
+            sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "syncmesh_peer_schema_differences"
+        ]
+        assert [(s.labels["peer"], s.value) for s in differing] == [(node_a.store.site_id, 1)]
 
 
 @pytest.mark.xfail(strict=True, reason="needs schema-local/-mixed")
@@ -378,6 +390,7 @@ async def test_metrics_endpoint_reports_peers_and_lag(tmp_path: Path) -> None:
     assert samples[("syncmesh_batch_apply_seconds_count", peer)] >= 1
     assert samples[("syncmesh_table_rows", (("table", "items"),))] == 2
     assert samples[("syncmesh_quarantined_rows", ())] == 0
+    assert samples[("syncmesh_peer_schema_differences", peer)] == 0
 
 
 async def _caught_up(node: Node) -> bool:
