@@ -84,6 +84,10 @@ class Writer:
         wait_for(lambda: len(self.written) >= target, 30.0, f"writer {self.prefix}'s rows")
         return list(self.written)
 
+    def signal_stop(self) -> None:
+        """Ask the writer to stop after its current row (teardown: not waited for)."""
+        self._stop.set()
+
     def stop(self) -> list[str]:
         self._stop.set()
         self._thread.join(timeout=30)
@@ -99,7 +103,7 @@ def writers(*nodes: NodeProcess) -> Iterator[list[Writer]]:
         yield started
     finally:
         for writer in started:
-            writer._stop.set()
+            writer.signal_stop()
 
 
 def ids(path: Path) -> set[str]:

@@ -16,7 +16,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +29,24 @@ from syncmesh.node.patterns import track_matches
 from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import run_cli, sqlite3_shell, wait_until, wait_until_sync
 from tests.nodeproc import free_port
-from tests.test_config import _wait_for_status
 from tests.test_node import TIMEOUT_S, config, execute, make_db, peer_of
+
+
+def _wait_for_status(port: int) -> dict[str, Any]:
+    """GET /v1/status of the node serving on `port`, as soon as it answers (20 s at most)."""
+    answer: list[dict[str, Any]] = []
+
+    def answered() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=2) as r:
+                answer.append(json.loads(r.read()))
+                return True
+        except OSError:
+            return False
+
+    wait_until_sync(answered, 20.0, f"the node on port {port} to answer")
+    return answer[-1]
+
 
 # -- patterns ---------------------------------------------------------------------------
 
