@@ -170,6 +170,15 @@ def test_serve_tracks_the_tables_a_pattern_matches(tmp_path: Path) -> None:
             "the node to track app_orders",
         )
         assert _wait_for_status(port)["store"]["tables"] == {"app_items": 0, "app_orders": 1}
+        # `track` of a table no pattern matches, while the node runs: it says the node follows.
+        result = run_cli("track", str(database), "other")
+        assert result.returncode == 0, result.stderr
+        assert f"the node serving {database} (pid {process.pid}) reloads" in result.stdout
+        wait_until_sync(
+            lambda: "other" in _wait_for_status(port)["store"]["tables"],
+            20.0,
+            "the node to reload its tables",
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)

@@ -46,7 +46,7 @@ from syncmesh.clock import SystemClock
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import is_loopback, is_pattern
-from syncmesh.node.lockfile import ServeLock
+from syncmesh.node.lockfile import ServeLock, running_holder
 from syncmesh.node.patterns import track_matches
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
@@ -124,6 +124,17 @@ def track(database: Path, tables: tuple[str, ...]) -> None:
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")
+    _tell_about_serving_node(database)
+
+
+def _tell_about_serving_node(database: Path) -> None:
+    """After `track` or `untrack`: say that a node serving the file follows by itself."""
+    holder = running_holder(database)
+    if holder is not None:
+        click.echo(
+            f"the node serving {database} (pid {holder.pid}) reloads its tables and restarts"
+            " its sessions by itself"
+        )
 
 
 @cli.command()
@@ -142,6 +153,7 @@ def untrack(database: Path, tables: tuple[str, ...]) -> None:
         store.untrack(list(tables))
         remaining = ", ".join(spec.name for spec in store.specs()) or "no tables"
         click.echo(f"{database}: stopped tracking {', '.join(tables)}; tracking {remaining}")
+    _tell_about_serving_node(database)
 
 
 @cli.command()
