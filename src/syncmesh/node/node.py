@@ -183,6 +183,7 @@ class Node:
             config.database_path,
             clock=HybridClock(self.clock, drift_ms_max=config.clock_drift_ms_max),
             conflict_ledger_rows_max=config.conflict_ledger_rows_max,
+            orphan_policy=config.orphan_policy,
         )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"
@@ -692,7 +693,12 @@ class Node:
             tables = self.store.application_tables()
             if changed or tables != self._application_tables:
                 self._application_tables = tables
-                changed |= bool(track_matches(self.store, self.config.track_patterns))
+                started = track_matches(
+                    self.store,
+                    self.config.track_patterns,
+                    allow_integer_keys=self.config.allow_integer_keys,
+                )
+                changed |= bool(started)
         changed |= self.store.reload_if_changed()
         problems = self.store.schema_problems()
         if problems != self._schema_problems:

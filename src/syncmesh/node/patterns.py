@@ -11,7 +11,7 @@ logged with the reason and skipped: one bad table never stops the others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from syncmesh.errors import SyncError
 from syncmesh.node.config import tables_matching
@@ -22,12 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def track_matches(
-    store: Store, patterns: Sequence[str], progress: TrackProgress | None = None
+    store: Store,
+    patterns: Sequence[str],
+    progress: TrackProgress | None = None,
+    *,
+    allow_integer_keys: Collection[str] = (),
 ) -> list[str]:
     """On the store thread: track every table that `patterns` match and that is untracked.
 
     Returns the tables it started tracking.  Each is tracked on its own, so
-    one that is refused does not keep the others from syncing.
+    one that is refused (no primary key; keys SQLite allocates per site,
+    unless named in `allow_integer_keys`) does not keep the others from syncing.
     """
     if not patterns:
         return []
@@ -37,7 +42,7 @@ def track_matches(
         if table in tracked:
             continue
         try:
-            warnings = store.track([table], progress)
+            warnings = store.track([table], progress, allow_integer_keys=allow_integer_keys)
         except SyncError as exc:
             log.warning(
                 "table %s matches [tables] track %s but cannot be tracked: %s",
