@@ -91,6 +91,22 @@ def test_track_matches_tracks_each_new_match_and_skips_one_it_cannot(
         store.close()
 
 
+def test_a_pattern_tracks_an_integer_key_table_only_when_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pattern is no back door around the integer-key refusal (issue 14, part 5)."""
+    store = SqliteStore.open(tmp_path / "a.db")
+    try:
+        store.init()
+        store.connection.execute("CREATE TABLE app_log (id INTEGER PRIMARY KEY, line TEXT)")
+        assert track_matches(store, ["app_*"]) == []
+        [refusal] = [r for r in caplog.records if "cannot be tracked" in r.getMessage()]
+        assert "app_log" in refusal.getMessage()
+        assert track_matches(store, ["app_*"], allow_integer_keys=["app_log"]) == ["app_log"]
+    finally:
+        store.close()
+
+
 def _rows(path: Path, table: str) -> list[tuple[object, ...]]:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         return connection.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
