@@ -51,12 +51,13 @@ FIELDS = [
     "from",
     "to",
     "sites",
+    "schema",
 ]
 
 
 @st.composite
 def table_entries(draw: st.DrawFn) -> list[object]:
-    """[name, columns, key_count, rows] with rows about the right width, values anything."""
+    """[name, columns, key_count, rows(, former)]: rows about the right width, values any."""
     name = draw(st.sampled_from(["items", "pairs", "other", 'x"y', ""]))
     columns = draw(
         st.one_of(
@@ -71,7 +72,19 @@ def table_entries(draw: st.DrawFn) -> list[object]:
         min_size=max(0, width - draw(st.integers(0, 1))),
         max_size=width + draw(st.integers(0, 1)),
     )
-    return [name, columns, key_count, draw(st.lists(row, max_size=4))]
+    entry = [name, columns, key_count, draw(st.lists(row, max_size=4))]
+    if draw(st.booleans()):
+        # The optional former names (ADR 0013): one list per column, or not quite.
+        names = st.lists(st.one_of(st.sampled_from(["old", "title"]), scalars), max_size=2)
+        entry.append(
+            draw(
+                st.one_of(
+                    st.lists(names, min_size=len(columns), max_size=len(columns)),
+                    plain_values,
+                )
+            )
+        )
+    return entry
 
 
 @st.composite
@@ -93,6 +106,16 @@ def structured_maps(draw: st.DrawFn) -> dict[object, object]:
                 "sites": draw(st.lists(st.one_of(st.text(max_size=70), scalars), max_size=3)),
                 "tables": draw(st.lists(table_entries(), max_size=3)),
             }
+        )
+    if plain["t"] == "hello" and draw(st.booleans()):
+        # HELLO's optional schema (ADR 0013): [former names, columns, former per column].
+        names = st.lists(st.one_of(st.sampled_from(["id", "name", "old"]), scalars), max_size=3)
+        plain["schema"] = draw(
+            st.dictionaries(
+                st.one_of(st.sampled_from(["items", ""]), scalars),
+                st.one_of(st.tuples(names, names, st.lists(names, max_size=3)).map(list), scalars),
+                max_size=2,
+            )
         )
     if draw(st.booleans()):
         plain["v"] = 1

@@ -220,7 +220,7 @@ def seed_frames() -> list[bytes]:
     import time
 
     from syncmesh.model import ChangeBatch, TableRows
-    from syncmesh.protocol import PROTOCOL_VERSION, Ack, Have, Pull, Refuse
+    from syncmesh.protocol import PROTOCOL_VERSION, Ack, Have, Pull, Refuse, TableSchema
 
     now = (time.time_ns() // 1_000_000) << 16  # an HLC of this moment: seeds that win
     old = 1_700_000_000_000 << 16  # and of 2023: seeds that lose to the template's rows
@@ -245,14 +245,27 @@ def seed_frames() -> list[bytes]:
         1,
         [["k", 1, now, 0, "v", now, 0, None]],
     )
+    # A column renamed from `title` (ADR 0013): the table entry's optional fifth element.
+    renamed = TableRows("items", items.columns, 1, items.rows[:1], (("title", "label"), ()))
     batches = [
         ChangeBatch("inc", 0, 10, 10, vector, sites, (items,)),
+        ChangeBatch("inc", 0, 4, 4, None, sites, (renamed,)),
         ChangeBatch("inc", 0, 5, 9, None, sites, (pairs,)),
         ChangeBatch("inc", 0, 3, 3, None, sites, (hostile, items)),
         ChangeBatch("inc", 0, 0, 0, {}, (), ()),
     ]
     messages: list[Message] = [
         Hello(PROTOCOL_VERSION, "a" * 32, "inc", "0123456789abcdef", ("items", "pairs"), 5, vector),
+        Hello(
+            PROTOCOL_VERSION,
+            "b",
+            "inc",
+            "0123456789abcdef",
+            ("items",),
+            5,
+            vector,
+            schema={"items": TableSchema(("goods",), ("id", "name"), ((), ("title",)))},
+        ),
         Refuse("no"),
         Pull("inc", 3, vector, False),
         Ack(9, vector),

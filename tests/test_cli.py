@@ -189,3 +189,25 @@ def test_live_status_prints_peer_strings_as_they_are(capsys: pytest.CaptureFixtu
     assert "last error of " + "f" * 32 + ": [red]boom[/red]" in out
     assert "12 changes, 3 s" in out
     assert "2.0 kB / 10 B" in out
+
+
+def test_status_names_a_peers_schema_differences(capsys: pytest.CaptureFixture[str]) -> None:
+    """A schema difference is no refusal (ADR 0013), but `syncmesh status` tells it."""
+    peer = {
+        "site_id": "f" * 32,
+        "address": "http://h:1",
+        "state": "streaming",
+        "lag_ms": 0,
+        "out_lag_changes": 0,
+        "out_lag_ms": 0,
+        "last_batch_ms": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "last_error": "",
+        "schema_differences": ["table 'items': column 'note' only here"],
+    }
+    store = {"seq": 7, "quarantined_rows": 0, "schema_problems": [], "tables": {"items": 3}}
+    status = {"site_id": "a" * 32, "listen": "127.0.0.1:7401", "store": store, "peers": [peer]}
+    view.print_live_status(status)
+    out = capsys.readouterr().out
+    assert f"schema differs from {'f' * 32}: table 'items': column 'note' only here" in out

@@ -231,6 +231,25 @@ def test_the_dashboard_sends_the_api_token(
 
 
 @pytest.mark.multiprocess
+def test_dashboard_names_a_peers_schema_differences(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """Goal: a peer that tracks a column this node lacks streams (ADR 0013: no refusal),
+    and the page names the table and the column in that peer's row."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    make_db(tmp_path / "b.db", "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
+    a = cluster.node("a")
+    b = cluster.node("b", peers=[a])
+    cluster.start(a, b)
+    site_a = str(a.status()["site_id"])
+    page = browser.new_page()
+    page.goto(f"{b.url}/")
+    expect_link(page, site_a, "connected")
+    expect(peer_row(page, site_a).locator('[data-field="schema-differences"]')).to_have_text(
+        f"table 'items': column 'qty' only at site {site_a}", timeout=WAIT_MS
+    )
+
+
 def test_the_dashboard_names_an_integer_key_tracked_before_the_refusal(
     cluster: Cluster, browser: Browser, tmp_path: Path
 ) -> None:

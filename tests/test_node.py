@@ -175,29 +175,74 @@ async def _streaming(node: Node) -> bool:
     return any(p.state == "streaming" for p in (await node.statistics()).peers)
 
 
-async def test_schema_mismatch_is_refused_on_both_sides(
+async def test_a_column_known_at_one_site_only_refuses_no_session(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Goal: a schema difference is no refusal (ADR 0013); both sides name it.
+
+    A tracks items with `qty`, B without.  The session streams both ways;
+    each side's status names the table and the column, and each logs it
+    once at INFO.  A does not adopt B's vector (B lacks a column of A's, so
+    its claims about `qty` are no evidence); B adopts A's (A covers B).
+    """
+    caplog.set_level("INFO", logger="syncmesh.node.session")
     a = make_db(tmp_path / "a.db")
     b = make_db(tmp_path / "b.db", "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
     async with running_node(config(a)) as node_a, running_node(config(b, node_a)) as node_b:
-        await wait_until(lambda: _refused(node_b), TIMEOUT_S, "the dialler to be refused")
-        peer = await peer_of(node_b, dialed=True)
-        assert "schema mismatch" in peer.last_error
-        await wait_until(lambda: _logged_by_both(caplog, node_b), TIMEOUT_S, "both sides' logs")
-        assert not await _streaming(node_a)
+        await wait_until(lambda: _streaming(node_b), TIMEOUT_S, "B's session to stream")
+        await wait_until(lambda: _streaming(node_a), TIMEOUT_S, "A's session to stream")
+        at_b = await peer_of(node_b, dialed=True)
+        at_a = await peer_of(node_a, state="streaming")
+        assert at_b.schema_differences == (
+            f"table 'items': column 'qty' only at site {node_a.store.site_id}",
+        )
+        assert at_a.schema_differences == ("table 'items': column 'qty' only here",)
+        assert (at_a.adopts_vector, at_b.adopts_vector) == (False, True)
+        assert at_b.last_error == ""
+        told = [
+            record
+            for record in caplog.records
+            if "tracks other tables or columns" in record.getMessage()
+        ]
+        assert {record.levelname for record in told} == {"INFO"}
+        assert len(told) == 2, [record.getMessage() for record in told]  # once per side
+        assert "its vector is not adopted" in " ".join(r.getMessage() for r in told)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://{node_b.listen}/metrics") as response,
+        ):
+            text = await response.text()
+        differing = [
+            sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "syncmesh_peer_schema_differences"
+        ]
+        assert [(s.labels["peer"], s.value) for s in differing] == [(node_a.store.site_id, 1)]
 
 
-def _logged_by_both(caplog: pytest.LogCaptureFixture, dialler: Node) -> bool:
-    """The dialler logs the refusal under the URL it dialled, the acceptor under host:port."""
-    lines = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelname == "ERROR" and "schema mismatch" in r.getMessage()
-    ]
-    dialled = [line for line in lines if "http://" in line.split("refused")[0]]
-    accepted = [line for line in lines if "http://" not in line.split("refused")[0]]
-    return bool(dialled) and bool(accepted)
+async def test_shared_columns_sync_while_a_column_is_known_at_one_site_only(
+    tmp_path: Path,
+) -> None:
+    """Goal: rows keep syncing on the columns both sites have (ADR 0013)."""
+    a = make_db(tmp_path / "a.db")
+    b = make_db(tmp_path / "b.db", "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
+    async with running_node(config(a)) as node_a, running_node(config(b, node_a)):
+        execute(a, "INSERT INTO items VALUES ('from-a', 'a', 7)")
+        execute(b, "INSERT INTO items VALUES ('from-b', 'b')")
+
+        async def both_rows_both_sides() -> bool:
+            names_a = await asyncio.to_thread(_names, a)
+            names_b = await asyncio.to_thread(_names, b)
+            return names_a == names_b == [("from-a", "a"), ("from-b", "b")]
+
+        await wait_until(both_rows_both_sides, TIMEOUT_S, "both rows at both sites")
+        assert (await node_a.statistics()).store.quarantined_rows == 0
+
+
+def _names(path: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute("SELECT id, name FROM items ORDER BY id").fetchall()
 
 
 async def _refused(node: Node) -> bool:
@@ -344,6 +389,7 @@ async def test_metrics_endpoint_reports_peers_and_lag(tmp_path: Path) -> None:
     assert samples[("syncmesh_batch_apply_seconds_count", peer)] >= 1
     assert samples[("syncmesh_table_rows", (("table", "items"),))] == 2
     assert samples[("syncmesh_quarantined_rows", ())] == 0
+    assert samples[("syncmesh_peer_schema_differences", peer)] == 0
 
 
 async def _caught_up(node: Node) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import msgpack
 import pytest
@@ -22,6 +23,7 @@ from syncmesh.protocol import (
     Message,
     Pull,
     Refuse,
+    TableSchema,
     decode,
     encode,
 )
@@ -46,12 +48,16 @@ rows = st.builds(RowChange, st.text(min_size=1, max_size=10), st.tuples(values),
 vectors = st.dictionaries(sites, hlcs, max_size=3)
 
 
+names = st.text(min_size=1, max_size=8)
+former_names = st.lists(names, max_size=3).map(tuple)
+
+
 @st.composite
 def batches(draw: st.DrawFn) -> ChangeBatch:
     from_seq = draw(st.integers(0, 1000))
     to_seq = draw(st.integers(from_seq, from_seq + 1000))
     head_seq = draw(st.integers(to_seq, to_seq + 1000))
-    return ChangeBatch.of_rows(
+    batch = ChangeBatch.of_rows(
         draw(st.text(max_size=32)),
         from_seq,
         to_seq,
@@ -59,6 +65,19 @@ def batches(draw: st.DrawFn) -> ChangeBatch:
         draw(st.one_of(st.none(), vectors)),
         draw(st.lists(rows, max_size=30)),
     )
+    # Some tables carry their columns' former names (ADR 0013); the codec
+    # writes them only when some column has one, and reads them back as ().
+    tables = []
+    for table in batch.tables:
+        former = tuple(draw(former_names) for _ in table.columns)
+        tables.append(dataclasses.replace(table, former=former if any(former) else ()))
+    return dataclasses.replace(batch, tables=tuple(tables))
+
+
+@st.composite
+def table_schemas(draw: st.DrawFn) -> TableSchema:
+    columns = tuple(draw(st.lists(names, min_size=1, max_size=4, unique=True)))
+    return TableSchema(draw(former_names), columns, tuple(draw(former_names) for _ in columns))
 
 
 messages = st.one_of(
@@ -71,6 +90,7 @@ messages = st.one_of(
         st.lists(st.text(max_size=8), max_size=3).map(tuple),
         st.integers(0, 1 << 40),
         vectors,
+        schema=st.dictionaries(names, table_schemas(), max_size=3),
     ),
     st.builds(Refuse, st.text()),
     st.builds(Pull, st.text(max_size=32), st.integers(0, 1 << 40), vectors, st.booleans()),
@@ -134,10 +154,16 @@ def _batch_frame(
     rows: list[list[object]] | None = None,
     sites: list[str] | None = None,
     key_count: int = 1,
+    former: object = None,
 ) -> dict[str, object]:
-    """A well-formed batch map with one table `t` (key `id`, value column `c`)."""
+    """A well-formed batch map with one table `t` (key `id`, value column `c`).
+
+    `former`, if given, is the table entry's optional fifth element.
+    """
     row = ["k", 1, 5, 0, 1, 5, 0, '{"1":4}']
     table = ["t", ["c"], key_count, rows if rows is not None else [row]]
+    if former is not None:
+        table.append(former)
     return {
         "t": "batch",
         "inc": "i",
@@ -160,6 +186,66 @@ def test_the_well_formed_batch_frame_decodes() -> None:
 
 def _frame(plain: object) -> bytes:
     return bytes([0]) + msgpack.packb(plain, use_bin_type=True)
+
+
+def _hello(**extra: object) -> dict[str, object]:
+    """A well-formed HELLO map, with `extra` fields."""
+    return {
+        "t": "hello",
+        "v": PROTOCOL_VERSION,
+        "site": "a",
+        "inc": "i",
+        "fp": "f",
+        "tables": ["t"],
+        "head": 0,
+        "vv": {},
+        **extra,
+    }
+
+
+def _plain(frame: bytes) -> dict[str, object]:
+    """The msgpack map of a frame, decompressed if it is."""
+    body = zstandard.ZstdDecompressor().decompress(frame[1:]) if frame[0] == 1 else frame[1:]
+    plain: dict[str, object] = msgpack.unpackb(body)
+    return plain
+
+
+def test_a_batch_without_former_names_is_what_older_peers_send_and_read() -> None:
+    """The fifth element is written only when some column has a former name, so
+    a batch of a schema that was never renamed is byte for byte the old form."""
+    decoded = decode(_frame(_batch_frame()))
+    assert isinstance(decoded, Batch)
+    [table] = decoded.batch.tables
+    assert table.former == ()
+    assert _plain(encode(decoded)) == _batch_frame()
+    unrenamed = dataclasses.replace(table, former=((),))
+    again = _plain(encode(Batch(dataclasses.replace(decoded.batch, tables=(unrenamed,)))))
+    assert again == _batch_frame()
+
+
+def test_former_names_travel_with_their_columns() -> None:
+    decoded = decode(_frame(_batch_frame(former=[["b", "a"]])))
+    assert isinstance(decoded, Batch)
+    [table] = decoded.batch.tables
+    assert table.columns == ("c",)
+    assert table.former == (("b", "a"),)
+    again = decode(encode(decoded))
+    assert isinstance(again, Batch)
+    assert again.batch.tables[0].former == (("b", "a"),)
+    # Only empty lists: the same as none.
+    empty = decode(_frame(_batch_frame(former=[[]])))
+    assert isinstance(empty, Batch)
+    assert empty.batch.tables[0].former == ()
+
+
+def test_a_hello_without_schema_is_understood() -> None:
+    """Peers before issue 14 send no `schema`: an empty one, not an error."""
+    decoded = decode(_frame(_hello()))
+    assert isinstance(decoded, Hello)
+    assert decoded.schema == {}
+    described = decode(_frame(_hello(schema={"t": [["old_t"], ["id", "c"], [[], ["b"]]]})))
+    assert isinstance(described, Hello)
+    assert described.schema == {"t": TableSchema(("old_t",), ("id", "c"), ((), ("b",)))}
 
 
 @pytest.mark.parametrize(
@@ -208,6 +294,22 @@ def _frame(plain: object) -> bytes:
         (_frame(_batch_frame(rows=[["k", 1, 5, 0, None, None, None, '{"1":4}']])), "or a past"),
         (_frame(_batch_frame(key_count=0)), "key count"),
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1]]}), "table entry"),
+        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [], 0]]}), "table entry"),
+        # A table entry's optional former names (ADR 0013): one list of names per column.
+        (_frame(_batch_frame(former=[])), "one list per column"),
+        (_frame(_batch_frame(former=[["a"], ["b"]])), "one list per column"),
+        (_frame(_batch_frame(former="old")), "one list per column"),
+        (_frame(_batch_frame(former=[[""]])), "former names of column 'c'"),
+        (_frame(_batch_frame(former=[[1]])), "former names of column 'c'"),
+        (_frame(_batch_frame(former=[["x" * 1025]])), "former names of column 'c'"),
+        (_frame(_batch_frame(former=[["old"] * 65])), "at most 64 names"),
+        (_frame(_hello(schema=[])), "schema is not a map"),
+        (_frame(_hello(schema={"": [[], ["id"], [[]]]})), "not a name"),
+        (_frame(_hello(schema={"t": [[], ["id"]]})), "is not \\[former names"),
+        (_frame(_hello(schema={"t": [None, ["id"], [[]]]})), "not lists of names"),
+        (_frame(_hello(schema={"t": [[], ["id", 5], [[], []]]})), "not lists of names"),
+        (_frame(_hello(schema={"t": [[], ["id", "c"], [[]]]})), "one list per column"),
+        (_frame(_hello(schema={"t": [[], ["id"], [["x", b"y"]]]})), "former names of column"),
     ],
 )
 def test_malformed_frames_are_refused_with_a_reason(frame: bytes, problem: str) -> None:

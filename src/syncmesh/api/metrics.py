@@ -148,6 +148,12 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
         "While catching up with the peer: time left at the recent pace.",
         labels=PEER_LABELS,
     )
+    schema_differences = GaugeMetricFamily(
+        "syncmesh_peer_schema_differences",
+        "Tables tracked on one side only, or with columns one side lacks (no refusal:"
+        " only what both track is exchanged; /v1/status names them).",
+        labels=PEER_LABELS,
+    )
     age = GaugeMetricFamily(
         "syncmesh_peer_last_batch_age_seconds",
         "Time since the last batch from the peer was applied.",
@@ -205,6 +211,7 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
             catchup_eta.add_metric(labels, peer.catchup_eta_s)
         if peer.last_batch_ms:
             age.add_metric(labels, max(0, now_ms - peer.last_batch_ms) / 1000)
+        schema_differences.add_metric(labels, len(peer.schema_differences))
         for name, value in (
             ("rows_received", peer.rows_in),
             ("rows_sent", peer.rows_out),
@@ -235,7 +242,7 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
             )
             for name, figure in figures:
                 verify[name].add_metric(labels, figure)
-    yield from (up, lag, out_lag, out_lag_seconds, catchup, catchup_eta, age)
+    yield from (up, lag, out_lag, out_lag_seconds, catchup, catchup_eta, age, schema_differences)
     yield from (*counters.values(), *by_table.values(), *verify.values(), apply)
 
 

@@ -99,6 +99,17 @@ _PEER = {
         "last_batch_ms": {"type": "integer"},
         "last_error": {"type": "string"},
         "reconnects": {"type": "integer"},
+        "schema_differences": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "tables or columns tracked on one side only, named (no refusal:"
+            " only what both track is exchanged)",
+        },
+        "adopts_vector": {
+            "type": "boolean",
+            "description": "the peer's tables and columns cover ours, so its vector claims"
+            " are adopted",
+        },
     },
 }
 

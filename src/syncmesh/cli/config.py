@@ -24,7 +24,7 @@ from typing import Any
 
 from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
-from syncmesh.node.config import PeerConfig, Secret
+from syncmesh.node.config import PeerConfig, Secret, is_pattern
 from syncmesh.protocol import FRAME_BYTES_MAX
 from syncmesh.store import OrphanPolicy
 from syncmesh.store.open import table_problems
@@ -321,6 +321,7 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         api_listen_port=api_port,
         health_peer_down_s_max=values["health.peer_down_s_max"],
         health_quarantine_window_s=values["health.quarantine_window_s"],
+        track_patterns=tuple(values["tables.track"]),
         allow_integer_keys=frozenset(values["tables.allow_integer_keys"]),
         orphan_policy=orphan_policy(values),
     )
@@ -377,9 +378,12 @@ def _api_token(values: Mapping[str, Any]) -> Secret | None:
 def tracked_table_problems(values: Mapping[str, Any]) -> list[str]:
     """Why `[tables] track` would stop `serve`: a missing file, table or primary key.
 
-    Read-only, so `config check` is safe next to a running node.
+    Read-only, so `config check` is safe next to a running node.  Patterns
+    (`"*"`, `"app_*"`) are not checked: they match whatever tables exist
+    when the node looks, and a table they match that cannot be tracked is
+    logged, not fatal.
     """
-    tables: list[str] = values["tables.track"]
+    tables = [name for name in values["tables.track"] if not is_pattern(name)]
     if not tables:
         return []
     database = Path(values["node.database"])

@@ -2,6 +2,7 @@
 
 syncmesh init app.db
 syncmesh track app.db items orders
+syncmesh untrack app.db orders
 syncmesh serve app.db --listen 127.0.0.1:7401 --peer http://127.0.0.1:7402
 syncmesh status app.db [--json]
 syncmesh conflicts app.db [--table T] [--since 2h] [--limit N] [--json]
@@ -44,8 +45,9 @@ from syncmesh.cli.verify import repair_command, verify_command
 from syncmesh.clock import SystemClock
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
-from syncmesh.node.config import is_loopback
-from syncmesh.node.lockfile import ServeLock
+from syncmesh.node.config import is_loopback, is_pattern
+from syncmesh.node.lockfile import ServeLock, running_holder
+from syncmesh.node.patterns import track_matches
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
 
@@ -133,6 +135,36 @@ def track(database: Path, tables: tuple[str, ...], allow_integer_keys: bool) -> 
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")
+    _tell_about_serving_node(database)
+
+
+def _tell_about_serving_node(database: Path) -> None:
+    """After `track` or `untrack`: say that a node serving the file follows by itself."""
+    holder = running_holder(database)
+    if holder is not None:
+        click.echo(
+            f"the node serving {database} (pid {holder.pid}) reloads its tables and restarts"
+            " its sessions by itself"
+        )
+
+
+@cli.command()
+@DATABASE
+@click.argument("tables", nargs=-1, required=True)
+def untrack(database: Path, tables: tuple[str, ...]) -> None:
+    """Stop syncing TABLES of DATABASE; their rows stay as they are.
+
+    Drops syncmesh's capture triggers, shadow and log tables of each; a
+    table that is not tracked is an error and nothing changes.  A node
+    serving the file notices, reloads its tables and restarts its
+    sessions.  A table that a [tables] track pattern matches is tracked
+    again by the node: narrow the pattern first.
+    """
+    with _open_store(database) as store, _errors_as_messages():
+        store.untrack(list(tables))
+        remaining = ", ".join(spec.name for spec in store.specs()) or "no tables"
+        click.echo(f"{database}: stopped tracking {', '.join(tables)}; tracking {remaining}")
+    _tell_about_serving_node(database)
 
 
 @cli.command()
@@ -271,18 +303,35 @@ def serve(
 
 
 def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock) -> None:
-    """`serve` once the file's lock is ours: track the configured tables, run the node."""
+    """`serve` once the file's lock is ours: track the configured tables, run the node.
+
+    Named tables must exist and be trackable (or serve stops with the
+    reason); a table that a pattern matches and that cannot be tracked is
+    logged and skipped (`node.patterns`), and the node matches the patterns
+    again whenever the database's tables change.
+    """
     with _errors_as_messages():
         if settings["tables.track"]:
+            named = [name for name in settings["tables.track"] if not is_pattern(name)]
             store = open_store(config.database_path)
             try:
                 store.init()
-                for warning in store.track(
-                    settings["tables.track"],
-                    _log_track_progress,
-                    allow_integer_keys=settings["tables.allow_integer_keys"],
+                for warning in (
+                    store.track(
+                        named,
+                        _log_track_progress,
+                        allow_integer_keys=settings["tables.allow_integer_keys"],
+                    )
+                    if named
+                    else []
                 ):
                     logging.getLogger("syncmesh.cli").warning("%s", warning)
+                track_matches(
+                    store,
+                    config.track_patterns,
+                    _log_track_progress,
+                    allow_integer_keys=config.allow_integer_keys,
+                )
             finally:
                 store.close()
         try:

@@ -187,6 +187,11 @@ def print_live_status(status: dict[str, Any]) -> None:
         if peer.get("verified_ms"):
             console.print(verify_text(peer, now_ms), markup=False)
     for peer in status["peers"]:
+        # Schema differences are no refusal (ADR 0013): what both track syncs.
+        for difference in peer.get("schema_differences") or ():
+            name = peer["site_id"] or peer["address"]
+            console.print(f"schema differs from {name}: {difference}", markup=False)
+    for peer in status["peers"]:
         if peer["last_error"]:
             name = peer["site_id"] or peer["address"]
             at = peer.get("last_error_ms") or 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from syncmesh.errors import ConfigError
@@ -11,6 +13,9 @@ from syncmesh.store import OrphanPolicy
 from syncmesh.transport.tls import TlsFiles, valid_site_name
 
 WEBSOCKET_SLACK_BYTES = 1024  # the WebSocket's message limit: a frame plus this
+# Tables a `[tables] track` pattern never matches: syncmesh's own and SQLite's.
+UNTRACKABLE_PREFIXES = ("_syncmesh", "sqlite_")
+PATTERN_CHARACTERS = frozenset("*?[")
 
 
 class Secret:
@@ -102,6 +107,11 @@ class NodeConfig:
     # longer than this is a reason; quarantine that grew this recently is one.
     health_peer_down_s_max: float = 60.0
     health_quarantine_window_s: float = 60.0
+    # `[tables] track`: names and fnmatch patterns ("*", "app_*").  The node
+    # tracks every table that matches, at start and whenever the schema
+    # changes, so that tables a migration creates sync without a command.
+    track_patterns: tuple[str, ...] = ()
+
     # Tables whose keys SQLite allocates per site that the operator says
     # cannot collide (one writer, per-site ranges): `track` takes them
     # (`[tables] allow_integer_keys`, docs/keys.md).
@@ -193,6 +203,25 @@ class NodeConfig:
                         " peer's name is only a claim",
                     )
         return warnings
+
+
+def is_pattern(name: str) -> bool:
+    """True if a `[tables] track` entry is an fnmatch pattern, not a table's name."""
+    return not PATTERN_CHARACTERS.isdisjoint(name)
+
+
+def tables_matching(patterns: Sequence[str], tables: list[str]) -> list[str]:
+    """The tables among `tables` that some pattern matches (case-sensitive), in order.
+
+    Never syncmesh's own tables or SQLite's, whatever the pattern: `"*"`
+    means every table of the application.
+    """
+    return [
+        table
+        for table in tables
+        if not table.startswith(UNTRACKABLE_PREFIXES)
+        and any(fnmatch.fnmatchcase(table, pattern) for pattern in patterns)
+    ]
 
 
 def is_loopback(host: str) -> bool:

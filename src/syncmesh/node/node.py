@@ -26,7 +26,8 @@ from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
-from syncmesh.node.mismatch import describe_columns
+from syncmesh.node.mismatch import describe_columns, table_schema
+from syncmesh.node.patterns import track_matches
 from syncmesh.node.session import (
     APPLY_SECONDS_BUCKETS,
     DUPLICATE_SESSION_PREFIX,
@@ -119,6 +120,12 @@ class PeerStatistics:
     # has not streamed (0: it streams, or was never dialled): syncmesh.node.health.
     last_error_ms: int = 0
     down_since_ms: int = 0
+    # How the peer's tracked tables differ from ours, naming tables and
+    # columns (ADR 0013: never a refusal; only what both track is exchanged),
+    # and whether its batches' vector claims are adopted (its tables and
+    # columns cover ours).  From the last session's HELLOs.
+    schema_differences: tuple[str, ...] = ()
+    adopts_vector: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +192,20 @@ class Node:
         self._dialers: dict[str, _Dialer] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._feed_event = asyncio.Event()
-        # Caught-up send loops: (cursor, filter vector, rows) to read after a capture.
-        self._wanted: dict[Session, tuple[int, dict[str, int], int]] = {}
+        # Caught-up send loops: (cursor, filter vector, rows, the peer's tables) to
+        # read after a capture.
+        self._wanted: dict[Session, tuple[int, dict[str, int], int, frozenset[str]]] = {}
         self._captures = 0
         self._stopping = False
         self._rng = random.Random()
         self._accepted: set[Session] = set()
         self._schema_problems: list[str] = []
+        # The database's tables when `[tables] track` patterns were last matched
+        # (store thread only); None: not yet.
+        self._application_tables: list[str] | None = None
+        # Bumped whenever our tracked tables change: a session whose HELLO was
+        # read before (in its handshake then) starts again (Session).
+        self.schema_epoch = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._rows_captured_seen = 0
         # Connections dialled in, per peer name (TLS) or "" (no TLS), open now.
@@ -303,6 +317,7 @@ class Node:
                 self.store.vector(),
                 {spec.name: describe_columns(spec) for spec in self.store.specs()},
                 self.instance,
+                {spec.name: table_schema(spec) for spec in self.store.specs()},
             )
 
         return await self.worker.call(read)
@@ -383,8 +398,15 @@ class Node:
     def feed_event(self) -> asyncio.Event:
         return self._feed_event
 
-    def want_batch(self, session: Session, cursor: int, vector: dict[str, int], rows: int) -> None:
-        self._wanted[session] = (cursor, vector, rows)
+    def want_batch(
+        self,
+        session: Session,
+        cursor: int,
+        vector: dict[str, int],
+        rows: int,
+        tables: frozenset[str],
+    ) -> None:
+        self._wanted[session] = (cursor, vector, rows, tables)
 
     def unwant_batch(self, session: Session) -> None:
         self._wanted.pop(session, None)
@@ -626,19 +648,15 @@ class Node:
         wanted = list(self._wanted.items())
 
         def capture() -> tuple[bool, int, int, list[tuple[Session, int, ChangeBatch]]]:
-            reloaded = self.store.reload_if_changed()
-            problems = self.store.schema_problems()
-            if problems != self._schema_problems:
-                for problem in problems:
-                    log.error("%s", problem)
-                self._schema_problems = problems
+            reloaded = self._follow_schema()
             stamped = self.store.capture()
             # Read the next batch of every caught-up send loop now, in this
             # trip to the store thread: each would do it first thing anyway.
             read = []
             if stamped and not reloaded:
-                for session, (cursor, vector, rows) in wanted:
-                    read.append((session, cursor, self.store.read_batch(cursor, vector, rows)))
+                for session, (cursor, vector, rows, tables) in wanted:
+                    batch = self.store.read_batch(cursor, vector, rows, tables=tables)
+                    read.append((session, cursor, batch))
             return reloaded, stamped, self.store.rows_captured_total, read
 
         try:
@@ -651,14 +669,55 @@ class Node:
         for session, cursor, batch in read:
             session.offer_batch(cursor, batch)
         if reloaded:
-            log.info("tracked tables changed: restarting sessions with the new schema")
-            for session in list(self._sessions.values()):
-                await session.close()
+            await self.restart_sessions("tracked tables changed")
         if stamped:
             self._captures += 1
             self.note_throughput(rows_captured_total=captured_total)
             self.feed_advanced()
         return stamped
+
+    def _follow_schema(self) -> bool:
+        """On the store thread: follow DDL and tracking changes; True if our tables changed.
+
+        DDL by any tool on a tracked table (`Store.reconcile_schema`, which
+        first captures pending writes with the old definition), tables that
+        `[tables] track` patterns match and that appeared (`patterns`), and a
+        `track` or `untrack` run by another process.  Schema problems (a
+        table that cannot be synced) are logged at ERROR when they change.
+        """
+        changes = self.store.reconcile_schema()
+        for change in changes:
+            log.info("schema change handled: %s", change)
+        changed = bool(changes)
+        if self.config.track_patterns:
+            tables = self.store.application_tables()
+            if changed or tables != self._application_tables:
+                self._application_tables = tables
+                started = track_matches(
+                    self.store,
+                    self.config.track_patterns,
+                    allow_integer_keys=self.config.allow_integer_keys,
+                )
+                changed |= bool(started)
+        changed |= self.store.reload_if_changed()
+        problems = self.store.schema_problems()
+        if problems != self._schema_problems:
+            for problem in problems:
+                log.error("%s", problem)
+            self._schema_problems = problems
+        return changed
+
+    async def restart_sessions(self, why: str) -> None:
+        """End every session, so that each peer gets a fresh HELLO (dialers dial again).
+
+        A session still in its handshake holds a HELLO read before: it sees
+        the new `schema_epoch` and ends too.
+        """
+        self.schema_epoch += 1
+        sessions = {*self._sessions.values(), *self._accepted}
+        log.info("%s: restarting %d sessions with the new schema", why, len(sessions))
+        for session in sessions:
+            await session.close()
 
     async def _quarantine_loop(self) -> None:
         while True:
@@ -822,6 +881,8 @@ def _peer_statistics(
         apply_seconds_sum=link.apply_seconds_sum,
         last_error_ms=times[0],
         down_since_ms=times[1],
+        schema_differences=link.schema_differences,
+        adopts_vector=link.adopts_vector,
         **verify_figures,  # type: ignore[arg-type]
     )
 

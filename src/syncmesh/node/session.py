@@ -1,6 +1,6 @@
 """One sync session with one peer, over any `Channel`; both ends run the same code.
 
-    HELLO ->           <- HELLO        (check version, site id, schema)
+    HELLO ->           <- HELLO        (check version, site id; compare schemas)
     PULL(cursor) ->    <- PULL(cursor) (each side asks for the other's feed)
     BATCH ... ->       <- BATCH ...    (backlog, then live changes)
     <- ACK             ACK ->          (flow control; fresher vector)
@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError
+from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError, SyncError
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.catchup import CatchUp
 from syncmesh.node.config import NodeConfig, PeerConfig
-from syncmesh.node.mismatch import column_differences
+from syncmesh.node.mismatch import SchemaComparison, compare
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
     Ack,
@@ -116,6 +116,10 @@ class PeerLink:
     # by the table's share of each batch's rows (a frame is compressed whole).
     applied_rows_by_table: dict[str, int] = field(default_factory=dict)
     bytes_in_by_table: dict[str, int] = field(default_factory=dict)
+    # How the peer's tracked tables compare with ours (node.mismatch), from
+    # its HELLO: what differs, in words, and whether we adopt its vector.
+    schema_differences: tuple[str, ...] = ()
+    adopts_vector: bool = True
 
     def note_apply(self, seconds: float) -> None:
         self.apply_seconds_sum += seconds
@@ -137,6 +141,8 @@ class SessionHost(Protocol):
     config: NodeConfig
     store: Store
     worker: StoreWorker
+    # Bumped when our tracked tables change: a HELLO built before is stale.
+    schema_epoch: int
 
     def now_ms(self) -> int:
         """Wall time from the node's injected clock."""
@@ -157,7 +163,12 @@ class SessionHost(Protocol):
     def feed_advanced(self) -> None: ...
 
     def want_batch(
-        self, session: Session, cursor: int, vector: dict[str, int], rows: int
+        self,
+        session: Session,
+        cursor: int,
+        vector: dict[str, int],
+        rows: int,
+        tables: frozenset[str],
     ) -> None: ...
 
     def unwant_batch(self, session: Session) -> None: ...
@@ -190,6 +201,8 @@ class Session:
         self._closing: asyncio.Task[None] | None = None
         # (cursor, batch) read for us by the node right after a capture
         self._prefetched: tuple[int, ChangeBatch] | None = None
+        # Set at the handshake from both HELLOs: what to send, whose vector to adopt.
+        self._schema = SchemaComparison(frozenset(), False, ())
 
     async def close(self) -> None:
         await self._channel.close()
@@ -238,6 +251,7 @@ class Session:
 
     async def _handshake(self) -> Hello:
         host = self._host
+        epoch = host.schema_epoch
         ours = await host.our_hello()
         await self._send(ours)
         frame = await self._channel.receive(timeout_s=host.config.handshake_timeout_s)
@@ -252,6 +266,7 @@ class Session:
         reason = _mismatch(ours, message)
         if reason is not None:
             raise await self._refuse(reason)
+        self._note_schema(ours, message)
         self.link.site_id = message.site_id
         self.link.peer_head_seq = message.head_seq
         self.link.peer_instance = message.instance
@@ -259,11 +274,28 @@ class Session:
         if duplicate is not None:
             raise await self._refuse(duplicate)
         try:
+            if host.schema_epoch != epoch:
+                # Our tables changed since our HELLO: the node closed the
+                # sessions it knew of; this one was not registered yet.
+                raise SyncError("our tracked tables changed during the handshake")
             await self._start_pull(message)
         except BaseException:
             host.unregister(self.link, self)
             raise
         return message
+
+    def _note_schema(self, ours: Hello, theirs: Hello) -> None:
+        """Compare the tracked tables; log what differs once, at INFO: it is no refusal."""
+        self._schema = compare(ours, theirs)
+        self.link.schema_differences = self._schema.differences
+        self.link.adopts_vector = self._schema.adopt_vector
+        if self._schema.differences:
+            log.info(
+                "site %s tracks other tables or columns (only what both have is exchanged%s): %s",
+                theirs.site_id,
+                "" if self._schema.adopt_vector else "; its vector is not adopted",
+                "; ".join(self._schema.differences),
+            )
 
     async def _start_pull(self, hello: Hello) -> None:
         store, worker = self._host.store, self._host.worker
@@ -399,7 +431,11 @@ class Session:
             # would have had it known our vector now: in a mesh the same rows
             # arrive from their origin and from every relay, and merging a
             # row we hold costs several times more than filtering it here.
-            result = store.apply_batch(site, _refiltered(batch, store.vector()))
+            result = store.apply_batch(
+                site,
+                _refiltered(batch, store.vector()),
+                adopt_vector=self._schema.adopt_vector,
+            )
             return (
                 result.applied_rows,
                 result.quarantined_rows + result.drift_refused_rows,
@@ -485,7 +521,11 @@ class Session:
             else:
                 try:
                     batch = await worker.call(
-                        store.read_batch, cursor, self._filter_vector(), rows_max
+                        store.read_batch,
+                        cursor,
+                        self._filter_vector(),
+                        rows_max,
+                        tables=self._schema.peer_tables,
                     )
                 except Exception as exc:
                     host.note_feed_read(exc)  # failing in a row makes the node unhealthy
@@ -495,7 +535,9 @@ class Session:
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # Caught up: the node reads our next batch in the same trip to
                 # the store thread as its next capture (one hop less per write).
-                host.want_batch(self, cursor, self._filter_vector(), rows_max)
+                host.want_batch(
+                    self, cursor, self._filter_vector(), rows_max, self._schema.peer_tables
+                )
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
                 # cancel that lands as `changed` fires, and the sender then outlives
                 # its session (a shutdown hung for ever in gather(sender)).
@@ -571,20 +613,15 @@ def _only_relays(batch: ChangeBatch, own_site: str) -> bool:
 
 
 def _mismatch(ours: Hello, theirs: Hello) -> str | None:
-    """Why a session with `theirs` must not go on, or None."""
+    """Why a session with `theirs` must not go on, or None.
+
+    A schema difference is no reason (ADR 0013): the session exchanges the
+    tables both track (`node.mismatch.compare`).
+    """
     if theirs.site_id == ours.site_id:
         return (
             f"both ends have site id {ours.site_id}: one database file is a copy of the"
             " other; give the copy a new identity (`syncmesh init --new-site-id`) before"
             " syncing it"
-        )
-    if theirs.fingerprint != ours.fingerprint:
-        differences = column_differences(ours, theirs)
-        return (
-            f"schema mismatch: tracked tables differ (fingerprint {ours.fingerprint},"
-            f" tables {list(ours.tables)} here; {theirs.fingerprint},"
-            f" tables {list(theirs.tables)} at site {theirs.site_id})"
-            + (f": {differences}" if differences else "")
-            + "; track the same tables with the same columns on every node"
         )
     return None

@@ -10,6 +10,7 @@ from syncmesh.protocol.messages import (
     Message,
     Pull,
     Refuse,
+    TableSchema,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Message",
     "Pull",
     "Refuse",
+    "TableSchema",
     "decode",
     "encode",
 ]

@@ -40,6 +40,7 @@ from syncmesh.protocol.messages import (
     Message,
     Pull,
     Refuse,
+    TableSchema,
 )
 
 FRAME_BYTES_MAX = 64 << 20  # one frame on the wire, compressed or not
@@ -53,6 +54,7 @@ NAME_CHARS_MAX = 1_024  # a table or column name; an incarnation or fingerprint:
 TOKEN_CHARS_MAX = 64  # incarnation ids and fingerprints
 REASON_CHARS_MAX = 4_096  # a REFUSE's reason, which the receiver logs
 VECTOR_SITES_MAX = 10_000  # entries of a version vector; tables named in a HELLO
+FORMER_NAMES_MAX = 64  # former names of one table or column (renames kept, newest first)
 # msgpack refuses longer arrays while it parses, before any rows are built:
 # at least a row of SQLite's widest table (2000 columns, 3 fields each).
 ARRAY_ITEMS_MIN = 8_192
@@ -82,8 +84,9 @@ def encode(message: Message) -> bytes:
         if not isinstance(message, Batch):
             raise
         plain["tables"] = [
-            [name, columns, key_count, [[_wire_value(value) for value in row] for row in rows]]
-            for name, columns, key_count, rows in plain["tables"]
+            # [name, columns, key count, rows, (former names)]: only the rows change.
+            [*entry[:3], [[_wire_value(value) for value in row] for row in entry[3]], *entry[4:]]
+            for entry in plain["tables"]
         ]
         payload = msgpack.packb(plain, use_bin_type=True)
     if len(payload) >= COMPRESS_BYTES_MIN:
@@ -199,6 +202,15 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 hello["cols"] = {name: list(cols) for name, cols in message.columns.items()}
             if message.instance:
                 hello["run"] = message.instance
+            if message.schema:
+                hello["schema"] = {
+                    name: [
+                        list(table.former_names),
+                        list(table.columns),
+                        _former_plain(table.former),
+                    ]
+                    for name, table in message.schema.items()
+                }
             return hello
         case Refuse():
             return {"t": "refuse", "reason": message.reason}
@@ -220,10 +232,7 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 "head": batch.head_seq,
                 "vv": batch.vector,
                 "sites": list(batch.sites),
-                "tables": [
-                    [table.table, list(table.columns), table.key_count, table.rows]
-                    for table in batch.tables
-                ],
+                "tables": [_table_entry(table) for table in batch.tables],
             }
         case Ack():
             return {"t": "ack", "to": message.to_seq, "vv": message.vector}
@@ -231,6 +240,22 @@ def _to_plain(message: Message) -> dict[str, Any]:
             return {"t": "have", "vv": message.vector}
         case _:
             assert_never(message)
+
+
+def _table_entry(table: TableRows) -> list[object]:
+    """[name, columns, key count, rows], and the columns' former names only when some has one.
+
+    The fifth element is optional (ADR 0013), so a batch without renamed
+    columns is byte for byte what peers before issue 14 sent and read.
+    """
+    entry: list[object] = [table.table, list(table.columns), table.key_count, table.rows]
+    if any(table.former):
+        entry.append(_former_plain(table.former))
+    return entry
+
+
+def _former_plain(former: tuple[tuple[str, ...], ...]) -> list[list[str]]:
+    return [list(names) for names in former]
 
 
 def _field(plain: dict[str, Any], key: str, kind: type, what: str) -> Any:
@@ -295,6 +320,54 @@ def _columns(value: object) -> dict[str, tuple[str, ...]]:
     return columns
 
 
+def _names(value: object, names_max: int) -> tuple[str, ...] | None:
+    """A list of 1-1024-character names, at most `names_max` of them; None if not."""
+    if type(value) is not list or len(value) > names_max:
+        return None
+    if not all(type(name) is str and 0 < len(name) <= NAME_CHARS_MAX for name in value):
+        return None
+    return tuple(value)
+
+
+def _former(value: object, columns: tuple[str, ...], where: str) -> tuple[tuple[str, ...], ...]:
+    """Former names aligned with `columns`: one list of names per column."""
+    if type(value) is not list or len(value) != len(columns):
+        raise ProtocolError(
+            f"{where}: former names are not one list per column ({len(columns)} columns)"
+        )
+    former = []
+    for column, names in zip(columns, value, strict=True):
+        checked = _names(names, FORMER_NAMES_MAX)
+        if checked is None:
+            raise ProtocolError(
+                f"{where}: former names of column {_show(column)} are not a list of at most"
+                f" {FORMER_NAMES_MAX} names"
+            )
+        former.append(checked)
+    return tuple(former)
+
+
+def _schema(value: object) -> dict[str, TableSchema]:
+    """HELLO's optional `schema`: {table: [former names, columns, former names per column]}."""
+    if value is None:
+        return {}
+    if type(value) is not dict or len(value) > VECTOR_SITES_MAX:
+        raise ProtocolError("hello: schema is not a map of tables")
+    schema = {}
+    for table, described in value.items():
+        if type(table) is not str or not 0 < len(table) <= NAME_CHARS_MAX:
+            raise ProtocolError(f"hello: schema names a table {_show(table)} that is not a name")
+        where = f"hello: schema of {table!r}"
+        if type(described) is not list or len(described) != 3:
+            raise ProtocolError(f"{where} is not [former names, columns, former column names]")
+        former_names = _names(described[0], FORMER_NAMES_MAX)
+        columns = _names(described[1], TABLE_COLUMNS_MAX)
+        if former_names is None or columns is None:
+            raise ProtocolError(f"{where}: its former names or columns are not lists of names")
+        schema[table] = TableSchema(former_names, columns, _former(described[2], columns, where))
+    return schema
+
+
 def _from_plain(plain: object) -> Message:
     if not isinstance(plain, dict):
         raise ProtocolError("frame is not a map")
@@ -318,6 +391,7 @@ def _from_plain(plain: object) -> Message:
             _vector(plain.get("vv"), "hello"),
             _columns(plain.get("cols")),
             _text(plain, "run", "hello", TOKEN_CHARS_MAX) if "run" in plain else "",
+            _schema(plain.get("schema")),
         )
     if kind == "refuse":
         return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))
@@ -368,9 +442,11 @@ def _batch(plain: dict[str, Any]) -> ChangeBatch:
 
 def _table_rows(plain: object, sites_count: int) -> TableRows:
     """One table's positional rows, every field checked (this loop is the hot path)."""
-    if type(plain) is not list or len(plain) != 4:
-        raise ProtocolError("batch: a table entry is not [name, columns, key count, rows]")
-    name, columns, key_count, rows = plain
+    if type(plain) is not list or len(plain) not in (4, 5):
+        raise ProtocolError(
+            "batch: a table entry is not [name, columns, key count, rows(, former names)]"
+        )
+    name, columns, key_count, rows = plain[:4]
     if type(name) is not str or not 0 < len(name) <= NAME_CHARS_MAX:
         raise ProtocolError(f"batch: table name is not a string of 1-{NAME_CHARS_MAX} characters")
     where = f"batch rows of {name!r}"
@@ -430,7 +506,10 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
                 _check_stamp(hlc, site, sites_count, where)
             if past is not None:
                 _check_past(past, sites_count, where)
-    return TableRows(name, tuple(columns), key_count, rows)
+    former = () if len(plain) == 4 else _former(plain[4], tuple(columns), where)
+    if not any(former):
+        former = ()  # one form for "no former names", as the encoder writes it
+    return TableRows(name, tuple(columns), key_count, rows, former)
 
 
 def _show(value: object) -> str:

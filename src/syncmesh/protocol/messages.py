@@ -4,7 +4,8 @@ Both ends of a session speak the same messages: each is at once the sender
 of its own change feed and the receiver of the peer's.
 
     HELLO   who I am: version, site id, incarnation, schema fingerprint,
-            tracked tables, head seq, version vector
+            tracked tables (with their columns and former names), head seq,
+            version vector
     REFUSE  the session cannot go on, and why (then the connection closes)
     PULL    send me your feed after `cursor` of your incarnation; my vector
             lets you leave out what I already hold, and so do my own writes
@@ -29,6 +30,25 @@ PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
+class TableSchema:
+    """A tracked table as HELLO describes it, so that a peer can map names (ADR 0013).
+
+    `columns` are all the table's columns in table order (key columns too),
+    `former` their former names aligned with them (newest first; empty for
+    a column never renamed), and `former_names` the table's own former
+    names.  A peer maps its tables and columns to ours by name or by a
+    former name, either way round.
+    """
+
+    former_names: tuple[str, ...]
+    columns: tuple[str, ...]
+    former: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        assert len(self.former) == len(self.columns), "former names align with columns"
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     version: int
     site_id: str
@@ -46,6 +66,11 @@ class Hello:
     # restarted process differs from the process it replaces only in this.
     # Optional on the wire ("" from peers before it), so no version bump.
     instance: str = ""
+    # Per tracked table, its columns and the former names of the table and
+    # of its columns (ADR 0013: a schema difference never refuses a session;
+    # this is how the node decides what to send and whose vector to adopt).
+    # Optional on the wire (peers before issue 14 send none), so no version bump.
+    schema: dict[str, TableSchema] = field(default_factory=dict)
 
 
 # The reason text that starts a refusal of a second session between one pair

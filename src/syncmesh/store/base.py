@@ -167,6 +167,13 @@ class Store(VerifyStore, Protocol):
         """Stop syncing `names` (SchemaError if one is not tracked)."""
         ...
 
+    def application_tables(self) -> list[str]:
+        """The database's own tables (not syncmesh's, not the backend's), sorted by name.
+
+        What `[tables] track` patterns are matched against.
+        """
+        ...
+
     def change_notifier(self) -> ChangeNotifier:
         """A new notifier of commits to this store (on the event loop's thread)."""
         ...

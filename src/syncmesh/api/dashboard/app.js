@@ -119,6 +119,8 @@ function renderPeers(status, peers) {
         verifiedCell(entry, now),
         // A dialer keeps its last error after it got through: muted then.
         el("td", { class: peer.link === "connected" ? "note" : "error", "data-field": "last-error" }, lastErrorText(entry, peer.link, now)),
+        // Tables or columns only one side tracks: no refusal (ADR 0013), but worth telling.
+        el("td", { class: "note", "data-field": "schema-differences" }, (entry.schema_differences ?? []).join("; ")),
       );
     }),
   );

@@ -56,6 +56,15 @@ def table_problems(
     return problems
 
 
+def application_tables(connection: sqlite3.Connection) -> list[str]:
+    """The database's own tables, by name: not syncmesh's (`_syncmesh*`), not SQLite's."""
+    rows = connection.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table'"
+        " AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name"
+    ).fetchall()
+    return [name for (name,) in rows if not name.startswith(RESERVED_PREFIX)]
+
+
 def _is_tracked(connection: sqlite3.Connection, table: str) -> bool:
     """Whether `table` is tracked in this file already (read-only; False before `init`)."""
     try:

@@ -49,7 +49,7 @@ from syncmesh.store.sqlite import (
 )
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE
-from syncmesh.store.sqlite.introspect import fingerprint, table_problems
+from syncmesh.store.sqlite.introspect import application_tables, fingerprint, table_problems
 from syncmesh.store.sqlite.notifier import SqliteChangeNotifier
 from syncmesh.store.summary import TableSummary
 
@@ -201,6 +201,10 @@ class SqliteStore:
         `reconcile_schema()` call.
         """
         self.context.schema_lines_unreported += reconcile.reconcile_schema(self.context)
+
+    def application_tables(self) -> list[str]:
+        """The database's own tables: not syncmesh's (`_syncmesh*`), not SQLite's (`sqlite_*`)."""
+        return application_tables(self.connection)
 
     def track(
         self,

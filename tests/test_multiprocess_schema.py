@@ -1,0 +1,312 @@
+"""Schema changes on real `syncmesh serve` processes while applications write (issue 14).
+
+A rolling deploy as users run one: each site migrates in turn with the
+`sqlite3` shell (the DDL of Django, Alembic or a hand-written ALTER TABLE)
+while a writer thread keeps inserting rows at every site.  Oracles: every
+row a writer committed is at every site in the end (no lost write), the
+files converge on every column, sessions are never refused for the schema,
+and `/v1/health`, `/v1/status` and `/metrics` name a table that cannot be
+synced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import (
+    Cluster,
+    NodeProcess,
+    make_db,
+    query,
+    run_cli,
+    table_dump,
+    wait_converged,
+    wait_for,
+)
+from tests.test_multiprocess import shell
+
+pytestmark = pytest.mark.multiprocess
+
+ITEMS = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
+CONVERGE_S = 45.0
+WRITER_ROWS_MAX = 2_000  # a writer stops after this many rows, or when told
+WRITER_INTERVAL_S = 0.02
+WRITER_SECONDS_MAX = 120.0
+
+
+class Writer:
+    """An application writing `items` from a thread: one row per transaction, bounded.
+
+    It names only `id` and `name`, columns no migration here touches, so it
+    keeps writing through every DDL.  `written` holds the ids it committed.
+    """
+
+    def __init__(self, path: Path, prefix: str) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.written: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"writer {prefix}", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + WRITER_SECONDS_MAX
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10.0)) as connection:
+            for index in range(WRITER_ROWS_MAX):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    return
+                row_id = f"{self.prefix}-{index:05d}"
+                try:
+                    with connection:
+                        connection.execute(
+                            "INSERT INTO items (id, name) VALUES (?, ?)", (row_id, self.prefix)
+                        )
+                except sqlite3.Error as exc:  # reported by stop(): a write the app lost
+                    self.errors.append(f"{row_id}: {exc}")
+                    continue
+                self.written.append(row_id)
+                self._stop.wait(WRITER_INTERVAL_S)
+
+    def start(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def wait_rows(self, count: int) -> list[str]:
+        """Wait until it has committed `count` more rows; the ids committed so far."""
+        target = len(self.written) + count
+        wait_for(lambda: len(self.written) >= target, 30.0, f"writer {self.prefix}'s rows")
+        return list(self.written)
+
+    def signal_stop(self) -> None:
+        """Ask the writer to stop after its current row (teardown: not waited for)."""
+        self._stop.set()
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), f"writer {self.prefix} did not stop"
+        assert not self.errors, f"writer {self.prefix} failed: {self.errors[:3]}"
+        return list(self.written)
+
+
+@contextlib.contextmanager
+def writers(*nodes: NodeProcess) -> Iterator[list[Writer]]:
+    started = [Writer(node.db, node.name).start() for node in nodes]
+    try:
+        yield started
+    finally:
+        for writer in started:
+            writer.signal_stop()
+
+
+def ids(path: Path) -> set[str]:
+    return {str(row[0]) for row in query(path, "SELECT id FROM items")}
+
+
+def wait_ids(node: NodeProcess, expected: list[str], describe: Cluster) -> None:
+    """Wait until every id of `expected` is in `node`'s items."""
+    wait_for(
+        lambda: set(expected) <= ids(node.db),
+        CONVERGE_S,
+        f"{len(expected)} rows at {node.name}",
+        describe=describe.logs,
+    )
+
+
+def assert_never_refused(cluster: Cluster) -> None:
+    for node in cluster.nodes:
+        text = node.log_text()
+        assert "schema mismatch" not in text, node.log_tail()
+        assert "refused" not in text, node.log_tail()
+
+
+def started_pair(cluster: Cluster, tmp_path: Path) -> tuple[NodeProcess, NodeProcess]:
+    make_db(tmp_path / "a.db", ITEMS)
+    make_db(tmp_path / "b.db", ITEMS)
+    a = cluster.node("a")
+    b = cluster.node("b", peers=[a])
+    cluster.start(a, b)
+    wait_for(lambda: _streams(b), CONVERGE_S, "b's session with a", describe=cluster.logs)
+    return a, b
+
+
+def _streams(node: NodeProcess) -> bool:
+    return any(peer["state"] == "streaming" for peer in node.status()["peers"])
+
+
+def test_a_new_table_tracked_at_one_site_first(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: tracking a new table at A first refuses no session; items keep syncing
+    meanwhile; the table syncs, with the rows A wrote before B tracked it, once B does."""
+    a, b = started_pair(cluster, tmp_path)
+    with writers(a, b) as (writer_a, writer_b):
+        shell(a.db, "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)")
+        run_cli("track", str(a.db), "notes")
+        shell(a.db, "INSERT INTO notes VALUES ('n1', 'before b tracked notes')")
+        wait_for(
+            lambda: any("'notes'" in text for text in _differences(b, _site(a))),
+            CONVERGE_S,
+            "b to name the table a tracks alone",
+            describe=cluster.logs,
+        )
+        # Items keep syncing both ways while only A tracks notes.
+        wait_ids(b, writer_a.wait_rows(5), cluster)
+        wait_ids(a, writer_b.wait_rows(5), cluster)
+        shell(b.db, "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)")
+        run_cli("track", str(b.db), "notes")
+        shell(a.db, "INSERT INTO notes VALUES ('n2', 'after')")
+        written = writer_a.stop() + writer_b.stop()
+    notes = wait_converged([a.db, b.db], "notes", CONVERGE_S, describe=cluster.logs)
+    assert [row[0][0] for row in notes] == ["n1", "n2"]
+    wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert set(written) <= ids(a.db)
+    assert_never_refused(cluster)
+    assert _differences(b, _site(a)) == []
+
+
+def _differences(node: NodeProcess, site: str) -> list[str]:
+    """What `node` says differs from the peer `site` (none while it has no session)."""
+    peer = node.peer(site)
+    return [] if peer is None else list(peer["schema_differences"])
+
+
+def _site(node: NodeProcess) -> str:
+    site = node.status()["site_id"]
+    assert isinstance(site, str)
+    return site
+
+
+def test_a_nullable_column_added_at_one_site_then_the_other(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: the shared columns sync throughout; the new column converges, with the
+    values A wrote to it before B migrated."""
+    a, b = started_pair(cluster, tmp_path)
+    with writers(a, b) as (writer_a, writer_b):
+        shell(a.db, "ALTER TABLE items ADD COLUMN note TEXT")
+        shell(a.db, "INSERT INTO items (id, name, note) VALUES ('early', 'a', 'before b migrated')")
+        wait_ids(b, [*writer_a.wait_rows(5), "early"], cluster)
+        wait_ids(a, writer_b.wait_rows(5), cluster)
+        [b_row, *_] = writer_b.written
+        shell(a.db, f"UPDATE items SET note = 'set at a' WHERE id = '{b_row}'")
+        shell(b.db, "ALTER TABLE items ADD COLUMN note TEXT")
+        shell(b.db, "INSERT INTO items (id, name) VALUES ('late-b', 'b')")
+        written = writer_a.stop() + writer_b.stop()
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    notes = {row[0][0]: row[3][0] for row in dump}
+    assert notes["early"] == "before b migrated"
+    assert notes[b_row] == "set at a"
+    assert notes["late-b"] is None  # B's insert reaches A with the column's default
+    assert set(written) <= set(notes)
+    assert_never_refused(cluster)
+
+
+def test_a_column_renamed_at_one_site_then_the_other(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: values written under the old name at the site not yet migrated land in the
+    renamed column, and values written under the new name reach the old column."""
+    a, b = started_pair(cluster, tmp_path)
+    with writers(a, b) as (writer_a, writer_b):
+        shell(a.db, "ALTER TABLE items RENAME COLUMN qty TO quantity")
+        shell(a.db, "INSERT INTO items (id, name, quantity) VALUES ('new-name', 'a', 5)")
+        shell(b.db, "INSERT INTO items (id, name, qty) VALUES ('old-name', 'b', 7)")
+        wait_for(
+            lambda: query(b.db, "SELECT qty FROM items WHERE id = 'new-name'") == [(5,)],
+            CONVERGE_S,
+            "a's value under the new name in b's old column",
+            describe=cluster.logs,
+        )
+        wait_for(
+            lambda: query(a.db, "SELECT quantity FROM items WHERE id = 'old-name'") == [(7,)],
+            CONVERGE_S,
+            "b's value under the old name in a's renamed column",
+            describe=cluster.logs,
+        )
+        wait_ids(b, writer_a.wait_rows(5), cluster)
+        shell(b.db, "ALTER TABLE items RENAME COLUMN qty TO quantity")
+        shell(b.db, "UPDATE items SET quantity = 8 WHERE id = 'new-name'")
+        written = writer_a.stop() + writer_b.stop()
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    quantities = {row[0][0]: row[2][0] for row in dump}
+    assert (quantities["new-name"], quantities["old-name"]) == (8, 7)
+    assert set(written) <= set(quantities)
+    assert_never_refused(cluster)
+
+
+def django_rebuild(path: Path) -> None:
+    """What Django's SQLite schema editor does to add a field with a default.
+
+    One transaction: create the new table, copy the rows, drop the old one,
+    rename the new one (the capture triggers go with the old table).
+    """
+    shell(
+        path,
+        "PRAGMA foreign_keys = OFF; BEGIN;"
+        ' CREATE TABLE "new__items" (id TEXT PRIMARY KEY, name TEXT, qty INTEGER,'
+        " flag INTEGER NOT NULL DEFAULT 0);"
+        ' INSERT INTO "new__items" (id, name, qty, flag) SELECT id, name, qty, 0 FROM items;'
+        " DROP TABLE items;"
+        ' ALTER TABLE "new__items" RENAME TO items;'
+        " COMMIT;",
+    )
+
+
+def test_a_django_style_rebuild_at_one_site_while_another_writes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: the rebuilding site keeps capturing (rows written by its own writer right
+    after the rebuild included), the other site's rows keep arriving, and once both
+    have rebuilt, every row any writer committed is at both sites with the new column."""
+    a, b = started_pair(cluster, tmp_path)
+    with writers(a, b) as (writer_a, writer_b):
+        writer_a.wait_rows(5)
+        django_rebuild(a.db)
+        wait_ids(b, writer_a.wait_rows(10), cluster)  # A captures after its rebuild
+        wait_ids(a, writer_b.wait_rows(5), cluster)
+        django_rebuild(b.db)
+        written = writer_a.stop() + writer_b.stop()
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert set(written) <= {row[0][0] for row in dump}
+    assert {row[3] for row in dump} == {(0, "integer")}
+    assert_never_refused(cluster)
+    for node in (a, b):
+        assert node.health()[0] == 200, node.log_tail()
+
+
+def test_health_is_503_for_a_table_that_lost_its_triggers_and_cannot_be_repaired(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a tracked table rebuilt with another primary key (its triggers gone with
+    the old table; syncmesh cannot map rows of another key) is never silent: 503 on
+    /v1/health naming the table, in the status and in /metrics."""
+    make_db(tmp_path / "a.db", ITEMS)
+    a = cluster.node("a")
+    cluster.start(a)
+    assert a.health()[0] == 200
+    shell(
+        a.db,
+        "BEGIN;"
+        ' CREATE TABLE "new__items" (id TEXT, name TEXT PRIMARY KEY, qty INTEGER);'
+        ' INSERT INTO "new__items" SELECT id, name, qty FROM items;'
+        " DROP TABLE items;"
+        ' ALTER TABLE "new__items" RENAME TO items;'
+        " COMMIT;",
+    )
+    wait_for(lambda: a.health()[0] == 503, CONVERGE_S, "a 503 from a", describe=a.log_tail)
+    _code, verdict = a.health()
+    assert any("items" in reason for reason in verdict["reasons"]), verdict
+    problems = a.status()["store"]["schema_problems"]
+    assert problems, a.status()
+    assert all("items" in problem for problem in problems), problems
+    with a.open_url("/metrics", 5.0) as answer:
+        metrics = answer.read().decode()
+    assert f"syncmesh_schema_problems {float(len(problems))}" in metrics
+    shell(a.db, "INSERT INTO items VALUES ('x', 'written after', 1)")
+    # Still unhealthy after more writes: the table is not captured, and says so.
+    assert a.health()[0] == 503
+    assert table_dump(a.db, "items")
