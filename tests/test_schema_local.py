@@ -610,11 +610,6 @@ def test_a_read_or_apply_right_after_ddl_follows_it_first(
     assert store.reconcile_schema() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schema-mixed: a row of the old schema applied after ADD COLUMN (here a quarantined"
-    " row retried) writes NULL into the new column of a new key, not the column's default",
-)
 def test_a_row_quarantined_before_add_column_gets_the_default_when_retried(
     store: SqliteStore, peer: SqliteStore
 ) -> None:
