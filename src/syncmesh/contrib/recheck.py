@@ -1,0 +1,80 @@
+"""Re-check a synced file's tracked tables after an application's migration.
+
+A migration tool (Django's `migrate`, `alembic upgrade`) changes tables
+that syncmesh tracks.  The node notices the change in its capture loop
+(`PRAGMA schema_version`) and reconciles on its own; calling this from the
+migrating process right after the migration commits does the same at
+once, in that process, so the window in which writes go uncaptured is as
+short as it can be, and it tells the person running the migration what
+syncmesh did and what is left to fix, in the migration's own output.
+
+It never raises for an operating error: a migration that succeeded must
+not be reported as failed because of syncmesh.  Everything it could not do
+is a line in `Recheck.problems`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncmesh.errors import NotInitialized, SyncError
+from syncmesh.store.open import open_store
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """What a re-check did: `changes` handled, `problems` left (each a sentence)."""
+
+    database: str
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    synced: bool = True  # False: the file is not a syncmesh file (nothing to do)
+
+    def lines(self) -> list[str]:
+        """One line per change and per problem, prefixed for a migration's output."""
+        if not self.synced:
+            return [f"syncmesh: {self.database}: {problem}" for problem in self.problems]
+        return [
+            *(f"syncmesh: {self.database}: {change}" for change in self.changes),
+            *(f"syncmesh: {self.database}: problem: {problem}" for problem in self.problems),
+        ]
+
+
+def is_in_memory(name: str) -> bool:
+    """True for SQLite's in-memory databases (a test run's database): nothing to sync."""
+    return name in ("", ":memory:") or "mode=memory" in name
+
+
+def recheck_tracked_tables(database: str | Path) -> Recheck:
+    """Reconcile the tracked tables of the syncmesh file `database` with its schema now.
+
+    Opens the store (a second connection next to a running node is fine, as
+    for `syncmesh track`), runs `Store.reconcile_schema()` where the store
+    has it (issue 14), then reads `Store.schema_problems()`.  A file that is
+    missing or not initialised is left alone, untouched by syncmesh.
+    """
+    name = str(database)
+    if is_in_memory(name):
+        return Recheck(name, synced=False)
+    if not Path(name).exists():
+        return Recheck(name, problems=[f"{name} does not exist"], synced=False)
+    try:
+        store = open_store(name)
+    except SyncError as exc:
+        return Recheck(name, problems=[f"cannot open it: {exc}"])
+    try:
+        reconcile = getattr(store, "reconcile_schema", None)
+        changes = list(reconcile()) if reconcile is not None else []
+        problems = store.schema_problems()
+    except NotInitialized:
+        return Recheck(
+            name,
+            problems=["not a syncmesh file yet (`syncmesh track` its tables to sync them)"],
+            synced=False,
+        )
+    except SyncError as exc:
+        return Recheck(name, problems=[f"re-check failed: {exc}"])
+    finally:
+        store.close()
+    return Recheck(name, changes=changes, problems=problems)
