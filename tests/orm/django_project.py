@@ -27,13 +27,14 @@ if __name__ == "__main__":
     execute_from_command_line(sys.argv)
 """
 
+APPS = ["shop", "syncmesh.contrib.django"]
 SETTINGS_PY = """\
 import os
 
 SECRET_KEY = "not-secret: a test project"
 DEBUG = False
 USE_TZ = True
-INSTALLED_APPS = ["shop", "syncmesh.contrib.django"]
+INSTALLED_APPS = {apps!r}
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
@@ -188,8 +189,9 @@ def migration_source(dependencies: str, operations: str, initial: bool = False) 
 class DjangoProject:
     """The shop project at version 1 or 2 of `change` (rollout.Project)."""
 
-    def __init__(self, change: DjangoChange) -> None:
+    def __init__(self, change: DjangoChange, apps: list[str] | None = None) -> None:
         self.change = change
+        self.apps = APPS if apps is None else apps
 
     def write(self, directory: Path, version: int) -> None:
         change = self.change
@@ -199,7 +201,7 @@ class DjangoProject:
             "manage.py": MANAGE_PY,
             "writer.py": WRITER_PY,
             "proj/__init__.py": "",
-            "proj/settings.py": SETTINGS_PY,
+            "proj/settings.py": SETTINGS_PY.replace("{apps!r}", repr(self.apps)),
             "shop/__init__.py": "",
             "shop/migrations/__init__.py": "",
             "shop/migrations/0001_initial.py": migration_source(
