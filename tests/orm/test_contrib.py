@@ -146,7 +146,7 @@ def test_alembic_upgrade_rechecks_the_tracked_tables(tmp_path: Path) -> None:
 
 
 def test_the_sqlalchemy_hook_skips_in_memory_databases() -> None:
-    result = recheck_tracked_tables(sqlalchemy.create_engine("sqlite://"), stdout=None)
+    result = recheck_tracked_tables(sqlalchemy.create_engine("sqlite://"), quiet=True)
     assert not result.synced
     assert result.lines() == []
 

@@ -15,8 +15,10 @@ is a line in `Recheck.problems`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from syncmesh.errors import NotInitialized, SyncError
 from syncmesh.store.open import open_store
@@ -39,6 +41,30 @@ class Recheck:
             *(f"syncmesh: {self.database}: {change}" for change in self.changes),
             *(f"syncmesh: {self.database}: problem: {problem}" for problem in self.problems),
         ]
+
+
+class Writer(Protocol):
+    """Where a migration prints (a text stream, Django's `OutputWrapper`)."""
+
+    def write(self, text: str, /) -> object: ...
+
+
+def report(result: Recheck, log: logging.Logger, stdout: Writer | None) -> None:
+    """Print the re-check's lines to the migration's output, and log them.
+
+    Problems are logged as warnings only when they were not printed: with
+    no logging configured, Python shows warnings on stderr, and the
+    operator would read each problem twice.
+    """
+    printed = stdout is not None
+    for change in result.changes:
+        log.info("%s: %s", result.database, change)
+    for problem in result.problems:
+        serious = result.synced and not printed
+        log.log(logging.WARNING if serious else logging.INFO, "%s: %s", result.database, problem)
+    if stdout is not None:
+        for line in result.lines():
+            stdout.write(line + "\n")
 
 
 def is_in_memory(name: str) -> bool:

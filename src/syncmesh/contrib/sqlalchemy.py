@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
 
 from sqlalchemy.engine import Connection, Engine
 
-from syncmesh.contrib.recheck import Recheck
+from syncmesh.contrib.recheck import Recheck, Writer, report
 from syncmesh.contrib.recheck import recheck_tracked_tables as recheck_file
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,12 @@ def database_of(bind: Engine | Connection) -> str | None:
 
 
 def recheck_tracked_tables(
-    bind: Engine | Connection, *, stdout: TextIO | None = sys.stdout
+    bind: Engine | Connection, *, stdout: Writer | None = None, quiet: bool = False
 ) -> Recheck:
-    """Re-check the tracked tables of `bind`'s SQLite file; print the result to `stdout`.
+    """Re-check the tracked tables of `bind`'s SQLite file; print the result.
+
+    The lines go to `stdout` (default: `sys.stdout`), or, with `quiet`,
+    only to the log (logger `syncmesh.contrib.sqlalchemy`).
 
     Run it after the migration's transaction committed: on a connection
     still in a transaction, the re-check would wait for that transaction's
@@ -58,13 +60,5 @@ def recheck_tracked_tables(
         )
     else:
         result = recheck_file(database)
-    for change in result.changes:
-        log.info("%s: %s", result.database, change)
-    for problem in result.problems:
-        log.log(
-            logging.ERROR if result.synced else logging.INFO, "%s: %s", result.database, problem
-        )
-    if stdout is not None:
-        for line in result.lines():
-            print(line, file=stdout)
+    report(result, log, None if quiet else (stdout or sys.stdout))
     return result

@@ -22,7 +22,7 @@ from django.db import connections
 from django.db.models.signals import post_migrate
 
 from syncmesh.contrib.django import DATABASE_DEFAULT, DATABASE_SETTING
-from syncmesh.contrib.recheck import Recheck, recheck_tracked_tables
+from syncmesh.contrib.recheck import Recheck, recheck_tracked_tables, report
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +64,11 @@ def recheck_after_migrate(sender: Any, using: str = "default", **kwargs: Any) ->
         result = Recheck(using, problems=[problem or "not a SQLite file"], synced=False)
     else:
         result = recheck_tracked_tables(path)
-    report(result, verbosity=int(kwargs.get("verbosity", 1)), stdout=kwargs.get("stdout"))
+    verbosity = int(kwargs.get("verbosity", 1))
+    report(result, log, kwargs.get("stdout") if verbosity >= 1 else None)
 
 
 def last_app_with_models() -> AppConfig | None:
     """The app whose `post_migrate` Django sends last (it skips apps without models)."""
     with_models = [config for config in apps.get_app_configs() if config.models_module]
     return with_models[-1] if with_models else None
-
-
-def report(result: Recheck, *, verbosity: int, stdout: Any) -> None:
-    """Log the re-check; also print it in `migrate`'s output unless run with -v 0."""
-    for change in result.changes:
-        log.info("%s: %s", result.database, change)
-    for problem in result.problems:
-        if result.synced:
-            log.error("%s: %s", result.database, problem)
-        else:
-            log.info("%s: %s", result.database, problem)
-    if verbosity >= 1 and stdout is not None:
-        for line in result.lines():
-            stdout.write(line + "\n")
