@@ -212,9 +212,14 @@ class Rollout:
         directory: Path,
         sites: Sequence[str],
         writers: Sequence[str],
+        *,
+        track_patterns: Sequence[str] = (),
     ) -> None:
+        """`track_patterns`: the nodes track `[tables] track = PATTERNS` (a config file)
+        instead of `syncmesh track` of each new table after its migration."""
         self.project = project
         self.cluster = cluster
+        self.track_patterns = list(track_patterns)
         self.sites = [
             Site(name, directory / name, directory / name / f"{name}.db", name in writers)
             for name in sites
@@ -233,7 +238,14 @@ class Rollout:
             run_cli("track", str(site.db), *self.project.tables(1))
         nodes: list[NodeProcess] = []
         for site in self.sites:
-            site.node = self.cluster.node(site.name, db=site.db, peers=list(nodes))
+            extra_args: list[str] = []
+            if self.track_patterns:
+                config = site.directory / "syncmesh.toml"
+                config.write_text(f"[tables]\ntrack = {json.dumps(self.track_patterns)}\n")
+                extra_args = ["--config", str(config)]
+            site.node = self.cluster.node(
+                site.name, db=site.db, peers=list(nodes), extra_args=extra_args
+            )
             nodes.append(site.node)
         self.cluster.start(*nodes)
         for site in self.sites:
@@ -301,7 +313,7 @@ class Rollout:
         output = self.project.migrate(site.directory, site.db)
         site.version = version
         new_tables = sorted(set(self.project.tables(version)) - set(self.project.tables(1)))
-        if new_tables:
+        if new_tables and not self.track_patterns:
             run_cli("track", str(site.db), *new_tables)
         if after is not None:
             after(site)

@@ -52,8 +52,22 @@ def rollouts(cluster: Cluster, tmp_path: Path) -> Iterator[list[Rollout]]:
             rollout.close()
 
 
-def start(change: DjangoChange, cluster: Cluster, tmp_path: Path, made: list[Rollout]) -> Rollout:
-    rollout = Rollout(DjangoProject(change), cluster, tmp_path / "sites", SITES, WRITERS)
+def start(
+    change: DjangoChange,
+    cluster: Cluster,
+    tmp_path: Path,
+    made: list[Rollout],
+    *,
+    track_patterns: tuple[str, ...] = (),
+) -> Rollout:
+    rollout = Rollout(
+        DjangoProject(change),
+        cluster,
+        tmp_path / "sites",
+        SITES,
+        WRITERS,
+        track_patterns=track_patterns,
+    )
     made.append(rollout)
     rollout.start()
     return rollout
@@ -83,6 +97,17 @@ def test_rolling_django_migration_keeps_every_write(
         status = project.manage(site.directory, site.db, "syncmesh_status")
         assert "served by pid" in status
         assert "health       ok" in status
+
+
+@pytest.mark.xfail(strict=True, reason="needs schema-node: [tables] track patterns")
+def test_a_new_model_is_tracked_by_a_pattern_as_each_site_migrates(
+    cluster: Cluster, tmp_path: Path, rollouts: list[Rollout]
+) -> None:
+    """`[tables] track = ["shop_*"]`: no `syncmesh track` at all; the new table joins by itself."""
+    [change] = [change for change in CHANGES if change.name == "new_model"]
+    rollout = start(change, cluster, tmp_path, rollouts, track_patterns=("shop_*",))
+    rollout.roll(2)
+    rollout.finish(change.final)
 
 
 def test_rolling_deploy_without_ddl_keeps_every_write(
