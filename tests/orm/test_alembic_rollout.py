@@ -58,6 +58,8 @@ def test_rolling_alembic_migration_keeps_every_write(
     outputs = rollout.roll(2)
     for site, output in zip(rollout.sites, outputs, strict=True):
         assert "Running upgrade 0001 -> 0002" in output
+        assert site.node is not None
+        assert f"syncmesh: {site.db}: served by pid {site.node.pid}" in output
         assert "problem:" not in output, f"alembic upgrade at {site.name}: {output}"
     rollout.finish(change.final)
 

@@ -89,6 +89,8 @@ def test_rolling_django_migration_keeps_every_write(
     outputs = rollout.roll(2)
     for site, output in zip(rollout.sites, outputs, strict=True):
         assert f"Applying shop.0002_{change.name}... OK" in output
+        assert site.node is not None
+        assert f"syncmesh: {site.db}: served by pid {site.node.pid}" in output
         assert "problem:" not in output, f"migrate at {site.name}: {output}"
     rollout.finish(change.final)
     project = rollout.project
@@ -117,6 +119,10 @@ def test_rolling_deploy_without_ddl_keeps_every_write(
     rollout = start(NO_DDL, cluster, tmp_path, rollouts)
     outputs = rollout.roll(2)
     assert all("Applying shop.0002_model_options_only... OK" in output for output in outputs)
+    # The re-check after migrate leaves the file to the node that serves it.
+    for site, output in zip(rollout.sites, outputs, strict=True):
+        assert site.node is not None
+        assert f"syncmesh: {site.db}: served by pid {site.node.pid}, which follows" in output
     records = rollout.finish(NO_DDL.final)
     assert all(len(record) >= 3 * 5 for record in records.values())
     project = rollout.project

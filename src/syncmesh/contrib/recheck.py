@@ -1,12 +1,15 @@
 """Re-check a synced file's tracked tables after an application's migration.
 
 A migration tool (Django's `migrate`, `alembic upgrade`) changes tables
-that syncmesh tracks.  The node notices the change in its capture loop
-(`PRAGMA schema_version`) and reconciles on its own; calling this from the
-migrating process right after the migration commits does the same at
-once, in that process, so the window in which writes go uncaptured is as
-short as it can be, and it tells the person running the migration what
-syncmesh did and what is left to fix, in the migration's own output.
+that syncmesh tracks.  A node serving the file notices the change in its
+capture loop (`PRAGMA schema_version`) and reconciles on its own: then
+the node is the one owner of the reconcile, and this only says so (two
+processes reconciling the same DDL at once would each plan it from what
+they had read before the other's).  With no node running, this reconciles
+in the migrating process right after the migration commits, so the
+triggers are back before the application writes again, and tells the
+person running the migration what syncmesh did and what is left to fix,
+in the migration's own output.
 
 It never raises for an operating error: a migration that succeeded must
 not be reported as failed because of syncmesh.  Everything it could not do
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from syncmesh.errors import NotInitialized, SyncError
+from syncmesh.node.lockfile import running_holder
 from syncmesh.store.open import open_store
 
 
@@ -75,9 +79,9 @@ def is_in_memory(name: str) -> bool:
 def recheck_tracked_tables(database: str | Path) -> Recheck:
     """Reconcile the tracked tables of the syncmesh file `database` with its schema now.
 
-    Opens the store (a second connection next to a running node is fine, as
-    for `syncmesh track`), runs `Store.reconcile_schema()` where the store
-    has it (issue 14), then reads `Store.schema_problems()`.  A file that is
+    A file served by a running node is left to that node.  Otherwise opens
+    the store, runs `Store.reconcile_schema()` where the store has it
+    (issue 14), then reads `Store.schema_problems()`.  A file that is
     missing or not initialised is left alone, untouched by syncmesh.
     """
     name = str(database)
@@ -85,6 +89,15 @@ def recheck_tracked_tables(database: str | Path) -> Recheck:
         return Recheck(name, synced=False)
     if not Path(name).exists():
         return Recheck(name, problems=[f"{name} does not exist"], synced=False)
+    holder = running_holder(name)
+    if holder is not None:
+        return Recheck(
+            name,
+            changes=[
+                f"served by pid {holder.pid}, which follows the schema change itself"
+                f" (`syncmesh status {name}` shows its view)"
+            ],
+        )
     try:
         store = open_store(name)
     except SyncError as exc:
