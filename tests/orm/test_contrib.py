@@ -67,6 +67,7 @@ def test_migrate_leaves_a_database_that_syncmesh_does_not_sync_alone(tmp_path: P
     assert (
         query(db, "SELECT name FROM sqlite_schema WHERE name LIKE '\\_syncmesh%' ESCAPE '\\'") == []
     )
+    assert query(db, "PRAGMA journal_mode") == [("delete",)]  # not switched to WAL
 
 
 def test_migrate_rechecks_the_tracked_tables_once(tmp_path: Path) -> None:

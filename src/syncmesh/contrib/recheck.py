@@ -18,7 +18,9 @@ is a line in `Recheck.problems`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +28,10 @@ from typing import Protocol
 from syncmesh.errors import NotInitialized, SyncError
 from syncmesh.node.lockfile import running_holder
 from syncmesh.store.open import open_store
+
+# The table every syncmesh file has (`syncmesh init`), as the chaos checkers read it.
+BOOKKEEPING_TABLE = "_syncmesh_state"
+NOT_SYNCED = "not a syncmesh file yet (`syncmesh track` its tables to sync them)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,25 @@ def is_in_memory(name: str) -> bool:
     return name in ("", ":memory:") or "mode=memory" in name
 
 
+def has_bookkeeping(path: str) -> bool:
+    """Read-only: has `syncmesh init` run on the file?
+
+    Asked before opening the store, because opening switches the file to
+    WAL: a database syncmesh does not sync must stay as it was.  A file
+    that cannot be read here is left to `open_store` to name the problem.
+    """
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as connection:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                (BOOKKEEPING_TABLE,),
+            ).fetchone()
+    except sqlite3.Error:
+        return True
+    return found is not None
+
+
 def recheck_tracked_tables(database: str | Path) -> Recheck:
     """Reconcile the tracked tables of the syncmesh file `database` with its schema now.
 
@@ -89,6 +114,8 @@ def recheck_tracked_tables(database: str | Path) -> Recheck:
         return Recheck(name, synced=False)
     if not Path(name).exists():
         return Recheck(name, problems=[f"{name} does not exist"], synced=False)
+    if not has_bookkeeping(name):
+        return Recheck(name, problems=[NOT_SYNCED], synced=False)
     holder = running_holder(name)
     if holder is not None:
         return Recheck(
@@ -107,11 +134,7 @@ def recheck_tracked_tables(database: str | Path) -> Recheck:
         changes = list(reconcile()) if reconcile is not None else []
         problems = store.schema_problems()
     except NotInitialized:
-        return Recheck(
-            name,
-            problems=["not a syncmesh file yet (`syncmesh track` its tables to sync them)"],
-            synced=False,
-        )
+        return Recheck(name, problems=[NOT_SYNCED], synced=False)
     except SyncError as exc:
         return Recheck(name, problems=[f"re-check failed: {exc}"])
     finally:
