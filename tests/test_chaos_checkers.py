@@ -19,7 +19,7 @@ from syncmesh.chaos.checkers import (
     torn_orders,
 )
 from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
-from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
+from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_INTEGER_KEY_TABLES, WORKLOAD_TABLES
 from syncmesh.clock import pack
 from syncmesh.model import SqlValue
 from syncmesh.store.sqlite import SqliteStore
@@ -230,7 +230,7 @@ def test_the_dump_of_a_real_file_names_sites_and_hides_tombstone_cells(tmp_path:
     connection.close()
     store = SqliteStore.open(path)
     site = store.init()
-    store.track(WORKLOAD_TABLES)
+    store.track(WORKLOAD_TABLES, allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES)
     connection = sqlite3.connect(path)
     connection.execute("INSERT INTO kv VALUES (1, 'x', NULL, 1), (2, 'y', 'z', 2)")
     connection.commit()

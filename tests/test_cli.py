@@ -88,11 +88,11 @@ def test_track_warns_about_risky_schemas(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     make_items(
         db,
-        "CREATE TABLE items (id INTEGER PRIMARY KEY, email TEXT UNIQUE,"
+        "CREATE TABLE items (id INT PRIMARY KEY, email TEXT UNIQUE,"
         " owner TEXT REFERENCES owners(id))",
     )
     result = run("track", str(db), "items")
-    assert "auto-increment" in result.stderr
+    assert "is not allocated by SQLite, so the application picks its values" in result.stderr
     assert "UNIQUE" in result.stderr
     assert "FOREIGN KEY" in result.stderr
 

@@ -25,7 +25,9 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from syncmesh.model import SqlValue
-from tests.nodeproc import Cluster, NodeProcess, make_db
+from syncmesh.store.sqlite.integer_keys import SPEC_FIELD
+from tests.helpers import sqlite3_shell
+from tests.nodeproc import Cluster, NodeProcess, make_db, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -226,3 +228,43 @@ def test_the_dashboard_sends_the_api_token(
     )
     assert len(asked) == 1, asked
     assert "token" in asked[0]
+
+
+@pytest.mark.multiprocess
+def test_the_dashboard_names_an_integer_key_tracked_before_the_refusal(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """Goal: the operator of a file tracked by an older version sees its risky key on the page.
+
+    Method: `books` (an INTEGER PRIMARY KEY) is tracked with the opt-in and
+    the opt-in is removed again with the sqlite3 shell: the file as a
+    version without the refusal left it (issue 14, part 5).  The page must
+    list the warning, with the fix, under the node's facts, and still call
+    the node healthy (a warning is not a health reason).  After `syncmesh
+    track --allow-integer-keys` records the opt-in, the list empties.
+    """
+    db = tmp_path / "a.db"
+    sqlite3_shell(db, "CREATE TABLE books (id INTEGER PRIMARY KEY, title TEXT)")
+    run_cli("init", str(db))
+    run_cli("track", str(db), "books", "--allow-integer-keys")
+    sqlite3_shell(db, f"UPDATE _syncmesh_tables SET spec = json_remove(spec, '$.{SPEC_FIELD}')")
+    a = cluster.node("a", db)
+    cluster.start(a)
+    page = browser.new_page()
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.goto(f"{a.url}/")
+
+    warnings = page.locator("#node-warnings li")
+    expect(warnings).to_have_count(1, timeout=WAIT_MS)
+    expect(warnings).to_contain_text(
+        "table 'books': its primary key 'id' is an INTEGER PRIMARY KEY"
+    )
+    expect(warnings).to_contain_text("UUIDField(primary_key=True, default=uuid.uuid4")
+    expect(warnings).to_contain_text("--allow-integer-keys")
+    expect(page.locator("#node-health")).to_have_attribute("data-health", "healthy")
+    expect(page.locator("#node-problems li")).to_have_count(0)
+
+    run_cli("track", str(db), "books", "--allow-integer-keys")
+    expect(warnings).to_have_count(0, timeout=WAIT_MS)
+    assert not script_errors, script_errors

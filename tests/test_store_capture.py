@@ -363,11 +363,13 @@ def test_track_refuses_missing_table_and_reserved_names(store: SqliteStore) -> N
         store.track(["_syncmesh_state"])
 
 
-def test_track_warns_about_integer_primary_key(store: SqliteStore) -> None:
-    store.connection.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n)")
+def test_track_warns_about_an_integer_key_the_application_allocates(store: SqliteStore) -> None:
+    # Not a rowid alias: SQLite never numbers it, so it is tracked with a
+    # warning (an INTEGER PRIMARY KEY is refused: tests/test_integer_keys.py).
+    store.connection.execute("CREATE TABLE counters (id INT PRIMARY KEY, n)")
     warnings = store.track(["counters"])
     assert len(warnings) == 1
-    assert "INTEGER primary key" in warnings[0]
+    assert "integer primary key 'id' is not allocated by SQLite" in warnings[0]
 
 
 def test_track_warns_about_unique_index_and_foreign_key(store: SqliteStore) -> None:

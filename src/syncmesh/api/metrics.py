@@ -78,6 +78,19 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         "Rows the change feed holds back because it cannot read them faithfully.",
         value=len(store.row_problems),
     )
+    orphans = GaugeMetricFamily(
+        "syncmesh_orphan_rows",
+        "Rows whose foreign key names a parent row that is not there, per tracked table.",
+        labels=["table"],
+    )
+    for table, count in store.orphans.items():
+        orphans.add_metric([table], count)
+    yield orphans
+    yield GaugeMetricFamily(
+        "syncmesh_orphan_problems",
+        "Foreign-key orphans the orphan policy could not resolve.",
+        value=len(store.orphan_problems),
+    )
     yield GaugeMetricFamily(
         "syncmesh_restoring",
         "1 while own writes lost by a restore are being recovered.",

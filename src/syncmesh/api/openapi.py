@@ -145,6 +145,23 @@ _STATUS = {
                 "path": {"type": "string"},
                 "schema_problems": {"type": "array", "items": {"type": "string"}},
                 "row_problems": {"type": "array", "items": {"type": "string"}},
+                "warnings": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "risks of tracked tables that need the operator, with the"
+                    " fix (keys SQLite allocates per site: docs/keys.md); not a health reason",
+                },
+                "orphans": {
+                    "type": "object",
+                    "description": "per tracked table: rows whose foreign key names a missing"
+                    " parent (PRAGMA foreign_key_check; Django's migrate fails on them)",
+                    "additionalProperties": {"type": "integer"},
+                },
+                "orphan_problems": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "orphans the policy could not resolve, with the reason",
+                },
                 "conflicts": {
                     "type": "object",
                     "description": "per tracked table: conflicts recorded here, ever",

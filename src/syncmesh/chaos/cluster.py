@@ -22,7 +22,7 @@ from typing import IO
 import aiohttp
 
 from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES, adversarial_ddl
-from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_TABLES
+from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_INTEGER_KEY_TABLES, WORKLOAD_TABLES
 from syncmesh.store.open import open_store
 
 HOST = "127.0.0.1"
@@ -47,7 +47,10 @@ def prepare_database(path: Path, adversarial: tuple[str, ...] = ()) -> str:
     store = open_store(path)
     try:
         site = store.init()
-        store.track(WORKLOAD_TABLES + (ADVERSARIAL_TABLES if adversarial else []))
+        store.track(
+            WORKLOAD_TABLES + (ADVERSARIAL_TABLES if adversarial else []),
+            allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES,
+        )
         return site
     finally:
         store.close()

@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS order_lines (
 );
 """
 WORKLOAD_TABLES = ["kv", "orders", "order_lines"]
+# kv's keys are names the workload picks (0 to KEYS - 1), the same entry at
+# every node on purpose, so that nodes write the same rows concurrently;
+# SQLite never allocates them.  That is what `track`'s opt-in for an
+# INTEGER PRIMARY KEY is for (docs/keys.md, "Integer keys").
+WORKLOAD_INTEGER_KEY_TABLES = ["kv"]
 KV_COLUMNS = ("a", "b", "n")
 KEYS = 60
 BUSY_TIMEOUT_S = 0.5

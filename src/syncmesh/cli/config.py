@@ -26,12 +26,16 @@ from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import PeerConfig, Secret
 from syncmesh.protocol import FRAME_BYTES_MAX
+from syncmesh.store import OrphanPolicy
 from syncmesh.store.open import table_problems
+from syncmesh.store.records import ORPHAN_POLICIES, ORPHAN_POLICY_DEFAULT
 from syncmesh.transport import TlsFiles, valid_site_name
 
 ENV_PREFIX = "SYNCMESH_"
 NAMED_PEERS = "peers.named"  # {name: {"url": str, "send": [...], "receive": [...]}}
 PEER_KEYS = ("url", "send", "receive")
+# `[tables.orphans]`: {"default": policy, TABLE: policy} (file only, like peers).
+ORPHANS = "tables.orphans"
 ALL_TABLES = "*"
 SECRET_SETTINGS = frozenset({"api.token"})
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -68,6 +72,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api", "token_file", str, ""),
     Setting("api", "require_token", bool, False),
     Setting("tables", "track", list, []),
+    Setting("tables", "allow_integer_keys", list, []),
     Setting("peers", "urls", list, []),
     Setting("peers", "heartbeat_s", float, 5.0, minimum=0.1),
     Setting("peers", "handshake_timeout_s", float, 10.0, minimum=0.1),
@@ -106,6 +111,7 @@ def load_settings(
     """Every setting's effective value, by `section.key`; ConfigError names a bad one."""
     values: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
     values[NAMED_PEERS] = {}
+    values[ORPHANS] = {"default": ORPHAN_POLICY_DEFAULT}
     if path is not None:
         values.update(_from_file(path))
     values.update(_from_environment(os.environ if environ is None else environ))
@@ -141,6 +147,9 @@ def _from_file(path: Path) -> dict[str, Any]:
             if section == "peers" and isinstance(value, dict):
                 values.setdefault(NAMED_PEERS, {})[key] = _peer_table(key, value)
                 continue
+            if section == "tables" and key == "orphans":
+                values[ORPHANS] = _orphans_table(value)
+                continue
             setting = _BY_NAME.get(f"{section}.{key}")
             if setting is None:
                 raise ConfigError(f"{section}.{key}", "unknown setting (see docs/config.md)")
@@ -169,6 +178,33 @@ def _peer_table(name: str, table: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"peers.{name}.{key}", "expected a list of table names")
         peer[key] = list(tables)
     return peer
+
+
+def _orphans_table(table: Any) -> dict[str, str]:
+    """`[tables.orphans]`, checked: `default` and per child table, one of ORPHAN_POLICIES."""
+    if not isinstance(table, dict):
+        raise ConfigError(
+            ORPHANS,
+            "expected a table [tables.orphans] of policies, one of"
+            f' {list(ORPHAN_POLICIES)}: default = "declared", TABLE = "keep"',
+        )
+    policies = {"default": ORPHAN_POLICY_DEFAULT}
+    for key, value in table.items():
+        if value not in ORPHAN_POLICIES:
+            raise ConfigError(
+                f"{ORPHANS}.{key}", f"must be one of {list(ORPHAN_POLICIES)}, got {value!r}"
+            )
+        policies[key] = value
+    return policies
+
+
+def orphan_policy(values: Mapping[str, Any]) -> OrphanPolicy:
+    """The `OrphanPolicy` of `[tables.orphans]`."""
+    table: dict[str, str] = values.get(ORPHANS) or {}
+    return OrphanPolicy(
+        default=table.get("default", ORPHAN_POLICY_DEFAULT),
+        tables={name: policy for name, policy in table.items() if name != "default"},
+    )
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -285,6 +321,8 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         api_listen_port=api_port,
         health_peer_down_s_max=values["health.peer_down_s_max"],
         health_quarantine_window_s=values["health.quarantine_window_s"],
+        allow_integer_keys=frozenset(values["tables.allow_integer_keys"]),
+        orphan_policy=orphan_policy(values),
     )
     config.check_exposure()
     return config
@@ -350,7 +388,8 @@ def tracked_table_problems(values: Mapping[str, Any]) -> list[str]:
             f"tables.track: the database {database} does not exist, so its tables cannot be"
             f" checked (`syncmesh init {database}` creates it)"
         ]
-    return [f"tables.track: {problem}" for problem in table_problems(database, tables)]
+    allowed = values["tables.allow_integer_keys"]
+    return [f"tables.track: {problem}" for problem in table_problems(database, tables, allowed)]
 
 
 def file_permission_warnings(values: Mapping[str, Any], config_path: Path | None) -> list[str]:
@@ -398,12 +437,23 @@ def render(values: Mapping[str, Any]) -> str:
         else:
             text = repr(value)
         lines.append(f"{setting.key} = {text}")
+    orphans = values.get(ORPHANS) or {}
+    lines.append("\n[tables.orphans]")
+    lines.extend(
+        f"{_toml_key(name)} = {_toml_string(policy)}"
+        for name, policy in sorted(orphans.items(), key=lambda item: item[0] != "default")
+    )
     for name, peer in sorted(values.get(NAMED_PEERS, {}).items()):
         lines.append(f"\n[peers.{name}]")
         lines.append(f"url = {_toml_string(peer['url'])}")
         for key in ("send", "receive"):
             lines.append(f"{key} = [" + ", ".join(_toml_string(t) for t in peer[key]) + "]")
     return "\n".join(lines)
+
+
+def _toml_key(name: str) -> str:
+    bare = name.replace("_", "").replace("-", "").isalnum() and name.isascii()
+    return name if bare else _toml_string(name)
 
 
 def _toml_string(text: str) -> str:

@@ -106,19 +106,30 @@ def init(database: Path, new_site_id: bool) -> None:
 @cli.command()
 @DATABASE
 @click.argument("tables", nargs=-1, required=True)
-def track(database: Path, tables: tuple[str, ...]) -> None:
+@click.option(
+    "--allow-integer-keys",
+    is_flag=True,
+    help="Track TABLES even if SQLite allocates their keys (INTEGER PRIMARY KEY): only for"
+    " tables that one site alone writes, or whose ids the application allocates so that"
+    " sites never collide (per-site ranges).  Kept with the table (docs/keys.md).",
+)
+def track(database: Path, tables: tuple[str, ...], allow_integer_keys: bool) -> None:
     """Start syncing TABLES of DATABASE; rows that already exist are included.
 
-    Each table needs a PRIMARY KEY; prefer random TEXT or BLOB keys (see the
-    README, "Choosing keys").  Warnings name the risks of the schema:
-    auto-increment keys, UNIQUE indexes and foreign keys.  On a terminal, a
-    progress bar per table shows its existing rows joining the feed.
+    Each table needs a PRIMARY KEY; prefer random TEXT or BLOB keys
+    (docs/keys.md).  A key that SQLite allocates at each site (INTEGER
+    PRIMARY KEY, with or without AUTOINCREMENT) is refused unless
+    --allow-integer-keys says that sites cannot collide on it.  Warnings
+    name the other risks of the schema: integer keys the application
+    allocates, UNIQUE indexes and foreign keys.  On a terminal, a progress
+    bar per table shows its existing rows joining the feed.
     """
     from syncmesh.cli.progress import backfill_progress  # rich loads only when used
 
     with _open_store(database) as store, _errors_as_messages(), backfill_progress() as progress:
         store.init()
-        warnings = store.track(list(tables), progress)
+        allowed = tables if allow_integer_keys else ()
+        warnings = store.track(list(tables), progress, allow_integer_keys=allowed)
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")
@@ -266,7 +277,11 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
             store = open_store(config.database_path)
             try:
                 store.init()
-                for warning in store.track(settings["tables.track"], _log_track_progress):
+                for warning in store.track(
+                    settings["tables.track"],
+                    _log_track_progress,
+                    allow_integer_keys=settings["tables.allow_integer_keys"],
+                ):
                     logging.getLogger("syncmesh.cli").warning("%s", warning)
             finally:
                 store.close()

@@ -126,6 +126,8 @@ def print_live_status(status: dict[str, Any]) -> None:
         ("quarantined", f"{store['quarantined_rows']} rows"),
         ("conflicts", f"{sum(store.get('conflicts', {}).values())} recorded (GET /v1/conflicts)"),
         *(("problem", problem) for problem in store["schema_problems"]),
+        *(("warning", warning) for warning in store.get("warnings", [])),
+        *orphan_facts(store.get("orphans", {}), store.get("orphan_problems", [])),
     ]
     console.print(_facts(facts))
     console.print()
@@ -209,6 +211,22 @@ def catchup_text(peer: dict[str, Any]) -> str:
     return f"{progress:.0%} of its feed read, {peer['catchup_rows_per_s']:,.0f} rows/s, {left}"
 
 
+def orphan_facts(orphans: dict[str, int], problems: list[str]) -> list[tuple[str, str]]:
+    """Status lines for rows whose foreign key names a missing parent, and what they block."""
+    facts = [
+        (
+            "orphans",
+            f"table {table!r}: {count} rows reference a parent row that is not there;"
+            " PRAGMA foreign_key_check reports them, and Django's migrate on SQLite fails"
+            " with IntegrityError until they are gone ([tables.orphans] in docs/keys.md,"
+            ' "Foreign keys")',
+        )
+        for table, count in sorted(orphans.items())
+    ]
+    facts.extend(("orphan problem", problem) for problem in problems)
+    return facts
+
+
 def print_file_status(report: StoreStatus) -> None:
     """A file's bookkeeping: what the last batches told it, node running or not."""
     console = _console()
@@ -220,6 +238,8 @@ def print_file_status(report: StoreStatus) -> None:
         ("quarantined", f"{report.quarantined_rows} rows"),
         ("conflicts", f"{sum(report.conflicts.values())} recorded (syncmesh conflicts)"),
         *(("problem", problem) for problem in report.schema_problems),
+        *(("warning", warning) for warning in report.warnings),
+        *orphan_facts(report.orphans, report.orphan_problems),
     ]
     console.print(_facts(facts))
     console.print()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from syncmesh.errors import ConfigError
 from syncmesh.protocol import FRAME_BYTES_MAX
+from syncmesh.store import OrphanPolicy
 from syncmesh.transport.tls import TlsFiles, valid_site_name
 
 WEBSOCKET_SLACK_BYTES = 1024  # the WebSocket's message limit: a frame plus this
@@ -101,6 +102,13 @@ class NodeConfig:
     # longer than this is a reason; quarantine that grew this recently is one.
     health_peer_down_s_max: float = 60.0
     health_quarantine_window_s: float = 60.0
+    # Tables whose keys SQLite allocates per site that the operator says
+    # cannot collide (one writer, per-site ranges): `track` takes them
+    # (`[tables] allow_integer_keys`, docs/keys.md).
+    allow_integer_keys: frozenset[str] = frozenset()
+    # Rows whose foreign key names a deleted parent: `[tables.orphans]`
+    # (docs/keys.md, "Foreign keys"); the same at every site.
+    orphan_policy: OrphanPolicy = field(default_factory=OrphanPolicy)
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0

@@ -176,6 +176,7 @@ class Node:
             config.database_path,
             clock=HybridClock(self.clock, drift_ms_max=config.clock_drift_ms_max),
             conflict_ledger_rows_max=config.conflict_ledger_rows_max,
+            orphan_policy=config.orphan_policy,
         )
         self.worker = StoreWorker()
         self.listen = f"{config.listen_host}:{config.listen_port}"

@@ -11,6 +11,7 @@ from syncmesh.store.base import ChangeNotifier, Store, TrackProgress, VerifyStor
 from syncmesh.store.records import (
     ApplyResult,
     ConflictRecord,
+    OrphanPolicy,
     PeerCursor,
     StoreStatus,
     Version,
@@ -20,6 +21,7 @@ __all__ = [
     "ApplyResult",
     "ChangeNotifier",
     "ConflictRecord",
+    "OrphanPolicy",
     "PeerCursor",
     "Store",
     "StoreStatus",

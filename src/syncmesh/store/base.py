@@ -24,7 +24,7 @@ trees in `syncmesh.store.summary`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from syncmesh.model import ChangeBatch, SqlValue, TableSpec
@@ -128,8 +128,18 @@ class Store(VerifyStore, Protocol):
         """Give the store a new identity (a copy of another node's file)."""
         ...
 
-    def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
-        """Start syncing `names`; existing rows join the feed.  Returns warnings."""
+    def track(
+        self,
+        names: list[str],
+        progress: TrackProgress | None = None,
+        *,
+        allow_integer_keys: Collection[str] = (),
+    ) -> list[str]:
+        """Start syncing `names`; existing rows join the feed.  Returns warnings.
+
+        A table whose keys the database allocates per site (an INTEGER
+        PRIMARY KEY) is refused unless named in `allow_integer_keys`.
+        """
         ...
 
     def close(self) -> None: ...

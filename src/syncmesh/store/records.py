@@ -7,9 +7,32 @@ conflict's `resolved_ms`) come from the store's injected clock
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from syncmesh.model import SqlValue
+
+# What happens to a row whose foreign key names a parent that was deleted
+# (docs/keys.md, "Foreign keys"): "declared" follows the key's ON DELETE
+# CASCADE or SET NULL and cascades otherwise; the others apply as named.
+ORPHAN_POLICIES = ("declared", "cascade", "set-null", "keep")
+ORPHAN_POLICY_DEFAULT = "declared"
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanPolicy:
+    """The orphan policy per child table (`[tables.orphans]` in syncmesh.toml)."""
+
+    default: str = ORPHAN_POLICY_DEFAULT
+    # Child table name -> its policy, where it differs from `default`.
+    tables: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for policy in (self.default, *self.tables.values()):
+            assert policy in ORPHAN_POLICIES, policy
+
+    def for_table(self, table: str) -> str:
+        return self.tables.get(table, self.default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +76,16 @@ class StoreStatus:
     # Rows the feed held back this run because it could not read them
     # faithfully (table, key and reason in words; issue 12).
     row_problems: list[str] = field(default_factory=list)
+    # Risks of tracked tables that do not stop syncing but need the
+    # operator, with the fix: keys SQLite allocates per site, on a table
+    # tracked before `track` refused them (docs/keys.md, "Integer keys").
+    warnings: list[str] = field(default_factory=list)
+    # Per tracked table: rows whose foreign key names a parent row that is
+    # not there (what `PRAGMA foreign_key_check` reports, and what makes
+    # Django's `migrate` fail); only tables that have such rows.
+    orphans: dict[str, int] = field(default_factory=dict)
+    # Orphans the policy could not resolve this run (table, key, reason).
+    orphan_problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,10 @@ function renderNode(status, peers) {
   health.dataset.health = problems.length ? "degraded" : "healthy";
   health.textContent = problems.length ? `degraded (${problems.length})` : "healthy";
   $("node-problems").replaceChildren(...problems.map((problem) => el("li", {}, problem)));
+  // Risks that need the operator but do not make the node unhealthy
+  // (an INTEGER PRIMARY KEY tracked before `track` refused it).
+  const warnings = store.warnings ?? [];
+  $("node-warnings").replaceChildren(...warnings.map((warning) => el("li", {}, warning)));
   fillRows(
     $("tables").tBodies[0],
     Object.entries(store.tables).map(([name, rows]) =>

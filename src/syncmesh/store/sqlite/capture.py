@@ -49,8 +49,14 @@ def has_pending(ctx: StoreContext) -> bool:
     )
 
 
-def capture_pending(ctx: StoreContext) -> int:
-    """Capture inside the caller's transaction; returns rows stamped."""
+def capture_pending(
+    ctx: StoreContext, keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None = None
+) -> int:
+    """Capture inside the caller's transaction; returns rows stamped.
+
+    `keys_out` (table -> key -> alive now) receives the keys stamped: the
+    orphan search (orphans.py) looks at them.
+    """
     pending = [
         table
         for table in ctx.tables.values()
@@ -72,7 +78,9 @@ def capture_pending(ctx: StoreContext) -> int:
         # local transaction in it reaches peers whole.
         hlc = ctx.clock.tick()
         for table in pending:
-            stamped += capture_table(ctx.connection, table, hlc, hlc, -1, own, ctx.summaries.note)
+            stamped += capture_table(
+                ctx.connection, table, hlc, hlc, -1, own, ctx.summaries.note, keys_out
+            )
     else:
         # A huge backlog (writes made while the node was down, or one giant
         # transaction) is split, or it would make one batch too big to send.
@@ -88,6 +96,7 @@ def capture_pending(ctx: StoreContext) -> int:
                     CAPTURE_ENTRIES_PER_SEQ,
                     own,
                     ctx.summaries.note,
+                    keys_out,
                 )
                 if count == 0:
                     break
@@ -106,6 +115,7 @@ def capture_table(
     entries_max: int = -1,
     own_site: str = "",
     note: Callable[[str, int, int], None] | None = None,
+    keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None = None,
 ) -> int:
     """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
 
@@ -149,6 +159,9 @@ def capture_table(
     if not folded:
         connection.execute(table.sql_capture.log_clear_sql, (last_id,))
         return 0
+    if keys_out is not None:
+        stamped_keys = keys_out.setdefault(table.spec.name, {})
+        stamped_keys.update((key, bool(state[0])) for key, state in folded.items())
     if table.sql_capture.digests and note is not None:
         parameters = _capture_parameters(table, folded, hlc, seq, own_site, note)
     else:

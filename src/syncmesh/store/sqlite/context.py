@@ -21,11 +21,13 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import NotInitialized, StoreError
 from syncmesh.model import TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT
+from syncmesh.store.records import OrphanPolicy
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import Summaries
@@ -72,6 +74,19 @@ class StoreContext:
     # Cleared for a row when it reads right again.
     row_problems: dict[tuple[str, str], str] = field(default_factory=dict)
     rows_captured_uncommitted: int = 0
+    # What to do with a row whose foreign key names a deleted parent (orphans.py).
+    orphan_policy: OrphanPolicy = field(default_factory=OrphanPolicy)
+    # True once this run looked for orphans in whole tables (the first capture).
+    orphans_scanned: bool = False
+    # Orphans the policy could not resolve, by (table, key): the reason.
+    orphan_problems: dict[tuple[str, tuple[Any, ...]], str] = field(default_factory=dict)
+    # Why orphans are not resolved this run ("": they are): a resolution
+    # rolled back a whole transaction, which a retry would repeat.
+    orphans_off: str = ""
+    # orphans.py's caches: the foreign keys it handles, and the counts of
+    # status, each with the file's versions it was worked out at.
+    orphan_keys: tuple[tuple[int, ...], list[Any]] | None = None
+    orphan_counts: tuple[tuple[int, ...], dict[str, int]] | None = None
 
     @contextmanager
     def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:

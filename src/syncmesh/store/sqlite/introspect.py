@@ -2,9 +2,11 @@
 
 Refusals (raise SchemaError): no such table, no primary key, a name that
 clashes with syncmesh's own tables, a key column with a collation other
-than BINARY (`refuse_key_collations`, at `track`).  Warnings (returned as text): integer
-auto-increment keys, secondary UNIQUE indexes and foreign keys, which a
-multi-master merge can violate (see README, "Choosing keys"), and the
+than BINARY (`refuse_key_collations`, at `track`), a key that SQLite
+allocates itself (`refuse_allocated_keys`, at `track`, unless the user
+opts in: docs/keys.md).  Warnings (returned as text): integer keys the
+application allocates, secondary UNIQUE indexes and foreign keys, which a
+multi-master merge can violate (see docs/keys.md), and the
 application's own triggers that would run again when a peer's row is
 applied (docs/keys.md, "Application triggers").
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.errors import SchemaError
@@ -27,8 +31,10 @@ RESERVED_PREFIX = "_syncmesh"
 APPLY_GUARD = "(SELECT applying FROM _syncmesh_state) = 0"
 
 
-def table_problems(path: str | Path, tables: list[str]) -> list[str]:
-    """`syncmesh.store.open.table_problems`: each table `read_table_spec` refuses, read-only."""
+def table_problems(
+    path: str | Path, tables: list[str], allow_integer_keys: Collection[str] = ()
+) -> list[str]:
+    """`syncmesh.store.open.table_problems`: each table `track` would refuse, read-only."""
     try:
         connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -40,6 +46,7 @@ def table_problems(path: str | Path, tables: list[str]) -> list[str]:
                 spec = read_table_spec(connection, table)
                 if not _is_tracked(connection, table):  # as `track`: tracked ones keep syncing
                     refuse_key_collations(connection, spec)
+                    refuse_allocated_keys(connection, spec, allow_integer_keys, str(path))
             except SchemaError as exc:
                 problems.append(str(exc))
             except sqlite3.Error as exc:
@@ -136,6 +143,128 @@ def refuse_key_collations(connection: sqlite3.Connection, spec: TableSpec) -> No
         )
 
 
+_AUTOINCREMENT = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
+_RANDOM_CALL = re.compile(r"\brandom(blob)?\s*\(", re.IGNORECASE)
+ALLOW_INTEGER_KEYS_FLAG = "--allow-integer-keys"
+ALLOW_INTEGER_KEYS_SETTING = "[tables] allow_integer_keys"
+UUID_KEY_FIX = (
+    "Use random UUID keys instead: in SQL `id TEXT PRIMARY KEY DEFAULT"
+    " (lower(hex(randomblob(16))))`; in Django `id = models.UUIDField(primary_key=True,"
+    " default=uuid.uuid4, editable=False)`; in SQLAlchemy `mapped_column(Uuid,"
+    " primary_key=True, default=uuid.uuid4)` or `mapped_column(String(36), primary_key=True,"
+    " default=lambda: str(uuid.uuid4()))`."
+)
+
+
+def _integer_key_column(spec: TableSpec) -> str | None:
+    """The key column of a single-column key with integer affinity (declared type has INT)."""
+    if len(spec.pk) != 1:
+        return None
+    declared = spec.declared_types[spec.columns.index(spec.pk[0])]
+    return spec.pk[0] if "INT" in declared.upper() else None
+
+
+def allocated_key(connection: sqlite3.Connection, spec: TableSpec) -> str | None:
+    """How SQLite allocates `spec`'s key values by itself, in words; None if it does not.
+
+    Two cases, both numbering rows per site so that two sites pick the same
+    key for different rows:
+
+    - a rowid alias: SQLite's own rule is a single-column key declared
+      exactly INTEGER of a rowid table, with or without AUTOINCREMENT, except
+      `INTEGER PRIMARY KEY DESC` in a column definition.  Rather than
+      re-parse the SQL, this asks SQLite: every other primary key (not an
+      alias, or of a WITHOUT ROWID table) has an index of origin "pk".  A
+      DEFAULT on an alias is never used (the rowid is);
+    - a single-column integer key that is no alias but has a DEFAULT that is
+      not random (a constant, the time): every site computes the same values.
+    """
+    column = _integer_key_column(spec)
+    if column is None:
+        return None
+    row = connection.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (spec.name,)
+    ).fetchone()
+    if row is None:  # gone (a tracked table dropped): nothing to allocate
+        return None
+    origins = [
+        entry[3]
+        for entry in connection.execute(f"PRAGMA index_list({quote_identifier(spec.name)})")
+    ]
+    if "pk" not in origins:
+        kind = (
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+            if _AUTOINCREMENT.search(str(row[0] or ""))
+            else "INTEGER PRIMARY KEY"
+        )
+        return (
+            f"an {kind}, which SQLite allocates at each site on its own (the largest id plus one)"
+        )
+    for _cid, name, _type, _notnull, default, _pk in connection.execute(
+        f"PRAGMA table_info({quote_identifier(spec.name)})"
+    ):
+        if name == column and default is not None and not _RANDOM_CALL.search(str(default)):
+            return (
+                f"an integer key with DEFAULT {default}, which gives the same values at every site"
+            )
+    return None
+
+
+def _allocated_key_risk(spec: TableSpec, how: str) -> str:
+    return (
+        f"table {spec.name!r}: its primary key {spec.pk[0]!r} is {how}, so two sites that"
+        " insert while apart pick the same id, and syncmesh merges their unrelated rows"
+        " into one and re-attaches child rows to the wrong parent."
+    )
+
+
+def _opt_in_command(database: str, spec: TableSpec) -> str:
+    quoted = " ".join(shlex.quote(word) for word in (database, spec.name))
+    return f"syncmesh track {quoted} {ALLOW_INTEGER_KEYS_FLAG}"
+
+
+def refuse_allocated_keys(
+    connection: sqlite3.Connection, spec: TableSpec, allowed: Collection[str], database: str
+) -> None:
+    """SchemaError if SQLite allocates `spec`'s keys and the user did not opt in for it.
+
+    The merge takes one key for one thing at every site (docs/keys.md), so
+    locally numbered keys silently merge unrelated rows (issue 14, part 5).
+    The opt-in (`allowed`: table names) is for a table only one site writes,
+    or whose ids the application allocates without collision.
+    """
+    how = allocated_key(connection, spec)
+    if how is None or spec.name in allowed:
+        return
+    raise SchemaError(
+        f"{_allocated_key_risk(spec, how)}  {UUID_KEY_FIX}  If only one site ever writes"
+        " this table, or the application allocates its ids so that sites never collide"
+        f" (for example per-site ranges), track it anyway: `{_opt_in_command(database, spec)}`,"
+        f' or {ALLOW_INTEGER_KEYS_SETTING} = ["{spec.name}"] for `serve` (docs/keys.md,'
+        ' "Integer keys").'
+    )
+
+
+def allocated_key_warning(
+    connection: sqlite3.Connection, spec: TableSpec, database: str
+) -> str | None:
+    """The warning for a tracked table whose keys SQLite allocates, without the opt-in.
+
+    Such a table was tracked before `track` refused these keys; it keeps
+    syncing (refusing it now would stop a working deployment), and this
+    says what to do at every open, in status and on the dashboard.
+    """
+    how = allocated_key(connection, spec)
+    if how is None:
+        return None
+    return (
+        f"{_allocated_key_risk(spec, how)}  It was tracked before syncmesh refused such"
+        f" keys and keeps syncing.  {UUID_KEY_FIX}  If only one site writes it, or its ids"
+        " never collide (per-site ranges), say so and this warning stops:"
+        f" `{_opt_in_command(database, spec)}` (docs/keys.md)."
+    )
+
+
 def _key_collation_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
     """A warning per key column that compares with a collation other than BINARY.
 
@@ -157,15 +286,13 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
     """Risks of replicating `spec` multi-master, in words an operator can act on."""
     warnings: list[str] = []
     quoted = quote_identifier(spec.name)
-    if len(spec.pk) == 1:
-        index = spec.columns.index(spec.pk[0])
-        if spec.declared_types[index].strip().upper() == "INTEGER":
-            warnings.append(
-                f"table {spec.name!r}: INTEGER primary key {spec.pk[0]!r} is allocated"
-                " locally (auto-increment), so two nodes inserting at once pick the same key"
-                " and the rows merge into one.  Use random TEXT/BLOB keys or a composite"
-                " (site, local id) key."
-            )
+    if _integer_key_column(spec) is not None and allocated_key(connection, spec) is None:
+        warnings.append(
+            f"table {spec.name!r}: integer primary key {spec.pk[0]!r} is not allocated by"
+            " SQLite, so the application picks its values: make sure two sites never pick"
+            " the same id for different rows (per-site ranges, or a (site, local_id) key),"
+            " or they merge into one row (docs/keys.md)."
+        )
     for _seq, name, unique, origin, _partial in connection.execute(
         f"PRAGMA index_list({quoted})"
     ).fetchall():
@@ -181,8 +308,10 @@ def table_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
             f"table {spec.name!r}: FOREIGN KEY constraints can be violated when rows arrive"
             " out of order or a parent is deleted on another node.  syncmesh applies peers'"
             " rows with foreign keys unenforced (PRAGMA foreign_keys is off on its"
-            " connection), so a child may briefly, or after a concurrent delete for good,"
-            " point at a missing parent; check with PRAGMA foreign_key_check."
+            " connection), so a child may briefly point at a missing parent.  A child of a"
+            " parent deleted concurrently on another node is resolved by the orphan policy"
+            " ([tables.orphans], default: the key's ON DELETE action, cascade otherwise;"
+            " docs/keys.md, Foreign keys)."
         )
     return warnings
 

@@ -2,8 +2,9 @@
 
 `apply_batch` is the transaction that makes sync exactly-once: the
 capture of pending local writes, the merge of the batch's rows, the
-peer's new cursor, the version vector and the clock floor commit together
-or not at all.
+resolution of the foreign-key orphans they left (orphans.py), the peer's
+new cursor, the version vector and the clock floor commit together or not
+at all.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch
 from syncmesh.store.records import ApplyResult, PeerCursor
-from syncmesh.store.sqlite import apply, capture, vector
+from syncmesh.store.sqlite import apply, capture, orphans, vector
 from syncmesh.store.sqlite.context import StoreContext
 
 PEER_COLUMNS = "site_id, incarnation, cursor, head_seq, address, applied_rows, last_applied_ms"
@@ -61,8 +62,14 @@ def apply_batch(ctx: StoreContext, peer_site_id: str, batch: ChangeBatch) -> App
                 f"batch ({batch.from_seq}, {batch.to_seq}] from {peer_site_id} does not"
                 f" continue our cursor {None if peer is None else peer.cursor}"
             )
-        capture.capture_pending(ctx)
+        local = orphans.keys_out(ctx)
+        capture.capture_pending(ctx, keys_out=local)
         result = apply.merge_rows(ctx, peer_site_id, batch, sites)
+        # Foreign-key orphans the merge (or the local writes) left: resolved
+        # by policy as local writes, in this transaction (orphans.py).
+        orphans.resolve(
+            ctx, *orphans.merged(orphans.captured_keys(local), orphans.batch_keys(ctx, batch))
+        )
         ctx.connection.execute(
             "UPDATE _syncmesh_peers SET cursor = ?, head_seq = ?,"
             " applied_rows = applied_rows + ?, last_applied_ms = ? WHERE site_id = ?",

@@ -1,6 +1,6 @@
 """Retrying quarantined rows: every entry goes through the merge again.
 
-Above `apply` and `capture` (it runs both), so that `quarantine`, which
+Above `apply`, `capture` and `orphans` (it runs them), so that `quarantine`, which
 `apply` records refused rows in, stays below them.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgpack
 
 from syncmesh.model import TEXT_ERRORS, ChangeBatch, RowChange, row_from_plain
-from syncmesh.store.sqlite import apply, capture
+from syncmesh.store.sqlite import apply, capture, orphans
 from syncmesh.store.sqlite.context import StoreContext
 
 
@@ -35,6 +35,7 @@ def retry(ctx: StoreContext) -> int:
         for origin, changes in by_origin.items():
             batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, columns)
             apply.merge_rows(ctx, origin, batch, sites)
+            orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
             0
         ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from syncmesh.store.records import StoreStatus
-from syncmesh.store.sqlite import conflicts, peers, tracking
+from syncmesh.store.sqlite import conflicts, integer_keys, orphans, peers, tracking
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.introspect import fingerprint
 
@@ -38,4 +38,7 @@ def status(ctx: StoreContext) -> StoreStatus:
                 f"table {table!r}, key ({key}): {reason}"
                 for (table, key), reason in sorted(ctx.row_problems.items())
             ],
+            warnings=integer_keys.warnings(ctx),
+            orphans=orphans.orphan_counts(ctx),
+            orphan_problems=orphans.problems(ctx),
         )

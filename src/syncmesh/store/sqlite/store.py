@@ -20,17 +20,24 @@ Not thread-safe: the node calls the store from a single worker thread.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.clock import HybridClock, SystemClock
 from syncmesh.model import ChangeBatch, SqlValue, TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
-from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
+from syncmesh.store.records import (
+    ApplyResult,
+    ConflictRecord,
+    OrphanPolicy,
+    PeerCursor,
+    StoreStatus,
+)
 from syncmesh.store.sqlite import (
-    capture,
     conflicts,
     feed,
     opening,
+    orphans,
     peers,
     quarantine,
     retry,
@@ -69,16 +76,21 @@ class SqliteStore:
         clock: HybridClock | None = None,
         conflict_ledger_rows_max: int = CONFLICT_LEDGER_ROWS_MAX_DEFAULT,
         digests: bool = True,
+        orphan_policy: OrphanPolicy | None = None,
     ) -> SqliteStore:
         """Open (or create, mode 0600) the file; call `init()` before anything else on a new file.
 
         `digests=False` keeps no row digests or hash trees: only to measure
-        what they cost (bench).
+        what they cost (bench).  `orphan_policy`: what to do with rows whose
+        foreign key names a deleted parent (default: the key's declared ON
+        DELETE action, cascade otherwise; docs/keys.md).
         """
         assert conflict_ledger_rows_max >= 0
         connection = opening.connect(path)
         clock = clock or HybridClock(SystemClock(), drift_ms_max=DRIFT_MS_MAX_DEFAULT)
         ctx = StoreContext(connection, str(path), clock, conflict_ledger_rows_max, digests)
+        if orphan_policy is not None:
+            ctx.orphan_policy = orphan_policy
         opening.register_digest_functions(ctx)
         if ctx.initialized():
             ctx.load()
@@ -88,9 +100,11 @@ class SqliteStore:
         return cls(ctx)
 
     @staticmethod
-    def table_problems(path: str | Path, tables: list[str]) -> list[str]:
+    def table_problems(
+        path: str | Path, tables: list[str], allow_integer_keys: Collection[str] = ()
+    ) -> list[str]:
         """Read-only: why `tables` of the file could not be tracked (`config check`)."""
-        return table_problems(path, tables)
+        return table_problems(path, tables, allow_integer_keys)
 
     def close(self) -> None:
         self.context.connection.close()
@@ -163,21 +177,33 @@ class SqliteStore:
         """
         return tracking.schema_problems(self.context)
 
-    def track(self, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+    def track(
+        self,
+        names: list[str],
+        progress: TrackProgress | None = None,
+        *,
+        allow_integer_keys: Collection[str] = (),
+    ) -> list[str]:
         """Start syncing `names`; existing rows join the feed.  Returns warnings.
 
         Idempotent for a table tracked with the same definition.  Refuses
         (SchemaError) a table without a primary key, or whose definition
-        changed since it was tracked.  `progress(table, rows_done,
+        changed since it was tracked, or whose keys SQLite allocates (an
+        INTEGER PRIMARY KEY) unless it is in `allow_integer_keys`; the opt-in
+        is kept with the table (docs/keys.md).  `progress(table, rows_done,
         rows_total)` is called as existing rows join the feed.
         """
-        return tracking.track(self.context, names, progress)
+        return tracking.track(self.context, names, progress, allow_integer_keys=allow_integer_keys)
 
     # -- capture and the change feed --------------------------------------------
 
     def capture(self) -> int:
-        """Stamp every pending local write (one HLC, one seq); returns rows stamped."""
-        return capture.capture(self.context)
+        """Stamp every pending local write (one HLC, one seq); returns rows stamped.
+
+        Then resolves the foreign-key orphans among the rows stamped, by the
+        orphan policy (orphans.py); the first call also looks at whole tables.
+        """
+        return orphans.capture_and_resolve(self.context)
 
     @property
     def rows_captured_total(self) -> int:

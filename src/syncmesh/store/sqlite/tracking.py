@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Collection
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
 from syncmesh.store.base import TrackProgress
-from syncmesh.store.sqlite import vector
+from syncmesh.store.sqlite import integer_keys, vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import capture_triggers, log_ddl, shadow_ddl
 from syncmesh.store.sqlite.introspect import (
+    allocated_key,
     apply_warnings,
     read_table_spec,
+    refuse_allocated_keys,
     refuse_key_collations,
     table_warnings,
     unique_column_sets,
@@ -83,7 +86,13 @@ def _missing_triggers(ctx: StoreContext, table: str) -> list[str]:
     ]
 
 
-def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = None) -> list[str]:
+def track(
+    ctx: StoreContext,
+    names: list[str],
+    progress: TrackProgress | None = None,
+    *,
+    allow_integer_keys: Collection[str] = (),
+) -> list[str]:
     """`SqliteStore.track`: see there."""
     ctx.require_init()
     warnings: list[str] = []
@@ -101,13 +110,24 @@ def track(ctx: StoreContext, names: list[str], progress: TrackProgress | None = 
                 unique = unique_column_sets(ctx.connection, name)
                 for statement in capture_triggers(spec, unique):
                     ctx.connection.execute(statement)
+                _record_integer_key_opt_in(ctx, spec, allow_integer_keys)
                 continue
             refuse_key_collations(ctx.connection, spec)
+            refuse_allocated_keys(ctx.connection, spec, allow_integer_keys, ctx.path)
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)
+            _record_integer_key_opt_in(ctx, spec, allow_integer_keys)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
     ctx.load()
     return warnings
+
+
+def _record_integer_key_opt_in(
+    ctx: StoreContext, spec: TableSpec, allowed: Collection[str]
+) -> None:
+    """Keep the user's opt-in for a table whose keys SQLite allocates (integer_keys.py)."""
+    if spec.name in allowed and allocated_key(ctx.connection, spec) is not None:
+        integer_keys.record_allowed(ctx.connection, spec.name)
 
 
 def _backfill(ctx: StoreContext, table: TableSql, hlc: int, progress: TrackProgress | None) -> int:
@@ -186,3 +206,5 @@ def check_tracked_tables(ctx: StoreContext) -> None:
             continue
         for warning in warnings:
             log.warning("tracked %s", warning)
+    for warning in integer_keys.warnings(ctx):
+        log.warning("tracked %s", warning)

@@ -15,7 +15,7 @@ from syncmesh.errors import StoreError
 from syncmesh.model import ChangeBatch, SqlValue, TableRows
 from syncmesh.store.base import DEEP_ROWS_PER_STEP
 from syncmesh.store.records import ApplyResult
-from syncmesh.store.sqlite import apply, capture
+from syncmesh.store.sqlite import apply, capture, orphans
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_UPDATE
 from syncmesh.store.sqlite.execute import execute_one
@@ -252,6 +252,7 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch) -> ApplyResul
     with ctx.transaction():
         capture.capture_pending(ctx)
         result = apply.merge_rows(ctx, origin, batch, sites)
+        orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
 
