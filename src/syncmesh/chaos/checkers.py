@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from syncmesh.chaos.history import Key, Replica, Stamp, Write
@@ -25,6 +25,10 @@ from syncmesh.merge import value_order_key
 from syncmesh.model import SqlValue
 
 CLOCK_SLACK_MS = 250  # sampling is not instantaneous: a reading may trail the stamp
+# The site of the stamp every node gives a cell that holds its column's default
+# because ADD COLUMN (or a rebuild that added the column) filled it in: nobody
+# wrote it (the store's DEFAULT_CELL_SITE, docs/adr/0013-schema-evolution.md).
+DEFAULT_CELL_SITE = "0" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +206,20 @@ def _exact(value: SqlValue) -> object:
     return value_order_key(value)
 
 
-def check_phantoms(writes: list[Write], replica: Replica, table: str = "kv") -> list[Violation]:
-    """Every value in the final state was written by a client at the site its stamp names."""
+def check_phantoms(
+    writes: list[Write],
+    replica: Replica,
+    table: str = "kv",
+    defaults: Mapping[str, SqlValue] | None = None,
+) -> list[Violation]:
+    """Every value in the final state was written by a client at the site its stamp names.
+
+    `defaults`: columns a migration added, with their default.  A cell of
+    one that holds its default under the default stamp was written by nobody,
+    and rightly so (the rows that existed, or came from a node without the
+    column).
+    """
+    added = defaults or {}
     written: dict[tuple[Key, str, object], set[str]] = defaultdict(set)
     for write in writes:
         if write.table == table:
@@ -217,6 +233,12 @@ def check_phantoms(writes: list[Write], replica: Replica, table: str = "kv") -> 
         for index, column in enumerate(columns):
             value = row.values[index][0]
             site = row.stamps[column][1] if column in row.stamps else None
+            if (
+                column in added
+                and site in (DEFAULT_CELL_SITE, None)
+                and _exact(value) == _exact(added[column])
+            ):
+                continue
             if site not in written.get((key, column, _exact(value)), set()):
                 violations.append(
                     Violation(
@@ -226,6 +248,37 @@ def check_phantoms(writes: list[Write], replica: Replica, table: str = "kv") -> 
                     )
                 )
     return violations
+
+
+def renamed_cells(writes: list[Write], table: str, renames: Mapping[str, str]) -> list[Write]:
+    """`writes` with the cells of `table`'s renamed columns under their new names.
+
+    After a rolling RENAME COLUMN, writes made under the old name at nodes
+    that had not renamed yet land in the renamed column: the final state
+    holds them under the new name, and that is where they are judged.
+    """
+    if not renames:
+        return writes
+    return [
+        replace(write, cells={renames.get(c, c): v for c, v in write.cells.items()})
+        if write.table == table
+        else write
+        for write in writes
+    ]
+
+
+def check_schema(replicas: list[Replica], table: str, columns: tuple[str, ...]) -> list[Violation]:
+    """Every replica tracks `table` with these value columns: every node migrated, and
+    its node reconciled the change (the columns the node syncs are the table's)."""
+    return [
+        Violation(
+            "migrate",
+            f"{replica.node}: {table} is synced with columns"
+            f" {list(replica.columns.get(table, ()))}, expected {list(columns)}",
+        )
+        for replica in replicas
+        if replica.columns.get(table, ()) != columns
+    ]
 
 
 def check_phantom_rows(writes: list[Write], replica: Replica, tables: list[str]) -> list[Violation]:

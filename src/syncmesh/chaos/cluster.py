@@ -185,7 +185,9 @@ def start_client(
     settle_s: float,
     out: Path,
     adversarial: tuple[str, ...] = (),
+    migration: tuple[str, float] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """The workload client of `node`; `migration`: the schema change it runs, and when (s)."""
     log = node.log_path.with_suffix(".client.log").open("ab")
     command = [
         sys.executable,
@@ -207,6 +209,8 @@ def start_client(
         "--adversarial",
         ",".join(adversarial) or "none",
     ]
+    if migration is not None:
+        command += ["--migrate", migration[0], "--migrate-at-s", str(migration[1])]
     try:
         return subprocess.Popen(command, stdout=log, stderr=log)
     finally:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from syncmesh.chaos.migrations import MIGRATION_SHAPES
+
 NETWORK_KINDS = ("isolate", "halves", "oneway", "flap", "delay", "bandwidth", "reset", "lossy")
 PROCESS_KINDS = ("kill", "pause")
 CLOCK_KINDS = ("skew", "jump", "beyond")
@@ -19,8 +21,9 @@ REDELIVERY_KINDS = ("duplicate", "reorder", "replay")
 FAULT_KINDS = NETWORK_KINDS + PROCESS_KINDS + CLOCK_KINDS + REDELIVERY_KINDS
 # Faults drawn only when named in --faults: `restore` finds issue 12's
 # defects today, and stays out of the default deck (and the CI subset)
-# until they are fixed.
-OPT_IN_KINDS = ("restore",)
+# until they are fixed; `migrate` changes the workload's schema, which a
+# run of the default deck keeps fixed.
+OPT_IN_KINDS = ("restore", "migrate")
 ALL_KINDS = FAULT_KINDS + OPT_IN_KINDS
 FAULT_DESCRIPTIONS = {
     "isolate": "partition: every link of one node is cut",
@@ -40,6 +43,8 @@ FAULT_DESCRIPTIONS = {
     "reorder": "batch frames on a link are delivered out of order",
     "replay": "a node restarts with the cursors it had when the fault began: peers resend",
     "restore": "a node's file is replaced by a copy of itself taken when the fault began (opt-in)",
+    "migrate": "a rolling schema change of kv (add, rebuild or rename a column), node by node,"
+    " while the clients write (opt-in)",
 }
 TOPOLOGIES = ("mesh", "star", "chain")
 
@@ -75,6 +80,8 @@ class Fault:
         if self.links:
             where.append("links " + ",".join(f"n{links[i][1]}->n{links[i][0]}" for i in self.links))
         params = " ".join(f"{name}={value:g}" for name, value in sorted(self.params.items()))
+        if self.kind == "migrate":
+            params = f"shape={MIGRATION_SHAPES[int(self.params['shape'])]} (in this node order)"
         return (
             f"{self.start_s:5.1f}s +{self.duration_s:4.1f}s {self.kind:<9} {' '.join(where)}"
             f" {params}".rstrip()
@@ -167,6 +174,8 @@ def _draw(
         return Fault(kind, start, length, links=some_links, params={"stall": probability})
     if kind in ("duplicate", "reorder"):
         return Fault(kind, start, length, links=some_links, params={"probability": 0.2})
+    if kind == "migrate":
+        return _draw_migration(rng, nodes, duration_s, busy)
     family = "process" if kind in (*PROCESS_KINDS, "replay", "restore") else "clock"
     free = [n for n in range(nodes) if _free(busy.get((family, n), []), start, start + length)]
     if not free:
@@ -184,6 +193,39 @@ def _draw(
     assert kind == "beyond", kind
     offset = drift_ms + rng.uniform(1_000, 3_000)
     return Fault(kind, start, length, nodes=(node,), params={"offset_ms": round(offset)})
+
+
+MIGRATE_FIRST_S = (0.1, 0.3)  # of the duration: when the first node migrates
+MIGRATE_LAST_S = 0.85  # of the duration: the last node migrates then, before the heal
+
+
+def _draw_migration(
+    rng: random.Random,
+    nodes: int,
+    duration_s: float,
+    busy: dict[tuple[str, int], list[tuple[float, float]]],
+) -> Fault | None:
+    """One rolling schema change per schedule: every node, in a seeded order.
+
+    `nodes` is the order; node `nodes[i]` migrates at
+    `start_s + i * duration_s / (len(nodes) - 1)`.  `params["shape"]` indexes
+    `MIGRATION_SHAPES`.  A second `migrate` of one schedule is not drawn:
+    the table has its new shape already.
+    """
+    if ("migrate", 0) in busy:
+        return None
+    start = round(rng.uniform(*MIGRATE_FIRST_S) * duration_s, 2)
+    length = round(MIGRATE_LAST_S * duration_s - start, 2)
+    busy[("migrate", 0)] = [(start, start + length)]
+    order = tuple(rng.sample(range(nodes), nodes))
+    shape = rng.randrange(len(MIGRATION_SHAPES))
+    return Fault("migrate", start, length, nodes=order, params={"shape": shape})
+
+
+def migration_times(fault: Fault) -> dict[int, float]:
+    """When (seconds into the schedule) each node runs the migration of a `migrate` fault."""
+    step = fault.duration_s / max(1, len(fault.nodes) - 1)
+    return {node: round(fault.start_s + i * step, 2) for i, node in enumerate(fault.nodes)}
 
 
 def _free(intervals: list[tuple[float, float]], start: float, end: float) -> bool:

@@ -125,7 +125,11 @@ def read_replica(node: str, path: Path) -> Replica:
             spec = json.loads(spec_json)
             values = tuple(column for column in spec["columns"] if column not in spec["pk"])
             columns[name] = values
-            tables[name] = _read_table(connection, name, tuple(spec["pk"]), values, sites)
+            # A column's stamps live in its slot (stable across renames, rebuilds
+            # and drops: docs/adr/0013-schema-evolution.md); files from before
+            # slots have slot i for the ith value column.
+            slots = tuple(int(slot) for slot in spec.get("slots", range(len(values))))
+            tables[name] = _read_table(connection, name, tuple(spec["pk"]), values, slots, sites)
         connection.execute("COMMIT")
     finally:
         connection.close()
@@ -137,12 +141,13 @@ def _read_table(
     table: str,
     pk: tuple[str, ...],
     values: tuple[str, ...],
+    slots: tuple[int, ...],
     sites: dict[int, str],
 ) -> dict[Key, RowDump]:
     shadow = quote_identifier(f"_syncmesh_shadow_{table}")
     user = quote_identifier(table)
     keys = ", ".join(f"s.k{index}" for index in range(len(pk)))
-    cells = "".join(f", s.h{index}, s.s{index}" for index in range(len(values)))
+    cells = "".join(f", s.h{slot}, s.s{slot}" for slot in slots)
     typed = "".join(
         f", u.{quote_identifier(column)}, typeof(u.{quote_identifier(column)})" for column in values
     )

@@ -39,14 +39,18 @@ from syncmesh.chaos.checkers import (
     check_orders,
     check_phantom_rows,
     check_phantoms,
+    check_schema,
     check_writes,
     held_by,
+    renamed_cells,
     torn_orders_in,
 )
 from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
-from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule
+from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule, migration_times
 from syncmesh.chaos.history import Replica, Write, read_history, read_replica
+from syncmesh.chaos.migrations import MIGRATION_SHAPES, MIGRATIONS, Migration
 from syncmesh.chaos.proxy import LinkProxy
+from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
 from syncmesh.node.verify import VerifyClient, direct_call, verify
 from syncmesh.store.open import open_store
@@ -94,6 +98,7 @@ class ScheduleResult:
     changes_applied: int = 0
     drift_refusals: int = 0
     restores: int = 0
+    migration: str = ""  # the shape of the schedule's `migrate` fault, if any
     writes_restore_exempt: int = 0  # made at a restored node after its copy, held nowhere else
     torn_samples: int = 0
     resets: int = 0
@@ -120,6 +125,7 @@ class ScheduleResult:
             "changes_applied": self.changes_applied,
             "drift_refusals": self.drift_refusals,
             "restores": self.restores,
+            "migration": self.migration,
             "writes_restore_exempt": self.writes_restore_exempt,
             "torn_samples": self.torn_samples,
             "resets": self.resets,
@@ -151,6 +157,15 @@ class ScheduleRun:
         self._t0 = 0.0  # when the workload started: fault times count from here
         self._restarts: set[asyncio.Task[None]] = set()
         self.restored: list[_Restored] = []
+        # The schedule's rolling schema change: its shape, and when each node's client runs it.
+        self.migration: Migration | None = None
+        self.migrate_at: dict[int, float] = {}
+        for fault in schedule.faults:
+            if fault.kind == "migrate":
+                self.migration = MIGRATIONS[MIGRATION_SHAPES[int(fault.params["shape"])]]
+                self.migrate_at = migration_times(fault)
+                self.result.migration = self.migration.name
+                break
 
     async def run(self) -> ScheduleResult:
         started = time.monotonic()
@@ -204,6 +219,7 @@ class ScheduleRun:
                 settle_s=CLIENT_SETTLE_S,
                 out=out,
                 adversarial=self.options.adversarial,
+                migration=self._migration_of(node),
             )
             for node, out in zip(self.nodes, histories, strict=True)
         ]
@@ -231,10 +247,17 @@ class ScheduleRun:
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
         self.writes = read_history(histories)
+        if self.migration is not None:
+            self.writes = renamed_cells(self.writes, "kv", self.migration.renames)
         self.result.writes = len(self.writes)
         self.result.failed_writes = sum(
             int(path.with_suffix(".failed").read_text()) for path in histories
         )
+
+    def _migration_of(self, node: ChaosNode) -> tuple[str, float] | None:
+        if self.migration is None:
+            return None
+        return self.migration.name, self.migrate_at[node.index]
 
     def _since_start(self) -> float:
         return time.monotonic() - self._t0
@@ -282,6 +305,8 @@ class ScheduleRun:
             return self._shape_links(fault)
         if kind == "reset":
             return lambda: None  # each reset is over once it happened
+        if kind == "migrate":
+            return lambda: None  # each node's client runs it, at its time (_migration_of)
         node = self.nodes[fault.nodes[0]]
         if kind == "kill":
             node.kill()
@@ -516,6 +541,9 @@ class ScheduleRun:
         replicas = self._replicas()
         violations = result.violations
         violations.extend(check_convergence(replicas))
+        if self.migration is not None:
+            columns = self.migration.columns_after(KV_COLUMNS)
+            violations.extend(check_schema(replicas, "kv", columns))
         converged = not any(v.checker == "convergence" for v in violations)
         judged = [write for write in self.writes if not self._may_be_lost(write)]
         result.writes_restore_exempt = len(self.writes) - len(judged)
@@ -525,7 +553,8 @@ class ScheduleRun:
             found, tally = check_writes(self.writes, replica, self._may_be_lost)
             violations.extend(found)
             for table in phantom_tables:
-                violations.extend(check_phantoms(self.writes, replica, table))
+                added = self.migration.added if self.migration and table == "kv" else None
+                violations.extend(check_phantoms(self.writes, replica, table, added))
             violations.extend(check_phantom_rows(self.writes, replica, phantom_tables))
             violations.extend(check_orders(judged, replica))
             for restored in self.restored:

@@ -16,7 +16,12 @@ nodes conflict often:
   again: the torn-transaction and lost-insert checks read them);
 - with `--adversarial FEATURES`, a share of operations on the adversarial
   tables (`syncmesh.chaos.adversarial`: UNIQUE constraints, foreign keys
-  with cascades, application triggers, non-UTF-8 TEXT, -0.0).
+  with cascades, application triggers, non-UTF-8 TEXT, -0.0);
+- with `--migrate SHAPE --migrate-at S` (the `migrate` fault), the client
+  runs that schema change of `kv` (`syncmesh.chaos.migrations`) S seconds
+  in, in one transaction, as the application's migration would; it stops
+  writing until the node has reconciled the table, then writes the new
+  shape (new columns, the new name of a renamed one).
 
 Every value written is unique in the whole run, so a value names its write.
 A write that fails (the node holds the lock while it is paused) is not
@@ -26,13 +31,16 @@ acknowledged and not recorded, as an application would retry it.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 from syncmesh.chaos.adversarial import AdversarialWriter, parse_features
 from syncmesh.chaos.history import Write
+from syncmesh.chaos.migrations import MIGRATIONS, Migration
 from syncmesh.model import SqlValue
 
 WORKLOAD_DDL = """
@@ -58,6 +66,9 @@ RESOLVE_POLL_S = 0.005
 ORDER_LINES_MAX = 5
 OPS_MAX = 100_000  # a hard bound on top of the duration
 ADVERSARIAL_SHARE = 0.3  # of operations, when adversarial features are on
+RECONCILE_WAIT_S = 30.0  # after a migration: how long to wait for the node's reconcile
+RECONCILE_POLL_S = 0.02
+MIGRATE_LATE_S = 30.0  # a migration not done by the end (locks) is retried this long
 
 
 class Client:
@@ -68,6 +79,7 @@ class Client:
         node_index: int,
         seed: int,
         adversarial: tuple[str, ...] = (),
+        migration: Migration | None = None,
     ) -> None:
         self.node = node
         self.node_index = node_index
@@ -83,6 +95,58 @@ class Client:
             if adversarial
             else None
         )
+        self.migration = migration
+        self.migrated = False
+        # kv's value columns as this node's schema has them, and their shadow slots.
+        self.kv_columns: tuple[str, ...] = KV_COLUMNS
+        self.kv_slots: tuple[int, ...] = tuple(range(len(KV_COLUMNS)))
+
+    # -- migrating ---------------------------------------------------------------------
+
+    def migrate(self) -> bool:
+        """Run the migration in one transaction; True once it committed and was reconciled.
+
+        Pending stamps are read first (with the old column names), as an
+        application stops its writers before its migration; after the
+        COMMIT it waits for the node to reconcile `kv` before writing again
+        (docs/schema.md, "Rolling out a migration").
+        """
+        assert self.migration is not None
+        self.resolve(RESOLVE_WAIT_S * 10)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for statement in self.migration.statements:
+                self.db.execute(statement)
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # the node holds the lock: try again later
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            print(f"migration {self.migration.name} not run yet: {exc}", file=sys.stderr)
+            return False
+        self.migrated = True
+        self.kv_columns = self.migration.columns_after(self.kv_columns)
+        self._wait_for_reconcile()
+        return True
+
+    def _wait_for_reconcile(self) -> None:
+        """Until the node's stored spec of kv lists the table's columns (bounded)."""
+        deadline = time.monotonic() + RECONCILE_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                stored = self.db.execute(
+                    "SELECT spec FROM _syncmesh_tables WHERE name = 'kv'"
+                ).fetchone()
+            except sqlite3.OperationalError:
+                stored = None
+            if stored is not None:
+                spec = json.loads(stored[0])
+                values = [column for column in spec["columns"] if column not in spec["pk"]]
+                if tuple(values) == self.kv_columns:
+                    slots = spec.get("slots", list(range(len(values))))
+                    self.kv_slots = tuple(int(slot) for slot in slots)
+                    return
+            time.sleep(RECONCILE_POLL_S)
+        print(f"kv not reconciled {RECONCILE_WAIT_S} s after the migration", file=sys.stderr)
 
     # -- writing --------------------------------------------------------------------
 
@@ -136,7 +200,7 @@ class Client:
         self.writes.extend(writes)  # stamps are not read back: judged by value, not stamp
 
     def _update(self, key: int) -> None:
-        columns = self.rng.sample(KV_COLUMNS, self.rng.choice((1, 1, 2)))
+        columns = self.rng.sample(self.kv_columns, self.rng.choice((1, 1, 2)))
         cells: dict[str, SqlValue] = {column: self._value(column) for column in columns}
         lo = self._begin()
         sets = ", ".join(f"{column} = ?" for column in columns)
@@ -151,11 +215,14 @@ class Client:
         self._commit(write, "_syncmesh_log_kv")
 
     def _upsert(self, key: int) -> None:
-        cells: dict[str, SqlValue] = {column: self._value(column) for column in KV_COLUMNS}
+        cells: dict[str, SqlValue] = {column: self._value(column) for column in self.kv_columns}
         lo = self._begin()
+        names = ", ".join(cells)
+        marks = ", ".join("?" for _ in cells)
+        sets = ", ".join(f"{column} = excluded.{column}" for column in cells)
         self.db.execute(
-            "INSERT INTO kv (k, a, b, n) VALUES (?, ?, ?, ?) ON CONFLICT (k) DO UPDATE SET"
-            " a = excluded.a, b = excluded.b, n = excluded.n",
+            f"INSERT INTO kv (k, {names}) VALUES (?, {marks}) ON CONFLICT (k) DO UPDATE"  # noqa: S608
+            f" SET {sets}",
             [key, *cells.values()],
         )
         write = Write("upsert", self.node, self.site, "kv", [key], self.index, cells, lo=lo)
@@ -207,10 +274,11 @@ class Client:
             ).fetchone():
                 return False
             key = write.key[0]
-            row = self.db.execute("SELECT a, b, n FROM kv WHERE k = ?", [key]).fetchone()
+            names = ", ".join(self.kv_columns)
+            row = self.db.execute(f"SELECT {names} FROM kv WHERE k = ?", [key]).fetchone()  # noqa: S608
+            cells = "".join(f", h{slot}, s{slot}" for slot in self.kv_slots)
             shadow = self.db.execute(
-                "SELECT cl, cl_hlc, cl_site, h0, s0, h1, s1, h2, s2"
-                " FROM _syncmesh_shadow_kv WHERE k0 = ?",
+                f"SELECT cl, cl_hlc, cl_site{cells} FROM _syncmesh_shadow_kv WHERE k0 = ?",  # noqa: S608
                 [key],
             ).fetchone()
             write.hi = int(self.db.execute("SELECT hlc FROM _syncmesh_state").fetchone()[0])
@@ -224,7 +292,7 @@ class Client:
             return True
         if row is None:
             return True
-        for index, column in enumerate(KV_COLUMNS):
+        for index, column in enumerate(self.kv_columns):
             hlc, site = shadow[3 + 2 * index], shadow[4 + 2 * index]
             if column in write.cells and row[index] == write.cells[column] and site == 0:
                 write.stamp, write.cl = hlc, shadow[0]
@@ -233,14 +301,27 @@ class Client:
 
 
 def run(args: argparse.Namespace) -> None:
+    migration = MIGRATIONS[args.migrate] if args.migrate else None
     client = Client(
-        args.database, args.node, args.node_index, args.seed, parse_features(args.adversarial)
+        args.database,
+        args.node,
+        args.node_index,
+        args.seed,
+        parse_features(args.adversarial),
+        migration,
     )
-    deadline = time.monotonic() + args.duration_s
+    started = time.monotonic()
+    deadline = started + args.duration_s
     while time.monotonic() < deadline and client.index < OPS_MAX:
+        if migration and not client.migrated and time.monotonic() - started >= args.migrate_at_s:
+            client.migrate()
         client.step()
         client.resolve(RESOLVE_WAIT_S)
         time.sleep(OP_INTERVAL_S)
+    late = time.monotonic() + MIGRATE_LATE_S
+    while migration and not client.migrated and time.monotonic() < late:
+        if not client.migrate():
+            time.sleep(OP_INTERVAL_S)
     client.resolve(args.settle_s)
     with args.out.open("w") as out:
         for write in client.writes:
@@ -259,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle-s", type=float, default=20.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--adversarial", default="none", help="features, comma-separated")
+    parser.add_argument("--migrate", choices=sorted(MIGRATIONS), help="a schema change of kv")
+    parser.add_argument("--migrate-at-s", type=float, default=0.0, help="when to run it")
     run(parser.parse_args(argv))
 
 
