@@ -15,7 +15,9 @@ from syncmesh.chaos.checkers import (
     check_logs,
     check_orders,
     check_phantoms,
+    check_schema,
     check_writes,
+    renamed_cells,
     torn_orders,
 )
 from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
@@ -23,6 +25,7 @@ from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_INTEGER_KEY_TABLES, W
 from syncmesh.clock import pack
 from syncmesh.model import SqlValue
 from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite.ddl import DEFAULT_CELL_SITE
 
 A, B = "site-a", "site-b"
 COLUMNS = ("a", "b", "n")
@@ -178,6 +181,100 @@ def test_a_value_nobody_wrote_is_a_phantom() -> None:
     ]
     # Right value, wrong site: some node claimed a write it did not make.
     assert "phantom-write" in kinds(check_phantoms(writes, replica({1: alive(1, T1, B, "x")})))
+
+
+# -- after a rolling migration (the migrate fault) --------------------------------------------
+
+
+def with_column(row: RowDump, value: SqlValue, kind: str, stamp: tuple[int, str]) -> RowDump:
+    """`row` with a fourth value column `c` holding `value` under `stamp`."""
+    assert row.values is not None
+    return RowDump(row.cl, row.cl_stamp, (*row.values, (value, kind)), {**row.stamps, "c": stamp})
+
+
+def migrated(rows: dict[int, RowDump]) -> Replica:
+    return Replica("n0", A, T3, {"kv": {(k,): r for k, r in rows.items()}}, {"kv": (*COLUMNS, "c")})
+
+
+def test_an_added_columns_default_under_the_default_stamp_is_no_phantom() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1)]
+    default_cell = (1, DEFAULT_CELL_SITE)
+    row = with_column(alive(1, T1, A, "x"), None, "null", default_cell)
+    assert check_phantoms(writes, migrated({1: row}), "kv", {"c": None}) == []
+    # Without the migration's defaults, nobody wrote that cell.
+    assert kinds(check_phantoms(writes, migrated({1: row}))) == ["phantom-write"]
+    # A value other than the default under the default stamp: nobody wrote it.
+    forged = with_column(alive(1, T1, A, "x"), "c-forged", "text", default_cell)
+    assert kinds(check_phantoms(writes, migrated({1: forged}), "kv", {"c": None})) == [
+        "phantom-write"
+    ]
+    # The default under a real site's stamp is a write that site must have made.
+    claimed = with_column(alive(1, T1, A, "x"), None, "null", (T1, B))
+    assert kinds(check_phantoms(writes, migrated({1: claimed}), "kv", {"c": None})) == [
+        "phantom-write"
+    ]
+
+
+def test_a_write_of_the_added_column_is_judged_like_any_other() -> None:
+    write = Write("update", "n0", A, "kv", [1], 2, {"c": "n0.2.c"}, stamp=T2, cl=1)
+    writes = [upsert("n0", A, 1, "x", T1, 1), write]
+    kept = with_column(alive(1, T1, A, "x"), "n0.2.c", "text", (T2, A))
+    assert check_writes(writes, migrated({1: kept}))[0] == []
+    assert check_phantoms(writes, migrated({1: kept}), "kv", {"c": None}) == []
+    lost = with_column(alive(1, T1, A, "x"), None, "null", (1, DEFAULT_CELL_SITE))
+    assert kinds(check_writes(writes, migrated({1: lost}))[0]) == ["lost-write"]
+
+
+def test_writes_under_a_renamed_columns_old_name_count_under_the_new_one() -> None:
+    old = Write("update", "n0", A, "kv", [1], 1, {"b": "n0.1.b", "a": "n0.1.a"}, stamp=T1, cl=1)
+    new = Write("update", "n1", B, "kv", [1], 1, {"bee": "n1.1.bee"}, stamp=T2, cl=1)
+    order = Write("order", "n0", A, "orders", ["o1"], 2, {"b": "not kv"}, lines=1)
+    renamed = renamed_cells([old, new, order], "kv", {"b": "bee"})
+    assert [write.cells for write in renamed] == [
+        {"bee": "n0.1.b", "a": "n0.1.a"},
+        {"bee": "n1.1.bee"},
+        {"b": "not kv"},
+    ]
+    assert old.cells == {"b": "n0.1.b", "a": "n0.1.a"}  # the history itself is left alone
+
+
+def test_a_replica_that_did_not_migrate_is_a_violation() -> None:
+    done = migrated({})
+    behind = replica({}, "n1")
+    assert check_schema([done], "kv", (*COLUMNS, "c")) == []
+    violations = check_schema([done, behind], "kv", (*COLUMNS, "c"))
+    assert kinds(violations) == ["migrate"]
+    assert "n1" in violations[0].message
+
+
+def test_the_dump_reads_each_columns_stamps_from_its_slot(tmp_path: Path) -> None:
+    """After a DROP COLUMN, slots are no longer positions: b lives in slot 1, not 0."""
+    path = tmp_path / "n0.db"
+    connection = sqlite3.connect(path)
+    connection.executescript(WORKLOAD_DDL)
+    connection.close()
+    store = SqliteStore.open(path)
+    site = store.init()
+    store.track(WORKLOAD_TABLES, allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES)
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("INSERT INTO kv VALUES (1, 'x', 'y', 1)")
+    store.capture()
+    first = read_replica("n0", path).row("kv", (1,))
+    assert first is not None
+    connection.execute("ALTER TABLE kv DROP COLUMN a")
+    store.reconcile_schema()
+    connection.execute("UPDATE kv SET b = 'y2' WHERE k = 1")
+    store.capture()
+    connection.close()
+    store.close()
+    dumped = read_replica("n0", path)
+    row = dumped.row("kv", (1,))
+    assert row is not None
+    assert dumped.columns["kv"] == ("b", "n")
+    assert row.values == (("y2", "text"), (1, "integer"))
+    assert row.stamps["n"] == first.stamps["n"]  # n's stamp, read from slot 2
+    assert row.stamps["b"] > first.stamps["b"]  # b's new stamp, read from slot 1
+    assert row.stamps["b"][1] == site
 
 
 def order_replica(orders: dict[str, int], lines: dict[str, int]) -> Replica:

@@ -27,13 +27,16 @@ import pytest
 from aiohttp import web
 
 from syncmesh.chaos.faults import (
+    ALL_KINDS,
     CLOCK_KINDS,
     FAULT_KINDS,
     PROCESS_KINDS,
     Schedule,
     links_of,
     make_schedule,
+    migration_times,
 )
+from syncmesh.chaos.migrations import MIGRATION_SHAPES, MIGRATIONS
 from syncmesh.chaos.proxy import LinkProxy
 from tests.helpers import wait_until
 
@@ -46,6 +49,12 @@ CI_TIMEOUT_S = 290
 CI_ADVERSARIAL = ("fk", "bytes", "nocase", "trigger")
 CI_ADVERSARIAL_SEED = 4
 CI_ADVERSARIAL_TIMEOUT_S = 120
+# The rolling-migration CI subset: one schedule per migration shape (seed 11
+# deals rebuild, rename, add), each with every one of these faults.
+CI_MIGRATE_FAULTS = ("migrate", "kill", "pause", "isolate", "reset")
+CI_MIGRATE_SEED = 11
+CI_MIGRATE_SCHEDULES = 3
+CI_MIGRATE_TIMEOUT_S = 150
 
 
 def schedule(seed: int, index: int, nodes: int = 5, per_schedule: int = 4) -> Schedule:
@@ -83,6 +92,35 @@ def test_process_and_clock_faults_never_overlap_on_one_node() -> None:
             spans = sorted((f.nodes[0], f.start_s, f.end_s) for f in faults if f.kind in family)
             for (node, _, end), (other, start, _) in itertools.pairwise(spans):
                 assert node != other or start >= end, (seed, spans)
+
+
+def test_migrate_is_opt_in_and_migrates_every_node_once_before_the_heal() -> None:
+    assert "migrate" not in FAULT_KINDS
+    assert "migrate" in ALL_KINDS
+    shapes = set()
+    for seed in range(30):
+        # A deck of migrate alone: still one migration per schedule (the table has its
+        # new shape after the first).
+        drawn = make_schedule(
+            seed=seed,
+            index=0,
+            nodes=4,
+            topology="mesh",
+            duration_s=10.0,
+            kinds=["migrate"],
+            faults_per_schedule=4,
+            drift_ms=5_000,
+        )
+        assert [fault.kind for fault in drawn.faults] == ["migrate"], seed
+        fault = drawn.faults[0]
+        assert sorted(fault.nodes) == [0, 1, 2, 3], seed
+        shapes.add(MIGRATION_SHAPES[int(fault.params["shape"])])
+        times = migration_times(fault)
+        in_order = [times[node] for node in fault.nodes]
+        assert in_order == sorted(in_order), seed
+        assert in_order[0] > 0, (seed, in_order)
+        assert in_order[-1] < drawn.duration_s, (seed, in_order)
+    assert shapes == set(MIGRATIONS)
 
 
 def test_topologies_link_every_node() -> None:
@@ -315,3 +353,66 @@ def test_fixed_seed_subset_with_the_adversarial_workload_has_no_violation(tmp_pa
         assert not any("(checked) (checked)" in name for name in names), path
         assert "ON DELETE CASCADE" in schema, path
         assert "email TEXT COLLATE NOCASE" in schema, path
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(CI_MIGRATE_TIMEOUT_S + 30)
+def test_fixed_seed_subset_with_rolling_migrations_has_no_violation(tmp_path: Path) -> None:
+    """Three schedules, one per migration shape, each with kills, pauses and partitions.
+
+    Besides the run's checkers (no lost or phantom write or row, convergence,
+    and `migrate`: every node synced the new columns), the kept files must
+    hold the new shape at every node and values the clients wrote into the
+    new or renamed column after migrating, so a workload that never wrote
+    the new shape cannot pass.
+    """
+    report = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        "-m",
+        "syncmesh",
+        "chaos",
+        "--seed",
+        str(CI_MIGRATE_SEED),
+        "--schedules",
+        str(CI_MIGRATE_SCHEDULES),
+        "--nodes",
+        "3",
+        "--duration",
+        "6",
+        "--faults",
+        ",".join(CI_MIGRATE_FAULTS),
+        "--faults-per-schedule",
+        str(len(CI_MIGRATE_FAULTS)),
+        "--keep",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--json",
+        str(report),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CI_MIGRATE_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    assert document["violations"] == 0
+    assert "violations: none" in done.stdout
+    by_shape = {entry["migration"]: entry["schedule"] for entry in document["schedules"]}
+    assert sorted(by_shape) == sorted(MIGRATIONS)
+    for shape, index in by_shape.items():
+        files = sorted((tmp_path / "run" / f"schedule-{index}").glob("n*.db"))
+        assert len(files) == 3, files
+        for path in files:
+            connection = sqlite3.connect(path)
+            try:
+                columns = [row[1] for row in connection.execute("PRAGMA table_info(kv)")]
+                new_column = "bee" if shape == "rename" else "c"
+                written = connection.execute(
+                    f"SELECT count(*) FROM kv WHERE {new_column} LIKE 'n%.{new_column}'"
+                ).fetchone()[0]
+                tables = [
+                    str(row[0]) for row in connection.execute("SELECT name FROM sqlite_schema")
+                ]
+            finally:
+                connection.close()
+            assert columns == ["k", *MIGRATIONS[shape].columns_after(("a", "b", "n"))], path
+            assert written > 0, (shape, path)  # the new shape was written and synced
+            assert "new__kv" not in tables, path  # the rebuild's copy was renamed to kv
