@@ -292,7 +292,9 @@ class Client:
             return True
         if row is None:
             return True
-        for index, column in enumerate(self.kv_columns):
+        # Columns whose slot is not known yet (the node has not reconciled the
+        # migration: see _wait_for_reconcile) are not read: they come last.
+        for index, column in enumerate(self.kv_columns[: len(self.kv_slots)]):
             hlc, site = shadow[3 + 2 * index], shadow[4 + 2 * index]
             if column in write.cells and row[index] == write.cells[column] and site == 0:
                 write.stamp, write.cl = hlc, shadow[0]
