@@ -123,6 +123,13 @@ def test_migrate_is_opt_in_and_migrates_every_node_once_before_the_heal() -> Non
     assert shapes == set(MIGRATIONS)
 
 
+def test_restore_and_migrate_are_refused_together() -> None:
+    command = [sys.executable, "-m", "syncmesh", "chaos", "--faults", "kill,restore,migrate"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "restore and migrate cannot be combined" in done.stderr
+
+
 def test_topologies_link_every_node() -> None:
     assert links_of("chain", 4) == [(0, 1), (1, 2), (2, 3)]
     assert links_of("star", 4) == [(0, 1), (0, 2), (0, 3)]

@@ -17,7 +17,7 @@ nodes conflict often:
 - with `--adversarial FEATURES`, a share of operations on the adversarial
   tables (`syncmesh.chaos.adversarial`: UNIQUE constraints, foreign keys
   with cascades, application triggers, non-UTF-8 TEXT, -0.0);
-- with `--migrate SHAPE --migrate-at S` (the `migrate` fault), the client
+- with `--migrate SHAPE --migrate-at-s S` (the `migrate` fault), the client
   runs that schema change of `kv` (`syncmesh.chaos.migrations`) S seconds
   in, in one transaction, as the application's migration would; it stops
   writing until the node has reconciled the table, then writes the new

@@ -34,6 +34,10 @@ def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
             f"unknown fault kind(s) {', '.join(unknown) or '(none given)'};"
             f" choose from {', '.join(ALL_KINDS)}"
         )
+    if "restore" in kinds and "migrate" in kinds:
+        # A copy from before a node's migration would take it back under its
+        # client, which writes the new shape already (docs/chaos.md).
+        raise click.BadParameter("restore and migrate cannot be combined: run them separately")
     return kinds
 
 
