@@ -408,3 +408,35 @@ def test_syncmesh_status_shows_cells_waiting_for_a_column(make_store: MakeStore)
     result = run_cli("status", b.context.path)
     assert result.returncode == 0, result.stderr
     assert "items.extra: 2 cells, for a column not added here yet" in result.stdout
+
+
+def test_waiting_cells_land_in_a_table_with_a_not_null_column(tmp_path: Path) -> None:
+    """Regression (found by the Alembic rollout): a waiting cell merged once its column
+    appears writes only that column of a held row.  As an upsert it failed, because
+    SQLite checks NOT NULL on the row it would insert before it sees the conflict: the
+    cell was quarantined ("NOT NULL constraint failed") and health went 503."""
+    stores = []
+    for name in ("a", "b"):
+        store = SqliteStore.open(tmp_path / f"{name}.db")
+        store.init()
+        store.connection.execute(
+            "CREATE TABLE items (id TEXT PRIMARY KEY, title TEXT NOT NULL, qty INTEGER)"
+        )
+        store.track(["items"])
+        stores.append(store)
+    a, b = stores
+    try:
+        a.connection.execute("INSERT INTO items VALUES ('k', 'kept', 1)")
+        sync(a, b)
+        add_column(a, "items", "note TEXT")
+        a.connection.execute("UPDATE items SET note = 'from a' WHERE id = 'k'")
+        sync(a, b)  # b has no `note` yet: the cell waits there
+        add_column(b, "items", "note TEXT")
+        assert b.quarantine() == []
+        assert rows_with_types(b.connection, "items") == rows_with_types(a.connection, "items")
+        assert b.connection.execute("SELECT title, note FROM items").fetchall() == [
+            ("kept", "from a")
+        ]
+    finally:
+        for store in stores:
+            store.close()

@@ -404,7 +404,7 @@ def _write_user_rows(
     holds its DEFAULT in a new row and keeps its value in a held one.
     """
     keys = table.key_count
-    upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None]] = []
+    upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None, bool]] = []
     deletes: list[tuple[Key, list[SqlValue]]] = []
     for pk, result in merge.merged.items():
         user = result.user_row(table, pk)
@@ -412,10 +412,18 @@ def _write_user_rows(
         held_alive = held is not None and held[0][keys] % 2 == 1  # type: ignore[operator]
         if user is not None:
             stamped = _written(table, result, lacking)
-            upserts.append((pk, user, stamped))
-            if stamped is not None and held_alive and _new_life(result, held[0][keys]):  # type: ignore[index]
+            new_life = held_alive and _new_life(result, held[0][keys])  # type: ignore[index]
+            if stamped is not None and new_life:
                 # A new life: its unwritten columns start at their DEFAULT.
                 deletes.append((pk, list(pk)))
+            # Some columns of a row that is there: an UPDATE of them.  (An
+            # upsert would not do: SQLite checks NOT NULL on the row it
+            # would insert before it sees the conflict, so a partial upsert
+            # of a held row with a NOT NULL column it leaves out fails.)
+            in_place = stamped is not None and held_alive and not new_life
+            if in_place and not stamped:
+                continue  # nothing of the held row to write
+            upserts.append((pk, user, stamped, in_place))
         elif held_alive:
             deletes.append((pk, list(pk)))
     failed: set[Key] = set()
@@ -438,15 +446,20 @@ def _write_user_rows(
         )
     ]
     guards = table.replace_guards(connection)
-    by_columns: dict[tuple[str, ...] | None, list[tuple[Key, list[SqlValue]]]] = {}
-    for pk, user, stamped in upserts:
-        by_columns.setdefault(stamped, []).append((pk, user))
-    for stamped, group in by_columns.items():
+    by_columns: dict[tuple[tuple[str, ...] | None, bool], list[tuple[Key, list[SqlValue]]]] = {}
+    for pk, user, stamped, in_place in upserts:
+        by_columns.setdefault((stamped, in_place), []).append((pk, user))
+    for (stamped, in_place), group in by_columns.items():
         full_rows = [row for _pk, row in group]
         upsert_sql, rows, keys_only = sql.upsert_sql, full_rows, not table.values
         if stamped is not None:
-            upsert_sql = _partial_upsert_sql(table.table, table.spec.pk, stamped)
-            positions = [*range(keys), *(keys + table.values.index(column) for column in stamped)]
+            values_at = [keys + table.values.index(column) for column in stamped]
+            if in_place:
+                upsert_sql = _partial_update_sql(table.table, table.spec.pk, stamped)
+                positions = [*values_at, *range(keys)]
+            else:
+                upsert_sql = _partial_upsert_sql(table.table, table.spec.pk, stamped)
+                positions = [*range(keys), *values_at]
             rows = [[row[at] for at in positions] for row in full_rows]
             keys_only = not stamped
         writes.append(
@@ -528,6 +541,17 @@ def _partial_upsert_sql(quoted_table: str, pk: tuple[str, ...], columns: tuple[s
         f"INSERT INTO {quoted_table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         f" ON CONFLICT ({', '.join(quote_identifier(column) for column in pk)}) {conflict}"
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _partial_update_sql(quoted_table: str, pk: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    """The UPDATE of `columns` of a held user row: its other columns keep their values.
+
+    Parameters: the values of `columns`, then the key.
+    """
+    assigned = ", ".join(f"{quote_identifier(column)} = ?" for column in columns)
+    where = " AND ".join(f"{quote_identifier(column)} IS ?" for column in pk)
+    return f"UPDATE {quoted_table} SET {assigned} WHERE {where}"
 
 
 def _upsert_guarded(
