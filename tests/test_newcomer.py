@@ -119,7 +119,15 @@ def test_status_file_of_an_unhealthy_node_exits_2_with_the_reasons(
     a = cluster.node("a")
     cluster.start(a)
     with sqlite3.connect(tmp_path / "a.db", timeout=10) as connection:
-        connection.execute('DROP TRIGGER "_syncmesh_insert_items"')
+        # A rebuild with another primary key: rows of another key cannot be mapped,
+        # so the table is not synced until someone fixes it (a lost trigger alone
+        # the node puts back by itself).
+        connection.executescript(
+            'CREATE TABLE "new__items" (id TEXT, name TEXT PRIMARY KEY, qty INTEGER);'
+            ' INSERT INTO "new__items" SELECT id, name, qty FROM items;'
+            " DROP TABLE items;"
+            ' ALTER TABLE "new__items" RENAME TO items;'
+        )
         connection.execute("INSERT INTO items VALUES ('x', 'lost', 1)")
     connection.close()
 
@@ -129,7 +137,7 @@ def test_status_file_of_an_unhealthy_node_exits_2_with_the_reasons(
     wait_for(reported, 20, "a 503 from a's health")
     result = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
     assert result.returncode == 2
-    assert "unhealthy: table 'items' has lost its capture triggers" in result.stderr
+    assert "unhealthy: table 'items'" in result.stderr, result.stderr
     assert "NOT ok" in result.stdout
 
 
