@@ -278,12 +278,12 @@ def test_a_django_style_rebuild_at_one_site_while_another_writes(
     # A schema change restarts the sessions, so health may be 503 for the moment
     # a session is down: it must be 200 again once the sessions are back.
     for node in (a, b):
-        deadline = time.monotonic() + HEALTHY_AGAIN_S
-        code, document = node.health()
-        while code != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            code, document = node.health()
-        assert code == 200, (document, node.log_tail())
+        wait_for(
+            lambda node=node: node.health()[0] == 200,  # type: ignore[misc]
+            HEALTHY_AGAIN_S,
+            f"a 200 from {node.name}'s health",
+            describe=lambda node=node: f"{node.health()[1]}\n{node.log_tail()}",  # type: ignore[misc]
+        )
 
 
 def test_health_is_503_for_a_table_that_lost_its_triggers_and_cannot_be_repaired(
