@@ -12,17 +12,20 @@ from syncmesh.chaos.checkers import (
     check_clocks,
     check_convergence,
     check_echo,
+    check_indexes,
     check_logs,
     check_orders,
     check_phantoms,
     check_schema,
     check_writes,
-    renamed_cells,
+    in_final_shape,
     torn_orders,
 )
 from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
+from syncmesh.chaos.migrations import PLANS
 from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_INTEGER_KEY_TABLES, WORKLOAD_TABLES
 from syncmesh.clock import pack
+from syncmesh.merge import value_order_key
 from syncmesh.model import SqlValue
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import DEFAULT_CELL_SITE
@@ -227,15 +230,92 @@ def test_a_write_of_the_added_column_is_judged_like_any_other() -> None:
 
 def test_writes_under_a_renamed_columns_old_name_count_under_the_new_one() -> None:
     old = Write("update", "n0", A, "kv", [1], 1, {"b": "n0.1.b", "a": "n0.1.a"}, stamp=T1, cl=1)
-    new = Write("update", "n1", B, "kv", [1], 1, {"bee": "n1.1.bee"}, stamp=T2, cl=1)
+    new = Write("update", "n1", B, "kv", [1], 1, {"bee": "n1.1.bee"}, stamp=T2, cl=1, schema=1)
     order = Write("order", "n0", A, "orders", ["o1"], 2, {"b": "not kv"}, lines=1)
-    renamed = renamed_cells([old, new, order], "kv", {"b": "bee"})
+    renamed, dropped = in_final_shape([old, new, order], PLANS["rename"])
     assert [write.cells for write in renamed] == [
         {"bee": "n0.1.b", "a": "n0.1.a"},
         {"bee": "n1.1.bee"},
         {"b": "not kv"},
     ]
+    assert dropped == set()
     assert old.cells == {"b": "n0.1.b", "a": "n0.1.a"}  # the history itself is left alone
+
+
+def test_a_write_is_mapped_through_the_steps_run_after_it_only() -> None:
+    """add+rename: a write made after the add but before the rename has `c` and `b`."""
+    before = Write("update", "n0", A, "kv", [1], 1, {"b": "n0.1.b"}, schema=0)
+    between = Write("update", "n0", A, "kv", [1], 2, {"b": "n0.2.b", "c": "n0.2.c"}, schema=1)
+    after = Write("update", "n0", A, "kv", [1], 3, {"bee": "n0.3.bee", "b": "x"}, schema=2)
+    shaped, _ = in_final_shape([before, between, after], PLANS["add+rename"])
+    assert [write.cells for write in shaped] == [
+        {"bee": "n0.1.b"},
+        {"bee": "n0.2.b", "c": "n0.2.c"},
+        {"bee": "n0.3.bee", "b": "x"},  # written after the rename: its names are final
+    ]
+
+
+def test_writes_to_a_renamed_table_count_under_its_new_name() -> None:
+    old = Write("upsert", "n0", A, "kv", [1], 1, {"a": "n0.1.a"}, schema=0)
+    new = Write("update", "n1", B, "kv_items", [1], 2, {"a": "n1.2.a"}, schema=1)
+    shaped, _ = in_final_shape([old, new], PLANS["rename-table+rebuild"])
+    assert [(write.table, write.cells) for write in shaped] == [
+        ("kv_items", {"a": "n0.1.a"}),
+        ("kv_items", {"a": "n1.2.a"}),
+    ]
+    assert PLANS["rename-table+rebuild"].final_table == "kv_items"
+
+
+def drop_readd_replica(b_value: SqlValue, b_stamp: tuple[int, str]) -> Replica:
+    """kv after drop+readd: columns a, n, then the new b."""
+    row = RowDump(
+        1,
+        (T1, A),
+        (("n0.1.a", "text"), (0, "integer"), (b_value, "text" if b_value else "null")),
+        {"a": (T1, A), "n": (T1, A), "b": b_stamp},
+    )
+    return Replica("n0", A, T3, {"kv": {(1,): row}}, {"kv": ("a", "n", "b")})
+
+
+def test_a_dropped_columns_values_are_gone_and_must_not_come_back_in_the_re_added_one() -> None:
+    plan = PLANS["drop+readd"]
+    assert plan.columns(COLUMNS)[-1] == ("a", "n", "b")
+    assert plan.final_defaults() == {"b": None}
+    old = Write("upsert", "n0", A, "kv", [1], 1, {"a": "n0.1.a", "b": "n0.1.b", "n": 0})
+    writes = [replace_stamp(old, T1)]
+    shaped, dropped = in_final_shape(writes, plan)
+    assert shaped[0].cells == {"a": "n0.1.a", "n": 0}  # b's value is judged nowhere
+    assert dropped == {("kv", (1,), "b", value_order_key("n0.1.b"))}
+    # The new b holds its default, unwritten: right.
+    fine = drop_readd_replica(None, (1, DEFAULT_CELL_SITE))
+    assert check_writes(shaped, fine)[0] == []
+    assert check_phantoms(shaped, fine, "kv", plan.final_defaults(), dropped) == []
+    # The old value is back in the new column: a resurrection, not just a phantom.
+    back = drop_readd_replica("n0.1.b", (T1, A))
+    assert kinds(check_phantoms(shaped, back, "kv", plan.final_defaults(), dropped)) == [
+        "resurrection"
+    ]
+    # A value written into the new b after the re-add is judged like any other.
+    new = Write("update", "n0", A, "kv", [1], 5, {"b": "n0.5.b"}, stamp=T2, cl=1, schema=2)
+    shaped, dropped = in_final_shape([*writes, new], plan)
+    kept = drop_readd_replica("n0.5.b", (T2, A))
+    assert check_writes(shaped, kept)[0] == []
+    assert check_phantoms(shaped, kept, "kv", plan.final_defaults(), dropped) == []
+
+
+def replace_stamp(write: Write, stamp: int) -> Write:
+    write.stamp, write.cl = stamp, 1
+    return write
+
+
+def test_indexes_are_checked_at_every_node() -> None:
+    plan = PLANS["index+unindex"]
+    assert plan.final_indexes() == frozenset({"kv_a"})
+    assert check_indexes({"n0": frozenset({"kv_a"})}, plan.final_indexes(), "kv") == []
+    behind = {"n0": frozenset({"kv_a"}), "n1": frozenset({"kv_a", "kv_n_unique"})}
+    violations = check_indexes(behind, plan.final_indexes(), "kv")
+    assert kinds(violations) == ["migrate"]
+    assert "n1" in violations[0].message
 
 
 def test_a_replica_that_did_not_migrate_is_a_violation() -> None:

@@ -36,7 +36,14 @@ from syncmesh.chaos.faults import (
     make_schedule,
     migration_times,
 )
-from syncmesh.chaos.migrations import MIGRATION_SHAPES, MIGRATIONS
+from syncmesh.chaos.migrations import (
+    DEFAULT_PLANS,
+    MIGRATION_PLANS,
+    PLANS,
+    STEPS,
+    parse_plans,
+    plan_for_schedule,
+)
 from syncmesh.chaos.proxy import LinkProxy
 from tests.helpers import wait_until
 
@@ -49,12 +56,12 @@ CI_TIMEOUT_S = 290
 CI_ADVERSARIAL = ("fk", "bytes", "nocase", "trigger")
 CI_ADVERSARIAL_SEED = 4
 CI_ADVERSARIAL_TIMEOUT_S = 120
-# The rolling-migration CI subset: one schedule per migration shape (seed 11
-# deals rebuild, rename, add), each with every one of these faults.
+# The rolling-migration CI subset: the four two-step plans (dealt first), which
+# between them run every step of the default plans, each with every one of these faults.
 CI_MIGRATE_FAULTS = ("migrate", "kill", "pause", "isolate", "reset")
 CI_MIGRATE_SEED = 11
-CI_MIGRATE_SCHEDULES = 3
-CI_MIGRATE_TIMEOUT_S = 150
+CI_MIGRATE_SCHEDULES = 4
+CI_MIGRATE_TIMEOUT_S = 180
 
 
 def schedule(seed: int, index: int, nodes: int = 5, per_schedule: int = 4) -> Schedule:
@@ -94,16 +101,16 @@ def test_process_and_clock_faults_never_overlap_on_one_node() -> None:
                 assert node != other or start >= end, (seed, spans)
 
 
-def test_migrate_is_opt_in_and_migrates_every_node_once_before_the_heal() -> None:
+def test_migrate_is_opt_in_and_migrates_every_node_once_per_step_before_the_heal() -> None:
     assert "migrate" not in FAULT_KINDS
     assert "migrate" in ALL_KINDS
-    shapes = set()
+    plans = set()
     for seed in range(30):
-        # A deck of migrate alone: still one migration per schedule (the table has its
-        # new shape after the first).
+        # A deck of migrate alone: still one plan per schedule (its steps are the
+        # schedule's whole schema history).
         drawn = make_schedule(
             seed=seed,
-            index=0,
+            index=seed % 8,
             nodes=4,
             topology="mesh",
             duration_s=10.0,
@@ -114,13 +121,42 @@ def test_migrate_is_opt_in_and_migrates_every_node_once_before_the_heal() -> Non
         assert [fault.kind for fault in drawn.faults] == ["migrate"], seed
         fault = drawn.faults[0]
         assert sorted(fault.nodes) == [0, 1, 2, 3], seed
-        shapes.add(MIGRATION_SHAPES[int(fault.params["shape"])])
+        plan = PLANS[MIGRATION_PLANS[int(fault.params["plan"])]]
+        plans.add(plan.name)
         times = migration_times(fault)
-        in_order = [times[node] for node in fault.nodes]
+        # Step by step: every node runs step 1, in the fault's node order, before
+        # any runs step 2.
+        in_order = [times[node][step] for step in range(len(plan.steps)) for node in fault.nodes]
+        assert len(in_order) == len(plan.steps) * 4, seed
         assert in_order == sorted(in_order), seed
         assert in_order[0] > 0, (seed, in_order)
         assert in_order[-1] < drawn.duration_s, (seed, in_order)
-    assert shapes == set(MIGRATIONS)
+    assert plans == set(DEFAULT_PLANS)
+
+
+def test_the_first_four_schedules_of_a_run_run_every_step_of_the_default_plans() -> None:
+    default_steps = {step.name for name in DEFAULT_PLANS for step in PLANS[name].steps}
+    assert default_steps == set(STEPS) - {"readd"}  # readd: only in the opt-in drop+readd
+    for seed in range(20):
+        dealt = [PLANS[MIGRATION_PLANS[plan_for_schedule(seed, index)]] for index in range(4)]
+        assert all(len(plan.steps) == 2 for plan in dealt), seed
+        assert {step.name for plan in dealt for step in plan.steps} == default_steps, seed
+    # Only the plans asked for are dealt.
+    dealt_alone = {plan_for_schedule(seed, 0, ("drop+readd",)) for seed in range(5)}
+    assert dealt_alone == {MIGRATION_PLANS.index("drop+readd")}
+
+
+def test_migration_plans_are_named_on_the_command_line() -> None:
+    assert parse_plans("default") == DEFAULT_PLANS
+    assert "drop+readd" not in DEFAULT_PLANS
+    assert parse_plans("all") == MIGRATION_PLANS
+    assert parse_plans("drop+readd, add") == ("drop+readd", "add")
+    with pytest.raises(ValueError, match="unknown migration plan"):
+        parse_plans("drop+nothing")
+    command = [sys.executable, "-m", "syncmesh", "chaos", "--migrations", "drop+nothing"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "unknown migration plan(s) drop+nothing" in done.stderr
 
 
 def test_restore_and_migrate_are_refused_together() -> None:
@@ -365,13 +401,17 @@ def test_fixed_seed_subset_with_the_adversarial_workload_has_no_violation(tmp_pa
 @pytest.mark.multiprocess
 @pytest.mark.timeout(CI_MIGRATE_TIMEOUT_S + 30)
 def test_fixed_seed_subset_with_rolling_migrations_has_no_violation(tmp_path: Path) -> None:
-    """Three schedules, one per migration shape, each with kills, pauses and partitions.
+    """Four schedules, one per two-step plan, each with kills, pauses and partitions.
 
-    Besides the run's checkers (no lost or phantom write or row, convergence,
-    and `migrate`: every node synced the new columns), the kept files must
-    hold the new shape at every node and values the clients wrote into the
-    new or renamed column after migrating, so a workload that never wrote
-    the new shape cannot pass.
+    Between them they add, rebuild, rename and drop columns, rename the
+    table, and create and drop indexes (a UNIQUE one among them), each
+    rolled node by node, two rolling deploys in a row.  Besides the run's
+    checkers (no lost or phantom write or row, no resurrection, convergence,
+    and `migrate`: every node synced the final columns under the final
+    table name, with the final indexes), the kept files must hold the final
+    shape at every node and values the clients wrote into the new or
+    renamed columns after migrating, so a workload that never wrote the new
+    shape cannot pass.
     """
     report = tmp_path / "report.json"
     command = [
@@ -402,24 +442,50 @@ def test_fixed_seed_subset_with_rolling_migrations_has_no_violation(tmp_path: Pa
     document = json.loads(report.read_text())
     assert document["violations"] == 0
     assert "violations: none" in done.stdout
-    by_shape = {entry["migration"]: entry["schedule"] for entry in document["schedules"]}
-    assert sorted(by_shape) == sorted(MIGRATIONS)
-    for shape, index in by_shape.items():
+    by_plan = {entry["migration"]: entry["schedule"] for entry in document["schedules"]}
+    assert sorted(by_plan) == sorted(name for name in DEFAULT_PLANS if "+" in name)
+    for name, index in by_plan.items():
         files = sorted((tmp_path / "run" / f"schedule-{index}").glob("n*.db"))
         assert len(files) == 3, files
         for path in files:
-            connection = sqlite3.connect(path)
-            try:
-                columns = [row[1] for row in connection.execute("PRAGMA table_info(kv)")]
-                new_column = "bee" if shape == "rename" else "c"
-                written = connection.execute(
-                    f"SELECT count(*) FROM kv WHERE {new_column} LIKE 'n%.{new_column}'"
-                ).fetchone()[0]
-                tables = [
-                    str(row[0]) for row in connection.execute("SELECT name FROM sqlite_schema")
-                ]
-            finally:
-                connection.close()
-            assert columns == ["k", *MIGRATIONS[shape].columns_after(("a", "b", "n"))], path
-            assert written > 0, (shape, path)  # the new shape was written and synced
-            assert "new__kv" not in tables, path  # the rebuild's copy was renamed to kv
+            _assert_final_shape(path, name)
+
+
+# Per two-step plan, the columns its clients write only once their node ran its steps.
+NEW_SHAPE_WRITTEN = {
+    "add+rename": ("c", "bee"),
+    "drop+rebuild": ("c",),
+    "rename-table+rebuild": ("c",),
+    "index+unindex": (),
+}
+
+
+def _assert_final_shape(path: Path, name: str) -> None:
+    """The kept file `path` has `name`'s final shape, and values written into it."""
+    plan = PLANS[name]
+    table = plan.final_table
+    connection = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+        written = {
+            column: connection.execute(
+                f"SELECT count(*) FROM {table} WHERE {column} LIKE 'n%.{column}'"
+            ).fetchone()[0]
+            for column in NEW_SHAPE_WRITTEN[name]
+        }
+        tables = [str(row[0]) for row in connection.execute("SELECT name FROM sqlite_schema")]
+        indexes = {
+            str(row[0])
+            for row in connection.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        }
+        tracked = [str(row[0]) for row in connection.execute("SELECT name FROM _syncmesh_tables")]
+    finally:
+        connection.close()
+    assert columns == ["k", *plan.columns(("a", "b", "n"))[-1]], path
+    assert all(count > 0 for count in written.values()), (name, path, written)
+    assert not any(t.startswith("new__") for t in tables), path  # the rebuild's copy renamed
+    assert indexes == set(plan.final_indexes()), (path, indexes)
+    assert table in tracked, (path, tracked)
+    assert ("kv" in tables) == (table == "kv"), path  # a renamed table left no kv behind

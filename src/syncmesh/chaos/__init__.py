@@ -8,6 +8,7 @@ PROPERTIES.md.  docs/chaos.md tells how to run it and read its report.
 
 from syncmesh.chaos.adversarial import FEATURES, parse_features
 from syncmesh.chaos.faults import ALL_KINDS, FAULT_DESCRIPTIONS, FAULT_KINDS, TOPOLOGIES
+from syncmesh.chaos.migrations import MIGRATION_PLANS, parse_plans
 from syncmesh.chaos.report import json_report, reproduce_command, schedule_line, summary
 from syncmesh.chaos.run import RunOptions, ScheduleResult, run_schedules
 
@@ -16,11 +17,13 @@ __all__ = [
     "FEATURES",
     "FAULT_DESCRIPTIONS",
     "FAULT_KINDS",
+    "MIGRATION_PLANS",
     "TOPOLOGIES",
     "RunOptions",
     "ScheduleResult",
     "json_report",
     "parse_features",
+    "parse_plans",
     "reproduce_command",
     "run_schedules",
     "schedule_line",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from syncmesh.chaos.history import Key, Replica, Stamp, Write
+from syncmesh.chaos.migrations import MigrationPlan
 from syncmesh.clock import wall_ms_of
 from syncmesh.merge import value_order_key
 from syncmesh.model import SqlValue
@@ -29,6 +30,11 @@ CLOCK_SLACK_MS = 250  # sampling is not instantaneous: a reading may trail the s
 # because ADD COLUMN (or a rebuild that added the column) filled it in: nobody
 # wrote it (the store's DEFAULT_CELL_SITE, docs/adr/0013-schema-evolution.md).
 DEFAULT_CELL_SITE = "0" * 32
+
+
+# Cells written into a column that a later step dropped: (table, key, column, exact value),
+# the table under its final name and the column under its name when dropped.
+DroppedCells = set[tuple[str, Key, str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,15 +217,19 @@ def check_phantoms(
     replica: Replica,
     table: str = "kv",
     defaults: Mapping[str, SqlValue] | None = None,
+    dropped: DroppedCells | None = None,
 ) -> list[Violation]:
     """Every value in the final state was written by a client at the site its stamp names.
 
     `defaults`: columns a migration added, with their default.  A cell of
     one that holds its default under the default stamp was written by nobody,
     and rightly so (the rows that existed, or came from a node without the
-    column).
+    column).  `dropped`: the cells written into columns a migration dropped
+    (`in_final_shape`); one of those values in a column re-added under the
+    dropped name is a resurrection.
     """
     added = defaults or {}
+    gone = dropped or set()
     written: dict[tuple[Key, str, object], set[str]] = defaultdict(set)
     for write in writes:
         if write.table == table:
@@ -239,7 +249,18 @@ def check_phantoms(
                 and _exact(value) == _exact(added[column])
             ):
                 continue
-            if site not in written.get((key, column, _exact(value)), set()):
+            if site in written.get((key, column, _exact(value)), set()):
+                continue
+            if (table, key, column, _exact(value)) in gone:
+                violations.append(
+                    Violation(
+                        "resurrection",
+                        f"{replica.node}: {table} key {list(key)}.{column} = {value!r} (stamped"
+                        f" by {site}) was written into the column {column} that a migration"
+                        " dropped: a dropped value came back in the column re-added under its name",
+                    )
+                )
+            else:
                 violations.append(
                     Violation(
                         "phantom-write",
@@ -250,26 +271,45 @@ def check_phantoms(
     return violations
 
 
-def renamed_cells(writes: list[Write], table: str, renames: Mapping[str, str]) -> list[Write]:
-    """`writes` with the cells of `table`'s renamed columns under their new names.
+def in_final_shape(writes: list[Write], plan: MigrationPlan) -> tuple[list[Write], DroppedCells]:
+    """`writes` as the final shape of `plan`'s table names them, and the cells it dropped.
 
-    After a rolling RENAME COLUMN, writes made under the old name at nodes
-    that had not renamed yet land in the renamed column: the final state
-    holds them under the new name, and that is where they are judged.
+    A write names the table and columns of the shape its node had when it
+    wrote (`Write.schema`: the steps its client had run).  The final state
+    is judged in the last shape, by each column's and the table's identity,
+    not its name at the time:
+
+    - a cell of a column renamed later counts under the new name (writes
+      made under the old name at nodes that had not renamed yet land in the
+      renamed column);
+    - a write to a table renamed later counts under the new table name;
+    - a cell of a column dropped later is judged nowhere: its value is gone
+      everywhere once every node dropped the column.  It is returned apart,
+      so that `check_phantoms` can tell it if it comes back in a column
+      re-added under the same name.
     """
-    if not renames:
-        return writes
-    return [
-        replace(write, cells={renames.get(c, c): v for c, v in write.cells.items()})
-        if write.table == table
-        else write
-        for write in writes
-    ]
+    names = plan.tables()
+    shaped: list[Write] = []
+    dropped: DroppedCells = set()
+    for write in writes:
+        if write.schema >= len(plan.steps) or write.table != names[write.schema]:
+            shaped.append(write)
+            continue
+        cells, table, gone = dict(write.cells), write.table, {}
+        for step in plan.steps[write.schema :]:
+            gone.update({column: cells.pop(column) for column in step.dropped if column in cells})
+            cells = {step.renames.get(column, column): value for column, value in cells.items()}
+            table = step.table_after(table)
+        key = tuple(write.key)
+        dropped.update((table, key, column, _exact(value)) for column, value in gone.items())
+        shaped.append(replace(write, table=table, cells=cells))
+    return shaped, dropped
 
 
 def check_schema(replicas: list[Replica], table: str, columns: tuple[str, ...]) -> list[Violation]:
     """Every replica tracks `table` with these value columns: every node migrated, and
-    its node reconciled the change (the columns the node syncs are the table's)."""
+    its node reconciled the change (the columns the node syncs are the table's, under
+    the table's name now)."""
     return [
         Violation(
             "migrate",
@@ -278,6 +318,20 @@ def check_schema(replicas: list[Replica], table: str, columns: tuple[str, ...]) 
         )
         for replica in replicas
         if replica.columns.get(table, ()) != columns
+    ]
+
+
+def check_indexes(
+    found: Mapping[str, frozenset[str]], expected: frozenset[str], table: str
+) -> list[Violation]:
+    """Every node's file has exactly the `expected` indexes on `table` (CREATE/DROP INDEX ran)."""
+    return [
+        Violation(
+            "migrate",
+            f"{node}: {table} has the indexes {sorted(names)}, expected {sorted(expected)}",
+        )
+        for node, names in sorted(found.items())
+        if names != expected
     ]
 
 

@@ -185,9 +185,9 @@ def start_client(
     settle_s: float,
     out: Path,
     adversarial: tuple[str, ...] = (),
-    migration: tuple[str, float] | None = None,
+    migration: tuple[str, tuple[float, ...]] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The workload client of `node`; `migration`: the schema change it runs, and when (s)."""
+    """The workload client of `node`; `migration`: the plan it runs, and when each step (s)."""
     log = node.log_path.with_suffix(".client.log").open("ab")
     command = [
         sys.executable,
@@ -210,7 +210,8 @@ def start_client(
         ",".join(adversarial) or "none",
     ]
     if migration is not None:
-        command += ["--migrate", migration[0], "--migrate-at-s", str(migration[1])]
+        times = ",".join(str(at) for at in migration[1])
+        command += ["--migrate", migration[0], "--migrate-at-s", times]
     try:
         return subprocess.Popen(command, stdout=log, stderr=log)
     finally:

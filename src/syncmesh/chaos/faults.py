@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from syncmesh.chaos.migrations import MIGRATION_SHAPES
+from syncmesh.chaos.migrations import DEFAULT_PLANS, MIGRATION_PLANS, PLANS, plan_for_schedule
 
 NETWORK_KINDS = ("isolate", "halves", "oneway", "flap", "delay", "bandwidth", "reset", "lossy")
 PROCESS_KINDS = ("kill", "pause")
@@ -43,8 +43,9 @@ FAULT_DESCRIPTIONS = {
     "reorder": "batch frames on a link are delivered out of order",
     "replay": "a node restarts with the cursors it had when the fault began: peers resend",
     "restore": "a node's file is replaced by a copy of itself taken when the fault began (opt-in)",
-    "migrate": "a rolling schema change of kv (add, rebuild or rename a column), node by node,"
-    " while the clients write (opt-in)",
+    "migrate": "rolling schema changes of kv (add, rebuild, rename or drop a column, rename the"
+    " table, create or drop indexes; one or two in a row), node by node, while the clients write"
+    " (opt-in)",
 }
 TOPOLOGIES = ("mesh", "star", "chain")
 
@@ -81,7 +82,7 @@ class Fault:
             where.append("links " + ",".join(f"n{links[i][1]}->n{links[i][0]}" for i in self.links))
         params = " ".join(f"{name}={value:g}" for name, value in sorted(self.params.items()))
         if self.kind == "migrate":
-            params = f"shape={MIGRATION_SHAPES[int(self.params['shape'])]} (in this node order)"
+            params = f"plan={MIGRATION_PLANS[int(self.params['plan'])]} (in this node order)"
         return (
             f"{self.start_s:5.1f}s +{self.duration_s:4.1f}s {self.kind:<9} {' '.join(where)}"
             f" {params}".rstrip()
@@ -114,6 +115,7 @@ def make_schedule(
     kinds: list[str],
     faults_per_schedule: int,
     drift_ms: int,
+    plans: tuple[str, ...] = DEFAULT_PLANS,
 ) -> Schedule:
     """The `index`-th schedule of a run.
 
@@ -129,8 +131,9 @@ def make_schedule(
     ]
     busy: dict[tuple[str, int], list[tuple[float, float]]] = {}
     faults = []
+    plan = plan_for_schedule(seed, index, plans)
     for kind in chosen:
-        fault = _draw(kind, rng, nodes, links, duration_s, drift_ms, busy)
+        fault = _draw(kind, rng, nodes, links, duration_s, drift_ms, busy, plan)
         if fault is not None:
             faults.append(fault)
     faults.sort(key=lambda fault: fault.start_s)
@@ -145,6 +148,7 @@ def _draw(
     duration_s: float,
     drift_ms: int,
     busy: dict[tuple[str, int], list[tuple[float, float]]],
+    plan: int,
 ) -> Fault | None:
     start = round(rng.uniform(0.1, 0.6) * duration_s, 2)
     length = round(rng.uniform(0.15, 0.35) * duration_s, 2)
@@ -175,7 +179,7 @@ def _draw(
     if kind in ("duplicate", "reorder"):
         return Fault(kind, start, length, links=some_links, params={"probability": 0.2})
     if kind == "migrate":
-        return _draw_migration(rng, nodes, duration_s, busy)
+        return _draw_migration(rng, nodes, duration_s, busy, plan)
     family = "process" if kind in (*PROCESS_KINDS, "replay", "restore") else "clock"
     free = [n for n in range(nodes) if _free(busy.get((family, n), []), start, start + length)]
     if not free:
@@ -204,13 +208,15 @@ def _draw_migration(
     nodes: int,
     duration_s: float,
     busy: dict[tuple[str, int], list[tuple[float, float]]],
+    plan: int,
 ) -> Fault | None:
-    """One rolling schema change per schedule: every node, in a seeded order.
+    """One migration plan per schedule: each of its steps at every node, in a seeded order.
 
-    `nodes` is the order; node `nodes[i]` migrates at
-    `start_s + i * duration_s / (len(nodes) - 1)`.  `params["shape"]` indexes
-    `MIGRATION_SHAPES`.  A second `migrate` of one schedule is not drawn:
-    the table has its new shape already.
+    `nodes` is the order; `params["plan"]` indexes `MIGRATION_PLANS` (the
+    schedule's plan, `migrations.plan_for_schedule`).  The steps' migrations
+    are spread evenly over the fault, step by step (`migration_times`).  A
+    second `migrate` of one schedule is not drawn: one plan is the
+    schedule's whole schema history.
     """
     if ("migrate", 0) in busy:
         return None
@@ -218,14 +224,25 @@ def _draw_migration(
     length = round(MIGRATE_LAST_S * duration_s - start, 2)
     busy[("migrate", 0)] = [(start, start + length)]
     order = tuple(rng.sample(range(nodes), nodes))
-    shape = rng.randrange(len(MIGRATION_SHAPES))
-    return Fault("migrate", start, length, nodes=order, params={"shape": shape})
+    return Fault("migrate", start, length, nodes=order, params={"plan": plan})
 
 
-def migration_times(fault: Fault) -> dict[int, float]:
-    """When (seconds into the schedule) each node runs the migration of a `migrate` fault."""
-    step = fault.duration_s / max(1, len(fault.nodes) - 1)
-    return {node: round(fault.start_s + i * step, 2) for i, node in enumerate(fault.nodes)}
+def migration_times(fault: Fault) -> dict[int, tuple[float, ...]]:
+    """When (seconds into the schedule) each node runs each step of a `migrate` fault's plan.
+
+    Every node runs step 1 before any runs step 2: `len(steps) * len(nodes)`
+    migrations evenly from the fault's start to its end, step by step, in
+    the fault's node order.
+    """
+    steps = len(PLANS[MIGRATION_PLANS[int(fault.params["plan"])]].steps)
+    count = steps * len(fault.nodes)
+    gap = fault.duration_s / max(1, count - 1)
+    return {
+        node: tuple(
+            round(fault.start_s + (step * len(fault.nodes) + i) * gap, 2) for step in range(steps)
+        )
+        for i, node in enumerate(fault.nodes)
+    }
 
 
 def _free(intervals: list[tuple[float, float]], start: float, end: float) -> bool:

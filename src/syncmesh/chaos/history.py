@@ -45,6 +45,9 @@ class Write:
     hi: int | None = None  # the floor once the capture was seen (stamp <= hi)
     stamp: int | None = None  # the exact HLC, when it could be read back
     cl: int | None = None  # the causal length the write left the row at
+    # How many steps of the `migrate` fault's plan its node's client had run
+    # when it wrote: the table and column names it wrote are those of that shape.
+    schema: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

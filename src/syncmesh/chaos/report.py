@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from syncmesh.chaos.faults import ALL_KINDS, FAULT_KINDS
+from syncmesh.chaos.migrations import DEFAULT_PLANS
 from syncmesh.chaos.run import RunOptions, ScheduleResult
 
 
@@ -25,12 +26,14 @@ def schedule_line(result: ScheduleResult) -> str:
 def reproduce_command(options: RunOptions, result: ScheduleResult) -> str:
     schedule = result.schedule
     kinds = "" if options.kinds == list(FAULT_KINDS) else f" --faults {','.join(options.kinds)}"
-    adversarial = f" --adversarial {','.join(options.adversarial)}" if options.adversarial else ""
+    extra = f" --adversarial {','.join(options.adversarial)}" if options.adversarial else ""
+    if "migrate" in options.kinds and options.plans != DEFAULT_PLANS:
+        extra += f" --migrations {','.join(options.plans)}"
     return (
         f"syncmesh chaos --seed {schedule.seed} --only {schedule.index}"
         f" --nodes {schedule.nodes} --topology {schedule.topology}"
         f" --duration {schedule.duration_s:g} --faults-per-schedule"
-        f" {options.faults_per_schedule}{kinds}{adversarial}"
+        f" {options.faults_per_schedule}{kinds}{extra}"
     )
 
 
@@ -104,6 +107,7 @@ def json_report(options: RunOptions, results: list[ScheduleResult]) -> dict[str,
         "faults_per_schedule": options.faults_per_schedule,
         "kinds": options.kinds,
         "adversarial": list(options.adversarial),
+        "migrations": list(options.plans),
         "schedules": [result.as_json() for result in results],
         "violations": sum(len(result.violations) for result in results),
     }

@@ -28,6 +28,7 @@ from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES
 from syncmesh.chaos.checkers import (
     ClockCheck,
     ClockSample,
+    DroppedCells,
     Held,
     Violation,
     WriteTally,
@@ -35,6 +36,7 @@ from syncmesh.chaos.checkers import (
     check_convergence,
     check_echo,
     check_held,
+    check_indexes,
     check_logs,
     check_orders,
     check_phantom_rows,
@@ -42,13 +44,19 @@ from syncmesh.chaos.checkers import (
     check_schema,
     check_writes,
     held_by,
-    renamed_cells,
+    in_final_shape,
     torn_orders_in,
 )
 from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
 from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule, migration_times
 from syncmesh.chaos.history import Replica, Write, read_history, read_replica
-from syncmesh.chaos.migrations import MIGRATION_SHAPES, MIGRATIONS, Migration
+from syncmesh.chaos.migrations import (
+    DEFAULT_PLANS,
+    MIGRATION_PLANS,
+    PLANS,
+    WORKLOAD_TABLE,
+    MigrationPlan,
+)
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
@@ -85,6 +93,7 @@ class RunOptions:
     workdir: Path | None = None
     keep: bool = False  # keep every schedule's files (failed ones are always kept)
     adversarial: tuple[str, ...] = ()  # features of the adversarial workload (chaos.adversarial)
+    plans: tuple[str, ...] = DEFAULT_PLANS  # what the `migrate` fault deals (chaos.migrations)
 
 
 @dataclass(slots=True)
@@ -98,7 +107,7 @@ class ScheduleResult:
     changes_applied: int = 0
     drift_refusals: int = 0
     restores: int = 0
-    migration: str = ""  # the shape of the schedule's `migrate` fault, if any
+    migration: str = ""  # the plan of the schedule's `migrate` fault, if any
     writes_restore_exempt: int = 0  # made at a restored node after its copy, held nowhere else
     torn_samples: int = 0
     resets: int = 0
@@ -157,14 +166,16 @@ class ScheduleRun:
         self._t0 = 0.0  # when the workload started: fault times count from here
         self._restarts: set[asyncio.Task[None]] = set()
         self.restored: list[_Restored] = []
-        # The schedule's rolling schema change: its shape, and when each node's client runs it.
-        self.migration: Migration | None = None
-        self.migrate_at: dict[int, float] = {}
+        # The schedule's rolling schema changes: the plan, and when each node's client
+        # runs each of its steps.
+        self.plan: MigrationPlan | None = None
+        self.migrate_at: dict[int, tuple[float, ...]] = {}
+        self.dropped_cells: DroppedCells = set()  # written into columns the plan dropped
         for fault in schedule.faults:
             if fault.kind == "migrate":
-                self.migration = MIGRATIONS[MIGRATION_SHAPES[int(fault.params["shape"])]]
+                self.plan = PLANS[MIGRATION_PLANS[int(fault.params["plan"])]]
                 self.migrate_at = migration_times(fault)
-                self.result.migration = self.migration.name
+                self.result.migration = self.plan.name
                 break
 
     async def run(self) -> ScheduleResult:
@@ -247,17 +258,17 @@ class ScheduleRun:
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
         self.writes = read_history(histories)
-        if self.migration is not None:
-            self.writes = renamed_cells(self.writes, "kv", self.migration.renames)
+        if self.plan is not None:
+            self.writes, self.dropped_cells = in_final_shape(self.writes, self.plan)
         self.result.writes = len(self.writes)
         self.result.failed_writes = sum(
             int(path.with_suffix(".failed").read_text()) for path in histories
         )
 
-    def _migration_of(self, node: ChaosNode) -> tuple[str, float] | None:
-        if self.migration is None:
+    def _migration_of(self, node: ChaosNode) -> tuple[str, tuple[float, ...]] | None:
+        if self.plan is None:
             return None
-        return self.migration.name, self.migrate_at[node.index]
+        return self.plan.name, self.migrate_at[node.index]
 
     def _since_start(self) -> float:
         return time.monotonic() - self._t0
@@ -541,20 +552,28 @@ class ScheduleRun:
         replicas = self._replicas()
         violations = result.violations
         violations.extend(check_convergence(replicas))
-        if self.migration is not None:
-            columns = self.migration.columns_after(KV_COLUMNS)
-            violations.extend(check_schema(replicas, "kv", columns))
+        kv_table = WORKLOAD_TABLE
+        if self.plan is not None:
+            kv_table = self.plan.final_table
+            columns = self.plan.columns(KV_COLUMNS)[-1]
+            violations.extend(check_schema(replicas, kv_table, columns))
+            indexes = {node.name: _indexes(node.db, kv_table) for node in self.nodes}
+            violations.extend(check_indexes(indexes, self.plan.final_indexes(), kv_table))
         converged = not any(v.checker == "convergence" for v in violations)
         judged = [write for write in self.writes if not self._may_be_lost(write)]
         result.writes_restore_exempt = len(self.writes) - len(judged)
         restored_nodes = {restored.node for restored in self.restored}
-        phantom_tables = ["kv", *(ADVERSARIAL_TABLES if self.options.adversarial else [])]
+        phantom_tables = [kv_table, *(ADVERSARIAL_TABLES if self.options.adversarial else [])]
         for replica in replicas[:1] if converged else replicas:
             found, tally = check_writes(self.writes, replica, self._may_be_lost)
             violations.extend(found)
             for table in phantom_tables:
-                added = self.migration.added if self.migration and table == "kv" else None
-                violations.extend(check_phantoms(self.writes, replica, table, added))
+                if self.plan is not None and table == kv_table:
+                    added, dropped = self.plan.final_defaults(), self.dropped_cells
+                    found = check_phantoms(self.writes, replica, table, added, dropped)
+                else:
+                    found = check_phantoms(self.writes, replica, table)
+                violations.extend(found)
             violations.extend(check_phantom_rows(self.writes, replica, phantom_tables))
             violations.extend(check_orders(judged, replica))
             for restored in self.restored:
@@ -705,6 +724,20 @@ def _read_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _indexes(path: Path, table: str) -> frozenset[str]:
+    """The names of the indexes an application made on `table` (not SQLite's own)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = connection.execute(
+            "SELECT name FROM sqlite_schema"
+            " WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            [table],
+        )
+        return frozenset(str(row[0]) for row in rows)
+    finally:
+        connection.close()
+
+
 def _applied_rows(path: Path) -> int:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
@@ -731,6 +764,7 @@ def run_schedules(
             kinds=options.kinds,
             faults_per_schedule=options.faults_per_schedule,
             drift_ms=options.drift_ms,
+            plans=options.plans,
         )
         directory = base / f"schedule-{index}"
         if directory.exists():

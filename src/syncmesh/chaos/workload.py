@@ -17,11 +17,13 @@ nodes conflict often:
 - with `--adversarial FEATURES`, a share of operations on the adversarial
   tables (`syncmesh.chaos.adversarial`: UNIQUE constraints, foreign keys
   with cascades, application triggers, non-UTF-8 TEXT, -0.0);
-- with `--migrate SHAPE --migrate-at-s S` (the `migrate` fault), the client
-  runs that schema change of `kv` (`syncmesh.chaos.migrations`) S seconds
-  in, in one transaction, as the application's migration would; it stops
-  writing until the node has reconciled the table, then writes the new
-  shape (new columns, the new name of a renamed one).
+- with `--migrate PLAN --migrate-at-s S1,S2` (the `migrate` fault), the
+  client runs each step of that plan of schema changes of `kv`
+  (`syncmesh.chaos.migrations`) at its time (seconds in), each in one
+  transaction, as the application's migration would; it stops writing
+  until the node has reconciled the table, then writes the new shape (new
+  columns, the new name of a renamed column or table, no dropped column),
+  and records with each write how many steps it had run (`Write.schema`).
 
 Every value written is unique in the whole run, so a value names its write.
 A write that fails (the node holds the lock while it is paused) is not
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from syncmesh.chaos.adversarial import AdversarialWriter, parse_features
 from syncmesh.chaos.history import Write
-from syncmesh.chaos.migrations import MIGRATIONS, Migration
+from syncmesh.chaos.migrations import PLANS, MigrationPlan
 from syncmesh.model import SqlValue
 
 WORKLOAD_DDL = """
@@ -79,7 +81,7 @@ class Client:
         node_index: int,
         seed: int,
         adversarial: tuple[str, ...] = (),
-        migration: Migration | None = None,
+        plan: MigrationPlan | None = None,
     ) -> None:
         self.node = node
         self.node_index = node_index
@@ -95,58 +97,77 @@ class Client:
             if adversarial
             else None
         )
-        self.migration = migration
-        self.migrated = False
-        # kv's value columns as this node's schema has them, and their shadow slots.
+        self.plan = plan
+        self.steps_done = 0  # steps of the plan this client has run
+        # kv's name and value columns as this node's schema has them.
+        self.kv_table = "kv"
         self.kv_columns: tuple[str, ...] = KV_COLUMNS
-        self.kv_slots: tuple[int, ...] = tuple(range(len(KV_COLUMNS)))
+
+    @property
+    def migrated(self) -> bool:
+        """True once every step of the plan ran (or there is none)."""
+        return self.plan is None or self.steps_done == len(self.plan.steps)
 
     # -- migrating ---------------------------------------------------------------------
 
     def migrate(self) -> bool:
-        """Run the migration in one transaction; True once it committed and was reconciled.
+        """Run the plan's next step in one transaction; True once it committed.
 
-        Pending stamps are read first (with the old column names), as an
+        Pending stamps are read first (with the old names), as an
         application stops its writers before its migration; after the
-        COMMIT it waits for the node to reconcile `kv` before writing again
-        (docs/schema.md, "Rolling out a migration").
+        COMMIT it waits for the node to reconcile the table before writing
+        again (docs/schema.md, "Rolling out a migration").
         """
-        assert self.migration is not None
+        assert self.plan is not None
+        step = self.plan.steps[self.steps_done]
         self.resolve(RESOLVE_WAIT_S * 10)
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            for statement in self.migration.statements:
+            for statement in step.sql(self.kv_table, self.kv_columns):
                 self.db.execute(statement)
             self.db.execute("COMMIT")
         except sqlite3.OperationalError as exc:  # the node holds the lock: try again later
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            print(f"migration {self.migration.name} not run yet: {exc}", file=sys.stderr)
+            print(f"migration step {step.name} not run yet: {exc}", file=sys.stderr)
             return False
-        self.migrated = True
-        self.kv_columns = self.migration.columns_after(self.kv_columns)
+        self.steps_done += 1
+        self.kv_table = step.table_after(self.kv_table)
+        self.kv_columns = step.columns_after(self.kv_columns)
         self._wait_for_reconcile()
         return True
 
     def _wait_for_reconcile(self) -> None:
-        """Until the node's stored spec of kv lists the table's columns (bounded)."""
+        """Until the node's stored spec of the table (by its name now) lists its columns."""
         deadline = time.monotonic() + RECONCILE_WAIT_S
         while time.monotonic() < deadline:
             try:
-                stored = self.db.execute(
-                    "SELECT spec FROM _syncmesh_tables WHERE name = 'kv'"
-                ).fetchone()
+                slots = self._slots()
             except sqlite3.OperationalError:
-                stored = None
-            if stored is not None:
-                spec = json.loads(stored[0])
-                values = [column for column in spec["columns"] if column not in spec["pk"]]
-                if tuple(values) == self.kv_columns:
-                    slots = spec.get("slots", list(range(len(values))))
-                    self.kv_slots = tuple(int(slot) for slot in slots)
-                    return
+                slots = None
+            if slots is not None and tuple(slots) == self.kv_columns:
+                return
             time.sleep(RECONCILE_POLL_S)
-        print(f"kv not reconciled {RECONCILE_WAIT_S} s after the migration", file=sys.stderr)
+        print(
+            f"{self.kv_table} not reconciled {RECONCILE_WAIT_S} s after the migration",
+            file=sys.stderr,
+        )
+
+    def _slots(self) -> dict[str, int] | None:
+        """The node's stored slot of each value column of the table, by its name now.
+
+        None while the node has not reconciled a RENAME TABLE (no spec under
+        the new name yet).
+        """
+        stored = self.db.execute(
+            "SELECT spec FROM _syncmesh_tables WHERE name = ?", [self.kv_table]
+        ).fetchone()
+        if stored is None:
+            return None
+        spec = json.loads(stored[0])
+        values = [column for column in spec["columns"] if column not in spec["pk"]]
+        slots = spec.get("slots", list(range(len(values))))
+        return {column: int(slot) for column, slot in zip(values, slots, strict=True)}
 
     # -- writing --------------------------------------------------------------------
 
@@ -175,6 +196,24 @@ class Client:
         if column == "n":
             return self.node_index * 1_000_000_000 + self.index
         return f"{self.node}.{self.index}.{column}"
+
+    @property
+    def _log_table(self) -> str:
+        return f"_syncmesh_log_{self.kv_table}"
+
+    def _write(self, op: str, key: int, cells: dict[str, SqlValue], lo: int) -> Write:
+        """The record of a write of kv, under the table's name now and the steps run so far."""
+        return Write(
+            op,
+            self.node,
+            self.site,
+            self.kv_table,
+            [key],
+            self.index,
+            cells,
+            lo=lo,
+            schema=self.steps_done,
+        )
 
     def _begin(self) -> int:
         self.db.execute("BEGIN IMMEDIATE")
@@ -205,14 +244,14 @@ class Client:
         lo = self._begin()
         sets = ", ".join(f"{column} = ?" for column in columns)
         changed = self.db.execute(
-            f"UPDATE kv SET {sets} WHERE k = ?",  # noqa: S608
+            f"UPDATE {self.kv_table} SET {sets} WHERE k = ?",  # noqa: S608
             [*cells.values(), key],
         ).rowcount
         if not changed:
             self.db.execute("ROLLBACK")
             return
-        write = Write("update", self.node, self.site, "kv", [key], self.index, cells, lo=lo)
-        self._commit(write, "_syncmesh_log_kv")
+        write = self._write("update", key, cells, lo)
+        self._commit(write, self._log_table)
 
     def _upsert(self, key: int) -> None:
         cells: dict[str, SqlValue] = {column: self._value(column) for column in self.kv_columns}
@@ -221,20 +260,20 @@ class Client:
         marks = ", ".join("?" for _ in cells)
         sets = ", ".join(f"{column} = excluded.{column}" for column in cells)
         self.db.execute(
-            f"INSERT INTO kv (k, {names}) VALUES (?, {marks}) ON CONFLICT (k) DO UPDATE"  # noqa: S608
-            f" SET {sets}",
+            f"INSERT INTO {self.kv_table} (k, {names}) VALUES (?, {marks})"  # noqa: S608
+            f" ON CONFLICT (k) DO UPDATE SET {sets}",
             [key, *cells.values()],
         )
-        write = Write("upsert", self.node, self.site, "kv", [key], self.index, cells, lo=lo)
-        self._commit(write, "_syncmesh_log_kv")
+        write = self._write("upsert", key, cells, lo)
+        self._commit(write, self._log_table)
 
     def _delete(self, key: int) -> None:
         lo = self._begin()
-        if not self.db.execute("DELETE FROM kv WHERE k = ?", [key]).rowcount:
+        if not self.db.execute(f"DELETE FROM {self.kv_table} WHERE k = ?", [key]).rowcount:  # noqa: S608
             self.db.execute("ROLLBACK")
             return
-        write = Write("delete", self.node, self.site, "kv", [key], self.index, lo=lo)
-        self._commit(write, "_syncmesh_log_kv")
+        write = self._write("delete", key, {}, lo)
+        self._commit(write, self._log_table)
 
     def _order(self) -> None:
         order_id = f"{self.node}-{self.index}"
@@ -270,15 +309,25 @@ class Client:
         self.db.execute("BEGIN")
         try:
             if self.db.execute(
-                "SELECT 1 FROM _syncmesh_log_kv WHERE id <= ? LIMIT 1", [last_entry]
+                f"SELECT 1 FROM {self._log_table} WHERE id <= ? LIMIT 1",  # noqa: S608
+                [last_entry],
             ).fetchone():
                 return False
+            slots = self._slots()
+            if slots is None:
+                return False  # a RENAME TABLE not reconciled yet: look again later
+            # Columns the node has not reconciled yet have no slot: not read.
+            columns = [column for column in self.kv_columns if column in slots]
             key = write.key[0]
-            names = ", ".join(self.kv_columns)
-            row = self.db.execute(f"SELECT {names} FROM kv WHERE k = ?", [key]).fetchone()  # noqa: S608
-            cells = "".join(f", h{slot}, s{slot}" for slot in self.kv_slots)
+            names = ", ".join(["k", *columns])
+            row = self.db.execute(
+                f"SELECT {names} FROM {self.kv_table} WHERE k = ?",  # noqa: S608
+                [key],
+            ).fetchone()
+            cells = "".join(f", h{slots[column]}, s{slots[column]}" for column in columns)
             shadow = self.db.execute(
-                f"SELECT cl, cl_hlc, cl_site{cells} FROM _syncmesh_shadow_kv WHERE k0 = ?",  # noqa: S608
+                f"SELECT cl, cl_hlc, cl_site{cells} FROM _syncmesh_shadow_{self.kv_table}"  # noqa: S608
+                " WHERE k0 = ?",
                 [key],
             ).fetchone()
             write.hi = int(self.db.execute("SELECT hlc FROM _syncmesh_state").fetchone()[0])
@@ -292,36 +341,59 @@ class Client:
             return True
         if row is None:
             return True
-        # Columns whose slot is not known yet (the node has not reconciled the
-        # migration: see _wait_for_reconcile) are not read: they come last.
-        for index, column in enumerate(self.kv_columns[: len(self.kv_slots)]):
+        for index, column in enumerate(columns):
             hlc, site = shadow[3 + 2 * index], shadow[4 + 2 * index]
-            if column in write.cells and row[index] == write.cells[column] and site == 0:
+            if (
+                column in write.cells
+                and self._same_column(write, column)
+                and row[1 + index] == write.cells[column]
+                and site == 0
+            ):
                 write.stamp, write.cl = hlc, shadow[0]
                 break
         return True
 
+    def _same_column(self, write: Write, column: str) -> bool:
+        """Whether `column` now is the column `write` wrote under that name.
+
+        Not if a step run since the write renamed, dropped or (re-)added a
+        column of that name: its cell is then another column's (a write left
+        pending across a migration, when the node was paused or killed).
+        """
+        if self.plan is None:
+            return True
+        for step in self.plan.steps[write.schema : self.steps_done]:
+            if column in step.renames or column in step.renames.values():
+                return False
+            if column in step.dropped or column in step.added:
+                return False
+        return True
+
 
 def run(args: argparse.Namespace) -> None:
-    migration = MIGRATIONS[args.migrate] if args.migrate else None
+    plan = PLANS[args.migrate] if args.migrate else None
+    step_times = [float(at) for at in args.migrate_at_s.split(",")] if plan else []
+    if plan is not None and len(step_times) != len(plan.steps):
+        raise SystemExit(f"--migrate-at-s: {len(plan.steps)} times needed for plan {plan.name}")
     client = Client(
         args.database,
         args.node,
         args.node_index,
         args.seed,
         parse_features(args.adversarial),
-        migration,
+        plan,
     )
     started = time.monotonic()
     deadline = started + args.duration_s
     while time.monotonic() < deadline and client.index < OPS_MAX:
-        if migration and not client.migrated and time.monotonic() - started >= args.migrate_at_s:
+        due = not client.migrated and time.monotonic() - started >= step_times[client.steps_done]
+        if due:
             client.migrate()
         client.step()
         client.resolve(RESOLVE_WAIT_S)
         time.sleep(OP_INTERVAL_S)
     late = time.monotonic() + MIGRATE_LATE_S
-    while migration and not client.migrated and time.monotonic() < late:
+    while not client.migrated and time.monotonic() < late:
         if not client.migrate():
             time.sleep(OP_INTERVAL_S)
     client.resolve(args.settle_s)
@@ -342,8 +414,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle-s", type=float, default=20.0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--adversarial", default="none", help="features, comma-separated")
-    parser.add_argument("--migrate", choices=sorted(MIGRATIONS), help="a schema change of kv")
-    parser.add_argument("--migrate-at-s", type=float, default=0.0, help="when to run it")
+    parser.add_argument("--migrate", choices=sorted(PLANS), help="a plan of schema changes of kv")
+    parser.add_argument(
+        "--migrate-at-s", default="0", help="when to run each step (seconds, comma-separated)"
+    )
     run(parser.parse_args(argv))
 
 

@@ -13,11 +13,13 @@ from syncmesh.chaos import (
     FAULT_DESCRIPTIONS,
     FAULT_KINDS,
     FEATURES,
+    MIGRATION_PLANS,
     TOPOLOGIES,
     RunOptions,
     ScheduleResult,
     json_report,
     parse_features,
+    parse_plans,
     run_schedules,
     schedule_line,
     summary,
@@ -44,6 +46,13 @@ def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
 def _features(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
     try:
         return parse_features(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _plans(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    try:
+        return parse_plans(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -98,6 +107,14 @@ def _features(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple
     + " (docs/chaos.md).",
 )
 @click.option(
+    "--migrations",
+    "plans",
+    default="default",
+    callback=_plans,
+    help="Plans the `migrate` fault deals: default (all but the opt-in drop+readd), all, or"
+    " some of " + ",".join(MIGRATION_PLANS) + " (docs/chaos.md).",
+)
+@click.option(
     "--faults-per-schedule",
     type=click.IntRange(0, 50),
     default=4,
@@ -140,6 +157,7 @@ def chaos(
     json_path: Path | None,
     list_faults: bool,
     adversarial: tuple[str, ...],
+    plans: tuple[str, ...],
 ) -> None:
     """Run nodes under injected faults and check that nothing is lost.
 
@@ -167,6 +185,7 @@ def chaos(
         workdir=workdir,
         keep=keep,
         adversarial=adversarial,
+        plans=plans,
     )
 
     def report(result: ScheduleResult) -> None:
