@@ -9,8 +9,8 @@ next one starts (two rolling deploys in a row).  The steps:
   TEXT NOT NULL DEFAULT 'd-default'` (rows inserted at nodes that have not
   migrated arrive without `d`: only the database's default can fill it);
 - `rebuild`: what Django does on SQLite to add a column: create
-  `new__kv` with the new column, copy the rows, drop `kv`, rename
-  `new__kv` to `kv`;
+  `new__kv` with the columns `kv` has then and the new column `c`, copy
+  the rows, drop `kv`, rename `new__kv` to `kv`;
 - `rename`: `ALTER TABLE kv RENAME COLUMN b TO bee`;
 - `drop`: `ALTER TABLE kv DROP COLUMN b`, a column every client writes:
   its values are gone once every node dropped it;
@@ -22,6 +22,9 @@ next one starts (two rolling deploys in a row).  The steps:
 - `index`: `CREATE UNIQUE INDEX` on `n` (whose values are unique: each
   names its write) and a plain `CREATE INDEX` on `a`;
 - `unindex`: `DROP INDEX` of the UNIQUE one.
+
+The plans are listed at the end (`PLANS`); `drop+readd` is opt-in, because
+it finds an engine defect today (docs/chaos.md).
 
 Each migration runs as an application's migration does: by the client
 process of that node (the application), inside one transaction, and the
