@@ -17,6 +17,7 @@ from syncmesh.chaos.checkers import (
     check_orders,
     check_phantoms,
     check_schema,
+    check_waiting,
     check_writes,
     in_final_shape,
     torn_orders,
@@ -467,3 +468,10 @@ def test_clock_floors_never_go_back_nor_adopt_far_stamps() -> None:
     assert len(check_clocks(never_ahead, ClockCheck(5_000))) == 1
     assert messages[0].startswith("n0: clock floor went back")
     assert messages[1].startswith("n1: clock floor 9000 ms ahead")
+
+
+def test_cells_still_waiting_once_every_node_migrated_are_a_violation() -> None:
+    assert check_waiting({"n0": {}, "n1": {}}) == []
+    violations = check_waiting({"n0": {}, "n1": {("kv", "c"): 3}})
+    assert kinds(violations) == ["migrate"]
+    assert "n1: 3 cells of kv.c still wait" in violations[0].message

@@ -335,6 +335,26 @@ def check_indexes(
     ]
 
 
+def check_waiting(waiting: Mapping[str, Mapping[tuple[str, str], int]]) -> list[Violation]:
+    """No node still holds waiting cells once every node ran every step of the plan.
+
+    `waiting`: per node, (table, column as sent) -> how many cells wait.
+    A cell waits at a node that lacks its column (ADR 0013, "Mixed schema
+    versions"); once every node has the final shape, each one has landed
+    or was discarded, so one left waiting was neither merged nor sent on
+    (and caps that node's version vector).
+    """
+    return [
+        Violation(
+            "migrate",
+            f"{node}: {count} cells of {table}.{column} still wait for their column"
+            " although every node has the final shape",
+        )
+        for node, cells in sorted(waiting.items())
+        for (table, column), count in sorted(cells.items())
+    ]
+
+
 def check_phantom_rows(writes: list[Write], replica: Replica, tables: list[str]) -> list[Violation]:
     """Every live row of `tables` was written by someone: some client wrote its key.
 

@@ -42,6 +42,7 @@ from syncmesh.chaos.checkers import (
     check_phantom_rows,
     check_phantoms,
     check_schema,
+    check_waiting,
     check_writes,
     held_by,
     in_final_shape,
@@ -559,6 +560,7 @@ class ScheduleRun:
             violations.extend(check_schema(replicas, kv_table, columns))
             indexes = {node.name: _indexes(node.db, kv_table) for node in self.nodes}
             violations.extend(check_indexes(indexes, self.plan.final_indexes(), kv_table))
+            violations.extend(check_waiting({node.name: _waiting(node.db) for node in self.nodes}))
         converged = not any(v.checker == "convergence" for v in violations)
         judged = [write for write in self.writes if not self._may_be_lost(write)]
         result.writes_restore_exempt = len(self.writes) - len(judged)
@@ -734,6 +736,19 @@ def _indexes(path: Path, table: str) -> frozenset[str]:
             [table],
         )
         return frozenset(str(row[0]) for row in rows)
+    finally:
+        connection.close()
+
+
+def _waiting(path: Path) -> dict[tuple[str, str], int]:
+    """How many cells wait for their column in `path`, per (table, column as sent)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = connection.execute(
+            "SELECT table_name, column_name, count(*) FROM _syncmesh_waiting"
+            " GROUP BY table_name, column_name"
+        )
+        return {(str(table), str(column)): int(count) for table, column, count in rows}
     finally:
         connection.close()
 

@@ -126,7 +126,10 @@ class Client:
             for statement in step.sql(self.kv_table, self.kv_columns):
                 self.db.execute(statement)
             self.db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # the node holds the lock: try again later
+        except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+            # The node holds the lock: try again later.  (An IntegrityError, a UNIQUE
+            # index on values that are not unique, would mean a value was copied to
+            # another row: the `migrate` checker then reports the missing index.)
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             print(f"migration step {step.name} not run yet: {exc}", file=sys.stderr)
