@@ -477,7 +477,9 @@ def _assert_final_shape(path: Path, name: str) -> None:
         indexes = {
             str(row[0])
             for row in connection.execute(
-                "SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL"
+                "SELECT name FROM sqlite_schema"
+                " WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+                [table],
             )
         }
         tracked = [str(row[0]) for row in connection.execute("SELECT name FROM _syncmesh_tables")]
