@@ -475,3 +475,39 @@ def test_cells_still_waiting_once_every_node_migrated_are_a_violation() -> None:
     violations = check_waiting({"n0": {}, "n1": {("kv", "c"): 3}})
     assert kinds(violations) == ["migrate"]
     assert "n1: 3 cells of kv.c still wait" in violations[0].message
+
+
+def test_each_plan_says_its_final_shape() -> None:
+    """What the `migrate` checker expects after each plan: table, columns, defaults, indexes."""
+    shapes = {
+        name: (
+            plan.final_table,
+            plan.columns(COLUMNS)[-1],
+            plan.final_defaults(),
+            plan.final_indexes(),
+        )
+        for name, plan in PLANS.items()
+    }
+    no_indexes: frozenset[str] = frozenset()
+    assert shapes == {
+        "add+rename": (
+            "kv",
+            ("a", "bee", "n", "c", "d"),
+            {"c": None, "d": "d-default"},
+            no_indexes,
+        ),
+        "drop+rebuild": ("kv", ("a", "n", "c"), {"c": None}, no_indexes),
+        "rename-table+rebuild": ("kv_items", ("a", "b", "n", "c"), {"c": None}, no_indexes),
+        "index+unindex": ("kv", COLUMNS, {}, frozenset({"kv_a"})),
+        "add": ("kv", ("a", "b", "n", "c", "d"), {"c": None, "d": "d-default"}, no_indexes),
+        "rebuild": ("kv", ("a", "b", "n", "c"), {"c": None}, no_indexes),
+        "rename": ("kv", ("a", "bee", "n"), {}, no_indexes),
+        "drop": ("kv", ("a", "n"), {}, no_indexes),
+        "drop+readd": ("kv", ("a", "n", "b"), {"b": None}, no_indexes),
+    }
+    # A rebuild copies the columns the table has when it runs, whatever the steps before.
+    rebuild = PLANS["drop+rebuild"].steps[1]
+    assert rebuild.sql("kv", ("a", "n"))[:2] == (
+        "CREATE TABLE new__kv (k INTEGER PRIMARY KEY, a TEXT, n INTEGER, c TEXT)",
+        "INSERT INTO new__kv (k, a, n, c) SELECT k, a, n, NULL FROM kv",
+    )
