@@ -5,12 +5,11 @@ two rolling deploys, the first drops `b` at every site, the second adds a
 new `b`.  A site that has re-added `b` writes it; a site that has dropped
 `b` but not re-added it yet receives those cells while `b` is a *dropped
 name* there, and discards them (`apply.dropped_here`: "the column will not
-come back under that identity").  Once it re-adds `b`, nothing sends them
-again, so the two sites hold different values for good.  The store cannot
-tell today a cell of the new `b` from one of the old `b` written late at a
-site that had not dropped it yet: both arrive under the name `b`, and the
-stamp alone does not say which column it belongs to (ADR 0013: cells are
-mapped by name and former names; a column's `born` stamp stays local).
+come back under that identity").  Before the fix nothing sent them again
+once it re-added `b`, so the two sites held different values for good.
+Now a re-add of a dropped name makes the node sync everything once more
+(`reconcile`, `vector.forget_peer_claims`); the column's `born` stamp keeps
+the old column's cells out.
 """
 
 from __future__ import annotations
@@ -67,12 +66,6 @@ def rows(store: SqliteStore) -> str:
     return sqlite3_shell(Path(store.context.path), "SELECT id, name, b FROM items")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine defect: a cell of a column re-added at one site is discarded at a site"
-    " that dropped the name and has not re-added it yet; the sites never converge"
-    " (docs/chaos.md, 'Rolling migrations')",
-)
 def test_a_column_re_added_after_every_site_dropped_it_converges(
     stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
 ) -> None:
@@ -94,6 +87,9 @@ def test_a_column_re_added_after_every_site_dropped_it_converges(
     pull(a, b)  # b has no column b yet: the cell must wait there, as any new column's
     b_clock.advance(20)
     add_column(b, "items", "b TEXT")
+    cursor = b.peer_cursor(a.site_id)
+    assert cursor is not None
+    assert cursor.cursor == 0  # b reads a's feed again from the start
     pull(a, b)
     pull(b, a)
     assert rows(a) == "k|n|new\n"  # the old value is not resurrected

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import TableSpec
-from syncmesh.store.sqlite import capture, waiting
+from syncmesh.store.sqlite import capture, vector, waiting
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ALL_COLUMNS,
@@ -386,11 +386,16 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     capture.capture_pending(ctx)
     hlc = ctx.clock.tick()
     new_tables: dict[str, TableSql] = {}
+    resync = False
     for plan in plans:
         if plan.problem is not None:
             continue
         layout = new_layout(plan, hlc)
         table_lines = plan.changes()
+        # A name dropped here and added again: cells of the new column that came
+        # while the name was dropped were discarded (apply.dropped_here).  Peers
+        # send everything again; born_of keeps the old column's cells out.
+        resync = resync or bool(set(plan.added) & plan.layout.dropped_names())
         lines += table_lines
         if plan.columns_changed or plan.table_renamed:
             store_layout(connection, layout.name, layout)
@@ -414,6 +419,8 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         new_tables[layout.name] = table
     ctx.tables = new_tables
     capture.capture_pending(ctx)
+    if resync:
+        vector.forget_peer_claims(ctx)
     if changed:
         merge_ready_waiting_cells(ctx)
     if changed or lines:

@@ -132,7 +132,7 @@ def _track_in_transaction(
             _record_integer_key_opt_in(ctx, spec, allow_integer_keys)
             gained = True
         if gained:
-            forget_peer_claims(ctx)
+            vector.forget_peer_claims(ctx)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
 
 
@@ -142,19 +142,6 @@ def _record_integer_key_opt_in(
     """Keep the user's opt-in for a table whose keys SQLite allocates (integer_keys.py)."""
     if spec.name in allowed and allocated_key(ctx.connection, spec) is not None:
         integer_keys.record_allowed(ctx.connection, spec.name)
-
-
-def forget_peer_claims(ctx: StoreContext) -> None:
-    """Sync everything once more: a node that gains a table cannot trust its claims.
-
-    Its vector entries for other sites say which of their writes it holds,
-    but it held none of the new table's rows (ADR 0013): a peer filtering by
-    them would never send those rows.  So the entries of other sites go,
-    and every peer's feed is read again from the start (the merge is
-    idempotent: what is held already changes nothing).
-    """
-    ctx.connection.execute("UPDATE _syncmesh_peers SET cursor = 0")
-    ctx.connection.execute("DELETE FROM _syncmesh_vector WHERE site_id <> ?", (ctx.site_id(),))
 
 
 def untrack(ctx: StoreContext, names: list[str]) -> None:
