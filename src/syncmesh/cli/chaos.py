@@ -109,10 +109,11 @@ def _plans(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[st
 @click.option(
     "--migrations",
     "plans",
-    default="default",
+    default="all",
     callback=_plans,
-    help="Plans the `migrate` fault deals: default (all but the opt-in drop+readd), all, or"
-    " some of " + ",".join(MIGRATION_PLANS) + " (docs/chaos.md).",
+    help="Plans of schema changes the `migrate` fault deals: all, or some of "
+    + ",".join(MIGRATION_PLANS)
+    + " (docs/chaos.md).",
 )
 @click.option(
     "--faults-per-schedule",
