@@ -440,3 +440,58 @@ def test_waiting_cells_land_in_a_table_with_a_not_null_column(tmp_path: Path) ->
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_row_from_an_older_schema_refused_for_drift_takes_the_default_on_retry(
+    make_store: MakeStore,
+) -> None:
+    """Found by the state machine: the row was quarantined in our columns, with a NULL
+    cell for the column its sender lacks, and its retry wrote that NULL over the
+    column's DEFAULT; the sites that got the row in time held the DEFAULT."""
+    a_clock, b_clock = ManualClock(1_700_000_000_000), ManualClock(1_700_000_000_000 - 100_000)
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    add_column(b, "items", "extra TEXT DEFAULT 'dflt'")
+    write(a, "INSERT INTO items VALUES ('k', 'from a')")
+    result = pull(a, b)
+    assert result.drift_refused_rows == 1  # b's clock is 100 s behind a's stamp
+    (entry,) = b.quarantine()
+    assert "ahead of the local clock" in str(entry["reason"])
+    b_clock.set(1_700_000_000_000 + 1_000)
+    assert b.retry_quarantine() == 1
+    assert shell(b, "SELECT id, name, extra FROM items") == "k|from a|dflt\n"
+    # Once a migrates too, both hold the same row.
+    add_column(a, "items", "extra TEXT DEFAULT 'dflt'")
+    sync(a, b)
+    assert rows_with_types(a.connection, "items") == rows_with_types(b.connection, "items")
+
+
+def test_a_row_from_an_older_schema_refused_by_a_constraint_takes_the_default_on_retry(
+    make_store: MakeStore,
+) -> None:
+    """The same for a row a constraint turned away: it is kept as the sender sent it."""
+    a, b = make_store("a"), make_store("b")
+    add_column(b, "items", "extra TEXT DEFAULT 'dflt'")
+    shell(b, "CREATE UNIQUE INDEX items_name ON items (name)")
+    write(b, "INSERT INTO items VALUES ('k1', 'taken', 'mine')")
+    write(a, "INSERT INTO items VALUES ('k2', 'taken')")
+    pull(a, b)
+    assert [entry["pk"] for entry in b.quarantine()] == ["'k2'"]
+    write(b, "DELETE FROM items WHERE id = 'k1'")
+    assert b.retry_quarantine() == 1
+    assert shell(b, "SELECT id, name, extra FROM items") == "k2|taken|dflt\n"
+
+
+def test_a_row_refused_for_drift_from_a_site_that_renamed_a_column_lands_in_ours(
+    make_store: MakeStore,
+) -> None:
+    """The entry keeps each cell under our name for its column: the sender's former
+    names (which the retry's batch no longer carries) are not needed to map it."""
+    a_clock, b_clock = ManualClock(1_700_000_000_000), ManualClock(1_700_000_000_000 - 100_000)
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    rename_column(a, "items", "name", "title")
+    write(a, "INSERT INTO items (id, title) VALUES ('k', 'renamed at a')")
+    assert pull(a, b).drift_refused_rows == 1
+    b_clock.set(1_700_000_000_000 + 1_000)
+    assert b.retry_quarantine() == 1
+    assert shell(b, "SELECT id, name FROM items") == "k|renamed at a\n"
+    assert b.status().waiting_cells == {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from syncmesh.clock import HybridClock
@@ -103,11 +103,12 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
             continue
         assert table is not None
         lacking: frozenset[str] = frozenset()
+        sent = incoming
         if incoming.columns != table.values or _has_stale_cells(table):
             # Another schema version: map its columns to ours, keep the cells
             # of columns not here as waiting cells (ADR 0013).
             incoming, lacking = _to_local_columns(ctx, table, incoming, shared)
-        done = merge_table(ctx, table, incoming, shared, lacking)
+        done = merge_table(ctx, table, incoming, shared, lacking, sent)
         applied += done.applied
         if done.applied:
             by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
@@ -224,18 +225,21 @@ def merge_table(
     incoming: TableRows,
     shared: _Incoming,
     lacking: frozenset[str] = frozenset(),
+    sent: TableRows | None = None,
 ) -> TableApplied:
     """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
 
     `incoming` has our columns (`_to_local_columns`); `lacking` are those
-    the sender does not have, which the user rows do not write.
+    the sender does not have, which the user rows do not write; `sent` is
+    the table as the sender sent it (rows aligned with `incoming`'s).
     Rows with a stamp above `shared.bound` (the drift limit) are refused
     into the quarantine, to be retried once the clock has caught up.
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
-    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
-    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk, lacking)
+    refusals = _Refusals(table, incoming, sent or incoming, shared)
+    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk, refusals)
+    failed, quarantined = _write_user_rows(ctx, table, shared, merge, on_disk, lacking, refusals)
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -252,6 +256,51 @@ def merge_table(
 
 
 OnDisk = dict[Key, tuple[list[SqlValue], str | None, int | None]]
+
+
+class _Refusals:
+    """Puts refused rows in the quarantine with the cells their sender wrote, in our names.
+
+    A row mapped to our columns (`_to_local_columns`) holds a default
+    cell, with no value, for each column the sender lacks (and for a
+    stale cell of a column re-added here); kept like that, its retry would
+    write NULL into a column that a new row must take at its DEFAULT.  So
+    the entry holds the row as sent, less the cells the mapping already
+    dealt with (waiting, discarded), each other cell under our name for its
+    column: the retry maps that to the schema of its moment.
+    """
+
+    def __init__(
+        self, table: TableSql, incoming: TableRows, sent: TableRows, shared: _Incoming
+    ) -> None:
+        self.table, self.incoming, self.sent, self.shared = table, incoming, sent, shared
+        self.as_sent: dict[int, list[SqlValue]] | None = None  # mapped row -> row as sent
+
+    def add(self, ctx: StoreContext, row: list[SqlValue], reason: str | None = None) -> None:
+        """Quarantine `row` (of the mapped rows) for `reason`, or for its drift by default."""
+        change = self._as_sent(row)
+        if reason is None:
+            reason = _drift_reason(change, ctx.clock)
+        quarantine.add(ctx, change, self.shared.origin, reason)
+
+    def _as_sent(self, row: list[SqlValue]) -> RowChange:
+        if self.sent is self.incoming:
+            return _change_of(self.incoming, row, self.shared.batch_sites)
+        if self.as_sent is None:
+            self.as_sent = {
+                id(mapped): original
+                for mapped, original in zip(self.incoming.rows, self.sent.rows, strict=True)
+            }
+        change = _change_of(self.sent, self.as_sent[id(row)], self.shared.batch_sites)
+        ours = {
+            self.sent.columns[source]: column
+            for column, source in zip(
+                self.table.values, map_columns(self.table, self.sent).sources, strict=True
+            )
+            if source is not None
+        }
+        cells = {ours[name]: cell for name, cell in change.state.cells.items() if name in ours}
+        return RowChange(change.table, change.pk, replace(change.state, cells=cells))
 
 
 @dataclass(slots=True)
@@ -275,6 +324,7 @@ def _merge_keys(
     shared: _Incoming,
     pks: list[Key],
     on_disk: OnDisk,
+    refusals: _Refusals,
 ) -> _KeyMerge:
     """Join each incoming row with the key's state so far (on disk, or earlier in the batch)."""
     keys = table.key_count
@@ -298,8 +348,7 @@ def _merge_keys(
             default=0,
         )
         if top > bound:
-            change = _change_of(incoming, row, batch_sites)
-            quarantine.add(ctx, change, shared.origin, _drift_reason(change, ctx.clock))
+            refusals.add(ctx, row)
             refused += 1
             continue
         earlier = merged_by_key.get(pk)
@@ -389,11 +438,11 @@ def _identical(left: RowState, right: RowState) -> bool:
 def _write_user_rows(
     ctx: StoreContext,
     table: TableSql,
-    incoming: TableRows,
     shared: _Incoming,
     merge: _KeyMerge,
     on_disk: OnDisk,
-    lacking: frozenset[str] = frozenset(),
+    lacking: frozenset[str],
+    refusals: _Refusals,
 ) -> tuple[set[Key], int]:
     """One user-table write per key, from its final state; (keys refused, rows quarantined).
 
@@ -480,8 +529,7 @@ def _write_user_rows(
             pk = group_keys[index]
             failed.add(pk)
             for row in merge.merged[pk].rows:
-                change = _change_of(incoming, row, shared.batch_sites)
-                quarantine.add(ctx, change, shared.origin, reason)
+                refusals.add(ctx, row, reason)
                 quarantined += 1
     return failed, quarantined
 
