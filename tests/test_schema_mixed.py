@@ -495,3 +495,26 @@ def test_a_row_refused_for_drift_from_a_site_that_renamed_a_column_lands_in_ours
     assert b.retry_quarantine() == 1
     assert shell(b, "SELECT id, name FROM items") == "k|renamed at a\n"
     assert b.status().waiting_cells == {}
+
+
+def test_quarantined_rows_naming_other_columns_are_retried_each_in_its_own_shape(
+    make_store: MakeStore,
+) -> None:
+    """Found by the state machine: retried in one batch with the union of the columns,
+    a row sent before its sender added a column read as holding no stamp for it,
+    where every other site holds the shared default stamp: the trees never agreed."""
+    a_clock, b_clock = ManualClock(1_700_000_000_000), ManualClock(1_700_000_000_000 - 100_000)
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    add_column(b, "items", "extra TEXT DEFAULT 'dflt'")
+    write(a, "INSERT INTO items VALUES ('k1', 'before a migrated')")
+    assert pull(a, b).drift_refused_rows == 1
+    add_column(a, "items", "extra TEXT DEFAULT 'dflt'")
+    write(a, "INSERT INTO items VALUES ('k2', 'after', 'e2')")
+    assert pull(a, b).drift_refused_rows == 1
+    b_clock.set(1_700_000_000_000 + 1_000)
+    assert b.retry_quarantine() == 2
+    assert shell(b, "SELECT id, extra FROM items ORDER BY id") == "k1|dflt\nk2|e2\n"
+    assert cell_version(b, "k1", "extra") == cell_version(a, "k1", "extra")
+    sync(a, b)
+    assert a.summaries(["items"])["items"].root() == b.summaries(["items"])["items"].root()
+    assert a.deep_summary("items")[0].root() == b.deep_summary("items")[0].root()
