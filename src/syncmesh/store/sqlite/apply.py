@@ -196,10 +196,19 @@ def dropped_here(table: TableSql, names: tuple[str, ...]) -> bool:
     """Whether a column a sender calls by one of `names` was dropped from this table here.
 
     Its cells are then discarded (and counted), never kept waiting: the
-    column will not come back under that identity (ADR 0013).
+    column will not come back under that identity (ADR 0013).  Only those
+    stamped after the drop here are parked (`_to_local_columns`): they may
+    be of a column added again under the name elsewhere.
     """
     dropped = table.layout.dropped_names()
     return any(name in dropped for name in names)
+
+
+def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
+    """The stamp of the last drop here of a column a sender calls by one of `names`."""
+    return max(
+        (entry.dropped_hlc for entry in table.layout.dropped if entry.name in names), default=0
+    )
 
 
 def _has_stale_cells(table: TableSql) -> bool:
@@ -717,29 +726,37 @@ def _to_local_columns(
     head = keys + 3
     former = incoming.former or ((),) * len(incoming.columns)
     waiting: list[waitlist.WaitingCell] = []
-    for index in mapping.waiting:
+    parked: list[waitlist.WaitingCell] = []
+    for index in (*mapping.waiting, *mapping.dropped):
         at = head + CELL_FIELDS * index
+        names = (incoming.columns[index], *former[index])
+        # A name dropped here: cells stamped after the drop may be of the
+        # column added again at their sender, and are parked; older ones
+        # are of the dropped column, and discarded.
+        dropped_at = last_drop_here(table, names) if index in mapping.dropped else None
         one = TableRows(incoming.table, (incoming.columns[index],), keys, [])
+        discarded = 0
         for row in incoming.rows:
-            if row[at + 1] is None or row[at + 1] == DEFAULT_CELL_HLC:
+            hlc = row[at + 1]
+            if hlc is None or hlc == DEFAULT_CELL_HLC:
                 continue  # nothing written: the column's default, here too once added
+            if dropped_at is not None and hlc <= dropped_at:  # type: ignore[operator]
+                discarded += 1
+                continue
             state = state_of_row(
                 one, [*row[:head], *row[at : at + CELL_FIELDS]], shared.batch_sites
             )
-            waiting.append(
-                waitlist.WaitingCell(
-                    spec.name,
-                    incoming.columns[index],
-                    former[index],
-                    RowChange(spec.name, tuple(row[:keys]), state),
-                    shared.origin,
-                )
+            cell = waitlist.WaitingCell(
+                spec.name,
+                incoming.columns[index],
+                former[index],
+                RowChange(spec.name, tuple(row[:keys]), state),
+                shared.origin,
             )
+            (waiting if dropped_at is None else parked).append(cell)
+        waitlist.discard(ctx, spec.name, incoming.columns[index], discarded)
     waitlist.add(ctx, waiting)
-    for index in mapping.dropped:
-        at = head + CELL_FIELDS * index + 1
-        cells = sum(1 for row in incoming.rows if row[at] is not None)
-        waitlist.discard(ctx, spec.name, incoming.columns[index], cells)
+    waitlist.add(ctx, parked, parked=True)
     # A column the sender lacks was never written there: the cell a site
     # that adds the column gives every row (ddl.DEFAULT_CELL_SITE).  It
     # loses to any write, ties with the same cell held here, and is not
