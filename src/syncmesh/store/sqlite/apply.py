@@ -28,6 +28,7 @@ from syncmesh.errors import ClockDriftError
 from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells, value_order_key
 from syncmesh.model import (
     CELL_FIELDS,
+    INT64_MAX,
     ChangeBatch,
     RowChange,
     RowState,
@@ -202,6 +203,21 @@ def dropped_here(table: TableSql, names: tuple[str, ...]) -> bool:
     """
     dropped = table.layout.dropped_names()
     return any(name in dropped for name in names)
+
+
+def cells_at_or_below(incoming: TableRows, index: int, dropped_at: int) -> int:
+    """Cells of incoming column `index` stamped at or below this are of a column dropped here.
+
+    `dropped_at` is the stamp of the last drop here of the column's name (0:
+    never dropped).  When the sender says when its column was created, that
+    decides for all its cells: created after our drop, it is the column
+    added again (every cell is its own); before, it is the old one (none
+    is).  Otherwise the cells' own stamps decide, which a write made late to
+    the old column at a site that had not dropped it yet gets wrong.
+    """
+    if not dropped_at or not incoming.created:
+        return dropped_at
+    return 0 if incoming.created[index] > dropped_at else INT64_MAX
 
 
 def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
@@ -733,7 +749,11 @@ def _to_local_columns(
         # A name dropped here: cells stamped after the drop may be of the
         # column added again at their sender, and are parked; older ones
         # are of the dropped column, and discarded.
-        dropped_at = last_drop_here(table, names) if index in mapping.dropped else None
+        dropped_at = (
+            cells_at_or_below(incoming, index, last_drop_here(table, names))
+            if index in mapping.dropped
+            else None
+        )
         one = TableRows(incoming.table, (incoming.columns[index],), keys, [])
         discarded = 0
         for row in incoming.rows:
@@ -768,7 +788,12 @@ def _to_local_columns(
         None,
     ]
     sources = [
-        (None if source is None else head + CELL_FIELDS * source, stale_at_or_below(table, column))
+        (None, 0)
+        if source is None
+        else (
+            head + CELL_FIELDS * source,
+            cells_at_or_below(incoming, source, stale_at_or_below(table, column)),
+        )
         for column, source in zip(values, mapping.sources, strict=True)
     ]
     stale_cells = dict.fromkeys(values, 0)
