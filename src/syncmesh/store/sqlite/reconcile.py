@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import TableSpec
-from syncmesh.store.sqlite import capture, vector, waiting
+from syncmesh.store.sqlite import capture, waiting
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ALL_COLUMNS,
@@ -251,6 +251,10 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
     born_of = {
         column: layout.born[layout.slots.index(slot)] for slot, column in plan.slot_columns.items()
     }
+    created_of = {
+        column: layout.created[layout.slots.index(slot)]
+        for slot, column in plan.slot_columns.items()
+    }
     next_slot = layout.next_slot
     for column in plan.added:
         slot_of[column] = next_slot
@@ -259,6 +263,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         # before its last drop here belong to the old one and must not
         # resurrect.  A name never dropped here takes every cell.
         born_of[column] = max((d.dropped_hlc for d in dropped if d.name == column), default=0)
+        created_of[column] = hlc
     values = [column for column in spec.columns if column not in spec.pk]
     formers = tuple(former_of.get(column, ()) for column in spec.columns)
     new_spec = replace(
@@ -273,6 +278,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         tuple(dropped),
         next_slot,
         layout.others_json,  # fields other modules keep in the spec (integer_keys.py)
+        tuple(created_of[column] for column in values),
     )
 
 
@@ -386,16 +392,11 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     capture.capture_pending(ctx)
     hlc = ctx.clock.tick()
     new_tables: dict[str, TableSql] = {}
-    resync = False
     for plan in plans:
         if plan.problem is not None:
             continue
         layout = new_layout(plan, hlc)
         table_lines = plan.changes()
-        # A name dropped here and added again: cells of the new column that came
-        # while the name was dropped were discarded (apply.dropped_here).  Peers
-        # send everything again; born_of keeps the old column's cells out.
-        resync = resync or bool(set(plan.added) & plan.layout.dropped_names())
         lines += table_lines
         if plan.columns_changed or plan.table_renamed:
             store_layout(connection, layout.name, layout)
@@ -419,8 +420,6 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         new_tables[layout.name] = table
     ctx.tables = new_tables
     capture.capture_pending(ctx)
-    if resync:
-        vector.forget_peer_claims(ctx)
     if changed:
         merge_ready_waiting_cells(ctx)
     if changed or lines:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Collection
+from dataclasses import replace
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
@@ -132,7 +133,7 @@ def _track_in_transaction(
             _record_integer_key_opt_in(ctx, spec, allow_integer_keys)
             gained = True
         if gained:
-            vector.forget_peer_claims(ctx)
+            forget_peer_claims(ctx)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
 
 
@@ -142,6 +143,19 @@ def _record_integer_key_opt_in(
     """Keep the user's opt-in for a table whose keys SQLite allocates (integer_keys.py)."""
     if spec.name in allowed and allocated_key(ctx.connection, spec) is not None:
         integer_keys.record_allowed(ctx.connection, spec.name)
+
+
+def forget_peer_claims(ctx: StoreContext) -> None:
+    """Sync everything once more: a node that gains a table cannot trust its claims.
+
+    Its vector entries for other sites say which of their writes it holds,
+    but it held none of the new table's rows (ADR 0013): a peer filtering by
+    them would never send those rows.  So the entries of other sites go,
+    and every peer's feed is read again from the start (the merge is
+    idempotent: what is held already changes nothing).
+    """
+    ctx.connection.execute("UPDATE _syncmesh_peers SET cursor = 0")
+    ctx.connection.execute("DELETE FROM _syncmesh_vector WHERE site_id <> ?", (ctx.site_id(),))
 
 
 def untrack(ctx: StoreContext, names: list[str]) -> None:
@@ -232,6 +246,8 @@ def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress 
     ctx.clock.restore(head)
     ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
     vector.set_own(ctx, hlc)
+    # Its columns are created now (`TableLayout.created`).
+    layout = replace(layout, created=(hlc,) * len(layout.slots))
     ctx.connection.execute(
         "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)", (spec.name, layout.to_json())
     )

@@ -37,22 +37,6 @@ def mark_run_start(ctx: StoreContext) -> None:
     ctx.clock.restore(ctx.run_start)
 
 
-def forget_peer_claims(ctx: StoreContext) -> None:
-    """Sync everything once more: a node that gains a table cannot trust its claims.
-
-    Its vector entries for other sites say which of their writes it holds,
-    but it held none of the new table's rows (ADR 0013): a peer filtering by
-    them would never send those rows.  So the entries of other sites go,
-    and every peer's feed is read again from the start (the merge is
-    idempotent: what is held already changes nothing).  The same holds for
-    a column re-added under a name dropped here: the cells of the new
-    column that arrived while the name was dropped were discarded
-    (reconcile.py).
-    """
-    ctx.connection.execute("UPDATE _syncmesh_peers SET cursor = 0")
-    ctx.connection.execute("DELETE FROM _syncmesh_vector WHERE site_id <> ?", (ctx.site_id(),))
-
-
 RUNS_KEPT_MAX = 10_000  # gaps remembered (one per run that stamped); the oldest go first
 
 
