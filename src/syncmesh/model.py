@@ -70,6 +70,10 @@ class Membership:
     seen: dict[str, dict[str, int]] = field(default_factory=dict)
     forgotten: tuple[str, ...] = ()
     cl_floor: int = 0
+    # Per origin: the sender collected tombstones of its deletes stamped at or
+    # below this (in some table).  A receiver that holds less of that origin
+    # knows that it slept past the sender's horizon, and says so.
+    horizon: dict[str, int] = field(default_factory=dict)
 
 
 # What the writer of a cell value knew of earlier writes to the cell, per

@@ -56,6 +56,24 @@ class ApplyResult:
     applied_by_table: dict[str, int] = field(default_factory=dict)  # applied_rows per table
 
 
+@dataclass(slots=True)
+class CollectPass:
+    """Where a collection pass over the tracked tables is (kept between steps)."""
+
+    frontier: dict[str, int]
+    tables: list[str]
+    table_index: int = 0
+    after: tuple[SqlValue, ...] | None = None
+    collected: int = 0
+    collected_by_table: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectStep:
+    collected: int  # tombstones collected by this step
+    done: bool  # the pass reached the end of the last table
+
+
 @dataclass(frozen=True, slots=True)
 class LifecycleStatus:
     """Membership and tombstone collection (docs/adr/0015-membership-and-tombstone-gc.md)."""

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 
 from syncmesh.clock import wall_ms_of
 from syncmesh.model import Membership, SqlValue
-from syncmesh.store.records import LifecycleStatus
+from syncmesh.store.records import CollectPass, CollectStep, LifecycleStatus
 from syncmesh.store.sqlite import capture
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import DEFAULT_CELL_SITE
@@ -33,24 +32,6 @@ log = logging.getLogger(__name__)
 
 Key = tuple[SqlValue, ...]
 Vector = dict[str, int]
-
-
-@dataclass(slots=True)
-class CollectPass:
-    """Where a collection pass over the tracked tables is (kept between steps)."""
-
-    frontier: Vector
-    tables: list[str]
-    table_index: int = 0
-    after: Key | None = None
-    collected: int = 0
-    collected_by_table: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CollectStep:
-    collected: int  # tombstones collected by this step
-    done: bool  # the pass reached the end of the last table
 
 
 def _max_merge(into: Vector, vector: Vector) -> bool:
@@ -117,7 +98,18 @@ def membership(ctx: StoreContext) -> Membership:
         {site: seen for site, (seen, forgotten, _) in members.items() if not forgotten},
         tuple(sorted(site for site, (_, forgotten, _) in members.items() if forgotten)),
         int(floor),
+        _horizon(ctx),
     )
+
+
+def _horizon(ctx: StoreContext) -> Vector:
+    """Per origin, the greatest stamp below which this node collected tombstones."""
+    return {
+        site: int(hlc)
+        for site, hlc in ctx.connection.execute(
+            "SELECT site_id, max(hlc) FROM _syncmesh_horizon GROUP BY site_id"
+        )
+    }
 
 
 def learn_vectors(ctx: StoreContext, vectors: dict[str, Vector]) -> None:
@@ -163,12 +155,7 @@ def refusal(
     held = dict(vector)
     if gossip is not None:
         _max_merge(held, gossip.seen.get(peer, {}))
-    horizon: Vector = {}
-    for site, hlc in ctx.connection.execute(
-        "SELECT site_id, max(hlc) FROM _syncmesh_horizon GROUP BY site_id"
-    ):
-        horizon[site] = int(hlc)
-    for origin, collected in sorted(horizon.items()):
+    for origin, collected in sorted(_horizon(ctx).items()):
         if held.get(origin, 0) < collected:
             return (
                 f"site {peer} holds the writes of site {origin} only up to stamp"
@@ -187,6 +174,8 @@ def note_hello(
     """Admit a peer's HELLO (refusal text, or None) and learn what it tells of the cluster."""
     with ctx.transaction():
         refused = refusal(ctx, peer, vector, head_seq, gossip)
+        if refused is None and gossip is not None:
+            refused = _refused_by(ctx, peer, gossip)
         if refused is not None:
             return refused
         _add_site(ctx, peer)
@@ -202,6 +191,38 @@ def note_hello(
             seen, forgotten, _ = members.get(site, ({}, 0, 0))
             if not forgotten and (_max_merge(seen, vector_heard) or site not in members):
                 _write_seen(ctx, site, seen, now_ms)
+    return None
+
+
+def _refused_by(ctx: StoreContext, peer: str, gossip: Membership) -> str | None:
+    """Why the peer will refuse *us* (its HELLO tells): so that our side says it too.
+
+    The peer refuses in its own handshake and hangs up; we may never read
+    its REFUSE, as we send our PULL at the same moment.
+    """
+    own = ctx.site_id()
+    if own in gossip.forgotten:
+        return (
+            f"this site ({own}) was forgotten in the cluster (`syncmesh forget`; peer {peer}"
+            " says so): it was decommissioned, and its rows could bring back rows deleted"
+            " since; to return, give it a new identity on an empty database file (move the"
+            " file away, `syncmesh init`, `syncmesh track`), then let it sync"
+        )
+    vector = ctx.vector()
+    if set(vector) <= {own}:
+        return None  # a newcomer: the peer admits it
+    held = _members(ctx).get(own, ({}, 0, 0))[0]
+    _max_merge(held, vector)
+    for origin, collected in sorted(gossip.horizon.items()):
+        if held.get(origin, 0) < collected:
+            return (
+                f"this site holds the writes of site {origin} only up to stamp"
+                f" {held.get(origin, 0)}, but peer {peer} collected deleted rows up to stamp"
+                f" {collected}: this node slept past the GC horizon (or its file was restored"
+                " from an old copy), and its rows could bring deleted rows back; re-join with"
+                " a new identity on an empty database file (move the file away, `syncmesh"
+                " init`, `syncmesh track`)"
+            )
     return None
 
 

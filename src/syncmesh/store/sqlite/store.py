@@ -28,6 +28,8 @@ from syncmesh.model import ChangeBatch, Membership, SqlValue, TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
 from syncmesh.store.records import (
     ApplyResult,
+    CollectPass,
+    CollectStep,
     ConflictRecord,
     OrphanPolicy,
     PeerCursor,
@@ -370,11 +372,11 @@ class SqliteStore:
         """Take a decommissioned site out of the membership; False if it was already."""
         return lifecycle.forget(self.context, site_id)
 
-    def begin_collection(self) -> lifecycle.CollectPass:
+    def begin_collection(self) -> CollectPass:
         """Start a pass of tombstone collection: membership refreshed, frontier fixed."""
         return lifecycle.begin_pass(self.context)
 
-    def collect_step(self, state: lifecycle.CollectPass, rows_max: int) -> lifecycle.CollectStep:
+    def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:
         """Look at the next `rows_max` shadow rows; collect the stable tombstones among them."""
         return lifecycle.collect_step(self.context, state, rows_max)
 
