@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
@@ -141,6 +142,8 @@ class NodeStatistics:
     # Two live files with one site id, seen lately (node/identity.py): as
     # health reasons, with the fix.
     identity_conflicts: tuple[str, ...] = ()
+    # What this run's tombstone collection rounds did (syncmesh.node.lifecycle).
+    lifecycle: LifecycleStatistics = field(default_factory=LifecycleStatistics)
 
 
 @dataclass(slots=True)
@@ -840,6 +843,7 @@ class Node:
             self.rights_refused_rows,
             self.refused_connections,
             self.identity_conflicts(),
+            dataclasses.replace(self.lifecycle),
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:

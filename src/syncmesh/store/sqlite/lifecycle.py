@@ -19,6 +19,7 @@ import json
 import logging
 
 from syncmesh.clock import wall_ms_of
+from syncmesh.errors import StoreError
 from syncmesh.model import Membership, SqlValue
 from syncmesh.store.records import CollectPass, CollectStep, LifecycleStatus
 from syncmesh.store.sqlite import capture
@@ -275,12 +276,17 @@ def forget(ctx: StoreContext, site: str) -> bool:
     for what it holds.
     """
     if site == ctx.site_id():
-        raise ValueError("a node cannot forget itself")
+        raise StoreError(
+            f"{site} is this file's own site id: forget it on the other nodes, or give this"
+            " file a new identity (`syncmesh init --new-site-id`)"
+        )
     with ctx.transaction():
-        row = ctx.connection.execute(
-            "SELECT forgotten_ms FROM _syncmesh_members WHERE site_id = ?", (site,)
-        ).fetchone()
-        if row is not None and row[0] > 0:
+        refresh(ctx)
+        members = _members(ctx)
+        if site not in members:
+            known = ", ".join(sorted(members)) or "none"
+            raise StoreError(f"site {site} is not a member here (members: {known})")
+        if members[site][1] > 0:
             return False
         ctx.connection.execute(
             "INSERT INTO _syncmesh_members (site_id, forgotten_ms) VALUES (?, ?)"
