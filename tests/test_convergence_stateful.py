@@ -30,6 +30,7 @@ the replicas still agree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -115,6 +116,8 @@ class SyncMachine(RuleBasedStateMachine):
         # Per key: the greatest causal length with which any store held it dead.
         self.dead: dict[SqlValue, int] = {}
         self.collected = 0
+        # Batches read for a later delivery and not delivered yet, by id.
+        self.undelivered: dict[int, tuple[int, int, ChangeBatch]] = {}
         # Every store knows every site as a member (they said HELLO), vectors unknown.
         for store in self.stores:
             store.learn_vectors({other.site_id: {} for other in self.stores if other is not store})
@@ -378,10 +381,23 @@ class SyncMachine(RuleBasedStateMachine):
         rows_max=st.integers(1, 3),
     )
     def collect(self, node: int, informed: list[int], rows_max: int) -> None:
-        """Collect stable tombstones, knowing the current vectors of `informed` (gossip)."""
+        """Collect stable tombstones, knowing the current vectors of `informed` (gossip).
+
+        Not of a store with a batch for `node` still on its way: a node takes
+        a peer in session at its word (its messages come in order), never at
+        gossip's (ADR 0015), so it cannot hear of a vector before the batches
+        read earlier.
+        """
         store = self.stores[node]
         store.learn_vectors(
-            {self.stores[other].site_id: self.stores[other].vector() for other in informed}
+            {
+                self.stores[other].site_id: self.stores[other].vector()
+                for other in informed
+                if not any(
+                    (source, target) == (other, node)
+                    for source, target, _ in self.undelivered.values()
+                )
+            }
         )
         collected = store.collect_all(rows_max)
         self.collected += collected
@@ -397,6 +413,10 @@ class SyncMachine(RuleBasedStateMachine):
         rarely is, mid-run (a delete needs a live row, and every store must
         have pulled it).
         """
+        for source_index, target_index, batch in list(self.undelivered.values()):
+            del self.undelivered[id(batch)]
+            with contextlib.suppress(StoreError):  # the cursor moved on: dropped
+                self.stores[target_index].apply_batch(self.stores[source_index].site_id, batch)
         for source in range(NODES):
             for target in range(NODES):
                 if source != target:
@@ -412,12 +432,16 @@ class SyncMachine(RuleBasedStateMachine):
         if cursor is None:
             target.reset_peer_cursor(source.site_id, source.incarnation, source.head_seq(), "")
         from_seq = 0 if cursor is None else cursor.cursor
-        return (pair[0], pair[1], source.read_batch(from_seq, target.vector(), rows_max))
+        batch = source.read_batch(from_seq, target.vector(), rows_max)
+        self.undelivered[id(batch)] = (pair[0], pair[1], batch)
+        return (pair[0], pair[1], batch)
 
     @precondition(lambda self: not any(self.pending))
     @rule(delivered=consumes(in_flight))
     def deliver_late(self, delivered: tuple[int, int, ChangeBatch]) -> None:
         source_index, target_index, batch = delivered
+        if self.undelivered.pop(id(batch), None) is None:
+            return  # delivered already (settle_and_collect)
         source, target = self.stores[source_index], self.stores[target_index]
         try:
             target.apply_batch(source.site_id, batch)

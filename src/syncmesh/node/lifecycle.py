@@ -101,7 +101,7 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
         statistics.skipped = f"never met the peer at {', '.join(unmet)}: it may be a member"
     else:
         statistics.skipped = ""
-        collected = await _collection_pass(host, statistics)
+        collected = await _collection_pass(host, statistics, heard)
     membership = await call(store.membership)
     for peer in peers:
         if await peer.send_membership(membership):
@@ -109,10 +109,13 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
     return collected
 
 
-async def _collection_pass(host: LifecycleHost, statistics: LifecycleStatistics) -> int:
+async def _collection_pass(
+    host: LifecycleHost, statistics: LifecycleStatistics, direct: dict[str, dict[str, int]]
+) -> int:
+    """`direct`: the vectors our peers in session sent us; they stand for those peers."""
     store, call = host.store, host.store_call
     started = time.perf_counter()
-    state = await call(store.begin_collection)
+    state = await call(store.begin_collection, direct)
     while not host.stopping:
         step = await call(store.collect_step, state, host.config.lifecycle_batch_rows)
         if step.done:

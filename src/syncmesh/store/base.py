@@ -279,8 +279,11 @@ class Store(VerifyStore, Protocol):
         """Take a decommissioned site out of the membership; False if it was already."""
         ...
 
-    def begin_collection(self) -> CollectPass:
-        """Start a pass of tombstone collection: membership refreshed, frontier fixed."""
+    def begin_collection(self, direct: dict[str, dict[str, int]] | None = None) -> CollectPass:
+        """Start a pass of tombstone collection: membership refreshed, frontier fixed.
+
+        `direct`: per peer in session, the vector it sent in that session.
+        """
         ...
 
     def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:

@@ -297,12 +297,18 @@ def forget(ctx: StoreContext, site: str) -> bool:
     return True
 
 
-def frontier(ctx: StoreContext) -> tuple[Vector, dict[str, Vector]]:
+def frontier(
+    ctx: StoreContext, direct: dict[str, Vector] | None = None
+) -> tuple[Vector, dict[str, Vector]]:
     """Per origin, the least any member holds of its writes; and the members' vectors.
 
     For ourselves, our current vector (not its high-water mark): a table
     tracked since is being synced afresh, and the horizon we record must
-    stay below what we hold (rule 1 relies on it).
+    stay below what we hold (rule 1 relies on it).  For a peer in session
+    with us (`direct`), the vector it sent us in that session, not what
+    gossip says of it: a batch it read before it held a delete may still be
+    on its way to us, ahead of the message that says it holds it, while
+    gossip from a third node can overtake it.
     """
     own = ctx.site_id()
     vectors = {
@@ -310,6 +316,9 @@ def frontier(ctx: StoreContext) -> tuple[Vector, dict[str, Vector]]:
         for site, (seen, forgotten, _) in _members(ctx).items()
         if not forgotten and site != own
     }
+    for site, vector in (direct or {}).items():
+        if site in vectors:
+            vectors[site] = vector
     vectors[own] = ctx.vector()
     origins = {origin for vector in vectors.values() for origin in vector}
     return {
@@ -317,11 +326,14 @@ def frontier(ctx: StoreContext) -> tuple[Vector, dict[str, Vector]]:
     }, vectors
 
 
-def begin_pass(ctx: StoreContext) -> CollectPass:
-    """Refresh the membership and fix the frontier for one pass over the tables."""
+def begin_pass(ctx: StoreContext, direct: dict[str, Vector]) -> CollectPass:
+    """Refresh the membership and fix the frontier for one pass over the tables.
+
+    `direct`: the vectors of the peers in session with us, as they sent them.
+    """
     with ctx.transaction():
         refresh(ctx)
-        stable, _ = frontier(ctx)
+        stable, _ = frontier(ctx, direct)
     return CollectPass(stable, sorted(ctx.tables))
 
 

@@ -372,17 +372,23 @@ class SqliteStore:
         """Take a decommissioned site out of the membership; False if it was already."""
         return lifecycle.forget(self.context, site_id)
 
-    def begin_collection(self) -> CollectPass:
-        """Start a pass of tombstone collection: membership refreshed, frontier fixed."""
-        return lifecycle.begin_pass(self.context)
+    def begin_collection(self, direct: dict[str, dict[str, int]] | None = None) -> CollectPass:
+        """Start a pass of tombstone collection: membership refreshed, frontier fixed.
+
+        `direct`: per peer in session with us, the vector it sent in that
+        session; it stands for the peer instead of what gossip says of it.
+        """
+        return lifecycle.begin_pass(self.context, direct or {})
 
     def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:
         """Look at the next `rows_max` shadow rows; collect the stable tombstones among them."""
         return lifecycle.collect_step(self.context, state, rows_max)
 
-    def collect_all(self, rows_max: int = 1_000) -> int:
-        """A whole pass, step by step (tests, `syncmesh gc`); returns tombstones collected."""
-        state = self.begin_collection()
+    def collect_all(
+        self, rows_max: int = 1_000, direct: dict[str, dict[str, int]] | None = None
+    ) -> int:
+        """A whole pass, step by step (tests); returns tombstones collected."""
+        state = self.begin_collection(direct)
         while not self.collect_step(state, rows_max).done:
             pass
         return state.collected
