@@ -113,3 +113,37 @@ async def test_an_offline_node_holds_back_and_a_forgotten_one_is_refused(tmp_pat
         # Its live row of 'k' did not come back: it never got past the handshake.
         assert _shadow(a) == []
         assert _shadow(b) == []
+
+
+async def test_a_node_restored_from_before_a_collection_is_refused(tmp_path: Path) -> None:
+    """Rule 3: a file older than the horizon (slept past it, or restored) would bring rows back."""
+    a, b = (make_db(tmp_path / f"{name}.db") for name in "ab")
+    old_copy = tmp_path / "b-backup.db"
+    fast = {"lifecycle_interval_s": 0.2}
+    network = MemoryNetwork()
+    configs = {"a": memory_config(a, **fast), "b": memory_config(b, "a", **fast)}
+    async with memory_nodes(network, configs) as nodes:
+        await asyncio.to_thread(execute, a, "INSERT INTO items VALUES ('k', 'x', 1)")
+        await wait_until(lambda: len(_shadow(b)) == 1, TIMEOUT_S, "b has the row")
+        # A backup of b's file while it holds the live row (SQLite's backup API).
+        with (
+            contextlib.closing(sqlite3.connect(b)) as source,
+            contextlib.closing(sqlite3.connect(old_copy)) as target,
+        ):
+            source.backup(target)
+        await asyncio.to_thread(execute, a, "DELETE FROM items WHERE id = 'k'")
+        await wait_until(
+            lambda: _shadow(a) == [] and _shadow(b) == [],
+            TIMEOUT_S,
+            "the tombstone of 'k' collected at a and b",
+        )
+        assert nodes["a"].lifecycle.collected == 1
+    old_copy.replace(b)  # b's file restored from the backup: 'k' alive again there
+    async with memory_nodes(network, configs) as nodes:
+
+        async def refused() -> bool:
+            peers = (await nodes["b"].statistics()).peers
+            return bool(peers) and "slept past the GC horizon" in peers[0].last_error
+
+        await wait_until(refused, TIMEOUT_S, "b refused, with the reason")
+        assert _shadow(a) == [], "the deleted row did not come back to a"
