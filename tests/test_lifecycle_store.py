@@ -9,6 +9,8 @@ horizon, or was forgotten, is refused with the fix.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from syncmesh.clock import HybridClock
 from syncmesh.model import Membership
 from syncmesh.store.sqlite import SqliteStore
-from tests.helpers import ManualClock, exchange_all, rows_with_types
+from tests.helpers import ManualClock, exchange_all, rows_with_types, run_cli
 
 BASE_MS = 1_700_000_000_000
 
@@ -198,3 +200,30 @@ def test_gossip_merges_vectors_by_max_and_raises_the_cl_floor(stores: list[Sqlit
     known = a.membership()
     assert known.seen[c.site_id] == {c.site_id: 5}
     assert known.cl_floor == 6, "the floor stays even: a new key starts alive above it"
+
+
+def test_forget_on_the_command_line_names_what_is_wrong(stores: list[SqliteStore]) -> None:
+    a, b, _c = stores
+    _write(b, "INSERT INTO notes VALUES ('k', 'x')")
+    exchange_all(b, a)
+    path = a.context.path
+    a.close()
+    own = run_cli("forget", path, a_site := _site_of(path))
+    assert own.returncode == 1
+    assert f"{a_site} is this file's own site id" in own.stderr
+    unknown = run_cli("forget", path, "f" * 32)
+    assert unknown.returncode == 1
+    assert "is not a member here" in unknown.stderr
+    done = run_cli("forget", path, b.site_id)
+    assert done.returncode == 0, done.stderr
+    assert f"site {b.site_id} forgotten" in done.stdout
+    again = run_cli("forget", path, b.site_id)
+    assert "was forgotten already" in again.stdout
+    status = run_cli("status", path)
+    assert "forgotten" in status.stdout
+    assert b.site_id in status.stdout
+
+
+def _site_of(path: str) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
