@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from syncmesh.errors import StoreError, SyncError
 from syncmesh.model import Membership
 from syncmesh.node.config import NodeConfig
 from syncmesh.store import Store
@@ -84,7 +85,9 @@ async def lifecycle_loop(host: LifecycleHost, statistics: LifecycleStatistics) -
         await asyncio.sleep(interval_s)
         try:
             await lifecycle_round(host, statistics)
-        except Exception:  # a bug or a locked file must not stop the next rounds
+        except StoreError as exc:  # a locked or full file: the next round tries again
+            log.warning("tombstone collection round failed: %s", exc)
+        except Exception:  # a bug must not stop the next rounds
             log.exception("tombstone collection round failed")
 
 
@@ -104,8 +107,13 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
         collected = await _collection_pass(host, statistics, heard)
     membership = await call(store.membership)
     for peer in peers:
-        if await peer.send_membership(membership):
-            statistics.gossip_sent += 1
+        try:
+            sent = await peer.send_membership(membership)
+        except (SyncError, OSError) as exc:
+            # The session ended meanwhile: its own loops report that.
+            log.debug("membership not sent to %s: %s", peer.peer_site_id, exc)
+            continue
+        statistics.gossip_sent += sent
     return collected
 
 
