@@ -355,12 +355,17 @@ def collect_step(ctx: StoreContext, state: CollectPass, rows_max: int) -> Collec
 
 
 def _blocked(ctx: StoreContext, table: str) -> bool:
-    """Rows of `table` in quarantine or waiting: its tombstones wait (their retry merges)."""
+    """Rows of `table` in quarantine, or cells waiting or parked: its tombstones wait.
+
+    Their retry, or their merge once their column is here, merges an old
+    state of a row against what is held: against nothing, once collected.
+    """
     return (
         ctx.connection.execute(
             "SELECT 1 FROM _syncmesh_quarantine WHERE table_name = ?"
-            " UNION ALL SELECT 1 FROM _syncmesh_waiting WHERE table_name = ? LIMIT 1",
-            (table, table),
+            " UNION ALL SELECT 1 FROM _syncmesh_waiting WHERE table_name = ?"
+            " UNION ALL SELECT 1 FROM _syncmesh_parked WHERE table_name = ? LIMIT 1",
+            (table, table, table),
         ).fetchone()
         is not None
     )
