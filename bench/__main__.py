@@ -20,7 +20,7 @@ from bench.common import Figure, render_table
 RESULTS = Path(__file__).resolve().parent / "results"
 # `all` (and no scenario named) runs these, in this order; `profile` only when named.
 ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -30,6 +30,7 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "bulk_rows": (1_000_000, 20_000),
     "mixed_seconds": (60.0, 5.0),
     "idle_seconds": (20.0, 3.0),
+    "metadata_rows": (100_000, 5_000),
 }
 
 
@@ -71,6 +72,7 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "mixed_rate_txns_per_s": arguments.mixed_rate,
         "mixed_ops_per_txn": arguments.mixed_ops,
         "idle_seconds": arguments.idle_seconds,
+        "metadata_rows": arguments.metadata_rows,
         "quick": arguments.quick,
     }
 
@@ -81,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"all (the default), {', '.join(KNOWN)}; profile and verify only when named",
+        help=f"all (the default), {', '.join(KNOWN)}; profile, verify and metadata only when named",
     )
     parser.add_argument(
         "--quick",
@@ -126,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
         "--mixed-ops", type=int, default=10, help="operations per mixed transaction (10)"
     )
     parser.add_argument("--idle-seconds", type=float, help="seconds of idle CPU measured (20)")
+    parser.add_argument(
+        "--metadata-rows", type=int, help="rows per row size, metadata budget (100,000)"
+    )
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -199,6 +204,10 @@ def _run_scenario(
         )
     if scenario == "idle":
         return idle.run(repeats, arguments.idle_seconds, _log)
+    if scenario == "metadata":  # issue 16: bytes per row and per cell of the bookkeeping
+        from bench import metadata
+
+        return metadata.run(repeats, arguments.metadata_rows, _log)
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify
 

@@ -80,3 +80,15 @@ def test_the_verify_scenario_runs_and_finds_exactly_the_rows_changed(tmp_path: P
     upkeep = figures["tree upkeep, all 3 phases 1,000 rows: trigger + capture with digests"]
     assert upkeep["samples"]
     assert upkeep["baseline"]["samples"]
+
+
+def test_metadata_budget_runs_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    status = bench_main.main(["metadata", "--quick", "--metadata-rows", "500", "--out", str(out)])
+    assert status == 0
+    figures = json.loads(out.read_text())["scenarios"]["metadata"]["figures"]
+    ratios = [figure for figure in figures if figure["name"].startswith("bytes in use")]
+    assert len(ratios) == 2, "one per row size of the issue"
+    for figure in ratios:
+        assert figure["baseline"]["median"] > 0
+        assert figure["ratio"]["median"] > 1, "the bookkeeping takes room"

@@ -17,10 +17,20 @@ is lost: each schema step inserts a fresh row before the reconcile, and
 every store holds it at the end; and every cell any store ever held is in
 the final state, or lost to a greater write of the row's final life
 (`no_held_write_is_lost`; a dropped column's cells excepted).
+
+Tombstone collection (issue 16, docs/adr/0015-membership-and-tombstone-gc.md):
+a store collects its stable tombstones at any moment, knowing the vectors
+of some of the others as they are then (gossip), and every store knows
+every site as a member (they said HELLO).  No deleted row comes back in any
+delivery order: a key any store held dead with causal length `cl` is, at
+the end, dead (collected, or a tombstone) or alive in a later life.  At the
+end every store learns every vector and collects: no tombstone is left, and
+the replicas still agree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -69,6 +79,7 @@ MergeView = dict[tuple[SqlValue, ...], tuple[object, ...]]
 
 class SyncMachine(RuleBasedStateMachine):
     batches = Bundle("batches")
+    in_flight = Bundle("in_flight")
     schema_steps_max = SCHEMA_STEPS_MAX  # a subclass without schema steps sets 0
 
     def __init__(self) -> None:
@@ -102,6 +113,14 @@ class SyncMachine(RuleBasedStateMachine):
         self.identities: list[dict[str, str]] = [{"body": "body", "n": "n"} for _ in range(NODES)]
         # Per (key, column identity): the greatest (cl, stamp) any store held.
         self.held: dict[tuple[SqlValue, str], tuple[int, Stamp]] = {}
+        # Per key: the greatest causal length with which any store held it dead.
+        self.dead: dict[SqlValue, int] = {}
+        self.collected = 0
+        # Batches read for a later delivery and not delivered yet, by id.
+        self.undelivered: dict[int, tuple[int, int, ChangeBatch]] = {}
+        # Every store knows every site as a member (they said HELLO), vectors unknown.
+        for store in self.stores:
+            store.learn_vectors({other.site_id: {} for other in self.stores if other is not store})
 
     def _column(self, node: int, place: int) -> str:
         columns = self.columns[node]
@@ -348,6 +367,85 @@ class SyncMachine(RuleBasedStateMachine):
         self.reconcile(node)
         self.stores[node].retry_quarantine()
 
+    # -- tombstone collection (ADR 0015) -----------------------------------------
+
+    @precondition(lambda self: not any(self.pending))
+    @rule(
+        node=nodes,
+        # Mostly all the others (else a tombstone is rarely stable mid-run).
+        informed=st.just(list(range(NODES))) | st.lists(nodes, max_size=NODES, unique=True),
+        rows_max=st.integers(1, 3),
+    )
+    def collect(self, node: int, informed: list[int], rows_max: int) -> None:
+        """Collect stable tombstones, knowing the current vectors of `informed` (gossip).
+
+        Not of a store with a batch for `node` still on its way: a node takes
+        a peer in session at its word (its messages come in order), never at
+        gossip's (ADR 0015), so it cannot hear of a vector before the batches
+        read earlier.
+        """
+        store = self.stores[node]
+        store.learn_vectors(
+            {
+                self.stores[other].site_id: self.stores[other].vector()
+                for other in informed
+                if not any(
+                    (source, target) == (other, node)
+                    for source, target, _ in self.undelivered.values()
+                )
+            }
+        )
+        collected = store.collect_all(rows_max)
+        self.collected += collected
+        if collected:
+            event("tombstones collected")
+
+    @precondition(lambda self: not any(self.pending))
+    @rule(node=nodes)
+    def settle_and_collect(self, node: int) -> None:
+        """Everyone exchanges with everyone, then `node` collects knowing every vector.
+
+        Deletes made before are then stable: without this step a tombstone
+        rarely is, mid-run (a delete needs a live row, and every store must
+        have pulled it).
+        """
+        for source_index, target_index, batch in list(self.undelivered.values()):
+            del self.undelivered[id(batch)]
+            with contextlib.suppress(StoreError):  # the cursor moved on: dropped
+                self.stores[target_index].apply_batch(self.stores[source_index].site_id, batch)
+        for source in range(NODES):
+            for target in range(NODES):
+                if source != target:
+                    self.full_exchange((source, target))
+        self.collect(node, list(range(NODES)), 2)
+
+    @precondition(lambda self: not any(self.pending))
+    @rule(target=in_flight, pair=pairs, rows_max=st.integers(1, 3))
+    def send_for_later(self, pair: tuple[int, int], rows_max: int) -> tuple[int, int, ChangeBatch]:
+        """A batch read now and delivered later: in flight while the receiver collects."""
+        source, target = self.stores[pair[0]], self.stores[pair[1]]
+        cursor = target.peer_cursor(source.site_id)
+        if cursor is None:
+            target.reset_peer_cursor(source.site_id, source.incarnation, source.head_seq(), "")
+        from_seq = 0 if cursor is None else cursor.cursor
+        batch = source.read_batch(from_seq, target.vector(), rows_max)
+        self.undelivered[id(batch)] = (pair[0], pair[1], batch)
+        return (pair[0], pair[1], batch)
+
+    @precondition(lambda self: not any(self.pending))
+    @rule(delivered=consumes(in_flight))
+    def deliver_late(self, delivered: tuple[int, int, ChangeBatch]) -> None:
+        source_index, target_index, batch = delivered
+        if self.undelivered.pop(id(batch), None) is None:
+            return  # delivered already (settle_and_collect)
+        source, target = self.stores[source_index], self.stores[target_index]
+        try:
+            target.apply_batch(source.site_id, batch)
+        except StoreError:
+            return  # the cursor moved on meanwhile: the node would drop it too
+        if self.collected:
+            event("a batch read before a collection delivered after it")
+
     # -- clocks -------------------------------------------------------------------
 
     @rule(
@@ -404,6 +502,7 @@ class SyncMachine(RuleBasedStateMachine):
                 (key,) = change.pk
                 state = change.state
                 if not state.alive:
+                    self.dead[key] = max(self.dead.get(key, 0), state.cl)
                     continue
                 for name, cell in state.cells.items():
                     seen = (key, identities[name])
@@ -425,8 +524,16 @@ class SyncMachine(RuleBasedStateMachine):
             for name, (_value, _kind, stamp) in cells.items():  # type: ignore[attr-defined]
                 final[(key, identities[name])] = stamp
         present = set(identities.values())
+        for key, cl in self.dead.items():
+            # No deleted row comes back: dead still (a tombstone, or collected), or reborn.
+            if key in lives:
+                assert lives[key] >= cl, f"row {key!r} came back from its deletion"
         for (key, column), (cl, stamp) in self.held.items():
-            assert lives.get(key, 0) >= cl, f"row {key!r} went back to an earlier life"
+            if key not in lives:
+                # Collected: it must have been held dead in this life or a later one.
+                assert self.dead.get(key, 0) > cl, f"row {key!r} vanished without a delete"
+                continue
+            assert lives[key] >= cl, f"row {key!r} went back to an earlier life"
             if lives[key] == cl and column in present:
                 kept = final.get((key, column))
                 assert kept is not None, f"{key!r}.{column}: a held write is lost"
@@ -484,6 +591,16 @@ class SyncMachine(RuleBasedStateMachine):
                 break
         else:
             raise AssertionError(f"not quiet after {ROUNDS_MAX} rounds of exchange")
+        # Everyone holds everything now: every tombstone is stable, at every store.
+        self.record_held_cells()
+        for store in self.stores:
+            store.learn_vectors({other.site_id: other.vector() for other in self.stores})
+            self.collected += store.collect_all()
+        for store in self.stores:
+            tombstones = store.connection.execute(
+                "SELECT count(*) FROM _syncmesh_shadow_notes WHERE cl % 2 = 0"
+            ).fetchone()
+            assert tombstones == (0,), "a stable tombstone was left"
 
     def teardown(self) -> None:
         try:

@@ -134,6 +134,7 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
         re.compile("conflict ledger not available|no conflicts recorded"), timeout=WAIT_MS
     )
     expect(page.locator("#quarantine-note")).to_have_text("no quarantined rows")
+    expect(page.locator("#node-tombstones")).to_have_text("0 waiting, 0 collected")
     for site in (sites["a"], sites["b"]):
         expect(peer_row(page, site).locator('[data-field="verified"]')).to_contain_text(
             "identical", timeout=WAIT_MS

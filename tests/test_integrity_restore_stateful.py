@@ -102,6 +102,16 @@ class RestoreMachine(SyncMachine):
     def record_held_cells(self) -> None:
         pass
 
+    # Tombstone collection (issue 16) is left out too: a restored file's vector
+    # goes back, and a node refuses it at HELLO once it collected past it
+    # (ADR 0015, rule 3), which this machine's sessions do not model.
+
+    def collect(self, node: int, informed: list[int], rows_max: int) -> None:
+        del node, informed, rows_max
+
+    def settle_and_collect(self, node: int) -> None:
+        del node
+
     # -- sessions as real ones start ----------------------------------------------
 
     def _meet(self, source: SqliteStore, target: SqliteStore) -> None:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncmesh.errors import ProtocolError, UnsupportedVersion
-from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp, TableRows
+from syncmesh.model import Cell, ChangeBatch, Membership, RowChange, RowState, Stamp, TableRows
 from syncmesh.protocol import (
     FRAME_BYTES_MAX,
     PROTOCOL_VERSION,
@@ -20,6 +20,7 @@ from syncmesh.protocol import (
     Batch,
     Have,
     Hello,
+    Members,
     Message,
     Pull,
     Refuse,
@@ -80,6 +81,13 @@ def table_schemas(draw: st.DrawFn) -> TableSchema:
     return TableSchema(draw(former_names), columns, tuple(draw(former_names) for _ in columns))
 
 
+memberships = st.builds(
+    Membership,
+    st.dictionaries(sites, vectors, max_size=3),
+    st.lists(sites, max_size=2).map(tuple),
+    st.integers(0, 1 << 40),
+)
+
 messages = st.one_of(
     st.builds(
         Hello,
@@ -91,12 +99,14 @@ messages = st.one_of(
         st.integers(0, 1 << 40),
         vectors,
         schema=st.dictionaries(names, table_schemas(), max_size=3),
+        membership=st.none() | memberships,
     ),
     st.builds(Refuse, st.text()),
     st.builds(Pull, st.text(max_size=32), st.integers(0, 1 << 40), vectors, st.booleans()),
     st.builds(Batch, batches()),
     st.builds(Ack, st.integers(0, 1 << 40), vectors),
     st.builds(Have, vectors),
+    st.builds(Members, memberships),
 )
 
 
@@ -325,6 +335,17 @@ def test_a_hello_without_schema_is_understood() -> None:
         (_frame(_hello(schema={"t": [[], ["id", 5], [[], []]]})), "not lists of names"),
         (_frame(_hello(schema={"t": [[], ["id", "c"], [[]]]})), "one list per column"),
         (_frame(_hello(schema={"t": [[], ["id"], [["x", b"y"]]]})), "former names of column"),
+        # Membership gossip (ADR 0015): HELLO's optional `mem`, and MEMBERS.
+        (_frame(_hello(mem=[])), "membership is not a map"),
+        (_frame(_hello(mem={"seen": [], "gone": [], "clf": 0})), "seen is not a map"),
+        (_frame(_hello(mem={"seen": {"": {}}, "gone": [], "clf": 0})), "not an id"),
+        (_frame(_hello(mem={"seen": {"a": {"b": -1}}, "gone": [], "clf": 0})), "entry"),
+        (_frame(_hello(mem={"seen": {}, "gone": "a", "clf": 0})), "gone is not a list"),
+        (_frame(_hello(mem={"seen": {}, "gone": [5], "clf": 0})), "not a site id"),
+        (_frame(_hello(mem={"seen": {}, "gone": [], "clf": -2})), "not a causal length"),
+        (_frame(_hello(mem={"seen": {}, "gone": [], "clf": True})), "not a causal length"),
+        (_frame({"t": "members"}), "members: membership is not a map"),
+        (_frame({"t": "members", "mem": {"seen": {}, "gone": ["a"] * 1001, "clf": 0}}), "1000"),
     ],
 )
 def test_malformed_frames_are_refused_with_a_reason(frame: bytes, problem: str) -> None:

@@ -52,6 +52,30 @@ class Stamp:
     site_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """What a node knows of the cluster's sites (docs/adr/0015-membership-and-tombstone-gc.md).
+
+    Gossiped between nodes so that each can work out which deletes every
+    site holds (causal stability) and collect their tombstones.
+
+    `seen`: per member site, its version vector as last heard (merged by max:
+    what a site holds only grows), the sender's own high-water mark included.
+    `forgotten`: sites taken out by `syncmesh forget`: never members again.
+    `cl_floor`: the greatest causal length collected at the sender (even);
+    keys new to a node start above it, so a re-insert of a collected key wins
+    over its tombstone wherever it is still held.
+    """
+
+    seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    forgotten: tuple[str, ...] = ()
+    cl_floor: int = 0
+    # Per origin: the sender collected tombstones of its deletes stamped at or
+    # below this (in some table).  A receiver that holds less of that origin
+    # knows that it slept past the sender's horizon, and says so.
+    horizon: dict[str, int] = field(default_factory=dict)
+
+
 # What the writer of a cell value knew of earlier writes to the cell, per
 # other site: the greatest HLC of that site's writes it knew, sorted by site
 # id.  A writer knows every earlier write of its own site, so its own site

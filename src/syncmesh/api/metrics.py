@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from syncmesh.clock import wall_ms_of
 from syncmesh.node import LAG_CHANGES_MAX, NodeStatistics, PeerStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -109,6 +110,7 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         "Connections refused before HELLO: a certificate of no configured peer, or a limit.",
         value=statistics.refused_connections,
     )
+    yield from _lifecycle_metrics(statistics)
     conflicts = CounterMetricFamily(
         "syncmesh_conflicts",
         "Conflicts (concurrent writes to one cell) this node's merges resolved, per table.",
@@ -117,6 +119,52 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     for table, total in store.conflicts.items():
         conflicts.add_metric([table], total)
     yield conflicts
+
+
+def _lifecycle_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
+    """Tombstone collection (ADR 0015): what waits, what went, who holds it back."""
+    lifecycle = statistics.store.lifecycle
+    if lifecycle is None:
+        return
+    yield GaugeMetricFamily(
+        "syncmesh_tombstones_waiting",
+        "Deleted rows' shadow rows kept: not every member holds the delete yet.",
+        value=lifecycle.tombstones_waiting,
+    )
+    yield CounterMetricFamily(
+        "syncmesh_tombstones_collected",
+        "Tombstones collected in this file, ever.",
+        value=lifecycle.tombstones_collected,
+    )
+    yield CounterMetricFamily(
+        "syncmesh_stale_rows_dropped",
+        "Arriving rows of keys whose delete was collected here, dropped.",
+        value=lifecycle.stale_dropped,
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_members", "Sites the stability frontier waits for.", value=len(lifecycle.members)
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_forgotten_sites",
+        "Sites taken out of the membership by `syncmesh forget`.",
+        value=len(lifecycle.forgotten),
+    )
+    frontier = GaugeMetricFamily(
+        "syncmesh_stability_frontier_ms",
+        "Per origin: every member holds its writes up to this wall time (ms of the stamp).",
+        labels=["origin"],
+    )
+    for origin, hlc in sorted(lifecycle.frontier.items()):
+        frontier.add_metric([origin], wall_ms_of(hlc))
+    yield frontier
+    holding = GaugeMetricFamily(
+        "syncmesh_holding_back_ms",
+        "How far (ms of stamps) the member holding collection back most is behind us.",
+        labels=["site"],
+    )
+    if lifecycle.holding_back:
+        holding.add_metric([lifecycle.holding_back], lifecycle.holding_back_ms)
+    yield holding
 
 
 def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Metric]:

@@ -70,6 +70,11 @@ def chaos_config(database: str, peers: list[str], drift_ms: int) -> NodeConfig:
         # warning, never a traceback (the internal-error checker).
         verify_interval_s=VERIFY_INTERVAL_S,
         verify_settle_s=VERIFY_SETTLE_S,
+        # Tombstone collection is off under chaos for now (issue 16, first
+        # landing): the checkers read a key with no shadow row at the end as
+        # a lost write.  The chaos step of issue 16 turns it on, every second,
+        # with a checker that knows collected keys.
+        lifecycle_interval_s=0.0,
     )
 
 

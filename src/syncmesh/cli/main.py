@@ -600,6 +600,27 @@ def quarantine_drop(database: Path, ids: tuple[int, ...]) -> None:
 
 
 @cli.command()
+@DATABASE
+@click.argument("site")
+def forget(database: Path, site: str) -> None:
+    """Take the decommissioned site SITE out of the cluster's membership.
+
+    Deleted rows' tombstones are collected once every member holds the
+    delete; a site that is gone for good holds that back for ever.  After
+    `forget`, this node leaves SITE out, and the node serving DATABASE tells
+    its peers at its next round (gossip), so every node moves on.  A
+    forgotten site that comes back is refused, with the fix: a new identity
+    on an empty file (docs/operations.md, "Tombstones and membership").
+    """
+    with _open_store(database) as store, _errors_as_messages():
+        changed = store.forget_site(site)
+    if changed:
+        click.echo(f"{database}: site {site} forgotten; peers hear of it by gossip")
+    else:
+        click.echo(f"{database}: site {site} was forgotten already")
+
+
+@cli.command()
 @click.option(
     "--nodes", type=click.IntRange(2, 9), default=3, show_default=True, help="How many nodes."
 )

@@ -9,6 +9,7 @@ the peer table still fits.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -140,6 +141,32 @@ def _cell_facts(
     return facts
 
 
+def lifecycle_facts(lifecycle: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Tombstones waiting and collected, and who holds collection back (ADR 0015)."""
+    if not lifecycle:
+        return []
+    facts = [
+        (
+            "tombstones",
+            f"{lifecycle['tombstones_waiting']:,} waiting,"
+            f" {lifecycle['tombstones_collected']:,} collected"
+            f" ({len(lifecycle['members'])} members)",
+        )
+    ]
+    if lifecycle["holding_back"]:
+        facts.append(
+            (
+                "held back by",
+                f"site {lifecycle['holding_back']}"
+                f" ({duration(lifecycle['holding_back_ms'])} behind;"
+                " `syncmesh forget` it if it is gone for good)",
+            )
+        )
+    if lifecycle["forgotten"]:
+        facts.append(("forgotten", ", ".join(lifecycle["forgotten"])))
+    return facts
+
+
 def print_live_status(status: dict[str, Any]) -> None:
     """A running node's /v1/status document."""
     console = _console()
@@ -157,6 +184,7 @@ def print_live_status(status: dict[str, Any]) -> None:
         ),
         *(("warning", warning) for warning in store.get("warnings", [])),
         *orphan_facts(store.get("orphans", {}), store.get("orphan_problems", [])),
+        *lifecycle_facts(store.get("lifecycle")),
     ]
     console.print(_facts(facts))
     console.print()
@@ -275,6 +303,9 @@ def print_file_status(report: StoreStatus) -> None:
         *_cell_facts(report.waiting_cells, report.discarded_cells, report.parked_cells),
         *(("warning", warning) for warning in report.warnings),
         *orphan_facts(report.orphans, report.orphan_problems),
+        *lifecycle_facts(
+            None if report.lifecycle is None else dataclasses.asdict(report.lifecycle)
+        ),
     ]
     console.print(_facts(facts))
     console.print()

@@ -99,6 +99,10 @@ class NodeConfig:
     verify_interval_s: float = 600.0  # verify each dialled peer this often (0: never)
     verify_settle_s: float = 2.0  # pause before re-reading rows that differ (writes in flight)
     conflict_ledger_rows_max: int = 10_000  # the ledger keeps the newest this many conflicts
+    # Tombstone collection (ADR 0015): a pass and a gossip round this often
+    # (0: never), each step of a pass one transaction over this many shadow rows.
+    lifecycle_interval_s: float = 10.0
+    lifecycle_batch_rows: int = 1_000
     api_listen_host: str | None = None  # None: the API shares listen_host:listen_port
     api_listen_port: int = 0
     throughput_interval_s: float = 5.0  # the throughput history counts rows per interval ...
@@ -135,6 +139,8 @@ class NodeConfig:
         assert self.conflict_ledger_rows_max >= 0
         assert self.verify_interval_s >= 0
         assert self.verify_settle_s >= 0
+        assert self.lifecycle_interval_s >= 0
+        assert self.lifecycle_batch_rows >= 1
 
     @property
     def frame_bytes_max(self) -> int:

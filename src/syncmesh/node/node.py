@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
@@ -26,6 +27,7 @@ from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
+from syncmesh.node.lifecycle import LifecycleStatistics, lifecycle_loop
 from syncmesh.node.mismatch import describe_columns, table_schema
 from syncmesh.node.patterns import track_matches
 from syncmesh.node.session import (
@@ -140,6 +142,8 @@ class NodeStatistics:
     # Two live files with one site id, seen lately (node/identity.py): as
     # health reasons, with the fix.
     identity_conflicts: tuple[str, ...] = ()
+    # What this run's tombstone collection rounds did (syncmesh.node.lifecycle).
+    lifecycle: LifecycleStatistics = field(default_factory=LifecycleStatistics)
 
 
 @dataclass(slots=True)
@@ -231,6 +235,8 @@ class Node:
         self.verify_server = VerifyServer(
             self.store, self.worker.call, config.message_bytes_max, admit=self._admit_verify
         )
+        # What the tombstone collection rounds did (syncmesh.node.lifecycle).
+        self.lifecycle = LifecycleStatistics()
         # The last periodic verify per dialled peer URL (syncmesh.node.verify).
         self.verify_outcomes: dict[str, VerifyOutcome] = {}
         self._throughput = ThroughputHistory(
@@ -252,6 +258,10 @@ class Node:
         self._tasks.append(asyncio.create_task(self._quarantine_loop(), name="quarantine"))
         if self.config.verify_interval_s > 0:
             self._tasks.append(asyncio.create_task(periodic_verify(self), name="verify"))
+        if self.config.lifecycle_interval_s > 0:
+            self._tasks.append(
+                asyncio.create_task(lifecycle_loop(self, self.lifecycle), name="lifecycle")
+            )
         now_ms = self.clock.now_ms()
         dialers = [_Dialer(url, down_since_ms=now_ms) for url in self.config.peer_urls]
         dialers += [
@@ -289,6 +299,24 @@ class Node:
     def store_call(self) -> StoreCall:
         return self.worker.call
 
+    def gossip_peers(self) -> list[Session]:
+        """The sessions that stream now (syncmesh.node.lifecycle)."""
+        return [session for session in self._sessions.values() if session.peer_site_id]
+
+    async def unmet_dialled_peers(self) -> list[str]:
+        """URLs we dial whose peer never said HELLO here, in this run or an earlier one."""
+        unmet = [
+            url
+            for url, dialer in self._dialers.items()
+            if dialer.link is None or not dialer.link.site_id
+        ]
+        if not unmet:
+            return []
+        # Met in an earlier run: it has a cursor here under that address.
+        status = await self.worker.call(self.store.status)
+        known = {cursor.address for cursor in status.peers}
+        return [url for url in unmet if url not in known]
+
     def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]:
         """(URL, named peer or None) of every peer this node dials."""
         return [(url, dialer.peer) for url, dialer in self._dialers.items()]
@@ -318,6 +346,7 @@ class Node:
                 {spec.name: describe_columns(spec) for spec in self.store.specs()},
                 self.instance,
                 {spec.name: table_schema(spec) for spec in self.store.specs()},
+                self.store.membership(),
             )
 
         return await self.worker.call(read)
@@ -814,6 +843,7 @@ class Node:
             self.rights_refused_rows,
             self.refused_connections,
             self.identity_conflicts(),
+            dataclasses.replace(self.lifecycle),
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:

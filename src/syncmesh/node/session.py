@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError, SyncError
 from syncmesh.merge import missing_rows
-from syncmesh.model import CELL_FIELDS, ChangeBatch
+from syncmesh.model import CELL_FIELDS, ChangeBatch, Membership
 from syncmesh.node.catchup import CatchUp
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.mismatch import SchemaComparison, compare
@@ -36,6 +36,7 @@ from syncmesh.protocol import (
     Batch,
     Have,
     Hello,
+    Members,
     Message,
     Pull,
     Refuse,
@@ -203,9 +204,28 @@ class Session:
         self._prefetched: tuple[int, ChangeBatch] | None = None
         # Set at the handshake from both HELLOs: what to send, whose vector to adopt.
         self._schema = SchemaComparison(frozenset(), False, ())
+        # The peer's HELLO carried membership: it reads MEMBERS (ADR 0015).
+        self._gossips = False
 
     async def close(self) -> None:
         await self._channel.close()
+
+    @property
+    def peer_site_id(self) -> str:
+        """The peer's site id once its HELLO was admitted ("" before)."""
+        return self.link.site_id if self.link.state == "streaming" else ""
+
+    @property
+    def peer_vector(self) -> dict[str, int]:
+        """The vector the peer last sent us (PULL, ACK, HAVE, a batch's)."""
+        return self.link.peer_vector
+
+    async def send_membership(self, membership: Membership) -> bool:
+        """MEMBERS to a streaming peer that speaks it (its HELLO had membership)."""
+        if not self._gossips or self.link.state != "streaming":
+            return False
+        await self._send(Members(membership))
+        return True
 
     async def refuse_and_close(self, reason: str) -> None:
         """End a streaming session with a REFUSE that tells the peer why."""
@@ -299,6 +319,15 @@ class Session:
 
     async def _start_pull(self, hello: Hello) -> None:
         store, worker = self._host.store, self._host.worker
+        # Membership first (ADR 0015): a forgotten site, or one that slept past
+        # the GC horizon, would bring deleted rows back.
+        refusal = await worker.call(
+            store.note_hello, hello.site_id, hello.vector, hello.head_seq, hello.membership
+        )
+        if refusal is not None:
+            log.warning("refused site %s: %s", hello.site_id, refusal)
+            raise await self._refuse(refusal)
+        self._gossips = hello.membership is not None
         try:
             restored = await worker.call(store.note_peer_vector, hello.vector)
         except ClockDriftError as exc:
@@ -348,6 +377,9 @@ class Session:
                 self._on_ack(message)
             elif isinstance(message, Have):
                 self._learn_peer_vector(message.vector)
+            elif isinstance(message, Members):
+                site = self.link.site_id
+                await self._host.worker.call(self._host.store.note_gossip, site, message.membership)
             elif isinstance(message, Pull):
                 if self._sender is not None:
                     raise ProtocolError("second PULL in one session")

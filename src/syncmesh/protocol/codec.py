@@ -25,6 +25,7 @@ from syncmesh.model import (
     INT64_MAX,
     INT64_MIN,
     ChangeBatch,
+    Membership,
     SqlValue,
     TableRows,
     is_utf8_text,
@@ -37,6 +38,7 @@ from syncmesh.protocol.messages import (
     Batch,
     Have,
     Hello,
+    Members,
     Message,
     Pull,
     Refuse,
@@ -54,6 +56,7 @@ NAME_CHARS_MAX = 1_024  # a table or column name; an incarnation or fingerprint:
 TOKEN_CHARS_MAX = 64  # incarnation ids and fingerprints
 REASON_CHARS_MAX = 4_096  # a REFUSE's reason, which the receiver logs
 VECTOR_SITES_MAX = 10_000  # entries of a version vector; tables named in a HELLO
+MEMBERS_MAX = 1_000  # sites in a membership's `seen` and in its `gone` (ADR 0015)
 FORMER_NAMES_MAX = 64  # former names of one table or column (renames kept, newest first)
 # msgpack refuses longer arrays while it parses, before any rows are built:
 # at least a row of SQLite's widest table (2000 columns, 3 fields each).
@@ -211,7 +214,11 @@ def _to_plain(message: Message) -> dict[str, Any]:
                     ]
                     for name, table in message.schema.items()
                 }
+            if message.membership is not None:
+                hello["mem"] = _membership_plain(message.membership)
             return hello
+        case Members():
+            return {"t": "members", "mem": _membership_plain(message.membership)}
         case Refuse():
             return {"t": "refuse", "reason": message.reason}
         case Pull():
@@ -240,6 +247,42 @@ def _to_plain(message: Message) -> dict[str, Any]:
             return {"t": "have", "vv": message.vector}
         case _:
             assert_never(message)
+
+
+def _membership_plain(membership: Membership) -> dict[str, object]:
+    return {
+        "seen": membership.seen,
+        "gone": list(membership.forgotten),
+        "clf": membership.cl_floor,
+        "hz": membership.horizon,
+    }
+
+
+def _membership(value: object, what: str) -> Membership:
+    """A membership (HELLO's optional `mem`, a MEMBERS message): every field checked."""
+    if type(value) is not dict:
+        raise ProtocolError(f"{what}: membership is not a map")
+    seen, gone, floor = value.get("seen"), value.get("gone"), value.get("clf")
+    if type(seen) is not dict or len(seen) > MEMBERS_MAX:
+        raise ProtocolError(
+            f"{what}: membership's seen is not a map of at most {MEMBERS_MAX} sites"
+        )
+    vectors = {}
+    for site, vector in seen.items():
+        if type(site) is not str or not 0 < len(site) <= SITE_ID_CHARS_MAX:
+            raise ProtocolError(f"{what}: membership names a site {_show(site)} that is not an id")
+        vectors[site] = _vector(vector, f"{what}: membership of {site}")
+    if type(gone) is not list or len(gone) > MEMBERS_MAX:
+        raise ProtocolError(
+            f"{what}: membership's gone is not a list of at most {MEMBERS_MAX} sites"
+        )
+    for site in gone:
+        if type(site) is not str or not 0 < len(site) <= SITE_ID_CHARS_MAX:
+            raise ProtocolError(f"{what}: membership's gone names {_show(site)}, not a site id")
+    if type(floor) is not int or not 0 <= floor <= INT64_MAX:
+        raise ProtocolError(f"{what}: membership's clf {_show(floor)} is not a causal length")
+    horizon = _vector(value.get("hz", {}), f"{what}: membership's horizon")
+    return Membership(vectors, tuple(gone), floor, horizon)
 
 
 def _table_entry(table: TableRows) -> list[object]:
@@ -396,6 +439,7 @@ def _from_plain(plain: object) -> Message:
             _columns(plain.get("cols")),
             _text(plain, "run", "hello", TOKEN_CHARS_MAX) if "run" in plain else "",
             _schema(plain.get("schema")),
+            _membership(plain["mem"], "hello") if "mem" in plain else None,
         )
     if kind == "refuse":
         return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))
@@ -412,6 +456,8 @@ def _from_plain(plain: object) -> Message:
         return Ack(_seq(plain, "to", "ack"), _vector(plain.get("vv"), "ack"))
     if kind == "have":
         return Have(_vector(plain.get("vv"), "have"))
+    if kind == "members":
+        return Members(_membership(plain.get("mem"), "members"))
     raise ProtocolError(f"unknown message type {_show(kind)}")
 
 

@@ -16,13 +16,15 @@ of its own change feed and the receiver of the peer's.
             (flow control, and fresher filtering for relays)
     HAVE    my vector is now `vector`: a hint for your filter only, sent
             before relaying so that in a mesh two relays do not cross
+    MEMBERS what I know of the cluster's sites (membership gossip, ADR 0015):
+            sent only to peers whose HELLO carried `membership`
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from syncmesh.model import ChangeBatch
+from syncmesh.model import ChangeBatch, Membership
 
 # 2: every cell of a batch carries its past (conflict detection); version 1
 # rows had three fields per cell and cannot be decoded by this version.
@@ -71,6 +73,11 @@ class Hello:
     # this is how the node decides what to send and whose vector to adopt).
     # Optional on the wire (peers before issue 14 send none), so no version bump.
     schema: dict[str, TableSchema] = field(default_factory=dict)
+    # What the sender knows of the cluster's sites: members' vectors, forgotten
+    # sites, its cl floor (docs/adr/0015-membership-and-tombstone-gc.md).  None
+    # from peers before issue 16, which then get no MEMBERS message either.
+    # Optional on the wire, so no version bump.
+    membership: Membership | None = None
 
 
 # The reason text that starts a refusal of a second session between one pair
@@ -134,4 +141,9 @@ class Have:
     vector: dict[str, int]
 
 
-Message = Hello | Refuse | Pull | Batch | Ack | Have
+@dataclass(frozen=True, slots=True)
+class Members:
+    membership: Membership
+
+
+Message = Hello | Refuse | Pull | Batch | Ack | Have | Members

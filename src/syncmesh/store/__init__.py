@@ -11,6 +11,7 @@ from syncmesh.store.base import ChangeNotifier, Store, TrackProgress, VerifyStor
 from syncmesh.store.records import (
     ApplyResult,
     ConflictRecord,
+    LifecycleStatus,
     OrphanPolicy,
     PeerCursor,
     StoreStatus,
@@ -21,6 +22,7 @@ __all__ = [
     "ApplyResult",
     "ChangeNotifier",
     "ConflictRecord",
+    "LifecycleStatus",
     "OrphanPolicy",
     "PeerCursor",
     "Store",

@@ -27,8 +27,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from syncmesh.model import ChangeBatch, SqlValue, TableSpec
-from syncmesh.store.records import ApplyResult, ConflictRecord, PeerCursor, StoreStatus
+from syncmesh.model import ChangeBatch, Membership, SqlValue, TableSpec
+from syncmesh.store.records import (
+    ApplyResult,
+    CollectPass,
+    CollectStep,
+    ConflictRecord,
+    PeerCursor,
+    StoreStatus,
+)
 from syncmesh.store.summary import TableSummary
 
 Key = tuple[SqlValue, ...]
@@ -242,6 +249,45 @@ class Store(VerifyStore, Protocol):
 
     def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
         """Detect that this store was restored from an old copy; True if detected now."""
+        ...
+
+    # -- membership and tombstone collection (ADR 0015) -------------------------
+
+    def membership(self) -> Membership:
+        """What this node knows of the cluster's sites, to gossip (HELLO, MEMBERS)."""
+        ...
+
+    def note_hello(
+        self,
+        peer_site_id: str,
+        vector: dict[str, int],
+        head_seq: int,
+        gossip: Membership | None,
+    ) -> str | None:
+        """Admit a peer's HELLO: the refusal in words, or None (then learn from it)."""
+        ...
+
+    def note_gossip(self, peer_site_id: str, gossip: Membership) -> None:
+        """Learn a peer's MEMBERS message."""
+        ...
+
+    def learn_vectors(self, vectors: dict[str, dict[str, int]]) -> None:
+        """Peers' vectors as they sent them: what each of them holds."""
+        ...
+
+    def forget_site(self, site_id: str) -> bool:
+        """Take a decommissioned site out of the membership; False if it was already."""
+        ...
+
+    def begin_collection(self, direct: dict[str, dict[str, int]] | None = None) -> CollectPass:
+        """Start a pass of tombstone collection: membership refreshed, frontier fixed.
+
+        `direct`: per peer in session, the vector it sent in that session.
+        """
+        ...
+
+    def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:
+        """Look at the next `rows_max` shadow rows; collect the stable tombstones among them."""
         ...
 
     # -- quarantine, conflicts, status ----------------------------------------

@@ -56,6 +56,42 @@ class ApplyResult:
     applied_by_table: dict[str, int] = field(default_factory=dict)  # applied_rows per table
 
 
+@dataclass(slots=True)
+class CollectPass:
+    """Where a collection pass over the tracked tables is (kept between steps)."""
+
+    frontier: dict[str, int]
+    tables: list[str]
+    table_index: int = 0
+    after: tuple[SqlValue, ...] | None = None
+    collected: int = 0
+    collected_by_table: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectStep:
+    collected: int  # tombstones collected by this step
+    done: bool  # the pass reached the end of the last table
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleStatus:
+    """Membership and tombstone collection (docs/adr/0015-membership-and-tombstone-gc.md)."""
+
+    members: tuple[str, ...]  # the sites the frontier waits for (this one included)
+    forgotten: tuple[str, ...]  # taken out by `syncmesh forget`
+    # Per origin: every member holds its writes stamped at or below this.
+    frontier: dict[str, int]
+    # The member that holds the frontier back most ("" if none does), and how
+    # far behind our own vector it is, in milliseconds of its stamps.
+    holding_back: str
+    holding_back_ms: int
+    tombstones_waiting: int  # deleted rows' shadow rows still kept
+    tombstones_collected: int  # collected here, ever
+    stale_dropped: int  # arriving rows of collected keys dropped (rule 1)
+    cl_floor: int  # keys new here start above this causal length
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStatus:
     site_id: str
@@ -96,6 +132,8 @@ class StoreStatus:
     orphans: dict[str, int] = field(default_factory=dict)
     # Orphans the policy could not resolve this run (table, key, reason).
     orphan_problems: list[str] = field(default_factory=list)
+    # Membership and tombstone collection (None from a backend without it).
+    lifecycle: LifecycleStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

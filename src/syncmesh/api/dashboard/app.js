@@ -65,6 +65,21 @@ function lastErrorText(entry, link, now) {
   return link === "connected" ? `past: ${entry.last_error}${when}` : `${entry.last_error}${when}`;
 }
 
+/** Tombstones waiting and collected, and the member holding collection back (ADR 0015). */
+function renderLifecycle(lifecycle) {
+  if (!lifecycle) {
+    $("node-tombstones").textContent = "not collected by this node";
+    $("node-holding-back").textContent = "";
+    return;
+  }
+  $("node-tombstones").textContent =
+    `${formatCount(lifecycle.tombstones_waiting)} waiting, ${formatCount(lifecycle.tombstones_collected)} collected`;
+  $("node-holding-back").textContent = lifecycle.holding_back
+    ? `${shortSite(lifecycle.holding_back)} (${formatDuration(lifecycle.holding_back_ms)} behind)`
+    : "nobody";
+  $("node-holding-back").title = lifecycle.holding_back ?? "";
+}
+
 function renderNode(status, peers) {
   const store = status.store;
   $("title-site").textContent = shortSite(status.site_id);
@@ -73,6 +88,7 @@ function renderNode(status, peers) {
   $("node-listen").textContent = status.listen;
   $("node-seq").textContent = String(store.seq);
   $("node-quarantined").textContent = `${formatCount(store.quarantined_rows)} rows`;
+  renderLifecycle(store.lifecycle);
   const problems = healthProblems(status);
   const health = $("node-health");
   health.dataset.health = problems.length ? "degraded" : "healthy";

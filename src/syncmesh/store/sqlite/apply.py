@@ -18,6 +18,7 @@ hash tree, and the conflicts go to the ledger last.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,7 @@ from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
 
 Key = tuple[SqlValue, ...]
+log = logging.getLogger(__name__)
 
 
 class TableApplied(NamedTuple):
@@ -262,6 +264,11 @@ def merge_table(
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
+    horizon = collected_horizon(ctx, table.spec.name)
+    if horizon:
+        incoming, sent, pks = _without_collected(
+            ctx, table, incoming, sent, shared, pks, on_disk, horizon
+        )
     refusals = _Refusals(table, incoming, sent or incoming, shared)
     merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk, refusals)
     failed, quarantined = _write_user_rows(ctx, table, shared, merge, on_disk, lacking, refusals)
@@ -281,6 +288,67 @@ def merge_table(
 
 
 OnDisk = dict[Key, tuple[list[SqlValue], str | None, int | None]]
+
+
+def collected_horizon(ctx: StoreContext, table: str) -> dict[str, int]:
+    """Per origin: tombstones of `table` stamped at or below this were collected here."""
+    return dict(
+        ctx.connection.execute(
+            "SELECT site_id, hlc FROM _syncmesh_horizon WHERE table_name = ?", (table,)
+        )
+    )
+
+
+def _without_collected(
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    sent: TableRows | None,
+    shared: _Incoming,
+    pks: list[Key],
+    on_disk: OnDisk,
+    horizon: dict[str, int],
+) -> tuple[TableRows, TableRows | None, list[Key]]:
+    """Leave out rows of keys whose tombstone was collected here (ADR 0015, rule 1).
+
+    A row for a key we hold no shadow row of, whose causal-length stamp is
+    at or below the table's horizon for its site, is a state we held (our
+    vector covered it) and that lost to a delete whose tombstone we have
+    since collected: a peer's batch read before it saw the delete, or a
+    repair.  Merging it would bring the deleted row back.  `sent` (the
+    rows as sent, aligned with `incoming`'s) loses the same rows.
+    """
+    at = table.key_count + 1  # cl_hlc, then cl_site (a batch site index)
+    kept: list[int] = []
+    for index, (pk, row) in enumerate(zip(pks, incoming.rows, strict=True)):
+        hlc, site = row[at], row[at + 1]
+        if (
+            pk not in on_disk
+            and isinstance(hlc, int)
+            and isinstance(site, int)
+            and 0 <= site < len(shared.batch_sites)
+            and hlc <= horizon.get(shared.batch_sites[site], 0)
+        ):
+            continue
+        kept.append(index)
+    dropped = len(pks) - len(kept)
+    if not dropped:
+        return incoming, sent, pks
+    ctx.connection.execute(
+        "UPDATE _syncmesh_lifecycle SET stale_dropped = stale_dropped + ?", (dropped,)
+    )
+    log.info(
+        "%s: dropped %d arriving rows of keys whose delete was collected here",
+        table.spec.name,
+        dropped,
+    )
+    kept_incoming = replace(incoming, rows=[incoming.rows[index] for index in kept])
+    kept_sent = sent
+    if sent is incoming:
+        kept_sent = kept_incoming
+    elif sent is not None:
+        kept_sent = replace(sent, rows=[sent.rows[index] for index in kept])
+    return kept_incoming, kept_sent, [pks[index] for index in kept]
 
 
 class _Refusals:

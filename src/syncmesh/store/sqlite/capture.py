@@ -21,6 +21,7 @@ from syncmesh.store.sqlite import vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_CHECK, OP_DELETE, OP_INSERT
 from syncmesh.store.sqlite.execute import execute_many, execute_one
+from syncmesh.store.sqlite.sql_capture import CL_FLOOR_SQL
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, site_code
 
@@ -163,7 +164,8 @@ def capture_table(
         stamped_keys = keys_out.setdefault(table.spec.name, {})
         stamped_keys.update((key, bool(state[0])) for key, state in folded.items())
     if table.sql_capture.digests and note is not None:
-        parameters = _capture_parameters(table, folded, hlc, seq, own_site, note)
+        (floor,) = connection.execute(f"SELECT {CL_FLOOR_SQL}").fetchone()
+        parameters = _capture_parameters(table, folded, hlc, seq, own_site, note, int(floor))
     else:
         parameters = [
             (alive, deleted, mask, hlc, seq, *key, None, None)
@@ -181,6 +183,7 @@ def _capture_parameters(
     seq: int,
     own_site: str,
     note: Callable[[str, int, int], None],
+    cl_floor: int = 0,
 ) -> list[tuple[SqlValue, ...]]:
     """Parameters of `capture_sql`, with leaf and digest for keys likely new here.
 
@@ -195,8 +198,9 @@ def _capture_parameters(
     # The fields `summary.digest` hashes, but for the key hash: the same
     # for every new row of this capture (all cells stamped hlc, by us).
     own = site_code(own_site)
-    live = [1, hlc, own, *[hlc] * len(table.values), *[own] * len(table.values)]
-    born_dead = [2, hlc, own]
+    # A new key's causal length starts above the collected ones (ADR 0015).
+    live = [1 + cl_floor, hlc, own, *[hlc] * len(table.values), *[own] * len(table.values)]
+    born_dead = [2 + cl_floor, hlc, own]
     parameters: list[tuple[SqlValue, ...]] = []
     for key, (alive, deleted, mask, inserted) in folded.items():
         hashed = guess = None

@@ -145,6 +145,32 @@ CREATE TABLE IF NOT EXISTS _syncmesh_parked (
 )
 """
 
+# Membership and tombstone collection (docs/adr/0015-membership-and-tombstone-gc.md):
+# every site known, with its vector as last heard; per table and origin, the
+# stamp below which tombstones were collected; the greatest causal length
+# collected (keys new here start above it, so a re-insert wins everywhere).
+LIFECYCLE_DDL = """
+CREATE TABLE IF NOT EXISTS _syncmesh_members (
+    site_id TEXT PRIMARY KEY,
+    seen TEXT NOT NULL DEFAULT '{}', -- JSON {origin: hlc}: its vector as last heard (max)
+    forgotten_ms INTEGER NOT NULL DEFAULT 0, -- > 0: taken out by `syncmesh forget`
+    heard_ms INTEGER NOT NULL DEFAULT 0      -- when its vector last grew here
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_horizon (
+    table_name TEXT NOT NULL,
+    site_id TEXT NOT NULL,           -- origin of the deletes
+    hlc INTEGER NOT NULL,            -- its tombstones stamped <= hlc were collected here
+    PRIMARY KEY (table_name, site_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _syncmesh_lifecycle (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    cl_floor INTEGER NOT NULL,       -- even: greatest causal length collected (or learned)
+    collected INTEGER NOT NULL,      -- tombstones collected here, ever
+    stale_dropped INTEGER NOT NULL   -- arrivals of collected rows dropped (ADR 0015 rule 1)
+);
+INSERT OR IGNORE INTO _syncmesh_lifecycle VALUES (1, 0, 0, 0)
+"""
+
 # The conflict ledger (docs/adr/0007-conflict-ledger.md): the conflicts this
 # node resolved, newest kept up to a limit, and a running count per table.
 CONFLICT_LEDGER_DDL = """

@@ -25,6 +25,7 @@ from syncmesh.store.sqlite.ddl import (
     DIGEST_COLUMN,
     KEY_HASH_COLUMN,
     LEGACY_UPDATE_TRIGGER_KIND,
+    LIFECYCLE_DDL,
     PASTS_COLUMN,
     RUNS_DDL,
     WAITING_DDL,
@@ -144,6 +145,12 @@ def upgrade(ctx: StoreContext) -> None:
     if waiting is None:  # (each statement is CREATE ... IF NOT EXISTS)
         with ctx.transaction():
             _run_script(ctx, WAITING_DDL)
+    lifecycle = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_lifecycle'"
+    ).fetchone()
+    if lifecycle is None:
+        with ctx.transaction():
+            _run_script(ctx, LIFECYCLE_DDL)
     missing = _lacking(ctx, PASTS_COLUMN)
     ledger = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_conflicts'"
@@ -210,7 +217,17 @@ def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:
 def init(ctx: StoreContext) -> None:
     """Create the bookkeeping tables and this node's site id, if missing (one transaction)."""
     with ctx.transaction():
-        _run_script(ctx, BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL + ";" + WAITING_DDL)
+        _run_script(
+            ctx,
+            BOOKKEEPING_DDL
+            + CONFLICT_LEDGER_DDL
+            + ";"
+            + RUNS_DDL
+            + ";"
+            + WAITING_DDL
+            + ";"
+            + LIFECYCLE_DDL,
+        )
         row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
         if row is None:
             site_id = uuid.uuid4().hex

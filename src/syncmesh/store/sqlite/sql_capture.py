@@ -17,6 +17,9 @@ from syncmesh.store.sqlite.functions import (
 )
 from syncmesh.store.sqlite.names import TableNames
 
+# The causal length below which new keys do not start (even; 0 until a collection).
+CL_FLOOR_SQL = "coalesce((SELECT cl_floor FROM _syncmesh_lifecycle), 0)"
+
 
 def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -59,7 +62,10 @@ class CaptureSql:
         ]
         values = [
             *keys,
-            "CASE WHEN ?1 THEN 1 ELSE 2 END",
+            # Above every causal length collected here (ADR 0015, rule 2): the
+            # key may be one whose tombstone was collected, and is still held
+            # at a peer that has not collected it yet.
+            f"CASE WHEN ?1 THEN 1 ELSE 2 END + {CL_FLOOR_SQL}",
             "?4",
             "0",
             "?5",

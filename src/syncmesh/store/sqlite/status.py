@@ -5,7 +5,15 @@ from __future__ import annotations
 import sqlite3
 
 from syncmesh.store.records import StoreStatus
-from syncmesh.store.sqlite import conflicts, integer_keys, orphans, peers, tracking, waitlist
+from syncmesh.store.sqlite import (
+    conflicts,
+    integer_keys,
+    lifecycle,
+    orphans,
+    peers,
+    tracking,
+    waitlist,
+)
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.introspect import fingerprint
 
@@ -43,6 +51,7 @@ def status(ctx: StoreContext) -> StoreStatus:
             warnings=integer_keys.warnings(ctx),
             orphans=orphans.orphan_counts(ctx),
             orphan_problems=orphans.problems(ctx),
+            lifecycle=lifecycle.status(ctx),
         )
 
 

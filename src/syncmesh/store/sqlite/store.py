@@ -24,10 +24,12 @@ from collections.abc import Collection
 from pathlib import Path
 
 from syncmesh.clock import HybridClock, SystemClock
-from syncmesh.model import ChangeBatch, SqlValue, TableSpec
+from syncmesh.model import ChangeBatch, Membership, SqlValue, TableSpec
 from syncmesh.store.base import CONFLICT_LEDGER_ROWS_MAX_DEFAULT, Key, TrackProgress
 from syncmesh.store.records import (
     ApplyResult,
+    CollectPass,
+    CollectStep,
     ConflictRecord,
     OrphanPolicy,
     PeerCursor,
@@ -36,6 +38,7 @@ from syncmesh.store.records import (
 from syncmesh.store.sqlite import (
     conflicts,
     feed,
+    lifecycle,
     opening,
     orphans,
     peers,
@@ -339,6 +342,56 @@ class SqliteStore:
         new incarnation tells every peer to re-read our feed from the start.
         """
         return vector.note_peer(self.context, peer_vector)
+
+    # -- membership and tombstone collection (lifecycle.py, ADR 0015) -------------
+
+    def membership(self) -> Membership:
+        """What this node knows of the cluster's sites, to gossip (HELLO, MEMBERS)."""
+        return lifecycle.membership(self.context)
+
+    def note_hello(
+        self,
+        peer_site_id: str,
+        vector: dict[str, int],
+        head_seq: int,
+        gossip: Membership | None,
+    ) -> str | None:
+        """Admit a peer's HELLO: the refusal in words (forgotten, or slept past the
+        GC horizon), or None; an admitted peer's vector and gossip are learned."""
+        return lifecycle.note_hello(self.context, peer_site_id, vector, head_seq, gossip)
+
+    def note_gossip(self, peer_site_id: str, gossip: Membership) -> None:
+        """Learn a peer's MEMBERS message: members' vectors, forgotten sites, the cl floor."""
+        lifecycle.note_gossip(self.context, peer_site_id, gossip)
+
+    def learn_vectors(self, vectors: dict[str, dict[str, int]]) -> None:
+        """Peers' vectors as they sent them (PULL, ACK, HAVE): what each of them holds."""
+        lifecycle.learn_vectors(self.context, vectors)
+
+    def forget_site(self, site_id: str) -> bool:
+        """Take a decommissioned site out of the membership; False if it was already."""
+        return lifecycle.forget(self.context, site_id)
+
+    def begin_collection(self, direct: dict[str, dict[str, int]] | None = None) -> CollectPass:
+        """Start a pass of tombstone collection: membership refreshed, frontier fixed.
+
+        `direct`: per peer in session with us, the vector it sent in that
+        session; it stands for the peer instead of what gossip says of it.
+        """
+        return lifecycle.begin_pass(self.context, direct or {})
+
+    def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:
+        """Look at the next `rows_max` shadow rows; collect the stable tombstones among them."""
+        return lifecycle.collect_step(self.context, state, rows_max)
+
+    def collect_all(
+        self, rows_max: int = 1_000, direct: dict[str, dict[str, int]] | None = None
+    ) -> int:
+        """A whole pass, step by step (tests); returns tombstones collected."""
+        state = self.begin_collection(direct)
+        while not self.collect_step(state, rows_max).done:
+            pass
+        return state.collected
 
     # -- quarantine -------------------------------------------------------------
 

@@ -183,6 +183,8 @@ def untrack(ctx: StoreContext, names: list[str]) -> None:
             for table in (shadow_name(name), log_name(name)):
                 connection.execute(f"DROP TABLE IF EXISTS {quote_identifier(table)}")
             connection.execute("DELETE FROM _syncmesh_tables WHERE name = ?", (name,))
+            # Its shadow rows are gone: nothing of it was collected (ADR 0015, rule 1).
+            connection.execute("DELETE FROM _syncmesh_horizon WHERE table_name = ?", (name,))
             ctx.unsynced.pop(name, None)
             log.info("untracked table %s", name)
         connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")

@@ -1,0 +1,486 @@
+"""Membership, causal stability and tombstone collection (docs/adr/0015).
+
+Owns `_syncmesh_members` (every site known here, with its vector as last
+heard), `_syncmesh_horizon` (per table and origin, the stamp below which
+tombstones were collected) and `_syncmesh_lifecycle` (the cl floor and the
+counters).  The stability frontier of an origin is the least that any
+member is known to hold of its writes; a tombstone whose causal-length
+stamp is at or below it is held, or beaten, everywhere, and goes.
+
+Collection runs in steps (`collect_step`), each one short transaction over
+at most `rows_max` shadow rows of one table, so that the node's store
+worker interleaves them with the sessions' batches: sync never waits for
+more than one step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from syncmesh.clock import wall_ms_of
+from syncmesh.errors import StoreError
+from syncmesh.model import Membership, SqlValue
+from syncmesh.store.records import CollectPass, CollectStep, LifecycleStatus
+from syncmesh.store.sqlite import capture
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import DEFAULT_CELL_SITE
+from syncmesh.store.sqlite.execute import execute_one
+from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.summary import LEAF_MASK
+
+log = logging.getLogger(__name__)
+
+Key = tuple[SqlValue, ...]
+Vector = dict[str, int]
+
+
+def _max_merge(into: Vector, vector: Vector) -> bool:
+    """`into` = max(into, vector); True if it grew."""
+    grew = False
+    for site, hlc in vector.items():
+        if hlc > into.get(site, 0):
+            into[site] = hlc
+            grew = True
+    return grew
+
+
+def _members(ctx: StoreContext) -> dict[str, tuple[Vector, int, int]]:
+    """site -> (seen, forgotten_ms, heard_ms)."""
+    return {
+        site: (json.loads(seen), forgotten, heard)
+        for site, seen, forgotten, heard in ctx.connection.execute(
+            "SELECT site_id, seen, forgotten_ms, heard_ms FROM _syncmesh_members"
+        )
+    }
+
+
+def _write_seen(ctx: StoreContext, site: str, seen: Vector, now_ms: int) -> None:
+    ctx.connection.execute(
+        "INSERT INTO _syncmesh_members (site_id, seen, heard_ms) VALUES (?, ?, ?)"
+        " ON CONFLICT (site_id) DO UPDATE SET seen = excluded.seen, heard_ms = excluded.heard_ms",
+        (site, json.dumps(seen, sort_keys=True, separators=(",", ":")), now_ms),
+    )
+
+
+def _add_site(ctx: StoreContext, site: str) -> None:
+    """Make `site` a member (known, vector unknown) unless it is one or was forgotten."""
+    if site and site != DEFAULT_CELL_SITE:
+        ctx.connection.execute(
+            "INSERT OR IGNORE INTO _syncmesh_members (site_id) VALUES (?)", (site,)
+        )
+
+
+def refresh(ctx: StoreContext) -> None:
+    """Our own row follows our vector (its high-water mark); every site seen is a member.
+
+    Inside the caller's transaction.  A site is seen when its stamps are in
+    our shadow rows (the site map) or our vector names it.
+    """
+    own = ctx.site_id()
+    vector = ctx.vector()
+    for (site,) in ctx.connection.execute("SELECT site_id FROM _syncmesh_sites").fetchall():
+        _add_site(ctx, site)
+    for site in vector:
+        _add_site(ctx, site)
+    members = _members(ctx)
+    seen = members.get(own, ({}, 0, 0))[0]
+    if _max_merge(seen, vector) or own not in members:
+        _write_seen(ctx, own, seen, ctx.clock.physical_ms())
+
+
+def membership(ctx: StoreContext) -> Membership:
+    """What we know of the cluster's sites, to gossip (HELLO, MEMBERS)."""
+    with ctx.transaction():
+        refresh(ctx)
+        members = _members(ctx)
+        (floor,) = ctx.connection.execute("SELECT cl_floor FROM _syncmesh_lifecycle").fetchone()
+    return Membership(
+        {site: seen for site, (seen, forgotten, _) in members.items() if not forgotten},
+        tuple(sorted(site for site, (_, forgotten, _) in members.items() if forgotten)),
+        int(floor),
+        _horizon(ctx),
+    )
+
+
+def _horizon(ctx: StoreContext) -> Vector:
+    """Per origin, the greatest stamp below which this node collected tombstones."""
+    return {
+        site: int(hlc)
+        for site, hlc in ctx.connection.execute(
+            "SELECT site_id, max(hlc) FROM _syncmesh_horizon GROUP BY site_id"
+        )
+    }
+
+
+def learn_vectors(ctx: StoreContext, vectors: dict[str, Vector]) -> None:
+    """Fold in the vectors peers sent us (PULL, ACK, HAVE, a batch's): what each holds."""
+    if not vectors:
+        return
+    with ctx.transaction():
+        members = _members(ctx)
+        now_ms = ctx.clock.physical_ms()
+        for site, vector in vectors.items():
+            seen, forgotten, _ = members.get(site, ({}, 0, 0))
+            if forgotten:
+                continue
+            if _max_merge(seen, vector) or site not in members:
+                _write_seen(ctx, site, seen, now_ms)
+
+
+def refusal(
+    ctx: StoreContext, peer: str, vector: Vector, head_seq: int, gossip: Membership | None
+) -> str | None:
+    """Why a peer whose HELLO says this must not sync with us; None if it may.
+
+    Read-only.  A forgotten site, or one that holds less of some origin's
+    writes than we collected tombstones of (it slept past the horizon, or
+    its file was restored from an old copy), could bring deleted rows back:
+    its live rows of keys we collected would never meet their tombstone.
+    A newcomer (its vector names no site but itself) never received a row.
+    """
+    row = ctx.connection.execute(
+        "SELECT forgotten_ms FROM _syncmesh_members WHERE site_id = ?", (peer,)
+    ).fetchone()
+    if row is not None and row[0] > 0:
+        return (
+            f"site {peer} was forgotten (`syncmesh forget`): it was decommissioned, and its"
+            " rows could bring back rows deleted since; to return, give it a new identity on an"
+            " empty database file (move the file away, `syncmesh init`, `syncmesh track`),"
+            " then let it sync"
+        )
+    if set(vector) <= {peer}:
+        # A newcomer: it never received a write, so it holds no row that a
+        # collected delete beat (its own first writes excepted, ADR 0015).
+        return None
+    held = dict(vector)
+    if gossip is not None:
+        _max_merge(held, gossip.seen.get(peer, {}))
+    for origin, collected in sorted(_horizon(ctx).items()):
+        if held.get(origin, 0) < collected:
+            return (
+                f"site {peer} holds the writes of site {origin} only up to stamp"
+                f" {held.get(origin, 0)}, but deleted rows up to stamp {collected} were collected"
+                " here: it slept past the GC horizon (or its file was restored from an old"
+                " copy), and its rows could bring deleted rows back; re-join it with a new"
+                " identity on an empty database file (move the file away, `syncmesh init`,"
+                " `syncmesh track`), or forget it (`syncmesh forget`)"
+            )
+    return None
+
+
+def note_hello(
+    ctx: StoreContext, peer: str, vector: Vector, head_seq: int, gossip: Membership | None
+) -> str | None:
+    """Admit a peer's HELLO (refusal text, or None) and learn what it tells of the cluster."""
+    with ctx.transaction():
+        refused = refusal(ctx, peer, vector, head_seq, gossip)
+        if refused is None and gossip is not None:
+            refused = _refused_by(ctx, peer, gossip)
+        if refused is not None:
+            return refused
+        _add_site(ctx, peer)
+        heard = {peer: dict(vector)}
+        if gossip is not None:
+            _learn_gossip(ctx, gossip, heard)
+        members = _members(ctx)
+        now_ms = ctx.clock.physical_ms()
+        own = ctx.site_id()
+        for site, vector_heard in heard.items():
+            if site == own:
+                continue  # our own row is our own vector: nobody knows it better
+            seen, forgotten, _ = members.get(site, ({}, 0, 0))
+            if not forgotten and (_max_merge(seen, vector_heard) or site not in members):
+                _write_seen(ctx, site, seen, now_ms)
+    return None
+
+
+def _refused_by(ctx: StoreContext, peer: str, gossip: Membership) -> str | None:
+    """Why the peer will refuse *us* (its HELLO tells): so that our side says it too.
+
+    The peer refuses in its own handshake and hangs up; we may never read
+    its REFUSE, as we send our PULL at the same moment.
+    """
+    own = ctx.site_id()
+    if own in gossip.forgotten:
+        return (
+            f"this site ({own}) was forgotten in the cluster (`syncmesh forget`; peer {peer}"
+            " says so): it was decommissioned, and its rows could bring back rows deleted"
+            " since; to return, give it a new identity on an empty database file (move the"
+            " file away, `syncmesh init`, `syncmesh track`), then let it sync"
+        )
+    vector = ctx.vector()
+    if set(vector) <= {own}:
+        return None  # a newcomer: the peer admits it
+    held = _members(ctx).get(own, ({}, 0, 0))[0]
+    _max_merge(held, vector)
+    for origin, collected in sorted(gossip.horizon.items()):
+        if held.get(origin, 0) < collected:
+            return (
+                f"this site holds the writes of site {origin} only up to stamp"
+                f" {held.get(origin, 0)}, but peer {peer} collected deleted rows up to stamp"
+                f" {collected}: this node slept past the GC horizon (or its file was restored"
+                " from an old copy), and its rows could bring deleted rows back; re-join with"
+                " a new identity on an empty database file (move the file away, `syncmesh"
+                " init`, `syncmesh track`)"
+            )
+    return None
+
+
+def _learn_gossip(ctx: StoreContext, gossip: Membership, heard: dict[str, Vector]) -> None:
+    """Forgotten sites (union), members' vectors (max) and the cl floor (max) from a peer."""
+    own = ctx.site_id()
+    now_ms = ctx.clock.physical_ms()
+    for site in gossip.forgotten:
+        if site == own:
+            log.error(
+                "a peer says this site (%s) was forgotten (`syncmesh forget`): other nodes"
+                " will refuse it; give it a new identity on an empty database file",
+                own,
+            )
+            continue
+        ctx.connection.execute(
+            "INSERT INTO _syncmesh_members (site_id, forgotten_ms) VALUES (?, ?)"
+            " ON CONFLICT (site_id) DO UPDATE SET forgotten_ms = excluded.forgotten_ms"
+            " WHERE forgotten_ms = 0",
+            (site, now_ms),
+        )
+    for site, seen in gossip.seen.items():
+        _add_site(ctx, site)
+        _max_merge(heard.setdefault(site, {}), seen)
+    ctx.connection.execute(
+        "UPDATE _syncmesh_lifecycle SET cl_floor = max(cl_floor, ?)",
+        (gossip.cl_floor - gossip.cl_floor % 2,),
+    )
+
+
+def note_gossip(ctx: StoreContext, peer: str, gossip: Membership) -> None:
+    """A MEMBERS message from a peer in session with us."""
+    with ctx.transaction():
+        heard: dict[str, Vector] = {}
+        _learn_gossip(ctx, gossip, heard)
+        members = _members(ctx)
+        now_ms = ctx.clock.physical_ms()
+        own = ctx.site_id()
+        for site, vector_heard in heard.items():
+            seen, forgotten, _ = members.get(site, ({}, 0, 0))
+            if site != own and not forgotten and _max_merge(seen, vector_heard):
+                _write_seen(ctx, site, seen, now_ms)
+    del peer  # the message speaks for the cluster, not only for its sender
+
+
+def forget(ctx: StoreContext, site: str) -> bool:
+    """Take `site` out of the membership for good; False if it was forgotten already.
+
+    Its own writes held here stay, and still sync; what goes is the wait
+    for what it holds.
+    """
+    if site == ctx.site_id():
+        raise StoreError(
+            f"{site} is this file's own site id: forget it on the other nodes, or give this"
+            " file a new identity (`syncmesh init --new-site-id`)"
+        )
+    with ctx.transaction():
+        refresh(ctx)
+        members = _members(ctx)
+        if site not in members:
+            known = ", ".join(sorted(members)) or "none"
+            raise StoreError(f"site {site} is not a member here (members: {known})")
+        if members[site][1] > 0:
+            return False
+        ctx.connection.execute(
+            "INSERT INTO _syncmesh_members (site_id, forgotten_ms) VALUES (?, ?)"
+            " ON CONFLICT (site_id) DO UPDATE SET forgotten_ms = excluded.forgotten_ms",
+            (site, max(1, ctx.clock.physical_ms())),
+        )
+    log.warning("site %s forgotten: it no longer holds tombstone collection back", site)
+    return True
+
+
+def frontier(
+    ctx: StoreContext, direct: dict[str, Vector] | None = None
+) -> tuple[Vector, dict[str, Vector]]:
+    """Per origin, the least any member holds of its writes; and the members' vectors.
+
+    For ourselves, our current vector (not its high-water mark): a table
+    tracked since is being synced afresh, and the horizon we record must
+    stay below what we hold (rule 1 relies on it).  For a peer in session
+    with us (`direct`), the vector it sent us in that session, not what
+    gossip says of it: a batch it read before it held a delete may still be
+    on its way to us, ahead of the message that says it holds it, while
+    gossip from a third node can overtake it.
+    """
+    own = ctx.site_id()
+    vectors = {
+        site: seen
+        for site, (seen, forgotten, _) in _members(ctx).items()
+        if not forgotten and site != own
+    }
+    for site, vector in (direct or {}).items():
+        if site in vectors:
+            vectors[site] = vector
+    vectors[own] = ctx.vector()
+    origins = {origin for vector in vectors.values() for origin in vector}
+    return {
+        origin: min(vector.get(origin, 0) for vector in vectors.values()) for origin in origins
+    }, vectors
+
+
+def begin_pass(ctx: StoreContext, direct: dict[str, Vector]) -> CollectPass:
+    """Refresh the membership and fix the frontier for one pass over the tables.
+
+    `direct`: the vectors of the peers in session with us, as they sent them.
+    """
+    with ctx.transaction():
+        refresh(ctx)
+        stable, _ = frontier(ctx, direct)
+    return CollectPass(stable, sorted(ctx.tables))
+
+
+def collect_step(ctx: StoreContext, state: CollectPass, rows_max: int) -> CollectStep:
+    """Look at the next `rows_max` shadow rows of the pass; collect the stable tombstones."""
+    assert rows_max > 0
+    while state.table_index < len(state.tables):
+        table = ctx.tables.get(state.tables[state.table_index])
+        if table is None or _blocked(ctx, table.spec.name):
+            state.table_index, state.after = state.table_index + 1, None
+            continue
+        collected, last = _collect_some(ctx, table, state, rows_max)
+        if last is None:
+            state.table_index, state.after = state.table_index + 1, None
+        else:
+            state.after = last
+        return CollectStep(collected, state.table_index >= len(state.tables))
+    return CollectStep(0, True)
+
+
+def _blocked(ctx: StoreContext, table: str) -> bool:
+    """Rows of `table` in quarantine, or cells waiting or parked: its tombstones wait.
+
+    Their retry, or their merge once their column is here, merges an old
+    state of a row against what is held: against nothing, once collected.
+    """
+    return (
+        ctx.connection.execute(
+            "SELECT 1 FROM _syncmesh_quarantine WHERE table_name = ?"
+            " UNION ALL SELECT 1 FROM _syncmesh_waiting WHERE table_name = ?"
+            " UNION ALL SELECT 1 FROM _syncmesh_parked WHERE table_name = ? LIMIT 1",
+            (table, table, table),
+        ).fetchone()
+        is not None
+    )
+
+
+def _scan_sql(table: TableSql, after: bool) -> str:
+    keys = table.names.shadow_keys
+    where = ""
+    if after:
+        where = f" WHERE ({keys}) > ({', '.join('?' * table.key_count)})"
+    return (
+        f"SELECT {keys}, cl, cl_hlc, cl_site, kh, dg FROM {table.shadow}{where}"
+        f" ORDER BY {keys} LIMIT ?"
+    )
+
+
+def _collect_some(
+    ctx: StoreContext, table: TableSql, state: CollectPass, rows_max: int
+) -> tuple[int, Key | None]:
+    """One step over one table: (collected, last key looked at, or None at the table's end)."""
+    keys = table.key_count
+    sites = ctx.require_init()
+    parameters: list[SqlValue] = [*(state.after or ()), rows_max]
+    with ctx.transaction("DEFERRED"):
+        rows = execute_one(
+            ctx.connection, _scan_sql(table, state.after is not None), parameters
+        ).fetchall()
+    last = tuple(rows[-1][:keys]) if len(rows) == rows_max else None
+    stable = []
+    for row in rows:
+        cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
+        if (
+            cl % 2 == 0
+            and cl_hlc is not None
+            and cl_site is not None
+            and cl_hlc <= state.frontier.get(sites.site(cl_site), 0)
+        ):
+            stable.append(row)
+    if not stable:
+        return 0, last
+    return _delete(ctx, table, state, stable), last
+
+
+def _delete(ctx: StoreContext, table: TableSql, state: CollectPass, stable: list[object]) -> int:
+    """Delete the stable tombstones (still as scanned) in one write transaction."""
+    keys = table.key_count
+    delete_sql = f"DELETE FROM {table.shadow} WHERE {table.names.keys_where} AND cl = ?"
+    collected = 0
+    top_cl = 0
+    with ctx.transaction():
+        # A re-insert not captured yet must meet the tombstone, not a missing row.
+        capture.capture_pending(ctx)
+        for row in stable:
+            assert isinstance(row, tuple)
+            key, cl, hashed, digest = row[:keys], row[keys], row[keys + 3], row[keys + 4]
+            cursor = execute_one(ctx.connection, delete_sql, [*key, cl])
+            if cursor.rowcount != 1:
+                continue  # changed since the scan (a re-insert, a merge): not stable any more
+            collected += 1
+            top_cl = max(top_cl, int(cl))
+            if hashed is not None and digest is not None:
+                ctx.summaries.note(table.spec.name, int(hashed) & LEAF_MASK, int(digest))
+        if collected:
+            ctx.connection.executemany(
+                "INSERT INTO _syncmesh_horizon (table_name, site_id, hlc) VALUES (?, ?, ?)"
+                " ON CONFLICT (table_name, site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+                [(table.spec.name, site, hlc) for site, hlc in state.frontier.items() if hlc > 0],
+            )
+            ctx.connection.execute(
+                "UPDATE _syncmesh_lifecycle SET cl_floor = max(cl_floor, ?),"
+                " collected = collected + ?",
+                (top_cl, collected),
+            )
+    state.collected += collected
+    name = table.spec.name
+    state.collected_by_table[name] = state.collected_by_table.get(name, 0) + collected
+    return collected
+
+
+def status(ctx: StoreContext) -> LifecycleStatus:
+    """Inside the caller's read transaction."""
+    own = ctx.site_id()
+    members = _members(ctx)
+    stable, vectors = frontier(ctx)
+    ours = vectors[own]
+    behind: dict[str, int] = {}
+    lag: dict[str, int] = {}
+    for origin, hlc in stable.items():
+        if hlc >= ours.get(origin, 0):
+            continue
+        for site, vector in vectors.items():
+            if site != own and vector.get(origin, 0) == hlc:
+                behind[site] = behind.get(site, 0) + 1
+                lag[site] = max(lag.get(site, 0), wall_ms_of(ours.get(origin, 0)) - wall_ms_of(hlc))
+    holding = ""
+    if behind:
+        holding = max(behind, key=lambda site: (behind[site], -members.get(site, ({}, 0, 0))[2]))
+    waiting = 0
+    for table in ctx.tables.values():
+        waiting += int(
+            ctx.connection.execute(
+                f"SELECT count(*) FROM {table.shadow} WHERE cl % 2 = 0"
+            ).fetchone()[0]
+        )
+    floor, collected, dropped = ctx.connection.execute(
+        "SELECT cl_floor, collected, stale_dropped FROM _syncmesh_lifecycle"
+    ).fetchone()
+    return LifecycleStatus(
+        tuple(sorted({own} | {site for site, (_, gone, _) in members.items() if not gone})),
+        tuple(sorted(site for site, (_, gone, _) in members.items() if gone)),
+        stable,
+        holding,
+        lag.get(holding, 0),
+        waiting,
+        int(collected),
+        int(dropped),
+        int(floor),
+    )

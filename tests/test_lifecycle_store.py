@@ -1,0 +1,229 @@
+"""Membership, causal stability and tombstone collection, on real stores (ADR 0015).
+
+Each test names the rule it checks: a tombstone goes only once every member
+holds its delete; a member that is behind (offline) holds it back; a key
+collected and inserted again wins over a tombstone still held elsewhere;
+a row arriving for a collected key is dropped; a site that slept past the
+horizon, or was forgotten, is refused with the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncmesh.clock import HybridClock
+from syncmesh.model import Membership
+from syncmesh.store.sqlite import SqliteStore
+from tests.helpers import ManualClock, exchange_all, rows_with_types, run_cli
+
+BASE_MS = 1_700_000_000_000
+
+
+def _open(path: Path, clock: ManualClock) -> SqliteStore:
+    store = SqliteStore.open(path, clock=HybridClock(clock, drift_ms_max=60_000))
+    store.init()
+    store.connection.execute("CREATE TABLE notes (id TEXT PRIMARY KEY, body)")
+    store.track(["notes"])
+    return store
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[list[SqliteStore]]:
+    clock = ManualClock(BASE_MS)
+    opened = [_open(tmp_path / f"n{index}.db", clock) for index in range(3)]
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def _sync(stores: list[SqliteStore]) -> None:
+    """Every store pulls every other's feed to its head, twice (relays settle)."""
+    for _ in range(2):
+        for source in stores:
+            for target in stores:
+                if source is not target:
+                    exchange_all(source, target)
+
+
+def _tell_everyone(stores: list[SqliteStore]) -> None:
+    """What gossip does: every store learns every other's current vector."""
+    for store in stores:
+        store.learn_vectors(
+            {other.site_id: other.vector() for other in stores if other is not store}
+        )
+
+
+def _tombstones(store: SqliteStore) -> int:
+    return int(
+        store.connection.execute(
+            "SELECT count(*) FROM _syncmesh_shadow_notes WHERE cl % 2 = 0"
+        ).fetchone()[0]
+    )
+
+
+def _write(store: SqliteStore, sql: str, *params: object) -> None:
+    store.connection.execute(sql, params)
+    store.capture()
+
+
+def test_a_tombstone_goes_once_every_member_holds_the_delete(stores: list[SqliteStore]) -> None:
+    a, b, c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    exchange_all(a, b)  # c has not seen the delete yet
+    _tell_everyone(stores)
+    assert a.collect_all() == 0, "c does not hold the delete: nothing is stable"
+    assert _tombstones(a) == 1
+    assert a.status().lifecycle is not None
+    assert a.status().lifecycle.holding_back == c.site_id  # type: ignore[union-attr]
+    _sync(stores)
+    _tell_everyone(stores)
+    assert [store.collect_all() for store in stores] == [1, 1, 1]
+    assert [_tombstones(store) for store in stores] == [0, 0, 0]
+    status = a.status().lifecycle
+    assert status is not None
+    assert (status.tombstones_waiting, status.tombstones_collected, status.cl_floor) == (0, 1, 2)
+    assert status.holding_back == ""
+
+
+def test_a_member_never_heard_of_holds_collection_back(stores: list[SqliteStore]) -> None:
+    a, b, c = stores
+    _write(c, "INSERT INTO notes VALUES ('j', 'from c')")
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    _sync(stores)
+    # a knows b's vector but not c's: c is a member (its stamps are here), unknown.
+    a.learn_vectors({b.site_id: b.vector()})
+    assert a.collect_all() == 0
+    a.learn_vectors({c.site_id: c.vector()})
+    assert a.collect_all() == 1
+
+
+def test_a_collected_key_inserted_again_wins_where_the_tombstone_is_still_held(
+    stores: list[SqliteStore],
+) -> None:
+    a, b, _c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'old')")
+    _sync(stores)
+    _write(b, "DELETE FROM notes WHERE id = 'k'")
+    _sync(stores)
+    _tell_everyone(stores)
+    assert a.collect_all() == 1  # b keeps its tombstone for now
+    _write(a, "INSERT INTO notes VALUES ('k', 'new')")
+    cl = a.connection.execute("SELECT cl FROM _syncmesh_shadow_notes WHERE k0 = 'k'").fetchone()
+    assert cl == (3,), "a new life starts above the collected tombstone's cl (2)"
+    _sync(stores)
+    for store in stores:
+        assert rows_with_types(store.connection, "notes") == [(("k", "text"), ("new", "text"))], (
+            "the re-insert is alive everywhere"
+        )
+
+
+def test_a_row_arriving_for_a_collected_key_is_dropped(stores: list[SqliteStore]) -> None:
+    a, b, _c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    # b's feed as it was before the delete: a batch in flight while a collects.
+    stale = b.read_batch(0, {}, 1_000)
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    _sync(stores)
+    _tell_everyone(stores)
+    assert a.collect_all() == 1
+    result = a.merge_repair_rows(b.site_id, stale)
+    assert result.applied_rows == 0
+    assert rows_with_types(a.connection, "notes") == []
+    status = a.status().lifecycle
+    assert status is not None
+    assert status.stale_dropped == 1
+
+
+def test_a_site_that_slept_past_the_horizon_is_refused(
+    stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    a, _b, c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    sleeper_vector = c.vector()
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    _sync(stores)
+    _tell_everyone(stores)
+    assert a.collect_all() == 1
+    reason = a.note_hello(c.site_id, sleeper_vector, c.head_seq(), None)
+    assert reason is not None
+    assert "slept past the GC horizon" in reason
+    assert a.note_hello(c.site_id, c.vector(), c.head_seq(), c.membership()) is None
+    # A brand-new empty site holds nothing: admitted, and it takes the cl floor.
+    fresh = _open(tmp_path / "fresh.db", ManualClock(BASE_MS))
+    assert a.note_hello(fresh.site_id, fresh.vector(), fresh.head_seq(), None) is None
+    assert fresh.note_hello(a.site_id, a.vector(), a.head_seq(), a.membership()) is None
+    _write(fresh, "INSERT INTO notes VALUES ('k', 'fresh')")
+    assert fresh.connection.execute("SELECT cl FROM _syncmesh_shadow_notes").fetchone() == (3,)
+    fresh.close()
+
+
+def test_a_forgotten_site_stops_holding_back_and_is_refused(stores: list[SqliteStore]) -> None:
+    a, b, c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    exchange_all(a, b)  # c is offline for good
+    _tell_everyone(stores)
+    assert a.collect_all() == 0
+    assert a.forget_site(c.site_id)
+    assert not a.forget_site(c.site_id)
+    assert a.collect_all() == 1
+    reason = a.note_hello(c.site_id, c.vector(), c.head_seq(), None)
+    assert reason is not None
+    assert "was forgotten" in reason
+    # Gossip carries it: b forgets c too, and refuses it.
+    gossip = a.membership()
+    assert c.site_id in gossip.forgotten
+    assert c.site_id not in gossip.seen
+    b.note_gossip(a.site_id, gossip)
+    refused = b.note_hello(c.site_id, c.vector(), c.head_seq(), None)
+    assert refused is not None
+    assert "was forgotten" in refused
+    assert b.collect_all() == 1
+
+
+def test_gossip_merges_vectors_by_max_and_raises_the_cl_floor(stores: list[SqliteStore]) -> None:
+    a, b, c = stores
+    a.note_gossip(b.site_id, Membership({c.site_id: {c.site_id: 5}}, (), 7))
+    a.note_gossip(b.site_id, Membership({c.site_id: {c.site_id: 3}}, (), 2))
+    known = a.membership()
+    assert known.seen[c.site_id] == {c.site_id: 5}
+    assert known.cl_floor == 6, "the floor stays even: a new key starts alive above it"
+
+
+def test_forget_on_the_command_line_names_what_is_wrong(stores: list[SqliteStore]) -> None:
+    a, b, _c = stores
+    _write(b, "INSERT INTO notes VALUES ('k', 'x')")
+    exchange_all(b, a)
+    path = a.context.path
+    a.close()
+    own = run_cli("forget", path, a_site := _site_of(path))
+    assert own.returncode == 1
+    assert f"{a_site} is this file's own site id" in own.stderr
+    unknown = run_cli("forget", path, "f" * 32)
+    assert unknown.returncode == 1
+    assert "is not a member here" in unknown.stderr
+    done = run_cli("forget", path, b.site_id)
+    assert done.returncode == 0, done.stderr
+    assert f"site {b.site_id} forgotten" in done.stdout
+    again = run_cli("forget", path, b.site_id)
+    assert "was forgotten already" in again.stdout
+    status = run_cli("status", path)
+    assert "forgotten" in status.stdout
+    assert b.site_id in status.stdout
+
+
+def _site_of(path: str) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
