@@ -124,6 +124,28 @@ def test_three_nodes_converge_through_the_stream(
     assert fleet_status["subject"] == f"syncmesh.{fleet}.changes.{site_id(nodes[0])}"
     assert fleet_status["state"] == "streaming"
     assert fleet_status["published_messages"] >= 1
+    others = {site_id(nodes[1]), site_id(nodes[2])}
+    wait_for(
+        lambda: (
+            {site["site_id"] for site in fleet_of(nodes[0])["sites"]} == others
+            and all(site["lag_ms"] == 0 for site in fleet_of(nodes[0])["sites"])
+        ),
+        CONVERGE_S,
+        "a's status to list b and c on the stream, caught up",
+        describe(cluster, nats_cluster),
+    )
+    with nodes[0].open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    stream = f'stream="SYNCMESH_{fleet.upper()}"'
+    assert f"syncmesh_fleet_up{{{stream}}} 1.0" in metrics
+    for other in sorted(others):
+        assert f'syncmesh_fleet_site_lag_seconds{{site="{other}",{stream}}} 0.0' in metrics
+    assert f"syncmesh_fleet_consumer_pending{{{stream}}}" in metrics
+    shown = run_cli("status", str(nodes[0].db))
+    assert f"SYNCMESH_{fleet.upper()}" in shown.stdout
+    assert "fleet sites" in shown.stdout
+    for other in sorted(others):
+        assert other in shown.stdout
 
 
 def test_a_stopped_node_catches_up_from_the_stream(

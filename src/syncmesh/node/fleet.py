@@ -405,13 +405,14 @@ class Fleet:
         store = self._host.store
         key = position_key(self._config.cluster, site_id)
         stored = store.peer_cursor(key)
-        cursor = None if stored is None else stored.cursor
         if stored is None or stored.incarnation != batch.incarnation:
-            if batch.from_seq != 0:
-                return self._merge_past_gap(site_id, cursor, batch)
+            # A new site, or a new incarnation of it (restored, re-initialised):
+            # its chain starts at 0.  Kept even when the first message is past
+            # 0 (a gap), so that a restart finds the gap again.
             store.reset_peer_cursor(key, batch.incarnation, 0, message.subject)
             cursor = 0
-        assert cursor is not None
+        else:
+            cursor = stored.cursor
         if batch.to_seq <= cursor:
             return _Outcome("duplicate", cursor)
         if batch.from_seq > cursor:
@@ -424,11 +425,11 @@ class Fleet:
         result = store.apply_batch(key, positioned, adopt_vector=False)
         return _Outcome("applied", batch.to_seq, result.applied_rows, store.rows_captured_total)
 
-    def _merge_past_gap(self, site_id: str, cursor: int | None, batch: ChangeBatch) -> _Outcome:
+    def _merge_past_gap(self, site_id: str, cursor: int, batch: ChangeBatch) -> _Outcome:
         store = self._host.store
         result = store.merge_repair_rows(site_id, batch)
         return _Outcome(
-            "gap", cursor or 0, result.applied_rows, store.rows_captured_total, batch.from_seq
+            "gap", cursor, result.applied_rows, store.rows_captured_total, batch.from_seq
         )
 
     def _note_outcome(
@@ -486,8 +487,8 @@ class Fleet:
         if last is not None:
             site.last_stream_seq = max(site.last_stream_seq, last.stream_seq)
             site.head_seq = max(site.head_seq, _header_int(last.headers, HEADER_HEAD))
-        if site.gap or site.stream_seq == 0 or first_seq <= site.stream_seq + 1:
-            return
+        if site.gap or first_seq <= site.stream_seq + 1:
+            return  # nothing after our position was dropped
         following = await self._link.next_message(subject, site.stream_seq + 1)
         if following is not None and _header_int(following.headers, HEADER_FROM) > site.cursor:
             self._note_gap(

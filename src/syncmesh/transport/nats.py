@@ -308,7 +308,9 @@ class JetStreamLink:
             raise FleetError(self.stream_name, "no consumer bound")
         try:
             msgs = await subscription.fetch(messages_max, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):
+            # Nothing to deliver within the wait: nats-py raises its own
+            # TimeoutError, or asyncio's when the server's answer is late.
             return []
         except nats.errors.Error as exc:
             raise FleetError(self.stream_name, f"fetch failed: {exc}") from exc
