@@ -349,6 +349,51 @@ def test_a_gap_in_the_stream_is_detected_and_reported(
     assert any("fleet stream gap" in reason for reason in health["reasons"]), health
     assert "ERROR syncmesh.node.fleet: fleet stream gap" in b.log_text()
     assert row_count(b.db, "items") < 8  # the dropped messages' rows are not here
+    # The position stayed before the gap: a restart finds it again, from the stream.
+    b.stop()
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: len(fleet_of(b)["gaps"]) == 1,
+        CONVERGE_S,
+        "b to report the gap again after a restart",
+        describe(cluster, nats_cluster),
+    )
+    assert b.health()[0] == 503
+
+
+def test_a_node_on_nats_and_websocket_relays_the_stream_to_its_peer(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a node can use the fleet stream and a WebSocket peer at once.
+
+    Method: a is on the stream only; m is on the stream and dials w, a
+    WebSocket-only node (a local replica).  A write at a must reach w
+    through m, and a write at w must reach m.  (Relaying w's writes onto
+    the stream is not done yet: docs/nats.md.)
+    """
+    fleet = fleet_name()
+    w = cluster.node("w", make_db(cluster.directory / "w.db", SCHEMA))
+    cluster.start(w)
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    m = nats_node(cluster, "m", nats_cluster, fleet, extra=("--peer", w.url))
+    cluster.start(a, m)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('from-a', 'over nats', 1)")
+    wait_converged(
+        [a.db, m.db, w.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 1,
+        describe=describe(cluster, nats_cluster),
+    )
+    sqlite3_shell(w.db, "INSERT INTO items VALUES ('from-w', 'over websocket', 2)")
+    wait_for(
+        lambda: query(m.db, "SELECT name FROM items WHERE id = 'from-w'") == [("over websocket",)],
+        CONVERGE_S,
+        "w's write to reach m",
+        describe(cluster, nats_cluster),
+    )
+    assert m.status()["peers"][0]["state"] == "streaming"
+    assert fleet_of(m)["state"] == "streaming"
 
 
 async def _make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
