@@ -14,18 +14,23 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from syncmesh.api.http import websocket_connector
 from syncmesh.clock import pack
 from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
+from syncmesh.node import Node
+from syncmesh.node.config import FleetConfig, NodeConfig
 from syncmesh.protocol import Batch, encode
 from syncmesh.transport.nats import JetStreamLink
-from tests.helpers import sqlite3_shell
+from syncmesh.transport.stream import FleetError, PublishReceipt
+from tests.helpers import sqlite3_shell, wait_until
 from tests.nats_cluster import NatsCluster
 from tests.nodeproc import (
     Cluster,
@@ -436,3 +441,61 @@ async def test_a_retried_publish_is_stored_once(nats_cluster: NatsCluster) -> No
         assert last.headers["Nats-Msg-Id"] == f"{site}:i:0:5"
     finally:
         await link.close()
+
+
+class AckLostLink:
+    """A JetStreamLink whose first publish lands in the stream but whose ack is lost."""
+
+    def __init__(self, inner: JetStreamLink) -> None:
+        self.inner = inner
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def publish(
+        self, site_id: str, data: bytes, *, message_id: str, headers: Mapping[str, str]
+    ) -> PublishReceipt:
+        receipt = await self.inner.publish(site_id, data, message_id=message_id, headers=headers)
+        if self.lost == 0:
+            self.lost += 1
+            raise FleetError("nats", "publish failed: timeout (injected: the ack was lost)")
+        return receipt
+
+
+async def test_the_publisher_retries_with_the_same_message_id(
+    tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    """Goal: when a publish's ack is lost, the node publishes again and the stream keeps one.
+
+    Method: a node runs in this process with a link whose first publish
+    reaches the stream but raises as if its ack were lost; one write
+    through the sqlite3 shell.  The node must retry (publish_retries 1),
+    the stream must answer "duplicate" (publish_duplicates 1), and the
+    node's subject must hold exactly one message.
+    """
+    fleet = fleet_name()
+    db = make_db(tmp_path / "a.db", SCHEMA)
+    config = NodeConfig(
+        database_path=str(db),
+        listen_port=0,
+        fleet=FleetConfig(servers=tuple(nats_cluster.urls), cluster=fleet),
+    )
+    link = AckLostLink(JetStreamLink(tuple(nats_cluster.urls), fleet))
+    node = Node(config, connector=websocket_connector(config), fleet_link=link)
+    await node.start()
+    try:
+        sqlite3_shell(db, "INSERT INTO items VALUES ('x', 'once', 1)")
+        assert node.fleet is not None
+        fleet_node = node.fleet
+        await wait_until(
+            lambda: fleet_node.statistics().published_messages == 1,
+            CONVERGE_S,
+            "the node to publish its write",
+        )
+        statistics = fleet_node.statistics()
+        assert (statistics.publish_retries, statistics.publish_duplicates) == (1, 1)
+        position = await link.inner.position()
+        assert position.messages == 1
+    finally:
+        await node.stop()
