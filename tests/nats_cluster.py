@@ -72,7 +72,9 @@ class NatsServer:
         )
         return config
 
-    def start(self, config: Path) -> None:
+    def start(self, config: Path | None = None) -> None:
+        """Start (or start again, with its store and configuration as they were)."""
+        config = config or self.directory / "server.conf"
         self._log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(config)],
@@ -117,13 +119,13 @@ class NatsCluster:
         for server in self.servers:
             server.start(server.write_config(routes))
         try:
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         """Until a stream with 3 replicas can be made: servers up, routes and a meta leader."""
         import asyncio
 

@@ -499,3 +499,88 @@ async def test_the_publisher_retries_with_the_same_message_id(
         assert position.messages == 1
     finally:
         await node.stop()
+
+
+def test_sites_converge_while_one_nats_server_is_down(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: losing one of the three servers loses nothing; the sites keep syncing.
+
+    Method: a and b converge; one nats-server (the one both were told of
+    first) is killed with SIGKILL; a and b write 50 rows each through the
+    sqlite3 shell; both files must end equal with all 101 rows.  The server
+    is started again afterwards, with its store, for the next tests.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('before', 'x', 0)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    victim = nats_cluster.servers[0]
+    victim.stop()
+    try:
+        for node in (a, b):
+            values = ", ".join(f"('{node.name}{row}', 'n', {row})" for row in range(50))
+            sqlite3_shell(node.db, f"INSERT INTO items VALUES {values}")
+        wait_converged(
+            [a.db, b.db],
+            "items",
+            CONVERGE_S * 2,
+            check=lambda rows: len(rows) == 101,
+            describe=describe(cluster, nats_cluster),
+        )
+    finally:
+        victim.start()
+        nats_cluster.wait_ready()
+
+
+def test_tracking_a_table_reads_the_stream_again_without_a_false_gap(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a table tracked while the node runs gets the rows the stream already carried.
+
+    Method: a tracks `items` and `extra`; b has both tables but tracks only
+    `items`.  a writes to both; b gets the `items` row.  Then `syncmesh
+    track b.db extra` runs beside the running node: the store resets every
+    position to 0 (ADR 0013), so b must read the stream again from its
+    start (logged), end with a's `extra` rows, and take a's next message
+    without reporting a gap.
+    """
+    fleet = fleet_name()
+    extra = "CREATE TABLE extra (id TEXT PRIMARY KEY, v TEXT)"
+    a_db = make_db(cluster.directory / "a.db", [SCHEMA, extra])
+    b_db = make_db(cluster.directory / "b.db", SCHEMA)
+    sqlite3_shell(b_db, extra)
+    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
+    a, b = (
+        cluster.node(name, db, extra_args=(*nats_args, "--cluster", fleet), env=FAST_STATUS)
+        for name, db in (("a", a_db), ("b", b_db))
+    )
+    cluster.start(a, b)
+    sqlite3_shell(
+        a.db, "INSERT INTO extra VALUES ('e1', 'one'); INSERT INTO extra VALUES ('e2', 'two')"
+    )
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('i1', 'x', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    assert row_count(b.db, "extra") == 0
+    assert run_cli("track", str(b.db), "extra").returncode == 0
+    wait_converged(
+        [a.db, b.db],
+        "extra",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 2,
+        describe=describe(cluster, nats_cluster),
+    )
+    b.wait_for_log("reading the stream again")
+    wait_for(
+        lambda: fleet_of(b)["state"] == "streaming" and fleet_of(b)["consumer_pending"] == 0,
+        CONVERGE_S,
+        "b to read the stream to its end again",
+        describe(cluster, nats_cluster),
+    )
+    # a's next message continues its chain past b's reset position: no gap.
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('i2', 'after', 2)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 2)
+    assert fleet_of(b)["gaps"] == []
+    # (b's health may say "quarantine is growing": the extra rows waited there.)
+    assert not any("fleet" in reason for reason in b.health()[1]["reasons"])

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from syncmesh.clock import feed_lag_ms
-from syncmesh.errors import ProtocolError, StoreError
+from syncmesh.errors import ProtocolError, StoreError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import FleetConfig, NodeConfig
 from syncmesh.node.origin import own_rows, refuse_foreign
@@ -71,6 +71,10 @@ GAP_FIX = (
     " with a node that holds that site's writes over WebSocket (--peer URL), and raise the"
     " stream's limits (max_age, max_bytes) so that offline nodes stay within them"
 )
+
+
+class RereadStream(SyncError):
+    """The fleet positions were reset: open the link again with a fresh consumer."""
 
 
 def position_key(cluster: str, site_id: str) -> str:
@@ -183,6 +187,8 @@ class Fleet:
             try:
                 rewind = await self._load_positions()
                 await self._link.open(self._own, fresh_consumer=rewind)
+                if rewind:
+                    await self._clear_reset_marks()
                 self._state = "streaming"
                 self._down_since_ms = 0
                 failures = 0
@@ -196,6 +202,8 @@ class Fleet:
                     group.create_task(self._publish_loop())
                     group.create_task(self._consume_loop())
                     group.create_task(self._status_loop())
+            except* RereadStream as group_error:
+                log.info("fleet: %s; reading the stream again", group_error.exceptions[0])
             except* (FleetError, StoreError, ProtocolError) as group_error:
                 failures += 1
                 self._note_down(group_error.exceptions[0])
@@ -235,13 +243,26 @@ class Fleet:
             site.cursor, site.stream_seq = cursor.cursor, cursor.head_seq
             if cursor.cursor == 0 and cursor.head_seq > 0:
                 rewind = True
-                await worker.call(
-                    store.reset_peer_cursor, cursor.site_id, cursor.incarnation, 0, cursor.address
-                )
                 site.stream_seq = 0
         if rewind:
             log.info("fleet: positions were reset (tables changed): reading the stream again")
         return rewind
+
+    async def _clear_reset_marks(self) -> None:
+        """After the fresh consumer exists: positions at 0 lose their stream sequence.
+
+        In this order, a crash in between only reads the stream once more.
+        """
+        store = self._host.store
+
+        def clear() -> None:
+            for site_id in self._sites:
+                key = position_key(self._config.cluster, site_id)
+                stored = store.peer_cursor(key)
+                if stored is not None and stored.cursor == 0 and stored.head_seq > 0:
+                    store.reset_peer_cursor(key, stored.incarnation, 0, stored.address)
+
+        await self._host.worker.call(clear)
 
     def _link_cluster(self) -> str:
         return self._config.cluster
@@ -374,6 +395,9 @@ class Fleet:
         except StoreError as exc:
             log.warning("fleet: cannot apply a message of %s now: %s", site_id, exc)
             return False
+        if outcome.kind == "reread":
+            await delivery.nak(0)  # read again once the stream is read from its start
+            raise RereadStream("tracked tables changed: the fleet positions were reset")
         await delivery.ack()
         self._note_outcome(site, message, batch, outcome)
         return True
@@ -411,6 +435,8 @@ class Fleet:
             # 0 (a gap), so that a restart finds the gap again.
             store.reset_peer_cursor(key, batch.incarnation, 0, message.subject)
             cursor = 0
+        elif stored.cursor == 0 and stored.head_seq > 0:
+            return _Outcome("reread", 0)  # reset by the store: not a gap (_positions_reset)
         else:
             cursor = stored.cursor
         if batch.to_seq <= cursor:
@@ -476,9 +502,25 @@ class Fleet:
                 position.consumer_pending,
                 position.consumer_ack_pending,
             )
+            if await self._host.worker.call(self._positions_reset):
+                raise RereadStream("tracked tables changed: the fleet positions were reset")
             for site in list(self._sites.values()):
                 await self._look_at(site, position.first_seq)
             await asyncio.sleep(self._config.status_interval_s)
+
+    def _positions_reset(self) -> bool:
+        """On the store thread: True if the store reset a fleet position (ADR 0013).
+
+        Tracking a new table sets every cursor to 0 so that every feed is
+        read again; a fleet position at 0 that has a stream sequence was
+        reset so.  The run loop then reads the stream again from its start.
+        """
+        store = self._host.store
+        for site_id in list(self._sites):
+            stored = store.peer_cursor(position_key(self._config.cluster, site_id))
+            if stored is not None and stored.cursor == 0 and stored.head_seq > 0:
+                return True
+        return False
 
     async def _look_at(self, site: _Site, first_seq: int) -> None:
         """Its newest message (lag), and whether messages after our position are gone."""
@@ -541,7 +583,7 @@ class Fleet:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    kind: str  # "applied", "duplicate" or "gap"
+    kind: str  # "applied", "duplicate", "gap" or "reread"
     cursor: int
     applied_rows: int = 0
     captured_total: int = 0
