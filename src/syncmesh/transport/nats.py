@@ -22,6 +22,7 @@ extra.  Every client error leaves here as a `FleetError` (`from exc`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import ssl
 from collections.abc import Mapping
@@ -43,6 +44,8 @@ from syncmesh.transport.stream import (
     StoredMessage,
     StreamPosition,
 )
+
+log = logging.getLogger(__name__)
 
 # A cluster name is a subject token and part of the stream's name.
 CLUSTER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -146,6 +149,7 @@ class JetStreamLink:
         self._js: JetStreamContext | None = None
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._consumer = ""
+        self._last_error = ""  # the last asynchronous client error logged (repeats: DEBUG)
 
     # -- names ---------------------------------------------------------------------
 
@@ -192,6 +196,9 @@ class JetStreamLink:
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
                 )
             except (nats.errors.Error, OSError) as exc:
                 raise FleetError(", ".join(self._servers), f"cannot connect: {exc}") from exc
@@ -220,6 +227,25 @@ class JetStreamLink:
             raise FleetError(
                 self.stream_name, f"cannot bind consumer {self._consumer}: {exc}"
             ) from exc
+
+    async def _on_error(self, error: Exception) -> None:
+        """nats-py's asynchronous errors (a server down while it reconnects): one line each.
+
+        Its default logs a traceback for every failed reconnect; an
+        operating error is no bug.  A repeat of the same text goes to DEBUG.
+        """
+        text = f"{type(error).__name__}: {error}"
+        level = logging.DEBUG if text == self._last_error else logging.WARNING
+        self._last_error = text
+        log.log(level, "nats (%s): %s", ", ".join(self._servers), text)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats: disconnected; reconnecting (%s)", ", ".join(self._servers))
+
+    async def _on_reconnected(self) -> None:
+        self._last_error = ""
+        url = None if self._client is None else self._client.connected_url
+        log.info("nats: reconnected to %s", None if url is None else url.netloc)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         try:

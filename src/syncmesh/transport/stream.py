@@ -28,6 +28,8 @@ class FleetError(TransportError):
 
     def __init__(self, where: str, reason: str) -> None:
         super().__init__(where, reason)
+        # TransportError words it "peer WHERE: ..."; the stream is no peer.
+        self.args = (f"{where}: {reason}",)
         self.reason = reason
 
 
