@@ -176,6 +176,7 @@ class Fleet:
         self._undecodable = 0
         self._stream = (0, 0, 0, 0, 0)  # first, last, messages, pending, ack pending
         self._rng = random.Random()
+        self._reread = False  # read the stream again from its start at the next open
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -235,7 +236,7 @@ class Fleet:
         self._own = await worker.call(lambda: store.site_id)
         status = await worker.call(store.status)
         prefix = position_key(self._link_cluster(), "")
-        rewind = False
+        rewind, self._reread = self._reread, False
         for cursor in status.peers:
             if not cursor.site_id.startswith(prefix):
                 continue
@@ -398,8 +399,9 @@ class Fleet:
         if outcome.kind == "reread":
             await delivery.nak(0)  # read again once the stream is read from its start
             raise RereadStream("tracked tables changed: the fleet positions were reset")
-        await delivery.ack()
+        # Before the ack: the status loop takes what the consumer acked as applied.
         self._note_outcome(site, message, batch, outcome)
+        await delivery.ack()
         return True
 
     def _decoded(self, message: StoredMessage) -> ChangeBatch | None:
@@ -504,8 +506,12 @@ class Fleet:
             )
             if await self._host.worker.call(self._positions_reset):
                 raise RereadStream("tracked tables changed: the fleet positions were reset")
+            for subject in position.subjects:
+                site_id = self._link.site_of(subject)
+                if site_id is not None and site_id != self._own:
+                    self._site(site_id)
             for site in list(self._sites.values()):
-                await self._look_at(site, position.first_seq)
+                await self._look_at(site, position.first_seq, position.consumer_ack_floor)
             await asyncio.sleep(self._config.status_interval_s)
 
     def _positions_reset(self) -> bool:
@@ -522,19 +528,38 @@ class Fleet:
                 return True
         return False
 
-    async def _look_at(self, site: _Site, first_seq: int) -> None:
-        """Its newest message (lag), and whether messages after our position are gone."""
+    async def _look_at(self, site: _Site, first_seq: int, acked_seq: int) -> None:
+        """Its newest message (lag); whether messages after our position are gone or lost.
+
+        `acked_seq` is our consumer's ack floor, read before: every message
+        up to it was applied and committed before it was acked, so its chain
+        position is at most our cursor, read after.  A message of the site
+        up to the floor that continues past our cursor was acked in a past
+        life of this file: it was restored from an older copy, and the
+        stream is read again.  One whose `from` is past our cursor is a gap.
+        """
         subject = self._link.subject_of(site.site_id)
         last = await self._link.last_message(subject)
         if last is not None:
             site.last_stream_seq = max(site.last_stream_seq, last.stream_seq)
             site.head_seq = max(site.head_seq, _header_int(last.headers, HEADER_HEAD))
-        if site.gap or first_seq <= site.stream_seq + 1:
-            return  # nothing after our position was dropped
+        dropped = first_seq > site.stream_seq + 1
+        if site.gap or not (dropped or acked_seq > site.stream_seq):
+            return
         following = await self._link.next_message(subject, site.stream_seq + 1)
-        if following is not None and _header_int(following.headers, HEADER_FROM) > site.cursor:
-            self._note_gap(
-                site, site.cursor, _header_int(following.headers, HEADER_FROM), following.stream_seq
+        if following is None:
+            return
+        start = _header_int(following.headers, HEADER_FROM)
+        if start > site.cursor:
+            self._note_gap(site, site.cursor, start, following.stream_seq)
+        elif (
+            following.stream_seq <= acked_seq
+            and _header_int(following.headers, HEADER_TO) > site.cursor
+        ):
+            self._reread = True
+            raise RereadStream(
+                f"site {site.site_id}'s message at stream seq {following.stream_seq} was acked"
+                " but is not applied here (the database was restored from an older copy?)"
             )
 
     def statistics(self) -> FleetStatistics:

@@ -356,7 +356,9 @@ class JetStreamLink:
     async def position(self) -> StreamPosition:
         js = self._jetstream()
         try:
-            stream = await js.stream_info(self.stream_name)
+            stream = await js.stream_info(
+                self.stream_name, subjects_filter=self.changes_prefix + "*"
+            )
             consumer = await js.consumer_info(self.stream_name, self._consumer)
         except nats.errors.Error as exc:
             raise FleetError(self.stream_name, f"cannot read the stream's state: {exc}") from exc
@@ -367,4 +369,6 @@ class JetStreamLink:
             consumer_pending=int(consumer.num_pending or 0),
             consumer_ack_pending=int(consumer.num_ack_pending or 0),
             consumer_redelivered=int(consumer.num_redelivered or 0),
+            consumer_ack_floor=int(consumer.ack_floor.stream_seq if consumer.ack_floor else 0),
+            subjects=tuple(sorted(stream.state.subjects or {})),
         )

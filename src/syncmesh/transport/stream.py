@@ -65,6 +65,8 @@ class StreamPosition:
     consumer_pending: int  # messages not yet delivered to this node's consumer
     consumer_ack_pending: int  # delivered, not yet acknowledged
     consumer_redelivered: int
+    consumer_ack_floor: int  # every message up to this stream sequence was acked by us
+    subjects: tuple[str, ...]  # the subjects that have messages in the stream
 
 
 class Delivery(Protocol):
