@@ -82,6 +82,7 @@ def read_batch(
                         shape.key_count,
                         kept,
                         former if any(former) else (),
+                        table.layout.created if any(table.layout.created) else (),
                     )
                 )
         vector = ctx.vector() if upper == head else None
