@@ -41,8 +41,9 @@ from syncmesh.api.dashboard import add_dashboard
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
+from syncmesh.errors import ConfigError
 from syncmesh.node import Node, NodeConfig, NodeStatistics
-from syncmesh.node.config import Secret, is_loopback
+from syncmesh.node.config import FleetConfig, Secret, is_loopback
 from syncmesh.node.health import assess
 from syncmesh.transport import (
     SYNC_PATH,
@@ -52,6 +53,7 @@ from syncmesh.transport import (
     WebSocketListener,
     server_context,
 )
+from syncmesh.transport.stream import FleetLink
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,7 @@ async def running_node(
         dataclasses.replace(config, listen_port=port),
         physical_clock=physical_clock,
         connector=websocket_connector(config),
+        fleet_link=None if config.fleet is None else fleet_link(config.fleet),
     )
     node.listen = f"{host}:{port}"
     separate_api = config.api_listen_host is not None
@@ -245,6 +248,28 @@ def websocket_connector(config: NodeConfig) -> WebSocketConnector:
         frame_bytes_max=config.frame_bytes_max,
         connect_timeout_s=config.connect_timeout_s,
         tls=config.tls,
+    )
+
+
+def fleet_link(fleet: FleetConfig) -> FleetLink:
+    """The fleet transport of `[transport.nats]`: NATS JetStream (the `nats` extra)."""
+    try:
+        from syncmesh.transport.nats import JetStreamLink, NatsAuth
+    except ImportError as exc:
+        raise ConfigError(
+            "transport.nats",
+            f"the NATS transport needs nats-py: pip install 'syncmesh[nats]' ({exc})",
+        ) from exc
+    return JetStreamLink(
+        fleet.servers,
+        fleet.cluster,
+        auth=NatsAuth(
+            credentials=fleet.credentials,
+            tls_ca=fleet.tls_ca,
+            tls_cert=fleet.tls_cert,
+            tls_key=fleet.tls_key,
+        ),
+        replicas=fleet.replicas,
     )
 
 

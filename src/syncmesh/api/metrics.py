@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from syncmesh.clock import wall_ms_of
 from syncmesh.node import LAG_CHANGES_MAX, NodeStatistics, PeerStatistics
+from syncmesh.node.fleet import FleetStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PEER_LABELS = ["peer", "address"]
@@ -42,6 +43,8 @@ class _Snapshot(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from _node_metrics(self._statistics)
         yield from _peer_metrics(self._statistics.peers, self._now_ms)
+        if self._statistics.fleet is not None:
+            yield from _fleet_metrics(self._statistics.fleet)
 
 
 def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
@@ -302,3 +305,78 @@ def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:
         buckets.append((repr(bound), total))
     buckets.append(("+Inf", total + peer.apply_seconds_counts[-1]))
     return buckets
+
+
+def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
+    """The fleet stream (NATS JetStream): our chain, the stream, the consumer, per site."""
+    labels = ["stream"]
+    up = GaugeMetricFamily(
+        "syncmesh_fleet_up", "1 while the fleet stream is reachable and streaming.", labels=labels
+    )
+    up.add_metric([fleet.stream], 1 if fleet.state == "streaming" else 0)
+    yield up
+    gauges = (
+        ("published_seq", "Where our chain of messages ends (our feed's seq).", "published_seq"),
+        ("stream_first_seq", "The oldest message the stream retains.", "stream_first_seq"),
+        ("stream_last_seq", "The newest message in the stream.", "stream_last_seq"),
+        ("consumer_pending", "Messages not yet delivered to our consumer.", "consumer_pending"),
+        (
+            "consumer_ack_pending",
+            "Messages delivered to us, not yet acknowledged.",
+            "consumer_ack_pending",
+        ),
+        ("gaps", "Sites whose messages the stream dropped before we read them.", None),
+    )
+    for name, text, field in gauges:
+        family = GaugeMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)
+        value = len(fleet.gaps) if field is None else getattr(fleet, field)
+        family.add_metric([fleet.stream], value)
+        yield family
+    counters = (
+        ("published_messages", "Messages we published.", "published_messages"),
+        ("published_rows", "Rows we published.", "published_rows"),
+        ("publish_retries", "Publishes tried again.", "publish_retries"),
+        (
+            "undecodable_messages",
+            "Messages that were not a readable batch.",
+            "undecodable_messages",
+        ),
+    )
+    for name, text, field in counters:
+        counter = CounterMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)
+        counter.add_metric([fleet.stream], getattr(fleet, field))
+        yield counter
+    site_labels = ["stream", "site"]
+    lag = GaugeMetricFamily(
+        "syncmesh_fleet_site_lag_seconds",
+        "How much older our position on a site's chain is than its newest write we know of.",
+        labels=site_labels,
+    )
+    position = GaugeMetricFamily(
+        "syncmesh_fleet_site_stream_seq",
+        "The stream sequence of the last message of the site we applied.",
+        labels=site_labels,
+    )
+    behind = GaugeMetricFamily(
+        "syncmesh_fleet_site_stream_seq_behind",
+        "Stream sequences between the last message of the site we applied and its newest.",
+        labels=site_labels,
+    )
+    applied = CounterMetricFamily(
+        "syncmesh_fleet_site_rows_applied",
+        "Rows of the site applied from the stream (this run).",
+        labels=site_labels,
+    )
+    refused = CounterMetricFamily(
+        "syncmesh_fleet_site_foreign_rows_refused",
+        "Rows on the site's subject refused for claiming another origin (this run).",
+        labels=site_labels,
+    )
+    for site in fleet.sites:
+        key = [fleet.stream, site.site_id]
+        lag.add_metric(key, site.lag_ms / 1000)
+        position.add_metric(key, site.stream_seq)
+        behind.add_metric(key, max(0, site.last_stream_seq - site.stream_seq))
+        applied.add_metric(key, site.rows_applied)
+        refused.add_metric(key, site.foreign_rows_refused)
+    yield from (lag, position, behind, applied, refused)

@@ -140,6 +140,39 @@ _STATUS = {
             "items": {"type": "string"},
             "description": "two live database files with one site id, seen lately (with the fix)",
         },
+        "fleet": {
+            "type": ["object", "null"],
+            "description": "the NATS JetStream fleet stream (docs/nats.md); null without one",
+            "properties": {
+                "stream": {"type": "string"},
+                "subject": {"type": "string", "description": "where this site publishes"},
+                "state": {"type": "string", "enum": ["connecting", "streaming", "backoff"]},
+                "last_error": {"type": "string"},
+                "published_seq": {"type": "integer", "description": "where our chain ends"},
+                "stream_first_seq": {"type": "integer"},
+                "stream_last_seq": {"type": "integer"},
+                "consumer_pending": {"type": "integer"},
+                "consumer_ack_pending": {"type": "integer"},
+                "foreign_rows_refused": {"type": "integer"},
+                "gaps": {"type": "array", "items": {"type": "string"}},
+                "sites": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "site_id": {"type": "string"},
+                            "cursor": {"type": "integer"},
+                            "stream_seq": {"type": "integer"},
+                            "last_stream_seq": {"type": "integer"},
+                            "lag_ms": {"type": "integer"},
+                            "rows_applied": {"type": "integer"},
+                            "foreign_rows_refused": {"type": "integer"},
+                            "gap": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
         "store": {
             "type": "object",
             "properties": {

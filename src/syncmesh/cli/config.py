@@ -16,6 +16,7 @@ environment (SYNCMESH_API_TOKEN), and `config check` prints it masked.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from syncmesh.errors import ConfigError
 from syncmesh.node import NodeConfig
-from syncmesh.node.config import PeerConfig, Secret, is_pattern
+from syncmesh.node.config import FleetConfig, PeerConfig, Secret, is_pattern
 from syncmesh.protocol import FRAME_BYTES_MAX
 from syncmesh.store import OrphanPolicy
 from syncmesh.store.open import table_problems
@@ -37,6 +38,10 @@ PEER_KEYS = ("url", "send", "receive")
 # `[tables.orphans]`: {"default": policy, TABLE: policy} (file only, like peers).
 ORPHANS = "tables.orphans"
 ALL_TABLES = "*"
+FLEET_FILES = ("credentials", "tls_ca", "tls_cert", "tls_key")
+# The fleet's name is a NATS subject token and part of the stream's name
+# (transport.nats checks the same; cli imports no transport module that needs nats-py).
+CLUSTER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 SECRET_SETTINGS = frozenset({"api.token"})
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -99,6 +104,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lifecycle", "batch_rows", int, 1000, minimum=1),
     Setting("health", "peer_down_s_max", float, 60.0, minimum=0.0),
     Setting("health", "quarantine_window_s", float, 60.0, minimum=0.0),
+    Setting("transport.nats", "servers", list, []),
+    Setting("transport.nats", "cluster", str, "default"),
+    Setting("transport.nats", "credentials", str, ""),
+    Setting("transport.nats", "tls_ca", str, ""),
+    Setting("transport.nats", "tls_cert", str, ""),
+    Setting("transport.nats", "tls_key", str, ""),
+    Setting("transport.nats", "replicas", int, 3, minimum=1, maximum=5),
+    Setting("transport.nats", "fetch_messages_max", int, 64, minimum=1, maximum=10_000),
+    Setting("transport.nats", "fetch_wait_s", float, 1.0, minimum=0.01),
+    Setting("transport.nats", "status_interval_s", float, 2.0, minimum=0.1),
     Setting("logging", "level", str, "info", choices=LOG_LEVELS),
     Setting("logging", "format", str, "plain", choices=LOG_FORMATS),
 )
@@ -152,10 +167,26 @@ def _from_file(path: Path) -> dict[str, Any]:
             if section == "tables" and key == "orphans":
                 values[ORPHANS] = _orphans_table(value)
                 continue
+            if section == "transport":
+                values.update(_transport_table(key, value))
+                continue
             setting = _BY_NAME.get(f"{section}.{key}")
             if setting is None:
                 raise ConfigError(f"{section}.{key}", "unknown setting (see docs/config.md)")
             values[setting.name] = _checked(setting, value)
+    return values
+
+
+def _transport_table(name: str, table: Any) -> dict[str, Any]:
+    """A `[transport.NAME]` table (only `[transport.nats]` exists), its keys checked."""
+    if name != "nats" or not isinstance(table, dict):
+        raise ConfigError(f"transport.{name}", "unknown transport (only [transport.nats])")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        setting = _BY_NAME.get(f"transport.nats.{key}")
+        if setting is None:
+            raise ConfigError(f"transport.nats.{key}", "unknown setting (see docs/config.md)")
+        values[setting.name] = _checked(setting, value)
     return values
 
 
@@ -222,7 +253,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def env_name(setting: Setting) -> str:
-    return f"{ENV_PREFIX}{setting.section}_{setting.key}".upper()
+    return f"{ENV_PREFIX}{setting.section}_{setting.key}".upper().replace(".", "_")
 
 
 def _parse_text(setting: Setting, raw: str) -> Any:
@@ -328,9 +359,44 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         track_patterns=tuple(values["tables.track"]),
         allow_integer_keys=frozenset(values["tables.allow_integer_keys"]),
         orphan_policy=orphan_policy(values),
+        fleet=fleet_config(values),
     )
     config.check_exposure()
     return config
+
+
+def fleet_config(values: Mapping[str, Any]) -> FleetConfig | None:
+    """`[transport.nats]` as a FleetConfig; None without servers.  ConfigError names a bad key."""
+    servers = values["transport.nats.servers"]
+    if not servers:
+        return None
+    for url in servers:
+        if not url.startswith(("nats://", "tls://")) or not url.partition("://")[2]:
+            raise ConfigError(
+                "transport.nats.servers", f"{url!r} is not a nats://HOST:PORT (or tls://) URL"
+            )
+    cluster = values["transport.nats.cluster"]
+    if CLUSTER_NAME_PATTERN.fullmatch(cluster) is None:
+        raise ConfigError(
+            "transport.nats.cluster",
+            f"{cluster!r} is not a cluster name: 1 to 32 of a-z, 0-9, '_' and '-', starting"
+            " with a letter or digit (it becomes part of subjects and the stream's name)",
+        )
+    files = {key: values[f"transport.nats.{key}"] for key in FLEET_FILES}
+    for key, path in files.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"transport.nats.{key}", f"{path} is not a readable file")
+    if bool(files["tls_cert"]) != bool(files["tls_key"]):
+        raise ConfigError("transport.nats.tls_cert", "a client certificate needs its key: both")
+    return FleetConfig(
+        servers=tuple(servers),
+        cluster=cluster,
+        replicas=values["transport.nats.replicas"],
+        fetch_messages_max=values["transport.nats.fetch_messages_max"],
+        fetch_wait_s=values["transport.nats.fetch_wait_s"],
+        status_interval_s=values["transport.nats.status_interval_s"],
+        **files,
+    )
 
 
 def _named_peers(tables: Mapping[str, Mapping[str, Any]]) -> tuple[PeerConfig, ...]:

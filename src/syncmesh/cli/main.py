@@ -236,6 +236,20 @@ def untrack(database: Path, tables: tuple[str, ...]) -> None:
     help="Create DATABASE if it does not exist (without it, a missing file is refused:"
     " a typo would serve an empty database).",
 )
+@click.option(
+    "--nats",
+    "nats_servers",
+    multiple=True,
+    metavar="URL",
+    help="Sync through this NATS JetStream cluster as well, as nats://HOST:PORT; repeat for"
+    " several servers of one cluster (docs/nats.md; needs syncmesh[nats]).",
+)
+@click.option(
+    "--cluster",
+    "nats_cluster",
+    help="The fleet's name on NATS: the stream SYNCMESH_<NAME>, subjects syncmesh.<NAME>.*"
+    "  [default: default]",
+)
 def serve(
     database: Path | None,
     config_path: Path | None,
@@ -250,6 +264,8 @@ def serve(
     tls_ca: str | None,
     insecure_no_tls: bool | None,
     create: bool,
+    nats_servers: tuple[str, ...],
+    nats_cluster: str | None,
 ) -> None:
     """Run a node for DATABASE until SIGINT or SIGTERM.
 
@@ -261,6 +277,10 @@ def serve(
 
     Off loopback the node needs TLS (--tls-cert, --tls-key, --tls-ca;
     docs/security.md) or --insecure-no-tls.
+
+    With --nats the node also syncs through a NATS JetStream fleet stream:
+    it publishes its own writes and applies every other site's
+    (docs/nats.md).  WebSocket peers keep working alongside.
 
     DATABASE must exist (`syncmesh init` creates it) unless --create is
     given.  One node per file: a lock file next to it (DATABASE.serve.lock)
@@ -281,6 +301,8 @@ def serve(
         "limits.batch_rows_max": batch_rows,
         "logging.level": log_level,
         "logging.format": log_format,
+        "transport.nats.servers": list(nats_servers) or None,
+        "transport.nats.cluster": nats_cluster,
     }
     with _errors_as_messages():
         settings = load_settings(config_path, flags=flags)

@@ -118,6 +118,16 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
             problems.append(f"peer {name} is {peer['state']}{detail}")
         elif max_lag_s is not None and peer["lag_ms"] > max_lag_s * 1000:
             problems.append(f"peer {name} is {peer['lag_ms']} ms behind")
+    fleet = status.get("fleet")
+    if fleet:
+        if fleet["state"] != "streaming":
+            detail = f": {fleet['last_error']}" if fleet["last_error"] else ""
+            problems.append(f"fleet stream {fleet['stream']} is {fleet['state']}{detail}")
+        for site in fleet["sites"]:
+            if max_lag_s is not None and site["lag_ms"] > max_lag_s * 1000:
+                problems.append(
+                    f"fleet site {site['site_id']} is {site['lag_ms']} ms behind on the stream"
+                )
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return problems

@@ -167,6 +167,50 @@ def lifecycle_facts(lifecycle: dict[str, Any] | None) -> list[tuple[str, str]]:
     return facts
 
 
+def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
+    """The fleet stream (NATS JetStream): our chain, the stream, and each other site."""
+    console.print()
+    error = f"  (last error: {fleet['last_error']})" if fleet["last_error"] else ""
+    console.print(
+        _facts(
+            [
+                ("fleet", f"{fleet['stream']} on {', '.join(fleet['servers'])}"),
+                ("state", f"{fleet['state']}{error}"),
+                ("our subject", fleet["subject"]),
+                (
+                    "published",
+                    f"{fleet['published_messages']} messages, {fleet['published_rows']} rows,"
+                    f" up to seq {fleet['published_seq']}",
+                ),
+                (
+                    "stream",
+                    f"seq {fleet['stream_first_seq']}..{fleet['stream_last_seq']},"
+                    f" {fleet['consumer_pending']} pending for us,"
+                    f" {fleet['consumer_ack_pending']} unacknowledged",
+                ),
+            ]
+        )
+    )
+    sites = Table(box=box.SIMPLE_HEAD, show_edge=False, title="fleet sites", title_justify="left")
+    for column in ("site", "stream seq", "lag", "last applied", "rows", "refused"):
+        sites.add_column(column, justify="left" if column == "site" else "right")
+    for site in fleet["sites"]:
+        sites.add_row(
+            Text(site["site_id"]),
+            f"{site['stream_seq']} / {site['last_stream_seq']}",
+            duration(site["lag_ms"]),
+            age(site["last_applied_ms"], now_ms),
+            str(site["rows_applied"]),
+            str(site["foreign_rows_refused"]),
+        )
+    if not fleet["sites"]:
+        sites.add_row("none yet", "", "", "", "", "")
+    console.print()
+    console.print(sites)
+    for gap in fleet["gaps"]:
+        console.print(gap, markup=False, style="red")
+
+
 def print_live_status(status: dict[str, Any]) -> None:
     """A running node's /v1/status document."""
     console = _console()
@@ -237,6 +281,8 @@ def print_live_status(status: dict[str, Any]) -> None:
             when = f" at {clock(at)}" if at else ""
             past = " (past: streaming again since)" if peer["state"] == "streaming" else ""
             console.print(f"last error of {name}{when}{past}: {peer['last_error']}", markup=False)
+    if status.get("fleet"):
+        _print_fleet(console, status["fleet"], now_ms)
     verdict = status.get("health")
     if verdict is not None:
         console.print()

@@ -70,6 +70,33 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FleetConfig:
+    """`[transport.nats]`: the fleet stream this node publishes to and reads from.
+
+    docs/adr/0014-nats-stream-model.md; docs/nats.md.  Paths are read by the
+    transport when it connects (a bad file is a ConfigError then).
+    """
+
+    servers: tuple[str, ...]
+    cluster: str = "default"  # the stream SYNCMESH_<CLUSTER>, subjects syncmesh.<cluster>.*
+    credentials: str = ""  # a NATS .creds file; "" for none
+    tls_ca: str = ""  # the CA of the servers' certificates; "" for plain connections
+    tls_cert: str = ""  # a client certificate and key (mutual TLS); "" for none
+    tls_key: str = ""
+    replicas: int = 3  # copies of the stream, if this node creates it
+    fetch_messages_max: int = 64  # messages per fetch from the durable consumer
+    fetch_wait_s: float = 1.0  # a fetch with nothing to deliver returns after this
+    status_interval_s: float = 2.0  # how often the stream's state and gaps are read
+
+    def __post_init__(self) -> None:
+        assert self.servers, "at least one NATS server"
+        assert 1 <= self.replicas <= 5
+        assert self.fetch_messages_max > 0
+        assert self.fetch_wait_s > 0
+        assert self.status_interval_s > 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     database_path: str
     listen_host: str = "127.0.0.1"
@@ -123,6 +150,9 @@ class NodeConfig:
     # Rows whose foreign key names a deleted parent: `[tables.orphans]`
     # (docs/keys.md, "Foreign keys"); the same at every site.
     orphan_policy: OrphanPolicy = field(default_factory=OrphanPolicy)
+    # `[transport.nats]`: sync through a NATS JetStream fleet stream as well
+    # (None: WebSocket peers only).
+    fleet: FleetConfig | None = None
 
     def __post_init__(self) -> None:
         assert self.batch_rows_max > 0

@@ -124,6 +124,7 @@ def assess(
                 f"{what} failed {entry.in_a_row} times in a row, last at"
                 f" {clock_time(entry.last_ms)}: {entry.last_error}"
             )
+    reasons.extend(_fleet_reasons(statistics, now, down_ms_max))
     reasons.extend(statistics.store.schema_problems)
     reasons.extend(statistics.identity_conflicts)
     monitor.note_quarantined(statistics.store.quarantined_rows, now)
@@ -136,6 +137,22 @@ def assess(
     if statistics.store.restore_floor:
         reasons.append("recovering own writes lost by a restore from an old copy")
     return Health(ok=not reasons, reasons=tuple(reasons))
+
+
+def _fleet_reasons(statistics: NodeStatistics, now: int, down_ms_max: float) -> list[str]:
+    """The fleet stream's gaps (errors with the fix), and a stream out of reach too long."""
+    fleet = statistics.fleet
+    if fleet is None:
+        return []
+    reasons = list(fleet.gaps)
+    if fleet.down_since_ms and now - fleet.down_since_ms > down_ms_max:
+        error = f": {fleet.last_error}" if fleet.last_error else ""
+        reasons.append(
+            f"fleet stream {fleet.stream} ({', '.join(fleet.servers)}) out of reach for"
+            f" {(now - fleet.down_since_ms) // 1000} s (since"
+            f" {clock_time(fleet.down_since_ms)}){error}"
+        )
+    return reasons
 
 
 def clock_time(at_ms: int) -> str:

@@ -25,6 +25,7 @@ from syncmesh.errors import RefusedError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.config import NodeConfig, PeerConfig
+from syncmesh.node.fleet import Fleet, FleetStatistics
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
 from syncmesh.node.lifecycle import LifecycleStatistics, lifecycle_loop
@@ -48,6 +49,7 @@ from syncmesh.protocol.messages import shared_site_id_reason
 from syncmesh.store import Store, StoreStatus
 from syncmesh.store.open import open_store
 from syncmesh.transport.base import Channel, Connector, PeerIdentity, Refusal, RefusalReason
+from syncmesh.transport.stream import FleetLink
 from syncmesh.transport.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,8 @@ class NodeStatistics:
     identity_conflicts: tuple[str, ...] = ()
     # What this run's tombstone collection rounds did (syncmesh.node.lifecycle).
     lifecycle: LifecycleStatistics = field(default_factory=LifecycleStatistics)
+    # The fleet stream (NATS JetStream; node/fleet.py), None without one.
+    fleet: FleetStatistics | None = None
 
 
 @dataclass(slots=True)
@@ -175,11 +179,13 @@ class Node:
         *,
         physical_clock: PhysicalClock | None = None,
         connector: Connector,
+        fleet_link: FleetLink | None = None,
     ) -> None:
         """`physical_clock` is the seam for clock faults (syncmesh.chaos) and the one
         source of wall time in the node; default: the system's.  `connector` dials
         peers: the transport, chosen by the caller (`syncmesh.api.running_node`
-        picks the WebSocket one); node code knows only the Protocol.
+        picks the WebSocket one); node code knows only the Protocol.  `fleet_link`:
+        the fleet stream of `config.fleet` (NATS JetStream), alongside the peers.
         """
         self.config = config
         self.clock: PhysicalClock = physical_clock or SystemClock()
@@ -244,6 +250,10 @@ class Node:
             samples_max=config.throughput_samples_max,
             now_ms=self.clock.now_ms(),
         )
+        self.fleet: Fleet | None = None
+        if config.fleet is not None:
+            assert fleet_link is not None, "a fleet configuration needs its link"
+            self.fleet = Fleet(self, fleet_link, config.fleet)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -262,6 +272,8 @@ class Node:
             self._tasks.append(
                 asyncio.create_task(lifecycle_loop(self, self.lifecycle), name="lifecycle")
             )
+        if self.fleet is not None:
+            self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
         now_ms = self.clock.now_ms()
         dialers = [_Dialer(url, down_since_ms=now_ms) for url in self.config.peer_urls]
         dialers += [
@@ -281,6 +293,8 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for session in list(self._sessions.values()) + list(self._accepted):
             await session.close()
+        if self.fleet is not None:
+            await self.fleet.close()
 
     async def stop(self) -> None:
         """Close sessions, capture what is pending, close the store."""
@@ -844,6 +858,7 @@ class Node:
             self.refused_connections,
             self.identity_conflicts(),
             dataclasses.replace(self.lifecycle),
+            None if self.fleet is None else self.fleet.statistics(),
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:

@@ -1,0 +1,622 @@
+"""Sync through a fleet stream (NATS JetStream): publish our writes, apply the others'.
+
+docs/adr/0014-nats-stream-model.md is the model; in short:
+
+- **Publishing.** The publish loop reads our feed and publishes, as BATCH
+  frames of the wire codec, only our own writes (`origin.own_rows`), on
+  our subject.  Each message covers the slice (from, to] of our feed
+  after the previous message, so our messages form a *chain*: a
+  message's `from` is the `to` of the one before.  The message id is
+  `site:incarnation:from:to`, so the stream stores a retried publish
+  once.  Where the chain ends is read back from the stream at start (the
+  last message on our subject): the stream is the publisher's memory.
+- **Applying.** The consume loop fetches from our durable consumer and
+  applies each other site's message in one store transaction with the
+  new position: `Store.apply_batch` under the position key
+  `nats/<cluster>/<site>` moves that key's cursor to the message's `to`
+  and stores the message's stream sequence (in the cursor's `head_seq`),
+  in the transaction that merges the rows.  Only then is the message
+  acked.  A crash before the commit: the stream delivers it again and it
+  applies.  A crash after the commit, before the ack: it is delivered
+  again, its `to` is not past the cursor, and it is acked unapplied.
+- **Gaps.** A message whose `from` is past the stored cursor means the
+  stream no longer holds the messages between (its limits dropped them
+  before this node read them).  That is never skipped silently: the gap
+  is logged at ERROR, shown in status and made a health reason with the
+  fix, the position stays where it was (so a restart finds the gap
+  again), and the rows of later messages are merged without moving it
+  (`merge_repair_rows`: the merge is idempotent, they do no harm).
+  Closing a gap by a bootstrap is a later step (issue 15).
+- **Origins.** Rows on a site's subject that claim another site's write
+  are refused (`origin.refuse_foreign`), counted and logged; the rest of
+  the message applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from syncmesh.clock import feed_lag_ms
+from syncmesh.errors import ProtocolError, StoreError, SyncError
+from syncmesh.model import ChangeBatch
+from syncmesh.node.config import FleetConfig, NodeConfig
+from syncmesh.node.origin import own_rows, refuse_foreign
+from syncmesh.node.worker import StoreWorker
+from syncmesh.protocol import Batch, decode, encode
+from syncmesh.store import Store
+from syncmesh.transport.stream import Delivery, FleetError, FleetLink, StoredMessage
+
+log = logging.getLogger(__name__)
+
+HLC_MAX = (1 << 63) - 1
+HEADER_SITE = "Syncmesh-Site"
+HEADER_INCARNATION = "Syncmesh-Incarnation"
+HEADER_FROM = "Syncmesh-From"
+HEADER_TO = "Syncmesh-To"
+HEADER_HEAD = "Syncmesh-Head"
+POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
+PUBLISH_TRIES_MAX = 5  # then the link is opened again (the stream tells what landed)
+RECONNECT_S_MAX = 5.0
+STORE_RETRY_S = 1.0  # a message whose apply failed is delivered again after this
+GAP_FIX = (
+    "rows that site wrote in the missing range are not here. A bootstrap from a compacted"
+    " stream or a peer is not implemented yet (issue 15); until then sync this node once"
+    " with a node that holds that site's writes over WebSocket (--peer URL), and raise the"
+    " stream's limits (max_age, max_bytes) so that offline nodes stay within them"
+)
+
+
+class RereadStream(SyncError):
+    """The fleet positions were reset: open the link again with a fresh consumer."""
+
+
+def position_key(cluster: str, site_id: str) -> str:
+    """The store cursor key under which a site's chain position on the stream is kept."""
+    return f"{POSITION_PREFIX}{cluster}/{site_id}"
+
+
+class FleetHost(Protocol):
+    """What the fleet loops need from their node."""
+
+    config: NodeConfig
+    store: Store
+    worker: StoreWorker
+
+    def now_ms(self) -> int: ...
+
+    def feed_event(self) -> asyncio.Event: ...
+
+    def feed_advanced(self) -> None: ...
+
+    def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Site:
+    """What this node knows of one other site on the stream."""
+
+    site_id: str
+    cursor: int = 0  # its feed, up to here applied (the chain's position)
+    stream_seq: int = 0  # the stream sequence of the last message applied
+    head_seq: int = 0  # its feed's head, as its newest message seen says
+    last_stream_seq: int = 0  # its newest message in the stream (status loop)
+    messages_applied: int = 0
+    rows_applied: int = 0
+    duplicates: int = 0  # messages delivered again after they were applied
+    foreign_rows_refused: int = 0
+    last_applied_ms: int = 0
+    gap: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSiteStatistics:
+    site_id: str
+    cursor: int
+    stream_seq: int
+    last_stream_seq: int
+    head_seq: int
+    lag_ms: int  # how much older our position is than its newest message (0: caught up)
+    messages_applied: int
+    rows_applied: int
+    duplicates: int
+    foreign_rows_refused: int
+    last_applied_ms: int
+    gap: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatistics:
+    servers: tuple[str, ...]
+    cluster: str
+    stream: str
+    subject: str
+    state: str  # "connecting", "streaming" or "backoff"
+    last_error: str
+    down_since_ms: int  # 0 while streaming
+    published_seq: int  # where our chain ends in the stream (our feed's seq)
+    published_messages: int
+    published_rows: int
+    publish_retries: int
+    publish_duplicates: int  # retried publishes the stream had already (stored once)
+    stream_first_seq: int
+    stream_last_seq: int
+    stream_messages: int
+    consumer_pending: int
+    consumer_ack_pending: int
+    undecodable_messages: int
+    foreign_rows_refused: int
+    sites: tuple[FleetSiteStatistics, ...]
+    gaps: tuple[str, ...]
+
+
+class Fleet:
+    """The publish, consume and status loops of one node on one fleet stream."""
+
+    def __init__(self, host: FleetHost, link: FleetLink, config: FleetConfig) -> None:
+        self._host = host
+        self._link = link
+        self._config = config
+        self._sites: dict[str, _Site] = {}
+        self._own = ""
+        self._state = "connecting"
+        self._last_error = ""
+        self._down_since_ms = 0
+        self._published_seq = 0
+        self._published_messages = 0
+        self._published_rows = 0
+        self._publish_retries = 0
+        self._publish_duplicates = 0
+        self._undecodable = 0
+        self._stream = (0, 0, 0, 0, 0)  # first, last, messages, pending, ack pending
+        self._rng = random.Random()
+        self._reread = False  # read the stream again from its start at the next open
+
+    # -- the loop that keeps the others running -------------------------------------
+
+    async def run(self) -> None:
+        """Connect, run the loops; on a transport error close, back off, and again."""
+        self._down_since_ms = self._host.now_ms()
+        failures = 0
+        while True:
+            try:
+                rewind = await self._load_positions()
+                await self._link.open(self._own, fresh_consumer=rewind)
+                if rewind:
+                    await self._clear_reset_marks()
+                self._state = "streaming"
+                self._down_since_ms = 0
+                failures = 0
+                log.info(
+                    "fleet: on stream %s as %s (%s)",
+                    self._link.stream_name,
+                    self._link.subject_of(self._own),
+                    ", ".join(self._link.servers),
+                )
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._publish_loop())
+                    group.create_task(self._consume_loop())
+                    group.create_task(self._status_loop())
+            except* RereadStream as group_error:
+                log.info("fleet: %s; reading the stream again", group_error.exceptions[0])
+            except* (FleetError, StoreError, ProtocolError) as group_error:
+                failures += 1
+                self._note_down(group_error.exceptions[0])
+                log.warning("fleet: %s; connecting again", group_error.exceptions[0])
+            except* Exception as group_error:  # a bug: logged with its traceback, then again
+                failures += 1
+                self._note_down(group_error.exceptions[0])
+                log.error("fleet: the loops failed unexpectedly", exc_info=group_error)
+            await self._link.close()
+            delay_s = min(RECONNECT_S_MAX, 0.1 * 2**failures)
+            await asyncio.sleep(self._rng.uniform(0, delay_s))
+
+    def _note_down(self, error: BaseException) -> None:
+        self._state = "backoff"
+        self._last_error = str(error)
+        self._down_since_ms = self._down_since_ms or self._host.now_ms()
+
+    async def close(self) -> None:
+        await self._link.close()
+
+    async def _load_positions(self) -> bool:
+        """Read our site and the stored positions; True if one asks to re-read the stream.
+
+        A cursor at 0 with a stream sequence was reset by the store
+        (a table newly tracked: every peer's feed is read again), so the
+        durable consumer starts again from the stream's first message.
+        """
+        store, worker = self._host.store, self._host.worker
+        self._own = await worker.call(lambda: store.site_id)
+        status = await worker.call(store.status)
+        prefix = position_key(self._link_cluster(), "")
+        rewind, self._reread = self._reread, False
+        for cursor in status.peers:
+            if not cursor.site_id.startswith(prefix):
+                continue
+            site = self._site(cursor.site_id[len(prefix) :])
+            site.cursor, site.stream_seq = cursor.cursor, cursor.head_seq
+            if cursor.cursor == 0 and cursor.head_seq > 0:
+                rewind = True
+                site.stream_seq = 0
+        if rewind:
+            log.info("fleet: positions were reset (tables changed): reading the stream again")
+        return rewind
+
+    async def _clear_reset_marks(self) -> None:
+        """After the fresh consumer exists: positions at 0 lose their stream sequence.
+
+        In this order, a crash in between only reads the stream once more.
+        """
+        store = self._host.store
+
+        def clear() -> None:
+            for site_id in self._sites:
+                key = position_key(self._config.cluster, site_id)
+                stored = store.peer_cursor(key)
+                if stored is not None and stored.cursor == 0 and stored.head_seq > 0:
+                    store.reset_peer_cursor(key, stored.incarnation, 0, stored.address)
+
+        await self._host.worker.call(clear)
+
+    def _link_cluster(self) -> str:
+        return self._config.cluster
+
+    def _site(self, site_id: str) -> _Site:
+        site = self._sites.get(site_id)
+        if site is None:
+            site = self._sites[site_id] = _Site(site_id)
+        return site
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        host, store, worker = self._host, self._host.store, self._host.worker
+        incarnation = await worker.call(lambda: store.incarnation)
+        subject = self._link.subject_of(self._own)
+        last = await self._link.last_message(subject)
+        head = await worker.call(store.head_seq)
+        published = 0
+        if last is not None and last.headers.get(HEADER_INCARNATION) == incarnation:
+            published = min(_header_int(last.headers, HEADER_TO), head)
+        self._published_seq = scan = published
+        rows_max = host.config.batch_rows_max
+        while True:
+            changed = host.feed_event()
+            vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
+            vector.pop(self._own, None)
+            batch = await worker.call(store.read_batch, scan, vector, rows_max)
+            if batch.to_seq == scan:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(host.config.idle_resend_s):
+                        await changed.wait()
+                continue
+            outgoing = dataclasses.replace(own_rows(batch, self._own), from_seq=published)
+            if not outgoing.tables:
+                scan = batch.to_seq  # only others' writes: theirs to publish
+                continue
+            frame = encode(Batch(outgoing))
+            if len(frame) > self._frame_bytes_max():
+                if rows_max > 1:
+                    rows_max = max(1, rows_max // 4)
+                    continue
+                if await worker.call(store.split_seq_group, batch.to_seq):
+                    continue
+                raise ProtocolError(
+                    f"one row encodes to {len(frame)} bytes, over the fleet's message limit"
+                    f" of {self._frame_bytes_max()}"
+                )
+            rows_max = min(host.config.batch_rows_max, rows_max * 2)
+            await self._publish(outgoing, frame, incarnation)
+            published = scan = outgoing.to_seq
+            self._published_seq = published
+
+    def _frame_bytes_max(self) -> int:
+        limit = self._host.config.message_bytes_max
+        payload = self._link.max_payload_bytes
+        # Headers travel in the same message: leave them room.
+        return min(limit, payload - 1024) if payload > 0 else limit
+
+    async def _publish(self, batch: ChangeBatch, frame: bytes, incarnation: str) -> None:
+        """Publish until the stream acknowledges; the message id makes a retry harmless."""
+        message_id = f"{self._own}:{incarnation}:{batch.from_seq}:{batch.to_seq}"
+        headers = {
+            HEADER_SITE: self._own,
+            HEADER_INCARNATION: incarnation,
+            HEADER_FROM: str(batch.from_seq),
+            HEADER_TO: str(batch.to_seq),
+            HEADER_HEAD: str(batch.head_seq),
+        }
+        for attempt in range(1, PUBLISH_TRIES_MAX + 1):
+            try:
+                receipt = await self._link.publish(
+                    self._own, frame, message_id=message_id, headers=headers
+                )
+            except FleetError as exc:
+                if attempt == PUBLISH_TRIES_MAX:
+                    raise
+                self._publish_retries += 1
+                log.info("fleet: publish of %s failed (%s); trying again", message_id, exc)
+                await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
+                continue
+            if receipt.duplicate:
+                self._publish_duplicates += 1
+            self._published_messages += 1
+            self._published_rows += batch.row_count
+            return
+
+    # -- applying ----------------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        config = self._config
+        while True:
+            deliveries = await self._link.fetch(config.fetch_messages_max, config.fetch_wait_s)
+            for index, delivery in enumerate(deliveries):
+                if not await self._receive(delivery):
+                    # The store failed: leave the rest for redelivery, in order.
+                    for later in deliveries[index:]:
+                        await later.nak(STORE_RETRY_S)
+                    break
+
+    async def _receive(self, delivery: Delivery) -> bool:
+        """Apply one delivered message and settle it; False if the store failed."""
+        message = delivery.message
+        site_id = self._link.site_of(message.subject)
+        if site_id is None:
+            self._undecodable += 1
+            log.error("fleet: message on unexpected subject %s dropped", message.subject)
+            await delivery.term()
+            return True
+        if site_id == self._own:
+            await delivery.ack()
+            return True
+        batch = self._decoded(message)
+        if batch is None:
+            await delivery.term()
+            return True
+        site = self._site(site_id)
+        batch, refused, example = refuse_foreign(batch, site_id)
+        if refused:
+            site.foreign_rows_refused += refused
+            log.error(
+                "fleet: refused %d rows on the subject of site %s that claim another origin;"
+                " first: %s",
+                refused,
+                site_id,
+                example,
+            )
+        try:
+            outcome = await self._host.worker.call(self._apply, site_id, message, batch)
+        except StoreError as exc:
+            log.warning("fleet: cannot apply a message of %s now: %s", site_id, exc)
+            return False
+        if outcome.kind == "reread":
+            await delivery.nak(0)  # read again once the stream is read from its start
+            raise RereadStream("tracked tables changed: the fleet positions were reset")
+        # Before the ack: the status loop takes what the consumer acked as applied.
+        self._note_outcome(site, message, batch, outcome)
+        await delivery.ack()
+        return True
+
+    def _decoded(self, message: StoredMessage) -> ChangeBatch | None:
+        """The message's batch, checked at the trust boundary; None (counted, logged) if bad."""
+        config = self._host.config
+        try:
+            decoded = decode(
+                message.data,
+                frame_bytes_max=config.message_bytes_max,
+                rows_max=config.rows_per_message_max,
+            )
+            if not isinstance(decoded, Batch):
+                raise ProtocolError(f"expected BATCH, got {type(decoded).__name__.upper()}")
+        except ProtocolError as exc:
+            self._undecodable += 1
+            log.error(
+                "fleet: message %d on %s is not a batch we can read: %s",
+                message.stream_seq,
+                message.subject,
+                exc,
+            )
+            return None
+        return decoded.batch
+
+    def _apply(self, site_id: str, message: StoredMessage, batch: ChangeBatch) -> _Outcome:
+        """On the store thread: apply at the stored position, or say why not."""
+        store = self._host.store
+        key = position_key(self._config.cluster, site_id)
+        stored = store.peer_cursor(key)
+        if stored is None or stored.incarnation != batch.incarnation:
+            # A new site, or a new incarnation of it (restored, re-initialised):
+            # its chain starts at 0.  Kept even when the first message is past
+            # 0 (a gap), so that a restart finds the gap again.
+            store.reset_peer_cursor(key, batch.incarnation, 0, message.subject)
+            cursor = 0
+        elif stored.cursor == 0 and stored.head_seq > 0:
+            return _Outcome("reread", 0)  # reset by the store: not a gap (_positions_reset)
+        else:
+            cursor = stored.cursor
+        if batch.to_seq <= cursor:
+            return _Outcome("duplicate", cursor)
+        if batch.from_seq > cursor:
+            return self._merge_past_gap(site_id, cursor, batch)
+        # The stream sequence goes into the cursor's head_seq: the position
+        # commits with the rows, in apply_batch's one transaction.
+        positioned = dataclasses.replace(
+            batch, from_seq=cursor, head_seq=message.stream_seq, vector=None
+        )
+        result = store.apply_batch(key, positioned, adopt_vector=False)
+        return _Outcome("applied", batch.to_seq, result.applied_rows, store.rows_captured_total)
+
+    def _merge_past_gap(self, site_id: str, cursor: int, batch: ChangeBatch) -> _Outcome:
+        store = self._host.store
+        result = store.merge_repair_rows(site_id, batch)
+        return _Outcome(
+            "gap", cursor, result.applied_rows, store.rows_captured_total, batch.from_seq
+        )
+
+    def _note_outcome(
+        self, site: _Site, message: StoredMessage, batch: ChangeBatch, outcome: _Outcome
+    ) -> None:
+        site.head_seq = max(site.head_seq, batch.head_seq)
+        site.last_stream_seq = max(site.last_stream_seq, message.stream_seq)
+        if outcome.kind == "duplicate":
+            site.duplicates += 1
+            return
+        if outcome.kind == "applied":
+            site.cursor, site.stream_seq = outcome.cursor, message.stream_seq
+            site.messages_applied += 1
+        elif outcome.kind == "gap":
+            site.cursor = outcome.cursor
+            self._note_gap(site, outcome.cursor, outcome.gap_from, message.stream_seq)
+        site.rows_applied += outcome.applied_rows
+        site.last_applied_ms = self._host.now_ms()
+        self._host.note_throughput(
+            applied_rows=outcome.applied_rows, rows_captured_total=outcome.captured_total
+        )
+        if outcome.applied_rows:
+            self._host.feed_advanced()
+
+    def _note_gap(self, site: _Site, cursor: int, gap_from: int, stream_seq: int) -> None:
+        if site.gap:
+            return
+        site.gap = (
+            f"fleet stream gap: site {site.site_id}'s changes after its seq {cursor} up to"
+            f" {gap_from} are no longer in stream {self._link.stream_name} (its first message"
+            f" of that site still held is at stream seq {stream_seq}); {GAP_FIX}"
+        )
+        log.error("%s", site.gap)
+
+    # -- the stream's state --------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            position = await self._link.position()
+            self._stream = (
+                position.first_seq,
+                position.last_seq,
+                position.messages,
+                position.consumer_pending,
+                position.consumer_ack_pending,
+            )
+            if await self._host.worker.call(self._positions_reset):
+                raise RereadStream("tracked tables changed: the fleet positions were reset")
+            for subject in position.subjects:
+                site_id = self._link.site_of(subject)
+                if site_id is not None and site_id != self._own:
+                    self._site(site_id)
+            for site in list(self._sites.values()):
+                await self._look_at(site, position.first_seq, position.consumer_ack_floor)
+            await asyncio.sleep(self._config.status_interval_s)
+
+    def _positions_reset(self) -> bool:
+        """On the store thread: True if the store reset a fleet position (ADR 0013).
+
+        Tracking a new table sets every cursor to 0 so that every feed is
+        read again; a fleet position at 0 that has a stream sequence was
+        reset so.  The run loop then reads the stream again from its start.
+        """
+        store = self._host.store
+        for site_id in list(self._sites):
+            stored = store.peer_cursor(position_key(self._config.cluster, site_id))
+            if stored is not None and stored.cursor == 0 and stored.head_seq > 0:
+                return True
+        return False
+
+    async def _look_at(self, site: _Site, first_seq: int, acked_seq: int) -> None:
+        """Its newest message (lag); whether messages after our position are gone or lost.
+
+        `acked_seq` is our consumer's ack floor, read before: every message
+        up to it was applied and committed before it was acked, so its chain
+        position is at most our cursor, read after.  A message of the site
+        up to the floor that continues past our cursor was acked in a past
+        life of this file: it was restored from an older copy, and the
+        stream is read again.  One whose `from` is past our cursor is a gap.
+        """
+        subject = self._link.subject_of(site.site_id)
+        last = await self._link.last_message(subject)
+        if last is not None:
+            site.last_stream_seq = max(site.last_stream_seq, last.stream_seq)
+            site.head_seq = max(site.head_seq, _header_int(last.headers, HEADER_HEAD))
+        dropped = first_seq > site.stream_seq + 1
+        if site.gap or not (dropped or acked_seq > site.stream_seq):
+            return
+        following = await self._link.next_message(subject, site.stream_seq + 1)
+        if following is None:
+            return
+        start = _header_int(following.headers, HEADER_FROM)
+        if start > site.cursor:
+            self._note_gap(site, site.cursor, start, following.stream_seq)
+        elif (
+            following.stream_seq <= acked_seq
+            and _header_int(following.headers, HEADER_TO) > site.cursor
+        ):
+            self._reread = True
+            raise RereadStream(
+                f"site {site.site_id}'s message at stream seq {following.stream_seq} was acked"
+                " but is not applied here (the database was restored from an older copy?)"
+            )
+
+    def statistics(self) -> FleetStatistics:
+        sites = tuple(
+            FleetSiteStatistics(
+                site_id=site.site_id,
+                cursor=site.cursor,
+                stream_seq=site.stream_seq,
+                last_stream_seq=site.last_stream_seq,
+                head_seq=site.head_seq,
+                lag_ms=feed_lag_ms(site.cursor, site.head_seq),
+                messages_applied=site.messages_applied,
+                rows_applied=site.rows_applied,
+                duplicates=site.duplicates,
+                foreign_rows_refused=site.foreign_rows_refused,
+                last_applied_ms=site.last_applied_ms,
+                gap=site.gap,
+            )
+            for site in sorted(self._sites.values(), key=lambda site: site.site_id)
+        )
+        first, last, messages, pending, ack_pending = self._stream
+        return FleetStatistics(
+            servers=self._link.servers,
+            cluster=self._config.cluster,
+            stream=self._link.stream_name,
+            subject=self._link.subject_of(self._own) if self._own else "",
+            state=self._state,
+            last_error=self._last_error,
+            down_since_ms=self._down_since_ms,
+            published_seq=self._published_seq,
+            published_messages=self._published_messages,
+            published_rows=self._published_rows,
+            publish_retries=self._publish_retries,
+            publish_duplicates=self._publish_duplicates,
+            stream_first_seq=first,
+            stream_last_seq=last,
+            stream_messages=messages,
+            consumer_pending=pending,
+            consumer_ack_pending=ack_pending,
+            undecodable_messages=self._undecodable,
+            foreign_rows_refused=sum(site.foreign_rows_refused for site in sites),
+            sites=sites,
+            gaps=tuple(site.gap for site in sites if site.gap),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    kind: str  # "applied", "duplicate", "gap" or "reread"
+    cursor: int
+    applied_rows: int = 0
+    captured_total: int = 0
+    gap_from: int = 0
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int:
+    try:
+        return max(0, int(headers.get(name, "0")))
+    except ValueError:
+        return 0

@@ -1,0 +1,116 @@
+"""Which rows of a batch are a site's own writes: what it publishes, what it may claim.
+
+On a fleet stream (docs/adr/0014-nats-stream-model.md) a site's subject is
+its identity: the NATS server lets it publish only there.  So a site
+publishes only its own writes (`own_rows`), and a receiver refuses, on a
+site's subject, any row that claims another origin (`refuse_foreign`).
+
+A row's *own content* for site S is the cells S stamped, and its causal
+length if S stamped that (S inserted, deleted or re-inserted the row).  A
+live row whose causal length another site stamped may still carry S's
+cells: S wrote columns of a row someone else inserted.  It must carry that
+causal length, the life its cells belong to (a receiver on an older life
+would otherwise drop them), and that is no claim of a write: the causal
+length's stamp only says which life.  A deleted row carries no cells, so
+its causal length is the whole of it and must be S's own.
+
+Pure functions on the positional rows of `model.TableRows`; no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
+
+
+def own_rows(batch: ChangeBatch, site_id: str) -> ChangeBatch:
+    """`batch` with only `site_id`'s own content: other sites' cells blanked, empty rows gone.
+
+    Same slice and sites table; the vector is dropped (a vector claims
+    the sender's whole state, and the stream carries only its own writes).
+    """
+    if site_id not in batch.sites:
+        return dataclasses.replace(batch, tables=(), vector=None)
+    own = {index for index, site in enumerate(batch.sites) if site == site_id}
+    tables = []
+    for table in batch.tables:
+        rows = [row for row in (_own_part(table, raw, own) for raw in table.rows) if row]
+        if rows:
+            tables.append(dataclasses.replace(table, rows=rows))
+    return dataclasses.replace(batch, tables=tuple(tables), vector=None)
+
+
+def _own_part(table: TableRows, row: list[SqlValue], own: set[int]) -> list[SqlValue] | None:
+    base = table.key_count
+    cl, cl_site = row[base], row[base + 2]
+    cl_own = cl_site in own
+    if cl % 2 == 0:  # type: ignore[operator]
+        return list(row) if cl_own else None
+    kept = list(row)
+    own_cells = 0
+    for at in range(base + 3, table.width, CELL_FIELDS):
+        if kept[at + 1] is None:
+            continue
+        if kept[at + 2] in own:
+            own_cells += 1
+        else:
+            kept[at] = kept[at + 1] = kept[at + 2] = kept[at + 3] = None
+    return kept if cl_own or own_cells else None
+
+
+def refuse_foreign(batch: ChangeBatch, site_id: str) -> tuple[ChangeBatch, int, str]:
+    """`batch` without the rows that claim an origin other than `site_id`.
+
+    Returns the batch of the rows kept (and no vector), how many were
+    refused, and the first refused row described in words (for the log).
+    A row is refused when a cell names another site, when a deleted row's
+    causal length does, or when a live row whose causal length names
+    another site carries no cell of `site_id` (it claims nothing of its own).
+    """
+    refused = 0
+    example = ""
+    tables = []
+    for table in batch.tables:
+        kept = []
+        for row in table.rows:
+            problem = _foreign_claim(table, row, batch.sites, site_id)
+            if problem is None:
+                kept.append(row)
+                continue
+            refused += 1
+            if not example:
+                key = ", ".join(repr(value) for value in row[: table.key_count])
+                example = f"table {table.table!r}, key ({key}): {problem}"
+        if kept:
+            tables.append(dataclasses.replace(table, rows=kept))
+    return dataclasses.replace(batch, tables=tuple(tables), vector=None), refused, example
+
+
+def _foreign_claim(
+    table: TableRows, row: list[SqlValue], sites: tuple[str, ...], site_id: str
+) -> str | None:
+    base = table.key_count
+    cl, cl_site = row[base], row[base + 2]
+    cl_owner = _site_at(sites, cl_site)
+    own_cells = 0
+    for index, at in enumerate(range(base + 3, table.width, CELL_FIELDS)):
+        if row[at + 1] is None:
+            continue
+        writer = _site_at(sites, row[at + 2])
+        if writer != site_id:
+            return f"column {table.columns[index]!r} claims a write of site {writer}"
+        own_cells += 1
+    if cl_owner == site_id or cl_owner is None:
+        return None
+    if isinstance(cl, int) and cl % 2 == 0:
+        return f"a delete claimed for site {cl_owner}"
+    if not own_cells:
+        return f"a row of site {cl_owner} with no write of {site_id}"
+    return None
+
+
+def _site_at(sites: tuple[str, ...], index: SqlValue) -> str | None:
+    if isinstance(index, int) and 0 <= index < len(sites):
+        return sites[index]
+    return None

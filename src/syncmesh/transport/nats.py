@@ -1,0 +1,374 @@
+"""The NATS JetStream fleet transport: the only module that imports `nats` (nats-py).
+
+`JetStreamLink` implements `transport.stream.FleetLink` over one NATS
+connection (docs/adr/0014-nats-stream-model.md):
+
+- one stream per syncmesh cluster, `SYNCMESH_<CLUSTER>`, holding the
+  subjects `syncmesh.<cluster>.changes.<site id>`; made with file storage
+  and `replicas` copies if it does not exist (an operator may make it
+  first with their own limits: an existing stream is used as it is);
+- publishes with a `Nats-Msg-Id`, so the stream stores a retried publish
+  once (within its duplicate window);
+- a durable pull consumer per site, `syncmesh_<site id>`, on
+  `syncmesh.<cluster>.changes.*`, explicit acks: redelivery, ack waits
+  and the number of unacknowledged messages are JetStream's.
+
+nats-py is an optional extra (`pip install syncmesh[nats]`); importing
+this module without it raises ImportError, which the caller that picks
+the transport (`syncmesh.api.http`) turns into a ConfigError naming the
+extra.  Every client error leaves here as a `FleetError` (`from exc`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from syncmesh.errors import ConfigError
+from syncmesh.transport.stream import (
+    Delivery,
+    FleetError,
+    PublishReceipt,
+    StoredMessage,
+    StreamPosition,
+)
+
+log = logging.getLogger(__name__)
+
+# A cluster name is a subject token and part of the stream's name.
+CLUSTER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+SUBJECT_ROOT = "syncmesh"
+STREAM_PREFIX = "SYNCMESH_"
+CONSUMER_PREFIX = "syncmesh_"
+DUPLICATE_WINDOW_S = 120.0  # a retried publish within this is stored once
+ACK_WAIT_S = 30.0  # a delivered message not acked within this is delivered again
+ACK_PENDING_MAX = 1_000  # delivered, unacknowledged messages per consumer (flow control)
+REQUEST_TIMEOUT_S = 5.0  # one JetStream API request or publish
+
+
+def valid_cluster_name(name: str) -> bool:
+    return CLUSTER_NAME_PATTERN.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsAuth:
+    """How to prove who we are to NATS: a credentials file, and/or TLS files."""
+
+    credentials: str = ""  # a NATS .creds file (JWT and NKey seed)
+    tls_ca: str = ""  # the CA that signed the servers' certificates
+    tls_cert: str = ""  # our client certificate and key (mutual TLS), optional
+    tls_key: str = ""
+
+
+def tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
+    """The client TLS context `auth` describes, or None for plain connections."""
+    if not (auth.tls_ca or auth.tls_cert):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if auth.tls_ca:
+            context.load_verify_locations(cafile=auth.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("transport.nats.tls_ca", f"cannot load {auth.tls_ca}: {exc}") from exc
+    if auth.tls_cert:
+        try:
+            context.load_cert_chain(auth.tls_cert, auth.tls_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "transport.nats.tls_cert", f"cannot load the certificate and key: {exc}"
+            ) from exc
+    return context
+
+
+class _JetStreamDelivery:
+    """A `Delivery` over a nats-py message."""
+
+    def __init__(self, msg: Msg, message: StoredMessage) -> None:
+        self._msg = msg
+        self._message = message
+
+    @property
+    def message(self) -> StoredMessage:
+        return self._message
+
+    @property
+    def delivered_count(self) -> int:
+        return int(self._msg.metadata.num_delivered or 1)
+
+    async def ack(self) -> None:
+        await _settle(self._msg.ack_sync(timeout=REQUEST_TIMEOUT_S), "ack")
+
+    async def nak(self, delay_s: float) -> None:
+        await _settle(self._msg.nak(delay=delay_s), "nak")
+
+    async def term(self) -> None:
+        await _settle(self._msg.term(), "term")
+
+
+async def _settle(settling: object, what: str) -> None:
+    try:
+        await settling  # type: ignore[misc]
+    except nats.errors.Error as exc:
+        raise FleetError("nats", f"{what} failed: {exc}") from exc
+
+
+class JetStreamLink:
+    """A `FleetLink` on a NATS JetStream cluster."""
+
+    def __init__(
+        self,
+        servers: tuple[str, ...],
+        cluster: str,
+        *,
+        auth: NatsAuth | None = None,
+        replicas: int = 3,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        assert servers, "at least one NATS server URL"
+        assert valid_cluster_name(cluster), cluster
+        self._servers = servers
+        self.cluster = cluster
+        self._auth = auth or NatsAuth()
+        self._tls = tls_context(self._auth)
+        self._replicas = replicas
+        self._connect_timeout_s = connect_timeout_s
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._consumer = ""
+        self._last_error = ""  # the last asynchronous client error logged (repeats: DEBUG)
+
+    # -- names ---------------------------------------------------------------------
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return self._servers
+
+    @property
+    def stream_name(self) -> str:
+        return STREAM_PREFIX + self.cluster.upper()
+
+    @property
+    def changes_prefix(self) -> str:
+        return f"{SUBJECT_ROOT}.{self.cluster}.changes."
+
+    def subject_of(self, site_id: str) -> str:
+        return self.changes_prefix + site_id
+
+    def site_of(self, subject: str) -> str | None:
+        if not subject.startswith(self.changes_prefix):
+            return None
+        site = subject[len(self.changes_prefix) :]
+        return site if site and "." not in site else None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return 0 if self._client is None else int(self._client.max_payload)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self, site_id: str, *, fresh_consumer: bool = False) -> None:
+        if self._client is None:
+            try:
+                self._client = await nats.connect(
+                    servers=list(self._servers),
+                    name=f"syncmesh {site_id}",
+                    user_credentials=self._auth.credentials or None,
+                    tls=self._tls,
+                    connect_timeout=max(1, round(self._connect_timeout_s)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except (nats.errors.Error, OSError) as exc:
+                raise FleetError(", ".join(self._servers), f"cannot connect: {exc}") from exc
+            self._js = self._client.jetstream(timeout=REQUEST_TIMEOUT_S)
+        js = self._jetstream()
+        await self._ensure_stream(js)
+        self._consumer = CONSUMER_PREFIX + site_id
+        try:
+            if fresh_consumer:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(self.stream_name, self._consumer)
+            self._subscription = await js.pull_subscribe(
+                self.changes_prefix + "*",
+                durable=self._consumer,
+                stream=self.stream_name,
+                config=ConsumerConfig(
+                    durable_name=self._consumer,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=ACK_WAIT_S,
+                    max_ack_pending=ACK_PENDING_MAX,
+                    filter_subject=self.changes_prefix + "*",
+                ),
+            )
+        except nats.errors.Error as exc:
+            raise FleetError(
+                self.stream_name, f"cannot bind consumer {self._consumer}: {exc}"
+            ) from exc
+
+    async def _on_error(self, error: Exception) -> None:
+        """nats-py's asynchronous errors (a server down while it reconnects): one line each.
+
+        Its default logs a traceback for every failed reconnect; an
+        operating error is no bug.  A repeat of the same text goes to DEBUG.
+        """
+        text = f"{type(error).__name__}: {error}"
+        level = logging.DEBUG if text == self._last_error else logging.WARNING
+        self._last_error = text
+        log.log(level, "nats (%s): %s", ", ".join(self._servers), text)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats: disconnected; reconnecting (%s)", ", ".join(self._servers))
+
+    async def _on_reconnected(self) -> None:
+        self._last_error = ""
+        url = None if self._client is None else self._client.connected_url
+        log.info("nats: reconnected to %s", None if url is None else url.netloc)
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        try:
+            await js.stream_info(self.stream_name)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        except nats.errors.Error as exc:
+            raise FleetError(self.stream_name, f"cannot read the stream: {exc}") from exc
+        try:
+            await js.add_stream(
+                StreamConfig(
+                    name=self.stream_name,
+                    subjects=[self.changes_prefix + "*"],
+                    storage=StorageType.FILE,
+                    num_replicas=self._replicas,
+                    duplicate_window=DUPLICATE_WINDOW_S,
+                )
+            )
+        except nats.js.errors.BadRequestError as exc:
+            if "already in use" in str(exc) or "already exists" in str(exc):
+                return  # another site made it meanwhile
+            raise FleetError(
+                self.stream_name,
+                f"cannot create the stream with {self._replicas} replicas: {exc} (a single"
+                " server needs transport.nats.replicas = 1)",
+            ) from exc
+        except nats.errors.Error as exc:
+            raise FleetError(self.stream_name, f"cannot create the stream: {exc}") from exc
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._js = self._subscription = None
+        if client is not None:
+            # Closing a dead connection: nothing is left to release.
+            with contextlib.suppress(nats.errors.Error):
+                await client.close()
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise FleetError(self.stream_name, "not connected")
+        return self._js
+
+    # -- publishing and reading ------------------------------------------------------
+
+    async def publish(
+        self, site_id: str, data: bytes, *, message_id: str, headers: Mapping[str, str]
+    ) -> PublishReceipt:
+        js = self._jetstream()
+        try:
+            ack = await js.publish(
+                self.subject_of(site_id),
+                data,
+                timeout=REQUEST_TIMEOUT_S,
+                stream=self.stream_name,
+                headers={**headers, "Nats-Msg-Id": message_id},
+            )
+        except (nats.errors.Error, OSError) as exc:
+            raise FleetError(self.stream_name, f"publish failed: {exc}") from exc
+        return PublishReceipt(int(ack.seq), bool(ack.duplicate))
+
+    async def last_message(self, subject: str) -> StoredMessage | None:
+        return await self._get(subject, None)
+
+    async def next_message(self, subject: str, from_seq: int) -> StoredMessage | None:
+        return await self._get(subject, max(1, from_seq))
+
+    async def _get(self, subject: str, from_seq: int | None) -> StoredMessage | None:
+        js = self._jetstream()
+        try:
+            if from_seq is None:
+                raw = await js.get_last_msg(self.stream_name, subject)
+            else:
+                raw = await js.get_msg(self.stream_name, seq=from_seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except nats.errors.Error as exc:
+            raise FleetError(self.stream_name, f"cannot read {subject}: {exc}") from exc
+        return StoredMessage(
+            raw.subject or subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b""
+        )
+
+    async def fetch(self, messages_max: int, timeout_s: float) -> list[Delivery]:
+        subscription = self._subscription
+        if subscription is None:
+            raise FleetError(self.stream_name, "no consumer bound")
+        try:
+            msgs = await subscription.fetch(messages_max, timeout=timeout_s)
+        except (nats.errors.TimeoutError, TimeoutError):
+            # Nothing to deliver within the wait: nats-py raises its own
+            # TimeoutError, or asyncio's when the server's answer is late.
+            return []
+        except nats.errors.Error as exc:
+            raise FleetError(self.stream_name, f"fetch failed: {exc}") from exc
+        return [
+            _JetStreamDelivery(
+                msg,
+                StoredMessage(
+                    msg.subject,
+                    int(msg.metadata.sequence.stream),
+                    dict(msg.headers or {}),
+                    msg.data,
+                ),
+            )
+            for msg in msgs
+        ]
+
+    async def position(self) -> StreamPosition:
+        js = self._jetstream()
+        try:
+            stream = await js.stream_info(
+                self.stream_name, subjects_filter=self.changes_prefix + "*"
+            )
+            consumer = await js.consumer_info(self.stream_name, self._consumer)
+        except nats.errors.Error as exc:
+            raise FleetError(self.stream_name, f"cannot read the stream's state: {exc}") from exc
+        return StreamPosition(
+            first_seq=int(stream.state.first_seq),
+            last_seq=int(stream.state.last_seq),
+            messages=int(stream.state.messages),
+            consumer_pending=int(consumer.num_pending or 0),
+            consumer_ack_pending=int(consumer.num_ack_pending or 0),
+            consumer_redelivered=int(consumer.num_redelivered or 0),
+            consumer_ack_floor=int(consumer.ack_floor.stream_seq if consumer.ack_floor else 0),
+            subjects=tuple(sorted(stream.state.subjects or {})),
+        )

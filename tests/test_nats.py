@@ -1,0 +1,625 @@
+"""The NATS JetStream fleet transport, end to end: real `syncmesh serve` processes on a
+real 3-server JetStream cluster (tests/nats_cluster.py), all on 127.0.0.1.
+
+Writes go in through the sqlite3 shell, as users make them; every wait is a
+deadline loop on a state.  One NATS cluster serves the whole module; each
+test has its own syncmesh cluster name, so its own stream.
+(docs/adr/0014-nats-stream-model.md, docs/nats.md)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from syncmesh.api.http import websocket_connector
+from syncmesh.clock import pack
+from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
+from syncmesh.node import Node
+from syncmesh.node.config import FleetConfig, NodeConfig
+from syncmesh.protocol import Batch, encode
+from syncmesh.transport.nats import JetStreamLink
+from syncmesh.transport.stream import FleetError, PublishReceipt
+from tests.helpers import sqlite3_shell, wait_until
+from tests.nats_cluster import NatsCluster
+from tests.nodeproc import (
+    Cluster,
+    NodeProcess,
+    make_db,
+    query,
+    row_count,
+    run_cli,
+    wait_converged,
+    wait_for,
+)
+
+pytestmark = pytest.mark.multiprocess
+
+SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
+CONVERGE_S = 60.0  # a deadline for states, generous for a loaded CI machine
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    servers = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield servers
+    finally:
+        print(servers.logs())  # shown when a test failed
+        servers.stop()
+
+
+def fleet_name() -> str:
+    """A syncmesh cluster name of its own for each test: its own stream."""
+    return f"t{os.getpid()}-{next(_names)}"
+
+
+def nats_node(
+    cluster: Cluster, name: str, servers: NatsCluster, fleet: str, *, extra: tuple[str, ...] = ()
+) -> NodeProcess:
+    db = make_db(cluster.directory / f"{name}.db", SCHEMA)
+    nats_args = [arg for url in servers.urls for arg in ("--nats", url)]
+    return cluster.node(
+        name, db, extra_args=(*nats_args, "--cluster", fleet, *extra), env=FAST_STATUS
+    )
+
+
+# The stream's state and gaps are read every 0.2 s instead of 2 s, so that
+# the tests that wait on status do not wait on the default interval.
+FAST_STATUS = {"SYNCMESH_TRANSPORT_NATS_STATUS_INTERVAL_S": "0.2"}
+
+
+def fleet_of(node: NodeProcess) -> dict[str, Any]:
+    fleet = node.status()["fleet"]
+    assert isinstance(fleet, dict), node.status()
+    return fleet
+
+
+def site_id(node: NodeProcess) -> str:
+    (row,) = query(node.db, "SELECT site_id FROM _syncmesh_sites WHERE ordinal = 0")
+    return str(row[0])
+
+
+def describe(cluster: Cluster, servers: NatsCluster) -> Any:
+    return lambda: cluster.logs() + "\n" + servers.logs()
+
+
+def test_three_nodes_converge_through_the_stream(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: three sites that share only a NATS cluster hold the same rows.
+
+    Method: three `serve --nats` nodes, no WebSocket peer between them;
+    inserts and an update at each through the sqlite3 shell; every file
+    must end equal, and each node's status must show the stream it uses.
+    """
+    fleet = fleet_name()
+    nodes = [nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b", "c")]
+    cluster.start(*nodes)
+    for index, node in enumerate(nodes):
+        sqlite3_shell(
+            node.db,
+            f"INSERT INTO items VALUES ('{node.name}-1', 'from {node.name}', {index});"
+            f" INSERT INTO items VALUES ('{node.name}-2', 'two', {index * 10});",
+        )
+    sqlite3_shell(nodes[1].db, "UPDATE items SET qty = 99 WHERE id = 'b-2'")
+    dump = wait_converged(
+        [node.db for node in nodes],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: (
+            len(rows) == 6 and (("b-2", "text"), ("two", "text"), (99, "integer")) in rows
+        ),
+        describe=describe(cluster, nats_cluster),
+    )
+    assert len(dump) == 6
+    fleet_status = fleet_of(nodes[0])
+    assert fleet_status["stream"] == f"SYNCMESH_{fleet.upper()}"
+    assert fleet_status["subject"] == f"syncmesh.{fleet}.changes.{site_id(nodes[0])}"
+    assert fleet_status["state"] == "streaming"
+    assert fleet_status["published_messages"] >= 1
+    others = {site_id(nodes[1]), site_id(nodes[2])}
+    wait_for(
+        lambda: (
+            {site["site_id"] for site in fleet_of(nodes[0])["sites"]} == others
+            and all(site["lag_ms"] == 0 for site in fleet_of(nodes[0])["sites"])
+        ),
+        CONVERGE_S,
+        "a's status to list b and c on the stream, caught up",
+        describe(cluster, nats_cluster),
+    )
+    with nodes[0].open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    stream = f'stream="SYNCMESH_{fleet.upper()}"'
+    assert f"syncmesh_fleet_up{{{stream}}} 1.0" in metrics
+    for other in sorted(others):
+        assert f'syncmesh_fleet_site_lag_seconds{{site="{other}",{stream}}} 0.0' in metrics
+    assert f"syncmesh_fleet_consumer_pending{{{stream}}}" in metrics
+    shown = run_cli("status", str(nodes[0].db))
+    assert f"SYNCMESH_{fleet.upper()}" in shown.stdout
+    assert "fleet sites" in shown.stdout
+    for other in sorted(others):
+        assert other in shown.stdout
+
+
+def test_a_stopped_node_catches_up_from_the_stream(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a site that was down reads what the others wrote meanwhile from the stream.
+
+    Method: a and b converge; b stops (SIGTERM); a writes 200 rows in 20
+    transactions and b's file is checked to lack them; b starts again and
+    must end with every row, its consumer with nothing pending.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('first', 'x', 0)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    b.stop()
+    for batch in range(20):
+        values = ", ".join(f"('r{batch}-{row}', 'n', {row})" for row in range(10))
+        sqlite3_shell(a.db, f"INSERT INTO items VALUES {values}")
+    wait_for(
+        lambda: fleet_of(a)["published_rows"] >= 201,
+        CONVERGE_S,
+        "a to publish its 201 rows",
+        describe(cluster, nats_cluster),
+    )
+    assert row_count(b.db, "items") == 1
+    b.start().wait_until_ready()
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 201,
+        describe=describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: fleet_of(b)["consumer_pending"] == 0 and fleet_of(b)["sites"][0]["lag_ms"] == 0,
+        CONVERGE_S,
+        "b's consumer to have nothing pending",
+        describe(cluster, nats_cluster),
+    )
+
+
+def test_a_node_killed_while_applying_restarts_without_skipping(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: SIGKILL during a catch-up loses and skips nothing (position in the apply's commit).
+
+    Method: b is down while a publishes 3,000 rows as many small messages
+    (`--batch-rows 20`); b starts, is killed with SIGKILL as soon as its
+    status shows it applying (part of the backlog applied), and starts
+    again.  b must end with every row; its stored position for a (the
+    cursor in `_syncmesh_peers`) must equal where a's chain ends, and no
+    gap may be reported.  The kill lands at a random point of the apply
+    loop, inside a transaction or between one and its ack.
+    """
+    fleet = fleet_name()
+    a = nats_node(cluster, "a", nats_cluster, fleet, extra=("--batch-rows", "20"))
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a)
+    for batch in range(30):
+        values = ", ".join(f"('r{batch}-{row}', 'n', {row})" for row in range(100))
+        sqlite3_shell(a.db, f"INSERT INTO items VALUES {values}")
+    wait_for(
+        lambda: fleet_of(a)["published_rows"] >= 3000,
+        CONVERGE_S,
+        "a to publish 3,000 rows",
+        describe(cluster, nats_cluster),
+    )
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: 0 < row_count(b.db, "items") < 3000,
+        CONVERGE_S,
+        "b to be part-way through the backlog",
+        describe(cluster, nats_cluster),
+    )
+    b.kill()
+    assert row_count(b.db, "items") < 3000
+    b.start().wait_until_ready()
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 3000,
+        describe=describe(cluster, nats_cluster),
+    )
+    key = f"nats/{fleet}/{site_id(a)}"
+    wait_for(
+        lambda: (
+            query(b.db, "SELECT cursor FROM _syncmesh_peers WHERE site_id = ?", (key,))
+            == [(fleet_of(a)["published_seq"],)]
+        ),
+        CONVERGE_S,
+        "b's stored position to reach the end of a's chain",
+        describe(cluster, nats_cluster),
+    )
+    assert fleet_of(b)["gaps"] == []
+    assert run_cli("status", str(b.db)).returncode == 0
+
+
+def test_a_forged_origin_is_refused_and_the_rest_applies(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: rows on a site's subject that claim another site's writes never apply.
+
+    Method: a and b run; the test publishes, as a third site F on F's own
+    subject, one honest row (all stamps F's), one row whose cell claims a
+    write of site a, and one delete claimed for site a.  b must apply the
+    honest row, refuse the two forged ones (counted in its status, logged),
+    and keep syncing: a later write at a still reaches b.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('victim', 'kept', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    forger, victim = uuid.uuid4().hex, site_id(a)
+    stamp = pack(int(time.time() * 1000), 0)
+    own, claimed = Stamp(stamp, forger), Stamp(stamp + 1, victim)
+    rows = [
+        RowChange("items", ("honest",), RowState(1, own, {"name": Cell("ok", own)})),
+        RowChange("items", ("forged",), RowState(1, own, {"name": Cell("x", claimed)})),
+        RowChange("items", ("victim",), RowState(2, claimed, {})),
+    ]
+    batch = ChangeBatch.of_rows(
+        uuid.uuid4().hex, 0, stamp + 1, stamp + 1, None, rows, {"items": ("name", "qty")}
+    )
+    asyncio.run(_publish_raw(nats_cluster, fleet, forger, encode(Batch(batch))))
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'honest'") == [("ok",)],
+        CONVERGE_S,
+        "b to apply the honest row",
+        describe(cluster, nats_cluster),
+    )
+    assert query(b.db, "SELECT id FROM items WHERE id = 'forged'") == []
+    assert query(b.db, "SELECT name FROM items WHERE id = 'victim'") == [("kept",)]
+    forged = next(site for site in fleet_of(b)["sites"] if site["site_id"] == forger)
+    assert forged["foreign_rows_refused"] == 2
+    assert "claim another origin" in b.log_text()
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('after', 'still flowing', 2)")
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'after'") == [("still flowing",)],
+        CONVERGE_S,
+        "a's next write to reach b",
+        describe(cluster, nats_cluster),
+    )
+
+
+async def _publish_raw(servers: NatsCluster, fleet: str, site: str, frame: bytes) -> None:
+    client = await nats.connect(servers=servers.urls)
+    try:
+        await client.jetstream().publish(
+            f"syncmesh.{fleet}.changes.{site}",
+            frame,
+            headers={"Nats-Msg-Id": uuid.uuid4().hex},
+        )
+    finally:
+        await client.close()
+
+
+def test_a_gap_in_the_stream_is_detected_and_reported(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a node whose position fell behind what the stream retains says so, loudly.
+
+    Method: the operator made the stream with a limit of 3 messages; a
+    publishes 8 transactions, one message each, while b has not started;
+    b then starts.  The stream has dropped a's first messages, so b must
+    report the gap: in its status (`fleet.gaps`, naming a), as a 503 from
+    /v1/health with the fix, and in its log at ERROR.  The rows of the
+    messages the stream still holds do arrive.
+    """
+    fleet = fleet_name()
+    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a)
+    for index in range(8):
+        sqlite3_shell(a.db, f"INSERT INTO items VALUES ('r{index}', 'n', {index})")
+        published = index + 1
+        wait_for(
+            lambda: fleet_of(a)["published_messages"] >= published,  # noqa: B023 (waited on here)
+            CONVERGE_S,
+            f"a to publish message {published}",
+            describe(cluster, nats_cluster),
+        )
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items WHERE id = 'r7'") == [("r7",)],
+        CONVERGE_S,
+        "b to merge the rows the stream still holds",
+        describe(cluster, nats_cluster),
+    )
+    gaps = fleet_of(b)["gaps"]
+    assert len(gaps) == 1, gaps
+    assert site_id(a) in gaps[0]
+    assert "bootstrap" in gaps[0]
+    assert "not implemented yet" in gaps[0]
+    code, health = b.health()
+    assert code == 503
+    assert any("fleet stream gap" in reason for reason in health["reasons"]), health
+    assert "ERROR syncmesh.node.fleet: fleet stream gap" in b.log_text()
+    assert row_count(b.db, "items") < 8  # the dropped messages' rows are not here
+    # The position stayed before the gap: a restart finds it again, from the stream.
+    b.stop()
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: len(fleet_of(b)["gaps"]) == 1,
+        CONVERGE_S,
+        "b to report the gap again after a restart",
+        describe(cluster, nats_cluster),
+    )
+    assert b.health()[0] == 503
+
+
+def test_a_node_on_nats_and_websocket_relays_the_stream_to_its_peer(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a node can use the fleet stream and a WebSocket peer at once.
+
+    Method: a is on the stream only; m is on the stream and dials w, a
+    WebSocket-only node (a local replica).  A write at a must reach w
+    through m, and a write at w must reach m.  (Relaying w's writes onto
+    the stream is not done yet: docs/nats.md.)
+    """
+    fleet = fleet_name()
+    w = cluster.node("w", make_db(cluster.directory / "w.db", SCHEMA))
+    cluster.start(w)
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    m = nats_node(cluster, "m", nats_cluster, fleet, extra=("--peer", w.url))
+    cluster.start(a, m)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('from-a', 'over nats', 1)")
+    wait_converged(
+        [a.db, m.db, w.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 1,
+        describe=describe(cluster, nats_cluster),
+    )
+    sqlite3_shell(w.db, "INSERT INTO items VALUES ('from-w', 'over websocket', 2)")
+    wait_for(
+        lambda: query(m.db, "SELECT name FROM items WHERE id = 'from-w'") == [("over websocket",)],
+        CONVERGE_S,
+        "w's write to reach m",
+        describe(cluster, nats_cluster),
+    )
+    assert m.status()["peers"][0]["state"] == "streaming"
+    assert fleet_of(m)["state"] == "streaming"
+
+
+async def _make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
+    client = await nats.connect(servers=servers.urls)
+    try:
+        await client.jetstream().add_stream(
+            StreamConfig(
+                name=f"SYNCMESH_{fleet.upper()}",
+                subjects=[f"syncmesh.{fleet}.changes.*"],
+                num_replicas=3,
+                max_msgs=messages_max,
+            )
+        )
+    finally:
+        await client.close()
+
+
+async def test_a_retried_publish_is_stored_once(nats_cluster: NatsCluster) -> None:
+    """Goal: a publish repeated with its message id (its ack was lost) is stored once.
+
+    Method: the link publishes one frame, then the same frame with the same
+    message id again, as the fleet's publisher does when an ack does not
+    arrive; the second receipt must say duplicate, at the same stream
+    sequence, and the site's subject must hold one message.
+    """
+    link = JetStreamLink(tuple(nats_cluster.urls), fleet_name(), replicas=3)
+    site = uuid.uuid4().hex
+    await link.open(site)
+    try:
+        headers = {"Syncmesh-From": "0", "Syncmesh-To": "5"}
+        first = await link.publish(site, b"frame", message_id=f"{site}:i:0:5", headers=headers)
+        again = await link.publish(site, b"frame", message_id=f"{site}:i:0:5", headers=headers)
+        assert (first.duplicate, again.duplicate) == (False, True)
+        assert again.stream_seq == first.stream_seq
+        position = await link.position()
+        assert position.messages == 1
+        last = await link.last_message(link.subject_of(site))
+        assert last is not None
+        assert last.stream_seq == first.stream_seq
+        assert last.headers["Nats-Msg-Id"] == f"{site}:i:0:5"
+    finally:
+        await link.close()
+
+
+class AckLostLink:
+    """A JetStreamLink whose first publish lands in the stream but whose ack is lost."""
+
+    def __init__(self, inner: JetStreamLink) -> None:
+        self.inner = inner
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def publish(
+        self, site_id: str, data: bytes, *, message_id: str, headers: Mapping[str, str]
+    ) -> PublishReceipt:
+        receipt = await self.inner.publish(site_id, data, message_id=message_id, headers=headers)
+        if self.lost == 0:
+            self.lost += 1
+            raise FleetError("nats", "publish failed: timeout (injected: the ack was lost)")
+        return receipt
+
+
+async def test_the_publisher_retries_with_the_same_message_id(
+    tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    """Goal: when a publish's ack is lost, the node publishes again and the stream keeps one.
+
+    Method: a node runs in this process with a link whose first publish
+    reaches the stream but raises as if its ack were lost; one write
+    through the sqlite3 shell.  The node must retry (publish_retries 1),
+    the stream must answer "duplicate" (publish_duplicates 1), and the
+    node's subject must hold exactly one message.
+    """
+    fleet = fleet_name()
+    db = make_db(tmp_path / "a.db", SCHEMA)
+    config = NodeConfig(
+        database_path=str(db),
+        listen_port=0,
+        fleet=FleetConfig(servers=tuple(nats_cluster.urls), cluster=fleet),
+    )
+    link = AckLostLink(JetStreamLink(tuple(nats_cluster.urls), fleet))
+    node = Node(config, connector=websocket_connector(config), fleet_link=link)
+    await node.start()
+    try:
+        sqlite3_shell(db, "INSERT INTO items VALUES ('x', 'once', 1)")
+        assert node.fleet is not None
+        fleet_node = node.fleet
+        await wait_until(
+            lambda: fleet_node.statistics().published_messages == 1,
+            CONVERGE_S,
+            "the node to publish its write",
+        )
+        statistics = fleet_node.statistics()
+        assert (statistics.publish_retries, statistics.publish_duplicates) == (1, 1)
+        position = await link.inner.position()
+        assert position.messages == 1
+    finally:
+        await node.stop()
+
+
+def test_sites_converge_while_one_nats_server_is_down(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: losing one of the three servers loses nothing; the sites keep syncing.
+
+    Method: a and b converge; one nats-server (the one both were told of
+    first) is killed with SIGKILL; a and b write 50 rows each through the
+    sqlite3 shell; both files must end equal with all 101 rows.  The server
+    is started again afterwards, with its store, for the next tests.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('before', 'x', 0)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    victim = nats_cluster.servers[0]
+    victim.stop()
+    try:
+        for node in (a, b):
+            values = ", ".join(f"('{node.name}{row}', 'n', {row})" for row in range(50))
+            sqlite3_shell(node.db, f"INSERT INTO items VALUES {values}")
+        wait_converged(
+            [a.db, b.db],
+            "items",
+            CONVERGE_S * 2,
+            check=lambda rows: len(rows) == 101,
+            describe=describe(cluster, nats_cluster),
+        )
+    finally:
+        victim.start()
+        nats_cluster.wait_ready()
+
+
+def test_tracking_a_table_reads_the_stream_again_without_a_false_gap(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a table tracked while the node runs gets the rows the stream already carried.
+
+    Method: a tracks `items` and `extra`; b has both tables but tracks only
+    `items`.  a writes to both; b gets the `items` row.  Then `syncmesh
+    track b.db extra` runs beside the running node: the store resets every
+    position to 0 (ADR 0013), so b must read the stream again from its
+    start (logged), end with a's `extra` rows, and take a's next message
+    without reporting a gap.
+    """
+    fleet = fleet_name()
+    extra = "CREATE TABLE extra (id TEXT PRIMARY KEY, v TEXT)"
+    a_db = make_db(cluster.directory / "a.db", [SCHEMA, extra])
+    b_db = make_db(cluster.directory / "b.db", SCHEMA)
+    sqlite3_shell(b_db, extra)
+    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
+    a, b = (
+        cluster.node(name, db, extra_args=(*nats_args, "--cluster", fleet), env=FAST_STATUS)
+        for name, db in (("a", a_db), ("b", b_db))
+    )
+    cluster.start(a, b)
+    sqlite3_shell(
+        a.db, "INSERT INTO extra VALUES ('e1', 'one'); INSERT INTO extra VALUES ('e2', 'two')"
+    )
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('i1', 'x', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    assert row_count(b.db, "extra") == 0
+    assert run_cli("track", str(b.db), "extra").returncode == 0
+    wait_converged(
+        [a.db, b.db],
+        "extra",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 2,
+        describe=describe(cluster, nats_cluster),
+    )
+    b.wait_for_log("reading the stream again")
+    wait_for(
+        lambda: fleet_of(b)["state"] == "streaming" and fleet_of(b)["consumer_pending"] == 0,
+        CONVERGE_S,
+        "b to read the stream to its end again",
+        describe(cluster, nats_cluster),
+    )
+    # a's next message continues its chain past b's reset position: no gap.
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('i2', 'after', 2)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 2)
+    assert fleet_of(b)["gaps"] == []
+    # (b's health may say "quarantine is growing": the extra rows waited there.)
+    assert not any("fleet" in reason for reason in b.health()[1]["reasons"])
+
+
+def test_a_database_restored_from_an_older_copy_reads_the_stream_again(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a file restored from a backup gets back what its consumer had already acked.
+
+    Method: b applies a's first row and stops; its file is copied (the
+    backup); b runs again and applies 30 more rows of a; b stops and the
+    backup is put back.  The durable consumer on the server has acked the
+    30 rows, the file has not applied them: b must see that, read the
+    stream again (logged), and end with all 31 rows, without a gap.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('first', 'x', 0)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    b.stop()
+    backup = cluster.directory / "b-backup.db"
+    shutil.copyfile(b.db, backup)
+    b.start().wait_until_ready()
+    values = ", ".join(f"('r{row}', 'n', {row})" for row in range(30))
+    sqlite3_shell(a.db, f"INSERT INTO items VALUES {values}")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 31)
+    b.stop()
+    shutil.copyfile(backup, b.db)
+    assert row_count(b.db, "items") == 1
+    b.start().wait_until_ready()
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 31,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert "restored from an older copy" in b.log_text()
+    assert fleet_of(b)["gaps"] == []
