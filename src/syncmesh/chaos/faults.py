@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from syncmesh.chaos.migrations import MIGRATION_PLANS, PLANS, plan_for_schedule
+from syncmesh.chaos.migrations import DEFAULT_PLANS, MIGRATION_PLANS, PLANS, plan_for_schedule
 
 NETWORK_KINDS = ("isolate", "halves", "oneway", "flap", "delay", "bandwidth", "reset", "lossy")
 PROCESS_KINDS = ("kill", "pause")
@@ -115,7 +115,7 @@ def make_schedule(
     kinds: list[str],
     faults_per_schedule: int,
     drift_ms: int,
-    plans: tuple[str, ...] = MIGRATION_PLANS,
+    plans: tuple[str, ...] = DEFAULT_PLANS,
 ) -> Schedule:
     """The `index`-th schedule of a run.
 

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from syncmesh.chaos.faults import ALL_KINDS, FAULT_KINDS
-from syncmesh.chaos.migrations import MIGRATION_PLANS
+from syncmesh.chaos.migrations import DEFAULT_PLANS
 from syncmesh.chaos.run import RunOptions, ScheduleResult
 
 
@@ -27,7 +27,7 @@ def reproduce_command(options: RunOptions, result: ScheduleResult) -> str:
     schedule = result.schedule
     kinds = "" if options.kinds == list(FAULT_KINDS) else f" --faults {','.join(options.kinds)}"
     extra = f" --adversarial {','.join(options.adversarial)}" if options.adversarial else ""
-    if "migrate" in options.kinds and options.plans != MIGRATION_PLANS:
+    if "migrate" in options.kinds and options.plans != DEFAULT_PLANS:
         extra += f" --migrations {','.join(options.plans)}"
     return (
         f"syncmesh chaos --seed {schedule.seed} --only {schedule.index}"

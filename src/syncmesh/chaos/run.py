@@ -52,6 +52,7 @@ from syncmesh.chaos.cluster import ChaosNode, prepare_database, start_client
 from syncmesh.chaos.faults import FAULT_KINDS, Fault, Schedule, make_schedule, migration_times
 from syncmesh.chaos.history import Replica, Write, read_history, read_replica
 from syncmesh.chaos.migrations import (
+    DEFAULT_PLANS,
     MIGRATION_PLANS,
     PLANS,
     WORKLOAD_TABLE,
@@ -93,7 +94,7 @@ class RunOptions:
     workdir: Path | None = None
     keep: bool = False  # keep every schedule's files (failed ones are always kept)
     adversarial: tuple[str, ...] = ()  # features of the adversarial workload (chaos.adversarial)
-    plans: tuple[str, ...] = MIGRATION_PLANS  # what the `migrate` fault deals (chaos.migrations)
+    plans: tuple[str, ...] = DEFAULT_PLANS  # what the `migrate` fault deals (chaos.migrations)
 
 
 @dataclass(slots=True)

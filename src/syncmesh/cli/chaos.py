@@ -109,11 +109,10 @@ def _plans(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[st
 @click.option(
     "--migrations",
     "plans",
-    default="all",
+    default="default",
     callback=_plans,
-    help="Plans of schema changes the `migrate` fault deals: all, or some of "
-    + ",".join(MIGRATION_PLANS)
-    + " (docs/chaos.md).",
+    help="Plans the `migrate` fault deals: default (all but the opt-in drop+readd), all, or"
+    " some of " + ",".join(MIGRATION_PLANS) + " (docs/chaos.md).",
 )
 @click.option(
     "--faults-per-schedule",
