@@ -561,7 +561,7 @@ def test_a_late_write_to_a_dropped_column_stays_out_of_the_column_added_again(
 def test_cells_of_a_name_added_again_elsewhere_are_parked_and_land_when_it_is_added_here(
     make_store: MakeStore,
 ) -> None:
-    """The cells wait without holding back the vector, and show in status."""
+    """The cells wait, holding the vector below them as waiting cells do, and show in status."""
     a_clock, b_clock = ManualClock(), ManualClock()
     a, b = make_store("a", a_clock), make_store("b", b_clock)
     for store in (a, b):
@@ -579,10 +579,42 @@ def test_cells_of_a_name_added_again_elsewhere_are_parked_and_land_when_it_is_ad
     status = b.status()
     assert status.parked_cells == {"items": {"extra": 1}}
     assert status.waiting_cells == {}
-    assert b.vector()[a.site_id] >= cell_stamp(a, "k", "extra")  # not held back
+    assert b.vector()[a.site_id] < cell_stamp(a, "k", "extra")  # b cannot relay it
     b_clock.advance(30)
     add_column(b, "items", "extra TEXT")
     assert b.status().parked_cells == {}
     assert shell(b, "SELECT id, name, extra FROM items") == "k|n|new\n"
     sync(a, b)
+    assert b.vector()[a.site_id] >= cell_stamp(a, "k", "extra")
     assert rows_with_types(a.connection, "items") == rows_with_types(b.connection, "items")
+
+
+def test_a_site_that_adopts_the_vector_of_one_holding_parked_cells_still_gets_them(
+    make_store: MakeStore,
+) -> None:
+    """Found by the chaos `drop+readd` plan: c learns a's write only through b's vector
+    claims while b holds it parked; without the cap c would never be sent it."""
+    clocks = [ManualClock(), ManualClock(), ManualClock()]
+    a, b, c = (make_store(name, clock) for name, clock in zip("abc", clocks, strict=True))
+    for store in (a, b, c):
+        add_column(store, "items", "extra TEXT")
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'v1')")
+    for store in (b, c):
+        sync(a, store)
+    for clock in clocks:
+        clock.advance(10)
+    for store in (a, b, c):
+        drop_column(store, "items", "extra")
+    clocks[0].advance(10)
+    add_column(a, "items", "extra TEXT")
+    write(a, "UPDATE items SET extra = 'new' WHERE id = 'k'")
+    pull(a, b)  # parked at b
+    pull(b, c)  # c, with b's columns, adopts b's vector
+    assert c.vector().get(a.site_id, 0) < cell_stamp(a, "k", "extra")
+    clocks[2].advance(30)
+    add_column(c, "items", "extra TEXT")
+    # a's feed from the start, filtered by what c claims, still has the write.
+    c.reset_peer_cursor(a.site_id, a.incarnation, a.head_seq(), "")
+    batch = a.read_batch(0, c.vector(), 100_000)
+    c.apply_batch(a.site_id, batch)
+    assert shell(c, "SELECT id, extra FROM items") == "k|new\n"

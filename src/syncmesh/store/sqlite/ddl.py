@@ -106,8 +106,8 @@ CREATE TABLE IF NOT EXISTS _syncmesh_runs (
 # Their stamps cap the version vector like quarantined rows do.  Cells of
 # a column dropped here are discarded and counted instead, unless stamped
 # after the drop here: those may be of a column added again under the name
-# at another site, and are *parked* until it is added here too (they do not
-# cap the vector: this node holds them, and applies them once it can).
+# at another site, and are *parked* until it is added here too (they cap the
+# vector like waiting cells: this node cannot relay them).
 WAITING_DDL = """
 CREATE TABLE IF NOT EXISTS _syncmesh_waiting (
     table_name TEXT NOT NULL,        -- the local table the row belongs to

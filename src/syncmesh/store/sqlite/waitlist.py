@@ -9,8 +9,9 @@ schema versions").  Cells of a column dropped here are discarded instead,
 and counted, unless stamped after the drop here: those are *parked* (the
 same shape, another table), since the name may have been added again at
 their sender; they land if it is added again here, under the rule that
-keeps a dropped column's old values out (`apply.stale_at_or_below`), and
-do not cap the vector.
+keeps a dropped column's old values out (`apply.stale_at_or_below`).
+Both cap the vector: this node holds them but cannot relay them, and a
+peer with our columns adopts our vector's claims.
 
 This module is the storage only (below `apply`, which adds to it, and
 `vector`, which caps the vector below it); merging is `waiting`'s.  One
@@ -88,8 +89,6 @@ def add(ctx: StoreContext, cells: list[WaitingCell], *, parked: bool = False) ->
         " WHERE (excluded.cl, excluded.hlc, excluded.site_id) > (cl, hlc, site_id)",
         rows,
     )
-    if parked:
-        return
     # The floors only go down here (a replaced cell's stamp may stay the
     # floor: a lower cap than needed, which is safe); `remove` makes them exact.
     ctx.connection.executemany(
@@ -145,12 +144,13 @@ def refresh_floors(ctx: StoreContext) -> None:
     ctx.connection.execute("DELETE FROM _syncmesh_waiting_floor")
     ctx.connection.execute(
         "INSERT INTO _syncmesh_waiting_floor (site_id, hlc)"
-        " SELECT site_id, min(hlc) FROM _syncmesh_waiting GROUP BY site_id"
+        " SELECT site_id, min(hlc) FROM (SELECT site_id, hlc FROM _syncmesh_waiting"
+        " UNION ALL SELECT site_id, hlc FROM _syncmesh_parked) GROUP BY site_id"
     )
 
 
 def caps(ctx: StoreContext) -> dict[str, int]:
-    """Per site: one below its lowest waiting stamp.
+    """Per site: one below its lowest waiting (or parked) stamp.
 
     This node holds those writes but cannot relay them (its feed has no
     such column), so its vector must not claim them (`vector.merge`).
