@@ -15,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from syncmesh.chaos.checkers import (
+    Held,
     check_convergence,
+    check_held,
     check_writes,
     is_constraint_refusal,
     refused_by_constraint,
@@ -165,3 +167,13 @@ def test_the_stores_constraint_reasons_are_recognised_and_read_back(tmp_path: Pa
         assert violations == [], violations
         assert tally.quarantined == 1
         assert tally.exact == 1
+
+
+def test_a_held_row_a_constraint_turned_away_is_not_a_lost_held_write() -> None:
+    """After a restore: a row another node held is in the replica's constraint quarantine."""
+    held: Held = {("kv", (1,)): (1, {"a": (T2, B), "b": (T2, B), "n": (T2, B)})}
+    at_a = with_quarantine(replica({}), held_back(UNIQUE_REASON, T2, B, "x"))
+    assert check_held(held, at_a, what="n1") == []
+    assert kinds(check_held(held, replica({}), what="n1")) == ["held-write"]
+    older = with_quarantine(replica({}), held_back(UNIQUE_REASON, T1, B, "x"))
+    assert kinds(check_held(held, older, what="n1")) == ["held-write"] * 3

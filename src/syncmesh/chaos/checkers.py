@@ -423,11 +423,20 @@ def check_held(held: Held, replica: Replica, *, what: str) -> list[Violation]:
     Superseded in the merge's order: a greater causal length, or the same
     one with a cell stamp at least as great.  `held` is what another node
     held when a `restore` replaced a node's file: its writes had been
-    acknowledged beyond that node, so none may be lost (issue 12).
+    acknowledged beyond that node, so none may be lost (issue 12).  A row
+    that a constraint turned away at `replica` counts with what its
+    quarantine holds back, as in `check_writes`.
     """
     violations = []
     for (table, key), (cl, stamps) in sorted(held.items(), key=repr):
         row = replica.row(table, key)
+        refused = [
+            entry
+            for entry in replica.quarantined.get((table, key), [])
+            if is_constraint_refusal(entry.reason)
+        ]
+        if refused:
+            row = _with_quarantined(row, refused, replica.columns.get(table, ()))
         final_cl, final_stamps = (0, {}) if row is None else (row.cl, row.stamps)
         where = f"{replica.node}: {table} key {list(key)}"
         if final_cl < cl:

@@ -7,7 +7,7 @@ import sqlite3
 from syncmesh.store.records import StoreStatus
 from syncmesh.store.sqlite import conflicts, integer_keys, orphans, peers, tracking, waitlist
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.introspect import fingerprint
+from syncmesh.store.sqlite.introspect import fingerprint, untyped_key_warnings
 
 
 def status(ctx: StoreContext) -> StoreStatus:
@@ -39,7 +39,7 @@ def status(ctx: StoreContext) -> StoreStatus:
             ],
             waiting_cells=waitlist.waiting_counts(ctx),
             discarded_cells=waitlist.discarded_counts(ctx),
-            warnings=integer_keys.warnings(ctx),
+            warnings=[*integer_keys.warnings(ctx), *untyped_key_warnings(ctx.specs())],
             orphans=orphans.orphan_counts(ctx),
             orphan_problems=orphans.problems(ctx),
         )
