@@ -17,6 +17,7 @@ hash tree, and the conflicts go to the ledger last.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE, quote
 from syncmesh.store.sqlite.execute import execute_checked, execute_many, execute_one
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
-from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.sqlite.table import TableSql, pasts_problem, row_problem
 from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
 
 Key = tuple[SqlValue, ...]
@@ -234,8 +235,12 @@ def merge_table(
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
+    incoming, held_back = _without_corrupt_keys(ctx, table, incoming, shared, on_disk)
+    if held_back:
+        pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
     failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk, lacking)
+    quarantined += held_back
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -252,6 +257,41 @@ def merge_table(
 
 
 OnDisk = dict[Key, tuple[list[SqlValue], str | None, int | None]]
+
+
+def _without_corrupt_keys(
+    ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming, on_disk: OnDisk
+) -> tuple[TableRows, int]:
+    """`incoming` without the rows of keys whose shadow row here is corrupt, and how many.
+
+    Another program may have written anything into a shadow row; merging
+    with it would fail the whole batch, and every batch after it (issue
+    12: one bad row never stops a node).  The peer's rows for such a key
+    are quarantined with the reason (which caps the vector below them) and
+    retried until a new local write has stamped the row afresh.
+    """
+    sites_count = len(shared.sites.all_sites())
+    corrupt: dict[Key, str] = {}
+    for pk, (row, pasts, _digest) in on_disk.items():
+        problem = row_problem(row, table.key_count, sites_count) or pasts_problem(
+            pasts, sites_count
+        )
+        if problem is not None:
+            corrupt[pk] = (
+                f"our shadow row of this key {problem}: write the row again here (delete and"
+                " re-insert it, or set every column) so that the capture stamps it afresh"
+            )
+    if not corrupt:
+        return incoming, 0
+    kept = []
+    for row in incoming.rows:
+        reason = corrupt.get(tuple(row[: table.key_count]))
+        if reason is None:
+            kept.append(row)
+        else:
+            change = _change_of(incoming, row, shared.batch_sites)
+            quarantine.add(ctx, change, shared.origin, reason)
+    return dataclasses.replace(incoming, rows=kept), len(incoming.rows) - len(kept)
 
 
 @dataclass(slots=True)

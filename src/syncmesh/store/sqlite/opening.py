@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from syncmesh.errors import StoreError
@@ -27,6 +28,7 @@ from syncmesh.store.sqlite.ddl import (
     LEGACY_UPDATE_TRIGGER_KIND,
     PASTS_COLUMN,
     RUNS_DDL,
+    SEEN_DDL,
     WAITING_DDL,
     trigger_name,
 )
@@ -96,6 +98,24 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return connection
 
 
+def _digest_of(hashed_key: int, fields: Sequence[SqlValue], codes: Mapping[SqlValue, int]) -> int:
+    """`shadow_digest` of a shadow row's fields, or, for fields no store wrote, a digest of them.
+
+    Another program may have written anything into a shadow row (a stamp
+    that is text, a site ordinal never given out).  An exception here would
+    fail the whole capture, every time, and with it every local write
+    (issue 12).  Such a row gets a digest of its fields as they are, which
+    matches no sound row (so `verify` finds it); the feed holds it back
+    (feed.py) until a new write stamps it afresh.
+    """
+    if type(fields[0]) is int:
+        try:
+            return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes)
+        except (KeyError, TypeError, struct.error):
+            pass
+    return key_hash([hashed_key, *(repr(field) for field in fields)])
+
+
 def register_digest_functions(ctx: StoreContext) -> None:
     """SQL functions of the hash tree (store.summary), on the context's connection."""
     summaries = ctx.summaries
@@ -107,12 +127,12 @@ def register_digest_functions(ctx: StoreContext) -> None:
         table: str, old: int | None, guess: int | None, hashed_key: int, *fields: SqlValue
     ) -> int:
         # The capture upsert's digest of a row it changed; see CaptureSql._capture_sql.
-        new = shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
+        new = _digest_of(hashed_key, fields, codes())
         summaries.note(table, leaf_of(hashed_key), (old or 0) ^ (guess or 0) ^ new)
         return new
 
     def row_digest(hashed_key: int, *fields: SqlValue) -> int:
-        return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
+        return _digest_of(hashed_key, fields, codes())
 
     def hash_key(*key: SqlValue) -> int:
         return key_hash(key)
@@ -138,6 +158,12 @@ def upgrade(ctx: StoreContext) -> None:
     if runs is None:
         with ctx.transaction():
             ctx.connection.execute(RUNS_DDL)
+    seen = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_seen'"
+    ).fetchone()
+    if seen is None:
+        with ctx.transaction():
+            ctx.connection.execute(SEEN_DDL)
     waiting = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_waiting_floor'"
     ).fetchone()
@@ -210,7 +236,17 @@ def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:
 def init(ctx: StoreContext) -> None:
     """Create the bookkeeping tables and this node's site id, if missing (one transaction)."""
     with ctx.transaction():
-        _run_script(ctx, BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL + ";" + WAITING_DDL)
+        _run_script(
+            ctx,
+            BOOKKEEPING_DDL
+            + CONFLICT_LEDGER_DDL
+            + ";"
+            + RUNS_DDL
+            + ";"
+            + SEEN_DDL
+            + ";"
+            + WAITING_DDL,
+        )
         row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
         if row is None:
             site_id = uuid.uuid4().hex
