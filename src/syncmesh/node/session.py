@@ -24,7 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError, SyncError
+from syncmesh.errors import (
+    ClockDriftError,
+    ProtocolError,
+    RefusedError,
+    SiteIdConflict,
+    StoreError,
+    SyncError,
+)
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.node.catchup import CatchUp
@@ -45,6 +52,7 @@ from syncmesh.protocol import (
 
 # `Node.register` words its refusal of a second session with this prefix.
 from syncmesh.protocol.messages import DUPLICATE_SESSION_PREFIX as DUPLICATE_SESSION_PREFIX
+from syncmesh.protocol.messages import shared_site_id_reason
 from syncmesh.store import Store
 from syncmesh.transport.base import Channel
 
@@ -339,6 +347,19 @@ class Session:
                 self._limits.bytes_max,
             )
 
+    async def _refuse_a_twin(self, conflict: SiteIdConflict) -> SharedSiteId:
+        """A copy of our file writes under our site id, seen through this peer: refuse loudly.
+
+        The peer, and any node that relays it, cannot tell the two files
+        apart; only the fix can (issue 12, defect 7).  Our health names it
+        too (the node notes a SharedSiteId).
+        """
+        own = await self._host.worker.call(lambda: self._host.store.site_id)
+        reason = f"{shared_site_id_reason(own)} ({conflict})"
+        log.error("refused site %s (%s): %s", self.link.site_id, self.link.address, reason)
+        await self._refuse(reason)
+        return SharedSiteId(reason)
+
     async def _start_pull(self, hello: Hello) -> None:
         store, worker = self._host.store, self._host.worker
         try:
@@ -347,6 +368,8 @@ class Session:
             raise await self._refuse(
                 f"your vector claims writes of ours from the future: {exc}"
             ) from exc
+        except SiteIdConflict as exc:
+            raise await self._refuse_a_twin(exc) from exc
         if restored:
             # Our file is an old copy: sessions that began before we knew must
             # start again under the new incarnation, with our lowered vector.
@@ -489,6 +512,8 @@ class Session:
         started = time.perf_counter()
         try:
             applied, quarantined, vector, captured_total, by_table = await worker.call(apply)
+        except SiteIdConflict as exc:
+            raise await self._refuse_a_twin(exc) from exc
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
