@@ -19,6 +19,7 @@ from syncmesh.chaos.checkers import (
     check_convergence,
     check_held,
     check_writes,
+    constraint_quarantines,
     is_constraint_refusal,
     refused_by_constraint,
     waiting_in_quarantine,
@@ -177,3 +178,17 @@ def test_a_held_row_a_constraint_turned_away_is_not_a_lost_held_write() -> None:
     assert kinds(check_held(held, replica({}), what="n1")) == ["held-write"]
     older = with_quarantine(replica({}), held_back(UNIQUE_REASON, T1, B, "x"))
     assert kinds(check_held(held, older, what="n1")) == ["held-write"] * 3
+
+
+def test_a_row_turned_away_on_the_way_is_not_lost_beyond_it() -> None:
+    """A star: the hub quarantined B's row, so a leaf never saw it; that is no loss."""
+    hub = with_quarantine(replica({}, "hub"), held_back(UNIQUE_REASON, T2, B, "x"))
+    leaf = replica({}, "leaf")
+    writes = [upsert("n1", B, 0, "x", T2, 1)]
+    violations, tally = check_writes(writes, leaf, None, constraint_quarantines([hub, leaf]))
+    assert violations == []
+    assert tally.quarantined == 1
+    # Without the hub's quarantine the leaf's absence is a loss.
+    assert kinds(check_writes(writes, leaf, None, constraint_quarantines([leaf]))[0]) == [
+        "lost-write"
+    ]

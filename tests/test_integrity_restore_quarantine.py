@@ -8,8 +8,11 @@ liveness).  Restore detection compares a peer's HELLO claim about our own
 writes with what our file holds; the peers had quarantined an earlier row of
 ours (a UNIQUE collision), and a quarantined row caps the vector below its
 stamp, so their claim about our writes stayed below the copy and nothing was
-detected.  HELLO's claims now come from what peers saw, not what they may
-relay (`Store.hello_vector`).
+detected.  Not fixed yet: a strict xfail.  A fix tried on the branch (HELLO
+claiming, per site, the greatest entry reaching-head batches showed, not
+capped by the quarantine) made this test pass but let RestoreMachine
+(tests/test_integrity_restore_stateful.py, 300 examples x 40 steps) find two
+divergences after a clock moved back 100 s and two restores; it was left out.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import contextlib
 import shutil
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from syncmesh.transport.memory import MemoryNetwork
 from tests.helpers import wait_until
@@ -54,6 +59,13 @@ def put_back(copy: Path, target: Path) -> None:
     shutil.copy(copy, target)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12, found by the chaos restore fault: a peer's vector entry for us is capped"
+    " below a row of ours it holds in quarantine (a UNIQUE collision before our copy), so its"
+    " HELLO claims nothing beyond the copy, no restore is detected, and our writes after the"
+    " copy that the peer holds never come back",
+)
 async def test_restore_fault_a_quarantined_collision_does_not_hide_the_lost_writes(
     tmp_path: Path,
 ) -> None:

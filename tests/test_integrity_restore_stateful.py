@@ -107,7 +107,7 @@ class RestoreMachine(SyncMachine):
     def _meet(self, source: SqliteStore, target: SqliteStore) -> None:
         """What `target` does with `source`'s HELLO: the restore check, then cursor upkeep."""
         try:
-            if target.note_peer_vector(source.hello_vector()):
+            if target.note_peer_vector(source.vector()):
                 event("restore detected")
         except ClockDriftError:
             event("hello refused: a claim from the future")  # the session would end here

@@ -143,6 +143,7 @@ def check_writes(
     writes: list[Write],
     replica: Replica,
     may_be_lost: Callable[[Write], bool] | None = None,
+    held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None = None,
 ) -> tuple[list[Violation], WriteTally]:
     """Every acknowledged write is in the final state or lost to a greater write.
 
@@ -168,18 +169,14 @@ def check_writes(
         row = replica.row(table, key)
         judged = WriteTally()
         found = list(_check_key(table, key, key_writes, replica, row, judged, may_be_lost))
-        refused = [
-            held
-            for held in replica.quarantined.get((table, key), [])
-            if is_constraint_refusal(held.reason)
-        ]
+        refused = _refused_rows(replica, (table, key), held_back)
         if found and refused:
             # A constraint turned the row away here: every write must then be
             # in the final state or in the row the quarantine holds back.
             # Judged against both merged, a write in neither is still lost.
-            held_back = _with_quarantined(row, refused, replica.columns.get(table, ()))
+            merged = _with_quarantined(row, refused, replica.columns.get(table, ()))
             again = WriteTally()
-            found = list(_check_key(table, key, key_writes, replica, held_back, again, may_be_lost))
+            found = list(_check_key(table, key, key_writes, replica, merged, again, may_be_lost))
             if not found:
                 tally.quarantined += again.exact + again.superseded_life + again.unverified
                 continue
@@ -188,6 +185,37 @@ def check_writes(
         tally.superseded_life += judged.superseded_life
         tally.unverified += judged.unverified
     return violations, tally
+
+
+def constraint_quarantines(
+    replicas: Iterable[Replica],
+) -> dict[tuple[str, Key], list[QuarantinedRow]]:
+    """Every replica's rows held back for a constraint, by table and key."""
+    held: dict[tuple[str, Key], list[QuarantinedRow]] = {}
+    for replica in replicas:
+        for where, rows in replica.quarantined.items():
+            refused = [row for row in rows if is_constraint_refusal(row.reason)]
+            if refused:
+                held.setdefault(where, []).extend(refused)
+    return held
+
+
+def _refused_rows(
+    replica: Replica,
+    where: tuple[str, Key],
+    held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None,
+) -> list[QuarantinedRow]:
+    """The rows of `where` that a constraint's quarantine holds back: the replica's own, or,
+    given `held_back` (every replica's), also those a node on the way holds.
+
+    In a star or a chain, a row the hub turned away never reaches the
+    leaves beyond it: they neither hold it nor quarantine it, and that is
+    the designed outcome too (it waits at the hub for an operator).
+    """
+    own = [row for row in replica.quarantined.get(where, []) if is_constraint_refusal(row.reason)]
+    if held_back is None:
+        return own
+    return own + [row for row in held_back.get(where, []) if row not in own]
 
 
 def _with_quarantined(
@@ -417,7 +445,13 @@ def held_by(replica: Replica) -> Held:
     }
 
 
-def check_held(held: Held, replica: Replica, *, what: str) -> list[Violation]:
+def check_held(
+    held: Held,
+    replica: Replica,
+    *,
+    what: str,
+    held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None = None,
+) -> list[Violation]:
     """Nothing in `held` is missing from `replica`: each row and cell is there or superseded.
 
     Superseded in the merge's order: a greater causal length, or the same
@@ -430,11 +464,7 @@ def check_held(held: Held, replica: Replica, *, what: str) -> list[Violation]:
     violations = []
     for (table, key), (cl, stamps) in sorted(held.items(), key=repr):
         row = replica.row(table, key)
-        refused = [
-            entry
-            for entry in replica.quarantined.get((table, key), [])
-            if is_constraint_refusal(entry.reason)
-        ]
+        refused = _refused_rows(replica, (table, key), held_back)
         if refused:
             row = _with_quarantined(row, refused, replica.columns.get(table, ()))
         final_cl, final_stamps = (0, {}) if row is None else (row.cl, row.stamps)

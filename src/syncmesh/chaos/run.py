@@ -41,6 +41,7 @@ from syncmesh.chaos.checkers import (
     check_phantoms,
     check_schema,
     check_writes,
+    constraint_quarantines,
     held_by,
     refused_by_constraint,
     renamed_cells,
@@ -569,8 +570,9 @@ class ScheduleRun:
         result.writes_restore_exempt = len(self.writes) - len(judged)
         restored_nodes = {restored.node for restored in self.restored}
         phantom_tables = ["kv", *(ADVERSARIAL_TABLES if self.options.adversarial else [])]
+        held_back = constraint_quarantines(replicas)
         for replica in replicas[:1] if converged else replicas:
-            found, tally = check_writes(self.writes, replica, self._may_be_lost)
+            found, tally = check_writes(self.writes, replica, self._may_be_lost, held_back)
             violations.extend(found)
             for table in phantom_tables:
                 added = self.migration.added if self.migration and table == "kv" else None
@@ -581,7 +583,10 @@ class ScheduleRun:
                 for other, held in restored.held.items():
                     violations.extend(
                         check_held(
-                            held, replica, what=f"{other} (when {restored.node} was restored)"
+                            held,
+                            replica,
+                            what=f"{other} (when {restored.node} was restored)",
+                            held_back=held_back,
                         )
                     )
             result.tally = tally

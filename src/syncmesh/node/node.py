@@ -314,9 +314,7 @@ class Node:
                 self.store.fingerprint(),
                 tuple(spec.name for spec in self.store.specs()),
                 self.store.head_seq(),
-                # The vector, raised to what we saw of each site: a peer
-                # restored from a copy must see what we hold of its writes.
-                self.store.hello_vector(),
+                self.store.vector(),
                 {spec.name: describe_columns(spec) for spec in self.store.specs()},
                 self.instance,
                 {spec.name: table_schema(spec) for spec in self.store.specs()},

@@ -193,10 +193,6 @@ class Store(VerifyStore, Protocol):
 
     def vector(self) -> dict[str, int]: ...
 
-    def hello_vector(self) -> dict[str, int]:
-        """The vector HELLO carries, for the peer's restore check (may exceed `vector()`)."""
-        ...
-
     def restoring(self) -> bool:
         """True while own writes lost by a restore from an old copy are being recovered."""
         ...

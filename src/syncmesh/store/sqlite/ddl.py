@@ -98,18 +98,6 @@ CREATE TABLE IF NOT EXISTS _syncmesh_runs (
 )
 """
 
-# What each site's own vector entry was, as this node saw it in batches that
-# reached their sender's head (`vector.merge`), uncapped by the quarantine.
-# HELLO claims these (`vector.hello_vector`): a peer restored from an old
-# copy must learn that we hold its writes even while a quarantined row of
-# its caps our vector below them (issue 12, found by the `restore` fault).
-SEEN_DDL = """
-CREATE TABLE IF NOT EXISTS _syncmesh_seen (
-    site_id TEXT PRIMARY KEY,        -- origin site
-    hlc INTEGER NOT NULL             -- the greatest entry for it a reaching-head batch carried
-)
-"""
-
 # Waiting cells (docs/adr/0013-schema-evolution.md, "Mixed schema
 # versions"): cells of a tracked table's column this node does not have
 # (yet), kept with their stamps and merged when the column appears.  One

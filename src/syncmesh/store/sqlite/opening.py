@@ -28,7 +28,6 @@ from syncmesh.store.sqlite.ddl import (
     LEGACY_UPDATE_TRIGGER_KIND,
     PASTS_COLUMN,
     RUNS_DDL,
-    SEEN_DDL,
     WAITING_DDL,
     trigger_name,
 )
@@ -158,12 +157,6 @@ def upgrade(ctx: StoreContext) -> None:
     if runs is None:
         with ctx.transaction():
             ctx.connection.execute(RUNS_DDL)
-    seen = ctx.connection.execute(
-        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_seen'"
-    ).fetchone()
-    if seen is None:
-        with ctx.transaction():
-            ctx.connection.execute(SEEN_DDL)
     waiting = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_waiting_floor'"
     ).fetchone()
@@ -238,14 +231,7 @@ def init(ctx: StoreContext) -> None:
     with ctx.transaction():
         _run_script(
             ctx,
-            BOOKKEEPING_DDL
-            + CONFLICT_LEDGER_DDL
-            + ";"
-            + RUNS_DDL
-            + ";"
-            + SEEN_DDL
-            + ";"
-            + WAITING_DDL,
+            BOOKKEEPING_DDL + CONFLICT_LEDGER_DDL + ";" + RUNS_DDL + ";" + WAITING_DDL,
         )
         row = ctx.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()
         if row is None:

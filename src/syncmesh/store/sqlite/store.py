@@ -261,15 +261,6 @@ class SqliteStore:
     def vector(self) -> dict[str, int]:
         return self.context.vector()
 
-    def hello_vector(self) -> dict[str, int]:
-        """The vector HELLO carries: `vector()`, each entry raised to what batches showed.
-
-        A quarantined row caps `vector()` below its stamp; HELLO's claims are
-        for a peer's restore check only, and must show what we hold of it.
-        """
-        self.context.require_init()
-        return vector.hello_vector(self.context)
-
     def read_batch(
         self,
         from_seq: int,

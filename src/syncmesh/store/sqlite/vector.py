@@ -107,12 +107,6 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
         # against the stretches in which they issued none (`_gap_floor`).
         if hlc > bound:
             continue
-        if site != own:
-            ctx.connection.execute(
-                "INSERT INTO _syncmesh_seen (site_id, hlc) VALUES (?, ?)"
-                " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
-                (site, hlc),
-            )
         capped = min(hlc, caps.get(site, hlc))
         ctx.connection.execute(
             "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES (?, ?)"
@@ -123,26 +117,6 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     if floor > 0 and ctx.vector().get(own, 0) >= floor:
         log.warning("own writes up to the restore floor are back; leaving restore mode")
         ctx.connection.execute("UPDATE _syncmesh_state SET restore_floor = 0")
-
-
-def hello_vector(ctx: StoreContext) -> dict[str, int]:
-    """What HELLO claims: the vector, each entry raised to what reaching-head batches showed.
-
-    A peer reads HELLO's vector only to check its claim about the peer's
-    own writes (`note_peer`).  Our vector may claim less than we hold of a
-    site: a row of it we hold only in quarantine (a UNIQUE collision) caps
-    the entry below that row's stamp, for good.  Such a cap is right for
-    what we relay, but a peer restored from a copy older than the cap's
-    stamps would then see no claim beyond its copy, never notice that it
-    lost writes, and never get back those we hold (issue 12, found by the
-    chaos `restore` fault).  Every entry here is one the site's own vector
-    once carried, so a site that was not restored never sees a claim
-    beyond its own vector: no false detection.
-    """
-    claims = ctx.vector()
-    for site, hlc in ctx.connection.execute("SELECT site_id, hlc FROM _syncmesh_seen"):
-        claims[site] = max(claims.get(site, 0), hlc)
-    return claims
 
 
 def drift_bound(ctx: StoreContext) -> int:
