@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, sqlite3_shell
 from tests.nodeproc import Cluster, make_db, wait_converged, wait_for
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
@@ -139,6 +139,28 @@ def test_status_file_of_an_unhealthy_node_exits_2_with_the_reasons(
     assert result.returncode == 2
     assert "unhealthy: table 'items'" in result.stderr, result.stderr
     assert "NOT ok" in result.stdout
+
+
+def test_status_file_without_a_node_exits_2_for_a_table_it_cannot_follow(
+    tmp_path: Path,
+) -> None:
+    """With no node running, the file's own problems still make the status unhealthy:
+    the sqlite3 shell rebuilds a tracked table with another primary key."""
+    db = make_db(tmp_path / "a.db", SCHEMA)
+    healthy = run_cli("status", str(db), timeout_s=CLI_TIMEOUT_S)
+    assert healthy.returncode == 0, healthy.stderr
+    sqlite3_shell(
+        db,
+        'CREATE TABLE "new__items" (id TEXT, name TEXT PRIMARY KEY, qty INTEGER);'
+        ' INSERT INTO "new__items" SELECT id, name, qty FROM items;'
+        " DROP TABLE items;"
+        ' ALTER TABLE "new__items" RENAME TO items;',
+    )
+    result = run_cli("status", str(db), timeout_s=CLI_TIMEOUT_S)
+    assert "no node is running on it" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "unhealthy: table 'items'" in result.stderr, result.stderr
+    assert "primary key" in result.stderr
 
 
 def test_track_prints_its_line_once_per_table(tmp_path: Path) -> None:

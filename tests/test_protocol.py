@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncmesh.errors import ProtocolError, UnsupportedVersion
-from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
+from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp, TableRows
 from syncmesh.protocol import (
     FRAME_BYTES_MAX,
     PROTOCOL_VERSION,
@@ -195,6 +195,17 @@ def test_the_well_formed_batch_frame_decodes() -> None:
     assert row.state.cells["c"] == Cell(1, Stamp(5, "a"), (("b", 4),))
 
 
+def test_creation_stamps_of_columns_round_trip() -> None:
+    """The optional sixth element of a table entry (ADR 0013), with or without former names."""
+    for former in ((), (("old",),)):
+        rows = TableRows("t", ("c",), 1, [["k", 1, 5, 0, 1, 5, 0, None]], former, (7,))
+        batch = ChangeBatch("i", 0, 1, 9, None, ("a",), (rows,))
+        decoded = decode(encode(Batch(batch)))
+        assert isinstance(decoded, Batch)
+        assert decoded.batch.tables[0].created == (7,)
+        assert decoded.batch.tables[0].former == former
+
+
 def _frame(plain: object) -> bytes:
     return bytes([0]) + msgpack.packb(plain, use_bin_type=True)
 
@@ -321,7 +332,11 @@ def test_a_hello_without_limits_is_understood_and_limits_travel() -> None:
         (_frame(_batch_frame(rows=[["k", 1, 5, 0, None, None, None, '{"1":4}']])), "or a past"),
         (_frame(_batch_frame(key_count=0)), "key count"),
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1]]}), "table entry"),
-        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [], 0]]}), "table entry"),
+        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [], 0, 0]]}), "table entry"),
+        # Its optional creation stamps (ADR 0013): one HLC per column.
+        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [[]], 0]]}), "created stamps"),
+        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [[]], [1, 2]]]}), "created"),
+        (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [[]], [-1]]]}), "created"),
         # A table entry's optional former names (ADR 0013): one list of names per column.
         (_frame(_batch_frame(former=[])), "one list per column"),
         (_frame(_batch_frame(former=[["a"], ["b"]])), "one list per column"),

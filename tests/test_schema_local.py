@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -831,3 +832,39 @@ def test_fields_other_modules_keep_in_the_spec_survive_a_reconcile(store: Sqlite
         store.reconcile_schema()
     [(spec,)] = store.connection.execute("SELECT spec FROM _syncmesh_tables").fetchall()
     assert json.loads(spec)["integer_keys_allowed"] is True
+
+
+def test_a_unique_index_and_its_column_dropped_in_one_transaction_roll_back_whole(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
+    """The documented limit (docs/schema.md): refused whole, nothing lost, and the
+    same change split in two transactions is followed."""
+    shell(store, "CREATE UNIQUE INDEX items_name ON items (name)")
+    store.reconcile_schema()
+    path = Path(store.context.path)
+    result = subprocess.run(
+        [
+            "sqlite3",
+            str(path),
+            "BEGIN; DROP INDEX items_name; ALTER TABLE items DROP COLUMN name; COMMIT;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "error in trigger _syncmesh_replace" in result.stderr
+    assert "after drop column" in result.stderr
+    assert shell(store, "SELECT id, name, qty FROM items ORDER BY id") == "a|apple|1\nb|bean|2\n"
+    assert "items_name" in shell(store, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    # Split: the node follows the DROP INDEX, then the DROP COLUMN goes through.
+    shell(store, "DROP INDEX items_name")
+    store.reconcile_schema()
+    shell(store, "ALTER TABLE items DROP COLUMN name")
+    store.reconcile_schema()
+    assert store.schema_problems() == []
+    assert [spec.value_columns for spec in store.specs()] == [("qty",)]
+    shell(store, "UPDATE items SET qty = 5 WHERE id = 'a'")
+    exchange_all(store, peer)
+    assert shell(peer, "SELECT id, qty FROM items ORDER BY id") == "a|5\nb|2\n"

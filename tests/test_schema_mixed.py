@@ -277,11 +277,19 @@ def test_a_dropped_column_is_not_resurrected_when_its_name_is_added_again(
     pull(a, b)
     assert shell(b, "SELECT id, name, extra FROM items") == "k|n|\n"
     assert b.status().discarded_cells == {"items": {"extra": 2}}
-    # A write after the drop is a write to the column that is there now.
+    # a's column is the old one (created before b's drop), even for a write
+    # made after b added the name again: it stays out too.
     a_clock.advance(30)
     write(a, "UPDATE items SET extra = 'v3' WHERE id = 'k'")
     pull(a, b)
-    assert shell(b, "SELECT id, name, extra FROM items") == "k|n|v3\n"
+    assert shell(b, "SELECT id, name, extra FROM items") == "k|n|\n"
+    # Once a too has dropped the name and added it again, its writes land.
+    a_clock.advance(10)
+    drop_column(a, "items", "extra")
+    add_column(a, "items", "extra TEXT")
+    write(a, "UPDATE items SET extra = 'v4' WHERE id = 'k'")
+    pull(a, b)
+    assert shell(b, "SELECT id, name, extra FROM items") == "k|n|v4\n"
 
 
 def test_a_column_renamed_at_one_side_syncs_both_ways(make_store: MakeStore) -> None:
@@ -440,3 +448,141 @@ def test_waiting_cells_land_in_a_table_with_a_not_null_column(tmp_path: Path) ->
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_row_from_an_older_schema_refused_for_drift_takes_the_default_on_retry(
+    make_store: MakeStore,
+) -> None:
+    """Found by the state machine: the row was quarantined in our columns, with a NULL
+    cell for the column its sender lacks, and its retry wrote that NULL over the
+    column's DEFAULT; the sites that got the row in time held the DEFAULT."""
+    a_clock, b_clock = ManualClock(1_700_000_000_000), ManualClock(1_700_000_000_000 - 100_000)
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    add_column(b, "items", "extra TEXT DEFAULT 'dflt'")
+    write(a, "INSERT INTO items VALUES ('k', 'from a')")
+    result = pull(a, b)
+    assert result.drift_refused_rows == 1  # b's clock is 100 s behind a's stamp
+    (entry,) = b.quarantine()
+    assert "ahead of the local clock" in str(entry["reason"])
+    b_clock.set(1_700_000_000_000 + 1_000)
+    assert b.retry_quarantine() == 1
+    assert shell(b, "SELECT id, name, extra FROM items") == "k|from a|dflt\n"
+    # Once a migrates too, both hold the same row.
+    add_column(a, "items", "extra TEXT DEFAULT 'dflt'")
+    sync(a, b)
+    assert rows_with_types(a.connection, "items") == rows_with_types(b.connection, "items")
+
+
+def test_a_row_from_an_older_schema_refused_by_a_constraint_takes_the_default_on_retry(
+    make_store: MakeStore,
+) -> None:
+    """The same for a row a constraint turned away: it is kept as the sender sent it."""
+    a, b = make_store("a"), make_store("b")
+    add_column(b, "items", "extra TEXT DEFAULT 'dflt'")
+    shell(b, "CREATE UNIQUE INDEX items_name ON items (name)")
+    write(b, "INSERT INTO items VALUES ('k1', 'taken', 'mine')")
+    write(a, "INSERT INTO items VALUES ('k2', 'taken')")
+    pull(a, b)
+    assert [entry["pk"] for entry in b.quarantine()] == ["'k2'"]
+    write(b, "DELETE FROM items WHERE id = 'k1'")
+    assert b.retry_quarantine() == 1
+    assert shell(b, "SELECT id, name, extra FROM items") == "k2|taken|dflt\n"
+
+
+def test_a_row_refused_for_drift_from_a_site_that_renamed_a_column_lands_in_ours(
+    make_store: MakeStore,
+) -> None:
+    """The entry keeps each cell under our name for its column: the sender's former
+    names (which the retry's batch no longer carries) are not needed to map it."""
+    a_clock, b_clock = ManualClock(1_700_000_000_000), ManualClock(1_700_000_000_000 - 100_000)
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    rename_column(a, "items", "name", "title")
+    write(a, "INSERT INTO items (id, title) VALUES ('k', 'renamed at a')")
+    assert pull(a, b).drift_refused_rows == 1
+    b_clock.set(1_700_000_000_000 + 1_000)
+    assert b.retry_quarantine() == 1
+    assert shell(b, "SELECT id, name FROM items") == "k|renamed at a\n"
+    assert b.status().waiting_cells == {}
+
+
+def test_quarantined_rows_naming_other_columns_are_retried_each_in_its_own_shape(
+    make_store: MakeStore,
+) -> None:
+    """Found by the state machine: retried in one batch with the union of the columns,
+    a row sent before its sender added a column read as holding no stamp for it,
+    where every other site holds the shared default stamp: the trees never agreed."""
+    a_clock, b_clock = ManualClock(1_700_000_000_000), ManualClock(1_700_000_000_000 - 100_000)
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    add_column(b, "items", "extra TEXT DEFAULT 'dflt'")
+    write(a, "INSERT INTO items VALUES ('k1', 'before a migrated')")
+    assert pull(a, b).drift_refused_rows == 1
+    add_column(a, "items", "extra TEXT DEFAULT 'dflt'")
+    write(a, "INSERT INTO items VALUES ('k2', 'after', 'e2')")
+    assert pull(a, b).drift_refused_rows == 1
+    b_clock.set(1_700_000_000_000 + 1_000)
+    assert b.retry_quarantine() == 2
+    assert shell(b, "SELECT id, extra FROM items ORDER BY id") == "k1|dflt\nk2|e2\n"
+    assert cell_version(b, "k1", "extra") == cell_version(a, "k1", "extra")
+    sync(a, b)
+    assert a.summaries(["items"])["items"].root() == b.summaries(["items"])["items"].root()
+    assert a.deep_summary("items")[0].root() == b.deep_summary("items")[0].root()
+
+
+def test_a_late_write_to_a_dropped_column_stays_out_of_the_column_added_again(
+    make_store: MakeStore,
+) -> None:
+    """Two rolling deploys: drop `extra`, then add it again.  A write made to the old
+    column at a site that had not dropped it yet, delivered after the other site added
+    the name again, is of the old column (its sender's column was created before the
+    drop): it must not land in the new one, wherever and whenever it arrives."""
+    a_clock, b_clock = ManualClock(), ManualClock()
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    for store in (a, b):
+        add_column(store, "items", "extra TEXT")
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'v1')")
+    sync(a, b)
+    b_clock.advance(10)
+    drop_column(b, "items", "extra")  # the first deploy reaches b
+    a_clock.advance(20)
+    write(a, "UPDATE items SET extra = 'late' WHERE id = 'k'")  # a has not dropped it yet
+    b_clock.advance(40)
+    add_column(b, "items", "extra TEXT")  # b already runs the second deploy
+    pull(a, b)  # the late write arrives only now: it is of the old column
+    assert shell(b, "SELECT id, name, extra FROM items") == "k|n|\n"
+    assert b.status().parked_cells == {}
+    a_clock.advance(10)
+    drop_column(a, "items", "extra")  # the first deploy reaches a, then the second
+    a_clock.advance(40)
+    add_column(a, "items", "extra TEXT")
+    sync(a, b)
+    assert rows_with_types(a.connection, "items") == rows_with_types(b.connection, "items")
+
+
+def test_cells_of_a_name_added_again_elsewhere_are_parked_and_land_when_it_is_added_here(
+    make_store: MakeStore,
+) -> None:
+    """The cells wait without holding back the vector, and show in status."""
+    a_clock, b_clock = ManualClock(), ManualClock()
+    a, b = make_store("a", a_clock), make_store("b", b_clock)
+    for store in (a, b):
+        add_column(store, "items", "extra TEXT")
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'v1')")
+    sync(a, b)
+    for clock in (a_clock, b_clock):
+        clock.advance(10)
+    drop_column(a, "items", "extra")
+    drop_column(b, "items", "extra")
+    a_clock.advance(10)
+    add_column(a, "items", "extra TEXT")
+    write(a, "UPDATE items SET extra = 'new' WHERE id = 'k'")
+    pull(a, b)
+    status = b.status()
+    assert status.parked_cells == {"items": {"extra": 1}}
+    assert status.waiting_cells == {}
+    assert b.vector()[a.site_id] >= cell_stamp(a, "k", "extra")  # not held back
+    b_clock.advance(30)
+    add_column(b, "items", "extra TEXT")
+    assert b.status().parked_cells == {}
+    assert shell(b, "SELECT id, name, extra FROM items") == "k|n|new\n"
+    sync(a, b)
+    assert rows_with_types(a.connection, "items") == rows_with_types(b.connection, "items")

@@ -118,6 +118,11 @@ class TableRows:
     # name, then by these, then by its own former names (ADR 0013).  Empty
     # when no column has a former name.
     former: tuple[tuple[str, ...], ...] = ()
+    # Per column of `columns`, the stamp of the moment the column was created
+    # at the sender (tracked, or added): a receiver that dropped the name
+    # tells by it a column added again since its drop from the old one (ADR
+    # 0013).  Empty when the sender did not say (a peer from before it).
+    created: tuple[int, ...] = ()
 
     @property
     def width(self) -> int:

@@ -194,6 +194,15 @@ _STATUS = {
                         "additionalProperties": {"type": "integer"},
                     },
                 },
+                "parked_cells": {
+                    "type": "object",
+                    "description": "per table, per column: cells of a name dropped here,"
+                    " written after the drop, kept in case it is added again here",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                },
             },
         },
         "peers": {"type": "array", "items": _PEER},

@@ -73,8 +73,15 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
 
 
 def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) -> list[str]:
-    """Print a file's status; returns the reasons it is unhealthy (empty: healthy)."""
-    problems = []
+    """Print a file's status; returns the reasons it is unhealthy (empty: healthy).
+
+    What the file itself can tell, as a node's health would say it
+    (syncmesh.node.health): a tracked table it cannot follow or whose
+    capture triggers are gone, and own writes lost by a restore.
+    """
+    problems = list(report.schema_problems)
+    if report.restore_floor:
+        problems.append("recovering own writes lost by a restore from an old copy")
     for peer in report.peers:
         lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
         if max_lag_s is not None and lag_ms > max_lag_s * 1000:

@@ -117,7 +117,9 @@ def _lag_out(peer: dict[str, Any]) -> str:
 
 
 def _cell_facts(
-    waiting: dict[str, dict[str, int]], discarded: dict[str, dict[str, int]]
+    waiting: dict[str, dict[str, int]],
+    discarded: dict[str, dict[str, int]],
+    parked: dict[str, dict[str, int]],
 ) -> list[tuple[str, str]]:
     """Cells of columns not here yet (a rolling schema change), and of columns dropped here."""
     facts = [
@@ -128,6 +130,11 @@ def _cell_facts(
     facts += [
         ("discarded", f"{table}.{column}: {cells:,} cells of a column dropped here")
         for table, columns in sorted(discarded.items())
+        for column, cells in sorted(columns.items())
+    ]
+    facts += [
+        ("parked", f"{table}.{column}: {cells:,} cells, for the name if it is added again here")
+        for table, columns in sorted(parked.items())
         for column, cells in sorted(columns.items())
     ]
     return facts
@@ -143,7 +150,11 @@ def print_live_status(status: dict[str, Any]) -> None:
         ("quarantined", f"{store['quarantined_rows']} rows"),
         ("conflicts", f"{sum(store.get('conflicts', {}).values())} recorded (GET /v1/conflicts)"),
         *(("problem", problem) for problem in store["schema_problems"]),
-        *_cell_facts(store.get("waiting_cells", {}), store.get("discarded_cells", {})),
+        *_cell_facts(
+            store.get("waiting_cells", {}),
+            store.get("discarded_cells", {}),
+            store.get("parked_cells", {}),
+        ),
         *(("warning", warning) for warning in store.get("warnings", [])),
         *orphan_facts(store.get("orphans", {}), store.get("orphan_problems", [])),
     ]
@@ -261,7 +272,7 @@ def print_file_status(report: StoreStatus) -> None:
         ("quarantined", f"{report.quarantined_rows} rows"),
         ("conflicts", f"{sum(report.conflicts.values())} recorded (syncmesh conflicts)"),
         *(("problem", problem) for problem in report.schema_problems),
-        *_cell_facts(report.waiting_cells, report.discarded_cells),
+        *_cell_facts(report.waiting_cells, report.discarded_cells, report.parked_cells),
         *(("warning", warning) for warning in report.warnings),
         *orphan_facts(report.orphans, report.orphan_problems),
     ]

@@ -250,14 +250,18 @@ def _to_plain(message: Message) -> dict[str, Any]:
 
 
 def _table_entry(table: TableRows) -> list[object]:
-    """[name, columns, key count, rows], and the columns' former names only when some has one.
+    """[name, columns, key count, rows(, former names(, created stamps))].
 
-    The fifth element is optional (ADR 0013), so a batch without renamed
-    columns is byte for byte what peers before issue 14 sent and read.
+    The fifth and sixth elements are optional (ADR 0013): the columns'
+    former names when some has one, their creation stamps when some is
+    known; a batch with neither is byte for byte what peers before issue
+    14 sent and read.
     """
     entry: list[object] = [table.table, list(table.columns), table.key_count, table.rows]
-    if any(table.former):
-        entry.append(_former_plain(table.former))
+    if any(table.former) or any(table.created):
+        entry.append(_former_plain(table.former or ((),) * len(table.columns)))
+    if any(table.created):
+        entry.append(list(table.created))
     return entry
 
 
@@ -463,9 +467,10 @@ def _batch(plain: dict[str, Any]) -> ChangeBatch:
 
 def _table_rows(plain: object, sites_count: int) -> TableRows:
     """One table's positional rows, every field checked (this loop is the hot path)."""
-    if type(plain) is not list or len(plain) not in (4, 5):
+    if type(plain) is not list or len(plain) not in (4, 5, 6):
         raise ProtocolError(
-            "batch: a table entry is not [name, columns, key count, rows(, former names)]"
+            "batch: a table entry is not [name, columns, key count, rows(, former names"
+            "(, created stamps))]"
         )
     name, columns, key_count, rows = plain[:4]
     if type(name) is not str or not 0 < len(name) <= NAME_CHARS_MAX:
@@ -530,7 +535,21 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
     former = () if len(plain) == 4 else _former(plain[4], tuple(columns), where)
     if not any(former):
         former = ()  # one form for "no former names", as the encoder writes it
-    return TableRows(name, tuple(columns), key_count, rows, former)
+    created: tuple[int, ...] = ()
+    if len(plain) == 6:
+        created = _created(plain[5], len(columns), where)
+    return TableRows(name, tuple(columns), key_count, rows, former, created)
+
+
+def _created(value: object, columns: int, where: str) -> tuple[int, ...]:
+    """A table entry's creation stamps: one HLC per column."""
+    if (
+        type(value) is not list
+        or len(value) != columns
+        or not all(type(stamp) is int and 0 <= stamp <= INT64_MAX for stamp in value)
+    ):
+        raise ProtocolError(f"{where}: created stamps are not one HLC per column ({columns})")
+    return tuple(value)
 
 
 def _show(value: object) -> str:

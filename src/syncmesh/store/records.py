@@ -83,6 +83,9 @@ class StoreStatus:
     # Per table, per column: cells of a column dropped here that arrived
     # from sites that still have it, and were discarded.
     discarded_cells: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per table, per column: cells of a name dropped here, stamped after the
+    # drop, kept in case the name is added again here (ADR 0013).
+    parked_cells: dict[str, dict[str, int]] = field(default_factory=dict)
     # Risks of tracked tables that do not stop syncing but need the
     # operator, with the fix: keys SQLite allocates per site, on a table
     # tracked before `track` refused them (docs/keys.md, "Integer keys").

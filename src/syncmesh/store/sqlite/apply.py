@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from syncmesh.clock import HybridClock
@@ -29,6 +29,7 @@ from syncmesh.errors import ClockDriftError
 from syncmesh.merge import CellConflict, Knowledge, join_rows, resolve_cells, value_order_key
 from syncmesh.model import (
     CELL_FIELDS,
+    INT64_MAX,
     ChangeBatch,
     RowChange,
     RowState,
@@ -104,11 +105,12 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
             continue
         assert table is not None
         lacking: frozenset[str] = frozenset()
+        sent = incoming
         if incoming.columns != table.values or _has_stale_cells(table):
             # Another schema version: map its columns to ours, keep the cells
             # of columns not here as waiting cells (ADR 0013).
             incoming, lacking = _to_local_columns(ctx, table, incoming, shared)
-        done = merge_table(ctx, table, incoming, shared, lacking)
+        done = merge_table(ctx, table, incoming, shared, lacking, sent)
         applied += done.applied
         if done.applied:
             by_table[incoming.table] = by_table.get(incoming.table, 0) + done.applied
@@ -196,10 +198,34 @@ def dropped_here(table: TableSql, names: tuple[str, ...]) -> bool:
     """Whether a column a sender calls by one of `names` was dropped from this table here.
 
     Its cells are then discarded (and counted), never kept waiting: the
-    column will not come back under that identity (ADR 0013).
+    column will not come back under that identity (ADR 0013).  Only those
+    stamped after the drop here are parked (`_to_local_columns`): they may
+    be of a column added again under the name elsewhere.
     """
     dropped = table.layout.dropped_names()
     return any(name in dropped for name in names)
+
+
+def cells_at_or_below(incoming: TableRows, index: int, dropped_at: int) -> int:
+    """Cells of incoming column `index` stamped at or below this are of a column dropped here.
+
+    `dropped_at` is the stamp of the last drop here of the column's name (0:
+    never dropped).  When the sender says when its column was created, that
+    decides for all its cells: created after our drop, it is the column
+    added again (every cell is its own); before, it is the old one (none
+    is).  Otherwise the cells' own stamps decide, which a write made late to
+    the old column at a site that had not dropped it yet gets wrong.
+    """
+    if not dropped_at or not incoming.created:
+        return dropped_at
+    return 0 if incoming.created[index] > dropped_at else INT64_MAX
+
+
+def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
+    """The stamp of the last drop here of a column a sender calls by one of `names`."""
+    return max(
+        (entry.dropped_hlc for entry in table.layout.dropped if entry.name in names), default=0
+    )
 
 
 def _has_stale_cells(table: TableSql) -> bool:
@@ -225,21 +251,24 @@ def merge_table(
     incoming: TableRows,
     shared: _Incoming,
     lacking: frozenset[str] = frozenset(),
+    sent: TableRows | None = None,
 ) -> TableApplied:
     """Merge one table's rows: join them, write the user rows, the shadow rows, the conflicts.
 
     `incoming` has our columns (`_to_local_columns`); `lacking` are those
-    the sender does not have, which the user rows do not write.
+    the sender does not have, which the user rows do not write; `sent` is
+    the table as the sender sent it (rows aligned with `incoming`'s).
     Rows with a stamp above `shared.bound` (the drift limit) are refused
     into the quarantine, to be retried once the clock has caught up.
     """
     pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     on_disk = table.load(ctx.connection, pks)
-    incoming, held_back = _without_corrupt_keys(ctx, table, incoming, shared, on_disk)
+    refusals = _Refusals(table, incoming, sent or incoming, shared)
+    incoming, held_back = _without_corrupt_keys(ctx, table, incoming, shared, on_disk, refusals)
     if held_back:
         pks = [tuple(row[: table.key_count]) for row in incoming.rows]
-    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk)
-    failed, quarantined = _write_user_rows(ctx, table, incoming, shared, merge, on_disk, lacking)
+    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk, refusals)
+    failed, quarantined = _write_user_rows(ctx, table, shared, merge, on_disk, lacking, refusals)
     quarantined += held_back
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
@@ -259,8 +288,58 @@ def merge_table(
 OnDisk = dict[Key, tuple[list[SqlValue], str | None, int | None]]
 
 
+class _Refusals:
+    """Puts refused rows in the quarantine with the cells their sender wrote, in our names.
+
+    A row mapped to our columns (`_to_local_columns`) holds a default
+    cell, with no value, for each column the sender lacks (and for a
+    stale cell of a column re-added here); kept like that, its retry would
+    write NULL into a column that a new row must take at its DEFAULT.  So
+    the entry holds the row as sent, less the cells the mapping already
+    dealt with (waiting, discarded), each other cell under our name for its
+    column: the retry maps that to the schema of its moment.
+    """
+
+    def __init__(
+        self, table: TableSql, incoming: TableRows, sent: TableRows, shared: _Incoming
+    ) -> None:
+        self.table, self.incoming, self.sent, self.shared = table, incoming, sent, shared
+        self.as_sent: dict[int, list[SqlValue]] | None = None  # mapped row -> row as sent
+
+    def add(self, ctx: StoreContext, row: list[SqlValue], reason: str | None = None) -> None:
+        """Quarantine `row` (of the mapped rows) for `reason`, or for its drift by default."""
+        change = self._as_sent(row)
+        if reason is None:
+            reason = _drift_reason(change, ctx.clock)
+        quarantine.add(ctx, change, self.shared.origin, reason)
+
+    def _as_sent(self, row: list[SqlValue]) -> RowChange:
+        if self.sent is self.incoming:
+            return _change_of(self.incoming, row, self.shared.batch_sites)
+        if self.as_sent is None:
+            self.as_sent = {
+                id(mapped): original
+                for mapped, original in zip(self.incoming.rows, self.sent.rows, strict=True)
+            }
+        change = _change_of(self.sent, self.as_sent[id(row)], self.shared.batch_sites)
+        ours = {
+            self.sent.columns[source]: column
+            for column, source in zip(
+                self.table.values, map_columns(self.table, self.sent).sources, strict=True
+            )
+            if source is not None
+        }
+        cells = {ours[name]: cell for name, cell in change.state.cells.items() if name in ours}
+        return RowChange(change.table, change.pk, replace(change.state, cells=cells))
+
+
 def _without_corrupt_keys(
-    ctx: StoreContext, table: TableSql, incoming: TableRows, shared: _Incoming, on_disk: OnDisk
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    shared: _Incoming,
+    on_disk: OnDisk,
+    refusals: _Refusals,
 ) -> tuple[TableRows, int]:
     """`incoming` without the rows of keys whose shadow row here is corrupt, and how many.
 
@@ -289,8 +368,7 @@ def _without_corrupt_keys(
         if reason is None:
             kept.append(row)
         else:
-            change = _change_of(incoming, row, shared.batch_sites)
-            quarantine.add(ctx, change, shared.origin, reason)
+            refusals.add(ctx, row, reason)
     return dataclasses.replace(incoming, rows=kept), len(incoming.rows) - len(kept)
 
 
@@ -315,6 +393,7 @@ def _merge_keys(
     shared: _Incoming,
     pks: list[Key],
     on_disk: OnDisk,
+    refusals: _Refusals,
 ) -> _KeyMerge:
     """Join each incoming row with the key's state so far (on disk, or earlier in the batch)."""
     keys = table.key_count
@@ -338,8 +417,7 @@ def _merge_keys(
             default=0,
         )
         if top > bound:
-            change = _change_of(incoming, row, batch_sites)
-            quarantine.add(ctx, change, shared.origin, _drift_reason(change, ctx.clock))
+            refusals.add(ctx, row)
             refused += 1
             continue
         earlier = merged_by_key.get(pk)
@@ -429,11 +507,11 @@ def _identical(left: RowState, right: RowState) -> bool:
 def _write_user_rows(
     ctx: StoreContext,
     table: TableSql,
-    incoming: TableRows,
     shared: _Incoming,
     merge: _KeyMerge,
     on_disk: OnDisk,
-    lacking: frozenset[str] = frozenset(),
+    lacking: frozenset[str],
+    refusals: _Refusals,
 ) -> tuple[set[Key], int]:
     """One user-table write per key, from its final state; (keys refused, rows quarantined).
 
@@ -520,8 +598,7 @@ def _write_user_rows(
             pk = group_keys[index]
             failed.add(pk)
             for row in merge.merged[pk].rows:
-                change = _change_of(incoming, row, shared.batch_sites)
-                quarantine.add(ctx, change, shared.origin, reason)
+                refusals.add(ctx, row, reason)
                 quarantined += 1
     return failed, quarantined
 
@@ -709,29 +786,41 @@ def _to_local_columns(
     head = keys + 3
     former = incoming.former or ((),) * len(incoming.columns)
     waiting: list[waitlist.WaitingCell] = []
-    for index in mapping.waiting:
+    parked: list[waitlist.WaitingCell] = []
+    for index in (*mapping.waiting, *mapping.dropped):
         at = head + CELL_FIELDS * index
+        names = (incoming.columns[index], *former[index])
+        # A name dropped here: cells stamped after the drop may be of the
+        # column added again at their sender, and are parked; older ones
+        # are of the dropped column, and discarded.
+        dropped_at = (
+            cells_at_or_below(incoming, index, last_drop_here(table, names))
+            if index in mapping.dropped
+            else None
+        )
         one = TableRows(incoming.table, (incoming.columns[index],), keys, [])
+        discarded = 0
         for row in incoming.rows:
-            if row[at + 1] is None or row[at + 1] == DEFAULT_CELL_HLC:
+            hlc = row[at + 1]
+            if hlc is None or hlc == DEFAULT_CELL_HLC:
                 continue  # nothing written: the column's default, here too once added
+            if dropped_at is not None and hlc <= dropped_at:  # type: ignore[operator]
+                discarded += 1
+                continue
             state = state_of_row(
                 one, [*row[:head], *row[at : at + CELL_FIELDS]], shared.batch_sites
             )
-            waiting.append(
-                waitlist.WaitingCell(
-                    spec.name,
-                    incoming.columns[index],
-                    former[index],
-                    RowChange(spec.name, tuple(row[:keys]), state),
-                    shared.origin,
-                )
+            cell = waitlist.WaitingCell(
+                spec.name,
+                incoming.columns[index],
+                former[index],
+                RowChange(spec.name, tuple(row[:keys]), state),
+                shared.origin,
             )
+            (waiting if dropped_at is None else parked).append(cell)
+        waitlist.discard(ctx, spec.name, incoming.columns[index], discarded)
     waitlist.add(ctx, waiting)
-    for index in mapping.dropped:
-        at = head + CELL_FIELDS * index + 1
-        cells = sum(1 for row in incoming.rows if row[at] is not None)
-        waitlist.discard(ctx, spec.name, incoming.columns[index], cells)
+    waitlist.add(ctx, parked, parked=True)
     # A column the sender lacks was never written there: the cell a site
     # that adds the column gives every row (ddl.DEFAULT_CELL_SITE).  It
     # loses to any write, ties with the same cell held here, and is not
@@ -743,7 +832,12 @@ def _to_local_columns(
         None,
     ]
     sources = [
-        (None if source is None else head + CELL_FIELDS * source, stale_at_or_below(table, column))
+        (None, 0)
+        if source is None
+        else (
+            head + CELL_FIELDS * source,
+            cells_at_or_below(incoming, source, stale_at_or_below(table, column)),
+        )
         for column, source in zip(values, mapping.sources, strict=True)
     ]
     stale_cells = dict.fromkeys(values, 0)

@@ -104,7 +104,10 @@ CREATE TABLE IF NOT EXISTS _syncmesh_runs (
 # per table, key and column: the greatest (cl, hlc, site) wins, as in the
 # merge (a cell of a later life of the row supersedes any of an earlier).
 # Their stamps cap the version vector like quarantined rows do.  Cells of
-# a column dropped here are discarded and counted instead.
+# a column dropped here are discarded and counted instead, unless stamped
+# after the drop here: those may be of a column added again under the name
+# at another site, and are *parked* until it is added here too (they do not
+# cap the vector: this node holds them, and applies them once it can).
 WAITING_DDL = """
 CREATE TABLE IF NOT EXISTS _syncmesh_waiting (
     table_name TEXT NOT NULL,        -- the local table the row belongs to
@@ -127,6 +130,18 @@ CREATE TABLE IF NOT EXISTS _syncmesh_discarded (
 CREATE TABLE IF NOT EXISTS _syncmesh_waiting_floor (
     site_id TEXT PRIMARY KEY,
     hlc INTEGER NOT NULL             -- at most the lowest waiting stamp of the site: the cap
+);
+CREATE TABLE IF NOT EXISTS _syncmesh_parked (
+    table_name TEXT NOT NULL,        -- as in _syncmesh_waiting
+    pk BLOB NOT NULL,
+    column_name TEXT NOT NULL,       -- a name dropped here, as the sender named it
+    former TEXT NOT NULL,
+    cl INTEGER NOT NULL,
+    hlc INTEGER NOT NULL,            -- after the drop here
+    site_id TEXT NOT NULL,
+    change BLOB NOT NULL,
+    origin TEXT NOT NULL,
+    PRIMARY KEY (table_name, pk, column_name)
 )
 """
 

@@ -83,6 +83,7 @@ def read_batch(
                         shape.key_count,
                         kept,
                         former if any(former) else (),
+                        table.layout.created if any(table.layout.created) else (),
                     )
                 )
         # A row held back (now, or in a batch before and not sound again yet)

@@ -33,12 +33,17 @@ class DroppedColumn:
 class TableLayout:
     """One tracked table: its spec, and per value column its slot and creation stamp.
 
-    `born[i]` is the stamp of the moment value column i got its slot: 0 for
-    columns tracked with the table, otherwise when its ADD COLUMN (or a
-    rebuild that added it) was noticed.  Cells of a column stamped before
-    its creation here belong to an older column of that name (one dropped
-    and re-added) and are not applied to it: that is what keeps a dropped
-    column's values from coming back (schema-mixed applies the rule).
+    `born[i]` is the stale threshold of value column i: 0 for a name never
+    dropped here, otherwise the stamp of its last drop here.  Cells of that
+    name stamped at or below it belong to the older column of that name (one
+    dropped and re-added) and are not applied to it: that is what keeps a
+    dropped column's values from coming back (schema-mixed applies the rule).
+
+    `created[i]` is the stamp of the moment column i got its slot here: when
+    the table was tracked, or its ADD COLUMN (or a rebuild that added it) was
+    noticed; 0 in files from before it was kept.  It goes on the wire with
+    the column, so that a receiver that dropped the name can tell a column
+    added again after its drop from the old one (`apply.column_is_newer`).
     """
 
     spec: TableSpec
@@ -49,17 +54,21 @@ class TableLayout:
     # Fields of the stored spec that other modules own (integer_keys.py), as
     # JSON: kept as they are whenever the layout is written back.
     others_json: str = "{}"
+    created: tuple[int, ...] = ()  # per value column; () in files from before: all 0
 
     def __post_init__(self) -> None:
         assert len(self.slots) == len(self.spec.value_columns) == len(self.born)
+        if not self.created:
+            object.__setattr__(self, "created", (0,) * len(self.slots))
+        assert len(self.created) == len(self.slots)
         assert len(set(self.slots)) == len(self.slots)
         assert all(slot < self.next_slot for slot in self.slots)
 
     @classmethod
-    def fresh(cls, spec: TableSpec) -> TableLayout:
-        """The layout of a table tracked now: slot i for the ith value column."""
+    def fresh(cls, spec: TableSpec, created: int = 0) -> TableLayout:
+        """The layout of a table tracked now (at stamp `created`): slot i for the ith column."""
         count = len(spec.value_columns)
-        return cls(spec, tuple(range(count)), (0,) * count, (), count)
+        return cls(spec, tuple(range(count)), (0,) * count, (), count, created=(created,) * count)
 
     @property
     def name(self) -> str:
@@ -100,6 +109,7 @@ class TableLayout:
                 "former_names": spec.former_names,
                 "slots": self.slots,
                 "born": self.born,
+                "created": self.created,
                 "dropped": [[d.name, d.slot, d.dropped_hlc] for d in self.dropped],
                 "next_slot": self.next_slot,
             }
@@ -127,9 +137,21 @@ class TableLayout:
             tuple(DroppedColumn(n, s, h) for n, s, h in decoded["dropped"]),
             int(decoded["next_slot"]),
             others,
+            tuple(decoded.get("created", ())),
         )
 
 
 _LAYOUT_FIELDS = frozenset(
-    {"columns", "types", "pk", "former", "former_names", "slots", "born", "dropped", "next_slot"}
+    {
+        "columns",
+        "types",
+        "pk",
+        "former",
+        "former_names",
+        "slots",
+        "born",
+        "created",
+        "dropped",
+        "next_slot",
+    }
 )

@@ -158,9 +158,9 @@ def upgrade(ctx: StoreContext) -> None:
         with ctx.transaction():
             ctx.connection.execute(RUNS_DDL)
     waiting = ctx.connection.execute(
-        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_waiting_floor'"
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_parked'"
     ).fetchone()
-    if waiting is None:
+    if waiting is None:  # (each statement is CREATE ... IF NOT EXISTS)
         with ctx.transaction():
             _run_script(ctx, WAITING_DDL)
     missing = _lacking(ctx, PASTS_COLUMN)

@@ -251,6 +251,10 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
     born_of = {
         column: layout.born[layout.slots.index(slot)] for slot, column in plan.slot_columns.items()
     }
+    created_of = {
+        column: layout.created[layout.slots.index(slot)]
+        for slot, column in plan.slot_columns.items()
+    }
     next_slot = layout.next_slot
     for column in plan.added:
         slot_of[column] = next_slot
@@ -259,6 +263,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         # before its last drop here belong to the old one and must not
         # resurrect.  A name never dropped here takes every cell.
         born_of[column] = max((d.dropped_hlc for d in dropped if d.name == column), default=0)
+        created_of[column] = hlc
     values = [column for column in spec.columns if column not in spec.pk]
     formers = tuple(former_of.get(column, ()) for column in spec.columns)
     new_spec = replace(
@@ -273,6 +278,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         tuple(dropped),
         next_slot,
         layout.others_json,  # fields other modules keep in the spec (integer_keys.py)
+        tuple(created_of[column] for column in values),
     )
 
 

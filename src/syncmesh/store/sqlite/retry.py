@@ -31,20 +31,29 @@ def retry(ctx: StoreContext) -> int:
     with ctx.transaction():
         capture.capture_pending(ctx)
         merged = waiting.merge_ready(ctx) if ready else 0
-        by_origin: dict[str, list[RowChange]] = {}
+        # Per origin and per set of columns named: one batch each (a deleted
+        # row names none: it goes with our columns, its cells unstamped).
+        by_source: dict[tuple[str, tuple[str, ...] | None], list[RowChange]] = {}
         for entry_id, blob, origin in entries:
             change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
             table = apply.local_table(ctx, change.table)
             if table is None or len(change.pk) != table.key_count:
                 continue  # still unknown here: kept as it is, never applied in part
             ctx.connection.execute("DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,))
-            by_origin.setdefault(origin, []).append(change)
-        for origin, changes in by_origin.items():
-            # Each table with the columns its rows name, as the sender named
+            named = tuple(change.state.cells) if change.state.alive else None
+            by_source.setdefault((origin, named), []).append(change)
+        for (origin, named), changes in by_source.items():
+            # Each batch with the columns its rows name, as the sender named
             # them: the merge maps them to ours (a column renamed here since
-            # by our former names; one not here waits).  Padding them with
-            # our columns would hide a renamed one behind its new name.
-            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes)
+            # by our former names; one not here waits; one the sender lacks
+            # takes the default cell, as it would have on time).  Rows that
+            # name other columns go in a batch of their own: in one batch
+            # they would read as unstamped cells of each other's columns.
+            ours = None
+            if named is None:
+                tables = {change.table for change in changes}
+                ours = {name: _values_of(ctx, name) for name in tables}
+            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, ours)
             apply.merge_rows(ctx, origin, batch, sites)
             orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
@@ -52,3 +61,9 @@ def retry(ctx: StoreContext) -> int:
         ]
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return merged + max(0, len(entries) - int(remaining))
+
+
+def _values_of(ctx: StoreContext, name: str) -> tuple[str, ...]:
+    table = apply.local_table(ctx, name)
+    assert table is not None  # entries of tables not here were kept in the quarantine
+    return table.values

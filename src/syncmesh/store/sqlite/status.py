@@ -39,6 +39,7 @@ def status(ctx: StoreContext) -> StoreStatus:
             ],
             waiting_cells=waitlist.waiting_counts(ctx),
             discarded_cells=waitlist.discarded_counts(ctx),
+            parked_cells=waitlist.waiting_counts(ctx, parked=True),
             warnings=[*integer_keys.warnings(ctx), *untyped_key_warnings(ctx.specs())],
             orphans=orphans.orphan_counts(ctx),
             orphan_problems=orphans.problems(ctx),

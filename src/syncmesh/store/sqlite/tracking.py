@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Collection
+from dataclasses import replace
 
 from syncmesh.errors import SchemaError
 from syncmesh.model import SqlValue, TableSpec
@@ -247,6 +248,8 @@ def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress 
     ctx.clock.restore(head)
     ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
     vector.set_own(ctx, hlc)
+    # Its columns are created now (`TableLayout.created`).
+    layout = replace(layout, created=(hlc,) * len(layout.slots))
     ctx.connection.execute(
         "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)", (spec.name, layout.to_json())
     )

@@ -7,7 +7,10 @@ former names, or ours) through the normal merge, as the one-column row
 it arrived in: its key, the row's causal length and its stamp, the cell.
 The merge then decides as it would have on arrival: a cell of a past life
 of the row loses to the row's later life, an older stamp loses to a newer
-one.  Cells of a column dropped here are discarded and counted.
+one.  Cells of a column dropped here are discarded and counted.  Parked
+cells (of a name dropped here, stamped after the drop) go the same way
+once the name is a column here again; the merge then keeps out those
+stamped before its last drop here (`apply.stale_at_or_below`).
 
 The schema reconcile calls it when the schema changed, and
 `retry_quarantine` calls it too; both inside their transaction, after
@@ -39,15 +42,18 @@ def merge_ready(ctx: StoreContext) -> int:
     """
     sites = ctx.require_init()
     merged = forgotten = 0
-    for name, column, former in waitlist.groups(ctx):
+    groups = [(group, False) for group in waitlist.groups(ctx)]
+    groups += [(group, True) for group in waitlist.groups(ctx, parked=True)]
+    for (name, column, former), parked in groups:
         table = apply.local_table(ctx, name)
         if table is None:
             forgotten += waitlist.forget_table(ctx, name)
             continue
         shape = TableRows(name, (column,), table.key_count, [], (former,))
-        if apply.map_columns(table, shape).waiting:
-            continue  # still not here
-        cells = waitlist.take(ctx, name, column, former)
+        mapping = apply.map_columns(table, shape)
+        if mapping.waiting or (parked and mapping.dropped):
+            continue  # still not here (a parked name: not added again here yet)
+        cells = waitlist.take(ctx, name, column, former, parked=parked)
         merged += len(cells)
         by_origin: dict[str, list[RowChange]] = {}
         for cell in cells:

@@ -6,7 +6,11 @@ here yet, or renamed in a way neither side's former names map.  Its cells
 are kept here, with their stamps and pasts, and merged through the normal
 merge once the column appears (`waiting.merge_ready`; ADR 0013, "Mixed
 schema versions").  Cells of a column dropped here are discarded instead,
-and counted.
+and counted, unless stamped after the drop here: those are *parked* (the
+same shape, another table), since the name may have been added again at
+their sender; they land if it is added again here, under the rule that
+keeps a dropped column's old values out (`apply.stale_at_or_below`), and
+do not cap the vector.
 
 This module is the storage only (below `apply`, which adds to it, and
 `vector`, which caps the vector below it); merging is `waiting`'s.  One
@@ -46,8 +50,14 @@ def key_blob(pk: tuple[SqlValue, ...]) -> bytes:
     return bytes(msgpack.packb(list(pk), unicode_errors=TEXT_ERRORS))
 
 
-def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
-    """Keep `cells`; for each table, key and column the greatest (cl, hlc, site) stays."""
+def add(ctx: StoreContext, cells: list[WaitingCell], *, parked: bool = False) -> None:
+    """Keep `cells`; for each table, key and column the greatest (cl, hlc, site) stays.
+
+    `parked`: cells of a name dropped here (see the module's docstring).
+    """
+    if not cells:
+        return
+    table = "_syncmesh_parked" if parked else "_syncmesh_waiting"
     rows = []
     floors: dict[str, int] = {}
     for waiting in cells:
@@ -70,7 +80,7 @@ def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
         site, hlc = cell.stamp.site_id, cell.stamp.hlc
         floors[site] = min(floors.get(site, hlc), hlc)
     ctx.connection.executemany(
-        "INSERT INTO _syncmesh_waiting (table_name, pk, column_name, former, cl, hlc, site_id,"
+        f"INSERT INTO {table} (table_name, pk, column_name, former, cl, hlc, site_id,"
         " change, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (table_name, pk, column_name) DO UPDATE SET former = excluded.former,"
         " cl = excluded.cl, hlc = excluded.hlc, site_id = excluded.site_id,"
@@ -78,6 +88,8 @@ def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
         " WHERE (excluded.cl, excluded.hlc, excluded.site_id) > (cl, hlc, site_id)",
         rows,
     )
+    if parked:
+        return
     # The floors only go down here (a replaced cell's stamp may stay the
     # floor: a lower cap than needed, which is safe); `remove` makes them exact.
     ctx.connection.executemany(
@@ -87,38 +99,45 @@ def add(ctx: StoreContext, cells: list[WaitingCell]) -> None:
     )
 
 
-def groups(ctx: StoreContext) -> list[tuple[str, str, tuple[str, ...]]]:
+def groups(ctx: StoreContext, *, parked: bool = False) -> list[tuple[str, str, tuple[str, ...]]]:
     """The (table, column as sent, sender's former names) that cells wait for: few."""
+    table = "_syncmesh_parked" if parked else "_syncmesh_waiting"
     return [
-        (table, column, tuple(json.loads(former)))
-        for table, column, former in ctx.connection.execute(
-            "SELECT DISTINCT table_name, column_name, former FROM _syncmesh_waiting"
+        (name, column, tuple(json.loads(former)))
+        for name, column, former in ctx.connection.execute(
+            f"SELECT DISTINCT table_name, column_name, former FROM {table}"
         )
     ]
 
 
-def take(ctx: StoreContext, table: str, column: str, former: tuple[str, ...]) -> list[WaitingCell]:
-    """Remove and return the cells waiting for one group of `groups`."""
+def take(
+    ctx: StoreContext, table: str, column: str, former: tuple[str, ...], *, parked: bool = False
+) -> list[WaitingCell]:
+    """Remove and return the cells waiting (or parked) for one group of `groups`."""
+    kept_in = "_syncmesh_parked" if parked else "_syncmesh_waiting"
     key = (table, column, json.dumps(list(former)))
     found = []
     for origin, blob in ctx.connection.execute(
-        "SELECT origin, change FROM _syncmesh_waiting"
+        f"SELECT origin, change FROM {kept_in}"
         " WHERE table_name = ? AND column_name = ? AND former = ? ORDER BY rowid",
         key,
     ):
         change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
         found.append(WaitingCell(table, column, former, change, origin))
     ctx.connection.execute(
-        "DELETE FROM _syncmesh_waiting WHERE table_name = ? AND column_name = ? AND former = ?",
+        f"DELETE FROM {kept_in} WHERE table_name = ? AND column_name = ? AND former = ?",
         key,
     )
     return found
 
 
 def forget_table(ctx: StoreContext, table: str) -> int:
-    """Drop the cells waiting in `table` (no longer tracked here); returns how many."""
-    cursor = ctx.connection.execute("DELETE FROM _syncmesh_waiting WHERE table_name = ?", (table,))
-    return max(cursor.rowcount, 0)
+    """Drop the cells waiting or parked in `table` (no longer tracked here); returns how many."""
+    forgotten = 0
+    for kept_in in ("_syncmesh_waiting", "_syncmesh_parked"):
+        cursor = ctx.connection.execute(f"DELETE FROM {kept_in} WHERE table_name = ?", (table,))
+        forgotten += max(cursor.rowcount, 0)
+    return forgotten
 
 
 def refresh_floors(ctx: StoreContext) -> None:
@@ -156,11 +175,12 @@ def discard(ctx: StoreContext, table: str, column: str, cells: int) -> None:
     log.info("discarded %d cells of %s.%s: a column dropped here", cells, table, column)
 
 
-def waiting_counts(ctx: StoreContext) -> dict[str, dict[str, int]]:
-    """Per table, per column (as the senders named it): cells waiting for it."""
+def waiting_counts(ctx: StoreContext, *, parked: bool = False) -> dict[str, dict[str, int]]:
+    """Per table, per column (as the senders named it): cells waiting (or parked) for it."""
+    kept_in = "_syncmesh_parked" if parked else "_syncmesh_waiting"
     counts: dict[str, dict[str, int]] = {}
     for table, column, cells in ctx.connection.execute(
-        "SELECT table_name, column_name, count(*) FROM _syncmesh_waiting"
+        f"SELECT table_name, column_name, count(*) FROM {kept_in}"
         " GROUP BY table_name, column_name ORDER BY table_name, column_name"
     ):
         counts.setdefault(table, {})[column] = int(cells)
