@@ -249,7 +249,7 @@ def test_writes_of_the_same_value_are_no_conflict(make_store: MakeStore) -> None
     """Nobody's value was lost.  1 and 1.0 are different values, as SQLite keeps them apart."""
     a, b = make_store("a"), make_store("b")
     for store in (a, b):
-        store.connection.execute("CREATE TABLE untyped (id PRIMARY KEY, v, w)")
+        store.connection.execute("CREATE TABLE untyped (id TEXT PRIMARY KEY, v, w)")
         store.track(["untyped"])
     write(a, "INSERT INTO untyped VALUES ('k', 'start', 0)")
     sync(a, b)

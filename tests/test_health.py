@@ -189,10 +189,10 @@ async def test_a_dropped_capture_trigger_is_put_back_by_the_node(tmp_path: Path)
 
 
 async def test_a_feed_that_fails_repeatedly_is_a_reason(tmp_path: Path) -> None:
-    """Goal: a feed stuck on an unreadable row (a shadow row whose `pasts` is not JSON,
-    as a damaged file or another program can leave it) names the failing feed read
-    once it failed three times.  (TEXT that is not UTF-8 no longer fails the feed:
-    issue 12, defect 4.)"""
+    """Goal: a feed that cannot be read (a shadow table another program altered, as a
+    damaged file can leave it) names the failing feed read once it failed three
+    times.  (Neither TEXT that is not UTF-8 nor a corrupt shadow row fails the feed
+    any more: issue 12, defect 4 and "one bad row"; tests/test_integrity_feed.py.)"""
     a, b = make_db(tmp_path / "a.db"), make_db(tmp_path / "b.db")
     store = SqliteStore.open(a)
     try:
@@ -201,7 +201,7 @@ async def test_a_feed_that_fails_repeatedly_is_a_reason(tmp_path: Path) -> None:
     finally:
         store.close()
     with contextlib.closing(sqlite3.connect(a)) as connection, connection:
-        connection.execute("UPDATE _syncmesh_shadow_items SET pasts = 'not json'")
+        connection.execute("ALTER TABLE _syncmesh_shadow_items RENAME COLUMN seq TO gone")
     async with (
         running_node(config(a)) as node_a,
         running_node(config(b, node_a, backoff_max_s=0.1)) as _node_b,

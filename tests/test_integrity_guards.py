@@ -169,7 +169,7 @@ def test_track_warns_of_every_feature_that_changes_what_the_apply_writes(
         store.init()
         store.connection.executescript(
             """
-            CREATE TABLE items (id PRIMARY KEY, e TEXT UNIQUE ON CONFLICT IGNORE);
+            CREATE TABLE items (id BLOB PRIMARY KEY, e TEXT UNIQUE ON CONFLICT IGNORE);
             CREATE TRIGGER items_skip BEFORE INSERT ON items WHEN NEW.e = ''
             BEGIN SELECT RAISE(IGNORE); END;
             CREATE TABLE plain (id TEXT PRIMARY KEY, v);
@@ -178,7 +178,7 @@ def test_track_warns_of_every_feature_that_changes_what_the_apply_writes(
         warnings = " ".join(store.track(["items"]))
         assert "ON CONFLICT IGNORE" in warnings
         assert "'items_skip' can RAISE(IGNORE)" in warnings
-        assert "'id' has no fixed type" in warnings
+        assert "'id' is declared 'BLOB', which has no fixed affinity" in warnings
         assert store.track(["plain"]) == []
     finally:
         store.close()

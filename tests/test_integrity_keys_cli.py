@@ -79,3 +79,56 @@ def test_a_nocase_key_tracked_before_the_refusal_keeps_syncing_and_is_reported(
     with caplog.at_level("WARNING", logger="syncmesh.store.sqlite.tracking"):
         SqliteStore.open(db, clock=clock).close()
     assert "tracked table 'people': primary key column 'id' has COLLATE NOCASE" in caplog.text
+
+
+# -- keys declared without a type (issue 12, defect 3: 1 and 1.0) ---------------------
+
+UNTYPED_SCHEMA = "CREATE TABLE things (id PRIMARY KEY, name TEXT)"
+
+
+def test_track_refuses_a_key_without_a_type_with_the_reason_and_the_fix(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    make_db(db)
+    shell(db, UNTYPED_SCHEMA)
+    result = run_cli("track", str(db), "things", timeout_s=CLI_TIMEOUT_S)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "primary key column 'id' has no declared type, so it has no fixed affinity" in said
+    assert "SQLite calls 1 and 1.0 (or 0 and -0.0) one key" in said, said
+    assert "Recreate the table with the key's type declared" in said, said
+    assert shell(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'") == "0\n"
+    # A key declared BLOB (binary ids) is accepted, with a warning to keep numbers out.
+    shell(db, "CREATE TABLE blobs (id BLOB PRIMARY KEY DEFAULT (randomblob(16)), name TEXT)")
+    accepted = run_cli("track", str(db), "blobs", timeout_s=CLI_TIMEOUT_S)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "Keep numbers out of it" in " ".join((accepted.stdout + accepted.stderr).split())
+
+
+def test_a_key_without_a_type_tracked_before_the_refusal_keeps_syncing_and_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "app.db"
+    make_db(db)
+    shell(db, UNTYPED_SCHEMA)
+    clock = HybridClock(ManualClock(BASE_MS), drift_ms_max=60_000)
+    # As tracked by a version without the refusal.
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking, "refuse_untyped_keys", lambda spec: None)
+        store = SqliteStore.open(db, clock=clock)
+        store.init()
+        store.track(["things"])
+        store.close()
+    with caplog.at_level("WARNING", logger="syncmesh.store.sqlite.tracking"):
+        store = SqliteStore.open(db, clock=clock)
+    try:
+        assert "tracked table 'things': primary key column 'id' has no declared type" in caplog.text
+        assert "this one was tracked before and keeps syncing" in caplog.text
+        [warning] = store.status().warnings
+        assert "'things': primary key column 'id' has no declared type" in warning
+        # It keeps syncing: tracked again (as `serve` does) and captured.
+        store.track(["things"])
+        store.connection.execute("INSERT INTO things VALUES ('k', 'still captured')")
+        assert store.capture() == 1
+    finally:
+        store.close()

@@ -216,13 +216,8 @@ def test_defect3_concurrent_nocase_keys_converge(make_store: MakeStore) -> None:
     assert typed_rows(a) == typed_rows(b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 defect 3: the trigger now logs 1 -> 1.0 as a key change, but the shadow"
-    " table's untyped key and the capture's grouping still call 1 and 1.0 one key, so the"
-    " old key's storage class ships (track warns about keys without a fixed type)",
-)
 def test_defect3_untyped_key_integer_to_real_is_synced(make_store: MakeStore) -> None:
+    """`track` refuses a key declared without a type (the fix); were it accepted, it must sync."""
     if track_refuses(UNTYPED_KEY_DDL, make_store, "affinity"):
         return
     a, b = make_store("a", UNTYPED_KEY_DDL), make_store("b", UNTYPED_KEY_DDL)
@@ -236,13 +231,18 @@ def test_defect3_untyped_key_integer_to_real_is_synced(make_store: MakeStore) ->
 
 def test_defect3_key_change_between_equal_values_is_logged(make_store: MakeStore) -> None:
     """The update trigger compares keys by bytes and storage class, not by affinity."""
-    a = make_store("a", UNTYPED_KEY_DDL)
+    a = make_store("a", UNTYPED_KEY_DDL.replace("id PRIMARY KEY", "id BLOB PRIMARY KEY"))
     write(a, "INSERT INTO items VALUES (1, 'n', 1)")
     a.connection.execute("UPDATE items SET id = 1.0 WHERE id = 1")
     logged = a.connection.execute(
         "SELECT op, typeof(k0) FROM _syncmesh_log_items ORDER BY id"
     ).fetchall()
     assert logged == [(2, "integer"), (1, "real")]  # delete of 1, insert of 1.0
+
+
+def test_defect3_track_refuses_a_key_without_a_type_with_the_fix(make_store: MakeStore) -> None:
+    with pytest.raises(SchemaError, match=r"(?s)no declared type.*Recreate the table with the key"):
+        make_store("a", UNTYPED_KEY_DDL)
 
 
 def test_defect3_track_refuses_a_nocase_key_with_the_fix(make_store: MakeStore) -> None:

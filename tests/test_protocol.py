@@ -100,6 +100,17 @@ messages = st.one_of(
         vectors,
         schema=st.dictionaries(names, table_schemas(), max_size=3),
         membership=st.none() | memberships,
+    ).flatmap(
+        # The receive limits: both said, or neither (a peer from before them).
+        lambda hello: st.one_of(
+            st.just(hello),
+            st.builds(
+                dataclasses.replace,
+                st.just(hello),
+                rows_per_message_max=st.integers(1, 1 << 40),
+                message_bytes_max=st.integers(1, 1 << 40),
+            ),
+        )
     ),
     st.builds(Refuse, st.text()),
     st.builds(Pull, st.text(max_size=32), st.integers(0, 1 << 40), vectors, st.booleans()),
@@ -269,10 +280,26 @@ def test_a_hello_without_schema_is_understood() -> None:
     assert described.schema == {"t": TableSchema(("old_t",), ("id", "c"), ((), ("b",)))}
 
 
+def test_a_hello_without_limits_is_understood_and_limits_travel() -> None:
+    """Peers before issue 12's limits send no `lim`: 0 (not said), not an error."""
+    decoded = decode(_frame(_hello()))
+    assert isinstance(decoded, Hello)
+    assert (decoded.rows_per_message_max, decoded.message_bytes_max) == (0, 0)
+    assert "lim" not in _plain(encode(decoded))
+    limited = decode(_frame(_hello(lim={"rows": 10, "bytes": 4096})))
+    assert isinstance(limited, Hello)
+    assert (limited.rows_per_message_max, limited.message_bytes_max) == (10, 4096)
+
+
 @pytest.mark.parametrize(
     ("frame", "problem"),
     [
         (b"", "empty frame"),
+        (_frame(_hello(lim=[10, 4096])), "lim is not a map"),
+        (_frame(_hello(lim={"rows": 10})), "lim is not a map"),
+        (_frame(_hello(lim={"rows": 0, "bytes": 4096})), "lim 'rows' is 0"),
+        (_frame(_hello(lim={"rows": 10, "bytes": True})), "lim 'bytes' is True"),
+        (_frame(_hello(lim={"rows": 10, "bytes": -1})), "not a positive integer"),
         (bytes([7]) + b"x", "unknown frame flag"),
         (bytes([0]) + b"\xc1", "not valid msgpack"),
         (bytes([1]) + b"not zstd", "bad compressed frame"),

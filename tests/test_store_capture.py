@@ -542,7 +542,10 @@ VALUES: list[SqlValue] = [
     bytes(range(256)),
     None,
 ]
-TYPED_DDL = "CREATE TABLE vals (id PRIMARY KEY, v, i INTEGER, r REAL, t TEXT, b BLOB, n NUMERIC)"
+# The key is declared BLOB: any storage class goes in (`track` refuses a key with no type).
+TYPED_DDL = (
+    "CREATE TABLE vals (id BLOB PRIMARY KEY, v, i INTEGER, r REAL, t TEXT, b BLOB, n NUMERIC)"
+)
 
 
 def test_values_keep_storage_class_across_apply(tmp_path: Path) -> None:
@@ -556,7 +559,7 @@ def test_values_keep_storage_class_across_apply(tmp_path: Path) -> None:
             (f"v{index}", value, value, value, value, value, value)
             for index, value in enumerate(VALUES)
         ]
-        # Keys of every storage class, in an untyped key column.
+        # Keys of every storage class, in a key column of BLOB affinity.
         rows += [
             (1, 1, None, None, None, None, None),
             ("1", "1", None, None, None, None, None),

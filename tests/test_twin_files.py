@@ -307,3 +307,59 @@ def test_a_restart_while_the_hub_holds_the_dead_process_session_is_not_a_twin(
         assert TWIN_TEXT not in node.log_text(), logs(hub, a)
     assert hub.health()[1]["ok"], hub.health()
     assert not nodes.internal_errors()
+
+
+@pytest.mark.multiprocess
+def test_a_copy_made_before_the_first_write_is_refused_through_two_hubs(
+    nodes: Cluster, tmp_path: Path
+) -> None:
+    """Goal: twins that never meet one node are still told, with the fix (issue 12, defect 7).
+
+    Method: a.db is initialised and copied before anyone writes to it, and
+    before `init --new-site-id` is run on the copy.  a dials hub, the copy
+    dials hub2, hub2 dials hub: the two files never meet the same node, so
+    only vectors carry one's writes to the other.  a writes after both
+    started: its stamp reaches the copy through both hubs as a claim on the
+    copy's site id beyond anything the copy wrote in its run.  Before, the
+    copy took that for a restore, adopted a's row as its own lost write and
+    said nothing.  Now the copy refuses at ERROR, naming the fix, and the hub
+    it refused shows it in its health; after the fix both files sync.
+    """
+    hub = nodes.node("hub", make_db(tmp_path / "hub.db", SCHEMA))
+    hub2 = nodes.node("hub2", make_db(tmp_path / "hub2.db", SCHEMA), peers=[hub])
+    original = make_db(tmp_path / "a.db", SCHEMA)
+    copy = tmp_path / "a-copy.db"
+    shutil.copy(original, copy)  # after init, before the first write
+    a = nodes.node("a", original, peers=[hub])
+    twin = nodes.node("twin", copy, peers=[hub2])
+    nodes.start(hub, hub2, a, twin)
+    shell(original, "INSERT INTO items VALUES ('from original', 'x', 1)")
+    wait_for(
+        lambda: any(
+            "init --new-site-id" in line and "ERROR" in line
+            for line in twin.log_text().splitlines()
+        ),
+        SYNC_S,
+        "the copy to be refused, at ERROR, with the fix",
+        describe=lambda: logs(hub, hub2, a, twin),
+    )
+    assert "from original" not in ids(copy), "the copy took the original's row for its own"
+    wait_for(
+        lambda: any(TWIN_TEXT in reason for reason in hub2.health()[1]["reasons"]),
+        SYNC_S,
+        "the refused hub to show the shared site id in its health",
+        describe=lambda: logs(hub2),
+    )
+
+    twin.stop()
+    run_cli("init", "--new-site-id", str(copy))
+    twin.start().wait_until_ready()
+    shell(copy, "INSERT INTO items VALUES ('copy, after the fix', 'z', 3)")
+    every = {"from original", "copy, after the fix"}
+    wait_for(
+        lambda: all(every <= ids(db) for db in (hub.db, hub2.db, original, copy)),
+        SYNC_S * 2,
+        "both files' rows everywhere once the copy has its own site id",
+        describe=lambda: f"{[ids(db) for db in (original, copy)]}\n{logs(hub, hub2, a, twin)}",
+    )
+    assert not nodes.internal_errors()

@@ -4,7 +4,8 @@
     ├── ConfigError          a setting is missing or invalid (names the key)
     ├── StoreError           the local SQLite database refused an operation
     │   ├── SchemaError      a table cannot be replicated as declared
-    │   └── NotInitialized   the file has no syncmesh bookkeeping yet
+    │   ├── NotInitialized   the file has no syncmesh bookkeeping yet
+    │   └── SiteIdConflict   a peer holds own writes this file never made: a copy writes too
     ├── ProtocolError        bytes from a peer are not a message we understand
     │   └── UnsupportedVersion
     ├── RefusedError         a peer (or we) refused the session, with a reason
@@ -35,6 +36,15 @@ class StoreError(SyncError):
 
 class SchemaError(StoreError):
     """A table cannot be replicated as declared (for example: no primary key)."""
+
+
+class SiteIdConflict(StoreError):
+    """A peer claims writes of our site id that this file never made during this run.
+
+    Every own stamp of a run is at least its start, and our vector follows
+    every capture: a claim beyond both comes from another live file with
+    our site id (a copy), seen directly or through a third node's vector.
+    """
 
 
 class NotInitialized(StoreError):

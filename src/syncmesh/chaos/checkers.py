@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from syncmesh.chaos.history import Key, Replica, Stamp, Write
+from syncmesh.chaos.history import Key, QuarantinedRow, Replica, RowDump, Stamp, Write
 from syncmesh.chaos.migrations import MigrationPlan
 from syncmesh.clock import wall_ms_of
 from syncmesh.merge import value_order_key
@@ -30,6 +30,18 @@ CLOCK_SLACK_MS = 250  # sampling is not instantaneous: a reading may trail the s
 # because ADD COLUMN (or a rebuild that added the column) filled it in: nobody
 # wrote it (the store's DEFAULT_CELL_SITE, docs/adr/0013-schema-evolution.md).
 DEFAULT_CELL_SITE = "0" * 32
+# How the store's apply words a peer's row that a constraint of the table
+# turned away (store/sqlite/execute.py: a constraint error, an ON CONFLICT
+# IGNORE or RAISE(IGNORE) that wrote nothing, an ON CONFLICT REPLACE that
+# deleted another row).  Such a row waits in the quarantine for an operator
+# (docs/keys.md): the designed outcome, not a loss.  The other reasons (a
+# stamp from the future, a table or column not here yet) resolve by
+# themselves and are never accepted as an end state.
+CONSTRAINT_REFUSALS = (
+    "constraint failed:",
+    "SQLite did not write the row",
+    "SQLite changed ",
+)
 
 
 # Cells written into a column that a later step dropped: (table, key, column, exact value),
@@ -51,33 +63,77 @@ class WriteTally:
     superseded_life: int = 0  # a later delete or re-insert ended its row's life
     unverified: int = 0  # replaced before its stamp could be read: not checkable
     orders: int = 0
+    # Not in the final state at a replica, but held in its quarantine because a
+    # constraint turned it away there (counted once per replica that did).
+    quarantined: int = 0
+
+
+def is_constraint_refusal(reason: str) -> bool:
+    """True if a quarantine entry's reason says a constraint of the table turned the row away."""
+    return reason.startswith(CONSTRAINT_REFUSALS)
+
+
+def refused_by_constraint(replicas: Iterable[Replica]) -> set[tuple[str, Key]]:
+    """The rows some replica holds in its quarantine because a constraint turned them away.
+
+    Replicas rightly differ in them: each site keeps the row it had and
+    quarantines the other's, until an operator decides (docs/keys.md).
+    """
+    return {
+        where
+        for replica in replicas
+        for where, rows in replica.quarantined.items()
+        if any(is_constraint_refusal(row.reason) for row in rows)
+    }
+
+
+def waiting_in_quarantine(replicas: Iterable[Replica]) -> list[str]:
+    """Quarantine entries no constraint explains: they must resolve before the run is quiet."""
+    return [
+        f"{replica.node}: {table} key {list(key)}: {row.reason}"
+        for replica in replicas
+        for (table, key), rows in sorted(replica.quarantined.items(), key=repr)
+        for row in rows
+        if not is_constraint_refusal(row.reason)
+    ]
 
 
 # -- P1: convergence -------------------------------------------------------------------
 
 
-def check_convergence(replicas: list[Replica]) -> list[Violation]:
-    """Every replica holds the same state: rows, storage classes, causal lengths, stamps."""
+def check_convergence(
+    replicas: list[Replica], without: Collection[tuple[str, Key]] = ()
+) -> list[Violation]:
+    """Every replica holds the same state: rows, storage classes, causal lengths, stamps.
+
+    `without`: rows left out of the comparison, those a constraint turned
+    away at some site (`refused_by_constraint`); `check_writes` judges them.
+    """
     if len(replicas) < 2:
         return []
     first = replicas[0]
     violations = []
     for other in replicas[1:]:
-        if other.digest() == first.digest():
+        if other.digest(without) == first.digest(without):
             continue
         violations.append(
             Violation(
                 "convergence",
-                f"{other.node} differs from {first.node}: {_first_difference(first, other)}",
+                f"{other.node} differs from {first.node}:"
+                f" {_first_difference(first, other, without)}",
             )
         )
     return violations
 
 
-def _first_difference(one: Replica, other: Replica) -> str:
+def _first_difference(
+    one: Replica, other: Replica, without: Collection[tuple[str, Key]] = ()
+) -> str:
     for table in sorted(set(one.tables) | set(other.tables)):
         rows_one, rows_other = one.tables.get(table, {}), other.tables.get(table, {})
         for key in sorted(set(rows_one) | set(rows_other), key=repr):
+            if (table, key) in without:
+                continue
             # repr, not ==: 0.0 == -0.0 and 1 == 1.0 in Python, not in SQLite.
             if repr(rows_one.get(key)) != repr(rows_other.get(key)):
                 return (
@@ -93,6 +149,7 @@ def check_writes(
     writes: list[Write],
     replica: Replica,
     may_be_lost: Callable[[Write], bool] | None = None,
+    held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None = None,
 ) -> tuple[list[Violation], WriteTally]:
     """Every acknowledged write is in the final state or lost to a greater write.
 
@@ -115,8 +172,79 @@ def check_writes(
             continue
         by_key[(write.table, tuple(write.key))].append(write)
     for (table, key), key_writes in sorted(by_key.items(), key=repr):
-        violations.extend(_check_key(table, key, key_writes, replica, tally, may_be_lost))
+        row = replica.row(table, key)
+        judged = WriteTally()
+        found = list(_check_key(table, key, key_writes, replica, row, judged, may_be_lost))
+        refused = _refused_rows(replica, (table, key), held_back)
+        if found and refused:
+            # A constraint turned the row away here: every write must then be
+            # in the final state or in the row the quarantine holds back.
+            # Judged against both merged, a write in neither is still lost.
+            merged = _with_quarantined(row, refused, replica.columns.get(table, ()))
+            again = WriteTally()
+            found = list(_check_key(table, key, key_writes, replica, merged, again, may_be_lost))
+            if not found:
+                tally.quarantined += again.exact + again.superseded_life + again.unverified
+                continue
+        violations.extend(found)
+        tally.exact += judged.exact
+        tally.superseded_life += judged.superseded_life
+        tally.unverified += judged.unverified
     return violations, tally
+
+
+def constraint_quarantines(
+    replicas: Iterable[Replica],
+) -> dict[tuple[str, Key], list[QuarantinedRow]]:
+    """Every replica's rows held back for a constraint, by table and key."""
+    held: dict[tuple[str, Key], list[QuarantinedRow]] = {}
+    for replica in replicas:
+        for where, rows in replica.quarantined.items():
+            refused = [row for row in rows if is_constraint_refusal(row.reason)]
+            if refused:
+                held.setdefault(where, []).extend(refused)
+    return held
+
+
+def _refused_rows(
+    replica: Replica,
+    where: tuple[str, Key],
+    held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None,
+) -> list[QuarantinedRow]:
+    """The rows of `where` that a constraint's quarantine holds back: the replica's own, or,
+    given `held_back` (every replica's), also those a node on the way holds.
+
+    In a star or a chain, a row the hub turned away never reaches the
+    leaves beyond it: they neither hold it nor quarantine it, and that is
+    the designed outcome too (it waits at the hub for an operator).
+    """
+    own = [row for row in replica.quarantined.get(where, []) if is_constraint_refusal(row.reason)]
+    if held_back is None:
+        return own
+    return own + [row for row in held_back.get(where, []) if row not in own]
+
+
+def _with_quarantined(
+    row: RowDump | None, refused: list[QuarantinedRow], columns: tuple[str, ...]
+) -> RowDump:
+    """`row` merged with the rows its site's quarantine holds back, by the merge's order."""
+    cl = 0 if row is None else row.cl
+    stamps = {} if row is None else dict(row.stamps)
+    values: dict[str, SqlValue] = {}
+    if row is not None and row.values is not None:
+        values = {column: row.values[index][0] for index, column in enumerate(columns)}
+    for held in sorted(refused, key=lambda held: held.cl):
+        if held.cl > cl:
+            cl, stamps, values = held.cl, {}, {}
+        if held.cl < cl:
+            continue
+        for column, stamp in held.stamps.items():
+            if column not in stamps or stamps[column] < stamp:
+                stamps[column], values[column] = stamp, held.values[column]
+    if cl % 2 == 0:
+        return RowDump(cl, None, None, {})
+    typed = tuple((values.get(column), "") for column in columns)
+    return RowDump(cl, None, typed, stamps)
 
 
 def _check_key(
@@ -124,11 +252,11 @@ def _check_key(
     key: Key,
     writes: list[Write],
     replica: Replica,
+    row: RowDump | None,
     tally: WriteTally,
     may_be_lost: Callable[[Write], bool] | None = None,
 ) -> Iterable[Violation]:
     where = f"{replica.node}: {table} key {list(key)}"
-    row = replica.row(table, key)
     exempt = may_be_lost or (lambda _write: False)
     if row is None and all(exempt(write) for write in writes):
         return
@@ -391,17 +519,28 @@ def held_by(replica: Replica) -> Held:
     }
 
 
-def check_held(held: Held, replica: Replica, *, what: str) -> list[Violation]:
+def check_held(
+    held: Held,
+    replica: Replica,
+    *,
+    what: str,
+    held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None = None,
+) -> list[Violation]:
     """Nothing in `held` is missing from `replica`: each row and cell is there or superseded.
 
     Superseded in the merge's order: a greater causal length, or the same
     one with a cell stamp at least as great.  `held` is what another node
     held when a `restore` replaced a node's file: its writes had been
-    acknowledged beyond that node, so none may be lost (issue 12).
+    acknowledged beyond that node, so none may be lost (issue 12).  A row
+    that a constraint turned away at `replica` counts with what its
+    quarantine holds back, as in `check_writes`.
     """
     violations = []
     for (table, key), (cl, stamps) in sorted(held.items(), key=repr):
         row = replica.row(table, key)
+        refused = _refused_rows(replica, (table, key), held_back)
+        if refused:
+            row = _with_quarantined(row, refused, replica.columns.get(table, ()))
         final_cl, final_stamps = (0, {}) if row is None else (row.cl, row.stamps)
         where = f"{replica.node}: {table} key {list(key)}"
         if final_cl < cl:

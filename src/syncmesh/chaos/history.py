@@ -19,10 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from syncmesh.model import SqlValue, text_of_bytes
+import msgpack
+
+from syncmesh.errors import ProtocolError
+from syncmesh.model import TEXT_ERRORS, SqlValue, row_from_plain, text_of_bytes
 from syncmesh.schema import quote_identifier
 
 Key = tuple[SqlValue, ...]
@@ -73,6 +77,16 @@ class RowDump:
     stamps: dict[str, Stamp]  # column -> stamp
 
 
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    """A peer's row that a node holds in its quarantine: it could not be applied there."""
+
+    reason: str
+    cl: int
+    stamps: dict[str, Stamp]  # column -> stamp, of the cells the row carries
+    values: dict[str, SqlValue]
+
+
 @dataclass(slots=True)
 class Replica:
     node: str
@@ -80,13 +94,19 @@ class Replica:
     hlc: int  # the node's clock floor (_syncmesh_state.hlc)
     tables: dict[str, dict[Key, RowDump]]
     columns: dict[str, tuple[str, ...]]  # value columns per table
+    # Its quarantine, per (table, key): not state (it takes no part in the
+    # digest), but what the checkers read to tell a write a constraint
+    # turned away here from a lost one.
+    quarantined: dict[tuple[str, Key], list[QuarantinedRow]] = field(default_factory=dict)
 
-    def digest(self) -> str:
-        """A hash of the whole state: equal digests, equal replicas."""
+    def digest(self, without: Collection[tuple[str, Key]] = ()) -> str:
+        """A hash of the whole state, but the rows `without`: equal digests, equal replicas."""
         canonical = []
         for table in sorted(self.tables):
             rows = self.tables[table]
             for key in sorted(rows, key=_sort_key):
+                if without and (table, key) in without:
+                    continue
                 row = rows[key]
                 canonical.append(
                     [
@@ -133,10 +153,34 @@ def read_replica(node: str, path: Path) -> Replica:
             # slots have slot i for the ith value column.
             slots = tuple(int(slot) for slot in spec.get("slots", range(len(values))))
             tables[name] = _read_table(connection, name, tuple(spec["pk"]), values, slots, sites)
+        quarantined = _read_quarantine(connection)
         connection.execute("COMMIT")
     finally:
         connection.close()
-    return Replica(node, site, hlc, tables, columns)
+    return Replica(node, site, hlc, tables, columns, quarantined)
+
+
+def _read_quarantine(
+    connection: sqlite3.Connection,
+) -> dict[tuple[str, Key], list[QuarantinedRow]]:
+    """The node's quarantine entries, each with the row it holds back."""
+    held: dict[tuple[str, Key], list[QuarantinedRow]] = {}
+    for blob, reason in connection.execute("SELECT change, reason FROM _syncmesh_quarantine"):
+        try:
+            change = row_from_plain(msgpack.unpackb(blob, raw=False, unicode_errors=TEXT_ERRORS))
+        except (ProtocolError, ValueError, msgpack.UnpackException):
+            # Left out: a write only such an entry could account for is judged lost.
+            continue
+        state = change.state
+        held.setdefault((change.table, tuple(change.pk)), []).append(
+            QuarantinedRow(
+                str(reason),
+                state.cl,
+                {name: (cell.stamp.hlc, cell.stamp.site_id) for name, cell in state.cells.items()},
+                {name: cell.value for name, cell in state.cells.items()},
+            )
+        )
+    return held
 
 
 def _read_table(

@@ -48,6 +48,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     orders = sum(r.tally.orders for r in results)
     failed = sum(r.failed_writes for r in results)
     restore_exempt = sum(r.writes_restore_exempt for r in results)
+    quarantined = sum(r.writes_quarantined for r in results)
     wire = sum(r.bytes_on_wire for r in results)
     applied = sum(r.changes_applied for r in results)
     quiesce = [r.quiesce_s for r in results if r.quiesce_s is not None]
@@ -62,6 +63,11 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         + (
             f"; taken back by a restore before anyone held them: {restore_exempt}"
             if restore_exempt
+            else ""
+        )
+        + (
+            f"; turned away by a constraint, held in a quarantine: {quarantined}"
+            if quarantined
             else ""
         ),
         "faults: "

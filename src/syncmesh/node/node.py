@@ -361,6 +361,8 @@ class Node:
                 self.instance,
                 {spec.name: table_schema(spec) for spec in self.store.specs()},
                 self.store.membership(),
+                rows_per_message_max=self.config.rows_per_message_max,
+                message_bytes_max=self.config.message_bytes_max,
             )
 
         return await self.worker.call(read)

@@ -24,7 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from syncmesh.errors import ClockDriftError, ProtocolError, RefusedError, StoreError, SyncError
+from syncmesh.errors import (
+    ClockDriftError,
+    ProtocolError,
+    RefusedError,
+    SiteIdConflict,
+    StoreError,
+    SyncError,
+)
 from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch, Membership
 from syncmesh.node.catchup import CatchUp
@@ -46,6 +53,7 @@ from syncmesh.protocol import (
 
 # `Node.register` words its refusal of a second session with this prefix.
 from syncmesh.protocol.messages import DUPLICATE_SESSION_PREFIX as DUPLICATE_SESSION_PREFIX
+from syncmesh.protocol.messages import shared_site_id_reason
 from syncmesh.store import Store
 from syncmesh.transport.base import Channel
 
@@ -74,6 +82,33 @@ def refused_by_peer(what: str, message: Refuse) -> RefusedError:
     elif message.shared_site_id:
         kind = SharedSiteId
     return kind(f"{what}: {message.reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """The most one BATCH we send may hold: our limits or the peer's, whichever is lower.
+
+    A peer refuses a batch over its `limits.rows_per_message_max` or
+    `limits.message_bytes_max` and ends the session; sending it again on
+    the next session would be refused again, for ever (issue 12).  Its
+    HELLO says what it takes; a peer from before that says nothing and is
+    sent batches within our own limits, as before.
+    """
+
+    rows_max: int
+    bytes_max: int
+    # True if a limit is the peer's: errors then name whose limit it is.
+    peers: bool = False
+
+    @classmethod
+    def for_peer(cls, config: NodeConfig, hello: Hello) -> SendLimits:
+        rows_max, bytes_max = config.rows_per_message_max, config.message_bytes_max
+        if hello.rows_per_message_max:
+            rows_max = min(rows_max, hello.rows_per_message_max)
+        if hello.message_bytes_max:
+            bytes_max = min(bytes_max, hello.message_bytes_max)
+        lower = (rows_max, bytes_max) != (config.rows_per_message_max, config.message_bytes_max)
+        return cls(rows_max, bytes_max, lower)
 
 
 APPLY_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -206,6 +241,8 @@ class Session:
         self._schema = SchemaComparison(frozenset(), False, ())
         # The peer's HELLO carried membership: it reads MEMBERS (ADR 0015).
         self._gossips = False
+        # Set at the handshake from the peer's HELLO: what one BATCH may hold.
+        self._limits = SendLimits(host.config.rows_per_message_max, host.config.message_bytes_max)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -287,6 +324,7 @@ class Session:
         if reason is not None:
             raise await self._refuse(reason)
         self._note_schema(ours, message)
+        self._note_limits(message)
         self.link.site_id = message.site_id
         self.link.peer_head_seq = message.head_seq
         self.link.peer_instance = message.instance
@@ -317,6 +355,31 @@ class Session:
                 "; ".join(self._schema.differences),
             )
 
+    def _note_limits(self, theirs: Hello) -> None:
+        """Send within the peer's limits from now on; say so once if they are below ours."""
+        self._limits = SendLimits.for_peer(self._host.config, theirs)
+        if self._limits.peers:
+            log.info(
+                "site %s takes at most %d rows and %d bytes per message: batches to it are cut"
+                " to that",
+                theirs.site_id,
+                self._limits.rows_max,
+                self._limits.bytes_max,
+            )
+
+    async def _refuse_a_twin(self, conflict: SiteIdConflict) -> SharedSiteId:
+        """A copy of our file writes under our site id, seen through this peer: refuse loudly.
+
+        The peer, and any node that relays it, cannot tell the two files
+        apart; only the fix can (issue 12, defect 7).  Our health names it
+        too (the node notes a SharedSiteId).
+        """
+        own = await self._host.worker.call(lambda: self._host.store.site_id)
+        reason = f"{shared_site_id_reason(own)} ({conflict})"
+        log.error("refused site %s (%s): %s", self.link.site_id, self.link.address, reason)
+        await self._refuse(reason)
+        return SharedSiteId(reason)
+
     async def _start_pull(self, hello: Hello) -> None:
         store, worker = self._host.store, self._host.worker
         # Membership first (ADR 0015): a forgotten site, or one that slept past
@@ -334,6 +397,8 @@ class Session:
             raise await self._refuse(
                 f"your vector claims writes of ours from the future: {exc}"
             ) from exc
+        except SiteIdConflict as exc:
+            raise await self._refuse_a_twin(exc) from exc
         if restored:
             # Our file is an old copy: sessions that began before we knew must
             # start again under the new incarnation, with our lowered vector.
@@ -479,6 +544,8 @@ class Session:
         started = time.perf_counter()
         try:
             applied, quarantined, vector, captured_total, by_table = await worker.call(apply)
+        except SiteIdConflict as exc:
+            raise await self._refuse_a_twin(exc) from exc
         except StoreError as exc:
             raise StoreError(f"cannot apply batch from {site}: {exc}") from exc
         link = self.link
@@ -538,7 +605,8 @@ class Session:
         self._own_writes_wanted = pull.own_writes_wanted
         own_site = await worker.call(lambda: store.site_id)
         last_vector: dict[str, int] | None = None
-        rows_max = config.batch_rows_max
+        limits = self._limits
+        rows_max = min(config.batch_rows_max, limits.rows_max)
         while True:
             while len(self._in_flight) >= config.batches_in_flight_max:
                 self._acked.clear()
@@ -594,22 +662,24 @@ class Session:
                 await asyncio.sleep(config.relay_hold_ms / 1000)
                 batch = _refiltered(batch, self._filter_vector())
             frame = encode(Batch(batch))
-            too_many = batch.row_count > config.rows_per_message_max
-            if too_many or len(frame) > config.message_bytes_max:
+            too_many = batch.row_count > limits.rows_max
+            if too_many or len(frame) > limits.bytes_max:
                 # Wide rows (large blobs), or a seq group of more rows than a
-                # message may hold: read fewer rows; only a single row larger
-                # than a frame cannot be split.
+                # message may hold (ours or the peer's limit, whichever is
+                # lower): read fewer rows; only a single row larger than a
+                # frame cannot be split.
                 if rows_max > 1:
                     rows_max = max(1, rows_max // 4)
                     continue
                 # One seq group alone is too big: split it in the store.
                 if await worker.call(store.split_seq_group, batch.to_seq):
                     continue
+                whose = "the peer's" if limits.bytes_max < config.message_bytes_max else "our"
                 raise ProtocolError(
                     f"one row encodes to {len(frame)} bytes, over the message limit of"
-                    f" {config.message_bytes_max}"
+                    f" {limits.bytes_max} ({whose} limits.message_bytes_max)"
                 )
-            rows_max = min(config.batch_rows_max, rows_max * 2)
+            rows_max = min(config.batch_rows_max, limits.rows_max, rows_max * 2)
             await self._send_frame(frame)
             self._in_flight.append(batch.to_seq)
             cursor = batch.to_seq

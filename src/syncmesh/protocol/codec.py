@@ -205,6 +205,13 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 hello["cols"] = {name: list(cols) for name, cols in message.columns.items()}
             if message.instance:
                 hello["run"] = message.instance
+            if message.rows_per_message_max or message.message_bytes_max:
+                assert message.rows_per_message_max > 0, "both limits said, or neither"
+                assert message.message_bytes_max > 0, "both limits said, or neither"
+                hello["lim"] = {
+                    "rows": message.rows_per_message_max,
+                    "bytes": message.message_bytes_max,
+                }
             if message.schema:
                 hello["schema"] = {
                     name: [
@@ -367,6 +374,19 @@ def _columns(value: object) -> dict[str, tuple[str, ...]]:
     return columns
 
 
+def _limits(value: object) -> tuple[int, int]:
+    """HELLO's optional `lim`: (rows, bytes) the sender takes per message; (0, 0) if absent."""
+    if value is None:
+        return 0, 0
+    if not isinstance(value, dict) or set(value) != {"rows", "bytes"}:
+        raise ProtocolError("hello: lim is not a map of 'rows' and 'bytes'")
+    rows, size = value["rows"], value["bytes"]
+    for key, limit in (("rows", rows), ("bytes", size)):
+        if type(limit) is not int or not 0 < limit <= INT64_MAX:
+            raise ProtocolError(f"hello: lim {key!r} is {_show(limit)}, not a positive integer")
+    return rows, size
+
+
 def _names(value: object, names_max: int) -> tuple[str, ...] | None:
     """A list of 1-1024-character names, at most `names_max` of them; None if not."""
     if type(value) is not list or len(value) > names_max:
@@ -440,6 +460,7 @@ def _from_plain(plain: object) -> Message:
             _text(plain, "run", "hello", TOKEN_CHARS_MAX) if "run" in plain else "",
             _schema(plain.get("schema")),
             _membership(plain["mem"], "hello") if "mem" in plain else None,
+            *_limits(plain.get("lim")),
         )
     if kind == "refuse":
         return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))

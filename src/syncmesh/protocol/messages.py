@@ -78,6 +78,13 @@ class Hello:
     # from peers before issue 16, which then get no MEMBERS message either.
     # Optional on the wire, so no version bump.
     membership: Membership | None = None
+    # What the sender takes in one message (its `limits.rows_per_message_max`
+    # and `limits.message_bytes_max`): the peer never sends it a BATCH over
+    # either, however its own limits are set (issue 12).  0: not said (peers
+    # before it, which are sent batches within the sender's own limits).
+    # Optional on the wire, so no version bump.
+    rows_per_message_max: int = 0
+    message_bytes_max: int = 0
 
 
 # The reason text that starts a refusal of a second session between one pair

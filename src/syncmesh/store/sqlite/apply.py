@@ -17,6 +17,7 @@ hash tree, and the conflicts go to the ledger last.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sqlite3
@@ -44,7 +45,7 @@ from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE, quote
 from syncmesh.store.sqlite.execute import execute_checked, execute_many, execute_one
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
-from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.sqlite.table import TableSql, pasts_problem, row_problem
 from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
 
 Key = tuple[SqlValue, ...]
@@ -270,8 +271,12 @@ def merge_table(
             ctx, table, incoming, sent, shared, pks, on_disk, horizon
         )
     refusals = _Refusals(table, incoming, sent or incoming, shared)
+    incoming, held_back = _without_corrupt_keys(ctx, table, incoming, shared, on_disk, refusals)
+    if held_back:
+        pks = [tuple(row[: table.key_count]) for row in incoming.rows]
     merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk, refusals)
     failed, quarantined = _write_user_rows(ctx, table, shared, merge, on_disk, lacking, refusals)
+    quarantined += held_back
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
     # A refused key's merge did not happen: it is resolved again on retry.
     recorded = conflicts.record(
@@ -394,6 +399,45 @@ class _Refusals:
         }
         cells = {ours[name]: cell for name, cell in change.state.cells.items() if name in ours}
         return RowChange(change.table, change.pk, replace(change.state, cells=cells))
+
+
+def _without_corrupt_keys(
+    ctx: StoreContext,
+    table: TableSql,
+    incoming: TableRows,
+    shared: _Incoming,
+    on_disk: OnDisk,
+    refusals: _Refusals,
+) -> tuple[TableRows, int]:
+    """`incoming` without the rows of keys whose shadow row here is corrupt, and how many.
+
+    Another program may have written anything into a shadow row; merging
+    with it would fail the whole batch, and every batch after it (issue
+    12: one bad row never stops a node).  The peer's rows for such a key
+    are quarantined with the reason (which caps the vector below them) and
+    retried until a new local write has stamped the row afresh.
+    """
+    sites_count = len(shared.sites.all_sites())
+    corrupt: dict[Key, str] = {}
+    for pk, (row, pasts, _digest) in on_disk.items():
+        problem = row_problem(row, table.key_count, sites_count) or pasts_problem(
+            pasts, sites_count
+        )
+        if problem is not None:
+            corrupt[pk] = (
+                f"our shadow row of this key {problem}: write the row again here (delete and"
+                " re-insert it, or set every column) so that the capture stamps it afresh"
+            )
+    if not corrupt:
+        return incoming, 0
+    kept = []
+    for row in incoming.rows:
+        reason = corrupt.get(tuple(row[: table.key_count]))
+        if reason is None:
+            kept.append(row)
+        else:
+            refusals.add(ctx, row, reason)
+    return dataclasses.replace(incoming, rows=kept), len(incoming.rows) - len(kept)
 
 
 @dataclass(slots=True)

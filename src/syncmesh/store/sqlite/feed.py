@@ -16,7 +16,7 @@ from syncmesh.merge import missing_rows
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.execute import execute_one
-from syncmesh.store.sqlite.table import TableSql, clear_unstamped_values
+from syncmesh.store.sqlite.table import TableSql, clear_unstamped_values, row_problem
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def read_batch(
             shape = table.shape
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
+            read = _sound_rows(ctx, table, read, len(all_sites))
             read = _faithful_rows(ctx, table, read)
             clear_unstamped_values(read, table.key_count)
             kept = missing_rows(
@@ -85,7 +86,10 @@ def read_batch(
                         table.layout.created if any(table.layout.created) else (),
                     )
                 )
-        vector = ctx.vector() if upper == head else None
+        # A row held back (now, or in a batch before and not sound again yet)
+        # keeps the vector out: a peer adopting it would claim that row's
+        # writes, and once the row is fixed it could never get them.
+        vector = ctx.vector() if upper == head and not ctx.row_problems else None
     # Site "indexes" in the rows are our ordinals, and all_sites is by ordinal.
     return ChangeBatch(incarnation, from_seq, upper, head, vector, all_sites, tuple(found))
 
@@ -110,6 +114,43 @@ def shipped_tables(ctx: StoreContext, tables: Collection[str] | None) -> list[tu
         if known is not None:
             shipped.append((table, known))
     return shipped
+
+
+REPAIR_BY_WRITING = (
+    "it is held back from the feed, and everything else keeps flowing; write the row again"
+    " (delete and re-insert it, or set every column) so that the capture stamps it afresh"
+)
+
+
+def _sound_rows(
+    ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]], sites_count: int
+) -> list[list[SqlValue]]:
+    """`rows` without any whose shadow fields are not what the store writes (reported).
+
+    Another program can write anything into a shadow table (a stamp that
+    is text, a site ordinal we never gave out).  Shipped, such a row makes
+    every peer refuse the whole batch, and the merge cannot even filter
+    it: one row would stop the feed for good (issue 12).  It is held back
+    with its table, key and reason (ERROR log, status, metrics) and keeps
+    the vector out of batches (`read_batch`); it ships once a new write
+    has stamped it afresh.  The common case costs a few type checks per cell.
+    """
+    keys = table.key_count
+    sound: list[list[SqlValue]] = []
+    for row in rows:
+        problem = row_problem(row, keys, sites_count)
+        problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
+        if problem is None:
+            if ctx.row_problems and problem_key in ctx.row_problems:
+                ctx.row_problems.pop(problem_key)
+                log.warning("row of table %r, key (%s) is sound again: shipped", *problem_key)
+            sound.append(row)
+            continue
+        reason = f"shadow row {problem}: {REPAIR_BY_WRITING}"
+        if ctx.row_problems.get(problem_key) != reason:
+            log.error("row held back from the feed: table %r, key (%s): %s", *problem_key, reason)
+        ctx.row_problems[problem_key] = reason
+    return sound
 
 
 # A row whose user row is absent reads as all NULL values: only rows that

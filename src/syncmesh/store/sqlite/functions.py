@@ -28,15 +28,15 @@ def capture_pasts(text: str | None, mask: int, slots: str, *stamps: int | None) 
     node knew of the cell (its past and knowledge, and the old value `(s, h)`
     unless it was ours), without our own ordinal 0; its knowledge is emptied.
     """
-    pasts: dict[str, dict[str, dict[str, int]]] = {} if text is None else json.loads(text)
+    pasts = _loaded_pasts(text)
     for index, slot_text in enumerate(slots.split(",")):
         slot = int(slot_text)
         site, hlc = stamps[2 * index], stamps[2 * index + 1]
         if not (mask >> slot) & 1:
             continue
         entry = pasts.pop(str(slot), {})
-        past = dict(entry.get("p", {}))
-        learned = [*entry.get("k", {}).items()]
+        past = dict(_stamps_in(entry.get("p")))
+        learned = [*_stamps_in(entry.get("k")).items()]
         if site is not None and hlc is not None:
             learned.append((str(site), hlc))
         for ordinal, known in learned:
@@ -46,3 +46,32 @@ def capture_pasts(text: str | None, mask: int, slots: str, *stamps: int | None) 
         if past:
             pasts[str(slot)] = {"p": past}
     return json.dumps(pasts, separators=(",", ":")) if pasts else None
+
+
+def _loaded_pasts(text: str | None) -> dict[str, dict[str, object]]:
+    """A row's `pasts`, or {} for anything no store wrote (issue 12: one bad row).
+
+    Another program may have written anything there; an exception would fail
+    the whole capture, every time.  The capture then rewrites it whole, which
+    heals the row (a past only feeds conflict detection, never the merge).
+    """
+    if text is None:
+        return {}
+    try:
+        loaded = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {slot: entry for slot, entry in loaded.items() if isinstance(entry, dict)}
+
+
+def _stamps_in(found: object) -> dict[str, int]:
+    """A past's or knowledge's {site ordinal: hlc}, leaving out entries that are not."""
+    if not isinstance(found, dict):
+        return {}
+    return {
+        ordinal: hlc
+        for ordinal, hlc in found.items()
+        if type(hlc) is int and str(ordinal).isdigit()
+    }

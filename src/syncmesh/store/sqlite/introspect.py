@@ -2,7 +2,8 @@
 
 Refusals (raise SchemaError): no such table, no primary key, a name that
 clashes with syncmesh's own tables, a key column with a collation other
-than BINARY (`refuse_key_collations`, at `track`), a key that SQLite
+than BINARY (`refuse_key_collations`, at `track`), a key column declared
+without a type (`refuse_untyped_keys`, at `track`), a key that SQLite
 allocates itself (`refuse_allocated_keys`, at `track`, unless the user
 opts in: docs/keys.md).  Warnings (returned as text): integer keys the
 application allocates, secondary UNIQUE indexes and foreign keys, which a
@@ -18,7 +19,7 @@ import json
 import re
 import shlex
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from syncmesh.errors import SchemaError
@@ -46,6 +47,7 @@ def table_problems(
                 spec = read_table_spec(connection, table)
                 if not _is_tracked(connection, table):  # as `track`: tracked ones keep syncing
                     refuse_key_collations(connection, spec)
+                    refuse_untyped_keys(spec)
                     refuse_allocated_keys(connection, spec, allow_integer_keys, str(path))
             except SchemaError as exc:
                 problems.append(str(exc))
@@ -155,6 +157,43 @@ def refuse_key_collations(connection: sqlite3.Connection, spec: TableSpec) -> No
             " converge.  Recreate the table with a BINARY key (drop the COLLATE clause from"
             " the key) and normalise case in the application, or keep a case-insensitive"
             " UNIQUE index on another column (docs/keys.md)."
+        )
+
+
+UNTYPED_KEY_RISK = (
+    "SQLite calls 1 and 1.0 (or 0 and -0.0) one key, but"
+    " syncmesh keeps storage classes apart, so a key changed from 1 to 1.0, or inserted as"
+    " 1 at one site and as 1.0 at another, leaves the sites with different rows"
+)
+UNTYPED_KEY_FIX = (
+    "Recreate the table with the key's type declared: TEXT for text ids (random UUIDs),"
+    " BLOB for binary ids, NUMERIC for numbers the application picks (docs/keys.md)."
+)
+
+
+def untyped_key_columns(spec: TableSpec) -> list[str]:
+    """The key columns declared without a type (BLOB affinity: any storage class goes)."""
+    return [
+        column for column in spec.pk if not spec.declared_types[spec.columns.index(column)].strip()
+    ]
+
+
+def refuse_untyped_keys(spec: TableSpec) -> None:
+    """SchemaError if a key column was declared without a type (issue 12, defect 3).
+
+    Such a column keeps each value's storage class, and SQLite compares
+    INTEGER 1 and REAL 1.0 as equal: one row to SQLite, two keys to the
+    merge, which addresses keys by storage class and bytes.  A key changed
+    from 1 to 1.0 keeps shipping the old key's class, and concurrent
+    inserts of both never converge.  A declared type fixes it: TEXT and
+    NUMERIC store one class per value, and a BLOB-declared key is for
+    binary ids (it is warned about if it may hold numbers).  Tables tracked
+    before this refusal keep syncing and are reported at every open.
+    """
+    for column in untyped_key_columns(spec):
+        raise SchemaError(
+            f"table {spec.name!r}: primary key column {column!r} has no declared type,"
+            f" so it has no fixed affinity: {UNTYPED_KEY_RISK}.  {UNTYPED_KEY_FIX}"
         )
 
 
@@ -412,7 +451,42 @@ def replacing_unique_sets(connection: sqlite3.Connection, table: str) -> list[tu
 
 _CONFLICT_CLAUSE = re.compile(r"\bON\s+CONFLICT\s+(REPLACE|IGNORE|FAIL|ABORT|ROLLBACK)\b", re.I)
 _RAISE_IGNORE = re.compile(r"\bRAISE\s*\(\s*IGNORE\s*\)", re.I)
-_FIXED_AFFINITY = ("INT", "CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB")
+
+
+def untyped_key_warnings(specs: Iterable[TableSpec]) -> list[str]:
+    """A warning per tracked key column declared without a type (tracked before the refusal).
+
+    Shown at every open, in status and on the dashboard, as for integer keys.
+    """
+    return [
+        f"table {spec.name!r}: primary key column {column!r} has no declared type, so it"
+        f" has no fixed affinity: {UNTYPED_KEY_RISK}.  `track` refuses such tables today;"
+        f" this one was tracked before and keeps syncing.  {UNTYPED_KEY_FIX}"
+        for spec in specs
+        for column in untyped_key_columns(spec)
+    ]
+
+
+def _key_affinity_warnings(spec: TableSpec) -> list[str]:
+    """Key columns whose values may compare equal across storage classes.
+
+    A key declared without a type is refused by `track` (`refuse_untyped_keys`):
+    this reports one tracked before, at every open.  A BLOB-declared key has
+    the same affinity; it is accepted, as binary ids are what it is for, with
+    a warning to keep numbers out of it.  (INTEGER, REAL, NUMERIC and TEXT
+    keys store one storage class per value: SQLite turns 1.0 into 1 in an
+    INTEGER or NUMERIC column and -0.0 into 0.0 in a REAL one.)
+    """
+    warnings = untyped_key_warnings([spec])
+    for column in spec.pk:
+        declared = spec.declared_types[spec.columns.index(column)].upper()
+        if "BLOB" in declared:
+            warnings.append(
+                f"table {spec.name!r}: primary key column {column!r} is declared"
+                f" {declared!r}, which has no fixed affinity: {UNTYPED_KEY_RISK}.  Keep numbers"
+                " out of it (binary ids are what it is for)."
+            )
+    return warnings
 
 
 def apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]:
@@ -447,15 +521,7 @@ def apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
                 " write without an error.  A peer's row it skips is quarantined here (the"
                 " apply checks every write), not lost; it waits until the data changes."
             )
-    for column in spec.pk:
-        declared = spec.declared_types[spec.columns.index(column)].upper()
-        if not any(marker in declared for marker in _FIXED_AFFINITY):
-            warnings.append(
-                f"table {spec.name!r}: primary key column {column!r} has no fixed type"
-                f" (declared {declared or 'without a type'!r}), so a key can change between"
-                " values SQLite calls equal (1 and 1.0), and such a change is not synced."
-                " Declare the key TEXT or INTEGER."
-            )
+    warnings.extend(_key_affinity_warnings(spec))
     # At every open too: a trigger created after `track` is named at start.
     warnings.extend(application_trigger_warnings(connection, spec.name))
     return warnings

@@ -13,6 +13,9 @@ from syncmesh.model import TableSpec
 from syncmesh.store.sqlite.ddl import PASTS_COLUMN, log_name, quote_identifier, shadow_name
 from syncmesh.store.sqlite.layout import TableLayout
 
+# What the feed reads as a cell's past when the row's `pasts` is not JSON.
+MALFORMED_PASTS = "(the pasts column is not valid JSON)"
+
 
 @dataclass(frozen=True, slots=True)
 class TableNames:
@@ -41,11 +44,15 @@ class TableNames:
         values = spec.value_columns
         keys = [f"s.k{index}" for index in range(key_count)]
         # A cell's past comes out of the row's `pasts` (NULL for nearly every
-        # row, and then no JSON is looked at).
+        # row, and then no JSON is looked at).  JSON that another program
+        # broke reads as a text the feed's row check refuses (feed.py): a
+        # json_extract error would fail every read of the feed (issue 12).
         cells = [
             f"t.{quote_identifier(column)}, s.h{slot}, s.s{slot},"
-            f" CASE WHEN s.{PASTS_COLUMN} IS NOT NULL"
-            f" THEN json_extract(s.{PASTS_COLUMN}, '$.\"{slot}\".p') END"
+            f" CASE WHEN s.{PASTS_COLUMN} IS NULL THEN NULL"
+            f" WHEN json_valid(s.{PASTS_COLUMN})"
+            f" THEN json_extract(s.{PASTS_COLUMN}, '$.\"{slot}\".p')"
+            f" ELSE '{MALFORMED_PASTS}' END"
             for column, slot in zip(values, layout.slots, strict=True)
         ]
         return cls(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from syncmesh.errors import StoreError
@@ -97,6 +98,24 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return connection
 
 
+def _digest_of(hashed_key: int, fields: Sequence[SqlValue], codes: Mapping[SqlValue, int]) -> int:
+    """`shadow_digest` of a shadow row's fields, or, for fields no store wrote, a digest of them.
+
+    Another program may have written anything into a shadow row (a stamp
+    that is text, a site ordinal never given out).  An exception here would
+    fail the whole capture, every time, and with it every local write
+    (issue 12).  Such a row gets a digest of its fields as they are, which
+    matches no sound row (so `verify` finds it); the feed holds it back
+    (feed.py) until a new write stamps it afresh.
+    """
+    if type(fields[0]) is int:
+        try:
+            return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes)
+        except (KeyError, TypeError, struct.error):
+            pass
+    return key_hash([hashed_key, *(repr(field) for field in fields)])
+
+
 def register_digest_functions(ctx: StoreContext) -> None:
     """SQL functions of the hash tree (store.summary), on the context's connection."""
     summaries = ctx.summaries
@@ -108,12 +127,12 @@ def register_digest_functions(ctx: StoreContext) -> None:
         table: str, old: int | None, guess: int | None, hashed_key: int, *fields: SqlValue
     ) -> int:
         # The capture upsert's digest of a row it changed; see CaptureSql._capture_sql.
-        new = shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
+        new = _digest_of(hashed_key, fields, codes())
         summaries.note(table, leaf_of(hashed_key), (old or 0) ^ (guess or 0) ^ new)
         return new
 
     def row_digest(hashed_key: int, *fields: SqlValue) -> int:
-        return shadow_digest(hashed_key, fields[0], fields[1], fields[2], fields[3:], codes())
+        return _digest_of(hashed_key, fields, codes())
 
     def hash_key(*key: SqlValue) -> int:
         return key_hash(key)

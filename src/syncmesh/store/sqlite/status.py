@@ -15,7 +15,7 @@ from syncmesh.store.sqlite import (
     waitlist,
 )
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.introspect import fingerprint
+from syncmesh.store.sqlite.introspect import fingerprint, untyped_key_warnings
 
 
 def status(ctx: StoreContext) -> StoreStatus:
@@ -48,7 +48,7 @@ def status(ctx: StoreContext) -> StoreStatus:
             waiting_cells=waitlist.waiting_counts(ctx),
             discarded_cells=waitlist.discarded_counts(ctx),
             parked_cells=waitlist.waiting_counts(ctx, parked=True),
-            warnings=integer_keys.warnings(ctx),
+            warnings=[*integer_keys.warnings(ctx), *untyped_key_warnings(ctx.specs())],
             orphans=orphans.orphan_counts(ctx),
             orphan_problems=orphans.problems(ctx),
             lifecycle=lifecycle.status(ctx),

@@ -13,11 +13,12 @@ ordinals, which are also the site indexes of an outgoing batch.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 
 from syncmesh.merge import Knowledge
-from syncmesh.model import CELL_FIELDS, RowState, SqlValue, TableRows, TableSpec
+from syncmesh.model import CELL_FIELDS, INT64_MAX, RowState, SqlValue, TableRows, TableSpec
 from syncmesh.store.sqlite.ddl import PASTS_COLUMN, quote_identifier
 from syncmesh.store.sqlite.execute import execute_many, execute_one
 from syncmesh.store.sqlite.introspect import replacing_unique_sets
@@ -316,3 +317,77 @@ def _remapped(text: str, ordinals: Sequence[int]) -> dict[str, int]:
         ordinal = str(ordinals[int(index)])
         known[ordinal] = max(hlc, known.get(ordinal, hlc))
     return known
+
+
+# A cell's past as the store writes it: compact JSON of site ordinal -> HLC
+# (the codec's rule for the wire: no spaces, no leading zeros).
+_HLC_JSON = r"(?:0|[1-9]\d{0,18})"
+_PAST = re.compile(rf'\{{(?:"\d{{1,9}}":{_HLC_JSON}(?:,"\d{{1,9}}":{_HLC_JSON})*)?\}}')
+_PAST_SITE = re.compile(r'"(\d+)":')
+
+
+def row_problem(row: list[SqlValue], keys: int, sites_count: int) -> str | None:
+    """What is wrong with a shadow row's causal length, stamps and pasts; None if nothing.
+
+    `row` is positional (`TableSql.load`, the feed), sites as our ordinals.
+    Another program can write anything into a shadow table (issue 12): the
+    feed holds such a row back and the apply quarantines a peer's row for
+    its key, instead of failing on it (and on everything after it).  The
+    common case costs a few type checks per cell.
+    """
+    cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
+    if type(cl) is not int or not 0 < cl <= INT64_MAX:
+        return f"has causal length {cl!r:.40}, not a positive integer"
+    problem = _stamp_problem(cl_hlc, cl_site, sites_count, "its causal length")
+    if problem is not None:
+        return problem
+    for at in range(keys + 3, len(row), CELL_FIELDS):
+        hlc, site, past = row[at + 1], row[at + 2], row[at + 3]
+        if hlc is None and site is None:
+            continue  # never written in this life: sent without value or past
+        where = f"cell {(at - keys - 3) // CELL_FIELDS}"
+        problem = _stamp_problem(hlc, site, sites_count, where)
+        if problem is None and past is not None:
+            problem = _past_problem(past, sites_count, where)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _stamp_problem(hlc: SqlValue, site: SqlValue, sites_count: int, where: str) -> str | None:
+    if type(hlc) is not int or not 0 <= hlc <= INT64_MAX:
+        return f"has stamp {hlc!r:.40} for {where}, not a non-negative 64-bit integer"
+    if type(site) is not int or not 0 <= site < sites_count:
+        return f"has site ordinal {site!r:.40} for {where}, not one of this file's sites"
+    return None
+
+
+def _past_problem(past: SqlValue, sites_count: int, where: str) -> str | None:
+    if type(past) is not str or _PAST.fullmatch(past) is None:
+        return f"has past {past!r:.40} for {where}, not a JSON object of stamps"
+    if any(int(site) >= sites_count for site in _PAST_SITE.findall(past)):
+        return f"has past {past!r:.40} for {where}, naming a site this file does not know"
+    return None
+
+
+def pasts_problem(text: SqlValue, sites_count: int) -> str | None:
+    """What is wrong with a shadow row's `pasts` as `TableSql.knowledge_of` reads it, or None."""
+    if text is None:
+        return None
+    try:
+        loaded = json.loads(text) if type(text) is str else None
+    except ValueError:
+        loaded = None
+    if not isinstance(loaded, dict):
+        return f"has pasts {text!r:.40}, not a JSON object"
+    for slot, entry in loaded.items():
+        if not slot.isdigit() or not isinstance(entry, dict):
+            return f"has pasts entry {slot!r:.20} that is not a cell's"
+        for part in ("p", "k"):
+            stamps = entry.get(part, {})
+            if not isinstance(stamps, dict) or not all(
+                ordinal.isdigit() and int(ordinal) < sites_count and type(hlc) is int
+                for ordinal, hlc in stamps.items()
+            ):
+                return f"has pasts entry {slot!r:.20} naming stamps wrongly"
+    return None

@@ -39,6 +39,7 @@ from syncmesh.store.sqlite.introspect import (
     read_table_spec,
     refuse_allocated_keys,
     refuse_key_collations,
+    refuse_untyped_keys,
     table_warnings,
 )
 from syncmesh.store.sqlite.layout import TableLayout
@@ -127,6 +128,7 @@ def _track_in_transaction(
                 continue
             spec = read_table_spec(ctx.connection, name)
             refuse_key_collations(ctx.connection, spec)
+            refuse_untyped_keys(spec)
             refuse_allocated_keys(ctx.connection, spec, allow_integer_keys, ctx.path)
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)

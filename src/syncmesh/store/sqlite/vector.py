@@ -17,6 +17,7 @@ import logging
 import uuid
 
 from syncmesh.clock import COUNTER_MAX, pack, wall_ms_of
+from syncmesh.errors import SiteIdConflict
 from syncmesh.store.sqlite import waitlist
 from syncmesh.store.sqlite.context import StoreContext
 
@@ -90,8 +91,12 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     restoring_before = ctx.state()["restore_floor"] > 0
     # A claim beyond the drift limit is no stamp of ours (our clock went
     # back, or the peer is broken): it is neither checked nor adopted.
-    if own in sender_vector and sender_vector[own] <= bound and _detect(ctx, sender_vector[own]):
-        _log_detected()
+    if own in sender_vector and sender_vector[own] <= bound:
+        twin = _twin_claim(ctx, sender_vector[own])
+        if twin is not None:
+            raise SiteIdConflict(twin)  # the batch rolls back; the next HELLO moves past it
+        if _detect(ctx, sender_vector[own]):
+            _log_detected()
     for site, hlc in sender_vector.items():
         if site == own and not (restoring_before and ctx.state()["restore_floor"] > 0):
             continue
@@ -131,11 +136,53 @@ def note_peer(ctx: StoreContext, peer_vector: dict[str, int]) -> bool:
     own = ctx.site_id()
     claimed = peer_vector.get(own, 0)
     ctx.clock.check(claimed, own)  # a claim from the future is a broken or hostile peer
+    twin = _twin_claim(ctx, claimed)
+    if twin is not None:
+        with ctx.transaction():
+            # Past the copy's stamp: refused once, not for ever.  A copy that
+            # goes on writing is refused again; one given its own identity
+            # (`init --new-site-id`) leaves this stale claim behind.
+            ctx.clock.restore(claimed)
+            ctx.connection.execute(
+                "UPDATE _syncmesh_state SET seq = max(seq, ?), hlc = max(hlc, ?)",
+                (claimed, claimed),
+            )
+        raise SiteIdConflict(twin)
     with ctx.transaction():
         first = _detect(ctx, claimed)
     if first:
         _log_detected()
     return first
+
+
+def _twin_claim(ctx: StoreContext, claimed: int) -> str | None:
+    """Why `claimed` is an own stamp of this run that this file never issued, or None.
+
+    Every own stamp of this run is at least `run_start`, and every own stamp
+    is at most our head seq (a stamp doubles as the seq it is written
+    under, and the head never goes back), so a peer holding one beyond
+    both got it from another live file with our site id: a copy of this
+    file that writes too, met directly or through third nodes (issue 12,
+    defect 7).  A restore cannot explain it: the writes a restore lost
+    were all made before this run began.  Taking the claim for a restore
+    would adopt the copy's writes as our own; refusing keeps the two apart
+    until the copy gets its own identity.  A claim ahead of our physical
+    clock is left to the restore check: a file restored on a machine whose
+    clock went back may have made its lost writes after this run's start
+    (ADR 0006, residual risk 3).
+    """
+    state = ctx.state()
+    if claimed < ctx.run_start or state["restore_floor"] > 0:
+        return None
+    if wall_ms_of(claimed) > ctx.clock.physical_ms():
+        return None
+    ours = max(state["seq"], ctx.vector().get(ctx.site_id(), 0))
+    if claimed <= ours:
+        return None
+    return (
+        f"a peer holds a write stamped with this file's site id at {claimed}, after this"
+        f" process started ({ctx.run_start}) and beyond every write it made ({ours})"
+    )
 
 
 def _detect(ctx: StoreContext, claimed: int) -> bool:
