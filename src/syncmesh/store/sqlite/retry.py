@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import msgpack
 
-from syncmesh.model import TEXT_ERRORS, ChangeBatch, RowChange, row_from_plain
+from syncmesh.model import (
+    TEXT_ERRORS,
+    ChangeBatch,
+    RowChange,
+    TableRows,
+    row_from_plain,
+    row_of_state,
+)
 from syncmesh.store.sqlite import apply, capture, orphans, waiting
 from syncmesh.store.sqlite.context import StoreContext
 
@@ -31,9 +38,12 @@ def retry(ctx: StoreContext) -> int:
     with ctx.transaction():
         capture.capture_pending(ctx)
         merged = waiting.merge_ready(ctx) if ready else 0
-        # Per origin and per set of columns named: one batch each (a deleted
-        # row names none: it goes with our columns, its cells unstamped).
-        by_source: dict[tuple[str, tuple[str, ...] | None], list[RowChange]] = {}
+        # Per origin one batch, as it came: one clock reading judges it whole
+        # (apply.merge_rows), so a transaction's rows all pass or all wait.
+        # Within it, one table entry per table and set of columns named (a
+        # deleted row names none: it goes with our columns, its cells
+        # unstamped).
+        by_origin: dict[str, dict[tuple[str, tuple[str, ...] | None], list[RowChange]]] = {}
         for entry_id, blob, origin in entries:
             change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
             table = apply.local_table(ctx, change.table)
@@ -41,19 +51,21 @@ def retry(ctx: StoreContext) -> int:
                 continue  # still unknown here: kept as it is, never applied in part
             ctx.connection.execute("DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,))
             named = tuple(change.state.cells) if change.state.alive else None
-            by_source.setdefault((origin, named), []).append(change)
-        for (origin, named), changes in by_source.items():
-            # Each batch with the columns its rows name, as the sender named
+            by_origin.setdefault(origin, {}).setdefault((change.table, named), []).append(change)
+        for origin, groups in by_origin.items():
+            # Each entry with the columns its rows name, as the sender named
             # them: the merge maps them to ours (a column renamed here since
             # by our former names; one not here waits; one the sender lacks
             # takes the default cell, as it would have on time).  Rows that
-            # name other columns go in a batch of their own: in one batch
-            # they would read as unstamped cells of each other's columns.
-            ours = None
-            if named is None:
-                tables = {change.table for change in changes}
-                ours = {name: _values_of(ctx, name) for name in tables}
-            batch = ChangeBatch.of_rows("", 0, 0, 0, None, changes, ours)
+            # name other columns go in an entry of their own: in one they
+            # would read as unstamped cells of each other's columns.
+            batch_sites: dict[str, int] = {}
+            tables = []
+            for (name, named), changes in groups.items():
+                columns = _values_of(ctx, name) if named is None else named
+                rows = [row_of_state(change, columns, batch_sites) for change in changes]
+                tables.append(TableRows(name, columns, len(changes[0].pk), rows))
+            batch = ChangeBatch("", 0, 0, 0, None, tuple(batch_sites), tuple(tables))
             apply.merge_rows(ctx, origin, batch, sites)
             orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
