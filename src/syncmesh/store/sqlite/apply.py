@@ -17,7 +17,6 @@ hash tree, and the conflicts go to the ledger last.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import sqlite3
@@ -437,7 +436,7 @@ def _without_corrupt_keys(
             kept.append(row)
         else:
             refusals.add(ctx, row, reason)
-    return dataclasses.replace(incoming, rows=kept), len(incoming.rows) - len(kept)
+    return replace(incoming, rows=kept), len(incoming.rows) - len(kept)
 
 
 @dataclass(slots=True)
