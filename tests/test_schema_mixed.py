@@ -579,6 +579,9 @@ def test_cells_of_a_name_added_again_elsewhere_are_parked_and_land_when_it_is_ad
     status = b.status()
     assert status.parked_cells == {"items": {"extra": 1}}
     assert status.waiting_cells == {}
+    shown = run_cli("status", b.context.path)
+    assert shown.returncode == 0, shown.stderr
+    assert "items.extra: 1 cells, for the name if it is added again here" in shown.stdout
     assert b.vector()[a.site_id] < cell_stamp(a, "k", "extra")  # b cannot relay it
     b_clock.advance(30)
     add_column(b, "items", "extra TEXT")
