@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS _syncmesh_quarantine (
     origin TEXT NOT NULL,            -- the peer it came from
     reason TEXT NOT NULL,
     min_stamps TEXT NOT NULL,        -- JSON {site: lowest hlc}: caps the version vector
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    column_created TEXT              -- JSON {our column: its creation stamp here}, or NULL
 );
 """
 

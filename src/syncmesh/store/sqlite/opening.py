@@ -164,6 +164,14 @@ def upgrade(ctx: StoreContext) -> None:
     if waiting is None:  # (each statement is CREATE ... IF NOT EXISTS)
         with ctx.transaction():
             _run_script(ctx, WAITING_DDL)
+    quarantine_columns = {
+        row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_quarantine)")
+    }
+    if "column_created" not in quarantine_columns:  # entries from before it: unknown (NULL)
+        with ctx.transaction():
+            ctx.connection.execute(
+                "ALTER TABLE _syncmesh_quarantine ADD COLUMN column_created TEXT"
+            )
     lifecycle = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_lifecycle'"
     ).fetchone()
