@@ -141,7 +141,9 @@ def test_a_quarantined_cell_of_a_column_dropped_and_re_added_here_stays_out_of_t
     assert b.status().parked_cells == {}
 
 
-def test_a_quarantine_from_an_older_syncmesh_gets_the_creation_stamps_column(tmp_path: Path) -> None:
+def test_a_quarantine_from_an_older_syncmesh_gets_the_creation_stamps_column(
+    tmp_path: Path,
+) -> None:
     """Its entries keep NULL there: unknown, so the cells' stamps decide, as before."""
     clock = ManualClock()
     path = tmp_path / "old.db"
