@@ -28,10 +28,12 @@ from syncmesh.store.sqlite.ddl import (
     log_ddl,
     log_name,
     quote_identifier,
+    shadow_columns,
     shadow_ddl,
     shadow_name,
     trigger_name,
     update_trigger_kind,
+    width_problem,
 )
 from syncmesh.store.sqlite.introspect import (
     allocated_key,
@@ -133,6 +135,10 @@ def _track_in_transaction(
             refuse_key_collations(ctx.connection, spec)
             refuse_untyped_keys(spec)
             refuse_allocated_keys(ctx.connection, spec, allow_integer_keys, ctx.path)
+            width = len(shadow_columns(TableLayout.fresh(spec)))
+            too_wide = width_problem(ctx.connection, name, len(spec.value_columns), width)
+            if too_wide is not None:
+                raise SchemaError(too_wide)
             new_specs.append(spec)
         for name in names:
             if name in tracked:
