@@ -10,8 +10,6 @@ adds one to a tracked table while the node runs.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from syncmesh.clock import HybridClock
 from syncmesh.store.sqlite import SqliteStore
-from tests.helpers import ManualClock, exchange_all, sqlite3_shell
+from tests.helpers import ManualClock, exchange_all, run_cli, sqlite3_shell
 from tests.nodeproc import Cluster, make_db, query, wait_converged, wait_for
 from tests.test_multiprocess import shell
 
@@ -106,14 +104,7 @@ def test_track_refusing_one_table_tracks_none_and_reports_no_rows_joining(
         "CREATE TABLE good (id TEXT PRIMARY KEY, v); INSERT INTO good VALUES ('g', 1);"
         " CREATE TABLE keyless (v);",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "syncmesh", "track", str(path), "good", "keyless"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_cli("track", str(path), "good", "keyless")
     assert result.returncode == 1
     assert "'keyless' has no PRIMARY KEY" in result.stderr
     assert "(no table was tracked)" in result.stderr

@@ -13,8 +13,6 @@ shadow table, `track` refuses the table with the count and the limit.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 
 from syncmesh.clock import HybridClock
 from syncmesh.store.sqlite import SqliteStore
-from tests.helpers import ManualClock, exchange_all, rows_with_types, sqlite3_shell
+from tests.helpers import ManualClock, exchange_all, rows_with_types, run_cli, sqlite3_shell
 from tests.nodeproc import Cluster, make_db, query, wait_converged
 from tests.test_multiprocess import shell
 
@@ -107,14 +105,7 @@ def test_track_refuses_a_table_too_wide_for_the_shadow_table_with_the_limit(
 ) -> None:
     path = tmp_path / "app.db"
     sqlite3_shell(path, wide_table(1_500) + ";")
-    result = subprocess.run(
-        [sys.executable, "-m", "syncmesh", "track", str(path), "wide"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_cli("track", str(path), "wide")
     assert result.returncode == 1
     assert "1500 value columns" in result.stderr
     assert "at most" in result.stderr
