@@ -139,9 +139,12 @@ def _sound_rows(
     sound: list[list[SqlValue]] = []
     for row in rows:
         problem = row_problem(row, keys, sites_count)
+        if problem is None and not ctx.row_problems:
+            sound.append(row)  # the common case: no key text is built for it
+            continue
         problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
         if problem is None:
-            if ctx.row_problems and problem_key in ctx.row_problems:
+            if problem_key in ctx.row_problems:
                 ctx.row_problems.pop(problem_key)
                 log.warning("row of table %r, key (%s) is sound again: shipped", *problem_key)
             sound.append(row)
