@@ -341,7 +341,7 @@ class SqliteStore:
         our vector stops claiming own writes until peers return them, and a
         new incarnation tells every peer to re-read our feed from the start.
         """
-        return vector.note_peer(self.context, peer_vector)
+        return peers.note_peer_vector(self.context, peer_vector)
 
     # -- membership and tombstone collection (lifecycle.py, ADR 0015) -------------
 

@@ -201,6 +201,19 @@ def _detect(ctx: StoreContext, claimed: int) -> bool:
             "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?", (gap_floor, own)
         )
     ctx.clock.restore(claimed)
+    if claimed >= ctx.run_start:
+        # The lost writes were stamped ahead of this run's start (the wall
+        # clock is behind them: the run that lost them followed a peer's
+        # clock ahead of ours).  This run's own writes stamped up to the
+        # claim are covered by every peer's vector entry for us, which
+        # includes the lost ones: peers would take them for writes they
+        # hold.  They are stamped anew, past the claim, right after the
+        # check (capture.restamp_below_lost_writes, called by peers.py;
+        # ADR 0006, residual risk 3; issue 12).
+        low, high = ctx.run_start, claimed
+        if ctx.restamp_window is not None:
+            high = max(high, ctx.restamp_window[1])
+        ctx.restamp_window = (low, high)
     state = ctx.state()
     first = state["restore_floor"] == 0
     ctx.connection.execute(
