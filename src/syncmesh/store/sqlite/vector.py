@@ -107,6 +107,13 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
         # against the stretches in which they issued none (`_gap_floor`).
         if hlc > bound:
             continue
+        if site != own:
+            # Before the cap: what this site wrote, as far as anyone holds it.
+            ctx.connection.execute(
+                "INSERT INTO _syncmesh_seen (site_id, hlc) VALUES (?, ?)"
+                " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+                (site, hlc),
+            )
         capped = min(hlc, caps.get(site, hlc))
         ctx.connection.execute(
             "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES (?, ?)"
@@ -124,7 +131,25 @@ def drift_bound(ctx: StoreContext) -> int:
     return pack(ctx.clock.physical_ms() + ctx.clock.drift_ms_max, COUNTER_MAX)
 
 
-def note_peer(ctx: StoreContext, peer_vector: dict[str, int]) -> bool:
+def held_claims(ctx: StoreContext) -> dict[str, int]:
+    """Per site, the greatest of its writes this node knows to be held: HELLO's `held`.
+
+    Our vector, raised by the entries reaching-head batches showed before
+    the quarantine's cap (`_syncmesh_seen`).  The vector must stay below a
+    row we hold only in quarantine, or a peer adopting it would never be
+    sent that row; but for the restore check of the row's site, the writes
+    of that site we do hold count (ADR 0006, residual risk 4: a UNIQUE
+    collision at a peer hid a restore, and the writes after it stayed lost).
+    """
+    claims = ctx.vector()
+    for site, hlc in ctx.connection.execute("SELECT site_id, hlc FROM _syncmesh_seen"):
+        claims[site] = max(claims.get(site, 0), int(hlc))
+    return claims
+
+
+def note_peer(
+    ctx: StoreContext, peer_vector: dict[str, int], peer_held: dict[str, int] | None = None
+) -> bool:
     """Detect that this file was restored from an old copy; True if detected now.
 
     A peer holding own-site writes beyond what our vector claims means we
@@ -132,9 +157,11 @@ def note_peer(ctx: StoreContext, peer_vector: dict[str, int]) -> bool:
     our clock jumps past them (new writes must win over the lost ones),
     our vector stops claiming own writes until peers return them, and a
     new incarnation tells every peer to re-read our feed from the start.
+    The claim is the peer's vector entry for us, or its `held` entry
+    (`held_claims`) when greater.
     """
     own = ctx.site_id()
-    claimed = peer_vector.get(own, 0)
+    claimed = max(peer_vector.get(own, 0), (peer_held or {}).get(own, 0))
     ctx.clock.check(claimed, own)  # a claim from the future is a broken or hostile peer
     twin = _twin_claim(ctx, claimed)
     if twin is not None:
