@@ -124,6 +124,25 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     if floor > 0 and ctx.vector().get(own, 0) >= floor:
         log.warning("own writes up to the restore floor are back; leaving restore mode")
         ctx.connection.execute("UPDATE _syncmesh_state SET restore_floor = 0")
+        _close_gaps_below(ctx, floor)
+
+
+def _close_gaps_below(ctx: StoreContext, floor: int) -> None:
+    """Own writes up to `floor` are back: no gap may call a claim up to it lost again.
+
+    A gap says "this file issued no own stamp here"; a claim inside it was
+    a lost write.  Once restore mode ends, every own write up to the floor
+    is held again, but the gap is still there: a peer's entry for us that
+    stays at a recovered stamp (we wrote nothing since, so nothing moves it
+    on) started restore mode again at every HELLO and batch, each time with
+    a new incarnation, and the cluster never settled (found by the chaos
+    `restore` fault under load, issue 12).  Gaps now begin at the floor.
+    """
+    ctx.connection.execute("DELETE FROM _syncmesh_runs WHERE run_start <= ? + 1", (floor,))
+    ctx.connection.execute(
+        "UPDATE _syncmesh_runs SET own_floor = ? WHERE own_floor < ?", (floor, floor)
+    )
+    ctx.own_floor = max(ctx.own_floor, min(floor, ctx.run_start))
 
 
 def drift_bound(ctx: StoreContext) -> int:
