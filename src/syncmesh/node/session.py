@@ -592,24 +592,6 @@ class Session:
             vector[self.link.site_id] = HLC_MAX
         return vector
 
-    async def _with_held_claim(self, batch: ChangeBatch) -> ChangeBatch:
-        """`batch` whose vector claims the peer's writes as far as we know them held.
-
-        Only for a peer recovering from a restore (its PULL asked for its own
-        writes): it leaves restore mode once a batch's claim on its writes
-        reaches its restore floor.  Our vector stays below a row of its that
-        we hold only in quarantine, maybe for good (a UNIQUE collision), while
-        the restore was detected from our `held` claim above it; this batch
-        follows everything we hold of it, so it may say so (ADR 0006,
-        residual risk 4).
-        """
-        assert batch.vector is not None
-        held = await self._host.worker.call(self._host.store.held_claims)
-        site = self.link.site_id
-        if held.get(site, 0) <= batch.vector.get(site, 0):
-            return batch
-        return dataclasses.replace(batch, vector={**batch.vector, site: held[site]})
-
     async def _send_loop(self, pull: Pull) -> None:
         host, store, worker = self._host, self._host.store, self._host.worker
         config = host.config
@@ -650,8 +632,6 @@ class Session:
                     raise
                 host.note_feed_read(None)
             batch = self._within_receive_rights(batch)
-            if self._own_writes_wanted and batch.vector is not None:
-                batch = await self._with_held_claim(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
                 # Caught up: the node reads our next batch in the same trip to
                 # the store thread as its next capture (one hop less per write).
