@@ -96,32 +96,32 @@ def _row_check_cost(
 ) -> tuple[float, float]:
     """Fastest `read_batch` of the whole feed with, and without, the per-row shadow check.
 
-    The check (`feed._sound_rows`, issue 12: a corrupt shadow row is held
+    The check (`feed.sound_rows`, issue 12: a corrupt shadow row is held
     back instead of wedging the feed) runs on every row that leaves a node;
     this measures what it costs, in the same process on the same file,
     runs interleaved so that load on the machine hits both alike.
     """
-    sound_rows = feed._sound_rows
+    sound_rows = feed.sound_rows
     checked, unchecked = float("inf"), float("inf")
     try:
         for _ in range(ROW_CHECK_REPEATS):
-            feed._sound_rows = sound_rows
+            feed.sound_rows = sound_rows
             started = time.perf_counter()
             source.read_batch(0, vector, rows_count)
             checked = min(checked, time.perf_counter() - started)
-            feed._sound_rows = _unchecked
+            feed.sound_rows = _unchecked
             started = time.perf_counter()
             source.read_batch(0, vector, rows_count)
             unchecked = min(unchecked, time.perf_counter() - started)
     finally:
-        feed._sound_rows = sound_rows
+        feed.sound_rows = sound_rows
     return checked, unchecked
 
 
 def _unchecked(
     ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]], sites_count: int
 ) -> list[list[SqlValue]]:
-    """`feed._sound_rows` without its check (every row passes)."""
+    """`feed.sound_rows` without its check (every row passes)."""
     del ctx, table, sites_count
     return rows
 

@@ -66,7 +66,7 @@ def read_batch(
             shape = table.shape
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
-            read = _sound_rows(ctx, table, read, len(all_sites))
+            read = sound_rows(ctx, table, read, len(all_sites))
             read = _faithful_rows(ctx, table, read)
             clear_unstamped_values(read, table.key_count)
             kept = missing_rows(
@@ -122,7 +122,7 @@ REPAIR_BY_WRITING = (
 )
 
 
-def _sound_rows(
+def sound_rows(
     ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]], sites_count: int
 ) -> list[list[SqlValue]]:
     """`rows` without any whose shadow fields are not what the store writes (reported).
