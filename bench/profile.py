@@ -20,12 +20,15 @@ from typing import Any, TypeVar
 
 from bench.common import INSERT_SQL, TXN_ROWS, connected, make_rows
 from bench.nodes import prepare_database
-from syncmesh.model import ChangeBatch
+from syncmesh.model import ChangeBatch, SqlValue
 from syncmesh.protocol import Batch, decode, encode
-from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite import SqliteStore, feed
+from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.table import TableSql
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOP = 12
+ROW_CHECK_REPEATS = 7  # read_batch with and without the feed's row check, interleaved
 T = TypeVar("T")
 
 
@@ -72,6 +75,9 @@ def _pipeline(directory: Path, rows_count: int, stages: _Stages) -> None:
             stages.profiles["capture"] = profiler
         batch = stages.run("read_batch", lambda: source.read_batch(0, target.vector(), rows_count))
         assert len(batch.rows) == rows_count, len(batch.rows)
+        if not stages.profile:
+            checked, unchecked = _row_check_cost(source, target.vector(), rows_count)
+            stages.seconds["row_check_on"], stages.seconds["row_check_off"] = checked, unchecked
         frame = stages.run("encode", lambda: encode(Batch(batch)))
         message = stages.run("decode", lambda: decode(frame))
         assert isinstance(message, Batch)
@@ -83,6 +89,41 @@ def _pipeline(directory: Path, rows_count: int, stages: _Stages) -> None:
     finally:
         source.close()
         target.close()
+
+
+def _row_check_cost(
+    source: SqliteStore, vector: dict[str, int], rows_count: int
+) -> tuple[float, float]:
+    """Fastest `read_batch` of the whole feed with, and without, the per-row shadow check.
+
+    The check (`feed.sound_rows`, issue 12: a corrupt shadow row is held
+    back instead of wedging the feed) runs on every row that leaves a node;
+    this measures what it costs, in the same process on the same file,
+    runs interleaved so that load on the machine hits both alike.
+    """
+    sound_rows = feed.sound_rows
+    checked, unchecked = float("inf"), float("inf")
+    try:
+        for _ in range(ROW_CHECK_REPEATS):
+            feed.sound_rows = sound_rows
+            started = time.perf_counter()
+            source.read_batch(0, vector, rows_count)
+            checked = min(checked, time.perf_counter() - started)
+            feed.sound_rows = _unchecked
+            started = time.perf_counter()
+            source.read_batch(0, vector, rows_count)
+            unchecked = min(unchecked, time.perf_counter() - started)
+    finally:
+        feed.sound_rows = sound_rows
+    return checked, unchecked
+
+
+def _unchecked(
+    ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]], sites_count: int
+) -> list[list[SqlValue]]:
+    """`feed.sound_rows` without its check (every row passes)."""
+    del ctx, table, sites_count
+    return rows
 
 
 def _top(profile: cProfile.Profile) -> list[dict[str, Any]]:
@@ -116,6 +157,13 @@ def run(rows_count: int, log: Callable[[str], None]) -> dict[str, Any]:
         "stages": {},
     }
     profiled.seconds.pop("frame_bytes", None)
+    checked, unchecked = timed.seconds.pop("row_check_on"), timed.seconds.pop("row_check_off")
+    report["feed_row_check"] = {
+        "read_batch_s": checked,
+        "read_batch_without_check_s": unchecked,
+        "ratio": checked / unchecked,
+        "us_per_row": (checked - unchecked) / rows_count * 1e6,
+    }
     total = sum(timed.seconds.values())
     print(f"one batch of {rows_count:,} rows ({report['frame_bytes']:,} bytes on the wire):")
     for stage, seconds in timed.seconds.items():
@@ -130,6 +178,11 @@ def run(rows_count: int, log: Callable[[str], None]) -> dict[str, Any]:
             "top_own_time": _top(profile),
         }
     print(f"  {'total':<12} {total * 1000:8.1f} ms  {total / rows_count * 1e6:6.1f} us/row")
+    print(
+        f"feed's per-row shadow check: read_batch {checked * 1000:.1f} ms with it,"
+        f" {unchecked * 1000:.1f} ms without (fastest of {ROW_CHECK_REPEATS} each):"
+        f" x{checked / unchecked:.3f}, {(checked - unchecked) / rows_count * 1e6:.2f} us/row"
+    )
     for stage, entry in report["stages"].items():
         print(f"\n{stage}: top functions by own time (cProfile)")
         for item in entry["top_own_time"]:

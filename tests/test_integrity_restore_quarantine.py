@@ -8,11 +8,13 @@ liveness).  Restore detection compares a peer's HELLO claim about our own
 writes with what our file holds; the peers had quarantined an earlier row of
 ours (a UNIQUE collision), and a quarantined row caps the vector below its
 stamp, so their claim about our writes stayed below the copy and nothing was
-detected.  Not fixed yet: a strict xfail.  A fix tried on the branch (HELLO
-claiming, per site, the greatest entry reaching-head batches showed, not
-capped by the quarantine) made this test pass but let RestoreMachine
-(tests/test_integrity_restore_stateful.py, 300 examples x 40 steps) find two
-divergences after a clock moved back 100 s and two restores; it was left out.
+detected.  The fix: HELLO also carries `held`, per site the greatest entry
+reaching-head batches showed before the quarantine's cap, and the restore
+check reads our entry of it (ADR 0006, residual risk 4).  `held` is a field
+of its own: HELLO's vector, which membership and tombstone collection read
+too, stays capped.  The restored node stays in restore mode until a peer's
+vector (not its `held` claim) reaches the floor, which p's does only once
+the collision is resolved.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import contextlib
 import shutil
 import sqlite3
 from pathlib import Path
-
-import pytest
 
 from syncmesh.transport.memory import MemoryNetwork
 from tests.helpers import wait_until
@@ -59,13 +59,6 @@ def put_back(copy: Path, target: Path) -> None:
     shutil.copy(copy, target)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, found by the chaos restore fault: a peer's vector entry for us is capped"
-    " below a row of ours it holds in quarantine (a UNIQUE collision before our copy), so its"
-    " HELLO claims nothing beyond the copy, no restore is detected, and our writes after the"
-    " copy that the peer holds never come back",
-)
 async def test_restore_fault_a_quarantined_collision_does_not_hide_the_lost_writes(
     tmp_path: Path,
 ) -> None:
@@ -100,3 +93,4 @@ async def test_restore_fault_a_quarantined_collision_does_not_hide_the_lost_writ
                 TIMEOUT_S,
                 "the restored node to get back the write p held",
             )
+            assert not held(p_db, "from-n")  # the collision still waits at p

@@ -115,9 +115,10 @@ class RestoreMachine(SyncMachine):
     # -- sessions as real ones start ----------------------------------------------
 
     def _meet(self, source: SqliteStore, target: SqliteStore) -> None:
-        """What `target` does with `source`'s HELLO: the restore check, then cursor upkeep."""
+        """What `target` does with `source`'s HELLO: the restore check (of its vector and
+        its `held` claims), then cursor upkeep."""
         try:
-            if target.note_peer_vector(source.vector()):
+            if target.note_peer_vector(source.vector(), source.held_claims()):
                 event("restore detected")
         except ClockDriftError:
             event("hello refused: a claim from the future")  # the session would end here

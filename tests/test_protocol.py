@@ -100,6 +100,7 @@ messages = st.one_of(
         vectors,
         schema=st.dictionaries(names, table_schemas(), max_size=3),
         membership=st.none() | memberships,
+        held=vectors,
     ).flatmap(
         # The receive limits: both said, or neither (a peer from before them).
         lambda hello: st.one_of(
@@ -414,3 +415,16 @@ def test_zip_bomb_is_refused() -> None:
 def test_random_bytes_never_crash_the_decoder(frame: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode(frame)
+
+
+def test_hello_held_claims_travel_and_are_optional() -> None:
+    """HELLO's `held` (issue 12, ADR 0006 residual risk 4): a vector, absent from older peers."""
+    decoded = decode(_frame(_hello()))
+    assert isinstance(decoded, Hello)
+    assert decoded.held == {}
+    assert "held" not in _plain(encode(decoded))
+    claimed = decode(_frame(_hello(held={"site-a": 7})))
+    assert isinstance(claimed, Hello)
+    assert claimed.held == {"site-a": 7}
+    with pytest.raises(ProtocolError, match="hello's held: version vector entry"):
+        decode(_frame(_hello(held={"site-a": -1})))

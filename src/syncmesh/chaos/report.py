@@ -48,6 +48,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     orders = sum(r.tally.orders for r in results)
     failed = sum(r.failed_writes for r in results)
     restore_exempt = sum(r.writes_restore_exempt for r in results)
+    held_at_restore = sum(r.rows_held_at_restore for r in results)
     quarantined = sum(r.writes_quarantined for r in results)
     wire = sum(r.bytes_on_wire for r in results)
     applied = sum(r.changes_applied for r in results)
@@ -63,6 +64,12 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         + (
             f"; taken back by a restore before anyone held them: {restore_exempt}"
             if restore_exempt
+            else ""
+        )
+        + (
+            f"; rows another node held that a restore took back (to be recovered):"
+            f" {held_at_restore}"
+            if held_at_restore
             else ""
         )
         + (

@@ -76,6 +76,11 @@ CONNECT_TIMEOUT_S = 30.0
 QUIESCE_POLL_S = 0.5
 FLAP_INTERVAL_S = (0.2, 1.0)
 RESET_INTERVAL_S = (0.3, 1.5)
+# A `restore` puts the copy back once another node holds a row the node wrote
+# since the copy (so every restore takes back something to recover, however
+# loaded the machine), or after this much longer than drawn.
+RESTORE_HELD_WAIT_S = 60.0
+RESTORE_HELD_POLL_S = 0.1
 RESET_AFTER_BYTES = (1, 64 * 1024)
 ECHO_BYTES_PER_CHANGE_MAX = 4096
 VERIFY_SETTLE_S = 0.3  # nothing is written after quiescence: one short re-read suffices
@@ -113,6 +118,9 @@ class ScheduleResult:
     restores: int = 0
     migration: str = ""  # the plan of the schedule's `migrate` fault, if any
     writes_restore_exempt: int = 0  # made at a restored node after its copy, held nowhere else
+    # Rows holding a cell the restored node wrote after its copy, held by another
+    # node when the copy was put back: what the restore lost and must get back.
+    rows_held_at_restore: int = 0
     # Judged at a replica whose quarantine holds them: a constraint turned them away there.
     writes_quarantined: int = 0
     torn_samples: int = 0
@@ -142,6 +150,7 @@ class ScheduleResult:
             "restores": self.restores,
             "migration": self.migration,
             "writes_restore_exempt": self.writes_restore_exempt,
+            "rows_held_at_restore": self.rows_held_at_restore,
             "writes_quarantined": self.writes_quarantined,
             "torn_samples": self.torn_samples,
             "resets": self.resets,
@@ -173,6 +182,8 @@ class ScheduleRun:
         self._t0 = 0.0  # when the workload started: fault times count from here
         self._restarts: set[asyncio.Task[None]] = set()
         self.restored: list[_Restored] = []
+        # Per node under a `restore`: its copy and the copy's clock floor.
+        self._copies: dict[str, tuple[Path, int]] = {}
         # The schedule's rolling schema changes: the plan, and when each node's client
         # runs each of its steps.
         self.plan: MigrationPlan | None = None
@@ -298,6 +309,8 @@ class ScheduleRun:
                     await asyncio.sleep(self.rng.uniform(*RESET_INTERVAL_S))
             else:
                 await asyncio.sleep(max(0.0, end - self._since_start()))
+                if fault.kind == "restore":
+                    await self._until_held_elsewhere(self.nodes[fault.nodes[0]])
         finally:
             heal()
 
@@ -335,6 +348,7 @@ class ScheduleRun:
         if kind == "restore":
             copy = self.directory / f"{node.name}.restore-{len(self.restored)}.db"
             floor = _copy_file(node.db, copy)
+            self._copies[node.name] = (copy, floor)
             return lambda: self._restore(node, copy, floor)
         if kind == "pause":
             node.pause()
@@ -363,6 +377,32 @@ class ScheduleRun:
         _rewind_cursors(node.db, cursors)
         self._restart(node)
 
+    async def _until_held_elsewhere(self, node: ChaosNode) -> None:
+        """Wait until another node holds a row `node` wrote since its copy (at most a while).
+
+        Whether a restore takes back anything that must come back depended
+        on timing: under load, the node's writes after the copy had not
+        reached a peer within the fault, the restore lost nothing held, and
+        the evidence that recovery works (`rows_held_at_restore`) was 0 in
+        CI (issue 12).  Waiting for that state makes each restore exercise
+        the recovery, unless the node stays cut off for the whole wait.
+        """
+        copy, floor = self._copies[node.name]
+        site = await asyncio.to_thread(_site_of, copy)
+        deadline = time.monotonic() + RESTORE_HELD_WAIT_S
+        while time.monotonic() < deadline:
+            held = await asyncio.to_thread(self._held_by_others, node)
+            if _rows_written_since(held, site, floor):
+                return
+            await asyncio.sleep(RESTORE_HELD_POLL_S)
+
+    def _held_by_others(self, node: ChaosNode) -> dict[str, Held]:
+        return {
+            other.name: held_by(read_replica(other.name, other.db))
+            for other in self.nodes
+            if other is not node
+        }
+
     def _restore(self, node: ChaosNode, copy: Path, floor: int) -> None:
         """Stop `node`, put the old copy of its file in place, start it again.
 
@@ -373,8 +413,8 @@ class ScheduleRun:
         done with SQLite's own tools.
         """
         node.kill()
-        others = [other for other in self.nodes if other is not node]
-        held = {other.name: held_by(read_replica(other.name, other.db)) for other in others}
+        held = self._held_by_others(node)
+        self.result.rows_held_at_restore += _rows_written_since(held, _site_of(copy), floor)
         _write_file(copy, node.db)
         self.restored.append(_Restored(node.name, floor, held))
         self.result.restores += 1
@@ -712,6 +752,26 @@ def _copy_file(path: Path, copy: Path) -> int:
     finally:
         target.close()
         source.close()
+
+
+def _rows_written_since(held: dict[str, Held], site: str, floor: int) -> int:
+    """Rows other nodes hold with a cell `site` stamped after `floor` (a restore's copy)."""
+    return len(
+        {
+            row
+            for rows in held.values()
+            for row, (_cl, stamps) in rows.items()
+            if any(writer == site and hlc > floor for hlc, writer in stamps.values())
+        }
+    )
+
+
+def _site_of(path: Path) -> str:
+    connection = sqlite3.connect(path)
+    try:
+        return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+    finally:
+        connection.close()
 
 
 def _write_file(copy: Path, path: Path) -> None:

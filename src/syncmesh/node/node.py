@@ -363,6 +363,7 @@ class Node:
                 self.store.membership(),
                 rows_per_message_max=self.config.rows_per_message_max,
                 message_bytes_max=self.config.message_bytes_max,
+                held=self.store.held_claims(),
             )
 
         return await self.worker.call(read)

@@ -392,7 +392,7 @@ class Session:
             raise await self._refuse(refusal)
         self._gossips = hello.membership is not None
         try:
-            restored = await worker.call(store.note_peer_vector, hello.vector)
+            restored = await worker.call(store.note_peer_vector, hello.vector, hello.held)
         except ClockDriftError as exc:
             raise await self._refuse(
                 f"your vector claims writes of ours from the future: {exc}"

@@ -223,6 +223,8 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 }
             if message.membership is not None:
                 hello["mem"] = _membership_plain(message.membership)
+            if message.held:
+                hello["held"] = message.held
             return hello
         case Members():
             return {"t": "members", "mem": _membership_plain(message.membership)}
@@ -461,6 +463,7 @@ def _from_plain(plain: object) -> Message:
             _schema(plain.get("schema")),
             _membership(plain["mem"], "hello") if "mem" in plain else None,
             *_limits(plain.get("lim")),
+            held=_vector(plain["held"], "hello's held") if "held" in plain else {},
         )
     if kind == "refuse":
         return Refuse(_text(plain, "reason", "refuse", REASON_CHARS_MAX))

@@ -85,6 +85,11 @@ class Hello:
     # Optional on the wire, so no version bump.
     rows_per_message_max: int = 0
     message_bytes_max: int = 0
+    # Per site, the greatest of its writes the sender knows held: its vector,
+    # raised where a row it holds only in quarantine caps the vector.  The
+    # receiver checks its own entry for a restore (ADR 0006, residual risk
+    # 4).  Optional on the wire (empty from peers before it), so no version bump.
+    held: dict[str, int] = field(default_factory=dict)
 
 
 # The reason text that starts a refusal of a second session between one pair

@@ -247,8 +247,18 @@ class Store(VerifyStore, Protocol):
         """
         ...
 
-    def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
-        """Detect that this store was restored from an old copy; True if detected now."""
+    def note_peer_vector(
+        self, peer_vector: dict[str, int], peer_held: dict[str, int] | None = None
+    ) -> bool:
+        """Detect that this store was restored from an old copy; True if detected now.
+
+        `peer_held`: the peer's HELLO `held`, which may claim more of our
+        writes than its vector (a row of ours it holds in quarantine caps that).
+        """
+        ...
+
+    def held_claims(self) -> dict[str, int]:
+        """Per site, the greatest of its writes this node knows held (HELLO's `held`)."""
         ...
 
     # -- membership and tombstone collection (ADR 0015) -------------------------

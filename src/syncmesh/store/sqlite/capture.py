@@ -21,12 +21,17 @@ from syncmesh.store.sqlite import vector
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
     ALL_COLUMNS,
+    DIGEST_COLUMN,
+    KEY_HASH_COLUMN,
     MASK_COLUMNS_MAX,
     OP_CHECK,
     OP_DELETE,
     OP_INSERT,
+    OP_UPDATE,
+    slot_mask,
 )
 from syncmesh.store.sqlite.execute import execute_many, execute_one
+from syncmesh.store.sqlite.functions import FOLD_DIGEST_FUNCTION, KEY_HASH_FUNCTION, call_sql
 from syncmesh.store.sqlite.sql_capture import CL_FLOOR_SQL
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, site_code
@@ -240,3 +245,93 @@ def _capture_parameters(
             note(name, hashed & LEAF_MASK, guess)
         parameters.append((alive, deleted, mask, hlc, seq, *key, hashed, guess))
     return parameters
+
+
+def restamp_below_lost_writes(ctx: StoreContext) -> int:
+    """Stamp anew this run's own writes that a detected restore showed to be hidden.
+
+    Inside the caller's transaction; returns the rows stamped.  When the
+    writes a restored file lost were stamped ahead of this run's start,
+    this run may have stamped its own writes below them before a peer told
+    it of the loss (its clock follows the wall clock, which is behind the
+    lost stamps).  Every peer's vector entry for us covers the lost stamps,
+    so it would leave those writes out for good (ADR 0006, residual risk 3;
+    found by `syncmesh chaos` with `skew` and `restore`).  `vector._detect`
+    moved the clock past the claim and noted the window
+    (`ctx.restamp_window`); here every own stamp in it is replaced by a
+    fresh one: a row's causal-length stamp in place (with its digest), and
+    its own cells through the log, as a local write of just those columns
+    (cells other sites wrote keep their stamps).  Each stamp is renewed
+    once: the next window starts above this one.
+    """
+    window, ctx.restamp_window = ctx.restamp_window, None
+    if window is None:
+        return 0
+    low, high = max(window[0], ctx.restamped_through + 1), window[1]
+    if low > high:
+        return 0
+    ctx.restamped_through = high
+    connection = ctx.connection
+    hlc = ctx.clock.tick()
+    rows = 0
+    for table in ctx.tables.values():
+        rows += _restamp_life_stamps(ctx, table, low, high, hlc)
+        cells = ", ".join(f"s{slot}, h{slot}" for slot in table.slots) or "NULL"
+        own_in_window = " OR ".join(
+            f"(s{slot} = 0 AND h{slot} BETWEEN :low AND :high)" for slot in table.slots
+        )
+        if not own_in_window:
+            continue
+        logged = []
+        for found in connection.execute(
+            f"SELECT {table.names.shadow_keys}, {cells} FROM {table.shadow}"
+            f" WHERE cl % 2 = 1 AND ({own_in_window})",
+            {"low": low, "high": high},
+        ):
+            key, stamps = found[: table.key_count], found[table.key_count :]
+            mask = 0
+            for index, slot in enumerate(table.slots):
+                site, stamp = stamps[2 * index], stamps[2 * index + 1]
+                if site == 0 and stamp is not None and low <= stamp <= high:
+                    if slot >= MASK_COLUMNS_MAX:  # beyond the bits: an entry of its own
+                        logged.append((OP_UPDATE, slot_mask(slot), *key))
+                    else:
+                        mask |= 1 << slot
+            if mask:
+                logged.append((OP_UPDATE, mask, *key))
+        connection.executemany(table.sql_verify.log_insert_sql, logged)
+        rows += len(logged)
+    connection.execute(
+        "UPDATE _syncmesh_state SET seq = max(seq, ?), hlc = max(hlc, ?)", (hlc, hlc)
+    )
+    capture_pending(ctx)
+    if rows:
+        log.warning(
+            "stamped anew %d own stamps of rows written since this file was restored: they lay"
+            " below writes the file lost, which peers hold",
+            rows,
+        )
+    return rows
+
+
+def _restamp_life_stamps(ctx: StoreContext, table: TableSql, low: int, high: int, hlc: int) -> int:
+    """Causal-length stamps of ours in [low, high] become `hlc` (seq too), digests kept exact.
+
+    Equal causal lengths merge to the greater stamp, so peers holding the
+    old one converge on this one.
+    """
+    fields = ["cl", ":hlc", "cl_site"]
+    fields += [column for slot in table.slots for column in (f"h{slot}", f"s{slot}")]
+    sets = ["cl_hlc = :hlc", "seq = :hlc"]
+    if table.sql_capture.digests:
+        keys_hashed = f"coalesce({KEY_HASH_COLUMN}, {KEY_HASH_FUNCTION}({table.names.shadow_keys}))"
+        folded = call_sql(
+            FOLD_DIGEST_FUNCTION, [":name", DIGEST_COLUMN, "NULL", keys_hashed], fields
+        )
+        sets.append(f"{DIGEST_COLUMN} = {folded}")
+    cursor = ctx.connection.execute(
+        f"UPDATE {table.shadow} SET {', '.join(sets)}"
+        " WHERE cl_site = 0 AND cl_hlc BETWEEN :low AND :high",
+        {"hlc": hlc, "low": low, "high": high, "name": table.spec.name},
+    )
+    return cursor.rowcount

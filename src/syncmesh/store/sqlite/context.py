@@ -63,6 +63,12 @@ class StoreContext:
     # True once this run's gap (own_floor, run_start) is in `_syncmesh_runs`
     # (written with the run's first own stamp; vector.set_own).
     run_recorded: bool = False
+    # (low, high): own stamps of this run that a detected restore showed to
+    # lie at or below writes the file lost, to be stamped anew
+    # (vector._detect sets it, capture.restamp_below_lost_writes does it).
+    restamp_window: tuple[int, int] | None = None
+    # The greatest own stamp of this run renewed so far: a window starts above it.
+    restamped_through: int = 0
     # `PRAGMA schema_version` when `schema_problems` were last worked out.
     schema_version: int = -1
     schema_problems: list[str] = field(default_factory=list)

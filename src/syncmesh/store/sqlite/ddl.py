@@ -101,6 +101,18 @@ CREATE TABLE IF NOT EXISTS _syncmesh_runs (
 )
 """
 
+# Per site, the greatest vector entry a reaching-head batch showed, before
+# the quarantine's cap (vector.merge).  Not a vector: it claims no holding.
+# It is what HELLO tells a site of its own writes (`held`), so that a row
+# of its held here only in quarantine cannot hide a restore of its file
+# (docs/adr/0006-restore-detection.md, residual risk 4).
+SEEN_DDL = """
+CREATE TABLE IF NOT EXISTS _syncmesh_seen (
+    site_id TEXT PRIMARY KEY,
+    hlc INTEGER NOT NULL
+)
+"""
+
 # Waiting cells (docs/adr/0013-schema-evolution.md, "Mixed schema
 # versions"): cells of a tracked table's column this node does not have
 # (yet), kept with their stamps and merged when the column appears.  One

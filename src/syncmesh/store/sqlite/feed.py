@@ -66,7 +66,7 @@ def read_batch(
             shape = table.shape
             sql, params = table.sql_feed.feed_uncovered_sql(bounds)
             read = [list(row) for row in ctx.connection.execute(sql, (from_seq, upper, *params))]
-            read = _sound_rows(ctx, table, read, len(all_sites))
+            read = sound_rows(ctx, table, read, len(all_sites))
             read = _faithful_rows(ctx, table, read)
             clear_unstamped_values(read, table.key_count)
             kept = missing_rows(
@@ -122,7 +122,7 @@ REPAIR_BY_WRITING = (
 )
 
 
-def _sound_rows(
+def sound_rows(
     ctx: StoreContext, table: TableSql, rows: list[list[SqlValue]], sites_count: int
 ) -> list[list[SqlValue]]:
     """`rows` without any whose shadow fields are not what the store writes (reported).
@@ -139,9 +139,12 @@ def _sound_rows(
     sound: list[list[SqlValue]] = []
     for row in rows:
         problem = row_problem(row, keys, sites_count)
+        if problem is None and not ctx.row_problems:
+            sound.append(row)  # the common case: no key text is built for it
+            continue
         problem_key = (table.spec.name, ", ".join(repr(value) for value in row[:keys]))
         if problem is None:
-            if ctx.row_problems and problem_key in ctx.row_problems:
+            if problem_key in ctx.row_problems:
                 ctx.row_problems.pop(problem_key)
                 log.warning("row of table %r, key (%s) is sound again: shipped", *problem_key)
             sound.append(row)

@@ -29,6 +29,7 @@ from syncmesh.store.sqlite.ddl import (
     LIFECYCLE_DDL,
     PASTS_COLUMN,
     RUNS_DDL,
+    SEEN_DDL,
     WAITING_DDL,
     trigger_name,
 )
@@ -162,6 +163,12 @@ def upgrade(ctx: StoreContext) -> None:
     if runs is None:
         with ctx.transaction():
             ctx.connection.execute(RUNS_DDL)
+    seen = ctx.connection.execute(
+        "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_seen'"
+    ).fetchone()
+    if seen is None:
+        with ctx.transaction():
+            ctx.connection.execute(SEEN_DDL)
     waiting = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_parked'"
     ).fetchone()
@@ -254,6 +261,8 @@ def init(ctx: StoreContext) -> None:
             + CONFLICT_LEDGER_DDL
             + ";"
             + RUNS_DDL
+            + ";"
+            + SEEN_DDL
             + ";"
             + WAITING_DDL
             + ";"

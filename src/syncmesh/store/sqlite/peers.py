@@ -88,5 +88,22 @@ def apply_batch(
         )
         if batch.vector is not None and adopt_vector:
             vector.merge(ctx, batch.vector)
+            capture.restamp_below_lost_writes(ctx)  # if the merge's restore check asked
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
+
+
+def note_peer_vector(
+    ctx: StoreContext, peer_vector: dict[str, int], peer_held: dict[str, int] | None = None
+) -> bool:
+    """The restore check of a peer's HELLO (`vector.note_peer`); True if detected now.
+
+    Then own writes of this run that the lost ones hide from peers are
+    stamped anew (`capture.restamp_below_lost_writes`), before any of our
+    feed is read for the peer.
+    """
+    first = vector.note_peer(ctx, peer_vector, peer_held)
+    if ctx.restamp_window is not None:
+        with ctx.transaction():
+            capture.restamp_below_lost_writes(ctx)
+    return first

@@ -332,7 +332,9 @@ class SqliteStore:
         self._follow_ddl()
         return peers.apply_batch(self.context, peer_site_id, batch, adopt_vector=adopt_vector)
 
-    def note_peer_vector(self, peer_vector: dict[str, int]) -> bool:
+    def note_peer_vector(
+        self, peer_vector: dict[str, int], peer_held: dict[str, int] | None = None
+    ) -> bool:
         """Detect that this file was restored from an old copy; True if detected now.
 
         A peer holding own-site writes beyond what our vector claims means we
@@ -340,8 +342,17 @@ class SqliteStore:
         our clock jumps past them (new writes must win over the lost ones),
         our vector stops claiming own writes until peers return them, and a
         new incarnation tells every peer to re-read our feed from the start.
+        `peer_held`: the peer's HELLO `held` (`held_claims`), if it sent one.
         """
-        return vector.note_peer(self.context, peer_vector)
+        return peers.note_peer_vector(self.context, peer_vector, peer_held)
+
+    def held_claims(self) -> dict[str, int]:
+        """Per site, the greatest of its writes this node knows held: HELLO's `held`.
+
+        The vector, raised where a row held only in quarantine caps it
+        (ADR 0006, residual risk 4).
+        """
+        return vector.held_claims(self.context)
 
     # -- membership and tombstone collection (lifecycle.py, ADR 0015) -------------
 

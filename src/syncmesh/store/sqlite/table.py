@@ -333,8 +333,13 @@ def row_problem(row: list[SqlValue], keys: int, sites_count: int) -> str | None:
     Another program can write anything into a shadow table (issue 12): the
     feed holds such a row back and the apply quarantines a peer's row for
     its key, instead of failing on it (and on everything after it).  The
-    common case costs a few type checks per cell.
+    common case costs a few type checks per cell: it runs for every row
+    that leaves a node, so a sound row is passed by `_is_plainly_sound`
+    (no call per cell; `python -m bench profile` reports the cost), and only
+    the others get the checks that name the problem.
     """
+    if _is_plainly_sound(row, keys, sites_count):
+        return None
     cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
     if type(cl) is not int or not 0 < cl <= INT64_MAX:
         return f"has causal length {cl!r:.40}, not a positive integer"
@@ -352,6 +357,37 @@ def row_problem(row: list[SqlValue], keys: int, sites_count: int) -> str | None:
         if problem is not None:
             return problem
     return None
+
+
+def _is_plainly_sound(row: list[SqlValue], keys: int, sites_count: int) -> bool:
+    """True for a sound row whose cells are all stamped and have no past.
+
+    The feed's common case, in one loop of inline tests (half the time of
+    the checks that name a problem).  False does not mean unsound: the
+    caller then checks field by field.
+    """
+    cl, cl_hlc, cl_site = row[keys], row[keys + 1], row[keys + 2]
+    if not (
+        type(cl) is int
+        and type(cl_hlc) is int
+        and type(cl_site) is int
+        and 0 < cl <= INT64_MAX
+        and 0 <= cl_hlc <= INT64_MAX
+        and 0 <= cl_site < sites_count
+    ):
+        return False
+    for at in range(keys + 3, len(row), CELL_FIELDS):
+        hlc, site = row[at + 1], row[at + 2]
+        if (
+            type(hlc) is int
+            and type(site) is int
+            and 0 <= hlc <= INT64_MAX
+            and 0 <= site < sites_count
+            and row[at + 3] is None
+        ):
+            continue
+        return False
+    return True
 
 
 def _stamp_problem(hlc: SqlValue, site: SqlValue, sites_count: int, where: str) -> str | None:

@@ -107,6 +107,13 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
         # against the stretches in which they issued none (`_gap_floor`).
         if hlc > bound:
             continue
+        if site != own:
+            # Before the cap: what this site wrote, as far as anyone holds it.
+            ctx.connection.execute(
+                "INSERT INTO _syncmesh_seen (site_id, hlc) VALUES (?, ?)"
+                " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+                (site, hlc),
+            )
         capped = min(hlc, caps.get(site, hlc))
         ctx.connection.execute(
             "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES (?, ?)"
@@ -117,6 +124,25 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     if floor > 0 and ctx.vector().get(own, 0) >= floor:
         log.warning("own writes up to the restore floor are back; leaving restore mode")
         ctx.connection.execute("UPDATE _syncmesh_state SET restore_floor = 0")
+        _close_gaps_below(ctx, floor)
+
+
+def _close_gaps_below(ctx: StoreContext, floor: int) -> None:
+    """Own writes up to `floor` are back: no gap may call a claim up to it lost again.
+
+    A gap says "this file issued no own stamp here"; a claim inside it was
+    a lost write.  Once restore mode ends, every own write up to the floor
+    is held again, but the gap is still there: a peer's entry for us that
+    stays at a recovered stamp (we wrote nothing since, so nothing moves it
+    on) started restore mode again at every HELLO and batch, each time with
+    a new incarnation, and the cluster never settled (found by the chaos
+    `restore` fault under load, issue 12).  Gaps now begin at the floor.
+    """
+    ctx.connection.execute("DELETE FROM _syncmesh_runs WHERE run_start <= ? + 1", (floor,))
+    ctx.connection.execute(
+        "UPDATE _syncmesh_runs SET own_floor = ? WHERE own_floor < ?", (floor, floor)
+    )
+    ctx.own_floor = max(ctx.own_floor, min(floor, ctx.run_start))
 
 
 def drift_bound(ctx: StoreContext) -> int:
@@ -124,7 +150,25 @@ def drift_bound(ctx: StoreContext) -> int:
     return pack(ctx.clock.physical_ms() + ctx.clock.drift_ms_max, COUNTER_MAX)
 
 
-def note_peer(ctx: StoreContext, peer_vector: dict[str, int]) -> bool:
+def held_claims(ctx: StoreContext) -> dict[str, int]:
+    """Per site, the greatest of its writes this node knows to be held: HELLO's `held`.
+
+    Our vector, raised by the entries reaching-head batches showed before
+    the quarantine's cap (`_syncmesh_seen`).  The vector must stay below a
+    row we hold only in quarantine, or a peer adopting it would never be
+    sent that row; but for the restore check of the row's site, the writes
+    of that site we do hold count (ADR 0006, residual risk 4: a UNIQUE
+    collision at a peer hid a restore, and the writes after it stayed lost).
+    """
+    claims = ctx.vector()
+    for site, hlc in ctx.connection.execute("SELECT site_id, hlc FROM _syncmesh_seen"):
+        claims[site] = max(claims.get(site, 0), int(hlc))
+    return claims
+
+
+def note_peer(
+    ctx: StoreContext, peer_vector: dict[str, int], peer_held: dict[str, int] | None = None
+) -> bool:
     """Detect that this file was restored from an old copy; True if detected now.
 
     A peer holding own-site writes beyond what our vector claims means we
@@ -132,9 +176,11 @@ def note_peer(ctx: StoreContext, peer_vector: dict[str, int]) -> bool:
     our clock jumps past them (new writes must win over the lost ones),
     our vector stops claiming own writes until peers return them, and a
     new incarnation tells every peer to re-read our feed from the start.
+    The claim is the peer's vector entry for us, or its `held` entry
+    (`held_claims`) when greater.
     """
     own = ctx.site_id()
-    claimed = peer_vector.get(own, 0)
+    claimed = max(peer_vector.get(own, 0), (peer_held or {}).get(own, 0))
     ctx.clock.check(claimed, own)  # a claim from the future is a broken or hostile peer
     twin = _twin_claim(ctx, claimed)
     if twin is not None:
@@ -201,6 +247,19 @@ def _detect(ctx: StoreContext, claimed: int) -> bool:
             "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?", (gap_floor, own)
         )
     ctx.clock.restore(claimed)
+    if claimed >= ctx.run_start:
+        # The lost writes were stamped ahead of this run's start (the wall
+        # clock is behind them: the run that lost them followed a peer's
+        # clock ahead of ours).  This run's own writes stamped up to the
+        # claim are covered by every peer's vector entry for us, which
+        # includes the lost ones: peers would take them for writes they
+        # hold.  They are stamped anew, past the claim, right after the
+        # check (capture.restamp_below_lost_writes, called by peers.py;
+        # ADR 0006, residual risk 3; issue 12).
+        low, high = ctx.run_start, claimed
+        if ctx.restamp_window is not None:
+            high = max(high, ctx.restamp_window[1])
+        ctx.restamp_window = (low, high)
     state = ctx.state()
     first = state["restore_floor"] == 0
     ctx.connection.execute(
