@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import signal
 import sqlite3
 import tempfile
 import threading
@@ -367,10 +366,7 @@ class RunFigures:
 
 def _kill_one_server(servers: NatsCluster) -> Callable[[], None]:
     def kill() -> None:
-        process = servers.servers[-1].process
-        assert process is not None
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        servers.servers[-1].stop()  # SIGKILL, as a crash
 
     return kill
 
@@ -389,10 +385,10 @@ def run_layout(
         bulk = measure_bulk(fleet, rows, midway)
         not_converged = sites_not_converged(fleet)
         rss = sorted(process_peak_rss_mb(node.pid) for node in fleet.sites.values())
-    if layout == "nats-kill" and servers is not None:
-        killed = servers.servers[-1]
-        killed.start()
-        servers.wait_ready()
+        if midway is not None and servers is not None:
+            # Back before the stream is deleted and the next layout starts.
+            servers.servers[-1].start()
+            servers.wait_ready()
     thousands = max(len(rows), 1) / 1000
     busiest = max(bulk.cpu_s, key=lambda label: bulk.cpu_s[label])
     return RunFigures(
