@@ -415,6 +415,62 @@ def test_a_gap_is_closed_from_the_compacted_state_stream(
     assert b.health()[0] == 200
 
 
+def test_a_site_with_no_message_left_in_the_stream_is_not_skipped(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a site all of whose messages the stream dropped still reaches a new site.
+
+    Method: the changes stream keeps 3 messages in all; a publishes 2, then
+    c publishes 5, so none of a's is left.  b starts with only the NATS
+    addresses: no message names a, so only the state stream can tell b of
+    it.  b must hold a's and c's rows, and say for a that it merged its
+    state with no message left (status and log); a's next write must
+    then reach b and give a a position (a gap closed the ordinary way).
+    """
+    fleet = fleet_name()
+    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    c = nats_node(cluster, "c", nats_cluster, fleet)
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a, c)
+    _publish_one_by_one(
+        cluster, nats_cluster, a, [f"INSERT INTO items VALUES ('a{i}', 'n', {i})" for i in range(2)]
+    )
+    _publish_one_by_one(
+        cluster, nats_cluster, c, [f"INSERT INTO items VALUES ('c{i}', 'n', {i})" for i in range(5)]
+    )
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: row_count(b.db, "items") == 7,
+        CONVERGE_S,
+        "b to hold a's and c's rows",
+        describe(cluster, nats_cluster),
+    )
+    sites = {site["site_id"]: site for site in fleet_of(b)["sites"]}
+    assert sites[site_id(a)]["bootstrap"].startswith("merged from the compacted state stream"), (
+        sites
+    )
+    assert "no message of the site is left" in sites[site_id(a)]["bootstrap"]
+    assert f"site {site_id(a)} has a state in" in b.log_text()
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('a-later', 'n', 9)")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items WHERE id = 'a-later'") == [("a-later",)],
+        CONVERGE_S,
+        "a's next write to reach b",
+        describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: any(
+            site["site_id"] == site_id(a) and site["cursor"] == fleet_of(a)["published_seq"]
+            for site in fleet_of(b)["sites"]
+        ),
+        CONVERGE_S,
+        "b to take a position on a's chain",
+        describe(cluster, nats_cluster),
+    )
+    assert fleet_of(b)["gaps"] == []
+
+
 def test_a_gap_the_state_stream_cannot_close_stays_reported(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:

@@ -132,6 +132,9 @@ class _Site:
     bootstrap_rows: int = 0
     bootstrap_error: str = ""  # why the gap could not be closed yet
     bootstrap_after_ms: int = 0  # not tried again before this
+    # Known only from its marker in the state stream: the changes stream holds
+    # none of its messages, so no message will ever show us a gap.
+    unseen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,6 +618,9 @@ class Fleet:
         gap stays, reported with the reason: never skipped in silence.
         """
         link, site_id = self._link, site.site_id
+        if site.unseen:
+            await self._merge_unseen(site)
+            return
         found = await self._state_snapshot(site_id)
         if isinstance(found, str):
             site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
@@ -640,6 +646,32 @@ class Fleet:
             f" {last.stream_seq})"
         )
         log.warning("fleet: site %s %s", site_id, site.bootstrap)
+        self._host.feed_advanced()
+
+    async def _merge_unseen(self, site: _Site) -> None:
+        """Merge the state of a site with no message in the changes stream; no position.
+
+        With no message there is no chain end to take as a position: the
+        site's next message shows a gap (its `from` past our 0), which the
+        ordinary bootstrap then closes with a position.  Merging now is
+        safe (the merge is a join) and brings its rows without waiting.
+        """
+        messages = await self._link.read_state(site.site_id)
+        marker = next((m for m in messages if m.subject.endswith("." + STATE_MARKER)), None)
+        if marker is None:  # purged since we listed it: look again later
+            site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
+            return
+        rows = await self._merge_state(site, [m for m in messages if m is not marker])
+        self._bootstraps += 1
+        site.unseen = False
+        site.gap = site.bootstrap_error = ""
+        site.bootstrap_rows = rows
+        site.bootstrap = (
+            f"merged from the compacted state stream {self._link.state_stream_name}:"
+            f" {rows} rows (no message of the site is left in the changes stream; its next"
+            " message sets the position)"
+        )
+        log.warning("fleet: site %s %s", site.site_id, site.bootstrap)
         self._host.feed_advanced()
 
     async def _state_snapshot(
@@ -719,9 +751,32 @@ class Fleet:
                 site_id = self._link.site_of(subject)
                 if site_id is not None and site_id != self._own:
                     self._site(site_id)
+            await self._find_unseen_sites()
             for site in list(self._sites.values()):
                 await self._look_at(site, position.first_seq, position.consumer_ack_floor)
             await asyncio.sleep(self._config.status_interval_s)
+
+    async def _find_unseen_sites(self) -> None:
+        """Sites with a complete state but no message left in the changes stream: a gap.
+
+        Their messages all aged out (or were dropped) before we ever read
+        one, so neither a message nor `_look_at` would name them: without
+        this their rows would be skipped in silence.  Each is a gap the
+        consume loop closes from the state stream.
+        """
+        for site_id in await self._link.state_sites(STATE_MARKER):
+            if site_id == self._own or site_id in self._sites:
+                continue
+            if not _hex_site(site_id):
+                continue
+            site = self._site(site_id)
+            site.unseen = True
+            site.gap = (
+                f"fleet stream gap: site {site_id} has a state in"
+                f" {self._link.state_stream_name} but no message left in stream"
+                f" {self._link.stream_name}; {GAP_FIX}"
+            )
+            log.error("%s", site.gap)
 
     def _positions_reset(self) -> bool:
         """On the store thread: True if the store reset a fleet position (ADR 0013).
@@ -834,6 +889,11 @@ class _Outcome:
     applied_rows: int = 0
     captured_total: int = 0
     gap_from: int = 0
+
+
+def _hex_site(site_id: str) -> bool:
+    """A site id as `syncmesh init` makes them (hex), not some other subject token."""
+    return bool(site_id) and all(char in "0123456789abcdef" for char in site_id)
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int:

@@ -370,6 +370,25 @@ class JetStreamLink:
             f"{self.state_prefix}{site_id}.{token}", None, self.state_stream_name
         )
 
+    async def state_sites(self, token: str) -> tuple[str, ...]:
+        js = self._jetstream()
+        try:
+            info = await js.stream_info(
+                self.state_stream_name, subjects_filter=f"{self.state_prefix}*.{token}"
+            )
+        except nats.js.errors.NotFoundError:
+            return ()
+        except nats.errors.Error as exc:
+            raise FleetError(self.state_stream_name, f"cannot read the stream: {exc}") from exc
+        prefix = self.state_prefix
+        return tuple(
+            sorted(
+                subject[len(prefix) :].split(".", 1)[0]
+                for subject in info.state.subjects or {}
+                if subject.startswith(prefix)
+            )
+        )
+
     async def read_state(self, site_id: str) -> list[StoredMessage]:
         js = self._jetstream()
         subject = f"{self.state_prefix}{site_id}.>"

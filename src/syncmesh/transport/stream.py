@@ -165,6 +165,10 @@ class FleetLink(Protocol):
         """The message the state stream holds on the site's subject for `token`, if any."""
         ...
 
+    async def state_sites(self, token: str) -> tuple[str, ...]:
+        """The sites that have a message for `token` in the state stream (their markers)."""
+        ...
+
     async def read_state(self, site_id: str) -> list[StoredMessage]:
         """Every message the state stream holds on the site's subjects (one per token)."""
         ...
