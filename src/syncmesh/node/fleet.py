@@ -751,7 +751,10 @@ class Fleet:
                 site_id = self._link.site_of(subject)
                 if site_id is not None and site_id != self._own:
                     self._site(site_id)
-            await self._find_unseen_sites()
+            if position.first_seq > 1:
+                # Only once the stream dropped messages can a site's all be gone; before,
+                # a site with a marker and no message has not published its first yet.
+                await self._find_unseen_sites()
             for site in list(self._sites.values()):
                 await self._look_at(site, position.first_seq, position.consumer_ack_floor)
             await asyncio.sleep(self._config.status_interval_s)
