@@ -20,7 +20,7 @@ from bench.common import Figure, render_table
 RESULTS = Path(__file__).resolve().parent / "results"
 # `all` (and no scenario named) runs these, in this order; `profile` only when named.
 ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "fleet")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -31,7 +31,11 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "mixed_seconds": (60.0, 5.0),
     "idle_seconds": (20.0, 3.0),
     "metadata_rows": (100_000, 5_000),
+    "fleet_rows": (100_000, 2_000),
+    "fleet_writes": (200, 20),
 }
+# Fleet sizes of `fleet` (issue 15): N `serve` processes per layout, on 2 cores.
+FLEET_SITES = ("3,10,30", "3")  # (full, quick)
 
 
 def _log(message: str) -> None:
@@ -73,6 +77,10 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "mixed_ops_per_txn": arguments.mixed_ops,
         "idle_seconds": arguments.idle_seconds,
         "metadata_rows": arguments.metadata_rows,
+        "fleet_sites": arguments.fleet_sites,
+        "fleet_rows": arguments.fleet_rows,
+        "fleet_writes": arguments.fleet_writes,
+        "fleet_kill_server": arguments.fleet_kill_server,
         "quick": arguments.quick,
     }
 
@@ -83,7 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"all (the default), {', '.join(KNOWN)}; profile, verify and metadata only when named",
+        help=(
+            f"all (the default), {', '.join(KNOWN)};"
+            " profile, verify, metadata and fleet only when named"
+        ),
     )
     parser.add_argument(
         "--quick",
@@ -131,6 +142,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metadata-rows", type=int, help="rows per row size, metadata budget (100,000)"
     )
+    parser.add_argument(
+        "--fleet-sites",
+        type=_sizes_list,
+        help="fleet sizes N, comma-separated (3,10,30; --quick: 3)",
+    )
+    parser.add_argument("--fleet-rows", type=int, help="rows of the fleet bulk insert (100,000)")
+    parser.add_argument(
+        "--fleet-writes", type=int, help="paced writes of the fleet latency phase (200)"
+    )
+    parser.add_argument(
+        "--fleet-kill-server",
+        action="store_true",
+        help="also run nats-kill: one nats-server killed halfway through the bulk insert",
+    )
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -144,12 +169,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sizes_list(text: str) -> list[int]:
+    """`3,10,30` -> [3, 10, 30]; each a fleet of at least 2 sites."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"every fleet size must be at least 2: {text!r}")
+    return sizes
+
+
 def _sizes(arguments: argparse.Namespace) -> None:
     """Fill in every size left unset: the issue's, or the quick ones."""
     for option, (full, quick) in SIZES.items():
         if getattr(arguments, option) is None:
             value = quick if arguments.quick else full
             setattr(arguments, option, type(full)(value))
+    if arguments.fleet_sites is None:
+        arguments.fleet_sites = _sizes_list(FLEET_SITES[1] if arguments.quick else FLEET_SITES[0])
 
 
 def scenarios_named(named: list[str]) -> list[str]:
@@ -208,6 +248,17 @@ def _run_scenario(
         from bench import metadata
 
         return metadata.run(repeats, arguments.metadata_rows, _log)
+    if scenario == "fleet":  # issue 15: N sites over NATS JetStream against a WebSocket star
+        from bench import fleet
+
+        return fleet.run(
+            repeats,
+            arguments.fleet_sites,
+            arguments.fleet_rows,
+            arguments.fleet_writes,
+            _log,
+            kill_server=arguments.fleet_kill_server,
+        )
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify
 

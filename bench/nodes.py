@@ -51,6 +51,26 @@ def prepare_database(path: Path) -> None:
         store.close()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is the state (field 3 of stat(5)); utime, stime are fields 14, 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    """Peak resident set of process `pid` (VmHWM in /proc/PID/status), in MiB; 0 elsewhere."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else 0.0
+
+
 class NodeProcess:
     def __init__(self, name: str, directory: Path) -> None:
         self.name = name
@@ -65,7 +85,12 @@ class NodeProcess:
         assert self._process is not None
         return self._process.pid
 
-    def start(self, peer_urls: Sequence[str]) -> None:
+    def start(
+        self,
+        peer_urls: Sequence[str],
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         command = [
             sys.executable,
             "-m",
@@ -79,14 +104,19 @@ class NodeProcess:
         ]
         for url in peer_urls:
             command += ["--peer", url]
+        command += extra_args
         self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None,
         )
 
-    def wait_listening(self) -> str:
+    def wait_listening(self, timeout_s: float = START_TIMEOUT_S) -> str:
         assert self._process is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"node {self.name} exited early:\n{self.log_tail()}")
@@ -104,21 +134,11 @@ class NodeProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (Linux /proc); 0 elsewhere."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        # fields[0] is the state (field 3 of stat(5)); utime, stime are fields 14, 15
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
 
     def peak_rss_mb(self) -> float:
         """The process's peak resident set (VmHWM in /proc/PID/status), in MiB; 0 elsewhere."""
-        try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        found = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
-        return int(found.group(1)) / 1024 if found else 0.0
+        return process_peak_rss_mb(self.pid)
 
     @property
     def port(self) -> int:

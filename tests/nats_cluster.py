@@ -153,8 +153,15 @@ class NatsCluster:
     async def _probe(self) -> None:
         import nats
 
+        async def quiet(_error: Exception) -> None:
+            """A server not up yet is what this probe waits out: no traceback for it."""
+
         client = await nats.connect(
-            servers=self.urls, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0
+            servers=self.urls,
+            connect_timeout=2,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
         )
         try:
             manager = client.jetstream()

@@ -312,32 +312,184 @@ async def _publish_raw(servers: NatsCluster, fleet: str, site: str, frame: bytes
         await client.close()
 
 
-def test_a_gap_in_the_stream_is_detected_and_reported(
+def _publish_one_by_one(
+    cluster: Cluster, servers: NatsCluster, node: NodeProcess, statements: list[str]
+) -> None:
+    """Each statement a transaction of its own, published as a message before the next."""
+    for index, statement in enumerate(statements):
+        sqlite3_shell(node.db, statement)
+        published = index + 1
+        wait_for(
+            lambda: fleet_of(node)["published_messages"] >= published,  # noqa: B023 (waited on here)
+            CONVERGE_S,
+            f"{node.name} to publish message {published}",
+            describe(cluster, servers),
+        )
+
+
+# An insert, an update and a delete that the small stream drops before b reads them.
+GAP_WRITES = [
+    "INSERT INTO items VALUES ('r0', 'n', 0)",
+    "INSERT INTO items VALUES ('r1', 'n', 1)",
+    "UPDATE items SET qty = 99, name = 'updated' WHERE id = 'r0'",
+    "INSERT INTO items VALUES ('r2', 'n', 2)",
+    "DELETE FROM items WHERE id = 'r1'",
+    *(f"INSERT INTO items VALUES ('r{index}', 'n', {index})" for index in range(3, 8)),
+]
+
+
+def test_a_gap_is_closed_from_the_compacted_state_stream(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:
-    """Goal: a node whose position fell behind what the stream retains says so, loudly.
+    """Goal: a new site whose position falls below what the stream retains bootstraps.
 
-    Method: the operator made the stream with a limit of 3 messages; a
-    publishes 8 transactions, one message each, while b has not started;
-    b then starts.  The stream has dropped a's first messages, so b must
-    report the gap: in its status (`fleet.gaps`, naming a), as a 503 from
-    /v1/health with the fix, and in its log at ERROR.  The rows of the
-    messages the stream still holds do arrive.
+    Method: the operator made the changes stream with a limit of 3
+    messages; a publishes 10 transactions (inserts, an update, a delete),
+    one message each, while b has not started.  b starts with only the
+    NATS addresses: the stream has dropped a's first messages (a gap), so b
+    must take a's rows from the compacted state stream (one message per
+    row), end equal to a, say so in its status (the site's `bootstrap`,
+    `bootstraps`) and log, report no gap, and be healthy; a restart must
+    not find the gap again (the position moved past it).
     """
     fleet = fleet_name()
     asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
     a = nats_node(cluster, "a", nats_cluster, fleet)
     b = nats_node(cluster, "b", nats_cluster, fleet)
     cluster.start(a)
-    for index in range(8):
-        sqlite3_shell(a.db, f"INSERT INTO items VALUES ('r{index}', 'n', {index})")
-        published = index + 1
-        wait_for(
-            lambda: fleet_of(a)["published_messages"] >= published,  # noqa: B023 (waited on here)
-            CONVERGE_S,
-            f"a to publish message {published}",
-            describe(cluster, nats_cluster),
-        )
+    _publish_one_by_one(cluster, nats_cluster, a, GAP_WRITES)
+    b.start().wait_until_ready()
+    rows = wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda dump: len(dump) == 7,  # r0..r7 less the deleted r1
+        describe=describe(cluster, nats_cluster),
+    )
+    assert (("r0", "text"), ("updated", "text"), (99, "integer")) in rows
+    assert query(b.db, "SELECT id FROM items WHERE id = 'r1'") == []
+    wait_for(
+        lambda: fleet_of(b)["bootstraps"] == 1,
+        CONVERGE_S,
+        "b to count the bootstrap",
+        describe(cluster, nats_cluster),
+    )
+    fleet_status = fleet_of(b)
+    assert fleet_status["gaps"] == []
+    (site,) = fleet_status["sites"]
+    assert site["site_id"] == site_id(a)
+    assert site["gap"] == ""
+    assert site["bootstrap"].startswith(
+        f"bootstrapped from the compacted state stream SYNCMESH_{fleet.upper()}_STATE"
+    )
+    assert site["cursor"] == fleet_of(a)["published_seq"]
+    log_text = b.log_text()
+    assert "ERROR syncmesh.node.fleet: fleet stream gap" in log_text  # found, then closed
+    assert f"site {site_id(a)} bootstrapped from the compacted state stream" in log_text
+    wait_for(lambda: b.health()[0] == 200, CONVERGE_S, "b to be healthy")
+    # Writes after the bootstrap continue the chain from the position it took.
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('after', 'n', 100)")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items WHERE id = 'after'") == [("after",)],
+        CONVERGE_S,
+        "a's next write to reach b",
+        describe(cluster, nats_cluster),
+    )
+    b.stop()
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: fleet_of(b)["state"] == "streaming" and fleet_of(b)["sites"],
+        CONVERGE_S,
+        "b back on the stream",
+    )
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('after-restart', 'n', 101)")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items WHERE id = 'after-restart'") != [],
+        CONVERGE_S,
+        "a's write after b's restart to reach b",
+        describe(cluster, nats_cluster),
+    )
+    # The status loop has looked at the stream since the restart: still no gap.
+    wait_for(lambda: fleet_of(b)["stream_first_seq"] > 0, CONVERGE_S, "b's status loop")
+    assert fleet_of(b)["gaps"] == []
+    assert b.health()[0] == 200
+
+
+def test_a_site_with_no_message_left_in_the_stream_is_not_skipped(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a site all of whose messages the stream dropped still reaches a new site.
+
+    Method: the changes stream keeps 3 messages in all; a publishes 2, then
+    c publishes 5, so none of a's is left.  b starts with only the NATS
+    addresses: no message names a, so only the state stream can tell b of
+    it.  b must hold a's and c's rows, and say for a that it merged its
+    state with no message left (status and log); a's next write must
+    then reach b and give a a position (a gap closed the ordinary way).
+    """
+    fleet = fleet_name()
+    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    c = nats_node(cluster, "c", nats_cluster, fleet)
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a, c)
+    _publish_one_by_one(
+        cluster, nats_cluster, a, [f"INSERT INTO items VALUES ('a{i}', 'n', {i})" for i in range(2)]
+    )
+    _publish_one_by_one(
+        cluster, nats_cluster, c, [f"INSERT INTO items VALUES ('c{i}', 'n', {i})" for i in range(5)]
+    )
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: row_count(b.db, "items") == 7,
+        CONVERGE_S,
+        "b to hold a's and c's rows",
+        describe(cluster, nats_cluster),
+    )
+    sites = {site["site_id"]: site for site in fleet_of(b)["sites"]}
+    assert sites[site_id(a)]["bootstrap"].startswith("merged from the compacted state stream"), (
+        sites
+    )
+    assert "no message of the site is left" in sites[site_id(a)]["bootstrap"]
+    assert f"site {site_id(a)} has a state in" in b.log_text()
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('a-later', 'n', 9)")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items WHERE id = 'a-later'") == [("a-later",)],
+        CONVERGE_S,
+        "a's next write to reach b",
+        describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: any(
+            site["site_id"] == site_id(a) and site["cursor"] == fleet_of(a)["published_seq"]
+            for site in fleet_of(b)["sites"]
+        ),
+        CONVERGE_S,
+        "b to take a position on a's chain",
+        describe(cluster, nats_cluster),
+    )
+    assert fleet_of(b)["gaps"] == []
+
+
+def test_a_gap_the_state_stream_cannot_close_stays_reported(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a gap the state stream cannot close is never skipped in silence.
+
+    Method: as above, but a's messages in the state stream (its rows and
+    its "complete" marker) are purged before b starts.  b must report the
+    gap: in its status (`fleet.gaps`, naming a and why the bootstrap could
+    not close it), as a 503 from /v1/health, and in its log at ERROR.  The
+    rows of the messages the stream still holds do arrive; a restart
+    reports the gap again.
+    """
+    fleet = fleet_name()
+    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a)
+    _publish_one_by_one(cluster, nats_cluster, a, GAP_WRITES)
+    asyncio.run(_purge_state(nats_cluster, fleet, site_id(a)))
     b.start().wait_until_ready()
     wait_for(
         lambda: query(b.db, "SELECT id FROM items WHERE id = 'r7'") == [("r7",)],
@@ -345,16 +497,24 @@ def test_a_gap_in_the_stream_is_detected_and_reported(
         "b to merge the rows the stream still holds",
         describe(cluster, nats_cluster),
     )
+    wait_for(
+        lambda: any("holds no complete state" in gap for gap in fleet_of(b)["gaps"]),
+        CONVERGE_S,
+        "b to report why the gap stays open",
+        describe(cluster, nats_cluster),
+    )
     gaps = fleet_of(b)["gaps"]
     assert len(gaps) == 1, gaps
     assert site_id(a) in gaps[0]
-    assert "bootstrap" in gaps[0]
-    assert "not implemented yet" in gaps[0]
+    assert fleet_of(b)["bootstraps"] == 0
     code, health = b.health()
     assert code == 503
     assert any("fleet stream gap" in reason for reason in health["reasons"]), health
     assert "ERROR syncmesh.node.fleet: fleet stream gap" in b.log_text()
-    assert row_count(b.db, "items") < 8  # the dropped messages' rows are not here
+    assert f"ERROR syncmesh.node.fleet: fleet: cannot close the gap of site {site_id(a)}" in (
+        b.log_text()
+    )
+    assert query(b.db, "SELECT id FROM items WHERE id = 'r0'") == []  # dropped, not here
     # The position stayed before the gap: a restart finds it again, from the stream.
     b.stop()
     b.start().wait_until_ready()
@@ -365,6 +525,16 @@ def test_a_gap_in_the_stream_is_detected_and_reported(
         describe(cluster, nats_cluster),
     )
     assert b.health()[0] == 503
+
+
+async def _purge_state(servers: NatsCluster, fleet: str, site: str) -> None:
+    client = await nats.connect(servers=servers.urls)
+    try:
+        await client.jetstream().purge_stream(
+            f"SYNCMESH_{fleet.upper()}_STATE", subject=f"syncmesh.{fleet}.state.{site}.>"
+        )
+    finally:
+        await client.close()
 
 
 def test_a_node_on_nats_and_websocket_relays_the_stream_to_its_peer(

@@ -341,6 +341,12 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
             "Messages that were not a readable batch.",
             "undecodable_messages",
         ),
+        (
+            "state_published_rows",
+            "Rows we published to the compacted state stream.",
+            "state_published_rows",
+        ),
+        ("bootstraps", "Gaps closed from the compacted state stream.", "bootstraps"),
     )
     for name, text, field in counters:
         counter = CounterMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)

@@ -155,6 +155,12 @@ _STATUS = {
                 "consumer_ack_pending": {"type": "integer"},
                 "foreign_rows_refused": {"type": "integer"},
                 "gaps": {"type": "array", "items": {"type": "string"}},
+                "state_stream": {
+                    "type": "string",
+                    "description": "the compacted stream gaps are closed from",
+                },
+                "state_published_rows": {"type": "integer"},
+                "bootstraps": {"type": "integer", "description": "gaps closed from it"},
                 "sites": {
                     "type": "array",
                     "items": {
@@ -168,6 +174,12 @@ _STATUS = {
                             "rows_applied": {"type": "integer"},
                             "foreign_rows_refused": {"type": "integer"},
                             "gap": {"type": "string"},
+                            "bootstrap": {
+                                "type": "string",
+                                "description": "how its last gap was closed; empty if never",
+                            },
+                            "bootstrap_rows": {"type": "integer"},
+                            "bootstrap_error": {"type": "string"},
                         },
                     },
                 },

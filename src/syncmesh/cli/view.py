@@ -209,6 +209,9 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
     console.print(sites)
     for gap in fleet["gaps"]:
         console.print(gap, markup=False, style="red")
+    for site in fleet["sites"]:
+        if site.get("bootstrap"):
+            console.print(f"site {site['site_id']}: {site['bootstrap']}", markup=False)
 
 
 def print_live_status(status: dict[str, Any]) -> None:

@@ -26,10 +26,19 @@ docs/adr/0014-nats-stream-model.md is the model; in short:
   fix, the position stays where it was (so a restart finds the gap
   again), and the rows of later messages are merged without moving it
   (`merge_repair_rows`: the merge is idempotent, they do no harm).
-  Closing a gap by a bootstrap is a later step (issue 15).
+  The consume loop then closes it from the compacted state stream (below).
 - **Origins.** Rows on a site's subject that claim another site's write
   are refused (`origin.refuse_foreign`), counted and logged; the rest of
   the message applies.
+- **The compacted state stream.** Before each message, the publisher
+  puts each of its rows on a subject of its own in a second stream that
+  keeps one message per subject: each site's latest copy of each of its
+  rows (a state-based CRDT merges any such copy safely).  A marker says
+  the copies cover the site's whole chain (published once per
+  incarnation, after a backfill from the feed).  A node with a gap merges
+  the site's copies and takes as position the end of the site's newest
+  message, read before the copies; without the marker the gap stays
+  reported, with the reason.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import ProtocolError, StoreError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.config import FleetConfig, NodeConfig
-from syncmesh.node.origin import own_rows, refuse_foreign
+from syncmesh.node.origin import one_row_batches, own_rows, refuse_foreign
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
@@ -62,14 +71,20 @@ HEADER_FROM = "Syncmesh-From"
 HEADER_TO = "Syncmesh-To"
 HEADER_HEAD = "Syncmesh-Head"
 POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
+# The state stream's token of a site's marker: "my state is complete for this
+# incarnation" (row tokens are 32 hex digits, so no row can be named so).
+STATE_MARKER = "complete"
+BOOTSTRAP_MERGE_MESSAGES = 500  # state messages merged per store call while bootstrapping
+BOOTSTRAP_RETRY_S = 30.0  # a bootstrap that could not close a gap is tried again after this
 PUBLISH_TRIES_MAX = 5  # then the link is opened again (the stream tells what landed)
 RECONNECT_S_MAX = 5.0
 STORE_RETRY_S = 1.0  # a message whose apply failed is delivered again after this
 GAP_FIX = (
-    "rows that site wrote in the missing range are not here. A bootstrap from a compacted"
-    " stream or a peer is not implemented yet (issue 15); until then sync this node once"
-    " with a node that holds that site's writes over WebSocket (--peer URL), and raise the"
-    " stream's limits (max_age, max_bytes) so that offline nodes stay within them"
+    "rows that site wrote in the missing range are not here yet; the node bootstraps them"
+    " from the compacted state stream (docs/nats.md, Gaps). If that is not possible (see"
+    " the bootstrap error), sync this node once with a node that holds that site's writes"
+    " over WebSocket (--peer URL), and raise the stream's limits (max_age, max_bytes) so"
+    " that offline nodes stay within them"
 )
 
 
@@ -113,6 +128,13 @@ class _Site:
     foreign_rows_refused: int = 0
     last_applied_ms: int = 0
     gap: str = ""
+    bootstrap: str = ""  # how its last gap was closed (from the state stream), for status
+    bootstrap_rows: int = 0
+    bootstrap_error: str = ""  # why the gap could not be closed yet
+    bootstrap_after_ms: int = 0  # not tried again before this
+    # Known only from its marker in the state stream: the changes stream holds
+    # none of its messages, so no message will ever show us a gap.
+    unseen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +151,9 @@ class FleetSiteStatistics:
     foreign_rows_refused: int
     last_applied_ms: int
     gap: str
+    bootstrap: str  # "" or how its last gap was closed (the compacted state stream)
+    bootstrap_rows: int
+    bootstrap_error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +179,9 @@ class FleetStatistics:
     foreign_rows_refused: int
     sites: tuple[FleetSiteStatistics, ...]
     gaps: tuple[str, ...]
+    state_stream: str  # the compacted stream: each site's latest copy of each row
+    state_published_rows: int  # rows we published to it (backfill included)
+    bootstraps: int  # gaps closed from it
 
 
 class Fleet:
@@ -174,6 +202,8 @@ class Fleet:
         self._publish_retries = 0
         self._publish_duplicates = 0
         self._undecodable = 0
+        self._state_published_rows = 0
+        self._bootstraps = 0
         self._stream = (0, 0, 0, 0, 0)  # first, last, messages, pending, ack pending
         self._rng = random.Random()
         self._reread = False  # read the stream again from its start at the next open
@@ -286,6 +316,7 @@ class Fleet:
         if last is not None and last.headers.get(HEADER_INCARNATION) == incarnation:
             published = min(_header_int(last.headers, HEADER_TO), head)
         self._published_seq = scan = published
+        await self._complete_state(incarnation, published)
         rows_max = host.config.batch_rows_max
         while True:
             changed = host.feed_event()
@@ -313,9 +344,75 @@ class Fleet:
                     f" of {self._frame_bytes_max()}"
                 )
             rows_max = min(host.config.batch_rows_max, rows_max * 2)
+            # State first: every change the changes stream holds is then in the
+            # state stream too, which is what a bootstrap from it relies on.
+            await self._publish_state(outgoing, incarnation)
             await self._publish(outgoing, frame, incarnation)
             published = scan = outgoing.to_seq
             self._published_seq = published
+
+    async def _complete_state(self, incarnation: str, published: int) -> None:
+        """Make the state stream hold our latest copy of every own row, then mark it so.
+
+        The marker (`STATE_MARKER`, with our incarnation) tells a reader
+        that our state messages cover our whole chain: the publish loop
+        publishes each message's rows to the state stream before the
+        message.  Without the marker (a new incarnation, a site that
+        published before the state stream existed, or a state stream
+        purged), our feed is read from 0 up to the chain's end and its own
+        rows are published to the state stream first.
+        """
+        marker = await self._link.last_state(self._own, STATE_MARKER)
+        if marker is not None and marker.headers.get(HEADER_INCARNATION) == incarnation:
+            return
+        store, worker = self._host.store, self._host.worker
+        scan, rows = 0, 0
+        while scan < published:
+            vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
+            vector.pop(self._own, None)
+            batch = await worker.call(
+                store.read_batch, scan, vector, self._host.config.batch_rows_max
+            )
+            if batch.to_seq == scan:
+                break
+            outgoing = own_rows(batch, self._own)
+            rows += outgoing.row_count
+            await self._publish_state(outgoing, incarnation)
+            scan = batch.to_seq
+        await self._link.publish_state(
+            self._own,
+            [(STATE_MARKER, b"")],
+            headers={
+                HEADER_SITE: self._own,
+                HEADER_INCARNATION: incarnation,
+                HEADER_TO: str(published),
+            },
+        )
+        log.info(
+            "fleet: published our latest copy of %d rows (feed up to %d) to %s",
+            rows,
+            published,
+            self._link.state_stream_name,
+        )
+
+    async def _publish_state(self, batch: ChangeBatch, incarnation: str) -> None:
+        """Each row of `batch` on its own state subject (the newest copy replaces the older)."""
+        if not batch.tables:
+            return
+        items = [(token, encode(Batch(alone))) for token, alone in one_row_batches(batch)]
+        headers = {HEADER_SITE: self._own, HEADER_INCARNATION: incarnation}
+        for attempt in range(1, PUBLISH_TRIES_MAX + 1):
+            try:
+                await self._link.publish_state(self._own, items, headers=headers)
+            except FleetError as exc:
+                if attempt == PUBLISH_TRIES_MAX:
+                    raise
+                self._publish_retries += 1
+                log.info("fleet: state publish failed (%s); trying again", exc)
+                await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
+                continue
+            self._state_published_rows += len(items)
+            return
 
     def _frame_bytes_max(self) -> int:
         limit = self._host.config.message_bytes_max
@@ -356,6 +453,7 @@ class Fleet:
     async def _consume_loop(self) -> None:
         config = self._config
         while True:
+            await self._close_gaps()
             deliveries = await self._link.fetch(config.fetch_messages_max, config.fetch_wait_s)
             for index, delivery in enumerate(deliveries):
                 if not await self._receive(delivery):
@@ -401,6 +499,10 @@ class Fleet:
             raise RereadStream("tracked tables changed: the fleet positions were reset")
         # Before the ack: the status loop takes what the consumer acked as applied.
         self._note_outcome(site, message, batch, outcome)
+        if outcome.kind == "gap" and self._host.now_ms() >= site.bootstrap_after_ms:
+            # Closed before the ack, so that no later message of the site is
+            # acked meanwhile at a position the bootstrap then passes over.
+            await self._bootstrap(site)
         await delivery.ack()
         return True
 
@@ -492,6 +594,145 @@ class Fleet:
         )
         log.error("%s", site.gap)
 
+    # -- closing gaps from the compacted state stream -----------------------------------
+
+    async def _close_gaps(self) -> None:
+        """Bootstrap every site with a gap (the status loop finds them before any message).
+
+        Runs in the consume loop, the only place that acks: no message is
+        acked while a bootstrap moves a position.
+        """
+        for site in list(self._sites.values()):
+            if site.gap and self._host.now_ms() >= site.bootstrap_after_ms:
+                await self._bootstrap(site)
+
+    async def _bootstrap(self, site: _Site) -> None:
+        """Merge the site's latest copy of each row from the state stream; move past the gap.
+
+        The position taken is the end of the site's newest message in the
+        changes stream, read *before* the state: the site published every
+        row of that message (and of all before it) to the state stream
+        before the message itself, and its marker says the state covers its
+        whole chain.  A newer copy of a row merged too does no harm (the
+        merge is a join).  Without the marker for the site's incarnation the
+        gap stays, reported with the reason: never skipped in silence.
+        """
+        link, site_id = self._link, site.site_id
+        if site.unseen:
+            await self._merge_unseen(site)
+            return
+        found = await self._state_snapshot(site_id)
+        if isinstance(found, str):
+            site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
+            if site.bootstrap_error != found:
+                site.bootstrap_error = found
+                log.error("fleet: cannot close the gap of site %s: %s", site_id, found)
+            return
+        last, messages = found
+        incarnation = last.headers.get(HEADER_INCARNATION, "")
+        to_seq = _header_int(last.headers, HEADER_TO)
+        rows = await self._merge_state(site, messages)
+        await self._host.worker.call(
+            self._position_after_bootstrap, site_id, incarnation, to_seq, last
+        )
+        self._bootstraps += 1
+        site.cursor, site.stream_seq = to_seq, last.stream_seq
+        site.last_stream_seq = max(site.last_stream_seq, last.stream_seq)
+        site.gap = site.bootstrap_error = ""
+        site.bootstrap_rows = rows
+        site.bootstrap = (
+            f"bootstrapped from the compacted state stream {link.state_stream_name}:"
+            f" {rows} rows merged, position now its seq {to_seq} (stream seq"
+            f" {last.stream_seq})"
+        )
+        log.warning("fleet: site %s %s", site_id, site.bootstrap)
+        self._host.feed_advanced()
+
+    async def _merge_unseen(self, site: _Site) -> None:
+        """Merge the state of a site with no message in the changes stream; no position.
+
+        With no message there is no chain end to take as a position: the
+        site's next message shows a gap (its `from` past our 0), which the
+        ordinary bootstrap then closes with a position.  Merging now is
+        safe (the merge is a join) and brings its rows without waiting.
+        """
+        messages = await self._link.read_state(site.site_id)
+        marker = next((m for m in messages if m.subject.endswith("." + STATE_MARKER)), None)
+        if marker is None:  # purged since we listed it: look again later
+            site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
+            return
+        rows = await self._merge_state(site, [m for m in messages if m is not marker])
+        self._bootstraps += 1
+        site.unseen = False
+        site.gap = site.bootstrap_error = ""
+        site.bootstrap_rows = rows
+        site.bootstrap = (
+            f"merged from the compacted state stream {self._link.state_stream_name}:"
+            f" {rows} rows (no message of the site is left in the changes stream; its next"
+            " message sets the position)"
+        )
+        log.warning("fleet: site %s %s", site.site_id, site.bootstrap)
+        self._host.feed_advanced()
+
+    async def _state_snapshot(
+        self, site_id: str
+    ) -> tuple[StoredMessage, list[StoredMessage]] | str:
+        """(the site's newest changes message, its state messages), or why there is none."""
+        link = self._link
+        last = await link.last_message(link.subject_of(site_id))
+        if last is None:
+            return "the changes stream holds no message of that site"
+        incarnation = last.headers.get(HEADER_INCARNATION, "")
+        messages = await link.read_state(site_id)
+        marker = next((m for m in messages if m.subject.endswith("." + STATE_MARKER)), None)
+        if marker is None or marker.headers.get(HEADER_INCARNATION) != incarnation:
+            return (
+                f"the state stream {link.state_stream_name} holds no complete state of that"
+                f" site's incarnation {incarnation} (a site publishes it when it starts with"
+                " a version that has the state stream)"
+            )
+        return last, [message for message in messages if message is not marker]
+
+    async def _merge_state(self, site: _Site, messages: list[StoredMessage]) -> int:
+        """Merge the state messages' rows (refused, counted: rows that claim another origin)."""
+        rows = 0
+        for start in range(0, len(messages), BOOTSTRAP_MERGE_MESSAGES):
+            batches = []
+            for message in messages[start : start + BOOTSTRAP_MERGE_MESSAGES]:
+                batch = self._decoded(message)
+                if batch is None:
+                    continue
+                batch, refused, example = refuse_foreign(batch, site.site_id)
+                if refused:
+                    site.foreign_rows_refused += refused
+                    log.error(
+                        "fleet: refused %d state rows of site %s that claim another origin: %s",
+                        refused,
+                        site.site_id,
+                        example,
+                    )
+                if batch.tables:
+                    batches.append(batch)
+            rows += await self._host.worker.call(self._merge_batches, site.site_id, batches)
+        return rows
+
+    def _merge_batches(self, site_id: str, batches: list[ChangeBatch]) -> int:
+        store = self._host.store
+        return sum(store.merge_repair_rows(site_id, batch).applied_rows for batch in batches)
+
+    def _position_after_bootstrap(
+        self, site_id: str, incarnation: str, to_seq: int, last: StoredMessage
+    ) -> None:
+        """On the store thread: the site's position at `to_seq`, with its stream sequence."""
+        store = self._host.store
+        key = position_key(self._config.cluster, site_id)
+        store.reset_peer_cursor(key, incarnation, 0, last.subject)
+        # An empty batch (0, to_seq]: the cursor and the stream sequence in one commit.
+        empty = ChangeBatch(incarnation, 0, to_seq, to_seq, None, (), ())
+        store.apply_batch(
+            key, dataclasses.replace(empty, head_seq=last.stream_seq), adopt_vector=False
+        )
+
     # -- the stream's state --------------------------------------------------------------
 
     async def _status_loop(self) -> None:
@@ -510,9 +751,35 @@ class Fleet:
                 site_id = self._link.site_of(subject)
                 if site_id is not None and site_id != self._own:
                     self._site(site_id)
+            if position.first_seq > 1:
+                # Only once the stream dropped messages can a site's all be gone; before,
+                # a site with a marker and no message has not published its first yet.
+                await self._find_unseen_sites()
             for site in list(self._sites.values()):
                 await self._look_at(site, position.first_seq, position.consumer_ack_floor)
             await asyncio.sleep(self._config.status_interval_s)
+
+    async def _find_unseen_sites(self) -> None:
+        """Sites with a complete state but no message left in the changes stream: a gap.
+
+        Their messages all aged out (or were dropped) before we ever read
+        one, so neither a message nor `_look_at` would name them: without
+        this their rows would be skipped in silence.  Each is a gap the
+        consume loop closes from the state stream.
+        """
+        for site_id in await self._link.state_sites(STATE_MARKER):
+            if site_id == self._own or site_id in self._sites:
+                continue
+            if not _hex_site(site_id):
+                continue
+            site = self._site(site_id)
+            site.unseen = True
+            site.gap = (
+                f"fleet stream gap: site {site_id} has a state in"
+                f" {self._link.state_stream_name} but no message left in stream"
+                f" {self._link.stream_name}; {GAP_FIX}"
+            )
+            log.error("%s", site.gap)
 
     def _positions_reset(self) -> bool:
         """On the store thread: True if the store reset a fleet position (ADR 0013).
@@ -577,6 +844,9 @@ class Fleet:
                 foreign_rows_refused=site.foreign_rows_refused,
                 last_applied_ms=site.last_applied_ms,
                 gap=site.gap,
+                bootstrap=site.bootstrap,
+                bootstrap_rows=site.bootstrap_rows,
+                bootstrap_error=site.bootstrap_error,
             )
             for site in sorted(self._sites.values(), key=lambda site: site.site_id)
         )
@@ -602,7 +872,16 @@ class Fleet:
             undecodable_messages=self._undecodable,
             foreign_rows_refused=sum(site.foreign_rows_refused for site in sites),
             sites=sites,
-            gaps=tuple(site.gap for site in sites if site.gap),
+            gaps=tuple(
+                f"{site.gap} (bootstrap: {site.bootstrap_error})"
+                if site.bootstrap_error
+                else site.gap
+                for site in sites
+                if site.gap
+            ),
+            state_stream=self._link.state_stream_name,
+            state_published_rows=self._state_published_rows,
+            bootstraps=self._bootstraps,
         )
 
 
@@ -613,6 +892,11 @@ class _Outcome:
     applied_rows: int = 0
     captured_total: int = 0
     gap_from: int = 0
+
+
+def _hex_site(site_id: str) -> bool:
+    """A site id as `syncmesh init` makes them (hex), not some other subject token."""
+    return bool(site_id) and all(char in "0123456789abcdef" for char in site_id)
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int:

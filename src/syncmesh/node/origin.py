@@ -20,6 +20,7 @@ Pure functions on the positional rows of `model.TableRows`; no I/O.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 
@@ -114,3 +115,32 @@ def _site_at(sites: tuple[str, ...], index: SqlValue) -> str | None:
     if isinstance(index, int) and 0 <= index < len(sites):
         return sites[index]
     return None
+
+
+def row_token(table: str, key: list[SqlValue]) -> str:
+    """A subject token naming one row of one table: 32 hex digits of a SHA-256.
+
+    `repr` of str, int, float, bytes and None is exact and stable across
+    Python versions, so every site derives the same token for the same row.
+    """
+    text = repr((table, tuple(key)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def one_row_batches(batch: ChangeBatch) -> list[tuple[str, ChangeBatch]]:
+    """Each row of `batch` as a batch of its own, with the row's token (`row_token`).
+
+    What the compacted state stream holds: one message per site and row, so
+    the stream's per-subject limit of 1 keeps each site's latest copy.
+    """
+    found = []
+    for table in batch.tables:
+        for row in table.rows:
+            alone = dataclasses.replace(table, rows=[row])
+            found.append(
+                (
+                    row_token(table.table, row[: table.key_count]),
+                    dataclasses.replace(batch, tables=(alone,), vector=None),
+                )
+            )
+    return found

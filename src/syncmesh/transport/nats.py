@@ -11,7 +11,11 @@ connection (docs/adr/0014-nats-stream-model.md):
   once (within its duplicate window);
 - a durable pull consumer per site, `syncmesh_<site id>`, on
   `syncmesh.<cluster>.changes.*`, explicit acks: redelivery, ack waits
-  and the number of unacknowledged messages are JetStream's.
+  and the number of unacknowledged messages are JetStream's;
+- a second, compacted stream, `SYNCMESH_<CLUSTER>_STATE`, subjects
+  `syncmesh.<cluster>.state.<site id>.<token>`, at most one message per
+  subject: a site's latest copy of each of its rows, from which a node
+  whose position fell below the changes stream's first message bootstraps.
 
 nats-py is an optional extra (`pip install syncmesh[nats]`); importing
 this module without it raises ImportError, which the caller that picks
@@ -21,11 +25,12 @@ extra.  Every client error leaves here as a `FleetError` (`from exc`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -56,6 +61,11 @@ DUPLICATE_WINDOW_S = 120.0  # a retried publish within this is stored once
 ACK_WAIT_S = 30.0  # a delivered message not acked within this is delivered again
 ACK_PENDING_MAX = 1_000  # delivered, unacknowledged messages per consumer (flow control)
 REQUEST_TIMEOUT_S = 5.0  # one JetStream API request or publish
+STATE_SUFFIX = "_STATE"  # the compacted stream: SYNCMESH_<CLUSTER>_STATE
+STATE_PUBLISH_CONCURRENCY = 256  # state publishes awaited together (pipelined requests)
+STATE_FETCH_MESSAGES = 512  # messages per fetch while reading a site's state
+STATE_FETCH_WAIT_S = 2.0
+STATE_READER_IDLE_S = 60.0  # the server drops a reader's consumer left idle this long
 
 
 def valid_cluster_name(name: str) -> bool:
@@ -168,6 +178,14 @@ class JetStreamLink:
     def subject_of(self, site_id: str) -> str:
         return self.changes_prefix + site_id
 
+    @property
+    def state_stream_name(self) -> str:
+        return self.stream_name + STATE_SUFFIX
+
+    @property
+    def state_prefix(self) -> str:
+        return f"{SUBJECT_ROOT}.{self.cluster}.state."
+
     def site_of(self, subject: str) -> str | None:
         if not subject.startswith(self.changes_prefix):
             return None
@@ -248,33 +266,50 @@ class JetStreamLink:
         log.info("nats: reconnected to %s", None if url is None else url.netloc)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
+        await self._ensure(
+            js,
+            StreamConfig(
+                name=self.stream_name,
+                subjects=[self.changes_prefix + "*"],
+                storage=StorageType.FILE,
+                num_replicas=self._replicas,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            ),
+        )
+        # One message per subject (site, row): the newest copy replaces the one before.
+        await self._ensure(
+            js,
+            StreamConfig(
+                name=self.state_stream_name,
+                subjects=[self.state_prefix + ">"],
+                storage=StorageType.FILE,
+                num_replicas=self._replicas,
+                max_msgs_per_subject=1,
+            ),
+        )
+
+    async def _ensure(self, js: JetStreamContext, config: StreamConfig) -> None:
+        """Make the stream `config` describes unless it exists (then it is used as it is)."""
+        name = str(config.name)
         try:
-            await js.stream_info(self.stream_name)
+            await js.stream_info(name)
             return
         except nats.js.errors.NotFoundError:
             pass
         except nats.errors.Error as exc:
-            raise FleetError(self.stream_name, f"cannot read the stream: {exc}") from exc
+            raise FleetError(name, f"cannot read the stream: {exc}") from exc
         try:
-            await js.add_stream(
-                StreamConfig(
-                    name=self.stream_name,
-                    subjects=[self.changes_prefix + "*"],
-                    storage=StorageType.FILE,
-                    num_replicas=self._replicas,
-                    duplicate_window=DUPLICATE_WINDOW_S,
-                )
-            )
+            await js.add_stream(config)
         except nats.js.errors.BadRequestError as exc:
             if "already in use" in str(exc) or "already exists" in str(exc):
                 return  # another site made it meanwhile
             raise FleetError(
-                self.stream_name,
+                name,
                 f"cannot create the stream with {self._replicas} replicas: {exc} (a single"
                 " server needs transport.nats.replicas = 1)",
             ) from exc
         except nats.errors.Error as exc:
-            raise FleetError(self.stream_name, f"cannot create the stream: {exc}") from exc
+            raise FleetError(name, f"cannot create the stream: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -307,23 +342,120 @@ class JetStreamLink:
             raise FleetError(self.stream_name, f"publish failed: {exc}") from exc
         return PublishReceipt(int(ack.seq), bool(ack.duplicate))
 
+    async def publish_state(
+        self, site_id: str, items: Sequence[tuple[str, bytes]], *, headers: Mapping[str, str]
+    ) -> None:
+        js = self._jetstream()
+        prefix = f"{self.state_prefix}{site_id}."
+
+        async def one(token: str, data: bytes) -> None:
+            await js.publish(
+                prefix + token,
+                data,
+                timeout=REQUEST_TIMEOUT_S,
+                stream=self.state_stream_name,
+                headers=dict(headers),
+            )
+
+        try:
+            # Requests in flight together: one round trip per group, not per row.
+            for start in range(0, len(items), STATE_PUBLISH_CONCURRENCY):
+                group = items[start : start + STATE_PUBLISH_CONCURRENCY]
+                await asyncio.gather(*(one(token, data) for token, data in group))
+        except (nats.errors.Error, OSError) as exc:
+            raise FleetError(self.state_stream_name, f"state publish failed: {exc}") from exc
+
+    async def last_state(self, site_id: str, token: str) -> StoredMessage | None:
+        return await self._get(
+            f"{self.state_prefix}{site_id}.{token}", None, self.state_stream_name
+        )
+
+    async def state_sites(self, token: str) -> tuple[str, ...]:
+        js = self._jetstream()
+        try:
+            info = await js.stream_info(
+                self.state_stream_name, subjects_filter=f"{self.state_prefix}*.{token}"
+            )
+        except nats.js.errors.NotFoundError:
+            return ()
+        except nats.errors.Error as exc:
+            raise FleetError(self.state_stream_name, f"cannot read the stream: {exc}") from exc
+        prefix = self.state_prefix
+        return tuple(
+            sorted(
+                subject[len(prefix) :].split(".", 1)[0]
+                for subject in info.state.subjects or {}
+                if subject.startswith(prefix)
+            )
+        )
+
+    async def read_state(self, site_id: str) -> list[StoredMessage]:
+        js = self._jetstream()
+        subject = f"{self.state_prefix}{site_id}.>"
+        found: list[StoredMessage] = []
+        try:
+            # An ephemeral consumer of our own: no acks, gone when left idle.
+            reader = await js.pull_subscribe(
+                subject,
+                stream=self.state_stream_name,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=STATE_READER_IDLE_S,
+                    filter_subject=subject,
+                ),
+            )
+            try:
+                pending = (await reader.consumer_info()).num_pending or 0
+                while pending > 0:
+                    try:
+                        msgs = await reader.fetch(STATE_FETCH_MESSAGES, timeout=STATE_FETCH_WAIT_S)
+                    except (nats.errors.TimeoutError, TimeoutError):
+                        msgs = []
+                    if not msgs:
+                        raise FleetError(
+                            self.state_stream_name,
+                            f"reading {subject} stopped with {pending} messages left",
+                        )
+                    for msg in msgs:
+                        found.append(
+                            StoredMessage(
+                                msg.subject,
+                                int(msg.metadata.sequence.stream),
+                                dict(msg.headers or {}),
+                                msg.data,
+                            )
+                        )
+                    pending = int(msgs[-1].metadata.num_pending or 0)
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await reader.unsubscribe()
+        except nats.js.errors.NotFoundError:
+            return []  # no state stream: nothing to bootstrap from
+        except nats.errors.Error as exc:
+            raise FleetError(self.state_stream_name, f"cannot read {subject}: {exc}") from exc
+        return found
+
     async def last_message(self, subject: str) -> StoredMessage | None:
         return await self._get(subject, None)
 
     async def next_message(self, subject: str, from_seq: int) -> StoredMessage | None:
         return await self._get(subject, max(1, from_seq))
 
-    async def _get(self, subject: str, from_seq: int | None) -> StoredMessage | None:
+    async def _get(
+        self, subject: str, from_seq: int | None, stream: str = ""
+    ) -> StoredMessage | None:
         js = self._jetstream()
+        stream = stream or self.stream_name
         try:
             if from_seq is None:
-                raw = await js.get_last_msg(self.stream_name, subject)
+                raw = await js.get_last_msg(stream, subject)
             else:
-                raw = await js.get_msg(self.stream_name, seq=from_seq, subject=subject, next=True)
+                raw = await js.get_msg(stream, seq=from_seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             return None
         except nats.errors.Error as exc:
-            raise FleetError(self.stream_name, f"cannot read {subject}: {exc}") from exc
+            raise FleetError(stream, f"cannot read {subject}: {exc}") from exc
         return StoredMessage(
             raw.subject or subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b""
         )

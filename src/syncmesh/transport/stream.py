@@ -16,7 +16,7 @@ message after the transaction that applied it committed, and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -144,5 +144,33 @@ class FleetLink(Protocol):
         ...
 
     async def position(self) -> StreamPosition: ...
+
+    # -- the compacted state stream (one message per site and row) -------------------
+
+    @property
+    def state_stream_name(self) -> str: ...
+
+    async def publish_state(
+        self, site_id: str, items: Sequence[tuple[str, bytes]], *, headers: Mapping[str, str]
+    ) -> None:
+        """Publish each (token, body) on the site's state subject for `token`; all acked.
+
+        The state stream keeps one message per subject (the newest), so a
+        token names one row of one table of one site.  Raises FleetError
+        when any publish is not acknowledged: the caller publishes again.
+        """
+        ...
+
+    async def last_state(self, site_id: str, token: str) -> StoredMessage | None:
+        """The message the state stream holds on the site's subject for `token`, if any."""
+        ...
+
+    async def state_sites(self, token: str) -> tuple[str, ...]:
+        """The sites that have a message for `token` in the state stream (their markers)."""
+        ...
+
+    async def read_state(self, site_id: str) -> list[StoredMessage]:
+        """Every message the state stream holds on the site's subjects (one per token)."""
+        ...
 
     async def close(self) -> None: ...
