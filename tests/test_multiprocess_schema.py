@@ -286,6 +286,38 @@ def test_a_django_style_rebuild_at_one_site_while_another_writes(
         )
 
 
+def test_an_update_right_after_a_rebuild_reaches_the_peer(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: an UPDATE of a row the rebuild copied, made by another writer between the
+    rebuild's commit and the node's reconcile, is captured and reaches the peer.
+
+    The node is paused (SIGSTOP) while the sqlite3 shell rebuilds the table
+    and then updates a copied row, so the update lands before the node can
+    put its triggers back, every time; resumed, the node reconciles.
+    """
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1), ('r2', 'kept', 2)")
+    wait_ids(b, ["r1", "r2"], cluster)
+    a.pause()
+    try:
+        django_rebuild(a.db)
+        shell(a.db, "UPDATE items SET name = 'after the rebuild', qty = 5 WHERE id = 'r1'")
+    finally:
+        a.resume()
+    wait_for(
+        lambda: (
+            query(b.db, "SELECT name, qty FROM items WHERE id = 'r1'") == [("after the rebuild", 5)]
+        ),
+        CONVERGE_S,
+        "the update made right after the rebuild, at b",
+        describe=cluster.logs,
+    )
+    django_rebuild(b.db)
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: row[1][0] for row in dump} == {"r1": "after the rebuild", "r2": "kept"}
+    assert "rows inserted, updated or deleted meanwhile caught up" in a.log_text()
+    assert_never_refused(cluster)
+
+
 def test_health_is_503_for_a_table_that_lost_its_triggers_and_cannot_be_repaired(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -28,12 +28,15 @@ tells a renamed column from a dropped one (reconcile.py).
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
 `seq`, `kh` and `dg` (the row's key hash and digest in the table's hash tree,
 store/summary.py), then per value column slot i (layout.py): `h{i}` (stamp) and `s{i}` (site
-ordinal; 0 is this node); last `pasts`, what the row's cells know of earlier writes
+ordinal; 0 is this node); then `pasts`, what the row's cells know of earlier writes
 (docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
 knowledge}}` per value column slot i, each an object {"<ordinal>": hlc};
 `p` is the value's past (what its writer knew), `k` what this node learned
 beyond it from writes it discarded.  NULL when all are empty: every row
-whose cells only this site wrote.
+whose cells only this site wrote.  Last `vf`, the row's value fingerprint
+as the engine last wrote or stamped it (functions.values_fingerprint; NULL:
+unknown), which tells a table rebuild's copied rows from rows updated
+before the triggers were back (reconcile.py).
 """
 
 from __future__ import annotations
@@ -247,6 +250,9 @@ PASTS_COLUMN = "pasts"
 # docs/adr/0010-verify-hash-tree.md).
 KEY_HASH_COLUMN = "kh"
 DIGEST_COLUMN = "dg"
+# The row's value fingerprint (functions.values_fingerprint): not part of the
+# digest or the feed, only compared by the reconcile after a table rebuild.
+VALUES_FP_COLUMN = "vf"
 
 
 def shadow_ddl(layout: TableLayout) -> list[str]:
@@ -261,7 +267,7 @@ def shadow_ddl(layout: TableLayout) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {shadow} ({key_defs}, cl INTEGER NOT NULL,"
         f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {KEY_HASH_COLUMN} INTEGER,"
-        f" {DIGEST_COLUMN} INTEGER{cells}, PRIMARY KEY ({keys}))"
+        f" {DIGEST_COLUMN} INTEGER{cells}, {VALUES_FP_COLUMN} INTEGER, PRIMARY KEY ({keys}))"
         " WITHOUT ROWID",
         shadow_seq_index_ddl(spec.name),
     ]

@@ -29,6 +29,7 @@ from syncmesh.store.sqlite.ddl import (
     LIFECYCLE_DDL,
     PASTS_COLUMN,
     RUNS_DDL,
+    VALUES_FP_COLUMN,
     WAITING_DDL,
     trigger_name,
 )
@@ -37,7 +38,9 @@ from syncmesh.store.sqlite.functions import (
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
+    VALUES_FP_FUNCTION,
     capture_pasts,
+    values_fingerprint,
 )
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
@@ -95,6 +98,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
         ) from exc
     # The capture upsert calls it for rows whose cells another site wrote.
     connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
+    # The capture, the apply and the reconcile keep rows' value fingerprints with it.
+    connection.create_function(VALUES_FP_FUNCTION, -1, values_fingerprint, deterministic=True)
     return connection
 
 
@@ -152,6 +157,7 @@ def upgrade(ctx: StoreContext) -> None:
     """
     _upgrade_digests(ctx)
     _upgrade_triggers(ctx)
+    _upgrade_values_fp(ctx)
     runs = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_runs'"
     ).fetchone()
@@ -221,6 +227,20 @@ def _upgrade_digests(ctx: StoreContext) -> None:
                 ctx.connection.execute(f"ALTER TABLE {table.shadow} ADD COLUMN {column} INTEGER")
             ctx.connection.execute(table.sql_verify.fill_digests_sql)
     log.info("%s: added row digests (for syncmesh verify) to %d tables", ctx.path, len(stale))
+
+
+def _upgrade_values_fp(ctx: StoreContext) -> None:
+    """Add the value fingerprints (reconcile.py) to shadow tables made before them, filled."""
+    stale = _lacking(ctx, VALUES_FP_COLUMN)
+    if not stale:
+        return
+    with ctx.transaction():
+        for table in stale:
+            ctx.connection.execute(
+                f"ALTER TABLE {table.shadow} ADD COLUMN {VALUES_FP_COLUMN} INTEGER"
+            )
+            reconcile.fill_values_fp(ctx.connection, table)
+    log.info("%s: added value fingerprints to %d tables", ctx.path, len(stale))
 
 
 def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:

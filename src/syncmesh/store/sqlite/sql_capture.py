@@ -6,6 +6,7 @@ from syncmesh.store.sqlite.ddl import (
     DIGEST_COLUMN,
     KEY_HASH_COLUMN,
     PASTS_COLUMN,
+    VALUES_FP_COLUMN,
     quote_identifier,
     shadow_columns,
 )
@@ -14,6 +15,7 @@ from syncmesh.store.sqlite.functions import (
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
+    values_fp_sql,
 )
 from syncmesh.store.sqlite.names import TableNames
 
@@ -28,10 +30,17 @@ def _sql_text(text: str) -> str:
 class CaptureSql:
     """Statements `capture` and `tracking` run on one table's log and shadow table."""
 
-    def __init__(self, names: TableNames, *, digests: bool = True) -> None:
-        """`digests`: keep the rows' digests up to date (off only to measure their cost)."""
+    def __init__(self, names: TableNames, *, digests: bool = True, values_fp: bool = True) -> None:
+        """`digests`: keep the rows' digests up to date (off only to measure their cost).
+
+        `values_fp`: keep the rows' value fingerprints; off for a capture
+        with a table's definition from before DDL (reconcile.py), which may
+        name columns the table no longer has: such rows' fingerprints are
+        left unknown (NULL) and filled in by the reconcile.
+        """
         self.names = names
         self.digests = digests
+        self.values_fp = values_fp
         log_keys = names.shadow_keys  # the log names key columns as the shadow does
         self.pending_sql = f"SELECT 1 FROM {names.log} LIMIT 1"
         self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {names.log} ORDER BY id LIMIT ?"
@@ -39,8 +48,11 @@ class CaptureSql:
         self.log_clear_sql = f"DELETE FROM {names.log} WHERE id <= ?"
         self.exists_sql = f"SELECT 1 FROM {names.table} WHERE {names.user_keys_where}"
         self.capture_sql = self._capture_sql()
+        # The same, leaving the rows' value fingerprints unknown: for a capture
+        # after DDL that the reconcile has not followed yet (capture.py).
+        self.capture_unknown_fp_sql = self._capture_sql(values_fp=False)
 
-    def _capture_sql(self) -> str:
+    def _capture_sql(self, *, values_fp: bool = True) -> str:
         """Fold one key's logged writes into its shadow row, stamping what changed.
 
         Parameters: ?1 alive (the key's row exists after the writes), ?2 deleted
@@ -73,6 +85,7 @@ class CaptureSql:
             row_digest,
             *new_cells,
             "NULL",
+            self._values_fp_sql(dict.fromkeys(names.slots, "?4"), values_fp),
         ]
         new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
         reborn = "?1 AND (cl % 2 = 0 OR ?2)"  # alive again: a life whose writes know nothing
@@ -90,6 +103,17 @@ class CaptureSql:
             after[f"h{slot}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{slot} END"
             after[f"s{slot}"] = f"CASE WHEN {changed} THEN 0 ELSE s{slot} END"
         sets = [f"{column} = {expression}" for column, expression in after.items()]
+        shadow = names.shadow
+        sets.append(
+            f"{VALUES_FP_COLUMN} = "
+            + self._values_fp_sql(
+                {
+                    slot: f"CASE WHEN ?1 AND (?3 >> {slot}) & 1 THEN ?4 ELSE {shadow}.h{slot} END"
+                    for slot in names.slots
+                },
+                values_fp,
+            )
+        )
         sets.append("seq = ?5")
         sets.append(f"{PASTS_COLUMN} = {self._next_pasts_sql(reborn)}")
         if self.digests:
@@ -107,8 +131,33 @@ class CaptureSql:
             ]
             sets.append(f"{DIGEST_COLUMN} = {FOLD_DIGEST_FUNCTION}({', '.join(arguments)})")
         return (
-            f"INSERT INTO {names.shadow} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+            f"INSERT INTO {names.shadow} ({', '.join([*columns, VALUES_FP_COLUMN])})"
+            f" VALUES ({', '.join(values)})"
             f" ON CONFLICT ({names.shadow_keys}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def _values_fp_sql(self, stamps: dict[int, str], values_fp: bool) -> str:
+        """SQL: the row's value fingerprint after a capture, its cells' stamps given as SQL.
+
+        Read from the user row as it is now (the capture holds the write
+        lock, so it is the row every logged write led to); NULL for a row
+        that is gone.  The stamps' SQL must name the shadow's columns
+        qualified: the subquery's own table may have columns named alike.
+        """
+        names = self.names
+        if not (self.values_fp and values_fp):
+            return "NULL"
+        cells = [
+            (slot, stamps[slot], f"u.{quote_identifier(column)}")
+            for column, slot in zip(names.values, names.slots, strict=True)
+        ]
+        where = " AND ".join(
+            f"u.{quote_identifier(column)} = ?{6 + index}"
+            for index, column in enumerate(names.spec.pk)
+        )
+        return (
+            f"CASE WHEN ?1 THEN (SELECT {values_fp_sql(cells)} FROM {names.table} u"
+            f" WHERE {where}) END"
         )
 
     def _next_pasts_sql(self, reborn: str) -> str:
@@ -147,9 +196,17 @@ class CaptureSql:
         hashed_key = f"{KEY_HASH_FUNCTION}({', '.join(keys)})"
         arguments = ", ".join([hashed_key, "1", ":hlc", "0", *cells])
         row_digest = f"{ROW_DIGEST_FUNCTION}({arguments})"
-        selected = ", ".join([*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL"])
+        fingerprint = values_fp_sql(
+            [
+                (slot, ":hlc", quote_identifier(column))
+                for column, slot in zip(names.values, names.slots, strict=True)
+            ]
+        )
+        selected = ", ".join(
+            [*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL", fingerprint]
+        )
         return (
-            f"INSERT OR IGNORE INTO {names.shadow} ({', '.join(columns)})"
+            f"INSERT OR IGNORE INTO {names.shadow} ({', '.join([*columns, VALUES_FP_COLUMN])})"
             f" SELECT {selected} FROM {names.table}{where}"
         )
 
