@@ -92,3 +92,61 @@ def test_a_column_re_added_after_every_site_dropped_it_converges(
     pull(b, a)
     assert rows(a) == "k|n|new\n"  # the old value is not resurrected
     assert rows(b) == rows(a)
+
+
+def test_a_column_re_added_behind_a_site_whose_clock_runs_ahead_converges(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """The re-added column is told by its generation, not by comparing two sites' clocks.
+
+    b's clock runs 30 s ahead of a's (within the drift limit), and a has
+    heard nothing from b since, so a's re-add of `b` is stamped before
+    b's drop of it.  By the creation-stamp rule b took a's new column for
+    the old one and discarded its cells (the chaos `skew` fault found it);
+    by the column's generation (the drops of its name at its sender: one)
+    against b's drops of the name (one), it is the new column, parked at b
+    until b adds the name again.
+    """
+    a, b, a_clock, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    pull(b, a)
+    b_clock.advance(30_000)
+    drop_column(b, "items", "b")
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    a_clock.advance(10)
+    write(a, "UPDATE items SET b = 'new' WHERE id = 'k'")
+    assert a.clock.last < b.context.tables["items"].layout.dropped[-1].dropped_hlc
+    pull(a, b)  # b has dropped b and not added it again: a's cells are parked
+    b_clock.advance(10)
+    add_column(b, "items", "b TEXT")
+    pull(a, b)
+    pull(b, a)
+    assert rows(a) == "k|n|new\n"
+    assert rows(b) == rows(a)
+
+
+def test_late_writes_to_the_old_column_stay_out_under_skew_too(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """The other side of the rule: a's clock runs ahead, b writes the old column late.
+
+    b has not dropped `b` yet when it writes it (generation 0 there, the
+    old column); a has dropped and re-added it.  However the clocks stand,
+    b's late write must not land in a's new column.
+    """
+    a, b, a_clock, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    pull(b, a)
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    b_clock.advance(30_000)  # b's late write is stamped after a's re-add
+    write(b, "UPDATE items SET b = 'late to the old one' WHERE id = 'k'")
+    pull(b, a)
+    assert rows(a) == "k|n|\n"

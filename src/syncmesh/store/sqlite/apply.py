@@ -207,17 +207,30 @@ def dropped_here(table: TableSql, names: tuple[str, ...]) -> bool:
     return any(name in dropped for name in names)
 
 
-def cells_at_or_below(incoming: TableRows, index: int, dropped_at: int) -> int:
+def cells_at_or_below(incoming: TableRows, index: int, dropped_at: int, drops_here: int) -> int:
     """Cells of incoming column `index` stamped at or below this are of a column dropped here.
 
     `dropped_at` is the stamp of the last drop here of the column's name (0:
-    never dropped).  When the sender says when its column was created, that
-    decides for all its cells: created after our drop, it is the column
-    added again (every cell is its own); before, it is the old one (none
-    is).  Otherwise the cells' own stamps decide, which a write made late to
-    the old column at a site that had not dropped it yet gets wrong.
+    never dropped), `drops_here` how many times it was dropped here.  The
+    sender's column decides for all its cells, by the first of:
+
+    - its generation (the drops of the name at the sender when the column
+      got its slot), when not 0: at least ours, it is the column added
+      again (every cell is its own), below, an older one (none is).  No
+      clock is compared, so it holds under any skew;
+    - its creation stamp: after our drop, the column added again; before,
+      the old one.  A sender that never dropped the name (generation 0) is
+      a site that has not dropped it yet, or one that tracked the table
+      after the drop: only the clocks tell them apart;
+    - otherwise (a peer from before both) the cells' own stamps, which a
+      write made late to the old column at a site that had not dropped it
+      yet gets wrong.
     """
-    if not dropped_at or not incoming.created:
+    if not dropped_at:
+        return dropped_at
+    if incoming.generations and incoming.generations[index]:
+        return 0 if incoming.generations[index] >= drops_here else INT64_MAX
+    if not incoming.created:
         return dropped_at
     return 0 if incoming.created[index] > dropped_at else INT64_MAX
 
@@ -227,6 +240,11 @@ def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
     return max(
         (entry.dropped_hlc for entry in table.layout.dropped if entry.name in names), default=0
     )
+
+
+def drops_here(table: TableSql, names: tuple[str, ...]) -> int:
+    """How many times a column a sender calls by one of `names` was dropped here."""
+    return max((table.layout.generation_of(name) for name in names), default=0)
 
 
 def _has_stale_cells(table: TableSql) -> bool:
@@ -861,7 +879,9 @@ def _to_local_columns(
         # column added again at their sender, and are parked; older ones
         # are of the dropped column, and discarded.
         dropped_at = (
-            cells_at_or_below(incoming, index, last_drop_here(table, names))
+            cells_at_or_below(
+                incoming, index, last_drop_here(table, names), drops_here(table, names)
+            )
             if index in mapping.dropped
             else None
         )
@@ -903,7 +923,12 @@ def _to_local_columns(
         if source is None
         else (
             head + CELL_FIELDS * source,
-            cells_at_or_below(incoming, source, stale_at_or_below(table, column)),
+            cells_at_or_below(
+                incoming,
+                source,
+                stale_at_or_below(table, column),
+                table.layout.generation_of(column),
+            ),
         )
         for column, source in zip(values, mapping.sources, strict=True)
     ]

@@ -6,10 +6,10 @@ here yet, or renamed in a way neither side's former names map.  Its cells
 are kept here, with their stamps and pasts, and merged through the normal
 merge once the column appears (`waiting.merge_ready`; ADR 0013, "Mixed
 schema versions").  Cells of a column dropped here are discarded instead,
-and counted, unless stamped after the drop here: those are *parked* (the
-same shape, another table), since the name may have been added again at
-their sender; they land if it is added again here, under the rule that
-keeps a dropped column's old values out (`apply.stale_at_or_below`).
+and counted, unless their sender's column is one added again under the
+name (`apply.cells_at_or_below`: by its generation, else its creation
+stamp): those are *parked* (the same shape, another table), and land if
+the name is added again here.
 Both cap the vector: this node holds them but cannot relay them, and a
 peer with our columns adopts our vector's claims.
 
