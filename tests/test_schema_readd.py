@@ -150,3 +150,57 @@ def test_late_writes_to_the_old_column_stay_out_under_skew_too(
     write(b, "UPDATE items SET b = 'late to the old one' WHERE id = 'k'")
     pull(b, a)
     assert rows(a) == "k|n|\n"
+
+
+def test_a_column_re_added_before_another_site_dropped_it_waits_there_for_its_re_add(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """a drops `b` and adds it again before b has dropped it (a rolling deploy that
+    overtook itself, as a killed node makes the chaos plan do); a writes the new `b`.
+
+    b's `b` is still the old column (generation 0), a's the new one
+    (generation 1): landing in b's old column, the write was dropped with
+    it at b's drop and never sent again.  Now it is parked at b, kept out
+    of b's vector, and lands when b has dropped and added `b` too.
+    """
+    a, b, a_clock, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    pull(b, a)
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    a_clock.advance(10)
+    write(a, "UPDATE items SET b = 'new' WHERE id = 'k'")
+    pull(a, b)
+    assert rows(b) == "k|n|old\n"  # not into the old column
+    new_write = a.clock.last
+    assert b.vector().get(a.site_id, 0) < new_write  # not claimed: b cannot relay it
+    b_clock.advance(40)
+    drop_column(b, "items", "b")
+    b_clock.advance(10)
+    add_column(b, "items", "b TEXT")
+    pull(a, b)
+    pull(b, a)
+    assert rows(a) == "k|n|new\n"
+    assert rows(b) == rows(a)
+
+
+def test_a_file_whose_parked_cells_have_no_generation_gets_the_column_at_open(
+    tmp_path: Path,
+) -> None:
+    """`_syncmesh_parked` from before generations: the column is added (0: unsaid)."""
+    path = tmp_path / "old.db"
+    store = SqliteStore.open(path)
+    store.init()
+    store.connection.execute("ALTER TABLE _syncmesh_parked DROP COLUMN generation")
+    store.close()
+    store = SqliteStore.open(path)
+    try:
+        columns = [
+            row[1] for row in store.connection.execute("PRAGMA table_info(_syncmesh_parked)")
+        ]
+        assert columns[-1] == "generation"
+    finally:
+        store.close()

@@ -107,7 +107,7 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
         assert table is not None
         lacking: frozenset[str] = frozenset()
         sent = incoming
-        if incoming.columns != table.values or _has_stale_cells(table):
+        if incoming.columns != table.values or incoming.generations or _has_stale_cells(table):
             # Another schema version: map its columns to ours, keep the cells
             # of columns not here as waiting cells (ADR 0013).
             incoming, lacking = _to_local_columns(ctx, table, incoming, shared)
@@ -129,7 +129,9 @@ def _other_columns(ctx: StoreContext, batch: ChangeBatch) -> bool:
     """Whether a table of `batch` has other columns than ours (another schema version)."""
     for incoming in batch.tables:
         table = local_table(ctx, incoming.table)
-        if table is not None and (incoming.columns != table.values or _has_stale_cells(table)):
+        if table is not None and (
+            incoming.columns != table.values or incoming.generations or _has_stale_cells(table)
+        ):
             return True
     return False
 
@@ -240,6 +242,20 @@ def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
     return max(
         (entry.dropped_hlc for entry in table.layout.dropped if entry.name in names), default=0
     )
+
+
+def newer_than_ours(table: TableSql, mapping: ColumnMap, index: int, generation: int) -> bool:
+    """Whether incoming column `index`, of `generation`, is a later column of its name than ours.
+
+    Its sender dropped the name more often than we did (we have not dropped
+    it yet, or not as often): our column of that name is an older one, and
+    its cells must not land in it.  They are parked until our column is of
+    that generation too (ADR 0013).
+    """
+    if not generation or index not in mapping.sources:
+        return False
+    ours = table.values[mapping.sources.index(index)]
+    return generation > table.layout.generation_of(ours)
 
 
 def drops_here(table: TableSql, names: tuple[str, ...]) -> int:
@@ -868,11 +884,23 @@ def _to_local_columns(
     """
     spec, values, keys = table.spec, table.values, table.key_count
     mapping = map_columns(table, incoming)
+    generations = incoming.generations or (0,) * len(incoming.columns)
+    newer = [
+        index
+        for index in range(len(incoming.columns))
+        if newer_than_ours(table, mapping, index, generations[index])
+    ]
+    if newer:
+        # A later column of a name than ours: parked, and ours reads as lacking it.
+        mapping = replace(
+            mapping,
+            sources=tuple(None if source in newer else source for source in mapping.sources),
+        )
     head = keys + 3
     former = incoming.former or ((),) * len(incoming.columns)
     waiting: list[waitlist.WaitingCell] = []
     parked: list[waitlist.WaitingCell] = []
-    for index in (*mapping.waiting, *mapping.dropped):
+    for index in (*mapping.waiting, *mapping.dropped, *newer):
         at = head + CELL_FIELDS * index
         names = (incoming.columns[index], *former[index])
         # A name dropped here: cells stamped after the drop may be of the
@@ -883,6 +911,8 @@ def _to_local_columns(
                 incoming, index, last_drop_here(table, names), drops_here(table, names)
             )
             if index in mapping.dropped
+            else 0
+            if index in newer
             else None
         )
         one = TableRows(incoming.table, (incoming.columns[index],), keys, [])
@@ -903,6 +933,7 @@ def _to_local_columns(
                 former[index],
                 RowChange(spec.name, tuple(row[:keys]), state),
                 shared.origin,
+                generations[index] if dropped_at is not None else 0,
             )
             (waiting if dropped_at is None else parked).append(cell)
         waitlist.discard(ctx, spec.name, incoming.columns[index], discarded)

@@ -144,9 +144,12 @@ CREATE TABLE IF NOT EXISTS _syncmesh_parked (
     site_id TEXT NOT NULL,
     change BLOB NOT NULL,
     origin TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0, -- the sender's generation of the column (0: unsaid)
     PRIMARY KEY (table_name, pk, column_name)
 )
 """
+# Added to _syncmesh_parked after it first shipped (opening.upgrade adds it).
+PARKED_GENERATION_COLUMN = "generation"
 
 # Membership and tombstone collection (docs/adr/0015-membership-and-tombstone-gc.md):
 # every site known, with its vector as last heard; per table and origin, the

@@ -27,6 +27,7 @@ from syncmesh.store.sqlite.ddl import (
     KEY_HASH_COLUMN,
     LEGACY_UPDATE_TRIGGER_KIND,
     LIFECYCLE_DDL,
+    PARKED_GENERATION_COLUMN,
     PASTS_COLUMN,
     RUNS_DDL,
     VALUES_FP_COLUMN,
@@ -170,6 +171,15 @@ def upgrade(ctx: StoreContext) -> None:
     if waiting is None:  # (each statement is CREATE ... IF NOT EXISTS)
         with ctx.transaction():
             _run_script(ctx, WAITING_DDL)
+    parked_columns = {
+        row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_parked)")
+    }
+    if PARKED_GENERATION_COLUMN not in parked_columns:
+        with ctx.transaction():
+            ctx.connection.execute(
+                f"ALTER TABLE _syncmesh_parked ADD COLUMN {PARKED_GENERATION_COLUMN}"
+                " INTEGER NOT NULL DEFAULT 0"
+            )
     lifecycle = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_lifecycle'"
     ).fetchone()

@@ -45,7 +45,7 @@ def merge_ready(ctx: StoreContext) -> int:
     merged = forgotten = 0
     groups = [(group, False) for group in waitlist.groups(ctx)]
     groups += [(group, True) for group in waitlist.groups(ctx, parked=True)]
-    for (name, column, former), parked in groups:
+    for (name, column, former, generation), parked in groups:
         table = apply.local_table(ctx, name)
         if table is None:
             forgotten += waitlist.forget_table(ctx, name)
@@ -54,7 +54,9 @@ def merge_ready(ctx: StoreContext) -> int:
         mapping = apply.map_columns(table, shape)
         if mapping.waiting or (parked and mapping.dropped):
             continue  # still not here (a parked name: not added again here yet)
-        cells = waitlist.take(ctx, name, column, former, parked=parked)
+        if parked and apply.newer_than_ours(table, mapping, 0, generation):
+            continue  # the column here is still an older one of the name
+        cells = waitlist.take(ctx, name, column, former, generation, parked=parked)
         merged += len(cells)
         by_origin: dict[str, list[RowChange]] = {}
         for cell in cells:
@@ -67,7 +69,9 @@ def merge_ready(ctx: StoreContext) -> int:
                 # A parked cell was judged of the column added again when it
                 # arrived: it is, whatever its stamp (its sender's clock may
                 # run behind ours).  Its generation says so to the merge.
-                generations = (apply.drops_here(table, (column, *former)),) if parked else ()
+                generations = (
+                    (generation or apply.drops_here(table, (column, *former)),) if parked else ()
+                )
                 table_rows = TableRows(
                     name, (column,), table.key_count, rows, (former,), (), generations
                 )
