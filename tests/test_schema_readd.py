@@ -204,3 +204,34 @@ def test_a_file_whose_parked_cells_have_no_generation_gets_the_column_at_open(
         assert columns[-1] == "generation"
     finally:
         store.close()
+
+
+def test_a_site_that_tracks_the_table_after_the_re_add_takes_the_new_column(
+    tmp_path: Path,
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """A late joiner: `b` tracked fresh after a dropped and re-added it.
+
+    Its column is generation 0 (no drop to count) but was created after
+    a's: it is the new column, and a's writes to it land there.
+    """
+    a, _b, a_clock, _b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    a_clock.advance(10)
+    write(a, "UPDATE items SET b = 'new' WHERE id = 'k'")
+    late_clock = ManualClock(a_clock.ms + 1_000)
+    late = SqliteStore.open(
+        tmp_path / "late.db", clock=HybridClock(late_clock, drift_ms_max=60_000)
+    )
+    try:
+        late.init()
+        late.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, b TEXT)")
+        late.track(["items"])
+        pull(a, late)
+        assert rows(late) == "k|n|new\n"
+    finally:
+        late.close()

@@ -244,18 +244,27 @@ def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
     )
 
 
-def newer_than_ours(table: TableSql, mapping: ColumnMap, index: int, generation: int) -> bool:
+def newer_than_ours(
+    table: TableSql, mapping: ColumnMap, index: int, generation: int, created: int | None
+) -> bool:
     """Whether incoming column `index`, of `generation`, is a later column of its name than ours.
 
     Its sender dropped the name more often than we did (we have not dropped
     it yet, or not as often): our column of that name is an older one, and
     its cells must not land in it.  They are parked until our column is of
-    that generation too (ADR 0013).
+    that generation too (ADR 0013).  Unless we never dropped the name and
+    created our column after the sender created its own (`created`; None:
+    not said): then we tracked the table after the drops (a late joiner,
+    whose fresh track knows no history), and our column is the new one.
     """
     if not generation or index not in mapping.sources:
         return False
     ours = table.values[mapping.sources.index(index)]
-    return generation > table.layout.generation_of(ours)
+    drops = table.layout.generation_of(ours)
+    if generation <= drops:
+        return False
+    ours_created = table.layout.created[table.values.index(ours)]
+    return drops > 0 or created is None or not ours_created or ours_created < created
 
 
 def drops_here(table: TableSql, names: tuple[str, ...]) -> int:
@@ -888,7 +897,13 @@ def _to_local_columns(
     newer = [
         index
         for index in range(len(incoming.columns))
-        if newer_than_ours(table, mapping, index, generations[index])
+        if newer_than_ours(
+            table,
+            mapping,
+            index,
+            generations[index],
+            incoming.created[index] if incoming.created else None,
+        )
     ]
     if newer:
         # A later column of a name than ours: parked, and ours reads as lacking it.

@@ -54,7 +54,7 @@ def merge_ready(ctx: StoreContext) -> int:
         mapping = apply.map_columns(table, shape)
         if mapping.waiting or (parked and mapping.dropped):
             continue  # still not here (a parked name: not added again here yet)
-        if parked and apply.newer_than_ours(table, mapping, 0, generation):
+        if parked and apply.newer_than_ours(table, mapping, 0, generation, None):
             continue  # the column here is still an older one of the name
         cells = waitlist.take(ctx, name, column, former, generation, parked=parked)
         merged += len(cells)
