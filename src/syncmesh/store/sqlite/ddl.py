@@ -34,7 +34,7 @@ knowledge}}` per value column slot i, each an object {"<ordinal>": hlc};
 `p` is the value's past (what its writer knew), `k` what this node learned
 beyond it from writes it discarded.  NULL when all are empty: every row
 whose cells only this site wrote.  Last `vf`, the row's value fingerprint
-as the engine last wrote or stamped it (functions.values_fingerprint; NULL:
+as the engine last wrote or stamped it (functions.values_fp_sql; NULL:
 unknown), which tells a table rebuild's copied rows from rows updated
 before the triggers were back (reconcile.py).
 """
@@ -253,7 +253,7 @@ PASTS_COLUMN = "pasts"
 # docs/adr/0010-verify-hash-tree.md).
 KEY_HASH_COLUMN = "kh"
 DIGEST_COLUMN = "dg"
-# The row's value fingerprint (functions.values_fingerprint): not part of the
+# The row's value fingerprint (functions.values_fp_sql): not part of the
 # digest or the feed, only compared by the reconcile after a table rebuild.
 VALUES_FP_COLUMN = "vf"
 

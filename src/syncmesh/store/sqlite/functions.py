@@ -12,82 +12,50 @@ from __future__ import annotations
 
 import json
 
-from syncmesh.model import SqlValue
-from syncmesh.store.summary import DEFAULT_CELL_HLC, key_hash
+from xxhash import xxh3_64_intdigest
+
+from syncmesh.store.summary import DEFAULT_CELL_HLC
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
 FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
 ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
 KEY_HASH_FUNCTION = "syncmesh_key_hash"
 VALUES_FP_FUNCTION = "syncmesh_values_fp"
-# SQLite allows a function 127 arguments: the slots' text, then a stamp and
-# a value per column.  A wider table keeps no fingerprints (NULL: unknown).
-VALUES_FP_COLUMNS_MAX = 63
 
 
 def values_fp_sql(cells: list[tuple[int, str, str]]) -> str:
     """SQL of a row's value fingerprint from (slot, stamp SQL, value SQL) per value column.
 
-    NULL (unknown, never compared) for a table wider than a function's
-    arguments allow.
+    The row's value fingerprint is kept in the shadow row (`vf`) by every
+    write the engine stamps or applies, so that after a table rebuild the
+    reconcile can tell a row the rebuild copied (same values) from one
+    another connection updated before the triggers were back (reconcile.py,
+    ADR 0013).  SQL builds one text of `slot:hex(value),` per cell, in slot
+    order, and `values_fingerprint` hashes it: the per-cell work stays in
+    SQLite's C, one Python call per row.  Left out: cells with the default
+    stamp (HLC `DEFAULT_CELL_HLC`, a value ADD COLUMN filled in, which
+    nobody wrote), so ADD COLUMN leaves every fingerprint true without a
+    pass over the rows.  A value is taken by its text (`hex` of it), with
+    an integral REAL as its INTEGER, so a rebuild that changes a column's
+    type affinity (3 to '3' or 3.0) is no write; NULL is `-`.
     """
-    if len(cells) > VALUES_FP_COLUMNS_MAX:
-        return "NULL"
-    slots = ",".join(str(slot) for slot, _hlc, _value in cells)
-    # Text goes as its bytes: sqlite3 decodes a function's TEXT arguments as
-    # strict UTF-8 and fails the call on anything else (model.TEXT_ERRORS).
-    arguments = "".join(
-        f", {hlc}, CASE typeof({value}) WHEN 'text' THEN CAST({value} AS BLOB) ELSE {value} END"
-        for _slot, hlc, value in cells
-    )
-    return f"{VALUES_FP_FUNCTION}('{slots}'{arguments})"
+    parts = [
+        f"CASE WHEN {hlc} IS NULL OR {hlc} = {DEFAULT_CELL_HLC} THEN ''"
+        f" WHEN {value} IS NULL THEN '{slot}-,'"
+        f" WHEN typeof({value}) = 'real' AND {value} = CAST({value} AS INTEGER)"
+        f" THEN '{slot}:' || hex(CAST({value} AS INTEGER)) || ','"
+        f" ELSE '{slot}:' || hex({value}) || ',' END"
+        for slot, hlc, value in sorted(cells)
+    ]
+    return f"{VALUES_FP_FUNCTION}({' || '.join(parts) or chr(39) * 2})"
 
 
-def values_fingerprint(slots: str, *stamps_and_values: SqlValue) -> int | None:
-    """`syncmesh_values_fp('slot,...', h, value, ...)`: a row's value fingerprint.
-
-    Kept in the shadow row (`vf`) by every write the engine stamps or
-    applies, so that after a table rebuild the reconcile can tell a row the
-    rebuild copied (same values) from one another connection updated
-    before the triggers were back (reconcile.py, ADR 0013).  It is the XOR
-    of a 64-bit hash of (slot, value) per cell, leaving out cells with the
-    default stamp (HLC `DEFAULT_CELL_HLC`: a value ADD COLUMN filled in,
-    which nobody wrote), so ADD COLUMN leaves every fingerprint true
-    without a pass over the rows.  Values are compared as their text
-    (`_comparable`): a rebuild that changes a column's type affinity
-    turns 3 into '3' or 3.0, which is no write.
-    """
-    fingerprint = 0
-    if not slots:
-        return fingerprint
-    try:
-        for index, slot in enumerate(slots.split(",")):
-            hlc = stamps_and_values[2 * index]
-            if hlc is None or hlc == DEFAULT_CELL_HLC:
-                continue
-            fingerprint ^= key_hash((int(slot), _comparable(stamps_and_values[2 * index + 1])))
-    except (ValueError, TypeError, IndexError):
-        # A shadow row another program wrote (a stamp that is text): unknown,
-        # never compared.  An exception would fail the whole capture (issue 12).
+def values_fingerprint(text: str | None) -> int | None:
+    """`syncmesh_values_fp(text)`: the 64-bit hash of the text `values_fp_sql` built."""
+    if text is None:
         return None
-    return fingerprint
-
-
-def _comparable(value: SqlValue) -> SqlValue:
-    """`value` as the fingerprint sees it: numbers and numeric text alike by their text.
-
-    Text arrives as its bytes (`values_fp_sql`), so a BLOB and a TEXT of
-    the same bytes are alike too.
-    """
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 2**53:
-            return str(int(value))
-        return repr(value)
-    return value
+    value = xxh3_64_intdigest(text.encode())
+    return value - (1 << 64) if value >= 1 << 63 else value  # SQLite's integers are signed
 
 
 def capture_pasts(text: str | None, mask: int, slots: str, *stamps: int | None) -> str | None:

@@ -100,7 +100,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     # The capture upsert calls it for rows whose cells another site wrote.
     connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
     # The capture, the apply and the reconcile keep rows' value fingerprints with it.
-    connection.create_function(VALUES_FP_FUNCTION, -1, values_fingerprint, deterministic=True)
+    connection.create_function(VALUES_FP_FUNCTION, 1, values_fingerprint, deterministic=True)
     return connection
 
 

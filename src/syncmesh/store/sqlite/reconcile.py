@@ -28,7 +28,7 @@ transaction (`reconcile_schema`, called by the node's capture loop):
   connection, between the rebuild's commit and the reinstall) keep their
   key, so the keys cannot show them: each shadow row keeps a fingerprint
   of the row's values as the engine last stamped or applied them (`vf`,
-  functions.values_fingerprint), and a row whose values no longer match
+  functions.values_fp_sql), and a row whose values no longer match
   it was written meanwhile.  A row the rebuild copied matches.  (A
   rebuild that also drops a column leaves nothing to compare: the
   fingerprints hashed the dropped values.  The line says so.);
