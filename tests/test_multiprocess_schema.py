@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -284,6 +286,77 @@ def test_a_django_style_rebuild_at_one_site_while_another_writes(
             f"a 200 from {node.name}'s health",
             describe=lambda node=node: f"{node.health()[1]}\n{node.log_tail()}",  # type: ignore[misc]
         )
+
+
+def test_an_update_right_after_a_rebuild_reaches_the_peer(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: an UPDATE of a row the rebuild copied, made by another writer between the
+    rebuild's commit and the node's reconcile, is captured and reaches the peer.
+
+    The node is paused (SIGSTOP) while the sqlite3 shell rebuilds the table
+    and then updates a copied row, so the update lands before the node can
+    put its triggers back, every time; resumed, the node reconciles.
+    """
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1), ('r2', 'kept', 2)")
+    wait_ids(b, ["r1", "r2"], cluster)
+    a.pause()
+    try:
+        django_rebuild(a.db)
+        shell(a.db, "UPDATE items SET name = 'after the rebuild', qty = 5 WHERE id = 'r1'")
+    finally:
+        a.resume()
+    wait_for(
+        lambda: (
+            query(b.db, "SELECT name, qty FROM items WHERE id = 'r1'") == [("after the rebuild", 5)]
+        ),
+        CONVERGE_S,
+        "the update made right after the rebuild, at b",
+        describe=cluster.logs,
+    )
+    django_rebuild(b.db)
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: row[1][0] for row in dump} == {"r1": "after the rebuild", "r2": "kept"}
+    assert "rows inserted, updated or deleted meanwhile caught up" in a.log_text()
+    assert_never_refused(cluster)
+
+
+def sqlite_utils(*arguments: str) -> None:
+    """Run the real `sqlite-utils` command line (another writer of the file)."""
+    command = Path(sys.executable).with_name("sqlite-utils")
+    result = subprocess.run(
+        [str(command), *arguments], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"sqlite-utils {arguments} exited {result.returncode}: {result}"
+
+
+def test_sqlite_utils_transform_at_one_site_while_both_write(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: `sqlite-utils transform` (a table rebuild that drops the triggers) at each site
+    in turn while writers run: every row any writer committed reaches both sites, and an
+    UPDATE made with `sqlite-utils query` right after the transform, before the node has
+    reconciled (the node is paused meanwhile), reaches the peer."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1)")
+    wait_ids(b, ["r1"], cluster)
+    with writers(a, b) as (writer_a, writer_b):
+        writer_a.wait_rows(5)
+        a.pause()
+        try:
+            sqlite_utils("transform", str(a.db), "items", "--default", "qty", "0")
+            sqlite_utils("query", str(a.db), "UPDATE items SET qty = 5 WHERE id = 'r1'")
+        finally:
+            a.resume()
+        wait_ids(b, writer_a.wait_rows(10), cluster)
+        wait_ids(a, writer_b.wait_rows(5), cluster)
+        sqlite_utils("transform", str(b.db), "items", "--default", "qty", "0")
+        written = writer_a.stop() + writer_b.stop()
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert set(written) <= {row[0][0] for row in dump}
+    assert {row[0][0]: row[2][0] for row in dump}["r1"] == 5
+    for node in (a, b):
+        assert "capture triggers were gone" in node.log_text(), node.log_tail()
+    assert_never_refused(cluster)
 
 
 def test_health_is_503_for_a_table_that_lost_its_triggers_and_cannot_be_repaired(

@@ -217,6 +217,27 @@ def test_creation_stamps_of_columns_round_trip() -> None:
         assert decoded.batch.tables[0].former == former
 
 
+def test_column_generations_round_trip_in_a_field_older_peers_ignore() -> None:
+    """The batch's optional `gen` field (ADR 0013): one entry per table entry, or none.
+
+    Without generations the frame is what it was before them; with them,
+    the table entries are unchanged (a decoder that ignores `gen`, as every
+    older peer does with a field it does not know, reads the same rows).
+    """
+    plain = TableRows("t", ("c",), 1, [["k", 1, 5, 0, 1, 5, 0, None]])
+    readded = TableRows("u", ("b", "c"), 1, [["k", 1, 5, 0, 1, 5, 0, None, 2, 5, 0, None]])
+    readded = dataclasses.replace(readded, generations=(1, 0))
+    batch = ChangeBatch("i", 0, 1, 9, None, ("a",), (plain, readded))
+    decoded = decode(encode(Batch(batch)))
+    assert isinstance(decoded, Batch)
+    assert [table.generations for table in decoded.batch.tables] == [(), (1, 0)]
+    unsaid = dataclasses.replace(readded, generations=())
+    older = decode(encode(Batch(dataclasses.replace(batch, tables=(plain, unsaid)))))
+    assert isinstance(older, Batch)
+    assert "gen" not in msgpack.unpackb(encode(Batch(older.batch))[1:])
+    assert [t.rows for t in older.batch.tables] == [t.rows for t in decoded.batch.tables]
+
+
 def _frame(plain: object) -> bytes:
     return bytes([0]) + msgpack.packb(plain, use_bin_type=True)
 
@@ -348,6 +369,12 @@ def test_a_hello_without_limits_is_understood_and_limits_travel() -> None:
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [[]], 0]]}), "created stamps"),
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [[]], [1, 2]]]}), "created"),
         (_frame({**_batch_frame(), "tables": [["t", ["c"], 1, [], [[]], [-1]]]}), "created"),
+        # The batch's optional generations (ADR 0013): per table entry, nil or one per column.
+        (_frame({**_batch_frame(), "gen": {}}), "generations are not one entry per table"),
+        (_frame({**_batch_frame(), "gen": [None, None]}), "one entry per table"),
+        (_frame({**_batch_frame(), "gen": [[1, 2]]}), "generations are not one count per column"),
+        (_frame({**_batch_frame(), "gen": [[-1]]}), "one count per column"),
+        (_frame({**_batch_frame(), "gen": [["1"]]}), "one count per column"),
         # A table entry's optional former names (ADR 0013): one list of names per column.
         (_frame(_batch_frame(former=[])), "one list per column"),
         (_frame(_batch_frame(former=[["a"], ["b"]])), "one list per column"),

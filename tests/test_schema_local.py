@@ -336,19 +336,135 @@ def test_a_django_rebuild_is_caught_up_without_resending_copied_rows(
     assert len(triggers(store)) == 3 + 3  # insert, key, delete; name, qty, colour
 
 
-def test_rebuild_catch_up_cannot_recover_an_update_of_an_older_row(store: SqliteStore) -> None:
-    """The known limit (ADR 0013): the shadow holds stamps, not values.
+def test_rebuild_catch_up_recovers_an_update_of_an_older_row_by_another_connection(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
+    """An UPDATE of a row the rebuild copied, made before the triggers are back, is captured.
 
-    An UPDATE of a row that existed before the rebuild, made between the
-    rebuild's commit and the reconcile, is not captured: the value stays
-    local until the row is written again (or `verify --deep` and `repair`
-    find it).  This test states the limit; it is not a wish.
+    Another connection rebuilds the table and, right after its commit,
+    updates a copied row; the store reconciles only then.  The key is the
+    same, so only the row's value fingerprint shows the write (ADR 0013).
+    It reaches a peer; the rows the rebuild copied unchanged are not sent.
     """
+    synced_equal(store, peer)
     head = store.head_seq()
-    shell(store, DJANGO_REBUILD + "UPDATE items SET name = 'unseen' WHERE id = 'a';")
+    other = sqlite3.connect(store.context.path, isolation_level=None)
+    try:
+        other.executescript(DJANGO_REBUILD)
+        other.execute("UPDATE items SET name = 'after the rebuild' WHERE id = 'a'")
+    finally:
+        other.close()
+    lines = store.reconcile_schema()
+    assert any("rows inserted, updated or deleted meanwhile caught up" in x for x in lines)
+    changed = rows(store, head)
+    assert set(changed) == {("a",)}  # 'b', copied unchanged, is not sent again
+    assert changed[("a",)].state.cells["name"].value == "after the rebuild"
+    assert changed[("a",)].state.cells["name"].stamp.hlc > head
+    shell(peer, DJANGO_REBUILD)
+    peer.reconcile_schema()
+    synced_equal(store, peer)
+    assert peer.connection.execute("SELECT name FROM items WHERE id = 'a'").fetchone() == (
+        "after the rebuild",
+    )
+
+
+def test_rebuild_catch_up_recovers_an_update_made_in_the_shell_of_a_peers_row(
+    store: SqliteStore, peer: SqliteStore
+) -> None:
+    """The same in the sqlite3 shell, for a row a peer wrote last: its fingerprint is
+    the apply's, not the capture's."""
+    peer.connection.execute("INSERT INTO items VALUES ('p', 'from a peer', 7)")
+    synced_equal(store, peer)
+    head = store.head_seq()
+    shell(store, DJANGO_REBUILD + "UPDATE items SET qty = 8 WHERE id = 'p';")
     store.reconcile_schema()
-    assert ("a",) not in rows(store, head)
-    assert rows(store)[("a",)].state.cells["name"].value == "unseen"  # local only
+    changed = rows(store, head)
+    assert set(changed) == {("p",)}
+    assert changed[("p",)].state.cells["qty"].value == 8
+
+
+def test_rows_written_just_before_ddl_get_their_fingerprints_at_the_reconcile(
+    store: SqliteStore,
+) -> None:
+    """Writes pending at a DDL are captured with the old definition, which cannot read the
+    row's values by name: the reconcile fills their fingerprints in, so an update of such
+    a row after a later rebuild is still caught."""
+    store.capture()
+    shell(store, "UPDATE items SET qty = 5 WHERE id = 'a'; ALTER TABLE items ADD COLUMN note TEXT;")
+    store.reconcile_schema()
+    assert store.connection.execute(
+        "SELECT count(*) FROM _syncmesh_shadow_items WHERE vf IS NULL"
+    ).fetchone() == (0,)
+    head = store.head_seq()
+    shell(
+        store,
+        "BEGIN; CREATE TABLE new__items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER, note TEXT);"
+        " INSERT INTO new__items SELECT id, name, qty, note FROM items; DROP TABLE items;"
+        " ALTER TABLE new__items RENAME TO items; COMMIT;"
+        " UPDATE items SET qty = 6 WHERE id = 'a';",
+    )
+    store.reconcile_schema()
+    assert set(rows(store, head)) == {("a",)}
+    assert rows(store)[("a",)].state.cells["qty"].value == 6
+
+
+def test_a_file_from_before_fingerprints_gets_them_at_open(tmp_path: Path) -> None:
+    """A shadow table without `vf` (an older syncmesh) gets it, filled, when opened."""
+    path = tmp_path / "old.db"
+    store = _open(path)
+    store.capture()
+    store.connection.execute("ALTER TABLE _syncmesh_shadow_items DROP COLUMN vf")
+    store.close()
+    store = SqliteStore.open(path)
+    try:
+        assert store.connection.execute(
+            "SELECT count(*) FROM _syncmesh_shadow_items WHERE vf IS NULL"
+        ).fetchone() == (0,)
+        head = store.head_seq()
+        shell(store, DJANGO_REBUILD + "UPDATE items SET qty = 3 WHERE id = 'b';")
+        store.reconcile_schema()
+        assert set(rows(store, head)) == {("b",)}
+    finally:
+        store.close()
+
+
+def test_a_rebuild_that_changes_a_columns_type_affinity_resends_no_row(
+    store: SqliteStore,
+) -> None:
+    """A rebuild that turns `qty` INTEGER into TEXT stores 1 as '1': no write, nothing sent."""
+    head = store.head_seq()
+    shell(
+        store,
+        "BEGIN; CREATE TABLE new__items (id TEXT PRIMARY KEY, name TEXT, qty TEXT);"
+        " INSERT INTO new__items SELECT id, name, qty FROM items; DROP TABLE items;"
+        " ALTER TABLE new__items RENAME TO items; COMMIT;",
+    )
+    store.reconcile_schema()
+    assert store.connection.execute("SELECT typeof(qty) FROM items").fetchall() == [("text",)] * 2
+    assert rows(store, head) == {}
+
+
+def test_a_rebuild_that_drops_a_column_says_updates_meanwhile_cannot_be_told(
+    store: SqliteStore,
+) -> None:
+    """The fingerprints hashed the dropped column's values: nothing to compare, and said so."""
+    shell(
+        store,
+        "BEGIN; CREATE TABLE new__items (id TEXT PRIMARY KEY, name TEXT);"
+        " INSERT INTO new__items SELECT id, name FROM items; DROP TABLE items;"
+        " ALTER TABLE new__items RENAME TO items; COMMIT;",
+    )
+    lines = store.reconcile_schema()
+    assert any("rows updated meanwhile cannot be told" in line for line in lines)
+    # The fingerprints are refreshed: a later rebuild compares again.
+    head = store.head_seq()
+    shell(
+        store,
+        DJANGO_REBUILD.replace('"qty" INTEGER NULL, ', "").replace('"qty", ', "")
+        + "UPDATE items SET name = 'later' WHERE id = 'b';",
+    )
+    store.reconcile_schema()
+    assert set(rows(store, head)) == {("b",)}
 
 
 def test_rebuilt_table_syncs_between_two_stores(store: SqliteStore, peer: SqliteStore) -> None:

@@ -94,6 +94,149 @@ def test_a_column_re_added_after_every_site_dropped_it_converges(
     assert rows(b) == rows(a)
 
 
+def test_a_column_re_added_behind_a_site_whose_clock_runs_ahead_converges(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """The re-added column is told by its generation, not by comparing two sites' clocks.
+
+    b's clock runs 30 s ahead of a's (within the drift limit), and a has
+    heard nothing from b since, so a's re-add of `b` is stamped before
+    b's drop of it.  By the creation-stamp rule b took a's new column for
+    the old one and discarded its cells (the chaos `skew` fault found it);
+    by the column's generation (the drops of its name at its sender: one)
+    against b's drops of the name (one), it is the new column, parked at b
+    until b adds the name again.
+    """
+    a, b, a_clock, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    pull(b, a)
+    b_clock.advance(30_000)
+    drop_column(b, "items", "b")
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    a_clock.advance(10)
+    write(a, "UPDATE items SET b = 'new' WHERE id = 'k'")
+    assert a.clock.last < b.context.tables["items"].layout.dropped[-1].dropped_hlc
+    pull(a, b)  # b has dropped b and not added it again: a's cells are parked
+    b_clock.advance(10)
+    add_column(b, "items", "b TEXT")
+    pull(a, b)
+    pull(b, a)
+    assert rows(a) == "k|n|new\n"
+    assert rows(b) == rows(a)
+
+
+def test_late_writes_to_the_old_column_stay_out_under_skew_too(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """The other side of the rule: a's clock runs ahead, b writes the old column late.
+
+    b has not dropped `b` yet when it writes it (generation 0 there, the
+    old column); a has dropped and re-added it.  However the clocks stand,
+    b's late write must not land in a's new column.
+    """
+    a, b, a_clock, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    pull(b, a)
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    b_clock.advance(30_000)  # b's late write is stamped after a's re-add
+    write(b, "UPDATE items SET b = 'late to the old one' WHERE id = 'k'")
+    pull(b, a)
+    assert rows(a) == "k|n|\n"
+
+
+def test_a_column_re_added_before_another_site_dropped_it_waits_there_for_its_re_add(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """a drops `b` and adds it again before b has dropped it (a rolling deploy that
+    overtook itself, as a killed node makes the chaos plan do); a writes the new `b`.
+
+    b's `b` is still the old column (generation 0), a's the new one
+    (generation 1): landing in b's old column, the write was dropped with
+    it at b's drop and never sent again.  Now it is parked at b, kept out
+    of b's vector, and lands when b has dropped and added `b` too.
+    """
+    a, b, a_clock, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    pull(b, a)
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    a_clock.advance(10)
+    write(a, "UPDATE items SET b = 'new' WHERE id = 'k'")
+    pull(a, b)
+    assert rows(b) == "k|n|old\n"  # not into the old column
+    new_write = a.clock.last
+    assert b.vector().get(a.site_id, 0) < new_write  # not claimed: b cannot relay it
+    b_clock.advance(40)
+    drop_column(b, "items", "b")
+    b_clock.advance(10)
+    add_column(b, "items", "b TEXT")
+    pull(a, b)
+    pull(b, a)
+    assert rows(a) == "k|n|new\n"
+    assert rows(b) == rows(a)
+
+
+def test_a_file_whose_parked_cells_have_no_generation_gets_the_column_at_open(
+    tmp_path: Path,
+) -> None:
+    """`_syncmesh_parked` from before generations: the column is added (0: unsaid)."""
+    path = tmp_path / "old.db"
+    store = SqliteStore.open(path)
+    store.init()
+    store.connection.execute("ALTER TABLE _syncmesh_parked DROP COLUMN generation")
+    store.close()
+    store = SqliteStore.open(path)
+    try:
+        columns = [
+            row[1] for row in store.connection.execute("PRAGMA table_info(_syncmesh_parked)")
+        ]
+        assert columns[-1] == "generation"
+    finally:
+        store.close()
+
+
+def test_a_site_that_tracks_the_table_after_the_re_add_takes_the_new_column(
+    tmp_path: Path,
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """A late joiner: `b` tracked fresh after a dropped and re-added it.
+
+    Its column is generation 0 (no drop to count) but was created after
+    a's: it is the new column, and a's writes to it land there.
+    """
+    a, _b, a_clock, _b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    a_clock.advance(10)
+    drop_column(a, "items", "b")
+    a_clock.advance(10)
+    add_column(a, "items", "b TEXT")
+    a_clock.advance(10)
+    write(a, "UPDATE items SET b = 'new' WHERE id = 'k'")
+    late_clock = ManualClock(a_clock.ms + 1_000)
+    late = SqliteStore.open(
+        tmp_path / "late.db", clock=HybridClock(late_clock, drift_ms_max=60_000)
+    )
+    try:
+        late.init()
+        late.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, b TEXT)")
+        late.track(["items"])
+        pull(a, late)
+        assert rows(late) == "k|n|new\n"
+    finally:
+        late.close()
+
+
 # A row refused for its stamps (from a clock ahead of ours) is kept in the
 # quarantine in our column names; the schema may change before its retry.
 # The retry must judge its cells by the column they were refused in, by our

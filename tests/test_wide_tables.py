@@ -144,14 +144,15 @@ def test_an_added_column_beyond_the_shadow_limit_is_a_schema_problem_with_the_fi
     store = SqliteStore.open(tmp_path / "a.db", clock=HybridClock(ManualClock(), drift_ms_max=1))
     try:
         store.init()
-        store.connection.execute(wide_table(990))
+        store.connection.execute(wide_table(495))
         store.track(["wide"])
-        for index in range(990, 1_000):
+        for index in range(495, 505):
             store.connection.execute(f"ALTER TABLE wide ADD COLUMN c{index} TEXT")
         store.reconcile_schema()
         problems = store.schema_problems()
         assert len(problems) == 1
-        assert "1000 value columns" in problems[0]
+        assert "505 value columns" in problems[0]
+        assert "at most 498 value columns" in problems[0]
         assert "split the table" in problems[0]
     finally:
         store.close()
@@ -176,3 +177,32 @@ def test_a_file_whose_wide_triggers_log_every_column_gets_the_new_ones(tmp_path:
         assert "(3, -67," in sql
     finally:
         store.close()
+
+
+def test_the_widest_table_captures_and_syncs(tmp_path: Path) -> None:
+    """498 value columns, the most a loaded row holds: every statement within SQLite's limits.
+
+    (A chain of 498 concatenations in the values' fingerprint was deeper than
+    SQLite's expression depth of 1,000.)
+    """
+    stores = []
+    for name in "ab":
+        store = SqliteStore.open(
+            tmp_path / f"{name}.db", clock=HybridClock(ManualClock(), drift_ms_max=60_000)
+        )
+        store.init()
+        store.connection.execute(wide_table(498))
+        store.track(["wide"])
+        stores.append(store)
+    a, b = stores
+    try:
+        a.connection.execute("INSERT INTO wide (id, c0, c497) VALUES ('r', 'first', 'last')")
+        a.connection.execute("UPDATE wide SET c250 = 'middle' WHERE id = 'r'")
+        sync(a, b)
+        assert rows_with_types(a.connection, "wide") == rows_with_types(b.connection, "wide")
+        assert b.connection.execute("SELECT c0, c250, c497 FROM wide").fetchall() == [
+            ("first", "middle", "last")
+        ]
+    finally:
+        for store in stores:
+            store.close()

@@ -147,6 +147,13 @@ class TableRows:
     # tells by it a column added again since its drop from the old one (ADR
     # 0013).  Empty when the sender did not say (a peer from before it).
     created: tuple[int, ...] = ()
+    # Per column of `columns`, its generation at the sender: how many times
+    # the sender had dropped a column of that name when this one got its
+    # slot (0: never).  Sites that drop a name and add it again in the same
+    # rolling deploys count alike, so a receiver tells the column added
+    # again from the old one without comparing two sites' clocks (ADR
+    # 0013).  Empty when every generation is 0, or the sender did not say.
+    generations: tuple[int, ...] = ()
 
     @property
     def width(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from typing import Any, assert_never
 
 import msgpack
@@ -249,6 +250,7 @@ def _to_plain(message: Message) -> dict[str, Any]:
                 "vv": batch.vector,
                 "sites": list(batch.sites),
                 "tables": [_table_entry(table) for table in batch.tables],
+                **_generations_plain(batch.tables),
             }
         case Ack():
             return {"t": "ack", "to": message.to_seq, "vv": message.vector}
@@ -308,6 +310,21 @@ def _table_entry(table: TableRows) -> list[object]:
     if any(table.created):
         entry.append(list(table.created))
     return entry
+
+
+def _generations_plain(tables: tuple[TableRows, ...]) -> dict[str, object]:
+    """The batch's optional `gen` field: per table entry, its columns' generations or nil.
+
+    Only when some column has a generation (a name dropped and added
+    again: ADR 0013).  A field of its own, not an element of the table
+    entries, so that peers from before it, which ignore fields they do not
+    know, still read the batch.
+    """
+    if not any(any(table.generations) for table in tables):
+        return {}
+    return {
+        "gen": [list(table.generations) if any(table.generations) else None for table in tables]
+    }
 
 
 def _former_plain(former: tuple[tuple[str, ...], ...]) -> list[list[str]]:
@@ -503,6 +520,8 @@ def _batch(plain: dict[str, Any]) -> ChangeBatch:
     tables = tuple(
         _table_rows(table, len(sites)) for table in _field(plain, "tables", list, "batch")
     )
+    if plain.get("gen") is not None:
+        tables = _with_generations(tables, plain["gen"])
     return ChangeBatch(
         _text(plain, "inc", "batch", TOKEN_CHARS_MAX),
         from_seq,
@@ -588,6 +607,28 @@ def _table_rows(plain: object, sites_count: int) -> TableRows:
     if len(plain) == 6:
         created = _created(plain[5], len(columns), where)
     return TableRows(name, tuple(columns), key_count, rows, former, created)
+
+
+def _with_generations(tables: tuple[TableRows, ...], value: object) -> tuple[TableRows, ...]:
+    """`tables` with the columns' generations of the batch's `gen` field (ADR 0013)."""
+    if type(value) is not list or len(value) != len(tables):
+        raise ProtocolError(f"batch: generations are not one entry per table ({len(tables)})")
+    found = []
+    for table, counts in zip(tables, value, strict=True):
+        if counts is None:
+            found.append(table)
+            continue
+        if (
+            type(counts) is not list
+            or len(counts) != len(table.columns)
+            or not all(type(count) is int and 0 <= count <= INT64_MAX for count in counts)
+        ):
+            raise ProtocolError(
+                f"batch rows of {table.table!r}: generations are not one count per column"
+                f" ({len(table.columns)})"
+            )
+        found.append(replace(table, generations=tuple(counts) if any(counts) else ()))
+    return tuple(found)
 
 
 def _created(value: object, columns: int, where: str) -> tuple[int, ...]:

@@ -107,7 +107,7 @@ def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch, sites: SiteMa
         assert table is not None
         lacking: frozenset[str] = frozenset()
         sent = incoming
-        if incoming.columns != table.values or _has_stale_cells(table):
+        if incoming.columns != table.values or incoming.generations or _has_stale_cells(table):
             # Another schema version: map its columns to ours, keep the cells
             # of columns not here as waiting cells (ADR 0013).
             incoming, lacking = _to_local_columns(ctx, table, incoming, shared)
@@ -129,7 +129,9 @@ def _other_columns(ctx: StoreContext, batch: ChangeBatch) -> bool:
     """Whether a table of `batch` has other columns than ours (another schema version)."""
     for incoming in batch.tables:
         table = local_table(ctx, incoming.table)
-        if table is not None and (incoming.columns != table.values or _has_stale_cells(table)):
+        if table is not None and (
+            incoming.columns != table.values or incoming.generations or _has_stale_cells(table)
+        ):
             return True
     return False
 
@@ -207,17 +209,30 @@ def dropped_here(table: TableSql, names: tuple[str, ...]) -> bool:
     return any(name in dropped for name in names)
 
 
-def cells_at_or_below(incoming: TableRows, index: int, dropped_at: int) -> int:
+def cells_at_or_below(incoming: TableRows, index: int, dropped_at: int, drops_here: int) -> int:
     """Cells of incoming column `index` stamped at or below this are of a column dropped here.
 
     `dropped_at` is the stamp of the last drop here of the column's name (0:
-    never dropped).  When the sender says when its column was created, that
-    decides for all its cells: created after our drop, it is the column
-    added again (every cell is its own); before, it is the old one (none
-    is).  Otherwise the cells' own stamps decide, which a write made late to
-    the old column at a site that had not dropped it yet gets wrong.
+    never dropped), `drops_here` how many times it was dropped here.  The
+    sender's column decides for all its cells, by the first of:
+
+    - its generation (the drops of the name at the sender when the column
+      got its slot), when not 0: at least ours, it is the column added
+      again (every cell is its own), below, an older one (none is).  No
+      clock is compared, so it holds under any skew;
+    - its creation stamp: after our drop, the column added again; before,
+      the old one.  A sender that never dropped the name (generation 0) is
+      a site that has not dropped it yet, or one that tracked the table
+      after the drop: only the clocks tell them apart;
+    - otherwise (a peer from before both) the cells' own stamps, which a
+      write made late to the old column at a site that had not dropped it
+      yet gets wrong.
     """
-    if not dropped_at or not incoming.created:
+    if not dropped_at:
+        return dropped_at
+    if incoming.generations and incoming.generations[index]:
+        return 0 if incoming.generations[index] >= drops_here else INT64_MAX
+    if not incoming.created:
         return dropped_at
     return 0 if incoming.created[index] > dropped_at else INT64_MAX
 
@@ -227,6 +242,34 @@ def last_drop_here(table: TableSql, names: tuple[str, ...]) -> int:
     return max(
         (entry.dropped_hlc for entry in table.layout.dropped if entry.name in names), default=0
     )
+
+
+def newer_than_ours(
+    table: TableSql, mapping: ColumnMap, index: int, generation: int, created: int | None
+) -> bool:
+    """Whether incoming column `index`, of `generation`, is a later column of its name than ours.
+
+    Its sender dropped the name more often than we did (we have not dropped
+    it yet, or not as often): our column of that name is an older one, and
+    its cells must not land in it.  They are parked until our column is of
+    that generation too (ADR 0013).  Unless we never dropped the name and
+    created our column after the sender created its own (`created`; None:
+    not said): then we tracked the table after the drops (a late joiner,
+    whose fresh track knows no history), and our column is the new one.
+    """
+    if not generation or index not in mapping.sources:
+        return False
+    ours = table.values[mapping.sources.index(index)]
+    drops = table.layout.generation_of(ours)
+    if generation <= drops:
+        return False
+    ours_created = table.layout.created[table.values.index(ours)]
+    return drops > 0 or created is None or not ours_created or ours_created < created
+
+
+def drops_here(table: TableSql, names: tuple[str, ...]) -> int:
+    """How many times a column a sender calls by one of `names` was dropped here."""
+    return max((table.layout.generation_of(name) for name in names), default=0)
 
 
 def _has_stale_cells(table: TableSql) -> bool:
@@ -875,19 +918,41 @@ def _to_local_columns(
     """
     spec, values, keys = table.spec, table.values, table.key_count
     mapping = map_columns(table, incoming)
+    generations = incoming.generations or (0,) * len(incoming.columns)
+    newer = [
+        index
+        for index in range(len(incoming.columns))
+        if newer_than_ours(
+            table,
+            mapping,
+            index,
+            generations[index],
+            incoming.created[index] if incoming.created else None,
+        )
+    ]
+    if newer:
+        # A later column of a name than ours: parked, and ours reads as lacking it.
+        mapping = replace(
+            mapping,
+            sources=tuple(None if source in newer else source for source in mapping.sources),
+        )
     head = keys + 3
     former = incoming.former or ((),) * len(incoming.columns)
     waiting: list[waitlist.WaitingCell] = []
     parked: list[waitlist.WaitingCell] = []
-    for index in (*mapping.waiting, *mapping.dropped):
+    for index in (*mapping.waiting, *mapping.dropped, *newer):
         at = head + CELL_FIELDS * index
         names = (incoming.columns[index], *former[index])
         # A name dropped here: cells stamped after the drop may be of the
         # column added again at their sender, and are parked; older ones
         # are of the dropped column, and discarded.
         dropped_at = (
-            cells_at_or_below(incoming, index, last_drop_here(table, names))
+            cells_at_or_below(
+                incoming, index, last_drop_here(table, names), drops_here(table, names)
+            )
             if index in mapping.dropped
+            else 0
+            if index in newer
             else None
         )
         one = TableRows(incoming.table, (incoming.columns[index],), keys, [])
@@ -908,6 +973,7 @@ def _to_local_columns(
                 former[index],
                 RowChange(spec.name, tuple(row[:keys]), state),
                 shared.origin,
+                generations[index] if dropped_at is not None else 0,
             )
             (waiting if dropped_at is None else parked).append(cell)
         waitlist.discard(ctx, spec.name, incoming.columns[index], discarded)
@@ -928,7 +994,12 @@ def _to_local_columns(
         if source is None
         else (
             head + CELL_FIELDS * source,
-            cells_at_or_below(incoming, source, stale_at_or_below(table, column)),
+            cells_at_or_below(
+                incoming,
+                source,
+                stale_at_or_below(table, column),
+                table.layout.generation_of(column),
+            ),
         )
         for column, source in zip(values, mapping.sources, strict=True)
     ]

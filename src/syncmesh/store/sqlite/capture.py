@@ -82,6 +82,7 @@ def capture_pending(
     ctx.catch_up_clock()
     own = ctx.require_init().site(0)
     stamped = 0
+    fingerprinted = _values_fp_readable(ctx, pending)
     logged = sum(
         ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()[0] for table in pending
     )
@@ -91,7 +92,15 @@ def capture_pending(
         hlc = ctx.clock.tick()
         for table in pending:
             stamped += capture_table(
-                ctx.connection, table, hlc, hlc, -1, own, ctx.summaries.note, keys_out
+                ctx.connection,
+                table,
+                hlc,
+                hlc,
+                -1,
+                own,
+                ctx.summaries.note,
+                keys_out,
+                values_fp=table.spec.name in fingerprinted,
             )
     else:
         # A huge backlog (writes made while the node was down, or one giant
@@ -109,6 +118,7 @@ def capture_pending(
                     own,
                     ctx.summaries.note,
                     keys_out,
+                    values_fp=table.spec.name in fingerprinted,
                 )
                 if count == 0:
                     break
@@ -117,6 +127,24 @@ def capture_pending(
     vector.set_own(ctx, hlc)
     ctx.rows_captured_uncommitted += stamped
     return stamped
+
+
+def _values_fp_readable(ctx: StoreContext, tables: list[TableSql]) -> set[str]:
+    """The tables whose rows' value fingerprints this capture can read (by column name).
+
+    All of them unless DDL ran since the last reconcile: then those whose
+    columns are still the ones the store knows.  The others' captured rows
+    get no fingerprint (unknown); the reconcile fills it in.
+    """
+    version = int(ctx.connection.execute("PRAGMA schema_version").fetchone()[0])
+    if version == ctx.reconciled_version:
+        return {table.spec.name for table in tables}
+    return {
+        table.spec.name
+        for table in tables
+        if [row[1] for row in ctx.connection.execute(f"PRAGMA table_info({table.table})")]
+        == list(table.spec.columns)
+    }
 
 
 def capture_table(
@@ -128,13 +156,16 @@ def capture_table(
     own_site: str = "",
     note: Callable[[str, int, int], None] | None = None,
     keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None = None,
+    *,
+    values_fp: bool = True,
 ) -> int:
     """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
 
     Returns the keys stamped.  Per key, the logged writes reduce to: does
     the row exist now (the last write says), was it deleted on the way
     (then an insert began a new life), and which columns changed (the
-    union of the masks).
+    union of the masks).  `values_fp`: the table's columns are the ones
+    the store knows, so the rows' value fingerprints can be read.
     """
     # Per key: [alive, deleted, mask, inserted, and the wide part of the mask:
     # bit i for slot MASK_COLUMNS_MAX + i, of a table that has such slots].
@@ -193,7 +224,8 @@ def capture_table(
             (*row, *_wide_parameters(state[2], state[4], words))
             for row, state in zip(parameters, folded.values(), strict=True)
         ]
-    execute_many(connection, table.sql_capture.capture_sql, parameters)
+    sql = table.sql_capture.capture_sql if values_fp else table.sql_capture.capture_unknown_fp_sql
+    execute_many(connection, sql, parameters)
     connection.execute(table.sql_capture.log_clear_sql, (last_id,))
     return len(folded)
 

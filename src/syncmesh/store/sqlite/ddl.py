@@ -28,19 +28,22 @@ tells a renamed column from a dropped one (reconcile.py).
 Shadow columns: `k0..kN` (the primary key values), `cl`, `cl_hlc`, `cl_site`,
 `seq`, `kh` and `dg` (the row's key hash and digest in the table's hash tree,
 store/summary.py), then per value column slot i (layout.py): `h{i}` (stamp) and `s{i}` (site
-ordinal; 0 is this node); last `pasts`, what the row's cells know of earlier writes
+ordinal; 0 is this node); then `pasts`, what the row's cells know of earlier writes
 (docs/adr/0007-conflict-ledger.md): JSON `{"<i>": {"p": past, "k":
 knowledge}}` per value column slot i, each an object {"<ordinal>": hlc};
 `p` is the value's past (what its writer knew), `k` what this node learned
 beyond it from writes it discarded.  NULL when all are empty: every row
-whose cells only this site wrote.
+whose cells only this site wrote.  Last `vf`, the row's value fingerprint
+as the engine last wrote or stamped it (functions.values_fp_sql; NULL:
+unknown), which tells a table rebuild's copied rows from rows updated
+before the triggers were back (reconcile.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from syncmesh.model import TableSpec
+from syncmesh.model import CELL_FIELDS, TableSpec
 from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
 from syncmesh.store.sqlite.layout import TableLayout
 from syncmesh.store.summary import DEFAULT_CELL_HLC as DEFAULT_CELL_HLC
@@ -156,9 +159,12 @@ CREATE TABLE IF NOT EXISTS _syncmesh_parked (
     site_id TEXT NOT NULL,
     change BLOB NOT NULL,
     origin TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0, -- the sender's generation of the column (0: unsaid)
     PRIMARY KEY (table_name, pk, column_name)
 )
 """
+# Added to _syncmesh_parked after it first shipped (opening.upgrade adds it).
+PARKED_GENERATION_COLUMN = "generation"
 
 # Membership and tombstone collection (docs/adr/0015-membership-and-tombstone-gc.md):
 # every site known, with its vector as last heard; per table and origin, the
@@ -256,26 +262,42 @@ def shadow_columns(layout: TableLayout) -> list[str]:
 
 
 def width_problem(
-    connection: sqlite3.Connection, table: str, value_columns: int, shadow_width: int
+    connection: sqlite3.Connection,
+    table: str,
+    value_columns: int,
+    key_columns: int,
+    shadow_width: int,
 ) -> str | None:
-    """Why `table`'s shadow table cannot be `shadow_width` columns wide, or None if it can.
+    """Why syncmesh cannot sync `table` with `value_columns` (shadow `shadow_width` wide), or None.
 
-    The shadow table keeps two columns per value column (a dropped one's
-    stay), and SQLite allows a table SQLITE_LIMIT_COLUMN columns (2,000 by
-    default): without this, `track` or an ADD COLUMN failed with SQLite's
-    "too many columns on _syncmesh_shadow_...", which names no fix.
+    A row of the feed, and as the apply loads it, has four fields per value
+    column (value, stamp, site, past), and the shadow table two columns per
+    value column (a dropped
+    one's stay); SQLite allows SQLITE_LIMIT_COLUMN columns in a table and in
+    a result (2,000 by default).  Without this, `track`, an ADD COLUMN or
+    the first read of the feed failed with SQLite's "too many columns",
+    which names no fix.
     """
     limit = connection.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
-    if shadow_width <= limit:
+    feed_width = key_columns + FEED_ROW_FIELDS + CELL_FIELDS * value_columns
+    if shadow_width <= limit and feed_width <= limit:
         return None
-    fixed = shadow_width - 2 * value_columns
+    most = min(
+        (limit - (shadow_width - 2 * value_columns)) // 2,
+        (limit - key_columns - FEED_ROW_FIELDS) // CELL_FIELDS,
+    )
     return (
-        f"table {table!r} has {value_columns} value columns: syncmesh keeps two columns"
-        f" per value column in its shadow table, and SQLite allows {limit} columns a table,"
-        f" so it syncs tables of at most {(limit - fixed) // 2} value columns (columns"
+        f"table {table!r} has {value_columns} value columns: syncmesh reads"
+        f" {CELL_FIELDS} fields per value column in a row of its feed, and SQLite allows"
+        f" {limit} columns, so it syncs tables of at most {most} value columns (columns"
         " dropped since the table was tracked count too); split the table, or leave it"
         " out of what is tracked"
     )
+
+
+# A row as the apply loads it, besides its key and cells: the causal length,
+# its stamp and site (the feed's), then `pasts` and the digest.
+FEED_ROW_FIELDS = 5
 
 
 # One column per row, not per cell: the shadow stays as wide as it was plus
@@ -285,6 +307,9 @@ PASTS_COLUMN = "pasts"
 # docs/adr/0010-verify-hash-tree.md).
 KEY_HASH_COLUMN = "kh"
 DIGEST_COLUMN = "dg"
+# The row's value fingerprint (functions.values_fp_sql): not part of the
+# digest or the feed, only compared by the reconcile after a table rebuild.
+VALUES_FP_COLUMN = "vf"
 
 
 def shadow_ddl(layout: TableLayout) -> list[str]:
@@ -299,7 +324,7 @@ def shadow_ddl(layout: TableLayout) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {shadow} ({key_defs}, cl INTEGER NOT NULL,"
         f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {KEY_HASH_COLUMN} INTEGER,"
-        f" {DIGEST_COLUMN} INTEGER{cells}, PRIMARY KEY ({keys}))"
+        f" {DIGEST_COLUMN} INTEGER{cells}, {VALUES_FP_COLUMN} INTEGER, PRIMARY KEY ({keys}))"
         " WITHOUT ROWID",
         shadow_seq_index_ddl(spec.name),
     ]

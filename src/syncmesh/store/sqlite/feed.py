@@ -76,6 +76,7 @@ def read_batch(
             )
             if kept:
                 former = tuple(table.spec.former_of(column) for column in shape.columns)
+                generations = tuple(table.layout.generation_of(c) for c in shape.columns)
                 found.append(
                     TableRows(
                         name,
@@ -84,6 +85,7 @@ def read_batch(
                         kept,
                         former if any(former) else (),
                         table.layout.created if any(table.layout.created) else (),
+                        generations if any(generations) else (),
                     )
                 )
         # A row held back (now, or in a batch before and not sound again yet)

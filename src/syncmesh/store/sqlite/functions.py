@@ -4,6 +4,8 @@ The capture upsert calls `syncmesh_capture_pasts` for rows whose cells
 another site wrote; the hash tree's functions (`syncmesh_fold_digest`,
 `syncmesh_row_digest`, `syncmesh_key_hash`) are registered by
 `opening.register_functions`, as they close over the store's context.
+The capture, the apply and the reconcile call `syncmesh_values_fp` for a
+row's value fingerprint (`values_fingerprint`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,60 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
+from xxhash import xxh3_64_intdigest
 
 from syncmesh.model import TEXT_ERRORS
+from syncmesh.store.summary import DEFAULT_CELL_HLC
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
 FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
 ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
 KEY_HASH_FUNCTION = "syncmesh_key_hash"
+VALUES_FP_FUNCTION = "syncmesh_values_fp"
+
+
+def values_fp_sql(cells: list[tuple[int, str, str]]) -> str:
+    """SQL of a row's value fingerprint from (slot, stamp SQL, value SQL) per value column.
+
+    The row's value fingerprint is kept in the shadow row (`vf`) by every
+    write the engine stamps or applies, so that after a table rebuild the
+    reconcile can tell a row the rebuild copied (same values) from one
+    another connection updated before the triggers were back (reconcile.py,
+    ADR 0013).  SQL builds one text of `slot:hex(value),` per cell, in slot
+    order, and `values_fingerprint` hashes it: the per-cell work stays in
+    SQLite's C, one Python call per row.  Left out: cells with the default
+    stamp (HLC `DEFAULT_CELL_HLC`, a value ADD COLUMN filled in, which
+    nobody wrote), so ADD COLUMN leaves every fingerprint true without a
+    pass over the rows.  A value is taken by its text (`hex` of it), with
+    an integral REAL as its INTEGER, so a rebuild that changes a column's
+    type affinity (3 to '3' or 3.0) is no write; NULL is `-`.
+    """
+    parts = [
+        f"CASE WHEN {hlc} IS NULL OR {hlc} = {DEFAULT_CELL_HLC} THEN ''"
+        f" WHEN {value} IS NULL THEN '{slot}-,'"
+        f" WHEN typeof({value}) = 'real' AND {value} = CAST({value} AS INTEGER)"
+        f" THEN '{slot}:' || hex(CAST({value} AS INTEGER)) || ','"
+        f" ELSE '{slot}:' || hex({value}) || ',' END"
+        for slot, hlc, value in sorted(cells)
+    ]
+    return f"{VALUES_FP_FUNCTION}({_concatenated(parts) if parts else chr(39) * 2})"
+
+
+def _concatenated(parts: list[str]) -> str:
+    """`a || b || ...` as a balanced tree: a chain of 500 was deeper than SQLite allows (1,000)."""
+    if len(parts) == 1:
+        return parts[0]
+    middle = len(parts) // 2
+    return f"({_concatenated(parts[:middle])}) || ({_concatenated(parts[middle:])})"
+
+
+def values_fingerprint(text: str | None) -> int | None:
+    """`syncmesh_values_fp(text)`: the 64-bit hash of the text `values_fp_sql` built."""
+    if text is None:
+        return None
+    value = xxh3_64_intdigest(text.encode())
+    return value - (1 << 64) if value >= 1 << 63 else value  # SQLite's integers are signed
+
 
 # SQLite allows a function call 127 arguments (SQLITE_MAX_FUNCTION_ARG), and
 # the functions above take two per value column: a table with more than about

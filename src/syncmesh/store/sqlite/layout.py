@@ -87,6 +87,15 @@ class TableLayout:
             return self.spec.value_columns[self.slots.index(slot)]
         return None
 
+    def generation_of(self, name: str) -> int:
+        """How many times a value column named `name` was dropped here (ADR 0013).
+
+        A column added under a name dropped here n times is generation n:
+        it goes on the wire with the column (`TableRows.generations`), and
+        a receiver compares it with its own count for the name.
+        """
+        return sum(1 for entry in self.dropped if entry.name == name)
+
     def dropped_names(self) -> frozenset[str]:
         """Names of value columns dropped here that no live column has now."""
         live = set(self.spec.columns)

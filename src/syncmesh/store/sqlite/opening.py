@@ -27,9 +27,11 @@ from syncmesh.store.sqlite.ddl import (
     KEY_HASH_COLUMN,
     LEGACY_UPDATE_TRIGGER_KIND,
     LIFECYCLE_DDL,
+    PARKED_GENERATION_COLUMN,
     PASTS_COLUMN,
     RUNS_DDL,
     SEEN_DDL,
+    VALUES_FP_COLUMN,
     WAITING_DDL,
     trigger_name,
 )
@@ -39,9 +41,11 @@ from syncmesh.store.sqlite.functions import (
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
+    VALUES_FP_FUNCTION,
     capture_pasts,
     pack_fields,
     register_packed,
+    values_fingerprint,
 )
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
@@ -100,6 +104,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
     # The capture upsert calls it for rows whose cells another site wrote.
     register_packed(connection, CAPTURE_PASTS_FUNCTION, capture_pasts, 3, deterministic=True)
     connection.create_function(FIELDS_FUNCTION, -1, pack_fields, deterministic=True)
+    # The capture, the apply and the reconcile keep rows' value fingerprints with it.
+    connection.create_function(VALUES_FP_FUNCTION, 1, values_fingerprint, deterministic=True)
     return connection
 
 
@@ -157,6 +163,7 @@ def upgrade(ctx: StoreContext) -> None:
     """
     _upgrade_digests(ctx)
     _upgrade_triggers(ctx)
+    _upgrade_values_fp(ctx)
     runs = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_runs'"
     ).fetchone()
@@ -175,6 +182,15 @@ def upgrade(ctx: StoreContext) -> None:
     if waiting is None:  # (each statement is CREATE ... IF NOT EXISTS)
         with ctx.transaction():
             _run_script(ctx, WAITING_DDL)
+    parked_columns = {
+        row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_parked)")
+    }
+    if PARKED_GENERATION_COLUMN not in parked_columns:
+        with ctx.transaction():
+            ctx.connection.execute(
+                f"ALTER TABLE _syncmesh_parked ADD COLUMN {PARKED_GENERATION_COLUMN}"
+                " INTEGER NOT NULL DEFAULT 0"
+            )
     quarantine_columns = {
         row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_quarantine)")
     }
@@ -240,6 +256,20 @@ def _upgrade_digests(ctx: StoreContext) -> None:
                 ctx.connection.execute(f"ALTER TABLE {table.shadow} ADD COLUMN {column} INTEGER")
             ctx.connection.execute(table.sql_verify.fill_digests_sql)
     log.info("%s: added row digests (for syncmesh verify) to %d tables", ctx.path, len(stale))
+
+
+def _upgrade_values_fp(ctx: StoreContext) -> None:
+    """Add the value fingerprints (reconcile.py) to shadow tables made before them, filled."""
+    stale = _lacking(ctx, VALUES_FP_COLUMN)
+    if not stale:
+        return
+    with ctx.transaction():
+        for table in stale:
+            ctx.connection.execute(
+                f"ALTER TABLE {table.shadow} ADD COLUMN {VALUES_FP_COLUMN} INTEGER"
+            )
+            reconcile.fill_values_fp(ctx.connection, table)
+    log.info("%s: added value fingerprints to %d tables", ctx.path, len(stale))
 
 
 def _lacking(ctx: StoreContext, column: str) -> list[TableSql]:

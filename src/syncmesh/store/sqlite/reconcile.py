@@ -24,9 +24,14 @@ transaction (`reconcile_schema`, called by the node's capture loop):
 - a table rebuild (create, copy, drop, rename: Django, Alembic batch mode,
   sqlite-utils `transform`) drops the triggers: they are put back, and a
   catch-up compare of the table's keys with its shadow rows captures rows
-  inserted or deleted meanwhile.  Not recoverable: an UPDATE of an older
-  row made between the rebuild and the reinstall, because the shadow holds
-  stamps, not values;
+  inserted or deleted meanwhile.  Rows updated meanwhile (by another
+  connection, between the rebuild's commit and the reinstall) keep their
+  key, so the keys cannot show them: each shadow row keeps a fingerprint
+  of the row's values as the engine last stamped or applied them (`vf`,
+  functions.values_fp_sql), and a row whose values no longer match
+  it was written meanwhile.  A row the rebuild copied matches.  (A
+  rebuild that also drops a column leaves nothing to compare: the
+  fingerprints hashed the dropped values.  The line says so.);
 - CREATE/DROP INDEX: the REPLACE checks follow the UNIQUE indexes.
 
 A table that cannot be reconciled (gone, key changed, unreadable) leaves
@@ -42,7 +47,7 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 
 from syncmesh.errors import SchemaError
-from syncmesh.model import TableSpec
+from syncmesh.model import SqlValue, TableSpec
 from syncmesh.store.sqlite import capture, waiting
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import (
@@ -53,6 +58,7 @@ from syncmesh.store.sqlite.ddl import (
     OP_DELETE,
     OP_INSERT,
     OP_UPDATE,
+    VALUES_FP_COLUMN,
     capture_triggers,
     drop_trigger_sql,
     log_name,
@@ -66,6 +72,8 @@ from syncmesh.store.sqlite.ddl import (
     update_trigger_kind,
     width_problem,
 )
+from syncmesh.store.sqlite.execute import execute_many
+from syncmesh.store.sqlite.functions import values_fp_sql
 from syncmesh.store.sqlite.introspect import column_defaults, read_table_spec, unique_column_sets
 from syncmesh.store.sqlite.layout import DroppedColumn, TableLayout
 from syncmesh.store.sqlite.table import TableSql
@@ -123,10 +131,16 @@ class TablePlan:
         lines += [f"table {shown!r}: column {c!r} added" for c in self.added]
         lines += [f"table {shown!r}: column {a!r} renamed to {b!r}" for a, b in self.renamed]
         lines += [f"table {shown!r}: column {c!r} dropped" for c, _slot in self.dropped]
-        if self.triggers_lost:
+        if self.triggers_lost and self.dropped:
             lines.append(
                 f"table {shown!r}: capture triggers were gone (a table rebuild, or dropped):"
-                " put back, rows inserted or deleted meanwhile caught up"
+                " put back, rows inserted or deleted meanwhile caught up; rows updated"
+                " meanwhile cannot be told (a column was dropped with the rebuild)"
+            )
+        elif self.triggers_lost:
+            lines.append(
+                f"table {shown!r}: capture triggers were gone (a table rebuild, or dropped):"
+                " put back, rows inserted, updated or deleted meanwhile caught up"
             )
         return lines
 
@@ -209,7 +223,9 @@ def plan_table(connection: sqlite3.Connection, layout: TableLayout) -> TablePlan
             "SELECT count(*) FROM pragma_table_info(?)", (shadow_name(name),)
         ).fetchone()
         values = len(spec.value_columns)
-        plan.problem = width_problem(connection, now, values, int(width) + 2 * len(plan.added))
+        plan.problem = width_problem(
+            connection, now, values, len(spec.pk), int(width) + 2 * len(plan.added)
+        )
     return plan
 
 
@@ -394,11 +410,15 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
             _rename_bookkeeping(ctx, plan)
             changed = True
         layout = plan.renamed_layout
-        old_tables[layout.name] = TableSql(layout, digests=ctx.digests)
+        # (Its capture may name columns the table lost: no fingerprints.)
+        old_tables[layout.name] = TableSql(layout, digests=ctx.digests, values_fp=False)
     ctx.tables, ctx.unsynced = old_tables, unsynced
-    capture.capture_pending(ctx)
+    # (Keys stamped here get no value fingerprint: filled in below.)
+    stamped_before: dict[str, dict[tuple[SqlValue, ...], bool]] = {}
+    capture.capture_pending(ctx, stamped_before)
     hlc = ctx.clock.tick()
     new_tables: dict[str, TableSql] = {}
+    fingerprints_stale: set[str] = set()  # tables whose rows' fingerprints hash a dropped column
     for plan in plans:
         if plan.problem is not None:
             continue
@@ -420,6 +440,10 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
             lines.append(f"table {layout.name!r}: capture triggers updated (indexes changed)")
         if plan.triggers_lost:
             _log_catch_up(connection, table)
+            if not plan.dropped:
+                _log_updated_meanwhile(connection, table, plan)
+        if plan.dropped:
+            fingerprints_stale.add(layout.name)
         if plan.added:
             _log_written_before_trigger(connection, table, plan.added)
         if _digests_change(plan, layout) and ctx.digests:
@@ -427,6 +451,13 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
         new_tables[layout.name] = table
     ctx.tables = new_tables
     capture.capture_pending(ctx)
+    for name, table in new_tables.items():
+        # Rows whose fingerprints hashed a dropped column, and rows the first
+        # capture stamped with the old definition, get them from the table.
+        if name in fingerprints_stale:
+            fill_values_fp(connection, table)
+        elif stamped_before.get(name):
+            fill_values_fp(connection, table, list(stamped_before[name]))
     if changed:
         merge_ready_waiting_cells(ctx)
     if changed or lines:
@@ -507,6 +538,71 @@ def _log_catch_up(connection: sqlite3.Connection, table: TableSql) -> None:
         f" FROM {names.shadow} s WHERE s.cl % 2 = 1 AND NOT EXISTS"
         f" (SELECT 1 FROM {names.table} t WHERE {names.join})"
     )
+
+
+def _log_updated_meanwhile(
+    connection: sqlite3.Connection, table: TableSql, plan: TablePlan
+) -> None:
+    """Log, as updates, live rows whose values no longer match their fingerprints.
+
+    The fingerprint (`vf`) is of the values the engine last stamped or
+    applied, over the table's columns before the rebuild; a rebuild copies
+    them unchanged (matched by name), so a row that differs was written
+    while the triggers were gone.  Which of its columns changed is not
+    known: all of them are logged, as a full-row UPDATE would be (a
+    column added by the rebuild is `_log_written_before_trigger`'s).
+    A row without a fingerprint (unknown) is left alone.
+    """
+    columns = plan.slot_columns  # slot -> its column now: every slot before, none dropped
+    if not columns:
+        return
+    mask = 0
+    for slot in columns:
+        mask |= slot_mask(slot)
+    names = table.names
+    cells = [
+        (slot, f"s.h{slot}", f"t.{quote_identifier(column)}") for slot, column in columns.items()
+    ]
+    keys = ", ".join(f"k{index}" for index in range(names.key_count))
+    shadow_keys = ", ".join(f"s.k{index}" for index in range(names.key_count))
+    connection.execute(
+        f"INSERT INTO {names.log} (op, mask, {keys}) SELECT {OP_UPDATE}, {mask}, {shadow_keys}"
+        f" FROM {names.shadow} s JOIN {names.table} t ON {names.join}"
+        f" WHERE s.cl % 2 = 1 AND s.{VALUES_FP_COLUMN} IS NOT NULL"
+        f" AND s.{VALUES_FP_COLUMN} IS NOT {values_fp_sql(cells)}"
+    )
+
+
+def fill_values_fp(
+    connection: sqlite3.Connection,
+    table: TableSql,
+    keys: list[tuple[SqlValue, ...]] | None = None,
+) -> None:
+    """Set the value fingerprints of the live rows of `keys` (None: all) from the table.
+
+    Run where the rows are as the engine last stamped them (after a
+    capture), so the fingerprints hold what the reconcile after a later
+    rebuild must compare with.
+    """
+    names = table.names
+    shadow = names.shadow
+    cells = [
+        (slot, f"{shadow}.h{slot}", f"u.{quote_identifier(column)}")
+        for column, slot in zip(names.values, names.slots, strict=True)
+    ]
+    where = " AND ".join(
+        f"u.{quote_identifier(column)} = {shadow}.k{index}"
+        for index, column in enumerate(names.spec.pk)
+    )
+    sql = (
+        f"UPDATE {shadow} SET {VALUES_FP_COLUMN} ="
+        f" (SELECT {values_fp_sql(cells)} FROM {names.table} u WHERE {where})"
+        " WHERE cl % 2 = 1"
+    )
+    if keys is None:
+        connection.execute(sql)
+    else:
+        execute_many(connection, f"{sql} AND {names.keys_where}", keys)
 
 
 def _log_written_before_trigger(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from syncmesh.store.sqlite.ddl import DIGEST_COLUMN, PASTS_COLUMN, quote_identifier, shadow_columns
+from syncmesh.store.sqlite.ddl import (
+    DIGEST_COLUMN,
+    PASTS_COLUMN,
+    VALUES_FP_COLUMN,
+    quote_identifier,
+    shadow_columns,
+)
+from syncmesh.store.sqlite.functions import values_fp_sql
 from syncmesh.store.sqlite.names import TableNames
 
 
@@ -26,9 +33,25 @@ class ApplySql:
             *(f"s{slot}" for slot in names.slots),
             PASTS_COLUMN,
         ]
+        # The value fingerprint (ddl.VALUES_FP_COLUMN) is read from the user
+        # row, which the apply wrote first; parameters are numbered so that
+        # it can name the key's and the stamps' again.
+        first_hlc = names.key_count + 7
+        where = " AND ".join(
+            f"u.{quote_identifier(column)} = ?{1 + index}" for index, column in enumerate(spec.pk)
+        )
+        cells = [
+            (slot, f"?{first_hlc + index}", f"u.{quote_identifier(column)}")
+            for index, (column, slot) in enumerate(zip(names.values, names.slots, strict=True))
+        ]
+        fingerprint = f"(SELECT {values_fp_sql(cells)} FROM {names.table} u WHERE {where})"
+
+        def numbered(count: int) -> str:
+            return ", ".join(f"?{index}" for index in range(1, count + 1))
+
         self.shadow_write_sql = (
-            f"INSERT OR REPLACE INTO {shadow} ({', '.join(columns)})"
-            f" VALUES ({', '.join('?' * len(columns))})"
+            f"INSERT OR REPLACE INTO {shadow} ({', '.join([*columns, VALUES_FP_COLUMN])})"
+            f" VALUES ({numbered(len(columns))}, {fingerprint})"
         )
         # The same without `pasts` (left NULL), for rows whose cells have no
         # past and no knowledge: nearly all.  Binding None costs sqlite3 an
@@ -36,8 +59,8 @@ class ApplySql:
         plain = [column for column in columns if column != PASTS_COLUMN]
         self.plain_width = len(plain)
         self.shadow_plain_sql = (
-            f"INSERT OR REPLACE INTO {shadow} ({', '.join(plain)})"
-            f" VALUES ({', '.join('?' * len(plain))})"
+            f"INSERT OR REPLACE INTO {shadow} ({', '.join([*plain, VALUES_FP_COLUMN])})"
+            f" VALUES ({numbered(len(plain))}, {fingerprint})"
         )
         user_columns = [quote_identifier(column) for column in (*spec.pk, *names.values)]
         key_list = ", ".join(quote_identifier(column) for column in spec.pk)

@@ -7,6 +7,7 @@ from syncmesh.store.sqlite.ddl import (
     KEY_HASH_COLUMN,
     MASK_COLUMNS_MAX,
     PASTS_COLUMN,
+    VALUES_FP_COLUMN,
     quote_identifier,
     shadow_columns,
 )
@@ -16,6 +17,7 @@ from syncmesh.store.sqlite.functions import (
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
     call_sql,
+    values_fp_sql,
 )
 from syncmesh.store.sqlite.names import TableNames
 
@@ -30,10 +32,17 @@ def _sql_text(text: str) -> str:
 class CaptureSql:
     """Statements `capture` and `tracking` run on one table's log and shadow table."""
 
-    def __init__(self, names: TableNames, *, digests: bool = True) -> None:
-        """`digests`: keep the rows' digests up to date (off only to measure their cost)."""
+    def __init__(self, names: TableNames, *, digests: bool = True, values_fp: bool = True) -> None:
+        """`digests`: keep the rows' digests up to date (off only to measure their cost).
+
+        `values_fp`: keep the rows' value fingerprints; off for a capture
+        with a table's definition from before DDL (reconcile.py), which may
+        name columns the table no longer has: such rows' fingerprints are
+        left unknown (NULL) and filled in by the reconcile.
+        """
         self.names = names
         self.digests = digests
+        self.values_fp = values_fp
         log_keys = names.shadow_keys  # the log names key columns as the shadow does
         self.pending_sql = f"SELECT 1 FROM {names.log} LIMIT 1"
         self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {names.log} ORDER BY id LIMIT ?"
@@ -45,6 +54,9 @@ class CaptureSql:
         beyond = [slot - MASK_COLUMNS_MAX for slot in names.slots if slot >= MASK_COLUMNS_MAX]
         self.wide_words = 0 if not beyond else max(beyond) // MASK_COLUMNS_MAX + 1
         self.capture_sql = self._capture_sql()
+        # The same, leaving the rows' value fingerprints unknown: for a capture
+        # after DDL that the reconcile has not followed yet (capture.py).
+        self.capture_unknown_fp_sql = self._capture_sql(values_fp=False)
 
     def changed(self, slot: int) -> str:
         """SQL: whether the capture's mask says `slot` changed (see `_capture_sql`)."""
@@ -59,7 +71,7 @@ class CaptureSql:
             return "?3"
         return f"?{8 + self.names.key_count + self.wide_words}"
 
-    def _capture_sql(self) -> str:
+    def _capture_sql(self, *, values_fp: bool = True) -> str:
         """Fold one key's logged writes into its shadow row, stamping what changed.
 
         Parameters: ?1 alive (the key's row exists after the writes), ?2 deleted
@@ -95,6 +107,7 @@ class CaptureSql:
             row_digest,
             *new_cells,
             "NULL",
+            self._values_fp_sql(dict.fromkeys(names.slots, "?4"), values_fp),
         ]
         new_life = "(?1 AND (cl % 2 = 0 OR ?2)) OR (NOT ?1 AND cl % 2 = 1)"
         reborn = "?1 AND (cl % 2 = 0 OR ?2)"  # alive again: a life whose writes know nothing
@@ -110,6 +123,17 @@ class CaptureSql:
             after[f"h{slot}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{slot} END"
             after[f"s{slot}"] = f"CASE WHEN {changed} THEN 0 ELSE s{slot} END"
         sets = [f"{column} = {expression}" for column, expression in after.items()]
+        shadow = names.shadow
+        sets.append(
+            f"{VALUES_FP_COLUMN} = "
+            + self._values_fp_sql(
+                {
+                    slot: f"CASE WHEN ?1 AND {self.changed(slot)} THEN ?4 ELSE {shadow}.h{slot} END"
+                    for slot in names.slots
+                },
+                values_fp,
+            )
+        )
         sets.append("seq = ?5")
         sets.append(f"{PASTS_COLUMN} = {self._next_pasts_sql(reborn)}")
         if self.digests:
@@ -122,8 +146,33 @@ class CaptureSql:
             folded = call_sql(FOLD_DIGEST_FUNCTION, [*fixed, keys_hashed], list(after.values()))
             sets.append(f"{DIGEST_COLUMN} = {folded}")
         return (
-            f"INSERT INTO {names.shadow} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+            f"INSERT INTO {names.shadow} ({', '.join([*columns, VALUES_FP_COLUMN])})"
+            f" VALUES ({', '.join(values)})"
             f" ON CONFLICT ({names.shadow_keys}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+    def _values_fp_sql(self, stamps: dict[int, str], values_fp: bool) -> str:
+        """SQL: the row's value fingerprint after a capture, its cells' stamps given as SQL.
+
+        Read from the user row as it is now (the capture holds the write
+        lock, so it is the row every logged write led to); NULL for a row
+        that is gone.  The stamps' SQL must name the shadow's columns
+        qualified: the subquery's own table may have columns named alike.
+        """
+        names = self.names
+        if not (self.values_fp and values_fp):
+            return "NULL"
+        cells = [
+            (slot, stamps[slot], f"u.{quote_identifier(column)}")
+            for column, slot in zip(names.values, names.slots, strict=True)
+        ]
+        where = " AND ".join(
+            f"u.{quote_identifier(column)} = ?{6 + index}"
+            for index, column in enumerate(names.spec.pk)
+        )
+        return (
+            f"CASE WHEN ?1 THEN (SELECT {values_fp_sql(cells)} FROM {names.table} u"
+            f" WHERE {where}) END"
         )
 
     def _next_pasts_sql(self, reborn: str) -> str:
@@ -162,9 +211,17 @@ class CaptureSql:
         seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"
         hashed_key = f"{KEY_HASH_FUNCTION}({', '.join(keys)})"
         row_digest = call_sql(ROW_DIGEST_FUNCTION, [hashed_key], ["1", ":hlc", "0", *cells])
-        selected = ", ".join([*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL"])
+        fingerprint = values_fp_sql(
+            [
+                (slot, ":hlc", quote_identifier(column))
+                for column, slot in zip(names.values, names.slots, strict=True)
+            ]
+        )
+        selected = ", ".join(
+            [*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL", fingerprint]
+        )
         return (
-            f"INSERT OR IGNORE INTO {names.shadow} ({', '.join(columns)})"
+            f"INSERT OR IGNORE INTO {names.shadow} ({', '.join([*columns, VALUES_FP_COLUMN])})"
             f" SELECT {selected} FROM {names.table}{where}"
         )
 

@@ -44,10 +44,14 @@ KEYS_PER_QUERY = 400  # stays below SQLite's default limit of 999 host parameter
 class TableSql:
     """Statement texts and row conversion for one tracked table."""
 
-    def __init__(self, layout: TableLayout | TableSpec, *, digests: bool = True) -> None:
+    def __init__(
+        self, layout: TableLayout | TableSpec, *, digests: bool = True, values_fp: bool = True
+    ) -> None:
         """`layout`: the table's slots (a bare spec: a table tracked now, slot i = index i).
 
         `digests`: keep the rows' digests up to date (off only to measure their cost).
+        `values_fp`: the capture keeps the rows' value fingerprints (off: a
+        definition from before DDL, reconcile.py).
         """
         if isinstance(layout, TableSpec):
             layout = TableLayout.fresh(layout)
@@ -65,7 +69,7 @@ class TableSql:
         # Rows are selected in the positional layout of `TableRows` (sites as
         # local ordinals), so the feed needs no conversion per row.
         self.shape = TableRows(spec.name, self.values, self.key_count, [])
-        self.sql_capture = CaptureSql(names, digests=digests)
+        self.sql_capture = CaptureSql(names, digests=digests, values_fp=values_fp)
         self.sql_feed = FeedSql(names)
         self.sql_apply = ApplySql(names)
         self.sql_verify = VerifySql(names)

@@ -136,7 +136,9 @@ def _track_in_transaction(
             refuse_untyped_keys(spec)
             refuse_allocated_keys(ctx.connection, spec, allow_integer_keys, ctx.path)
             width = len(shadow_columns(TableLayout.fresh(spec)))
-            too_wide = width_problem(ctx.connection, name, len(spec.value_columns), width)
+            too_wide = width_problem(
+                ctx.connection, name, len(spec.value_columns), len(spec.pk), width
+            )
             if too_wide is not None:
                 raise SchemaError(too_wide)
             new_specs.append(spec)

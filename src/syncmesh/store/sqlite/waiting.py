@@ -8,9 +8,10 @@ it arrived in: its key, the row's causal length and its stamp, the cell.
 The merge then decides as it would have on arrival: a cell of a past life
 of the row loses to the row's later life, an older stamp loses to a newer
 one.  Cells of a column dropped here are discarded and counted.  Parked
-cells (of a name dropped here, stamped after the drop) go the same way
-once the name is a column here again; the merge then keeps out those
-stamped before its last drop here (`apply.stale_at_or_below`).
+cells (of a name dropped here, from a column added again at its sender) go the same way
+once the name is a column here again, as the column added again
+whatever their stamps (they were judged to be of it when they arrived:
+`apply.cells_at_or_below`), so a sender's clock behind ours loses none.
 
 The schema reconcile calls it when the schema changed, and
 `retry_quarantine` calls it too; both inside their transaction, after
@@ -44,7 +45,7 @@ def merge_ready(ctx: StoreContext) -> int:
     merged = forgotten = 0
     groups = [(group, False) for group in waitlist.groups(ctx)]
     groups += [(group, True) for group in waitlist.groups(ctx, parked=True)]
-    for (name, column, former), parked in groups:
+    for (name, column, former, generation), parked in groups:
         table = apply.local_table(ctx, name)
         if table is None:
             forgotten += waitlist.forget_table(ctx, name)
@@ -53,7 +54,9 @@ def merge_ready(ctx: StoreContext) -> int:
         mapping = apply.map_columns(table, shape)
         if mapping.waiting or (parked and mapping.dropped):
             continue  # still not here (a parked name: not added again here yet)
-        cells = waitlist.take(ctx, name, column, former, parked=parked)
+        if parked and apply.newer_than_ours(table, mapping, 0, generation, None):
+            continue  # the column here is still an older one of the name
+        cells = waitlist.take(ctx, name, column, former, generation, parked=parked)
         merged += len(cells)
         by_origin: dict[str, list[RowChange]] = {}
         for cell in cells:
@@ -63,7 +66,15 @@ def merge_ready(ctx: StoreContext) -> int:
                 step = changes[start : start + MERGE_ROWS_PER_STEP]
                 batch_sites: dict[str, int] = {}
                 rows = [row_of_state(change, (column,), batch_sites) for change in step]
-                table_rows = TableRows(name, (column,), table.key_count, rows, (former,))
+                # A parked cell was judged of the column added again when it
+                # arrived: it is, whatever its stamp (its sender's clock may
+                # run behind ours).  Its generation says so to the merge.
+                generations = (
+                    (generation or apply.drops_here(table, (column, *former)),) if parked else ()
+                )
+                table_rows = TableRows(
+                    name, (column,), table.key_count, rows, (former,), (), generations
+                )
                 batch = ChangeBatch("", 0, 0, 0, None, tuple(batch_sites), (table_rows,))
                 apply.merge_rows(ctx, origin, batch, sites)
     if merged or forgotten:

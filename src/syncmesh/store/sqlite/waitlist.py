@@ -6,10 +6,10 @@ here yet, or renamed in a way neither side's former names map.  Its cells
 are kept here, with their stamps and pasts, and merged through the normal
 merge once the column appears (`waiting.merge_ready`; ADR 0013, "Mixed
 schema versions").  Cells of a column dropped here are discarded instead,
-and counted, unless stamped after the drop here: those are *parked* (the
-same shape, another table), since the name may have been added again at
-their sender; they land if it is added again here, under the rule that
-keeps a dropped column's old values out (`apply.stale_at_or_below`).
+and counted, unless their sender's column is one added again under the
+name (`apply.cells_at_or_below`: by its generation, else its creation
+stamp): those are *parked* (the same shape, another table), and land if
+the name is added again here.
 Both cap the vector: this node holds them but cannot relay them, and a
 peer with our columns adopts our vector's claims.
 
@@ -44,6 +44,8 @@ class WaitingCell:
     former: tuple[str, ...]  # the sender's former names of the column, newest first
     change: RowChange  # the row's key, cl and cl stamp, and the one cell
     origin: str
+    # Parked cells: the sender's generation of the column (ADR 0013; 0: unsaid).
+    generation: int = 0
 
 
 def key_blob(pk: tuple[SqlValue, ...]) -> bytes:
@@ -76,16 +78,19 @@ def add(ctx: StoreContext, cells: list[WaitingCell], *, parked: bool = False) ->
                 cell.stamp.site_id,
                 msgpack.packb(row_to_plain(waiting.change), unicode_errors=TEXT_ERRORS),
                 waiting.origin,
+                *((waiting.generation,) if parked else ()),
             )
         )
         site, hlc = cell.stamp.site_id, cell.stamp.hlc
         floors[site] = min(floors.get(site, hlc), hlc)
+    generation = (", generation", ", ?", ", generation = excluded.generation")
+    extra = generation if parked else ("", "", "")
     ctx.connection.executemany(
         f"INSERT INTO {table} (table_name, pk, column_name, former, cl, hlc, site_id,"
-        " change, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f" change, origin{extra[0]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?{extra[1]})"
         " ON CONFLICT (table_name, pk, column_name) DO UPDATE SET former = excluded.former,"
         " cl = excluded.cl, hlc = excluded.hlc, site_id = excluded.site_id,"
-        " change = excluded.change, origin = excluded.origin"
+        f" change = excluded.change, origin = excluded.origin{extra[2]}"
         " WHERE (excluded.cl, excluded.hlc, excluded.site_id) > (cl, hlc, site_id)",
         rows,
     )
@@ -98,35 +103,46 @@ def add(ctx: StoreContext, cells: list[WaitingCell], *, parked: bool = False) ->
     )
 
 
-def groups(ctx: StoreContext, *, parked: bool = False) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The (table, column as sent, sender's former names) that cells wait for: few."""
+def groups(
+    ctx: StoreContext, *, parked: bool = False
+) -> list[tuple[str, str, tuple[str, ...], int]]:
+    """The (table, column as sent, sender's former names, generation) cells wait for: few.
+
+    The generation is a parked cell's (0 for waiting cells).
+    """
     table = "_syncmesh_parked" if parked else "_syncmesh_waiting"
+    generation = "generation" if parked else "0"
     return [
-        (name, column, tuple(json.loads(former)))
-        for name, column, former in ctx.connection.execute(
-            f"SELECT DISTINCT table_name, column_name, former FROM {table}"
+        (name, column, tuple(json.loads(former)), int(count))
+        for name, column, former, count in ctx.connection.execute(
+            f"SELECT DISTINCT table_name, column_name, former, {generation} FROM {table}"
         )
     ]
 
 
 def take(
-    ctx: StoreContext, table: str, column: str, former: tuple[str, ...], *, parked: bool = False
+    ctx: StoreContext,
+    table: str,
+    column: str,
+    former: tuple[str, ...],
+    generation: int = 0,
+    *,
+    parked: bool = False,
 ) -> list[WaitingCell]:
     """Remove and return the cells waiting (or parked) for one group of `groups`."""
     kept_in = "_syncmesh_parked" if parked else "_syncmesh_waiting"
-    key = (table, column, json.dumps(list(former)))
+    where = "table_name = ? AND column_name = ? AND former = ?"
+    key: tuple[str | int, ...] = (table, column, json.dumps(list(former)))
+    if parked:
+        where += " AND generation = ?"
+        key = (*key, generation)
     found = []
     for origin, blob in ctx.connection.execute(
-        f"SELECT origin, change FROM {kept_in}"
-        " WHERE table_name = ? AND column_name = ? AND former = ? ORDER BY rowid",
-        key,
+        f"SELECT origin, change FROM {kept_in} WHERE {where} ORDER BY rowid", key
     ):
         change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
-        found.append(WaitingCell(table, column, former, change, origin))
-    ctx.connection.execute(
-        f"DELETE FROM {kept_in} WHERE table_name = ? AND column_name = ? AND former = ?",
-        key,
-    )
+        found.append(WaitingCell(table, column, former, change, origin, generation))
+    ctx.connection.execute(f"DELETE FROM {kept_in} WHERE {where}", key)
     return found
 
 
