@@ -20,7 +20,7 @@ from bench.common import Figure, render_table
 RESULTS = Path(__file__).resolve().parent / "results"
 # `all` (and no scenario named) runs these, in this order; `profile` only when named.
 ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "snapshot")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"all (the default), {', '.join(KNOWN)}; profile, verify and metadata only when named",
+        help=f"all (the default), {', '.join(KNOWN)}; profile, verify, metadata and snapshot"
+        " only when named",
     )
     parser.add_argument(
         "--quick",
@@ -208,6 +209,10 @@ def _run_scenario(
         from bench import metadata
 
         return metadata.run(repeats, arguments.metadata_rows, _log)
+    if scenario == "snapshot":  # issue 16: snapshot bootstrap against the replay
+        from bench import snapshot
+
+        return snapshot.run(repeats, arguments.bulk_rows, _log)
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify
 

@@ -92,3 +92,17 @@ def test_metadata_budget_runs_and_reports(tmp_path: Path) -> None:
     for figure in ratios:
         assert figure["baseline"]["median"] > 0
         assert figure["ratio"]["median"] > 1, "the bookkeeping takes room"
+
+
+def test_snapshot_bootstrap_runs_next_to_the_replay(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    status = bench_main.main(["snapshot", "--quick", "--bulk-rows", "2000", "--out", str(out)])
+    assert status == 0
+    figures = {
+        figure["name"]: figure
+        for figure in json.loads(out.read_text())["scenarios"]["snapshot"]["figures"]
+    }
+    versus = figures["snapshot bootstrap against replay"]
+    assert versus["samples"]
+    assert versus["baseline"]["samples"], "the replay of the same repeat is the baseline"
+    assert figures["peak RSS of `syncmesh join`"]["samples"][0] > 0
