@@ -66,6 +66,8 @@ class WriteTally:
     # Not in the final state at a replica, but held in its quarantine because a
     # constraint turned it away there (counted once per replica that did).
     quarantined: int = 0
+    # Its key's last life ended in a delete whose tombstone the replica collected.
+    collected: int = 0
 
 
 def is_constraint_refusal(reason: str) -> bool:
@@ -87,6 +89,28 @@ def refused_by_constraint(replicas: Iterable[Replica]) -> set[tuple[str, Key]]:
     }
 
 
+def dead_everywhere(replicas: Iterable[Replica]) -> set[tuple[str, Key]]:
+    """Rows no replica holds alive: deleted, with or without their tombstone.
+
+    Where one node collected a tombstone that another still holds, `verify`
+    between them reports the row (ADR 0015); both say it is absent.
+    """
+    replicas = list(replicas)
+    keys = {
+        (table, key)
+        for replica in replicas
+        for table, rows in replica.tables.items()
+        for key in rows
+    }
+    return {
+        (table, key)
+        for table, key in keys
+        if all(
+            (row := replica.row(table, key)) is None or row.values is None for replica in replicas
+        )
+    }
+
+
 def waiting_in_quarantine(replicas: Iterable[Replica]) -> list[str]:
     """Quarantine entries no constraint explains: they must resolve before the run is quiet."""
     return [
@@ -102,19 +126,23 @@ def waiting_in_quarantine(replicas: Iterable[Replica]) -> list[str]:
 
 
 def check_convergence(
-    replicas: list[Replica], without: Collection[tuple[str, Key]] = ()
+    replicas: list[Replica], without: Collection[tuple[str, Key]] = (), *, tombstones: bool = True
 ) -> list[Violation]:
     """Every replica holds the same state: rows, storage classes, causal lengths, stamps.
 
     `without`: rows left out of the comparison, those a constraint turned
     away at some site (`refused_by_constraint`); `check_writes` judges them.
+    `tombstones=False`: deleted rows are left out too (tombstone collection
+    runs at each node at its own pace; `check_no_resurrection` judges them).
     """
     if len(replicas) < 2:
         return []
     first = replicas[0]
     violations = []
     for other in replicas[1:]:
-        if other.digest(without) == first.digest(without):
+        if other.digest(without, tombstones=tombstones) == first.digest(
+            without, tombstones=tombstones
+        ):
             continue
         violations.append(
             Violation(
@@ -139,7 +167,7 @@ def _first_difference(
                 return (
                     f"table {table} key {list(key)}: {rows_one.get(key)} != {rows_other.get(key)}"
                 )
-    return "same rows, different clock floors or sites"
+    return "same rows, different clock floors, sites or tombstones"
 
 
 # -- P4/P5/P6: no lost acknowledged write, no resurrection -----------------------------------
@@ -190,6 +218,7 @@ def check_writes(
         tally.exact += judged.exact
         tally.superseded_life += judged.superseded_life
         tally.unverified += judged.unverified
+        tally.collected += judged.collected
     return violations, tally
 
 
@@ -260,6 +289,12 @@ def _check_key(
     exempt = may_be_lost or (lambda _write: False)
     if row is None and all(exempt(write) for write in writes):
         return
+    if row is None and replica.collected and _ends_in_delete(writes):
+        # Its tombstone was collected (ADR 0015): every write is of a life
+        # that a delete ended, and the delete is the last word.
+        tally.collected += 1
+        tally.unverified += sum(1 for write in writes if write.cl is None)
+        return
     if row is None:
         yield Violation("lost-write", f"{where}: written, but unknown to the replica")
         return
@@ -297,6 +332,52 @@ def _check_key(
             "resurrection",
             f"{where}: alive in causal length {row.cl}, but no write inserted it in that life",
         )
+
+
+def _ends_in_delete(writes: list[Write]) -> bool:
+    """The key's writes whose life is known end in a delete: the greatest causal length
+    left by any of them is even, and a delete left it."""
+    known = [write for write in writes if write.cl is not None]
+    if not known:
+        return any(write.op == "delete" for write in writes)
+    top = max(write.cl for write in known if write.cl is not None)
+    return top % 2 == 0 and any(write.op == "delete" and write.cl == top for write in known)
+
+
+def check_no_resurrection(writes: list[Write], replica: Replica) -> list[Violation]:
+    """No row deleted at any node (acknowledged there) is alive at the end, unless a later
+    insert revived it: a write that left a greater causal length, at the row's final one.
+
+    With tombstone collection on, this is what a collected delete must
+    never lose to: a stale copy of the row arriving after its tombstone went
+    (ADR 0015's three rules).
+    """
+    deleted: dict[tuple[str, Key], int] = {}
+    inserted: dict[tuple[str, Key], set[int | None]] = defaultdict(set)
+    for write in writes:
+        where = (write.table, tuple(write.key))
+        if write.op == "delete" and write.cl is not None:
+            deleted[where] = max(deleted.get(where, 0), write.cl)
+        elif write.op == "upsert":
+            inserted[where].add(write.cl)
+    violations = []
+    for (table, key), delete_cl in sorted(deleted.items(), key=repr):
+        row = replica.row(table, key)
+        if row is None or row.values is None:
+            continue
+        revived = row.cl > delete_cl and (
+            row.cl in inserted[(table, key)] or None in inserted[(table, key)]
+        )
+        if not revived:
+            violations.append(
+                Violation(
+                    "resurrection",
+                    f"{replica.node}: {table} key {list(key)} was deleted (causal length"
+                    f" {delete_cl}, acknowledged) but is alive at causal length {row.cl},"
+                    " which no later insert left",
+                )
+            )
+    return violations
 
 
 def _check_cells(
@@ -541,6 +622,8 @@ def check_held(
         refused = _refused_rows(replica, (table, key), held_back)
         if refused:
             row = _with_quarantined(row, refused, replica.columns.get(table, ()))
+        if row is None and replica.collected:
+            continue  # deleted since, and its tombstone collected: nothing to hold
         final_cl, final_stamps = (0, {}) if row is None else (row.cl, row.stamps)
         where = f"{replica.node}: {table} key {list(key)}"
         if final_cl < cl:

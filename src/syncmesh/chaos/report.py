@@ -46,6 +46,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     superseded = sum(r.tally.superseded_life for r in results)
     unverified = sum(r.tally.unverified for r in results)
     orders = sum(r.tally.orders for r in results)
+    collected = sum(r.tally.collected for r in results)
     failed = sum(r.failed_writes for r in results)
     restore_exempt = sum(r.writes_restore_exempt for r in results)
     quarantined = sum(r.writes_quarantined for r in results)
@@ -69,7 +70,8 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
             f"; turned away by a constraint, held in a quarantine: {quarantined}"
             if quarantined
             else ""
-        ),
+        )
+        + (f"; keys deleted and their tombstone collected: {collected}" if collected else ""),
         "faults: "
         + (", ".join(f"{kind} {faults[kind]}" for kind in ALL_KINDS if faults[kind]) or "none"),
         f"  connection resets {sum(r.resets for r in results)}, frames duplicated"

@@ -38,6 +38,7 @@ from syncmesh.chaos.checkers import (
     check_held,
     check_indexes,
     check_logs,
+    check_no_resurrection,
     check_orders,
     check_phantom_rows,
     check_phantoms,
@@ -45,6 +46,7 @@ from syncmesh.chaos.checkers import (
     check_waiting,
     check_writes,
     constraint_quarantines,
+    dead_everywhere,
     held_by,
     in_final_shape,
     refused_by_constraint,
@@ -135,6 +137,7 @@ class ScheduleResult:
             "writes_exact": self.tally.exact,
             "writes_superseded_life": self.tally.superseded_life,
             "writes_unverified": self.tally.unverified,
+            "keys_collected": self.tally.collected,
             "orders": self.tally.orders,
             "bytes_on_wire": self.bytes_on_wire,
             "changes_applied": self.changes_applied,
@@ -507,7 +510,7 @@ class ScheduleRun:
                 # operator, and sites rightly differ in them (issue 12); any
                 # other quarantine entry must resolve first.
                 refused = refused_by_constraint(replicas)
-                digests = [replica.digest(refused) for replica in replicas]
+                digests = [replica.digest(refused, tombstones=False) for replica in replicas]
                 if waiting_in_quarantine(replicas):
                     digests = []
                 if digests and len(set(digests)) == 1 and digests == previous:
@@ -533,8 +536,10 @@ class ScheduleRun:
         """
         if any(violation.checker == "liveness" for violation in self.result.violations):
             return
-        # Rows a constraint turned away differ between sites by design (issue 12).
-        refused = refused_by_constraint(await asyncio.to_thread(self._replicas))
+        # Rows a constraint turned away differ between sites by design (issue 12),
+        # and so do deleted rows whose tombstone one node collected already.
+        replicas = await asyncio.to_thread(self._replicas)
+        refused = refused_by_constraint(replicas) | dead_everywhere(replicas)
         for listener, dialler in self.schedule.links:
             asker, node = self.nodes[dialler], self.nodes[listener]
             store = open_store(asker.db)
@@ -572,7 +577,7 @@ class ScheduleRun:
         replicas = self._replicas()
         violations = result.violations
         refused = refused_by_constraint(replicas)
-        violations.extend(check_convergence(replicas, refused))
+        violations.extend(check_convergence(replicas, refused, tombstones=False))
         kv_table = WORKLOAD_TABLE
         if self.plan is not None:
             kv_table = self.plan.final_table
@@ -599,6 +604,7 @@ class ScheduleRun:
                     found = check_phantoms(self.writes, replica, table)
                 violations.extend(found)
             violations.extend(check_phantom_rows(self.writes, replica, phantom_tables))
+            violations.extend(check_no_resurrection(self.writes, replica))
             violations.extend(check_orders(judged, replica))
             for restored in self.restored:
                 for other, held in restored.held.items():
