@@ -20,7 +20,7 @@ from bench.common import Figure, render_table
 RESULTS = Path(__file__).resolve().parent / "results"
 # `all` (and no scenario named) runs these, in this order; `profile` only when named.
 ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "snapshot")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "snapshot", "soak")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -31,6 +31,8 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "mixed_seconds": (60.0, 5.0),
     "idle_seconds": (20.0, 3.0),
     "metadata_rows": (100_000, 5_000),
+    "soak_minutes": (30.0, 0.5),
+    "soak_sample_s": (60.0, 5.0),
 }
 
 
@@ -73,6 +75,8 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "mixed_ops_per_txn": arguments.mixed_ops,
         "idle_seconds": arguments.idle_seconds,
         "metadata_rows": arguments.metadata_rows,
+        "soak_minutes": arguments.soak_minutes,
+        "soak_rate_txns_per_s": arguments.soak_rate,
         "quick": arguments.quick,
     }
 
@@ -83,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"all (the default), {', '.join(KNOWN)}; profile, verify, metadata and snapshot"
-        " only when named",
+        help=f"all (the default), {', '.join(KNOWN)}; profile, verify, metadata, snapshot and"
+        " soak only when named",
     )
     parser.add_argument(
         "--quick",
@@ -132,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metadata-rows", type=int, help="rows per row size, metadata budget (100,000)"
     )
+    parser.add_argument("--soak-minutes", type=float, help="minutes of the soak (30)")
+    parser.add_argument(
+        "--soak-rate", type=float, default=200.0, help="soak transactions/s, all nodes (200)"
+    )
+    parser.add_argument("--soak-sample-s", type=float, help="seconds between soak samples (60)")
+    parser.add_argument("--soak-plot", type=Path, help="draw the soak as a PNG (matplotlib)")
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -213,6 +223,16 @@ def _run_scenario(
         from bench import snapshot
 
         return snapshot.run(repeats, arguments.bulk_rows, _log)
+    if scenario == "soak":  # issue 16: file size under churn, with tombstone collection
+        from bench import soak
+
+        return soak.run(
+            arguments.soak_minutes,
+            arguments.soak_rate,
+            arguments.soak_sample_s,
+            _log,
+            arguments.soak_plot,
+        )
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify
 

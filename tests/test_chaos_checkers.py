@@ -585,3 +585,28 @@ def test_replicas_differing_only_in_a_collected_tombstone_converge_without_tombs
     revived = replica({1: alive(3, T3, A, "y"), 2: alive(1, T1, A, "x")}, node="n2")
     assert kinds(check_convergence([holding, revived], tombstones=False)) == ["convergence"]
     assert dead_everywhere([holding, revived]) == set()
+
+
+def test_a_child_whose_parent_is_gone_was_deleted_by_the_cascade_once_collected() -> None:
+    cascades = {"adv_children": ("parent", "adv_parents")}
+    child = Write("upsert", "n0", A, "adv_children", ["c1"], 1, {"parent": "p1", "v": 1})
+    parent = alive(1, T1, A, "x")
+    with_parent = Replica(
+        "n0",
+        A,
+        T3,
+        {"adv_children": {}, "adv_parents": {("p1",): parent}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+    without_parent = Replica(
+        "n0",
+        A,
+        T3,
+        {"adv_children": {}, "adv_parents": {}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+    assert kinds(check_writes([child], without_parent, cascades=cascades)[0]) == []
+    assert kinds(check_writes([child], with_parent, cascades=cascades)[0]) == ["lost-write"]
+    assert kinds(check_writes([child], without_parent)[0]) == ["lost-write"], "no cascade known"

@@ -178,8 +178,14 @@ def check_writes(
     replica: Replica,
     may_be_lost: Callable[[Write], bool] | None = None,
     held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None = None,
+    cascades: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[list[Violation], WriteTally]:
     """Every acknowledged write is in the final state or lost to a greater write.
+
+    `cascades`: per child table, its foreign key column and parent table
+    (`ON DELETE CASCADE`): a child row may be deleted by its parent's delete
+    with no client write saying so, and once its tombstone is collected only
+    the parent's absence tells (`_collected`).
 
     `may_be_lost(write)` names writes whose loss is allowed (a `restore`
     took them back before any other node held them): they are not judged,
@@ -202,7 +208,9 @@ def check_writes(
     for (table, key), key_writes in sorted(by_key.items(), key=repr):
         row = replica.row(table, key)
         judged = WriteTally()
-        found = list(_check_key(table, key, key_writes, replica, row, judged, may_be_lost))
+        found = list(
+            _check_key(table, key, key_writes, replica, row, judged, may_be_lost, cascades)
+        )
         refused = _refused_rows(replica, (table, key), held_back)
         if found and refused:
             # A constraint turned the row away here: every write must then be
@@ -284,12 +292,13 @@ def _check_key(
     row: RowDump | None,
     tally: WriteTally,
     may_be_lost: Callable[[Write], bool] | None = None,
+    cascades: Mapping[str, tuple[str, str]] | None = None,
 ) -> Iterable[Violation]:
     where = f"{replica.node}: {table} key {list(key)}"
     exempt = may_be_lost or (lambda _write: False)
     if row is None and all(exempt(write) for write in writes):
         return
-    if row is None and replica.collected and _ends_in_delete(writes):
+    if row is None and replica.collected and _collected(writes, replica, cascades or {}):
         # Its tombstone was collected (ADR 0015): every write is of a life
         # that a delete ended, and the delete is the last word.
         tally.collected += 1
@@ -332,6 +341,28 @@ def _check_key(
             "resurrection",
             f"{where}: alive in causal length {row.cl}, but no write inserted it in that life",
         )
+
+
+def _collected(
+    writes: list[Write], replica: Replica, cascades: Mapping[str, tuple[str, str]]
+) -> bool:
+    """Whether a key with no shadow row at `replica` (which collected tombstones) was
+    deleted: its writes end in a delete, or a parent it was written under is gone
+    (a cascade deleted it, with no client write)."""
+    if _ends_in_delete(writes):
+        return True
+    cascade = cascades.get(writes[0].table) if writes else None
+    if cascade is None:
+        return False
+    column, parent_table = cascade
+    for write in writes:
+        parent = write.cells.get(column)
+        if parent is None:
+            continue
+        row = replica.row(parent_table, (parent,))
+        if row is None or row.values is None:
+            return True
+    return False
 
 
 def _ends_in_delete(writes: list[Write]) -> bool:

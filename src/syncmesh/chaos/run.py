@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES
+from syncmesh.chaos.adversarial import ADVERSARIAL_CASCADES, ADVERSARIAL_TABLES
 from syncmesh.chaos.checkers import (
     ClockCheck,
     ClockSample,
@@ -66,9 +66,10 @@ from syncmesh.chaos.migrations import (
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
+from syncmesh.node.bootstrap import join
 from syncmesh.node.verify import VerifyClient, direct_call, verify
 from syncmesh.store.open import open_store
-from syncmesh.transport import HttpVerifyExchange
+from syncmesh.transport import HttpSnapshotSource, HttpVerifyExchange
 
 SAMPLE_INTERVAL_S = 0.25
 QUARANTINE_POLL_S = 1.0
@@ -76,6 +77,7 @@ CLIENT_SETTLE_S = 20.0
 CLIENT_EXIT_SLACK_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
 QUIESCE_POLL_S = 0.5
+REFUSAL_TIMEOUT_S = 20.0  # a node back from `sleep` is refused by then, or a snapshot source is up
 FLAP_INTERVAL_S = (0.2, 1.0)
 RESET_INTERVAL_S = (0.3, 1.5)
 RESET_AFTER_BYTES = (1, 64 * 1024)
@@ -113,6 +115,11 @@ class ScheduleResult:
     changes_applied: int = 0
     drift_refusals: int = 0
     restores: int = 0
+    # `forget` and `sleep` (issue 16): nodes forgotten, refused on their return,
+    # and re-joined from a snapshot.
+    forgotten: int = 0
+    refused: int = 0
+    rejoined: int = 0
     migration: str = ""  # the plan of the schedule's `migrate` fault, if any
     writes_restore_exempt: int = 0  # made at a restored node after its copy, held nowhere else
     # Judged at a replica whose quarantine holds them: a constraint turned them away there.
@@ -143,6 +150,9 @@ class ScheduleResult:
             "changes_applied": self.changes_applied,
             "drift_refusals": self.drift_refusals,
             "restores": self.restores,
+            "forgotten": self.forgotten,
+            "refused": self.refused,
+            "rejoined": self.rejoined,
             "migration": self.migration,
             "writes_restore_exempt": self.writes_restore_exempt,
             "writes_quarantined": self.writes_quarantined,
@@ -175,6 +185,7 @@ class ScheduleRun:
         self.writes: list[Write] = []
         self._t0 = 0.0  # when the workload started: fault times count from here
         self._restarts: set[asyncio.Task[None]] = set()
+        self._rejoins: set[asyncio.Task[None]] = set()
         self.restored: list[_Restored] = []
         # The schedule's rolling schema changes: the plan, and when each node's client
         # runs each of its steps.
@@ -251,6 +262,8 @@ class ScheduleRun:
             await asyncio.sleep(max(0.0, schedule.duration_s - self._since_start()))
         finally:
             self._heal_all()
+            # A node on its way back from `forget` or `sleep` finishes its re-join first.
+            await asyncio.gather(*self._rejoins)
             for node in self.nodes:
                 if not node.running:
                     node.start()
@@ -339,11 +352,86 @@ class ScheduleRun:
             copy = self.directory / f"{node.name}.restore-{len(self.restored)}.db"
             floor = _copy_file(node.db, copy)
             return lambda: self._restore(node, copy, floor)
+        if kind in ("forget", "sleep"):
+            return self._forget(node, kind)
         if kind == "pause":
             node.pause()
             return node.resume
         node.set_clock(int(fault.params["offset_ms"]))
         return lambda: node.set_clock(0)
+
+    def _forget(self, node: ChaosNode, kind: str) -> Callable[[], None]:
+        """Kill `node` and forget its site: at every other node (`forget`), or at one (`sleep`).
+
+        What the others hold now was acknowledged beyond `node`: none of it
+        may be lost (`held-write`); its writes held nowhere else may be, as
+        after a restore (its file is replaced by the snapshot it re-joins
+        from).  Returns what brings it back (`_return`).
+        """
+        node.kill()
+        site = _site_of(node.db)
+        others = [other for other in self.nodes if other is not node]
+        held = {other.name: held_by(read_replica(other.name, other.db)) for other in others}
+        self.restored.append(_Restored(node.name, 0, held))
+        for other in others if kind == "forget" else others[:1]:
+            store = open_store(other.db)
+            try:
+                store.forget_site(site)
+            finally:
+                store.close()
+        self.result.forgotten += 1
+
+        def bring_back() -> None:
+            task = asyncio.create_task(self._return(node, kind))
+            self._rejoins.add(task)
+            task.add_done_callback(self._rejoins.discard)
+
+        return bring_back
+
+    async def _return(self, node: ChaosNode, kind: str) -> None:
+        """`sleep`: the node comes back on its old file and must be refused; then, as after
+        `forget`, it re-joins from a snapshot of a running node and starts as a new site."""
+        if kind == "sleep":
+            mark = len(_read_text(node.log_path))
+            node.start()
+            await self._ready(node)
+            deadline = time.monotonic() + REFUSAL_TIMEOUT_S
+            while time.monotonic() < deadline:
+                text = _read_text(node.log_path)[mark:]
+                if "was forgotten" in text or "slept past the GC horizon" in text:
+                    self.result.refused += 1
+                    break
+                if "established" in text:
+                    self.result.violations.append(
+                        Violation(
+                            "refusal",
+                            f"{node.name} was forgotten while it slept, yet a peer synced with it",
+                        )
+                    )
+                    break
+                await asyncio.sleep(QUIESCE_POLL_S)
+            node.kill()
+        source = await self._snapshot_source(node)
+        joined = self.directory / f"{node.name}.join-{self.result.rejoined}.db"
+        await join(joined, HttpSnapshotSource(source.url))
+        # Through SQLite, so that the client's open connection stays valid: the
+        # application writes on, now as the new site.
+        await asyncio.to_thread(_write_file, joined, node.db)
+        await asyncio.to_thread(_remove_database, joined)
+        node.start()
+        await self._ready(node)
+        self.result.rejoined += 1
+
+    async def _snapshot_source(self, node: ChaosNode) -> ChaosNode:
+        """A running neighbour to copy (dialled directly: the faults are on the proxies)."""
+        deadline = time.monotonic() + REFUSAL_TIMEOUT_S
+        while True:
+            for other in self.nodes:
+                if other is not node and other.running and other.ready and not other.paused:
+                    return other
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no running node for {node.name} to re-join from")
+            await asyncio.sleep(QUIESCE_POLL_S)
 
     async def _ready(self, node: ChaosNode) -> None:
         """Wait until `node` answers, then point the proxies in front of it at its port."""
@@ -594,7 +682,10 @@ class ScheduleRun:
         phantom_tables = [kv_table, *(ADVERSARIAL_TABLES if self.options.adversarial else [])]
         held_back = constraint_quarantines(replicas)
         for replica in replicas[:1] if converged else replicas:
-            found, tally = check_writes(self.writes, replica, self._may_be_lost, held_back)
+            cascades = ADVERSARIAL_CASCADES if "fk" in self.options.adversarial else {}
+            found, tally = check_writes(
+                self.writes, replica, self._may_be_lost, held_back, cascades
+            )
             violations.extend(found)
             for table in phantom_tables:
                 if self.plan is not None and table == kv_table:
@@ -729,6 +820,19 @@ def _write_file(copy: Path, path: Path) -> None:
     finally:
         target.close()
         source.close()
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _site_of(path: Path) -> str:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+    finally:
+        connection.close()
 
 
 def _read_cursors(path: Path) -> list[tuple[str, str, int]]:
