@@ -610,3 +610,16 @@ def test_a_child_whose_parent_is_gone_was_deleted_by_the_cascade_once_collected(
     assert kinds(check_writes([child], without_parent, cascades=cascades)[0]) == []
     assert kinds(check_writes([child], with_parent, cascades=cascades)[0]) == ["lost-write"]
     assert kinds(check_writes([child], without_parent)[0]) == ["lost-write"], "no cascade known"
+    # The parent was deleted (the cascade took the child) and inserted again later.
+    again = Replica(
+        "n0",
+        A,
+        T3,
+        {"adv_children": {}, "adv_parents": {("p1",): alive(3, T3, B, "again")}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+    later_child = Write(
+        "upsert", "n0", A, "adv_children", ["c1"], 1, {"parent": "p1", "v": 1}, stamp=T2, cl=1
+    )
+    assert kinds(check_writes([later_child], again, cascades=cascades)[0]) == []

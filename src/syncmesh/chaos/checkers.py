@@ -347,8 +347,9 @@ def _collected(
     writes: list[Write], replica: Replica, cascades: Mapping[str, tuple[str, str]]
 ) -> bool:
     """Whether a key with no shadow row at `replica` (which collected tombstones) was
-    deleted: its writes end in a delete, or a parent it was written under is gone
-    (a cascade deleted it, with no client write)."""
+    deleted: its writes end in a delete, or the life of a parent it was written under
+    ended (a cascade deleted it, with no client write): the parent is gone, or its
+    final life began after the child's write (it was deleted and inserted again)."""
     if _ends_in_delete(writes):
         return True
     cascade = cascades.get(writes[0].table) if writes else None
@@ -361,6 +362,9 @@ def _collected(
             continue
         row = replica.row(parent_table, (parent,))
         if row is None or row.values is None:
+            return True
+        written = write.stamp if write.stamp is not None else write.lo
+        if row.cl > 1 and row.cl_stamp is not None and row.cl_stamp[0] > written:
             return True
     return False
 

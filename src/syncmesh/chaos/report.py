@@ -62,7 +62,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
         f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}"
         + (
-            f"; taken back by a restore before anyone held them: {restore_exempt}"
+            f"; taken back by a restore or a re-join before anyone held them: {restore_exempt}"
             if restore_exempt
             else ""
         )
@@ -72,6 +72,15 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
             else ""
         )
         + (f"; keys deleted and their tombstone collected: {collected}" if collected else ""),
+        *(
+            [
+                f"  forgotten {sum(r.forgotten for r in results)}, refused on return"
+                f" {sum(r.refused for r in results)}, re-joined from a snapshot"
+                f" {sum(r.rejoined for r in results)}"
+            ]
+            if any(r.forgotten for r in results)
+            else []
+        ),
         "faults: "
         + (", ".join(f"{kind} {faults[kind]}" for kind in ALL_KINDS if faults[kind]) or "none"),
         f"  connection resets {sum(r.resets for r in results)}, frames duplicated"
