@@ -33,6 +33,7 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "metadata_rows": (100_000, 5_000),
     "soak_minutes": (30.0, 0.5),
     "soak_sample_s": (60.0, 5.0),
+    "soak_live_rows": (2_000, 200),
 }
 
 
@@ -141,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
         "--soak-rate", type=float, default=200.0, help="soak transactions/s, all nodes (200)"
     )
     parser.add_argument("--soak-sample-s", type=float, help="seconds between soak samples (60)")
+    parser.add_argument(
+        "--soak-live-rows", type=int, help="live rows each soak client keeps around (2,000)"
+    )
     parser.add_argument("--soak-plot", type=Path, help="draw the soak as a PNG (matplotlib)")
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
@@ -231,7 +235,8 @@ def _run_scenario(
             arguments.soak_rate,
             arguments.soak_sample_s,
             _log,
-            arguments.soak_plot,
+            live_rows=arguments.soak_live_rows,
+            plot_path=arguments.soak_plot,
         )
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify

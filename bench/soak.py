@@ -36,7 +36,7 @@ from bench.common import Figure, connected
 from bench.nodes import MESH, NodeProcess, cluster
 
 SOAK = "soak"
-LIVE_ROWS_PER_NODE = 2_000
+LIVE_ROWS_PER_NODE = 2_000  # the default; --soak-live-rows
 OVERRUN = 1.1  # a client stops after this many times its share of transactions
 
 
@@ -54,8 +54,11 @@ class Sample:
 class ChurnClient:
     """One node's application: inserts, updates, deletes around a live set (a thread)."""
 
-    def __init__(self, path: Path, rate: float, transactions_max: int, seed: int) -> None:
+    def __init__(
+        self, path: Path, rate: float, transactions_max: int, live_rows: int, seed: int
+    ) -> None:
         self._path = path
+        self._live_rows = live_rows
         self._pause_s = 1.0 / rate
         self._transactions_max = transactions_max
         self._rng = random.Random(seed)
@@ -87,9 +90,9 @@ class ChurnClient:
             self.error = repr(exc)
 
     def _one(self, connection: sqlite3.Connection, live: list[str], rng: random.Random) -> None:
-        if len(live) < LIVE_ROWS_PER_NODE:
+        if len(live) < self._live_rows:
             choice = "insert"
-        elif len(live) > LIVE_ROWS_PER_NODE:
+        elif len(live) > self._live_rows:
             choice = "delete"
         else:
             choice = rng.choice(("insert", "update", "delete"))
@@ -128,7 +131,7 @@ def _sample(minute: float, node: NodeProcess, deletes: int) -> Sample:
 
 
 def soak(
-    minutes: float, rate: float, sample_s: float, log: Callable[[str], None]
+    minutes: float, rate: float, sample_s: float, live_rows: int, log: Callable[[str], None]
 ) -> tuple[list[Sample], str]:
     """Run the soak; the samples, and what went wrong in a client ("" if nothing)."""
     samples: list[Sample] = []
@@ -139,7 +142,7 @@ def soak(
         share = rate / len(nodes)
         transactions_max = int(share * minutes * 60 * OVERRUN)
         clients = [
-            ChurnClient(node.path, share, transactions_max, seed=900 + index)
+            ChurnClient(node.path, share, transactions_max, live_rows, seed=900 + index)
             for index, node in enumerate(nodes.values())
         ]
         started = time.monotonic()
@@ -227,9 +230,11 @@ def run(
     rate: float,
     sample_s: float,
     log: Callable[[str], None],
+    *,
+    live_rows: int = LIVE_ROWS_PER_NODE,
     plot_path: Path | None = None,
 ) -> list[Figure]:
-    samples, errors = soak(minutes, rate, sample_s, log)
+    samples, errors = soak(minutes, rate, sample_s, live_rows, log)
     log(table(samples))
     if plot_path is not None:
         log(f"  plot: {plot_path}" if plot(samples, plot_path) else "  plot: needs matplotlib")
