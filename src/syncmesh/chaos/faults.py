@@ -49,9 +49,9 @@ FAULT_DESCRIPTIONS = {
     "forget": "a node is killed and forgotten at every other node (`syncmesh forget`): gone for"
     " good; when the fault ends a replacement joins on its machine from a snapshot of a running"
     " node (`syncmesh join`: a new site id) (opt-in)",
-    "sleep": "a node is killed and, while it sleeps, forgotten at one other node (gossip tells the"
-    " rest), so they collect past it; when the fault ends it returns on its old file, must be"
-    " refused, and re-joins from a snapshot (opt-in)",
+    "sleep": "a node is killed and, while it sleeps, forgotten at every other node, so they"
+    " collect past it; when the fault ends it returns on its old file, must be refused, and"
+    " re-joins from a snapshot (opt-in)",
     "migrate": "rolling schema changes of kv (add, rebuild, rename or drop a column, rename the"
     " table, create or drop indexes; one or two in a row), node by node, while the clients write"
     " (opt-in)",

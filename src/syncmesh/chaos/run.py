@@ -361,7 +361,13 @@ class ScheduleRun:
         return lambda: node.set_clock(0)
 
     def _forget(self, node: ChaosNode, kind: str) -> Callable[[], None]:
-        """Kill `node` and forget its site: at every other node (`forget`), or at one (`sleep`).
+        """Kill `node` and forget its site at every other node.
+
+        Both kinds: no node collects past a member it waits for, so a node
+        "sleeps past the horizon" only once the cluster gave up on it; it is
+        forgotten everywhere before it may come back (`sleep`), so that any
+        peer it reaches refuses it (membership is learned, not agreed: a peer
+        that had not heard of the forget could rightly sync with it).
 
         What the others hold now was acknowledged beyond `node`: none of it
         may be lost (`held-write`); its writes held nowhere else may be, as
@@ -373,7 +379,7 @@ class ScheduleRun:
         others = [other for other in self.nodes if other is not node]
         held = {other.name: held_by(read_replica(other.name, other.db)) for other in others}
         self.restored.append(_Restored(node.name, 0, held))
-        for other in others if kind == "forget" else others[:1]:
+        for other in others:
             store = open_store(other.db)
             try:
                 store.forget_site(site)
@@ -396,20 +402,24 @@ class ScheduleRun:
             node.start()
             await self._ready(node)
             deadline = time.monotonic() + REFUSAL_TIMEOUT_S
-            while time.monotonic() < deadline:
+            refused = False
+            while not refused and time.monotonic() < deadline:
                 text = _read_text(node.log_path)[mark:]
-                if "was forgotten" in text or "slept past the GC horizon" in text:
-                    self.result.refused += 1
-                    break
                 if "established" in text:
-                    self.result.violations.append(
-                        Violation(
-                            "refusal",
-                            f"{node.name} was forgotten while it slept, yet a peer synced with it",
-                        )
-                    )
                     break
-                await asyncio.sleep(QUIESCE_POLL_S)
+                refused = "was forgotten" in text or "slept past the GC horizon" in text
+                if not refused:
+                    await asyncio.sleep(QUIESCE_POLL_S)
+            if refused:
+                self.result.refused += 1
+            else:
+                self.result.violations.append(
+                    Violation(
+                        "refusal",
+                        f"{node.name}, forgotten at every node while it slept, was not refused"
+                        f" on its return (a session, or no refusal within {REFUSAL_TIMEOUT_S:g} s)",
+                    )
+                )
             node.kill()
         source = await self._snapshot_source(node)
         joined = self.directory / f"{node.name}.join-{self.result.rejoined}.db"
