@@ -85,6 +85,10 @@ def test_join_from_snapshot_while_writes_continue(cluster: Cluster, tmp_path: Pa
     # The copy is one point of a's feed: at least the rows from before the writer.
     assert int(shell(b_db, "SELECT count(*) FROM items WHERE name = 'before'")) == ROWS_BEFORE
 
+    metrics = a.open_url("/metrics", 5.0).read().decode()
+    assert "syncmesh_snapshots_served_total 1.0" in metrics
+    assert a.status()["snapshots"]["taken"] == 1
+
     b = cluster.node("b", db=b_db, peers=[a])
     cluster.start(b)
     b_site = b.status()["site_id"]

@@ -227,3 +227,29 @@ def test_a_snapshot_description_is_checked() -> None:
         SnapshotInfo.from_json({**good.as_json(), "bytes": -1})
     with pytest.raises(ValueError, match="not a JSON object"):
         SnapshotInfo.from_json([1])
+
+
+def test_writes_not_captured_yet_are_the_sources_not_the_joiners(tmp_path: Path) -> None:
+    """A copy with a write still in the capture log would have the joiner stamp it as its own."""
+    source = _source(tmp_path / "a.db")
+    source.connection.execute("INSERT INTO notes VALUES ('pending', 'p')")  # not captured
+    with pytest.raises(StoreError, match="never captured"):
+        take_snapshot(tmp_path / "a.db", tmp_path / "snap.db")
+    captures: list[int] = []
+    info = take_snapshot(
+        tmp_path / "a.db", tmp_path / "snap.db", capture=lambda: captures.append(source.capture())
+    )
+    assert captures == [1], "the serving node captured once, then the copy was taken"
+    source_site = source.site_id
+    source.close()
+    install_snapshot(tmp_path / "snap.db", tmp_path / "b.db", uuid.uuid4().hex, info)
+    joined = _open(tmp_path / "b.db")
+    try:
+        assert joined.capture() == 0, "nothing for the joiner to capture as its own"
+        (writer,) = joined.connection.execute(
+            "SELECT s.site_id FROM _syncmesh_shadow_notes AS sh"
+            " JOIN _syncmesh_sites AS s ON s.ordinal = sh.cl_site WHERE sh.k0 = 'pending'"
+        ).fetchone()
+        assert writer == source_site
+    finally:
+        joined.close()

@@ -11,8 +11,9 @@ from that point.
   peer), registers the joiner's announced site id as a member holding our
   vector (so that no delete made after the snapshot is collected before
   the joiner holds it), takes the snapshot off the store thread and off
-  the event loop (`store.open.take_snapshot`: `VACUUM INTO` in one read
-  transaction; sync goes on meanwhile), trimmed to the tables the peer may
+  the event loop (`store.open.take_snapshot`: SQLite's backup API in one
+  read transaction, at a point where every write was captured; sync goes
+  on meanwhile), trimmed to the tables the peer may
   receive, and keeps it for `SNAPSHOT_KEEP_S` for the download (resumable).
 - `join`: the asking side, over any `transport.base.SnapshotSource`.
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_KEEP_S = 600.0  # a snapshot offered stays downloadable this long
 SNAPSHOTS_KEPT_MAX = 2  # older snapshots are deleted when a new one is taken
+CAPTURE_TIMEOUT_S = 60.0  # a capture asked for by the copying thread
 SITE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 PARTIAL_SUFFIX = ".joining"
 
@@ -139,10 +141,20 @@ class SnapshotServer:
         snapshot_id = uuid.uuid4().hex
         target = self._directory / f"{snapshot_id}.db"
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+
+        async def capture_now() -> None:
+            await self._call(self._store.capture)
+
+        def capture() -> None:
+            # From the copying thread: the store thread captures, the copy is tried again.
+            done = asyncio.run_coroutine_threadsafe(capture_now(), loop)
+            done.result(timeout=CAPTURE_TIMEOUT_S)
+
         self.statistics.taking = True
         try:
             info = await asyncio.to_thread(
-                take_snapshot, self._config.database_path, target, may_receive
+                take_snapshot, self._config.database_path, target, may_receive, capture
             )
         finally:
             self.statistics.taking = False

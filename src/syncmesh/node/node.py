@@ -24,7 +24,7 @@ from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
-from syncmesh.node.bootstrap import SnapshotServer
+from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.fleet import Fleet, FleetStatistics
 from syncmesh.node.health import HealthMonitor
@@ -149,6 +149,8 @@ class NodeStatistics:
     lifecycle: LifecycleStatistics = field(default_factory=LifecycleStatistics)
     # The fleet stream (NATS JetStream; node/fleet.py), None without one.
     fleet: FleetStatistics | None = None
+    # Snapshots served to joining nodes in this run (node/bootstrap.py, ADR 0016).
+    snapshots: SnapshotStatistics = field(default_factory=SnapshotStatistics)
 
 
 @dataclass(slots=True)
@@ -867,6 +869,7 @@ class Node:
             self.identity_conflicts(),
             dataclasses.replace(self.lifecycle),
             None if self.fleet is None else self.fleet.statistics(),
+            snapshots=dataclasses.replace(self.snapshot_server.statistics),
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:

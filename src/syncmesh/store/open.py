@@ -63,15 +63,21 @@ def table_problems(
 
 
 def take_snapshot(
-    database: str | Path, target: str | Path, may_receive: Callable[[str], bool] | None = None
+    database: str | Path,
+    target: str | Path,
+    may_receive: Callable[[str], bool] | None = None,
+    capture: Callable[[], object] | None = None,
 ) -> SnapshotInfo:
     """A consistent copy of the store at `database`, written to `target`, for a joiner.
 
     Only tracked tables the joiner `may_receive` (None: all) are in it; the
-    source's write lock is never taken.  Blocking, seconds for a large file:
-    run it off the event loop and off the store thread.
+    source's write lock is never taken.  The copy is taken at a point where
+    every application write was captured; `capture()` makes the running
+    node capture (blocking until it did), and is called between tries.
+    Blocking, seconds for a large file: run it off the event loop and off
+    the store thread.
     """
-    return write_snapshot(Path(database), Path(target), may_receive)
+    return write_snapshot(Path(database), Path(target), may_receive, capture)
 
 
 def install_snapshot(

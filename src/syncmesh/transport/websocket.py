@@ -54,7 +54,7 @@ VERIFY_CONTENT_TYPE = "application/msgpack"
 VERIFY_TIMEOUT_S = 120.0
 SNAPSHOT_PATH = SYNC_PATH + "/snapshot"
 SNAPSHOT_CONTENT_TYPE = "application/json"
-# Taking a snapshot of a large file takes seconds (VACUUM INTO, checksum).
+# Taking a snapshot of a large file takes seconds (the copy, VACUUM, the checksum).
 SNAPSHOT_REQUEST_TIMEOUT_S = 600.0
 # A read that stalls this long is a broken connection: resume from what we have.
 SNAPSHOT_READ_TIMEOUT_S = 60.0

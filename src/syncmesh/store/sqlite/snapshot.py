@@ -4,15 +4,17 @@ A node joins a cluster, or re-joins after it was refused (forgotten, or
 asleep past the GC horizon: ADR 0015 rule 3), from a copy of a peer's file
 instead of replaying the peer's feed row by row (docs/adr/0016).
 
-- `write_snapshot` (the serving side) copies the file with `VACUUM INTO`
-  on a connection of its own: SQLite runs it in one read transaction, so
-  the copy is the file at one point of its feed, writers (the
-  application, the node's store thread) go on meanwhile, and only live
-  pages are copied (no free page can carry old data).  The copy is then
+- `write_snapshot` (the serving side) copies the file with SQLite's backup
+  API on a connection of its own, inside one read transaction: the copy
+  is the file at one point of its feed, and writers (the application, the
+  node's store thread) go on meanwhile.  It copies only at a point where
+  every write was captured (a write still in a capture log would be
+  captured again by the joiner, as its own).  The copy is then
   trimmed to what the joiner may receive: application tables that are
   not tracked go, and so do tracked tables outside the joiner's rights;
   the conflict ledger (this node's history) and the runs of its own
-  restore detection go too.  What stays is what a member needs: the
+  restore detection go too, and a `VACUUM` leaves no free page that could
+  carry them (or rows deleted at the source).  What stays is what a member needs: the
   tracked tables, their shadow rows, the vector, the peers' cursors, the
   quarantine and waiting cells (their stamps cap the vector), the
   membership, the horizons and the cl floor.
@@ -45,12 +47,14 @@ from syncmesh.errors import StoreError
 from syncmesh.schema import quote_identifier
 from syncmesh.store.records import JoinReport, SnapshotInfo
 from syncmesh.store.sqlite import opening
+from syncmesh.store.sqlite.ddl import log_name
 from syncmesh.store.sqlite.introspect import application_tables
 from syncmesh.store.sqlite.store import SqliteStore
 
 log = logging.getLogger(__name__)
 
 CHECKSUM_CHUNK_BYTES = 4 << 20
+CAPTURE_ATTEMPTS_MAX = 50  # copies tried, each after a capture, before giving up
 # Tables of the node's own history, not of the data: a joiner starts them empty.
 LOCAL_HISTORY_TABLES = ("_syncmesh_conflicts", "_syncmesh_conflict_totals", "_syncmesh_runs")
 SIDE_FILE_INFIX = ".before-join-"
@@ -83,25 +87,23 @@ def checksum_of(path: Path) -> str:
 
 
 def write_snapshot(
-    database: Path, target: Path, may_receive: Callable[[str], bool] | None = None
+    database: Path,
+    target: Path,
+    may_receive: Callable[[str], bool] | None = None,
+    capture: Callable[[], object] | None = None,
 ) -> SnapshotInfo:
     """A consistent copy of `database` at `target`, trimmed for a joiner; its metadata.
 
     `may_receive(table)`: whether the joiner may receive a tracked table
-    (its rights); None for every table.  Takes no write lock on `database`
-    (a read transaction for the copy); the trimming works on `target` only.
+    (its rights); None for every table.  `capture()`: has the node serving
+    the file capture its pending writes (None: nobody serves it).  Takes no
+    write lock on `database` (a read transaction for the copy); the
+    trimming works on `target` only.
     """
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)
-    opening.create_private(target)  # VACUUM INTO fills an empty file, keeping its mode
     started = time.perf_counter()
-    with _plain(database, read_only=True) as source:
-        if (
-            source.execute("SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_state'").fetchone()
-            is None
-        ):
-            raise StoreError(f"{database} is not a syncmesh file (`syncmesh init` it first)")
-        source.execute("VACUUM INTO ?", (str(target),))
+    _copy_captured(database, target, capture)
     copied_s = time.perf_counter() - started
     with _plain(target) as copy:
         tracked = [name for (name,) in copy.execute("SELECT name FROM _syncmesh_tables")]
@@ -114,8 +116,9 @@ def write_snapshot(
         finally:
             store.close()
     with _plain(target) as copy:
-        # Freed pages are zeroed, and the file is rewritten below if anything
-        # went: the joiner must not find a table it may not read in them.
+        # Freed pages are zeroed, and the file is rewritten below if any are
+        # left: the joiner must not find a table it may not read in them, nor
+        # rows deleted at the source.
         copy.execute("PRAGMA secure_delete = ON")
         copy.execute("BEGIN IMMEDIATE")
         for name in [*excluded, *untracked]:
@@ -125,7 +128,7 @@ def write_snapshot(
                 copy.execute(f"DELETE FROM {name}")
         copy.execute("UPDATE _syncmesh_state SET restore_floor = 0, applying = 0")
         copy.execute("COMMIT")
-        if excluded or untracked:
+        if copy.execute("PRAGMA freelist_count").fetchone()[0]:
             copy.execute("VACUUM")
         copy.execute("PRAGMA journal_mode = DELETE")
         info = _info_of(copy, target)
@@ -138,6 +141,65 @@ def write_snapshot(
         f"; left out {', '.join(excluded + untracked)}" if excluded or untracked else "",
     )
     return info
+
+
+def _copy_captured(database: Path, target: Path, capture: Callable[[], object] | None) -> None:
+    """Copy `database` to `target` at a point where every write was captured.
+
+    A write the application committed but the node has not captured yet is
+    only in a capture log: copied, the joiner would capture it as its own
+    write, under its own site id.  So the copy is taken (SQLite's backup API,
+    inside one read transaction: one point of the feed, no write lock) only
+    when every log is empty; otherwise the serving node captures, and the
+    copy is tried again.
+    """
+    opening.create_private(target)
+    for _attempt in range(CAPTURE_ATTEMPTS_MAX):
+        with _plain(database, read_only=True) as source:
+            source.execute("BEGIN")
+            if _is_syncmesh(source) and not _has_pending_writes(source):
+                with contextlib.closing(sqlite3.connect(target)) as copy:
+                    source.backup(copy)
+                source.execute("COMMIT")
+                return
+            is_syncmesh = _is_syncmesh(source)
+            source.execute("COMMIT")
+        if not is_syncmesh:
+            raise StoreError(f"{database} is not a syncmesh file (`syncmesh init` it first)")
+        if capture is None:
+            raise StoreError(
+                f"{database} has writes that were never captured: serve it with `syncmesh"
+                " serve` (its node captures them), then take the snapshot"
+            )
+        capture()
+    raise StoreError(
+        f"{database} is written faster than its node captures: no moment without pending"
+        f" writes in {CAPTURE_ATTEMPTS_MAX} tries; try the join again"
+    )
+
+
+def _is_syncmesh(connection: sqlite3.Connection) -> bool:
+    return (
+        connection.execute("SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_state'").fetchone()
+        is not None
+    )
+
+
+def _has_pending_writes(connection: sqlite3.Connection) -> bool:
+    """Whether any capture log holds a write (inside the caller's read transaction)."""
+    logs = [
+        log_name(str(table))
+        for (table,) in connection.execute("SELECT name FROM _syncmesh_tables").fetchall()
+    ]
+    logs = [
+        name
+        for name in logs
+        if connection.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (name,)).fetchone()
+    ]
+    return any(
+        connection.execute(f"SELECT 1 FROM {quote_identifier(name)} LIMIT 1").fetchone()
+        for name in logs
+    )
 
 
 def _info_of(copy: sqlite3.Connection, target: Path) -> SnapshotInfo:
