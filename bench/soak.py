@@ -10,8 +10,10 @@ files grow with the number of deletes; with it (ADR 0015, the nodes'
 default `lifecycle.interval_s`) they level off once the first tombstones
 are collected.
 
-Every `sample_s` it records, per node: the file's bytes (database and
-WAL), shadow rows, tombstones waiting (`/v1/status`) and the node's RSS.
+Every `sample_s` it records, per node: the database file's bytes, its
+WAL's (whose size is its high-water mark: SQLite reuses a WAL from the
+start after a checkpoint, and truncates it only with `journal_size_limit`),
+shadow rows, tombstones waiting (`/v1/status`) and the node's RSS.
 Bounded: the run stops after `minutes`, and each client after
 `rate * minutes * 60 * 1.1 / 3` transactions.  The figures: the final
 file size against the size at a quarter of the run (after the first
@@ -44,7 +46,8 @@ OVERRUN = 1.1  # a client stops after this many times its share of transactions
 class Sample:
     minute: float
     node: str
-    file_bytes: int  # the database file and its WAL
+    file_bytes: int  # the database file
+    wal_bytes: int  # its WAL (its size is the high-water mark of the WAL since start)
     shadow_rows: int
     tombstones: int
     rss_mb: float
@@ -122,7 +125,8 @@ def _sample(minute: float, node: NodeProcess, deletes: int) -> Sample:
     return Sample(
         round(minute, 2),
         node.name,
-        node.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0),
+        node.path.stat().st_size,
+        wal.stat().st_size if wal.exists() else 0,
         shadow,
         int(lifecycle.get("tombstones_waiting", 0)),
         node.peak_rss_mb(),
@@ -171,7 +175,8 @@ def soak(
 
 def _line(taken: list[Sample]) -> str:
     return f"  {taken[0].minute:6.2f} min: " + "; ".join(
-        f"{s.node} {s.file_bytes / 1e6:.2f} MB, {s.shadow_rows} shadow, {s.tombstones} tombstones,"
+        f"{s.node} {s.file_bytes / 1e6:.2f} MB + WAL {s.wal_bytes / 1e6:.2f} MB,"
+        f" {s.shadow_rows} shadow, {s.tombstones} tombstones,"
         f" {s.rss_mb:.0f} MiB"
         for s in taken
     )
@@ -184,12 +189,13 @@ def table(samples: list[Sample]) -> str:
     for sample in samples:
         by_time.setdefault(sample.minute, {})[sample.node] = sample
     header = "| minute | deletes so far | " + " | ".join(
-        f"{node}: file MB, shadow rows, tombstones, RSS MiB" for node in nodes
+        f"{node}: file MB, WAL MB, shadow rows, tombstones, RSS MiB" for node in nodes
     )
     lines = [header + " |", "|" + " --- |" * (2 + len(nodes))]
     for minute, row in sorted(by_time.items()):
         cells = [
-            f"{row[node].file_bytes / 1e6:.2f}, {row[node].shadow_rows:,},"
+            f"{row[node].file_bytes / 1e6:.2f}, {row[node].wal_bytes / 1e6:.2f},"
+            f" {row[node].shadow_rows:,},"
             f" {row[node].tombstones:,}, {row[node].rss_mb:.0f}"
             if node in row
             else "-"
@@ -213,8 +219,14 @@ def plot(samples: list[Sample], path: Path) -> bool:
         mine = [sample for sample in samples if sample.node == node]
         minutes = [sample.minute for sample in mine]
         sizes.plot(minutes, [sample.file_bytes / 1e6 for sample in mine], label=f"node {node}")
+        sizes.plot(
+            minutes,
+            [sample.wal_bytes / 1e6 for sample in mine],
+            linestyle="--",
+            label=f"node {node}, WAL",
+        )
         waiting.plot(minutes, [sample.tombstones for sample in mine], label=f"node {node}")
-    sizes.set_ylabel("file + WAL (MB)")
+    sizes.set_ylabel("MB")
     waiting.set_ylabel("tombstones waiting")
     waiting.set_xlabel("minutes")
     sizes.legend()
@@ -253,11 +265,13 @@ def run(
             note=errors,
         )
         size.add(final.file_bytes / 1e6, early.file_bytes / 1e6)
+        wal = Figure(SOAK, f"node {node}: WAL at the end (its high-water mark)", "MB")
+        wal.add(final.wal_bytes / 1e6)
         tombstones = Figure(SOAK, f"node {node}: tombstones waiting at the end", "rows")
         tombstones.add(final.tombstones)
         shadow = Figure(SOAK, f"node {node}: shadow rows at the end", "rows")
         shadow.add(final.shadow_rows)
-        figures += [size, tombstones, shadow]
+        figures += [size, wal, tombstones, shadow]
     deletes = Figure(SOAK, f"deletes in {minutes:g} min, all clients", "rows")
     deletes.add(max((sample.deletes for sample in samples), default=0))
     return [*figures, deletes]
