@@ -575,6 +575,14 @@ def test_a_row_revived_by_a_later_insert_is_no_resurrection() -> None:
     assert check_no_resurrection(writes[:2], collected({1: dead(2, T2, B)})) == []
 
 
+def test_a_delete_taken_back_by_a_rejoin_is_not_judged() -> None:
+    """A delete at a node whose file a snapshot replaced before anyone held it never left."""
+    writes = [upsert("n0", A, 1, "x", T1, 1), delete("n1", B, 1, T2, 2)]
+    stale = collected({1: alive(1, T1, A, "x")})
+    assert kinds(check_no_resurrection(writes, stale)) == ["resurrection"]
+    assert check_no_resurrection(writes, stale, lambda write: write.node == "n1") == []
+
+
 def test_replicas_differing_only_in_a_collected_tombstone_converge_without_tombstones() -> None:
     holding = replica({1: dead(2, T2, B), 2: alive(1, T1, A, "x")}, node="n0")
     gone = replica({2: alive(1, T1, A, "x")}, node="n1")

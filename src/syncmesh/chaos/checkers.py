@@ -379,19 +379,24 @@ def _ends_in_delete(writes: list[Write]) -> bool:
     return top % 2 == 0 and any(write.op == "delete" and write.cl == top for write in known)
 
 
-def check_no_resurrection(writes: list[Write], replica: Replica) -> list[Violation]:
+def check_no_resurrection(
+    writes: list[Write], replica: Replica, may_be_lost: Callable[[Write], bool] | None = None
+) -> list[Violation]:
     """No row deleted at any node (acknowledged there) is alive at the end, unless a later
     insert revived it: a write that left a greater causal length, at the row's final one.
 
     With tombstone collection on, this is what a collected delete must
     never lose to: a stale copy of the row arriving after its tombstone went
-    (ADR 0015's three rules).
+    (ADR 0015's three rules).  `may_be_lost(write)`: deletes a restore or a
+    re-join took back before any other node held them (as in `check_writes`).
     """
     deleted: dict[tuple[str, Key], int] = {}
     inserted: dict[tuple[str, Key], set[int | None]] = defaultdict(set)
     for write in writes:
         where = (write.table, tuple(write.key))
         if write.op == "delete" and write.cl is not None:
+            if may_be_lost is not None and may_be_lost(write):
+                continue
             deleted[where] = max(deleted.get(where, 0), write.cl)
         elif write.op == "upsert":
             inserted[where].add(write.cl)

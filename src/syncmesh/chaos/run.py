@@ -705,7 +705,7 @@ class ScheduleRun:
                     found = check_phantoms(self.writes, replica, table)
                 violations.extend(found)
             violations.extend(check_phantom_rows(self.writes, replica, phantom_tables))
-            violations.extend(check_no_resurrection(self.writes, replica))
+            violations.extend(check_no_resurrection(self.writes, replica, self._may_be_lost))
             violations.extend(check_orders(judged, replica))
             for restored in self.restored:
                 for other, held in restored.held.items():
@@ -799,6 +799,13 @@ class _Restored:
 
 def _held_elsewhere(write: Write, restored: _Restored) -> bool:
     """Whether another node held `write` (its cell stamp) when `restored` happened."""
+    if write.op == "delete" and write.cl is not None:
+        # A tombstone keeps no cell stamps: held where the row's life is at least its own.
+        return any(
+            entry is not None and entry[0] >= write.cl
+            for held in restored.held.values()
+            for entry in [held.get((write.table, tuple(write.key)))]
+        )
     if write.stamp is None:
         return False  # stamp never read back: it cannot be told, so it is not judged
     stamp = (write.stamp, write.site)
