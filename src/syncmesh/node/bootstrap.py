@@ -120,7 +120,12 @@ class SnapshotServer:
                 info, snapshot_id = await self._take(may_receive, rights.name if rights else "")
         except (ValueError, SyncError, OSError) as exc:
             self.statistics.refused += 1
-            log.warning("no snapshot for %s: %s", peer.address, exc)
+            log.warning(
+                "no snapshot for %s: %s (a site it named and that never joins holds collection"
+                " back until forgotten)",
+                peer.address,
+                exc,
+            )
             return SnapshotOffer(False, str(exc).encode())
         log.info(
             "snapshot %s (%d bytes, head %d) offered to %s, joining as site %s",
@@ -244,10 +249,18 @@ async def join(
             info.bytes,
             (lambda done: progress(done, info.bytes)) if progress else (lambda _done: None),
         )
+        return await asyncio.to_thread(_install, partial, database, site, info, source.url)
     except BaseException:
         await asyncio.to_thread(partial.unlink, missing_ok=True)
+        # The source waits for this site now (a member from the request on).
+        log.warning(
+            "the join did not finish; %s now counts site %s as a member, which holds tombstone"
+            " collection back: join again, or run `syncmesh forget` for %s on a node's file",
+            source.url,
+            site,
+            site,
+        )
         raise
-    return await asyncio.to_thread(_install, partial, database, site, info, source.url)
 
 
 def _install(partial: Path, database: Path, site: str, info: SnapshotInfo, url: str) -> JoinReport:
