@@ -20,7 +20,7 @@ import pytest
 
 from syncmesh.clock import HybridClock
 from syncmesh.errors import StoreError
-from syncmesh.node.bootstrap import _joiner_site
+from syncmesh.node.bootstrap import joiner_site
 from syncmesh.store.open import install_snapshot, take_snapshot
 from syncmesh.store.records import SnapshotInfo
 from syncmesh.store.sqlite import SqliteStore
@@ -77,8 +77,8 @@ def test_snapshot_holds_only_what_the_joiner_may_receive(tmp_path: Path) -> None
 
 def test_joiner_keeps_the_sources_state_under_a_new_site(tmp_path: Path) -> None:
     source = _source(tmp_path / "a.db")
-    joiner_site = uuid.uuid4().hex
-    source.register_joiner(joiner_site)
+    new_site = uuid.uuid4().hex
+    source.register_joiner(new_site)
     source_site, source_vector, head = source.site_id, source.vector(), source.head_seq()
     source_status = source.status().lifecycle
     assert source_status is not None
@@ -86,14 +86,14 @@ def test_joiner_keeps_the_sources_state_under_a_new_site(tmp_path: Path) -> None
 
     info = take_snapshot(tmp_path / "a.db", tmp_path / "snap.db")
     assert (info.source_site, info.vector, info.head_seq) == (source_site, source_vector, head)
-    report = install_snapshot(tmp_path / "snap.db", tmp_path / "b.db", joiner_site, info, "url")
-    assert (report.site_id, report.source_site, report.side_file) == (joiner_site, source_site, "")
+    report = install_snapshot(tmp_path / "snap.db", tmp_path / "b.db", new_site, info, "url")
+    assert (report.site_id, report.source_site, report.side_file) == (new_site, source_site, "")
     assert report.tables == ("memos", "notes")
     assert not (tmp_path / "snap.db").exists()
 
     joined = _open(tmp_path / "b.db")
     try:
-        assert joined.site_id == joiner_site
+        assert joined.site_id == new_site
         assert joined.vector() == source_vector
         cursor = joined.peer_cursor(source_site)
         assert cursor is not None
@@ -105,7 +105,7 @@ def test_joiner_keeps_the_sources_state_under_a_new_site(tmp_path: Path) -> None
         status = joined.status().lifecycle
         assert status is not None
         assert status.cl_floor == source_status.cl_floor == 2
-        assert set(status.members) == {source_site, joiner_site}
+        assert set(status.members) == {source_site, new_site}
         assert joined.membership().horizon == {source_site: source_vector[source_site]}
         rows = joined.connection.execute("SELECT id, body FROM notes").fetchall()
         assert rows == [("k2", "two")]
@@ -114,7 +114,7 @@ def test_joiner_keeps_the_sources_state_under_a_new_site(tmp_path: Path) -> None
         joined.connection.execute("INSERT INTO notes VALUES ('k3', 'three')")
         joined.capture()
         assert joined.head_seq() > head
-        assert joined.vector()[joiner_site] > max(source_vector.values())
+        assert joined.vector()[new_site] > max(source_vector.values())
     finally:
         joined.close()
 
@@ -215,7 +215,7 @@ def test_a_refused_sites_file_is_moved_aside_with_its_unsynced_writes(tmp_path: 
 )
 def test_a_snapshot_request_names_a_site_id(body: bytes, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        _joiner_site(body)
+        joiner_site(body)
 
 
 def test_a_snapshot_description_is_checked() -> None:

@@ -110,7 +110,7 @@ class SnapshotServer:
             return admitted
         body = await read_body()
         try:
-            joiner = _joiner_site(body)
+            joiner = joiner_site(body)
             if joiner == self._store.site_id:
                 raise ValueError("the joiner announced this node's own site id")
             await self._call(self._store.register_joiner, joiner)
@@ -205,7 +205,7 @@ def _snapshot_directory(database: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=".syncmesh-snapshots-", dir=parent))
 
 
-def _joiner_site(body: bytes) -> str:
+def joiner_site(body: bytes) -> str:
     """The site id the joiner announces; ValueError naming what is wrong (peer input)."""
     try:
         document = json.loads(body)
