@@ -215,22 +215,27 @@ def plot(samples: list[Sample], path: Path) -> bool:
     except ImportError:
         return False
     figure, (sizes, waiting) = pyplot.subplots(2, 1, sharex=True, figsize=(8, 6))
-    for node in sorted({sample.node for sample in samples}):
+    for index, node in enumerate(sorted({sample.node for sample in samples})):
         mine = [sample for sample in samples if sample.node == node]
         minutes = [sample.minute for sample in mine]
-        sizes.plot(minutes, [sample.file_bytes / 1e6 for sample in mine], label=f"node {node}")
+        color = f"C{index}"
+        sizes.plot(
+            minutes, [sample.file_bytes / 1e6 for sample in mine], color=color, label=f"{node}"
+        )
         sizes.plot(
             minutes,
             [sample.wal_bytes / 1e6 for sample in mine],
+            color=color,
             linestyle="--",
-            label=f"node {node}, WAL",
+            label=f"{node}, WAL (high-water)",
         )
-        waiting.plot(minutes, [sample.tombstones for sample in mine], label=f"node {node}")
+        waiting.plot(minutes, [sample.tombstones for sample in mine], color=color, label=node)
     sizes.set_ylabel("MB")
     waiting.set_ylabel("tombstones waiting")
     waiting.set_xlabel("minutes")
-    sizes.legend()
-    sizes.set_title("bench soak: churn with tombstone collection")
+    sizes.legend(fontsize="small", ncol=3)
+    waiting.legend(fontsize="small")
+    sizes.set_title("bench soak: 3 nodes, churn, tombstone collection on")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
