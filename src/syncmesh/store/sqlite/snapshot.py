@@ -260,6 +260,7 @@ def install_snapshot(
                 ),
             )
         tables = tuple(spec.name for spec in store.specs())
+        now_ms = ctx.clock.physical_ms()  # the one clock (for the side file's name)
     finally:
         store.close()
     with _plain(snapshot) as copy:
@@ -267,13 +268,13 @@ def install_snapshot(
     side_file = ""
     unsynced: dict[str, int] = {}
     if database.exists():
-        side_file, unsynced = _move_aside(database, info.vector)
+        side_file, unsynced = _move_aside(database, info.vector, now_ms)
     os.replace(snapshot, database)
     log.info("%s joined as site %s from a snapshot of site %s", database, site_id, info.source_site)
     return JoinReport(site_id, info.source_site, tables, side_file, unsynced)
 
 
-def _move_aside(database: Path, held: dict[str, int]) -> tuple[str, dict[str, int]]:
+def _move_aside(database: Path, held: dict[str, int], now_ms: int) -> tuple[str, dict[str, int]]:
     """Move the file at `database` aside; list its own writes that `held` lacks in it.
 
     The file is not merged into anything: a refused site's rows may be rows
@@ -281,7 +282,8 @@ def _move_aside(database: Path, held: dict[str, int]) -> tuple[str, dict[str, in
     the snapshot holds of them were never synced; the operator finds them
     in the side file's `_syncmesh_unsynced` (table, key as JSON).
     """
-    side = Path(f"{database}{SIDE_FILE_INFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ms / 1000))
+    side = Path(f"{database}{SIDE_FILE_INFIX}{when}")
     unsynced: dict[str, int] = {}
     try:
         with _plain(database) as old:
