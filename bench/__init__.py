@@ -16,9 +16,12 @@ bootstrap and wire (bulk.py: a new node syncs a 1M-row table; bytes on the
 wire for 1% random updates, through a byte-counting proxy, proxy.py), mixed
 (mixed.py: inserts, updates, deletes at all three nodes of a mesh; lag),
 idle (idle.py: CPU of a node with no writes), and, only when named, metadata
-(metadata.py: bytes per row and per cell of the bookkeeping, issue 16) and fleet
+(metadata.py: bytes per row and per cell of the bookkeeping, issue 16), fleet
 (fleet.py: N sites over a 3-server NATS JetStream cluster against a WebSocket
-star and mesh, issue 15).  Node processes are started
+star and mesh, issue 15), snapshot (snapshot.py: `syncmesh join` against the
+replay of the same table, issue 16) and soak (soak.py: three nodes under churn
+for 30 minutes; does the file level off once tombstones are collected, issue
+16).  Node processes are started
 by nodes.py (`python -m syncmesh serve`, port 0, on 127.0.0.1) and always
 stopped; every load loop is bounded in count and time.
 

@@ -20,7 +20,7 @@ from bench.common import Figure, render_table
 RESULTS = Path(__file__).resolve().parent / "results"
 # `all` (and no scenario named) runs these, in this order; `profile` only when named.
 ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "fleet")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "fleet", "snapshot", "soak")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -33,6 +33,9 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "metadata_rows": (100_000, 5_000),
     "fleet_rows": (100_000, 2_000),
     "fleet_writes": (200, 20),
+    "soak_minutes": (30.0, 0.5),
+    "soak_sample_s": (60.0, 5.0),
+    "soak_live_rows": (2_000, 200),
 }
 # Fleet sizes of `fleet` (issue 15): N `serve` processes per layout, on 2 cores.
 FLEET_SITES = ("3,10,30", "3")  # (full, quick)
@@ -81,6 +84,8 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "fleet_rows": arguments.fleet_rows,
         "fleet_writes": arguments.fleet_writes,
         "fleet_kill_server": arguments.fleet_kill_server,
+        "soak_minutes": arguments.soak_minutes,
+        "soak_rate_txns_per_s": arguments.soak_rate,
         "quick": arguments.quick,
     }
 
@@ -93,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SCENARIO",
         help=(
             f"all (the default), {', '.join(KNOWN)};"
-            " profile, verify, metadata and fleet only when named"
+            " profile, verify, metadata, fleet, snapshot and soak only when named"
         ),
     )
     parser.add_argument(
@@ -156,6 +161,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run nats-kill: one nats-server killed halfway through the bulk insert",
     )
+    parser.add_argument("--soak-minutes", type=float, help="minutes of the soak (30)")
+    parser.add_argument(
+        "--soak-rate", type=float, default=200.0, help="soak transactions/s, all nodes (200)"
+    )
+    parser.add_argument("--soak-sample-s", type=float, help="seconds between soak samples (60)")
+    parser.add_argument(
+        "--soak-live-rows", type=int, help="live rows each soak client keeps around (2,000)"
+    )
+    parser.add_argument("--soak-plot", type=Path, help="draw the soak as a PNG (matplotlib)")
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -258,6 +272,21 @@ def _run_scenario(
             arguments.fleet_writes,
             _log,
             kill_server=arguments.fleet_kill_server,
+        )
+    if scenario == "snapshot":  # issue 16: snapshot bootstrap against the replay
+        from bench import snapshot
+
+        return snapshot.run(repeats, arguments.bulk_rows, _log)
+    if scenario == "soak":  # issue 16: file size under churn, with tombstone collection
+        from bench import soak
+
+        return soak.run(
+            arguments.soak_minutes,
+            arguments.soak_rate,
+            arguments.soak_sample_s,
+            _log,
+            live_rows=arguments.soak_live_rows,
+            plot_path=arguments.soak_plot,
         )
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify

@@ -11,7 +11,7 @@ from syncmesh.api import create_app, running_node
 from syncmesh.api.http import websocket_connector
 from syncmesh.api.openapi import openapi_document
 from syncmesh.node import Node
-from syncmesh.transport import SYNC_PATH, VERIFY_PATH
+from syncmesh.transport import SNAPSHOT_PATH, SYNC_PATH, VERIFY_PATH
 from tests.helpers import wait_until
 from tests.test_node import TIMEOUT_S, config, converged, execute, make_db
 
@@ -30,8 +30,9 @@ async def test_the_openapi_document_describes_exactly_the_api_routes(tmp_path: P
         node.store.close()
         node.worker.shutdown()
     assert served - {SYNC_PATH} == set(openapi_document()["paths"])
-    # The verify route is a peer route: on the node's listen address only.
-    assert api_only == set(openapi_document()["paths"]) - {VERIFY_PATH}
+    # The verify and snapshot routes are peer routes: on the node's listen address only.
+    peer_routes = {VERIFY_PATH, SNAPSHOT_PATH, SNAPSHOT_PATH + "/{id}"}
+    assert api_only == set(openapi_document()["paths"]) - peer_routes
 
 
 async def test_the_api_can_listen_apart_from_the_sync_port(tmp_path: Path) -> None:

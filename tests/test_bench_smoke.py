@@ -92,3 +92,44 @@ def test_metadata_budget_runs_and_reports(tmp_path: Path) -> None:
     for figure in ratios:
         assert figure["baseline"]["median"] > 0
         assert figure["ratio"]["median"] > 1, "the bookkeeping takes room"
+
+
+def test_snapshot_bootstrap_runs_next_to_the_replay(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    status = bench_main.main(["snapshot", "--quick", "--bulk-rows", "2000", "--out", str(out)])
+    assert status == 0
+    figures = {
+        figure["name"]: figure
+        for figure in json.loads(out.read_text())["scenarios"]["snapshot"]["figures"]
+    }
+    versus = figures["snapshot bootstrap against replay"]
+    assert versus["samples"]
+    assert versus["baseline"]["samples"], "the replay of the same repeat is the baseline"
+    assert figures["peak RSS of `syncmesh join`"]["samples"][0] > 0
+
+
+def test_soak_samples_three_nodes_under_churn(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    status = bench_main.main(
+        [
+            "soak",
+            "--quick",
+            "--soak-minutes",
+            "0.15",
+            "--soak-sample-s",
+            "3",
+            "--soak-live-rows",
+            "30",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    figures = {
+        figure["name"]: figure
+        for figure in json.loads(out.read_text())["scenarios"]["soak"]["figures"]
+    }
+    assert figures["deletes in 0.15 min, all clients"]["samples"][0] > 0, "the churn deletes"
+    sizes = [figure for name, figure in figures.items() if name.startswith("node a: file")]
+    assert sizes
+    assert sizes[0]["baseline"]["samples"], "the early size is the baseline"

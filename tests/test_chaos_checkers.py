@@ -14,11 +14,13 @@ from syncmesh.chaos.checkers import (
     check_echo,
     check_indexes,
     check_logs,
+    check_no_resurrection,
     check_orders,
     check_phantoms,
     check_schema,
     check_waiting,
     check_writes,
+    dead_everywhere,
     in_final_shape,
     torn_orders,
 )
@@ -511,3 +513,121 @@ def test_each_plan_says_its_final_shape() -> None:
         "CREATE TABLE new__kv (k INTEGER PRIMARY KEY, a TEXT, n INTEGER, c TEXT)",
         "INSERT INTO new__kv (k, a, n, c) SELECT k, a, n, NULL FROM kv",
     )
+
+
+# -- tombstone collection (issue 16, ADR 0015) ---------------------------------------------
+
+
+def delete(node: str, site: str, index: int, stamp: int | None, cl: int | None) -> Write:
+    return Write("delete", node, site, "kv", [1], index, stamp=stamp, cl=cl)
+
+
+def collected(rows: dict[int, RowDump], count: int = 1) -> Replica:
+    """A replica whose node collected `count` tombstones (its shadow rows are gone)."""
+    found = replica(rows)
+    found.collected = count
+    return found
+
+
+def test_a_deleted_key_whose_tombstone_was_collected_is_not_lost() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1), delete("n1", B, 1, T2, 2)]
+    violations, tally = check_writes(writes, collected({}))
+    assert violations == []
+    assert tally.collected == 1
+
+
+def test_a_key_without_a_row_is_lost_when_nothing_was_collected() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1), delete("n1", B, 1, T2, 2)]
+    violations, _ = check_writes(writes, replica({}))
+    assert kinds(violations) == ["lost-write"]
+
+
+def test_a_key_without_a_row_whose_last_life_was_alive_is_lost_even_if_collection_ran() -> None:
+    writes = [
+        upsert("n0", A, 1, "x", T1, 1),
+        delete("n1", B, 1, T2, 2),
+        upsert("n0", A, 2, "again", T3, 3),
+    ]
+    violations, _ = check_writes(writes, collected({}))
+    assert kinds(violations) == ["lost-write"]
+
+
+def test_a_deleted_row_alive_at_the_end_without_a_later_insert_is_a_resurrection() -> None:
+    writes = [upsert("n0", A, 1, "x", T1, 1), delete("n1", B, 1, T2, 2)]
+    # The stale first life came back (a tombstone collected, the row re-merged).
+    assert kinds(check_no_resurrection(writes, collected({1: alive(1, T1, A, "x")}))) == [
+        "resurrection"
+    ]
+    # A life above the delete that no insert left is one too.
+    assert kinds(check_no_resurrection(writes, collected({1: alive(3, T3, A, "x")}))) == [
+        "resurrection"
+    ]
+
+
+def test_a_row_revived_by_a_later_insert_is_no_resurrection() -> None:
+    writes = [
+        upsert("n0", A, 1, "x", T1, 1),
+        delete("n1", B, 1, T2, 2),
+        upsert("n0", A, 2, "again", T3, 3),
+    ]
+    assert check_no_resurrection(writes, collected({1: alive(3, T3, A, "again")})) == []
+    assert check_no_resurrection(writes, collected({})) == [], "absent is fine too"
+    assert check_no_resurrection(writes[:2], collected({1: dead(2, T2, B)})) == []
+
+
+def test_a_delete_taken_back_by_a_rejoin_is_not_judged() -> None:
+    """A delete at a node whose file a snapshot replaced before anyone held it never left."""
+    writes = [upsert("n0", A, 1, "x", T1, 1), delete("n1", B, 1, T2, 2)]
+    stale = collected({1: alive(1, T1, A, "x")})
+    assert kinds(check_no_resurrection(writes, stale)) == ["resurrection"]
+    assert check_no_resurrection(writes, stale, lambda write: write.node == "n1") == []
+
+
+def test_replicas_differing_only_in_a_collected_tombstone_converge_without_tombstones() -> None:
+    holding = replica({1: dead(2, T2, B), 2: alive(1, T1, A, "x")}, node="n0")
+    gone = replica({2: alive(1, T1, A, "x")}, node="n1")
+    assert kinds(check_convergence([holding, gone])) == ["convergence"]
+    assert check_convergence([holding, gone], tombstones=False) == []
+    assert dead_everywhere([holding, gone]) == {("kv", (1,))}
+    # A row alive at one of them is still a difference.
+    revived = replica({1: alive(3, T3, A, "y"), 2: alive(1, T1, A, "x")}, node="n2")
+    assert kinds(check_convergence([holding, revived], tombstones=False)) == ["convergence"]
+    assert dead_everywhere([holding, revived]) == set()
+
+
+def test_a_child_whose_parent_is_gone_was_deleted_by_the_cascade_once_collected() -> None:
+    cascades = {"adv_children": ("parent", "adv_parents")}
+    child = Write("upsert", "n0", A, "adv_children", ["c1"], 1, {"parent": "p1", "v": 1})
+    parent = alive(1, T1, A, "x")
+    with_parent = Replica(
+        "n0",
+        A,
+        T3,
+        {"adv_children": {}, "adv_parents": {("p1",): parent}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+    without_parent = Replica(
+        "n0",
+        A,
+        T3,
+        {"adv_children": {}, "adv_parents": {}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+    assert kinds(check_writes([child], without_parent, cascades=cascades)[0]) == []
+    assert kinds(check_writes([child], with_parent, cascades=cascades)[0]) == ["lost-write"]
+    assert kinds(check_writes([child], without_parent)[0]) == ["lost-write"], "no cascade known"
+    # The parent was deleted (the cascade took the child) and inserted again later.
+    again = Replica(
+        "n0",
+        A,
+        T3,
+        {"adv_children": {}, "adv_parents": {("p1",): alive(3, T3, B, "again")}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+    later_child = Write(
+        "upsert", "n0", A, "adv_children", ["c1"], 1, {"parent": "p1", "v": 1}, stamp=T2, cl=1
+    )
+    assert kinds(check_writes([later_child], again, cascades=cascades)[0]) == []

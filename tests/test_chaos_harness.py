@@ -62,6 +62,11 @@ CI_MIGRATE_FAULTS = ("migrate", "kill", "pause", "isolate", "reset")
 CI_MIGRATE_SEED = 11
 CI_MIGRATE_SCHEDULES = 4
 CI_MIGRATE_TIMEOUT_S = 180
+# Issue 16: one schedule whose `sleep` fault forgets a node, refuses it on its
+# return and re-joins it from a snapshot, under kill, reset and isolate (about 20 s).
+CI_LIFECYCLE_FAULTS = ("forget", "sleep", "kill", "reset", "isolate")
+CI_LIFECYCLE_SEED = 2
+CI_LIFECYCLE_TIMEOUT_S = 120
 
 
 def schedule(seed: int, index: int, nodes: int = 5, per_schedule: int = 4) -> Schedule:
@@ -491,3 +496,41 @@ def _assert_final_shape(path: Path, name: str) -> None:
     assert indexes == set(plan.final_indexes()), (path, indexes)
     assert table in tracked, (path, tracked)
     assert ("kv" in tables) == (table == "kv"), path  # a renamed table left no kv behind
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(CI_LIFECYCLE_TIMEOUT_S + 30)
+def test_fixed_seed_subset_with_a_node_forgotten_refused_and_rejoined_has_no_violation(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: a node forgotten while it sleeps is refused on its return and re-joins by
+    snapshot, while tombstones are collected every second; no checker finds anything."""
+    report = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        "-m",
+        "syncmesh",
+        "chaos",
+        "--seed",
+        str(CI_LIFECYCLE_SEED),
+        "--schedules",
+        "1",
+        "--nodes",
+        "3",
+        "--duration",
+        "6",
+        "--faults",
+        ",".join(CI_LIFECYCLE_FAULTS),
+        "--faults-per-schedule",
+        "4",
+        "--json",
+        str(report),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CI_LIFECYCLE_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    assert document["violations"] == 0
+    [schedule] = document["schedules"]
+    assert "sleep" in schedule["faults"]
+    assert (schedule["forgotten"], schedule["refused"], schedule["rejoined"]) == (1, 1, 1)
+    assert schedule["keys_collected"] > 0, "tombstones were collected under the faults"

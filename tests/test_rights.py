@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from syncmesh.api import running_node
+from syncmesh.errors import TransportError
 from syncmesh.node import Node, NodeConfig
+from syncmesh.node.bootstrap import join
 from syncmesh.node.config import PeerConfig
 from syncmesh.store.sqlite import SqliteStore
-from syncmesh.transport import TlsFiles
+from syncmesh.transport import TlsFiles, WebSocketConnector
 from tests.helpers import rows_with_types, wait_until
 from tests.tlsfiles import Pki
 
@@ -221,3 +223,39 @@ async def test_withheld_rows_still_arrive_from_a_peer_that_may_send_them(
                 await wait_until(
                     lambda: holds(paths["c"], "prices", "p-a"), TIMEOUT_S, "a's price at c via b"
                 )
+
+
+async def test_a_snapshot_holds_only_the_tables_the_joiner_may_receive(
+    tmp_path: Path, cluster_pki: Pki
+) -> None:
+    """Goal (issue 16, ADR 0016): `join` from a over TLS as site c gets items, not prices;
+    a certificate of no configured peer gets no snapshot at all."""
+    a_db = make_db(tmp_path / "a.db")
+    write(
+        a_db,
+        "INSERT INTO prices VALUES ('price-kept-at-a', 1.0);"
+        " INSERT INTO items VALUES ('i1', 'x', 1)",
+    )
+    plant = PeerConfig(name="c", receive=frozenset({"items"}))
+    async with running_node(node_config(a_db, cluster_pki.files("a"), plant)) as node_a:
+
+        def connector(site: str) -> WebSocketConnector:
+            return WebSocketConnector(
+                heartbeat_s=1.0,
+                frame_bytes_max=1 << 20,
+                connect_timeout_s=5.0,
+                tls=cluster_pki.issue(site),
+            )
+
+        report = await join(tmp_path / "c.db", connector("c").snapshot_source(url(node_a), "a"))
+        assert report.tables == ("items",)
+        assert await asyncio.to_thread(ids, tmp_path / "c.db", "items") == {"i1"}
+        with contextlib.closing(sqlite3.connect(tmp_path / "c.db")) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema")}
+        assert "prices" not in tables
+        assert "_syncmesh_shadow_prices" not in tables
+        assert b"price-kept-at-a" not in (tmp_path / "c.db").read_bytes()
+
+        with pytest.raises(TransportError, match="403"):
+            await join(tmp_path / "x.db", connector("x").snapshot_source(url(node_a), "a"))
+        assert not (tmp_path / "x.db").exists()

@@ -2,6 +2,7 @@
 
 GET /sync/v1     the peer WebSocket (syncmesh.node.session)
 POST /sync/v1/verify  hash trees and rows for verify and repair (syncmesh.node.verify)
+POST /sync/v1/snapshot, GET /sync/v1/snapshot/ID  a snapshot for a joining node (node.bootstrap)
 GET /v1/status   this node: site, seq, tables, vector, peers (JSON)
 GET /v1/health   200 when the node is well, 503 with the reasons (syncmesh.node.health)
 GET /metrics     the same statistics for Prometheus (syncmesh.api.metrics)
@@ -46,6 +47,7 @@ from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import FleetConfig, Secret, is_loopback
 from syncmesh.node.health import assess
 from syncmesh.transport import (
+    SNAPSHOT_PATH,
     SYNC_PATH,
     VERIFY_PATH,
     Listener,
@@ -124,10 +126,12 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     if sync:
         # The peer routes: the WebSocket transport hands channels and verify
         # requests to the node through the transport seam's host Protocols.
-        listener: Listener = WebSocketListener(
+        websocket = WebSocketListener(
             app, heartbeat_s=node.config.heartbeat_s, frame_bytes_max=node.config.frame_bytes_max
         )
+        listener: Listener = websocket
         listener.serve(node, node.verify_server)
+        websocket.serve_snapshots(node.snapshot_server)
     app.router.add_get("/v1/health", health)
     if api:
         app.router.add_get("/v1/status", status)
@@ -148,7 +152,12 @@ def bearer_token_middleware(token: Secret) -> Middleware:
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         # The peer routes admit by certificate (TLS), not by the API token.
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in PEER_PATHS:
+        if (
+            path in PUBLIC_PATHS
+            or path.startswith(PUBLIC_PREFIXES)
+            or path in PEER_PATHS
+            or path.startswith(SNAPSHOT_PATH)
+        ):
             return await handler(request)
         if not token_matches(request.headers.get("Authorization", ""), expected):
             # The header is never logged: a wrong token may be a right one misplaced.

@@ -114,6 +114,7 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         value=statistics.refused_connections,
     )
     yield from _lifecycle_metrics(statistics)
+    yield from _snapshot_metrics(statistics)
     conflicts = CounterMetricFamily(
         "syncmesh_conflicts",
         "Conflicts (concurrent writes to one cell) this node's merges resolved, per table.",
@@ -168,6 +169,34 @@ def _lifecycle_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     if lifecycle.holding_back:
         holding.add_metric([lifecycle.holding_back], lifecycle.holding_back_ms)
     yield holding
+
+
+def _snapshot_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
+    """Snapshots served to joining nodes (ADR 0016), in this run."""
+    snapshots = statistics.snapshots
+    yield CounterMetricFamily(
+        "syncmesh_snapshots_served",
+        "Snapshots of this file taken for joining nodes (`syncmesh join`), since start.",
+        value=snapshots.taken,
+    )
+    yield CounterMetricFamily(
+        "syncmesh_snapshots_refused",
+        "Snapshot requests refused (a bad request, a forgotten site id, a failed copy).",
+        value=snapshots.refused,
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_snapshot_taking", "1 while a snapshot is being taken.", value=snapshots.taking
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_snapshot_last_bytes",
+        "Size of the last snapshot taken.",
+        value=snapshots.bytes_last,
+    )
+    yield GaugeMetricFamily(
+        "syncmesh_snapshot_last_seconds",
+        "How long the last snapshot took to take (copy, trim, checksum).",
+        value=snapshots.seconds_last,
+    )
 
 
 def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Metric]:

@@ -386,6 +386,55 @@ API_PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/sync/v1/snapshot": {
+        "post": {
+            "summary": "Snapshot bootstrap (docs/adr/0016-snapshot-bootstrap.md): take a consistent"
+            " copy of this node's file for a joining site (`syncmesh join`), admitted like the"
+            " peer WebSocket, not by the API token; registers the joiner as a member first",
+            "security": [],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["site"],
+                            "properties": {"site": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The snapshot's id and description (SnapshotInfo)",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["id", "source_site", "head_seq", "bytes", "checksum"],
+                            }
+                        }
+                    },
+                },
+                "403": {"description": "With TLS: the certificate is not a configured peer's"},
+                "409": {"description": "No snapshot: the reason, as text"},
+            },
+        }
+    },
+    "/sync/v1/snapshot/{id}": {
+        "get": {
+            "summary": "The file of a snapshot offered to the same peer (Range requests resume it)",
+            "security": [],
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The SQLite file"},
+                "206": {"description": "The rest of it, from the Range asked for"},
+                "404": {"description": "No such snapshot (expired, or offered to another peer)"},
+            },
+        }
+    },
     "/v1/health": {
         "get": {
             "summary": "Health: the node runs and syncs; otherwise the reasons",

@@ -43,6 +43,9 @@ FEATURES = ("unique", "onconflict", "nocase", "fk", "trigger", "bytes", "negzero
 # converge today, and what keeps each other one out of the CI subset: docs/chaos.md.
 DEFAULT_FEATURES = ("unique", "fk", "trigger", "bytes", "negzero")
 ADVERSARIAL_TABLES = ["adv_users", "adv_parents", "adv_children"]
+# With `fk`: the child table, its foreign key column and the parent table (ON DELETE
+# CASCADE), for the lost-write checker (a cascade deletes children with no client write).
+ADVERSARIAL_CASCADES = {"adv_children": ("parent", "adv_parents")}
 USERS = 20
 PARENTS = 8
 EMAILS = 6  # few: concurrent inserts at two nodes take the same one often

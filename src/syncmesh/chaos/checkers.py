@@ -66,6 +66,8 @@ class WriteTally:
     # Not in the final state at a replica, but held in its quarantine because a
     # constraint turned it away there (counted once per replica that did).
     quarantined: int = 0
+    # Its key's last life ended in a delete whose tombstone the replica collected.
+    collected: int = 0
 
 
 def is_constraint_refusal(reason: str) -> bool:
@@ -87,6 +89,28 @@ def refused_by_constraint(replicas: Iterable[Replica]) -> set[tuple[str, Key]]:
     }
 
 
+def dead_everywhere(replicas: Iterable[Replica]) -> set[tuple[str, Key]]:
+    """Rows no replica holds alive: deleted, with or without their tombstone.
+
+    Where one node collected a tombstone that another still holds, `verify`
+    between them reports the row (ADR 0015); both say it is absent.
+    """
+    replicas = list(replicas)
+    keys = {
+        (table, key)
+        for replica in replicas
+        for table, rows in replica.tables.items()
+        for key in rows
+    }
+    return {
+        (table, key)
+        for table, key in keys
+        if all(
+            (row := replica.row(table, key)) is None or row.values is None for replica in replicas
+        )
+    }
+
+
 def waiting_in_quarantine(replicas: Iterable[Replica]) -> list[str]:
     """Quarantine entries no constraint explains: they must resolve before the run is quiet."""
     return [
@@ -102,19 +126,23 @@ def waiting_in_quarantine(replicas: Iterable[Replica]) -> list[str]:
 
 
 def check_convergence(
-    replicas: list[Replica], without: Collection[tuple[str, Key]] = ()
+    replicas: list[Replica], without: Collection[tuple[str, Key]] = (), *, tombstones: bool = True
 ) -> list[Violation]:
     """Every replica holds the same state: rows, storage classes, causal lengths, stamps.
 
     `without`: rows left out of the comparison, those a constraint turned
     away at some site (`refused_by_constraint`); `check_writes` judges them.
+    `tombstones=False`: deleted rows are left out too (tombstone collection
+    runs at each node at its own pace; `check_no_resurrection` judges them).
     """
     if len(replicas) < 2:
         return []
     first = replicas[0]
     violations = []
     for other in replicas[1:]:
-        if other.digest(without) == first.digest(without):
+        if other.digest(without, tombstones=tombstones) == first.digest(
+            without, tombstones=tombstones
+        ):
             continue
         violations.append(
             Violation(
@@ -139,7 +167,7 @@ def _first_difference(
                 return (
                     f"table {table} key {list(key)}: {rows_one.get(key)} != {rows_other.get(key)}"
                 )
-    return "same rows, different clock floors or sites"
+    return "same rows, different clock floors, sites or tombstones"
 
 
 # -- P4/P5/P6: no lost acknowledged write, no resurrection -----------------------------------
@@ -150,8 +178,14 @@ def check_writes(
     replica: Replica,
     may_be_lost: Callable[[Write], bool] | None = None,
     held_back: Mapping[tuple[str, Key], list[QuarantinedRow]] | None = None,
+    cascades: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[list[Violation], WriteTally]:
     """Every acknowledged write is in the final state or lost to a greater write.
+
+    `cascades`: per child table, its foreign key column and parent table
+    (`ON DELETE CASCADE`): a child row may be deleted by its parent's delete
+    with no client write saying so, and once its tombstone is collected only
+    the parent's absence tells (`_collected`).
 
     `may_be_lost(write)` names writes whose loss is allowed (a `restore`
     took them back before any other node held them): they are not judged,
@@ -174,7 +208,9 @@ def check_writes(
     for (table, key), key_writes in sorted(by_key.items(), key=repr):
         row = replica.row(table, key)
         judged = WriteTally()
-        found = list(_check_key(table, key, key_writes, replica, row, judged, may_be_lost))
+        found = list(
+            _check_key(table, key, key_writes, replica, row, judged, may_be_lost, cascades)
+        )
         refused = _refused_rows(replica, (table, key), held_back)
         if found and refused:
             # A constraint turned the row away here: every write must then be
@@ -190,6 +226,7 @@ def check_writes(
         tally.exact += judged.exact
         tally.superseded_life += judged.superseded_life
         tally.unverified += judged.unverified
+        tally.collected += judged.collected
     return violations, tally
 
 
@@ -255,10 +292,17 @@ def _check_key(
     row: RowDump | None,
     tally: WriteTally,
     may_be_lost: Callable[[Write], bool] | None = None,
+    cascades: Mapping[str, tuple[str, str]] | None = None,
 ) -> Iterable[Violation]:
     where = f"{replica.node}: {table} key {list(key)}"
     exempt = may_be_lost or (lambda _write: False)
     if row is None and all(exempt(write) for write in writes):
+        return
+    if row is None and replica.collected and _collected(writes, replica, cascades or {}):
+        # Its tombstone was collected (ADR 0015): every write is of a life
+        # that a delete ended, and the delete is the last word.
+        tally.collected += 1
+        tally.unverified += sum(1 for write in writes if write.cl is None)
         return
     if row is None:
         yield Violation("lost-write", f"{where}: written, but unknown to the replica")
@@ -297,6 +341,83 @@ def _check_key(
             "resurrection",
             f"{where}: alive in causal length {row.cl}, but no write inserted it in that life",
         )
+
+
+def _collected(
+    writes: list[Write], replica: Replica, cascades: Mapping[str, tuple[str, str]]
+) -> bool:
+    """Whether a key with no shadow row at `replica` (which collected tombstones) was
+    deleted: its writes end in a delete, or the life of a parent it was written under
+    ended (a cascade deleted it, with no client write): the parent is gone, or its
+    final life began after the child's write (it was deleted and inserted again)."""
+    if _ends_in_delete(writes):
+        return True
+    cascade = cascades.get(writes[0].table) if writes else None
+    if cascade is None:
+        return False
+    column, parent_table = cascade
+    for write in writes:
+        parent = write.cells.get(column)
+        if parent is None:
+            continue
+        row = replica.row(parent_table, (parent,))
+        if row is None or row.values is None:
+            return True
+        written = write.stamp if write.stamp is not None else write.lo
+        if row.cl > 1 and row.cl_stamp is not None and row.cl_stamp[0] > written:
+            return True
+    return False
+
+
+def _ends_in_delete(writes: list[Write]) -> bool:
+    """The key's writes whose life is known end in a delete: the greatest causal length
+    left by any of them is even, and a delete left it."""
+    known = [write for write in writes if write.cl is not None]
+    if not known:
+        return any(write.op == "delete" for write in writes)
+    top = max(write.cl for write in known if write.cl is not None)
+    return top % 2 == 0 and any(write.op == "delete" and write.cl == top for write in known)
+
+
+def check_no_resurrection(
+    writes: list[Write], replica: Replica, may_be_lost: Callable[[Write], bool] | None = None
+) -> list[Violation]:
+    """No row deleted at any node (acknowledged there) is alive at the end, unless a later
+    insert revived it: a write that left a greater causal length, at the row's final one.
+
+    With tombstone collection on, this is what a collected delete must
+    never lose to: a stale copy of the row arriving after its tombstone went
+    (ADR 0015's three rules).  `may_be_lost(write)`: deletes a restore or a
+    re-join took back before any other node held them (as in `check_writes`).
+    """
+    deleted: dict[tuple[str, Key], int] = {}
+    inserted: dict[tuple[str, Key], set[int | None]] = defaultdict(set)
+    for write in writes:
+        where = (write.table, tuple(write.key))
+        if write.op == "delete" and write.cl is not None:
+            if may_be_lost is not None and may_be_lost(write):
+                continue
+            deleted[where] = max(deleted.get(where, 0), write.cl)
+        elif write.op == "upsert":
+            inserted[where].add(write.cl)
+    violations = []
+    for (table, key), delete_cl in sorted(deleted.items(), key=repr):
+        row = replica.row(table, key)
+        if row is None or row.values is None:
+            continue
+        revived = row.cl > delete_cl and (
+            row.cl in inserted[(table, key)] or None in inserted[(table, key)]
+        )
+        if not revived:
+            violations.append(
+                Violation(
+                    "resurrection",
+                    f"{replica.node}: {table} key {list(key)} was deleted (causal length"
+                    f" {delete_cl}, acknowledged) but is alive at causal length {row.cl},"
+                    " which no later insert left",
+                )
+            )
+    return violations
 
 
 def _check_cells(
@@ -541,6 +662,8 @@ def check_held(
         refused = _refused_rows(replica, (table, key), held_back)
         if refused:
             row = _with_quarantined(row, refused, replica.columns.get(table, ()))
+        if row is None and replica.collected:
+            continue  # deleted since, and its tombstone collected: nothing to hold
         final_cl, final_stamps = (0, {}) if row is None else (row.cl, row.stamps)
         where = f"{replica.node}: {table} key {list(key)}"
         if final_cl < cl:

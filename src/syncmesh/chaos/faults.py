@@ -23,7 +23,10 @@ FAULT_KINDS = NETWORK_KINDS + PROCESS_KINDS + CLOCK_KINDS + REDELIVERY_KINDS
 # defects today, and stays out of the default deck (and the CI subset)
 # until they are fixed; `migrate` changes the workload's schema, which a
 # run of the default deck keeps fixed.
-OPT_IN_KINDS = ("restore", "migrate")
+# `forget` and `sleep` (issue 16) re-join a node from a snapshot: each schedule
+# with one takes a few seconds more, and they stay opt-in.
+OPT_IN_KINDS = ("restore", "migrate", "forget", "sleep")
+LIFECYCLE_KINDS = ("forget", "sleep")
 ALL_KINDS = FAULT_KINDS + OPT_IN_KINDS
 FAULT_DESCRIPTIONS = {
     "isolate": "partition: every link of one node is cut",
@@ -43,6 +46,12 @@ FAULT_DESCRIPTIONS = {
     "reorder": "batch frames on a link are delivered out of order",
     "replay": "a node restarts with the cursors it had when the fault began: peers resend",
     "restore": "a node's file is replaced by a copy of itself taken when the fault began (opt-in)",
+    "forget": "a node is killed and forgotten at every other node (`syncmesh forget`): gone for"
+    " good; when the fault ends a replacement joins on its machine from a snapshot of a running"
+    " node (`syncmesh join`: a new site id) (opt-in)",
+    "sleep": "a node is killed and, while it sleeps, forgotten at every other node, so they"
+    " collect past it; when the fault ends it returns on its old file, must be refused, and"
+    " re-joins from a snapshot (opt-in)",
     "migrate": "rolling schema changes of kv (add, rebuild, rename or drop a column, rename the"
     " table, create or drop indexes; one or two in a row), node by node, while the clients write"
     " (opt-in)",
@@ -180,6 +189,8 @@ def _draw(
         return Fault(kind, start, length, links=some_links, params={"probability": 0.2})
     if kind == "migrate":
         return _draw_migration(rng, nodes, duration_s, busy, plan)
+    if kind in LIFECYCLE_KINDS:
+        return _draw_lifecycle(kind, rng, nodes, duration_s, busy)
     family = "process" if kind in (*PROCESS_KINDS, "replay", "restore") else "clock"
     free = [n for n in range(nodes) if _free(busy.get((family, n), []), start, start + length)]
     if not free:
@@ -225,6 +236,33 @@ def _draw_migration(
     busy[("migrate", 0)] = [(start, start + length)]
     order = tuple(rng.sample(range(nodes), nodes))
     return Fault("migrate", start, length, nodes=order, params={"plan": plan})
+
+
+def _draw_lifecycle(
+    kind: str,
+    rng: random.Random,
+    nodes: int,
+    duration_s: float,
+    busy: dict[tuple[str, int], list[tuple[float, float]]],
+) -> Fault | None:
+    """One `forget` or `sleep` per schedule, on a node no other process fault strikes after it.
+
+    The node's return (a refusal, then a join from a snapshot) follows the
+    fault's end, so the node is kept from other process faults until the
+    schedule's end; a second one is not drawn (the snapshot's source must
+    be a node still in the cluster).
+    """
+    if ("lifecycle", 0) in busy:
+        return None
+    start = round(rng.uniform(0.1, 0.4) * duration_s, 2)
+    length = round(rng.uniform(0.25, 0.4) * duration_s, 2)
+    free = [n for n in range(nodes) if _free(busy.get(("process", n), []), start, duration_s)]
+    if not free:
+        return None
+    node = rng.choice(free)
+    busy[("lifecycle", 0)] = [(start, duration_s)]
+    busy.setdefault(("process", node), []).append((start, duration_s))
+    return Fault(kind, start, length, nodes=(node,))
 
 
 def migration_times(fault: Fault) -> dict[int, tuple[float, ...]]:

@@ -98,9 +98,17 @@ class Replica:
     # digest), but what the checkers read to tell a write a constraint
     # turned away here from a lost one.
     quarantined: dict[tuple[str, Key], list[QuarantinedRow]] = field(default_factory=dict)
+    # Tombstones the node collected, ever (ADR 0015): a key with no shadow row
+    # may then be a deleted one whose tombstone went, not a lost one.
+    collected: int = 0
 
-    def digest(self, without: Collection[tuple[str, Key]] = ()) -> str:
-        """A hash of the whole state, but the rows `without`: equal digests, equal replicas."""
+    def digest(self, without: Collection[tuple[str, Key]] = (), *, tombstones: bool = True) -> str:
+        """A hash of the whole state, but the rows `without`: equal digests, equal replicas.
+
+        `tombstones=False` leaves deleted rows out: with tombstone collection
+        on, one node may have collected a tombstone that another still holds,
+        and both say the row is absent.
+        """
         canonical = []
         for table in sorted(self.tables):
             rows = self.tables[table]
@@ -108,6 +116,8 @@ class Replica:
                 if without and (table, key) in without:
                     continue
                 row = rows[key]
+                if not tombstones and row.values is None and row.cl % 2 == 0:
+                    continue
                 canonical.append(
                     [
                         table,
@@ -154,10 +164,17 @@ def read_replica(node: str, path: Path) -> Replica:
             slots = tuple(int(slot) for slot in spec.get("slots", range(len(values))))
             tables[name] = _read_table(connection, name, tuple(spec["pk"]), values, slots, sites)
         quarantined = _read_quarantine(connection)
+        collected = 0
+        if connection.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_lifecycle'"
+        ).fetchone():
+            (collected,) = connection.execute(
+                "SELECT collected FROM _syncmesh_lifecycle"
+            ).fetchone()
         connection.execute("COMMIT")
     finally:
         connection.close()
-    return Replica(node, site, hlc, tables, columns, quarantined)
+    return Replica(node, site, hlc, tables, columns, quarantined, int(collected))
 
 
 def _read_quarantine(

@@ -35,6 +35,7 @@ CONNECT_TIMEOUT_S = 2.0
 HANDSHAKE_TIMEOUT_S = 3.0
 VERIFY_INTERVAL_S = 2.0
 VERIFY_SETTLE_S = 0.3
+LIFECYCLE_INTERVAL_S = 1.0
 
 
 class FileOffsetClock:
@@ -70,11 +71,10 @@ def chaos_config(database: str, peers: list[str], drift_ms: int) -> NodeConfig:
         # warning, never a traceback (the internal-error checker).
         verify_interval_s=VERIFY_INTERVAL_S,
         verify_settle_s=VERIFY_SETTLE_S,
-        # Tombstone collection is off under chaos for now (issue 16, first
-        # landing): the checkers read a key with no shadow row at the end as
-        # a lost write.  The chaos step of issue 16 turns it on, every second,
-        # with a checker that knows collected keys.
-        lifecycle_interval_s=0.0,
+        # Tombstone collection every second, under every fault (issue 16): the
+        # checkers read a key with no shadow row whose last life was deleted
+        # as collected, and check that no deleted row comes back.
+        lifecycle_interval_s=LIFECYCLE_INTERVAL_S,
     )
 
 

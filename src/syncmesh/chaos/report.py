@@ -46,6 +46,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     superseded = sum(r.tally.superseded_life for r in results)
     unverified = sum(r.tally.unverified for r in results)
     orders = sum(r.tally.orders for r in results)
+    collected = sum(r.tally.collected for r in results)
     failed = sum(r.failed_writes for r in results)
     restore_exempt = sum(r.writes_restore_exempt for r in results)
     held_at_restore = sum(r.rows_held_at_restore for r in results)
@@ -62,7 +63,7 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
         f" re-insert: {superseded}; replaced before the stamp could be read: {unverified}"
         + (
-            f"; taken back by a restore before anyone held them: {restore_exempt}"
+            f"; taken back by a restore or a re-join before anyone held them: {restore_exempt}"
             if restore_exempt
             else ""
         )
@@ -76,6 +77,16 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
             f"; turned away by a constraint, held in a quarantine: {quarantined}"
             if quarantined
             else ""
+        )
+        + (f"; keys deleted and their tombstone collected: {collected}" if collected else ""),
+        *(
+            [
+                f"  forgotten {sum(r.forgotten for r in results)}, refused on return"
+                f" {sum(r.refused for r in results)}, re-joined from a snapshot"
+                f" {sum(r.rejoined for r in results)}"
+            ]
+            if any(r.forgotten for r in results)
+            else []
         ),
         "faults: "
         + (", ".join(f"{kind} {faults[kind]}" for kind in ALL_KINDS if faults[kind]) or "none"),

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from syncmesh.chaos.adversarial import ADVERSARIAL_TABLES
+from syncmesh.chaos.adversarial import ADVERSARIAL_CASCADES, ADVERSARIAL_TABLES
 from syncmesh.chaos.checkers import (
     ClockCheck,
     ClockSample,
@@ -38,6 +38,7 @@ from syncmesh.chaos.checkers import (
     check_held,
     check_indexes,
     check_logs,
+    check_no_resurrection,
     check_orders,
     check_phantom_rows,
     check_phantoms,
@@ -45,6 +46,7 @@ from syncmesh.chaos.checkers import (
     check_waiting,
     check_writes,
     constraint_quarantines,
+    dead_everywhere,
     held_by,
     in_final_shape,
     refused_by_constraint,
@@ -64,9 +66,10 @@ from syncmesh.chaos.migrations import (
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
+from syncmesh.node.bootstrap import join
 from syncmesh.node.verify import VerifyClient, direct_call, verify
 from syncmesh.store.open import open_store
-from syncmesh.transport import HttpVerifyExchange
+from syncmesh.transport import HttpSnapshotSource, HttpVerifyExchange
 
 SAMPLE_INTERVAL_S = 0.25
 QUARANTINE_POLL_S = 1.0
@@ -74,6 +77,7 @@ CLIENT_SETTLE_S = 20.0
 CLIENT_EXIT_SLACK_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
 QUIESCE_POLL_S = 0.5
+REFUSAL_TIMEOUT_S = 20.0  # a node back from `sleep` is refused by then, or a snapshot source is up
 FLAP_INTERVAL_S = (0.2, 1.0)
 RESET_INTERVAL_S = (0.3, 1.5)
 # A `restore` puts the copy back once another node holds a row the node wrote
@@ -116,6 +120,11 @@ class ScheduleResult:
     changes_applied: int = 0
     drift_refusals: int = 0
     restores: int = 0
+    # `forget` and `sleep` (issue 16): nodes forgotten, refused on their return,
+    # and re-joined from a snapshot.
+    forgotten: int = 0
+    refused: int = 0
+    rejoined: int = 0
     migration: str = ""  # the plan of the schedule's `migrate` fault, if any
     writes_restore_exempt: int = 0  # made at a restored node after its copy, held nowhere else
     # Rows holding a cell the restored node wrote after its copy, held by another
@@ -143,11 +152,15 @@ class ScheduleResult:
             "writes_exact": self.tally.exact,
             "writes_superseded_life": self.tally.superseded_life,
             "writes_unverified": self.tally.unverified,
+            "keys_collected": self.tally.collected,
             "orders": self.tally.orders,
             "bytes_on_wire": self.bytes_on_wire,
             "changes_applied": self.changes_applied,
             "drift_refusals": self.drift_refusals,
             "restores": self.restores,
+            "forgotten": self.forgotten,
+            "refused": self.refused,
+            "rejoined": self.rejoined,
             "migration": self.migration,
             "writes_restore_exempt": self.writes_restore_exempt,
             "rows_held_at_restore": self.rows_held_at_restore,
@@ -181,6 +194,7 @@ class ScheduleRun:
         self.writes: list[Write] = []
         self._t0 = 0.0  # when the workload started: fault times count from here
         self._restarts: set[asyncio.Task[None]] = set()
+        self._rejoins: set[asyncio.Task[None]] = set()
         self.restored: list[_Restored] = []
         # Per node under a `restore`: its copy and the copy's clock floor.
         self._copies: dict[str, tuple[Path, int]] = {}
@@ -259,6 +273,8 @@ class ScheduleRun:
             await asyncio.sleep(max(0.0, schedule.duration_s - self._since_start()))
         finally:
             self._heal_all()
+            # A node on its way back from `forget` or `sleep` finishes its re-join first.
+            await asyncio.gather(*self._rejoins)
             for node in self.nodes:
                 if not node.running:
                     node.start()
@@ -350,11 +366,96 @@ class ScheduleRun:
             floor = _copy_file(node.db, copy)
             self._copies[node.name] = (copy, floor)
             return lambda: self._restore(node, copy, floor)
+        if kind in ("forget", "sleep"):
+            return self._forget(node, kind)
         if kind == "pause":
             node.pause()
             return node.resume
         node.set_clock(int(fault.params["offset_ms"]))
         return lambda: node.set_clock(0)
+
+    def _forget(self, node: ChaosNode, kind: str) -> Callable[[], None]:
+        """Kill `node` and forget its site at every other node.
+
+        Both kinds: no node collects past a member it waits for, so a node
+        "sleeps past the horizon" only once the cluster gave up on it; it is
+        forgotten everywhere before it may come back (`sleep`), so that any
+        peer it reaches refuses it (membership is learned, not agreed: a peer
+        that had not heard of the forget could rightly sync with it).
+
+        What the others hold now was acknowledged beyond `node`: none of it
+        may be lost (`held-write`); its writes held nowhere else may be, as
+        after a restore (its file is replaced by the snapshot it re-joins
+        from).  Returns what brings it back (`_return`).
+        """
+        node.kill()
+        site = _site_of(node.db)
+        others = [other for other in self.nodes if other is not node]
+        held = {other.name: held_by(read_replica(other.name, other.db)) for other in others}
+        self.restored.append(_Restored(node.name, 0, held))
+        for other in others:
+            store = open_store(other.db)
+            try:
+                store.forget_site(site)
+            finally:
+                store.close()
+        self.result.forgotten += 1
+
+        def bring_back() -> None:
+            task = asyncio.create_task(self._return(node, kind))
+            self._rejoins.add(task)
+            task.add_done_callback(self._rejoins.discard)
+
+        return bring_back
+
+    async def _return(self, node: ChaosNode, kind: str) -> None:
+        """`sleep`: the node comes back on its old file and must be refused; then, as after
+        `forget`, it re-joins from a snapshot of a running node and starts as a new site."""
+        if kind == "sleep":
+            mark = len(_read_text(node.log_path))
+            node.start()
+            await self._ready(node)
+            deadline = time.monotonic() + REFUSAL_TIMEOUT_S
+            refused = False
+            while not refused and time.monotonic() < deadline:
+                text = _read_text(node.log_path)[mark:]
+                if "established" in text:
+                    break
+                refused = "was forgotten" in text or "slept past the GC horizon" in text
+                if not refused:
+                    await asyncio.sleep(QUIESCE_POLL_S)
+            if refused:
+                self.result.refused += 1
+            else:
+                self.result.violations.append(
+                    Violation(
+                        "refusal",
+                        f"{node.name}, forgotten at every node while it slept, was not refused"
+                        f" on its return (a session, or no refusal within {REFUSAL_TIMEOUT_S:g} s)",
+                    )
+                )
+            node.kill()
+        source = await self._snapshot_source(node)
+        joined = self.directory / f"{node.name}.join-{self.result.rejoined}.db"
+        await join(joined, HttpSnapshotSource(source.url))
+        # Through SQLite, so that the client's open connection stays valid: the
+        # application writes on, now as the new site.
+        await asyncio.to_thread(_write_file, joined, node.db)
+        await asyncio.to_thread(_remove_database, joined)
+        node.start()
+        await self._ready(node)
+        self.result.rejoined += 1
+
+    async def _snapshot_source(self, node: ChaosNode) -> ChaosNode:
+        """A running neighbour to copy (dialled directly: the faults are on the proxies)."""
+        deadline = time.monotonic() + REFUSAL_TIMEOUT_S
+        while True:
+            for other in self.nodes:
+                if other is not node and other.running and other.ready and not other.paused:
+                    return other
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no running node for {node.name} to re-join from")
+            await asyncio.sleep(QUIESCE_POLL_S)
 
     async def _ready(self, node: ChaosNode) -> None:
         """Wait until `node` answers, then point the proxies in front of it at its port."""
@@ -547,7 +648,7 @@ class ScheduleRun:
                 # operator, and sites rightly differ in them (issue 12); any
                 # other quarantine entry must resolve first.
                 refused = refused_by_constraint(replicas)
-                digests = [replica.digest(refused) for replica in replicas]
+                digests = [replica.digest(refused, tombstones=False) for replica in replicas]
                 if waiting_in_quarantine(replicas):
                     digests = []
                 if digests and len(set(digests)) == 1 and digests == previous:
@@ -573,8 +674,10 @@ class ScheduleRun:
         """
         if any(violation.checker == "liveness" for violation in self.result.violations):
             return
-        # Rows a constraint turned away differ between sites by design (issue 12).
-        refused = refused_by_constraint(await asyncio.to_thread(self._replicas))
+        # Rows a constraint turned away differ between sites by design (issue 12),
+        # and so do deleted rows whose tombstone one node collected already.
+        replicas = await asyncio.to_thread(self._replicas)
+        refused = refused_by_constraint(replicas) | dead_everywhere(replicas)
         for listener, dialler in self.schedule.links:
             asker, node = self.nodes[dialler], self.nodes[listener]
             store = open_store(asker.db)
@@ -612,7 +715,7 @@ class ScheduleRun:
         replicas = self._replicas()
         violations = result.violations
         refused = refused_by_constraint(replicas)
-        violations.extend(check_convergence(replicas, refused))
+        violations.extend(check_convergence(replicas, refused, tombstones=False))
         kv_table = WORKLOAD_TABLE
         if self.plan is not None:
             kv_table = self.plan.final_table
@@ -629,7 +732,10 @@ class ScheduleRun:
         phantom_tables = [kv_table, *(ADVERSARIAL_TABLES if self.options.adversarial else [])]
         held_back = constraint_quarantines(replicas)
         for replica in replicas[:1] if converged else replicas:
-            found, tally = check_writes(self.writes, replica, self._may_be_lost, held_back)
+            cascades = ADVERSARIAL_CASCADES if "fk" in self.options.adversarial else {}
+            found, tally = check_writes(
+                self.writes, replica, self._may_be_lost, held_back, cascades
+            )
             violations.extend(found)
             for table in phantom_tables:
                 if self.plan is not None and table == kv_table:
@@ -639,6 +745,7 @@ class ScheduleRun:
                     found = check_phantoms(self.writes, replica, table)
                 violations.extend(found)
             violations.extend(check_phantom_rows(self.writes, replica, phantom_tables))
+            violations.extend(check_no_resurrection(self.writes, replica, self._may_be_lost))
             violations.extend(check_orders(judged, replica))
             for restored in self.restored:
                 for other, held in restored.held.items():
@@ -732,6 +839,13 @@ class _Restored:
 
 def _held_elsewhere(write: Write, restored: _Restored) -> bool:
     """Whether another node held `write` (its cell stamp) when `restored` happened."""
+    if write.op == "delete" and write.cl is not None:
+        # A tombstone keeps no cell stamps: held where the row's life is at least its own.
+        return any(
+            entry is not None and entry[0] >= write.cl
+            for held in restored.held.values()
+            for entry in [held.get((write.table, tuple(write.key)))]
+        )
     if write.stamp is None:
         return False  # stamp never read back: it cannot be told, so it is not judged
     stamp = (write.stamp, write.site)
@@ -766,14 +880,6 @@ def _rows_written_since(held: dict[str, Held], site: str, floor: int) -> int:
     )
 
 
-def _site_of(path: Path) -> str:
-    connection = sqlite3.connect(path)
-    try:
-        return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
-    finally:
-        connection.close()
-
-
 def _write_file(copy: Path, path: Path) -> None:
     """Replace the content of `path` by `copy`'s, through SQLite (other connections stay valid)."""
     source = sqlite3.connect(copy)
@@ -783,6 +889,19 @@ def _write_file(copy: Path, path: Path) -> None:
     finally:
         target.close()
         source.close()
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _site_of(path: Path) -> str:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+    finally:
+        connection.close()
 
 
 def _read_cursors(path: Path) -> list[tuple[str, str, int]]:

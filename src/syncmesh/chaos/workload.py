@@ -219,8 +219,14 @@ class Client:
         )
 
     def _begin(self) -> int:
+        """BEGIN; the node's clock floor.  The site is read again too: a node that
+        re-joined from a snapshot (the `forget` and `sleep` faults) has a new one."""
         self.db.execute("BEGIN IMMEDIATE")
-        return int(self.db.execute("SELECT hlc FROM _syncmesh_state").fetchone()[0])
+        hlc, site = self.db.execute("SELECT hlc, site_id FROM _syncmesh_state").fetchone()
+        self.site = str(site)
+        if self.adversarial is not None:
+            self.adversarial.site = self.site
+        return int(hlc)
 
     def _commit(self, write: Write, log_table: str | None) -> None:
         last_entry = 0

@@ -4,6 +4,7 @@ syncmesh init app.db
 syncmesh track app.db items orders
 syncmesh untrack app.db orders
 syncmesh serve app.db --listen 127.0.0.1:7401 --peer http://127.0.0.1:7402
+syncmesh join new.db --from http://127.0.0.1:7401
 syncmesh status app.db [--json]
 syncmesh conflicts app.db [--table T] [--since 2h] [--limit N] [--json]
 syncmesh demo
@@ -645,6 +646,89 @@ def forget(database: Path, site: str) -> None:
         click.echo(f"{database}: site {site} forgotten; peers hear of it by gossip")
     else:
         click.echo(f"{database}: site {site} was forgotten already")
+
+
+@cli.command()
+@DATABASE
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="[NAME=]URL",
+    help="The peer to copy, as http://HOST:PORT, or NAME=https://HOST:PORT with TLS (NAME: the"
+    " site in its certificate).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="This site's certificate (PEM); the peer must have it as a peer.",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Its key (PEM).")
+@click.option(
+    "--tls-ca", type=click.Path(dir_okay=False, exists=True), help="The cluster CA (PEM)."
+)
+def join(
+    database: Path,
+    source: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> None:
+    """Make DATABASE a new member from a consistent snapshot of the peer at --from.
+
+    Much faster than syncing an empty file from the peer's feed: the peer
+    copies its file at one point of its feed (its tracked tables that this
+    site may receive, their bookkeeping, its vector and membership), the
+    copy is checked and gets a new site id, and `syncmesh serve DATABASE
+    --peer URL` then syncs only what was written since.  The way back for a
+    site that was refused (forgotten, or asleep past the GC horizon): a file
+    already at DATABASE is moved aside to DATABASE.before-join-TIME, never
+    merged, and its own writes that the cluster never got are listed in its
+    table _syncmesh_unsynced (docs/operations.md, "Joining from a snapshot").
+    """
+    from syncmesh.cli.progress import snapshot_progress
+    from syncmesh.node.bootstrap import join as join_from_snapshot
+    from syncmesh.transport import TlsFiles, WebSocketConnector
+
+    holder = running_holder(database)
+    if holder is not None:
+        raise click.ClickException(
+            f"a node (pid {holder.pid}) serves {database}: stop it before joining"
+        )
+    name, equals, url = source.partition("=")
+    site_name = name if equals and "://" not in name else None
+    url = url if site_name is not None else source
+    tls_flags = (tls_cert, tls_key, tls_ca)
+    if any(tls_flags) and not all(tls_flags):
+        raise click.UsageError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+    tls = (
+        None if tls_cert is None else TlsFiles(cert=str(tls_cert), key=str(tls_key), ca=str(tls_ca))
+    )
+    defaults = NodeConfig(database_path=str(database))
+    connector = WebSocketConnector(
+        heartbeat_s=defaults.heartbeat_s,
+        frame_bytes_max=defaults.frame_bytes_max,
+        connect_timeout_s=defaults.connect_timeout_s,
+        tls=tls,
+    )
+    with _errors_as_messages(), snapshot_progress() as progress:
+        report = asyncio.run(
+            join_from_snapshot(
+                database, connector.snapshot_source(url, site_name), progress=progress
+            )
+        )
+    click.echo(
+        f"{database}: joined as site {report.site_id} from a snapshot of site"
+        f" {report.source_site} (tables: {', '.join(report.tables) or 'none'});"
+        f" serve it with --peer {url}"
+    )
+    if report.side_file:
+        unsynced = sum(report.unsynced.values())
+        click.echo(
+            f"the file that was there is kept at {report.side_file}; {unsynced} of its own"
+            " writes never reached the cluster (listed in its table _syncmesh_unsynced;"
+            " nothing of it was merged)"
+        )
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
@@ -23,6 +24,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -71,6 +73,30 @@ def backfill_progress(console: Console | None = None) -> Iterator[TrackProgress]
                 f"{table}: {done:,} existing rows joined the feed in {elapsed:.1f} s{rate}",
                 highlight=False,
             )
+
+    with bars:
+        yield report
+
+
+@contextmanager
+def snapshot_progress(console: Console | None = None) -> Iterator[Callable[[int, int], None]]:
+    """A bar of a snapshot's bytes as they arrive (`syncmesh join`), on a terminal."""
+    console = console or Console(stderr=True)
+    bars = Progress(
+        TextColumn("[bold]snapshot"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    task: list[TaskID] = []
+
+    def report(done: int, total: int) -> None:
+        if not task:
+            task.append(bars.add_task("snapshot", total=total))
+        bars.update(task[0], completed=done, total=max(total, done))
 
     with bars:
         yield report

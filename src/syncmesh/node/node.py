@@ -24,6 +24,7 @@ from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
+from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.fleet import Fleet, FleetStatistics
 from syncmesh.node.health import HealthMonitor
@@ -148,6 +149,8 @@ class NodeStatistics:
     lifecycle: LifecycleStatistics = field(default_factory=LifecycleStatistics)
     # The fleet stream (NATS JetStream; node/fleet.py), None without one.
     fleet: FleetStatistics | None = None
+    # Snapshots served to joining nodes in this run (node/bootstrap.py, ADR 0016).
+    snapshots: SnapshotStatistics = field(default_factory=SnapshotStatistics)
 
 
 @dataclass(slots=True)
@@ -241,6 +244,10 @@ class Node:
         self.verify_server = VerifyServer(
             self.store, self.worker.call, config.message_bytes_max, admit=self._admit_verify
         )
+        # Snapshots of our file for joining nodes (syncmesh.node.bootstrap, ADR 0016).
+        self.snapshot_server = SnapshotServer(
+            config, self.store, self.worker.call, stopping=lambda: self._stopping
+        )
         # What the tombstone collection rounds did (syncmesh.node.lifecycle).
         self.lifecycle = LifecycleStatistics()
         # The last periodic verify per dialled peer URL (syncmesh.node.verify).
@@ -302,6 +309,7 @@ class Node:
         await self.worker.call(self.store.capture)
         self.worker.shutdown()
         self.store.close()
+        self.snapshot_server.close()
 
     # -- what periodic verify needs (syncmesh.node.verify) ----------------------------
 
@@ -862,6 +870,7 @@ class Node:
             self.identity_conflicts(),
             dataclasses.replace(self.lifecycle),
             None if self.fleet is None else self.fleet.statistics(),
+            snapshots=dataclasses.replace(self.snapshot_server.statistics),
         )
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:

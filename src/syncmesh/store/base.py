@@ -285,6 +285,10 @@ class Store(VerifyStore, Protocol):
         """Peers' vectors as they sent them: what each of them holds."""
         ...
 
+    def register_joiner(self, site_id: str) -> None:
+        """`site_id`, about to join from our snapshot: a member holding our vector (ADR 0016)."""
+        ...
+
     def forget_site(self, site_id: str) -> bool:
         """Take a decommissioned site out of the membership; False if it was already."""
         ...

@@ -137,6 +137,73 @@ class StoreStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A consistent snapshot of a store (docs/adr/0016-snapshot-bootstrap.md): what it holds.
+
+    The file is the source's file at one point of its feed: `head_seq` is
+    that point, `vector` what it holds of every origin.  `checksum` is the
+    xxh3-128 of its bytes (hex), for the joiner to check the transfer.
+    """
+
+    source_site: str
+    source_incarnation: str
+    head_seq: int
+    vector: dict[str, int]
+    tables: tuple[str, ...]
+    bytes: int
+    checksum: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "source_site": self.source_site,
+            "source_incarnation": self.source_incarnation,
+            "head_seq": self.head_seq,
+            "vector": self.vector,
+            "tables": list(self.tables),
+            "bytes": self.bytes,
+            "checksum": self.checksum,
+        }
+
+    @classmethod
+    def from_json(cls, document: object) -> SnapshotInfo:
+        """Parse `as_json`'s form (peer input); ValueError naming what is wrong."""
+        if not isinstance(document, dict):
+            raise ValueError("the snapshot's description is not a JSON object")
+        try:
+            vector = document["vector"]
+            tables = document["tables"]
+            if not isinstance(vector, dict) or not isinstance(tables, list):
+                raise TypeError("vector or tables of the wrong type")
+            info = cls(
+                source_site=str(document["source_site"]),
+                source_incarnation=str(document["source_incarnation"]),
+                head_seq=int(document["head_seq"]),
+                vector={str(site): int(hlc) for site, hlc in vector.items()},
+                tables=tuple(str(table) for table in tables),
+                bytes=int(document["bytes"]),
+                checksum=str(document["checksum"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the snapshot's description is not readable: {exc!r}") from exc
+        if info.bytes < 0 or info.head_seq < 0:
+            raise ValueError("the snapshot's description has a negative size or head")
+        return info
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReport:
+    """What installing a snapshot did (`syncmesh join`)."""
+
+    site_id: str  # the joiner's new identity
+    source_site: str
+    tables: tuple[str, ...]
+    # The file that was at the path before (a refused site), moved aside; "" if none.
+    side_file: str
+    # Per table: that file's own writes the snapshot lacked (its `_syncmesh_unsynced`).
+    unsynced: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     """One side of a conflict: a cell's value and the stamp of its write."""
 

@@ -19,6 +19,9 @@ from syncmesh.transport.base import (
     PeerIdentity,
     Refusal,
     RefusalReason,
+    SnapshotHost,
+    SnapshotOffer,
+    SnapshotSource,
     UnreachableError,
     VerifyAnswer,
     VerifyExchange,
@@ -33,9 +36,11 @@ from syncmesh.transport.tls import (
     valid_site_name,
 )
 from syncmesh.transport.websocket import (
+    SNAPSHOT_PATH,
     SYNC_PATH,
     VERIFY_CONTENT_TYPE,
     VERIFY_PATH,
+    HttpSnapshotSource,
     HttpVerifyExchange,
     WebSocketChannel,
     WebSocketConnector,
@@ -43,6 +48,11 @@ from syncmesh.transport.websocket import (
 )
 
 __all__ = [
+    "SNAPSHOT_PATH",
+    "HttpSnapshotSource",
+    "SnapshotHost",
+    "SnapshotOffer",
+    "SnapshotSource",
     "SYNC_PATH",
     "VERIFY_CONTENT_TYPE",
     "VERIFY_PATH",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from syncmesh.errors import TransportError
@@ -157,3 +158,54 @@ class Listener(Protocol):
     """Accepts channels and verify requests, and hands them to the node."""
 
     def serve(self, channels: ChannelHost, verify: VerifyHost) -> None: ...
+
+
+# -- snapshot bootstrap (docs/adr/0016-snapshot-bootstrap.md) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotOffer:
+    """The node's answer to a snapshot request: `ok` with the snapshot's description.
+
+    `body` is the node's JSON (the snapshot's id and `SnapshotInfo`), or,
+    with `ok` False, the reason the node will not give one (HTTP 409).
+    """
+
+    ok: bool
+    body: bytes
+
+
+class SnapshotHost(Protocol):
+    """What a listener hands snapshot requests to (the node's snapshot server).
+
+    `offer_snapshot` takes a consistent snapshot for the joiner named in the
+    request's body (read with `read_body` once `peer` is admitted);
+    `snapshot_file` is the file of a snapshot offered to the same peer
+    earlier, None if there is no such snapshot (expired, or never offered).
+    """
+
+    async def offer_snapshot(
+        self, peer: PeerIdentity, read_body: Callable[[], Awaitable[bytes]]
+    ) -> Refusal | SnapshotOffer: ...
+
+    def snapshot_file(self, peer: PeerIdentity, snapshot_id: str) -> Refusal | Path | None: ...
+
+
+class SnapshotSource(Protocol):
+    """The joining side: ask one node for a snapshot, then download its file.
+
+    `request` returns the answer's status (200, 409 for a node that will not
+    give one, 403/503 for a refusal) and body.  `download` writes the file
+    to `target`, resuming after a broken connection from the bytes already
+    there, and calls `progress(bytes_done)` as it goes; TransportError when
+    it cannot finish.
+    """
+
+    @property
+    def url(self) -> str: ...
+
+    async def request(self, body: bytes) -> tuple[int, bytes]: ...
+
+    async def download(
+        self, snapshot_id: str, target: Path, size: int, progress: Callable[[int], None]
+    ) -> None: ...

@@ -10,6 +10,10 @@ close a dead link.
 
 - `WebSocketConnector` dials `GET /sync/v1` and opens verify exchanges
   (`HttpVerifyExchange`, `POST /sync/v1/verify`), with TLS when configured.
+- `HttpSnapshotSource` and `WebSocketListener.serve_snapshots`: snapshot
+  bootstrap over HTTP (`POST /sync/v1/snapshot` for a description, `GET
+  /sync/v1/snapshot/ID` for the file, with Range requests to resume),
+  admitted like verify (docs/adr/0016-snapshot-bootstrap.md).
 - `WebSocketListener` adds those two routes to the node's aiohttp
   application (`syncmesh.api.http` serves it, with the status API) and
   hands each peer to the node's `ChannelHost` and `VerifyHost`.  A refusal
@@ -21,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,6 +40,7 @@ from syncmesh.transport.base import (
     PeerIdentity,
     Refusal,
     RefusalReason,
+    SnapshotHost,
     UnreachableError,
     VerifyHost,
 )
@@ -45,6 +52,14 @@ SYNC_PATH = "/sync/v1"
 VERIFY_PATH = SYNC_PATH + "/verify"
 VERIFY_CONTENT_TYPE = "application/msgpack"
 VERIFY_TIMEOUT_S = 120.0
+SNAPSHOT_PATH = SYNC_PATH + "/snapshot"
+SNAPSHOT_CONTENT_TYPE = "application/json"
+# Taking a snapshot of a large file takes seconds (the copy, VACUUM, the checksum).
+SNAPSHOT_REQUEST_TIMEOUT_S = 600.0
+# A read that stalls this long is a broken connection: resume from what we have.
+SNAPSHOT_READ_TIMEOUT_S = 60.0
+SNAPSHOT_ATTEMPTS_MAX = 5
+SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 
 class WebSocketChannel:
@@ -151,6 +166,17 @@ class WebSocketConnector:
             context = client_context_for_site(self._tls, site)
         return HttpVerifyExchange(url, ssl=context)
 
+    def snapshot_source(self, url: str, site: str | None) -> HttpSnapshotSource:
+        """Snapshot bootstrap from the node at `url`; with TLS its certificate must name `site`."""
+        context = None
+        if self._tls is not None:
+            context = (
+                client_context(self._tls)
+                if site is None
+                else client_context_for_site(self._tls, site)
+            )
+        return HttpSnapshotSource(url, ssl=context)
+
 
 async def dial(
     url: str,
@@ -233,6 +259,90 @@ class HttpVerifyExchange:
             raise UnreachableError(self._url, str(exc) or type(exc).__name__) from exc
 
 
+class HttpSnapshotSource:
+    """A snapshot from one node: `POST /sync/v1/snapshot`, then `GET .../ID` with resume."""
+
+    def __init__(self, url: str, *, ssl: Any = None) -> None:
+        self._base = url.rstrip("/")
+        self._ssl = ssl
+
+    @property
+    def url(self) -> str:
+        """The node's URL (as dialled for sync)."""
+        return self._base
+
+    @property
+    def _endpoint(self) -> str:
+        return self._base + SNAPSHOT_PATH
+
+    async def request(self, body: bytes) -> tuple[int, bytes]:
+        timeout = aiohttp.ClientTimeout(total=SNAPSHOT_REQUEST_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(
+                    self._endpoint,
+                    data=body,
+                    headers={"Content-Type": SNAPSHOT_CONTENT_TYPE},
+                    ssl=self._ssl if self._ssl is not None else True,
+                ) as response,
+            ):
+                return response.status, await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UnreachableError(self._endpoint, str(exc) or type(exc).__name__) from exc
+
+    async def download(
+        self, snapshot_id: str, target: Path, size: int, progress: Callable[[int], None]
+    ) -> None:
+        """The file into `target`; after a broken connection, again from where it broke."""
+        failures: list[str] = []
+        while len(failures) < SNAPSHOT_ATTEMPTS_MAX:
+            done = await asyncio.to_thread(_size_of, target)
+            if done >= size:
+                return
+            try:
+                await self._download_from(snapshot_id, target, done, progress)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failures.append(str(exc) or type(exc).__name__)
+                log.info("snapshot download from %s broke (%s); resuming", self._base, failures[-1])
+                await asyncio.sleep(min(5.0, 0.5 * len(failures)))
+        raise TransportError(
+            self._endpoint, f"the snapshot download failed {len(failures)} times: {failures[-1]}"
+        )
+
+    async def _download_from(
+        self, snapshot_id: str, target: Path, done: int, progress: Callable[[int], None]
+    ) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=SNAPSHOT_READ_TIMEOUT_S)
+        headers = {"Range": f"bytes={done}-"} if done else {}
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(
+                f"{self._endpoint}/{snapshot_id}",
+                headers=headers,
+                ssl=self._ssl if self._ssl is not None else True,
+            ) as response,
+        ):
+            if response.status not in (200, 206):
+                text = (await response.text())[:500]
+                raise TransportError(self._endpoint, f"HTTP {response.status}: {text}")
+            if done and response.status != 206:
+                done = 0  # the node sent the whole file again: start over
+            # A copy of a database: only its owner may read it.
+            await asyncio.to_thread(target.touch, mode=0o600)
+            with target.open("r+b") as file:
+                file.seek(done)
+                file.truncate()
+                async for chunk in response.content.iter_chunked(SNAPSHOT_CHUNK_BYTES):
+                    file.write(chunk)
+                    done += len(chunk)
+                    progress(done)
+
+
+def _size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 # -- the listening side -----------------------------------------------------------------
 
 
@@ -272,6 +382,23 @@ class WebSocketListener:
 
         self._app.router.add_get(SYNC_PATH, sync_route)
         self._app.router.add_post(VERIFY_PATH, verify_route)
+
+    def serve_snapshots(self, host: SnapshotHost) -> None:
+        """Add the snapshot routes: a description on POST, the file (with Range) on GET."""
+
+        async def offer_route(request: web.Request) -> web.StreamResponse:
+            return await _offer_snapshot(host, request)
+
+        async def file_route(request: web.Request) -> web.StreamResponse:
+            found = host.snapshot_file(identity_of(request), request.match_info["id"])
+            if isinstance(found, Refusal):
+                return refusal_response(found, VERIFY_REFUSALS)
+            if found is None or not found.exists():
+                return web.Response(status=404, text="no such snapshot (expired?): ask again")
+            return web.FileResponse(found, chunk_size=SNAPSHOT_CHUNK_BYTES)
+
+        self._app.router.add_post(SNAPSHOT_PATH, offer_route)
+        self._app.router.add_get(SNAPSHOT_PATH + "/{id}", file_route)
 
     async def _serve_channel(self, host: ChannelHost, request: web.Request) -> web.StreamResponse:
         opened: list[WebSocketChannel] = []
@@ -316,6 +443,27 @@ async def _answer_verify(host: VerifyHost, request: web.Request) -> web.StreamRe
     return web.Response(
         status=200 if answer.ok else 400, body=answer.body, content_type=VERIFY_CONTENT_TYPE
     )
+
+
+async def _offer_snapshot(host: SnapshotHost, request: web.Request) -> web.StreamResponse:
+    peer = identity_of(request)
+
+    async def read_body() -> bytes:
+        try:
+            return await request.read()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise TransportError(peer.address, f"request cut short: {exc}") from exc
+
+    try:
+        answer = await host.offer_snapshot(peer, read_body)
+    except TransportError as exc:
+        log.info("a snapshot request from %s was cut short: %s", peer.address, exc)
+        return web.Response(status=400, text="request cut short")
+    if isinstance(answer, Refusal):
+        return refusal_response(answer, VERIFY_REFUSALS)
+    if not answer.ok:
+        return web.Response(status=409, body=answer.body, content_type="text/plain")
+    return web.Response(status=200, body=answer.body, content_type=SNAPSHOT_CONTENT_TYPE)
 
 
 async def accept(

@@ -145,9 +145,9 @@ def refusal(
     if row is not None and row[0] > 0:
         return (
             f"site {peer} was forgotten (`syncmesh forget`): it was decommissioned, and its"
-            " rows could bring back rows deleted since; to return, give it a new identity on an"
-            " empty database file (move the file away, `syncmesh init`, `syncmesh track`),"
-            " then let it sync"
+            " rows could bring back rows deleted since; to return, re-join it from a peer's"
+            " snapshot (`syncmesh join DATABASE --from URL`: the old file is moved aside), or"
+            " give it a new identity on an empty database file"
         )
     if set(vector) <= {peer}:
         # A newcomer: it never received a write, so it holds no row that a
@@ -162,9 +162,9 @@ def refusal(
                 f"site {peer} holds the writes of site {origin} only up to stamp"
                 f" {held.get(origin, 0)}, but deleted rows up to stamp {collected} were collected"
                 " here: it slept past the GC horizon (or its file was restored from an old"
-                " copy), and its rows could bring deleted rows back; re-join it with a new"
-                " identity on an empty database file (move the file away, `syncmesh init`,"
-                " `syncmesh track`), or forget it (`syncmesh forget`)"
+                " copy), and its rows could bring deleted rows back; re-join it from a peer's"
+                " snapshot (`syncmesh join DATABASE --from URL`: the old file is moved aside),"
+                " or with a new identity on an empty database file, or forget it"
             )
     return None
 
@@ -206,8 +206,9 @@ def _refused_by(ctx: StoreContext, peer: str, gossip: Membership) -> str | None:
         return (
             f"this site ({own}) was forgotten in the cluster (`syncmesh forget`; peer {peer}"
             " says so): it was decommissioned, and its rows could bring back rows deleted"
-            " since; to return, give it a new identity on an empty database file (move the"
-            " file away, `syncmesh init`, `syncmesh track`), then let it sync"
+            " since; to return, re-join from a peer's snapshot (`syncmesh join DATABASE --from"
+            " URL`: the old file is moved aside), or give it a new identity on an empty"
+            " database file"
         )
     vector = ctx.vector()
     if set(vector) <= {own}:
@@ -220,9 +221,9 @@ def _refused_by(ctx: StoreContext, peer: str, gossip: Membership) -> str | None:
                 f"this site holds the writes of site {origin} only up to stamp"
                 f" {held.get(origin, 0)}, but peer {peer} collected deleted rows up to stamp"
                 f" {collected}: this node slept past the GC horizon (or its file was restored"
-                " from an old copy), and its rows could bring deleted rows back; re-join with"
-                " a new identity on an empty database file (move the file away, `syncmesh"
-                " init`, `syncmesh track`)"
+                " from an old copy), and its rows could bring deleted rows back; re-join from"
+                " a peer's snapshot (`syncmesh join DATABASE --from URL`: the old file is"
+                " moved aside), or with a new identity on an empty database file"
             )
     return None
 
@@ -267,6 +268,27 @@ def note_gossip(ctx: StoreContext, peer: str, gossip: Membership) -> None:
             if site != own and not forgotten and _max_merge(seen, vector_heard):
                 _write_seen(ctx, site, seen, now_ms)
     del peer  # the message speaks for the cluster, not only for its sender
+
+
+def register_joiner(ctx: StoreContext, site: str) -> None:
+    """A node about to join from our snapshot, as `site`: a member holding our vector.
+
+    Called before the snapshot is taken, so the snapshot holds at least
+    this vector and the claim is true of it.  From now on our frontier waits
+    for the joiner: a delete made after the snapshot is not collected before
+    the joiner holds it, or the joiner's copy of the row would live on.  A
+    joiner that never comes holds collection back until it is forgotten.
+    """
+    if site == ctx.site_id():
+        raise StoreError(f"a joiner cannot take this node's own site id {site}")
+    with ctx.transaction():
+        refresh(ctx)
+        members = _members(ctx)
+        seen, forgotten, _ = members.get(site, ({}, 0, 0))
+        if forgotten:
+            raise StoreError(f"site {site} was forgotten here: a joiner needs a new site id")
+        _max_merge(seen, ctx.vector())
+        _write_seen(ctx, site, seen, ctx.clock.physical_ms())
 
 
 def forget(ctx: StoreContext, site: str) -> bool:

@@ -317,10 +317,14 @@ def _run_script(ctx: StoreContext, script: str) -> None:
             ctx.connection.execute(statement)
 
 
-def new_site_id(ctx: StoreContext) -> str:
-    """Give the file a new identity; the old identity's stamps move to a fresh ordinal."""
+def new_site_id(ctx: StoreContext, site_id: str | None = None) -> str:
+    """Give the file a new identity; the old identity's stamps move to a fresh ordinal.
+
+    `site_id`: the new identity, if the caller chose it (a snapshot's joiner
+    announces it to its source first); a fresh one otherwise.
+    """
     ctx.require_init()
-    new_site = uuid.uuid4().hex
+    new_site = site_id or uuid.uuid4().hex
     connection = ctx.connection
     with ctx.transaction():
         old_site = ctx.site_id()

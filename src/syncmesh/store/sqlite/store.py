@@ -379,6 +379,10 @@ class SqliteStore:
         """Peers' vectors as they sent them (PULL, ACK, HAVE): what each of them holds."""
         lifecycle.learn_vectors(self.context, vectors)
 
+    def register_joiner(self, site_id: str) -> None:
+        """`site_id`, about to join from our snapshot: a member holding our vector (ADR 0016)."""
+        lifecycle.register_joiner(self.context, site_id)
+
     def forget_site(self, site_id: str) -> bool:
         """Take a decommissioned site out of the membership; False if it was already."""
         return lifecycle.forget(self.context, site_id)
