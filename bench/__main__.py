@@ -18,9 +18,9 @@ from bench import bulk, capture, e2e, idle, latency, mixed
 from bench.common import Figure, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# `all` (and no scenario named) runs these, in this order; `profile` only when named.
-ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata")
+# `all` (and no scenario named) runs these, in this order; the others only when named.
+ALL_SCENARIOS = ("capture", "e2e", "latency", "curve", "bootstrap", "wire", "mixed", "idle")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "peers")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -31,6 +31,7 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "mixed_seconds": (60.0, 5.0),
     "idle_seconds": (20.0, 3.0),
     "metadata_rows": (100_000, 5_000),
+    "peer_writes": (20_000, 2_000),
 }
 
 
@@ -66,6 +67,7 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "e2e_rows": arguments.e2e_rows,
         "e2e_timeout_s": arguments.e2e_timeout,
         "latency_writes": arguments.latency_writes,
+        "curve_rates": list(arguments.curve_rates),
         "bulk_rows": arguments.bulk_rows,
         "wire_fraction": arguments.wire_fraction,
         "mixed_seconds": arguments.mixed_seconds,
@@ -73,6 +75,7 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "mixed_ops_per_txn": arguments.mixed_ops,
         "idle_seconds": arguments.idle_seconds,
         "metadata_rows": arguments.metadata_rows,
+        "peer_writes": arguments.peer_writes,
         "quick": arguments.quick,
     }
 
@@ -83,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"all (the default), {', '.join(KNOWN)}; profile, verify and metadata only when named",
+        help=f"all (the default), {', '.join(KNOWN)}; the last four only when named",
     )
     parser.add_argument(
         "--quick",
@@ -105,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a py-spy binary: sample every node during each topology's first e2e repeat",
     )
     parser.add_argument("--latency-writes", type=int, help="paced writes per latency run (200)")
+    parser.add_argument(
+        "--curve-rates",
+        type=_rates,
+        default=latency.RATES,
+        help="write rates of the latency curve, txn/s, comma-separated (1,10,50,100,200,500,1000)",
+    )
     parser.add_argument(
         "--bulk-rows", type=int, help="rows of the bootstrap and wire table (1,000,000)"
     )
@@ -131,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metadata-rows", type=int, help="rows per row size, metadata budget (100,000)"
     )
+    parser.add_argument(
+        "--peer-writes", type=int, help="writes per system in the peers scenario (20,000)"
+    )
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -142,6 +154,16 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=RESULTS / "latest.json", help="where to write the JSON"
     )
     return parser
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if not rates or min(rates) < 1:
+        raise argparse.ArgumentTypeError(f"rates must be at least 1 per second: {text!r}")
+    return rates
 
 
 def _sizes(arguments: argparse.Namespace) -> None:
@@ -184,6 +206,8 @@ def _run_scenario(
         return found
     if scenario == "latency":
         return latency.run(repeats, arguments.latency_writes, _log)
+    if scenario == "curve":  # issue 17: latency above the local floor at every write rate
+        return latency.run_curve(repeats, _log, arguments.curve_rates)
     if scenario in ("bootstrap", "wire"):
         if scenario in done:
             return []
@@ -208,6 +232,10 @@ def _run_scenario(
         from bench import metadata
 
         return metadata.run(repeats, arguments.metadata_rows, _log)
+    if scenario == "peers":  # issue 17: pysyncobj and NATS JetStream KV beside syncmesh
+        from bench import peers
+
+        return peers.run(repeats, arguments.peer_writes, _log)
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify
 
