@@ -206,7 +206,10 @@ def run(
                 f"  e2e {topology_name} {repeat + 1}/{repeats}: {delivered / elapsed:,.0f} rows/s"
                 f" (raw {baseline:,.0f}; insert at a {rows_count / result.insert_s:,.0f} rows/s;"
                 f" visible {', '.join(f'{n} {s:.1f} s' for n, s in result.visible_s.items())}"
-                f"; {result.extra_received_pct:.1f} % extra received"
-                f"{'; TIMED OUT' if result.timed_out else ''})"
+                + (
+                    "; TIMED OUT)"
+                    if result.timed_out
+                    else f"; {result.extra_received_pct:.1f} % extra)"
+                )
             )
     return figures
