@@ -84,16 +84,18 @@ class Outcome:
 def _syncobj_run(directory: Path, writes: int) -> Outcome:
     ports = [free_port() for _ in range(3)]
     members = []
+    logs = []
     try:
         for index, port in enumerate(ports):
             partners = ",".join(str(p) for p in ports if p != port)
             command = [sys.executable, "-m", "bench.peer_syncobj", str(port), partners, str(writes)]
+            logs.append((directory / f"syncobj{index}.log").open("wb"))
             members.append(
                 subprocess.Popen(
                     command + (["--writer"] if index == 0 else []),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
-                    stderr=(directory / f"syncobj{index}.log").open("wb"),
+                    stderr=logs[-1],
                     text=True,
                     cwd=Path(__file__).resolve().parent.parent,
                 )
@@ -123,6 +125,11 @@ def _syncobj_run(directory: Path, writes: int) -> Outcome:
             if member.poll() is None:
                 member.kill()
             member.wait(timeout=10)
+            for pipe in (member.stdin, member.stdout):
+                if pipe is not None:
+                    pipe.close()
+        for log in logs:
+            log.close()
 
 
 def _nats_run(directory: Path, writes: int) -> Outcome:
