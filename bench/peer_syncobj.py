@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         conf=SyncObjConf(appendEntriesUseBatch=True),
     )
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not (member.isReady() and member._getLeader() is not None):
+    while not (member.isReady() and member.getStatus()["leader"] is not None):
         if time.monotonic() > deadline:
             print("no leader", flush=True)
             return 1
