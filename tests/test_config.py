@@ -191,3 +191,12 @@ def test_tls_needs_all_three_files() -> None:
     )
     with pytest.raises(ConfigError, match="all three"):
         node_config(settings)
+
+
+def test_a_config_file_that_is_not_toml_is_named_as_a_file_not_a_key(tmp_path: Path) -> None:
+    """The message a user reads: "config file 'PATH': not valid TOML: ...", not "config key"."""
+    path = write(tmp_path, "[peers\nurls = 1\n")
+    result = run("serve", str(tmp_path / "a.db"), "--config", str(path))
+    assert result.returncode != 0
+    assert f"config file {str(path)!r}: not valid TOML" in result.stderr
+    assert "config key" not in result.stderr

@@ -534,11 +534,12 @@ def test_reconcile_keeps_the_hash_trees_exact(store: SqliteStore) -> None:
         assert kept.leaves == summary_of(rebuilt).leaves
 
 
-def test_a_slot_beyond_the_masks_bits_logs_every_column(store: SqliteStore) -> None:
-    """Slots are never reused; past bit 62 a column's update logs -1 (every column).
+def test_a_slot_beyond_the_masks_bits_logs_its_own_slot(store: SqliteStore) -> None:
+    """Slots are never reused; past bit 62 a column's update logs its own slot.
 
-    That is what tables wider than the mask always did: column-level merging
-    of updates is lost for them, nothing else.
+    It used to log -1 (every column), which stamped every cell of the row:
+    a concurrent update of another column elsewhere was lost
+    (tests/test_wide_tables.py).
     """
     for _ in range(62):  # slots 2..63 used and retired
         for ddl in ("ALTER TABLE items ADD COLUMN spare", "ALTER TABLE items DROP COLUMN spare"):
@@ -557,7 +558,9 @@ def test_a_slot_beyond_the_masks_bits_logs_every_column(store: SqliteStore) -> N
     store.capture()
     after = rows(store)[("a",)].state.cells
     assert after["late"].value == 1
-    assert after["name"].stamp == after["late"].stamp > middle["name"].stamp  # -1: all
+    assert after["late"].stamp > middle["qty"].stamp
+    assert after["name"].stamp == middle["name"].stamp  # its own slot only
+    assert after["qty"].stamp == middle["qty"].stamp
 
 
 def test_an_open_store_survives_ddl_by_another_connection(store: SqliteStore) -> None:

@@ -92,3 +92,70 @@ def test_a_column_re_added_after_every_site_dropped_it_converges(
     pull(b, a)
     assert rows(a) == "k|n|new\n"  # the old value is not resurrected
     assert rows(b) == rows(a)
+
+
+# A row refused for its stamps (from a clock ahead of ours) is kept in the
+# quarantine in our column names; the schema may change before its retry.
+# The retry must judge its cells by the column they were refused in, by our
+# own creation stamps, not by the cells' stamps: from a clock ahead, those
+# read as written after our drop.  Found by the long state-machine run
+# (a cell parked for good capped the vector, and no tombstone could go).
+
+
+def _refused_for_drift(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> tuple[SqliteStore, SqliteStore, ManualClock]:
+    a, b, a_clock, b_clock = stores
+    a_clock.advance(70_000)  # beyond b's drift limit (60 s)
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    assert [entry["pk"] for entry in b.quarantine()] == ["'k'"]
+    return a, b, b_clock
+
+
+def test_a_quarantined_cell_of_a_column_dropped_here_since_is_discarded_not_parked(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    a, b, b_clock = _refused_for_drift(stores)
+    drop_column(b, "items", "b")
+    b_clock.advance(70_000)  # the clock caught up: the row is in bounds now
+    b.retry_quarantine()
+    assert b.quarantine() == []
+    assert sqlite3_shell(Path(b.context.path), "SELECT id, name FROM items") == "k|n\n"
+    assert b.status().parked_cells == {}  # a parked cell caps the vector for good
+    pull(a, b)  # a complete batch: b may claim what a holds
+    assert b.vector()[a.site_id] == a.vector()[a.site_id]
+
+
+def test_a_quarantined_cell_of_a_column_dropped_and_re_added_here_stays_out_of_the_new_one(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    _, b, b_clock = _refused_for_drift(stores)
+    drop_column(b, "items", "b")
+    b_clock.advance(10)
+    add_column(b, "items", "b TEXT")
+    b_clock.advance(70_000)
+    b.retry_quarantine()
+    assert b.quarantine() == []
+    assert rows(b) == "k|n|\n"  # 'old' was written to the column dropped here
+    assert b.status().parked_cells == {}
+
+
+def test_a_quarantine_from_an_older_syncmesh_gets_the_creation_stamps_column(
+    tmp_path: Path,
+) -> None:
+    """Its entries keep NULL there: unknown, so the cells' stamps decide, as before."""
+    clock = ManualClock()
+    path = tmp_path / "old.db"
+    store = SqliteStore.open(path, clock=HybridClock(clock, drift_ms_max=60_000))
+    store.init()
+    store.connection.execute("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)")
+    store.track(["items"])
+    store.close()
+    sqlite3_shell(path, "ALTER TABLE _syncmesh_quarantine DROP COLUMN column_created")
+    store = SqliteStore.open(path, clock=HybridClock(clock, drift_ms_max=60_000))
+    try:
+        columns = sqlite3_shell(path, "SELECT name FROM pragma_table_info('_syncmesh_quarantine')")
+        assert "column_created" in columns.split()
+    finally:
+        store.close()

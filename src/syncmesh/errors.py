@@ -25,8 +25,9 @@ class SyncError(Exception):
 class ConfigError(SyncError):
     """A setting is invalid; `key` names it as `section.key` (or the file)."""
 
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"config key {key!r}: {problem}")
+    def __init__(self, key: str, problem: str, *, what: str = "config key") -> None:
+        """`what` names the kind of `key`: a config key, or a config file or directory."""
+        super().__init__(f"{what} {key!r}: {problem}")
         self.key = key
 
 

@@ -124,7 +124,8 @@ run(
     record_path=os.environ["SITE_RECORD"],
     stop_path=os.environ["SITE_STOP"],
     schema={
-        name: {c.name: kind(c) for c in table.columns if not c.primary_key}
+        # (a Computed column is the database's to compute)
+        name: {c.name: kind(c) for c in table.columns if not c.primary_key and c.computed is None}
         for name, table in TABLES.items()
     },
     insert=insert,
@@ -176,6 +177,11 @@ CHANGES = [
         'op.drop_column("items", "note")',
         columns_v1=[*ITEM_COLUMNS, NOTE],
         final=FinalSchema(dropped={"items": frozenset({"note"})}),
+    ),
+    AlembicChange(
+        "computed_column",
+        'op.add_column("items", sa.Column("double_qty", sa.Integer(), sa.Computed("qty * 2")))',
+        final=FinalSchema(generated={"items": {"double_qty": lambda row: 2 * row["qty"]}}),
     ),
 ]
 

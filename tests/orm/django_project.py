@@ -69,7 +69,11 @@ from writer_loop import run
 
 MODELS = {model._meta.db_table: model for model in apps.get_app_config("shop").get_models()}
 FIELDS = {
-    table: {f.column: f for f in model._meta.concrete_fields if not f.primary_key}
+    table: {
+        f.column: f
+        for f in model._meta.concrete_fields
+        if not f.primary_key and not f.generated  # the database computes a GeneratedField
+    }
     for table, model in MODELS.items()
 }
 
@@ -115,6 +119,10 @@ run(
 UUID_KEY = "models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, serialize=False)"
 ITEM_FIELDS = {"title": "models.CharField(max_length=100)", "qty": "models.IntegerField()"}
 NOTE = "models.CharField(max_length=100, null=True)"
+DOUBLE_QTY = (
+    'models.GeneratedField(expression=models.F("qty") * 2,'
+    " output_field=models.IntegerField(), db_persist=True)"
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,12 @@ CHANGES = [
         'migrations.RemoveField("item", "note")',
         item_v1={**ITEM_FIELDS, "note": NOTE},
         final=FinalSchema(dropped={"shop_item": frozenset({"note"})}),
+    ),
+    DjangoChange(
+        "generated_field",
+        f'migrations.AddField("item", "double_qty", {DOUBLE_QTY})',
+        item_v2={**ITEM_FIELDS, "double_qty": DOUBLE_QTY},
+        final=FinalSchema(generated={"shop_item": {"double_qty": lambda row: 2 * row["qty"]}}),
     ),
 ]
 # No DDL at all (model options only): the harness itself passes on any commit.

@@ -74,6 +74,8 @@ class FinalSchema:
     renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # table: old -> new
     dropped: Mapping[str, frozenset[str]] = field(default_factory=dict)  # table: columns
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # never written
+    # Generated columns: table: column -> its value computed from the row's written values.
+    generated: Mapping[str, Mapping[str, Callable[[Row], Any]]] = field(default_factory=dict)
 
 
 def run_command(
@@ -185,6 +187,7 @@ def differences(db: Path, table: str, expected: Mapping[str, Row], final: FinalS
     """How `table` in `db` differs from the expected rows (empty: it holds exactly them)."""
     actual = table_rows(db, table)
     defaults = final.defaults.get(table, {})
+    generated = final.generated.get(table, {})
     found = []
     lost = sorted(set(expected) - set(actual))
     phantom = sorted(set(actual) - set(expected))
@@ -196,7 +199,10 @@ def differences(db: Path, table: str, expected: Mapping[str, Row], final: FinalS
         for column, value in actual[key].items():
             if column == "id":
                 continue
-            want = expected[key].get(column, defaults.get(column))
+            if column in generated:
+                want = generated[column]({**defaults, **expected[key]})
+            else:
+                want = expected[key].get(column, defaults.get(column))
             if value != want:
                 found.append(f"{db.name}: row {key} {column} = {value!r}, written {want!r}")
     return found

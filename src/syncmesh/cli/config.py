@@ -147,7 +147,7 @@ def _from_file(path: Path) -> dict[str, Any]:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read the file: {exc}") from exc
+        raise ConfigError(str(path), f"cannot read the file: {exc}", what="config file") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(
             str(path),
@@ -155,7 +155,7 @@ def _from_file(path: Path) -> dict[str, Any]:
             " is not UTF-8",
         ) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+        raise ConfigError(str(path), f"not valid TOML: {exc}", what="config file") from exc
     values: dict[str, Any] = {}
     for section, table in document.items():
         if not isinstance(table, dict):

@@ -131,7 +131,12 @@ def track(database: Path, tables: tuple[str, ...], allow_integer_keys: bool) -> 
     with _open_store(database) as store, _errors_as_messages(), backfill_progress() as progress:
         store.init()
         allowed = tables if allow_integer_keys else ()
-        warnings = store.track(list(tables), progress, allow_integer_keys=allowed)
+        try:
+            warnings = store.track(list(tables), progress, allow_integer_keys=allowed)
+        except SyncError as exc:
+            if len(set(tables)) > 1:  # all or nothing: say which
+                raise click.ClickException(f"{exc} (no table was tracked)") from exc
+            raise
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"{database}: tracking {', '.join(spec.name for spec in store.specs())}")

@@ -53,7 +53,9 @@ def init_ca(directory: Path, *, days: int = CA_DAYS_DEFAULT) -> Path:
     """Create the cluster CA (and an empty revocation list) in `directory`."""
     make_private_dir(directory)
     if (directory / "ca.key").exists():
-        raise ConfigError(str(directory), "a CA exists here already (ca.key); not replacing it")
+        raise ConfigError(
+            str(directory), "a CA exists here already (ca.key); not replacing it", what="directory"
+        )
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [

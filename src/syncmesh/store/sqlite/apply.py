@@ -378,7 +378,21 @@ class _Refusals:
         change = self._as_sent(row)
         if reason is None:
             reason = _drift_reason(change, ctx.clock)
-        quarantine.add(ctx, change, self.shared.origin, reason)
+        quarantine.add(ctx, change, self.shared.origin, reason, self._created(change))
+
+    def _created(self, change: RowChange) -> dict[str, int] | None:
+        """The creation stamp here of each column the entry's cells are of (None: unknown).
+
+        The retry may meet another schema: a column dropped here since, or
+        dropped and added again.  Our own stamps of when each column was
+        created tell it the old column from the new one, where the cells'
+        stamps (another site's clock) could not (`cells_at_or_below`).
+        """
+        layout = self.table.layout
+        if not any(layout.created):
+            return None  # a layout from before creation stamps
+        created = dict(zip(self.table.values, layout.created, strict=True))
+        return {column: created[column] for column in change.state.cells}
 
     def _as_sent(self, row: list[SqlValue]) -> RowChange:
         if self.sent is self.incoming:
@@ -396,7 +410,18 @@ class _Refusals:
             )
             if source is not None
         }
-        cells = {ours[name]: cell for name, cell in change.state.cells.items() if name in ours}
+        # Less the cells the mapping found stale (of a column dropped here
+        # and added again since they were written): they were discarded.
+        head = self.table.key_count + 3
+        hlc_here = {
+            column: row[head + CELL_FIELDS * index + 1]
+            for index, column in enumerate(self.table.values)
+        }
+        cells = {
+            ours[name]: cell
+            for name, cell in change.state.cells.items()
+            if name in ours and hlc_here[ours[name]] == cell.stamp.hlc
+        }
         return RowChange(change.table, change.pk, replace(change.state, cells=cells))
 
 

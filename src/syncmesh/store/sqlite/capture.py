@@ -19,7 +19,13 @@ from collections.abc import Callable
 from syncmesh.model import SqlValue
 from syncmesh.store.sqlite import vector
 from syncmesh.store.sqlite.context import StoreContext
-from syncmesh.store.sqlite.ddl import ALL_COLUMNS, OP_CHECK, OP_DELETE, OP_INSERT
+from syncmesh.store.sqlite.ddl import (
+    ALL_COLUMNS,
+    MASK_COLUMNS_MAX,
+    OP_CHECK,
+    OP_DELETE,
+    OP_INSERT,
+)
 from syncmesh.store.sqlite.execute import execute_many, execute_one
 from syncmesh.store.sqlite.sql_capture import CL_FLOOR_SQL
 from syncmesh.store.sqlite.table import TableSql
@@ -125,6 +131,8 @@ def capture_table(
     (then an insert began a new life), and which columns changed (the
     union of the masks).
     """
+    # Per key: [alive, deleted, mask, inserted, and the wide part of the mask:
+    # bit i for slot MASK_COLUMNS_MAX + i, of a table that has such slots].
     folded: dict[tuple[SqlValue, ...], list[int]] = {}
     last_id = 0
     for entry in connection.execute(table.sql_capture.log_sql, (entries_max,)):
@@ -133,13 +141,16 @@ def capture_table(
         key = tuple(entry[3:])
         state = folded.get(key)
         if state is None:
-            state = folded[key] = [1, 0, 0, 0]
+            state = folded[key] = [1, 0, 0, 0, 0]
         if op == OP_DELETE:
             state[0], state[1] = 0, 1
         elif op == OP_INSERT:
             state[0], state[2], state[3] = 1, ALL_COLUMNS, 1
         elif op == OP_CHECK:
             state[0] = UNKNOWN
+        elif mask < ALL_COLUMNS:
+            state[0] = 1
+            state[4] |= 1 << (-2 - mask - MASK_COLUMNS_MAX)  # ddl.slot_mask
         else:
             state[0], state[2] = 1, state[2] | mask
     for key, state in list(folded.items()):
@@ -153,7 +164,7 @@ def capture_table(
         if state[0] == UNKNOWN:  # a REPLACE may have deleted it: the table knows
             if execute_one(connection, table.sql_capture.exists_sql, key).fetchone() is None:
                 state[0], state[1] = 0, 1
-            elif state[2] == 0 and not state[1]:
+            elif state[2] == 0 and state[4] == 0 and not state[1]:
                 del folded[key]  # still there, untouched: nothing to capture
             else:
                 state[0] = 1
@@ -169,11 +180,30 @@ def capture_table(
     else:
         parameters = [
             (alive, deleted, mask, hlc, seq, *key, None, None)
-            for key, (alive, deleted, mask, _inserted) in folded.items()
+            for key, (alive, deleted, mask, _inserted, _wide) in folded.items()
+        ]
+    words = table.sql_capture.wide_words
+    if words:
+        parameters = [
+            (*row, *_wide_parameters(state[2], state[4], words))
+            for row, state in zip(parameters, folded.values(), strict=True)
         ]
     execute_many(connection, table.sql_capture.capture_sql, parameters)
     connection.execute(table.sql_capture.log_clear_sql, (last_id,))
     return len(folded)
+
+
+def _wide_parameters(mask: int, wide: int, words: int) -> tuple[SqlValue, ...]:
+    """The capture's parameters after the digest, for a table with slots beyond the mask.
+
+    One int64 word per MASK_COLUMNS_MAX of those slots (`CaptureSql.changed`),
+    then the whole mask as decimal text, for `capture_pasts`.
+    """
+    if mask == ALL_COLUMNS:
+        return (*([ALL_COLUMNS] * words), str(ALL_COLUMNS))
+    bits = (1 << MASK_COLUMNS_MAX) - 1
+    split = [(wide >> (MASK_COLUMNS_MAX * word)) & bits for word in range(words)]
+    return (*split, str(mask | (wide << MASK_COLUMNS_MAX)))
 
 
 def _capture_parameters(
@@ -202,7 +232,7 @@ def _capture_parameters(
     live = [1 + cl_floor, hlc, own, *[hlc] * len(table.values), *[own] * len(table.values)]
     born_dead = [2 + cl_floor, hlc, own]
     parameters: list[tuple[SqlValue, ...]] = []
-    for key, (alive, deleted, mask, inserted) in folded.items():
+    for key, (alive, deleted, mask, inserted, _wide) in folded.items():
         hashed = guess = None
         if inserted:
             hashed = key_hash(key)

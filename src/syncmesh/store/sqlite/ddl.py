@@ -38,6 +38,8 @@ whose cells only this site wrote.
 
 from __future__ import annotations
 
+import sqlite3
+
 from syncmesh.model import TableSpec
 from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
 from syncmesh.store.sqlite.layout import TableLayout
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS _syncmesh_quarantine (
     origin TEXT NOT NULL,            -- the peer it came from
     reason TEXT NOT NULL,
     min_stamps TEXT NOT NULL,        -- JSON {site: lowest hlc}: caps the version vector
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    column_created TEXT              -- JSON {our column: its creation stamp here}, or NULL
 );
 """
 
@@ -240,6 +243,29 @@ def shadow_columns(layout: TableLayout) -> list[str]:
     ]
 
 
+def width_problem(
+    connection: sqlite3.Connection, table: str, value_columns: int, shadow_width: int
+) -> str | None:
+    """Why `table`'s shadow table cannot be `shadow_width` columns wide, or None if it can.
+
+    The shadow table keeps two columns per value column (a dropped one's
+    stay), and SQLite allows a table SQLITE_LIMIT_COLUMN columns (2,000 by
+    default): without this, `track` or an ADD COLUMN failed with SQLite's
+    "too many columns on _syncmesh_shadow_...", which names no fix.
+    """
+    limit = connection.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
+    if shadow_width <= limit:
+        return None
+    fixed = shadow_width - 2 * value_columns
+    return (
+        f"table {table!r} has {value_columns} value columns: syncmesh keeps two columns"
+        f" per value column in its shadow table, and SQLite allows {limit} columns a table,"
+        f" so it syncs tables of at most {(limit - fixed) // 2} value columns (columns"
+        " dropped since the table was tracked count too); split the table, or leave it"
+        " out of what is tracked"
+    )
+
+
 # One column per row, not per cell: the shadow stays as wide as it was plus
 # one, whatever the table's width, and a capture builds one more field.
 PASTS_COLUMN = "pasts"
@@ -322,12 +348,18 @@ DEFAULT_CELL_SITE = "0" * 32
 OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3
 OP_CHECK = 4  # the row may have been deleted by a REPLACE: look whether it exists
 ALL_COLUMNS = -1
-MASK_COLUMNS_MAX = 62  # bits of a positive int64; slots beyond log ALL_COLUMNS
+MASK_COLUMNS_MAX = 62  # bits of a positive int64; a slot beyond logs its own number
 
 
 def slot_mask(slot: int) -> int:
-    """The log mask of a write to value column slot `slot` (ALL_COLUMNS beyond the bits)."""
-    return 1 << slot if slot < MASK_COLUMNS_MAX else ALL_COLUMNS
+    """The log mask of a write to value column slot `slot`.
+
+    Slots beyond the bits of an int64 (a table of more than 62 value
+    columns) log `-2 - slot`: that one slot (`capture_table` folds it into
+    the wide part of the key's mask).  Files from before logged ALL_COLUMNS
+    there, which stamped every cell of the row on an update of one.
+    """
+    return 1 << slot if slot < MASK_COLUMNS_MAX else -2 - slot
 
 
 def _key_changed(column: str) -> str:

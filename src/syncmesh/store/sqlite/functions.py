@@ -9,14 +9,70 @@ another site wrote; the hash tree's functions (`syncmesh_fold_digest`,
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from syncmesh.model import TEXT_ERRORS
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
 FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
 ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
 KEY_HASH_FUNCTION = "syncmesh_key_hash"
 
+# SQLite allows a function call 127 arguments (SQLITE_MAX_FUNCTION_ARG), and
+# the functions above take two per value column: a table with more than about
+# 60 could not be tracked.  Their calls on wider tables pass those arguments in
+# groups, each packed into one blob by `syncmesh_fields`, to the function's
+# `_packed` twin, which unpacks them (`call_sql`, `register_packed`).
+FIELDS_FUNCTION = "syncmesh_fields"
+PACKED_SUFFIX = "_packed"
+ARGUMENTS_MAX = 100
 
-def capture_pasts(text: str | None, mask: int, slots: str, *stamps: int | None) -> str | None:
+
+def call_sql(function: str, fixed: Sequence[str], per_column: Sequence[str]) -> str:
+    """SQL calling `function(*fixed, *per_column)`, in packed groups if they are many."""
+    if len(fixed) + len(per_column) <= ARGUMENTS_MAX:
+        return f"{function}({', '.join([*fixed, *per_column])})"
+    groups = [
+        f"{FIELDS_FUNCTION}({', '.join(per_column[start : start + ARGUMENTS_MAX])})"
+        for start in range(0, len(per_column), ARGUMENTS_MAX)
+    ]
+    # (SQLite's 2,000 columns a table make at most 40 groups.)
+    assert len(fixed) + len(groups) <= ARGUMENTS_MAX, "more columns than SQLite allows"
+    return f"{function}{PACKED_SUFFIX}({', '.join([*fixed, *groups])})"
+
+
+def pack_fields(*fields: Any) -> bytes:
+    """`syncmesh_fields(...)`: the arguments as one blob, for a `_packed` function."""
+    return bytes(msgpack.packb(list(fields), unicode_errors=TEXT_ERRORS))
+
+
+def register_packed(
+    connection: sqlite3.Connection,
+    name: str,
+    function: Callable[..., Any],
+    fixed: int,
+    *,
+    deterministic: bool = False,
+) -> None:
+    """Register `function` as `name`, and its twin taking packed groups after `fixed` arguments."""
+
+    def unpacking(*arguments: Any) -> Any:
+        fields = [
+            field
+            for group in arguments[fixed:]
+            for field in msgpack.unpackb(group, raw=False, unicode_errors=TEXT_ERRORS)
+        ]
+        return function(*arguments[:fixed], *fields)
+
+    connection.create_function(name, -1, function, deterministic=deterministic)
+    connection.create_function(name + PACKED_SUFFIX, -1, unpacking, deterministic=deterministic)
+
+
+def capture_pasts(text: str | None, mask: int | str, slots: str, *stamps: int | None) -> str | None:
     """`syncmesh_capture_pasts(pasts, mask, 'slot,...', s, h, ...)`: `pasts` after a capture.
 
     Registered on the store's connection (`opening.connect`) and called by the
@@ -28,6 +84,7 @@ def capture_pasts(text: str | None, mask: int, slots: str, *stamps: int | None) 
     node knew of the cell (its past and knowledge, and the old value `(s, h)`
     unless it was ours), without our own ordinal 0; its knowledge is emptied.
     """
+    mask = int(mask)  # beyond 62 slots, the whole mask comes as decimal text
     pasts = _loaded_pasts(text)
     for index, slot_text in enumerate(slots.split(",")):
         slot = int(slot_text)

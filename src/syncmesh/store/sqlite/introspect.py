@@ -76,6 +76,9 @@ def _is_tracked(connection: sqlite3.Connection, table: str) -> bool:
         return False
 
 
+GENERATED_HIDDEN_FLAGS = (2, 3)  # PRAGMA table_xinfo's `hidden`: VIRTUAL, STORED
+
+
 def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:
     """The columns and primary key of `table`; SchemaError if it cannot be synced."""
     if table.startswith((RESERVED_PREFIX, "sqlite_")):
@@ -91,13 +94,14 @@ def read_table_spec(connection: sqlite3.Connection, table: str) -> TableSpec:
         raise SchemaError(f"{table!r} is a view; only tables can be synced")
     info = connection.execute(f"PRAGMA table_xinfo({quote_identifier(table)})").fetchall()
     hidden = [
-        name for _cid, name, _type, _notnull, _default, _pk, hidden_flag in info if hidden_flag != 0
+        name for _cid, name, _type, _notnull, _default, _pk, hidden_flag in info if hidden_flag == 1
     ]
-    if hidden:
-        raise SchemaError(
-            f"table {table!r}: generated or hidden columns {hidden} cannot be"
-            " synced; compute them in a view instead"
-        )
+    if hidden:  # (a virtual table's: those are refused above as not tables)
+        raise SchemaError(f"table {table!r}: hidden columns {hidden} cannot be synced")
+    # Generated columns (hidden 2: VIRTUAL, 3: STORED) are not synced: each
+    # site computes them from the columns that are, as SQLite does on every
+    # write, and no one can write them (docs/keys.md).
+    info = [entry for entry in info if entry[6] not in GENERATED_HIDDEN_FLAGS]
     columns = tuple(str(entry[1]) for entry in info)
     declared = tuple(str(entry[2] or "") for entry in info)
     keyed = sorted((entry[5], str(entry[1])) for entry in info if entry[5] > 0)

@@ -34,10 +34,13 @@ from syncmesh.store.sqlite.ddl import (
 )
 from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
+    FIELDS_FUNCTION,
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
     capture_pasts,
+    pack_fields,
+    register_packed,
 )
 from syncmesh.store.sqlite.table import TableSql
 from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
@@ -94,7 +97,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
             " functions (built in since 3.38; JSON1 before)"
         ) from exc
     # The capture upsert calls it for rows whose cells another site wrote.
-    connection.create_function(CAPTURE_PASTS_FUNCTION, -1, capture_pasts, deterministic=True)
+    register_packed(connection, CAPTURE_PASTS_FUNCTION, capture_pasts, 3, deterministic=True)
+    connection.create_function(FIELDS_FUNCTION, -1, pack_fields, deterministic=True)
     return connection
 
 
@@ -138,8 +142,8 @@ def register_digest_functions(ctx: StoreContext) -> None:
         return key_hash(key)
 
     connection = ctx.connection
-    connection.create_function(FOLD_DIGEST_FUNCTION, -1, fold_digest)
-    connection.create_function(ROW_DIGEST_FUNCTION, -1, row_digest)
+    register_packed(connection, FOLD_DIGEST_FUNCTION, fold_digest, 4)
+    register_packed(connection, ROW_DIGEST_FUNCTION, row_digest, 1)
     connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)
 
 
@@ -164,6 +168,14 @@ def upgrade(ctx: StoreContext) -> None:
     if waiting is None:  # (each statement is CREATE ... IF NOT EXISTS)
         with ctx.transaction():
             _run_script(ctx, WAITING_DDL)
+    quarantine_columns = {
+        row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_quarantine)")
+    }
+    if "column_created" not in quarantine_columns:  # entries from before it: unknown (NULL)
+        with ctx.transaction():
+            ctx.connection.execute(
+                "ALTER TABLE _syncmesh_quarantine ADD COLUMN column_created TEXT"
+            )
     lifecycle = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_lifecycle'"
     ).fetchone()

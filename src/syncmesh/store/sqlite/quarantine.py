@@ -20,14 +20,26 @@ from syncmesh.store.sqlite.context import StoreContext
 log = logging.getLogger(__name__)
 
 
-def add(ctx: StoreContext, change: RowChange, origin: str, reason: str) -> None:
+def add(
+    ctx: StoreContext,
+    change: RowChange,
+    origin: str,
+    reason: str,
+    created: dict[str, int] | None = None,
+) -> None:
+    """Keep `change` from `origin`, refused for `reason`, to retry later.
+
+    `created`: for a row in our column names, each column's creation stamp
+    here, so that the retry tells the column from one dropped and added
+    again in between (`retry`); None for a row as its sender named it.
+    """
     min_stamps: dict[str, int] = {}
     for stamp in stamps(change.state):
         min_stamps[stamp.site_id] = min(min_stamps.get(stamp.site_id, stamp.hlc), stamp.hlc)
     pk_text = ", ".join(repr(value) for value in change.pk)
     ctx.connection.execute(
         "INSERT INTO _syncmesh_quarantine (table_name, pk, change, origin, reason,"
-        " min_stamps, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " min_stamps, created_ms, column_created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             change.table,
             pk_text,
@@ -36,6 +48,7 @@ def add(ctx: StoreContext, change: RowChange, origin: str, reason: str) -> None:
             reason,
             json.dumps(min_stamps),
             ctx.clock.physical_ms(),
+            None if created is None else json.dumps(created, sort_keys=True),
         ),
     )
     log.warning("quarantined a row of %s (%s) from %s: %s", change.table, pk_text, origin, reason)

@@ -64,6 +64,7 @@ from syncmesh.store.sqlite.ddl import (
     slot_mask,
     trigger_name,
     update_trigger_kind,
+    width_problem,
 )
 from syncmesh.store.sqlite.introspect import column_defaults, read_table_spec, unique_column_sets
 from syncmesh.store.sqlite.layout import DroppedColumn, TableLayout
@@ -203,6 +204,12 @@ def plan_table(connection: sqlite3.Connection, layout: TableLayout) -> TablePlan
         trigger_name(name, kind) not in plan.triggers for kind in ESSENTIAL_TRIGGER_KINDS
     )
     _match_columns(plan, layout, spec)
+    if plan.added:
+        (width,) = connection.execute(
+            "SELECT count(*) FROM pragma_table_info(?)", (shadow_name(name),)
+        ).fetchone()
+        values = len(spec.value_columns)
+        plan.problem = width_problem(connection, now, values, int(width) + 2 * len(plan.added))
     return plan
 
 

@@ -7,6 +7,8 @@ the waiting cells whose column is here now (`waiting.merge_ready`).
 
 from __future__ import annotations
 
+import json
+
 import msgpack
 
 from syncmesh.model import (
@@ -20,6 +22,10 @@ from syncmesh.model import (
 from syncmesh.store.sqlite import apply, capture, orphans, waiting
 from syncmesh.store.sqlite.context import StoreContext
 
+# An entry's table, the columns its row names (None: a deleted row) and
+# their creation stamps here (empty: unknown).
+_EntryShape = tuple[str, tuple[str, ...] | None, tuple[int, ...]]
+
 
 def retry(ctx: StoreContext) -> int:
     """Try every quarantined row and waiting cell again through the merge; returns rows resolved.
@@ -30,7 +36,7 @@ def retry(ctx: StoreContext) -> int:
     """
     sites = ctx.require_init()
     entries = ctx.connection.execute(
-        "SELECT id, change, origin FROM _syncmesh_quarantine ORDER BY id"
+        "SELECT id, change, origin, column_created FROM _syncmesh_quarantine ORDER BY id"
     ).fetchall()
     ready = waiting.worth_trying(ctx)
     if not entries and not ready:
@@ -43,15 +49,25 @@ def retry(ctx: StoreContext) -> int:
         # Within it, one table entry per table and set of columns named (a
         # deleted row names none: it goes with our columns, its cells
         # unstamped).
-        by_origin: dict[str, dict[tuple[str, tuple[str, ...] | None], list[RowChange]]] = {}
-        for entry_id, blob, origin in entries:
+        # An entry in our column names also says when each was created here:
+        # the merge then tells a column dropped, or dropped and added again,
+        # since the row was refused from the one it was refused in
+        # (`apply.cells_at_or_below`), by our own stamps, not the cells'.
+        by_origin: dict[str, dict[_EntryShape, list[RowChange]]] = {}
+        for entry_id, blob, origin, created_json in entries:
             change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
             table = apply.local_table(ctx, change.table)
             if table is None or len(change.pk) != table.key_count:
                 continue  # still unknown here: kept as it is, never applied in part
             ctx.connection.execute("DELETE FROM _syncmesh_quarantine WHERE id = ?", (entry_id,))
             named = tuple(change.state.cells) if change.state.alive else None
-            by_origin.setdefault(origin, {}).setdefault((change.table, named), []).append(change)
+            created: tuple[int, ...] = ()
+            if named and created_json is not None:
+                created_here = json.loads(created_json)
+                if all(column in created_here for column in named):
+                    created = tuple(int(created_here[column]) for column in named)
+            shape = (change.table, named, created)
+            by_origin.setdefault(origin, {}).setdefault(shape, []).append(change)
         for origin, groups in by_origin.items():
             # Each entry with the columns its rows name, as the sender named
             # them: the merge maps them to ours (a column renamed here since
@@ -61,10 +77,10 @@ def retry(ctx: StoreContext) -> int:
             # would read as unstamped cells of each other's columns.
             batch_sites: dict[str, int] = {}
             tables = []
-            for (name, named), changes in groups.items():
+            for (name, named, created), changes in groups.items():
                 columns = _values_of(ctx, name) if named is None else named
                 rows = [row_of_state(change, columns, batch_sites) for change in changes]
-                tables.append(TableRows(name, columns, len(changes[0].pk), rows))
+                tables.append(TableRows(name, columns, len(changes[0].pk), rows, created=created))
             batch = ChangeBatch("", 0, 0, 0, None, tuple(batch_sites), tuple(tables))
             apply.merge_rows(ctx, origin, batch, sites)
             orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from syncmesh.store.sqlite.ddl import (
     DIGEST_COLUMN,
     KEY_HASH_COLUMN,
+    MASK_COLUMNS_MAX,
     PASTS_COLUMN,
     quote_identifier,
     shadow_columns,
@@ -14,6 +15,7 @@ from syncmesh.store.sqlite.functions import (
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
+    call_sql,
 )
 from syncmesh.store.sqlite.names import TableNames
 
@@ -38,15 +40,35 @@ class CaptureSql:
         self.log_count_sql = f"SELECT count(*) FROM {names.log}"
         self.log_clear_sql = f"DELETE FROM {names.log} WHERE id <= ?"
         self.exists_sql = f"SELECT 1 FROM {names.table} WHERE {names.user_keys_where}"
+        # Slots beyond the mask's bits: their changed bits come in words of
+        # their own, after the digest parameters, then the whole mask as text.
+        beyond = [slot - MASK_COLUMNS_MAX for slot in names.slots if slot >= MASK_COLUMNS_MAX]
+        self.wide_words = 0 if not beyond else max(beyond) // MASK_COLUMNS_MAX + 1
         self.capture_sql = self._capture_sql()
+
+    def changed(self, slot: int) -> str:
+        """SQL: whether the capture's mask says `slot` changed (see `_capture_sql`)."""
+        if slot < MASK_COLUMNS_MAX:
+            return f"(?3 >> {slot}) & 1"
+        word, bit = divmod(slot - MASK_COLUMNS_MAX, MASK_COLUMNS_MAX)
+        return f"(?{8 + self.names.key_count + word} >> {bit}) & 1"
+
+    def _whole_mask(self) -> str:
+        """SQL: the capture's whole mask, for `capture_pasts` (text beyond 62 slots)."""
+        if not self.wide_words:
+            return "?3"
+        return f"?{8 + self.names.key_count + self.wide_words}"
 
     def _capture_sql(self) -> str:
         """Fold one key's logged writes into its shadow row, stamping what changed.
 
         Parameters: ?1 alive (the key's row exists after the writes), ?2 deleted
         (a delete is among them: a re-insert starts a new life), ?3 the mask of
-        changed value columns, ?4 the HLC, ?5 the seq, then the key values.  A
-        key new to the shadow gets every column stamped: nothing is known of it.
+        changed value columns, ?4 the HLC, ?5 the seq, then the key values, the
+        key hash and the digest guess; for a table with slots beyond the mask's
+        bits, then one word of their bits per 62 of them and the whole mask as
+        text (`capture._wide_parameters`).  A key new to the shadow gets every
+        column stamped: nothing is known of it.
         """
         names = self.names
         columns = shadow_columns(names.layout)
@@ -84,9 +106,7 @@ class CaptureSql:
             "cl_site": f"CASE WHEN {new_life} THEN 0 ELSE cl_site END",
         }
         for slot in names.slots:
-            # Beyond the mask's bits a slot is logged as ALL_COLUMNS (-1), whose
-            # shift by any amount stays -1 in SQLite.
-            changed = f"?1 AND (?3 >> {slot}) & 1"
+            changed = f"?1 AND {self.changed(slot)}"
             after[f"h{slot}"] = f"CASE WHEN {changed} THEN ?4 ELSE h{slot} END"
             after[f"s{slot}"] = f"CASE WHEN {changed} THEN 0 ELSE s{slot} END"
         sets = [f"{column} = {expression}" for column, expression in after.items()]
@@ -98,14 +118,9 @@ class CaptureSql:
             # key it thought new: excluded.dg).
             # (A row without a key hash, from an older file, gets one here.)
             keys_hashed = f"coalesce({KEY_HASH_COLUMN}, {KEY_HASH_FUNCTION}({names.shadow_keys}))"
-            arguments = [
-                _sql_text(names.spec.name),
-                DIGEST_COLUMN,
-                f"excluded.{DIGEST_COLUMN}",
-                keys_hashed,
-                *after.values(),
-            ]
-            sets.append(f"{DIGEST_COLUMN} = {FOLD_DIGEST_FUNCTION}({', '.join(arguments)})")
+            fixed = [_sql_text(names.spec.name), DIGEST_COLUMN, f"excluded.{DIGEST_COLUMN}"]
+            folded = call_sql(FOLD_DIGEST_FUNCTION, [*fixed, keys_hashed], list(after.values()))
+            sets.append(f"{DIGEST_COLUMN} = {folded}")
         return (
             f"INSERT INTO {names.shadow} ({', '.join(columns)}) VALUES ({', '.join(values)})"
             f" ON CONFLICT ({names.shadow_keys}) DO UPDATE SET {', '.join(sets)}"
@@ -124,14 +139,15 @@ class CaptureSql:
         slots = self.names.slots
         if not slots:
             return "NULL"
-        foreign = " OR ".join(f"((?3 >> {slot}) & 1 AND s{slot} <> 0)" for slot in slots)
-        stamps = ", ".join(f"s{slot}, h{slot}" for slot in slots)
+        foreign = " OR ".join(f"({self.changed(slot)} AND s{slot} <> 0)" for slot in slots)
+        stamps = [stamp for slot in slots for stamp in (f"s{slot}", f"h{slot}")]
         slot_list = _sql_text(",".join(map(str, slots)))
         column = PASTS_COLUMN
+        pasts = call_sql(CAPTURE_PASTS_FUNCTION, [column, self._whole_mask(), slot_list], stamps)
         return (
             f"CASE WHEN NOT ?1 THEN {column} WHEN {reborn} THEN NULL"
             f" WHEN {column} IS NULL AND NOT ({foreign}) THEN NULL"
-            f" ELSE {CAPTURE_PASTS_FUNCTION}({column}, ?3, {slot_list}, {stamps}) END"
+            f" ELSE {pasts} END"
         )
 
     def _backfill_sql(self, where: str) -> str:
@@ -145,8 +161,7 @@ class CaptureSql:
         cells = [value for _ in names.values for value in (":hlc", "0")]
         seq = f"(:base + (row_number() OVER (ORDER BY {', '.join(keys)}) - 1) / :chunk)"
         hashed_key = f"{KEY_HASH_FUNCTION}({', '.join(keys)})"
-        arguments = ", ".join([hashed_key, "1", ":hlc", "0", *cells])
-        row_digest = f"{ROW_DIGEST_FUNCTION}({arguments})"
+        row_digest = call_sql(ROW_DIGEST_FUNCTION, [hashed_key], ["1", ":hlc", "0", *cells])
         selected = ", ".join([*keys, "1", ":hlc", "0", seq, hashed_key, row_digest, *cells, "NULL"])
         return (
             f"INSERT OR IGNORE INTO {names.shadow} ({', '.join(columns)})"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from syncmesh.store.sqlite.ddl import DIGEST_COLUMN, KEY_HASH_COLUMN, quote_identifier
-from syncmesh.store.sqlite.functions import KEY_HASH_FUNCTION, ROW_DIGEST_FUNCTION
+from syncmesh.store.sqlite.functions import KEY_HASH_FUNCTION, ROW_DIGEST_FUNCTION, call_sql
 from syncmesh.store.sqlite.names import TableNames
 from syncmesh.store.summary import LEAF_MASK
 
@@ -37,26 +37,22 @@ class VerifySql:
             f"SELECT {tree_columns}{', ' + values if values else ''} FROM {shadow} s"
             f" LEFT JOIN {names.table} t ON {names.join}"
         )
-        digest_args = ", ".join(
-            [
-                f"{KEY_HASH_FUNCTION}({names.shadow_keys})",
-                "cl, cl_hlc, cl_site",
-                *(f"h{slot}, s{slot}" for slot in slots),
-            ]
+        fields = ["cl", "cl_hlc", "cl_site"]
+        fields += [column for slot in slots for column in (f"h{slot}", f"s{slot}")]
+        digest = call_sql(
+            ROW_DIGEST_FUNCTION, [f"{KEY_HASH_FUNCTION}({names.shadow_keys})"], fields
         )
         self.fill_digests_sql = (
             f"UPDATE {shadow} SET {KEY_HASH_COLUMN} = {KEY_HASH_FUNCTION}({names.shadow_keys}),"
-            f" {DIGEST_COLUMN} = {ROW_DIGEST_FUNCTION}({digest_args})"
+            f" {DIGEST_COLUMN} = {digest}"
             f" WHERE {KEY_HASH_COLUMN} IS NULL OR {DIGEST_COLUMN} IS NULL"
         )
         # Every row's digest again, after the table's value columns changed
         # (an added or dropped column changes the fields a digest hashes).
         # A deleted row's digest has no cells: only live rows change.
-        live_args = ", ".join(
-            [KEY_HASH_COLUMN, "cl, cl_hlc, cl_site", *(f"h{slot}, s{slot}" for slot in slots)]
-        )
         self.refresh_digests_sql = (
-            f"UPDATE {shadow} SET {DIGEST_COLUMN} = {ROW_DIGEST_FUNCTION}({live_args})"
+            f"UPDATE {shadow} SET {DIGEST_COLUMN} ="
+            f" {call_sql(ROW_DIGEST_FUNCTION, [KEY_HASH_COLUMN], fields)}"
             " WHERE cl % 2 = 1"
         )
         self.set_digest_sql = (

@@ -28,10 +28,12 @@ from syncmesh.store.sqlite.ddl import (
     log_ddl,
     log_name,
     quote_identifier,
+    shadow_columns,
     shadow_ddl,
     shadow_name,
     trigger_name,
     update_trigger_kind,
+    width_problem,
 )
 from syncmesh.store.sqlite.introspect import (
     allocated_key,
@@ -121,20 +123,31 @@ def _track_in_transaction(
                 problem = reconcile.plan_table(ctx.connection, layout).problem
                 raise SchemaError(problem or f"table {name!r} cannot be synced")
         tracked = {*ctx.tables, *ctx.unsynced}
-        gained = False
-        for name in names:
+        # Every table is checked before any is backfilled: one that cannot be
+        # synced refuses the whole command before a progress line says that
+        # another one's rows joined the feed (they would not have: the
+        # transaction rolls back).
+        new_specs = []
+        for name in dict.fromkeys(names):
             if name in tracked:
-                _record_integer_key_opt_in(ctx, ctx.tables[name].spec, allow_integer_keys)
                 continue
             spec = read_table_spec(ctx.connection, name)
             refuse_key_collations(ctx.connection, spec)
             refuse_untyped_keys(spec)
             refuse_allocated_keys(ctx.connection, spec, allow_integer_keys, ctx.path)
+            width = len(shadow_columns(TableLayout.fresh(spec)))
+            too_wide = width_problem(ctx.connection, name, len(spec.value_columns), width)
+            if too_wide is not None:
+                raise SchemaError(too_wide)
+            new_specs.append(spec)
+        for name in names:
+            if name in tracked:
+                _record_integer_key_opt_in(ctx, ctx.tables[name].spec, allow_integer_keys)
+        for spec in new_specs:
             warnings.extend(table_warnings(ctx.connection, spec))
             create_tracking(ctx, spec, progress)
             _record_integer_key_opt_in(ctx, spec, allow_integer_keys)
-            gained = True
-        if gained:
+        if new_specs:
             forget_peer_claims(ctx)
         ctx.connection.execute("UPDATE _syncmesh_state SET tables_version = tables_version + 1")
 
