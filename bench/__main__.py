@@ -18,9 +18,9 @@ from bench import bulk, capture, e2e, idle, latency, mixed
 from bench.common import Figure, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# `all` (and no scenario named) runs these, in this order; `profile` only when named.
-ALL_SCENARIOS = ("capture", "e2e", "latency", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "fleet", "snapshot", "soak")
+# `all` (and no scenario named) runs these, in this order; the others only when named.
+ALL_SCENARIOS = ("capture", "e2e", "latency", "curve", "bootstrap", "wire", "mixed", "idle")
+KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "fleet", "snapshot", "soak", "peers")
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -36,6 +36,7 @@ SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "soak_minutes": (30.0, 0.5),
     "soak_sample_s": (60.0, 5.0),
     "soak_live_rows": (2_000, 200),
+    "peer_writes": (20_000, 2_000),
 }
 # Fleet sizes of `fleet` (issue 15): N `serve` processes per layout, on 2 cores.
 FLEET_SITES = ("3,10,30", "3")  # (full, quick)
@@ -73,6 +74,7 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "e2e_rows": arguments.e2e_rows,
         "e2e_timeout_s": arguments.e2e_timeout,
         "latency_writes": arguments.latency_writes,
+        "curve_rates": list(arguments.curve_rates),
         "bulk_rows": arguments.bulk_rows,
         "wire_fraction": arguments.wire_fraction,
         "mixed_seconds": arguments.mixed_seconds,
@@ -86,6 +88,7 @@ def _meta(arguments: argparse.Namespace) -> dict[str, Any]:
         "fleet_kill_server": arguments.fleet_kill_server,
         "soak_minutes": arguments.soak_minutes,
         "soak_rate_txns_per_s": arguments.soak_rate,
+        "peer_writes": arguments.peer_writes,
         "quick": arguments.quick,
     }
 
@@ -98,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SCENARIO",
         help=(
             f"all (the default), {', '.join(KNOWN)};"
-            " profile, verify, metadata, fleet, snapshot and soak only when named"
+            " profile, verify, metadata, fleet, snapshot, soak and peers only when named"
         ),
     )
     parser.add_argument(
@@ -121,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a py-spy binary: sample every node during each topology's first e2e repeat",
     )
     parser.add_argument("--latency-writes", type=int, help="paced writes per latency run (200)")
+    parser.add_argument(
+        "--curve-rates",
+        type=_rates,
+        default=latency.RATES,
+        help="write rates of the latency curve, txn/s, comma-separated (1,10,50,100,200,500,1000)",
+    )
     parser.add_argument(
         "--bulk-rows", type=int, help="rows of the bootstrap and wire table (1,000,000)"
     )
@@ -170,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
         "--soak-live-rows", type=int, help="live rows each soak client keeps around (2,000)"
     )
     parser.add_argument("--soak-plot", type=Path, help="draw the soak as a PNG (matplotlib)")
+    parser.add_argument(
+        "--peer-writes", type=int, help="writes per system in the peers scenario (20,000)"
+    )
     parser.add_argument("--profile-rows", type=int, default=10_000)
     parser.add_argument(
         "--upkeep-rows", type=int, default=50_000, help="rows per phase, verify's tree upkeep"
@@ -194,6 +206,16 @@ def _sizes_list(text: str) -> list[int]:
     if not sizes or min(sizes) < 2:
         raise argparse.ArgumentTypeError(f"every fleet size must be at least 2: {text!r}")
     return sizes
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if not rates or min(rates) < 1:
+        raise argparse.ArgumentTypeError(f"rates must be at least 1 per second: {text!r}")
+    return rates
 
 
 def _sizes(arguments: argparse.Namespace) -> None:
@@ -238,6 +260,8 @@ def _run_scenario(
         return found
     if scenario == "latency":
         return latency.run(repeats, arguments.latency_writes, _log)
+    if scenario == "curve":  # issue 17: latency above the local floor at every write rate
+        return latency.run_curve(repeats, _log, arguments.curve_rates)
     if scenario in ("bootstrap", "wire"):
         if scenario in done:
             return []
@@ -288,6 +312,10 @@ def _run_scenario(
             live_rows=arguments.soak_live_rows,
             plot_path=arguments.soak_plot,
         )
+    if scenario == "peers":  # issue 17: pysyncobj and NATS JetStream KV beside syncmesh
+        from bench import peers
+
+        return peers.run(repeats, arguments.peer_writes, _log)
     if scenario == "verify":  # issue 7: the hash trees' upkeep and the cost of a verify
         from bench import verify
 

@@ -10,6 +10,9 @@ pair has a session), with fresh files and fresh processes:
 3. rows/s = rows / time from the first insert until every row is visible in
    B's and C's files (read-only connections polling for the last key, then
    count(*) to confirm).
+4. in the mesh, once every sender's rows are acknowledged: the rows B and
+   C received from their peers (`rows_in` of /v1/status) beyond one per
+   row written, in % of the rows: what the b-c link carried twice.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ SCENARIO = "e2e"
 TARGET = "value >= 60000"
 RUN_TIMEOUT_S = 20.0  # from the first insert; a slower run is reported as a lower bound
 POLL_S = 0.01
+SETTLE_TIMEOUT_S = 10.0  # for every sender's rows to be acknowledged, after the last is visible
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPOLOGIES: dict[str, Topology] = {"chain": CHAIN, "mesh": MESH}
 
@@ -68,6 +72,24 @@ class RunResult:
         self.visible_rows: dict[str, int] = {}
         self.cpu_s: dict[str, float] = {}
         self.timed_out = False
+        self.extra_received_pct = 0.0
+
+
+def _settled(nodes: dict[str, NodeProcess]) -> bool:
+    """Every session's sender has its rows acknowledged (nothing more in flight)."""
+    return all(
+        peer["out_lag_changes"] == 0 for node in nodes.values() for peer in node.status()["peers"]
+    )
+
+
+def extra_received_pct(nodes: dict[str, NodeProcess], rows: int) -> float:
+    """Rows the receiving nodes got beyond one per row written, in % of the rows."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not _settled(nodes) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    _writer, *receivers = nodes.values()
+    received = sum(int(p["rows_in"]) for node in receivers for p in node.status()["peers"])
+    return 100 * (received - rows * len(receivers)) / (rows * len(receivers))
 
 
 def run_once(nodes: dict[str, NodeProcess], rows: list[Row], timeout_s: float) -> RunResult:
@@ -101,6 +123,8 @@ def run_once(nodes: dict[str, NodeProcess], rows: list[Row], timeout_s: float) -
         for reader in readers.values():
             reader.close()
     result.cpu_s = {name: node.cpu_seconds() - cpu_before[name] for name, node in nodes.items()}
+    if len(nodes) == 3 and not result.timed_out:
+        result.extra_received_pct = extra_received_pct(nodes, len(rows))
     return result
 
 
@@ -137,7 +161,13 @@ def run(
             name: Figure(SCENARIO, f"{label}: node {name} CPU (% of one core)", "%")
             for name in topology
         }
-        figures += [rate, insert, *visible.values(), *cpu.values()]
+        twice = Figure(
+            SCENARIO,
+            f"{label}: rows b and c received beyond one per row (% of rows)",
+            "%",
+            target="value <= 5" if topology_name == "mesh" else "",
+        )
+        figures += [rate, insert, *visible.values(), *cpu.values(), twice]
         for repeat in range(repeats):
             rows = make_rows(rows_count, seed=100 + repeat)
             with tempfile.TemporaryDirectory(prefix=f"syncmesh-bench-{topology_name}-") as name:
@@ -170,10 +200,16 @@ def run(
                 visible[node_name].add(seconds)
             for node_name, cpu_s in result.cpu_s.items():
                 cpu[node_name].add(100 * cpu_s / elapsed)
+            if not result.timed_out:
+                twice.add(result.extra_received_pct)
             log(
                 f"  e2e {topology_name} {repeat + 1}/{repeats}: {delivered / elapsed:,.0f} rows/s"
                 f" (raw {baseline:,.0f}; insert at a {rows_count / result.insert_s:,.0f} rows/s;"
                 f" visible {', '.join(f'{n} {s:.1f} s' for n, s in result.visible_s.items())}"
-                f"{'; TIMED OUT' if result.timed_out else ''})"
+                + (
+                    "; TIMED OUT)"
+                    if result.timed_out
+                    else f"; {result.extra_received_pct:.1f} % extra)"
+                )
             )
     return figures

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import bench.__main__ as bench_main
-from bench import idle
+from bench import idle, latency, peers
 
 pytestmark = pytest.mark.multiprocess
 
@@ -133,3 +133,42 @@ def test_soak_samples_three_nodes_under_churn(tmp_path: Path) -> None:
     sizes = [figure for name, figure in figures.items() if name.startswith("node a: file")]
     assert sizes
     assert sizes[0]["baseline"]["samples"], "the early size is the baseline"
+
+
+def test_the_latency_curve_runs_at_each_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: one figure pair per rate, every write seen (no speed is checked)."""
+    monkeypatch.setattr(latency, "RATE_SECONDS", 0.2)
+    monkeypatch.setattr(latency, "FLOOR_WRITES", 20)
+    out = tmp_path / "curve.json"
+    status = bench_main.main(
+        ["curve", "--repeats", "1", "--curve-rates", "20,200", "--out", str(out)]
+    )
+    assert status == 0
+    figures = {
+        figure["name"]: figure
+        for figure in json.loads(out.read_text())["scenarios"]["latency"]["figures"]
+    }
+    for rate in (20, 200):
+        p50 = next(
+            f
+            for name, f in figures.items()
+            if name.startswith(f"curve: p50 above the local floor at {rate} txn/s")
+        )
+        assert p50["samples"], rate
+        assert figures[f"curve: p99 above the local floor at {rate} txn/s"]["samples"]
+    assert figures["curve: writes not visible within 5 s, all rates"]["median"] == 0
+
+
+def test_the_peers_scenario_runs_every_system(tmp_path: Path) -> None:
+    """Issue 17: pysyncobj, NATS JetStream KV and syncmesh each deliver every write."""
+    out = tmp_path / "peers.json"
+    status = bench_main.main(["peers", "--repeats", "1", "--peer-writes", "300", "--out", str(out)])
+    assert status == 0
+    figures = json.loads(out.read_text())["scenarios"]["peers"]["figures"]
+    rates = [figure for figure in figures if "writes/s until all 300" in figure["name"]]
+    assert [figure["name"].split(":")[0] for figure in rates] == list(peers.SYSTEMS)
+    for figure in rates:
+        assert figure["median"] > 0, figure["name"]
+        assert "note" not in figure, figure["note"]  # no write missing anywhere

@@ -59,16 +59,19 @@ SESSION_STABLE_S = 10.0  # a session that lived this long resets the reconnect b
 CAPTURE_YIELD_FACTOR = 2.0  # after a capture, pause this many times its duration
 IDLE_AFTER_S = 5.0  # no commit for this long: the file is quiet ...
 IDLE_POLL_FACTOR = 10  # ... and is polled this many times less often
-# With hints (the SQLite notifier: inotify): after a hint, look again this soon, then
-# HINT_RECHECK_FACTOR times later, up to twice the poll interval (1 and 4 ms);
-# with no hint, poll this many intervals apart.
-HINT_RECHECK_S = 0.001
-HINT_RECHECK_FACTOR = 4
-# Local writes captured less than STREAM_S ago (STREAM_BULK_S after a capture of
-# at least STREAM_BULK_ROWS rows): a stream of writes, so poll as without
-# inotify, not reading hints (they would wake the loop at every page written,
-# and a capture at every commit collides with the writer's next transaction).
-STREAM_S = 0.012
+# With hints (the SQLite notifier: inotify): a hint comes as the commit's frames
+# are written, just before the commit is published in the WAL index, so when
+# the first look finds nothing the loop looks again this soon, then
+# HINT_RECHECK_FACTOR times later each time, up to twice the poll interval
+# (0.2, 0.4, ... 6.4 ms); with no hint, poll SAFETY_POLL_FACTOR intervals apart.
+HINT_RECHECK_S = 0.0002
+HINT_RECHECK_FACTOR = 2
+# A capture of at least STREAM_BULK_ROWS rows: bulk writes, where a capture at
+# every commit collides with the writer's next transaction for the write lock.
+# For STREAM_BULK_S after one the loop polls every poll interval, as without
+# inotify, and pauses at least a poll interval after each capture.  Smaller
+# captures (single-row transactions, at any rate) keep the hints: a commit is
+# captured as soon as it is published (issue 17: no fixed re-look delay).
 STREAM_BULK_S = 0.1
 STREAM_BULK_ROWS = 200
 SAFETY_POLL_FACTOR = 10
@@ -633,19 +636,20 @@ class Node:
     async def _capture_loop(self) -> None:
         """Notice commits by any connection (the store's change notifier) and capture them.
 
-        Where the notifier gives hints (inotify, for SQLite) and the file has had no commit
-        for STREAM_S, a write to the file wakes the loop at once, and the
-        loop looks again 1 and 5 ms after each such hint (a commit is
-        published in the WAL index just after its frames are written);
-        otherwise it sleeps, with a slow safety poll.  Under a stream of
-        commits, and without inotify, it polls every `poll_interval_ms`.
+        Where the notifier gives hints (inotify, for SQLite), a write to the
+        file wakes the loop at once; when the commit is not yet published it
+        looks again 0.2, 0.4, ... ms later; otherwise it sleeps, with a slow
+        safety poll.  While the store thread works, the loop waits for it to
+        finish and then looks (its own writes would wake it at every page).
+        After a bulk capture, and without inotify, it polls every
+        `poll_interval_ms`.
         """
         notifier = self.store.change_notifier()
         hinted = notifier.start()
         try:
             interval_s = self.config.poll_interval_ms / 1000
             last_change = time.monotonic()
-            stream_until = 0.0  # poll, not hints, until then (a stream of writes)
+            bulk_until = 0.0  # poll, not hints, until then (bulk writes)
             recheck_s = 0.0  # > 0: re-look this soon (after a hint), growing
             while True:
                 notifier.clear_hint()
@@ -653,34 +657,41 @@ class Node:
                     last_change = time.monotonic()
                     started = time.monotonic()
                     stamped = await self._capture_once()
-                    if stamped:
-                        # Writes in quick succession, or big transactions: a
-                        # stream.  Capturing at every commit would collide with
-                        # the writer's next transaction for the write lock.
-                        hold_s = STREAM_BULK_S if stamped >= STREAM_BULK_ROWS else STREAM_S
-                        stream_until = time.monotonic() + hold_s
-                    # A capture holds the write lock.  Under a stream of writes,
-                    # leave the application twice as long as the capture took,
-                    # so it keeps most of the lock; a small capture adds nothing.
                     held_s = time.monotonic() - started
-                    await asyncio.sleep(max(interval_s, CAPTURE_YIELD_FACTOR * held_s))
+                    # A capture holds the write lock: leave the application
+                    # twice as long as it took, so it keeps most of the lock.
+                    pause_s = CAPTURE_YIELD_FACTOR * held_s
+                    if stamped >= STREAM_BULK_ROWS:
+                        # Bulk writes: capturing at every commit would collide
+                        # with the writer's next transaction for the lock.
+                        bulk_until = time.monotonic() + STREAM_BULK_S
+                        pause_s = max(interval_s, pause_s)
+                    await asyncio.sleep(pause_s)
+                    recheck_s = HINT_RECHECK_S  # our own commit hides a hint: look again
                     continue
                 now = time.monotonic()
                 # A file that has been quiet for a while is looked at less often:
                 # an idle node then costs well under 1 % of a core.
                 quiet = now - last_change > IDLE_AFTER_S
-                # While the store thread works (an apply, a read), its own
-                # writes would wake the loop at every page, and a capture would
-                # only queue behind it: poll then as well.
-                if not hinted or now < stream_until or self.worker.busy:
-                    # Without inotify, or under a stream of commits, poll: a
-                    # commit waits at most a poll interval, and the loop does
-                    # not wake (and capture) at every write of every commit.
-                    # The first write after a quiet spell waits at most
+                if not hinted or now < bulk_until:
+                    # Without inotify, or under bulk writes, poll: a commit
+                    # waits at most a poll interval, and the loop does not
+                    # wake (and capture) at every page of every commit.  The
+                    # first write after a quiet spell waits at most
                     # IDLE_POLL_FACTOR polls (without inotify).
                     notifier.pause_hints()
                     await asyncio.sleep(interval_s * (IDLE_POLL_FACTOR if quiet else 1))
                     recheck_s = 0.0
+                    continue
+                if self.worker.busy:
+                    # An apply or a read: its own writes would wake the loop
+                    # at every page, and a capture would only queue behind it.
+                    # Look as soon as the store thread is free.
+                    notifier.pause_hints()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(interval_s * SAFETY_POLL_FACTOR):
+                            await self.worker.wait_idle()
+                    recheck_s = HINT_RECHECK_S
                     continue
                 notifier.resume_hints()
                 # Wake on the next hint, or to re-look: soon after a hint, else
