@@ -253,7 +253,9 @@ def test_fixed_seed_subset_with_restores_and_unique_collisions_has_no_violation(
     Besides the run's checkers (no lost or held write, convergence, no
     phantom), the report must show that the restore took back rows another
     node held (so the recovery was exercised, not just a restore that lost
-    nothing) and that collisions were quarantined and classified.
+    nothing).  Nodes run without tombstone collection in a schedule with a
+    restore (chaos/run.py: a restored node below its peers' horizon is
+    refused until `syncmesh join`).
     """
     report = tmp_path / "report.json"
     command = [
@@ -287,4 +289,7 @@ def test_fixed_seed_subset_with_restores_and_unique_collisions_has_no_violation(
     schedules = document["schedules"]
     assert [entry["restores"] for entry in schedules] == [1], schedules
     assert schedules[0]["rows_held_at_restore"] > 0, schedules
-    assert schedules[0]["writes_quarantined"] > 0, schedules
+    # Whether a UNIQUE collision reaches a quarantine (rather than being refused
+    # by the constraint at the second writer, after the first row arrived)
+    # depends on how fast rows travel: not asserted here.  Its classification
+    # is tested deterministically in tests/test_chaos_quarantine.py.

@@ -57,8 +57,17 @@ def prepare_database(path: Path, adversarial: tuple[str, ...] = ()) -> str:
 
 
 class ChaosNode:
-    def __init__(self, index: int, directory: Path, peer_urls: list[str], drift_ms: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        directory: Path,
+        peer_urls: list[str],
+        drift_ms: int,
+        *,
+        collect: bool = True,
+    ) -> None:
         self.index = index
+        self.collect = collect  # tombstone collection on (nodemain --no-collection)
         self.name = f"n{index}"
         self.db = directory / f"{self.name}.db"
         self.log_path = directory / f"{self.name}.log"
@@ -104,6 +113,8 @@ class ChaosNode:
         ]
         for url in self.peer_urls:
             command += ["--peer", url]
+        if not self.collect:
+            command.append("--no-collection")
         self.ready = False
         self.paused = False
         self.port = 0

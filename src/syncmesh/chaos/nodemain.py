@@ -56,7 +56,9 @@ class FileOffsetClock:
         return time.time_ns() // 1_000_000 + self.offset_ms
 
 
-def chaos_config(database: str, peers: list[str], drift_ms: int) -> NodeConfig:
+def chaos_config(
+    database: str, peers: list[str], drift_ms: int, *, collect: bool = True
+) -> NodeConfig:
     return NodeConfig(
         database_path=database,
         listen_port=0,
@@ -74,7 +76,7 @@ def chaos_config(database: str, peers: list[str], drift_ms: int) -> NodeConfig:
         # Tombstone collection every second, under every fault (issue 16): the
         # checkers read a key with no shadow row whose last life was deleted
         # as collected, and check that no deleted row comes back.
-        lifecycle_interval_s=LIFECYCLE_INTERVAL_S,
+        lifecycle_interval_s=LIFECYCLE_INTERVAL_S if collect else 0.0,
     )
 
 
@@ -99,13 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--clock-file", type=Path, required=True)
     parser.add_argument("--drift-ms", type=int, required=True)
+    parser.add_argument(
+        "--no-collection",
+        action="store_true",
+        help="no tombstone collection (a schedule with the restore fault: see run.py)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = chaos_config(args.database, args.peer, args.drift_ms)
+    config = chaos_config(args.database, args.peer, args.drift_ms, collect=not args.no_collection)
     asyncio.run(_run(config, FileOffsetClock(args.clock_file), args.port_file))
 
 

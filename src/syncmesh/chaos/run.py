@@ -230,8 +230,13 @@ class ScheduleRun:
     async def _start(self) -> None:
         schedule = self.schedule
         peer_urls: dict[int, list[str]] = {n: [] for n in range(schedule.nodes)}
+        # A restored node is below what its peers may have collected: they
+        # refuse it, and it re-joins only by `syncmesh join` (ADR 0015, rule
+        # 3), which the restore fault does not do.  Its schedules run without
+        # collection, so that they check restore detection (issue 12).
+        collect = not any(fault.kind == "restore" for fault in schedule.faults)
         self.nodes = [
-            ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms)
+            ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms, collect=collect)
             for n in range(schedule.nodes)
         ]
         for listener, dialler in schedule.links:
