@@ -25,7 +25,7 @@ from syncmesh.protocol.codec import decode, encode
 from syncmesh.protocol.messages import Batch
 from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import ManualClock, sqlite3_shell
-from tests.schema_steps import add_column, drop_column
+from tests.schema_steps import add_column, drop_column, rename_column
 
 
 @pytest.fixture
@@ -302,3 +302,19 @@ def test_a_quarantine_from_an_older_syncmesh_gets_the_creation_stamps_column(
         assert "column_created" in columns.split()
     finally:
         store.close()
+
+
+def test_cells_by_the_old_name_of_a_column_renamed_then_dropped_here_are_discarded(
+    stores: tuple[SqliteStore, SqliteStore, ManualClock, ManualClock],
+) -> None:
+    """Found by the long state-machine run: they waited for good for a column named `b`."""
+    a, b, _, b_clock = stores
+    write(a, "INSERT INTO items VALUES ('k', 'n', 'old')")
+    pull(a, b)
+    rename_column(a, "items", "b", "c")
+    drop_column(a, "items", "c")
+    b_clock.advance(10)
+    write(b, "UPDATE items SET b = 'late' WHERE id = 'k'")  # b has not renamed b yet
+    pull(b, a)
+    assert a.status().waiting_cells == {}
+    assert sqlite3_shell(Path(a.context.path), "SELECT id, name FROM items") == "k|n\n"

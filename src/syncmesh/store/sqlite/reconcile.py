@@ -266,9 +266,17 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
     for slot, column in plan.slot_columns.items():
         was = layout.spec.value_columns[layout.slots.index(slot)]
         former_of[column] = (was, *old_former[was]) if was != column else old_former[was]
+    # A dropped column is dropped under its former names too: a peer that has
+    # not renamed it yet sends its cells by an old name, and they must be
+    # discarded as the dropped column's, not wait for a column of that name
+    # (found by the long state-machine run: rename, then drop, at one site).
     dropped = [
         *layout.dropped,
-        *(DroppedColumn(column, slot, hlc) for column, slot in plan.dropped),
+        *(
+            DroppedColumn(name, slot, hlc)
+            for column, slot in plan.dropped
+            for name in (column, *old_former.get(column, ()))
+        ),
     ]
     slot_of = {column: slot for slot, column in plan.slot_columns.items()}
     born_of = {
