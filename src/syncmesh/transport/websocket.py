@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -423,14 +423,21 @@ class WebSocketListener:
         return opened[0].response
 
 
-async def _answer_verify(host: VerifyHost, request: web.Request) -> web.StreamResponse:
-    peer = identity_of(request)
+def _body_reader(request: web.Request, peer: PeerIdentity) -> Callable[[], Awaitable[bytes]]:
+    """The request's body, read when the host asks; TransportError if the asker went away."""
 
     async def read_body() -> bytes:
         try:
             return await request.read()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             raise TransportError(peer.address, f"request cut short: {exc}") from exc
+
+    return read_body
+
+
+async def _answer_verify(host: VerifyHost, request: web.Request) -> web.StreamResponse:
+    peer = identity_of(request)
+    read_body = _body_reader(request, peer)
 
     try:
         answer = await host.answer_verify(peer, read_body)
@@ -447,12 +454,7 @@ async def _answer_verify(host: VerifyHost, request: web.Request) -> web.StreamRe
 
 async def _offer_snapshot(host: SnapshotHost, request: web.Request) -> web.StreamResponse:
     peer = identity_of(request)
-
-    async def read_body() -> bytes:
-        try:
-            return await request.read()
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise TransportError(peer.address, f"request cut short: {exc}") from exc
+    read_body = _body_reader(request, peer)
 
     try:
         answer = await host.offer_snapshot(peer, read_body)
