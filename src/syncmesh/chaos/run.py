@@ -32,6 +32,7 @@ from syncmesh.chaos.checkers import (
     Held,
     Violation,
     WriteTally,
+    check_captured,
     check_clocks,
     check_convergence,
     check_echo,
@@ -721,6 +722,7 @@ class ScheduleRun:
         violations = result.violations
         refused = refused_by_constraint(replicas)
         violations.extend(check_convergence(replicas, refused, tombstones=False))
+        violations.extend(check_captured(replicas))
         kv_table = WORKLOAD_TABLE
         if self.plan is not None:
             kv_table = self.plan.final_table
