@@ -82,6 +82,7 @@ PART_OVERHEAD_BYTES = 1_024
 ANSWER_TIMEOUT_S = 120.0  # as the HTTP exchange: a deep verify of a big table takes a while
 PART_TIMEOUT_S = 30.0  # between the parts of one answer
 CONNECT_TIMEOUT_S = 5  # whole seconds: nats-py's connect and flush take ints
+CONNECT_ROUNDS = 1  # the asker tries each server this many times more, then gives up
 PARTIAL_REQUESTS_MAX = 16  # unfinished multi-part requests the responder holds
 PARTIAL_REQUEST_TTL_S = 60.0  # an unfinished request is dropped after this
 ANSWERS_IN_FLIGHT_MAX = 4  # requests answered at once (each may read the store)
@@ -128,25 +129,35 @@ def parse_part(value: str | None) -> tuple[int, int] | None:
 async def _connect(
     servers: tuple[str, ...], name: str, auth: NatsAuth, *, reconnect: bool
 ) -> Client:
+    """A connection to one of `servers`; FleetError naming the last failure when none answers.
+
+    nats-py tries the servers again and again inside `connect` (it stops
+    only after `max_reconnect_attempts` > 0 rounds), so a round is allowed
+    here and the whole attempt is bounded in time.
+    """
+    failures: list[str] = []
+
+    async def note_error(error: Exception) -> None:
+        """nats-py logs a traceback per asynchronous error by default; keep the text."""
+        failures.append(f"{type(error).__name__}: {error}")
+        log.debug("nats verify connection: %s", failures[-1])
+
+    connecting = nats.connect(
+        servers=list(servers),
+        name=name,
+        user_credentials=auth.credentials or None,
+        tls=tls_context(auth),
+        connect_timeout=CONNECT_TIMEOUT_S,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1 if reconnect else CONNECT_ROUNDS,
+        reconnect_time_wait=1 if reconnect else 0,
+        error_cb=note_error,
+    )
     try:
-        return await nats.connect(
-            servers=list(servers),
-            name=name,
-            user_credentials=auth.credentials or None,
-            tls=tls_context(auth),
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=1,
-            error_cb=_quiet_errors,
-        )
-    except (nats.errors.Error, OSError) as exc:
-        raise FleetError(", ".join(servers), f"cannot connect: {exc}") from exc
-
-
-async def _quiet_errors(error: Exception) -> None:
-    """nats-py logs a traceback per asynchronous error by default; one line is enough."""
-    log.debug("nats verify connection: %s: %s", type(error).__name__, error)
+        return await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1))
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        reason = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
+        raise FleetError(", ".join(servers), f"cannot connect: {reason}") from exc
 
 
 def _part_bytes(client: Client) -> int:
