@@ -18,10 +18,18 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
-from syncmesh.errors import SyncError
+from syncmesh.errors import ConfigError, SyncError
+from syncmesh.node.config import FleetConfig, NodeConfig, PeerConfig
 from syncmesh.node.verify import VerifyClient
-from syncmesh.protocol.verify import FetchRequest, RootsRequest, refusal_detail
+from syncmesh.protocol.verify import (
+    FetchRequest,
+    RootsRequest,
+    VerifyRequest,
+    encode_request,
+    refusal_detail,
+)
 from syncmesh.transport.base import PeerIdentity, Refusal, UnreachableError, VerifyAnswer
 from syncmesh.transport.nats_verify import (
     HEADER_PART,
@@ -245,17 +253,14 @@ def test_table_rights_and_who_asks_keep_their_meaning_over_nats(
     items = verify_cli("verify", a.db, nats_cluster, fleet, "--site", site_b, "--table", "items")
     assert items.returncode == 0, items.stdout + items.stderr
 
-    async def ask(own_site: str, request: object) -> tuple[int, bytes]:
+    async def ask(own_site: str, request: VerifyRequest) -> tuple[int, bytes]:
         async with NatsVerifyConnection(tuple(nats_cluster.urls), fleet, own_site) as connection:
-            exchange = connection.exchange(site_b)
-            from syncmesh.protocol.verify import encode_request
-
-            return await exchange.post(encode_request(request))  # type: ignore[arg-type]
+            return await connection.exchange(site_b).post(encode_request(request))
 
     status, body = asyncio.run(ask(site_a, FetchRequest({"secrets": [("s",)]})))
     assert (status, refusal_detail(body)) == (400, "table 'secrets' is not shared with you here")
     stranger = uuid.uuid4().hex
-    status, body = asyncio.run(ask(stranger, RootsRequest({"items": b"\0" * 32}, False, "x")))
+    status, body = asyncio.run(ask(stranger, RootsRequest({"items": 0}, False, "")))
     assert status == 403
     assert f"site {stranger} is not a site this node knows on the fleet" in body.decode()
 
@@ -263,7 +268,7 @@ def test_table_rights_and_who_asks_keep_their_meaning_over_nats(
         client = await nats.connect(servers=nats_cluster.urls)
         try:
             reply = inbox_prefix(fleet, "elsewhere") + uuid.uuid4().hex
-            answers: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
+            answers: asyncio.Queue[Msg] = asyncio.Queue()
             await client.subscribe(reply, cb=answers.put)
             await client.publish(
                 verify_subject(fleet, site_b),
@@ -379,3 +384,26 @@ def test_an_unreachable_server_is_a_fleet_error() -> None:
 
     with pytest.raises(FleetError, match="cannot connect"):
         asyncio.run(attempt())
+
+
+def test_rights_without_tls_are_taken_only_for_a_fleet_site_by_its_id() -> None:
+    """Without TLS a peer's name is a claim; a fleet site's id is backed by its NATS user."""
+    fleet = FleetConfig(servers=("nats://127.0.0.1:4222",))
+    site = uuid.uuid4().hex
+    items_only = frozenset({"items"})
+
+    def config(name: str, on_fleet: bool, url: str = "") -> NodeConfig:
+        return NodeConfig(
+            database_path="app.db",
+            fleet=fleet if on_fleet else None,
+            peers=(PeerConfig(name=name, url=url, receive=items_only),),
+        )
+
+    assert config(site, on_fleet=True).check_exposure() == []
+    for refused in (
+        config(site, on_fleet=False),
+        config("shop12", on_fleet=True),
+        config(site, on_fleet=True, url="http://127.0.0.1:7402"),
+    ):
+        with pytest.raises(ConfigError, match="per-peer rights"):
+            refused.check_exposure()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from rich.table import Table
 
 from syncmesh.cli.config import fleet_config, load_settings
 from syncmesh.errors import SyncError
-from syncmesh.node.config import FleetConfig
+from syncmesh.node.config import FleetConfig, is_site_id
 from syncmesh.node.verify import (
     SETTLE_ROUNDS_DEFAULT,
     RepairReport,
@@ -231,12 +230,9 @@ def _target(
         where = f"{config_path} has no [transport.nats] servers" if config_path else "no fleet"
         raise VerifyFailed(f"{where}: give --nats URL (docs/nats.md)")
     for site in sites:
-        if not _SITE_ID.fullmatch(site):
+        if not is_site_id(site):
             raise VerifyFailed(f"--site {site!r} is not a site id (32 hex digits: syncmesh status)")
     return _Target(fleet=fleet, sites=tuple(dict.fromkeys(sites)))
-
-
-_SITE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _fleet_run(
