@@ -407,3 +407,85 @@ def test_rights_without_tls_are_taken_only_for_a_fleet_site_by_its_id() -> None:
     ):
         with pytest.raises(ConfigError, match="per-peer rights"):
             refused.check_exposure()
+
+
+# -- the permissions docs/nats.md documents for verify, on a real server --------------------
+
+SITE_A, SITE_B = "a" * 32, "b" * 32
+
+
+def _site_user(name: str, site: str) -> str:
+    """A site's NATS user with the verify lines of docs/nats.md's permissions (cluster `shops`)."""
+    return (
+        f"{{ user: {name}, password: {name}-secret, permissions: {{\n"
+        '  publish: { allow: ["syncmesh.shops.verify.*"] }\n'
+        f'  subscribe: {{ allow: ["_INBOX.>", "syncmesh.shops.verify.{site}",'
+        f' "syncmesh.shops.inbox.{site}.>"] }}\n'
+        "  allow_responses: { max: 1000 }\n"
+        "} }\n"
+    )
+
+
+@pytest.fixture
+def permissioned_server(tmp_path: Path) -> Iterator[str]:
+    """One nats-server with two site users and a small max_payload; yields its host:port."""
+    server = NatsServer("permissions", tmp_path / "permissions", free_port(), free_port())
+    server.directory.mkdir(parents=True)
+    config = server.directory / "server.conf"
+    config.write_text(
+        f'listen: "{HOST}:{server.client_port}"\nmax_payload: {SMALL_PAYLOAD_BYTES}\n'
+        "accounts { SYNCMESH { users: [\n"
+        + _site_user("sitea", SITE_A)
+        + _site_user("siteb", SITE_B)
+        + "] } }\n",
+        encoding="utf-8",
+    )
+    server.start(config)
+    address = f"{HOST}:{server.client_port}"
+    try:
+        wait_for(
+            lambda: _answers(f"nats://sitea:sitea-secret@{address}"),
+            CONVERGE_S,
+            "the nats-server with permissions",
+        )
+        yield address
+    finally:
+        server.stop()
+
+
+def test_the_documented_permissions_let_a_site_verify_another_in_parts(
+    permissioned_server: str,
+) -> None:
+    """Goal: docs/nats.md's permissions carry a multi-part answer and stop an impostor.
+
+    Method: b's node answers as user siteb; user sitea asks as site a and
+    gets a 51,200-byte answer in parts through `allow_responses`; user
+    sitea claiming site b's id cannot read b's inbox, and is told so at
+    once (not after a timeout).
+    """
+    as_a = f"nats://sitea:sitea-secret@{permissioned_server}"
+    as_b = f"nats://siteb:siteb-secret@{permissioned_server}"
+    host = _Host(lambda asked: asked[::-1] * 5)
+    body = bytes(range(256)) * 40
+
+    async def run() -> tuple[int, bytes, str]:
+        responder = NatsVerifyResponder((as_b,), "shops", frame_bytes_max=1 << 20)
+        await responder.serve(SITE_B, host)
+        try:
+            async with NatsVerifyConnection((as_a,), "shops", SITE_A) as connection:
+                status, answer = await connection.exchange(SITE_B).post(body)
+            async with NatsVerifyConnection(
+                (as_a,), "shops", SITE_B, answer_timeout_s=CONVERGE_S
+            ) as impostor:
+                try:
+                    await impostor.exchange(SITE_B).post(body)
+                except UnreachableError as exc:
+                    return status, answer, str(exc)
+                return status, answer, "answered"
+        finally:
+            await responder.close()
+
+    status, answer, impostor = asyncio.run(run())
+    assert (status, answer) == (200, body[::-1] * 5)
+    assert host.askers == [SITE_A]
+    assert f"does not let this user read the inbox of site {SITE_B}" in impostor

@@ -127,7 +127,12 @@ def parse_part(value: str | None) -> tuple[int, int] | None:
 
 
 async def _connect(
-    servers: tuple[str, ...], name: str, auth: NatsAuth, *, reconnect: bool
+    servers: tuple[str, ...],
+    name: str,
+    auth: NatsAuth,
+    *,
+    reconnect: bool,
+    failures: list[str] | None = None,
 ) -> Client:
     """A connection to one of `servers`; FleetError naming the last failure when none answers.
 
@@ -135,7 +140,7 @@ async def _connect(
     only after `max_reconnect_attempts` > 0 rounds), so a round is allowed
     here and the whole attempt is bounded in time.
     """
-    failures: list[str] = []
+    failures = [] if failures is None else failures
 
     async def note_error(error: Exception) -> None:
         """nats-py logs a traceback per asynchronous error by default; keep the text."""
@@ -191,10 +196,17 @@ class NatsVerifyConnection:
         self._auth = auth or NatsAuth()
         self._answer_timeout_s = answer_timeout_s
         self._client: Client | None = None
+        # The client's asynchronous errors: a subscription the server refused
+        # (permissions) arrives this way.
+        self._errors: list[str] = []
 
     async def __aenter__(self) -> NatsVerifyConnection:
         self._client = await _connect(
-            self.servers, f"syncmesh verify {self.site_id}", self._auth, reconnect=False
+            self.servers,
+            f"syncmesh verify {self.site_id}",
+            self._auth,
+            reconnect=False,
+            failures=self._errors,
         )
         return self
 
@@ -241,7 +253,12 @@ class NatsVerifyConnection:
 
     def exchange(self, site_id: str) -> NatsVerifyExchange:
         return NatsVerifyExchange(
-            self._connected(), self.cluster, self.site_id, site_id, self._answer_timeout_s
+            self._connected(),
+            self.cluster,
+            self.site_id,
+            site_id,
+            self._answer_timeout_s,
+            self._errors,
         )
 
 
@@ -249,9 +266,16 @@ class NatsVerifyExchange:
     """Verify requests to the node of one site, over NATS (`transport.VerifyExchange`)."""
 
     def __init__(
-        self, client: Client, cluster: str, own_site: str, site_id: str, answer_timeout_s: float
+        self,
+        client: Client,
+        cluster: str,
+        own_site: str,
+        site_id: str,
+        answer_timeout_s: float,
+        errors: list[str] | None = None,
     ) -> None:
         self._client = client
+        self._errors = [] if errors is None else errors
         self._own_site = own_site
         self._site = site_id
         self._subject = verify_subject(cluster, site_id)
@@ -276,7 +300,9 @@ class NatsVerifyExchange:
             subscription = await self._client.subscribe(reply, cb=answers.put)
             try:
                 # Subscribed at the server before we ask: no answer can pass us by.
+                seen = len(self._errors)
                 await self._client.flush(timeout=CONNECT_TIMEOUT_S)
+                self._check_subscribed(reply, self._errors[seen:])
                 parts = parts_of(body, _part_bytes(self._client))
                 for index, part in enumerate(parts, 1):
                     await self._client.publish(
@@ -294,6 +320,21 @@ class NatsVerifyExchange:
                     await subscription.unsubscribe()
         except (nats.errors.Error, OSError) as exc:
             raise UnreachableError(self.url, f"{type(exc).__name__}: {exc}") from exc
+
+    def _check_subscribed(self, reply: str, errors: list[str]) -> None:
+        """UnreachableError when the server refused our subscription to our own inbox.
+
+        The answer could never reach us: the NATS user is not this site's
+        (it may not read `syncmesh.<cluster>.inbox.<site id>.>`).
+        """
+        for error in errors:
+            if "permissions violation" in error.lower() and reply in error:
+                raise UnreachableError(
+                    self.url,
+                    f"the NATS server does not let this user read the inbox of site"
+                    f" {self._own_site} ({self._inbox}>): use that site's NATS user"
+                    " (docs/nats.md, Permissions)",
+                )
 
     async def _answer(self, answers: asyncio.Queue[Msg]) -> tuple[int, bytes]:
         received: list[bytes] = []
