@@ -361,6 +361,17 @@ def test_the_dump_reads_each_columns_stamps_from_its_slot(tmp_path: Path) -> Non
     assert row.stamps["b"][1] == site
 
 
+def tracked_workload_file(path: Path) -> SqliteStore:
+    """A file with the chaos workload's tables, tracked: its open store."""
+    connection = sqlite3.connect(path)
+    connection.executescript(WORKLOAD_DDL)
+    connection.close()
+    store = SqliteStore.open(path)
+    store.init()
+    store.track(WORKLOAD_TABLES, allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES)
+    return store
+
+
 def test_a_row_written_behind_the_capture_is_reported_as_never_captured(tmp_path: Path) -> None:
     """A row in a tracked table with no shadow row is a violation of its own, and the
     lost-write report of its key says the row is there but was never captured.
@@ -370,12 +381,7 @@ def test_a_row_written_behind_the_capture_is_reported_as_never_captured(tmp_path
     the shadow rows, cannot see it, and only the `uncaptured` checker does.
     """
     path = tmp_path / "n0.db"
-    connection = sqlite3.connect(path)
-    connection.executescript(WORKLOAD_DDL)
-    connection.close()
-    store = SqliteStore.open(path)
-    store.init()
-    store.track(WORKLOAD_TABLES, allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES)
+    store = tracked_workload_file(path)
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("INSERT INTO kv VALUES (1, 'x', 'y', 1)")
     store.capture()
@@ -401,12 +407,7 @@ def test_a_row_written_behind_the_capture_is_reported_as_never_captured(tmp_path
 
 def test_a_replica_with_every_row_captured_has_nothing_uncaptured(tmp_path: Path) -> None:
     path = tmp_path / "n0.db"
-    connection = sqlite3.connect(path)
-    connection.executescript(WORKLOAD_DDL)
-    connection.close()
-    store = SqliteStore.open(path)
-    store.init()
-    store.track(WORKLOAD_TABLES, allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES)
+    store = tracked_workload_file(path)
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("INSERT INTO kv VALUES (1, 'x', 'y', 1), (2, 'z', NULL, 2)")
     connection.execute("DELETE FROM kv WHERE k = 1")
