@@ -25,7 +25,9 @@ connection's server accepts (`max_payload`) travels as parts: each part
 carries `Syncmesh-Part: <index>/<count>`, in order (NATS keeps the order
 of one publisher's messages on one subject).  The responder holds at most
 `PARTIAL_REQUESTS_MAX` unfinished requests, each for at most
-`PARTIAL_REQUEST_TTL_S` and `frame_bytes_max` bytes.
+`PARTIAL_REQUEST_TTL_S` and `frame_bytes_max` bytes, answers
+`ANSWERS_IN_FLIGHT_MAX` requests at once and refuses (503) a request
+beyond `ANSWERS_WAITING_MAX` waiting ones.
 
 **Status.** Each answer carries `Syncmesh-Status`, the HTTP status the
 WebSocket transport would have sent (200, 400, 403, 503), so that
@@ -86,6 +88,7 @@ CONNECT_ROUNDS = 1  # the asker tries each server this many times more, then giv
 PARTIAL_REQUESTS_MAX = 16  # unfinished multi-part requests the responder holds
 PARTIAL_REQUEST_TTL_S = 60.0  # an unfinished request is dropped after this
 ANSWERS_IN_FLIGHT_MAX = 4  # requests answered at once (each may read the store)
+ANSWERS_WAITING_MAX = 64  # whole requests held for an answer; more are refused (503)
 
 REFUSAL_STATUS: dict[RefusalReason, tuple[int, str]] = {
     RefusalReason.SHUTTING_DOWN: (503, "the node is shutting down"),
@@ -481,6 +484,9 @@ class NatsVerifyResponder:
         if index < count:
             return
         del self._partial[reply]
+        if len(self._answering) >= ANSWERS_WAITING_MAX:
+            self._spawn(self._send(client, reply, 503, b"too many requests"))
+            return
         body = b"".join(partial.parts)
         self._spawn(self._answer(client, host, reply, site, body))
 
