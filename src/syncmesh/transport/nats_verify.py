@@ -304,7 +304,7 @@ class NatsVerifyExchange:
             try:
                 # Subscribed at the server before we ask: no answer can pass us by.
                 seen = len(self._errors)
-                await self._client.flush(timeout=CONNECT_TIMEOUT_S)
+                await _settled_at_server(self._client)
                 self._check_subscribed(reply, self._errors[seen:])
                 parts = parts_of(body, _part_bytes(self._client))
                 for index, part in enumerate(parts, 1):
@@ -431,7 +431,7 @@ class NatsVerifyResponder:
 
         try:
             self._subscription = await client.subscribe(self.subject, cb=received)
-            await client.flush(timeout=CONNECT_TIMEOUT_S)
+            await _settled_at_server(client)
         except (nats.errors.Error, OSError) as exc:
             await self.close()
             raise FleetError(self.subject, f"cannot subscribe: {exc}") from exc
@@ -555,3 +555,18 @@ class NatsVerifyResponder:
                 )
         except (nats.errors.Error, OSError) as exc:
             log.info("could not answer a verify request on %s: %s", reply, exc)
+
+
+async def _settled_at_server(client: Client) -> None:
+    """Return once the server has processed every command sent before (a SUB: its
+    permission error, if any, has then reached the error callback).
+
+    One flush is not enough: nats-py writes a flush's PING straight to the
+    socket, ahead of commands still in its pending buffer (the SUB), so the
+    PONG can come back before the server saw the SUB.  The first flush also
+    sends the buffer; the second PING goes out behind it (found by a flaky
+    test under load: an impostor's refused subscription was not seen, and
+    its request went out).
+    """
+    for _round in range(2):
+        await client.flush(timeout=CONNECT_TIMEOUT_S)
