@@ -20,7 +20,8 @@ connection (docs/adr/0014-nats-stream-model.md):
 nats-py is an optional extra (`pip install syncmesh[nats]`); importing
 this module without it raises ImportError, which the caller that picks
 the transport (`syncmesh.api.http`) turns into a ConfigError naming the
-extra.  Every client error leaves here as a `FleetError` (`from exc`).
+extra.  Every client error leaves here as a `FleetError` (`from exc`): nats-py's
+own, and the `OSError`s it lets through (asyncio's `TimeoutError` among them).
 
 Every call into nats-py runs under a deadline of our own (`_bounded`), a
 little above nats-py's own timeout for that call, in a task of its own:
@@ -126,9 +127,10 @@ def tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
 class _JetStreamDelivery:
     """A `Delivery` over a nats-py message."""
 
-    def __init__(self, msg: Msg, message: StoredMessage) -> None:
+    def __init__(self, msg: Msg, message: StoredMessage, stream: str) -> None:
         self._msg = msg
         self._message = message
+        self._stream = stream
 
     @property
     def message(self) -> StoredMessage:
@@ -139,20 +141,20 @@ class _JetStreamDelivery:
         return int(self._msg.metadata.num_delivered or 1)
 
     async def ack(self) -> None:
-        await _settle(self._msg.ack_sync(timeout=REQUEST_TIMEOUT_S), "ack")
+        await _settle(self._msg.ack_sync(timeout=REQUEST_TIMEOUT_S), "ack", self._stream)
 
     async def nak(self, delay_s: float) -> None:
-        await _settle(self._msg.nak(delay=delay_s), "nak")
+        await _settle(self._msg.nak(delay=delay_s), "nak", self._stream)
 
     async def term(self) -> None:
-        await _settle(self._msg.term(), "term")
+        await _settle(self._msg.term(), "term", self._stream)
 
 
-async def _settle(settling: Coroutine[Any, Any, object], what: str) -> None:
+async def _settle(settling: Coroutine[Any, Any, object], what: str, stream: str) -> None:
     try:
-        await _bounded(settling, what, "nats")
-    except nats.errors.Error as exc:
-        raise FleetError("nats", f"{what} failed: {exc}") from exc
+        await _bounded(settling, what, stream)
+    except (nats.errors.Error, OSError) as exc:
+        raise FleetError(stream, f"{what} failed: {exc}") from exc
 
 
 async def _bounded(
@@ -289,7 +291,7 @@ class JetStreamLink:
                 where,
                 2 * REQUEST_DEADLINE_S,  # its info, then its creation
             )
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(
                 self.stream_name, f"cannot bind consumer {self._consumer}: {exc}"
             ) from exc
@@ -388,7 +390,7 @@ class JetStreamLink:
             return
         except nats.js.errors.NotFoundError:
             pass
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot read the stream: {exc}") from exc
         try:
             await _bounded(js.add_stream(config), "create stream", name)
@@ -400,7 +402,7 @@ class JetStreamLink:
                 f"cannot create the stream with {self._replicas} replicas: {exc} (a single"
                 " server needs transport.nats.replicas = 1)",
             ) from exc
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
 
     async def close(self) -> None:
@@ -480,7 +482,7 @@ class JetStreamLink:
             )
         except nats.js.errors.NotFoundError:
             return ()
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.state_stream_name, f"cannot read the stream: {exc}") from exc
         prefix = self.state_prefix
         return tuple(
@@ -523,7 +525,7 @@ class JetStreamLink:
                             where,
                             STATE_FETCH_WAIT_S + DEADLINE_MARGIN_S,
                         )
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nats-py's or asyncio's: nothing within the wait
                         msgs = []
                     if not msgs:
                         raise FleetError(
@@ -545,7 +547,7 @@ class JetStreamLink:
                     await _bounded(reader.unsubscribe(), f"stop reading {subject}", where)
         except nats.js.errors.NotFoundError:
             return []  # no state stream: nothing to bootstrap from
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.state_stream_name, f"cannot read {subject}: {exc}") from exc
         return found
 
@@ -573,7 +575,7 @@ class JetStreamLink:
                 )
         except nats.js.errors.NotFoundError:
             return None
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(stream, f"cannot read {subject}: {exc}") from exc
         return StoredMessage(
             raw.subject or subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b""
@@ -590,11 +592,12 @@ class JetStreamLink:
                 self.stream_name,
                 timeout_s + DEADLINE_MARGIN_S,
             )
-        except nats.errors.TimeoutError:
-            # Nothing to deliver within the wait (nats-py's own TimeoutError;
-            # past our deadline it is a FleetError: the link is opened again).
+        except TimeoutError:
+            # Nothing to deliver within the wait: nats-py raises its own
+            # TimeoutError, or asyncio's (`_fetch_n`).  Past our deadline it
+            # is a FleetError instead, and the link is opened again.
             return []
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.stream_name, f"fetch failed: {exc}") from exc
         return [
             _JetStreamDelivery(
@@ -605,6 +608,7 @@ class JetStreamLink:
                     dict(msg.headers or {}),
                     msg.data,
                 ),
+                self.stream_name,
             )
             for msg in msgs
         ]
@@ -621,7 +625,7 @@ class JetStreamLink:
             consumer = await _bounded(
                 js.consumer_info(self.stream_name, self._consumer), "consumer info", where
             )
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.stream_name, f"cannot read the stream's state: {exc}") from exc
         return StreamPosition(
             first_seq=int(stream.state.first_seq),
