@@ -27,7 +27,15 @@ from syncmesh.transport.nats import (
 from syncmesh.transport.stream import FleetError
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import FreezableProxy, NatsCluster
-from tests.nodeproc import Cluster, NodeProcess, make_db, query, wait_converged, wait_for
+from tests.nodeproc import (
+    Cluster,
+    NodeProcess,
+    free_port,
+    make_db,
+    query,
+    wait_converged,
+    wait_for,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -79,9 +87,11 @@ class CancelOnReply(dict[str, "asyncio.Future[Any]"]):
         super().__init__()
         self.victim = victim
         self.armed = False
+        self.requests = 0  # 0 after requests were made: nats-py no longer uses this map
 
     def __setitem__(self, token: str, future: asyncio.Future[Any]) -> None:
         super().__setitem__(token, future)
+        self.requests += 1
         future.add_done_callback(self._cancel_victim)
 
     def _cancel_victim(self, _future: asyncio.Future[Any]) -> None:
@@ -120,6 +130,7 @@ async def test_a_loop_cancelled_as_its_reply_arrives_stops(nats_cluster: NatsClu
     try:
         async with asyncio.timeout(HANG_GUARD_S):
             await running.wait()  # the loop runs, with the hook in place
+        assert replies.requests > 0, "nats-py's requests no longer go through _resp_map"
         replies.armed = True
         done, _ = await asyncio.wait({victim}, timeout=HANG_GUARD_S)
         assert victim in done, "the loop ran on after its cancellation"
@@ -189,6 +200,21 @@ async def test_every_link_operation_is_bounded_on_a_frozen_link(
         async with asyncio.timeout(HANG_GUARD_S * 2):
             await fresh.open(site)
     proxy.resume()
+
+
+async def test_connecting_where_no_server_answers_ends_with_a_fleet_error() -> None:
+    """Goal: the first connect gives up; it does not retry for ever.
+
+    nats-py's connect with unlimited reconnects (which the link needs once
+    connected) tried a refused address again and again, never returning.
+    Method: a link to a loopback port nothing listens on must raise a
+    FleetError that says it cannot connect, within the hang guard.
+    """
+    link = JetStreamLink((f"nats://127.0.0.1:{free_port()}",), fleet_name(), connect_timeout_s=1.0)
+    with pytest.raises(FleetError, match="cannot connect: connect: no answer within"):
+        async with asyncio.timeout(HANG_GUARD_S):
+            await link.open(uuid.uuid4().hex)
+    assert not link.connected
 
 
 # -- the node: status and health tell the truth --------------------------------------
