@@ -9,6 +9,7 @@ from syncmesh.chaos.checkers import (
     ClockCheck,
     ClockSample,
     Violation,
+    check_captured,
     check_clocks,
     check_convergence,
     check_echo,
@@ -358,6 +359,64 @@ def test_the_dump_reads_each_columns_stamps_from_its_slot(tmp_path: Path) -> Non
     assert row.stamps["n"] == first.stamps["n"]  # n's stamp, read from slot 2
     assert row.stamps["b"] > first.stamps["b"]  # b's new stamp, read from slot 1
     assert row.stamps["b"][1] == site
+
+
+def tracked_workload_file(path: Path) -> SqliteStore:
+    """A file with the chaos workload's tables, tracked: its open store."""
+    connection = sqlite3.connect(path)
+    connection.executescript(WORKLOAD_DDL)
+    connection.close()
+    store = SqliteStore.open(path)
+    store.init()
+    store.track(WORKLOAD_TABLES, allow_integer_keys=WORKLOAD_INTEGER_KEY_TABLES)
+    return store
+
+
+def test_a_row_written_behind_the_capture_is_reported_as_never_captured(tmp_path: Path) -> None:
+    """A row in a tracked table with no shadow row is a violation of its own, and the
+    lost-write report of its key says the row is there but was never captured.
+
+    The row is written while `_syncmesh_state.applying` reads 1 (as if the engine
+    were applying), so its capture trigger does not fire: the dump, read through
+    the shadow rows, cannot see it, and only the `uncaptured` checker does.
+    """
+    path = tmp_path / "n0.db"
+    store = tracked_workload_file(path)
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("INSERT INTO kv VALUES (1, 'x', 'y', 1)")
+    store.capture()
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("UPDATE _syncmesh_state SET applying = 1")
+    connection.execute("INSERT INTO kv VALUES (2, 'behind', 'the capture', 2)")
+    connection.execute("UPDATE _syncmesh_state SET applying = 0")
+    connection.execute("COMMIT")
+    store.capture()
+    connection.close()
+    store.close()
+    dumped = read_replica("n0", path)
+    assert dumped.uncaptured == {"kv": [(2,)]}
+    found = check_captured([dumped])
+    assert kinds(found) == ["uncaptured"]
+    assert "kv: 1 rows in the table were never captured" in found[0].message
+    written = Write("upsert", "n0", dumped.site, "kv", [2], 7, {"a": "behind"}, lo=5, hi=9)
+    lost, _tally = check_writes([written], dumped)
+    assert kinds(lost) == ["lost-write"]
+    assert "its row is in the table, never captured" in lost[0].message
+    assert "upsert #7 at n0 (schema step 0, clock 5..9, stamp not read)" in lost[0].message
+
+
+def test_a_replica_with_every_row_captured_has_nothing_uncaptured(tmp_path: Path) -> None:
+    path = tmp_path / "n0.db"
+    store = tracked_workload_file(path)
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("INSERT INTO kv VALUES (1, 'x', 'y', 1), (2, 'z', NULL, 2)")
+    connection.execute("DELETE FROM kv WHERE k = 1")
+    store.capture()
+    connection.close()
+    store.close()
+    dumped = read_replica("n0", path)
+    assert dumped.uncaptured == {}
+    assert check_captured([dumped]) == []
 
 
 def order_replica(orders: dict[str, int], lines: dict[str, int]) -> Replica:

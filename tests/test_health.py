@@ -210,6 +210,30 @@ async def test_a_feed_that_fails_repeatedly_is_a_reason(tmp_path: Path) -> None:
         assert any("times in a row" in reason for reason in reasons)
 
 
+async def test_a_store_whose_status_cannot_be_read_is_a_reason_not_a_500(tmp_path: Path) -> None:
+    """Goal: /v1/health answers whatever state the file is in: a bookkeeping table
+    another program took away (the conflict totals, renamed) makes the store's
+    status unreadable, and health says so with a 503 and the reason, not a 500."""
+    a = make_db(tmp_path / "a.db")
+    async with running_node(config(a)) as node_a:
+        await wait_healthy(node_a)
+        with contextlib.closing(sqlite3.connect(a)) as connection, connection:
+            connection.execute("ALTER TABLE _syncmesh_conflict_totals RENAME TO _syncmesh_gone")
+        reasons: list[str] = []
+
+        async def unreadable() -> bool:
+            code, body = await health(node_a)
+            reasons[:] = body["reasons"]
+            return code == 503 and any("the store cannot be read" in r for r in reasons)
+
+        await wait_until(unreadable, TIMEOUT_S, "503 naming the unreadable store")
+        assert any("_syncmesh_conflict_totals" in reason for reason in reasons)
+        # The status document (the dashboard's, `syncmesh status`'s) says the same.
+        assert any(
+            "the store cannot be read" in r for r in (await status_health(node_a))["reasons"]
+        )
+
+
 async def test_growing_quarantine_is_a_reason_until_it_stops_growing(tmp_path: Path) -> None:
     """Goal: rows quarantined recently are a 503 reason; once quarantine has not grown
     for health.quarantine_window_s, the node is well again (rows still quarantined)."""

@@ -42,7 +42,7 @@ from syncmesh.api.dashboard import add_dashboard
 from syncmesh.api.metrics import CONTENT_TYPE, render
 from syncmesh.api.openapi import openapi_document
 from syncmesh.clock import PhysicalClock
-from syncmesh.errors import ConfigError
+from syncmesh.errors import ConfigError, StoreError
 from syncmesh.node import Node, NodeConfig, NodeStatistics
 from syncmesh.node.config import FleetConfig, Secret, is_loopback
 from syncmesh.node.health import assess
@@ -84,14 +84,26 @@ def create_app(node: Node, *, sync: bool = True, api: bool = True) -> web.Applic
     """The node's routes: the peer WebSocket (`sync`) and the HTTP API (`api`)."""
 
     async def status(_request: web.Request) -> web.Response:
-        statistics = await node.statistics()
+        try:
+            statistics = await node.statistics()
+        except StoreError as exc:
+            reason = f"the store cannot be read: {exc}"
+            health_json = {"ok": False, "reasons": [reason]}
+            return web.json_response({"error": reason, "health": health_json}, status=503)
         document = statistics_json(statistics)
         # The dashboard's "degraded" and `syncmesh status` read this verdict.
         document["health"] = assess(statistics, node.health, node.config).as_json()
         return web.json_response(document)
 
     async def health(_request: web.Request) -> web.Response:
-        verdict = assess(await node.statistics(), node.health, node.config)
+        try:
+            statistics = await node.statistics()
+        except StoreError as exc:
+            # Health must answer whatever state the file is in: a store it
+            # cannot read is the reason, not a 500.
+            reason = f"the store cannot be read: {exc}"
+            return web.json_response({"ok": False, "reasons": [reason]}, status=503)
+        verdict = assess(statistics, node.health, node.config)
         return web.json_response(verdict.as_json(), status=200 if verdict.ok else 503)
 
     async def metrics(_request: web.Request) -> web.Response:

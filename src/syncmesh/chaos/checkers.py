@@ -305,7 +305,13 @@ def _check_key(
         tally.unverified += sum(1 for write in writes if write.cl is None)
         return
     if row is None:
-        yield Violation("lost-write", f"{where}: written, but unknown to the replica")
+        uncaptured = key in replica.uncaptured.get(table, ())
+        yield Violation(
+            "lost-write",
+            f"{where}: written, but unknown to the replica"
+            f"{' (its row is in the table, never captured)' if uncaptured else ''};"
+            f" {describe_writes(writes)}",
+        )
         return
     alive = row.cl % 2 == 1
     if alive != (row.values is not None):
@@ -341,6 +347,44 @@ def _check_key(
             "resurrection",
             f"{where}: alive in causal length {row.cl}, but no write inserted it in that life",
         )
+
+
+WRITES_DESCRIBED_MAX = 8  # a lost write's report lists the key's last writes
+
+
+def describe_writes(writes: list[Write]) -> str:
+    """The key's last writes, in words: what a lost-write report needs to be read."""
+    shown = writes[-WRITES_DESCRIBED_MAX:]
+    words = [
+        f"{write.op} #{write.index} at {write.node} (schema step {write.schema},"
+        f" clock {write.lo}..{write.hi}, "
+        + ("stamp not read" if write.stamp is None else f"stamp {write.stamp} cl {write.cl}")
+        + ")"
+        for write in shown
+    ]
+    more = f"{len(writes) - len(shown)} earlier, then " if len(writes) > len(shown) else ""
+    return f"writes: {more}{'; '.join(words)}"
+
+
+def check_captured(replicas: list[Replica]) -> list[Violation]:
+    """Every row in a tracked table has its shadow row once the nodes are quiet.
+
+    A row without one was written but never captured (or its bookkeeping
+    went while the row stayed): no peer can ever learn it, and no other
+    checker sees it, since the replicas are read through their shadow rows.
+    """
+    violations = []
+    for replica in replicas:
+        for table, keys in sorted(replica.uncaptured.items()):
+            shown = ", ".join(repr(list(key)) for key in keys[:5])
+            violations.append(
+                Violation(
+                    "uncaptured",
+                    f"{replica.node}: {table}: {len(keys)} rows in the table were never"
+                    f" captured (no shadow row), first {shown}",
+                )
+            )
+    return violations
 
 
 def _collected(

@@ -101,6 +101,10 @@ class Replica:
     # Tombstones the node collected, ever (ADR 0015): a key with no shadow row
     # may then be a deleted one whose tombstone went, not a lost one.
     collected: int = 0
+    # Keys in a user table with no shadow row: written but never captured
+    # (or the shadow row went while the user row stayed): the engine lost
+    # track of them, and no peer can ever learn them.
+    uncaptured: dict[str, list[Key]] = field(default_factory=dict)
 
     def digest(self, without: Collection[tuple[str, Key]] = (), *, tombstones: bool = True) -> str:
         """A hash of the whole state, but the rows `without`: equal digests, equal replicas.
@@ -153,6 +157,7 @@ def read_replica(node: str, path: Path) -> Replica:
         sites = dict(connection.execute("SELECT ordinal, site_id FROM _syncmesh_sites"))
         tables: dict[str, dict[Key, RowDump]] = {}
         columns: dict[str, tuple[str, ...]] = {}
+        uncaptured: dict[str, list[Key]] = {}
         specs = connection.execute("SELECT name, spec FROM _syncmesh_tables ORDER BY name")
         for name, spec_json in specs.fetchall():
             spec = json.loads(spec_json)
@@ -163,6 +168,9 @@ def read_replica(node: str, path: Path) -> Replica:
             # slots have slot i for the ith value column.
             slots = tuple(int(slot) for slot in spec.get("slots", range(len(values))))
             tables[name] = _read_table(connection, name, tuple(spec["pk"]), values, slots, sites)
+            missing = _uncaptured(connection, name, tuple(spec["pk"]))
+            if missing:
+                uncaptured[name] = missing
         quarantined = _read_quarantine(connection)
         collected = 0
         if connection.execute(
@@ -174,7 +182,25 @@ def read_replica(node: str, path: Path) -> Replica:
         connection.execute("COMMIT")
     finally:
         connection.close()
-    return Replica(node, site, hlc, tables, columns, quarantined, int(collected))
+    return Replica(node, site, hlc, tables, columns, quarantined, int(collected), uncaptured)
+
+
+def _uncaptured(connection: sqlite3.Connection, table: str, pk: tuple[str, ...]) -> list[Key]:
+    """The keys of `table` that have no shadow row (none, once the node captured all)."""
+    shadow = quote_identifier(f"_syncmesh_shadow_{table}")
+    user = quote_identifier(table)
+    keys = ", ".join(f"u.{quote_identifier(column)}" for column in pk)
+    join = " AND ".join(f"s.k{i} = u.{quote_identifier(column)}" for i, column in enumerate(pk))
+    sql = (
+        f"SELECT {keys} FROM {user} AS u"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {shadow} AS s WHERE {join})"
+        # A row with a NULL key is never synced, by design (docs/keys.md).
+        + "".join(f" AND u.{quote_identifier(column)} IS NOT NULL" for column in pk)
+    )
+    try:
+        return [tuple(row) for row in connection.execute(sql)]
+    except sqlite3.OperationalError:
+        return []  # the table is not there under its tracked name: other checkers say so
 
 
 def _read_quarantine(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import shutil
 import sqlite3
@@ -32,6 +33,7 @@ from syncmesh.chaos.checkers import (
     Held,
     Violation,
     WriteTally,
+    check_captured,
     check_clocks,
     check_convergence,
     check_echo,
@@ -70,6 +72,8 @@ from syncmesh.node.bootstrap import join
 from syncmesh.node.verify import VerifyClient, direct_call, verify
 from syncmesh.store.open import open_store
 from syncmesh.transport import HttpSnapshotSource, HttpVerifyExchange
+
+log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 0.25
 QUARANTINE_POLL_S = 1.0
@@ -475,7 +479,16 @@ class ScheduleRun:
             node.start()
             task = asyncio.create_task(self._ready(node))
             self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            task.add_done_callback(self._restarted)
+
+    def _restarted(self, task: asyncio.Task[None]) -> None:
+        """A restart's wait is over.  One that failed (a later fault killed the node
+        again before it answered, or it could not start) is not judged here: the
+        heal starts every node again and waits for each, and one that cannot start
+        then is a harness violation."""
+        self._restarts.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("chaos: a restart did not finish: %s", task.exception())
 
     def _replay(self, node: ChaosNode, cursors: list[tuple[str, str, int]]) -> None:
         """Restart `node` with its cursors as they were: its peers resend what it holds."""
@@ -721,6 +734,7 @@ class ScheduleRun:
         violations = result.violations
         refused = refused_by_constraint(replicas)
         violations.extend(check_convergence(replicas, refused, tombstones=False))
+        violations.extend(check_captured(replicas))
         kv_table = WORKLOAD_TABLE
         if self.plan is not None:
             kv_table = self.plan.final_table

@@ -15,6 +15,7 @@ behind than `--max-lag` seconds.  The tables are drawn by rich
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import urllib.error
@@ -103,6 +104,14 @@ def fetch(url: str) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(address, timeout=URL_TIMEOUT_S) as response:
             body: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        # A node that cannot read its own store answers 503 with the reason.
+        with contextlib.suppress(ValueError, OSError):
+            document = json.loads(exc.read())
+            error = document.get("error") if isinstance(document, dict) else None
+            if error:
+                raise click.ClickException(f"{address}: {error}") from exc
+        raise click.ClickException(f"cannot read {address}: {exc}") from exc
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot read {address}: {exc}") from exc
     return body

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
-from syncmesh.errors import RefusedError, SyncError
+from syncmesh.errors import RefusedError, StoreError, SyncError
 from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
@@ -851,11 +851,21 @@ class Node:
         acked = [link.acked_seq for link, *_ in entries]
         known = [seq for seq in acked if seq >= 0]
 
-        def read() -> tuple[StoreStatus, list[int]]:
-            return self.store.status(), self.store.feed_rows_after(known, LAG_CHANGES_MAX)
+        def read() -> tuple[StoreStatus, list[int] | None]:
+            store_status = self.store.status()
+            try:
+                return store_status, self.store.feed_rows_after(known, LAG_CHANGES_MAX)
+            except StoreError as exc:
+                # The feed cannot be read (a damaged shadow table): the lag is
+                # unknown, and the sessions' failing feed reads are the health
+                # reason that says so; status itself must still answer.
+                log.debug("counting the peers' lag failed: %s", exc)
+                return store_status, None
 
         store_status, counts = await self.worker.call(read)
-        changes = iter(counts)
+        changes = iter(counts if counts is not None else [])
+        if counts is None:
+            acked = [-1 for _seq in acked]
         peers = tuple(
             _peer_statistics(
                 link,
