@@ -146,8 +146,16 @@ _STATUS = {
             "properties": {
                 "stream": {"type": "string"},
                 "subject": {"type": "string", "description": "where this site publishes"},
-                "state": {"type": "string", "enum": ["connecting", "streaming", "backoff"]},
+                "state": {
+                    "type": "string",
+                    "enum": ["connecting", "starting", "streaming", "backoff"],
+                    "description": "streaming once our publish side started (docs/nats.md)",
+                },
                 "last_error": {"type": "string"},
+                "publish_waiting_since_ms": {
+                    "type": "integer",
+                    "description": "since when our writes wait, no publish acked; 0: none",
+                },
                 "published_seq": {"type": "integer", "description": "where our chain ends"},
                 "stream_first_seq": {"type": "integer"},
                 "stream_last_seq": {"type": "integer"},

@@ -162,9 +162,13 @@ class FleetStatistics:
     cluster: str
     stream: str
     subject: str
-    state: str  # "connecting", "streaming" or "backoff"
+    # "connecting"; "starting" (connected, the publish side not started yet);
+    # "streaming" (our chain's end read and our state marker published); "backoff"
+    state: str
     last_error: str
     down_since_ms: int  # 0 while streaming
+    # Since when our own writes wait to be published, no publish acked since; 0: none wait.
+    publish_waiting_since_ms: int
     published_seq: int  # where our chain ends in the stream (our feed's seq)
     published_messages: int
     published_rows: int
@@ -196,6 +200,8 @@ class Fleet:
         self._state = "connecting"
         self._last_error = ""
         self._down_since_ms = 0
+        self._publish_waiting_since_ms = 0
+        self._failures = 0  # in a row, without streaming in between: the backoff grows
         self._published_seq = 0
         self._published_messages = 0
         self._published_rows = 0
@@ -212,21 +218,21 @@ class Fleet:
 
     async def run(self) -> None:
         """Connect, run the loops; on a transport error close, back off, and again."""
-        self._down_since_ms = self._host.now_ms()
-        failures = 0
         while True:
+            # Down until the publish loop says streaming (`_note_streaming`).
+            self._down_since_ms = self._down_since_ms or self._host.now_ms()
             try:
+                self._state = "connecting"
                 rewind = await self._load_positions()
                 await self._link.open(self._own, fresh_consumer=rewind)
                 if rewind:
                     await self._clear_reset_marks()
-                self._state = "streaming"
-                self._down_since_ms = 0
-                failures = 0
+                # Not "streaming" yet: that is the publish loop's to say, once it
+                # has started (a link that opened can still stall before it).
+                self._state = "starting"
                 log.info(
-                    "fleet: on stream %s as %s (%s)",
+                    "fleet: connected to stream %s (%s); starting",
                     self._link.stream_name,
-                    self._link.subject_of(self._own),
                     ", ".join(self._link.servers),
                 )
                 async with asyncio.TaskGroup() as group:
@@ -236,15 +242,15 @@ class Fleet:
             except* RereadStream as group_error:
                 log.info("fleet: %s; reading the stream again", group_error.exceptions[0])
             except* (FleetError, StoreError, ProtocolError) as group_error:
-                failures += 1
+                self._failures += 1
                 self._note_down(group_error.exceptions[0])
                 log.warning("fleet: %s; connecting again", group_error.exceptions[0])
             except* Exception as group_error:  # a bug: logged with its traceback, then again
-                failures += 1
+                self._failures += 1
                 self._note_down(group_error.exceptions[0])
                 log.error("fleet: the loops failed unexpectedly", exc_info=group_error)
             await self._link.close()
-            delay_s = min(RECONNECT_S_MAX, 0.1 * 2**failures)
+            delay_s = min(RECONNECT_S_MAX, 0.1 * 2**self._failures)
             await asyncio.sleep(self._rng.uniform(0, delay_s))
 
     def _note_down(self, error: BaseException) -> None:
@@ -317,6 +323,7 @@ class Fleet:
             published = min(_header_int(last.headers, HEADER_TO), head)
         self._published_seq = scan = published
         await self._complete_state(incarnation, published)
+        self._note_streaming(subject, published)
         rows_max = host.config.batch_rows_max
         while True:
             changed = host.feed_event()
@@ -324,6 +331,7 @@ class Fleet:
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)
             if batch.to_seq == scan:
+                self._publish_waiting_since_ms = 0  # all our writes are on the stream
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(host.config.idle_resend_s):
                         await changed.wait()
@@ -332,6 +340,8 @@ class Fleet:
             if not outgoing.tables:
                 scan = batch.to_seq  # only others' writes: theirs to publish
                 continue
+            # Kept across reconnects: the writes wait until a publish of them is acked.
+            self._publish_waiting_since_ms = self._publish_waiting_since_ms or host.now_ms()
             frame = encode(Batch(outgoing))
             if len(frame) > self._frame_bytes_max():
                 if rows_max > 1:
@@ -350,6 +360,19 @@ class Fleet:
             await self._publish(outgoing, frame, incarnation)
             published = scan = outgoing.to_seq
             self._published_seq = published
+
+    def _note_streaming(self, subject: str, published: int) -> None:
+        """The publish side has started: our chain's end is read and our state is marked."""
+        self._state = "streaming"
+        self._down_since_ms = 0
+        self._failures = 0
+        log.info(
+            "fleet: on stream %s as %s (%s), publishing after our seq %d",
+            self._link.stream_name,
+            subject,
+            ", ".join(self._link.servers),
+            published,
+        )
 
     async def _complete_state(self, incarnation: str, published: int) -> None:
         """Make the state stream hold our latest copy of every own row, then mark it so.
@@ -408,6 +431,7 @@ class Fleet:
                 if attempt == PUBLISH_TRIES_MAX:
                     raise
                 self._publish_retries += 1
+                self._last_error = str(exc)
                 log.info("fleet: state publish failed (%s); trying again", exc)
                 await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
                 continue
@@ -439,11 +463,13 @@ class Fleet:
                 if attempt == PUBLISH_TRIES_MAX:
                     raise
                 self._publish_retries += 1
+                self._last_error = str(exc)
                 log.info("fleet: publish of %s failed (%s); trying again", message_id, exc)
                 await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
                 continue
             if receipt.duplicate:
                 self._publish_duplicates += 1
+            self._publish_waiting_since_ms = 0  # progress; the next batch waits from now
             self._published_messages += 1
             self._published_rows += batch.row_count
             return
@@ -859,6 +885,7 @@ class Fleet:
             state=self._state,
             last_error=self._last_error,
             down_since_ms=self._down_since_ms,
+            publish_waiting_since_ms=self._publish_waiting_since_ms,
             published_seq=self._published_seq,
             published_messages=self._published_messages,
             published_rows=self._published_rows,

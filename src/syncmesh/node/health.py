@@ -23,7 +23,11 @@ The reasons:
   quarantined are a note on the dashboard, not a degraded node);
 - the node is recovering its own writes after a restore from an old copy;
 - two live database files share a site id (this node found it, or a peer
-  refused us for it: node/identity.py).
+  refused us for it: node/identity.py);
+- the fleet stream (NATS): a gap; the stream out of reach (not streaming:
+  connecting, starting or backing off) for longer than `peer_down_s_max`;
+  or our own writes waiting for longer than that with no publish acked
+  (a link that is up but does not move: issue 15).
 """
 
 from __future__ import annotations
@@ -140,17 +144,30 @@ def assess(
 
 
 def _fleet_reasons(statistics: NodeStatistics, now: int, down_ms_max: float) -> list[str]:
-    """The fleet stream's gaps (errors with the fix), and a stream out of reach too long."""
+    """The fleet stream's gaps (errors with the fix), a stream out of reach, writes stuck.
+
+    Out of reach means not streaming: a fleet that connected but whose
+    publish side never started counts (its `down_since_ms` stays set).
+    Writes stuck is the publish side's own clock: our writes waited longer
+    than the window with no publish acked, whatever the link's state says.
+    """
     fleet = statistics.fleet
     if fleet is None:
         return []
     reasons = list(fleet.gaps)
+    error = f": {fleet.last_error}" if fleet.last_error else ""
     if fleet.down_since_ms and now - fleet.down_since_ms > down_ms_max:
-        error = f": {fleet.last_error}" if fleet.last_error else ""
         reasons.append(
             f"fleet stream {fleet.stream} ({', '.join(fleet.servers)}) out of reach for"
             f" {(now - fleet.down_since_ms) // 1000} s (since"
-            f" {clock_time(fleet.down_since_ms)}){error}"
+            f" {clock_time(fleet.down_since_ms)}), {fleet.state}{error}"
+        )
+    waiting_since = fleet.publish_waiting_since_ms
+    if waiting_since and now - waiting_since > down_ms_max:
+        reasons.append(
+            f"fleet: our writes have not reached stream {fleet.stream} for"
+            f" {(now - waiting_since) // 1000} s (since {clock_time(waiting_since)}),"
+            f" {fleet.state}{error}"
         )
     return reasons
 

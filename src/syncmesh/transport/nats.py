@@ -20,7 +20,19 @@ connection (docs/adr/0014-nats-stream-model.md):
 nats-py is an optional extra (`pip install syncmesh[nats]`); importing
 this module without it raises ImportError, which the caller that picks
 the transport (`syncmesh.api.http`) turns into a ConfigError naming the
-extra.  Every client error leaves here as a `FleetError` (`from exc`).
+extra.  Every client error leaves here as a `FleetError` (`from exc`): nats-py's
+own, and the `OSError`s it lets through (asyncio's `TimeoutError` among them).
+
+Every call into nats-py runs under a deadline of our own (`_bounded`), a
+little above nats-py's own timeout for that call, in a task of its own:
+the caller waits on `asyncio.wait`, never on nats-py's awaits.  Two
+reasons (issue 15, the fleet that stalled in CI): nats-py can wait without
+a bound (its initial connect with `max_reconnect_attempts=-1` retries
+forever when no server answers; a close, or a flush when its buffer is
+full, waits on a socket that no longer moves), and on Python 3.11 its
+`asyncio.wait_for` swallows a cancellation that arrives in the same turn of
+the loop as the reply, so a fleet loop cancelled by its task group kept
+running and the group never ended, in silence.
 """
 
 from __future__ import annotations
@@ -30,8 +42,9 @@ import contextlib
 import logging
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -66,6 +79,14 @@ STATE_PUBLISH_CONCURRENCY = 256  # state publishes awaited together (pipelined r
 STATE_FETCH_MESSAGES = 512  # messages per fetch while reading a site's state
 STATE_FETCH_WAIT_S = 2.0
 STATE_READER_IDLE_S = 60.0  # the server drops a reader's consumer left idle this long
+# Our own deadlines, a little above nats-py's timeout for the same call: nats-py's
+# answer (its TimeoutError, with its words) comes first when it keeps its bound.
+DEADLINE_MARGIN_S = 2.0
+REQUEST_DEADLINE_S = REQUEST_TIMEOUT_S + DEADLINE_MARGIN_S  # one request, or one group of them
+CLOSE_DEADLINE_S = 5.0  # closing a connection (it flushes first, on a socket that may not move)
+RECONNECT_WAIT_S = 1  # nats-py's pause before it tries the same server again
+
+T = TypeVar("T")
 
 
 def valid_cluster_name(name: str) -> bool:
@@ -106,9 +127,10 @@ def tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
 class _JetStreamDelivery:
     """A `Delivery` over a nats-py message."""
 
-    def __init__(self, msg: Msg, message: StoredMessage) -> None:
+    def __init__(self, msg: Msg, message: StoredMessage, stream: str) -> None:
         self._msg = msg
         self._message = message
+        self._stream = stream
 
     @property
     def message(self) -> StoredMessage:
@@ -119,20 +141,54 @@ class _JetStreamDelivery:
         return int(self._msg.metadata.num_delivered or 1)
 
     async def ack(self) -> None:
-        await _settle(self._msg.ack_sync(timeout=REQUEST_TIMEOUT_S), "ack")
+        await _settle(self._msg.ack_sync(timeout=REQUEST_TIMEOUT_S), "ack", self._stream)
 
     async def nak(self, delay_s: float) -> None:
-        await _settle(self._msg.nak(delay=delay_s), "nak")
+        await _settle(self._msg.nak(delay=delay_s), "nak", self._stream)
 
     async def term(self) -> None:
-        await _settle(self._msg.term(), "term")
+        await _settle(self._msg.term(), "term", self._stream)
 
 
-async def _settle(settling: object, what: str) -> None:
+async def _settle(settling: Coroutine[Any, Any, object], what: str, stream: str) -> None:
     try:
-        await settling  # type: ignore[misc]
-    except nats.errors.Error as exc:
-        raise FleetError("nats", f"{what} failed: {exc}") from exc
+        await _bounded(settling, what, stream)
+    except (nats.errors.Error, OSError) as exc:
+        raise FleetError(stream, f"{what} failed: {exc}") from exc
+
+
+async def _bounded(
+    call: Coroutine[Any, Any, T], what: str, where: str, limit_s: float = REQUEST_DEADLINE_S
+) -> T:
+    """Await one nats-py call under our own deadline; past it, FleetError naming `what`.
+
+    The call runs as a task of its own and we wait on `asyncio.wait`, so
+    neither bound depends on nats-py: past `limit_s` the call is cancelled
+    and left behind (nats-py may swallow the cancellation and finish
+    later; its outcome is dropped), and a cancellation of the caller (the
+    fleet's task group stopping its loops) always reaches the caller.  The
+    call's own errors pass through unchanged, for the caller to map; a call
+    that ends cancelled without us asking (nats-py cancels waits when its
+    connection closes) is a FleetError too, never a silent CancelledError.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=limit_s)
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_drop_outcome)
+    if not done:
+        raise FleetError(where, f"{what}: no answer within {limit_s:g} s")
+    if task.cancelled():
+        raise FleetError(where, f"{what}: cancelled by the NATS client (connection closed?)")
+    return task.result()
+
+
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
+    """The outcome of a call we stopped waiting for: read, so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class JetStreamLink:
@@ -204,47 +260,85 @@ class JetStreamLink:
 
     async def open(self, site_id: str, *, fresh_consumer: bool = False) -> None:
         if self._client is None:
-            try:
-                self._client = await nats.connect(
+            await self._connect(site_id)
+        js = self._jetstream()
+        await self._ensure_stream(js)
+        self._consumer = CONSUMER_PREFIX + site_id
+        where = self.stream_name
+        try:
+            if fresh_consumer:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await _bounded(
+                        js.delete_consumer(self.stream_name, self._consumer),
+                        f"delete consumer {self._consumer}",
+                        where,
+                    )
+            self._subscription = await _bounded(
+                js.pull_subscribe(
+                    self.changes_prefix + "*",
+                    durable=self._consumer,
+                    stream=self.stream_name,
+                    config=ConsumerConfig(
+                        durable_name=self._consumer,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=ACK_WAIT_S,
+                        max_ack_pending=ACK_PENDING_MAX,
+                        filter_subject=self.changes_prefix + "*",
+                    ),
+                ),
+                f"bind consumer {self._consumer}",
+                where,
+                2 * REQUEST_DEADLINE_S,  # its info, then its creation
+            )
+        except (nats.errors.Error, OSError) as exc:
+            raise FleetError(
+                self.stream_name, f"cannot bind consumer {self._consumer}: {exc}"
+            ) from exc
+
+    async def _connect(self, site_id: str) -> None:
+        """Connect, within a bound of our own.
+
+        With `max_reconnect_attempts=-1` (reconnect for ever once connected)
+        nats-py's first connect also tries for ever while no server answers
+        (or every server accepts and then says nothing): each pass over the
+        servers costs up to `connect_timeout` per server, and nothing is
+        logged but the error callback's lines.  Past a few passes it is a
+        FleetError, and the fleet's run loop backs off and connects again.
+        """
+        client = Client()
+        servers = ", ".join(self._servers)
+        connect_timeout_s = max(1, round(self._connect_timeout_s))
+        limit_s = (
+            2 * len(self._servers) * (connect_timeout_s + RECONNECT_WAIT_S) + DEADLINE_MARGIN_S
+        )
+        try:
+            await _bounded(
+                client.connect(
                     servers=list(self._servers),
                     name=f"syncmesh {site_id}",
                     user_credentials=self._auth.credentials or None,
                     tls=self._tls,
-                    connect_timeout=max(1, round(self._connect_timeout_s)),
+                    connect_timeout=connect_timeout_s,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
+                    reconnect_time_wait=RECONNECT_WAIT_S,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
-                )
-            except (nats.errors.Error, OSError) as exc:
-                raise FleetError(", ".join(self._servers), f"cannot connect: {exc}") from exc
-            self._js = self._client.jetstream(timeout=REQUEST_TIMEOUT_S)
-        js = self._jetstream()
-        await self._ensure_stream(js)
-        self._consumer = CONSUMER_PREFIX + site_id
-        try:
-            if fresh_consumer:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await js.delete_consumer(self.stream_name, self._consumer)
-            self._subscription = await js.pull_subscribe(
-                self.changes_prefix + "*",
-                durable=self._consumer,
-                stream=self.stream_name,
-                config=ConsumerConfig(
-                    durable_name=self._consumer,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=ACK_WAIT_S,
-                    max_ack_pending=ACK_PENDING_MAX,
-                    filter_subject=self.changes_prefix + "*",
                 ),
+                "connect",
+                servers,
+                limit_s,
             )
-        except nats.errors.Error as exc:
-            raise FleetError(
-                self.stream_name, f"cannot bind consumer {self._consumer}: {exc}"
-            ) from exc
+        except FleetError as exc:
+            await _close_client(client)
+            raise FleetError(servers, f"cannot connect: {exc.reason}") from exc
+        except (nats.errors.Error, OSError) as exc:
+            await _close_client(client)
+            raise FleetError(servers, f"cannot connect: {exc}") from exc
+        self._client = client
+        self._js = client.jetstream(timeout=REQUEST_TIMEOUT_S)
 
     async def _on_error(self, error: Exception) -> None:
         """nats-py's asynchronous errors (a server down while it reconnects): one line each.
@@ -292,14 +386,14 @@ class JetStreamLink:
         """Make the stream `config` describes unless it exists (then it is used as it is)."""
         name = str(config.name)
         try:
-            await js.stream_info(name)
+            await _bounded(js.stream_info(name), "stream info", name)
             return
         except nats.js.errors.NotFoundError:
             pass
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot read the stream: {exc}") from exc
         try:
-            await js.add_stream(config)
+            await _bounded(js.add_stream(config), "create stream", name)
         except nats.js.errors.BadRequestError as exc:
             if "already in use" in str(exc) or "already exists" in str(exc):
                 return  # another site made it meanwhile
@@ -308,16 +402,14 @@ class JetStreamLink:
                 f"cannot create the stream with {self._replicas} replicas: {exc} (a single"
                 " server needs transport.nats.replicas = 1)",
             ) from exc
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None
         self._js = self._subscription = None
         if client is not None:
-            # Closing a dead connection: nothing is left to release.
-            with contextlib.suppress(nats.errors.Error):
-                await client.close()
+            await _close_client(client)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:
@@ -331,12 +423,16 @@ class JetStreamLink:
     ) -> PublishReceipt:
         js = self._jetstream()
         try:
-            ack = await js.publish(
-                self.subject_of(site_id),
-                data,
-                timeout=REQUEST_TIMEOUT_S,
-                stream=self.stream_name,
-                headers={**headers, "Nats-Msg-Id": message_id},
+            ack = await _bounded(
+                js.publish(
+                    self.subject_of(site_id),
+                    data,
+                    timeout=REQUEST_TIMEOUT_S,
+                    stream=self.stream_name,
+                    headers={**headers, "Nats-Msg-Id": message_id},
+                ),
+                "publish",
+                self.stream_name,
             )
         except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.stream_name, f"publish failed: {exc}") from exc
@@ -361,7 +457,11 @@ class JetStreamLink:
             # Requests in flight together: one round trip per group, not per row.
             for start in range(0, len(items), STATE_PUBLISH_CONCURRENCY):
                 group = items[start : start + STATE_PUBLISH_CONCURRENCY]
-                await asyncio.gather(*(one(token, data) for token, data in group))
+                await _bounded(
+                    _gather(one(token, data) for token, data in group),
+                    f"state publish of {len(group)} rows",
+                    self.state_stream_name,
+                )
         except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.state_stream_name, f"state publish failed: {exc}") from exc
 
@@ -373,12 +473,16 @@ class JetStreamLink:
     async def state_sites(self, token: str) -> tuple[str, ...]:
         js = self._jetstream()
         try:
-            info = await js.stream_info(
-                self.state_stream_name, subjects_filter=f"{self.state_prefix}*.{token}"
+            info = await _bounded(
+                js.stream_info(
+                    self.state_stream_name, subjects_filter=f"{self.state_prefix}*.{token}"
+                ),
+                "stream info",
+                self.state_stream_name,
             )
         except nats.js.errors.NotFoundError:
             return ()
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.state_stream_name, f"cannot read the stream: {exc}") from exc
         prefix = self.state_prefix
         return tuple(
@@ -395,22 +499,33 @@ class JetStreamLink:
         found: list[StoredMessage] = []
         try:
             # An ephemeral consumer of our own: no acks, gone when left idle.
-            reader = await js.pull_subscribe(
-                subject,
-                stream=self.state_stream_name,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.NONE,
-                    inactive_threshold=STATE_READER_IDLE_S,
-                    filter_subject=subject,
+            where = self.state_stream_name
+            reader = await _bounded(
+                js.pull_subscribe(
+                    subject,
+                    stream=self.state_stream_name,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.NONE,
+                        inactive_threshold=STATE_READER_IDLE_S,
+                        filter_subject=subject,
+                    ),
                 ),
+                f"create a reader of {subject}",
+                where,
             )
             try:
-                pending = (await reader.consumer_info()).num_pending or 0
+                info = await _bounded(reader.consumer_info(), "consumer info", where)
+                pending = info.num_pending or 0
                 while pending > 0:
                     try:
-                        msgs = await reader.fetch(STATE_FETCH_MESSAGES, timeout=STATE_FETCH_WAIT_S)
-                    except (nats.errors.TimeoutError, TimeoutError):
+                        msgs = await _bounded(
+                            reader.fetch(STATE_FETCH_MESSAGES, timeout=STATE_FETCH_WAIT_S),
+                            f"fetch {subject}",
+                            where,
+                            STATE_FETCH_WAIT_S + DEADLINE_MARGIN_S,
+                        )
+                    except TimeoutError:  # nats-py's or asyncio's: nothing within the wait
                         msgs = []
                     if not msgs:
                         raise FleetError(
@@ -428,11 +543,11 @@ class JetStreamLink:
                         )
                     pending = int(msgs[-1].metadata.num_pending or 0)
             finally:
-                with contextlib.suppress(nats.errors.Error):
-                    await reader.unsubscribe()
+                with contextlib.suppress(nats.errors.Error, FleetError):
+                    await _bounded(reader.unsubscribe(), f"stop reading {subject}", where)
         except nats.js.errors.NotFoundError:
             return []  # no state stream: nothing to bootstrap from
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.state_stream_name, f"cannot read {subject}: {exc}") from exc
         return found
 
@@ -449,12 +564,18 @@ class JetStreamLink:
         stream = stream or self.stream_name
         try:
             if from_seq is None:
-                raw = await js.get_last_msg(stream, subject)
+                raw = await _bounded(
+                    js.get_last_msg(stream, subject), f"get last message of {subject}", stream
+                )
             else:
-                raw = await js.get_msg(stream, seq=from_seq, subject=subject, next=True)
+                raw = await _bounded(
+                    js.get_msg(stream, seq=from_seq, subject=subject, next=True),
+                    f"get message of {subject} from seq {from_seq}",
+                    stream,
+                )
         except nats.js.errors.NotFoundError:
             return None
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(stream, f"cannot read {subject}: {exc}") from exc
         return StoredMessage(
             raw.subject or subject, int(raw.seq or 0), dict(raw.headers or {}), raw.data or b""
@@ -465,12 +586,18 @@ class JetStreamLink:
         if subscription is None:
             raise FleetError(self.stream_name, "no consumer bound")
         try:
-            msgs = await subscription.fetch(messages_max, timeout=timeout_s)
-        except (nats.errors.TimeoutError, TimeoutError):
+            msgs = await _bounded(
+                subscription.fetch(messages_max, timeout=timeout_s),
+                "fetch",
+                self.stream_name,
+                timeout_s + DEADLINE_MARGIN_S,
+            )
+        except TimeoutError:
             # Nothing to deliver within the wait: nats-py raises its own
-            # TimeoutError, or asyncio's when the server's answer is late.
+            # TimeoutError, or asyncio's (`_fetch_n`).  Past our deadline it
+            # is a FleetError instead, and the link is opened again.
             return []
-        except nats.errors.Error as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.stream_name, f"fetch failed: {exc}") from exc
         return [
             _JetStreamDelivery(
@@ -481,18 +608,24 @@ class JetStreamLink:
                     dict(msg.headers or {}),
                     msg.data,
                 ),
+                self.stream_name,
             )
             for msg in msgs
         ]
 
     async def position(self) -> StreamPosition:
         js = self._jetstream()
+        where = self.stream_name
         try:
-            stream = await js.stream_info(
-                self.stream_name, subjects_filter=self.changes_prefix + "*"
+            stream = await _bounded(
+                js.stream_info(self.stream_name, subjects_filter=self.changes_prefix + "*"),
+                "stream info",
+                where,
             )
-            consumer = await js.consumer_info(self.stream_name, self._consumer)
-        except nats.errors.Error as exc:
+            consumer = await _bounded(
+                js.consumer_info(self.stream_name, self._consumer), "consumer info", where
+            )
+        except (nats.errors.Error, OSError) as exc:
             raise FleetError(self.stream_name, f"cannot read the stream's state: {exc}") from exc
         return StreamPosition(
             first_seq=int(stream.state.first_seq),
@@ -504,3 +637,20 @@ class JetStreamLink:
             consumer_ack_floor=int(consumer.ack_floor.stream_seq if consumer.ack_floor else 0),
             subjects=tuple(sorted(stream.state.subjects or {})),
         )
+
+
+async def _gather(calls: Any) -> None:
+    """Await `calls` together (one bounded group of pipelined requests)."""
+    await asyncio.gather(*calls)
+
+
+async def _close_client(client: Client) -> None:
+    """Close a connection, bounded: closing flushes first, on a socket that may not move.
+
+    Past the bound the connection is left to nats-py (its tasks end when
+    the socket does); a close never raises, nothing is left to release.
+    """
+    try:
+        await _bounded(client.close(), "close", "nats", CLOSE_DEADLINE_S)
+    except Exception as exc:  # nats-py's own asserts too (a client that never connected)
+        log.debug("nats: close: %s: %s", type(exc).__name__, exc)

@@ -1,0 +1,341 @@
+"""The NATS fleet never stalls in silence (issue 15): every call into nats-py is bounded,
+a cancelled fleet loop stops, and status and health say when the fleet does not move.
+
+Real components only: the 3-server JetStream cluster of tests/nats_cluster.py,
+real `syncmesh serve` processes, and a loopback proxy of the test's own
+(`FreezableProxy`) that freezes a link (no byte moves either way, nothing is
+closed) and resumes it.  Every wait is a deadline loop on a state; the
+bounds below are hang guards, not speed checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from syncmesh.transport.nats import (
+    CLOSE_DEADLINE_S,
+    REQUEST_DEADLINE_S,
+    JetStreamLink,
+)
+from syncmesh.transport.stream import FleetError
+from tests.helpers import sqlite3_shell
+from tests.nats_cluster import FreezableProxy, NatsCluster
+from tests.nodeproc import (
+    Cluster,
+    NodeProcess,
+    free_port,
+    make_db,
+    query,
+    wait_converged,
+    wait_for,
+)
+
+pytestmark = pytest.mark.multiprocess
+
+SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
+CONVERGE_S = 60.0  # a deadline for states, generous for a loaded CI machine
+HANG_GUARD_S = 3 * REQUEST_DEADLINE_S  # a bounded call that takes longer than this hangs
+RACE_RUNS = 3_000  # task groups in the race test; each ends within milliseconds when sound
+HEALTH_WINDOW_S = "2"  # health.peer_down_s_max of the nodes here: reasons show quickly
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    servers = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield servers
+    finally:
+        print(servers.logs())  # shown when a test failed
+        servers.stop()
+
+
+@pytest.fixture
+def proxy(nats_cluster: NatsCluster) -> Iterator[FreezableProxy]:
+    link = FreezableProxy(nats_cluster.servers[0].client_port).start()
+    try:
+        yield link
+    finally:
+        link.close()
+
+
+def fleet_name() -> str:
+    return f"s{os.getpid()}-{next(_names)}"
+
+
+# -- the link: bounded calls, cancellations that arrive -----------------------------
+
+
+class PublishFailed(Exception):
+    """The publish loop's failure, as the test makes it."""
+
+
+async def test_loops_cancelled_by_their_task_group_stop(nats_cluster: NatsCluster) -> None:
+    """Goal: when one fleet loop fails, its task group ends: the other loops stop.
+
+    The CI stall of issue 15: the publish loop failed, its task group
+    cancelled the consume and status loops, and one of them ran on,
+    because nats-py's request (`asyncio.wait_for` on Python 3.11) drops a
+    cancellation that arrives in the same turn of the loop as its reply;
+    the group never ended and nothing was logged.  Method: the fleet's
+    shape on a real link, again and again: a task group of two loops of
+    `position()` calls (the status loop's request pair) and a publish
+    loop that fails after one request of its own, so that the
+    cancellations meet replies in flight.  Each group must end with the
+    failure within the hang guard.  Without our own bound around
+    nats-py's calls one group in 30 to 200 hung here (a loop left
+    "cancelling" and running); the runs are many so that the race is met.
+    """
+    link = JetStreamLink(tuple(nats_cluster.urls), fleet_name(), replicas=3)
+    await link.open(uuid.uuid4().hex)
+
+    async def status_loop() -> None:
+        while True:
+            await link.position()
+
+    async def failing_publish_loop() -> None:
+        await link.position()
+        raise PublishFailed
+
+    async def one_group() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(failing_publish_loop())
+            group.create_task(status_loop())
+            group.create_task(status_loop())
+
+    try:
+        for run in range(RACE_RUNS):
+            group = asyncio.create_task(one_group())
+            done, _ = await asyncio.wait({group}, timeout=HANG_GUARD_S)
+            if not done:
+                group.cancel()  # (another loop may swallow this one too: the link closes below)
+                raise AssertionError(f"run {run}: a loop ran on after its group was cancelled")
+            error = group.exception()
+            assert isinstance(error, ExceptionGroup), error
+            assert error.subgroup(PublishFailed) is not None, error
+    finally:
+        await link.close()
+
+
+async def test_every_link_operation_is_bounded_on_a_frozen_link(
+    nats_cluster: NatsCluster, proxy: FreezableProxy
+) -> None:
+    """Goal: on a link that stops moving, each operation ends with a FleetError naming it.
+
+    Method: a JetStreamLink through the proxy opens, publishes one message
+    and fetches it; the proxy freezes.  Then each operation must end
+    within the hang guard: the requests with a FleetError that names what
+    failed, `fetch` with nothing delivered, `close` quietly.  A second link
+    opened through the frozen proxy must fail to connect, with a FleetError,
+    instead of trying for ever (nats-py's connect with unlimited reconnects).
+    """
+    fleet = fleet_name()
+    site = uuid.uuid4().hex
+    link = JetStreamLink((proxy.url,), fleet, replicas=3, connect_timeout_s=1.0)
+    await link.open(site)
+    await link.publish(site, b"frame", message_id=f"{site}:i:0:1", headers={})
+    (delivery,) = await link.fetch(1, 5.0)
+    proxy.freeze()
+    subject = link.subject_of(site)
+    operations: dict[str, Any] = {
+        "publish": lambda: link.publish(site, b"x", message_id=f"{site}:i:1:2", headers={}),
+        "state publish": lambda: link.publish_state(site, [("t", b"x")], headers={}),
+        "get last message": lambda: link.last_message(subject),
+        "get message": lambda: link.next_message(subject, 1),
+        "state": lambda: link.last_state(site, "complete"),
+        "read the stream's state": link.position,
+        "stream info": lambda: link.state_sites("complete"),
+        "read": lambda: link.read_state(site),
+        "ack": delivery.ack,
+        "nak": lambda: delivery.nak(1.0),
+    }
+    async with asyncio.timeout(HANG_GUARD_S):  # all at once: each is bounded alone
+        outcomes = await asyncio.gather(
+            *(operation() for operation in operations.values()), return_exceptions=True
+        )
+        assert await link.fetch(1, 1.0) == []
+    failures = {
+        name: str(outcome)
+        for name, outcome in zip(operations, outcomes, strict=True)
+        if isinstance(outcome, FleetError)
+    }
+    unexpected = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert all(isinstance(outcome, FleetError) for outcome in unexpected), unexpected
+    async with asyncio.timeout(CLOSE_DEADLINE_S + HANG_GUARD_S):
+        await link.close()
+    # nak is a plain publish: it leaves the client's buffer and waits for no answer.
+    assert set(failures) == set(operations) - {"nak"}, failures
+    for text in failures.values():  # the stream, then the operation
+        assert text.startswith(f"SYNCMESH_{fleet.upper()}"), text
+    assert "publish failed" in failures["publish"]
+    assert "state publish failed" in failures["state publish"]
+    assert "ack failed" in failures["ack"]
+    assert "cannot read the stream's state" in failures["read the stream's state"]
+    fresh = JetStreamLink((proxy.url,), fleet, replicas=3, connect_timeout_s=1.0)
+    with pytest.raises(FleetError, match="cannot connect: connect: no answer within"):
+        async with asyncio.timeout(HANG_GUARD_S * 2):
+            await fresh.open(site)
+    proxy.resume()
+
+
+async def test_connecting_where_no_server_answers_ends_with_a_fleet_error() -> None:
+    """Goal: the first connect gives up; it does not retry for ever.
+
+    nats-py's connect with unlimited reconnects (which the link needs once
+    connected) tried a refused address again and again, never returning.
+    Method: a link to a loopback port nothing listens on must raise a
+    FleetError that says it cannot connect, within the hang guard.
+    """
+    link = JetStreamLink((f"nats://127.0.0.1:{free_port()}",), fleet_name(), connect_timeout_s=1.0)
+    with pytest.raises(FleetError, match="cannot connect: connect: no answer within"):
+        async with asyncio.timeout(HANG_GUARD_S):
+            await link.open(uuid.uuid4().hex)
+    assert not link.connected
+
+
+# -- the node: status and health tell the truth --------------------------------------
+
+
+def proxied_node(
+    cluster: Cluster, name: str, url: str, fleet: str, servers: NatsCluster | None = None
+) -> NodeProcess:
+    """A `serve --nats` node on `url` alone (or on every server of `servers`)."""
+    db = make_db(cluster.directory / f"{name}.db", SCHEMA)
+    urls = servers.urls if servers is not None else [url]
+    nats_args = [arg for address in urls for arg in ("--nats", address)]
+    return cluster.node(
+        name,
+        db,
+        extra_args=(*nats_args, "--cluster", fleet),
+        env={
+            "SYNCMESH_TRANSPORT_NATS_STATUS_INTERVAL_S": "0.2",
+            "SYNCMESH_HEALTH_PEER_DOWN_S_MAX": HEALTH_WINDOW_S,
+        },
+    )
+
+
+def fleet_reasons(node: NodeProcess) -> list[str]:
+    code, health = node.health()
+    return [reason for reason in health["reasons"] if "fleet" in reason] if code != 200 else []
+
+
+def describe(cluster: Cluster, servers: NatsCluster) -> Any:
+    return lambda: cluster.logs() + "\n" + servers.logs()
+
+
+def test_a_link_that_freezes_while_streaming_makes_the_node_unhealthy_then_recovers(
+    cluster: Cluster, nats_cluster: NatsCluster, proxy: FreezableProxy
+) -> None:
+    """Goal: writes that cannot reach the stream turn health red; they arrive after.
+
+    Method: a reaches NATS only through the proxy, b directly; both stream
+    and converge on one row.  The proxy freezes; a writes a row through the
+    sqlite3 shell.  a's health must turn non-ok with a fleet reason (our
+    writes have not reached the stream, or the stream out of reach) and
+    the row must not be at b.  The proxy resumes: the row must reach b,
+    and a's health must be ok again.
+    """
+    fleet = fleet_name()
+    a = proxied_node(cluster, "a", proxy.url, fleet)
+    b = proxied_node(cluster, "b", proxy.url, fleet, nats_cluster)
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('before', 'x', 0)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    wait_for(lambda: a.health()[0] == 200, CONVERGE_S, "a healthy", describe(cluster, nats_cluster))
+    proxy.freeze()
+    try:
+        sqlite3_shell(a.db, "INSERT INTO items VALUES ('frozen', 'written meanwhile', 1)")
+        wait_for(
+            lambda: any("our writes have not reached" in r for r in fleet_reasons(a)),
+            CONVERGE_S,
+            "a's health to say its writes do not reach the stream",
+            describe(cluster, nats_cluster),
+        )
+        assert query(b.db, "SELECT id FROM items WHERE id = 'frozen'") == []
+        assert a.status()["fleet"]["publish_waiting_since_ms"] > 0
+    finally:
+        proxy.resume()
+    wait_for(
+        lambda: (
+            query(b.db, "SELECT name FROM items WHERE id = 'frozen'") == [("written meanwhile",)]
+        ),
+        CONVERGE_S,
+        "a's write to reach b after the link resumed",
+        describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: a.health()[0] == 200,
+        CONVERGE_S,
+        "a healthy again",
+        describe(cluster, nats_cluster),
+    )
+    fleet_status = a.status()["fleet"]
+    assert fleet_status["state"] == "streaming"
+    assert fleet_status["publish_waiting_since_ms"] == 0
+
+
+def test_a_node_whose_link_freezes_as_it_starts_never_says_streaming(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a fleet that connected but whose publish side never started is not "streaming".
+
+    Method: a's proxy freezes itself the first time a asks for a stream
+    message (the publish loop's first request, after the link opened: the
+    moment the CI stall began).  While frozen, a's status must never say
+    "streaming" (it says starting, connecting or backoff), its metrics must
+    say `syncmesh_fleet_up 0`, and its health must turn non-ok with the
+    fleet out of reach.  After the proxy resumes, a and b must converge
+    on a write at each, and a must say streaming.
+    """
+    fleet = fleet_name()
+    frozen = FreezableProxy(
+        nats_cluster.servers[0].client_port, freeze_on=b"$JS.API.STREAM.MSG.GET."
+    ).start()
+    try:
+        b = proxied_node(cluster, "b", frozen.url, fleet, nats_cluster)
+        cluster.start(b)
+        a = proxied_node(cluster, "a", frozen.url, fleet)
+        cluster.start(a)
+        sqlite3_shell(a.db, "INSERT INTO items VALUES ('from-a', 'x', 1)")
+        sqlite3_shell(b.db, "INSERT INTO items VALUES ('from-b', 'y', 2)")
+        assert frozen.triggered.wait(CONVERGE_S), "a never asked for a stream message"
+        states: set[str] = set()
+
+        def unhealthy_while_never_streaming() -> bool:
+            states.add(a.status()["fleet"]["state"])
+            assert "streaming" not in states, states
+            return any("out of reach" in reason for reason in fleet_reasons(a))
+
+        wait_for(
+            unhealthy_while_never_streaming,
+            CONVERGE_S,
+            "a's health to say the fleet stream is out of reach",
+            describe(cluster, nats_cluster),
+        )
+        assert states <= {"starting", "connecting", "backoff"}, states
+        with a.open_url("/metrics", timeout_s=5) as response:
+            metrics = response.read().decode()
+        assert f'syncmesh_fleet_up{{stream="SYNCMESH_{fleet.upper()}"}} 0.0' in metrics
+        frozen.resume()
+        wait_converged(
+            [a.db, b.db],
+            "items",
+            CONVERGE_S,
+            check=lambda rows: len(rows) == 2,
+            describe=describe(cluster, nats_cluster),
+        )
+        wait_for(
+            lambda: a.status()["fleet"]["state"] == "streaming" and a.health()[0] == 200,
+            CONVERGE_S,
+            "a streaming and healthy",
+            describe(cluster, nats_cluster),
+        )
+    finally:
+        frozen.close()
