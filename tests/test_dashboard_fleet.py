@@ -12,19 +12,23 @@ as not streaming, the error, and the node as not fine.  Every wait is Playwright
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
+from nats.js.api import StreamConfig
 from playwright.sync_api import Browser, Page, expect
 
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import NatsServer
-from tests.nodeproc import HOST, Cluster, NodeProcess, free_port, make_db
+from tests.nodeproc import HOST, Cluster, NodeProcess, free_port, make_db, wait_for
 from tests.test_dashboard import SCHEMA, WAIT_MS, browser  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.multiprocess
@@ -172,4 +176,105 @@ def test_the_dashboard_lists_the_fleet_and_says_when_it_stops(
         f"fleet stream {fleet_status['stream']}", timeout=WAIT_MS
     )
 
+    assert not script_errors, script_errors
+
+
+def run_in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a NATS client call to completion: Playwright's sync API owns this thread's loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
+def published_messages(node: NodeProcess) -> int:
+    fleet = node.status()["fleet"]
+    assert isinstance(fleet, dict)
+    return int(fleet["published_messages"])
+
+
+def publish_one_by_one(node: NodeProcess, statements: list[str]) -> None:
+    """Each statement a transaction of its own, published as a message before the next."""
+    for index, statement in enumerate(statements, start=1):
+        sqlite3_shell(node.db, statement)
+        wait_for(
+            lambda: published_messages(node) >= index,  # noqa: B023 (waited on here)
+            WAIT_MS / 1000,
+            f"{node.name} to publish message {index}",
+        )
+
+
+async def make_small_stream(server: NatsServer, fleet: str, messages_max: int) -> None:
+    """The fleet's changes stream made by the operator, keeping only `messages_max`."""
+    client = await nats.connect(servers=[server.url])
+    try:
+        await client.jetstream().add_stream(
+            StreamConfig(
+                name=f"SYNCMESH_{fleet.upper()}",
+                subjects=[f"syncmesh.{fleet}.changes.*"],
+                num_replicas=1,
+                max_msgs=messages_max,
+            )
+        )
+    finally:
+        await client.close()
+
+
+async def purge_state(server: NatsServer, fleet: str, site: str) -> None:
+    """Drop the site's rows from the compacted state stream: its gap cannot be closed."""
+    client = await nats.connect(servers=[server.url])
+    try:
+        await client.jetstream().purge_stream(
+            f"SYNCMESH_{fleet.upper()}_STATE", subject=f"syncmesh.{fleet}.state.{site}.>"
+        )
+    finally:
+        await client.close()
+
+
+def test_the_dashboard_puts_a_site_with_a_gap_first_and_says_so(
+    cluster: Cluster,
+    nats_server: NatsServer,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Goal: a gap on the fleet is an error on the page, with its fix, and its site first.
+
+    Method: the changes stream keeps 3 messages; a publishes 6, one by
+    one, then c publishes 1, and a's copies in the state stream are
+    purged, so b, started last, finds a gap in a's chain that it cannot
+    close (tests/test_nats.py has the same gap without a browser).  b's
+    page must list a first, marked with the gap, and c after it without
+    one; the panel must list the gap with the fix, and the node must be
+    degraded with the gap as its reason.
+    """
+    fleet = f"dash{os.getpid()}x{next(_names)}"
+    run_in_thread(make_small_stream(nats_server, fleet, messages_max=3))
+    a, b, c = (fleet_node(cluster, name, nats_server, fleet) for name in "abc")
+    cluster.start(a, c)
+    publish_one_by_one(a, [f"INSERT INTO items VALUES ('a{i}', 'a', {i})" for i in range(6)])
+    publish_one_by_one(c, ["INSERT INTO items VALUES ('c0', 'c', 0)"])
+    sites = {node.name: str(node.status()["site_id"]) for node in (a, c)}
+    run_in_thread(purge_state(nats_server, fleet, sites["a"]))
+    cluster.start(b)
+
+    page = browser.new_page()
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.goto(f"{b.url}/")
+
+    rows = page.locator("#fleet-sites tbody tr")
+    expect(rows).to_have_count(2, timeout=WAIT_MS)
+    expect(rows.first).to_have_attribute("data-site", sites["a"], timeout=WAIT_MS)
+    expect(rows.first).to_have_attribute("data-gap", "yes")
+    gap_cell = site_row(page, sites["a"]).locator('[data-field="gap"]')
+    expect(gap_cell).to_have_class("error")
+    expect(gap_cell).to_contain_text("gap: ")
+    expect(rows.nth(1)).to_have_attribute("data-site", sites["c"])
+    expect(site_row(page, sites["c"]).locator('[data-field="gap"]')).to_have_text("none")
+    gaps = page.locator("#fleet-gaps li")
+    expect(gaps).to_have_count(1, timeout=WAIT_MS)
+    expect(gaps).to_contain_text(sites["a"])
+    expect(gaps).to_contain_text("compacted state stream")  # the fix
+    expect(page.locator("#fleet-sites-count")).to_contain_text("1 with a gap")
+    expect(page.locator("#node-health")).to_have_attribute(
+        "data-health", "degraded", timeout=WAIT_MS
+    )
+    expect(page.locator("#node-problems")).to_contain_text("fleet stream gap")
     assert not script_errors, script_errors
