@@ -55,6 +55,7 @@ from syncmesh.transport import (
     WebSocketListener,
     server_context,
 )
+from syncmesh.transport.base import FleetVerifyResponder
 from syncmesh.transport.stream import FleetLink
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ async def running_node(
         physical_clock=physical_clock,
         connector=websocket_connector(config),
         fleet_link=None if config.fleet is None else fleet_link(config.fleet),
+        fleet_verify=None if config.fleet is None else fleet_verify_responder(config),
     )
     node.listen = f"{host}:{port}"
     separate_api = config.api_listen_host is not None
@@ -291,6 +293,31 @@ def fleet_link(fleet: FleetConfig) -> FleetLink:
             tls_key=fleet.tls_key,
         ),
         replicas=fleet.replicas,
+    )
+
+
+def fleet_verify_responder(config: NodeConfig) -> FleetVerifyResponder:
+    """What answers fleet sites' verify requests: NATS request/reply (transport.nats_verify)."""
+    fleet = config.fleet
+    assert fleet is not None
+    try:
+        from syncmesh.transport.nats import NatsAuth
+        from syncmesh.transport.nats_verify import NatsVerifyResponder
+    except ImportError as exc:
+        raise ConfigError(
+            "transport.nats",
+            f"the NATS transport needs nats-py: pip install 'syncmesh[nats]' ({exc})",
+        ) from exc
+    return NatsVerifyResponder(
+        fleet.servers,
+        fleet.cluster,
+        auth=NatsAuth(
+            credentials=fleet.credentials,
+            tls_ca=fleet.tls_ca,
+            tls_cert=fleet.tls_cert,
+            tls_key=fleet.tls_key,
+        ),
+        frame_bytes_max=config.message_bytes_max,
     )
 
 

@@ -4,6 +4,11 @@ The exchange is in syncmesh.node.verify; this module turns its reports
 into a table for people (rich) or JSON, and its outcome into the exit
 status: 0 identical (rows still changing at every re-read, writes in
 flight, are listed but not judged), 1 different, 2 could not compare.
+
+The peer is a node's URL (`--peer`, HTTP) or a site of a NATS fleet
+(`--nats`/`--config` with `--site`, or `--all` for every site the fleet
+knows: transport.nats_verify).  With `--all`, each site gets its report
+and the exit status is the worst of them (2 before 1 before 0).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +26,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from syncmesh.cli.config import fleet_config, load_settings
 from syncmesh.errors import SyncError
+from syncmesh.node.config import FleetConfig, is_site_id
 from syncmesh.node.verify import (
     SETTLE_ROUNDS_DEFAULT,
     RepairReport,
@@ -53,10 +61,43 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--peer",
                 "url",
-                required=True,
                 metavar="[NAME=]URL",
                 help="The peer node: http://HOST:PORT; with TLS NAME=https://HOST:PORT, NAME"
                 " being the site its certificate must name (as --peer of serve).",
+            ),
+            click.option(
+                "--nats",
+                "nats_servers",
+                multiple=True,
+                metavar="URL",
+                help="Reach the peer through this NATS fleet instead (nats://HOST:PORT; repeat"
+                " for more servers), with --site or --all (docs/nats.md).",
+            ),
+            click.option(
+                "--cluster",
+                "nats_cluster",
+                metavar="NAME",
+                help="The fleet's name on NATS (as serve --cluster)  [default: default]",
+            ),
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Take the fleet's settings ([transport.nats]: servers, cluster,"
+                " credentials, TLS) from this node configuration file, as serve does.",
+            ),
+            click.option(
+                "--site",
+                "sites",
+                multiple=True,
+                metavar="SITE_ID",
+                help="The fleet site to compare with, by its site id (repeat for more).",
+            ),
+            click.option(
+                "--all",
+                "all_sites",
+                is_flag=True,
+                help="Compare with every site the fleet knows, one report each.",
             ),
             click.option(
                 "--table",
@@ -143,11 +184,125 @@ def _run(work: Callable[[VerifyClient], Awaitable[T]], peer: str, tls: TlsFiles 
         raise VerifyFailed(str(exc)) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Whom to compare with: a node's URL, or sites of a fleet (`fleet` set)."""
+
+    url: str = ""
+    fleet: FleetConfig | None = None
+    sites: tuple[str, ...] = ()  # (): every site the fleet knows (--all)
+
+
+def _target(
+    url: str | None,
+    nats_servers: tuple[str, ...],
+    nats_cluster: str | None,
+    config_path: Path | None,
+    sites: tuple[str, ...],
+    all_sites: bool,
+) -> _Target:
+    """The peer the options name; VerifyFailed (exit 2) with one line for a bad combination."""
+    by_fleet = bool(nats_servers or nats_cluster or config_path or sites or all_sites)
+    if url and by_fleet:
+        raise VerifyFailed(
+            "give either --peer URL or a fleet site (--nats/--config with --site or --all)"
+        )
+    if url:
+        return _Target(url=url)
+    if not by_fleet:
+        raise VerifyFailed(
+            "give the peer: --peer URL, or --nats URL (or --config FILE with"
+            " [transport.nats]) with --site SITE_ID or --all"
+        )
+    if bool(sites) == all_sites:
+        raise VerifyFailed("with a fleet, give --site SITE_ID (one or more) or --all")
+    if config_path is not None and not config_path.is_file():
+        raise VerifyFailed(f"--config {config_path}: no such file")
+    flags: dict[str, Any] = {
+        "transport.nats.servers": list(nats_servers) or None,
+        "transport.nats.cluster": nats_cluster,
+    }
+    try:
+        fleet = fleet_config(load_settings(config_path, flags=flags))
+    except SyncError as exc:
+        raise VerifyFailed(str(exc)) from exc
+    if fleet is None:
+        where = f"{config_path} has no [transport.nats] servers" if config_path else "no fleet"
+        raise VerifyFailed(f"{where}: give --nats URL (docs/nats.md)")
+    for site in sites:
+        if not is_site_id(site):
+            raise VerifyFailed(f"--site {site!r} is not a site id (32 hex digits: syncmesh status)")
+    return _Target(fleet=fleet, sites=tuple(dict.fromkeys(sites)))
+
+
+def _fleet_run(
+    work: Callable[[VerifyClient], Awaitable[T]], target: _Target, own_site: str
+) -> list[tuple[str, T | str]]:
+    """`work` against each site of the fleet: (site, result or the error's line) each."""
+    fleet = target.fleet
+    assert fleet is not None
+    try:
+        from syncmesh.node.fleet import STATE_MARKER
+        from syncmesh.transport.nats import NatsAuth
+        from syncmesh.transport.nats_verify import NatsVerifyConnection
+    except ImportError as exc:
+        raise VerifyFailed(
+            f"verify over NATS needs nats-py: pip install 'syncmesh[nats]' ({exc})"
+        ) from exc
+    auth = NatsAuth(
+        credentials=fleet.credentials,
+        tls_ca=fleet.tls_ca,
+        tls_cert=fleet.tls_cert,
+        tls_key=fleet.tls_key,
+    )
+
+    async def run() -> list[tuple[str, T | str]]:
+        async with NatsVerifyConnection(
+            fleet.servers, fleet.cluster, own_site, auth=auth
+        ) as connection:
+            known = await connection.fleet_sites(STATE_MARKER)
+            for site in target.sites:
+                if site not in known:
+                    raise VerifyFailed(
+                        f"site {site} is not a site of fleet {fleet.cluster!r}"
+                        + (f" (it knows {', '.join(known)})" if known else " (it knows none)")
+                    )
+            results: list[tuple[str, T | str]] = []
+            for site in target.sites or known:
+                try:
+                    async with VerifyClient(connection.exchange(site)) as client:
+                        results.append((site, await work(client)))
+                except SyncError as exc:
+                    results.append((site, str(exc)))
+            return results
+
+    try:
+        return asyncio.run(run())
+    except SyncError as exc:
+        raise VerifyFailed(str(exc)) from exc
+
+
+def _fleet_label(target: _Target) -> str:
+    assert target.fleet is not None
+    return f"fleet {target.fleet.cluster!r} over NATS"
+
+
+def _exit_status(codes: list[int]) -> None:
+    worst = max(codes, default=0)
+    if worst:
+        raise SystemExit(worst)
+
+
 @click.command("verify")
 @_options
 def verify_command(
     database: Path,
-    url: str,
+    url: str | None,
+    nats_servers: tuple[str, ...],
+    nats_cluster: str | None,
+    config_path: Path | None,
+    sites: tuple[str, ...],
+    all_sites: bool,
     tables: tuple[str, ...],
     deep: bool,
     settle: float,
@@ -161,12 +316,16 @@ def verify_command(
     Compares hash trees of the tracked tables: one round trip when they
     agree, a few more to name the rows that differ.  Exit status 0 when
     identical, 1 when rows differ (listed), 2 when the comparison failed.
-    Rows still changing at every re-read are listed, not judged.
+    Rows still changing at every re-read are listed, not judged.  With a
+    fleet (--nats or --config, and --site or --all) the peer is a site of
+    the fleet, reached over NATS request/reply; one report per site.
     """
+    target = _target(url, nats_servers, nats_cluster, config_path, sites, all_sites)
     tls = _tls(tls_cert, tls_key, tls_ca)
     with _store(database) as store:
-        report = _run(
-            lambda client: verify(
+
+        def work(client: VerifyClient) -> Awaitable[VerifyReport]:
+            return verify(
                 store,
                 direct_call,
                 client,
@@ -174,23 +333,69 @@ def verify_command(
                 deep=deep,
                 settle_s=settle,
                 settle_rounds=SETTLE_ROUNDS_DEFAULT,
-            ),
-            url,
-            tls,
-        )
+            )
+
+        if target.fleet is not None:
+            found = _fleet_run(work, target, store.site_id)
+            _print_fleet(found, _fleet_label(target), as_json, _verify_json, _print_verify)
+            _exit_status([_verify_code(result) for _, result in found])
+            return
+        report = _run(work, target.url, tls)
+    _print_verify(report, as_json, target.url)
+    _exit_status([_verify_code(report)])
+
+
+def _verify_code(result: VerifyReport | str) -> int:
+    if isinstance(result, str):
+        return FAILED_EXIT
+    return DIFFERENT_EXIT if result.diverged else 0
+
+
+def _verify_json(report: VerifyReport) -> dict[str, Any]:
+    return report.as_json()
+
+
+def _print_verify(report: VerifyReport, as_json: bool, url: str) -> None:
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, default=_json_value))
     else:
         _print_report(Console(), report, url)
-    if report.diverged:
-        raise SystemExit(DIFFERENT_EXIT)
+
+
+def _print_fleet(
+    found: list[tuple[str, T | str]],
+    label: str,
+    as_json: bool,
+    as_dict: Callable[[T], dict[str, Any]],
+    show: Callable[[T, bool, str], None],
+) -> None:
+    """One report per fleet site (a failed one as its error line); JSON: one object by site."""
+    if as_json:
+        sites: dict[str, Any] = {
+            site: {"error": result} if isinstance(result, str) else as_dict(result)
+            for site, result in found
+        }
+        click.echo(json.dumps({"sites": sites}, indent=2, default=_json_value))
+        return
+    if not found:
+        click.echo("the fleet knows no other site: nothing to compare with")
+    for site, result in found:
+        if isinstance(result, str):
+            click.echo(f"Error: site {site}: {result}", err=True)
+            continue
+        show(result, False, label)
 
 
 @click.command("repair")
 @_options
 def repair_command(
     database: Path,
-    url: str,
+    url: str | None,
+    nats_servers: tuple[str, ...],
+    nats_cluster: str | None,
+    config_path: Path | None,
+    sites: tuple[str, ...],
+    all_sites: bool,
     tables: tuple[str, ...],
     deep: bool,
     settle: float,
@@ -205,17 +410,35 @@ def repair_command(
     normal merge (the newer write wins, on both sides), then verifies
     again.  With --deep, rows whose stamps agree but values differ (changed
     behind syncmesh's back) take this side's values.  Exit status 0 when
-    the sites are identical afterwards.
+    the sites are identical afterwards.  With a fleet (--nats or --config,
+    and --site or --all), each site in turn, over NATS request/reply.
     """
+    target = _target(url, nats_servers, nats_cluster, config_path, sites, all_sites)
     tls = _tls(tls_cert, tls_key, tls_ca)
     with _store(database) as store:
-        result = _run(
-            lambda client: repair(
+
+        def work(client: VerifyClient) -> Awaitable[RepairReport]:
+            return repair(
                 store, direct_call, client, list(tables) or None, deep=deep, settle_s=settle
-            ),
-            url,
-            tls,
-        )
+            )
+
+        if target.fleet is not None:
+            found = _fleet_run(work, target, store.site_id)
+            _print_fleet(found, _fleet_label(target), as_json, _repair_json, _print_repair)
+            _exit_status([_repair_code(result) for _, result in found])
+            return
+        result = _run(work, target.url, tls)
+    _print_repair(result, as_json, target.url)
+    _exit_status([_repair_code(result)])
+
+
+def _repair_code(result: RepairReport | str) -> int:
+    if isinstance(result, str):
+        return FAILED_EXIT
+    return DIFFERENT_EXIT if result.after.diverged else 0
+
+
+def _print_repair(result: RepairReport, as_json: bool, url: str) -> None:
     if as_json:
         click.echo(json.dumps(_repair_json(result), indent=2, default=_json_value))
     else:
@@ -227,8 +450,6 @@ def repair_command(
             + (f", {result.restamped_rows} stamped anew here" if result.restamped_rows else "")
         )
         _print_report(console, result.after, url, title="after")
-    if result.after.diverged:
-        raise SystemExit(DIFFERENT_EXIT)
 
 
 def _repair_json(result: RepairReport) -> dict[str, Any]:

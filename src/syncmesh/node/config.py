@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ WEBSOCKET_SLACK_BYTES = 1024  # the WebSocket's message limit: a frame plus this
 # Tables a `[tables] track` pattern never matches: syncmesh's own and SQLite's.
 UNTRACKABLE_PREFIXES = ("_syncmesh", "sqlite_")
 PATTERN_CHARACTERS = frozenset("*?[")
+SITE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 class Secret:
@@ -232,13 +234,22 @@ class NodeConfig:
                     )
         else:
             for peer in self.peers:
-                if peer.restricted:
+                # On a fleet, a site's id is backed by its NATS user (the verify
+                # replies reach only its inbox: docs/nats.md), so rights for a
+                # fleet site, by its id, hold for its requests over the fleet.
+                fleet_site = self.fleet is not None and not peer.url and is_site_id(peer.name)
+                if peer.restricted and not fleet_site:
                     raise ConfigError(
                         f"peers.{peer.name}",
                         "per-peer rights (send, receive) need TLS: without a certificate a"
                         " peer's name is only a claim",
                     )
         return warnings
+
+
+def is_site_id(name: str) -> bool:
+    """A site id (a store's `site_id`: 32 lowercase hex digits), not a certificate's name."""
+    return SITE_ID_PATTERN.fullmatch(name) is not None
 
 
 def is_pattern(name: str) -> bool:

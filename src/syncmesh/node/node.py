@@ -27,6 +27,7 @@ from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.fleet import Fleet, FleetStatistics
+from syncmesh.node.fleet_verify import FleetVerifyService
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
 from syncmesh.node.lifecycle import LifecycleStatistics, lifecycle_loop
@@ -49,7 +50,14 @@ from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.protocol.messages import shared_site_id_reason
 from syncmesh.store import Store, StoreStatus
 from syncmesh.store.open import open_store
-from syncmesh.transport.base import Channel, Connector, PeerIdentity, Refusal, RefusalReason
+from syncmesh.transport.base import (
+    Channel,
+    Connector,
+    FleetVerifyResponder,
+    PeerIdentity,
+    Refusal,
+    RefusalReason,
+)
 from syncmesh.transport.stream import FleetLink
 from syncmesh.transport.tls import server_context
 
@@ -186,12 +194,14 @@ class Node:
         physical_clock: PhysicalClock | None = None,
         connector: Connector,
         fleet_link: FleetLink | None = None,
+        fleet_verify: FleetVerifyResponder | None = None,
     ) -> None:
         """`physical_clock` is the seam for clock faults (syncmesh.chaos) and the one
         source of wall time in the node; default: the system's.  `connector` dials
         peers: the transport, chosen by the caller (`syncmesh.api.running_node`
         picks the WebSocket one); node code knows only the Protocol.  `fleet_link`:
         the fleet stream of `config.fleet` (NATS JetStream), alongside the peers.
+        `fleet_verify`: answers fleet sites' verify requests (node.fleet_verify).
         """
         self.config = config
         self.clock: PhysicalClock = physical_clock or SystemClock()
@@ -264,6 +274,16 @@ class Node:
         if config.fleet is not None:
             assert fleet_link is not None, "a fleet configuration needs its link"
             self.fleet = Fleet(self, fleet_link, config.fleet)
+        self.fleet_verify: FleetVerifyService | None = None
+        if self.fleet is not None and fleet_verify is not None:
+            self.fleet_verify = FleetVerifyService(
+                config,
+                self.store,
+                self.worker.call,
+                fleet_verify,
+                known_sites=self._fleet_sites,
+                stopping=lambda: self._stopping,
+            )
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -284,6 +304,8 @@ class Node:
             )
         if self.fleet is not None:
             self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
+        if self.fleet_verify is not None:
+            self._tasks.append(asyncio.create_task(self.fleet_verify.run(), name="fleet verify"))
         now_ms = self.clock.now_ms()
         dialers = [_Dialer(url, down_since_ms=now_ms) for url in self.config.peer_urls]
         dialers += [
@@ -305,6 +327,8 @@ class Node:
             await session.close()
         if self.fleet is not None:
             await self.fleet.close()
+        if self.fleet_verify is not None:
+            await self.fleet_verify.close()
 
     async def stop(self) -> None:
         """Close sessions, capture what is pending, close the store."""
@@ -551,6 +575,12 @@ class Node:
                 peer.address,
                 self._inbound[peer.site or ""],
             )
+
+    def _fleet_sites(self) -> set[str]:
+        """The other sites our fleet stream knows (who may ask us to verify over it)."""
+        if self.fleet is None:
+            return set()
+        return {site.site_id for site in self.fleet.statistics().sites}
 
     def _admit_verify(self, peer: PeerIdentity) -> Admitted | Refusal:
         """Admission of a verify request: a peer's, like a session; no connection limits."""

@@ -154,6 +154,20 @@ class VerifyExchange(Protocol):
     async def post(self, body: bytes) -> tuple[int, bytes]: ...
 
 
+class FleetVerifyResponder(Protocol):
+    """Answers verify requests that reach this site through the fleet (NATS request/reply).
+
+    `serve` connects and subscribes on the site's verify subject, then hands
+    each request, with the site it claims to be from (`PeerIdentity.site`),
+    to `host`; it returns once subscribed and raises TransportError (a
+    `FleetError`) when the servers cannot be reached.  `transport.nats_verify`.
+    """
+
+    async def serve(self, site_id: str, host: VerifyHost) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Listener(Protocol):
     """Accepts channels and verify requests, and hands them to the node."""
 
