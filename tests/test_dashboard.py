@@ -189,8 +189,9 @@ def test_the_dashboard_sends_the_api_token(
     cluster: Cluster, browser: Browser, tmp_path: Path
 ) -> None:
     """Goal: with the API behind a token, the page works from `/#token=...`, keeps the
-    token out of the address bar, and sends it with every data request; without it the
-    page asks once, and shows the node as not answering."""
+    token out of the address bar (and the fragment's other settings in it), and sends it
+    with every data request; without it the page asks once, and shows the node as not
+    answering."""
     token = "dashboard-token-0123456789abcdef"
     make_db(tmp_path / "a.db", SCHEMA)
     a = cluster.node(
@@ -207,10 +208,12 @@ def test_the_dashboard_sends_the_api_token(
         "request",
         lambda request: sent.append((request.url, request.headers.get("authorization"))),
     )
-    page.goto(f"{a.url}/#token={token}")
+    page.goto(f"{a.url}/#token={token}&fleet_rows=5")
     expect(page.locator("#node-site")).to_have_text(site, timeout=WAIT_MS)
     expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     assert token not in page.url
+    # The fragment's other settings stay in the address (docs/nats.md).
+    assert page.url.endswith("/#fleet_rows=5"), page.url
     data = [(url, auth) for url, auth in sent if "/v1/" in url or "/metrics" in url]
     assert data, sent
     assert all(auth == f"Bearer {token}" for _url, auth in data), data

@@ -15,8 +15,14 @@ function takeTokenFromUrl() {
   const match = /(?:^#|&)token=([^&]*)/.exec(window.location.hash);
   if (match) {
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-    // Out of the address bar, the history and any bookmark made from now on.
-    history.replaceState(null, "", window.location.pathname + window.location.search);
+    // Out of the address bar, the history and any bookmark made from now on;
+    // the fragment's other settings (`fleet_rows=N`) stay.
+    const rest = window.location.hash
+      .slice(1)
+      .split("&")
+      .filter((part) => !part.startsWith("token="))
+      .join("&");
+    history.replaceState(null, "", window.location.pathname + window.location.search + (rest ? `#${rest}` : ""));
   }
 }
 

@@ -15,6 +15,7 @@ import {
   shortSite,
   toMs,
 } from "./format.js";
+import { fleetStreaming, renderFleet } from "./fleet.js";
 import { mergePeers } from "./peers.js";
 import { renderTopology } from "./topology.js";
 
@@ -91,8 +92,20 @@ function renderNode(status, peers) {
   renderLifecycle(store.lifecycle);
   const problems = healthProblems(status);
   const health = $("node-health");
-  health.dataset.health = problems.length ? "degraded" : "healthy";
-  health.textContent = problems.length ? `degraded (${problems.length})` : "healthy";
+  // /v1/health gives a fleet stream out of reach some seconds before it calls
+  // it a problem (a reconnect is not an outage), but the page never says
+  // "healthy" while the fleet's data is not flowing.
+  const fleetStopped = status.fleet && !fleetStreaming(status.fleet);
+  if (problems.length) {
+    health.dataset.health = "degraded";
+    health.textContent = `degraded (${problems.length})`;
+  } else if (fleetStopped) {
+    health.dataset.health = "not-streaming";
+    health.textContent = `not streaming: fleet ${status.fleet.state}`;
+  } else {
+    health.dataset.health = "healthy";
+    health.textContent = "healthy";
+  }
   $("node-problems").replaceChildren(...problems.map((problem) => el("li", {}, problem)));
   // Risks that need the operator but do not make the node unhealthy
   // (an INTEGER PRIMARY KEY tracked before `track` refused it).
@@ -110,6 +123,8 @@ function renderPeers(status, peers) {
   const now = nodeNow();
   renderTopology($("topology"), status, peers, now);
   $("peers-empty").hidden = peers.length > 0;
+  // Fleet sites are not peers: they are never drawn, only listed (fleet.js).
+  $("peers-fleet-note").hidden = !status.fleet;
   fillRows(
     $("peers").tBodies[0],
     peers.map((peer) => {
@@ -243,6 +258,7 @@ async function refresh() {
   const peers = mergePeers(status.value.peers, rememberedPeers, nodeNow());
   renderNode(status.value, peers);
   renderPeers(status.value, peers);
+  renderFleet(status.value, nodeNow(), clockOffsetMs);
   renderThroughput(throughput);
   if (conflicts !== undefined) {
     renderConflicts(conflicts);
