@@ -23,7 +23,7 @@ the transport (`syncmesh.api.http`) turns into a ConfigError naming the
 extra.  Every client error leaves here as a `FleetError` (`from exc`): nats-py's
 own, and the `OSError`s it lets through (asyncio's `TimeoutError` among them).
 
-Every call into nats-py runs under a deadline of our own (`_bounded`), a
+Every call into nats-py runs under a deadline of our own (`bounded`), a
 little above nats-py's own timeout for that call, in a task of its own:
 the caller waits on `asyncio.wait`, never on nats-py's awaits.  Two
 reasons (issue 15, the fleet that stalled in CI): nats-py can wait without
@@ -152,12 +152,12 @@ class _JetStreamDelivery:
 
 async def _settle(settling: Coroutine[Any, Any, object], what: str, stream: str) -> None:
     try:
-        await _bounded(settling, what, stream)
+        await bounded(settling, what, stream)
     except (nats.errors.Error, OSError) as exc:
         raise FleetError(stream, f"{what} failed: {exc}") from exc
 
 
-async def _bounded(
+async def bounded(
     call: Coroutine[Any, Any, T], what: str, where: str, limit_s: float = REQUEST_DEADLINE_S
 ) -> T:
     """Await one nats-py call under our own deadline; past it, FleetError naming `what`.
@@ -268,12 +268,12 @@ class JetStreamLink:
         try:
             if fresh_consumer:
                 with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await _bounded(
+                    await bounded(
                         js.delete_consumer(self.stream_name, self._consumer),
                         f"delete consumer {self._consumer}",
                         where,
                     )
-            self._subscription = await _bounded(
+            self._subscription = await bounded(
                 js.pull_subscribe(
                     self.changes_prefix + "*",
                     durable=self._consumer,
@@ -313,7 +313,7 @@ class JetStreamLink:
             2 * len(self._servers) * (connect_timeout_s + RECONNECT_WAIT_S) + DEADLINE_MARGIN_S
         )
         try:
-            await _bounded(
+            await bounded(
                 client.connect(
                     servers=list(self._servers),
                     name=f"syncmesh {site_id}",
@@ -332,10 +332,10 @@ class JetStreamLink:
                 limit_s,
             )
         except FleetError as exc:
-            await _close_client(client)
+            await close_client(client)
             raise FleetError(servers, f"cannot connect: {exc.reason}") from exc
         except (nats.errors.Error, OSError) as exc:
-            await _close_client(client)
+            await close_client(client)
             raise FleetError(servers, f"cannot connect: {exc}") from exc
         self._client = client
         self._js = client.jetstream(timeout=REQUEST_TIMEOUT_S)
@@ -386,14 +386,14 @@ class JetStreamLink:
         """Make the stream `config` describes unless it exists (then it is used as it is)."""
         name = str(config.name)
         try:
-            await _bounded(js.stream_info(name), "stream info", name)
+            await bounded(js.stream_info(name), "stream info", name)
             return
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot read the stream: {exc}") from exc
         try:
-            await _bounded(js.add_stream(config), "create stream", name)
+            await bounded(js.add_stream(config), "create stream", name)
         except nats.js.errors.BadRequestError as exc:
             if "already in use" in str(exc) or "already exists" in str(exc):
                 return  # another site made it meanwhile
@@ -409,7 +409,7 @@ class JetStreamLink:
         client, self._client = self._client, None
         self._js = self._subscription = None
         if client is not None:
-            await _close_client(client)
+            await close_client(client)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:
@@ -423,7 +423,7 @@ class JetStreamLink:
     ) -> PublishReceipt:
         js = self._jetstream()
         try:
-            ack = await _bounded(
+            ack = await bounded(
                 js.publish(
                     self.subject_of(site_id),
                     data,
@@ -457,7 +457,7 @@ class JetStreamLink:
             # Requests in flight together: one round trip per group, not per row.
             for start in range(0, len(items), STATE_PUBLISH_CONCURRENCY):
                 group = items[start : start + STATE_PUBLISH_CONCURRENCY]
-                await _bounded(
+                await bounded(
                     _gather(one(token, data) for token, data in group),
                     f"state publish of {len(group)} rows",
                     self.state_stream_name,
@@ -473,7 +473,7 @@ class JetStreamLink:
     async def state_sites(self, token: str) -> tuple[str, ...]:
         js = self._jetstream()
         try:
-            info = await _bounded(
+            info = await bounded(
                 js.stream_info(
                     self.state_stream_name, subjects_filter=f"{self.state_prefix}*.{token}"
                 ),
@@ -500,7 +500,7 @@ class JetStreamLink:
         try:
             # An ephemeral consumer of our own: no acks, gone when left idle.
             where = self.state_stream_name
-            reader = await _bounded(
+            reader = await bounded(
                 js.pull_subscribe(
                     subject,
                     stream=self.state_stream_name,
@@ -515,11 +515,11 @@ class JetStreamLink:
                 where,
             )
             try:
-                info = await _bounded(reader.consumer_info(), "consumer info", where)
+                info = await bounded(reader.consumer_info(), "consumer info", where)
                 pending = info.num_pending or 0
                 while pending > 0:
                     try:
-                        msgs = await _bounded(
+                        msgs = await bounded(
                             reader.fetch(STATE_FETCH_MESSAGES, timeout=STATE_FETCH_WAIT_S),
                             f"fetch {subject}",
                             where,
@@ -544,7 +544,7 @@ class JetStreamLink:
                     pending = int(msgs[-1].metadata.num_pending or 0)
             finally:
                 with contextlib.suppress(nats.errors.Error, FleetError):
-                    await _bounded(reader.unsubscribe(), f"stop reading {subject}", where)
+                    await bounded(reader.unsubscribe(), f"stop reading {subject}", where)
         except nats.js.errors.NotFoundError:
             return []  # no state stream: nothing to bootstrap from
         except (nats.errors.Error, OSError) as exc:
@@ -564,11 +564,11 @@ class JetStreamLink:
         stream = stream or self.stream_name
         try:
             if from_seq is None:
-                raw = await _bounded(
+                raw = await bounded(
                     js.get_last_msg(stream, subject), f"get last message of {subject}", stream
                 )
             else:
-                raw = await _bounded(
+                raw = await bounded(
                     js.get_msg(stream, seq=from_seq, subject=subject, next=True),
                     f"get message of {subject} from seq {from_seq}",
                     stream,
@@ -586,7 +586,7 @@ class JetStreamLink:
         if subscription is None:
             raise FleetError(self.stream_name, "no consumer bound")
         try:
-            msgs = await _bounded(
+            msgs = await bounded(
                 subscription.fetch(messages_max, timeout=timeout_s),
                 "fetch",
                 self.stream_name,
@@ -617,12 +617,12 @@ class JetStreamLink:
         js = self._jetstream()
         where = self.stream_name
         try:
-            stream = await _bounded(
+            stream = await bounded(
                 js.stream_info(self.stream_name, subjects_filter=self.changes_prefix + "*"),
                 "stream info",
                 where,
             )
-            consumer = await _bounded(
+            consumer = await bounded(
                 js.consumer_info(self.stream_name, self._consumer), "consumer info", where
             )
         except (nats.errors.Error, OSError) as exc:
@@ -644,13 +644,13 @@ async def _gather(calls: Any) -> None:
     await asyncio.gather(*calls)
 
 
-async def _close_client(client: Client) -> None:
+async def close_client(client: Client) -> None:
     """Close a connection, bounded: closing flushes first, on a socket that may not move.
 
     Past the bound the connection is left to nats-py (its tasks end when
     the socket does); a close never raises, nothing is left to release.
     """
     try:
-        await _bounded(client.close(), "close", "nats", CLOSE_DEADLINE_S)
+        await bounded(client.close(), "close", "nats", CLOSE_DEADLINE_S)
     except Exception as exc:  # nats-py's own asserts too (a client that never connected)
         log.debug("nats: close: %s: %s", type(exc).__name__, exc)

@@ -64,10 +64,13 @@ from syncmesh.transport.base import (
     VerifyHost,
 )
 from syncmesh.transport.nats import (
+    REQUEST_DEADLINE_S,
     STATE_SUFFIX,
     STREAM_PREFIX,
     SUBJECT_ROOT,
     NatsAuth,
+    bounded,
+    close_client,
     tls_context,
     valid_cluster_name,
 )
@@ -162,8 +165,10 @@ async def _connect(
         error_cb=note_error,
     )
     try:
-        return await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1))
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        return await bounded(
+            connecting, "connect", ", ".join(servers), CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1)
+        )
+    except (nats.errors.Error, OSError, FleetError) as exc:
         reason = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
         raise FleetError(", ".join(servers), f"cannot connect: {reason}") from exc
 
@@ -216,8 +221,7 @@ class NatsVerifyConnection:
     async def __aexit__(self, *_exc: object) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await client.close()
+            await close_client(client)
 
     def _connected(self) -> Client:
         assert self._client is not None, "use `async with` around the connection"
@@ -239,7 +243,9 @@ class NatsVerifyConnection:
             (stream + STATE_SUFFIX, f"{prefix}state.*.{marker_token}", 2),
         ):
             try:
-                info = await js.stream_info(name, subjects_filter=subjects)
+                info = await bounded(
+                    js.stream_info(name, subjects_filter=subjects), "stream info", name
+                )
             except nats.js.errors.NotFoundError:
                 missing += 1
                 continue
@@ -300,7 +306,9 @@ class NatsVerifyExchange:
         reply = self._inbox + uuid.uuid4().hex
         answers: asyncio.Queue[Msg] = asyncio.Queue()
         try:
-            subscription = await self._client.subscribe(reply, cb=answers.put)
+            subscription = await bounded(
+                self._client.subscribe(reply, cb=answers.put), "subscribe", reply
+            )
             try:
                 # Subscribed at the server before we ask: no answer can pass us by.
                 seen = len(self._errors)
@@ -321,7 +329,7 @@ class NatsVerifyExchange:
             finally:
                 with contextlib.suppress(nats.errors.Error):
                     await subscription.unsubscribe()
-        except (nats.errors.Error, OSError) as exc:
+        except (nats.errors.Error, OSError, FleetError) as exc:
             raise UnreachableError(self.url, f"{type(exc).__name__}: {exc}") from exc
 
     def _check_subscribed(self, reply: str, errors: list[str]) -> None:
@@ -430,9 +438,11 @@ class NatsVerifyResponder:
             self._receive(client, host, msg)
 
         try:
-            self._subscription = await client.subscribe(self.subject, cb=received)
+            self._subscription = await bounded(
+                client.subscribe(self.subject, cb=received), "subscribe", self.subject
+            )
             await _settled_at_server(client)
-        except (nats.errors.Error, OSError) as exc:
+        except (nats.errors.Error, OSError, FleetError) as exc:
             await self.close()
             raise FleetError(self.subject, f"cannot subscribe: {exc}") from exc
         log.info("answering verify requests on %s", self.subject)
@@ -442,8 +452,7 @@ class NatsVerifyResponder:
             task.cancel()
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await client.close()
+            await close_client(client)
 
     def _receive(self, client: Client, host: VerifyHost, msg: Msg) -> None:
         """One part of a request: kept until its request is whole, then answered in a task."""
@@ -569,4 +578,4 @@ async def _settled_at_server(client: Client) -> None:
     its request went out).
     """
     for _round in range(2):
-        await client.flush(timeout=CONNECT_TIMEOUT_S)
+        await bounded(client.flush(timeout=CONNECT_TIMEOUT_S), "flush", "nats", REQUEST_DEADLINE_S)
