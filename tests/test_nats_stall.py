@@ -47,16 +47,6 @@ HEALTH_WINDOW_S = "2"  # health.peer_down_s_max of the nodes here: reasons show 
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    servers = NatsCluster(tmp_path_factory.mktemp("nats")).start()
-    try:
-        yield servers
-    finally:
-        print(servers.logs())  # shown when a test failed
-        servers.stop()
-
-
 @pytest.fixture
 def proxy(nats_cluster: NatsCluster) -> Iterator[FreezableProxy]:
     link = FreezableProxy(nats_cluster.servers[0].client_port).start()

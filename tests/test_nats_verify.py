@@ -59,16 +59,6 @@ from tests.test_nats import CONVERGE_S, describe, fleet_name, fleet_of, nats_nod
 SMALL_PAYLOAD_BYTES = 4_096  # the test server's max_payload: bodies above it travel in parts
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    servers = NatsCluster(tmp_path_factory.mktemp("nats")).start()
-    try:
-        yield servers
-    finally:
-        print(servers.logs())  # shown when a test failed
-        servers.stop()
-
-
 def nats_args(servers: NatsCluster, fleet: str) -> list[str]:
     return [*(arg for url in servers.urls for arg in ("--nats", url)), "--cluster", fleet]
 

@@ -32,7 +32,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -57,6 +57,9 @@ from syncmesh.transport import (
 )
 from syncmesh.transport.base import FleetVerifyResponder
 from syncmesh.transport.stream import FleetLink
+
+if TYPE_CHECKING:
+    from syncmesh.transport.nats import NatsAuth
 
 log = logging.getLogger(__name__)
 
@@ -277,22 +280,11 @@ def websocket_connector(config: NodeConfig) -> WebSocketConnector:
 def fleet_link(fleet: FleetConfig) -> FleetLink:
     """The fleet transport of `[transport.nats]`: NATS JetStream (the `nats` extra)."""
     try:
-        from syncmesh.transport.nats import JetStreamLink, NatsAuth
+        from syncmesh.transport.nats import JetStreamLink
     except ImportError as exc:
-        raise ConfigError(
-            "transport.nats",
-            f"the NATS transport needs nats-py: pip install 'syncmesh[nats]' ({exc})",
-        ) from exc
+        raise _without_nats(exc) from exc
     return JetStreamLink(
-        fleet.servers,
-        fleet.cluster,
-        auth=NatsAuth(
-            credentials=fleet.credentials,
-            tls_ca=fleet.tls_ca,
-            tls_cert=fleet.tls_cert,
-            tls_key=fleet.tls_key,
-        ),
-        replicas=fleet.replicas,
+        fleet.servers, fleet.cluster, auth=_nats_auth(fleet), replicas=fleet.replicas
     )
 
 
@@ -301,23 +293,33 @@ def fleet_verify_responder(config: NodeConfig) -> FleetVerifyResponder:
     fleet = config.fleet
     assert fleet is not None
     try:
-        from syncmesh.transport.nats import NatsAuth
         from syncmesh.transport.nats_verify import NatsVerifyResponder
     except ImportError as exc:
-        raise ConfigError(
-            "transport.nats",
-            f"the NATS transport needs nats-py: pip install 'syncmesh[nats]' ({exc})",
-        ) from exc
+        raise _without_nats(exc) from exc
     return NatsVerifyResponder(
         fleet.servers,
         fleet.cluster,
-        auth=NatsAuth(
-            credentials=fleet.credentials,
-            tls_ca=fleet.tls_ca,
-            tls_cert=fleet.tls_cert,
-            tls_key=fleet.tls_key,
-        ),
+        auth=_nats_auth(fleet),
         frame_bytes_max=config.message_bytes_max,
+    )
+
+
+def _without_nats(exc: ImportError) -> ConfigError:
+    return ConfigError(
+        "transport.nats",
+        f"the NATS transport needs nats-py: pip install 'syncmesh[nats]' ({exc})",
+    )
+
+
+def _nats_auth(fleet: FleetConfig) -> NatsAuth:
+    """The NATS credentials and TLS files of `[transport.nats]` (nats-py imported lazily)."""
+    from syncmesh.transport.nats import NatsAuth
+
+    return NatsAuth(
+        credentials=fleet.credentials,
+        tls_ca=fleet.tls_ca,
+        tls_cert=fleet.tls_cert,
+        tls_key=fleet.tls_key,
     )
 
 

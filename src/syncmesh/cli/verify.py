@@ -287,6 +287,31 @@ def _fleet_label(target: _Target) -> str:
     return f"fleet {target.fleet.cluster!r} over NATS"
 
 
+def _run_and_report(
+    work: Callable[[VerifyClient], Awaitable[T]],
+    target: _Target,
+    own_site: str,
+    tls: TlsFiles | None,
+    as_json: bool,
+    report: tuple[
+        Callable[[T], dict[str, Any]], Callable[[T, bool, str], None], Callable[[T | str], int]
+    ],
+) -> None:
+    """`work` against the peer at --peer, or each fleet site; print, and exit with the worst.
+
+    `report`: the result as JSON, the result printed, the result's exit code.
+    """
+    as_dict, show, code = report
+    if target.fleet is not None:
+        found = _fleet_run(work, target, own_site)
+        _print_fleet(found, _fleet_label(target), as_json, as_dict, show)
+        _exit_status([code(result) for _, result in found])
+        return
+    result = _run(work, target.url, tls)
+    show(result, as_json, target.url)
+    _exit_status([code(result)])
+
+
 def _exit_status(codes: list[int]) -> None:
     worst = max(codes, default=0)
     if worst:
@@ -335,14 +360,9 @@ def verify_command(
                 settle_rounds=SETTLE_ROUNDS_DEFAULT,
             )
 
-        if target.fleet is not None:
-            found = _fleet_run(work, target, store.site_id)
-            _print_fleet(found, _fleet_label(target), as_json, _verify_json, _print_verify)
-            _exit_status([_verify_code(result) for _, result in found])
-            return
-        report = _run(work, target.url, tls)
-    _print_verify(report, as_json, target.url)
-    _exit_status([_verify_code(report)])
+        _run_and_report(
+            work, target, store.site_id, tls, as_json, (_verify_json, _print_verify, _verify_code)
+        )
 
 
 def _verify_code(result: VerifyReport | str) -> int:
@@ -422,14 +442,9 @@ def repair_command(
                 store, direct_call, client, list(tables) or None, deep=deep, settle_s=settle
             )
 
-        if target.fleet is not None:
-            found = _fleet_run(work, target, store.site_id)
-            _print_fleet(found, _fleet_label(target), as_json, _repair_json, _print_repair)
-            _exit_status([_repair_code(result) for _, result in found])
-            return
-        result = _run(work, target.url, tls)
-    _print_repair(result, as_json, target.url)
-    _exit_status([_repair_code(result)])
+        _run_and_report(
+            work, target, store.site_id, tls, as_json, (_repair_json, _print_repair, _repair_code)
+        )
 
 
 def _repair_code(result: RepairReport | str) -> int:
