@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.nats_cluster import NatsCluster
-from tests.nodeproc import Cluster
+from tests.nats_cluster import NatsCluster, NatsServer
+from tests.nodeproc import HOST, Cluster, free_port
 from tests.tlsfiles import Pki, make_pki
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -61,3 +61,24 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
     finally:
         print(servers.logs())  # shown when a test failed
         servers.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """One nats-server with JetStream, no cluster: enough for a dashboard."""
+    directory = tmp_path / "nats"
+    server = NatsServer("n1", directory, free_port(), free_port())
+    store = directory / "jetstream"
+    store.mkdir(parents=True)
+    config = directory / "server.conf"
+    config.write_text(
+        f'server_name: "n1"\nlisten: "{HOST}:{server.client_port}"\n'
+        f'jetstream {{ store_dir: "{store}" }}\n',
+        encoding="utf-8",
+    )
+    server.start(config)
+    try:
+        yield server
+    finally:
+        print(server.log_tail())  # shown when a test failed
+        server.stop()

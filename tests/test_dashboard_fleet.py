@@ -17,8 +17,7 @@ import concurrent.futures
 import itertools
 import os
 import re
-from collections.abc import Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import nats
@@ -28,7 +27,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import NatsServer
-from tests.nodeproc import HOST, Cluster, NodeProcess, free_port, make_db, wait_for
+from tests.nodeproc import Cluster, NodeProcess, make_db, wait_for
 from tests.test_dashboard import SCHEMA, WAIT_MS, browser  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.multiprocess
@@ -42,27 +41,6 @@ FLEET_ENV = {
     "SYNCMESH_HEALTH_PEER_DOWN_S_MAX": "1",
 }
 _names = itertools.count(1)
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """One nats-server with JetStream, no cluster: enough for a dashboard."""
-    directory = tmp_path / "nats"
-    server = NatsServer("n1", directory, free_port(), free_port())
-    store = directory / "jetstream"
-    store.mkdir(parents=True)
-    config = directory / "server.conf"
-    config.write_text(
-        f'server_name: "n1"\nlisten: "{HOST}:{server.client_port}"\n'
-        f'jetstream {{ store_dir: "{store}" }}\n',
-        encoding="utf-8",
-    )
-    server.start(config)
-    try:
-        yield server
-    finally:
-        print(server.log_tail())  # shown when a test failed
-        server.stop()
 
 
 def fleet_node(cluster: Cluster, name: str, server: NatsServer, fleet: str) -> NodeProcess:

@@ -26,7 +26,7 @@ from syncmesh.transport.nats import (
 )
 from syncmesh.transport.stream import FleetError
 from tests.helpers import sqlite3_shell
-from tests.nats_cluster import FreezableProxy, NatsCluster
+from tests.nats_cluster import FreezableProxy, NatsCluster, NatsServer
 from tests.nodeproc import (
     Cluster,
     NodeProcess,
@@ -329,3 +329,58 @@ def test_a_node_whose_link_freezes_as_it_starts_never_says_streaming(
         )
     finally:
         frozen.close()
+
+
+def test_a_node_whose_only_server_went_away_says_reconnecting_not_streaming(
+    cluster: Cluster, nats_server: NatsServer
+) -> None:
+    """Goal: while the NATS client has lost its server, status never says streaming.
+
+    Method: a node on one nats-server streams; the server stops.  Before
+    any call of the fleet fails (they are bounded at several seconds), the
+    client knows it is disconnected: the state must read "reconnecting",
+    with `syncmesh_fleet_up` 0, never "streaming" from then on until the
+    server is back; then it streams again and a row written meanwhile is
+    published.
+    """
+    fleet = fleet_name()
+    a = proxied_node(cluster, "a", nats_server.url, fleet)
+    a.env["SYNCMESH_TRANSPORT_NATS_REPLICAS"] = "1"
+    cluster.start(a)
+    wait_for(lambda: fleet_state(a) == "streaming", CONVERGE_S, "a streaming", cluster.logs)
+    nats_server.stop()
+    try:
+        wait_for(
+            lambda: fleet_state(a) != "streaming", CONVERGE_S, "a to stop streaming", cluster.logs
+        )
+        seen = {fleet_state(a)}
+
+        def gave_up() -> bool:
+            seen.add(fleet_state(a))
+            return "backoff" in seen or "connecting" in seen
+
+        wait_for(
+            gave_up,
+            CONVERGE_S,
+            "a's fleet to give up on its link",
+            cluster.logs,
+        )
+        assert "reconnecting" in seen, seen
+        assert "streaming" not in seen, seen
+        with a.open_url("/metrics", timeout_s=5) as response:
+            assert f'syncmesh_fleet_up{{stream="SYNCMESH_{fleet.upper()}"}} 0.0' in (
+                response.read().decode()
+            )
+        sqlite3_shell(a.db, "INSERT INTO items VALUES ('meanwhile', 'x', 1)")
+    finally:
+        nats_server.start()
+    wait_for(
+        lambda: fleet_state(a) == "streaming" and a.status()["fleet"]["published_rows"] >= 1,
+        CONVERGE_S,
+        "a streaming again, its row published",
+        cluster.logs,
+    )
+
+
+def fleet_state(node: NodeProcess) -> str:
+    return str(node.status()["fleet"]["state"])

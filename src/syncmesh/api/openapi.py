@@ -148,7 +148,7 @@ _STATUS = {
                 "subject": {"type": "string", "description": "where this site publishes"},
                 "state": {
                     "type": "string",
-                    "enum": ["connecting", "starting", "streaming", "backoff"],
+                    "enum": ["connecting", "starting", "streaming", "reconnecting", "backoff"],
                     "description": "streaming once our publish side started (docs/nats.md)",
                 },
                 "last_error": {"type": "string"},

@@ -362,9 +362,13 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
                 )
             finally:
                 store.close()
+        listening: list[bool] = []
         try:
-            asyncio.run(_serve(config, lock))
+            asyncio.run(_serve(config, lock, listening))
         except OSError as exc:
+            if listening:
+                # Not the bind: something failed while the node ran or shut down.
+                raise click.ClickException(f"the node stopped on an error: {exc}") from exc
             raise click.ClickException(
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}"
             ) from exc
@@ -445,12 +449,14 @@ def config_check(config_file: Path) -> None:
     click.echo(f"# {config_file}: ok", err=True)
 
 
-async def _serve(config: NodeConfig, lock: ServeLock) -> None:
+async def _serve(config: NodeConfig, lock: ServeLock, listening: list[bool]) -> None:
+    """Run the node until SIGINT or SIGTERM; `listening` gets an entry once it listens."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with running_node(config) as node:
+        listening.append(True)
         # The process is ours: batches allocate many short-lived objects and no
         # cycles to speak of, so collect young objects rarely, and never scan
         # what start-up allocated (bench/: about a third off decode and read).

@@ -882,7 +882,13 @@ class Fleet:
             cluster=self._config.cluster,
             stream=self._link.stream_name,
             subject=self._link.subject_of(self._own) if self._own else "",
-            state=self._state,
+            # The client lost its server and is reconnecting: no call has failed
+            # yet, but nothing flows either; status must not say streaming.
+            state=(
+                "reconnecting"
+                if self._state == "streaming" and not self._link.connected
+                else self._state
+            ),
             last_error=self._last_error,
             down_since_ms=self._down_since_ms,
             publish_waiting_since_ms=self._publish_waiting_since_ms,
