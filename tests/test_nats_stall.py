@@ -11,6 +11,8 @@ bounds below are hang guards, not speed checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import os
 import uuid
@@ -23,6 +25,7 @@ from syncmesh.transport.nats import (
     CLOSE_DEADLINE_S,
     REQUEST_DEADLINE_S,
     JetStreamLink,
+    bounded,
 )
 from syncmesh.transport.stream import FleetError
 from tests.helpers import sqlite3_shell
@@ -384,3 +387,35 @@ def test_a_node_whose_only_server_went_away_says_reconnecting_not_streaming(
 
 def fleet_state(node: NodeProcess) -> str:
     return str(node.status()["fleet"]["state"])
+
+
+async def test_a_call_that_fails_as_its_caller_is_cancelled_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Goal: a bounded call that ends with an error just as its caller is cancelled (the
+    fleet's task group stopping its loops) leaves no "Task exception was never
+    retrieved" traceback in the log: the test harness takes any traceback a node
+    logs for a bug, and CI failed on exactly this (a `get_last_msg` NotFoundError).
+
+    Method: the caller is cancelled in the loop turn after the call failed,
+    before the caller resumed; the call's task is then collected.
+    """
+    failed = asyncio.Event()
+
+    async def fails() -> None:
+        failed.set()
+        raise ValueError("no message found")
+
+    async def caller() -> None:
+        await bounded(fails(), "get last message", "STREAM", 5.0)
+
+    for _attempt in range(20):
+        waiting = asyncio.create_task(caller())
+        await failed.wait()
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ValueError):
+            await waiting
+        failed.clear()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

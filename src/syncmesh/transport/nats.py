@@ -172,12 +172,16 @@ async def bounded(
     connection closes) is a FleetError too, never a silent CancelledError.
     """
     task = asyncio.ensure_future(call)
+    # Its outcome is read even when nobody waits for it any more (the caller
+    # cancelled as the call ended with an error): asyncio would log "Task
+    # exception was never retrieved" with a traceback.  `task.result()` below
+    # still raises the error for a caller that waits.
+    task.add_done_callback(_drop_outcome)
     try:
         done, _ = await asyncio.wait({task}, timeout=limit_s)
     finally:
         if not task.done():
             task.cancel()
-            task.add_done_callback(_drop_outcome)
     if not done:
         raise FleetError(where, f"{what}: no answer within {limit_s:g} s")
     if task.cancelled():
