@@ -47,7 +47,6 @@ import hashlib
 import math
 import sqlite3
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import INSERT_SQL, TXN_ROWS, Figure, Row, connected, make_rows
-from bench.latency import percentile
+from bench.latency import SitesPoller, percentile
 from bench.nodes import (
     NodeProcess,
     Topology,
@@ -188,51 +187,16 @@ def running_fleet(
 # -- latency --------------------------------------------------------------------
 
 
-class FleetPoller(threading.Thread):
-    """Notes, per site, the first moment each write number is visible in its file."""
-
-    def __init__(self, paths: dict[str, Path], max_runtime_s: float) -> None:
-        super().__init__(name="bench-fleet-poller", daemon=True)
-        self.seen: dict[str, dict[int, float]] = {name: {} for name in paths}
-        self._paths = paths
-        self._stop_event = threading.Event()
-        self._max_runtime_s = max_runtime_s
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
-
-    def run(self) -> None:
-        deadline = time.perf_counter() + self._max_runtime_s
-        with contextlib.ExitStack() as stack:
-            connections = {
-                name: stack.enter_context(connected(path, read_only=True))
-                for name, path in self._paths.items()
-            }
-            versions: dict[str, int] = {}
-            while not self._stop_event.is_set() and time.perf_counter() < deadline:
-                for name, connection in connections.items():
-                    version = connection.execute("PRAGMA data_version").fetchone()[0]
-                    if versions.get(name) == version:
-                        continue
-                    versions[name] = version
-                    now = time.perf_counter()
-                    seen = self.seen[name]
-                    for (number,) in connection.execute("SELECT qty FROM items"):
-                        seen.setdefault(number, now)
-                time.sleep(POLL_S)
-
-
 def measure_latency(fleet: Fleet, writes: int) -> tuple[list[float], int]:
     """(ms until each write is visible at every site, writes not visible everywhere)."""
     others = {name: node.path for name, node in fleet.sites.items() if name != WRITER}
     budget_s = (writes + WARMUP_WRITES) * WRITE_INTERVAL_S + 3 * SETTLE_TIMEOUT_S + 5
-    poller = FleetPoller(others, budget_s)
+    poller = SitesPoller(others, budget_s, POLL_S)
     poller.start()
     written: dict[int, float] = {}
 
     def everywhere(number: int) -> bool:
-        return all(number in seen for seen in poller.seen.values())
+        return all(number in seen for seen in poller.seen_at.values())
 
     try:
         with connected(fleet.sites[WRITER].path) as writer:
@@ -255,7 +219,7 @@ def measure_latency(fleet: Fleet, writes: int) -> tuple[list[float], int]:
     finally:
         poller.stop()
     latencies = [
-        (max(seen[n] for seen in poller.seen.values()) - at) * 1000
+        (max(seen[n] for seen in poller.seen_at.values()) - at) * 1000
         for n, at in written.items()
         if everywhere(n)
     ]

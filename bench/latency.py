@@ -20,13 +20,14 @@ syncmesh adds to a commit, whatever the write rate.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from bench.common import INSERT_SQL, Figure, connected, create_items
@@ -45,13 +46,16 @@ FLOOR_WRITES = 200  # the curve's local floor: this many writes at FLOOR_RATE
 FLOOR_RATE = 200
 
 
-class Poller(threading.Thread):
-    """Notes the first moment each write number is visible in the file at `path`."""
+class SitesPoller(threading.Thread):
+    """Notes, per file, the first moment each write number is visible in it (`seen_at`)."""
 
-    def __init__(self, path: Path, max_runtime_s: float) -> None:
+    def __init__(
+        self, paths: Mapping[str, Path], max_runtime_s: float, poll_s: float = POLL_S
+    ) -> None:
         super().__init__(name="bench-poller", daemon=True)
-        self.seen: dict[int, float] = {}
-        self._path = path
+        self._poll_s = poll_s
+        self.seen_at: dict[str, dict[int, float]] = {name: {} for name in paths}
+        self._paths = dict(paths)
         self._stop_event = threading.Event()
         self._max_runtime_s = max_runtime_s
 
@@ -61,20 +65,35 @@ class Poller(threading.Thread):
 
     def run(self) -> None:
         deadline = time.perf_counter() + self._max_runtime_s
-        with connected(self._path, read_only=True) as connection:
-            last_version = None
-            last_rowid = 0  # rows arrive with growing rowids: read only the new ones
+        with contextlib.ExitStack() as stack:
+            connections = {
+                name: stack.enter_context(connected(path, read_only=True))
+                for name, path in self._paths.items()
+            }
+            versions: dict[str, int] = {}
+            rowids = dict.fromkeys(connections, 0)  # rows arrive with growing rowids: new ones only
             while not self._stop_event.is_set() and time.perf_counter() < deadline:
-                version = connection.execute("PRAGMA data_version").fetchone()[0]
-                if version != last_version:
-                    last_version = version
+                for name, connection in connections.items():
+                    version = connection.execute("PRAGMA data_version").fetchone()[0]
+                    if versions.get(name) == version:
+                        continue
+                    versions[name] = version
                     now = time.perf_counter()
+                    seen = self.seen_at[name]
                     for rowid, number in connection.execute(
-                        "SELECT rowid, qty FROM items WHERE rowid > ?", (last_rowid,)
+                        "SELECT rowid, qty FROM items WHERE rowid > ?", (rowids[name],)
                     ):
-                        last_rowid = max(last_rowid, rowid)
-                        self.seen.setdefault(number, now)
-                time.sleep(POLL_S)
+                        rowids[name] = max(rowids[name], rowid)
+                        seen.setdefault(number, now)
+                time.sleep(self._poll_s)
+
+
+class Poller(SitesPoller):
+    """Notes the first moment each write number is visible in the file at `path` (`seen`)."""
+
+    def __init__(self, path: Path, max_runtime_s: float) -> None:
+        super().__init__({"": path}, max_runtime_s)
+        self.seen = self.seen_at[""]
 
 
 def percentile(values: list[float], fraction: float) -> float:
