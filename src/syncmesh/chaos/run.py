@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from syncmesh.chaos.checkers import (
     check_held,
     check_indexes,
     check_logs,
+    check_no_fleet_gap,
     check_no_resurrection,
     check_orders,
     check_phantom_rows,
@@ -65,6 +66,7 @@ from syncmesh.chaos.migrations import (
     WORKLOAD_TABLE,
     MigrationPlan,
 )
+from syncmesh.chaos.natsservers import NatsCluster
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
@@ -92,6 +94,7 @@ RESTORE_HELD_POLL_S = 0.1
 RESET_AFTER_BYTES = (1, 64 * 1024)
 ECHO_BYTES_PER_CHANGE_MAX = 4096
 VERIFY_SETTLE_S = 0.3  # nothing is written after quiescence: one short re-read suffices
+NATS_CLUSTER = "chaos"  # the syncmesh cluster (stream SYNCMESH_CHAOS) of a schedule over NATS
 
 
 @dataclass(slots=True)
@@ -111,6 +114,9 @@ class RunOptions:
     keep: bool = False  # keep every schedule's files (failed ones are always kept)
     adversarial: tuple[str, ...] = ()  # features of the adversarial workload (chaos.adversarial)
     plans: tuple[str, ...] = DEFAULT_PLANS  # what the `migrate` fault deals (chaos.migrations)
+    # "nats": the nodes sync through a 3-server JetStream cluster of the schedule's
+    # own (chaos.natsservers), each node's connections through proxies (issue 15).
+    transport: str = "websocket"
 
 
 @dataclass(slots=True)
@@ -137,6 +143,7 @@ class ScheduleResult:
     # Judged at a replica whose quarantine holds them: a constraint turned them away there.
     writes_quarantined: int = 0
     torn_samples: int = 0
+    nats_server_restarts: int = 0  # --transport nats: nats-servers started again after a kill
     resets: int = 0
     frames_duplicated: int = 0
     frames_reordered: int = 0
@@ -170,6 +177,8 @@ class ScheduleResult:
             "rows_held_at_restore": self.rows_held_at_restore,
             "writes_quarantined": self.writes_quarantined,
             "torn_samples": self.torn_samples,
+            "transport": self.schedule.transport,
+            "nats_server_restarts": self.nats_server_restarts,
             "resets": self.resets,
             "frames_duplicated": self.frames_duplicated,
             "frames_reordered": self.frames_reordered,
@@ -190,6 +199,11 @@ class ScheduleRun:
         self.result = ScheduleResult(schedule, directory=str(directory))
         self.nodes: list[ChaosNode] = []
         self.proxies: list[LinkProxy] = []
+        # --transport nats: the schedule's JetStream cluster, and per node one proxy
+        # in front of each server (the node's fleet URLs), so that a partition cuts it off.
+        self.nats: NatsCluster | None = None
+        self.nats_proxies: dict[int, list[LinkProxy]] = {}
+        self.nats_cuts: Counter[int] = Counter()
         self.cuts: Counter[int] = Counter()
         self.clock_samples: list[ClockSample] = []
         self.torn: set[str] = set()
@@ -239,8 +253,19 @@ class ScheduleRun:
         # 3), which the restore fault does not do.  Its schedules run without
         # collection, so that they check restore detection (issue 12).
         collect = not any(fault.kind == "restore" for fault in schedule.faults)
+        nats_urls: dict[int, tuple[str, ...]] = {}
+        if schedule.transport == "nats":
+            nats_urls = await self._start_nats()
         self.nodes = [
-            ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms, collect=collect)
+            ChaosNode(
+                n,
+                self.directory,
+                peer_urls[n],
+                schedule.drift_ms,
+                collect=collect,
+                nats_urls=nats_urls.get(n, ()),
+                nats_cluster=NATS_CLUSTER,
+            )
             for n in range(schedule.nodes)
         ]
         for listener, dialler in schedule.links:
@@ -257,6 +282,31 @@ class ScheduleRun:
             node.start()
         await asyncio.gather(*(self._ready(node) for node in self.nodes))
         await self._wait(self._all_streaming, CONNECT_TIMEOUT_S, "every link to connect")
+
+    async def _start_nats(self) -> dict[int, tuple[str, ...]]:
+        """The schedule's 3-server JetStream cluster, formed; per node its proxies' URLs.
+
+        Every node reaches every server through a proxy of its own: a
+        `nats-partition` cuts one node's proxies, and the bytes the nodes
+        send and receive are counted as on WebSocket links.  The servers
+        do not advertise other addresses (`no_advertise`), so a client
+        stays on its proxies when it reconnects.
+        """
+        self.nats = NatsCluster(self.directory / "nats", cluster_name="chaos", prefix="nats")
+        await asyncio.to_thread(self.nats.start)
+        urls: dict[int, tuple[str, ...]] = {}
+        for n in range(self.schedule.nodes):
+            proxies = []
+            for server in self.nats.servers:
+                proxy = LinkProxy(f"n{n}->{server.name}", server.client_port, self.rng)
+                await proxy.start()
+                proxies.append(proxy)
+            self.nats_proxies[n] = proxies
+            urls[n] = tuple(f"nats://127.0.0.1:{proxy.port}" for proxy in proxies)
+        return urls
+
+    def _all_proxies(self) -> list[LinkProxy]:
+        return self.proxies + [p for proxies in self.nats_proxies.values() for p in proxies]
 
     # -- the fault phase ------------------------------------------------------------------------
 
@@ -342,6 +392,16 @@ class ScheduleRun:
     def _apply(self, fault: Fault) -> Callable[[], None]:
         """Start `fault`; returns what heals it."""
         kind, links = fault.kind, fault.links
+        if kind in ("nats-kill", "nats-pause"):
+            assert self.nats is not None
+            server = self.nats.servers[int(fault.params["server"])]
+            if kind == "nats-pause":
+                server.pause()
+                return server.resume
+            server.kill()
+            return lambda: self._restart_server(server.name)
+        if kind == "nats-partition":
+            return self._cut_off_nats(fault.nodes[0])
         if kind in ("isolate", "halves"):
             group = set(fault.nodes)
             crossing = [
@@ -539,6 +599,26 @@ class ScheduleRun:
         self.result.restores += 1
         self._restart(node)
 
+    def _restart_server(self, name: str) -> None:
+        """A killed nats-server starts again on its store directory and configuration."""
+        assert self.nats is not None
+        for server in self.nats.servers:
+            if server.name == name and not server.running:
+                server.start()
+
+    def _cut_off_nats(self, node: int) -> Callable[[], None]:
+        """Cut `node` off from every nats-server (its proxies reset and refuse)."""
+        self.nats_cuts[node] += 1
+        for proxy in self.nats_proxies[node]:
+            proxy.set_cut(True)
+
+        def heal() -> None:
+            self.nats_cuts[node] -= 1
+            for proxy in self.nats_proxies[node]:
+                proxy.set_cut(self.nats_cuts[node] > 0)
+
+        return heal
+
     def _cut(self, link_indexes: list[int]) -> Callable[[], None]:
         for index in link_indexes:
             self.cuts[index] += 1
@@ -593,8 +673,14 @@ class ScheduleRun:
 
     def _heal_all(self) -> None:
         self.cuts.clear()
-        for proxy in self.proxies:
+        self.nats_cuts.clear()
+        for proxy in self._all_proxies():
             proxy.heal()
+        if self.nats is not None:
+            for server in self.nats.servers:
+                server.resume()
+                if not server.running:
+                    server.start()
         for node in self.nodes:
             node.resume()
             if node.offset_ms:
@@ -641,6 +727,8 @@ class ScheduleRun:
 
     async def _all_streaming(self) -> bool:
         statuses = await asyncio.gather(*(self._status(node) for node in self.nodes))
+        if self.schedule.transport == "nats":
+            return all_applied_from_stream(statuses)
         expected: Counter[int] = Counter()
         for listener, dialler in self.schedule.links:
             expected[listener] += 1
@@ -789,7 +877,8 @@ class ScheduleRun:
                 self.clock_samples, ClockCheck(self.schedule.drift_ms, exempt, restored_nodes)
             )
         )
-        result.bytes_on_wire = sum(proxy.counters.bytes_forwarded for proxy in self.proxies)
+        proxies = self._all_proxies()
+        result.bytes_on_wire = sum(proxy.counters.bytes_forwarded for proxy in proxies)
         result.changes_applied = sum(_applied_rows(node.db) for node in self.nodes)
         violations.extend(
             check_echo(
@@ -798,11 +887,16 @@ class ScheduleRun:
                 self.options.echo_bytes_per_change_max,
             )
         )
-        violations.extend(check_logs({node.name: _read_text(node.log_path) for node in self.nodes}))
+        logs = {node.name: _read_text(node.log_path) for node in self.nodes}
+        violations.extend(check_logs(logs))
+        if self.schedule.transport == "nats":
+            violations.extend(check_no_fleet_gap(logs))
+            assert self.nats is not None
+            result.nats_server_restarts = sum(s.starts - 1 for s in self.nats.servers)
         result.drift_refusals = len(self.drift_refusals)
-        result.resets = sum(proxy.counters.resets for proxy in self.proxies)
-        result.frames_duplicated = sum(p.counters.frames_duplicated for p in self.proxies)
-        result.frames_reordered = sum(p.counters.frames_reordered for p in self.proxies)
+        result.resets = sum(proxy.counters.resets for proxy in proxies)
+        result.frames_duplicated = sum(p.counters.frames_duplicated for p in proxies)
+        result.frames_reordered = sum(p.counters.frames_reordered for p in proxies)
 
     def _may_be_lost(self, write: Write) -> bool:
         """A write a restore may take back: made at the restored node after its copy.
@@ -822,8 +916,10 @@ class ScheduleRun:
     async def _teardown(self) -> None:
         for node in self.nodes:
             await asyncio.to_thread(node.stop)
-        for proxy in self.proxies:
+        for proxy in self._all_proxies():
             await proxy.close()
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
 
     async def _wait(self, check: Callable[[], Any], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -831,6 +927,34 @@ class ScheduleRun:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
             await asyncio.sleep(QUIESCE_POLL_S)
+
+
+def all_applied_from_stream(statuses: Sequence[Mapping[str, Any] | None]) -> bool:
+    """Over NATS: every site streams and has applied everything every other site published.
+
+    Each node's fleet is `streaming` with no gap, none of its own writes
+    waits for a publish, it knows every other site, and its position on
+    each one's chain has reached where that site says its chain ends
+    (`published_seq`).  With the clients stopped, that is the stream's
+    part of quiescence; the equal dumps are the rest.
+    """
+    fleets = [None if status is None else status.get("fleet") for status in statuses]
+    if any(fleet is None for fleet in fleets):
+        return False
+    ends: dict[str, int] = {}
+    for fleet in fleets:
+        assert fleet is not None
+        if fleet["state"] != "streaming" or fleet["gaps"] or fleet["publish_waiting_since_ms"]:
+            return False
+        ends[str(fleet["subject"]).rsplit(".", 1)[-1]] = int(fleet["published_seq"])
+    for fleet in fleets:
+        assert fleet is not None
+        own = str(fleet["subject"]).rsplit(".", 1)[-1]
+        positions = {str(site["site_id"]): int(site["cursor"]) for site in fleet["sites"]}
+        for site, end in ends.items():
+            if site != own and positions.get(site, 0) < end:
+                return False
+    return True
 
 
 def _read_sample(path: Path) -> tuple[list[str], int | None]:
@@ -1004,6 +1128,7 @@ def run_schedules(
             faults_per_schedule=options.faults_per_schedule,
             drift_ms=options.drift_ms,
             plans=options.plans,
+            transport=options.transport,
         )
         directory = base / f"schedule-{index}"
         if directory.exists():
