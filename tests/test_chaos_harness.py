@@ -654,5 +654,7 @@ def test_fixed_seed_subset_over_nats_kills_pauses_and_partitions_without_a_viola
     assert sum(entry["resets"] for entry in schedules) >= injected.count("nats-partition")
     assert sum(entry["writes_exact"] for entry in schedules) > 100
     assert all(entry["changes_applied"] > 0 for entry in schedules)
+    # Every pair of the three sites verified over NATS request/reply, and agreed.
+    assert [entry["verified_pairs"] for entry in schedules] == [3] * CI_NATS_SCHEDULES
     assert "violations: none" in done.stdout
     assert "a NATS JetStream fleet" in done.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import shutil
@@ -71,7 +72,8 @@ from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
 from syncmesh.node.bootstrap import join
-from syncmesh.node.verify import VerifyClient, direct_call, verify
+from syncmesh.node.verify import VerifyClient, VerifyReport, direct_call, verify
+from syncmesh.store import Store
 from syncmesh.store.open import open_store
 from syncmesh.transport import HttpSnapshotSource, HttpVerifyExchange
 
@@ -144,6 +146,7 @@ class ScheduleResult:
     writes_quarantined: int = 0
     torn_samples: int = 0
     nats_server_restarts: int = 0  # --transport nats: nats-servers started again after a kill
+    verified_pairs: int = 0  # `syncmesh verify` exchanges that ran after quiescence
     resets: int = 0
     frames_duplicated: int = 0
     frames_reordered: int = 0
@@ -179,6 +182,7 @@ class ScheduleResult:
             "torn_samples": self.torn_samples,
             "transport": self.schedule.transport,
             "nats_server_restarts": self.nats_server_restarts,
+            "verified_pairs": self.verified_pairs,
             "resets": self.resets,
             "frames_duplicated": self.frames_duplicated,
             "frames_reordered": self.frames_reordered,
@@ -784,12 +788,17 @@ class ScheduleRun:
         # and so do deleted rows whose tombstone one node collected already.
         replicas = await asyncio.to_thread(self._replicas)
         refused = refused_by_constraint(replicas) | dead_everywhere(replicas)
-        for listener, dialler in self.schedule.links:
-            asker, node = self.nodes[dialler], self.nodes[listener]
+        pairs = [
+            (self.nodes[dialler], self.nodes[listener]) for listener, dialler in self.schedule.links
+        ]
+        if self.schedule.transport == "nats":
+            # No links: every pair of sites, over NATS request/reply (docs/nats.md).
+            pairs = list(itertools.combinations(self.nodes, 2))
+        for asker, node in pairs:
             store = open_store(asker.db)
             try:
-                async with VerifyClient(HttpVerifyExchange(node.url)) as client:
-                    report = await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
+                report = await self._verify_one(store, node)
+                self.result.verified_pairs += 1
             except SyncError as exc:
                 self.result.violations.append(
                     Violation("verify", f"{asker.name} could not verify {node.name}: {exc}")
@@ -812,6 +821,22 @@ class ScheduleRun:
                         f" {report.unsettled_rows} still change although the replicas are equal",
                     )
                 )
+
+    async def _verify_one(self, store: Store, node: ChaosNode) -> VerifyReport:
+        """`syncmesh verify` of `store` against `node`: over HTTP, or over NATS request/reply
+        to the node's site (straight to the servers, not through the proxies)."""
+        if self.nats is None:
+            async with VerifyClient(HttpVerifyExchange(node.url)) as client:
+                return await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
+        from syncmesh.transport.nats_verify import NatsVerifyConnection
+
+        servers = tuple(self.nats.urls)
+        own, site = store.site_id, await asyncio.to_thread(_site_of, node.db)
+        async with (
+            NatsVerifyConnection(servers, NATS_CLUSTER, own) as connection,
+            VerifyClient(connection.exchange(site)) as client,
+        ):
+            return await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
 
     def _replicas(self) -> list[Replica]:
         return [read_replica(node.name, node.db) for node in self.nodes]
