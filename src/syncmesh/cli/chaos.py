@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from syncmesh.chaos import (
     schedule_line,
     summary,
 )
+from syncmesh.chaos.natsservers import NatsServerError, nats_server_binary
 
 VIOLATIONS_SHOWN = 5
 
@@ -78,6 +80,16 @@ def _deck(kinds: list[str] | None, transport: str) -> list[str]:
             param_hint="'--faults'",
         )
     return kinds
+
+
+def _check_nats_installed() -> None:
+    """--transport nats needs the client and a server binary: say so before any schedule."""
+    if importlib.util.find_spec("nats") is None:
+        raise click.UsageError("--transport nats needs nats-py: pip install 'syncmesh[nats]'")
+    try:
+        nats_server_binary()
+    except NatsServerError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _features(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -220,6 +232,8 @@ def chaos(
             click.echo(f"{kind:<14} {FAULT_DESCRIPTIONS[kind]}")
         return
     deck = _deck(kinds, transport)
+    if transport == "nats":
+        _check_nats_installed()
     options = RunOptions(
         seed=seed,
         nodes=nodes,
