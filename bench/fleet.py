@@ -64,7 +64,7 @@ from bench.nodes import (
     process_peak_rss_mb,
     wait_streaming,
 )
-from tests.nats_cluster import NatsCluster
+from syncmesh.chaos.natsservers import NatsCluster
 
 SCENARIO = "fleet"
 MESH_SITES_MAX = 10

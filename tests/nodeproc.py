@@ -18,9 +18,7 @@ import atexit
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -33,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from syncmesh.chaos.natsservers import free_port as free_port  # one picker for all
 from syncmesh.model import SqlValue
 from syncmesh.schema import quote_identifier
 
@@ -61,46 +60,6 @@ def _kill_live() -> None:
 
 
 atexit.register(_kill_live)
-
-
-def _ephemeral_low() -> int:
-    """Where the OS's range of ports for outgoing connections begins (Linux: 32768)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-PORTS_LOW = 10_000  # below: well-known services; above _ephemeral_low(): outgoing connections
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, never one handed out before.
-
-    Not one the OS picks (`bind(0)`): those come from the range it also
-    gives outgoing connections their local ports from, and a node started
-    a moment later then found its port taken by a NATS client's or a
-    peer's connection ("Address already in use", a flaky test under load).
-    Below that range only a listener can hold a port, and the bind shows it.
-    """
-    high = _ephemeral_low()
-    for _attempt in range(200):
-        port = random.randrange(PORTS_LOW, high)
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        chosen = sock.getsockname()[1]
-        assert isinstance(chosen, int)
-        return chosen
 
 
 def _deadline_loop(timeout_s: float, what: str, check: Callable[[], bool]) -> None:

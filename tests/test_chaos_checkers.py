@@ -15,6 +15,7 @@ from syncmesh.chaos.checkers import (
     check_echo,
     check_indexes,
     check_logs,
+    check_no_fleet_gap,
     check_no_resurrection,
     check_orders,
     check_phantoms,
@@ -27,6 +28,7 @@ from syncmesh.chaos.checkers import (
 )
 from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
 from syncmesh.chaos.migrations import PLANS
+from syncmesh.chaos.run import all_applied_from_stream
 from syncmesh.chaos.workload import WORKLOAD_DDL, WORKLOAD_INTEGER_KEY_TABLES, WORKLOAD_TABLES
 from syncmesh.clock import pack
 from syncmesh.merge import value_order_key
@@ -504,6 +506,45 @@ def test_a_traceback_in_a_node_log_is_an_internal_error() -> None:
     assert kinds(violations) == ["internal-error"]
     assert violations[0].message.startswith("n1: ERROR boom | Traceback")
     assert "KeyError" in violations[0].message
+
+
+def test_a_gap_in_the_limitless_chaos_stream_is_a_violation() -> None:
+    quiet = "INFO syncmesh.node.fleet: fleet: on stream SYNCMESH_CHAOS as ...\n"
+    gap = quiet + "ERROR syncmesh.node.fleet: fleet stream gap: site s's changes after ...\n"
+    violations = check_no_fleet_gap({"n0": quiet, "n1": gap, "n2": quiet})
+    assert kinds(violations) == ["fleet-gap"]
+    assert violations[0].message.startswith("n1: ERROR syncmesh.node.fleet: fleet stream gap")
+
+
+def fleet(
+    site: str, published: int, positions: dict[str, int], **overrides: object
+) -> dict[str, object]:
+    """A node's `/v1/status` fleet object, as much of it as quiescence reads."""
+    return {
+        "state": "streaming",
+        "gaps": [],
+        "publish_waiting_since_ms": 0,
+        "subject": f"syncmesh.chaos.changes.{site}",
+        "published_seq": published,
+        "sites": [{"site_id": other, "cursor": cursor} for other, cursor in positions.items()],
+        **overrides,
+    }
+
+
+def test_quiescence_over_nats_waits_until_every_site_applied_every_chain() -> None:
+    caught_up = [
+        {"fleet": fleet("a", 10, {"b": 20, "c": 0})},
+        {"fleet": fleet("b", 20, {"a": 10})},  # c published nothing: no position needed
+        {"fleet": fleet("c", 0, {"a": 10, "b": 20})},
+    ]
+    assert all_applied_from_stream(caught_up)
+    behind = [caught_up[0], {"fleet": fleet("b", 20, {"a": 9})}, caught_up[2]]
+    assert not all_applied_from_stream(behind)
+    for change in ({"state": "backoff"}, {"gaps": ["gap"]}, {"publish_waiting_since_ms": 5}):
+        odd = [{"fleet": fleet("a", 10, {"b": 20}, **change)}, *caught_up[1:]]
+        assert not all_applied_from_stream(odd), change
+    assert not all_applied_from_stream([None, *caught_up[1:]])  # a node that did not answer
+    assert not all_applied_from_stream([{"fleet": None}, *caught_up[1:]])
 
 
 def test_clock_floors_never_go_back_nor_adopt_far_stamps() -> None:

@@ -30,6 +30,8 @@ from syncmesh.chaos.faults import (
     ALL_KINDS,
     CLOCK_KINDS,
     FAULT_KINDS,
+    NATS_DEFAULT_KINDS,
+    NATS_KINDS,
     PROCESS_KINDS,
     Schedule,
     links_of,
@@ -68,6 +70,11 @@ CI_MIGRATE_TIMEOUT_S = 180
 CI_LIFECYCLE_FAULTS = ("forget", "sleep", "kill", "reset", "isolate")
 CI_LIFECYCLE_SEED = 2
 CI_LIFECYCLE_TIMEOUT_S = 120
+# Issue 15: two schedules over a 3-server NATS JetStream cluster that between them
+# run every fault of the NATS deck (kill, pause, nats-kill, nats-pause, nats-partition).
+CI_NATS_SEED = 1
+CI_NATS_SCHEDULES = 2
+CI_NATS_TIMEOUT_S = 150
 
 
 def schedule(seed: int, index: int, nodes: int = 5, per_schedule: int = 4) -> Schedule:
@@ -170,6 +177,55 @@ def test_restore_and_migrate_are_refused_together() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "restore and migrate cannot be combined" in done.stderr
+
+
+def test_schedules_over_nats_have_no_links_and_strike_one_server_at_a_time() -> None:
+    """Over NATS the deck is the NATS one; a server is killed or paused only while the
+    other two run (the stream keeps its quorum); a partition names its node."""
+    assert not set(NATS_KINDS) & set(FAULT_KINDS)  # opt-in: never in a WebSocket deck
+    kinds_seen: set[str] = set()
+    for seed in range(40):
+        drawn = make_schedule(
+            seed=seed,
+            index=0,
+            nodes=3,
+            topology="mesh",
+            duration_s=10.0,
+            kinds=list(NATS_DEFAULT_KINDS),
+            faults_per_schedule=8,
+            drift_ms=5_000,
+            transport="nats",
+        )
+        assert drawn.transport == "nats"
+        assert drawn.links == []
+        kinds_seen.update(fault.kind for fault in drawn.faults)
+        servers = sorted(
+            (f.start_s, f.end_s) for f in drawn.faults if f.kind in ("nats-kill", "nats-pause")
+        )
+        for (_, end), (start, _) in itertools.pairwise(servers):
+            assert start >= end, (seed, servers)
+        for fault in drawn.faults:
+            assert not fault.links, fault
+            if fault.kind in ("nats-kill", "nats-pause"):
+                assert int(fault.params["server"]) in (0, 1, 2), fault
+                assert f"server nats{int(fault.params['server']) + 1}" in fault.describe([])
+            else:
+                assert len(fault.nodes) == 1, fault
+                assert 0 <= fault.nodes[0] < 3, fault
+    assert kinds_seen == set(NATS_DEFAULT_KINDS)
+
+
+def test_faults_that_need_links_are_refused_over_nats_and_nats_faults_without_it() -> None:
+    command = [sys.executable, "-m", "syncmesh", "chaos", "--transport", "nats"]
+    done = subprocess.run(
+        [*command, "--faults", "kill,isolate,reset"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "isolate, reset cannot run with --transport nats" in done.stderr
+    command = [sys.executable, "-m", "syncmesh", "chaos", "--faults", "kill,nats-kill"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "nats-kill strike(s) nats-servers: add --transport nats" in done.stderr
 
 
 def test_topologies_link_every_node() -> None:
@@ -548,3 +604,57 @@ def test_fixed_seed_subset_with_a_node_forgotten_refused_and_rejoined_has_no_vio
     assert "sleep" in schedule["faults"]
     assert (schedule["forgotten"], schedule["refused"], schedule["rejoined"]) == (1, 1, 1)
     assert schedule["keys_collected"] > 0, "tombstones were collected under the faults"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(CI_NATS_TIMEOUT_S + 30)
+def test_fixed_seed_subset_over_nats_kills_pauses_and_partitions_without_a_violation(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: `syncmesh chaos --transport nats`, every NATS fault, no violation.
+
+    Real processes only: a 3-server nats-server JetStream cluster per
+    schedule, three nodes syncing through the fleet stream (each node's
+    connections through proxies), their workload clients.  The report
+    must list every fault of the NATS deck as run, server restarts for
+    the `nats-kill`s, connections the partitions reset, and writes checked
+    exactly; the checkers (a gap in the limitless stream among them) find
+    nothing.
+    """
+    report = tmp_path / "report.json"
+    command = [
+        sys.executable,
+        "-m",
+        "syncmesh",
+        "chaos",
+        "--transport",
+        "nats",
+        "--seed",
+        str(CI_NATS_SEED),
+        "--schedules",
+        str(CI_NATS_SCHEDULES),
+        "--nodes",
+        "3",
+        "--duration",
+        "6",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--json",
+        str(report),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CI_NATS_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(report.read_text())
+    assert document["transport"] == "nats"
+    assert document["violations"] == 0
+    schedules = document["schedules"]
+    injected = [kind for entry in schedules for kind in entry["faults"]]
+    assert set(injected) == set(NATS_DEFAULT_KINDS), injected
+    assert sum(entry["nats_server_restarts"] for entry in schedules) == injected.count("nats-kill")
+    assert sum(entry["resets"] for entry in schedules) >= injected.count("nats-partition")
+    assert sum(entry["writes_exact"] for entry in schedules) > 100
+    assert all(entry["changes_applied"] > 0 for entry in schedules)
+    # Every pair of the three sites verified over NATS request/reply, and agreed.
+    assert [entry["verified_pairs"] for entry in schedules] == [3] * CI_NATS_SCHEDULES
+    assert "violations: none" in done.stdout
+    assert "a NATS JetStream fleet" in done.stdout

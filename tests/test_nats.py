@@ -21,7 +21,7 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from syncmesh.api.http import websocket_connector
 from syncmesh.clock import pack
@@ -29,7 +29,7 @@ from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
 from syncmesh.node import Node
 from syncmesh.node.config import FleetConfig, NodeConfig
 from syncmesh.protocol import Batch, encode
-from syncmesh.transport.nats import JetStreamLink
+from syncmesh.transport.nats import ACK_PENDING_MAX, ACK_WAIT_S, CONSUMER_PREFIX, JetStreamLink
 from syncmesh.transport.stream import FleetError, PublishReceipt
 from tests.helpers import sqlite3_shell, wait_until
 from tests.nats_cluster import NatsCluster
@@ -240,6 +240,78 @@ def test_a_node_killed_while_applying_restarts_without_skipping(
     )
     assert fleet_of(b)["gaps"] == []
     assert run_cli("status", str(b.db)).returncode == 0
+
+
+def test_messages_delivered_to_a_killed_process_are_not_taken_for_a_gap(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: after a crash, messages the dead process fetched and never acked are no gap.
+
+    Found by `syncmesh chaos --transport nats --seed 1 --nodes 3 --duration 6`
+    (a `kill`): the durable consumer redelivers what the killed process had
+    fetched only after its ack wait (30 s), and delivers newer messages first,
+    so the restarted node met a message of a site past its position, logged
+    a gap at ERROR, was unhealthy and bootstrapped from the state stream,
+    although the stream held every message.  Method: a publishes three
+    messages; b's durable consumer is made as the node makes it and its first
+    message fetched and left unacked (as by a process killed before its
+    ack); then b starts.  It must apply all three from the stream in order,
+    well before the redelivery, with no gap reported and no bootstrap.
+    """
+    fleet = fleet_name()
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a)
+    _publish_one_by_one(
+        cluster,
+        nats_cluster,
+        a,
+        [f"INSERT INTO items VALUES ('r{index}', 'n', {index})" for index in range(3)],
+    )
+    asyncio.run(_fetch_without_ack(nats_cluster, fleet, site_id(b)))
+    started = time.monotonic()
+    b.start().wait_until_ready()
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 3,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert time.monotonic() - started < ACK_WAIT_S, "b waited for the redelivery"
+    status = fleet_of(b)
+    assert status["gaps"] == []
+    assert status["bootstraps"] == 0, status
+    assert "fleet stream gap" not in b.log_text()
+    (position,) = [site for site in status["sites"] if site["site_id"] == site_id(a)]
+    assert position["messages_applied"] == 3
+    assert position["cursor"] == fleet_of(a)["published_seq"]
+
+
+async def _fetch_without_ack(servers: NatsCluster, fleet: str, site: str) -> None:
+    """Make `site`'s durable consumer as the node does; fetch its first message, no ack."""
+    client = await nats.connect(servers=servers.urls)
+    try:
+        subject = f"syncmesh.{fleet}.changes.*"
+        durable = CONSUMER_PREFIX + site
+        subscription = await client.jetstream().pull_subscribe(
+            subject,
+            durable=durable,
+            stream=f"SYNCMESH_{fleet.upper()}",
+            config=ConsumerConfig(
+                durable_name=durable,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT_S,
+                max_ack_pending=ACK_PENDING_MAX,
+                filter_subject=subject,
+            ),
+        )
+        (fetched,) = await subscription.fetch(1, timeout=10)
+        assert fetched.headers is not None
+        assert fetched.headers["Syncmesh-From"] == "0"  # a's first message, left unacked
+    finally:
+        await client.close()
 
 
 def test_a_forged_origin_is_refused_and_the_rest_applies(

@@ -334,6 +334,79 @@ def test_a_node_whose_link_freezes_as_it_starts_never_says_streaming(
         frozen.close()
 
 
+def test_a_fleet_node_collects_no_tombstone_of_a_delete_not_on_the_stream_yet(
+    cluster: Cluster, nats_cluster: NatsCluster, proxy: FreezableProxy
+) -> None:
+    """Goal: a delete made while the stream is out of reach is not collected before it is sent.
+
+    Found by `syncmesh chaos --transport nats --seed 3 --only 1 --nodes 3
+    --duration 6` (a node killed, then its fleet kept off the stream by a
+    server killed and paused): the node, holding no other site's stamps yet,
+    took itself for its only member and collected the tombstones of its own
+    deletes, which had never reached the stream.  Its deletes and the writes
+    they followed were lost, and another site's older insert of the key came
+    back everywhere (`lost-write`, `resurrection`).  Method: b inserts r1 and
+    publishes it; a starts with its only server behind a frozen proxy,
+    inserts r1 and deletes it (a causal length above b's insert), and runs
+    tombstone collection rounds every 0.3 s meanwhile; a must collect
+    nothing.  Once the proxy resumes, r1 must be deleted at both.
+    """
+    fleet = fleet_name()
+    b = proxied_node(cluster, "b", proxy.url, fleet, nats_cluster)
+    cluster.start(b)
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('r1', 'from b', 1)")
+    wait_for(
+        lambda: b.status()["fleet"]["published_messages"] >= 1,
+        CONVERGE_S,
+        "b to publish its insert",
+        describe(cluster, nats_cluster),
+    )
+    proxy.freeze()
+    try:
+        db = make_db(cluster.directory / "a.db", SCHEMA)
+        a = cluster.node(
+            "a",
+            db,
+            extra_args=("--nats", proxy.url, "--cluster", fleet),
+            env={
+                "SYNCMESH_TRANSPORT_NATS_STATUS_INTERVAL_S": "0.2",
+                "SYNCMESH_LIFECYCLE_INTERVAL_S": "0.3",
+            },
+        )
+        cluster.start(a)
+        sqlite3_shell(a.db, "INSERT INTO items VALUES ('r1', 'from a', 2)")
+        sqlite3_shell(a.db, "DELETE FROM items WHERE id = 'r1'")
+        wait_for(
+            lambda: a.status()["lifecycle"]["rounds"] >= 5,
+            CONVERGE_S,
+            "a to run collection rounds while off the stream",
+            describe(cluster, nats_cluster),
+        )
+        assert a.status()["fleet"]["state"] != "streaming"
+        assert a.status()["lifecycle"]["collected"] == 0, a.status()["lifecycle"]
+    finally:
+        proxy.resume()
+    wait_for(
+        lambda: any(
+            site["messages_applied"] >= 1 and site["site_id"] == query(a.db, SITE_SQL)[0][0]
+            for site in b.status()["fleet"]["sites"]
+        ),
+        CONVERGE_S,
+        "b to apply a's messages",
+        describe(cluster, nats_cluster),
+    )
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: rows == [],
+        describe=describe(cluster, nats_cluster),
+    )
+
+
+SITE_SQL = "SELECT site_id FROM _syncmesh_sites WHERE ordinal = 0"
+
+
 def test_a_node_whose_only_server_went_away_says_reconnecting_not_streaming(
     cluster: Cluster, nats_server: NatsServer
 ) -> None:

@@ -7,7 +7,16 @@ PROPERTIES.md.  docs/chaos.md tells how to run it and read its report.
 """
 
 from syncmesh.chaos.adversarial import FEATURES, parse_features
-from syncmesh.chaos.faults import ALL_KINDS, FAULT_DESCRIPTIONS, FAULT_KINDS, TOPOLOGIES
+from syncmesh.chaos.faults import (
+    ALL_KINDS,
+    FAULT_DESCRIPTIONS,
+    FAULT_KINDS,
+    NATS_ACCEPTED_KINDS,
+    NATS_DEFAULT_KINDS,
+    NATS_KINDS,
+    TOPOLOGIES,
+    TRANSPORTS,
+)
 from syncmesh.chaos.migrations import MIGRATION_PLANS, parse_plans
 from syncmesh.chaos.report import json_report, reproduce_command, schedule_line, summary
 from syncmesh.chaos.run import RunOptions, ScheduleResult, run_schedules
@@ -18,7 +27,11 @@ __all__ = [
     "FAULT_DESCRIPTIONS",
     "FAULT_KINDS",
     "MIGRATION_PLANS",
+    "NATS_ACCEPTED_KINDS",
+    "NATS_DEFAULT_KINDS",
+    "NATS_KINDS",
     "TOPOLOGIES",
+    "TRANSPORTS",
     "RunOptions",
     "ScheduleResult",
     "json_report",

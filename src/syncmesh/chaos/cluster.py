@@ -2,7 +2,8 @@
 
 Each node is `python -m syncmesh.chaos.nodemain` on its own SQLite file, on
 a port of 127.0.0.1 it reports once bound (the proxies in front of it
-learn it then); its output goes to a log file beside the file.  A node
+learn it then); its output goes to a log file beside the file.  Over NATS
+it has no peers but a fleet stream (`--nats`, through its own proxies).  A node
 can be killed and restarted on the same file, paused and resumed,
 and have its clock moved (a file plus SIGUSR1, sent only once the node has
 answered on its port: before it installs the handler, SIGUSR1 would kill it).
@@ -65,9 +66,15 @@ class ChaosNode:
         drift_ms: int,
         *,
         collect: bool = True,
+        nats_urls: tuple[str, ...] = (),
+        nats_cluster: str = "",
     ) -> None:
         self.index = index
         self.collect = collect  # tombstone collection on (nodemain --no-collection)
+        # --transport nats: the node's fleet stream (each URL a proxy in front of a
+        # server, so that a partition can cut it off) and the syncmesh cluster name.
+        self.nats_urls = nats_urls
+        self.nats_cluster = nats_cluster
         self.name = f"n{index}"
         self.db = directory / f"{self.name}.db"
         self.log_path = directory / f"{self.name}.log"
@@ -113,6 +120,10 @@ class ChaosNode:
         ]
         for url in self.peer_urls:
             command += ["--peer", url]
+        for url in self.nats_urls:
+            command += ["--nats", url]
+        if self.nats_urls:
+            command += ["--cluster", self.nats_cluster]
         if not self.collect:
             command.append("--no-collection")
         self.ready = False

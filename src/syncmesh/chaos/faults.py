@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from syncmesh.chaos.migrations import DEFAULT_PLANS, MIGRATION_PLANS, PLANS, plan_for_schedule
+from syncmesh.chaos.natsservers import SERVERS as NATS_SERVERS
 
 NETWORK_KINDS = ("isolate", "halves", "oneway", "flap", "delay", "bandwidth", "reset", "lossy")
 PROCESS_KINDS = ("kill", "pause")
@@ -27,7 +28,19 @@ FAULT_KINDS = NETWORK_KINDS + PROCESS_KINDS + CLOCK_KINDS + REDELIVERY_KINDS
 # with one takes a few seconds more, and they stay opt-in.
 OPT_IN_KINDS = ("restore", "migrate", "forget", "sleep")
 LIFECYCLE_KINDS = ("forget", "sleep")
-ALL_KINDS = FAULT_KINDS + OPT_IN_KINDS
+# `--transport nats` (issue 15): the nodes sync through a 3-server JetStream
+# cluster, and these faults strike it.  A server is killed or paused one at a
+# time (never two at once: the stream's quorum stays); a partition cuts one
+# node's connections to every server (through its proxies).
+NATS_KINDS = ("nats-kill", "nats-pause", "nats-partition")
+# What a schedule over NATS deals unless --faults says otherwise, and all it
+# accepts: the node faults that mean the same over the stream, and the NATS
+# ones.  The WebSocket link faults (and the clock, redelivery and lifecycle
+# faults, not run over NATS yet) are refused with --transport nats (cli.chaos).
+NATS_DEFAULT_KINDS = ("kill", "pause", *NATS_KINDS)
+NATS_ACCEPTED_KINDS = NATS_DEFAULT_KINDS
+TRANSPORTS = ("websocket", "nats")
+ALL_KINDS = FAULT_KINDS + OPT_IN_KINDS + NATS_KINDS
 FAULT_DESCRIPTIONS = {
     "isolate": "partition: every link of one node is cut",
     "halves": "partition: the nodes split in two groups that cannot reach each other",
@@ -52,11 +65,21 @@ FAULT_DESCRIPTIONS = {
     "sleep": "a node is killed and, while it sleeps, forgotten at every other node, so they"
     " collect past it; when the fault ends it returns on its old file, must be refused, and"
     " re-joins from a snapshot (opt-in)",
+    "nats-kill": "--transport nats: SIGKILL one nats-server; it restarts on the same store"
+    " directory when the fault ends",
+    "nats-pause": "--transport nats: SIGSTOP one nats-server, SIGCONT when the fault ends",
+    "nats-partition": "--transport nats: one node's connections to every nats-server are cut"
+    " (reset, new ones refused) until the fault ends",
     "migrate": "rolling schema changes of kv (add, rebuild, rename or drop a column, rename the"
     " table, create or drop indexes; one or two in a row), node by node, while the clients write"
     " (opt-in)",
 }
 TOPOLOGIES = ("mesh", "star", "chain")
+
+
+def nats_server_name(index: int) -> str:
+    """The name of a chaos JetStream server (`nats1`...): apart from the nodes' `n0`..."""
+    return f"nats{index + 1}"
 
 
 def links_of(topology: str, nodes: int) -> list[tuple[int, int]]:
@@ -90,6 +113,8 @@ class Fault:
         if self.links:
             where.append("links " + ",".join(f"n{links[i][1]}->n{links[i][0]}" for i in self.links))
         params = " ".join(f"{name}={value:g}" for name, value in sorted(self.params.items()))
+        if "server" in self.params:
+            params = f"server {nats_server_name(int(self.params['server']))}"
         if self.kind == "migrate":
             params = f"plan={MIGRATION_PLANS[int(self.params['plan'])]} (in this node order)"
         return (
@@ -108,6 +133,7 @@ class Schedule:
     links: list[tuple[int, int]]
     faults: list[Fault]
     drift_ms: int
+    transport: str = "websocket"  # "nats": no links, the nodes share a JetStream cluster
 
     @property
     def name(self) -> str:
@@ -125,16 +151,18 @@ def make_schedule(
     faults_per_schedule: int,
     drift_ms: int,
     plans: tuple[str, ...] = DEFAULT_PLANS,
+    transport: str = "websocket",
 ) -> Schedule:
     """The `index`-th schedule of a run.
 
     Kinds are dealt from a deck shuffled once per run (by `seed`), so a run
     of several schedules covers every selected kind before it repeats one.
+    Over NATS the nodes have no links (the topology is the stream's).
     """
     deck = list(kinds)
     random.Random(seed).shuffle(deck)
     rng = random.Random(f"{seed}:{index}")
-    links = links_of(topology, nodes)
+    links = links_of(topology, nodes) if transport == "websocket" else []
     chosen = [
         deck[(index * faults_per_schedule + n) % len(deck)] for n in range(faults_per_schedule)
     ]
@@ -146,7 +174,7 @@ def make_schedule(
         if fault is not None:
             faults.append(fault)
     faults.sort(key=lambda fault: fault.start_s)
-    return Schedule(seed, index, nodes, topology, duration_s, links, faults, drift_ms)
+    return Schedule(seed, index, nodes, topology, duration_s, links, faults, drift_ms, transport)
 
 
 def _draw(
@@ -162,9 +190,23 @@ def _draw(
     start = round(rng.uniform(0.1, 0.6) * duration_s, 2)
     length = round(rng.uniform(0.15, 0.35) * duration_s, 2)
     length = min(length, duration_s - start)
-    some_links = tuple(sorted(rng.sample(range(len(links)), rng.randint(1, len(links)))))
-    one_link = (rng.randrange(len(links)),)
+    # No links over NATS: nothing is drawn for them (a WebSocket schedule draws
+    # exactly as before, so its seeds keep their schedules).
+    some_links: tuple[int, ...] = ()
+    one_link: tuple[int, ...] = ()
+    if links:
+        some_links = tuple(sorted(rng.sample(range(len(links)), rng.randint(1, len(links)))))
+        one_link = (rng.randrange(len(links)),)
     node = rng.randrange(nodes)
+    if kind == "nats-partition":
+        return Fault(kind, start, length, nodes=(node,))
+    if kind in ("nats-kill", "nats-pause"):
+        # One server down at a time (kill or pause): the 3-replica stream keeps
+        # its quorum, so the fleet must keep streaming through the other two.
+        if not _free(busy.get(("nats", 0), []), start, start + length):
+            return None
+        busy.setdefault(("nats", 0), []).append((start, start + length))
+        return Fault(kind, start, length, params={"server": rng.randrange(NATS_SERVERS)})
     if kind == "isolate":
         return Fault(kind, start, length, nodes=(node,))
     if kind == "halves":

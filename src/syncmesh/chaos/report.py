@@ -6,7 +6,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from syncmesh.chaos.faults import ALL_KINDS, FAULT_KINDS
+from syncmesh.chaos.faults import ALL_KINDS, FAULT_KINDS, NATS_DEFAULT_KINDS
 from syncmesh.chaos.migrations import DEFAULT_PLANS
 from syncmesh.chaos.run import RunOptions, ScheduleResult
 
@@ -16,8 +16,9 @@ def schedule_line(result: ScheduleResult) -> str:
     verdict = "ok" if not result.violations else f"{len(result.violations)} VIOLATION(S)"
     kinds = ",".join(fault.kind for fault in schedule.faults) or "-"
     quiesce = "-" if result.quiesce_s is None else f"{result.quiesce_s:.1f}s"
+    layout = "nats" if schedule.transport == "nats" else schedule.topology
     return (
-        f"schedule {schedule.index:>4} {schedule.topology:<5} faults {kinds:<36}"
+        f"schedule {schedule.index:>4} {layout:<5} faults {kinds:<36}"
         f" writes {result.writes:>5} exact {result.tally.exact:>5}"
         f" quiesce {quiesce:>6} {result.elapsed_s:5.1f}s  {verdict}"
     )
@@ -25,13 +26,17 @@ def schedule_line(result: ScheduleResult) -> str:
 
 def reproduce_command(options: RunOptions, result: ScheduleResult) -> str:
     schedule = result.schedule
-    kinds = "" if options.kinds == list(FAULT_KINDS) else f" --faults {','.join(options.kinds)}"
+    default = NATS_DEFAULT_KINDS if options.transport == "nats" else FAULT_KINDS
+    kinds = "" if options.kinds == list(default) else f" --faults {','.join(options.kinds)}"
+    layout = f" --topology {schedule.topology}"
+    if options.transport == "nats":
+        layout = " --transport nats"
     extra = f" --adversarial {','.join(options.adversarial)}" if options.adversarial else ""
     if "migrate" in options.kinds and options.plans != DEFAULT_PLANS:
         extra += f" --migrations {','.join(options.plans)}"
     return (
         f"syncmesh chaos --seed {schedule.seed} --only {schedule.index}"
-        f" --nodes {schedule.nodes} --topology {schedule.topology}"
+        f" --nodes {schedule.nodes}{layout}"
         f" --duration {schedule.duration_s:g} --faults-per-schedule"
         f" {options.faults_per_schedule}{kinds}{extra}"
     )
@@ -57,7 +62,8 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
     lines = [
         "",
         f"chaos run: seed {options.seed}, {len(results)} schedule(s), {options.nodes} nodes,"
-        f" {options.topology}, {options.duration_s:g} s of faults each",
+        f" {'a NATS JetStream fleet' if options.transport == 'nats' else options.topology},"
+        f" {options.duration_s:g} s of faults each",
         f"operations: {writes} acknowledged writes ({orders} order transactions),"
         f" {failed} refused (a node held the lock, or a constraint said no)",
         f"  stamps read back and checked exactly: {exact}; superseded by a later delete or"
@@ -90,6 +96,14 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         ),
         "faults: "
         + (", ".join(f"{kind} {faults[kind]}" for kind in ALL_KINDS if faults[kind]) or "none"),
+        *(
+            [
+                "  nats-servers restarted after a kill:"
+                f" {sum(r.nats_server_restarts for r in results)}"
+            ]
+            if options.transport == "nats"
+            else []
+        ),
         f"  connection resets {sum(r.resets for r in results)}, frames duplicated"
         f" {sum(r.frames_duplicated for r in results)}, reordered"
         f" {sum(r.frames_reordered for r in results)}, far stamps refused"
@@ -127,6 +141,7 @@ def json_report(options: RunOptions, results: list[ScheduleResult]) -> dict[str,
         "seed": options.seed,
         "nodes": options.nodes,
         "topology": options.topology,
+        "transport": options.transport,
         "duration_s": options.duration_s,
         "faults_per_schedule": options.faults_per_schedule,
         "kinds": options.kinds,

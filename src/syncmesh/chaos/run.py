@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import shutil
@@ -18,7 +19,7 @@ import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from syncmesh.chaos.checkers import (
     check_held,
     check_indexes,
     check_logs,
+    check_no_fleet_gap,
     check_no_resurrection,
     check_orders,
     check_phantom_rows,
@@ -65,11 +67,13 @@ from syncmesh.chaos.migrations import (
     WORKLOAD_TABLE,
     MigrationPlan,
 )
+from syncmesh.chaos.natsservers import NatsCluster
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.workload import KV_COLUMNS
 from syncmesh.errors import SyncError
 from syncmesh.node.bootstrap import join
-from syncmesh.node.verify import VerifyClient, direct_call, verify
+from syncmesh.node.verify import VerifyClient, VerifyReport, direct_call, verify
+from syncmesh.store import Store
 from syncmesh.store.open import open_store
 from syncmesh.transport import HttpSnapshotSource, HttpVerifyExchange
 
@@ -92,6 +96,7 @@ RESTORE_HELD_POLL_S = 0.1
 RESET_AFTER_BYTES = (1, 64 * 1024)
 ECHO_BYTES_PER_CHANGE_MAX = 4096
 VERIFY_SETTLE_S = 0.3  # nothing is written after quiescence: one short re-read suffices
+NATS_CLUSTER = "chaos"  # the syncmesh cluster (stream SYNCMESH_CHAOS) of a schedule over NATS
 
 
 @dataclass(slots=True)
@@ -111,6 +116,9 @@ class RunOptions:
     keep: bool = False  # keep every schedule's files (failed ones are always kept)
     adversarial: tuple[str, ...] = ()  # features of the adversarial workload (chaos.adversarial)
     plans: tuple[str, ...] = DEFAULT_PLANS  # what the `migrate` fault deals (chaos.migrations)
+    # "nats": the nodes sync through a 3-server JetStream cluster of the schedule's
+    # own (chaos.natsservers), each node's connections through proxies (issue 15).
+    transport: str = "websocket"
 
 
 @dataclass(slots=True)
@@ -137,6 +145,8 @@ class ScheduleResult:
     # Judged at a replica whose quarantine holds them: a constraint turned them away there.
     writes_quarantined: int = 0
     torn_samples: int = 0
+    nats_server_restarts: int = 0  # --transport nats: nats-servers started again after a kill
+    verified_pairs: int = 0  # `syncmesh verify` exchanges that ran after quiescence
     resets: int = 0
     frames_duplicated: int = 0
     frames_reordered: int = 0
@@ -170,6 +180,9 @@ class ScheduleResult:
             "rows_held_at_restore": self.rows_held_at_restore,
             "writes_quarantined": self.writes_quarantined,
             "torn_samples": self.torn_samples,
+            "transport": self.schedule.transport,
+            "nats_server_restarts": self.nats_server_restarts,
+            "verified_pairs": self.verified_pairs,
             "resets": self.resets,
             "frames_duplicated": self.frames_duplicated,
             "frames_reordered": self.frames_reordered,
@@ -190,6 +203,11 @@ class ScheduleRun:
         self.result = ScheduleResult(schedule, directory=str(directory))
         self.nodes: list[ChaosNode] = []
         self.proxies: list[LinkProxy] = []
+        # --transport nats: the schedule's JetStream cluster, and per node one proxy
+        # in front of each server (the node's fleet URLs), so that a partition cuts it off.
+        self.nats: NatsCluster | None = None
+        self.nats_proxies: dict[int, list[LinkProxy]] = {}
+        self.nats_cuts: Counter[int] = Counter()
         self.cuts: Counter[int] = Counter()
         self.clock_samples: list[ClockSample] = []
         self.torn: set[str] = set()
@@ -239,8 +257,19 @@ class ScheduleRun:
         # 3), which the restore fault does not do.  Its schedules run without
         # collection, so that they check restore detection (issue 12).
         collect = not any(fault.kind == "restore" for fault in schedule.faults)
+        nats_urls: dict[int, tuple[str, ...]] = {}
+        if schedule.transport == "nats":
+            nats_urls = await self._start_nats()
         self.nodes = [
-            ChaosNode(n, self.directory, peer_urls[n], schedule.drift_ms, collect=collect)
+            ChaosNode(
+                n,
+                self.directory,
+                peer_urls[n],
+                schedule.drift_ms,
+                collect=collect,
+                nats_urls=nats_urls.get(n, ()),
+                nats_cluster=NATS_CLUSTER,
+            )
             for n in range(schedule.nodes)
         ]
         for listener, dialler in schedule.links:
@@ -257,6 +286,31 @@ class ScheduleRun:
             node.start()
         await asyncio.gather(*(self._ready(node) for node in self.nodes))
         await self._wait(self._all_streaming, CONNECT_TIMEOUT_S, "every link to connect")
+
+    async def _start_nats(self) -> dict[int, tuple[str, ...]]:
+        """The schedule's 3-server JetStream cluster, formed; per node its proxies' URLs.
+
+        Every node reaches every server through a proxy of its own: a
+        `nats-partition` cuts one node's proxies, and the bytes the nodes
+        send and receive are counted as on WebSocket links.  The servers
+        do not advertise other addresses (`no_advertise`), so a client
+        stays on its proxies when it reconnects.
+        """
+        self.nats = NatsCluster(self.directory / "nats", cluster_name="chaos", prefix="nats")
+        await asyncio.to_thread(self.nats.start)
+        urls: dict[int, tuple[str, ...]] = {}
+        for n in range(self.schedule.nodes):
+            proxies = []
+            for server in self.nats.servers:
+                proxy = LinkProxy(f"n{n}->{server.name}", server.client_port, self.rng)
+                await proxy.start()
+                proxies.append(proxy)
+            self.nats_proxies[n] = proxies
+            urls[n] = tuple(f"nats://127.0.0.1:{proxy.port}" for proxy in proxies)
+        return urls
+
+    def _all_proxies(self) -> list[LinkProxy]:
+        return self.proxies + [p for proxies in self.nats_proxies.values() for p in proxies]
 
     # -- the fault phase ------------------------------------------------------------------------
 
@@ -342,6 +396,16 @@ class ScheduleRun:
     def _apply(self, fault: Fault) -> Callable[[], None]:
         """Start `fault`; returns what heals it."""
         kind, links = fault.kind, fault.links
+        if kind in ("nats-kill", "nats-pause"):
+            assert self.nats is not None
+            server = self.nats.servers[int(fault.params["server"])]
+            if kind == "nats-pause":
+                server.pause()
+                return server.resume
+            server.kill()
+            return lambda: self._restart_server(server.name)
+        if kind == "nats-partition":
+            return self._cut_off_nats(fault.nodes[0])
         if kind in ("isolate", "halves"):
             group = set(fault.nodes)
             crossing = [
@@ -539,6 +603,26 @@ class ScheduleRun:
         self.result.restores += 1
         self._restart(node)
 
+    def _restart_server(self, name: str) -> None:
+        """A killed nats-server starts again on its store directory and configuration."""
+        assert self.nats is not None
+        for server in self.nats.servers:
+            if server.name == name and not server.running:
+                server.start()
+
+    def _cut_off_nats(self, node: int) -> Callable[[], None]:
+        """Cut `node` off from every nats-server (its proxies reset and refuse)."""
+        self.nats_cuts[node] += 1
+        for proxy in self.nats_proxies[node]:
+            proxy.set_cut(True)
+
+        def heal() -> None:
+            self.nats_cuts[node] -= 1
+            for proxy in self.nats_proxies[node]:
+                proxy.set_cut(self.nats_cuts[node] > 0)
+
+        return heal
+
     def _cut(self, link_indexes: list[int]) -> Callable[[], None]:
         for index in link_indexes:
             self.cuts[index] += 1
@@ -593,8 +677,14 @@ class ScheduleRun:
 
     def _heal_all(self) -> None:
         self.cuts.clear()
-        for proxy in self.proxies:
+        self.nats_cuts.clear()
+        for proxy in self._all_proxies():
             proxy.heal()
+        if self.nats is not None:
+            for server in self.nats.servers:
+                server.resume()
+                if not server.running:
+                    server.start()
         for node in self.nodes:
             node.resume()
             if node.offset_ms:
@@ -641,6 +731,8 @@ class ScheduleRun:
 
     async def _all_streaming(self) -> bool:
         statuses = await asyncio.gather(*(self._status(node) for node in self.nodes))
+        if self.schedule.transport == "nats":
+            return all_applied_from_stream(statuses)
         expected: Counter[int] = Counter()
         for listener, dialler in self.schedule.links:
             expected[listener] += 1
@@ -696,12 +788,17 @@ class ScheduleRun:
         # and so do deleted rows whose tombstone one node collected already.
         replicas = await asyncio.to_thread(self._replicas)
         refused = refused_by_constraint(replicas) | dead_everywhere(replicas)
-        for listener, dialler in self.schedule.links:
-            asker, node = self.nodes[dialler], self.nodes[listener]
+        pairs = [
+            (self.nodes[dialler], self.nodes[listener]) for listener, dialler in self.schedule.links
+        ]
+        if self.schedule.transport == "nats":
+            # No links: every pair of sites, over NATS request/reply (docs/nats.md).
+            pairs = list(itertools.combinations(self.nodes, 2))
+        for asker, node in pairs:
             store = open_store(asker.db)
             try:
-                async with VerifyClient(HttpVerifyExchange(node.url)) as client:
-                    report = await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
+                report = await self._verify_one(store, node)
+                self.result.verified_pairs += 1
             except SyncError as exc:
                 self.result.violations.append(
                     Violation("verify", f"{asker.name} could not verify {node.name}: {exc}")
@@ -724,6 +821,22 @@ class ScheduleRun:
                         f" {report.unsettled_rows} still change although the replicas are equal",
                     )
                 )
+
+    async def _verify_one(self, store: Store, node: ChaosNode) -> VerifyReport:
+        """`syncmesh verify` of `store` against `node`: over HTTP, or over NATS request/reply
+        to the node's site (straight to the servers, not through the proxies)."""
+        if self.nats is None:
+            async with VerifyClient(HttpVerifyExchange(node.url)) as client:
+                return await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
+        from syncmesh.transport.nats_verify import NatsVerifyConnection
+
+        servers = tuple(self.nats.urls)
+        own, site = store.site_id, await asyncio.to_thread(_site_of, node.db)
+        async with (
+            NatsVerifyConnection(servers, NATS_CLUSTER, own) as connection,
+            VerifyClient(connection.exchange(site)) as client,
+        ):
+            return await verify(store, direct_call, client, settle_s=VERIFY_SETTLE_S)
 
     def _replicas(self) -> list[Replica]:
         return [read_replica(node.name, node.db) for node in self.nodes]
@@ -789,7 +902,8 @@ class ScheduleRun:
                 self.clock_samples, ClockCheck(self.schedule.drift_ms, exempt, restored_nodes)
             )
         )
-        result.bytes_on_wire = sum(proxy.counters.bytes_forwarded for proxy in self.proxies)
+        proxies = self._all_proxies()
+        result.bytes_on_wire = sum(proxy.counters.bytes_forwarded for proxy in proxies)
         result.changes_applied = sum(_applied_rows(node.db) for node in self.nodes)
         violations.extend(
             check_echo(
@@ -798,11 +912,16 @@ class ScheduleRun:
                 self.options.echo_bytes_per_change_max,
             )
         )
-        violations.extend(check_logs({node.name: _read_text(node.log_path) for node in self.nodes}))
+        logs = {node.name: _read_text(node.log_path) for node in self.nodes}
+        violations.extend(check_logs(logs))
+        if self.schedule.transport == "nats":
+            violations.extend(check_no_fleet_gap(logs))
+            assert self.nats is not None
+            result.nats_server_restarts = sum(s.starts - 1 for s in self.nats.servers)
         result.drift_refusals = len(self.drift_refusals)
-        result.resets = sum(proxy.counters.resets for proxy in self.proxies)
-        result.frames_duplicated = sum(p.counters.frames_duplicated for p in self.proxies)
-        result.frames_reordered = sum(p.counters.frames_reordered for p in self.proxies)
+        result.resets = sum(proxy.counters.resets for proxy in proxies)
+        result.frames_duplicated = sum(p.counters.frames_duplicated for p in proxies)
+        result.frames_reordered = sum(p.counters.frames_reordered for p in proxies)
 
     def _may_be_lost(self, write: Write) -> bool:
         """A write a restore may take back: made at the restored node after its copy.
@@ -822,8 +941,10 @@ class ScheduleRun:
     async def _teardown(self) -> None:
         for node in self.nodes:
             await asyncio.to_thread(node.stop)
-        for proxy in self.proxies:
+        for proxy in self._all_proxies():
             await proxy.close()
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
 
     async def _wait(self, check: Callable[[], Any], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -831,6 +952,34 @@ class ScheduleRun:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
             await asyncio.sleep(QUIESCE_POLL_S)
+
+
+def all_applied_from_stream(statuses: Sequence[Mapping[str, Any] | None]) -> bool:
+    """Over NATS: every site streams and has applied everything every other site published.
+
+    Each node's fleet is `streaming` with no gap, none of its own writes
+    waits for a publish, it knows every other site, and its position on
+    each one's chain has reached where that site says its chain ends
+    (`published_seq`).  With the clients stopped, that is the stream's
+    part of quiescence; the equal dumps are the rest.
+    """
+    fleets = [None if status is None else status.get("fleet") for status in statuses]
+    if any(fleet is None for fleet in fleets):
+        return False
+    ends: dict[str, int] = {}
+    for fleet in fleets:
+        assert fleet is not None
+        if fleet["state"] != "streaming" or fleet["gaps"] or fleet["publish_waiting_since_ms"]:
+            return False
+        ends[str(fleet["subject"]).rsplit(".", 1)[-1]] = int(fleet["published_seq"])
+    for fleet in fleets:
+        assert fleet is not None
+        own = str(fleet["subject"]).rsplit(".", 1)[-1]
+        positions = {str(site["site_id"]): int(site["cursor"]) for site in fleet["sites"]}
+        for site, end in ends.items():
+            if site != own and positions.get(site, 0) < end:
+                return False
+    return True
 
 
 def _read_sample(path: Path) -> tuple[list[str], int | None]:
@@ -1004,6 +1153,7 @@ def run_schedules(
             faults_per_schedule=options.faults_per_schedule,
             drift_ms=options.drift_ms,
             plans=options.plans,
+            transport=options.transport,
         )
         directory = base / f"schedule-{index}"
         if directory.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,11 @@ from syncmesh.chaos import (
     FAULT_KINDS,
     FEATURES,
     MIGRATION_PLANS,
+    NATS_ACCEPTED_KINDS,
+    NATS_DEFAULT_KINDS,
+    NATS_KINDS,
     TOPOLOGIES,
+    TRANSPORTS,
     RunOptions,
     ScheduleResult,
     json_report,
@@ -24,11 +29,14 @@ from syncmesh.chaos import (
     schedule_line,
     summary,
 )
+from syncmesh.chaos.natsservers import NatsServerError, nats_server_binary
 
 VIOLATIONS_SHOWN = 5
 
 
-def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+def _kinds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None  # the transport's default deck (_deck)
     kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
     unknown = [kind for kind in kinds if kind not in ALL_KINDS]
     if unknown or not kinds:
@@ -41,6 +49,47 @@ def _kinds(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
         # client, which writes the new shape already (docs/chaos.md).
         raise click.BadParameter("restore and migrate cannot be combined: run them separately")
     return kinds
+
+
+def _deck(kinds: list[str] | None, transport: str) -> list[str]:
+    """The kinds to deal: the transport's default, or the ones named if they fit it.
+
+    Over NATS the nodes have no WebSocket links, so the link faults
+    (isolate, halves, oneway, flap, delay, bandwidth, reset, lossy,
+    duplicate, reorder) have nothing to act on; the clock, redelivery,
+    restore, lifecycle and migration faults are not run over the stream
+    yet.  Each is refused by name, not silently left out.  The NATS faults
+    need a NATS cluster to act on.
+    """
+    if kinds is None:
+        return list(NATS_DEFAULT_KINDS if transport == "nats" else FAULT_KINDS)
+    if transport == "nats":
+        refused = [kind for kind in kinds if kind not in NATS_ACCEPTED_KINDS]
+        if refused:
+            raise click.BadParameter(
+                f"{', '.join(refused)} cannot run with --transport nats (no WebSocket links,"
+                f" or not supported over the stream yet); choose from"
+                f" {', '.join(NATS_ACCEPTED_KINDS)}",
+                param_hint="'--faults'",
+            )
+        return kinds
+    needing = [kind for kind in kinds if kind in NATS_KINDS]
+    if needing:
+        raise click.BadParameter(
+            f"{', '.join(needing)} strike(s) nats-servers: add --transport nats",
+            param_hint="'--faults'",
+        )
+    return kinds
+
+
+def _check_nats_installed() -> None:
+    """--transport nats needs the client and a server binary: say so before any schedule."""
+    if importlib.util.find_spec("nats") is None:
+        raise click.UsageError("--transport nats needs nats-py: pip install 'syncmesh[nats]'")
+    try:
+        nats_server_binary()
+    except NatsServerError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _features(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -93,10 +142,18 @@ def _plans(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[st
 @click.option(
     "--faults",
     "kinds",
-    default=",".join(FAULT_KINDS),
+    default=None,
     callback=_kinds,
-    help="Comma-separated fault kinds to draw from (default: all but the opt-in `restore`;"
-    " see docs/chaos.md).",
+    help="Comma-separated fault kinds to draw from (default: all but the opt-in ones, or with"
+    " --transport nats: " + ",".join(NATS_DEFAULT_KINDS) + "; see docs/chaos.md).",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(TRANSPORTS),
+    default="websocket",
+    show_default=True,
+    help="How the nodes sync: WebSocket links through proxies (--topology), or a fleet stream"
+    " on a 3-server NATS JetStream cluster the run starts (needs nats-py and nats-server).",
 )
 @click.option(
     "--adversarial",
@@ -149,7 +206,8 @@ def chaos(
     schedules: int,
     only: int | None,
     topology: str,
-    kinds: list[str],
+    kinds: list[str] | None,
+    transport: str,
     faults_per_schedule: int,
     drift_s: float,
     workdir: Path | None,
@@ -162,16 +220,20 @@ def chaos(
     """Run nodes under injected faults and check that nothing is lost.
 
     Starts NODES real node processes on 127.0.0.1 with a TCP proxy on every
-    link, writes from one client process per node, injects faults drawn
-    from the seed, heals, waits until the nodes are quiet and checks
-    convergence, lost writes, torn transactions, resurrections, echo and
+    link (with --transport nats: a 3-server JetStream cluster, and a proxy
+    between each node and each server), writes from one client process per
+    node, injects faults drawn from the seed, heals, waits until the nodes
+    are quiet and checks convergence, lost writes, torn transactions, resurrections, echo and
     clock health.  Exit status 1 on any violation; the report gives the
     command that reproduces each failing schedule.
     """
     if list_faults:
         for kind in ALL_KINDS:
-            click.echo(f"{kind:<10} {FAULT_DESCRIPTIONS[kind]}")
+            click.echo(f"{kind:<14} {FAULT_DESCRIPTIONS[kind]}")
         return
+    deck = _deck(kinds, transport)
+    if transport == "nats":
+        _check_nats_installed()
     options = RunOptions(
         seed=seed,
         nodes=nodes,
@@ -179,7 +241,8 @@ def chaos(
         schedules=1 if only is not None else schedules,
         first=only or 0,
         topology=topology,
-        kinds=kinds,
+        kinds=deck,
+        transport=transport,
         faults_per_schedule=faults_per_schedule,
         drift_ms=round(drift_s * 1000),
         workdir=workdir,

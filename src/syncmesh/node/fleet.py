@@ -517,6 +517,8 @@ class Fleet:
             )
         try:
             outcome = await self._host.worker.call(self._apply, site_id, message, batch)
+            if outcome.kind == "ahead":
+                outcome = await self._apply_in_order(site, message, batch, outcome)
         except StoreError as exc:
             log.warning("fleet: cannot apply a message of %s now: %s", site_id, exc)
             return False
@@ -531,6 +533,63 @@ class Fleet:
             await self._bootstrap(site)
         await delivery.ack()
         return True
+
+    async def _apply_in_order(
+        self, site: _Site, message: StoredMessage, batch: ChangeBatch, ahead: _Outcome
+    ) -> _Outcome:
+        """A message past our position: apply the ones between from the stream, if it holds them.
+
+        The durable consumer delivers in order, except after a crash: the
+        messages a killed process had fetched and not acked come back only
+        after the ack wait (30 s), and the newer ones are delivered first.
+        Those messages are still in the stream, so this is no gap: each one
+        that continues the chain (its `from` is our position) is read from
+        the stream and applied, in order, then `message` itself.  Their
+        redelivery later is a duplicate, acked unapplied.  Only when the
+        stream does not continue the chain up to `message` is it a gap
+        (`_merge_past_gap`, reported and closed from the state stream).
+        """
+        cursor, after_seq = ahead.cursor, ahead.after_seq
+        filled = 0
+        while True:
+            following = await self._link.next_message(message.subject, after_seq + 1)
+            if (
+                following is None
+                or following.stream_seq >= message.stream_seq
+                or _header_int(following.headers, HEADER_FROM) != cursor
+                or following.headers.get(HEADER_INCARNATION) != batch.incarnation
+            ):
+                break
+            earlier = self._decoded(following)
+            if earlier is None:
+                break  # counted and logged; what it held is the gap's
+            earlier, refused, example = refuse_foreign(earlier, site.site_id)
+            if refused:
+                site.foreign_rows_refused += refused
+                log.error(
+                    "fleet: refused %d rows on the subject of site %s that claim another"
+                    " origin; first: %s",
+                    refused,
+                    site.site_id,
+                    example,
+                )
+            outcome = await self._host.worker.call(self._apply, site.site_id, following, earlier)
+            if outcome.kind != "applied":
+                break
+            self._note_outcome(site, following, earlier, outcome)
+            cursor, after_seq = outcome.cursor, following.stream_seq
+            filled += 1
+        if filled:
+            log.info(
+                "fleet: read %d messages of site %s from the stream before its stream seq %d"
+                " (delivered to an earlier process and not acked: redelivered later)",
+                filled,
+                site.site_id,
+                message.stream_seq,
+            )
+        return await self._host.worker.call(
+            self._apply, site.site_id, message, batch, past_gap=True
+        )
 
     def _decoded(self, message: StoredMessage) -> ChangeBatch | None:
         """The message's batch, checked at the trust boundary; None (counted, logged) if bad."""
@@ -554,8 +613,15 @@ class Fleet:
             return None
         return decoded.batch
 
-    def _apply(self, site_id: str, message: StoredMessage, batch: ChangeBatch) -> _Outcome:
-        """On the store thread: apply at the stored position, or say why not."""
+    def _apply(
+        self, site_id: str, message: StoredMessage, batch: ChangeBatch, *, past_gap: bool = False
+    ) -> _Outcome:
+        """On the store thread: apply at the stored position, or say why not.
+
+        A message past the position is "ahead" (the messages between may be
+        in the stream still: `_apply_in_order`); with `past_gap` it is a gap
+        and its rows are merged without moving the position.
+        """
         store = self._host.store
         key = position_key(self._config.cluster, site_id)
         stored = store.peer_cursor(key)
@@ -564,14 +630,16 @@ class Fleet:
             # its chain starts at 0.  Kept even when the first message is past
             # 0 (a gap), so that a restart finds the gap again.
             store.reset_peer_cursor(key, batch.incarnation, 0, message.subject)
-            cursor = 0
+            cursor = after_seq = 0
         elif stored.cursor == 0 and stored.head_seq > 0:
             return _Outcome("reread", 0)  # reset by the store: not a gap (_positions_reset)
         else:
-            cursor = stored.cursor
+            cursor, after_seq = stored.cursor, stored.head_seq
         if batch.to_seq <= cursor:
             return _Outcome("duplicate", cursor)
         if batch.from_seq > cursor:
+            if not past_gap:
+                return _Outcome("ahead", cursor, gap_from=batch.from_seq, after_seq=after_seq)
             return self._merge_past_gap(site_id, cursor, batch)
         # The stream sequence goes into the cursor's head_seq: the position
         # commits with the rows, in apply_batch's one transaction.
@@ -920,11 +988,12 @@ class Fleet:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    kind: str  # "applied", "duplicate", "gap" or "reread"
+    kind: str  # "applied", "duplicate", "ahead", "gap" or "reread"
     cursor: int
     applied_rows: int = 0
     captured_total: int = 0
     gap_from: int = 0
+    after_seq: int = 0  # "ahead": the stream sequence of the last message applied
 
 
 def _hex_site(site_id: str) -> bool:

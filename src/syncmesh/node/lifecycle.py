@@ -14,6 +14,13 @@ A pass is skipped while a peer this node dials was never met (no HELLO,
 in this run or an earlier one): it may be a member we have not heard of
 yet (a newcomer that has written), and collecting without it could make
 us refuse it.
+
+A node on a fleet stream (NATS, docs/nats.md) collects nothing: the stream's
+sites send no vectors, so nothing tells which of our deletes they hold.  A
+node that held no other site's stamps yet took itself for its only member
+and collected its own deletes while the stream was out of reach, before
+they were published: they were lost, and older writes of the keys came
+back (issue 15, found by `syncmesh chaos --transport nats`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ from syncmesh.node.config import NodeConfig
 from syncmesh.store import Store
 
 log = logging.getLogger(__name__)
+
+FLEET_SKIP = (
+    "on a fleet stream: its sites send no vectors, so no delete is known to be held by all"
+    " (docs/nats.md, Tombstones)"
+)
 
 StoreCall = Callable[..., Awaitable[Any]]
 
@@ -100,7 +112,9 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
     statistics.rounds += 1
     collected = 0
     unmet = await host.unmet_dialled_peers()
-    if unmet:
+    if host.config.fleet is not None:
+        statistics.skipped = FLEET_SKIP
+    elif unmet:
         statistics.skipped = f"never met the peer at {', '.join(unmet)}: it may be a member"
     else:
         statistics.skipped = ""

@@ -658,3 +658,32 @@ async def close_client(client: Client) -> None:
         await bounded(client.close(), "close", "nats", CLOSE_DEADLINE_S)
     except Exception as exc:  # nats-py's own asserts too (a client that never connected)
         log.debug("nats: close: %s: %s", type(exc).__name__, exc)
+
+
+async def probe_jetstream(servers: Sequence[str], *, replicas: int) -> None:
+    """Make and delete a stream of `replicas` copies: a JetStream cluster that takes streams.
+
+    For the code that starts real servers (`syncmesh.chaos.natsservers`):
+    its routes, health and meta leader can look ready a moment before a
+    replicated stream can be made.  One try, no reconnects; nats-py's
+    errors leave as they are (the caller waits and tries again).
+    """
+
+    async def quiet(_error: Exception) -> None:
+        """A server not up yet is what the caller waits out: no traceback for it."""
+
+    client = await nats.connect(
+        servers=list(servers),
+        connect_timeout=2,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        error_cb=quiet,
+    )
+    try:
+        manager = client.jetstream()
+        await manager.add_stream(
+            name="READY_PROBE", subjects=["ready.probe"], num_replicas=replicas
+        )
+        await manager.delete_stream("READY_PROBE")
+    finally:
+        await close_client(client)
