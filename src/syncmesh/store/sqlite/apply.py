@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -556,13 +557,17 @@ def _merge_keys(
             refused += 1
             continue
         earlier = merged_by_key.get(pk)
-        if earlier is None and pk not in on_disk:
-            # Fast path, the common case of a backlog: joined with nothing,
-            # the incoming row is the result; copy it out positionally.
-            shadow, user = table.fast_rows(row, ordinals, seq, batch_codes)
-            merged_by_key[pk] = _Merged(None, shadow, user, [row])
-            observed = max(observed, top)
-            continue
+        if earlier is None:
+            held = on_disk.get(pk)
+            if held is None:
+                # Fast path, the common case of a backlog: joined with nothing,
+                # the incoming row is the result; copy it out positionally.
+                shadow, user = table.fast_rows(row, ordinals, seq, batch_codes)
+                merged_by_key[pk] = _Merged(None, shadow, user, [row])
+                observed = max(observed, top)
+                continue
+            if held_again(row, held[0], keys, ordinals):
+                continue  # a duplicate delivery (a relay, a retry): nothing to join
         if _join_held(result, table, incoming, batch_sites, local_sites, on_disk, pk, row):
             observed = max(observed, top)
     if observed:
@@ -570,6 +575,52 @@ def _merge_keys(
         ctx.clock.absorb(int(observed))
     result.drift_refused = refused
     return result
+
+
+def held_again(
+    row: list[SqlValue], held: list[SqlValue], keys: int, ordinals: list[int]
+) -> bool:
+    """Whether incoming `row` is exactly what `held` (our row of its key) already holds.
+
+    A mesh or a chain delivers many rows twice (from their origin and
+    through a relay; `bench e2e` counts them), and a retry redelivers a
+    whole batch.  Such a row has our causal length and its stamp, and each
+    of its cells is ours with the same stamp, the same value (storage
+    class and bytes) and no past of its own.  Joining it would change
+    nothing and resolve nothing: equal stamps are no conflict and teach
+    nothing (`merge.resolve_cells`), and the join keeps our cell (our past,
+    if any, is at least the empty one).  So it is passed over without
+    building either state.  Anything else, down to a REAL against an
+    INTEGER or a cell with a past, takes the full join (`_join_held`).
+    `row` names sites by batch index (`ordinals` maps them), `held` by
+    ordinal.
+    """
+    if row[keys] != held[keys] or row[keys + 1] != held[keys + 1]:
+        return False
+    site = row[keys + 2]
+    if (None if site is None else ordinals[site]) != held[keys + 2]:  # type: ignore[index]
+        return False
+    for at in range(keys + 3, len(row), CELL_FIELDS):
+        hlc = row[at + 1]
+        if hlc is None:
+            continue  # the row carries no cell of this column
+        site = row[at + 2]
+        if (
+            hlc != held[at + 1]
+            or site is None
+            or ordinals[site] != held[at + 2]  # type: ignore[index]
+            or row[at + 3] is not None
+            or not _same_value(row[at], held[at])
+        ):
+            return False
+    return True
+
+
+def _same_value(left: SqlValue, right: SqlValue) -> bool:
+    """The same SQLite value: same storage class and equal, -0.0 apart from 0.0."""
+    if type(left) is not type(right) or left != right:
+        return False
+    return not isinstance(left, float) or math.copysign(1.0, left) == math.copysign(1.0, right)
 
 
 def _join_held(
