@@ -74,7 +74,9 @@ def rows(held: RowState, incoming: RowState) -> tuple[list[SqlValue], list[SqlVa
 
 @settings(max_examples=1000)
 @given(states.flatmap(lambda held: st.tuples(st.just(held), copies(held) | states)))
-def test_a_row_passed_over_is_one_the_join_would_not_change(pair: tuple[RowState, RowState]) -> None:
+def test_a_row_passed_over_is_one_the_join_would_not_change(
+    pair: tuple[RowState, RowState],
+) -> None:
     held, incoming = pair
     incoming_row, held_row, ordinals = rows(held, incoming)
     if held_again(incoming_row, held_row, 1, ordinals):

@@ -577,9 +577,7 @@ def _merge_keys(
     return result
 
 
-def held_again(
-    row: list[SqlValue], held: list[SqlValue], keys: int, ordinals: list[int]
-) -> bool:
+def held_again(row: list[SqlValue], held: list[SqlValue], keys: int, ordinals: list[int]) -> bool:
     """Whether incoming `row` is exactly what `held` (our row of its key) already holds.
 
     A mesh or a chain delivers many rows twice (from their origin and
