@@ -886,6 +886,7 @@ def _write_staged(ctx: StoreContext, table: TableSql, shared: _Incoming, merge: 
         return True
     connection.execute("ROLLBACK TO syncmesh_staged")
     connection.execute("RELEASE syncmesh_staged")
+    connection.execute(stage.clear_sql)
     return False
 
 
@@ -1056,8 +1057,8 @@ def _write_shadow_rows(
         ctx.summaries.note(table.spec.name, leaf, delta)
     table.write_shadow(ctx.connection, shadow_rows)
     if staged:
-        # The staged keys' rows, from the stage `_write_staged` filled; the
-        # digest function moves each row's leaf of the hash tree itself.
+        # The staged keys' rows, from the stage `_write_staged` filled; their
+        # leaves of the hash tree move by the digests `_staged_rows` computed.
         ctx.connection.execute(
             table.sql_apply.stage.shadow_sql(tuple(shared.ordinals)), {"seq": shared.seq}
         )
