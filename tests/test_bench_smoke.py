@@ -172,3 +172,14 @@ def test_the_peers_scenario_runs_every_system(tmp_path: Path) -> None:
     for figure in rates:
         assert figure["median"] > 0, figure["name"]
         assert "note" not in figure, figure["note"]  # no write missing anywhere
+
+
+def test_profile_runs_every_stage_and_the_relay_copy() -> None:
+    from bench import profile
+
+    report = profile.run(300, lambda _line: None)
+    assert set(report["stages"]) == {"capture", "read_batch", "encode", "decode", "apply_batch"}
+    for stage in report["stages"].values():
+        assert stage["seconds"] > 0
+        assert stage["top_own_time"]
+    assert report["apply_again"]["seconds"] > 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,13 +42,29 @@ from syncmesh.store.records import ApplyResult
 from syncmesh.store.sqlite import conflicts, quarantine, vector, waitlist
 from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import DEFAULT_CELL_HLC, DEFAULT_CELL_SITE, quote_identifier
-from syncmesh.store.sqlite.execute import execute_checked, execute_many, execute_one
+from syncmesh.store.sqlite.execute import (
+    execute_checked,
+    execute_many,
+    execute_one,
+    require_transaction,
+)
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql, pasts_problem, row_problem
-from syncmesh.store.summary import LEAF_MASK, NO_SITE, site_code
+from syncmesh.store.summary import (
+    LEAF_MASK,
+    NO_SITE,
+    NO_STAMP,
+    fields_digest,
+    key_hash,
+    site_code,
+    trim_default_cells,
+)
 
 Key = tuple[SqlValue, ...]
+# Rows of keys new here are written in sets through SQL (`_write_staged`);
+# tests turn this off to hold the set path to the row-by-row one.
+STAGING = True
 log = logging.getLogger(__name__)
 
 
@@ -316,7 +333,16 @@ def merge_table(
     incoming, held_back = _without_corrupt_keys(ctx, table, incoming, shared, on_disk, refusals)
     if held_back:
         pks = [tuple(row[: table.key_count]) for row in incoming.rows]
-    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk, refusals)
+    # Keys new here go through SQL in sets (`_write_staged`), unless the table
+    # needs the row-by-row path: a column the sender lacks (a partial write),
+    # a UNIQUE ... ON CONFLICT REPLACE (each row's guard), or a stage too wide.
+    staging = (
+        STAGING
+        and table.sql_apply.stage.fits
+        and not lacking
+        and not table.replace_guards(ctx.connection)
+    )
+    merge = _merge_keys(ctx, table, incoming, shared, pks, on_disk, refusals, staging=staging)
     failed, quarantined = _write_user_rows(ctx, table, shared, merge, on_disk, lacking, refusals)
     quarantined += held_back
     applied = _write_shadow_rows(ctx, table, shared, merge, on_disk, failed)
@@ -519,6 +545,8 @@ class _KeyMerge:
     learned: dict[Key, tuple[RowState, dict[str, Knowledge]]] = field(default_factory=dict)
     found: dict[Key, list[CellConflict]] = field(default_factory=dict)
     drift_refused: int = 0
+    # Leaf -> XOR of the digests of the staged rows in it (`_staged_rows`).
+    staged_moves: dict[int, int] = field(default_factory=dict)
 
 
 def _merge_keys(
@@ -529,8 +557,15 @@ def _merge_keys(
     pks: list[Key],
     on_disk: OnDisk,
     refusals: _Refusals,
+    *,
+    staging: bool = False,
 ) -> _KeyMerge:
-    """Join each incoming row with the key's state so far (on disk, or earlier in the batch)."""
+    """Join each incoming row with the key's state so far (on disk, or earlier in the batch).
+
+    With `staging`, a row of a key new here whose cells are all stamped and
+    carry no past is left for `_write_staged` (SQL, in sets); other rows of
+    new keys are copied out by `TableSql.fast_rows`.
+    """
     keys = table.key_count
     batch_sites, ordinals, seq, bound = (
         shared.batch_sites,
@@ -546,23 +581,38 @@ def _merge_keys(
     merged_by_key = result.merged
     refused = 0
     observed = 0
+    pasts_at = keys + 6  # a cell's past; its stamp two fields before
+    cells = len(table.values)
     for pk, row in zip(pks, incoming.rows, strict=True):
-        top = max(
-            (int(hlc) for hlc in (row[keys + 1], *row[keys + 4 :: CELL_FIELDS]) if hlc is not None),
-            default=0,
-        )
+        hlcs = row[keys + 4 :: CELL_FIELDS]
+        stamps = [row[keys + 1], *hlcs]
+        if None in stamps:
+            top = max((int(hlc) for hlc in stamps if hlc is not None), default=0)
+        else:
+            top = int(max(stamps))  # type: ignore[type-var, arg-type]  # the codec's ints
         if top > bound:
             refusals.add(ctx, row)
             refused += 1
             continue
         earlier = merged_by_key.get(pk)
-        if earlier is None and pk not in on_disk:
-            # Fast path, the common case of a backlog: joined with nothing,
-            # the incoming row is the result; copy it out positionally.
-            shadow, user = table.fast_rows(row, ordinals, seq, batch_codes)
-            merged_by_key[pk] = _Merged(None, shadow, user, [row])
-            observed = max(observed, top)
-            continue
+        if earlier is None:
+            held = on_disk.get(pk)
+            if held is None:
+                # Fast path, the common case of a backlog: joined with nothing,
+                # the incoming row is the result, written as it came.
+                observed = max(observed, top)
+                if (
+                    staging
+                    and row[pasts_at::CELL_FIELDS].count(None) == cells
+                    and (row[keys] % 2 == 0 or None not in hlcs)  # type: ignore[operator]
+                ):
+                    merged_by_key[pk] = _Merged(None, None, None, [row], staged=True)
+                    continue
+                shadow, user = table.fast_rows(row, ordinals, seq, batch_codes)
+                merged_by_key[pk] = _Merged(None, shadow, user, [row])
+                continue
+            if held_again(row, held[0], keys, ordinals):
+                continue  # a duplicate delivery (a relay, a retry): nothing to join
         if _join_held(result, table, incoming, batch_sites, local_sites, on_disk, pk, row):
             observed = max(observed, top)
     if observed:
@@ -570,6 +620,50 @@ def _merge_keys(
         ctx.clock.absorb(int(observed))
     result.drift_refused = refused
     return result
+
+
+def held_again(row: list[SqlValue], held: list[SqlValue], keys: int, ordinals: list[int]) -> bool:
+    """Whether incoming `row` is exactly what `held` (our row of its key) already holds.
+
+    A mesh or a chain delivers many rows twice (from their origin and
+    through a relay; `bench e2e` counts them), and a retry redelivers a
+    whole batch.  Such a row has our causal length and its stamp, and each
+    of its cells is ours with the same stamp, the same value (storage
+    class and bytes) and no past of its own.  Joining it would change
+    nothing and resolve nothing: equal stamps are no conflict and teach
+    nothing (`merge.resolve_cells`), and the join keeps our cell (our past,
+    if any, is at least the empty one).  So it is passed over without
+    building either state.  Anything else, down to a REAL against an
+    INTEGER or a cell with a past, takes the full join (`_join_held`).
+    `row` names sites by batch index (`ordinals` maps them), `held` by
+    ordinal.
+    """
+    if row[keys] != held[keys] or row[keys + 1] != held[keys + 1]:
+        return False
+    site = row[keys + 2]
+    if (None if site is None else ordinals[site]) != held[keys + 2]:  # type: ignore[index]
+        return False
+    for at in range(keys + 3, len(row), CELL_FIELDS):
+        hlc = row[at + 1]
+        if hlc is None:
+            continue  # the row carries no cell of this column
+        site = row[at + 2]
+        if (
+            hlc != held[at + 1]
+            or site is None
+            or ordinals[site] != held[at + 2]  # type: ignore[index]
+            or row[at + 3] is not None
+            or not _same_value(row[at], held[at])
+        ):
+            return False
+    return True
+
+
+def _same_value(left: SqlValue, right: SqlValue) -> bool:
+    """The same SQLite value: same storage class and equal, -0.0 apart from 0.0."""
+    if type(left) is not type(right) or left != right:
+        return False
+    return not isinstance(left, float) or math.copysign(1.0, left) == math.copysign(1.0, right)  # type: ignore[arg-type]
 
 
 def _join_held(
@@ -660,6 +754,8 @@ def _write_user_rows(
     upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None, bool]] = []
     deletes: list[tuple[Key, list[SqlValue]]] = []
     for pk, result in merge.merged.items():
+        if result.staged:
+            continue  # written in a set, last (`_write_staged`)
         user = result.user_row(table, pk)
         held = on_disk.get(pk)
         held_alive = held is not None and held[0][keys] % 2 == 1  # type: ignore[operator]
@@ -728,6 +824,26 @@ def _write_user_rows(
                 ),
             )
         )
+    if not _write_staged(ctx, table, shared, merge):
+        # A constraint refused one of them, or a write did not take effect:
+        # they take the row-by-row path, which finds and quarantines those.
+        seq, ordinals = shared.seq, shared.ordinals
+        codes: dict[SqlValue, int] = {None: NO_SITE}
+        codes.update((index, site_code(site)) for index, site in enumerate(shared.batch_sites))
+        group = []
+        for pk, result in merge.merged.items():
+            if result.staged:
+                shadow, user = table.fast_rows(result.rows[0], ordinals, seq, codes)
+                merge.merged[pk] = _Merged(None, shadow, user, result.rows)
+                if user is not None:
+                    group.append((pk, user))
+        if group:
+            writes.append(
+                (
+                    [pk for pk, _row in group],
+                    execute_checked(connection, sql.upsert_sql, [row for _pk, row in group]),
+                )
+            )
     for group_keys, failures in writes:
         for index, reason in failures:
             pk = group_keys[index]
@@ -736,6 +852,42 @@ def _write_user_rows(
                 refusals.add(ctx, row, reason)
                 quarantined += 1
     return failed, quarantined
+
+
+def _write_staged(ctx: StoreContext, table: TableSql, shared: _Incoming, merge: _KeyMerge) -> bool:
+    """Write the user rows of the staged keys (new here) in one statement; False if undone.
+
+    The rows go to the stage table (sql_apply.StageSql) with one
+    `executemany`, then to the user table with one `INSERT ... SELECT`.
+    Every write must take effect, as `execute_checked` demands of each:
+    the statement's count of rows written must be the count of live rows
+    staged.  A constraint's refusal, a trigger's RAISE(IGNORE) or an
+    ON CONFLICT IGNORE undoes the statement, and the caller writes the rows
+    one by one instead, to find the ones at fault.  The stage keeps the
+    rows for `_write_shadow_rows`.
+    """
+    staged = [result.rows[0] for result in merge.merged.values() if result.staged]
+    if not staged:
+        return True
+    stage = table.sql_apply.stage
+    connection = ctx.connection
+    connection.execute(stage.create_sql)
+    connection.execute(stage.clear_sql)
+    execute_many(connection, stage.insert_sql, _staged_rows(table, shared, merge, staged))
+    (alive,) = connection.execute(stage.alive_sql).fetchone()
+    connection.execute("SAVEPOINT syncmesh_staged")
+    try:
+        written = connection.execute(stage.user_sql).rowcount
+    except sqlite3.IntegrityError as exc:
+        require_transaction(connection, exc)
+        written = -1
+    if written == alive:
+        connection.execute("RELEASE syncmesh_staged")
+        return True
+    connection.execute("ROLLBACK TO syncmesh_staged")
+    connection.execute("RELEASE syncmesh_staged")
+    connection.execute(stage.clear_sql)
+    return False
 
 
 def _written(table: TableSql, result: _Merged, lacking: frozenset[str]) -> tuple[str, ...] | None:
@@ -841,6 +993,39 @@ def _upsert_guarded(
     return failures
 
 
+def _staged_rows(
+    table: TableSql, shared: _Incoming, merge: _KeyMerge, staged: list[list[SqlValue]]
+) -> list[list[SqlValue]]:
+    """The stage's rows: key hash and digest, then the row as it came; leaves to move.
+
+    The digest is `summary.digest` of the row as its shadow row will hold
+    it (`TableSql.fast_rows` computes the same), here in one tight loop:
+    hashing is the one per-row step SQL cannot do.  The leaves' moves are
+    kept in `merge.staged_moves` until the shadow rows are written.
+    """
+    keys = table.key_count
+    codes: dict[SqlValue, int] = {None: NO_SITE}
+    codes.update((index, site_code(site)) for index, site in enumerate(shared.batch_sites))
+    code = codes.__getitem__
+    moves = merge.staged_moves
+    out: list[list[SqlValue]] = []
+    for row in staged:
+        hashed = key_hash(row[:keys])
+        cl, cl_hlc = row[keys], row[keys + 1]
+        fields = [hashed, cl, NO_STAMP if cl_hlc is None else cl_hlc, code(row[keys + 2])]
+        if cl % 2 == 1:  # type: ignore[operator]
+            hlcs, sites = row[keys + 4 :: CELL_FIELDS], row[keys + 5 :: CELL_FIELDS]
+            if hlcs and hlcs[-1] == DEFAULT_CELL_HLC:
+                hlcs, sites = trim_default_cells(hlcs, sites)  # type: ignore[assignment]
+            fields += hlcs
+            fields += map(code, sites)
+        digest = fields_digest(fields)  # type: ignore[arg-type]
+        leaf = hashed & LEAF_MASK
+        moves[leaf] = moves.get(leaf, 0) ^ digest
+        out.append([hashed, digest, *row])
+    return out
+
+
 def _write_shadow_rows(
     ctx: StoreContext,
     table: TableSql,
@@ -856,8 +1041,12 @@ def _write_shadow_rows(
     shadow_rows = []
     hash_at = table.key_count + 4  # the shadow row's key hash, then its digest (shadow_columns)
     moved: dict[int, int] = {}  # leaf -> XOR of its rows' old ^ new digests
+    staged = 0
     for pk, result in merge.merged.items():
         if pk in failed:
+            continue
+        if result.staged:
+            staged += 1
             continue
         shadow = result.shadow_row(table, pk, shared.seq, shared.sites)
         shadow_rows.append(shadow)
@@ -867,6 +1056,15 @@ def _write_shadow_rows(
     for leaf, delta in moved.items():
         ctx.summaries.note(table.spec.name, leaf, delta)
     table.write_shadow(ctx.connection, shadow_rows)
+    if staged:
+        # The staged keys' rows, from the stage `_write_staged` filled; their
+        # leaves of the hash tree move by the digests `_staged_rows` computed.
+        ctx.connection.execute(
+            table.sql_apply.stage.shadow_sql(tuple(shared.ordinals)), {"seq": shared.seq}
+        )
+        for leaf, delta in merge.staged_moves.items():
+            ctx.summaries.note(table.spec.name, leaf, delta)
+        ctx.connection.execute(table.sql_apply.stage.clear_sql)
     execute_many(
         ctx.connection,
         table.sql_apply.knowledge_sql,
@@ -875,7 +1073,7 @@ def _write_shadow_rows(
             for pk, (state, known) in merge.learned.items()
         ],
     )
-    return len(shadow_rows)
+    return len(shadow_rows) + staged
 
 
 @dataclass(slots=True)
@@ -887,6 +1085,7 @@ class _Merged:
     user: list[SqlValue] | None
     rows: list[list[SqlValue]]  # the incoming rows that made it
     known: dict[str, Knowledge] = field(default_factory=dict)  # beyond the cells' pasts
+    staged: bool = False  # a key new here, left to `_write_staged` (rows[0] is it)
 
     def state_or(self, incoming: TableRows, sites: tuple[str, ...]) -> RowState:
         if self.state is not None:

@@ -50,7 +50,7 @@ def execute_checked(
             connection.execute("RELEASE syncmesh_write")
             return []
     except sqlite3.IntegrityError as exc:
-        _require_transaction(connection, exc)
+        require_transaction(connection, exc)
     except UnicodeEncodeError:
         pass  # TEXT that is not UTF-8: such rows are bound one by one (`bindable`)
     # Undo the partial executemany, then find the rows that fail, one by one.
@@ -75,7 +75,7 @@ def _write_one(
     try:
         changed = connection.execute(*bindable(sql, row)).rowcount
     except sqlite3.IntegrityError as exc:
-        _require_transaction(connection, exc)
+        require_transaction(connection, exc)
         connection.execute("RELEASE syncmesh_row")  # SQLite undid the statement itself
         return f"constraint failed: {exc}"
     if changed == 1 or (changed == 0 and settled is not None and settled(row)):
@@ -161,7 +161,7 @@ def _segments(sql: str) -> list[tuple[bool, str]]:
     return segments
 
 
-def _require_transaction(connection: sqlite3.Connection, exc: sqlite3.IntegrityError) -> None:
+def require_transaction(connection: sqlite3.Connection, exc: sqlite3.IntegrityError) -> None:
     """Raise StoreError if the constraint failure ended the caller's transaction.
 
     Most constraint failures undo only the failing statement, but a user

@@ -53,6 +53,13 @@ from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+# What the write-ahead log is cut back to when this connection resets it
+# after a checkpoint.  SQLite reuses the WAL but never shrinks it otherwise:
+# a burst of writes during a long read (a backup, a report, a slow peer's
+# feed) left it at the burst's size for good, several times the database
+# in a soak (docs/performance.md, issue 16).  A few checkpoints' worth
+# (SQLite checkpoints every 1,000 pages, 4 MB at the default page size).
+WAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024
 CACHE_KIB = 65_536
 DATABASE_FILE_MODE = 0o600
 
@@ -86,6 +93,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
         connection.text_factory = text_of_bytes
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         connection.execute("PRAGMA synchronous = NORMAL")
         # Shadow rows are keyed like the user rows (often random keys), so a
         # batch touches pages all over the shadow table: keep them cached.
