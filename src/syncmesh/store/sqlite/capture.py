@@ -165,8 +165,18 @@ def capture_table(
     the row exist now (the last write says), was it deleted on the way
     (then an insert began a new life), and which columns changed (the
     union of the masks).  `values_fp`: the table's columns are the ones
-    the store knows, so the rows' value fingerprints can be read.
+    the store knows, so the rows' value fingerprints can be read.  `note`
+    is the store's own `Summaries.note`: the digest function the
+    statements call notes into the same trees (opening.py); None leaves
+    new keys without key hash and digest.
+
+    Set-based (`_capture_table_sets`) unless the table has slots beyond the
+    mask's bits: those fold in Python, one upsert per key.
     """
+    if table.sql_capture.set_based:
+        return _capture_table_sets(
+            connection, table, hlc, seq, entries_max, note is not None, keys_out, values_fp
+        )
     # Per key: [alive, deleted, mask, inserted, and the wide part of the mask:
     # bit i for slot MASK_COLUMNS_MAX + i, of a table that has such slots].
     folded: dict[tuple[SqlValue, ...], list[int]] = {}
@@ -228,6 +238,64 @@ def capture_table(
     execute_many(connection, sql, parameters)
     connection.execute(table.sql_capture.log_clear_sql, (last_id,))
     return len(folded)
+
+
+def _capture_table_sets(
+    connection: sqlite3.Connection,
+    table: TableSql,
+    hlc: int,
+    seq: int,
+    entries_max: int,
+    hashing: bool,
+    keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None,
+    values_fp: bool,
+) -> int:
+    """`capture_table` in a few statements, whatever the number of keys.
+
+    Per key, the Python fold cost a tuple, a dict entry and an upsert's
+    binding, and the keys new here a key hash and digest in Python: most of
+    the capture's CPU per row (docs/performance.md, issue 17).  Here the
+    log folds into a temporary table with one GROUP BY (`CaptureSql.fold_sql`),
+    the rows of keys the shadow holds are updated with one UPDATE ... FROM
+    and the new ones inserted with one INSERT ... SELECT; SQL functions do
+    the hashing.  The outcome is the Python fold's, row for row.
+    """
+    sql = table.sql_capture
+    connection.execute(sql.fold_create_sql)
+    (last_id,) = connection.execute(sql.log_last_sql, (entries_max,)).fetchone()
+    if last_id is None:
+        return 0
+    hashing = hashing and sql.digests
+    connection.execute(sql.fold_sql, {"last": last_id, "hash": int(hashing)})
+    try:
+        nulls = connection.execute(sql.fold_nulls_sql).rowcount
+        for _ in range(nulls):
+            # SQLite lets a rowid table hold NULL in its key; such a row
+            # cannot be addressed on another node.  Skipped, so it cannot
+            # wedge the capture of every other write (docs/keys.md).
+            log.warning("table %s: a row with a NULL key value is not synced", table.spec.name)
+        if connection.execute(sql.check_sql).rowcount:
+            for statement in sql.checked_sql:
+                connection.execute(statement)
+        (count,) = connection.execute(sql.fold_count_sql).fetchone()
+        if count:
+            if keys_out is not None:
+                stamped_keys = keys_out.setdefault(table.spec.name, {})
+                stamped_keys.update(
+                    (tuple(row[:-1]), bool(row[-1]))
+                    for row in connection.execute(sql.fold_keys_sql)
+                )
+            parameters = {"hlc": hlc, "seq": seq}
+            connection.execute(
+                sql.update_sql if values_fp else sql.update_unknown_fp_sql, parameters
+            )
+            connection.execute(
+                sql.insert_sql if values_fp else sql.insert_unknown_fp_sql, parameters
+            )
+    finally:
+        connection.execute(sql.fold_clear_sql)
+    connection.execute(sql.log_clear_sql, (last_id,))
+    return int(count)
 
 
 def _wide_parameters(mask: int, wide: int, words: int) -> tuple[SqlValue, ...]:

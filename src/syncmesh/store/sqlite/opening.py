@@ -41,10 +41,12 @@ from syncmesh.store.sqlite.functions import (
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     ROW_DIGEST_FUNCTION,
+    TEXT_KEY_HASH_FUNCTION,
     VALUES_FP_FUNCTION,
     capture_pasts,
     pack_fields,
     register_packed,
+    text_key_hash,
     values_fingerprint,
 )
 from syncmesh.store.sqlite.table import TableSql
@@ -106,6 +108,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.create_function(FIELDS_FUNCTION, -1, pack_fields, deterministic=True)
     # The capture, the apply and the reconcile keep rows' value fingerprints with it.
     connection.create_function(VALUES_FP_FUNCTION, 1, values_fingerprint, deterministic=True)
+    # The set-based capture hashes the keys new here with it.
+    connection.create_function(TEXT_KEY_HASH_FUNCTION, -1, text_key_hash, deterministic=True)
     return connection
 
 
