@@ -43,6 +43,10 @@ UNKNOWN = -1  # a folded key's existence, until the table is asked
 # a giant transaction) is split into several groups: peers may then see such a
 # transaction in parts while it streams.
 CAPTURE_ENTRIES_PER_SEQ = 20_000
+# Logs of at least this many entries fold set-based (`_capture_table_sets`);
+# shorter ones fold in Python, whose fewer statements cost less for a handful
+# of rows (the single-row transactions latency depends on).
+SET_BASED_ENTRIES_MIN = 64
 
 
 def capture(ctx: StoreContext) -> int:
@@ -83,9 +87,11 @@ def capture_pending(
     own = ctx.require_init().site(0)
     stamped = 0
     fingerprinted = _values_fp_readable(ctx, pending)
-    logged = sum(
-        ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()[0] for table in pending
-    )
+    counts = {
+        table.spec.name: ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()[0]
+        for table in pending
+    }
+    logged = sum(counts.values())
     if logged <= CAPTURE_ENTRIES_PER_SEQ:
         # The normal case: everything logged is one seq group, so every
         # local transaction in it reaches peers whole.
@@ -101,6 +107,7 @@ def capture_pending(
                 ctx.summaries.note,
                 keys_out,
                 values_fp=table.spec.name in fingerprinted,
+                set_based=counts[table.spec.name] >= SET_BASED_ENTRIES_MIN,
             )
     else:
         # A huge backlog (writes made while the node was down, or one giant
@@ -119,6 +126,7 @@ def capture_pending(
                     ctx.summaries.note,
                     keys_out,
                     values_fp=table.spec.name in fingerprinted,
+                    set_based=counts[table.spec.name] >= SET_BASED_ENTRIES_MIN,
                 )
                 if count == 0:
                     break
@@ -158,6 +166,7 @@ def capture_table(
     keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None = None,
     *,
     values_fp: bool = True,
+    set_based: bool = True,
 ) -> int:
     """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
 
@@ -170,10 +179,11 @@ def capture_table(
     statements call notes into the same trees (opening.py); None leaves
     new keys without key hash and digest.
 
-    Set-based (`_capture_table_sets`) unless the table has slots beyond the
-    mask's bits: those fold in Python, one upsert per key.
+    `set_based`: fold in SQL (`_capture_table_sets`), unless the table has
+    slots beyond the mask's bits; otherwise in Python, one upsert per key.
+    Both leave the same rows (tests/test_capture_sets.py).
     """
-    if table.sql_capture.set_based:
+    if set_based and table.sql_capture.set_based:
         return _capture_table_sets(
             connection, table, hlc, seq, entries_max, note is not None, keys_out, values_fp
         )
