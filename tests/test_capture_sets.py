@@ -26,6 +26,7 @@ from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.capture import capture_table
 from syncmesh.store.sqlite.ddl import shadow_name
 from syncmesh.store.sqlite.execute import bindable
+from syncmesh.store.sqlite.functions import text_key_hash
 from syncmesh.store.summary import LEAF_MASK, key_hash
 
 # BLOB keys have no affinity: 1, 1.0 and '1' keep their storage classes (1 and
@@ -268,3 +269,35 @@ def test_python_fold_moves_the_leaf_of_a_key_stored_as_another_class(
     )
     python = _both_ways(tmp_path, caplog, -1)[False][0]
     assert python["noted"] == python["truth"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 255, 256, 65_535, 65_536])
+def test_key_hash_from_sql_is_the_key_hash_of_the_str_read(size: int) -> None:
+    """`syncmesh_text_key_hash` (TEXT as bytes, msgpack headers built by hand) is `key_hash`.
+
+    Every str header size, TEXT that is not UTF-8, and the other classes, in
+    keys of one to seventeen columns (array headers fixarray and array 16).
+    """
+    connection = sqlite3.connect(":memory:")
+    connection.text_factory = text_of_bytes
+    connection.create_function("h", -1, text_key_hash)
+    text = ("é" * size).encode()[:size]  # cut mid-character: not UTF-8 at odd sizes
+    pairs: list[SqlValue] = [7, text] * 8
+    keys: list[list[SqlValue]] = [[text], [text, 1, 2.5, b"\x00", None], [*pairs, text]]
+    for key in keys:
+        columns = ", ".join(f"v{index}" for index in range(len(key)))
+        connection.execute(f"CREATE TABLE k ({columns})")
+        stored = [
+            "CAST(? AS TEXT)" if isinstance(part, bytes) and part is text else "?" for part in key
+        ]
+        connection.execute(f"INSERT INTO k VALUES ({', '.join(stored)})", key)
+        arguments = ", ".join(
+            f"typeof(v{index}) = 'text',"
+            f" CASE WHEN typeof(v{index}) = 'text' THEN CAST(v{index} AS BLOB) ELSE v{index} END"
+            for index in range(len(key))
+        )
+        row = connection.execute(f"SELECT {columns} FROM k").fetchone()
+        (hashed,) = connection.execute(f"SELECT h({arguments}) FROM k").fetchone()
+        assert hashed == key_hash(list(row))
+        assert isinstance(row[0] if key[0] is text else row[1], str)
+        connection.execute("DROP TABLE k")

@@ -18,14 +18,15 @@ from typing import Any
 import msgpack
 from xxhash import xxh3_64_intdigest
 
-from syncmesh.model import TEXT_ERRORS, SqlValue, text_of_bytes
-from syncmesh.store.summary import DEFAULT_CELL_HLC, key_hash
+from syncmesh.model import TEXT_ERRORS, SqlValue
+from syncmesh.store.summary import DEFAULT_CELL_HLC, key_hash_of_bytes
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
 FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
 ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
 KEY_HASH_FUNCTION = "syncmesh_key_hash"
 TEXT_KEY_HASH_FUNCTION = "syncmesh_text_key_hash"
+NEW_ROW_DIGEST_FUNCTION = "syncmesh_new_row_digest"
 VALUES_FP_FUNCTION = "syncmesh_values_fp"
 
 
@@ -77,16 +78,12 @@ def text_key_hash(*pairs: SqlValue) -> int:
 
     Per key column, whether its value is TEXT, then the value, TEXT cast to
     a BLOB: sqlite3 hands a function TEXT only if it is valid UTF-8, and a
-    key may be any bytes (`model.TEXT_ERRORS`).  Such a value becomes the
-    str the store's connection reads it as, so the hash is the one the
-    rest of the store computes.  The set-based capture calls it for keys
+    key may be any bytes (`model.TEXT_ERRORS`).  The hash is the one the
+    rest of the store computes of the str its connection reads
+    (`summary.key_hash_of_bytes`).  The set-based capture calls it for keys
     new here (`CaptureSql.fold_sql`).
     """
-    key = [
-        text_of_bytes(value) if is_text and isinstance(value, bytes) else value
-        for is_text, value in zip(pairs[0::2], pairs[1::2], strict=True)
-    ]
-    return key_hash(key)
+    return key_hash_of_bytes(pairs)
 
 
 # SQLite allows a function call 127 arguments (SQLITE_MAX_FUNCTION_ARG), and

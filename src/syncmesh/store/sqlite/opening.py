@@ -40,6 +40,7 @@ from syncmesh.store.sqlite.functions import (
     FIELDS_FUNCTION,
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
+    NEW_ROW_DIGEST_FUNCTION,
     ROW_DIGEST_FUNCTION,
     TEXT_KEY_HASH_FUNCTION,
     VALUES_FP_FUNCTION,
@@ -50,7 +51,7 @@ from syncmesh.store.sqlite.functions import (
     values_fingerprint,
 )
 from syncmesh.store.sqlite.table import TableSql
-from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
+from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, leaf_of, shadow_digest
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +150,25 @@ def register_digest_functions(ctx: StoreContext) -> None:
     def row_digest(hashed_key: int, *fields: SqlValue) -> int:
         return _digest_of(hashed_key, fields, codes())
 
+    def new_row_digest(table: str, hashed_key: int, cl: int, hlc: int, cells: int) -> int:
+        # The set-based capture's digest of a row new here, every cell stamped
+        # `hlc` by us: `shadow_digest` of it, without the fields in SQL.
+        own = codes()[0]
+        fields = [hashed_key, cl, hlc, own]
+        if cl % 2 == 1:
+            fields += [hlc] * cells
+            fields += [own] * cells
+        new = fields_digest(fields)
+        summaries.note(table, hashed_key & LEAF_MASK, new)
+        return new
+
     def hash_key(*key: SqlValue) -> int:
         return key_hash(key)
 
     connection = ctx.connection
     register_packed(connection, FOLD_DIGEST_FUNCTION, fold_digest, 4)
     register_packed(connection, ROW_DIGEST_FUNCTION, row_digest, 1)
+    connection.create_function(NEW_ROW_DIGEST_FUNCTION, 5, new_row_digest)
     connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)
 
 

@@ -21,6 +21,7 @@ from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
+    NEW_ROW_DIGEST_FUNCTION,
     ROW_DIGEST_FUNCTION,
     TEXT_KEY_HASH_FUNCTION,
     call_sql,
@@ -184,17 +185,9 @@ class CaptureSql:
             # A new row's digest, its cells all stamped :hlc by us (site 0); the
             # function moves its leaf.  Only for keys whose writes include an
             # insert (they have a key hash): others get neither, as before.
-            fields = [self._new_cl(terms), terms.hlc, "0"]
-            fields += [
-                value
-                for _ in names.values
-                for value in (
-                    f"CASE WHEN f.alive THEN {terms.hlc} END",
-                    "CASE WHEN f.alive THEN 0 END",
-                )
-            ]
-            digest = call_sql(
-                FOLD_DIGEST_FUNCTION, [_sql_text(names.spec.name), "NULL", "NULL", "f.fkh"], fields
+            digest = (
+                f"{NEW_ROW_DIGEST_FUNCTION}({_sql_text(names.spec.name)}, f.fkh,"
+                f" {self._new_cl(terms)}, {terms.hlc}, {len(names.values)})"
             )
             row_digest = f"CASE WHEN f.fkh IS NOT NULL THEN {digest} END"
         else:
