@@ -185,7 +185,13 @@ def capture_table(
     """
     if set_based and table.sql_capture.set_based:
         return _capture_table_sets(
-            connection, table, hlc, seq, entries_max, note is not None, keys_out, values_fp
+            connection,
+            table,
+            (hlc, seq, site_code(own_site)),
+            entries_max,
+            note is not None,
+            keys_out,
+            values_fp,
         )
     # Per key: [alive, deleted, mask, inserted, and the wide part of the mask:
     # bit i for slot MASK_COLUMNS_MAX + i, of a table that has such slots].
@@ -253,8 +259,7 @@ def capture_table(
 def _capture_table_sets(
     connection: sqlite3.Connection,
     table: TableSql,
-    hlc: int,
-    seq: int,
+    stamp: tuple[int, int, int],
     entries_max: int,
     hashing: bool,
     keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None,
@@ -268,7 +273,8 @@ def _capture_table_sets(
     log folds into a temporary table with one GROUP BY (`CaptureSql.fold_sql`),
     the rows of keys the shadow holds are updated with one UPDATE ... FROM
     and the new ones inserted with one INSERT ... SELECT; SQL functions do
-    the hashing.  The outcome is the Python fold's, row for row.
+    the hashing.  The outcome is the Python fold's, row for row.  `stamp`:
+    the HLC, the seq, and our site's code (`summary.site_code`).
     """
     sql = table.sql_capture
     connection.execute(sql.fold_create_sql)
@@ -295,7 +301,8 @@ def _capture_table_sets(
                     (tuple(row[:-1]), bool(row[-1]))
                     for row in connection.execute(sql.fold_keys_sql)
                 )
-            parameters = {"hlc": hlc, "seq": seq}
+            hlc, seq, own = stamp
+            parameters = {"hlc": hlc, "seq": seq, "own": own}
             connection.execute(
                 sql.update_sql if values_fp else sql.update_unknown_fp_sql, parameters
             )

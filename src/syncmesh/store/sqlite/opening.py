@@ -150,10 +150,10 @@ def register_digest_functions(ctx: StoreContext) -> None:
     def row_digest(hashed_key: int, *fields: SqlValue) -> int:
         return _digest_of(hashed_key, fields, codes())
 
-    def new_row_digest(table: str, hashed_key: int, cl: int, hlc: int, cells: int) -> int:
+    def new_row_digest(table: str, hashed_key: int, cl: int, hlc: int, own: int, cells: int) -> int:
         # The set-based capture's digest of a row new here, every cell stamped
-        # `hlc` by us: `shadow_digest` of it, without the fields in SQL.
-        own = codes()[0]
+        # `hlc` by us (`own`: our site's code): `shadow_digest` of such a row,
+        # its fields built here rather than passed from SQL.
         fields = [hashed_key, cl, hlc, own]
         if cl % 2 == 1:
             fields += [hlc] * cells
@@ -168,7 +168,7 @@ def register_digest_functions(ctx: StoreContext) -> None:
     connection = ctx.connection
     register_packed(connection, FOLD_DIGEST_FUNCTION, fold_digest, 4)
     register_packed(connection, ROW_DIGEST_FUNCTION, row_digest, 1)
-    connection.create_function(NEW_ROW_DIGEST_FUNCTION, 5, new_row_digest)
+    connection.create_function(NEW_ROW_DIGEST_FUNCTION, 6, new_row_digest)
     connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)
 
 

@@ -182,12 +182,12 @@ class CaptureSql:
             for values_fp in (True, False)
         )
         if self.digests:
-            # A new row's digest, its cells all stamped :hlc by us (site 0); the
-            # function moves its leaf.  Only for keys whose writes include an
+            # A new row's digest, its cells all stamped :hlc by us (site 0,
+            # whose code is :own); the function moves its leaf.  Only for keys whose writes include an
             # insert (they have a key hash): others get neither, as before.
             digest = (
                 f"{NEW_ROW_DIGEST_FUNCTION}({_sql_text(names.spec.name)}, f.fkh,"
-                f" {self._new_cl(terms)}, {terms.hlc}, {len(names.values)})"
+                f" {self._new_cl(terms)}, {terms.hlc}, :own, {len(names.values)})"
             )
             row_digest = f"CASE WHEN f.fkh IS NOT NULL THEN {digest} END"
         else:
