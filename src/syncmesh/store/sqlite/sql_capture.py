@@ -183,8 +183,9 @@ class CaptureSql:
         )
         if self.digests:
             # A new row's digest, its cells all stamped :hlc by us (site 0,
-            # whose code is :own); the function moves its leaf.  Only for keys whose writes include an
-            # insert (they have a key hash): others get neither, as before.
+            # whose code is :own); the function moves its leaf.  Only for keys
+            # whose writes include an insert (they have a key hash): others get
+            # neither, as before.
             digest = (
                 f"{NEW_ROW_DIGEST_FUNCTION}({_sql_text(names.spec.name)}, f.fkh,"
                 f" {self._new_cl(terms)}, {terms.hlc}, :own, {len(names.values)})"
