@@ -293,7 +293,7 @@ def _capture_table_sets(
         if connection.execute(sql.check_sql).rowcount:
             for statement in sql.checked_sql:
                 connection.execute(statement)
-        (count,) = connection.execute(sql.fold_count_sql).fetchone()
+        count, found = connection.execute(sql.fold_count_sql).fetchone()
         if count:
             if keys_out is not None:
                 stamped_keys = keys_out.setdefault(table.spec.name, {})
@@ -303,12 +303,14 @@ def _capture_table_sets(
                 )
             hlc, seq, own = stamp
             parameters = {"hlc": hlc, "seq": seq, "own": own}
-            connection.execute(
-                sql.update_sql if values_fp else sql.update_unknown_fp_sql, parameters
-            )
-            connection.execute(
-                sql.insert_sql if values_fp else sql.insert_unknown_fp_sql, parameters
-            )
+            if found:
+                connection.execute(
+                    sql.update_sql if values_fp else sql.update_unknown_fp_sql, parameters
+                )
+            if found < count:
+                connection.execute(
+                    sql.insert_sql if values_fp else sql.insert_unknown_fp_sql, parameters
+                )
     finally:
         connection.execute(sql.fold_clear_sql)
     connection.execute(sql.log_clear_sql, (last_id,))

@@ -101,7 +101,7 @@ class CaptureSql:
         self.fold_create_sql = (
             f"CREATE TEMP TABLE IF NOT EXISTS {fold} ({', '.join(fold_keys)},"
             " alive INTEGER, deleted INTEGER, mask INTEGER, inserted INTEGER,"
-            " touched INTEGER, fkh INTEGER)"
+            " touched INTEGER, fkh INTEGER, found INTEGER)"
         )
         self.log_last_sql = f"SELECT max(id) FROM (SELECT id FROM {names.log} ORDER BY id LIMIT ?)"
         log_keys = [f"k{index}" for index in range(names.key_count)]
@@ -135,14 +135,17 @@ class CaptureSql:
         )
         # The key as its first entry logged it (1 and 1.0 fold together, as
         # in a Python dict); whether it lives by its last entry: a check's
-        # answer is unknown (-1) until the table is asked (`check_sql`).
+        # answer is unknown (-1) until the table is asked (`check_sql`);
+        # whether the shadow table holds it (`found`: updated, or inserted).
+        held = " AND ".join(f"s.k{index} = l.{key}" for index, key in enumerate(log_keys))
         self.fold_sql = (
             f"INSERT INTO {fold} ({', '.join(fold_keys)}, alive, deleted, mask, inserted,"
-            " touched, fkh)"
+            " touched, fkh, found)"
             f" SELECT {', '.join(f'l.{key}' for key in log_keys)},"
             f" CASE z.op WHEN {OP_DELETE} THEN 0 WHEN {OP_CHECK} THEN -1 ELSE 1 END,"
             f" g.deleted, g.mask, g.inserted, g.touched,"
-            f" CASE WHEN g.inserted AND :hash THEN {hashed} END"
+            f" CASE WHEN g.inserted AND :hash THEN {hashed} END,"
+            f" EXISTS (SELECT 1 FROM {names.shadow} s WHERE {held})"
             f" FROM (SELECT min(id) AS first, max(id) AS last, max(op = {OP_DELETE}) AS deleted,"
             f" max(op = {OP_INSERT}) AS inserted, {mask} AS mask, {touched} AS touched"
             f" FROM (SELECT id, op, mask, {', '.join(log_keys)}, {part} AS part"
@@ -170,7 +173,7 @@ class CaptureSql:
             " alive = (alive = -3) WHERE alive < -1",
         ]
         self.fold_keys_sql = f"SELECT {', '.join(fold_keys)}, alive FROM {fold}"
-        self.fold_count_sql = f"SELECT count(*) FROM {fold}"
+        self.fold_count_sql = f"SELECT count(*), coalesce(sum(found), 0) FROM {fold}"
         self.fold_clear_sql = f"DELETE FROM {fold}"
         terms = self._set_terms()
         joined = " AND ".join(
@@ -178,7 +181,7 @@ class CaptureSql:
         )
         self.update_sql, self.update_unknown_fp_sql = (
             f"UPDATE {names.shadow} SET {', '.join(self._update_sets(terms, 'NULL', values_fp))}"
-            f" FROM {fold} AS f WHERE {joined}"
+            f" FROM {fold} AS f WHERE f.found AND {joined}"
             for values_fp in (True, False)
         )
         if self.digests:
@@ -194,12 +197,11 @@ class CaptureSql:
         else:
             row_digest = "NULL"
         columns = ", ".join([*shadow_columns(names.layout), VALUES_FP_COLUMN])
-        absent = " AND ".join(f"s.k{index} = f.{key}" for index, key in enumerate(fold_keys))
         self.insert_sql, self.insert_unknown_fp_sql = (
             f"INSERT INTO {names.shadow} ({columns})"
             f" SELECT {', '.join(self._new_values(terms, 'f.fkh', row_digest, values_fp))}"
             f" FROM {fold} AS f"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {names.shadow} s WHERE {absent})"
+            " WHERE NOT f.found"
             for values_fp in (True, False)
         )
 
