@@ -43,10 +43,18 @@ UNKNOWN = -1  # a folded key's existence, until the table is asked
 # a giant transaction) is split into several groups: peers may then see such a
 # transaction in parts while it streams.
 CAPTURE_ENTRIES_PER_SEQ = 20_000
-# Logs of at least this many entries fold set-based (`_capture_table_sets`);
-# shorter ones fold in Python, whose fewer statements cost less for a handful
-# of rows (the single-row transactions latency depends on).
+# Logs of at least this many entries fold set-based (`_capture_table_sets`),
+# unless half of them or more are inserts; others fold in Python, whose fewer
+# statements cost less for a handful of rows (the single-row transactions
+# latency depends on).  For keys new here the set-based fold costs about as
+# much as the Python one, a little more (its sort and fold table): it pays for
+# updates and deletes (docs/performance.md, "Set-based capture").
 SET_BASED_ENTRIES_MIN = 64
+
+
+def _set_based(entries: int, inserts: int) -> bool:
+    """Whether a log of `entries` entries, `inserts` of them inserts, folds set-based."""
+    return entries >= SET_BASED_ENTRIES_MIN and 2 * inserts < entries
 
 
 def capture(ctx: StoreContext) -> int:
@@ -88,10 +96,10 @@ def capture_pending(
     stamped = 0
     fingerprinted = _values_fp_readable(ctx, pending)
     counts = {
-        table.spec.name: ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()[0]
+        table.spec.name: ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()
         for table in pending
     }
-    logged = sum(counts.values())
+    logged = sum(entries for entries, _inserts in counts.values())
     if logged <= CAPTURE_ENTRIES_PER_SEQ:
         # The normal case: everything logged is one seq group, so every
         # local transaction in it reaches peers whole.
@@ -107,7 +115,7 @@ def capture_pending(
                 ctx.summaries.note,
                 keys_out,
                 values_fp=table.spec.name in fingerprinted,
-                set_based=counts[table.spec.name] >= SET_BASED_ENTRIES_MIN,
+                set_based=_set_based(*counts[table.spec.name]),
             )
     else:
         # A huge backlog (writes made while the node was down, or one giant
@@ -126,7 +134,7 @@ def capture_pending(
                     ctx.summaries.note,
                     keys_out,
                     values_fp=table.spec.name in fingerprinted,
-                    set_based=counts[table.spec.name] >= SET_BASED_ENTRIES_MIN,
+                    set_based=_set_based(*counts[table.spec.name]),
                 )
                 if count == 0:
                     break

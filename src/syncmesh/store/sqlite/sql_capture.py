@@ -71,7 +71,8 @@ class CaptureSql:
         log_keys = names.shadow_keys  # the log names key columns as the shadow does
         self.pending_sql = f"SELECT 1 FROM {names.log} LIMIT 1"
         self.log_sql = f"SELECT id, op, mask, {log_keys} FROM {names.log} ORDER BY id LIMIT ?"
-        self.log_count_sql = f"SELECT count(*) FROM {names.log}"
+        # The entries, and how many of them are inserts (capture.capture_pending).
+        self.log_count_sql = f"SELECT count(*), coalesce(sum(op = {OP_INSERT}), 0) FROM {names.log}"
         self.log_clear_sql = f"DELETE FROM {names.log} WHERE id <= ?"
         self.exists_sql = f"SELECT 1 FROM {names.table} WHERE {names.user_keys_where}"
         # Slots beyond the mask's bits: their changed bits come in words of
