@@ -16,6 +16,7 @@ import contextlib
 import logging
 import sqlite3
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -111,7 +112,15 @@ def _captured(path: Path, set_based: bool, entries_max: int, hlc: int) -> dict[s
         own = ctx.require_init().site(0)
         keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] = {}
         counts = []
-        with ctx.transaction():
+        noted: dict[str, dict[int, int]] = {}
+
+        def note(table: str, leaf: int, delta: int) -> None:
+            """What the capture notes into the trees, both from Python and from SQL."""
+            leaves = noted.setdefault(table, {})
+            leaves[leaf] = leaves.get(leaf, 0) ^ delta
+
+        # The SQL digest functions note into the store's trees (opening.py).
+        with ctx.transaction(), mock.patch.object(ctx.summaries, "note", note):
             before = {name: digests(name) for name in TABLES}
             for name in TABLES:
                 stamp = hlc
@@ -123,7 +132,7 @@ def _captured(path: Path, set_based: bool, entries_max: int, hlc: int) -> dict[s
                         stamp,
                         entries_max,
                         own,
-                        ctx.summaries.note,
+                        note,
                         keys_out,
                         set_based=set_based,
                     )
@@ -131,10 +140,6 @@ def _captured(path: Path, set_based: bool, entries_max: int, hlc: int) -> dict[s
                     stamp += 1
                     if count == 0 or entries_max < 0:
                         break
-            noted = {
-                table: {leaf: delta for leaf, delta in leaves.items() if delta}
-                for table, leaves in ctx.summaries._pending.items()
-            }
             truth = {name: _tree_change(before[name], digests(name)) for name in TABLES}
         # The keys with their storage classes (1 and 1.0 are equal in a dict).
         stamped = {
@@ -147,7 +152,11 @@ def _captured(path: Path, set_based: bool, entries_max: int, hlc: int) -> dict[s
         return {
             "counts": counts,
             "stamped": stamped,
-            "noted": {table: leaves for table, leaves in noted.items() if leaves},
+            "noted": {
+                table: {leaf: delta for leaf, delta in leaves.items() if delta}
+                for table, leaves in noted.items()
+                if any(leaves.values())
+            },
             "truth": {table: leaves for table, leaves in truth.items() if leaves},
             "states": [_state(store, name) for name in TABLES],
         }
