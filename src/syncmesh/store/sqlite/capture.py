@@ -3,7 +3,8 @@
 Log in the trigger, stamp in the engine (docs/adr/0002-stamp-in-capture-loop.md):
 `capture_pending` takes one tick and folds every table's log per key
 (`capture_table`), writing the shadow rows with one `executemany` of the
-table's capture upsert; more than `CAPTURE_ENTRIES_PER_SEQ` logged entries
+table's capture upsert, or, for a long log that is not mostly inserts, with
+a few set-based statements (`_capture_table_sets`); more than `CAPTURE_ENTRIES_PER_SEQ` logged entries
 are folded in chunks, each under its own tick.  Every transaction that
 rewrites shadow rows captures pending writes first (apply, retry, repair):
 otherwise a capture after the merge would stamp a remote value as a local
@@ -275,9 +276,8 @@ def _capture_table_sets(
 ) -> int:
     """`capture_table` in a few statements, whatever the number of keys.
 
-    Per key, the Python fold cost a tuple, a dict entry and an upsert's
-    binding, and the keys new here a key hash and digest in Python: most of
-    the capture's CPU per row (docs/performance.md, issue 17).  Here the
+    Per key, the Python fold costs a tuple, a dict entry and an upsert's
+    binding (docs/performance.md, "Set-based capture", issue 17).  Here the
     log folds into a temporary table with one GROUP BY (`CaptureSql.fold_sql`),
     the rows of keys the shadow holds are updated with one UPDATE ... FROM
     and the new ones inserted with one INSERT ... SELECT; SQL functions do
