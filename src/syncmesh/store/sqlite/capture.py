@@ -4,8 +4,9 @@ Log in the trigger, stamp in the engine (docs/adr/0002-stamp-in-capture-loop.md)
 `capture_pending` takes one tick and folds every table's log per key
 (`capture_table`), writing the shadow rows with one `executemany` of the
 table's capture upsert, or, for a long log that is not mostly inserts, with
-a few set-based statements (`_capture_table_sets`); more than `CAPTURE_ENTRIES_PER_SEQ` logged entries
-are folded in chunks, each under its own tick.  Every transaction that
+a few set-based statements (`_capture_table_sets`); more than
+`CAPTURE_ENTRIES_PER_SEQ` logged entries are folded in chunks, each under
+its own tick.  Every transaction that
 rewrites shadow rows captures pending writes first (apply, retry, repair):
 otherwise a capture after the merge would stamp a remote value as a local
 write.
