@@ -3,8 +3,10 @@
 Log in the trigger, stamp in the engine (docs/adr/0002-stamp-in-capture-loop.md):
 `capture_pending` takes one tick and folds every table's log per key
 (`capture_table`), writing the shadow rows with one `executemany` of the
-table's capture upsert; more than `CAPTURE_ENTRIES_PER_SEQ` logged entries
-are folded in chunks, each under its own tick.  Every transaction that
+table's capture upsert, or, for a long log that is not mostly inserts, with
+a few set-based statements (`_capture_table_sets`); more than
+`CAPTURE_ENTRIES_PER_SEQ` logged entries are folded in chunks, each under
+its own tick.  Every transaction that
 rewrites shadow rows captures pending writes first (apply, retry, repair):
 otherwise a capture after the merge would stamp a remote value as a local
 write.
@@ -43,6 +45,18 @@ UNKNOWN = -1  # a folded key's existence, until the table is asked
 # a giant transaction) is split into several groups: peers may then see such a
 # transaction in parts while it streams.
 CAPTURE_ENTRIES_PER_SEQ = 20_000
+# Logs of at least this many entries fold set-based (`_capture_table_sets`),
+# unless half of them or more are inserts; others fold in Python, whose fewer
+# statements cost less for a handful of rows (the single-row transactions
+# latency depends on).  For keys new here the set-based fold costs about as
+# much as the Python one, a little more (its sort and fold table): it pays for
+# updates and deletes (docs/performance.md, "Set-based capture").
+SET_BASED_ENTRIES_MIN = 64
+
+
+def _set_based(entries: int, inserts: int) -> bool:
+    """Whether a log of `entries` entries, `inserts` of them inserts, folds set-based."""
+    return entries >= SET_BASED_ENTRIES_MIN and 2 * inserts < entries
 
 
 def capture(ctx: StoreContext) -> int:
@@ -83,9 +97,11 @@ def capture_pending(
     own = ctx.require_init().site(0)
     stamped = 0
     fingerprinted = _values_fp_readable(ctx, pending)
-    logged = sum(
-        ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()[0] for table in pending
-    )
+    counts = {
+        table.spec.name: ctx.connection.execute(table.sql_capture.log_count_sql).fetchone()
+        for table in pending
+    }
+    logged = sum(entries for entries, _inserts in counts.values())
     if logged <= CAPTURE_ENTRIES_PER_SEQ:
         # The normal case: everything logged is one seq group, so every
         # local transaction in it reaches peers whole.
@@ -101,6 +117,7 @@ def capture_pending(
                 ctx.summaries.note,
                 keys_out,
                 values_fp=table.spec.name in fingerprinted,
+                set_based=_set_based(*counts[table.spec.name]),
             )
     else:
         # A huge backlog (writes made while the node was down, or one giant
@@ -119,6 +136,7 @@ def capture_pending(
                     ctx.summaries.note,
                     keys_out,
                     values_fp=table.spec.name in fingerprinted,
+                    set_based=_set_based(*counts[table.spec.name]),
                 )
                 if count == 0:
                     break
@@ -158,6 +176,7 @@ def capture_table(
     keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None = None,
     *,
     values_fp: bool = True,
+    set_based: bool = True,
 ) -> int:
     """Fold the log (its first `entries_max` entries; -1: all) into the shadow table.
 
@@ -165,8 +184,25 @@ def capture_table(
     the row exist now (the last write says), was it deleted on the way
     (then an insert began a new life), and which columns changed (the
     union of the masks).  `values_fp`: the table's columns are the ones
-    the store knows, so the rows' value fingerprints can be read.
+    the store knows, so the rows' value fingerprints can be read.  `note`
+    is the store's own `Summaries.note`: the digest function the
+    statements call notes into the same trees (opening.py); None leaves
+    new keys without key hash and digest.
+
+    `set_based`: fold in SQL (`_capture_table_sets`), unless the table has
+    slots beyond the mask's bits; otherwise in Python, one upsert per key.
+    Both leave the same rows (tests/test_capture_sets.py).
     """
+    if set_based and table.sql_capture.set_based:
+        return _capture_table_sets(
+            connection,
+            table,
+            (hlc, seq, site_code(own_site)),
+            entries_max,
+            note is not None,
+            keys_out,
+            values_fp,
+        )
     # Per key: [alive, deleted, mask, inserted, and the wide part of the mask:
     # bit i for slot MASK_COLUMNS_MAX + i, of a table that has such slots].
     folded: dict[tuple[SqlValue, ...], list[int]] = {}
@@ -228,6 +264,66 @@ def capture_table(
     execute_many(connection, sql, parameters)
     connection.execute(table.sql_capture.log_clear_sql, (last_id,))
     return len(folded)
+
+
+def _capture_table_sets(
+    connection: sqlite3.Connection,
+    table: TableSql,
+    stamp: tuple[int, int, int],
+    entries_max: int,
+    hashing: bool,
+    keys_out: dict[str, dict[tuple[SqlValue, ...], bool]] | None,
+    values_fp: bool,
+) -> int:
+    """`capture_table` in a few statements, whatever the number of keys.
+
+    Per key, the Python fold costs a tuple, a dict entry and an upsert's
+    binding (docs/performance.md, "Set-based capture", issue 17).  Here the
+    log folds into a temporary table with one GROUP BY (`CaptureSql.fold_sql`),
+    the rows of keys the shadow holds are updated with one UPDATE ... FROM
+    and the new ones inserted with one INSERT ... SELECT; SQL functions do
+    the hashing.  The outcome is the Python fold's, row for row.  `stamp`:
+    the HLC, the seq, and our site's code (`summary.site_code`).
+    """
+    sql = table.sql_capture
+    connection.execute(sql.fold_create_sql)
+    (last_id,) = connection.execute(sql.log_last_sql, (entries_max,)).fetchone()
+    if last_id is None:
+        return 0
+    hashing = hashing and sql.digests
+    connection.execute(sql.fold_sql, {"last": last_id, "hash": int(hashing)})
+    try:
+        nulls = connection.execute(sql.fold_nulls_sql).rowcount
+        for _ in range(nulls):
+            # SQLite lets a rowid table hold NULL in its key; such a row
+            # cannot be addressed on another node.  Skipped, so it cannot
+            # wedge the capture of every other write (docs/keys.md).
+            log.warning("table %s: a row with a NULL key value is not synced", table.spec.name)
+        if connection.execute(sql.check_sql).rowcount:
+            for statement in sql.checked_sql:
+                connection.execute(statement)
+        count, found = connection.execute(sql.fold_count_sql).fetchone()
+        if count:
+            if keys_out is not None:
+                stamped_keys = keys_out.setdefault(table.spec.name, {})
+                stamped_keys.update(
+                    (tuple(row[:-1]), bool(row[-1]))
+                    for row in connection.execute(sql.fold_keys_sql)
+                )
+            hlc, seq, own = stamp
+            parameters = {"hlc": hlc, "seq": seq, "own": own}
+            if found:
+                connection.execute(
+                    sql.update_sql if values_fp else sql.update_unknown_fp_sql, parameters
+                )
+            if found < count:
+                connection.execute(
+                    sql.insert_sql if values_fp else sql.insert_unknown_fp_sql, parameters
+                )
+    finally:
+        connection.execute(sql.fold_clear_sql)
+    connection.execute(sql.log_clear_sql, (last_id,))
+    return int(count)
 
 
 def _wide_parameters(mask: int, wide: int, words: int) -> tuple[SqlValue, ...]:

@@ -18,13 +18,15 @@ from typing import Any
 import msgpack
 from xxhash import xxh3_64_intdigest
 
-from syncmesh.model import TEXT_ERRORS
-from syncmesh.store.summary import DEFAULT_CELL_HLC
+from syncmesh.model import TEXT_ERRORS, SqlValue
+from syncmesh.store.summary import DEFAULT_CELL_HLC, key_hash_of_bytes
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
 FOLD_DIGEST_FUNCTION = "syncmesh_fold_digest"
 ROW_DIGEST_FUNCTION = "syncmesh_row_digest"
 KEY_HASH_FUNCTION = "syncmesh_key_hash"
+TEXT_KEY_HASH_FUNCTION = "syncmesh_text_key_hash"
+NEW_ROW_DIGEST_FUNCTION = "syncmesh_new_row_digest"
 VALUES_FP_FUNCTION = "syncmesh_values_fp"
 
 
@@ -69,6 +71,19 @@ def values_fingerprint(text: str | None) -> int | None:
         return None
     value = xxh3_64_intdigest(text.encode())
     return value - (1 << 64) if value >= 1 << 63 else value  # SQLite's integers are signed
+
+
+def text_key_hash(*pairs: SqlValue) -> int:
+    """`syncmesh_text_key_hash(is_text, value, ...)`: `summary.key_hash` of a key, from SQL.
+
+    Per key column, whether its value is TEXT, then the value, TEXT cast to
+    a BLOB: sqlite3 hands a function TEXT only if it is valid UTF-8, and a
+    key may be any bytes (`model.TEXT_ERRORS`).  The hash is the one the
+    rest of the store computes of the str its connection reads
+    (`summary.key_hash_of_bytes`).  The set-based capture calls it for keys
+    new here (`CaptureSql.fold_sql`).
+    """
+    return key_hash_of_bytes(pairs)
 
 
 # SQLite allows a function call 127 arguments (SQLITE_MAX_FUNCTION_ARG), and

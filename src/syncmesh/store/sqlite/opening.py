@@ -40,15 +40,18 @@ from syncmesh.store.sqlite.functions import (
     FIELDS_FUNCTION,
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
+    NEW_ROW_DIGEST_FUNCTION,
     ROW_DIGEST_FUNCTION,
+    TEXT_KEY_HASH_FUNCTION,
     VALUES_FP_FUNCTION,
     capture_pasts,
     pack_fields,
     register_packed,
+    text_key_hash,
     values_fingerprint,
 )
 from syncmesh.store.sqlite.table import TableSql
-from syncmesh.store.summary import key_hash, leaf_of, shadow_digest
+from syncmesh.store.summary import LEAF_MASK, fields_digest, key_hash, leaf_of, shadow_digest
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.create_function(FIELDS_FUNCTION, -1, pack_fields, deterministic=True)
     # The capture, the apply and the reconcile keep rows' value fingerprints with it.
     connection.create_function(VALUES_FP_FUNCTION, 1, values_fingerprint, deterministic=True)
+    # The set-based capture hashes the keys new here with it.
+    connection.create_function(TEXT_KEY_HASH_FUNCTION, -1, text_key_hash, deterministic=True)
     return connection
 
 
@@ -153,12 +158,25 @@ def register_digest_functions(ctx: StoreContext) -> None:
     def row_digest(hashed_key: int, *fields: SqlValue) -> int:
         return _digest_of(hashed_key, fields, codes())
 
+    def new_row_digest(table: str, hashed_key: int, cl: int, hlc: int, own: int, cells: int) -> int:
+        # The set-based capture's digest of a row new here, every cell stamped
+        # `hlc` by us (`own`: our site's code): `shadow_digest` of such a row,
+        # its fields built here rather than passed from SQL.
+        fields = [hashed_key, cl, hlc, own]
+        if cl % 2 == 1:
+            fields += [hlc] * cells
+            fields += [own] * cells
+        new = fields_digest(fields)
+        summaries.note(table, hashed_key & LEAF_MASK, new)
+        return new
+
     def hash_key(*key: SqlValue) -> int:
         return key_hash(key)
 
     connection = ctx.connection
     register_packed(connection, FOLD_DIGEST_FUNCTION, fold_digest, 4)
     register_packed(connection, ROW_DIGEST_FUNCTION, row_digest, 1)
+    connection.create_function(NEW_ROW_DIGEST_FUNCTION, 6, new_row_digest)
     connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)
 
 
