@@ -259,14 +259,6 @@ def test_set_based_capture_moves_the_leaf_of_a_key_stored_as_another_class(
     assert outcomes[False][0]["states"] == sets["states"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the Python fold's guess for a key it thinks new lands on another leaf when the row"
-        " is stored under a key of another storage class (the set-based fold, for logs of"
-        " SET_BASED_ENTRIES_MIN entries or more that are mostly not inserts, gets it right)"
-    ),
-)
 def test_python_fold_moves_the_leaf_of_a_key_stored_as_another_class(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

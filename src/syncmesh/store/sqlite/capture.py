@@ -454,7 +454,7 @@ def _restamp_life_stamps(ctx: StoreContext, table: TableSql, low: int, high: int
     if table.sql_capture.digests:
         keys_hashed = f"coalesce({KEY_HASH_COLUMN}, {KEY_HASH_FUNCTION}({table.names.shadow_keys}))"
         folded = call_sql(
-            FOLD_DIGEST_FUNCTION, [":name", DIGEST_COLUMN, "NULL", keys_hashed], fields
+            FOLD_DIGEST_FUNCTION, [":name", DIGEST_COLUMN, "NULL", "NULL", keys_hashed], fields
         )
         sets.append(f"{DIGEST_COLUMN} = {folded}")
     cursor = ctx.connection.execute(

@@ -148,11 +148,23 @@ def register_digest_functions(ctx: StoreContext) -> None:
         return ctx.require_init().codes
 
     def fold_digest(
-        table: str, old: int | None, guess: int | None, hashed_key: int, *fields: SqlValue
+        table: str,
+        old: int | None,
+        guess: int | None,
+        guessed_key: int | None,
+        hashed_key: int,
+        *fields: SqlValue,
     ) -> int:
         # The capture upsert's digest of a row it changed; see CaptureSql._capture_sql.
+        # A guess (capture noted a key it thought new) is taken back on the leaf
+        # it was noted on: the key as logged may hash apart from the key as
+        # stored (1.0 logged for a row stored under 1).
         new = _digest_of(hashed_key, fields, codes())
-        summaries.note(table, leaf_of(hashed_key), (old or 0) ^ (guess or 0) ^ new)
+        leaf = leaf_of(hashed_key)
+        if guess and guessed_key is not None and leaf_of(guessed_key) != leaf:
+            summaries.note(table, leaf_of(guessed_key), guess)
+            guess = None
+        summaries.note(table, leaf, (old or 0) ^ (guess or 0) ^ new)
         return new
 
     def row_digest(hashed_key: int, *fields: SqlValue) -> int:
@@ -174,7 +186,7 @@ def register_digest_functions(ctx: StoreContext) -> None:
         return key_hash(key)
 
     connection = ctx.connection
-    register_packed(connection, FOLD_DIGEST_FUNCTION, fold_digest, 4)
+    register_packed(connection, FOLD_DIGEST_FUNCTION, fold_digest, 5)
     register_packed(connection, ROW_DIGEST_FUNCTION, row_digest, 1)
     connection.create_function(NEW_ROW_DIGEST_FUNCTION, 6, new_row_digest)
     connection.create_function(KEY_HASH_FUNCTION, -1, hash_key, deterministic=True)

@@ -336,7 +336,8 @@ class CaptureSql:
             # (A row without a key hash, from an older file, gets one here.)
             keys = ", ".join(f"{shadow}.k{index}" for index in range(names.key_count))
             keys_hashed = f"coalesce({shadow}.{KEY_HASH_COLUMN}, {KEY_HASH_FUNCTION}({keys}))"
-            fixed = [_sql_text(names.spec.name), f"{shadow}.{DIGEST_COLUMN}", guess]
+            guessed_key = f"excluded.{KEY_HASH_COLUMN}" if guess != "NULL" else "NULL"
+            fixed = [_sql_text(names.spec.name), f"{shadow}.{DIGEST_COLUMN}", guess, guessed_key]
             folded = call_sql(FOLD_DIGEST_FUNCTION, [*fixed, keys_hashed], list(after.values()))
             sets.append(f"{DIGEST_COLUMN} = {folded}")
         return sets
