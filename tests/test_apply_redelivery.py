@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from syncmesh.merge import join_rows, resolve_cells
 from syncmesh.model import Cell, RowChange, RowState, SqlValue, Stamp, row_of_state
-from syncmesh.store.sqlite.apply import _identical, held_again
+from syncmesh.store.sqlite.apply import held_again, identical_states
 
 SITES = ["a", "b", "c"]
 COLUMNS = ("x", "y", "z")
@@ -80,7 +80,7 @@ def test_a_row_passed_over_is_one_the_join_would_not_change(
     held, incoming = pair
     incoming_row, held_row, ordinals = rows(held, incoming)
     if held_again(incoming_row, held_row, 1, ordinals):
-        assert _identical(join_rows(held, incoming), held)
+        assert identical_states(join_rows(held, incoming), held)
         assert resolve_cells(held, incoming, {}) == ([], {})
 
 

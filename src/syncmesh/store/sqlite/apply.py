@@ -703,7 +703,7 @@ def _join_held(
         known_after = (
             {column: k for column, k in {**known, **changed}.items() if k} if changed else known
         )
-    if _identical(merged, before):
+    if identical_states(merged, before):
         # Already held, or superseded (idempotent redelivery); or a
         # concurrent write that lost here, which we now know of.
         if earlier is not None and known_after != earlier.known:
@@ -718,7 +718,7 @@ def _join_held(
     return True
 
 
-def _identical(left: RowState, right: RowState) -> bool:
+def identical_states(left: RowState, right: RowState) -> bool:
     """Equal states whose values also have the same storage class and bytes.
 
     Python calls 1 and 1.0, or 0.0 and -0.0, equal; SQLite stores them
