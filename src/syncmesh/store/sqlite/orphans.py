@@ -447,15 +447,16 @@ def _orphans(
 def _written_here(stamps: list[SqlValue]) -> bool:
     """Whether the latest of a child's reference stamps, (hlc, site ordinal) pairs, is ours.
 
-    Ordinal 0 is this node.  A tie between sites (the same HLC) is not ours:
-    the other site resolves.
+    Ordinal 0 is this node.  Ordinals are this file's own, so a tie (two
+    sites, one HLC) counts as ours at each of them: both resolve, and their
+    identical writes merge, rather than both waiting for ever.
     """
     pairs = [
-        (int(hlc), int(site or 0))
+        (int(hlc), int(site or 0) == 0)
         for hlc, site in zip(stamps[::2], stamps[1::2], strict=True)
         if hlc is not None
     ]
-    return bool(pairs) and max(pairs)[1] == 0
+    return bool(pairs) and max(pairs)[1]
 
 
 def _matching(
