@@ -731,3 +731,46 @@ def test_a_child_whose_parent_is_gone_was_deleted_by_the_cascade_once_collected(
         "upsert", "n0", A, "adv_children", ["c1"], 1, {"parent": "p1", "v": 1}, stamp=T2, cl=1
     )
     assert kinds(check_writes([later_child], again, cascades=cascades)[0]) == []
+
+
+def test_a_child_of_an_ended_parent_life_is_cascaded_even_if_its_clock_ran_ahead() -> None:
+    """Issue 12's lost `adv_children` rows: a checker misjudgement, not a lost write.
+
+    n1, its clock skewed ahead, writes a child under the parent's life 3;
+    concurrently n2 deletes the parent (life 4) and n0 inserts it again
+    (life 5).  The declared `ON DELETE CASCADE` rightly deletes the child
+    (docs/keys.md, foreign keys), and its tombstone is collected.  The
+    re-insert's stamp is below the child's (n1's clock ran ahead), so the
+    stamps alone cannot tell that the child's parent life ended: the life
+    the child saw (`parent_cl`) can.
+    """
+    cascades = {"adv_children": ("parent", "adv_parents")}
+    skewed = pack(5_000, 0)  # n1's clock floor when it wrote: above the re-insert's T3
+    reinserted = Replica(
+        "n0",
+        A,
+        skewed,
+        {"adv_children": {}, "adv_parents": {("p5",): alive(5, T3, B, "again")}},
+        {"adv_children": ("parent", "v"), "adv_parents": COLUMNS},
+        collected=1,
+    )
+
+    def child(parent_cl: int | None) -> Write:
+        write = Write("upsert", "n1", A, "adv_children", ["c"], 82, {"parent": "p5", "v": 82})
+        write.lo, write.parent_cl = skewed, parent_cl
+        return write
+
+    # The stamps' guess (no parent life recorded) reports the loss...
+    assert kinds(check_writes([child(None)], reinserted, cascades=cascades)[0]) == ["lost-write"]
+    # ...the parent's lives say the cascade took it: the child's life of the parent ended.
+    violations, tally = check_writes([child(3)], reinserted, cascades=cascades)
+    assert violations == []
+    assert tally.collected == 1
+    # A child written under the parent's final life, then gone, is lost whatever the stamps.
+    found = check_writes([child(5)], reinserted, cascades=cascades)[0]
+    assert kinds(found) == ["lost-write"]
+    assert "parent's causal length 5" in found[0].message
+    assert "adv_parents 'p5' alive at causal length 5" in found[0].message
+    early = child(5)
+    early.lo = T1  # even with a stamp below the parent's final life's
+    assert kinds(check_writes([early], reinserted, cascades=cascades)[0]) == ["lost-write"]

@@ -327,15 +327,16 @@ def test_a_resolution_the_application_refuses_is_reported_and_the_rest_goes_on(
     exchange_all(a, b)
     write(a, "DELETE FROM authors WHERE id = 'a1'")
     write(b, "INSERT INTO books VALUES ('b1', 'a1', 'precious'), ('b2', 'a1', 'plain')")
-    exchange_all(b, a)
-    assert book(a, "b1") == ("a1", "precious")
-    assert book(a, "b2") is None
-    problems = a.status().orphan_problems
+    # b wrote the children: it resolves them when the delete arrives.
+    exchange_all(a, b)
+    assert book(b, "b1") == ("a1", "precious")
+    assert book(b, "b2") is None
+    problems = b.status().orphan_problems
     assert len(problems) == 1
     assert "b1 is precious" in problems[0]
-    exchange_all(a, b)
-    assert book(b, "b2") is None
-    assert a.peer_cursor(b.site_id) is not None
+    exchange_all(b, a)
+    assert book(a, "b2") is None
+    assert b.peer_cursor(a.site_id) is not None
 
 
 def test_the_first_capture_resolves_orphans_left_from_before(
@@ -465,9 +466,10 @@ def test_rows_merged_by_repair_or_a_quarantine_retry_are_resolved_too(
     b = make_store("b")
     write(a, "INSERT INTO authors VALUES ('a1', 'Ann')")
     exchange_all(a, b)
-    write(a, "DELETE FROM authors WHERE id = 'a1'")
-    write(b, "INSERT INTO books VALUES ('b1', 'a1', 'by repair')")
-    a.merge_repair_rows(b.site_id, b.rows_of("books", [("b1",)]))
+    write(b, "DELETE FROM authors WHERE id = 'a1'")
+    write(a, "INSERT INTO books VALUES ('b1', 'a1', 'by repair')")
+    # The delete reaches a, which wrote the child, by repair.
+    a.merge_repair_rows(b.site_id, b.rows_of("authors", [("a1",)]))
     assert book(a, "b1") is None
     assert foreign_key_check(a) == []
 
@@ -484,7 +486,12 @@ def test_rows_merged_by_repair_or_a_quarantine_retry_are_resolved_too(
     write(a, "DELETE FROM authors WHERE id = 'a2'")  # b2 cascades here at once
     assert book(a, "b2") is None
     assert a.retry_quarantine() == 1
-    assert book(a, "b3") is None  # retried into a table where its author is gone
+    # Retried into a table where its author is gone: b wrote it, so b resolves it.
+    assert book(a, "b3") == ("a2", "same")
+    assert a.status().orphans == {"books": 1}
+    exchange_all(a, b)
+    exchange_all(b, a)
+    assert book(a, "b3") is None
     assert foreign_key_check(a) == []
 
 
@@ -532,11 +539,13 @@ def test_a_resolution_that_rolls_back_the_whole_apply_does_not_stall_the_sync(
     )
     write(b, "INSERT INTO authors VALUES ('a1', 'Ann')")
     exchange_all(b, a)
-    write(a, "DELETE FROM authors WHERE id = 'a1'")
-    write(b, "INSERT INTO books VALUES ('b1', 'a1', 'kept'), ('b2', 'a1', 'kept too')")
+    write(b, "DELETE FROM authors WHERE id = 'a1'")
+    # a's own children (it resolves them when the delete arrives); foreign keys off.
+    write(a, "INSERT INTO books VALUES ('b1', 'a1', 'kept'), ('b2', 'a1', 'kept too')")
     with pytest.raises(StoreError, match="rolled back the whole apply transaction"):
         exchange(b, a)
-    assert book(a, "b1") is None  # nothing of that batch was applied
+    # Nothing of that batch was applied: a1 is still alive here.
+    assert a.connection.execute("SELECT name FROM authors").fetchall() == [("Ann",)]
     exchange_all(b, a)  # the retry goes through: no resolution this run
     assert book(a, "b1") == ("a1", "kept")
     problems = a.status().orphan_problems
@@ -585,7 +594,8 @@ def test_composite_keys_on_both_sides_in_any_column_order(tmp_path: Path) -> Non
         write(a, "DELETE FROM editions WHERE isbn = '978' AND lang = 'en'")
         write(b, "INSERT INTO prints VALUES ('en', '978', 1), ('de', '978', 1)")
         exchange_all(b, a)
-        exchange_all(a, b)
+        exchange_all(a, b)  # b, which wrote the prints, resolves the orphan
+        exchange_all(b, a)
         for store in stores:
             assert store.connection.execute("SELECT l, i, run FROM prints").fetchall() == [
                 ("de", "978", 1)
@@ -595,3 +605,43 @@ def test_composite_keys_on_both_sides_in_any_column_order(tmp_path: Path) -> Non
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize("receiver", ["deleter", "third"])
+def test_a_child_of_a_reinserted_parent_that_arrives_before_the_reinsert_survives(
+    make_store: MakeStore, receiver: str
+) -> None:
+    """Issue 12: a parent's key reused after its delete must not cost the new life's children.
+
+    a deletes a1; b learns it, inserts a1 again (a new life), adds b1 to
+    it, then edits a1, which moves a1 past b1 in b's feed.  A node holding
+    only the delete (a itself, or c that heard of it from a) then receives
+    b1 first: its parent is dead there, and b1's stamps are newer than the
+    delete, exactly as for a child written concurrently with the delete.
+    It must not cascade b1: the write is acknowledged under a live parent,
+    and the re-insert is on its way.  Only b, which wrote b1, knows under
+    which life it did.
+    """
+    clocks = [ManualClock(BASE_MS) for _ in range(3)]
+    a, b, c = (make_store(name, clock=clock) for name, clock in zip("abc", clocks, strict=True))
+    write(a, "INSERT INTO authors VALUES ('a1', 'Ann')")
+    sync_all([a, b, c])
+    for clock in clocks:
+        clock.advance(100)
+    write(a, "DELETE FROM authors WHERE id = 'a1'")
+    exchange_all(a, b)
+    exchange_all(a, c)
+    for clock in clocks:
+        clock.advance(100)
+    write(b, "INSERT INTO authors VALUES ('a1', 'Ann again')")
+    write(b, "INSERT INTO books VALUES ('b1', 'a1', 'new life')")
+    write(b, "UPDATE authors SET name = 'Ann, again' WHERE id = 'a1'")  # a1 moves past b1
+    target = a if receiver == "deleter" else c
+    exchange(b, target, rows_max=1)
+    assert book(target, "b1") == ("a1", "new life"), "b1 came first and waits for a1"
+    assert target.status().orphans == {"books": 1}
+    sync_all([a, b, c])
+    for store in (a, b, c):
+        assert book(store, "b1") == ("a1", "new life")
+        assert foreign_key_check(store) == []
+    assert_converged([a, b, c])

@@ -175,7 +175,34 @@ class AdversarialWriter:
         value = index
         # Without `fk`, a child of a missing parent is just a row.
         self.db.execute("INSERT INTO adv_children VALUES (?, ?, ?)", (child, parent, value))
-        return [self._write("upsert", "adv_children", child, index, lo, parent=parent, v=value)]
+        write = self._write("upsert", "adv_children", child, index, lo, parent=parent, v=value)
+        if "fk" in self.features and row is not None:
+            write.parent_cl = self._parent_life(parent)
+        return [write]
+
+    def _parent_life(self, parent: str) -> int | None:
+        """The causal length of `parent`'s life here, alive (read in the writing transaction).
+
+        A local insert the node has not captured yet has the life its
+        capture will give it: one above a tombstone, or one above the cl
+        floor for a key with no shadow row (store/sqlite/sql_capture.py).
+        A delete and re-insert both still uncaptured read one life low,
+        which only makes the checker more lenient, never wrong.  None before
+        the node tracks the table (no shadow table yet): not known.
+        """
+        try:
+            found = self.db.execute(
+                "SELECT cl FROM _syncmesh_shadow_adv_parents WHERE k0 = ?", (parent,)
+            ).fetchone()
+            if found is None:
+                (floor,) = self.db.execute(
+                    "SELECT coalesce((SELECT cl_floor FROM _syncmesh_lifecycle), 0)"
+                ).fetchone()
+                return 1 + int(floor)
+        except sqlite3.OperationalError:
+            return None
+        cl = int(found[0])
+        return cl if cl % 2 == 1 else cl + 1
 
     def _delete_parent(self, index: int, begin: Callable[[], int]) -> list[Write]:
         parent = f"p{self.rng.randrange(PARENTS)}"

@@ -310,7 +310,7 @@ def _check_key(
             "lost-write",
             f"{where}: written, but unknown to the replica"
             f"{' (its row is in the table, never captured)' if uncaptured else ''};"
-            f" {describe_writes(writes)}",
+            f" {describe_writes(writes)}{_describe_parents(writes, replica, cascades or {})}",
         )
         return
     alive = row.cl % 2 == 1
@@ -359,11 +359,35 @@ def describe_writes(writes: list[Write]) -> str:
         f"{write.op} #{write.index} at {write.node} (schema step {write.schema},"
         f" clock {write.lo}..{write.hi}, "
         + ("stamp not read" if write.stamp is None else f"stamp {write.stamp} cl {write.cl}")
+        + ("" if write.parent_cl is None else f", parent's causal length {write.parent_cl}")
         + ")"
         for write in shown
     ]
     more = f"{len(writes) - len(shown)} earlier, then " if len(writes) > len(shown) else ""
     return f"writes: {more}{'; '.join(words)}"
+
+
+def _describe_parents(
+    writes: list[Write], replica: Replica, cascades: Mapping[str, tuple[str, str]]
+) -> str:
+    """A child's parents as the replica holds them: whether a cascade can explain its loss."""
+    cascade = cascades.get(writes[0].table) if writes else None
+    if cascade is None:
+        return ""
+    column, parent_table = cascade
+    words = []
+    for parent in dict.fromkeys(write.cells.get(column) for write in writes):
+        if parent is None:
+            continue
+        row = replica.row(parent_table, (parent,))
+        state = (
+            "unknown"
+            if row is None
+            else f"{'alive' if row.values is not None else 'deleted'} at causal length {row.cl}"
+            f" (stamp {row.cl_stamp})"
+        )
+        words.append(f"{parent_table} {parent!r} {state}")
+    return f"; parent {', '.join(words)}" if words else ""
 
 
 def check_captured(replicas: list[Replica]) -> list[Violation]:
@@ -393,7 +417,15 @@ def _collected(
     """Whether a key with no shadow row at `replica` (which collected tombstones) was
     deleted: its writes end in a delete, or the life of a parent it was written under
     ended (a cascade deleted it, with no client write): the parent is gone, or its
-    final life began after the child's write (it was deleted and inserted again)."""
+    final life is above the one the child's write saw (`parent_cl`: it was deleted
+    and inserted again).
+
+    Without `parent_cl`, a parent's final life that began (by its stamp) after
+    the child's write ended it.  That guess misjudges under a skewed clock: a
+    child written at a node running ahead, concurrently with the parent's
+    delete, is rightly cascaded, yet its stamp is above that of a re-insert
+    made after the delete elsewhere (issue 12).  So with `parent_cl` only the
+    lives decide."""
     if _ends_in_delete(writes):
         return True
     cascade = cascades.get(writes[0].table) if writes else None
@@ -407,6 +439,10 @@ def _collected(
         row = replica.row(parent_table, (parent,))
         if row is None or row.values is None:
             return True
+        if write.parent_cl is not None:
+            if row.cl > write.parent_cl:
+                return True
+            continue
         written = write.stamp if write.stamp is not None else write.lo
         if row.cl > 1 and row.cl_stamp is not None and row.cl_stamp[0] > written:
             return True

@@ -52,6 +52,11 @@ class Write:
     # How many steps of the `migrate` fault's plan its node's client had run
     # when it wrote: the table and column names it wrote are those of that shape.
     schema: int = 0
+    # A child row's (the adversarial `fk` feature): the causal length of the
+    # parent it referenced, as its node held it when it wrote.  Only a delete
+    # of the parent ends that life, and only that may cascade the child away;
+    # stamps cannot tell, since a skewed clock orders them against causality.
+    parent_cl: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

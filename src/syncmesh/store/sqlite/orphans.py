@@ -26,19 +26,19 @@ the search goes on, round by round, until a round deletes nothing.
 parent this node has never seen may simply have arrived first.  Even a
 known-dead parent can mislead: the feed moves a row to the seq of its
 latest write, so a batch may bring a parent's delete before an earlier
-write that moved the child to another parent.  A node therefore resolves
-an orphan when
-
-- the child's reference (the stamps of its referencing columns, or of its
-  insert) is newer than the parent's delete, so no write the deleter saw
-  before deleting can be missing here; or
-- this node deleted the parent itself (the delete's stamp is ours): it
-  held every write it had seen when it deleted, so the child's reference
-  is no older here than there.
-
-Otherwise the orphan waits for that site's resolution, which reaches
-every site like any write.  Every site applies the same rule to the same
-rows; concurrent identical deletes (or NULL writes) merge.
+write that moved the child to another parent, or a child written under a
+parent's *new* life (deleted, then inserted again with the same key)
+before that re-insert (issue 12: the re-insert's row moved behind the
+child's, and a node holding only the delete cascaded an acknowledged
+child of a live parent).  Neither the stamps nor the deleter can tell
+those apart from a child written concurrently with the delete.  So a
+node resolves an orphan only when it wrote the child's reference itself
+(the latest of the child's insert and referencing-column stamps is its
+own): it wrote the child under a life of the parent that it then held,
+and causal lengths only grow, so the parent dead here means that very
+life ended.  Every other node waits for that site's resolution, which
+reaches it like any write.  Concurrent identical deletes (or NULL
+writes) merge.
 
 Candidates come from the keys a merge or a capture just wrote: alive rows
 are checked as children, deleted rows as parents.  The first capture of a
@@ -97,7 +97,7 @@ class ForeignKey:
     policy: str  # cascade, set-null or keep, for this key
     # Why the policy cannot act (set-null on a NOT NULL column); the orphan is kept.
     blocked: str | None
-    # Orphans of this key: the child's key, its reference stamps, the parent's delete stamp.
+    # Orphans of this key: the child's key, then its reference's stamps, each with its site.
     select: str
     child_match: str  # "(c.k1, ...)": the child's key, to match IN (VALUES ...)
     parent_match: str  # "(c.f1, ...)": its reference, in the parent key's order
@@ -111,7 +111,7 @@ class Resolved:
     deleted: int = 0
     nulled: int = 0
     kept: int = 0  # orphans the policy keeps (keep, or it cannot act)
-    waiting: int = 0  # orphans left to the site that deleted the parent
+    waiting: int = 0  # orphans left to the site that wrote the child's reference
     failed: list[str] = field(default_factory=list)
 
     @property
@@ -203,10 +203,13 @@ def _foreign_key(
     child_keys = [quote_identifier(column) for column in child.spec.pk]
     # A referencing column's stamp: its cell's, or the row's insert for a key column.
     # (A value column's stamp is in the shadow column of its slot: store/sqlite/layout.py.)
-    stamps = [f"cs.h{child.layout.slot_of(column)}" for column in columns if column in child.values]
+    # Each stamp with its site's ordinal (0: this node), the insert's first.
+    stamps = ["cs.cl_hlc, cs.cl_site"] + [
+        f"cs.h{slot}, cs.s{slot}"
+        for slot in (child.layout.slot_of(column) for column in columns if column in child.values)
+    ]
     select = (
-        f"SELECT {', '.join(f'c.{column}' for column in child_keys)}, cs.cl_hlc,"
-        f" ps.cl_hlc, ps.cl_site{''.join(f', {stamp}' for stamp in stamps)}"
+        f"SELECT {', '.join(f'c.{column}' for column in child_keys)}, {', '.join(stamps)}"
         f" FROM {child.table} AS c"
         f" JOIN {child.shadow} AS cs ON "
         + " AND ".join(f"cs.k{index} = c.{column}" for index, column in enumerate(child_keys))
@@ -419,20 +422,19 @@ def _orphans(
             rows.extend(_matching(connection, key, key.parent_match, gone, key.parent))
         children: dict[Key, None] = {}
         count = key.child.key_count
+        # A policy that writes nothing (keep, or one that cannot act) is safe to apply
+        # to every orphan; a delete or a NULL only to the ones this node referenced.
+        writes = key.policy != KEEP and key.blocked is None
         for row in rows:
             values = list(row)
             child_key = tuple(values[:count])
-            inserted, deleted_hlc, deleted_site = values[count : count + 3]
-            reference = max(
-                int(stamp) for stamp in (inserted, *values[count + 3 :]) if stamp is not None
-            )
-            if deleted_site == 0 or reference > int(deleted_hlc or 0):
+            if not writes or _written_here(values[count:]):
                 children[child_key] = None
             else:
                 done.waiting += 1
         if not children:
             continue
-        if key.policy == KEEP or key.blocked is not None:
+        if not writes:
             done.kept += len(children)
             if key.blocked is not None:
                 for child_key in children:
@@ -440,6 +442,21 @@ def _orphans(
             continue
         found.append((key, list(children)))
     return found
+
+
+def _written_here(stamps: list[SqlValue]) -> bool:
+    """Whether the latest of a child's reference stamps, (hlc, site ordinal) pairs, is ours.
+
+    Ordinal 0 is this node.  Ordinals are this file's own, so a tie (two
+    sites, one HLC) counts as ours at each of them: both resolve, and their
+    identical writes merge, rather than both waiting for ever.
+    """
+    pairs = [
+        (int(hlc), int(site or 0) == 0)
+        for hlc, site in zip(stamps[::2], stamps[1::2], strict=True)
+        if hlc is not None
+    ]
+    return bool(pairs) and max(pairs)[1]
 
 
 def _matching(
