@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from syncmesh.merge import join_rows, resolve_cells
 from syncmesh.model import Cell, RowChange, RowState, SqlValue, Stamp, row_of_state
 from syncmesh.store.sqlite.apply import held_again, identical_states
+from tests.test_integrity_values import pasts, stamps
 
-SITES = ["a", "b", "c"]
 COLUMNS = ("x", "y", "z")
 VALUES: list[SqlValue] = [None, 0, 1, 1.0, 0.0, -0.0, 1.5, "", "1", "a", b"", b"1"]
 
@@ -32,10 +32,6 @@ def twin(value: SqlValue) -> SqlValue:
     return int(value) if value.is_integer() else value
 
 
-stamps = st.builds(Stamp, st.integers(0, 3), st.sampled_from(SITES))
-pasts = st.dictionaries(st.sampled_from(SITES), st.integers(0, 3), max_size=2).map(
-    lambda known: tuple(sorted(known.items()))
-)
 states = st.builds(
     RowState,
     st.integers(1, 3),
