@@ -9,10 +9,16 @@ tracked table of `--rows` rows (1,000,000 by default):
 - a Django-style rebuild (create, copy, drop, rename, with a column added):
   triggers put back and the catch-up compare of every key with its shadow
   row;
-- RENAME COLUMN, for comparison (no pass over the rows).
+- RENAME COLUMN, for comparison (no pass over the rows);
+- a rebuild that drops a column (Django removing an indexed field, Alembic
+  batch `drop_column`), with 100 rows updated by the same connection right
+  after it, before the reconcile: the cells that are left are compared
+  with their per-cell fingerprints, and the fingerprints are rewritten
+  without the dropped slot.
 
 Also reports how many rows each change put in the change feed (what peers
-would be sent): 0 for all three, as no row was written meanwhile.  Prints
+would be sent): 0 for the first four, as no row was written meanwhile, and
+the 100 updated rows for the last.  Prints
 one line per figure; the figures go in the closing note of issue 14.
 """
 
@@ -40,6 +46,21 @@ INSERT INTO "new__items" ("id", "name", "qty", "price", "note", "colour")
 DROP TABLE "items";
 ALTER TABLE "new__items" RENAME TO "items";
 COMMIT;
+"""
+
+
+UPDATED_MEANWHILE = 100
+DROP_REBUILD = f"""
+BEGIN;
+CREATE TABLE "new__items" ("id" TEXT NOT NULL PRIMARY KEY, "name" TEXT NULL,
+    "qty" INTEGER NULL, "price" REAL NULL, "colour" TEXT DEFAULT 'green' NOT NULL);
+INSERT INTO "new__items" ("id", "name", "qty", "price", "colour")
+    SELECT "id", "name", "qty", "price", "colour" FROM "items";
+DROP TABLE "items";
+ALTER TABLE "new__items" RENAME TO "items";
+COMMIT;
+UPDATE items SET name = name || ' (updated)'
+    WHERE id IN (SELECT id FROM items ORDER BY id LIMIT {UPDATED_MEANWHILE});
 """
 
 
@@ -80,6 +101,10 @@ def run(rows: int, directory: Path) -> list[tuple[str, float, str]]:
             ("RENAME COLUMN qty TO amount", "ALTER TABLE items RENAME COLUMN qty TO amount"),
             ("RENAME COLUMN amount TO qty", "ALTER TABLE items RENAME COLUMN amount TO qty"),
             ("Django rebuild adding a column", DJANGO_REBUILD),
+            (
+                f"rebuild dropping a column, {UPDATED_MEANWHILE} rows updated meanwhile",
+                DROP_REBUILD,
+            ),
         ):
             head = store.head_seq()
             figures.append((f"{label}: the application's DDL", _ddl(path, sql), "s"))
@@ -106,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="syncmesh-bench-schema-") as directory:
         for figure, value, unit in run(arguments.rows, Path(directory)):
             shown = f"{value:.3f} {unit}" if unit else f"{value:.0f}"
-            print(f"  {figure:<55} {shown}")
+            print(f"  {figure:<75} {shown}")
     return 0
 
 

@@ -359,6 +359,37 @@ def test_sqlite_utils_transform_at_one_site_while_both_write(
     assert_never_refused(cluster)
 
 
+def test_an_update_right_after_a_rebuild_that_drops_a_column_reaches_the_peer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: `sqlite-utils transform --drop qty` (a rebuild that drops a column, as Django
+    removing an indexed field or Alembic's batch `drop_column` does), then an UPDATE of
+    `name` with `sqlite-utils query` before the node has reconciled (the node is paused
+    meanwhile): the update reaches the peer, and so does nothing else."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1), ('r2', 'kept', 2)")
+    wait_ids(b, ["r1", "r2"], cluster)
+    a.pause()
+    try:
+        sqlite_utils("transform", str(a.db), "items", "--drop", "qty")
+        sqlite_utils("query", str(a.db), "UPDATE items SET name = 'after' WHERE id = 'r1'")
+    finally:
+        a.resume()
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'r1'") == [("after",)],
+        CONVERGE_S,
+        "the update made right after the rebuild, at b",
+        describe=cluster.logs,
+    )
+    sqlite_utils("transform", str(b.db), "items", "--drop", "qty")
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: row[1][0] for row in dump} == {"r1": "after", "r2": "kept"}
+    log_a = a.log_text()
+    assert "column 'qty' dropped" in log_a, a.log_tail()
+    assert "cannot be told" not in log_a, a.log_tail()
+    assert_never_refused(cluster)
+
+
 def test_health_is_503_for_a_table_that_lost_its_triggers_and_cannot_be_repaired(
     cluster: Cluster, tmp_path: Path
 ) -> None:
