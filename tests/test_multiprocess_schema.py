@@ -390,6 +390,53 @@ def test_an_update_right_after_a_rebuild_that_drops_a_column_reaches_the_peer(
     assert_never_refused(cluster)
 
 
+def test_a_column_renamed_by_sqlite_utils_transform_keeps_syncing_both_ways(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: `sqlite-utils transform --rename name label` (a table rebuild that renames a
+    column) at one site, writes to `label` there and to `name` at the site not migrated yet,
+    then the same rebuild there: every write survives at both sites (the rename is
+    recognised by the column's values, not taken for a drop and an add)."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(
+        a.db,
+        "INSERT INTO items (id, name, qty) VALUES ('r1', 'one', 1), ('r2', 'two', 2),"
+        " ('r3', 'three', 3)",
+    )
+    wait_ids(b, ["r1", "r2", "r3"], cluster)
+    sqlite_utils("transform", str(a.db), "items", "--rename", "name", "label")
+    wait_for(
+        lambda: "recognised by its values" in a.log_text(),
+        CONVERGE_S,
+        "a's reconcile of the rename",
+        describe=cluster.logs,
+    )
+    shell(a.db, "UPDATE items SET label = 'from a' WHERE id = 'r1'")
+    shell(b.db, "UPDATE items SET name = 'from b' WHERE id = 'r2'")
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'r1'") == [("from a",)],
+        CONVERGE_S,
+        "a's write of label, at b as name",
+        describe=cluster.logs,
+    )
+    wait_for(
+        lambda: query(a.db, "SELECT label FROM items WHERE id = 'r2'") == [("from b",)],
+        CONVERGE_S,
+        "b's write of name, at a as label",
+        describe=cluster.logs,
+    )
+    sqlite_utils("transform", str(b.db), "items", "--rename", "name", "label")
+    wait_for(
+        lambda: "recognised by its values" in b.log_text(),
+        CONVERGE_S,
+        "b's reconcile of the rename",
+        describe=cluster.logs,
+    )
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: row[1][0] for row in dump} == {"r1": "from a", "r2": "from b", "r3": "three"}
+    assert_never_refused(cluster)
+
+
 def test_health_is_503_for_a_table_that_lost_its_triggers_and_cannot_be_repaired(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ TEXT_KEY_HASH_FUNCTION = "syncmesh_text_key_hash"
 NEW_ROW_DIGEST_FUNCTION = "syncmesh_new_row_digest"
 VALUES_FP_FUNCTION = "syncmesh_values_fp"
 VALUES_FP_CHANGES_FUNCTION = "syncmesh_values_fp_changes"
+CELL_FP_FUNCTION = "syncmesh_cell_fp"
 
 
 def values_fp_sql(cells: list[tuple[int, str, str]]) -> str:
@@ -71,15 +72,31 @@ def cells_text_sql(cells: list[tuple[int, str, str]]) -> str:
         hlc, value = by_slot[slot]
         parts.append(
             f"CASE WHEN {hlc} IS NULL OR {hlc} = {DEFAULT_CELL_HLC} THEN ''"
-            f" WHEN {value} IS NULL THEN '-'"
-            f" WHEN typeof({value}) = 'real' AND {value} = CAST({value} AS INTEGER)"
-            f" THEN ':' || hex(CAST({value} AS INTEGER))"
-            f" ELSE ':' || hex({value}) END"
+            f" ELSE {cell_segment_sql(value)} END"
         )
     if not parts:
         return "''"
     separated = [f"{part} || ','" for part in parts[:-1]] + parts[-1:]
     return _concatenated(separated)
+
+
+def cell_segment_sql(value: str) -> str:
+    """SQL of one cell's segment of `cells_text_sql`: `:hex(value)`, or `-` for NULL."""
+    return (
+        f"CASE WHEN {value} IS NULL THEN '-'"
+        f" WHEN typeof({value}) = 'real' AND {value} = CAST({value} AS INTEGER)"
+        f" THEN ':' || hex(CAST({value} AS INTEGER))"
+        f" ELSE ':' || hex({value}) END"
+    )
+
+
+def cell_fingerprint(segment: str) -> bytes:
+    """`syncmesh_cell_fp(segment)`: one cell's fingerprint, as `values_fingerprint` stores it.
+
+    The reconcile compares a column a rebuild added with the fingerprints
+    of one it dropped, to recognise a rename (reconcile.recognise_renames).
+    """
+    return xxh32_digest(segment.encode())
 
 
 def whole_row_text_sql(cells: list[tuple[int, str, str]]) -> str:

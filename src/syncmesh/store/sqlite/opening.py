@@ -37,6 +37,7 @@ from syncmesh.store.sqlite.ddl import (
 )
 from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
+    CELL_FP_FUNCTION,
     FIELDS_FUNCTION,
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
@@ -46,6 +47,7 @@ from syncmesh.store.sqlite.functions import (
     VALUES_FP_CHANGES_FUNCTION,
     VALUES_FP_FUNCTION,
     capture_pasts,
+    cell_fingerprint,
     fingerprint_changes,
     pack_fields,
     register_packed,
@@ -122,6 +124,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.create_function(
         VALUES_FP_CHANGES_FUNCTION, 3, fingerprint_changes, deterministic=True
     )
+    connection.create_function(CELL_FP_FUNCTION, 1, cell_fingerprint, deterministic=True)
     # The set-based capture hashes the keys new here with it.
     connection.create_function(TEXT_KEY_HASH_FUNCTION, -1, text_key_hash, deterministic=True)
     return connection

@@ -31,7 +31,9 @@ transaction (`reconcile_schema`, called by the node's capture loop):
   (`vf`, functions.values_fingerprint), and a cell whose value no longer
   matches was written meanwhile: it is logged as an update of that cell.
   A row the rebuild copied matches, also when the rebuild dropped another
-  of its columns;
+  of its columns.  A rebuild matches columns by name, so a column it
+  renamed reads as dropped and added: `recognise_renames` tells it by its
+  values (they match the dropped column's fingerprints row by row);
 - CREATE/DROP INDEX: the REPLACE checks follow the UNIQUE indexes.
 
 A table that cannot be reconciled (gone, key changed, unreadable) leaves
@@ -74,7 +76,10 @@ from syncmesh.store.sqlite.ddl import (
 )
 from syncmesh.store.sqlite.execute import execute_many
 from syncmesh.store.sqlite.functions import (
+    CELL_FP_BYTES,
+    CELL_FP_FUNCTION,
     VALUES_FP_CHANGES_FUNCTION,
+    cell_segment_sql,
     cells_text_sql,
     values_fp_sql,
     whole_row_text_sql,
@@ -110,6 +115,8 @@ class TablePlan:
     added: list[str] = field(default_factory=list)  # value columns with no slot yet
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (old, new) columns
     dropped: list[tuple[str, int]] = field(default_factory=list)  # (name, slot)
+    # New names of columns a rebuild renamed, recognised by their values (recognise_renames)
+    recognised: list[str] = field(default_factory=list)
 
     @property
     def table_renamed(self) -> bool:
@@ -134,7 +141,11 @@ class TablePlan:
             lines.append(f"table {name!r} renamed to {self.now_name!r}")
         shown = self.now_name or name
         lines += [f"table {shown!r}: column {c!r} added" for c in self.added]
-        lines += [f"table {shown!r}: column {a!r} renamed to {b!r}" for a, b in self.renamed]
+        lines += [
+            f"table {shown!r}: column {a!r} renamed to {b!r}"
+            + (" (in a table rebuild: recognised by its values)" if b in self.recognised else "")
+            for a, b in self.renamed
+        ]
         lines += [f"table {shown!r}: column {c!r} dropped" for c, _slot in self.dropped]
         if self.triggers_lost:
             lines.append(
@@ -253,6 +264,60 @@ def _match_columns(plan: TablePlan, layout: TableLayout, spec: TableSpec) -> Non
     plan.slot_columns = claimed
     plan.renamed = [(old[slot], new) for slot, new in claimed.items() if old[slot] != new]
     plan.added = [column for column in values if column not in claimed.values()]
+
+
+# Pairs of a dropped and an added column compared, at most, per rebuild (one pass each).
+RENAME_PAIRS_MAX = 16
+
+
+def recognise_renames(connection: sqlite3.Connection, plan: TablePlan, table: TableSql) -> None:
+    """Take a column a rebuild dropped and one it added for a rename, when their values match.
+
+    A rebuild matches columns by name, so one that renames a column
+    (Alembic's `batch_alter_table` with `alter_column(new_column_name=)`,
+    `sqlite-utils transform --rename`) reads as a drop and an add: the
+    added column's values would be stamped as written here, over writes of
+    the other sites, and the other sites' writes under the old name
+    discarded, during a rolling deploy (lost writes both ways).  The cells'
+    fingerprints (`vf`) tell a rename apart: the added column holds, row by
+    row, the values the dropped one held.  A pair is a rename when, over
+    the live rows whose dropped cell has a fingerprint, more than half
+    match and at least two distinct values do (a column of one constant,
+    NULL or a default, matches any other such column and is not taken),
+    and neither column of the pair matches another.  Rows that do not
+    match were updated meanwhile; `_log_updated_meanwhile` logs them.
+    """
+    if not (plan.triggers_lost and plan.dropped and plan.added):
+        return
+    if len(plan.dropped) * len(plan.added) > RENAME_PAIRS_MAX:
+        return
+    names = table.names
+    candidates: list[tuple[tuple[str, int], str]] = []
+    for dropped in plan.dropped:
+        slot = dropped[1]
+        entry = f"substr(s.{VALUES_FP_COLUMN}, {CELL_FP_BYTES * slot + 1}, {CELL_FP_BYTES})"
+        for added in plan.added:
+            value = cell_segment_sql(f"t.{quote_identifier(added)}")
+            compared, hits, distinct = connection.execute(
+                "SELECT count(*), count(CASE WHEN hit THEN 1 END),"
+                " count(DISTINCT CASE WHEN hit THEN entry END) FROM"
+                f" (SELECT {entry} AS entry, {CELL_FP_FUNCTION}({value}) = {entry} AS hit"
+                f" FROM {names.shadow} s JOIN {names.table} t ON {names.join}"
+                f" WHERE s.cl % 2 = 1 AND typeof(s.{VALUES_FP_COLUMN}) = 'blob'"
+                f" AND length(s.{VALUES_FP_COLUMN}) >= {CELL_FP_BYTES * (slot + 1)}"
+                f" AND {entry} != zeroblob({CELL_FP_BYTES}))"
+            ).fetchone()
+            if distinct >= 2 and 2 * hits > compared:
+                candidates.append((dropped, added))
+    for dropped, added in candidates:
+        if sum(1 for d, a in candidates if d == dropped or a == added) != 1:
+            continue  # one of them matches another column too: not told
+        column, slot = dropped
+        plan.dropped.remove(dropped)
+        plan.added.remove(added)
+        plan.slot_columns[slot] = added
+        plan.renamed.append((column, added))
+        plan.recognised.append(added)
 
 
 def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
@@ -423,6 +488,9 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     # (Keys stamped here get no value fingerprint: filled in below.)
     stamped_before: dict[str, dict[tuple[SqlValue, ...], bool]] = {}
     capture.capture_pending(ctx, stamped_before)
+    for plan in plans:
+        if plan.problem is None:
+            recognise_renames(connection, plan, old_tables[plan.renamed_layout.name])
     hlc = ctx.clock.tick()
     new_tables: dict[str, TableSql] = {}
     fingerprints_stale: set[str] = set()  # tables whose rows' fingerprints hold a dropped slot
