@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from typing import Any, cast
 
 from syncmesh.clock import COUNTER_MAX, pack, wall_ms_of
 from syncmesh.errors import SiteIdConflict
@@ -171,15 +172,18 @@ def note_stamps_held(ctx: StoreContext, batch: ChangeBatch) -> None:
     greatest = [0] * len(batch.sites)
     for table in batch.tables:
         first = table.key_count
-        for row in table.rows:
-            site, hlc = row[first + 2], row[first + 1]
-            if isinstance(hlc, int) and isinstance(site, int) and hlc > greatest[site]:
-                greatest[site] = hlc
-            # Each cell's hlc and site: the 2nd and 3rd of its CELL_FIELDS.
+        # Stamps are ints and sites indexes of `batch.sites` (the codec checks
+        # both); typed Any here, as the loop runs per cell of every such batch.
+        for row in cast(list[list[Any]], table.rows):
+            # The row's causal-length stamp, then each cell's: hlc and site are
+            # the 2nd and 3rd of its CELL_FIELDS (None both for an unstamped cell).
+            hlc = row[first + 1]
+            if hlc is not None and hlc > greatest[row[first + 2]]:
+                greatest[row[first + 2]] = hlc
             for hlc, site in zip(
                 row[first + 4 :: CELL_FIELDS], row[first + 5 :: CELL_FIELDS], strict=False
             ):
-                if isinstance(hlc, int) and isinstance(site, int) and hlc > greatest[site]:
+                if hlc is not None and hlc > greatest[site]:
                     greatest[site] = hlc
     own = ctx.site_id()
     bound = drift_bound(ctx)
