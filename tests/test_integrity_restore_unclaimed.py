@@ -17,13 +17,18 @@ docs/adr/0006-restore-detection.md, "Writes no vector claims").
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 from syncmesh.clock import HybridClock
 from syncmesh.store.sqlite import SqliteStore
-from tests.helpers import ManualClock, exchange_all
+from syncmesh.transport.memory import MemoryNetwork
+from tests.helpers import ManualClock, exchange_all, wait_until
+from tests.memory_nodes import memory_config, memory_nodes
+from tests.test_node import execute, make_db
 
 BASE_MS = 1_700_000_000_000
 HLC_MAX = (1 << 63) - 1  # a filter entry: every write of that site is held (session.py)
@@ -48,6 +53,13 @@ def session_filter(receiver: SqliteStore) -> dict[str, int]:
     if not receiver.restoring():
         vector[receiver.site_id] = HLC_MAX
     return vector
+
+
+def put_back(copy: Path, target: Path) -> None:
+    """Replace a stopped node's file by `copy` (its WAL and shared memory go too)."""
+    for suffix in ("-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copy(copy, target)
 
 
 def ids(store: SqliteStore) -> set[str]:
@@ -87,9 +99,7 @@ def test_a_write_held_only_from_a_batch_cut_short_reveals_the_restore(tmp_path: 
 
     # n stops; its file is replaced by the copy; it starts again later.
     n.close()
-    for suffix in ("-wal", "-shm"):
-        Path(f"{tmp_path / 'n.db'}{suffix}").unlink(missing_ok=True)
-    shutil.copy(tmp_path / "copy.db", tmp_path / "n.db")
+    put_back(tmp_path / "copy.db", tmp_path / "n.db")
     clock_n.advance(1_000)
     n = open_store(tmp_path / "n.db", clock_n)
     try:
@@ -140,9 +150,7 @@ def test_a_write_held_after_a_drift_quarantine_reveals_the_restore(tmp_path: Pat
     assert ids(p) == set()
 
     n.close()
-    for suffix in ("-wal", "-shm"):
-        Path(f"{tmp_path / 'n.db'}{suffix}").unlink(missing_ok=True)
-    shutil.copy(tmp_path / "copy.db", tmp_path / "n.db")
+    put_back(tmp_path / "copy.db", tmp_path / "n.db")
     clock_n.advance(1_000)
     clock_p.set(clock_n.now_ms())  # p's clock caught up: the row applies
     assert p.retry_quarantine() == 1
@@ -157,3 +165,56 @@ def test_a_write_held_after_a_drift_quarantine_reveals_the_restore(tmp_path: Pat
     finally:
         n.close()
         p.close()
+
+
+class OffsetClock:
+    """The machine's clock moved by `offset_ms` (settable): a node whose clock runs behind."""
+
+    def __init__(self, offset_ms: int) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.offset_ms
+
+
+def node_holds(path: Path, key: str) -> bool:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        found = connection.execute("SELECT 1 FROM items WHERE id = ?", (key,)).fetchone()
+        return found is not None
+
+
+def quarantined(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return int(connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[0])
+
+
+async def test_nodes_a_restored_node_gets_back_a_write_its_peer_held_in_a_drift_quarantine(
+    tmp_path: Path,
+) -> None:
+    """Goal: as above, with real nodes (sessions, the capture loop, the quarantine retry).
+
+    Method: p's clock runs 100 s behind.  n's file is copied; n writes `lost`;
+    p quarantines it (from the future).  n is stopped and its file replaced by
+    the copy; p's clock is put right, and its retry applies `lost`.  n starts
+    again: it must detect the restore from p's HELLO and get `lost` back.
+    """
+    schema = "CREATE TABLE items (id TEXT PRIMARY KEY, qty INTEGER)"
+    n_db = make_db(tmp_path / "n.db", schema)
+    p_db = make_db(tmp_path / "p.db", schema)
+    shutil.copy(n_db, tmp_path / "copy.db")
+    behind = OffsetClock(-100_000)
+    network = MemoryNetwork()
+    p_config = memory_config(p_db, quarantine_retry_s=0.2)
+    async with memory_nodes(network, {"p": p_config}, physical_clock=behind):
+        async with memory_nodes(network, {"n": memory_config(n_db, "p")}):
+            execute(n_db, "INSERT INTO items VALUES ('lost', 1)")
+            await wait_until(lambda: quarantined(p_db) == 1, 20.0, "p to quarantine n's write")
+        put_back(tmp_path / "copy.db", n_db)
+        behind.offset_ms = 0
+        await wait_until(lambda: node_holds(p_db, "lost"), 20.0, "p's retry to apply n's write")
+        async with memory_nodes(network, {"n": memory_config(n_db, "p")}):
+            await wait_until(
+                lambda: node_holds(n_db, "lost"),
+                20.0,
+                "the restored node to get back the write p held",
+            )
