@@ -89,6 +89,9 @@ def apply_batch(
         if batch.vector is not None and adopt_vector:
             vector.merge(ctx, batch.vector)
             capture.restamp_below_lost_writes(ctx)  # if the merge's restore check asked
+        else:
+            # No vector claims these writes: HELLO's `held` must (restore detection).
+            vector.note_stamps_held(ctx, batch)
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
 
