@@ -721,6 +721,14 @@ def _mismatch(ours: Hello, theirs: Hello) -> str | None:
     tables both track (`node.mismatch.compare`).
     """
     if theirs.site_id == ours.site_id:
+        if theirs.instance and theirs.instance == ours.instance:
+            # The same process at both ends: a peer URL that leads back to this
+            # node.  Telling the user to re-identify a copy would be wrong, and
+            # `init --new-site-id` would not help (new-user report).
+            return (
+                "this node dialled itself: the peer URL leads to this node's own address;"
+                " remove it from the peers (--peer, peers.urls) and dial another node"
+            )
         return (
             f"both ends have site id {ours.site_id}: one database file is a copy of the"
             " other; give the copy a new identity (`syncmesh init --new-site-id`) before"
