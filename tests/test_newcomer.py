@@ -141,6 +141,29 @@ def test_status_file_of_an_unhealthy_node_exits_2_with_the_reasons(
     assert "NOT ok" in result.stdout
 
 
+@pytest.mark.multiprocess
+def test_status_file_of_a_node_that_does_not_answer_exits_2(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a node that holds the file but does not answer (hung; here SIGSTOP) fails
+    `status FILE` as a health check.  New-user report: it printed the file's view and
+    exited 0, so a cron or systemd check built on it said all was well."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    a = cluster.node("a")
+    cluster.start(a)
+    a.pause()
+    try:
+        result = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    finally:
+        a.resume()
+    assert result.returncode == 2, result.stderr
+    assert f"unhealthy: the node serving {tmp_path / 'a.db'} (pid {a.pid}) does not answer" in (
+        result.stderr
+    )
+    answered = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    assert answered.returncode == 0, answered.stderr
+
+
 def test_status_file_without_a_node_exits_2_for_a_table_it_cannot_follow(
     tmp_path: Path,
 ) -> None:
