@@ -156,5 +156,9 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
         return problems
     from syncmesh.cli import view  # rich loads only when a table is printed
 
-    view.print_live_status(status)
+    # The checks this command adds to the node's own verdict (a peer not
+    # streaming yet within the node's grace, --max-lag): shown beside it, so
+    # that "health ok" never stands alone above an exit status 2.
+    own = len(status.get("health", {}).get("reasons", []))
+    view.print_live_status(status, failed_checks=problems[own:])
     return problems
