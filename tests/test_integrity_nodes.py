@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import sqlite3_shell as shell
-from tests.nodeproc import Cluster, NodeProcess, make_db, query, wait_for
+from tests.nodeproc import Cluster, NodeProcess, make_db, query, run_cli, wait_for
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 # Long enough for a healthy pair (milliseconds) many times over, on a busy machine.
@@ -130,4 +130,45 @@ def test_peers_with_different_row_limits_still_sync(nodes: Cluster, tmp_path: Pa
         describe=lambda: logs(a, b),
     )
     assert "exceeds the limit" not in b.log_text(), "b was sent a batch it cannot take"
+    no_internal_errors(nodes)
+
+
+@pytest.mark.multiprocess
+def test_a_row_too_big_for_any_message_makes_the_sender_unhealthy_until_removed(
+    nodes: Cluster, tmp_path: Path
+) -> None:
+    """A row that alone encodes to more than a message may hold blocks the sender's feed:
+    nothing written after it reaches the peer.  New-user report: a 70 MB BLOB did that
+    while both nodes said `health ok` for ever; now /v1/health and `syncmesh status` name
+    the row and the fix, and deleting the row lets everything after it through.
+    (The limit is lowered through the environment so that the row is small.)"""
+    limit = {"SYNCMESH_LIMITS_MESSAGE_BYTES_MAX": "200000"}
+    a = nodes.node("a", make_db(tmp_path / "a.db", SCHEMA), env=limit)
+    b = nodes.node("b", make_db(tmp_path / "b.db", SCHEMA), peers=[a], env=limit)
+    nodes.start(a, b)
+    shell(a.db, "INSERT INTO items VALUES ('big', randomblob(300000), 1)")
+    shell(a.db, "INSERT INTO items VALUES ('after', 'small', 2)")
+
+    def reasons() -> list[str]:
+        code, body = a.health()
+        return [] if code == 200 else [str(reason) for reason in body["reasons"]]
+
+    wait_for(
+        lambda: bool(reasons()), SYNC_S, "a to say it is unhealthy", describe=lambda: logs(a, b)
+    )
+    [reason] = reasons()
+    assert "table 'items' with key ['big']" in reason
+    assert "limits.message_bytes_max" in reason
+    status = run_cli("status", str(a.db), check=False)
+    assert status.returncode == 2, status.stderr
+    assert "key ['big']" in status.stderr
+    assert query(b.db, "SELECT id FROM items") == []  # nothing got past the big row
+    shell(a.db, "DELETE FROM items WHERE id = 'big'")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items") == [("after",)],
+        SYNC_S,
+        "the row written after the big one to reach b",
+        describe=lambda: logs(a, b),
+    )
+    wait_for(lambda: a.health()[0] == 200, SYNC_S, "a healthy again", describe=lambda: logs(a, b))
     no_internal_errors(nodes)

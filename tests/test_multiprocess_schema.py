@@ -12,6 +12,7 @@ synced.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -207,6 +208,42 @@ def test_a_nullable_column_added_at_one_site_then_the_other(
     assert notes[b_row] == "set at a"
     assert notes["late-b"] is None  # B's insert reaches A with the column's default
     assert set(written) <= set(notes)
+    assert_never_refused(cluster)
+
+
+def test_a_column_added_at_one_site_then_the_other_records_no_conflict(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a rolling ADD COLUMN with writes at both sites leaves `syncmesh conflicts`
+    empty at both (new-user report: every row written meanwhile was listed as a conflict
+    whose loser was NULL or the default "from site 00000000", nobody's write)."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('k1', 'bolt', 1), ('k2', 'nut', 2)")
+    wait_for(lambda: ids(b.db) == {"k1", "k2"}, CONVERGE_S, "k1, k2 at b", describe=cluster.logs)
+    shell(a.db, "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'none'")
+    shell(a.db, "UPDATE items SET note = 'set at a' WHERE id = 'k1'")
+    shell(b.db, "UPDATE items SET name = 'bolt at b' WHERE id = 'k1'")  # b lacks `note` yet
+    shell(b.db, "INSERT INTO items (id, name) VALUES ('k3', 'washer')")
+    wait_for(
+        lambda: (
+            query(a.db, "SELECT name FROM items WHERE id = 'k1'") == [("bolt at b",)]
+            and ids(a.db) == {"k1", "k2", "k3"}
+        ),
+        CONVERGE_S,
+        "b's writes at a",
+        describe=cluster.logs,
+    )
+    shell(b.db, "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'none'")
+    shell(b.db, "UPDATE items SET note = 'set at b' WHERE id = 'k2'")
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: (row[1][0], row[3][0]) for row in dump} == {
+        "k1": ("bolt at b", "set at a"),
+        "k2": ("nut", "set at b"),
+        "k3": ("washer", "none"),
+    }
+    for node in (a, b):
+        listed = json.loads(run_cli("conflicts", str(node.db), "--json").stdout)
+        assert listed == {"conflicts": []}, f"{node.name}: {listed}"
     assert_never_refused(cluster)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
@@ -214,8 +214,8 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
             console.print(f"site {site['site_id']}: {site['bootstrap']}", markup=False)
 
 
-def print_live_status(status: dict[str, Any]) -> None:
-    """A running node's /v1/status document."""
+def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ()) -> None:
+    """A running node's /v1/status document; `failed_checks`: what `status` adds to its health."""
     console = _console()
     store = status["store"]
     facts = [
@@ -292,6 +292,14 @@ def print_live_status(status: dict[str, Any]) -> None:
         console.print("health       " + ("ok" if verdict["ok"] else "NOT ok"), markup=False)
         for reason in verdict["reasons"]:
             console.print(f"  - {reason}", markup=False)
+    if failed_checks:
+        console.print(
+            "check        FAILED (exit 2), beyond the node's own verdict (a peer not"
+            " streaming counts at once here, after health.peer_down_s_max there):",
+            markup=False,
+        )
+        for problem in failed_checks:
+            console.print(f"  - {problem}", markup=False)
 
 
 def verify_text(peer: dict[str, Any], now_ms: int) -> str:

@@ -630,9 +630,9 @@ class Session:
                 except Exception as exc:
                     host.note_feed_read(exc)  # failing in a row makes the node unhealthy
                     raise
-                host.note_feed_read(None)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
+                host.note_feed_read(None)
                 # Caught up: the node reads our next batch in the same trip to
                 # the store thread as its next capture (one hop less per write).
                 host.want_batch(
@@ -675,10 +675,18 @@ class Session:
                 if await worker.call(store.split_seq_group, batch.to_seq):
                     continue
                 whose = "the peer's" if limits.bytes_max < config.message_bytes_max else "our"
-                raise ProtocolError(
-                    f"one row encodes to {len(frame)} bytes, over the message limit of"
-                    f" {limits.bytes_max} ({whose} limits.message_bytes_max)"
+                error = ProtocolError(
+                    f"{_first_row(batch)} encodes to {len(frame)} bytes, over the message"
+                    f" limit of {limits.bytes_max} ({whose} limits.message_bytes_max):"
+                    " nothing written after it here reaches the peer until that row is made"
+                    " smaller or deleted"
                 )
+                # Counted like a failed read: each new session meets the same row,
+                # so the node turns unhealthy instead of streaming nothing while
+                # status and /v1/health said all was well (new-user report).
+                host.note_feed_read(error)
+                raise error
+            host.note_feed_read(None)  # a batch that can go: this feed is not stuck
             rows_max = min(config.batch_rows_max, limits.rows_max, rows_max * 2)
             await self._send_frame(frame)
             self._in_flight.append(batch.to_seq)
@@ -696,6 +704,14 @@ def _refiltered(batch: ChangeBatch, vector: dict[str, int]) -> ChangeBatch:
         if rows:
             tables.append(dataclasses.replace(table, rows=rows))
     return dataclasses.replace(batch, tables=tuple(tables))
+
+
+def _first_row(batch: ChangeBatch) -> str:
+    """The first row of `batch`, in words: its table and key (an oversized row's name)."""
+    for table in batch.tables:
+        for row in table.rows:
+            return f"the row of table {table.table!r} with key {list(row[: table.key_count])!r}"
+    return "one row"
 
 
 def _only_relays(batch: ChangeBatch, own_site: str) -> bool:
@@ -721,6 +737,14 @@ def _mismatch(ours: Hello, theirs: Hello) -> str | None:
     tables both track (`node.mismatch.compare`).
     """
     if theirs.site_id == ours.site_id:
+        if theirs.instance and theirs.instance == ours.instance:
+            # The same process at both ends: a peer URL that leads back to this
+            # node.  Telling the user to re-identify a copy would be wrong, and
+            # `init --new-site-id` would not help (new-user report).
+            return (
+                "this node dialled itself: the peer URL leads to this node's own address;"
+                " remove it from the peers (--peer, peers.urls) and dial another node"
+            )
         return (
             f"both ends have site id {ours.site_id}: one database file is a copy of the"
             " other; give the copy a new identity (`syncmesh init --new-site-id`) before"

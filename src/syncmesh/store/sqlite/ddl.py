@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from syncmesh.model import CELL_FIELDS, TableSpec
+from syncmesh.model import CELL_FIELDS, DEFAULT_CELL_STAMP, TableSpec
 from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
 from syncmesh.store.sqlite.layout import TableLayout
 from syncmesh.store.summary import DEFAULT_CELL_HLC as DEFAULT_CELL_HLC
@@ -381,7 +381,7 @@ def log_ddl(spec: TableSpec) -> str:
 # apply of the row elsewhere would write NULL over the default.)  Trailing
 # such cells are left out of a row's digest (store.summary), so ADD COLUMN
 # changes no digest.
-DEFAULT_CELL_SITE = "0" * 32
+DEFAULT_CELL_SITE = DEFAULT_CELL_STAMP.site_id
 
 # Log operations.  `mask` has bit i set when value column slot i changed; -1 is all.
 OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3
