@@ -172,3 +172,40 @@ def test_a_row_too_big_for_any_message_makes_the_sender_unhealthy_until_removed(
     )
     wait_for(lambda: a.health()[0] == 200, SYNC_S, "a healthy again", describe=lambda: logs(a, b))
     no_internal_errors(nodes)
+
+
+def test_a_row_with_a_null_key_makes_the_node_unhealthy_until_it_gets_a_key(
+    nodes: Cluster, tmp_path: Path
+) -> None:
+    """SQLite lets a rowid table hold NULL in a TEXT key (`INSERT ... VALUES (NULL, ...)` in
+    the shell); no other node could address such a row, so it is not synced.  New-user
+    report: only a log line said so, while /v1/health, `status` and `/metrics` said all was
+    well.  Now they name the table and the fix, and once the row gets a key it syncs."""
+    a = nodes.node("a", make_db(tmp_path / "a.db", SCHEMA))
+    b = nodes.node("b", make_db(tmp_path / "b.db", SCHEMA), peers=[a])
+    nodes.start(a, b)
+    shell(a.db, "INSERT INTO items VALUES (NULL, 'keyless', 1), ('k', 'keyed', 2)")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items") == [("k",)],
+        SYNC_S,
+        "the keyed row at b",
+        describe=lambda: logs(a, b),
+    )
+    wait_for(lambda: a.health()[0] == 503, SYNC_S, "a 503 from a", describe=lambda: logs(a, b))
+    [reason] = a.health()[1]["reasons"]
+    assert "table 'items': 1 row with a NULL key value, not synced" in str(reason)
+    assert a.status()["store"]["null_key_rows"] == {"items": 1}
+    with a.open_url("/metrics", 5.0) as answer:
+        assert 'syncmesh_null_key_rows{table="items"} 1.0' in answer.read().decode()
+    status = run_cli("status", str(a.db), check=False)
+    assert status.returncode == 2, status.stdout + status.stderr
+    assert "NULL key value" in status.stdout + status.stderr
+    shell(a.db, "UPDATE items SET id = 'given' WHERE id IS NULL")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items ORDER BY id") == [("given",), ("k",)],
+        SYNC_S,
+        "the row, once keyed, at b",
+        describe=lambda: logs(a, b),
+    )
+    wait_for(lambda: a.health()[0] == 200, SYNC_S, "a healthy again", describe=lambda: logs(a, b))
+    no_internal_errors(nodes)

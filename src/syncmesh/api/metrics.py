@@ -90,6 +90,14 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     for table, count in store.orphans.items():
         orphans.add_metric([table], count)
     yield orphans
+    null_keys = GaugeMetricFamily(
+        "syncmesh_null_key_rows",
+        "Rows with a NULL key value, which are not synced, per tracked table.",
+        labels=["table"],
+    )
+    for table, count in store.null_key_rows.items():
+        null_keys.add_metric([table], count)
+    yield null_keys
     yield GaugeMetricFamily(
         "syncmesh_orphan_problems",
         "Foreign-key orphans the orphan policy could not resolve.",

@@ -29,7 +29,7 @@ from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
 from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
-from syncmesh.store import StoreStatus
+from syncmesh.store import StoreStatus, null_key_problems
 from syncmesh.store.open import open_store
 
 URL_TIMEOUT_S = 5.0
@@ -94,7 +94,7 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     (syncmesh.node.health): a tracked table it cannot follow or whose
     capture triggers are gone, and own writes lost by a restore.
     """
-    problems = list(report.schema_problems)
+    problems = [*report.schema_problems, *null_key_problems(report)]
     if report.restore_floor:
         problems.append("recovering own writes lost by a restore from an old copy")
     for peer in report.peers:

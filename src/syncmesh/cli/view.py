@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from syncmesh.clock import SystemClock, feed_lag_ms
-from syncmesh.store import StoreStatus
+from syncmesh.store import StoreStatus, null_key_problem, null_key_problems
 
 PIPE_COLUMNS = 160
 WIDE_COLUMNS = 110  # narrower than this, site ids are cut to SITE_COLUMNS_NARROW
@@ -224,6 +224,10 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
         ("quarantined", f"{store['quarantined_rows']} rows"),
         ("conflicts", f"{sum(store.get('conflicts', {}).values())} recorded (GET /v1/conflicts)"),
         *(("problem", problem) for problem in store["schema_problems"]),
+        *(
+            ("problem", null_key_problem(table, rows))
+            for table, rows in sorted(store.get("null_key_rows", {}).items())
+        ),
         *_cell_facts(
             store.get("waiting_cells", {}),
             store.get("discarded_cells", {}),
@@ -357,6 +361,7 @@ def print_file_status(report: StoreStatus) -> None:
         ("quarantined", f"{report.quarantined_rows} rows"),
         ("conflicts", f"{sum(report.conflicts.values())} recorded (syncmesh conflicts)"),
         *(("problem", problem) for problem in report.schema_problems),
+        *(("problem", problem) for problem in null_key_problems(report)),
         *_cell_facts(report.waiting_cells, report.discarded_cells, report.parked_cells),
         *(("warning", warning) for warning in report.warnings),
         *orphan_facts(report.orphans, report.orphan_problems),
