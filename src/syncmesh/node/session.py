@@ -241,6 +241,8 @@ class Session:
         self._schema = SchemaComparison(frozenset(), False, ())
         # The peer's HELLO carried membership: it reads MEMBERS (ADR 0015).
         self._gossips = False
+        # Whether our PULL of this session told the peer that we restore (apply_batch).
+        self._pulled_restoring = False
         # Set at the handshake from the peer's HELLO: what one BATCH may hold.
         self._limits = SendLimits(host.config.rows_per_message_max, host.config.message_bytes_max)
 
@@ -429,6 +431,9 @@ class Session:
         self.link.catchup = CatchUp(cursor)
         vector = await worker.call(store.vector)
         restoring = await worker.call(store.restoring)
+        # Only a sender told that we restore sends our own writes back, so
+        # only its batches may claim them (Store.apply_batch, ADR 0006).
+        self._pulled_restoring = restoring
         await self._send(Pull(hello.incarnation, cursor, vector, restoring))
 
     async def _receive_loop(self) -> None:
@@ -518,7 +523,8 @@ class Session:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
         batch = self._within_send_rights(received)
 
-        def apply() -> tuple[int, int, dict[str, int], int, dict[str, int]]:
+        def apply() -> tuple[int, int, dict[str, int], int, dict[str, int], bool, bool]:
+            restoring_before = store.restoring()
             stored = store.peer_cursor(site)
             if batch.from_seq == 0 and (
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
@@ -532,6 +538,7 @@ class Session:
                 site,
                 _refiltered(batch, store.vector()),
                 adopt_vector=self._schema.adopt_vector,
+                own_claims=self._pulled_restoring,
             )
             return (
                 result.applied_rows,
@@ -539,11 +546,21 @@ class Session:
                 store.vector(),
                 store.rows_captured_total,  # apply_batch captures pending local writes first
                 result.applied_by_table,
+                restoring_before,
+                store.restoring(),
             )
 
         started = time.perf_counter()
         try:
-            applied, quarantined, vector, captured_total, by_table = await worker.call(apply)
+            (
+                applied,
+                quarantined,
+                vector,
+                captured_total,
+                by_table,
+                restoring_before,
+                restoring,
+            ) = await worker.call(apply)
         except SiteIdConflict as exc:
             raise await self._refuse_a_twin(exc) from exc
         except StoreError as exc:
@@ -566,6 +583,18 @@ class Session:
         if applied:
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
+        if restoring and not self._pulled_restoring:
+            # Our file is an old copy, and this session's PULL told the peer we
+            # were not restoring, so it will not send our own writes back: the
+            # session starts again, with a PULL that asks for them.  If this
+            # batch's vector showed it (the restore check of its claim), the
+            # other sessions that began before must too, as after a HELLO.
+            if not restoring_before:
+                self._host.restore_detected(self)
+            raise SyncError(
+                "this file was found to be an old copy (restored from a backup?):"
+                " starting the session again so that the peer sends our own writes back"
+            )
 
     def offer_batch(self, cursor: int, batch: ChangeBatch) -> None:
         """A batch read for this session from `cursor` (after a capture): used if still due."""

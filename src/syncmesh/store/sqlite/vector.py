@@ -71,7 +71,7 @@ def set_own(ctx: StoreContext, hlc: int) -> None:
     )
 
 
-def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
+def merge(ctx: StoreContext, sender_vector: dict[str, int], *, own_claims: bool = True) -> None:
     """V = max(V, sender's V), capped below changes we hold only in quarantine or waiting.
 
     The sender's entry for our own site is a claim about our writes: it
@@ -80,6 +80,13 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     asked for our own writes back.  Outside it, the sender may have left
     out own writes of ours because our vector said we hold them (issue 12,
     defect 2: a restored node adopted its lost writes' stamps this way).
+    Nor from a batch the sender read before it knew we restore
+    (`own_claims=False`: the session's PULL said we were not restoring, so
+    the sender left every own write of ours out): a session begun before
+    the restore was detected may deliver one right after the detection,
+    and adopting its claim ended restore mode with the lost writes still
+    missing (found by `syncmesh chaos --seed 700 --only 44 --topology star
+    --faults ...,restore`: a restored hub).
     """
     caps: dict[str, int] = {}
     for (stamps_json,) in ctx.connection.execute("SELECT min_stamps FROM _syncmesh_quarantine"):
@@ -100,7 +107,9 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
         if _detect(ctx, sender_vector[own]):
             _log_detected()
     for site, hlc in sender_vector.items():
-        if site == own and not (restoring_before and ctx.state()["restore_floor"] > 0):
+        if site == own and not (
+            own_claims and restoring_before and ctx.state()["restore_floor"] > 0
+        ):
             continue
         # A claim beyond the drift limit is not adopted: writes stamped that
         # late were quarantined here, not applied.  It is not clamped either:
