@@ -139,9 +139,8 @@ def values_fingerprint(text: str | None) -> bytes | None:
     dropped a column the cells that are left can still be compared (the
     dropped slot's entry is ignored), and the reconcile logs just the cells
     that changed.  Trailing slots without a cell are left out; slots before
-    the last cell that hold none cost their 4 zero bytes (a table with
-    retired slots pays for them until `reconcile.fill_values_fp` rewrites
-    its fingerprints after the drop).
+    the last cell that hold none (a retired slot below a live one, a
+    default-stamped cell) cost their 4 zero bytes.
     """
     if text is None:
         return None
