@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from syncmesh.errors import StoreError
 from syncmesh.transport.memory import MemoryNetwork
 from tests.helpers import ManualClock, exchange_all, wait_until
 from tests.memory_nodes import memory_config, memory_nodes
@@ -44,8 +45,9 @@ def test_a_batch_read_before_the_peer_knew_we_restore_does_not_end_restore_mode(
     q receive.  n is restored from the copy.  q's send loop reads a batch for
     n's session as it began, before the restore was seen (n's PULL said not
     restoring: its own writes are left out), while q's vector claims `lost`.
-    p's HELLO then reveals the restore.  q's batch, applied now, must not end
-    restore mode (`own_claims=False`); p's batch, read for a PULL that asks
+    p's HELLO then reveals the restore and sends n's cursors back to 0, so
+    q's batch no longer continues its cursor; one read from 0 for the same
+    session, applied now, must not end restore mode (`own_claims=False`); p's batch, read for a PULL that asks
     for n's own writes, brings `lost` back and ends it.
     """
     clocks = {name: ManualClock(BASE_MS) for name in "npq"}
@@ -80,6 +82,16 @@ def test_a_batch_read_before_the_peer_knew_we_restore_does_not_end_restore_mode(
         # p's HELLO reveals the restore.
         assert n.note_peer_vector(p.vector(), p.held_claims())
         assert n.restoring()
+        # The detection sent every cursor back to 0 (a cursor moved since the
+        # restore may lie past a lost write): the batch in flight no longer
+        # continues q's cursor, and is refused whole.
+        with pytest.raises(StoreError, match="does not continue"):
+            n.apply_batch(q.site_id, old, own_claims=False)
+        q_cursor = n.peer_cursor(q.site_id)
+        assert q_cursor is not None and q_cursor.cursor == 0
+        # A batch from 0 read for that old session carries the claim all the same.
+        old = q.read_batch(0, filter_then, 100)
+        assert old.vector is not None and old.vector[n.site_id] > n.vector()[n.site_id]
         n.apply_batch(q.site_id, old, own_claims=False)
         assert n.restoring(), "a claim read before the peer knew ended restore mode"
         assert "lost" not in ids(n)
@@ -93,14 +105,6 @@ def test_a_batch_read_before_the_peer_knew_we_restore_does_not_end_restore_mode(
             store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADR 0006, 'Claims from a session begun before': the session starts again with a"
-    " PULL that asks for our own writes, but from our stored cursor on q's feed, which the"
-    " first session moved past `lost` (left out then as our own write): q never sends it, its"
-    " claim ends restore mode, and `lost` stays missing.  Needs the cursors rewound to where"
-    " this run began when a restore is detected.",
-)
 async def test_nodes_a_restore_shown_by_a_batch_starts_the_session_again_to_get_the_writes_back(
     tmp_path: Path,
 ) -> None:
@@ -147,3 +151,62 @@ async def test_nodes_a_restore_shown_by_a_batch_starts_the_session_again_to_get_
                 10.0,
                 "the restored node to get back the write q received after its HELLO",
             )
+
+
+def test_a_restore_detected_in_a_later_run_reads_every_feed_again_but_no_stream(
+    tmp_path: Path,
+) -> None:
+    """Goal: cursors moved by an earlier run of the restored file cannot hide a lost write.
+
+    Method: n and p sync; n's file is copied; n writes `lost`, which p receives.
+    n is restored from the copy and runs once without meeting p: its cursor on
+    p's feed moves on (set here as a session that left n's own writes out
+    would move it), and it stops.  In the next run p's HELLO reveals the
+    restore: the cursor on p's feed must go back to 0 (else the PULL asking
+    for n's own writes starts past `lost`), while a fleet chain position
+    (key with a '/', whose messages carry only their own site's writes)
+    stays where it was.  p's batch from 0 then brings `lost` back.
+    """
+    clocks = {name: ManualClock(BASE_MS) for name in "np"}
+    n = new_store(tmp_path / "n.db", clocks["n"])
+    p = new_store(tmp_path / "p.db", clocks["p"])
+    exchange_all(n, p)
+    exchange_all(p, n)
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    n.connection.backup(copy)
+    copy.close()
+    clocks["n"].advance(1)
+    n.connection.execute("INSERT INTO notes VALUES ('lost', 'x')")
+    n.capture()
+    exchange_all(n, p)
+    n.close()
+    put_back(tmp_path / "copy.db", tmp_path / "n.db")
+    clocks["n"].advance(1_000)
+    fleet_key = "nats/shops/" + p.site_id
+    n = open_store(tmp_path / "n.db", clocks["n"])
+    try:
+        n.reset_peer_cursor(fleet_key, "stream", 40, "nats://127.0.0.1:4222")
+        with n.connection:
+            n.connection.execute(
+                "UPDATE _syncmesh_peers SET cursor = CASE site_id WHEN ? THEN 40"
+                " ELSE (SELECT head_seq FROM _syncmesh_peers WHERE site_id = ?) END",
+                (fleet_key, p.site_id),
+            )
+        moved = n.peer_cursor(p.site_id)
+        assert moved is not None and moved.cursor > 0
+    finally:
+        n.close()
+    clocks["n"].advance(1_000)
+    n = open_store(tmp_path / "n.db", clocks["n"])
+    try:
+        assert n.note_peer_vector(p.vector(), p.held_claims())
+        p_cursor = n.peer_cursor(p.site_id)
+        assert p_cursor is not None and p_cursor.cursor == 0
+        stream = n.peer_cursor(fleet_key)
+        assert stream is not None and stream.cursor == 40
+        n.apply_batch(p.site_id, p.read_batch(0, session_filter(n), 100))
+        assert "lost" in ids(n)
+        assert not n.restoring()
+    finally:
+        n.close()
+        p.close()

@@ -329,7 +329,29 @@ def _detect(ctx: StoreContext, claimed: int) -> bool:
             "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?",
             (ctx.own_floor, own),
         )
+        _reread_feeds(ctx)
     return first
+
+
+def _reread_feeds(ctx: StoreContext) -> None:
+    """Read every peer's feed again from the start: it may hold lost own writes behind our cursor.
+
+    A sender leaves our own writes out unless our PULL says we restore, so
+    every cursor that moved since the file was restored, in this run or an
+    earlier one that noticed nothing, may have passed a lost write relayed
+    by that peer: the restarted session would PULL from beyond it, the
+    peer would never send it, and its claim would end restore mode without
+    it (ADR 0006, "Claims from a session begun before").  Which cursors
+    moved since the restore is not known (an earlier run may have moved
+    them), and a peer's seqs are its own clock's, so no stamp of ours
+    bounds where a lost write sits in its feed: every cursor goes back to
+    0.  That costs a read of each feed, not a resend: the PULL's vector
+    leaves out everything we hold.  A batch of a session begun before,
+    still on its way, no longer continues its cursor and is refused.
+    Chain positions on a stream (keys with a '/', node/fleet.py) stay:
+    a fleet message carries only its own site's writes, never ours.
+    """
+    ctx.connection.execute("UPDATE _syncmesh_peers SET cursor = 0 WHERE instr(site_id, '/') = 0")
 
 
 def _gap_floor(ctx: StoreContext, claimed: int) -> int | None:
