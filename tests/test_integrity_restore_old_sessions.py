@@ -47,8 +47,9 @@ def test_a_batch_read_before_the_peer_knew_we_restore_does_not_end_restore_mode(
     restoring: its own writes are left out), while q's vector claims `lost`.
     p's HELLO then reveals the restore and sends n's cursors back to 0, so
     q's batch no longer continues its cursor; one read from 0 for the same
-    session, applied now, must not end restore mode (`own_claims=False`); p's batch, read for a PULL that asks
-    for n's own writes, brings `lost` back and ends it.
+    session, applied now, must not end restore mode (`own_claims=False`);
+    p's batch, read for a PULL that asks for n's own writes, brings `lost`
+    back and ends it.
     """
     clocks = {name: ManualClock(BASE_MS) for name in "npq"}
     n = new_store(tmp_path / "n.db", clocks["n"])
@@ -88,10 +89,12 @@ def test_a_batch_read_before_the_peer_knew_we_restore_does_not_end_restore_mode(
         with pytest.raises(StoreError, match="does not continue"):
             n.apply_batch(q.site_id, old, own_claims=False)
         q_cursor = n.peer_cursor(q.site_id)
-        assert q_cursor is not None and q_cursor.cursor == 0
+        assert q_cursor is not None
+        assert q_cursor.cursor == 0
         # A batch from 0 read for that old session carries the claim all the same.
         old = q.read_batch(0, filter_then, 100)
-        assert old.vector is not None and old.vector[n.site_id] > n.vector()[n.site_id]
+        assert old.vector is not None
+        assert old.vector[n.site_id] > n.vector()[n.site_id]
         n.apply_batch(q.site_id, old, own_claims=False)
         assert n.restoring(), "a claim read before the peer knew ended restore mode"
         assert "lost" not in ids(n)
@@ -193,7 +196,8 @@ def test_a_restore_detected_in_a_later_run_reads_every_feed_again_but_no_stream(
                 (fleet_key, p.site_id),
             )
         moved = n.peer_cursor(p.site_id)
-        assert moved is not None and moved.cursor > 0
+        assert moved is not None
+        assert moved.cursor > 0
     finally:
         n.close()
     clocks["n"].advance(1_000)
@@ -201,9 +205,11 @@ def test_a_restore_detected_in_a_later_run_reads_every_feed_again_but_no_stream(
     try:
         assert n.note_peer_vector(p.vector(), p.held_claims())
         p_cursor = n.peer_cursor(p.site_id)
-        assert p_cursor is not None and p_cursor.cursor == 0
+        assert p_cursor is not None
+        assert p_cursor.cursor == 0
         stream = n.peer_cursor(fleet_key)
-        assert stream is not None and stream.cursor == 40
+        assert stream is not None
+        assert stream.cursor == 40
         n.apply_batch(p.site_id, p.read_batch(0, session_filter(n), 100))
         assert "lost" in ids(n)
         assert not n.restoring()
