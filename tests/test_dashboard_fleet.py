@@ -39,6 +39,9 @@ FLEET_ENV = {
     "SYNCMESH_TRANSPORT_NATS_STATUS_INTERVAL_S": "0.2",
     # Health calls a fleet stream out of reach a problem after 1 s, not 30 s.
     "SYNCMESH_HEALTH_PEER_DOWN_S_MAX": "1",
+    # Each site verifies one other site of the fleet every 0.5 s, in turn.
+    "SYNCMESH_SYNC_VERIFY_INTERVAL_S": "0.5",
+    "SYNCMESH_SYNC_VERIFY_SETTLE_S": "0.05",
 }
 _names = itertools.count(1)
 
@@ -65,7 +68,9 @@ def test_the_dashboard_lists_the_fleet_and_says_when_it_stops(
     page of a, opened with `#fleet_rows=1` (one row before "show all"),
     must show the stream, the server, a's subject, "streaming", the node
     healthy, and after "show all" b's and c's rows with the rows applied
-    and a lag; sites with no gap and no lag sort by id; the filter by
+    and a lag, and a's periodic verify of each "identical" (a never
+    wrote: the others admit it on its state marker); sites with no gap
+    and no lag sort by id; the filter by
     c's id keeps c's row only.  The page's own sort, imported into the
     browser, must put a gap first and then the largest lag.  The server
     is then killed: the page must show the fleet state as not ok, the
@@ -119,6 +124,8 @@ def test_the_dashboard_lists_the_fleet_and_says_when_it_stops(
         expect(row.locator('[data-field="lag"]')).to_have_text(re.compile(r"^[\d.]+ (s|min|h|d)$"))
         expect(row.locator('[data-field="gap"]')).to_have_text("none")
         expect(row.locator('[data-field="last-applied"]')).to_contain_text("ago")
+        # a's periodic verify reaches each site in turn, over NATS request/reply.
+        expect(row.locator('[data-field="verified"]')).to_contain_text("identical", timeout=WAIT_MS)
     # Caught up, no gap: the tie is broken by site id.
     expect(rows.first).to_have_attribute("data-site", min(sites["b"], sites["c"]), timeout=WAIT_MS)
     page.locator("#fleet-filter").fill(sites["c"][:12])

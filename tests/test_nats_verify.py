@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -54,7 +56,16 @@ from tests.nodeproc import (
     wait_converged,
     wait_for,
 )
-from tests.test_nats import CONVERGE_S, describe, fleet_name, fleet_of, nats_node, site_id
+from tests.test_nats import (
+    CONVERGE_S,
+    FAST_STATUS,
+    SCHEMA,
+    describe,
+    fleet_name,
+    fleet_of,
+    nats_node,
+    site_id,
+)
 
 SMALL_PAYLOAD_BYTES = 4_096  # the test server's max_payload: bodies above it travel in parts
 
@@ -148,6 +159,100 @@ def test_fleet_sites_verify_and_repair_over_nats(
     assert down.returncode == 2
     assert f"syncmesh.{fleet}.verify.{site_b}" in down.stderr
     assert f"site {site_b} is not running" in down.stderr
+
+
+@pytest.mark.multiprocess
+def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: the periodic verify covers fleet sites, and status, /metrics and the
+    command line show what it found.
+
+    Method: a, b and c on one fleet (each writes, so each knows the others
+    from the stream), a verifying one site every 0.3 s (the one verified
+    longest ago).  They converge; b stops, a row vanishes from b's
+    file behind the engine's back (user row and shadow row), b starts again
+    (its hash trees are read from the file): no stream will ever bring the row
+    back.  a's status must show b with 1 divergent row and c identical, its
+    /metrics the fleet site gauges, `syncmesh status` the line; after
+    `syncmesh repair --site b` the next round says b is identical.
+    """
+    fleet = fleet_name()
+    every = {
+        **FAST_STATUS,
+        "SYNCMESH_SYNC_VERIFY_INTERVAL_S": "0.3",
+        "SYNCMESH_SYNC_VERIFY_SETTLE_S": "0.05",
+    }
+    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
+    a = cluster.node(
+        "a",
+        make_db(cluster.directory / "a.db", SCHEMA),
+        extra_args=(*nats_args, "--cluster", fleet),
+        env=every,
+    )
+    b, c = (nats_node(cluster, name, nats_cluster, fleet) for name in "bc")
+    cluster.start(a, b, c)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('a-1', 'from a', 1), ('a-2', 'two', 2)")
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('b-1', 'from b', 4)")
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('c-1', 'from c', 3)")
+    wait_converged(
+        [a.db, b.db, c.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 4,
+        describe=describe(cluster, nats_cluster),
+    )
+    site_b, site_c = site_id(b), site_id(c)
+    b.stop()
+    sqlite3_shell(
+        b.db,
+        "BEGIN; UPDATE _syncmesh_state SET applying = 1;"
+        " DELETE FROM items WHERE id = 'a-2';"
+        " DELETE FROM _syncmesh_shadow_items WHERE k0 = 'a-2';"
+        " UPDATE _syncmesh_state SET applying = 0; COMMIT;",
+    )
+    cluster.start(b)
+
+    def verified(site: str) -> dict[str, Any]:
+        listed = [entry for entry in fleet_of(a)["sites"] if entry["site_id"] == site]
+        return listed[0] if listed else {}
+
+    def seen(site: str, **expected: object) -> bool:
+        entry = verified(site)
+        return bool(entry.get("verified_ms")) and all(
+            entry[key] == value for key, value in expected.items()
+        )
+
+    wait_for(
+        lambda: (
+            seen(site_b, verify_identical=False, verify_divergent_rows=1)
+            and seen(site_c, verify_identical=True)
+        ),
+        CONVERGE_S,
+        "a's periodic verify to find b's missing row and c identical",
+        describe(cluster, nats_cluster),
+    )
+    assert verified(site_b)["verify_error"] == ""
+    metrics = a.open_url("/metrics", 5.0).read().decode()
+    assert re.search(
+        rf'syncmesh_fleet_site_verify_divergent_rows{{[^}}]*site="{site_b}"[^}}]*}} 1\.0', metrics
+    ), metrics
+    assert re.search(
+        rf'syncmesh_fleet_site_verify_identical{{[^}}]*site="{site_c}"[^}}]*}} 1\.0', metrics
+    ), metrics
+    shown = run_cli("status", "--url", a.url, check=False)
+    assert f"verified against {site_b}" in shown.stdout, shown.stdout
+    assert "1 rows differ" in shown.stdout, shown.stdout
+
+    fixed = verify_cli("repair", a.db, nats_cluster, fleet, "--site", site_b)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert query(b.db, "SELECT name FROM items WHERE id = 'a-2'") == [("two",)]
+    wait_for(
+        lambda: seen(site_b, verify_identical=True, verify_divergent_rows=0),
+        CONVERGE_S,
+        "a's next verify of b to say identical",
+        describe(cluster, nats_cluster),
+    )
 
 
 @pytest.mark.multiprocess

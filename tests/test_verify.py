@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import sqlite3
@@ -34,7 +35,7 @@ from syncmesh.node.verify import (
     repair,
     verify,
 )
-from syncmesh.node.verify_server import verify_peer
+from syncmesh.node.verify_server import VerifyOutcome, next_fleet_site, verify_peer
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, drop_trigger_sql
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
@@ -489,3 +490,35 @@ async def test_a_malformed_answer_is_a_named_error_not_a_crash(
                     await verify(store, direct_call, client, settle_s=0.01)
     finally:
         await runner.cleanup()
+
+
+def test_the_periodic_verify_takes_the_fleet_sites_in_turn() -> None:
+    """Goal: one fleet site per round, never-verified first, then the one verified longest
+    ago (ties by site id), so that every site of a fleet of N is verified every N rounds."""
+    outcome = functools.partial(
+        VerifyOutcome,
+        identical=True,
+        divergent_rows=0,
+        unsettled_rows=0,
+        round_trips=1,
+        bytes=10,
+        seconds=0.1,
+    )
+    sites = ["c" * 32, "a" * 32, "b" * 32]
+    assert next_fleet_site([], {}) is None
+    assert next_fleet_site(sites, {}) == "a" * 32
+    outcomes = {"a" * 32: outcome(at_ms=5)}
+    assert next_fleet_site(sites, outcomes) == "b" * 32
+    outcomes["b" * 32] = outcome(at_ms=6)
+    assert next_fleet_site(sites, outcomes) == "c" * 32
+    outcomes["c" * 32] = outcome(at_ms=7)
+    turns = []
+    for at_ms in range(8, 14):
+        site = next_fleet_site(sites, outcomes)
+        assert site is not None
+        turns.append(site[0])
+        outcomes[site] = outcome(at_ms=at_ms)
+    assert turns == ["a", "b", "c", "a", "b", "c"]
+    # A failed verify is an outcome too: its site waits its turn like the others.
+    outcomes["a" * 32] = outcome(at_ms=20, identical=False)
+    assert next_fleet_site(sites, outcomes) == "b" * 32

@@ -55,7 +55,7 @@ from syncmesh.transport import (
     WebSocketListener,
     server_context,
 )
-from syncmesh.transport.base import FleetVerifyResponder
+from syncmesh.transport.base import FleetVerifyAsker, FleetVerifyResponder
 from syncmesh.transport.stream import FleetLink
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ async def running_node(
         connector=websocket_connector(config),
         fleet_link=None if config.fleet is None else fleet_link(config.fleet),
         fleet_verify=None if config.fleet is None else fleet_verify_responder(config),
+        fleet_verify_asker=None if config.fleet is None else fleet_verify_asker(config),
     )
     node.listen = f"{host}:{port}"
     separate_api = config.api_listen_host is not None
@@ -302,6 +303,17 @@ def fleet_verify_responder(config: NodeConfig) -> FleetVerifyResponder:
         auth=_nats_auth(fleet),
         frame_bytes_max=config.message_bytes_max,
     )
+
+
+def fleet_verify_asker(config: NodeConfig) -> FleetVerifyAsker:
+    """What the periodic verify asks fleet sites through: NATS request/reply."""
+    fleet = config.fleet
+    assert fleet is not None
+    try:
+        from syncmesh.transport.nats_verify import NatsVerifyAsker
+    except ImportError as exc:
+        raise _without_nats(exc) from exc
+    return NatsVerifyAsker(fleet.servers, fleet.cluster, auth=_nats_auth(fleet))
 
 
 def _without_nats(exc: ImportError) -> ConfigError:

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from syncmesh.clock import wall_ms_of
 from syncmesh.node import LAG_CHANGES_MAX, NodeStatistics, PeerStatistics
-from syncmesh.node.fleet import FleetStatistics
+from syncmesh.node.fleet import FleetSiteStatistics, FleetStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PEER_LABELS = ["peer", "address"]
@@ -269,18 +269,7 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
             ("bytes_received", "Frame bytes from the peer, apportioned by rows (this session)."),
         )
     }
-    verify = {
-        name: GaugeMetricFamily(f"syncmesh_peer_verify_{name}", text, labels=PEER_LABELS)
-        for name, text in (
-            ("timestamp_seconds", "When the last periodic verify against the peer ended."),
-            ("identical", "1 if the last verify found the peer identical, 0 if not."),
-            ("divergent_rows", "Rows that differ from the peer's, by the last verify."),
-            ("unsettled_rows", "Rows still changing at the last verify (not judged)."),
-            ("round_trips", "Round trips the last verify took."),
-            ("bytes", "Bytes the last verify sent and received."),
-            ("seconds", "How long the last verify took."),
-        )
-    }
+    verify = _verify_families("syncmesh_peer_verify", "the peer", PEER_LABELS)
     apply = HistogramMetricFamily(
         "syncmesh_batch_apply_seconds", "Time to apply one batch from the peer.", labels=PEER_LABELS
     )
@@ -316,21 +305,46 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
         for table, size in peer.bytes_in_by_table.items():
             by_table["bytes_received"].add_metric([*labels, table], size)
         apply.add_metric(labels, _cumulative(peer), peer.apply_seconds_sum)
-        if peer.verified_ms:
-            verify["timestamp_seconds"].add_metric(labels, peer.verified_ms / 1000)
-            if peer.verify_identical is not None:
-                verify["identical"].add_metric(labels, 1 if peer.verify_identical else 0)
-            figures: tuple[tuple[str, float], ...] = (
-                ("divergent_rows", peer.verify_divergent_rows),
-                ("unsettled_rows", peer.verify_unsettled_rows),
-                ("round_trips", peer.verify_round_trips),
-                ("bytes", peer.verify_bytes),
-                ("seconds", peer.verify_seconds),
-            )
-            for name, figure in figures:
-                verify[name].add_metric(labels, figure)
+        _add_verify(verify, labels, peer)
     yield from (up, lag, out_lag, out_lag_seconds, catchup, catchup_eta, age, schema_differences)
     yield from (*counters.values(), *by_table.values(), *verify.values(), apply)
+
+
+def _verify_families(prefix: str, whom: str, labels: list[str]) -> dict[str, GaugeMetricFamily]:
+    """The gauges of the last periodic verify against a peer or a fleet site."""
+    return {
+        name: GaugeMetricFamily(f"{prefix}_{name}", text, labels=labels)
+        for name, text in (
+            ("timestamp_seconds", f"When the last periodic verify against {whom} ended."),
+            ("identical", f"1 if the last verify found {whom} identical, 0 if not."),
+            ("divergent_rows", f"Rows that differ from {whom}'s, by the last verify."),
+            ("unsettled_rows", "Rows still changing at the last verify (not judged)."),
+            ("round_trips", "Round trips the last verify took."),
+            ("bytes", "Bytes the last verify sent and received."),
+            ("seconds", "How long the last verify took."),
+        )
+    }
+
+
+def _add_verify(
+    verify: dict[str, GaugeMetricFamily],
+    labels: list[str],
+    verified: PeerStatistics | FleetSiteStatistics,
+) -> None:
+    if not verified.verified_ms:
+        return
+    verify["timestamp_seconds"].add_metric(labels, verified.verified_ms / 1000)
+    if verified.verify_identical is not None:
+        verify["identical"].add_metric(labels, 1 if verified.verify_identical else 0)
+    figures: tuple[tuple[str, float], ...] = (
+        ("divergent_rows", verified.verify_divergent_rows),
+        ("unsettled_rows", verified.verify_unsettled_rows),
+        ("round_trips", verified.verify_round_trips),
+        ("bytes", verified.verify_bytes),
+        ("seconds", verified.verify_seconds),
+    )
+    for name, figure in figures:
+        verify[name].add_metric(labels, figure)
 
 
 def _cumulative(peer: PeerStatistics) -> list[tuple[str, float]]:
@@ -414,6 +428,7 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
         "Rows on the site's subject refused for claiming another origin (this run).",
         labels=site_labels,
     )
+    verify = _verify_families("syncmesh_fleet_site_verify", "the site", site_labels)
     for site in fleet.sites:
         key = [fleet.stream, site.site_id]
         lag.add_metric(key, site.lag_ms / 1000)
@@ -421,4 +436,5 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
         behind.add_metric(key, max(0, site.last_stream_seq - site.stream_seq))
         applied.add_metric(key, site.rows_applied)
         refused.add_metric(key, site.foreign_rows_refused)
-    yield from (lag, position, behind, applied, refused)
+        _add_verify(verify, key, site)
+    yield from (lag, position, behind, applied, refused, *verify.values())

@@ -15,6 +15,30 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# The last periodic verify, as a dialled peer and a fleet site report it.
+_VERIFIED: dict[str, Any] = {
+    "verified_ms": {
+        "type": "integer",
+        "description": "when the last periodic verify against this peer or site ended (Unix ms);"
+        " 0 before the first (peers this node dials, one fleet site per round;"
+        " sync.verify_interval_s)",
+    },
+    "verify_identical": {
+        "type": ["boolean", "null"],
+        "description": "the last verify's verdict: no row differs (rows still changing"
+        " are counted in verify_unsettled_rows); null if it failed or has not run",
+    },
+    "verify_divergent_rows": {"type": "integer"},
+    "verify_unsettled_rows": {
+        "type": "integer",
+        "description": "rows still changing at every re-check of the last verify",
+    },
+    "verify_round_trips": {"type": "integer"},
+    "verify_bytes": {"type": "integer"},
+    "verify_seconds": {"type": "number"},
+    "verify_error": {"type": "string"},
+}
+
 _PEER = {
     "type": "object",
     "properties": {
@@ -48,25 +72,7 @@ _PEER = {
             "type": ["number", "null"],
             "description": "seconds left at the recent pace; null when caught up or no pace yet",
         },
-        "verified_ms": {
-            "type": "integer",
-            "description": "when the last periodic verify against this peer ended (Unix ms);"
-            " 0 before the first (peers this node dials; sync.verify_interval_s)",
-        },
-        "verify_identical": {
-            "type": ["boolean", "null"],
-            "description": "the last verify's verdict: no row differs (rows still changing"
-            " are counted in verify_unsettled_rows); null if it failed or has not run",
-        },
-        "verify_divergent_rows": {"type": "integer"},
-        "verify_unsettled_rows": {
-            "type": "integer",
-            "description": "rows still changing at every re-check of the last verify",
-        },
-        "verify_round_trips": {"type": "integer"},
-        "verify_bytes": {"type": "integer"},
-        "verify_seconds": {"type": "number"},
-        "verify_error": {"type": "string"},
+        **_VERIFIED,
         "last_error_ms": {
             "type": "integer",
             "description": "when last_error happened (Unix ms); 0 if never",
@@ -188,6 +194,7 @@ _STATUS = {
                             },
                             "bootstrap_rows": {"type": "integer"},
                             "bootstrap_error": {"type": "string"},
+                            **_VERIFIED,
                         },
                     },
                 },

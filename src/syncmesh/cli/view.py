@@ -212,6 +212,9 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
     for site in fleet["sites"]:
         if site.get("bootstrap"):
             console.print(f"site {site['site_id']}: {site['bootstrap']}", markup=False)
+    for site in fleet["sites"]:
+        if site.get("verified_ms"):
+            console.print(verify_text(site, now_ms), markup=False)
 
 
 def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ()) -> None:

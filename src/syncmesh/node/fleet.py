@@ -154,6 +154,21 @@ class FleetSiteStatistics:
     bootstrap: str  # "" or how its last gap was closed (the compacted state stream)
     bootstrap_rows: int
     bootstrap_error: str
+    # The node's last periodic verify of this site (node.verify_server; filled
+    # in by the node, as for a dialled peer): when (0: not yet), its verdict.
+    verified_ms: int = 0
+    verify_identical: bool | None = None
+    verify_divergent_rows: int = 0
+    verify_unsettled_rows: int = 0
+    verify_round_trips: int = 0
+    verify_bytes: int = 0
+    verify_seconds: float = 0.0
+    verify_error: str = ""
+
+
+def quiet_site(site_id: str) -> FleetSiteStatistics:
+    """A site known only by its state marker: no message of it applied here, no gap."""
+    return FleetSiteStatistics(site_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "", "", 0, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -922,6 +937,15 @@ class Fleet:
                 f"site {site.site_id}'s message at stream seq {following.stream_seq} was acked"
                 " but is not applied here (the database was restored from an older copy?)"
             )
+
+    async def has_marker(self, site_id: str) -> bool:
+        """Whether the site published its state marker: a fleet site, even one that
+        never wrote (verify admits it on this, node.fleet_verify)."""
+        try:
+            return await self._link.last_state(site_id, STATE_MARKER) is not None
+        except SyncError as exc:
+            log.info("fleet: looking up the state marker of site %s failed: %s", site_id, exc)
+            return False
 
     def statistics(self) -> FleetStatistics:
         sites = tuple(

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Awaitable, Callable, Collection
 
 from syncmesh.errors import TransportError
 from syncmesh.node.admission import Admitted
-from syncmesh.node.config import NodeConfig
+from syncmesh.node.config import NodeConfig, is_site_id
 from syncmesh.node.verify import StoreCall
 from syncmesh.node.verify_server import VerifyServer
 from syncmesh.store.base import VerifyStore
@@ -30,11 +31,14 @@ from syncmesh.transport.base import (
     PeerIdentity,
     Refusal,
     RefusalReason,
+    VerifyAnswer,
 )
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_RETRY_S_MAX = 30.0  # a failed subscription is tried again, doubling up to this
+MARKER_RECHECK_S = 10.0  # a site found without a state marker is looked up again after this
+UNMARKED_KEPT_MAX = 1_000  # sites remembered as without one (a flood of made-up ids)
 
 
 def admit_fleet_site(
@@ -71,21 +75,50 @@ class FleetVerifyService:
         *,
         known_sites: Callable[[], Collection[str]],
         stopping: Callable[[], bool],
+        has_marker: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
-        """`known_sites`: the other sites the node's fleet knows now (from the stream)."""
+        """`known_sites`: the other sites the node's fleet knows now (from the stream);
+        `has_marker`: whether a site published its state marker on the fleet (a site
+        that never wrote is known by nothing else, yet verifies its fleet too)."""
         self._config = config
         self._store = store
         self._responder = responder
         self._known_sites = known_sites
         self._stopping = stopping
+        self._has_marker = has_marker
+        # Sites admitted on their marker; and when a site was last found without one.
+        self._marked: set[str] = set()
+        self._unmarked: dict[str, float] = {}
         self.refused_requests = 0
         self.server = VerifyServer(store, call, config.message_bytes_max, admit=self._admit)
+
+    async def answer_verify(
+        self, peer: PeerIdentity, read_body: Callable[[], Awaitable[bytes]]
+    ) -> Refusal | VerifyAnswer:
+        """The `transport.VerifyHost` the responder serves: an asker unknown from the
+        stream is looked up once on the state stream before the admission."""
+        site = peer.site or ""
+        if (
+            self._has_marker is not None
+            and is_site_id(site)
+            and site not in self._marked
+            and site not in self._known_sites()
+            and time.monotonic() - self._unmarked.get(site, -MARKER_RECHECK_S) >= MARKER_RECHECK_S
+        ):
+            if await self._has_marker(site):
+                self._marked.add(site)
+                self._unmarked.pop(site, None)
+            else:
+                if len(self._unmarked) >= UNMARKED_KEPT_MAX:
+                    self._unmarked.clear()
+                self._unmarked[site] = time.monotonic()
+        return await self.server.answer_verify(peer, read_body)
 
     def _admit(self, peer: PeerIdentity) -> Admitted | Refusal:
         verdict = admit_fleet_site(
             peer,
             self._config,
-            known_sites=self._known_sites(),
+            known_sites={*self._known_sites(), *self._marked},
             own_site=self._store.site_id,
             stopping=self._stopping(),
         )
@@ -99,7 +132,7 @@ class FleetVerifyService:
         delay_s = self._config.backoff_initial_s
         while True:
             try:
-                await self._responder.serve(self._store.site_id, self.server)
+                await self._responder.serve(self._store.site_id, self)
                 return
             except TransportError as exc:
                 log.warning(

@@ -26,7 +26,7 @@ from syncmesh.model import ChangeBatch
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
 from syncmesh.node.config import NodeConfig, PeerConfig
-from syncmesh.node.fleet import Fleet, FleetStatistics
+from syncmesh.node.fleet import STATE_MARKER, Fleet, FleetStatistics, quiet_site
 from syncmesh.node.fleet_verify import FleetVerifyService
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
@@ -44,7 +44,12 @@ from syncmesh.node.session import (
 )
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify import StoreCall
-from syncmesh.node.verify_server import VerifyOutcome, VerifyServer, periodic_verify
+from syncmesh.node.verify_server import (
+    VerifyOutcome,
+    VerifyServer,
+    outcome_fields,
+    periodic_verify,
+)
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import PROTOCOL_VERSION, Hello
 from syncmesh.protocol.messages import shared_site_id_reason
@@ -53,6 +58,7 @@ from syncmesh.store.open import open_store
 from syncmesh.transport.base import (
     Channel,
     Connector,
+    FleetVerifyAsker,
     FleetVerifyResponder,
     PeerIdentity,
     Refusal,
@@ -195,13 +201,15 @@ class Node:
         connector: Connector,
         fleet_link: FleetLink | None = None,
         fleet_verify: FleetVerifyResponder | None = None,
+        fleet_verify_asker: FleetVerifyAsker | None = None,
     ) -> None:
         """`physical_clock` is the seam for clock faults (syncmesh.chaos) and the one
         source of wall time in the node; default: the system's.  `connector` dials
         peers: the transport, chosen by the caller (`syncmesh.api.running_node`
         picks the WebSocket one); node code knows only the Protocol.  `fleet_link`:
         the fleet stream of `config.fleet` (NATS JetStream), alongside the peers.
-        `fleet_verify`: answers fleet sites' verify requests (node.fleet_verify).
+        `fleet_verify`: answers fleet sites' verify requests (node.fleet_verify);
+        `fleet_verify_asker`: asks them, for the periodic verify (node.verify_server).
         """
         self.config = config
         self.clock: PhysicalClock = physical_clock or SystemClock()
@@ -265,6 +273,9 @@ class Node:
         self.lifecycle = LifecycleStatistics()
         # The last periodic verify per dialled peer URL (syncmesh.node.verify).
         self.verify_outcomes: dict[str, VerifyOutcome] = {}
+        # ... and per fleet site id, one site per round (verify_server.next_fleet_site).
+        self.fleet_verify_outcomes: dict[str, VerifyOutcome] = {}
+        self._fleet_verify_asker = fleet_verify_asker
         self._throughput = ThroughputHistory(
             interval_ms=max(1, round(config.throughput_interval_s * 1000)),
             samples_max=config.throughput_samples_max,
@@ -283,6 +294,7 @@ class Node:
                 fleet_verify,
                 known_sites=self._fleet_sites,
                 stopping=lambda: self._stopping,
+                has_marker=self.fleet.has_marker,
             )
 
     # -- lifecycle --------------------------------------------------------------
@@ -369,6 +381,12 @@ class Node:
     def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]:
         """(URL, named peer or None) of every peer this node dials."""
         return [(url, dialer.peer) for url, dialer in self._dialers.items()]
+
+    def fleet_verify_sites(self) -> tuple[FleetVerifyAsker | None, list[str], str]:
+        """How to ask fleet sites, the other sites our fleet stream knows, the marker token."""
+        if self._fleet_verify_asker is None:
+            return None, [], STATE_MARKER
+        return self._fleet_verify_asker, sorted(self._fleet_sites()), STATE_MARKER
 
     def streaming_with(self, url: str) -> bool:
         """True if the session with the peer dialled at `url` (either way round) streams."""
@@ -920,9 +938,28 @@ class Node:
             self.refused_connections,
             self.identity_conflicts(),
             dataclasses.replace(self.lifecycle),
-            None if self.fleet is None else self.fleet.statistics(),
+            None if self.fleet is None else self._fleet_statistics(),
             snapshots=dataclasses.replace(self.snapshot_server.statistics),
         )
+
+    def _fleet_statistics(self) -> FleetStatistics:
+        """The fleet's figures, with each site's last periodic verify."""
+        assert self.fleet is not None
+        statistics = self.fleet.statistics()
+        outcomes = self.fleet_verify_outcomes
+        sites = [
+            dataclasses.replace(site, **outcome_fields(outcomes.get(site.site_id)))
+            for site in statistics.sites
+        ]
+        # A site that never wrote has no chain here, but the verify found it
+        # (its state marker) and may have found it lacking rows: it is listed.
+        listed = {site.site_id for site in sites}
+        sites.extend(
+            dataclasses.replace(quiet_site(site_id), **outcome_fields(outcome))
+            for site_id, outcome in sorted(outcomes.items())
+            if site_id not in listed
+        )
+        return dataclasses.replace(statistics, sites=tuple(sites))
 
     def throughput_samples(self) -> tuple[ThroughputSample, ...]:
         """Rows captured and applied per interval, oldest first (the last is still open)."""
@@ -943,18 +980,7 @@ def _peer_statistics(
     times: tuple[int, int] = (0, 0),
 ) -> PeerStatistics:
     catching_up = link.catchup.estimate(link.cursor, link.peer_head_seq, time.monotonic())
-    verify_figures = {}
-    if verified is not None:
-        verify_figures = {
-            "verified_ms": verified.at_ms,
-            "verify_identical": None if verified.error else verified.identical,
-            "verify_divergent_rows": verified.divergent_rows,
-            "verify_unsettled_rows": verified.unsettled_rows,
-            "verify_round_trips": verified.round_trips,
-            "verify_bytes": verified.bytes,
-            "verify_seconds": round(verified.seconds, 3),
-            "verify_error": verified.error,
-        }
+    verify_figures = outcome_fields(verified)
     return PeerStatistics(
         address=link.address,
         site_id=link.site_id,
@@ -991,7 +1017,7 @@ def _peer_statistics(
         down_since_ms=times[1],
         schema_differences=link.schema_differences,
         adopts_vector=link.adopts_vector,
-        **verify_figures,  # type: ignore[arg-type]
+        **verify_figures,
     )
 
 

@@ -17,10 +17,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from syncmesh.clock import PhysicalClock
-from syncmesh.errors import StoreError, SyncError
+from syncmesh.errors import StoreError, SyncError, TransportError
 from syncmesh.node.admission import Admitted
 from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.verify import (
@@ -28,6 +28,7 @@ from syncmesh.node.verify import (
     DEEP_SESSIONS_MAX,
     StoreCall,
     VerifyClient,
+    VerifyReport,
     deep_tree,
     verify,
 )
@@ -54,7 +55,14 @@ from syncmesh.protocol.verify import (
 )
 from syncmesh.store.base import VerifyStore
 from syncmesh.store.summary import LEAVES_PER_BRANCH, TableSummary
-from syncmesh.transport.base import Connector, PeerIdentity, Refusal, VerifyAnswer
+from syncmesh.transport.base import (
+    Connector,
+    FleetVerifyAsker,
+    FleetVerifyConnection,
+    PeerIdentity,
+    Refusal,
+    VerifyAnswer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +234,22 @@ class VerifyOutcome:
     error: str = ""
 
 
+def outcome_fields(outcome: VerifyOutcome | None) -> dict[str, Any]:
+    """The `verified_ms`, `verify_*` fields of a peer's or fleet site's statistics."""
+    if outcome is None:
+        return {}
+    return {
+        "verified_ms": outcome.at_ms,
+        "verify_identical": None if outcome.error else outcome.identical,
+        "verify_divergent_rows": outcome.divergent_rows,
+        "verify_unsettled_rows": outcome.unsettled_rows,
+        "verify_round_trips": outcome.round_trips,
+        "verify_bytes": outcome.bytes,
+        "verify_seconds": round(outcome.seconds, 3),
+        "verify_error": outcome.error,
+    }
+
+
 def _anything(_table: str) -> bool:
     return True
 
@@ -237,6 +261,8 @@ class VerifyingHost(Protocol):
     clock: PhysicalClock
     connector: Connector
     verify_outcomes: dict[str, VerifyOutcome]
+    # The last periodic verify per fleet site id (NATS request/reply).
+    fleet_verify_outcomes: dict[str, VerifyOutcome]
 
     @property
     def store(self) -> VerifyStore:
@@ -252,9 +278,15 @@ class VerifyingHost(Protocol):
 
     def streaming_with(self, url: str) -> bool: ...
 
+    def fleet_verify_sites(self) -> tuple[FleetVerifyAsker | None, list[str], str]:
+        """How to ask fleet sites (None: no fleet), the sites our fleet stream knows,
+        and the state stream's token of a site's marker (`node.fleet.STATE_MARKER`)."""
+        ...
+
 
 async def periodic_verify(node: VerifyingHost) -> None:
-    """Every `verify_interval_s`, verify against each peer we dial that is streaming."""
+    """Every `verify_interval_s`, verify against each peer we dial that is streaming,
+    and against one site of our fleet, the one verified longest ago."""
     interval_s = node.config.verify_interval_s
     # The first round waits a whole interval: a starting cluster is still catching up.
     while True:
@@ -262,52 +294,130 @@ async def periodic_verify(node: VerifyingHost) -> None:
         for url, peer in node.dialled_peers():
             if not node.streaming_with(url):
                 continue
-            tables = [
-                spec.name
-                for spec in node.store.specs()
-                if peer is None or (peer.may_send(spec.name) and peer.may_receive(spec.name))
-            ]
+            tables = _shared_tables(node, peer)
             if not tables:
                 continue
             try:
                 node.verify_outcomes[url] = await verify_peer(node, url, tables, peer)
             except Exception:  # a bug must not end the periodic verify of every peer
                 log.exception("verify against %s failed unexpectedly", url)
+        try:
+            await _verify_next_fleet_site(node)
+        except Exception:  # nor of the fleet's sites
+            log.exception("verify of a fleet site failed unexpectedly")
+
+
+def _shared_tables(node: VerifyingHost, peer: PeerConfig | None) -> list[str]:
+    """Our tracked tables that the peer may both read and send (ADR 0008)."""
+    return [
+        spec.name
+        for spec in node.store.specs()
+        if peer is None or (peer.may_send(spec.name) and peer.may_receive(spec.name))
+    ]
+
+
+def next_fleet_site(sites: list[str], outcomes: Mapping[str, VerifyOutcome]) -> str | None:
+    """The fleet site to verify now: never verified first, then the longest ago.
+
+    One site per round, not all: every site verifying every other each
+    round would be N x (N - 1) exchanges (2,450 for 50 sites).  In turn,
+    each site is verified once every N rounds.
+    """
+    if not sites:
+        return None
+    return min(sites, key=lambda site: (outcomes[site].at_ms if site in outcomes else -1, site))
+
+
+async def _verify_next_fleet_site(node: VerifyingHost) -> None:
+    asker, known, marker_token = node.fleet_verify_sites()
+    if asker is None:
+        return
+    own_site = await node.store_call(lambda: node.store.site_id)
+    try:
+        async with asker.connect(own_site) as connection:
+            await _verify_one_of(node, connection, known, marker_token)
+    except TransportError as exc:
+        log.warning("cannot verify a fleet site this round: %s", exc)
+
+
+async def _verify_one_of(
+    node: VerifyingHost, connection: FleetVerifyConnection, known: list[str], marker_token: str
+) -> None:
+    """Verify the fleet site whose turn it is: of those our stream knows, and those
+    that only published their state marker (a site that never wrote: it can still
+    lack rows)."""
+    try:
+        listed = await connection.fleet_sites(marker_token)
+    except SyncError as exc:
+        log.info("listing the fleet's sites failed (%s): verifying among those we know", exc)
+        listed = ()
+    site = next_fleet_site(sorted({*known, *listed}), node.fleet_verify_outcomes)
+    if site is None:
+        return
+    # Its rights, if the configuration names the site (`[peers.<site id>]`), as
+    # the answering side reads them (node.fleet_verify).
+    tables = _shared_tables(node, node.config.peer_named(site))
+    if not tables:
+        return
+
+    async def exchange_with_site() -> VerifyReport:
+        async with VerifyClient(connection.exchange(site)) as client:
+            return await verify(
+                node.store, node.store_call, client, tables, settle_s=node.config.verify_settle_s
+            )
+
+    node.fleet_verify_outcomes[site] = await _outcome(
+        node, f"fleet site {site}", f"--site {site}", exchange_with_site
+    )
 
 
 async def verify_peer(
     node: VerifyingHost, url: str, tables: list[str], peer: PeerConfig | None = None
 ) -> VerifyOutcome:
     """One verify of our store against the node at `url`, as an outcome (never raises)."""
-    started = time.monotonic()
-    now_ms = node.clock.now_ms()
-    try:
+
+    async def exchange_with_peer() -> VerifyReport:
         exchange = node.connector.verify_exchange(url, None if peer is None else peer.name)
         async with VerifyClient(exchange) as client:
-            report = await verify(
+            return await verify(
                 node.store,
                 node.store_call,
                 client,
                 tables,
                 settle_s=node.config.verify_settle_s,
             )
+
+    return await _outcome(node, url, f"--peer {url}", exchange_with_peer)
+
+
+async def _outcome(
+    node: VerifyingHost,
+    label: str,
+    repair_target: str,
+    run: Callable[[], Awaitable[VerifyReport]],
+) -> VerifyOutcome:
+    """Run one verify and log and keep its outcome; a failure is an outcome too."""
+    started = time.monotonic()
+    now_ms = node.clock.now_ms()
+    try:
+        report = await run()
     except (SyncError, StoreError) as exc:
-        log.warning("verify against %s failed: %s", url, exc)
+        log.warning("verify against %s failed: %s", label, exc)
         return VerifyOutcome(now_ms, False, 0, 0, 0, 0, time.monotonic() - started, str(exc))
     if report.divergent_rows:
         log.warning(
-            "verify against %s: %d rows differ (%s); `syncmesh repair DB --peer %s` merges them",
-            url,
+            "verify against %s: %d rows differ (%s); `syncmesh repair DB %s` merges them",
+            label,
             report.divergent_rows,
             ", ".join(
                 f"{name}: {len(found.divergent)}" for name, found in report.differences.items()
             ),
-            url,
+            repair_target,
         )
     else:
         log.info(
             "verify against %s: identical (%d round trips, %d bytes, %.2f s)",
-            url,
+            label,
             report.round_trips,
             report.bytes_sent + report.bytes_received,
             report.seconds,

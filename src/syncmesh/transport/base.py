@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -166,6 +167,29 @@ class FleetVerifyResponder(Protocol):
     async def serve(self, site_id: str, host: VerifyHost) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class FleetVerifyConnection(Protocol):
+    """The asking side's connection to the fleet: an exchange with each site it asks."""
+
+    def exchange(self, site_id: str) -> VerifyExchange: ...
+
+    async def fleet_sites(self, marker_token: str) -> tuple[str, ...]:
+        """The fleet's other sites: with messages, or only a state marker (`marker_token`)."""
+        ...
+
+
+class FleetVerifyAsker(Protocol):
+    """Opens the asking side of verify with fleet sites (NATS request/reply).
+
+    A node's periodic verify of fleet sites uses it (node.verify_server).
+    `connect` returns an async context manager around one connection for
+    `own_site` (the asker: the answers come to that site's inbox); entering
+    it raises TransportError (a `FleetError`) when no server answers.
+    `transport.nats_verify.NatsVerifyAsker`.
+    """
+
+    def connect(self, own_site: str) -> AbstractAsyncContextManager[FleetVerifyConnection]: ...
 
 
 class Listener(Protocol):

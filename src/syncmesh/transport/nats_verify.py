@@ -271,6 +271,27 @@ class NatsVerifyConnection:
         )
 
 
+class NatsVerifyAsker:
+    """Opens a node's connections for verifying fleet sites (`transport.FleetVerifyAsker`).
+
+    One connection per periodic verify: it is rare (one site per
+    `sync.verify_interval_s`), and a connection held open between rounds
+    would only be one more client on the servers.
+    """
+
+    def __init__(
+        self, servers: tuple[str, ...], cluster: str, *, auth: NatsAuth | None = None
+    ) -> None:
+        assert servers, "at least one NATS server URL"
+        assert valid_cluster_name(cluster), cluster
+        self._servers = servers
+        self._cluster = cluster
+        self._auth = auth
+
+    def connect(self, own_site: str) -> NatsVerifyConnection:
+        return NatsVerifyConnection(self._servers, self._cluster, own_site, auth=self._auth)
+
+
 class NatsVerifyExchange:
     """Verify requests to the node of one site, over NATS (`transport.VerifyExchange`)."""
 

@@ -16,6 +16,7 @@ import {
   toMs,
 } from "./format.js";
 import { fleetStreaming, renderFleet } from "./fleet.js";
+import { verifiedCell } from "./verified.js";
 import { mergePeers } from "./peers.js";
 import { renderTopology } from "./topology.js";
 
@@ -147,7 +148,7 @@ function renderPeers(status, peers) {
         el("td", {}, peer.gone ? `session ended ${formatAge(peer.lastListedMs, now)}` : formatAge(entry.last_batch_ms, now)),
         el("td", { class: "num" }, formatBytes(entry.bytes_in)),
         el("td", { class: "num" }, formatBytes(entry.bytes_out)),
-        verifiedCell(entry, now),
+        verifiedCell(entry, now, entry.dialed),
         // A dialer keeps its last error after it got through: muted then.
         el("td", { class: peer.link === "connected" ? "note" : "error", "data-field": "last-error" }, lastErrorText(entry, peer.link, now)),
         // Tables or columns only one side tracks: no refusal (ADR 0013), but worth telling.
@@ -280,24 +281,6 @@ async function loop() {
 }
 
 loop();
-
-/** The last periodic verify against the peer: "identical, 2 min ago" or "3 rows differ". */
-function verifiedCell(entry, now) {
-  if (!entry.verified_ms) {
-    return el("td", { class: "note", "data-field": "verified" }, entry.dialed ? "not yet" : "–");
-  }
-  const ago = formatAge(entry.verified_ms, now);
-  if (entry.verify_error) {
-    return el("td", { class: "error", "data-field": "verified", title: entry.verify_error }, `failed ${ago}`);
-  }
-  if (entry.verify_identical) {
-    // Rows still changing at every re-read are writes in flight: not judged.
-    const changing = entry.verify_unsettled_rows > 0 ? ` · ${formatCount(entry.verify_unsettled_rows)} rows changing` : "";
-    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}${changing}`);
-  }
-  const text = `${formatCount(entry.verify_divergent_rows)} rows differ`;
-  return el("td", { class: "error", "data-field": "verified" }, el("span", { class: "badge down" }, text), ` ${ago}`);
-}
 
 /** " · catching up 45%, 1,200 rows/s, ~12 s left" while the node reads the peer's feed up to its head. */
 function catchingUp(entry) {

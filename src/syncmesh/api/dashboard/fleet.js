@@ -9,6 +9,7 @@
 // gain states ("starting") that this page has never heard of.
 
 import { el, fillRows, formatAge, formatCount, formatDuration } from "./format.js";
+import { verifiedCell } from "./verified.js";
 
 // Rows shown before "show all"; `#fleet_rows=N` in the page's address sets
 // another number (a small one shows the mechanics with a few sites).
@@ -78,6 +79,8 @@ function siteRow(site, nowMs) {
       formatCount(site.foreign_rows_refused),
     ),
     gapCell(site),
+    // One site per verify round, in turn (docs/nats.md, "The periodic verify").
+    verifiedCell(site, nowMs, true),
   );
 }
 
