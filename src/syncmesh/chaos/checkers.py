@@ -218,7 +218,9 @@ def check_writes(
             # Judged against both merged, a write in neither is still lost.
             merged = _with_quarantined(row, refused, replica.columns.get(table, ()))
             again = WriteTally()
-            found = list(_check_key(table, key, key_writes, replica, merged, again, may_be_lost))
+            found = list(
+                _check_key(table, key, key_writes, replica, merged, again, may_be_lost, cascades)
+            )
             if not found:
                 tally.quarantined += again.exact + again.superseded_life + again.unverified
                 continue
