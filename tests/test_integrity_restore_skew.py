@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from syncmesh.clock import HybridClock
+from syncmesh.clock import HybridClock, pack
+from syncmesh.errors import ClockDriftError
 from syncmesh.store.sqlite import SqliteStore
+from syncmesh.store.sqlite.vector import RESTORE_CLAIM_AHEAD_MS_MAX
 from syncmesh.store.summary import summary_of
 from tests.helpers import ManualClock, exchange_all
 
@@ -153,3 +155,98 @@ def test_restore_fault_writes_made_below_the_lost_stamps_reach_the_peers(
         pairs = store.connection.execute("SELECT kh, dg FROM _syncmesh_shadow_items")
         assert kept.leaves == summary_of(pairs).leaves
     assert n.summaries(["items"]) == p.summaries(["items"])
+
+
+JUMP_BACK_MS = 9_000  # beyond the drift limit: the lost stamps look "from the future"
+
+
+def test_restore_fault_with_the_clock_set_back_beyond_the_drift_limit_gets_the_lost_write(
+    tmp_path: Path,
+) -> None:
+    """Goal: a file restored on a machine whose clock then went back further than the
+    drift limit still detects the restore, gets its lost write back, and its own writes
+    made meanwhile end above the lost ones at both sites.
+
+    Found by `syncmesh chaos --seed 600 --only 46 --nodes 4 --topology mesh --duration 6
+    --adversarial all --faults ...,jump,restore`: the restored node's clock jumped 9.3 s
+    back; peers' claims of its lost writes were refused as "from the future" until the
+    clock caught up, and by then its new writes were stamped past them: nothing was
+    detected, the lost writes stayed lost.  Now such a claim (within an hour beyond the
+    limit) starts restore mode at once; the stamp is not adopted (beyond the limit) until
+    the clock is near it, when this run's own stamps below it are renewed.
+    """
+    clock_n, clock_p = ManualClock(BASE_MS), ManualClock(BASE_MS)
+    n = new_store(tmp_path / "n.db", clock_n)
+    p = new_store(tmp_path / "p.db", clock_p)
+    try:
+        write(n, "INSERT INTO items VALUES ('before', 'before the copy', 1)")
+        meet(n, p)
+        copy = sqlite3.connect(tmp_path / "copy.db")
+        n.connection.backup(copy)
+        copy.close()
+        for clock in (clock_n, clock_p):
+            clock.advance(1_000)
+        write(n, "INSERT INTO items VALUES ('lost', 'after the copy', 2)")
+        meet(n, p)
+        assert names(p)["lost"] == "after the copy"
+        n.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp_path / 'n.db'}{suffix}").unlink(missing_ok=True)
+        shutil.copy(tmp_path / "copy.db", tmp_path / "n.db")
+        for clock in (clock_n, clock_p):
+            clock.advance(500)
+        clock_n.advance(-JUMP_BACK_MS)  # n's wall clock goes back, beyond the drift limit
+        n = open_store(tmp_path / "n.db", clock_n)
+        write(n, "INSERT INTO items VALUES ('new', 'after the restore', 3)")
+        write(n, "UPDATE items SET name = 'edited after the restore' WHERE id = 'before'")
+        hlc_before = n.context.state()["hlc"]
+        assert n.note_peer_vector(p.vector()), "p's claim of the lost write: a restore"
+        assert n.restoring()
+        assert n.context.state()["hlc"] == hlc_before, "a stamp beyond the drift limit was adopted"
+        meet(n, p)
+        assert n.restoring(), "restore mode ended before the lost write was back"
+        # The clock is set right again: the lost write applies, n's writes made
+        # meanwhile are stamped anew above it, and both sites converge.
+        clock_n.advance(JUMP_BACK_MS)
+        n.capture()
+        n.retry_quarantine()
+        meet(n, p)
+        n.retry_quarantine()
+        meet(n, p)
+        assert not n.restoring()
+        assert (
+            names(n)
+            == names(p)
+            == {
+                "before": "edited after the restore",
+                "lost": "after the copy",
+                "new": "after the restore",
+            }
+        )
+    finally:
+        n.close()
+        p.close()
+
+
+def test_a_claim_of_own_writes_far_in_the_future_is_refused_not_taken_for_a_restore(
+    tmp_path: Path,
+) -> None:
+    """Goal: a claim about our own writes more than an hour beyond the drift limit is a
+    broken or hostile peer's: refused (ClockDriftError), no restore mode, clock unmoved;
+    one within that hour is taken for a restore (the test above)."""
+    clock = ManualClock(BASE_MS)
+    n = new_store(tmp_path / "n.db", clock)
+    try:
+        write(n, "INSERT INTO items VALUES ('a', 'x', 1)")
+        last = n.context.clock.last
+        far = pack(BASE_MS + DRIFT_MS_MAX + RESTORE_CLAIM_AHEAD_MS_MAX + 1_000, 0)
+        with pytest.raises(ClockDriftError):
+            n.note_peer_vector({n.site_id: far})
+        assert not n.restoring()
+        assert n.context.clock.last == last
+        near = pack(BASE_MS + DRIFT_MS_MAX + RESTORE_CLAIM_AHEAD_MS_MAX - 1_000, 0)
+        assert n.note_peer_vector({n.site_id: near})
+        assert n.restoring()
+        assert n.context.clock.last == last, "a stamp beyond the drift limit was adopted"
+    finally:
+        n.close()

@@ -69,6 +69,11 @@ class StoreContext:
     restamp_window: tuple[int, int] | None = None
     # The greatest own stamp of this run renewed so far: a window starts above it.
     restamped_through: int = 0
+    # A claim about our own writes from beyond the drift limit, taken as a
+    # restore (the lost writes were stamped ahead of our clock): the clock
+    # moves past it, and this run's own stamps below it are renewed, once the
+    # physical clock is within the drift limit of it (vector.settle_future_claim).
+    future_claim: int = 0
     # `PRAGMA schema_version` when `schema_problems` were last worked out.
     schema_version: int = -1
     schema_problems: list[str] = field(default_factory=list)

@@ -96,10 +96,13 @@ def apply_batch(
         )
         if batch.vector is not None and adopt_vector:
             vector.merge(ctx, batch.vector, own_claims=own_claims)
-            capture.restamp_below_lost_writes(ctx)  # if the merge's restore check asked
         else:
             # No vector claims these writes: HELLO's `held` must (restore detection).
             vector.note_stamps_held(ctx, batch)
+        # If the merge's restore check asked, or a claim from beyond the drift
+        # limit has come within it: this run's stamps below lost writes renewed.
+        vector.settle_future_claim(ctx)
+        capture.restamp_below_lost_writes(ctx)
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
 
@@ -114,7 +117,15 @@ def note_peer_vector(
     feed is read for the peer.
     """
     first = vector.note_peer(ctx, peer_vector, peer_held)
-    if ctx.restamp_window is not None:
-        with ctx.transaction():
-            capture.restamp_below_lost_writes(ctx)
+    renew_hidden_stamps(ctx)
     return first
+
+
+def renew_hidden_stamps(ctx: StoreContext) -> None:
+    """Stamp anew this run's own writes that lost ones hide, if a restore check asked,
+    or once the clock may pass a claim found beyond the drift limit (`vector`)."""
+    if ctx.restamp_window is None and not ctx.future_claim:
+        return
+    with ctx.transaction():
+        vector.settle_future_claim(ctx)
+        capture.restamp_below_lost_writes(ctx)

@@ -38,9 +38,17 @@ def mark_run_start(ctx: StoreContext) -> None:
     now_ms = max(ctx.clock.physical_ms(), wall_ms_of(ctx.clock.last))
     ctx.run_start = pack(now_ms, 0)
     ctx.clock.restore(ctx.run_start)
+    # Restore mode whose lost writes lie ahead of this run's start: this run's
+    # stamps below them are renewed once the clock may pass them.
+    floor = ctx.state()["restore_floor"]
+    ctx.future_claim = floor if floor > ctx.run_start else 0
 
 
 RUNS_KEPT_MAX = 10_000  # gaps remembered (one per run that stamped); the oldest go first
+# How far beyond the drift limit a claim about our own writes is still taken
+# as a restore (its writes made while our clock ran that far ahead, or before
+# it was set back) rather than refused as a broken or hostile peer's.
+RESTORE_CLAIM_AHEAD_MS_MAX = 3_600_000
 
 
 def set_own(ctx: StoreContext, hlc: int) -> None:
@@ -98,9 +106,10 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int], *, own_claims: bool 
     own = ctx.site_id()
     bound = drift_bound(ctx)
     restoring_before = ctx.state()["restore_floor"] > 0
-    # A claim beyond the drift limit is no stamp of ours (our clock went
-    # back, or the peer is broken): it is neither checked nor adopted.
-    if own in sender_vector and sender_vector[own] <= bound:
+    # A claim far beyond the drift limit is no stamp of ours (the peer is
+    # broken): it is neither checked nor adopted.  One less far is checked
+    # (`_restore_evidence`: our clock went back) but not adopted.
+    if own in sender_vector and _restore_evidence(ctx, sender_vector[own]):
         twin = _twin_claim(ctx, sender_vector[own])
         if twin is not None:
             raise SiteIdConflict(twin)  # the batch rolls back; the next HELLO moves past it
@@ -159,6 +168,41 @@ def _close_gaps_below(ctx: StoreContext, floor: int) -> None:
 def drift_bound(ctx: StoreContext) -> int:
     """The greatest stamp not refused as being from the future."""
     return pack(ctx.clock.physical_ms() + ctx.clock.drift_ms_max, COUNTER_MAX)
+
+
+def _restore_evidence(ctx: StoreContext, claimed: int) -> bool:
+    """Whether a claim about our own writes goes through the restore check.
+
+    Within the drift limit, always.  Beyond it, up to
+    `RESTORE_CLAIM_AHEAD_MS_MAX` more: every stamp this run issued is below
+    our clock, which is below the claim, so the claimed write is one this
+    file made and lost (a copy restored on a machine whose clock then went
+    back, or a lost run that followed a peer's clock ahead), or a twin's.
+    Refusing it as "from the future" until the clock caught up let this
+    run's own writes pass the claim first, and nothing was detected
+    (`syncmesh chaos --seed 600 --only 46 ... --faults ...,jump,restore`:
+    lost writes; ADR 0006, residual risk 3).  The stamp itself is never
+    adopted beyond the drift limit (`_detect`).
+    """
+    ahead_ms = wall_ms_of(claimed) - ctx.clock.physical_ms()
+    return ahead_ms <= ctx.clock.drift_ms_max + RESTORE_CLAIM_AHEAD_MS_MAX
+
+
+def settle_future_claim(ctx: StoreContext) -> None:
+    """Once our clock may reach a claim `_detect` found beyond the drift limit, move
+    the clock past it and have this run's own stamps below it renewed (in the caller's
+    transaction; the caller runs `capture.restamp_below_lost_writes` next)."""
+    claim = ctx.future_claim
+    if not claim or claim > drift_bound(ctx):
+        return
+    ctx.future_claim = 0
+    ctx.clock.restore(claim)
+    ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (claim,))
+    if claim >= ctx.run_start:
+        low, high = ctx.run_start, claim
+        if ctx.restamp_window is not None:
+            high = max(high, ctx.restamp_window[1])
+        ctx.restamp_window = (low, high)
 
 
 def note_stamps_held(ctx: StoreContext, batch: ChangeBatch) -> None:
@@ -236,7 +280,8 @@ def note_peer(
     """
     own = ctx.site_id()
     claimed = max(peer_vector.get(own, 0), (peer_held or {}).get(own, 0))
-    ctx.clock.check(claimed, own)  # a claim from the future is a broken or hostile peer
+    if not _restore_evidence(ctx, claimed):
+        ctx.clock.check(claimed, own)  # far in the future: a broken or hostile peer
     twin = _twin_claim(ctx, claimed)
     if twin is not None:
         with ctx.transaction():
@@ -301,8 +346,16 @@ def _detect(ctx: StoreContext, claimed: int) -> bool:
         ctx.connection.execute(
             "UPDATE _syncmesh_vector SET hlc = min(hlc, ?) WHERE site_id = ?", (gap_floor, own)
         )
-    ctx.clock.restore(claimed)
-    if claimed >= ctx.run_start:
+    future = claimed > drift_bound(ctx)
+    if future:
+        # Beyond the drift limit (`_restore_evidence`): restore mode starts now,
+        # so that our vector stops claiming own writes and peers send the lost
+        # ones back, but the clock is not moved that far ahead (a stamp beyond
+        # the limit is never adopted): `settle_future_claim` does it, and
+        # renews this run's stamps below the claim, once the clock is near.
+        ctx.future_claim = max(ctx.future_claim, claimed)
+    elif claimed >= ctx.run_start:
+        ctx.clock.restore(claimed)
         # The lost writes were stamped ahead of this run's start (the wall
         # clock is behind them: the run that lost them followed a peer's
         # clock ahead of ours).  This run's own writes stamped up to the
@@ -315,11 +368,13 @@ def _detect(ctx: StoreContext, claimed: int) -> bool:
         if ctx.restamp_window is not None:
             high = max(high, ctx.restamp_window[1])
         ctx.restamp_window = (low, high)
+    else:
+        ctx.clock.restore(claimed)
     state = ctx.state()
     first = state["restore_floor"] == 0
     ctx.connection.execute(
         "UPDATE _syncmesh_state SET restore_floor = max(restore_floor, ?), hlc = max(hlc, ?)",
-        (claimed, claimed),
+        (claimed, ctx.clock.last if future else claimed),
     )
     if first:
         ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,))
