@@ -75,6 +75,33 @@ def test_a_stale_lock_of_a_killed_node_is_taken_over(cluster: Cluster, tmp_path:
 
 
 @pytest.mark.multiprocess
+def test_deleting_the_lock_file_does_not_let_a_second_serve_start(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """New-user report: a tidy-up that deleted a.db.serve.lock let a second `serve` run on
+    the same file.  The lock is on the database itself: the second serve still refuses,
+    naming the first's pid and host, and the first writes its lock file again."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    first = cluster.node("a")
+    cluster.start(first)
+    lock_file = tmp_path / "a.db.serve.lock"
+    host = json.loads(lock_file.read_text())["host"]
+    assert host
+    lock_file.unlink()
+    second = run_cli(
+        "serve", str(tmp_path / "a.db"), "--listen", "127.0.0.1:0", timeout_s=CLI_TIMEOUT_S
+    )
+    assert second.returncode == 1, second.stderr
+    assert f"already served by pid {first.pid} on host {host}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.is_running()
+    wait_for(lambda: lock_file.exists(), timeout_s=10, what="the first node's lock file again")
+    assert json.loads(lock_file.read_text())["api"] == f"127.0.0.1:{first.port}"
+    status = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    assert f"served by pid {first.pid}" in status.stderr, status.stderr
+
+
+@pytest.mark.multiprocess
 def test_status_file_shows_the_running_nodes_live_view_then_says_none_runs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
