@@ -236,6 +236,29 @@ def test_status_file_without_a_node_exits_2_for_a_table_it_cannot_follow(
     assert "primary key" in result.stderr
 
 
+@pytest.mark.multiprocess
+def test_a_table_warning_is_said_once_by_serve_not_by_every_status(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """New-user report: the BLOB-key "no fixed affinity" warning came back on every
+    `status` (every command opened the store, and opening logged it).  `track` says it,
+    `serve` says it once at start, `status` and `verify`-like reads say nothing."""
+    db = tmp_path / "a.db"
+    assert run_cli("init", str(db), timeout_s=CLI_TIMEOUT_S).returncode == 0
+    sqlite3_shell(db, "CREATE TABLE files (id BLOB PRIMARY KEY, name TEXT)")
+    tracked = run_cli("track", str(db), "files", timeout_s=CLI_TIMEOUT_S)
+    assert tracked.stderr.count("no fixed affinity") == 1, tracked.stderr
+    for _ in range(2):
+        status = run_cli("status", str(db), timeout_s=CLI_TIMEOUT_S)
+        assert "fixed affinity" not in status.stdout + status.stderr, status.stderr
+    config = tmp_path / "a.toml"
+    config.write_text(f'[node]\ndatabase = "{db.as_posix()}"\n[tables]\ntrack = ["files"]\n')
+    node = cluster.node("a", db, extra_args=["--config", str(config)])
+    cluster.start(node)
+    node.wait_for_log("tracked table 'files': primary key column 'id' is declared 'BLOB'")
+    assert node.log_text().count("no fixed affinity") == 1, node.log_text()
+
+
 def test_track_prints_its_line_once_per_table(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     with sqlite3.connect(db) as connection:

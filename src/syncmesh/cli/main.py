@@ -344,11 +344,16 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
     again whenever the database's tables change.
     """
     with _errors_as_messages():
-        if settings["tables.track"]:
-            named = [name for name in settings["tables.track"] if not is_pattern(name)]
-            store = open_store(config.database_path)
-            try:
-                store.init()
+        store = open_store(config.database_path)
+        try:
+            store.init()
+            # Said here once, at start (opening the store says nothing, so
+            # that `status` and other read-only commands do not repeat it);
+            # tables tracked below are warned about by `track` itself.
+            for warning in store.tracked_table_warnings():
+                logging.getLogger("syncmesh.cli").warning("%s", warning)
+            if settings["tables.track"]:
+                named = [name for name in settings["tables.track"] if not is_pattern(name)]
                 for warning in (
                     store.track(
                         named,
@@ -365,8 +370,8 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
                     _log_track_progress,
                     allow_integer_keys=config.allow_integer_keys,
                 )
-            finally:
-                store.close()
+        finally:
+            store.close()
         listening: list[bool] = []
         try:
             asyncio.run(_serve(config, lock, listening))
