@@ -31,6 +31,7 @@ from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
 from syncmesh.store import StoreStatus, null_key_problems
 from syncmesh.store.open import open_store
+from syncmesh.transport.failures import address_of, os_error_words
 
 URL_TIMEOUT_S = 5.0
 UNHEALTHY_EXIT = 2
@@ -126,8 +127,19 @@ def fetch(url: str) -> dict[str, Any]:
             if error:
                 raise click.ClickException(f"{address}: {error}") from exc
         raise click.ClickException(f"cannot read {address}: {exc}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot read {address}: {exc}") from exc
+    except urllib.error.URLError as exc:
+        # urllib's "<urlopen error [Errno 111] Connection refused>" in words (new-user report).
+        cause = exc.reason if isinstance(exc.reason, BaseException) else OSError(exc.reason)
+        raise click.ClickException(
+            f"cannot read {address}: cannot connect to {address_of(address)}:"
+            f" {os_error_words(cause)}"
+        ) from exc
+    except (TimeoutError, OSError) as exc:
+        raise click.ClickException(
+            f"cannot read {address} ({address_of(address)}): {os_error_words(exc)}"
+        ) from exc
+    except ValueError as exc:
+        raise click.ClickException(f"cannot read {address}: not a node's status ({exc})") from exc
     return body
 
 
