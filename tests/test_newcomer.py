@@ -39,6 +39,7 @@ def test_serve_create_makes_the_file(cluster: Cluster, tmp_path: Path) -> None:
     node = cluster.node("a", tmp_path / "new.db", extra_args=["--create"])
     cluster.start(node)
     assert (tmp_path / "new.db").exists()
+    assert (tmp_path / "new.db").stat().st_mode & 0o777 == 0o600, "only its owner may read it"
     assert node.status()["store"]["tables"] == {}
 
 

@@ -86,7 +86,8 @@ class ServeLock:
         not exist yet, for `serve --create`: the lock must be taken before
         anything opens it.
         """
-        fd = os.open(self.database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # 0600 as the store creates a new file (only its owner may read it).
+        fd = os.open(self.database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
