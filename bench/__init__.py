@@ -24,8 +24,10 @@ idle (idle.py: CPU of a node with no writes), and, only when named, metadata
 star and mesh, issue 15), snapshot (snapshot.py: `syncmesh join` against the
 replay of the same table, issue 16), soak (soak.py: three nodes under churn
 for 30 minutes; does the file level off once tombstones are collected, issue
-16) and peers (peers.py, peer_syncobj.py, peer_nats.py: the same writes on
-pysyncobj, NATS JetStream KV and syncmesh, issue 17).  Node processes are started
+16), peers (peers.py, peer_syncobj.py, peer_nats.py: the same writes on
+pysyncobj, NATS JetStream KV and syncmesh, issue 17) and large_row
+(large_row.py: one 30 MiB row between two nodes with a 1 s heartbeat: the
+event loop's slowest answer against idle, and sessions dropped).  Node processes are started
 by nodes.py (`python -m syncmesh serve`, port 0, on 127.0.0.1) and always
 stopped; every load loop is bounded in count and time.
 

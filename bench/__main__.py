@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bulk, capture, e2e, idle, latency, mixed
+from bench import bulk, capture, e2e, idle, large_row, latency, mixed
 from bench.common import Figure, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # `all` (and no scenario named) runs these, in this order; the others only when named.
 ALL_SCENARIOS = ("capture", "e2e", "latency", "curve", "bootstrap", "wire", "mixed", "idle")
-KNOWN = (*ALL_SCENARIOS, "profile", "verify", "metadata", "fleet", "snapshot", "soak", "peers")
+KNOWN = (
+    *ALL_SCENARIOS,
+    *("profile", "verify", "metadata", "fleet", "snapshot", "soak", "peers", "large_row"),
+)
 # The issue's sizes are the defaults; --quick shrinks every one for a smoke run.
 SIZES: dict[str, tuple[float, float]] = {  # option: (full, quick)
     "repeats": (3, 1),
@@ -282,6 +285,8 @@ def _run_scenario(
         )
     if scenario == "idle":
         return idle.run(repeats, arguments.idle_seconds, _log)
+    if scenario == "large_row":  # new-user report: a 30 MiB row and the sessions' heartbeats
+        return large_row.run(repeats, _log)
     if scenario == "metadata":  # issue 16: bytes per row and per cell of the bookkeeping
         from bench import metadata
 

@@ -214,12 +214,14 @@ def cluster(
     prepare: Callable[[str, Path], None] = _prepare,
     peer_url: Callable[[NodeProcess], str] = _direct,
     streaming_timeout_s: float = STREAMING_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, NodeProcess]]:
     """Started nodes (name -> node), every session streaming; all stopped on exit.
 
     `prepare(name, path)` makes each node's file (default: an empty tracked
     `items`); `peer_url(node)` is the URL its dialers are given (default:
-    its own; a proxy in front of it, for example).
+    its own; a proxy in front of it, for example); `env`: settings for
+    every node (SYNCMESH_*).
     """
     nodes: dict[str, NodeProcess] = {}
     try:
@@ -227,7 +229,7 @@ def cluster(
             node = NodeProcess(name, directory)
             nodes[name] = node
             prepare(name, node.path)
-            node.start([peer_url(nodes[peer]) for peer in peers])
+            node.start([peer_url(nodes[peer]) for peer in peers], env=env)
             node.wait_listening()
         wait_streaming(nodes, topology, streaming_timeout_s)
         yield nodes

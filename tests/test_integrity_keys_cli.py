@@ -60,7 +60,7 @@ def test_config_check_names_a_nocase_key(tmp_path: Path) -> None:
 
 
 def test_a_nocase_key_tracked_before_the_refusal_keeps_syncing_and_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "app.db"
     make_db(db)
@@ -76,9 +76,10 @@ def test_a_nocase_key_tracked_before_the_refusal_keeps_syncing_and_is_reported(
     config.write_text(f'[node]\ndatabase = "{db.as_posix()}"\n[tables]\ntrack = ["people"]\n')
     result = run_cli("config", "check", str(config), timeout_s=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
-    with caplog.at_level("WARNING", logger="syncmesh.store.sqlite.tracking"):
-        SqliteStore.open(db, clock=clock).close()
-    assert "tracked table 'people': primary key column 'id' has COLLATE NOCASE" in caplog.text
+    store = SqliteStore.open(db, clock=clock)
+    said = " ".join(store.tracked_table_warnings())
+    store.close()
+    assert "tracked table 'people': primary key column 'id' has COLLATE NOCASE" in said
 
 
 # -- keys declared without a type (issue 12, defect 3: 1 and 1.0) ---------------------
@@ -106,7 +107,7 @@ def test_track_refuses_a_key_without_a_type_with_the_reason_and_the_fix(tmp_path
 
 
 def test_a_key_without_a_type_tracked_before_the_refusal_keeps_syncing_and_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "app.db"
     make_db(db)
@@ -119,11 +120,11 @@ def test_a_key_without_a_type_tracked_before_the_refusal_keeps_syncing_and_is_re
         store.init()
         store.track(["things"])
         store.close()
-    with caplog.at_level("WARNING", logger="syncmesh.store.sqlite.tracking"):
-        store = SqliteStore.open(db, clock=clock)
+    store = SqliteStore.open(db, clock=clock)
     try:
-        assert "tracked table 'things': primary key column 'id' has no declared type" in caplog.text
-        assert "this one was tracked before and keeps syncing" in caplog.text
+        said = " ".join(store.tracked_table_warnings())
+        assert "tracked table 'things': primary key column 'id' has no declared type" in said
+        assert "this one was tracked before and keeps syncing" in said
         [warning] = store.status().warnings
         assert "'things': primary key column 'id' has no declared type" in warning
         # It keeps syncing: tracked again (as `serve` does) and captured.

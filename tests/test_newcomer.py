@@ -39,6 +39,7 @@ def test_serve_create_makes_the_file(cluster: Cluster, tmp_path: Path) -> None:
     node = cluster.node("a", tmp_path / "new.db", extra_args=["--create"])
     cluster.start(node)
     assert (tmp_path / "new.db").exists()
+    assert (tmp_path / "new.db").stat().st_mode & 0o777 == 0o600, "only its owner may read it"
     assert node.status()["store"]["tables"] == {}
 
 
@@ -72,6 +73,33 @@ def test_a_stale_lock_of_a_killed_node_is_taken_over(cluster: Cluster, tmp_path:
     again = cluster.node("a2", db=tmp_path / "a.db")
     cluster.start(again)
     assert json.loads(lock_file.read_text())["pid"] == again.pid
+
+
+@pytest.mark.multiprocess
+def test_deleting_the_lock_file_does_not_let_a_second_serve_start(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """New-user report: a tidy-up that deleted a.db.serve.lock let a second `serve` run on
+    the same file.  The lock is on the database itself: the second serve still refuses,
+    naming the first's pid and host, and the first writes its lock file again."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    first = cluster.node("a")
+    cluster.start(first)
+    lock_file = tmp_path / "a.db.serve.lock"
+    host = json.loads(lock_file.read_text())["host"]
+    assert host
+    lock_file.unlink()
+    second = run_cli(
+        "serve", str(tmp_path / "a.db"), "--listen", "127.0.0.1:0", timeout_s=CLI_TIMEOUT_S
+    )
+    assert second.returncode == 1, second.stderr
+    assert f"already served by pid {first.pid} on host {host}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.is_running()
+    wait_for(lambda: lock_file.exists(), timeout_s=10, what="the first node's lock file again")
+    assert json.loads(lock_file.read_text())["api"] == f"127.0.0.1:{first.port}"
+    status = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    assert f"served by pid {first.pid}" in status.stderr, status.stderr
 
 
 @pytest.mark.multiprocess
@@ -207,6 +235,29 @@ def test_status_file_without_a_node_exits_2_for_a_table_it_cannot_follow(
     assert result.returncode == 2, result.stderr
     assert "unhealthy: table 'items'" in result.stderr, result.stderr
     assert "primary key" in result.stderr
+
+
+@pytest.mark.multiprocess
+def test_a_table_warning_is_said_once_by_serve_not_by_every_status(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """New-user report: the BLOB-key "no fixed affinity" warning came back on every
+    `status` (every command opened the store, and opening logged it).  `track` says it,
+    `serve` says it once at start, `status` and `verify`-like reads say nothing."""
+    db = tmp_path / "a.db"
+    assert run_cli("init", str(db), timeout_s=CLI_TIMEOUT_S).returncode == 0
+    sqlite3_shell(db, "CREATE TABLE files (id BLOB PRIMARY KEY, name TEXT)")
+    tracked = run_cli("track", str(db), "files", timeout_s=CLI_TIMEOUT_S)
+    assert tracked.stderr.count("no fixed affinity") == 1, tracked.stderr
+    for _ in range(2):
+        status = run_cli("status", str(db), timeout_s=CLI_TIMEOUT_S)
+        assert "fixed affinity" not in status.stdout + status.stderr, status.stderr
+    config = tmp_path / "a.toml"
+    config.write_text(f'[node]\ndatabase = "{db.as_posix()}"\n[tables]\ntrack = ["files"]\n')
+    node = cluster.node("a", db, extra_args=["--config", str(config)])
+    cluster.start(node)
+    node.wait_for_log("tracked table 'files': primary key column 'id' is declared 'BLOB'")
+    assert node.log_text().count("no fixed affinity") == 1, node.log_text()
 
 
 def test_track_prints_its_line_once_per_table(tmp_path: Path) -> None:

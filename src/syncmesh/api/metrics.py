@@ -166,14 +166,15 @@ def _lifecycle_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         labels=["origin"],
     )
     for origin, hlc in sorted(lifecycle.frontier.items()):
-        frontier.add_metric([origin], wall_ms_of(hlc))
+        if hlc > 0:  # 0: not every member holds any of its writes yet, not 1970
+            frontier.add_metric([origin], wall_ms_of(hlc))
     yield frontier
     holding = GaugeMetricFamily(
         "syncmesh_holding_back_ms",
         "How far (ms of stamps) the member holding collection back most is behind us.",
         labels=["site"],
     )
-    if lifecycle.holding_back:
+    if lifecycle.holding_back and lifecycle.holding_back_ms is not None:  # None: not known
         holding.add_metric([lifecycle.holding_back], lifecycle.holding_back_ms)
     yield holding
 
@@ -276,7 +277,8 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
     for peer in peers:
         labels = [peer.site_id or "unknown", peer.address]
         up.add_metric(labels, 1 if peer.state == "streaming" else 0)
-        lag.add_metric(labels, peer.lag_ms / 1000)
+        if peer.lag_ms is not None:  # None: nothing applied yet, no lag to tell
+            lag.add_metric(labels, peer.lag_ms / 1000)
         if peer.out_lag_changes is not None:
             out_lag.add_metric(labels, peer.out_lag_changes)
         if peer.out_lag_ms is not None:
@@ -431,7 +433,8 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
     verify = _verify_families("syncmesh_fleet_site_verify", "the site", site_labels)
     for site in fleet.sites:
         key = [fleet.stream, site.site_id]
-        lag.add_metric(key, site.lag_ms / 1000)
+        if site.lag_ms is not None:  # None: nothing of the site applied yet
+            lag.add_metric(key, site.lag_ms / 1000)
         position.add_metric(key, site.stream_seq)
         behind.add_metric(key, max(0, site.last_stream_seq - site.stream_seq))
         applied.add_metric(key, site.rows_applied)

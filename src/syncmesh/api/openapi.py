@@ -56,8 +56,9 @@ _PEER = {
         "cursor": {"type": "integer"},
         "peer_head_seq": {"type": "integer"},
         "lag_ms": {
-            "type": "integer",
-            "description": "how far this node trails the peer's feed; 0 when caught up",
+            "type": ["integer", "null"],
+            "description": "how far this node trails the peer's feed; 0 when caught up; null"
+            " when not known (nothing of the peer's feed applied yet)",
         },
         "catchup_progress": {
             "type": ["number", "null"],
@@ -89,7 +90,8 @@ _PEER = {
         },
         "out_lag_ms": {
             "type": ["integer", "null"],
-            "description": "how far the peer trails this node's feed; null before its PULL",
+            "description": "how far the peer trails this node's feed; null before its PULL,"
+            " or while it has acknowledged nothing (not known)",
         },
         "rows_in": {"type": "integer"},
         "rows_out": {"type": "integer"},
@@ -184,7 +186,7 @@ _STATUS = {
                             "cursor": {"type": "integer"},
                             "stream_seq": {"type": "integer"},
                             "last_stream_seq": {"type": "integer"},
-                            "lag_ms": {"type": "integer"},
+                            "lag_ms": {"type": ["integer", "null"]},
                             "rows_applied": {"type": "integer"},
                             "foreign_rows_refused": {"type": "integer"},
                             "gap": {"type": "string"},

@@ -743,7 +743,7 @@ class ScheduleRun:
             streaming = [p for p in status["peers"] if p["state"] == "streaming"]
             if len(streaming) < expected[node.index]:
                 return False
-            if any(peer["lag_ms"] for peer in status["peers"]):
+            if any(peer["lag_ms"] != 0 for peer in status["peers"]):  # None: not known yet
                 return False
         return True
 

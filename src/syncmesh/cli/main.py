@@ -13,6 +13,7 @@ syncmesh demo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -53,6 +54,8 @@ from syncmesh.store import Store
 from syncmesh.store.open import open_store
 
 GC_YOUNG_OBJECTS = 50_000
+# How often a serving node checks that its lock file is still there (see ServeLock.republish).
+LOCK_FILE_CHECK_S = 2.0
 DATABASE = click.argument("database", type=click.Path(dir_okay=False, path_type=Path))
 
 
@@ -289,9 +292,11 @@ def serve(
     (docs/nats.md).  WebSocket peers keep working alongside.
 
     DATABASE must exist (`syncmesh init` creates it) unless --create is
-    given.  One node per file: a lock file next to it (DATABASE.serve.lock)
-    holds the pid and the API address; a second serve refuses, naming the
-    first, and `syncmesh status DATABASE` finds the node through it.
+    given.  One node per file: serve holds a lock on DATABASE itself for
+    its whole life, so a second serve refuses, naming the first (deleting
+    any file does not fool it).  A lock file next to it
+    (DATABASE.serve.lock) holds the pid, host and API address, through which
+    `syncmesh status DATABASE` finds the node.
     """
     urls, named = _split_peers(peers)
     flags: dict[str, Any] = {
@@ -339,11 +344,16 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
     again whenever the database's tables change.
     """
     with _errors_as_messages():
-        if settings["tables.track"]:
-            named = [name for name in settings["tables.track"] if not is_pattern(name)]
-            store = open_store(config.database_path)
-            try:
-                store.init()
+        store = open_store(config.database_path)
+        try:
+            store.init()
+            # Said here once, at start (opening the store says nothing, so
+            # that `status` and other read-only commands do not repeat it);
+            # tables tracked below are warned about by `track` itself.
+            for warning in store.tracked_table_warnings():
+                logging.getLogger("syncmesh.cli").warning("%s", warning)
+            if settings["tables.track"]:
+                named = [name for name in settings["tables.track"] if not is_pattern(name)]
                 for warning in (
                     store.track(
                         named,
@@ -360,8 +370,8 @@ def _serve_locked(config: NodeConfig, settings: dict[str, Any], lock: ServeLock)
                     _log_track_progress,
                     allow_integer_keys=config.allow_integer_keys,
                 )
-            finally:
-                store.close()
+        finally:
+            store.close()
         listening: list[bool] = []
         try:
             asyncio.run(_serve(config, lock, listening))
@@ -467,7 +477,15 @@ async def _serve(config: NodeConfig, lock: ServeLock, listening: list[bool]) -> 
         )
         lock.publish(node.listen, node.api_listen, "https" if api_tls else "http")
         click.echo(f"syncmesh: site {node.store.site_id} listening on {node.listen}", err=True)
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LOCK_FILE_CHECK_S)
+            if lock.republish():  # deleted: `status FILE` finds the node through it
+                logging.getLogger("syncmesh.cli").warning(
+                    "%s was removed while this node serves the file; written again (the lock"
+                    " itself is on the database and held all along)",
+                    lock.path,
+                )
         click.echo("syncmesh: shutting down", err=True)
 
 

@@ -31,8 +31,12 @@ from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
 from syncmesh.store import StoreStatus, null_key_problems
 from syncmesh.store.open import open_store
+from syncmesh.transport.failures import address_of, os_error_words
 
 URL_TIMEOUT_S = 5.0
+# --max-lag of a peer none of whose feed is applied yet: its lag cannot be
+# told (a 0 cursor is no time), so it is not within the bound either.
+LAG_NOT_KNOWN = "lag not known yet (nothing of its feed applied here yet)"
 UNHEALTHY_EXIT = 2
 
 
@@ -98,9 +102,12 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     if report.restore_floor:
         problems.append("recovering own writes lost by a restore from an old copy")
     for peer in report.peers:
-        lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
-        if max_lag_s is not None and lag_ms > max_lag_s * 1000:
-            problems.append(f"peer {peer.site_id} is {lag_ms} ms behind (as of its last batch)")
+        if max_lag_s is not None:
+            lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
+            if lag_ms is None:
+                problems.append(f"peer {peer.site_id}: {LAG_NOT_KNOWN}")
+            elif lag_ms > max_lag_s * 1000:
+                problems.append(f"peer {peer.site_id} is {lag_ms} ms behind (as of its last batch)")
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return problems
@@ -126,8 +133,19 @@ def fetch(url: str) -> dict[str, Any]:
             if error:
                 raise click.ClickException(f"{address}: {error}") from exc
         raise click.ClickException(f"cannot read {address}: {exc}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot read {address}: {exc}") from exc
+    except urllib.error.URLError as exc:
+        # urllib's "<urlopen error [Errno 111] Connection refused>" in words (new-user report).
+        cause = exc.reason if isinstance(exc.reason, BaseException) else OSError(exc.reason)
+        raise click.ClickException(
+            f"cannot read {address}: cannot connect to {address_of(address)}:"
+            f" {os_error_words(cause)}"
+        ) from exc
+    except (TimeoutError, OSError) as exc:
+        raise click.ClickException(
+            f"cannot read {address} ({address_of(address)}): {os_error_words(exc)}"
+        ) from exc
+    except ValueError as exc:
+        raise click.ClickException(f"cannot read {address}: not a node's status ({exc})") from exc
     return body
 
 
@@ -139,6 +157,8 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
         if peer["state"] not in UP_STATES:
             detail = f": {peer['last_error']}" if peer["last_error"] else ""
             problems.append(f"peer {name} is {peer['state']}{detail}")
+        elif max_lag_s is not None and peer["lag_ms"] is None:
+            problems.append(f"peer {name}: {LAG_NOT_KNOWN}")
         elif max_lag_s is not None and peer["lag_ms"] > max_lag_s * 1000:
             problems.append(f"peer {name} is {peer['lag_ms']} ms behind")
     fleet = status.get("fleet")
@@ -147,7 +167,9 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
             detail = f": {fleet['last_error']}" if fleet["last_error"] else ""
             problems.append(f"fleet stream {fleet['stream']} is {fleet['state']}{detail}")
         for site in fleet["sites"]:
-            if max_lag_s is not None and site["lag_ms"] > max_lag_s * 1000:
+            if max_lag_s is not None and site["lag_ms"] is None:
+                problems.append(f"fleet site {site['site_id']}: {LAG_NOT_KNOWN}")
+            elif max_lag_s is not None and site["lag_ms"] > max_lag_s * 1000:
                 problems.append(
                     f"fleet site {site['site_id']} is {site['lag_ms']} ms behind on the stream"
                 )

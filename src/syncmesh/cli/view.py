@@ -94,6 +94,18 @@ def clock(at_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", then)
 
 
+NOT_KNOWN = "not known yet"
+
+
+def lag(ms: float | None) -> str:
+    """A lag or age that may be unknown (None: nothing applied or heard yet), in words.
+
+    Never the time since 1970 that a 0 stamp would give ("20795 d behind"
+    of a healthy peer in its first seconds: new-user report).
+    """
+    return NOT_KNOWN if ms is None else duration(ms)
+
+
 def age(then_ms: int, now_ms: int) -> str:
     return "never" if not then_ms else f"{duration(now_ms - then_ms)} ago"
 
@@ -114,7 +126,7 @@ def _lag_out(peer: dict[str, Any]) -> str:
     if changes is None:
         return "?"
     plus = "+" if changes >= 10_000 else ""
-    return f"{changes:,}{plus} changes, {duration(peer.get('out_lag_ms') or 0)}"
+    return f"{changes:,}{plus} changes, {lag(peer.get('out_lag_ms'))}"
 
 
 def _cell_facts(
@@ -158,13 +170,20 @@ def lifecycle_facts(lifecycle: dict[str, Any] | None) -> list[tuple[str, str]]:
             (
                 "held back by",
                 f"site {lifecycle['holding_back']}"
-                f" ({duration(lifecycle['holding_back_ms'])} behind;"
+                f" ({_behind(lifecycle['holding_back_ms'])};"
                 " `syncmesh forget` it if it is gone for good)",
             )
         )
     if lifecycle["forgotten"]:
         facts.append(("forgotten", ", ".join(lifecycle["forgotten"])))
     return facts
+
+
+def _behind(ms: int | None) -> str:
+    """How far the member holding collection back is behind, or that it is not known yet."""
+    if ms is None:
+        return "how far behind is not known yet: it has not said it holds any of some site's writes"
+    return f"{duration(ms)} behind"
 
 
 def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
@@ -198,7 +217,7 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
         sites.add_row(
             Text(site["site_id"]),
             f"{site['stream_seq']} / {site['last_stream_seq']}",
-            duration(site["lag_ms"]),
+            lag(site["lag_ms"]),
             age(site["last_applied_ms"], now_ms),
             str(site["rows_applied"]),
             str(site["foreign_rows_refused"]),
@@ -262,7 +281,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
         peers.add_row(
             Text(f"{peer['site_id'] or '?'}\n{peer['address']}"),
             Text(peer["state"], style=STATE_STYLES.get(peer["state"], "red")),
-            duration(peer["lag_ms"]),
+            lag(peer["lag_ms"]),
             _lag_out(peer),
             age(peer["last_batch_ms"], now_ms),
             f"{size(peer['bytes_in'])} / {size(peer['bytes_out'])}",
@@ -390,12 +409,13 @@ def print_file_status(report: StoreStatus) -> None:
     peers.add_column("last batch", justify="right")
     for peer in report.peers:
         lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
+        behind = NOT_KNOWN if lag_ms is None else duration(lag_ms)
         # The file knows only what the peer's last batch said: never "caught
         # up" about a peer that may have written much since.
         as_of = f"as of {clock(peer.last_applied_ms)}" if peer.last_applied_ms else "never heard"
         peers.add_row(
             Text(f"{peer.site_id}\n{peer.address}"),
-            f"none {as_of}" if lag_ms == 0 else f"{duration(lag_ms)} {as_of}",
+            f"none {as_of}" if lag_ms == 0 else f"{behind} {as_of}",
             f"{peer.applied_rows:,}",
             age(peer.last_applied_ms, now_ms),
         )

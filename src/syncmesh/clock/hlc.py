@@ -128,13 +128,17 @@ class HybridClock:
         return successor
 
 
-def feed_lag_ms(cursor: int, head: int) -> int:
-    """How far a cursor trails a head of the same feed, in milliseconds.
+def feed_lag_ms(cursor: int, head: int) -> int | None:
+    """How far a cursor trails a head of the same feed, in milliseconds; None if unknown.
 
     Seqs are HLC values, so their wall-clock parts tell the age of the
-    changes not yet applied; a cursor of 0 (nothing applied yet) counts
-    from the epoch, which reads as "far behind", as it should.
+    changes not yet applied.  A cursor of 0 (nothing applied yet) says
+    nothing of how old the first change not applied is: None, shown as
+    "not known yet", never the time since 1970 ("20795 d behind" of a
+    healthy peer in its first seconds: new-user report).
     """
     if cursor >= head:
         return 0
+    if cursor <= 0:
+        return None
     return max(1, wall_ms_of(head) - wall_ms_of(cursor))

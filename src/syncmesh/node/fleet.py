@@ -144,7 +144,9 @@ class FleetSiteStatistics:
     stream_seq: int
     last_stream_seq: int
     head_seq: int
-    lag_ms: int  # how much older our position is than its newest message (0: caught up)
+    # How much older our position is than its newest message (0: caught up;
+    # None: not known, as nothing of it was applied yet).
+    lag_ms: int | None
     messages_applied: int
     rows_applied: int
     duplicates: int

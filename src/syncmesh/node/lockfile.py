@@ -1,16 +1,29 @@
 """The serve lock: one node per database file, and where to find it.
 
-`syncmesh serve shop.db` holds an exclusive `flock` on `shop.db.serve.lock`
-for as long as it runs, and writes into it its pid and, once bound, its
-addresses (JSON).  A second `serve` on the same file cannot take the lock
-and refuses, naming the first; `syncmesh status shop.db` reads the lock to
-find the running node's live view.
+`syncmesh serve shop.db` holds an exclusive `flock` on the database file
+itself for as long as it runs: that is the lock.  A second `serve` on the
+same file cannot take it and refuses, naming the first.  Next to the file,
+`shop.db.serve.lock` (also flocked) tells the holder's pid, host and, once
+bound, its addresses (JSON); `syncmesh status shop.db` reads it to find the
+running node's live view.
 
-Why flock and not only the pid: the kernel drops a flock when its process
-dies, however it dies, so a lock left behind by a killed node is stale by
-construction and the next `serve` takes it over; the pid in the file names
-the holder in messages, and is checked too (a lock whose pid is gone is
-stale even where flock is not honoured, as on some network file systems).
+Why the database file and not only the lock file: a lock on a file that
+can be deleted is fooled by deleting it (a tidy-up script, a user cleaning
+up after a crash); the next `serve` made a new lock file, locked that, and
+two nodes ran on one database (new-user report).  The database cannot be
+deleted from under a running node without the operator knowing it.  A
+flock is the process's own (SQLite's POSIX locks on the same file are a
+separate kind on local file systems and do not meet it), and the kernel
+drops it when the process dies, however it dies: a lock left by a killed
+node is stale by construction and the next `serve` takes it over.  The
+node writes its lock file again if it goes missing (`republish`), so
+`status` keeps finding it.
+
+Closing any descriptor of the database drops the process's POSIX locks on
+it, SQLite's included: the descriptor is held until `release()`, after the
+node closed its connections, and `running_holder` (which other processes,
+applications among them, call) never opens the database, only the lock file
+and, where the lock file is gone, `/proc/locks`.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,10 +54,15 @@ class LockHolder:
     listen: str  # the peer address, HOST:PORT ("" until bound)
     api: str  # the HTTP API's HOST:PORT (the same as listen unless [api] listen)
     scheme: str  # "http" or "https"
+    host: str = ""  # the holder's host name ("" in lock files of older versions)
 
     @property
     def api_url(self) -> str:
         return f"{self.scheme}://{self.api}" if self.api else ""
+
+    def named(self) -> str:
+        """Who holds the lock, in messages: "pid 4242 on host db1"."""
+        return f"pid {self.pid}" + (f" on host {self.host}" if self.host else "")
 
 
 def lock_path(database: str | Path) -> Path:
@@ -54,42 +73,105 @@ class ServeLock:
     """The exclusive lock of one serving node; `acquire()`, `publish()`, `release()`."""
 
     def __init__(self, database: str | Path) -> None:
+        self.database = Path(database)
         self.path = lock_path(database)
+        self._database_fd: int | None = None
         self._file: IO[str] | None = None
+        self._holder = LockHolder(os.getpid(), "", "", "http", socket.gethostname())
 
     def acquire(self) -> None:
-        """Take the lock or raise AlreadyServed naming the holder; a stale lock is taken over."""
+        """Take the lock or raise AlreadyServed naming the holder; a stale lock is taken over.
+
+        Creates the database file (empty: a new SQLite database) if it does
+        not exist yet, for `serve --create`: the lock must be taken before
+        anything opens it.
+        """
+        # 0600 as the store creates a new file (only its owner may read it).
+        fd = os.open(self.database, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # nothing of ours is open on the database yet
+            raise AlreadyServed(self._refusal()) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._database_fd = fd
+        try:
+            self._open_lock_file()
+        except BaseException:
+            self._database_fd = None
+            os.close(fd)
+            raise
+
+    def _refusal(self) -> str:
+        """Who serves the database, in words: from its lock file, else from the kernel's locks."""
+        name = self.database.name
+        holder = read_holder(self.path)
+        if holder is None or not pid_alive(holder.pid):
+            pids = flock_pids(self.database)
+            holder = LockHolder(pids[0], "", "", "http", socket.gethostname()) if pids else None
+        if holder is None:
+            return (
+                f"{name} is already served by another process (it holds a lock on the file);"
+                " stop that node first, or serve another file"
+            )
+        where = f" (API {holder.api_url})" if holder.api_url else ""
+        return (
+            f"{name} is already served by {holder.named()}{where};"
+            " stop that node first, or serve another file"
+        )
+
+    def _open_lock_file(self) -> None:
+        """(Re)create the lock file, flock it for `running_holder`, and write our holder."""
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
         try:
+            # Ours by the database's lock: a process flocking the old file
+            # (an older syncmesh) could only be one that lost its database.
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = read_holder(self.path)
             handle.close()
-            if holder is not None and not pid_alive(holder.pid):
-                raise AlreadyServed(
-                    f"{self.path} is locked, but its pid {holder.pid} is gone; remove the"
-                    " file if no syncmesh serve runs on this database"
-                ) from None
-            who = "another process" if holder is None else f"pid {holder.pid}"
-            where = f" (API {holder.api_url})" if holder is not None and holder.api_url else ""
-            raise AlreadyServed(
-                f"{self.path.name.removesuffix(SUFFIX)} is already served by {who}{where};"
-                " stop that node first, or serve another file"
-            ) from None
+            self.path.unlink(missing_ok=True)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if self._file is not None:
+            self._file.close()
         self._file = handle
-        self._write(LockHolder(os.getpid(), "", "", "http"))
+        self._write(self._holder)
 
     def publish(self, listen: str, api: str, scheme: str) -> None:
         """Record the bound addresses, for `syncmesh status FILE`."""
-        self._write(LockHolder(os.getpid(), listen, api, scheme))
+        self._holder = LockHolder(os.getpid(), listen, api, scheme, socket.gethostname())
+        self._write(self._holder)
+
+    def republish(self) -> bool:
+        """Write the lock file again if it was deleted or replaced; True if it was.
+
+        The node's lock is on the database and holds without it, but
+        `status FILE` finds the node through this file.
+        """
+        if self._file is None:
+            return False
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        held = os.fstat(self._file.fileno())
+        if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino):
+            return False
+        self._open_lock_file()
+        return True
 
     def release(self) -> None:
-        if self._file is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        self._file.close()  # closing drops the flock
-        self._file = None
+        """Remove the lock file and drop the lock (the node has closed its connections)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self._file.close()
+            self._file = None
+        if self._database_fd is not None:
+            os.close(self._database_fd)  # drops the flock on the database
+            self._database_fd = None
 
     def _write(self, holder: LockHolder) -> None:
         assert self._file is not None
@@ -98,6 +180,7 @@ class ServeLock:
         json.dump(
             {
                 "pid": holder.pid,
+                "host": holder.host,
                 "listen": holder.listen,
                 "api": holder.api,
                 "scheme": holder.scheme,
@@ -117,6 +200,7 @@ def read_holder(path: Path) -> LockHolder | None:
             str(document.get("listen", "")),
             str(document.get("api", "")),
             str(document.get("scheme", "http")),
+            str(document.get("host", "")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -125,12 +209,13 @@ def read_holder(path: Path) -> LockHolder | None:
 def running_holder(database: str | Path) -> LockHolder | None:
     """The node serving `database` now, or None if none does (no lock, or a stale one)."""
     path = lock_path(database)
-    if not path.exists():
-        return None
     try:
         handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError:
-        return None
+        # No lock file: none runs, or one whose lock file was deleted a
+        # moment ago (it writes it again); the kernel knows the latter.
+        pids = flock_pids(database)
+        return LockHolder(pids[0], "", "", "http", socket.gethostname()) if pids else None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -150,3 +235,32 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, owned by someone else
     return True
+
+
+def flock_pids(path: str | Path) -> list[int]:
+    """Pids holding a flock on `path`, from Linux's /proc/locks ([] where it cannot tell).
+
+    Reads the kernel's table and opens nothing: opening and closing the
+    database would drop this process's POSIX locks on it (SQLite's).
+    """
+    try:
+        info = os.stat(path)
+        table = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return []
+    pids: list[int] = []
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" ("->" marks waiters)
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if int(inode) != info.st_ino or os.makedev(int(major, 16), int(minor, 16)) != (
+                info.st_dev
+            ):
+                continue
+            pids.append(int(fields[4]))
+        except ValueError:
+            continue
+    return [pid for pid in pids if pid != os.getpid()]

@@ -101,7 +101,9 @@ class PeerStatistics:
     state: PeerState
     cursor: int
     peer_head_seq: int
-    lag_ms: int  # how much older our cursor is than the peer's head (0: caught up)
+    # How much older our cursor is than the peer's head (0: caught up; None:
+    # not known, as nothing of the peer's feed was applied yet).
+    lag_ms: int | None
     # Reading the peer's feed up to its head (bootstrap, or after a partition):
     # None once caught up; see syncmesh.node.catchup.
     catchup_progress: float | None  # 0..1 of the way from the session's start
@@ -975,7 +977,7 @@ def _peer_statistics(
     last_error: str,
     reconnects: int,
     *,
-    out_lag: tuple[int, int] | None,
+    out_lag: tuple[int, int | None] | None,
     verified: VerifyOutcome | None,
     times: tuple[int, int] = (0, 0),
 ) -> PeerStatistics:

@@ -39,6 +39,7 @@ from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.mismatch import SchemaComparison, compare
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import (
+    OFF_LOOP_BYTES,
     Ack,
     Batch,
     Have,
@@ -49,6 +50,8 @@ from syncmesh.protocol import (
     Refuse,
     decode,
     encode,
+    pack,
+    seal,
 )
 
 # `Node.register` words its refusal of a second session with this prefix.
@@ -169,6 +172,69 @@ class PeerLink:
         for part in batch.tables:
             share = frame_bytes * len(part.rows) // total if total else 0
             self.bytes_in_by_table[part.table] = self.bytes_in_by_table.get(part.table, 0) + share
+
+
+async def _encoded(message: Message) -> bytes:
+    """`encode(message)`, compressed in a thread when large (the loop keeps answering pings)."""
+    payload = pack(message)
+    if len(payload) >= OFF_LOOP_BYTES:
+        return await asyncio.to_thread(seal, payload)
+    return seal(payload)
+
+
+class FrameReadAhead:
+    """Reads a session's channel ahead of the frames it is handling.
+
+    aiohttp answers a peer's ping only inside `receive()`.  The session used
+    to call it again only once the previous frame was handled: while a
+    large batch (one 30 MB row) was decoded and applied, the peer's pings
+    went unanswered, its heartbeat saw no pong and it dropped the session,
+    again at each retry (new-user report).  This task keeps receiving while
+    the session works, so pings are answered, and hands the frames over in
+    order, then the channel's error once they are all taken.  Frames not
+    taken yet are held up to `budget_bytes` (the message limit), then it
+    waits: a peer cannot make it hold more than that and one frame.
+    """
+
+    def __init__(self, channel: Channel, budget_bytes: int) -> None:
+        self._channel = channel
+        self._budget_bytes = budget_bytes
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._held_bytes = 0
+        self._error: Exception | None = None
+        self._arrived = asyncio.Event()
+        self._taken = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def next(self) -> bytes:
+        """The next frame; the channel's error once every frame before it was taken."""
+        while not self._frames:
+            if self._error is not None:
+                raise self._error
+            self._arrived.clear()
+            await self._arrived.wait()
+        frame = self._frames.popleft()
+        self._held_bytes -= len(frame)
+        self._taken.set()
+        return frame
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                while self._held_bytes >= self._budget_bytes:
+                    self._taken.clear()
+                    await self._taken.wait()
+                frame = await self._channel.receive()
+                self._frames.append(frame)
+                self._held_bytes += len(frame)
+                self._arrived.set()
+        except Exception as exc:  # handed to the session in order, after the frames
+            self._error = exc
+            self._arrived.set()
 
 
 class SessionHost(Protocol):
@@ -437,28 +503,38 @@ class Session:
         await self._send(Pull(hello.incarnation, cursor, vector, restoring))
 
     async def _receive_loop(self) -> None:
-        while True:
-            frame = await self._channel.receive()
-            self.link.bytes_in += len(frame)
+        reader = FrameReadAhead(self._channel, self._host.config.message_bytes_max)
+        try:
+            while True:
+                await self._handle(await reader.next())
+        finally:
+            await reader.stop()
+
+    async def _handle(self, frame: bytes) -> None:
+        """One frame from the peer, in the order it came (the channel is read meanwhile)."""
+        self.link.bytes_in += len(frame)
+        if len(frame) >= OFF_LOOP_BYTES:
+            message = await asyncio.to_thread(self._decode, frame)
+        else:
             message = self._decode(frame)
-            if isinstance(message, Batch):
-                await self._apply(message.batch, len(frame))
-            elif isinstance(message, Ack):
-                self._on_ack(message)
-            elif isinstance(message, Have):
-                self._learn_peer_vector(message.vector)
-            elif isinstance(message, Members):
-                site = self.link.site_id
-                await self._host.worker.call(self._host.store.note_gossip, site, message.membership)
-            elif isinstance(message, Pull):
-                if self._sender is not None:
-                    raise ProtocolError("second PULL in one session")
-                self._sender = asyncio.create_task(self._send_loop(message))
-                self._sender.add_done_callback(self._sender_done)
-            elif isinstance(message, Refuse):
-                raise refused_by_peer(f"peer {self.link.site_id} ended the session", message)
-            else:
-                raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
+        if isinstance(message, Batch):
+            await self._apply(message.batch, len(frame))
+        elif isinstance(message, Ack):
+            self._on_ack(message)
+        elif isinstance(message, Have):
+            self._learn_peer_vector(message.vector)
+        elif isinstance(message, Members):
+            site = self.link.site_id
+            await self._host.worker.call(self._host.store.note_gossip, site, message.membership)
+        elif isinstance(message, Pull):
+            if self._sender is not None:
+                raise ProtocolError("second PULL in one session")
+            self._sender = asyncio.create_task(self._send_loop(message))
+            self._sender.add_done_callback(self._sender_done)
+        elif isinstance(message, Refuse):
+            raise refused_by_peer(f"peer {self.link.site_id} ended the session", message)
+        else:
+            raise ProtocolError(f"unexpected {type(message).__name__.upper()} mid-session")
 
     def _decode(self, frame: bytes) -> Message:
         """The trust boundary: every frame from the peer, checked against our limits."""
@@ -690,7 +766,7 @@ class Session:
                 await self._send(Have(await worker.call(store.vector)))
                 await asyncio.sleep(config.relay_hold_ms / 1000)
                 batch = _refiltered(batch, self._filter_vector())
-            frame = encode(Batch(batch))
+            frame = await _encoded(Batch(batch))
             too_many = batch.row_count > limits.rows_max
             if too_many or len(frame) > limits.bytes_max:
                 # Wide rows (large blobs), or a seq group of more rows than a

@@ -1,6 +1,14 @@
 """The sync protocol's messages and their encoding: pure, no I/O."""
 
-from syncmesh.protocol.codec import FRAME_BYTES_MAX, ROWS_PER_MESSAGE_MAX, decode, encode
+from syncmesh.protocol.codec import (
+    FRAME_BYTES_MAX,
+    OFF_LOOP_BYTES,
+    ROWS_PER_MESSAGE_MAX,
+    decode,
+    encode,
+    pack,
+    seal,
+)
 from syncmesh.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -16,6 +24,7 @@ from syncmesh.protocol.messages import (
 
 __all__ = [
     "FRAME_BYTES_MAX",
+    "OFF_LOOP_BYTES",
     "PROTOCOL_VERSION",
     "ROWS_PER_MESSAGE_MAX",
     "Ack",
@@ -29,4 +38,6 @@ __all__ = [
     "TableSchema",
     "decode",
     "encode",
+    "pack",
+    "seal",
 ]

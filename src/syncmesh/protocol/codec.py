@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from dataclasses import replace
 from typing import Any, assert_never
 
@@ -73,11 +74,37 @@ _SCALARS = (type(None), str, bytes)
 # msgpack extension type of a TEXT value whose bytes are not valid UTF-8.
 EXT_TEXT_NOT_UTF8 = 1
 _RAW, _ZSTD = 0, 1
-_compressor = zstandard.ZstdCompressor(level=3)
-_decompressor = zstandard.ZstdDecompressor()
+# Frames at least this large are packed and sealed, or decoded, off the
+# event loop by a session (`pack` + `seal`, `decode`, in a thread): a 30 MB
+# row took the loop for a quarter of a second each way, and a ping waiting
+# that long missed its pong (new-user report).  Below it a thread hop costs
+# more than it saves.
+OFF_LOOP_BYTES = 1 << 20
+# zstd contexts are not thread-safe: one pair per thread that codes frames.
+_zstd = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    compressor: zstandard.ZstdCompressor | None = getattr(_zstd, "compressor", None)
+    if compressor is None:
+        compressor = _zstd.compressor = zstandard.ZstdCompressor(level=3)
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor: zstandard.ZstdDecompressor | None = getattr(_zstd, "decompressor", None)
+    if decompressor is None:
+        decompressor = _zstd.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 def encode(message: Message) -> bytes:
+    """The frame of `message`: `seal(pack(message))`."""
+    return seal(pack(message))
+
+
+def pack(message: Message) -> bytes:
+    """The message as msgpack, not yet framed (`seal` frames it, in any thread)."""
     plain = _to_plain(message)
     try:
         payload = msgpack.packb(plain, use_bin_type=True)
@@ -93,8 +120,13 @@ def encode(message: Message) -> bytes:
             for entry in plain["tables"]
         ]
         payload = msgpack.packb(plain, use_bin_type=True)
+    return payload
+
+
+def seal(payload: bytes) -> bytes:
+    """The frame of a packed message: flag byte, then the payload, compressed if it pays."""
     if len(payload) >= COMPRESS_BYTES_MIN:
-        return bytes([_ZSTD]) + _compressor.compress(payload)
+        return bytes([_ZSTD]) + _compressor().compress(payload)
     return bytes([_RAW]) + payload
 
 
@@ -174,7 +206,7 @@ def _decompress(body: bytes) -> bytes:
     try:
         chunks: list[bytes] = []
         size = 0
-        with _decompressor.stream_reader(io.BytesIO(body)) as reader:
+        with _decompressor().stream_reader(io.BytesIO(body)) as reader:
             while size <= DECODED_BYTES_MAX:
                 chunk = reader.read(DECODED_BYTES_MAX + 1 - size)
                 if not chunk:

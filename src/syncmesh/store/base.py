@@ -170,6 +170,15 @@ class Store(VerifyStore, Protocol):
         """Handle DDL on tracked tables (ADR 0013); one line per change. Cheap if none."""
         ...
 
+    def tracked_table_warnings(self) -> list[str]:
+        """What `track` would warn about the tracked tables today, one line per risk.
+
+        For `serve` to say once at start (a trigger created after `track`, a
+        table tracked before a refusal existed); opening the store says
+        nothing, so read-only commands do not repeat it (new-user report).
+        """
+        ...
+
     def untrack(self, names: list[str]) -> None:
         """Stop syncing `names` (SchemaError if one is not tracked)."""
         ...

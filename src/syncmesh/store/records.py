@@ -83,9 +83,10 @@ class LifecycleStatus:
     # Per origin: every member holds its writes stamped at or below this.
     frontier: dict[str, int]
     # The member that holds the frontier back most ("" if none does), and how
-    # far behind our own vector it is, in milliseconds of its stamps.
+    # far behind our own vector it is, in milliseconds of its stamps (None:
+    # not known, as it holds nothing yet of an origin it is behind on).
     holding_back: str
-    holding_back_ms: int
+    holding_back_ms: int | None
     tombstones_waiting: int  # deleted rows' shadow rows still kept
     tombstones_collected: int  # collected here, ever
     stale_dropped: int  # arriving rows of collected keys dropped (rule 1)

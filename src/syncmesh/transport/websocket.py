@@ -44,6 +44,7 @@ from syncmesh.transport.base import (
     UnreachableError,
     VerifyHost,
 )
+from syncmesh.transport.failures import connect_failure
 from syncmesh.transport.tls import TlsFiles, client_context, client_context_for_site, site_name_of
 
 log = logging.getLogger(__name__)
@@ -207,10 +208,7 @@ async def dial(
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
-        reason = str(exc) or type(exc).__name__
-        if ssl_context is None:  # aiohttp names its TLS default even for plain http
-            reason = reason.replace(" ssl:default", "")
-        raise TransportError(url, f"cannot connect: {reason}") from exc
+        raise TransportError(url, connect_failure(url, exc)) from exc
     except BaseException:
         await session.close()
         raise
@@ -256,7 +254,7 @@ class HttpVerifyExchange:
             ) as response:
                 return response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UnreachableError(self._url, str(exc) or type(exc).__name__) from exc
+            raise UnreachableError(self._url, connect_failure(self._url, exc)) from exc
 
 
 class HttpSnapshotSource:
@@ -289,7 +287,7 @@ class HttpSnapshotSource:
             ):
                 return response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UnreachableError(self._endpoint, str(exc) or type(exc).__name__) from exc
+            raise UnreachableError(self._endpoint, connect_failure(self._endpoint, exc)) from exc
 
     async def download(
         self, snapshot_id: str, target: Path, size: int, progress: Callable[[int], None]
@@ -303,7 +301,7 @@ class HttpSnapshotSource:
             try:
                 await self._download_from(snapshot_id, target, done, progress)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                failures.append(str(exc) or type(exc).__name__)
+                failures.append(connect_failure(self._endpoint, exc))
                 log.info("snapshot download from %s broke (%s); resuming", self._base, failures[-1])
                 await asyncio.sleep(min(5.0, 0.5 * len(failures)))
         raise TransportError(

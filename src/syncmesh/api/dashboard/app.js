@@ -77,7 +77,7 @@ function renderLifecycle(lifecycle) {
   $("node-tombstones").textContent =
     `${formatCount(lifecycle.tombstones_waiting)} waiting, ${formatCount(lifecycle.tombstones_collected)} collected`;
   $("node-holding-back").textContent = lifecycle.holding_back
-    ? `${shortSite(lifecycle.holding_back)} (${formatDuration(lifecycle.holding_back_ms)} behind)`
+    ? `${shortSite(lifecycle.holding_back)} (${lifecycle.holding_back_ms === null ? "how far behind: not known yet" : `${formatDuration(lifecycle.holding_back_ms)} behind`})`
     : "nobody";
   $("node-holding-back").title = lifecycle.holding_back ?? "";
 }

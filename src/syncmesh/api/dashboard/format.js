@@ -53,8 +53,15 @@ export function formatBytes(bytes) {
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
-/** A duration in milliseconds, coarse: "0 s", "2.5 s", "4 min", "3 h", "2 d". */
+// A lag the node cannot tell (null: nothing of the feed applied yet).  Never
+// "0 s" (caught up) nor the time since 1970 (new-user report: "20795 d").
+export const NOT_KNOWN = "not known yet";
+
+/** A duration in milliseconds, coarse: "0 s", "2.5 s", "4 min", "3 h", "2 d"; null: not known. */
 export function formatDuration(ms) {
+  if (ms === null || ms === undefined) {
+    return NOT_KNOWN;
+  }
   const seconds = Math.max(0, ms) / 1000;
   if (seconds < 10) {
     return `${seconds < 0.05 ? 0 : seconds.toFixed(1).replace(/\.0$/, "")} s`;

@@ -20,7 +20,7 @@ function lagText(entry) {
     return `${inbound} · out ?`;
   }
   const changes = `${formatCount(entry.out_lag_changes)}${entry.out_lag_changes >= 10000 ? "+" : ""}`;
-  return `${inbound} · out ${changes} changes / ${formatDuration(entry.out_lag_ms ?? 0)}`;
+  return `${inbound} · out ${changes} changes / ${formatDuration(entry.out_lag_ms)}`;
 }
 
 function linkLines(peer, nowMs) {

@@ -7,7 +7,7 @@ that only one site writes it, or that its ids never collide (docs/keys.md,
 `_syncmesh_tables`, as one more field of its `spec` JSON, so that:
 
 - the warning for such a table is given only for tables tracked before the
-  refusal existed (their spec has no such field), at every open, in
+  refusal existed (their spec has no such field), when `serve` starts, in
   status and on the dashboard;
 - `track DATABASE TABLE --allow-integer-keys` of an already tracked table
   records the answer and silences the warning.

@@ -192,7 +192,7 @@ def refuse_untyped_keys(spec: TableSpec) -> None:
     inserts of both never converge.  A declared type fixes it: TEXT and
     NUMERIC store one class per value, and a BLOB-declared key is for
     binary ids (it is warned about if it may hold numbers).  Tables tracked
-    before this refusal keep syncing and are reported at every open.
+    before this refusal keep syncing and are reported when `serve` starts.
     """
     for column in untyped_key_columns(spec):
         raise SchemaError(
@@ -310,7 +310,7 @@ def allocated_key_warning(
 
     Such a table was tracked before `track` refused these keys; it keeps
     syncing (refusing it now would stop a working deployment), and this
-    says what to do at every open, in status and on the dashboard.
+    says what to do when `serve` starts, in status and on the dashboard.
     """
     how = allocated_key(connection, spec)
     if how is None:
@@ -327,7 +327,7 @@ def _key_collation_warnings(connection: sqlite3.Connection, spec: TableSpec) -> 
     """A warning per key column that compares with a collation other than BINARY.
 
     `track` refuses such tables (`refuse_key_collations`); this reports one
-    tracked before that refusal existed, at every open.
+    tracked before that refusal existed, when `serve` starts.
     """
     return [
         f"table {spec.name!r}: primary key column {column!r} has COLLATE"
@@ -460,7 +460,7 @@ _RAISE_IGNORE = re.compile(r"\bRAISE\s*\(\s*IGNORE\s*\)", re.I)
 def untyped_key_warnings(specs: Iterable[TableSpec]) -> list[str]:
     """A warning per tracked key column declared without a type (tracked before the refusal).
 
-    Shown at every open, in status and on the dashboard, as for integer keys.
+    Logged when `serve` starts, shown in status and on the dashboard, as for integer keys.
     """
     return [
         f"table {spec.name!r}: primary key column {column!r} has no declared type, so it"
@@ -475,7 +475,7 @@ def _key_affinity_warnings(spec: TableSpec) -> list[str]:
     """Key columns whose values may compare equal across storage classes.
 
     A key declared without a type is refused by `track` (`refuse_untyped_keys`):
-    this reports one tracked before, at every open.  A BLOB-declared key has
+    this reports one tracked before, when `serve` starts.  A BLOB-declared key has
     the same affinity; it is accepted, as binary ids are what it is for, with
     a warning to keep numbers out of it.  (INTEGER, REAL, NUMERIC and TEXT
     keys store one storage class per value: SQLite turns 1.0 into 1 in an
@@ -526,6 +526,6 @@ def apply_warnings(connection: sqlite3.Connection, spec: TableSpec) -> list[str]
                 " apply checks every write), not lost; it waits until the data changes."
             )
     warnings.extend(_key_affinity_warnings(spec))
-    # At every open too: a trigger created after `track` is named at start.
+    # At `serve` start too: a trigger created after `track` is named then.
     warnings.extend(application_trigger_warnings(connection, spec.name))
     return warnings

@@ -474,14 +474,22 @@ def status(ctx: StoreContext) -> LifecycleStatus:
     stable, vectors = frontier(ctx)
     ours = vectors[own]
     behind: dict[str, int] = {}
-    lag: dict[str, int] = {}
+    lag: dict[str, int | None] = {}
     for origin, hlc in stable.items():
         if hlc >= ours.get(origin, 0):
             continue
         for site, vector in vectors.items():
             if site != own and vector.get(origin, 0) == hlc:
                 behind[site] = behind.get(site, 0) + 1
-                lag[site] = max(lag.get(site, 0), wall_ms_of(ours.get(origin, 0)) - wall_ms_of(hlc))
+                # A member that holds nothing of the origin (a 0 stamp: nothing
+                # heard of it yet, as in a node's first seconds) is behind by an
+                # unknown time, not by the time since 1970 (new-user report).
+                known = lag.get(site, 0)
+                lag[site] = (
+                    None
+                    if hlc == 0 or known is None
+                    else max(known, wall_ms_of(ours.get(origin, 0)) - wall_ms_of(hlc))
+                )
     holding = ""
     if behind:
         holding = max(behind, key=lambda site: (behind[site], -members.get(site, ({}, 0, 0))[2]))
@@ -500,7 +508,7 @@ def status(ctx: StoreContext) -> LifecycleStatus:
         tuple(sorted(site for site, (_, gone, _) in members.items() if gone)),
         stable,
         holding,
-        lag.get(holding, 0),
+        lag.get(holding, 0) if holding else 0,
         waiting,
         int(collected),
         int(dropped),

@@ -101,7 +101,6 @@ class SqliteStore:
             ctx.load()
             opening.upgrade(ctx)
             vector.mark_run_start(ctx)
-            tracking.check_tracked_tables(ctx)
         return cls(ctx)
 
     @staticmethod
@@ -180,6 +179,10 @@ class SqliteStore:
         Cheap when nothing changed (one PRAGMA).  Each problem says the fix.
         """
         return tracking.schema_problems(self.context)
+
+    def tracked_table_warnings(self) -> list[str]:
+        """What `track` would warn about the tracked tables today (`serve` logs it at start)."""
+        return tracking.tracked_table_warnings(self.context)
 
     def reconcile_schema(self) -> list[str]:
         """Handle DDL run on tracked tables by any tool; one line per change handled.

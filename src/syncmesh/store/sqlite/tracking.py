@@ -273,18 +273,19 @@ def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress 
     log.info("tracking table %s (%d existing rows)", spec.name, rows)
 
 
-def check_tracked_tables(ctx: StoreContext) -> None:
-    """Log what `track` would warn about the tracked tables today (at open).
+def tracked_table_warnings(ctx: StoreContext) -> list[str]:
+    """What `track` would warn about the tracked tables today, each once, "tracked table ...".
 
     Tables tracked before these checks existed (issue 12) get them too;
-    a table that is gone or altered is `schema_problems`' to report.
+    a table that is gone or altered is `schema_problems`' to report.  Not
+    logged at open: every read-only command (`status`, `verify`) opened the
+    store and repeated them (new-user report); `serve` logs them at start.
     """
+    found: list[str] = []
     for table in ctx.tables.values():
         try:
-            warnings = apply_warnings(ctx.connection, table.spec)
+            found.extend(apply_warnings(ctx.connection, table.spec))
         except sqlite3.Error:
             continue
-        for warning in warnings:
-            log.warning("tracked %s", warning)
-    for warning in integer_keys.warnings(ctx):
-        log.warning("tracked %s", warning)
+    found.extend(integer_keys.warnings(ctx))
+    return [f"tracked {warning}" for warning in dict.fromkeys(found)]
