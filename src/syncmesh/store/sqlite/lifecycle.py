@@ -320,7 +320,7 @@ def forget(ctx: StoreContext, site: str) -> bool:
 
 
 def frontier(
-    ctx: StoreContext, direct: dict[str, Vector] | None = None
+    ctx: StoreContext, direct: dict[str, Vector] | None = None, own_held: Vector | None = None
 ) -> tuple[Vector, dict[str, Vector]]:
     """Per origin, the least any member holds of its writes; and the members' vectors.
 
@@ -331,6 +331,12 @@ def frontier(
     gossip says of it: a batch it read before it held a delete may still be
     on its way to us, ahead of the message that says it holds it, while
     gossip from a third node can overtake it.
+
+    `own_held` (a node on a fleet stream, docs/adr/0017): what we hold of
+    the fleet sites' writes, which our vector does not say (the stream's
+    batches carry none); our own entry is then only our writes already on
+    the stream, not every write we made: a delete not published yet is
+    held by nobody else, whatever the others' claims say.
     """
     own = ctx.site_id()
     vectors = {
@@ -342,21 +348,44 @@ def frontier(
         if site in vectors:
             vectors[site] = vector
     vectors[own] = ctx.vector()
+    if own_held is not None:
+        mine = {origin: hlc for origin, hlc in vectors[own].items() if origin != own}
+        _max_merge(mine, {origin: hlc for origin, hlc in own_held.items() if origin != own})
+        mine[own] = own_held.get(own, 0)
+        vectors[own] = mine
     origins = {origin for vector in vectors.values() for origin in vector}
     return {
         origin: min(vector.get(origin, 0) for vector in vectors.values()) for origin in origins
     }, vectors
 
 
-def begin_pass(ctx: StoreContext, direct: dict[str, Vector]) -> CollectPass:
+def begin_pass(
+    ctx: StoreContext, direct: dict[str, Vector], own_held: Vector | None = None
+) -> CollectPass:
     """Refresh the membership and fix the frontier for one pass over the tables.
 
     `direct`: the vectors of the peers in session with us, as they sent them.
+    `own_held` (a fleet node): what we hold of the fleet sites' writes; the
+    pass then also has a *ceiling*, the least frontier entry over the
+    origins that are not forgotten (docs/adr/0017): a tombstone stamped at or below it was
+    deleted after every live state it beat began, so rule 1 (whose
+    horizon is at or above the ceiling for every member) drops any such
+    state arriving late, whatever path it takes: an old batch read again,
+    a copy from the compacted state stream.
     """
     with ctx.transaction():
         refresh(ctx)
-        stable, _ = frontier(ctx, direct)
-    return CollectPass(stable, sorted(ctx.tables))
+        stable, vectors = frontier(ctx, direct, own_held)
+        if own_held is None:
+            return CollectPass(stable, sorted(ctx.tables))
+        # Over the origins of writes (a site that never wrote started no
+        # life), but not a forgotten site's: it writes no more, and its
+        # last writes would hold the ceiling back for good.
+        gone = {site for site, (_, forgotten, _) in _members(ctx).items() if forgotten}
+        origins = {origin: hlc for origin, hlc in stable.items() if origin not in gone}
+        origin = min(origins, key=lambda name: (origins[name], name))
+        holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
+    return CollectPass(stable, sorted(ctx.tables), origins[origin], held_back_by=(holder, origin))
 
 
 def collect_step(ctx: StoreContext, state: CollectPass, rows_max: int) -> CollectStep:
@@ -424,6 +453,7 @@ def _collect_some(
             and cl_hlc is not None
             and cl_site is not None
             and cl_hlc <= state.frontier.get(sites.site(cl_site), 0)
+            and (state.ceiling is None or cl_hlc <= state.ceiling)
         ):
             stable.append(row)
     if not stable:

@@ -1,0 +1,257 @@
+"""Tombstone collection on a NATS fleet (issues 15 and 16, docs/adr/0017-fleet-claims.md).
+
+Real `syncmesh serve --nats` processes on the module's real 3-server
+JetStream cluster (tests/nats_cluster.py), all on 127.0.0.1; writes and
+every look at the files go through the sqlite3 shell.  Fleet sites send no
+vectors: each puts a claim of what it holds on the state stream, and a
+node counts a claim once it applied the claimant's chain as far as the
+claim says.  Collection rounds run every 0.3 s here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.nats_cluster import NatsCluster
+from tests.nodeproc import Cluster, NodeProcess, make_db, run_cli, wait_converged, wait_for
+from tests.test_lifecycle_multiprocess import ids, shell, tombstones
+from tests.test_nats import (
+    FAST_STATUS,
+    SCHEMA,
+    _make_small_stream,
+    _publish_one_by_one,
+    describe,
+    fleet_name,
+    site_id,
+)
+
+pytestmark = pytest.mark.multiprocess
+
+FAST = {**FAST_STATUS, "SYNCMESH_LIFECYCLE_INTERVAL_S": "0.3"}
+TIMEOUT_S = 45.0
+
+
+def fleet_node(
+    cluster: Cluster,
+    name: str,
+    servers: NatsCluster,
+    fleet: str,
+    *,
+    peers: list[NodeProcess] | None = None,
+) -> NodeProcess:
+    db = make_db(cluster.directory / f"{name}.db", SCHEMA)
+    nats_args = [arg for url in servers.urls for arg in ("--nats", url)]
+    return cluster.node(
+        name, db, extra_args=(*nats_args, "--cluster", fleet), env=FAST, peers=peers or []
+    )
+
+
+def lifecycle(node: NodeProcess) -> dict[str, Any]:
+    found = node.status()["lifecycle"]
+    assert isinstance(found, dict)
+    return found
+
+
+def store_lifecycle(node: NodeProcess) -> dict[str, Any]:
+    found = node.status()["store"]["lifecycle"]
+    assert isinstance(found, dict)
+    return found
+
+
+def stale_dropped(path: Path) -> int:
+    return int(shell(path, "SELECT stale_dropped FROM _syncmesh_lifecycle"))
+
+
+def wait_rounds(node: NodeProcess, rounds: int) -> None:
+    start = lifecycle(node)["rounds"]
+    wait_for(
+        lambda: lifecycle(node)["rounds"] >= start + rounds,
+        TIMEOUT_S,
+        f"{rounds} more collection rounds at {node.name}",
+    )
+
+
+def test_a_fleet_collects_a_delete_once_every_site_holds_it_and_an_offline_site_holds_back(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: fleet sites collect tombstones on causal stability, as WebSocket meshes do.
+
+    Method: three fleet sites, no WebSocket peer.  A delete made while all
+    three run is collected at all three (each publishes a claim).  Then c
+    stops: a delete made now must stay at a and b (c's last claim predates
+    it) while rounds go by, with status naming c; `syncmesh forget` of c on
+    a's file reaches b through a's claim, and both collect.
+    """
+    fleet = fleet_name()
+    a, b, c = (fleet_node(cluster, name, nats_cluster, fleet) for name in "abc")
+    cluster.start(a, b, c)
+    nodes = [a, b, c]
+    paths = [node.db for node in nodes]
+    shell(a.db, "INSERT INTO items VALUES ('k1', 'one', 1), ('k2', 'two', 2), ('k3', 'three', 3)")
+    wait_converged(
+        paths,
+        "items",
+        TIMEOUT_S,
+        check=lambda rows: len(rows) == 3,
+        describe=describe(cluster, nats_cluster),
+    )
+    shell(b.db, "DELETE FROM items WHERE id = 'k3'")
+    wait_for(
+        lambda: all(ids(path) == "k1,k2" and tombstones(path) == 0 for path in paths),
+        TIMEOUT_S,
+        "the tombstone of k3 collected at every site",
+        describe(cluster, nats_cluster),
+    )
+    for node in nodes:
+        assert lifecycle(node)["collected"] >= 1, lifecycle(node)
+        assert node.status()["fleet"]["claims_published"] >= 1
+
+    c_site = site_id(c)
+    c.stop()
+    shell(b.db, "DELETE FROM items WHERE id = 'k1'")
+    wait_for(lambda: ids(a.db) == "k2", TIMEOUT_S, "the delete of k1 at a")
+    wait_rounds(a, 5)
+    wait_rounds(b, 2)
+    assert tombstones(a.db) == 1, "c does not hold the delete of k1: a keeps its tombstone"
+    assert tombstones(b.db) == 1
+    assert c_site in lifecycle(a)["held_back"], lifecycle(a)
+    assert store_lifecycle(a)["tombstones_waiting"] == 1
+
+    result = run_cli("forget", str(a.db), c_site)
+    assert f"site {c_site} forgotten" in result.stdout
+    wait_for(
+        lambda: tombstones(a.db) == 0 and tombstones(b.db) == 0,
+        TIMEOUT_S,
+        "the tombstone of k1 collected at a and b after the forget",
+        describe(cluster, nats_cluster),
+    )
+    assert c_site in store_lifecycle(b)["forgotten"], "b learned the forget from a's claim"
+    assert ids(a.db) == "k2"
+    assert ids(b.db) == "k2"
+
+
+def test_a_stale_copy_from_the_state_stream_does_not_bring_a_collected_row_back(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: no resurrection when an old state-stream copy arrives after the collection.
+
+    The state stream keeps each site's latest copy of each of its *own*
+    rows: a's insert of k1 stays there as a live copy after b deleted k1
+    (the tombstone is b's, so a publishes nothing new of the row).  Method:
+    a small changes stream (4 messages); a inserts k1, b deletes it, both
+    collect the tombstone.  b stops; a publishes 6 more messages, so the
+    stream drops a's messages past b's position: b restarts with a gap and
+    bootstraps a's rows from the state stream, stale k1 copy included.  The
+    copy must be dropped (rule 1: its causal length was stamped below b's
+    horizon, which the fleet's collection ceiling keeps above every life a
+    collected delete ended), counted in `stale_dropped`, and k1 stay gone
+    at both sites.
+    """
+    fleet = fleet_name()
+    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=4))
+    a, b = (fleet_node(cluster, name, nats_cluster, fleet) for name in "ab")
+    cluster.start(a, b)
+    shell(a.db, "INSERT INTO items VALUES ('k1', 'from a', 1)")
+    wait_for(lambda: ids(b.db) == "k1", TIMEOUT_S, "a's insert at b")
+    shell(b.db, "DELETE FROM items WHERE id = 'k1'")
+    wait_for(
+        lambda: all(ids(p) == "" and tombstones(p) == 0 for p in (a.db, b.db)),
+        TIMEOUT_S,
+        "the tombstone of k1 collected at a and b",
+        describe(cluster, nats_cluster),
+    )
+    assert stale_dropped(b.db) == 0
+    b.stop()
+    _publish_one_by_one(
+        cluster,
+        nats_cluster,
+        a,
+        [f"INSERT INTO items VALUES ('n{index}', 'later', {index})" for index in range(6)],
+    )
+    b.start().wait_until_ready()
+    wait_for(
+        lambda: b.status()["fleet"]["bootstraps"] >= 1,
+        TIMEOUT_S,
+        "b to close its gap from the state stream",
+        describe(cluster, nats_cluster),
+    )
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        TIMEOUT_S,
+        check=lambda rows: len(rows) == 6,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert "k1" not in ids(b.db).split(",")
+    assert stale_dropped(b.db) >= 1, "the stale copy of k1 reached b and was dropped"
+    wait_rounds(a, 2)
+    assert "k1" not in ids(a.db).split(",")
+
+
+def test_a_fleet_node_with_a_websocket_peer_collects_with_it_and_waits_for_a_replica(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a node on the fleet and on WebSocket collects only what all its members hold.
+
+    Method: m and f are fleet sites and m also dials f over WebSocket (a
+    fleet site in session speaks for itself twice: its session's vector and
+    its claim count together); a delete at f is collected at both.  Then a
+    local replica r, WebSocket only, dials m: r's vector cannot say what it
+    holds of the fleet's sites (the stream carries no vector, docs/adr/0017),
+    so a delete at f is not collected at m and m's status names r; after
+    `syncmesh forget r` at m it is.  No deleted row comes back anywhere.
+    """
+    fleet = fleet_name()
+    f = fleet_node(cluster, "f", nats_cluster, fleet)
+    cluster.start(f)
+    m = fleet_node(cluster, "m", nats_cluster, fleet, peers=[f])
+    cluster.start(m)
+    shell(f.db, "INSERT INTO items VALUES ('k1', 'one', 1), ('k2', 'two', 2), ('k3', 'three', 3)")
+    wait_converged([f.db, m.db], "items", TIMEOUT_S, check=lambda rows: len(rows) == 3)
+    shell(f.db, "DELETE FROM items WHERE id = 'k3'")
+    wait_for(
+        lambda: all(ids(p) == "k1,k2" and tombstones(p) == 0 for p in (f.db, m.db)),
+        TIMEOUT_S,
+        "the tombstone of k3 collected at f and m",
+        describe(cluster, nats_cluster),
+    )
+
+    r_db = make_db(cluster.directory / "r.db", SCHEMA)
+    r = cluster.node("r", r_db, peers=[m], env=FAST)
+    cluster.start(r)
+    wait_for(lambda: ids(r.db) == "k1,k2", TIMEOUT_S, "r to sync with m")
+    r_site = r.status()["site_id"]
+    shell(f.db, "DELETE FROM items WHERE id = 'k1'")
+    wait_for(
+        lambda: ids(m.db) == "k2" and ids(r.db) == "k2", TIMEOUT_S, "the delete of k1 at m and r"
+    )
+    wait_rounds(m, 5)
+    assert tombstones(m.db) == 1, "r cannot say it holds f's delete: m keeps the tombstone"
+    print(
+        "DEBUG",
+        lifecycle(m),
+        store_lifecycle(m),
+        shell(m.db, "SELECT * FROM _syncmesh_members"),
+        "\nVM",
+        shell(m.db, "SELECT * FROM _syncmesh_vector"),
+        "\nVR",
+        shell(r.db, "SELECT * FROM _syncmesh_vector"),
+        site_id(m),
+        site_id(f),
+        r_site,
+    )
+    assert r_site in lifecycle(m)["held_back"], lifecycle(m)
+    result = run_cli("forget", str(m.db), r_site)
+    assert f"site {r_site} forgotten" in result.stdout
+    wait_for(
+        lambda: tombstones(m.db) == 0 and tombstones(f.db) == 0,
+        TIMEOUT_S,
+        "the tombstone of k1 collected at m after forgetting r",
+        describe(cluster, nats_cluster),
+    )
+    for path in (f.db, m.db):
+        assert ids(path) == "k2"
