@@ -11,11 +11,18 @@ claim says.  Collection rounds run every 0.3 s here.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from syncmesh.clock import pack
+from syncmesh.model import Cell, ChangeBatch, RowChange, RowState, Stamp
+from syncmesh.protocol import Batch, encode
 from tests.nats_cluster import NatsCluster
 from tests.nodeproc import Cluster, NodeProcess, make_db, run_cli, wait_converged, wait_for
 from tests.test_lifecycle_multiprocess import ids, shell, tombstones
@@ -255,3 +262,184 @@ def test_a_fleet_node_with_a_websocket_peer_collects_with_it_and_waits_for_a_rep
     )
     for path in (f.db, m.db):
         assert ids(path) == "k2"
+
+
+async def _publish_as(
+    servers: NatsCluster, subject: str, body: bytes, headers: dict[str, str]
+) -> None:
+    client = await nats.connect(servers=servers.urls)
+    try:
+        await client.jetstream().publish(subject, body, headers=headers)
+    finally:
+        await client.close()
+
+
+def _message_of(site: str, incarnation: str, from_seq: int, to_seq: int, key: str) -> bytes:
+    """A BATCH of one row that `site` inserted, as its publish loop would put it."""
+    stamp = Stamp(pack(int(time.time() * 1000), 0), site)
+    row = RowChange("items", (key,), RowState(1, stamp, {"name": Cell(f"from {site}", stamp)}))
+    batch = ChangeBatch.of_rows(
+        incarnation, from_seq, to_seq, to_seq, None, [row], {"items": ("name", "qty")}
+    )
+    return encode(Batch(batch))
+
+
+def test_a_claim_that_overtakes_the_batches_it_follows_waits_for_them(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a site's claim counts only once its batches before it are applied here.
+
+    A claim travels on the state stream, the batches on the changes stream:
+    a node can read a site's claim before the batch the site published just
+    before it.  Counted at once, the claim raises the node's horizon for
+    that site's writes past a row still on its way, and rule 1 then drops
+    that row as a collected one: a lost write.  Method: the test plays a
+    fleet site M (raw publishes on its subjects): its first message (seq
+    0..5) is applied at a; a inserts and deletes k1 (its tombstone waits
+    for M).  The test publishes M's claim (it holds everything up to now,
+    its chain up to seq 10), then, only after some rounds, M's message
+    5..10 with a row z stamped before the claim.  Until that message is
+    applied a must not collect (status says why); then it collects, and z
+    is at a.
+    """
+    fleet = fleet_name()
+    a = fleet_node(cluster, "a", nats_cluster, fleet)
+    cluster.start(a)
+    wait_for(
+        lambda: a.status()["fleet"]["state"] == "streaming",
+        TIMEOUT_S,
+        "a streaming (the streams made)",
+    )
+    m_site, incarnation = uuid.uuid4().hex, uuid.uuid4().hex
+    changes = f"syncmesh.{fleet}.changes.{m_site}"
+    headers = {"Syncmesh-Site": m_site, "Syncmesh-Incarnation": incarnation}
+    asyncio.run(
+        _publish_as(
+            nats_cluster, changes, _message_of(m_site, incarnation, 0, 5, "m0"), {**headers}
+        )
+    )
+    wait_for(lambda: ids(a.db) == "m0", TIMEOUT_S, "M's first message at a")
+    shell(a.db, "INSERT INTO items VALUES ('k1', 'one', 1)")
+    shell(a.db, "DELETE FROM items WHERE id = 'k1'")
+    late_row = _message_of(m_site, incarnation, 5, 10, "z")  # stamped now: before the claim
+    time.sleep(0.01)
+    now = pack(int(time.time() * 1000), 0)
+    claim = {
+        "published": 10,
+        "held": {m_site: now, site_id(a): now},
+        "gone": [],
+        "cl_floor": 0,
+        "horizon": {},
+    }
+    asyncio.run(
+        _publish_as(
+            nats_cluster,
+            f"syncmesh.{fleet}.state.{m_site}.members",
+            json.dumps(claim).encode(),
+            headers,
+        )
+    )
+    wait_for(
+        lambda: "claims what it holds as of its seq 10" in lifecycle(a)["held_back"],
+        TIMEOUT_S,
+        "a to read M's claim and wait for M's chain",
+        describe(cluster, nats_cluster),
+    )
+    wait_rounds(a, 5)
+    assert tombstones(a.db) == 1, "M's claim must wait for M's message 5..10"
+    asyncio.run(_publish_as(nats_cluster, changes, late_row, headers))
+    wait_for(
+        lambda: tombstones(a.db) == 0,
+        TIMEOUT_S,
+        "a to collect k1 once M's chain reached the claim",
+        describe(cluster, nats_cluster),
+    )
+    assert ids(a.db) == "m0,z", "M's row z, stamped below its claim, was kept"
+    assert stale_dropped(a.db) == 0
+
+
+def test_collection_waits_for_the_lives_a_delete_ended_so_a_reread_stream_brings_none_back(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a fleet node collects a delete only once rule 1 covers every life it ended.
+
+    The stream is read again from its start when a table is tracked (or
+    the file was restored): old batches then arrive after a collection.
+    Rule 1 drops such a row when its causal length was stamped at or below
+    the horizon of its stamping site; per-origin stability alone (the
+    deleter's writes held everywhere) would record a horizon for the
+    inserter below its insert when some site is known to hold the
+    inserter's writes only up to before that insert.  Method: the test
+    plays fleet site I: its message (seq 0..5) inserts k1 at a; a deletes
+    k1; I's claim says it holds all of a's writes, and its own only up to a
+    stamp below the insert (a claim's mark is taken before the read, so a
+    write captured in between is published above it: an honest claim).  a
+    must keep the tombstone (status naming I), and after `syncmesh track`
+    makes it read the stream again, k1 must still be deleted.  Once I's
+    next claim covers the insert, a collects, and k1 stays deleted.
+    """
+    fleet = fleet_name()
+    db = make_db(cluster.directory / "a.db", SCHEMA)
+    shell(db, "CREATE TABLE extra (id TEXT PRIMARY KEY, v TEXT)")
+    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
+    a = cluster.node("a", db, extra_args=(*nats_args, "--cluster", fleet), env=FAST)
+    cluster.start(a)
+    wait_for(lambda: a.status()["fleet"]["state"] == "streaming", TIMEOUT_S, "a streaming")
+    i_site, incarnation = uuid.uuid4().hex, uuid.uuid4().hex
+    headers = {"Syncmesh-Site": i_site, "Syncmesh-Incarnation": incarnation}
+    before_insert = pack(int(time.time() * 1000), 0)
+    time.sleep(0.01)
+    asyncio.run(
+        _publish_as(
+            nats_cluster,
+            f"syncmesh.{fleet}.changes.{i_site}",
+            _message_of(i_site, incarnation, 0, 5, "k1"),
+            headers,
+        )
+    )
+    wait_for(lambda: ids(a.db) == "k1", TIMEOUT_S, "I's insert of k1 at a")
+    shell(a.db, "DELETE FROM items WHERE id = 'k1'")
+
+    def claim(own: int) -> None:
+        body = {
+            "published": 5,
+            "held": {i_site: own, site_id(a): pack(int(time.time() * 1000), 0)},
+            "gone": [],
+            "cl_floor": 0,
+            "horizon": {},
+        }
+        asyncio.run(
+            _publish_as(
+                nats_cluster,
+                f"syncmesh.{fleet}.state.{i_site}.members",
+                json.dumps(body).encode(),
+                headers,
+            )
+        )
+
+    claim(before_insert)
+    wait_for(
+        lambda: (
+            f"writes of site {i_site} only up to stamp {before_insert}" in lifecycle(a)["held_back"]
+        ),
+        TIMEOUT_S,
+        "a to name I's writes as what holds it back",
+        describe(cluster, nats_cluster),
+    )
+    wait_rounds(a, 3)
+    assert tombstones(a.db) == 1, "the life k1's delete ended is not covered: no collection"
+    assert run_cli("track", str(a.db), "extra").returncode == 0
+    a.wait_for_log("reading the stream again", TIMEOUT_S)
+    wait_for(
+        lambda: (
+            a.status()["fleet"]["state"] == "streaming"
+            and a.status()["fleet"]["consumer_pending"] == 0
+        ),
+        TIMEOUT_S,
+        "a to read the stream again to its end",
+    )
+    wait_rounds(a, 3)
+    assert ids(a.db) == "", "I's insert read again lost to the tombstone"
+    claim(pack(int(time.time() * 1000), 0))
+    wait_for(lambda: tombstones(a.db) == 0, TIMEOUT_S, "a to collect k1 once I's claim covers it")
+    assert ids(a.db) == ""
