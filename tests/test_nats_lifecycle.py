@@ -29,10 +29,10 @@ from tests.test_lifecycle_multiprocess import ids, shell, tombstones
 from tests.test_nats import (
     FAST_STATUS,
     SCHEMA,
-    _make_small_stream,
-    _publish_one_by_one,
     describe,
     fleet_name,
+    make_small_stream,
+    publish_one_by_one,
     site_id,
 )
 
@@ -127,6 +127,9 @@ def test_a_fleet_collects_a_delete_once_every_site_holds_it_and_an_offline_site_
     assert tombstones(b.db) == 1
     assert c_site in lifecycle(a)["held_back"], lifecycle(a)
     assert store_lifecycle(a)["tombstones_waiting"] == 1
+    shown = run_cli("status", str(a.db), check=False).stdout
+    assert "fleet collection" in shown
+    assert c_site in shown
 
     result = run_cli("forget", str(a.db), c_site)
     assert f"site {c_site} forgotten" in result.stdout
@@ -159,7 +162,7 @@ def test_a_stale_copy_from_the_state_stream_does_not_bring_a_collected_row_back(
     at both sites.
     """
     fleet = fleet_name()
-    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=4))
+    asyncio.run(make_small_stream(nats_cluster, fleet, messages_max=4))
     a, b = (fleet_node(cluster, name, nats_cluster, fleet) for name in "ab")
     cluster.start(a, b)
     shell(a.db, "INSERT INTO items VALUES ('k1', 'from a', 1)")
@@ -173,7 +176,7 @@ def test_a_stale_copy_from_the_state_stream_does_not_bring_a_collected_row_back(
     )
     assert stale_dropped(b.db) == 0
     b.stop()
-    _publish_one_by_one(
+    publish_one_by_one(
         cluster,
         nats_cluster,
         a,

@@ -167,6 +167,13 @@ def lifecycle_facts(lifecycle: dict[str, Any] | None) -> list[tuple[str, str]]:
     return facts
 
 
+def _held_back_facts(rounds: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A fleet node's collection: what holds it back (docs/adr/0017-fleet-claims.md)."""
+    if not rounds or not rounds.get("held_back"):
+        return []
+    return [("fleet collection", rounds["held_back"])]
+
+
 def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
     """The fleet stream (NATS JetStream): our chain, the stream, and each other site."""
     console.print()
@@ -181,6 +188,11 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
                     "published",
                     f"{fleet['published_messages']} messages, {fleet['published_rows']} rows,"
                     f" up to seq {fleet['published_seq']}",
+                ),
+                (
+                    "claims",
+                    f"{fleet.get('claims_published', 0)} published (what we hold),"
+                    f" {fleet.get('claims_refused', 0)} of other sites refused",
                 ),
                 (
                     "stream",
@@ -232,6 +244,7 @@ def print_live_status(status: dict[str, Any]) -> None:
         *(("warning", warning) for warning in store.get("warnings", [])),
         *orphan_facts(store.get("orphans", {}), store.get("orphan_problems", [])),
         *lifecycle_facts(store.get("lifecycle")),
+        *_held_back_facts(status.get("lifecycle")),
     ]
     console.print(_facts(facts))
     console.print()
