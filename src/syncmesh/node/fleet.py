@@ -1075,8 +1075,8 @@ class Fleet:
         sites: dict[str, dict[str, int]] = {}
         waiting: dict[str, str] = {}
         for site_id in sorted(set(self._sites) | set(self._claims)):
-            if site_id == self._own:
-                continue
+            if site_id == self._own or not _hex_site(site_id):
+                continue  # (a subject token that is no site id: it has no rows here)
             claim = self._usable_claims.get(site_id)
             if claim is not None and self._usable(claim):
                 sites[site_id] = dict(claim.held)
