@@ -116,6 +116,9 @@ def test_a_fleet_collects_a_delete_once_every_site_holds_it_and_an_offline_site_
     for node in nodes:
         assert lifecycle(node)["collected"] >= 1, lifecycle(node)
         assert node.status()["fleet"]["claims_published"] >= 1
+    with a.open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    assert f'syncmesh_fleet_claims_published_total{{stream="SYNCMESH_{fleet.upper()}"}}' in metrics
 
     c_site = site_id(c)
     c.stop()

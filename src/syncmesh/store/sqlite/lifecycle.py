@@ -367,11 +367,12 @@ def begin_pass(
     `direct`: the vectors of the peers in session with us, as they sent them.
     `own_held` (a fleet node): what we hold of the fleet sites' writes; the
     pass then also has a *ceiling*, the least frontier entry over the
-    origins that are not forgotten (docs/adr/0017): a tombstone stamped at or below it was
-    deleted after every live state it beat began, so rule 1 (whose
-    horizon is at or above the ceiling for every member) drops any such
-    state arriving late, whatever path it takes: an old batch read again,
-    a copy from the compacted state stream.
+    origins that are not forgotten (docs/adr/0017).  A tombstone stamped
+    at or below it was deleted after every life it ended began, and each
+    such life was stamped at or below the horizon this pass records for
+    its stamping site, so rule 1 drops it when it arrives late, whatever
+    path it takes: an old batch read again, a copy from the compacted
+    state stream.
     """
     with ctx.transaction():
         refresh(ctx)
