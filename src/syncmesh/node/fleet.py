@@ -86,6 +86,7 @@ STATE_MARKER = "complete"
 # The state stream's token of a site's claim (docs/adr/0017): what it holds.
 CLAIM_TOKEN = "members"
 CLAIM_BYTES_MAX = 1 << 20
+CLAIM_DISCOVERY_ROUNDS = 10  # claim subjects listed once in so many rounds (the first included)
 BOOTSTRAP_MERGE_MESSAGES = 500  # state messages merged per store call while bootstrapping
 BOOTSTRAP_RETRY_S = 30.0  # a bootstrap that could not close a gap is tried again after this
 PUBLISH_TRIES_MAX = 5  # then the link is opened again (the stream tells what landed)
@@ -238,6 +239,7 @@ class Fleet:
         self._usable_claims: dict[str, _Claim] = {}  # per other site, its latest usable one
         self._claims_published = 0
         self._claims_refused = 0
+        self._claim_reads = 0
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -1018,7 +1020,14 @@ class Fleet:
         rest (sites forgotten, the cl floor) is safe to learn at once.
         """
         store, worker = self._host.store, self._host.worker
-        for site_id in await self._link.state_sites(CLAIM_TOKEN):
+        known = set(self._sites) | set(self._claims)
+        if self._claim_reads % CLAIM_DISCOVERY_ROUNDS == 0:
+            # Listing the state stream's claim subjects makes the server look
+            # through a subject per row: only now and then, for sites that
+            # claim but never published a message.
+            known |= set(await self._link.state_sites(CLAIM_TOKEN))
+        self._claim_reads += 1
+        for site_id in sorted(known):
             if site_id == self._own or not _hex_site(site_id):
                 continue
             message = await self._link.last_state(site_id, CLAIM_TOKEN)
