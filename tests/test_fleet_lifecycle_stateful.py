@@ -75,7 +75,8 @@ class FleetMachine(RuleBasedStateMachine):
         self.copies: list[dict[str, ChangeBatch]] = [{} for _ in range(SITES)]
         self.scan = [0] * SITES
         self.published = [0] * SITES
-        self.claimable: list[tuple[int, int] | None] = [None] * SITES
+        # Per site: (mark, published, what it held of the others at the mark).
+        self.claimable: list[tuple[int, int, dict[str, int]] | None] = [None] * SITES
         self.claims: list[Claim | None] = [None] * SITES
         # [reader][claimant]: messages of the claimant's chain applied; its usable claim.
         self.applied = [[0] * SITES for _ in range(SITES)]
@@ -127,6 +128,11 @@ class FleetMachine(RuleBasedStateMachine):
         """One turn of the publish loop: a mark, a read, our own rows as a message."""
         store = self.stores[site]
         mark = store.stamp_mark()
+        others = {
+            self.ids[other]: usable.held[self.ids[other]]
+            for other, usable in enumerate(self.usable[site])
+            if usable is not None
+        }
         vector = dict.fromkeys(store.vector(), HLC_MAX)
         vector.pop(self.ids[site], None)
         batch = store.read_batch(self.scan[site], vector, rows_max)
@@ -141,7 +147,7 @@ class FleetMachine(RuleBasedStateMachine):
                 self.published[site] = outgoing.to_seq
             self.scan[site] = batch.to_seq
         if batch.vector is not None:
-            self.claimable[site] = (mark, self.published[site])
+            self.claimable[site] = (mark, self.published[site], others)
 
     @rule(site=sites)
     def claim(self, site: int) -> None:
@@ -149,11 +155,9 @@ class FleetMachine(RuleBasedStateMachine):
         claimable = self.claimable[site]
         if claimable is None:
             return
-        mark, published = claimable
-        held = {self.ids[site]: mark}
-        for other, usable in enumerate(self.usable[site]):
-            if usable is not None:
-                held[self.ids[other]] = usable.held[self.ids[other]]
+        mark, published, others = claimable
+        # What it held of the others when the mark was taken (node/fleet.py).
+        held = {**others, self.ids[site]: mark}
         floor = self.stores[site].membership().cl_floor
         self.claims[site] = Claim(published, held, floor)
 

@@ -231,10 +231,11 @@ class Fleet:
         self._reread = False  # read the stream again from its start at the next open
         self._incarnation = ""
         # Claims (docs/adr/0017).  `_claimable`: (a stamp below which all our
-        # writes are on the stream, where our chain ended then); the publish
-        # loop takes a new one when `_mark_wanted`.
+        # writes are on the stream, where our chain ended then, what we held
+        # of the other sites when the stamp was taken); the publish loop takes
+        # a new one when `_mark_wanted`.
         self._mark_wanted = True
-        self._claimable: tuple[int, int] | None = None
+        self._claimable: tuple[int, int, dict[str, int]] | None = None
         self._claims: dict[str, _Claim] = {}  # per other site, its latest claim read
         self._usable_claims: dict[str, _Claim] = {}  # per other site, its latest usable one
         self._claims_published = 0
@@ -361,12 +362,16 @@ class Fleet:
             changed = host.feed_event()
             # Taken before the read: a write captured after it is stamped above it.
             mark = await worker.call(store.stamp_mark) if self._mark_wanted else None
+            # What we hold of the others now, before the read: every message of
+            # ours read before this moment is at or before `published` once the
+            # read's rows are out, so a reader that applied that far may count it.
+            others = self._held_others() if mark is not None else {}
             vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)
             if batch.to_seq == scan:
                 self._publish_waiting_since_ms = 0  # all our writes are on the stream
-                self._note_mark(mark, batch, published)
+                self._note_mark(mark, batch, published, others)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(host.config.idle_resend_s):
                         await changed.wait()
@@ -374,7 +379,7 @@ class Fleet:
             outgoing = dataclasses.replace(own_rows(batch, self._own), from_seq=published)
             if not outgoing.tables:
                 scan = batch.to_seq  # only others' writes: theirs to publish
-                self._note_mark(mark, batch, published)
+                self._note_mark(mark, batch, published, others)
                 continue
             # Kept across reconnects: the writes wait until a publish of them is acked.
             self._publish_waiting_since_ms = self._publish_waiting_since_ms or host.now_ms()
@@ -396,9 +401,11 @@ class Fleet:
             await self._publish(outgoing, frame, incarnation)
             published = scan = outgoing.to_seq
             self._published_seq = published
-            self._note_mark(mark, batch, published)
+            self._note_mark(mark, batch, published, others)
 
-    def _note_mark(self, mark: int | None, batch: ChangeBatch, published: int) -> None:
+    def _note_mark(
+        self, mark: int | None, batch: ChangeBatch, published: int, others: dict[str, int]
+    ) -> None:
         """After a read that reached our feed's head, all of it published: a claim may say so.
 
         `mark` was stamped before the read; the store gives a batch a vector
@@ -407,7 +414,7 @@ class Fleet:
         row's state (or a later one) is in our messages up to `published`.
         """
         if mark is not None and batch.vector is not None:
-            self._claimable = (mark, published)
+            self._claimable = (mark, published, others)
             self._mark_wanted = False
 
     def _note_streaming(self, subject: str, published: int) -> None:
@@ -993,12 +1000,16 @@ class Fleet:
             self._mark_wanted = True
             self._host.feed_advanced()  # an idle publish loop reads, and marks
             return
-        _mark, published = claimable
+        mark, published, others = claimable
         store = self._host.store
         membership = await self._host.worker.call(store.membership)
         body = {
             "published": published,
-            "held": self._held(),
+            # What we held of the others when the mark was taken, not now: a
+            # message we read since may carry a state older than what we hold
+            # now, and it may lie past `published` (found by `syncmesh chaos
+            # --transport nats --seed 1 --only 1 --nodes 3 --duration 6`).
+            "held": {**others, self._own: mark},
             "gone": list(membership.forgotten),
             "cl_floor": membership.cl_floor,
             "horizon": membership.horizon,
@@ -1069,14 +1080,19 @@ class Fleet:
             and site.cursor >= claim.published
         )
 
+    def _held_others(self) -> dict[str, int]:
+        """What we hold of each other fleet site's writes (their usable claims' marks)."""
+        return {
+            site_id: claim.held.get(site_id, 0)
+            for site_id, claim in self._usable_claims.items()
+            if self._usable(claim)
+        }
+
     def _held(self) -> dict[str, int]:
-        """What we hold of each fleet site's writes; our own: those on the stream."""
-        held: dict[str, int] = {}
+        """What we hold of each fleet site's writes now; our own: those on the stream."""
+        held = self._held_others()
         if self._claimable is not None:
             held[self._own] = self._claimable[0]
-        for site_id, claim in self._usable_claims.items():
-            if self._usable(claim):
-                held[site_id] = claim.held.get(site_id, 0)
         return held
 
     def holdings(self) -> FleetHoldings:
