@@ -86,7 +86,6 @@ STATE_MARKER = "complete"
 # The state stream's token of a site's claim (docs/adr/0017): what it holds.
 CLAIM_TOKEN = "members"
 CLAIM_BYTES_MAX = 1 << 20
-MARK_WAIT_S = 1.0  # a claim waits at most this long for a fresh mark
 CLAIM_DISCOVERY_ROUNDS = 10  # claim subjects listed once in so many rounds (the first included)
 BOOTSTRAP_MERGE_MESSAGES = 500  # state messages merged per store call while bootstrapping
 BOOTSTRAP_RETRY_S = 30.0  # a bootstrap that could not close a gap is tried again after this
@@ -236,7 +235,6 @@ class Fleet:
         # of the other sites when the stamp was taken); the publish loop takes
         # a new one when `_mark_wanted`.
         self._mark_wanted = True
-        self._marked = asyncio.Event()  # set when the publish loop took a mark
         self._claimable: tuple[int, int, dict[str, int]] | None = None
         self._claims: dict[str, _Claim] = {}  # per other site, its latest claim read
         self._usable_claims: dict[str, _Claim] = {}  # per other site, its latest usable one
@@ -418,7 +416,6 @@ class Fleet:
         if mark is not None and batch.vector is not None:
             self._claimable = (mark, published, others)
             self._mark_wanted = False
-            self._marked.set()
 
     def _note_streaming(self, subject: str, published: int) -> None:
         """The publish side has started: our chain's end is read and our state is marked."""
@@ -993,23 +990,8 @@ class Fleet:
             return  # no collection here: nobody needs what we hold
         while True:
             await self._read_claims()
-            await self._fresh_mark(min(MARK_WAIT_S, interval_s / 2))
             await self._publish_claim()
             await asyncio.sleep(interval_s)
-
-    async def _fresh_mark(self, wait_s: float) -> None:
-        """Ask the publish loop for a mark, with what we hold of the others now; wait a little.
-
-        An idle publish loop marks at once, so the claim says what the
-        claims just read taught us; a busy one whose reads do not reach our
-        feed's head leaves the older mark, which stays true.
-        """
-        self._marked.clear()
-        self._mark_wanted = True
-        self._host.feed_advanced()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                await self._marked.wait()
 
     async def _publish_claim(self) -> None:
         """Our claim on the state stream, if the publish loop has a mark; else ask for one."""
@@ -1038,6 +1020,9 @@ class Fleet:
             headers={HEADER_SITE: self._own, HEADER_INCARNATION: self._incarnation},
         )
         self._claims_published += 1
+        # The next claim says more: a new mark at the publish loop's next read.
+        self._mark_wanted = True
+        self._host.feed_advanced()
 
     async def _read_claims(self) -> None:
         """Each other site's latest claim; learn its forgotten sites, cl floor and horizon.
