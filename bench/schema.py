@@ -9,10 +9,20 @@ tracked table of `--rows` rows (1,000,000 by default):
 - a Django-style rebuild (create, copy, drop, rename, with a column added):
   triggers put back and the catch-up compare of every key with its shadow
   row;
-- RENAME COLUMN, for comparison (no pass over the rows).
+- RENAME COLUMN, for comparison (no pass over the rows);
+- a rebuild that drops a column (Django removing an indexed field, Alembic
+  batch `drop_column`), with 100 rows updated by the same connection right
+  after it, before the reconcile: the cells that are left are compared
+  with their per-cell fingerprints, and the fingerprints are rewritten
+  without the dropped slot;
+- a rebuild that renames a column (Alembic batch `alter_column(
+  new_column_name=)`, `sqlite-utils transform --rename`): recognised by
+  the column's values (one pass comparing them with the dropped column's
+  fingerprints), so no row is sent again.
 
 Also reports how many rows each change put in the change feed (what peers
-would be sent): 0 for all three, as no row was written meanwhile.  Prints
+would be sent): 0 where no row was written meanwhile, and the 100 updated
+rows for the rebuild that drops a column.  Prints
 one line per figure; the figures go in the closing note of issue 14.
 """
 
@@ -37,6 +47,32 @@ CREATE TABLE "new__items" ("id" TEXT NOT NULL PRIMARY KEY, "name" TEXT NULL,
     "colour" TEXT DEFAULT 'green' NOT NULL);
 INSERT INTO "new__items" ("id", "name", "qty", "price", "note", "colour")
     SELECT "id", "name", "qty", "price", "note", 'green' FROM "items";
+DROP TABLE "items";
+ALTER TABLE "new__items" RENAME TO "items";
+COMMIT;
+"""
+
+
+UPDATED_MEANWHILE = 100
+DROP_REBUILD = f"""
+BEGIN;
+CREATE TABLE "new__items" ("id" TEXT NOT NULL PRIMARY KEY, "name" TEXT NULL,
+    "qty" INTEGER NULL, "price" REAL NULL, "colour" TEXT DEFAULT 'green' NOT NULL);
+INSERT INTO "new__items" ("id", "name", "qty", "price", "colour")
+    SELECT "id", "name", "qty", "price", "colour" FROM "items";
+DROP TABLE "items";
+ALTER TABLE "new__items" RENAME TO "items";
+COMMIT;
+UPDATE items SET name = name || ' (updated)'
+    WHERE id IN (SELECT id FROM items ORDER BY id LIMIT {UPDATED_MEANWHILE});
+"""
+
+RENAME_REBUILD = """
+BEGIN;
+CREATE TABLE "new__items" ("id" TEXT NOT NULL PRIMARY KEY, "title" TEXT NULL,
+    "qty" INTEGER NULL, "price" REAL NULL, "colour" TEXT DEFAULT 'green' NOT NULL);
+INSERT INTO "new__items" ("id", "title", "qty", "price", "colour")
+    SELECT "id", "name", "qty", "price", "colour" FROM "items";
 DROP TABLE "items";
 ALTER TABLE "new__items" RENAME TO "items";
 COMMIT;
@@ -80,11 +116,18 @@ def run(rows: int, directory: Path) -> list[tuple[str, float, str]]:
             ("RENAME COLUMN qty TO amount", "ALTER TABLE items RENAME COLUMN qty TO amount"),
             ("RENAME COLUMN amount TO qty", "ALTER TABLE items RENAME COLUMN amount TO qty"),
             ("Django rebuild adding a column", DJANGO_REBUILD),
+            (
+                f"rebuild dropping a column, {UPDATED_MEANWHILE} rows updated meanwhile",
+                DROP_REBUILD,
+            ),
+            ("rebuild renaming a column", RENAME_REBUILD),
         ):
             head = store.head_seq()
             figures.append((f"{label}: the application's DDL", _ddl(path, sql), "s"))
             seconds, lines = _timed_reconcile(store)
             assert lines, f"{label}: nothing reconciled"
+            if sql is RENAME_REBUILD:
+                assert any("recognised by its values" in line for line in lines), lines
             figures.append((f"{label}: reconcile_schema()", seconds, "s"))
             figures.append((f"{label}: rows put in the feed", _feed_rows_after(store, head), ""))
         seconds, lines = _timed_reconcile(store)
@@ -106,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="syncmesh-bench-schema-") as directory:
         for figure, value, unit in run(arguments.rows, Path(directory)):
             shown = f"{value:.3f} {unit}" if unit else f"{value:.0f}"
-            print(f"  {figure:<55} {shown}")
+            print(f"  {figure:<75} {shown}")
     return 0
 
 

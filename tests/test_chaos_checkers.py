@@ -606,6 +606,8 @@ def test_each_plan_says_its_final_shape() -> None:
         "rename": ("kv", ("a", "bee", "n"), {}, no_indexes),
         "drop": ("kv", ("a", "n"), {}, no_indexes),
         "drop+readd": ("kv", ("a", "n", "b"), {"b": None}, no_indexes),
+        "rebuild-rename": ("kv", ("a", "bee", "n"), {}, no_indexes),
+        "rebuild-drop": ("kv", ("a", "n"), {}, no_indexes),
     }
     # A rebuild copies the columns the table has when it runs, whatever the steps before.
     rebuild = PLANS["drop+rebuild"].steps[1]

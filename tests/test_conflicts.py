@@ -449,3 +449,33 @@ def test_the_stores_bookkeeping_times_come_from_its_injected_clock(
     assert cursor.last_applied_ms == BASE_MS
     [entry] = b.quarantine()
     assert (entry["table"], entry["created_ms"]) == ("only_a", BASE_MS)
+
+
+def test_a_column_added_site_by_site_records_no_conflict(make_store: MakeStore) -> None:
+    """Goal: a rolling ADD COLUMN resolves no conflict (new-user report): cells that hold
+    the column's default, or a row from a site without the column, are nobody's write,
+    so replacing them loses no value.  A real concurrent write to the column still is one."""
+    a, b = make_store("a"), make_store("b")
+    write(a, "INSERT INTO items VALUES ('k', 'bolt', 1), ('j', 'nut', 2)")
+    sync(a, b)
+    write(a, "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'none'")
+    write(a, "UPDATE items SET note = 'set at a' WHERE id = 'k'")
+    sync(a, b)
+    write(b, "UPDATE items SET name = 'bolt at b' WHERE id = 'k'")  # b lacks `note`
+    sync(a, b)
+    write(b, "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'none'")
+    sync(a, b)
+    write(b, "UPDATE items SET note = 'set at b' WHERE id = 'j'")  # over the default
+    sync(a, b)
+    for store in (a, b):
+        rows = store.connection.execute("SELECT id, name, note FROM items ORDER BY id").fetchall()
+        assert rows == [("j", "nut", "set at b"), ("k", "bolt at b", "set at a")]
+        assert ledger(store) == []
+        assert sum(store.status().conflicts.values()) == 0
+    write(a, "UPDATE items SET note = 'from a' WHERE id = 'j'")
+    write(b, "UPDATE items SET note = 'from b' WHERE id = 'j'")
+    sync_at_once(a, b)
+    for store in (a, b):
+        [record] = ledger(store)
+        assert (record.pk, record.column) == (("j",), "note")
+        assert {record.winner.value, record.loser.value} == {"from a", "from b"}

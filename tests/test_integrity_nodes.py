@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import sqlite3_shell as shell
-from tests.nodeproc import Cluster, NodeProcess, make_db, query, wait_for
+from tests.nodeproc import Cluster, NodeProcess, make_db, query, run_cli, wait_for
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 # Long enough for a healthy pair (milliseconds) many times over, on a busy machine.
@@ -130,4 +130,82 @@ def test_peers_with_different_row_limits_still_sync(nodes: Cluster, tmp_path: Pa
         describe=lambda: logs(a, b),
     )
     assert "exceeds the limit" not in b.log_text(), "b was sent a batch it cannot take"
+    no_internal_errors(nodes)
+
+
+@pytest.mark.multiprocess
+def test_a_row_too_big_for_any_message_makes_the_sender_unhealthy_until_removed(
+    nodes: Cluster, tmp_path: Path
+) -> None:
+    """A row that alone encodes to more than a message may hold blocks the sender's feed:
+    nothing written after it reaches the peer.  New-user report: a 70 MB BLOB did that
+    while both nodes said `health ok` for ever; now /v1/health and `syncmesh status` name
+    the row and the fix, and deleting the row lets everything after it through.
+    (The limit is lowered through the environment so that the row is small.)"""
+    limit = {"SYNCMESH_LIMITS_MESSAGE_BYTES_MAX": "200000"}
+    a = nodes.node("a", make_db(tmp_path / "a.db", SCHEMA), env=limit)
+    b = nodes.node("b", make_db(tmp_path / "b.db", SCHEMA), peers=[a], env=limit)
+    nodes.start(a, b)
+    shell(a.db, "INSERT INTO items VALUES ('big', randomblob(300000), 1)")
+    shell(a.db, "INSERT INTO items VALUES ('after', 'small', 2)")
+
+    def reasons() -> list[str]:
+        code, body = a.health()
+        return [] if code == 200 else [str(reason) for reason in body["reasons"]]
+
+    wait_for(
+        lambda: bool(reasons()), SYNC_S, "a to say it is unhealthy", describe=lambda: logs(a, b)
+    )
+    [reason] = reasons()
+    assert "table 'items' with key ['big']" in reason
+    assert "limits.message_bytes_max" in reason
+    status = run_cli("status", str(a.db), check=False)
+    assert status.returncode == 2, status.stderr
+    assert "key ['big']" in status.stderr
+    assert query(b.db, "SELECT id FROM items") == []  # nothing got past the big row
+    shell(a.db, "DELETE FROM items WHERE id = 'big'")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items") == [("after",)],
+        SYNC_S,
+        "the row written after the big one to reach b",
+        describe=lambda: logs(a, b),
+    )
+    wait_for(lambda: a.health()[0] == 200, SYNC_S, "a healthy again", describe=lambda: logs(a, b))
+    no_internal_errors(nodes)
+
+
+def test_a_row_with_a_null_key_makes_the_node_unhealthy_until_it_gets_a_key(
+    nodes: Cluster, tmp_path: Path
+) -> None:
+    """SQLite lets a rowid table hold NULL in a TEXT key (`INSERT ... VALUES (NULL, ...)` in
+    the shell); no other node could address such a row, so it is not synced.  New-user
+    report: only a log line said so, while /v1/health, `status` and `/metrics` said all was
+    well.  Now they name the table and the fix, and once the row gets a key it syncs."""
+    a = nodes.node("a", make_db(tmp_path / "a.db", SCHEMA))
+    b = nodes.node("b", make_db(tmp_path / "b.db", SCHEMA), peers=[a])
+    nodes.start(a, b)
+    shell(a.db, "INSERT INTO items VALUES (NULL, 'keyless', 1), ('k', 'keyed', 2)")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items") == [("k",)],
+        SYNC_S,
+        "the keyed row at b",
+        describe=lambda: logs(a, b),
+    )
+    wait_for(lambda: a.health()[0] == 503, SYNC_S, "a 503 from a", describe=lambda: logs(a, b))
+    [reason] = a.health()[1]["reasons"]
+    assert "table 'items': 1 row with a NULL key value, not synced" in str(reason)
+    assert a.status()["store"]["null_key_rows"] == {"items": 1}
+    with a.open_url("/metrics", 5.0) as answer:
+        assert 'syncmesh_null_key_rows{table="items"} 1.0' in answer.read().decode()
+    status = run_cli("status", str(a.db), check=False)
+    assert status.returncode == 2, status.stdout + status.stderr
+    assert "NULL key value" in status.stdout + status.stderr
+    shell(a.db, "UPDATE items SET id = 'given' WHERE id IS NULL")
+    wait_for(
+        lambda: query(b.db, "SELECT id FROM items ORDER BY id") == [("given",), ("k",)],
+        SYNC_S,
+        "the row, once keyed, at b",
+        describe=lambda: logs(a, b),
+    )
+    wait_for(lambda: a.health()[0] == 200, SYNC_S, "a healthy again", describe=lambda: logs(a, b))
     no_internal_errors(nodes)

@@ -12,6 +12,7 @@ synced.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -210,6 +211,42 @@ def test_a_nullable_column_added_at_one_site_then_the_other(
     assert_never_refused(cluster)
 
 
+def test_a_column_added_at_one_site_then_the_other_records_no_conflict(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a rolling ADD COLUMN with writes at both sites leaves `syncmesh conflicts`
+    empty at both (new-user report: every row written meanwhile was listed as a conflict
+    whose loser was NULL or the default "from site 00000000", nobody's write)."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('k1', 'bolt', 1), ('k2', 'nut', 2)")
+    wait_for(lambda: ids(b.db) == {"k1", "k2"}, CONVERGE_S, "k1, k2 at b", describe=cluster.logs)
+    shell(a.db, "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'none'")
+    shell(a.db, "UPDATE items SET note = 'set at a' WHERE id = 'k1'")
+    shell(b.db, "UPDATE items SET name = 'bolt at b' WHERE id = 'k1'")  # b lacks `note` yet
+    shell(b.db, "INSERT INTO items (id, name) VALUES ('k3', 'washer')")
+    wait_for(
+        lambda: (
+            query(a.db, "SELECT name FROM items WHERE id = 'k1'") == [("bolt at b",)]
+            and ids(a.db) == {"k1", "k2", "k3"}
+        ),
+        CONVERGE_S,
+        "b's writes at a",
+        describe=cluster.logs,
+    )
+    shell(b.db, "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'none'")
+    shell(b.db, "UPDATE items SET note = 'set at b' WHERE id = 'k2'")
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: (row[1][0], row[3][0]) for row in dump} == {
+        "k1": ("bolt at b", "set at a"),
+        "k2": ("nut", "set at b"),
+        "k3": ("washer", "none"),
+    }
+    for node in (a, b):
+        listed = json.loads(run_cli("conflicts", str(node.db), "--json").stdout)
+        assert listed == {"conflicts": []}, f"{node.name}: {listed}"
+    assert_never_refused(cluster)
+
+
 def test_a_column_renamed_at_one_site_then_the_other(cluster: Cluster, tmp_path: Path) -> None:
     """Goal: values written under the old name at the site not yet migrated land in the
     renamed column, and values written under the new name reach the old column."""
@@ -356,6 +393,84 @@ def test_sqlite_utils_transform_at_one_site_while_both_write(
     assert {row[0][0]: row[2][0] for row in dump}["r1"] == 5
     for node in (a, b):
         assert "capture triggers were gone" in node.log_text(), node.log_tail()
+    assert_never_refused(cluster)
+
+
+def test_an_update_right_after_a_rebuild_that_drops_a_column_reaches_the_peer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: `sqlite-utils transform --drop qty` (a rebuild that drops a column, as Django
+    removing an indexed field or Alembic's batch `drop_column` does), then an UPDATE of
+    `name` with `sqlite-utils query` before the node has reconciled (the node is paused
+    meanwhile): the update reaches the peer, and so does nothing else."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1), ('r2', 'kept', 2)")
+    wait_ids(b, ["r1", "r2"], cluster)
+    a.pause()
+    try:
+        sqlite_utils("transform", str(a.db), "items", "--drop", "qty")
+        sqlite_utils("query", str(a.db), "UPDATE items SET name = 'after' WHERE id = 'r1'")
+    finally:
+        a.resume()
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'r1'") == [("after",)],
+        CONVERGE_S,
+        "the update made right after the rebuild, at b",
+        describe=cluster.logs,
+    )
+    sqlite_utils("transform", str(b.db), "items", "--drop", "qty")
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: row[1][0] for row in dump} == {"r1": "after", "r2": "kept"}
+    log_a = a.log_text()
+    assert "column 'qty' dropped" in log_a, a.log_tail()
+    assert "cannot be told" not in log_a, a.log_tail()
+    assert_never_refused(cluster)
+
+
+def test_a_column_renamed_by_sqlite_utils_transform_keeps_syncing_both_ways(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: `sqlite-utils transform --rename name label` (a table rebuild that renames a
+    column) at one site, writes to `label` there and to `name` at the site not migrated yet,
+    then the same rebuild there: every write survives at both sites (the rename is
+    recognised by the column's values, not taken for a drop and an add)."""
+    a, b = started_pair(cluster, tmp_path)
+    shell(
+        a.db,
+        "INSERT INTO items (id, name, qty) VALUES ('r1', 'one', 1), ('r2', 'two', 2),"
+        " ('r3', 'three', 3)",
+    )
+    wait_ids(b, ["r1", "r2", "r3"], cluster)
+    sqlite_utils("transform", str(a.db), "items", "--rename", "name", "label")
+    wait_for(
+        lambda: "recognised by its values" in a.log_text(),
+        CONVERGE_S,
+        "a's reconcile of the rename",
+        describe=cluster.logs,
+    )
+    shell(a.db, "UPDATE items SET label = 'from a' WHERE id = 'r1'")
+    shell(b.db, "UPDATE items SET name = 'from b' WHERE id = 'r2'")
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'r1'") == [("from a",)],
+        CONVERGE_S,
+        "a's write of label, at b as name",
+        describe=cluster.logs,
+    )
+    wait_for(
+        lambda: query(a.db, "SELECT label FROM items WHERE id = 'r2'") == [("from b",)],
+        CONVERGE_S,
+        "b's write of name, at a as label",
+        describe=cluster.logs,
+    )
+    sqlite_utils("transform", str(b.db), "items", "--rename", "name", "label")
+    wait_for(
+        lambda: "recognised by its values" in b.log_text(),
+        CONVERGE_S,
+        "b's reconcile of the rename",
+        describe=cluster.logs,
+    )
+    dump = wait_converged([a.db, b.db], "items", CONVERGE_S, describe=cluster.logs)
+    assert {row[0][0]: row[1][0] for row in dump} == {"r1": "from a", "r2": "from b", "r3": "three"}
     assert_never_refused(cluster)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import run_cli, sqlite3_shell
-from tests.nodeproc import Cluster, make_db, wait_converged, wait_for
+from tests.nodeproc import Cluster, free_port, make_db, wait_converged, wait_for
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 CLI_TIMEOUT_S = 30.0
@@ -139,6 +139,52 @@ def test_status_file_of_an_unhealthy_node_exits_2_with_the_reasons(
     assert result.returncode == 2
     assert "unhealthy: table 'items'" in result.stderr, result.stderr
     assert "NOT ok" in result.stdout
+
+
+@pytest.mark.multiprocess
+def test_status_file_of_a_node_that_does_not_answer_exits_2(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a node that holds the file but does not answer (hung; here SIGSTOP) fails
+    `status FILE` as a health check.  New-user report: it printed the file's view and
+    exited 0, so a cron or systemd check built on it said all was well."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    a = cluster.node("a")
+    cluster.start(a)
+    a.pause()
+    try:
+        result = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    finally:
+        a.resume()
+    assert result.returncode == 2, result.stderr
+    assert f"unhealthy: the node serving {tmp_path / 'a.db'} (pid {a.pid}) does not answer" in (
+        result.stderr
+    )
+    answered = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    assert answered.returncode == 0, answered.stderr
+
+
+@pytest.mark.multiprocess
+def test_status_never_shows_health_ok_alone_above_an_exit_2(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a peer that is down fails `status` at once, while the node's own health
+    waits health.peer_down_s_max; the output says which check failed beside "health ok".
+    New-user report: "health       ok" stood alone on stdout above an exit status 2."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    a = cluster.node("a", peers=[nobody])
+    cluster.start(a)
+    wait_for(
+        lambda: any(peer["state"] == "backoff" for peer in a.status()["peers"]),
+        20,
+        "a's peer to be in backoff",
+    )
+    result = run_cli("status", str(tmp_path / "a.db"), timeout_s=CLI_TIMEOUT_S)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"health\s+ok", result.stdout)
+    assert re.search(r"check\s+FAILED \(exit 2\)", result.stdout), result.stdout
+    assert f"peer {nobody} is backoff" in result.stdout
 
 
 def test_status_file_without_a_node_exits_2_for_a_table_it_cannot_follow(

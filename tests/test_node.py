@@ -499,6 +499,13 @@ def test_quarantine_commands_list_retry_and_drop(tmp_path: Path) -> None:
     [entry] = json.loads(_cli("quarantine", "list", str(b), "--json").stdout)
     retried = _cli("quarantine", "retry", str(b))
     assert "0 rows applied, 1 still quarantined" in retried.stdout
+    # An id that is not quarantined is refused by name, and nothing is dropped
+    # (it printed "0 rows dropped" and exited 0; new-user report).
+    missing = entry["id"] + 1000
+    refused = _cli("quarantine", "drop", str(b), str(entry["id"]), str(missing))
+    assert refused.returncode == 1, refused.stdout
+    assert f"no quarantined row with id {missing}" in refused.stderr
+    assert "'big'" in _cli("quarantine", "list", str(b)).stdout
     dropped = _cli("quarantine", "drop", str(b), str(entry["id"]))
     assert "1 rows dropped" in dropped.stdout
     assert "no quarantined rows" in _cli("quarantine", "list", str(b)).stdout

@@ -363,3 +363,26 @@ def test_a_copy_made_before_the_first_write_is_refused_through_two_hubs(
         describe=lambda: f"{[ids(db) for db in (original, copy)]}\n{logs(hub, hub2, a, twin)}",
     )
     assert not nodes.internal_errors()
+
+
+def test_a_node_that_dials_itself_is_told_so_not_to_re_identify_a_copy(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Goal: a peer URL that leads back to the node itself (a typo of a new user) is named
+    as such in the log, the status and `syncmesh status`'s exit 2; the old message called
+    the file a copy and advised `syncmesh init --new-site-id`, which cannot help."""
+    make_db(tmp_path / "a.db", SCHEMA)
+    a = cluster.node("a")
+    a.peers = (a.url,)
+    cluster.start(a)
+
+    def last_error() -> str:
+        return " ".join(str(peer.get("last_error") or "") for peer in a.status()["peers"])
+
+    wait_for(lambda: "dialled itself" in last_error(), SYNC_S, "a's refusal", describe=cluster.logs)
+    result = run_cli("status", str(a.db), check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "this node dialled itself" in result.stderr
+    for text in (last_error(), result.stdout, result.stderr, a.log_text()):
+        assert "new-site-id" not in text
+        assert "is a copy" not in text

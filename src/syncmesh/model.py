@@ -52,6 +52,15 @@ class Stamp:
     site_id: str
 
 
+# The stamp of a cell nobody wrote: the column's default, which ADD COLUMN (or
+# a rebuild that added the column) filled in, or the column a sender lacks.
+# Every site gives such a cell this stamp, older than any write, so any real
+# write replaces it, and replacing it loses nobody's value: it is never a
+# conflict (merge.conflicts.knows).  The store's DEFAULT_CELL_HLC and
+# DEFAULT_CELL_SITE are its parts (docs/adr/0013-schema-evolution.md).
+DEFAULT_CELL_STAMP = Stamp(1, "0" * 32)
+
+
 @dataclass(frozen=True, slots=True)
 class Membership:
     """What a node knows of the cluster's sites (docs/adr/0015-membership-and-tombstone-gc.md).

@@ -2,7 +2,8 @@
 
 Version 1 creates `items` (a `sqlalchemy.Uuid` key); version 2 is one more
 revision, an `AlembicChange`: a plain `op.add_column`, a batch-mode table
-rebuild, `op.alter_column(new_column_name=...)` or `op.drop_column`.  The
+rebuild, `op.alter_column(new_column_name=...)`, the same rename in batch
+mode (a rebuild) or `op.drop_column`.  The
 `env.py` is the one docs/schema.md shows: `render_as_batch=True`, and
 `syncmesh.contrib.sqlalchemy.recheck_tracked_tables` after the migration.
 """
@@ -170,6 +171,13 @@ CHANGES = [
     AlembicChange(
         "alter_column_rename",
         'op.alter_column("items", "title", new_column_name="name")',
+        final=FinalSchema(renames={"items": {"title": "name"}}),
+    ),
+    AlembicChange(
+        # A rename in batch mode rebuilds the table: told by the column's values.
+        "batch_rename",
+        'with op.batch_alter_table("items", recreate="always") as batch:\n'
+        '        batch.alter_column("title", new_column_name="name")',
         final=FinalSchema(renames={"items": {"title": "name"}}),
     ),
     AlembicChange(

@@ -119,6 +119,7 @@ run(
 UUID_KEY = "models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, serialize=False)"
 ITEM_FIELDS = {"title": "models.CharField(max_length=100)", "qty": "models.IntegerField()"}
 NOTE = "models.CharField(max_length=100, null=True)"
+CODE = "models.CharField(max_length=20, null=True, db_index=True)"
 DOUBLE_QTY = (
     'models.GeneratedField(expression=models.F("qty") * 2,'
     " output_field=models.IntegerField(), db_persist=True)"
@@ -167,6 +168,14 @@ CHANGES = [
         'migrations.RemoveField("item", "note")',
         item_v1={**ITEM_FIELDS, "note": NOTE},
         final=FinalSchema(dropped={"shop_item": frozenset({"note"})}),
+    ),
+    DjangoChange(
+        # An indexed field: Django removes it by rebuilding the table (a rebuild that drops
+        # a column: the other cells are told by their fingerprints).
+        "dropped_indexed_field",
+        'migrations.RemoveField("item", "code")',
+        item_v1={**ITEM_FIELDS, "code": CODE},
+        final=FinalSchema(dropped={"shop_item": frozenset({"code"})}),
     ),
     DjangoChange(
         "generated_field",

@@ -3,8 +3,9 @@
 The same rollout as tests/orm/test_django_rollout.py (tests/orm/rollout.py)
 with a SQLAlchemy application and the real `alembic upgrade head`, whose
 `env.py` calls `syncmesh.contrib.sqlalchemy.recheck_tracked_tables`: a plain
-`op.add_column`, a batch-mode rebuild, `op.alter_column(new_column_name=)`
-and `op.drop_column`, each deployed one site at a time.
+`op.add_column`, a batch-mode rebuild, `op.alter_column(new_column_name=)`,
+a batch-mode rename (a rebuild: recognised by the column's values) and
+`op.drop_column`, each deployed one site at a time.
 """
 
 from __future__ import annotations

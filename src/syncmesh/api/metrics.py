@@ -63,10 +63,7 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "syncmesh_local_seq", "The newest seq of this node's change feed.", value=store.seq
     )
-    rows = GaugeMetricFamily("syncmesh_table_rows", "Rows per tracked table.", labels=["table"])
-    for table, count in store.tables.items():
-        rows.add_metric([table], count)
-    yield rows
+    yield _per_table("syncmesh_table_rows", "Rows per tracked table.", store.tables)
     yield GaugeMetricFamily(
         "syncmesh_quarantined_rows",
         "Peers' rows held back: refused by a constraint or the drift limit.",
@@ -82,14 +79,16 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
         "Rows the change feed holds back because it cannot read them faithfully.",
         value=len(store.row_problems),
     )
-    orphans = GaugeMetricFamily(
+    yield _per_table(
         "syncmesh_orphan_rows",
         "Rows whose foreign key names a parent row that is not there, per tracked table.",
-        labels=["table"],
+        store.orphans,
     )
-    for table, count in store.orphans.items():
-        orphans.add_metric([table], count)
-    yield orphans
+    yield _per_table(
+        "syncmesh_null_key_rows",
+        "Rows with a NULL key value, which are not synced, per tracked table.",
+        store.null_key_rows,
+    )
     yield GaugeMetricFamily(
         "syncmesh_orphan_problems",
         "Foreign-key orphans the orphan policy could not resolve.",
@@ -123,6 +122,14 @@ def _node_metrics(statistics: NodeStatistics) -> Iterator[Metric]:
     for table, total in store.conflicts.items():
         conflicts.add_metric([table], total)
     yield conflicts
+
+
+def _per_table(name: str, documentation: str, counts: dict[str, int]) -> GaugeMetricFamily:
+    """A gauge with one sample per tracked table."""
+    gauge = GaugeMetricFamily(name, documentation, labels=["table"])
+    for table, count in counts.items():
+        gauge.add_metric([table], count)
+    return gauge
 
 
 def _lifecycle_metrics(statistics: NodeStatistics) -> Iterator[Metric]:

@@ -264,6 +264,12 @@ _STATUS = {
                         "additionalProperties": {"type": "integer"},
                     },
                 },
+                "null_key_rows": {
+                    "type": "object",
+                    "description": "per tracked table: rows with a NULL key value, not synced"
+                    " (only tables that have such rows)",
+                    "additionalProperties": {"type": "integer"},
+                },
             },
         },
         "peers": {"type": "array", "items": _PEER},

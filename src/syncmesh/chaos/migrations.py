@@ -74,12 +74,41 @@ class Migration:
         return self.new_table_name or table
 
     def sql(self, table: str, columns: tuple[str, ...]) -> tuple[str, ...]:
-        """The statements for the table as it is (named, its columns) when the step runs."""
-        ddl = ", ".join(f"{column} {COLUMN_TYPES.get(column, 'TEXT')}" for column in columns)
+        """The statements for the table as it is (named, its columns) when the step runs.
+
+        `{old_kept}` names the columns the step keeps, as they are called
+        before it, and `{new_kept}` / `{new_kept_ddl}` as they are called
+        after it (a rebuild that renames or drops columns copies the one
+        into the other).
+        """
+        kept = tuple(column for column in columns if column not in self.dropped)
+        renamed = tuple(self.renames.get(column, column) for column in kept)
         return tuple(
-            statement.format(table=table, columns=", ".join(columns), columns_ddl=ddl)
+            statement.format(
+                table=table,
+                columns=", ".join(columns),
+                columns_ddl=_ddl(columns),
+                old_kept=", ".join(kept),
+                new_kept=", ".join(renamed),
+                new_kept_ddl=_ddl(renamed),
+            )
             for statement in self.statements
         )
+
+
+def _ddl(columns: tuple[str, ...]) -> str:
+    return ", ".join(f"{column} {COLUMN_TYPES.get(column, 'TEXT')}" for column in columns)
+
+
+# A table rebuild that copies the kept columns under their names after the step
+# (Alembic batch mode's `alter_column(new_column_name=)` or `drop_column`,
+# `sqlite-utils transform --rename/--drop`).
+_REBUILD_KEPT = (
+    "CREATE TABLE new__{table} (k INTEGER PRIMARY KEY, {new_kept_ddl})",
+    "INSERT INTO new__{table} (k, {new_kept}) SELECT k, {old_kept} FROM {table}",
+    "DROP TABLE {table}",
+    "ALTER TABLE new__{table} RENAME TO {table}",
+)
 
 
 STEPS: dict[str, Migration] = {
@@ -104,6 +133,8 @@ STEPS: dict[str, Migration] = {
             added={"c": None},
         ),
         Migration("rename", ("ALTER TABLE {table} RENAME COLUMN b TO bee",), renames={"b": "bee"}),
+        Migration("rebuild-rename", _REBUILD_KEPT, renames={"b": "bee"}),
+        Migration("rebuild-drop", _REBUILD_KEPT, dropped=("b",)),
         Migration("drop", ("ALTER TABLE {table} DROP COLUMN b",), dropped=("b",)),
         Migration("readd", ("ALTER TABLE {table} ADD COLUMN b TEXT",), added={"b": None}),
         Migration(
@@ -187,7 +218,9 @@ ONE_STEP_PLANS = (_plan("add"), _plan("rebuild"), _plan("rename"), _plan("drop")
 # Plans dealt only when named (`syncmesh chaos --migrations`): `drop+readd` passes since
 # column generations (docs/chaos.md); it stays out of the default deck until the deck
 # deals it after the one-step plans, so that what every seed deals so far is kept.
-OPT_IN_PLANS = (_plan("drop", "readd"),)
+# `rebuild-rename` and `rebuild-drop` (a rebuild that renames or drops a column, told
+# by the cells' fingerprints since they are per cell) are opt-in for the same reason.
+OPT_IN_PLANS = (_plan("drop", "readd"), _plan("rebuild-rename"), _plan("rebuild-drop"))
 PLANS: dict[str, MigrationPlan] = {
     plan.name: plan for plan in TWO_STEP_PLANS + ONE_STEP_PLANS + OPT_IN_PLANS
 }

@@ -168,7 +168,8 @@ def _plans(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[st
     "plans",
     default="default",
     callback=_plans,
-    help="Plans the `migrate` fault deals: default (all but the opt-in drop+readd), all, or"
+    help="Plans the `migrate` fault deals: default (all but the opt-in drop+readd,"
+    " rebuild-rename and rebuild-drop), all, or"
     " some of " + ",".join(MIGRATION_PLANS) + " (docs/chaos.md).",
 )
 @click.option(

@@ -629,7 +629,17 @@ def quarantine_drop(database: Path, ids: tuple[int, ...]) -> None:
     the same cells arrives; the other nodes keep their own state.
     """
     with _open_store(database) as store, _errors_as_messages():
-        dropped = store.drop_quarantined(list(ids))
+        held = {entry["id"] for entry in store.quarantine()}
+        unknown = [str(row_id) for row_id in ids if row_id not in held]
+        # An id that is not quarantined (a typo, one dropped or retried
+        # already) is refused, and then nothing is dropped: "0 rows dropped"
+        # with exit 0 read as done (new-user report).
+        dropped = 0 if unknown else store.drop_quarantined(list(ids))
+    if unknown:
+        raise click.ClickException(
+            f"no quarantined row with id {', '.join(unknown)} (`syncmesh quarantine list`"
+            " shows them); nothing was dropped"
+        )
     click.echo(f"{dropped} rows dropped")
 
 

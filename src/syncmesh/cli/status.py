@@ -29,7 +29,7 @@ from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
 from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
-from syncmesh.store import StoreStatus
+from syncmesh.store import StoreStatus, null_key_problems
 from syncmesh.store.open import open_store
 
 URL_TIMEOUT_S = 5.0
@@ -39,6 +39,7 @@ UNHEALTHY_EXIT = 2
 def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) -> list[str]:
     """The live view of the node serving `database`, or, if none runs, the file's; problems."""
     holder = running_holder(database)
+    silent: list[str] = []  # the serving node, alive but not answering
     if holder is not None and holder.api_url:
         try:
             document = fetch(holder.api_url)
@@ -48,6 +49,19 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
                 f" cannot be read ({exc.message}); the file's bookkeeping instead:",
                 err=True,
             )
+            # A node that holds the file but does not answer (hung, stopped with
+            # SIGSTOP, overloaded) is not a healthy one: exit 2, so a health check
+            # built on `status FILE` notices (new-user report: it exited 0).  A
+            # node that answers 401/403 is alive and wants a token: not a problem.
+            denied = isinstance(exc.__cause__, urllib.error.HTTPError) and exc.__cause__.code in (
+                401,
+                403,
+            )
+            if not denied:
+                silent.append(
+                    f"the node serving {database} (pid {holder.pid}) does not answer at"
+                    f" {holder.api_url}: {exc.message}"
+                )
         else:
             click.echo(
                 f"{database}: served by pid {holder.pid}; its live view ({holder.api_url}):",
@@ -70,7 +84,7 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
             store.close()
     except SyncError as exc:
         raise click.ClickException(str(exc)) from exc
-    return file_report(report, as_json=as_json, max_lag_s=max_lag_s)
+    return silent + file_report(report, as_json=as_json, max_lag_s=max_lag_s)
 
 
 def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) -> list[str]:
@@ -80,7 +94,7 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     (syncmesh.node.health): a tracked table it cannot follow or whose
     capture triggers are gone, and own writes lost by a restore.
     """
-    problems = list(report.schema_problems)
+    problems = [*report.schema_problems, *null_key_problems(report)]
     if report.restore_floor:
         problems.append("recovering own writes lost by a restore from an old copy")
     for peer in report.peers:
@@ -142,5 +156,9 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
         return problems
     from syncmesh.cli import view  # rich loads only when a table is printed
 
-    view.print_live_status(status)
+    # The checks this command adds to the node's own verdict (a peer not
+    # streaming yet within the node's grace, --max-lag): shown beside it, so
+    # that "health ok" never stands alone above an exit status 2.
+    own = len(status.get("health", {}).get("reasons", []))
+    view.print_live_status(status, failed_checks=problems[own:])
     return problems

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich import box
@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from syncmesh.clock import SystemClock, feed_lag_ms
-from syncmesh.store import StoreStatus
+from syncmesh.store import StoreStatus, null_key_problem, null_key_problems
 
 PIPE_COLUMNS = 160
 WIDE_COLUMNS = 110  # narrower than this, site ids are cut to SITE_COLUMNS_NARROW
@@ -226,8 +226,8 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
             console.print(f"site {site['site_id']}: {site['bootstrap']}", markup=False)
 
 
-def print_live_status(status: dict[str, Any]) -> None:
-    """A running node's /v1/status document."""
+def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ()) -> None:
+    """A running node's /v1/status document; `failed_checks`: what `status` adds to its health."""
     console = _console()
     store = status["store"]
     facts = [
@@ -236,6 +236,10 @@ def print_live_status(status: dict[str, Any]) -> None:
         ("quarantined", f"{store['quarantined_rows']} rows"),
         ("conflicts", f"{sum(store.get('conflicts', {}).values())} recorded (GET /v1/conflicts)"),
         *(("problem", problem) for problem in store["schema_problems"]),
+        *(
+            ("problem", null_key_problem(table, rows))
+            for table, rows in sorted(store.get("null_key_rows", {}).items())
+        ),
         *_cell_facts(
             store.get("waiting_cells", {}),
             store.get("discarded_cells", {}),
@@ -305,6 +309,14 @@ def print_live_status(status: dict[str, Any]) -> None:
         console.print("health       " + ("ok" if verdict["ok"] else "NOT ok"), markup=False)
         for reason in verdict["reasons"]:
             console.print(f"  - {reason}", markup=False)
+    if failed_checks:
+        console.print(
+            "check        FAILED (exit 2), beyond the node's own verdict (a peer not"
+            " streaming counts at once here, after health.peer_down_s_max there):",
+            markup=False,
+        )
+        for problem in failed_checks:
+            console.print(f"  - {problem}", markup=False)
 
 
 def verify_text(peer: dict[str, Any], now_ms: int) -> str:
@@ -362,6 +374,7 @@ def print_file_status(report: StoreStatus) -> None:
         ("quarantined", f"{report.quarantined_rows} rows"),
         ("conflicts", f"{sum(report.conflicts.values())} recorded (syncmesh conflicts)"),
         *(("problem", problem) for problem in report.schema_problems),
+        *(("problem", problem) for problem in null_key_problems(report)),
         *_cell_facts(report.waiting_cells, report.discarded_cells, report.parked_cells),
         *(("warning", warning) for warning in report.warnings),
         *orphan_facts(report.orphans, report.orphan_problems),

@@ -33,7 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from syncmesh.merge.rows import value_order_key
-from syncmesh.model import Cell, RowState, Stamp
+from syncmesh.model import DEFAULT_CELL_STAMP, Cell, RowState, Stamp
+
+_DEFAULT_HLC, _DEFAULT_SITE = DEFAULT_CELL_STAMP.hlc, DEFAULT_CELL_STAMP.site_id
 
 Knowledge = dict[str, int]  # site id -> the greatest HLC of its writes known (all below too)
 
@@ -48,7 +50,16 @@ class CellConflict:
 
 
 def knows(writer: Cell, stamp: Stamp) -> bool:
-    """Whether the write of `writer` was made knowing the write stamped `stamp`."""
+    """Whether the write of `writer` was made knowing the write stamped `stamp`.
+
+    Every write knows the default stamp: that cell holds a column's default,
+    which nobody wrote (`model.DEFAULT_CELL_STAMP`), so a write replacing it,
+    or a row that lacks the column meeting a written value, loses no one's
+    value.  Without this a rolling ADD COLUMN filled the conflict ledger with
+    "conflicts" whose loser was NULL or the default from site 00000000.
+    """
+    if stamp.hlc == _DEFAULT_HLC and stamp.site_id == _DEFAULT_SITE:
+        return True
     if stamp.site_id == writer.stamp.site_id:
         return stamp.hlc <= writer.stamp.hlc
     for site, hlc in writer.past:

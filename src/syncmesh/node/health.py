@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from syncmesh.clock import PhysicalClock, SystemClock
 from syncmesh.node.config import NodeConfig
+from syncmesh.store import null_key_problems
 
 if TYPE_CHECKING:
     from syncmesh.node.node import NodeStatistics
@@ -130,6 +131,7 @@ def assess(
             )
     reasons.extend(_fleet_reasons(statistics, now, down_ms_max))
     reasons.extend(statistics.store.schema_problems)
+    reasons.extend(null_key_problems(statistics.store))
     reasons.extend(statistics.identity_conflicts)
     monitor.note_quarantined(statistics.store.quarantined_rows, now)
     window_ms = config.health_quarantine_window_s * 1000

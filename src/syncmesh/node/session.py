@@ -241,6 +241,8 @@ class Session:
         self._schema = SchemaComparison(frozenset(), False, ())
         # The peer's HELLO carried membership: it reads MEMBERS (ADR 0015).
         self._gossips = False
+        # Whether our PULL of this session told the peer that we restore (apply_batch).
+        self._pulled_restoring = False
         # Set at the handshake from the peer's HELLO: what one BATCH may hold.
         self._limits = SendLimits(host.config.rows_per_message_max, host.config.message_bytes_max)
 
@@ -429,6 +431,9 @@ class Session:
         self.link.catchup = CatchUp(cursor)
         vector = await worker.call(store.vector)
         restoring = await worker.call(store.restoring)
+        # Only a sender told that we restore sends our own writes back, so
+        # only its batches may claim them (Store.apply_batch, ADR 0006).
+        self._pulled_restoring = restoring
         await self._send(Pull(hello.incarnation, cursor, vector, restoring))
 
     async def _receive_loop(self) -> None:
@@ -518,7 +523,8 @@ class Session:
         store, worker, site = self._host.store, self._host.worker, self.link.site_id
         batch = self._within_send_rights(received)
 
-        def apply() -> tuple[int, int, dict[str, int], int, dict[str, int]]:
+        def apply() -> tuple[int, int, dict[str, int], int, dict[str, int], bool, bool]:
+            restoring_before = store.restoring()
             stored = store.peer_cursor(site)
             if batch.from_seq == 0 and (
                 stored is None or stored.incarnation != batch.incarnation or stored.cursor != 0
@@ -532,6 +538,7 @@ class Session:
                 site,
                 _refiltered(batch, store.vector()),
                 adopt_vector=self._schema.adopt_vector,
+                own_claims=self._pulled_restoring,
             )
             return (
                 result.applied_rows,
@@ -539,11 +546,21 @@ class Session:
                 store.vector(),
                 store.rows_captured_total,  # apply_batch captures pending local writes first
                 result.applied_by_table,
+                restoring_before,
+                store.restoring(),
             )
 
         started = time.perf_counter()
         try:
-            applied, quarantined, vector, captured_total, by_table = await worker.call(apply)
+            (
+                applied,
+                quarantined,
+                vector,
+                captured_total,
+                by_table,
+                restoring_before,
+                restoring,
+            ) = await worker.call(apply)
         except SiteIdConflict as exc:
             raise await self._refuse_a_twin(exc) from exc
         except StoreError as exc:
@@ -566,6 +583,18 @@ class Session:
         if applied:
             self._host.feed_advanced()
         await self._send(Ack(batch.to_seq, vector))
+        if restoring and not self._pulled_restoring:
+            # Our file is an old copy, and this session's PULL told the peer we
+            # were not restoring, so it will not send our own writes back: the
+            # session starts again, with a PULL that asks for them.  If this
+            # batch's vector showed it (the restore check of its claim), the
+            # other sessions that began before must too, as after a HELLO.
+            if not restoring_before:
+                self._host.restore_detected(self)
+            raise SyncError(
+                "this file was found to be an old copy (restored from a backup?):"
+                " starting the session again so that the peer sends our own writes back"
+            )
 
     def offer_batch(self, cursor: int, batch: ChangeBatch) -> None:
         """A batch read for this session from `cursor` (after a capture): used if still due."""
@@ -630,9 +659,9 @@ class Session:
                 except Exception as exc:
                     host.note_feed_read(exc)  # failing in a row makes the node unhealthy
                     raise
-                host.note_feed_read(None)
             batch = self._within_receive_rights(batch)
             if batch.to_seq == cursor and (batch.vector is None or batch.vector == last_vector):
+                host.note_feed_read(None)
                 # Caught up: the node reads our next batch in the same trip to
                 # the store thread as its next capture (one hop less per write).
                 host.want_batch(
@@ -675,10 +704,18 @@ class Session:
                 if await worker.call(store.split_seq_group, batch.to_seq):
                     continue
                 whose = "the peer's" if limits.bytes_max < config.message_bytes_max else "our"
-                raise ProtocolError(
-                    f"one row encodes to {len(frame)} bytes, over the message limit of"
-                    f" {limits.bytes_max} ({whose} limits.message_bytes_max)"
+                error = ProtocolError(
+                    f"{_first_row(batch)} encodes to {len(frame)} bytes, over the message"
+                    f" limit of {limits.bytes_max} ({whose} limits.message_bytes_max):"
+                    " nothing written after it here reaches the peer until that row is made"
+                    " smaller or deleted"
                 )
+                # Counted like a failed read: each new session meets the same row,
+                # so the node turns unhealthy instead of streaming nothing while
+                # status and /v1/health said all was well (new-user report).
+                host.note_feed_read(error)
+                raise error
+            host.note_feed_read(None)  # a batch that can go: this feed is not stuck
             rows_max = min(config.batch_rows_max, limits.rows_max, rows_max * 2)
             await self._send_frame(frame)
             self._in_flight.append(batch.to_seq)
@@ -696,6 +733,14 @@ def _refiltered(batch: ChangeBatch, vector: dict[str, int]) -> ChangeBatch:
         if rows:
             tables.append(dataclasses.replace(table, rows=rows))
     return dataclasses.replace(batch, tables=tuple(tables))
+
+
+def _first_row(batch: ChangeBatch) -> str:
+    """The first row of `batch`, in words: its table and key (an oversized row's name)."""
+    for table in batch.tables:
+        for row in table.rows:
+            return f"the row of table {table.table!r} with key {list(row[: table.key_count])!r}"
+    return "one row"
 
 
 def _only_relays(batch: ChangeBatch, own_site: str) -> bool:
@@ -721,6 +766,14 @@ def _mismatch(ours: Hello, theirs: Hello) -> str | None:
     tables both track (`node.mismatch.compare`).
     """
     if theirs.site_id == ours.site_id:
+        if theirs.instance and theirs.instance == ours.instance:
+            # The same process at both ends: a peer URL that leads back to this
+            # node.  Telling the user to re-identify a copy would be wrong, and
+            # `init --new-site-id` would not help (new-user report).
+            return (
+                "this node dialled itself: the peer URL leads to this node's own address;"
+                " remove it from the peers (--peer, peers.urls) and dial another node"
+            )
         return (
             f"both ends have site id {ours.site_id}: one database file is a copy of the"
             " other; give the copy a new identity (`syncmesh init --new-site-id`) before"

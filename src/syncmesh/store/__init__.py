@@ -16,6 +16,8 @@ from syncmesh.store.records import (
     PeerCursor,
     StoreStatus,
     Version,
+    null_key_problem,
+    null_key_problems,
 )
 
 __all__ = [
@@ -30,4 +32,6 @@ __all__ = [
     "TrackProgress",
     "Version",
     "VerifyStore",
+    "null_key_problem",
+    "null_key_problems",
 ]

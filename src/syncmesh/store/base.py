@@ -237,13 +237,21 @@ class Store(VerifyStore, Protocol):
         ...
 
     def apply_batch(
-        self, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+        self,
+        peer_site_id: str,
+        batch: ChangeBatch,
+        *,
+        adopt_vector: bool = True,
+        own_claims: bool = True,
     ) -> ApplyResult:
         """Merge a peer's batch and advance its cursor and our vector, atomically.
 
         `adopt_vector=False`: apply the rows and move the cursor, but do not
         merge the batch's vector claims (the peer lacks a table or column
-        we track, ADR 0013).
+        we track, ADR 0013).  `own_claims=False`: the sender did not know
+        we were restoring when it read the batch (our PULL of the session
+        said not), so it left our own writes out: while we are restoring,
+        its claim about them is not adopted (ADR 0006).
         """
         ...
 

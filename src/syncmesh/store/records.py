@@ -139,6 +139,23 @@ class StoreStatus:
     orphan_problems: list[str] = field(default_factory=list)
     # Membership and tombstone collection (None from a backend without it).
     lifecycle: LifecycleStatus | None = None
+    # Per tracked table: rows with a NULL key value, which SQLite lets a
+    # rowid table hold and no other node could address, so they are not
+    # synced (docs/keys.md); only tables that have such rows.
+    null_key_rows: dict[str, int] = field(default_factory=dict)
+
+
+def null_key_problem(table: str, rows: int) -> str:
+    """`null_key_rows` in words, with the fix: a health reason and a status line."""
+    return (
+        f"table {table!r}: {rows} row{'' if rows == 1 else 's'} with a NULL key value, not"
+        " synced (no other node could address them): give each a key, or delete them;"
+        " declare the key columns NOT NULL to have SQLite refuse them (docs/keys.md)"
+    )
+
+
+def null_key_problems(status: StoreStatus) -> list[str]:
+    return [null_key_problem(table, rows) for table, rows in sorted(status.null_key_rows.items())]
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from typing import TypeVar
 import msgpack
 from xxhash import xxh3_64_intdigest
 
-from syncmesh.model import SqlValue, text_of_bytes
+from syncmesh.model import DEFAULT_CELL_STAMP, SqlValue, text_of_bytes
 
 LEAF_BITS = 16
 LEAVES = 1 << LEAF_BITS
@@ -117,7 +117,7 @@ NO_SITE = 0  # a NULL site, as a digest field
 # wrote it; the same at every site: store/sqlite/ddl.py).  Such cells at the
 # end of a row are left out of its digest, so that ADD COLUMN, which appends
 # one to every row, changes no digest and needs no pass to refresh them.
-DEFAULT_CELL_HLC = 1
+DEFAULT_CELL_HLC = DEFAULT_CELL_STAMP.hlc
 
 
 def trim_default_cells(

@@ -33,17 +33,19 @@ ordinal; 0 is this node); then `pasts`, what the row's cells know of earlier wri
 knowledge}}` per value column slot i, each an object {"<ordinal>": hlc};
 `p` is the value's past (what its writer knew), `k` what this node learned
 beyond it from writes it discarded.  NULL when all are empty: every row
-whose cells only this site wrote.  Last `vf`, the row's value fingerprint
-as the engine last wrote or stamped it (functions.values_fp_sql; NULL:
-unknown), which tells a table rebuild's copied rows from rows updated
-before the triggers were back (reconcile.py).
+whose cells only this site wrote.  Last `vf`, the row's value fingerprints
+as the engine last wrote or stamped it, 4 bytes per cell
+(functions.values_fingerprint; NULL: unknown; an INTEGER, one hash of the
+whole row, in rows last written before per-cell fingerprints), which tell
+a table rebuild's copied rows from rows updated before the triggers were
+back, and which of their cells changed (reconcile.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from syncmesh.model import CELL_FIELDS, TableSpec
+from syncmesh.model import CELL_FIELDS, DEFAULT_CELL_STAMP, TableSpec
 from syncmesh.schema import quote_identifier as quote_identifier  # the backend quotes via ddl
 from syncmesh.store.sqlite.layout import TableLayout
 from syncmesh.store.summary import DEFAULT_CELL_HLC as DEFAULT_CELL_HLC
@@ -324,7 +326,7 @@ def shadow_ddl(layout: TableLayout) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {shadow} ({key_defs}, cl INTEGER NOT NULL,"
         f" cl_hlc INTEGER, cl_site INTEGER, seq INTEGER, {KEY_HASH_COLUMN} INTEGER,"
-        f" {DIGEST_COLUMN} INTEGER{cells}, {VALUES_FP_COLUMN} INTEGER, PRIMARY KEY ({keys}))"
+        f" {DIGEST_COLUMN} INTEGER{cells}, {VALUES_FP_COLUMN} BLOB, PRIMARY KEY ({keys}))"
         " WITHOUT ROWID",
         shadow_seq_index_ddl(spec.name),
     ]
@@ -379,7 +381,7 @@ def log_ddl(spec: TableSpec) -> str:
 # apply of the row elsewhere would write NULL over the default.)  Trailing
 # such cells are left out of a row's digest (store.summary), so ADD COLUMN
 # changes no digest.
-DEFAULT_CELL_SITE = "0" * 32
+DEFAULT_CELL_SITE = DEFAULT_CELL_STAMP.site_id
 
 # Log operations.  `mask` has bit i set when value column slot i changed; -1 is all.
 OP_INSERT, OP_DELETE, OP_UPDATE = 1, 2, 3

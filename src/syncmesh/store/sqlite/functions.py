@@ -5,7 +5,8 @@ another site wrote; the hash tree's functions (`syncmesh_fold_digest`,
 `syncmesh_row_digest`, `syncmesh_key_hash`) are registered by
 `opening.register_functions`, as they close over the store's context.
 The capture, the apply and the reconcile call `syncmesh_values_fp` for a
-row's value fingerprint (`values_fingerprint`).
+row's value fingerprints (`values_fingerprint`), and the reconcile after a
+table rebuild `syncmesh_values_fp_changes` (`fingerprint_changes`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
-from xxhash import xxh3_64_intdigest
+from xxhash import xxh3_64_intdigest, xxh32_digest
 
 from syncmesh.model import TEXT_ERRORS, SqlValue
+from syncmesh.store.sqlite.ddl import ALL_COLUMNS, MASK_COLUMNS_MAX
 from syncmesh.store.summary import DEFAULT_CELL_HLC, key_hash_of_bytes
 
 CAPTURE_PASTS_FUNCTION = "syncmesh_capture_pasts"
@@ -28,23 +30,81 @@ KEY_HASH_FUNCTION = "syncmesh_key_hash"
 TEXT_KEY_HASH_FUNCTION = "syncmesh_text_key_hash"
 NEW_ROW_DIGEST_FUNCTION = "syncmesh_new_row_digest"
 VALUES_FP_FUNCTION = "syncmesh_values_fp"
+VALUES_FP_CHANGES_FUNCTION = "syncmesh_values_fp_changes"
+CELL_FP_FUNCTION = "syncmesh_cell_fp"
 
 
 def values_fp_sql(cells: list[tuple[int, str, str]]) -> str:
-    """SQL of a row's value fingerprint from (slot, stamp SQL, value SQL) per value column.
+    """SQL of a row's value fingerprints from (slot, stamp SQL, value SQL) per value column.
 
-    The row's value fingerprint is kept in the shadow row (`vf`) by every
+    The row's value fingerprints are kept in the shadow row (`vf`) by every
     write the engine stamps or applies, so that after a table rebuild the
     reconcile can tell a row the rebuild copied (same values) from one
-    another connection updated before the triggers were back (reconcile.py,
-    ADR 0013).  SQL builds one text of `slot:hex(value),` per cell, in slot
-    order, and `values_fingerprint` hashes it: the per-cell work stays in
-    SQLite's C, one Python call per row.  Left out: cells with the default
-    stamp (HLC `DEFAULT_CELL_HLC`, a value ADD COLUMN filled in, which
-    nobody wrote), so ADD COLUMN leaves every fingerprint true without a
-    pass over the rows.  A value is taken by its text (`hex` of it), with
-    an integral REAL as its INTEGER, so a rebuild that changes a column's
-    type affinity (3 to '3' or 3.0) is no write; NULL is `-`.
+    another connection updated before the triggers were back, and which
+    of its cells (reconcile.py, ADR 0013).  SQL builds one text of a
+    segment per slot, from slot 0 to the last one in `cells`, separated by
+    commas (`cells_text_sql`), and `values_fingerprint` hashes each
+    segment: the per-cell work on values stays in SQLite's C, one Python
+    call per row.
+    """
+    return f"{VALUES_FP_FUNCTION}({cells_text_sql(cells)})"
+
+
+def cells_text_sql(cells: list[tuple[int, str, str]]) -> str:
+    """SQL of the text a row's value fingerprints are made of: one segment per slot.
+
+    Slot s's segment is `:` and the hex of its value, `-` for NULL, and
+    empty where there is no cell to compare: a slot not in `cells` (retired,
+    or a column the caller leaves out) and a cell with the default stamp
+    (HLC `DEFAULT_CELL_HLC`, a value ADD COLUMN filled in, which nobody
+    wrote, so ADD COLUMN leaves every fingerprint true without a pass over
+    the rows).  A value is taken by its text (`hex` of it), with an
+    integral REAL as its INTEGER, so a rebuild that changes a column's type
+    affinity (3 to '3' or 3.0) is no write.  The segment does not name its
+    slot, so equal values hash alike in any column.
+    """
+    by_slot = {slot: (hlc, value) for slot, hlc, value in cells}
+    parts = []
+    for slot in range(max(by_slot, default=-1) + 1):
+        if slot not in by_slot:
+            parts.append("''")
+            continue
+        hlc, value = by_slot[slot]
+        parts.append(
+            f"CASE WHEN {hlc} IS NULL OR {hlc} = {DEFAULT_CELL_HLC} THEN ''"
+            f" ELSE {cell_segment_sql(value)} END"
+        )
+    if not parts:
+        return "''"
+    separated = [f"{part} || ','" for part in parts[:-1]] + parts[-1:]
+    return _concatenated(separated)
+
+
+def cell_segment_sql(value: str) -> str:
+    """SQL of one cell's segment of `cells_text_sql`: `:hex(value)`, or `-` for NULL."""
+    return (
+        f"CASE WHEN {value} IS NULL THEN '-'"
+        f" WHEN typeof({value}) = 'real' AND {value} = CAST({value} AS INTEGER)"
+        f" THEN ':' || hex(CAST({value} AS INTEGER))"
+        f" ELSE ':' || hex({value}) END"
+    )
+
+
+def cell_fingerprint(segment: str) -> bytes:
+    """`syncmesh_cell_fp(segment)`: one cell's fingerprint, as `values_fingerprint` stores it.
+
+    The reconcile compares a column a rebuild added with the fingerprints
+    of one it dropped, to recognise a rename (reconcile.recognise_renames).
+    """
+    return xxh32_digest(segment.encode())
+
+
+def whole_row_text_sql(cells: list[tuple[int, str, str]]) -> str:
+    """SQL of the text that syncmesh hashed whole into `vf` before per-cell fingerprints.
+
+    `slot:hex(value),` per cell in slot order (`slot-,` for NULL), cells
+    with the default stamp left out: kept to compare rows last written
+    before the change (`fingerprint_changes`).
     """
     parts = [
         f"CASE WHEN {hlc} IS NULL OR {hlc} = {DEFAULT_CELL_HLC} THEN ''"
@@ -54,7 +114,7 @@ def values_fp_sql(cells: list[tuple[int, str, str]]) -> str:
         f" ELSE '{slot}:' || hex({value}) || ',' END"
         for slot, hlc, value in sorted(cells)
     ]
-    return f"{VALUES_FP_FUNCTION}({_concatenated(parts) if parts else chr(39) * 2})"
+    return _concatenated(parts) if parts else chr(39) * 2
 
 
 def _concatenated(parts: list[str]) -> str:
@@ -65,12 +125,65 @@ def _concatenated(parts: list[str]) -> str:
     return f"({_concatenated(parts[:middle])}) || ({_concatenated(parts[middle:])})"
 
 
-def values_fingerprint(text: str | None) -> int | None:
-    """`syncmesh_values_fp(text)`: the 64-bit hash of the text `values_fp_sql` built."""
+# A cell's fingerprint: 32 bits of XXH32 of its segment, at offset 4 * slot.
+# Four zero bytes mean "no cell here"; a value whose hash is 0 therefore goes
+# uncompared, as rarely (2^-32) as one whose change the hash cannot see.
+CELL_FP_BYTES = 4
+_NO_CELL = bytes(CELL_FP_BYTES)
+
+
+def values_fingerprint(text: str | None) -> bytes | None:
+    """`syncmesh_values_fp(text)`: the row's fingerprints, 4 bytes per slot, from `cells_text_sql`.
+
+    One per cell, not one per row, so that after a rebuild that also
+    dropped a column the cells that are left can still be compared (the
+    dropped slot's entry is ignored), and the reconcile logs just the cells
+    that changed.  Trailing slots without a cell are left out; slots before
+    the last cell that hold none (a retired slot below a live one, a
+    default-stamped cell) cost their 4 zero bytes.
+    """
     if text is None:
         return None
-    value = xxh3_64_intdigest(text.encode())
-    return value - (1 << 64) if value >= 1 << 63 else value  # SQLite's integers are signed
+    text = text.rstrip(",")
+    if not text:
+        return b""
+    return b"".join(
+        [xxh32_digest(part) if part else _NO_CELL for part in text.encode().split(b",")]
+    )
+
+
+def fingerprint_changes(stored: bytes | int | None, text: str | None, whole: str | None) -> int:
+    """`syncmesh_values_fp_changes(vf, text, whole)`: the log mask of the cells that changed.
+
+    `stored` is a row's kept fingerprints, `text` what `cells_text_sql`
+    builds from the row now over the table's live slots.  A cell changed
+    when both have an entry for its slot and they differ; a slot only one
+    side has (a dropped column, a column the rebuild added, a
+    default-stamped cell) is not compared.  0 when nothing changed, else
+    the union of the changed slots' masks (ALL_COLUMNS if one is beyond the
+    mask's bits, `ddl.slot_mask`).  An INTEGER `stored` is a whole-row hash
+    from before per-cell fingerprints: compared with the hash of `whole`
+    (`whole_row_text_sql`; ALL_COLUMNS if it differs), or not at all when
+    `whole` is NULL (a column was dropped: it cannot be compared).
+    """
+    if stored is None:
+        return 0
+    if isinstance(stored, int):
+        if whole is None:
+            return 0
+        value = xxh3_64_intdigest(whole.encode())
+        return 0 if value - ((value >> 63) << 64) == stored else ALL_COLUMNS
+    if text is None:
+        return 0
+    mask = 0
+    for slot, part in enumerate(text.encode().split(b",")):
+        kept = stored[CELL_FP_BYTES * slot : CELL_FP_BYTES * (slot + 1)]
+        if not part or len(kept) < CELL_FP_BYTES or kept in (_NO_CELL, xxh32_digest(part)):
+            continue
+        if slot >= MASK_COLUMNS_MAX:
+            return ALL_COLUMNS
+        mask |= 1 << slot
+    return mask
 
 
 def text_key_hash(*pairs: SqlValue) -> int:

@@ -37,14 +37,18 @@ from syncmesh.store.sqlite.ddl import (
 )
 from syncmesh.store.sqlite.functions import (
     CAPTURE_PASTS_FUNCTION,
+    CELL_FP_FUNCTION,
     FIELDS_FUNCTION,
     FOLD_DIGEST_FUNCTION,
     KEY_HASH_FUNCTION,
     NEW_ROW_DIGEST_FUNCTION,
     ROW_DIGEST_FUNCTION,
     TEXT_KEY_HASH_FUNCTION,
+    VALUES_FP_CHANGES_FUNCTION,
     VALUES_FP_FUNCTION,
     capture_pasts,
+    cell_fingerprint,
+    fingerprint_changes,
     pack_fields,
     register_packed,
     text_key_hash,
@@ -117,6 +121,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.create_function(FIELDS_FUNCTION, -1, pack_fields, deterministic=True)
     # The capture, the apply and the reconcile keep rows' value fingerprints with it.
     connection.create_function(VALUES_FP_FUNCTION, 1, values_fingerprint, deterministic=True)
+    connection.create_function(
+        VALUES_FP_CHANGES_FUNCTION, 3, fingerprint_changes, deterministic=True
+    )
+    connection.create_function(CELL_FP_FUNCTION, 1, cell_fingerprint, deterministic=True)
     # The set-based capture hashes the keys new here with it.
     connection.create_function(TEXT_KEY_HASH_FUNCTION, -1, text_key_hash, deterministic=True)
     return connection
@@ -303,9 +311,7 @@ def _upgrade_values_fp(ctx: StoreContext) -> None:
         return
     with ctx.transaction():
         for table in stale:
-            ctx.connection.execute(
-                f"ALTER TABLE {table.shadow} ADD COLUMN {VALUES_FP_COLUMN} INTEGER"
-            )
+            ctx.connection.execute(f"ALTER TABLE {table.shadow} ADD COLUMN {VALUES_FP_COLUMN} BLOB")
             reconcile.fill_values_fp(ctx.connection, table)
     log.info("%s: added value fingerprints to %d tables", ctx.path, len(stale))
 

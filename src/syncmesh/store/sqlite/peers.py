@@ -49,13 +49,21 @@ def reset_peer_cursor(
 
 
 def apply_batch(
-    ctx: StoreContext, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+    ctx: StoreContext,
+    peer_site_id: str,
+    batch: ChangeBatch,
+    *,
+    adopt_vector: bool = True,
+    own_claims: bool = True,
 ) -> ApplyResult:
     """Merge a peer's batch and advance its cursor and our vector, atomically.
 
     With `adopt_vector=False` the rows apply and the cursor moves, but the
     batch's vector claims are not merged: the peer lacks a table or column
     we track, so it cannot have relayed all of what it claims (ADR 0013).
+    With `own_claims=False` the sender read the batch while our PULL told
+    it we were not restoring, so it left our own writes out: its claim
+    about them is not adopted (`vector.merge`).
     Raises StoreError if the batch does not continue the stored cursor
     (a gap or a replay of an old slice); nothing is applied then.
     """
@@ -87,8 +95,11 @@ def apply_batch(
             ),
         )
         if batch.vector is not None and adopt_vector:
-            vector.merge(ctx, batch.vector)
+            vector.merge(ctx, batch.vector, own_claims=own_claims)
             capture.restamp_below_lost_writes(ctx)  # if the merge's restore check asked
+        else:
+            # No vector claims these writes: HELLO's `held` must (restore detection).
+            vector.note_stamps_held(ctx, batch)
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
 

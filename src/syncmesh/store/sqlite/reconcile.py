@@ -27,11 +27,13 @@ transaction (`reconcile_schema`, called by the node's capture loop):
   inserted or deleted meanwhile.  Rows updated meanwhile (by another
   connection, between the rebuild's commit and the reinstall) keep their
   key, so the keys cannot show them: each shadow row keeps a fingerprint
-  of the row's values as the engine last stamped or applied them (`vf`,
-  functions.values_fp_sql), and a row whose values no longer match
-  it was written meanwhile.  A row the rebuild copied matches.  (A
-  rebuild that also drops a column leaves nothing to compare: the
-  fingerprints hashed the dropped values.  The line says so.);
+  per cell of the values as the engine last stamped or applied them
+  (`vf`, functions.values_fingerprint), and a cell whose value no longer
+  matches was written meanwhile: it is logged as an update of that cell.
+  A row the rebuild copied matches, also when the rebuild dropped another
+  of its columns.  A rebuild matches columns by name, so a column it
+  renamed reads as dropped and added: `recognise_renames` tells it by its
+  values (they match the dropped column's fingerprints row by row);
 - CREATE/DROP INDEX: the REPLACE checks follow the UNIQUE indexes.
 
 A table that cannot be reconciled (gone, key changed, unreadable) leaves
@@ -73,7 +75,15 @@ from syncmesh.store.sqlite.ddl import (
     width_problem,
 )
 from syncmesh.store.sqlite.execute import execute_many
-from syncmesh.store.sqlite.functions import values_fp_sql
+from syncmesh.store.sqlite.functions import (
+    CELL_FP_BYTES,
+    CELL_FP_FUNCTION,
+    VALUES_FP_CHANGES_FUNCTION,
+    cell_segment_sql,
+    cells_text_sql,
+    values_fp_sql,
+    whole_row_text_sql,
+)
 from syncmesh.store.sqlite.introspect import column_defaults, read_table_spec, unique_column_sets
 from syncmesh.store.sqlite.layout import DroppedColumn, TableLayout
 from syncmesh.store.sqlite.table import TableSql
@@ -105,6 +115,8 @@ class TablePlan:
     added: list[str] = field(default_factory=list)  # value columns with no slot yet
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (old, new) columns
     dropped: list[tuple[str, int]] = field(default_factory=list)  # (name, slot)
+    # New names of columns a rebuild renamed, recognised by their values (recognise_renames)
+    recognised: list[str] = field(default_factory=list)
 
     @property
     def table_renamed(self) -> bool:
@@ -129,15 +141,13 @@ class TablePlan:
             lines.append(f"table {name!r} renamed to {self.now_name!r}")
         shown = self.now_name or name
         lines += [f"table {shown!r}: column {c!r} added" for c in self.added]
-        lines += [f"table {shown!r}: column {a!r} renamed to {b!r}" for a, b in self.renamed]
+        lines += [
+            f"table {shown!r}: column {a!r} renamed to {b!r}"
+            + (" (in a table rebuild: recognised by its values)" if b in self.recognised else "")
+            for a, b in self.renamed
+        ]
         lines += [f"table {shown!r}: column {c!r} dropped" for c, _slot in self.dropped]
-        if self.triggers_lost and self.dropped:
-            lines.append(
-                f"table {shown!r}: capture triggers were gone (a table rebuild, or dropped):"
-                " put back, rows inserted or deleted meanwhile caught up; rows updated"
-                " meanwhile cannot be told (a column was dropped with the rebuild)"
-            )
-        elif self.triggers_lost:
+        if self.triggers_lost:
             lines.append(
                 f"table {shown!r}: capture triggers were gone (a table rebuild, or dropped):"
                 " put back, rows inserted, updated or deleted meanwhile caught up"
@@ -254,6 +264,60 @@ def _match_columns(plan: TablePlan, layout: TableLayout, spec: TableSpec) -> Non
     plan.slot_columns = claimed
     plan.renamed = [(old[slot], new) for slot, new in claimed.items() if old[slot] != new]
     plan.added = [column for column in values if column not in claimed.values()]
+
+
+# Pairs of a dropped and an added column compared, at most, per rebuild (one pass each).
+RENAME_PAIRS_MAX = 16
+
+
+def recognise_renames(connection: sqlite3.Connection, plan: TablePlan, table: TableSql) -> None:
+    """Take a column a rebuild dropped and one it added for a rename, when their values match.
+
+    A rebuild matches columns by name, so one that renames a column
+    (Alembic's `batch_alter_table` with `alter_column(new_column_name=)`,
+    `sqlite-utils transform --rename`) reads as a drop and an add: the
+    added column's values would be stamped as written here, over writes of
+    the other sites, and the other sites' writes under the old name
+    discarded, during a rolling deploy (lost writes both ways).  The cells'
+    fingerprints (`vf`) tell a rename apart: the added column holds, row by
+    row, the values the dropped one held.  A pair is a rename when, over
+    the live rows whose dropped cell has a fingerprint, more than half
+    match and at least two distinct values do (a column of one constant,
+    NULL or a default, matches any other such column and is not taken),
+    and neither column of the pair matches another.  Rows that do not
+    match were updated meanwhile; `_log_updated_meanwhile` logs them.
+    """
+    if not (plan.triggers_lost and plan.dropped and plan.added):
+        return
+    if len(plan.dropped) * len(plan.added) > RENAME_PAIRS_MAX:
+        return
+    names = table.names
+    candidates: list[tuple[tuple[str, int], str]] = []
+    for dropped in plan.dropped:
+        slot = dropped[1]
+        entry = f"substr(s.{VALUES_FP_COLUMN}, {CELL_FP_BYTES * slot + 1}, {CELL_FP_BYTES})"
+        for added in plan.added:
+            value = cell_segment_sql(f"t.{quote_identifier(added)}")
+            compared, hits, distinct = connection.execute(
+                "SELECT count(*), count(CASE WHEN hit THEN 1 END),"
+                " count(DISTINCT CASE WHEN hit THEN entry END) FROM"
+                f" (SELECT {entry} AS entry, {CELL_FP_FUNCTION}({value}) = {entry} AS hit"
+                f" FROM {names.shadow} s JOIN {names.table} t ON {names.join}"
+                f" WHERE s.cl % 2 = 1 AND typeof(s.{VALUES_FP_COLUMN}) = 'blob'"
+                f" AND length(s.{VALUES_FP_COLUMN}) >= {CELL_FP_BYTES * (slot + 1)}"
+                f" AND {entry} != zeroblob({CELL_FP_BYTES}))"
+            ).fetchone()
+            if distinct >= 2 and 2 * hits > compared:
+                candidates.append((dropped, added))
+    for dropped, added in candidates:
+        if sum(1 for d, a in candidates if d == dropped or a == added) != 1:
+            continue  # one of them matches another column too: not told
+        column, slot = dropped
+        plan.dropped.remove(dropped)
+        plan.added.remove(added)
+        plan.slot_columns[slot] = added
+        plan.renamed.append((column, added))
+        plan.recognised.append(added)
 
 
 def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
@@ -424,9 +488,12 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     # (Keys stamped here get no value fingerprint: filled in below.)
     stamped_before: dict[str, dict[tuple[SqlValue, ...], bool]] = {}
     capture.capture_pending(ctx, stamped_before)
+    for plan in plans:
+        if plan.problem is None:
+            recognise_renames(connection, plan, old_tables[plan.renamed_layout.name])
     hlc = ctx.clock.tick()
     new_tables: dict[str, TableSql] = {}
-    fingerprints_stale: set[str] = set()  # tables whose rows' fingerprints hash a dropped column
+    fingerprints_stale: set[str] = set()  # tables whose rows' fingerprints hold a dropped slot
     for plan in plans:
         if plan.problem is not None:
             continue
@@ -448,8 +515,13 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
             lines.append(f"table {layout.name!r}: capture triggers updated (indexes changed)")
         if plan.triggers_lost:
             _log_catch_up(connection, table)
-            if not plan.dropped:
-                _log_updated_meanwhile(connection, table, plan)
+            untold = _log_updated_meanwhile(connection, table, plan)
+            if untold:
+                lines.append(
+                    f"table {layout.name!r}: {untold} rows last written by a syncmesh from"
+                    " before per-cell fingerprints: an update of one of them meanwhile cannot"
+                    " be told (a column was dropped with the rebuild)"
+                )
         if plan.dropped:
             fingerprints_stale.add(layout.name)
         if plan.added:
@@ -460,8 +532,10 @@ def reconcile_in_transaction(ctx: StoreContext) -> tuple[list[str], bool]:
     ctx.tables = new_tables
     capture.capture_pending(ctx)
     for name, table in new_tables.items():
-        # Rows whose fingerprints hashed a dropped column, and rows the first
-        # capture stamped with the old definition, get them from the table.
+        # Rows whose fingerprints hold a dropped column's slot (written anew
+        # without it, and without the whole-row hashes of files from before),
+        # and rows the first capture stamped with the old definition, get
+        # them from the table.
         if name in fingerprints_stale:
             fill_values_fp(connection, table)
         elif stamped_before.get(name):
@@ -548,37 +622,48 @@ def _log_catch_up(connection: sqlite3.Connection, table: TableSql) -> None:
     )
 
 
-def _log_updated_meanwhile(
-    connection: sqlite3.Connection, table: TableSql, plan: TablePlan
-) -> None:
-    """Log, as updates, live rows whose values no longer match their fingerprints.
+def _log_updated_meanwhile(connection: sqlite3.Connection, table: TableSql, plan: TablePlan) -> int:
+    """Log, as updates of the cells that changed, live rows that no longer match their fingerprints.
 
-    The fingerprint (`vf`) is of the values the engine last stamped or
-    applied, over the table's columns before the rebuild; a rebuild copies
-    them unchanged (matched by name), so a row that differs was written
-    while the triggers were gone.  Which of its columns changed is not
-    known: all of them are logged, as a full-row UPDATE would be (a
-    column added by the rebuild is `_log_written_before_trigger`'s).
-    A row without a fingerprint (unknown) is left alone.
+    The fingerprints (`vf`, one per cell) are of the values the engine
+    last stamped or applied; a rebuild copies them unchanged (matched by
+    name), so a cell that differs was written while the triggers were gone.
+    Only the table's live slots are compared: a column the rebuild dropped
+    has nothing to compare with, and one it added is
+    `_log_written_before_trigger`'s.  A row without a fingerprint
+    (unknown) is left alone.  Returns how many live rows kept a whole-row
+    fingerprint from before per-cell ones while a column was dropped: their
+    updates meanwhile cannot be told (functions.fingerprint_changes).
     """
-    columns = plan.slot_columns  # slot -> its column now: every slot before, none dropped
-    if not columns:
-        return
-    mask = 0
-    for slot in columns:
-        mask |= slot_mask(slot)
+    columns = plan.slot_columns  # slot -> its column now: the slots that are left
     names = table.names
+    if not columns:
+        return 0
     cells = [
         (slot, f"s.h{slot}", f"t.{quote_identifier(column)}") for slot, column in columns.items()
     ]
     keys = ", ".join(f"k{index}" for index in range(names.key_count))
     shadow_keys = ", ".join(f"s.k{index}" for index in range(names.key_count))
+    # Rows with a whole-row hash from before compare whole, unless a slot is gone.
+    whole = "NULL" if plan.dropped else whole_row_text_sql(cells)
     connection.execute(
-        f"INSERT INTO {names.log} (op, mask, {keys}) SELECT {OP_UPDATE}, {mask}, {shadow_keys}"
+        f"INSERT INTO {names.log} (op, mask, {keys}) SELECT {OP_UPDATE}, changed, {keys} FROM"
+        f" (SELECT {VALUES_FP_CHANGES_FUNCTION}(s.{VALUES_FP_COLUMN},"
+        f" CASE WHEN typeof(s.{VALUES_FP_COLUMN}) = 'integer' THEN NULL"
+        f" ELSE {cells_text_sql(cells)} END,"
+        f" CASE WHEN typeof(s.{VALUES_FP_COLUMN}) = 'integer' THEN {whole} END) AS changed,"
+        f" {shadow_keys}"
         f" FROM {names.shadow} s JOIN {names.table} t ON {names.join}"
-        f" WHERE s.cl % 2 = 1 AND s.{VALUES_FP_COLUMN} IS NOT NULL"
-        f" AND s.{VALUES_FP_COLUMN} IS NOT {values_fp_sql(cells)}"
+        f" WHERE s.cl % 2 = 1 AND s.{VALUES_FP_COLUMN} IS NOT NULL)"
+        " WHERE changed != 0"
     )
+    if not plan.dropped:
+        return 0
+    row = connection.execute(
+        f"SELECT count(*) FROM {names.shadow}"
+        f" WHERE cl % 2 = 1 AND typeof({VALUES_FP_COLUMN}) = 'integer'"
+    ).fetchone()
+    return int(row[0])
 
 
 def fill_values_fp(

@@ -19,7 +19,7 @@ from syncmesh.model import (
     row_from_plain,
     row_of_state,
 )
-from syncmesh.store.sqlite import apply, capture, orphans, waiting
+from syncmesh.store.sqlite import apply, capture, orphans, vector, waiting
 from syncmesh.store.sqlite.context import StoreContext
 
 # An entry's table, the columns its row names (None: a deleted row) and
@@ -84,6 +84,9 @@ def retry(ctx: StoreContext) -> int:
             batch = ChangeBatch("", 0, 0, 0, None, tuple(batch_sites), tuple(tables))
             apply.merge_rows(ctx, origin, batch, sites)
             orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
+            # A row refused for drift was left out of every claim; held now, it
+            # counts for its site's restore check (HELLO's `held`, ADR 0006).
+            vector.note_stamps_held(ctx, batch)
         remaining = ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[
             0
         ]

@@ -15,7 +15,9 @@ from syncmesh.store.sqlite import (
     waitlist,
 )
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.ddl import quote_identifier
 from syncmesh.store.sqlite.introspect import fingerprint, untyped_key_warnings
+from syncmesh.store.sqlite.table import TableSql
 
 
 def status(ctx: StoreContext) -> StoreStatus:
@@ -23,7 +25,8 @@ def status(ctx: StoreContext) -> StoreStatus:
     ctx.require_init()
     with ctx.transaction("DEFERRED"):
         state = ctx.state()
-        tables = {name: _row_count(ctx, table.table) for name, table in ctx.tables.items()}
+        counts = {name: _row_counts(ctx, table) for name, table in ctx.tables.items()}
+        tables = {name: rows for name, (rows, _nulls) in counts.items()}
         quarantined = int(
             ctx.connection.execute("SELECT count(*) FROM _syncmesh_quarantine").fetchone()[0]
         )
@@ -52,16 +55,23 @@ def status(ctx: StoreContext) -> StoreStatus:
             orphans=orphans.orphan_counts(ctx),
             orphan_problems=orphans.problems(ctx),
             lifecycle=lifecycle.status(ctx),
+            null_key_rows={name: nulls for name, (_rows, nulls) in counts.items() if nulls},
         )
 
 
-def _row_count(ctx: StoreContext, quoted_table: str) -> int:
-    """Rows of a tracked table; -1 when it cannot be read as tracked (DDL not followed yet).
+def _row_counts(ctx: StoreContext, table: TableSql) -> tuple[int, int]:
+    """Rows of a tracked table, and those with a NULL key value (capture skips them).
 
-    A table renamed or dropped since the last reconcile is named in
-    `schema_problems`; the status still reads (issue 14).
+    One pass: the rows are counted anyway.  (-1, 0) when the table cannot
+    be read as tracked (DDL not followed yet): a table renamed or dropped
+    since the last reconcile is named in `schema_problems`, and the status
+    still reads (issue 14).
     """
+    nulls = " OR ".join(f"{quote_identifier(column)} IS NULL" for column in table.spec.pk)
     try:
-        return int(ctx.connection.execute(f"SELECT count(*) FROM {quoted_table}").fetchone()[0])
+        rows, null_keys = ctx.connection.execute(
+            f"SELECT count(*), count(CASE WHEN {nulls} THEN 1 END) FROM {table.table}"
+        ).fetchone()
     except sqlite3.OperationalError:
-        return -1
+        return -1, 0
+    return int(rows), int(null_keys)

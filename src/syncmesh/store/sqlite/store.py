@@ -318,19 +318,27 @@ class SqliteStore:
         peers.reset_peer_cursor(self.context, site_id, incarnation, head_seq, address)
 
     def apply_batch(
-        self, peer_site_id: str, batch: ChangeBatch, *, adopt_vector: bool = True
+        self,
+        peer_site_id: str,
+        batch: ChangeBatch,
+        *,
+        adopt_vector: bool = True,
+        own_claims: bool = True,
     ) -> ApplyResult:
         """Merge a peer's batch and advance its cursor and our vector, atomically.
 
         Columns map by name and former names; cells of a column not here
         wait for it (ADR 0013).  `adopt_vector=False`: the rows apply and
         the cursor moves, but the batch's vector claims are not merged
-        (the node decides, from the peer's HELLO).  Raises StoreError if
+        (the node decides, from the peer's HELLO).  `own_claims=False`: the
+        sender read the batch not knowing we restore (base.Store).  Raises StoreError if
         the batch does not continue the stored cursor (a gap or a replay
         of an old slice); nothing is applied then.
         """
         self._follow_ddl()
-        return peers.apply_batch(self.context, peer_site_id, batch, adopt_vector=adopt_vector)
+        return peers.apply_batch(
+            self.context, peer_site_id, batch, adopt_vector=adopt_vector, own_claims=own_claims
+        )
 
     def note_peer_vector(
         self, peer_vector: dict[str, int], peer_held: dict[str, int] | None = None

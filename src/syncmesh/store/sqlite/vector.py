@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from typing import Any, cast
 
 from syncmesh.clock import COUNTER_MAX, pack, wall_ms_of
 from syncmesh.errors import SiteIdConflict
+from syncmesh.model import CELL_FIELDS, ChangeBatch
 from syncmesh.store.sqlite import waitlist
 from syncmesh.store.sqlite.context import StoreContext
 
@@ -69,7 +71,7 @@ def set_own(ctx: StoreContext, hlc: int) -> None:
     )
 
 
-def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
+def merge(ctx: StoreContext, sender_vector: dict[str, int], *, own_claims: bool = True) -> None:
     """V = max(V, sender's V), capped below changes we hold only in quarantine or waiting.
 
     The sender's entry for our own site is a claim about our writes: it
@@ -78,6 +80,13 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
     asked for our own writes back.  Outside it, the sender may have left
     out own writes of ours because our vector said we hold them (issue 12,
     defect 2: a restored node adopted its lost writes' stamps this way).
+    Nor from a batch the sender read before it knew we restore
+    (`own_claims=False`: the session's PULL said we were not restoring, so
+    the sender left every own write of ours out): a session begun before
+    the restore was detected may deliver one right after the detection,
+    and adopting its claim ended restore mode with the lost writes still
+    missing (found by `syncmesh chaos --seed 700 --only 44 --topology star
+    --faults ...,restore`: a restored hub).
     """
     caps: dict[str, int] = {}
     for (stamps_json,) in ctx.connection.execute("SELECT min_stamps FROM _syncmesh_quarantine"):
@@ -98,7 +107,9 @@ def merge(ctx: StoreContext, sender_vector: dict[str, int]) -> None:
         if _detect(ctx, sender_vector[own]):
             _log_detected()
     for site, hlc in sender_vector.items():
-        if site == own and not (restoring_before and ctx.state()["restore_floor"] > 0):
+        if site == own and not (
+            own_claims and restoring_before and ctx.state()["restore_floor"] > 0
+        ):
             continue
         # A claim beyond the drift limit is not adopted: writes stamped that
         # late were quarantined here, not applied.  It is not clamped either:
@@ -148,6 +159,50 @@ def _close_gaps_below(ctx: StoreContext, floor: int) -> None:
 def drift_bound(ctx: StoreContext) -> int:
     """The greatest stamp not refused as being from the future."""
     return pack(ctx.clock.physical_ms() + ctx.clock.drift_ms_max, COUNTER_MAX)
+
+
+def note_stamps_held(ctx: StoreContext, batch: ChangeBatch) -> None:
+    """Raise `_syncmesh_seen` to the greatest stamp of each site in a batch whose vector
+    we do not merge (cut short of the sender's head, or not adopted).
+
+    Such a batch brings writes that no vector of ours claims: a batch cut
+    short carries no vector, and the sender's next one may never come (the
+    link drops mid-backlog).  If their site's file is then restored from a
+    copy older than them, our HELLO's claim about its writes stayed below
+    the copy, the restore check saw nothing, and, as our sessions leave a
+    peer's own writes out unless it asks for them, the writes we held never
+    went back to it (issue 12, found by `RestoreMachine` once its pulls
+    filtered as a session does).  `held` now counts every stamp we hold.
+    Stamps beyond the drift limit (quarantined, not applied) and our own
+    are left out, as `merge` leaves them out.
+    """
+    if not batch.tables:
+        return
+    greatest = [0] * len(batch.sites)
+    for table in batch.tables:
+        first = table.key_count
+        # Stamps are ints and sites indexes of `batch.sites` (the codec checks
+        # both); typed Any here, as the loop runs per cell of every such batch.
+        for row in cast(list[list[Any]], table.rows):
+            # The row's causal-length stamp, then each cell's: hlc and site are
+            # the 2nd and 3rd of its CELL_FIELDS (None both for an unstamped cell).
+            hlc = row[first + 1]
+            if hlc is not None and hlc > greatest[row[first + 2]]:
+                greatest[row[first + 2]] = hlc
+            for hlc, site in zip(
+                row[first + 4 :: CELL_FIELDS], row[first + 5 :: CELL_FIELDS], strict=False
+            ):
+                if hlc is not None and hlc > greatest[site]:
+                    greatest[site] = hlc
+    own = ctx.site_id()
+    bound = drift_bound(ctx)
+    for site, hlc in zip(batch.sites, greatest, strict=True):
+        if 0 < hlc <= bound and site != own:
+            ctx.connection.execute(
+                "INSERT INTO _syncmesh_seen (site_id, hlc) VALUES (?, ?)"
+                " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+                (site, hlc),
+            )
 
 
 def held_claims(ctx: StoreContext) -> dict[str, int]:
