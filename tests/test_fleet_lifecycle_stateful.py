@@ -25,9 +25,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -127,12 +130,12 @@ class FleetMachine(RuleBasedStateMachine):
     def publish(self, site: int, rows_max: int) -> None:
         """One turn of the publish loop: a mark, a read, our own rows as a message."""
         store = self.stores[site]
-        mark = store.stamp_mark()
         others = {
             self.ids[other]: usable.held[self.ids[other]]
             for other, usable in enumerate(self.usable[site])
             if usable is not None
         }
+        mark = store.stamp_mark()
         vector = dict.fromkeys(store.vector(), HLC_MAX)
         vector.pop(self.ids[site], None)
         batch = store.read_batch(self.scan[site], vector, rows_max)
@@ -309,3 +312,63 @@ FleetTest.TestCase.settings = settings(
     deadline=None,
 )
 TestFleetCollection = FleetTest.TestCase
+
+
+def test_a_concurrent_first_insert_ended_by_a_collected_delete_stays_dead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ceiling's premise fails for concurrent first inserts (ADR 0017, "The defect").
+
+    Site 0 inserts and deletes k0; site 1, not having seen either, inserts
+    k0 afterwards (causal length 1, stamped above the delete), publishes it,
+    then applies the delete (2 beats 1).  Site 2's claim still holds site
+    1's writes only up to a mark taken before that insert.  Site 0 then
+    collected: every site held the delete and the ceiling was above it, but
+    the horizon it recorded for site 1 was below site 1's insert, so the
+    insert read again (a state-stream copy, the stream read again) came back
+    to life.  Now a fleet pass collects only below an earlier pass's
+    frontier once every member's own entry of that pass is held everywhere.
+    """
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *args: None)  # no Hypothesis run
+    machine = FleetMachine()
+    a, b, c = 0, 1, 2
+    steps: list[tuple[Callable[..., None], tuple[object, ...]]] = [
+        (machine.upsert, (a, "k0", "x")),
+        (machine.tick, (1,)),
+        (machine.delete, (a, "k0")),
+        (machine.tick, (1,)),
+        (machine.publish, (a, 10)),  # a's chain: k0 dead; a's mark is above the delete
+        (machine.claim, (a,)),
+        (machine.tick, (1,)),
+        (machine.publish, (b, 10)),  # nothing to publish: b's mark, above a's delete
+        (machine.claim, (b,)),
+        (machine.tick, (1,)),
+        (machine.upsert, (b, "k0", "y")),  # b's first insert of k0, stamped above a's delete
+        (machine.deliver, ((a, c),)),
+        (machine.collect, (c,)),  # c counts a's claim and b's first one
+        (machine.publish, (c, 10)),
+        (machine.claim, (c,)),  # c holds b's writes up to b's first mark only
+        (machine.tick, (1,)),
+        (machine.publish, (b, 10)),  # b's insert on its chain (and its state copy)
+        (machine.deliver, ((a, b),)),  # b applies a's delete: 2 beats 1
+        (machine.collect, (b,)),
+        (machine.tick, (1,)),
+        (machine.publish, (b, 10)),
+        (machine.claim, (b,)),  # b holds a's delete; its insert is on the stream
+        (machine.deliver, ((b, a),)),
+        (machine.collect, (a,)),  # (before the fix, a collected here, its horizon below b's insert)
+        (machine.merge_old, ((b, a), 0, True)),  # b's copy of k0, read again at a
+        (machine.merge_old, ((b, a), 0, False)),  # b's message, read again at a
+        (machine.settle_and_collect, ()),  # every claim caught up: the delete goes
+        (machine.merge_old, ((b, a), 0, True)),
+        (machine.merge_old, ((b, a), 0, False)),
+        (machine.merge_old, ((b, c), 0, True)),
+    ]
+    try:
+        for rule_, arguments in steps:
+            rule_(*arguments)
+            machine.no_deleted_row_comes_back()  # as Hypothesis checks it, after every step
+        assert machine.collected, "the delete was never collected: the case is not played"
+        machine.check_end()
+    finally:
+        machine.teardown()

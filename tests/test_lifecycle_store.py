@@ -248,6 +248,9 @@ def test_a_fleet_pass_counts_our_deletes_only_once_on_the_stream(
     _write(a, "DELETE FROM notes WHERE id = 'k'")
     assert _fleet_pass(a, {}, {}) == 0, "nothing of ours is known to be on the stream"
     assert _tombstones(a) == 1
+    # Held everywhere from this pass on; it goes at the next pass that sees
+    # every member's own entry of this one held (ADR 0017, concurrent first inserts).
+    assert _fleet_pass(a, {}, {a.site_id: a.stamp_mark()}) == 0
     assert _fleet_pass(a, {}, {a.site_id: a.stamp_mark()}) == 1
     assert _tombstones(a) == 0
 

@@ -360,12 +360,17 @@ class Fleet:
         rows_max = host.config.batch_rows_max
         while True:
             changed = host.feed_event()
+            # What we hold of the others now, before the mark and the read: every
+            # message of ours read before this moment is at or before `published`
+            # once the read's rows are out, so a reader that applied that far may
+            # count it.  Before the mark (not after its store call, during which
+            # the consume loop may apply more): each delete counted here was
+            # applied before the mark, so every life of ours it ended is stamped
+            # below the mark, which a collector's settled pass relies on (ADR 0017).
+            wanted = self._mark_wanted
+            others = self._held_others() if wanted else {}
             # Taken before the read: a write captured after it is stamped above it.
-            mark = await worker.call(store.stamp_mark) if self._mark_wanted else None
-            # What we hold of the others now, before the read: every message of
-            # ours read before this moment is at or before `published` once the
-            # read's rows are out, so a reader that applied that far may count it.
-            others = self._held_others() if mark is not None else {}
+            mark = await worker.call(store.stamp_mark) if wanted else None
             vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)

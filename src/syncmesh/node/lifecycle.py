@@ -168,6 +168,15 @@ def _fleet_held_back(
         return "; ".join(waiting)
     if state is None or state.ceiling is None:
         return ""
+    if state.settled == {}:
+        holder, origin = state.held_back_by
+        if not holder:
+            return "the first collection pass since the start: deletes wait for the next"
+        return (
+            f"site {holder} does not hold the writes of site {origin} as far as that site"
+            " had written when an earlier pass began: deletes wait until every life they"
+            " ended is held everywhere (docs/adr/0017)"
+        )
     holder, origin = state.held_back_by
     return (
         f"site {holder} is known to hold the writes of site {origin} only up to stamp"

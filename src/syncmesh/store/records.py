@@ -71,6 +71,10 @@ class CollectPass:
     collected_by_table: dict[str, int] = field(default_factory=dict)
     # With a ceiling: (the member, the origin) whose entry set it, for status.
     held_back_by: tuple[str, str] = ("", "")
+    # A fleet node's pass: a tombstone is stable only at or below this per
+    # origin, the frontier of an earlier pass whose members' own entries the
+    # frontier now covers ({}: none yet, nothing goes); None off a fleet.
+    settled: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

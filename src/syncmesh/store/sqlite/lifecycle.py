@@ -386,7 +386,79 @@ def begin_pass(
         origins = {origin: hlc for origin, hlc in stable.items() if origin not in gone}
         origin = min(origins, key=lambda name: (origins[name], name))
         holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
-    return CollectPass(stable, sorted(ctx.tables), origins[origin], held_back_by=(holder, origin))
+        settled, waiting_for = _settled(ctx, stable, vectors)
+    return CollectPass(
+        stable,
+        sorted(ctx.tables),
+        origins[origin],
+        held_back_by=(holder, origin) if settled else waiting_for,
+        settled=settled,
+    )
+
+
+FLEET_PASSES_KEPT = 64  # earlier passes a fleet node remembers (the oldest go first)
+
+
+def _settled(
+    ctx: StoreContext, stable: Vector, vectors: dict[str, Vector]
+) -> tuple[Vector, tuple[str, str]]:
+    """Per origin, the frontier of the latest earlier pass that has settled for it.
+
+    Why (docs/adr/0017, "Concurrent first inserts"): a delete ends every
+    life of its row with a lower causal length, also lives it never saw,
+    stamped later than the delete (another site's first insert of the same
+    key, concurrent with the deleted life).  Rule 1 drops a late copy of
+    such a life only if its stamp is at or below our horizon for the site
+    that stamped it, and neither the delete's stamp nor the ceiling bounds
+    that stamp.  What does: each site stamped its lives that the delete
+    ended before it applied the delete, so below its own entry in any
+    vector (a claim's mark, a peer's vector) that shows it holding the
+    delete; the deleting site's own lives are below the delete's stamp.
+    So an earlier pass has *settled* for origin O once the frontier now
+    covers the own entry that pass had for every member but O: a tombstone
+    of O at or below that pass's frontier then goes, and the horizon we
+    record for each site is above every life the delete ended, whichever
+    path a copy of it takes.  A member that was none then (its own entry
+    unknown) waits for a later pass.  The cost: a delete goes about two
+    claim rounds later.
+
+    Returns the settled frontier (an origin left out: none yet) and, if it
+    is empty, (a member, an origin) that keeps the oldest pass remembered
+    from settling, for status (("", ""): nothing to tell yet).
+    """
+    own = ctx.site_id()
+    marks = {site: vector.get(site, 0) for site, vector in vectors.items()}
+    # Our lives are our captured writes: our vector's own entry bounds them
+    # (our entry in `vectors` is our mark, which may predate our last writes).
+    marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0))
+    passes = ctx.fleet_passes
+    # Passes that knew every member now, newest first, with the members whose
+    # own entry of then the frontier does not cover yet.
+    candidates = [
+        (index, passes[index][0], {s for s, m in passes[index][1].items() if stable.get(s, 0) < m})
+        for index in range(len(passes) - 1, -1, -1)
+        if set(vectors) <= set(passes[index][1])
+    ]
+    settled: Vector = {}
+    oldest_needed = len(passes)
+    for origin, hlc in stable.items():
+        for index, earlier, behind in candidates:
+            if behind <= {origin}:
+                settled[origin] = min(hlc, earlier.get(origin, 0))
+                oldest_needed = min(oldest_needed, index)
+                break
+    if len(settled) == len(stable):
+        del passes[:oldest_needed]  # older passes settle less: never needed again
+    waiting_for = ("", "")
+    if not settled and candidates:
+        lagging = sorted(candidates[-1][2])
+        if lagging:
+            origin = lagging[0]
+            holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
+            waiting_for = (holder, origin)
+    passes.append((dict(stable), marks))
+    del passes[:-FLEET_PASSES_KEPT]
+    return settled, waiting_for
 
 
 def collect_step(ctx: StoreContext, state: CollectPass, rows_max: int) -> CollectStep:
@@ -455,6 +527,7 @@ def _collect_some(
             and cl_site is not None
             and cl_hlc <= state.frontier.get(sites.site(cl_site), 0)
             and (state.ceiling is None or cl_hlc <= state.ceiling)
+            and (state.settled is None or cl_hlc <= state.settled.get(sites.site(cl_site), 0))
         ):
             stable.append(row)
     if not stable:
