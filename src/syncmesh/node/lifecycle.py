@@ -20,7 +20,8 @@ their claims (docs/adr/0017, `Fleet.holdings`): each fleet site counts as a
 peer in session whose vector is its latest usable claim ({} while it has
 none: it holds collection back), our own entry for our own writes is only
 what is on the stream, and the pass collects only below the least frontier
-entry over the origins not forgotten (its *ceiling*).  Before claims, a fleet node collected
+entry over the origins not forgotten (its *ceiling*) and below an earlier
+pass that has settled (the store's `lifecycle._settled`).  Before claims, a fleet node collected
 nothing: one that held no other site's stamps took itself for its only
 member and collected its own deletes while the stream was out of reach,
 before they were published (issue 15, `syncmesh chaos --transport nats`);

@@ -372,7 +372,9 @@ def begin_pass(
     such life was stamped at or below the horizon this pass records for
     its stamping site, so rule 1 drops it when it arrives late, whatever
     path it takes: an old batch read again, a copy from the compacted
-    state stream.
+    state stream.  That holds for lives the deleting node had seen; for
+    the others (concurrent first inserts) a fleet pass also collects only
+    below an earlier pass that has settled (`_settled`).
     """
     with ctx.transaction():
         refresh(ctx)
