@@ -434,10 +434,19 @@ def _settled(
     # (our entry in `vectors` is our mark, which may predate our last writes).
     marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0))
     passes = ctx.fleet_passes
-    # Passes that knew every member now, newest first, with the members whose
-    # own entry of then the frontier does not cover yet.
+    # Passes that knew every member now, newest first, with the members (still
+    # members: a site forgotten since no longer counts) whose own entry of then
+    # the frontier does not cover yet.
     candidates = [
-        (index, passes[index][0], {s for s, m in passes[index][1].items() if stable.get(s, 0) < m})
+        (
+            index,
+            passes[index][0],
+            {
+                site
+                for site, mark in passes[index][1].items()
+                if site in vectors and stable.get(site, 0) < mark
+            },
+        )
         for index in range(len(passes) - 1, -1, -1)
         if set(vectors) <= set(passes[index][1])
     ]
