@@ -430,9 +430,10 @@ def _settled(
     """
     own = ctx.site_id()
     marks = {site: vector.get(site, 0) for site, vector in vectors.items()}
-    # Our lives are our captured writes: our vector's own entry bounds them
-    # (our entry in `vectors` is our mark, which may predate our last writes).
-    marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0))
+    # Our lives are our captured writes: the clock's last stamp bounds them
+    # (our entry in `vectors` is our mark, which may predate our last writes,
+    # and our vector's own entry stands still in restore mode).
+    marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0), ctx.clock.last)
     passes = ctx.fleet_passes
     # Passes that knew every member now, newest first, with the members (still
     # members: a site forgotten since no longer counts) whose own entry of then
