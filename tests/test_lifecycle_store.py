@@ -227,3 +227,60 @@ def test_forget_on_the_command_line_names_what_is_wrong(stores: list[SqliteStore
 def _site_of(path: str) -> str:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         return str(connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+
+
+def _fleet_pass(
+    store: SqliteStore, direct: dict[str, dict[str, int]], own_held: dict[str, int]
+) -> int:
+    """One collection pass of a fleet node (ADR 0017): claims as `direct`, our holdings."""
+    state = store.begin_collection(direct, own_held=own_held)
+    while not store.collect_step(state, 1_000).done:
+        pass
+    return state.collected
+
+
+def test_a_fleet_pass_counts_our_deletes_only_once_on_the_stream(
+    stores: list[SqliteStore],
+) -> None:
+    """A fleet node alone: its own delete goes only once its mark (on the stream) covers it."""
+    a = stores[0]
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    assert _fleet_pass(a, {}, {}) == 0, "nothing of ours is known to be on the stream"
+    assert _tombstones(a) == 1
+    # Held everywhere from this pass on; it goes at the next pass that sees
+    # every member's own entry of this one held (ADR 0017, concurrent first inserts).
+    assert _fleet_pass(a, {}, {a.site_id: a.stamp_mark()}) == 0
+    assert _fleet_pass(a, {}, {a.site_id: a.stamp_mark()}) == 1
+    assert _tombstones(a) == 0
+
+
+def test_a_fleet_pass_stays_below_the_ceiling_so_a_late_copy_is_dropped(
+    stores: list[SqliteStore],
+) -> None:
+    """A delete every member holds waits until the life it ended is below every horizon.
+
+    b inserts k, a deletes it; b's claim says it holds a's writes, and its
+    own only up to a stamp below its insert (a mark taken before the read
+    that published the insert).  Per-origin stability of a's delete holds,
+    but the ceiling (b's origin) is below it: kept.  Once b's claim covers
+    its insert, the tombstone goes, and b's old batch with the live k,
+    merged again (the stream read again, a state-stream copy), is dropped.
+    """
+    a, b = stores[0], stores[1]
+    before_insert = b.stamp_mark()
+    _write(b, "INSERT INTO notes VALUES ('k', 'x')")
+    old_batch = b.read_batch(0, {}, 1_000)
+    exchange_all(b, a)
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    exchange_all(a, b)
+    mark = a.stamp_mark()
+    claim = {a.site_id: mark, b.site_id: before_insert}
+    assert _fleet_pass(a, {b.site_id: claim}, {a.site_id: mark, b.site_id: before_insert}) == 0
+    assert _tombstones(a) == 1
+    covered = b.stamp_mark()
+    claim = {a.site_id: mark, b.site_id: covered}
+    assert _fleet_pass(a, {b.site_id: claim}, {a.site_id: mark, b.site_id: covered}) == 1
+    a.merge_repair_rows(b.site_id, old_batch)
+    assert a.connection.execute("SELECT count(*) FROM notes").fetchone()[0] == 0
+    assert a.status().lifecycle.stale_dropped == 1  # type: ignore[union-attr]

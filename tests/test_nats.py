@@ -262,7 +262,7 @@ def test_messages_delivered_to_a_killed_process_are_not_taken_for_a_gap(
     a = nats_node(cluster, "a", nats_cluster, fleet)
     b = nats_node(cluster, "b", nats_cluster, fleet)
     cluster.start(a)
-    _publish_one_by_one(
+    publish_one_by_one(
         cluster,
         nats_cluster,
         a,
@@ -374,7 +374,7 @@ async def _publish_raw(servers: NatsCluster, fleet: str, site: str, frame: bytes
         await client.close()
 
 
-def _publish_one_by_one(
+def publish_one_by_one(
     cluster: Cluster, servers: NatsCluster, node: NodeProcess, statements: list[str]
 ) -> None:
     """Each statement a transaction of its own, published as a message before the next."""
@@ -415,11 +415,11 @@ def test_a_gap_is_closed_from_the_compacted_state_stream(
     not find the gap again (the position moved past it).
     """
     fleet = fleet_name()
-    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    asyncio.run(make_small_stream(nats_cluster, fleet, messages_max=3))
     a = nats_node(cluster, "a", nats_cluster, fleet)
     b = nats_node(cluster, "b", nats_cluster, fleet)
     cluster.start(a)
-    _publish_one_by_one(cluster, nats_cluster, a, GAP_WRITES)
+    publish_one_by_one(cluster, nats_cluster, a, GAP_WRITES)
     b.start().wait_until_ready()
     rows = wait_converged(
         [a.db, b.db],
@@ -490,15 +490,15 @@ def test_a_site_with_no_message_left_in_the_stream_is_not_skipped(
     then reach b and give a a position (a gap closed the ordinary way).
     """
     fleet = fleet_name()
-    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    asyncio.run(make_small_stream(nats_cluster, fleet, messages_max=3))
     a = nats_node(cluster, "a", nats_cluster, fleet)
     c = nats_node(cluster, "c", nats_cluster, fleet)
     b = nats_node(cluster, "b", nats_cluster, fleet)
     cluster.start(a, c)
-    _publish_one_by_one(
+    publish_one_by_one(
         cluster, nats_cluster, a, [f"INSERT INTO items VALUES ('a{i}', 'n', {i})" for i in range(2)]
     )
-    _publish_one_by_one(
+    publish_one_by_one(
         cluster, nats_cluster, c, [f"INSERT INTO items VALUES ('c{i}', 'n', {i})" for i in range(5)]
     )
     b.start().wait_until_ready()
@@ -546,11 +546,11 @@ def test_a_gap_the_state_stream_cannot_close_stays_reported(
     reports the gap again.
     """
     fleet = fleet_name()
-    asyncio.run(_make_small_stream(nats_cluster, fleet, messages_max=3))
+    asyncio.run(make_small_stream(nats_cluster, fleet, messages_max=3))
     a = nats_node(cluster, "a", nats_cluster, fleet)
     b = nats_node(cluster, "b", nats_cluster, fleet)
     cluster.start(a)
-    _publish_one_by_one(cluster, nats_cluster, a, GAP_WRITES)
+    publish_one_by_one(cluster, nats_cluster, a, GAP_WRITES)
     asyncio.run(_purge_state(nats_cluster, fleet, site_id(a)))
     b.start().wait_until_ready()
     wait_for(
@@ -634,7 +634,7 @@ def test_a_node_on_nats_and_websocket_relays_the_stream_to_its_peer(
     assert fleet_of(m)["state"] == "streaming"
 
 
-async def _make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
+async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
     client = await nats.connect(servers=servers.urls)
     try:
         await client.jetstream().add_stream(

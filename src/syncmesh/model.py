@@ -85,6 +85,25 @@ class Membership:
     horizon: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class FleetHoldings:
+    """What a node on a fleet stream knows of what the fleet's sites hold (docs/adr/0017).
+
+    Fleet sites send no vectors; each publishes a *claim* on the stream
+    instead (what it holds, per site, and how far its own chain reaches
+    when it said so).  A claim counts only once this node applied the
+    claimant's chain that far: a claim must not overtake the batches it
+    follows.  `own`: what this node holds of each fleet site's writes, its
+    own entry being only its writes already on the stream.  `sites`: per
+    other fleet site, what its latest usable claim says it holds ({} while
+    it has none).  `waiting`: per site, why it has no usable claim.
+    """
+
+    own: dict[str, int]
+    sites: dict[str, dict[str, int]]
+    waiting: dict[str, str] = field(default_factory=dict)
+
+
 # What the writer of a cell value knew of earlier writes to the cell, per
 # other site: the greatest HLC of that site's writes it knew, sorted by site
 # id.  A writer knows every earlier write of its own site, so its own site

@@ -399,6 +399,12 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
             "state_published_rows",
         ),
         ("bootstraps", "Gaps closed from the compacted state stream.", "bootstraps"),
+        (
+            "claims_published",
+            "Claims of what we hold we published (tombstone collection, ADR 0017).",
+            "claims_published",
+        ),
+        ("claims_refused", "Other sites' claims that did not parse.", "claims_refused"),
     )
     for name, text, field in counters:
         counter = CounterMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)

@@ -177,6 +177,14 @@ _STATUS = {
                 },
                 "state_published_rows": {"type": "integer"},
                 "bootstraps": {"type": "integer", "description": "gaps closed from it"},
+                "claims_published": {
+                    "type": "integer",
+                    "description": "our claims of what we hold (tombstone collection, ADR 0017)",
+                },
+                "claims_refused": {
+                    "type": "integer",
+                    "description": "other sites' claims that did not parse",
+                },
                 "sites": {
                     "type": "array",
                     "items": {

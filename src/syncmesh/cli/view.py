@@ -186,6 +186,13 @@ def _behind(ms: int | None) -> str:
     return f"{duration(ms)} behind"
 
 
+def _held_back_facts(rounds: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A fleet node's collection: what holds it back (docs/adr/0017-fleet-claims.md)."""
+    if not rounds or not rounds.get("held_back"):
+        return []
+    return [("fleet collection", rounds["held_back"])]
+
+
 def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
     """The fleet stream (NATS JetStream): our chain, the stream, and each other site."""
     console.print()
@@ -200,6 +207,11 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
                     "published",
                     f"{fleet['published_messages']} messages, {fleet['published_rows']} rows,"
                     f" up to seq {fleet['published_seq']}",
+                ),
+                (
+                    "claims",
+                    f"{fleet.get('claims_published', 0)} published (what we hold),"
+                    f" {fleet.get('claims_refused', 0)} of other sites refused",
                 ),
                 (
                     "stream",
@@ -258,6 +270,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
         *(("warning", warning) for warning in store.get("warnings", [])),
         *orphan_facts(store.get("orphans", {}), store.get("orphan_problems", [])),
         *lifecycle_facts(store.get("lifecycle")),
+        *_held_back_facts(status.get("lifecycle")),
     ]
     console.print(_facts(facts))
     console.print()

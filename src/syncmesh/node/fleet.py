@@ -39,6 +39,14 @@ docs/adr/0014-nats-stream-model.md is the model; in short:
   the site's copies and takes as position the end of the site's newest
   message, read before the copies; without the marker the gap stays
   reported, with the reason.
+- **Claims (tombstone collection, docs/adr/0017).**  Every
+  `lifecycle.interval_s` each site puts a *claim* on the state stream
+  (token `members`, one per site): what it holds of each fleet site's
+  writes, its own entry being a stamp below which all its writes are on
+  the stream, with `published`, where its chain ended when it said so.
+  A node counts a claim only once it applied the claimant's chain that
+  far (its batches and its claim travel apart), and gives the lifecycle
+  round what the usable claims say (`holdings`).
 """
 
 from __future__ import annotations
@@ -46,15 +54,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import ProtocolError, StoreError, SyncError
-from syncmesh.model import ChangeBatch
+from syncmesh.model import ChangeBatch, FleetHoldings, Membership
 from syncmesh.node.config import FleetConfig, NodeConfig
 from syncmesh.node.origin import one_row_batches, own_rows, refuse_foreign
 from syncmesh.node.worker import StoreWorker
@@ -74,6 +83,10 @@ POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
 # The state stream's token of a site's marker: "my state is complete for this
 # incarnation" (row tokens are 32 hex digits, so no row can be named so).
 STATE_MARKER = "complete"
+# The state stream's token of a site's claim (docs/adr/0017): what it holds.
+CLAIM_TOKEN = "members"
+CLAIM_BYTES_MAX = 1 << 20
+CLAIM_DISCOVERY_ROUNDS = 10  # claim subjects listed once in so many rounds (the first included)
 BOOTSTRAP_MERGE_MESSAGES = 500  # state messages merged per store call while bootstrapping
 BOOTSTRAP_RETRY_S = 30.0  # a bootstrap that could not close a gap is tried again after this
 PUBLISH_TRIES_MAX = 5  # then the link is opened again (the stream tells what landed)
@@ -118,6 +131,7 @@ class _Site:
     """What this node knows of one other site on the stream."""
 
     site_id: str
+    incarnation: str = ""  # of the chain our position is on
     cursor: int = 0  # its feed, up to here applied (the chain's position)
     stream_seq: int = 0  # the stream sequence of the last message applied
     head_seq: int = 0  # its feed's head, as its newest message seen says
@@ -203,6 +217,8 @@ class FleetStatistics:
     state_stream: str  # the compacted stream: each site's latest copy of each row
     state_published_rows: int  # rows we published to it (backfill included)
     bootstraps: int  # gaps closed from it
+    claims_published: int = 0  # our claims of what we hold (docs/adr/0017)
+    claims_refused: int = 0  # other sites' claims that did not parse
 
 
 class Fleet:
@@ -230,6 +246,18 @@ class Fleet:
         self._stream = (0, 0, 0, 0, 0)  # first, last, messages, pending, ack pending
         self._rng = random.Random()
         self._reread = False  # read the stream again from its start at the next open
+        self._incarnation = ""
+        # Claims (docs/adr/0017).  `_claimable`: (a stamp below which all our
+        # writes are on the stream, where our chain ended then, what we held
+        # of the other sites when the stamp was taken); the publish loop takes
+        # a new one when `_mark_wanted`.
+        self._mark_wanted = True
+        self._claimable: tuple[int, int, dict[str, int]] | None = None
+        self._claims: dict[str, _Claim] = {}  # per other site, its latest claim read
+        self._usable_claims: dict[str, _Claim] = {}  # per other site, its latest usable one
+        self._claims_published = 0
+        self._claims_refused = 0
+        self._claim_reads = 0
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -256,6 +284,7 @@ class Fleet:
                     group.create_task(self._publish_loop())
                     group.create_task(self._consume_loop())
                     group.create_task(self._status_loop())
+                    group.create_task(self._claim_loop())
             except* RereadStream as group_error:
                 log.info("fleet: %s; reading the stream again", group_error.exceptions[0])
             except* (FleetError, StoreError, ProtocolError) as group_error:
@@ -295,6 +324,7 @@ class Fleet:
                 continue
             site = self._site(cursor.site_id[len(prefix) :])
             site.cursor, site.stream_seq = cursor.cursor, cursor.head_seq
+            site.incarnation = cursor.incarnation
             if cursor.cursor == 0 and cursor.head_seq > 0:
                 rewind = True
                 site.stream_seq = 0
@@ -332,6 +362,9 @@ class Fleet:
     async def _publish_loop(self) -> None:
         host, store, worker = self._host, self._host.store, self._host.worker
         incarnation = await worker.call(lambda: store.incarnation)
+        self._incarnation = incarnation
+        self._claimable = None  # our chain's end is read again below
+        self._mark_wanted = True
         subject = self._link.subject_of(self._own)
         last = await self._link.last_message(subject)
         head = await worker.call(store.head_seq)
@@ -344,11 +377,23 @@ class Fleet:
         rows_max = host.config.batch_rows_max
         while True:
             changed = host.feed_event()
+            # What we hold of the others now, before the mark and the read: every
+            # message of ours read before this moment is at or before `published`
+            # once the read's rows are out, so a reader that applied that far may
+            # count it.  Before the mark (not after its store call, during which
+            # the consume loop may apply more): each delete counted here was
+            # applied before the mark, so every life of ours it ended is stamped
+            # below the mark, which a collector's settled pass relies on (ADR 0017).
+            wanted = self._mark_wanted
+            others = self._held_others() if wanted else {}
+            # Taken before the read: a write captured after it is stamped above it.
+            mark = await worker.call(store.stamp_mark) if wanted else None
             vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)
             if batch.to_seq == scan:
                 self._publish_waiting_since_ms = 0  # all our writes are on the stream
+                self._note_mark(mark, batch, published, others)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(host.config.idle_resend_s):
                         await changed.wait()
@@ -356,6 +401,7 @@ class Fleet:
             outgoing = dataclasses.replace(own_rows(batch, self._own), from_seq=published)
             if not outgoing.tables:
                 scan = batch.to_seq  # only others' writes: theirs to publish
+                self._note_mark(mark, batch, published, others)
                 continue
             # Kept across reconnects: the writes wait until a publish of them is acked.
             self._publish_waiting_since_ms = self._publish_waiting_since_ms or host.now_ms()
@@ -377,6 +423,21 @@ class Fleet:
             await self._publish(outgoing, frame, incarnation)
             published = scan = outgoing.to_seq
             self._published_seq = published
+            self._note_mark(mark, batch, published, others)
+
+    def _note_mark(
+        self, mark: int | None, batch: ChangeBatch, published: int, others: dict[str, int]
+    ) -> None:
+        """After a read that reached our feed's head, all of it published: a claim may say so.
+
+        `mark` was stamped before the read; the store gives a batch a vector
+        only when it reaches the head with no row held back.  Every write of
+        ours stamped at or below `mark` was then in the feed read, and its
+        row's state (or a later one) is in our messages up to `published`.
+        """
+        if mark is not None and batch.vector is not None:
+            self._claimable = (mark, published, others)
+            self._mark_wanted = False
 
     def _note_streaming(self, subject: str, published: int) -> None:
         """The publish side has started: our chain's end is read and our state is marked."""
@@ -683,6 +744,7 @@ class Fleet:
             return
         if outcome.kind == "applied":
             site.cursor, site.stream_seq = outcome.cursor, message.stream_seq
+            site.incarnation = batch.incarnation
             site.messages_applied += 1
         elif outcome.kind == "gap":
             site.cursor = outcome.cursor
@@ -748,6 +810,7 @@ class Fleet:
         )
         self._bootstraps += 1
         site.cursor, site.stream_seq = to_seq, last.stream_seq
+        site.incarnation = incarnation
         site.last_stream_seq = max(site.last_stream_seq, last.stream_seq)
         site.gap = site.bootstrap_error = ""
         site.bootstrap_rows = rows
@@ -772,7 +835,7 @@ class Fleet:
         if marker is None:  # purged since we listed it: look again later
             site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
             return
-        rows = await self._merge_state(site, [m for m in messages if m is not marker])
+        rows = await self._merge_state(site, _row_copies(messages))
         self._bootstraps += 1
         site.unseen = False
         site.gap = site.bootstrap_error = ""
@@ -802,7 +865,7 @@ class Fleet:
                 f" site's incarnation {incarnation} (a site publishes it when it starts with"
                 " a version that has the state stream)"
             )
-        return last, [message for message in messages if message is not marker]
+        return last, _row_copies(messages)
 
     async def _merge_state(self, site: _Site, messages: list[StoredMessage]) -> int:
         """Merge the state messages' rows (refused, counted: rows that claim another origin)."""
@@ -949,6 +1012,145 @@ class Fleet:
             log.info("fleet: looking up the state marker of site %s failed: %s", site_id, exc)
             return False
 
+    # -- claims: what each site holds (docs/adr/0017) ---------------------------------
+
+    async def _claim_loop(self) -> None:
+        """Every `lifecycle.interval_s`: read the other sites' claims, then publish ours."""
+        interval_s = self._host.config.lifecycle_interval_s
+        if interval_s <= 0:
+            return  # no collection here: nobody needs what we hold
+        while True:
+            await self._read_claims()
+            await self._publish_claim()
+            await asyncio.sleep(interval_s)
+
+    async def _publish_claim(self) -> None:
+        """Our claim on the state stream, if the publish loop has a mark; else ask for one."""
+        claimable = self._claimable
+        if claimable is None:
+            self._mark_wanted = True
+            self._host.feed_advanced()  # an idle publish loop reads, and marks
+            return
+        mark, published, others = claimable
+        store = self._host.store
+        membership = await self._host.worker.call(store.membership)
+        body = {
+            "published": published,
+            # What we held of the others when the mark was taken, not now: a
+            # message we read since may carry a state older than what we hold
+            # now, and it may lie past `published` (found by `syncmesh chaos
+            # --transport nats --seed 1 --only 1 --nodes 3 --duration 6`).
+            "held": {**others, self._own: mark},
+            "gone": list(membership.forgotten),
+            "cl_floor": membership.cl_floor,
+            "horizon": membership.horizon,
+        }
+        await self._link.publish_state(
+            self._own,
+            [(CLAIM_TOKEN, json.dumps(body, sort_keys=True, separators=(",", ":")).encode())],
+            headers={HEADER_SITE: self._own, HEADER_INCARNATION: self._incarnation},
+        )
+        self._claims_published += 1
+        # The next claim says more: a new mark at the publish loop's next read.
+        self._mark_wanted = True
+        self._host.feed_advanced()
+
+    async def _read_claims(self) -> None:
+        """Each other site's latest claim; learn its forgotten sites, cl floor and horizon.
+
+        What it holds is learned only from a usable claim (`_usable`); the
+        rest (sites forgotten, the cl floor) is safe to learn at once.
+        """
+        store, worker = self._host.store, self._host.worker
+        known = set(self._sites) | set(self._claims)
+        if self._claim_reads % CLAIM_DISCOVERY_ROUNDS == 0:
+            # Listing the state stream's claim subjects makes the server look
+            # through a subject per row: only now and then, for sites that
+            # claim but never published a message.
+            known |= set(await self._link.state_sites(CLAIM_TOKEN))
+        self._claim_reads += 1
+        for site_id in sorted(known):
+            if site_id == self._own or not _hex_site(site_id):
+                continue
+            message = await self._link.last_state(site_id, CLAIM_TOKEN)
+            if message is None:
+                continue
+            try:
+                claim = parse_claim(site_id, message)
+            except ValueError as exc:
+                self._claims_refused += 1
+                log.error("fleet: site %s's claim is refused: %s", site_id, exc)
+                continue
+            self._claims[site_id] = claim
+            usable = self._usable(claim)
+            if usable:
+                self._usable_claims[site_id] = claim
+            gossip = Membership(
+                {site_id: dict(claim.held)} if usable else {},
+                claim.gone,
+                claim.cl_floor,
+                claim.horizon,
+            )
+            await worker.call(store.note_gossip, site_id, gossip)
+
+    def _usable(self, claim: _Claim) -> bool:
+        """True once we applied the claimant's chain as far as it had published when it claimed.
+
+        Its claim and its batches travel on different streams: a claim may
+        arrive before batches it follows.  A batch read before the claimant
+        held a delete may carry an older state of the row; counted before we
+        applied that batch, the claim could let us collect the tombstone,
+        and the batch would then bring the row back.
+        """
+        if claim.published == 0:
+            return True  # it had published nothing: no batch of it can come late
+        site = self._sites.get(claim.site_id)
+        return (
+            site is not None
+            and site.incarnation == claim.incarnation
+            and site.cursor >= claim.published
+        )
+
+    def _held_others(self) -> dict[str, int]:
+        """What we hold of each other fleet site's writes (their usable claims' marks)."""
+        return {
+            site_id: claim.held.get(site_id, 0)
+            for site_id, claim in self._usable_claims.items()
+            if self._usable(claim)
+        }
+
+    def _held(self) -> dict[str, int]:
+        """What we hold of each fleet site's writes now; our own: those on the stream."""
+        held = self._held_others()
+        if self._claimable is not None:
+            held[self._own] = self._claimable[0]
+        return held
+
+    def holdings(self) -> FleetHoldings:
+        """For the lifecycle round: what we and every other fleet site hold (usable claims)."""
+        sites: dict[str, dict[str, int]] = {}
+        waiting: dict[str, str] = {}
+        for site_id in sorted(set(self._sites) | set(self._claims)):
+            if site_id == self._own or not _hex_site(site_id):
+                continue  # (a subject token that is no site id: it has no rows here)
+            claim = self._usable_claims.get(site_id)
+            if claim is not None and self._usable(claim):
+                sites[site_id] = dict(claim.held)
+                continue
+            sites[site_id] = {}
+            latest = self._claims.get(site_id)
+            site = self._sites.get(site_id)
+            if latest is None:
+                waiting[site_id] = "has put no claim on the stream (what it holds is unknown)"
+            else:
+                waiting[site_id] = (
+                    f"claims what it holds as of its seq {latest.published}, and we applied"
+                    f" its chain only up to {0 if site is None else site.cursor}"
+                )
+        if self._claimable is None:
+            waiting[self._own] = "our own writes are not known to be on the stream yet"
+        return FleetHoldings(self._held(), sites, waiting)
+
     def statistics(self) -> FleetStatistics:
         sites = tuple(
             FleetSiteStatistics(
@@ -1009,6 +1211,8 @@ class Fleet:
             state_stream=self._link.state_stream_name,
             state_published_rows=self._state_published_rows,
             bootstraps=self._bootstraps,
+            claims_published=self._claims_published,
+            claims_refused=self._claims_refused,
         )
 
 
@@ -1020,6 +1224,75 @@ class _Outcome:
     captured_total: int = 0
     gap_from: int = 0
     after_seq: int = 0  # "ahead": the stream sequence of the last message applied
+
+
+def _row_copies(messages: list[StoredMessage]) -> list[StoredMessage]:
+    """A site's state messages without its marker and its claim: its rows' copies."""
+    return [
+        message
+        for message in messages
+        if not message.subject.endswith(("." + STATE_MARKER, "." + CLAIM_TOKEN))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A fleet site's claim (docs/adr/0017), as read from the state stream."""
+
+    site_id: str
+    incarnation: str
+    published: int  # its chain's end when it claimed: count the claim once we applied that far
+    held: dict[str, int]  # per fleet site, the stamp up to which it holds its writes
+    gone: tuple[str, ...]  # sites forgotten there (`syncmesh forget`)
+    cl_floor: int
+    horizon: dict[str, int]
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= HLC_MAX
+
+
+def _stamps(value: object, what: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not an object")
+    stamps: dict[str, int] = {}
+    for site, hlc in value.items():
+        if not (isinstance(site, str) and _hex_site(site)):
+            raise ValueError(f"{what} names {site!r}, not a site id")
+        if not _count(hlc):
+            raise ValueError(f"{what}[{site}] is not a stamp")
+        stamps[site] = hlc
+    return stamps
+
+
+def parse_claim(site_id: str, message: StoredMessage) -> _Claim:
+    """A claim checked at the trust boundary; ValueError says what is wrong with it."""
+    if len(message.data) > CLAIM_BYTES_MAX:
+        raise ValueError(f"{len(message.data)} bytes, over {CLAIM_BYTES_MAX}")
+    try:
+        body = json.loads(message.data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValueError("not an object")
+    published, floor, gone = body.get("published"), body.get("cl_floor"), body.get("gone")
+    if not _count(published):
+        raise ValueError("published is not a count")
+    if not _count(floor):
+        raise ValueError("cl_floor is not a count")
+    if not isinstance(gone, list) or not all(
+        isinstance(site, str) and _hex_site(site) for site in gone
+    ):
+        raise ValueError("gone is not a list of site ids")
+    return _Claim(
+        site_id,
+        message.headers.get(HEADER_INCARNATION, ""),
+        published,
+        _stamps(body.get("held"), "held"),
+        tuple(gone),
+        floor,
+        _stamps(body.get("horizon"), "horizon"),
+    )
 
 
 def _hex_site(site_id: str) -> bool:

@@ -15,12 +15,17 @@ in this run or an earlier one): it may be a member we have not heard of
 yet (a newcomer that has written), and collecting without it could make
 us refuse it.
 
-A node on a fleet stream (NATS, docs/nats.md) collects nothing: the stream's
-sites send no vectors, so nothing tells which of our deletes they hold.  A
-node that held no other site's stamps yet took itself for its only member
-and collected its own deletes while the stream was out of reach, before
-they were published: they were lost, and older writes of the keys came
-back (issue 15, found by `syncmesh chaos --transport nats`).
+A node on a fleet stream (NATS) learns what the stream's sites hold from
+their claims (docs/adr/0017, `Fleet.holdings`): each fleet site counts as a
+peer in session whose vector is its latest usable claim ({} while it has
+none: it holds collection back), our own entry for our own writes is only
+what is on the stream, and the pass collects only below the least frontier
+entry over the origins not forgotten (its *ceiling*) and below an earlier
+pass that has settled (the store's `lifecycle._settled`).  Before claims, a fleet node collected
+nothing: one that held no other site's stamps took itself for its only
+member and collected its own deletes while the stream was out of reach,
+before they were published (issue 15, `syncmesh chaos --transport nats`);
+the own entry above keeps that from coming back.
 """
 
 from __future__ import annotations
@@ -33,16 +38,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from syncmesh.errors import StoreError, SyncError
-from syncmesh.model import Membership
+from syncmesh.model import FleetHoldings, Membership
 from syncmesh.node.config import NodeConfig
 from syncmesh.store import Store
+from syncmesh.store.records import CollectPass
 
 log = logging.getLogger(__name__)
-
-FLEET_SKIP = (
-    "on a fleet stream: its sites send no vectors, so no delete is known to be held by all"
-    " (docs/nats.md, Tombstones)"
-)
 
 StoreCall = Callable[..., Awaitable[Any]]
 
@@ -77,6 +78,10 @@ class LifecycleHost(Protocol):
         """URLs this node dials whose peer it never met (in this run or an earlier one)."""
         ...
 
+    def fleet_holdings(self) -> FleetHoldings | None:
+        """What the fleet's sites hold, from their claims; None if the node has no fleet."""
+        ...
+
 
 @dataclass(slots=True)
 class LifecycleStatistics:
@@ -87,6 +92,8 @@ class LifecycleStatistics:
     collected: int = 0  # tombstones collected by this run's passes
     last_pass_ms: float = 0.0  # how long the last pass took, steps and waits included
     skipped: str = ""  # why the last round did not collect ("" if it did)
+    # A fleet node: which sites hold its collection back, and why ("" if none).
+    held_back: str = ""
     gossip_sent: int = 0
 
 
@@ -109,17 +116,34 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
     peers = list(host.gossip_peers())
     heard = {peer.peer_site_id: dict(peer.peer_vector) for peer in peers if peer.peer_site_id}
     await call(store.learn_vectors, heard)
+    direct = dict(heard)
+    holdings = host.fleet_holdings()
+    own_held: dict[str, int] | None = None
+    if holdings is not None:
+        own_held = holdings.own
+        for site, claimed in holdings.sites.items():
+            # A fleet site that is also a peer in session: both are its own word.
+            merged = dict(direct.get(site, {}))
+            for origin, hlc in claimed.items():
+                merged[origin] = max(merged.get(origin, 0), hlc)
+            direct[site] = merged
+        # Fleet sites are members (a site without a usable claim holds collection
+        # back); our own row's high-water mark takes what we hold of them, which
+        # our HELLO then tells a WebSocket peer that collected (rule 3).
+        own = await call(lambda: store.site_id)
+        await call(store.learn_vectors, {**holdings.sites, own: holdings.own})
     statistics.rounds += 1
     collected = 0
     unmet = await host.unmet_dialled_peers()
-    if host.config.fleet is not None:
-        statistics.skipped = FLEET_SKIP
-    elif unmet:
+    state: CollectPass | None = None
+    if unmet:
         statistics.skipped = f"never met the peer at {', '.join(unmet)}: it may be a member"
     else:
         statistics.skipped = ""
-        collected = await _collection_pass(host, statistics, heard)
+        state = await _collection_pass(host, statistics, direct, own_held)
+        collected = state.collected
     membership = await call(store.membership)
+    statistics.held_back = "" if holdings is None else _fleet_held_back(holdings, membership, state)
     for peer in peers:
         try:
             sent = await peer.send_membership(membership)
@@ -131,13 +155,49 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
     return collected
 
 
+def _fleet_held_back(
+    holdings: FleetHoldings, membership: Membership, state: CollectPass | None
+) -> str:
+    """Which member holds a fleet node's collection back, and why (status)."""
+    gone = set(membership.forgotten)
+    waiting = [
+        f"fleet site {site} {why}"
+        for site, why in sorted(holdings.waiting.items())
+        if site not in gone
+    ]
+    if waiting:
+        return "; ".join(waiting)
+    if state is None or state.ceiling is None:
+        return ""
+    if state.settled == {}:
+        holder, origin = state.held_back_by
+        if not holder:
+            return "the first collection pass since the start: deletes wait for the next"
+        return (
+            f"site {holder} does not hold the writes of site {origin} as far as that site"
+            " had written when an earlier pass began: deletes wait until every life they"
+            " ended is held everywhere (docs/adr/0017)"
+        )
+    holder, origin = state.held_back_by
+    return (
+        f"site {holder} is known to hold the writes of site {origin} only up to stamp"
+        f" {state.ceiling}: deletes stamped above it wait"
+    )
+
+
 async def _collection_pass(
-    host: LifecycleHost, statistics: LifecycleStatistics, direct: dict[str, dict[str, int]]
-) -> int:
-    """`direct`: the vectors our peers in session sent us; they stand for those peers."""
+    host: LifecycleHost,
+    statistics: LifecycleStatistics,
+    direct: dict[str, dict[str, int]],
+    own_held: dict[str, int] | None = None,
+) -> CollectPass:
+    """`direct`: the vectors our peers in session sent us; they stand for those peers.
+
+    `own_held`: a fleet node's holdings of the fleet sites' writes (ADR 0017).
+    """
     store, call = host.store, host.store_call
     started = time.perf_counter()
-    state = await call(store.begin_collection, direct)
+    state: CollectPass = await call(store.begin_collection, direct, own_held=own_held)
     while not host.stopping:
         step = await call(store.collect_step, state, host.config.lifecycle_batch_rows)
         if step.done:
@@ -153,4 +213,4 @@ async def _collection_pass(
                 f"{table}: {count}" for table, count in sorted(state.collected_by_table.items())
             ),
         )
-    return int(state.collected)
+    return state

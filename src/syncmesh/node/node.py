@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from syncmesh.clock import HybridClock, PhysicalClock, SystemClock, feed_lag_ms
 from syncmesh.errors import RefusedError, StoreError, SyncError
-from syncmesh.model import ChangeBatch
+from syncmesh.model import ChangeBatch, FleetHoldings
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
 from syncmesh.node.config import NodeConfig, PeerConfig
@@ -379,6 +379,10 @@ class Node:
         status = await self.worker.call(self.store.status)
         known = {cursor.address for cursor in status.peers}
         return [url for url in unmet if url not in known]
+
+    def fleet_holdings(self) -> FleetHoldings | None:
+        """What the fleet's sites hold, from their claims (docs/adr/0017); None: no fleet."""
+        return None if self.fleet is None else self.fleet.holdings()
 
     def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]:
         """(URL, named peer or None) of every peer this node dials."""

@@ -310,11 +310,23 @@ class Store(VerifyStore, Protocol):
         """Take a decommissioned site out of the membership; False if it was already."""
         ...
 
-    def begin_collection(self, direct: dict[str, dict[str, int]] | None = None) -> CollectPass:
+    def begin_collection(
+        self,
+        direct: dict[str, dict[str, int]] | None = None,
+        *,
+        own_held: dict[str, int] | None = None,
+    ) -> CollectPass:
         """Start a pass of tombstone collection: membership refreshed, frontier fixed.
 
         `direct`: per peer in session, the vector it sent in that session.
+        `own_held`: on a fleet stream, what we hold of its sites' writes
+        (docs/adr/0017); the pass then collects only below the least
+        frontier entry of the members.
         """
+        ...
+
+    def stamp_mark(self) -> int:
+        """A stamp above every write captured so far and below every one captured later."""
         ...
 
     def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:

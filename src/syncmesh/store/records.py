@@ -62,10 +62,19 @@ class CollectPass:
 
     frontier: dict[str, int]
     tables: list[str]
+    # A fleet node's pass (docs/adr/0017): a tombstone is stable only at or
+    # below this stamp too, the least of the frontier over the members.
+    ceiling: int | None = None
     table_index: int = 0
     after: tuple[SqlValue, ...] | None = None
     collected: int = 0
     collected_by_table: dict[str, int] = field(default_factory=dict)
+    # With a ceiling: (the member, the origin) whose entry set it, for status.
+    held_back_by: tuple[str, str] = ("", "")
+    # A fleet node's pass: a tombstone is stable only at or below this per
+    # origin, the frontier of an earlier pass whose members' own entries the
+    # frontier now covers ({}: none yet, nothing goes); None off a fleet.
+    settled: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

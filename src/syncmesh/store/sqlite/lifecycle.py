@@ -320,7 +320,7 @@ def forget(ctx: StoreContext, site: str) -> bool:
 
 
 def frontier(
-    ctx: StoreContext, direct: dict[str, Vector] | None = None
+    ctx: StoreContext, direct: dict[str, Vector] | None = None, own_held: Vector | None = None
 ) -> tuple[Vector, dict[str, Vector]]:
     """Per origin, the least any member holds of its writes; and the members' vectors.
 
@@ -331,6 +331,12 @@ def frontier(
     gossip says of it: a batch it read before it held a delete may still be
     on its way to us, ahead of the message that says it holds it, while
     gossip from a third node can overtake it.
+
+    `own_held` (a node on a fleet stream, docs/adr/0017): what we hold of
+    the fleet sites' writes, which our vector does not say (the stream's
+    batches carry none); our own entry is then only our writes already on
+    the stream, not every write we made: a delete not published yet is
+    held by nobody else, whatever the others' claims say.
     """
     own = ctx.site_id()
     vectors = {
@@ -342,21 +348,129 @@ def frontier(
         if site in vectors:
             vectors[site] = vector
     vectors[own] = ctx.vector()
+    if own_held is not None:
+        mine = {origin: hlc for origin, hlc in vectors[own].items() if origin != own}
+        _max_merge(mine, {origin: hlc for origin, hlc in own_held.items() if origin != own})
+        mine[own] = own_held.get(own, 0)
+        vectors[own] = mine
     origins = {origin for vector in vectors.values() for origin in vector}
     return {
         origin: min(vector.get(origin, 0) for vector in vectors.values()) for origin in origins
     }, vectors
 
 
-def begin_pass(ctx: StoreContext, direct: dict[str, Vector]) -> CollectPass:
+def begin_pass(
+    ctx: StoreContext, direct: dict[str, Vector], own_held: Vector | None = None
+) -> CollectPass:
     """Refresh the membership and fix the frontier for one pass over the tables.
 
     `direct`: the vectors of the peers in session with us, as they sent them.
+    `own_held` (a fleet node): what we hold of the fleet sites' writes; the
+    pass then also has a *ceiling*, the least frontier entry over the
+    origins that are not forgotten (docs/adr/0017).  A tombstone stamped
+    at or below it was deleted after every life it ended began, and each
+    such life was stamped at or below the horizon this pass records for
+    its stamping site, so rule 1 drops it when it arrives late, whatever
+    path it takes: an old batch read again, a copy from the compacted
+    state stream.  That holds for lives the deleting node had seen; for
+    the others (concurrent first inserts) a fleet pass also collects only
+    below an earlier pass that has settled (`_settled`).
     """
     with ctx.transaction():
         refresh(ctx)
-        stable, _ = frontier(ctx, direct)
-    return CollectPass(stable, sorted(ctx.tables))
+        stable, vectors = frontier(ctx, direct, own_held)
+        if own_held is None:
+            return CollectPass(stable, sorted(ctx.tables))
+        # Over the origins of writes (a site that never wrote started no
+        # life), but not a forgotten site's: it writes no more, and its
+        # last writes would hold the ceiling back for good.
+        gone = {site for site, (_, forgotten, _) in _members(ctx).items() if forgotten}
+        origins = {origin: hlc for origin, hlc in stable.items() if origin not in gone}
+        origin = min(origins, key=lambda name: (origins[name], name))
+        holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
+        settled, waiting_for = _settled(ctx, stable, vectors)
+    return CollectPass(
+        stable,
+        sorted(ctx.tables),
+        origins[origin],
+        held_back_by=(holder, origin) if settled else waiting_for,
+        settled=settled,
+    )
+
+
+FLEET_PASSES_KEPT = 64  # earlier passes a fleet node remembers (the oldest go first)
+
+
+def _settled(
+    ctx: StoreContext, stable: Vector, vectors: dict[str, Vector]
+) -> tuple[Vector, tuple[str, str]]:
+    """Per origin, the frontier of the latest earlier pass that has settled for it.
+
+    Why (docs/adr/0017, "Concurrent first inserts"): a delete ends every
+    life of its row with a lower causal length, also lives it never saw,
+    stamped later than the delete (another site's first insert of the same
+    key, concurrent with the deleted life).  Rule 1 drops a late copy of
+    such a life only if its stamp is at or below our horizon for the site
+    that stamped it, and neither the delete's stamp nor the ceiling bounds
+    that stamp.  What does: each site stamped its lives that the delete
+    ended before it applied the delete, so below its own entry in any
+    vector (a claim's mark, a peer's vector) that shows it holding the
+    delete; the deleting site's own lives are below the delete's stamp.
+    So an earlier pass has *settled* for origin O once the frontier now
+    covers the own entry that pass had for every member but O: a tombstone
+    of O at or below that pass's frontier then goes, and the horizon we
+    record for each site is above every life the delete ended, whichever
+    path a copy of it takes.  A member that was none then (its own entry
+    unknown) waits for a later pass.  The cost: a delete goes about two
+    claim rounds later.
+
+    Returns the settled frontier (an origin left out: none yet) and, if it
+    is empty, (a member, an origin) that keeps the oldest pass remembered
+    from settling, for status (("", ""): nothing to tell yet).
+    """
+    own = ctx.site_id()
+    marks = {site: vector.get(site, 0) for site, vector in vectors.items()}
+    # Our lives are our captured writes: the clock's last stamp bounds them
+    # (our entry in `vectors` is our mark, which may predate our last writes,
+    # and our vector's own entry stands still in restore mode).
+    marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0), ctx.clock.last)
+    passes = ctx.fleet_passes
+    # Passes that knew every member now, newest first, with the members (still
+    # members: a site forgotten since no longer counts) whose own entry of then
+    # the frontier does not cover yet.
+    candidates = [
+        (
+            index,
+            passes[index][0],
+            {
+                site
+                for site, mark in passes[index][1].items()
+                if site in vectors and stable.get(site, 0) < mark
+            },
+        )
+        for index in range(len(passes) - 1, -1, -1)
+        if set(vectors) <= set(passes[index][1])
+    ]
+    settled: Vector = {}
+    oldest_needed = len(passes)
+    for origin, hlc in stable.items():
+        for index, earlier, behind in candidates:
+            if behind <= {origin}:
+                settled[origin] = min(hlc, earlier.get(origin, 0))
+                oldest_needed = min(oldest_needed, index)
+                break
+    if len(settled) == len(stable):
+        del passes[:oldest_needed]  # older passes settle less: never needed again
+    waiting_for = ("", "")
+    if not settled and candidates:
+        lagging = sorted(candidates[-1][2])
+        if lagging:
+            origin = lagging[0]
+            holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
+            waiting_for = (holder, origin)
+    passes.append((dict(stable), marks))
+    del passes[:-FLEET_PASSES_KEPT]
+    return settled, waiting_for
 
 
 def collect_step(ctx: StoreContext, state: CollectPass, rows_max: int) -> CollectStep:
@@ -424,6 +538,8 @@ def _collect_some(
             and cl_hlc is not None
             and cl_site is not None
             and cl_hlc <= state.frontier.get(sites.site(cl_site), 0)
+            and (state.ceiling is None or cl_hlc <= state.ceiling)
+            and (state.settled is None or cl_hlc <= state.settled.get(sites.site(cl_site), 0))
         ):
             stable.append(row)
     if not stable:

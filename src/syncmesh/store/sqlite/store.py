@@ -399,13 +399,29 @@ class SqliteStore:
         """Take a decommissioned site out of the membership; False if it was already."""
         return lifecycle.forget(self.context, site_id)
 
-    def begin_collection(self, direct: dict[str, dict[str, int]] | None = None) -> CollectPass:
+    def begin_collection(
+        self,
+        direct: dict[str, dict[str, int]] | None = None,
+        *,
+        own_held: dict[str, int] | None = None,
+    ) -> CollectPass:
         """Start a pass of tombstone collection: membership refreshed, frontier fixed.
 
         `direct`: per peer in session with us, the vector it sent in that
         session; it stands for the peer instead of what gossip says of it.
+        `own_held`: on a fleet stream, what we hold of its sites' writes
+        (our own entry: our writes on the stream); see docs/adr/0017.
         """
-        return lifecycle.begin_pass(self.context, direct or {})
+        return lifecycle.begin_pass(self.context, direct or {}, own_held)
+
+    def stamp_mark(self) -> int:
+        """A stamp above every write captured so far and below every one captured later.
+
+        A fleet site says, with it, that its writes up to here are on the
+        stream (docs/adr/0017): a write not captured yet is stamped later.
+        """
+        self.context.require_init()
+        return self.context.clock.tick()
 
     def collect_step(self, state: CollectPass, rows_max: int) -> CollectStep:
         """Look at the next `rows_max` shadow rows; collect the stable tombstones among them."""
