@@ -383,6 +383,11 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
             "state_published_rows",
         ),
         ("bootstraps", "Gaps closed from the compacted state stream.", "bootstraps"),
+        (
+            "own_restores",
+            "Restores of this file whose lost own writes came back from the stream.",
+            "own_restores",
+        ),
     )
     for name, text, field in counters:
         counter = CounterMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)

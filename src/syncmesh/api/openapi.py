@@ -169,6 +169,15 @@ _STATUS = {
                 },
                 "state_published_rows": {"type": "integer"},
                 "bootstraps": {"type": "integer", "description": "gaps closed from it"},
+                "own_restore": {
+                    "type": "string",
+                    "description": "own writes lost by a restore of the file, merged back"
+                    " from the stream: restoring, or restored (empty if never)",
+                },
+                "own_restores": {
+                    "type": "integer",
+                    "description": "restores whose lost own writes came back from the stream",
+                },
                 "sites": {
                     "type": "array",
                     "items": {

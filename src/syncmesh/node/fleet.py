@@ -55,7 +55,16 @@ from typing import Protocol
 from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import ProtocolError, StoreError, SyncError
 from syncmesh.model import ChangeBatch
+from syncmesh.node.chain import (
+    HEADER_FROM,
+    HEADER_HEAD,
+    HEADER_INCARNATION,
+    HEADER_SITE,
+    HEADER_TO,
+    header_int,
+)
 from syncmesh.node.config import FleetConfig, NodeConfig
+from syncmesh.node.fleet_restore import OwnRestore
 from syncmesh.node.origin import one_row_batches, own_rows, refuse_foreign
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import Batch, decode, encode
@@ -65,11 +74,6 @@ from syncmesh.transport.stream import Delivery, FleetError, FleetLink, StoredMes
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
-HEADER_SITE = "Syncmesh-Site"
-HEADER_INCARNATION = "Syncmesh-Incarnation"
-HEADER_FROM = "Syncmesh-From"
-HEADER_TO = "Syncmesh-To"
-HEADER_HEAD = "Syncmesh-Head"
 POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
 # The state stream's token of a site's marker: "my state is complete for this
 # incarnation" (row tokens are 32 hex digits, so no row can be named so).
@@ -186,6 +190,10 @@ class FleetStatistics:
     state_stream: str  # the compacted stream: each site's latest copy of each row
     state_published_rows: int  # rows we published to it (backfill included)
     bootstraps: int  # gaps closed from it
+    # Own writes lost by a restore of the file, merged back from the stream
+    # (node/fleet_restore.py): what happens or happened ("" if never), and how often.
+    own_restore: str = ""
+    own_restores: int = 0
 
 
 class Fleet:
@@ -213,6 +221,7 @@ class Fleet:
         self._stream = (0, 0, 0, 0, 0)  # first, last, messages, pending, ack pending
         self._rng = random.Random()
         self._reread = False  # read the stream again from its start at the next open
+        self._own_restore = OwnRestore(host, link, self._decoded, STATE_MARKER)
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -227,6 +236,9 @@ class Fleet:
                 await self._link.open(self._own, fresh_consumer=rewind)
                 if rewind:
                     await self._clear_reset_marks()
+                # Before anything is published: a restored file must not publish its
+                # older copies of rows (nor continue the lost run's chain).
+                await self._own_restore.check(self._own)
                 # Not "streaming" yet: that is the publish loop's to say, once it
                 # has started (a link that opened can still stall before it).
                 self._state = "starting"
@@ -983,6 +995,8 @@ class Fleet:
             state_stream=self._link.state_stream_name,
             state_published_rows=self._state_published_rows,
             bootstraps=self._bootstraps,
+            own_restore=self._own_restore.status,
+            own_restores=self._own_restore.restores,
         )
 
 
@@ -1002,7 +1016,4 @@ def _hex_site(site_id: str) -> bool:
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int:
-    try:
-        return max(0, int(headers.get(name, "0")))
-    except ValueError:
-        return 0
+    return header_int(headers, name)

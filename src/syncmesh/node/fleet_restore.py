@@ -1,0 +1,221 @@
+"""A fleet site restored from a backup gets its own lost writes back from the stream.
+
+ADR 0014, "A site restored from a backup".  On a fleet no peer ever sends
+a site its own writes, and no HELLO claims them, so without this a site
+whose file was replaced by an older copy never got back the writes it
+made after the copy, though its own subject in the stream (and its copies
+in the state stream) still held them: the site and the fleet disagreed
+for good.  Every time the link opens, before anything is published:
+
+1. **Check.** The last message on our own subject; if its chain end lies
+   past `Store.stream_scan_floor` (own writes up to there are held), the
+   own messages ending past it are read, and the greatest own stamp of
+   each goes through the store's restore check (`note_stream_claims`, the
+   check of a HELLO's claim: a stamp inside a gap is a lost write).  In a
+   file never restored no own stamp lies in a gap, so a normal restart
+   detects nothing (the check is cheap then: usually no message, at most
+   a few, ends past the floor).
+2. **Recovery.** While restoring (restore mode on: a new incarnation, the
+   clock past the lost stamps), the own messages ending past the lowered
+   floor are merged back (`merge_repair_rows`: the merge is a join, a
+   repeat does no harm).  When the stream no longer holds the start of
+   that run (its limits dropped our messages), our copies in the state
+   stream are merged too, if our marker says they are complete.  Then
+   `own_writes_back` leaves restore mode, unless a claim the stream cannot
+   answer (a WebSocket peer's) keeps it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from syncmesh.errors import ClockDriftError, SiteIdConflict
+from syncmesh.model import ChangeBatch
+from syncmesh.node.chain import HEADER_FROM, HEADER_INCARNATION, HEADER_TO, header_int
+from syncmesh.node.config import NodeConfig
+from syncmesh.node.origin import own_stamp_max
+from syncmesh.node.worker import StoreWorker
+from syncmesh.store import Store
+from syncmesh.transport.stream import FleetLink, StoredMessage
+
+log = logging.getLogger(__name__)
+
+TWIN_FIX = (
+    "two live database files share this site id (a copy of the file was started): run"
+    " `syncmesh init --new-site-id` on the copy"
+)
+
+
+class OwnRestoreHost(Protocol):
+    """What the check needs from its node."""
+
+    config: NodeConfig
+    store: Store
+    worker: StoreWorker
+
+    def now_ms(self) -> int: ...
+
+    def feed_advanced(self) -> None: ...
+
+
+class OwnRestore:
+    """The restore check of our own subject, and the recovery from it (status kept here)."""
+
+    def __init__(
+        self,
+        host: OwnRestoreHost,
+        link: FleetLink,
+        decode: Callable[[StoredMessage], ChangeBatch | None],
+        marker_token: str,
+    ) -> None:
+        self._host = host
+        self._link = link
+        self._decode = decode
+        self._marker = marker_token
+        # For status: what happens or happened ("" if never); restores completed.
+        self.status = ""
+        self.restores = 0
+
+    async def check(self, own: str) -> None:
+        """Detect, from our own subject, that the file lost own writes; recover them if so."""
+        store, worker, link = self._host.store, self._host.worker, self._link
+        subject = link.subject_of(own)
+        last = await link.last_message(subject)
+        if last is None:
+            return
+        floor = await worker.call(store.stream_scan_floor)
+        if header_int(last.headers, HEADER_TO) <= floor:
+            return  # every own stamp on the stream is at most the floor: nothing lost
+        restoring_before = await worker.call(store.restoring)
+        messages = await self._own_messages_after(subject, floor, last)
+        claims = [
+            claim
+            for message in messages
+            if (batch := self._decode(message)) is not None
+            and (claim := own_stamp_max(batch, own)) > 0
+        ]
+        try:
+            first = await worker.call(
+                store.note_stream_claims,
+                claims,
+                last.headers.get(HEADER_INCARNATION, ""),
+                header_int(last.headers, HEADER_TO),
+            )
+        except ClockDriftError as exc:
+            self.status = f"own writes on {subject} not checked: {exc}"
+            log.error("fleet: the own writes on our subject %s are not checked: %s", subject, exc)
+            return
+        except SiteIdConflict as exc:
+            self.status = f"{exc}; {TWIN_FIX}"
+            log.error("fleet: on our own subject %s: %s; %s", subject, exc, TWIN_FIX)
+            raise
+        if not await worker.call(store.restoring):
+            log.info(
+                "fleet: %d messages of our subject end past our seq %d; none holds an own"
+                " write this file lacks",
+                len(messages),
+                floor,
+            )
+            return
+        if first:
+            log.warning(
+                "fleet: stream %s holds own writes of this site that the file lost (restored"
+                " from an older copy?): new incarnation, merging them back from the stream",
+                link.stream_name,
+            )
+        await self._recover(own, subject, last, may_end=not restoring_before or self._fleet_only())
+
+    def _fleet_only(self) -> bool:
+        """No WebSocket peer is configured: the stream is the only place lost writes can be."""
+        config = self._host.config
+        return not config.peers and not config.peer_urls
+
+    async def _recover(self, own: str, subject: str, last: StoredMessage, *, may_end: bool) -> None:
+        """Merge the own writes the stream holds past the floor; leave restore mode if all back."""
+        store, worker, link = self._host.store, self._host.worker, self._link
+        floor = await worker.call(store.stream_scan_floor)  # lowered by the detection
+        messages = await self._own_messages_after(subject, floor, last)
+        self.status = (
+            f"restoring own writes from stream {link.stream_name}: {len(messages)} messages of"
+            f" our subject end past our seq {floor}"
+        )
+        complete = bool(messages) and header_int(messages[0].headers, HEADER_FROM) <= floor
+        rows, upto = 0, 0
+        for message in messages:
+            batch = self._decode(message)
+            if batch is None:
+                complete = False  # counted and logged by the decoder; the state stream has it
+                continue
+            upto = max(upto, own_stamp_max(batch, own))
+            rows += (await worker.call(store.merge_repair_rows, own, batch)).applied_rows
+        source = f"{len(messages)} messages of our subject in stream {link.stream_name}"
+        if not complete:
+            copies = await link.read_state(own)
+            marker = next((m for m in copies if m.subject.endswith("." + self._marker)), None)
+            if marker is None:
+                self.status = (
+                    f"restoring own writes: stream {link.stream_name} no longer holds our"
+                    f" messages after our seq {floor} and {link.state_stream_name} holds no"
+                    " complete state of ours; own writes lost by the restore come back only"
+                    " from a WebSocket peer that holds them (--peer URL)"
+                )
+                log.error("fleet: %s", self.status)
+                self._host.feed_advanced()
+                return
+            log.warning(
+                "fleet: stream %s no longer holds our messages after our seq %d: merging our"
+                " copies from the compacted state stream %s",
+                link.stream_name,
+                floor,
+                link.state_stream_name,
+            )
+            for copy in copies:
+                batch = None if copy is marker else self._decode(copy)
+                if batch is None:
+                    continue
+                upto = max(upto, own_stamp_max(batch, own))
+                rows += (await worker.call(store.merge_repair_rows, own, batch)).applied_rows
+            source += f" and {len(copies) - 1} copies of our rows in {link.state_stream_name}"
+        self._host.feed_advanced()
+        if may_end and await worker.call(store.own_writes_back, upto):
+            self.restores += 1
+            self.status = (
+                f"own writes restored from the stream: {rows} rows merged back from {source}"
+                f" (own writes up to {upto}); new incarnation"
+                f" {await worker.call(lambda: store.incarnation)}"
+            )
+            log.warning("fleet: %s", self.status)
+            return
+        self.status = (
+            f"restoring own writes: {rows} rows merged back from {source}; restore mode stays"
+            " until a WebSocket peer returns the rest (its claim lies past what the stream holds)"
+        )
+        log.warning("fleet: %s", self.status)
+
+    async def _own_messages_after(
+        self, subject: str, floor: int, last: StoredMessage
+    ) -> list[StoredMessage]:
+        """Our messages up to `last` whose chain end lies past `floor`, in stream order.
+
+        Chain ends grow along our subject (they are seqs of our clock), so
+        the first such message is found by bisecting the stream sequences
+        (a few requests), then the rest are read in order.
+        """
+        link = self._link
+        low, high = 1, last.stream_seq
+        while low < high:
+            middle = (low + high) // 2
+            found = await link.next_message(subject, middle)
+            if found is None or header_int(found.headers, HEADER_TO) > floor:
+                high = middle
+            else:
+                low = found.stream_seq + 1
+        messages = []
+        found = await link.next_message(subject, low)
+        while found is not None and found.stream_seq <= last.stream_seq:
+            if header_int(found.headers, HEADER_TO) > floor:
+                messages.append(found)
+            found = await link.next_message(subject, found.stream_seq + 1)
+        return messages

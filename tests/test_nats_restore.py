@@ -1,0 +1,154 @@
+"""A fleet site whose file is restored from a backup gets its own lost writes back
+from the stream (ADR 0014, "A site restored from a backup"; docs/nats.md).
+
+Real `syncmesh serve --nats` processes on a real 3-server JetStream cluster
+(tests/nats_cluster.py), all on 127.0.0.1; writes through the sqlite3 shell;
+every wait is a deadline loop on a state.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.helpers import sqlite3_shell
+from tests.nats_cluster import NatsCluster
+from tests.nodeproc import Cluster, query, row_count, wait_converged, wait_for
+from tests.test_nats import describe, fleet_name, fleet_of, nats_node
+
+CONVERGE_S = 30.0  # a deadline for states on a loaded machine; passing runs take a few s
+
+
+def incarnation(db: Path) -> str:
+    (row,) = query(db, "SELECT incarnation FROM _syncmesh_state")
+    return str(row[0])
+
+
+def test_a_restored_fleet_site_gets_its_lost_writes_back_from_the_stream(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: own writes made after the backup, held only by the stream and the other
+    sites, come back to the restored site; edits made to the restored file before
+    the restart are kept and reach the other site; status says restored.
+
+    Method: a writes row 'kept' and is backed up (stopped, file copied); a runs
+    again and writes three rows and an update of 'kept' that reach b through the
+    stream; a stops and its file is replaced by the backup; the application
+    writes 'edit' into the restored file; a starts.  Both files must end with
+    the same five rows ('kept' updated), a's fleet status must say restored,
+    and a must have drawn a new incarnation.  Fails before the fix: nothing
+    brought a its own writes back over the stream, and status said all was well.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('kept', 'old', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    a.stop()
+    backup = cluster.directory / "a-backup.db"
+    shutil.copyfile(a.db, backup)
+    a.start().wait_until_ready()
+    sqlite3_shell(
+        a.db,
+        "INSERT INTO items VALUES ('lost-1', 'x', 1), ('lost-2', 'y', 2);"
+        " INSERT INTO items VALUES ('lost-3', 'z', 3);"
+        " UPDATE items SET name = 'new' WHERE id = 'kept';",
+    )
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: (
+            len(rows) == 4 and (("kept", "text"), ("new", "text"), (1, "integer")) in rows
+        ),
+        describe=describe(cluster, nats_cluster),
+    )
+    a.stop()
+    before = incarnation(a.db)
+    shutil.copyfile(backup, a.db)
+    assert row_count(a.db, "items") == 1
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('edit', 'after restore', 9)")
+    a.start().wait_until_ready()
+    dump = wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 5,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert (("kept", "text"), ("new", "text"), (1, "integer")) in dump
+    assert (("edit", "text"), ("after restore", "text"), (9, "integer")) in dump
+    assert {row[0][0] for row in dump} == {"kept", "lost-1", "lost-2", "lost-3", "edit"}
+    wait_for(
+        lambda: fleet_of(a)["own_restores"] == 1,
+        CONVERGE_S,
+        "a's fleet status to count the restore",
+        describe(cluster, nats_cluster),
+    )
+    status = a.status()
+    assert status["fleet"]["own_restore"].startswith("own writes restored from the stream"), status
+    assert status["store"]["restore_floor"] == 0, status
+    assert incarnation(a.db) not in (before, "")
+    assert "holds own writes of this site that the file lost" in a.log_text()
+    # b took a's new incarnation for a new chain of a's, with no gap.
+    assert fleet_of(b)["gaps"] == []
+    # After the recovery, a restart detects nothing more (no restore, no new incarnation).
+    recovered = incarnation(a.db)
+    a.stop()
+    a.start().wait_until_ready()
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('later', 'l', 10)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 6)
+    assert incarnation(a.db) == recovered
+    assert fleet_of(a)["own_restores"] == 0  # this run restored nothing
+
+
+def test_a_plain_restart_of_a_fleet_site_detects_no_restore(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: no false restore, ever: a restarted site keeps its incarnation.
+
+    Method: a writes a row; b updates it, so that a publishes the row again
+    with only a's older cells and the message's chain end past a's own
+    writes (the check then reads it); a restarts and writes again.
+    a's incarnation must not change, no restore must be logged or shown, and
+    both sites converge.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    start = incarnation(a.db)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('r', 'from a', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    published = fleet_of(a)["published_messages"]
+    sqlite3_shell(b.db, "UPDATE items SET qty = 2 WHERE id = 'r'")
+    wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: (("r", "text"), ("from a", "text"), (2, "integer")) in rows,
+    )
+    wait_for(
+        lambda: fleet_of(a)["published_messages"] > published,
+        CONVERGE_S,
+        "a to publish its row again after b's update",
+        describe(cluster, nats_cluster),
+    )
+    a.stop()
+    a.start().wait_until_ready()
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('s', 'a', 3)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 2)
+    wait_for(
+        lambda: fleet_of(a)["state"] == "streaming",
+        CONVERGE_S,
+        "a to stream",
+        describe(cluster, nats_cluster),
+    )
+    assert incarnation(a.db) == start
+    shown = fleet_of(a)
+    assert (shown["own_restore"], shown["own_restores"]) == ("", 0)
+    assert a.status()["store"]["restore_floor"] == 0
+    # The restart read a's republished row (its chain end lies past a's own
+    # writes) and found nothing lost: the check ran, and did not fire.
+    assert "none holds an own write this file lacks" in a.log_text()
+    assert "file lost" not in a.log_text()
+    assert "older than its peers' view" not in a.log_text()
