@@ -8,13 +8,17 @@ every wait is a deadline loop on a state.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
+
+import nats
+from nats.js.api import StreamConfig
 
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import NatsCluster
 from tests.nodeproc import Cluster, query, row_count, wait_converged, wait_for
-from tests.test_nats import describe, fleet_name, fleet_of, nats_node
+from tests.test_nats import _publish_one_by_one, describe, fleet_name, fleet_of, nats_node
 
 CONVERGE_S = 30.0  # a deadline for states on a loaded machine; passing runs take a few s
 
@@ -152,3 +156,76 @@ def test_a_plain_restart_of_a_fleet_site_detects_no_restore(
     assert "none holds an own write this file lacks" in a.log_text()
     assert "file lost" not in a.log_text()
     assert "older than its peers' view" not in a.log_text()
+
+
+async def _make_stream_keeping(servers: NatsCluster, fleet: str, *, per_site: int) -> None:
+    """The changes stream, made by the operator, keeping `per_site` messages per subject."""
+    client = await nats.connect(servers=servers.urls)
+    try:
+        await client.jetstream().add_stream(
+            StreamConfig(
+                name=f"SYNCMESH_{fleet.upper()}",
+                subjects=[f"syncmesh.{fleet}.changes.*"],
+                num_replicas=3,
+                max_msgs_per_subject=per_site,
+            )
+        )
+    finally:
+        await client.close()
+
+
+def test_lost_writes_whose_messages_the_stream_dropped_come_back_from_the_state_stream(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: when the changes stream no longer holds the start of the lost run (its
+    limits dropped our older messages), our copies in the state stream are merged.
+
+    Method: the changes stream keeps 2 messages per site; after the backup, a
+    publishes 4 transactions one by one (3 inserts, an update of the backed-up
+    row), so the first 2 are dropped; b holds all.  a's file is replaced by
+    the backup and a starts: every row must come back, the log must say the
+    state stream was used, and status must say restored.
+    """
+    fleet = fleet_name()
+    asyncio.run(_make_stream_keeping(nats_cluster, fleet, per_site=2))
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('kept', 'old', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    a.stop()
+    backup = cluster.directory / "a-backup.db"
+    shutil.copyfile(a.db, backup)
+    a.start().wait_until_ready()
+    _publish_one_by_one(
+        cluster,
+        nats_cluster,
+        a,
+        [
+            "INSERT INTO items VALUES ('lost-1', 'x', 1)",
+            "INSERT INTO items VALUES ('lost-2', 'y', 2)",
+            "UPDATE items SET name = 'new' WHERE id = 'kept'",
+            "INSERT INTO items VALUES ('lost-3', 'z', 3)",
+        ],
+    )
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 4)
+    a.stop()
+    shutil.copyfile(backup, a.db)
+    a.start().wait_until_ready()
+    dump = wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 4 and ("kept", "text") in [row[0] for row in rows],
+        describe=describe(cluster, nats_cluster),
+    )
+    assert (("kept", "text"), ("new", "text"), (1, "integer")) in dump
+    assert {row[0][0] for row in dump} == {"kept", "lost-1", "lost-2", "lost-3"}
+    wait_for(
+        lambda: fleet_of(a)["own_restores"] == 1,
+        CONVERGE_S,
+        "a's fleet status to count the restore",
+        describe(cluster, nats_cluster),
+    )
+    assert "copies of our rows in" in fleet_of(a)["own_restore"]
+    assert "merging our copies from the compacted state stream" in a.log_text()
+    assert a.status()["store"]["restore_floor"] == 0

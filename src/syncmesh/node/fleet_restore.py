@@ -89,18 +89,22 @@ class OwnRestore:
         if header_int(last.headers, HEADER_TO) <= floor:
             return  # every own stamp on the stream is at most the floor: nothing lost
         restoring_before = await worker.call(store.restoring)
+        ours = await worker.call(lambda: store.incarnation)
         messages = await self._own_messages_after(subject, floor, last)
+        # While restoring already, messages of our current incarnation carry our new
+        # writes (stamped past the lost ones): no claim of a lost write.
         claims = [
             claim
             for message in messages
-            if (batch := self._decode(message)) is not None
+            if not (restoring_before and _incarnation(message) == ours)
+            and (batch := self._decode(message)) is not None
             and (claim := own_stamp_max(batch, own)) > 0
         ]
         try:
             first = await worker.call(
                 store.note_stream_claims,
                 claims,
-                last.headers.get(HEADER_INCARNATION, ""),
+                _incarnation(last),
                 header_int(last.headers, HEADER_TO),
             )
         except ClockDriftError as exc:
@@ -125,17 +129,22 @@ class OwnRestore:
                 " from an older copy?): new incarnation, merging them back from the stream",
                 link.stream_name,
             )
-        await self._recover(own, subject, last, may_end=not restoring_before or self._fleet_only())
+        await self._recover(own, subject, last)
 
-    def _fleet_only(self) -> bool:
-        """No WebSocket peer is configured: the stream is the only place lost writes can be."""
-        config = self._host.config
-        return not config.peers and not config.peer_urls
+    async def _recover(self, own: str, subject: str, last: StoredMessage) -> None:
+        """Merge the own writes the stream holds past the floor; leave restore mode if all back.
 
-    async def _recover(self, own: str, subject: str, last: StoredMessage, *, may_end: bool) -> None:
-        """Merge the own writes the stream holds past the floor; leave restore mode if all back."""
+        Restore mode ends when the own writes of *earlier* incarnations that
+        the stream holds reach the restore floor (`own_writes_back`): those
+        were published before the restore was detected, by the run that lost
+        them (or an earlier one).  Messages of our current incarnation are
+        merged too but do not count: they carry this file's new writes,
+        stamped past every lost one, and would end restore mode while a lost
+        write only a WebSocket peer holds is still missing.
+        """
         store, worker, link = self._host.store, self._host.worker, self._link
         floor = await worker.call(store.stream_scan_floor)  # lowered by the detection
+        ours = await worker.call(lambda: store.incarnation)
         messages = await self._own_messages_after(subject, floor, last)
         self.status = (
             f"restoring own writes from stream {link.stream_name}: {len(messages)} messages of"
@@ -148,7 +157,8 @@ class OwnRestore:
             if batch is None:
                 complete = False  # counted and logged by the decoder; the state stream has it
                 continue
-            upto = max(upto, own_stamp_max(batch, own))
+            if _incarnation(message) != ours:
+                upto = max(upto, own_stamp_max(batch, own))
             rows += (await worker.call(store.merge_repair_rows, own, batch)).applied_rows
         source = f"{len(messages)} messages of our subject in stream {link.stream_name}"
         if not complete:
@@ -175,11 +185,13 @@ class OwnRestore:
                 batch = None if copy is marker else self._decode(copy)
                 if batch is None:
                     continue
-                upto = max(upto, own_stamp_max(batch, own))
+                if _incarnation(copy) != ours:
+                    upto = max(upto, own_stamp_max(batch, own))
                 rows += (await worker.call(store.merge_repair_rows, own, batch)).applied_rows
             source += f" and {len(copies) - 1} copies of our rows in {link.state_stream_name}"
         self._host.feed_advanced()
-        if may_end and await worker.call(store.own_writes_back, upto):
+        ended = await worker.call(store.own_writes_back, upto)
+        if ended or not await worker.call(store.restoring):
             self.restores += 1
             self.status = (
                 f"own writes restored from the stream: {rows} rows merged back from {source}"
@@ -219,3 +231,7 @@ class OwnRestore:
                 messages.append(found)
             found = await link.next_message(subject, found.stream_seq + 1)
         return messages
+
+
+def _incarnation(message: StoredMessage) -> str:
+    return message.headers.get(HEADER_INCARNATION, "")
