@@ -17,7 +17,7 @@ from nats.js.api import StreamConfig
 
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import NatsCluster
-from tests.nodeproc import Cluster, query, row_count, wait_converged, wait_for
+from tests.nodeproc import Cluster, NodeProcess, query, row_count, wait_converged, wait_for
 from tests.test_nats import _publish_one_by_one, describe, fleet_name, fleet_of, nats_node
 
 CONVERGE_S = 30.0  # a deadline for states on a loaded machine; passing runs take a few s
@@ -92,6 +92,7 @@ def test_a_restored_fleet_site_gets_its_lost_writes_back_from_the_stream(
     status = a.status()
     assert status["fleet"]["own_restore"].startswith("own writes restored from the stream"), status
     assert status["store"]["restore_floor"] == 0, status
+    assert status["fleet"]["site_id_conflict"] == "", status  # a restore is no copy
     assert incarnation(a.db) not in (before, "")
     assert "holds own writes of this site that the file lost" in a.log_text()
     # b took a's new incarnation for a new chain of a's, with no gap.
@@ -113,7 +114,7 @@ def test_a_plain_restart_of_a_fleet_site_detects_no_restore(
 
     Method: a writes a row; b updates it, so that a publishes the row again
     with only a's older cells and the message's chain end past a's own
-    writes (the check then reads it); a restarts and writes again.
+    writes (the check then reads it); a restarts and writes 60 transactions.
     a's incarnation must not change, no restore must be logged or shown, and
     both sites converge.
     """
@@ -139,8 +140,15 @@ def test_a_plain_restart_of_a_fleet_site_detects_no_restore(
     )
     a.stop()
     a.start().wait_until_ready()
-    sqlite3_shell(a.db, "INSERT INTO items VALUES ('s', 'a', 3)")
-    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 2)
+    # Many transactions in a row: the status rounds that look for another file on
+    # a's subject run while a publishes, and must take none of a's messages for one.
+    for batch in range(15):
+        sqlite3_shell(
+            a.db,
+            " ".join(f"INSERT INTO items VALUES ('s{batch}-{n}', 'a', {n});" for n in range(4)),
+        )
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 61)
+    assert fleet_of(a)["published_messages"] >= 2
     wait_for(
         lambda: fleet_of(a)["state"] == "streaming",
         CONVERGE_S,
@@ -150,6 +158,7 @@ def test_a_plain_restart_of_a_fleet_site_detects_no_restore(
     assert incarnation(a.db) == start
     shown = fleet_of(a)
     assert (shown["own_restore"], shown["own_restores"]) == ("", 0)
+    assert shown["site_id_conflict"] == ""
     assert a.status()["store"]["restore_floor"] == 0
     # The restart read a's republished row (its chain end lies past a's own
     # writes) and found nothing lost: the check ran, and did not fire.
@@ -229,3 +238,51 @@ def test_lost_writes_whose_messages_the_stream_dropped_come_back_from_the_state_
     assert "copies of our rows in" in fleet_of(a)["own_restore"]
     assert "merging our copies from the compacted state stream" in a.log_text()
     assert a.status()["store"]["restore_floor"] == 0
+    assert fleet_of(a)["site_id_conflict"] == ""
+
+
+def test_a_copied_file_publishing_on_the_same_subject_is_reported_at_both(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: two live files with one site id on a fleet are told apart from a restore
+    and reported loudly at both, with the fix (issue 12, defect 7).
+
+    Method: a writes a row and stops; its file is copied to c; a and c start
+    on the same fleet (same site id, same subject) and each writes a row.
+    Each must see a message on its subject that it did not publish: status
+    `site_id_conflict` naming `init --new-site-id`, a health reason, an
+    ERROR line, and no restore taken.
+    """
+    fleet = fleet_name()
+    a, c = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "c"))
+    cluster.start(a)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('first', 'a', 1)")
+    wait_for(
+        lambda: fleet_of(a)["published_messages"] >= 1,
+        CONVERGE_S,
+        "a to publish its row",
+        describe(cluster, nats_cluster),
+    )
+    a.stop()
+    shutil.copyfile(a.db, c.db)
+    cluster.start(a, c)
+    # One at a time: the writer's message is then the last on the subject when
+    # the other one's status round reads it.
+    for writer, other in ((a, c), (c, a)):
+        sqlite3_shell(writer.db, f"INSERT INTO items VALUES ('at-{writer.name}', 'x', 2)")
+
+        def reported(node: NodeProcess = other) -> bool:
+            return "init --new-site-id" in fleet_of(node)["site_id_conflict"]
+
+        wait_for(
+            reported,
+            CONVERGE_S,
+            f"{other.name} to report the other file on its subject",
+            describe(cluster, nats_cluster),
+        )
+    for node in (a, c):
+        code, body = node.health()
+        assert code == 503, body
+        assert "init --new-site-id" in str(body)
+        assert "ERROR syncmesh.node.fleet_restore: fleet: " in node.log_text()
+        assert fleet_of(node)["own_restores"] == 0

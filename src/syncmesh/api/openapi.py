@@ -178,6 +178,11 @@ _STATUS = {
                     "type": "integer",
                     "description": "restores whose lost own writes came back from the stream",
                 },
+                "site_id_conflict": {
+                    "type": "string",
+                    "description": "another live file with our site id publishes on our"
+                    " subject, with the fix (empty if none seen)",
+                },
                 "sites": {
                     "type": "array",
                     "items": {

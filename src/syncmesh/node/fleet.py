@@ -194,6 +194,8 @@ class FleetStatistics:
     # (node/fleet_restore.py): what happens or happened ("" if never), and how often.
     own_restore: str = ""
     own_restores: int = 0
+    # Another live file with our site id publishes on our subject ("" if none seen).
+    site_id_conflict: str = ""
 
 
 class Fleet:
@@ -479,6 +481,7 @@ class Fleet:
                 log.info("fleet: publish of %s failed (%s); trying again", message_id, exc)
                 await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
                 continue
+            self._own_restore.note_published(receipt.stream_seq)
             if receipt.duplicate:
                 self._publish_duplicates += 1
             self._publish_waiting_since_ms = 0  # progress; the next batch waits from now
@@ -510,6 +513,7 @@ class Fleet:
             await delivery.term()
             return True
         if site_id == self._own:
+            self._own_restore.note_delivered(message)
             await delivery.ack()
             return True
         batch = self._decoded(message)
@@ -863,6 +867,7 @@ class Fleet:
                 await self._find_unseen_sites()
             for site in list(self._sites.values()):
                 await self._look_at(site, position.first_seq, position.consumer_ack_floor)
+            await self._own_restore.judge(self._own, publishing=self._publish_waiting_since_ms > 0)
             await asyncio.sleep(self._config.status_interval_s)
 
     async def _find_unseen_sites(self) -> None:
@@ -997,6 +1002,7 @@ class Fleet:
             bootstraps=self._bootstraps,
             own_restore=self._own_restore.status,
             own_restores=self._own_restore.restores,
+            site_id_conflict=self._own_restore.twin,
         )
 
 

@@ -42,6 +42,8 @@ from syncmesh.transport.stream import FleetLink, StoredMessage
 
 log = logging.getLogger(__name__)
 
+RECEIPTS_KEPT_MAX = 10_000  # publish receipts remembered to tell our messages from a copy's
+
 TWIN_FIX = (
     "two live database files share this site id (a copy of the file was started): run"
     " `syncmesh init --new-site-id` on the copy"
@@ -77,12 +79,22 @@ class OwnRestore:
         # For status: what happens or happened ("" if never); restores completed.
         self.status = ""
         self.restores = 0
+        # Another live file publishing on our subject (a copy with our site id), for
+        # status and health: "" if none seen.
+        self.twin = ""
+        self._checked_seq = 0  # our subject's last stream seq when the link opened
+        self._receipts: set[int] = set()  # stream seqs of our publishes, not yet delivered back
+        self._receipt_max = 0
+        self._suspects: set[int] = set()  # delivered on our subject, not (yet) ours
 
     async def check(self, own: str) -> None:
         """Detect, from our own subject, that the file lost own writes; recover them if so."""
         store, worker, link = self._host.store, self._host.worker, self._link
         subject = link.subject_of(own)
         last = await link.last_message(subject)
+        self._receipts.clear()
+        self._suspects.clear()
+        self._checked_seq = self._receipt_max = 0 if last is None else last.stream_seq
         if last is None:
             return
         floor = await worker.call(store.stream_scan_floor)
@@ -112,8 +124,9 @@ class OwnRestore:
             log.error("fleet: the own writes on our subject %s are not checked: %s", subject, exc)
             return
         except SiteIdConflict as exc:
-            self.status = f"{exc}; {TWIN_FIX}"
-            log.error("fleet: on our own subject %s: %s; %s", subject, exc, TWIN_FIX)
+            # Refused once (the clock and head moved past the claim); kept for status.
+            self.twin = f"on our subject {subject}: {exc}; {TWIN_FIX}"
+            log.error("fleet: %s", self.twin)
             raise
         if not await worker.call(store.restoring):
             log.info(
@@ -205,6 +218,58 @@ class OwnRestore:
             " until a WebSocket peer returns the rest (its claim lies past what the stream holds)"
         )
         log.warning("fleet: %s", self.status)
+
+    # -- another live file on our subject ------------------------------------------------
+
+    def note_published(self, stream_seq: int) -> None:
+        """The stream stored a message of ours (a publish receipt) at `stream_seq`."""
+        self._receipts.add(stream_seq)
+        self._receipt_max = max(self._receipt_max, stream_seq)
+        if len(self._receipts) > RECEIPTS_KEPT_MAX:
+            # The oldest half is judged for good: later deliveries of them are ignored.
+            kept = sorted(self._receipts)[RECEIPTS_KEPT_MAX // 2 :]
+            self._checked_seq = max(self._checked_seq, kept[0] - 1)
+            self._receipts = set(kept)
+
+    def note_delivered(self, message: StoredMessage) -> None:
+        """A message on our own subject came back through our consumer (judged later)."""
+        if message.stream_seq > self._checked_seq:
+            self._suspects.add(message.stream_seq)
+
+    async def judge(self, own: str, *, publishing: bool) -> None:
+        """Messages on our subject that this process did not publish: a copy of the file.
+
+        Our publishes are one at a time, each retried with its message id
+        until the stream acknowledges it (a retry of a stored one is
+        answered with its sequence).  So a message on our subject past the
+        check that no receipt names, once a later receipt exists or no
+        publish of ours is waiting, was published by another process with
+        our site id: a copy of this file that writes too (issue 12, defect
+        7).  The messages looked at are the ones our consumer delivers (a
+        copy shares our durable consumer, so each sees part of them) and
+        the last one on our subject, read at every status round.  Said at
+        ERROR, in status and in health, with the fix.  A restore is never
+        the cause: the run that lost the writes no longer publishes.
+        """
+        last = await self._link.last_message(self._link.subject_of(own))
+        if last is not None and last.stream_seq > self._checked_seq:
+            self._suspects.add(last.stream_seq)
+        self._suspects = {seq for seq in self._suspects if seq > self._checked_seq}
+        twins = {
+            seq
+            for seq in self._suspects
+            if seq not in self._receipts and (seq < self._receipt_max or not publishing)
+        }
+        self._suspects = {
+            seq for seq in self._suspects if seq not in twins and seq not in self._receipts
+        }
+        if not twins or self.twin:
+            return
+        self.twin = (
+            f"another process publishes on our subject {self._link.subject_of(own)} (stream seq"
+            f" {min(twins)}): {TWIN_FIX}"
+        )
+        log.error("fleet: %s", self.twin)
 
     async def _own_messages_after(
         self, subject: str, floor: int, last: StoredMessage
