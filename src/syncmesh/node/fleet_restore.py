@@ -21,8 +21,14 @@ for good.  Every time the link opens, before anything is published:
    repeat does no harm).  When the stream no longer holds the start of
    that run (its limits dropped our messages), our copies in the state
    stream are merged too, if our marker says they are complete.  Then
-   `own_writes_back` leaves restore mode, unless a claim the stream cannot
-   answer (a WebSocket peer's) keeps it on.
+   `own_writes_back` leaves restore mode once the own writes of earlier
+   incarnations reach the restore floor (our current incarnation's are
+   new writes, stamped past the lost ones: they prove nothing), unless a
+   claim the stream cannot answer (a WebSocket peer's) keeps it on.
+
+Apart from a restore, a *copy* of the file served while the original runs
+publishes on our subject too: messages there that this process did not
+publish (no publish receipt names them) are reported (`judge`).
 """
 
 from __future__ import annotations
