@@ -18,7 +18,14 @@ from nats.js.api import StreamConfig
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import NatsCluster
 from tests.nodeproc import Cluster, NodeProcess, query, row_count, wait_converged, wait_for
-from tests.test_nats import _publish_one_by_one, describe, fleet_name, fleet_of, nats_node
+from tests.test_nats import (
+    FAST_STATUS,
+    _publish_one_by_one,
+    describe,
+    fleet_name,
+    fleet_of,
+    nats_node,
+)
 
 CONVERGE_S = 30.0  # a deadline for states on a loaded machine; passing runs take a few s
 
@@ -286,3 +293,61 @@ def test_a_copied_file_publishing_on_the_same_subject_is_reported_at_both(
         assert "init --new-site-id" in str(body)
         assert "ERROR syncmesh.node.fleet_restore: fleet: " in node.log_text()
         assert fleet_of(node)["own_restores"] == 0
+
+
+def test_a_restored_file_that_ran_without_the_stream_first_still_gets_its_writes_back(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a restored file that is served (and captures writes) before its link to
+    the stream ever opens still gets its lost writes back once it opens.
+
+    Found by `syncmesh chaos --transport nats --faults restore,kill,nats-kill --seed 5
+    --only 0 --nodes 3 --duration 8`: the restored node was killed before its fleet
+    connected; its next run's own entry already covered its new writes, which lie
+    past the lost ones, and the check saw nothing.  Method: as the first test, but
+    the restored file first runs with an unreachable NATS server while the
+    application writes to it; then it starts with the real servers.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('kept', 'old', 1)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 1)
+    a.stop()
+    backup = cluster.directory / "a-backup.db"
+    shutil.copyfile(a.db, backup)
+    a.start().wait_until_ready()
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('lost-1', 'x', 1), ('lost-2', 'y', 2)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 3)
+    a.stop()
+    shutil.copyfile(backup, a.db)
+    offline = cluster.node(
+        "a-offline",
+        a.db,
+        extra_args=("--nats", "nats://127.0.0.1:1", "--cluster", fleet),
+        env=FAST_STATUS,
+    )
+    offline.start().wait_until_ready()
+    (head_before,) = query(a.db, "SELECT seq FROM _syncmesh_state")[0]
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('offline', 'while the stream was away', 5)")
+    wait_for(
+        lambda: query(a.db, "SELECT seq FROM _syncmesh_state")[0][0] > head_before,
+        CONVERGE_S,
+        "the offline run to capture its write",
+    )
+    offline.stop()
+    a.start().wait_until_ready()
+    dump = wait_converged(
+        [a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 4,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert {row[0][0] for row in dump} == {"kept", "lost-1", "lost-2", "offline"}
+    wait_for(
+        lambda: fleet_of(a)["own_restores"] == 1,
+        CONVERGE_S,
+        "a's fleet status to count the restore",
+        describe(cluster, nats_cluster),
+    )

@@ -223,7 +223,7 @@ class Fleet:
         self._stream = (0, 0, 0, 0, 0)  # first, last, messages, pending, ack pending
         self._rng = random.Random()
         self._reread = False  # read the stream again from its start at the next open
-        self._own_restore = OwnRestore(host, link, self._decoded, STATE_MARKER)
+        self._own_restore = OwnRestore(host, link, self._decoded, STATE_MARKER, config.cluster)
 
     # -- the loop that keeps the others running -------------------------------------
 

@@ -49,6 +49,10 @@ from syncmesh.transport.stream import FleetLink, StoredMessage
 log = logging.getLogger(__name__)
 
 RECEIPTS_KEPT_MAX = 10_000  # publish receipts remembered to tell our messages from a copy's
+# The store cursor key of the check's mark: our subject was checked (or published by
+# this file) up to the stream sequence kept in its `head_seq`.  Not a position on a
+# chain ("nats/" keys, node/fleet.py), never reset by a restore (keys with a "/").
+MARK_PREFIX = "nats-own/"
 
 TWIN_FIX = (
     "two live database files share this site id (a copy of the file was started): run"
@@ -77,11 +81,14 @@ class OwnRestore:
         link: FleetLink,
         decode: Callable[[StoredMessage], ChangeBatch | None],
         marker_token: str,
+        cluster: str,
     ) -> None:
         self._host = host
         self._link = link
         self._decode = decode
         self._marker = marker_token
+        self._cluster = cluster
+        self._mark = 0  # the mark as stored (stream seq), once read
         # For status: what happens or happened ("" if never); restores completed.
         self.status = ""
         self.restores = 0
@@ -103,12 +110,14 @@ class OwnRestore:
         self._checked_seq = self._receipt_max = 0 if last is None else last.stream_seq
         if last is None:
             return
+        stored = await worker.call(store.peer_cursor, self._mark_key(own))
+        self._mark = 0 if stored is None else stored.head_seq
         floor = await worker.call(store.stream_scan_floor)
-        if header_int(last.headers, HEADER_TO) <= floor:
+        if header_int(last.headers, HEADER_TO) <= floor and last.stream_seq <= self._mark:
             return  # every own stamp on the stream is at most the floor: nothing lost
         restoring_before = await worker.call(store.restoring)
         ours = await worker.call(lambda: store.incarnation)
-        messages = await self._own_messages_after(subject, floor, last)
+        messages = await self._own_messages_after(subject, floor, last, self._mark)
         # While restoring already, messages of our current incarnation carry our new
         # writes (stamped past the lost ones): no claim of a lost write.
         claims = [
@@ -136,11 +145,13 @@ class OwnRestore:
             raise
         if not await worker.call(store.restoring):
             log.info(
-                "fleet: %d messages of our subject end past our seq %d; none holds an own"
-                " write this file lacks",
+                "fleet: %d messages of our subject end past our seq %d or follow our mark %d;"
+                " none holds an own write this file lacks",
                 len(messages),
                 floor,
+                self._mark,
             )
+            await self._store_mark(own, last.stream_seq)
             return
         if first:
             log.warning(
@@ -211,6 +222,7 @@ class OwnRestore:
         self._host.feed_advanced()
         ended = await worker.call(store.own_writes_back, upto)
         if ended or not await worker.call(store.restoring):
+            await self._store_mark(own, last.stream_seq)
             self.restores += 1
             self.status = (
                 f"own writes restored from the stream: {rows} rows merged back from {source}"
@@ -260,6 +272,9 @@ class OwnRestore:
         last = await self._link.last_message(self._link.subject_of(own))
         if last is not None and last.stream_seq > self._checked_seq:
             self._suspects.add(last.stream_seq)
+        if self._receipt_max > self._mark and not self.twin:
+            # What this file published holds nothing it lacks: the next check starts here.
+            await self._store_mark(own, self._receipt_max)
         self._suspects = {seq for seq in self._suspects if seq > self._checked_seq}
         twins = {
             seq
@@ -277,16 +292,42 @@ class OwnRestore:
         )
         log.error("fleet: %s", self.twin)
 
+    def _mark_key(self, own: str) -> str:
+        return f"{MARK_PREFIX}{self._cluster}/{own}"
+
+    async def _store_mark(self, own: str, stream_seq: int) -> None:
+        """Our subject up to `stream_seq` holds no own write this file lacks (kept in the file).
+
+        A file restored from a copy has the copy's mark, so its next check
+        reads every message of ours published since, whatever runs came in
+        between: the lost writes then lie in the gap a run recorded
+        (`_syncmesh_runs`), even if this file captured past them before its
+        link ever opened (found by `syncmesh chaos --transport nats --faults
+        restore,kill,nats-kill --seed 5 --only 0 --nodes 3 --duration 8`).
+        """
+        if stream_seq <= self._mark:
+            return
+        store = self._host.store
+        await self._host.worker.call(
+            store.reset_peer_cursor,
+            self._mark_key(own),
+            "",
+            stream_seq,
+            self._link.subject_of(own),
+        )
+        self._mark = stream_seq
+
     async def _own_messages_after(
-        self, subject: str, floor: int, last: StoredMessage
+        self, subject: str, floor: int, last: StoredMessage, mark: int | None = None
     ) -> list[StoredMessage]:
-        """Our messages up to `last` whose chain end lies past `floor`, in stream order.
+        """Our messages up to `last` ending past `floor`, or after `mark`, in stream order.
 
         Chain ends grow along our subject (they are seqs of our clock), so
-        the first such message is found by bisecting the stream sequences
-        (a few requests), then the rest are read in order.
+        the first one past the floor is found by bisecting the stream
+        sequences (a few requests), then the rest are read in order.
         """
         link = self._link
+        after = last.stream_seq if mark is None else mark
         low, high = 1, last.stream_seq
         while low < high:
             middle = (low + high) // 2
@@ -296,9 +337,9 @@ class OwnRestore:
             else:
                 low = found.stream_seq + 1
         messages = []
-        found = await link.next_message(subject, low)
+        found = await link.next_message(subject, min(low, after + 1))
         while found is not None and found.stream_seq <= last.stream_seq:
-            if header_int(found.headers, HEADER_TO) > floor:
+            if header_int(found.headers, HEADER_TO) > floor or found.stream_seq > after:
                 messages.append(found)
             found = await link.next_message(subject, found.stream_seq + 1)
         return messages
