@@ -98,6 +98,7 @@ class OwnRestore:
         self._checked_seq = 0  # our subject's last stream seq when the link opened
         self._receipts: set[int] = set()  # stream seqs of our publishes, not yet delivered back
         self._receipt_max = 0
+        self._published_max = 0  # the newest receipt of this link (0: none yet)
         self._suspects: set[int] = set()  # delivered on our subject, not (yet) ours
 
     async def check(self, own: str) -> None:
@@ -107,6 +108,7 @@ class OwnRestore:
         last = await link.last_message(subject)
         self._receipts.clear()
         self._suspects.clear()
+        self._published_max = 0
         self._checked_seq = self._receipt_max = 0 if last is None else last.stream_seq
         if last is None:
             return
@@ -243,6 +245,7 @@ class OwnRestore:
         """The stream stored a message of ours (a publish receipt) at `stream_seq`."""
         self._receipts.add(stream_seq)
         self._receipt_max = max(self._receipt_max, stream_seq)
+        self._published_max = max(self._published_max, stream_seq)
         if len(self._receipts) > RECEIPTS_KEPT_MAX:
             # The oldest half is judged for good: later deliveries of them are ignored.
             kept = sorted(self._receipts)[RECEIPTS_KEPT_MAX // 2 :]
@@ -272,9 +275,9 @@ class OwnRestore:
         last = await self._link.last_message(self._link.subject_of(own))
         if last is not None and last.stream_seq > self._checked_seq:
             self._suspects.add(last.stream_seq)
-        if self._receipt_max > self._mark and not self.twin:
+        if self._published_max > self._mark and not self.twin:
             # What this file published holds nothing it lacks: the next check starts here.
-            await self._store_mark(own, self._receipt_max)
+            await self._store_mark(own, self._published_max)
         self._suspects = {seq for seq in self._suspects if seq > self._checked_seq}
         twins = {
             seq
