@@ -17,7 +17,15 @@ from nats.js.api import StreamConfig
 
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import NatsCluster
-from tests.nodeproc import Cluster, NodeProcess, query, row_count, wait_converged, wait_for
+from tests.nodeproc import (
+    Cluster,
+    NodeProcess,
+    query,
+    row_count,
+    run_cli,
+    wait_converged,
+    wait_for,
+)
 from tests.test_nats import (
     FAST_STATUS,
     _publish_one_by_one,
@@ -102,6 +110,12 @@ def test_a_restored_fleet_site_gets_its_lost_writes_back_from_the_stream(
     assert status["fleet"]["site_id_conflict"] == "", status  # a restore is no copy
     assert incarnation(a.db) not in (before, "")
     assert "holds own writes of this site that the file lost" in a.log_text()
+    with a.open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    assert f'syncmesh_fleet_own_restores_total{{stream="SYNCMESH_{fleet.upper()}"}} 1.0' in (
+        metrics
+    )
+    assert "own restore" in run_cli("status", str(a.db)).stdout
     # b took a's new incarnation for a new chain of a's, with no gap.
     assert fleet_of(b)["gaps"] == []
     # After the recovery, a restart detects nothing more (no restore, no new incarnation).
