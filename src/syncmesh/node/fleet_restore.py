@@ -89,6 +89,9 @@ class OwnRestore:
         self._marker = marker_token
         self._cluster = cluster
         self._mark = 0  # the mark as stored (stream seq), once read
+        # A check of this process found nothing lost (or recovered it all): later
+        # checks (the link opened again) need not read this run's messages again.
+        self._run_checked = False
         # For status: what happens or happened ("" if never); restores completed.
         self.status = ""
         self.restores = 0
@@ -111,11 +114,16 @@ class OwnRestore:
         self._published_max = 0
         self._checked_seq = self._receipt_max = 0 if last is None else last.stream_seq
         if last is None:
+            self._run_checked = True  # nothing of ours on the stream
             return
         stored = await worker.call(store.peer_cursor, self._mark_key(own))
         self._mark = 0 if stored is None else stored.head_seq
         floor = await worker.call(store.stream_scan_floor)
+        if self._run_checked:
+            # What this run published is this file's (later messages follow the mark).
+            floor = max(floor, await worker.call(lambda: store.vector().get(own, 0)))
         if header_int(last.headers, HEADER_TO) <= floor and last.stream_seq <= self._mark:
+            self._run_checked = True
             return  # every own stamp on the stream is at most the floor: nothing lost
         restoring_before = await worker.call(store.restoring)
         ours = await worker.call(lambda: store.incarnation)
@@ -308,6 +316,7 @@ class OwnRestore:
         link ever opened (found by `syncmesh chaos --transport nats --faults
         restore,kill,nats-kill --seed 5 --only 0 --nodes 3 --duration 8`).
         """
+        self._run_checked = True
         if stream_seq <= self._mark:
             return
         store = self._host.store
