@@ -101,6 +101,7 @@ def test_the_dashboard_lists_the_fleet_and_says_when_it_stops(
     expect(page.locator("#fleet-stream")).to_contain_text(str(fleet_status["stream"]))
     expect(page.locator("#fleet-subject")).to_have_text(str(fleet_status["subject"]))
     expect(page.locator("#fleet-servers li")).to_have_text([nats_server.url])
+    expect(page.locator("#fleet-own-restore")).to_have_text("none")  # never restored
     expect(page.locator("#node-health")).to_have_attribute("data-health", "healthy")
     expect(page.locator("#peers-fleet-note")).to_be_visible()
     expect(page.locator("#topology g.peer")).to_have_count(0)

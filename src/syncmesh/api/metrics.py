@@ -405,6 +405,11 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
             "claims_published",
         ),
         ("claims_refused", "Other sites' claims that did not parse.", "claims_refused"),
+        (
+            "own_restores",
+            "Restores of this file whose lost own writes came back from the stream.",
+            "own_restores",
+        ),
     )
     for name, text, field in counters:
         counter = CounterMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)

@@ -185,6 +185,20 @@ _STATUS = {
                     "type": "integer",
                     "description": "other sites' claims that did not parse",
                 },
+                "own_restore": {
+                    "type": "string",
+                    "description": "own writes lost by a restore of the file, merged back"
+                    " from the stream: restoring, or restored (empty if never)",
+                },
+                "own_restores": {
+                    "type": "integer",
+                    "description": "restores whose lost own writes came back from the stream",
+                },
+                "site_id_conflict": {
+                    "type": "string",
+                    "description": "another live file with our site id publishes on our"
+                    " subject, with the fix (empty if none seen)",
+                },
                 "sites": {
                     "type": "array",
                     "items": {

@@ -37,8 +37,10 @@ NATS_KINDS = ("nats-kill", "nats-pause", "nats-partition")
 # accepts: the node faults that mean the same over the stream, and the NATS
 # ones.  The WebSocket link faults (and the clock, redelivery and lifecycle
 # faults, not run over NATS yet) are refused with --transport nats (cli.chaos).
+# `restore` is accepted (opt-in, as over WebSocket): a fleet site gets its own
+# lost writes back from the stream (ADR 0014, "A site restored from a backup").
 NATS_DEFAULT_KINDS = ("kill", "pause", *NATS_KINDS)
-NATS_ACCEPTED_KINDS = NATS_DEFAULT_KINDS
+NATS_ACCEPTED_KINDS = (*NATS_DEFAULT_KINDS, "restore")
 TRANSPORTS = ("websocket", "nats")
 ALL_KINDS = FAULT_KINDS + OPT_IN_KINDS + NATS_KINDS
 FAULT_DESCRIPTIONS = {

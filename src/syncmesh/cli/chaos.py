@@ -57,8 +57,8 @@ def _deck(kinds: list[str] | None, transport: str) -> list[str]:
     Over NATS the nodes have no WebSocket links, so the link faults
     (isolate, halves, oneway, flap, delay, bandwidth, reset, lossy,
     duplicate, reorder) have nothing to act on; the clock, redelivery,
-    restore, lifecycle and migration faults are not run over the stream
-    yet.  Each is refused by name, not silently left out.  The NATS faults
+    lifecycle and migration faults are not run over the stream
+    yet (`restore` is, opt-in).  Each is refused by name, not silently left out.  The NATS faults
     need a NATS cluster to act on.
     """
     if kinds is None:

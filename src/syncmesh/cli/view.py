@@ -219,6 +219,7 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
                     f" {fleet['consumer_pending']} pending for us,"
                     f" {fleet['consumer_ack_pending']} unacknowledged",
                 ),
+                *([("own restore", fleet["own_restore"])] if fleet.get("own_restore") else []),
             ]
         )
     )

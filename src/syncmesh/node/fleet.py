@@ -64,7 +64,16 @@ from typing import Protocol, TypeGuard
 from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import ProtocolError, StoreError, SyncError
 from syncmesh.model import ChangeBatch, FleetHoldings, Membership
+from syncmesh.node.chain import (
+    HEADER_FROM,
+    HEADER_HEAD,
+    HEADER_INCARNATION,
+    HEADER_SITE,
+    HEADER_TO,
+    header_int,
+)
 from syncmesh.node.config import FleetConfig, NodeConfig
+from syncmesh.node.fleet_restore import OwnRestore
 from syncmesh.node.origin import one_row_batches, own_rows, refuse_foreign
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import Batch, decode, encode
@@ -74,11 +83,6 @@ from syncmesh.transport.stream import Delivery, FleetError, FleetLink, StoredMes
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
-HEADER_SITE = "Syncmesh-Site"
-HEADER_INCARNATION = "Syncmesh-Incarnation"
-HEADER_FROM = "Syncmesh-From"
-HEADER_TO = "Syncmesh-To"
-HEADER_HEAD = "Syncmesh-Head"
 POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
 # The state stream's token of a site's marker: "my state is complete for this
 # incarnation" (row tokens are 32 hex digits, so no row can be named so).
@@ -219,6 +223,12 @@ class FleetStatistics:
     bootstraps: int  # gaps closed from it
     claims_published: int = 0  # our claims of what we hold (docs/adr/0017)
     claims_refused: int = 0  # other sites' claims that did not parse
+    # Own writes lost by a restore of the file, merged back from the stream
+    # (node/fleet_restore.py): what happens or happened ("" if never), and how often.
+    own_restore: str = ""
+    own_restores: int = 0
+    # Another live file with our site id publishes on our subject ("" if none seen).
+    site_id_conflict: str = ""
 
 
 class Fleet:
@@ -258,6 +268,7 @@ class Fleet:
         self._claims_published = 0
         self._claims_refused = 0
         self._claim_reads = 0
+        self._own_restore = OwnRestore(host, link, self._decoded, STATE_MARKER, config.cluster)
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -272,6 +283,9 @@ class Fleet:
                 await self._link.open(self._own, fresh_consumer=rewind)
                 if rewind:
                     await self._clear_reset_marks()
+                # Before anything is published: a restored file must not publish its
+                # older copies of rows (nor continue the lost run's chain).
+                await self._own_restore.check(self._own)
                 # Not "streaming" yet: that is the publish loop's to say, once it
                 # has started (a link that opened can still stall before it).
                 self._state = "starting"
@@ -545,6 +559,7 @@ class Fleet:
                 log.info("fleet: publish of %s failed (%s); trying again", message_id, exc)
                 await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
                 continue
+            self._own_restore.note_published(receipt.stream_seq)
             if receipt.duplicate:
                 self._publish_duplicates += 1
             self._publish_waiting_since_ms = 0  # progress; the next batch waits from now
@@ -576,6 +591,7 @@ class Fleet:
             await delivery.term()
             return True
         if site_id == self._own:
+            self._own_restore.note_delivered(message)
             await delivery.ack()
             return True
         batch = self._decoded(message)
@@ -931,6 +947,7 @@ class Fleet:
                 await self._find_unseen_sites()
             for site in list(self._sites.values()):
                 await self._look_at(site, position.first_seq, position.consumer_ack_floor)
+            await self._own_restore.judge(self._own, publishing=self._publish_waiting_since_ms > 0)
             await asyncio.sleep(self._config.status_interval_s)
 
     async def _find_unseen_sites(self) -> None:
@@ -1213,6 +1230,9 @@ class Fleet:
             bootstraps=self._bootstraps,
             claims_published=self._claims_published,
             claims_refused=self._claims_refused,
+            own_restore=self._own_restore.status,
+            own_restores=self._own_restore.restores,
+            site_id_conflict=self._own_restore.twin,
         )
 
 
@@ -1301,7 +1321,4 @@ def _hex_site(site_id: str) -> bool:
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int:
-    try:
-        return max(0, int(headers.get(name, "0")))
-    except ValueError:
-        return 0
+    return header_int(headers, name)

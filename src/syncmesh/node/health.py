@@ -157,6 +157,8 @@ def _fleet_reasons(statistics: NodeStatistics, now: int, down_ms_max: float) -> 
     if fleet is None:
         return []
     reasons = list(fleet.gaps)
+    if fleet.site_id_conflict:
+        reasons.append(f"fleet: {fleet.site_id_conflict}")
     error = f": {fleet.last_error}" if fleet.last_error else ""
     if fleet.down_since_ms and now - fleet.down_since_ms > down_ms_max:
         reasons.append(

@@ -144,3 +144,24 @@ def one_row_batches(batch: ChangeBatch) -> list[tuple[str, ChangeBatch]]:
                 )
             )
     return found
+
+
+def own_stamp_max(batch: ChangeBatch, site_id: str) -> int:
+    """The greatest stamp `site_id` put in `batch` (a causal length's or a cell's); 0 if none.
+
+    What a message on a site's own subject claims of that site's writes:
+    the restore check of a site reading its own subject (node/fleet_restore.py).
+    """
+    own = {index for index, site in enumerate(batch.sites) if site == site_id}
+    greatest = 0
+    for table in batch.tables:
+        base = table.key_count
+        for row in table.rows:
+            life = row[base + 1]
+            if isinstance(life, int) and row[base + 2] in own:
+                greatest = max(greatest, life)
+            for at in range(base + 3, table.width, CELL_FIELDS):
+                stamp = row[at + 1]
+                if isinstance(stamp, int) and row[at + 2] in own:
+                    greatest = max(greatest, stamp)
+    return greatest

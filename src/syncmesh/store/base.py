@@ -274,6 +274,18 @@ class Store(VerifyStore, Protocol):
         """
         ...
 
+    def stream_scan_floor(self) -> int:
+        """Own writes up to this are held; an own fleet message ending past it may hold lost."""
+        ...
+
+    def note_stream_claims(self, claims: list[int], chain_incarnation: str, chain_end: int) -> bool:
+        """The restore check of own stamps found on our own fleet subject; True if detected now."""
+        ...
+
+    def own_writes_back(self, upto: int) -> bool:
+        """Own writes up to `upto` were merged back from the stream: leave restore mode if done."""
+        ...
+
     def held_claims(self) -> dict[str, int]:
         """Per site, the greatest of its writes this node knows held (HELLO's `held`)."""
         ...

@@ -127,8 +127,14 @@ function renderFacts(fleet) {
   $("fleet-refused").textContent =
     `${formatCount(fleet.foreign_rows_refused)} rows claiming another origin, ${formatCount(fleet.undecodable_messages)} unreadable messages`;
   $("fleet-refused").className = refused ? "error" : "";
-  // A gap is an error with its fix: the text the node logs and its health gives.
-  $("fleet-gaps").replaceChildren(...fleet.gaps.map((gap) => el("li", {}, gap)));
+  // Own writes lost by a restore of the file, merged back from the stream (nats.md).
+  const ownRestore = fleet.own_restore || "";
+  $("fleet-own-restore").textContent = ownRestore || "none";
+  $("fleet-own-restore").className = ownRestore.startsWith("restoring") ? "error" : "";
+  // A gap is an error with its fix: the text the node logs and its health gives;
+  // so is another live file with our site id on our subject.
+  const problems = fleet.site_id_conflict ? [...fleet.gaps, fleet.site_id_conflict] : fleet.gaps;
+  $("fleet-gaps").replaceChildren(...problems.map((gap) => el("li", {}, gap)));
 }
 
 function renderSites(fleet, nowMs) {

@@ -129,3 +129,42 @@ def renew_hidden_stamps(ctx: StoreContext) -> None:
     with ctx.transaction():
         vector.settle_future_claim(ctx)
         capture.restamp_below_lost_writes(ctx)
+
+
+def note_stream_claims(
+    ctx: StoreContext, claims: list[int], chain_incarnation: str, chain_end: int
+) -> bool:
+    """The restore check of the own stamps found on our own fleet subject; True if detected now.
+
+    Each claim (the greatest own stamp of one of our messages that ends
+    past `vector.stream_scan_floor`) goes through the check of a HELLO's
+    claim (`vector.note_peer`: drift, a copy writing elsewhere, `_detect`),
+    the greatest first, so that a lower claim inside a gap lowers our entry
+    after a greater one of this run's own writes was judged.  While
+    restoring, a chain of our incarnation that ends past our head cannot
+    be continued: the incarnation is renewed (`vector.renew_incarnation_if`)
+    and the clock moves past the chain's end, so new seqs follow it.
+    Then own writes of this run below the lost ones are stamped anew, as
+    after a HELLO (`capture.restamp_below_lost_writes`).
+    """
+    own = ctx.site_id()
+    first = False
+    for claimed in sorted(set(claims), reverse=True):
+        first = vector.note_peer(ctx, {own: claimed}) or first
+    if ctx.state()["restore_floor"] > 0 and chain_end > ctx.state()["seq"]:
+        ctx.clock.check(chain_end, own)
+        with ctx.transaction():
+            if vector.renew_incarnation_if(ctx, chain_incarnation):
+                ctx.clock.restore(chain_end)
+                ctx.connection.execute(
+                    "UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,)
+                )
+    renew_hidden_stamps(ctx)
+    return first
+
+
+def own_writes_back(ctx: StoreContext, upto: int) -> bool:
+    """Leave restore mode: own writes up to `upto` are merged back (`vector.own_writes_back`)."""
+    ctx.require_init()
+    with ctx.transaction():
+        return vector.own_writes_back(ctx, upto)

@@ -358,6 +358,23 @@ class SqliteStore:
         """
         return peers.note_peer_vector(self.context, peer_vector, peer_held)
 
+    def stream_scan_floor(self) -> int:
+        """Own writes up to this are held; an own fleet message ending past it may hold lost."""
+        self.context.require_init()
+        return vector.stream_scan_floor(self.context)
+
+    def note_stream_claims(self, claims: list[int], chain_incarnation: str, chain_end: int) -> bool:
+        """The restore check of own stamps found on our fleet subject; True if detected now.
+
+        ADR 0014, "A site restored from a backup": the claims go through the
+        HELLO's check; a chain of our incarnation past our head is not continued.
+        """
+        return peers.note_stream_claims(self.context, claims, chain_incarnation, chain_end)
+
+    def own_writes_back(self, upto: int) -> bool:
+        """Own writes up to `upto` were merged back from the stream: leave restore mode if done."""
+        return peers.own_writes_back(self.context, upto)
+
     def held_claims(self) -> dict[str, int]:
         """Per site, the greatest of its writes this node knows held: HELLO's `held`.
 

@@ -430,3 +430,82 @@ def _log_detected() -> None:
         "this file is older than its peers' view of it (restored from a"
         " backup?): new incarnation, re-syncing own writes from peers"
     )
+
+
+# -- restore detection over a fleet stream (ADR 0014, "A site restored from a backup") --
+
+
+def stream_scan_floor(ctx: StoreContext) -> int:
+    """Own writes stamped up to this are held by this file (none lost behind it).
+
+    Our own entry at the start of this run, or lower while a restore is
+    being recovered (`_detect` lowered it to the start of the gap).  A fleet
+    message of our own subject whose chain end lies past it may carry own
+    stamps this file lost; one that ends at or below it cannot (an own stamp
+    is at most the seq it was captured at, and a message covers seqs up to
+    its end).  In a file that was never restored, the own stamps of such a
+    message are all at most `own_floor` (captured before this run) or this
+    run's own: none lies in a gap, so the check below finds nothing.
+    """
+    return min(ctx.own_floor, ctx.vector().get(ctx.site_id(), 0))
+
+
+def own_stamp_max(ctx: StoreContext) -> int:
+    """The greatest own stamp this file holds (a causal length's or a cell's); 0 if none.
+
+    A scan of every shadow table, made only when a restore is recovered
+    from a stream: our own entry then moves up to it, so that a restart
+    does not take the own writes made meanwhile (held, but above the entry
+    while restore mode kept it still) for lost ones (a false restore).
+    """
+    greatest = 0
+    for table in ctx.tables.values():
+        parts = ["max(CASE WHEN cl_site = 0 THEN cl_hlc END)"]
+        parts += [f"max(CASE WHEN s{slot} = 0 THEN h{slot} END)" for slot in table.slots]
+        row = ctx.connection.execute(f"SELECT {', '.join(parts)} FROM {table.shadow}").fetchone()
+        greatest = max([greatest, *(int(value) for value in row if value is not None)])
+    return greatest
+
+
+def renew_incarnation_if(ctx: StoreContext, chain_incarnation: str) -> bool:
+    """A new incarnation if ours is `chain_incarnation` while restoring; True if renewed.
+
+    A stream chain of our incarnation that ends past our head was
+    published by the copy's lost run; continuing it would give new
+    messages ids and slices that receivers already hold (dropped as
+    repeats).  The first detection renews the incarnation anyway; this
+    covers a copy that was already restoring when it was made.
+    """
+    (incarnation,) = ctx.connection.execute("SELECT incarnation FROM _syncmesh_state").fetchone()
+    if ctx.state()["restore_floor"] == 0 or incarnation != chain_incarnation:
+        return False
+    ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,))
+    return True
+
+
+def own_writes_back(ctx: StoreContext, upto: int) -> bool:
+    """Every own write up to `upto` is held again (merged back from a stream): leave restore mode.
+
+    In the caller's transaction; False (nothing changes) if not restoring
+    or if the restore floor lies past `upto` (a claim the stream cannot
+    answer, a WebSocket peer's: that path ends it, `merge`).  Our own
+    entry moves up to `upto` and to the greatest own stamp the file holds
+    (`own_stamp_max`, see there), and the gaps are closed up to `upto`
+    (`_close_gaps_below`: a later claim there is no lost write).
+    """
+    floor = ctx.state()["restore_floor"]
+    if floor == 0 or upto < floor:
+        return False
+    held = max(upto, own_stamp_max(ctx))
+    ctx.connection.execute(
+        "INSERT INTO _syncmesh_vector (site_id, hlc) VALUES"
+        " ((SELECT site_id FROM _syncmesh_state), ?)"
+        " ON CONFLICT (site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
+        (held,),
+    )
+    log.warning(
+        "own writes up to the restore floor are back (from the fleet stream); leaving restore mode"
+    )
+    ctx.connection.execute("UPDATE _syncmesh_state SET restore_floor = 0")
+    _close_gaps_below(ctx, upto)
+    return True
