@@ -294,19 +294,28 @@ async def _fetch_without_ack(servers: NatsCluster, fleet: str, site: str) -> Non
     try:
         subject = f"syncmesh.{fleet}.changes.*"
         durable = CONSUMER_PREFIX + site
-        subscription = await client.jetstream().pull_subscribe(
-            subject,
-            durable=durable,
-            stream=f"SYNCMESH_{fleet.upper()}",
-            config=ConsumerConfig(
-                durable_name=durable,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT_S,
-                max_ack_pending=ACK_PENDING_MAX,
-                filter_subject=subject,
-            ),
+        config = ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=ACK_PENDING_MAX,
+            filter_subject=subject,
         )
+        # The cluster's meta leader may answer 503 for a moment while it is busy
+        # (the running node polls the stream): the node retries such calls too.
+        subscription = None
+        for attempt in range(10):
+            try:
+                subscription = await client.jetstream().pull_subscribe(
+                    subject, durable=durable, stream=f"SYNCMESH_{fleet.upper()}", config=config
+                )
+                break
+            except nats.js.errors.ServiceUnavailableError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
+        assert subscription is not None
         (fetched,) = await subscription.fetch(1, timeout=10)
         assert fetched.headers is not None
         assert fetched.headers["Syncmesh-From"] == "0"  # a's first message, left unacked
