@@ -45,6 +45,7 @@ from syncmesh.node.session import (
 from syncmesh.node.throughput import ThroughputHistory, ThroughputSample
 from syncmesh.node.verify import StoreCall
 from syncmesh.node.verify_server import (
+    FleetVerifyTargets,
     VerifyOutcome,
     VerifyServer,
     outcome_fields,
@@ -388,11 +389,30 @@ class Node:
         """(URL, named peer or None) of every peer this node dials."""
         return [(url, dialer.peer) for url, dialer in self._dialers.items()]
 
-    def fleet_verify_sites(self) -> tuple[FleetVerifyAsker | None, list[str], str]:
-        """How to ask fleet sites, the other sites our fleet stream knows, the marker token."""
-        if self._fleet_verify_asker is None:
-            return None, [], STATE_MARKER
-        return self._fleet_verify_asker, sorted(self._fleet_sites()), STATE_MARKER
+    def fleet_verify_sites(self) -> FleetVerifyTargets | None:
+        """Whom the periodic verify may ask on the fleet now; None: no one this round.
+
+        Only while our fleet streams, and only sites whose chain we have read
+        to within the verify's settle time of its newest message, with no
+        gap: a site we lag behind differs by the rows not applied yet, which
+        no re-read settles, and the verify would report them as divergent
+        (found by `syncmesh chaos --transport nats`: a site catching up
+        after a kill, "393 rows differ", and its row fetches on the wire).
+        """
+        if self._fleet_verify_asker is None or self.fleet is None:
+            return None
+        statistics = self.fleet.statistics()
+        if statistics.state != "streaming":
+            return None
+        settle_ms = self.config.verify_settle_s * 1000
+        ready: list[str] = []
+        behind: list[str] = []
+        for site in statistics.sites:
+            caught_up = not site.gap and site.lag_ms is not None and site.lag_ms <= settle_ms
+            (ready if caught_up else behind).append(site.site_id)
+        return FleetVerifyTargets(
+            self._fleet_verify_asker, sorted(ready), frozenset(behind), STATE_MARKER
+        )
 
     def streaming_with(self, url: str) -> bool:
         """True if the session with the peer dialled at `url` (either way round) streams."""

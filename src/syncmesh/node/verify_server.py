@@ -254,6 +254,16 @@ def _anything(_table: str) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class FleetVerifyTargets:
+    """The fleet sites a periodic verify round may take one of (`next_fleet_site`)."""
+
+    asker: FleetVerifyAsker
+    ready: list[str]  # sites our stream knows whose chain we have read (nearly) to its end
+    behind: frozenset[str]  # sites we lag behind (or with a gap): not verified now
+    marker_token: str  # the state stream's token of a site's marker (node.fleet)
+
+
 class VerifyingHost(Protocol):
     """What the periodic verify needs from its node."""
 
@@ -278,9 +288,8 @@ class VerifyingHost(Protocol):
 
     def streaming_with(self, url: str) -> bool: ...
 
-    def fleet_verify_sites(self) -> tuple[FleetVerifyAsker | None, list[str], str]:
-        """How to ask fleet sites (None: no fleet), the sites our fleet stream knows,
-        and the state stream's token of a site's marker (`node.fleet.STATE_MARKER`)."""
+    def fleet_verify_sites(self) -> FleetVerifyTargets | None:
+        """Whom the periodic verify may ask on the fleet now; None: no fleet, or not now."""
         ...
 
 
@@ -329,29 +338,30 @@ def next_fleet_site(sites: list[str], outcomes: Mapping[str, VerifyOutcome]) -> 
 
 
 async def _verify_next_fleet_site(node: VerifyingHost) -> None:
-    asker, known, marker_token = node.fleet_verify_sites()
-    if asker is None:
+    targets = node.fleet_verify_sites()
+    if targets is None:
         return
     own_site = await node.store_call(lambda: node.store.site_id)
     try:
-        async with asker.connect(own_site) as connection:
-            await _verify_one_of(node, connection, known, marker_token)
+        async with targets.asker.connect(own_site) as connection:
+            await _verify_one_of(node, connection, targets)
     except TransportError as exc:
         log.warning("cannot verify a fleet site this round: %s", exc)
 
 
 async def _verify_one_of(
-    node: VerifyingHost, connection: FleetVerifyConnection, known: list[str], marker_token: str
+    node: VerifyingHost, connection: FleetVerifyConnection, targets: FleetVerifyTargets
 ) -> None:
     """Verify the fleet site whose turn it is: of those our stream knows, and those
     that only published their state marker (a site that never wrote: it can still
     lack rows)."""
     try:
-        listed = await connection.fleet_sites(marker_token)
+        listed = await connection.fleet_sites(targets.marker_token)
     except SyncError as exc:
         log.info("listing the fleet's sites failed (%s): verifying among those we know", exc)
         listed = ()
-    site = next_fleet_site(sorted({*known, *listed}), node.fleet_verify_outcomes)
+    candidates = {*targets.ready, *listed} - targets.behind
+    site = next_fleet_site(sorted(candidates), node.fleet_verify_outcomes)
     if site is None:
         return
     # Its rights, if the configuration names the site (`[peers.<site id>]`), as
