@@ -450,6 +450,36 @@ def test_waiting_cells_land_in_a_table_with_a_not_null_column(tmp_path: Path) ->
             store.close()
 
 
+def test_a_row_new_here_takes_the_default_a_column_was_added_with_after_a_rebuild_dropped_it(
+    make_store: MakeStore,
+) -> None:
+    """Found by the long convergence state machine: a rebuild that copies columns by name
+    (as Django's and Alembic's batch mode do) left the added column without its DEFAULT at
+    c; a row from b (without the column) was then NULL there and 'dflt' at a, with equal
+    digests (default-stamped cells are left out of them), so verify saw nothing."""
+    a, b, c = make_store("a"), make_store("b"), make_store("c")
+    for store in (a, c):
+        add_column(store, "items", "extra TEXT DEFAULT 'dflt'")
+    shell(
+        c,
+        "BEGIN; CREATE TABLE items_new (id TEXT PRIMARY KEY, name TEXT, extra TEXT);"
+        " INSERT INTO items_new SELECT id, name, extra FROM items; DROP TABLE items;"
+        " ALTER TABLE items_new RENAME TO items; COMMIT;",
+    )
+    assert c.reconcile_schema()
+    write(b, "INSERT INTO items VALUES ('k', 'from b')")
+    pull(b, a)
+    pull(b, c)
+    for store in (a, c):
+        assert shell(store, "SELECT id, name, extra FROM items") == "k|from b|dflt\n"
+    sync(a, c)
+    assert rows_with_types(a.connection, "items") == rows_with_types(c.connection, "items")
+    # A row c's own writers insert now takes the table's DEFAULT as it is today, and syncs.
+    write(c, "INSERT INTO items (id, name) VALUES ('mine', 'at c')")
+    sync(a, c)
+    assert shell(a, "SELECT extra IS NULL FROM items WHERE id = 'mine'") == "1\n"
+
+
 def test_a_row_from_an_older_schema_refused_for_drift_takes_the_default_on_retry(
     make_store: MakeStore,
 ) -> None:

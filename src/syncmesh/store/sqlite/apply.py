@@ -48,6 +48,7 @@ from syncmesh.store.sqlite.execute import (
     execute_one,
     require_transaction,
 )
+from syncmesh.store.sqlite.introspect import column_defaults
 from syncmesh.store.sqlite.quarantine import stamps
 from syncmesh.store.sqlite.sites import SiteMap
 from syncmesh.store.sqlite.table import TableSql, pasts_problem, row_problem
@@ -753,6 +754,7 @@ def _write_user_rows(
     keys = table.key_count
     upserts: list[tuple[Key, list[SqlValue], tuple[str, ...] | None, bool]] = []
     deletes: list[tuple[Key, list[SqlValue]]] = []
+    recorded: dict[str, SqlValue] | None = None  # read once, when a new row leaves a column out
     for pk, result in merge.merged.items():
         if result.staged:
             continue  # written in a set, last (`_write_staged`)
@@ -765,6 +767,10 @@ def _write_user_rows(
             if stamped is not None and new_life:
                 # A new life: its unwritten columns start at their DEFAULT.
                 deletes.append((pk, list(pk)))
+            if stamped is not None and (new_life or not held_alive):
+                if recorded is None:
+                    recorded = _recorded_defaults(ctx.connection, table)
+                stamped = _with_recorded_defaults(table, user, stamped, recorded)
             # Some columns of a row that is there: an UPDATE of them.  (An
             # upsert would not do: SQLite checks NOT NULL on the row it
             # would insert before it sees the conflict, so a partial upsert
@@ -888,6 +894,59 @@ def _write_staged(ctx: StoreContext, table: TableSql, shared: _Incoming, merge: 
     connection.execute("RELEASE syncmesh_staged")
     connection.execute(stage.clear_sql)
     return False
+
+
+def _recorded_defaults(connection: sqlite3.Connection, table: TableSql) -> dict[str, SqlValue]:
+    """Value columns whose DEFAULT changed since they got their slot, with the old DEFAULT's value.
+
+    A cell never written in a row's life holds the DEFAULT its column was
+    added with at every site that had the row then (`TableLayout.defaults`).
+    A rebuild since (one that copies columns by name and leaves a DEFAULT
+    out, or changes it) would give a row new here another value, unseen by
+    digests, which leave default-stamped cells out (found by the long
+    convergence state machine: NULL at one site, 0 at two).  A DEFAULT that
+    cannot be evaluated alone (it should not happen: ADD COLUMN takes only
+    constants) is left to the table.
+    """
+    known = table.layout.recorded_defaults()
+    if known is None:
+        return {}
+    now = column_defaults(connection, table.spec.name)
+    values: dict[str, SqlValue] = {}
+    for column, default in known.items():
+        if default == now.get(column):
+            continue
+        if default is None:
+            values[column] = None
+            continue
+        try:
+            (values[column],) = connection.execute(f"SELECT {default}").fetchone()
+        except sqlite3.Error:
+            log.warning(
+                "table %r: column %r was added with DEFAULT %s, which does not evaluate alone;"
+                " a row new here takes the table's DEFAULT instead",
+                table.spec.name,
+                column,
+                default,
+            )
+    return values
+
+
+def _with_recorded_defaults(
+    table: TableSql, user: list[SqlValue], stamped: tuple[str, ...], recorded: dict[str, SqlValue]
+) -> tuple[str, ...]:
+    """`stamped` with the left-out columns whose DEFAULT changed, their values set in `user`."""
+    if not recorded:
+        return stamped
+    keys = table.key_count
+    added = []
+    for index, column in enumerate(table.values):
+        if column in recorded and column not in stamped:
+            user[keys + index] = recorded[column]
+            added.append(column)
+    if not added:
+        return stamped
+    return tuple(column for column in table.values if column in stamped or column in added)
 
 
 def _written(table: TableSql, result: _Merged, lacking: frozenset[str]) -> tuple[str, ...] | None:

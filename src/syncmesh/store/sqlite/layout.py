@@ -44,6 +44,14 @@ class TableLayout:
     noticed; 0 in files from before it was kept.  It goes on the wire with
     the column, so that a receiver that dropped the name can tell a column
     added again after its drop from the old one (`apply.column_is_newer`).
+
+    `defaults[i]` is the DEFAULT (SQL text, None for none) value column i had
+    when it got its slot here: the value its default-stamped cells stand for
+    (a row that existed when ADD COLUMN filled it in).  A rebuild may change
+    or drop the DEFAULT later; a row new here whose cell of that column was
+    never written still takes this one (`apply._recorded_defaults`), as every
+    site holding the row from before has it.  None in files from before it
+    was kept (the table's DEFAULT then stands).
     """
 
     spec: TableSpec
@@ -55,9 +63,11 @@ class TableLayout:
     # JSON: kept as they are whenever the layout is written back.
     others_json: str = "{}"
     created: tuple[int, ...] = ()  # per value column; () in files from before: all 0
+    defaults: tuple[str | None, ...] | None = None  # per value column; None: not known
 
     def __post_init__(self) -> None:
         assert len(self.slots) == len(self.spec.value_columns) == len(self.born)
+        assert self.defaults is None or len(self.defaults) == len(self.slots)
         if not self.created:
             object.__setattr__(self, "created", (0,) * len(self.slots))
         assert len(self.created) == len(self.slots)
@@ -80,6 +90,12 @@ class TableLayout:
     def born_of(self, column: str) -> int:
         """The stamp of the moment `column` got its slot here (0: tracked with the table)."""
         return self.born[self.spec.value_columns.index(column)]
+
+    def recorded_defaults(self) -> dict[str, str | None] | None:
+        """Each value column's DEFAULT when it got its slot (see the class); None: not known."""
+        if self.defaults is None:
+            return None
+        return dict(zip(self.spec.value_columns, self.defaults, strict=True))
 
     def column_of_slot(self, slot: int) -> str | None:
         """The live value column holding `slot`, or None (retired or never used)."""
@@ -119,6 +135,7 @@ class TableLayout:
                 "slots": self.slots,
                 "born": self.born,
                 "created": self.created,
+                **({} if self.defaults is None else {"defaults": self.defaults}),
                 "dropped": [[d.name, d.slot, d.dropped_hlc] for d in self.dropped],
                 "next_slot": self.next_slot,
             }
@@ -147,6 +164,7 @@ class TableLayout:
             int(decoded["next_slot"]),
             others,
             tuple(decoded.get("created", ())),
+            None if "defaults" not in decoded else tuple(decoded["defaults"]),
         )
 
 
@@ -160,6 +178,7 @@ _LAYOUT_FIELDS = frozenset(
         "slots",
         "born",
         "created",
+        "defaults",
         "dropped",
         "next_slot",
     }

@@ -117,6 +117,7 @@ class TablePlan:
     dropped: list[tuple[str, int]] = field(default_factory=list)  # (name, slot)
     # New names of columns a rebuild renamed, recognised by their values (recognise_renames)
     recognised: list[str] = field(default_factory=list)
+    defaults: dict[str, str | None] = field(default_factory=dict)  # each column's DEFAULT now
 
     @property
     def table_renamed(self) -> bool:
@@ -216,6 +217,7 @@ def plan_table(connection: sqlite3.Connection, layout: TableLayout) -> TablePlan
         )
         return plan
     plan.spec = spec
+    plan.defaults = column_defaults(connection, now)
     if now != name and tracked_elsewhere(connection, now):
         plan.problem = (
             f"table {name!r} was renamed to {now!r}, the name of another tracked table"
@@ -350,6 +352,15 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         column: layout.created[layout.slots.index(slot)]
         for slot, column in plan.slot_columns.items()
     }
+    # A kept column keeps the DEFAULT it was added with (a rebuild that
+    # changed it changes no row's default cell); one not known takes today's.
+    recorded = layout.recorded_defaults()
+    default_of = {
+        column: plan.defaults.get(column)
+        if recorded is None
+        else recorded[layout.spec.value_columns[layout.slots.index(slot)]]
+        for slot, column in plan.slot_columns.items()
+    }
     next_slot = layout.next_slot
     for column in plan.added:
         slot_of[column] = next_slot
@@ -359,6 +370,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         # resurrect.  A name never dropped here takes every cell.
         born_of[column] = max((d.dropped_hlc for d in dropped if d.name == column), default=0)
         created_of[column] = hlc
+        default_of[column] = plan.defaults.get(column)
     values = [column for column in spec.columns if column not in spec.pk]
     formers = tuple(former_of.get(column, ()) for column in spec.columns)
     new_spec = replace(
@@ -374,6 +386,7 @@ def new_layout(plan: TablePlan, hlc: int) -> TableLayout:
         next_slot,
         layout.others_json,  # fields other modules keep in the spec (integer_keys.py)
         tuple(created_of[column] for column in values),
+        tuple(default_of[column] for column in values),
     )
 
 

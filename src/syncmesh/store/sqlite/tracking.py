@@ -38,6 +38,7 @@ from syncmesh.store.sqlite.ddl import (
 from syncmesh.store.sqlite.introspect import (
     allocated_key,
     apply_warnings,
+    column_defaults,
     read_table_spec,
     refuse_allocated_keys,
     refuse_key_collations,
@@ -265,8 +266,13 @@ def create_tracking(ctx: StoreContext, spec: TableSpec, progress: TrackProgress 
     ctx.clock.restore(head)
     ctx.connection.execute("UPDATE _syncmesh_state SET seq = ?, hlc = ?", (head, head))
     vector.set_own(ctx, hlc)
-    # Its columns are created now (`TableLayout.created`).
-    layout = replace(layout, created=(hlc,) * len(layout.slots))
+    # Its columns are created now (`TableLayout.created`), with today's DEFAULTs.
+    defaults = column_defaults(ctx.connection, spec.name)
+    layout = replace(
+        layout,
+        created=(hlc,) * len(layout.slots),
+        defaults=tuple(defaults.get(column) for column in spec.value_columns),
+    )
     ctx.connection.execute(
         "INSERT INTO _syncmesh_tables (name, spec) VALUES (?, ?)", (spec.name, layout.to_json())
     )
