@@ -24,6 +24,7 @@ from syncmesh.chaos.checkers import (
     check_writes,
     dead_everywhere,
     in_final_shape,
+    rows_repaired_by_verify,
     torn_orders,
 )
 from syncmesh.chaos.history import Key, Replica, RowDump, Write, read_replica
@@ -776,3 +777,25 @@ def test_a_child_of_an_ended_parent_life_is_cascaded_even_if_its_clock_ran_ahead
     early = child(5)
     early.lo = T1  # even with a stamp below the parent's final life's
     assert kinds(check_writes([early], reinserted, cascades=cascades)[0]) == ["lost-write"]
+
+
+def test_rows_the_periodic_verify_repaired_are_counted_from_the_node_logs() -> None:
+    """The report names schedules where a feed missed rows: the verify's repair lines
+    count, a divergence only reported (repair off) or a failed repair does not."""
+    logs = {
+        "n0": (
+            "2026-12-07 10:00:00,000 WARNING syncmesh.node.verify_server: verify against"
+            " http://127.0.0.1:9/sync: 3 rows differed (items: 2, orders: 1); repaired: 1 of"
+            " the peer's rows merged here, 2 of ours there\n"
+            "2026-12-07 10:00:01,000 WARNING syncmesh.node.verify_server: verify against"
+            " http://127.0.0.1:9/sync: 4 rows differ (items: 4); `syncmesh repair DB --peer"
+            " http://127.0.0.1:9/sync` merges them\n"
+        ),
+        "n1": (
+            "2026-12-07 10:00:02,000 WARNING syncmesh.node.verify_server: verify against fleet"
+            " site 0a1b: 1 rows differed (items: 1); repaired: 0 of the peer's rows merged"
+            " here, 1 of ours there\n"
+        ),
+    }
+    assert rows_repaired_by_verify(logs) == 4
+    assert rows_repaired_by_verify({"n0": "nothing here\n"}) == 0

@@ -27,7 +27,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from syncmesh.model import SqlValue
 from syncmesh.store.sqlite.integer_keys import SPEC_FIELD
 from tests.helpers import sqlite3_shell
-from tests.nodeproc import Cluster, NodeProcess, make_db, run_cli
+from tests.nodeproc import Cluster, NodeProcess, make_db, query, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -150,6 +150,16 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
     expect(page.locator('#throughput polyline[data-series="applied_rows"]')).to_have_count(1)
 
     a.stop()
+    # Behind the engine's back, a loses b's row while it is down: a's vector still
+    # claims it, so no feed brings it back; c's periodic verify finds it and merges it
+    # into a (sync.verify_repair), and the page says so once a is back.
+    sqlite3_shell(
+        a.db,
+        "BEGIN; UPDATE _syncmesh_state SET applying = 1;"
+        " DELETE FROM items WHERE id = 'from-b';"
+        " DELETE FROM _syncmesh_shadow_items WHERE k0 = 'from-b';"
+        " UPDATE _syncmesh_state SET applying = 0; COMMIT;",
+    )
     expect_link(page, sites["a"], "down")
     expect_link(page, sites["b"], "connected")
     # The page's verdict is the node's own: the reason /v1/health answers 503 with.
@@ -175,6 +185,10 @@ def test_dashboard_shows_the_cluster_a_write_and_a_stopped_peer(
         "data-health", "healthy", timeout=WAIT_MS
     )
     expect(last_error).to_contain_text(re.compile(r"^past: .*cannot connect"), timeout=WAIT_MS)
+    verified_a = peer_row(page, sites["a"]).locator('[data-field="verified"]')
+    expect(verified_a).to_contain_text("1 rows repaired since start", timeout=WAIT_MS)
+    expect(verified_a).to_contain_text("identical")
+    assert query(a.db, "SELECT id FROM items WHERE id = 'from-b'") == [("from-b",)]
 
     c.stop()
     expect(page.locator("#connection")).to_have_attribute("data-state", "down", timeout=WAIT_MS)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from syncmesh.api import running_node
 from syncmesh.errors import StoreError, SyncError
-from syncmesh.node import Node, NodeConfig
+from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.verify import (
     VerifyClient,
@@ -306,7 +307,9 @@ async def test_the_node_verifies_its_peers_and_shows_the_result(tmp_path: Path) 
         connection.execute("UPDATE _syncmesh_state SET applying = 0")
     async with (
         serving(b) as node_b,
-        serving(a, node_b, verify_interval_s=0.3, verify_settle_s=0.05) as node_a,
+        serving(
+            a, node_b, verify_interval_s=0.3, verify_settle_s=0.05, verify_repair=False
+        ) as node_a,
     ):
         peer_url = url_of(node_b)
 
@@ -339,6 +342,48 @@ async def test_the_node_verifies_its_peers_and_shows_the_result(tmp_path: Path) 
     assert peer["verify_round_trips"] >= 2
     assert name_of(b, "k-3") == "name 3"
     assert "1 rows differ" in shown.stdout, shown.stdout
+
+
+async def test_the_node_repairs_what_its_periodic_verify_finds(tmp_path: Path) -> None:
+    """Anti-entropy (`sync.verify_repair`, on by default): a row no feed will bring
+    back (B's vector claims it) is merged back into B by A's periodic verify, with
+    no command; status and /metrics count it, and the next round is identical.
+    Without the repair the row stays missing for ever (the test above)."""
+    a, b = twin_files(tmp_path, rows=100)
+    with contextlib.closing(sqlite3.connect(b)) as connection, connection:
+        connection.execute("UPDATE _syncmesh_state SET applying = 1")
+        connection.execute("DELETE FROM items WHERE id = 'k-3'")
+        connection.execute("DELETE FROM _syncmesh_shadow_items WHERE k0 = 'k-3'")
+        connection.execute("UPDATE _syncmesh_state SET applying = 0")
+    async with (
+        serving(b) as node_b,
+        serving(a, node_b, verify_interval_s=0.3, verify_settle_s=0.05) as node_a,
+    ):
+        peer_url = url_of(node_b)
+
+        async def peer_of_a() -> PeerStatistics | None:
+            for peer in (await node_a.statistics()).peers:
+                if peer.address == peer_url and peer.verified_ms:
+                    return peer
+            return None
+
+        async def repaired_and_identical() -> bool:
+            peer = await peer_of_a()
+            return (
+                peer is not None
+                and peer.verify_repaired_rows_total == 1
+                and bool(peer.verify_identical)
+            )
+
+        await wait_until(repaired_and_identical, TIMEOUT_S, "the row repaired, then identical")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url_of(node_a) + "/metrics") as response,
+        ):
+            metrics = await response.text()
+    assert name_of(b, "k-3") == "name 3"
+    assert items(a) == items(b)
+    assert re.search(r"syncmesh_peer_verify_repaired_rows_total\{[^}]*\} 1\.0", metrics), metrics
 
 
 async def test_the_command_line_verifies_and_repairs(tmp_path: Path) -> None:

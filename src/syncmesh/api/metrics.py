@@ -312,7 +312,9 @@ def _peer_metrics(peers: tuple[PeerStatistics, ...], now_ms: int) -> Iterator[Me
     yield from (*counters.values(), *by_table.values(), *verify.values(), apply)
 
 
-def _verify_families(prefix: str, whom: str, labels: list[str]) -> dict[str, GaugeMetricFamily]:
+def _verify_families(
+    prefix: str, whom: str, labels: list[str]
+) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
     """The gauges of the last periodic verify against a peer or a fleet site."""
     return {
         name: GaugeMetricFamily(f"{prefix}_{name}", text, labels=labels)
@@ -325,11 +327,19 @@ def _verify_families(prefix: str, whom: str, labels: list[str]) -> dict[str, Gau
             ("bytes", "Bytes the last verify sent and received."),
             ("seconds", "How long the last verify took."),
         )
+    } | {
+        # A count since start, to alert on: rows a feed missed, found and merged.
+        "repaired_rows": CounterMetricFamily(
+            f"{prefix}_repaired_rows",
+            f"Rows the periodic verify found differing from {whom}'s and merged both ways"
+            " (sync.verify_repair), since the node started.",
+            labels=labels,
+        )
     }
 
 
 def _add_verify(
-    verify: dict[str, GaugeMetricFamily],
+    verify: dict[str, GaugeMetricFamily | CounterMetricFamily],
     labels: list[str],
     verified: PeerStatistics | FleetSiteStatistics,
 ) -> None:
@@ -344,6 +354,7 @@ def _add_verify(
         ("round_trips", verified.verify_round_trips),
         ("bytes", verified.verify_bytes),
         ("seconds", verified.verify_seconds),
+        ("repaired_rows", verified.verify_repaired_rows_total),
     )
     for name, figure in figures:
         verify[name].add_metric(labels, figure)

@@ -37,6 +37,15 @@ _VERIFIED: dict[str, Any] = {
     "verify_bytes": {"type": "integer"},
     "verify_seconds": {"type": "number"},
     "verify_error": {"type": "string"},
+    "verify_repaired_rows": {
+        "type": "integer",
+        "description": "of the divergent rows, how many the repair after the last verify merged"
+        " both ways (sync.verify_repair; 0 when it is off)",
+    },
+    "verify_repaired_rows_total": {
+        "type": "integer",
+        "description": "the same, summed over every verify since the node started",
+    },
 }
 
 _PEER = {

@@ -13,6 +13,7 @@ echo, and P8 clock health.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -877,6 +878,23 @@ def check_logs(logs: dict[str, str]) -> list[Violation]:
                 violations.append(Violation("internal-error", f"{node}: {context}"))
                 break
     return violations
+
+
+# A node's periodic verify logs what it found and merged (node.verify_server).
+REPAIRED_BY_VERIFY = re.compile(r"verify against .*?: (\d+) rows differed \(")
+
+
+def rows_repaired_by_verify(logs: dict[str, str]) -> int:
+    """Rows the nodes' periodic verify found divergent and merged (`sync.verify_repair`).
+
+    Not a violation: the anti-entropy is part of the product, and the
+    replicas are judged after it.  But each such row is one a feed missed
+    (or a fault changed behind the engine's back), so the report lists
+    the schedules where it happened, to be read.
+    """
+    return sum(
+        int(found.group(1)) for text in logs.values() for found in REPAIRED_BY_VERIFY.finditer(text)
+    )
 
 
 FLEET_GAP_MARKER = "fleet stream gap"

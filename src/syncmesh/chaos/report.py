@@ -108,6 +108,15 @@ def summary(options: RunOptions, results: list[ScheduleResult]) -> str:
         f" {sum(r.frames_duplicated for r in results)}, reordered"
         f" {sum(r.frames_reordered for r in results)}, far stamps refused"
         f" {sum(r.drift_refusals for r in results)}",
+        *(
+            [
+                "  rows a feed missed, found and merged by the periodic verify:"
+                f" {sum(r.rows_repaired for r in results)}, in "
+                + ", ".join(r.schedule.name for r in results if r.rows_repaired)
+            ]
+            if any(r.rows_repaired for r in results)
+            else []
+        ),
         f"wire: {wire} bytes for {applied} applied changes"
         + (f" ({wire / applied:.0f} bytes per change)" if applied else ""),
         "quiescence after healing: "

@@ -54,6 +54,7 @@ from syncmesh.chaos.checkers import (
     held_by,
     in_final_shape,
     refused_by_constraint,
+    rows_repaired_by_verify,
     torn_orders_in,
     waiting_in_quarantine,
 )
@@ -147,6 +148,7 @@ class ScheduleResult:
     torn_samples: int = 0
     nats_server_restarts: int = 0  # --transport nats: nats-servers started again after a kill
     verified_pairs: int = 0  # `syncmesh verify` exchanges that ran after quiescence
+    rows_repaired: int = 0  # divergent rows the nodes' periodic verify merged (a feed missed them)
     resets: int = 0
     frames_duplicated: int = 0
     frames_reordered: int = 0
@@ -183,6 +185,7 @@ class ScheduleResult:
             "transport": self.schedule.transport,
             "nats_server_restarts": self.nats_server_restarts,
             "verified_pairs": self.verified_pairs,
+            "rows_repaired": self.rows_repaired,
             "resets": self.resets,
             "frames_duplicated": self.frames_duplicated,
             "frames_reordered": self.frames_reordered,
@@ -914,6 +917,7 @@ class ScheduleRun:
         )
         logs = {node.name: _read_text(node.log_path) for node in self.nodes}
         violations.extend(check_logs(logs))
+        result.rows_repaired = rows_repaired_by_verify(logs)
         if self.schedule.transport == "nats":
             violations.extend(check_no_fleet_gap(logs))
             assert self.nats is not None

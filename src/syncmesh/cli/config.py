@@ -91,6 +91,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sync", "quarantine_retry_s", float, 5.0, minimum=0.01),
     Setting("sync", "verify_interval_s", float, 600.0, minimum=0.0),
     Setting("sync", "verify_settle_s", float, 2.0, minimum=0.0),
+    Setting("sync", "verify_repair", bool, True),
     Setting("limits", "batch_rows_max", int, 2000, minimum=1),
     Setting("limits", "batches_in_flight_max", int, 4, minimum=1),
     Setting(
@@ -349,6 +350,7 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
         quarantine_retry_s=values["sync.quarantine_retry_s"],
         verify_interval_s=values["sync.verify_interval_s"],
         verify_settle_s=values["sync.verify_settle_s"],
+        verify_repair=values["sync.verify_repair"],
         conflict_ledger_rows_max=values["limits.conflict_ledger_rows_max"],
         lifecycle_interval_s=values["lifecycle.interval_s"],
         lifecycle_batch_rows=values["lifecycle.batch_rows"],

@@ -350,8 +350,13 @@ def verify_text(peer: dict[str, Any], now_ms: int) -> str:
         return f"verify against {name} failed {when}: {peer['verify_error']}"
     if peer.get("verify_identical"):
         verdict = "identical"
+        if peer.get("verify_repaired_rows_total"):
+            verdict += f" ({peer['verify_repaired_rows_total']:,} rows repaired since start)"
     else:
         verdict = f"{peer['verify_divergent_rows']:,} rows differ"
+        repaired = peer.get("verify_repaired_rows") or 0
+        if repaired:
+            verdict += f" ({repaired:,} rows repaired after it)"
     if peer.get("verify_unsettled_rows"):
         verdict += f", {peer['verify_unsettled_rows']:,} rows still changing (not judged)"
     return (

@@ -127,6 +127,9 @@ class NodeConfig:
     quarantine_retry_s: float = 5.0
     verify_interval_s: float = 600.0  # verify each dialled peer this often (0: never)
     verify_settle_s: float = 2.0  # pause before re-reading rows that differ (writes in flight)
+    # Merge the rows a periodic verify finds divergent, both ways (anti-entropy):
+    # whatever the feeds missed comes back within an interval (docs/verify.md).
+    verify_repair: bool = True
     conflict_ledger_rows_max: int = 10_000  # the ledger keeps the newest this many conflicts
     # Tombstone collection (ADR 0015): a pass and a gossip round this often
     # (0: never), each step of a pass one transaction over this many shadow rows.

@@ -184,6 +184,8 @@ class FleetSiteStatistics:
     verify_bytes: int = 0
     verify_seconds: float = 0.0
     verify_error: str = ""
+    verify_repaired_rows: int = 0  # of the divergent rows, merged both ways after it
+    verify_repaired_rows_total: int = 0  # the same, summed since the node started
 
 
 def quiet_site(site_id: str) -> FleetSiteStatistics:

@@ -379,26 +379,24 @@ def _chunked(keys: Mapping[str, list[Key]]) -> list[dict[str, list[Key]]]:
     return [chunk for chunk in chunks if chunk]
 
 
-async def repair(
-    store: VerifyStore,
-    call: StoreCall,
-    client: VerifyClient,
-    tables: Sequence[str] | None = None,
-    *,
-    deep: bool = False,
-    settle_s: float = SETTLE_S_DEFAULT,
-    settle_rounds: int = SETTLE_ROUNDS_DEFAULT,
-) -> RepairReport:
-    """Verify, merge the divergent rows both ways, verify again."""
-    before = await verify(
-        store, call, client, tables, deep=deep, settle_s=settle_s, settle_rounds=settle_rounds
-    )
+async def merge_divergent(
+    store: VerifyStore, call: StoreCall, client: VerifyClient, report: VerifyReport
+) -> tuple[int, int, int]:
+    """Merge the rows `report` found divergent both ways; (fetched, pushed, restamped) rows.
+
+    The peer's rows for those keys are merged here and ours there, each
+    through the normal merge (`merge_repair_rows`): no newer write can
+    lose, and a row the feeds never carried (a vector that claimed it
+    wrongly, a row removed behind the engine's back) is back on both
+    sides.  With a deep report, rows whose stamps agree but whose values
+    differ have no merge to decide them: this side stamps them anew.
+    """
     fetched = pushed = restamped = 0
-    for name, found in before.differences.items():
+    for name, found in report.differences.items():
         keys = found.divergent
         if not keys:
             continue
-        if deep:
+        if report.deep:
             # Equal stamps, different values: no merge decides; this side wins.
             stamps_ours = await call(store.key_digests, name, keys)
             stamps_theirs = (await _remote_digests(client, {name: dict.fromkeys(keys)}, False))[
@@ -416,13 +414,31 @@ async def repair(
             body = await client.call(FetchRequest({name: chunk}))
             with _answer_from(client):
                 fetched_rows = decode_fetch_answer(body).batches[name]
-            result = await call(store.merge_repair_rows, before.peer_site, fetched_rows)
+            result = await call(store.merge_repair_rows, report.peer_site, fetched_rows)
             fetched += result.applied_rows
             ours = await call(store.rows_of, name, chunk)
             if ours.row_count:
                 body = await client.call(PushRequest(ours, store.site_id))
                 with _answer_from(client):
                     pushed += decode_push_answer(body).applied
+    return fetched, pushed, restamped
+
+
+async def repair(
+    store: VerifyStore,
+    call: StoreCall,
+    client: VerifyClient,
+    tables: Sequence[str] | None = None,
+    *,
+    deep: bool = False,
+    settle_s: float = SETTLE_S_DEFAULT,
+    settle_rounds: int = SETTLE_ROUNDS_DEFAULT,
+) -> RepairReport:
+    """Verify, merge the divergent rows both ways, verify again."""
+    before = await verify(
+        store, call, client, tables, deep=deep, settle_s=settle_s, settle_rounds=settle_rounds
+    )
+    fetched, pushed, restamped = await merge_divergent(store, call, client, before)
     after = await verify(
         store, call, client, tables, deep=deep, settle_s=settle_s, settle_rounds=settle_rounds
     )

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from syncmesh.clock import PhysicalClock
@@ -30,6 +30,7 @@ from syncmesh.node.verify import (
     VerifyClient,
     VerifyReport,
     deep_tree,
+    merge_divergent,
     verify,
 )
 from syncmesh.protocol.verify import (
@@ -232,6 +233,13 @@ class VerifyOutcome:
     bytes: int
     seconds: float
     error: str = ""
+    repaired_rows: int = 0  # divergent rows merged both ways after it (`sync.verify_repair`)
+    repaired_rows_total: int = 0  # the same, summed over every round since the node started
+
+    def after(self, previous: VerifyOutcome | None) -> VerifyOutcome:
+        """This outcome with the rows repaired since start counted on from `previous`'s."""
+        before = 0 if previous is None else previous.repaired_rows_total
+        return replace(self, repaired_rows_total=before + self.repaired_rows)
 
 
 def outcome_fields(outcome: VerifyOutcome | None) -> dict[str, Any]:
@@ -247,6 +255,8 @@ def outcome_fields(outcome: VerifyOutcome | None) -> dict[str, Any]:
         "verify_bytes": outcome.bytes,
         "verify_seconds": round(outcome.seconds, 3),
         "verify_error": outcome.error,
+        "verify_repaired_rows": outcome.repaired_rows,
+        "verify_repaired_rows_total": outcome.repaired_rows_total,
     }
 
 
@@ -307,7 +317,8 @@ async def periodic_verify(node: VerifyingHost) -> None:
             if not tables:
                 continue
             try:
-                node.verify_outcomes[url] = await verify_peer(node, url, tables, peer)
+                outcome = await verify_peer(node, url, tables, peer)
+                node.verify_outcomes[url] = outcome.after(node.verify_outcomes.get(url))
             except Exception:  # a bug must not end the periodic verify of every peer
                 log.exception("verify against %s failed unexpectedly", url)
         try:
@@ -370,15 +381,12 @@ async def _verify_one_of(
     if not tables:
         return
 
-    async def exchange_with_site() -> VerifyReport:
+    async def exchange_with_site() -> _Checked:
         async with VerifyClient(connection.exchange(site)) as client:
-            return await verify(
-                node.store, node.store_call, client, tables, settle_s=node.config.verify_settle_s
-            )
+            return await _verify_and_repair(node, client, tables)
 
-    node.fleet_verify_outcomes[site] = await _outcome(
-        node, f"fleet site {site}", f"--site {site}", exchange_with_site
-    )
+    outcome = await _outcome(node, f"fleet site {site}", f"--site {site}", exchange_with_site)
+    node.fleet_verify_outcomes[site] = outcome.after(node.fleet_verify_outcomes.get(site))
 
 
 async def verify_peer(
@@ -386,44 +394,100 @@ async def verify_peer(
 ) -> VerifyOutcome:
     """One verify of our store against the node at `url`, as an outcome (never raises)."""
 
-    async def exchange_with_peer() -> VerifyReport:
+    async def exchange_with_peer() -> _Checked:
         exchange = node.connector.verify_exchange(url, None if peer is None else peer.name)
         async with VerifyClient(exchange) as client:
-            return await verify(
-                node.store,
-                node.store_call,
-                client,
-                tables,
-                settle_s=node.config.verify_settle_s,
-            )
+            return await _verify_and_repair(node, client, tables)
 
     return await _outcome(node, url, f"--peer {url}", exchange_with_peer)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One periodic verify's report, and what the repair after it merged (fetched, pushed)."""
+
+    report: VerifyReport
+    fetched_rows: int = 0
+    pushed_rows: int = 0
+    repair_error: str = ""
+
+
+async def _verify_and_repair(
+    node: VerifyingHost, client: VerifyClient, tables: list[str]
+) -> _Checked:
+    """Verify; with `sync.verify_repair`, merge the divergent rows both ways on the same client.
+
+    This is the anti-entropy behind the feeds: a row a feed never carried
+    (a vector that claimed it wrongly, ADR 0006's residual risks; a row
+    removed behind the engine's back) is found by the hash trees and
+    merged like any batch, so no newer write can lose.  Only rows that
+    held still through the settle re-reads are merged: writes in flight
+    are the feeds' to deliver.
+    """
+    report = await verify(
+        node.store, node.store_call, client, tables, settle_s=node.config.verify_settle_s
+    )
+    if not report.divergent_rows or not node.config.verify_repair:
+        return _Checked(report)
+    try:
+        fetched, pushed, _restamped = await merge_divergent(
+            node.store, node.store_call, client, report
+        )
+    except (SyncError, StoreError) as exc:  # the verify's finding stands
+        return _Checked(report, repair_error=str(exc))
+    return _Checked(report, fetched, pushed)
 
 
 async def _outcome(
     node: VerifyingHost,
     label: str,
     repair_target: str,
-    run: Callable[[], Awaitable[VerifyReport]],
+    run: Callable[[], Awaitable[_Checked]],
 ) -> VerifyOutcome:
     """Run one verify and log and keep its outcome; a failure is an outcome too."""
     started = time.monotonic()
     now_ms = node.clock.now_ms()
     try:
-        report = await run()
+        checked = await run()
     except (SyncError, StoreError) as exc:
         log.warning("verify against %s failed: %s", label, exc)
         return VerifyOutcome(now_ms, False, 0, 0, 0, 0, time.monotonic() - started, str(exc))
+    report = checked.report
+    repaired = checked.fetched_rows + checked.pushed_rows
     if report.divergent_rows:
-        log.warning(
-            "verify against %s: %d rows differ (%s); `syncmesh repair DB %s` merges them",
-            label,
-            report.divergent_rows,
-            ", ".join(
-                f"{name}: {len(found.divergent)}" for name, found in report.differences.items()
-            ),
-            repair_target,
+        where = ", ".join(
+            f"{name}: {len(found.divergent)}" for name, found in report.differences.items()
         )
+        if checked.repair_error:
+            log.warning(
+                "verify against %s: %d rows differ (%s); repairing them failed: %s;"
+                " `syncmesh repair DB %s` merges them",
+                label,
+                report.divergent_rows,
+                where,
+                checked.repair_error,
+                repair_target,
+            )
+        elif node.config.verify_repair:
+            # Found and merged: still a warning, as a feed missed them (or a
+            # program changed the file behind the engine's back).
+            log.warning(
+                "verify against %s: %d rows differed (%s); repaired: %d of the peer's rows"
+                " merged here, %d of ours there",
+                label,
+                report.divergent_rows,
+                where,
+                checked.fetched_rows,
+                checked.pushed_rows,
+            )
+        else:
+            log.warning(
+                "verify against %s: %d rows differ (%s); `syncmesh repair DB %s` merges them",
+                label,
+                report.divergent_rows,
+                where,
+                repair_target,
+            )
     else:
         log.info(
             "verify against %s: identical (%d round trips, %d bytes, %.2f s)",
@@ -442,4 +506,6 @@ async def _outcome(
         report.round_trips,
         report.bytes_sent + report.bytes_received,
         report.seconds,
+        checked.repair_error and f"repair failed: {checked.repair_error}",
+        repaired,
     )

@@ -18,7 +18,17 @@ export function verifiedCell(entry, now, expected) {
   if (entry.verify_identical) {
     // Rows still changing at every re-read are writes in flight: not judged.
     const changing = entry.verify_unsettled_rows > 0 ? ` · ${formatCount(entry.verify_unsettled_rows)} rows changing` : "";
-    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}${changing}`);
+    // Rows a feed missed, merged by earlier verifies: identical now, but worth a look.
+    const total = entry.verify_repaired_rows_total || 0;
+    const healed = total > 0 ? ` · ${formatCount(total)} rows repaired since start` : "";
+    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}${changing}${healed}`);
+  }
+  // Divergent rows the node merged both ways (sync.verify_repair): found and healed,
+  // still shown, as a feed missed them; the next verify tells whether they hold.
+  const repaired = entry.verify_repaired_rows || 0;
+  if (repaired > 0) {
+    const text = `${formatCount(entry.verify_divergent_rows)} rows differed · repaired`;
+    return el("td", { "data-field": "verified", title: "a feed missed these rows: the periodic verify found and merged them" }, el("span", { class: "badge connecting" }, text), ` ${ago}`);
   }
   const text = `${formatCount(entry.verify_divergent_rows)} rows differ`;
   return el("td", { class: "error", "data-field": "verified" }, el("span", { class: "badge down" }, text), ` ${ago}`);
