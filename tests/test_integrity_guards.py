@@ -67,6 +67,34 @@ def test_a_write_skipped_by_on_conflict_ignore_is_quarantined_with_its_reason(
     assert ids(c) == ["a", "c"]
 
 
+def test_a_row_refused_again_by_a_repair_is_kept_once_in_the_quarantine(
+    make_store: MakeStore,
+) -> None:
+    """The periodic verify's repair fetches, at every round, the row a constraint keeps
+    out here (it differs from the peer's): each fetch was one more quarantine entry,
+    so the quarantine grew for ever and its counts lied.  One entry per row state."""
+    ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, e TEXT UNIQUE, v)"
+    a, b = make_store("a", ddl), make_store("b", ddl)
+    a.connection.execute("INSERT INTO items VALUES ('a', 'x', 1)")
+    a.capture()
+    b.connection.execute("INSERT INTO items VALUES ('b', 'x', 2)")
+    b.capture()
+    exchange_all(a, b)
+    [entry] = b.quarantine()
+    assert entry["pk"] == "'a'"
+    for _round in range(3):
+        result = b.merge_repair_rows(a.site_id, a.rows_of("items", [("a",)]))
+        assert result.quarantined_rows == 1
+    assert len(b.quarantine()) == 1
+    assert b.status().quarantined_rows == 1
+    # Once the collision is gone, the one entry settles it.
+    b.connection.execute("DELETE FROM items WHERE id = 'b'")
+    b.capture()
+    assert b.retry_quarantine() == 1
+    assert ids(b) == ["a"]
+    assert b.quarantine() == []
+
+
 def test_the_feed_holds_back_an_alive_row_whose_user_row_is_absent(
     make_store: MakeStore,
 ) -> None:

@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS _syncmesh_quarantine (
     created_ms INTEGER NOT NULL,
     column_created TEXT              -- JSON {our column: its creation stamp here}, or NULL
 );
+CREATE INDEX IF NOT EXISTS _syncmesh_quarantine_key ON _syncmesh_quarantine (table_name, pk);
 """
 
 # Where this file issued no own stamps (docs/adr/0006-restore-detection.md):

@@ -245,6 +245,17 @@ def upgrade(ctx: StoreContext) -> None:
             ctx.connection.execute(
                 "ALTER TABLE _syncmesh_quarantine ADD COLUMN column_created TEXT"
             )
+    if (
+        ctx.connection.execute(
+            "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_quarantine_key'"
+        ).fetchone()
+        is None
+    ):  # files from before it: `quarantine.add` looks entries up by key
+        with ctx.transaction():
+            ctx.connection.execute(
+                "CREATE INDEX IF NOT EXISTS _syncmesh_quarantine_key"
+                " ON _syncmesh_quarantine (table_name, pk)"
+            )
     lifecycle = ctx.connection.execute(
         "SELECT 1 FROM sqlite_schema WHERE name = '_syncmesh_lifecycle'"
     ).fetchone()
