@@ -881,11 +881,17 @@ def check_logs(logs: dict[str, str]) -> list[Violation]:
 
 
 # A node's periodic verify logs what it found and merged (node.verify_server).
-REPAIRED_BY_VERIFY = re.compile(r"verify against .*?: (\d+) rows differed \(")
+REPAIRED_BY_VERIFY = re.compile(
+    r"verify against .*?: \d+ rows differed \(.*?\); repaired: (\d+) of the peer's rows"
+    r" merged here, (\d+) of ours there"
+)
 
 
 def rows_repaired_by_verify(logs: dict[str, str]) -> int:
     """Rows the nodes' periodic verify found divergent and merged (`sync.verify_repair`).
+
+    Rows merged, each side's count: a divergent row the merge turns away
+    again (a constraint's quarantine) is found at every round and counts 0.
 
     Not a violation: the anti-entropy is part of the product, and the
     replicas are judged after it.  But each such row is one a feed missed
@@ -893,7 +899,9 @@ def rows_repaired_by_verify(logs: dict[str, str]) -> int:
     the schedules where it happened, to be read.
     """
     return sum(
-        int(found.group(1)) for text in logs.values() for found in REPAIRED_BY_VERIFY.finditer(text)
+        int(found.group(1)) + int(found.group(2))
+        for text in logs.values()
+        for found in REPAIRED_BY_VERIFY.finditer(text)
     )
 
 
