@@ -40,7 +40,7 @@ from syncmesh.node.verify_server import VerifyOutcome, next_fleet_site, verify_p
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, drop_trigger_sql
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
-from tests.helpers import rows_with_types, run_cli, wait_until
+from tests.helpers import rows_with_types, run_cli, sqlite3_shell, wait_until
 from tests.test_node import config, converged, execute, make_db
 from tests.tlsfiles import Pki
 
@@ -384,6 +384,47 @@ async def test_the_node_repairs_what_its_periodic_verify_finds(tmp_path: Path) -
     assert name_of(b, "k-3") == "name 3"
     assert items(a) == items(b)
     assert re.search(r"syncmesh_peer_verify_repaired_rows_total\{[^}]*\} 1\.0", metrics), metrics
+
+
+async def test_a_table_whose_columns_differ_at_the_peer_is_named_not_compared(
+    tmp_path: Path,
+) -> None:
+    """A rolling deploy: B has run a migration (ADD COLUMN, then writes to it), A not
+    yet.  Every row B wrote since has a cell A holds only as a waiting cell, so their
+    digests differ: the periodic verify said "N rows differ" for the whole deploy (and
+    its repair fetched them at every round).  Now the table is named as not compared,
+    in status, the log and the command line, and nothing is reported as divergent."""
+    a, b = twin_files(tmp_path, rows=100)
+    async with (
+        serving(b) as node_b,
+        serving(a, node_b, verify_interval_s=0.3, verify_settle_s=0.05) as node_a,
+    ):
+        sqlite3_shell(b, "ALTER TABLE items ADD COLUMN extra TEXT DEFAULT 'x'")
+        sqlite3_shell(b, "UPDATE items SET extra = 'set at b' WHERE id IN ('k-1', 'k-2', 'k-3')")
+        peer_url = url_of(node_b)
+
+        async def not_compared() -> PeerStatistics | None:
+            for peer in (await node_a.statistics()).peers:
+                if peer.address == peer_url and peer.verify_not_compared:
+                    return peer
+            return None
+
+        async def seen() -> bool:
+            return await not_compared() is not None
+
+        await wait_until(seen, TIMEOUT_S, "the verify to name the table as not compared")
+        peer = await not_compared()
+        assert peer is not None
+        assert peer.verify_not_compared == ("items",)
+        assert peer.verify_divergent_rows == 0
+        assert peer.verify_repaired_rows_total == 0
+        shown = await asyncio.to_thread(run_cli, "verify", str(a), "--peer", peer_url)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    printed = " ".join(shown.stdout.split())
+    assert "table items: not compared, its columns differ from the peer's" in printed
+    assert "(here: name, qty; there: name, qty, extra)" in printed, printed
+    assert "no rows differ" in printed, printed
+    assert "in the tables compared" in printed, printed
 
 
 async def test_the_command_line_verifies_and_repairs(tmp_path: Path) -> None:

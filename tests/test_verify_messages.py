@@ -12,6 +12,7 @@ from syncmesh.protocol import Batch, encode
 from syncmesh.protocol.verify import (
     BRANCH_ARRAY,
     LEAF_ARRAY,
+    VERIFY_VERSION,
     DigestsAnswer,
     DigestsRequest,
     FetchRequest,
@@ -136,6 +137,22 @@ def test_answers_have_the_bytes_of_their_untyped_maps_and_decode_back() -> None:
     assert decode_digests_answer(encode_answer(digests)) == digests
     assert decode_push_answer(encode_answer(PushAnswer(3, 1))) == PushAnswer(3, 1)
     assert encode_answer(VerifyRefusal("no")) == _packed({"error": "bad request", "detail": "no"})
+
+
+def test_the_columns_of_a_roots_exchange_travel_and_a_bad_map_is_named() -> None:
+    """The asker's columns per table, and the tables whose columns differ at the node,
+    round-trip; an older asker or node sends neither and reads as none."""
+    request = RootsRequest({"items": 7}, False, "", {"items": ["name", "qty"]})
+    assert decode_request(encode_request(request), frame_bytes_max=1 << 20) == request
+    older = RootsRequest({"items": 7}, False, "")
+    assert decode_request(encode_request(older), frame_bytes_max=1 << 20) == older
+    answer = RootsAnswer("site-b", {}, [], {"items": ["name", "qty", "extra"]})
+    assert decode_roots_answer(encode_answer(answer)) == answer
+    bad = _packed({"v": VERIFY_VERSION, "op": "roots", "tables": {}, "columns": {"items": [1]}})
+    with pytest.raises(VerifyRequestError, match="columns: not a map of table names"):
+        decode_request(bad, frame_bytes_max=1 << 20)
+    with pytest.raises(VerifyAnswerError, match="other_columns: not a map"):
+        decode_roots_answer(_packed({"site": "b", "tables": {}, "other_columns": ["items"]}))
 
 
 def test_an_answer_of_the_wrong_shape_is_a_named_error() -> None:

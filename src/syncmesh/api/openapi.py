@@ -46,6 +46,12 @@ _VERIFIED: dict[str, Any] = {
         "type": "integer",
         "description": "the same, summed over every verify since the node started",
     },
+    "verify_not_compared": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "tables the last verify did not compare: their columns differ at the"
+        " peer (a migration not run at both sites yet)",
+    },
 }
 
 _PEER = {

@@ -498,13 +498,24 @@ def _print_report(console: Console, report: VerifyReport, url: str, title: str =
         )
     for name in report.not_shared:
         console.print(f"[yellow]table {name}: not tracked by the peer, or not shared with us[/]")
+    for name, (here, there) in report.other_columns.items():
+        console.print(
+            f"[yellow]table {name}: not compared, its columns differ from the peer's"
+            f" (here: {', '.join(here)}; there: {', '.join(there)}): a migration not run at"
+            " both sites yet; verify again once it has[/]"
+        )
     if report.identical:
         console.print(
             f"[green]{heading}: identical[/] to {url} (site {report.peer_site})"
             f" - {', '.join(report.tables)} - {figures}"
         )
         return
-    if report.divergent_rows == 0:
+    if report.divergent_rows == 0 and report.unsettled_rows == 0:
+        console.print(
+            f"[yellow]{heading}: no rows differ[/] from {url} (site {report.peer_site})"
+            f" in the tables compared - {figures}"
+        )
+    elif report.divergent_rows == 0:
         console.print(
             f"[yellow]{heading}: no rows differ[/] from {url} (site {report.peer_site}),"
             f" {report.unsettled_rows} still changing at every re-read (writes in flight,"

@@ -359,6 +359,8 @@ def verify_text(peer: dict[str, Any], now_ms: int) -> str:
             verdict += f" ({repaired:,} rows repaired after it)"
     if peer.get("verify_unsettled_rows"):
         verdict += f", {peer['verify_unsettled_rows']:,} rows still changing (not judged)"
+    if peer.get("verify_not_compared"):
+        verdict += f"; not compared, columns differ there: {', '.join(peer['verify_not_compared'])}"
     return (
         f"verified against {name} {when}: {verdict}"
         f" ({peer['verify_round_trips']} round trips, {size(peer['verify_bytes'])})"

@@ -143,6 +143,8 @@ class PeerStatistics:
     verify_error: str = ""
     verify_repaired_rows: int = 0  # of the divergent rows, merged both ways after it
     verify_repaired_rows_total: int = 0  # the same, summed since the node started
+    # Tables not compared: their columns differ there (a migration not run at both).
+    verify_not_compared: tuple[str, ...] = ()
     # When `last_error` happened (0: never), and since when a configured peer
     # has not streamed (0: it streams, or was never dialled): syncmesh.node.health.
     last_error_ms: int = 0

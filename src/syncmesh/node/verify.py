@@ -108,6 +108,9 @@ class VerifyReport:
     bytes_received: int
     seconds: float
     corrected_digests: int = 0  # deep: stored digests here that did not match their stamps
+    # Tables not compared because their columns differ at the peer (a migration
+    # not run everywhere): table -> (our value columns, the peer's).
+    other_columns: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
 
     @property
     def divergent_rows(self) -> int:
@@ -120,16 +123,22 @@ class VerifyReport:
     @property
     def identical(self) -> bool:
         """Proven identical: nothing differs, nothing was still changing, all tables shared."""
-        return self.divergent_rows == 0 and self.unsettled_rows == 0 and not self.not_shared
+        return (
+            self.divergent_rows == 0
+            and self.unsettled_rows == 0
+            and not self.not_shared
+            and not self.other_columns
+        )
 
     @property
     def diverged(self) -> bool:
-        """Rows differ and held still (or a table is not shared): what to act on.
+        """Rows differ and held still (or a table is not shared, or its columns differ
+        at the peer: not compared until the migration has run at both): what to act on.
 
         Rows still changing at every re-read are writes in flight on a busy
         table: neither proven equal nor found different.
         """
-        return self.divergent_rows > 0 or bool(self.not_shared)
+        return self.divergent_rows > 0 or bool(self.not_shared) or bool(self.other_columns)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +148,10 @@ class VerifyReport:
             "diverged": self.diverged,
             "tables": self.tables,
             "not_shared": self.not_shared,
+            "other_columns": {
+                name: {"here": here, "there": there}
+                for name, (here, there) in self.other_columns.items()
+            },
             "divergent_rows": self.divergent_rows,
             "unsettled_rows": self.unsettled_rows,
             "round_trips": self.round_trips,
@@ -254,13 +267,19 @@ async def verify(
             corrected += fixed
     else:
         trees = await call(store.summaries, names)
+    columns = {spec.name: list(spec.value_columns) for spec in store.specs() if spec.name in trees}
     body = await client.call(
-        RootsRequest({name: tree.root() for name, tree in trees.items()}, deep, session)
+        RootsRequest({name: tree.root() for name, tree in trees.items()}, deep, session, columns)
     )
     asked: dict[str, dict[int, bytes]] = {}
     with _answer_from(client):
         roots = decode_roots_answer(body)
         peer_site, not_shared = roots.site, roots.not_shared
+        other_columns = {
+            name: (columns[name], theirs)
+            for name, theirs in roots.other_columns.items()
+            if name in columns
+        }
         for name, branches in roots.tables.items():
             if branches is None:
                 continue
@@ -297,6 +316,7 @@ async def verify(
         tables=names,
         differences=differences,
         not_shared=not_shared,
+        other_columns=other_columns,
         round_trips=client.round_trips - first_trips,
         bytes_sent=client.bytes_sent - first_sent,
         bytes_received=client.bytes_received - first_received,

@@ -179,13 +179,26 @@ class VerifyServer:
     ) -> RootsAnswer:
         asked = request.tables
         shared = [name for name in asked if name in tracked and may_read(name)]
-        trees = await self._trees(request.deep, request.session, shared)
+        # A table whose columns differ from the asker's (a migration not run
+        # everywhere yet) is named, not compared: every row written since differs.
+        ours = {spec.name: list(spec.value_columns) for spec in self._store.specs()}
+        theirs = request.columns or {}
+        other_columns = {
+            name: ours[name] for name in shared if name in theirs and theirs[name] != ours[name]
+        }
+        compared = [name for name in shared if name not in other_columns]
+        trees = await self._trees(request.deep, request.session, compared)
         answer: dict[str, bytes | None] = {}
-        for name in shared:
+        for name in compared:
             tree = trees[name]
             same = tree.root() == asked[name]
             answer[name] = None if same else BRANCH_ARRAY.pack(*tree.branches())
-        return RootsAnswer(self._store.site_id, answer, sorted(set(asked) - set(shared), key=str))
+        return RootsAnswer(
+            self._store.site_id,
+            answer,
+            sorted(set(asked) - set(shared), key=str),
+            other_columns,
+        )
 
     async def _leaves(
         self, request: LeavesRequest, tracked: set[str], may_read: Callable[[str], bool]
@@ -235,6 +248,7 @@ class VerifyOutcome:
     error: str = ""
     repaired_rows: int = 0  # divergent rows merged both ways after it (`sync.verify_repair`)
     repaired_rows_total: int = 0  # the same, summed over every round since the node started
+    not_compared: tuple[str, ...] = ()  # tables whose columns differ at the peer (a migration)
 
     def after(self, previous: VerifyOutcome | None) -> VerifyOutcome:
         """This outcome with the rows repaired since start counted on from `previous`'s."""
@@ -257,6 +271,7 @@ def outcome_fields(outcome: VerifyOutcome | None) -> dict[str, Any]:
         "verify_error": outcome.error,
         "verify_repaired_rows": outcome.repaired_rows,
         "verify_repaired_rows_total": outcome.repaired_rows_total,
+        "verify_not_compared": outcome.not_compared,
     }
 
 
@@ -490,11 +505,15 @@ async def _outcome(
             )
     else:
         log.info(
-            "verify against %s: identical (%d round trips, %d bytes, %.2f s)",
+            "verify against %s: identical (%d round trips, %d bytes, %.2f s)%s",
             label,
             report.round_trips,
             report.bytes_sent + report.bytes_received,
             report.seconds,
+            "".join(
+                f"; table {name!r} not compared: its columns differ there ({', '.join(there)})"
+                for name, (_here, there) in report.other_columns.items()
+            ),
         )
     # Identical as far as it can tell: rows still changing (writes in flight)
     # are counted apart, and a table the peer does not share is no row.
@@ -508,4 +527,5 @@ async def _outcome(
         report.seconds,
         checked.repair_error and f"repair failed: {checked.repair_error}",
         repaired,
+        not_compared=tuple(report.other_columns),
     )

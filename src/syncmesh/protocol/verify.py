@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgpack
@@ -61,6 +61,11 @@ class RootsRequest:
     tables: dict[str, int]  # table -> the asker's root hash
     deep: bool
     session: str  # names the deep trees the node keeps between requests ("" if not deep)
+    # table -> the asker's value columns, in table order (None: an older asker).
+    # A row's digest hashes its cells in that order, so replicas whose columns
+    # differ (a migration not run everywhere yet) differ in every row written
+    # since: such a table is not compared (`RootsAnswer.other_columns`).
+    columns: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,9 @@ class RootsAnswer:
     site: str  # the answering node's site id
     tables: dict[str, bytes | None]  # table -> None if the roots agree, else BRANCH_ARRAY
     not_shared: list[str]  # tables asked about that the node does not share with the asker
+    # table -> the node's value columns, for tables whose columns differ from
+    # the asker's: not compared (their rows' digests cannot agree).
+    other_columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +172,9 @@ def _keys_plain(tables: dict[str, list[Key]]) -> dict[str, list[list[SqlValue]]]
 def encode_request(request: VerifyRequest) -> bytes:
     head: dict[str, Any] = {"v": VERIFY_VERSION}
     match request:
-        case RootsRequest(tables, deep, session):
-            return pack({**head, "op": "roots", "tables": tables, "deep": deep, "session": session})
+        case RootsRequest(tables, deep, session, columns):
+            fields = {**head, "op": "roots", "tables": tables, "deep": deep, "session": session}
+            return pack(fields if columns is None else {**fields, "columns": columns})
         case LeavesRequest(tables, deep, session):
             return pack(
                 {**head, "op": "leaves", "tables": tables, "deep": deep, "session": session}
@@ -192,7 +201,7 @@ def decode_request(body: bytes, *, frame_bytes_max: int) -> VerifyRequest:
         for name, root in roots.items():
             if not isinstance(root, int) or isinstance(root, bool):
                 raise VerifyRequestError(f"roots: the root of {name!r} is not an integer")
-        return RootsRequest(roots, deep, _session(message, deep))
+        return RootsRequest(roots, deep, _session(message, deep), _columns(message, "columns"))
     if op == "leaves":
         return LeavesRequest(_leaves(_named_tables(message)), deep, _session(message, deep))
     if op == "digests":
@@ -265,11 +274,36 @@ def _leaves(tables: dict[str, Any]) -> dict[str, dict[int, bytes]]:
     return checked
 
 
+def _columns(message: dict[str, Any], name: str) -> dict[str, list[str]] | None:
+    """The optional map `name` of table -> column names; VerifyRequestError if malformed."""
+    if name not in message:
+        return None
+    found = message[name]
+    if not isinstance(found, dict) or not all(
+        isinstance(table, str)
+        and isinstance(columns, list)
+        and all(isinstance(column, str) for column in columns)
+        for table, columns in found.items()
+    ):
+        raise VerifyRequestError(f"{name}: not a map of table names to lists of column names")
+    return {table: list(columns) for table, columns in found.items()}
+
+
+def _other_columns(message: dict[str, Any]) -> dict[str, list[str]]:
+    """A roots answer's `other_columns` (absent from older nodes: none)."""
+    try:
+        return _columns(message, "other_columns") or {}
+    except VerifyRequestError as exc:
+        raise VerifyAnswerError(str(exc)) from exc
+
+
 def encode_answer(answer: VerifyAnswerMessage) -> bytes:
     match answer:
-        case RootsAnswer(site, tables, not_shared):
+        case RootsAnswer(site, tables, not_shared, other_columns):
+            extra = {"other_columns": other_columns} if other_columns else {}
             return pack(
                 {
+                    **extra,
                     "site": site,
                     "tables": {
                         name: {"same": True}
@@ -330,6 +364,7 @@ def decode_roots_answer(body: bytes) -> RootsAnswer:
             str(message.get("site", "")),
             tables,
             [str(name) for name in message.get("not_shared", [])],
+            _other_columns(message),
         )
 
 

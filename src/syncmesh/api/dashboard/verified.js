@@ -21,7 +21,9 @@ export function verifiedCell(entry, now, expected) {
     // Rows a feed missed, merged by earlier verifies: identical now, but worth a look.
     const total = entry.verify_repaired_rows_total || 0;
     const healed = total > 0 ? ` · ${formatCount(total)} rows repaired since start` : "";
-    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}${changing}${healed}`);
+    // A table whose columns differ there (a migration not run at both sites) is not compared.
+    const skipped = (entry.verify_not_compared || []).length > 0 ? ` · not compared (columns differ): ${entry.verify_not_compared.join(", ")}` : "";
+    return el("td", { "data-field": "verified" }, el("span", { class: "badge connected" }, "identical"), ` ${ago}${changing}${healed}${skipped}`);
   }
   // Divergent rows the node merged both ways (sync.verify_repair): found and healed,
   // still shown, as a feed missed them; the next verify tells whether they hold.
