@@ -74,6 +74,15 @@ def twin_files(tmp_path: Path, rows: int = ROWS) -> tuple[Path, Path]:
     return a, b
 
 
+def fill_more(path: Path, rows: int) -> None:
+    """`rows` new rows in one transaction, as an application's import would write them."""
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO items VALUES (?, ?, ?)",
+            [(f"bulk-{index}", "bulk", index) for index in range(rows)],
+        )
+
+
 @contextlib.contextmanager
 def opened(path: Path) -> Iterator[SqliteStore]:
     store = SqliteStore.open(path)
@@ -199,6 +208,40 @@ async def test_writes_in_flight_between_two_syncing_nodes_are_not_divergence(
     assert all(outcome.identical for outcome in outcomes), outcomes
     assert final.identical
     assert final.round_trips == 1
+
+
+async def test_a_verify_begun_before_a_backlog_arrives_gives_no_verdict_until_caught_up(
+    tmp_path: Path,
+) -> None:
+    """The gate before a round (both sides caught up lately) cannot see a bulk
+    insert the peer has not sent yet: the verify then finds its rows missing
+    here, still missing after every re-read.  It must wait for this node's
+    pull to reach the peer's head as of the verify (the roots answer says it)
+    and give no verdict if that does not come in time, never "rows differ"."""
+    a, b = twin_files(tmp_path, rows=50)
+    # b sends at most 10 rows a batch (a's limit), one batch in flight: a's
+    # pull of the bulk below takes seconds.
+    async with (
+        serving(b, batches_in_flight_max=1) as node_b,
+        serving(a, node_b, rows_per_message_max=10, verify_settle_s=0.05) as node_a,
+    ):
+        peer = url_of(node_b)
+        await wait_until(lambda: node_a.streaming_with(peer), TIMEOUT_S, "a session")
+        assert (await verify_peer(node_a, peer, ["items"])).identical
+        await asyncio.to_thread(fill_more, b, 1_000)
+        outcomes: list[VerifyOutcome] = []
+        for _round in range(200):  # bounded; the pull ends well before
+            outcomes.append(await verify_peer(node_a, peer, ["items"]))
+            if await converged(a, b):
+                break
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "a caught up")
+        final = await verify_peer(node_a, peer, ["items"])
+    assert all(outcome.divergent_rows == 0 for outcome in outcomes), outcomes
+    waited = [outcome.waiting for outcome in outcomes if outcome.waiting]
+    assert waited, outcomes
+    assert all(reason.startswith("catching up") for reason in waited), waited
+    assert final.identical, final
+    assert not final.waiting, final
 
 
 async def test_deep_finds_an_edit_made_while_the_triggers_were_dropped(tmp_path: Path) -> None:

@@ -37,6 +37,13 @@ _VERIFIED: dict[str, Any] = {
     "verify_bytes": {"type": "integer"},
     "verify_seconds": {"type": "number"},
     "verify_error": {"type": "string"},
+    "verify_waiting": {
+        "type": "string",
+        "description": "not empty while the periodic verify waits for both sides to catch up"
+        " (a peer: our pull at its head and its acknowledgement at ours): why. Rows in"
+        " flight are no divergence, so no verdict is given; the other verify_* fields are"
+        " the last verdict's",
+    },
 }
 
 _PEER = {

@@ -310,7 +310,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
                 f"catching up with {peer['site_id'] or peer['address']}: {catchup_text(peer)}"
             )
     for peer in status["peers"]:
-        if peer.get("verified_ms"):
+        if peer.get("verified_ms") or peer.get("verify_waiting"):
             console.print(verify_text(peer, now_ms), markup=False)
     for peer in status["peers"]:
         # Schema differences are no refusal (ADR 0013): what both track syncs.
@@ -345,6 +345,14 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
 def verify_text(peer: dict[str, Any], now_ms: int) -> str:
     """The last periodic verify against a peer, in one line."""
     name = peer["site_id"] or peer["address"]
+    if peer.get("verify_waiting"):
+        # Rows in flight are no divergence: no verdict while a side catches up.
+        last = (
+            f" (last verified {age(peer['verified_ms'], now_ms)})"
+            if peer.get("verified_ms")
+            else ""
+        )
+        return f"verify against {name} waits: {peer['verify_waiting']}{last}"
     when = age(peer["verified_ms"], now_ms)
     if peer.get("verify_error"):
         return f"verify against {name} failed {when}: {peer['verify_error']}"

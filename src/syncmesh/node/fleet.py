@@ -184,6 +184,9 @@ class FleetSiteStatistics:
     verify_bytes: int = 0
     verify_seconds: float = 0.0
     verify_error: str = ""
+    # Not "" while the verify waits for both sides to catch up (no verdict
+    # since; the fields above are the last one's): why.
+    verify_waiting: str = ""
 
 
 def quiet_site(site_id: str) -> FleetSiteStatistics:

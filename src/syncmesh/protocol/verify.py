@@ -98,6 +98,9 @@ class RootsAnswer:
     site: str  # the answering node's site id
     tables: dict[str, bytes | None]  # table -> None if the roots agree, else BRANCH_ARRAY
     not_shared: list[str]  # tables asked about that the node does not share with the asker
+    # The node's feed head once its trees were read (None: a node from before
+    # it was sent): the asker knows when it has applied every row they held.
+    head_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,10 +270,11 @@ def _leaves(tables: dict[str, Any]) -> dict[str, dict[int, bytes]]:
 
 def encode_answer(answer: VerifyAnswerMessage) -> bytes:
     match answer:
-        case RootsAnswer(site, tables, not_shared):
+        case RootsAnswer(site, tables, not_shared, head_seq):
             return pack(
                 {
                     "site": site,
+                    **({} if head_seq is None else {"head_seq": head_seq}),
                     "tables": {
                         name: {"same": True}
                         if branches is None
@@ -330,6 +334,7 @@ def decode_roots_answer(body: bytes) -> RootsAnswer:
             str(message.get("site", "")),
             tables,
             [str(name) for name in message.get("not_shared", [])],
+            None if message.get("head_seq") is None else int(message["head_seq"]),
         )
 
 
