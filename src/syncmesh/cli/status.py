@@ -72,6 +72,12 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
                 err=True,
             )
             return live_report(document, as_json=as_json, max_lag_s=max_lag_s)
+    elif holder is not None and holder.command == "join":
+        click.echo(
+            f"{database}: `syncmesh join` ({holder.named()}) is replacing it; what it holds"
+            " until then:",
+            err=True,
+        )
     elif holder is not None:
         click.echo(f"{database}: a node (pid {holder.pid}) is starting on it", err=True)
     else:
