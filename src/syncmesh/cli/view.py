@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.text import Text
 
 from syncmesh.clock import SystemClock, feed_lag_ms
 from syncmesh.store import StoreStatus, null_key_problem, null_key_problems
+
+if TYPE_CHECKING:
+    from syncmesh.node.fleet_restore import RestoreCheckMark
 
 PIPE_COLUMNS = 160
 WIDE_COLUMNS = 110  # narrower than this, site ids are cut to SITE_COLUMNS_NARROW
@@ -394,8 +397,12 @@ def orphan_facts(orphans: dict[str, int], problems: list[str]) -> list[tuple[str
     return facts
 
 
-def print_file_status(report: StoreStatus) -> None:
-    """A file's bookkeeping: what the last batches told it, node running or not."""
+def print_file_status(report: StoreStatus, marks: Sequence[RestoreCheckMark] = ()) -> None:
+    """A file's bookkeeping: what the last batches told it, node running or not.
+
+    `marks`: the NATS restore check's marks (node.fleet_restore), a fact of
+    the file, not a peer.
+    """
     console = _console()
     facts = [
         ("site id", report.site_id),
@@ -411,6 +418,14 @@ def print_file_status(report: StoreStatus) -> None:
         *orphan_facts(report.orphans, report.orphan_problems),
         *lifecycle_facts(
             None if report.lifecycle is None else dataclasses.asdict(report.lifecycle)
+        ),
+        *(
+            (
+                "restore check",
+                f"own fleet subject {mark.subject} (cluster {mark.cluster}) checked up to"
+                f" stream seq {mark.stream_seq:,}",
+            )
+            for mark in marks
         ),
     ]
     console.print(_facts(facts))
