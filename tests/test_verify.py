@@ -210,31 +210,38 @@ async def test_writes_in_flight_between_two_syncing_nodes_are_not_divergence(
     assert final.round_trips == 1
 
 
+@pytest.mark.parametrize("bulk_at", ["peer", "here"])
 async def test_a_verify_begun_before_a_backlog_arrives_gives_no_verdict_until_caught_up(
-    tmp_path: Path,
+    tmp_path: Path, bulk_at: str
 ) -> None:
     """The gate before a round (both sides caught up lately) cannot see a bulk
-    insert the peer has not sent yet: the verify then finds its rows missing
-    here, still missing after every re-read.  It must wait for this node's
-    pull to reach the peer's head as of the verify (the roots answer says it)
-    and give no verdict if that does not come in time, never "rows differ"."""
+    insert not sent yet: the verify then finds its rows missing on one side,
+    still missing after every re-read.  It must wait until each side has
+    applied the other's feed up to where the trees were read (the peer's
+    head: from the roots answer), and give no verdict if that does not come
+    in time, never "rows differ".  Both ways: the bulk at the peer (this
+    node pulls it) and here (the peer pulls it)."""
     a, b = twin_files(tmp_path, rows=50)
-    # b sends at most 10 rows a batch (a's limit), one batch in flight: a's
-    # pull of the bulk below takes seconds.
+    # The receiver takes at most 10 rows a batch, the sender keeps one batch
+    # in flight: the pull of the bulk below takes seconds.
+    slow_in = {"rows_per_message_max": 10}
+    slow_out = {"batches_in_flight_max": 1}
     async with (
-        serving(b, batches_in_flight_max=1) as node_b,
-        serving(a, node_b, rows_per_message_max=10, verify_settle_s=0.05) as node_a,
+        serving(b, **(slow_out if bulk_at == "peer" else slow_in)) as node_b,
+        serving(
+            a, node_b, verify_settle_s=0.05, **(slow_in if bulk_at == "peer" else slow_out)
+        ) as node_a,
     ):
         peer = url_of(node_b)
         await wait_until(lambda: node_a.streaming_with(peer), TIMEOUT_S, "a session")
         assert (await verify_peer(node_a, peer, ["items"])).identical
-        await asyncio.to_thread(fill_more, b, 1_000)
+        await asyncio.to_thread(fill_more, b if bulk_at == "peer" else a, 1_000)
         outcomes: list[VerifyOutcome] = []
         for _round in range(200):  # bounded; the pull ends well before
             outcomes.append(await verify_peer(node_a, peer, ["items"]))
             if await converged(a, b):
                 break
-        await wait_until(lambda: converged(a, b), TIMEOUT_S, "a caught up")
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "caught up")
         final = await verify_peer(node_a, peer, ["items"])
     assert all(outcome.divergent_rows == 0 for outcome in outcomes), outcomes
     waited = [outcome.waiting for outcome in outcomes if outcome.waiting]
