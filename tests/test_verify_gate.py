@@ -12,13 +12,14 @@ behind the engine's back with the sqlite3 shell.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.helpers import sqlite3_shell
-from tests.nodeproc import Cluster, make_db, row_count
+from tests.nodeproc import Cluster, NodeProcess, make_db, row_count
 
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 BULK_ROWS = 2_000
@@ -40,6 +41,16 @@ SLOW_SENDER_ENV = {
 
 def peer_of(status: dict[str, Any], url: str) -> dict[str, Any]:
     return next(peer for peer in status["peers"] if peer["address"] == url)
+
+
+def verify_metric(node: NodeProcess, name: str) -> list[float]:
+    """The values of `syncmesh_peer_verify_<name>` in the node's /metrics."""
+    with node.open_url("/metrics", timeout_s=5) as answer:
+        text = answer.read().decode()
+    return [
+        float(value)
+        for value in re.findall(rf"^syncmesh_peer_verify_{name}{{[^}}]*}} (\S+)$", text, re.M)
+    ]
 
 
 def bulk_insert(path: Path, first: int, count: int) -> None:
@@ -77,6 +88,7 @@ def test_a_peer_being_caught_up_is_never_reported_divergent(
     # While a pulls the bulk: every status a gives says no row differs; it
     # says that it waits while it is behind.
     waiting_seen: list[str] = []
+    waiting_metrics: list[float] = []
     polls = 0
     deadline = time.monotonic() + TIMEOUT_S
     while row_count(a_db, "items") < BULK_ROWS + 100:
@@ -87,9 +99,11 @@ def test_a_peer_being_caught_up_is_never_reported_divergent(
         assert peer.get("verify_identical") is not False or peer.get("verify_error"), peer
         if peer.get("verify_waiting"):
             waiting_seen.append(peer["verify_waiting"])
+            waiting_metrics.extend(verify_metric(a, "waiting"))
         time.sleep(POLL_S)
     assert waiting_seen, f"a never said its verify of b waits ({polls} polls)"
     assert all("catching up" in reason for reason in waiting_seen), waiting_seen
+    assert 1.0 in waiting_metrics, waiting_metrics
 
     # Caught up: a verify runs again, and finds the replicas identical.
     caught_up_ms = int(time.time() * 1000)
@@ -99,6 +113,7 @@ def test_a_peer_being_caught_up_is_never_reported_divergent(
         time.sleep(POLL_S)
     assert after["verify_identical"] is True, after
     assert after["verify_waiting"] == "", after
+    assert verify_metric(a, "waiting") == [0.0]
 
     # A real divergence, with both caught up: a row of a's vanishes behind
     # the engine's back (no capture, so no feed brings it back).  While a
