@@ -5,7 +5,8 @@ node serves must refuse, naming that node, and leave the file and the node
 alone: join moves the file aside and puts another in its place, under a
 node that would go on writing into the one moved aside.  And while a join
 runs (its source is paused, so it waits for the snapshot), a `serve` of the
-file it is replacing must refuse, naming the join.
+file it is replacing must refuse, naming the join, and `status` must say so
+without opening the file.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def test_serve_refuses_a_file_a_join_is_replacing(cluster: Cluster, tmp_path: Pa
         assert served.returncode != 0, served.stderr
         assert "being replaced by `syncmesh join`" in served.stderr, served.stderr
         assert f"pid {join.pid}" in served.stderr, served.stderr
+        # status says what happens to the file, and leaves it alone.
+        shown = run_cli("status", str(new_db), check=False)
+        assert shown.returncode == 1, shown.stdout
+        assert f"`syncmesh join` (pid {join.pid}" in shown.stderr, shown.stderr
+        assert "is replacing it" in shown.stderr, shown.stderr
     finally:
         a.resume()
         out, err = join.communicate(timeout=TIMEOUT_S * 2)

@@ -74,10 +74,11 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
             )
             return live_report(document, as_json=as_json, max_lag_s=max_lag_s)
     elif holder is not None and holder.command == "join":
-        click.echo(
-            f"{database}: `syncmesh join` ({holder.named()}) is replacing it; what it holds"
-            " until then:",
-            err=True,
+        # Not opened: the file is about to be replaced (or is the empty one the
+        # join's lock created, which an open would turn into a database).
+        raise click.ClickException(
+            f"{database}: `syncmesh join` ({holder.named()}) is replacing it; run status"
+            " again once the join has finished"
         )
     elif holder is not None:
         click.echo(f"{database}: a node (pid {holder.pid}) is starting on it", err=True)
