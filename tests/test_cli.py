@@ -191,6 +191,45 @@ def test_live_status_prints_peer_strings_as_they_are(capsys: pytest.CaptureFixtu
     assert "2.0 kB / 10 B" in out
 
 
+@pytest.mark.parametrize("verified_before", [False, True])
+def test_status_says_the_verify_waits_for_a_peer_catching_up(
+    capsys: pytest.CaptureFixture[str], verified_before: bool
+) -> None:
+    """No verdict while a peer catches up: the line says the verify waits, never that rows
+    differ, with the last verdict's time if there was one (docs/verify.md)."""
+    peer = {
+        "site_id": "f" * 32,
+        "address": "http://h:1",
+        "state": "streaming",
+        "lag_ms": 900,
+        "out_lag_changes": 0,
+        "out_lag_ms": 0,
+        "last_batch_ms": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "last_error": "",
+        "verify_waiting": "catching up: this node still reads the peer's feed, 900 ms",
+    }
+    if verified_before:
+        peer |= {
+            "verified_ms": 1,
+            "verify_identical": False,
+            "verify_divergent_rows": 0,
+            "verify_unsettled_rows": 0,
+            "verify_round_trips": 1,
+            "verify_bytes": 100,
+            "verify_error": "",
+        }
+    store = {"seq": 7, "quarantined_rows": 0, "schema_problems": [], "tables": {"items": 3}}
+    status = {"site_id": "a" * 32, "listen": "127.0.0.1:7401", "store": store, "peers": [peer]}
+    view.print_live_status(status)
+    out = capsys.readouterr().out
+    expected = f"verify against {'f' * 32} waits: catching up: this node still reads the peer's"
+    assert expected in out, out
+    assert "rows differ" not in out, out
+    assert ("(last verified " in out) == verified_before, out
+
+
 def test_status_names_a_peers_schema_differences(capsys: pytest.CaptureFixture[str]) -> None:
     """A schema difference is no refusal (ADR 0013), but `syncmesh status` tells it."""
     peer = {

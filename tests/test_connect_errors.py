@@ -78,6 +78,10 @@ def test_cli_names_url_address_and_refusal_of_a_port_nothing_listens_on(tmp_path
         assert f"cannot connect to 127.0.0.1:{port}: connection refused" in said, (command, said)
         assert "is the node running" in said, (command, said)
         assert_plain(said)
+    # The failed join leaves no file behind: not the empty one its serve lock
+    # created (a later `serve` without --create would take it for a database).
+    assert not (tmp_path / "b.db").exists()
+    assert not (tmp_path / "b.db.serve.lock").exists()
 
 
 def test_cli_says_a_listener_closed_the_connection_unanswered(

@@ -75,6 +75,15 @@ def twin_files(tmp_path: Path, rows: int = ROWS) -> tuple[Path, Path]:
     return a, b
 
 
+def fill_more(path: Path, rows: int) -> None:
+    """`rows` new rows in one transaction, as an application's import would write them."""
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO items VALUES (?, ?, ?)",
+            [(f"bulk-{index}", "bulk", index) for index in range(rows)],
+        )
+
+
 @contextlib.contextmanager
 def opened(path: Path) -> Iterator[SqliteStore]:
     store = SqliteStore.open(path)
@@ -200,6 +209,47 @@ async def test_writes_in_flight_between_two_syncing_nodes_are_not_divergence(
     assert all(outcome.identical for outcome in outcomes), outcomes
     assert final.identical
     assert final.round_trips == 1
+
+
+@pytest.mark.parametrize("bulk_at", ["peer", "here"])
+async def test_a_verify_begun_before_a_backlog_arrives_gives_no_verdict_until_caught_up(
+    tmp_path: Path, bulk_at: str
+) -> None:
+    """The gate before a round (both sides caught up lately) cannot see a bulk
+    insert not sent yet: the verify then finds its rows missing on one side,
+    still missing after every re-read.  It must wait until each side has
+    applied the other's feed up to where the trees were read (the peer's
+    head: from the roots answer), and give no verdict if that does not come
+    in time, never "rows differ".  Both ways: the bulk at the peer (this
+    node pulls it) and here (the peer pulls it)."""
+    a, b = twin_files(tmp_path, rows=50)
+    # The receiver takes at most 10 rows a batch, the sender keeps one batch
+    # in flight: the pull of the bulk below takes seconds.
+    slow_in = {"rows_per_message_max": 10}
+    slow_out = {"batches_in_flight_max": 1}
+    async with (
+        serving(b, **(slow_out if bulk_at == "peer" else slow_in)) as node_b,
+        serving(
+            a, node_b, verify_settle_s=0.05, **(slow_in if bulk_at == "peer" else slow_out)
+        ) as node_a,
+    ):
+        peer = url_of(node_b)
+        await wait_until(lambda: node_a.streaming_with(peer), TIMEOUT_S, "a session")
+        assert (await verify_peer(node_a, peer, ["items"])).identical
+        await asyncio.to_thread(fill_more, b if bulk_at == "peer" else a, 1_000)
+        outcomes: list[VerifyOutcome] = []
+        for _round in range(200):  # bounded; the pull ends well before
+            outcomes.append(await verify_peer(node_a, peer, ["items"]))
+            if await converged(a, b):
+                break
+        await wait_until(lambda: converged(a, b), TIMEOUT_S, "caught up")
+        final = await verify_peer(node_a, peer, ["items"])
+    assert all(outcome.divergent_rows == 0 for outcome in outcomes), outcomes
+    waited = [outcome.waiting for outcome in outcomes if outcome.waiting]
+    assert waited, outcomes
+    assert all(reason.startswith("catching up") for reason in waited), waited
+    assert final.identical, final
+    assert not final.waiting, final
 
 
 async def test_deep_finds_an_edit_made_while_the_triggers_were_dropped(tmp_path: Path) -> None:

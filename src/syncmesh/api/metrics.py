@@ -326,6 +326,11 @@ def _verify_families(
             ("round_trips", "Round trips the last verify took."),
             ("bytes", "Bytes the last verify sent and received."),
             ("seconds", "How long the last verify took."),
+            (
+                "waiting",
+                f"1 while the verify of {whom} waits for both sides to catch up (rows in"
+                " flight are no divergence): the other figures are the last verdict's.",
+            ),
         )
     } | {
         # A count since start, to alert on: rows a feed missed, found and merged.
@@ -343,6 +348,8 @@ def _add_verify(
     labels: list[str],
     verified: PeerStatistics | FleetSiteStatistics,
 ) -> None:
+    if verified.verified_ms or verified.verify_waiting:
+        verify["waiting"].add_metric(labels, 1 if verified.verify_waiting else 0)
     if not verified.verified_ms:
         return
     verify["timestamp_seconds"].add_metric(labels, verified.verified_ms / 1000)

@@ -52,6 +52,13 @@ _VERIFIED: dict[str, Any] = {
         "description": "tables the last verify did not compare: their columns differ at the"
         " peer (a migration not run at both sites yet)",
     },
+    "verify_waiting": {
+        "type": "string",
+        "description": "not empty while the periodic verify waits for both sides to catch up"
+        " (a peer: our pull at its head and its acknowledgement at ours): why. Rows in"
+        " flight are no divergence, so no verdict is given; the other verify_* fields are"
+        " the last verdict's",
+    },
 }
 
 _PEER = {

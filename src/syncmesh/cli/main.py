@@ -48,7 +48,7 @@ from syncmesh.clock import SystemClock
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import is_loopback, is_pattern
-from syncmesh.node.lockfile import ServeLock, running_holder
+from syncmesh.node.lockfile import AlreadyServed, LockHolder, ServeLock, running_holder
 from syncmesh.node.patterns import track_matches
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
@@ -724,11 +724,6 @@ def join(
     from syncmesh.node.bootstrap import join as join_from_snapshot
     from syncmesh.transport import TlsFiles, WebSocketConnector
 
-    holder = running_holder(database)
-    if holder is not None:
-        raise click.ClickException(
-            f"a node (pid {holder.pid}) serves {database}: stop it before joining"
-        )
     name, equals, url = source.partition("=")
     site_name = name if equals and "://" not in name else None
     url = url if site_name is not None else source
@@ -745,12 +740,30 @@ def join(
         connect_timeout_s=defaults.connect_timeout_s,
         tls=tls,
     )
-    with _errors_as_messages(), snapshot_progress() as progress:
-        report = asyncio.run(
-            join_from_snapshot(
-                database, connector.snapshot_source(url, site_name), progress=progress
+    # The serve lock, held until the new file is in place: a node serving
+    # the file would go on writing into the file moved aside, and a `serve`
+    # started meanwhile would open the old file or a half-installed one.
+    lock = ServeLock(database, command="join")
+    existed = database.exists()
+    try:
+        lock.acquire()  # creates the file if there is none: the lock is a flock on it
+    except AlreadyServed as exc:
+        raise click.ClickException(_join_refusal(database, exc.holder)) from exc
+    joined = False
+    try:
+        with _errors_as_messages(), snapshot_progress() as progress:
+            report = asyncio.run(
+                join_from_snapshot(
+                    database, connector.snapshot_source(url, site_name), progress=progress
+                )
             )
-        )
+        joined = True
+    finally:
+        if not existed and not joined:
+            with contextlib.suppress(OSError):
+                if database.stat().st_size == 0:
+                    database.unlink()  # the lock's empty file: a failed join leaves none
+        lock.release()
     click.echo(
         f"{database}: joined as site {report.site_id} from a snapshot of site"
         f" {report.source_site} (tables: {', '.join(report.tables) or 'none'});"
@@ -763,6 +776,22 @@ def join(
             " writes never reached the cluster (listed in its table _syncmesh_unsynced;"
             " nothing of it was merged)"
         )
+
+
+def _join_refusal(database: Path, holder: LockHolder | None) -> str:
+    """Why `join` cannot replace `database` now: who holds its serve lock."""
+    if holder is None:
+        return (
+            f"{database} is held by another process (it has the serve lock on the file):"
+            " stop that node before joining; join replaces the file"
+        )
+    if holder.command == "join":
+        return f"another `syncmesh join` ({holder.named()}) is replacing {database}"
+    where = f", API {holder.api_url}" if holder.api_url else ""
+    return (
+        f"{database} is served by a running node ({holder.named()}{where}): stop that"
+        " `syncmesh serve` before joining; join replaces the file"
+    )
 
 
 @cli.command()

@@ -27,6 +27,7 @@ import click
 
 from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
+from syncmesh.node.fleet_restore import split_restore_marks
 from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
 from syncmesh.store import StoreStatus, null_key_problems
@@ -72,6 +73,13 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
                 err=True,
             )
             return live_report(document, as_json=as_json, max_lag_s=max_lag_s)
+    elif holder is not None and holder.command == "join":
+        # Not opened: the file is about to be replaced (or is the empty one the
+        # join's lock created, which an open would turn into a database).
+        raise click.ClickException(
+            f"{database}: `syncmesh join` ({holder.named()}) is replacing it; run status"
+            " again once the join has finished"
+        )
     elif holder is not None:
         click.echo(f"{database}: a node (pid {holder.pid}) is starting on it", err=True)
     else:
@@ -101,6 +109,9 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     problems = [*report.schema_problems, *null_key_problems(report)]
     if report.restore_floor:
         problems.append("recovering own writes lost by a restore from an old copy")
+    # The NATS restore check's mark shares the peers' cursor table; it is no peer.
+    peers, marks = split_restore_marks(report.peers)
+    report = dataclasses.replace(report, peers=peers)
     for peer in report.peers:
         if max_lag_s is not None:
             lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
@@ -109,11 +120,13 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
             elif lag_ms > max_lag_s * 1000:
                 problems.append(f"peer {peer.site_id} is {lag_ms} ms behind (as of its last batch)")
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        document = dataclasses.asdict(report)
+        document["fleet_restore_checks"] = [dataclasses.asdict(mark) for mark in marks]
+        click.echo(json.dumps(document, indent=2))
         return problems
     from syncmesh.cli import view  # rich loads only when a table is printed
 
-    view.print_file_status(report)
+    view.print_file_status(report, marks)
     return problems
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.text import Text
 
 from syncmesh.clock import SystemClock, feed_lag_ms
 from syncmesh.store import StoreStatus, null_key_problem, null_key_problems
+
+if TYPE_CHECKING:
+    from syncmesh.node.fleet_restore import RestoreCheckMark
 
 PIPE_COLUMNS = 160
 WIDE_COLUMNS = 110  # narrower than this, site ids are cut to SITE_COLUMNS_NARROW
@@ -310,7 +313,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
                 f"catching up with {peer['site_id'] or peer['address']}: {catchup_text(peer)}"
             )
     for peer in status["peers"]:
-        if peer.get("verified_ms"):
+        if peer.get("verified_ms") or peer.get("verify_waiting"):
             console.print(verify_text(peer, now_ms), markup=False)
     for peer in status["peers"]:
         # Schema differences are no refusal (ADR 0013): what both track syncs.
@@ -345,6 +348,14 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
 def verify_text(peer: dict[str, Any], now_ms: int) -> str:
     """The last periodic verify against a peer, in one line."""
     name = peer["site_id"] or peer["address"]
+    if peer.get("verify_waiting"):
+        # Rows in flight are no divergence: no verdict while a side catches up.
+        last = (
+            f" (last verified {age(peer['verified_ms'], now_ms)})"
+            if peer.get("verified_ms")
+            else ""
+        )
+        return f"verify against {name} waits: {peer['verify_waiting']}{last}"
     when = age(peer["verified_ms"], now_ms)
     if peer.get("verify_error"):
         return f"verify against {name} failed {when}: {peer['verify_error']}"
@@ -393,8 +404,12 @@ def orphan_facts(orphans: dict[str, int], problems: list[str]) -> list[tuple[str
     return facts
 
 
-def print_file_status(report: StoreStatus) -> None:
-    """A file's bookkeeping: what the last batches told it, node running or not."""
+def print_file_status(report: StoreStatus, marks: Sequence[RestoreCheckMark] = ()) -> None:
+    """A file's bookkeeping: what the last batches told it, node running or not.
+
+    `marks`: the NATS restore check's marks (node.fleet_restore), a fact of
+    the file, not a peer.
+    """
     console = _console()
     facts = [
         ("site id", report.site_id),
@@ -410,6 +425,14 @@ def print_file_status(report: StoreStatus) -> None:
         *orphan_facts(report.orphans, report.orphan_problems),
         *lifecycle_facts(
             None if report.lifecycle is None else dataclasses.asdict(report.lifecycle)
+        ),
+        *(
+            (
+                "restore check",
+                f"own fleet subject {mark.subject} (cluster {mark.cluster}) checked up to"
+                f" stream seq {mark.stream_seq:,}",
+            )
+            for mark in marks
         ),
     ]
     console.print(_facts(facts))

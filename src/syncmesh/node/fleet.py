@@ -188,6 +188,9 @@ class FleetSiteStatistics:
     verify_repaired_rows_total: int = 0  # the same, summed since the node started
     # Tables not compared: their columns differ there (a migration not run at both).
     verify_not_compared: tuple[str, ...] = ()
+    # Not "" while the verify waits for both sides to catch up (no verdict
+    # since; the fields above are the last one's): why.
+    verify_waiting: str = ""
 
 
 def quiet_site(site_id: str) -> FleetSiteStatistics:

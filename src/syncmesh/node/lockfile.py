@@ -2,7 +2,10 @@
 
 `syncmesh serve shop.db` holds an exclusive `flock` on the database file
 itself for as long as it runs: that is the lock.  A second `serve` on the
-same file cannot take it and refuses, naming the first.  Next to the file,
+same file cannot take it and refuses, naming the first.  `syncmesh join
+shop.db` takes the same lock while it replaces the file, so neither runs
+under the other: a join refuses while a node serves the file, and a
+`serve` refuses while a join replaces it (the lock file says which).  Next to the file,
 `shop.db.serve.lock` (also flocked) tells the holder's pid, host and, once
 bound, its addresses (JSON); `syncmesh status shop.db` reads it to find the
 running node's live view.
@@ -43,7 +46,11 @@ SUFFIX = ".serve.lock"
 
 
 class AlreadyServed(SyncError):
-    """Another live `syncmesh serve` holds the database's lock."""
+    """Another live `syncmesh serve` (or `join`) holds the database's lock."""
+
+    def __init__(self, message: str, holder: LockHolder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder  # who, if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,7 @@ class LockHolder:
     api: str  # the HTTP API's HOST:PORT (the same as listen unless [api] listen)
     scheme: str  # "http" or "https"
     host: str = ""  # the holder's host name ("" in lock files of older versions)
+    command: str = "serve"  # "serve", or "join" while a join replaces the file
 
     @property
     def api_url(self) -> str:
@@ -70,14 +78,19 @@ def lock_path(database: str | Path) -> Path:
 
 
 class ServeLock:
-    """The exclusive lock of one serving node; `acquire()`, `publish()`, `release()`."""
+    """The exclusive lock of one serving node; `acquire()`, `publish()`, `release()`.
 
-    def __init__(self, database: str | Path) -> None:
+    `command`: "join" for `syncmesh join`, which holds the lock while it
+    replaces the file (and publishes no address).
+    """
+
+    def __init__(self, database: str | Path, command: str = "serve") -> None:
         self.database = Path(database)
         self.path = lock_path(database)
+        self.command = command
         self._database_fd: int | None = None
         self._file: IO[str] | None = None
-        self._holder = LockHolder(os.getpid(), "", "", "http", socket.gethostname())
+        self._holder = LockHolder(os.getpid(), "", "", "http", socket.gethostname(), command)
 
     def acquire(self) -> None:
         """Take the lock or raise AlreadyServed naming the holder; a stale lock is taken over.
@@ -92,7 +105,8 @@ class ServeLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)  # nothing of ours is open on the database yet
-            raise AlreadyServed(self._refusal()) from None
+            holder = self._current_holder()
+            raise AlreadyServed(self._refusal(holder), holder) from None
         except BaseException:
             os.close(fd)
             raise
@@ -104,13 +118,22 @@ class ServeLock:
             os.close(fd)
             raise
 
-    def _refusal(self) -> str:
-        """Who serves the database, in words: from its lock file, else from the kernel's locks."""
-        name = self.database.name
+    def _current_holder(self) -> LockHolder | None:
+        """Who holds the lock: from its lock file, else from the kernel's locks."""
         holder = read_holder(self.path)
         if holder is None or not pid_alive(holder.pid):
             pids = flock_pids(self.database)
             holder = LockHolder(pids[0], "", "", "http", socket.gethostname()) if pids else None
+        return holder
+
+    def _refusal(self, holder: LockHolder | None) -> str:
+        """Who serves the database, in words."""
+        name = self.database.name
+        if holder is not None and holder.command == "join":
+            return (
+                f"{name} is being replaced by `syncmesh join` ({holder.named()});"
+                " wait for it to finish, then serve the file"
+            )
         if holder is None:
             return (
                 f"{name} is already served by another process (it holds a lock on the file);"
@@ -141,7 +164,9 @@ class ServeLock:
 
     def publish(self, listen: str, api: str, scheme: str) -> None:
         """Record the bound addresses, for `syncmesh status FILE`."""
-        self._holder = LockHolder(os.getpid(), listen, api, scheme, socket.gethostname())
+        self._holder = LockHolder(
+            os.getpid(), listen, api, scheme, socket.gethostname(), self.command
+        )
         self._write(self._holder)
 
     def republish(self) -> bool:
@@ -184,6 +209,7 @@ class ServeLock:
                 "listen": holder.listen,
                 "api": holder.api,
                 "scheme": holder.scheme,
+                "command": holder.command,
             },
             self._file,
         )
@@ -201,6 +227,7 @@ def read_holder(path: Path) -> LockHolder | None:
             str(document.get("api", "")),
             str(document.get("scheme", "http")),
             str(document.get("host", "")),
+            str(document.get("command", "serve")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

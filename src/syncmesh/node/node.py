@@ -145,6 +145,9 @@ class PeerStatistics:
     verify_repaired_rows_total: int = 0  # the same, summed since the node started
     # Tables not compared: their columns differ there (a migration not run at both).
     verify_not_compared: tuple[str, ...] = ()
+    # Not "" while the verify waits for both sides to catch up (no verdict
+    # since; the fields above are the last one's): why.
+    verify_waiting: str = ""
     # When `last_error` happened (0: never), and since when a configured peer
     # has not streamed (0: it streams, or was never dialled): syncmesh.node.health.
     last_error_ms: int = 0
@@ -420,12 +423,54 @@ class Node:
 
     def streaming_with(self, url: str) -> bool:
         """True if the session with the peer dialled at `url` (either way round) streams."""
+        return self._streaming_session(url) is not None
+
+    def _streaming_session(self, url: str) -> Session | None:
         dialer = self._dialers.get(url)
         link = None if dialer is None else dialer.link
         if link is None or not link.site_id:
-            return False
+            return None
         session = self._sessions.get(link.site_id)
-        return session is not None and session.link.state == "streaming"
+        return session if session is not None and session.link.state == "streaming" else None
+
+    async def verify_wait_reason(
+        self, url: str, since: float, heads: tuple[int, int | None] | None = None
+    ) -> str:
+        """Why the peer dialled at `url` cannot be judged by a verify now; "" if it can.
+
+        Two replicas of which one still pulls the other's backlog (a bulk
+        insert, a node back from a pause) differ by rows in flight that hold
+        still for longer than any re-read waits, and a verify would call them
+        divergent: an operator would be told their data is corrupt when it is
+        only late.  The fleet has the same gate (`fleet_verify_sites`).
+
+        Without `heads` (before a verify): both directions caught up now or
+        at a moment after `since` (time.monotonic()), our cursor at the
+        peer's head as its last batch told it and its acknowledgement at our
+        head.  With `heads` (our feed's head and the peer's, None if it did
+        not say, as a verify read its trees): each side has applied the
+        other's feed up to them, so no row the verify compared is in flight.
+        """
+        session = self._streaming_session(url)
+        if session is None:
+            return "not streaming"
+        link = session.link
+        if heads is not None and heads[1] is not None:
+            in_caught_up = link.in_caught_up_head >= heads[1]
+        else:
+            in_caught_up = link.cursor >= link.peer_head_seq or link.in_caught_up_at >= since
+        if not in_caught_up:
+            lag_ms = feed_lag_ms(link.cursor, link.peer_head_seq)
+            late = "" if lag_ms is None else f", {lag_ms:,} ms of its writes to apply"
+            return f"catching up: this node still reads the peer's feed{late}"
+        if heads is not None:
+            out_caught_up = link.out_caught_up_head >= heads[0]
+        else:
+            head = await self.worker.call(self.store.head_seq)
+            out_caught_up = link.acked_seq >= head or link.out_caught_up_at >= since
+        if not out_caught_up:
+            return "catching up: the peer has not applied this node's feed up to its head yet"
+        return ""
 
     # -- what sessions need (SessionHost) ----------------------------------------
 

@@ -133,6 +133,18 @@ class PeerLink:
     # Our feed as the peer acknowledged it (from its PULL, then each ACK);
     # -1 until its PULL: the peer's own lag on our feed.
     acked_seq: int = -1
+    # When (time.monotonic()) our cursor last reached the peer's head as its
+    # batch told it, and the highest such head; when the peer last
+    # acknowledged a batch that reached our head as we read it, and the
+    # highest such head (0: not in this session).  Everything at or below
+    # such a head has been applied (a split seq group moves rows above the
+    # head of its time, never below).  The periodic verify judges a peer
+    # only once both directions have caught up: rows still in flight are no
+    # divergence (node.verify_server).
+    in_caught_up_at: float = 0.0
+    in_caught_up_head: int = 0
+    out_caught_up_at: float = 0.0
+    out_caught_up_head: int = 0
     rows_in: int = 0
     rows_out: int = 0
     batches_in: int = 0
@@ -159,6 +171,14 @@ class PeerLink:
     # its HELLO: what differs, in words, and whether we adopt its vector.
     schema_differences: tuple[str, ...] = ()
     adopts_vector: bool = True
+
+    def note_in_caught_up(self, head_seq: int) -> None:
+        self.in_caught_up_at = time.monotonic()
+        self.in_caught_up_head = max(self.in_caught_up_head, head_seq)
+
+    def note_out_caught_up(self, head_seq: int) -> None:
+        self.out_caught_up_at = time.monotonic()
+        self.out_caught_up_head = max(self.out_caught_up_head, head_seq)
 
     def note_apply(self, seconds: float) -> None:
         self.apply_seconds_sum += seconds
@@ -297,7 +317,8 @@ class Session:
         self.link = link
         self._rights = rights
         self._acked = asyncio.Event()
-        self._in_flight: collections.deque[int] = collections.deque()
+        # (to_seq, our head if the batch reached it, else -1) of each unacknowledged batch
+        self._in_flight: collections.deque[tuple[int, int]] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
         self._own_writes_wanted = True
         self._closing: asyncio.Task[None] | None = None
@@ -495,6 +516,8 @@ class Session:
             cursor = stored.cursor
         self.link.cursor = cursor
         self.link.catchup = CatchUp(cursor)
+        if cursor >= hello.head_seq:
+            self.link.note_in_caught_up(hello.head_seq)
         vector = await worker.call(store.vector)
         restoring = await worker.call(store.restoring)
         # Only a sender told that we restore sends our own writes back, so
@@ -651,6 +674,8 @@ class Session:
         link.peer_head_seq = batch.head_seq
         link.last_batch_ms = self._host.now_ms()
         link.catchup.note(time.monotonic(), link.cursor, link.rows_in)
+        if batch.to_seq >= batch.head_seq:
+            link.note_in_caught_up(batch.head_seq)
         if received.vector is not None:
             # The peer's vector is true of its whole state: what it sent us
             # we need not send back (this is what stops a relay from echoing).
@@ -677,10 +702,12 @@ class Session:
         self._prefetched = (cursor, batch)
 
     def _on_ack(self, ack: Ack) -> None:
-        if not self._in_flight or self._in_flight[0] != ack.to_seq:
+        if not self._in_flight or self._in_flight[0][0] != ack.to_seq:
             raise ProtocolError(f"ACK for seq {ack.to_seq} does not match what we sent")
-        self._in_flight.popleft()
+        _to_seq, reached_head = self._in_flight.popleft()
         self.link.acked_seq = ack.to_seq
+        if reached_head >= 0:
+            self.link.note_out_caught_up(reached_head)
         self._learn_peer_vector(ack.vector)
         self._acked.set()
 
@@ -706,6 +733,8 @@ class Session:
         if pull.incarnation != incarnation or cursor > head:
             cursor = 0  # the peer's cursor is of an older copy of this file
         self.link.acked_seq = cursor
+        if cursor >= head:
+            self.link.note_out_caught_up(head)
         self.link.peer_vector = dict(pull.vector)
         self._own_writes_wanted = pull.own_writes_wanted
         own_site = await worker.call(lambda: store.site_id)
@@ -794,7 +823,8 @@ class Session:
             host.note_feed_read(None)  # a batch that can go: this feed is not stuck
             rows_max = min(config.batch_rows_max, limits.rows_max, rows_max * 2)
             await self._send_frame(frame)
-            self._in_flight.append(batch.to_seq)
+            reached_head = batch.head_seq if batch.to_seq >= batch.head_seq else -1
+            self._in_flight.append((batch.to_seq, reached_head))
             cursor = batch.to_seq
             last_vector = batch.vector if batch.vector is not None else last_vector
             self.link.rows_out += batch.row_count

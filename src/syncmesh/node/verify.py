@@ -33,6 +33,7 @@ repair stamps this side's values anew, which makes them win everywhere.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import struct
 import time
@@ -94,6 +95,20 @@ class TableDifference:
     missing_here: list[Key] = field(default_factory=list)  # of `divergent`: no row here
     missing_there: list[Key] = field(default_factory=list)  # of `divergent`: none there
     unsettled: list[Key] = field(default_factory=list)  # still changing after every re-check
+    # Of `divergent`: (our digest, theirs) as they held still, for `confirm`.
+    digests: dict[Key, tuple[int | None, int | None]] = field(default_factory=dict, repr=False)
+
+    def note_divergent(self, key: Key, ours: int | None, theirs: int | None) -> None:
+        self.divergent.append(key)
+        self.digests[key] = (ours, theirs)
+        if ours is None:
+            self.missing_here.append(key)
+        if theirs is None:
+            self.missing_there.append(key)
+
+    def sort(self) -> None:
+        for listed in (self.divergent, self.missing_here, self.missing_there, self.unsettled):
+            listed.sort(key=repr)
 
 
 @dataclass(slots=True)
@@ -111,6 +126,12 @@ class VerifyReport:
     # Tables not compared because their columns differ at the peer (a migration
     # not run everywhere): table -> (our value columns, the peer's).
     other_columns: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    # The feed heads once the trees were read, ours and the peer's (None: it
+    # did not say): every row compared is at or below them.  Rows in flight
+    # are no divergence: a node judges only once each side has applied the
+    # other's feed up to them (node.verify_server).
+    head_seq: int = 0
+    peer_head_seq: int | None = None
 
     @property
     def divergent_rows(self) -> int:
@@ -268,6 +289,7 @@ async def verify(
     else:
         trees = await call(store.summaries, names)
     columns = {spec.name: list(spec.value_columns) for spec in store.specs() if spec.name in trees}
+    head_seq = await call(store.head_seq)
     body = await client.call(
         RootsRequest({name: tree.root() for name, tree in trees.items()}, deep, session, columns)
     )
@@ -322,6 +344,8 @@ async def verify(
         bytes_received=client.bytes_received - first_received,
         seconds=time.monotonic() - started,
         corrected_digests=corrected,
+        head_seq=head_seq,
+        peer_head_seq=roots.head_seq,
     )
 
 
@@ -353,23 +377,66 @@ async def _settle(
                 if ours == theirs:
                     continue  # a write in flight, arrived
                 if (ours, theirs) == keys[key]:
-                    found = differences[name]
-                    found.divergent.append(key)
-                    if ours is None:
-                        found.missing_here.append(key)
-                    if theirs is None:
-                        found.missing_there.append(key)
+                    differences[name].note_divergent(key, ours, theirs)
                 else:
                     still.setdefault(name, {})[key] = (ours, theirs)
         pending = still
     for name, keys in pending.items():
         differences[name].unsettled.extend(keys)
     for found in differences.values():
-        for listed in (found.divergent, found.missing_here, found.missing_there, found.unsettled):
-            listed.sort(key=repr)
+        found.sort()
     return {
         name: found for name, found in differences.items() if found.divergent or found.unsettled
     }
+
+
+async def confirm(
+    store: VerifyStore, call: StoreCall, client: VerifyClient, report: VerifyReport
+) -> VerifyReport:
+    """`report` with its divergent rows read once more on both sides.
+
+    A row stays divergent only if both digests are still the ones it held
+    still with; one that agrees now was in flight after all, and one that
+    changed is unsettled.  For a caller that knows rows may have been in
+    flight longer than the re-reads waited (the periodic verify of a peer
+    that was still catching up, node.verify_server): it re-reads once both
+    sides have caught up, so that only a real divergence is reported.
+    """
+    judged = {name: dict(found.digests) for name, found in report.differences.items()}
+    judged = {name: keys for name, keys in judged.items() if keys}
+    if not judged:
+        return report
+    first_trips, first_sent, first_received = (
+        client.round_trips,
+        client.bytes_sent,
+        client.bytes_received,
+    )
+    theirs_now = await _remote_digests(client, judged, report.deep)
+    differences: dict[str, TableDifference] = {}
+    for name, found in report.differences.items():
+        kept = TableDifference(name, unsettled=list(found.unsettled))
+        keys = judged.get(name, {})
+        ordered = list(keys)
+        ours_now = await call(store.key_digests, name, ordered, deep=report.deep) if keys else []
+        with _answer_from(client):
+            compared = list(zip(ordered, ours_now, theirs_now.get(name, []), strict=True))
+        for key, ours, theirs in compared:
+            if ours == theirs:
+                continue
+            if (ours, theirs) == keys[key]:
+                kept.note_divergent(key, ours, theirs)
+            else:
+                kept.unsettled.append(key)
+        kept.sort()
+        if kept.divergent or kept.unsettled:
+            differences[name] = kept
+    return dataclasses.replace(
+        report,
+        differences=differences,
+        round_trips=report.round_trips + client.round_trips - first_trips,
+        bytes_sent=report.bytes_sent + client.bytes_sent - first_sent,
+        bytes_received=report.bytes_received + client.bytes_received - first_received,
+    )
 
 
 async def _remote_digests(

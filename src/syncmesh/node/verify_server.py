@@ -13,6 +13,7 @@ host Protocols, not the `Node`, so this module does not import node.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,9 +27,11 @@ from syncmesh.node.config import NodeConfig, PeerConfig
 from syncmesh.node.verify import (
     DEEP_SESSION_TTL_S,
     DEEP_SESSIONS_MAX,
+    SETTLE_ROUNDS_DEFAULT,
     StoreCall,
     VerifyClient,
     VerifyReport,
+    confirm,
     deep_tree,
     merge_divergent,
     verify,
@@ -66,6 +69,9 @@ from syncmesh.transport.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# How often a verify that found rows differ looks whether the peer has caught up.
+CAUGHT_UP_POLL_S = 0.05
 
 
 # -- the answering side (a node) ------------------------------------------------------
@@ -193,11 +199,14 @@ class VerifyServer:
             tree = trees[name]
             same = tree.root() == asked[name]
             answer[name] = None if same else BRANCH_ARRAY.pack(*tree.branches())
+        # Read after the trees: every row they hold is at or below it.
+        head = await self._call(self._store.head_seq)
         return RootsAnswer(
             self._store.site_id,
             answer,
             sorted(set(asked) - set(shared), key=str),
             other_columns,
+            head,
         )
 
     async def _leaves(
@@ -249,18 +258,36 @@ class VerifyOutcome:
     repaired_rows: int = 0  # divergent rows merged both ways after it (`sync.verify_repair`)
     repaired_rows_total: int = 0  # the same, summed over every round since the node started
     not_compared: tuple[str, ...] = ()  # tables whose columns differ at the peer (a migration)
+    # Not "" while the verify waits for the peer to catch up (the rounds since
+    # the last verdict were skipped, or their verdict was not trusted): why.
+    # The other fields are the last verdict's (at_ms 0: none yet).
+    waiting: str = ""
 
     def after(self, previous: VerifyOutcome | None) -> VerifyOutcome:
-        """This outcome with the rows repaired since start counted on from `previous`'s."""
+        """This verdict with the rows repaired since start counted on from `previous`'s."""
         before = 0 if previous is None else previous.repaired_rows_total
         return replace(self, repaired_rows_total=before + self.repaired_rows)
+
+
+class NotCaughtUp(Exception):
+    """A verify's differences may be rows in flight: it has no verdict (the reason)."""
+
+
+def waiting_outcome(previous: VerifyOutcome | None, reason: str) -> VerifyOutcome:
+    """The last verdict, if any, kept with the reason this round gave none."""
+    if previous is None:
+        return VerifyOutcome(0, False, 0, 0, 0, 0, 0.0, waiting=reason)
+    return dataclasses.replace(previous, waiting=reason)
 
 
 def outcome_fields(outcome: VerifyOutcome | None) -> dict[str, Any]:
     """The `verified_ms`, `verify_*` fields of a peer's or fleet site's statistics."""
     if outcome is None:
         return {}
+    if not outcome.at_ms:
+        return {"verify_waiting": outcome.waiting}
     return {
+        "verify_waiting": outcome.waiting,
         "verified_ms": outcome.at_ms,
         "verify_identical": None if outcome.error else outcome.identical,
         "verify_divergent_rows": outcome.divergent_rows,
@@ -313,6 +340,14 @@ class VerifyingHost(Protocol):
 
     def streaming_with(self, url: str) -> bool: ...
 
+    async def verify_wait_reason(
+        self, url: str, since: float, heads: tuple[int, int | None] | None = None
+    ) -> str:
+        """Why the peer at `url` cannot be judged now, "" if it can: a direction not
+        caught up since `since` (time.monotonic()), or not up to `heads` (ours,
+        the peer's) if given."""
+        ...
+
     def fleet_verify_sites(self) -> FleetVerifyTargets | None:
         """Whom the periodic verify may ask on the fleet now; None: no fleet, or not now."""
         ...
@@ -332,14 +367,32 @@ async def periodic_verify(node: VerifyingHost) -> None:
             if not tables:
                 continue
             try:
-                outcome = await verify_peer(node, url, tables, peer)
-                node.verify_outcomes[url] = outcome.after(node.verify_outcomes.get(url))
+                node.verify_outcomes[url] = await _verify_when_caught_up(node, url, tables, peer)
             except Exception:  # a bug must not end the periodic verify of every peer
                 log.exception("verify against %s failed unexpectedly", url)
         try:
             await _verify_next_fleet_site(node)
         except Exception:  # nor of the fleet's sites
             log.exception("verify of a fleet site failed unexpectedly")
+
+
+async def _verify_when_caught_up(
+    node: VerifyingHost, url: str, tables: list[str], peer: PeerConfig | None
+) -> VerifyOutcome:
+    """Verify the peer if both directions have caught up lately, else say that it waits.
+
+    Lately: within the settle time, as for a fleet site (`Node.fleet_verify_sites`).
+    """
+    previous = node.verify_outcomes.get(url)
+    waiting = await node.verify_wait_reason(url, time.monotonic() - node.config.verify_settle_s)
+    if not waiting:
+        outcome = await verify_peer(node, url, tables, peer)
+        if not outcome.waiting:
+            return outcome.after(previous)
+        waiting = outcome.waiting
+    if previous is None or not previous.waiting:
+        log.info("verify against %s waits: %s", url, waiting)
+    return waiting_outcome(previous, waiting)
 
 
 def _shared_tables(node: VerifyingHost, peer: PeerConfig | None) -> list[str]:
@@ -409,10 +462,27 @@ async def verify_peer(
 ) -> VerifyOutcome:
     """One verify of our store against the node at `url`, as an outcome (never raises)."""
 
+    settle_s = node.config.verify_settle_s
+
     async def exchange_with_peer() -> _Checked:
         exchange = node.connector.verify_exchange(url, None if peer is None else peer.name)
         async with VerifyClient(exchange) as client:
-            return await _verify_and_repair(node, client, tables)
+            report = await verify(node.store, node.store_call, client, tables, settle_s=settle_s)
+            if not report.divergent_rows:
+                return _Checked(report)
+            # Rows that held still may still be in flight: a backlog that began
+            # just before this round (a bulk insert at the peer) outlasts the
+            # re-reads.  Judge them again once each side has applied the other's
+            # feed up to where the trees were read; if not in time, no verdict.
+            judged = time.monotonic()
+            deadline = judged + settle_s * SETTLE_ROUNDS_DEFAULT
+            heads = (report.head_seq, report.peer_head_seq)
+            while waiting := await node.verify_wait_reason(url, judged, heads):
+                if time.monotonic() >= deadline:
+                    raise NotCaughtUp(waiting)
+                await asyncio.sleep(CAUGHT_UP_POLL_S)
+            confirmed = await confirm(node.store, node.store_call, client, report)
+            return await _repair_found(node, client, confirmed)
 
     return await _outcome(node, url, f"--peer {url}", exchange_with_peer)
 
@@ -430,18 +500,26 @@ class _Checked:
 async def _verify_and_repair(
     node: VerifyingHost, client: VerifyClient, tables: list[str]
 ) -> _Checked:
-    """Verify; with `sync.verify_repair`, merge the divergent rows both ways on the same client.
+    """Verify, then repair what it found (`_repair_found`)."""
+    report = await verify(
+        node.store, node.store_call, client, tables, settle_s=node.config.verify_settle_s
+    )
+    return await _repair_found(node, client, report)
+
+
+async def _repair_found(
+    node: VerifyingHost, client: VerifyClient, report: VerifyReport
+) -> _Checked:
+    """With `sync.verify_repair`, merge the rows `report` found divergent both ways.
 
     This is the anti-entropy behind the feeds: a row a feed never carried
     (a vector that claimed it wrongly, ADR 0006's residual risks; a row
     removed behind the engine's back) is found by the hash trees and
     merged like any batch, so no newer write can lose.  Only rows that
-    held still through the settle re-reads are merged: writes in flight
-    are the feeds' to deliver.
+    held still through the settle re-reads (and, for a peer, once both
+    sides had caught up) are merged: writes in flight are the feeds' to
+    deliver.  Done on the same client, right after the verify.
     """
-    report = await verify(
-        node.store, node.store_call, client, tables, settle_s=node.config.verify_settle_s
-    )
     if not report.divergent_rows or not node.config.verify_repair:
         return _Checked(report)
     try:
@@ -464,6 +542,10 @@ async def _outcome(
     now_ms = node.clock.now_ms()
     try:
         checked = await run()
+    except NotCaughtUp as exc:
+        return VerifyOutcome(
+            now_ms, False, 0, 0, 0, 0, time.monotonic() - started, waiting=str(exc)
+        )
     except (SyncError, StoreError) as exc:
         log.warning("verify against %s failed: %s", label, exc)
         return VerifyOutcome(now_ms, False, 0, 0, 0, 0, time.monotonic() - started, str(exc))

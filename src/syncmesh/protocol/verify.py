@@ -106,6 +106,9 @@ class RootsAnswer:
     # table -> the node's value columns, for tables whose columns differ from
     # the asker's: not compared (their rows' digests cannot agree).
     other_columns: dict[str, list[str]] = field(default_factory=dict)
+    # The node's feed head once its trees were read (None: a node from before
+    # it was sent): the asker knows when it has applied every row they held.
+    head_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +302,13 @@ def _other_columns(message: dict[str, Any]) -> dict[str, list[str]]:
 
 def encode_answer(answer: VerifyAnswerMessage) -> bytes:
     match answer:
-        case RootsAnswer(site, tables, not_shared, other_columns):
+        case RootsAnswer(site, tables, not_shared, other_columns, head_seq):
             extra = {"other_columns": other_columns} if other_columns else {}
             return pack(
                 {
                     **extra,
                     "site": site,
+                    **({} if head_seq is None else {"head_seq": head_seq}),
                     "tables": {
                         name: {"same": True}
                         if branches is None
@@ -365,6 +369,7 @@ def decode_roots_answer(body: bytes) -> RootsAnswer:
             tables,
             [str(name) for name in message.get("not_shared", [])],
             _other_columns(message),
+            None if message.get("head_seq") is None else int(message["head_seq"]),
         )
 
 

@@ -88,6 +88,10 @@ class VerifyStore(Protocol):
 
     def specs(self) -> list[TableSpec]: ...
 
+    def head_seq(self) -> int:
+        """The feed's head: read after the trees, every row they hold is at or below it."""
+        ...
+
     def summaries(self, tables: list[str]) -> dict[str, TableSummary]:
         """The hash trees of `tables`, as of one moment (copies)."""
         ...

@@ -8,6 +8,10 @@ import { el, formatAge, formatCount } from "./format.js";
  * where one will come (`expected`: a peer we dial, a fleet site), else "–".
  */
 export function verifiedCell(entry, now, expected) {
+  if (entry.verify_waiting) {
+    // A side still catches up: rows in flight are no divergence, so no verdict now.
+    return el("td", { class: "note", "data-field": "verified", title: entry.verify_waiting }, "waiting: catching up");
+  }
   if (!entry.verified_ms) {
     return el("td", { class: "note", "data-field": "verified" }, expected ? "not yet" : "–");
   }

@@ -267,11 +267,21 @@ def install_snapshot(
         copy.execute("PRAGMA journal_mode = DELETE")
     side_file = ""
     unsynced: dict[str, int] = {}
-    if database.exists():
+    if database.exists() and not _empty_file(database):
         side_file, unsynced = _move_aside(database, info.vector, now_ms)
     os.replace(snapshot, database)
     log.info("%s joined as site %s from a snapshot of site %s", database, site_id, info.source_site)
     return JoinReport(site_id, info.source_site, tables, side_file, unsynced)
+
+
+def _empty_file(database: Path) -> bool:
+    """No byte at `database` nor in its WAL: nothing to keep aside.
+
+    `syncmesh join` creates the file it locks (the serve lock is a flock on
+    the database file, node.lockfile) when there is none yet.
+    """
+    wal = Path(f"{database}-wal")
+    return database.stat().st_size == 0 and (not wal.exists() or wal.stat().st_size == 0)
 
 
 def _move_aside(database: Path, held: dict[str, int], now_ms: int) -> tuple[str, dict[str, int]]:
