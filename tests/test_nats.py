@@ -608,39 +608,78 @@ async def _purge_state(servers: NatsCluster, fleet: str, site: str) -> None:
         await client.close()
 
 
-def test_a_node_on_nats_and_websocket_relays_the_stream_to_its_peer(
+def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:
-    """Goal: a node can use the fleet stream and a WebSocket peer at once.
+    """Goal: a node's WebSocket-only peer reaches every fleet site, and they reach it.
 
-    Method: a is on the stream only; m is on the stream and dials w, a
-    WebSocket-only node (a local replica).  A write at a must reach w
-    through m, and a write at w must reach m.  (Relaying w's writes onto
-    the stream is not done yet: docs/nats.md.)
+    Method: a and b share only the stream; c is on no stream and dials a
+    over WebSocket (a local replica).  Through the sqlite3 shell: a row
+    written at c must reach b (a relays it on its relay subject), a row
+    written at b must reach c (through a), and an update at c of b's row
+    must reach b; then all three files are equal.  a's status counts what it
+    relayed; b's lists a's relay chain, caught up, nothing refused; both
+    in /metrics.  (Before the relay, c's writes stopped at a.)
     """
     fleet = fleet_name()
-    w = cluster.node("w", make_db(cluster.directory / "w.db", SCHEMA))
-    cluster.start(w)
-    a = nats_node(cluster, "a", nats_cluster, fleet)
-    m = nats_node(cluster, "m", nats_cluster, fleet, extra=("--peer", w.url))
-    cluster.start(a, m)
-    sqlite3_shell(a.db, "INSERT INTO items VALUES ('from-a', 'over nats', 1)")
-    wait_converged(
-        [a.db, m.db, w.db],
-        "items",
-        CONVERGE_S,
-        check=lambda rows: len(rows) == 1,
-        describe=describe(cluster, nats_cluster),
-    )
-    sqlite3_shell(w.db, "INSERT INTO items VALUES ('from-w', 'over websocket', 2)")
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    c = cluster.node("c", make_db(cluster.directory / "c.db", SCHEMA), peers=[a])
+    cluster.start(c)
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('from-c', 'over websocket', 1)")
     wait_for(
-        lambda: query(m.db, "SELECT name FROM items WHERE id = 'from-w'") == [("over websocket",)],
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'from-c'") == [("over websocket",)],
         CONVERGE_S,
-        "w's write to reach m",
+        "c's write to reach b through a's relay",
         describe(cluster, nats_cluster),
     )
-    assert m.status()["peers"][0]["state"] == "streaming"
-    assert fleet_of(m)["state"] == "streaming"
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('from-b', 'over nats', 2)")
+    wait_for(
+        lambda: query(c.db, "SELECT name FROM items WHERE id = 'from-b'") == [("over nats",)],
+        CONVERGE_S,
+        "b's write to reach c through a",
+        describe(cluster, nats_cluster),
+    )
+    sqlite3_shell(c.db, "UPDATE items SET qty = 77 WHERE id = 'from-b'")
+    wait_converged(
+        [a.db, b.db, c.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: (
+            len(rows) == 2 and (("from-b", "text"), ("over nats", "text"), (77, "integer")) in rows
+        ),
+        describe=describe(cluster, nats_cluster),
+    )
+    relayer = site_id(a)
+    at_a = fleet_of(a)
+    assert at_a["relay_subject"] == f"syncmesh.{fleet}.changes.relay-{relayer}"
+    assert at_a["relayed_rows"] >= 2  # c's insert and c's update
+    wait_for(
+        lambda: [
+            (relay["site_id"], relay["lag_ms"], relay["foreign_rows_refused"])
+            for relay in fleet_of(b)["relays"]
+        ]
+        == [(relayer, 0, 0)],
+        CONVERGE_S,
+        "b's status to list a's relay chain, caught up, nothing refused",
+        describe(cluster, nats_cluster),
+    )
+    at_b = fleet_of(b)
+    # a wrote nothing of its own: no chain of a's own, and its relay chain is no site.
+    assert at_b["sites"] == []
+    assert at_b["foreign_rows_refused"] == 0 and at_b["gaps"] == []
+    (relay,) = at_b["relays"]
+    assert relay["rows_applied"] >= 2
+    stream = f'stream="SYNCMESH_{fleet.upper()}"'
+    with a.open_url("/metrics", timeout_s=5) as response:
+        assert f"syncmesh_fleet_relayed_rows_total{{{stream}}}" in response.read().decode()
+    with b.open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    assert f'syncmesh_fleet_relay_lag_seconds{{relayer="{relayer}",{stream}}} 0.0' in metrics
+    assert f'syncmesh_fleet_relay_rows_refused_total{{relayer="{relayer}",{stream}}} 0.0' in (
+        metrics
+    )
+    assert c.status()["peers"][0]["state"] == "streaming"
 
 
 async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
