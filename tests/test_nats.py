@@ -371,6 +371,78 @@ def test_a_forged_origin_is_refused_and_the_rest_applies(
     )
 
 
+def test_rows_on_a_relay_subject_that_claim_a_fleet_sites_write_are_refused(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a relay subject carries only writes of sites off the stream; forgeries never apply.
+
+    Method: b runs and publishes a row; the test publishes, as fleet site F
+    on F's own subject, one row (F is then on the stream), then, on the
+    relay subject of a site R, one honest relayed row (every stamp of a
+    site X that is not on the stream) and three forged ones: a cell
+    claiming F's write, a delete of b's row claimed for b, and a row
+    claiming R's own write (R's writes belong on R's own subject).  b must
+    apply the honest row, refuse the three (counted under R in
+    `fleet.relays` and in /metrics, logged at ERROR), and keep its row.
+    """
+    fleet = fleet_name()
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(b)
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('b-row', 'kept', 1)")
+    wait_for(
+        lambda: fleet_of(b)["published_messages"] >= 1,
+        CONVERGE_S,
+        "b to publish its row",
+        describe(cluster, nats_cluster),
+    )
+    fleet_site, relayer, off_stream = (uuid.uuid4().hex for _ in range(3))
+    stamp = pack(int(time.time() * 1000), 0)
+    columns = {"items": ("name", "qty")}
+    of_f = Stamp(stamp, fleet_site)
+    f_rows = [RowChange("items", ("f-row",), RowState(1, of_f, {"name": Cell("f", of_f)}))]
+    f_batch = ChangeBatch.of_rows(uuid.uuid4().hex, 0, stamp, stamp, None, f_rows, columns)
+    asyncio.run(_publish_raw(nats_cluster, fleet, fleet_site, encode(Batch(f_batch))))
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'f-row'") == [("f",)],
+        CONVERGE_S,
+        "b to apply F's row",
+        describe(cluster, nats_cluster),
+    )
+    of_x, of_r = Stamp(stamp + 1, off_stream), Stamp(stamp + 1, relayer)
+    claimed_f, claimed_b = Stamp(stamp + 2, fleet_site), Stamp(stamp + 2, site_id(b))
+    rows = [
+        RowChange("items", ("relayed",), RowState(1, of_x, {"name": Cell("ok", of_x)})),
+        RowChange("items", ("forged-f",), RowState(1, of_x, {"name": Cell("x", claimed_f)})),
+        RowChange("items", ("b-row",), RowState(2, claimed_b, {})),
+        RowChange("items", ("forged-r",), RowState(1, of_r, {"name": Cell("y", of_r)})),
+    ]
+    batch = ChangeBatch.of_rows(uuid.uuid4().hex, 0, stamp + 2, stamp + 2, None, rows, columns)
+    asyncio.run(_publish_raw(nats_cluster, fleet, f"relay-{relayer}", encode(Batch(batch))))
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'relayed'") == [("ok",)],
+        CONVERGE_S,
+        "b to apply the honest relayed row",
+        describe(cluster, nats_cluster),
+    )
+    assert query(b.db, "SELECT id FROM items WHERE id IN ('forged-f', 'forged-r')") == []
+    assert query(b.db, "SELECT name FROM items WHERE id = 'b-row'") == [("kept",)]
+    at_b = fleet_of(b)
+    assert [(relay["site_id"], relay["foreign_rows_refused"]) for relay in at_b["relays"]] == [
+        (relayer, 3)
+    ]
+    assert relayer not in {site["site_id"] for site in at_b["sites"]}
+    assert at_b["foreign_rows_refused"] == 3
+    assert f"on the relay subject of site {relayer} that claim a write of a site on" in (
+        b.log_text()
+    )
+    stream = f'stream="SYNCMESH_{fleet.upper()}"'
+    with b.open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    assert f'syncmesh_fleet_relay_rows_refused_total{{relayer="{relayer}",{stream}}} 3.0' in (
+        metrics
+    )
+
+
 async def _publish_raw(servers: NatsCluster, fleet: str, site: str, frame: bytes) -> None:
     client = await nats.connect(servers=servers.urls)
     try:
