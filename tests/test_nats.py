@@ -397,7 +397,7 @@ def test_rows_on_a_relay_subject_that_claim_a_fleet_sites_write_are_refused(
     )
     fleet_site, relayer, off_stream = (uuid.uuid4().hex for _ in range(3))
     stamp = pack(int(time.time() * 1000), 0)
-    columns = {"items": ("name", "qty")}
+    columns: dict[str, tuple[str, ...]] = {"items": ("name", "qty")}
     of_f = Stamp(stamp, fleet_site)
     f_rows = [RowChange("items", ("f-row",), RowState(1, of_f, {"name": Cell("f", of_f)}))]
     f_batch = ChangeBatch.of_rows(uuid.uuid4().hex, 0, stamp, stamp, None, f_rows, columns)
@@ -556,6 +556,71 @@ def test_a_gap_is_closed_from_the_compacted_state_stream(
     wait_for(lambda: fleet_of(b)["stream_first_seq"] > 0, CONVERGE_S, "b's status loop")
     assert fleet_of(b)["gaps"] == []
     assert b.health()[0] == 200
+
+
+def test_a_gap_in_a_relay_chain_is_closed_from_the_relayers_state_copies(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a relay chain whose start the stream dropped is bootstrapped, never skipped.
+
+    Method: the changes stream keeps 3 messages; c, on no stream, dials a;
+    c makes 6 transactions (inserts, an update, a delete), each relayed by
+    a as a message of its own, before b starts.  b must find a gap in a's
+    relay chain, close it from a's relay copies on the state stream, end
+    equal to c, say so under `fleet.relays`, and be healthy.
+    """
+    fleet = fleet_name()
+    asyncio.run(make_small_stream(nats_cluster, fleet, messages_max=3))
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    cluster.start(a)
+    c = cluster.node("c", make_db(cluster.directory / "c.db", SCHEMA), peers=[a])
+    cluster.start(c)
+    writes = [
+        "INSERT INTO items VALUES ('r0', 'n', 0)",
+        "INSERT INTO items VALUES ('r1', 'n', 1)",
+        "UPDATE items SET qty = 99, name = 'updated' WHERE id = 'r0'",
+        "INSERT INTO items VALUES ('r2', 'n', 2)",
+        "DELETE FROM items WHERE id = 'r1'",
+        "INSERT INTO items VALUES ('r3', 'n', 3)",
+    ]
+    for index, statement in enumerate(writes):
+        sqlite3_shell(c.db, statement)
+        wait_for(
+            lambda: fleet_of(a)["relayed_messages"] >= index + 1,  # noqa: B023 (waited on here)
+            CONVERGE_S,
+            f"a to relay c's transaction {index + 1}",
+            describe(cluster, nats_cluster),
+        )
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    b.start().wait_until_ready()
+    rows = wait_converged(
+        [c.db, a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda dump: len(dump) == 3,  # r0, r2, r3
+        describe=describe(cluster, nats_cluster),
+    )
+    assert (("r0", "text"), ("updated", "text"), (99, "integer")) in rows
+    # (a has a state marker and no message of its own: b counts merging its
+    # empty state as a bootstrap too, hence "at least one".)
+    wait_for(
+        lambda: fleet_of(b)["bootstraps"] >= 1 and not fleet_of(b)["gaps"],
+        CONVERGE_S,
+        "b to close the gap of a's relay chain",
+        describe(cluster, nats_cluster),
+    )
+    (relay,) = fleet_of(b)["relays"]
+    assert relay["site_id"] == site_id(a)
+    assert relay["bootstrap"].startswith(
+        f"bootstrapped from the compacted state stream SYNCMESH_{fleet.upper()}_STATE"
+    )
+    assert relay["cursor"] == fleet_of(a)["relayed_seq"]
+    assert relay["gap"] == ""
+    assert relay["bootstrap_rows"] >= 3  # r0, r2, r3 (and r1's delete, if it counts)
+    log_text = b.log_text()
+    assert f"fleet stream gap: the relay chain of site {site_id(a)}" in log_text
+    assert f"the relay chain of site {site_id(a)} bootstrapped from the compacted" in log_text
+    wait_for(lambda: b.health()[0] == 200, CONVERGE_S, "b to be healthy")
 
 
 def test_a_site_with_no_message_left_in_the_stream_is_not_skipped(

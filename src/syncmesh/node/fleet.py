@@ -146,6 +146,12 @@ def relayer_of(chain: str) -> str | None:
     return site_id if _hex_site(site_id) else None
 
 
+def chain_name(chain: str) -> str:
+    """A chain in words, for logs and status: "site S", or "the relay chain of site S"."""
+    relayer = relayer_of(chain)
+    return f"site {chain}" if relayer is None else f"the relay chain of site {relayer}"
+
+
 class RereadStream(SyncError):
     """The fleet positions were reset: open the link again with a fresh consumer."""
 
@@ -951,7 +957,7 @@ class Fleet:
         if site.gap:
             return
         site.gap = (
-            f"fleet stream gap: site {site.site_id}'s changes after its seq {cursor} up to"
+            f"fleet stream gap: {chain_name(site.site_id)}'s changes after its seq {cursor} up to"
             f" {gap_from} are no longer in stream {self._link.stream_name} (its first message"
             f" of that site still held is at stream seq {stream_seq}); {GAP_FIX}"
         )
@@ -989,7 +995,7 @@ class Fleet:
             site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
             if site.bootstrap_error != found:
                 site.bootstrap_error = found
-                log.error("fleet: cannot close the gap of site %s: %s", site_id, found)
+                log.error("fleet: cannot close the gap of %s: %s", chain_name(site_id), found)
             return
         last, messages = found
         incarnation = last.headers.get(HEADER_INCARNATION, "")
@@ -1009,7 +1015,7 @@ class Fleet:
             f" {rows} rows merged, position now its seq {to_seq} (stream seq"
             f" {last.stream_seq})"
         )
-        log.warning("fleet: site %s %s", site_id, site.bootstrap)
+        log.warning("fleet: %s %s", chain_name(site_id), site.bootstrap)
         self._host.feed_advanced()
 
     async def _merge_unseen(self, site: _Site) -> None:
@@ -1035,7 +1041,7 @@ class Fleet:
             f" {rows} rows (no message of the site is left in the changes stream; its next"
             " message sets the position)"
         )
-        log.warning("fleet: site %s %s", site.site_id, site.bootstrap)
+        log.warning("fleet: %s %s", chain_name(site.site_id), site.bootstrap)
         self._host.feed_advanced()
 
     async def _state_snapshot(
@@ -1133,7 +1139,7 @@ class Fleet:
             site = self._site(site_id)
             site.unseen = True
             site.gap = (
-                f"fleet stream gap: site {site_id} has a state in"
+                f"fleet stream gap: {chain_name(site_id)} has a state in"
                 f" {self._link.state_stream_name} but no message left in stream"
                 f" {self._link.stream_name}; {GAP_FIX}"
             )

@@ -14,6 +14,12 @@ would otherwise drop them), and that is no claim of a write: the causal
 length's stamp only says which life.  A deleted row carries no cells, so
 its causal length is the whole of it and must be S's own.
 
+A node on the stream also relays the writes of its WebSocket peers that
+are not on it, on a relay subject of its own (`relay_rows`): the same cut
+with a set of writers, the sites off the stream.  There a receiver refuses
+every row that claims a fleet site's write (`refuse_fleet_claims`): those
+come only on that site's own subject.
+
 Pure functions on the positional rows of `model.TableRows`; no I/O.
 """
 
