@@ -820,6 +820,13 @@ def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
         metrics
     )
     assert c.status()["peers"][0]["state"] == "streaming"
+    # `verify --all` takes the fleet's sites from the stream's subjects: a relay
+    # chain's subject names no site to verify.
+    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
+    verified = run_cli("verify", str(b.db), *nats_args, "--cluster", fleet, "--all", check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert relayer in verified.stdout
+    assert "relay-" not in verified.stdout + verified.stderr
 
 
 async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
