@@ -329,6 +329,9 @@ class Fleet:
         # Set once the status loop listed the stream's sites in this open: the
         # relay loop waits for it, so that it relays no fleet site's content.
         self._listed = asyncio.Event()
+        # Set once our vector names a site off the stream (the publish loop looks
+        # at each read): until then the relay loop costs nothing.
+        self._relay_wanted = asyncio.Event()
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -355,6 +358,7 @@ class Fleet:
                     ", ".join(self._link.servers),
                 )
                 self._listed = asyncio.Event()
+                self._relay_wanted = asyncio.Event()
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._publish_loop())
                     group.create_task(self._relay_loop())
@@ -465,6 +469,7 @@ class Fleet:
             # Taken before the read: a write captured after it is stamped above it.
             mark = await worker.call(store.stamp_mark) if wanted else None
             vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
+            self._note_vector(vector)
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)
             if batch.to_seq == scan:
@@ -589,6 +594,18 @@ class Fleet:
         fleet = self._fleet_sites()
         return dict.fromkeys(fleet, HLC_MAX), lambda batch: relay_rows(batch, fleet)
 
+    def _note_vector(self, held: Mapping[str, int]) -> None:
+        """Wake the relay loop once our file holds writes of a site off the stream.
+
+        Only once the stream's sites are listed: before, a fleet site we
+        have not heard of yet would look like one off the stream.
+        """
+        if self._relay_wanted.is_set() or not self._listed.is_set():
+            return
+        fleet = self._fleet_sites()
+        if any(site not in fleet for site in held):
+            self._relay_wanted.set()
+
     def _fleet_sites(self) -> frozenset[str]:
         """The sites on the stream as we know them: ourselves, each site with a chain here,
         and each relayer.  Their writes come on their own subjects, never relayed."""
@@ -677,15 +694,16 @@ class Fleet:
         the publish loop keeps our own: slices (from, to], the chain's end
         read back from the stream at start, idempotent message ids, state
         copies and a marker on the state stream before the messages (so a
-        receiver's gap on it closes like any other).  It reads nothing
-        while every site our file holds writes of is on the stream: a plain
-        fleet site pays one vector read per feed change.
+        receiver's gap on it closes like any other).  It starts reading
+        only once the publish loop saw a site off the stream in our vector
+        (`_note_vector`): a plain fleet site pays nothing for it.
         """
         host, store, worker = self._host, self._host.store, self._host.worker
         incarnation = await worker.call(lambda: store.incarnation)
         chain = relay_chain(self._own)
         # Each fleet site's content is its own to publish: know them first.
         await self._listed.wait()
+        await self._relay_wanted.wait()
         last = await self._link.last_message(self._link.subject_of(chain))
         head = await worker.call(store.head_seq)
         relayed = 0
@@ -1113,7 +1131,9 @@ class Fleet:
                 site_id = self._link.site_of(subject)
                 if site_id is not None and site_id not in (self._own, relay_chain(self._own)):
                     self._site(site_id)
-            self._listed.set()
+            if not self._listed.is_set():
+                self._listed.set()
+                self._host.feed_advanced()  # the publish loop looks at our vector again
             if position.first_seq > 1:
                 # Only once the stream dropped messages can a site's all be gone; before,
                 # a site with a marker and no message has not published its first yet.
