@@ -810,6 +810,9 @@ def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     assert at_b["gaps"] == []
     (relay,) = at_b["relays"]
     assert relay["rows_applied"] >= 2
+    # b has no WebSocket peer: what it got on a's relay chain is not relayed again.
+    assert (at_b["relayed_messages"], at_b["relayed_rows"]) == (0, 0)
+    assert fleet_of(a)["relays"] == []
     stream = f'stream="SYNCMESH_{fleet.upper()}"'
     with a.open_url("/metrics", timeout_s=5) as response:
         assert f"syncmesh_fleet_relayed_rows_total{{{stream}}}" in response.read().decode()
