@@ -756,7 +756,9 @@ def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     written at b must reach c (through a), and an update at c of b's row
     must reach b; then all three files are equal.  a's status counts what it
     relayed; b's lists a's relay chain, caught up, nothing refused; both
-    in /metrics.  (Before the relay, c's writes stopped at a.)
+    in /metrics; `verify --all` verifies no relay chain as a site.  Then c
+    joins the stream itself: a relays none of its next write, which reaches
+    b on c's own chain.  (Before the relay, c's writes stopped at a.)
     """
     fleet = fleet_name()
     a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
@@ -830,6 +832,36 @@ def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert relayer in verified.stdout
     assert "relay-" not in verified.stdout + verified.stderr
+
+    # c joins the stream itself (same file, same site id, still dialling a):
+    # once a has seen c's own chain, c's writes are c's to publish, not a's.
+    c_site, relayed_before = site_id(c), fleet_of(a)["relayed_rows"]
+    c.stop()
+    c_on_stream = cluster.node(
+        "c-on-stream",
+        c.db,
+        peers=[a],
+        extra_args=(*nats_args, "--cluster", fleet),
+        env=FAST_STATUS,
+    )
+    cluster.start(c_on_stream)
+    wait_for(
+        lambda: c_site in {site["site_id"] for site in fleet_of(a)["sites"]},
+        CONVERGE_S,
+        "a to see c's own chain on the stream",
+        describe(cluster, nats_cluster),
+    )
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('c-on-stream', 'own chain', 3)")
+    wait_converged(
+        [a.db, b.db, c.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 3,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert fleet_of(a)["relayed_rows"] == relayed_before, "c's new write is not relayed"
+    assert c_site in {site["site_id"] for site in fleet_of(b)["sites"]}
+    assert fleet_of(b)["foreign_rows_refused"] == 0
 
 
 async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
