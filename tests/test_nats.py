@@ -371,6 +371,78 @@ def test_a_forged_origin_is_refused_and_the_rest_applies(
     )
 
 
+def test_rows_on_a_relay_subject_that_claim_a_fleet_sites_write_are_refused(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a relay subject carries only writes of sites off the stream; forgeries never apply.
+
+    Method: b runs and publishes a row; the test publishes, as fleet site F
+    on F's own subject, one row (F is then on the stream), then, on the
+    relay subject of a site R, one honest relayed row (every stamp of a
+    site X that is not on the stream) and three forged ones: a cell
+    claiming F's write, a delete of b's row claimed for b, and a row
+    claiming R's own write (R's writes belong on R's own subject).  b must
+    apply the honest row, refuse the three (counted under R in
+    `fleet.relays` and in /metrics, logged at ERROR), and keep its row.
+    """
+    fleet = fleet_name()
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(b)
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('b-row', 'kept', 1)")
+    wait_for(
+        lambda: fleet_of(b)["published_messages"] >= 1,
+        CONVERGE_S,
+        "b to publish its row",
+        describe(cluster, nats_cluster),
+    )
+    fleet_site, relayer, off_stream = (uuid.uuid4().hex for _ in range(3))
+    stamp = pack(int(time.time() * 1000), 0)
+    columns: dict[str, tuple[str, ...]] = {"items": ("name", "qty")}
+    of_f = Stamp(stamp, fleet_site)
+    f_rows = [RowChange("items", ("f-row",), RowState(1, of_f, {"name": Cell("f", of_f)}))]
+    f_batch = ChangeBatch.of_rows(uuid.uuid4().hex, 0, stamp, stamp, None, f_rows, columns)
+    asyncio.run(_publish_raw(nats_cluster, fleet, fleet_site, encode(Batch(f_batch))))
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'f-row'") == [("f",)],
+        CONVERGE_S,
+        "b to apply F's row",
+        describe(cluster, nats_cluster),
+    )
+    of_x, of_r = Stamp(stamp + 1, off_stream), Stamp(stamp + 1, relayer)
+    claimed_f, claimed_b = Stamp(stamp + 2, fleet_site), Stamp(stamp + 2, site_id(b))
+    rows = [
+        RowChange("items", ("relayed",), RowState(1, of_x, {"name": Cell("ok", of_x)})),
+        RowChange("items", ("forged-f",), RowState(1, of_x, {"name": Cell("x", claimed_f)})),
+        RowChange("items", ("b-row",), RowState(2, claimed_b, {})),
+        RowChange("items", ("forged-r",), RowState(1, of_r, {"name": Cell("y", of_r)})),
+    ]
+    batch = ChangeBatch.of_rows(uuid.uuid4().hex, 0, stamp + 2, stamp + 2, None, rows, columns)
+    asyncio.run(_publish_raw(nats_cluster, fleet, f"relay-{relayer}", encode(Batch(batch))))
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'relayed'") == [("ok",)],
+        CONVERGE_S,
+        "b to apply the honest relayed row",
+        describe(cluster, nats_cluster),
+    )
+    assert query(b.db, "SELECT id FROM items WHERE id IN ('forged-f', 'forged-r')") == []
+    assert query(b.db, "SELECT name FROM items WHERE id = 'b-row'") == [("kept",)]
+    at_b = fleet_of(b)
+    assert [(relay["site_id"], relay["foreign_rows_refused"]) for relay in at_b["relays"]] == [
+        (relayer, 3)
+    ]
+    assert relayer not in {site["site_id"] for site in at_b["sites"]}
+    assert at_b["foreign_rows_refused"] == 3
+    assert f"on the relay subject of site {relayer} that claim a write of a site on" in (
+        b.log_text()
+    )
+    stream = f'stream="SYNCMESH_{fleet.upper()}"'
+    with b.open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    assert f'syncmesh_fleet_relay_rows_refused_total{{relayer="{relayer}",{stream}}} 3.0' in (
+        metrics
+    )
+
+
 async def _publish_raw(servers: NatsCluster, fleet: str, site: str, frame: bytes) -> None:
     client = await nats.connect(servers=servers.urls)
     try:
@@ -484,6 +556,71 @@ def test_a_gap_is_closed_from_the_compacted_state_stream(
     wait_for(lambda: fleet_of(b)["stream_first_seq"] > 0, CONVERGE_S, "b's status loop")
     assert fleet_of(b)["gaps"] == []
     assert b.health()[0] == 200
+
+
+def test_a_gap_in_a_relay_chain_is_closed_from_the_relayers_state_copies(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a relay chain whose start the stream dropped is bootstrapped, never skipped.
+
+    Method: the changes stream keeps 3 messages; c, on no stream, dials a;
+    c makes 6 transactions (inserts, an update, a delete), each relayed by
+    a as a message of its own, before b starts.  b must find a gap in a's
+    relay chain, close it from a's relay copies on the state stream, end
+    equal to c, say so under `fleet.relays`, and be healthy.
+    """
+    fleet = fleet_name()
+    asyncio.run(make_small_stream(nats_cluster, fleet, messages_max=3))
+    a = nats_node(cluster, "a", nats_cluster, fleet)
+    cluster.start(a)
+    c = cluster.node("c", make_db(cluster.directory / "c.db", SCHEMA), peers=[a])
+    cluster.start(c)
+    writes = [
+        "INSERT INTO items VALUES ('r0', 'n', 0)",
+        "INSERT INTO items VALUES ('r1', 'n', 1)",
+        "UPDATE items SET qty = 99, name = 'updated' WHERE id = 'r0'",
+        "INSERT INTO items VALUES ('r2', 'n', 2)",
+        "DELETE FROM items WHERE id = 'r1'",
+        "INSERT INTO items VALUES ('r3', 'n', 3)",
+    ]
+    for index, statement in enumerate(writes):
+        sqlite3_shell(c.db, statement)
+        wait_for(
+            lambda: fleet_of(a)["relayed_messages"] >= index + 1,  # noqa: B023 (waited on here)
+            CONVERGE_S,
+            f"a to relay c's transaction {index + 1}",
+            describe(cluster, nats_cluster),
+        )
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    b.start().wait_until_ready()
+    rows = wait_converged(
+        [c.db, a.db, b.db],
+        "items",
+        CONVERGE_S,
+        check=lambda dump: len(dump) == 3,  # r0, r2, r3
+        describe=describe(cluster, nats_cluster),
+    )
+    assert (("r0", "text"), ("updated", "text"), (99, "integer")) in rows
+    # (a has a state marker and no message of its own: b counts merging its
+    # empty state as a bootstrap too, hence "at least one".)
+    wait_for(
+        lambda: fleet_of(b)["bootstraps"] >= 1 and not fleet_of(b)["gaps"],
+        CONVERGE_S,
+        "b to close the gap of a's relay chain",
+        describe(cluster, nats_cluster),
+    )
+    (relay,) = fleet_of(b)["relays"]
+    assert relay["site_id"] == site_id(a)
+    assert relay["bootstrap"].startswith(
+        f"bootstrapped from the compacted state stream SYNCMESH_{fleet.upper()}_STATE"
+    )
+    assert relay["cursor"] == fleet_of(a)["relayed_seq"]
+    assert relay["gap"] == ""
+    assert relay["bootstrap_rows"] >= 3  # r0, r2, r3 (and r1's delete, if it counts)
+    log_text = b.log_text()
+    assert f"fleet stream gap: the relay chain of site {site_id(a)}" in log_text
+    assert f"the relay chain of site {site_id(a)} bootstrapped from the compacted" in log_text
+    wait_for(lambda: b.health()[0] == 200, CONVERGE_S, "b to be healthy")
 
 
 def test_a_site_with_no_message_left_in_the_stream_is_not_skipped(
@@ -608,39 +745,123 @@ async def _purge_state(servers: NatsCluster, fleet: str, site: str) -> None:
         await client.close()
 
 
-def test_a_node_on_nats_and_websocket_relays_the_stream_to_its_peer(
+def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:
-    """Goal: a node can use the fleet stream and a WebSocket peer at once.
+    """Goal: a node's WebSocket-only peer reaches every fleet site, and they reach it.
 
-    Method: a is on the stream only; m is on the stream and dials w, a
-    WebSocket-only node (a local replica).  A write at a must reach w
-    through m, and a write at w must reach m.  (Relaying w's writes onto
-    the stream is not done yet: docs/nats.md.)
+    Method: a and b share only the stream; c is on no stream and dials a
+    over WebSocket (a local replica).  Through the sqlite3 shell: a row
+    written at c must reach b (a relays it on its relay subject), a row
+    written at b must reach c (through a), and an update at c of b's row
+    must reach b; then all three files are equal.  a's status counts what it
+    relayed; b's lists a's relay chain, caught up, nothing refused; both
+    in /metrics; `verify --all` verifies no relay chain as a site.  Then c
+    joins the stream itself: a relays none of its next write, which reaches
+    b on c's own chain.  (Before the relay, c's writes stopped at a.)
     """
     fleet = fleet_name()
-    w = cluster.node("w", make_db(cluster.directory / "w.db", SCHEMA))
-    cluster.start(w)
-    a = nats_node(cluster, "a", nats_cluster, fleet)
-    m = nats_node(cluster, "m", nats_cluster, fleet, extra=("--peer", w.url))
-    cluster.start(a, m)
-    sqlite3_shell(a.db, "INSERT INTO items VALUES ('from-a', 'over nats', 1)")
-    wait_converged(
-        [a.db, m.db, w.db],
-        "items",
-        CONVERGE_S,
-        check=lambda rows: len(rows) == 1,
-        describe=describe(cluster, nats_cluster),
-    )
-    sqlite3_shell(w.db, "INSERT INTO items VALUES ('from-w', 'over websocket', 2)")
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    c = cluster.node("c", make_db(cluster.directory / "c.db", SCHEMA), peers=[a])
+    cluster.start(c)
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('from-c', 'over websocket', 1)")
     wait_for(
-        lambda: query(m.db, "SELECT name FROM items WHERE id = 'from-w'") == [("over websocket",)],
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'from-c'") == [("over websocket",)],
         CONVERGE_S,
-        "w's write to reach m",
+        "c's write to reach b through a's relay",
         describe(cluster, nats_cluster),
     )
-    assert m.status()["peers"][0]["state"] == "streaming"
-    assert fleet_of(m)["state"] == "streaming"
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('from-b', 'over nats', 2)")
+    wait_for(
+        lambda: query(c.db, "SELECT name FROM items WHERE id = 'from-b'") == [("over nats",)],
+        CONVERGE_S,
+        "b's write to reach c through a",
+        describe(cluster, nats_cluster),
+    )
+    sqlite3_shell(c.db, "UPDATE items SET qty = 77 WHERE id = 'from-b'")
+    wait_converged(
+        [a.db, b.db, c.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: (
+            len(rows) == 2 and (("from-b", "text"), ("over nats", "text"), (77, "integer")) in rows
+        ),
+        describe=describe(cluster, nats_cluster),
+    )
+    relayer = site_id(a)
+    at_a = fleet_of(a)
+    assert at_a["relay_subject"] == f"syncmesh.{fleet}.changes.relay-{relayer}"
+    assert at_a["relayed_rows"] >= 2  # c's insert and c's update
+    wait_for(
+        lambda: (
+            [
+                (relay["site_id"], relay["lag_ms"], relay["foreign_rows_refused"])
+                for relay in fleet_of(b)["relays"]
+            ]
+            == [(relayer, 0, 0)]
+        ),
+        CONVERGE_S,
+        "b's status to list a's relay chain, caught up, nothing refused",
+        describe(cluster, nats_cluster),
+    )
+    at_b = fleet_of(b)
+    # a wrote nothing of its own: no chain of a's own, and its relay chain is no site.
+    assert at_b["sites"] == []
+    assert at_b["foreign_rows_refused"] == 0
+    assert at_b["gaps"] == []
+    (relay,) = at_b["relays"]
+    assert relay["rows_applied"] >= 2
+    # b has no WebSocket peer: what it got on a's relay chain is not relayed again.
+    assert (at_b["relayed_messages"], at_b["relayed_rows"]) == (0, 0)
+    assert fleet_of(a)["relays"] == []
+    stream = f'stream="SYNCMESH_{fleet.upper()}"'
+    with a.open_url("/metrics", timeout_s=5) as response:
+        assert f"syncmesh_fleet_relayed_rows_total{{{stream}}}" in response.read().decode()
+    with b.open_url("/metrics", timeout_s=5) as response:
+        metrics = response.read().decode()
+    assert f'syncmesh_fleet_relay_lag_seconds{{relayer="{relayer}",{stream}}} 0.0' in metrics
+    assert f'syncmesh_fleet_relay_rows_refused_total{{relayer="{relayer}",{stream}}} 0.0' in (
+        metrics
+    )
+    assert c.status()["peers"][0]["state"] == "streaming"
+    # `verify --all` takes the fleet's sites from the stream's subjects: a relay
+    # chain's subject names no site to verify.
+    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
+    verified = run_cli("verify", str(b.db), *nats_args, "--cluster", fleet, "--all", check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert relayer in verified.stdout
+    assert "relay-" not in verified.stdout + verified.stderr
+
+    # c joins the stream itself (same file, same site id, still dialling a):
+    # once a has seen c's own chain, c's writes are c's to publish, not a's.
+    c_site, relayed_before = site_id(c), fleet_of(a)["relayed_rows"]
+    c.stop()
+    c_on_stream = cluster.node(
+        "c-on-stream",
+        c.db,
+        peers=[a],
+        extra_args=(*nats_args, "--cluster", fleet),
+        env=FAST_STATUS,
+    )
+    cluster.start(c_on_stream)
+    wait_for(
+        lambda: c_site in {site["site_id"] for site in fleet_of(a)["sites"]},
+        CONVERGE_S,
+        "a to see c's own chain on the stream",
+        describe(cluster, nats_cluster),
+    )
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('c-on-stream', 'own chain', 3)")
+    wait_converged(
+        [a.db, b.db, c.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 3,
+        describe=describe(cluster, nats_cluster),
+    )
+    assert fleet_of(a)["relayed_rows"] == relayed_before, "c's new write is not relayed"
+    assert c_site in {site["site_id"] for site in fleet_of(b)["sites"]}
+    assert fleet_of(b)["foreign_rows_refused"] == 0
 
 
 async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:

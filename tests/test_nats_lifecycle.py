@@ -449,3 +449,54 @@ def test_collection_waits_for_the_lives_a_delete_ended_so_a_reread_stream_brings
     claim(pack(int(time.time() * 1000), 0))
     wait_for(lambda: tombstones(a.db) == 0, TIMEOUT_S, "a to collect k1 once I's claim covers it")
     assert ids(a.db) == ""
+
+
+def test_relayed_writes_of_a_replica_hold_collection_back_at_the_fleet_sites_until_forgotten(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a relayed replica's writes never let a fleet site collect unsafely.
+
+    Method: a and b are fleet sites; r, on no stream, dials a and inserts
+    a row, which a relays onto the stream (docs/adr/0014, relaying).  No
+    claim says what any site holds of r, so a delete at b must keep its
+    tombstone at b while rounds go by, with b's status naming r; after
+    `syncmesh forget r` at b (what an operator does for a replica gone for
+    good) it is collected there: r alone held it back.  No deleted row
+    comes back anywhere.
+    """
+    fleet = fleet_name()
+    a, b = (fleet_node(cluster, name, nats_cluster, fleet) for name in "ab")
+    cluster.start(a, b)
+    r = cluster.node("r", make_db(cluster.directory / "r.db", SCHEMA), peers=[a], env=FAST)
+    cluster.start(r)
+    shell(b.db, "INSERT INTO items VALUES ('k1', 'one', 1), ('k2', 'two', 2)")
+    shell(r.db, "INSERT INTO items VALUES ('r1', 'from r', 3)")
+    paths = [a.db, b.db, r.db]
+    wait_converged(
+        paths,
+        "items",
+        TIMEOUT_S,
+        check=lambda rows: len(rows) == 3,
+        describe=describe(cluster, nats_cluster),
+    )
+    r_site = r.status()["site_id"]
+    shell(b.db, "DELETE FROM items WHERE id = 'k1'")
+    wait_for(
+        lambda: all(ids(path) == "k2,r1" for path in paths),
+        TIMEOUT_S,
+        "the delete of k1 everywhere",
+        describe(cluster, nats_cluster),
+    )
+    wait_rounds(b, 5)
+    assert tombstones(b.db) == 1, "nobody claims to hold r's writes: b keeps its tombstone"
+    assert r_site in lifecycle(b)["held_back"], lifecycle(b)
+    result = run_cli("forget", str(b.db), r_site)
+    assert f"site {r_site} forgotten" in result.stdout
+    wait_for(
+        lambda: tombstones(b.db) == 0,
+        TIMEOUT_S,
+        "the tombstone of k1 collected at b after forgetting r",
+        describe(cluster, nats_cluster),
+    )
+    for path in paths:
+        assert ids(path) == "k2,r1"

@@ -29,6 +29,7 @@ from syncmesh.api import running_node
 from syncmesh.errors import StoreError, SyncError
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.node.config import PeerConfig
+from syncmesh.node.fleet import relayer_of
 from syncmesh.node.verify import (
     VerifyClient,
     VerifyReport,
@@ -36,7 +37,13 @@ from syncmesh.node.verify import (
     repair,
     verify,
 )
-from syncmesh.node.verify_server import VerifyOutcome, next_fleet_site, verify_peer
+from syncmesh.node.verify_server import (
+    FleetVerifyTargets,
+    VerifyOutcome,
+    fleet_candidates,
+    next_fleet_site,
+    verify_peer,
+)
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, drop_trigger_sql
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
@@ -658,3 +665,18 @@ def test_the_periodic_verify_takes_the_fleet_sites_in_turn() -> None:
     # A failed verify is an outcome too: its site waits its turn like the others.
     outcomes["a" * 32] = outcome(at_ms=20, identical=False)
     assert next_fleet_site(sites, outcomes) == "b" * 32
+
+
+def test_a_relay_chain_listed_on_the_stream_is_never_a_fleet_site_to_verify() -> None:
+    """The stream lists a relay chain's marker (`relay-<site>`, node.fleet) beside the
+    sites' own: the periodic verify asked it as a site at its turn, and failed."""
+    relayer = "a" * 32
+    targets = FleetVerifyTargets(
+        asker=None,  # type: ignore[arg-type]  # not asked: only the choice is tested
+        ready=["b" * 32],
+        behind=frozenset({"d" * 32}),
+        marker_token="marker",
+        not_a_site=lambda token: relayer_of(token) is not None,
+    )
+    listed = (relayer, f"relay-{relayer}", "c" * 32, "d" * 32)
+    assert fleet_candidates(targets, listed) == [relayer, "b" * 32, "c" * 32]

@@ -428,6 +428,16 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
             "Restores of this file whose lost own writes came back from the stream.",
             "own_restores",
         ),
+        (
+            "relayed_messages",
+            "Messages we published on our relay chain (writes of sites off the stream).",
+            "relayed_messages",
+        ),
+        (
+            "relayed_rows",
+            "Rows of sites off the stream (WebSocket peers) we relayed onto the stream.",
+            "relayed_rows",
+        ),
     )
     for name, text, field in counters:
         counter = CounterMetricFamily(f"syncmesh_fleet_{name}", text, labels=labels)
@@ -470,3 +480,37 @@ def _fleet_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
         refused.add_metric(key, site.foreign_rows_refused)
         _add_verify(verify, key, site)
     yield from (lag, position, behind, applied, refused, *verify.values())
+    yield from _relay_metrics(fleet)
+
+
+def _relay_metrics(fleet: FleetStatistics) -> Iterator[Metric]:
+    """Other sites' relay chains read here, per relayer (docs/adr/0014, relaying)."""
+    relay_labels = ["stream", "relayer"]
+    lag = GaugeMetricFamily(
+        "syncmesh_fleet_relay_lag_seconds",
+        "How much older our position on a relayer's relay chain is than its newest message.",
+        labels=relay_labels,
+    )
+    behind = GaugeMetricFamily(
+        "syncmesh_fleet_relay_stream_seq_behind",
+        "Stream sequences between the relayer's last relay message applied and its newest.",
+        labels=relay_labels,
+    )
+    applied = CounterMetricFamily(
+        "syncmesh_fleet_relay_rows_applied",
+        "Rows of the relayer's relay chain applied from the stream (this run).",
+        labels=relay_labels,
+    )
+    refused = CounterMetricFamily(
+        "syncmesh_fleet_relay_rows_refused",
+        "Rows on the relayer's relay subject refused for claiming a fleet site's write.",
+        labels=relay_labels,
+    )
+    for relay in fleet.relays:
+        key = [fleet.stream, relay.site_id]
+        if relay.lag_ms is not None:
+            lag.add_metric(key, relay.lag_ms / 1000)
+        behind.add_metric(key, max(0, relay.last_stream_seq - relay.stream_seq))
+        applied.add_metric(key, relay.rows_applied)
+        refused.add_metric(key, relay.foreign_rows_refused)
+    yield from (lag, behind, applied, refused)

@@ -151,6 +151,26 @@ _HEALTH = {
         "reasons": {"type": "array", "items": {"type": "string"}},
     },
 }
+_FLEET_CHAIN = {
+    "type": "object",
+    "properties": {
+        "site_id": {"type": "string"},
+        "cursor": {"type": "integer"},
+        "stream_seq": {"type": "integer"},
+        "last_stream_seq": {"type": "integer"},
+        "lag_ms": {"type": ["integer", "null"]},
+        "rows_applied": {"type": "integer"},
+        "foreign_rows_refused": {"type": "integer"},
+        "gap": {"type": "string"},
+        "bootstrap": {
+            "type": "string",
+            "description": "how its last gap was closed; empty if never",
+        },
+        "bootstrap_rows": {"type": "integer"},
+        "bootstrap_error": {"type": "string"},
+        **_VERIFIED,
+    },
+}
 _STATUS = {
     "type": "object",
     "properties": {
@@ -221,28 +241,23 @@ _STATUS = {
                     "description": "another live file with our site id publishes on our"
                     " subject, with the fix (empty if none seen)",
                 },
-                "sites": {
+                "relay_subject": {
+                    "type": "string",
+                    "description": "where this site relays the writes of its WebSocket peers"
+                    " that are not on the stream",
+                },
+                "relayed_seq": {"type": "integer", "description": "where our relay chain ends"},
+                "relayed_messages": {"type": "integer"},
+                "relayed_rows": {
+                    "type": "integer",
+                    "description": "rows of sites off the stream we relayed onto it",
+                },
+                "sites": {"type": "array", "items": _FLEET_CHAIN},
+                "relays": {
                     "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "site_id": {"type": "string"},
-                            "cursor": {"type": "integer"},
-                            "stream_seq": {"type": "integer"},
-                            "last_stream_seq": {"type": "integer"},
-                            "lag_ms": {"type": ["integer", "null"]},
-                            "rows_applied": {"type": "integer"},
-                            "foreign_rows_refused": {"type": "integer"},
-                            "gap": {"type": "string"},
-                            "bootstrap": {
-                                "type": "string",
-                                "description": "how its last gap was closed; empty if never",
-                            },
-                            "bootstrap_rows": {"type": "integer"},
-                            "bootstrap_error": {"type": "string"},
-                            **_VERIFIED,
-                        },
-                    },
+                    "description": "other sites' relay chains read here, per relayer (site_id"
+                    " is the relayer's); refused rows claimed a write of a site on the stream",
+                    "items": _FLEET_CHAIN,
                 },
             },
         },

@@ -186,6 +186,12 @@ def live_report(status: dict[str, Any], *, as_json: bool, max_lag_s: float | Non
                 problems.append(
                     f"fleet site {site['site_id']} is {site['lag_ms']} ms behind on the stream"
                 )
+        for relay in fleet.get("relays", []):
+            if max_lag_s is not None and (relay["lag_ms"] or 0) > max_lag_s * 1000:
+                problems.append(
+                    f"the relay chain of fleet site {relay['site_id']} is {relay['lag_ms']} ms"
+                    " behind on the stream"
+                )
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return problems

@@ -242,7 +242,7 @@ def _fleet_run(
     fleet = target.fleet
     assert fleet is not None
     try:
-        from syncmesh.node.fleet import STATE_MARKER
+        from syncmesh.node.fleet import STATE_MARKER, relayer_of
         from syncmesh.transport.nats import NatsAuth
         from syncmesh.transport.nats_verify import NatsVerifyConnection
     except ImportError as exc:
@@ -260,7 +260,12 @@ def _fleet_run(
         async with NatsVerifyConnection(
             fleet.servers, fleet.cluster, own_site, auth=auth
         ) as connection:
-            known = await connection.fleet_sites(STATE_MARKER)
+            # A relay chain's token (`relay-<site>`) names no site that answers.
+            known = tuple(
+                site
+                for site in await connection.fleet_sites(STATE_MARKER)
+                if relayer_of(site) is None
+            )
             for site in target.sites:
                 if site not in known:
                     raise VerifyFailed(

@@ -211,6 +211,17 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
                     f"{fleet['published_messages']} messages, {fleet['published_rows']} rows,"
                     f" up to seq {fleet['published_seq']}",
                 ),
+                *(
+                    [
+                        (
+                            "relayed",
+                            f"{fleet['relayed_messages']} messages, {fleet['relayed_rows']} rows"
+                            f" of sites off the stream, up to seq {fleet['relayed_seq']}",
+                        )
+                    ]
+                    if fleet.get("relayed_messages")
+                    else []
+                ),
                 (
                     "claims",
                     f"{fleet.get('claims_published', 0)} published (what we hold),"
@@ -242,6 +253,26 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
         sites.add_row("none yet", "", "", "", "", "")
     console.print()
     console.print(sites)
+    if fleet.get("relays"):
+        relays = Table(
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            title="relay chains (writes of sites off the stream, per relayer)",
+            title_justify="left",
+        )
+        for column in ("relayer", "stream seq", "lag", "last applied", "rows", "refused"):
+            relays.add_column(column, justify="left" if column == "relayer" else "right")
+        for relay in fleet["relays"]:
+            relays.add_row(
+                Text(relay["site_id"]),
+                f"{relay['stream_seq']} / {relay['last_stream_seq']}",
+                lag(relay["lag_ms"]),
+                age(relay["last_applied_ms"], now_ms),
+                str(relay["rows_applied"]),
+                str(relay["foreign_rows_refused"]),
+            )
+        console.print()
+        console.print(relays)
     for gap in fleet["gaps"]:
         console.print(gap, markup=False, style="red")
     for site in fleet["sites"]:

@@ -47,6 +47,19 @@ docs/adr/0014-nats-stream-model.md is the model; in short:
   A node counts a claim only once it applied the claimant's chain that
   far (its batches and its claim travel apart), and gives the lifecycle
   round what the usable claims say (`holdings`).
+- **Relaying WebSocket peers.**  A node with WebSocket peers that are not
+  on the stream holds their writes, which no fleet site would otherwise
+  get.  The relay loop publishes them on a second chain of ours, on the
+  subject `syncmesh.<cluster>.changes.relay-<our site id>` (`relay_chain`):
+  the content of our feed of sites that have no chain on the stream
+  (`origin.relay_rows`), with its own slices (from, to], message ids,
+  state copies and marker.  A receiver applies it as any chain (position
+  key `nats/<cluster>/relay-<site>`, gaps, bootstrap), but refuses on it
+  every row that claims a write of a fleet site, the relayer's or its own
+  (`origin.refuse_fleet_claims`): the subject is still the publisher's
+  identity, and a fleet site's writes come only on its own subject.
+  Relayed content is not ours: it feeds neither our claims (their own
+  entry is our own chain's mark) nor the restore check of our own subject.
 """
 
 from __future__ import annotations
@@ -57,7 +70,7 @@ import dataclasses
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard
 
@@ -74,16 +87,31 @@ from syncmesh.node.chain import (
 )
 from syncmesh.node.config import FleetConfig, NodeConfig
 from syncmesh.node.fleet_restore import OwnRestore
-from syncmesh.node.origin import one_row_batches, own_rows, refuse_foreign
+from syncmesh.node.origin import (
+    one_row_batches,
+    own_rows,
+    refuse_fleet_claims,
+    refuse_foreign,
+    relay_rows,
+)
 from syncmesh.node.worker import StoreWorker
 from syncmesh.protocol import Batch, decode, encode
 from syncmesh.store import Store
-from syncmesh.transport.stream import Delivery, FleetError, FleetLink, StoredMessage
+from syncmesh.transport.stream import (
+    Delivery,
+    FleetError,
+    FleetLink,
+    PublishReceipt,
+    StoredMessage,
+)
 
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
 POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
+# A relay chain's token in the subjects (docs/adr/0014, "Relaying WebSocket peers"):
+# syncmesh.<cluster>.changes.relay-<site id>; no site id (hex) can be named so.
+RELAY_PREFIX = "relay-"
 # The state stream's token of a site's marker: "my state is complete for this
 # incarnation" (row tokens are 32 hex digits, so no row can be named so).
 STATE_MARKER = "complete"
@@ -103,6 +131,25 @@ GAP_FIX = (
     " over WebSocket (--peer URL), and raise the stream's limits (max_age, max_bytes) so"
     " that offline nodes stay within them"
 )
+
+
+def relay_chain(site_id: str) -> str:
+    """The token of a site's relay chain: its subject and position key use it as a site id."""
+    return RELAY_PREFIX + site_id
+
+
+def relayer_of(chain: str) -> str | None:
+    """The site that publishes relay chain `chain`; None if `chain` is no relay chain."""
+    if not chain.startswith(RELAY_PREFIX):
+        return None
+    site_id = chain[len(RELAY_PREFIX) :]
+    return site_id if _hex_site(site_id) else None
+
+
+def chain_name(chain: str) -> str:
+    """A chain in words, for logs and status: "site S", or "the relay chain of site S"."""
+    relayer = relayer_of(chain)
+    return f"site {chain}" if relayer is None else f"the relay chain of site {relayer}"
 
 
 class RereadStream(SyncError):
@@ -236,6 +283,13 @@ class FleetStatistics:
     own_restores: int = 0
     # Another live file with our site id publishes on our subject ("" if none seen).
     site_id_conflict: str = ""
+    # Our relay chain (content of sites not on the stream, from our WebSocket peers).
+    relay_subject: str = ""
+    relayed_seq: int = 0  # where our relay chain ends (our feed's seq)
+    relayed_messages: int = 0
+    relayed_rows: int = 0
+    # Other sites' relay chains read here, per relayer (`site_id` is the relayer's).
+    relays: tuple[FleetSiteStatistics, ...] = ()
 
 
 class Fleet:
@@ -276,6 +330,15 @@ class Fleet:
         self._claims_refused = 0
         self._claim_reads = 0
         self._own_restore = OwnRestore(host, link, self._decoded, STATE_MARKER, config.cluster)
+        self._relayed_seq = 0
+        self._relayed_messages = 0
+        self._relayed_rows = 0
+        # Set once the status loop listed the stream's sites in this open: the
+        # relay loop waits for it, so that it relays no fleet site's content.
+        self._listed = asyncio.Event()
+        # Set once our vector names a site off the stream (the publish loop looks
+        # at each read): until then the relay loop costs nothing.
+        self._relay_wanted = asyncio.Event()
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -301,8 +364,11 @@ class Fleet:
                     self._link.stream_name,
                     ", ".join(self._link.servers),
                 )
+                self._listed = asyncio.Event()
+                self._relay_wanted = asyncio.Event()
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._publish_loop())
+                    group.create_task(self._relay_loop())
                     group.create_task(self._consume_loop())
                     group.create_task(self._status_loop())
                     group.create_task(self._claim_loop())
@@ -393,7 +459,7 @@ class Fleet:
         if last is not None and last.headers.get(HEADER_INCARNATION) == incarnation:
             published = min(_header_int(last.headers, HEADER_TO), head)
         self._published_seq = scan = published
-        await self._complete_state(incarnation, published)
+        await self._complete_state(self._own, incarnation, published)
         self._note_streaming(subject, published)
         rows_max = host.config.batch_rows_max
         while True:
@@ -410,6 +476,7 @@ class Fleet:
             # Taken before the read: a write captured after it is stamped above it.
             mark = await worker.call(store.stamp_mark) if wanted else None
             vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
+            self._note_vector(vector)
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)
             if batch.to_seq == scan:
@@ -440,7 +507,7 @@ class Fleet:
             rows_max = min(host.config.batch_rows_max, rows_max * 2)
             # State first: every change the changes stream holds is then in the
             # state stream too, which is what a bootstrap from it relies on.
-            await self._publish_state(outgoing, incarnation)
+            await self._publish_state(outgoing, incarnation, self._own)
             await self._publish(outgoing, frame, incarnation)
             published = scan = outgoing.to_seq
             self._published_seq = published
@@ -473,36 +540,36 @@ class Fleet:
             published,
         )
 
-    async def _complete_state(self, incarnation: str, published: int) -> None:
-        """Make the state stream hold our latest copy of every own row, then mark it so.
+    async def _complete_state(self, chain: str, incarnation: str, published: int) -> None:
+        """Make the state stream hold our latest copy of every row of `chain`, then mark it so.
 
-        The marker (`STATE_MARKER`, with our incarnation) tells a reader
-        that our state messages cover our whole chain: the publish loop
-        publishes each message's rows to the state stream before the
-        message.  Without the marker (a new incarnation, a site that
-        published before the state stream existed, or a state stream
-        purged), our feed is read from 0 up to the chain's end and its own
-        rows are published to the state stream first.
+        `chain` is our own site (our own rows) or our relay chain (the rows
+        of sites not on the stream, `_relay_loop`).  The marker
+        (`STATE_MARKER`, with our incarnation) tells a reader that the
+        chain's state messages cover the whole chain: the publish loops
+        publish each message's rows to the state stream before the message.
+        Without the marker (a new incarnation, a site that published before
+        the state stream existed, or a state stream purged), our feed is read
+        from 0 up to the chain's end and its rows are published first.
         """
-        marker = await self._link.last_state(self._own, STATE_MARKER)
+        marker = await self._link.last_state(chain, STATE_MARKER)
         if marker is not None and marker.headers.get(HEADER_INCARNATION) == incarnation:
             return
         store, worker = self._host.store, self._host.worker
         scan, rows = 0, 0
         while scan < published:
-            vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
-            vector.pop(self._own, None)
+            vector, select = await self._selection(chain)
             batch = await worker.call(
                 store.read_batch, scan, vector, self._host.config.batch_rows_max
             )
             if batch.to_seq == scan:
                 break
-            outgoing = own_rows(batch, self._own)
+            outgoing = select(batch)
             rows += outgoing.row_count
-            await self._publish_state(outgoing, incarnation)
+            await self._publish_state(outgoing, incarnation, chain)
             scan = batch.to_seq
         await self._link.publish_state(
-            self._own,
+            chain,
             [(STATE_MARKER, b"")],
             headers={
                 HEADER_SITE: self._own,
@@ -511,13 +578,54 @@ class Fleet:
             },
         )
         log.info(
-            "fleet: published our latest copy of %d rows (feed up to %d) to %s",
+            "fleet: published our latest copy of %d rows of %s (feed up to %d) to %s",
             rows,
+            "our relay chain" if chain != self._own else "our own",
             published,
             self._link.state_stream_name,
         )
 
-    async def _publish_state(self, batch: ChangeBatch, incarnation: str) -> None:
+    async def _selection(
+        self, chain: str
+    ) -> tuple[dict[str, int], Callable[[ChangeBatch], ChangeBatch]]:
+        """How to read our feed for `chain`: the receiver vector to read with, and the filter.
+
+        Our own chain: every other site's writes are left out by the read
+        (the vector says the reader holds them all), then `own_rows`.  Our
+        relay chain: the fleet sites' writes are left out, then `relay_rows`.
+        """
+        if chain == self._own:
+            vector = dict.fromkeys(await self._host.worker.call(self._host.store.vector), HLC_MAX)
+            vector.pop(self._own, None)
+            return vector, lambda batch: own_rows(batch, self._own)
+        fleet = self._fleet_sites()
+        return dict.fromkeys(fleet, HLC_MAX), lambda batch: relay_rows(batch, fleet)
+
+    def _note_vector(self, held: Mapping[str, int]) -> None:
+        """Wake the relay loop once our file holds writes of a site off the stream.
+
+        Only once the stream's sites are listed: before, a fleet site we
+        have not heard of yet would look like one off the stream.
+        """
+        if self._relay_wanted.is_set() or not self._listed.is_set():
+            return
+        fleet = self._fleet_sites()
+        if any(site not in fleet for site in held):
+            self._relay_wanted.set()
+
+    def _fleet_sites(self) -> frozenset[str]:
+        """The sites on the stream as we know them: ourselves, each site with a chain here,
+        and each relayer.  Their writes come on their own subjects, never relayed."""
+        sites = {self._own}
+        for chain in self._sites:
+            if _hex_site(chain):
+                sites.add(chain)
+            relayer = relayer_of(chain)
+            if relayer is not None:
+                sites.add(relayer)
+        return frozenset(sites)
+
+    async def _publish_state(self, batch: ChangeBatch, incarnation: str, chain: str) -> None:
         """Each row of `batch` on its own state subject (the newest copy replaces the older)."""
         if not batch.tables:
             return
@@ -525,7 +633,7 @@ class Fleet:
         headers = {HEADER_SITE: self._own, HEADER_INCARNATION: incarnation}
         for attempt in range(1, PUBLISH_TRIES_MAX + 1):
             try:
-                await self._link.publish_state(self._own, items, headers=headers)
+                await self._link.publish_state(chain, items, headers=headers)
             except FleetError as exc:
                 if attempt == PUBLISH_TRIES_MAX:
                     raise
@@ -544,8 +652,18 @@ class Fleet:
         return min(limit, payload - 1024) if payload > 0 else limit
 
     async def _publish(self, batch: ChangeBatch, frame: bytes, incarnation: str) -> None:
+        """Publish a message of our own chain until the stream acknowledges it."""
+        receipt = await self._publish_chain(self._own, batch, frame, incarnation)
+        self._own_restore.note_published(receipt.stream_seq)
+        self._publish_waiting_since_ms = 0  # progress; the next batch waits from now
+        self._published_messages += 1
+        self._published_rows += batch.row_count
+
+    async def _publish_chain(
+        self, chain: str, batch: ChangeBatch, frame: bytes, incarnation: str
+    ) -> PublishReceipt:
         """Publish until the stream acknowledges; the message id makes a retry harmless."""
-        message_id = f"{self._own}:{incarnation}:{batch.from_seq}:{batch.to_seq}"
+        message_id = f"{chain}:{incarnation}:{batch.from_seq}:{batch.to_seq}"
         headers = {
             HEADER_SITE: self._own,
             HEADER_INCARNATION: incarnation,
@@ -556,7 +674,7 @@ class Fleet:
         for attempt in range(1, PUBLISH_TRIES_MAX + 1):
             try:
                 receipt = await self._link.publish(
-                    self._own, frame, message_id=message_id, headers=headers
+                    chain, frame, message_id=message_id, headers=headers
                 )
             except FleetError as exc:
                 if attempt == PUBLISH_TRIES_MAX:
@@ -566,13 +684,78 @@ class Fleet:
                 log.info("fleet: publish of %s failed (%s); trying again", message_id, exc)
                 await asyncio.sleep(self._rng.uniform(0, min(RECONNECT_S_MAX, 0.1 * 2**attempt)))
                 continue
-            self._own_restore.note_published(receipt.stream_seq)
             if receipt.duplicate:
                 self._publish_duplicates += 1
-            self._publish_waiting_since_ms = 0  # progress; the next batch waits from now
-            self._published_messages += 1
-            self._published_rows += batch.row_count
-            return
+            return receipt
+        raise AssertionError("unreachable: the last try raises")
+
+    # -- relaying the writes of sites that are not on the stream -------------------------
+
+    async def _relay_loop(self) -> None:
+        """Publish, on our relay chain, our feed's content of sites not on the stream.
+
+        A WebSocket peer that is not on the stream (a local replica) gives
+        us its writes; no fleet site gets them unless we publish them, and
+        we may publish only on our own subjects.  So this loop keeps a
+        second chain of ours over our feed, on `relay_chain(our site)`, as
+        the publish loop keeps our own: slices (from, to], the chain's end
+        read back from the stream at start, idempotent message ids, state
+        copies and a marker on the state stream before the messages (so a
+        receiver's gap on it closes like any other).  It starts reading
+        only once the publish loop saw a site off the stream in our vector
+        (`_note_vector`): a plain fleet site pays nothing for it.
+        """
+        host, store, worker = self._host, self._host.store, self._host.worker
+        incarnation = await worker.call(lambda: store.incarnation)
+        chain = relay_chain(self._own)
+        # Each fleet site's content is its own to publish: know them first.
+        await self._listed.wait()
+        await self._relay_wanted.wait()
+        last = await self._link.last_message(self._link.subject_of(chain))
+        head = await worker.call(store.head_seq)
+        relayed = 0
+        if last is not None and last.headers.get(HEADER_INCARNATION) == incarnation:
+            relayed = min(_header_int(last.headers, HEADER_TO), head)
+        self._relayed_seq = scan = relayed
+        marked = False
+        rows_max = host.config.batch_rows_max
+        while True:
+            changed = host.feed_event()
+            fleet = self._fleet_sites()
+            held = await worker.call(store.vector)
+            if any(site not in fleet for site in held):
+                if not marked:
+                    await self._complete_state(chain, incarnation, relayed)
+                    marked = True
+                vector, select = await self._selection(chain)
+                batch = await worker.call(store.read_batch, scan, vector, rows_max)
+                if batch.to_seq > scan:
+                    outgoing = dataclasses.replace(select(batch), from_seq=relayed)
+                    if not outgoing.tables:
+                        scan = batch.to_seq  # only fleet sites' writes: theirs to publish
+                        continue
+                    frame = encode(Batch(outgoing))
+                    if len(frame) > self._frame_bytes_max():
+                        if rows_max > 1:
+                            rows_max = max(1, rows_max // 4)
+                            continue
+                        if await worker.call(store.split_seq_group, batch.to_seq):
+                            continue
+                        raise ProtocolError(
+                            f"one relayed row encodes to {len(frame)} bytes, over the fleet's"
+                            f" message limit of {self._frame_bytes_max()}"
+                        )
+                    rows_max = min(host.config.batch_rows_max, rows_max * 2)
+                    await self._publish_state(outgoing, incarnation, chain)
+                    await self._publish_chain(chain, outgoing, frame, incarnation)
+                    self._relayed_messages += 1
+                    self._relayed_rows += outgoing.row_count
+                    relayed = scan = outgoing.to_seq
+                    self._relayed_seq = relayed
+                    continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(host.config.idle_resend_s):
+                    await changed.wait()
 
     # -- applying ----------------------------------------------------------------------
 
@@ -601,21 +784,15 @@ class Fleet:
             self._own_restore.note_delivered(message)
             await delivery.ack()
             return True
+        if site_id == relay_chain(self._own):
+            await delivery.ack()  # what we relayed: we hold it
+            return True
         batch = self._decoded(message)
         if batch is None:
             await delivery.term()
             return True
         site = self._site(site_id)
-        batch, refused, example = refuse_foreign(batch, site_id)
-        if refused:
-            site.foreign_rows_refused += refused
-            log.error(
-                "fleet: refused %d rows on the subject of site %s that claim another origin;"
-                " first: %s",
-                refused,
-                site_id,
-                example,
-            )
+        batch = self._refuse(site, batch, "")
         try:
             outcome = await self._host.worker.call(self._apply, site_id, message, batch)
             if outcome.kind == "ahead":
@@ -664,16 +841,7 @@ class Fleet:
             earlier = self._decoded(following)
             if earlier is None:
                 break  # counted and logged; what it held is the gap's
-            earlier, refused, example = refuse_foreign(earlier, site.site_id)
-            if refused:
-                site.foreign_rows_refused += refused
-                log.error(
-                    "fleet: refused %d rows on the subject of site %s that claim another"
-                    " origin; first: %s",
-                    refused,
-                    site.site_id,
-                    example,
-                )
+            earlier = self._refuse(site, earlier, "")
             outcome = await self._host.worker.call(self._apply, site.site_id, following, earlier)
             if outcome.kind != "applied":
                 break
@@ -691,6 +859,36 @@ class Fleet:
         return await self._host.worker.call(
             self._apply, site.site_id, message, batch, past_gap=True
         )
+
+    def _refuse(self, site: _Site, batch: ChangeBatch, what: str) -> ChangeBatch:
+        """`batch` without the rows its subject may not carry (counted, logged at ERROR).
+
+        On a site's subject: rows that claim another origin.  On a relay
+        subject: rows that claim a write of a site on the stream (the
+        relayer, us, any site with a chain here): those come only on their
+        own subjects, which only they may publish on.
+        """
+        relayer = relayer_of(site.site_id)
+        if relayer is None:
+            batch, refused, example = refuse_foreign(batch, site.site_id)
+            subject = f"the subject of site {site.site_id}"
+            claim = "another origin"
+        else:
+            fleet = self._fleet_sites() | {relayer}
+            batch, refused, example = refuse_fleet_claims(batch, fleet)
+            subject = f"the relay subject of site {relayer}"
+            claim = "a write of a site on the stream"
+        if refused:
+            site.foreign_rows_refused += refused
+            log.error(
+                "fleet: refused %d %srows on %s that claim %s; first: %s",
+                refused,
+                what,
+                subject,
+                claim,
+                example,
+            )
+        return batch
 
     def _decoded(self, message: StoredMessage) -> ChangeBatch | None:
         """The message's batch, checked at the trust boundary; None (counted, logged) if bad."""
@@ -784,7 +982,7 @@ class Fleet:
         if site.gap:
             return
         site.gap = (
-            f"fleet stream gap: site {site.site_id}'s changes after its seq {cursor} up to"
+            f"fleet stream gap: {chain_name(site.site_id)}'s changes after its seq {cursor} up to"
             f" {gap_from} are no longer in stream {self._link.stream_name} (its first message"
             f" of that site still held is at stream seq {stream_seq}); {GAP_FIX}"
         )
@@ -822,7 +1020,7 @@ class Fleet:
             site.bootstrap_after_ms = self._host.now_ms() + int(BOOTSTRAP_RETRY_S * 1000)
             if site.bootstrap_error != found:
                 site.bootstrap_error = found
-                log.error("fleet: cannot close the gap of site %s: %s", site_id, found)
+                log.error("fleet: cannot close the gap of %s: %s", chain_name(site_id), found)
             return
         last, messages = found
         incarnation = last.headers.get(HEADER_INCARNATION, "")
@@ -842,7 +1040,7 @@ class Fleet:
             f" {rows} rows merged, position now its seq {to_seq} (stream seq"
             f" {last.stream_seq})"
         )
-        log.warning("fleet: site %s %s", site_id, site.bootstrap)
+        log.warning("fleet: %s %s", chain_name(site_id), site.bootstrap)
         self._host.feed_advanced()
 
     async def _merge_unseen(self, site: _Site) -> None:
@@ -868,7 +1066,7 @@ class Fleet:
             f" {rows} rows (no message of the site is left in the changes stream; its next"
             " message sets the position)"
         )
-        log.warning("fleet: site %s %s", site.site_id, site.bootstrap)
+        log.warning("fleet: %s %s", chain_name(site.site_id), site.bootstrap)
         self._host.feed_advanced()
 
     async def _state_snapshot(
@@ -899,15 +1097,7 @@ class Fleet:
                 batch = self._decoded(message)
                 if batch is None:
                     continue
-                batch, refused, example = refuse_foreign(batch, site.site_id)
-                if refused:
-                    site.foreign_rows_refused += refused
-                    log.error(
-                        "fleet: refused %d state rows of site %s that claim another origin: %s",
-                        refused,
-                        site.site_id,
-                        example,
-                    )
+                batch = self._refuse(site, batch, "state ")
                 if batch.tables:
                     batches.append(batch)
             rows += await self._host.worker.call(self._merge_batches, site.site_id, batches)
@@ -946,8 +1136,11 @@ class Fleet:
                 raise RereadStream("tracked tables changed: the fleet positions were reset")
             for subject in position.subjects:
                 site_id = self._link.site_of(subject)
-                if site_id is not None and site_id != self._own:
+                if site_id is not None and site_id not in (self._own, relay_chain(self._own)):
                     self._site(site_id)
+            if not self._listed.is_set():
+                self._listed.set()
+                self._host.feed_advanced()  # the publish loop looks at our vector again
             if position.first_seq > 1:
                 # Only once the stream dropped messages can a site's all be gone; before,
                 # a site with a marker and no message has not published its first yet.
@@ -966,14 +1159,14 @@ class Fleet:
         consume loop closes from the state stream.
         """
         for site_id in await self._link.state_sites(STATE_MARKER):
-            if site_id == self._own or site_id in self._sites:
+            if site_id in (self._own, relay_chain(self._own)) or site_id in self._sites:
                 continue
-            if not _hex_site(site_id):
+            if not (_hex_site(site_id) or relayer_of(site_id)):
                 continue
             site = self._site(site_id)
             site.unseen = True
             site.gap = (
-                f"fleet stream gap: site {site_id} has a state in"
+                f"fleet stream gap: {chain_name(site_id)} has a state in"
                 f" {self._link.state_stream_name} but no message left in stream"
                 f" {self._link.stream_name}; {GAP_FIX}"
             )
@@ -1176,25 +1369,15 @@ class Fleet:
         return FleetHoldings(self._held(), sites, waiting)
 
     def statistics(self) -> FleetStatistics:
+        ordered = sorted(self._sites.values(), key=lambda site: site.site_id)
+        # A relay chain is listed under its relayer's site id, apart from the sites.
         sites = tuple(
-            FleetSiteStatistics(
-                site_id=site.site_id,
-                cursor=site.cursor,
-                stream_seq=site.stream_seq,
-                last_stream_seq=site.last_stream_seq,
-                head_seq=site.head_seq,
-                lag_ms=feed_lag_ms(site.cursor, site.head_seq),
-                messages_applied=site.messages_applied,
-                rows_applied=site.rows_applied,
-                duplicates=site.duplicates,
-                foreign_rows_refused=site.foreign_rows_refused,
-                last_applied_ms=site.last_applied_ms,
-                gap=site.gap,
-                bootstrap=site.bootstrap,
-                bootstrap_rows=site.bootstrap_rows,
-                bootstrap_error=site.bootstrap_error,
-            )
-            for site in sorted(self._sites.values(), key=lambda site: site.site_id)
+            _site_statistics(site) for site in ordered if relayer_of(site.site_id) is None
+        )
+        relays = tuple(
+            dataclasses.replace(_site_statistics(site), site_id=relayer)
+            for site in ordered
+            if (relayer := relayer_of(site.site_id)) is not None
         )
         first, last, messages, pending, ack_pending = self._stream
         return FleetStatistics(
@@ -1223,13 +1406,13 @@ class Fleet:
             consumer_pending=pending,
             consumer_ack_pending=ack_pending,
             undecodable_messages=self._undecodable,
-            foreign_rows_refused=sum(site.foreign_rows_refused for site in sites),
+            foreign_rows_refused=sum(site.foreign_rows_refused for site in sites + relays),
             sites=sites,
             gaps=tuple(
                 f"{site.gap} (bootstrap: {site.bootstrap_error})"
                 if site.bootstrap_error
                 else site.gap
-                for site in sites
+                for site in sites + relays
                 if site.gap
             ),
             state_stream=self._link.state_stream_name,
@@ -1240,7 +1423,32 @@ class Fleet:
             own_restore=self._own_restore.status,
             own_restores=self._own_restore.restores,
             site_id_conflict=self._own_restore.twin,
+            relay_subject=self._link.subject_of(relay_chain(self._own)) if self._own else "",
+            relayed_seq=self._relayed_seq,
+            relayed_messages=self._relayed_messages,
+            relayed_rows=self._relayed_rows,
+            relays=relays,
         )
+
+
+def _site_statistics(site: _Site) -> FleetSiteStatistics:
+    return FleetSiteStatistics(
+        site_id=site.site_id,
+        cursor=site.cursor,
+        stream_seq=site.stream_seq,
+        last_stream_seq=site.last_stream_seq,
+        head_seq=site.head_seq,
+        lag_ms=feed_lag_ms(site.cursor, site.head_seq),
+        messages_applied=site.messages_applied,
+        rows_applied=site.rows_applied,
+        duplicates=site.duplicates,
+        foreign_rows_refused=site.foreign_rows_refused,
+        last_applied_ms=site.last_applied_ms,
+        gap=site.gap,
+        bootstrap=site.bootstrap,
+        bootstrap_rows=site.bootstrap_rows,
+        bootstrap_error=site.bootstrap_error,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from syncmesh.model import ChangeBatch, FleetHoldings
 from syncmesh.node.admission import Admitted, admit
 from syncmesh.node.bootstrap import SnapshotServer, SnapshotStatistics
 from syncmesh.node.config import NodeConfig, PeerConfig
-from syncmesh.node.fleet import STATE_MARKER, Fleet, FleetStatistics, quiet_site
+from syncmesh.node.fleet import STATE_MARKER, Fleet, FleetStatistics, quiet_site, relayer_of
 from syncmesh.node.fleet_verify import FleetVerifyService
 from syncmesh.node.health import HealthMonitor
 from syncmesh.node.identity import IdentityGuard, Verdict
@@ -418,7 +418,11 @@ class Node:
             caught_up = not site.gap and site.lag_ms is not None and site.lag_ms <= settle_ms
             (ready if caught_up else behind).append(site.site_id)
         return FleetVerifyTargets(
-            self._fleet_verify_asker, sorted(ready), frozenset(behind), STATE_MARKER
+            self._fleet_verify_asker,
+            sorted(ready),
+            frozenset(behind),
+            STATE_MARKER,
+            lambda token: relayer_of(token) is not None,
         )
 
     def streaming_with(self, url: str) -> bool:

@@ -14,6 +14,12 @@ would otherwise drop them), and that is no claim of a write: the causal
 length's stamp only says which life.  A deleted row carries no cells, so
 its causal length is the whole of it and must be S's own.
 
+A node on the stream also relays the writes of its WebSocket peers that
+are not on it, on a relay subject of its own (`relay_rows`): the same cut
+with a set of writers, the sites off the stream.  There a receiver refuses
+every row that claims a fleet site's write (`refuse_fleet_claims`): those
+come only on that site's own subject.
+
 Pure functions on the positional rows of `model.TableRows`; no I/O.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable, Collection
 
 from syncmesh.model import CELL_FIELDS, ChangeBatch, SqlValue, TableRows
 
@@ -31,9 +38,31 @@ def own_rows(batch: ChangeBatch, site_id: str) -> ChangeBatch:
     Same slice and sites table; the vector is dropped (a vector claims
     the sender's whole state, and the stream carries only its own writes).
     """
-    if site_id not in batch.sites:
+    return rows_of(batch, {site_id})
+
+
+def relay_rows(batch: ChangeBatch, fleet: Collection[str]) -> ChangeBatch:
+    """`batch` with only the content of sites *not* in `fleet`: what a mixed node relays.
+
+    A site on the fleet stream publishes its own writes on its own subject;
+    a WebSocket-only peer of a mixed node has no subject, so the mixed node
+    publishes that peer's content on its relay subject (ADR 0014, "Relaying
+    WebSocket peers").  Content of a fleet site is left out: it is that
+    site's to publish, and receivers refuse it on a relay subject.
+    """
+    return rows_of(batch, {site for site in batch.sites if site not in fleet})
+
+
+def rows_of(batch: ChangeBatch, writers: Collection[str]) -> ChangeBatch:
+    """`batch` with only the content of `writers`: the others' cells blanked, empty rows gone.
+
+    A live row keeps its causal length whoever stamped it when one of its
+    cells is kept (the life the cells belong to); a deleted row is kept
+    only when one of `writers` stamped its causal length.
+    """
+    own = {index for index, site in enumerate(batch.sites) if site in writers}
+    if not own:
         return dataclasses.replace(batch, tables=(), vector=None)
-    own = {index for index, site in enumerate(batch.sites) if site == site_id}
     tables = []
     for table in batch.tables:
         rows = [row for row in (_own_part(table, raw, own) for raw in table.rows) if row]
@@ -69,13 +98,33 @@ def refuse_foreign(batch: ChangeBatch, site_id: str) -> tuple[ChangeBatch, int, 
     causal length does, or when a live row whose causal length names
     another site carries no cell of `site_id` (it claims nothing of its own).
     """
+    return _refuse(batch, lambda site: site == site_id, f"site {site_id}")
+
+
+def refuse_fleet_claims(batch: ChangeBatch, fleet: Collection[str]) -> tuple[ChangeBatch, int, str]:
+    """`batch` without the rows that claim a write of a site in `fleet`: a relay subject's check.
+
+    A relayer may publish only the content of sites that are not on the
+    stream (`relay_rows`); a fleet site's writes come on its own subject,
+    which only it may publish on.  So on a relay subject a cell or a
+    delete stamped by a fleet site (or by no site we can name) is a
+    forgery, refused as `refuse_foreign` refuses one on a site's subject.
+    """
+    return _refuse(
+        batch, lambda site: site is not None and site not in fleet, "a site off the stream"
+    )
+
+
+def _refuse(
+    batch: ChangeBatch, may_write: Callable[[str | None], bool], who: str
+) -> tuple[ChangeBatch, int, str]:
     refused = 0
     example = ""
     tables = []
     for table in batch.tables:
         kept = []
         for row in table.rows:
-            problem = _foreign_claim(table, row, batch.sites, site_id)
+            problem = _foreign_claim(table, row, batch.sites, may_write, who)
             if problem is None:
                 kept.append(row)
                 continue
@@ -89,7 +138,11 @@ def refuse_foreign(batch: ChangeBatch, site_id: str) -> tuple[ChangeBatch, int, 
 
 
 def _foreign_claim(
-    table: TableRows, row: list[SqlValue], sites: tuple[str, ...], site_id: str
+    table: TableRows,
+    row: list[SqlValue],
+    sites: tuple[str, ...],
+    may_write: Callable[[str | None], bool],
+    who: str,
 ) -> str | None:
     base = table.key_count
     cl, cl_site = row[base], row[base + 2]
@@ -99,15 +152,15 @@ def _foreign_claim(
         if row[at + 1] is None:
             continue
         writer = _site_at(sites, row[at + 2])
-        if writer != site_id:
+        if not may_write(writer):
             return f"column {table.columns[index]!r} claims a write of site {writer}"
         own_cells += 1
-    if cl_owner == site_id or cl_owner is None:
+    if cl_owner is None or may_write(cl_owner):
         return None
     if isinstance(cl, int) and cl % 2 == 0:
         return f"a delete claimed for site {cl_owner}"
     if not own_cells:
-        return f"a row of site {cl_owner} with no write of {site_id}"
+        return f"a row of site {cl_owner} with no write of {who}"
     return None
 
 

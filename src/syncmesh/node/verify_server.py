@@ -314,6 +314,9 @@ class FleetVerifyTargets:
     ready: list[str]  # sites our stream knows whose chain we have read (nearly) to its end
     behind: frozenset[str]  # sites we lag behind (or with a gap): not verified now
     marker_token: str  # the state stream's token of a site's marker (node.fleet)
+    # Tokens the stream lists that name no site that answers (a relay chain's
+    # `relay-<site>`, node.fleet): never a candidate.
+    not_a_site: Callable[[str], bool] = lambda _token: False
 
 
 class VerifyingHost(Protocol):
@@ -416,6 +419,13 @@ def next_fleet_site(sites: list[str], outcomes: Mapping[str, VerifyOutcome]) -> 
     return min(sites, key=lambda site: (outcomes[site].at_ms if site in outcomes else -1, site))
 
 
+def fleet_candidates(targets: FleetVerifyTargets, listed: tuple[str, ...]) -> list[str]:
+    """The sites a round may verify: those we read and those the stream lists, less
+    those we lag behind and tokens that name no site (a relay chain's)."""
+    candidates = {*targets.ready, *listed} - targets.behind
+    return sorted(site for site in candidates if not targets.not_a_site(site))
+
+
 async def _verify_next_fleet_site(node: VerifyingHost) -> None:
     targets = node.fleet_verify_sites()
     if targets is None:
@@ -439,8 +449,7 @@ async def _verify_one_of(
     except SyncError as exc:
         log.info("listing the fleet's sites failed (%s): verifying among those we know", exc)
         listed = ()
-    candidates = {*targets.ready, *listed} - targets.behind
-    site = next_fleet_site(sorted(candidates), node.fleet_verify_outcomes)
+    site = next_fleet_site(fleet_candidates(targets, listed), node.fleet_verify_outcomes)
     if site is None:
         return
     # Its rights, if the configuration names the site (`[peers.<site id>]`), as
