@@ -34,6 +34,7 @@ from syncmesh.node.verify import (
     VerifyClient,
     VerifyReport,
     direct_call,
+    merge_divergent,
     repair,
     verify,
 )
@@ -482,6 +483,49 @@ async def test_a_table_whose_columns_differ_at_the_peer_is_named_not_compared(
     assert "(here: name, qty; there: name, qty, extra)" in printed, printed
     assert "no rows differ" in printed, printed
     assert "in the tables compared" in printed, printed
+
+
+def two_tables(path: Path) -> Path:
+    """An order table and a lines table, both tracked."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, total INTEGER);"
+            " CREATE TABLE lines (id TEXT PRIMARY KEY, order_id TEXT, qty INTEGER);"
+        )
+    store = SqliteStore.open(path)
+    try:
+        store.init()
+        store.track(["orders", "lines"])
+    finally:
+        store.close()
+    return path
+
+
+async def test_a_repair_merges_the_rows_of_every_table_of_a_chunk_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """An order and its line that both differ are merged here in one transaction, so
+    no reader sees the line without its order (`syncmesh chaos --transport nats`, a
+    torn-transaction violation once the periodic verify repaired, table by table).
+    Rows merged in one transaction share one seq of the feed."""
+    a, b = two_tables(tmp_path / "a.db"), two_tables(tmp_path / "b.db")
+    with contextlib.closing(sqlite3.connect(a)) as connection, connection:
+        connection.execute("INSERT INTO orders VALUES ('o1', 5)")
+        connection.execute("INSERT INTO lines VALUES ('l1', 'o1', 2)")
+    async with serving(a) as node_a:
+        with opened(b) as store:
+            async with VerifyClient(HttpVerifyExchange(url_of(node_a))) as client:
+                report = await verify(store, direct_call, client, settle_s=0.05)
+                assert report.divergent_rows == 2
+                fetched, pushed, _ = await merge_divergent(store, direct_call, client, report)
+            assert (fetched, pushed) == (2, 0)
+            (order_seq,) = store.connection.execute(
+                "SELECT seq FROM _syncmesh_shadow_orders WHERE k0 = 'o1'"
+            ).fetchone()
+            (line_seq,) = store.connection.execute(
+                "SELECT seq FROM _syncmesh_shadow_lines WHERE k0 = 'l1'"
+            ).fetchone()
+    assert order_seq == line_seq
 
 
 async def test_the_command_line_verifies_and_repairs(tmp_path: Path) -> None:

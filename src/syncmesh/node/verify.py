@@ -40,10 +40,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from syncmesh.errors import ProtocolError, StoreError, SyncError, TransportError
+from syncmesh.model import ChangeBatch
 from syncmesh.protocol.verify import (
     BRANCH_ARRAY,
     KEYS_PER_REQUEST,
@@ -475,15 +476,18 @@ async def merge_divergent(
     through the normal merge (`merge_repair_rows`): no newer write can
     lose, and a row the feeds never carried (a vector that claimed it
     wrongly, a row removed behind the engine's back) is back on both
-    sides.  With a deep report, rows whose stamps agree but whose values
-    differ have no merge to decide them: this side stamps them anew.
+    sides.  The keys go in chunks across tables, each chunk merged in one
+    transaction on each side: an order and its lines that both differ are
+    never seen one without the other (a per-table merge showed lines of an
+    order without the order: `syncmesh chaos`, torn-transaction).  With a
+    deep report, rows whose stamps agree but whose values differ have no
+    merge to decide them: this side stamps them anew.
     """
     fetched = pushed = restamped = 0
-    for name, found in report.differences.items():
-        keys = found.divergent
-        if not keys:
-            continue
-        if report.deep:
+    divergent = {name: found.divergent for name, found in report.differences.items()}
+    divergent = {name: keys for name, keys in divergent.items() if keys}
+    if report.deep:
+        for name, keys in divergent.items():
             # Equal stamps, different values: no merge decides; this side wins.
             stamps_ours = await call(store.key_digests, name, keys)
             stamps_theirs = (await _remote_digests(client, {name: dict.fromkeys(keys)}, False))[
@@ -496,19 +500,38 @@ async def merge_divergent(
             ]
             if same_stamps:
                 restamped += await call(store.restamp, name, same_stamps)
-        for start in range(0, len(keys), KEYS_PER_REQUEST):
-            chunk = keys[start : start + KEYS_PER_REQUEST]
-            body = await client.call(FetchRequest({name: chunk}))
-            with _answer_from(client):
-                fetched_rows = decode_fetch_answer(body).batches[name]
-            result = await call(store.merge_repair_rows, report.peer_site, fetched_rows)
+    for chunk in _chunked(divergent):
+        body = await client.call(FetchRequest(chunk))
+        with _answer_from(client):
+            theirs = list(decode_fetch_answer(body).batches.values())
+        for batch in _joined(theirs):
+            result = await call(store.merge_repair_rows, report.peer_site, batch)
             fetched += result.applied_rows
-            ours = await call(store.rows_of, name, chunk)
-            if ours.row_count:
-                body = await client.call(PushRequest(ours, store.site_id))
+        ours = [await call(store.rows_of, name, keys) for name, keys in chunk.items()]
+        for batch in _joined(ours):
+            if batch.row_count:
+                body = await client.call(PushRequest(batch, store.site_id))
                 with _answer_from(client):
                     pushed += decode_push_answer(body).applied
     return fetched, pushed, restamped
+
+
+def _joined(batches: Sequence[ChangeBatch]) -> list[ChangeBatch]:
+    """`batches` of one store's rows (`rows_of`, one per table) as few batches as merge whole.
+
+    Batches with the same sites table (`rows_of` sends the store's whole
+    one, the same for every table unless a site was added in between) are
+    one batch of all their tables; the rest stay apart.
+    """
+    by_sites: dict[tuple[str, ...], ChangeBatch] = {}
+    for batch in batches:
+        if not batch.tables:
+            continue
+        held = by_sites.get(batch.sites)
+        by_sites[batch.sites] = (
+            batch if held is None else replace(held, tables=(*held.tables, *batch.tables))
+        )
+    return list(by_sites.values())
 
 
 async def repair(
