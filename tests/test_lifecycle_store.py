@@ -284,3 +284,57 @@ def test_a_fleet_pass_stays_below_the_ceiling_so_a_late_copy_is_dropped(
     a.merge_repair_rows(b.site_id, old_batch)
     assert a.connection.execute("SELECT count(*) FROM notes").fetchone()[0] == 0
     assert a.status().lifecycle.stale_dropped == 1  # type: ignore[union-attr]
+
+
+def test_a_concurrent_first_insert_ended_by_a_collected_delete_stays_dead(
+    tmp_path: Path,
+) -> None:
+    """A batch read before its sender held a delete, arriving after the vector that says it does.
+
+    The WebSocket play of ADR 0017's defect (ADR 0015, "A session's vector
+    can overtake its batch"): a inserts and deletes k (cl 2, stamp h); the
+    delete reaches c; b, which has seen neither, inserts k (cl 1, stamped
+    above h).  b's sender reads its next batch for a (b's insert), then b
+    applies a's delete and its ACK, with a vector that holds the delete,
+    reaches a first (the batch is compressed off the loop meanwhile).  a
+    then knows every member holds the delete, but c and a itself hold b's
+    writes only below the insert: a horizon below it.  Collected then, the
+    batch arriving next found no shadow row and a stamp above the horizon,
+    and k was alive at a, dead everywhere else.  Now a pass collects only
+    once every member's own entry of a pass that saw the delete held
+    everywhere is held by every member.
+    """
+    clock = ManualClock(BASE_MS)
+    a, b, c = (_open(tmp_path / f"{name}.db", clock) for name in "abc")
+    try:
+        _write(a, "INSERT INTO notes VALUES ('k', 'from a')")
+        _write(a, "DELETE FROM notes WHERE id = 'k'")
+        exchange_all(a, c)  # c holds the delete
+        clock.advance(10)
+        _write(b, "INSERT INTO notes VALUES ('k', 'from b')")  # b's first insert, above h
+        # b's next batch for a, read now, on the wire after b's ACK below.
+        a.reset_peer_cursor(b.site_id, b.incarnation, b.head_seq(), "")
+        in_flight = b.read_batch(0, a.vector(), 1_000)
+        assert in_flight.row_count == 1
+        exchange_all(a, b)  # b applies a's delete: 2 beats 1
+        assert rows_with_types(b.connection, "notes") == []
+        # b's ACK (a session message, its own word) and c's vector (gossip).
+        a.learn_vectors({b.site_id: b.vector(), c.site_id: c.vector()})
+        assert a.collect_all() == 0, "b's insert, ended by the delete, is not held everywhere"
+        assert a.status().lifecycle.tombstones_waiting == 1  # type: ignore[union-attr]
+        a.apply_batch(b.site_id, in_flight)
+        assert rows_with_types(a.connection, "notes") == [], "b's insert came back at a"
+        # Once every member holds b's writes up to its insert, the delete goes
+        # everywhere, with a horizon above the insert: a copy merged again
+        # (a repair with an old state) is dropped.
+        _sync([a, b, c])
+        _tell_everyone([a, b, c])
+        assert [store.collect_all() for store in (a, b, c)] == [1, 1, 1]
+        assert a.merge_repair_rows(b.site_id, in_flight).applied_rows == 0
+        for store in (a, b, c):
+            assert rows_with_types(store.connection, "notes") == []
+            assert _tombstones(store) == 0
+        assert a.status().lifecycle.stale_dropped == 1  # type: ignore[union-attr]
+    finally:
+        for store in (a, b, c):
+            store.close()

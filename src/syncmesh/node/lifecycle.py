@@ -143,7 +143,9 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
         state = await _collection_pass(host, statistics, direct, own_held)
         collected = state.collected
     membership = await call(store.membership)
-    statistics.held_back = "" if holdings is None else _fleet_held_back(holdings, membership, state)
+    statistics.held_back = (
+        _held_back(state) if holdings is None else _fleet_held_back(holdings, membership, state)
+    )
     for peer in peers:
         try:
             sent = await peer.send_membership(membership)
@@ -153,6 +155,25 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
             continue
         statistics.gossip_sent += sent
     return collected
+
+
+def _held_back(state: CollectPass | None) -> str:
+    """What keeps deletes every member holds from going, on WebSocket (status).
+
+    Only when some do wait (docs/adr/0015, "A session's vector can overtake
+    its batch"): a member behind on the frontier is status' `holding_back`.
+    """
+    if state is None or not state.unsettled:
+        return ""
+    holder, origin = state.held_back_by
+    waiting = f"{state.unsettled:,} deletes held by every member wait"
+    if not holder:
+        return f"{waiting}: not every life they ended is known to be held everywhere yet"
+    return (
+        f"{waiting}: site {holder} does not hold the writes of site {origin} as far as that"
+        " site had written when a pass saw the deletes held everywhere; they go once every"
+        " life they ended is held everywhere (docs/adr/0015)"
+    )
 
 
 def _fleet_held_back(
