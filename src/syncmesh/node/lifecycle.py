@@ -4,10 +4,13 @@ Every `lifecycle_interval_s`, one round:
 
 1. the vectors our peers sent us (PULL, ACK, HAVE, a batch's) are folded
    into the membership: what each of them holds;
-2. a collection pass: the store fixes the stability frontier, then looks
-   at `lifecycle_batch_rows` shadow rows per step, each step one store
-   call, so the sessions' batches interleave with it and sync never waits
-   for more than one step;
+2. a collection pass: the store fixes the stability frontier and the
+   settled pass (a peer's ACK can overtake a batch it read before it held
+   a delete, so the store collects only where every life a delete ended
+   is below the horizon it records: ADR 0015), then looks at
+   `lifecycle_batch_rows` shadow rows per step, each step one store call,
+   so the sessions' batches interleave with it and sync never waits for
+   more than one step;
 3. our membership goes to every peer in session that speaks it (MEMBERS).
 
 A pass is skipped while a peer this node dials was never met (no HELLO,
@@ -92,7 +95,8 @@ class LifecycleStatistics:
     collected: int = 0  # tombstones collected by this run's passes
     last_pass_ms: float = 0.0  # how long the last pass took, steps and waits included
     skipped: str = ""  # why the last round did not collect ("" if it did)
-    # A fleet node: which sites hold its collection back, and why ("" if none).
+    # What holds collection back ("" if nothing): a fleet node's sites, or on
+    # WebSocket the member that deletes held everywhere wait for (ADR 0015).
     held_back: str = ""
     gossip_sent: int = 0
 
@@ -166,7 +170,11 @@ def _held_back(state: CollectPass | None) -> str:
     if state is None or not state.unsettled:
         return ""
     holder, origin = state.held_back_by
-    waiting = f"{state.unsettled:,} deletes held by every member wait"
+    waiting = (
+        "1 delete held by every member waits"
+        if state.unsettled == 1
+        else f"{state.unsettled:,} deletes held by every member wait"
+    )
     if not holder:
         return f"{waiting}: not every life they ended is known to be held everywhere yet"
     return (
