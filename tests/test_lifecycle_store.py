@@ -315,6 +315,8 @@ def _concurrent_first_insert(
     assert in_flight.row_count == 1
     exchange_all(a, b)  # b applies a's delete: 2 beats 1
     assert rows_with_types(b.connection, "notes") == []
+    for store in (a, b):  # c's own entry (its set-up's stamp) is held everywhere
+        exchange_all(c, store)
     a.learn_vectors({b.site_id: b.vector(), c.site_id: c.vector()})
     return a, b, c, in_flight
 

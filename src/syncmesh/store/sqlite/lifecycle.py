@@ -446,8 +446,9 @@ def _settled(
     its last writes: there too the clock's.
 
     Returns the settled frontier (an origin left out: none yet) and, if it
-    is empty, (a member, an origin) that keeps the oldest pass remembered
-    from settling, for status (("", ""): nothing to tell yet).
+    is empty (a WebSocket pass: if it leaves an origin out), (a member, an
+    origin) that keeps the oldest pass remembered from settling, for status
+    (("", ""): nothing to tell yet).
     """
     own = ctx.site_id()
     marks = {site: vector.get(site, 0) for site, vector in vectors.items()}
