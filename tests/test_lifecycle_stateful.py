@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import rule
+from hypothesis.stateful import precondition, rule
 
-from syncmesh.model import SqlValue
-from tests.test_convergence_stateful import SyncMachine, nodes
+from syncmesh.model import ChangeBatch, SqlValue
+from tests.test_convergence_stateful import SyncMachine, nodes, pairs
 
 
 class CollectingMachine(SyncMachine):
     schema_steps_max = 0
+    first_inserts = 0  # keys made by first_insert_overtaken_by_an_ack
 
     def schema_change(self, node: int, kind: str, place: int, fresh: SqlValue) -> None:
         del node, kind, place, fresh
@@ -42,6 +43,41 @@ class CollectingMachine(SyncMachine):
         if self.dead:
             keys = sorted(str(key) for key in self.dead)
             self.insert_without_body(node, keys[pick % len(keys)], 1, capture)
+
+    @precondition(lambda self: not any(self.pending))
+    @rule(target=SyncMachine.in_flight, pair=pairs, spread=st.booleans())
+    def first_insert_overtaken_by_an_ack(
+        self, pair: tuple[int, int], spread: bool
+    ) -> tuple[int, int, ChangeBatch]:
+        """A concurrent first insert whose batch its sender's ACK overtakes (ADR 0015).
+
+        `target` inserts and deletes a new key; `source`, which never held
+        it, inserts it too (a first insert, ended by the delete), reads its
+        next batch for `target` (its send loop), then takes `target`'s
+        tombstone (its receive loop, whose ACK tells `target` it holds it:
+        a later `collect` at `target` learns that vector).  With `spread`,
+        the third store takes the tombstone too.  The batch is delivered
+        later (`deliver_late`), maybe after a collection.
+        """
+        source, target = pair
+        self.first_inserts += 1
+        key = f"first{self.first_inserts}"
+        self.insert_without_body(target, key, 1, True)
+        self.delete(target, key, True)
+        self.insert_without_body(source, key, 2, True)
+        sender, receiver = self.stores[source], self.stores[target]
+        cursor = receiver.peer_cursor(sender.site_id)
+        if cursor is None:
+            receiver.reset_peer_cursor(sender.site_id, sender.incarnation, sender.head_seq(), "")
+        read = sender.read_batch(0 if cursor is None else cursor.cursor, receiver.vector(), 1_000)
+        batch = (source, target, read)
+        self.undelivered[id(read)] = batch
+        self.full_exchange((target, source))
+        if spread:
+            (third,) = set(range(len(self.stores))) - {source, target}
+            self.full_exchange((target, third))
+        event("a first insert's batch overtaken by its sender's ACK")
+        return batch
 
 
 CollectingMachine.TestCase.settings = settings(

@@ -9,15 +9,20 @@ horizon, or was forgotten, is refused with the fix.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from syncmesh.clock import HybridClock
-from syncmesh.model import Membership
+from syncmesh.model import ChangeBatch, FleetHoldings, Membership
+from syncmesh.node.config import NodeConfig
+from syncmesh.node.lifecycle import GossipPeer, LifecycleStatistics, lifecycle_round
+from syncmesh.store import Store
 from syncmesh.store.sqlite import SqliteStore
 from tests.helpers import ManualClock, exchange_all, rows_with_types, run_cli
 
@@ -284,3 +289,115 @@ def test_a_fleet_pass_stays_below_the_ceiling_so_a_late_copy_is_dropped(
     a.merge_repair_rows(b.site_id, old_batch)
     assert a.connection.execute("SELECT count(*) FROM notes").fetchone()[0] == 0
     assert a.status().lifecycle.stale_dropped == 1  # type: ignore[union-attr]
+
+
+def _concurrent_first_insert(
+    tmp_path: Path,
+) -> tuple[SqliteStore, SqliteStore, SqliteStore, ChangeBatch]:
+    """ADR 0015's play up to a's collection: (a, b, c, b's batch for a still on its way).
+
+    a inserts and deletes k (cl 2, stamp h); the delete reaches c; b, which
+    has seen neither, inserts k (cl 1, stamped above h).  b's sender reads
+    its next batch for a (b's insert); then b applies a's delete, and its
+    ACK, with a vector that holds the delete, reaches a first (the batch is
+    compressed off the loop meanwhile).  a learns b's vector from that ACK
+    and c's from gossip.
+    """
+    clock = ManualClock(BASE_MS)
+    a, b, c = (_open(tmp_path / f"{name}.db", clock) for name in "abc")
+    _write(a, "INSERT INTO notes VALUES ('k', 'from a')")
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    exchange_all(a, c)  # c holds the delete
+    clock.advance(10)
+    _write(b, "INSERT INTO notes VALUES ('k', 'from b')")  # b's first insert, above h
+    a.reset_peer_cursor(b.site_id, b.incarnation, b.head_seq(), "")
+    in_flight = b.read_batch(0, a.vector(), 1_000)
+    assert in_flight.row_count == 1
+    exchange_all(a, b)  # b applies a's delete: 2 beats 1
+    assert rows_with_types(b.connection, "notes") == []
+    for store in (a, b):  # c's own entry (its set-up's stamp) is held everywhere
+        exchange_all(c, store)
+    a.learn_vectors({b.site_id: b.vector(), c.site_id: c.vector()})
+    return a, b, c, in_flight
+
+
+def test_a_concurrent_first_insert_ended_by_a_collected_delete_stays_dead(
+    tmp_path: Path,
+) -> None:
+    """A batch read before its sender held a delete, arriving after the vector that says it does.
+
+    The WebSocket play of ADR 0017's defect (ADR 0015, "A session's vector
+    can overtake its batch"; the setup is `_concurrent_first_insert`).  a
+    knows every member holds the delete, but c and a itself hold b's writes
+    only below b's insert: a horizon below it.  Collected then, b's batch
+    arriving next found no shadow row and a stamp above the horizon, and k
+    was alive at a, dead everywhere else.  Now a pass collects only once
+    every member's own entry of a pass that saw the delete held everywhere
+    is held by every member.
+    """
+    a, b, c, in_flight = _concurrent_first_insert(tmp_path)
+    try:
+        assert a.collect_all() == 0, "b's insert, ended by the delete, is not held everywhere"
+        assert a.status().lifecycle.tombstones_waiting == 1  # type: ignore[union-attr]
+        a.apply_batch(b.site_id, in_flight)
+        assert rows_with_types(a.connection, "notes") == [], "b's insert came back at a"
+        # Once every member holds b's writes up to its insert, the delete goes
+        # everywhere, with a horizon above the insert: a copy merged again
+        # (a repair with an old state) is dropped.
+        _sync([a, b, c])
+        _tell_everyone([a, b, c])
+        assert [store.collect_all() for store in (a, b, c)] == [1, 1, 1]
+        assert a.merge_repair_rows(b.site_id, in_flight).applied_rows == 0
+        for store in (a, b, c):
+            assert rows_with_types(store.connection, "notes") == []
+            assert _tombstones(store) == 0
+        assert a.status().lifecycle.stale_dropped == 1  # type: ignore[union-attr]
+    finally:
+        for store in (a, b, c):
+            store.close()
+
+
+class _Host:
+    """A node as a collection round sees it, over one real store (no sessions, no fleet)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.config = NodeConfig(database_path=str(store.context.path))
+        self.store: Store = store
+
+    @property
+    def stopping(self) -> bool:
+        return False
+
+    @property
+    def store_call(self) -> Callable[..., Awaitable[Any]]:
+        async def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+        return call
+
+    def gossip_peers(self) -> list[GossipPeer]:
+        return []
+
+    async def unmet_dialled_peers(self) -> list[str]:
+        return []
+
+    def fleet_holdings(self) -> FleetHoldings | None:
+        return None
+
+
+def test_status_says_which_site_a_delete_held_everywhere_waits_for(tmp_path: Path) -> None:
+    """While the delete waits for b's insert to be held everywhere, the round says so."""
+    a, b, c, in_flight = _concurrent_first_insert(tmp_path)
+    try:
+        statistics = LifecycleStatistics()
+        assert asyncio.run(lifecycle_round(_Host(a), statistics)) == 0
+        assert statistics.held_back.startswith("1 delete held by every member waits: site ")
+        assert f"the writes of site {b.site_id} as far as" in statistics.held_back
+        a.apply_batch(b.site_id, in_flight)
+        _sync([a, b, c])
+        _tell_everyone([a, b, c])
+        assert asyncio.run(lifecycle_round(_Host(a), statistics)) == 1
+        assert statistics.held_back == ""
+    finally:
+        for store in (a, b, c):
+            store.close()

@@ -189,11 +189,12 @@ def _behind(ms: int | None) -> str:
     return f"{duration(ms)} behind"
 
 
-def _held_back_facts(rounds: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """A fleet node's collection: what holds it back (docs/adr/0017-fleet-claims.md)."""
+def _held_back_facts(rounds: dict[str, Any] | None, fleet: bool) -> list[tuple[str, str]]:
+    """What holds collection back: a fleet node's (docs/adr/0017-fleet-claims.md), or deletes
+    held everywhere that wait for the lives they ended (docs/adr/0015)."""
     if not rounds or not rounds.get("held_back"):
         return []
-    return [("fleet collection", rounds["held_back"])]
+    return [("fleet collection" if fleet else "collection", rounds["held_back"])]
 
 
 def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
@@ -305,7 +306,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
         *(("warning", warning) for warning in store.get("warnings", [])),
         *orphan_facts(store.get("orphans", {}), store.get("orphan_problems", [])),
         *lifecycle_facts(store.get("lifecycle")),
-        *_held_back_facts(status.get("lifecycle")),
+        *_held_back_facts(status.get("lifecycle"), bool(status.get("fleet"))),
     ]
     console.print(_facts(facts))
     console.print()

@@ -4,10 +4,13 @@ Every `lifecycle_interval_s`, one round:
 
 1. the vectors our peers sent us (PULL, ACK, HAVE, a batch's) are folded
    into the membership: what each of them holds;
-2. a collection pass: the store fixes the stability frontier, then looks
-   at `lifecycle_batch_rows` shadow rows per step, each step one store
-   call, so the sessions' batches interleave with it and sync never waits
-   for more than one step;
+2. a collection pass: the store fixes the stability frontier and the
+   settled pass (a peer's ACK can overtake a batch it read before it held
+   a delete, so the store collects only where every life a delete ended
+   is below the horizon it records: ADR 0015), then looks at
+   `lifecycle_batch_rows` shadow rows per step, each step one store call,
+   so the sessions' batches interleave with it and sync never waits for
+   more than one step;
 3. our membership goes to every peer in session that speaks it (MEMBERS).
 
 A pass is skipped while a peer this node dials was never met (no HELLO,
@@ -92,7 +95,8 @@ class LifecycleStatistics:
     collected: int = 0  # tombstones collected by this run's passes
     last_pass_ms: float = 0.0  # how long the last pass took, steps and waits included
     skipped: str = ""  # why the last round did not collect ("" if it did)
-    # A fleet node: which sites hold its collection back, and why ("" if none).
+    # What holds collection back ("" if nothing): a fleet node's sites, or on
+    # WebSocket the member that deletes held everywhere wait for (ADR 0015).
     held_back: str = ""
     gossip_sent: int = 0
 
@@ -143,7 +147,9 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
         state = await _collection_pass(host, statistics, direct, own_held)
         collected = state.collected
     membership = await call(store.membership)
-    statistics.held_back = "" if holdings is None else _fleet_held_back(holdings, membership, state)
+    statistics.held_back = (
+        _held_back(state) if holdings is None else _fleet_held_back(holdings, membership, state)
+    )
     for peer in peers:
         try:
             sent = await peer.send_membership(membership)
@@ -153,6 +159,29 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
             continue
         statistics.gossip_sent += sent
     return collected
+
+
+def _held_back(state: CollectPass | None) -> str:
+    """What keeps deletes every member holds from going, on WebSocket (status).
+
+    Only when some do wait (docs/adr/0015, "A session's vector can overtake
+    its batch"): a member behind on the frontier is status' `holding_back`.
+    """
+    if state is None or not state.unsettled:
+        return ""
+    holder, origin = state.held_back_by
+    waiting = (
+        "1 delete held by every member waits"
+        if state.unsettled == 1
+        else f"{state.unsettled:,} deletes held by every member wait"
+    )
+    if not holder:
+        return f"{waiting}: not every life they ended is known to be held everywhere yet"
+    return (
+        f"{waiting}: site {holder} does not hold the writes of site {origin} as far as that"
+        " site had written when a pass saw the deletes held everywhere; they go once every"
+        " life they ended is held everywhere (docs/adr/0015)"
+    )
 
 
 def _fleet_held_back(

@@ -69,12 +69,16 @@ class CollectPass:
     after: tuple[SqlValue, ...] | None = None
     collected: int = 0
     collected_by_table: dict[str, int] = field(default_factory=dict)
-    # With a ceiling: (the member, the origin) whose entry set it, for status.
+    # With a ceiling: (the member, the origin) whose entry set it; else, or
+    # with nothing settled, the member that does not hold some site's writes
+    # as far as a pass's own entry (for status).
     held_back_by: tuple[str, str] = ("", "")
-    # A fleet node's pass: a tombstone is stable only at or below this per
-    # origin, the frontier of an earlier pass whose members' own entries the
-    # frontier now covers ({}: none yet, nothing goes); None off a fleet.
+    # A tombstone is stable only at or below this per origin, the frontier
+    # of a pass (a fleet's: an earlier one) whose members' own entries the
+    # frontier now covers ({}: none yet, nothing goes; None: no such rule).
     settled: dict[str, int] | None = None
+    # Tombstones every member holds that wait for `settled` (status).
+    unsettled: int = 0
 
 
 @dataclass(frozen=True, slots=True)

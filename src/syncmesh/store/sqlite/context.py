@@ -111,10 +111,11 @@ class StoreContext:
     # status, each with the file's versions it was worked out at.
     orphan_keys: tuple[tuple[int, ...], list[Any]] | None = None
     orphan_counts: tuple[tuple[int, ...], dict[str, int]] | None = None
-    # A fleet node's earlier collection passes (lifecycle.begin_pass, docs/adr/0017):
-    # (frontier, each member's own entry), oldest first.  In memory only: after
-    # a restart the first pass collects nothing and the next ones go on.
-    fleet_passes: list[tuple[dict[str, int], dict[str, int]]] = field(default_factory=list)
+    # The node's earlier collection passes (lifecycle.begin_pass, docs/adr/0015
+    # and 0017): (frontier, each member's own entry), oldest first.  In memory
+    # only: after a restart a fleet node's first pass collects nothing, and a
+    # WebSocket node's first pass only what that pass itself settles.
+    passes: list[tuple[dict[str, int], dict[str, int]]] = field(default_factory=list)
 
     @contextmanager
     def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:

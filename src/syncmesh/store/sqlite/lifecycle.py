@@ -375,12 +375,21 @@ def begin_pass(
     state stream.  That holds for lives the deleting node had seen; for
     the others (concurrent first inserts) a fleet pass also collects only
     below an earlier pass that has settled (`_settled`).
+
+    A WebSocket pass collects only below a pass that has settled too, this
+    one included (docs/adr/0015, "A session's vector can overtake its
+    batch"): a peer's ACK or HAVE may reach us before a batch it read
+    before it held the delete, so its word does not bound what is still
+    on its way to us; the settled pass bounds every life the delete ended.
     """
     with ctx.transaction():
         refresh(ctx)
         stable, vectors = frontier(ctx, direct, own_held)
         if own_held is None:
-            return CollectPass(stable, sorted(ctx.tables))
+            settled, waiting_for = _settled(ctx, stable, vectors, fleet=False)
+            return CollectPass(
+                stable, sorted(ctx.tables), held_back_by=waiting_for, settled=settled
+            )
         # Over the origins of writes (a site that never wrote started no
         # life), but not a forgotten site's: it writes no more, and its
         # last writes would hold the ceiling back for good.
@@ -388,7 +397,7 @@ def begin_pass(
         origins = {origin: hlc for origin, hlc in stable.items() if origin not in gone}
         origin = min(origins, key=lambda name: (origins[name], name))
         holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
-        settled, waiting_for = _settled(ctx, stable, vectors)
+        settled, waiting_for = _settled(ctx, stable, vectors, fleet=True)
     return CollectPass(
         stable,
         sorted(ctx.tables),
@@ -398,11 +407,11 @@ def begin_pass(
     )
 
 
-FLEET_PASSES_KEPT = 64  # earlier passes a fleet node remembers (the oldest go first)
+PASSES_KEPT = 64  # earlier passes a node remembers (the oldest go first)
 
 
 def _settled(
-    ctx: StoreContext, stable: Vector, vectors: dict[str, Vector]
+    ctx: StoreContext, stable: Vector, vectors: dict[str, Vector], *, fleet: bool
 ) -> tuple[Vector, tuple[str, str]]:
     """Per origin, the frontier of the latest earlier pass that has settled for it.
 
@@ -424,17 +433,32 @@ def _settled(
     unknown) waits for a later pass.  The cost: a delete goes about two
     claim rounds later.
 
+    A WebSocket pass (`fleet` False, docs/adr/0015) is one of the passes
+    it looks at: the argument needs the delete held everywhere at the pass
+    and that pass's own entries held everywhere now, not that the two be
+    apart, so a quiet cluster collects at once.  Its own entry for us is
+    our vector's (it follows our captures, and every life of ours was
+    captured before we applied a delete that ended it), not the clock's
+    last stamp: the clock also moves past stamps we observe, which no peer
+    would ever hold of us, and no pass would settle.  In restore mode our
+    vector's entry stands still while we stamp: there the clock's stamp.
+    A fleet node's own entry in `vectors` is its mark, which may predate
+    its last writes: there too the clock's.
+
     Returns the settled frontier (an origin left out: none yet) and, if it
-    is empty, (a member, an origin) that keeps the oldest pass remembered
-    from settling, for status (("", ""): nothing to tell yet).
+    is empty (a WebSocket pass: if it leaves an origin out), (a member, an
+    origin) that keeps the oldest pass remembered from settling, for status
+    (("", ""): nothing to tell yet).
     """
     own = ctx.site_id()
     marks = {site: vector.get(site, 0) for site, vector in vectors.items()}
-    # Our lives are our captured writes: the clock's last stamp bounds them
-    # (our entry in `vectors` is our mark, which may predate our last writes,
-    # and our vector's own entry stands still in restore mode).
-    marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0), ctx.clock.last)
-    passes = ctx.fleet_passes
+    # Our lives are our captured writes: what bounds them (see above).
+    marks[own] = max(marks.get(own, 0), ctx.vector().get(own, 0))
+    if fleet or ctx.state()["restore_floor"] > 0:
+        marks[own] = max(marks[own], ctx.clock.last)
+    passes = ctx.passes
+    if not fleet:
+        passes.append((dict(stable), marks))
     # Passes that knew every member now, newest first, with the members (still
     # members: a site forgotten since no longer counts) whose own entry of then
     # the frontier does not cover yet.
@@ -462,14 +486,17 @@ def _settled(
     if len(settled) == len(stable):
         del passes[:oldest_needed]  # older passes settle less: never needed again
     waiting_for = ("", "")
-    if not settled and candidates:
+    # A fleet pass tells only when nothing settled (else its ceiling tells);
+    # a WebSocket pass whenever an origin did not.
+    if (not settled if fleet else len(settled) < len(stable)) and candidates:
         lagging = sorted(candidates[-1][2])
         if lagging:
             origin = lagging[0]
             holder = min(vectors, key=lambda site: (vectors[site].get(origin, 0), site))
             waiting_for = (holder, origin)
-    passes.append((dict(stable), marks))
-    del passes[:-FLEET_PASSES_KEPT]
+    if fleet:
+        passes.append((dict(stable), marks))
+    del passes[:-PASSES_KEPT]
     return settled, waiting_for
 
 
@@ -539,9 +566,11 @@ def _collect_some(
             and cl_site is not None
             and cl_hlc <= state.frontier.get(sites.site(cl_site), 0)
             and (state.ceiling is None or cl_hlc <= state.ceiling)
-            and (state.settled is None or cl_hlc <= state.settled.get(sites.site(cl_site), 0))
         ):
-            stable.append(row)
+            if state.settled is None or cl_hlc <= state.settled.get(sites.site(cl_site), 0):
+                stable.append(row)
+            else:
+                state.unsettled += 1  # held everywhere, but not every life it ended
     if not stable:
         return 0, last
     return _delete(ctx, table, state, stable), last
