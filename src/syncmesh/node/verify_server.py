@@ -13,7 +13,6 @@ host Protocols, not the `Node`, so this module does not import node.py.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -277,7 +276,7 @@ def waiting_outcome(previous: VerifyOutcome | None, reason: str) -> VerifyOutcom
     """The last verdict, if any, kept with the reason this round gave none."""
     if previous is None:
         return VerifyOutcome(0, False, 0, 0, 0, 0, 0.0, waiting=reason)
-    return dataclasses.replace(previous, waiting=reason)
+    return replace(previous, waiting=reason)
 
 
 def outcome_fields(outcome: VerifyOutcome | None) -> dict[str, Any]:
