@@ -426,7 +426,8 @@ def user_tables(path: Path) -> list[str]:
 
 
 def make_db(path: Path, tables_sql: str | Sequence[str]) -> Path:
-    """Create the tables, then `syncmesh init` and `syncmesh track` them (the real CLI)."""
+    """Create the tables, then `syncmesh track` them (the real CLI; it initialises the
+    file first, as `syncmesh init` would: one process start-up per file, not two)."""
     statements = [tables_sql] if isinstance(tables_sql, str) else list(tables_sql)
     with contextlib.closing(sqlite3.connect(path)) as connection:
         for statement in statements:
@@ -434,7 +435,6 @@ def make_db(path: Path, tables_sql: str | Sequence[str]) -> Path:
         connection.commit()
     tables = user_tables(path)
     assert tables, f"{tables_sql!r} created no table"
-    run_cli("init", str(path))
     run_cli("track", str(path), *tables)
     return path
 
