@@ -238,40 +238,18 @@ def _print_fleet(console: Console, fleet: dict[str, Any], now_ms: int) -> None:
             ]
         )
     )
-    sites = Table(box=box.SIMPLE_HEAD, show_edge=False, title="fleet sites", title_justify="left")
-    for column in ("site", "stream seq", "lag", "last applied", "rows", "refused"):
-        sites.add_column(column, justify="left" if column == "site" else "right")
-    for site in fleet["sites"]:
-        sites.add_row(
-            Text(site["site_id"]),
-            f"{site['stream_seq']} / {site['last_stream_seq']}",
-            lag(site["lag_ms"]),
-            age(site["last_applied_ms"], now_ms),
-            str(site["rows_applied"]),
-            str(site["foreign_rows_refused"]),
-        )
+    sites = _chains_table("fleet sites", "site", fleet["sites"], now_ms)
     if not fleet["sites"]:
         sites.add_row("none yet", "", "", "", "", "")
     console.print()
     console.print(sites)
     if fleet.get("relays"):
-        relays = Table(
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-            title="relay chains (writes of sites off the stream, per relayer)",
-            title_justify="left",
+        relays = _chains_table(
+            "relay chains (writes of sites off the stream, per relayer)",
+            "relayer",
+            fleet["relays"],
+            now_ms,
         )
-        for column in ("relayer", "stream seq", "lag", "last applied", "rows", "refused"):
-            relays.add_column(column, justify="left" if column == "relayer" else "right")
-        for relay in fleet["relays"]:
-            relays.add_row(
-                Text(relay["site_id"]),
-                f"{relay['stream_seq']} / {relay['last_stream_seq']}",
-                lag(relay["lag_ms"]),
-                age(relay["last_applied_ms"], now_ms),
-                str(relay["rows_applied"]),
-                str(relay["foreign_rows_refused"]),
-            )
         console.print()
         console.print(relays)
     for gap in fleet["gaps"]:
@@ -375,6 +353,23 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
         )
         for problem in failed_checks:
             console.print(f"  - {problem}", markup=False)
+
+
+def _chains_table(title: str, first: str, chains: list[dict[str, Any]], now_ms: int) -> Table:
+    """One row per chain the fleet reads (a site's own, or a relayer's): position and lag."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left")
+    for column in (first, "stream seq", "lag", "last applied", "rows", "refused"):
+        table.add_column(column, justify="left" if column == first else "right")
+    for chain in chains:
+        table.add_row(
+            Text(chain["site_id"]),
+            f"{chain['stream_seq']} / {chain['last_stream_seq']}",
+            lag(chain["lag_ms"]),
+            age(chain["last_applied_ms"], now_ms),
+            str(chain["rows_applied"]),
+            str(chain["foreign_rows_refused"]),
+        )
+    return table
 
 
 def verify_text(peer: dict[str, Any], now_ms: int) -> str:
