@@ -162,34 +162,25 @@ def test_fleet_sites_verify_and_repair_over_nats(
 
 
 @pytest.mark.multiprocess
-def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
-    cluster: Cluster, nats_cluster: NatsCluster
-) -> None:
-    """Goal: the periodic verify covers fleet sites, and status, /metrics and the
-    command line show what it found.  It reports, and does not repair, what a fleet
-    site differs in (`sync.verify_repair` covers WebSocket peers: a fleet node cannot
-    tell yet whether the site has applied its chain, docs/verify.md).
-
-    Method: a, b and c on one fleet (each writes, so each knows the others
-    from the stream), a verifying one site every 0.3 s (the one verified
-    longest ago).  They converge; b stops, a row vanishes from b's
-    file behind the engine's back (user row and shadow row), b starts again
-    (its hash trees are read from the file): no stream will ever bring the row
-    back.  a's status must show b with 1 divergent row and c identical, its
-    /metrics the fleet site gauges, `syncmesh status` the line; after
-    `syncmesh repair --site b` the next round says b is identical.
-    """
+def _fleet_with_a_row_gone_at_b(
+    cluster: Cluster, nats_cluster: NatsCluster, **a_env: str
+) -> tuple[str, NodeProcess, NodeProcess, NodeProcess]:
+    """The fleet's name, and a, b and c on it (each writes, so each knows the others from the
+    stream), a verifying one site every 0.3 s (the one verified longest ago).
+    They converge; b stops, a row vanishes from b's file behind the engine's
+    back (user row and shadow row), b starts again (its hash trees are read
+    from the file): no stream will ever bring the row back."""
     fleet = fleet_name()
     every = {
         **FAST_STATUS,
         "SYNCMESH_SYNC_VERIFY_INTERVAL_S": "0.3",
         "SYNCMESH_SYNC_VERIFY_SETTLE_S": "0.05",
+        **a_env,
     }
-    nats_args = [arg for url in nats_cluster.urls for arg in ("--nats", url)]
     a = cluster.node(
         "a",
         make_db(cluster.directory / "a.db", SCHEMA),
-        extra_args=(*nats_args, "--cluster", fleet),
+        extra_args=tuple(nats_args(nats_cluster, fleet)),
         env=every,
     )
     b, c = (nats_node(cluster, name, nats_cluster, fleet) for name in "bc")
@@ -204,7 +195,6 @@ def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
         check=lambda rows: len(rows) == 4,
         describe=describe(cluster, nats_cluster),
     )
-    site_b, site_c = site_id(b), site_id(c)
     b.stop()
     sqlite3_shell(
         b.db,
@@ -214,28 +204,52 @@ def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
         " UPDATE _syncmesh_state SET applying = 0; COMMIT;",
     )
     cluster.start(b)
+    return fleet, a, b, c
 
-    def verified(site: str) -> dict[str, Any]:
-        listed = [entry for entry in fleet_of(a)["sites"] if entry["site_id"] == site]
-        return listed[0] if listed else {}
 
-    def seen(site: str, **expected: object) -> bool:
-        entry = verified(site)
-        return bool(entry.get("verified_ms")) and all(
-            entry[key] == value for key, value in expected.items()
-        )
+def _fleet_site(node: NodeProcess, site: str) -> dict[str, Any]:
+    listed = [entry for entry in fleet_of(node)["sites"] if entry["site_id"] == site]
+    return listed[0] if listed else {}
 
+
+def _verified(node: NodeProcess, site: str, **expected: object) -> bool:
+    entry = _fleet_site(node, site)
+    return bool(entry.get("verified_ms")) and all(
+        entry[key] == value for key, value in expected.items()
+    )
+
+
+@pytest.mark.multiprocess
+def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: the periodic verify covers fleet sites, and status, /metrics and the
+    command line show what it found; with `sync.verify_repair = false` it only
+    reports, and `syncmesh repair --site` merges.
+
+    Method: a row vanishes from b's file behind the engine's back
+    (`_fleet_with_a_row_gone_at_b`).  a's status must show b with 1
+    divergent row and c identical, its /metrics the fleet site gauges,
+    `syncmesh status` the line; the row stays missing at b (nothing
+    repaired); after `syncmesh repair --site b` the next round says b is
+    identical.
+    """
+    fleet, a, b, c = _fleet_with_a_row_gone_at_b(
+        cluster, nats_cluster, SYNCMESH_SYNC_VERIFY_REPAIR="false"
+    )
+    site_b, site_c = site_id(b), site_id(c)
     wait_for(
         lambda: (
-            seen(site_b, verify_identical=False, verify_divergent_rows=1)
-            and seen(site_c, verify_identical=True)
+            _verified(a, site_b, verify_identical=False, verify_divergent_rows=1)
+            and _verified(a, site_c, verify_identical=True)
         ),
         CONVERGE_S,
         "a's periodic verify to find b's missing row and c identical",
         describe(cluster, nats_cluster),
     )
-    assert verified(site_b)["verify_error"] == ""
-    assert verified(site_b)["verify_repaired_rows_total"] == 0
+    assert _fleet_site(a, site_b)["verify_error"] == ""
+    assert _fleet_site(a, site_b)["verify_repaired_rows_total"] == 0
+    assert query(b.db, "SELECT name FROM items WHERE id = 'a-2'") == []
     metrics = a.open_url("/metrics", 5.0).read().decode()
     assert re.search(
         rf'syncmesh_fleet_site_verify_divergent_rows{{[^}}]*site="{site_b}"[^}}]*}} 1\.0', metrics
@@ -251,10 +265,56 @@ def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert query(b.db, "SELECT name FROM items WHERE id = 'a-2'") == [("two",)]
     wait_for(
-        lambda: seen(site_b, verify_identical=True, verify_divergent_rows=0),
+        lambda: _verified(a, site_b, verify_identical=True, verify_divergent_rows=0),
         CONVERGE_S,
         "a's next verify of b to say identical",
         describe(cluster, nats_cluster),
+    )
+
+
+@pytest.mark.multiprocess
+def test_the_periodic_verify_of_a_fleet_site_repairs_what_no_stream_brings(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: anti-entropy over the fleet: a row no stream will ever bring back is
+    merged by the periodic verify (`sync.verify_repair`, on by default), once
+    each side holds what the other held (nothing in flight), and status says so.
+
+    Method: a row vanishes from b's file behind the engine's back
+    (`_fleet_with_a_row_gone_at_b`); a, verifying every 0.3 s with the
+    defaults, must put it back at b by itself, count it in
+    `verify_repaired_rows_total` and in /metrics, and its next verify of b
+    must say identical.  Every site ends with the same rows.
+    """
+    _fleet, a, b, c = _fleet_with_a_row_gone_at_b(cluster, nats_cluster)
+    site_b = site_id(b)
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'a-2'") == [("two",)],
+        CONVERGE_S,
+        "a's periodic verify to put a-2 back at b",
+        describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: (
+            _verified(a, site_b, verify_identical=True)
+            and _fleet_site(a, site_b)["verify_repaired_rows_total"] >= 1
+        ),
+        CONVERGE_S,
+        "a's status to count the repaired row and its next verify of b to say identical",
+        describe(cluster, nats_cluster),
+    )
+    assert _fleet_site(a, site_b)["verify_waiting"] == ""
+    metrics = a.open_url("/metrics", 5.0).read().decode()
+    assert re.search(r"syncmesh_fleet_site_verify_repaired_rows_total\{[^}]*\} [1-9]", metrics), (
+        metrics
+    )
+    assert "repaired: 0 of the peer's rows merged here, 1 of ours there" in a.log_text()
+    wait_converged(
+        [a.db, b.db, c.db],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 4,
+        describe=describe(cluster, nats_cluster),
     )
 
 
@@ -587,3 +647,66 @@ def test_the_documented_permissions_let_a_site_verify_another_in_parts(
     assert (status, answer) == (200, body[::-1] * 5)
     assert host.askers == [SITE_A]
     assert f"does not let this user read the inbox of site {SITE_B}" in impostor
+
+
+@pytest.mark.multiprocess
+def test_the_periodic_verify_does_not_repair_a_fleet_site_still_catching_up(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: rows in flight on the stream are no divergence: a fleet site that
+    still applies a backlog is not repaired (the rows are the stream's to
+    deliver), and its status says the verify waits, not that rows differ.
+
+    Method: a (verifying every 0.2 s, re-reading differences after 0.02 s,
+    so that the backlog's rows hold still through the re-reads) and b on one
+    fleet; b stops, a inserts 20,000 rows, b starts and reads them from the
+    stream.  Until b holds them all, a's status is polled: no row may be
+    repaired, and at least once the verify of b must wait for b to catch up
+    (without the per-origin gate, the rows b had not applied yet were
+    pushed to it as a repair).  Both end with the same rows.
+    """
+    fleet = fleet_name()
+    a = cluster.node(
+        "a",
+        make_db(cluster.directory / "a.db", SCHEMA),
+        extra_args=tuple(nats_args(nats_cluster, fleet)),
+        env={
+            **FAST_STATUS,
+            "SYNCMESH_SYNC_VERIFY_INTERVAL_S": "0.2",
+            "SYNCMESH_SYNC_VERIFY_SETTLE_S": "0.02",
+        },
+    )
+    b = nats_node(cluster, "b", nats_cluster, fleet)
+    cluster.start(a, b)
+    sqlite3_shell(b.db, "INSERT INTO items VALUES ('b-1', 'from b', 1)")
+    sqlite3_shell(a.db, "INSERT INTO items VALUES ('a-0', 'from a', 0)")
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 2)
+    site_b = site_id(b)
+    wait_for(
+        lambda: _verified(a, site_b, verify_identical=True),
+        CONVERGE_S,
+        "a's first verify of b to say identical",
+        describe(cluster, nats_cluster),
+    )
+    b.stop()
+    sqlite3_shell(
+        a.db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)"
+        " INSERT INTO items SELECT 'bulk-' || i, 'row ' || i, i FROM n;",
+    )
+    cluster.start(b)
+    waits_seen: set[str] = set()
+
+    def b_has_everything() -> bool:
+        entry = _fleet_site(a, site_b)
+        assert entry.get("verify_repaired_rows_total", 0) == 0, entry
+        if entry.get("verify_waiting"):
+            waits_seen.add(entry["verify_waiting"])
+        return query(b.db, "SELECT count(*) FROM items") == [(20_002,)]
+
+    wait_for(b_has_everything, 3 * CONVERGE_S, "b to read a's 20,000 rows from the stream")
+    assert any("the site still lacks writes this node held" in seen for seen in waits_seen), (
+        waits_seen
+    )
+    wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 20_002)
+    assert _fleet_site(a, site_b)["verify_repaired_rows_total"] == 0

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from syncmesh.model import ChangeBatch
+from syncmesh.node.verify import lacking
 from syncmesh.protocol import Batch, encode
 from syncmesh.protocol.verify import (
     BRANCH_ARRAY,
@@ -153,6 +154,29 @@ def test_the_columns_of_a_roots_exchange_travel_and_a_bad_map_is_named() -> None
         decode_request(bad, frame_bytes_max=1 << 20)
     with pytest.raises(VerifyAnswerError, match="other_columns: not a map"):
         decode_roots_answer(_packed({"site": "b", "tables": {}, "other_columns": ["items"]}))
+
+
+def test_the_held_stamps_of_a_roots_answer_travel_and_a_bad_map_is_named() -> None:
+    """`held` (per origin site, the greatest stamp the node holds) round-trips with
+    the feed's head; a node from before sends neither and reads as None; a map
+    that is not site ids to integer stamps is a named error, not a crash later."""
+    answer = RootsAnswer("site-b", {}, [], {}, 42, {"site-a": 7, "site-b": 1 << 60})
+    assert decode_roots_answer(encode_answer(answer)) == answer
+    assert _packed({"site": "site-b", "tables": {}, "not_shared": []}) == encode_answer(
+        RootsAnswer("site-b", {}, [])
+    )
+    assert decode_roots_answer(encode_answer(RootsAnswer("site-b", {}, []))).held is None
+    for bad in ({"site-a": "7"}, {"site-a": True}, {1: 7}, ["site-a"]):
+        with pytest.raises(VerifyAnswerError, match="held: not a map of site ids to stamps"):
+            decode_roots_answer(_packed({"site": "b", "tables": {}, "held": bad}))
+
+
+def test_lacking_names_the_origins_a_side_holds_less_of() -> None:
+    """The fleet's caught-up test (node.verify_server): an origin counts when the
+    holder's greatest stamp is below the other side's, absent meaning none."""
+    assert lacking({"a": 5, "b": 3}, {"a": 5, "b": 2}) == []
+    assert lacking({"a": 4, "b": 3}, {"a": 5, "c": 1, "b": 3}) == ["a", "c"]
+    assert lacking({}, {}) == []
 
 
 def test_an_answer_of_the_wrong_shape_is_a_named_error() -> None:

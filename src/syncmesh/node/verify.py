@@ -133,6 +133,11 @@ class VerifyReport:
     # other's feed up to them (node.verify_server).
     head_seq: int = 0
     peer_head_seq: int | None = None
+    # Per origin, the greatest stamp held once the trees were read, here and at
+    # the peer (None: it did not say): the fleet's caught-up test, per origin
+    # (node.verify_server).
+    held: dict[str, int] = field(default_factory=dict)
+    peer_held: dict[str, int] | None = None
 
     @property
     def divergent_rows(self) -> int:
@@ -291,6 +296,7 @@ async def verify(
         trees = await call(store.summaries, names)
     columns = {spec.name: list(spec.value_columns) for spec in store.specs() if spec.name in trees}
     head_seq = await call(store.head_seq)
+    held = await call(store.held_claims)
     body = await client.call(
         RootsRequest({name: tree.root() for name, tree in trees.items()}, deep, session, columns)
     )
@@ -347,6 +353,8 @@ async def verify(
         corrected_digests=corrected,
         head_seq=head_seq,
         peer_head_seq=roots.head_seq,
+        held=held,
+        peer_held=roots.held,
     )
 
 
@@ -438,6 +446,24 @@ async def confirm(
         bytes_sent=report.bytes_sent + client.bytes_sent - first_sent,
         bytes_received=report.bytes_received + client.bytes_received - first_received,
     )
+
+
+async def held_now(client: VerifyClient) -> dict[str, int] | None:
+    """The peer's `held` now (None: it does not say): a roots request of no table,
+    so no tree is read there."""
+    body = await client.call(RootsRequest({}, False, "", {}))
+    with _answer_from(client):
+        return decode_roots_answer(body).held
+
+
+def lacking(holder: Mapping[str, int], held: Mapping[str, int]) -> list[str]:
+    """The origin sites of which `holder` holds less than `held` does (sorted).
+
+    Each side's `held` is the greatest stamp per origin: a side below the
+    other's for some origin still lacks a write the other held when its
+    trees were read, which would read as a divergence while it travels.
+    """
+    return sorted(site for site, stamp in held.items() if holder.get(site, 0) < stamp)
 
 
 async def _remote_digests(

@@ -32,6 +32,8 @@ from syncmesh.node.verify import (
     VerifyReport,
     confirm,
     deep_tree,
+    held_now,
+    lacking,
     merge_divergent,
     verify,
 )
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 
 # How often a verify that found rows differ looks whether the peer has caught up.
 CAUGHT_UP_POLL_S = 0.05
+# A fleet site is asked again over NATS request/reply: a round trip per poll.
+FLEET_CAUGHT_UP_POLL_S = 0.25
 
 
 # -- the answering side (a node) ------------------------------------------------------
@@ -198,14 +202,16 @@ class VerifyServer:
             tree = trees[name]
             same = tree.root() == asked[name]
             answer[name] = None if same else BRANCH_ARRAY.pack(*tree.branches())
-        # Read after the trees: every row they hold is at or below it.
+        # Read after the trees: every row they hold is at or below them.
         head = await self._call(self._store.head_seq)
+        held = await self._call(self._store.held_claims)
         return RootsAnswer(
             self._store.site_id,
             answer,
             sorted(set(asked) - set(shared), key=str),
             other_columns,
             head,
+            held,
         )
 
     async def _leaves(
@@ -457,19 +463,67 @@ async def _verify_one_of(
     if not tables:
         return
 
+    all_tables = {spec.name for spec in node.store.specs()}
+
     async def exchange_with_site() -> _Checked:
-        # Reported, not repaired: this node cannot tell yet whether the site has
-        # applied our chain as far as the trees it read, and rows in flight read
-        # as divergent; a repair of them cost `syncmesh chaos --transport nats`
-        # 1,881 rows on the wire in one schedule (docs/verify.md).
         async with VerifyClient(connection.exchange(site)) as client:
             report = await verify(
                 node.store, node.store_call, client, tables, settle_s=node.config.verify_settle_s
             )
-            return _Checked(report)
+            if not report.divergent_rows:
+                return _Checked(report)
+            if set(tables) != all_tables or report.not_shared or report.peer_held is None:
+                # Some table is not shared one way: the sides' `held` then cover
+                # writes the other never gets, and "caught up" cannot be told.
+                # Reported, not repaired (`syncmesh repair --site` merges them).
+                return _Checked(report)
+            # A fleet site's chain carries only its own writes, so rows in flight
+            # are judged per origin: judge again once each side holds what the
+            # other held when its trees were read; if not in time, no verdict.
+            # (Without this gate a repair of rows in flight cost `syncmesh chaos
+            # --transport nats` 1,881 rows on the wire in one schedule.)
+            deadline = time.monotonic() + node.config.verify_settle_s * SETTLE_ROUNDS_DEFAULT
+            while waiting := await _fleet_wait_reason(node, client, report):
+                if time.monotonic() >= deadline:
+                    raise NotCaughtUp(waiting)
+                await asyncio.sleep(FLEET_CAUGHT_UP_POLL_S)
+            confirmed = await confirm(node.store, node.store_call, client, report)
+            return await _repair_found(node, client, confirmed)
 
+    previous = node.fleet_verify_outcomes.get(site)
     outcome = await _outcome(node, f"fleet site {site}", f"--site {site}", exchange_with_site)
-    node.fleet_verify_outcomes[site] = outcome.after(node.fleet_verify_outcomes.get(site))
+    if outcome.waiting:
+        if previous is None or not previous.waiting:
+            log.info("verify against fleet site %s waits: %s", site, outcome.waiting)
+        node.fleet_verify_outcomes[site] = waiting_outcome(previous, outcome.waiting)
+        return
+    node.fleet_verify_outcomes[site] = outcome.after(previous)
+
+
+async def _fleet_wait_reason(
+    node: VerifyingHost, client: VerifyClient, report: VerifyReport
+) -> str:
+    """Why `report`'s differences with a fleet site may be rows in flight; "" if not."""
+    assert report.peer_held is not None
+    ours = await node.store_call(node.store.held_claims)
+    behind_here = lacking(ours, report.peer_held)
+    if behind_here:
+        return "catching up: this node still lacks writes the site held of " + _sites_in_words(
+            behind_here
+        )
+    theirs = await held_now(client)
+    behind_there = lacking(theirs or {}, report.held)
+    if behind_there:
+        return "catching up: the site still lacks writes this node held of " + _sites_in_words(
+            behind_there
+        )
+    return ""
+
+
+def _sites_in_words(sites: list[str]) -> str:
+    shown = ", ".join(sites[:3])
+    more = f" and {len(sites) - 3} more" if len(sites) > 3 else ""
+    return f"site{'s' if len(sites) > 1 else ''} {shown}{more}"
 
 
 async def verify_peer(

@@ -109,6 +109,12 @@ class RootsAnswer:
     # The node's feed head once its trees were read (None: a node from before
     # it was sent): the asker knows when it has applied every row they held.
     head_seq: int | None = None
+    # Per origin site, the greatest stamp the node holds (HELLO's `held`) once
+    # its trees were read (None: a node from before it was sent).  A fleet
+    # site's chain carries only its own writes, so "caught up" is judged per
+    # origin there: the asker holds this, and the node what the asker held
+    # (node.verify_server).
+    held: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,13 +308,14 @@ def _other_columns(message: dict[str, Any]) -> dict[str, list[str]]:
 
 def encode_answer(answer: VerifyAnswerMessage) -> bytes:
     match answer:
-        case RootsAnswer(site, tables, not_shared, other_columns, head_seq):
+        case RootsAnswer(site, tables, not_shared, other_columns, head_seq, held):
             extra = {"other_columns": other_columns} if other_columns else {}
             return pack(
                 {
                     **extra,
                     "site": site,
                     **({} if head_seq is None else {"head_seq": head_seq}),
+                    **({} if held is None else {"held": held}),
                     "tables": {
                         name: {"same": True}
                         if branches is None
@@ -370,7 +377,21 @@ def decode_roots_answer(body: bytes) -> RootsAnswer:
             [str(name) for name in message.get("not_shared", [])],
             _other_columns(message),
             None if message.get("head_seq") is None else int(message["head_seq"]),
+            _held(message),
         )
+
+
+def _held(message: dict[str, Any]) -> dict[str, int] | None:
+    """A roots answer's `held` (absent from older nodes: None)."""
+    found = message.get("held")
+    if found is None:
+        return None
+    if not isinstance(found, dict) or not all(
+        isinstance(site, str) and isinstance(stamp, int) and not isinstance(stamp, bool)
+        for site, stamp in found.items()
+    ):
+        raise VerifyAnswerError("held: not a map of site ids to stamps")
+    return dict(found)
 
 
 def decode_leaves_answer(body: bytes) -> LeavesAnswer:

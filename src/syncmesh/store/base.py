@@ -92,6 +92,10 @@ class VerifyStore(Protocol):
         """The feed's head: read after the trees, every row they hold is at or below it."""
         ...
 
+    def held_claims(self) -> dict[str, int]:
+        """Per origin site, the greatest stamp held: read after the trees, it covers their rows."""
+        ...
+
     def summaries(self, tables: list[str]) -> dict[str, TableSummary]:
         """The hash trees of `tables`, as of one moment (copies)."""
         ...
