@@ -482,6 +482,45 @@ def test_a_node_whose_only_server_went_away_says_reconnecting_not_streaming(
     )
 
 
+def test_a_single_server_refusing_three_replicas_makes_the_node_unhealthy_at_once_with_the_fix(
+    cluster: Cluster, nats_server: NatsServer
+) -> None:
+    """Goal: the first thing a new user tries, `serve --nats` against one
+    `nats-server -js`, with the default 3 replicas, is refused by the server.
+    No retry fixes that, so health says so at once (not after the minute of
+    grace an outage gets), naming the setting that fixes it; with it set,
+    the node streams and is healthy (new-user report: /v1/health said ok
+    while the server answered every stream creation with an error, and the
+    log gave the server's words without the fix).
+
+    Method: a real single nats-server; a node with the defaults; its health
+    must be 503 within 20 s (the outage grace is 60 s) with a reason naming
+    `transport.nats.replicas = 1`, and its status `configuration_error`.  The
+    node restarts with SYNCMESH_TRANSPORT_NATS_REPLICAS=1: it streams, its
+    health is ok and the error is gone.
+    """
+    fleet = fleet_name()
+    a = proxied_node(cluster, "a", nats_server.url, fleet)
+    cluster.start(a)
+    deadline_s = 20.0
+
+    def refused() -> bool:
+        code, body = a.health()
+        return code == 503 and any(
+            "transport.nats.replicas = 1" in reason for reason in body["reasons"]
+        )
+
+    wait_for(refused, deadline_s, "a's health to name the replicas setting", cluster.logs)
+    assert "SYNCMESH_TRANSPORT_NATS_REPLICAS=1" in a.status()["fleet"]["configuration_error"]
+    assert fleet_state(a) != "streaming"
+    a.stop()
+    a.env["SYNCMESH_TRANSPORT_NATS_REPLICAS"] = "1"
+    cluster.start(a)
+    wait_for(lambda: fleet_state(a) == "streaming", CONVERGE_S, "a streaming", cluster.logs)
+    wait_for(lambda: a.health()[0] == 200, CONVERGE_S, "a healthy", cluster.logs)
+    assert a.status()["fleet"]["configuration_error"] == ""
+
+
 def fleet_state(node: NodeProcess) -> str:
     return str(node.status()["fleet"]["state"])
 

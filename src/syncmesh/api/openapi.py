@@ -241,6 +241,12 @@ _STATUS = {
                     "description": "another live file with our site id publishes on our"
                     " subject, with the fix (empty if none seen)",
                 },
+                "configuration_error": {
+                    "type": "string",
+                    "description": "what the NATS servers refused of this node's configuration"
+                    " since it last streamed, with the fix (empty if nothing); health names"
+                    " it at once",
+                },
                 "relay_subject": {
                     "type": "string",
                     "description": "where this site relays the writes of its WebSocket peers"

@@ -283,6 +283,9 @@ class FleetStatistics:
     own_restores: int = 0
     # Another live file with our site id publishes on our subject ("" if none seen).
     site_id_conflict: str = ""
+    # What the servers refused of our configuration since we last streamed ("" if
+    # nothing): no retry fixes it, so health names it at once.
+    configuration_error: str = ""
     # Our relay chain (content of sites not on the stream, from our WebSocket peers).
     relay_subject: str = ""
     relayed_seq: int = 0  # where our relay chain ends (our feed's seq)
@@ -306,6 +309,7 @@ class Fleet:
         self._down_since_ms = 0
         self._publish_waiting_since_ms = 0
         self._failures = 0  # in a row, without streaming in between: the backoff grows
+        self._configuration_error = ""  # FleetError.configuration, until we stream
         self._published_seq = 0
         self._published_messages = 0
         self._published_rows = 0
@@ -390,6 +394,8 @@ class Fleet:
         self._state = "backoff"
         self._last_error = str(error)
         self._down_since_ms = self._down_since_ms or self._host.now_ms()
+        if isinstance(error, FleetError) and error.configuration:
+            self._configuration_error = str(error)
 
     async def close(self) -> None:
         await self._link.close()
@@ -532,6 +538,7 @@ class Fleet:
         self._state = "streaming"
         self._down_since_ms = 0
         self._failures = 0
+        self._configuration_error = ""
         log.info(
             "fleet: on stream %s as %s (%s), publishing after our seq %d",
             self._link.stream_name,
@@ -1423,6 +1430,7 @@ class Fleet:
             own_restore=self._own_restore.status,
             own_restores=self._own_restore.restores,
             site_id_conflict=self._own_restore.twin,
+            configuration_error=self._configuration_error,
             relay_subject=self._link.subject_of(relay_chain(self._own)) if self._own else "",
             relayed_seq=self._relayed_seq,
             relayed_messages=self._relayed_messages,

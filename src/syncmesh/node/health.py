@@ -159,6 +159,10 @@ def _fleet_reasons(statistics: NodeStatistics, now: int, down_ms_max: float) -> 
     reasons = list(fleet.gaps)
     if fleet.site_id_conflict:
         reasons.append(f"fleet: {fleet.site_id_conflict}")
+    if fleet.configuration_error:
+        # Refused by the servers, not out of reach: no grace period, no retry fixes it.
+        reasons.append(f"fleet: {fleet.configuration_error}")
+        return reasons
     error = f": {fleet.last_error}" if fleet.last_error else ""
     if fleet.down_since_ms and now - fleet.down_since_ms > down_ms_max:
         reasons.append(

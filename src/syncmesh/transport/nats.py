@@ -75,6 +75,8 @@ ACK_WAIT_S = 30.0  # a delivered message not acked within this is delivered agai
 ACK_PENDING_MAX = 1_000  # delivered, unacknowledged messages per consumer (flow control)
 REQUEST_TIMEOUT_S = 5.0  # one JetStream API request or publish
 STATE_SUFFIX = "_STATE"  # the compacted stream: SYNCMESH_<CLUSTER>_STATE
+# JetStream's error code for "replicas > 1 not supported in non-clustered mode".
+REPLICAS_UNSUPPORTED = 10074
 STATE_PUBLISH_CONCURRENCY = 256  # state publishes awaited together (pipelined requests)
 STATE_FETCH_MESSAGES = 512  # messages per fetch while reading a site's state
 STATE_FETCH_WAIT_S = 2.0
@@ -398,14 +400,21 @@ class JetStreamLink:
             raise FleetError(name, f"cannot read the stream: {exc}") from exc
         try:
             await bounded(js.add_stream(config), "create stream", name)
-        except nats.js.errors.BadRequestError as exc:
+        except nats.js.errors.APIError as exc:
             if "already in use" in str(exc) or "already exists" in str(exc):
                 return  # another site made it meanwhile
-            raise FleetError(
-                name,
-                f"cannot create the stream with {self._replicas} replicas: {exc} (a single"
-                " server needs transport.nats.replicas = 1)",
-            ) from exc
+            if exc.err_code == REPLICAS_UNSUPPORTED or "non-clustered mode" in str(exc.description):
+                # A single `nats-server -js` (the first thing a new user runs)
+                # answers a 500 with this code, not a bad request.
+                raise FleetError(
+                    name,
+                    f"cannot create the stream with {self._replicas} replicas: the server says"
+                    f" {exc.description!r}; a single server (not a JetStream cluster) needs"
+                    " transport.nats.replicas = 1 (env SYNCMESH_TRANSPORT_NATS_REPLICAS=1),"
+                    " or create the stream yourself (docs/nats.md)",
+                    configuration=True,
+                ) from exc
+            raise FleetError(name, f"cannot create the stream: {exc}") from exc
         except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
 

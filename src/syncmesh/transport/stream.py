@@ -26,11 +26,15 @@ from syncmesh.errors import TransportError
 class FleetError(TransportError):
     """The fleet stream cannot be reached or refused a request; `reason` says which."""
 
-    def __init__(self, where: str, reason: str) -> None:
+    def __init__(self, where: str, reason: str, *, configuration: bool = False) -> None:
         super().__init__(where, reason)
         # TransportError words it "peer WHERE: ..."; the stream is no peer.
         self.args = (f"{where}: {reason}",)
         self.reason = reason
+        # The servers refuse what this node's configuration asks (not an outage):
+        # trying again will not help until someone changes it, so health says so
+        # at once instead of after `health.peer_down_s_max`.
+        self.configuration = configuration
 
 
 @dataclass(frozen=True, slots=True)
