@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from syncmesh.chaos.cluster import ChaosNode, prepare_database
 from syncmesh.chaos.faults import (
     ALL_KINDS,
     CLOCK_KINDS,
@@ -663,3 +664,39 @@ def test_fixed_seed_subset_over_nats_kills_pauses_and_partitions_without_a_viola
     assert [entry["verified_pairs"] for entry in schedules] == [3] * CI_NATS_SCHEDULES
     assert "violations: none" in done.stdout
     assert "a NATS JetStream fleet" in done.stdout
+
+
+async def test_a_chaos_node_asked_for_its_stacks_writes_every_thread_to_its_log(
+    tmp_path: Path,
+) -> None:
+    """Goal: a node that stops answering leaves where it is stuck in its log.
+
+    The rolling-migration subset once ended with "no quiescence" and a node
+    silent for 100 s, with nothing in its log to say why.  The harness now
+    sends such a node SIGUSR2 (`ChaosNode.dump_stacks`, `_silent_nodes`),
+    and nodemain's faulthandler writes every thread's stack.
+
+    Method: a real chaos node on a prepared file; once it answers
+    /v1/health it is asked for its stacks: its log must gain a stack of its
+    main thread (asyncio's loop) and of the store thread, and the node must
+    still answer afterwards (the dump does not stop it).
+    """
+    node = ChaosNode(0, tmp_path, [], 5_000)
+    prepare_database(node.db)
+    node.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            await node.wait_ready(http)
+            node.dump_stacks()
+            await wait_until(
+                lambda: "Current thread" in node.log_path.read_text(errors="replace"),
+                10.0,
+                "the node's stacks in its log",
+            )
+            async with http.get(f"{node.url}/v1/health") as response:
+                assert response.status in (200, 503)
+        logged = node.log_path.read_text(errors="replace")
+        assert "asyncio" in logged, logged[-2000:]
+        assert logged.count("Thread 0x") >= 1, logged[-2000:]
+    finally:
+        node.stop()

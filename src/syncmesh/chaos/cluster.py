@@ -167,6 +167,10 @@ class ChaosNode:
             self._signal(signal.SIGSTOP)
             self.paused = True
 
+    def dump_stacks(self) -> None:
+        """SIGUSR2: the node writes every thread's stack to its log (nodemain's faulthandler)."""
+        self._signal(signal.SIGUSR2)
+
     def resume(self) -> None:
         if self.paused:
             self._signal(signal.SIGCONT)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         help="no tombstone collection (a schedule with the restore fault: see run.py)",
     )
     args = parser.parse_args(argv)
+    # The harness sends SIGUSR2 to a node that stopped answering: every
+    # thread's stack goes to the log, which says where a hung node is stuck.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -86,6 +86,7 @@ CLIENT_SETTLE_S = 20.0
 CLIENT_EXIT_SLACK_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
 QUIESCE_POLL_S = 0.5
+STACK_DUMP_WAIT_S = 0.5  # for a hung node to write its stacks before it is stopped
 REFUSAL_TIMEOUT_S = 20.0  # a node back from `sleep` is refused by then, or a snapshot source is up
 FLAP_INTERVAL_S = (0.2, 1.0)
 RESET_INTERVAL_S = (0.3, 1.5)
@@ -771,12 +772,36 @@ class ScheduleRun:
             else:
                 previous = None
             await asyncio.sleep(QUIESCE_POLL_S)
+        silent = await self._silent_nodes()
         self.result.violations.append(
             Violation(
                 "liveness",
-                f"no quiescence within {self.options.quiesce_timeout_s} s of healing",
+                f"no quiescence within {self.options.quiesce_timeout_s} s of healing"
+                + (
+                    f"; {', '.join(silent)} did not answer /v1/status (a hung node: the stacks"
+                    " of its threads are at the end of its log)"
+                    if silent
+                    else ""
+                ),
             )
         )
+
+    async def _silent_nodes(self) -> list[str]:
+        """The running nodes that do not answer /v1/status; each dumps its threads' stacks.
+
+        A node whose event loop hangs (a deadlock, a call that never returns)
+        looks like one that is merely slow to converge; its stacks, written
+        to its log by faulthandler (nodemain), say where it is stuck.
+        """
+        statuses = await asyncio.gather(*(self._status(node) for node in self.nodes))
+        silent = []
+        for node, status in zip(self.nodes, statuses, strict=True):
+            if status is None and node.running and not node.paused:
+                node.dump_stacks()
+                silent.append(node.name)
+        if silent:
+            await asyncio.sleep(STACK_DUMP_WAIT_S)
+        return silent
 
     async def _verify_links(self) -> None:
         """Once the replicas are equal, `syncmesh verify` between linked nodes must say so.
