@@ -87,6 +87,7 @@ CLIENT_EXIT_SLACK_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
 QUIESCE_POLL_S = 0.5
 STACK_DUMP_WAIT_S = 0.5  # for a hung node to write its stacks before it is stopped
+STACK_LINES_MAX = 80  # of a hung node's stack dump, in the report
 REFUSAL_TIMEOUT_S = 20.0  # a node back from `sleep` is refused by then, or a snapshot source is up
 FLAP_INTERVAL_S = (0.2, 1.0)
 RESET_INTERVAL_S = (0.3, 1.5)
@@ -785,6 +786,14 @@ class ScheduleRun:
                 ),
             )
         )
+        # CI keeps no files: the stacks travel in the report.
+        for name in silent:
+            node = next(node for node in self.nodes if node.name == name)
+            stacks = _stack_dump(_read_text(node.log_path))
+            if stacks:
+                self.result.violations.append(
+                    Violation("liveness", f"{name} hung; its threads:\n{stacks}")
+                )
 
     async def _silent_nodes(self) -> list[str]:
         """The running nodes that do not answer /v1/status; each dumps its threads' stacks.
@@ -1122,6 +1131,29 @@ def _rewind_cursors(path: Path, cursors: list[tuple[str, str, int]]) -> None:
             )
     finally:
         connection.close()
+
+
+def _stack_dump(log: str, lines_max: int = STACK_LINES_MAX) -> str:
+    """The last faulthandler dump in a node's log, at most `lines_max` lines; "" if none.
+
+    A dump is a run of thread blocks ("Thread 0x...", "Current thread
+    0x...", each followed by its "  File ..." lines), blank lines between.
+    """
+    dumps: list[list[str]] = []
+    inside = False
+    for line in log.splitlines():
+        if line.startswith(("Thread 0x", "Current thread 0x")):
+            if not inside:
+                dumps.append([])
+                inside = True
+            dumps[-1].append(line)
+        elif inside and (line.startswith("  ") or not line.strip()):
+            dumps[-1].append(line)
+        else:
+            inside = False
+    if not dumps:
+        return ""
+    return "\n".join(dumps[-1][:lines_max]).rstrip()
 
 
 def _read_text(path: Path) -> str:
