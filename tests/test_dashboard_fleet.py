@@ -264,3 +264,59 @@ def test_the_dashboard_puts_a_site_with_a_gap_first_and_says_so(
     )
     expect(page.locator("#node-problems")).to_contain_text("fleet stream gap")
     assert not script_errors, script_errors
+
+
+def test_the_dashboard_shows_relay_chains_and_a_configuration_the_server_refuses(
+    cluster: Cluster,
+    nats_server: NatsServer,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Goal: an operator sees which fleet site puts a WebSocket replica's writes on
+    the stream, at both ends, and a configuration the server refuses, with its fix.
+
+    Method: a and b on one fleet; r, on no stream, dials a and inserts 2
+    rows, which a relays onto the stream (docs/nats.md, relaying).  b's
+    page must list a's relay chain in "Relay chains" with 2 rows applied
+    and no verify cell, and not among the fleet sites' rows as a site of
+    its own; a's page must show its own relay chain's rows.  Then c joins
+    the same server with 3 replicas (one server holds 1): c's page must
+    list the server's refusal with the setting that fixes it, and c must
+    be degraded at once.
+    """
+    fleet = f"dash{os.getpid()}x{next(_names)}"
+    a, b = (fleet_node(cluster, name, nats_server, fleet) for name in "ab")
+    cluster.start(a, b)
+    r = cluster.node("r", make_db(cluster.directory / "r.db", SCHEMA), peers=[a])
+    cluster.start(r)
+    sqlite3_shell(
+        r.db, "INSERT INTO items VALUES ('r1', 'r', 1); INSERT INTO items VALUES ('r2', 'r', 2)"
+    )
+    site_a = str(a.status()["site_id"])
+
+    page = browser.new_page()
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.goto(f"{b.url}/")
+    relay = page.locator(f'#fleet-relays tbody tr[data-site="{site_a}"]')
+    expect(page.locator("#fleet-relays-panel")).to_be_visible(timeout=WAIT_MS)
+    expect(relay.locator('[data-field="rows"]')).to_have_text("2", timeout=WAIT_MS)
+    expect(relay.locator("td")).to_have_count(9)  # no verify cell: nobody answers for a chain
+    expect(page.locator("#fleet-relays-count")).to_have_text("1 relaying sites")
+    expect(site_row(page, site_a).locator('[data-field="rows"]')).to_have_text("0")
+
+    page.goto(f"{a.url}/")
+    expect(page.locator("#fleet-relay")).to_contain_text("2 rows on", timeout=WAIT_MS)
+    expect(page.locator("#fleet-relays-panel")).to_be_hidden()  # a reads no one's relay chain
+
+    # A fleet of its own: an existing stream is used as it is, whatever its replicas.
+    refused = fleet_node(cluster, "c", nats_server, f"{fleet}c")
+    refused.env["SYNCMESH_TRANSPORT_NATS_REPLICAS"] = "3"
+    cluster.start(refused)
+    page.goto(f"{refused.url}/")
+    expect(page.locator("#fleet-gaps li")).to_contain_text(
+        "transport.nats.replicas = 1", timeout=WAIT_MS
+    )
+    expect(page.locator("#node-health")).to_have_attribute(
+        "data-health", "degraded", timeout=WAIT_MS
+    )
+    assert not script_errors, script_errors

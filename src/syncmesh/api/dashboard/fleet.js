@@ -61,11 +61,10 @@ function gapCell(site) {
   return el("td", { class: "note", "data-field": "gap" }, "none");
 }
 
-function siteRow(site, nowMs) {
+/** A site's row; a relay chain's (`verified` false) has no verify cell: nobody answers for it. */
+function siteRow(site, nowMs, verified = true) {
   const behind = messagesBehind(site);
-  return el(
-    "tr",
-    { "data-site": site.site_id, "data-gap": hasGap(site) ? "yes" : "no" },
+  const cells = [
     el("td", { title: site.site_id }, el("span", { class: "mono" }, site.site_id)),
     el("td", { class: "num", "data-field": "lag" }, formatDuration(site.lag_ms)),
     el("td", { class: "num", "data-field": "behind" }, formatCount(behind)),
@@ -79,9 +78,12 @@ function siteRow(site, nowMs) {
       formatCount(site.foreign_rows_refused),
     ),
     gapCell(site),
+  ];
+  if (verified) {
     // One site per verify round, in turn (docs/nats.md, "The periodic verify").
-    verifiedCell(site, nowMs, true),
-  );
+    cells.push(verifiedCell(site, nowMs, true));
+  }
+  return el("tr", { "data-site": site.site_id, "data-gap": hasGap(site) ? "yes" : "no" }, ...cells);
 }
 
 /** The state, with since when it is not streaming and the last error with that time. */
@@ -131,10 +133,28 @@ function renderFacts(fleet) {
   const ownRestore = fleet.own_restore || "";
   $("fleet-own-restore").textContent = ownRestore || "none";
   $("fleet-own-restore").className = ownRestore.startsWith("restoring") ? "error" : "";
+  // Our relay chain: our WebSocket peers' writes that are on no stream (nats.md).
+  $("fleet-relay").textContent = fleet.relayed_messages
+    ? `${formatCount(fleet.relayed_messages)} messages, ${formatCount(fleet.relayed_rows)} rows on ${fleet.relay_subject}; chain at seq ${fleet.relayed_seq}`
+    : "nothing relayed (no WebSocket peer's writes off the stream)";
   // A gap is an error with its fix: the text the node logs and its health gives;
-  // so is another live file with our site id on our subject.
-  const problems = fleet.site_id_conflict ? [...fleet.gaps, fleet.site_id_conflict] : fleet.gaps;
+  // so is another live file with our site id on our subject, and what the
+  // servers refuse of our configuration (one server and 3 replicas).
+  const problems = [...fleet.gaps];
+  if (fleet.site_id_conflict) {
+    problems.push(fleet.site_id_conflict);
+  }
+  if (fleet.configuration_error) {
+    problems.push(fleet.configuration_error);
+  }
   $("fleet-gaps").replaceChildren(...problems.map((gap) => el("li", {}, gap)));
+}
+
+function renderRelays(fleet, nowMs) {
+  const relays = sortSites(fleet.relays ?? []);
+  $("fleet-relays-panel").hidden = relays.length === 0;
+  fillRows($("fleet-relays").tBodies[0], relays.map((relay) => siteRow(relay, nowMs, false)));
+  $("fleet-relays-count").textContent = `${formatCount(relays.length)} relaying sites`;
 }
 
 function renderSites(fleet, nowMs) {
@@ -163,11 +183,13 @@ export function renderFleet(status, nowMs, clockOffsetMs) {
   $("fleet-sites-panel").hidden = !fleet;
   lastRender = fleet ? () => renderSites(fleet, nowMs) : null;
   if (!fleet) {
+    $("fleet-relays-panel").hidden = true;
     return;
   }
   renderState(fleet, nowMs, clockOffsetMs);
   renderFacts(fleet);
   renderSites(fleet, nowMs);
+  renderRelays(fleet, nowMs);
 }
 
 // The filter and "show all" act at once, on the last status, not at the next poll.
