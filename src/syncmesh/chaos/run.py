@@ -16,6 +16,7 @@ import logging
 import random
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -348,9 +349,18 @@ class ScheduleRun:
                     node.start()
             await asyncio.gather(*(self._ready(n) for n in self.nodes if not n.ready))
         deadline = CLIENT_SETTLE_S + CLIENT_EXIT_SLACK_S
-        for client in clients:
+        for node, client in zip(self.nodes, clients, strict=True):
             try:
                 await asyncio.to_thread(client.wait, deadline)
+            except subprocess.TimeoutExpired:
+                # A client that cannot end waits on its node's file (a migration
+                # step retried on "database is locked"): the node may hang with
+                # a write lock held.  Its stacks say where (CI keeps no files).
+                client.kill()
+                raise RuntimeError(
+                    f"the workload client of {node.name} did not end within {deadline:.0f} s"
+                    f" (see {node.name}.client.log)" + await self._stacks_of(self.nodes)
+                ) from None
             except Exception:
                 client.kill()
                 raise
@@ -794,6 +804,19 @@ class ScheduleRun:
                 self.result.violations.append(
                     Violation("liveness", f"{name} hung; its threads:\n{stacks}")
                 )
+
+    async def _stacks_of(self, nodes: list[ChaosNode]) -> str:
+        """Every running node's threads' stacks (faulthandler), as report text."""
+        running = [node for node in nodes if node.running and not node.paused]
+        for node in running:
+            node.dump_stacks()
+        if not running:
+            return ""
+        await asyncio.sleep(STACK_DUMP_WAIT_S)
+        return "".join(
+            f"\n{node.name}'s threads:\n{_stack_dump(_read_text(node.log_path))}"
+            for node in running
+        )
 
     async def _silent_nodes(self) -> list[str]:
         """The running nodes that do not answer /v1/status; each dumps its threads' stacks.
