@@ -311,6 +311,8 @@ class Node:
 
     async def start(self) -> None:
         """Initialise the file if needed, capture pending writes, start dialling."""
+        # Only the store thread may call SQLite from here on (ADR 0005).
+        await self.worker.call(self.store.bind_thread)
         await self.worker.call(self.store.init)
         # Quarantine that exists at start is not "growing" (syncmesh.node.health).
         self.health.note_quarantined(len(await self.worker.call(self.store.quarantine)), 0)

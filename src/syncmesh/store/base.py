@@ -157,7 +157,15 @@ class Store(VerifyStore, Protocol):
         """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the file, from any thread once its store thread has ended."""
+        ...
+
+    def bind_thread(self) -> None:
+        """From now on only the calling thread may touch the file (the node's store
+        thread, docs/adr/0005): another thread's call fails at once, naming it,
+        where it could otherwise deadlock the process."""
+        ...
 
     @property
     def incarnation(self) -> str: ...

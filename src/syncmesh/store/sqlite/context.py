@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class StoreContext:
     """One open syncmesh file: its connection, clock and what is cached of it."""
 
-    connection: sqlite3.Connection
+    _connection: sqlite3.Connection
     path: str
     clock: HybridClock
     # The ledger keeps the newest this many conflicts (docs/config.md).
@@ -116,6 +117,44 @@ class StoreContext:
     # only: after a restart a fleet node's first pass collects nothing, and a
     # WebSocket node's first pass only what that pass itself settles.
     passes: list[tuple[dict[str, int], dict[str, int]]] = field(default_factory=list)
+    # (site id, incarnation), kept in memory: read by callers on any thread
+    # (an event loop's status, verify and metrics code) without touching the
+    # connection.  Set by `load`, and where either changes.
+    identity: tuple[str, str] | None = None
+    # The one thread allowed to use the connection once a node bound it
+    # (`bind_thread`, the node's store thread); None: any (tests, the CLI).
+    owner_thread: int | None = None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, on the owner thread only (ADR 0005).
+
+        A SQLite call on another thread while the store thread is inside a
+        statement can deadlock the process: that thread waits for the
+        connection's mutex holding Python's GIL (reading a row's columns),
+        while the store thread, holding the mutex mid-statement, waits for
+        the GIL to run one of the engine's SQL functions.  A node hung like
+        that for good (`syncmesh chaos`, rolling migrations, under load):
+        no session, no status, its write lock held.  So such a call fails
+        at once, naming the thread, instead.
+        """
+        owner = self.owner_thread
+        if owner is not None and owner != threading.get_ident():
+            raise StoreError(
+                f"{self.path}: the store's connection was used from thread"
+                f" {threading.current_thread().name!r}, not the store thread: only the"
+                " store thread may call SQLite (docs/adr/0005-one-store-thread.md)"
+            )
+        return self._connection
+
+    def bind_thread(self) -> None:
+        """From now on only the calling thread may use the connection."""
+        self.owner_thread = threading.get_ident()
+
+    def close(self) -> None:
+        """Close the connection, from any thread (the node's store thread has ended)."""
+        self.owner_thread = None
+        self._connection.close()
 
     @contextmanager
     def transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
@@ -155,6 +194,7 @@ class StoreContext:
                 log.exception("rollback failed on %s", self.path)
             if self.sites is not None:
                 self.sites.forget_uncommitted()
+                self._read_identity()  # a renewed incarnation rolled back with the rest
             # The clock may stay ahead (it never goes back); that is always safe.
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{self.path}: {exc}") from exc
@@ -171,6 +211,7 @@ class StoreContext:
         state = self.state()
         self.clock.restore(state["hlc"])
         self.sites = SiteMap(self.connection)
+        self._read_identity()
         self.tables = {}
         for name, spec_json in self.connection.execute(
             "SELECT name, spec FROM _syncmesh_tables ORDER BY name"
@@ -206,12 +247,27 @@ class StoreContext:
         self.clock.restore(self.state()["hlc"])
 
     def site_id(self) -> str:
-        self.require_init()
-        return str(self.connection.execute("SELECT site_id FROM _syncmesh_state").fetchone()[0])
+        """Our site id, from memory (any thread may ask)."""
+        return self._identity()[0]
 
     def incarnation(self) -> str:
+        """Our incarnation, from memory (any thread may ask)."""
+        return self._identity()[1]
+
+    def note_incarnation(self, incarnation: str) -> None:
+        """The caller wrote a new `_syncmesh_state.incarnation` (in its transaction)."""
+        self.identity = (self._identity()[0], incarnation)
+
+    def _identity(self) -> tuple[str, str]:
         self.require_init()
-        return str(self.connection.execute("SELECT incarnation FROM _syncmesh_state").fetchone()[0])
+        if self.identity is None:
+            self._read_identity()
+        assert self.identity is not None
+        return self.identity
+
+    def _read_identity(self) -> None:
+        row = self.connection.execute("SELECT site_id, incarnation FROM _syncmesh_state").fetchone()
+        self.identity = None if row is None else (str(row[0]), str(row[1]))
 
     def vector(self) -> dict[str, int]:
         return dict(self.connection.execute("SELECT site_id, hlc FROM _syncmesh_vector"))

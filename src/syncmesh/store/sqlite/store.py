@@ -111,7 +111,11 @@ class SqliteStore:
         return table_problems(path, tables, allow_integer_keys)
 
     def close(self) -> None:
-        self.context.connection.close()
+        self.context.close()
+
+    def bind_thread(self) -> None:
+        """From now on only the calling thread may call SQLite (the node's store thread)."""
+        self.context.bind_thread()
 
     @property
     def clock(self) -> HybridClock:

@@ -377,7 +377,9 @@ def _detect(ctx: StoreContext, claimed: int) -> bool:
         (claimed, ctx.clock.last if future else claimed),
     )
     if first:
-        ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,))
+        renewed = uuid.uuid4().hex
+        ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (renewed,))
+        ctx.note_incarnation(renewed)
         # Claim no more own writes than the file held when this run began:
         # a capture since then may have moved V[self] past the lost ones.
         ctx.connection.execute(
@@ -479,7 +481,9 @@ def renew_incarnation_if(ctx: StoreContext, chain_incarnation: str) -> bool:
     (incarnation,) = ctx.connection.execute("SELECT incarnation FROM _syncmesh_state").fetchone()
     if ctx.state()["restore_floor"] == 0 or incarnation != chain_incarnation:
         return False
-    ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (uuid.uuid4().hex,))
+    renewed = uuid.uuid4().hex
+    ctx.connection.execute("UPDATE _syncmesh_state SET incarnation = ?", (renewed,))
+    ctx.note_incarnation(renewed)
     return True
 
 
