@@ -188,13 +188,7 @@ def _fleet_with_a_row_gone_at_b(
     sqlite3_shell(a.db, "INSERT INTO items VALUES ('a-1', 'from a', 1), ('a-2', 'two', 2)")
     sqlite3_shell(b.db, "INSERT INTO items VALUES ('b-1', 'from b', 4)")
     sqlite3_shell(c.db, "INSERT INTO items VALUES ('c-1', 'from c', 3)")
-    wait_converged(
-        [a.db, b.db, c.db],
-        "items",
-        CONVERGE_S,
-        check=lambda rows: len(rows) == 4,
-        describe=describe(cluster, nats_cluster),
-    )
+    _four_rows_everywhere(cluster, nats_cluster, a, b, c)
     b.stop()
     sqlite3_shell(
         b.db,
@@ -205,6 +199,16 @@ def _fleet_with_a_row_gone_at_b(
     )
     cluster.start(b)
     return fleet, a, b, c
+
+
+def _four_rows_everywhere(cluster: Cluster, nats_cluster: NatsCluster, *nodes: NodeProcess) -> None:
+    wait_converged(
+        [node.db for node in nodes],
+        "items",
+        CONVERGE_S,
+        check=lambda rows: len(rows) == 4,
+        describe=describe(cluster, nats_cluster),
+    )
 
 
 def _fleet_site(node: NodeProcess, site: str) -> dict[str, Any]:
@@ -309,13 +313,7 @@ def test_the_periodic_verify_of_a_fleet_site_repairs_what_no_stream_brings(
         metrics
     )
     assert "repaired: 0 of the peer's rows merged here, 1 of ours there" in a.log_text()
-    wait_converged(
-        [a.db, b.db, c.db],
-        "items",
-        CONVERGE_S,
-        check=lambda rows: len(rows) == 4,
-        describe=describe(cluster, nats_cluster),
-    )
+    _four_rows_everywhere(cluster, nats_cluster, a, b, c)
 
 
 @pytest.mark.multiprocess
