@@ -381,7 +381,7 @@ class _Host:
     async def unmet_dialled_peers(self) -> list[str]:
         return []
 
-    def fleet_holdings(self) -> FleetHoldings | None:
+    async def fleet_holdings(self) -> FleetHoldings | None:
         return None
 
 
