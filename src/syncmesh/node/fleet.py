@@ -1404,8 +1404,14 @@ class Fleet:
         except FleetError as exc:
             return f"the fleet's sites could not be listed ({exc})"
         for site_id in listed:
-            if site_id != self._own and _hex_site(site_id):
+            if site_id != self._own and _hex_site(site_id) and site_id not in self._marked:
                 self._marked.add(site_id)
+                if site_id not in self._sites and site_id not in self._claims:
+                    log.debug(
+                        "fleet: site %s is on the stream (its state marker), with no message"
+                        " or claim read here yet: a member, it holds collection back",
+                        site_id,
+                    )
         return ""
 
     def statistics(self) -> FleetStatistics:
