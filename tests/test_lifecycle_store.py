@@ -381,7 +381,7 @@ class _Host:
     async def unmet_dialled_peers(self) -> list[str]:
         return []
 
-    def fleet_holdings(self) -> FleetHoldings | None:
+    async def fleet_holdings(self) -> FleetHoldings | None:
         return None
 
 
@@ -401,3 +401,35 @@ def test_status_says_which_site_a_delete_held_everywhere_waits_for(tmp_path: Pat
     finally:
         for store in (a, b, c):
             store.close()
+
+
+class _FleetHost(_Host):
+    """A fleet node as a round sees it: holdings as its fleet would give them."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__(store)
+        self.unlisted = ""
+        self._store = store
+
+    async def fleet_holdings(self) -> FleetHoldings | None:
+        return FleetHoldings({self._store.site_id: self._store.stamp_mark()}, {}, {}, self.unlisted)
+
+
+def test_a_fleet_round_that_could_not_list_the_streams_sites_collects_nothing(
+    stores: list[SqliteStore],
+) -> None:
+    """A site on the stream that we do not know may hold a life a delete ended (ADR 0017,
+    "Every site on the stream is a member"): without the listing, no pass at all."""
+    a = stores[0]
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    host, statistics = _FleetHost(a), LifecycleStatistics()
+    assert asyncio.run(lifecycle_round(host, statistics)) == 0, "the first pass settles nothing"
+    host.unlisted = "the fleet's sites could not be listed (stream out of reach)"
+    assert asyncio.run(lifecycle_round(host, statistics)) == 0
+    assert statistics.skipped == host.unlisted
+    assert _tombstones(a) == 1
+    host.unlisted = ""
+    assert asyncio.run(lifecycle_round(host, statistics)) == 1
+    assert statistics.skipped == ""
+    assert _tombstones(a) == 0

@@ -351,6 +351,91 @@ def test_a_claim_that_overtakes_the_batches_it_follows_waits_for_them(
     assert stale_dropped(a.db) == 0
 
 
+def test_a_site_on_the_stream_that_has_published_no_message_yet_holds_collection_back(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a fleet site counts as a member from its first step on the stream.
+
+    A site's first step on the stream is its state marker; its first
+    message can come much later (its connection lost before it published,
+    as `syncmesh chaos --transport nats --seed 1 --only 1` met under load:
+    n1's marker at 0.17 s, then 12 s cut off while writing).  A node that
+    knew the fleet's sites only by their messages and by claims it lists now
+    and then did not know such a site, took itself and the others for the
+    whole fleet and collected deletes; the site's insert of a deleted key,
+    made while cut off (a concurrent first insert, `cl` 1, stamped by a site
+    with no horizon here), then came back alive at the collector, deleted
+    everywhere else (a lost delete).  Method: a streams and has listed the
+    claims; the test plays site N: its marker only.  a inserts and deletes
+    k1: the tombstone must stay while rounds go by, status naming N.  N's
+    first message (its own insert of k1) must lose to the tombstone; once
+    N's claim says it holds a's writes, a collects and k1 stays deleted.
+    """
+    fleet = fleet_name()
+    a = fleet_node(cluster, "a", nats_cluster, fleet)
+    cluster.start(a)
+    wait_for(lambda: a.status()["fleet"]["state"] == "streaming", TIMEOUT_S, "a streaming")
+    wait_rounds(a, 2)  # a's first claim read, which lists the claims, is over
+    n_site, incarnation = uuid.uuid4().hex, uuid.uuid4().hex
+    headers = {"Syncmesh-Site": n_site, "Syncmesh-Incarnation": incarnation}
+    asyncio.run(
+        _publish_as(
+            nats_cluster,
+            f"syncmesh.{fleet}.state.{n_site}.complete",
+            b"",
+            {**headers, "Syncmesh-To": "0"},
+        )
+    )
+    shell(a.db, "INSERT INTO items VALUES ('k1', 'one', 1)")
+    shell(a.db, "DELETE FROM items WHERE id = 'k1'")
+    wait_rounds(a, 6)
+    assert tombstones(a.db) == 1, "N may hold k1 alive: a keeps its tombstone"
+    held_back = lifecycle(a)["held_back"]
+    assert f"fleet site {n_site} has put no claim on the stream" in held_back, held_back
+    asyncio.run(
+        _publish_as(
+            nats_cluster,
+            f"syncmesh.{fleet}.changes.{n_site}",
+            _message_of(n_site, incarnation, 0, 5, "k1"),
+            headers,
+        )
+    )
+    wait_for(
+        lambda: any(
+            site["site_id"] == n_site and site["messages_applied"] >= 1
+            for site in a.status()["fleet"]["sites"]
+        ),
+        TIMEOUT_S,
+        "N's first message applied at a",
+        describe(cluster, nats_cluster),
+    )
+    assert ids(a.db) == "", "N's insert of k1 lost to the tombstone"
+    now = pack(int(time.time() * 1000), 0)
+    claim = {
+        "published": 5,
+        "held": {n_site: now, site_id(a): now},
+        "gone": [],
+        "cl_floor": 0,
+        "horizon": {},
+    }
+    asyncio.run(
+        _publish_as(
+            nats_cluster,
+            f"syncmesh.{fleet}.state.{n_site}.members",
+            json.dumps(claim).encode(),
+            headers,
+        )
+    )
+    wait_for(
+        lambda: tombstones(a.db) == 0,
+        TIMEOUT_S,
+        "a to collect k1 once N's claim says it holds the delete",
+        describe(cluster, nats_cluster),
+    )
+    wait_rounds(a, 2)
+    assert ids(a.db) == ""
+
+
 def test_collection_waits_for_the_lives_a_delete_ended_so_a_reread_stream_brings_none_back(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:

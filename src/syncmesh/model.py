@@ -97,11 +97,15 @@ class FleetHoldings:
     own entry being only its writes already on the stream.  `sites`: per
     other fleet site, what its latest usable claim says it holds ({} while
     it has none).  `waiting`: per site, why it has no usable claim.
+    `unlisted`: why the stream's sites could not be listed this round
+    ("" if they were): a site we do not know could hold a life a delete
+    ended, so nothing is collected then.
     """
 
     own: dict[str, int]
     sites: dict[str, dict[str, int]]
     waiting: dict[str, str] = field(default_factory=dict)
+    unlisted: str = ""
 
 
 # What the writer of a cell value knew of earlier writes to the cell, per

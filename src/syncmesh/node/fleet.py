@@ -330,6 +330,10 @@ class Fleet:
         self._claimable: tuple[int, int, dict[str, int]] | None = None
         self._claims: dict[str, _Claim] = {}  # per other site, its latest claim read
         self._usable_claims: dict[str, _Claim] = {}  # per other site, its latest usable one
+        # Every other site whose state marker a collection round listed: a site
+        # is on the stream from its marker on, long before its first message or
+        # claim may arrive (`holdings`).
+        self._marked: set[str] = set()
         self._claims_published = 0
         self._claims_refused = 0
         self._claim_reads = 0
@@ -1286,7 +1290,7 @@ class Fleet:
         rest (sites forgotten, the cl floor) is safe to learn at once.
         """
         store, worker = self._host.store, self._host.worker
-        known = set(self._sites) | set(self._claims)
+        known = set(self._sites) | set(self._claims) | self._marked
         if self._claim_reads % CLAIM_DISCOVERY_ROUNDS == 0:
             # Listing the state stream's claim subjects makes the server look
             # through a subject per row: only now and then, for sites that
@@ -1350,11 +1354,25 @@ class Fleet:
             held[self._own] = self._claimable[0]
         return held
 
-    def holdings(self) -> FleetHoldings:
-        """For the lifecycle round: what we and every other fleet site hold (usable claims)."""
+    async def holdings(self) -> FleetHoldings:
+        """For the lifecycle round: what we and every other fleet site hold (usable claims).
+
+        Every site on the stream counts, also one that has published no
+        message yet and whose claim we have not read: its marker on the
+        state stream is its first step there (the publish loop's
+        `_complete_state`), and from then on it may write while cut off,
+        inserting keys a delete ended.  The markers are listed first, at
+        each round: a site known only by its messages and by claims
+        listed now and then was unknown for up to ten rounds (longer
+        while our link was down), and a pass collected without it; its
+        first message then brought such a key back (`syncmesh chaos
+        --transport nats --seed 1 --only 1`, docs/adr/0017).  If the
+        listing fails, `unlisted` says why and the round collects nothing.
+        """
+        unlisted = await self._list_marked()
         sites: dict[str, dict[str, int]] = {}
         waiting: dict[str, str] = {}
-        for site_id in sorted(set(self._sites) | set(self._claims)):
+        for site_id in sorted(set(self._sites) | set(self._claims) | self._marked):
             if site_id == self._own or not _hex_site(site_id):
                 continue  # (a subject token that is no site id: it has no rows here)
             claim = self._usable_claims.get(site_id)
@@ -1373,7 +1391,28 @@ class Fleet:
                 )
         if self._claimable is None:
             waiting[self._own] = "our own writes are not known to be on the stream yet"
-        return FleetHoldings(self._held(), sites, waiting)
+        return FleetHoldings(self._held(), sites, waiting, unlisted)
+
+    async def _list_marked(self) -> str:
+        """Add every site with a state marker to `_marked`; why not, if the listing failed.
+
+        A site never leaves the set: a member is only ever taken out by
+        `syncmesh forget` (docs/adr/0015), which the frontier honours.
+        """
+        try:
+            listed = await self._link.state_sites(STATE_MARKER)
+        except FleetError as exc:
+            return f"the fleet's sites could not be listed ({exc})"
+        for site_id in listed:
+            if site_id != self._own and _hex_site(site_id) and site_id not in self._marked:
+                self._marked.add(site_id)
+                if site_id not in self._sites and site_id not in self._claims:
+                    log.debug(
+                        "fleet: site %s is on the stream (its state marker), with no message"
+                        " or claim read here yet: a member, it holds collection back",
+                        site_id,
+                    )
+        return ""
 
     def statistics(self) -> FleetStatistics:
         ordered = sorted(self._sites.values(), key=lambda site: site.site_id)

@@ -19,9 +19,11 @@ yet (a newcomer that has written), and collecting without it could make
 us refuse it.
 
 A node on a fleet stream (NATS) learns what the stream's sites hold from
-their claims (docs/adr/0017, `Fleet.holdings`): each fleet site counts as a
-peer in session whose vector is its latest usable claim ({} while it has
-none: it holds collection back), our own entry for our own writes is only
+their claims (docs/adr/0017, `Fleet.holdings`): each fleet site (every
+site whose state marker is on the stream, listed at each round: a pass is
+skipped if they cannot be listed) counts as a peer in session whose vector
+is its latest usable claim ({} while it has none: it holds collection
+back), our own entry for our own writes is only
 what is on the stream, and the pass collects only below the least frontier
 entry over the origins not forgotten (its *ceiling*) and below an earlier
 pass that has settled (the store's `lifecycle._settled`).  Before claims, a fleet node collected
@@ -81,8 +83,10 @@ class LifecycleHost(Protocol):
         """URLs this node dials whose peer it never met (in this run or an earlier one)."""
         ...
 
-    def fleet_holdings(self) -> FleetHoldings | None:
-        """What the fleet's sites hold, from their claims; None if the node has no fleet."""
+    async def fleet_holdings(self) -> FleetHoldings | None:
+        """What the fleet's sites hold, from their claims; None if the node has no fleet.
+
+        Lists the stream's sites first (every site on it is a member)."""
         ...
 
 
@@ -121,7 +125,7 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
     heard = {peer.peer_site_id: dict(peer.peer_vector) for peer in peers if peer.peer_site_id}
     await call(store.learn_vectors, heard)
     direct = dict(heard)
-    holdings = host.fleet_holdings()
+    holdings = await host.fleet_holdings()
     own_held: dict[str, int] | None = None
     if holdings is not None:
         own_held = holdings.own
@@ -142,6 +146,10 @@ async def lifecycle_round(host: LifecycleHost, statistics: LifecycleStatistics) 
     state: CollectPass | None = None
     if unmet:
         statistics.skipped = f"never met the peer at {', '.join(unmet)}: it may be a member"
+    elif holdings is not None and holdings.unlisted:
+        # A site on the stream that we do not know yet may hold a life a
+        # delete ended (docs/adr/0017, "Every site on the stream is a member").
+        statistics.skipped = holdings.unlisted
     else:
         statistics.skipped = ""
         state = await _collection_pass(host, statistics, direct, own_held)

@@ -390,9 +390,9 @@ class Node:
         known = {cursor.address for cursor in status.peers}
         return [url for url in unmet if url not in known]
 
-    def fleet_holdings(self) -> FleetHoldings | None:
+    async def fleet_holdings(self) -> FleetHoldings | None:
         """What the fleet's sites hold, from their claims (docs/adr/0017); None: no fleet."""
-        return None if self.fleet is None else self.fleet.holdings()
+        return None if self.fleet is None else await self.fleet.holdings()
 
     def dialled_peers(self) -> list[tuple[str, PeerConfig | None]]:
         """(URL, named peer or None) of every peer this node dials."""
