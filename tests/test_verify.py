@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import re
 import shutil
 import sqlite3
 import subprocess
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import msgpack
@@ -31,6 +34,7 @@ from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.fleet import relayer_of
 from syncmesh.node.verify import (
+    TableDifference,
     VerifyClient,
     VerifyReport,
     direct_call,
@@ -41,6 +45,7 @@ from syncmesh.node.verify import (
 from syncmesh.node.verify_server import (
     FleetVerifyTargets,
     VerifyOutcome,
+    _repair_found,
     fleet_candidates,
     next_fleet_site,
     verify_peer,
@@ -724,3 +729,38 @@ def test_a_relay_chain_listed_on_the_stream_is_never_a_fleet_site_to_verify() ->
     )
     listed = (relayer, f"relay-{relayer}", "c" * 32, "d" * 32)
     assert fleet_candidates(targets, listed) == [relayer, "b" * 32, "c" * 32]
+
+
+async def test_no_repair_while_a_compared_row_still_changes() -> None:
+    """Goal: the periodic repair never merges half of a transaction.
+
+    A write in flight can leave one row of a transaction divergent (held
+    still through the re-reads) and another unsettled (changing at every
+    re-read); merging the first alone showed a reader an order's line
+    without its order (`syncmesh chaos --transport nats`, torn-transaction).
+    So a round with any unsettled row repairs nothing; the rows no feed will
+    carry stay divergent and a quiet round merges them.
+
+    Method: a verify report with one divergent row and one unsettled row,
+    handed to the repair step with repair on: it must report and not touch
+    the peer (the client fails the test if called), while the same report
+    without the unsettled row goes on to the merge (which calls the client).
+    """
+    found = TableDifference("items", unsettled=[("k-2",)])
+    found.note_divergent(("k-1",), 1, None)
+    report = VerifyReport("peer", False, ["items"], {"items": found}, [], 1, 0, 0, 0.1)
+    host: Any = types.SimpleNamespace(config=NodeConfig(database_path="unused.db"))
+
+    class Untouchable:
+        async def call(self, request: object) -> bytes:
+            raise AssertionError(f"the repair reached the peer: {request!r}")
+
+    checked = await _repair_found(host, cast(VerifyClient, Untouchable()), report)
+    assert (checked.repaired, checked.fetched_rows, checked.pushed_rows) == (False, 0, 0)
+    assert checked.report is report
+
+    quiet = dataclasses.replace(report, differences={"items": TableDifference("items")})
+    quiet.differences["items"].note_divergent(("k-1",), 1, None)
+    host.store, host.store_call = object(), direct_call
+    with pytest.raises(AssertionError, match="the repair reached the peer"):
+        await _repair_found(host, cast(VerifyClient, Untouchable()), quiet)
