@@ -50,7 +50,7 @@ from syncmesh.chaos.migrations import (
     plan_for_schedule,
 )
 from syncmesh.chaos.proxy import LinkProxy
-from syncmesh.chaos.run import _stack_dump
+from syncmesh.chaos.run import stack_dump
 from tests.helpers import wait_until
 
 HOST = "127.0.0.1"
@@ -681,7 +681,7 @@ async def test_a_chaos_node_asked_for_its_stacks_writes_every_thread_to_its_log(
     Method: a real chaos node on a prepared file; once it answers
     /v1/health it is asked for its stacks: its log must gain a stack of its
     main thread (asyncio's loop) and of the store thread, which the report's
-    `_stack_dump` finds whole, and the node must still answer afterwards
+    `stack_dump` finds whole, and the node must still answer afterwards
     (the dump does not stop it).
     """
     node = ChaosNode(0, tmp_path, [], 5_000)
@@ -701,7 +701,7 @@ async def test_a_chaos_node_asked_for_its_stacks_writes_every_thread_to_its_log(
         logged = node.log_path.read_text(errors="replace")
         # What the report carries of it (CI keeps no files): the whole dump,
         # every thread's block, not the log lines before it.
-        dump = _stack_dump(logged)
+        dump = stack_dump(logged)
         assert dump.startswith(("Thread 0x", "Current thread 0x")), dump
         assert "Current thread 0x" in dump, dump
         # The loop's thread and at least one other (the store's), in any order.

@@ -45,9 +45,9 @@ from syncmesh.node.verify import (
 from syncmesh.node.verify_server import (
     FleetVerifyTargets,
     VerifyOutcome,
-    _repair_found,
     fleet_candidates,
     next_fleet_site,
+    repair_found,
     verify_peer,
 )
 from syncmesh.store.sqlite import SqliteStore
@@ -755,7 +755,7 @@ async def test_no_repair_while_a_compared_row_still_changes() -> None:
         async def call(self, request: object) -> bytes:
             raise AssertionError(f"the repair reached the peer: {request!r}")
 
-    checked = await _repair_found(host, cast(VerifyClient, Untouchable()), report)
+    checked = await repair_found(host, cast(VerifyClient, Untouchable()), report)
     assert (checked.repaired, checked.fetched_rows, checked.pushed_rows) == (False, 0, 0)
     assert checked.report is report
 
@@ -763,4 +763,4 @@ async def test_no_repair_while_a_compared_row_still_changes() -> None:
     quiet.differences["items"].note_divergent(("k-1",), 1, None)
     host.store, host.store_call = object(), direct_call
     with pytest.raises(AssertionError, match="the repair reached the peer"):
-        await _repair_found(host, cast(VerifyClient, Untouchable()), quiet)
+        await repair_found(host, cast(VerifyClient, Untouchable()), quiet)

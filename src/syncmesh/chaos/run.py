@@ -804,7 +804,7 @@ class ScheduleRun:
         # CI keeps no files: the stacks travel in the report.
         for name in silent:
             node = next(node for node in self.nodes if node.name == name)
-            stacks = _stack_dump(_read_text(node.log_path))
+            stacks = stack_dump(_read_text(node.log_path))
             if stacks:
                 self.result.violations.append(
                     Violation("liveness", f"{name} hung; its threads:\n{stacks}")
@@ -819,8 +819,7 @@ class ScheduleRun:
             return ""
         await asyncio.sleep(STACK_DUMP_WAIT_S)
         return "".join(
-            f"\n{node.name}'s threads:\n{_stack_dump(_read_text(node.log_path))}"
-            for node in running
+            f"\n{node.name}'s threads:\n{stack_dump(_read_text(node.log_path))}" for node in running
         )
 
     async def _silent_nodes(self) -> list[str]:
@@ -1166,7 +1165,7 @@ def _rewind_cursors(path: Path, cursors: list[tuple[str, str, int]]) -> None:
         connection.close()
 
 
-def _stack_dump(log: str, lines_max: int = STACK_LINES_MAX) -> str:
+def stack_dump(log: str, lines_max: int = STACK_LINES_MAX) -> str:
     """The last faulthandler dump in a node's log, at most `lines_max` lines; "" if none.
 
     A dump is a run of thread blocks ("Thread 0x...", "Current thread

@@ -488,7 +488,7 @@ async def _verify_one_of(
                     raise NotCaughtUp(waiting)
                 await asyncio.sleep(FLEET_CAUGHT_UP_POLL_S)
             confirmed = await confirm(node.store, node.store_call, client, report)
-            return await _repair_found(node, client, confirmed)
+            return await repair_found(node, client, confirmed)
 
     previous = node.fleet_verify_outcomes.get(site)
     outcome = await _outcome(node, f"fleet site {site}", f"--site {site}", exchange_with_site)
@@ -551,7 +551,7 @@ async def verify_peer(
                     raise NotCaughtUp(waiting)
                 await asyncio.sleep(CAUGHT_UP_POLL_S)
             confirmed = await confirm(node.store, node.store_call, client, report)
-            return await _repair_found(node, client, confirmed)
+            return await repair_found(node, client, confirmed)
 
     return await _outcome(node, url, f"--peer {url}", exchange_with_peer)
 
@@ -567,9 +567,7 @@ class _Checked:
     repaired: bool = False  # the repair ran (`sync.verify_repair`, a WebSocket peer)
 
 
-async def _repair_found(
-    node: VerifyingHost, client: VerifyClient, report: VerifyReport
-) -> _Checked:
+async def repair_found(node: VerifyingHost, client: VerifyClient, report: VerifyReport) -> _Checked:
     """With `sync.verify_repair`, merge the rows `report` found divergent both ways.
 
     This is the anti-entropy behind the feeds: a row a feed never carried
