@@ -9,6 +9,7 @@ wire codec as a session does.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,6 +94,30 @@ def test_a_row_refused_again_by_a_repair_is_kept_once_in_the_quarantine(
     assert b.retry_quarantine() == 1
     assert ids(b) == ["a"]
     assert b.quarantine() == []
+
+
+def test_a_row_the_retry_refuses_again_for_the_same_reason_is_warned_of_once(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The node retries the quarantine every second: each retry took a row out,
+    tried it, refused it again and warned again, two lines a second for as long as
+    the collision lasted (a chaos log held hundreds), burying the first warning.
+    Refused again for the same reason, it is logged at DEBUG; a new reason warns."""
+    ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, e TEXT UNIQUE, v)"
+    a, b = make_store("a", ddl), make_store("b", ddl)
+    a.connection.execute("INSERT INTO items VALUES ('a', 'x', 1)")
+    a.capture()
+    b.connection.execute("INSERT INTO items VALUES ('b', 'x', 2)")
+    b.capture()
+    caplog.set_level(logging.DEBUG, logger="syncmesh.store.sqlite.quarantine")
+    exchange_all(a, b)
+    for _retry in range(3):
+        assert b.retry_quarantine() == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "quarantined a row of items ('a')" in warnings[0].getMessage()
+    assert sum("still quarantined" in r.getMessage() for r in caplog.records) == 3
+    assert len(b.quarantine()) == 1
 
 
 def test_the_feed_holds_back_an_alive_row_whose_user_row_is_absent(

@@ -117,6 +117,10 @@ class StoreContext:
     # only: after a restart a fleet node's first pass collects nothing, and a
     # WebSocket node's first pass only what that pass itself settles.
     passes: list[tuple[dict[str, int], dict[str, int]]] = field(default_factory=list)
+    # Quarantine entries (table, pk text, reason) the running retry took out
+    # to try again: refused again for the same reason, they are no news, and
+    # a warning at every retry (each second) buried the first (quarantine.add).
+    retrying: frozenset[tuple[str, str, str]] = frozenset()
     # (site id, incarnation), kept in memory: read by callers on any thread
     # (an event loop's status, verify and metrics code) without touching the
     # connection.  Set by `load`, and where either changes.

@@ -60,6 +60,11 @@ def add(
             None if created is None else json.dumps(created, sort_keys=True),
         ),
     )
+    if (change.table, pk_text, reason) in ctx.retrying:
+        # The retry took it out and it was refused again, for the same reason:
+        # warned of when it first came (status and metrics count it meanwhile).
+        log.debug("still quarantined: a row of %s (%s): %s", change.table, pk_text, reason)
+        return
     log.warning("quarantined a row of %s (%s) from %s: %s", change.table, pk_text, origin, reason)
 
 

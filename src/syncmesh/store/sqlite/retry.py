@@ -8,6 +8,7 @@ the waiting cells whose column is here now (`waiting.merge_ready`).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgpack
 
@@ -21,6 +22,7 @@ from syncmesh.model import (
 )
 from syncmesh.store.sqlite import apply, capture, orphans, vector, waiting
 from syncmesh.store.sqlite.context import StoreContext
+from syncmesh.store.sqlite.sites import SiteMap
 
 # An entry's table, the columns its row names (None: a deleted row) and
 # their creation stamps here (empty: unknown).
@@ -36,11 +38,20 @@ def retry(ctx: StoreContext) -> int:
     """
     sites = ctx.require_init()
     entries = ctx.connection.execute(
-        "SELECT id, change, origin, column_created FROM _syncmesh_quarantine ORDER BY id"
+        "SELECT id, change, origin, column_created, table_name, pk, reason"
+        " FROM _syncmesh_quarantine ORDER BY id"
     ).fetchall()
     ready = waiting.worth_trying(ctx)
     if not entries and not ready:
         return 0
+    ctx.retrying = frozenset((table, pk, reason) for *_, table, pk, reason in entries)
+    try:
+        return _retry(ctx, sites, entries, ready)
+    finally:
+        ctx.retrying = frozenset()
+
+
+def _retry(ctx: StoreContext, sites: SiteMap, entries: list[Any], ready: bool) -> int:
     with ctx.transaction():
         capture.capture_pending(ctx)
         merged = waiting.merge_ready(ctx) if ready else 0
@@ -54,7 +65,7 @@ def retry(ctx: StoreContext) -> int:
         # since the row was refused from the one it was refused in
         # (`apply.cells_at_or_below`), by our own stamps, not the cells'.
         by_origin: dict[str, dict[_EntryShape, list[RowChange]]] = {}
-        for entry_id, blob, origin, created_json in entries:
+        for entry_id, blob, origin, created_json, *_ in entries:
             change = row_from_plain(msgpack.unpackb(blob, unicode_errors=TEXT_ERRORS))
             table = apply.local_table(ctx, change.table)
             if table is None or len(change.pk) != table.key_count:
