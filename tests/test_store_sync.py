@@ -748,3 +748,67 @@ def test_rows_captured_total_counts_committed_captures_wherever_they_ran(
     assert b.rows_captured_total == base + 2
     assert b.capture() == 1
     assert b.rows_captured_total == base + 3
+
+
+def test_beyond_a_repair_never_applies_lines_whose_order_waits_in_the_drift_quarantine(
+    tmp_path: Path,
+) -> None:
+    """The periodic verify's repair leaves a key waiting in the quarantine to its retry.
+
+    Found by `syncmesh chaos --seed 900 --only 37 --nodes 4 --topology mesh
+    --duration 6 --adversarial all --faults ...,beyond` (torn-transaction):
+    an order and its lines written at a node running beyond the drift limit
+    waited in a peer's drift quarantine; once the peer's clock was near
+    enough, its periodic verify found some of the lines divergent (not the
+    order) and merged just them, before the retry applied the whole
+    transaction.  The peer showed lines without their order, and relayed
+    them as a group of their own, so two more nodes showed them too.
+    """
+    ddl = [
+        "CREATE TABLE lines (id TEXT PRIMARY KEY, order_id TEXT, amount INTEGER)",
+        "CREATE TABLE orders (id TEXT PRIMARY KEY, total INTEGER)",
+    ]
+    clock_a = ManualClock(BASE_MS + 2 * DRIFT_MS_MAX)  # a runs beyond b's limit
+    clock_b = ManualClock(BASE_MS)
+    stores = []
+    for name, clock in (("a", clock_a), ("b", clock_b)):
+        store = SqliteStore.open(
+            tmp_path / f"{name}.db", clock=HybridClock(clock, drift_ms_max=DRIFT_MS_MAX)
+        )
+        store.init()
+        for statement in ddl:
+            store.connection.execute(statement)
+        store.track(["lines", "orders"])
+        stores.append(store)
+    a, b = stores
+    try:
+        a.connection.execute("BEGIN")
+        a.connection.execute("INSERT INTO orders VALUES ('o1', 30)")
+        a.connection.execute("INSERT INTO lines VALUES ('l1', 'o1', 10), ('l2', 'o1', 20)")
+        a.connection.execute("COMMIT")
+        a.capture()
+        assert exchange(a, b).drift_refused_rows == 3
+        clock_b.set(BASE_MS + 2 * DRIFT_MS_MAX)  # near enough now; the retry has not run
+
+        b.merge_repair_rows(a.site_id, a.rows_of("lines", [("l1",), ("l2",)]))
+
+        def counts() -> tuple[int, int]:
+            row = b.connection.execute(
+                "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM lines)"
+            ).fetchone()
+            return (int(row[0]), int(row[1]))
+
+        assert counts() in ((0, 0), (1, 2)), f"torn: {counts()} (orders, lines) at b"
+        # Nor does b's feed carry the lines in a group without their order.
+        shipped = {
+            table.table: len(table.rows)
+            for table in b.read_batch(0, {}, 1_000).tables
+            if table.rows
+        }
+        assert shipped in ({}, {"orders": 1, "lines": 2}), f"b would relay {shipped}"
+        assert b.retry_quarantine() == 3
+        assert counts() == (1, 2)
+        assert b.quarantine() == []
+    finally:
+        for store in stores:
+            store.close()

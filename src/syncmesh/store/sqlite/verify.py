@@ -7,6 +7,7 @@ that uses them in `syncmesh.node.verify`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -248,14 +249,49 @@ def rows_of(ctx: StoreContext, name: str, keys: Sequence[Key]) -> ChangeBatch:
 
 
 def merge_rows(ctx: StoreContext, origin: str, batch: ChangeBatch) -> ApplyResult:
-    """Merge rows a peer sent for repair: the normal merge, no cursor, no vector."""
+    """Merge rows a peer sent for repair: the normal merge, no cursor, no vector.
+
+    Rows of keys waiting in our quarantine are left to its retry
+    (`_without_quarantined_keys`).
+    """
     sites = ctx.require_init()
     with ctx.transaction():
         capture.capture_pending(ctx)
+        batch = _without_quarantined_keys(ctx, batch)
         result = apply.merge_rows(ctx, origin, batch, sites)
         orphans.resolve(ctx, *orphans.batch_keys(ctx, batch))
         ctx.connection.execute("UPDATE _syncmesh_state SET hlc = max(hlc, ?)", (ctx.clock.last,))
     return result
+
+
+def _without_quarantined_keys(ctx: StoreContext, batch: ChangeBatch) -> ChangeBatch:
+    """`batch` without the rows of keys that wait in our quarantine.
+
+    A key waiting there is the retry's to settle: it merges each sender's
+    rows as the one batch they came in, so a transaction passes or waits
+    whole.  The repair sends only the keys a verify found divergent, which
+    can be some rows of a transaction and not the others: merged here, the
+    lines of an order that waited in the drift quarantine showed without
+    their order until the next retry, and went into our feed as a group of
+    their own, so peers that relayed them showed them too (`syncmesh chaos`,
+    `beyond`: torn-transaction).  Nothing is lost by leaving them: the
+    retry applies the waiting rows, and the next verify repairs what still
+    differs then.
+    """
+    waiting = set(ctx.connection.execute("SELECT table_name, pk FROM _syncmesh_quarantine"))
+    if not waiting:
+        return batch
+    kept = []
+    for table in batch.tables:
+        rows = [
+            row
+            for row in table.rows
+            if (table.table, ", ".join(repr(value) for value in row[: table.key_count]))
+            not in waiting
+        ]
+        if rows:
+            kept.append(dataclasses.replace(table, rows=rows))
+    return dataclasses.replace(batch, tables=tuple(kept))
 
 
 def restamp(ctx: StoreContext, name: str, keys: Sequence[Key]) -> int:
