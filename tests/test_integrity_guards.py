@@ -68,18 +68,25 @@ def test_a_write_skipped_by_on_conflict_ignore_is_quarantined_with_its_reason(
     assert ids(c) == ["a", "c"]
 
 
-def test_a_row_refused_again_by_a_repair_is_kept_once_in_the_quarantine(
-    make_store: MakeStore,
-) -> None:
-    """The periodic verify's repair fetches, at every round, the row a constraint keeps
-    out here (it differs from the peer's): each fetch was one more quarantine entry,
-    so the quarantine grew for ever and its counts lied.  One entry per row state."""
+def unique_collision(make_store: MakeStore) -> tuple[SqliteStore, SqliteStore]:
+    """a and b, each with a row of its own holding the UNIQUE value 'x': a's row is
+    refused at b once a's feed reaches it."""
     ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, e TEXT UNIQUE, v)"
     a, b = make_store("a", ddl), make_store("b", ddl)
     a.connection.execute("INSERT INTO items VALUES ('a', 'x', 1)")
     a.capture()
     b.connection.execute("INSERT INTO items VALUES ('b', 'x', 2)")
     b.capture()
+    return a, b
+
+
+def test_a_row_refused_again_by_a_repair_is_kept_once_in_the_quarantine(
+    make_store: MakeStore,
+) -> None:
+    """The periodic verify's repair fetches, at every round, the row a constraint keeps
+    out here (it differs from the peer's): each fetch was one more quarantine entry,
+    so the quarantine grew for ever and its counts lied.  One entry per row state."""
+    a, b = unique_collision(make_store)
     exchange_all(a, b)
     [entry] = b.quarantine()
     assert entry["pk"] == "'a'"
@@ -104,12 +111,7 @@ def test_a_row_the_retry_refuses_again_for_the_same_reason_is_warned_of_once(
     tried it, refused it again and warned again, two lines a second for as long as
     the collision lasted (a chaos log held hundreds), burying the first warning.
     Refused again for the same reason, it is logged at DEBUG; a new reason warns."""
-    ddl = "CREATE TABLE items (id TEXT PRIMARY KEY, e TEXT UNIQUE, v)"
-    a, b = make_store("a", ddl), make_store("b", ddl)
-    a.connection.execute("INSERT INTO items VALUES ('a', 'x', 1)")
-    a.capture()
-    b.connection.execute("INSERT INTO items VALUES ('b', 'x', 2)")
-    b.capture()
+    a, b = unique_collision(make_store)
     caplog.set_level(logging.DEBUG, logger="syncmesh.store.sqlite.quarantine")
     exchange_all(a, b)
     for _retry in range(3):
