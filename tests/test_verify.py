@@ -53,6 +53,7 @@ from syncmesh.node.verify_server import (
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, drop_trigger_sql
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
+from syncmesh.transport.base import UnreachableError
 from tests.helpers import rows_with_types, run_cli, sqlite3_shell, wait_until
 from tests.test_node import config, converged, execute, make_db
 from tests.tlsfiles import Pki
@@ -764,3 +765,41 @@ async def test_no_repair_while_a_compared_row_still_changes() -> None:
     host.store, host.store_call = object(), direct_call
     with pytest.raises(AssertionError, match="the repair reached the peer"):
         await repair_found(host, cast(VerifyClient, Untouchable()), quiet)
+
+
+async def test_the_periodic_verify_gives_up_on_an_answer_that_never_comes() -> None:
+    """Goal: one hanging connection does not hold a pair's anti-entropy for minutes.
+
+    A chaos schedule's periodic verify waited 92 s on a request a faulty link
+    had left hanging, so its repair of a restored node's lost writes never ran
+    (`syncmesh chaos --seed 800 --only 31 --topology chain`, held-write).
+    The node's verify exchange now gives up once the answer sends nothing for
+    `PERIODIC_VERIFY_READ_TIMEOUT_S`; the next round asks again.
+
+    Method: a real aiohttp server on 127.0.0.1 whose verify route accepts the
+    request and never answers; an exchange made as the node makes it, with
+    the read timeout cut to 0.3 s, must fail as unreachable within 5 s.
+    """
+    never = asyncio.Event()
+
+    async def hang(_request: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post(VERIFY_PATH, hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        exchange = HttpVerifyExchange(f"http://127.0.0.1:{port}", read_timeout_s=0.3)
+        started = asyncio.get_running_loop().time()
+        async with exchange:
+            with pytest.raises(UnreachableError):
+                await asyncio.wait_for(exchange.post(b"\x80"), 5.0)
+        assert asyncio.get_running_loop().time() - started < 5.0
+    finally:
+        never.set()
+        await runner.cleanup()

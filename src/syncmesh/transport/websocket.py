@@ -53,6 +53,11 @@ SYNC_PATH = "/sync/v1"
 VERIFY_PATH = SYNC_PATH + "/verify"
 VERIFY_CONTENT_TYPE = "application/msgpack"
 VERIFY_TIMEOUT_S = 120.0
+# A node's periodic verify of a peer: an answer that sends nothing for this
+# long is given up, so that one connection a network left hanging does not
+# hold the anti-entropy of that pair for the whole `VERIFY_TIMEOUT_S` (a
+# chaos schedule's repair waited 92 s on one; the next round asks again).
+PERIODIC_VERIFY_READ_TIMEOUT_S = 15.0
 SNAPSHOT_PATH = SYNC_PATH + "/snapshot"
 SNAPSHOT_CONTENT_TYPE = "application/json"
 # Taking a snapshot of a large file takes seconds (the copy, VACUUM, the checksum).
@@ -165,7 +170,7 @@ class WebSocketConnector:
         context = None
         if self._tls is not None and site is not None:
             context = client_context_for_site(self._tls, site)
-        return HttpVerifyExchange(url, ssl=context)
+        return HttpVerifyExchange(url, ssl=context, read_timeout_s=PERIODIC_VERIFY_READ_TIMEOUT_S)
 
     def snapshot_source(self, url: str, site: str | None) -> HttpSnapshotSource:
         """Snapshot bootstrap from the node at `url`; with TLS its certificate must name `site`."""
@@ -225,10 +230,18 @@ class HttpVerifyExchange:
     (and feed a repair) in its place.
     """
 
-    def __init__(self, url: str, *, ssl: Any = None, timeout_s: float = VERIFY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ssl: Any = None,
+        timeout_s: float = VERIFY_TIMEOUT_S,
+        read_timeout_s: float | None = None,
+    ) -> None:
+        """`read_timeout_s`: give up when the answer sends nothing for this long."""
         self._url = url.rstrip("/") + VERIFY_PATH
         self._ssl = ssl
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=read_timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     @property
