@@ -38,6 +38,7 @@ from syncmesh.schema import quote_identifier
 TypedRow = tuple[tuple[SqlValue, str], ...]
 
 HOST = "127.0.0.1"
+PAUSE_ATTEMPTS_S = 10.0  # pause_outside_a_write tries again this long
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 HTTP_TIMEOUT_S = 5.0
@@ -260,6 +261,32 @@ class NodeProcess:
     def resume(self) -> None:
         assert self.is_running(), f"node {self.name} is not running"
         os.kill(self.pid, signal.SIGCONT)
+
+    def pause_outside_a_write(self) -> None:
+        """SIGSTOP at a moment the node holds no write lock on its file.
+
+        A node stopped inside one of its own write transactions (a capture, a
+        collection round) keeps every other writer of the file out until it
+        resumes: SQLite's rule, not the node's.  A test that writes the paused
+        node's file (an application, a migration) must not meet that, so the
+        node is resumed and paused again until a write can begin (bounded).
+        """
+        deadline = time.monotonic() + PAUSE_ATTEMPTS_S
+        while True:
+            self.pause()
+            try:
+                with contextlib.closing(sqlite3.connect(self.db, timeout=0.2)) as probe:
+                    probe.execute("BEGIN IMMEDIATE")
+                    probe.execute("ROLLBACK")
+                return
+            except sqlite3.OperationalError:
+                self.resume()
+                if time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"node {self.name} held its file's write lock at every pause"
+                        f" for {PAUSE_ATTEMPTS_S} s"
+                    ) from None
+                time.sleep(0.03)
 
     def cleanup(self) -> None:
         """Kill the process if it is still there (teardown); never raises."""

@@ -564,7 +564,7 @@ def test_paused_node_catches_up_after_resume(cluster: Cluster, tmp_path: Path) -
     b = cluster.node("b", peers=[a])
     cluster.start(a, b)
     wait_streaming(a, b)
-    b.pause()
+    b.pause_outside_a_write()  # the application writes b's file below
     with pytest.raises(OSError, match="timed out"):
         b.status(timeout_s=0.5)
     write(a.db, "INSERT INTO items VALUES ('during-pause-a', 'a', 1, 1.0, NULL)")

@@ -341,7 +341,7 @@ def test_an_update_right_after_a_rebuild_reaches_the_peer(cluster: Cluster, tmp_
     a, b = started_pair(cluster, tmp_path)
     shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1), ('r2', 'kept', 2)")
     wait_ids(b, ["r1", "r2"], cluster)
-    a.pause()
+    a.pause_outside_a_write()
     try:
         django_rebuild(a.db)
         shell(a.db, "UPDATE items SET name = 'after the rebuild', qty = 5 WHERE id = 'r1'")
@@ -383,7 +383,7 @@ def test_sqlite_utils_transform_at_one_site_while_both_write(
     wait_ids(b, ["r1"], cluster)
     with writers(a, b) as (writer_a, writer_b):
         writer_a.wait_rows(5)
-        a.pause()
+        a.pause_outside_a_write()
         try:
             sqlite_utils("transform", str(a.db), "items", "--default", "qty", "0")
             sqlite_utils("query", str(a.db), "UPDATE items SET qty = 5 WHERE id = 'r1'")
@@ -411,7 +411,7 @@ def test_an_update_right_after_a_rebuild_that_drops_a_column_reaches_the_peer(
     a, b = started_pair(cluster, tmp_path)
     shell(a.db, "INSERT INTO items (id, name, qty) VALUES ('r1', 'before', 1), ('r2', 'kept', 2)")
     wait_ids(b, ["r1", "r2"], cluster)
-    a.pause()
+    a.pause_outside_a_write()
     try:
         sqlite_utils("transform", str(a.db), "items", "--drop", "qty")
         sqlite_utils("query", str(a.db), "UPDATE items SET name = 'after' WHERE id = 'r1'")
