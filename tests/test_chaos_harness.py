@@ -366,6 +366,42 @@ async def test_binary_frames_are_duplicated_and_reordered_whole() -> None:
         await runner.cleanup()
 
 
+async def test_plain_http_passes_a_link_that_duplicates_and_reorders_websocket_frames() -> None:
+    """Goal: only WebSocket frames are duplicated or reordered; a verify request over
+    the same link arrives whole.  Read as frames, a POST body (msgpack) was held back
+    for good, so every periodic verify over a link that had such a fault hung and the
+    pair's anti-entropy never ran (`--seed 800 --only 31 --topology chain`).
+
+    Method: a real aiohttp server answering POSTs with their body, behind a proxy in
+    frame mode with duplicate and reorder at probability 1 both ways; two POSTs on one
+    keep-alive connection must come back whole within 5 s.
+    """
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/sync/v1/verify", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    proxy = LinkProxy("verify", runner.addresses[0][1], random.Random(1))
+    proxy.frame_mode = True
+    for direction in (proxy.forward, proxy.backward):
+        direction.duplicate_probability = direction.reorder_probability = 1.0
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for body in (bytes(range(256)) * 40, b"\x82\xa1v\x01"):
+                url = f"http://{HOST}:{proxy.port}/sync/v1/verify"
+                async with http.post(url, data=body) as response:
+                    assert await response.read() == body
+    finally:
+        await proxy.close()
+        await runner.cleanup()
+
+
 # -- the CI subset -------------------------------------------------------------------------
 
 

@@ -250,28 +250,52 @@ class LinkProxy:
 
 
 class _FrameSplitter:
-    """Cuts a WebSocket byte stream (after the HTTP upgrade) into whole frames (RFC 6455)."""
+    """Cuts a WebSocket byte stream (after the HTTP upgrade) into whole frames (RFC 6455).
+
+    A connection whose HTTP head is no WebSocket upgrade (a verify request, a
+    snapshot download over the same link) passes through whole: its body is
+    no frames, and read as frames it was held back for good (a frame length
+    read from msgpack bytes), so every verify over a link that had a
+    `duplicate` or `reorder` fault hung and the anti-entropy of that pair
+    never ran (`--seed 800 --only 31 --topology chain`, held-write).
+    """
 
     def __init__(self) -> None:
         self.held: bytes | None = None
         self._buffer = b""
         self._in_http = True
+        self._passthrough = False
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, int | None]]:
-        """Whole pieces: (bytes, opcode), opcode None for the HTTP head."""
+        """Whole pieces: (bytes, opcode), opcode None for the HTTP head and plain HTTP."""
+        if self._passthrough:
+            return [(chunk, None)]
         self._buffer += chunk
         pieces: list[tuple[bytes, int | None]] = []
         if self._in_http:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 return pieces
-            pieces.append((self._buffer[: end + 4], None))
+            head = self._buffer[: end + 4]
+            pieces.append((head, None))
             self._buffer = self._buffer[end + 4 :]
             self._in_http = False
+            if not _is_websocket_head(head):
+                self._passthrough = True
+                if self._buffer:
+                    pieces.append((self._buffer, None))
+                self._buffer = b""
+                return pieces
         while (size := _frame_size(self._buffer)) is not None and len(self._buffer) >= size:
             frame, self._buffer = self._buffer[:size], self._buffer[size:]
             pieces.append((frame, frame[0] & 0x0F))
         return pieces
+
+
+def _is_websocket_head(head: bytes) -> bool:
+    """An HTTP head that starts a WebSocket: the upgrade request, or its 101 answer."""
+    lowered = head.lower()
+    return b"upgrade: websocket" in lowered or lowered.startswith(b"http/1.1 101")
 
 
 def _frame_size(buffer: bytes) -> int | None:
