@@ -198,7 +198,12 @@ class StoreContext:
                 log.exception("rollback failed on %s", self.path)
             if self.sites is not None:
                 self.sites.forget_uncommitted()
-                self._read_identity()  # a renewed incarnation rolled back with the rest
+                # A renewed incarnation rolled back with the rest; a file that
+                # cannot be read now is read again at the next ask.
+                try:
+                    self._read_identity()
+                except sqlite3.Error:
+                    self.identity = None
             # The clock may stay ahead (it never goes back); that is always safe.
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{self.path}: {exc}") from exc
