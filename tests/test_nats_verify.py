@@ -606,20 +606,22 @@ def test_the_documented_permissions_let_a_site_verify_another_in_parts(
 
 
 @pytest.mark.multiprocess
-def test_the_periodic_verify_does_not_repair_a_fleet_site_still_catching_up(
+def test_the_periodic_verify_waits_for_a_fleet_site_still_catching_up(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:
-    """Goal: rows in flight on the stream are no divergence: a fleet site that
-    still applies a backlog is not repaired (the rows are the stream's to
-    deliver), and its status says the verify waits, not that rows differ.
+    """Goal: rows in flight on the stream are no divergence: while a fleet site
+    still applies a backlog, the verify gives no verdict that rows differ (the
+    rows are the stream's to deliver), and its status says the verify waits.
 
     Method: a (verifying every 0.2 s, re-reading differences after 0.02 s,
     so that the backlog's rows hold still through the re-reads) and b on one
     fleet; b stops, a inserts 20,000 rows, b starts and reads them from the
-    stream.  Until b holds them all, a's status is polled: no row may be
-    repaired, and at least once the verify of b must wait for b to catch up
-    (without the per-origin gate, the rows b had not applied yet were
-    pushed to it as a repair).  Both end with the same rows.
+    stream.  Until b holds them all, a's status is polled: no verdict given
+    after b's restart may say that rows differ, and at least once the verify
+    of b must wait for b to catch up (without the per-origin gate, the rows
+    b had not applied yet were reported as divergent, and before the repair
+    of fleet sites was taken back, pushed to it as a repair).  Both end with
+    the same rows, and the first verdict after it says identical.
     """
     fleet = fleet_name()
     a = cluster.node(
@@ -644,6 +646,7 @@ def test_the_periodic_verify_does_not_repair_a_fleet_site_still_catching_up(
         "a's first verify of b to say identical",
         describe(cluster, nats_cluster),
     )
+    verdict_before = _fleet_site(a, site_b)["verified_ms"]
     b.stop()
     sqlite3_shell(
         a.db,
@@ -655,7 +658,9 @@ def test_the_periodic_verify_does_not_repair_a_fleet_site_still_catching_up(
 
     def b_has_everything() -> bool:
         entry = _fleet_site(a, site_b)
-        assert entry.get("verify_repaired_rows_total", 0) == 0, entry
+        if entry.get("verified_ms", 0) > verdict_before:
+            assert entry["verify_identical"] is not False, entry
+            assert entry["verify_divergent_rows"] == 0, entry
         if entry.get("verify_waiting"):
             waits_seen.add(entry["verify_waiting"])
         return query(b.db, "SELECT count(*) FROM items") == [(20_002,)]
@@ -665,4 +670,12 @@ def test_the_periodic_verify_does_not_repair_a_fleet_site_still_catching_up(
         waits_seen
     )
     wait_converged([a.db, b.db], "items", CONVERGE_S, check=lambda rows: len(rows) == 20_002)
-    assert _fleet_site(a, site_b)["verify_repaired_rows_total"] == 0
+    wait_for(
+        lambda: (
+            _verified(a, site_b, verify_identical=True)
+            and _fleet_site(a, site_b)["verified_ms"] > verdict_before
+        ),
+        CONVERGE_S,
+        "a's first verify of b after the backlog to say identical",
+        describe(cluster, nats_cluster),
+    )
