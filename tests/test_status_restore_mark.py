@@ -1,4 +1,4 @@
-"""`syncmesh status FILE` shows the NATS restore check's mark as what it is, not as a peer.
+"""`syncmesh status FILE` shows a fleet node's restore check mark and positions, not as peers.
 
 A fleet node keeps the mark of its restore check (`nats-own/<cluster>/<site>`,
 node/fleet_restore.py) in the peers' cursor table of its file.  A real
@@ -59,4 +59,56 @@ def test_status_of_a_file_shows_the_restore_mark_apart_from_its_peers(
     assert mark["stream_seq"] >= 1
 
     bounded = run_cli("status", str(db), "--max-lag", "3600", check=False)
+    assert bounded.returncode == 0, bounded.stdout + bounded.stderr
+
+
+@pytest.mark.multiprocess
+def test_status_of_a_file_shows_fleet_positions_apart_from_its_peers(
+    cluster: Cluster, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Goal: a stopped fleet node's file shows how far each site's chain is applied as
+    a fleet site, not as a peer: a position's `cursor` is a chain seq and its `head_seq`
+    a stream sequence, so as a peer it got a made-up lag, and `--max-lag` judged the
+    file by it.
+
+    Method: a and b on one fleet; b writes, a applies it; both stop; the real CLI
+    reads a's file (tables and JSON) and its health against `--max-lag`.
+    """
+    nodes = []
+    for name in ("a", "b"):
+        nodes.append(
+            cluster.node(
+                name,
+                make_db(tmp_path / f"{name}.db", SCHEMA),
+                extra_args=("--nats", nats_server.url, "--cluster", FLEET),
+                env={"SYNCMESH_TRANSPORT_NATS_REPLICAS": "1"},
+            )
+        )
+    a, b = nodes
+    cluster.start(a, b)
+    site_b = b.status()["site_id"]
+    shell(b.db, "INSERT INTO items VALUES ('k1', 'written at b')")
+    wait_for(
+        lambda: query(a.db, "SELECT name FROM items") == [("written at b",)],
+        TIMEOUT_S,
+        "b's row at a",
+    )
+    a.stop()
+    b.stop()
+
+    shown = run_cli("status", str(a.db))
+    assert "fleet sites" in shown.stdout, shown.stdout
+    assert site_b in shown.stdout, shown.stdout
+    assert f"nats/{FLEET}/" not in shown.stdout, shown.stdout  # no cursor key as a peer
+
+    document = json.loads(run_cli("status", str(a.db), "--json").stdout)
+    assert document["peers"] == [], document["peers"]
+    positions = {entry["site_id"]: entry for entry in document["fleet_positions"]}
+    assert site_b in positions, positions
+    assert positions[site_b]["cluster"] == FLEET
+    assert positions[site_b]["chain_seq"] > 0
+    assert positions[site_b]["stream_seq"] >= 1
+    assert positions[site_b]["applied_rows"] >= 1
+
+    bounded = run_cli("status", str(a.db), "--max-lag", "1", check=False)
     assert bounded.returncode == 0, bounded.stdout + bounded.stderr

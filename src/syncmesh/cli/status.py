@@ -27,7 +27,7 @@ import click
 
 from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
-from syncmesh.node.fleet_restore import split_restore_marks
+from syncmesh.node.cursors import split_cursors
 from syncmesh.node.health import UP_STATES
 from syncmesh.node.lockfile import running_holder
 from syncmesh.store import StoreStatus, null_key_problems
@@ -109,9 +109,10 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
     problems = [*report.schema_problems, *null_key_problems(report)]
     if report.restore_floor:
         problems.append("recovering own writes lost by a restore from an old copy")
-    # The NATS restore check's mark shares the peers' cursor table; it is no peer.
-    peers, marks = split_restore_marks(report.peers)
-    report = dataclasses.replace(report, peers=peers)
+    # Fleet positions and the NATS restore check's mark share the peers' cursor
+    # table; neither is a peer (node.cursors).
+    cursors = split_cursors(report.peers)
+    report = dataclasses.replace(report, peers=cursors.peers)
     for peer in report.peers:
         if max_lag_s is not None:
             lag_ms = feed_lag_ms(peer.cursor, peer.head_seq)
@@ -121,12 +122,13 @@ def file_report(report: StoreStatus, *, as_json: bool, max_lag_s: float | None) 
                 problems.append(f"peer {peer.site_id} is {lag_ms} ms behind (as of its last batch)")
     if as_json:
         document = dataclasses.asdict(report)
-        document["fleet_restore_checks"] = [dataclasses.asdict(mark) for mark in marks]
+        document["fleet_positions"] = [dataclasses.asdict(p) for p in cursors.positions]
+        document["fleet_restore_checks"] = [dataclasses.asdict(mark) for mark in cursors.marks]
         click.echo(json.dumps(document, indent=2))
         return problems
     from syncmesh.cli import view  # rich loads only when a table is printed
 
-    view.print_file_status(report, marks)
+    view.print_file_status(report, cursors.marks, cursors.positions)
     return problems
 
 

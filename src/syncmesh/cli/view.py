@@ -23,7 +23,7 @@ from syncmesh.clock import SystemClock, feed_lag_ms
 from syncmesh.store import StoreStatus, null_key_problem, null_key_problems
 
 if TYPE_CHECKING:
-    from syncmesh.node.fleet_restore import RestoreCheckMark
+    from syncmesh.node.cursors import FleetPosition, RestoreCheckMark
 
 PIPE_COLUMNS = 160
 WIDE_COLUMNS = 110  # narrower than this, site ids are cut to SITE_COLUMNS_NARROW
@@ -431,11 +431,17 @@ def orphan_facts(orphans: dict[str, int], problems: list[str]) -> list[tuple[str
     return facts
 
 
-def print_file_status(report: StoreStatus, marks: Sequence[RestoreCheckMark] = ()) -> None:
+def print_file_status(
+    report: StoreStatus,
+    marks: Sequence[RestoreCheckMark] = (),
+    positions: Sequence[FleetPosition] = (),
+) -> None:
     """A file's bookkeeping: what the last batches told it, node running or not.
 
     `marks`: the NATS restore check's marks (node.fleet_restore), a fact of
-    the file, not a peer.
+    the file, not a peer.  `positions`: how far each fleet site's chain is
+    applied (node.fleet), not peers either: a file cannot know the head of a
+    site's chain, so they show no lag.
     """
     console = _console()
     facts = [
@@ -494,3 +500,32 @@ def print_file_status(report: StoreStatus, marks: Sequence[RestoreCheckMark] = (
         peers.add_row("none yet", "", "", "")
     console.print()
     console.print(peers)
+    if positions:
+        console.print()
+        console.print(_positions_table(positions, now_ms))
+
+
+def _positions_table(positions: Sequence[FleetPosition], now_ms: int) -> Table:
+    """The fleet sites' chains as applied in a file (no lag: the file knows no chain head)."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title="fleet sites (their chain on the stream as applied here)",
+        title_justify="left",
+        caption="a file knows no site's newer writes: run the node for the fleet's lag",
+        caption_justify="left",
+    )
+    table.add_column("site")
+    table.add_column("chain seq", justify="right")
+    table.add_column("stream seq", justify="right")
+    table.add_column("rows applied", justify="right")
+    table.add_column("last message", justify="right")
+    for position in positions:
+        table.add_row(
+            Text(f"{position.site_id}\n{position.subject} (cluster {position.cluster})"),
+            f"{position.chain_seq:,}" if position.chain_seq else "none yet",
+            f"{position.stream_seq:,}",
+            f"{position.applied_rows:,}",
+            age(position.last_applied_ms, now_ms),
+        )
+    return table

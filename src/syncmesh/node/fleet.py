@@ -86,6 +86,7 @@ from syncmesh.node.chain import (
     header_int,
 )
 from syncmesh.node.config import FleetConfig, NodeConfig
+from syncmesh.node.cursors import position_key
 from syncmesh.node.fleet_restore import OwnRestore
 from syncmesh.node.origin import (
     one_row_batches,
@@ -108,7 +109,6 @@ from syncmesh.transport.stream import (
 log = logging.getLogger(__name__)
 
 HLC_MAX = (1 << 63) - 1
-POSITION_PREFIX = "nats/"  # cursor keys: nats/<cluster>/<site id>
 # A relay chain's token in the subjects (docs/adr/0014, "Relaying WebSocket peers"):
 # syncmesh.<cluster>.changes.relay-<site id>; no site id (hex) can be named so.
 RELAY_PREFIX = "relay-"
@@ -154,11 +154,6 @@ def chain_name(chain: str) -> str:
 
 class RereadStream(SyncError):
     """The fleet positions were reset: open the link again with a fresh consumer."""
-
-
-def position_key(cluster: str, site_id: str) -> str:
-    """The store cursor key under which a site's chain position on the stream is kept."""
-    return f"{POSITION_PREFIX}{cluster}/{site_id}"
 
 
 class FleetHost(Protocol):

@@ -34,59 +34,22 @@ publish (no publish receipt names them) are reported (`judge`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 from syncmesh.errors import ClockDriftError, SiteIdConflict
 from syncmesh.model import ChangeBatch
 from syncmesh.node.chain import HEADER_FROM, HEADER_INCARNATION, HEADER_TO, header_int
 from syncmesh.node.config import NodeConfig
+from syncmesh.node.cursors import MARK_PREFIX
 from syncmesh.node.origin import own_stamp_max
 from syncmesh.node.worker import StoreWorker
-from syncmesh.store import PeerCursor, Store
+from syncmesh.store import Store
 from syncmesh.transport.stream import FleetLink, StoredMessage
 
 log = logging.getLogger(__name__)
 
 RECEIPTS_KEPT_MAX = 10_000  # publish receipts remembered to tell our messages from a copy's
-# The store cursor key of the check's mark: our subject was checked (or published by
-# this file) up to the stream sequence kept in its `head_seq`.  Not a position on a
-# chain ("nats/" keys, node/fleet.py), never reset by a restore (keys with a "/").
-MARK_PREFIX = "nats-own/"
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreCheckMark:
-    """A file's restore check mark: its own fleet subject checked up to `stream_seq`."""
-
-    cluster: str
-    site_id: str
-    subject: str
-    stream_seq: int
-
-
-def split_restore_marks(
-    cursors: Iterable[PeerCursor],
-) -> tuple[list[PeerCursor], list[RestoreCheckMark]]:
-    """The peers' cursors, and apart from them the restore check's marks.
-
-    The mark is kept in the peers' cursor table (a row that survives as the
-    file does, restored with it), but it is no peer: shown as one, a file's
-    status listed it with a lag "not known yet", and `--max-lag` called the
-    file unhealthy for it (new-user report).
-    """
-    peers: list[PeerCursor] = []
-    marks: list[RestoreCheckMark] = []
-    for cursor in cursors:
-        if not cursor.site_id.startswith(MARK_PREFIX):
-            peers.append(cursor)
-            continue
-        cluster, _slash, site = cursor.site_id[len(MARK_PREFIX) :].rpartition("/")
-        marks.append(RestoreCheckMark(cluster, site, cursor.address, cursor.head_seq))
-    return peers, marks
-
-
 TWIN_FIX = (
     "two live database files share this site id (a copy of the file was started): run"
     " `syncmesh init --new-site-id` on the copy"
