@@ -5,8 +5,8 @@ node serves must refuse, naming that node, and leave the file and the node
 alone: join moves the file aside and puts another in its place, under a
 node that would go on writing into the one moved aside.  And while a join
 runs (its source is paused, so it waits for the snapshot), a `serve` of the
-file it is replacing must refuse, naming the join, and `status` must say so
-without opening the file.
+file it is replacing must refuse, naming the join, and `status` and every
+other command that opens the file must say so without opening it.
 """
 
 from __future__ import annotations
@@ -97,6 +97,20 @@ def test_serve_refuses_a_file_a_join_is_replacing(cluster: Cluster, tmp_path: Pa
         assert shown.returncode == 1, shown.stdout
         assert f"`syncmesh join` (pid {join.pid}" in shown.stderr, shown.stderr
         assert "is replacing it" in shown.stderr, shown.stderr
+        # So does every command that would open it: reading the file on its way
+        # out, or making the join's empty lock file a database the join then
+        # had to keep aside.
+        for command in (
+            ("init", str(new_db)),
+            ("track", str(new_db), "items"),
+            ("conflicts", str(new_db)),
+            ("quarantine", "list", str(new_db)),
+            ("verify", str(new_db), "--peer", a.url),
+        ):
+            opened = run_cli(*command, check=False)
+            assert opened.returncode != 0, (command, opened.stdout)
+            assert f"`syncmesh join` (pid {join.pid}" in opened.stderr, (command, opened.stderr)
+            assert "is replacing it" in opened.stderr, (command, opened.stderr)
     finally:
         a.resume()
         out, err = join.communicate(timeout=TIMEOUT_S * 2)

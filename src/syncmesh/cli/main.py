@@ -48,7 +48,13 @@ from syncmesh.clock import SystemClock
 from syncmesh.errors import SyncError
 from syncmesh.node import NodeConfig
 from syncmesh.node.config import is_loopback, is_pattern
-from syncmesh.node.lockfile import AlreadyServed, LockHolder, ServeLock, running_holder
+from syncmesh.node.lockfile import (
+    AlreadyServed,
+    LockHolder,
+    ServeLock,
+    join_in_progress,
+    running_holder,
+)
 from syncmesh.node.patterns import track_matches
 from syncmesh.store import Store
 from syncmesh.store.open import open_store
@@ -69,6 +75,8 @@ def _errors_as_messages() -> Iterator[None]:
 
 @contextmanager
 def _open_store(database: Path, *, must_exist: bool = True) -> Iterator[Store]:
+    if refusal := join_in_progress(database):
+        raise click.ClickException(refusal)
     if must_exist and not database.exists():
         raise click.ClickException(f"{database} does not exist")
     with _errors_as_messages():

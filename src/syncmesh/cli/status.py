@@ -29,7 +29,7 @@ from syncmesh.clock import feed_lag_ms
 from syncmesh.errors import SyncError
 from syncmesh.node.cursors import split_cursors
 from syncmesh.node.health import UP_STATES
-from syncmesh.node.lockfile import running_holder
+from syncmesh.node.lockfile import join_refusal, running_holder
 from syncmesh.store import StoreStatus, null_key_problems
 from syncmesh.store.open import open_store
 from syncmesh.transport.failures import address_of, os_error_words
@@ -76,10 +76,7 @@ def status_of_file(database: Path, *, as_json: bool, max_lag_s: float | None) ->
     elif holder is not None and holder.command == "join":
         # Not opened: the file is about to be replaced (or is the empty one the
         # join's lock created, which an open would turn into a database).
-        raise click.ClickException(
-            f"{database}: `syncmesh join` ({holder.named()}) is replacing it; run status"
-            " again once the join has finished"
-        )
+        raise click.ClickException(join_refusal(database, holder))
     elif holder is not None:
         click.echo(f"{database}: a node (pid {holder.pid}) is starting on it", err=True)
     else:

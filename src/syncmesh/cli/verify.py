@@ -29,6 +29,7 @@ from rich.table import Table
 from syncmesh.cli.config import fleet_config, load_settings
 from syncmesh.errors import SyncError
 from syncmesh.node.config import FleetConfig, is_site_id
+from syncmesh.node.lockfile import join_in_progress
 from syncmesh.node.verify import (
     SETTLE_ROUNDS_DEFAULT,
     RepairReport,
@@ -133,6 +134,8 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def _store(database: Path) -> Iterator[Store]:
+    if refusal := join_in_progress(database):
+        raise VerifyFailed(refusal)
     if not database.exists():
         raise VerifyFailed(f"{database} does not exist")
     try:

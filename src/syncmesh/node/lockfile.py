@@ -254,6 +254,28 @@ def running_holder(database: str | Path) -> LockHolder | None:
         handle.close()
 
 
+def join_in_progress(database: str | Path) -> str:
+    """Why no command may open `database` now ("" if it may): a join is replacing it.
+
+    `syncmesh join` holds the serve lock while it puts a new file in place
+    of the old one.  A command that opened the file meanwhile would read the
+    file on its way out, or turn the empty file the join's lock created into
+    a database, which the join then had to move aside as a file of its own.
+    """
+    holder = running_holder(database)
+    if holder is None or holder.command != "join":
+        return ""
+    return join_refusal(database, holder)
+
+
+def join_refusal(database: str | Path, join: LockHolder) -> str:
+    """The words of `join_in_progress` for the join that holds the lock."""
+    return (
+        f"{database}: `syncmesh join` ({join.named()}) is replacing it; run this again"
+        " once the join has finished"
+    )
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
