@@ -19,7 +19,8 @@ bootstrap and wire (bulk.py: a new node syncs a 1M-row table; bytes on the
 wire for 1% random updates, through a byte-counting proxy, proxy.py), mixed
 (mixed.py: inserts, updates, deletes at all three nodes of a mesh; lag),
 idle (idle.py: CPU of a node with no writes), and, only when named, metadata
-(metadata.py: bytes per row and per cell of the bookkeeping, issue 16), fleet
+(metadata.py: bytes per row and per cell of the bookkeeping, and layouts.py: what
+candidate shadow layouts would take, issue 16), fleet
 (fleet.py: N sites over a 3-server NATS JetStream cluster against a WebSocket
 star and mesh, issue 15), snapshot (snapshot.py: `syncmesh join` against the
 replay of the same table, issue 16), soak (soak.py: three nodes under churn

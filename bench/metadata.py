@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import layouts
 from bench.common import Figure, connected, write_in_transactions
 from syncmesh.store.sqlite import SqliteStore
 
@@ -106,6 +107,7 @@ def measure(rows: int, row_bytes: int, seed: int = 16) -> dict[str, float]:
             pasts = connection.execute(
                 "SELECT coalesce(sum(length(pasts)), 0) FROM _syncmesh_shadow_items"
             ).fetchone()[0]
+        candidates = layouts.measure(tracked, "items", Path(directory))
         user = objects["items"] + objects.get("sqlite_autoindex_items_1", 0)
         bookkeeping = sum(
             size
@@ -127,6 +129,7 @@ def measure(rows: int, row_bytes: int, seed: int = 16) -> dict[str, float]:
             "pasts": pasts,
             "bookkeeping": bookkeeping,
             "log_per_write": log_bytes / rows,
+            **{f"layout {name}": size for name, size in candidates.items()},
         }
 
 
@@ -156,6 +159,21 @@ def run(repeats: int, rows: int, log: Callable[[str], None]) -> list[Figure]:
         for _ in range(repeats):
             ratio.add(found["tracked_in_use"], found["plain_in_use"])
         figures.append(ratio)
+        # The same file with each candidate shadow layout in place of today's
+        # shadow table and seq index (bench/layouts.py).
+        today = found["shadow"] + found["shadow_seq_index"]
+        for name in layouts.CANDIDATES:
+            candidate = found[f"layout {name}"]
+            projected = Figure(
+                SCENARIO,
+                f"bytes in use with the {name!r} shadow layout, {label}",
+                "bytes",
+                baseline_name="plain SQLite file, same rows",
+                note=f"projected: shadow and its indexes {candidate / rows:.1f} B/row",
+            )
+            for _ in range(repeats):
+                projected.add(found["tracked_in_use"] - today + candidate, found["plain_in_use"])
+            figures.append(projected)
         for name, value in per_row.items():
             figure = Figure(SCENARIO, f"{name}, {label}", "bytes")
             for _ in range(repeats):
