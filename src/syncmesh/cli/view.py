@@ -438,9 +438,9 @@ def print_file_status(
 ) -> None:
     """A file's bookkeeping: what the last batches told it, node running or not.
 
-    `marks`: the NATS restore check's marks (node.fleet_restore), a fact of
+    `marks`: the NATS restore check's marks (node.cursors), a fact of
     the file, not a peer.  `positions`: how far each fleet site's chain is
-    applied (node.fleet), not peers either: a file cannot know the head of a
+    applied (node.cursors), not peers either: a file cannot know the head of a
     site's chain, so they show no lag.
     """
     console = _console()
