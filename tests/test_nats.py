@@ -864,6 +864,40 @@ def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     assert fleet_of(b)["foreign_rows_refused"] == 0
 
 
+def test_a_websocket_replica_a_column_behind_is_relayed_to_the_fleet(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a WebSocket replica whose vector its fleet node does not adopt (it lacks a
+    column the node tracks: a rolling migration not yet run there, ADR 0013) still has
+    its writes relayed to the fleet.
+
+    Method: a and b share the stream; c dials a over WebSocket and its `items`
+    lacks the `qty` column.  A row written at c through the sqlite3 shell must
+    reach b (a relays it).  Before, the relay loop waited for a vector naming c,
+    which a adopts only once c has every column: c's writes stopped at a.
+    """
+    fleet = fleet_name()
+    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    older = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)"
+    c = cluster.node("c", make_db(cluster.directory / "c.db", older), peers=[a])
+    cluster.start(c)
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('from-c', 'column behind')")
+    wait_for(
+        lambda: query(a.db, "SELECT name FROM items WHERE id = 'from-c'") == [("column behind",)],
+        CONVERGE_S,
+        "c's write to reach a over WebSocket",
+        describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'from-c'") == [("column behind",)],
+        CONVERGE_S,
+        "c's write to reach b through a's relay",
+        describe(cluster, nats_cluster),
+    )
+    assert fleet_of(a)["relayed_rows"] >= 1
+
+
 async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:
     client = await nats.connect(servers=servers.urls)
     try:

@@ -171,6 +171,10 @@ class FleetHost(Protocol):
 
     def note_throughput(self, *, applied_rows: int = 0, rows_captured_total: int) -> None: ...
 
+    def session_sites(self) -> list[str]:
+        """The sites of the WebSocket sessions that said HELLO and are open now."""
+        ...
+
 
 @dataclass(slots=True)
 class _Site:
@@ -339,9 +343,13 @@ class Fleet:
         # Set once the status loop listed the stream's sites in this open: the
         # relay loop waits for it, so that it relays no fleet site's content.
         self._listed = asyncio.Event()
-        # Set once our vector names a site off the stream (the publish loop looks
-        # at each read): until then the relay loop costs nothing.
+        # Set once our vector, or an open WebSocket session, names a site off the
+        # stream (the publish loop looks at each read): until then the relay loop
+        # costs nothing.
         self._relay_wanted = asyncio.Event()
+        # The sites of the WebSocket sessions seen open in this run (`_note_sites`):
+        # what they sent us stays to be relayed after their session closes.
+        self._session_sites: set[str] = set()
 
     # -- the loop that keeps the others running -------------------------------------
 
@@ -481,7 +489,7 @@ class Fleet:
             # Taken before the read: a write captured after it is stamped above it.
             mark = await worker.call(store.stamp_mark) if wanted else None
             vector = dict.fromkeys(await worker.call(store.vector), HLC_MAX)
-            self._note_vector(vector)
+            self._note_sites(list(vector))
             vector.pop(self._own, None)
             batch = await worker.call(store.read_batch, scan, vector, rows_max)
             if batch.to_seq == scan:
@@ -607,17 +615,28 @@ class Fleet:
         fleet = self._fleet_sites()
         return dict.fromkeys(fleet, HLC_MAX), lambda batch: relay_rows(batch, fleet)
 
-    def _note_vector(self, held: Mapping[str, int]) -> None:
-        """Wake the relay loop once our file holds writes of a site off the stream.
+    def _note_sites(self, sites: list[str]) -> None:
+        """Wake the relay loop once a site off the stream gives us its writes.
 
-        Only once the stream's sites are listed: before, a fleet site we
-        have not heard of yet would look like one off the stream.
+        `sites`: those our vector names (a WebSocket peer's adopted vector
+        brings them, with its peers' own); and those of the WebSocket
+        sessions open now or earlier in this run: a peer whose vector we do
+        not adopt (it lacks a table or column we track, a rolling migration
+        not yet run there: ADR 0013) sends its writes all the same, and
+        they stopped at us.  Only once the stream's sites are listed:
+        before, a fleet site we have not heard of yet would look like one
+        off the stream.
         """
+        self._session_sites.update(self._host.session_sites())
         if self._relay_wanted.is_set() or not self._listed.is_set():
             return
-        fleet = self._fleet_sites()
-        if any(site not in fleet for site in held):
+        if self._off_stream([*sites, *self._session_sites]):
             self._relay_wanted.set()
+
+    def _off_stream(self, sites: list[str]) -> bool:
+        """Whether any of `sites` is off the stream (its writes are ours to relay)."""
+        fleet = self._fleet_sites()
+        return any(site not in fleet for site in sites)
 
     def _fleet_sites(self) -> frozenset[str]:
         """The sites on the stream as we know them: ourselves, each site with a chain here,
@@ -708,8 +727,9 @@ class Fleet:
         read back from the stream at start, idempotent message ids, state
         copies and a marker on the state stream before the messages (so a
         receiver's gap on it closes like any other).  It starts reading
-        only once the publish loop saw a site off the stream in our vector
-        (`_note_vector`): a plain fleet site pays nothing for it.
+        only once the publish loop saw a site off the stream in our vector or
+        among our WebSocket sessions (`_note_sites`): a plain fleet site pays
+        nothing for it.
         """
         host, store, worker = self._host, self._host.store, self._host.worker
         incarnation = await worker.call(lambda: store.incarnation)
@@ -727,9 +747,9 @@ class Fleet:
         rows_max = host.config.batch_rows_max
         while True:
             changed = host.feed_event()
-            fleet = self._fleet_sites()
             held = await worker.call(store.vector)
-            if any(site not in fleet for site in held):
+            self._session_sites.update(host.session_sites())
+            if self._off_stream([*held, *self._session_sites]):
                 if not marked:
                     await self._complete_state(chain, incarnation, relayed)
                     marked = True

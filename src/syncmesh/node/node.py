@@ -372,6 +372,10 @@ class Node:
     def store_call(self) -> StoreCall:
         return self.worker.call
 
+    def session_sites(self) -> list[str]:
+        """The sites of the sessions that said HELLO and are open now (node.fleet's relay)."""
+        return list(self._sessions)
+
     def gossip_peers(self) -> list[Session]:
         """The sessions that stream now (syncmesh.node.lifecycle)."""
         return [session for session in self._sessions.values() if session.peer_site_id]
