@@ -760,18 +760,9 @@ def test_a_websocket_peer_off_the_stream_syncs_with_the_fleet_through_its_node(
     joins the stream itself: a relays none of its next write, which reaches
     b on c's own chain.  (Before the relay, c's writes stopped at a.)
     """
-    fleet = fleet_name()
-    a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
-    cluster.start(a, b)
-    c = cluster.node("c", make_db(cluster.directory / "c.db", SCHEMA), peers=[a])
-    cluster.start(c)
+    fleet, a, b, c = _fleet_with_a_replica(cluster, nats_cluster, SCHEMA)
     sqlite3_shell(c.db, "INSERT INTO items VALUES ('from-c', 'over websocket', 1)")
-    wait_for(
-        lambda: query(b.db, "SELECT name FROM items WHERE id = 'from-c'") == [("over websocket",)],
-        CONVERGE_S,
-        "c's write to reach b through a's relay",
-        describe(cluster, nats_cluster),
-    )
+    _wait_relayed(cluster, nats_cluster, b, "over websocket")
     sqlite3_shell(b.db, "INSERT INTO items VALUES ('from-b', 'over nats', 2)")
     wait_for(
         lambda: query(c.db, "SELECT name FROM items WHERE id = 'from-b'") == [("over nats",)],
@@ -876,26 +867,36 @@ def test_a_websocket_replica_a_column_behind_is_relayed_to_the_fleet(
     reach b (a relays it).  Before, the relay loop waited for a vector naming c,
     which a adopts only once c has every column: c's writes stopped at a.
     """
+    _, a, b, c = _fleet_with_a_replica(
+        cluster, nats_cluster, "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)"
+    )
+    sqlite3_shell(c.db, "INSERT INTO items VALUES ('from-c', 'column behind')")
+    _wait_relayed(cluster, nats_cluster, b, "column behind")
+    assert fleet_of(a)["relayed_rows"] >= 1
+
+
+def _fleet_with_a_replica(
+    cluster: Cluster, nats_cluster: NatsCluster, replica_schema: str
+) -> tuple[str, NodeProcess, NodeProcess, NodeProcess]:
+    """(fleet, a, b, c): a and b on one fleet, c a WebSocket replica of a on no stream."""
     fleet = fleet_name()
     a, b = (nats_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
     cluster.start(a, b)
-    older = "CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT)"
-    c = cluster.node("c", make_db(cluster.directory / "c.db", older), peers=[a])
+    c = cluster.node("c", make_db(cluster.directory / "c.db", replica_schema), peers=[a])
     cluster.start(c)
-    sqlite3_shell(c.db, "INSERT INTO items VALUES ('from-c', 'column behind')")
+    return fleet, a, b, c
+
+
+def _wait_relayed(
+    cluster: Cluster, nats_cluster: NatsCluster, reader: NodeProcess, name: str
+) -> None:
+    """Until the row 'from-c' that the replica wrote reads `name` at `reader`."""
     wait_for(
-        lambda: query(a.db, "SELECT name FROM items WHERE id = 'from-c'") == [("column behind",)],
+        lambda: query(reader.db, "SELECT name FROM items WHERE id = 'from-c'") == [(name,)],
         CONVERGE_S,
-        "c's write to reach a over WebSocket",
+        f"c's write to reach {reader.name} through a's relay",
         describe(cluster, nats_cluster),
     )
-    wait_for(
-        lambda: query(b.db, "SELECT name FROM items WHERE id = 'from-c'") == [("column behind",)],
-        CONVERGE_S,
-        "c's write to reach b through a's relay",
-        describe(cluster, nats_cluster),
-    )
-    assert fleet_of(a)["relayed_rows"] >= 1
 
 
 async def make_small_stream(servers: NatsCluster, fleet: str, *, messages_max: int) -> None:

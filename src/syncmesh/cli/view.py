@@ -64,6 +64,18 @@ def _peer_column(table: Table, console: Console) -> None:
     )
 
 
+def _titled(title: str, caption: str = "") -> Table:
+    """An empty table of the views' one style: a simple head, no edge, title and caption left."""
+    return Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title=title,
+        title_justify="left",
+        caption=caption or None,
+        caption_justify="left",
+    )
+
+
 def _tables(tables: dict[str, int]) -> Table:
     table = Table(
         "table", "rows", box=box.SIMPLE_HEAD, show_edge=False, title="tables", title_justify="left"
@@ -290,14 +302,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
     console.print()
     console.print(_tables(store["tables"]))
     now_ms = SystemClock().now_ms()
-    peers = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        title="peers",
-        title_justify="left",
-        caption=LAG_CAPTION,
-        caption_justify="left",
-    )
+    peers = _titled("peers", LAG_CAPTION)
     _peer_column(peers, console)
     peers.add_column("state", no_wrap=True)
     peers.add_column("lag in", justify="right")
@@ -357,7 +362,7 @@ def print_live_status(status: dict[str, Any], failed_checks: Sequence[str] = ())
 
 def _chains_table(title: str, first: str, chains: list[dict[str, Any]], now_ms: int) -> Table:
     """One row per chain the fleet reads (a site's own, or a relayer's): position and lag."""
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left")
+    table = _titled(title)
     for column in (first, "stream seq", "lag", "last applied", "rows", "refused"):
         table.add_column(column, justify="left" if column == first else "right")
     for chain in chains:
@@ -472,13 +477,9 @@ def print_file_status(
     console.print()
     console.print(_tables(report.tables))
     now_ms = SystemClock().now_ms()
-    peers = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        title="peers (their feed as applied here)",
-        title_justify="left",
-        caption="lag: as of the peer's last batch; newer writes of a peer are not known here",
-        caption_justify="left",
+    peers = _titled(
+        "peers (their feed as applied here)",
+        "lag: as of the peer's last batch; newer writes of a peer are not known here",
     )
     _peer_column(peers, console)
     peers.add_column("lag", justify="right")
@@ -507,13 +508,9 @@ def print_file_status(
 
 def _positions_table(positions: Sequence[FleetPosition], now_ms: int) -> Table:
     """The fleet sites' chains as applied in a file (no lag: the file knows no chain head)."""
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        title="fleet sites (their chain on the stream as applied here)",
-        title_justify="left",
-        caption="a file knows no site's newer writes: run the node for the fleet's lag",
-        caption_justify="left",
+    table = _titled(
+        "fleet sites (their chain on the stream as applied here)",
+        "a file knows no site's newer writes: run the node for the fleet's lag",
     )
     table.add_column("site")
     table.add_column("chain seq", justify="right")
