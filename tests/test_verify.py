@@ -653,6 +653,42 @@ async def test_the_periodic_repair_never_merges_rows_written_after_the_trees(
     assert row_count(b, "lines") == 4
 
 
+async def test_a_node_restoring_from_a_backup_still_repairs_its_own_rows(
+    tmp_path: Path,
+) -> None:
+    """Goal: the rule on rows written after the trees judges a node's own writes by
+    its feed head, so a node restoring from a backup, which claims no own write
+    past its lost ones in `held` until they are back (ADR 0006), still repairs
+    the own rows it wrote since.
+
+    Method: B (a file, A's twin) writes `old`, is reopened (a new run) and is
+    told a peer holds an own write past its vector: restore mode, as after a
+    restore.  It then writes `new`, whose stamp is above its `held` for
+    itself.  A (a node) lacks both; the periodic repair step at B must push
+    both to A.
+    """
+    a, b = twin_files(tmp_path, rows=50)
+    execute(b, "INSERT INTO items VALUES ('old', 'before the restore', 1)")
+    with opened(b) as store:
+        store.capture()
+        own, before = store.site_id, store.vector()[store.site_id]
+    async with serving(a) as node_a:
+        with opened(b) as store:
+            assert store.note_peer_vector({own: before + 1})  # restore mode
+            execute(b, "INSERT INTO items VALUES ('new', 'while restoring', 2)")
+            store.capture()
+            assert store.held_claims()[own] < store.head_seq()
+            host: Any = types.SimpleNamespace(
+                config=NodeConfig(database_path=str(b)), store=store, store_call=direct_call
+            )
+            async with VerifyClient(HttpVerifyExchange(url_of(node_a))) as client:
+                report = await verify(store, direct_call, client, settle_s=0.05)
+                assert divergent_keys(report) == {"old", "new"}
+                checked = await repair_found(host, client, report)
+    assert (checked.repaired, checked.fetched_rows, checked.pushed_rows) == (True, 0, 2)
+    assert name_of(a, "new") == "while restoring"
+
+
 def test_a_row_past_held_is_one_with_any_write_its_holder_did_not_hold() -> None:
     """Goal: `rows_past_held` names exactly the rows with a stamp, of the causal
     length or of a cell, above the holder's `held` for that stamp's site; a

@@ -543,15 +543,33 @@ async def _check_held_at_trees(
     chunk: Mapping[str, list[Key]],
     theirs: Sequence[ChangeBatch],
 ) -> None:
-    """Raise WrittenAfterTrees if a row of `chunk`, ours or the peer's, is past its
-    holder's `held` in `report` (nothing checked if the peer did not say its own)."""
+    """Raise WrittenAfterTrees if a row of `chunk`, ours or the peer's, is past what
+    its holder held when the trees were read (nothing checked if the peer did not
+    say its `held`).
+
+    Per origin that is the holder's `held`; for its own writes, its feed head
+    too, read with the trees: each own write is captured under a seq equal to
+    its stamp, so those before the trees are at or below the head, those
+    after above it.  `held` alone would not do for them: a node restoring
+    from a backup claims no own write past its lost ones until they are
+    back (ADR 0006), while it goes on writing.
+    """
     if report.peer_held is None:
         return
-    late = [row for batch in theirs for row in rows_past_held(batch, report.peer_held)]
+    their_bound = _with_own(report.peer_held, report.peer_site, report.peer_head_seq)
+    our_bound = _with_own(report.held, store.site_id, report.head_seq)
+    late = [row for batch in theirs for row in rows_past_held(batch, their_bound)]
     for name, keys in chunk.items():
-        late.extend(rows_past_held(await call(store.rows_of, name, keys), report.held))
+        late.extend(rows_past_held(await call(store.rows_of, name, keys), our_bound))
     if late:
         raise WrittenAfterTrees(late)
+
+
+def _with_own(held: Mapping[str, int], site: str, head_seq: int | None) -> dict[str, int]:
+    bound = dict(held)
+    if head_seq is not None:
+        bound[site] = max(bound.get(site, 0), head_seq)
+    return bound
 
 
 async def merge_divergent(
