@@ -228,8 +228,8 @@ def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:
     """Goal: the periodic verify covers fleet sites, and status, /metrics and the
-    command line show what it found; it only reports (a fleet site's rows are
-    not repaired by the periodic verify), and `syncmesh repair --site` merges.
+    command line show what it found; with `sync.verify_repair = false` it only
+    reports, and `syncmesh repair --site` merges.
 
     Method: a row vanishes from b's file behind the engine's back
     (`_fleet_with_a_row_gone_at_b`).  a's status must show b with 1
@@ -238,7 +238,9 @@ def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
     repaired); after `syncmesh repair --site b` the next round says b is
     identical.
     """
-    fleet, a, b, c = _fleet_with_a_row_gone_at_b(cluster, nats_cluster)
+    fleet, a, b, c = _fleet_with_a_row_gone_at_b(
+        cluster, nats_cluster, SYNCMESH_SYNC_VERIFY_REPAIR="false"
+    )
     site_b, site_c = site_id(b), site_id(c)
     wait_for(
         lambda: (
@@ -272,6 +274,46 @@ def test_a_node_verifies_its_fleet_sites_in_turn_and_shows_a_divergence(
         "a's next verify of b to say identical",
         describe(cluster, nats_cluster),
     )
+
+
+@pytest.mark.multiprocess
+def test_the_periodic_verify_of_a_fleet_site_repairs_what_no_stream_brings(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: anti-entropy over the fleet: a row no stream will ever bring back is
+    merged by the periodic verify (`sync.verify_repair`, on by default), once
+    each side holds what the other held (nothing in flight), and status says so.
+
+    Method: a row vanishes from b's file behind the engine's back
+    (`_fleet_with_a_row_gone_at_b`); a, verifying every 0.3 s with the
+    defaults, must put it back at b by itself, count it in
+    `verify_repaired_rows_total` and in /metrics, and its next verify of b
+    must say identical.  Every site ends with the same rows.
+    """
+    _fleet, a, b, c = _fleet_with_a_row_gone_at_b(cluster, nats_cluster)
+    site_b = site_id(b)
+    wait_for(
+        lambda: query(b.db, "SELECT name FROM items WHERE id = 'a-2'") == [("two",)],
+        CONVERGE_S,
+        "a's periodic verify to put a-2 back at b",
+        describe(cluster, nats_cluster),
+    )
+    wait_for(
+        lambda: (
+            _verified(a, site_b, verify_identical=True)
+            and _fleet_site(a, site_b)["verify_repaired_rows_total"] >= 1
+        ),
+        CONVERGE_S,
+        "a's status to count the repaired row and its next verify of b to say identical",
+        describe(cluster, nats_cluster),
+    )
+    assert _fleet_site(a, site_b)["verify_waiting"] == ""
+    metrics = a.open_url("/metrics", 5.0).read().decode()
+    assert re.search(r"syncmesh_fleet_site_verify_repaired_rows_total\{[^}]*\} [1-9]", metrics), (
+        metrics
+    )
+    assert "repaired: 0 of the peer's rows merged here, 1 of ours there" in a.log_text()
+    _four_rows_everywhere(cluster, nats_cluster, a, b, c)
 
 
 @pytest.mark.multiprocess
@@ -611,17 +653,18 @@ def test_the_periodic_verify_waits_for_a_fleet_site_still_catching_up(
 ) -> None:
     """Goal: rows in flight on the stream are no divergence: while a fleet site
     still applies a backlog, the verify gives no verdict that rows differ (the
-    rows are the stream's to deliver), and its status says the verify waits.
+    rows are the stream's to deliver) and repairs none, and its status says the
+    verify waits.
 
     Method: a (verifying every 0.2 s, re-reading differences after 0.02 s,
     so that the backlog's rows hold still through the re-reads) and b on one
     fleet; b stops, a inserts 20,000 rows, b starts and reads them from the
     stream.  Until b holds them all, a's status is polled: no verdict given
-    after b's restart may say that rows differ, and at least once the verify
-    of b must wait for b to catch up (without the per-origin gate, the rows
-    b had not applied yet were reported as divergent, and before the repair
-    of fleet sites was taken back, pushed to it as a repair).  Both end with
-    the same rows, and the first verdict after it says identical.
+    after b's restart may say that rows differ, no row may be repaired, and
+    at least once the verify of b must wait for b to catch up (without the
+    per-origin gate, the rows b had not applied yet were reported as
+    divergent and pushed to it as a repair).  Both end with the same rows,
+    and the first verdict after it says identical.
     """
     fleet = fleet_name()
     a = cluster.node(
@@ -658,6 +701,7 @@ def test_the_periodic_verify_waits_for_a_fleet_site_still_catching_up(
 
     def b_has_everything() -> bool:
         entry = _fleet_site(a, site_b)
+        assert entry.get("verify_repaired_rows_total", 0) == 0, entry
         if entry.get("verified_ms", 0) > verdict_before:
             assert entry["verify_identical"] is not False, entry
             assert entry["verify_divergent_rows"] == 0, entry

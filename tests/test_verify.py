@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import subprocess
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from aiohttp import web
 
 from syncmesh.api import running_node
 from syncmesh.errors import StoreError, SyncError
+from syncmesh.model import DEFAULT_CELL_STAMP, ChangeBatch, TableRows
 from syncmesh.node import Node, NodeConfig, PeerStatistics
 from syncmesh.node.config import PeerConfig
 from syncmesh.node.fleet import relayer_of
@@ -40,6 +41,7 @@ from syncmesh.node.verify import (
     direct_call,
     merge_divergent,
     repair,
+    rows_past_held,
     verify,
 )
 from syncmesh.node.verify_server import (
@@ -52,6 +54,7 @@ from syncmesh.node.verify_server import (
 )
 from syncmesh.store.sqlite import SqliteStore
 from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, drop_trigger_sql
+from syncmesh.store.summary import LEAF_MASK, LEAVES_PER_BRANCH, key_hash
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
 from syncmesh.transport.base import UnreachableError
 from tests.helpers import rows_with_types, run_cli, sqlite3_shell, wait_until
@@ -532,6 +535,196 @@ async def test_a_repair_merges_the_rows_of_every_table_of_a_chunk_in_one_transac
                 "SELECT seq FROM _syncmesh_shadow_lines WHERE k0 = 'l1'"
             ).fetchone()
     assert order_seq == line_seq
+
+
+class WritesAfterTheRoots:
+    """A verify exchange to a node that runs `write` once the roots are answered:
+    the node's application writing between the verify's requests."""
+
+    def __init__(self, inner: HttpVerifyExchange, write: Callable[[], None]) -> None:
+        self._inner = inner
+        self._write = write
+        self._posts = 0
+        self.url = inner.url
+
+    async def __aenter__(self) -> WritesAfterTheRoots:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.__aexit__(*exc)
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        answer = await self._inner.post(body)
+        self._posts += 1
+        if self._posts == 1:
+            await asyncio.to_thread(self._write)
+        return answer
+
+
+def branch_of(key: str) -> int:
+    """The tree branch of a one-column key (the same on every site)."""
+    return (key_hash([key]) & LEAF_MASK) // LEAVES_PER_BRANCH
+
+
+def lines_without_their_order(path: Path) -> list[str]:
+    """What a reader of the file sees of a torn order: lines whose order is not there."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return [
+            line
+            for (line,) in connection.execute(
+                "SELECT id FROM lines WHERE order_id NOT IN (SELECT id FROM orders) ORDER BY id"
+            )
+        ]
+
+
+async def test_the_periodic_repair_never_merges_rows_written_after_the_trees(
+    tmp_path: Path,
+) -> None:
+    """Goal: the periodic repair never merges part of a transaction written while
+    the verify ran.
+
+    Only the roots are read with each side's `held` and feed head; the leaves
+    and digests are answered from the store as it is by then.  So a
+    transaction written in between shows up only through the rows whose
+    leaves were asked about (their branch differed for another row): one
+    line of an order, not the order.  Merging it showed a reader that line
+    without its order (`syncmesh chaos --transport nats --seed 1 --only 1`,
+    torn-transaction, once fleet sites were repaired), and no gate stops it,
+    as it judges `held` and heads read with the trees.
+
+    Method: A (a node) and B (a file) share order o0; A also holds its line
+    `lost`, which B lacks (a row no feed brings).  Right after A answers the
+    roots, A's application writes order o1 with three lines in one
+    transaction: one line's key in the branch of `lost`, the order and the
+    other lines elsewhere.  B's verify finds `lost` and that one line
+    divergent (the mechanism); the periodic repair step must merge nothing
+    this round, so B shows no line without its order, and a quiet round
+    merges o1 whole, and `lost`.
+    """
+    a = two_tables(tmp_path / "a.db")
+    execute(a, "INSERT INTO orders VALUES ('o0', 1)")
+    with opened(a) as store:
+        store.capture()
+    b = tmp_path / "b.db"
+    shutil.copy(a, b)
+    with opened(b) as store:
+        store.new_site_id()
+    execute(a, "INSERT INTO lines VALUES ('lost', 'o0', 1)")
+    with opened(a) as store:
+        store.capture()
+    keys = [f"o1-{index}" for index in range(5_000)]  # about 20 in each branch
+    beside_lost = next(key for key in keys if branch_of(key) == branch_of("lost"))
+    elsewhere = [key for key in keys if branch_of(key) != branch_of("lost")][:2]
+
+    def order_with_three_lines() -> None:
+        with contextlib.closing(sqlite3.connect(a)) as connection, connection:
+            connection.execute("INSERT INTO orders VALUES ('o1', 3)")
+            connection.executemany(
+                "INSERT INTO lines VALUES (?, 'o1', 1)",
+                [(key,) for key in (beside_lost, *elsewhere)],
+            )
+
+    async with serving(a) as node_a:
+        with opened(b) as store:
+            host: Any = types.SimpleNamespace(
+                config=NodeConfig(database_path=str(b)), store=store, store_call=direct_call
+            )
+            writing = WritesAfterTheRoots(
+                HttpVerifyExchange(url_of(node_a)), order_with_three_lines
+            )
+            async with VerifyClient(writing) as client:
+                report = await verify(store, direct_call, client, settle_s=0.05)
+                assert {
+                    name: [key[0] for key in found.divergent]
+                    for name, found in report.differences.items()
+                } == {"lines": sorted(["lost", beside_lost])}
+                checked = await repair_found(host, client, report)
+            assert (checked.repaired, checked.fetched_rows) == (False, 0)
+            assert lines_without_their_order(b) == []
+            assert row_count(b, "lines") == 0
+
+            async with VerifyClient(HttpVerifyExchange(url_of(node_a))) as client:
+                quiet = await verify(store, direct_call, client, settle_s=0.05)
+                assert quiet.divergent_rows == 5
+                checked = await repair_found(host, client, quiet)
+            assert (checked.repaired, checked.fetched_rows, checked.pushed_rows) == (True, 5, 0)
+    assert lines_without_their_order(b) == []
+    assert row_count(b, "lines") == 4
+
+
+async def test_a_node_restoring_from_a_backup_still_repairs_its_own_rows(
+    tmp_path: Path,
+) -> None:
+    """Goal: the rule on rows written after the trees judges a node's own writes by
+    its feed head, so a node restoring from a backup, which claims no own write
+    past its lost ones in `held` until they are back (ADR 0006), still repairs
+    the own rows it wrote since.
+
+    Method: B (a file, A's twin) writes `old`, is reopened (a new run) and is
+    told a peer holds an own write past its vector: restore mode, as after a
+    restore.  It then writes `new`, whose stamp is above its `held` for
+    itself.  A (a node) lacks both; the periodic repair step at B must push
+    both to A.
+    """
+    a, b = twin_files(tmp_path, rows=50)
+    execute(b, "INSERT INTO items VALUES ('old', 'before the restore', 1)")
+    with opened(b) as store:
+        store.capture()
+        own, before = store.site_id, store.vector()[store.site_id]
+    async with serving(a) as node_a:
+        with opened(b) as store:
+            assert store.note_peer_vector({own: before + 1})  # restore mode
+            execute(b, "INSERT INTO items VALUES ('new', 'while restoring', 2)")
+            store.capture()
+            assert store.held_claims()[own] < store.head_seq()
+            host: Any = types.SimpleNamespace(
+                config=NodeConfig(database_path=str(b)), store=store, store_call=direct_call
+            )
+            async with VerifyClient(HttpVerifyExchange(url_of(node_a))) as client:
+                report = await verify(store, direct_call, client, settle_s=0.05)
+                assert divergent_keys(report) == {"old", "new"}
+                checked = await repair_found(host, client, report)
+    assert (checked.repaired, checked.fetched_rows, checked.pushed_rows) == (True, 0, 2)
+    assert name_of(a, "new") == "while restoring"
+
+
+def test_a_row_past_held_is_one_with_any_write_its_holder_did_not_hold() -> None:
+    """Goal: `rows_past_held` names exactly the rows with a stamp, of the causal
+    length or of a cell, above the holder's `held` for that stamp's site; a
+    column's default stamp and absent cells are nobody's write.
+
+    Method: one batch of five rows over sites a, b and the default site,
+    judged against held {a: 100, b: 120}.
+    """
+    a, b = "a" * 32, "b" * 32
+    rows: list[list[object]] = [
+        ["held", 1, 100, 0, "v", 100, 0, None],  # every stamp at or below held
+        ["cell-past", 1, 100, 0, "v", 150, 1, None],  # b's cell at 150 > 120
+        ["default", 1, 90, 0, "v", DEFAULT_CELL_STAMP.hlc, 2, None],  # a default cell
+        ["deleted-past", 2, 130, 0, None, None, None, None],  # a's delete at 130 > 100
+        ["absent-cell", 1, 100, 0, None, None, None, None],  # a cell not sent
+    ]
+    batch = ChangeBatch(
+        "i",
+        0,
+        0,
+        0,
+        None,
+        (a, b, DEFAULT_CELL_STAMP.site_id),
+        (TableRows("t", ("c",), 1, cast(Any, rows)),),
+    )
+    assert rows_past_held(batch, {a: 100, b: 120}) == [
+        ("t", ("cell-past",)),
+        ("t", ("deleted-past",)),
+    ]
+    assert rows_past_held(batch, {a: 130, b: 150}) == []
+
+
+def row_count(path: Path, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        (count,) = connection.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(count)
 
 
 async def test_the_command_line_verifies_and_repairs(tmp_path: Path) -> None:

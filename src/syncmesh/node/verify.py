@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from syncmesh.errors import ProtocolError, StoreError, SyncError, TransportError
-from syncmesh.model import ChangeBatch
+from syncmesh.model import CELL_FIELDS, DEFAULT_CELL_STAMP, ChangeBatch
 from syncmesh.protocol.verify import (
     BRANCH_ARRAY,
     KEYS_PER_REQUEST,
@@ -493,8 +493,92 @@ def _chunked(keys: Mapping[str, list[Key]]) -> list[dict[str, list[Key]]]:
     return [chunk for chunk in chunks if chunk]
 
 
+class WrittenAfterTrees(Exception):
+    """Rows a repair would merge carry a write their holder did not hold when its
+    trees were read (`rows_past_held`): writes in flight, the feeds' to deliver."""
+
+    def __init__(self, rows: list[tuple[str, Key]]) -> None:
+        shown = ", ".join(f"{table} {list(key)}" for table, key in rows[:3])
+        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+        super().__init__(f"{len(rows)} rows written after the trees were read ({shown}{more})")
+        self.rows = rows
+
+
+def rows_past_held(batch: ChangeBatch, held: Mapping[str, int]) -> list[tuple[str, Key]]:
+    """The rows of `batch` with a stamp (causal length or cell) above `held`'s entry
+    for the stamp's site: states their holder reached after `held` was read.
+
+    `held` is a side's `held_claims` read right after its trees: every row in
+    those trees is at or below it.  A row past it got into a verify's
+    candidates later, through a leaves or digests request answered from the
+    store as it is by then, and only if its leaf was asked about (its branch
+    differed for another row): one line of an order, not the order nor its
+    other lines (`syncmesh chaos --transport nats`, torn-transaction).
+    """
+    sites = batch.sites
+    found: list[tuple[str, Key]] = []
+    for table in batch.tables:
+        first = table.key_count
+        for row in table.rows:
+            stamps = [(row[first + 1], row[first + 2])]
+            stamps.extend(
+                zip(row[first + 4 :: CELL_FIELDS], row[first + 5 :: CELL_FIELDS], strict=False)
+            )
+            for hlc, site in stamps:
+                if not isinstance(hlc, int) or not isinstance(site, int):
+                    continue  # an absent cell (no stamp)
+                name = sites[site] if 0 <= site < len(sites) else ""
+                if name == DEFAULT_CELL_STAMP.site_id:
+                    continue  # a column's default: nobody's write
+                if hlc > held.get(name, 0):
+                    found.append((table.table, tuple(row[:first])))
+                    break
+    return found
+
+
+async def _check_held_at_trees(
+    store: VerifyStore,
+    call: StoreCall,
+    report: VerifyReport,
+    chunk: Mapping[str, list[Key]],
+    theirs: Sequence[ChangeBatch],
+) -> None:
+    """Raise WrittenAfterTrees if a row of `chunk`, ours or the peer's, is past what
+    its holder held when the trees were read (nothing checked if the peer did not
+    say its `held`).
+
+    Per origin that is the holder's `held`; for its own writes, its feed head
+    too, read with the trees: each own write is captured under a seq equal to
+    its stamp, so those before the trees are at or below the head, those
+    after above it.  `held` alone would not do for them: a node restoring
+    from a backup claims no own write past its lost ones until they are
+    back (ADR 0006), while it goes on writing.
+    """
+    if report.peer_held is None:
+        return
+    their_bound = _with_own(report.peer_held, report.peer_site, report.peer_head_seq)
+    our_bound = _with_own(report.held, store.site_id, report.head_seq)
+    late = [row for batch in theirs for row in rows_past_held(batch, their_bound)]
+    for name, keys in chunk.items():
+        late.extend(rows_past_held(await call(store.rows_of, name, keys), our_bound))
+    if late:
+        raise WrittenAfterTrees(late)
+
+
+def _with_own(held: Mapping[str, int], site: str, head_seq: int | None) -> dict[str, int]:
+    bound = dict(held)
+    if head_seq is not None:
+        bound[site] = max(bound.get(site, 0), head_seq)
+    return bound
+
+
 async def merge_divergent(
-    store: VerifyStore, call: StoreCall, client: VerifyClient, report: VerifyReport
+    store: VerifyStore,
+    call: StoreCall,
+    client: VerifyClient,
+    report: VerifyReport,
+    *,
+    held_at_trees: bool = False,
 ) -> tuple[int, int, int]:
     """Merge the rows `report` found divergent both ways; (fetched, pushed, restamped) rows.
 
@@ -508,6 +592,12 @@ async def merge_divergent(
     order without the order: `syncmesh chaos`, torn-transaction).  With a
     deep report, rows whose stamps agree but whose values differ have no
     merge to decide them: this side stamps them anew.
+
+    `held_at_trees` (the periodic verify): before a chunk is merged, each of
+    its rows, ours and the peer's, must be at or below what its holder held
+    when the trees were read (`rows_past_held`); otherwise WrittenAfterTrees
+    is raised and nothing more is merged.  A row written since is in flight,
+    and may be a part of a transaction whose other rows were never compared.
     """
     fetched = pushed = restamped = 0
     divergent = {name: found.divergent for name, found in report.differences.items()}
@@ -530,6 +620,8 @@ async def merge_divergent(
         body = await client.call(FetchRequest(chunk))
         with _answer_from(client):
             theirs = list(decode_fetch_answer(body).batches.values())
+        if held_at_trees:
+            await _check_held_at_trees(store, call, report, chunk, theirs)
         for batch in _joined(theirs):
             result = await call(store.merge_repair_rows, report.peer_site, batch)
             fetched += result.applied_rows
