@@ -211,10 +211,29 @@ async def test_connecting_where_no_server_answers_ends_with_a_fleet_error() -> N
     FleetError that says it cannot connect, within the hang guard.
     """
     link = JetStreamLink((f"nats://127.0.0.1:{free_port()}",), fleet_name(), connect_timeout_s=1.0)
-    with pytest.raises(FleetError, match="cannot connect: connect: no answer within"):
+    with pytest.raises(FleetError, match="cannot connect: "):
         async with asyncio.timeout(HANG_GUARD_S):
             await link.open(uuid.uuid4().hex)
     assert not link.connected
+
+
+async def test_a_refused_connect_names_the_refusal_not_a_silence() -> None:
+    """Goal: an operator with a wrong --nats port reads why the node cannot connect.
+
+    The error that reached `last_error` and the log was "connect: no answer
+    within 14 s": it sends one looking for a server that hangs, when nothing
+    listens on the port.  nats-py's own error (the refusal) is known by then.
+    Method: a link to a loopback port nothing listens on; its FleetError
+    must name the refusal and how long it tried.
+    """
+    link = JetStreamLink((f"nats://127.0.0.1:{free_port()}",), fleet_name(), connect_timeout_s=1.0)
+    with pytest.raises(FleetError) as raised:
+        async with asyncio.timeout(HANG_GUARD_S):
+            await link.open(uuid.uuid4().hex)
+    reason = raised.value.reason
+    assert reason.startswith("cannot connect: ConnectionRefusedError"), reason
+    assert "tried for" in reason, reason
+    assert "no answer" not in reason, reason
 
 
 # -- the node: status and health tell the truth --------------------------------------

@@ -197,6 +197,10 @@ def _drop_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+# How `_on_error` words nats-py's timeouts (type names): no cause beyond "no answer".
+_TIMEOUT_NAMES = ("TimeoutError:", "ConnectTimeoutError:")
+
+
 class JetStreamLink:
     """A `FleetLink` on a NATS JetStream cluster."""
 
@@ -314,6 +318,7 @@ class JetStreamLink:
         """
         client = Client()
         servers = ", ".join(self._servers)
+        self._last_error = ""  # what this connect meets, not an earlier life's error
         connect_timeout_s = max(1, round(self._connect_timeout_s))
         limit_s = (
             2 * len(self._servers) * (connect_timeout_s + RECONNECT_WAIT_S) + DEADLINE_MARGIN_S
@@ -339,7 +344,15 @@ class JetStreamLink:
             )
         except FleetError as exc:
             await close_client(client)
-            raise FleetError(servers, f"cannot connect: {exc.reason}") from exc
+            # Past our bound nats-py is still retrying: its last error (a
+            # refused port, a name that does not resolve, an authorization
+            # violation) is the cause; "no answer" alone sent operators
+            # looking for a server that hangs when none listened.
+            # (A timeout of nats-py's says less than our own "no answer".)
+            reason = exc.reason
+            if self._last_error and not self._last_error.startswith(_TIMEOUT_NAMES):
+                reason = f"{self._last_error} (tried for {limit_s:g} s)"
+            raise FleetError(servers, f"cannot connect: {reason}") from exc
         except (nats.errors.Error, OSError) as exc:
             await close_client(client)
             raise FleetError(servers, f"cannot connect: {exc}") from exc
