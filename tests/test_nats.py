@@ -86,6 +86,34 @@ def describe(cluster: Cluster, servers: NatsCluster) -> Any:
     return lambda: cluster.logs() + "\n" + servers.logs()
 
 
+def test_a_site_with_a_mistyped_cluster_name_is_told_it_made_a_new_fleet(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: `--cluster shop` beside an existing fleet `shops` is not a silent fleet of one.
+
+    The node made a stream of its own, streamed, healthy, alone, and logged
+    nothing of it: an operator read `streaming`, `health ok` and no sites.
+    Method: a site on fleet F, a second site on F (the stream exists: no
+    word of a new fleet), then a site on F + "x" through `serve --nats
+    --cluster`: its log must warn that it made a new stream and name F.
+    """
+    fleet = fleet_name()
+    first = nats_node(cluster, "a", nats_cluster, fleet)
+    cluster.start(first)
+    first.wait_for_log(f"created stream SYNCMESH_{fleet.upper()}", CONVERGE_S)
+    second = nats_node(cluster, "b", nats_cluster, fleet)
+    typo = nats_node(cluster, "typo", nats_cluster, fleet + "x")
+    cluster.start(second, typo)
+    typo.wait_for_log(f"created stream SYNCMESH_{fleet.upper()}X", CONVERGE_S)
+    wait_for(lambda: fleet_of(second)["state"] == "streaming", CONVERGE_S, "b to stream")
+    (line,) = [line for line in typo.log_text().splitlines() if "created stream SYNCMESH_" in line]
+    assert " WARNING " in line, line
+    assert f"no site of fleet '{fleet}x' was on these servers before" in line, line
+    assert f"'{fleet}'" in line, line
+    assert "its cluster name is wrong (--cluster, transport.nats.cluster)" in line, line
+    assert "created stream" not in second.log_text(), second.log_tail()
+
+
 def test_three_nodes_converge_through_the_stream(
     cluster: Cluster, nats_cluster: NatsCluster
 ) -> None:

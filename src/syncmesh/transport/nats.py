@@ -197,6 +197,9 @@ def _drop_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+# A fleet's changes stream subjects, `syncmesh.<cluster>.changes.*`: group 1 the cluster.
+_FLEET_SUBJECTS = re.compile(re.escape(SUBJECT_ROOT) + r"\.([^.]+)\.changes\.\*")
+
 # How `_on_error` words nats-py's timeouts (type names): no cause beyond "no answer".
 _TIMEOUT_NAMES = ("TimeoutError:", "ConnectTimeoutError:")
 
@@ -379,7 +382,7 @@ class JetStreamLink:
         log.info("nats: reconnected to %s", None if url is None else url.netloc)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
-        await self._ensure(
+        created = await self._ensure(
             js,
             StreamConfig(
                 name=self.stream_name,
@@ -400,13 +403,57 @@ class JetStreamLink:
                 max_msgs_per_subject=1,
             ),
         )
+        if created:
+            await self._note_new_fleet(js)
 
-    async def _ensure(self, js: JetStreamContext, config: StreamConfig) -> None:
-        """Make the stream `config` describes unless it exists (then it is used as it is)."""
+    async def _note_new_fleet(self, js: JetStreamContext) -> None:
+        """Say that we made a new fleet's stream, naming the fleets these servers hold.
+
+        A typo in `--cluster` (`shop` for `shops`) makes a stream of its
+        own, and the node then streams, healthy, alone: it publishes to no
+        one and applies nothing, and said nothing of it.  The first site of
+        a real new fleet reads an INFO line; a site beside existing fleets
+        a WARNING naming them.  Listing streams may be refused (narrow
+        permissions) or fail: then the line names none.
+        """
+        try:
+            infos = await bounded(js.streams_info(), "list streams", self.stream_name)
+        except (FleetError, nats.errors.Error, OSError):
+            infos = []
+        others = sorted(
+            {
+                match.group(1)
+                for info in infos
+                for subject in (info.config.subjects or [])
+                if (match := _FLEET_SUBJECTS.fullmatch(subject)) is not None
+                and match.group(1) != self.cluster
+            }
+        )
+        if not others:
+            log.info(
+                "fleet: created stream %s: the first site of fleet %r on these servers",
+                self.stream_name,
+                self.cluster,
+            )
+            return
+        log.warning(
+            "fleet: created stream %s: no site of fleet %r was on these servers before;"
+            " they hold the syncmesh fleet(s) %s: if this site belongs to one of them,"
+            " its cluster name is wrong (--cluster, transport.nats.cluster)",
+            self.stream_name,
+            self.cluster,
+            ", ".join(repr(other) for other in others),
+        )
+
+    async def _ensure(self, js: JetStreamContext, config: StreamConfig) -> bool:
+        """Make the stream `config` describes unless it exists (then it is used as it is).
+
+        True if this call made it.
+        """
         name = str(config.name)
         try:
             await bounded(js.stream_info(name), "stream info", name)
-            return
+            return False
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, OSError) as exc:
@@ -415,7 +462,7 @@ class JetStreamLink:
             await bounded(js.add_stream(config), "create stream", name)
         except nats.js.errors.APIError as exc:
             if "already in use" in str(exc) or "already exists" in str(exc):
-                return  # another site made it meanwhile
+                return False  # another site made it meanwhile
             if exc.err_code == REPLICAS_UNSUPPORTED or "non-clustered mode" in str(exc.description):
                 # A single `nats-server -js` (the first thing a new user runs)
                 # answers a 500 with this code, not a bad request.
@@ -430,6 +477,7 @@ class JetStreamLink:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
         except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
+        return True
 
     async def close(self) -> None:
         client, self._client = self._client, None
