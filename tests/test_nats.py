@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import time
@@ -32,10 +33,12 @@ from syncmesh.protocol import Batch, encode
 from syncmesh.transport.nats import ACK_PENDING_MAX, ACK_WAIT_S, CONSUMER_PREFIX, JetStreamLink
 from syncmesh.transport.stream import FleetError, PublishReceipt
 from tests.helpers import sqlite3_shell, wait_until
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import NatsCluster, NatsServer
 from tests.nodeproc import (
+    HOST,
     Cluster,
     NodeProcess,
+    free_port,
     make_db,
     query,
     row_count,
@@ -1147,3 +1150,66 @@ def test_a_database_restored_from_an_older_copy_reads_the_stream_again(
     )
     assert "restored from an older copy" in b.log_text()
     assert fleet_of(b)["gaps"] == []
+
+
+PASSWORD = "pw-9d1e7c"  # a NATS user's password, given in the --nats URL
+WRONG_PASSWORD = "pw-wrong-41b0"
+
+
+def test_a_password_in_the_nats_url_is_shown_nowhere(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: `--nats nats://USER:PASSWORD@HOST:PORT` keeps the password out of logs and status.
+
+    nats-py takes a user's password in the URL (docs/nats.md's server
+    configuration gives each site a user and password), and the node
+    printed the URL as given: in every log line naming the servers, in
+    `/v1/status` (`fleet.servers`, read by the dashboard) and in `syncmesh
+    status`.  Method: a nats-server with one user; a node with the right
+    password streams, and one with a wrong password fails to connect; the
+    password appears in neither log, nor in the status, nor in the CLI's
+    view, while the user and the host do.
+    """
+    server = NatsServer("auth", tmp_path / "auth", free_port(), free_port())
+    (server.directory / "jetstream").mkdir(parents=True)
+    config = server.directory / "server.conf"
+    config.write_text(
+        f'listen: "{HOST}:{server.client_port}"\n'
+        f'jetstream {{ store_dir: "{server.directory / "jetstream"}" }}\n'
+        f'authorization {{ user: shop, password: "{PASSWORD}" }}\n',
+        encoding="utf-8",
+    )
+    server.start(config)
+    try:
+        address = f"{HOST}:{server.client_port}"
+        fleet = fleet_name()
+        nodes = []
+        for name, password in (("a", PASSWORD), ("wrong", WRONG_PASSWORD)):
+            db = make_db(cluster.directory / f"{name}.db", SCHEMA)
+            nodes.append(
+                cluster.node(
+                    name,
+                    db,
+                    extra_args=("--nats", f"nats://shop:{password}@{address}", "--cluster", fleet),
+                    env={**FAST_STATUS, "SYNCMESH_TRANSPORT_NATS_REPLICAS": "1"},
+                )
+            )
+        a, wrong = nodes
+        cluster.start(a, wrong)
+        wait_for(lambda: fleet_of(a)["state"] == "streaming", CONVERGE_S, "a to stream")
+        wrong.wait_for_log("Authorization Violation", CONVERGE_S)
+        shown = f"nats://shop:***@{address}"
+        assert fleet_of(a)["servers"] == [shown]
+        assert fleet_of(wrong)["servers"] == [shown]
+        view = run_cli("status", str(a.db)).stdout
+        assert shown in view, view
+        for node in (a, wrong):
+            # What the node wrote (the harness's first line is the command it ran).
+            written = "\n".join(
+                line for line in node.log_text().splitlines() if not line.startswith("==== ")
+            )
+            assert shown in written, node.log_tail()
+            for secret in (PASSWORD, WRONG_PASSWORD):
+                assert secret not in written, node.log_tail()
+                assert secret not in json.dumps(node.status()), node.status()
+        assert PASSWORD not in view, view
+    finally:
+        server.stop()

@@ -42,6 +42,7 @@ import contextlib
 import logging
 import re
 import ssl
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -197,6 +198,31 @@ def _drop_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def shown(servers: Sequence[str]) -> str:
+    """`servers` as logs, errors and status show them: without the secret of a URL.
+
+    nats-py takes a user and password (`nats://USER:PASSWORD@HOST:PORT`) or a
+    token (`nats://TOKEN@HOST:PORT`) in the URL, and an operator who gives
+    them there found the password in every log line that named the servers,
+    in `/v1/status` (`fleet.servers`), on the dashboard and in `syncmesh
+    status`.  The password, or the token, is `***` there.
+    """
+    return ", ".join(_shown_url(url) for url in servers)
+
+
+def _shown_url(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    hidden = f"{user}:***" if colon else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{hidden}@{host}"))
+
+
 # A fleet's changes stream subjects, `syncmesh.<cluster>.changes.*`: group 1 the cluster.
 _FLEET_SUBJECTS = re.compile(re.escape(SUBJECT_ROOT) + r"\.([^.]+)\.changes\.\*")
 
@@ -234,7 +260,8 @@ class JetStreamLink:
 
     @property
     def servers(self) -> tuple[str, ...]:
-        return self._servers
+        """The servers as status and logs show them (no password: `shown`)."""
+        return tuple(_shown_url(url) for url in self._servers)
 
     @property
     def stream_name(self) -> str:
@@ -320,7 +347,7 @@ class JetStreamLink:
         FleetError, and the fleet's run loop backs off and connects again.
         """
         client = Client()
-        servers = ", ".join(self._servers)
+        servers = shown(self._servers)
         self._last_error = ""  # what this connect meets, not an earlier life's error
         connect_timeout_s = max(1, round(self._connect_timeout_s))
         limit_s = (
@@ -371,10 +398,10 @@ class JetStreamLink:
         text = f"{type(error).__name__}: {error}"
         level = logging.DEBUG if text == self._last_error else logging.WARNING
         self._last_error = text
-        log.log(level, "nats (%s): %s", ", ".join(self._servers), text)
+        log.log(level, "nats (%s): %s", shown(self._servers), text)
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats: disconnected; reconnecting (%s)", ", ".join(self._servers))
+        log.warning("nats: disconnected; reconnecting (%s)", shown(self._servers))
 
     async def _on_reconnected(self) -> None:
         self._last_error = ""

@@ -71,6 +71,7 @@ from syncmesh.transport.nats import (
     NatsAuth,
     bounded,
     close_client,
+    shown,
     tls_context,
     valid_cluster_name,
 )
@@ -166,11 +167,11 @@ async def _connect(
     )
     try:
         return await bounded(
-            connecting, "connect", ", ".join(servers), CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1)
+            connecting, "connect", shown(servers), CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1)
         )
     except (nats.errors.Error, OSError, FleetError) as exc:
         reason = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
-        raise FleetError(", ".join(servers), f"cannot connect: {reason}") from exc
+        raise FleetError(shown(servers), f"cannot connect: {reason}") from exc
 
 
 def _part_bytes(client: Client) -> int:
