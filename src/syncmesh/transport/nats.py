@@ -223,6 +223,25 @@ def _shown_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{hidden}@{host}"))
 
 
+def api_error_text(exc: BaseException) -> str:
+    """A JetStream request's error as an operator reads it.
+
+    A request nobody answers comes back as a 503 without a code, which
+    nats-py words `ServiceUnavailableError: code=None err_code=None
+    description='None'`: the servers have no JetStream for this account
+    (a `nats-server` started without `-js`, or an account without
+    `jetstream: enabled`).  A JetStream cluster without a leader answers
+    503 too, with a code and a description: that one stays as it is.
+    """
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError) and exc.err_code is None:
+        return (
+            "no JetStream answers on these servers (503, no responders): enable JetStream"
+            " on them (nats-server -js, or a jetstream {} block) and for this user's"
+            " account (jetstream: enabled)"
+        )
+    return str(exc)
+
+
 # A fleet's changes stream subjects, `syncmesh.<cluster>.changes.*`: group 1 the cluster.
 _FLEET_SUBJECTS = re.compile(re.escape(SUBJECT_ROOT) + r"\.([^.]+)\.changes\.\*")
 
@@ -484,7 +503,7 @@ class JetStreamLink:
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, OSError) as exc:
-            raise FleetError(name, f"cannot read the stream: {exc}") from exc
+            raise FleetError(name, f"cannot read the stream: {api_error_text(exc)}") from exc
         try:
             await bounded(js.add_stream(config), "create stream", name)
         except nats.js.errors.APIError as exc:
@@ -584,7 +603,9 @@ class JetStreamLink:
         except nats.js.errors.NotFoundError:
             return ()
         except (nats.errors.Error, OSError) as exc:
-            raise FleetError(self.state_stream_name, f"cannot read the stream: {exc}") from exc
+            raise FleetError(
+                self.state_stream_name, f"cannot read the stream: {api_error_text(exc)}"
+            ) from exc
         prefix = self.state_prefix
         return tuple(
             sorted(
@@ -727,7 +748,9 @@ class JetStreamLink:
                 js.consumer_info(self.stream_name, self._consumer), "consumer info", where
             )
         except (nats.errors.Error, OSError) as exc:
-            raise FleetError(self.stream_name, f"cannot read the stream's state: {exc}") from exc
+            raise FleetError(
+                self.stream_name, f"cannot read the stream's state: {api_error_text(exc)}"
+            ) from exc
         return StreamPosition(
             first_seq=int(stream.state.first_seq),
             last_seq=int(stream.state.last_seq),

@@ -69,6 +69,7 @@ from syncmesh.transport.nats import (
     STREAM_PREFIX,
     SUBJECT_ROOT,
     NatsAuth,
+    api_error_text,
     bounded,
     close_client,
     shown,
@@ -251,7 +252,7 @@ class NatsVerifyConnection:
                 missing += 1
                 continue
             except (nats.errors.Error, OSError) as exc:
-                raise FleetError(name, f"cannot read the stream: {exc}") from exc
+                raise FleetError(name, f"cannot read the stream: {api_error_text(exc)}") from exc
             for subject in info.state.subjects or {}:
                 tokens = subject.split(".")
                 if len(tokens) > position + 1:
