@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import time
@@ -32,10 +33,12 @@ from syncmesh.protocol import Batch, encode
 from syncmesh.transport.nats import ACK_PENDING_MAX, ACK_WAIT_S, CONSUMER_PREFIX, JetStreamLink
 from syncmesh.transport.stream import FleetError, PublishReceipt
 from tests.helpers import sqlite3_shell, wait_until
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import NatsCluster, NatsServer
 from tests.nodeproc import (
+    HOST,
     Cluster,
     NodeProcess,
+    free_port,
     make_db,
     query,
     row_count,
@@ -84,6 +87,34 @@ def site_id(node: NodeProcess) -> str:
 
 def describe(cluster: Cluster, servers: NatsCluster) -> Any:
     return lambda: cluster.logs() + "\n" + servers.logs()
+
+
+def test_a_site_with_a_mistyped_cluster_name_is_told_it_made_a_new_fleet(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: `--cluster shop` beside an existing fleet `shops` is not a silent fleet of one.
+
+    The node made a stream of its own, streamed, healthy, alone, and logged
+    nothing of it: an operator read `streaming`, `health ok` and no sites.
+    Method: a site on fleet F, a second site on F (the stream exists: no
+    word of a new fleet), then a site on F + "x" through `serve --nats
+    --cluster`: its log must warn that it made a new stream and name F.
+    """
+    fleet = fleet_name()
+    first = nats_node(cluster, "a", nats_cluster, fleet)
+    cluster.start(first)
+    first.wait_for_log(f"created stream SYNCMESH_{fleet.upper()}", CONVERGE_S)
+    second = nats_node(cluster, "b", nats_cluster, fleet)
+    typo = nats_node(cluster, "typo", nats_cluster, fleet + "x")
+    cluster.start(second, typo)
+    typo.wait_for_log(f"created stream SYNCMESH_{fleet.upper()}X", CONVERGE_S)
+    wait_for(lambda: fleet_of(second)["state"] == "streaming", CONVERGE_S, "b to stream")
+    (line,) = [line for line in typo.log_text().splitlines() if "created stream SYNCMESH_" in line]
+    assert " WARNING " in line, line
+    assert f"no site of fleet '{fleet}x' was on these servers before" in line, line
+    assert f"'{fleet}'" in line, line
+    assert "its cluster name is wrong (--cluster, transport.nats.cluster)" in line, line
+    assert "created stream" not in second.log_text(), second.log_tail()
 
 
 def test_three_nodes_converge_through_the_stream(
@@ -1120,3 +1151,66 @@ def test_a_database_restored_from_an_older_copy_reads_the_stream_again(
     )
     assert "restored from an older copy" in b.log_text()
     assert fleet_of(b)["gaps"] == []
+
+
+PASSWORD = "pw-9d1e7c"  # a NATS user's password, given in the --nats URL
+WRONG_PASSWORD = "pw-wrong-41b0"
+
+
+def test_a_password_in_the_nats_url_is_shown_nowhere(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: `--nats nats://USER:PASSWORD@HOST:PORT` keeps the password out of logs and status.
+
+    nats-py takes a user's password in the URL (docs/nats.md's server
+    configuration gives each site a user and password), and the node
+    printed the URL as given: in every log line naming the servers, in
+    `/v1/status` (`fleet.servers`, read by the dashboard) and in `syncmesh
+    status`.  Method: a nats-server with one user; a node with the right
+    password streams, and one with a wrong password fails to connect; the
+    password appears in neither log, nor in the status, nor in the CLI's
+    view, while the user and the host do.
+    """
+    server = NatsServer("auth", tmp_path / "auth", free_port(), free_port())
+    (server.directory / "jetstream").mkdir(parents=True)
+    config = server.directory / "server.conf"
+    config.write_text(
+        f'listen: "{HOST}:{server.client_port}"\n'
+        f'jetstream {{ store_dir: "{server.directory / "jetstream"}" }}\n'
+        f'authorization {{ user: shop, password: "{PASSWORD}" }}\n',
+        encoding="utf-8",
+    )
+    server.start(config)
+    try:
+        address = f"{HOST}:{server.client_port}"
+        fleet = fleet_name()
+        nodes = []
+        for name, password in (("a", PASSWORD), ("wrong", WRONG_PASSWORD)):
+            db = make_db(cluster.directory / f"{name}.db", SCHEMA)
+            nodes.append(
+                cluster.node(
+                    name,
+                    db,
+                    extra_args=("--nats", f"nats://shop:{password}@{address}", "--cluster", fleet),
+                    env={**FAST_STATUS, "SYNCMESH_TRANSPORT_NATS_REPLICAS": "1"},
+                )
+            )
+        a, wrong = nodes
+        cluster.start(a, wrong)
+        wait_for(lambda: fleet_of(a)["state"] == "streaming", CONVERGE_S, "a to stream")
+        wrong.wait_for_log("Authorization Violation", CONVERGE_S)
+        shown = f"nats://shop:***@{address}"
+        assert fleet_of(a)["servers"] == [shown]
+        assert fleet_of(wrong)["servers"] == [shown]
+        view = run_cli("status", str(a.db)).stdout
+        assert shown in view, view
+        for node in (a, wrong):
+            # What the node wrote (the harness's first line is the command it ran).
+            written = "\n".join(
+                line for line in node.log_text().splitlines() if not line.startswith("==== ")
+            )
+            assert shown in written, node.log_tail()
+            for secret in (PASSWORD, WRONG_PASSWORD):
+                assert secret not in written, node.log_tail()
+                assert secret not in json.dumps(node.status()), node.status()
+        assert PASSWORD not in view, view
+    finally:
+        server.stop()

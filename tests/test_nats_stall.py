@@ -17,6 +17,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,11 +32,13 @@ from syncmesh.transport.stream import FleetError
 from tests.helpers import sqlite3_shell
 from tests.nats_cluster import FreezableProxy, NatsCluster, NatsServer
 from tests.nodeproc import (
+    HOST,
     Cluster,
     NodeProcess,
     free_port,
     make_db,
     query,
+    run_cli,
     wait_converged,
     wait_for,
 )
@@ -211,10 +214,29 @@ async def test_connecting_where_no_server_answers_ends_with_a_fleet_error() -> N
     FleetError that says it cannot connect, within the hang guard.
     """
     link = JetStreamLink((f"nats://127.0.0.1:{free_port()}",), fleet_name(), connect_timeout_s=1.0)
-    with pytest.raises(FleetError, match="cannot connect: connect: no answer within"):
+    with pytest.raises(FleetError, match="cannot connect: "):
         async with asyncio.timeout(HANG_GUARD_S):
             await link.open(uuid.uuid4().hex)
     assert not link.connected
+
+
+async def test_a_refused_connect_names_the_refusal_not_a_silence() -> None:
+    """Goal: an operator with a wrong --nats port reads why the node cannot connect.
+
+    The error that reached `last_error` and the log was "connect: no answer
+    within 14 s": it sends one looking for a server that hangs, when nothing
+    listens on the port.  nats-py's own error (the refusal) is known by then.
+    Method: a link to a loopback port nothing listens on; its FleetError
+    must name the refusal and how long it tried.
+    """
+    link = JetStreamLink((f"nats://127.0.0.1:{free_port()}",), fleet_name(), connect_timeout_s=1.0)
+    with pytest.raises(FleetError) as raised:
+        async with asyncio.timeout(HANG_GUARD_S):
+            await link.open(uuid.uuid4().hex)
+    reason = raised.value.reason
+    assert reason.startswith("cannot connect: ConnectionRefusedError"), reason
+    assert "tried for" in reason, reason
+    assert "no answer" not in reason, reason
 
 
 # -- the node: status and health tell the truth --------------------------------------
@@ -555,3 +577,40 @@ async def test_a_call_that_fails_as_its_caller_is_cancelled_logs_no_traceback(
     gc.collect()
     await asyncio.sleep(0)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_a_server_without_jetstream_is_named_as_such(cluster: Cluster, tmp_path: Path) -> None:
+    """Goal: `--nats` at a nats-server without JetStream says that, not a bare 503.
+
+    An operator who starts `nats-server` without `-js` (or gives the site's
+    account no `jetstream: enabled`) read `cannot read the stream: nats:
+    ServiceUnavailableError: code=None err_code=None description='None'` in
+    the node's `last_error` and from `syncmesh verify`.  Method: a real
+    nats-server with no JetStream; a `serve --nats` node's `fleet.last_error`
+    and `syncmesh verify --all`'s error must both say to enable JetStream.
+    """
+    server = NatsServer("plain", tmp_path / "plain", free_port(), free_port())
+    server.directory.mkdir(parents=True)
+    config = server.directory / "server.conf"
+    config.write_text(f'listen: "{HOST}:{server.client_port}"\n', encoding="utf-8")
+    server.start(config)
+    try:
+        url = f"nats://{HOST}:{server.client_port}"
+        fleet = fleet_name()
+        node = proxied_node(cluster, "a", url, fleet)
+        cluster.start(node)
+        wanted = "no JetStream answers on these servers"
+        wait_for(
+            lambda: wanted in node.status()["fleet"]["last_error"],
+            CONVERGE_S,
+            "the node to say the servers have no JetStream",
+        )
+        assert "enable JetStream" in node.status()["fleet"]["last_error"]
+        assert "code=None" not in node.status()["fleet"]["last_error"]
+        verify = run_cli(
+            "verify", str(node.db), "--nats", url, "--cluster", fleet, "--all", check=False
+        )
+        assert verify.returncode == 2, verify
+        assert f"{wanted} (503, no responders): enable JetStream" in verify.stderr, verify
+    finally:
+        server.stop()

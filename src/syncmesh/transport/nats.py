@@ -42,6 +42,7 @@ import contextlib
 import logging
 import re
 import ssl
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -197,6 +198,57 @@ def _drop_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def shown(servers: Sequence[str]) -> str:
+    """`servers` as logs, errors and status show them: without the secret of a URL.
+
+    nats-py takes a user and password (`nats://USER:PASSWORD@HOST:PORT`) or a
+    token (`nats://TOKEN@HOST:PORT`) in the URL, and an operator who gives
+    them there found the password in every log line that named the servers,
+    in `/v1/status` (`fleet.servers`), on the dashboard and in `syncmesh
+    status`.  The password, or the token, is `***` there.
+    """
+    return ", ".join(_shown_url(url) for url in servers)
+
+
+def _shown_url(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    hidden = f"{user}:***" if colon else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{hidden}@{host}"))
+
+
+def api_error_text(exc: BaseException) -> str:
+    """A JetStream request's error as an operator reads it.
+
+    A request nobody answers comes back as a 503 without a code, which
+    nats-py words `ServiceUnavailableError: code=None err_code=None
+    description='None'`: the servers have no JetStream for this account
+    (a `nats-server` started without `-js`, or an account without
+    `jetstream: enabled`).  A JetStream cluster without a leader answers
+    503 too, with a code and a description: that one stays as it is.
+    """
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError) and exc.err_code is None:
+        return (
+            "no JetStream answers on these servers (503, no responders): enable JetStream"
+            " on them (nats-server -js, or a jetstream {} block) and for this user's"
+            " account (jetstream: enabled)"
+        )
+    return str(exc)
+
+
+# A fleet's changes stream subjects, `syncmesh.<cluster>.changes.*`: group 1 the cluster.
+_FLEET_SUBJECTS = re.compile(re.escape(SUBJECT_ROOT) + r"\.([^.]+)\.changes\.\*")
+
+# How `_on_error` words nats-py's timeouts (type names): no cause beyond "no answer".
+_TIMEOUT_NAMES = ("TimeoutError:", "ConnectTimeoutError:")
+
+
 class JetStreamLink:
     """A `FleetLink` on a NATS JetStream cluster."""
 
@@ -227,7 +279,8 @@ class JetStreamLink:
 
     @property
     def servers(self) -> tuple[str, ...]:
-        return self._servers
+        """The servers as status and logs show them (no password: `shown`)."""
+        return tuple(_shown_url(url) for url in self._servers)
 
     @property
     def stream_name(self) -> str:
@@ -313,7 +366,8 @@ class JetStreamLink:
         FleetError, and the fleet's run loop backs off and connects again.
         """
         client = Client()
-        servers = ", ".join(self._servers)
+        servers = shown(self._servers)
+        self._last_error = ""  # what this connect meets, not an earlier life's error
         connect_timeout_s = max(1, round(self._connect_timeout_s))
         limit_s = (
             2 * len(self._servers) * (connect_timeout_s + RECONNECT_WAIT_S) + DEADLINE_MARGIN_S
@@ -339,7 +393,15 @@ class JetStreamLink:
             )
         except FleetError as exc:
             await close_client(client)
-            raise FleetError(servers, f"cannot connect: {exc.reason}") from exc
+            # Past our bound nats-py is still retrying: its last error (a
+            # refused port, a name that does not resolve, an authorization
+            # violation) is the cause; "no answer" alone sent operators
+            # looking for a server that hangs when none listened.
+            # (A timeout of nats-py's says less than our own "no answer".)
+            reason = exc.reason
+            if self._last_error and not self._last_error.startswith(_TIMEOUT_NAMES):
+                reason = f"{self._last_error} (tried for {limit_s:g} s)"
+            raise FleetError(servers, f"cannot connect: {reason}") from exc
         except (nats.errors.Error, OSError) as exc:
             await close_client(client)
             raise FleetError(servers, f"cannot connect: {exc}") from exc
@@ -355,10 +417,10 @@ class JetStreamLink:
         text = f"{type(error).__name__}: {error}"
         level = logging.DEBUG if text == self._last_error else logging.WARNING
         self._last_error = text
-        log.log(level, "nats (%s): %s", ", ".join(self._servers), text)
+        log.log(level, "nats (%s): %s", shown(self._servers), text)
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats: disconnected; reconnecting (%s)", ", ".join(self._servers))
+        log.warning("nats: disconnected; reconnecting (%s)", shown(self._servers))
 
     async def _on_reconnected(self) -> None:
         self._last_error = ""
@@ -366,7 +428,7 @@ class JetStreamLink:
         log.info("nats: reconnected to %s", None if url is None else url.netloc)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
-        await self._ensure(
+        created = await self._ensure(
             js,
             StreamConfig(
                 name=self.stream_name,
@@ -387,22 +449,66 @@ class JetStreamLink:
                 max_msgs_per_subject=1,
             ),
         )
+        if created:
+            await self._note_new_fleet(js)
 
-    async def _ensure(self, js: JetStreamContext, config: StreamConfig) -> None:
-        """Make the stream `config` describes unless it exists (then it is used as it is)."""
+    async def _note_new_fleet(self, js: JetStreamContext) -> None:
+        """Say that we made a new fleet's stream, naming the fleets these servers hold.
+
+        A typo in `--cluster` (`shop` for `shops`) makes a stream of its
+        own, and the node then streams, healthy, alone: it publishes to no
+        one and applies nothing, and said nothing of it.  The first site of
+        a real new fleet reads an INFO line; a site beside existing fleets
+        a WARNING naming them.  Listing streams may be refused (narrow
+        permissions) or fail: then the line names none.
+        """
+        try:
+            infos = await bounded(js.streams_info(), "list streams", self.stream_name)
+        except (FleetError, nats.errors.Error, OSError):
+            infos = []
+        others = sorted(
+            {
+                match.group(1)
+                for info in infos
+                for subject in (info.config.subjects or [])
+                if (match := _FLEET_SUBJECTS.fullmatch(subject)) is not None
+                and match.group(1) != self.cluster
+            }
+        )
+        if not others:
+            log.info(
+                "fleet: created stream %s: the first site of fleet %r on these servers",
+                self.stream_name,
+                self.cluster,
+            )
+            return
+        log.warning(
+            "fleet: created stream %s: no site of fleet %r was on these servers before;"
+            " they hold the syncmesh fleet(s) %s: if this site belongs to one of them,"
+            " its cluster name is wrong (--cluster, transport.nats.cluster)",
+            self.stream_name,
+            self.cluster,
+            ", ".join(repr(other) for other in others),
+        )
+
+    async def _ensure(self, js: JetStreamContext, config: StreamConfig) -> bool:
+        """Make the stream `config` describes unless it exists (then it is used as it is).
+
+        True if this call made it.
+        """
         name = str(config.name)
         try:
             await bounded(js.stream_info(name), "stream info", name)
-            return
+            return False
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, OSError) as exc:
-            raise FleetError(name, f"cannot read the stream: {exc}") from exc
+            raise FleetError(name, f"cannot read the stream: {api_error_text(exc)}") from exc
         try:
             await bounded(js.add_stream(config), "create stream", name)
         except nats.js.errors.APIError as exc:
             if "already in use" in str(exc) or "already exists" in str(exc):
-                return  # another site made it meanwhile
+                return False  # another site made it meanwhile
             if exc.err_code == REPLICAS_UNSUPPORTED or "non-clustered mode" in str(exc.description):
                 # A single `nats-server -js` (the first thing a new user runs)
                 # answers a 500 with this code, not a bad request.
@@ -417,6 +523,7 @@ class JetStreamLink:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
         except (nats.errors.Error, OSError) as exc:
             raise FleetError(name, f"cannot create the stream: {exc}") from exc
+        return True
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -496,7 +603,9 @@ class JetStreamLink:
         except nats.js.errors.NotFoundError:
             return ()
         except (nats.errors.Error, OSError) as exc:
-            raise FleetError(self.state_stream_name, f"cannot read the stream: {exc}") from exc
+            raise FleetError(
+                self.state_stream_name, f"cannot read the stream: {api_error_text(exc)}"
+            ) from exc
         prefix = self.state_prefix
         return tuple(
             sorted(
@@ -639,7 +748,9 @@ class JetStreamLink:
                 js.consumer_info(self.stream_name, self._consumer), "consumer info", where
             )
         except (nats.errors.Error, OSError) as exc:
-            raise FleetError(self.stream_name, f"cannot read the stream's state: {exc}") from exc
+            raise FleetError(
+                self.stream_name, f"cannot read the stream's state: {api_error_text(exc)}"
+            ) from exc
         return StreamPosition(
             first_seq=int(stream.state.first_seq),
             last_seq=int(stream.state.last_seq),

@@ -69,8 +69,10 @@ from syncmesh.transport.nats import (
     STREAM_PREFIX,
     SUBJECT_ROOT,
     NatsAuth,
+    api_error_text,
     bounded,
     close_client,
+    shown,
     tls_context,
     valid_cluster_name,
 )
@@ -166,11 +168,11 @@ async def _connect(
     )
     try:
         return await bounded(
-            connecting, "connect", ", ".join(servers), CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1)
+            connecting, "connect", shown(servers), CONNECT_TIMEOUT_S * (CONNECT_ROUNDS + 1)
         )
     except (nats.errors.Error, OSError, FleetError) as exc:
         reason = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
-        raise FleetError(", ".join(servers), f"cannot connect: {reason}") from exc
+        raise FleetError(shown(servers), f"cannot connect: {reason}") from exc
 
 
 def _part_bytes(client: Client) -> int:
@@ -250,7 +252,7 @@ class NatsVerifyConnection:
                 missing += 1
                 continue
             except (nats.errors.Error, OSError) as exc:
-                raise FleetError(name, f"cannot read the stream: {exc}") from exc
+                raise FleetError(name, f"cannot read the stream: {api_error_text(exc)}") from exc
             for subject in info.state.subjects or {}:
                 tokens = subject.split(".")
                 if len(tokens) > position + 1:
