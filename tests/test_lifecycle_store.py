@@ -173,6 +173,74 @@ def test_a_site_that_slept_past_the_horizon_is_refused(
     fresh.close()
 
 
+def test_a_file_from_before_the_collected_stamp_is_upgraded_and_judges_by_its_horizon(
+    stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    """The horizon's greatest collected stamp (`deleted`) is added to an older file
+    on open; its earlier collections, whose greatest stamp is not known, keep
+    judging peers by their frontier (rule 3), as before."""
+    a, _b, c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    sleeper_vector = c.vector()
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    _sync(stores)
+    _tell_everyone(stores)
+    assert a.collect_all() == 1
+    path = Path(a.connection.execute("PRAGMA database_list").fetchone()[2])
+    (deleted,) = a.connection.execute("SELECT max(deleted) FROM _syncmesh_horizon").fetchone()
+    assert deleted is not None
+    assert deleted > 0
+    a.close()
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("ALTER TABLE _syncmesh_horizon DROP COLUMN deleted")
+        connection.execute("UPDATE _syncmesh_horizon SET hlc = hlc + 1000")  # a frontier past it
+    reopened = _open_existing(path)
+    try:
+        columns = {
+            row[1] for row in reopened.connection.execute("PRAGMA table_info(_syncmesh_horizon)")
+        }
+        assert "deleted" in columns
+        # A peer that holds the delete itself but not the old frontier: refused,
+        # since the old collection's greatest stamp is not known.
+        holds_the_delete = {**c.vector(), a.site_id: deleted}
+        reason = reopened.note_hello(c.site_id, holds_the_delete, c.head_seq(), None)
+        assert reason is not None
+        assert "slept past the GC horizon" in reason
+        assert reopened.note_hello(c.site_id, sleeper_vector, c.head_seq(), None) is not None
+    finally:
+        reopened.close()
+        stores[0] = _open_existing(path)  # the fixture closes it
+
+
+def test_a_peer_that_holds_every_collected_delete_is_admitted_past_the_frontier(
+    stores: list[SqliteStore],
+) -> None:
+    """Rule 3 asks a peer for the greatest stamp of a delete collected here, not for the
+    pass's frontier (on a fleet a site's claimed mark, past its last write, which no
+    vector reaches): a replica that holds every collected delete is admitted."""
+    a, _b, c = stores
+    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
+    _sync(stores)
+    sleeper_vector = c.vector()
+    _write(a, "DELETE FROM notes WHERE id = 'k'")
+    _sync(stores)
+    _tell_everyone(stores)
+    assert a.collect_all() == 1
+    (deleted,) = a.connection.execute("SELECT max(deleted) FROM _syncmesh_horizon").fetchone()
+    with a.connection:
+        a.connection.execute("UPDATE _syncmesh_horizon SET hlc = hlc + 1000")  # a mark past it
+    holds_the_delete = {**c.vector(), a.site_id: deleted}
+    assert a.note_hello(c.site_id, holds_the_delete, c.head_seq(), None) is None
+    reason = a.note_hello(c.site_id, sleeper_vector, c.head_seq(), None)
+    assert reason is not None
+    assert "slept past the GC horizon" in reason
+
+
+def _open_existing(path: Path) -> SqliteStore:
+    return SqliteStore.open(path, clock=HybridClock(ManualClock(BASE_MS), drift_ms_max=60_000))
+
+
 def test_a_forgotten_site_stops_holding_back_and_is_refused(stores: list[SqliteStore]) -> None:
     a, b, c = stores
     _write(a, "INSERT INTO notes VALUES ('k', 'x')")

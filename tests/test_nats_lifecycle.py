@@ -588,3 +588,43 @@ def test_relayed_writes_of_a_replica_hold_collection_back_at_the_fleet_sites_unt
     )
     for path in paths:
         assert ids(path) == "k2,r1"
+
+
+def test_a_websocket_replica_of_a_fleet_site_that_collected_is_admitted_after_a_restart(
+    cluster: Cluster, nats_cluster: NatsCluster
+) -> None:
+    """Goal: a WebSocket replica that joined a fleet site after the site collected
+    tombstones keeps syncing across its own restart (found by a new operator).
+
+    Method: fleet sites a and b; b inserts two rows and deletes one; a collects
+    the tombstone (its horizon has rows); r, empty, dials a and gets the live
+    row; r stops and starts again; a row b writes then must reach r.  Before,
+    the admission check compared r's vector with the pass's frontier, on a
+    fleet b's claimed mark, a stamp past b's last write that no vector
+    reaches: r was refused as one that slept past the horizon.
+    """
+    fleet = fleet_name()
+    a, b = (fleet_node(cluster, name, nats_cluster, fleet) for name in ("a", "b"))
+    cluster.start(a, b)
+    shell(b.db, "INSERT INTO items VALUES ('k1', 'kept', 1), ('k2', 'x', 2)")
+    shell(b.db, "DELETE FROM items WHERE id = 'k2'")
+    wait_for(
+        lambda: (
+            int(shell(a.db, "SELECT count(*) FROM _syncmesh_horizon")) > 0 and tombstones(a.db) == 0
+        ),
+        TIMEOUT_S,
+        "a to collect b's tombstone",
+        describe(cluster, nats_cluster),
+    )
+    r = cluster.node("r", make_db(cluster.directory / "r.db", SCHEMA), peers=[a], env=FAST)
+    cluster.start(r)
+    wait_for(lambda: ids(r.db) == "k1", TIMEOUT_S, "the live row at r")
+    r.stop()
+    cluster.start(r)
+    shell(b.db, "INSERT INTO items VALUES ('k3', 'after the restart', 3)")
+    wait_for(
+        lambda: ids(r.db) == "k1,k3",
+        TIMEOUT_S,
+        "b's new row at r after r's restart",
+        describe(cluster, nats_cluster),
+    )

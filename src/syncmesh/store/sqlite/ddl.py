@@ -184,6 +184,7 @@ CREATE TABLE IF NOT EXISTS _syncmesh_horizon (
     table_name TEXT NOT NULL,
     site_id TEXT NOT NULL,           -- origin of the deletes
     hlc INTEGER NOT NULL,            -- its tombstones stamped <= hlc were collected here
+    deleted INTEGER,                 -- the greatest stamp of them collected (NULL: not known)
     PRIMARY KEY (table_name, site_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _syncmesh_lifecycle (

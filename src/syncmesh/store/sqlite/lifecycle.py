@@ -27,6 +27,7 @@ from syncmesh.store.sqlite.context import StoreContext
 from syncmesh.store.sqlite.ddl import DEFAULT_CELL_SITE
 from syncmesh.store.sqlite.execute import execute_one
 from syncmesh.store.sqlite.table import TableSql
+from syncmesh.store.sqlite.vector import merge as merge_vector
 from syncmesh.store.summary import LEAF_MASK
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,23 @@ def membership(ctx: StoreContext) -> Membership:
 
 
 def _horizon(ctx: StoreContext) -> Vector:
-    """Per origin, the greatest stamp below which this node collected tombstones."""
+    """Per origin, the greatest stamp of a tombstone this node collected: what a peer
+    must hold of that origin's writes to sync with us (rule 3, `refusal`), and what
+    our gossip says we collected.
+
+    Not the pass's frontier (`hlc`, which rule 1 drops late arrivals by): on a
+    fleet the frontier is a site's claimed mark (ADR 0017), a stamp past its
+    last write, which no peer's vector can reach: a WebSocket replica that
+    held every delete collected here was refused as one that slept past the
+    horizon.  A peer holding every collected delete holds no life they ended.
+    Collections made before the greatest stamp was kept (`deleted` NULL)
+    count with their frontier, as before.
+    """
     return {
         site: int(hlc)
         for site, hlc in ctx.connection.execute(
-            "SELECT site_id, max(hlc) FROM _syncmesh_horizon GROUP BY site_id"
+            "SELECT site_id, max(coalesce(deleted, hlc)) FROM _syncmesh_horizon"
+            " WHERE coalesce(deleted, hlc) > 0 GROUP BY site_id"
         )
     }
 
@@ -582,6 +595,8 @@ def _delete(ctx: StoreContext, table: TableSql, state: CollectPass, stable: list
     delete_sql = f"DELETE FROM {table.shadow} WHERE {table.names.keys_where} AND cl = ?"
     collected = 0
     top_cl = 0
+    deleted: dict[str, int] = {}  # per origin, the greatest stamp collected in this step
+    sites = ctx.require_init()
     with ctx.transaction():
         # A re-insert not captured yet must meet the tombstone, not a missing row.
         capture.capture_pending(ctx)
@@ -593,13 +608,42 @@ def _delete(ctx: StoreContext, table: TableSql, state: CollectPass, stable: list
                 continue  # changed since the scan (a re-insert, a merge): not stable any more
             collected += 1
             top_cl = max(top_cl, int(cl))
+            origin = sites.site(int(row[keys + 2]))
+            deleted[origin] = max(deleted.get(origin, 0), int(row[keys + 1]))
             if hashed is not None and digest is not None:
                 ctx.summaries.note(table.spec.name, int(hashed) & LEAF_MASK, int(digest))
         if collected:
+            # A row kept from before the greatest stamp was (`deleted` NULL)
+            # stays unknown: what it collected then may lie above anything
+            # collected since.
             ctx.connection.executemany(
-                "INSERT INTO _syncmesh_horizon (table_name, site_id, hlc) VALUES (?, ?, ?)"
-                " ON CONFLICT (table_name, site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc)",
-                [(table.spec.name, site, hlc) for site, hlc in state.frontier.items() if hlc > 0],
+                "INSERT INTO _syncmesh_horizon (table_name, site_id, hlc, deleted)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (table_name, site_id) DO UPDATE SET hlc = max(hlc, excluded.hlc),"
+                " deleted = CASE WHEN _syncmesh_horizon.deleted IS NULL THEN NULL"
+                " ELSE max(_syncmesh_horizon.deleted, excluded.deleted) END",
+                [
+                    (table.spec.name, site, hlc, deleted.get(site, 0))
+                    for site, hlc in state.frontier.items()
+                    if hlc > 0
+                ],
+            )
+            # We hold every write of an origin up to a delete of it we collected
+            # (the frontier's own entry covered it: our vector, on a fleet with
+            # what the usable claims show we hold, ADR 0017).  Said in our vector
+            # (a stamp the origin issued, capped below what waits in quarantine),
+            # so that a WebSocket peer that adopts it, or a joiner that copies
+            # it, holds what rule 3 asks (`refusal`); a fleet node's vector
+            # otherwise never covered the fleet sites' writes.
+            own = ctx.site_id()
+            merge_vector(
+                ctx,
+                {
+                    origin: stamp
+                    for origin, stamp in deleted.items()
+                    if origin not in (own, DEFAULT_CELL_SITE)
+                },
+                own_claims=False,
             )
             ctx.connection.execute(
                 "UPDATE _syncmesh_lifecycle SET cl_floor = max(cl_floor, ?),"

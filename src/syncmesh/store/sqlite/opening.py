@@ -237,6 +237,14 @@ def upgrade(ctx: StoreContext) -> None:
                 f"ALTER TABLE _syncmesh_parked ADD COLUMN {PARKED_GENERATION_COLUMN}"
                 " INTEGER NOT NULL DEFAULT 0"
             )
+    horizon_columns = {
+        row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_horizon)")
+    }
+    if horizon_columns and "deleted" not in horizon_columns:
+        # Collections from before it: the greatest stamp collected is not known
+        # (NULL), and the admission check takes the horizon itself (lifecycle).
+        with ctx.transaction():
+            ctx.connection.execute("ALTER TABLE _syncmesh_horizon ADD COLUMN deleted INTEGER")
     quarantine_columns = {
         row[1] for row in ctx.connection.execute("PRAGMA table_info(_syncmesh_quarantine)")
     }
