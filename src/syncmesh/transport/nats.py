@@ -220,7 +220,9 @@ def _shown_url(url: str) -> str:
     userinfo, _, host = parts.netloc.rpartition("@")
     user, colon, _ = userinfo.partition(":")
     hidden = f"{user}:***" if colon else "***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{hidden}@{host}"))
+    return urllib.parse.urlunsplit(
+        (parts.scheme, f"{hidden}@{host}", parts.path, parts.query, parts.fragment)
+    )
 
 
 def api_error_text(exc: BaseException) -> str:
