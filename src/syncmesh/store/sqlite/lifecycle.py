@@ -634,14 +634,17 @@ def _delete(ctx: StoreContext, table: TableSql, state: CollectPass, stable: list
             # (a stamp the origin issued, capped below what waits in quarantine),
             # so that a WebSocket peer that adopts it, or a joiner that copies
             # it, holds what rule 3 asks (`refusal`); a fleet node's vector
-            # otherwise never covered the fleet sites' writes.
+            # otherwise never covered the fleet sites' writes.  Not for a
+            # forgotten site: it is gone, and a fleet node whose vector named a
+            # site off the stream would start relaying its rows (node.fleet).
             own = ctx.site_id()
+            forgotten = {site for site, (_, gone, _) in _members(ctx).items() if gone}
             merge_vector(
                 ctx,
                 {
                     origin: stamp
                     for origin, stamp in deleted.items()
-                    if origin not in (own, DEFAULT_CELL_SITE)
+                    if origin not in (own, DEFAULT_CELL_SITE) and origin not in forgotten
                 },
                 own_claims=False,
             )
