@@ -149,17 +149,25 @@ def test_a_row_arriving_for_a_collected_key_is_dropped(stores: list[SqliteStore]
     assert status.stale_dropped == 1
 
 
-def test_a_site_that_slept_past_the_horizon_is_refused(
-    stores: list[SqliteStore], tmp_path: Path
-) -> None:
-    a, _b, c = stores
+def _collect_while_c_sleeps(stores: list[SqliteStore]) -> dict[str, int]:
+    """a writes a row and deletes it; all sync; a collects the tombstone.  Returns c's
+    vector from before the delete: a sleeper's, which missed it."""
+    a = stores[0]
     _write(a, "INSERT INTO notes VALUES ('k', 'x')")
     _sync(stores)
-    sleeper_vector = c.vector()
+    sleeper_vector = stores[2].vector()
     _write(a, "DELETE FROM notes WHERE id = 'k'")
     _sync(stores)
     _tell_everyone(stores)
     assert a.collect_all() == 1
+    return sleeper_vector
+
+
+def test_a_site_that_slept_past_the_horizon_is_refused(
+    stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    a, _b, c = stores
+    sleeper_vector = _collect_while_c_sleeps(stores)
     reason = a.note_hello(c.site_id, sleeper_vector, c.head_seq(), None)
     assert reason is not None
     assert "slept past the GC horizon" in reason
@@ -180,13 +188,7 @@ def test_a_file_from_before_the_collected_stamp_is_upgraded_and_judges_by_its_ho
     on open; its earlier collections, whose greatest stamp is not known, keep
     judging peers by their frontier (rule 3), as before."""
     a, _b, c = stores
-    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
-    _sync(stores)
-    sleeper_vector = c.vector()
-    _write(a, "DELETE FROM notes WHERE id = 'k'")
-    _sync(stores)
-    _tell_everyone(stores)
-    assert a.collect_all() == 1
+    sleeper_vector = _collect_while_c_sleeps(stores)
     path = Path(a.connection.execute("PRAGMA database_list").fetchone()[2])
     (deleted,) = a.connection.execute("SELECT max(deleted) FROM _syncmesh_horizon").fetchone()
     assert deleted is not None
@@ -220,13 +222,7 @@ def test_a_peer_that_holds_every_collected_delete_is_admitted_past_the_frontier(
     pass's frontier (on a fleet a site's claimed mark, past its last write, which no
     vector reaches): a replica that holds every collected delete is admitted."""
     a, _b, c = stores
-    _write(a, "INSERT INTO notes VALUES ('k', 'x')")
-    _sync(stores)
-    sleeper_vector = c.vector()
-    _write(a, "DELETE FROM notes WHERE id = 'k'")
-    _sync(stores)
-    _tell_everyone(stores)
-    assert a.collect_all() == 1
+    sleeper_vector = _collect_while_c_sleeps(stores)
     (deleted,) = a.connection.execute("SELECT max(deleted) FROM _syncmesh_horizon").fetchone()
     with a.connection:
         a.connection.execute("UPDATE _syncmesh_horizon SET hlc = hlc + 1000")  # a mark past it
