@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from syncmesh.node.lockfile import ServeLock, running_holder
 from tests.nodeproc import HOST, Cluster, free_port, make_db, run_cli, wait_for
 from tests.test_lifecycle_multiprocess import shell
 
@@ -121,3 +123,35 @@ def test_serve_refuses_a_file_a_join_is_replacing(cluster: Cluster, tmp_path: Pa
     assert not list(tmp_path.glob("new.db.before-join*"))
     assert not lock_file.exists()
     assert shell(new_db, "SELECT name FROM items WHERE id = 'a1'").strip() == "from a"
+
+
+def test_a_reader_never_finds_the_lock_file_empty_while_its_node_rewrites_it(
+    tmp_path: Path,
+) -> None:
+    """The lock file is put in place whole: a reader (`status FILE`, `running_holder`)
+    that caught it between truncate and write found no node serving the file (a CI run
+    read an empty file once).  A reader thread reads it while the lock is published
+    again and again (bounded: 1,500 rewrites), and must always find the holder."""
+    database = tmp_path / "a.db"
+    lock = ServeLock(database)
+    lock.acquire()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set() and len(seen) < 200_000:
+            seen.append(lock.path.read_text(encoding="utf-8"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for index in range(1_500):
+            lock.publish(f"127.0.0.1:{index}", f"127.0.0.1:{index}", "http")
+    finally:
+        done.set()
+        reader.join(timeout=30)
+        lock.release()
+    assert len(seen) > 100, "the reader read the file while it was rewritten"
+    broken = [text for text in seen if not text.endswith("}\n")]
+    assert broken == [], broken[:3]
+    assert running_holder(database) is None  # released: the file is gone

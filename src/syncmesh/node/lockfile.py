@@ -146,20 +146,7 @@ class ServeLock:
         )
 
     def _open_lock_file(self) -> None:
-        """(Re)create the lock file, flock it for `running_holder`, and write our holder."""
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
-        try:
-            # Ours by the database's lock: a process flocking the old file
-            # (an older syncmesh) could only be one that lost its database.
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            self.path.unlink(missing_ok=True)
-            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if self._file is not None:
-            self._file.close()
-        self._file = handle
+        """(Re)create the lock file, flocked for `running_holder`, with our holder in it."""
         self._write(self._holder)
 
     def publish(self, listen: str, api: str, scheme: str) -> None:
@@ -199,22 +186,44 @@ class ServeLock:
             self._database_fd = None
 
     def _write(self, holder: LockHolder) -> None:
-        assert self._file is not None
-        self._file.seek(0)
-        self._file.truncate()
-        json.dump(
-            {
-                "pid": holder.pid,
-                "host": holder.host,
-                "listen": holder.listen,
-                "api": holder.api,
-                "scheme": holder.scheme,
-                "command": holder.command,
-            },
-            self._file,
-        )
-        self._file.write("\n")
-        self._file.flush()
+        """Put a lock file holding `holder` in place, whole, in one rename.
+
+        Written in place (truncate, then write), the file was empty or half
+        written for a moment, and a reader then found no node serving the
+        file (`running_holder`: `status FILE` would open the database itself;
+        a test read an empty file once in CI).  The new file is flocked
+        before it is renamed over the old one, so a reader always finds a
+        whole file under a held lock; the old file's lock goes with its
+        handle after the rename.  A process that flocks the old file (an
+        older syncmesh) could only be one that lost its database: ours is
+        held.
+        """
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        handle = open(temporary, "w", encoding="utf-8")  # noqa: SIM115 - held while serving
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: free
+            json.dump(
+                {
+                    "pid": holder.pid,
+                    "host": holder.host,
+                    "listen": holder.listen,
+                    "api": holder.api,
+                    "scheme": holder.scheme,
+                    "command": holder.command,
+                },
+                handle,
+            )
+            handle.write("\n")
+            handle.flush()
+            os.replace(temporary, self.path)
+        except BaseException:
+            handle.close()
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        previous, self._file = self._file, handle
+        if previous is not None:
+            previous.close()
 
 
 def read_holder(path: Path) -> LockHolder | None:
@@ -248,7 +257,10 @@ def running_holder(database: str | Path) -> LockHolder | None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = read_holder(path)  # held: a node runs
-            return holder if holder is not None and pid_alive(holder.pid) else None
+            if holder is None:  # (a file written in place by an older syncmesh, caught half way)
+                pids = flock_pids(database)
+                return LockHolder(pids[0], "", "", "http", socket.gethostname()) if pids else None
+            return holder if pid_alive(holder.pid) else None
         return None  # nobody holds it: a stale file
     finally:
         handle.close()
