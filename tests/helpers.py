@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from syncmesh.model import SqlValue
 from syncmesh.protocol import Batch, decode, encode
@@ -150,3 +153,20 @@ def sqlite3_shell(path: Path, sql: str) -> str:
     )
     assert result.returncode == 0, f"sqlite3 {sql!r} exited {result.returncode}: {result.stderr}"
     return result.stdout
+
+
+@contextlib.asynccontextmanager
+async def served_route(
+    method: str, path: str, handler: Callable[[web.Request], Awaitable[Any]]
+) -> AsyncIterator[int]:
+    """A real aiohttp server on 127.0.0.1 answering `method path` with `handler`;
+    yields its port, and is cleaned up on exit."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()

@@ -51,7 +51,7 @@ from syncmesh.chaos.migrations import (
 )
 from syncmesh.chaos.proxy import LinkProxy
 from syncmesh.chaos.run import stack_dump
-from tests.helpers import wait_until
+from tests.helpers import served_route, wait_until
 
 HOST = "127.0.0.1"
 CI_SEED = 11
@@ -336,14 +336,7 @@ async def test_binary_frames_are_duplicated_and_reordered_whole() -> None:
             received.append(message.data)
         return socket
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with served_route("GET", "/ws", handler) as port:
         for fault, expected in (
             ("duplicate", [b"one", b"one", b"two", b"two"]),
             ("reorder", [b"two", b"one"]),
@@ -362,8 +355,6 @@ async def test_binary_frames_are_duplicated_and_reordered_whole() -> None:
                 await wait_until(functools.partial(operator.eq, received, expected), 5, fault)
             await proxy.close()
             assert received == expected, fault
-    finally:
-        await runner.cleanup()
 
 
 async def test_plain_http_passes_a_link_that_duplicates_and_reorders_websocket_frames() -> None:
@@ -380,26 +371,20 @@ async def test_plain_http_passes_a_link_that_duplicates_and_reorders_websocket_f
     async def echo(request: web.Request) -> web.Response:
         return web.Response(body=await request.read())
 
-    app = web.Application()
-    app.router.add_post("/sync/v1/verify", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    proxy = LinkProxy("verify", runner.addresses[0][1], random.Random(1))
-    proxy.frame_mode = True
-    for direction in (proxy.forward, proxy.backward):
-        direction.duplicate_probability = direction.reorder_probability = 1.0
-    await proxy.start()
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            for body in (bytes(range(256)) * 40, b"\x82\xa1v\x01"):
-                url = f"http://{HOST}:{proxy.port}/sync/v1/verify"
-                async with http.post(url, data=body) as response:
-                    assert await response.read() == body
-    finally:
-        await proxy.close()
-        await runner.cleanup()
+    async with served_route("POST", "/sync/v1/verify", echo) as port:
+        proxy = LinkProxy("verify", port, random.Random(1))
+        proxy.frame_mode = True
+        for direction in (proxy.forward, proxy.backward):
+            direction.duplicate_probability = direction.reorder_probability = 1.0
+        await proxy.start()
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                for body in (bytes(range(256)) * 40, b"\x82\xa1v\x01"):
+                    url = f"http://{HOST}:{proxy.port}/sync/v1/verify"
+                    async with http.post(url, data=body) as response:
+                        assert await response.read() == body
+        finally:
+            await proxy.close()
 
 
 # -- the CI subset -------------------------------------------------------------------------

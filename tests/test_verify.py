@@ -57,7 +57,7 @@ from syncmesh.store.sqlite.ddl import EXISTING_TRIGGERS_SQL, capture_triggers, d
 from syncmesh.store.summary import LEAF_MASK, LEAVES_PER_BRANCH, key_hash
 from syncmesh.transport import VERIFY_PATH, HttpVerifyExchange, client_context_for_site
 from syncmesh.transport.base import UnreachableError
-from tests.helpers import rows_with_types, run_cli, sqlite3_shell, wait_until
+from tests.helpers import rows_with_types, run_cli, served_route, sqlite3_shell, wait_until
 from tests.test_node import config, converged, execute, make_db
 from tests.tlsfiles import Pki
 
@@ -862,20 +862,11 @@ async def test_a_malformed_answer_is_a_named_error_not_a_crash(
     async def nonsense(_request: web.Request) -> web.Response:
         return web.Response(body=msgpack.packb(answer), content_type="application/msgpack")
 
-    app = web.Application()
-    app.router.add_post(VERIFY_PATH, nonsense)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with served_route("POST", VERIFY_PATH, nonsense) as port:
         with opened(a) as store:
             async with VerifyClient(HttpVerifyExchange(f"http://127.0.0.1:{port}")) as client:
                 with pytest.raises(SyncError, match=r"cannot read|not a map"):
                     await verify(store, direct_call, client, settle_s=0.01)
-    finally:
-        await runner.cleanup()
 
 
 def test_the_periodic_verify_takes_the_fleet_sites_in_turn() -> None:
@@ -979,20 +970,13 @@ async def test_the_periodic_verify_gives_up_on_an_answer_that_never_comes() -> N
         await never.wait()
         return web.Response()
 
-    app = web.Application()
-    app.router.add_post(VERIFY_PATH, hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        exchange = HttpVerifyExchange(f"http://127.0.0.1:{port}", read_timeout_s=0.3)
-        started = asyncio.get_running_loop().time()
-        async with exchange:
-            with pytest.raises(UnreachableError):
-                await asyncio.wait_for(exchange.post(b"\x80"), 5.0)
-        assert asyncio.get_running_loop().time() - started < 5.0
-    finally:
-        never.set()
-        await runner.cleanup()
+    async with served_route("POST", VERIFY_PATH, hang) as port:
+        try:
+            exchange = HttpVerifyExchange(f"http://127.0.0.1:{port}", read_timeout_s=0.3)
+            started = asyncio.get_running_loop().time()
+            async with exchange:
+                with pytest.raises(UnreachableError):
+                    await asyncio.wait_for(exchange.post(b"\x80"), 5.0)
+            assert asyncio.get_running_loop().time() - started < 5.0
+        finally:
+            never.set()
